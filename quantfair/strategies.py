@@ -1,0 +1,317 @@
+"""Protection strategies: which parameters stay in full precision.
+
+Grammar, terms joined with "+":
+  none | L<i> | Llast | L-<k> | even | odd      layers (L-1 is the last), optionally narrowed:
+      .attn | .mlp | .ln  then a role (.qkv .q .k .v .o .fc_in .gate .up .fc_out .ln_1 .ln_2)
+      then a kind (.weight | .bias), e.g. L0.mlp.fc_in, even.weight
+  ln (all norms) | ln_f | biases | embed | embed.tok | embed.pos | head
+  random:P%@seed | magnitude:P% | gradient:P%   per-tensor element budgets
+  variance:topK                                 the K layers of highest weight variance
+The seed's names are aliases (see ALIASES).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from quantfair.errors import UsageError
+from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize, in_scope
+from quantfair.taxonomy import Component, num_layers
+
+ALIASES = {
+    "layer0_ln_only": "L0.ln",
+    "layer0_attn": "L0.attn",
+    "layer0": "L0",
+    "all_ln": "ln",
+    "even_layers": "even.weight",
+    "odd_layers": "odd.weight",
+    "recommended": "L0+Llast+ln_f+biases",
+}
+# The seed's Pareto table (GPT-2 names; L11 is GPT-2's last layer) and the overhead it reports.
+SEED_PARETO = {
+    "layer0_ln_only": ("layer0_ln_only", "0.002"),
+    "layer0_attn": ("layer0_attn", "1.90"),
+    "layer0": ("layer0", "5.70"),
+    "L0+L11": ("L0+Llast", "11.39"),
+    "L0+L11+ln_f+biases": ("L0+Llast+ln_f+biases", "11.46"),
+    "L0+L11+all_ln": ("L0+Llast+all_ln", "11.42"),
+    "even_layers": ("even_layers", "34.1"),
+}
+BLOCK_NAMES = {"attn": "attn", "mlp": "mlp", "ln": "norm", "norm": "norm"}
+KINDS = ("weight", "bias")
+VALID = (
+    "none, L<i>, Llast, L-<k>, even, odd (each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
+    "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
+    "gradient:P%, variance:topK, or an alias: " + ", ".join(ALIASES)
+)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    protected: int
+    total: int
+    bytes_fraction: float  # extra storage over the fully quantized model
+
+    @property
+    def fraction(self) -> float:
+        return self.protected / self.total if self.total else 0.0
+
+
+def _percent(text: str, term: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise UsageError(f"strategy term '{term}': '{text}' is not a percentage") from None
+    if not 0 <= value <= 100:
+        raise UsageError(f"strategy term '{term}': budget must be between 0% and 100%")
+    return value / 100
+
+
+class StrategyResolver:
+    """Turns strategy expressions into protected sets for one model and scheme."""
+
+    def __init__(
+        self,
+        bank: WeightBank,
+        scheme: QuantScheme,
+        gradients: Callable[[], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.bank = bank
+        self.parts = bank.parts
+        self.scheme = scheme
+        self.layers = num_layers(self.parts)
+        self._gradients = gradients
+        self._gradient_cache: dict[str, torch.Tensor] | None = None
+
+    # -- structural terms ---------------------------------------------------------------
+    def _layer_set(self, token: str, term: str) -> list[int]:
+        if token == "even":
+            return list(range(0, self.layers, 2))
+        if token == "odd":
+            return list(range(1, self.layers, 2))
+        if token == "Llast":
+            return [self.layers - 1]
+        match = re.fullmatch(r"L(-?\d+)", token)
+        if not match:
+            raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+        index = int(match[1])
+        resolved = self.layers + index if index < 0 else index
+        if not 0 <= resolved < self.layers:
+            raise UsageError(
+                f"strategy term '{term}': layer {index} out of range, the model has "
+                f"{self.layers} layers (L0..L{self.layers - 1}, Llast, L-1..L-{self.layers})"
+            )
+        return [resolved]
+
+    def _structural(self, term: str) -> list[str]:
+        pieces = term.split(".")
+        kind = pieces.pop() if len(pieces) > 1 and pieces[-1] in KINDS else None
+        head, rest = pieces[0], pieces[1:]
+        if head == "ln" and not rest:
+            chosen = [c for c in self.parts.values() if c.block == "norm"]
+        elif head == "ln_f" and not rest:
+            chosen = [c for c in self.parts.values() if c.role == "ln_f"]
+        elif head == "biases" and not rest:
+            chosen = [c for c in self.parts.values() if c.kind == "bias"]
+        elif head in ("embed", "head") and len(rest) <= 1:
+            chosen = [c for c in self.parts.values() if c.block == head]
+            if rest:
+                chosen = self._with_role(chosen, rest[0], term)
+        else:
+            layers = set(self._layer_set(head, term))
+            chosen = [c for c in self.parts.values() if c.layer in layers]
+            if rest:
+                if rest[0] not in BLOCK_NAMES:
+                    raise UsageError(
+                        f"strategy term '{term}': unknown block '{rest[0]}' "
+                        "(valid: attn, mlp, ln)"
+                    )
+                chosen = [c for c in chosen if c.block == BLOCK_NAMES[rest[0]]]
+            if len(rest) == 2:
+                chosen = self._with_role(chosen, rest[1], term)
+            elif len(rest) > 2:
+                raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+        if kind:
+            chosen = [c for c in chosen if c.kind == kind]
+        return [c.name for c in chosen]
+
+    @staticmethod
+    def _with_role(chosen: list[Component], role: str, term: str) -> list[Component]:
+        roles = sorted({c.role for c in chosen})
+        if role not in roles:
+            raise UsageError(
+                f"strategy term '{term}': no role '{role}' here (valid: {', '.join(roles)})"
+            )
+        return [c for c in chosen if c.role == role]
+
+    # -- budgeted selectors ---------------------------------------------------------------
+    def _quantized_parts(self) -> list[Component]:
+        return [c for c in self.parts.values() if in_scope(c, self.scheme)]
+
+    def _top_elements(self, scores: dict[str, torch.Tensor], fraction: float) -> Protection:
+        protection: Protection = {}
+        for name, score in scores.items():
+            keep = round(fraction * score.numel())
+            if keep == 0:
+                continue
+            if keep >= score.numel():
+                protection[name] = True
+                continue
+            threshold_index = torch.topk(score.flatten(), keep).indices
+            mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+            mask[threshold_index] = True
+            protection[name] = mask.reshape(score.shape)
+        return protection
+
+    def _selector(self, term: str) -> Protection:
+        kind, _, argument = term.partition(":")
+        fp = self.bank.fp
+        if kind == "random":
+            budget, _, seed_text = argument.partition("@")
+            fraction = _percent(budget, term)
+            seed = int(seed_text) if seed_text.isdigit() else 0
+            generator = torch.Generator().manual_seed(seed)
+            scores = {c.name: torch.rand(fp[c.name].shape, generator=generator)
+                      for c in self._quantized_parts()}
+            return self._top_elements(scores, fraction)
+        if kind == "magnitude":
+            fraction = _percent(argument, term)
+            return self._top_elements(
+                {c.name: fp[c.name].abs() for c in self._quantized_parts()}, fraction)
+        if kind == "gradient":
+            fraction = _percent(argument, term)
+            gradients = self._gradient_scores()
+            return self._top_elements(gradients, fraction)
+        if kind == "variance":
+            match = re.fullmatch(r"top(\d+)", argument)
+            if not match:
+                raise UsageError(f"strategy term '{term}': expected variance:topK, e.g. top2")
+            count = int(match[1])
+            if count > self.layers:
+                raise UsageError(f"strategy term '{term}': the model has {self.layers} layers")
+            ranked = layer_variance_ranking(self.bank)
+            chosen = set(ranked[:count])
+            return {c.name: True for c in self.parts.values() if c.layer in chosen}
+        raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+
+    def _gradient_scores(self) -> dict[str, torch.Tensor]:
+        """|gradient x quantization error|: first-order loss change from quantizing each
+        element."""
+        if self._gradients is None:
+            raise UsageError("gradient selection needs calibration text (none configured)")
+        if self._gradient_cache is None:
+            gradients = self._gradients()
+            self._gradient_cache = {
+                c.name: (gradients[c.name] * (self.bank.fp[c.name] - fake_quantize(
+                    self.bank.fp[c.name], self.scheme, c.transposed))).abs()
+                for c in self._quantized_parts()
+            }
+        return self._gradient_cache
+
+    # -- public -------------------------------------------------------------------------------
+    def resolve(self, expression: str) -> Protection:
+        """The protected set named by `expression`; a UsageError lists what is valid."""
+        text = ALIASES.get(expression.strip(), expression.strip())
+        if not text:
+            raise UsageError(f"empty strategy; valid: {VALID}")
+        protection: Protection = {}
+        for raw in text.split("+"):
+            term = ALIASES.get(raw.strip(), raw.strip())
+            if term == "none":
+                continue
+            if "+" in term:
+                part = self.resolve(term)
+            elif ":" in term:
+                part = self._selector(term)
+            else:
+                part = {name: True for name in self._structural(term)}
+            for name, keep in part.items():
+                protection[name] = _union(protection.get(name, False), keep)
+        return protection
+
+    def overhead(self, protection: Protection) -> Overhead:
+        total = sum(c.numel for c in self.parts.values())
+        protected = sum(_count(keep, self.parts[name].numel) for name, keep in protection.items())
+        quantized_parts = {c.name for c in self._quantized_parts()}
+        fp_bits = 16  # protected parameters are stored in half precision next to the codes
+        base_bits = sum(
+            c.numel * (self.scheme.bits if c.name in quantized_parts else fp_bits)
+            for c in self.parts.values()
+        )
+        extra_bits = sum(
+            _count(keep, self.parts[name].numel) * (fp_bits - self.scheme.bits)
+            for name, keep in protection.items()
+            if name in quantized_parts
+        )
+        return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
+
+
+def _count(keep: bool | torch.Tensor, numel: int) -> int:
+    return numel if keep is True else int(keep.sum()) if isinstance(keep, torch.Tensor) else 0
+
+
+def _union(a: bool | torch.Tensor, b: bool | torch.Tensor) -> bool | torch.Tensor:
+    if a is True or b is True:
+        return True
+    if a is False:
+        return b
+    if b is False:
+        return a
+    return a | b
+
+
+def protection_key(protection: Protection) -> str:
+    """A stable hash of a protected set, for cache keys."""
+    digest = hashlib.sha256()
+    for name in sorted(protection):
+        keep = protection[name]
+        digest.update(name.encode())
+        if isinstance(keep, torch.Tensor):
+            digest.update(keep.cpu().numpy().tobytes())
+        else:
+            digest.update(b"all" if keep else b"none")
+    return digest.hexdigest()[:20]
+
+
+def layer_variance_ranking(bank: WeightBank) -> list[int]:
+    """Layers ordered by the variance of their matrix weights, highest first."""
+    variances = layer_weight_variance(bank)
+    return sorted(variances, key=lambda layer: -variances[layer])
+
+
+def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
+    grouped: dict[int, list[torch.Tensor]] = {}
+    for c in bank.parts.values():
+        if c.layer is not None and c.is_matrix and c.kind == "weight":
+            grouped.setdefault(c.layer, []).append(bank.fp[c.name].flatten().float())
+    return {layer: torch.cat(ws).var().item() for layer, ws in sorted(grouped.items())}
+
+
+def calibration_gradients(
+    loaded_model, texts: Sequence[str], max_tokens: int = 256
+) -> dict[str, torch.Tensor]:
+    """Summed loss gradients over short calibration texts, one text's graph at a time."""
+    model, tokenizer = loaded_model.model, loaded_model.tokenizer
+    params = dict(model.named_parameters())
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    model.requires_grad_(True)
+    try:
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            ids = ids[:, :max_tokens].to(loaded_model.device)
+            if ids.shape[1] < 2:
+                continue
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=ids).loss.backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    sums[name] += p.grad
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.requires_grad_(False)
+    return sums

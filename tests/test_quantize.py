@@ -1,0 +1,104 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.pytorch_utils import Conv1D
+
+from quantfair.errors import UsageError
+from quantfair.quantize import QuantScheme, fake_quantize
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def matrices(draw):
+    rows = draw(st.integers(1, 6))
+    cols = draw(st.integers(1, 20))
+    values = draw(st.lists(finite, min_size=rows * cols, max_size=rows * cols))
+    return torch.tensor(values, dtype=torch.float32).reshape(rows, cols)
+
+
+@st.composite
+def schemes(draw, symmetric=None):
+    granularity = draw(st.sampled_from(["tensor", "channel", "group"]))
+    return QuantScheme(
+        bits=draw(st.integers(2, 8)),
+        granularity=granularity,
+        group_size=draw(st.integers(1, 8)) if granularity == "group" else 0,
+        symmetric=draw(st.booleans()) if symmetric is None else symmetric,
+    )
+
+
+def _groups(x: torch.Tensor, scheme: QuantScheme) -> list[torch.Tensor]:
+    if scheme.granularity == "tensor":
+        return [x.flatten()]
+    if scheme.granularity == "channel":
+        return list(x)
+    return [g for row in x for g in row.split(scheme.group_size)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), schemes())
+def test_at_most_two_to_the_bits_levels_per_group(x, scheme):
+    for group in _groups(fake_quantize(x, scheme), scheme):
+        assert group.unique().numel() <= 2**scheme.bits
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), schemes(symmetric=True))
+def test_symmetric_error_is_at_most_half_a_step(x, scheme):
+    q = fake_quantize(x, scheme)
+    qmax = 2 ** (scheme.bits - 1) - 1
+    for original, quantized in zip(_groups(x, scheme), _groups(q, scheme)):
+        scale = original.abs().max() / qmax
+        assert torch.all((original - quantized).abs() <= scale / 2 * (1 + 1e-5) + 1e-30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), schemes())
+def test_quantization_is_idempotent(x, scheme):
+    once = fake_quantize(x, scheme)
+    twice = fake_quantize(once, scheme)
+    # Equal up to the float rounding of a recomputed scale (a relative ulp or two).
+    torch.testing.assert_close(twice, once, rtol=1e-6, atol=1e-30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), schemes())
+def test_zeros_stay_zero_and_shape_dtype_are_kept(x, scheme):
+    x[:, 0] = 0
+    for dtype in (torch.float32, torch.float64):
+        q = fake_quantize(x.to(dtype), scheme)
+        assert q.shape == x.shape and q.dtype == dtype
+        assert torch.all(q[:, 0] == 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(matrices(), schemes())
+def test_conv1d_and_linear_agree_on_the_same_logical_weight(weight, scheme):
+    out_features, in_features = weight.shape
+    linear = torch.nn.Linear(in_features, out_features)
+    conv = Conv1D(out_features, in_features)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        conv.weight.copy_(weight.t())
+    from_linear = fake_quantize(linear.weight, scheme)
+    from_conv = fake_quantize(conv.weight, scheme, transposed=True)
+    assert torch.equal(from_conv.t(), from_linear)
+
+
+def test_group_padding_quantizes_the_tail_instead_of_skipping_it():
+    x = torch.linspace(-1, 1, 10).reshape(1, 10)
+    q = fake_quantize(x, QuantScheme(bits=2, granularity="group", group_size=4))
+    assert not torch.equal(q[:, 8:], x[:, 8:])  # last, shorter group is quantized too
+
+
+@pytest.mark.parametrize("text", ["int0", "int9", "int4-g0", "fp4", "int4-channels"])
+def test_bad_schemes_are_usage_errors(text):
+    with pytest.raises(UsageError):
+        QuantScheme.parse(text)
+
+
+def test_scheme_names_round_trip():
+    for text in ["int4", "int4-g128", "int8-channel", "int3-g64-asym-linear"]:
+        assert QuantScheme.parse(text).name == text

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from quantfair import models
+from quantfair.errors import UsageError
+from quantfair.quantize import QuantScheme, WeightBank
+from quantfair.strategies import SEED_PARETO, StrategyResolver, calibration_gradients
+
+INT4 = QuantScheme(bits=4)
+
+
+@pytest.fixture(scope="module")
+def gpt2_resolver():
+    loaded = models.load_model("gpt2", random_weights=True)
+    return StrategyResolver(WeightBank(loaded.model), INT4)
+
+
+@pytest.mark.parametrize("seed_name", SEED_PARETO)
+def test_gpt2_overheads_match_the_seed_table(gpt2_resolver, seed_name):
+    expression, reported = SEED_PARETO[seed_name]
+    overhead = gpt2_resolver.overhead(gpt2_resolver.resolve(expression))
+    decimals = len(reported.split(".")[1])
+    # The seed states each overhead to `decimals` places; ours must round to it.
+    assert round(100 * overhead.fraction, decimals) == pytest.approx(float(reported), abs=0.01)
+
+
+def test_seed_names_with_l11_mean_the_same_as_llast(gpt2_resolver):
+    assert gpt2_resolver.resolve("L0+L11+ln_f+biases").keys() == \
+        gpt2_resolver.resolve("recommended").keys()
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("L99", "out of range"),
+    ("L-13", "out of range"),
+    ("L0.brain", "unknown block"),
+    ("L0.mlp.gate", "no role 'gate'"),
+    ("warp", "valid:"),
+    ("random:150%", "between 0% and 100%"),
+    ("variance:top99", "12 layers"),
+    ("", "empty strategy"),
+])
+def test_invalid_strategies_list_what_is_valid(gpt2_resolver, expression, message):
+    with pytest.raises(UsageError, match=message):
+        gpt2_resolver.resolve(expression)
+
+
+def test_grammar_selects_the_documented_parameters(gpt2_resolver):
+    r = gpt2_resolver
+    assert set(r.resolve("L0.mlp.fc_in")) == {
+        "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.bias"}
+    assert set(r.resolve("L-1")) == set(r.resolve("L11")) == set(r.resolve("Llast"))
+    assert set(r.resolve("embed.pos")) == {"transformer.wpe.weight"}
+    assert all(name.endswith(".bias") for name in r.resolve("biases"))
+    assert set(r.resolve("even")).isdisjoint(r.resolve("odd"))
+    assert r.resolve("none") == {}
+
+
+@pytest.mark.parametrize("selector, fraction", [
+    ("random:5%@1", 0.05), ("magnitude:5%", 0.05), ("random:11.4%@7", 0.114)])
+def test_budgeted_selectors_meet_their_budget(gpt2_resolver, selector, fraction):
+    overhead = gpt2_resolver.overhead(gpt2_resolver.resolve(selector))
+    assert overhead.fraction == pytest.approx(fraction, abs=1e-4)
+
+
+def test_random_selection_depends_on_its_seed(gpt2_resolver):
+    a = gpt2_resolver.resolve("random:1%@1")["transformer.h.0.mlp.c_fc.weight"]
+    b = gpt2_resolver.resolve("random:1%@2")["transformer.h.0.mlp.c_fc.weight"]
+    assert not torch.equal(a, b)
+
+
+def test_variance_picks_the_highest_variance_layers(tiny_models):
+    loaded = tiny_models["tiny-gpt2"]
+    bank = WeightBank(loaded.model)
+    with torch.no_grad():
+        bank.fp["transformer.h.2.mlp.c_fc.weight"].mul_(50)
+    resolver = StrategyResolver(bank, INT4)
+    assert {c for c in resolver.resolve("variance:top1")} == set(resolver.resolve("L2"))
+    bank.restore()
+
+
+def test_gradient_selection_uses_calibration_text(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    bank = WeightBank(loaded.model)
+    resolver = StrategyResolver(
+        bank, INT4, gradients=lambda: calibration_gradients(loaded, ["hello world " * 5]))
+    overhead = resolver.overhead(resolver.resolve("gradient:5%"))
+    assert overhead.fraction == pytest.approx(0.05, abs=0.01)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_switching_strategies_is_a_copy_and_restores_fp_bitwise(tiny_models):
+    loaded = tiny_models["tiny-gpt2"]
+    original = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    loads_before, model_before = models.load_count, loaded.model
+    bank = WeightBank(loaded.model)
+    resolver = StrategyResolver(bank, INT4)
+    for expression in ["L0", "magnitude:10%", "none"]:
+        bank.apply(INT4, resolver.resolve(expression))
+        changed = [n for n, p in loaded.model.named_parameters()
+                   if not torch.equal(p, original[n])]
+        assert changed  # quantization really happened
+    bank.restore()
+    for name, param in loaded.model.named_parameters():
+        assert torch.equal(param, original[name]), name
+    assert models.load_count == loads_before and loaded.model is model_before
+
+
+def test_protected_parameters_stay_fp_and_the_rest_are_quantized(tiny_models):
+    loaded = tiny_models["tiny-opt"]
+    bank = WeightBank(loaded.model)
+    protection = StrategyResolver(bank, INT4).resolve("L0+biases")
+    bank.apply(INT4, protection)
+    quantized = bank.quantized(INT4)
+    for name, param in loaded.model.named_parameters():
+        expected = bank.fp[name] if name in protection else quantized[name]
+        assert torch.equal(param, expected), name
+    bank.restore()

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from quantfair.errors import QuantfairError
+from quantfair.taxonomy import BLOCKS, components, num_layers
+
+FAMILIES = {
+    "tiny-gpt2": "gpt2",
+    "tiny-opt": "opt",
+    "tiny-gpt_neox": "gpt_neox",
+    "tiny-bloom": "bloom",
+    "tiny-llama": "llama",
+    "tiny-gemma3": "gemma3",
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_parameter_is_mapped_and_blocks_add_up(tiny_models, name):
+    loaded = tiny_models[name]
+    parts = components(loaded.model)
+    assert loaded.family == FAMILIES[name]
+    unique = {id(p): p for p in loaded.model.parameters()}
+    assert len(parts) == len(unique)
+    per_block = {block: sum(c.numel for c in parts.values() if c.block == block)
+                 for block in BLOCKS}
+    assert sum(per_block.values()) == sum(p.numel() for p in unique.values())
+    assert per_block["attn"] > 0 and per_block["mlp"] > 0 and per_block["norm"] > 0
+    assert num_layers(parts) == 4
+    for layer in range(4):
+        assert {c.block for c in parts.values() if c.layer == layer} == {"attn", "mlp", "norm"}
+
+
+def test_gpt2_conv1d_is_marked_transposed(tiny_models):
+    parts = components(tiny_models["tiny-gpt2"].model)
+    assert parts["transformer.h.0.attn.c_attn.weight"].transposed
+    assert parts["transformer.h.0.mlp.c_fc.weight"].transposed
+    assert not parts["transformer.wte.weight"].transposed
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-opt", "tiny-bloom", "tiny-gemma3"])
+def test_tied_head_is_one_parameter(tiny_models, name):
+    model = tiny_models[name].model
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    parts = components(model)
+    assert not [c for c in parts.values() if c.block == "head"]
+    assert len([c for c in parts.values() if c.role == "tok"]) == 1
+
+
+def test_untied_head_is_its_own_component(tiny_models):
+    parts = components(tiny_models["tiny-llama"].model)
+    assert parts["lm_head.weight"].block == "head"
+
+
+def test_unmapped_parameter_is_named(tiny_models):
+    model = tiny_models["tiny-llama"].model
+    model.register_parameter("mystery", torch.nn.Parameter(torch.zeros(3)))
+    try:
+        with pytest.raises(QuantfairError, match="mystery"):
+            components(model)
+    finally:
+        del model.mystery
