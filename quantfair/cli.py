@@ -65,6 +65,132 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tqdm_progress(label: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
+               leave=False)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _languages(text: str | None) -> list[str] | None:
+    return [code.strip() for code in text.split(",") if code.strip()] if text else None
+
+
+def _session(args: argparse.Namespace):
+    from quantfair.quantize import QuantScheme
+    from quantfair.session import AuditSession, SessionConfig
+
+    config = SessionConfig(
+        model=args.model, scheme=QuantScheme.parse(args.quant),
+        languages=_languages(args.languages), units=args.units, corpus=args.corpus,
+        device=args.device, random_weights=args.random_weights)
+    return AuditSession(config, progress=_tqdm_progress)
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from quantfair.corpus import language, load_corpus
+
+    corpus = load_corpus(args.corpus).select(_languages(args.languages))
+    evaluator = None
+    if args.model:
+        from quantfair.evaluate import Evaluator
+        from quantfair.models import load_model
+
+        evaluator = Evaluator(load_model(args.model, args.device, args.random_weights))
+    print(f"corpus: {corpus.source}  units per language: {len(corpus.units)}  "
+          f"digest: {corpus.digest()}")
+    rows = []
+    for lang, units in corpus.texts.items():
+        meta = language(lang)
+        text = list(units.values())
+        row = [lang, meta.name, meta.script, meta.family, meta.resource_class, len(text),
+               f"{sum(len(t) for t in text):,}", f"{sum(len(t.encode()) for t in text):,}"]
+        if evaluator:
+            tokens = sum(len(evaluator.token_ids(t)) - 1 for t in text)
+            row += [f"{tokens:,}", f"{tokens / sum(len(t) for t in text):.2f}"]
+        rows.append(row)
+    headers = ["lang", "name", "script", "family", "class", "units", "chars", "bytes"]
+    print(_table(headers + (["tokens", "tok/char"] if evaluator else []), rows))
+    return 0
+
+
+def measurement_rows(session, strategies: Sequence[str]) -> list[dict]:
+    """One record per (strategy, language), the numbers the report and --json share."""
+    from quantfair.metrics import bits_per_byte, fertility, perplexity
+
+    records = []
+    for strategy in strategies:
+        m = session.measure(strategy)
+        overhead = session.overhead(strategy)
+        disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
+        for i, lang in enumerate(m.languages):
+            nll_fp, nll_q = m.nll_fp[i].sum(), m.nll_q[i].sum()
+            tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
+                                      int(m.chars[i].sum()))
+            records.append({
+                "strategy": strategy, "language": lang, "nll_fp": float(nll_fp),
+                "nll_q": float(nll_q), "tokens": tokens, "bytes": n_bytes, "chars": chars,
+                "ppl_fp": perplexity(nll_fp, tokens), "ppl_q": perplexity(nll_q, tokens),
+                "bpb_fp": bits_per_byte(nll_fp, n_bytes), "bpb_q": bits_per_byte(nll_q, n_bytes),
+                "fertility": fertility(tokens, chars),
+                "degradation": degradation[lang].value,
+                "seed_disparity": seed[lang].value,
+                "seed_disparity_low": seed[lang].low, "seed_disparity_high": seed[lang].high,
+                "disparity": disparity[lang].value, "disparity_low": disparity[lang].low,
+                "disparity_high": disparity[lang].high,
+                "undefined": disparity[lang].undefined or None,
+                "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
+            })
+    return records
+
+
+def _ratio(record: dict, key: str) -> str:
+    if record["undefined"]:
+        return "undefined"
+    return f"{record[key]:.2f} [{record[key + '_low']:.2f}, {record[key + '_high']:.2f}]"
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    import json
+
+    session = _session(args)
+    strategies = args.strategy or ["none"]
+    for strategy in strategies:  # validate every strategy before minutes of work
+        session.resolver().resolve(strategy)
+    records = measurement_rows(session, strategies)
+    rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.2f}", f"{r['ppl_q']:.2f}",
+             f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.1f}%",
+             _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
+    print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
+          f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
+    print(_table(["strategy", "lang", "ppl fp", "ppl q", "bits/byte q", "tok/char",
+                  "degradation", "seed disparity", "disparity [95% CI]"], rows))
+    undefined = {r["undefined"] for r in records if r["undefined"]}
+    for reason in undefined:
+        print(f"note: disparity undefined: {reason}")
+    if args.json:
+        payload = {"model": session.loaded.name, "scheme": session.config.scheme.name,
+                   "corpus": session.corpus.digest(), "units": session.corpus.units,
+                   "records": records}
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--languages", help="comma-separated codes, e.g. en,he,ar,zh")
+    parser.add_argument("--corpus", help="JSONL file with fields lang, unit, text")
+    parser.add_argument("--units", type=int, help="a seeded sample of this many units")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantfair", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--strategy", action="append", default=[],
                          help="extra strategy to size (repeatable)")
     inspect.set_defaults(run=cmd_inspect)
+
+    corpus = commands.add_parser("corpus", help="languages, units and tokens of the corpus")
+    corpus.add_argument("--model", help="also count tokens with this model's tokenizer")
+    corpus.add_argument("--random-weights", action="store_true")
+    corpus.add_argument("--device", default=None)
+    _add_corpus_arguments(corpus)
+    corpus.set_defaults(run=cmd_corpus)
+
+    measure = commands.add_parser("measure", help="perplexity, degradation and disparity")
+    _add_model_arguments(measure)
+    _add_corpus_arguments(measure)
+    measure.add_argument("--strategy", action="append", default=[],
+                         help="protection strategy (repeatable; default none)")
+    measure.add_argument("--json", help="also write the numbers to this JSON file")
+    measure.set_defaults(run=cmd_measure)
     return parser
 
 

