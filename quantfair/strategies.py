@@ -1,7 +1,8 @@
 """Protection strategies: which parameters stay in full precision.
 
 Grammar, terms joined with "+":
-  none | L<i> | Llast | L-<k> | even | odd      layers (L-1 is the last), optionally narrowed:
+  none | L<i> | Llast | Lmid | L-<k> | even | odd | all
+                                  layers (L-1 is the last), optionally narrowed:
       .attn | .mlp | .ln  then a role (.qkv .q .k .v .o .fc_in .gate .up .fc_out .ln_1 .ln_2)
       then a kind (.weight | .bias), e.g. L0.mlp.fc_in, even.weight
   ln (all norms) | ln_f | biases | embed | embed.tok | embed.pos | head
@@ -45,7 +46,7 @@ SEED_PARETO = {
 BLOCK_NAMES = {"attn": "attn", "mlp": "mlp", "ln": "norm", "norm": "norm"}
 KINDS = ("weight", "bias")
 VALID = (
-    "none, L<i>, Llast, L-<k>, even, odd (each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
+    "none, L<i>, Llast, Lmid, L-<k>, even, odd, all (each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
     "gradient:P%, variance:topK, or an alias: " + ", ".join(ALIASES)
 )
@@ -96,6 +97,10 @@ class StrategyResolver:
             return list(range(1, self.layers, 2))
         if token == "Llast":
             return [self.layers - 1]
+        if token == "Lmid":
+            return [self.layers // 2]
+        if token == "all":
+            return list(range(self.layers))
         match = re.fullmatch(r"L(-?\d+)", token)
         if not match:
             raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
@@ -303,7 +308,7 @@ def calibration_gradients(
     try:
         for text in texts:
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-            ids = ids[:, :max_tokens].to(loaded_model.device)
+            ids = ids[:, :min(max_tokens, loaded_model.context_length)].to(loaded_model.device)
             if ids.shape[1] < 2:
                 continue
             model.zero_grad(set_to_none=True)

@@ -1,0 +1,157 @@
+"""Audit results: records, the versioned JSON report, the HTML report and baseline gating."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from quantfair.metrics import Measurement, bits_per_byte, fertility, perplexity
+
+SCHEMA = "quantfair-report/1"
+DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
+
+
+def _clean(value):
+    """JSON has no NaN or infinity: such values become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: str,
+                        overhead, resolved: str | None = None) -> list[dict]:
+    """One record per language of a (scheme, strategy, length) measurement."""
+    disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
+    records = []
+    for i, lang in enumerate(m.languages):
+        nll_fp, nll_q = float(m.nll_fp[i].sum()), float(m.nll_q[i].sum())
+        tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
+                                  int(m.chars[i].sum()))
+        records.append({key: _clean(value) for key, value in {
+            "scheme": scheme, "strategy": strategy, "resolved": resolved or strategy,
+            "length": length, "language": lang, "units": int(m.nll_fp.shape[1]),
+            "nll_fp": nll_fp, "nll_q": nll_q, "tokens": tokens, "bytes": n_bytes, "chars": chars,
+            "ppl_fp": perplexity(nll_fp, tokens), "ppl_q": perplexity(nll_q, tokens),
+            "bpb_fp": bits_per_byte(nll_fp, n_bytes), "bpb_q": bits_per_byte(nll_q, n_bytes),
+            "fertility": fertility(tokens, chars),
+            "degradation": degradation[lang].value,
+            "seed_disparity": seed[lang].value, "seed_disparity_low": seed[lang].low,
+            "seed_disparity_high": seed[lang].high,
+            "disparity": disparity[lang].value, "disparity_low": disparity[lang].low,
+            "disparity_high": disparity[lang].high,
+            "undefined": disparity[lang].undefined or None,
+            "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
+        }.items()})
+    return records
+
+
+def row_key(row: dict) -> tuple:
+    return (row["scheme"], row["strategy"], row.get("length", "medium"), row["language"])
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path.cwd())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    from quantfair import __version__
+
+    return {"quantfair": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "git_commit": git_commit()}
+
+
+def build_report(*, model: dict, settings: dict, audits: list[dict], rows: Iterable[dict],
+                 incomplete: list[str], duration_s: float, comparison: dict | None = None
+                 ) -> dict:
+    """The versioned JSON document (see the README's "Report format")."""
+    unique = {row_key(r): r for r in rows}
+    counts: dict[str, int] = {}
+    for entry in audits:
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+    failed = counts.get("failed", 0) + counts.get("error", 0)
+    verdict = "incomplete" if incomplete else ("failed" if failed else "passed")
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "verdict": verdict,
+        "incomplete": incomplete,
+        "summary": counts,
+        "model": model,
+        "settings": settings,
+        "environment": environment(),
+        "duration_s": round(duration_s, 2),
+        "measurements": sorted(unique.values(), key=row_key),
+        "audits": sorted(audits, key=lambda a: a["nodeid"]),
+        "comparison": comparison,
+    }
+
+
+def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
+    """Write `json_path` and the HTML beside it (and reports/latest.html next to them)."""
+    from quantfair.html import render_html
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    html_path = json_path.with_suffix(".html")
+    html = render_html(report)
+    html_path.write_text(html, encoding="utf-8")
+    (json_path.parent / "latest.html").write_text(html, encoding="utf-8")
+    return json_path, html_path
+
+
+def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing."""
+    old_rows = {row_key(r): r for r in old.get("measurements", [])}
+    regressions, rows = [], []
+    for row in new.get("measurements", []):
+        before = old_rows.get(row_key(row))
+        if before is None or row["language"] == "en":
+            continue
+        a, b = before.get("disparity"), row.get("disparity")
+        entry = {"key": "/".join(row_key(row)), "old": a, "new": b}
+        if a is not None and b is not None:
+            entry["change"] = (b - a) / abs(a) if a else None
+            if b > a + tolerance * abs(a):
+                regressions.append(f"disparity {entry['key']}: {a:.4g} -> {b:.4g}")
+        elif a is not None and b is None:
+            regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
+        rows.append(entry)
+    old_audits = {a["nodeid"]: a["outcome"] for a in old.get("audits", [])}
+    audits = []
+    for entry in new.get("audits", []):
+        before = old_audits.get(entry["nodeid"])
+        if before is None:
+            continue
+        audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
+        if before == "passed" and entry["outcome"] in ("failed", "error"):
+            regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
+    return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
+            "audits": audits, "regressions": regressions}
+
+
+def load_report(path: str | Path) -> dict:
+    from quantfair.errors import QuantfairError
+
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QuantfairError(f"report not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise QuantfairError(f"{path} is not a JSON report") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise QuantfairError(f"{path} is not a quantfair report ({SCHEMA})")
+    return report
