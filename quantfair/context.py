@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from quantfair import models
 from quantfair.audit import Case, Finding, Matched, Outcome, Strategy, layer_quant_error
 from quantfair.audit import layer_statistics as _layer_statistics
 from quantfair.evaluate import Evaluator, ResultCache
@@ -149,6 +151,7 @@ class AuditContext:
             "language": case.language, "length": case.length, **asdict(outcome),
             "message": None if outcome.passed else finding.message(outcome, self),
         })
+        record_property("quantfair_process", {"pid": os.getpid(), "loads": models.load_count})
         if not self._model_sent:
             record_property("quantfair_model", self.model_facts())
             self._model_sent = True

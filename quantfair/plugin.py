@@ -160,6 +160,7 @@ class QuantfairRun:
         self.rows: list[dict] = []
         self.model: dict = {}
         self.crashed: list[str] = []
+        self.processes: dict[int, int] = {}  # pid -> models loaded there
         self.report_paths: tuple[Path, Path] | None = None
         self.regressions: list[str] = []
 
@@ -179,17 +180,21 @@ class QuantfairRun:
 
     # -- collecting (controller and serial runs) -------------------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if "quantfair" not in report.keywords:
+        crashed = report.failed and "crashed while running" in (report.longreprtext or "")
+        if "quantfair" not in report.keywords and not crashed:
             return
         properties = dict(report.user_properties)
         if "quantfair_rows" in properties:
             self.rows.extend(properties["quantfair_rows"])
+        if "quantfair_process" in properties:
+            process = properties["quantfair_process"]
+            self.processes[process["pid"]] = max(process["loads"],
+                                                 self.processes.get(process["pid"], 0))
         if "quantfair_model" in properties:
             self.model = properties["quantfair_model"]
         entry = self.audits.setdefault(report.nodeid, {"nodeid": report.nodeid})
         if "quantfair" in properties:
             entry.update(properties["quantfair"])
-        crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         if crashed:
             self.crashed.append(report.nodeid)
         if report.when == "call" or report.failed or report.skipped:
@@ -229,6 +234,8 @@ class QuantfairRun:
         report = build_report(model=self.model, settings=settings,
                               audits=list(self.audits.values()), rows=self.rows,
                               incomplete=incomplete, duration_s=time.time() - self.started)
+        report["processes"] = [{"pid": pid, "loads": loads}
+                               for pid, loads in sorted(self.processes.items())]
         if s["baseline"] is not None:
             report["comparison"] = compare(s["baseline"], report, s["tolerance"])
             self.regressions = report["comparison"]["regressions"]

@@ -1,0 +1,146 @@
+"""End-to-end runs of the audit plugin on tiny random models (seconds, not minutes)."""
+
+import json
+from html import escape
+from pathlib import Path
+
+import pytest
+
+AUDITS = Path(__file__).resolve().parents[1] / "audits"
+pytest_plugins = ["pytester"]
+QUICK_FILES = [str(AUDITS / "test_synergy.py"), str(AUDITS / "test_baseline.py")]
+
+
+def run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=600)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_audits_are_skipped_with_one_line_without_model(pytester):
+    result = run(pytester, *QUICK_FILES)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["quantfair: * audits skipped: no --model given"])
+    assert result.parseoutcomes()["skipped"] > 0
+
+
+def test_failure_message_has_claim_value_bound_and_experiment(pytester):
+    pytester.makepyfile(test_own_finding="""
+        from quantfair.audit import Bound, Finding, OverheadBound, audit
+
+        test_budget = audit(Finding(
+            id="tight_budget", experiments=("999",),
+            claim="The recommended strategy costs almost nothing",
+            check=OverheadBound({"recommended": Bound(max=0.001)}),
+        ))
+    """)
+    result = run(pytester, "--model", "tiny-gpt2", "--no-report")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*[[]tight_budget, experiment 999[]] The recommended strategy costs almost nothing"
+        " -- measured overhead % = *; bound <= 0.001*",
+    ])
+
+
+def test_bad_options_are_one_line_usage_errors(pytester):
+    for args, message in [
+        (["--quant", "int9"], "bits must be between 2 and 8"),
+        (["--languages", "en,xx"], "unknown language(s) xx"),
+        (["--units", "many"], "--units must be an integer"),
+        (["--strategy-typo"], "unrecognized arguments"),
+    ]:
+        result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
+        assert result.ret == 4, (args, result.stderr.str())
+        assert message in result.stderr.str()
+        assert "Traceback" not in result.stderr.str()
+
+
+def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run(pytester, QUICK_FILES[0], "--model", "no-org/no-model")
+    assert result.ret == 4
+    assert "not in the local Hugging Face cache" in result.stderr.str()
+
+
+def _comparable(report: dict) -> dict:
+    report = dict(report)
+    for key in ("created", "duration_s", "environment", "processes"):
+        report.pop(key)
+    report["settings"] = {k: v for k, v in report["settings"].items()
+                          if k not in ("args", "workers")}
+    report["audits"] = [{k: v for k, v in a.items() if k != "duration_s"}
+                        for a in report["audits"]]
+    return report
+
+
+def test_serial_and_xdist_runs_give_the_same_report(pytester):
+    serial, parallel = pytester.path / "serial.json", pytester.path / "parallel.json"
+    first = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-m", "quick",
+                "--report", str(serial))
+    second = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-m", "quick",
+                 "--report", str(parallel), "-n", "2", "--dist", "loadgroup")
+    assert first.ret in (0, 1) and second.ret == first.ret
+    a, b = load(serial), load(parallel)
+    assert a["measurements"] and a["audits"]
+    assert _comparable(a) == _comparable(b)
+    assert b["settings"]["workers"] == 2
+    assert (pytester.path / "parallel.html").exists()
+
+
+def test_each_worker_loads_the_model_once(pytester):
+    path = pytester.path / "r.json"
+    result = run(pytester, *QUICK_FILES, "--model", "tiny-opt", "-n", "2", "--report", str(path))
+    assert result.ret in (0, 1)
+    processes = load(path)["processes"]
+    assert len({p["pid"] for p in processes}) == 2
+    assert all(p["loads"] == 1 for p in processes)
+
+
+def test_report_html_lists_each_audit_once_with_evidence(pytester):
+    path = pytester.path / "r.json"
+    run(pytester, *QUICK_FILES, "--model", "tiny-llama", "-m", "quick", "--report", str(path))
+    report = load(path)
+    html = path.with_suffix(".html").read_text()
+    assert html.count('<tr class="audit') == len(report["audits"])
+    assert "http://" not in html.replace("http://www.w3.org", "") and "<script src" not in html
+    failed = [a for a in report["audits"] if a["outcome"] == "failed"]
+    for audit in failed:
+        assert audit["message"] and escape(audit["claim"]) in html
+    assert (pytester.path / "latest.html").exists()
+
+
+def test_baseline_gates_regressions(pytester):
+    base = pytester.path / "base.json"
+    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "baseline_disparity"]
+    first = run(pytester, *args, "--report", str(base))
+    same = run(pytester, *args, "--baseline", str(base), "--no-report")
+    assert same.ret == first.ret
+    report = load(base)
+    for row in report["measurements"]:
+        if row["language"] == "he" and row["disparity"] is not None:
+            row["disparity"] = row["disparity"] - 10 * abs(row["disparity"]) - 1
+    regressed = pytester.path / "regressed.json"
+    regressed.write_text(json.dumps(report))
+    result = run(pytester, *args, "--baseline", str(regressed), "--no-report")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])
+
+
+def test_crashed_worker_makes_the_report_incomplete(pytester):
+    pytester.makepyfile(test_crash="""
+        import os
+        import pytest
+
+        @pytest.mark.quantfair
+        def test_dies(quantfair_audit):
+            os._exit(3)
+    """)
+    path = pytester.path / "crash.json"
+    run(pytester, "test_crash.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
+        "-k", "dies or robustness", "--report", str(path))
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert any("crashed" in reason for reason in report["incomplete"])
+    assert any(a["outcome"] == "error" for a in report["audits"])
