@@ -28,7 +28,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="build the architecture from a shipped config, no weights needed")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--quant", default="int4", help="scheme, e.g. int4, int4-g128, int8-channel")
+    parser.add_argument("--quant", default="int4",
+                        help="scheme, e.g. int4, int4-g128, int8-channel")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -40,7 +41,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=args.device, random_weights=args.random_weights)
     bank = WeightBank(loaded.model)
     resolver = StrategyResolver(bank, scheme)
-    strategies = [(expr, seed_name, reported) for seed_name, (expr, reported) in SEED_PARETO.items()]
+    strategies = [(expr, seed_name, reported)
+                  for seed_name, (expr, reported) in SEED_PARETO.items()]
     strategies += [(expr, "", "") for expr in args.strategy]
     resolved = [(expr, seed, reported, resolver.overhead(resolver.resolve(expr)))
                 for expr, seed, reported in strategies]
@@ -185,6 +187,24 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantfair.html import render_html
+    from quantfair.report import compare, load_report
+
+    old, new = load_report(args.old), load_report(args.new)
+    new["comparison"] = compare(old, new, args.tolerance)
+    new_path = Path(args.new)
+    output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
+    output.write_text(render_html(new), encoding="utf-8")
+    regressions = new["comparison"]["regressions"]
+    for line in regressions:
+        print(f"REGRESSION: {line}")
+    print(f"{len(regressions)} regression(s) beyond {100 * args.tolerance:g}%; wrote {output}")
+    return 1 if regressions else 0
+
+
 def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--languages", help="comma-separated codes, e.g. en,he,ar,zh")
     parser.add_argument("--corpus", help="JSONL file with fields lang, unit, text")
@@ -215,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="protection strategy (repeatable; default none)")
     measure.add_argument("--json", help="also write the numbers to this JSON file")
     measure.set_defaults(run=cmd_measure)
+
+    report = commands.add_parser("report", help="compare two JSON reports without re-running")
+    report.add_argument("old", help="baseline JSON report")
+    report.add_argument("new", help="new JSON report")
+    report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html)")
+    report.add_argument("--tolerance", type=float, default=0.10,
+                        help="relative disparity growth counted as a regression")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""One exception type for everything a user can get wrong; the CLI and plugin print it as one line."""
+"""Errors a user can cause; the CLI and the plugin print them as one line."""
 
 
 class QuantfairError(Exception):

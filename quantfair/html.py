@@ -131,7 +131,8 @@ def resource(report: dict) -> dict:
             and r["language"] != REFERENCE and not r.get("undefined")]
     points = [{"x": language(r["language"]).resource_class, "y": r["disparity"],
                "label": r["language"], "highlight": False} for r in rows]
-    chart = scatter(points, "resource class (Joshi et al. 2020)", "disparity, no protection (log10)")
+    chart = scatter(points, "resource class (Joshi et al. 2020)",
+                    "disparity, no protection (log10)")
     correlation = None
     usable = [p for p in points if p["x"] >= 0 and p["y"] and p["y"] > 0]
     if len(usable) >= 3 and len({p["x"] for p in usable}) > 1:

@@ -1,4 +1,4 @@
-"""Simulated (fake) quantization, and a bank of FP and quantized tensors for cheap strategy swaps."""
+"""Simulated (fake) quantization, and a bank of FP and quantized tensors for cheap swaps."""
 
 from __future__ import annotations
 

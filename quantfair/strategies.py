@@ -46,7 +46,8 @@ SEED_PARETO = {
 BLOCK_NAMES = {"attn": "attn", "mlp": "mlp", "ln": "norm", "norm": "norm"}
 KINDS = ("weight", "bias")
 VALID = (
-    "none, L<i>, Llast, Lmid, L-<k>, even, odd, all (each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
+    "none, L<i>, Llast, Lmid, L-<k>, even, odd, all "
+    "(each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
     "gradient:P%, variance:topK, or an alias: " + ", ".join(ALIASES)
 )

@@ -1,10 +1,9 @@
 """End-to-end runs of the audit plugin on tiny random models (seconds, not minutes)."""
 
 import json
-from html import escape
 from pathlib import Path
 
-import pytest
+from markupsafe import escape
 
 AUDITS = Path(__file__).resolve().parents[1] / "audits"
 pytest_plugins = ["pytester"]
