@@ -414,6 +414,11 @@ class Finding:
             pytest.skip(f"{self.id}: no bound for the {family} family")
         return self.check.run(ctx, case, bound)
 
+    def describe(self, case: Case) -> dict:
+        return {"finding": self.id, "experiments": list(self.experiments), "claim": self.claim,
+                "case": case.id, "strategy": str(case.strategy) if case.strategy else None,
+                "language": case.language, "length": case.length}
+
     def message(self, outcome: Outcome, ctx) -> str:
         return (f"[{self.id}, experiment {'/'.join(self.experiments)}] {self.claim} -- "
                 f"{outcome.describe()} ({ctx.describe()})")
@@ -423,6 +428,7 @@ def audit(finding: Finding) -> Callable:
     """Turn a finding into a pytest test function (parametrized by the quantfair plugin)."""
 
     def test(quantfair_audit, case: Case, record_property) -> None:
+        record_property("quantfair", finding.describe(case))  # kept even if skipped
         outcome = finding.verify(quantfair_audit, case)
         quantfair_audit.record(finding, case, outcome, record_property)
         if not outcome.passed:

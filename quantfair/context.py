@@ -145,10 +145,7 @@ class AuditContext:
     # -- evidence -------------------------------------------------------------------------
     def record(self, finding: Finding, case: Case, outcome: Outcome, record_property) -> None:
         record_property("quantfair", {
-            "finding": finding.id, "experiments": list(finding.experiments),
-            "claim": finding.claim, "case": case.id,
-            "strategy": str(case.strategy) if case.strategy else None,
-            "language": case.language, "length": case.length, **asdict(outcome),
+            **finding.describe(case), **asdict(outcome),
             "message": None if outcome.passed else finding.message(outcome, self),
         })
         record_property("quantfair_process", {"pid": os.getpid(), "loads": models.load_count})

@@ -8,6 +8,7 @@ from collections import defaultdict
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from quantfair.corpus import REFERENCE, language
+from quantfair.report import experiment_span
 
 RECOMMENDED = ("recommended", "L0+Llast+ln_f+biases", "L0+L11+ln_f+biases")
 LAYER_TOKENS = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
@@ -163,6 +164,7 @@ def render_html(report: dict) -> str:
     env = Environment(loader=PackageLoader("quantfair", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)
+    env.filters["span"] = experiment_span
     env.filters["num"] = lambda v, p=4: "" if v is None else (
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     template = env.get_template("report.html.j2")

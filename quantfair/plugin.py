@@ -256,6 +256,7 @@ class QuantfairRun:
         if hasattr(self.config, "workerinput") or not self.audits:
             return
         from quantfair.cli import _table
+        from quantfair.report import experiment_span
 
         tr = terminalreporter
         tr.section("quantfair audit summary")
@@ -264,10 +265,8 @@ class QuantfairRun:
             value = entry.get("value")
             low, high = entry.get("low"), entry.get("high")
             spread = f"{(high - low) / 2:.3g}" if low is not None and high is not None else ""
-            test_name, _, case = entry["nodeid"].split("::")[-1].partition("[")
-            rows.append((entry.get("finding", test_name.removeprefix("test_")),
-                         experiment_span(entry.get("experiments", [])),
-                         entry.get("case", case.rstrip("]")),
+            rows.append((entry.get("finding", entry["nodeid"]),
+                         experiment_span(entry.get("experiments", [])), entry.get("case", ""),
                          entry.get("quantity", ""),
                          f"{value:.4g}" if isinstance(value, float) else "", spread,
                          entry.get("bound", ""), entry["outcome"]))
@@ -284,14 +283,6 @@ class QuantfairRun:
         if self.report_paths:
             tr.write_line(f"quantfair report: {self.report_paths[1]} (JSON: "
                           f"{self.report_paths[0]})")
-
-
-def experiment_span(ids: list[str]) -> str:
-    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
-    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
-            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return "/".join(ids)
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

@@ -50,6 +50,14 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
     return records
 
 
+def experiment_span(ids: list[str]) -> str:
+    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
+    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
+            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return "/".join(ids)
+
+
 def row_key(row: dict) -> tuple:
     return (row["scheme"], row["strategy"], row.get("length", "medium"), row["language"])
 
