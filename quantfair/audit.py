@@ -24,6 +24,7 @@ from quantfair.quantize import QuantScheme, fake_quantize
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
 ANY_FAMILY = "*"
+CANDIDATE = "candidate"  # stands for the strategy given with --strategy
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,24 @@ class OverheadBound(Check):
         return Outcome(bound.holds(100 * overhead.fraction), "overhead %",
                        100 * overhead.fraction, str(bound),
                        detail=f"{overhead.protected:,} of {overhead.total:,} parameters")
+
+
+@dataclass(frozen=True)
+class WithinBudget(Check):
+    """The suggested strategy keeps no more parameters in FP than the budget it was searched
+    for."""
+
+    def cases(self, languages):
+        return [Case("suggested-budget", CANDIDATE)]
+
+    def run(self, ctx, case, bound):
+        strategy = ctx.candidate_text()
+        suggestion = ctx.suggestion()
+        if ctx.candidate != "suggested" or suggestion is None:
+            pytest.skip("the budget check applies to --strategy suggested")
+        overhead = 100 * ctx.session.overhead(strategy).fraction
+        budget = Bound(max=100 * suggestion["budget"])
+        return Outcome(budget.holds(overhead), f"overhead % of {strategy}", overhead, str(budget))
 
 
 def _layer_criticality(ctx) -> dict[int, float]:

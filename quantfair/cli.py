@@ -187,6 +187,57 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(text: str) -> float:
+    from quantfair.errors import UsageError
+
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise UsageError(f"--budget must be a percentage like 12%, got '{text}'") from None
+    if not 0 <= value <= 100:
+        raise UsageError(f"--budget must be between 0% and 100%, got {text}")
+    return value / 100
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    import json
+
+    from quantfair.suggest import suggest
+
+    budget = _percent(args.budget)
+    session = _session(args)
+    result = suggest(session, budget, calibration_units=args.calibration_units,
+                     width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"model: {result.model}  scheme: {result.scheme}  budget: {100 * budget:g}%")
+    if result.note:
+        print(f"note: {result.note}")
+    print(f"suggested strategy: {result.strategy}  (overhead {100 * result.overhead:.3f}% of "
+          "parameters)")
+    if result.trace:
+        print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
+              f"({result.forward_passes:,} forward passes, {result.wall_s:.0f} s):")
+        print(_table(["step", "candidate", "score", "overhead", "en delta NLL", "chosen"],
+                     [(s.step, s.candidate, f"{s.score:.4f}", f"{100 * s.overhead:.3f}%",
+                       f"{s.english_delta:.2f}", "*" if s.chosen else "")
+                      for s in result.trace]))
+    if result.comparison:
+        print("\non the held-out audit units:")
+        rows = []
+        for row in result.comparison:
+            d = row["mean_disparity"]
+            disparity = "undefined" if d["undefined"] else \
+                f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+            rows.append((row["label"], row["strategy"], f"{100 * row['overhead']:.3f}%",
+                         disparity, f"{100 * row['english_degradation']:.1f}%"))
+        print(_table(["", "strategy", "overhead", "mean disparity [95% CI]",
+                      "en degradation"], rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result.to_json(), handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -235,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="protection strategy (repeatable; default none)")
     measure.add_argument("--json", help="also write the numbers to this JSON file")
     measure.set_defaults(run=cmd_measure)
+
+    suggest = commands.add_parser("suggest", help="search this model's critical parameters")
+    _add_model_arguments(suggest)
+    _add_corpus_arguments(suggest)
+    suggest.add_argument("--budget", required=True, help="share of parameters to keep, e.g. 12%%")
+    suggest.add_argument("--calibration-units", type=int, default=4,
+                         help="held-out units per language scored during the search")
+    suggest.add_argument("--width", type=int, default=3,
+                         help="whole layers tried per step, highest weight variance first")
+    suggest.add_argument("--json", help="also write the result to this JSON file")
+    suggest.set_defaults(run=cmd_suggest, units=8)
 
     report = commands.add_parser("report", help="compare two JSON reports without re-running")
     report.add_argument("old", help="baseline JSON report")

@@ -7,10 +7,11 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
 
 from quantfair import models
-from quantfair.audit import Case, Finding, Matched, Outcome, Strategy, layer_quant_error
+from quantfair.audit import CANDIDATE, Case, Finding, Matched, Outcome, Strategy, layer_quant_error
 from quantfair.audit import layer_statistics as _layer_statistics
 from quantfair.evaluate import Evaluator, ResultCache
 from quantfair.quantize import QuantScheme
@@ -22,8 +23,9 @@ from quantfair.strategies import layer_weight_variance, protection_key
 class AuditContext:
     """Per-process audit state handed to every audit through the `quantfair_audit` fixture."""
 
-    def __init__(self, session: AuditSession) -> None:
+    def __init__(self, session: AuditSession, candidate: str | None = None) -> None:
         self.session = session
+        self.candidate = candidate  # the --strategy under audit
         self._recorded: set[tuple] = set()
         self._rows: dict[tuple, list[dict]] = {}
         self._facts: dict[str, object] = {}
@@ -53,9 +55,29 @@ class AuditContext:
                 "layer_statistics": {str(k): v for k, v in self.layer_statistics().items()}}
 
     # -- strategies and measurements ------------------------------------------------------
+    def suggestion(self) -> dict | None:
+        from quantfair.suggest import load_suggestion
+
+        return self._fact("suggestion", lambda: load_suggestion(self.session))
+
+    def candidate_text(self) -> str:
+        """The strategy given with --strategy ('suggested': the cached search result)."""
+        if not self.candidate:
+            pytest.skip("no --strategy given to audit")
+        if self.candidate != "suggested":
+            return self.candidate
+        found = self.suggestion()
+        if found is None:
+            pytest.skip(f"no suggestion cached for {self.session.loaded.name} with "
+                        f"{self.session.config.scheme.name}: run `quantfair suggest` first")
+        return found["strategy"]
+
     def strategy_text(self, strategy: Strategy) -> str:
+        if strategy == CANDIDATE:
+            return self.candidate_text()
         if isinstance(strategy, Matched):
-            percent = 100 * self.session.overhead(strategy.reference).fraction
+            reference = self.strategy_text(strategy.reference)
+            percent = 100 * self.session.overhead(reference).fraction
             seed = f"@{strategy.seed}" if strategy.selector == "random" else ""
             return f"{strategy.selector}:{percent:.4f}%{seed}"
         return strategy
@@ -73,11 +95,12 @@ class AuditContext:
         corpus = self.session.corpus.with_length(length) if length else self.session.corpus
         text = self.strategy_text(strategy)
         measurement = self.session.measure(text, parsed, corpus)
-        key = (parsed.name, str(strategy), length or "medium")
+        label = text if strategy == CANDIDATE else str(strategy)
+        key = (parsed.name, label, length or "medium")
         if key not in self._rows:
             overhead = self.session.overhead(text, parsed)
             self._rows[key] = measurement_records(
-                measurement, strategy=str(strategy), scheme=parsed.name,
+                measurement, strategy=label, scheme=parsed.name,
                 length=length or "medium", overhead=overhead, resolved=text)
         return measurement
 
@@ -151,6 +174,8 @@ class AuditContext:
         record_property("quantfair_process", {"pid": os.getpid(), "loads": models.load_count})
         if not self._model_sent:
             record_property("quantfair_model", self.model_facts())
+            if self.candidate == "suggested" and self.suggestion():
+                record_property("quantfair_suggestion", self.suggestion())
             self._model_sent = True
         fresh = [key for key in self._rows if key not in self._recorded]
         if fresh:

@@ -150,6 +150,18 @@ def fertility(report: dict) -> dict:
     return bars(list(seen.items()))
 
 
+def suggestion(report: dict) -> dict | None:
+    found = report.get("suggestion")
+    if not found:
+        return None
+    points = [{"x": 100 * step["overhead"], "y": step["score"],
+               "label": f"{step['step']}: {step['candidate']}", "highlight": step["chosen"]}
+              for step in found.get("trace", [])]
+    chart = scatter(points, "overhead (% of parameters in FP)",
+                    "search score (mean damage / English's unprotected)", log_y=False)
+    return {"chart": chart, "data": found}
+
+
 def audit_groups(report: dict) -> dict:
     audits = report.get("audits", [])
     return {
@@ -172,5 +184,6 @@ def render_html(report: dict) -> str:
         report=report, heatmap=heatmap(report), pareto=pareto(report),
         criticality=criticality(report), resource=resource(report),
         fertility=fertility(report), groups=audit_groups(report),
+        suggestion=suggestion(report),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
     )

@@ -26,6 +26,8 @@ OPTIONS = {
     "report": (None, "path of the JSON report (HTML beside it); default reports/<model>-<time>"),
     "baseline": (None, "earlier JSON report: fail when a disparity regresses beyond tolerance"),
     "tolerance": (None, "relative disparity growth counted as a regression (default 0.10)"),
+    "strategy": (None, "a strategy to audit against none and random protection at its budget; "
+                       "'suggested' takes the latest `quantfair suggest` result for this model"),
 }
 
 
@@ -96,6 +98,7 @@ def _settings(config: pytest.Config) -> dict:
         "no_report": bool(config.getoption("quantfair_no_report")),
         "baseline": load_report(baseline) if baseline else None,
         "baseline_path": baseline, "tolerance": tolerance,
+        "strategy": option(config, "strategy"),
     }
 
 
@@ -161,6 +164,7 @@ class QuantfairRun:
         self.model: dict = {}
         self.crashed: list[str] = []
         self.processes: dict[int, int] = {}  # pid -> models loaded there
+        self.suggestion: dict | None = None
         self.report_paths: tuple[Path, Path] | None = None
         self.regressions: list[str] = []
 
@@ -175,7 +179,7 @@ class QuantfairRun:
                               units=s["units"], corpus=s["corpus"], device=s["device"],
                               random_weights=s["random_weights"]),
                 announce=_announcer(self.config))
-            self._context = AuditContext(session)
+            self._context = AuditContext(session, candidate=s["strategy"])
         return self._context
 
     # -- collecting (controller and serial runs) -------------------------------------------
@@ -192,6 +196,8 @@ class QuantfairRun:
                                                  self.processes.get(process["pid"], 0))
         if "quantfair_model" in properties:
             self.model = properties["quantfair_model"]
+        if "quantfair_suggestion" in properties:
+            self.suggestion = properties["quantfair_suggestion"]
         entry = self.audits.setdefault(report.nodeid, {"nodeid": report.nodeid})
         if "quantfair" in properties:
             entry.update(properties["quantfair"])
@@ -234,6 +240,7 @@ class QuantfairRun:
         report = build_report(model=self.model, settings=settings,
                               audits=list(self.audits.values()), rows=self.rows,
                               incomplete=incomplete, duration_s=time.time() - self.started)
+        report["suggestion"] = self.suggestion
         report["processes"] = [{"pid": pid, "loads": loads}
                                for pid, loads in sorted(self.processes.items())]
         if s["baseline"] is not None:

@@ -38,8 +38,9 @@ class AuditSession:
     """Loads the model once, keeps FP and quantized tensors, and measures strategies lazily."""
 
     def __init__(self, config: SessionConfig, announce: Announce = _stderr,
-                 progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None
-                 ) -> None:
+                 progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None,
+                 loaded: LoadedModel | None = None) -> None:
+        """`loaded` hands in a model already in memory instead of loading `config.model`."""
         self.config = config
         self.announce = announce
         self.progress = progress
@@ -50,6 +51,8 @@ class AuditSession:
         held_out = [u for u in full.units if u not in units]
         self.calibration = selected.select(units=held_out) if held_out else None
         self._loaded: LoadedModel | None = None
+        if loaded is not None:
+            self._adopt(loaded)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self.measurements: dict[tuple[str, str, str], object] = {}
         self.timings: list[tuple[str, float]] = []
@@ -60,12 +63,15 @@ class AuditSession:
         if self._loaded is None:
             start = time.perf_counter()
             self.announce(f"quantfair: loading {self.config.model}")
-            self._loaded = load_model(self.config.model, self.config.device,
-                                      self.config.random_weights)
-            self.bank = WeightBank(self._loaded.model)
-            self.evaluator = Evaluator(self._loaded)
+            self._adopt(load_model(self.config.model, self.config.device,
+                                   self.config.random_weights))
             self.timings.append(("load", time.perf_counter() - start))
         return self._loaded
+
+    def _adopt(self, loaded: LoadedModel) -> None:
+        self._loaded = loaded
+        self.bank = WeightBank(loaded.model)
+        self.evaluator = Evaluator(loaded)
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
         scheme = scheme or self.config.scheme
