@@ -21,7 +21,7 @@ import torch
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel, cache_root
 
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"
 MAX_WINDOW = 2048
 
 
@@ -159,12 +159,17 @@ class Evaluator:
         for row, window in enumerate(batch):
             ids[row, : len(window.ids)] = torch.tensor(window.ids)
             mask[row, : len(window.ids)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids = ids.to(device)
         self.forward_passes += 1
-        logits = self.loaded.model(input_ids=ids, attention_mask=mask).logits
+        padded = any(len(w.ids) < length for w in batch)
+        # Without padding the mask is all ones; leaving it out keeps the fast causal path.
+        logits = self.loaded.model(
+            input_ids=ids, attention_mask=mask.to(device) if padded else None).logits
+        vocab = logits.shape[-1]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-        return [losses[row, w.score_from - 1: len(w.ids) - 1].sum().item()
+            logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1), reduction="none"
+        ).reshape(len(batch), length - 1)
+        return [losses[row, w.score_from - 1: len(w.ids) - 1].double().sum().item()
                 for row, w in enumerate(batch)]
 
     def evaluate(self, config: str, texts: list[str],

@@ -3,6 +3,7 @@ and every measurement taken so far."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantfair.corpus import Corpus, load_corpus
-from quantfair.evaluate import Evaluator, check_finite
+from quantfair.evaluate import Evaluator, check_finite, results_root
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank
 from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
@@ -32,6 +33,10 @@ class SessionConfig:
     corpus: str | None = None
     device: str | None = None
     random_weights: bool = False
+
+
+def hash_texts(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
 class AuditSession:
@@ -77,15 +82,22 @@ class AuditSession:
         scheme = scheme or self.config.scheme
         if scheme not in self._resolvers:
             self.loaded  # noqa: B018 - builds the bank
-            self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients)
+            calibration = self._calibration_texts()
+            prefix = f"{self.loaded.weight_hash()}|{hash_texts(calibration)}"
+            cache = (results_root() / self.loaded.weight_hash()[:16] / "selections", prefix)
+            self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache)
         return self._resolvers[scheme]
 
+    def _calibration_texts(self) -> list[str]:
+        """Up to 32 held-out texts for gradient selection (first sentences of the audit units
+        when every unit is audited)."""
+        texts = self.calibration or self.corpus.with_length("short")
+        return [t for units in texts.texts.values() for t in units.values()][:32]
+
     def _gradients(self):
-        texts = (self.calibration or self.corpus.with_length("short"))
         self.bank.restore()
         self.announce("quantfair: computing calibration gradients")
-        return calibration_gradients(
-            self.loaded, [t for units in texts.texts.values() for t in units.values()][:32])
+        return calibration_gradients(self.loaded, self._calibration_texts())
 
     # -- measurements ----------------------------------------------------------------------
     def overhead(self, strategy: str, scheme: QuantScheme | None = None) -> Overhead:

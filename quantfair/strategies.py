@@ -17,7 +17,9 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from quantfair.errors import UsageError
@@ -82,6 +84,7 @@ class StrategyResolver:
         bank: WeightBank,
         scheme: QuantScheme,
         gradients: Callable[[], dict[str, torch.Tensor]] | None = None,
+        selector_cache: tuple[Path, str] | None = None,
     ) -> None:
         self.bank = bank
         self.parts = bank.parts
@@ -89,6 +92,8 @@ class StrategyResolver:
         self.layers = num_layers(self.parts)
         self._gradients = gradients
         self._gradient_cache: dict[str, torch.Tensor] | None = None
+        self._memo: dict[str, Protection] = {}
+        self.selector_cache = selector_cache  # (folder, key prefix) for selector masks on disk
 
     # -- structural terms ---------------------------------------------------------------
     def _layer_set(self, token: str, term: str) -> list[int]:
@@ -159,19 +164,24 @@ class StrategyResolver:
     def _quantized_parts(self) -> list[Component]:
         return [c for c in self.parts.values() if in_scope(c, self.scheme)]
 
-    def _top_elements(self, scores: dict[str, torch.Tensor], fraction: float) -> Protection:
+    @staticmethod
+    def _top_elements(scores: dict[str, torch.Tensor], fraction: float) -> Protection:
+        """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in order)."""
         protection: Protection = {}
         for name, score in scores.items():
-            keep = round(fraction * score.numel())
+            flat = score.detach().flatten().float().cpu().numpy()
+            keep = round(fraction * flat.size)
             if keep == 0:
                 continue
-            if keep >= score.numel():
+            if keep >= flat.size:
                 protection[name] = True
                 continue
-            threshold_index = torch.topk(score.flatten(), keep).indices
-            mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-            mask[threshold_index] = True
-            protection[name] = mask.reshape(score.shape)
+            threshold = np.partition(flat, flat.size - keep)[flat.size - keep]  # O(n) select
+            mask = flat >= threshold
+            excess = int(mask.sum()) - keep
+            if excess > 0:
+                mask[np.flatnonzero(flat == threshold)[-excess:]] = False
+            protection[name] = torch.from_numpy(mask).reshape(score.shape).to(score.device)
         return protection
 
     def _selector(self, term: str) -> Protection:
@@ -220,8 +230,37 @@ class StrategyResolver:
         return self._gradient_cache
 
     # -- public -------------------------------------------------------------------------------
+    def _cached_selector(self, term: str) -> Protection:
+        """A budgeted selection, kept on disk as bit masks: selections (gradients above all)
+        cost far more than reading them back."""
+        if self.selector_cache is None:
+            return self._selector(term)
+        folder, prefix = self.selector_cache
+        key = hashlib.sha256(f"{prefix}|{self.scheme.name}|{term}".encode()).hexdigest()[:24]
+        path = folder / f"{key}.npz"
+        try:
+            with np.load(path) as stored:
+                return {name: True if stored[name].size == 0 else torch.from_numpy(
+                    np.unpackbits(stored[name], count=self.parts[name].numel).astype(bool)
+                ).reshape(self.parts[name].shape) for name in stored.files}
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # absent or damaged: select again
+        protection = self._selector(term)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, **{name: np.zeros(0, np.uint8) if keep is True else
+                             np.packbits(keep.flatten().cpu().numpy())
+                             for name, keep in protection.items()})
+        partial.replace(path)
+        return protection
+
     def resolve(self, expression: str) -> Protection:
         """The protected set named by `expression`; a UsageError lists what is valid."""
+        if expression not in self._memo:
+            self._memo[expression] = self._resolve(expression)
+        return self._memo[expression]
+
+    def _resolve(self, expression: str) -> Protection:
         text = ALIASES.get(expression.strip(), expression.strip())
         if not text:
             raise UsageError(f"empty strategy; valid: {VALID}")
@@ -233,7 +272,7 @@ class StrategyResolver:
             if "+" in term:
                 part = self.resolve(term)
             elif ":" in term:
-                part = self._selector(term)
+                part = self._cached_selector(term)
             else:
                 part = {name: True for name in self._structural(term)}
             for name, keep in part.items():

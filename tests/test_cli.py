@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,44 @@ def test_inspect_random_gpt2_prints_family_and_seed_overheads():
     assert result.returncode == 0, result.stderr
     assert "family: gpt2" in result.stdout
     assert "| L0+Llast+ln_f+biases " in result.stdout and "11.461%" in result.stdout
+
+
+@pytest.fixture
+def corpus_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"lang": "en", "unit": "a", "text": "hi"}\n{"lang": "en",\n')
+    return {"empty": str(empty), "malformed": str(malformed)}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["measure", "tiny-gpt2", "--languages", "en,xx"], "unknown language(s) xx"),
+    (["measure", "tiny-gpt2", "--corpus", "{empty}"], "the corpus is empty"),
+    (["measure", "tiny-gpt2", "--corpus", "{malformed}"], "malformed.jsonl:2: malformed JSON"),
+    (["measure", "tiny-gpt2", "--strategy", "L99"], "layer 99 out of range"),
+    (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
+    (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
+    (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
+])
+def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
+    result = run_cli(*[a.format(**corpus_files) for a in args])
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
+
+
+def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
+    out = tmp_path / "m.json"
+    args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--languages",
+            "en,he,zh", "--units", "3", "--json", str(out)]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
+    records = json.loads(out.read_text())["records"]
+    assert {(r["strategy"], r["language"]) for r in records} == {
+        (s, lang) for s in ("none", "L0") for lang in ("en", "he", "zh")}
+    second = run_cli(*args)
+    assert second.returncode == 0 and "evaluating" not in second.stderr
+    assert json.loads(out.read_text())["records"] == records
