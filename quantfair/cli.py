@@ -123,36 +123,6 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def measurement_rows(session, strategies: Sequence[str]) -> list[dict]:
-    """One record per (strategy, language), the numbers the report and --json share."""
-    from quantfair.metrics import bits_per_byte, fertility, perplexity
-
-    records = []
-    for strategy in strategies:
-        m = session.measure(strategy)
-        overhead = session.overhead(strategy)
-        disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
-        for i, lang in enumerate(m.languages):
-            nll_fp, nll_q = m.nll_fp[i].sum(), m.nll_q[i].sum()
-            tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
-                                      int(m.chars[i].sum()))
-            records.append({
-                "strategy": strategy, "language": lang, "nll_fp": float(nll_fp),
-                "nll_q": float(nll_q), "tokens": tokens, "bytes": n_bytes, "chars": chars,
-                "ppl_fp": perplexity(nll_fp, tokens), "ppl_q": perplexity(nll_q, tokens),
-                "bpb_fp": bits_per_byte(nll_fp, n_bytes), "bpb_q": bits_per_byte(nll_q, n_bytes),
-                "fertility": fertility(tokens, chars),
-                "degradation": degradation[lang].value,
-                "seed_disparity": seed[lang].value,
-                "seed_disparity_low": seed[lang].low, "seed_disparity_high": seed[lang].high,
-                "disparity": disparity[lang].value, "disparity_low": disparity[lang].low,
-                "disparity_high": disparity[lang].high,
-                "undefined": disparity[lang].undefined or None,
-                "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
-            })
-    return records
-
-
 def _ratio(record: dict, key: str) -> str:
     if record["undefined"]:
         return "undefined"
@@ -162,11 +132,15 @@ def _ratio(record: dict, key: str) -> str:
 def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
+    from quantfair.report import measurement_records
+
     session = _session(args)
     strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
         session.resolver().resolve(strategy)
-    records = measurement_rows(session, strategies)
+    records = [record for strategy in strategies for record in measurement_records(
+        session.measure(strategy), strategy=strategy, scheme=session.config.scheme.name,
+        length="medium", overhead=session.overhead(strategy))]
     rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.2f}", f"{r['ppl_q']:.2f}",
              f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.1f}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]

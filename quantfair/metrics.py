@@ -87,82 +87,68 @@ class Measurement:
     def ref(self) -> int:
         return self.languages.index(self.reference)
 
-    def _resampled(self) -> dict[str, np.ndarray]:
-        """Per-language sums over bootstrap resamples: [language, sample]."""
+    def _series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-language values of `metric` ("delta": summed NLL increase; "degradation":
+        ppl_q/ppl_fp - 1) and the same over bootstrap resamples [language, sample]."""
         index = bootstrap_indices(self.nll_fp.shape[1])
-        return {name: getattr(self, name)[:, index].sum(axis=2)
-                for name in ("nll_fp", "nll_q", "tokens")}
+        totals = [(getattr(self, name).sum(axis=1), getattr(self, name)[:, index].sum(axis=2))
+                  for name in ("nll_fp", "nll_q", "tokens")]
+        (fp, fp_boot), (q, q_boot), (tokens, tokens_boot) = totals
+        if metric == "delta":
+            return q - fp, q_boot - fp_boot
+        return np.expm1((q - fp) / tokens), np.expm1((q_boot - fp_boot) / tokens_boot)
 
-    def _totals(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name).sum(axis=1) for name in ("nll_fp", "nll_q", "tokens")}
-
-    def delta(self) -> dict[str, Estimate]:
-        """Summed NLL increase per language (content metric numerator), with CIs."""
-        point, boot = self._totals(), self._resampled()
-        delta, delta_boot = point["nll_q"] - point["nll_fp"], boot["nll_q"] - boot["nll_fp"]
-        return {lang: Estimate(float(delta[i]), *_interval(delta_boot[i]))
-                for i, lang in enumerate(self.languages)}
-
-    def degradation(self) -> dict[str, Estimate]:
-        point, boot = self._totals(), self._resampled()
-        value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
-        samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
+    def _estimates(self, metric: str) -> dict[str, Estimate]:
+        value, samples = self._series(metric)
         return {lang: Estimate(float(value[i]), *_interval(samples[i]))
                 for i, lang in enumerate(self.languages)}
 
-    def _ratio(self, numerator: np.ndarray, samples: np.ndarray, per_token_ref: float,
-               ref_low: float) -> dict[str, Estimate]:
-        reason = ""
-        if ref_low <= 0:
-            reason = f"{self.reference} loss change is within noise (95% CI includes 0)"
-        elif per_token_ref < NOISE_FLOOR:
-            reason = f"{self.reference} loss change is below {NOISE_FLOOR} nats/token"
+    def delta(self) -> dict[str, Estimate]:
+        """Summed NLL increase per language (the content metric's numerator), with CIs."""
+        return self._estimates("delta")
+
+    def degradation(self) -> dict[str, Estimate]:
+        """ppl_q / ppl_fp - 1 per language, with CIs."""
+        return self._estimates("degradation")
+
+    def _undefined(self) -> str:
+        """Why ratios to the reference are not reported (empty when they are)."""
+        value, samples = self._series("delta")
         ref = self.ref
+        if _interval(samples[ref])[0] <= 0:
+            return f"{self.reference} loss change is within noise (95% CI includes 0)"
+        if value[ref] / self.tokens[ref].sum() < NOISE_FLOOR:
+            return f"{self.reference} loss change is below {NOISE_FLOOR} nats/token"
+        return ""
+
+    def _ratios(self, metric: str) -> dict[str, Estimate]:
+        value, samples = self._series(metric)
+        reason, ref = self._undefined(), self.ref
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio_samples = samples / samples[ref]
-            values = numerator / numerator[ref]
-        return {
-            lang: Estimate(float(values[i]), *_interval(ratio_samples[i]), undefined=reason)
-            for i, lang in enumerate(self.languages)
-        }
+            ratio, ratio_samples = value / value[ref], samples / samples[ref]
+        return {lang: Estimate(float(ratio[i]), *_interval(ratio_samples[i]), undefined=reason)
+                for i, lang in enumerate(self.languages)}
 
     def disparity(self) -> dict[str, Estimate]:
         """delta NLL(l) / delta NLL(reference), on the same content in every language."""
-        point, boot = self._totals(), self._resampled()
-        delta, samples = point["nll_q"] - point["nll_fp"], boot["nll_q"] - boot["nll_fp"]
-        ref = self.ref
-        return self._ratio(delta, samples, delta[ref] / point["tokens"][ref],
-                           _interval(samples[ref])[0])
+        return self._ratios("delta")
 
     def seed_disparity(self) -> dict[str, Estimate]:
         """degradation(l) / degradation(reference) (per token, the seed's metric)."""
-        point, boot = self._totals(), self._resampled()
-        value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
-        samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
-        ref = self.ref
-        per_token = (point["nll_q"][ref] - point["nll_fp"][ref]) / point["tokens"][ref]
-        return self._ratio(value, samples, per_token, _interval(samples[ref])[0])
+        return self._ratios("degradation")
 
     def mean_disparity(self, languages: Sequence[str] | None = None,
                        metric: str = "disparity") -> Estimate:
         """Mean of a disparity over the non-reference languages, bootstrapped jointly."""
-        chosen = [self.languages.index(lang) for lang in (languages or self.languages)
-                  if lang != self.reference]
-        point, boot = self._totals(), self._resampled()
-        if metric == "disparity":
-            value = point["nll_q"] - point["nll_fp"]
-            samples = boot["nll_q"] - boot["nll_fp"]
-        else:
-            value = np.expm1((point["nll_q"] - point["nll_fp"]) / point["tokens"])
-            samples = np.expm1((boot["nll_q"] - boot["nll_fp"]) / boot["tokens"])
+        series = "delta" if metric == "disparity" else "degradation"
+        value, samples = self._series(series)
+        rows = [self.languages.index(lang) for lang in (languages or self.languages)
+                if lang != self.reference and lang in self.languages]
         ref = self.ref
-        per_language = self._ratio(value, samples, (point["nll_q"][ref] - point["nll_fp"][ref])
-                                   / point["tokens"][ref], _interval(samples[ref])[0])
-        reason = per_language[self.reference].undefined
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean_samples = (samples[chosen] / samples[ref]).mean(axis=0)
-        mean = float(np.mean([per_language[self.languages[i]].value for i in chosen]))
-        return Estimate(mean, *_interval(mean_samples), undefined=reason)
+            mean = float((value[rows] / value[ref]).mean())
+            mean_samples = (samples[rows] / samples[ref]).mean(axis=0)
+        return Estimate(mean, *_interval(mean_samples), undefined=self._undefined())
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Find the parameters worth keeping in full precision for *this* model, within a budget.
 
-Greedy search over protection units (whole layers ordered by weight variance, their attention,
-MLP and norm halves, and model-wide norms, biases and position embeddings), scored on
+Greedy search over protection units (whole layers ordered by weight variance, then, once no
+whole layer fits the budget, their attention, MLP and norm halves, and model-wide norms,
+biases and position embeddings), scored on
 calibration units that are disjoint from the audit units, so the audit afterwards is a
 held-out test. The score of a protected set is the mean over non-reference languages of
 damage(l) / damage(en, unprotected), where damage is the summed |NLL change| over units: the
@@ -100,9 +101,12 @@ class Search:
                     if self._exists(u) and u not in chosen]
         ranked = [f"L{layer}" for layer in layer_variance_ranking(self.resolver.bank)
                   if f"L{layer}" not in chosen][: self.width]
-        halves = [f"{layer}.{block}" for layer in ranked for block in ("attn", "mlp", "ln")
-                  if f"{layer}.{block}" not in chosen]
-        return [c for c in globals_ + ranked + halves
+        fits = [c for c in ranked if self.overhead(chosen + [c]) <= self.budget + 1e-12]
+        # Halves of layers only once whole layers no longer fit: the search stays affordable.
+        halves = [] if fits else [f"{layer}.{block}" for layer in ranked
+                                  for block in ("attn", "mlp", "ln")
+                                  if f"{layer}.{block}" not in chosen]
+        return [c for c in globals_ + fits + halves
                 if self.overhead(chosen + [c]) <= self.budget + 1e-12
                 and set(self.resolver.resolve("+".join(chosen + [c])))
                 != set(self.resolver.resolve("+".join(chosen) or "none"))]

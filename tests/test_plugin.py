@@ -143,3 +143,33 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
     assert report["verdict"] == "incomplete"
     assert any("crashed" in reason for reason in report["incomplete"])
     assert any(a["outcome"] == "error" for a in report["audits"])
+
+
+def test_strategy_option_audits_a_given_strategy(pytester):
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
+                 "--strategy", "L0+Llast", "--no-report", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2
+    result.stdout.fnmatch_lines(["*the budget check applies to --strategy suggested*"])
+
+
+def test_suggested_strategy_is_audited_and_reported(pytester):
+    from quantfair.cli import main
+
+    assert main(["suggest", "tiny-llama", "--budget", "30%", "--languages", "en,de,ru,he,ar,zh",
+                 "--calibration-units", "2"]) == 0
+    path = pytester.path / "s.json"
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
+                 "--strategy", "suggested", "--report", str(path))
+    assert result.ret in (0, 1)
+    report = load(path)
+    assert report["suggestion"]["budget"] == 0.30
+    assert {a["finding"] for a in report["audits"] if a["outcome"] != "skipped"} == {
+        "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
+    assert "Suggested protection" in path.with_suffix(".html").read_text()
+
+
+def test_suggested_without_a_search_is_skipped_with_the_reason(pytester):
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-bloom",
+                 "--strategy", "suggested", "--no-report", "-rs")
+    result.stdout.fnmatch_lines(["*run `quantfair suggest` first*"])
