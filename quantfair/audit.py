@@ -71,10 +71,12 @@ class Case:
     strategy: Strategy | None = None
     language: str | None = None
     length: str | None = None
+    scheme: str | None = None  # None: the run's --quant
 
     @property
     def group(self) -> str:
-        return str(self.strategy or "model")
+        """xdist group: tests of one scheme and strategy share a worker (one quantization)."""
+        return f"{self.scheme or 'default'}|{self.strategy or 'model'}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class LanguageBound(Check):
     def cases(self, languages):
         chosen = [lang for lang in _non_reference(languages)
                   if self.languages is None or lang in self.languages]
-        return [Case(f"{self.strategy}-{lang}", self.strategy, lang) for lang in chosen]
+        return [Case(f"{self.strategy}-{lang}", self.strategy, lang, scheme=self.scheme)
+                for lang in chosen]
 
     def run(self, ctx, case, bound):
         estimate = _disparity_of(ctx, self.strategy, self.quantity, self.scheme)[case.language]
@@ -178,11 +181,12 @@ class Better(Check):
         if self.per_language:
             chosen = [lang for lang in _non_reference(languages)
                       if self.languages is None or lang in self.languages]
-            return [Case(f"{label}-{lang}", self.strategy, lang) for lang in chosen]
+            return [Case(f"{label}-{lang}", self.strategy, lang, scheme=self.scheme)
+                    for lang in chosen]
         if self.lengths:
-            return [Case(f"{label}-{length}", self.strategy, length=length)
+            return [Case(f"{label}-{length}", self.strategy, length=length, scheme=self.scheme)
                     for length in self.lengths]
-        return [Case(label, self.strategy)]
+        return [Case(label, self.strategy, scheme=self.scheme)]
 
     def _value(self, ctx, strategy, case) -> Estimate:
         m = ctx.measure(strategy, self.scheme, case.length)

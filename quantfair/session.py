@@ -13,6 +13,7 @@ import numpy as np
 
 from quantfair.corpus import Corpus, load_corpus
 from quantfair.evaluate import Evaluator, check_finite, results_root
+from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank
 from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
@@ -59,7 +60,7 @@ class AuditSession:
         if loaded is not None:
             self._adopt(loaded)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
-        self.measurements: dict[tuple[str, str, str], object] = {}
+        self.measurements: dict[tuple[str, str, str], Measurement] = {}
         self.timings: list[tuple[str, float]] = []
 
     # -- lazily built state -----------------------------------------------------------------
@@ -124,10 +125,8 @@ class AuditSession:
         return results
 
     def measure(self, strategy: str, scheme: QuantScheme | None = None,
-                corpus: Corpus | None = None):
+                corpus: Corpus | None = None) -> Measurement:
         """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement."""
-        from quantfair.metrics import Measurement
-
         scheme = scheme or self.config.scheme
         corpus = corpus or self.corpus
         memo_key = (scheme.name, strategy, corpus.digest())
