@@ -102,6 +102,12 @@ class Outcome:
         return f"{text}; {self.detail}" if self.detail else text
 
 
+def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
+    if isinstance(bounds, dict):
+        return bounds.get(family, bounds.get(ANY_FAMILY))
+    return bounds
+
+
 def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound, detail: str = ""):
     if not estimate.defined:
         return Outcome(False, quantity, None, str(bound), detail=f"undefined: {estimate.undefined}")
@@ -121,11 +127,9 @@ class Check:
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
 
-    def bound_for(self, family: str) -> Bound | None:
-        bounds = getattr(self, "bound", None)
-        if isinstance(bounds, dict):
-            return bounds.get(family, bounds.get(ANY_FAMILY))
-        return bounds
+    def bound_for(self, family: str, case: Case) -> Bound | None:
+        """The bound that applies to this model family (None: no bound for it)."""
+        return _for_family(getattr(self, "bound", None), family)
 
     def run(self, ctx: Any, case: Case, bound: Bound | None) -> Outcome:
         raise NotImplementedError
@@ -255,15 +259,10 @@ class OverheadBound(Check):
     def cases(self, languages):
         return [Case(strategy, strategy) for strategy in self.bounds]
 
-    def bound_for(self, family: str) -> Bound | None:
-        found = [b.get(family, b.get(ANY_FAMILY)) if isinstance(b, dict) else b
-                 for b in self.bounds.values()]
-        return Bound() if any(found) else None
+    def bound_for(self, family: str, case: Case) -> Bound | None:
+        return _for_family(self.bounds[case.strategy], family)
 
     def run(self, ctx, case, bound):
-        bound = self.bounds[case.strategy]
-        if isinstance(bound, dict):
-            bound = bound.get(ctx.family, bound.get(ANY_FAMILY))
         overhead = ctx.session.overhead(case.strategy)
         return Outcome(bound.holds(100 * overhead.fraction), "overhead %",
                        100 * overhead.fraction, str(bound),
@@ -432,7 +431,7 @@ class Finding:
         if self.layers is not None and ctx.layers != self.layers:
             pytest.skip(f"{self.id}: names layers of a {self.layers}-layer model; this one has "
                         f"{ctx.layers}")
-        bound = self.check.bound_for(family)
+        bound = self.check.bound_for(family, case)
         if self.check.needs_bound and bound is None:
             pytest.skip(f"{self.id}: no bound for the {family} family")
         return self.check.run(ctx, case, bound)
