@@ -467,21 +467,19 @@ def audit(finding: Finding) -> Callable:
 
 
 def layer_statistics(bank) -> dict[int, dict[str, float]]:
-    grouped: dict[int, list[np.ndarray]] = {}
-    for c in bank.parts.values():
-        if c.layer is not None and c.is_matrix and c.kind == "weight":
-            grouped.setdefault(c.layer, []).append(bank.fp[c.name].flatten().float().cpu().numpy())
-    return {layer: weight_statistics(np.concatenate(ws)) for layer, ws in sorted(grouped.items())}
+    return {layer: weight_statistics(np.concatenate(
+                [bank.fp[c.name].flatten().float().cpu().numpy() for c in parts]))
+            for layer, parts in bank.layer_matrices().items()}
 
 
 def layer_quant_error(bank, scheme: QuantScheme) -> dict[int, float]:
     """Relative Frobenius error ||w - q(w)|| / ||w|| of each layer's matrices."""
-    error: dict[int, list[float]] = {}
-    for c in bank.parts.values():
-        if c.layer is not None and c.is_matrix and c.kind == "weight":
+    error = {}
+    for layer, parts in bank.layer_matrices().items():
+        diff = norm = 0.0
+        for c in parts:
             w = bank.fp[c.name].float()
-            diff = (w - fake_quantize(w, scheme, c.transposed)).pow(2).sum().item()
-            total = error.setdefault(c.layer, [0.0, 0.0])
-            total[0] += diff
-            total[1] += w.pow(2).sum().item()
-    return {layer: math.sqrt(d / n) if n else 0.0 for layer, (d, n) in sorted(error.items())}
+            diff += (w - fake_quantize(w, scheme, c.transposed)).pow(2).sum().item()
+            norm += w.pow(2).sum().item()
+        error[layer] = math.sqrt(diff / norm) if norm else 0.0
+    return error

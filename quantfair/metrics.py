@@ -98,18 +98,11 @@ class Measurement:
             return q - fp, q_boot - fp_boot
         return np.expm1((q - fp) / tokens), np.expm1((q_boot - fp_boot) / tokens_boot)
 
-    def _estimates(self, metric: str) -> dict[str, Estimate]:
-        value, samples = self._series(metric)
-        return {lang: Estimate(float(value[i]), *_interval(samples[i]))
-                for i, lang in enumerate(self.languages)}
-
-    def delta(self) -> dict[str, Estimate]:
-        """Summed NLL increase per language (the content metric's numerator), with CIs."""
-        return self._estimates("delta")
-
     def degradation(self) -> dict[str, Estimate]:
         """ppl_q / ppl_fp - 1 per language, with CIs."""
-        return self._estimates("degradation")
+        value, samples = self._series("degradation")
+        return {lang: Estimate(float(value[i]), *_interval(samples[i]))
+                for i, lang in enumerate(self.languages)}
 
     def _undefined(self) -> str:
         """Why ratios to the reference are not reported (empty when they are)."""

@@ -209,10 +209,9 @@ class QuantfairRun:
                 entry["message"] = _skip_reason(report)
             elif report.failed:
                 outcome = "failed" if report.when == "call" and not crashed else "error"
-                entry.setdefault("message", None)
-                if not entry["message"]:
-                    entry["message"] = (report.longreprtext or "").strip().splitlines()[-1:]
-                    entry["message"] = entry["message"][0] if entry["message"] else "error"
+                if not entry.get("message"):
+                    lines = (report.longreprtext or "").strip().splitlines()
+                    entry["message"] = lines[-1] if lines else "error"
             else:
                 outcome = "passed"
             entry["outcome"] = outcome

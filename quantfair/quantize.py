@@ -174,6 +174,14 @@ class WeightBank:
                 param.copy_(quantized[name])
             self._state[name] = state
 
+    def layer_matrices(self) -> dict[int, list[Component]]:
+        """Each layer's matrix weights (the tensors weight statistics are taken over)."""
+        grouped: dict[int, list[Component]] = {}
+        for c in self.parts.values():
+            if c.layer is not None and c.is_matrix and c.kind == "weight":
+                grouped.setdefault(c.layer, []).append(c)
+        return dict(sorted(grouped.items()))
+
     def restore(self) -> None:
         """Put the exact FP weights back."""
         self.apply(None)

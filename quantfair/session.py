@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,17 +60,14 @@ class AuditSession:
             self._adopt(loaded)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
-        self.timings: list[tuple[str, float]] = []
 
     # -- lazily built state -----------------------------------------------------------------
     @property
     def loaded(self) -> LoadedModel:
         if self._loaded is None:
-            start = time.perf_counter()
             self.announce(f"quantfair: loading {self.config.model}")
             self._adopt(load_model(self.config.model, self.config.device,
                                    self.config.random_weights))
-            self.timings.append(("load", time.perf_counter() - start))
         return self._loaded
 
     def _adopt(self, loaded: LoadedModel) -> None:
@@ -116,10 +112,8 @@ class AuditSession:
             self.announce(f"quantfair: evaluating {self.loaded.name} {label}: "
                           f"{len(missing)} units, {tokens:,} tokens")
             apply()
-            start = time.perf_counter()
             callback = self.progress(label, tokens) if self.progress else None
             cached = evaluator.evaluate(config, texts, callback)
-            self.timings.append((label, time.perf_counter() - start))
         results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
         check_finite(results, f"{self.loaded.name} {label}")
         return results

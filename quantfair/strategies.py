@@ -330,11 +330,8 @@ def layer_variance_ranking(bank: WeightBank) -> list[int]:
 
 
 def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
-    grouped: dict[int, list[torch.Tensor]] = {}
-    for c in bank.parts.values():
-        if c.layer is not None and c.is_matrix and c.kind == "weight":
-            grouped.setdefault(c.layer, []).append(bank.fp[c.name].flatten().float())
-    return {layer: torch.cat(ws).var().item() for layer, ws in sorted(grouped.items())}
+    return {layer: torch.cat([bank.fp[c.name].flatten().float() for c in parts]).var().item()
+            for layer, parts in bank.layer_matrices().items()}
 
 
 def calibration_gradients(
