@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
 
-import numpy as np
-import pytest
-
-from quantfair.corpus import REFERENCE, language
-from quantfair.metrics import Estimate, correlation, weight_statistics
-from quantfair.quantize import QuantScheme, fake_quantize
+from quantfair.config import REFERENCE
+from quantfair.corpus import language
+from quantfair.metrics import Estimate, Measurement, correlation, quantity
+from quantfair.strategies import Overhead
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
@@ -79,17 +77,25 @@ class Case:
         return f"{self.scheme or 'default'}|{self.strategy or 'model'}"
 
 
+Status = Literal["passed", "failed", "inconclusive", "skipped"]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What a check measured and whether the claim held."""
+    """What a check measured and what became of the claim (a skip carries its reason in
+    `detail`)."""
 
-    passed: bool
-    quantity: str
-    value: float | None
-    bound: str
+    status: Status
+    quantity: str = ""
+    value: float | None = None
+    bound: str = ""
     low: float | None = None
     high: float | None = None
     detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
 
     def describe(self) -> str:
         if self.value is None:
@@ -102,6 +108,37 @@ class Outcome:
         return f"{text}; {self.detail}" if self.detail else text
 
 
+def verdict(holds: bool) -> Status:
+    return "passed" if holds else "failed"
+
+
+class NotApplicable(Exception):
+    """Raised by the run when a case cannot be measured here (the reason is the message)."""
+
+
+class AuditRun(Protocol):
+    """What checks may ask of the run (implemented by `quantfair.context.AuditContext`)."""
+
+    family: str
+    layers: int
+    candidate: str | None
+
+    def measure(self, strategy: Strategy, scheme: str | None = None,
+                length: str | None = None) -> Measurement: ...
+    def overhead(self, strategy: str) -> Overhead: ...
+    def protection_key(self, strategy: Strategy) -> str: ...
+    def layer_index(self, token: str) -> int: ...
+    def candidate_text(self) -> str: ...
+    def suggestion(self) -> dict | None: ...
+    def layer_statistics(self) -> dict[int, dict[str, float]]: ...
+    def layer_variance(self) -> dict[int, float]: ...
+    def layer_quant_error(self) -> dict[int, float]: ...
+    def value_weight_ratio(self) -> float: ...
+    def overlap(self, first: str, second: str) -> float: ...
+    def rescore_spread(self, strategy: str) -> float: ...
+    def describe(self) -> str: ...
+
+
 def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
     if isinstance(bounds, dict):
         return bounds.get(family, bounds.get(ANY_FAMILY))
@@ -110,8 +147,9 @@ def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
 
 def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound, detail: str = ""):
     if not estimate.defined:
-        return Outcome(False, quantity, None, str(bound), detail=f"undefined: {estimate.undefined}")
-    return Outcome(bound.holds(estimate.value), quantity, estimate.value, str(bound),
+        return Outcome("failed", quantity, None, str(bound),
+                       detail=f"undefined: {estimate.undefined}")
+    return Outcome(verdict(bound.holds(estimate.value)), quantity, estimate.value, str(bound),
                    estimate.low, estimate.high, detail)
 
 
@@ -124,6 +162,10 @@ class Check:
 
     needs_bound = False  # True for checks that compare against a (per-family) bound
 
+    def __post_init__(self) -> None:
+        if hasattr(self, "quantity"):
+            quantity(self.quantity)  # an unknown name fails where the finding is defined
+
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
 
@@ -131,16 +173,13 @@ class Check:
         """The bound that applies to this model family (None: no bound for it)."""
         return _for_family(getattr(self, "bound", None), family)
 
-    def run(self, ctx: Any, case: Case, bound: Bound | None) -> Outcome:
+    def run(self, ctx: AuditRun, case: Case, bound: Bound | None) -> Outcome:
         raise NotImplementedError
 
 
-def _disparity_of(ctx, strategy: Strategy, quantity: str, scheme: str | None = None,
+def _disparity_of(ctx: AuditRun, strategy: Strategy, name: str, scheme: str | None = None,
                   length: str | None = None) -> dict[str, Estimate]:
-    m = ctx.measure(strategy, scheme, length)
-    if quantity == "degradation":
-        return m.degradation()
-    return m.seed_disparity() if quantity == "seed_disparity" else m.disparity()
+    return quantity(name).per_language(ctx.measure(strategy, scheme, length))
 
 
 @dataclass(frozen=True)
@@ -204,12 +243,12 @@ class Better(Check):
         what = f"{self.quantity}" + (f" ({case.language})" if case.language else
                                      " (mean over languages)")
         if not theirs.defined:
-            return Outcome(False, what, None, f"< {self.than}'s",
+            return Outcome("failed", what, None, f"< {self.than}'s",
                            detail=f"{self.than}: undefined: {theirs.undefined}")
         separated = ours.defined and ours.high < theirs.low
         detail = f"{self.than}: {theirs}" + ("; CIs separated" if separated else "")
         outcome = _estimate_outcome(what, ours, Bound(max=theirs.value), detail)
-        return Outcome(outcome.passed and ours.value < theirs.value, what, outcome.value,
+        return Outcome(verdict(outcome.passed and ours.value < theirs.value), what, outcome.value,
                        f"< {self.than}'s {theirs.value:.4g}", outcome.low, outcome.high,
                        outcome.detail)
 
@@ -237,12 +276,12 @@ class Best(Check):
         table = ", ".join(f"{c}: {e.value:.4g}" for c, e in values.items())
         rank = "highest" if self.worst else "lowest"
         if undefined:
-            return Outcome(False, f"mean {self.quantity}", None, f"{rank} of the sweep",
+            return Outcome("failed", f"mean {self.quantity}", None, f"{rank} of the sweep",
                            detail=f"undefined for {', '.join(undefined)}")
         pick = (max if self.worst else min)(values, key=lambda c: values[c].value)
         chosen = values.get(self.expected) or values[pick]
         passed = ctx.protection_key(pick) == ctx.protection_key(self.expected)
-        return Outcome(passed, f"mean {self.quantity} of {self.expected}", chosen.value,
+        return Outcome(verdict(passed), f"mean {self.quantity} of {self.expected}", chosen.value,
                        f"{rank} of {len(values)} candidates", chosen.low, chosen.high,
                        f"{rank}: {pick}; {table}")
 
@@ -263,8 +302,8 @@ class OverheadBound(Check):
         return _for_family(self.bounds[case.strategy], family)
 
     def run(self, ctx, case, bound):
-        overhead = ctx.session.overhead(case.strategy)
-        return Outcome(bound.holds(100 * overhead.fraction), "overhead %",
+        overhead = ctx.overhead(case.strategy)
+        return Outcome(verdict(bound.holds(100 * overhead.fraction)), "overhead %",
                        100 * overhead.fraction, str(bound),
                        detail=f"{overhead.protected:,} of {overhead.total:,} parameters")
 
@@ -281,10 +320,11 @@ class WithinBudget(Check):
         strategy = ctx.candidate_text()
         suggestion = ctx.suggestion()
         if ctx.candidate != "suggested" or suggestion is None:
-            pytest.skip("the budget check applies to --strategy suggested")
-        overhead = 100 * ctx.session.overhead(strategy).fraction
+            raise NotApplicable("the budget check applies to --strategy suggested")
+        overhead = 100 * ctx.overhead(strategy).fraction
         budget = Bound(max=100 * suggestion["budget"])
-        return Outcome(budget.holds(overhead), f"overhead % of {strategy}", overhead, str(budget))
+        return Outcome(verdict(budget.holds(overhead)), f"overhead % of {strategy}", overhead,
+                       str(budget))
 
 
 def _layer_criticality(ctx) -> dict[int, float]:
@@ -334,10 +374,10 @@ class Correlation(Check):
     def run(self, ctx, case, bound):
         xs, ys, over = self._series(ctx)
         if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-            return Outcome(False, f"r({self.x}, disparity)", None, str(bound),
+            return Outcome("failed", f"r({self.x}, disparity)", None, str(bound),
                            detail=f"too few distinct points over {over}")
         r = correlation(xs, ys)
-        return Outcome(bound.holds(r["pearson_r"]), f"Pearson r({self.x}, disparity)",
+        return Outcome(verdict(bound.holds(r["pearson_r"])), f"Pearson r({self.x}, disparity)",
                        r["pearson_r"], str(bound),
                        detail=f"p={r['pearson_p']:.3g}, Spearman {r['spearman_r']:.3g}; {over}")
 
@@ -358,7 +398,7 @@ class LayerExtreme(Check):
         pick = (max if self.highest else min)(values, key=values.get)
         rank = "highest" if self.highest else "lowest"
         others = [v for layer, v in values.items() if layer != 0]
-        return Outcome(pick == 0, f"layer-0 {self.statistic}", values[0],
+        return Outcome(verdict(pick == 0), f"layer-0 {self.statistic}", values[0],
                        f"{rank} of {len(values)} layers",
                        detail=f"{rank}: L{pick}; other layers {min(others):.4g}..{max(others):.4g}")
 
@@ -376,7 +416,8 @@ class ValueWeightRatio(Check):
 
     def run(self, ctx, case, bound):
         ratio = ctx.value_weight_ratio()
-        return Outcome(bound.holds(ratio), "mean|V| / mean|Q,K| (last layer)", ratio, str(bound))
+        return Outcome(verdict(bound.holds(ratio)), "mean|V| / mean|Q,K| (last layer)", ratio,
+                       str(bound))
 
 
 @dataclass(frozen=True)
@@ -394,7 +435,7 @@ class SelectionOverlap(Check):
 
     def run(self, ctx, case, bound):
         overlap = ctx.overlap(self.first, self.second)
-        return Outcome(bound.holds(overlap), "Jaccard overlap", overlap, str(bound))
+        return Outcome(verdict(bound.holds(overlap)), "Jaccard overlap", overlap, str(bound))
 
 
 @dataclass(frozen=True)
@@ -408,7 +449,8 @@ class Deterministic(Check):
 
     def run(self, ctx, case, bound):
         spread = ctx.rescore_spread(self.strategy)
-        return Outcome(spread == 0.0, "max |NLL difference| on rescoring", spread, "== 0")
+        return Outcome(verdict(spread == 0.0), "max |NLL difference| on rescoring", spread,
+                       "== 0")
 
 
 @dataclass(frozen=True)
@@ -423,63 +465,56 @@ class Finding:
     quick: bool = False
     layers: int | None = None  # the seed's literal layer indices need this many layers
 
-    def verify(self, ctx, case: Case) -> Outcome:
+    def verify(self, ctx: AuditRun, case: Case) -> Outcome:
+        """Run the check on this model, or a skipped outcome saying why it does not apply."""
         family = ctx.family
         if self.families and family not in self.families:
-            pytest.skip(f"{self.id}: the seed measured this on {', '.join(self.families)}, "
-                        f"not {family}")
+            return Outcome("skipped", detail=f"{self.id}: the seed measured this on "
+                           f"{', '.join(self.families)}, not {family}")
         if self.layers is not None and ctx.layers != self.layers:
-            pytest.skip(f"{self.id}: names layers of a {self.layers}-layer model; this one has "
-                        f"{ctx.layers}")
+            return Outcome("skipped", detail=f"{self.id}: names layers of a {self.layers}-layer "
+                           f"model; this one has {ctx.layers}")
         bound = self.check.bound_for(family, case)
         if self.check.needs_bound and bound is None:
-            pytest.skip(f"{self.id}: no bound for the {family} family")
-        return self.check.run(ctx, case, bound)
+            return Outcome("skipped", detail=f"{self.id}: no bound for the {family} family")
+        try:
+            return self.check.run(ctx, case, bound)
+        except NotApplicable as reason:
+            return Outcome("skipped", detail=str(reason))
 
     def describe(self, case: Case) -> dict:
         return {"finding": self.id, "experiments": list(self.experiments), "claim": self.claim,
                 "case": case.id, "strategy": str(case.strategy) if case.strategy else None,
                 "language": case.language, "length": case.length}
 
-    def message(self, outcome: Outcome, ctx) -> str:
+    def message(self, outcome: Outcome, ctx: AuditRun) -> str:
         return (f"[{self.id}, experiment {'/'.join(self.experiments)}] {self.claim} -- "
                 f"{outcome.describe()} ({ctx.describe()})")
 
 
 def audit(finding: Finding) -> Callable:
-    """Turn a finding into a pytest test function (parametrized by the quantfair plugin)."""
+    """Turn a finding into a pytest test function (parametrized by the quantfair plugin):
+    passed, failed, skipped with the reason, or inconclusive (a skip whose reason starts with
+    `inconclusive:`, a failure under --quantfair-strict)."""
+    import pytest
 
-    def test(quantfair_audit, case: Case, record_property) -> None:
-        record_property("quantfair", finding.describe(case))  # kept even if skipped
+    from quantfair.plugin import EVIDENCE
+
+    def test(quantfair_audit, case: Case, request) -> None:
         outcome = finding.verify(quantfair_audit, case)
-        quantfair_audit.record(finding, case, outcome, record_property)
-        if not outcome.passed:
-            pytest.fail(finding.message(outcome, quantfair_audit), pytrace=False)
+        evidence = request.node.stash.setdefault(EVIDENCE, {})
+        if outcome.status == "skipped":
+            pytest.skip(outcome.detail)
+        message = finding.message(outcome, quantfair_audit)
+        evidence.update(asdict(outcome), message=None if outcome.passed else message)
+        evidence.pop("status")
+        if outcome.status == "failed" or (outcome.status == "inconclusive"
+                                          and quantfair_audit.strict):
+            pytest.fail(message, pytrace=False)
+        if outcome.status == "inconclusive":
+            pytest.skip(f"inconclusive: {message}")
 
     test.quantfair_finding = finding  # type: ignore[attr-defined]
     test.__doc__ = finding.claim
-    marks = [pytest.mark.quantfair]
-    if finding.quick:
-        marks.append(pytest.mark.quick)
-    for mark in marks:
-        test = mark(test)
-    return test
-
-
-def layer_statistics(bank) -> dict[int, dict[str, float]]:
-    return {layer: weight_statistics(np.concatenate(
-                [bank.fp[c.name].flatten().float().cpu().numpy() for c in parts]))
-            for layer, parts in bank.layer_matrices().items()}
-
-
-def layer_quant_error(bank, scheme: QuantScheme) -> dict[int, float]:
-    """Relative Frobenius error ||w - q(w)|| / ||w|| of each layer's matrices."""
-    error = {}
-    for layer, parts in bank.layer_matrices().items():
-        diff = norm = 0.0
-        for c in parts:
-            w = bank.fp[c.name].float()
-            diff += (w - fake_quantize(w, scheme, c.transposed)).pow(2).sum().item()
-            norm += w.pow(2).sum().item()
-        error[layer] = math.sqrt(diff / norm) if norm else 0.0
-    return error
+    test = pytest.mark.quantfair(test)
+    return pytest.mark.quantfair_quick(test) if finding.quick else test

@@ -6,39 +6,32 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages
 from quantfair.errors import QuantfairError
+from quantfair.report import table as _table
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        return "| " + " | ".join(
-            c.rjust(w) if c[:1].isdigit() or c[:1] == "-" else c.ljust(w)
-            for c, w in zip(row, widths)
-        ) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+    parser.add_argument("model", help=OPTIONS["model"].help)
+    add_options(parser.add_argument, prefix="", names=("random-weights", "device", *names))
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="smollm2-135m, a Hugging Face id, a directory or a .gguf")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build the architecture from a shipped config, no weights needed")
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--quant", default="int4",
-                        help="scheme, e.g. int4, int4-g128, int8-channel")
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The same validated settings the pytest plugin builds from the same options."""
+    return RunConfig.build(lambda name: getattr(args, OPTIONS[name].dest, None)
+                           if name != "model" else args.model)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantfair.models import load_model
-    from quantfair.quantize import QuantScheme, WeightBank
-    from quantfair.strategies import SEED_PARETO, StrategyResolver
+    from quantfair.quantize import WeightBank
+    from quantfair.strategies import SEED_PARETO, StrategyResolver, check_syntax
 
-    scheme = QuantScheme.parse(args.quant)
-    loaded = load_model(args.model, device=args.device, random_weights=args.random_weights)
+    config = _run_config(args)
+    scheme = config.scheme
+    for expression in args.strategy:
+        check_syntax(expression)
+    loaded = load_model(config.model, device=config.device, random_weights=config.random_weights)
     bank = WeightBank(loaded.model)
     resolver = StrategyResolver(bank, scheme)
     strategies = [(expr, seed_name, reported)
@@ -81,31 +74,24 @@ def _tqdm_progress(label: str, total: int):
     return update
 
 
-def _languages(text: str | None) -> list[str] | None:
-    return [code.strip() for code in text.split(",") if code.strip()] if text else None
-
-
 def _session(args: argparse.Namespace):
-    from quantfair.quantize import QuantScheme
-    from quantfair.session import AuditSession, SessionConfig
+    from quantfair.session import AuditSession
 
-    config = SessionConfig(
-        model=args.model, scheme=QuantScheme.parse(args.quant),
-        languages=_languages(args.languages), units=args.units, corpus=args.corpus,
-        device=args.device, random_weights=args.random_weights)
-    return AuditSession(config, progress=_tqdm_progress)
+    return AuditSession(_run_config(args), progress=_tqdm_progress)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     from quantfair.corpus import language, load_corpus
 
-    corpus = load_corpus(args.corpus).select(_languages(args.languages))
+    corpus = load_corpus(args.quantfair_corpus).select(
+        parse_languages(args.quantfair_languages or "all"))
     evaluator = None
     if args.model:
         from quantfair.evaluate import Evaluator
         from quantfair.models import load_model
 
-        evaluator = Evaluator(load_model(args.model, args.device, args.random_weights))
+        evaluator = Evaluator(load_model(args.model, args.quantfair_device,
+                                         args.quantfair_random_weights))
     print(f"corpus: {corpus.source}  units per language: {len(corpus.units)}  "
           f"digest: {corpus.digest()}")
     rows = []
@@ -133,10 +119,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
     from quantfair.report import measurement_records
+    from quantfair.strategies import check_syntax
 
-    session = _session(args)
     strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
+        check_syntax(strategy)
+    session = _session(args)
+    for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
         session.measure(strategy), strategy=strategy, scheme=session.config.scheme.name,
@@ -152,9 +141,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
     if args.json:
-        payload = {"model": session.loaded.name, "scheme": session.config.scheme.name,
-                   "corpus": session.corpus.digest(), "units": session.corpus.units,
-                   "records": records}
+        payload = {"settings": session.config.settings(), "corpus": session.corpus.digest(),
+                   "units": session.corpus.units, "records": records}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
         print(f"wrote {args.json}")
@@ -215,25 +203,25 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from quantfair.config import DEFAULT_TOLERANCE
     from quantfair.html import render_html
     from quantfair.report import compare, load_report
 
+    tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
+        float(args.quantfair_tolerance)
     old, new = load_report(args.old), load_report(args.new)
-    new["comparison"] = compare(old, new, args.tolerance)
+    new["comparison"] = compare(old, new, tolerance)
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     output.write_text(render_html(new), encoding="utf-8")
     regressions = new["comparison"]["regressions"]
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) beyond {100 * args.tolerance:g}%; wrote {output}")
+    print(f"{len(regressions)} regression(s) beyond {100 * tolerance:g}%; wrote {output}")
     return 1 if regressions else 0
 
 
-def _add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--languages", help="comma-separated codes, e.g. en,he,ar,zh")
-    parser.add_argument("--corpus", help="JSONL file with fields lang, unit, text")
-    parser.add_argument("--units", type=int, help="a seeded sample of this many units")
+RUN_OPTIONS = ("quant", "languages", "units", "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,43 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")
-    _add_model_arguments(inspect)
+    _add_model_arguments(inspect, "quant")
     inspect.add_argument("--strategy", action="append", default=[],
                          help="extra strategy to size (repeatable)")
     inspect.set_defaults(run=cmd_inspect)
 
     corpus = commands.add_parser("corpus", help="languages, units and tokens of the corpus")
     corpus.add_argument("--model", help="also count tokens with this model's tokenizer")
-    corpus.add_argument("--random-weights", action="store_true")
-    corpus.add_argument("--device", default=None)
-    _add_corpus_arguments(corpus)
+    add_options(corpus.add_argument, prefix="",
+                names=("random-weights", "device", "languages", "corpus"))
     corpus.set_defaults(run=cmd_corpus)
 
     measure = commands.add_parser("measure", help="perplexity, degradation and disparity")
-    _add_model_arguments(measure)
-    _add_corpus_arguments(measure)
+    _add_model_arguments(measure, *RUN_OPTIONS)
     measure.add_argument("--strategy", action="append", default=[],
                          help="protection strategy (repeatable; default none)")
     measure.add_argument("--json", help="also write the numbers to this JSON file")
     measure.set_defaults(run=cmd_measure)
 
     suggest = commands.add_parser("suggest", help="search this model's critical parameters")
-    _add_model_arguments(suggest)
-    _add_corpus_arguments(suggest)
+    _add_model_arguments(suggest, *RUN_OPTIONS)
     suggest.add_argument("--budget", required=True, help="share of parameters to keep, e.g. 12%%")
     suggest.add_argument("--calibration-units", type=int, default=4,
                          help="held-out units per language scored during the search")
     suggest.add_argument("--width", type=int, default=3,
                          help="whole layers tried per step, highest weight variance first")
     suggest.add_argument("--json", help="also write the result to this JSON file")
-    suggest.set_defaults(run=cmd_suggest, units=8)
+    suggest.set_defaults(run=cmd_suggest)
 
     report = commands.add_parser("report", help="compare two JSON reports without re-running")
     report.add_argument("old", help="baseline JSON report")
     report.add_argument("new", help="new JSON report")
     report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html)")
-    report.add_argument("--tolerance", type=float, default=0.10,
-                        help="relative disparity growth counted as a regression")
+    add_options(report.add_argument, prefix="", names=("tolerance",))
     report.set_defaults(run=cmd_report)
     return parser
 

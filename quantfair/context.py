@@ -1,43 +1,34 @@
-"""What an audit sees: the session's measurements plus the model facts checks ask about."""
+"""What an audit sees: the session's measurements plus the model facts checks ask about
+(the `quantfair.audit.AuditRun` protocol), and the evidence this process publishes."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-import pytest
-import torch
-
-from quantfair import models
-from quantfair.audit import CANDIDATE, Case, Finding, Matched, Outcome, Strategy, layer_quant_error
-from quantfair.audit import layer_statistics as _layer_statistics
+from quantfair import models, weights
+from quantfair.audit import CANDIDATE, Matched, NotApplicable, Strategy
 from quantfair.evaluate import Evaluator, ResultCache
+from quantfair.metrics import Measurement
 from quantfair.quantize import QuantScheme
 from quantfair.report import measurement_records
 from quantfair.session import AuditSession
-from quantfair.strategies import layer_weight_variance, protection_key
+from quantfair.strategies import Overhead, protection_key
 
 
 class AuditContext:
     """Per-process audit state handed to every audit through the `quantfair_audit` fixture."""
 
-    def __init__(self, session: AuditSession, candidate: str | None = None) -> None:
+    def __init__(self, session: AuditSession, candidate: str | None = None,
+                 strict: bool = False) -> None:
         self.session = session
         self.candidate = candidate  # the --strategy under audit
-        self._recorded: set[tuple] = set()
+        self.strict = strict  # inconclusive comparisons fail
+        self.family = session.loaded.family
+        self.layers = session.resolver().layers
         self._rows: dict[tuple, list[dict]] = {}
         self._facts: dict[str, object] = {}
-        self._model_sent = False
-
-    @property
-    def family(self) -> str:
-        return self.session.loaded.family
-
-    @property
-    def layers(self) -> int:
-        return self.session.resolver().layers
 
     def describe(self) -> str:
         config = self.session.config
@@ -63,12 +54,12 @@ class AuditContext:
     def candidate_text(self) -> str:
         """The strategy given with --strategy ('suggested': the cached search result)."""
         if not self.candidate:
-            pytest.skip("no --strategy given to audit")
+            raise NotApplicable("no --strategy given to audit")
         if self.candidate != "suggested":
             return self.candidate
         found = self.suggestion()
         if found is None:
-            pytest.skip(f"no suggestion cached for {self.session.loaded.name} with "
+            raise NotApplicable(f"no suggestion cached for {self.session.loaded.name} with "
                         f"{self.session.config.scheme.name}: run `quantfair suggest` first")
         return found["strategy"]
 
@@ -90,7 +81,11 @@ class AuditContext:
         names = self.session.resolver().resolve(token)
         return self.session.bank.parts[next(iter(names))].layer
 
-    def measure(self, strategy: Strategy, scheme: str | None = None, length: str | None = None):
+    def overhead(self, strategy: str) -> Overhead:
+        return self.session.overhead(strategy)
+
+    def measure(self, strategy: Strategy, scheme: str | None = None,
+                length: str | None = None) -> Measurement:
         parsed = QuantScheme.parse(scheme) if scheme else self.session.config.scheme
         corpus = self.session.corpus.with_length(length) if length else self.session.corpus
         text = self.strategy_text(strategy)
@@ -110,43 +105,23 @@ class AuditContext:
             self._facts[name] = compute()
         return self._facts[name]
 
-    def layer_statistics(self):
-        return self._fact("stats", lambda: _layer_statistics(self.session.bank))
+    def layer_statistics(self) -> dict[int, dict[str, float]]:
+        return self._fact("stats", lambda: weights.layer_statistics(self.session.bank))
 
-    def layer_variance(self):
-        return self._fact("variance", lambda: layer_weight_variance(self.session.bank))
+    def layer_variance(self) -> dict[int, float]:
+        return self._fact("variance", lambda: weights.layer_weight_variance(self.session.bank))
 
-    def layer_quant_error(self):
-        return self._fact("quant_error", lambda: layer_quant_error(
+    def layer_quant_error(self) -> dict[int, float]:
+        return self._fact("quant_error", lambda: weights.layer_quant_error(
             self.session.bank, self.session.config.scheme))
 
     def value_weight_ratio(self) -> float:
-        bank = self.session.bank
-        last = max(c.layer for c in bank.parts.values() if c.layer is not None)
-        q, k, v = [], [], []
-        for c in bank.parts.values():
-            if c.layer != last or c.block != "attn" or c.kind != "weight":
-                continue
-            w = bank.fp[c.name].t() if c.transposed else bank.fp[c.name]
-            if c.role == "qkv":  # fused (out = 3 * hidden): q, k, v stacked along outputs
-                parts = w.reshape(3, -1, w.shape[-1]) if c.transposed else w.chunk(3, dim=0)
-                q.append(parts[0]), k.append(parts[1]), v.append(parts[2])
-            elif c.role in ("q", "k", "v"):
-                {"q": q, "k": k, "v": v}[c.role].append(w)
-        mean = lambda ws: torch.cat([w.abs().flatten() for w in ws]).mean().item()  # noqa: E731
-        return mean(v) / mean(q + k)
+        return weights.value_weight_ratio(self.session.bank)
 
     def overlap(self, first: str, second: str) -> float:
         resolver = self.session.resolver()
-        a, b = resolver.resolve(first), resolver.resolve(second)
-        inter = union = 0
-        for name in set(a) | set(b):
-            numel = self.session.bank.parts[name].numel
-            mask_a = _mask(a.get(name, False), numel)
-            mask_b = _mask(b.get(name, False), numel)
-            inter += int((mask_a & mask_b).sum())
-            union += int((mask_a | mask_b).sum())
-        return inter / union if union else 0.0
+        return weights.overlap(self.session.bank, resolver.resolve(first),
+                               resolver.resolve(second))
 
     def rescore_spread(self, strategy: str) -> float:
         """Re-score two units of every language with a fresh, cache-less evaluator."""
@@ -166,24 +141,11 @@ class AuditContext:
         return spread
 
     # -- evidence -------------------------------------------------------------------------
-    def record(self, finding: Finding, case: Case, outcome: Outcome, record_property) -> None:
-        record_property("quantfair", {
-            **finding.describe(case), **asdict(outcome),
-            "message": None if outcome.passed else finding.message(outcome, self),
-        })
-        record_property("quantfair_process", {"pid": os.getpid(), "loads": models.load_count})
-        if not self._model_sent:
-            record_property("quantfair_model", self.model_facts())
-            if self.candidate == "suggested" and self.suggestion():
-                record_property("quantfair_suggestion", self.suggestion())
-            self._model_sent = True
-        fresh = [key for key in self._rows if key not in self._recorded]
-        if fresh:
-            record_property("quantfair_rows", [r for key in fresh for r in self._rows[key]])
-            self._recorded.update(fresh)
-
-
-def _mask(keep, numel: int) -> torch.Tensor:
-    if isinstance(keep, torch.Tensor):
-        return keep.flatten().cpu()
-    return torch.full((numel,), bool(keep))
+    def payload(self) -> dict:
+        """What this process publishes to the report: measurement rows, model facts, the
+        number of model loads, and the audited suggestion."""
+        suggestion = self.suggestion() if self.candidate == "suggested" else None
+        return {"rows": [row for rows in self._rows.values() for row in rows],
+                "model": self.model_facts(),
+                "process": {"pid": os.getpid(), "loads": models.load_count},
+                "suggestion": suggestion}

@@ -43,6 +43,11 @@ def results_root() -> Path:
     return cache_root() / "results"
 
 
+def model_results(loaded: LoadedModel) -> Path:
+    """The folder of one model's cached results (keyed by its weights)."""
+    return results_root() / loaded.weight_hash()[:16]
+
+
 class ResultCache:
     """Append-only JSONL files, one per (model weights, configuration); a line whose checksum
     does not match is ignored (and recomputed), so a torn or foreign entry is never trusted."""
@@ -102,7 +107,7 @@ class Evaluator:
     def __init__(self, loaded: LoadedModel, cache: ResultCache | None = None,
                  batch_tokens: int | None = None) -> None:
         self.loaded = loaded
-        self.cache = cache or ResultCache(results_root() / loaded.weight_hash()[:16])
+        self.cache = cache or ResultCache(model_results(loaded))
         self.window = min(loaded.context_length, MAX_WINDOW)
         # One sequence per forward on CPU (padding costs more than it saves there).
         if batch_tokens is None:

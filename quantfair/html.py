@@ -8,7 +8,15 @@ from collections import defaultdict
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from quantfair.corpus import REFERENCE, language
-from quantfair.report import experiment_span
+
+
+def experiment_span(ids: list[str]) -> str:
+    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
+    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
+            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return "/".join(ids)
+
 
 RECOMMENDED = ("recommended", "L0+Llast+ln_f+biases", "L0+L11+ln_f+biases")
 LAYER_TOKENS = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")

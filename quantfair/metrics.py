@@ -6,12 +6,15 @@ and for both the FP and the quantized model.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from quantfair.errors import UsageError
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -153,14 +156,29 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
             "spearman_r": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
 
 
-def weight_statistics(weights: np.ndarray) -> dict[str, float]:
-    """Variance, excess kurtosis, outlier share (|z| > 3) and near-zero share (|w| < 0.1 sd)."""
-    flat = np.asarray(weights, dtype=np.float64).ravel()
-    std = flat.std()
-    z = (flat - flat.mean()) / std if std > 0 else np.zeros_like(flat)
-    return {
-        "variance": float(flat.var()),
-        "kurtosis": float(stats.kurtosis(flat)),
-        "outlier_share": float(np.mean(np.abs(z) > 3)),
-        "sparsity": float(np.mean(np.abs(flat) < 0.1 * std)) if std > 0 else 1.0,
-    }
+@dataclass(frozen=True)
+class Quantity:
+    """A per-language quantity audits can bound or compare."""
+
+    name: str
+    description: str
+    higher_is_better: bool
+    per_language: Callable[[Measurement], dict[str, Estimate]]
+
+
+QUANTITIES = {q.name: q for q in (
+    Quantity("disparity", "delta NLL(l) / delta NLL(en) on the same text", False,
+             Measurement.disparity),
+    Quantity("seed_disparity", "degradation(l) / degradation(en), per token (the seed's)", False,
+             Measurement.seed_disparity),
+    Quantity("degradation", "ppl_q / ppl_fp - 1", False, Measurement.degradation),
+)}
+
+
+def quantity(name: str) -> Quantity:
+    """The registered quantity `name`; an unknown name is a UsageError suggesting close ones."""
+    if name not in QUANTITIES:
+        close = difflib.get_close_matches(name, QUANTITIES, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise UsageError(f"unknown quantity '{name}'{hint}; known: {', '.join(QUANTITIES)}")
+    return QUANTITIES[name]

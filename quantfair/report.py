@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import re
 import subprocess
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from quantfair.config import DEFAULT_TOLERANCE
+from quantfair.errors import QuantfairError
+from quantfair.html import experiment_span, render_html
 from quantfair.metrics import Measurement, bits_per_byte, fertility, perplexity
 
 SCHEMA = "quantfair-report/1"
-DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
+OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
 
 
 def _clean(value):
@@ -50,14 +57,6 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
     return records
 
 
-def experiment_span(ids: list[str]) -> str:
-    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
-    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
-            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return "/".join(ids)
-
-
 def row_key(row: dict) -> tuple:
     return (row["scheme"], row["strategy"], row.get("length", "medium"), row["language"])
 
@@ -82,47 +81,112 @@ def environment() -> dict:
             "platform": platform.platform(), "git_commit": git_commit()}
 
 
-def build_report(*, model: dict, settings: dict, audits: list[dict], rows: Iterable[dict],
-                 incomplete: list[str], duration_s: float, comparison: dict | None = None
-                 ) -> dict:
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a finished run hands to the report."""
+
+    settings: dict
+    audits: list[dict]
+    rows: list[dict]
+    model: dict
+    processes: list[dict]
+    selection: dict
+    incomplete: list[str]
+    duration_s: float
+    suggestion: dict | None = None
+
+
+def build_report(record: RunRecord) -> dict:
     """The versioned JSON document (see the README's "Report format")."""
-    unique = {row_key(r): r for r in rows}
-    counts: dict[str, int] = {}
-    for entry in audits:
-        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
-    failed = counts.get("failed", 0) + counts.get("error", 0)
-    verdict = "incomplete" if incomplete else ("failed" if failed else "passed")
+    unique = {row_key(r): r for r in record.rows}
+    counts = {outcome: sum(a["outcome"] == outcome for a in record.audits)
+              for outcome in OUTCOMES}
+    failed = counts["failed"] + counts["error"]
+    verdict = "incomplete" if record.incomplete else ("failed" if failed else "passed")
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "verdict": verdict,
-        "incomplete": incomplete,
+        "incomplete": list(record.incomplete),
         "summary": counts,
-        "model": model,
-        "settings": settings,
+        "model": record.model,
+        "settings": record.settings,
+        "selection": record.selection,
         "environment": environment(),
-        "duration_s": round(duration_s, 2),
+        "duration_s": round(record.duration_s, 2),
         "measurements": sorted(unique.values(), key=row_key),
-        "audits": sorted(audits, key=lambda a: a["nodeid"]),
-        "comparison": comparison,
+        "audits": sorted(record.audits, key=lambda a: a["nodeid"]),
+        "processes": record.processes,
+        "suggestion": record.suggestion,
+        "comparison": None,
     }
 
 
-def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
-    """Write `json_path` and the HTML beside it (and reports/latest.html next to them)."""
-    from quantfair.html import render_html
+def unique_report_path(folder: Path, model: str) -> Path:
+    """`folder/<model>-<UTC time to the microsecond>-<pid>.json`: two runs never share one."""
+    now = datetime.now(timezone.utc)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))
+    return folder / f"{name}-{now:%Y%m%dT%H%M%S.%f}Z-{os.getpid()}.json"
 
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
+    """Write `json_path` first (what was measured survives an HTML failure), the HTML beside
+    it, and `latest.html` next to them, replaced atomically. Raises OSError."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    _write_atomic(json_path, json.dumps(report, indent=2, allow_nan=False))
     html_path = json_path.with_suffix(".html")
     html = render_html(report)
-    html_path.write_text(html, encoding="utf-8")
-    (json_path.parent / "latest.html").write_text(html, encoding="utf-8")
+    _write_atomic(html_path, html)
+    _write_atomic(json_path.parent / "latest.html", html)
     return json_path, html_path
 
 
-def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown-style table, numbers right-aligned (the layout lm-eval's results use)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(
+            c.rjust(w) if c[:1].isdigit() or c[:1] == "-" else c.ljust(w)
+            for c, w in zip(row, widths)
+        ) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def summary_table(audits: list[dict]) -> str:
+    """One line per audit: finding, experiments, case, metric, value, CI half-width, bound,
+    outcome."""
+    rows = []
+    for entry in sorted(audits, key=lambda e: e["nodeid"]):
+        value, low, high = entry.get("value"), entry.get("low"), entry.get("high")
+        spread = f"{(high - low) / 2:.3g}" if low is not None and high is not None else ""
+        rows.append((entry.get("finding", entry["nodeid"]),
+                     experiment_span(entry.get("experiments", [])), entry.get("case", ""),
+                     entry.get("quantity", ""),
+                     f"{value:.4g}" if isinstance(value, float) else "", spread,
+                     entry.get("bound", ""), entry["outcome"]))
+    return table(["Finding", "Exp", "Case", "Metric", "Value", "±", "Bound", "Outcome"], rows)
+
+
+def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
+            strict: bool = False) -> dict:
+    """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
+    (passed -> inconclusive is listed, and is a regression only when `strict`)."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     regressions, rows = [], []
     for row in new.get("measurements", []):
@@ -145,15 +209,14 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE) -> dict:
         if before is None:
             continue
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
-        if before == "passed" and entry["outcome"] in ("failed", "error"):
+        lost = ("failed", "error", "inconclusive") if strict else ("failed", "error")
+        if before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions}
 
 
 def load_report(path: str | Path) -> dict:
-    from quantfair.errors import QuantfairError
-
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantfair.config import RunConfig
 from quantfair.corpus import Corpus, load_corpus
-from quantfair.evaluate import Evaluator, check_finite, results_root
+from quantfair.evaluate import Evaluator, check_finite, model_results
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank
@@ -24,25 +24,15 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
-class SessionConfig:
-    model: str
-    scheme: QuantScheme = field(default_factory=QuantScheme)
-    languages: Sequence[str] | None = None
-    units: int | None = None  # a seeded sample of this many units; None = all
-    corpus: str | None = None
-    device: str | None = None
-    random_weights: bool = False
-
-
 def hash_texts(texts: Sequence[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
 class AuditSession:
-    """Loads the model once, keeps FP and quantized tensors, and measures strategies lazily."""
+    """Loads the model once (up front), keeps FP and quantized tensors, and measures strategies
+    on demand."""
 
-    def __init__(self, config: SessionConfig, announce: Announce = _stderr,
+    def __init__(self, config: RunConfig, announce: Announce = _stderr,
                  progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None,
                  loaded: LoadedModel | None = None) -> None:
         """`loaded` hands in a model already in memory instead of loading `config.model`."""
@@ -55,33 +45,21 @@ class AuditSession:
         self.corpus = selected.select(units=units)
         held_out = [u for u in full.units if u not in units]
         self.calibration = selected.select(units=held_out) if held_out else None
-        self._loaded: LoadedModel | None = None
-        if loaded is not None:
-            self._adopt(loaded)
-        self._resolvers: dict[QuantScheme, StrategyResolver] = {}
-        self.measurements: dict[tuple[str, str, str], Measurement] = {}
-
-    # -- lazily built state -----------------------------------------------------------------
-    @property
-    def loaded(self) -> LoadedModel:
-        if self._loaded is None:
-            self.announce(f"quantfair: loading {self.config.model}")
-            self._adopt(load_model(self.config.model, self.config.device,
-                                   self.config.random_weights))
-        return self._loaded
-
-    def _adopt(self, loaded: LoadedModel) -> None:
-        self._loaded = loaded
+        if loaded is None:
+            announce(f"quantfair: loading {config.model}")
+            loaded = load_model(config.model, config.device, config.random_weights)
+        self.loaded = loaded
         self.bank = WeightBank(loaded.model)
         self.evaluator = Evaluator(loaded)
+        self._resolvers: dict[QuantScheme, StrategyResolver] = {}
+        self.measurements: dict[tuple[str, str, str], Measurement] = {}
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
         scheme = scheme or self.config.scheme
         if scheme not in self._resolvers:
-            self.loaded  # noqa: B018 - builds the bank
             calibration = self._calibration_texts()
             prefix = f"{self.loaded.weight_hash()}|{hash_texts(calibration)}"
-            cache = (results_root() / self.loaded.weight_hash()[:16] / "selections", prefix)
+            cache = (model_results(self.loaded) / "selections", prefix)
             self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache)
         return self._resolvers[scheme]
 
@@ -126,7 +104,6 @@ class AuditSession:
         memo_key = (scheme.name, strategy, corpus.digest())
         if memo_key in self.measurements:
             return self.measurements[memo_key]
-        self.loaded  # noqa: B018
         protection = self.resolver(scheme).resolve(strategy)
         fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore)
         q = self._evaluate(f"{scheme.name}|{protection_key(protection)}",

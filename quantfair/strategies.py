@@ -25,6 +25,7 @@ import torch
 from quantfair.errors import UsageError
 from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize, in_scope
 from quantfair.taxonomy import Component, num_layers
+from quantfair.weights import layer_variance_ranking
 
 ALIASES = {
     "layer0_ln_only": "L0.ln",
@@ -53,6 +54,27 @@ VALID = (
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
     "gradient:P%, variance:topK, or an alias: " + ", ".join(ALIASES)
 )
+
+
+_LAYERS = r"(?:L-?\d+|Llast|Lmid|even|odd|all)(?:\.(?:attn|mlp|ln|norm)(?:\.[a-z_0-9]+)?)?"
+_TERM = re.compile(
+    rf"(?:{_LAYERS}|ln|ln_f|biases|(?:embed|head)(?:\.[a-z_0-9]+)?)(?:\.(?:weight|bias))?"
+    r"|(?:random:[0-9.]+%?(?:@\d+)?|(?:magnitude|gradient):[0-9.]+%?|variance:top\d+)"
+)
+
+
+def check_syntax(expression: str) -> None:
+    """Raise UsageError when `expression` is not in the strategy grammar; needs no model
+    (layer ranges and roles are checked when it is resolved against one)."""
+    text = ALIASES.get(expression.strip(), expression.strip())
+    terms = [ALIASES.get(raw.strip(), raw.strip()) for raw in text.split("+")]
+    for term in terms:
+        if term == "none" or "+" in term:
+            continue
+        if not term or not _TERM.fullmatch(term):
+            raise UsageError(f"unknown strategy term '{term}' in '{expression}'; valid: {VALID}")
+        if ":" in term and not term.startswith("variance"):
+            _percent(term.partition(":")[2].partition("@")[0], term)
 
 
 @dataclass(frozen=True)
@@ -321,17 +343,6 @@ def protection_key(protection: Protection) -> str:
         else:
             digest.update(b"all" if keep else b"none")
     return digest.hexdigest()[:20]
-
-
-def layer_variance_ranking(bank: WeightBank) -> list[int]:
-    """Layers ordered by the variance of their matrix weights, highest first."""
-    variances = layer_weight_variance(bank)
-    return sorted(variances, key=lambda layer: -variances[layer])
-
-
-def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
-    return {layer: torch.cat([bank.fp[c.name].flatten().float() for c in parts]).var().item()
-            for layer, parts in bank.layer_matrices().items()}
 
 
 def calibration_gradients(

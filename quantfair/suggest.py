@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 
 from quantfair.corpus import REFERENCE
 from quantfair.errors import UsageError
-from quantfair.evaluate import results_root
+from quantfair.evaluate import model_results
 from quantfair.metrics import Estimate
 from quantfair.session import AuditSession
-from quantfair.strategies import layer_variance_ranking
+from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
 
@@ -203,7 +203,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str, overhead: floa
 
 
 def _path(session: AuditSession):
-    return (results_root() / session.loaded.weight_hash()[:16] /
+    return (model_results(session.loaded) /
             f"suggested-{session.config.scheme.name}.json")
 
 

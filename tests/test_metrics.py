@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from quantfair import metrics
+from quantfair import metrics, weights
 from quantfair.metrics import Measurement
 
 
@@ -64,9 +64,9 @@ def test_bootstrap_resamples_units_jointly():
 def test_correlation_and_weight_statistics():
     r = metrics.correlation([1, 2, 3, 4], [2, 4, 6, 8.5])
     assert r["pearson_r"] > 0.99 and r["spearman_r"] == pytest.approx(1.0)
-    stats = metrics.weight_statistics(np.array([0.0, 0.0, 0.0, 0.0, 10.0] * 20))
+    stats = weights.weight_statistics(np.array([0.0, 0.0, 0.0, 0.0, 10.0] * 20))
     assert stats["variance"] == pytest.approx(16.0)
     assert stats["sparsity"] == pytest.approx(0.8)
-    gaussian = metrics.weight_statistics(np.random.default_rng(0).normal(size=100_000))
+    gaussian = weights.weight_statistics(np.random.default_rng(0).normal(size=100_000))
     assert abs(gaussian["kurtosis"]) < 0.1 and gaussian["outlier_share"] == pytest.approx(
         0.0027, abs=0.001)

@@ -21,7 +21,7 @@ def load(path: Path) -> dict:
 def test_audits_are_skipped_with_one_line_without_model(pytester):
     result = run(pytester, *QUICK_FILES)
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["quantfair: * audits skipped: no --model given"])
+    result.stdout.fnmatch_lines(["quantfair: * audits skipped: no model given"])
     assert result.parseoutcomes()["skipped"] > 0
 
 
@@ -35,7 +35,7 @@ def test_failure_message_has_claim_value_bound_and_experiment(pytester):
             check=OverheadBound({"recommended": Bound(max=0.001)}),
         ))
     """)
-    result = run(pytester, "--model", "tiny-gpt2", "--no-report")
+    result = run(pytester, "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
     assert result.ret == 1
     result.stdout.fnmatch_lines([
         "*[[]tight_budget, experiment 999[]] The recommended strategy costs almost nothing"
@@ -67,8 +67,8 @@ def _comparable(report: dict) -> dict:
     report = dict(report)
     for key in ("created", "duration_s", "environment", "processes"):
         report.pop(key)
-    report["settings"] = {k: v for k, v in report["settings"].items()
-                          if k not in ("args", "workers")}
+    report["settings"] = {k: v for k, v in report["settings"].items() if k != "workers"}
+    report["selection"] = {k: v for k, v in report["selection"].items() if k != "invocation"}
     report["audits"] = [{k: v for k, v in a.items() if k != "duration_s"}
                         for a in report["audits"]]
     return report

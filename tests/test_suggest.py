@@ -1,16 +1,17 @@
 import pytest
 import torch
 
+from quantfair.config import RunConfig
 from quantfair.errors import UsageError
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
-from quantfair.session import AuditSession, SessionConfig
+from quantfair.session import AuditSession
 from quantfair.suggest import load_suggestion, suggest
 
 
 def session_for(loaded, units=4) -> AuditSession:
-    config = SessionConfig(model=loaded.name, scheme=QuantScheme(bits=4),
-                           languages=["en", "he", "zh"], units=units)
+    config = RunConfig(model=loaded.name, scheme=QuantScheme(bits=4),
+                       languages=("en", "he", "zh"), units=units)
     return AuditSession(config, announce=lambda message: None, loaded=loaded)
 
 

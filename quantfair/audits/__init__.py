@@ -1,0 +1,1 @@
+"""The seed findings as pytest audits: `pytest --pyargs quantfair.audits --quantfair-model X`."""

@@ -1,0 +1,174 @@
+"""One option table for the `quantfair` CLI and the pytest plugin, and the frozen `RunConfig`
+both build from it, validated once before any model is loaded.
+
+Importing this module imports neither torch nor transformers: the pytest plugin loads it into
+every pytest run of the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantfair.errors import UsageError
+from quantfair.schemes import QuantScheme
+
+REFERENCE = "en"  # disparities are relative to English
+DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
+DEFAULT_UNITS = 8
+DEFAULT_QUANT = "int4"  # 4-bit, per tensor, symmetric, every parameter: the seed's baseline
+DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: `--<name>` on the CLI and in the audit suite, `--quantfair-<name>` and the
+    ini key `quantfair_<name>` everywhere."""
+
+    name: str
+    help: str
+    default: Any = None
+    flag: bool = False  # a switch (store_true)
+    short: bool = True  # also has the short form in the audit suite
+
+    @property
+    def dest(self) -> str:
+        return "quantfair_" + self.name.replace("-", "_")
+
+
+OPTIONS = {option.name: option for option in (
+    Option("model", "model to audit: smollm2-135m, gemma3-270m, a Hugging Face id, a local "
+                    "directory or a .gguf file"),
+    Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel "
+                    f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
+    Option("languages", "comma-separated language codes, or all; en is always added "
+                        f"(default {DEFAULT_LANGUAGES})", DEFAULT_LANGUAGES),
+    Option("units", "audit a seeded sample of this many units per language, 0 for all "
+                    f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
+    Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
+    Option("device", "auto (default), cpu, cuda, cuda:N"),
+    Option("random-weights", "build the model from a shipped config with random weights",
+           flag=True),
+    Option("strategy", "a protection strategy to audit against none and random protection at "
+                       "its budget; 'suggested' takes the latest `quantfair suggest` result"),
+    Option("report", "path of the JSON report, HTML beside it (default "
+                     "reports/<model>-<time>.json)"),
+    Option("no-report", "do not write the JSON/HTML report", flag=True),
+    Option("baseline", "an earlier JSON report: fail when a disparity regresses beyond the "
+                       "tolerance or an audit that passed now fails"),
+    Option("tolerance", "relative disparity growth counted as a regression "
+                        f"(default {DEFAULT_TOLERANCE})", str(DEFAULT_TOLERANCE)),
+    Option("strict", "inconclusive comparisons fail the run", flag=True, short=False),
+)}
+
+
+def add_options(addoption: Callable[..., Any], *, prefix: str,
+                names: Iterable[str] | None = None) -> None:
+    """Declare options through `addoption` (argparse's add_argument or pytest's), each as
+    `--<prefix><name>` with the shared dest; defaults stay None so that an unset option can be
+    told from one set to its default."""
+    for name in names or OPTIONS:
+        option = OPTIONS[name]
+        if prefix == "" and not option.short:
+            continue
+        kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
+        if option.flag:
+            kwargs.update(action="store_true", default=False)
+        else:
+            kwargs["default"] = None
+        addoption(f"--{prefix}{name}", **kwargs)
+
+
+def parse_languages(text: str) -> tuple[str, ...] | None:
+    """`"de, he,de"` -> `("en", "de", "he")`: trimmed, de-duplicated, English first;
+    `"all"` -> None (every language of the corpus)."""
+    if text.strip() == "all":
+        return None
+    codes = [code.strip() for code in text.split(",")]
+    if any(not code for code in codes):
+        raise UsageError(f"--languages has an empty entry in '{text}'; give comma-separated "
+                         "codes such as en,de,he")
+    return tuple(dict.fromkeys([REFERENCE, *codes]))
+
+
+def _integer(name: str, text: str, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--{name} must be an integer, got '{text}'") from None
+    if value < minimum:
+        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--{name} must be a number, got '{text}'") from None
+    if not value >= 0:
+        raise UsageError(f"--{name} must be a non-negative number, got {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, parsed and validated once (see `OPTIONS` for their meaning)."""
+
+    model: str
+    scheme: QuantScheme = field(default_factory=lambda: QuantScheme.parse(DEFAULT_QUANT))
+    languages: tuple[str, ...] | None = None  # None: every language of the corpus
+    units: int | None = DEFAULT_UNITS  # a seeded sample of this many units per language; None: all
+    corpus: str | None = None
+    device: str | None = None
+    random_weights: bool = False
+    strategy: str | None = None
+    report: Path | None = None
+    no_report: bool = False
+    baseline: Path | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+    strict: bool = False
+
+    @classmethod
+    def build(cls, value: Callable[[str], Any]) -> RunConfig:
+        """From `value(name)`: the raw setting (a string, a bool for switches, or None when
+        unset). Raises UsageError naming the first bad setting; loads no model."""
+        from quantfair.corpus import load_corpus
+
+        def get(name: str) -> Any:
+            raw = value(name)
+            return OPTIONS[name].default if raw is None else raw
+
+        model = get("model")
+        if not model:
+            raise UsageError("no model given (--model)")
+        corpus = load_corpus(get("corpus")).select(parse_languages(get("languages")))
+        languages = tuple(corpus.languages)  # unknown languages failed just now
+        units = _integer("units", str(get("units")))
+        strategy = get("strategy")
+        if strategy and strategy != "suggested":
+            from quantfair.strategies import check_syntax
+
+            check_syntax(strategy)
+        report, baseline = get("report"), get("baseline")
+        if report and Path(report).is_dir():
+            raise UsageError(f"--report {report} is a directory; give the path of a .json file")
+        if baseline and not Path(baseline).is_file():
+            raise UsageError(f"--baseline {baseline}: no such report file")
+        return cls(model=model, scheme=QuantScheme.parse(get("quant")), languages=languages,
+                   units=units or None, corpus=get("corpus"), device=get("device"),
+                   random_weights=bool(get("random-weights")), strategy=strategy or None,
+                   report=Path(report) if report else None, no_report=bool(get("no-report")),
+                   baseline=Path(baseline) if baseline else None,
+                   tolerance=_number("tolerance", str(get("tolerance"))),
+                   strict=bool(get("strict")))
+
+    def settings(self) -> dict:
+        """What was measured, as the report's `settings` block (the same from CLI and plugin)."""
+        return {"model": self.model, "random_weights": self.random_weights,
+                "scheme": self.scheme.name,
+                "languages": list(self.languages) if self.languages else None,
+                "units": self.units, "corpus": self.corpus or "udhr (shipped)",
+                "device": self.device or "auto"}

@@ -1,0 +1,238 @@
+"""One audit run under pytest: the per-process audit context, the evidence of every audit (from
+whichever process ran it), what the run selected, and at the end, on the controller only, the
+JSON/HTML report, baseline gating and the terminal summary.
+
+Workers publish their bulk evidence (measurement rows, model facts) through xdist's
+`workeroutput`; the controller merges it in `pytest_testnodedown`. Per-test evidence rides on
+the test reports. A crashed worker's rows are lost with it: the report is then marked
+incomplete, never presented as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from quantfair.config import RunConfig
+from quantfair.errors import QuantfairError
+
+TERMINATED = "terminated by SIGTERM"
+
+
+class QuantfairRun:
+    """Owns one pytest run of quantfair audits (one per process)."""
+
+    def __init__(self, config: pytest.Config, run_config: RunConfig) -> None:
+        from quantfair.report import load_report
+
+        self.pytest_config = config
+        self.config = run_config
+        self.baseline = load_report(run_config.baseline) if run_config.baseline else None
+        self.started = time.time()
+        self.is_worker = hasattr(config, "workerinput")
+        self._context = None
+        self.audits: dict[str, dict] = {}
+        self.crashed: list[str] = []
+        self.payloads: list[dict] = []  # evidence published by each process
+        self.selection: dict = {}
+        self.terminated = False
+        self.report: dict | None = None
+        self.report_paths: tuple[Path, Path] | None = None
+        self.write_error: str | None = None
+        self.regressions: list[str] = []
+        self._previous_handler = None
+        if not self.is_worker and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.terminated = True
+        raise KeyboardInterrupt(TERMINATED)  # pytest then finishes the session as on Ctrl-C
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+
+    def context(self):
+        if self._context is None:
+            from quantfair.context import AuditContext
+            from quantfair.session import AuditSession
+
+            session = AuditSession(self.config, announce=_announcer(self.pytest_config))
+            self._context = AuditContext(session, candidate=self.config.strategy,
+                                         strict=self.config.strict)
+        return self._context
+
+    # -- selection ------------------------------------------------------------------------
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        deselected = [i for i in items if i.get_closest_marker("quantfair")]
+        self.selection["deselected"] = self.selection.get("deselected", 0) + len(deselected)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        selected = [i.nodeid for i in session.items if i.get_closest_marker("quantfair")]
+        self.selection["selected_ids"] = selected
+
+    # -- collecting evidence (controller and serial runs) ---------------------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        crashed = report.failed and "crashed while running" in (report.longreprtext or "")
+        evidence = getattr(report, "quantfair", None)
+        if evidence is None and not crashed:
+            return
+        entry = self.audits.setdefault(report.nodeid, {"nodeid": report.nodeid})
+        entry.update(evidence or {})
+        if crashed:
+            self.crashed.append(report.nodeid)
+        if report.when == "call" or report.failed or report.skipped:
+            if report.skipped:
+                reason = _skip_reason(report)
+                inconclusive = reason.startswith("inconclusive:")
+                entry["outcome"] = "inconclusive" if inconclusive else "skipped"
+                entry["message"] = reason
+            elif report.failed:
+                entry["outcome"] = "failed" if report.when == "call" and not crashed else "error"
+                if not entry.get("message"):
+                    lines = (report.longreprtext or "").strip().splitlines()
+                    entry["message"] = lines[-1] if lines else "error"
+            else:
+                entry["outcome"] = "passed"
+            entry["duration_s"] = round(report.duration, 3)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        published = getattr(node, "workeroutput", {}).get("quantfair")
+        if published:
+            self.payloads.append(json.loads(published))
+
+    # -- the end ----------------------------------------------------------------------------
+    def _payload(self) -> dict:
+        context = self._context
+        payload = context.payload() if context is not None else {}
+        return {**payload, "selection": self.selection}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            self.pytest_config.workeroutput["quantfair"] = json.dumps(self._payload())
+            return
+        self.payloads.append(self._payload())
+        if not self.audits and not self.terminated:
+            return
+        from quantfair.report import compare, write_report
+
+        report = self._build(exitstatus)
+        if self.baseline is not None:
+            try:
+                report["comparison"] = compare(self.baseline, report, self.config.tolerance,
+                                               strict=self.config.strict)
+            except QuantfairError as error:
+                report["comparison"] = None
+                report["incomplete"].append(f"baseline: {error}")
+                self.regressions = [str(error)]
+            else:
+                self.regressions = report["comparison"]["regressions"]
+        self.report = report
+        if not self.config.no_report:
+            try:
+                self.report_paths = write_report(report, self._json_path())
+            except OSError as error:
+                self.write_error = f"quantfair: could not write the report: {error}"
+        if self.write_error or self.terminated:
+            session.exitstatus = (pytest.ExitCode.INTERRUPTED if self.terminated
+                                  else pytest.ExitCode.INTERNAL_ERROR)
+        elif self.regressions and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _build(self, exitstatus: int) -> dict:
+        from quantfair.report import RunRecord, build_report
+
+        incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
+        if self.terminated:
+            incomplete.append(f"the run was {TERMINATED}")
+        elif exitstatus == pytest.ExitCode.INTERRUPTED:
+            incomplete.append("the run was interrupted")
+        selected = next((p["selection"]["selected_ids"] for p in self.payloads
+                         if p.get("selection", {}).get("selected_ids") is not None), [])
+        not_run = [n for n in selected if self.audits.get(n, {}).get("outcome") is None]
+        if not_run:
+            incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
+                              "(the run stopped early)")
+        for entry in self.audits.values():
+            if "outcome" not in entry:
+                incomplete.append(f"no outcome for {entry['nodeid']}")
+                entry["outcome"] = "error"
+        deselected = max((p.get("selection", {}).get("deselected", 0) for p in self.payloads),
+                         default=0)
+        options = self.pytest_config.option
+        selection = {
+            "invocation": ["pytest", *self.pytest_config.invocation_params.args],
+            "keyword": options.keyword or None, "markers": options.markexpr or None,
+            "last_failed": bool(getattr(options, "lf", False)),
+            "collected": len(selected) + deselected, "selected": len(selected),
+            "deselected": deselected, "not_run": len(not_run),
+        }
+        settings = {**self.config.settings(), "strict": self.config.strict,
+                    "workers": getattr(options, "numprocesses", None)}
+        record = RunRecord(
+            settings=settings, audits=list(self.audits.values()),
+            rows=[row for p in self.payloads for row in p.get("rows", [])],
+            model=next((p["model"] for p in self.payloads if p.get("model")), {}),
+            processes=sorted({p["process"]["pid"]: p["process"] for p in self.payloads
+                              if p.get("process")}.values(), key=lambda p: p["pid"]),
+            suggestion=next((p["suggestion"] for p in self.payloads if p.get("suggestion")),
+                            None),
+            selection=selection, incomplete=incomplete, duration_s=time.time() - self.started)
+        return build_report(record)
+
+    def _json_path(self) -> Path:
+        if self.config.report:
+            return self.config.report.with_suffix(".json")
+        from quantfair.report import unique_report_path
+
+        return unique_report_path(Path(self.pytest_config.invocation_params.dir) / "reports",
+                                  self.config.model)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.is_worker or self.report is None:
+            return
+        from quantfair.report import summary_table
+
+        tr = terminalreporter
+        tr.section("quantfair audit summary")
+        tr.write_line(summary_table(self.report["audits"]))
+        counts = self.report["summary"]
+        tr.write_line(f"verdict: {self.report['verdict']}  " + "  ".join(
+            f"{k}: {counts.get(k, 0)}"
+            for k in ("passed", "failed", "inconclusive", "skipped", "error")))
+        for reason in self.report["incomplete"]:
+            tr.write_line(f"INCOMPLETE: {reason}", red=True)
+        for regression in self.regressions:
+            tr.write_line(f"REGRESSION vs baseline: {regression}", red=True)
+        if self.write_error:
+            tr.write_line(self.write_error, red=True)
+        if self.report_paths:
+            tr.write_line(f"quantfair report: {self.report_paths[1]} (JSON: "
+                          f"{self.report_paths[0]})")
+
+
+def _announcer(config: pytest.Config):
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None or capture is None or hasattr(config, "workerinput"):
+        return lambda message: print(message, file=sys.stderr, flush=True)
+
+    def announce(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(message)
+
+    return announce
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr or "skipped")

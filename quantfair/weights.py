@@ -1,0 +1,90 @@
+"""Weight statistics of a model's FP tensors: per-layer variance, shape of the distribution,
+quantization error, value/query scale, and overlap of two protected sets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats
+
+from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize
+
+
+def weight_statistics(weights: np.ndarray) -> dict[str, float]:
+    """Variance, excess kurtosis, outlier share (|z| > 3) and near-zero share (|w| < 0.1 sd)."""
+    flat = np.asarray(weights, dtype=np.float64).ravel()
+    std = flat.std()
+    z = (flat - flat.mean()) / std if std > 0 else np.zeros_like(flat)
+    return {
+        "variance": float(flat.var()),
+        "kurtosis": float(stats.kurtosis(flat)),
+        "outlier_share": float(np.mean(np.abs(z) > 3)),
+        "sparsity": float(np.mean(np.abs(flat) < 0.1 * std)) if std > 0 else 1.0,
+    }
+
+
+def layer_statistics(bank: WeightBank) -> dict[int, dict[str, float]]:
+    """`weight_statistics` of each layer's matrix weights, by layer index."""
+    return {layer: weight_statistics(np.concatenate(
+                [bank.fp[c.name].flatten().float().cpu().numpy() for c in parts]))
+            for layer, parts in bank.layer_matrices().items()}
+
+
+def layer_quant_error(bank: WeightBank, scheme: QuantScheme) -> dict[int, float]:
+    """Relative Frobenius error ||w - q(w)|| / ||w|| of each layer's matrices."""
+    error = {}
+    for layer, parts in bank.layer_matrices().items():
+        diff = norm = 0.0
+        for c in parts:
+            w = bank.fp[c.name].float()
+            diff += (w - fake_quantize(w, scheme, c.transposed)).pow(2).sum().item()
+            norm += w.pow(2).sum().item()
+        error[layer] = math.sqrt(diff / norm) if norm else 0.0
+    return error
+
+
+def layer_variance_ranking(bank: WeightBank) -> list[int]:
+    """Layers ordered by the variance of their matrix weights, highest first."""
+    variances = layer_weight_variance(bank)
+    return sorted(variances, key=lambda layer: -variances[layer])
+
+
+def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
+    return {layer: torch.cat([bank.fp[c.name].flatten().float() for c in parts]).var().item()
+            for layer, parts in bank.layer_matrices().items()}
+
+
+def value_weight_ratio(bank: WeightBank) -> float:
+    """Mean |w| of the last layer's V projection over that of its Q and K projections."""
+    last = max(c.layer for c in bank.parts.values() if c.layer is not None)
+    q, k, v = [], [], []
+    for c in bank.parts.values():
+        if c.layer != last or c.block != "attn" or c.kind != "weight":
+            continue
+        w = bank.fp[c.name].t() if c.transposed else bank.fp[c.name]
+        if c.role == "qkv":  # fused (out = 3 * hidden): q, k, v stacked along outputs
+            parts = w.reshape(3, -1, w.shape[-1]) if c.transposed else w.chunk(3, dim=0)
+            q.append(parts[0]), k.append(parts[1]), v.append(parts[2])
+        elif c.role in ("q", "k", "v"):
+            {"q": q, "k": k, "v": v}[c.role].append(w)
+    mean = lambda ws: torch.cat([w.abs().flatten() for w in ws]).mean().item()  # noqa: E731
+    return mean(v) / mean(q + k)
+
+
+def overlap(bank: WeightBank, a: Protection, b: Protection) -> float:
+    """Jaccard index of two protected sets, element by element."""
+    inter = union = 0
+    for name in set(a) | set(b):
+        numel = bank.parts[name].numel
+        mask_a, mask_b = _mask(a.get(name, False), numel), _mask(b.get(name, False), numel)
+        inter += int((mask_a & mask_b).sum())
+        union += int((mask_a | mask_b).sum())
+    return inter / union if union else 0.0
+
+
+def _mask(keep: bool | torch.Tensor, numel: int) -> torch.Tensor:
+    if isinstance(keep, torch.Tensor):
+        return keep.flatten().cpu()
+    return torch.full((numel,), bool(keep))
