@@ -1,0 +1,222 @@
+"""The plugin is loaded into every pytest run of an environment: it must leave other projects'
+suites alone, take one configuration, and end every bad input or fault in one clear line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
+BASELINE = str(AUDITS / "test_baseline.py")
+pytest_plugins = ["pytester"]
+
+
+def run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=600)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+FOREIGN_OPTIONS = """
+def pytest_addoption(parser):
+    for name in {names}:
+        parser.addoption("--" + name, default="theirs-" + name)
+"""
+
+
+def make_foreign_project(pytester):
+    pytester.makeini("""
+        [pytest]
+        markers =
+            slow: their own slow marker
+            quick: their own quick marker
+    """)
+    pytester.makeconftest(FOREIGN_OPTIONS.format(names=["model", "device", "quant"]))
+    sub = pytester.mkpydir("sub")
+    (sub / "conftest.py").write_text(FOREIGN_OPTIONS.format(names=["report", "corpus"]))
+    (sub / "test_theirs.py").write_text(
+        "import sys\n"
+        "import pytest\n\n"
+        "@pytest.mark.slow\n"
+        "def test_slow(request):\n"
+        "    assert request.config.getoption('--model') == 'theirs-model'\n"
+        "    assert request.config.getoption('--report') == 'theirs-report'\n\n"
+        "@pytest.mark.quick\n"
+        "def test_quick():\n"
+        "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
+    return sub
+
+
+def test_a_foreign_project_with_the_same_option_and_marker_names_still_passes(pytester):
+    make_foreign_project(pytester)
+    result = run(pytester, "--strict-markers")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=2)
+    assert "quantfair" in result.stdout.str()  # the plugin was loaded all the same
+
+
+def test_quantfair_registers_no_generic_marker(pytester):
+    pytester.makepyfile(test_unregistered="""
+        import pytest
+
+        @pytest.mark.quick
+        def test_marked():
+            pass
+    """)
+    result = run(pytester, "--strict-markers")
+    assert result.ret != 0
+    assert "'quick' not found in `markers` configuration option" in result.stdout.str()
+
+
+def _numbers(report: dict) -> list:
+    return [(r["strategy"], r["language"], r["nll_fp"], r["nll_q"], r["disparity"])
+            for r in report["measurements"]]
+
+
+def test_short_and_namespaced_forms_give_the_same_numbers_and_a_small_junit_file(pytester):
+    short, long = pytester.path / "short.json", pytester.path / "long.json"
+    junit = pytester.path / "junit.xml"
+    first = run(pytester, BASELINE, "--model", "tiny-gpt2", "-m", "quick", "--languages", "de,he",
+                "--report", str(short), f"--junitxml={junit}")
+    second = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-m", "quantfair_quick",
+                 "--quantfair-languages", "de,he", "--quantfair-report", str(long))
+    assert first.ret == second.ret == 1  # tiny-gpt2's Hebrew disparity is below 1
+    a, b = load(short), load(long)
+    assert _numbers(a) and _numbers(a) == _numbers(b)
+    assert [x["outcome"] for x in a["audits"]] == [x["outcome"] for x in b["audits"]]
+    assert junit.stat().st_size < 100_000
+    assert "nll_fp" not in junit.read_text()
+
+
+def test_cli_and_plugin_given_the_same_options_record_the_same_settings(pytester):
+    options = {"quant": "int4-g128", "languages": "de,he", "units": "2"}
+    measured = pytester.path / "measure.json"
+    cli = subprocess.run(
+        [sys.executable, "-m", "quantfair.cli", "measure", "tiny-gpt2", "--json", str(measured),
+         *[f"--{k}={v}" for k, v in options.items()]],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr
+    path = pytester.path / "audit.json"
+    run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+        "--quantfair-report", str(path), *[f"--quantfair-{k}={v}" for k, v in options.items()])
+    plugin = {k: v for k, v in load(path)["settings"].items() if k not in ("strict", "workers")}
+    assert load(measured)["settings"] == plugin
+    assert plugin["scheme"] == "int4-g128" and plugin["languages"] == ["en", "de", "he"]
+
+
+def _one_line_usage_error(result, message: str) -> None:
+    assert result.ret == 4, result.stdout.str() + result.stderr.str()
+    lines = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "loading" not in result.stdout.str()  # nothing was loaded
+
+
+def test_bad_strategy_syntax_fails_at_start_up_before_a_model_loads(pytester):
+    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-strategy", "L0+")
+    _one_line_usage_error(result, "unknown strategy term ''")
+
+
+def test_an_empty_language_entry_is_a_usage_error(pytester):
+    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-languages", "de,he,")
+    _one_line_usage_error(result, "--languages has an empty entry")
+
+
+def test_a_report_path_that_is_a_directory_is_a_usage_error(pytester):
+    folder = pytester.mkdir("out")
+    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(folder))
+    _one_line_usage_error(result, "is a directory")
+
+
+def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester):
+    blocker = pytester.path / "blocker"
+    blocker.write_text("a file, not a folder")
+    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(blocker / "r.json"))
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(["*quantfair audit summary*",
+                                 "quantfair: could not write the report: *blocker*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pytester):
+    path = pytester.path / "partial.json"
+    result = run(pytester, BASELINE, "-x", "-k", "baseline_disparity",
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path))
+    assert result.ret == 1
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    selection = report["selection"]
+    assert selection["keyword"] == "baseline_disparity" and "-x" in selection["invocation"]
+    assert selection["selected"] == 5 and selection["not_run"] >= 1
+    assert selection["deselected"] == selection["collected"] - 5 > 0
+    assert any("never ran" in reason for reason in report["incomplete"])
+    assert "baseline_disparity" in path.with_suffix(".html").read_text()
+
+
+def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester):
+    started = pytester.path / "started"
+    pytester.makepyfile(test_hangs=f"""
+        import pathlib, time
+        import pytest
+
+        @pytest.mark.quantfair
+        def test_hangs(quantfair_audit):
+            pathlib.Path({str(started)!r}).write_text("yes")
+            time.sleep(120)
+    """)
+    path = pytester.path / "term.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", BASELINE, "test_hangs.py",
+         "-k", "robustness or hangs", "--quantfair-model", "tiny-gpt2",
+         "--quantfair-report", str(path)],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 240
+    while not started.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, out + err
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert any("SIGTERM" in reason for reason in report["incomplete"])
+    assert any(a["outcome"] == "passed" for a in report["audits"])  # robustness ran first
+    assert "quantfair audit summary" in out
+
+
+def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
+    junit = pytester.path / "j.xml"
+    result = run(pytester, BASELINE, "-k", "robustness", "-p", "no:xdist", "--strict-markers",
+                 "-W", "error", "-o", "junit_family=xunit2", f"--junitxml={junit}",
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=1)
+    assert junit.exists()
+
+
+def test_audits_ship_with_the_package(pytester):
+    result = run(pytester, "--pyargs", "quantfair.audits.test_baseline", "-k", "robustness",
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=1)
+
+
+def test_reports_of_runs_finishing_together_never_share_a_name(tmp_path):
+    from quantfair.report import RunRecord, build_report, unique_report_path, write_report
+
+    report = build_report(RunRecord(settings={}, audits=[], rows=[], model={}, processes=[],
+                                    selection={}, incomplete=[], duration_s=0.0))
+    paths = {unique_report_path(tmp_path, "org/model") for _ in range(50)}
+    assert len(paths) == 50 and all(p.name.startswith("org_model-") for p in paths)
+    first, second = sorted(paths)[:2]
+    write_report(report, first), write_report(report, second)
+    assert first.exists() and second.exists() and (tmp_path / "latest.html").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
