@@ -16,7 +16,15 @@ from typing import Literal, Protocol
 
 from quantfair.config import REFERENCE
 from quantfair.corpus import language
-from quantfair.metrics import Estimate, Measurement, correlation, quantity
+from quantfair.metrics import (
+    Comparison,
+    Estimate,
+    Measurement,
+    correlation,
+    holm,
+    paired_difference,
+    quantity,
+)
 from quantfair.strategies import Overhead
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
@@ -121,6 +129,7 @@ class AuditRun(Protocol):
 
     family: str
     layers: int
+    languages: tuple[str, ...]
     candidate: str | None
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
@@ -207,9 +216,25 @@ class LanguageBound(Check):
         return _estimate_outcome(self.quantity, estimate, bound)
 
 
+FAMILY_NOTE = ("decided on the paired bootstrap difference, Holm-Bonferroni over the "
+               "finding's {n} case(s) at family-wise 5%; the CI shown is the unadjusted 95% "
+               "interval")
+
+
+def _decide(comparisons: dict[str, Comparison], key: str, claimed_sign: int) -> Status:
+    """passed / failed / inconclusive for one comparison of a family (Holm over all)."""
+    keys = list(comparisons)
+    rejected = dict(zip(keys, holm([comparisons[k].p_value for k in keys])))
+    if not rejected[key]:
+        return "inconclusive"
+    return verdict(comparisons[key].difference * claimed_sign > 0)
+
+
 @dataclass(frozen=True)
 class Better(Check):
-    """`strategy` yields a lower disparity than `than` (mean over languages, or per language)."""
+    """`strategy` yields a lower quantity than `than` (mean over languages, or per language),
+    decided on the paired difference: passed when it is significantly below 0, failed when
+    significantly above, inconclusive otherwise (see FAMILY_NOTE)."""
 
     strategy: Strategy
     than: Strategy
@@ -231,32 +256,44 @@ class Better(Check):
                     for length in self.lengths]
         return [Case(label, self.strategy, scheme=self.scheme)]
 
-    def _value(self, ctx, strategy, case) -> Estimate:
+    def _draws(self, ctx: AuditRun, strategy: Strategy, case: Case):
         m = ctx.measure(strategy, self.scheme, case.length)
         if case.language:
-            return _disparity_of(ctx, strategy, self.quantity, self.scheme,
-                                 case.length)[case.language]
-        return m.mean_disparity(self.languages, self.quantity)
+            value, samples, reason = m.draws(self.quantity)
+            row = m.languages.index(case.language)
+            return float(value[row]), samples[row], reason
+        return m.mean_draws(self.languages, self.quantity)
 
     def run(self, ctx, case, bound):
-        ours, theirs = self._value(ctx, self.strategy, case), self._value(ctx, self.than, case)
-        what = f"{self.quantity}" + (f" ({case.language})" if case.language else
-                                     " (mean over languages)")
-        if not theirs.defined:
-            return Outcome("failed", what, None, f"< {self.than}'s",
-                           detail=f"{self.than}: undefined: {theirs.undefined}")
-        separated = ours.defined and ours.high < theirs.low
-        detail = f"{self.than}: {theirs}" + ("; CIs separated" if separated else "")
-        outcome = _estimate_outcome(what, ours, Bound(max=theirs.value), detail)
-        return Outcome(verdict(outcome.passed and ours.value < theirs.value), what, outcome.value,
-                       f"< {self.than}'s {theirs.value:.4g}", outcome.low, outcome.high,
-                       outcome.detail)
+        pairs, undefined = {}, {}
+        for member in self.cases(ctx.languages):
+            ours, theirs = self._draws(ctx, self.strategy, member), \
+                self._draws(ctx, self.than, member)
+            pairs[member.id] = (ours[0], theirs[0])
+            undefined[member.id] = ours[2] or theirs[2]
+            if not undefined[member.id]:
+                pairs[member.id] += (paired_difference(ours[:2], theirs[:2]),)
+        what = f"{self.quantity} difference " + (f"({case.language})" if case.language else
+                                                  "(mean over languages)")
+        ours, theirs = pairs[case.id][:2]
+        values = f"{self.strategy}: {ours:.4g}, {self.than}: {theirs:.4g}"
+        if undefined[case.id]:
+            return Outcome("inconclusive", what, None, "< 0",
+                           detail=f"{values}; undefined: {undefined[case.id]}")
+        comparisons = {k: v[2] for k, v in pairs.items() if len(v) == 3}
+        comparison = comparisons[case.id]
+        return Outcome(_decide(comparisons, case.id, -1), what, comparison.difference, "< 0",
+                       comparison.low, comparison.high,
+                       f"{values}; p={comparison.p_value:.3g}; smallest detectable difference "
+                       f"{comparison.detectable:.3g}; "
+                       + FAMILY_NOTE.format(n=len(comparisons)))
 
 
 @dataclass(frozen=True)
 class Best(Check):
     """Among `candidates`, `expected` has the lowest (or, with worst=True, highest) mean
-    disparity."""
+    quantity: passed when its paired difference to every other candidate is significant in
+    the claimed direction, failed when any is significant the other way, else inconclusive."""
 
     candidates: tuple[str, ...]
     expected: str
@@ -267,23 +304,31 @@ class Best(Check):
         return [Case(f"{self.expected}", self.expected)]
 
     def run(self, ctx, case, bound):
-        values: dict[str, Estimate] = {}
-        for candidate in self.candidates:
+        draws = {}
+        for candidate in (self.expected, *self.candidates):
             key = ctx.protection_key(candidate)  # L-2 and L2 coincide on small models
-            if key not in {ctx.protection_key(c) for c in values}:
-                values[candidate] = ctx.measure(candidate).mean_disparity(metric=self.quantity)
-        undefined = [c for c, e in values.items() if not e.defined]
-        table = ", ".join(f"{c}: {e.value:.4g}" for c, e in values.items())
+            if key not in {ctx.protection_key(c) for c in draws}:
+                draws[candidate] = ctx.measure(candidate).mean_draws(metric=self.quantity)
         rank = "highest" if self.worst else "lowest"
+        what = f"mean {self.quantity} of {self.expected}"
+        table = ", ".join(f"{c}: {d[0]:.4g}" for c, d in draws.items())
+        undefined = [c for c, d in draws.items() if d[2]]
         if undefined:
-            return Outcome("failed", f"mean {self.quantity}", None, f"{rank} of the sweep",
-                           detail=f"undefined for {', '.join(undefined)}")
-        pick = (max if self.worst else min)(values, key=lambda c: values[c].value)
-        chosen = values.get(self.expected) or values[pick]
-        passed = ctx.protection_key(pick) == ctx.protection_key(self.expected)
-        return Outcome(verdict(passed), f"mean {self.quantity} of {self.expected}", chosen.value,
-                       f"{rank} of {len(values)} candidates", chosen.low, chosen.high,
-                       f"{rank}: {pick}; {table}")
+            return Outcome("inconclusive", what, draws[self.expected][0],
+                           f"{rank} of the sweep", detail=f"undefined for {', '.join(undefined)}")
+        mine = draws[self.expected]
+        comparisons = {c: paired_difference(mine[:2], d[:2])
+                       for c, d in draws.items() if c != self.expected}
+        sign = 1 if self.worst else -1
+        decisions = [_decide(comparisons, c, sign) for c in comparisons]
+        status: Status = ("failed" if "failed" in decisions else
+                          "inconclusive" if "inconclusive" in decisions else "passed")
+        closest = min(comparisons, key=lambda c: abs(comparisons[c].difference))
+        gap = comparisons[closest]
+        return Outcome(status, what, mine[0], f"{rank} of {len(draws)} candidates",
+                       detail=f"closest: {closest}, difference {gap.difference:.4g} [95% CI "
+                              f"{gap.low:.4g}, {gap.high:.4g}]; {table}; "
+                              + FAMILY_NOTE.format(n=len(comparisons)))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class AuditContext:
         self.strict = strict  # inconclusive comparisons fail
         self.family = session.loaded.family
         self.layers = session.resolver().layers
+        self.languages = tuple(session.corpus.languages)
         self._rows: dict[tuple, list[dict]] = {}
         self._facts: dict[str, object] = {}
 

@@ -103,9 +103,7 @@ class Measurement:
 
     def degradation(self) -> dict[str, Estimate]:
         """ppl_q / ppl_fp - 1 per language, with CIs."""
-        value, samples = self._series("degradation")
-        return {lang: Estimate(float(value[i]), *_interval(samples[i]))
-                for i, lang in enumerate(self.languages)}
+        return self._estimates("degradation")
 
     def _undefined(self) -> str:
         """Why ratios to the reference are not reported (empty when they are)."""
@@ -117,34 +115,82 @@ class Measurement:
             return f"{self.reference} loss change is below {NOISE_FLOOR} nats/token"
         return ""
 
-    def _ratios(self, metric: str) -> dict[str, Estimate]:
-        value, samples = self._series(metric)
-        reason, ref = self._undefined(), self.ref
+    def draws(self, metric: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """Per-language values of a registered quantity, the same over the shared bootstrap
+        resamples [language, sample], and why it is undefined (empty when it is defined)."""
+        if metric == "degradation":
+            value, samples = self._series("degradation")
+            return value, samples, ""
+        value, samples = self._series("delta" if metric == "disparity" else "degradation")
+        ref = self.ref
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio, ratio_samples = value / value[ref], samples / samples[ref]
-        return {lang: Estimate(float(ratio[i]), *_interval(ratio_samples[i]), undefined=reason)
+            return value / value[ref], samples / samples[ref], self._undefined()
+
+    def _estimates(self, metric: str) -> dict[str, Estimate]:
+        value, samples, reason = self.draws(metric)
+        return {lang: Estimate(float(value[i]), *_interval(samples[i]), undefined=reason)
                 for i, lang in enumerate(self.languages)}
 
     def disparity(self) -> dict[str, Estimate]:
         """delta NLL(l) / delta NLL(reference), on the same content in every language."""
-        return self._ratios("delta")
+        return self._estimates("disparity")
 
     def seed_disparity(self) -> dict[str, Estimate]:
         """degradation(l) / degradation(reference) (per token, the seed's metric)."""
-        return self._ratios("degradation")
+        return self._estimates("seed_disparity")
+
+    def mean_draws(self, languages: Sequence[str] | None = None,
+                   metric: str = "disparity") -> tuple[float, np.ndarray, str]:
+        """The mean of a quantity over the non-reference languages, over the shared bootstrap
+        resamples, and why it is undefined."""
+        value, samples, reason = self.draws(metric)
+        rows = [self.languages.index(lang) for lang in (languages or self.languages)
+                if lang != self.reference and lang in self.languages]
+        return float(value[rows].mean()), samples[rows].mean(axis=0), reason
 
     def mean_disparity(self, languages: Sequence[str] | None = None,
                        metric: str = "disparity") -> Estimate:
         """Mean of a disparity over the non-reference languages, bootstrapped jointly."""
-        series = "delta" if metric == "disparity" else "degradation"
-        value, samples = self._series(series)
-        rows = [self.languages.index(lang) for lang in (languages or self.languages)
-                if lang != self.reference and lang in self.languages]
-        ref = self.ref
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = float((value[rows] / value[ref]).mean())
-            mean_samples = (samples[rows] / samples[ref]).mean(axis=0)
-        return Estimate(mean, *_interval(mean_samples), undefined=self._undefined())
+        value, samples, reason = self.mean_draws(languages, metric)
+        return Estimate(value, *_interval(samples), undefined=reason)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A - B on the paired bootstrap (the same resampled units on both sides), with the 95%
+    percentile interval and a two-sided bootstrap p-value for "A - B = 0":
+    p = min(1, 2 * min(P*(A - B <= 0), P*(A - B >= 0))), at least 1 / resamples."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+    @property
+    def detectable(self) -> float:
+        """The smallest difference these units could have told from 0: the CI half-width."""
+        return (self.high - self.low) / 2
+
+
+def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> Comparison:
+    """Compare (value, bootstrap samples) pairs drawn from the same resampled units."""
+    samples = np.asarray(a[1]) - np.asarray(b[1])
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return Comparison(float(a[0] - b[0]), math.nan, math.nan, 1.0)
+    tail = min(np.mean(samples <= 0), np.mean(samples >= 0))
+    p_value = min(1.0, max(2 * tail, 1 / samples.size))
+    low, high = _interval(samples)
+    return Comparison(float(a[0] - b[0]), low, high, float(p_value))
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Which hypotheses Holm-Bonferroni rejects at family-wise error `alpha`."""
+    from statsmodels.stats.multitest import multipletests
+
+    if not p_values:
+        return []
+    return [bool(r) for r in multipletests(list(p_values), alpha=alpha, method="holm")[0]]
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:

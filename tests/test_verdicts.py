@@ -1,0 +1,132 @@
+"""Comparisons decide on the paired bootstrap difference: passed, failed or inconclusive."""
+
+import json
+
+import numpy as np
+import pytest
+
+from quantfair.audit import Best, Better, Case
+from quantfair.metrics import Measurement, holm, paired_difference
+
+pytest_plugins = ["pytester"]
+LANGUAGES = ("en", "de", "he")
+UNITS = 12
+
+
+def measurement(extra_loss: dict[str, np.ndarray]) -> Measurement:
+    """English loses 1 nat per unit; each other language `extra_loss[lang]` per unit."""
+    nll_fp = np.full((len(LANGUAGES), UNITS), 50.0)
+    delta = np.stack([np.ones(UNITS) if lang == "en" else extra_loss[lang]
+                      for lang in LANGUAGES])
+    ones = np.full((len(LANGUAGES), UNITS), 40.0)
+    return Measurement(LANGUAGES, nll_fp, nll_fp + delta, ones, ones * 3, ones * 2)
+
+
+class FakeRun:
+    """An AuditRun whose strategies map to fixed measurements."""
+
+    family, layers, languages, candidate, strict = "gpt2", 12, LANGUAGES, None, False
+
+    def __init__(self, measurements: dict[str, Measurement]) -> None:
+        self.measurements = measurements
+
+    def measure(self, strategy, scheme=None, length=None):
+        return self.measurements[strategy]
+
+    def protection_key(self, strategy):
+        return strategy
+
+
+rng = np.random.default_rng(1)
+NOISE = {lang: 3 + rng.normal(0, 1, UNITS) for lang in LANGUAGES[1:]}
+LOWER = {lang: v - 2 for lang, v in NOISE.items()}  # every unit 2 nats less: clearly lower
+JITTER = {lang: v + np.tile([0.3, -0.3], UNITS // 2) for lang, v in NOISE.items()}  # sums to 0
+
+
+@pytest.mark.parametrize("ours, theirs, expected", [
+    (LOWER, NOISE, "passed"),
+    (NOISE, LOWER, "failed"),
+    (JITTER, NOISE, "inconclusive"),
+])
+def test_better_decides_on_the_paired_difference(ours, theirs, expected):
+    run = FakeRun({"a": measurement(ours), "b": measurement(theirs)})
+    check = Better("a", than="b", per_language=True)
+    for case in check.cases(LANGUAGES):
+        outcome = check.run(run, case, None)
+        assert outcome.status == expected, outcome
+        if expected == "passed":
+            assert outcome.high < 0
+        if expected == "failed":
+            assert outcome.low > 0
+        if expected == "inconclusive":
+            assert outcome.low <= 0 <= outcome.high
+            assert "smallest detectable difference" in outcome.detail
+
+
+def test_overlapping_intervals_can_still_differ_when_paired():
+    """Each strategy's own CI is wide (units differ a lot), but the paired difference is not:
+    an unpaired comparison would call this noise."""
+    spread = {lang: np.linspace(1, 20, UNITS) for lang in LANGUAGES[1:]}
+    lower = {lang: v * 0.9 for lang, v in spread.items()}
+    a, b = measurement(lower), measurement(spread)
+    estimate_a, estimate_b = a.disparity()["he"], b.disparity()["he"]
+    assert estimate_a.high > estimate_b.low  # the two CIs overlap
+    outcome = Better("a", than="b").run(FakeRun({"a": a, "b": b}), Case("a<b", "a"), None)
+    assert outcome.status == "passed"
+
+
+def test_undefined_disparity_is_inconclusive_not_failed():
+    flat = measurement({lang: np.ones(UNITS) for lang in LANGUAGES[1:]})
+    nll_q = flat.nll_q.copy()
+    nll_q[0] = flat.nll_fp[0]  # English unchanged: every ratio to it is undefined
+    undefined = Measurement(LANGUAGES, flat.nll_fp, nll_q, flat.tokens, flat.bytes, flat.chars)
+    check = Better("a", than="b", per_language=True)
+    outcome = check.run(FakeRun({"a": undefined, "b": undefined}), check.cases(LANGUAGES)[0],
+                        None)
+    assert outcome.status == "inconclusive" and "undefined" in outcome.detail
+
+
+def test_best_needs_every_gap_to_be_significant():
+    runs = {"best": measurement(LOWER), "other": measurement(NOISE),
+            "twin": measurement(JITTER)}
+    clear = Best(("other",), expected="best").run(FakeRun(runs), Case("best"), None)
+    assert clear.status == "passed"
+    worst = Best(("best",), expected="other", worst=True).run(FakeRun(runs), Case("o"), None)
+    assert worst.status == "passed"
+    wrong = Best(("best",), expected="other").run(FakeRun(runs), Case("other"), None)
+    assert wrong.status == "failed"
+    close = Best(("twin",), expected="other").run(FakeRun(runs), Case("other"), None)
+    assert close.status == "inconclusive"
+
+
+def test_paired_difference_and_holm_on_known_numbers():
+    same = paired_difference((1.0, np.ones(100)), (1.0, np.ones(100)))
+    assert same.difference == 0 and same.p_value == 1.0
+    shifted = paired_difference((2.0, np.full(100, 2.0)), (1.0, np.ones(100)))
+    assert shifted.low == shifted.high == 1.0 and shifted.p_value == pytest.approx(0.01)
+    # Holm: 0.01 <= 0.05/3 is rejected; then 0.03 > 0.05/2 stops the procedure.
+    assert holm([0.01, 0.03, 0.04]) == [True, False, False]
+    assert holm([0.01, 0.02, 0.04]) == [True, True, True]
+
+
+def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester):
+    pytester.makepyfile(test_same="""
+        from quantfair.audit import Better, Finding, audit
+
+        test_same = audit(Finding(
+            id="same", experiments=("999",), claim="none beats itself",
+            check=Better("none", than="none", per_language=True),
+        ))
+    """)
+    path = pytester.path / "r.json"
+    args = ["-p", "no:cacheprovider", "--quantfair-model", "tiny-gpt2", "--quantfair-languages",
+            "de,he", "-rs"]
+    result = pytester.runpytest_subprocess(*args, "--quantfair-report", str(path), timeout=300)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*inconclusive: 2*", "*SKIPPED*inconclusive: *same*"])
+    report = json.loads(path.read_text())
+    assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
+    assert report["summary"]["inconclusive"] == 2 and report["verdict"] == "passed"
+    strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-no-report",
+                                           timeout=300)
+    assert strict.ret == 1
