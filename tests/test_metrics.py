@@ -70,3 +70,15 @@ def test_correlation_and_weight_statistics():
     gaussian = weights.weight_statistics(np.random.default_rng(0).normal(size=100_000))
     assert abs(gaussian["kurtosis"]) < 0.1 and gaussian["outlier_share"] == pytest.approx(
         0.0027, abs=0.001)
+
+
+def test_bootstrap_pairs_fp_with_q_and_languages_with_each_other():
+    """Units differ wildly, but every unit loses exactly 1 nat in English and 2 in Hebrew:
+    resampled together, degradation and disparity do not vary at all."""
+    fp = np.array([np.linspace(10, 500, 20)] * 2)
+    delta = np.array([np.ones(20), 2 * np.ones(20)])
+    m = make(fp, fp + delta, np.array([np.linspace(5, 100, 20)] * 2))
+    he = m.disparity()["he"]
+    assert he.low == pytest.approx(he.high) == pytest.approx(2.0)
+    per_token = make(fp, fp + delta, np.full((2, 20), 10.0)).degradation()["en"]
+    assert per_token.low == pytest.approx(per_token.high) == pytest.approx(math.expm1(0.1))

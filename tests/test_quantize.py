@@ -102,3 +102,19 @@ def test_bad_schemes_are_usage_errors(text):
 def test_scheme_names_round_trip():
     for text in ["int4", "int4-g128", "int8-channel", "int3-g64-asym-linear"]:
         assert QuantScheme.parse(text).name == text
+
+
+@pytest.mark.parametrize("scheme", ["int4-channel", "int4-g16"])
+def test_the_bank_quantizes_conv1d_along_its_logical_rows(scheme):
+    """GPT-2's Conv1D stores (in, out): per-channel and grouped scales belong to output
+    channels / input groups of the logical (out, in) matrix, exactly as for nn.Linear."""
+    from quantfair.models import load_model
+    from quantfair.quantize import WeightBank
+
+    bank = WeightBank(load_model("tiny-gpt2").model)
+    parsed = QuantScheme.parse(scheme)
+    quantized = bank.quantized(parsed)
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert bank.parts[name].transposed
+    logical = bank.fp[name].t().contiguous()
+    assert torch.equal(quantized[name], fake_quantize(logical, parsed).t())

@@ -115,3 +115,19 @@ def test_protected_parameters_stay_fp_and_the_rest_are_quantized(tiny_models):
         expected = bank.fp[name] if name in protection else quantized[name]
         assert torch.equal(param, expected), name
     bank.restore()
+
+
+def test_layer_norm_terms_select_that_layers_norms(gpt2_resolver):
+    chosen = set(gpt2_resolver.resolve("L0.ln"))
+    assert chosen == {f"transformer.h.0.ln_{i}.{kind}" for i in (1, 2)
+                      for kind in ("weight", "bias")}
+    assert set(gpt2_resolver.resolve("layer0_ln_only")) == chosen
+
+
+def test_magnitude_selection_keeps_the_largest_weights(gpt2_resolver):
+    bank = gpt2_resolver.bank
+    for name, keep in gpt2_resolver.resolve("magnitude:5%").items():
+        if keep is True:
+            continue
+        weight = bank.fp[name].abs()
+        assert weight[keep].min() >= weight[~keep].max()
