@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+
 from quantfair.config import REFERENCE
 from quantfair.corpus import language
 from quantfair.metrics import (
@@ -202,10 +204,11 @@ class LanguageBound(Check):
     bound: Bounds = field(default_factory=lambda: Bound(min=1.0))
     scheme: str | None = None
     languages: tuple[str, ...] | None = None
+    include_reference: bool = False  # also bound English (for quantities not relative to it)
 
     def cases(self, languages):
-        chosen = [lang for lang in _non_reference(languages)
-                  if self.languages is None or lang in self.languages]
+        pool = languages if self.include_reference else _non_reference(languages)
+        chosen = [lang for lang in pool if self.languages is None or lang in self.languages]
         return [Case(f"{self.strategy}-{lang}", self.strategy, lang, scheme=self.scheme)
                 for lang in chosen]
 
@@ -237,15 +240,17 @@ class Better(Check):
     significantly above, inconclusive otherwise (see FAMILY_NOTE)."""
 
     strategy: Strategy
-    than: Strategy
+    than: Strategy | tuple[Strategy, ...]  # a tuple: the best of them (lowest point estimate)
     quantity: str = "disparity"
     per_language: bool = False
     lengths: tuple[str, ...] = ()
     scheme: str | None = None
     languages: tuple[str, ...] | None = None
+    than_scheme: str | None = None  # `than` under another scheme (default: the same)
 
     def cases(self, languages):
-        label = f"{self.strategy}<{self.than}"
+        than = "|".join(map(str, self.than)) if isinstance(self.than, tuple) else self.than
+        label = f"{self.strategy}<{than}" + (f"@{self.than_scheme}" if self.than_scheme else "")
         if self.per_language:
             chosen = [lang for lang in _non_reference(languages)
                       if self.languages is None or lang in self.languages]
@@ -256,8 +261,12 @@ class Better(Check):
                     for length in self.lengths]
         return [Case(label, self.strategy, scheme=self.scheme)]
 
-    def _draws(self, ctx: AuditRun, strategy: Strategy, case: Case):
-        m = ctx.measure(strategy, self.scheme, case.length)
+    def _draws(self, ctx: AuditRun, strategy: Strategy | tuple, case: Case,
+               scheme: str | None):
+        if isinstance(strategy, tuple):
+            return min((self._draws(ctx, s, case, scheme) for s in strategy),
+                       key=lambda draws: draws[0])
+        m = ctx.measure(strategy, scheme, case.length)
         if case.language:
             value, samples, reason = m.draws(self.quantity)
             row = m.languages.index(case.language)
@@ -267,8 +276,8 @@ class Better(Check):
     def run(self, ctx, case, bound):
         pairs, undefined = {}, {}
         for member in self.cases(ctx.languages):
-            ours, theirs = self._draws(ctx, self.strategy, member), \
-                self._draws(ctx, self.than, member)
+            ours = self._draws(ctx, self.strategy, member, self.scheme)
+            theirs = self._draws(ctx, self.than, member, self.than_scheme or self.scheme)
             pairs[member.id] = (ours[0], theirs[0])
             undefined[member.id] = ours[2] or theirs[2]
             if not undefined[member.id]:
@@ -276,7 +285,7 @@ class Better(Check):
         what = f"{self.quantity} difference " + (f"({case.language})" if case.language else
                                                   "(mean over languages)")
         ours, theirs = pairs[case.id][:2]
-        values = f"{self.strategy}: {ours:.4g}, {self.than}: {theirs:.4g}"
+        values = f"{self.strategy}: {ours:.4g}, {case.id.split('<')[1]}: {theirs:.4g}"
         if undefined[case.id]:
             return Outcome("inconclusive", what, None, "< 0",
                            detail=f"{values}; undefined: {undefined[case.id]}")
@@ -467,35 +476,152 @@ class ValueWeightRatio(Check):
 
 @dataclass(frozen=True)
 class SelectionOverlap(Check):
-    """Share of elements two selectors both protect (Jaccard index)."""
-
-    needs_bound = True
+    """Share of elements two selectors both protect (Jaccard index). With `below_random`, the
+    bound is the overlap two independent random selections of the same sizes would have
+    (ab / (a + b - ab) for shares a and b), so "disjoint" is told from "unrelated"."""
 
     first: str
     second: str
-    bound: Bounds
+    bound: Bounds | None = None
+    below_random: bool = False
+
+    @property
+    def needs_bound(self) -> bool:
+        return not self.below_random
 
     def cases(self, languages):
         return [Case(f"{self.first}&{self.second}")]
 
     def run(self, ctx, case, bound):
         overlap = ctx.overlap(self.first, self.second)
-        return Outcome(verdict(bound.holds(overlap)), "Jaccard overlap", overlap, str(bound))
+        a, b = (ctx.overhead(s).fraction for s in (self.first, self.second))
+        chance = a * b / (a + b - a * b) if a + b > 0 else 0.0
+        if self.below_random:
+            bound = Bound(max=chance)
+        return Outcome(verdict(bound.holds(overlap)), "Jaccard overlap", overlap, str(bound),
+                       detail=f"independent random selections of the same sizes: {chance:.4g}")
 
 
 @dataclass(frozen=True)
 class Deterministic(Check):
-    """Scoring the same units again, with no cache, gives bit-identical losses."""
+    """Scoring the same units again, with no cache and another batch composition (padded
+    batches), gives the same losses: the largest relative NLL difference within the bound."""
+
+    needs_bound = True
 
     strategy: str = "none"
+    bound: Bounds = field(default_factory=lambda: Bound(max=5e-4))
 
     def cases(self, languages):
         return [Case(f"{self.strategy}-rescore", self.strategy)]
 
     def run(self, ctx, case, bound):
         spread = ctx.rescore_spread(self.strategy)
-        return Outcome(verdict(spread == 0.0), "max |NLL difference| on rescoring", spread,
-                       "== 0")
+        return Outcome(verdict(bound.holds(spread)), "max relative NLL difference on rescoring",
+                       spread, str(bound))
+
+
+@dataclass(frozen=True)
+class MeanBound(Check):
+    """Each strategy's mean over non-reference languages of a quantity within its bound."""
+
+    needs_bound = True
+
+    bounds: dict[str, Bounds]  # strategy -> bound
+    quantity: str = "seed_disparity"
+
+    def cases(self, languages):
+        return [Case(strategy, strategy) for strategy in self.bounds]
+
+    def bound_for(self, family: str, case: Case) -> Bound | None:
+        return _for_family(self.bounds[case.strategy], family)
+
+    def run(self, ctx, case, bound):
+        estimate = ctx.measure(case.strategy).mean_disparity(metric=self.quantity)
+        return _estimate_outcome(f"mean {self.quantity}", estimate, bound)
+
+
+@dataclass(frozen=True)
+class LayerValue(Check):
+    """One layer's weight statistic within a bound."""
+
+    needs_bound = True
+
+    statistic: str
+    bound: Bounds
+    layer: int = 0
+
+    def cases(self, languages):
+        return [Case(f"L{self.layer}-{self.statistic}")]
+
+    def run(self, ctx, case, bound):
+        value = ctx.layer_statistics()[self.layer][self.statistic]
+        return Outcome(verdict(bound.holds(value)), f"layer-{self.layer} {self.statistic}",
+                       value, str(bound))
+
+
+@dataclass(frozen=True)
+class GroupOrder(Check):
+    """`strategy` improves the languages of `first` more than those of `second`: the mean
+    improvement factor (quantity under `than` / under `strategy`) of `first` minus that of
+    `second`, decided on the paired bootstrap like `Better` (claimed: above 0)."""
+
+    strategy: str
+    than: str
+    first: tuple[str, ...]
+    second: tuple[str, ...]
+    quantity: str = "disparity"
+
+    def cases(self, languages):
+        return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]
+
+    def run(self, ctx, case, bound):
+        ours, theirs = (ctx.measure(s).draws(self.quantity) for s in (self.strategy, self.than))
+        languages = ctx.measure(self.strategy).languages
+        what = f"improvement factor ({self.than} / {self.strategy}) difference"
+        missing = [lang for lang in self.first + self.second if lang not in languages]
+        if missing:
+            raise NotApplicable(f"needs languages {', '.join(missing)} (--languages)")
+        if ours[2] or theirs[2]:
+            return Outcome("inconclusive", what, detail=f"undefined: {ours[2] or theirs[2]}")
+
+        def mean_factor(group, index):
+            rows = [languages.index(lang) for lang in group]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (theirs[index][rows] / ours[index][rows]).mean(axis=0)
+
+        comparison = paired_difference((mean_factor(self.first, 0), mean_factor(self.first, 1)),
+                                       (mean_factor(self.second, 0), mean_factor(self.second, 1)))
+        return Outcome(_decide({case.id: comparison}, case.id, 1), what, comparison.difference,
+                       "> 0", comparison.low, comparison.high,
+                       f"{'+'.join(self.first)}: {float(mean_factor(self.first, 0)):.4g}x, "
+                       f"{'+'.join(self.second)}: {float(mean_factor(self.second, 0)):.4g}x")
+
+
+@dataclass(frozen=True)
+class ReliableLength(Check):
+    """The strategy's mean-disparity interval is narrower (relative half-width) at `length`
+    than at `than_length`: longer texts give more reliable measurements."""
+
+    length: str
+    than_length: str = "short"
+    strategy: str = "none"
+
+    def cases(self, languages):
+        return [Case(f"{self.length}<{self.than_length}", self.strategy, length=self.length)]
+
+    def run(self, ctx, case, bound):
+        def width(length: str) -> Estimate:
+            return ctx.measure(self.strategy, length=length).mean_disparity()
+
+        ours, theirs = width(self.length), width(self.than_length)
+        what = f"relative CI half-width of the mean disparity ({self.length})"
+        if not ours.defined or not theirs.defined:
+            return Outcome("inconclusive", what,
+                           detail=f"undefined: {ours.undefined or theirs.undefined}")
+        relative = [(e.high - e.low) / 2 / abs(e.value) for e in (ours, theirs)]
+        return Outcome(verdict(relative[0] < relative[1]), what, relative[0],
+                       f"< {self.than_length}'s {relative[1]:.4g}")
 
 
 @dataclass(frozen=True)
@@ -506,6 +632,8 @@ class Finding:
     experiments: tuple[str, ...]
     claim: str
     check: Check
+    seed: str = ""  # the seed's own number and wording
+    slack: str = ""  # why the encoded check or bound differs from (is looser than) the seed
     families: tuple[str, ...] = ()  # empty: every model
     quick: bool = False
     layers: int | None = None  # the seed's literal layer indices need this many layers
@@ -529,7 +657,8 @@ class Finding:
 
     def describe(self, case: Case) -> dict:
         return {"finding": self.id, "experiments": list(self.experiments), "claim": self.claim,
-                "case": case.id, "strategy": str(case.strategy) if case.strategy else None,
+                "seed": self.seed, "slack": self.slack, "case": case.id,
+                "strategy": str(case.strategy) if case.strategy else None,
                 "language": case.language, "length": case.length}
 
     def message(self, outcome: Outcome, ctx: AuditRun) -> str:

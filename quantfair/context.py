@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -125,20 +126,21 @@ class AuditContext:
                                resolver.resolve(second))
 
     def rescore_spread(self, strategy: str) -> float:
-        """Re-score two units of every language with a fresh, cache-less evaluator."""
+        """Re-score two units of every language with a fresh, cache-less evaluator that puts
+        them all in one padded batch; the largest relative NLL difference."""
         session = self.session
         measurement = self.measure(strategy)
         units = session.corpus.units[:2]
         texts = [session.corpus.texts[lang][u] for lang in session.corpus.languages for u in units]
-        resolver = session.resolver()
-        session.bank.apply(session.config.scheme, resolver.resolve(strategy))
+        session.bank.apply(session.config.scheme, session.resolver().resolve(strategy))
         with tempfile.TemporaryDirectory() as folder:
-            fresh = Evaluator(session.loaded, ResultCache(Path(folder))).evaluate("rescore", texts)
+            fresh = Evaluator(session.loaded, ResultCache(Path(folder)),
+                              batch_tokens=sys.maxsize).evaluate("rescore", texts)
         spread = 0.0
         for i, lang in enumerate(session.corpus.languages):
             for j, unit in enumerate(units):
                 nll = fresh[session.corpus.texts[lang][unit]].nll
-                spread = max(spread, abs(nll - measurement.nll_q[i, j]))
+                spread = max(spread, abs(nll - measurement.nll_q[i, j]) / abs(nll))
         return spread
 
     # -- evidence -------------------------------------------------------------------------

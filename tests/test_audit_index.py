@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-AUDITS = Path(__file__).resolve().parents[1] / "audits"
+AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
 
 
 def seed_experiment_ids() -> set[str]:
@@ -50,3 +50,27 @@ def test_finding_ids_are_unique_and_quick_subset_exists():
     ids = [f.id for f in findings]
     assert len(ids) == len(set(ids))
     assert any(f.quick for f in findings)
+
+
+def test_every_finding_states_the_seed_and_every_bound_its_reason():
+    import sys
+
+    sys.path.insert(0, str(AUDITS.parents[1] / "scripts"))
+    from seed_index import bound_text
+
+    for finding in audit_findings():
+        assert finding.seed, f"{finding.id}: no seed value or wording"
+        if bound_text(finding.check):
+            assert finding.slack, f"{finding.id}: a bound without the reason for it"
+
+
+def test_the_committed_index_lists_every_finding_as_encoded():
+    import sys
+
+    sys.path.insert(0, str(AUDITS.parents[1] / "scripts"))
+    from seed_index import INDEX, MARKER, section
+
+    committed = INDEX.read_text(encoding="utf-8")
+    assert MARKER in committed
+    assert committed.split(MARKER)[1] == section().split(MARKER)[1], \
+        "out of date: run python scripts/seed_index.py"
