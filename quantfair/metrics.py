@@ -17,6 +17,9 @@ BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 # English's quantization loss below this (nats per token) is treated as noise.
 NOISE_FLOOR = 1e-3
+# A bootstrap over a single unit resamples that unit only: its "interval" has zero width.
+MIN_UNITS = 2
+TOO_FEW_UNITS = "too few units for an interval"
 
 
 def perplexity(nll: float, tokens: int) -> float:
@@ -38,11 +41,12 @@ def degradation(nll_q: float, nll_fp: float, tokens: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a 95% bootstrap interval, or undefined with the reason."""
+    """A point estimate with a 95% bootstrap interval (None with too few units), or undefined
+    with the reason."""
 
     value: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     undefined: str = ""  # why the ratio is not reported; empty when defined
 
     @property
@@ -52,6 +56,8 @@ class Estimate:
     def __str__(self) -> str:
         if self.undefined:
             return f"undefined ({self.undefined})"
+        if self.low is None or self.high is None:
+            return f"{self.value:.3g} (no interval: {TOO_FEW_UNITS})"
         return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
@@ -87,6 +93,11 @@ class Measurement:
     def ref(self) -> int:
         return self.languages.index(self.reference)
 
+    def _interval(self, samples: np.ndarray) -> tuple[float | None, float | None]:
+        if self.nll_fp.shape[1] < MIN_UNITS:
+            return None, None
+        return _interval(samples)
+
     def _series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-language values of `metric` ("delta": summed NLL increase; "degradation":
         ppl_q/ppl_fp - 1) and the same over bootstrap resamples [language, sample]."""
@@ -101,11 +112,13 @@ class Measurement:
     def degradation(self) -> dict[str, Estimate]:
         """ppl_q / ppl_fp - 1 per language, with CIs."""
         value, samples = self._series("degradation")
-        return {lang: Estimate(float(value[i]), *_interval(samples[i]))
+        return {lang: Estimate(float(value[i]), *self._interval(samples[i]))
                 for i, lang in enumerate(self.languages)}
 
     def _undefined(self) -> str:
         """Why ratios to the reference are not reported (empty when they are)."""
+        if self.nll_fp.shape[1] < MIN_UNITS:
+            return TOO_FEW_UNITS
         value, samples = self._series("delta")
         ref = self.ref
         if _interval(samples[ref])[0] <= 0:
@@ -119,7 +132,8 @@ class Measurement:
         reason, ref = self._undefined(), self.ref
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio, ratio_samples = value / value[ref], samples / samples[ref]
-        return {lang: Estimate(float(ratio[i]), *_interval(ratio_samples[i]), undefined=reason)
+        return {lang: Estimate(float(ratio[i]), *self._interval(ratio_samples[i]),
+                               undefined=reason)
                 for i, lang in enumerate(self.languages)}
 
     def disparity(self) -> dict[str, Estimate]:
@@ -141,7 +155,7 @@ class Measurement:
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = float((value[rows] / value[ref]).mean())
             mean_samples = (samples[rows] / samples[ref]).mean(axis=0)
-        return Estimate(mean, *_interval(mean_samples), undefined=self._undefined())
+        return Estimate(mean, *self._interval(mean_samples), undefined=self._undefined())
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:

@@ -66,6 +66,68 @@ class Overhead:
         return self.protected / self.total if self.total else 0.0
 
 
+SELECTORS = ("random", "magnitude", "gradient", "variance")
+_LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
+_PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
+_SELECTOR_ARGUMENT = {
+    "random": rf"{_PERCENT}(?:@[0-9]{{1,9}})?",
+    "magnitude": _PERCENT,
+    "gradient": _PERCENT,
+    "variance": r"top[1-9][0-9]{0,5}",
+}
+_ROLE = r"[a-z][a-z0-9_]*"
+
+
+def _check_term(term: str) -> None:
+    """Raise a UsageError when `term` (an alias already expanded) is not in the grammar."""
+    if term == "none":
+        return
+    if ":" in term:
+        kind, _, argument = term.partition(":")
+        if kind not in SELECTORS:
+            raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+        if not re.fullmatch(_SELECTOR_ARGUMENT[kind], argument):
+            example = {"random": "random:5%@0", "variance": "variance:top2"}.get(
+                kind, f"{kind}:5%")
+            raise UsageError(f"strategy term '{term}': expected e.g. {example}")
+        if kind != "variance":
+            _percent(argument.partition("@")[0], term)
+        return
+    pieces = term.split(".")
+    if len(pieces) > 1 and pieces[-1] in KINDS:
+        pieces.pop()
+    head, rest = pieces[0], pieces[1:]
+    if head in ("ln", "ln_f", "biases"):
+        valid = not rest
+    elif head in ("embed", "head"):
+        valid = len(rest) <= 1 and all(re.fullmatch(_ROLE, piece) for piece in rest)
+    elif re.fullmatch(_LAYER_TOKEN, head):
+        if rest and rest[0] not in BLOCK_NAMES:
+            raise UsageError(
+                f"strategy term '{term}': unknown block '{rest[0]}' (valid: attn, mlp, ln)")
+        valid = len(rest) <= 2 and all(re.fullmatch(_ROLE, piece) for piece in rest[1:])
+    else:
+        valid = False
+    if not valid:
+        raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+
+
+def check_strategy_syntax(expression: str) -> str:
+    """The expression's canonical text (terms stripped, joined by "+") if it follows the
+    grammar; a UsageError listing what is valid otherwise. Needs no model: whether a term
+    exists on a model (layer range, roles) is checked when it is resolved."""
+    terms = [raw.strip() for raw in expression.split("+")]
+    if not any(terms):
+        raise UsageError(f"empty strategy; valid: {VALID}")
+    for term in terms:
+        if not term:
+            raise UsageError(f"strategy '{expression}' has an empty term; valid: {VALID}")
+        expanded = ALIASES.get(term, term)
+        for part in expanded.split("+"):
+            _check_term(part)
+    return "+".join(terms)
+
+
 def _percent(text: str, term: str) -> float:
     try:
         value = float(text.rstrip("%"))
@@ -107,7 +169,7 @@ class StrategyResolver:
             return [self.layers // 2]
         if token == "all":
             return list(range(self.layers))
-        match = re.fullmatch(r"L(-?\d+)", token)
+        match = re.fullmatch(r"L(-?[0-9]+)", token)
         if not match:
             raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
         index = int(match[1])
@@ -260,11 +322,31 @@ class StrategyResolver:
             self._memo[expression] = self._resolve(expression)
         return self._memo[expression]
 
+    def _head_is_embedding(self) -> bool:
+        model = self.bank.model
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        return head is not None and embedding is not None and \
+            head.weight is embedding.weight
+
+    def _structural_term(self, term: str) -> Protection:
+        tied = term.split(".")[0] == "head" and self._head_is_embedding()
+        try:
+            names = self._structural(term)
+        except UsageError:
+            if not tied:
+                raise
+            names = []
+        if tied and not names:
+            raise UsageError(
+                f"strategy term '{term}' keeps nothing: this model's output head is the token "
+                "embedding (one tied tensor, one decision); use embed.tok")
+        return {name: True for name in names}
+
     def _resolve(self, expression: str) -> Protection:
         text = ALIASES.get(expression.strip(), expression.strip())
-        if not text:
-            raise UsageError(f"empty strategy; valid: {VALID}")
+        check_strategy_syntax(text)
         protection: Protection = {}
+        structural = []  # structural terms: naming them promises that something is kept
         for raw in text.split("+"):
             term = ALIASES.get(raw.strip(), raw.strip())
             if term == "none":
@@ -274,9 +356,14 @@ class StrategyResolver:
             elif ":" in term:
                 part = self._cached_selector(term)
             else:
-                part = {name: True for name in self._structural(term)}
+                part = self._structural_term(term)
+                structural.append(term)
             for name, keep in part.items():
                 protection[name] = _union(protection.get(name, False), keep)
+        if structural and not protection:
+            raise UsageError(
+                f"strategy '{expression}' keeps no parameter of this model in full precision "
+                "(write none if that is meant)")
         return protection
 
     def overhead(self, protection: Protection) -> Overhead:
