@@ -14,7 +14,9 @@ The seed's names are aliases (see ALIASES).
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 
 from quantfair.errors import UsageError
 from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize, in_scope
+from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import Component, num_layers
 
 ALIASES = {
@@ -305,15 +308,15 @@ class StrategyResolver:
                 return {name: True if stored[name].size == 0 else torch.from_numpy(
                     np.unpackbits(stored[name], count=self.parts[name].numel).astype(bool)
                 ).reshape(self.parts[name].shape) for name in stored.files}
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # absent or damaged: select again
         protection = self._selector(term)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **{name: np.zeros(0, np.uint8) if keep is True else
-                             np.packbits(keep.flatten().cpu().numpy())
-                             for name, keep in protection.items()})
-        partial.replace(path)
+        packed = io.BytesIO()
+        np.savez(packed, **{name: np.zeros(0, np.uint8) if keep is True else
+                            np.packbits(keep.flatten().cpu().numpy())
+                            for name, keep in protection.items()})
+        with cache_writes(folder):
+            atomic_write(path, packed.getvalue())
         return protection
 
     def resolve(self, expression: str) -> Protection:
