@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -283,15 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; any failure is one line on stderr and a non-zero exit (the traceback
+    only with QUANTFAIR_DEBUG=1)."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
-    except QuantfairError as error:
-        print(f"quantfair: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("quantfair: interrupted (finished work is cached)", file=sys.stderr)
         return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, (QuantfairError, OSError, MemoryError)) or \
+            type(error).__name__ == "OutOfMemoryError" else 3
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, QuantfairError):
+        return str(error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return "out of memory: try fewer --units or languages, or another --device"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (f"unexpected {type(error).__name__}: {first} "
+            "(QUANTFAIR_DEBUG=1 shows the traceback; please report it)")
 
 
 if __name__ == "__main__":
