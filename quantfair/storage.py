@@ -29,9 +29,11 @@ def cache_writes(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        blocked = f": {error.filename}" if error.filename else ""
+        existing = next((p for p in (path, *path.parents) if p.exists()), path)
+        why = (f"{existing} is not a directory" if not existing.is_dir()
+               else error.strerror or str(error))
         raise QuantfairError(
-            f"cannot write the quantfair cache at {path} ({error.strerror or error}{blocked}); "
+            f"cannot write the quantfair cache at {path} ({why}); "
             f"point {_variable_for(path)} to a writable directory"
         ) from None
 
