@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quantfair.audit import Bound, Case, Correlation, LanguageBound
 from quantfair.errors import QuantfairError, UsageError
@@ -403,3 +405,126 @@ def test_two_processes_sharing_a_cache_never_corrupt_it(tmp_path, tiny_models):
     stored = ResultCache(folder / "results").load("fp")
     assert len(stored) == 2 * 40 * 300
     assert not [p for p in (folder / "masks").iterdir() if p.suffix != ".npz"]
+
+
+# -- property tests: corpus loader, scheme and strategy parsers -------------------------------
+
+ODD = ["\u2028", "\u2029", "\u0085", "\u000b", "\u000c", "\r", "\n", "\r\n", "e\u0301", "\ufeff",
+       "\u0000", '"', "\\", " "]
+TEXT = st.lists(st.one_of(st.characters(codec="utf-8"), st.sampled_from(ODD)),
+                min_size=1, max_size=12).map("".join).filter(str.strip)
+CORRUPTIONS = ("invalid_utf8", "truncated", "surrogate", "not_a_string")
+
+
+@st.composite
+def jsonl_corpora(draw):
+    """(file bytes, expected texts or None, the 1-based line that must be named)."""
+    languages = ["en", *draw(st.lists(st.sampled_from(["de", "he", "pt-BR", "xx"]),
+                                      max_size=2, unique=True))]
+    units = draw(st.lists(TEXT, min_size=1, max_size=3, unique=True))
+    texts = {lg: {u: draw(TEXT) for u in units} for lg in languages}
+    records = draw(st.permutations([{"lang": lg, "unit": u, "text": t}
+                                    for lg, by_unit in texts.items() for u, t in by_unit.items()]))
+    lines = [json.dumps(r, ensure_ascii=draw(st.booleans())).encode() for r in records]
+    corruption = draw(st.sampled_from((None, *CORRUPTIONS)))
+    bad_line = draw(st.integers(0, len(lines) - 1))
+    record = records[bad_line]
+    if corruption == "invalid_utf8":
+        at = draw(st.integers(0, len(lines[bad_line])))
+        lines[bad_line] = lines[bad_line][:at] + b"\xff" + lines[bad_line][at:]
+    elif corruption == "truncated":
+        lines[bad_line] = lines[bad_line][: draw(st.integers(1, len(lines[bad_line]) - 1))]
+    elif corruption == "surrogate":
+        lines[bad_line] = json.dumps({**record, "text": record["text"] + "\ud800"}).encode()
+    elif corruption == "not_a_string":
+        lines[bad_line] = json.dumps({**record, "text": 5}).encode()
+    data = draw(st.sampled_from([b"\n", b"\r\n"])).join(lines) + draw(
+        st.sampled_from([b"", b"\n", b"\r\n"]))
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    return data, None if corruption else texts, bad_line + 1
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jsonl_corpora())
+def test_the_corpus_loader_loads_exactly_the_units_or_names_file_and_line(tmp_path, case):
+    from quantfair.corpus import load_corpus
+
+    data, expected, line = case
+    path = tmp_path / "random.jsonl"
+    path.write_bytes(data)
+    if expected is not None:
+        assert load_corpus(path).texts == expected
+    else:
+        with pytest.raises(QuantfairError) as error:
+            load_corpus(path)
+        assert str(error.value).startswith(f"{path}:{line}: ")
+
+
+@st.composite
+def valid_schemes(draw):
+    from quantfair.quantize import QuantScheme
+
+    granularity = draw(st.sampled_from(["tensor", "channel", "group"]))
+    return QuantScheme(bits=draw(st.integers(2, 8)), granularity=granularity,
+                       group_size=draw(st.integers(1, 4096)) if granularity == "group" else 0,
+                       symmetric=draw(st.booleans()), scope=draw(st.sampled_from(["all",
+                                                                                  "linear"])))
+
+
+SCHEME_PARTS = ["int4", "int8", "int", "g128", "g-8", "g0", "g", "channel", "tensor", "asym",
+                "sym", "linear", "all", "-", "", "٤", "INT4", " "]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(max_size=20),
+                      st.lists(st.sampled_from(SCHEME_PARTS), max_size=5).map("-".join)),
+       scheme=valid_schemes())
+def test_scheme_strings_round_trip_or_are_usage_errors(text, scheme):
+    from quantfair.quantize import QuantScheme
+
+    assert QuantScheme.parse(scheme.name) == scheme
+    try:
+        parsed = QuantScheme.parse(text)
+    except UsageError:
+        return
+    assert QuantScheme.parse(parsed.name) == parsed
+
+
+STRATEGY_PIECES = ["L0", "L11", "L-2", "L99", "Llast", "Lmid", "even", "odd", "all", "ln", "ln_f",
+                   "biases", "embed", "embed.tok", "embed.pos", "head", "none", "recommended",
+                   "layer0", ".attn", ".mlp", ".ln", ".qkv", ".fc_in", ".weight", ".bias",
+                   "random:5%@1", "random:", "magnitude:2%", "magnitude:150%", "variance:top2",
+                   "variance:top0", "gradient:1%", "+", " ", ".", ":", "%", "@", "L", "٣"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_resolver():
+    from quantfair.models import load_model
+    from quantfair.quantize import QuantScheme, WeightBank
+    from quantfair.strategies import StrategyResolver
+
+    return StrategyResolver(WeightBank(load_model("gpt2", random_weights=True).model),
+                            QuantScheme())
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=20),
+                      st.lists(st.sampled_from(STRATEGY_PIECES), max_size=6).map("".join)))
+def test_strategy_strings_round_trip_or_are_usage_errors(gpt2_resolver, text):
+    from quantfair.strategies import check_strategy_syntax, protection_key
+
+    try:
+        canonical = check_strategy_syntax(text)
+    except UsageError:
+        with pytest.raises(UsageError):
+            gpt2_resolver.resolve(text)  # what the syntax check refuses, no model accepts
+        return
+    assert check_strategy_syntax(canonical) == canonical
+    try:
+        protection = gpt2_resolver.resolve(text)
+    except UsageError:
+        return  # valid syntax naming what this model lacks (L99, a role, calibration text)
+    assert protection_key(gpt2_resolver.resolve(canonical)) == protection_key(protection)
