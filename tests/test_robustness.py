@@ -371,11 +371,18 @@ RACE = textwrap.dedent("""
 
     folder, worker = Path(sys.argv[1]), sys.argv[2]
     bank = WeightBank(load_model("tiny-gpt2").model)
-    (folder / f"ready-{worker}").touch()
-    while len(list(folder.glob("ready-*"))) < 2:  # start the race together
-        time.sleep(0.01)
+
+    def together(step):  # both processes reach each step before either goes on
+        (folder / f"step-{step}-{worker}").touch()
+        deadline = time.time() + 60
+        while len(list(folder.glob(f"step-{step}-*"))) < 2:
+            if time.time() > deadline:
+                sys.exit(f"the other process never reached step {step}")
+            time.sleep(0.0005)
+
     keys = []
-    for step in range(40):
+    for step in range(25):
+        together(step)
         resolver = StrategyResolver(bank, QuantScheme(), selector_cache=(folder / "masks", "r"))
         keys.append(protection_key(resolver.resolve(f"random:30%@{step}")))
         ResultCache(folder / "results").store("fp", {
@@ -400,10 +407,10 @@ def test_two_processes_sharing_a_cache_never_corrupt_it(tmp_path, tiny_models):
     for worker, (_, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr
     resolver = StrategyResolver(WeightBank(tiny_models["tiny-gpt2"].model), QuantScheme())
-    expected = [protection_key(resolver.resolve(f"random:30%@{step}")) for step in range(40)]
+    expected = [protection_key(resolver.resolve(f"random:30%@{step}")) for step in range(25)]
     assert [json.loads(stdout) for stdout, _ in outputs] == [expected, expected]
     stored = ResultCache(folder / "results").load("fp")
-    assert len(stored) == 2 * 40 * 300
+    assert len(stored) == 2 * 25 * 300
     assert not [p for p in (folder / "masks").iterdir() if p.suffix != ".npz"]
 
 
