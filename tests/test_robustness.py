@@ -113,6 +113,17 @@ def test_the_cache_key_covers_tokenizer_window_and_prefix(tiny_models, tmp_path)
     assert other_prefix.unit_key("Hello world.") != key
 
 
+def test_tokenizers_without_a_rust_pipeline_are_identified_by_their_files():
+    from transformers import ByT5Tokenizer
+
+    from quantfair.evaluate import tokenizer_identity
+
+    plain = ByT5Tokenizer()
+    assert not hasattr(plain, "backend_tokenizer")
+    assert tokenizer_identity(plain) == tokenizer_identity(ByT5Tokenizer())
+    assert tokenizer_identity(plain) != tokenizer_identity(ByT5Tokenizer(extra_ids=10))
+
+
 # -- 2. languages without metadata -----------------------------------------------------------
 
 class _Context:
