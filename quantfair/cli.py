@@ -297,14 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
-        return 2 if isinstance(error, (QuantfairError, OSError, MemoryError)) or \
-            type(error).__name__ == "OutOfMemoryError" else 3
+        expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
+        return 2 if expected else 3
+
+
+def _out_of_memory(error: Exception) -> bool:
+    # torch.OutOfMemoryError is matched by name: the CLI imports torch only when needed.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
 
 
 def _one_line(error: Exception) -> str:
     if isinstance(error, QuantfairError):
         return str(error)
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if _out_of_memory(error):
         return "out of memory: try fewer --units or languages, or another --device"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
