@@ -370,6 +370,24 @@ def test_quantfair_debug_shows_the_traceback():
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
 
 
+@pytest.mark.parametrize("error, code, message", [
+    (TypeError("'NoneType' object is not subscriptable"), 3, "unexpected TypeError"),
+    (FileNotFoundError(2, "No such file or directory", "/nowhere/x.json"), 2, "/nowhere/x.json"),
+    (MemoryError(), 2, "out of memory"),
+])
+def test_any_failure_of_a_subcommand_is_one_line(monkeypatch, capsys, error, code, message):
+    from quantfair import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.delenv("QUANTFAIR_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_inspect", fail)
+    assert cli.main(["inspect", "tiny-gpt2"]) == code
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quantfair: error:") and message in lines[0]
+
+
 # -- concurrency: two processes, one cache folder ---------------------------------------------
 
 RACE = textwrap.dedent("""
