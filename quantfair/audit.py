@@ -413,12 +413,17 @@ class Correlation(Check):
             m = ctx.measure(self.strategy)
             disparity = m.disparity()
             langs = [lg for lg in _non_reference(m.languages) if disparity[lg].defined]
-            if self.x == "resource_class":
+            left_out = ""
+            if self.x == "resource_class":  # languages without metadata have no class
+                unknown = [lg for lg in langs if language(lg).resource_class < 0]
+                langs = [lg for lg in langs if lg not in unknown]
+                left_out = f"; left out (no resource class): {','.join(unknown)}" if unknown else ""
                 xs = [float(language(lg).resource_class) for lg in langs]
             else:
                 index = {lg: i for i, lg in enumerate(m.languages)}
                 xs = [m.tokens[index[lg]].sum() / m.chars[index[lg]].sum() for lg in langs]
-            return xs, [disparity[lg].value for lg in langs], "languages " + ",".join(langs)
+            return (xs, [disparity[lg].value for lg in langs],
+                    "languages " + ",".join(langs) + left_out)
         criticality = _layer_criticality(ctx)
         statistic = ctx.layer_variance() if self.x == "variance" else ctx.layer_quant_error()
         layers = sorted(criticality)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,12 +26,12 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantfair.models import load_model
     from quantfair.quantize import WeightBank
-    from quantfair.strategies import SEED_PARETO, StrategyResolver, check_syntax
+    from quantfair.strategies import SEED_PARETO, StrategyResolver, check_strategy_syntax
 
     config = _run_config(args)
     scheme = config.scheme
     for expression in args.strategy:
-        check_syntax(expression)
+        check_strategy_syntax(expression)
     loaded = load_model(config.model, device=config.device, random_weights=config.random_weights)
     bank = WeightBank(loaded.model)
     resolver = StrategyResolver(bank, scheme)
@@ -119,11 +120,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
     from quantfair.report import measurement_records
-    from quantfair.strategies import check_syntax
+    from quantfair.strategies import check_strategy_syntax
 
     strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
-        check_syntax(strategy)
+        check_strategy_syntax(strategy)
     session = _session(args)
     for strategy in strategies:
         session.resolver().resolve(strategy)
@@ -203,12 +204,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from quantfair.config import DEFAULT_TOLERANCE
+    from quantfair.config import DEFAULT_TOLERANCE, number_option
     from quantfair.html import render_html
     from quantfair.report import compare, load_report
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
-        float(args.quantfair_tolerance)
+        number_option("tolerance", args.quantfair_tolerance)
     old, new = load_report(args.old), load_report(args.new)
     new["comparison"] = compare(old, new, tolerance)
     new_path = Path(args.new)
@@ -267,15 +268,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; any failure is one line on stderr and a non-zero exit (the traceback
+    only with QUANTFAIR_DEBUG=1)."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
-    except QuantfairError as error:
-        print(f"quantfair: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("quantfair: interrupted (finished work is cached)", file=sys.stderr)
         return 130
+    except Exception as error:
+        if debug:
+            raise
+        print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
+        expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
+        return 2 if expected else 3
+
+
+def _out_of_memory(error: Exception) -> bool:
+    # torch.OutOfMemoryError is matched by name: the CLI imports torch only when needed.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, QuantfairError):
+        return str(error)
+    if _out_of_memory(error):
+        return "out of memory: try fewer --units or languages, or another --device"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (f"unexpected {type(error).__name__}: {first} "
+            "(QUANTFAIR_DEBUG=1 shows the traceback; please report it)")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ OPTIONS = {option.name: option for option in (
     Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel "
                     f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
     Option("languages", "comma-separated language codes, or all; en is always added "
-                        f"(default {DEFAULT_LANGUAGES})", DEFAULT_LANGUAGES),
+                        f"(default {DEFAULT_LANGUAGES}; all of a --corpus file)",
+           DEFAULT_LANGUAGES),
     Option("units", "audit a seeded sample of this many units per language, 0 for all "
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
@@ -103,7 +104,7 @@ def _integer(name: str, text: str, minimum: int = 0) -> int:
     return value
 
 
-def _number(name: str, text: str) -> float:
+def number_option(name: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -144,14 +145,16 @@ class RunConfig:
         model = get("model")
         if not model:
             raise UsageError("no model given (--model)")
-        corpus = load_corpus(get("corpus")).select(parse_languages(get("languages")))
+        # The default languages are the shipped corpus's; a user corpus defaults to all of its.
+        chosen = value("languages") or ("all" if get("corpus") else DEFAULT_LANGUAGES)
+        corpus = load_corpus(get("corpus")).select(parse_languages(chosen))
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = _integer("units", str(get("units")))
         strategy = get("strategy")
         if strategy and strategy != "suggested":
-            from quantfair.strategies import check_syntax
+            from quantfair.strategies import check_strategy_syntax
 
-            check_syntax(strategy)
+            check_strategy_syntax(strategy)
         report, baseline = get("report"), get("baseline")
         if report and Path(report).is_dir():
             raise UsageError(f"--report {report} is a directory; give the path of a .json file")
@@ -162,7 +165,7 @@ class RunConfig:
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=Path(report) if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,
-                   tolerance=_number("tolerance", str(get("tolerance"))),
+                   tolerance=number_option("tolerance", str(get("tolerance"))),
                    strict=bool(get("strict")))
 
     def settings(self) -> dict:

@@ -121,13 +121,16 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
     path = Path(path) if path else DATA_FILE
     if not path.is_file():
         raise UsageError(f"corpus file not found: {path}")
+    data = path.read_bytes()
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = data.decode("utf-8-sig")  # a BOM at the start is what some editors write
     except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        line = error.object[: error.start].count(b"\n") + 1
         raise QuantfairError(f"{path}:{line}: not valid UTF-8") from None
     texts: dict[str, dict[str, str]] = {}
-    for number, line in enumerate(raw.splitlines(), start=1):
+    # Only "\n" ends a record: U+2028, U+0085 and friends are legal inside JSON strings.
+    for number, line in enumerate(raw.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -135,11 +138,23 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise QuantfairError(f"{where}: malformed JSON ({error.msg})") from None
+        except RecursionError:
+            raise QuantfairError(f"{where}: malformed JSON (nested too deeply)") from None
         if not isinstance(record, dict) or set(record) != {"lang", "unit", "text"}:
             got = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise QuantfairError(f"{where}: expected exactly fields lang, unit, text, got {got}")
         if not all(isinstance(record[k], str) for k in record):
             raise QuantfairError(f"{where}: lang, unit and text must be strings")
+        for key, value in record.items():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise QuantfairError(
+                    f"{where}: {key} holds an unpaired surrogate "
+                    f"(\\u{ord(value[error.start]):04x}), which is not valid Unicode text"
+                ) from None
+        if not record["lang"].strip() or not record["unit"].strip():
+            raise QuantfairError(f"{where}: lang and unit must not be empty")
         if not record["text"].strip():
             raise QuantfairError(f"{where}: empty text for {record['lang']}/{record['unit']}")
         units = texts.setdefault(record["lang"], {})

@@ -12,14 +12,17 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel, cache_root
+from quantfair.storage import cache_writes
 
 EVALUATOR_VERSION = "2"
 MAX_WINDOW = 2048
@@ -50,7 +53,9 @@ def model_results(loaded: LoadedModel) -> Path:
 
 class ResultCache:
     """Append-only JSONL files, one per (model weights, configuration); a line whose checksum
-    does not match is ignored (and recomputed), so a torn or foreign entry is never trusted."""
+    does not match is ignored (and recomputed), so a torn or foreign entry is never trusted.
+    Appends take a file lock, so processes sharing the folder never interleave lines; reads
+    need none (and so work in a read-only cache)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -68,29 +73,60 @@ class ResultCache:
         if config in self.memory:
             return self.memory[config]
         found: dict[str, UnitResult] = {}
-        path = self._path(config)
-        if path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    result = UnitResult(**entry["result"])
-                    if entry["check"] == self._checksum(config, entry["key"], result):
-                        found[entry["key"]] = result
-                except (ValueError, KeyError, TypeError):
-                    continue
+        try:
+            text = self._path(config).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""  # absent or unreadable: computed again
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                result = UnitResult(**entry["result"])
+                if entry["check"] == self._checksum(config, entry["key"], result):
+                    found[entry["key"]] = result
+            except (ValueError, KeyError, TypeError):
+                continue
         self.memory[config] = found
         return found
 
     def store(self, config: str, items: dict[str, UnitResult]) -> None:
         self.load(config).update(items)
-        self.folder.mkdir(parents=True, exist_ok=True)
         lines = "".join(
             json.dumps({"key": key, "result": asdict(result),
                         "check": self._checksum(config, key, result)}) + "\n"
             for key, result in items.items()
         )
-        with open(self._path(config), "a", encoding="utf-8") as handle:
-            handle.write(lines)
+        path = self._path(config)
+        with cache_writes(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(path.with_suffix(".lock")), open(path, "ab") as handle:
+                handle.write(lines.encode("utf-8"))
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of everything that decides the token ids: the serialized pipeline (normalizer,
+    pre-tokenizer, model, added tokens) or, for a tokenizer without one, its saved files."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            for path in sorted(Path(folder).rglob("*")):
+                if path.is_file():
+                    digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def model_identity(loaded: LoadedModel) -> str:
+    """A hash of what changes the logits besides the weights: the architecture's settings,
+    the attention implementation, the dtype and the device class."""
+    model = loaded.model
+    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}
+    parts = [json.dumps(config, sort_keys=True, default=str),
+             str(getattr(model.config, "_attn_implementation", None)),
+             str(next(model.parameters()).dtype), loaded.device.type]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -118,10 +154,13 @@ class Evaluator:
         if self.prefix is None:
             self.prefix = tokenizer.eos_token_id
         self.forward_passes = 0
-        self._tokenizer_id = f"{type(tokenizer).__name__}:{len(tokenizer)}:{self.prefix}"
+        self._tokenizer_id = tokenizer_identity(tokenizer)
+        self._model_id = model_identity(loaded)
 
     def unit_key(self, text: str) -> str:
-        payload = f"{EVALUATOR_VERSION}\0{self._tokenizer_id}\0{text}"
+        """Covers everything besides the weights (the cache folder) that changes a number."""
+        payload = "\0".join([EVALUATOR_VERSION, self._tokenizer_id, self._model_id,
+                             str(self.window), str(self.prefix), text])
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def cached(self, config: str, texts: Iterable[str]) -> dict[str, UnitResult]:

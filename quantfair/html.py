@@ -138,17 +138,20 @@ def criticality(report: dict) -> dict:
 def resource(report: dict) -> dict:
     rows = [r for r in _main_rows(report) if r["strategy"] == "none"
             and r["language"] != REFERENCE and not r.get("undefined")]
+    # Languages without metadata have no resource class: left out, and named.
+    unknown = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
     points = [{"x": language(r["language"]).resource_class, "y": r["disparity"],
-               "label": r["language"], "highlight": False} for r in rows]
+               "label": r["language"], "highlight": False}
+              for r in rows if r["language"] not in unknown]
     chart = scatter(points, "resource class (Joshi et al. 2020)",
                     "disparity, no protection (log10)")
     correlation = None
-    usable = [p for p in points if p["x"] >= 0 and p["y"] and p["y"] > 0]
+    usable = [p for p in points if p["y"] and p["y"] > 0]
     if len(usable) >= 3 and len({p["x"] for p in usable}) > 1:
         from quantfair.metrics import correlation as corr
 
         correlation = corr([p["x"] for p in usable], [p["y"] for p in usable])
-    return {"chart": chart, "correlation": correlation}
+    return {"chart": chart, "correlation": correlation, "left_out": unknown}
 
 
 def fertility(report: dict) -> dict:

@@ -20,6 +20,9 @@ BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 # English's quantization loss below this (nats per token) is treated as noise.
 NOISE_FLOOR = 1e-3
+# A bootstrap over a single unit resamples that unit only: its "interval" has zero width.
+MIN_UNITS = 2
+TOO_FEW_UNITS = "too few units for an interval"
 
 
 def perplexity(nll: float, tokens: int) -> float:
@@ -41,11 +44,12 @@ def degradation(nll_q: float, nll_fp: float, tokens: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a 95% bootstrap interval, or undefined with the reason."""
+    """A point estimate with a 95% bootstrap interval (None with too few units), or undefined
+    with the reason."""
 
     value: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     undefined: str = ""  # why the ratio is not reported; empty when defined
 
     @property
@@ -55,6 +59,8 @@ class Estimate:
     def __str__(self) -> str:
         if self.undefined:
             return f"undefined ({self.undefined})"
+        if self.low is None or self.high is None:
+            return f"{self.value:.3g} (no interval: {TOO_FEW_UNITS})"
         return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
@@ -90,6 +96,11 @@ class Measurement:
     def ref(self) -> int:
         return self.languages.index(self.reference)
 
+    def _interval(self, samples: np.ndarray) -> tuple[float | None, float | None]:
+        if self.nll_fp.shape[1] < MIN_UNITS:
+            return None, None
+        return _interval(samples)
+
     def _series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-language values of `metric` ("delta": summed NLL increase; "degradation":
         ppl_q/ppl_fp - 1) and the same over bootstrap resamples [language, sample]."""
@@ -107,6 +118,8 @@ class Measurement:
 
     def _undefined(self) -> str:
         """Why ratios to the reference are not reported (empty when they are)."""
+        if self.nll_fp.shape[1] < MIN_UNITS:
+            return TOO_FEW_UNITS
         value, samples = self._series("delta")
         ref = self.ref
         if _interval(samples[ref])[0] <= 0:
@@ -128,7 +141,7 @@ class Measurement:
 
     def _estimates(self, metric: str) -> dict[str, Estimate]:
         value, samples, reason = self.draws(metric)
-        return {lang: Estimate(float(value[i]), *_interval(samples[i]), undefined=reason)
+        return {lang: Estimate(float(value[i]), *self._interval(samples[i]), undefined=reason)
                 for i, lang in enumerate(self.languages)}
 
     def disparity(self) -> dict[str, Estimate]:
@@ -152,7 +165,7 @@ class Measurement:
                        metric: str = "disparity") -> Estimate:
         """Mean of a disparity over the non-reference languages, bootstrapped jointly."""
         value, samples, reason = self.mean_draws(languages, metric)
-        return Estimate(value, *_interval(samples), undefined=reason)
+        return Estimate(value, *self._interval(samples), undefined=reason)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.storage import cache_writes
 from quantfair.taxonomy import family_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -197,21 +200,37 @@ def _embedded(spec: str) -> LoadedModel:
     gguf_path = _smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()
     cached = cache_root() / "models" / spec
     note = f"dequantized from {gguf_path.name} (the GGUF's own quantization is the FP reference)"
+    loaded = None
     if not (cached / "complete").exists():
-        print(f"quantfair: converting {gguf_path.name} once (about 20 s) to {cached}",
-              file=sys.stderr)
-        loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        partial = cached.with_name(cached.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        _save_plain(*loaded, partial)
-        (partial / "complete").write_text(gguf_path.name)
-        shutil.rmtree(cached, ignore_errors=True)
-        partial.rename(cached)
-        model, tokenizer = loaded
-    else:
-        model, tokenizer = _from_pretrained(str(cached))
+        with cache_writes(cached.parent):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(cached.with_name(f".{spec}.lock"))
+            lock.acquire()
+        try:  # another process may have converted it while this one waited
+            if not (cached / "complete").exists():
+                loaded = _convert(gguf_path, cached)
+        finally:
+            lock.release()
+    model, tokenizer = loaded or _from_pretrained(str(cached))
     return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
                        weights_note=note)
+
+
+def _convert(gguf_path: Path, cached: Path) -> tuple[nn.Module, object]:
+    """Load the GGUF and save it to `cached`, complete or not at all."""
+    print(f"quantfair: converting {gguf_path.name} once (about 20 s) to {cached}",
+          file=sys.stderr)
+    loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with cache_writes(cached.parent):
+        partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+        try:
+            _save_plain(*loaded, partial)
+            (partial / "complete").write_text(gguf_path.name)
+            shutil.rmtree(cached, ignore_errors=True)
+            partial.rename(cached)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return loaded
 
 
 def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
@@ -219,7 +238,7 @@ def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
     save_pretrained on GGUF-loaded models, though their weights are already dequantized)."""
     from safetensors.torch import save_model
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -236,8 +255,30 @@ def _from_pretrained(location: str, **kwargs):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    # Without tokenizer files transformers builds an empty tokenizer: every text, 0 tokens.
+    if len(tokenizer) < 2 or not tokenizer("Hello world", add_special_tokens=False)["input_ids"]:
+        raise QuantfairError(
+            f"{location}: no usable tokenizer ({len(tokenizer)} token(s)); the model needs its "
+            "tokenizer files (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
     return model, tokenizer
+
+
+def check_gguf(path: Path) -> None:
+    """Fail in one line on a truncated or damaged GGUF, before transformers parses it."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as error:  # any parse failure of these foreign bytes means damaged
+        raise QuantfairError(
+            f"{path}: not a readable GGUF file ({type(error).__name__}); it may be truncated "
+            "or damaged: download or copy it again") from None
+    size = path.stat().st_size
+    if end > size:
+        raise QuantfairError(
+            f"{path}: GGUF file truncated ({size:,} of {end:,} bytes): download or copy it again")
 
 
 def _hub_or_local(spec: str) -> LoadedModel:
@@ -245,6 +286,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"GGUF file not found: {spec}")
+        check_gguf(path)
         model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
         note = f"dequantized from {path.name}"
         return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note)
@@ -292,6 +334,8 @@ def check_available(spec: str, random_weights: bool = False) -> None:
     if path.suffix == ".gguf" or path.is_dir():
         if not path.exists():
             raise UsageError(f"model path not found: {spec}")
+        if path.suffix == ".gguf":
+            check_gguf(path)
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from quantfair.config import DEFAULT_TOLERANCE
@@ -19,7 +21,13 @@ from quantfair.errors import QuantfairError
 from quantfair.html import experiment_span, render_html
 from quantfair.metrics import Measurement, bits_per_byte, fertility, perplexity
 
-SCHEMA = "quantfair-report/1"
+SCHEMA = "quantfair-report/2"
+# Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
+# format bumps SCHEMA and adds its schema here (keeping the previous one if still readable).
+# Format 2 added `selection`, the `inconclusive` outcome and each audit's `seed` and `slack`;
+# format 1 reports stay readable (as baselines and in `quantfair report`).
+SCHEMA_FILES = {"quantfair-report/1": "report-1.schema.json",
+                "quantfair-report/2": "report-2.schema.json"}
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
 
 
@@ -183,10 +191,16 @@ def summary_table(audits: list[dict]) -> str:
     return table(["Finding", "Exp", "Case", "Metric", "Value", "±", "Bound", "Outcome"], rows)
 
 
+class NothingShared(QuantfairError):
+    """A baseline that shares no measurement and no audit with the run: a gate that compared
+    nothing."""
+
+
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
     """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
-    (passed -> inconclusive is listed, and is a regression only when `strict`)."""
+    (passed -> inconclusive is listed, and is a regression only when `strict`); raises
+    NothingShared when the two reports have no row and no audit in common."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     regressions, rows = [], []
     for row in new.get("measurements", []):
@@ -212,17 +226,58 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         lost = ("failed", "error", "inconclusive") if strict else ("failed", "error")
         if before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
+    if not rows and not audits:
+        raise NothingShared(
+            f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
+            f"({_describe(new)}): nothing was compared")
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions}
 
 
+def _describe(report: dict) -> str:
+    settings = report.get("settings", {})
+    return (f"model {settings.get('model')}, scheme {settings.get('scheme')}, "
+            f"{len(report.get('measurements', []))} measurements, "
+            f"{len(report.get('audits', []))} audits, created {report.get('created')}")
+
+
+@cache
+def _validator(schema: str):
+    from jsonschema import Draft202012Validator
+
+    text = resources.files("quantfair").joinpath("schemas", SCHEMA_FILES[schema]).read_text()
+    return Draft202012Validator(json.loads(text))
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def load_report(path: str | Path) -> dict:
+    """A report file checked against the JSON Schema of the format it declares."""
+    from jsonschema.exceptions import best_match
+
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        report = json.loads(Path(path).read_text(encoding="utf-8"),
+                            parse_constant=_reject_constant)
     except FileNotFoundError:
         raise QuantfairError(f"report not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except IsADirectoryError:
+        raise QuantfairError(f"report path is a directory: {path}") from None
+    except OSError as error:
+        raise QuantfairError(f"cannot read report {path}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise QuantfairError(f"{path} is not a JSON report") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+    declared = report.get("schema") if isinstance(report, dict) else None
+    if declared not in SCHEMA_FILES:
+        if isinstance(declared, str) and declared.startswith("quantfair-report/"):
+            raise QuantfairError(
+                f"{path} is in report format {declared}; this quantfair reads "
+                f"{', '.join(SCHEMA_FILES)}: re-run the audit to get a comparable report")
         raise QuantfairError(f"{path} is not a quantfair report ({SCHEMA})")
+    error = best_match(_validator(declared).iter_errors(report))
+    if error is not None:
+        where = error.json_path.removeprefix("$") or "top level"
+        message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+        raise QuantfairError(f"{path} is not a valid {declared} report: {where}: {message}")
     return report

@@ -46,22 +46,38 @@ class QuantScheme:
 
     @classmethod
     def parse(cls, text: str) -> QuantScheme:
-        """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, ..."""
-        pattern = r"int(-?\d+)((?:-(?:g-?\d+|channel|tensor|asym|sym|linear|all))*)"
-        match = re.fullmatch(pattern, text.strip().lower())
-        if not match:
+        """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, ...; each aspect
+        (granularity, symmetry, scope) may be named at most once."""
+        head, *options = text.strip().lower().split("-")
+        bits = re.fullmatch(r"int([0-9]{1,9})", head)
+        if not bits:
             raise UsageError(
                 f"unknown quantization scheme '{text}': expected int<bits>[-channel|-g<N>]"
                 "[-asym][-linear], e.g. int4, int4-g128, int8-channel"
             )
-        fields: dict = {"bits": int(match[1])}
-        for option in filter(None, match[2].split("-")):
-            if option.startswith("g"):
-                fields.update(granularity="group", group_size=int(option[1:]))
+        fields: dict = {"bits": int(bits[1])}
+        named: dict[str, str] = {}  # aspect -> the part that set it
+        for option in options:
+            group = re.fullmatch(r"g([0-9]{1,9})", option)
+            if group:
+                aspect, values = "granularity", {"granularity": "group",
+                                                 "group_size": int(group[1])}
             elif option in ("channel", "tensor"):
-                fields["granularity"] = option
+                aspect, values = "granularity", {"granularity": option}
             elif option in ("asym", "sym"):
-                fields["symmetric"] = option == "sym"
+                aspect, values = "symmetry", {"symmetric": option == "sym"}
+            elif option in SCOPES:
+                aspect, values = "scope", {"scope": option}
             else:
-                fields["scope"] = option
+                raise UsageError(
+                    f"quantization scheme '{text}': unknown part '{option}' (valid parts: "
+                    "g<N> with N a positive integer, channel, tensor, asym, sym, linear, all)"
+                )
+            if aspect in named:
+                raise UsageError(
+                    f"quantization scheme '{text}': '{named[aspect]}' and '{option}' both set "
+                    f"the {aspect}; name it once"
+                )
+            named[aspect] = option
+            fields.update(values)
         return cls(**fields)

@@ -14,7 +14,9 @@ The seed's names are aliases (see ALIASES).
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 
 from quantfair.errors import UsageError
 from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize, in_scope
+from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import Component, num_layers
 from quantfair.weights import layer_variance_ranking
 
@@ -56,27 +59,6 @@ VALID = (
 )
 
 
-_LAYERS = r"(?:L-?\d+|Llast|Lmid|even|odd|all)(?:\.(?:attn|mlp|ln|norm)(?:\.[a-z_0-9]+)?)?"
-_TERM = re.compile(
-    rf"(?:{_LAYERS}|ln|ln_f|biases|(?:embed|head)(?:\.[a-z_0-9]+)?)(?:\.(?:weight|bias))?"
-    r"|(?:random:[0-9.]+%?(?:@\d+)?|(?:magnitude|gradient):[0-9.]+%?|variance:top\d+)"
-)
-
-
-def check_syntax(expression: str) -> None:
-    """Raise UsageError when `expression` is not in the strategy grammar; needs no model
-    (layer ranges and roles are checked when it is resolved against one)."""
-    text = ALIASES.get(expression.strip(), expression.strip())
-    terms = [ALIASES.get(raw.strip(), raw.strip()) for raw in text.split("+")]
-    for term in terms:
-        if term == "none" or "+" in term:
-            continue
-        if not term or not _TERM.fullmatch(term):
-            raise UsageError(f"unknown strategy term '{term}' in '{expression}'; valid: {VALID}")
-        if ":" in term and not term.startswith("variance"):
-            _percent(term.partition(":")[2].partition("@")[0], term)
-
-
 @dataclass(frozen=True)
 class Overhead:
     protected: int
@@ -86,6 +68,68 @@ class Overhead:
     @property
     def fraction(self) -> float:
         return self.protected / self.total if self.total else 0.0
+
+
+SELECTORS = ("random", "magnitude", "gradient", "variance")
+_LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
+_PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
+_SELECTOR_ARGUMENT = {
+    "random": rf"{_PERCENT}(?:@[0-9]{{1,9}})?",
+    "magnitude": _PERCENT,
+    "gradient": _PERCENT,
+    "variance": r"top[1-9][0-9]{0,5}",
+}
+_ROLE = r"[a-z][a-z0-9_]*"
+
+
+def _check_term(term: str) -> None:
+    """Raise a UsageError when `term` (an alias already expanded) is not in the grammar."""
+    if term == "none":
+        return
+    if ":" in term:
+        kind, _, argument = term.partition(":")
+        if kind not in SELECTORS:
+            raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+        if not re.fullmatch(_SELECTOR_ARGUMENT[kind], argument):
+            example = {"random": "random:5%@0", "variance": "variance:top2"}.get(
+                kind, f"{kind}:5%")
+            raise UsageError(f"strategy term '{term}': expected e.g. {example}")
+        if kind != "variance":
+            _percent(argument.partition("@")[0], term)
+        return
+    pieces = term.split(".")
+    if len(pieces) > 1 and pieces[-1] in KINDS:
+        pieces.pop()
+    head, rest = pieces[0], pieces[1:]
+    if head in ("ln", "ln_f", "biases"):
+        valid = not rest
+    elif head in ("embed", "head"):
+        valid = len(rest) <= 1 and all(re.fullmatch(_ROLE, piece) for piece in rest)
+    elif re.fullmatch(_LAYER_TOKEN, head):
+        if rest and rest[0] not in BLOCK_NAMES:
+            raise UsageError(
+                f"strategy term '{term}': unknown block '{rest[0]}' (valid: attn, mlp, ln)")
+        valid = len(rest) <= 2 and all(re.fullmatch(_ROLE, piece) for piece in rest[1:])
+    else:
+        valid = False
+    if not valid:
+        raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+
+
+def check_strategy_syntax(expression: str) -> str:
+    """The expression's canonical text (terms stripped, joined by "+") if it follows the
+    grammar; a UsageError listing what is valid otherwise. Needs no model: whether a term
+    exists on a model (layer range, roles) is checked when it is resolved."""
+    terms = [raw.strip() for raw in expression.split("+")]
+    if not any(terms):
+        raise UsageError(f"empty strategy; valid: {VALID}")
+    for term in terms:
+        if not term:
+            raise UsageError(f"strategy '{expression}' has an empty term; valid: {VALID}")
+        expanded = ALIASES.get(term, term)
+        for part in expanded.split("+"):
+            _check_term(part)
+    return "+".join(terms)
 
 
 def _percent(text: str, term: str) -> float:
@@ -129,7 +173,7 @@ class StrategyResolver:
             return [self.layers // 2]
         if token == "all":
             return list(range(self.layers))
-        match = re.fullmatch(r"L(-?\d+)", token)
+        match = re.fullmatch(r"L(-?[0-9]+)", token)
         if not match:
             raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
         index = int(match[1])
@@ -265,15 +309,15 @@ class StrategyResolver:
                 return {name: True if stored[name].size == 0 else torch.from_numpy(
                     np.unpackbits(stored[name], count=self.parts[name].numel).astype(bool)
                 ).reshape(self.parts[name].shape) for name in stored.files}
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # absent or damaged: select again
         protection = self._selector(term)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **{name: np.zeros(0, np.uint8) if keep is True else
-                             np.packbits(keep.flatten().cpu().numpy())
-                             for name, keep in protection.items()})
-        partial.replace(path)
+        packed = io.BytesIO()
+        np.savez(packed, **{name: np.zeros(0, np.uint8) if keep is True else
+                            np.packbits(keep.flatten().cpu().numpy())
+                            for name, keep in protection.items()})
+        with cache_writes(folder):
+            atomic_write(path, packed.getvalue())
         return protection
 
     def resolve(self, expression: str) -> Protection:
@@ -282,11 +326,31 @@ class StrategyResolver:
             self._memo[expression] = self._resolve(expression)
         return self._memo[expression]
 
+    def _head_is_embedding(self) -> bool:
+        model = self.bank.model
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        return head is not None and embedding is not None and \
+            head.weight is embedding.weight
+
+    def _structural_term(self, term: str) -> Protection:
+        tied = term.split(".")[0] == "head" and self._head_is_embedding()
+        try:
+            names = self._structural(term)
+        except UsageError:
+            if not tied:
+                raise
+            names = []
+        if tied and not names:
+            raise UsageError(
+                f"strategy term '{term}' keeps nothing: this model's output head is the token "
+                "embedding (one tied tensor, one decision); use embed.tok")
+        return {name: True for name in names}
+
     def _resolve(self, expression: str) -> Protection:
         text = ALIASES.get(expression.strip(), expression.strip())
-        if not text:
-            raise UsageError(f"empty strategy; valid: {VALID}")
+        check_strategy_syntax(text)
         protection: Protection = {}
+        structural = []  # structural terms: naming them promises that something is kept
         for raw in text.split("+"):
             term = ALIASES.get(raw.strip(), raw.strip())
             if term == "none":
@@ -296,9 +360,14 @@ class StrategyResolver:
             elif ":" in term:
                 part = self._cached_selector(term)
             else:
-                part = {name: True for name in self._structural(term)}
+                part = self._structural_term(term)
+                structural.append(term)
             for name, keep in part.items():
                 protection[name] = _union(protection.get(name, False), keep)
+        if structural and not protection:
+            raise UsageError(
+                f"strategy '{expression}' keeps no parameter of this model in full precision "
+                "(write none if that is meant)")
         return protection
 
     def overhead(self, protection: Protection) -> Overhead:

@@ -22,6 +22,7 @@ from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import Estimate
 from quantfair.session import AuditSession
+from quantfair.storage import atomic_write, cache_writes
 from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
@@ -209,8 +210,8 @@ def _path(session: AuditSession):
 
 def save(session: AuditSession, suggestion: Suggestion) -> None:
     path = _path(session)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(suggestion.to_json(), indent=2))
+    with cache_writes(path.parent):
+        atomic_write(path, json.dumps(suggestion.to_json(), indent=2).encode())
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

@@ -119,7 +119,7 @@ def _one_line_usage_error(result, message: str) -> None:
 def test_bad_strategy_syntax_fails_at_start_up_before_a_model_loads(pytester):
     result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
                  "--quantfair-strategy", "L0+")
-    _one_line_usage_error(result, "unknown strategy term ''")
+    _one_line_usage_error(result, "strategy 'L0+' has an empty term")
 
 
 def test_an_empty_language_entry_is_a_usage_error(pytester):

@@ -1,0 +1,52 @@
+"""Files in the cache that several processes share: whole-file replacement, and one clear line
+when the cache cannot be written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from quantfair.errors import QuantfairError
+
+CACHE_VARIABLES = ("QUANTFAIR_RESULTS_DIR", "QUANTFAIR_CACHE_DIR")
+
+
+def _variable_for(path: Path) -> str:
+    """The environment variable that put `path` where it is."""
+    for variable in CACHE_VARIABLES:
+        value = os.environ.get(variable)
+        if value and Path(path).is_relative_to(value):
+            return f"{variable}={value}"
+    return "QUANTFAIR_CACHE_DIR (unset: ~/.cache/quantfair)"
+
+
+@contextlib.contextmanager
+def cache_writes(path: Path) -> Iterator[None]:
+    """Turn a failed write under the cache into one line naming the path and its variable."""
+    try:
+        yield
+    except OSError as error:
+        existing = next((p for p in (path, *path.parents) if p.exists()), path)
+        why = (f"{existing} is not a directory" if not existing.is_dir()
+               else error.strerror or str(error))
+        raise QuantfairError(
+            f"cannot write the quantfair cache at {path} ({why}); "
+            f"point {_variable_for(path)} to a writable directory"
+        ) from None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a concurrent reader sees the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,569 @@
+"""Issue 10: every bad input is one clear line, no number is stale, nothing computed is lost."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quantfair.audit import Bound, Case, Correlation, LanguageBound
+from quantfair.errors import QuantfairError, UsageError
+from quantfair.metrics import TOO_FEW_UNITS, Measurement, correlation
+
+OK_CORPUS = [{"lang": "en", "unit": "u1", "text": "Hello world."},
+             {"lang": "de", "unit": "u1", "text": "Hallo Welt."}]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "QUANTFAIR_DEBUG"}
+    environment.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run([sys.executable, "-m", "quantfair.cli", *args],
+                          capture_output=True, text=True, env=environment, timeout=300)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str,
+                   after_work: bool = False) -> str:
+    """The run failed with one non-empty stderr line holding every needle (the last line, after
+    progress messages, when `after_work`)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    errors = [line for line in lines if line.startswith("quantfair: error:")]
+    assert errors == lines[-1:] if after_work else errors == lines, result.stderr
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def ok_corpus(tmp_path) -> Path:
+    path = tmp_path / "ok.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in OK_CORPUS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory) -> Path:
+    """tiny-gpt2 saved as an ordinary model directory, with its tokenizer files."""
+    from quantfair.models import load_model
+
+    folder = tmp_path_factory.mktemp("models") / "m1"
+    loaded = load_model("tiny-gpt2")
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+# -- 1. same weights, different tokenizer ----------------------------------------------------
+
+def test_a_changed_tokenizer_never_reuses_cached_numbers(tmp_path, saved_tiny, ok_corpus):
+    m1, m2 = tmp_path / "m1", tmp_path / "m2"
+    shutil.copytree(saved_tiny, m1)
+    shutil.copytree(saved_tiny, m2)
+    tokenizer = json.loads((m2 / "tokenizer.json").read_text())
+    tokenizer["normalizer"] = {"type": "Lowercase"}
+    (m2 / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+    def nll_fp(model: Path, cache: Path) -> dict:
+        out = tmp_path / f"{model.name}-{cache.name}.json"
+        result = run_cli("measure", str(model), "--corpus", str(ok_corpus), "--json", str(out),
+                         env={"QUANTFAIR_RESULTS_DIR": str(cache)})
+        assert result.returncode == 0, result.stderr
+        return {r["language"]: r["nll_fp"] for r in json.loads(out.read_text())["records"]}
+
+    shared = tmp_path / "shared"
+    first, second = nll_fp(m1, shared), nll_fp(m2, shared)
+    cold = nll_fp(m2, tmp_path / "cold")  # m2 scored with nothing cached
+    assert second == cold
+    assert second != first
+
+
+def test_the_cache_key_covers_tokenizer_window_and_prefix(tiny_models, tmp_path):
+    from tokenizers import normalizers
+
+    from quantfair.evaluate import Evaluator, ResultCache
+    from quantfair.models import byte_tokenizer
+
+    loaded = tiny_models["tiny-gpt2"]
+    base = Evaluator(loaded, ResultCache(tmp_path))
+    key = base.unit_key("Hello world.")
+    assert Evaluator(loaded, ResultCache(tmp_path)).unit_key("Hello world.") == key
+
+    lowered = byte_tokenizer()
+    lowered.backend_tokenizer.normalizer = normalizers.Lowercase()
+    original = loaded.tokenizer
+    try:
+        loaded.tokenizer = lowered
+        assert Evaluator(loaded, ResultCache(tmp_path)).unit_key("Hello world.") != key
+    finally:
+        loaded.tokenizer = original
+    narrow = Evaluator(loaded, ResultCache(tmp_path))
+    narrow.window = 64
+    assert narrow.unit_key("Hello world.") != key
+    other_prefix = Evaluator(loaded, ResultCache(tmp_path))
+    other_prefix.prefix = 0
+    assert other_prefix.unit_key("Hello world.") != key
+
+
+def test_tokenizers_without_a_rust_pipeline_are_identified_by_their_files():
+    from transformers import ByT5Tokenizer
+
+    from quantfair.evaluate import tokenizer_identity
+
+    plain = ByT5Tokenizer()
+    assert not hasattr(plain, "backend_tokenizer")
+    assert tokenizer_identity(plain) == tokenizer_identity(ByT5Tokenizer())
+    assert tokenizer_identity(plain) != tokenizer_identity(ByT5Tokenizer(extra_ids=10))
+
+
+# -- 2. languages without metadata -----------------------------------------------------------
+
+class _Context:
+    def __init__(self, measurement: Measurement) -> None:
+        self.measurement = measurement
+
+    def measure(self, strategy, scheme=None, length=None) -> Measurement:
+        return self.measurement
+
+
+def _measurement(deltas: dict[str, list[float]]) -> Measurement:
+    """FP NLL 10 per unit, the quantized NLL 10 + delta; 100 tokens per unit."""
+    languages = tuple(deltas)
+    delta = np.array([deltas[lang] for lang in languages], dtype=float)
+    fp = np.full_like(delta, 10.0)
+    tokens = np.full_like(delta, 100.0)
+    return Measurement(languages, fp, fp + delta, tokens, tokens * 2, tokens * 3)
+
+
+def test_unknown_languages_are_left_out_of_the_resource_class_correlation():
+    # Known classes 5, 5, 3, 2 with disparities rising as the class falls (r < 0); two unknown
+    # codes with huge disparities would, counted as class -1, pull r further down.
+    deltas = {"en": [1.0, 1.2, 0.8], "de": [1.1, 1.3, 0.9], "fr": [1.0, 1.1, 0.9],
+              "he": [3.0, 3.2, 2.8], "sw": [5.0, 5.5, 4.5], "pt-BR": [1.0, 1.1, 0.9],
+              "xx": [1.2, 1.0, 1.1]}
+    m = _measurement(deltas)
+    check = Correlation("resource_class", Bound(max=-0.9))
+    outcome = check.run(_Context(m), Case("resource_class-none", "none"), Bound(max=-0.9))
+    disparity = m.disparity()
+    known = ["de", "fr", "he", "sw"]
+    expected = correlation([5, 5, 3, 2], [disparity[lg].value for lg in known])["pearson_r"]
+    assert outcome.value == pytest.approx(expected)
+    assert "pt-BR" in outcome.detail and "xx" in outcome.detail and "left out" in outcome.detail
+
+
+def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
+    from quantfair.html import resource
+
+    rows = [{"scheme": "int4", "strategy": "none", "language": lang, "disparity": value,
+             "undefined": None, "overhead": 0.0, "fertility": 1.0}
+            for lang, value in [("en", 1.0), ("de", 1.1), ("he", 2.0), ("sw", 3.0),
+                                ("xx", 0.5)]]
+    chart = resource({"settings": {"scheme": "int4"}, "measurements": rows})
+    assert chart["left_out"] == ["xx"]
+    assert {p["label"] for p in chart["chart"]["points"]} == {"de", "he", "sw"}
+
+
+# -- 3. a strategy that keeps nothing ---------------------------------------------------------
+
+def test_head_on_a_tied_model_names_the_token_embedding():
+    one_line_error(run_cli("inspect", "tiny-gpt2", "--strategy", "head"),
+                   "head", "token embedding", "embed.tok")
+
+
+def test_a_strategy_that_keeps_nothing_on_this_model_is_a_usage_error(tiny_models):
+    from quantfair.quantize import QuantScheme, WeightBank
+    from quantfair.strategies import StrategyResolver
+
+    llama = StrategyResolver(WeightBank(tiny_models["tiny-llama"].model), QuantScheme())
+    with pytest.raises(UsageError, match="keeps no parameter"):
+        llama.resolve("biases")  # Llama has no biases
+    assert llama.resolve("none") == {}
+    assert llama.resolve("recommended")  # its biases term is empty, the rest is not
+
+
+# -- 4. fewer than two units ------------------------------------------------------------------
+
+def test_one_unit_gives_no_interval_and_undefined_ratios(ok_corpus, tmp_path):
+    out = tmp_path / "one.json"
+    result = run_cli("measure", "tiny-gpt2", "--corpus", str(ok_corpus), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    for record in json.loads(out.read_text())["records"]:
+        assert record["undefined"] == TOO_FEW_UNITS
+        assert record["disparity_low"] is None and record["disparity_high"] is None
+        assert record["seed_disparity_low"] is None
+    assert TOO_FEW_UNITS in result.stdout
+
+
+def test_audits_on_one_unit_say_too_few_units():
+    m = _measurement({"en": [1.0], "he": [3.0]})
+    assert m.degradation()["he"].low is None and m.degradation()["he"].high is None
+    assert m.mean_disparity().undefined == TOO_FEW_UNITS
+    outcome = LanguageBound("none").run(_Context(m), Case("none-he", "none", "he"), Bound(min=1))
+    assert not outcome.passed and TOO_FEW_UNITS in outcome.detail
+
+
+# -- 5. damaged model inputs ------------------------------------------------------------------
+
+def _small_gguf(path: Path) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.arange(4096, dtype=np.float32).reshape(64, 64))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])
+def test_a_truncated_gguf_is_one_line(tmp_path, keep):
+    whole = _small_gguf(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: int(len(whole) * keep)])
+    one_line_error(run_cli("inspect", str(cut)), str(cut), "truncated")
+
+
+def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_tiny):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(saved_tiny / name, bare / name)
+    one_line_error(run_cli("inspect", str(bare)), str(bare), "tokenizer")
+
+
+# -- 6. scheme strings ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme, message", [
+    ("int4-g-8", "unknown part"),
+    ("int4-g16-channel", "both set the granularity"),
+    ("int4-sym-asym", "both set the symmetry"),
+    ("int4-linear-linear", "both set the scope"),
+])
+def test_malformed_or_contradictory_schemes_are_one_line(scheme, message):
+    one_line_error(run_cli("inspect", "tiny-gpt2", "--quant", scheme), scheme, message)
+
+
+# -- 7. unusable cache location ---------------------------------------------------------------
+
+def test_a_cache_dir_that_is_a_file_is_one_line_and_reads_still_run(tmp_path, ok_corpus):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env = {"QUANTFAIR_CACHE_DIR": str(blocker), "QUANTFAIR_RESULTS_DIR": ""}
+    one_line_error(run_cli("measure", "tiny-gpt2", "--corpus", str(ok_corpus), env=env),
+                   f"{blocker} is not a directory", "QUANTFAIR_CACHE_DIR", after_work=True)
+    assert run_cli("inspect", "tiny-gpt2", env=env).returncode == 0
+    assert run_cli("corpus", "--model", "tiny-gpt2", "--corpus", str(ok_corpus),
+                   env=env).returncode == 0
+
+
+def test_a_read_only_cache_names_the_path_and_variable(tmp_path, monkeypatch):
+    from quantfair.evaluate import ResultCache, UnitResult
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    cache = ResultCache(tmp_path / "results" / "abc")
+    assert cache.load("fp") == {}  # reading needs no write
+    with pytest.raises(QuantfairError, match="QUANTFAIR_RESULTS_DIR") as error:
+        cache.store("fp", {"k": UnitResult(1.0, 1, 1, 1)})
+    assert str(tmp_path / "results" / "abc") in str(error.value)
+    assert "Permission denied" in str(error.value)
+
+
+# -- 8. lone surrogates ----------------------------------------------------------------------
+
+def test_an_escaped_lone_surrogate_is_rejected_with_file_and_line(tmp_path):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"lang": "en", "unit": "u1", "text": "Hello world."}\n'
+                    '{"lang": "de", "unit": "u1", "text": "Hallo \\ud800 Welt."}\n')
+    one_line_error(run_cli("measure", "tiny-gpt2", "--corpus", str(path)),
+                   f"{path}:2:", "surrogate")
+
+
+def test_bom_crlf_and_line_separators_inside_text_are_kept_byte_exact(tmp_path):
+    from quantfair.corpus import load_corpus
+
+    texts = {"en": "Hello\u2028world\u0085.", "de": "Gru\u0308\u00dfe\u2029Welt."}  # NFD u
+    lines = [json.dumps({"lang": lg, "unit": "u1", "text": t}, ensure_ascii=False)
+             for lg, t in texts.items()]
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    corpus = load_corpus(path)
+    assert corpus.texts == {lg: {"u1": t} for lg, t in texts.items()}
+
+
+# -- 10, 11. report files and baselines -------------------------------------------------------
+
+@pytest.fixture
+def report_pair(tmp_path) -> tuple[Path, dict]:
+    from quantfair.report import RunRecord, build_report, measurement_records
+    from quantfair.strategies import Overhead
+
+    m = _measurement({"en": [1.0, 1.2, 0.8], "he": [3.0, 3.2, 2.8]})
+    rows = measurement_records(m, strategy="none", scheme="int4", length="medium",
+                               overhead=Overhead(0, 10, 0.0))
+    audits = [{"nodeid": "audits/test_x.py::test_y[none-he]", "outcome": "passed",
+               "value": 2.5, "low": 2.0, "high": 3.0, "experiments": ["001"]}]
+    selection = {"invocation": ["pytest"], "collected": 1, "selected": 1, "deselected": 0,
+                 "not_run": 0}
+    report = build_report(RunRecord(
+        model={"name": "tiny-gpt2"}, settings={"model": "tiny-gpt2", "scheme": "int4",
+                                               "languages": ["en", "he"], "units": 3},
+        audits=audits, rows=rows, processes=[], selection=selection, incomplete=[],
+        duration_s=1.0))
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(report))
+    return path, report
+
+
+def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
+    from quantfair.report import load_report
+
+    path, report = report_pair
+    assert load_report(path) == report
+
+
+@pytest.mark.parametrize("damage, where", [
+    (lambda r: r["measurements"][0].pop("language"), "'language' is a required property"),
+    (lambda r: r["measurements"][0].update(disparity="high"), "disparity"),
+    (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
+    (lambda r: r.pop("settings"), "'settings' is a required property"),
+    (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
+])
+def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, report_pair,
+                                                                   damage, where):
+    old, report = report_pair
+    damage(report)
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(report))
+    one_line_error(run_cli("report", str(old), str(new)), str(new), where)
+
+
+def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
+    from quantfair.report import NothingShared, compare
+
+    old, report = report_pair
+    other = {**report, "measurements": [{**r, "scheme": "int8"} for r in report["measurements"]],
+             "audits": [{**a, "nodeid": a["nodeid"] + "-other"} for a in report["audits"]]}
+    with pytest.raises(NothingShared):
+        compare(report, other)
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(other))
+    one_line_error(run_cli("report", str(old), str(new)), "nothing was compared")
+    assert run_cli("report", str(old), str(old)).returncode == 0
+
+
+# -- rules: tracebacks only when asked --------------------------------------------------------
+
+def test_quantfair_debug_shows_the_traceback():
+    quiet = run_cli("inspect", "tiny-gpt2", "--quant", "int4-g-8")
+    one_line_error(quiet, "int4-g-8")
+    loud = run_cli("inspect", "tiny-gpt2", "--quant", "int4-g-8", env={"QUANTFAIR_DEBUG": "1"})
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (TypeError("'NoneType' object is not subscriptable"), 3, "unexpected TypeError"),
+    (FileNotFoundError(2, "No such file or directory", "/nowhere/x.json"), 2, "/nowhere/x.json"),
+    (MemoryError(), 2, "out of memory"),
+])
+def test_any_failure_of_a_subcommand_is_one_line(monkeypatch, capsys, error, code, message):
+    from quantfair import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.delenv("QUANTFAIR_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_inspect", fail)
+    assert cli.main(["inspect", "tiny-gpt2"]) == code
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quantfair: error:") and message in lines[0]
+
+
+# -- concurrency: two processes, one cache folder ---------------------------------------------
+
+RACE = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from quantfair.evaluate import ResultCache, UnitResult
+    from quantfair.models import load_model
+    from quantfair.quantize import QuantScheme, WeightBank
+    from quantfair.strategies import StrategyResolver, protection_key
+
+    folder, worker = Path(sys.argv[1]), sys.argv[2]
+    bank = WeightBank(load_model("tiny-gpt2").model)
+
+    def together(step):  # both processes reach each step before either goes on
+        (folder / f"step-{step}-{worker}").touch()
+        deadline = time.time() + 60
+        while len(list(folder.glob(f"step-{step}-*"))) < 2:
+            if time.time() > deadline:
+                sys.exit(f"the other process never reached step {step}")
+            time.sleep(0.0005)
+
+    keys = []
+    for step in range(25):
+        together(step)
+        resolver = StrategyResolver(bank, QuantScheme(), selector_cache=(folder / "masks", "r"))
+        keys.append(protection_key(resolver.resolve(f"random:30%@{step}")))
+        ResultCache(folder / "results").store("fp", {
+            f"{worker}-{step}-{i}": UnitResult(float(i), i, i, i) for i in range(300)})
+    print(json.dumps(keys))
+""")
+
+
+def test_two_processes_sharing_a_cache_never_corrupt_it(tmp_path, tiny_models):
+    from quantfair.evaluate import ResultCache
+    from quantfair.quantize import QuantScheme, WeightBank
+    from quantfair.strategies import StrategyResolver, protection_key
+
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    workers = [subprocess.Popen([sys.executable, str(script), str(folder), name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name in ("a", "b")]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+    resolver = StrategyResolver(WeightBank(tiny_models["tiny-gpt2"].model), QuantScheme())
+    expected = [protection_key(resolver.resolve(f"random:30%@{step}")) for step in range(25)]
+    assert [json.loads(stdout) for stdout, _ in outputs] == [expected, expected]
+    stored = ResultCache(folder / "results").load("fp")
+    assert len(stored) == 2 * 25 * 300
+    assert not [p for p in (folder / "masks").iterdir() if p.suffix != ".npz"]
+
+
+# -- property tests: corpus loader, scheme and strategy parsers -------------------------------
+
+ODD = ["\u2028", "\u2029", "\u0085", "\u000b", "\u000c", "\r", "\n", "\r\n", "e\u0301", "\ufeff",
+       "\u0000", '"', "\\", " "]
+TEXT = st.lists(st.one_of(st.characters(codec="utf-8"), st.sampled_from(ODD)),
+                min_size=1, max_size=12).map("".join).filter(str.strip)
+CORRUPTIONS = ("invalid_utf8", "truncated", "surrogate", "not_a_string")
+
+
+@st.composite
+def jsonl_corpora(draw):
+    """(file bytes, expected texts or None, the 1-based line that must be named)."""
+    languages = ["en", *draw(st.lists(st.sampled_from(["de", "he", "pt-BR", "xx"]),
+                                      max_size=2, unique=True))]
+    units = draw(st.lists(TEXT, min_size=1, max_size=3, unique=True))
+    texts = {lg: {u: draw(TEXT) for u in units} for lg in languages}
+    records = draw(st.permutations([{"lang": lg, "unit": u, "text": t}
+                                    for lg, by_unit in texts.items() for u, t in by_unit.items()]))
+    lines = [json.dumps(r, ensure_ascii=draw(st.booleans())).encode() for r in records]
+    corruption = draw(st.sampled_from((None, *CORRUPTIONS)))
+    bad_line = draw(st.integers(0, len(lines) - 1))
+    record = records[bad_line]
+    if corruption == "invalid_utf8":
+        at = draw(st.integers(0, len(lines[bad_line])))
+        lines[bad_line] = lines[bad_line][:at] + b"\xff" + lines[bad_line][at:]
+    elif corruption == "truncated":
+        lines[bad_line] = lines[bad_line][: draw(st.integers(1, len(lines[bad_line]) - 1))]
+    elif corruption == "surrogate":
+        lines[bad_line] = json.dumps({**record, "text": record["text"] + "\ud800"}).encode()
+    elif corruption == "not_a_string":
+        lines[bad_line] = json.dumps({**record, "text": 5}).encode()
+    data = draw(st.sampled_from([b"\n", b"\r\n"])).join(lines) + draw(
+        st.sampled_from([b"", b"\n", b"\r\n"]))
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    return data, None if corruption else texts, bad_line + 1
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=jsonl_corpora())
+def test_the_corpus_loader_loads_exactly_the_units_or_names_file_and_line(tmp_path, case):
+    from quantfair.corpus import load_corpus
+
+    data, expected, line = case
+    path = tmp_path / "random.jsonl"
+    path.write_bytes(data)
+    if expected is not None:
+        assert load_corpus(path).texts == expected
+    else:
+        with pytest.raises(QuantfairError) as error:
+            load_corpus(path)
+        assert str(error.value).startswith(f"{path}:{line}: ")
+
+
+@st.composite
+def valid_schemes(draw):
+    from quantfair.quantize import QuantScheme
+
+    granularity = draw(st.sampled_from(["tensor", "channel", "group"]))
+    return QuantScheme(bits=draw(st.integers(2, 8)), granularity=granularity,
+                       group_size=draw(st.integers(1, 4096)) if granularity == "group" else 0,
+                       symmetric=draw(st.booleans()), scope=draw(st.sampled_from(["all",
+                                                                                  "linear"])))
+
+
+SCHEME_PARTS = ["int4", "int8", "int", "g128", "g-8", "g0", "g", "channel", "tensor", "asym",
+                "sym", "linear", "all", "-", "", "٤", "INT4", " "]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(max_size=20),
+                      st.lists(st.sampled_from(SCHEME_PARTS), max_size=5).map("-".join)),
+       scheme=valid_schemes())
+def test_scheme_strings_round_trip_or_are_usage_errors(text, scheme):
+    from quantfair.quantize import QuantScheme
+
+    assert QuantScheme.parse(scheme.name) == scheme
+    try:
+        parsed = QuantScheme.parse(text)
+    except UsageError:
+        return
+    assert QuantScheme.parse(parsed.name) == parsed
+
+
+STRATEGY_PIECES = ["L0", "L11", "L-2", "L99", "Llast", "Lmid", "even", "odd", "all", "ln", "ln_f",
+                   "biases", "embed", "embed.tok", "embed.pos", "head", "none", "recommended",
+                   "layer0", ".attn", ".mlp", ".ln", ".qkv", ".fc_in", ".weight", ".bias",
+                   "random:5%@1", "random:", "magnitude:2%", "magnitude:150%", "variance:top2",
+                   "variance:top0", "gradient:1%", "+", " ", ".", ":", "%", "@", "L", "٣"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_resolver():
+    from quantfair.models import load_model
+    from quantfair.quantize import QuantScheme, WeightBank
+    from quantfair.strategies import StrategyResolver
+
+    return StrategyResolver(WeightBank(load_model("gpt2", random_weights=True).model),
+                            QuantScheme())
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=20),
+                      st.lists(st.sampled_from(STRATEGY_PIECES), max_size=6).map("".join)))
+def test_strategy_strings_round_trip_or_are_usage_errors(gpt2_resolver, text):
+    from quantfair.strategies import check_strategy_syntax, protection_key
+
+    try:
+        canonical = check_strategy_syntax(text)
+    except UsageError:
+        with pytest.raises(UsageError):
+            gpt2_resolver.resolve(text)  # what the syntax check refuses, no model accepts
+        return
+    assert check_strategy_syntax(canonical) == canonical
+    try:
+        protection = gpt2_resolver.resolve(text)
+    except UsageError:
+        return  # valid syntax naming what this model lacks (L99, a role, calibration text)
+    assert protection_key(gpt2_resolver.resolve(canonical)) == protection_key(protection)
