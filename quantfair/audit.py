@@ -433,7 +433,7 @@ class Correlation(Check):
     def run(self, ctx, case, bound):
         xs, ys, over = self._series(ctx)
         if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-            return Outcome("failed", f"r({self.x}, disparity)", None, str(bound),
+            return Outcome("inconclusive", f"r({self.x}, disparity)", None, str(bound),
                            detail=f"too few distinct points over {over}")
         r = correlation(xs, ys)
         return Outcome(verdict(bound.holds(r["pearson_r"])), f"Pearson r({self.x}, disparity)",

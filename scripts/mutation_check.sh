@@ -6,7 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 tests=(tests/test_metrics.py tests/test_quantize.py tests/test_strategies.py
-       tests/test_verdicts.py tests/test_context.py)
+       tests/test_verdicts.py tests/test_context.py
+       tests/test_findings_synthetic.py)
 caught=0 total=0
 for patch in mutations/*.patch; do
     total=$((total + 1))

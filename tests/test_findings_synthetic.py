@@ -1,0 +1,240 @@
+"""Every check class, and every encoded finding (GPT-2/OPT-only ones included), run on
+synthetic measurements built so that the claim holds, and so that it does not."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantfair import audit as checks
+from quantfair.audit import Bound, Finding
+from quantfair.corpus import language
+from quantfair.metrics import Measurement
+from quantfair.strategies import Overhead
+
+AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
+LANGUAGES = ("en", "de", "ru", "he", "ar", "zh", "ja", "ko", "hi", "th", "sw")
+UNITS, TOKENS = 16, 100.0
+LOW, HIGH = 1.0, 3.0
+SWEEP_LAYERS = {"L0": 0, "L1": 1, "L2": 2, "Lmid": 6, "L-2": 10, "Llast": 11}
+
+
+def build(quantity: str, values, noise: float = 0.01) -> Measurement:
+    """A measurement whose `quantity` is `values` (one number, or per language)."""
+    per_language = values if isinstance(values, dict) else dict.fromkeys(LANGUAGES, values)
+    jitter = 1 + noise * np.sin(np.arange(UNITS) * 1.7)
+    deltas = []
+    for lang in LANGUAGES:
+        value = per_language.get(lang, 2.0)
+        if quantity == "degradation":
+            per_token = math.log1p(value)
+        elif lang == "en":
+            per_token = 0.01
+        elif quantity == "disparity":
+            per_token = 0.01 * value
+        else:  # seed_disparity: degradation ratio to English
+            per_token = math.log1p(value * math.expm1(0.01))
+        deltas.append(per_token * TOKENS * (jitter if lang != "en" else np.ones(UNITS)))
+    fp = np.full((len(LANGUAGES), UNITS), 300.0)
+    tokens = np.full_like(fp, TOKENS)
+    chars = tokens / (0.2 + 0.05 * np.arange(len(LANGUAGES)))[:, None]  # fertility grows
+    return Measurement(LANGUAGES, fp, fp + np.array(deltas), tokens, chars * 2, chars)
+
+
+class World:
+    """An AuditRun whose measurements and model facts are set by the test."""
+
+    layers, languages, candidate, strict = 12, LANGUAGES, "suggested", False
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.measurements: dict[tuple, Measurement] = {}
+        self.quantity = "disparity"
+        self.facts: dict = {"overhead": {}, "statistics": {}, "variance": {}, "error": {}}
+
+    def set(self, strategy, value, scheme=None, length=None, noise=0.01) -> None:
+        self.measurements[(str(strategy), scheme, length)] = build(self.quantity, value, noise)
+
+    def measure(self, strategy, scheme=None, length=None):
+        for key in ((str(strategy), scheme, length), (str(strategy), None, length),
+                    (str(strategy), None, None)):
+            if key in self.measurements:
+                return self.measurements[key]
+        return build(self.quantity, 2.0)
+
+    def overhead(self, strategy):
+        return Overhead(round(self.facts["overhead"].get(strategy, 0.05) * 10**6), 10**6, 0.0)
+
+    def protection_key(self, strategy):
+        return str(strategy)
+
+    def layer_index(self, token):
+        return SWEEP_LAYERS[token]
+
+    def candidate_text(self):
+        return "L0"
+
+    def suggestion(self):
+        return {"strategy": "L0", "budget": 0.12}
+
+    def layer_statistics(self):
+        return self.facts["statistics"]
+
+    def layer_variance(self):
+        return self.facts["variance"]
+
+    def layer_quant_error(self):
+        return self.facts["error"]
+
+    def value_weight_ratio(self):
+        return self.facts["ratio"]
+
+    def overlap(self, first, second):
+        return self.facts["overlap"]
+
+    def rescore_spread(self, strategy):
+        return self.facts["spread"]
+
+    def describe(self):
+        return "synthetic"
+
+
+def inside(bound: Bound) -> float:
+    if bound.min is not None and bound.max is not None:
+        return (bound.min + bound.max) / 2
+    if bound.max is not None:
+        return bound.max / 2 if bound.max > 0 else bound.max - 0.3
+    return bound.min * 2 if bound.min > 0 else bound.min + 0.3
+
+
+def outside(bound: Bound) -> float:
+    if bound.max is not None:
+        return bound.max * 2 + 1 if bound.max > 0 else bound.max + 0.3
+    return bound.min / 2 if bound.min > 0 else bound.min - 0.3
+
+
+def correlated(xs: list[float], r: float) -> list[float]:
+    """Values whose Pearson r with `xs` is exactly `r`."""
+    x = np.asarray(xs, float)
+    x = (x - x.mean()) / x.std()
+    other = np.cos(np.arange(len(x)) * 2.3)
+    other = other - other.mean() - (other - other.mean()) @ x / len(x) * x
+    other = other / other.std()
+    return list(5 + r * x + math.sqrt(1 - r * r) * other)
+
+
+def target_r(bound: Bound, holds: bool) -> float:
+    r = inside(bound) if holds else outside(bound)
+    return float(np.clip(r, -0.9, 0.9)) if holds else float(np.clip(r, -0.95, 0.95))
+
+
+def stage(world: World, check, bound: Bound | None, holds: bool) -> None:
+    """Set up `world` so that `check` passes (holds) or fails."""
+    good, bad = (LOW, HIGH) if holds else (HIGH, LOW)
+    name = type(check).__name__
+    world.quantity = getattr(check, "quantity", "disparity")
+    if name == "Better":
+        world.set(check.strategy, good, scheme=check.scheme)
+        for than in check.than if isinstance(check.than, tuple) else (check.than,):
+            world.set(than, bad, scheme=check.than_scheme or check.scheme)
+        if world.quantity == "degradation":
+            world.set(check.strategy, good / 10, scheme=check.scheme)
+            for than in check.than if isinstance(check.than, tuple) else (check.than,):
+                world.set(than, bad / 10, scheme=check.than_scheme or check.scheme)
+    elif name == "Best":
+        best, rest = (HIGH, LOW) if check.worst else (LOW, HIGH)
+        for candidate in check.candidates:
+            world.set(candidate, rest if holds else best)
+        world.set(check.expected, best if holds else rest)
+    elif name in ("LanguageBound", "MeanBound"):
+        strategies = check.bounds if name == "MeanBound" else [check.strategy]
+        for strategy in strategies:
+            target = bound if name == "LanguageBound" else check.bound_for(world.family, checks.Case(
+                strategy, strategy))
+            world.set(strategy, inside(target) if holds else outside(target), scheme=check.scheme
+                      if name == "LanguageBound" else None)
+    elif name == "GroupOrder":
+        world.set(check.than, 4.0)
+        world.set(check.strategy, {**{lang: 1.0 if holds else 2.0 for lang in check.first},
+                                   **{lang: 2.0 if holds else 1.0 for lang in check.second}})
+    elif name == "ReliableLength":
+        world.set(check.strategy, 2.0, length=check.length, noise=0.01 if holds else 0.5)
+        world.set(check.strategy, 2.0, length=check.than_length, noise=0.5 if holds else 0.01)
+    elif name == "Correlation":
+        r = target_r(bound, holds)
+        if check.x in ("resource_class", "fertility"):
+            others = [lang for lang in LANGUAGES if lang != "en"]
+            measurement = build("disparity", 1.0)
+            xs = ([language(lang).resource_class for lang in others] if check.x ==
+                  "resource_class" else [measurement.tokens[LANGUAGES.index(lang)].sum() /
+                                         measurement.chars[LANGUAGES.index(lang)].sum()
+                                         for lang in others])
+            world.set(check.strategy, dict(zip(others, correlated(xs, r))))
+        else:
+            layers = sorted(set(SWEEP_LAYERS.values()))
+            xs = [0.01 * (1 + i) + 0.003 * (i % 2) for i in range(len(layers))]
+            world.facts["variance" if check.x == "variance" else "error"] = dict(zip(layers, xs))
+            for token, layer in SWEEP_LAYERS.items():
+                world.set(token, correlated(xs, r)[layers.index(layer)])
+    elif name == "OverheadBound":
+        for strategy in check.bounds:
+            target = check.bound_for(world.family, checks.Case(strategy, strategy))
+            world.facts["overhead"][strategy] = (inside(target) if holds else outside(target)) / 100
+    elif name == "WithinBudget":
+        world.facts["overhead"]["L0"] = 0.10 if holds else 0.20
+    elif name in ("LayerExtreme", "LayerValue"):
+        stats = {layer: {check.statistic: 1.0 + layer} for layer in range(12)}
+        if name == "LayerExtreme":
+            extreme = 100.0 if check.highest else -100.0
+            stats[0 if holds else 5][check.statistic] = extreme
+        else:
+            stats[check.layer][check.statistic] = inside(bound) if holds else outside(bound)
+        world.facts["statistics"] = stats
+    elif name == "ValueWeightRatio":
+        world.facts["ratio"] = inside(bound) if holds else outside(bound)
+    elif name == "SelectionOverlap":
+        world.facts["overlap"] = (0.0 if holds else 0.5) if check.below_random else (
+            inside(bound) if holds else outside(bound))
+    elif name == "Deterministic":
+        world.facts["spread"] = 0.0 if holds else 1.0
+    else:
+        raise AssertionError(f"no synthetic world for {name}")
+
+
+def all_findings() -> list[Finding]:
+    import sys
+
+    sys.path.insert(0, str(AUDITS.parents[1] / "scripts"))
+    from seed_index import findings
+
+    return findings()
+
+
+FINDINGS = all_findings()
+
+
+@pytest.mark.parametrize("finding", FINDINGS, ids=[f.id for f in FINDINGS])
+@pytest.mark.parametrize("holds", [True, False], ids=["holds", "fails"])
+def test_every_finding_on_synthetic_measurements(finding, holds):
+    world = World(finding.families[0] if finding.families else "gpt2")
+    case = finding.check.cases(LANGUAGES)[0]
+    stage(world, finding.check, finding.check.bound_for(world.family, case), holds)
+    outcome = finding.verify(world, case)
+    assert outcome.status == ("passed" if holds else "failed"), outcome
+
+
+def test_every_check_class_is_exercised():
+    used = {type(f.check).__name__ for f in FINDINGS}
+    defined = {name for name, value in vars(checks).items()
+               if isinstance(value, type) and issubclass(value, checks.Check)
+               and value is not checks.Check}
+    assert defined <= used, f"check classes without a synthetic test: {defined - used}"
+
+
+def test_too_few_points_for_a_correlation_is_inconclusive():
+    world = World("gpt2")
+    world.set("none", {lang: 2.0 for lang in LANGUAGES})  # every language the same
+    outcome = checks.Correlation("fertility", Bound(max=0.0)).run(
+        world, checks.Case("f"), Bound(max=0.0))
+    assert outcome.status == "inconclusive"
