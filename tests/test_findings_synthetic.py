@@ -149,11 +149,10 @@ def stage(world: World, check, bound: Bound | None, holds: bool) -> None:
         world.set(check.expected, best if holds else rest)
     elif name in ("LanguageBound", "MeanBound"):
         strategies = check.bounds if name == "MeanBound" else [check.strategy]
+        scheme = getattr(check, "scheme", None)
         for strategy in strategies:
-            target = bound if name == "LanguageBound" else check.bound_for(world.family, checks.Case(
-                strategy, strategy))
-            world.set(strategy, inside(target) if holds else outside(target), scheme=check.scheme
-                      if name == "LanguageBound" else None)
+            target = check.bound_for(world.family, checks.Case(strategy, strategy))
+            world.set(strategy, inside(target) if holds else outside(target), scheme=scheme)
     elif name == "GroupOrder":
         world.set(check.than, 4.0)
         world.set(check.strategy, {**{lang: 1.0 if holds else 2.0 for lang in check.first},

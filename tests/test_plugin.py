@@ -1,6 +1,7 @@
 """End-to-end runs of the audit plugin on tiny random models (seconds, not minutes)."""
 
 import json
+import sys
 from pathlib import Path
 
 from markupsafe import escape
@@ -16,6 +17,11 @@ def run(pytester, *args):
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def exit_code_of(report: dict) -> int:
+    """pytest's exit code for a report's outcomes: 1 when an audit failed, else 0."""
+    return 1 if report["summary"]["failed"] or report["summary"]["error"] else 0
 
 
 def test_audits_are_skipped_with_one_line_without_model(pytester):
@@ -80,8 +86,10 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
                 "--report", str(serial))
     second = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-m", "quick",
                  "--report", str(parallel), "-n", "2", "--dist", "loadgroup")
-    assert first.ret in (0, 1) and second.ret == first.ret
     a, b = load(serial), load(parallel)
+    assert first.ret == second.ret == 1  # tiny-gpt2's Hebrew disparity is below 1 under int4
+    assert {x["nodeid"] for x in a["audits"] if x["outcome"] == "failed"} == {
+        x["nodeid"] for x in b["audits"] if x["outcome"] == "failed"} != set()
     assert a["measurements"] and a["audits"]
     assert _comparable(a) == _comparable(b)
     assert b["settings"]["workers"] == 2
@@ -91,7 +99,7 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
 def test_each_worker_loads_the_model_once(pytester):
     path = pytester.path / "r.json"
     result = run(pytester, *QUICK_FILES, "--model", "tiny-opt", "-n", "2", "--report", str(path))
-    assert result.ret in (0, 1)
+    assert result.ret == exit_code_of(load(path))
     processes = load(path)["processes"]
     assert len({p["pid"] for p in processes}) == 2
     assert all(p["loads"] == 1 for p in processes)
@@ -102,7 +110,7 @@ def test_report_html_lists_each_audit_once_with_evidence(pytester):
     run(pytester, *QUICK_FILES, "--model", "tiny-llama", "-m", "quick", "--report", str(path))
     report = load(path)
     html = path.with_suffix(".html").read_text()
-    assert html.count('<tr class="audit') == len(report["audits"])
+    assert report["audits"] and html.count('<tr class="audit') == len(report["audits"])
     assert "http://" not in html.replace("http://www.w3.org", "") and "<script src" not in html
     failed = [a for a in report["audits"] if a["outcome"] == "failed"]
     for audit in failed:
@@ -154,15 +162,15 @@ def test_strategy_option_audits_a_given_strategy(pytester):
 
 
 def test_suggested_strategy_is_audited_and_reported(pytester):
-    from quantfair.cli import main
-
-    assert main(["suggest", "tiny-llama", "--budget", "30%", "--languages", "en,de,ru,he,ar,zh",
-                 "--calibration-units", "2"]) == 0
+    searched = pytester.run(sys.executable, "-m", "quantfair.cli", "suggest", "tiny-llama",
+                            "--budget", "30%", "--languages", "en,de,ru,he,ar,zh",
+                            "--calibration-units", "2", timeout=600)
+    assert searched.ret == 0, searched.stderr.str()
     path = pytester.path / "s.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                  "--strategy", "suggested", "--report", str(path))
-    assert result.ret in (0, 1)
     report = load(path)
+    assert result.ret == exit_code_of(report)
     assert report["suggestion"]["budget"] == 0.30
     assert {a["finding"] for a in report["audits"] if a["outcome"] != "skipped"} == {
         "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
