@@ -10,7 +10,14 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from quantfair.metrics import Measurement, bits_per_byte, fertility, perplexity
+from quantfair.metrics import (
+    KLD_PERCENTILES,
+    Estimate,
+    Measurement,
+    bits_per_byte,
+    fertility,
+    perplexity,
+)
 
 SCHEMA = "quantfair-report/1"
 DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
@@ -23,11 +30,40 @@ def _clean(value):
     return value
 
 
+def distribution_fields(m: Measurement) -> list[dict]:
+    """Per language, llama.cpp's KL-divergence statistics as flat record fields (null when the
+    measurement has none): `kld_mean`, `kld_<percentile>`, `kld_per_byte`, `kld_disparity`,
+    `same_top`, `delta_p_mean`, `delta_p_rms`, `ln_ppl_ratio` (estimates with `_low`/`_high`)."""
+    names = ["kld_mean", "kld_per_byte", "kld_disparity", "same_top", "delta_p_mean",
+             "delta_p_rms", "ln_ppl_ratio"]
+    percentiles = [f"kld_{name.replace('.', '_')}" for name in KLD_PERCENTILES]
+    if m.kld is None:
+        empty = {f"{n}{s}": None for n in names for s in ("", "_low", "_high")}
+        empty.update({name: None for name in [*percentiles, "kld_undefined"]})
+        return [dict(empty) for _ in m.languages]
+    estimates: dict[str, dict[str, Estimate]] = {
+        "kld_mean": m.mean_kld(), "kld_per_byte": m.kld_per_byte(),
+        "kld_disparity": m.kld_disparity(), "same_top": m.same_top_rate(),
+        "delta_p_mean": m.mean_delta_p(), "delta_p_rms": m.rms_delta_p(),
+        "ln_ppl_ratio": m.ln_ppl_ratio()}
+    tails = m.kld_percentiles()
+    rows = []
+    for lang in m.languages:
+        row: dict = {}
+        for name, per_language in estimates.items():
+            e = per_language[lang]
+            row.update({name: e.value, f"{name}_low": e.low, f"{name}_high": e.high})
+        row.update(zip(percentiles, tails[lang].values(), strict=True))
+        row["kld_undefined"] = estimates["kld_disparity"][lang].undefined or None
+        rows.append(row)
+    return rows
+
+
 def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: str,
                         overhead, resolved: str | None = None) -> list[dict]:
     """One record per language of a (scheme, strategy, length) measurement."""
     disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
-    records = []
+    records, distribution = [], distribution_fields(m)
     for i, lang in enumerate(m.languages):
         nll_fp, nll_q = float(m.nll_fp[i].sum()), float(m.nll_q[i].sum())
         tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
@@ -46,6 +82,7 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "disparity_high": disparity[lang].high,
             "undefined": disparity[lang].undefined or None,
             "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
+            **distribution[i],
         }.items()})
     return records
 
