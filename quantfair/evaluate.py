@@ -175,11 +175,13 @@ def linear_head(model: nn.Module) -> bool:
             and getattr(config, "logit_scale", None) in (None, 1.0))
 
 
-def _reference_side(fp_logits: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                    weight: torch.Tensor | None, bias: torch.Tensor | None
-                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """FP side of one window from its FP logits [n, vocab], and the exact cross term
-    sum_v p_fp(v) z_q(v) against the evaluated logits [n, vocab]; `u`, `c` only with `weight`."""
+def _reference_side(fp_logits: torch.Tensor, targets: torch.Tensor,
+                    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    logits: torch.Tensor | None = None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """FP side of one window from its FP logits [n, vocab]: `plogp`, `top`, `p_correct`, and
+    with `weight` [vocab, hidden] (and `bias`) `u` and `c`; with the evaluated `logits`
+    [n, vocab], also the exact cross term sum_v p_fp(v) z_q(v) [n]."""
     parts: dict[str, list[torch.Tensor]] = {"plogp": [], "p_correct": [], "u": [], "c": []}
     cross = []
     for start in range(0, fp_logits.shape[0], SIDE_ROWS):
@@ -188,13 +190,14 @@ def _reference_side(fp_logits: torch.Tensor, targets: torch.Tensor, logits: torc
         p = log_p.exp()
         parts["plogp"].append((p * log_p).sum(-1))
         parts["p_correct"].append(p.gather(1, targets[block, None])[:, 0])
-        cross.append((p * logits[block].double()).sum(-1))
+        if logits is not None:
+            cross.append((p * logits[block].double()).sum(-1))
         if weight is not None:
             parts["u"].append((p @ weight).float())
             parts["c"].append(p @ bias if bias is not None else torch.zeros_like(p[:, 0]))
     side = {name: torch.cat(values) for name, values in parts.items() if values}
     side["top"] = fp_logits.argmax(-1)
-    return side, torch.cat(cross)
+    return side, torch.cat(cross) if cross else None
 
 
 @dataclass(frozen=True)
@@ -212,11 +215,15 @@ def _window_statistics(first: int, side: dict[str, torch.Tensor], cross: torch.T
     """llama.cpp's per-token statistics: KLD = sum p_fp log p_fp - sum p_fp z_q + lse(z_q)."""
     logits = logits.float()
     nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").double()
-    kld = side["plogp"] - cross + torch.logsumexp(logits, dim=-1).double()
-    delta_p = torch.exp(-nll) - side["p_correct"]
+    top, arg_top = logits.max(dim=-1)
+    # lse kept in float64: rounded to float32 it would be off by up to 1e-6 nats per token.
+    lse = top.double() + (logits - top[:, None]).exp().sum(-1).double().log()
+    kld = side["plogp"] - cross + lse
+    p_correct = torch.exp(logits.gather(1, targets[:, None])[:, 0].double() - lse)
+    delta_p = p_correct - side["p_correct"]
     return _WindowStatistics(
         first=first, nll=nll.sum().item(), kld=kld.cpu().numpy(),
-        same_top=int((logits.argmax(-1) == side["top"]).sum()),
+        same_top=int((arg_top == side["top"]).sum()),
         delta_p=delta_p.sum().item(), delta_p_sq=(delta_p * delta_p).sum().item())
 
 
@@ -389,8 +396,9 @@ class Evaluator:
         against the FP reference, cached under `config`.
 
         `swap` switches the live model to the FP reference and back; None means the current
-        weights are the FP reference. One forward per window, plus one FP forward where the FP
-        side of its unit for the current head is not cached yet (or the head is not exact).
+        weights are the FP reference. One forward per window; before them, one FP forward per
+        window whose unit has no cached FP side for the current head yet (swapping once there
+        and back); with a head that is not exact, one FP forward beside every window instead.
         """
         results = self.cached_distribution(config, texts)
         todo = [t for t in dict.fromkeys(texts) if t not in results]
@@ -401,48 +409,41 @@ class Evaluator:
         windows = [w for key in keyed for w in self._windows(key, ids[key])]
         pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
         exact, head = self.exact_head, self.head_variant()
-        sides = {key: self.references.load(key, head) if exact else None for key in keyed}
-        weight = bias = None
-        built: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {k: [] for k in keyed}
+        sides = {key: self.references.load(key, head) for key in keyed} if exact else {}
+        missing = {key: ids[key] for key, side in sides.items() if side is None}
+        if missing:
+            self._build_references(missing, head, swap)
+            sides.update({key: self.references.load(key, head) for key in missing})
         statistics: dict[str, list[_WindowStatistics]] = {k: [] for k in keyed}
         total, done = sum(len(w.ids) for w in windows), 0
         for batch in self._batches(windows):
-            needs_reference = any(sides[w.key] is None for w in batch)
-            if needs_reference and swap is not None:
+            if not exact and swap is not None:
                 swap.to_reference()
                 _, fp_logits = self._run(batch)
                 swap.to_config()
             token_ids, logits, hidden, _ = self._run_with_head(batch)
-            if needs_reference and swap is None:
+            if not exact and swap is None:
                 fp_logits = logits
-            if needs_reference and exact and weight is None:
-                module = self.loaded.model.get_output_embeddings()
-                weight = module.weight.detach().double()
-                bias = module.bias.detach().double() if module.bias is not None else None
             finished = {}
             for row, window in enumerate(batch):
                 rows = slice(window.score_from - 1, len(window.ids) - 1)
                 targets = token_ids[row, window.score_from: len(window.ids)]
-                side = sides[window.key]
-                if side is None:
-                    piece, cross = _reference_side(fp_logits[row, rows], targets,
-                                                   logits[row, rows], weight, bias)
-                    built[window.key].append((window.first, piece))
-                else:
+                if exact:
                     scored = slice(window.first, window.first + len(targets))
-                    piece = {name: torch.from_numpy(side[name][scored]).to(logits.device)
-                             for name in ("plogp", "top", "p_correct", "u", "c")}
-                    cross = (piece["u"].double() * hidden[row, rows].double()).sum(-1) \
-                        + piece["c"]
+                    side = {name: torch.from_numpy(array[scored]).to(logits.device)
+                            for name, array in sides[window.key].items()}
+                    cross = (side["u"].double() * hidden[row, rows].double()).sum(-1) \
+                        + side["c"]
+                else:
+                    side, cross = _reference_side(fp_logits[row, rows], targets,
+                                                  logits=logits[row, rows])
                 statistics[window.key].append(
-                    _window_statistics(window.first, piece, cross, logits[row, rows], targets))
+                    _window_statistics(window.first, side, cross, logits[row, rows], targets))
                 pending[window.key] -= 1
                 done += len(window.ids)
                 if pending[window.key] == 0:
                     finished[window.key] = self._unit_distribution(
                         keyed[window.key], statistics.pop(window.key))
-                    if exact and side is None:
-                        self._store_reference(window.key, head, built.pop(window.key))
             if finished:
                 self.distribution_cache.store(config, finished)
                 self.cache.store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
@@ -451,6 +452,32 @@ class Evaluator:
             if progress:
                 progress(done, total)
         return results
+
+    def _build_references(self, units: dict[str, list[int]], head: str,
+                          swap: Swap | None) -> None:
+        """Cache the FP side of these units (token ids by unit key) for the current head."""
+        module = self.loaded.model.get_output_embeddings()
+        weight = module.weight.detach().double()  # the evaluated configuration's head
+        bias = module.bias.detach().double() if module.bias is not None else None
+        windows = [w for key, unit in units.items() for w in self._windows(key, unit)]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in units}
+        built: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {k: [] for k in units}
+        if swap is not None:
+            swap.to_reference()
+        try:
+            for batch in self._batches(windows):
+                token_ids, fp_logits = self._run(batch)
+                for row, window in enumerate(batch):
+                    rows = slice(window.score_from - 1, len(window.ids) - 1)
+                    targets = token_ids[row, window.score_from: len(window.ids)]
+                    side, _ = _reference_side(fp_logits[row, rows], targets, weight, bias)
+                    built[window.key].append((window.first, side))
+                    pending[window.key] -= 1
+                    if pending[window.key] == 0:
+                        self._store_reference(window.key, head, built.pop(window.key))
+        finally:
+            if swap is not None:
+                swap.to_config()
 
     def _store_reference(self, key: str, head: str,
                          pieces: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
