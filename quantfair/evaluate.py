@@ -255,6 +255,7 @@ class Evaluator:
         self.forward_passes = 0
         self.distribution_cache = ResultCache(self.cache.folder, UnitDistribution)
         self.references = ReferenceCache(self.cache.folder)
+        self._head_hashes: dict[tuple[tuple[int, int], ...], str] = {}
         self._tokenizer_id = f"{type(tokenizer).__name__}:{len(tokenizer)}:{self.prefix}"
 
     def unit_key(self, text: str) -> str:
@@ -366,11 +367,15 @@ class Evaluator:
     def head_variant(self) -> str:
         """Content hash of the output head as it is in the model now (weight and bias)."""
         head = self.loaded.model.get_output_embeddings()
-        digest = hashlib.sha256()
-        for tensor in (head.weight, head.bias):
-            if tensor is not None:
+        tensors = [t for t in (head.weight, head.bias) if t is not None]
+        # In-place writes bump a tensor's version, so an unchanged head is not hashed again.
+        state = tuple((id(t), t._version) for t in tensors)
+        if state not in self._head_hashes:
+            digest = hashlib.sha256()
+            for tensor in tensors:
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-        return digest.hexdigest()[:16]
+            self._head_hashes[state] = digest.hexdigest()[:16]
+        return self._head_hashes[state]
 
     def _run_with_head(self, batch: list[_Window]) -> tuple[torch.Tensor, ...]:
         """`_run` plus the head's input [batch, length, hidden] and output (as captured)."""

@@ -31,10 +31,16 @@ def short_corpus(tmp_path: Path, languages: list[str], units: int, chars: int) -
     return str(path)
 
 
-def load(name: str, softcap: float | None):
+def load(name: str, softcap: float | None = None, head_bias: bool = False):
+    """A fresh model; optionally with soft-capped logits or a (seeded) bias on its head."""
     loaded = load_model(name)
     if softcap:
         loaded.model.config.final_logit_softcapping = softcap
+    if head_bias:
+        head = loaded.model.get_output_embeddings()
+        generator = torch.Generator().manual_seed(0)
+        head.bias = torch.nn.Parameter(torch.randn(head.out_features, generator=generator),
+                                       requires_grad=False)
     return loaded
 
 
@@ -74,11 +80,11 @@ def assert_matches_full_vocabulary(session: AuditSession, m: Measurement,
 
 def check_against_full_vocabulary(name: str, schemes: list[str], strategies: list[str],
                                   tmp_path: Path, units: int, chars: int,
-                                  softcap: float | None = None) -> AuditSession:
+                                  **variant) -> AuditSession:
     corpus = short_corpus(tmp_path, ["en", "he"], units, chars)
     session = AuditSession(SessionConfig(model=name, corpus=corpus), announce=lambda _: None,
-                           loaded=load(name, softcap))
-    fp_model, quantized = load(name, softcap).model, load(name, softcap)
+                           loaded=load(name, **variant))
+    fp_model, quantized = load(name, **variant).model, load(name, **variant)
     fp = {str(ids): log_probs(fp_model, ids) for ids in (
         session.evaluator.token_ids(t) for units in session.corpus.texts.values()
         for t in units.values())}
@@ -100,6 +106,13 @@ def check_against_full_vocabulary(name: str, schemes: list[str], strategies: lis
 def test_statistics_equal_a_full_vocabulary_computation(name, scheme, tmp_path):
     session = check_against_full_vocabulary(name, [scheme], ["none", "L0"], tmp_path, units=2,
                                             chars=50)
+    assert session.evaluator.exact_head
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_head_bias_enters_through_p_fp_dot_b(scheme, tmp_path):
+    session = check_against_full_vocabulary("tiny-llama", [scheme], ["none", "L0"], tmp_path,
+                                            units=2, chars=50, head_bias=True)
     assert session.evaluator.exact_head
 
 
