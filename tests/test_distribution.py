@@ -101,8 +101,10 @@ def check_against_full_vocabulary(name: str, schemes: list[str], strategies: lis
     return session
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("name, scheme", [
+    *((name, scheme) for name in ("tiny-gpt2", "tiny-llama") for scheme in SCHEMES),
+    *((name, "int4") for name in ("tiny-opt", "tiny-gpt_neox", "tiny-bloom", "tiny-gemma3")),
+])
 def test_statistics_equal_a_full_vocabulary_computation(name, scheme, tmp_path):
     session = check_against_full_vocabulary(name, [scheme], ["none", "L0"], tmp_path, units=2,
                                             chars=50)
