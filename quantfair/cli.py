@@ -140,7 +140,7 @@ def _interval(record: dict, key: str, scale: float = 1.0, digits: int = 6) -> st
 def _distribution_block(record: dict) -> str:
     """One language's statistics laid out as llama.cpp's `llama-perplexity --kl-divergence`
     prints them ([95% CI] where llama.cpp prints ± one standard error)."""
-    disparity = record["kld_undefined"] and f"undefined ({record['kld_undefined']})" or \
+    disparity = f"undefined ({record['kld_undefined']})" if record["kld_undefined"] else \
         _interval(record, "kld_disparity", digits=3)
     lines = [
         f"====== {record['language']}: {record['scheme']} protecting {record['strategy']} "
