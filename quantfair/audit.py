@@ -135,7 +135,7 @@ class AuditRun(Protocol):
     candidate: str | None
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
-                length: str | None = None) -> Measurement: ...
+                length: str | None = None, distribution: bool = False) -> Measurement: ...
     def overhead(self, strategy: str) -> Overhead: ...
     def protection_key(self, strategy: Strategy) -> str: ...
     def layer_index(self, token: str) -> int: ...
@@ -190,7 +190,14 @@ class Check:
 
 def _disparity_of(ctx: AuditRun, strategy: Strategy, name: str, scheme: str | None = None,
                   length: str | None = None) -> dict[str, Estimate]:
-    return quantity(name).per_language(ctx.measure(strategy, scheme, length))
+    return quantity(name).per_language(_measure(ctx, strategy, name, scheme, length))
+
+
+def _measure(ctx: AuditRun, strategy: Strategy, name: str, scheme: str | None = None,
+             length: str | None = None) -> Measurement:
+    """The measurement a quantity needs (with KL-divergence statistics for those that use
+    them)."""
+    return ctx.measure(strategy, scheme, length, distribution=quantity(name).distribution)
 
 
 @dataclass(frozen=True)
@@ -266,7 +273,7 @@ class Better(Check):
         if isinstance(strategy, tuple):
             return min((self._draws(ctx, s, case, scheme) for s in strategy),
                        key=lambda draws: draws[0])
-        m = ctx.measure(strategy, scheme, case.length)
+        m = _measure(ctx, strategy, self.quantity, scheme, case.length)
         if case.language:
             value, samples, reason = m.draws(self.quantity)
             row = m.languages.index(case.language)
@@ -291,7 +298,9 @@ class Better(Check):
                            detail=f"{values}; undefined: {undefined[case.id]}")
         comparisons = {k: v[2] for k, v in pairs.items() if len(v) == 3}
         comparison = comparisons[case.id]
-        return Outcome(_decide(comparisons, case.id, -1), what, comparison.difference, "< 0",
+        sign = 1 if quantity(self.quantity).higher_is_better else -1
+        return Outcome(_decide(comparisons, case.id, sign), what, comparison.difference,
+                       "> 0" if sign > 0 else "< 0",
                        comparison.low, comparison.high,
                        f"{values}; p={comparison.p_value:.3g}; smallest detectable difference "
                        f"{comparison.detectable:.3g}; "
@@ -317,7 +326,8 @@ class Best(Check):
         for candidate in (self.expected, *self.candidates):
             key = ctx.protection_key(candidate)  # L-2 and L2 coincide on small models
             if key not in {ctx.protection_key(c) for c in draws}:
-                draws[candidate] = ctx.measure(candidate).mean_draws(metric=self.quantity)
+                draws[candidate] = _measure(ctx, candidate, self.quantity).mean_draws(
+                    metric=self.quantity)
         rank = "highest" if self.worst else "lowest"
         what = f"mean {self.quantity} of {self.expected}"
         table = ", ".join(f"{c}: {d[0]:.4g}" for c, d in draws.items())
@@ -542,7 +552,8 @@ class MeanBound(Check):
         return _for_family(self.bounds[case.strategy], family)
 
     def run(self, ctx, case, bound):
-        estimate = ctx.measure(case.strategy).mean_disparity(metric=self.quantity)
+        estimate = _measure(ctx, case.strategy, self.quantity).mean_disparity(
+            metric=self.quantity)
         return _estimate_outcome(f"mean {self.quantity}", estimate, bound)
 
 
@@ -581,8 +592,9 @@ class GroupOrder(Check):
         return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]
 
     def run(self, ctx, case, bound):
-        ours, theirs = (ctx.measure(s).draws(self.quantity) for s in (self.strategy, self.than))
-        languages = ctx.measure(self.strategy).languages
+        ours, theirs = (_measure(ctx, s, self.quantity).draws(self.quantity)
+                        for s in (self.strategy, self.than))
+        languages = _measure(ctx, self.strategy, self.quantity).languages
         what = f"improvement factor ({self.than} / {self.strategy}) difference"
         missing = [lang for lang in self.first + self.second if lang not in languages]
         if missing:

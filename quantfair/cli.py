@@ -113,7 +113,39 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def _ratio(record: dict, key: str) -> str:
     if record["undefined"]:
         return "undefined"
-    return f"{record[key]:.2f} [{record[key + '_low']:.2f}, {record[key + '_high']:.2f}]"
+    return _interval(record, key, digits=2).strip()
+
+
+def _interval(record: dict, key: str, scale: float = 1.0, digits: int = 6) -> str:
+    value, low, high = (record[key + suffix] for suffix in ("", "_low", "_high"))
+    if value is None:
+        return "n/a"
+    shown = f"{scale * value:{digits + 4}.{digits}f}"
+    if low is None or high is None:
+        return f"{shown} (too few units for an interval)"
+    return f"{shown} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def _distribution_block(record: dict) -> str:
+    """One language's statistics laid out as llama.cpp's `llama-perplexity --kl-divergence`
+    prints them ([95% CI] where llama.cpp prints ± one standard error)."""
+    disparity = f"undefined ({record['kld_undefined']})" if record["kld_undefined"] else \
+        _interval(record, "kld_disparity", digits=3)
+    lines = [
+        f"====== {record['language']}: {record['scheme']} protecting {record['strategy']} "
+        "======",
+        f"Mean    ln(PPL(Q)/PPL(base)): {_interval(record, 'ln_ppl_ratio')}",
+        f"Mean    KLD: {_interval(record, 'kld_mean')}",
+        *(f"{label:<8}KLD: {record[key]:10.6f}" for label, key in (
+            ("Maximum", "kld_max"), ("99.9%", "kld_p99_9"), ("99.0%", "kld_p99"),
+            ("95.0%", "kld_p95"), ("90.0%", "kld_p90"), ("Median", "kld_median"))),
+        f"KLD per byte: {_interval(record, 'kld_per_byte')}",
+        f"KLD disparity (per byte, vs en): {disparity}",
+        f"Mean    Δp: {_interval(record, 'delta_p_mean', 100, 3)} %",
+        f"RMS     Δp: {_interval(record, 'delta_p_rms', 100, 3)} %",
+        f"Same top p: {_interval(record, 'same_top', 100, 3)} %",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -129,8 +161,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
-        session.measure(strategy), strategy=strategy, scheme=session.config.scheme.name,
-        length="medium", overhead=session.overhead(strategy))]
+        session.measure(strategy, distribution=True), strategy=strategy,
+        scheme=session.config.scheme.name, length="medium", overhead=session.overhead(strategy))]
     rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.2f}", f"{r['ppl_q']:.2f}",
              f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.1f}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
@@ -141,6 +173,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     undefined = {r["undefined"] for r in records if r["undefined"]}
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
+    for record in records:
+        print()
+        print(_distribution_block(record))
     if args.json:
         payload = {"settings": session.config.settings(), "corpus": session.corpus.digest(),
                    "units": session.corpus.units, "records": records}

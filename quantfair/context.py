@@ -87,14 +87,14 @@ class AuditContext:
         return self.session.overhead(strategy)
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
-                length: str | None = None) -> Measurement:
+                length: str | None = None, distribution: bool = False) -> Measurement:
         parsed = QuantScheme.parse(scheme) if scheme else self.session.config.scheme
         corpus = self.session.corpus.with_length(length) if length else self.session.corpus
         text = self.strategy_text(strategy)
-        measurement = self.session.measure(text, parsed, corpus)
+        measurement = self.session.measure(text, parsed, corpus, distribution)
         label = text if strategy == CANDIDATE else str(strategy)
         key = (parsed.name, label, length or "medium")
-        if key not in self._rows:
+        if key not in self._rows or distribution:  # rows gain the KL-divergence fields
             overhead = self.session.overhead(text, parsed)
             self._rows[key] = measurement_records(
                 measurement, strategy=label, scheme=parsed.name,

@@ -1,31 +1,50 @@
-"""Per-unit summed token NLL, memoised in memory and cached on disk.
+"""Per-unit summed token NLL and, on request, the FP-vs-quantized distribution statistics of
+llama.cpp's `llama-perplexity --kl-divergence`, memoised in memory and cached on disk.
 
 Convention: each unit is tokenized without special tokens and prefixed with the tokenizer's BOS
 token (or EOS when it has no BOS, as GPT-2 does), so every text token is predicted and counted.
 Units longer than the context are scored with a sliding window (stride = half the window), each
 token once, with at least half a window of left context.
+
+Distribution statistics, per scored token, as llama.cpp's `tools/perplexity/perplexity.cpp`
+defines them: KLD = sum_v p_fp(v) (log p_fp(v) - log p_q(v)) in nats, same top = argmax p_fp ==
+argmax p_q, delta-p = p_q(correct) - p_fp(correct). The FP side is computed once per text and
+kept on disk without the vocabulary dimension: for a linear head z = W h + b,
+sum_v p_fp(v) log p_q(v) = u . h_q + p_fp . b - logsumexp(z_q) with u = W^T p_fp, so caching
+sum(p_fp log p_fp), the FP argmax, p_fp(correct), u and p_fp . b per token (one u per head
+weight the run meets) makes the quantized side exact at the cost of one dot product per token.
+Heads that are not plain linear maps (logit soft-capping, logit scaling) fall back to an FP
+forward beside every quantized one.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
+from torch import nn
 
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel, cache_root
-from quantfair.storage import cache_writes
+from quantfair.storage import atomic_write, cache_writes
 
 EVALUATOR_VERSION = "2"
+DISTRIBUTION_VERSION = "1"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
+SIDE_ROWS = 512  # positions per float64 softmax block while building the FP side
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,22 @@ class UnitResult:
     tokens: int  # predicted tokens
     bytes: int  # UTF-8 bytes of the text
     chars: int
+
+
+@dataclass(frozen=True)
+class UnitDistribution(UnitResult):
+    """A unit's NLL plus its sums of llama.cpp's KL-divergence statistics against the FP model."""
+
+    kld: float  # summed over predicted tokens, nats
+    same_top: int  # predicted tokens whose FP and quantized argmax agree
+    delta_p: float  # sum of p_q(correct) - p_fp(correct)
+    delta_p_sq: float  # sum of squares of the same
+    kld_tokens: str  # per-token KLD, float32 little-endian, base64 (for exact percentiles)
+
+    @property
+    def kld_values(self) -> np.ndarray:
+        """Per-token KLD in nats, shape [tokens], float32 as llama.cpp keeps them."""
+        return np.frombuffer(base64.b64decode(self.kld_tokens), dtype="<f4")
 
 
 class NonFiniteLoss(QuantfairError):
@@ -57,8 +92,9 @@ class ResultCache:
     Appends take a file lock, so processes sharing the folder never interleave lines; reads
     need none (and so work in a read-only cache)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, result_type: type[UnitResult] = UnitResult) -> None:
         self.folder = folder
+        self.result_type = result_type
         self.memory: dict[str, dict[str, UnitResult]] = {}
 
     def _path(self, config: str) -> Path:
@@ -80,7 +116,7 @@ class ResultCache:
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
-                result = UnitResult(**entry["result"])
+                result = self.result_type(**entry["result"])
                 if entry["check"] == self._checksum(config, entry["key"], result):
                     found[entry["key"]] = result
             except (ValueError, KeyError, TypeError):
@@ -129,11 +165,114 @@ def model_identity(loaded: LoadedModel) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
+class ReferenceCache:
+    """The FP side of the distribution statistics, per unit, as .npz files: `<unit>.base.npz`
+    holds per scored token sum(p_fp log p_fp) `plogp`, the FP argmax `top` and `p_correct`;
+    `<unit>.<head>.npz` holds `u` = W^T p_fp [tokens, hidden] (float32) and `c` = p_fp . b for
+    one head weight W, b (named by its content hash)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / f"fp-distribution-v{DISTRIBUTION_VERSION}"
+
+    def _path(self, key: str, part: str) -> Path:
+        return self.folder / f"{key}.{part}.npz"
+
+    def load(self, key: str, head: str) -> dict[str, np.ndarray] | None:
+        arrays: dict[str, np.ndarray] = {}
+        for part in ("base", head):
+            try:
+                with np.load(self._path(key, part)) as stored:
+                    arrays.update({name: stored[name] for name in stored.files})
+            except (OSError, ValueError, zipfile.BadZipFile):
+                return None
+        return arrays
+
+    def store(self, key: str, head: str, arrays: dict[str, np.ndarray]) -> None:
+        for part, names in (("base", ("plogp", "top", "p_correct")), (head, ("u", "c"))):
+            buffer = io.BytesIO()
+            np.savez(buffer, **{name: arrays[name] for name in names})
+            with cache_writes(self.folder):  # readers never see a half-written file
+                atomic_write(self._path(key, part), buffer.getvalue())
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.glob("*.npz"))
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Switches the live model to the FP reference and back to the evaluated configuration."""
+
+    to_reference: Callable[[], None]
+    to_config: Callable[[], None]
+
+
+def linear_head(model: nn.Module) -> bool:
+    """Whether the logits are the output embedding's linear map of its input, with no
+    soft-capping or scaling after it (what the cached FP side needs to be exact)."""
+    config = model.config
+    return (isinstance(model.get_output_embeddings(), nn.Linear)
+            and not getattr(config, "final_logit_softcapping", None)
+            and getattr(config, "logit_scale", None) in (None, 1.0))
+
+
+def _reference_side(fp_logits: torch.Tensor, targets: torch.Tensor,
+                    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    logits: torch.Tensor | None = None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """FP side of one window from its FP logits [n, vocab]: `plogp`, `top`, `p_correct`, and
+    with `weight` [vocab, hidden] (and `bias`) `u` and `c`; with the evaluated `logits`
+    [n, vocab], also the exact cross term sum_v p_fp(v) z_q(v) [n]."""
+    parts: dict[str, list[torch.Tensor]] = {"plogp": [], "p_correct": [], "u": [], "c": []}
+    cross = []
+    for start in range(0, fp_logits.shape[0], SIDE_ROWS):
+        block = slice(start, start + SIDE_ROWS)
+        log_p = torch.log_softmax(fp_logits[block].double(), dim=-1)
+        p = log_p.exp()
+        parts["plogp"].append((p * log_p).sum(-1))
+        parts["p_correct"].append(p.gather(1, targets[block, None])[:, 0])
+        if logits is not None:
+            cross.append((p * logits[block].double()).sum(-1))
+        if weight is not None:
+            parts["u"].append((p @ weight).float())
+            parts["c"].append(p @ bias if bias is not None else torch.zeros_like(p[:, 0]))
+    side = {name: torch.cat(values) for name, values in parts.items() if values}
+    side["top"] = fp_logits.argmax(-1)
+    return side, torch.cat(cross) if cross else None
+
+
+@dataclass(frozen=True)
+class _WindowStatistics:
+    first: int
+    nll: float
+    kld: np.ndarray  # [scored tokens], nats
+    same_top: int
+    delta_p: float
+    delta_p_sq: float
+
+
+def _window_statistics(first: int, side: dict[str, torch.Tensor], cross: torch.Tensor,
+                       logits: torch.Tensor, targets: torch.Tensor) -> _WindowStatistics:
+    """llama.cpp's per-token statistics: KLD = sum p_fp log p_fp - sum p_fp z_q + lse(z_q)."""
+    logits = logits.float()
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").double()
+    top, arg_top = logits.max(dim=-1)
+    # lse kept in float64: rounded to float32 it would be off by up to 1e-6 nats per token.
+    lse = top.double() + (logits - top[:, None]).exp().sum(-1).double().log()
+    kld = side["plogp"] - cross + lse
+    p_correct = torch.exp(logits.gather(1, targets[:, None])[:, 0].double() - lse)
+    delta_p = p_correct - side["p_correct"]
+    return _WindowStatistics(
+        first=first, nll=nll.sum().item(), kld=kld.cpu().numpy(),
+        same_top=int((arg_top == side["top"]).sum()),
+        delta_p=delta_p.sum().item(), delta_p_sq=(delta_p * delta_p).sum().item())
+
+
 @dataclass(frozen=True)
 class _Window:
     key: str
     ids: list[int]
     score_from: int  # first position in `ids` whose token is scored (>= 1)
+    first: int = 0  # index of its first scored token among the unit's scored tokens
 
 
 class Evaluator:
@@ -154,6 +293,9 @@ class Evaluator:
         if self.prefix is None:
             self.prefix = tokenizer.eos_token_id
         self.forward_passes = 0
+        self.distribution_cache = ResultCache(self.cache.folder, UnitDistribution)
+        self.references = ReferenceCache(self.cache.folder)
+        self._head_hashes: dict[tuple[tuple[int, int], ...], str] = {}
         self._tokenizer_id = tokenizer_identity(tokenizer)
         self._model_id = model_identity(loaded)
 
@@ -178,7 +320,7 @@ class Evaluator:
         windows, scored_to, begin = [], 1, 0
         while scored_to < len(ids):
             end = min(begin + self.window, len(ids))
-            windows.append(_Window(key, ids[begin:end], scored_to - begin))
+            windows.append(_Window(key, ids[begin:end], scored_to - begin, scored_to - 1))
             scored_to, begin = end, begin + stride
         return windows
 
@@ -193,8 +335,8 @@ class Evaluator:
         if batch:
             yield batch
 
-    @torch.inference_mode()
-    def _score(self, batch: list[_Window]) -> list[float]:
+    def _run(self, batch: list[_Window]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [batch, length] and logits [batch, length, vocab] of one padded batch."""
         device = self.loaded.device
         length = max(len(w.ids) for w in batch)
         pad = self.loaded.tokenizer.pad_token_id or 0
@@ -209,7 +351,12 @@ class Evaluator:
         # Without padding the mask is all ones; leaving it out keeps the fast causal path.
         logits = self.loaded.model(
             input_ids=ids, attention_mask=mask.to(device) if padded else None).logits
-        vocab = logits.shape[-1]
+        return ids, logits
+
+    @torch.inference_mode()
+    def _score(self, batch: list[_Window]) -> list[float]:
+        ids, logits = self._run(batch)
+        length, vocab = ids.shape[1], logits.shape[-1]
         losses = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1), reduction="none"
         ).reshape(len(batch), length - 1)
@@ -246,6 +393,157 @@ class Evaluator:
             if progress:
                 progress(done, total)
         return results
+
+
+    @cached_property
+    def exact_head(self) -> bool:
+        """`linear_head` of the model, confirmed on one forward (the logits must be the head's
+        own output)."""
+        if not linear_head(self.loaded.model):
+            return False
+        window = _Window("probe", [self.prefix or 0] * 2, 1)
+        with torch.inference_mode():
+            _, logits, _, head_output = self._run_with_head([window])
+        self.forward_passes -= 1  # a probe, not an evaluation
+        return torch.equal(logits, head_output)
+
+    def head_variant(self) -> str:
+        """Content hash of the output head as it is in the model now (weight and bias)."""
+        head = self.loaded.model.get_output_embeddings()
+        tensors = [t for t in (head.weight, head.bias) if t is not None]
+        # In-place writes bump a tensor's version, so an unchanged head is not hashed again.
+        state = tuple((id(t), t._version) for t in tensors)
+        if state not in self._head_hashes:
+            digest = hashlib.sha256()
+            for tensor in tensors:
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+            self._head_hashes[state] = digest.hexdigest()[:16]
+        return self._head_hashes[state]
+
+    def _run_with_head(self, batch: list[_Window]) -> tuple[torch.Tensor, ...]:
+        """`_run` plus the head's input [batch, length, hidden] and output (as captured)."""
+        captured: list[torch.Tensor] = []
+        handle = self.loaded.model.get_output_embeddings().register_forward_hook(
+            lambda _module, args, output: captured.extend((args[0], output)))
+        try:
+            ids, logits = self._run(batch)
+        finally:
+            handle.remove()
+        return ids, logits, captured[0], captured[1]
+
+    def cached_distribution(self, config: str, texts: Iterable[str]
+                            ) -> dict[str, UnitDistribution]:
+        known = self.distribution_cache.load(config)
+        return {t: known[k] for t in texts if (k := self.unit_key(t)) in known}
+
+    @torch.inference_mode()
+    def evaluate_distribution(self, config: str, texts: list[str], swap: Swap | None = None,
+                              progress: Callable[[int, int], None] | None = None
+                              ) -> dict[str, UnitDistribution]:
+        """NLL and distribution statistics of each text under the model's current weights
+        against the FP reference, cached under `config`.
+
+        `swap` switches the live model to the FP reference and back; None means the current
+        weights are the FP reference. One forward per window; before them, one FP forward per
+        window whose unit has no cached FP side for the current head yet (swapping once there
+        and back); with a head that is not exact, one FP forward beside every window instead.
+        """
+        results = self.cached_distribution(config, texts)
+        todo = [t for t in dict.fromkeys(texts) if t not in results]
+        if not todo:
+            return results
+        keyed = {self.unit_key(t): t for t in todo}
+        ids = {key: self.token_ids(text) for key, text in keyed.items()}
+        windows = [w for key in keyed for w in self._windows(key, ids[key])]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
+        exact, head = self.exact_head, self.head_variant()
+        sides = {key: self.references.load(key, head) for key in keyed} if exact else {}
+        missing = {key: ids[key] for key, side in sides.items() if side is None}
+        if missing:
+            self._build_references(missing, head, swap)
+            sides.update({key: self.references.load(key, head) for key in missing})
+        statistics: dict[str, list[_WindowStatistics]] = {k: [] for k in keyed}
+        total, done = sum(len(w.ids) for w in windows), 0
+        for batch in self._batches(windows):
+            if not exact and swap is not None:
+                swap.to_reference()
+                _, fp_logits = self._run(batch)
+                swap.to_config()
+            token_ids, logits, hidden, _ = self._run_with_head(batch)
+            if not exact and swap is None:
+                fp_logits = logits
+            finished = {}
+            for row, window in enumerate(batch):
+                rows = slice(window.score_from - 1, len(window.ids) - 1)
+                targets = token_ids[row, window.score_from: len(window.ids)]
+                if exact:
+                    scored = slice(window.first, window.first + len(targets))
+                    side = {name: torch.from_numpy(array[scored]).to(logits.device)
+                            for name, array in sides[window.key].items()}
+                    cross = (side["u"].double() * hidden[row, rows].double()).sum(-1) \
+                        + side["c"]
+                else:
+                    side, cross = _reference_side(fp_logits[row, rows], targets,
+                                                  logits=logits[row, rows])
+                statistics[window.key].append(
+                    _window_statistics(window.first, side, cross, logits[row, rows], targets))
+                pending[window.key] -= 1
+                done += len(window.ids)
+                if pending[window.key] == 0:
+                    finished[window.key] = self._unit_distribution(
+                        keyed[window.key], statistics.pop(window.key))
+            if finished:
+                self.distribution_cache.store(config, finished)
+                self.cache.store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
+                                          for k, r in finished.items()})
+                results.update({keyed[k]: r for k, r in finished.items()})
+            if progress:
+                progress(done, total)
+        return results
+
+    def _build_references(self, units: dict[str, list[int]], head: str,
+                          swap: Swap | None) -> None:
+        """Cache the FP side of these units (token ids by unit key) for the current head."""
+        module = self.loaded.model.get_output_embeddings()
+        weight = module.weight.detach().double()  # the evaluated configuration's head
+        bias = module.bias.detach().double() if module.bias is not None else None
+        windows = [w for key, unit in units.items() for w in self._windows(key, unit)]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in units}
+        built: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {k: [] for k in units}
+        if swap is not None:
+            swap.to_reference()
+        try:
+            for batch in self._batches(windows):
+                token_ids, fp_logits = self._run(batch)
+                for row, window in enumerate(batch):
+                    rows = slice(window.score_from - 1, len(window.ids) - 1)
+                    targets = token_ids[row, window.score_from: len(window.ids)]
+                    side, _ = _reference_side(fp_logits[row, rows], targets, weight, bias)
+                    built[window.key].append((window.first, side))
+                    pending[window.key] -= 1
+                    if pending[window.key] == 0:
+                        self._store_reference(window.key, head, built.pop(window.key))
+        finally:
+            if swap is not None:
+                swap.to_config()
+
+    def _store_reference(self, key: str, head: str,
+                         pieces: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
+        ordered = [piece for _, piece in sorted(pieces, key=lambda item: item[0])]
+        self.references.store(key, head, {
+            name: torch.cat([piece[name] for piece in ordered]).cpu().numpy()
+            for name in ("plogp", "top", "p_correct", "u", "c")})
+
+    @staticmethod
+    def _unit_distribution(text: str, windows: list[_WindowStatistics]) -> UnitDistribution:
+        windows = sorted(windows, key=lambda w: w.first)
+        kld = np.concatenate([w.kld for w in windows])
+        return UnitDistribution(
+            nll=sum(w.nll for w in windows), tokens=len(kld), bytes=len(text.encode("utf-8")),
+            chars=len(text), kld=float(kld.sum()), same_top=sum(w.same_top for w in windows),
+            delta_p=sum(w.delta_p for w in windows),
+            delta_p_sq=sum(w.delta_p_sq for w in windows),
+            kld_tokens=base64.b64encode(kld.astype("<f4").tobytes()).decode("ascii"))
 
 
 def check_finite(results: dict[tuple[str, str], UnitResult], what: str) -> None:

@@ -48,6 +48,15 @@ def _main_rows(report: dict) -> list[dict]:
             if r.get("length", "medium") == "medium" and r["scheme"] == scheme]
 
 
+def _kld_disparity(r: dict) -> str:
+    """Per-byte KL-divergence disparity beside the NLL one ("" when not measured)."""
+    if r.get("kld_disparity") is None:
+        return ""
+    if r.get("kld_undefined"):
+        return "undef."
+    return f"{r['kld_disparity']:.2f} [{r['kld_disparity_low']:.2f}, {r['kld_disparity_high']:.2f}]"
+
+
 def heatmap(report: dict) -> dict:
     rows = _main_rows(report)
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
@@ -68,7 +77,9 @@ def heatmap(report: dict) -> dict:
                       if value is not None and r.get("disparity_low") is not None else
                       f" ({r.get('undefined')})") +
                      f"; seed disparity {r.get('seed_disparity') or float('nan'):.3g}")
-            line.append({"text": text, "color": _color(value), "title": title})
+            kld = _kld_disparity(r)
+            line.append({"text": text, "color": _color(value), "kld": kld,
+                         "title": title + (f"; KLD disparity {kld}" if kld else "")})
         grid.append({"strategy": strategy, "cells": line})
     return {"languages": languages, "rows": grid}
 

@@ -1,4 +1,5 @@
-"""Pure functions from per-unit NLLs to degradation, disparity and their uncertainty.
+"""Pure functions from per-unit NLLs (and distribution statistics) to degradation, disparity and
+their uncertainty.
 
 Arrays are indexed [language, unit]; the same units, in the same order, for every language
 and for both the FP and the quantized model.
@@ -23,6 +24,12 @@ NOISE_FLOOR = 1e-3
 # A bootstrap over a single unit resamples that unit only: its "interval" has zero width.
 MIN_UNITS = 2
 TOO_FEW_UNITS = "too few units for an interval"
+# English's mean KL divergence below this (nats per token) is treated as noise: about 100x the
+# float32 rounding of the per-token estimate (~1e-6 nats), so KLD ratios never compare rounding.
+KLD_FLOOR = 1e-4
+# llama.cpp's KLD percentiles (linear interpolation between sorted values, as numpy's default).
+KLD_PERCENTILES = {"max": 100.0, "p99.9": 99.9, "p99": 99.0, "p95": 95.0, "p90": 90.0,
+                   "median": 50.0}
 
 
 def perplexity(nll: float, tokens: int) -> float:
@@ -87,6 +94,13 @@ class Measurement:
     bytes: np.ndarray
     chars: np.ndarray
     reference: str = "en"
+    # Distribution statistics (llama.cpp `perplexity.cpp --kl-divergence`); None when only
+    # NLL was measured. Sums over each unit's scored tokens, [language, unit]:
+    kld: np.ndarray | None = None  # KL divergence, nats
+    same_top: np.ndarray | None = None  # tokens whose FP and quantized argmax agree
+    delta_p: np.ndarray | None = None  # p_q(correct) - p_fp(correct)
+    delta_p_sq: np.ndarray | None = None  # its square
+    kld_tokens: tuple[np.ndarray, ...] | None = None  # per language: every token's KLD, nats
 
     def __post_init__(self) -> None:
         if self.reference not in self.languages:
@@ -134,15 +148,26 @@ class Measurement:
         if metric == "degradation":
             value, samples = self._series("degradation")
             return value, samples, ""
-        value, samples = self._series("delta" if metric == "disparity" else "degradation")
+        if metric in ("mean_kld", "same_top_rate"):
+            name = "kld" if metric == "mean_kld" else "same_top"
+            return *self._per(self._sums(name), self.tokens), ""
+        if metric == "kld_disparity":
+            (value, samples), reason = self._per(self._sums("kld"), self.bytes), \
+                self.kld_undefined()
+        else:
+            value, samples = self._series("delta" if metric == "disparity" else "degradation")
+            reason = self._undefined()
         ref = self.ref
         with np.errstate(divide="ignore", invalid="ignore"):
-            return value / value[ref], samples / samples[ref], self._undefined()
+            return value / value[ref], samples / samples[ref], reason
+
+    def _from_draws(self, value: np.ndarray, samples: np.ndarray,
+                    undefined: str = "") -> dict[str, Estimate]:
+        return {lang: Estimate(float(value[i]), *self._interval(samples[i]), undefined=undefined)
+                for i, lang in enumerate(self.languages)}
 
     def _estimates(self, metric: str) -> dict[str, Estimate]:
-        value, samples, reason = self.draws(metric)
-        return {lang: Estimate(float(value[i]), *self._interval(samples[i]), undefined=reason)
-                for i, lang in enumerate(self.languages)}
+        return self._from_draws(*self.draws(metric))
 
     def disparity(self) -> dict[str, Estimate]:
         """delta NLL(l) / delta NLL(reference), on the same content in every language."""
@@ -166,6 +191,73 @@ class Measurement:
         """Mean of a disparity over the non-reference languages, bootstrapped jointly."""
         value, samples, reason = self.mean_draws(languages, metric)
         return Estimate(value, *self._interval(samples), undefined=reason)
+
+    # -- distribution statistics, per language, as llama.cpp's perplexity.cpp defines them --
+    def _sums(self, name: str) -> np.ndarray:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError("this measurement has no distribution statistics: measure it "
+                             "with distribution=True")
+        return value
+
+    def _per(self, numerator: np.ndarray, denominator: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio of per-language sums [language] and the same over bootstrap resamples
+        [language, sample] (the units resampled as for every other metric)."""
+        index = bootstrap_indices(numerator.shape[1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (numerator.sum(axis=1) / denominator.sum(axis=1),
+                    numerator[:, index].sum(axis=2) / denominator[:, index].sum(axis=2))
+
+    def mean_kld(self) -> dict[str, Estimate]:
+        """Mean KL divergence sum_v p_fp(v) (log p_fp(v) - log p_q(v)) per scored token, nats
+        (llama.cpp's "Mean KLD"), with CIs."""
+        return self._estimates("mean_kld")
+
+    def kld_per_byte(self) -> dict[str, Estimate]:
+        """KL divergence summed over the language's tokens per UTF-8 byte of its text, nats/byte
+        (fair across tokenizer fertility), with CIs."""
+        return self._from_draws(*self._per(self._sums("kld"), self.bytes))
+
+    def kld_percentiles(self) -> dict[str, dict[str, float]]:
+        """Per language, the per-token KLD (nats) at llama.cpp's percentiles: `median`, `p90`,
+        `p95`, `p99`, `p99.9` and `max`."""
+        tokens = self._sums("kld_tokens")
+        return {lang: {name: float(np.percentile(tokens[i], q))
+                       for name, q in KLD_PERCENTILES.items()}
+                for i, lang in enumerate(self.languages)}
+
+    def same_top_rate(self) -> dict[str, Estimate]:
+        """Share of scored tokens whose FP and quantized argmax agree (llama.cpp's "Same top
+        p", as a fraction), with CIs."""
+        return self._estimates("same_top_rate")
+
+    def mean_delta_p(self) -> dict[str, Estimate]:
+        """Mean of p_q(correct) - p_fp(correct) per scored token (a probability; llama.cpp's
+        "Mean Δp"), with CIs."""
+        return self._from_draws(*self._per(self._sums("delta_p"), self.tokens))
+
+    def rms_delta_p(self) -> dict[str, Estimate]:
+        """Root mean square of the same delta-p (llama.cpp's "RMS Δp"), with CIs."""
+        value, samples = self._per(self._sums("delta_p_sq"), self.tokens)
+        return self._from_draws(np.sqrt(value), np.sqrt(samples))
+
+    def ln_ppl_ratio(self) -> dict[str, Estimate]:
+        """Mean ln(ppl_q / ppl_fp) = (NLL_q - NLL_fp) per scored token, nats (llama.cpp's
+        "Mean ln(PPL(Q)/PPL(base))"), with CIs."""
+        return self._from_draws(*self._per(self.nll_q - self.nll_fp, self.tokens))
+
+    def kld_undefined(self) -> str:
+        """Why KLD ratios to the reference are not reported (empty when they are). KLD is never
+        negative, so its CI cannot include 0: a floor on the mean is the guard."""
+        value, _ = self._per(self._sums("kld"), self.tokens)
+        if value[self.ref] < KLD_FLOOR:
+            return f"{self.reference} mean KLD is below {KLD_FLOOR} nats/token"
+        return ""
+
+    def kld_disparity(self) -> dict[str, Estimate]:
+        """Per-byte KLD(l) / per-byte KLD(reference), with paired bootstrap CIs."""
+        return self._estimates("kld_disparity")
 
 
 @dataclass(frozen=True)
@@ -223,6 +315,7 @@ class Quantity:
     description: str
     higher_is_better: bool
     per_language: Callable[[Measurement], dict[str, Estimate]]
+    distribution: bool = False  # needs the KL-divergence statistics
 
 
 QUANTITIES = {q.name: q for q in (
@@ -231,6 +324,12 @@ QUANTITIES = {q.name: q for q in (
     Quantity("seed_disparity", "degradation(l) / degradation(en), per token (the seed's)", False,
              Measurement.seed_disparity),
     Quantity("degradation", "ppl_q / ppl_fp - 1", False, Measurement.degradation),
+    Quantity("kld_disparity", "per-byte KL divergence(l) / per-byte KL divergence(en)", False,
+             Measurement.kld_disparity, distribution=True),
+    Quantity("mean_kld", "mean KL divergence per scored token, nats", False,
+             Measurement.mean_kld, distribution=True),
+    Quantity("same_top_rate", "share of tokens whose FP and quantized argmax agree", True,
+             Measurement.same_top_rate, distribution=True),
 )}
 
 

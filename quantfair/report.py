@@ -8,10 +8,9 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -19,7 +18,15 @@ from pathlib import Path
 from quantfair.config import DEFAULT_TOLERANCE
 from quantfair.errors import QuantfairError
 from quantfair.html import experiment_span, render_html
-from quantfair.metrics import Measurement, bits_per_byte, fertility, perplexity
+from quantfair.metrics import (
+    KLD_PERCENTILES,
+    Estimate,
+    Measurement,
+    bits_per_byte,
+    fertility,
+    perplexity,
+)
+from quantfair.storage import atomic_write
 
 SCHEMA = "quantfair-report/2"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
@@ -38,11 +45,40 @@ def _clean(value):
     return value
 
 
+def distribution_fields(m: Measurement) -> list[dict]:
+    """Per language, llama.cpp's KL-divergence statistics as flat record fields (null when the
+    measurement has none): `kld_mean`, `kld_<percentile>`, `kld_per_byte`, `kld_disparity`,
+    `same_top`, `delta_p_mean`, `delta_p_rms`, `ln_ppl_ratio` (estimates with `_low`/`_high`)."""
+    names = ["kld_mean", "kld_per_byte", "kld_disparity", "same_top", "delta_p_mean",
+             "delta_p_rms", "ln_ppl_ratio"]
+    percentiles = [f"kld_{name.replace('.', '_')}" for name in KLD_PERCENTILES]
+    if m.kld is None:
+        empty = {f"{n}{s}": None for n in names for s in ("", "_low", "_high")}
+        empty.update({name: None for name in [*percentiles, "kld_undefined"]})
+        return [dict(empty) for _ in m.languages]
+    estimates: dict[str, dict[str, Estimate]] = {
+        "kld_mean": m.mean_kld(), "kld_per_byte": m.kld_per_byte(),
+        "kld_disparity": m.kld_disparity(), "same_top": m.same_top_rate(),
+        "delta_p_mean": m.mean_delta_p(), "delta_p_rms": m.rms_delta_p(),
+        "ln_ppl_ratio": m.ln_ppl_ratio()}
+    tails = m.kld_percentiles()
+    rows = []
+    for lang in m.languages:
+        row: dict = {}
+        for name, per_language in estimates.items():
+            e = per_language[lang]
+            row.update({name: e.value, f"{name}_low": e.low, f"{name}_high": e.high})
+        row.update(zip(percentiles, tails[lang].values(), strict=True))
+        row["kld_undefined"] = estimates["kld_disparity"][lang].undefined or None
+        rows.append(row)
+    return rows
+
+
 def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: str,
                         overhead, resolved: str | None = None) -> list[dict]:
     """One record per language of a (scheme, strategy, length) measurement."""
     disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
-    records = []
+    records, distribution = [], distribution_fields(m)
     for i, lang in enumerate(m.languages):
         nll_fp, nll_q = float(m.nll_fp[i].sum()), float(m.nll_q[i].sum())
         tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
@@ -61,6 +97,7 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "disparity_high": disparity[lang].high,
             "undefined": disparity[lang].undefined or None,
             "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
+            **distribution[i],
         }.items()})
     return records
 
@@ -130,34 +167,27 @@ def build_report(record: RunRecord) -> dict:
     }
 
 
+_last_stamp = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def unique_report_path(folder: Path, model: str) -> Path:
-    """`folder/<model>-<UTC time to the microsecond>-<pid>.json`: two runs never share one."""
-    now = datetime.now(timezone.utc)
+    """`folder/<model>-<UTC time to the microsecond>-<pid>.json`: two runs never share one
+    (the pid tells processes apart; within one, the time is made strictly increasing)."""
+    global _last_stamp
+    now = _last_stamp = max(datetime.now(timezone.utc), _last_stamp + timedelta(microseconds=1))
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))
     return folder / f"{name}-{now:%Y%m%dT%H%M%S.%f}Z-{os.getpid()}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
     """Write `json_path` first (what was measured survives an HTML failure), the HTML beside
     it, and `latest.html` next to them, replaced atomically. Raises OSError."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(json_path, json.dumps(report, indent=2, allow_nan=False))
+    atomic_write(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
     html_path = json_path.with_suffix(".html")
     html = render_html(report)
-    _write_atomic(html_path, html)
-    _write_atomic(json_path.parent / "latest.html", html)
+    atomic_write(html_path, html.encode())
+    atomic_write(json_path.parent / "latest.html", html.encode())
     return json_path, html_path
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from quantfair.config import RunConfig
 from quantfair.corpus import Corpus, load_corpus
-from quantfair.evaluate import Evaluator, check_finite, model_results
+from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank
@@ -79,11 +79,16 @@ class AuditSession:
         resolver = self.resolver(scheme)
         return resolver.overhead(resolver.resolve(strategy))
 
-    def _evaluate(self, config: str, label: str, corpus: Corpus, apply: Callable[[], None]):
+    def _evaluate(self, config: str, label: str, corpus: Corpus, apply: Callable[[], None],
+                  swap: Swap | None = None, distribution: bool = False
+                  ) -> dict[tuple[str, str], UnitResult]:
+        """Per-unit results of `config` (put in place by `apply`); with `distribution`, also the
+        statistics against the FP reference (`swap` reaches it; None: `config` is the FP)."""
         keys = [(lang, unit) for lang, units in corpus.texts.items() for unit in units]
         texts = [corpus.texts[lang][unit] for lang, unit in keys]
         evaluator = self.evaluator
-        cached = evaluator.cached(config, texts)
+        lookup = evaluator.cached_distribution if distribution else evaluator.cached
+        cached = lookup(config, texts)
         missing = [t for t in dict.fromkeys(texts) if t not in cached]
         if missing:
             tokens = sum(len(evaluator.token_ids(t)) for t in missing)
@@ -91,32 +96,50 @@ class AuditSession:
                           f"{len(missing)} units, {tokens:,} tokens")
             apply()
             callback = self.progress(label, tokens) if self.progress else None
-            cached = evaluator.evaluate(config, texts, callback)
+            if distribution:
+                cached = evaluator.evaluate_distribution(config, texts, swap, callback)
+            else:
+                cached = evaluator.evaluate(config, texts, callback)
         results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
         check_finite(results, f"{self.loaded.name} {label}")
         return results
 
     def measure(self, strategy: str, scheme: QuantScheme | None = None,
-                corpus: Corpus | None = None) -> Measurement:
-        """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement."""
+                corpus: Corpus | None = None, distribution: bool = False) -> Measurement:
+        """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement;
+        with `distribution`, also llama.cpp's KL-divergence statistics against the FP model."""
         scheme = scheme or self.config.scheme
         corpus = corpus or self.corpus
         memo_key = (scheme.name, strategy, corpus.digest())
-        if memo_key in self.measurements:
-            return self.measurements[memo_key]
+        known = self.measurements.get(memo_key)
+        if known is not None and (known.kld is not None or not distribution):
+            return known
         protection = self.resolver(scheme).resolve(strategy)
-        fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore)
+        fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore,
+                            distribution=distribution)
+
+        def apply() -> None:
+            self.bank.apply(scheme, protection)
+
         q = self._evaluate(f"{scheme.name}|{protection_key(protection)}",
-                           f"{scheme.name} protecting {strategy}", corpus,
-                           lambda: self.bank.apply(scheme, protection))
+                           f"{scheme.name} protecting {strategy}", corpus, apply,
+                           Swap(self.bank.restore, apply), distribution)
         languages = tuple(corpus.languages)
 
         def grid(source, attribute):
             return np.array([[getattr(source[(lang, u)], attribute) for u in corpus.units]
                              for lang in languages], dtype=np.float64)
 
+        statistics = {}
+        if distribution:
+            statistics = {name: grid(q, name)
+                          for name in ("kld", "same_top", "delta_p", "delta_p_sq")}
+            statistics["kld_tokens"] = tuple(
+                np.concatenate([q[(lang, u)].kld_values for u in corpus.units])
+                for lang in languages)
         measurement = Measurement(
             languages=languages, nll_fp=grid(fp, "nll"), nll_q=grid(q, "nll"),
-            tokens=grid(fp, "tokens"), bytes=grid(fp, "bytes"), chars=grid(fp, "chars"))
+            tokens=grid(fp, "tokens"), bytes=grid(fp, "bytes"), chars=grid(fp, "chars"),
+            **statistics)
         self.measurements[memo_key] = measurement
         return measurement

@@ -71,9 +71,26 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
+    assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
     records = json.loads(out.read_text())["records"]
+    assert all(r["kld_mean"] > 0 and 0 <= r["same_top"] <= 1 for r in records)
     assert {(r["strategy"], r["language"]) for r in records} == {
         (s, lang) for s in ("none", "L0") for lang in ("en", "he", "zh")}
     second = run_cli(*args)
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert json.loads(out.read_text())["records"] == records
+
+
+@pytest.mark.slow
+def test_measure_smollm2_prints_distribution_statistics_and_reruns_from_the_cache(tmp_path):
+    args = ["measure", "smollm2-135m", "--quant", "int4", "--languages", "en,he,zh",
+            "--units", "2", "--json", str(tmp_path / "m.json")]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    for line in ("Mean    KLD:", "99.9%   KLD:", "Median  KLD:", "RMS     Δp:", "Same top p:",
+                 "KLD disparity (per byte, vs en):"):
+        assert first.stdout.count(line) == 3, line
+    second = run_cli(*args)
+    assert second.returncode == 0 and "evaluating" not in second.stderr
+    assert second.stdout == first.stdout  # the same numbers, read back
+    assert json.loads((tmp_path / "m.json").read_text())["records"][0]["kld_mean"] > 0

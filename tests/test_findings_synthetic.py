@@ -56,7 +56,7 @@ class World:
     def set(self, strategy, value, scheme=None, length=None, noise=0.01) -> None:
         self.measurements[(str(strategy), scheme, length)] = build(self.quantity, value, noise)
 
-    def measure(self, strategy, scheme=None, length=None):
+    def measure(self, strategy, scheme=None, length=None, distribution=False):
         for key in ((str(strategy), scheme, length), (str(strategy), None, length),
                     (str(strategy), None, None)):
             if key in self.measurements:

@@ -130,7 +130,7 @@ class _Context:
     def __init__(self, measurement: Measurement) -> None:
         self.measurement = measurement
 
-    def measure(self, strategy, scheme=None, length=None) -> Measurement:
+    def measure(self, strategy, scheme=None, length=None, distribution=False) -> Measurement:
         return self.measurement
 
 

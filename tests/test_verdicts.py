@@ -30,7 +30,7 @@ class FakeRun:
     def __init__(self, measurements: dict[str, Measurement]) -> None:
         self.measurements = measurements
 
-    def measure(self, strategy, scheme=None, length=None):
+    def measure(self, strategy, scheme=None, length=None, distribution=False):
         return self.measurements[strategy]
 
     def protection_key(self, strategy):
@@ -130,3 +130,27 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-no-report",
                                            timeout=300)
     assert strict.ret == 1
+
+
+def test_kl_divergence_quantities_bound_and_compare_per_language():
+    """LanguageBound on kld_disparity and Better on same_top_rate (higher is better)."""
+    from quantfair.audit import Bound, LanguageBound
+
+    def with_kld(kld_per_token: dict[str, float], same_top: float) -> Measurement:
+        base = measurement({lang: np.full(UNITS, 3.0) for lang in LANGUAGES[1:]})
+        tokens = base.tokens
+        kld = np.stack([np.full(UNITS, kld_per_token[lang]) for lang in LANGUAGES]) * tokens
+        return Measurement(LANGUAGES, base.nll_fp, base.nll_q, tokens, base.bytes, base.chars,
+                           kld=kld * (1 + 0.01 * np.sin(np.arange(UNITS))),
+                           same_top=tokens * same_top, delta_p=tokens * 0, delta_p_sq=tokens * 0,
+                           kld_tokens=tuple(np.full(UNITS, v) for v in kld_per_token.values()))
+
+    damaged = with_kld({"en": 0.01, "de": 0.02, "he": 0.05}, same_top=0.6)
+    mild = with_kld({"en": 0.01, "de": 0.011, "he": 0.012}, same_top=0.9)
+    run = FakeRun({"a": damaged, "b": mild})
+    bound = LanguageBound("a", "kld_disparity", Bound(max=2.0))
+    outcomes = {c.language: bound.run(run, c, Bound(max=2.0)).status
+                for c in bound.cases(LANGUAGES)}
+    assert outcomes == {"de": "passed", "he": "failed"}  # 2x and 5x English per byte
+    better = Better("b", than="a", quantity="same_top_rate", per_language=True)
+    assert all(better.run(run, c, None).status == "passed" for c in better.cases(LANGUAGES))
