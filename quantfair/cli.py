@@ -221,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
-RUN_OPTIONS = ("quant", "languages", "units", "corpus")
+RUN_OPTIONS = ("quant", "embedding-type", "languages", "units", "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")
-    _add_model_arguments(inspect, "quant")
+    _add_model_arguments(inspect, "quant", "embedding-type")
     inspect.add_argument("--strategy", action="append", default=[],
                          help="extra strategy to size (repeatable)")
     inspect.set_defaults(run=cmd_inspect)

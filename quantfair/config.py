@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfair.errors import UsageError
-from quantfair.schemes import QuantScheme
+from quantfair.schemes import DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
@@ -41,8 +41,10 @@ class Option:
 OPTIONS = {option.name: option for option in (
     Option("model", "model to audit: smollm2-135m, gemma3-270m, a Hugging Face id, a local "
                     "directory or a .gguf file"),
-    Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel "
+    Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel, gguf:Q4_0 "
                     f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
+    Option("embedding-type", "type of the token embedding and output head under a gguf: scheme: "
+                             f"{', '.join(EMBEDDING_TYPES)} (default {DEFAULT_EMBEDDING_TYPE})"),
     Option("languages", "comma-separated language codes, or all; en is always added "
                         f"(default {DEFAULT_LANGUAGES})", DEFAULT_LANGUAGES),
     Option("units", "audit a seeded sample of this many units per language, 0 for all "
@@ -113,6 +115,15 @@ def _number(name: str, text: str) -> float:
     return value
 
 
+def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
+    scheme = QuantScheme.parse(quant)
+    if embedding_type is None:
+        return scheme
+    if scheme.gguf_type is None:
+        raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
+    return QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run, parsed and validated once (see `OPTIONS` for their meaning)."""
@@ -157,7 +168,8 @@ class RunConfig:
             raise UsageError(f"--report {report} is a directory; give the path of a .json file")
         if baseline and not Path(baseline).is_file():
             raise UsageError(f"--baseline {baseline}: no such report file")
-        return cls(model=model, scheme=QuantScheme.parse(get("quant")), languages=languages,
+        return cls(model=model, scheme=_scheme(get("quant"), get("embedding-type")),
+                   languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=Path(report) if report else None, no_report=bool(get("no-report")),

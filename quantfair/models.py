@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import family_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -39,6 +40,7 @@ TINY_MODEL_TYPES = {
 SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 EMBEDDED = (SMOLLM2, GEMMA3)
+FLOAT_TYPES = ("F32", "F16", "BF16", "F64")  # GGUF tensor types that are not quantized
 
 load_count = 0  # models built or read from disk in this process (tests check reuse)
 
@@ -52,6 +54,7 @@ class LoadedModel:
     tokenizer: object
     source: str  # human-readable provenance for reports
     weights_note: str = ""
+    gguf_types: dict[str, int] = field(default_factory=dict)  # source GGUF: type -> tensors
     family: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +73,16 @@ class LoadedModel:
                 return value
         return 2048
 
+    def requantization_warning(self, scheme: QuantScheme) -> str:
+        """A warning when `scheme` re-quantizes to the block format the FP reference was itself
+        dequantized from (the measured damage is then close to none), else ""."""
+        matrices = {kind: n for kind, n in self.gguf_types.items() if kind not in FLOAT_TYPES}
+        source_type = max(matrices, key=matrices.__getitem__) if matrices else None
+        if scheme.gguf_type is None or scheme.gguf_type != source_type:
+            return ""
+        return (f"{scheme.name} re-quantizes weights dequantized from {source_type}: most blocks "
+                "come back unchanged, so this measures almost no quantization damage")
+
     def weight_hash(self) -> str:
         """Content hash of every parameter, so caches never serve another model's results."""
         if not hasattr(self, "_weight_hash"):
@@ -79,6 +92,16 @@ class LoadedModel:
                 digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().data)
             self._weight_hash = digest.hexdigest()
         return self._weight_hash
+
+
+def gguf_type_mix(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}
+    (reads only the header, through the reader's memory map)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
 
 
 def cache_root() -> Path:
@@ -211,7 +234,7 @@ def _embedded(spec: str) -> LoadedModel:
     else:
         model, tokenizer = _from_pretrained(str(cached))
     return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
-                       weights_note=note)
+                       weights_note=note, gguf_types=gguf_type_mix(gguf_path))
 
 
 def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
@@ -247,7 +270,8 @@ def _hub_or_local(spec: str) -> LoadedModel:
             raise UsageError(f"GGUF file not found: {spec}")
         model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
         note = f"dequantized from {path.name}"
-        return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note)
+        return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
+                           gguf_types=gguf_type_mix(path))
     if path.is_dir():
         model, tokenizer = _from_pretrained(str(path))
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))

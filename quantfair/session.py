@@ -49,6 +49,9 @@ class AuditSession:
             announce(f"quantfair: loading {config.model}")
             loaded = load_model(config.model, config.device, config.random_weights)
         self.loaded = loaded
+        self.scheme_warning = loaded.requantization_warning(config.scheme)
+        if self.scheme_warning:
+            announce(f"quantfair: warning: {self.scheme_warning}")
         self.bank = WeightBank(loaded.model)
         self.evaluator = Evaluator(loaded)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
