@@ -221,7 +221,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
-RUN_OPTIONS = ("quant", "embedding-type", "languages", "units", "corpus")
+RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "languages", "units",
+               "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:

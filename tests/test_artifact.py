@@ -1,0 +1,118 @@
+"""Quantized-artifact pairs: the quantized side of an audit read from a second file of the same
+model, mapped by parameter name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from quantfair.config import RunConfig
+from quantfair.errors import QuantfairError, UsageError
+from quantfair.models import load_model
+from quantfair.quantize import WeightBank
+from quantfair.schemes import QuantScheme
+from quantfair.session import AuditSession
+
+Q4_0 = QuantScheme.parse("gguf:Q4_0")
+
+
+def _save_quantized(name: str, folder: Path) -> dict[str, torch.Tensor]:
+    """Save tiny model `name` with its gguf:Q4_0 tensors as a safetensors directory; returns
+    the tensors saved."""
+    loaded = load_model(name)
+    bank = WeightBank(loaded.model)
+    bank.apply(Q4_0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+
+
+def _config(model: str, quantized: str, **extra: str) -> RunConfig:
+    settings = {"model": model, "quantized": quantized, "languages": "en,de", "units": "2",
+                **extra}
+    return RunConfig.build(settings.get)
+
+
+def _session(config: RunConfig) -> AuditSession:
+    return AuditSession(config, announce=lambda _: None)
+
+
+def test_pair_serves_the_artifact_tensors_and_protection_takes_fp(tmp_path):
+    saved = _save_quantized("tiny-llama", tmp_path / "q")
+    session = _session(_config("tiny-llama", str(tmp_path / "q"), **{"quantized-label": "rc1"}))
+    scheme = session.config.scheme
+    assert scheme.name == "artifact:rc1"
+    bank = session.bank
+    quantized = bank.quantized(scheme)
+    assert all(torch.equal(quantized[n], saved[n]) for n in bank.params)
+    bank.apply(scheme, session.resolver().resolve("L0"))
+    for name, param in bank.params.items():
+        expected = bank.fp[name] if ".layers.0." in name else saved[name]
+        assert torch.equal(param.detach(), expected), name
+    bank.restore()
+    # norms stay F32 under gguf: schemes: the artifact leaves exactly the 1-D tensors unchanged
+    assert set(session.artifact.unquantized) == {n for n, p in bank.fp.items() if p.dim() == 1}
+    assert session.artifact.type_mix == {"F32": len(bank.params)}
+
+
+def test_pair_measures_the_same_nll_as_the_computed_scheme(tmp_path):
+    _save_quantized("tiny-llama", tmp_path / "q")
+    pair = _session(_config("tiny-llama", str(tmp_path / "q"))).measure("none")
+    computed = _session(RunConfig.build({"model": "tiny-llama", "quant": "gguf:Q4_0",
+                                         "languages": "en,de", "units": "2"}.get))
+    expected = computed.measure("none")
+    assert (pair.nll_q == expected.nll_q).all()
+    assert (pair.nll_fp == expected.nll_fp).all()
+    assert (pair.nll_q != pair.nll_fp).any()
+
+
+def test_the_artifact_hash_keys_the_cache_not_the_label(tmp_path):
+    _save_quantized("tiny-llama", tmp_path / "a")
+    first = _session(_config("tiny-llama", str(tmp_path / "a"))).measure("none")
+    loaded = load_model("tiny-llama")
+    loaded.model.save_pretrained(tmp_path / "b")  # same label, FP weights: a different file
+    loaded.tokenizer.save_pretrained(tmp_path / "b")
+    second = _session(_config("tiny-llama", str(tmp_path / "b"))).measure("none")
+    assert (second.nll_q == second.nll_fp).all()
+    assert (first.nll_q != second.nll_q).any()
+
+
+def test_other_architecture_is_one_clear_error(tmp_path):
+    _save_quantized("tiny-gpt2", tmp_path / "gpt2")
+    with pytest.raises(UsageError, match="architecture gpt2, the model's is llama"):
+        _session(_config("tiny-llama", str(tmp_path / "gpt2")))
+
+
+def test_missing_tensor_is_named(tmp_path):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QuantfairError, match="model.layers.1.mlp.up_proj.weight"):
+        _session(_config("tiny-llama", str(folder)))
+
+
+def test_other_vocabulary_is_one_clear_error(tmp_path):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tokenizer = load_model("tiny-llama").tokenizer
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(UsageError, match="tokenizer vocabulary .*<extra>"):
+        _session(_config("tiny-llama", str(folder)))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"quant": "int4"}, "--quant or --quantized, not both"),
+    ({"quantized": "missing.gguf"}, "no such GGUF file"),
+])
+def test_bad_pair_settings_fail_before_loading(tmp_path, settings, message):
+    values = {"model": "tiny-llama", "quantized": str(tmp_path), **settings}
+    with pytest.raises(UsageError, match=message):
+        RunConfig.build(values.get)
+    with pytest.raises(UsageError, match="--quantized-label names"):
+        RunConfig.build({"model": "tiny-llama", "quantized-label": "x"}.get)
