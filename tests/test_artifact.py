@@ -116,3 +116,44 @@ def test_bad_pair_settings_fail_before_loading(tmp_path, settings, message):
         RunConfig.build(values.get)
     with pytest.raises(UsageError, match="--quantized-label names"):
         RunConfig.build({"model": "tiny-llama", "quantized-label": "x"}.get)
+
+
+def _plain_nll(model: torch.nn.Module, tokenizer, text: str) -> float:
+    """Summed next-token NLL of `text` after the BOS token, in one forward pass."""
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.float(), torch.tensor(ids[1:]), reduction="sum").item()
+
+
+@pytest.mark.slow
+def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path):
+    import sys
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantfair.models import _smollm2_gguf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_gguf import _write_requantized
+
+    source = _smollm2_gguf()
+    artifact = tmp_path / "smollm2-Q4_0.gguf"
+    _write_requantized(source, artifact, "Q4_0")
+    session = _session(_config("smollm2-135m", str(artifact), device="cpu"))
+    measured = session.measure("none")
+
+    def independent(path: Path) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    dtype=torch.float32).eval()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    for index, (fp_model, nll) in enumerate([(independent(source), measured.nll_fp),
+                                             (independent(artifact), measured.nll_q)]):
+        for row, lang in enumerate(measured.languages):
+            for column, unit in enumerate(session.corpus.units):
+                text = session.corpus.texts[lang][unit]
+                expected = _plain_nll(fp_model, tokenizer, text)
+                assert nll[row, column] == pytest.approx(expected, rel=1e-5), (index, lang, unit)
+    assert (measured.nll_q != measured.nll_fp).all()
