@@ -54,7 +54,8 @@ class LoadedModel:
     tokenizer: object
     source: str  # human-readable provenance for reports
     weights_note: str = ""
-    gguf_types: dict[str, int] = field(default_factory=dict)  # source GGUF: type -> tensors
+    gguf_source: Path | None = None  # the GGUF file the weights were dequantized from
+    gguf_types: dict[str, int] = field(default_factory=dict)  # its type -> tensor count
     family: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,7 +235,8 @@ def _embedded(spec: str) -> LoadedModel:
     else:
         model, tokenizer = _from_pretrained(str(cached))
     return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
-                       weights_note=note, gguf_types=gguf_type_mix(gguf_path))
+                       weights_note=note, gguf_source=gguf_path,
+                       gguf_types=gguf_type_mix(gguf_path))
 
 
 def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
@@ -271,7 +273,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
         model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
         note = f"dequantized from {path.name}"
         return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
-                           gguf_types=gguf_type_mix(path))
+                           gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
     if path.is_dir():
         model, tokenizer = _from_pretrained(str(path))
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))

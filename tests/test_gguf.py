@@ -20,9 +20,9 @@ from quantfair.schemes import QuantScheme
 ROUND_TRIP_TYPES = ("Q4_0", "Q5_0", "Q5_1", "Q8_0")
 
 
-def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str) -> None:
+def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str = "Q8_0") -> None:
     """A GPT-2 GGUF the way llama.cpp lays it out, typed by hand from the documented policy:
-    matrices (out, in) in `qtype`, token embedding Q8_0, vectors and positions F32."""
+    matrices (out, in) in `qtype`, token embedding in `embedding`, vectors and positions F32."""
     config = model.config
     writer = gguf.GGUFWriter(str(path), "gpt2")
     writer.add_context_length(config.n_positions)
@@ -34,6 +34,7 @@ def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
     writer.add_token_merges([])
+    writer.add_token_scores([0.0] * config.vocab_size)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
     for name, param in model.named_parameters():
         base, suffix = name.rsplit(".", 1)
@@ -41,7 +42,7 @@ def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str) -> None:
         if name.endswith("wpe.weight") or array.ndim == 1:
             kind = GGMLQuantizationType.F32
         elif name.endswith("wte.weight"):
-            kind = GGMLQuantizationType.Q8_0
+            kind = GGMLQuantizationType[embedding]
         else:
             kind = GGMLQuantizationType[qtype]
             array = array.T.copy()  # Conv1D stores (in, out); GGUF rows run along the input
