@@ -128,19 +128,22 @@ def _plain_nll(model: torch.nn.Module, tokenizer, text: str) -> float:
 
 
 @pytest.mark.slow
-def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path):
-    import sys
-
+@pytest.mark.parametrize("writer", ["gguf package", "quantfair export"])
+def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path, writer):
+    from test_gguf import _write_requantized
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantfair.cli import main
     from quantfair.models import _smollm2_gguf
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_gguf import _write_requantized
 
     source = _smollm2_gguf()
     artifact = tmp_path / "smollm2-Q4_0.gguf"
-    _write_requantized(source, artifact, "Q4_0")
+    if writer == "gguf package":
+        _write_requantized(source, artifact, "Q4_0")
+    else:
+        assert main(["export", "smollm2-135m", "--quant", "gguf:Q4_0", "--strategy", "L0",
+                     "--languages", "en", "--units", "1", "--device", "cpu",
+                     "-o", str(artifact)]) == 0
     session = _session(_config("smollm2-135m", str(artifact), device="cpu"))
     measured = session.measure("none")
 
