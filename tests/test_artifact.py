@@ -16,6 +16,7 @@ from quantfair.quantize import WeightBank
 from quantfair.schemes import QuantScheme
 from quantfair.session import AuditSession
 
+pytest_plugins = ["pytester"]
 Q4_0 = QuantScheme.parse("gguf:Q4_0")
 
 
@@ -160,3 +161,27 @@ def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path, 
                 expected = _plain_nll(fp_model, tokenizer, text)
                 assert nll[row, column] == pytest.approx(expected, rel=1e-5), (index, lang, unit)
     assert (measured.nll_q != measured.nll_fp).all()
+
+
+def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
+    """Two releases, two different files, one label: the second run's report names its own
+    artifact and is compared with the first's measurements row by row."""
+    from test_plugin import QUICK_FILES, load, run
+
+    _save_quantized("tiny-llama", tmp_path / "v1")
+    loaded = load_model("tiny-llama")  # v2: an FP "release", another file and hash
+    loaded.model.save_pretrained(tmp_path / "v2")
+    loaded.tokenizer.save_pretrained(tmp_path / "v2")
+    args = [QUICK_FILES[1], "--model", "tiny-llama", "-k", "baseline_disparity",
+            "--languages", "en,de", "--units", "4", "--quantized-label", "release"]
+    run(pytester, *args, "--quantized", str(tmp_path / "v1"), "--report", "v1.json")
+    run(pytester, *args, "--quantized", str(tmp_path / "v2"), "--report", "v2.json",
+        "--baseline", "v1.json")
+    v1, v2 = load(pytester.path / "v1.json"), load(pytester.path / "v2.json")
+    assert v1["model"]["artifact"]["source"] == str((tmp_path / "v1").resolve())
+    assert v2["model"]["artifact"]["source"] == str((tmp_path / "v2").resolve())
+    assert v1["model"]["artifact"]["weight_hash"] != v2["model"]["artifact"]["weight_hash"]
+    assert v2["model"]["artifact"]["type_mix"] == {"F32": 39}
+    assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
+    compared = {row["key"] for row in v2["comparison"]["rows"]}
+    assert "artifact:release/none/medium/de" in compared
