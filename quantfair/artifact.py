@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from quantfair.errors import QuantfairError, UsageError
-from quantfair.models import LoadedModel, gguf_type_mix, resolve_device
+from quantfair.models import LoadedModel, gguf_type_mix
 from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import family_of
 
@@ -113,7 +113,7 @@ def load_artifact(spec: str, label: str, reference: LoadedModel) -> Artifact:
     if mismatch:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"{mismatch}")
-    device = resolve_device(str(reference.device))
+    device = reference.device
     digest = hashlib.sha256()
     tensors, unquantized = {}, []
     fp_params = dict(reference.model.named_parameters())

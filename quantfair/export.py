@@ -4,6 +4,7 @@ format), `--tensor-type` overrides for llama.cpp's `llama-quantize`, or a
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -71,8 +72,7 @@ def llama_quantize_overrides(protected: list[str], parts: dict[str, Component],
         if layer is not None and set(chosen) == set(in_layer):
             overrides.append(f"--tensor-type blk\\.{layer}\\..*={kind}")
             continue
-        overrides += [f"--tensor-type ^{names[n].replace('.', chr(92) + '.')}$={kind}"
-                      for n in chosen]
+        overrides += [f"--tensor-type ^{re.escape(names[n])}$={kind}" for n in chosen]
     return overrides
 
 

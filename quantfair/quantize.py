@@ -95,7 +95,8 @@ def quantize_component(tensor: torch.Tensor, component: Component,
                        scheme: QuantScheme) -> torch.Tensor:
     """`tensor` (the parameter `component`) quantized by a computed scheme."""
     if scheme.artifact is not None:
-        raise UsageError(f"{scheme.name} is a loaded artifact: its tensors come from the file")
+        raise UsageError(f"no artifact labelled '{scheme.artifact}' is loaded: its tensors come "
+                         "from --quantized FILE --quantized-label LABEL")
     if scheme.gguf_type is not None:
         return gguf_quantize(tensor, gguf_tensor_type(component, scheme), component.transposed)
     return fake_quantize(tensor, scheme, component.transposed)
