@@ -135,6 +135,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
           f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
+    if session.artifact:
+        artifact = session.artifact
+        print(f"artifact: {artifact.source}  hash: {artifact.weight_hash[:16]}  types: "
+              + ", ".join(f"{kind} {n}" for kind, n in sorted(artifact.type_mix.items())))
     print(_table(["strategy", "lang", "ppl fp", "ppl q", "bits/byte q", "tok/char",
                   "degradation", "seed disparity", "disparity [95% CI]"], rows))
     undefined = {r["undefined"] for r in records if r["undefined"]}
