@@ -1,4 +1,4 @@
-"""The `quantfair` command: inspect, corpus, measure, report, suggest."""
+"""The `quantfair` command: inspect, corpus, measure, report, suggest, export."""
 
 from __future__ import annotations
 
@@ -168,6 +168,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
           f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
+    if session.artifact:
+        artifact = session.artifact
+        print(f"artifact: {artifact.source}  hash: {artifact.weight_hash[:16]}  types: "
+              + ", ".join(f"{kind} {n}" for kind, n in sorted(artifact.type_mix.items())))
     print(_table(["strategy", "lang", "ppl fp", "ppl q", "bits/byte q", "tok/char",
                   "degradation", "seed disparity", "disparity [95% CI]"], rows))
     undefined = {r["undefined"] for r in records if r["undefined"]}
@@ -257,7 +261,54 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
-RUN_OPTIONS = ("quant", "languages", "units", "corpus")
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from quantfair.errors import UsageError
+    from quantfair.export import (
+        export_gguf,
+        gguf_names,
+        llama_quantize_overrides,
+        modules_to_not_convert,
+        whole_tensors,
+    )
+    from quantfair.strategies import check_syntax
+
+    protect_as = args.protect_as.upper()
+    if not args.emit and not args.output:
+        raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
+    if args.strategy != "suggested":
+        check_syntax(args.strategy)
+    session = _session(args)
+    strategy = args.strategy
+    if strategy == "suggested":
+        from quantfair.suggest import load_suggestion
+
+        found = load_suggestion(session)
+        if found is None:
+            raise UsageError(f"no suggestion cached for {session.loaded.name} with "
+                             f"{session.config.scheme.name}: run `quantfair suggest` first")
+        strategy = found["strategy"]
+    protected = whole_tensors(session.resolver().resolve(strategy))
+    parts = session.bank.parts
+    if args.emit == "llama-quantize":
+        names = gguf_names(session.loaded, parts)
+        print(" ".join(llama_quantize_overrides(protected, parts, names, protect_as)))
+    elif args.emit == "hf":
+        print(json.dumps(modules_to_not_convert(protected, parts)))
+    if args.output:
+        mix = export_gguf(session.loaded, parts, session.config.scheme, protected,
+                          Path(args.output), protect_as)
+        print(f"wrote {args.output}: {session.config.scheme.name} protecting {strategy} "
+              f"({len(protected)} tensors in {protect_as}); tensor types "
+              + ", ".join(f"{kind} {count}" for kind, count in sorted(mix.items())),
+              file=sys.stderr if args.emit else sys.stdout)
+    return 0
+
+
+RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "languages", "units",
+               "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")
-    _add_model_arguments(inspect, "quant")
+    _add_model_arguments(inspect, "quant", "embedding-type")
     inspect.add_argument("--strategy", action="append", default=[],
                          help="extra strategy to size (repeatable)")
     inspect.set_defaults(run=cmd_inspect)
@@ -292,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="whole layers tried per step, highest weight variance first")
     suggest.add_argument("--json", help="also write the result to this JSON file")
     suggest.set_defaults(run=cmd_suggest)
+
+    export = commands.add_parser("export", help="a protection strategy as a GGUF file or as "
+                                                "arguments for llama-quantize / transformers")
+    _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus")
+    export.add_argument("--strategy", required=True,
+                        help="protection strategy to keep in F32/F16 ('suggested': the cached "
+                             "`quantfair suggest` result)")
+    export.add_argument("-o", "--output", help="GGUF file to write (needs --quant gguf:TYPE "
+                                               "and a model loaded from a GGUF file)")
+    export.add_argument("--protect-as", choices=("f32", "f16"), default="f32",
+                        help="type of the protected tensors (default f32)")
+    export.add_argument("--emit", choices=("llama-quantize", "hf"),
+                        help="print llama-quantize --tensor-type overrides, or a "
+                             "modules_to_not_convert list for transformers")
+    export.set_defaults(run=cmd_export)
 
     report = commands.add_parser("report", help="compare two JSON reports without re-running")
     report.add_argument("old", help="baseline JSON report")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantfair.errors import UsageError
-from quantfair.schemes import QuantScheme
+from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
@@ -41,8 +41,14 @@ class Option:
 OPTIONS = {option.name: option for option in (
     Option("model", "model to audit: smollm2-135m, gemma3-270m, a Hugging Face id, a local "
                     "directory or a .gguf file"),
-    Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel "
+    Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel, gguf:Q4_0 "
                     f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
+    Option("embedding-type", "type of the token embedding and output head under a gguf: scheme: "
+                             f"{', '.join(EMBEDDING_TYPES)} (default {DEFAULT_EMBEDDING_TYPE})"),
+    Option("quantized", "audit this quantized artifact of the model instead of computing a scheme: "
+                        "a GGUF file, a safetensors directory or a cached Hugging Face id"),
+    Option("quantized-label", "name of the artifact's measurements in reports, stable across "
+                              f"releases (default {ARTIFACT})"),
     Option("languages", "comma-separated language codes, or all; en is always added "
                         f"(default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
@@ -114,12 +120,22 @@ def number_option(name: str, text: str) -> float:
     return value
 
 
+def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
+    scheme = QuantScheme.parse(quant)
+    if embedding_type is None:
+        return scheme
+    if scheme.gguf_type is None:
+        raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
+    return QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run, parsed and validated once (see `OPTIONS` for their meaning)."""
 
     model: str
     scheme: QuantScheme = field(default_factory=lambda: QuantScheme.parse(DEFAULT_QUANT))
+    quantized: str | None = None  # an artifact supplying scheme `artifact:<label>`'s tensors
     languages: tuple[str, ...] | None = None  # None: every language of the corpus
     units: int | None = DEFAULT_UNITS  # a seeded sample of this many units per language; None: all
     corpus: str | None = None
@@ -160,7 +176,20 @@ class RunConfig:
             raise UsageError(f"--report {report} is a directory; give the path of a .json file")
         if baseline and not Path(baseline).is_file():
             raise UsageError(f"--baseline {baseline}: no such report file")
-        return cls(model=model, scheme=QuantScheme.parse(get("quant")), languages=languages,
+        quantized, label = get("quantized"), get("quantized-label")
+        if quantized:
+            if value("quant") is not None or value("embedding-type") is not None:
+                raise UsageError("give --quant or --quantized, not both: an artifact brings its "
+                                 "own quantization")
+            if Path(quantized).suffix == ".gguf" and not Path(quantized).is_file():
+                raise UsageError(f"--quantized {quantized}: no such GGUF file")
+            scheme = QuantScheme(artifact=label or ARTIFACT)
+        elif label:
+            raise UsageError("--quantized-label names a --quantized artifact; none given")
+        else:
+            scheme = _scheme(get("quant"), get("embedding-type"))
+        return cls(model=model, scheme=scheme, quantized=quantized or None,
+                   languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=Path(report) if report else None, no_report=bool(get("no-report")),
@@ -171,7 +200,7 @@ class RunConfig:
     def settings(self) -> dict:
         """What was measured, as the report's `settings` block (the same from CLI and plugin)."""
         return {"model": self.model, "random_weights": self.random_weights,
-                "scheme": self.scheme.name,
+                "scheme": self.scheme.name, "quantized": self.quantized,
                 "languages": list(self.languages) if self.languages else None,
                 "units": self.units, "corpus": self.corpus or "udhr (shipped)",
                 "device": self.device or "auto"}

@@ -42,6 +42,8 @@ class AuditContext:
         loaded, bank = self.session.loaded, self.session.bank
         return {"name": loaded.name, "family": loaded.family, "source": loaded.source,
                 "weights_note": loaded.weights_note, "weight_hash": loaded.weight_hash(),
+                "scheme_warning": self.session.scheme_warning,
+                "artifact": self.session.artifact.provenance() if self.session.artifact else None,
                 "layers": self.session.resolver().layers,
                 "parameters": sum(c.numel for c in bank.parts.values()),
                 "layer_variance": {str(k): v for k, v in self.layer_variance().items()},

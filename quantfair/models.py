@@ -19,6 +19,7 @@ from filelock import FileLock
 from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.schemes import QuantScheme
 from quantfair.storage import cache_writes
 from quantfair.taxonomy import family_of
 
@@ -42,6 +43,7 @@ TINY_MODEL_TYPES = {
 SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 EMBEDDED = (SMOLLM2, GEMMA3)
+FLOAT_TYPES = ("F32", "F16", "BF16", "F64")  # GGUF tensor types that are not quantized
 
 load_count = 0  # models built or read from disk in this process (tests check reuse)
 
@@ -55,6 +57,8 @@ class LoadedModel:
     tokenizer: object
     source: str  # human-readable provenance for reports
     weights_note: str = ""
+    gguf_source: Path | None = None  # the GGUF file the weights were dequantized from
+    gguf_types: dict[str, int] = field(default_factory=dict)  # its type -> tensor count
     family: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,16 @@ class LoadedModel:
                 return value
         return 2048
 
+    def requantization_warning(self, scheme: QuantScheme) -> str:
+        """A warning when `scheme` re-quantizes to the block format the FP reference was itself
+        dequantized from (the measured damage is then close to none), else ""."""
+        matrices = {kind: n for kind, n in self.gguf_types.items() if kind not in FLOAT_TYPES}
+        source_type = max(matrices, key=matrices.__getitem__) if matrices else None
+        if scheme.gguf_type is None or scheme.gguf_type != source_type:
+            return ""
+        return (f"{scheme.name} re-quantizes weights dequantized from {source_type}: most blocks "
+                "come back unchanged, so this measures almost no quantization damage")
+
     def weight_hash(self) -> str:
         """Content hash of every parameter, so caches never serve another model's results."""
         if not hasattr(self, "_weight_hash"):
@@ -82,6 +96,16 @@ class LoadedModel:
                 digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().data)
             self._weight_hash = digest.hexdigest()
         return self._weight_hash
+
+
+def gguf_type_mix(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}
+    (reads only the header, through the reader's memory map)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
 
 
 def cache_root() -> Path:
@@ -213,7 +237,8 @@ def _embedded(spec: str) -> LoadedModel:
             lock.release()
     model, tokenizer = loaded or _from_pretrained(str(cached))
     return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
-                       weights_note=note)
+                       weights_note=note, gguf_source=gguf_path,
+                       gguf_types=gguf_type_mix(gguf_path))
 
 
 def _convert(gguf_path: Path, cached: Path) -> tuple[nn.Module, object]:
@@ -289,7 +314,8 @@ def _hub_or_local(spec: str) -> LoadedModel:
         check_gguf(path)
         model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
         note = f"dequantized from {path.name}"
-        return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note)
+        return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
+                           gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
     if path.is_dir():
         model, tokenizer = _from_pretrained(str(path))
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))

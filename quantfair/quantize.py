@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantfair.schemes import QuantScheme
+from quantfair.errors import UsageError
+from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.taxonomy import Component, components
 
-__all__ = ["QuantScheme", "WeightBank", "fake_quantize", "in_scope"]
+__all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
+           "in_scope", "quantize_component"]
+
+GGUF_BLOCK = 32  # weights per block in every GGUF_TYPES format
+GGUF_FALLBACK = "F16"  # rows not a multiple of GGUF_BLOCK (llama-quantize's last resort too)
 
 def _grouped(rows: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, int]:
     """Reshape a logical (out, in) matrix into (n_groups, group) rows; returns pad added."""
@@ -56,8 +61,53 @@ def fake_quantize(
     return dequant.t().contiguous() if transposed else dequant
 
 
+def gguf_tensor_type(component: Component, scheme: QuantScheme) -> str:
+    """The GGUF type a parameter takes under a `gguf:` scheme, like `llama-quantize --pure`:
+    every 2-D weight in the scheme's type, the token embedding and output head in
+    `scheme.embedding_type`, 1-D tensors (norms, biases) and position embeddings F32, and a
+    matrix whose input dimension is not a multiple of 32 in F16."""
+    if not component.is_matrix or component.kind != "weight" or component.role == "pos":
+        return "F32"
+    is_embedding = (component.block, component.role) in (("embed", "tok"), ("head", "out"))
+    qtype = scheme.embedding_type if is_embedding else str(scheme.gguf_type)
+    in_features = component.shape[0 if component.transposed else 1]
+    if qtype in GGUF_TYPES and in_features % GGUF_BLOCK:
+        return GGUF_FALLBACK
+    return qtype
+
+
+def gguf_quantize(tensor: torch.Tensor, qtype: str, transposed: bool = False) -> torch.Tensor:
+    """`tensor` through the gguf package's reference quantizer and dequantizer for `qtype`
+    (a GGUF type name such as "Q4_0" or "F16"), bit-exact with it. Blocks run along the input
+    dimension: the last one of an (out, in) matrix, the first of a `transposed` (Conv1D)
+    one. Returns a tensor of the same shape, dtype and device."""
+    from gguf import GGMLQuantizationType, dequantize, quantize
+
+    kind = GGMLQuantizationType[qtype]
+    logical = tensor.t() if transposed else tensor
+    rows = logical.detach().to(torch.float32).cpu().contiguous().numpy()
+    restored = torch.from_numpy(dequantize(quantize(rows, kind), kind).reshape(rows.shape))
+    restored = restored.to(tensor.dtype).to(tensor.device)
+    return restored.t().contiguous() if transposed else restored
+
+
+def quantize_component(tensor: torch.Tensor, component: Component,
+                       scheme: QuantScheme) -> torch.Tensor:
+    """`tensor` (the parameter `component`) quantized by a computed scheme."""
+    if scheme.artifact is not None:
+        raise UsageError(f"no artifact labelled '{scheme.artifact}' is loaded: its tensors come "
+                         "from --quantized FILE --quantized-label LABEL")
+    if scheme.gguf_type is not None:
+        return gguf_quantize(tensor, gguf_tensor_type(component, scheme), component.transposed)
+    return fake_quantize(tensor, scheme, component.transposed)
+
+
 def in_scope(component: Component, scheme: QuantScheme) -> bool:
-    """Whether `scheme` quantizes this parameter at all."""
+    """Whether `scheme` quantizes this parameter at all (an artifact supplies every one)."""
+    if scheme.artifact is not None:
+        return True
+    if scheme.gguf_type is not None:
+        return gguf_tensor_type(component, scheme) != "F32"
     if scheme.scope == "all":
         return True
     return component.is_matrix and component.kind == "weight" and component.block in (
@@ -81,14 +131,22 @@ class WeightBank:
         self._state: dict[str, object] = {name: None for name in self.params}  # None = FP
 
     def quantized(self, scheme: QuantScheme) -> dict[str, torch.Tensor]:
-        """The scheme's quantized tensors (computed once; out-of-scope parameters stay FP)."""
+        """The scheme's quantized tensors (computed once; out-of-scope parameters stay FP).
+        Raises UsageError for an artifact scheme not added with `add_artifact`."""
         if scheme not in self._quantized:
             self._quantized[scheme] = {
-                name: fake_quantize(self.fp[name], scheme, part.transposed)
+                name: quantize_component(self.fp[name], part, scheme)
                 for name, part in self.parts.items()
                 if in_scope(part, scheme) and self.fp[name].is_floating_point()
             }
         return self._quantized[scheme]
+
+    def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor]) -> None:
+        """Serve `tensors` (parameter name -> tensor of the FP parameter's shape, e.g. from a
+        quantized file) as the quantized tensors of the artifact scheme `scheme`."""
+        self._quantized[scheme] = {name: tensors[name].to(self.fp[name].device,
+                                                          self.fp[name].dtype)
+                                   for name in self.parts}
 
     @torch.no_grad()
     def apply(self, scheme: QuantScheme | None, protection: Protection | None = None) -> None:

@@ -9,19 +9,42 @@ from quantfair.errors import UsageError
 
 GRANULARITIES = ("tensor", "channel", "group")
 SCOPES = ("all", "linear")
+# llama.cpp block formats the gguf package quantizes bit-exactly (32 weights per block), with
+# their nominal bits per weight (scales excluded).
+GGUF_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8}
+# Types the token embedding / output head may take under a gguf: scheme. llama.cpp uses Q6_K
+# there, which the gguf package can dequantize but not produce.
+EMBEDDING_TYPES = (*GGUF_TYPES, "F16", "F32")
+DEFAULT_EMBEDDING_TYPE = "Q8_0"
+ARTIFACT = "artifact"
 
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """Round-to-nearest weight quantization, simulated in the model's dtype."""
+    """Weight quantization, simulated in the model's dtype: round-to-nearest (`int4-g128`),
+    a llama.cpp block format computed with the gguf package (`gguf:Q4_0`, `gguf_type` set), or
+    the tensors of a quantized artifact named by its label (`artifact:release`)."""
 
     bits: int = 4
     granularity: str = "tensor"  # "tensor", "channel" or "group"
     group_size: int = 0  # only for granularity "group"
     symmetric: bool = True
     scope: str = "all"  # "all": every floating parameter (the seed's baseline); "linear": matrices
+    gguf_type: str | None = None  # a GGUF_TYPES block format instead of round-to-nearest
+    embedding_type: str = DEFAULT_EMBEDDING_TYPE  # gguf only: token embedding and output head
+    artifact: str | None = None  # label of a --quantized artifact supplying the tensors
 
     def __post_init__(self) -> None:
+        if self.gguf_type is not None and self.gguf_type not in GGUF_TYPES:
+            raise UsageError(f"unknown GGUF type '{self.gguf_type}': quantfair computes "
+                             f"{', '.join(GGUF_TYPES)}")
+        if self.embedding_type not in EMBEDDING_TYPES:
+            raise UsageError(f"unknown embedding type '{self.embedding_type}': use one of "
+                             f"{', '.join(EMBEDDING_TYPES)} (llama.cpp's Q6_K cannot be "
+                             "produced by the gguf package)")
+        if self.artifact is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.artifact):
+            raise UsageError(f"artifact label '{self.artifact}' must be letters, digits, "
+                             "'.', '_' or '-'")
         if not 2 <= self.bits <= 8:
             raise UsageError(f"bits must be between 2 and 8, got {self.bits}")
         if self.granularity not in GRANULARITIES:
@@ -33,6 +56,13 @@ class QuantScheme:
 
     @property
     def name(self) -> str:
+        """Canonical text; `QuantScheme.parse(scheme.name) == scheme`."""
+        if self.artifact is not None:
+            return f"{ARTIFACT}:{self.artifact}"
+        if self.gguf_type is not None:
+            embedding = self.embedding_type
+            return f"gguf:{self.gguf_type}" + (
+                "" if embedding == DEFAULT_EMBEDDING_TYPE else f"-embed-{embedding}")
         parts = [f"int{self.bits}"]
         if self.granularity == "channel":
             parts.append("channel")
@@ -45,15 +75,28 @@ class QuantScheme:
         return "-".join(parts)
 
     @classmethod
+    def gguf(cls, qtype: str, embedding_type: str = DEFAULT_EMBEDDING_TYPE) -> QuantScheme:
+        """A llama.cpp block format, e.g. `QuantScheme.gguf("Q4_0")`."""
+        return cls(bits=GGUF_TYPES.get(qtype, 4), gguf_type=qtype, embedding_type=embedding_type)
+
+    @classmethod
     def parse(cls, text: str) -> QuantScheme:
-        """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, ...; each aspect
-        (granularity, symmetry, scope) may be named at most once."""
-        head, *options = text.strip().lower().split("-")
+        """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, `gguf:Q4_0`,
+        `gguf:Q5_1-embed-F16`, `artifact:release`; each aspect of an RTN scheme (granularity,
+        symmetry, scope) may be named at most once. Raises UsageError."""
+        text = text.strip()
+        if text.lower().startswith(f"{ARTIFACT}:"):
+            return cls(artifact=text.partition(":")[2])
+        if text.lower().startswith("gguf:"):
+            qtype, _, embedding = text[5:].upper().partition("-EMBED-")
+            return cls.gguf(qtype, embedding or DEFAULT_EMBEDDING_TYPE)
+        head, *options = text.lower().split("-")
         bits = re.fullmatch(r"int([0-9]{1,9})", head)
         if not bits:
             raise UsageError(
                 f"unknown quantization scheme '{text}': expected int<bits>[-channel|-g<N>]"
-                "[-asym][-linear], e.g. int4, int4-g128, int8-channel"
+                "[-asym][-linear] or gguf:<TYPE>[-embed-<TYPE>], e.g. int4, int4-g128, "
+                f"int8-channel, gguf:Q4_0 (GGUF types: {', '.join(GGUF_TYPES)})"
             )
         fields: dict = {"bits": int(bits[1])}
         named: dict[str, str] = {}  # aspect -> the part that set it

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig
 from quantfair.corpus import Corpus, load_corpus
 from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
@@ -49,7 +50,19 @@ class AuditSession:
             announce(f"quantfair: loading {config.model}")
             loaded = load_model(config.model, config.device, config.random_weights)
         self.loaded = loaded
+        self.scheme_warning = loaded.requantization_warning(config.scheme)
+        if self.scheme_warning:
+            announce(f"quantfair: warning: {self.scheme_warning}")
         self.bank = WeightBank(loaded.model)
+        self.artifact: Artifact | None = None
+        if config.quantized:
+            announce(f"quantfair: loading the quantized artifact {config.quantized}")
+            self.artifact = load_artifact(config.quantized, str(config.scheme.artifact), loaded)
+            self.bank.add_artifact(config.scheme, self.artifact.tensors)
+            if self.artifact.unquantized:
+                announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
+                         "tensor(s) as in the FP model, e.g. "
+                         f"{', '.join(self.artifact.unquantized[:3])}")
         self.evaluator = Evaluator(loaded)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
@@ -58,10 +71,18 @@ class AuditSession:
         scheme = scheme or self.config.scheme
         if scheme not in self._resolvers:
             calibration = self._calibration_texts()
-            prefix = f"{self.loaded.weight_hash()}|{hash_texts(calibration)}"
+            prefix = (f"{self.loaded.weight_hash()}|{self._artifact_key(scheme)}"
+                      f"{hash_texts(calibration)}")
             cache = (model_results(self.loaded) / "selections", prefix)
             self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache)
         return self._resolvers[scheme]
+
+    def _artifact_key(self, scheme: QuantScheme) -> str:
+        """The artifact's weight hash in cache keys of its scheme: the label alone stays the
+        same from one release to the next."""
+        if scheme.artifact is None or self.artifact is None:
+            return ""
+        return f"{self.artifact.weight_hash[:16]}|"
 
     def _calibration_texts(self) -> list[str]:
         """Up to 32 held-out texts for gradient selection (first sentences of the audit units
@@ -121,8 +142,8 @@ class AuditSession:
         def apply() -> None:
             self.bank.apply(scheme, protection)
 
-        q = self._evaluate(f"{scheme.name}|{protection_key(protection)}",
-                           f"{scheme.name} protecting {strategy}", corpus, apply,
+        key = f"{scheme.name}|{self._artifact_key(scheme)}{protection_key(protection)}"
+        q = self._evaluate(key, f"{scheme.name} protecting {strategy}", corpus, apply,
                            Swap(self.bank.restore, apply), distribution)
         languages = tuple(corpus.languages)
 

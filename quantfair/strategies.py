@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from quantfair.errors import UsageError
-from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize, in_scope
+from quantfair.quantize import Protection, QuantScheme, WeightBank, in_scope
 from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import Component, num_layers
 from quantfair.weights import layer_variance_ranking
@@ -288,9 +288,9 @@ class StrategyResolver:
             raise UsageError("gradient selection needs calibration text (none configured)")
         if self._gradient_cache is None:
             gradients = self._gradients()
+            quantized = self.bank.quantized(self.scheme)
             self._gradient_cache = {
-                c.name: (gradients[c.name] * (self.bank.fp[c.name] - fake_quantize(
-                    self.bank.fp[c.name], self.scheme, c.transposed))).abs()
+                c.name: (gradients[c.name] * (self.bank.fp[c.name] - quantized[c.name])).abs()
                 for c in self._quantized_parts()
             }
         return self._gradient_cache

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from quantfair.quantize import Protection, QuantScheme, WeightBank, fake_quantize
+from quantfair.quantize import Protection, QuantScheme, WeightBank
 
 
 def weight_statistics(weights: np.ndarray) -> dict[str, float]:
@@ -35,11 +35,12 @@ def layer_statistics(bank: WeightBank) -> dict[int, dict[str, float]]:
 def layer_quant_error(bank: WeightBank, scheme: QuantScheme) -> dict[int, float]:
     """Relative Frobenius error ||w - q(w)|| / ||w|| of each layer's matrices."""
     error = {}
+    quantized = bank.quantized(scheme)
     for layer, parts in bank.layer_matrices().items():
         diff = norm = 0.0
         for c in parts:
             w = bank.fp[c.name].float()
-            diff += (w - fake_quantize(w, scheme, c.transposed)).pow(2).sum().item()
+            diff += (w - quantized.get(c.name, w).float()).pow(2).sum().item()
             norm += w.pow(2).sum().item()
         error[layer] = math.sqrt(diff / norm) if norm else 0.0
     return error

@@ -1,0 +1,189 @@
+"""Quantized-artifact pairs: the quantized side of an audit read from a second file of the same
+model, mapped by parameter name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from quantfair.config import RunConfig
+from quantfair.errors import QuantfairError, UsageError
+from quantfair.models import load_model
+from quantfair.quantize import WeightBank
+from quantfair.schemes import QuantScheme
+from quantfair.session import AuditSession
+
+pytest_plugins = ["pytester"]
+Q4_0 = QuantScheme.parse("gguf:Q4_0")
+
+
+def _save_quantized(name: str, folder: Path) -> dict[str, torch.Tensor]:
+    """Save tiny model `name` with its gguf:Q4_0 tensors as a safetensors directory; returns
+    the tensors saved."""
+    loaded = load_model(name)
+    bank = WeightBank(loaded.model)
+    bank.apply(Q4_0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+
+
+def _config(model: str, quantized: str, **extra: str) -> RunConfig:
+    settings = {"model": model, "quantized": quantized, "languages": "en,de", "units": "2",
+                **extra}
+    return RunConfig.build(settings.get)
+
+
+def _session(config: RunConfig) -> AuditSession:
+    return AuditSession(config, announce=lambda _: None)
+
+
+@pytest.mark.parametrize(("model", "layer0"), [("tiny-llama", ".layers.0."),
+                                                ("tiny-gpt2", ".h.0.")])
+def test_pair_serves_the_artifact_tensors_and_protection_takes_fp(tmp_path, model, layer0):
+    saved = _save_quantized(model, tmp_path / "q")
+    session = _session(_config(model, str(tmp_path / "q"), **{"quantized-label": "rc1"}))
+    scheme = session.config.scheme
+    assert scheme.name == "artifact:rc1"
+    bank = session.bank
+    quantized = bank.quantized(scheme)
+    assert all(torch.equal(quantized[n], saved[n]) for n in bank.params)
+    bank.apply(scheme, session.resolver().resolve("L0"))
+    for name, param in bank.params.items():
+        expected = bank.fp[name] if layer0 in name else saved[name]
+        assert torch.equal(param.detach(), expected), name
+    bank.restore()
+    # under gguf: schemes 1-D tensors and position embeddings stay F32: exactly those unchanged
+    assert set(session.artifact.unquantized) == {
+        n for n, p in bank.fp.items() if p.dim() == 1 or n.endswith("wpe.weight")}
+
+
+def test_pair_measures_the_same_nll_as_the_computed_scheme(tmp_path):
+    _save_quantized("tiny-llama", tmp_path / "q")
+    pair = _session(_config("tiny-llama", str(tmp_path / "q"))).measure("none")
+    computed = _session(RunConfig.build({"model": "tiny-llama", "quant": "gguf:Q4_0",
+                                         "languages": "en,de", "units": "2"}.get))
+    expected = computed.measure("none")
+    assert (pair.nll_q == expected.nll_q).all()
+    assert (pair.nll_fp == expected.nll_fp).all()
+    assert (pair.nll_q != pair.nll_fp).any()
+
+
+def test_the_artifact_hash_keys_the_cache_not_the_label(tmp_path):
+    _save_quantized("tiny-llama", tmp_path / "a")
+    first = _session(_config("tiny-llama", str(tmp_path / "a"))).measure("none")
+    loaded = load_model("tiny-llama")
+    loaded.model.save_pretrained(tmp_path / "b")  # same label, FP weights: a different file
+    loaded.tokenizer.save_pretrained(tmp_path / "b")
+    second = _session(_config("tiny-llama", str(tmp_path / "b"))).measure("none")
+    assert (second.nll_q == second.nll_fp).all()
+    assert (first.nll_q != second.nll_q).any()
+
+
+def test_other_architecture_is_one_clear_error(tmp_path):
+    _save_quantized("tiny-gpt2", tmp_path / "gpt2")
+    with pytest.raises(UsageError, match="architecture gpt2, the model's is llama"):
+        _session(_config("tiny-llama", str(tmp_path / "gpt2")))
+
+
+def test_missing_tensor_is_named(tmp_path):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QuantfairError, match="model.layers.1.mlp.up_proj.weight"):
+        _session(_config("tiny-llama", str(folder)))
+
+
+def test_other_vocabulary_is_one_clear_error(tmp_path):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tokenizer = load_model("tiny-llama").tokenizer
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(UsageError, match="tokenizer vocabulary .*<extra>"):
+        _session(_config("tiny-llama", str(folder)))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"quant": "int4"}, "--quant or --quantized, not both"),
+    ({"quantized": "missing.gguf"}, "no such GGUF file"),
+])
+def test_bad_pair_settings_fail_before_loading(tmp_path, settings, message):
+    values = {"model": "tiny-llama", "quantized": str(tmp_path), **settings}
+    with pytest.raises(UsageError, match=message):
+        RunConfig.build(values.get)
+    with pytest.raises(UsageError, match="--quantized-label names"):
+        RunConfig.build({"model": "tiny-llama", "quantized-label": "x"}.get)
+
+
+def _plain_nll(model: torch.nn.Module, tokenizer, text: str) -> float:
+    """Summed next-token NLL of `text` after the BOS token, in one forward pass."""
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.float(), torch.tensor(ids[1:]), reduction="sum").item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", ["gguf package", "quantfair export"])
+def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path, writer):
+    from test_gguf import _write_requantized
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantfair.cli import main
+    from quantfair.models import _smollm2_gguf
+
+    source = _smollm2_gguf()
+    artifact = tmp_path / "smollm2-Q4_0.gguf"
+    if writer == "gguf package":
+        _write_requantized(source, artifact, "Q4_0")
+    else:
+        assert main(["export", "smollm2-135m", "--quant", "gguf:Q4_0", "--strategy", "L0",
+                     "--languages", "en", "--units", "1", "--device", "cpu",
+                     "-o", str(artifact)]) == 0
+    session = _session(_config("smollm2-135m", str(artifact), device="cpu"))
+    measured = session.measure("none")
+
+    def independent(path: Path) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    dtype=torch.float32).eval()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    for index, (fp_model, nll) in enumerate([(independent(source), measured.nll_fp),
+                                             (independent(artifact), measured.nll_q)]):
+        for row, lang in enumerate(measured.languages):
+            for column, unit in enumerate(session.corpus.units):
+                text = session.corpus.texts[lang][unit]
+                expected = _plain_nll(fp_model, tokenizer, text)
+                assert nll[row, column] == pytest.approx(expected, rel=1e-5), (index, lang, unit)
+    assert (measured.nll_q != measured.nll_fp).all()
+
+
+def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
+    """Two releases, two different files, one label: the second run's report names its own
+    artifact and is compared with the first's measurements row by row."""
+    from test_plugin import QUICK_FILES, load, run
+
+    _save_quantized("tiny-llama", tmp_path / "v1")
+    loaded = load_model("tiny-llama")  # v2: an FP "release", another file and hash
+    loaded.model.save_pretrained(tmp_path / "v2")
+    loaded.tokenizer.save_pretrained(tmp_path / "v2")
+    args = [QUICK_FILES[1], "--model", "tiny-llama", "-k", "baseline_disparity",
+            "--languages", "en,de", "--units", "4", "--quantized-label", "release"]
+    run(pytester, *args, "--quantized", str(tmp_path / "v1"), "--report", "v1.json")
+    run(pytester, *args, "--quantized", str(tmp_path / "v2"), "--report", "v2.json",
+        "--baseline", "v1.json")
+    v1, v2 = load(pytester.path / "v1.json"), load(pytester.path / "v2.json")
+    assert v1["model"]["artifact"]["source"] == str((tmp_path / "v1").resolve())
+    assert v2["model"]["artifact"]["source"] == str((tmp_path / "v2").resolve())
+    assert v1["model"]["artifact"]["weight_hash"] != v2["model"]["artifact"]["weight_hash"]
+    assert v2["model"]["artifact"]["type_mix"] == {"F32": 39}
+    assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
+    compared = {row["key"] for row in v2["comparison"]["rows"]}
+    assert "artifact:release/none/medium/de" in compared

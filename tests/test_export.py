@@ -1,0 +1,132 @@
+"""Export: a protection strategy as a GGUF file that loads back as the audited weights, and as
+arguments for llama-quantize and transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+from test_gguf import _write_gpt2
+
+from quantfair.cli import main
+from quantfair.config import RunConfig
+from quantfair.models import _from_config, _tiny_config
+from quantfair.session import AuditSession
+
+STRATEGY = "L0+ln_f+biases"
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tmp_path_factory) -> Path:
+    """A tiny GPT-2 (Conv1D) as an all-F32 GGUF, as convert_hf_to_gguf.py --outtype f32 makes
+    them (1024 positions: transformers reads no position count from a GPT-2 GGUF)."""
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024
+    path = tmp_path_factory.mktemp("source") / "tiny-f32.gguf"
+    _write_gpt2(_from_config(config), path, "F32", embedding="F32")
+    return path
+
+
+def _session(model: str, **settings: str) -> AuditSession:
+    values = {"model": model, "languages": "en", "units": "1", **settings}
+    return AuditSession(RunConfig.build(values.get), announce=lambda _: None)
+
+
+def _export(source: Path, output: Path, *extra: str) -> None:
+    assert main(["export", str(source), "--quant", "gguf:Q5_0", "--strategy", STRATEGY,
+                 "--languages", "en", "--units", "1", "-o", str(output), *extra]) == 0
+
+
+def test_exported_types_follow_the_policy_and_the_strategy(f32_gguf, tmp_path):
+    output = tmp_path / "out.gguf"
+    _export(f32_gguf, output)
+    reader = gguf.GGUFReader(output)
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q5_0
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    for name, kind in types.items():
+        if name.startswith("blk.0.") or name.endswith(".bias") or "norm" in name:
+            expected = "F32"  # protected by L0+ln_f+biases, or 1-D
+        elif name == "token_embd.weight":
+            expected = "Q8_0"
+        elif name == "position_embd.weight":
+            expected = "F32"
+        else:
+            expected = "Q5_0"
+        assert kind == expected, name
+    assert types["blk.1.attn_qkv.weight"] == "Q5_0"
+    source_fields = gguf.GGUFReader(f32_gguf).fields
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    assert tokens == source_fields["tokenizer.ggml.tokens"].contents()
+
+
+def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
+    output = tmp_path / "out.gguf"
+    _export(f32_gguf, output)
+    audited = _session(str(f32_gguf), quant="gguf:Q5_0")
+    bank = audited.bank
+    bank.apply(audited.config.scheme, audited.resolver().resolve(STRATEGY))
+    pair = _session(str(f32_gguf), quantized=str(output))
+    loaded_back = pair.bank.quantized(pair.config.scheme)
+    for name, param in bank.params.items():
+        assert torch.equal(loaded_back[name], param.detach()), name
+    assert any(not torch.equal(bank.fp[n], p) for n, p in bank.params.items())
+
+
+def test_protect_as_f16_stores_the_protected_tensors_in_half_precision(f32_gguf, tmp_path):
+    output = tmp_path / "out.gguf"
+    _export(f32_gguf, output, "--protect-as", "f16")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output).tensors}
+    assert types["blk.0.attn_qkv.weight"] == "F16"
+    assert types["blk.0.attn_qkv.bias"] == "F16"
+    assert types["blk.1.attn_qkv.bias"] == "F16"
+    assert types["blk.1.attn_qkv.weight"] == "Q5_0"
+
+
+def test_emit_llama_quantize_keeps_protected_matrices(capsys):
+    assert main(["export", "tiny-llama", "--strategy", "L0+L2.attn.q", "--emit",
+                 "llama-quantize", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == ["--tensor-type", r"blk\.0\..*=f32",
+                       "--tensor-type", r"^blk\.2\.attn_q\.weight$=f32"]
+
+
+def test_emit_hf_lists_the_protected_modules(capsys):
+    assert main(["export", "tiny-llama", "--strategy", "L1.mlp+ln", "--emit", "hf",
+                 "--languages", "en", "--units", "1"]) == 0
+    modules = json.loads(capsys.readouterr().out)
+    assert modules == [f"model.layers.1.mlp.{m}_proj" for m in ("gate", "up", "down")]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--quant", "int4", "--strategy", "L0"], "give --quant gguf:TYPE"),
+    (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"], "cannot be exported"),
+])
+def test_unexportable_requests_are_one_line_errors(f32_gguf, tmp_path, capsys, args, message):
+    assert main(["export", str(f32_gguf), *args, "--languages", "en", "--units", "1",
+                 "-o", str(tmp_path / "x.gguf")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("quantfair: error:") and message in error
+
+
+def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
+    assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2
+    assert "convert_hf_to_gguf.py" in capsys.readouterr().err
+
+
+
+@pytest.mark.slow
+def test_export_of_the_embedded_model_reloads_as_the_audited_weights(tmp_path):
+    output = tmp_path / "smollm2-fair.gguf"
+    assert main(["export", "smollm2-135m", "--quant", "gguf:Q4_0", "--strategy", "L0+ln_f",
+                 "--languages", "en", "--units", "1", "--device", "cpu", "-o", str(output)]) == 0
+    audited = _session("smollm2-135m", quant="gguf:Q4_0", device="cpu")
+    bank = audited.bank
+    bank.apply(audited.config.scheme, audited.resolver().resolve("L0+ln_f"))
+    pair = _session("smollm2-135m", quantized=str(output), device="cpu")
+    loaded_back = pair.bank.quantized(pair.config.scheme)
+    for name, param in bank.params.items():  # q/k rows went through llama.cpp's permutation
+        assert torch.equal(loaded_back[name], param.detach()), name

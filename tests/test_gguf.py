@@ -1,0 +1,203 @@
+"""GGUF block formats as schemes: quantfair's tensors equal those of a GGUF file the gguf package
+writes here and transformers loads back (an independent path), bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from transformers import AutoModelForCausalLM
+
+from quantfair.errors import UsageError
+from quantfair.models import load_model
+from quantfair.quantize import WeightBank, gguf_quantize
+from quantfair.schemes import QuantScheme
+
+ROUND_TRIP_TYPES = ("Q4_0", "Q5_0", "Q5_1", "Q8_0")
+
+
+def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str = "Q8_0") -> None:
+    """A GPT-2 GGUF the way llama.cpp lays it out, typed by hand from the documented policy:
+    matrices (out, in) in `qtype`, token embedding in `embedding`, vectors and positions F32."""
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_context_length(config.n_positions)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+    writer.add_token_merges([])
+    writer.add_token_scores([0.0] * config.vocab_size)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
+    for name, param in model.named_parameters():
+        base, suffix = name.rsplit(".", 1)
+        array = param.detach().numpy()
+        if name.endswith("wpe.weight") or array.ndim == 1:
+            kind = GGMLQuantizationType.F32
+        elif name.endswith("wte.weight"):
+            kind = GGMLQuantizationType[embedding]
+        else:
+            kind = GGMLQuantizationType[qtype]
+            array = array.T.copy()  # Conv1D stores (in, out); GGUF rows run along the input
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", gguf.quants.quantize(array, kind),
+                          raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _write_requantized(source: Path, path: Path, qtype: str) -> None:
+    """Copy a GGUF's metadata and re-quantize its tensors (dequantized in their GGUF layout)
+    by the documented policy: token embedding Q8_0, vectors F32, every other matrix `qtype`."""
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(str(path), reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        if values.ndim == 1:
+            kind = GGMLQuantizationType.F32
+        elif tensor.name == "token_embd.weight":
+            kind = GGMLQuantizationType.Q8_0
+        else:
+            kind = GGMLQuantizationType[qtype]
+        writer.add_tensor(tensor.name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _assert_bank_matches(model: torch.nn.Module, loaded_back: torch.nn.Module,
+                         scheme: QuantScheme) -> None:
+    bank = WeightBank(model)
+    quantized = bank.quantized(scheme)
+    reference = dict(loaded_back.named_parameters())
+    assert set(reference) == set(bank.params)
+    changed = 0
+    for name in bank.params:
+        ours = quantized.get(name, bank.fp[name])
+        assert torch.equal(ours, reference[name].detach()), name
+        changed += not torch.equal(ours, bank.fp[name])
+    assert changed > len(bank.params) // 4  # the matrices really were quantized
+
+
+@pytest.mark.parametrize("qtype", ROUND_TRIP_TYPES)
+def test_gguf_scheme_equals_a_gguf_file_on_conv1d_gpt2(tmp_path, qtype):
+    model = load_model("tiny-gpt2").model
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    _write_gpt2(model, path, qtype)
+    # transformers maps gpt2.context_length to no GPT-2 setting: the shapes come from our config
+    loaded_back = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, config=model.config, dtype=torch.float32)
+    _assert_bank_matches(model, loaded_back, QuantScheme.parse(f"gguf:{qtype}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", ROUND_TRIP_TYPES)
+def test_gguf_scheme_equals_a_gguf_file_on_the_embedded_model(tmp_path, qtype):
+    from quantfair.models import _smollm2_gguf
+
+    loaded = load_model("smollm2-135m", device="cpu")
+    path = tmp_path / f"smollm2-{qtype}.gguf"
+    _write_requantized(_smollm2_gguf(), path, qtype)
+    loaded_back = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
+                                                       dtype=torch.float32)
+    _assert_bank_matches(loaded.model, loaded_back, QuantScheme.parse(f"gguf:{qtype}"))
+
+
+def test_blocks_run_along_the_input_dimension_of_conv1d():
+    weight = torch.randn(64, 96)  # Conv1D (in=64, out=96)
+    expected = gguf_quantize(weight.t().contiguous(), "Q4_0").t()
+    assert torch.equal(gguf_quantize(weight, "Q4_0", transposed=True), expected)
+    assert not torch.equal(gguf_quantize(weight, "Q4_0"), expected)
+
+
+def test_blocks_of_32_are_quantized_independently():
+    row = torch.cat([torch.linspace(-1, 1, 32), torch.linspace(-100, 100, 32)]).reshape(1, 64)
+    out = gguf_quantize(row, "Q8_0")
+    assert torch.equal(out[:, :32], gguf_quantize(row[:, :32].contiguous(), "Q8_0"))
+    assert torch.equal(out[:, 32:], gguf_quantize(row[:, 32:].contiguous(), "Q8_0"))
+    # 8-bit codes with an fp16 scale per block: the error is within half a step of that block
+    assert (out[:, :32] - row[:, :32]).abs().max() <= 0.5 / 127 * 1.01
+    assert (out[:, 32:] - row[:, 32:]).abs().max() <= 50 / 127 * 1.01
+
+
+def test_tensor_policy_on_gpt2():
+    bank = WeightBank(load_model("tiny-gpt2").model)
+    from quantfair.quantize import gguf_tensor_type
+
+    scheme = QuantScheme.parse("gguf:Q5_1-embed-F16")
+    types = {name: gguf_tensor_type(part, scheme) for name, part in bank.parts.items()}
+    assert types["transformer.wte.weight"] == "F16"
+    assert types["transformer.wpe.weight"] == "F32"
+    assert types["transformer.h.0.ln_1.weight"] == "F32"
+    assert types["transformer.h.0.attn.c_attn.bias"] == "F32"
+    assert types["transformer.h.0.attn.c_attn.weight"] == "Q5_1"
+    assert types["transformer.h.3.mlp.c_proj.weight"] == "Q5_1"
+
+
+def test_rows_not_a_multiple_of_32_fall_back_to_f16():
+    from quantfair.quantize import gguf_tensor_type
+    from quantfair.taxonomy import Component
+
+    odd = Component("model.layers.0.mlp.up_proj.weight", 0, "mlp", "up", "weight", 40 * 48,
+                    (40, 48))
+    conv = Component("transformer.h.0.mlp.c_fc.weight", 0, "mlp", "fc_in", "weight", 48 * 64,
+                     (48, 64), transposed=True)
+    scheme = QuantScheme.parse("gguf:Q4_0")
+    assert gguf_tensor_type(odd, scheme) == "F16"
+    assert gguf_tensor_type(conv, scheme) == "F16"  # input dimension 48 (Conv1D rows)
+
+
+@pytest.mark.parametrize("text", ["gguf:Q4_0", "gguf:Q8_0-embed-F32", "gguf:q5_1-embed-q4_0"])
+def test_gguf_scheme_names_round_trip(text):
+    scheme = QuantScheme.parse(text)
+    assert QuantScheme.parse(scheme.name) == scheme
+    assert scheme.name.startswith("gguf:")
+
+
+@pytest.mark.parametrize("text", ["gguf:Q6_K", "gguf:Q4_K_M", "gguf:Q4_0-embed-Q6_K"])
+def test_formats_the_package_cannot_produce_are_usage_errors(text):
+    with pytest.raises(UsageError, match="Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"):
+        QuantScheme.parse(text)
+
+
+def test_gguf_quantize_is_the_package_reference():
+    values = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    kind = GGMLQuantizationType.Q5_0
+    expected = gguf.quants.dequantize(gguf.quants.quantize(values, kind), kind)
+    assert np.array_equal(gguf_quantize(torch.from_numpy(values), "Q5_0").numpy(), expected)
+
+
+def test_requantizing_to_the_source_type_warns(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    loaded.gguf_types = {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    try:
+        assert "Q4_1" in loaded.requantization_warning(QuantScheme.parse("gguf:Q4_1"))
+        assert loaded.requantization_warning(QuantScheme.parse("gguf:Q4_0")) == ""
+        assert loaded.requantization_warning(QuantScheme.parse("int4")) == ""
+    finally:
+        loaded.gguf_types = {}
+
+
+def test_embedding_type_option_builds_the_scheme():
+    from quantfair.config import RunConfig
+
+    settings = {"model": "tiny-gpt2", "quant": "gguf:Q4_0", "embedding-type": "f16"}
+    config = RunConfig.build(settings.get)
+    assert config.scheme == QuantScheme.gguf("Q4_0", "F16")
+    settings["quant"] = "int4"
+    with pytest.raises(UsageError, match="--embedding-type applies to gguf"):
+        RunConfig.build(settings.get)
