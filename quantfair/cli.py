@@ -273,13 +273,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         modules_to_not_convert,
         whole_tensors,
     )
-    from quantfair.strategies import check_syntax
+    from quantfair.strategies import check_strategy_syntax
 
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
     if args.strategy != "suggested":
-        check_syntax(args.strategy)
+        check_strategy_syntax(args.strategy)
     session = _session(args)
     strategy = args.strategy
     if strategy == "suggested":

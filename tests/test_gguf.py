@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
+from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM
 
 from quantfair.errors import UsageError
@@ -18,6 +19,7 @@ from quantfair.quantize import WeightBank, gguf_quantize
 from quantfair.schemes import QuantScheme
 
 ROUND_TRIP_TYPES = ("Q4_0", "Q5_0", "Q5_1", "Q8_0")
+BYTE_TOKENS = sorted(pre_tokenizers.ByteLevel.alphabet())  # the tiny models' byte vocabulary
 
 
 def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str = "Q8_0") -> None:
@@ -32,7 +34,7 @@ def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str =
     writer.add_head_count(config.n_head)
     writer.add_layer_norm_eps(config.layer_norm_epsilon)
     writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+    writer.add_token_list(BYTE_TOKENS + [f"<t{i}>" for i in range(256, config.vocab_size)])
     writer.add_token_merges([])
     writer.add_token_scores([0.0] * config.vocab_size)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
