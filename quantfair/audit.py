@@ -697,7 +697,10 @@ def audit(finding: Finding) -> Callable:
         if outcome.status == "skipped":
             pytest.skip(outcome.detail)
         message = finding.message(outcome, quantfair_audit)
-        evidence.update(asdict(outcome), message=None if outcome.passed else message)
+        # numpy scalars become Python numbers: xdist serialises the evidence with the report
+        evidence.update({k: v.item() if hasattr(v, "item") else v
+                         for k, v in asdict(outcome).items()},
+                        message=None if outcome.passed else message)
         evidence.pop("status")
         if outcome.status == "failed" or (outcome.status == "inconclusive"
                                           and quantfair_audit.strict):
