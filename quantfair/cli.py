@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages
+from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages, parse_percent
 from quantfair.errors import QuantfairError
 from quantfair.report import table as _table
 
@@ -189,24 +189,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percent(text: str) -> float:
-    from quantfair.errors import UsageError
-
-    try:
-        value = float(text.strip().rstrip("%"))
-    except ValueError:
-        raise UsageError(f"--budget must be a percentage like 12%, got '{text}'") from None
-    if not 0 <= value <= 100:
-        raise UsageError(f"--budget must be between 0% and 100%, got {text}")
-    return value / 100
-
-
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
     from quantfair.suggest import suggest
 
-    budget = _percent(args.budget)
+    budget = parse_percent(args.budget, "--budget")
     session = _session(args)
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))

@@ -100,6 +100,17 @@ def parse_languages(text: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys([REFERENCE, *codes]))
 
 
+def parse_percent(text: str, what: str) -> float:
+    """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is within 0..100%."""
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise UsageError(f"{what}: '{text}' is not a percentage like 12%") from None
+    if not 0 <= value <= 100:
+        raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
+    return value / 100
+
+
 def _integer(name: str, text: str, minimum: int = 0) -> int:
     try:
         value = int(text)

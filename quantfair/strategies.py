@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantfair.config import parse_percent
 from quantfair.errors import UsageError
 from quantfair.quantize import Protection, QuantScheme, WeightBank, in_scope
 from quantfair.storage import atomic_write, cache_writes
@@ -133,13 +134,7 @@ def check_strategy_syntax(expression: str) -> str:
 
 
 def _percent(text: str, term: str) -> float:
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        raise UsageError(f"strategy term '{term}': '{text}' is not a percentage") from None
-    if not 0 <= value <= 100:
-        raise UsageError(f"strategy term '{term}': budget must be between 0% and 100%")
-    return value / 100
+    return parse_percent(text, f"strategy term '{term}'")
 
 
 class StrategyResolver:
