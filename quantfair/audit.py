@@ -133,6 +133,7 @@ class AuditRun(Protocol):
     layers: int
     languages: tuple[str, ...]
     candidate: str | None
+    release_bounds: dict[str, dict[str, float]]  # quantity -> {"*" or language: maximum}
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
                 length: str | None = None, distribution: bool = False) -> Measurement: ...
@@ -238,6 +239,30 @@ def _decide(comparisons: dict[str, Comparison], key: str, claimed_sign: int) -> 
     if not rejected[key]:
         return "inconclusive"
     return verdict(comparisons[key].difference * claimed_sign > 0)
+
+
+@dataclass(frozen=True)
+class ReleaseBound(LanguageBound):
+    """A release gate: each language's quantity at most the maximum the run was given
+    (--quantfair-max-<quantity>, or the ini file; per-language overrides). Skipped, saying so,
+    when none was given."""
+
+    needs_bound = False
+    bound: Bounds | None = None  # the run's options set it (see run)
+
+    def bound_for(self, family: str, case: Case) -> Bound | None:
+        return None
+
+    def run(self, ctx, case, bound):
+        maxima = ctx.release_bounds.get(self.quantity)
+        if not maxima:
+            option = "max-" + self.quantity.replace("_", "-")
+            raise NotApplicable(f"no release bound for {self.quantity} (--quantfair-{option} or "
+                                f"ini quantfair_{option.replace('-', '_')})")
+        limit = maxima.get(case.language, maxima.get("*"))
+        if limit is None:
+            raise NotApplicable(f"no release bound for {self.quantity} in {case.language}")
+        return super().run(ctx, case, Bound(max=limit))
 
 
 @dataclass(frozen=True)
@@ -653,6 +678,7 @@ class Finding:
     slack: str = ""  # why the encoded check or bound differs from (is looser than) the seed
     families: tuple[str, ...] = ()  # empty: every model
     quick: bool = False
+    release: bool = False  # a release gate (marker quantfair_release), not a seed finding
     layers: int | None = None  # the seed's literal layer indices need this many layers
 
     def verify(self, ctx: AuditRun, case: Case) -> Outcome:
@@ -711,4 +737,6 @@ def audit(finding: Finding) -> Callable:
     test.quantfair_finding = finding  # type: ignore[attr-defined]
     test.__doc__ = finding.claim
     test = pytest.mark.quantfair(test)
+    if finding.release:
+        test = pytest.mark.quantfair_release(test)
     return pytest.mark.quantfair_quick(test) if finding.quick else test

@@ -22,6 +22,10 @@ DEFAULT_QUANT = "int4"  # 4-bit, per tensor, symmetric, every parameter: the see
 DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
 
 
+# Quantities a release gate can bound per language (--max-<quantity>, ini quantfair_max_...).
+RELEASE_QUANTITIES = ("disparity", "kld_disparity", "degradation", "seed_disparity")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: `--<name>` on the CLI and in the audit suite, `--quantfair-<name>` and the
@@ -68,6 +72,9 @@ OPTIONS = {option.name: option for option in (
     Option("tolerance", "relative disparity growth counted as a regression "
                         f"(default {DEFAULT_TOLERANCE})", str(DEFAULT_TOLERANCE)),
     Option("strict", "inconclusive comparisons fail the run", flag=True, short=False),
+    *(Option(f"max-{name.replace('_', '-')}", f"release gate: every language's {name} at most "
+             "this, e.g. 2.0 or 2.0,he=3.0 (per-language overrides)")
+      for name in RELEASE_QUANTITIES),
 )}
 
 
@@ -111,6 +118,15 @@ def parse_percent(text: str, what: str) -> float:
     return value / 100
 
 
+def parse_release_bound(name: str, text: str) -> dict[str, float]:
+    """`"2.0,he=3.0"` -> `{"*": 2.0, "he": 3.0}` (a default and per-language maxima)."""
+    bound: dict[str, float] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        language, _, number = entry.rpartition("=")
+        bound[language.strip() or "*"] = number_option(name, number)
+    return bound
+
+
 def _integer(name: str, text: str, minimum: int = 0) -> int:
     try:
         value = int(text)
@@ -147,6 +163,8 @@ class RunConfig:
     model: str
     scheme: QuantScheme = field(default_factory=lambda: QuantScheme.parse(DEFAULT_QUANT))
     quantized: str | None = None  # an artifact supplying scheme `artifact:<label>`'s tensors
+    # release gate: quantity -> {"*": default maximum, language: maximum}
+    release_bounds: dict[str, dict[str, float]] = field(default_factory=dict)
     languages: tuple[str, ...] | None = None  # None: every language of the corpus
     units: int | None = DEFAULT_UNITS  # a seeded sample of this many units per language; None: all
     corpus: str | None = None
@@ -206,7 +224,10 @@ class RunConfig:
                    report=Path(report) if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,
                    tolerance=number_option("tolerance", str(get("tolerance"))),
-                   strict=bool(get("strict")))
+                   strict=bool(get("strict")),
+                   release_bounds={name: parse_release_bound(f"max-{name}", text)
+                                   for name in RELEASE_QUANTITIES
+                                   if (text := get(f"max-{name.replace('_', '-')}"))})
 
     def settings(self) -> dict:
         """What was measured, as the report's `settings` block (the same from CLI and plugin)."""

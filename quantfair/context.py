@@ -29,6 +29,7 @@ class AuditContext:
         self.family = session.loaded.family
         self.layers = session.resolver().layers
         self.languages = tuple(session.corpus.languages)
+        self.release_bounds = session.config.release_bounds
         self._rows: dict[tuple, list[dict]] = {}
         self._facts: dict[str, object] = {}
 

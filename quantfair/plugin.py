@@ -19,6 +19,7 @@ EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test i
 MARKERS = (
     "quantfair: a quantfair audit (runs when a model is given with --quantfair-model)",
     "quantfair_quick: a quantfair audit small enough for CI on two CPU cores",
+    "quantfair_release: a release gate bounded by --quantfair-max-<quantity> options",
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from quantfair import audit as checks
 from quantfair.audit import Bound, Finding
+from quantfair.config import RELEASE_QUANTITIES
 from quantfair.corpus import language
 from quantfair.metrics import Measurement
 from quantfair.strategies import Overhead
@@ -29,6 +30,8 @@ def build(quantity: str, values, noise: float = 0.01) -> Measurement:
         value = per_language.get(lang, 2.0)
         if quantity == "degradation":
             per_token = math.log1p(value)
+        elif quantity == "kld_disparity":
+            per_token = 0.01  # the NLL side is neutral; the KLD side carries the value
         elif lang == "en":
             per_token = 0.01
         elif quantity == "disparity":
@@ -39,13 +42,20 @@ def build(quantity: str, values, noise: float = 0.01) -> Measurement:
     fp = np.full((len(LANGUAGES), UNITS), 300.0)
     tokens = np.full_like(fp, TOKENS)
     chars = tokens / (0.2 + 0.05 * np.arange(len(LANGUAGES)))[:, None]  # fertility grows
-    return Measurement(LANGUAGES, fp, fp + np.array(deltas), tokens, chars * 2, chars)
+    if quantity != "kld_disparity":
+        return Measurement(LANGUAGES, fp, fp + np.array(deltas), tokens, chars * 2, chars)
+    ratio = np.array([1.0 if lang == "en" else per_language.get(lang, 2.0) for lang in LANGUAGES])
+    kld = 0.001 * chars * 2 * ratio[:, None] * jitter  # nats: `ratio` x English's per byte
+    return Measurement(LANGUAGES, fp, fp + np.array(deltas), tokens, chars * 2, chars, kld=kld,
+                       same_top=tokens, delta_p=0 * tokens, delta_p_sq=0 * tokens,
+                       kld_tokens=tuple(row / TOKENS for row in kld))
 
 
 class World:
     """An AuditRun whose measurements and model facts are set by the test."""
 
     layers, languages, candidate, strict = 12, LANGUAGES, "suggested", False
+    release_bounds = {name: {"*": 2.0} for name in RELEASE_QUANTITIES}
 
     def __init__(self, family: str) -> None:
         self.family = family
@@ -153,6 +163,9 @@ def stage(world: World, check, bound: Bound | None, holds: bool) -> None:
         for strategy in strategies:
             target = check.bound_for(world.family, checks.Case(strategy, strategy))
             world.set(strategy, inside(target) if holds else outside(target), scheme=scheme)
+    elif name == "ReleaseBound":
+        limit = Bound(max=world.release_bounds[check.quantity]["*"])
+        world.set(check.strategy, inside(limit) if holds else outside(limit))
     elif name == "GroupOrder":
         world.set(check.than, 4.0)
         world.set(check.strategy, {**{lang: 1.0 if holds else 2.0 for lang in check.first},

@@ -220,3 +220,28 @@ def test_reports_of_runs_finishing_together_never_share_a_name(tmp_path):
     write_report(report, first), write_report(report, second)
     assert first.exists() and second.exists() and (tmp_path / "latest.html").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
+
+
+def test_release_gates_take_their_maxima_from_options_with_per_language_overrides(pytester):
+    release = str(AUDITS / "test_release.py")
+    path = pytester.path / "release.json"
+    args = [release, "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "de,he", "-rs"]
+    unset = run(pytester, *args, "--quantfair-no-report")
+    assert unset.ret == 0
+    unset.stdout.fnmatch_lines(["*no release bound for disparity (--quantfair-max-disparity*"])
+    gated = run(pytester, *args, "--quantfair-max-disparity", "100,de=0.5",
+                "--quantfair-max-kld-disparity", "100", "--quantfair-report", str(path))
+    outcomes = {(a["finding"], a["language"]): a["outcome"] for a in load(path)["audits"]}
+    assert outcomes[("release_disparity", "he")] == "passed"
+    assert outcomes[("release_disparity", "de")] == "failed"  # its override, not the default
+    assert outcomes[("release_kld_disparity", "he")] == "passed"
+    assert outcomes[("release_degradation", "en")] == "skipped"
+    assert gated.ret == 1
+    rows = [r for r in load(path)["measurements"] if r["strategy"] == "none"]
+    assert rows and all(r["kld_disparity"] is not None for r in rows if r["language"] != "en")
+
+
+def test_a_bad_release_bound_is_a_usage_error(pytester):
+    result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-max-disparity", "2.0,he=lots")
+    _one_line_usage_error(result, "--max-disparity must be a number, got 'lots'")
