@@ -112,7 +112,7 @@ def parse_percent(text: str, what: str) -> float:
     try:
         value = float(text.strip().rstrip("%"))
     except ValueError:
-        raise UsageError(f"{what}: '{text}' is not a percentage like 12%") from None
+        raise UsageError(f"{what} must be a percentage like 12%, got '{text}'") from None
     if not 0 <= value <= 100:
         raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
     return value / 100
