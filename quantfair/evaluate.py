@@ -363,6 +363,16 @@ class Evaluator:
         return [losses[row, w.score_from - 1: len(w.ids) - 1].double().sum().item()
                 for row, w in enumerate(batch)]
 
+    def _plan(self, todo: list[str]) -> tuple[dict[str, str], dict[str, list[int]],
+                                               list[_Window], dict[str, int]]:
+        """Texts to score by unit key, their token ids, their windows, and how many windows
+        each unit has left."""
+        keyed = {self.unit_key(t): t for t in todo}
+        ids = {key: self.token_ids(text) for key, text in keyed.items()}
+        windows = [w for key in keyed for w in self._windows(key, ids[key])]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
+        return keyed, ids, windows, pending
+
     def evaluate(self, config: str, texts: list[str],
                  progress: Callable[[int, int], None] | None = None) -> dict[str, UnitResult]:
         """NLL of each text under the model's current weights, cached under `config`."""
@@ -370,10 +380,7 @@ class Evaluator:
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
-        keyed = {self.unit_key(t): t for t in todo}
-        ids = {key: self.token_ids(text) for key, text in keyed.items()}
-        windows = [w for key in keyed for w in self._windows(key, ids[key])]
-        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
+        keyed, ids, windows, pending = self._plan(todo)
         sums = dict.fromkeys(keyed, 0.0)
         total, done = sum(len(w.ids) for w in windows), 0
         for batch in self._batches(windows):
@@ -452,10 +459,7 @@ class Evaluator:
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
-        keyed = {self.unit_key(t): t for t in todo}
-        ids = {key: self.token_ids(text) for key, text in keyed.items()}
-        windows = [w for key in keyed for w in self._windows(key, ids[key])]
-        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
+        keyed, ids, windows, pending = self._plan(todo)
         exact, head = self.exact_head, self.head_variant()
         sides = {key: self.references.load(key, head) for key in keyed} if exact else {}
         missing = {key: ids[key] for key, side in sides.items() if side is None}
