@@ -5,6 +5,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_stack_imported():
+    """`pytester` restores `sys.modules` after each test that uses it, while torch registers its
+    operator libraries once per process: torch modules first imported inside such a test could
+    never be imported again in that worker. Import the model stack before any snapshot."""
+    import transformers.modeling_utils  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _private_result_cache(tmp_path_factory, monkeypatch):
     """Evaluation results go to a per-session cache; converted models stay shared."""
