@@ -1,4 +1,8 @@
-"""Render a JSON report as one self-contained HTML page (inline CSS and SVG, no network)."""
+"""Render a JSON report as one self-contained HTML page: the answer first, then the evidence.
+
+Inline CSS and SVG only (no network request, no external font or script). Colours come from a
+colour-blind-safe sequential scale (cividis) and every coloured cell also prints its number.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,16 @@ import math
 from collections import defaultdict
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 
+from quantfair import charts
 from quantfair.corpus import REFERENCE, language
+from quantfair.summary import RECOMMENDED, main_rows, summarize
+
+SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
+SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
+MODEL_WIDE = "model"  # findings-matrix column of audits that name no language
 
 
 def experiment_span(ids: list[str]) -> str:
@@ -18,47 +30,38 @@ def experiment_span(ids: list[str]) -> str:
     return "/".join(ids)
 
 
-RECOMMENDED = ("recommended", "L0+Llast+ln_f+biases", "L0+L11+ln_f+biases")
-LAYER_TOKENS = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
+def shade(ratio: float | None) -> dict:
+    """Background and text colour of a disparity cell: cividis over log10(ratio) from 1x to
+    20x (dark blue = parity, yellow = worst); grey when undefined."""
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        return {"background": "#e5e7eb", "color": "#111827"}
+    t = min(max(math.log10(ratio) / SCALE_TOP, 0.0), 1.0)
+    red, green, blue, _ = colormaps["cividis"](t)
+    light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.55
+    return {"background": to_hex((red, green, blue)), "color": "#111827" if light else "#fff"}
 
 
-def _scale(value: float, low: float, high: float, start: float, end: float) -> float:
-    if high == low:
-        return (start + end) / 2
-    return start + (value - low) / (high - low) * (end - start)
-
-
-def _log(value: float | None) -> float | None:
-    return math.log10(value) if value is not None and value > 0 else None
-
-
-def _color(value: float | None) -> str:
-    """Green at parity (1x), through yellow, to red at 10x and beyond (log scale)."""
+def _estimate(row: dict, name: str, digits: int = 2) -> str:
+    value = row.get(name)
     if value is None:
-        return "#ddd"
-    t = min(max(math.log10(max(value, 1e-3)) / 1.0, -1.0), 1.0)
-    if t <= 0:
-        return f"hsl(140, 55%, {int(80 + 10 * t)}%)"
-    return f"hsl({int(140 - 140 * t)}, 65%, {int(75 - 20 * t)}%)"
-
-
-def _main_rows(report: dict) -> list[dict]:
-    scheme = report.get("settings", {}).get("scheme")
-    return [r for r in report.get("measurements", [])
-            if r.get("length", "medium") == "medium" and r["scheme"] == scheme]
+        return ""
+    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None \
+        else ""
+    return f"{value:.{digits}f}{interval}"
 
 
 def _kld_disparity(r: dict) -> str:
     """Per-byte KL-divergence disparity beside the NLL one ("" when not measured)."""
     if r.get("kld_disparity") is None:
         return ""
-    if r.get("kld_undefined"):
-        return "undef."
-    return f"{r['kld_disparity']:.2f} [{r['kld_disparity_low']:.2f}, {r['kld_disparity_high']:.2f}]"
+    return "undef." if r.get("kld_undefined") else _estimate(r, "kld_disparity")
 
 
 def heatmap(report: dict) -> dict:
-    rows = _main_rows(report)
+    """Strategies x languages: each cell the NLL disparity (with KLD disparity when measured),
+    its colour and a tooltip with the CIs."""
+    rows = main_rows(report)
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     languages = list(dict.fromkeys(r["language"] for r in rows if r["language"] != REFERENCE))
     cells = {(r["strategy"], r["language"]): r for r in rows}
@@ -68,7 +71,7 @@ def heatmap(report: dict) -> dict:
         for lang in languages:
             r = cells.get((strategy, lang))
             if r is None:
-                line.append({"text": "", "color": "#fff", "title": ""})
+                line.append({"text": "", "style": shade(None), "title": ""})
                 continue
             value = None if r.get("undefined") else r.get("disparity")
             text = "undef." if value is None else f"{value:.2f}"
@@ -78,120 +81,72 @@ def heatmap(report: dict) -> dict:
                       f" ({r.get('undefined')})") +
                      f"; seed disparity {r.get('seed_disparity') or float('nan'):.3g}")
             kld = _kld_disparity(r)
-            line.append({"text": text, "color": _color(value), "kld": kld,
+            line.append({"text": text, "style": shade(value), "kld": kld,
                          "title": title + (f"; KLD disparity {kld}" if kld else "")})
         grid.append({"strategy": strategy, "cells": line})
     return {"languages": languages, "rows": grid}
 
 
-def _mean_disparity(rows: list[dict]) -> dict[str, tuple[float | None, float]]:
-    by_strategy: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_strategy[r["strategy"]].append(r)
-    result = {}
-    for strategy, items in by_strategy.items():
-        values = [r["disparity"] for r in items
-                  if r["language"] != REFERENCE and not r.get("undefined")
-                  and r.get("disparity") is not None]
-        mean = sum(values) / len(values) if values else None
-        result[strategy] = (mean, 100 * items[0]["overhead"])
-    return result
+def scorecard_strategies(report: dict) -> list[str]:
+    """`none` and the recommended strategy, else the run's other strategy with the most
+    languages measured: what the scorecard shows."""
+    measured = list(dict.fromkeys(r["strategy"] for r in main_rows(report)))
+    chosen = [s for s in ("none", RECOMMENDED) if s in measured]
+    if len(chosen) < 2:
+        chosen += [s for s in measured if s not in chosen][:2 - len(chosen)]
+    return chosen
 
 
-def scatter(points: list[dict], x_label: str, y_label: str, log_y: bool = True) -> dict:
-    """Geometry for an SVG scatter: points carry x, y (raw), label, highlight."""
-    width, height, pad = 560, 300, 50
-    usable = [p for p in points if p["y"] is not None and (not log_y or p["y"] > 0)]
-    if not usable:
-        return {"points": [], "width": width, "height": height}
-    ys = [math.log10(p["y"]) if log_y else p["y"] for p in usable]
-    xs = [p["x"] for p in usable]
-    y_low, y_high = min(ys + [0.0 if log_y else min(ys)]), max(ys + [0.0 if log_y else max(ys)])
-    x_low, x_high = min(xs), max(xs)
-    placed = []
-    for p, y in zip(usable, ys, strict=True):
-        placed.append({**p, "cx": round(_scale(p["x"], x_low, x_high, pad, width - 20), 1),
-                       "cy": round(_scale(y, y_low, y_high, height - pad, 20), 1)})
-    parity = (round(_scale(0.0, y_low, y_high, height - pad, 20), 1) if log_y else None)
-    return {"points": placed, "width": width, "height": height, "pad": pad,
-            "x_label": x_label, "y_label": y_label, "parity": parity,
-            "x_range": (x_low, x_high), "y_range": (y_low, y_high), "log_y": log_y}
+def scorecard(report: dict, strategy: str) -> list[dict]:
+    """One row per language: metadata, fertility, perplexities, bits per byte, NLL and KLD
+    disparity and same-top rate with 95% CIs."""
+    rows = []
+    for r in main_rows(report, strategy):
+        meta = language(r["language"])
+        disparity = None if r.get("undefined") else r.get("disparity")
+        kld = None if r.get("kld_undefined") else r.get("kld_disparity")
+        rows.append({
+            "language": r["language"], "name": meta.name, "script": meta.script,
+            "family": meta.family,
+            "class": meta.resource_class if meta.resource_class >= 0 else "",
+            "fertility": f"{r['fertility']:.3f}", "ppl_fp": f"{r['ppl_fp']:.4g}",
+            "ppl_q": f"{r['ppl_q']:.4g}", "bpb": f"{r['bpb_fp']:.3f} → {r['bpb_q']:.3f}",
+            "disparity": "undefined" if r.get("undefined") else _estimate(r, "disparity"),
+            "disparity_style": shade(disparity),
+            "kld": _kld_disparity(r), "kld_style": shade(kld) if r.get("kld_disparity") else None,
+            "same_top": _estimate(r, "same_top", 3),
+            "reference": r["language"] == REFERENCE})
+    return rows
 
 
-def pareto(report: dict) -> dict:
-    means = _mean_disparity(_main_rows(report))
-    points = [{"x": overhead, "y": mean, "label": strategy,
-               "highlight": strategy in RECOMMENDED} for strategy, (mean, overhead) in
-              means.items()]
-    return scatter(points, "overhead (% of parameters in FP)", "mean disparity (log10)")
-
-
-def bars(items: list[tuple[str, float | None]], log: bool = False) -> dict:
-    width, bar_height = 520, 18
-    values = [(_log(v) if log else v) for _, v in items]
-    finite = [v for v in values if v is not None]
-    top = max([abs(v) for v in finite] + [1e-9])
-    drawn = []
-    for index, ((label, raw), value) in enumerate(zip(items, values, strict=True)):
-        length = 0 if value is None else abs(value) / top * (width - 190)
-        drawn.append({"label": label, "y": index * (bar_height + 6),
-                      "width": round(length, 1), "value": "n/a" if raw is None else f"{raw:.3g}",
-                      "negative": value is not None and value < 0})
-    return {"bars": drawn, "height": len(items) * (bar_height + 6), "bar_height": bar_height}
-
-
-def criticality(report: dict) -> dict:
-    means = _mean_disparity(_main_rows(report))
-    items = [(token, means[token][0]) for token in LAYER_TOKENS if token in means]
-    return bars(items, log=True)
-
-
-def resource(report: dict) -> dict:
-    rows = [r for r in _main_rows(report) if r["strategy"] == "none"
-            and r["language"] != REFERENCE and not r.get("undefined")]
-    # Languages without metadata have no resource class: left out, and named.
-    unknown = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
-    points = [{"x": language(r["language"]).resource_class, "y": r["disparity"],
-               "label": r["language"], "highlight": False}
-              for r in rows if r["language"] not in unknown]
-    chart = scatter(points, "resource class (Joshi et al. 2020)",
-                    "disparity, no protection (log10)")
-    correlation = None
-    usable = [p for p in points if p["y"] and p["y"] > 0]
-    if len(usable) >= 3 and len({p["x"] for p in usable}) > 1:
-        from quantfair.metrics import correlation as corr
-
-        correlation = corr([p["x"] for p in usable], [p["y"] for p in usable])
-    return {"chart": chart, "correlation": correlation, "left_out": unknown}
-
-
-def fertility(report: dict) -> dict:
-    seen: dict[str, float] = {}
-    for r in _main_rows(report):
-        seen.setdefault(r["language"], r["fertility"])
-    return bars(list(seen.items()))
-
-
-def suggestion(report: dict) -> dict | None:
-    found = report.get("suggestion")
-    if not found:
-        return None
-    points = [{"x": 100 * step["overhead"], "y": step["score"],
-               "label": f"{step['step']}: {step['candidate']}", "highlight": step["chosen"]}
-              for step in found.get("trace", [])]
-    chart = scatter(points, "overhead (% of parameters in FP)",
-                    "search score (mean damage / English's unprotected)", log_y=False)
-    return {"chart": chart, "data": found}
+def findings_matrix(report: dict) -> dict:
+    """Findings x languages (audits naming no language in a `model` column): each cell the
+    audits of that finding and language."""
+    audits = [a for a in report.get("audits", []) if a.get("finding")]
+    languages = [lg for lg in report.get("settings", {}).get("languages", [])
+                 if any(a.get("language") == lg for a in audits)]
+    columns = languages + ([MODEL_WIDE] if any(not a.get("language") for a in audits) else [])
+    cells: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for a in audits:
+        cells[a["finding"]][a.get("language") or MODEL_WIDE].append(a)
+    rows = [{"finding": finding, "claim": by_column[next(iter(by_column))][0].get("claim"),
+             "cells": [by_column.get(c, []) for c in columns]}
+            for finding, by_column in cells.items()]
+    return {"columns": columns, "rows": rows}
 
 
 def audit_groups(report: dict) -> dict:
+    """Values of the audit table's filters."""
     audits = report.get("audits", [])
-    return {
-        "findings": sorted({a.get("finding", "") for a in audits if a.get("finding")}),
-        "languages": sorted({a["language"] for a in audits if a.get("language")}),
-        "strategies": sorted({a["strategy"] for a in audits if a.get("strategy")}),
-        "outcomes": sorted({a["outcome"] for a in audits}),
-    }
+    return {key: sorted({a[field] for a in audits if a.get(field)})
+            for key, field in (("findings", "finding"), ("languages", "language"),
+                               ("strategies", "strategy"), ("outcomes", "outcome"))}
+
+
+def report_summary(report: dict) -> dict:
+    """The report's `summary` block; computed for reports written before it existed."""
+    block = report.get("summary") or {}
+    return block if "sentences" in block else summarize(report)
 
 
 def render_html(report: dict) -> str:
@@ -201,11 +156,16 @@ def render_html(report: dict) -> str:
     env.filters["span"] = experiment_span
     env.filters["num"] = lambda v, p=4: "" if v is None else (
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
+    env.globals["symbols"] = SYMBOLS
     template = env.get_template("report.html.j2")
     return template.render(
-        report=report, heatmap=heatmap(report), pareto=pareto(report),
-        criticality=criticality(report), resource=resource(report),
-        fertility=fertility(report), groups=audit_groups(report),
-        suggestion=suggestion(report),
+        report=report, summary=report_summary(report),
+        heatmap=heatmap(report),
+        scorecards=[(s, scorecard(report, s)) for s in scorecard_strategies(report)],
+        matrix=findings_matrix(report), groups=audit_groups(report),
+        charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
+                "criticality": charts.criticality(report), "fertility": charts.fertility(report),
+                "suggest": charts.suggest_trace(report)},
+        resource=charts.resource(report),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
     )

@@ -27,15 +27,17 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import atomic_write
+from quantfair.summary import summarize
 
-SCHEMA = "quantfair-report/2"
+SCHEMA = "quantfair-report/3"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
 # format bumps SCHEMA and adds its schema here (keeping the previous one if still readable).
 # Format 2 added `selection`, the `inconclusive` outcome and each audit's `seed` and `slack`;
-# format 1 reports stay readable (as baselines and in `quantfair report`).
+# format 3 made `summary` the answer-first block (outcome counts moved to `summary.counts`);
+# format 1 and 2 reports stay readable (as baselines and in `quantfair report`).
 SCHEMA_FILES = {"quantfair-report/1": "report-1.schema.json",
-                "quantfair-report/2": "report-2.schema.json"}
-OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
+                "quantfair-report/2": "report-2.schema.json",
+                "quantfair-report/3": "report-3.schema.json"}
 
 
 def _clean(value):
@@ -144,16 +146,14 @@ class RunRecord:
 def build_report(record: RunRecord) -> dict:
     """The versioned JSON document (see the README's "Report format")."""
     unique = {row_key(r): r for r in record.rows}
-    counts = {outcome: sum(a["outcome"] == outcome for a in record.audits)
-              for outcome in OUTCOMES}
-    failed = counts["failed"] + counts["error"]
+    failed = sum(a["outcome"] in ("failed", "error") for a in record.audits)
     verdict = "incomplete" if record.incomplete else ("failed" if failed else "passed")
-    return {
+    report = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "verdict": verdict,
         "incomplete": list(record.incomplete),
-        "summary": counts,
+        "summary": None,
         "model": record.model,
         "settings": record.settings,
         "selection": record.selection,
@@ -165,6 +165,8 @@ def build_report(record: RunRecord) -> dict:
         "suggestion": record.suggestion,
         "comparison": None,
     }
+    report["summary"] = summarize(report)
+    return report
 
 
 _last_stamp = datetime.min.replace(tzinfo=timezone.utc)

@@ -204,10 +204,11 @@ class QuantfairRun:
         tr = terminalreporter
         tr.section("quantfair audit summary")
         tr.write_line(summary_table(self.report["audits"]))
-        counts = self.report["summary"]
+        summary = self.report["summary"]
         tr.write_line(f"verdict: {self.report['verdict']}  " + "  ".join(
-            f"{k}: {counts.get(k, 0)}"
-            for k in ("passed", "failed", "inconclusive", "skipped", "error")))
+            f"{k}: {v}" for k, v in summary["counts"].items()))
+        for sentence in summary["sentences"]:
+            tr.write_line(sentence)
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         for regression in self.regressions:

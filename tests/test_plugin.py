@@ -21,7 +21,7 @@ def load(path: Path) -> dict:
 
 def exit_code_of(report: dict) -> int:
     """pytest's exit code for a report's outcomes: 1 when an audit failed, else 0."""
-    return 1 if report["summary"]["failed"] or report["summary"]["error"] else 0
+    return 1 if report["summary"]["counts"]["failed"] or report["summary"]["counts"]["error"] else 0
 
 
 def test_audits_are_skipped_with_one_line_without_model(pytester):

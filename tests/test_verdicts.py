@@ -126,7 +126,7 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     result.stdout.fnmatch_lines(["*inconclusive: 2*", "*SKIPPED*inconclusive: *same*"])
     report = json.loads(path.read_text())
     assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
-    assert report["summary"]["inconclusive"] == 2 and report["verdict"] == "passed"
+    assert report["summary"]["counts"]["inconclusive"] == 2 and report["verdict"] == "passed"
     strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-no-report",
                                            timeout=300)
     assert strict.ret == 1

@@ -2,13 +2,11 @@
 strategies achieve."""
 
 from quantfair.audit import Best, Bound, Finding, MeanBound, OverheadBound, audit
+from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.strategies import SEED_PARETO
 
 # The seed's Pareto table: strategy -> average low-resource disparity (per-token definition).
-SEED_PARETO_DISPARITY = {
-    "none": 206.9, "layer0_ln_only": 41.6, "layer0_attn": 35.0, "layer0": 3.6,
-    "L0+Llast": 15.1, "L0+Llast+ln_f+biases": 3.4, "L0+Llast+all_ln": 2.6, "even_layers": 0.5,
-}
+SEED_PARETO_DISPARITY = {s: disparity for s, (_, disparity) in SEED_PARETO_FRONTIER.items()}
 
 
 def _stated(reported: str) -> Bound:

@@ -1,0 +1,313 @@
+"""The report's charts: matplotlib figures rendered to inline SVG at report time.
+
+Text stays text (`svg.fonttype = "none"`), every id in a chart is prefixed with the chart's own
+name so several inline SVGs never clash, and no date is written, so the same report renders to
+the same bytes. Labels that would collide are placed by adjustText; where some still overlap,
+the points are numbered and the labels move to a key beside the axes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+from adjustText import adjust_text
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from quantfair.corpus import REFERENCE, language
+from quantfair.seed import SEED_PARETO_FRONTIER
+from quantfair.summary import RECOMMENDED, main_rows
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
+# deficiencies; markers differ too, so no series is told apart by colour alone.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+         "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False}
+WIDTH = 7.0  # inches at 100 dpi: 700 px, the report's column
+LAYER_TOKENS = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
+MAX_FOREST_STRATEGIES = 5
+LABEL = "label-"  # gid prefix of point labels (their boxes must not overlap)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One labelled point of a scatter chart."""
+
+    label: str
+    x: float
+    y: float
+    highlight: bool = False
+
+
+def styled(chart: Callable) -> Callable:
+    """Run a chart function under the report's matplotlib style (read when artists are made)."""
+    @functools.wraps(chart)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return chart(*args, **kwargs)
+    return wrapper
+
+
+def _figure(height: float, columns: int = 1) -> tuple[Figure, list]:
+    figure = Figure(figsize=(WIDTH, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)  # a renderer, so text extents can be measured for label placement
+    axes = figure.subplots(1, columns, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def to_svg(figure: Figure, name: str) -> str:
+    """The figure as an `<svg>` element for inline use: ids prefixed with `name`, no XML
+    header, no date."""
+    buffer = io.StringIO()
+    with matplotlib.rc_context({**STYLE, "svg.hashsalt": name}):
+        figure.savefig(buffer, format="svg",
+                       metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{name}-\1"', text)
+    text = re.sub(r'(url\(#|href="#)([^")]+)', rf"\1{name}-\2", text)
+    return text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{name}" ', 1)
+
+
+def _boxes(texts: Sequence) -> list:
+    renderer = texts[0].figure.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts]
+
+
+def overlapping(texts: Sequence) -> bool:
+    """Whether any two of `texts` (matplotlib Text objects of one figure) overlap when drawn."""
+    if len(texts) < 2:
+        return False
+    boxes = _boxes(texts)
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def label_points(ax, points: Sequence[Point]) -> None:
+    """Label each point; labels are spread by adjustText, and if any still overlap, the points
+    get numbers and their labels go to a key outside the axes."""
+    panel = f"{LABEL}{ax.figure.axes.index(ax)}-"
+    texts = [ax.text(p.x, p.y, f" {p.label}", fontsize=8, ha="left", va="bottom",
+                     gid=f"{panel}{index}") for index, p in enumerate(points)]
+    arrows: list = []
+    if overlapping(texts):
+        _, arrows = adjust_text(texts, ax=ax, x=[p.x for p in points], y=[p.y for p in points],
+                                expand=(1.2, 1.4),
+                                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+    if overlapping(texts):
+        for artist in [*texts, *arrows]:
+            artist.remove()
+        for index, p in enumerate(points, 1):
+            ax.annotate(str(index), (p.x, p.y), xytext=(3, 3), textcoords="offset points",
+                        fontsize=7)
+        key = "\n".join(f"{i}: {p.label}" for i, p in enumerate(points, 1))
+        ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=7, gid=f"{panel}key")
+
+
+def _log_axis(ax, axis: str = "y") -> None:
+    """A log-scale ratio axis ticked 1x, 2x, 5x, 10x, ..."""
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    scale = ax.yaxis if axis == "y" else ax.xaxis
+    scale.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    scale.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _mean_disparity(report: dict) -> dict[str, tuple[float | None, float]]:
+    """Per strategy: mean NLL disparity over the non-reference languages, overhead (%)."""
+    by_strategy: dict[str, list[dict]] = {}
+    for r in main_rows(report):
+        by_strategy.setdefault(r["strategy"], []).append(r)
+    result = {}
+    for strategy, rows in by_strategy.items():
+        values = [r["disparity"] for r in rows if r["language"] != REFERENCE
+                  and not r.get("undefined") and r.get("disparity") is not None]
+        result[strategy] = (sum(values) / len(values) if values else None,
+                            100 * rows[0]["overhead"])
+    return result
+
+
+def forest_strategies(report: dict) -> list[str]:
+    """`none`, the recommended strategy, then the lowest mean disparities: at most
+    MAX_FOREST_STRATEGIES."""
+    means = {s: m for s, (m, _) in _mean_disparity(report).items() if m is not None}
+    first = [s for s in ("none", RECOMMENDED) if s in means]
+    rest = sorted((s for s in means if s not in first), key=means.get)
+    return (first + rest)[:MAX_FOREST_STRATEGIES]
+
+
+@styled
+def forest(report: dict) -> str | None:
+    """Disparity per language with its 95% CI, one row per language, one marker per strategy."""
+    strategies = forest_strategies(report)
+    rows = {(r["strategy"], r["language"]): r for r in main_rows(report)}
+    languages = [lg for lg in dict.fromkeys(r["language"] for r in main_rows(report))
+                 if lg != REFERENCE]
+    if not strategies or not languages:
+        return None
+    figure, (ax,) = _figure(0.9 + 0.32 * len(languages))
+    step = 0.7 / max(len(strategies), 1)
+    for index, strategy in enumerate(strategies):
+        ys, xs, errors = [], [], [[], []]
+        for position, lang in enumerate(languages):
+            r = rows.get((strategy, lang))
+            if r is None or r.get("undefined") or not r.get("disparity") or r["disparity"] <= 0:
+                continue
+            ys.append(position + (index - (len(strategies) - 1) / 2) * step)
+            xs.append(r["disparity"])
+            low, high = r.get("disparity_low"), r.get("disparity_high")
+            errors[0].append(r["disparity"] - low if low and low > 0 else 0)
+            errors[1].append(high - r["disparity"] if high else 0)
+        ax.errorbar(xs, ys, xerr=errors, fmt=MARKERS[index], color=PALETTE[index], ms=4,
+                    capsize=2, lw=1, label=strategy)
+    ax.axvline(1, color="0.3", ls="--", lw=0.8, label="parity (1x)")
+    _log_axis(ax, "x")
+    ax.set_yticks(range(len(languages)), [f"{lg} ({language(lg).name})" for lg in languages])
+    ax.invert_yaxis()
+    ax.set_xlabel("disparity: NLL damage relative to English's on the same text (log scale)")
+    ax.set_title(f"Disparity per language with 95% CIs ({report['settings'].get('scheme')})")
+    figure.legend(loc="outside lower center", ncols=min(len(strategies) + 1, 4))
+    return to_svg(figure, "forest")
+
+
+@styled
+def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure:
+    """Overhead (% of parameters in FP) against mean disparity, labelled; the seed's frontier
+    in a second panel beside it when given."""
+    figure, axes = _figure(3.6, 2 if seed else 1)
+    panels = [(axes[0], points, "This model: mean disparity")]
+    if seed:
+        panels.append((axes[1], seed, "Seed (GPT-2): low-resource disparity per token"))
+    for ax, shown, title in panels:
+        plain = [p for p in shown if not p.highlight]
+        starred = [p for p in shown if p.highlight]
+        ax.scatter([p.x for p in plain], [p.y for p in plain], color=PALETTE[0], marker="o",
+                   s=18, label="strategy" if ax is axes[0] else None)
+        ax.scatter([p.x for p in starred], [p.y for p in starred], color=PALETTE[1], marker="*",
+                   s=90, label="recommended (L0+Llast+ln_f+biases)" if ax is axes[0] else None)
+        ax.axhline(1, color="0.3", ls="--", lw=0.8, label="parity (1x)" if ax is axes[0] else None)
+        _log_axis(ax)
+        ax.set_xlabel("overhead (% of parameters in FP)")
+        ax.set_title(title)
+        label_points(ax, shown)
+    figure.legend(loc="outside lower center", ncols=3)
+    return figure
+
+
+@styled
+def pareto(report: dict) -> str | None:
+    means = _mean_disparity(report)
+    points = [Point(s, overhead, mean, s == RECOMMENDED) for s, (mean, overhead) in
+              means.items() if mean is not None and mean > 0]
+    if not points:
+        return None
+    seed = [Point(name, overhead, value, name == "L0+Llast+ln_f+biases")
+            for name, (overhead, value) in SEED_PARETO_FRONTIER.items() if value > 0]
+    return to_svg(pareto_figure(points, seed), "pareto")
+
+
+@styled
+def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
+         log: bool = False, reference: tuple[str, float] | None = None) -> str | None:
+    """Horizontal bars with their values written at the end."""
+    items = [(label, value) for label, value in items if value is not None and
+             (not log or value > 0)]
+    if not items:
+        return None
+    figure, (ax,) = _figure(0.9 + 0.28 * len(items))
+    labels, values = zip(*items, strict=True)
+    ax.barh(range(len(items)), values, color=PALETTE[0], height=0.6)
+    for index, value in enumerate(values):
+        ax.annotate(f"{value:.3g}", (value, index), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    if reference:
+        ax.axvline(reference[1], color=PALETTE[1], ls="--", lw=1, label=reference[0])
+        ax.legend(loc="lower right")
+    if log:
+        _log_axis(ax, "x")
+    ax.set_yticks(range(len(items)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return to_svg(figure, name)
+
+
+def criticality(report: dict) -> str | None:
+    means = _mean_disparity(report)
+    items = [(token, means[token][0]) for token in LAYER_TOKENS if token in means]
+    none = means.get("none", (None, 0))[0]
+    return bars(items, "criticality", "mean disparity with only that layer in FP (log scale)",
+                "Per-layer criticality (lower is better)", log=True,
+                reference=("no protection", none) if none else None)
+
+
+@styled
+def resource(report: dict) -> dict:
+    """Disparity without protection against Joshi et al.'s resource class, with a log-linear
+    fit and Pearson/Spearman r; languages without a class are left out and named."""
+    rows = [r for r in main_rows(report, "none") if r["language"] != REFERENCE
+            and not r.get("undefined") and r.get("disparity") and r["disparity"] > 0]
+    left_out = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
+    points = [Point(r["language"], language(r["language"]).resource_class, r["disparity"])
+              for r in rows if r["language"] not in left_out]
+    result = {"svg": None, "correlation": None, "left_out": left_out}
+    if not points:
+        return result
+    figure, (ax,) = _figure(3.2)
+    ax.scatter([p.x for p in points], [p.y for p in points], color=PALETTE[0], s=18)
+    if len(points) >= 3 and len({p.x for p in points}) > 1:
+        import numpy as np
+
+        from quantfair.metrics import correlation
+
+        result["correlation"] = correlation([p.x for p in points], [p.y for p in points])
+        xs = np.array([p.x for p in points], dtype=float)
+        slope, intercept = np.polyfit(xs, np.log10([p.y for p in points]), 1)
+        grid = np.linspace(xs.min(), xs.max(), 20)
+        ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
+                label=f"log-linear fit, Pearson r = {result['correlation']['pearson_r']:.2f}")
+        ax.legend(loc="upper right")
+    _log_axis(ax)
+    ax.set_xticks(range(6))
+    ax.set_xlabel("resource class (Joshi et al. 2020: 0 left behind .. 5 winners)")
+    ax.set_ylabel("disparity, no protection")
+    ax.set_title("Disparity against resource class")
+    label_points(ax, points)
+    result["svg"] = to_svg(figure, "resource")
+    return result
+
+
+def fertility(report: dict) -> str | None:
+    seen: dict[str, float] = {}
+    for r in main_rows(report):
+        seen.setdefault(r["language"], r["fertility"])
+    return bars(list(seen.items()), "fertility", "tokens per character",
+                "Tokenizer fertility")
+
+
+@styled
+def suggest_trace(report: dict) -> str | None:
+    found = report.get("suggestion")
+    trace = (found or {}).get("trace", [])
+    if not trace:
+        return None
+    figure, (ax,) = _figure(3.2)
+    tried = [s for s in trace if not s["chosen"]]
+    chosen = [s for s in trace if s["chosen"]]
+    ax.scatter([100 * s["overhead"] for s in tried], [s["score"] for s in tried],
+               color=PALETTE[0], s=12, label="candidate tried")
+    ax.plot([100 * s["overhead"] for s in chosen], [s["score"] for s in chosen],
+            color=PALETTE[1], marker="*", ms=9, lw=1, label="step taken")
+    label_points(ax, [Point(f"{s['step']}: {s['candidate']}", 100 * s["overhead"], s["score"])
+                      for s in chosen])
+    ax.set_xlabel("overhead (% of parameters in FP)")
+    ax.set_ylabel("search score (mean damage / English's)")
+    ax.set_title(f"Suggest search trace ({found['strategy']})")
+    ax.legend(loc="upper right")
+    return to_svg(figure, "suggest")

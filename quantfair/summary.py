@@ -1,0 +1,127 @@
+"""The answer first: a run's verdict and a plain-language summary, built from the JSON report.
+
+The same block is the report's `summary` (JSON), the banner and opening paragraphs of the HTML
+and the closing lines of the pytest run. Torch-free: it reads only the report dictionary.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from quantfair.corpus import REFERENCE, language
+
+OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
+RECOMMENDED = "recommended"
+WORST_SHOWN = 3
+
+
+def main_rows(report: dict, strategy: str | None = None) -> list[dict]:
+    """Measurements of the run's scheme (or artifact) at the default text length, in the run's
+    language order; one strategy's when `strategy` is given."""
+    settings = report.get("settings", {})
+    order = {lang: index for index, lang in enumerate(settings.get("languages") or [])}
+    rows = [r for r in report.get("measurements", [])
+            if r.get("length", "medium") == "medium" and r["scheme"] == settings.get("scheme")
+            and (strategy is None or r["strategy"] == strategy)]
+    return sorted(rows, key=lambda r: order.get(r["language"], len(order)))
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+
+
+def worst_languages(report: dict, count: int = WORST_SHOWN) -> list[dict]:
+    """The languages hit hardest without protection: highest NLL disparity first."""
+    rows = [r for r in main_rows(report, "none") if r["language"] != REFERENCE
+            and not r.get("undefined") and r.get("disparity") is not None]
+    rows.sort(key=lambda r: r["disparity"], reverse=True)
+    return [{"language": r["language"], "name": language(r["language"]).name,
+             "disparity": r["disparity"], "low": r.get("disparity_low"),
+             "high": r.get("disparity_high")} for r in rows[:count]]
+
+
+def finding_outcomes(report: dict) -> dict[str, dict]:
+    """Per finding: its claim, experiments and one outcome for the whole claim: `failed` (the
+    claim did not hold: some case failed), `error`, `inconclusive` (no case failed, some could
+    not be decided), `passed` (every case that ran passed) or `skipped` (none ran)."""
+    cases: dict[str, list[dict]] = defaultdict(list)
+    for a in report.get("audits", []):
+        if a.get("finding"):
+            cases[a["finding"]].append(a)
+    result = {}
+    for finding, audits in cases.items():
+        outcomes = {a["outcome"] for a in audits}
+        overall = next((o for o in ("error", "failed", "inconclusive", "passed")
+                        if o in outcomes), "skipped")
+        first = audits[0]
+        result[finding] = {"finding": finding, "outcome": overall, "claim": first.get("claim"),
+                           "experiments": first.get("experiments") or [],
+                           "cases": len(audits)}
+    return result
+
+
+def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
+    if report.get("incomplete"):
+        return "Incomplete run: " + "; ".join(report["incomplete"])
+    if counts["error"]:
+        return (f"{counts['error']} audit(s) could not run (errors, not findings): "
+                "the verdict needs them fixed")
+    if counts["failed"]:
+        return (f"{len(failed_findings) or counts['failed']} audited claim(s) did not hold on "
+                f"this model ({counts['failed']} failed case(s)): honest findings, measured, "
+                "not errors")
+    if not counts["passed"]:
+        return "No audit decided anything in this run"
+    return f"Every decided claim held ({counts['passed']} passed)"
+
+
+def summarize(report: dict) -> dict:
+    """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
+    languages, findings that held / did not hold / stayed inconclusive, what was measured, and
+    `sentences`: the same in plain language, answer first."""
+    counts = {o: sum(a["outcome"] == o for a in report.get("audits", [])) for o in OUTCOMES}
+    settings, model = report.get("settings", {}), report.get("model", {})
+    findings = finding_outcomes(report)
+    by_outcome = {o: sorted(f for f, v in findings.items() if v["outcome"] == o)
+                  for o in OUTCOMES}
+    worst = worst_languages(report)
+    artifact = (model.get("artifact") or {}).get("source")
+    measured = {"model": model.get("name") or settings.get("model"),
+                "scheme": settings.get("scheme"), "artifact": artifact,
+                "languages": settings.get("languages", []), "units": settings.get("units")}
+    sentences = [_headline(report, counts, by_outcome["failed"]) + "."]
+    if worst:
+        sentences.append("Hardest hit without protection: " + ", ".join(
+            f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"
+            + _interval(w["low"], w["high"]) for w in worst) + ".")
+    recommended = {r["language"]: r for r in main_rows(report, RECOMMENDED)}
+    if recommended and worst:
+        first = recommended.get(worst[0]["language"])
+        if first and first.get("disparity") is not None:
+            sentences.append(f"With the seed's recommended protection {worst[0]['name']} is at "
+                             f"{first['disparity']:.2f}x"
+                             f"{_interval(first['disparity_low'], first['disparity_high'])}.")
+    for outcome, words in (("passed", "Seed findings that hold on this model"),
+                           ("failed", "Seed findings that do not hold on this model"),
+                           ("inconclusive", "Undecided on this data"),
+                           ("error", "Findings that could not be measured (errors)")):
+        if by_outcome[outcome]:
+            sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
+    if counts["inconclusive"]:
+        units = settings.get("units")
+        sentences.append(
+            f"{counts['inconclusive']} comparison(s) were inconclusive: the 95% CI of the "
+            "paired difference includes the bound, so the data decide neither way"
+            + (f" with {units} units per language; more units (--units) narrow the CI"
+               if units else "") + ".")
+    sentences.append(
+        f"Measured: {measured['model']}, "
+        + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
+        + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
+        + (f"{measured['units']} units per language." if measured["units"] else "all units."))
+    return {"verdict": report.get("verdict"), "counts": counts,
+            "headline": sentences[0].rstrip("."), "worst_languages": worst,
+            "findings": {"held": by_outcome["passed"], "did_not_hold": by_outcome["failed"],
+                         "inconclusive": by_outcome["inconclusive"],
+                         "errors": by_outcome["error"]},
+            "measured": measured, "sentences": sentences}

@@ -1,0 +1,144 @@
+"""The report answers first: summary block, scorecard, findings matrix and library-drawn charts."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from quantfair import charts
+from quantfair.html import findings_matrix, render_html, scorecard, shade
+from quantfair.metrics import Measurement
+from quantfair.report import RunRecord, build_report, load_report, measurement_records, write_report
+from quantfair.summary import summarize
+
+LANGUAGES = ("en", "de", "he", "ar")
+# Extra NLL per unit under quantization; English's is 1, so disparities are these numbers.
+DAMAGE = {"none": {"en": 1.0, "de": 1.5, "he": 6.0, "ar": 3.0},
+          "recommended": {"en": 1.0, "de": 1.2, "he": 2.0, "ar": 1.5}}
+
+
+def rows(strategy: str, overhead: float) -> list[dict]:
+    units = 6
+    jitter = np.linspace(-0.05, 0.05, units)
+    m = Measurement(LANGUAGES, nll_fp=np.full((4, units), 10.0),
+                    nll_q=np.array([10.0 + DAMAGE[strategy][lg] * (1 + jitter)
+                                    for lg in LANGUAGES]),
+                    tokens=np.full((4, units), 20.0), bytes=np.full((4, units), 80.0),
+                    chars=np.full((4, units), 60.0))
+    return measurement_records(m, strategy=strategy, scheme="int4", length="medium",
+                               overhead=SimpleNamespace(fraction=overhead, bytes_fraction=overhead))
+
+
+def audit(finding: str, outcome: str, language: str | None = None, **extra) -> dict:
+    return {"nodeid": f"audits/test_x.py::test_{finding}[{language}]", "finding": finding,
+            "experiments": ["034"], "claim": f"claim of {finding}", "seed": "seed says 3.4x",
+            "slack": None, "case": f"case-{language}", "strategy": "recommended",
+            "language": language, "length": None, "quantity": "disparity", "value": 0.5,
+            "bound": "< 0", "low": 0.1, "high": 0.9, "detail": "", "message": f"why {outcome}",
+            "outcome": outcome, "duration_s": 0.1, **extra}
+
+
+AUDITS = [audit("synergy", "passed", "he"), audit("synergy", "failed", "de"),
+          audit("synergy", "inconclusive", "ar"), audit("random_fails", "inconclusive"),
+          audit("sparse", "passed"), audit("crashy", "error")]
+
+
+def report(audits=AUDITS, incomplete=()) -> dict:
+    settings = {"model": "tiny", "scheme": "int4", "languages": list(LANGUAGES), "units": 6,
+                "quantized": None, "corpus": "udhr (shipped)"}
+    record = RunRecord(settings=settings, audits=list(audits),
+                       rows=rows("none", 0.0) + rows("recommended", 0.11),
+                       model={"name": "tiny", "artifact": None}, processes=[],
+                       selection={"invocation": ["audits/"], "keyword": None, "markers": None,
+                                  "last_failed": False, "collected": 6, "selected": 6,
+                                  "deselected": 0, "not_run": 0},
+                       incomplete=list(incomplete), duration_s=1.0)
+    return build_report(record)
+
+
+def test_summary_puts_the_worst_languages_and_the_findings_first():
+    summary = report()["summary"]
+    assert [w["language"] for w in summary["worst_languages"]] == ["he", "ar", "de"]
+    assert summary["worst_languages"][0]["disparity"] == pytest.approx(6.0)
+    assert summary["findings"] == {"held": ["sparse"], "did_not_hold": ["synergy"],
+                                   "inconclusive": ["random_fails"], "errors": ["crashy"]}
+    assert summary["counts"] == {"passed": 2, "failed": 1, "inconclusive": 2, "skipped": 0,
+                                 "error": 1}
+    text = " ".join(summary["sentences"])
+    assert "Hebrew (he) 6.00x" in text and "2 comparison(s) were inconclusive" in text
+    assert "6 units per language" in text and "he is at" not in text
+    assert "Hebrew is at 2.00x" in text  # under the recommended strategy
+
+
+@pytest.mark.parametrize(("audits", "incomplete", "headline"), [
+    (AUDITS, (), "could not run"),  # an error is never reported as a finding
+    ([a for a in AUDITS if a["outcome"] != "error"], (), "did not hold on this model"),
+    ([a for a in AUDITS if a["outcome"] == "passed"], (), "Every decided claim held"),
+    (AUDITS, ("worker gw1 crashed",), "Incomplete run: worker gw1 crashed"),
+])
+def test_the_headline_separates_findings_errors_and_incomplete_runs(audits, incomplete,
+                                                                    headline):
+    assert headline in summarize(report(audits, incomplete))["headline"]
+
+
+def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
+    path, _ = write_report(report(), tmp_path / "r.json")
+    assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
+
+
+def test_scorecard_has_a_row_per_language_and_prints_every_shaded_number():
+    card = scorecard(report(), "none")
+    assert [r["language"] for r in card] == list(LANGUAGES)
+    he = next(r for r in card if r["language"] == "he")
+    assert he["disparity"].startswith("6.00 [") and he["script"] and he["family"]
+    assert shade(1.0)["background"] != shade(20.0)["background"]
+    assert shade(1.0)["color"] != shade(20.0)["color"]  # contrast follows the background
+
+
+def test_findings_matrix_places_every_audit_once():
+    matrix = findings_matrix(report())
+    assert matrix["columns"] == ["de", "he", "ar", "model"]
+    placed = [a["nodeid"] for row in matrix["rows"] for cell in row["cells"] for a in cell]
+    assert sorted(placed) == sorted(a["nodeid"] for a in AUDITS)
+    synergy = next(r for r in matrix["rows"] if r["finding"] == "synergy")
+    assert [[a["outcome"] for a in cell] for cell in synergy["cells"]] == [
+        ["failed"], ["passed"], ["inconclusive"], []]
+
+
+def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
+    built = report()
+    html = render_html(built)
+    assert 'class="verdict error"' in html  # the error outranks the finding
+    assert html.count('<tr class="lang') == 2 * len(LANGUAGES)  # none and recommended
+    assert html.count("<details class=\"outcome-") == len(AUDITS)
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) >= 4  # forest, Pareto, resource class, fertility
+    for svg in svgs:
+        assert re.search(r'id="[^"]*tick_\d+"', svg), "a chart without tick marks"
+        assert "<text" in svg  # text stays text (svg.fonttype none)
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "inline SVGs share element ids"
+    assert "http://" not in re.sub(r"http://www\.w3\.org[^\"]*", "", html)
+    assert render_html(built) == html  # no date or random salt: reproducible
+
+
+def _labels(figure) -> list:
+    return [t for ax in figure.axes for t in ax.texts
+            if (t.get_gid() or "").startswith(charts.LABEL)]
+
+
+@pytest.mark.parametrize("count", [2, 6, 12])
+def test_pareto_labels_of_nearly_equal_points_do_not_overlap(count):
+    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + 0.01 * i, 3.4 + 0.01 * i)
+              for i in range(count)]
+    figure = charts.pareto_figure(points)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in _labels(figure)]
+    assert boxes, "no labels drawn"
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    shown = " ".join(t.get_text() for t in _labels(figure))
+    assert all(p.label in shown for p in points)  # on the points or in the key
