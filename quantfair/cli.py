@@ -84,8 +84,8 @@ def _session(args: argparse.Namespace):
 def cmd_corpus(args: argparse.Namespace) -> int:
     from quantfair.corpus import language, load_corpus
 
-    corpus = load_corpus(args.quantfair_corpus).select(
-        parse_languages(args.quantfair_languages or "all"))
+    corpus = load_corpus(args.quantfair_corpus)
+    corpus = corpus.select(parse_languages(args.quantfair_languages or "all", corpus.languages))
     evaluator = None
     if args.model:
         from quantfair.evaluate import Evaluator

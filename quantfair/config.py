@@ -7,7 +7,7 @@ every pytest run of the environment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,8 @@ OPTIONS = {option.name: option for option in (
                         "a GGUF file, a safetensors directory or a cached Hugging Face id"),
     Option("quantized-label", "name of the artifact's measurements in reports, stable across "
                               f"releases (default {ARTIFACT})"),
-    Option("languages", "comma-separated language codes, or all; en is always added "
+    Option("languages", "comma-separated language codes and selectors (script:Arab, class:0-2, "
+                        "family:Semitic), or all; en is always added "
                         f"(default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
     Option("units", "audit a seeded sample of this many units per language, 0 for all "
@@ -95,16 +96,26 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
         addoption(f"--{prefix}{name}", **kwargs)
 
 
-def parse_languages(text: str) -> tuple[str, ...] | None:
+def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[str, ...] | None:
     """`"de, he,de"` -> `("en", "de", "he")`: trimmed, de-duplicated, English first;
-    `"all"` -> None (every language of the corpus)."""
+    `"all"` -> None (every language of the corpus). Entries may also be selectors over the
+    shipped language metadata (`script:Arab`, `class:0-2`, `family:Semitic`), restricted to
+    `available` (the corpus's languages) when it is given."""
     if text.strip() == "all":
         return None
     codes = [code.strip() for code in text.split(",")]
     if any(not code for code in codes):
         raise UsageError(f"--languages has an empty entry in '{text}'; give comma-separated "
                          "codes such as en,de,he")
-    return tuple(dict.fromkeys([REFERENCE, *codes]))
+    chosen = []
+    for code in codes:
+        if ":" in code:
+            from quantfair.corpus import select_languages  # torch-free, reads languages.tsv
+
+            chosen += select_languages(code, available)
+        else:
+            chosen.append(code)
+    return tuple(dict.fromkeys([REFERENCE, *chosen]))
 
 
 def parse_percent(text: str, what: str) -> float:
@@ -192,7 +203,8 @@ class RunConfig:
             raise UsageError("no model given (--model)")
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
         chosen = value("languages") or ("all" if get("corpus") else DEFAULT_LANGUAGES)
-        corpus = load_corpus(get("corpus")).select(parse_languages(chosen))
+        corpus = load_corpus(get("corpus"))
+        corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = _integer("units", str(get("units")))
         strategy = get("strategy")

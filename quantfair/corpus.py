@@ -12,6 +12,7 @@ from pathlib import Path
 from quantfair.errors import QuantfairError, UsageError
 
 DATA_FILE = Path(__file__).parent / "data" / "udhr.jsonl"
+LANGUAGES_FILE = Path(__file__).parent / "data" / "languages.tsv"
 REFERENCE = "en"
 LENGTHS = ("short", "medium", "long")
 LONG_SPAN = 3  # articles per "long" unit
@@ -21,37 +22,71 @@ LONG_SPAN = 3  # articles per "long" unit
 class Language:
     code: str
     name: str
-    script: str
+    script: str  # ISO 15924 code: Latn, Cyrl, Arab, Hans, Jpan, Hang, ...
     family: str
     resource_class: int  # Joshi et al. 2020: 0 (left behind) .. 5 (winners)
+    iso639_3: str = ""
 
 
-LANGUAGES = {
-    lang.code: lang
-    for lang in [
-        Language("en", "English", "Latin", "Indo-European (Germanic)", 5),
-        Language("de", "German", "Latin", "Indo-European (Germanic)", 5),
-        Language("fr", "French", "Latin", "Indo-European (Romance)", 5),
-        Language("es", "Spanish", "Latin", "Indo-European (Romance)", 5),
-        Language("ru", "Russian", "Cyrillic", "Indo-European (Slavic)", 4),
-        Language("he", "Hebrew", "Hebrew", "Afro-Asiatic (Semitic)", 3),
-        Language("ar", "Arabic", "Arabic", "Afro-Asiatic (Semitic)", 5),
-        Language("zh", "Chinese (Mandarin)", "Han", "Sino-Tibetan", 5),
-        Language("ja", "Japanese", "Kana+Han", "Japonic", 5),
-        Language("ko", "Korean", "Hangul", "Koreanic", 4),
-        Language("hi", "Hindi", "Devanagari", "Indo-European (Indo-Aryan)", 4),
-        Language("tr", "Turkish", "Latin", "Turkic", 4),
-        Language("el", "Greek", "Greek", "Indo-European (Hellenic)", 3),
-        Language("th", "Thai", "Thai", "Kra-Dai", 3),
-        Language("sw", "Swahili", "Latin", "Niger-Congo (Bantu)", 2),
-        Language("yo", "Yoruba", "Latin", "Niger-Congo (Volta-Niger)", 2),
-    ]
-}
+def _read_languages(path: Path = LANGUAGES_FILE) -> dict[str, Language]:
+    """The shipped metadata, one language a line (written by scripts/build_corpus.py)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    languages = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t"), strict=True))
+        languages[row["code"]] = Language(row["code"], row["name"], row["script"], row["family"],
+                                          int(row["resource_class"]), row["iso639_3"])
+    return languages
+
+
+LANGUAGES = _read_languages()
+CLASSES = range(6)  # Joshi et al.'s classes 0..5
 
 
 def language(code: str) -> Language:
     """Metadata for `code`; languages from a user corpus get an 'unknown' entry."""
     return LANGUAGES.get(code, Language(code, code, "unknown", "unknown", -1))
+
+
+def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
+    """Codes of the languages with metadata that `selector` names, in metadata order:
+    `script:Arab` (ISO 15924, any case), `class:0-2` or `class:5` (Joshi et al.),
+    `family:Semitic` (part of the family, any case); only those in `among` when it is given.
+    Unknown kinds, scripts, classes or families and empty selections are usage errors."""
+    kind, _, value = (part.strip() for part in selector.partition(":"))
+    pool = [lang for lang in LANGUAGES.values() if among is None or lang.code in among]
+    if kind == "script":
+        scripts = sorted({lang.script for lang in LANGUAGES.values()})
+        if value.lower() not in {s.lower() for s in scripts}:
+            raise UsageError(f"unknown script '{value}' in --languages {selector}; "
+                             f"scripts: {', '.join(scripts)}")
+        chosen = [lang for lang in pool if lang.script.lower() == value.lower()]
+    elif kind == "class":
+        low, _, high = value.partition("-")
+        try:
+            low_class, high_class = int(low), int(high or low)
+        except ValueError:
+            low_class = high_class = -1
+        if low_class not in CLASSES or high_class not in CLASSES or low_class > high_class:
+            raise UsageError(f"--languages {selector}: a class is 0..5 (Joshi et al. 2020), "
+                             "or a range such as class:0-2")
+        chosen = [lang for lang in pool if low_class <= lang.resource_class <= high_class]
+    elif kind == "family":
+        families = sorted({lang.family.split(" (")[0] for lang in LANGUAGES.values()})
+        if not value or not any(value.lower() in lang.family.lower()
+                                for lang in LANGUAGES.values()):
+            raise UsageError(f"unknown family '{value}' in --languages {selector}; families "
+                             f"(or their branches in parentheses): {', '.join(families)}")
+        chosen = [lang for lang in pool if value.lower() in lang.family.lower()]
+    else:
+        raise UsageError(f"unknown language selector '{selector}' in --languages; use "
+                         "script:<ISO 15924>, class:<0-5 or a range>, family:<name>, "
+                         "language codes or all")
+    if not chosen:
+        raise UsageError(f"--languages {selector} selects no language"
+                         + (" of this corpus" if among is not None else ""))
+    return [lang.code for lang in chosen]
 
 
 @dataclass(frozen=True)

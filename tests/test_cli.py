@@ -49,6 +49,7 @@ def corpus_files(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["measure", "tiny-gpt2", "--languages", "en,xx"], "unknown language(s) xx"),
+    (["measure", "tiny-gpt2", "--languages", "de,script:Klingon"], "unknown script 'Klingon'"),
     (["measure", "tiny-gpt2", "--corpus", "{empty}"], "the corpus is empty"),
     (["measure", "tiny-gpt2", "--corpus", "{malformed}"], "malformed.jsonl:2: malformed JSON"),
     (["measure", "tiny-gpt2", "--strategy", "L99"], "layer 99 out of range"),

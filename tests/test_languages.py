@@ -1,0 +1,129 @@
+"""The shipped languages: their metadata beside the data, and --languages selectors over it."""
+
+import csv
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from quantfair.config import parse_languages
+from quantfair.corpus import DATA_FILE, LANGUAGES, LANGUAGES_FILE, language, load_corpus
+from quantfair.errors import UsageError
+
+TAXONOMY_FILE = Path(LANGUAGES_FILE).with_name("joshi2020_lang2tax.txt")
+# The sixteen languages of the first corpus, with the classes Joshi et al. (2020) give them.
+ORIGINAL = {"en": 5, "de": 5, "fr": 5, "es": 5, "ru": 4, "he": 3, "ar": 5, "zh": 5, "ja": 5,
+            "ko": 4, "hi": 4, "tr": 4, "el": 3, "th": 3, "sw": 2, "yo": 2}
+# sha256 of the 16-language udhr.jsonl (496 lines) as it was before the corpus grew.
+ORIGINAL_SHA256 = "5b46fd72640a079a9b22f87e714cc08f970fc75a67de40a88d3600ebb88ff2ba"
+
+
+def _rows():
+    with open(LANGUAGES_FILE, encoding="utf-8", newline="") as file:
+        return list(csv.DictReader(file, delimiter="\t"))
+
+
+def test_corpus_has_fifty_languages_of_31_aligned_units_each_with_metadata():
+    corpus = load_corpus()
+    assert len(corpus.languages) >= 50
+    assert set(corpus.languages) == set(LANGUAGES)
+    assert len(corpus.units) == 31
+    for lang, units in corpus.texts.items():
+        assert list(units) == corpus.units and all(t.strip() for t in units.values()), lang
+
+
+def test_every_language_has_iso_codes_script_family_and_class():
+    rows = _rows()
+    assert [row["code"] for row in rows] == list(LANGUAGES)
+    for row in rows:
+        meta = language(row["code"])
+        assert re.fullmatch(r"[a-z]{2,3}", meta.code), row
+        assert re.fullmatch(r"[a-z]{3}", meta.iso639_3), row
+        assert re.fullmatch(r"[A-Z][a-z]{3}", meta.script), row  # ISO 15924
+        assert meta.name and meta.family and meta.name != meta.code, row
+        assert meta.resource_class in range(6), row
+
+
+def test_corpus_covers_all_six_classes_and_at_least_twelve_scripts():
+    classes = {lang.resource_class for lang in LANGUAGES.values()}
+    scripts = {lang.script for lang in LANGUAGES.values()}
+    assert classes == {0, 1, 2, 3, 4, 5}
+    assert len(scripts) >= 12
+    assert {"Latn", "Cyrl", "Grek", "Arab", "Hebr", "Deva", "Beng", "Taml", "Thai", "Ethi",
+            "Geor", "Armn", "Hans", "Jpan", "Hang"} <= scripts
+    assert len({lang.family.split(" (")[0] for lang in LANGUAGES.values()}) >= 8
+
+
+def test_scripts_are_those_the_languages_are_written_in():
+    expected = {"en": "Latn", "ru": "Cyrl", "el": "Grek", "ar": "Arab", "fa": "Arab",
+                "he": "Hebr", "hi": "Deva", "bn": "Beng", "ta": "Taml", "th": "Thai",
+                "ti": "Ethi", "ka": "Geor", "hy": "Armn", "zh": "Hans", "ja": "Jpan",
+                "ko": "Hang", "pa": "Guru", "my": "Mymr", "vai": "Vaii"}
+    assert {code: language(code).script for code in expected} == expected
+
+
+def test_resource_classes_are_joshi_et_al_s():
+    taxonomy = {}
+    for line in TAXONOMY_FILE.read_text(encoding="utf-8").splitlines():
+        name, _, level = line.rpartition(",")
+        assert name not in taxonomy, f"{name} twice in the taxonomy file"
+        taxonomy[name] = int(level)
+    for row in _rows():
+        assert int(row["resource_class"]) == taxonomy[row["joshi_name"]], row
+    assert {code: language(code).resource_class for code in ORIGINAL} == ORIGINAL
+
+
+def test_the_original_sixteen_languages_keep_their_keys_order_and_text():
+    lines = DATA_FILE.read_bytes().split(b"\n")
+    original = b"\n".join(lines[:16 * 31]) + b"\n"
+    assert hashlib.sha256(original).hexdigest() == ORIGINAL_SHA256
+    assert load_corpus().languages[:16] == list(ORIGINAL)
+
+
+def test_unknown_languages_still_get_an_unknown_entry():
+    meta = language("xx")
+    assert (meta.code, meta.script, meta.resource_class) == ("xx", "unknown", -1)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("script:Arab", ("en", "ar", "fa", "ur")),
+    ("script:arab", ("en", "ar", "fa", "ur")),
+    ("family:Semitic", ("en", "he", "ar", "ti")),
+    ("family:semitic, de", ("en", "he", "ar", "ti", "de")),
+    ("de,script:Hebr", ("en", "de", "he")),
+    ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
+    ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),
+])
+def test_selectors_pick_languages_by_metadata(text, expected):
+    assert parse_languages(text) == expected
+
+
+def test_class_ranges_are_inclusive_and_english_stays_first():
+    low = parse_languages("class:0-1")
+    assert low[0] == "en" and {"dag", "vai", "shn", "bo", "te"} <= set(low[1:])
+    assert all(language(code).resource_class <= 1 for code in low[1:])
+    assert len(parse_languages("class:0-5")) == len(LANGUAGES)
+    assert parse_languages("class:2,class:2-2") == parse_languages("class:2")
+    assert parse_languages("script:Latn")[0] == "en"
+
+
+def test_selectors_within_a_corpus_keep_to_its_languages():
+    assert parse_languages("script:Hebr", ["en", "he", "xx"]) == ("en", "he")
+    with pytest.raises(UsageError, match="selects no language of this corpus"):
+        parse_languages("script:Arab", ["en", "he", "xx"])
+
+
+@pytest.mark.parametrize("text, message, choices", [
+    ("script:Klingon", "unknown script 'Klingon'", "Arab, Armn"),
+    ("class:6", "class:6", "0..5"),
+    ("class:3-1", "class:3-1", "0..5"),
+    ("class:low", "class:low", "0..5"),
+    ("family:Elvish", "unknown family 'Elvish'", "Indo-European"),
+    ("color:red", "unknown language selector 'color:red'", "script:"),
+])
+def test_bad_selectors_are_one_line_usage_errors(text, message, choices):
+    with pytest.raises(UsageError) as error:
+        parse_languages(text)
+    assert message in str(error.value) and choices in str(error.value)
+    assert "\n" not in str(error.value)
