@@ -67,9 +67,9 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
         return (f"{counts['error']} audit(s) could not run (errors, not findings): "
                 "the verdict needs them fixed")
     if counts["failed"]:
-        return (f"{len(failed_findings) or counts['failed']} audited claim(s) did not hold on "
-                f"this model ({counts['failed']} failed case(s)): honest findings, measured, "
-                "not errors")
+        return (f"{len(failed_findings) or counts['failed']} seed finding(s) did not hold on "
+                f"this model ({counts['failed']} failed case(s)): honest measurements, not "
+                "errors")
     if not counts["passed"]:
         return "No audit decided anything in this run"
     return f"Every decided claim held ({counts['passed']} passed)"

@@ -1,6 +1,7 @@
 """The HTML report in headless Chromium: loads offline, no console errors, no requests."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 AUDITS = Path(__file__).resolve().parents[1] / "audits"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "reports" / "screenshots"  # CI artifacts
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytest_plugins = ["pytester"]
 pytestmark = [
@@ -35,13 +37,14 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tiny-gpt2", "smollm2-135m"])
+def report(request, tmp_path_factory):
+    """The quick audits' report of a tiny model and of the embedded one."""
     folder = tmp_path_factory.mktemp("browser")
-    path = folder / "tiny.json"
-    subprocess.run(["pytest", "-p", "no:cacheprovider", str(AUDITS / "test_synergy.py"),
-                    str(AUDITS / "test_baseline.py"), "--model", "tiny-gpt2", "-m", "quick",
-                    "--report", str(path)], cwd=folder, capture_output=True, timeout=600)
+    path = folder / f"{request.param}.json"
+    subprocess.run(["pytest", "-p", "no:cacheprovider", str(AUDITS), "--model", request.param,
+                    "-m", "quick", "--report", str(path)], cwd=folder, capture_output=True,
+                   timeout=900)
     return path
 
 
@@ -54,9 +57,22 @@ def test_report_renders_offline_without_errors(report, tmp_path):
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console  # the report logs nothing; errors and CSP violations would show here
     assert page_requests(netlog) == []
-    expected = len(json.loads(report.read_text())["audits"])
-    assert dom.stdout.count('<tr class="audit') == expected > 0
+    data = json.loads(report.read_text())
+    html = dom.stdout
+    assert html.count('<tr class="audit') == len(data["audits"]) > 0
+    assert html.count("<details class=\"outcome-") == len(data["audits"])  # findings matrix
+    scorecard = html[html.index('<table class="score" data-strategy="none">'):]
+    scorecard = scorecard[:scorecard.index("</table>")]
+    assert scorecard.count('<tr class="lang') == len(data["settings"]["languages"])
+    charts = re.findall(r'<svg class="chart".*?</svg>', html, flags=re.S)
+    assert len(charts) >= 3
+    for chart in charts:
+        ticks = re.findall(r'<g id="[^"]*tick_\d+">.*?<text[^>]*>([^<]+)</text>', chart,
+                           flags=re.S)
+        assert any(label.strip() for label in ticks), chart[:200]
 
-    screenshot = tmp_path / "report.png"
-    shot = chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={screenshot}", page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshot = SCREENSHOTS / f"report-{report.stem}.png"
+    shot = chromium(tmp_path, "--window-size=1200,2400", "--hide-scrollbars",
+                    f"--screenshot={screenshot}", page)
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000
