@@ -119,6 +119,28 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
     return rows
 
 
+def aggregates(report: dict, strategies: list[str]) -> list[dict]:
+    """Mean NLL disparity per script and per resource class, for each scorecard strategy
+    (languages with an undefined disparity or no metadata left out)."""
+    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for strategy in strategies:
+        for r in main_rows(report, strategy):
+            meta = language(r["language"])
+            if r["language"] == REFERENCE or r.get("undefined") or r.get("disparity") is None:
+                continue
+            groups[("script", meta.script)][strategy].append(r["disparity"])
+            if meta.resource_class >= 0:
+                groups[("class", str(meta.resource_class))][strategy].append(r["disparity"])
+    rows = []
+    for (kind, value), by_strategy in sorted(groups.items()):
+        means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
+        rows.append({"kind": kind, "value": value,
+                     "languages": max(len(v) for v in by_strategy.values()),
+                     "cells": [{"text": f"{means[s]:.2f}" if s in means else "",
+                                "style": shade(means.get(s))} for s in strategies]})
+    return rows
+
+
 def findings_matrix(report: dict) -> dict:
     """Findings x languages (audits naming no language in a `model` column): each cell the
     audits of that finding and language."""
@@ -162,6 +184,7 @@ def render_html(report: dict) -> str:
         report=report, summary=report_summary(report),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in scorecard_strategies(report)],
+        aggregates=aggregates(report, scorecard_strategies(report)),
         matrix=findings_matrix(report), groups=audit_groups(report),
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),

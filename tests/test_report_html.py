@@ -142,3 +142,13 @@ def test_pareto_labels_of_nearly_equal_points_do_not_overlap(count):
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     shown = " ".join(t.get_text() for t in _labels(figure))
     assert all(p.label in shown for p in points)  # on the points or in the key
+
+
+def test_per_script_and_class_aggregates_average_their_languages():
+    from quantfair.html import aggregates
+
+    groups = {(g["kind"], g["value"]): g for g in aggregates(report(), ["none", "recommended"])}
+    # he (Hebr, class 3) 6.0 and 2.0; ar (Arab, class 5) 3.0 / 1.5; de (Latn, class 5) 1.5 / 1.2
+    assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["6.00", "2.00"]
+    assert [c["text"] for c in groups[("class", "5")]["cells"]] == ["2.25", "1.35"]
+    assert groups[("class", "5")]["languages"] == 2 and ("script", "Latn") in groups
