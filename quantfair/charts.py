@@ -18,6 +18,7 @@ import matplotlib
 from adjustText import adjust_text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from quantfair.corpus import REFERENCE, language
 from quantfair.seed import SEED_PARETO_FRONTIER
@@ -31,7 +32,6 @@ STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "axes.lab
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False}
 WIDTH = 7.0  # inches at 100 dpi: 700 px, the report's column
-LAYER_TOKENS = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
 MAX_FOREST_STRATEGIES = 5
 LABEL = "label-"  # gid prefix of point labels (their boxes must not overlap)
 
@@ -91,7 +91,8 @@ def overlapping(texts: Sequence) -> bool:
 
 def label_points(ax, points: Sequence[Point]) -> None:
     """Label each point; labels are spread by adjustText, and if any still overlap, the points
-    get numbers and their labels go to a key outside the axes."""
+    get numbers and their labels go to a key beside the axes (the axes' legend: series
+    legends of these charts are figure legends)."""
     panel = f"{LABEL}{ax.figure.axes.index(ax)}-"
     texts = [ax.text(p.x, p.y, f" {p.label}", fontsize=8, ha="left", va="bottom",
                      gid=f"{panel}{index}") for index, p in enumerate(points)]
@@ -103,11 +104,20 @@ def label_points(ax, points: Sequence[Point]) -> None:
     if overlapping(texts):
         for artist in [*texts, *arrows]:
             artist.remove()
+        spots: dict[tuple[int, int], list[int]] = {}  # points within ~8 px share a number tag
         for index, p in enumerate(points, 1):
-            ax.annotate(str(index), (p.x, p.y), xytext=(3, 3), textcoords="offset points",
-                        fontsize=7)
-        key = "\n".join(f"{i}: {p.label}" for i, p in enumerate(points, 1))
-        ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", fontsize=7, gid=f"{panel}key")
+            px, py = ax.transData.transform((p.x, p.y))
+            spots.setdefault((round(px / 8), round(py / 8)), []).append(index)
+        for numbers in spots.values():
+            p = points[numbers[0] - 1]
+            ax.annotate(",".join(map(str, numbers)), (p.x, p.y), xytext=(-3, 3), ha="right",
+                        textcoords="offset points", fontsize=7)
+        key = ax.legend([Line2D([], [], linestyle="none") for _ in points],
+                        [f"{index}: {p.label}" for index, p in enumerate(points, 1)],
+                        loc="upper left", bbox_to_anchor=(1.0, 1.0), handlelength=0,
+                        handletextpad=0, fontsize=7)
+        for index, text in enumerate(key.get_texts()):
+            text.set_gid(f"{panel}key-{index}")
 
 
 def _log_axis(ax, axis: str = "y") -> None:
@@ -183,7 +193,7 @@ def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure
     figure, axes = _figure(3.6, 2 if seed else 1)
     panels = [(axes[0], points, "This model: mean disparity")]
     if seed:
-        panels.append((axes[1], seed, "Seed (GPT-2): low-resource disparity per token"))
+        panels.append((axes[1], seed, "Seed (GPT-2), per-token disparity"))
     for ax, shown, title in panels:
         plain = [p for p in shown if not p.highlight]
         starred = [p for p in shown if p.highlight]
@@ -214,10 +224,9 @@ def pareto(report: dict) -> str | None:
 
 @styled
 def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
-         log: bool = False, reference: tuple[str, float] | None = None) -> str | None:
-    """Horizontal bars with their values written at the end."""
-    items = [(label, value) for label, value in items if value is not None and
-             (not log or value > 0)]
+         reference: tuple[str, float] | None = None) -> str | None:
+    """Horizontal bars from zero with their values written at the end."""
+    items = [(label, value) for label, value in items if value is not None]
     if not items:
         return None
     figure, (ax,) = _figure(0.9 + 0.28 * len(items))
@@ -229,8 +238,6 @@ def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
     if reference:
         ax.axvline(reference[1], color=PALETTE[1], ls="--", lw=1, label=reference[0])
         ax.legend(loc="lower right")
-    if log:
-        _log_axis(ax, "x")
     ax.set_yticks(range(len(items)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
@@ -238,13 +245,22 @@ def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
     return to_svg(figure, name)
 
 
+def _layer_order(token: str) -> tuple[int, int]:
+    number = token[1:]
+    return (0, int(number)) if number.isdigit() else (1, ("mid", "-2", "last").index(number)
+                                                        if number in ("mid", "-2", "last") else 3)
+
+
 def criticality(report: dict) -> str | None:
+    """Mean disparity with one whole layer in FP (strategies `L<i>`, `Lmid`, `L-<k>`, `Llast`)
+    against no protection."""
     means = _mean_disparity(report)
-    items = [(token, means[token][0]) for token in LAYER_TOKENS if token in means]
+    layers = sorted((s for s in means if re.fullmatch(r"L(\d+|mid|last|-\d+)", s)),
+                    key=_layer_order)
     none = means.get("none", (None, 0))[0]
-    return bars(items, "criticality", "mean disparity with only that layer in FP (log scale)",
-                "Per-layer criticality (lower is better)", log=True,
-                reference=("no protection", none) if none else None)
+    return bars([(token, means[token][0]) for token in layers], "criticality",
+                "mean disparity with only that layer in FP", "Per-layer criticality "
+                "(lower is better)", reference=("no protection", none) if none else None)
 
 
 @styled
@@ -272,7 +288,7 @@ def resource(report: dict) -> dict:
         grid = np.linspace(xs.min(), xs.max(), 20)
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
                 label=f"log-linear fit, Pearson r = {result['correlation']['pearson_r']:.2f}")
-        ax.legend(loc="upper right")
+        figure.legend(loc="outside lower center")
     _log_axis(ax)
     ax.set_xticks(range(6))
     ax.set_xlabel("resource class (Joshi et al. 2020: 0 left behind .. 5 winners)")
@@ -309,5 +325,5 @@ def suggest_trace(report: dict) -> str | None:
     ax.set_xlabel("overhead (% of parameters in FP)")
     ax.set_ylabel("search score (mean damage / English's)")
     ax.set_title(f"Suggest search trace ({found['strategy']})")
-    ax.legend(loc="upper right")
+    figure.legend(loc="outside lower center", ncols=2)
     return to_svg(figure, "suggest")

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 
 from quantfair import charts
 from quantfair.html import findings_matrix, render_html, scorecard, shade
@@ -126,21 +127,25 @@ def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
 
 
 def _labels(figure) -> list:
-    return [t for ax in figure.axes for t in ax.texts
-            if (t.get_gid() or "").startswith(charts.LABEL)]
+    """Point labels, on the points or in a key."""
+    return [t for t in figure.findobj(Text) if (t.get_gid() or "").startswith(charts.LABEL)]
 
 
 @pytest.mark.parametrize("count", [2, 6, 12])
 def test_pareto_labels_of_nearly_equal_points_do_not_overlap(count):
     points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + 0.01 * i, 3.4 + 0.01 * i)
               for i in range(count)]
-    figure = charts.pareto_figure(points)
+    seed = [charts.Point("seed_point", 5.0, 3.0)]
+    figure = charts.pareto_figure(points, seed)
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in _labels(figure)]
+    texts = [t for t in _labels(figure) if "seed_point" not in t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
     assert boxes, "no labels drawn"
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    shown = " ".join(t.get_text() for t in _labels(figure))
+    neighbour = figure.axes[1].get_window_extent(renderer)  # the seed's panel
+    assert not any(box.overlaps(neighbour) for box in boxes)
+    shown = " ".join(t.get_text() for t in texts)
     assert all(p.label in shown for p in points)  # on the points or in the key
 
 
