@@ -488,6 +488,15 @@ class Evaluator:
             self._claims[path] = FileLock(path)
         return self._claims[path]
 
+    def _try_claim(self, tag: str, key: str) -> bool:
+        lock = self._claim(tag, key)
+        with cache_writes(Path(lock.lock_file).parent):
+            try:  # (filelock's Timeout is an OSError: caught before cache_writes sees it)
+                lock.acquire(timeout=0)
+            except Timeout:
+                return False
+        return True
+
     def _shared(self, tag: str, label: str, sizes: dict[str, int],
                 finished: Callable[[], set[str]], compute: Callable[[list[str]], None],
                 group_tokens: int | None = None) -> None:
@@ -506,13 +515,10 @@ class Evaluator:
                 if group and tokens + sizes[key] > limit:
                     rest = pending[position:]
                     break
-                lock = self._claim(tag, key)
-                try:
-                    with cache_writes(Path(lock.lock_file).parent):
-                        lock.acquire(timeout=0)
-                except Timeout:
+                if not self._try_claim(tag, key):
                     skipped.append(key)
                     continue
+                lock = self._claim(tag, key)
                 held.append(lock)
                 group.append(key)
                 tokens += sizes[key]
