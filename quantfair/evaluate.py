@@ -101,7 +101,7 @@ class ResultCache:
         self.folder = folder
         self.result_type = result_type
         self.memory: dict[str, dict[str, UnitResult]] = {}
-        self._sizes: dict[str, int] = {}  # file size when last read, per configuration
+        self._read_to: dict[str, int] = {}  # bytes of each configuration's file read so far
 
     def _path(self, config: str) -> Path:
         return self.folder / f"{hashlib.sha256(config.encode()).hexdigest()[:24]}.jsonl"
@@ -111,15 +111,18 @@ class ResultCache:
         payload = json.dumps([config, key, asdict(result)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def load(self, config: str) -> dict[str, UnitResult]:
-        if config in self.memory:
-            return self.memory[config]
-        found: dict[str, UnitResult] = {}
+    def _read(self, config: str, start: int) -> tuple[dict[str, UnitResult], int]:
+        """The entries of the file from byte `start` up to its last complete line, and the
+        byte after that line (an append in progress is read next time)."""
         try:
-            text = self._path(config).read_text(encoding="utf-8", errors="replace")
+            with open(self._path(config), "rb") as handle:
+                handle.seek(start)
+                data = handle.read()
         except OSError:
-            text = ""  # absent or unreadable: computed again
-        for line in text.splitlines():
+            return {}, start  # absent or unreadable: computed again
+        end = data.rfind(b"\n") + 1
+        found: dict[str, UnitResult] = {}
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 result = self.result_type(**entry["result"])
@@ -127,19 +130,28 @@ class ResultCache:
                     found[entry["key"]] = result
             except (ValueError, KeyError, TypeError):
                 continue
-        self.memory[config] = found
-        return found
+        return found, start + end
+
+    def load(self, config: str) -> dict[str, UnitResult]:
+        if config not in self.memory:
+            self.memory[config], self._read_to[config] = self._read(config, 0)
+        return self.memory[config]
 
     def refresh(self, config: str) -> dict[str, UnitResult]:
-        """`load`, reading the file again if it grew since (another process appended)."""
+        """`load`, plus what other processes appended to the file since it was read."""
+        known = self.load(config)
         try:
             size = self._path(config).stat().st_size
         except OSError:
-            size = -1
-        if self._sizes.get(config) != size:
-            self.memory.pop(config, None)
-            self._sizes[config] = size  # taken before the read: a later append reads again
-        return self.load(config)
+            size = 0
+        read_to = self._read_to.get(config, 0)
+        if size < read_to:  # not the file read before: read it whole
+            del self.memory[config]
+            return self.load(config)
+        if size > read_to:
+            found, self._read_to[config] = self._read(config, read_to)
+            known.update(found)
+        return known
 
     def store(self, config: str, items: dict[str, UnitResult]) -> None:
         self.load(config).update(items)
