@@ -296,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "languages", "units",
-               "corpus")
+               "corpus", "threads")
 
 
 def build_parser() -> argparse.ArgumentParser:

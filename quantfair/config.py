@@ -14,6 +14,7 @@ from typing import Any
 
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
+from quantfair.workers import parse_threads
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
@@ -61,6 +62,9 @@ OPTIONS = {option.name: option for option in (
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default), cpu, cuda, cuda:N"),
+    Option("threads", "torch threads per process: auto (default: an xdist worker takes "
+                      "cores // workers, unless OMP_NUM_THREADS is set; a serial run keeps "
+                      "torch's default) or a number", "auto"),
     Option("random-weights", "build the model from a shipped config with random weights",
            flag=True),
     Option("strategy", "a protection strategy to audit against none and random protection at "
@@ -180,6 +184,7 @@ class RunConfig:
     units: int | None = DEFAULT_UNITS  # a seeded sample of this many units per language; None: all
     corpus: str | None = None
     device: str | None = None
+    threads: int | None = None  # torch threads per process; None: auto (quantfair.workers)
     random_weights: bool = False
     strategy: str | None = None
     report: Path | None = None
@@ -232,6 +237,7 @@ class RunConfig:
         return cls(model=model, scheme=scheme, quantized=quantized or None,
                    languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),
+                   threads=parse_threads(get("threads")),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=Path(report) if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,

@@ -25,7 +25,9 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import nn
 
 from quantfair.errors import QuantfairError
@@ -45,6 +47,9 @@ EVALUATOR_VERSION = "2"
 DISTRIBUTION_VERSION = "1"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
 SIDE_ROWS = 512  # positions per float64 softmax block while building the FP side
+CLAIM_TOKENS = 512  # tokens of units claimed at a time (on CPU; a batch on CUDA)
+CLAIM_STRIPES = 256  # lock files per model folder that claims are spread over
+WAIT_NOTICE_S = 30.0  # a waiting process says so again after this long
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class ResultCache:
         self.folder = folder
         self.result_type = result_type
         self.memory: dict[str, dict[str, UnitResult]] = {}
+        self._read_to: dict[str, int] = {}  # bytes of each configuration's file read so far
 
     def _path(self, config: str) -> Path:
         return self.folder / f"{hashlib.sha256(config.encode()).hexdigest()[:24]}.jsonl"
@@ -105,15 +111,18 @@ class ResultCache:
         payload = json.dumps([config, key, asdict(result)], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def load(self, config: str) -> dict[str, UnitResult]:
-        if config in self.memory:
-            return self.memory[config]
-        found: dict[str, UnitResult] = {}
+    def _read(self, config: str, start: int) -> tuple[dict[str, UnitResult], int]:
+        """The entries of the file from byte `start` up to its last complete line, and the
+        byte after that line (an append in progress is read next time)."""
         try:
-            text = self._path(config).read_text(encoding="utf-8", errors="replace")
+            with open(self._path(config), "rb") as handle:
+                handle.seek(start)
+                data = handle.read()
         except OSError:
-            text = ""  # absent or unreadable: computed again
-        for line in text.splitlines():
+            return {}, start  # absent or unreadable: computed again
+        end = data.rfind(b"\n") + 1
+        found: dict[str, UnitResult] = {}
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 result = self.result_type(**entry["result"])
@@ -121,8 +130,28 @@ class ResultCache:
                     found[entry["key"]] = result
             except (ValueError, KeyError, TypeError):
                 continue
-        self.memory[config] = found
-        return found
+        return found, start + end
+
+    def load(self, config: str) -> dict[str, UnitResult]:
+        if config not in self.memory:
+            self.memory[config], self._read_to[config] = self._read(config, 0)
+        return self.memory[config]
+
+    def refresh(self, config: str) -> dict[str, UnitResult]:
+        """`load`, plus what other processes appended to the file since it was read."""
+        known = self.load(config)
+        try:
+            size = self._path(config).stat().st_size
+        except OSError:
+            size = 0
+        read_to = self._read_to.get(config, 0)
+        if size < read_to:  # not the file read before: read it whole
+            del self.memory[config]
+            return self.load(config)
+        if size > read_to:
+            found, self._read_to[config] = self._read(config, read_to)
+            known.update(found)
+        return known
 
     def store(self, config: str, items: dict[str, UnitResult]) -> None:
         self.load(config).update(items)
@@ -186,6 +215,10 @@ class ReferenceCache:
             except (OSError, ValueError, zipfile.BadZipFile):
                 return None
         return arrays
+
+    def has(self, key: str, head: str) -> bool:
+        """Whether both files are there (each is written whole or not at all)."""
+        return all(self._path(key, part).is_file() for part in ("base", head))
 
     def store(self, key: str, head: str, arrays: dict[str, np.ndarray]) -> None:
         for part, names in (("base", ("plogp", "top", "p_correct")), (head, ("u", "c"))):
@@ -275,13 +308,51 @@ class _Window:
     first: int = 0  # index of its first scored token among the unit's scored tokens
 
 
+def _window_tokens(windows: list[_Window]) -> dict[str, int]:
+    tokens: dict[str, int] = {}
+    for window in windows:
+        tokens[window.key] = tokens.get(window.key, 0) + len(window.ids)
+    return tokens
+
+
+class _Progress:
+    """Tokens scored of a set of units, here or by another process, for a progress callback."""
+
+    def __init__(self, callback: Callable[[int, int], None] | None,
+                 sizes: dict[str, int]) -> None:
+        self.callback = callback
+        self.sizes = sizes  # unit key -> tokens of its windows
+        self.total = sum(sizes.values())
+        self.done = 0  # tokens scored by this process
+        self.mine: set[str] = set()
+        self.finished: set[str] = set()
+
+    def advance(self, tokens: int) -> None:
+        self.done += tokens
+
+    def seen(self, keys: Iterable[str], mine: bool = False) -> set[str]:
+        """Note finished units (ours if `mine`); every finished unit among ours so far."""
+        keys = {key for key in keys if key in self.sizes}
+        if mine:
+            self.mine |= keys
+        self.finished |= keys
+        return set(self.finished)
+
+    def report(self) -> None:
+        if self.callback:
+            others = sum(self.sizes[key] for key in self.finished - self.mine)
+            self.callback(min(self.done + others, self.total), self.total)
+
+
 class Evaluator:
     """Scores texts with the model in whatever state it is in; the caller names that state
     (`config`) so results are cached per state."""
 
     def __init__(self, loaded: LoadedModel, cache: ResultCache | None = None,
-                 batch_tokens: int | None = None) -> None:
+                 batch_tokens: int | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.loaded = loaded
+        self.announce = announce or (lambda message: None)
         self.cache = cache or ResultCache(model_results(loaded))
         self.window = min(loaded.context_length, MAX_WINDOW)
         # One sequence per forward on CPU (padding costs more than it saves there).
@@ -298,6 +369,8 @@ class Evaluator:
         self._head_hashes: dict[tuple[tuple[int, int], ...], str] = {}
         self._tokenizer_id = tokenizer_identity(tokenizer)
         self._model_id = model_identity(loaded)
+        self._claims: dict[Path, FileLock] = {}
+        self.units_computed = 0  # units this process scored (not those another one did)
 
     def unit_key(self, text: str) -> str:
         """Covers everything besides the weights (the cache folder) that changes a number."""
@@ -375,20 +448,35 @@ class Evaluator:
 
     def evaluate(self, config: str, texts: list[str],
                  progress: Callable[[int, int], None] | None = None) -> dict[str, UnitResult]:
-        """NLL of each text under the model's current weights, cached under `config`."""
+        """NLL of each text under the model's current weights, cached under `config`. Units
+        that another process sharing the cache is scoring under `config` are left to it."""
         results = self.cached(config, texts)
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
-        keyed, ids, windows, pending = self._plan(todo)
+        keyed, ids, windows, _ = self._plan(todo)
+        tracker = _Progress(progress, _window_tokens(windows))
+
+        def finished() -> set[str]:
+            return tracker.seen(self.cache.refresh(config).keys())
+
+        def compute(keys: list[str]) -> None:
+            self._evaluate_units(config, {key: keyed[key] for key in keys}, ids, tracker)
+
+        self._shared(f"nll\0{config}", config, tracker.sizes, finished, compute)
+        return {**results, **self.cached(config, todo)}
+
+    def _evaluate_units(self, config: str, keyed: dict[str, str], ids: dict[str, list[int]],
+                        tracker: _Progress) -> None:
+        windows = [w for key in keyed for w in self._windows(key, ids[key])]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
         sums = dict.fromkeys(keyed, 0.0)
-        total, done = sum(len(w.ids) for w in windows), 0
         for batch in self._batches(windows):
             finished = {}
             for window, nll in zip(batch, self._score(batch), strict=True):
                 sums[window.key] += nll
                 pending[window.key] -= 1
-                done += len(window.ids)
+                tracker.advance(len(window.ids))
                 if pending[window.key] == 0:
                     text = keyed[window.key]
                     finished[window.key] = UnitResult(
@@ -396,11 +484,84 @@ class Evaluator:
                         bytes=len(text.encode("utf-8")), chars=len(text))
             if finished:
                 self.cache.store(config, finished)
-                results.update({keyed[k]: r for k, r in finished.items()})
-            if progress:
-                progress(done, total)
-        return results
+                self.units_computed += len(finished)
+                tracker.seen(finished, mine=True)
+            tracker.report()
 
+    # -- sharing work with other processes -----------------------------------------------
+    def _claim(self, tag: str, key: str) -> FileLock:
+        """The lock that claims unit `key` of the work `tag` (one of a fixed set of lock files:
+        an unrelated unit may share it, which only delays)."""
+        digest = hashlib.sha256(f"{tag}\0{key}".encode()).hexdigest()
+        path = self.cache.folder / "claims" / f"{int(digest[:8], 16) % CLAIM_STRIPES:02x}.lock"
+        if path not in self._claims:
+            with cache_writes(path.parent):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._claims[path] = FileLock(path)
+        return self._claims[path]
+
+    def _try_claim(self, tag: str, key: str) -> bool:
+        lock = self._claim(tag, key)
+        with cache_writes(Path(lock.lock_file).parent):
+            try:  # (filelock's Timeout is an OSError: caught before cache_writes sees it)
+                lock.acquire(timeout=0)
+            except Timeout:
+                return False
+        return True
+
+    def _shared(self, tag: str, label: str, sizes: dict[str, int],
+                finished: Callable[[], set[str]], compute: Callable[[list[str]], None],
+                group_tokens: int | None = None) -> None:
+        """Compute every unit of `sizes` (unit key -> tokens) that is not `finished()` yet,
+        dividing the work with other processes that ask for the same units of `tag`: units
+        are claimed with a file lock a group at a time (`group_tokens`, default a batch),
+        skipping those another process holds; a claimed unit is computed only if still
+        missing once claimed, and stored before its claim is let go. Then this process waits
+        for the units it skipped (they are normally done by then) and computes any left
+        behind by a process that died (the lock goes with the process)."""
+        limit = group_tokens or max(self.batch_tokens, CLAIM_TOKENS)
+        pending, skipped = list(sizes), []
+        while pending:
+            group, held, tokens, rest = [], [], 0, []
+            for position, key in enumerate(pending):
+                if group and tokens + sizes[key] > limit:
+                    rest = pending[position:]
+                    break
+                if not self._try_claim(tag, key):
+                    skipped.append(key)
+                    continue
+                lock = self._claim(tag, key)
+                held.append(lock)
+                group.append(key)
+                tokens += sizes[key]
+            pending = rest
+            try:
+                done = finished()
+                todo = [key for key in group if key not in done]
+                if todo:
+                    compute(todo)
+            finally:
+                for lock in held:
+                    lock.release()
+        waiting = [key for key in skipped if key not in finished()]
+        if waiting:
+            self.announce(f"quantfair: waiting for another process scoring {len(waiting)} "
+                          f"unit(s) of {label}")
+        for key in waiting:
+            lock = self._claim(tag, key)
+            started = time.monotonic()
+            while True:
+                try:
+                    lock.acquire(timeout=WAIT_NOTICE_S)
+                    break
+                except Timeout:
+                    self.announce(f"quantfair: still waiting for another process scoring "
+                                  f"{label} ({time.monotonic() - started:.0f} s)")
+            try:
+                if key not in finished():  # the other process stopped before storing it
+                    compute([key])
+            finally:
+                lock.release()
 
     @cached_property
     def exact_head(self) -> bool:
@@ -459,15 +620,40 @@ class Evaluator:
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
-        keyed, ids, windows, pending = self._plan(todo)
+        keyed, ids, windows, _ = self._plan(todo)
         exact, head = self.exact_head, self.head_variant()
+        tracker = _Progress(progress, _window_tokens(windows))
+        if exact:
+            missing = {k: n for k, n in tracker.sizes.items()
+                       if self.references.load(k, head) is None}
+            if missing:
+                def built() -> set[str]:
+                    return {k for k in missing if self.references.load(k, head) is not None}
+
+                # All claimed at once: one swap to the FP weights and back.
+                self._shared(f"side\0{head}", "the FP reference", missing, built,
+                             lambda keys: self._build_references(
+                                 {key: ids[key] for key in keys}, head, swap),
+                             group_tokens=sys.maxsize)
+
+        def finished() -> set[str]:
+            return tracker.seen(self.distribution_cache.refresh(config).keys())
+
+        def compute(keys: list[str]) -> None:
+            self._distribution_units(config, {key: keyed[key] for key in keys}, ids,
+                                     exact, head, swap, tracker)
+
+        self._shared(f"distribution\0{config}", config, tracker.sizes, finished, compute)
+        return {**results, **self.cached_distribution(config, todo)}
+
+    @torch.inference_mode()
+    def _distribution_units(self, config: str, keyed: dict[str, str],
+                            ids: dict[str, list[int]], exact: bool, head: str,
+                            swap: Swap | None, tracker: _Progress) -> None:
+        windows = [w for key in keyed for w in self._windows(key, ids[key])]
+        pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
         sides = {key: self.references.load(key, head) for key in keyed} if exact else {}
-        missing = {key: ids[key] for key, side in sides.items() if side is None}
-        if missing:
-            self._build_references(missing, head, swap)
-            sides.update({key: self.references.load(key, head) for key in missing})
         statistics: dict[str, list[_WindowStatistics]] = {k: [] for k in keyed}
-        total, done = sum(len(w.ids) for w in windows), 0
         for batch in self._batches(windows):
             if not exact and swap is not None:
                 swap.to_reference()
@@ -492,7 +678,7 @@ class Evaluator:
                 statistics[window.key].append(
                     _window_statistics(window.first, side, cross, logits[row, rows], targets))
                 pending[window.key] -= 1
-                done += len(window.ids)
+                tracker.advance(len(window.ids))
                 if pending[window.key] == 0:
                     finished[window.key] = self._unit_distribution(
                         keyed[window.key], statistics.pop(window.key))
@@ -500,10 +686,9 @@ class Evaluator:
                 self.distribution_cache.store(config, finished)
                 self.cache.store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
                                           for k, r in finished.items()})
-                results.update({keyed[k]: r for k, r in finished.items()})
-            if progress:
-                progress(done, total)
-        return results
+                self.units_computed += len(finished)
+                tracker.seen(finished, mine=True)
+            tracker.report()
 
     def _build_references(self, units: dict[str, list[int]], head: str,
                           swap: Swap | None) -> None:

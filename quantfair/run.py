@@ -62,8 +62,12 @@ class QuantfairRun:
         if self._context is None:
             from quantfair.context import AuditContext
             from quantfair.session import AuditSession
+            from quantfair.workers import xdist_workers
 
-            session = AuditSession(self.config, announce=_announcer(self.pytest_config))
+            workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
+                       else None)
+            session = AuditSession(self.config, announce=_announcer(self.pytest_config),
+                                   workers=workers)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
         return self._context

@@ -17,6 +17,7 @@ from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank
 from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
+from quantfair.workers import configure_threads
 
 Announce = Callable[[str], None]
 
@@ -35,8 +36,9 @@ class AuditSession:
 
     def __init__(self, config: RunConfig, announce: Announce = _stderr,
                  progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None,
-                 loaded: LoadedModel | None = None) -> None:
-        """`loaded` hands in a model already in memory instead of loading `config.model`."""
+                 loaded: LoadedModel | None = None, workers: int | None = None) -> None:
+        """`loaded` hands in a model already in memory instead of loading `config.model`;
+        `workers`: how many processes (xdist workers) share the machine's cores."""
         self.config = config
         self.announce = announce
         self.progress = progress
@@ -46,6 +48,9 @@ class AuditSession:
         self.corpus = selected.select(units=units)
         held_out = [u for u in full.units if u not in units]
         self.calibration = selected.select(units=held_out) if held_out else None
+        threads = configure_threads(config.threads, workers)  # before the model loads
+        if threads:
+            announce(threads)
         if loaded is None:
             announce(f"quantfair: loading {config.model}")
             loaded = load_model(config.model, config.device, config.random_weights)
@@ -63,7 +68,7 @@ class AuditSession:
                 announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
                          "tensor(s) as in the FP model, e.g. "
                          f"{', '.join(self.artifact.unquantized[:3])}")
-        self.evaluator = Evaluator(loaded)
+        self.evaluator = Evaluator(loaded, announce=announce)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
 

@@ -1,0 +1,78 @@
+"""Torch threads per process when pytest-xdist runs several audit processes side by side.
+
+Each xdist worker is a full process with its own torch; left alone, every one of them starts
+as many OpenMP threads as the machine has cores, and n workers on n cores then fight over them
+(oversubscription makes a `-n 2` run on two cores several times slower than the serial one).
+A worker takes its share instead: max(1, cores // workers).
+
+Precedence, first that applies:
+1. `--quantfair-threads N` (ini `quantfair_threads`): N threads in every process, serial too;
+2. `OMP_NUM_THREADS` set in the environment: the user's choice, left to torch;
+3. an xdist worker: its share of the cores;
+4. a serial run: torch's own default.
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+from quantfair.errors import UsageError
+
+AUTO = "auto"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def parse_threads(text: str | int | None) -> int | None:
+    """`"auto"` (or unset) -> None; a positive integer -> itself; anything else: UsageError."""
+    if text is None or str(text).strip().lower() == AUTO:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"--threads must be {AUTO} or a positive integer, got '{text}'") from None
+    if value < 1:
+        raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
+    return value
+
+
+def thread_share(cores: int, workers: int | None, override: int | None = None,
+                 environment: bool = False) -> int | None:
+    """Torch threads for one process, or None to leave torch's setting alone.
+
+    `workers`: the number of xdist workers (None or 1 outside xdist); `override`: the
+    `threads` option; `environment`: whether OMP_NUM_THREADS is set."""
+    if override is not None:
+        return override
+    if environment or not workers or workers < 2:
+        return None
+    return max(1, cores // workers)
+
+
+def xdist_workers(workerinput: dict | None = None) -> int | None:
+    """The number of xdist workers of this run, seen from a worker (None elsewhere)."""
+    count = (workerinput or {}).get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    try:
+        return int(count) if count else None
+    except ValueError:
+        return None
+
+
+def configure_threads(override: int | None, workers: int | None = None) -> str | None:
+    """Apply `thread_share` to torch in this process; a line saying what was set, if anything."""
+    cores = available_cores()
+    threads = thread_share(cores, workers, override, bool(os.environ.get("OMP_NUM_THREADS")))
+    if threads is None:
+        return None
+    import torch
+
+    torch.set_num_threads(threads)
+    why = "--threads" if override is not None else f"{cores} cores / {workers} workers"
+    return f"quantfair: torch threads {threads} ({why})"

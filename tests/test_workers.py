@@ -1,0 +1,185 @@
+"""Several processes on one machine: torch threads per xdist worker, and evaluations that
+processes sharing a results cache divide between them instead of repeating."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from filelock import FileLock
+
+from quantfair.config import RunConfig
+from quantfair.errors import UsageError
+from quantfair.evaluate import Evaluator, ResultCache, UnitResult
+from quantfair.workers import configure_threads, parse_threads, thread_share, xdist_workers
+
+# -- the thread share ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cores", "workers", "override", "environment", "expected"), [
+    (2, None, None, False, None),  # serial: torch's default
+    (2, 1, None, False, None),  # one worker is a serial run
+    (2, 2, None, False, 1),
+    (8, 2, None, False, 4),
+    (8, 3, None, False, 2),
+    (16, 4, None, False, 4),
+    (2, 4, None, False, 1),  # more workers than cores: still one thread each
+    (2, 2, 3, False, 3),  # the option wins
+    (8, None, 2, False, 2),  # also in a serial run
+    (8, 2, None, True, None),  # OMP_NUM_THREADS set: left to torch
+    (8, 2, 3, True, 3),  # the option wins over OMP_NUM_THREADS too
+])
+def test_thread_share(cores, workers, override, environment, expected):
+    assert thread_share(cores, workers, override, environment) == expected
+
+
+def test_threads_option_values():
+    assert parse_threads(None) is None
+    assert parse_threads("auto") is None
+    assert parse_threads(" AUTO ") is None
+    assert parse_threads("3") == 3
+    for bad in ("0", "-2", "two", "1.5", ""):
+        with pytest.raises(UsageError, match="--threads must be auto or a positive integer"):
+            parse_threads(bad)
+
+
+def test_a_bad_threads_option_is_a_usage_error_before_any_model_loads():
+    values = {"model": "no-org/never-loaded", "threads": "0"}
+    with pytest.raises(UsageError, match="--threads") as error:
+        RunConfig.build(values.get)
+    assert "\n" not in str(error.value)
+    assert RunConfig.build({"model": "m", "threads": "2"}.get).threads == 2
+    assert RunConfig.build({"model": "m"}.get).threads is None
+
+
+def test_a_bad_threads_option_is_one_line_from_the_cli():
+    result = subprocess.run([sys.executable, "-m", "quantfair.cli", "measure", "tiny-gpt2",
+                             "--threads", "none"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "--threads must be auto or a positive integer" in lines[0]
+
+
+def test_worker_count_from_xdist(monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert xdist_workers(None) is None
+    assert xdist_workers({"workercount": 3}) == 3
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert xdist_workers({}) == 2
+
+
+def test_configure_threads_sets_torch_before_the_model_loads(monkeypatch):
+    import torch
+
+    import quantfair.workers as workers
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(workers, "available_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert configure_threads(None, None) is None  # serial
+    assert "torch threads 2" in configure_threads(None, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert configure_threads(None, 2) is None
+    assert "torch threads 1" in configure_threads(1, 2)
+    assert calls == [2, 1]
+
+
+# -- one evaluation, several processes ------------------------------------------------------------
+
+TEXTS = [f"Unit {i}: all human beings are born free and equal. " * (1 + i % 3)
+         for i in range(24)]
+
+SHARE = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from quantfair.evaluate import Evaluator, ResultCache
+    from quantfair.models import load_model
+
+    folder, worker, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    texts = json.loads(sys.argv[4])
+    loaded = load_model("tiny-gpt2")
+    evaluator = Evaluator(loaded, ResultCache(folder / "results"),
+                          announce=lambda m: print(m, file=sys.stderr, flush=True))
+    sides = []
+    store = evaluator._store_reference
+    evaluator._store_reference = lambda key, *rest: (sides.append(key), store(key, *rest))
+    # Slow forwards: both processes are still scoring when they meet.
+    loaded.model.register_forward_hook(lambda *args: time.sleep(0.03))
+    (folder / f"ready-{worker}").touch()
+    deadline = time.time() + 120
+    while len(list(folder.glob("ready-*"))) < 2:
+        if time.time() > deadline:
+            sys.exit("the other process never started")
+        time.sleep(0.001)
+    if mode == "nll":
+        results = evaluator.evaluate("fp", texts)
+    else:
+        results = evaluator.evaluate_distribution("fp", texts)
+    print(json.dumps({"computed": evaluator.units_computed, "sides": len(sides),
+                      "nll": [results[t].nll for t in texts]}))
+""")
+
+
+@pytest.mark.parametrize("mode", ["nll", "distribution"])
+def test_two_processes_asking_for_the_same_fp_results_compute_each_once(tmp_path, mode):
+    script = tmp_path / "share.py"
+    script.write_text(SHARE)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    processes = [subprocess.Popen([sys.executable, str(script), str(folder), name, mode,
+                                   json.dumps(TEXTS)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("a", "b")]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    a, b = (json.loads(stdout) for stdout, _ in outputs)
+    assert a["computed"] + b["computed"] == len(TEXTS)  # each unit once
+    assert a["computed"] and b["computed"]  # and the work was divided
+    assert a["nll"] == b["nll"]
+    if mode == "distribution":
+        assert a["sides"] + b["sides"] == len(TEXTS)  # the FP side of each unit once too
+    assert len(ResultCache(folder / "results").load("fp")) == len(TEXTS)
+
+
+def _hold_the_claim(evaluator: Evaluator, text: str) -> FileLock:
+    """Take the claim of `text`'s FP evaluation as another process would."""
+    own = evaluator._claim("nll\0fp", evaluator.unit_key(text))
+    other = FileLock(own.lock_file)  # a lock of its own, as in another process
+    other.acquire(timeout=0)
+    return other
+
+
+@pytest.mark.parametrize("other_finishes", [True, False])
+def test_a_claimed_unit_is_waited_for_and_computed_only_if_left_undone(
+        tmp_path, tiny_models, other_finishes):
+    messages: list[str] = []
+    evaluator = Evaluator(tiny_models["tiny-gpt2"], ResultCache(tmp_path),
+                          announce=messages.append)
+    texts = TEXTS[:6]
+    other = _hold_the_claim(evaluator, texts[2])
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(evaluator.evaluate("fp", texts)))
+    thread.start()
+    deadline = time.time() + 120
+    while not any("waiting for another process" in m for m in messages):
+        assert thread.is_alive() and time.time() < deadline, messages
+        time.sleep(0.01)
+    assert evaluator.units_computed == len(texts) - 1
+    if other_finishes:  # the other process stores its unit, then lets go of it
+        ResultCache(tmp_path).store("fp", {evaluator.unit_key(texts[2]):
+                                           UnitResult(123.0, 4, 5, 6)})
+    other.release()  # (or dies: the lock goes with the process)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert set(outcome) == set(texts)
+    if other_finishes:
+        assert evaluator.units_computed == len(texts) - 1
+        assert outcome[texts[2]] == UnitResult(123.0, 4, 5, 6)
+    else:
+        assert evaluator.units_computed == len(texts)
+        assert outcome[texts[2]].nll != 123.0
+    assert any("1 unit(s) of fp" in m for m in messages)
