@@ -81,11 +81,13 @@ def _comparable(report: dict) -> dict:
 
 
 def test_serial_and_xdist_runs_give_the_same_report(pytester):
+    """Two xdist gateways given as `--tx` (the form remote hosts use: `--tx ssh=...`) give the
+    serial run's report; `-n 2` is the same two local gateways."""
     serial, parallel = pytester.path / "serial.json", pytester.path / "parallel.json"
     first = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-m", "quick",
                 "--report", str(serial))
     second = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-m", "quick",
-                 "--report", str(parallel), "-n", "2", "--dist", "loadgroup")
+                 "--report", str(parallel), "--tx", "2*popen", "--dist", "loadgroup")
     a, b = load(serial), load(parallel)
     assert first.ret == second.ret == 1  # tiny-gpt2's Hebrew disparity is below 1 under int4
     assert {x["nodeid"] for x in a["audits"] if x["outcome"] == "failed"} == {
