@@ -40,6 +40,7 @@ class QuantfairRun:
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
         self.payloads: list[dict] = []  # evidence published by each process
+        self.workers: set[str] = set()  # xdist workers that finished (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
         self.report: dict | None = None
@@ -108,6 +109,7 @@ class QuantfairRun:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
+        self.workers.add(node.gateway.id)
         published = getattr(node, "workeroutput", {}).get("quantfair")
         if published:
             self.payloads.append(json.loads(published))
@@ -180,7 +182,7 @@ class QuantfairRun:
             "deselected": deselected, "not_run": len(not_run),
         }
         settings = {**self.config.settings(), "strict": self.config.strict,
-                    "workers": getattr(options, "numprocesses", None)}
+                    "workers": len(self.workers) or None}
         record = RunRecord(
             settings=settings, audits=list(self.audits.values()),
             rows=[row for p in self.payloads for row in p.get("rows", [])],
