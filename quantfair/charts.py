@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import matplotlib
 from adjustText import adjust_text
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -76,16 +77,12 @@ def to_svg(figure: Figure, name: str) -> str:
     return text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{name}" ', 1)
 
 
-def _boxes(texts: Sequence) -> list:
-    renderer = texts[0].figure.canvas.get_renderer()
-    return [t.get_window_extent(renderer) for t in texts]
-
-
 def overlapping(texts: Sequence) -> bool:
     """Whether any two of `texts` (matplotlib Text objects of one figure) overlap when drawn."""
     if len(texts) < 2:
         return False
-    boxes = _boxes(texts)
+    renderer = texts[0].figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
@@ -124,9 +121,9 @@ def _log_axis(ax, axis: str = "y") -> None:
     """A log-scale ratio axis ticked 1x, 2x, 5x, 10x, ..."""
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
     scale = ax.yaxis if axis == "y" else ax.xaxis
-    scale.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    scale.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-    scale.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    scale.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    scale.set_minor_formatter(ticker.NullFormatter())
 
 
 def _mean_disparity(report: dict) -> dict[str, tuple[float | None, float]]:
