@@ -61,6 +61,31 @@ def test_pair_serves_the_artifact_tensors_and_protection_takes_fp(tmp_path, mode
         n for n, p in bank.fp.items() if p.dim() == 1 or n.endswith("wpe.weight")}
 
 
+def test_an_artifact_with_quantized_biases_is_served_as_stored(tmp_path):
+    """Formats that quantize 1-D tensors too: the pair takes the artifact's biases and norms,
+    and protecting `biases` takes the FP ones."""
+    loaded = load_model("tiny-gpt2")
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            if param.dim() == 1:
+                param.copy_(torch.round(param * 8) / 8 + 1 / 16)  # a coarse grid, off the FP
+    loaded.model.save_pretrained(tmp_path / "q")
+    loaded.tokenizer.save_pretrained(tmp_path / "q")
+    saved = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    session = _session(_config("tiny-gpt2", str(tmp_path / "q")))
+    bank, scheme = session.bank, session.config.scheme
+    quantized = bank.quantized(scheme)
+    vectors = [n for n in bank.params if bank.fp[n].dim() == 1]
+    assert vectors and all(torch.equal(quantized[n], saved[n]) for n in vectors)
+    assert not any(torch.equal(saved[n], bank.fp[n]) for n in vectors)
+    assert not set(vectors) & set(session.artifact.unquantized)
+    bank.apply(scheme, session.resolver().resolve("biases"))
+    for name in vectors:
+        expected = bank.fp[name] if name.endswith(".bias") else saved[name]
+        assert torch.equal(bank.params[name].detach(), expected), name
+    bank.restore()
+
+
 def test_pair_measures_the_same_nll_as_the_computed_scheme(tmp_path):
     _save_quantized("tiny-llama", tmp_path / "q")
     pair = _session(_config("tiny-llama", str(tmp_path / "q"))).measure("none")
