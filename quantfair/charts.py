@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 
 from quantfair.corpus import REFERENCE, language
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.summary import RECOMMENDED, main_rows
+from quantfair.summary import RECOMMENDED, compared_rows, main_rows
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
 # deficiencies; markers differ too, so no series is told apart by colour alone.
@@ -127,17 +127,14 @@ def _log_axis(ax, axis: str = "y") -> None:
 
 
 def _mean_disparity(report: dict) -> dict[str, tuple[float | None, float]]:
-    """Per strategy: mean NLL disparity over the non-reference languages, overhead (%)."""
-    by_strategy: dict[str, list[dict]] = {}
-    for r in main_rows(report):
-        by_strategy.setdefault(r["strategy"], []).append(r)
-    result = {}
-    for strategy, rows in by_strategy.items():
-        values = [r["disparity"] for r in rows if r["language"] != REFERENCE
-                  and not r.get("undefined") and r.get("disparity") is not None]
-        result[strategy] = (sum(values) / len(values) if values else None,
-                            100 * rows[0]["overhead"])
-    return result
+    """Per strategy: mean NLL disparity over the compared languages (None when none is
+    defined), overhead (%)."""
+    values: dict[str, list[float]] = {}
+    for r in compared_rows(report):
+        values.setdefault(r["strategy"], []).append(r["disparity"])
+    return {r["strategy"]: (sum(values[r["strategy"]]) / len(values[r["strategy"]])
+                            if r["strategy"] in values else None, 100 * r["overhead"])
+            for r in main_rows(report)}
 
 
 def forest_strategies(report: dict) -> list[str]:
@@ -264,8 +261,7 @@ def criticality(report: dict) -> str | None:
 def resource(report: dict) -> dict:
     """Disparity without protection against Joshi et al.'s resource class, with a log-linear
     fit and Pearson/Spearman r; languages without a class are left out and named."""
-    rows = [r for r in main_rows(report, "none") if r["language"] != REFERENCE
-            and not r.get("undefined") and r.get("disparity") and r["disparity"] > 0]
+    rows = [r for r in compared_rows(report, "none") if r["disparity"] > 0]
     left_out = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
     points = [Point(r["language"], language(r["language"]).resource_class, r["disparity"])
               for r in rows if r["language"] not in left_out]

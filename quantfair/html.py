@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import REFERENCE, language
-from quantfair.summary import RECOMMENDED, main_rows, summarize
+from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -124,10 +124,8 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     (languages with an undefined disparity or no metadata left out)."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
-        for r in main_rows(report, strategy):
+        for r in compared_rows(report, strategy):
             meta = language(r["language"])
-            if r["language"] == REFERENCE or r.get("undefined") or r.get("disparity") is None:
-                continue
             groups[("script", meta.script)][strategy].append(r["disparity"])
             if meta.resource_class >= 0:
                 groups[("class", str(meta.resource_class))][strategy].append(r["disparity"])
@@ -180,11 +178,12 @@ def render_html(report: dict) -> str:
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
     template = env.get_template("report.html.j2")
+    strategies = scorecard_strategies(report)
     return template.render(
         report=report, summary=report_summary(report),
         heatmap=heatmap(report),
-        scorecards=[(s, scorecard(report, s)) for s in scorecard_strategies(report)],
-        aggregates=aggregates(report, scorecard_strategies(report)),
+        scorecards=[(s, scorecard(report, s)) for s in strategies],
+        aggregates=aggregates(report, strategies),
         matrix=findings_matrix(report), groups=audit_groups(report),
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),

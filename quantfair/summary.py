@@ -26,15 +26,20 @@ def main_rows(report: dict, strategy: str | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: order.get(r["language"], len(order)))
 
 
+def compared_rows(report: dict, strategy: str | None = None) -> list[dict]:
+    """`main_rows` of the languages compared with English: the reference left out, and those
+    whose NLL disparity is undefined."""
+    return [r for r in main_rows(report, strategy) if r["language"] != REFERENCE
+            and not r.get("undefined") and r.get("disparity") is not None]
+
+
 def _interval(low: float | None, high: float | None) -> str:
     return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
 
 
 def worst_languages(report: dict, count: int = WORST_SHOWN) -> list[dict]:
     """The languages hit hardest without protection: highest NLL disparity first."""
-    rows = [r for r in main_rows(report, "none") if r["language"] != REFERENCE
-            and not r.get("undefined") and r.get("disparity") is not None]
-    rows.sort(key=lambda r: r["disparity"], reverse=True)
+    rows = sorted(compared_rows(report, "none"), key=lambda r: r["disparity"], reverse=True)
     return [{"language": r["language"], "name": language(r["language"]).name,
              "disparity": r["disparity"], "low": r.get("disparity_low"),
              "high": r.get("disparity_high")} for r in rows[:count]]
