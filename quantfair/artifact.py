@@ -4,7 +4,6 @@ side of an audit, mapped onto the FP model's parameters by name."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,12 @@ from pathlib import Path
 import torch
 
 from quantfair.errors import QuantfairError, UsageError
-from quantfair.models import LoadedModel, gguf_type_mix
+from quantfair.export import gguf_names
+from quantfair.models import FLOAT_TYPES, LoadedModel, gguf_type_mix, weights_hash
+from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
-from quantfair.taxonomy import family_of
+from quantfair.taxonomy import components, family_of
+from quantfair.tensorfile import TORCH_DTYPES
 
 
 @dataclass
@@ -28,10 +30,11 @@ class Artifact:
     type_mix: dict[str, int]  # storage type -> number of tensors in the file
     unquantized: list[str]  # parameters bitwise equal to the FP reference
     tensors: dict[str, torch.Tensor]
+    bits: dict[str, float]  # parameter -> bits per weight as the file stores it
 
     def provenance(self) -> dict:
         """The report's `artifact` block."""
-        return {"label": self.scheme.artifact, "scheme": self.scheme.name,
+        return {"label": self.scheme.artifact or self.scheme.name, "scheme": self.scheme.name,
                 "source": self.source, "weight_hash": self.weight_hash,
                 "type_mix": self.type_mix, "unquantized": self.unquantized}
 
@@ -79,6 +82,38 @@ def _safetensors_type_mix(folder: Path) -> dict[str, int]:
     return dict(mix)
 
 
+def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
+    """Each parameter's bits per weight in the artifact: its GGUF tensor type's (`type_bits`;
+    names from the gguf package's map, else the file's mean over quantized tensors), or its
+    safetensors dtype's; 16 where the file does not say."""
+    parts = components(reference.model)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        tensors = GGUFReader(path).tensors
+        by_name = {t.name: type_bits(t.tensor_type.name) for t in tensors}
+        try:
+            return {name: by_name.get(gguf_name, 16.0)
+                    for name, gguf_name in gguf_names(reference, parts).items()}
+        except UsageError:  # no name map for this architecture: the file's mean
+            quantized = [t for t in tensors if t.tensor_type.name not in FLOAT_TYPES]
+            mean = (8.0 * sum(int(t.n_bytes) for t in quantized)
+                    / max(1, sum(int(t.n_elements) for t in quantized))) if quantized else 16.0
+            return dict.fromkeys(parts, mean)
+    widths: dict[str, float] = {}
+    if path.is_dir():
+        from safetensors import safe_open
+
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (no __iter__)
+                    dtype = TORCH_DTYPES.get(handle.get_slice(key).get_dtype())
+                    if dtype is not None:
+                        widths[key] = 8.0 * dtype.itemsize
+    return {name: widths.get(name, 16.0) for name in parts}
+
+
 def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -> str | None:
     """What first differs between the FP model and the artifact, or None."""
     ours, theirs = reference.model.config.model_type, model.config.model_type
@@ -103,8 +138,9 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
     return None
 
 
-def load_artifact(spec: str, label: str, reference: LoadedModel) -> Artifact:
-    """Read the artifact `spec` and map it onto `reference`'s parameters by name.
+def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Artifact:
+    """Read the artifact `spec` and map it onto `reference`'s parameters by name, as the
+    quantized tensors of `scheme` (`artifact:<label>` or `llama.cpp:<TYPE>`).
 
     Raises UsageError (one line, naming the first mismatch) when its architecture, a tensor's
     presence or shape, or its tokenizer vocabulary differs from the FP model's."""
@@ -113,16 +149,9 @@ def load_artifact(spec: str, label: str, reference: LoadedModel) -> Artifact:
     if mismatch:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"{mismatch}")
-    device = reference.device
-    digest = hashlib.sha256()
-    tensors, unquantized = {}, []
     fp_params = dict(reference.model.named_parameters())
-    for name, param in model.named_parameters():
-        tensor = param.detach().to(device)
-        digest.update(name.encode())
-        digest.update(tensor.cpu().contiguous().view(torch.uint8).numpy().data)
-        if torch.equal(tensor, fp_params[name].detach()):
-            unquantized.append(name)
-        tensors[name] = tensor
-    return Artifact(QuantScheme(artifact=label), source, digest.hexdigest(), type_mix,
-                    unquantized, tensors)
+    tensors = {name: param.detach() for name, param in model.named_parameters()}
+    unquantized = [name for name, tensor in tensors.items()
+                   if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
+    return Artifact(scheme, source, weights_hash(model), type_mix,
+                    unquantized, tensors, _stored_bits(spec, reference))

@@ -234,6 +234,10 @@ class RunConfig:
             raise UsageError("--quantized-label names a --quantized artifact; none given")
         else:
             scheme = _scheme(get("quant"), get("embedding-type"))
+        if scheme.llama_type:
+            from quantfair.llamacpp import llama_quantize_binary
+
+            llama_quantize_binary()  # before any model loads
         return cls(model=model, scheme=scheme, quantized=quantized or None,
                    languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),

@@ -366,7 +366,6 @@ class Evaluator:
         self.forward_passes = 0
         self.distribution_cache = ResultCache(self.cache.folder, UnitDistribution)
         self.references = ReferenceCache(self.cache.folder)
-        self._head_hashes: dict[tuple[tuple[int, int], ...], str] = {}
         self._tokenizer_id = tokenizer_identity(tokenizer)
         self._model_id = model_identity(loaded)
         self._claims: dict[Path, FileLock] = {}
@@ -576,17 +575,14 @@ class Evaluator:
         return torch.equal(logits, head_output)
 
     def head_variant(self) -> str:
-        """Content hash of the output head as it is in the model now (weight and bias)."""
+        """Content hash of the output head as it is in the model now (weight and bias; hashed
+        each time: a weight bank swaps the tensors parameters point at)."""
         head = self.loaded.model.get_output_embeddings()
-        tensors = [t for t in (head.weight, head.bias) if t is not None]
-        # In-place writes bump a tensor's version, so an unchanged head is not hashed again.
-        state = tuple((id(t), t._version) for t in tensors)
-        if state not in self._head_hashes:
-            digest = hashlib.sha256()
-            for tensor in tensors:
+        digest = hashlib.sha256()
+        for tensor in (head.weight, head.bias):
+            if tensor is not None:
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-            self._head_hashes[state] = digest.hexdigest()[:16]
-        return self._head_hashes[state]
+        return digest.hexdigest()[:16]
 
     def _run_with_head(self, batch: list[_Window]) -> tuple[torch.Tensor, ...]:
         """`_run` plus the head's input [batch, length, hidden] and output (as captured)."""

@@ -84,9 +84,11 @@ def modules_to_not_convert(protected: list[str], parts: dict[str, Component]) ->
 
 
 def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantScheme,
-                protected: list[str], output: Path, protect_as: str = "F32") -> dict[str, int]:
+                protected: list[str], output: Path, protect_as: str = "F32",
+                file_type=None) -> dict[str, int]:
     """Write `output`: the source GGUF's metadata and tokenizer, `general.file_type` set to
-    the scheme's type, protected parameters in `protect_as`, every other tensor typed by the
+    the scheme's type (or `file_type`, a gguf.LlamaFileType), protected parameters in
+    `protect_as`, every other tensor typed by the
     scheme's tensor policy (see `quantize.gguf_tensor_type`). Tensors are re-quantized from
     the source file, dequantized in its own layout (Q/K rows stay permuted as llama.cpp wants
     them): the FP reference is that very file, dequantized. Returns the written type mix.
@@ -122,7 +124,7 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
             continue
         sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
-    writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{scheme.gguf_type}"])
+    writer.add_file_type(file_type or gguf.LlamaFileType[f"MOSTLY_{scheme.gguf_type}"])
     keep = set(protected)
     written: Counter[str] = Counter()
     for tensor in reader.tensors:

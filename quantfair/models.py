@@ -90,12 +90,17 @@ class LoadedModel:
     def weight_hash(self) -> str:
         """Content hash of every parameter, so caches never serve another model's results."""
         if not hasattr(self, "_weight_hash"):
-            digest = hashlib.sha256()
-            for name, param in self.model.named_parameters():
-                digest.update(name.encode())
-                digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-            self._weight_hash = digest.hexdigest()
+            self._weight_hash = weights_hash(self.model)
         return self._weight_hash
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 (hex) over every parameter's name and bytes."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def gguf_type_mix(path: Path) -> dict[str, int]:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from quantfair.errors import UsageError
+from quantfair.models import cache_root, weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.taxonomy import Component, components
+from quantfair.tensorfile import cached_tensors
 
 __all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
-           "in_scope", "quantize_component"]
+           "in_scope", "quantize_component", "stored_bits", "type_bits", "weights_folder"]
 
 GGUF_BLOCK = 32  # weights per block in every GGUF_TYPES format
 GGUF_FALLBACK = "F16"  # rows not a multiple of GGUF_BLOCK (llama-quantize's last resort too)
@@ -91,20 +101,48 @@ def gguf_quantize(tensor: torch.Tensor, qtype: str, transposed: bool = False) ->
     return restored.t().contiguous() if transposed else restored
 
 
+FLOAT_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "F64": 64.0}
+
+
+def type_bits(qtype: str) -> float:
+    """Bits per weight of a GGUF tensor type, scales included: bytes per block x 8 / weights
+    per block, from the gguf package's GGML_QUANT_SIZES (Q4_0: 18 bytes per 32 weights, 4.5)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    return 8.0 * size / block
+
+
+def stored_bits(component: Component, scheme: QuantScheme) -> float:
+    """Bits per weight `component` takes when stored quantized under a computed `scheme`: a
+    simulated scheme's nominal bits (scales excluded), a `gguf:` scheme's tensor type's exact
+    bits (`type_bits`)."""
+    if scheme.gguf_type is not None:
+        return type_bits(gguf_tensor_type(component, scheme))
+    return float(scheme.bits)
+
+
+def _no_artifact(scheme: QuantScheme) -> UsageError:
+    if scheme.llama_type is not None:
+        return UsageError(f"{scheme.name} is made by llama-quantize once per run: give it as "
+                          "the run's --quant")
+    return UsageError(f"no artifact labelled '{scheme.artifact}' is loaded: its tensors come "
+                      "from --quantized FILE --quantized-label LABEL")
+
+
 def quantize_component(tensor: torch.Tensor, component: Component,
                        scheme: QuantScheme) -> torch.Tensor:
     """`tensor` (the parameter `component`) quantized by a computed scheme."""
-    if scheme.artifact is not None:
-        raise UsageError(f"no artifact labelled '{scheme.artifact}' is loaded: its tensors come "
-                         "from --quantized FILE --quantized-label LABEL")
+    if scheme.from_file:
+        raise _no_artifact(scheme)
     if scheme.gguf_type is not None:
         return gguf_quantize(tensor, gguf_tensor_type(component, scheme), component.transposed)
     return fake_quantize(tensor, scheme, component.transposed)
 
 
 def in_scope(component: Component, scheme: QuantScheme) -> bool:
-    """Whether `scheme` quantizes this parameter at all (an artifact supplies every one)."""
-    if scheme.artifact is not None:
+    """Whether `scheme` quantizes this parameter at all (a file supplies every one)."""
+    if scheme.from_file:
         return True
     if scheme.gguf_type is not None:
         return gguf_tensor_type(component, scheme) != "F32"
@@ -118,57 +156,113 @@ def in_scope(component: Component, scheme: QuantScheme) -> bool:
 Protection = dict[str, "bool | torch.Tensor"]
 
 
-class WeightBank:
-    """Keeps each parameter's FP tensor and its quantized tensor per scheme, so applying a
-    (scheme, protection) pair is a copy into the live model, never a reload."""
+# Part of every quantized-tensor file's name: a change to how tensors are quantized (these
+# functions, or the gguf package) never serves a file computed the old way.
+QUANTIZER_DIGEST = hashlib.sha256("".join(
+    [*(inspect.getsource(f) for f in (_grouped, fake_quantize, gguf_tensor_type, gguf_quantize,
+                                      quantize_component, in_scope)),
+     importlib.metadata.version("gguf")]).encode()).hexdigest()[:12]
 
-    def __init__(self, model: nn.Module) -> None:
+
+def weights_folder(weight_hash: str) -> Path:
+    """Where the bank of the model with this weight hash keeps its tensor files."""
+    return cache_root() / "weights" / weight_hash[:16]
+
+
+class WeightBank:
+    """Each parameter's FP tensor and its quantized tensor per scheme, so applying a
+    (scheme, protection) pair is a copy into the live model, never a reload.
+
+    The tensors live in files under `folder` (default: the cache, keyed by the weights' hash)
+    read through memory maps (`quantfair.tensorfile`): the FP reference and each scheme's
+    tensors cost page cache, not process memory, and processes sharing the cache quantize a
+    scheme once. Where the cache cannot be written they are kept in memory instead."""
+
+    def __init__(self, model: nn.Module, folder: Path | None = None) -> None:
         self.model = model
         self.parts = components(model)
         self.params = dict(model.named_parameters())
-        self.fp = {name: p.detach().clone() for name, p in self.params.items()}
+        self.folder = folder or weights_folder(weights_hash(model))
+        layout = {name: p.detach() for name, p in self.params.items()}
+        self.fp = self._stored("fp", layout, layout.__getitem__)
         self._quantized: dict[QuantScheme, dict[str, torch.Tensor]] = {}
-        self._state: dict[str, object] = {name: None for name in self.params}  # None = FP
+        self._artifact_bits: dict[QuantScheme, dict[str, float]] = {}
+        self._state: dict[str, object] = dict.fromkeys(self.params, "loaded")  # None = FP
+        self.restore()  # the parameters read the FP file from now on
+
+    def _stored(self, stem: str, layout: dict[str, torch.Tensor],
+                produce: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors `produce` makes for `layout`'s names, memory-mapped from the file `stem`
+        (written once), or in memory where the cache cannot be written."""
+        if self.folder is not None:
+            try:
+                return cached_tensors(self.folder / f"{stem}.safetensors", layout, produce)
+            except OSError as error:
+                print(f"quantfair: keeping weights in memory: cannot write {self.folder} "
+                      f"({error.strerror or error})", file=sys.stderr)
+                self.folder = None
+        return {name: produce(name).detach().clone() for name in layout}
 
     def quantized(self, scheme: QuantScheme) -> dict[str, torch.Tensor]:
         """The scheme's quantized tensors (computed once; out-of-scope parameters stay FP).
         Raises UsageError for an artifact scheme not added with `add_artifact`."""
         if scheme not in self._quantized:
-            self._quantized[scheme] = {
-                name: quantize_component(self.fp[name], part, scheme)
-                for name, part in self.parts.items()
-                if in_scope(part, scheme) and self.fp[name].is_floating_point()
-            }
+            if scheme.from_file:
+                raise _no_artifact(scheme)
+            layout = {name: self.fp[name] for name, part in self.parts.items()
+                      if in_scope(part, scheme) and self.fp[name].is_floating_point()}
+            stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", scheme.name) + f"-{QUANTIZER_DIGEST}"
+            self._quantized[scheme] = self._stored(
+                stem, layout, lambda name: quantize_component(self.fp[name], self.parts[name],
+                                                              scheme))
         return self._quantized[scheme]
 
-    def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor]) -> None:
+    def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor],
+                     weight_hash: str, bits: dict[str, float]) -> dict[str, torch.Tensor]:
         """Serve `tensors` (parameter name -> tensor of the FP parameter's shape, e.g. from a
-        quantized file) as the quantized tensors of the artifact scheme `scheme`."""
-        self._quantized[scheme] = {name: tensors[name].to(self.fp[name].device,
-                                                          self.fp[name].dtype)
-                                   for name in self.parts}
+        quantized file whose content hash is `weight_hash` and which stores parameter `name`
+        in `bits[name]` bits per weight) as the quantized tensors of the artifact scheme
+        `scheme`; returns them as the bank keeps them (memory-mapped), so the caller can let
+        the originals go."""
+        self._artifact_bits[scheme] = bits
+        layout = {name: self.fp[name] for name in self.parts}
+        self._quantized[scheme] = self._stored(
+            f"artifact-{weight_hash[:16]}", layout,
+            lambda name: tensors[name].detach().to("cpu", self.fp[name].dtype))
+        return self._quantized[scheme]
+
+    def bits(self, name: str, scheme: QuantScheme) -> float:
+        """Bits per weight of parameter `name` as `scheme` stores it (an artifact: as its file
+        does; `stored_bits` otherwise)."""
+        if scheme.from_file:
+            if scheme not in self._artifact_bits:
+                raise _no_artifact(scheme)
+            return self._artifact_bits[scheme][name]
+        return stored_bits(self.parts[name], scheme)
 
     @torch.no_grad()
     def apply(self, scheme: QuantScheme | None, protection: Protection | None = None) -> None:
-        """Load FP (scheme None) or `scheme` with `protection` kept in FP into the model."""
+        """Put FP (scheme None) or `scheme` with `protection` kept in FP into the model. On the
+        bank's device and dtype a parameter is pointed at the bank's tensor (no copy: it reads
+        the memory map); elsewhere (a GPU) the tensor is copied into it. A parameter with an
+        element mask gets a new tensor composed of both."""
         protection = protection or {}
         quantized = self.quantized(scheme) if scheme else {}
         for name, param in self.params.items():
             keep = protection.get(name, False)
             if name not in quantized or keep is True:
-                state = None
+                state, source = None, self.fp[name]
             elif keep is False:
-                state = scheme
+                state, source = scheme, quantized[name]
             else:
                 state = (scheme, id(keep))
+                source = torch.where(keep.cpu(), self.fp[name], quantized[name])
             if self._state[name] == state and not isinstance(keep, torch.Tensor):
                 continue
-            if state is None:
-                param.copy_(self.fp[name])
-            elif isinstance(keep, torch.Tensor):
-                param.copy_(torch.where(keep.to(param.device), self.fp[name], quantized[name]))
+            if param.device == source.device and param.dtype == source.dtype:
+                param.data = source
             else:
-                param.copy_(quantized[name])
+                param.copy_(source)
             self._state[name] = state
 
     def layer_matrices(self) -> dict[int, list[Component]]:

@@ -17,13 +17,19 @@ GGUF_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8}
 EMBEDDING_TYPES = (*GGUF_TYPES, "F16", "F32")
 DEFAULT_EMBEDDING_TYPE = "Q8_0"
 ARTIFACT = "artifact"
+LLAMA_CPP = "llama.cpp"
+# Types llama.cpp's llama-quantize writes without an importance matrix (its --help lists them).
+LLAMA_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S",
+                        "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+                        "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "F16", "BF16")
 
 
 @dataclass(frozen=True)
 class QuantScheme:
     """Weight quantization, simulated in the model's dtype: round-to-nearest (`int4-g128`),
     a llama.cpp block format computed with the gguf package (`gguf:Q4_0`, `gguf_type` set), or
-    the tensors of a quantized artifact named by its label (`artifact:release`)."""
+    the tensors of a quantized artifact named by its label (`artifact:release`), or a file
+    llama.cpp's own quantizer makes from the FP model (`llama.cpp:Q4_K_M`, `llama_type` set)."""
 
     bits: int = 4
     granularity: str = "tensor"  # "tensor", "channel" or "group"
@@ -33,8 +39,12 @@ class QuantScheme:
     gguf_type: str | None = None  # a GGUF_TYPES block format instead of round-to-nearest
     embedding_type: str = DEFAULT_EMBEDDING_TYPE  # gguf only: token embedding and output head
     artifact: str | None = None  # label of a --quantized artifact supplying the tensors
+    llama_type: str | None = None  # a LLAMA_QUANTIZE_TYPES type made by llama-quantize
 
     def __post_init__(self) -> None:
+        if self.llama_type is not None and self.llama_type not in LLAMA_QUANTIZE_TYPES:
+            raise UsageError(f"unknown llama-quantize type '{self.llama_type}': use one of "
+                             f"{', '.join(LLAMA_QUANTIZE_TYPES)}")
         if self.gguf_type is not None and self.gguf_type not in GGUF_TYPES:
             raise UsageError(f"unknown GGUF type '{self.gguf_type}': quantfair computes "
                              f"{', '.join(GGUF_TYPES)}")
@@ -55,10 +65,18 @@ class QuantScheme:
             raise UsageError(f"scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
 
     @property
+    def from_file(self) -> bool:
+        """Whether the quantized tensors come from a file (an artifact, or llama-quantize's
+        output) rather than being computed here."""
+        return self.artifact is not None or self.llama_type is not None
+
+    @property
     def name(self) -> str:
         """Canonical text; `QuantScheme.parse(scheme.name) == scheme`."""
         if self.artifact is not None:
             return f"{ARTIFACT}:{self.artifact}"
+        if self.llama_type is not None:
+            return f"{LLAMA_CPP}:{self.llama_type}"
         if self.gguf_type is not None:
             embedding = self.embedding_type
             return f"gguf:{self.gguf_type}" + (
@@ -82,11 +100,13 @@ class QuantScheme:
     @classmethod
     def parse(cls, text: str) -> QuantScheme:
         """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, `gguf:Q4_0`,
-        `gguf:Q5_1-embed-F16`, `artifact:release`; each aspect of an RTN scheme (granularity,
+        `gguf:Q5_1-embed-F16`, `artifact:release`, `llama.cpp:Q4_K_M`; each aspect of an RTN scheme (granularity,
         symmetry, scope) may be named at most once. Raises UsageError."""
         text = text.strip()
         if text.lower().startswith(f"{ARTIFACT}:"):
             return cls(artifact=text.partition(":")[2])
+        if text.lower().startswith(f"{LLAMA_CPP}:"):
+            return cls(llama_type=text.partition(":")[2].upper())
         if text.lower().startswith("gguf:"):
             qtype, _, embedding = text[5:].upper().partition("-EMBED-")
             return cls.gguf(qtype, embedding or DEFAULT_EMBEDDING_TYPE)
@@ -95,8 +115,9 @@ class QuantScheme:
         if not bits:
             raise UsageError(
                 f"unknown quantization scheme '{text}': expected int<bits>[-channel|-g<N>]"
-                "[-asym][-linear] or gguf:<TYPE>[-embed-<TYPE>], e.g. int4, int4-g128, "
-                f"int8-channel, gguf:Q4_0 (GGUF types: {', '.join(GGUF_TYPES)})"
+                "[-asym][-linear], gguf:<TYPE>[-embed-<TYPE>] or llama.cpp:<TYPE>, e.g. int4, "
+                f"int4-g128, int8-channel, gguf:Q4_0 (GGUF types: {', '.join(GGUF_TYPES)}), "
+                "llama.cpp:Q4_K_M"
             )
         fields: dict = {"bits": int(bits[1])}
         named: dict[str, str] = {}  # aspect -> the part that set it

@@ -13,9 +13,10 @@ from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig
 from quantfair.corpus import Corpus, load_corpus
 from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
+from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
-from quantfair.quantize import QuantScheme, WeightBank
+from quantfair.quantize import QuantScheme, WeightBank, weights_folder
 from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
 from quantfair.workers import configure_threads
 
@@ -58,12 +59,18 @@ class AuditSession:
         self.scheme_warning = loaded.requantization_warning(config.scheme)
         if self.scheme_warning:
             announce(f"quantfair: warning: {self.scheme_warning}")
-        self.bank = WeightBank(loaded.model)
+        self.bank = WeightBank(loaded.model, weights_folder(loaded.weight_hash()))
         self.artifact: Artifact | None = None
-        if config.quantized:
-            announce(f"quantfair: loading the quantized artifact {config.quantized}")
-            self.artifact = load_artifact(config.quantized, str(config.scheme.artifact), loaded)
-            self.bank.add_artifact(config.scheme, self.artifact.tensors)
+        quantized = config.quantized
+        if config.scheme.llama_type:
+            quantized = str(llama_cpp_file(loaded, config.scheme,
+                                           weights_folder(loaded.weight_hash()), announce))
+        if quantized:
+            announce(f"quantfair: loading the quantized artifact {quantized}")
+            self.artifact = load_artifact(quantized, config.scheme, loaded)
+            self.artifact.tensors = self.bank.add_artifact(
+                config.scheme, self.artifact.tensors, self.artifact.weight_hash,
+                self.artifact.bits)
             if self.artifact.unquantized:
                 announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
                          "tensor(s) as in the FP model, e.g. "
@@ -85,7 +92,7 @@ class AuditSession:
     def _artifact_key(self, scheme: QuantScheme) -> str:
         """The artifact's weight hash in cache keys of its scheme: the label alone stays the
         same from one release to the next."""
-        if scheme.artifact is None or self.artifact is None:
+        if not scheme.from_file or self.artifact is None:
             return ""
         return f"{self.artifact.weight_hash[:16]}|"
 

@@ -366,19 +366,16 @@ class StrategyResolver:
         return protection
 
     def overhead(self, protection: Protection) -> Overhead:
+        """Protected parameters, and the storage they add: protected parameters are kept in
+        half precision (16 bits) beside the codes, which take each tensor's stored bits per
+        weight (`WeightBank.bits`); parameters the scheme leaves alone count 16 bits."""
         total = sum(c.numel for c in self.parts.values())
         protected = sum(_count(keep, self.parts[name].numel) for name, keep in protection.items())
-        quantized_parts = {c.name for c in self._quantized_parts()}
-        fp_bits = 16  # protected parameters are stored in half precision next to the codes
-        base_bits = sum(
-            c.numel * (self.scheme.bits if c.name in quantized_parts else fp_bits)
-            for c in self.parts.values()
-        )
-        extra_bits = sum(
-            _count(keep, self.parts[name].numel) * (fp_bits - self.scheme.bits)
-            for name, keep in protection.items()
-            if name in quantized_parts
-        )
+        fp_bits = 16
+        bits = {c.name: self.bank.bits(c.name, self.scheme) for c in self._quantized_parts()}
+        base_bits = sum(c.numel * bits.get(c.name, fp_bits) for c in self.parts.values())
+        extra_bits = sum(_count(keep, self.parts[name].numel) * (fp_bits - bits[name])
+                         for name, keep in protection.items() if name in bits)
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
 
 

@@ -188,6 +188,12 @@ def test_pair_on_the_embedded_model_matches_a_plain_transformers_loop(tmp_path, 
                 expected = _plain_nll(fp_model, tokenizer, text)
                 assert nll[row, column] == pytest.approx(expected, rel=1e-5), (index, lang, unit)
     assert (measured.nll_q != measured.nll_fp).all()
+    # the overhead counts the file's own types: Q4_0 is 4.5 bits per weight, F32 32
+    assert session.bank.bits("model.layers.1.self_attn.q_proj.weight", session.config.scheme) \
+        == 4.5
+    layer0 = 32.0 if writer == "quantfair export" else 4.5
+    assert session.bank.bits("model.layers.0.self_attn.q_proj.weight", session.config.scheme) \
+        == layer0
 
 
 def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):

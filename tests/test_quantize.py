@@ -118,3 +118,72 @@ def test_the_bank_quantizes_conv1d_along_its_logical_rows(scheme):
     assert bank.parts[name].transposed
     logical = bank.fp[name].t().contiguous()
     assert torch.equal(quantized[name], fake_quantize(logical, parsed).t())
+
+
+def _mapped_ranges(path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps the file `path` (from /proc/self/maps)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def test_the_bank_maps_the_fp_reference_and_quantized_tensors_instead_of_copying(tmp_path):
+    """Lean memory: the bank's FP and quantized tensors live in memory maps of its files (no
+    copy in process memory), and putting FP back after a quantized apply is bitwise exact."""
+    from quantfair.models import load_model
+    from quantfair.quantize import WeightBank
+
+    model = load_model("tiny-gpt2").model
+    original = {name: p.detach().clone() for name, p in model.named_parameters()}
+    bank = WeightBank(model, tmp_path)
+    scheme = QuantScheme.parse("int4-g16")
+    quantized = bank.quantized(scheme)
+    for stem, tensors in (("fp", bank.fp), (f"{scheme.name}-*", quantized)):
+        (path,) = tmp_path.glob(f"{stem}.safetensors")
+        ranges = _mapped_ranges(path)
+        assert ranges, f"{path.name} is not memory-mapped"
+        for name, tensor in tensors.items():
+            begin, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+            assert any(lo <= begin and end <= hi for lo, hi in ranges), name
+    bank.apply(scheme, {"transformer.h.0.mlp.c_fc.weight": True})
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, original[n])]
+    assert "transformer.h.1.mlp.c_fc.weight" in changed
+    bank.restore()
+    for name, param in model.named_parameters():
+        assert torch.equal(param, original[name]), name
+
+
+def test_a_second_bank_reads_the_quantized_file_instead_of_quantizing_again(tmp_path,
+                                                                            monkeypatch):
+    from quantfair import quantize
+    from quantfair.models import load_model
+
+    model = load_model("tiny-gpt2").model
+    scheme = QuantScheme.parse("int4-g16")
+    first = quantize.WeightBank(model, tmp_path).quantized(scheme)
+
+    def refuse(*args):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(quantize, "quantize_component", refuse)
+    second = quantize.WeightBank(model, tmp_path).quantized(scheme)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_an_unwritable_weight_cache_keeps_the_bank_in_memory(tmp_path, capsys):
+    from quantfair.models import load_model
+    from quantfair.quantize import WeightBank
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    model = load_model("tiny-gpt2").model
+    bank = WeightBank(model, blocker / "weights")
+    bank.apply(QuantScheme.parse("int4-g16"))
+    bank.restore()
+    assert capsys.readouterr().err.count("keeping weights in memory") == 1
+    assert all(torch.equal(p, bank.fp[n]) for n, p in model.named_parameters())

@@ -131,3 +131,24 @@ def test_magnitude_selection_keeps_the_largest_weights(gpt2_resolver):
             continue
         weight = bank.fp[name].abs()
         assert weight[keep].min() >= weight[~keep].max()
+
+
+def test_block_format_overhead_counts_each_tensor_types_real_bits():
+    """Under gguf:Q4_0 a code takes 4.5 bits (18-byte blocks of 32 weights: llama.cpp's
+    ggml-common.h), the token embedding and output head Q8_0 8.5, norms stay F32 (counted at 16, like every
+    parameter the scheme leaves alone); each protected weight adds 16 - its type's bits."""
+    from quantfair.models import load_model
+
+    model = load_model("tiny-llama").model  # every input dimension (32, 64) a multiple of 32
+    resolver = StrategyResolver(WeightBank(model), QuantScheme.parse("gguf:Q4_0"))
+    params = dict(model.named_parameters())
+    embedding = params["model.embed_tokens.weight"].numel() + params["lm_head.weight"].numel()
+    matrices = sum(p.numel() for n, p in params.items() if p.dim() == 2) - embedding
+    vectors = sum(p.numel() for p in params.values() if p.dim() == 1)
+    layer0 = sum(p.numel() for n, p in params.items() if ".layers.0." in n and p.dim() == 2)
+    base = 4.5 * matrices + 8.5 * embedding + 16 * vectors
+    overhead = resolver.overhead(resolver.resolve("L0"))
+    assert overhead.bytes_fraction == pytest.approx(layer0 * (16 - 4.5) / base)
+    embedding_only = resolver.overhead(resolver.resolve("embed.tok"))
+    assert embedding_only.bytes_fraction == pytest.approx(
+        params["model.embed_tokens.weight"].numel() * (16 - 8.5) / base)

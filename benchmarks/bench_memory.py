@@ -1,0 +1,102 @@
+"""Peak process memory of an audit run against a bare inference loop on the same model.
+
+    python benchmarks/bench_memory.py [--model smollm2-135m] [--suite quick|all]
+
+Runs, each in a fresh process with a cold results cache: (1) a bare loop that loads the model
+and scores the audit languages' texts (`bench_evaluate.bare_loop`), (2) the audit suite without
+gradient selectors (`-k "not gradient"`), (3) the gradient audits alone, from the whole suite
+(they hold a gradient copy of the weights, so they are measured separately). Memory is the peak of the process's
+anonymous (unique, not file-backed) pages, sampled every 0.1 s with psutil: pages of memory
+maps that are read but never written (the weight bank's FP and quantized tensors) are not
+counted, as the kernel can drop and re-read them. Prints each peak and its ratio to the bare
+loop (goal <= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BARE = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+from bench_evaluate import bare_loop
+from quantfair.config import DEFAULT_LANGUAGES
+from quantfair.corpus import load_corpus
+from quantfair.models import load_model
+loaded = load_model({model!r})
+corpus = load_corpus().select(DEFAULT_LANGUAGES.split(","))
+texts = [t for units in corpus.texts.values() for t in units.values()]
+bare_loop(loaded, texts)
+"""
+
+
+def anonymous_bytes(process: psutil.Process) -> int:
+    """Anonymous resident bytes of `process` and its children (sum over their memory maps)."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += sum(m.anonymous for m in member.memory_maps(grouped=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def peak_memory(command: list[str], env: dict[str, str]) -> tuple[int, float, int]:
+    """Peak anonymous bytes, wall seconds and exit code of `command`."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    process, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, anonymous_bytes(process))
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    stderr = child.stderr.read() if child.stderr else ""
+    if child.returncode not in (0, 1):  # 1: audits found damage, a result
+        sys.exit(f"{' '.join(command)} failed ({child.returncode}):\n{stderr[-3000:]}")
+    return peak, time.perf_counter() - start, child.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--suite", choices=("quick", "all"), default="quick")
+    args = parser.parse_args()
+
+    audit = [sys.executable, "-m", "pytest", "audits/", "--model", args.model, "-q",
+             "-p", "no:cacheprovider", "-p", "no:xdist"]
+    if args.suite == "quick":
+        audit += ["-m", "quick"]
+    runs = {
+        "bare loop": [sys.executable, "-c",
+                      BARE.format(benchmarks=str(ROOT / "benchmarks"), model=args.model)],
+        "audit suite (no gradient selectors)": [*audit, "-k", "not gradient"],
+        "gradient audits alone": [*audit[:-2] if args.suite == "quick" else audit,
+                                  "-k", "gradient"],
+    }
+    print(f"model {args.model}, suite {args.suite}, {psutil.cpu_count()} cores, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB")
+    bare = None
+    for label, command in runs.items():
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
+            env = {**os.environ, "QUANTFAIR_RESULTS_DIR": folder, "HF_HUB_OFFLINE": "1"}
+            peak, wall, code = peak_memory(command, env)
+        bare = bare or peak
+        print(f"{label:38s} peak anonymous {peak / 2**20:8.0f} MiB  {wall:6.1f} s  "
+              f"exit {code}  ratio to bare loop {peak / bare:.2f}")
+    print("goal: audit suite <= 1.3x the bare loop")
+
+
+if __name__ == "__main__":
+    main()

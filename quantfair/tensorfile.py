@@ -1,0 +1,86 @@
+"""Tensors kept on disk and read through a memory map, so a weight bank costs page cache (which
+the kernel shares and evicts), not process memory. Files are safetensors
+(https://github.com/huggingface/safetensors: an 8-byte little-endian header length, a JSON
+header of dtype, shape and byte range per tensor, then the bytes); they are written one tensor
+at a time, so writing one never holds a second copy of a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+__all__ = ["map_tensors", "write_tensors", "cached_tensors"]
+
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL",
+          torch.uint8: "U8", torch.int8: "I8"}
+TORCH_DTYPES = {code: dtype for dtype, code in DTYPES.items()}
+
+
+def write_tensors(path: Path, layout: dict[str, torch.Tensor],
+                  produce: Callable[[str], torch.Tensor]) -> None:
+    """Write `produce(name)` for each name of `layout` (a tensor of the dtype and shape it will
+    have, e.g. the FP parameter) to `path`, whole or not at all, holding one tensor at a time.
+    Raises ValueError when a produced tensor's dtype or shape differs from its layout's."""
+    header, offset = {}, 0
+    for name, like in layout.items():
+        size = like.numel() * like.element_size()
+        header[name] = {"dtype": DTYPES[like.dtype], "shape": list(like.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # tensors start 8-byte aligned
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name, like in layout.items():
+                tensor = produce(name).detach()
+                if tensor.dtype != like.dtype or tensor.shape != like.shape:
+                    raise ValueError(f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, "
+                                     f"expected {like.dtype} {tuple(like.shape)}")
+                data = tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                handle.write(data.tobytes())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def map_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path` as CPU tensors that share one copy-on-write
+    memory map of it (nothing is read until touched; writing one never reaches the file)."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    size = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    data = (np.memmap(path, dtype=np.uint8, mode="c", offset=8 + length) if size
+            else np.zeros(0, dtype=np.uint8))
+    tensors = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        raw = torch.from_numpy(data[begin:end])
+        tensors[name] = raw.view(TORCH_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return tensors
+
+
+def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
+                   produce: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`map_tensors(path)`, writing the file first (under a file lock, so processes sharing the
+    cache compute it once) unless it exists."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_name(f".{path.name}.lock")):
+            if not path.exists():
+                write_tensors(path, layout, produce)
+    return map_tensors(path)

@@ -1,0 +1,94 @@
+"""`--quant llama.cpp:TYPE`: llama.cpp's own quantizer run on an F32 GGUF of the FP model, its
+output audited as a quantized artifact."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from quantfair.config import RunConfig
+from quantfair.errors import UsageError
+from quantfair.schemes import QuantScheme
+from quantfair.session import AuditSession
+
+
+def _config(model: str, quant: str) -> RunConfig:
+    settings = {"model": model, "quant": quant, "languages": "en", "units": "1"}
+    return RunConfig.build(settings.get)
+
+
+@pytest.fixture
+def copying_quantizer(tmp_path, monkeypatch) -> Path:
+    """A stand-in llama-quantize that copies its input (F32 in, F32 out)."""
+    binary = tmp_path / "bin" / "llama-quantize"
+    binary.parent.mkdir()
+    binary.write_text('#!/bin/sh\ncp "$1" "$2"\n')
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("QUANTFAIR_LLAMA_QUANTIZE", str(binary))
+    return binary
+
+
+@pytest.mark.parametrize("text", ["llama.cpp:Q4_K_M", "llama.cpp:q6_k", "LLAMA.CPP:IQ4_XS"])
+def test_llama_cpp_scheme_names_round_trip(text):
+    scheme = QuantScheme.parse(text)
+    assert scheme.from_file and scheme.gguf_type is None
+    assert QuantScheme.parse(scheme.name) == scheme
+    assert scheme.name == "llama.cpp:" + text.partition(":")[2].upper()
+
+
+def test_an_unknown_llama_quantize_type_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown llama-quantize type 'Q4_K_X'.*Q4_K_M"):
+        QuantScheme.parse("llama.cpp:Q4_K_X")
+
+
+def test_without_llama_quantize_the_run_stops_before_loading(monkeypatch, tmp_path):
+    monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UsageError, match="no llama-quantize on PATH; build it"):
+        _config("tiny-llama", "llama.cpp:Q4_K_M")
+    monkeypatch.setenv("QUANTFAIR_LLAMA_QUANTIZE", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="QUANTFAIR_LLAMA_QUANTIZE=.*missing is not an exec"):
+        _config("tiny-llama", "llama.cpp:Q4_K_M")
+
+
+def test_a_model_without_a_source_gguf_says_how_to_make_one(copying_quantizer):
+    with pytest.raises(UsageError, match="convert_hf_to_gguf.py"):
+        AuditSession(_config("tiny-llama", "llama.cpp:Q4_K_M"), announce=lambda _: None)
+
+
+@pytest.mark.slow
+def test_a_failing_quantizer_is_one_line(copying_quantizer, monkeypatch):
+    from quantfair.errors import QuantfairError
+
+    copying_quantizer.write_text('#!/bin/sh\necho "main: unsupported model" >&2\nexit 1\n')
+    with pytest.raises(QuantfairError, match=r"llama-quantize Q4_K_M failed \(exit 1\): main: "
+                                             "unsupported model"):
+        AuditSession(_config("smollm2-135m", "llama.cpp:Q4_K_M"), announce=lambda _: None)
+
+
+@pytest.mark.slow
+def test_the_quantizers_f32_input_is_the_fp_reference(copying_quantizer):
+    """With a quantizer that copies its F32 input, the artifact is the FP model itself: every
+    tensor unquantized and equal NLL (the F32 export loses nothing)."""
+    session = AuditSession(_config("smollm2-135m", "llama.cpp:Q8_0"), announce=lambda _: None)
+    assert session.artifact.type_mix.keys() == {"F32"}
+    assert len(session.artifact.unquantized) == len(session.bank.params)
+    measured = session.measure("none")
+    assert (measured.nll_q == measured.nll_fp).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("llama-quantize") is None, reason="no llama-quantize on PATH")
+def test_a_real_k_quant_file_is_audited_as_a_pair(monkeypatch):
+    monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
+    session = AuditSession(_config("smollm2-135m", "llama.cpp:Q4_K_M"), announce=lambda _: None)
+    assert {"Q4_K", "Q6_K"} <= session.artifact.type_mix.keys()
+    scheme = session.config.scheme
+    q4k = [n for n in session.bank.params if session.bank.bits(n, scheme) == 4.5]
+    assert q4k, "no tensor stored in Q4_K (4.5 bits per weight)"
+    measured = session.measure("none")
+    assert (measured.nll_q > measured.nll_fp).all()
+    assert session.artifact.provenance()["label"] == "llama.cpp:Q4_K_M"
