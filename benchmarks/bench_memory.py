@@ -3,7 +3,7 @@
     python benchmarks/bench_memory.py [--model smollm2-135m] [--suite quick|all]
 
 Runs, each in a fresh process with a cold results cache: (1) a bare loop that loads the model
-and scores the audit languages' texts (`bench_evaluate.bare_loop`), (2) the audit suite without
+and scores the audit languages' texts (the audits' default units) (`bench_evaluate.bare_loop`), (2) the audit suite without
 gradient selectors (`-k "not gradient"`), (3) the gradient audits alone, from the whole suite
 (they hold a gradient copy of the weights, so they are measured separately). Memory is the peak of the process's
 anonymous (unique, not file-backed) pages, sampled every 0.1 s with psutil: pages of memory
@@ -29,11 +29,12 @@ BARE = """
 import sys
 sys.path.insert(0, {benchmarks!r})
 from bench_evaluate import bare_loop
-from quantfair.config import DEFAULT_LANGUAGES
+from quantfair.config import DEFAULT_LANGUAGES, DEFAULT_UNITS
 from quantfair.corpus import load_corpus
 from quantfair.models import load_model
 loaded = load_model({model!r})
 corpus = load_corpus().select(DEFAULT_LANGUAGES.split(","))
+corpus = corpus.select(units=corpus.sample_units(DEFAULT_UNITS))
 texts = [t for units in corpus.texts.values() for t in units.values()]
 bare_loop(loaded, texts)
 """
@@ -76,14 +77,12 @@ def main() -> None:
 
     audit = [sys.executable, "-m", "pytest", "audits/", "--model", args.model, "-q",
              "-p", "no:cacheprovider", "-p", "no:xdist"]
-    if args.suite == "quick":
-        audit += ["-m", "quick"]
+    suite = ["-m", "quick"] if args.suite == "quick" else []
     runs = {
         "bare loop": [sys.executable, "-c",
                       BARE.format(benchmarks=str(ROOT / "benchmarks"), model=args.model)],
-        "audit suite (no gradient selectors)": [*audit, "-k", "not gradient"],
-        "gradient audits alone": [*audit[:-2] if args.suite == "quick" else audit,
-                                  "-k", "gradient"],
+        "audit suite (no gradient selectors)": [*audit, *suite, "-k", "not gradient"],
+        "gradient audits alone (whole suite)": [*audit, "-k", "gradient"],
     }
     print(f"model {args.model}, suite {args.suite}, {psutil.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB")

@@ -14,7 +14,7 @@ from quantfair.report import table as _table
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
     parser.add_argument("model", help=OPTIONS["model"].help)
-    add_options(parser.add_argument, prefix="", names=("random-weights", "device", *names))
+    add_options(parser.add_argument, prefix="", names=("random-weights", "device", "dtype", *names))
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -32,7 +32,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     scheme = config.scheme
     for expression in args.strategy:
         check_strategy_syntax(expression)
-    loaded = load_model(config.model, device=config.device, random_weights=config.random_weights)
+    loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
     bank = WeightBank(loaded.model)
     resolver = StrategyResolver(bank, scheme)
     strategies = [(expr, seed_name, reported)

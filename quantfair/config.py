@@ -23,6 +23,8 @@ DEFAULT_QUANT = "int4"  # 4-bit, per tensor, symmetric, every parameter: the see
 DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 # Quantities a release gate can bound per language (--max-<quantity>, ini quantfair_max_...).
 RELEASE_QUANTITIES = ("disparity", "kld_disparity", "degradation", "seed_disparity")
 
@@ -61,7 +63,10 @@ OPTIONS = {option.name: option for option in (
     Option("units", "audit a seeded sample of this many units per language, 0 for all "
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
-    Option("device", "auto (default), cpu, cuda, cuda:N"),
+    Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "
+                     "else cpu), cpu, cuda, cuda:N"),
+    Option("dtype", f"evaluate in this dtype: {', '.join(DTYPES)} (default float32; fake "
+                    "quantization is computed in float32, then cast)", "float32"),
     Option("threads", "torch threads per process: auto (default: an xdist worker takes "
                       "cores // workers, unless OMP_NUM_THREADS is set; a serial run keeps "
                       "torch's default) or a number", "auto"),
@@ -162,6 +167,13 @@ def number_option(name: str, text: str) -> float:
     return value
 
 
+def _dtype(text: str | None) -> str:
+    name = (text or "float32").strip().lower()
+    if name not in DTYPES:
+        raise UsageError(f"--dtype {text}: use one of {', '.join(DTYPES)}")
+    return name
+
+
 def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
     scheme = QuantScheme.parse(quant)
     if embedding_type is None:
@@ -184,6 +196,7 @@ class RunConfig:
     units: int | None = DEFAULT_UNITS  # a seeded sample of this many units per language; None: all
     corpus: str | None = None
     device: str | None = None
+    dtype: str = "float32"  # one of DTYPES
     threads: int | None = None  # torch threads per process; None: auto (quantfair.workers)
     random_weights: bool = False
     strategy: str | None = None
@@ -241,6 +254,7 @@ class RunConfig:
         return cls(model=model, scheme=scheme, quantized=quantized or None,
                    languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),
+                   dtype=_dtype(get("dtype")),
                    threads=parse_threads(get("threads")),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=Path(report) if report else None, no_report=bool(get("no-report")),
@@ -257,4 +271,4 @@ class RunConfig:
                 "scheme": self.scheme.name, "quantized": self.quantized,
                 "languages": list(self.languages) if self.languages else None,
                 "units": self.units, "corpus": self.corpus or "udhr (shipped)",
-                "device": self.device or "auto"}
+                "device": self.device or "auto", "dtype": self.dtype}

@@ -428,12 +428,15 @@ class Evaluator:
     @torch.inference_mode()
     def _score(self, batch: list[_Window]) -> list[float]:
         ids, logits = self._run(batch)
-        length, vocab = ids.shape[1], logits.shape[-1]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1), reduction="none"
-        ).reshape(len(batch), length - 1)
-        return [losses[row, w.score_from - 1: len(w.ids) - 1].double().sum().item()
-                for row, w in enumerate(batch)]
+        sums = []
+        for row, window in enumerate(batch):  # rows in chunks: no second copy of the logits
+            first, end = window.score_from - 1, len(window.ids) - 1
+            losses = [torch.nn.functional.cross_entropy(
+                logits[row, start:min(end, start + SIDE_ROWS)].float(),
+                ids[row, start + 1:min(end, start + SIDE_ROWS) + 1], reduction="none")
+                for start in range(first, end, SIDE_ROWS)]
+            sums.append(torch.cat(losses).double().sum().item() if losses else 0.0)
+        return sums
 
     def _plan(self, todo: list[str]) -> tuple[dict[str, str], dict[str, list[int]],
                                                list[_Window], dict[str, int]]:

@@ -122,8 +122,14 @@ def cache_root() -> Path:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """`device`, or for auto: CUDA when available (an xdist worker gw<i> takes GPU i mod n, so
+    workers spread over a multi-GPU host), else the CPU. Raises UsageError."""
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        index = int(worker[2:]) if worker[2:].isdigit() else 0
+        return torch.device("cuda", index % torch.cuda.device_count())
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -376,8 +382,10 @@ def check_available(spec: str, random_weights: bool = False) -> None:
             _hub_or_local(spec)  # raises the one-line explanation
 
 
-def load_model(spec: str, device: str | None = None, random_weights: bool = False) -> LoadedModel:
-    """Load `spec` (alias, Hub id, directory or .gguf) onto `device` in fp32, in eval mode."""
+def load_model(spec: str, device: str | None = None, random_weights: bool = False,
+               dtype: str = "float32") -> LoadedModel:
+    """Load `spec` (alias, Hub id, directory or .gguf) onto `device` (`resolve_device`) in
+    `dtype` ("float32", "bfloat16" or "float16"), in eval mode."""
     global load_count
     if spec in TINY_MODEL_TYPES:
         load_count += 1
@@ -391,6 +399,6 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
         loaded = _embedded(spec)
     else:
         loaded = _hub_or_local(spec)
-    loaded.model.to(resolve_device(device)).eval()
+    loaded.model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
     loaded.model.requires_grad_(False)
     return loaded

@@ -7,6 +7,7 @@ import importlib.metadata
 import inspect
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from quantfair.errors import UsageError
 from quantfair.models import cache_root, weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.taxonomy import Component, components
-from quantfair.tensorfile import cached_tensors
+from quantfair.tensorfile import cached_tensors, map_tensors, write_tensors
 
 __all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
            "in_scope", "quantize_component", "stored_bits", "type_bits", "weights_folder"]
@@ -156,12 +157,19 @@ def in_scope(component: Component, scheme: QuantScheme) -> bool:
 Protection = dict[str, "bool | torch.Tensor"]
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 # Part of every quantized-tensor file's name: a change to how tensors are quantized (these
 # functions, or the gguf package) never serves a file computed the old way.
 QUANTIZER_DIGEST = hashlib.sha256("".join(
     [*(inspect.getsource(f) for f in (_grouped, fake_quantize, gguf_tensor_type, gguf_quantize,
                                       quantize_component, in_scope)),
-     importlib.metadata.version("gguf")]).encode()).hexdigest()[:12]
+     _version("gguf")]).encode()).hexdigest()[:12]
 
 
 def weights_folder(weight_hash: str) -> Path:
@@ -190,13 +198,19 @@ class WeightBank:
         self._state: dict[str, object] = dict.fromkeys(self.params, "loaded")  # None = FP
         self.restore()  # the parameters read the FP file from now on
 
-    def _stored(self, stem: str, layout: dict[str, torch.Tensor],
+    def _stored(self, stem: str | None, layout: dict[str, torch.Tensor],
                 produce: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors `produce` makes for `layout`'s names, memory-mapped from the file `stem`
-        (written once), or in memory where the cache cannot be written."""
+        (written once; None: a temporary file, gone when the tensors are), or in memory
+        where the cache cannot be written."""
         if self.folder is not None:
             try:
-                return cached_tensors(self.folder / f"{stem}.safetensors", layout, produce)
+                if stem is not None:
+                    return cached_tensors(self.folder / f"{stem}.safetensors", layout, produce)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".composed-") as file:
+                    write_tensors(Path(file.name), layout, produce)
+                    return map_tensors(Path(file.name))  # the map outlives the name
             except OSError as error:
                 print(f"quantfair: keeping weights in memory: cannot write {self.folder} "
                       f"({error.strerror or error})", file=sys.stderr)
@@ -244,26 +258,47 @@ class WeightBank:
     def apply(self, scheme: QuantScheme | None, protection: Protection | None = None) -> None:
         """Put FP (scheme None) or `scheme` with `protection` kept in FP into the model. On the
         bank's device and dtype a parameter is pointed at the bank's tensor (no copy: it reads
-        the memory map); elsewhere (a GPU) the tensor is copied into it. A parameter with an
-        element mask gets a new tensor composed of both."""
+        the memory map); elsewhere (a GPU) the tensor is copied into it. Parameters with an
+        element mask get tensors composed of both (`_partly_kept`), written to a temporary
+        file and mapped, so they too stay out of process memory."""
         protection = protection or {}
         quantized = self.quantized(scheme) if scheme else {}
-        for name, param in self.params.items():
+        sources, masked = {}, {}
+        for name in self.params:
             keep = protection.get(name, False)
             if name not in quantized or keep is True:
-                state, source = None, self.fp[name]
+                state, sources[name] = None, self.fp[name]
             elif keep is False:
-                state, source = scheme, quantized[name]
+                state, sources[name] = scheme, quantized[name]
             else:
-                state = (scheme, id(keep))
-                source = torch.where(keep.cpu(), self.fp[name], quantized[name])
+                state, masked[name] = (scheme, id(keep)), keep
             if self._state[name] == state and not isinstance(keep, torch.Tensor):
-                continue
+                sources.pop(name)
+            self._state[name] = state
+        if masked:
+            sources.update(self._stored(None, {n: self.fp[n] for n in masked},
+                                        lambda n: self._partly_kept(n, scheme, masked[n].cpu())))
+        for name, source in sources.items():
+            param = self.params[name]
             if param.device == source.device and param.dtype == source.dtype:
                 param.data = source
             else:
                 param.copy_(source)
-            self._state[name] = state
+
+    def _partly_kept(self, name: str, scheme: QuantScheme, keep: torch.Tensor) -> torch.Tensor:
+        """Parameter `name` with the entries of the mask `keep` in FP and the rest quantized
+        by `scheme`. Under round-to-nearest schemes the kept entries are left out of their
+        group's scale (quantized as zeros, which widen no range: symmetric scales span
+        max |w|, asymmetric ones always include 0), as outlier-keeping methods store them
+        (e.g. SpQR, OWQ); otherwise keeping an outlier under a per-tensor scale would change
+        nothing else. Block formats and artifacts have one type per tensor, so there the
+        kept entries only replace the stored ones."""
+        fp = self.fp[name]
+        if scheme.from_file or scheme.gguf_type is not None:
+            return torch.where(keep, fp, self.quantized(scheme)[name])
+        rest = quantize_component(torch.where(keep, torch.zeros_like(fp), fp),
+                                  self.parts[name], scheme)
+        return torch.where(keep, fp, rest)
 
     def layer_matrices(self) -> dict[int, list[Component]]:
         """Each layer's matrix weights (the tensors weight statistics are taken over)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
+from itertools import zip_longest
 
 import numpy as np
 
@@ -17,7 +18,8 @@ from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank, weights_folder
-from quantfair.strategies import Overhead, StrategyResolver, calibration_gradients, protection_key
+from quantfair.strategies import (Activations, Overhead, StrategyResolver,
+                                  calibration_activations, calibration_gradients, protection_key)
 from quantfair.workers import configure_threads
 
 Announce = Callable[[str], None]
@@ -54,7 +56,7 @@ class AuditSession:
             announce(threads)
         if loaded is None:
             announce(f"quantfair: loading {config.model}")
-            loaded = load_model(config.model, config.device, config.random_weights)
+            loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
         self.loaded = loaded
         self.scheme_warning = loaded.requantization_warning(config.scheme)
         if self.scheme_warning:
@@ -77,6 +79,7 @@ class AuditSession:
                          f"{', '.join(self.artifact.unquantized[:3])}")
         self.evaluator = Evaluator(loaded, announce=announce)
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
+        self._activation_stats: Activations | None = None
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
@@ -86,7 +89,8 @@ class AuditSession:
             prefix = (f"{self.loaded.weight_hash()}|{self._artifact_key(scheme)}"
                       f"{hash_texts(calibration)}")
             cache = (model_results(self.loaded) / "selections", prefix)
-            self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache)
+            self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache,
+                                                       self._activations)
         return self._resolvers[scheme]
 
     def _artifact_key(self, scheme: QuantScheme) -> str:
@@ -96,16 +100,30 @@ class AuditSession:
             return ""
         return f"{self.artifact.weight_hash[:16]}|"
 
-    def _calibration_texts(self) -> list[str]:
-        """Up to 32 held-out texts for gradient selection (first sentences of the audit units
-        when every unit is audited)."""
+    def _calibration_by_language(self) -> dict[str, list[str]]:
+        """Held-out texts for calibration (first sentences of the audit units when every
+        unit is audited): up to 32 in all, the same number from each language."""
         texts = self.calibration or self.corpus.with_length("short")
-        return [t for units in texts.texts.values() for t in units.values()][:32]
+        per_language = max(1, 32 // max(1, len(texts.texts)))
+        return {lang: list(units.values())[:per_language] for lang, units in texts.texts.items()}
+
+    def _calibration_texts(self) -> list[str]:
+        """`_calibration_by_language`, one language after another round by round."""
+        columns = zip_longest(*self._calibration_by_language().values())
+        return [text for column in columns for text in column if text is not None]
 
     def _gradients(self):
         self.bank.restore()
         self.announce("quantfair: computing calibration gradients")
         return calibration_gradients(self.loaded, self._calibration_texts())
+
+    def _activations(self) -> Activations:
+        if self._activation_stats is None:
+            self.bank.restore()
+            self.announce("quantfair: recording calibration activations")
+            self._activation_stats = calibration_activations(
+                self.loaded, self.bank.parts, self._calibration_by_language())
+        return self._activation_stats
 
     # -- measurements ----------------------------------------------------------------------
     def overhead(self, strategy: str, scheme: QuantScheme | None = None) -> Overhead:

@@ -56,7 +56,8 @@ VALID = (
     "none, L<i>, Llast, Lmid, L-<k>, even, odd, all "
     "(each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
-    "gradient:P%, variance:topK, or an alias: " + ", ".join(ALIASES)
+    "gradient:P%, variance:topK, act:P%, superweights:K, seed:P%, or an alias: "
+    + ", ".join(ALIASES)
 )
 
 
@@ -71,7 +72,7 @@ class Overhead:
         return self.protected / self.total if self.total else 0.0
 
 
-SELECTORS = ("random", "magnitude", "gradient", "variance")
+SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "superweights", "seed")
 _LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
 _PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
 _SELECTOR_ARGUMENT = {
@@ -79,6 +80,9 @@ _SELECTOR_ARGUMENT = {
     "magnitude": _PERCENT,
     "gradient": _PERCENT,
     "variance": r"top[1-9][0-9]{0,5}",
+    "act": _PERCENT,
+    "superweights": r"[1-9][0-9]{0,5}",
+    "seed": _PERCENT,
 }
 _ROLE = r"[a-z][a-z0-9_]*"
 
@@ -92,10 +96,10 @@ def _check_term(term: str) -> None:
         if kind not in SELECTORS:
             raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
         if not re.fullmatch(_SELECTOR_ARGUMENT[kind], argument):
-            example = {"random": "random:5%@0", "variance": "variance:top2"}.get(
-                kind, f"{kind}:5%")
+            example = {"random": "random:5%@0", "variance": "variance:top2",
+                       "superweights": "superweights:4"}.get(kind, f"{kind}:5%")
             raise UsageError(f"strategy term '{term}': expected e.g. {example}")
-        if kind != "variance":
+        if kind not in ("variance", "superweights"):
             _percent(argument.partition("@")[0], term)
         return
     pieces = term.split(".")
@@ -146,8 +150,10 @@ class StrategyResolver:
         scheme: QuantScheme,
         gradients: Callable[[], dict[str, torch.Tensor]] | None = None,
         selector_cache: tuple[Path, str] | None = None,
+        activations: Callable[[], Activations] | None = None,
     ) -> None:
         self.bank = bank
+        self._activations = activations
         self.parts = bank.parts
         self.scheme = scheme
         self.layers = num_layers(self.parts)
@@ -226,23 +232,30 @@ class StrategyResolver:
         return [c for c in self.parts.values() if in_scope(c, self.scheme)]
 
     @staticmethod
-    def _top_elements(scores: dict[str, torch.Tensor], fraction: float) -> Protection:
-        """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in order)."""
+    def _top_elements(parts: list[Component], score: Callable[[Component], torch.Tensor],
+                      fraction: float) -> Protection:
+        """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in
+        order); `score` is called one part at a time, and the masks are views of one buffer
+        (a byte per parameter, allocated once, so freed scores leave no holes around it)."""
+        buffer = torch.zeros(sum(c.numel for c in parts), dtype=torch.bool)
         protection: Protection = {}
-        for name, score in scores.items():
-            flat = score.detach().flatten().float().cpu().numpy()
+        offset = 0
+        for c in parts:
+            flat = score(c).detach().flatten().float().cpu().numpy()
             keep = round(fraction * flat.size)
+            view, offset = buffer[offset:offset + flat.size], offset + flat.size
             if keep == 0:
                 continue
             if keep >= flat.size:
-                protection[name] = True
+                protection[c.name] = True
                 continue
             threshold = np.partition(flat, flat.size - keep)[flat.size - keep]  # O(n) select
-            mask = flat >= threshold
+            mask = view.numpy()
+            np.greater_equal(flat, threshold, out=mask)
             excess = int(mask.sum()) - keep
             if excess > 0:
                 mask[np.flatnonzero(flat == threshold)[-excess:]] = False
-            protection[name] = torch.from_numpy(mask).reshape(score.shape).to(score.device)
+            protection[c.name] = view.view(c.shape)
         return protection
 
     def _selector(self, term: str) -> Protection:
@@ -253,17 +266,18 @@ class StrategyResolver:
             fraction = _percent(budget, term)
             seed = int(seed_text) if seed_text.isdigit() else 0
             generator = torch.Generator().manual_seed(seed)
-            scores = {c.name: torch.rand(fp[c.name].shape, generator=generator)
-                      for c in self._quantized_parts()}
-            return self._top_elements(scores, fraction)
+            return self._top_elements(
+                self._quantized_parts(),
+                lambda c: torch.rand(fp[c.name].shape, generator=generator), fraction)
         if kind == "magnitude":
             fraction = _percent(argument, term)
-            return self._top_elements(
-                {c.name: fp[c.name].abs() for c in self._quantized_parts()}, fraction)
+            return self._top_elements(self._quantized_parts(), lambda c: fp[c.name].abs(),
+                                      fraction)
         if kind == "gradient":
             fraction = _percent(argument, term)
             gradients = self._gradient_scores()
-            return self._top_elements(gradients, fraction)
+            return self._top_elements(self._quantized_parts(), lambda c: gradients[c.name],
+                                      fraction)
         if kind == "variance":
             match = re.fullmatch(r"top(\d+)", argument)
             if not match:
@@ -274,7 +288,75 @@ class StrategyResolver:
             ranked = layer_variance_ranking(self.bank)
             chosen = set(ranked[:count])
             return {c.name: True for c in self.parts.values() if c.layer in chosen}
+        if kind == "act":
+            return self._act_columns(_percent(argument, term))
+        if kind == "superweights":
+            return self._super_weights(int(argument))
+        if kind == "seed":
+            return self._seed_scaled(_percent(argument, term))
         raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+
+    def _calibration_activations(self) -> Activations:
+        if self._activations is None:
+            raise UsageError("activation selection needs calibration text (none configured)")
+        return self._activations()
+
+    def _act_columns(self, fraction: float) -> Protection:
+        """Input channels (whole columns of the logical (out, in) matrix) of each linear layer,
+        those with the largest mean |input| on calibration text first (averaged over
+        languages: AWQ's saliency measure, arXiv:2306.00978, used here to keep columns rather
+        than to rescale them). The budget, `fraction` of the quantized parameters, is spent
+        on the linear layers alone: each keeps the same share of its columns."""
+        stats = self._calibration_activations()
+        linear = [c for c in self._quantized_parts() if c.name in stats.mean_abs]
+        quantized = sum(c.numel for c in self._quantized_parts())
+        share = min(1.0, fraction * quantized / max(1, sum(c.numel for c in linear)))
+        protection: Protection = {}
+        for c in linear:
+            saliency = stats.mean_abs[c.name]
+            count = round(share * saliency.numel())
+            if count == 0:
+                continue
+            columns = torch.zeros(saliency.numel(), dtype=torch.bool)
+            columns[torch.topk(saliency, count).indices] = True
+            keep = columns[:, None] if c.transposed else columns[None, :]
+            protection[c.name] = keep.expand(c.shape).clone()
+        return protection
+
+    def _super_weights(self, count: int) -> Protection:
+        """The `count` single weights most likely to be super weights (Yu et al. 2024,
+        arXiv:2411.07191): per linear layer, the input channel with the largest |input| on
+        calibration text and, in its column, the weight whose product with that input is
+        largest; layers ranked by that product, the largest first."""
+        stats = self._calibration_activations()
+        found = []
+        for c in self._quantized_parts():
+            if c.name not in stats.max_abs:
+                continue
+            channel = int(stats.max_abs[c.name].argmax())
+            weight = self.bank.fp[c.name]
+            column = (weight[channel] if c.transposed else weight[:, channel]).abs()
+            row = int(column.argmax())
+            found.append((float(column[row]) * float(stats.max_abs[c.name][channel]),
+                          c.name, row, channel))
+        protection: Protection = {}
+        for _, name, row, channel in sorted(found, reverse=True)[:count]:
+            keep = torch.zeros(self.parts[name].shape, dtype=torch.bool)
+            keep[(channel, row) if self.parts[name].transposed else (row, channel)] = True
+            protection[name] = keep
+        return protection
+
+    def _seed_scaled(self, fraction: float) -> Protection:
+        """The seed's recipe (`recommended`: L0, Llast, ln_f, biases, in that order) within a
+        budget of `fraction` of the parameters: each term in turn, skipped when adding it
+        would exceed the budget."""
+        protection: Protection = {}
+        total = sum(c.numel for c in self.parts.values())
+        for term in ALIASES["recommended"].split("+"):
+            trial = {**protection, **self._structural_term(term)}
+            if sum(_count(k, self.parts[n].numel) for n, k in trial.items()) <= fraction * total:
+                protection = trial
+        return protection
 
     def _gradient_scores(self) -> dict[str, torch.Tensor]:
         """|gradient x quantization error|: first-order loss change from quantizing each
@@ -301,9 +383,15 @@ class StrategyResolver:
         path = folder / f"{key}.npz"
         try:
             with np.load(path) as stored:
-                return {name: True if stored[name].size == 0 else torch.from_numpy(
-                    np.unpackbits(stored[name], count=self.parts[name].numel).astype(bool)
-                ).reshape(self.parts[name].shape) for name in stored.files}
+                masked = [n for n in stored.files if stored[n].size]
+                buffer = torch.empty(sum(self.parts[n].numel for n in masked), dtype=torch.bool)
+                protection, offset = dict.fromkeys(stored.files, True), 0
+                for name in masked:
+                    numel = self.parts[name].numel
+                    view, offset = buffer[offset:offset + numel], offset + numel
+                    view.numpy()[:] = np.unpackbits(stored[name], count=numel)
+                    protection[name] = view.view(self.parts[name].shape)
+                return protection
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # absent or damaged: select again
         protection = self._selector(term)
@@ -318,7 +406,13 @@ class StrategyResolver:
     def resolve(self, expression: str) -> Protection:
         """The protected set named by `expression`; a UsageError lists what is valid."""
         if expression not in self._memo:
-            self._memo[expression] = self._resolve(expression)
+            protection = self._resolve(expression)
+            if any(isinstance(keep, torch.Tensor) for keep in protection.values()):
+                # element masks take a byte per parameter: keep one set in memory (the
+                # selector cache on disk has the others)
+                self._memo = {key: known for key, known in self._memo.items()
+                              if not any(isinstance(k, torch.Tensor) for k in known.values())}
+            self._memo[expression] = protection
         return self._memo[expression]
 
     def _head_is_embedding(self) -> bool:
@@ -399,11 +493,67 @@ def protection_key(protection: Protection) -> str:
     for name in sorted(protection):
         keep = protection[name]
         digest.update(name.encode())
-        if isinstance(keep, torch.Tensor):
-            digest.update(keep.cpu().numpy().tobytes())
+        if isinstance(keep, torch.Tensor):  # kept entries leave their group's scale alone
+            digest.update(b"mask-outside-scale" + keep.cpu().numpy().tobytes())
         else:
             digest.update(b"all" if keep else b"none")
     return digest.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Per linear layer's weight (parameter name): statistics of its input over calibration
+    text, vectors of length in_features: the mean |x| per input channel (each language's
+    tokens averaged, then the languages) and the largest |x| seen."""
+
+    mean_abs: dict[str, torch.Tensor]
+    max_abs: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def calibration_activations(loaded_model, parts: dict[str, Component],
+                            texts: dict[str, Sequence[str]], max_tokens: int = 256
+                            ) -> Activations:
+    """`Activations` of the linear layers (attention, MLP, output head) from one forward pass
+    per calibration text (`texts`: language -> texts, at most `max_tokens` tokens each)."""
+    model, tokenizer = loaded_model.model, loaded_model.tokenizer
+    linear = {c.name: c for c in parts.values()
+              if c.is_matrix and c.kind == "weight" and c.block in ("attn", "mlp", "head")}
+    sums: dict[str, torch.Tensor] = {}
+    peaks: dict[str, torch.Tensor] = {}
+    per_language: dict[str, list[torch.Tensor]] = {name: [] for name in linear}
+    hooks = []
+
+    def record(name: str):
+        def hook(_module, args):
+            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + x.sum(0).double().cpu()
+            peaks[name] = torch.maximum(peaks.get(name, x.amax(0).cpu()), x.amax(0).cpu())
+        return hook
+
+    for name in linear:
+        module = model.get_submodule(name.rpartition(".")[0])
+        if not isinstance(module, torch.nn.Embedding):
+            hooks.append(module.register_forward_pre_hook(record(name)))
+    try:
+        for lang_texts in texts.values():
+            sums.clear()
+            tokens = 0
+            for text in lang_texts:
+                ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+                ids = ids[:, :min(max_tokens, loaded_model.context_length)]
+                if ids.shape[1] == 0:
+                    continue
+                model(input_ids=ids.to(loaded_model.device))
+                tokens += ids.shape[1]
+            for name, total in sums.items():
+                per_language[name].append(total / max(1, tokens))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    mean_abs = {name: torch.stack(means).mean(0).float()
+                for name, means in per_language.items() if means}
+    return Activations(mean_abs, {name: peaks[name] for name in mean_abs})
 
 
 def calibration_gradients(

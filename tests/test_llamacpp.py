@@ -3,7 +3,6 @@ output audited as a quantized artifact."""
 
 from __future__ import annotations
 
-import shutil
 import stat
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from quantfair.config import RunConfig
 from quantfair.errors import UsageError
+from quantfair.llamacpp import llama_quantize_binary
 from quantfair.schemes import QuantScheme
 from quantfair.session import AuditSession
 
@@ -80,10 +80,17 @@ def test_the_quantizers_f32_input_is_the_fp_reference(copying_quantizer):
     assert (measured.nll_q == measured.nll_fp).all()
 
 
+def _has_llama_quantize() -> bool:
+    try:
+        return llama_quantize_binary() is not None
+    except UsageError:
+        return False
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("llama-quantize") is None, reason="no llama-quantize on PATH")
-def test_a_real_k_quant_file_is_audited_as_a_pair(monkeypatch):
-    monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
+@pytest.mark.skipif(not _has_llama_quantize(),
+                    reason="no llama-quantize (PATH or QUANTFAIR_LLAMA_QUANTIZE)")
+def test_a_real_k_quant_file_is_audited_as_a_pair():
     session = AuditSession(_config("smollm2-135m", "llama.cpp:Q4_K_M"), announce=lambda _: None)
     assert {"Q4_K", "Q6_K"} <= session.artifact.type_mix.keys()
     scheme = session.config.scheme

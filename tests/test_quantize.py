@@ -187,3 +187,54 @@ def test_an_unwritable_weight_cache_keeps_the_bank_in_memory(tmp_path, capsys):
     bank.restore()
     assert capsys.readouterr().err.count("keeping weights in memory") == 1
     assert all(torch.equal(p, bank.fp[n]) for n, p in model.named_parameters())
+
+
+def test_a_half_precision_run_quantizes_in_float32_then_casts():
+    from quantfair.config import RunConfig
+    from quantfair.session import AuditSession
+
+    config = RunConfig.build({"model": "tiny-llama", "dtype": "bfloat16", "languages": "en",
+                              "units": "1"}.get)
+    session = AuditSession(config, announce=lambda _: None)
+    bank, scheme = session.bank, QuantScheme.parse("int4-g16")
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert bank.params[name].dtype == torch.bfloat16
+    expected = fake_quantize(bank.fp[name].float(), scheme).to(torch.bfloat16)
+    assert torch.equal(bank.quantized(scheme)[name], expected)
+    measured = session.measure("none", scheme)
+    assert (measured.nll_q != measured.nll_fp).all()
+    assert session.config.settings()["dtype"] == "bfloat16"
+
+
+def test_an_unknown_dtype_is_a_usage_error():
+    from quantfair.config import RunConfig
+
+    with pytest.raises(UsageError, match="--dtype int8: use one of float32, bfloat16, float16"):
+        RunConfig.build({"model": "tiny-llama", "dtype": "int8"}.get)
+
+
+def test_kept_entries_are_left_out_of_their_groups_scale(tmp_path):
+    """Keeping an outlier in FP under a per-tensor scale must shrink the scale of the rest
+    (the entries are quantized as if the outlier were 0), not only restore the outlier."""
+    from quantfair.models import load_model
+    from quantfair.quantize import WeightBank
+
+    model = load_model("tiny-llama").model
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = dict(model.named_parameters())[name]
+    with torch.no_grad():
+        weight[3, 5] = 50 * weight.abs().max()
+    fp = weight.detach().clone()
+    bank, scheme = WeightBank(model, tmp_path), QuantScheme.parse("int4")  # one scale
+    keep = torch.zeros_like(fp, dtype=torch.bool)
+    keep[3, 5] = True
+    bank.apply(scheme, {name: keep})
+    applied = dict(model.named_parameters())[name].detach()
+    rest = fp.clone()
+    rest[3, 5] = 0
+    expected = fake_quantize(rest, scheme)
+    expected[3, 5] = fp[3, 5]
+    assert torch.equal(applied, expected)
+    others = ~keep
+    whole_tensor_error = (bank.quantized(scheme)[name] - fp)[others].abs().max()
+    assert (applied - fp)[others].abs().max() < 0.1 * whole_tensor_error

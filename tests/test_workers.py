@@ -183,3 +183,21 @@ def test_a_claimed_unit_is_waited_for_and_computed_only_if_left_undone(
         assert evaluator.units_computed == len(texts)
         assert outcome[texts[2]].nll != 123.0
     assert any("1 unit(s) of fp" in m for m in messages)
+
+
+@pytest.mark.parametrize(("worker", "gpus", "expected"),
+                         [("gw0", 2, "cuda:0"), ("gw3", 2, "cuda:1"), ("gw5", 4, "cuda:1"),
+                          (None, 4, "cuda:0")])
+def test_xdist_workers_spread_over_the_gpus(monkeypatch, worker, gpus, expected):
+    import torch
+
+    from quantfair.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if worker:
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    else:
+        monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert str(resolve_device("auto")) == expected
+    assert str(resolve_device("cuda:0")) == "cuda:0"  # an explicit device wins
