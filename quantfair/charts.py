@@ -302,21 +302,32 @@ def fertility(report: dict) -> str | None:
 
 @styled
 def suggest_trace(report: dict) -> str | None:
+    """Every candidate the search scored: overhead against mean disparity on calibration
+    units, the Pareto front of the two, the steps taken, the portfolio's selectors named."""
     found = report.get("suggestion")
     trace = (found or {}).get("trace", [])
     if not trace:
         return None
     figure, (ax,) = _figure(3.2)
-    tried = [s for s in trace if not s["chosen"]]
+
+    def y(step: dict) -> float:
+        value = step.get("mean_disparity")
+        return step["score"] if value is None or value != value else value
+
+    xs, ys = [100 * s["overhead"] for s in trace], [y(s) for s in trace]
+    ax.scatter(xs, ys, color=PALETTE[0], s=12, label="candidate")
+    front = sorted((x, v) for x, v in zip(xs, ys, strict=True)
+                   if not any(a <= x and b <= v and (a, b) != (x, v)
+                              for a, b in zip(xs, ys, strict=True)))
+    ax.plot(*zip(*front, strict=True), color=PALETTE[2], lw=1, drawstyle="steps-post",
+            label="Pareto front")
     chosen = [s for s in trace if s["chosen"]]
-    ax.scatter([100 * s["overhead"] for s in tried], [s["score"] for s in tried],
-               color=PALETTE[0], s=12, label="candidate tried")
-    ax.plot([100 * s["overhead"] for s in chosen], [s["score"] for s in chosen],
+    ax.plot([100 * s["overhead"] for s in chosen], [y(s) for s in chosen],
             color=PALETTE[1], marker="*", ms=9, lw=1, label="step taken")
-    label_points(ax, [Point(f"{s['step']}: {s['candidate']}", 100 * s["overhead"], s["score"])
-                      for s in chosen])
+    label_points(ax, [Point(s["candidate"], 100 * s["overhead"], y(s)) for s in trace
+                      if s.get("phase") == "portfolio" or s["chosen"]])
     ax.set_xlabel("overhead (% of parameters in FP)")
-    ax.set_ylabel("search score (mean damage / English's)")
-    ax.set_title(f"Suggest search trace ({found['strategy']})")
-    figure.legend(loc="outside lower center", ncols=2)
+    ax.set_ylabel("mean disparity (calibration units)")
+    ax.set_title(f"Suggest search ({found['strategy']})")
+    figure.legend(loc="outside lower center", ncols=3)
     return to_svg(figure, "suggest")

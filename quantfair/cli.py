@@ -206,21 +206,31 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if result.trace:
         print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
               f"({result.forward_passes:,} forward passes, {result.wall_s:.0f} s):")
-        print(_table(["step", "candidate", "score", "overhead", "en delta NLL", "chosen"],
-                     [(s.step, s.candidate, f"{s.score:.4f}", f"{100 * s.overhead:.3f}%",
+        print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
+                      "en damage (NLL)", "chosen"],
+                     [(s.phase, s.step, s.candidate, f"{s.score:.4f}",
+                       f"{s.mean_disparity:.3f}", f"{100 * s.overhead:.3f}%",
                        f"{s.english_delta:.2f}", "*" if s.chosen else "")
                       for s in result.trace]))
     if result.comparison:
-        print("\non the held-out audit units:")
-        rows = []
-        for row in result.comparison:
-            d = row["mean_disparity"]
-            disparity = "undefined" if d["undefined"] else \
-                f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
-            rows.append((row["label"], row["strategy"], f"{100 * row['overhead']:.3f}%",
-                         disparity, f"{100 * row['english_degradation']:.1f}%"))
-        print(_table(["", "strategy", "overhead", "mean disparity [95% CI]",
-                      "en degradation"], rows))
+        print("\non the held-out audit units (vs: paired difference suggested - baseline, "
+              "95% CI; below 0 the suggestion is better):")
+
+        def cell(d: dict | None) -> str:
+            if not d:
+                return ""
+            if d.get("undefined"):
+                return "undefined"
+            return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+        print(_table(["", "strategy", "overhead", "mean disparity", "worst disparity",
+                      "vs (mean)", "vs (worst)", "en degradation"],
+                     [(row["label"], ", ".join(row["strategies"]),
+                       f"{100 * row['overhead']:.3f}%", cell(row["mean_disparity"]),
+                       cell(row["worst_disparity"]), cell(row.get("mean_difference")),
+                       cell(row.get("worst_difference")),
+                       f"{100 * row['english_degradation']:.1f}%")
+                      for row in result.comparison]))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result.to_json(), handle, indent=2)

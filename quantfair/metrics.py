@@ -186,6 +186,13 @@ class Measurement:
                 if lang != self.reference and lang in self.languages]
         return float(value[rows].mean()), samples[rows].mean(axis=0), reason
 
+    def worst_draws(self, metric: str = "disparity") -> tuple[float, np.ndarray, str]:
+        """The largest value of a quantity over the non-reference languages, over the shared
+        bootstrap resamples (the worst language of each resample), and why it is undefined."""
+        value, samples, reason = self.draws(metric)
+        rows = [i for i, lang in enumerate(self.languages) if lang != self.reference]
+        return float(value[rows].max()), samples[rows].max(axis=0), reason
+
     def mean_disparity(self, languages: Sequence[str] | None = None,
                        metric: str = "disparity") -> Estimate:
         """Mean of a disparity over the non-reference languages, bootstrapped jointly."""

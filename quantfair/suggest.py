@@ -1,13 +1,22 @@
 """Find the parameters worth keeping in full precision for *this* model, within a budget.
 
-Greedy search over protection units (whole layers ordered by weight variance, then, once no
-whole layer fits the budget, their attention, MLP and norm halves, and model-wide norms,
-biases and position embeddings), scored on
-calibration units that are disjoint from the audit units, so the audit afterwards is a
-held-out test. The score of a protected set is the mean over non-reference languages of
-damage(l) / damage(en, unprotected), where damage is the summed |NLL change| over units: the
-disparity with a fixed denominator, so a step that also helps English is not penalised; a
-step may not increase English's own damage.
+Every candidate is scored on calibration units disjoint from the audit units (so the audit
+afterwards is a held-out test) by the quantity the audits judge: disparity, the NLL damage of
+each language over English's on the same texts, as mean + worst over the non-reference
+languages (fairness, not only the average), and a candidate may not raise English's own damage
+above what it is unprotected. Candidates, all within the budget (a fraction of the
+parameters):
+
+1. a portfolio of selectors spending the whole budget: the seed's recipe scaled to it
+   (`seed:`), the highest-variance whole layers (`variance:`), and where the scheme can keep
+   single entries (round-to-nearest schemes; block formats and artifacts keep whole tensors)
+   the most salient input columns (`act:`), the largest weights (`magnitude:`) and super
+   weights (`superweights:`);
+2. a greedy structural search over protection units (whole layers ordered by weight variance,
+   then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
+   norms, biases and position embeddings);
+3. the best of these, refined by adding small units (norms, biases, super weights) while the
+   score improves.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
 
 from quantfair.corpus import REFERENCE
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
-from quantfair.metrics import Estimate
+from quantfair.metrics import paired_difference
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes
 from quantfair.weights import layer_variance_ranking
@@ -30,13 +41,16 @@ WIDTH = 3  # whole layers tried per step (highest variance first)
 
 @dataclass(frozen=True)
 class Step:
-    step: int
+    step: int  # 0: the portfolio, 1.. the structural search, then the refinement
     candidate: str
     strategy: str
-    score: float
+    score: float  # mean + worst disparity on calibration units (lower is better)
     overhead: float
-    english_delta: float
+    english_delta: float  # English's summed NLL increase on calibration units
     chosen: bool
+    mean_disparity: float = math.nan
+    worst_disparity: float = math.nan
+    phase: str = "structural"  # "portfolio", "structural" or "refinement"
 
 
 @dataclass
@@ -58,15 +72,34 @@ class Suggestion:
         return {**asdict(self), "trace": [asdict(s) for s in self.trace]}
 
 
-def _damage(m) -> list[float]:
+def _damage(m) -> np.ndarray:
     """Per language, the summed |NLL change| over units: quantization damage in either
     direction (a random model's loss can also fall)."""
     return abs(m.nll_q - m.nll_fp).sum(axis=1)
 
 
-def _estimate_dict(estimate: Estimate) -> dict:
-    return {"value": estimate.value, "low": estimate.low, "high": estimate.high,
-            "undefined": estimate.undefined or None}
+@dataclass(frozen=True)
+class Score:
+    value: float  # mean + worst damage over English's unprotected damage; lower is better
+    mean: float  # mean disparity (damage over English's damage under the same protection)
+    worst: float  # worst-language disparity
+    english: float  # English's summed NLL increase
+
+
+def calibration_score(m, english_none: float | None = None) -> Score:
+    """The score of a calibration measurement: each non-reference language's NLL damage
+    (`_damage`) over English's *unprotected* damage (`english_none`; this measurement's own
+    when None), as mean + worst. A fixed denominator makes the score the damage removed,
+    with the worst language weighted up; a step that also helps English is not penalised,
+    one that helps English alone gains nothing. Mean and worst disparity (NLL increase over
+    English's, as the audits define it) come along for the trace."""
+    damage, delta = _damage(m), (m.nll_q - m.nll_fp).sum(axis=1)
+    english = float(damage[m.ref])
+    others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
+    fixed = damage[others] / max(english if english_none is None else english_none, 1e-9)
+    own = delta[others] / (delta[m.ref] if delta[m.ref] else math.nan)
+    return Score(float(fixed.mean() + fixed.max()), float(own.mean()), float(own.max()),
+                 english)
 
 
 class Search:
@@ -76,20 +109,30 @@ class Search:
         self.calibration = calibration
         self.width = width
         self.resolver = session.resolver()
-        self._none = session.measure("none", corpus=calibration)
-        self.english_none = float(_damage(self._none)[self._none.ref])
+        self.english_none = None
+        self.english_none = self.score([]).english
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
 
-    def score(self, units: list[str]) -> tuple[float, float]:
-        """(score, English delta NLL) of protecting `units`, on calibration units."""
-        m = self.session.measure("+".join(units) or "none", corpus=self.calibration)
-        delta = _damage(m)
-        others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
-        if self.english_none <= 0:
-            return float(sum(delta[others]) / len(others)), float(delta[m.ref])
-        return float(sum(delta[others]) / len(others) / self.english_none), float(delta[m.ref])
+    def fits(self, units: list[str]) -> bool:
+        return self.overhead(units) <= self.budget + 1e-12
+
+    def score(self, units: list[str]) -> Score:
+        """The calibration score of protecting `units`."""
+        return calibration_score(
+            self.session.measure("+".join(units) or "none", corpus=self.calibration),
+            self.english_none)
+
+    def allowed(self, score: Score) -> bool:
+        """English's damage may not grow above its unprotected damage."""
+        return score.english <= self.english_none + 1e-9 * abs(self.english_none)
+
+    def step(self, number: int, phase: str, chosen: list[str], candidate: str, score: Score,
+             picked: bool) -> Step:
+        return Step(number, candidate, "+".join(chosen + [candidate]), score.value,
+                    self.overhead(chosen + [candidate]), score.english, picked, score.mean,
+                    score.worst, phase)
 
     def _exists(self, term: str) -> bool:
         try:
@@ -97,49 +140,85 @@ class Search:
         except UsageError:  # e.g. no position embedding in this architecture
             return False
 
-    def candidates(self, chosen: list[str]) -> list[str]:
+    def portfolio(self) -> list[str]:
+        """Selectors spending the budget (see the module docstring), those that fit."""
+        bank = self.resolver.bank
+        total = sum(c.numel for c in bank.parts.values())
+        quantized = sum(c.numel for c in self.resolver._quantized_parts()) or 1
+        percent = 100 * min(1.0, self.budget * total / quantized)
+        options = [f"seed:{100 * self.budget:.6g}%"]
+        per_layer = self.overhead(["L0"])
+        if per_layer <= self.budget:
+            options.append(f"variance:top{min(self.resolver.layers, int(self.budget // per_layer))}")
+        scheme = self.session.config.scheme
+        if scheme.gguf_type is None and not scheme.from_file:
+            options += [f"act:{percent:.6g}%", f"magnitude:{percent:.6g}%"]
+            weights = int(self.budget * total)
+            options += [f"superweights:{k}" for k in (64, 8, 1) if k <= weights][:1]
+        return [o for o in options if self._exists(o) and self.fits([o])]
+
+    def structural(self, chosen: list[str]) -> list[str]:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
                     if self._exists(u) and u not in chosen]
         ranked = [f"L{layer}" for layer in layer_variance_ranking(self.resolver.bank)
                   if f"L{layer}" not in chosen][: self.width]
-        fits = [c for c in ranked if self.overhead(chosen + [c]) <= self.budget + 1e-12]
+        fits = [c for c in ranked if self.fits(chosen + [c])]
         # Halves of layers only once whole layers no longer fit: the search stays affordable.
         halves = [] if fits else [f"{layer}.{block}" for layer in ranked
                                   for block in ("attn", "mlp", "ln")
                                   if f"{layer}.{block}" not in chosen]
-        return [c for c in globals_ + fits + halves
-                if self.overhead(chosen + [c]) <= self.budget + 1e-12
-                and set(self.resolver.resolve("+".join(chosen + [c])))
-                != set(self.resolver.resolve("+".join(chosen) or "none"))]
+        return self._new(chosen, globals_ + fits + halves)
 
-    def run(self, announce) -> tuple[list[str], float, list[Step]]:
-        chosen: list[str] = []
-        best, english = self.score(chosen)
-        trace = [Step(0, "none", "none", best, 0.0, english, True)]
-        step = 0
-        while True:
-            step += 1
-            options = self.candidates(chosen)
-            if not options:
-                break
-            announce(f"quantfair suggest: step {step}, {len(options)} candidates")
-            scored = []
-            for candidate in options:
-                units = chosen + [candidate]
-                score, english_delta = self.score(units)
-                scored.append((score, english_delta, candidate))
-            allowed = [s for s in scored if s[1] <= english + 1e-9 * abs(english)]
-            pick = min(allowed) if allowed else None
-            if pick is not None and pick[0] >= best:
-                pick = None  # no candidate improves on what is already protected
-            for score, english_delta, candidate in scored:
-                trace.append(Step(step, candidate, "+".join(chosen + [candidate]), score,
-                                  self.overhead(chosen + [candidate]), english_delta,
-                                  pick is not None and candidate == pick[2]))
+    def _new(self, chosen: list[str], options: list[str]) -> list[str]:
+        """The options that fit beside `chosen` and protect something more."""
+        before = set(self.resolver.resolve("+".join(chosen) or "none"))
+        return [c for c in options if self.fits(chosen + [c])
+                and (set(self.resolver.resolve("+".join(chosen + [c]))) != before
+                     or ":" in c)]
+
+    def greedy(self, chosen: list[str], best: Score, options, phase: str, first_step: int,
+               announce) -> tuple[list[str], Score, list[Step]]:
+        """Add the best-scoring option of `options(chosen)` while one improves the score."""
+        trace, number = [], first_step
+        while candidates := options(chosen):
+            announce(f"quantfair suggest: {phase} step {number}, {len(candidates)} candidates")
+            scored = [(self.score(chosen + [c]), c) for c in candidates]
+            good = [(s.value, i) for i, (s, _) in enumerate(scored)
+                    if self.allowed(s) and s.value < best.value]
+            pick = scored[min(good)[1]] if good else None
+            trace += [self.step(number, phase, chosen, c, s, pick is not None and c == pick[1])
+                      for s, c in scored]
             if pick is None:
                 break
-            best, english = pick[0], pick[1]
-            chosen.append(pick[2])
+            best, chosen, number = pick[0], chosen + [pick[1]], number + 1
+        return chosen, best, trace
+
+    def run(self, announce) -> tuple[list[str], Score, list[Step]]:
+        none = self.score([])
+        trace = [self.step(0, "portfolio", [], "none", none, False)]
+        announce(f"quantfair suggest: portfolio of {len(self.portfolio())} selectors")
+        results = []
+        for option in self.portfolio():
+            score = self.score([option])
+            results.append((score, [option]))
+            trace.append(self.step(0, "portfolio", [], option, score, False))
+        structural, score, steps = self.greedy([], none, self.structural, "structural", 1,
+                                               announce)
+        trace += steps
+        results.append((score, structural))
+        allowed = [(s.value, i) for i, (s, _) in enumerate(results) if self.allowed(s)]
+        best, chosen = results[min(allowed)[1]] if allowed else (none, [])
+        if best.value >= none.value:
+            best, chosen = none, []
+        base = "+".join(chosen)
+        trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
+                 else s for s in trace]
+        extras = ["superweights:8", "ln_f", "ln", "biases", "embed.pos"]
+        chosen, best, steps = self.greedy(
+            chosen, best, lambda units: self._new(units, [e for e in extras if e not in units
+                                                         and self._exists(e)]),
+            "refinement", (steps[-1].step + 1) if steps else 1, announce)
+        trace += steps
         return chosen, best, trace
 
 
@@ -162,11 +241,15 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
             raise UsageError("no held-out units left for calibration: lower --units")
         return result
     resolver = session.resolver()
-    smallest = min(session.overhead(u).fraction for u in ("ln_f", "ln", "L0.ln")
-                   if resolver.resolve(u))
+    scheme = config.scheme
+    if scheme.gguf_type is None and not scheme.from_file:  # single weights can be kept
+        smallest = 1 / sum(c.numel for c in resolver.parts.values())
+    else:
+        smallest = min(session.overhead(u).fraction for u in ("ln_f", "ln", "L0.ln")
+                       if resolver.resolve(u))
     if budget < smallest:
         result.note = (f"budget {100 * budget:g}% is below the smallest protection unit "
-                       f"({100 * smallest:.4f}% of parameters): nothing is protected")
+                       f"({100 * smallest:.2g}% of parameters): nothing is protected")
         return result
     calibration = held_out.select(units=held_out.sample_units(calibration_units, seed))
     result.calibration_units = calibration.units
@@ -174,32 +257,78 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     chosen, score, trace = search.run(announce)
     result.strategy = "+".join(chosen) or "none"
     result.overhead = session.overhead(result.strategy).fraction
-    result.score, result.trace = score, trace
-    result.comparison = compare_on_audit_units(session, result.strategy, result.overhead)
+    result.score, result.trace = score.value, trace
+    result.comparison = compare_on_audit_units(session, result.strategy, budget)
     result.forward_passes = session.evaluator.forward_passes - passes_before
     result.wall_s = time.perf_counter() - start
     save(session, result)
     return result
 
 
-def compare_on_audit_units(session: AuditSession, suggested: str, overhead: float) -> list[dict]:
-    """The suggestion against none, the seed's recommendation and budget-matched baselines,
-    on the audit units (held out from the search)."""
-    percent = 100 * overhead
+RANDOM_SEEDS = (0, 1, 2)
+
+
+def baselines(session: AuditSession, budget: float) -> list[tuple[str, list[str]]]:
+    """(label, strategies) of the baseline selectors at `budget` (a fraction of the
+    parameters; element selectors take the matching share of the quantized parameters):
+    several strategies make one baseline averaged over them (random: three seeds)."""
+    resolver = session.resolver()
+    total = sum(c.numel for c in resolver.parts.values())
+    quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
+    percent = f"{100 * min(1.0, budget * total / quantized):.6g}%"
+    rows = [("none", ["none"]), ("seed recipe", [f"seed:{100 * budget:.6g}%"]),
+            ("act", [f"act:{percent}"]), ("magnitude", [f"magnitude:{percent}"]),
+            ("gradient", [f"gradient:{percent}"]),
+            (f"random ({len(RANDOM_SEEDS)} seeds)", [f"random:{percent}@{s}" for s in RANDOM_SEEDS])]
+    weights = int(budget * total)
+    if weights >= 1:
+        rows.append(("superweights", [f"superweights:{min(64, weights)}"]))
     per_layer = session.overhead("L0").fraction
-    rows = [("suggested", suggested), ("none", "none"), ("recommended", "recommended"),
-            ("random (same budget)", f"random:{percent:.4f}%@0")]
-    if per_layer <= overhead and overhead > 0:
-        rows.append(("variance (same budget)", f"variance:top{int(overhead // per_layer)}"))
-    comparison = []
-    for label, strategy in rows:
-        if strategy.startswith("random:0.0000%"):
-            strategy = "none"
-        m = session.measure(strategy)
-        comparison.append({"label": label, "strategy": strategy,
-                           "overhead": session.overhead(strategy).fraction,
-                           "mean_disparity": _estimate_dict(m.mean_disparity()),
-                           "english_degradation": m.degradation()[REFERENCE].value})
+    if per_layer <= budget:
+        rows.append(("variance", [f"variance:top{min(resolver.layers, int(budget // per_layer))}"]))
+    return rows
+
+
+def _averaged(measurements) -> dict:
+    """Mean and worst-language disparity (value, resamples) averaged over `measurements`."""
+    means, worsts = zip(*[(m.mean_draws(), m.worst_draws()) for m in measurements], strict=True)
+    return {name: (float(np.mean([d[0] for d in draws])),
+                   np.mean([d[1] for d in draws], axis=0), draws[0][2])
+            for name, draws in (("mean", means), ("worst", worsts))}
+
+
+def _estimate(draws: tuple[float, np.ndarray, str]) -> dict:
+    value, samples, reason = draws
+    low, high = np.nanpercentile(samples, [2.5, 97.5]) if samples.size else (math.nan,) * 2
+    return {"value": value, "low": float(low), "high": float(high), "undefined": reason or None}
+
+
+def compare_on_audit_units(session: AuditSession, suggested: str, budget: float) -> list[dict]:
+    """The suggestion against every baseline selector at the same budget, on the audit units
+    (held out from the search): mean and worst-language disparity with 95% CIs, and the paired
+    bootstrap difference suggested - baseline of each."""
+    ours = _averaged([session.measure(suggested)])
+    comparison = [{"label": "suggested", "strategies": [suggested],
+                   "overhead": session.overhead(suggested).fraction,
+                   "mean_disparity": _estimate(ours["mean"]),
+                   "worst_disparity": _estimate(ours["worst"]),
+                   "english_degradation": session.measure(suggested).degradation()[
+                       REFERENCE].value}]
+    for label, strategies in baselines(session, budget):
+        measured = [session.measure(s) for s in strategies]
+        theirs = _averaged(measured)
+        row = {"label": label, "strategies": strategies,
+               "overhead": float(np.mean([session.overhead(s).fraction for s in strategies])),
+               "mean_disparity": _estimate(theirs["mean"]),
+               "worst_disparity": _estimate(theirs["worst"]),
+               "english_degradation": float(np.mean(
+                   [m.degradation()[REFERENCE].value for m in measured]))}
+        for name in ("mean", "worst"):
+            difference = paired_difference(ours[name][:2], theirs[name][:2])
+            row[f"{name}_difference"] = {"value": difference.difference,
+                                         "low": difference.low, "high": difference.high,
+                                         "p_value": difference.p_value}
+        comparison.append(row)
     return comparison
 
 

@@ -152,3 +152,64 @@ def test_block_format_overhead_counts_each_tensor_types_real_bits():
     embedding_only = resolver.overhead(resolver.resolve("embed.tok"))
     assert embedding_only.bytes_fraction == pytest.approx(
         params["model.embed_tokens.weight"].numel() * (16 - 8.5) / base)
+
+
+def _planted_llama():
+    """tiny-llama with input channel 7 of layer 1's MLP made salient (its norm weight x 40)
+    and a planted super weight in layer 2's down projection: input channel 5 spikes (row 5
+    of up_proj x 30) and down_proj[3, 5] carries it, while a larger weight sits elsewhere."""
+    loaded = models.load_model("tiny-llama")
+    layers = loaded.model.model.layers
+    with torch.no_grad():
+        layers[1].post_attention_layernorm.weight[7] *= 40
+        layers[2].mlp.up_proj.weight[5] *= 30
+        down = layers[2].mlp.down_proj.weight
+        down[3, 5] = 4 * down.abs().max()
+        down[10, 20] = 3 * down[3, 5]  # the largest weight, in a quiet column
+    return loaded
+
+
+def _activation_resolver(loaded, scheme=INT4):
+    from quantfair.strategies import calibration_activations
+
+    bank = WeightBank(loaded.model)
+    texts = {"en": ["hello world, how are you today?" * 3], "de": ["guten Tag, wie geht es?" * 3]}
+    return StrategyResolver(bank, scheme, activations=lambda: calibration_activations(
+        loaded, bank.parts, texts))
+
+
+def test_act_keeps_the_salient_input_columns_within_the_budget():
+    resolver = _activation_resolver(_planted_llama())
+    protection = resolver.resolve("act:10%")
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.gate_proj.weight"):
+        keep = protection[name]
+        assert keep[:, 7].all(), "the salient channel is not kept"
+        assert (keep.all(dim=0) | ~keep.any(dim=0)).all(), "not whole columns"
+    overhead = resolver.overhead(protection)
+    quantized = sum(c.numel for c in resolver._quantized_parts())
+    assert overhead.protected == pytest.approx(0.10 * quantized, rel=0.15)
+
+
+def test_superweights_finds_the_planted_weight_not_the_largest():
+    resolver = _activation_resolver(_planted_llama())
+    protection = resolver.resolve("superweights:1")
+    ((name, keep),) = protection.items()
+    assert name == "model.layers.2.mlp.down_proj.weight"
+    assert keep.sum() == 1 and keep[3, 5]
+
+
+def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
+    loaded = models.load_model("gpt2", random_weights=True)
+    resolver = StrategyResolver(WeightBank(loaded.model), INT4)
+    assert resolver.resolve("seed:12%").keys() == resolver.resolve("recommended").keys()
+    small = resolver.resolve("seed:2%")  # one GPT-2 layer is ~5.7%: only ln_f and biases fit
+    assert small.keys() == resolver.resolve("ln_f+biases").keys()
+    assert resolver.overhead(small).fraction <= 0.02
+
+
+@pytest.mark.parametrize("term", ["act:", "act:5%x", "superweights:0", "superweights:x", "seed:150%"])
+def test_new_selector_terms_are_checked(term):
+    from quantfair.strategies import check_strategy_syntax
+
+    with pytest.raises(UsageError):
+        check_strategy_syntax(term)

@@ -9,8 +9,8 @@ from quantfair.session import AuditSession
 from quantfair.suggest import load_suggestion, suggest
 
 
-def session_for(loaded, units=4) -> AuditSession:
-    config = RunConfig(model=loaded.name, scheme=QuantScheme(bits=4),
+def session_for(loaded, units=4, bits=4) -> AuditSession:
+    config = RunConfig(model=loaded.name, scheme=QuantScheme(bits=bits),
                        languages=("en", "he", "zh"), units=units)
     return AuditSession(config, announce=lambda message: None, loaded=loaded)
 
@@ -34,12 +34,16 @@ def planted():
 def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     session = session_for(planted)
     result = suggest(session, 0.40, calibration_units=3)
-    first = next(step for step in result.trace if step.step == 1 and step.chosen)
+    first = next(step for step in result.trace if step.phase == "structural" and step.chosen)
     assert first.candidate in ("L2", "L2.mlp")
     assert result.overhead <= 0.40
     assert set(result.calibration_units).isdisjoint(session.corpus.units)
     labels = [row["label"] for row in result.comparison]
-    assert labels[:4] == ["suggested", "none", "recommended", "random (same budget)"]
+    assert labels[:3] == ["suggested", "none", "seed recipe"]
+    assert {"act", "magnitude", "gradient", "random (3 seeds)", "superweights"} <= set(labels)
+    for row in result.comparison[1:]:
+        difference = row["mean_difference"]
+        assert difference["low"] <= difference["value"] <= difference["high"]
     assert load_suggestion(session)["strategy"] == result.strategy
 
 
@@ -56,3 +60,26 @@ def test_budget_below_the_smallest_unit_says_so(tiny_models):
 def test_budget_above_everything_is_a_usage_error(tiny_models):
     with pytest.raises(UsageError, match="between 0% and 100%"):
         suggest(session_for(tiny_models["tiny-gpt2"]), 1.5)
+
+
+def test_a_planted_super_weight_is_found_first_at_a_budget_of_one_weight():
+    """One weight, alone in its column and far from the largest of its tensor (int8 per
+    tensor rounds it to 0), carries a massive activation: quantizing it dominates the loss,
+    and with room for a single weight the suggestion keeps exactly it."""
+    loaded = load_model("tiny-llama")
+    layers = loaded.model.model.layers
+    with torch.no_grad():
+        layers[2].mlp.up_proj.weight[5] *= 3000  # input channel 5 of down_proj spikes
+        down = layers[2].mlp.down_proj.weight
+        largest = 10 * down.abs().max()
+        down[:, 5] = 0
+        down[3, 5] = 0.4 * largest / 127  # under half an int8 step
+        down[10, 20] = largest  # the largest weight, in a quiet column
+    session = session_for(loaded, bits=8)
+    total = sum(p.numel() for p in loaded.model.parameters())
+    result = suggest(session, 1 / total, calibration_units=3)
+    assert result.strategy == "superweights:1"
+    ((name, keep),) = session.resolver().resolve(result.strategy).items()
+    assert name == "model.layers.2.mlp.down_proj.weight" and keep.sum() == 1 and keep[3, 5]
+    none = next(s.score for s in result.trace if s.candidate == "none")
+    assert result.score < 0.5 * none  # it dominated the damage
