@@ -266,6 +266,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from quantfair.errors import UsageError
     from quantfair.export import (
         export_gguf,
+        expressible,
         gguf_names,
         llama_quantize_overrides,
         modules_to_not_convert,
@@ -288,7 +289,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"no suggestion cached for {session.loaded.name} with "
                              f"{session.config.scheme.name}: run `quantfair suggest` first")
         strategy = found["strategy"]
-    protected = whole_tensors(session.resolver().resolve(strategy))
+    resolver = session.resolver()
+    if args.emit:
+        protected, element = expressible(resolver, strategy)
+        if element:
+            print(f"quantfair: {args.emit} cannot express {' + '.join(element)} (single "
+                  "weights or columns): left out; the rest of the recipe follows",
+                  file=sys.stderr)
+    if args.output:
+        protected = whole_tensors(resolver.resolve(strategy))
     parts = session.bank.parts
     if args.emit == "llama-quantize":
         names = gguf_names(session.loaded, parts)

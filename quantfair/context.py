@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from quantfair.report import measurement_records
 from quantfair.session import AuditSession
 from quantfair.strategies import Overhead, protection_key
 
+RESCORE_BATCH_TOKENS = 1024  # padded batches of several units, logits of bounded size
 
 class AuditContext:
     """Per-process audit state handed to every audit through the `quantfair_audit` fixture."""
@@ -130,7 +130,8 @@ class AuditContext:
 
     def rescore_spread(self, strategy: str) -> float:
         """Re-score two units of every language with a fresh, cache-less evaluator that puts
-        them all in one padded batch; the largest relative NLL difference."""
+        them in padded batches (up to RESCORE_BATCH_TOKENS tokens, several units each); the
+        largest relative NLL difference."""
         session = self.session
         measurement = self.measure(strategy)
         units = session.corpus.units[:2]
@@ -138,7 +139,7 @@ class AuditContext:
         session.bank.apply(session.config.scheme, session.resolver().resolve(strategy))
         with tempfile.TemporaryDirectory() as folder:
             fresh = Evaluator(session.loaded, ResultCache(Path(folder)),
-                              batch_tokens=sys.maxsize).evaluate("rescore", texts)
+                              batch_tokens=RESCORE_BATCH_TOKENS).evaluate("rescore", texts)
         spread = 0.0
         for i, lang in enumerate(session.corpus.languages):
             for j, unit in enumerate(units):

@@ -32,6 +32,16 @@ def whole_tensors(protection: Protection) -> list[str]:
     return [name for name, keep in protection.items() if keep is True]
 
 
+def expressible(resolver, strategy: str) -> tuple[list[str], list[str]]:
+    """The whole tensors `strategy` keeps, and its terms that keep single entries (which no
+    GGUF file or transformers quantizer can store): (parameter names, terms)."""
+    terms = [t.strip() for t in strategy.split("+")]
+    element = [t for t in terms if any(isinstance(keep, torch.Tensor)
+                                       for keep in resolver.resolve(t).values())]
+    whole = "+".join(t for t in terms if t not in element) or "none"
+    return whole_tensors(resolver.resolve(whole)), element
+
+
 def gguf_names(loaded: LoadedModel, parts: dict[str, Component]) -> dict[str, str]:
     """Each parameter's GGUF tensor name (`model.layers.0.self_attn.q_proj.weight` ->
     `blk.0.attn_q.weight`), from the gguf package's name map; raises UsageError when the

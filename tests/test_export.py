@@ -100,6 +100,15 @@ def test_emit_hf_lists_the_protected_modules(capsys):
     assert modules == [f"model.layers.1.mlp.{m}_proj" for m in ("gate", "up", "down")]
 
 
+def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):
+    assert main(["export", "tiny-llama", "--strategy", "L1.mlp+magnitude:1%+ln", "--emit",
+                 "hf", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == [f"model.layers.1.mlp.{m}_proj"
+                                       for m in ("gate", "up", "down")]
+    assert "hf cannot express magnitude:1% (single weights or columns): left out" in printed.err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--quant", "int4", "--strategy", "L0"], "give --quant gguf:TYPE"),
     (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"], "cannot be exported"),

@@ -1,0 +1,90 @@
+"""`quantfair suggest` against every baseline selector at equal budgets, on held-out units.
+
+    python benchmarks/bench_suggest.py [--model smollm2-135m] [--budgets 5,12,1]
+        [--schemes int4-g128-linear,gguf:Q4_0] [--languages en,de,ru,he,ar,zh,ja,ko]
+
+Runs `quantfair suggest` once per scheme and budget (each process shares the results cache,
+so the FP reference is computed once), then prints one markdown table per run: every
+selector's overhead, mean and worst-language disparity on the audit units with 95% CIs, and
+the paired bootstrap difference suggested - baseline. Acceptance per run: no difference's CI
+lies above 0, the suggestion's point estimates are at or below the best baseline's, and its
+CI against `none` lies below 0. Wall time of each search is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cell(d: dict | None) -> str:
+    if not d:
+        return ""
+    if d.get("undefined"):
+        return "undefined"
+    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def verdict(comparison: list[dict]) -> str:
+    ours, baselines = comparison[0], comparison[1:]
+    notes = []
+    for name in ("mean", "worst"):
+        above = [b["label"] for b in baselines if b[f"{name}_difference"]["low"] > 0]
+        if above:
+            notes.append(f"{name}: significantly worse than {', '.join(above)}")
+        best = min(b[f"{name}_disparity"]["value"] for b in baselines if b["label"] != "none")
+        if ours[f"{name}_disparity"]["value"] > best + 1e-12:
+            notes.append(f"{name}: point estimate above the best baseline's ({best:.3f})")
+        none = next(b for b in baselines if b["label"] == "none")
+        if none[f"{name}_difference"]["high"] >= 0:
+            notes.append(f"{name}: not significantly below none")
+    return "; ".join(notes) or "met"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--budgets", default="5,12,1")
+    parser.add_argument("--schemes", default="int4-g128-linear,gguf:Q4_0")
+    parser.add_argument("--languages", default="en,de,ru,he,ar,zh,ja,ko")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory(prefix="bench-suggest-") as folder:
+        for budget in args.budgets.split(","):
+            for scheme in args.schemes.split(","):
+                out = Path(folder) / "suggestion.json"
+                command = [sys.executable, "-m", "quantfair.cli", "suggest", args.model,
+                           "--budget", f"{budget}%", "--quant", scheme,
+                           "--languages", args.languages, "--json", str(out)]
+                start = time.perf_counter()
+                done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                                      text=True)
+                wall = time.perf_counter() - start
+                if done.returncode != 0:
+                    sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+                result = json.loads(out.read_text())
+                print(f"\n### {scheme}, budget {budget}%: suggested `{result['strategy']}` "
+                      f"({100 * result['overhead']:.3f}% of parameters; search and "
+                      f"comparison {wall:.0f} s, {result['forward_passes']:,} forward passes)\n")
+                print("| selector | strategy | overhead | mean disparity | worst disparity "
+                      "| suggested - it (mean) | suggested - it (worst) |")
+                print("|---|---|---|---|---|---|---|")
+                for row in result["comparison"]:
+                    print(f"| {row['label']} | `{', '.join(row['strategies'])}` | "
+                          f"{100 * row['overhead']:.3f}% | {cell(row['mean_disparity'])} | "
+                          f"{cell(row['worst_disparity'])} | "
+                          f"{cell(row.get('mean_difference'))} | "
+                          f"{cell(row.get('worst_difference'))} |")
+                print(f"\nacceptance: {verdict(result['comparison'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
