@@ -3,12 +3,13 @@
     python benchmarks/bench_memory.py [--model smollm2-135m] [--suite quick|all]
 
 Runs, each in a fresh process with a cold results cache: (1) a bare loop that loads the model
-and scores the audit languages' texts (the audits' default units) (`bench_evaluate.bare_loop`), (2) the audit suite without
-gradient selectors (`-k "not gradient"`), (3) the gradient audits alone, from the whole suite
-(they hold a gradient copy of the weights, so they are measured separately). Memory is the peak of the process's
-anonymous (unique, not file-backed) pages, sampled every 0.1 s with psutil: pages of memory
-maps that are read but never written (the weight bank's FP and quantized tensors) are not
-counted, as the kernel can drop and re-read them. Prints each peak and its ratio to the bare
+and scores the audit languages' texts, the audits' default units (`bench_evaluate.bare_loop`),
+(2) the audit suite without gradient selectors (`-k "not gradient"`), (3) the gradient audits
+alone, from the whole suite (they hold a gradient copy of the weights, so they are measured
+separately). Memory is the peak of the process's anonymous (unique, not file-backed) pages,
+sampled every 0.1 s with psutil: pages of memory maps that are read but never written (the
+weight bank's FP and quantized tensors) are not counted, as the kernel can drop and re-read
+them. Prints each peak and its ratio to the bare
 loop (goal <= 1.3).
 """
 

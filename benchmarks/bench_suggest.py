@@ -22,15 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantfair.report import interval_text as cell
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cell(d: dict | None) -> str:
-    if not d:
-        return ""
-    if d.get("undefined"):
-        return "undefined"
-    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
 def verdict(comparison: list[dict]) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages, parse_percent
 from quantfair.errors import QuantfairError
+from quantfair.report import interval_text as cell
 from quantfair.report import table as _table
 
 
@@ -215,13 +216,6 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if result.comparison:
         print("\non the held-out audit units (vs: paired difference suggested - baseline, "
               "95% CI; below 0 the suggestion is better):")
-
-        def cell(d: dict | None) -> str:
-            if not d:
-                return ""
-            if d.get("undefined"):
-                return "undefined"
-            return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
         print(_table(["", "strategy", "overhead", "mean disparity", "worst disparity",
                       "vs (mean)", "vs (worst)", "en degradation"],

@@ -193,6 +193,16 @@ def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
     return json_path, html_path
 
 
+def interval_text(estimate: dict | None) -> str:
+    """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
+    there is none)."""
+    if not estimate:
+        return ""
+    if estimate.get("undefined"):
+        return "undefined"
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown-style table, numbers right-aligned (the layout lm-eval's results use)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

@@ -100,8 +100,8 @@ class QuantScheme:
     @classmethod
     def parse(cls, text: str) -> QuantScheme:
         """Parse `int4`, `int4-g128`, `int8-channel`, `int4-g64-asym-linear`, `gguf:Q4_0`,
-        `gguf:Q5_1-embed-F16`, `artifact:release`, `llama.cpp:Q4_K_M`; each aspect of an RTN scheme (granularity,
-        symmetry, scope) may be named at most once. Raises UsageError."""
+        `gguf:Q5_1-embed-F16`, `artifact:release`, `llama.cpp:Q4_K_M`; each aspect of an RTN
+        scheme (granularity, symmetry, scope) may be named at most once. Raises UsageError."""
         text = text.strip()
         if text.lower().startswith(f"{ARTIFACT}:"):
             return cls(artifact=text.partition(":")[2])

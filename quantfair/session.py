@@ -18,8 +18,14 @@ from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.quantize import QuantScheme, WeightBank, weights_folder
-from quantfair.strategies import (Activations, Overhead, StrategyResolver,
-                                  calibration_activations, calibration_gradients, protection_key)
+from quantfair.strategies import (
+    Activations,
+    Overhead,
+    StrategyResolver,
+    calibration_activations,
+    calibration_gradients,
+    protection_key,
+)
 from quantfair.workers import configure_threads
 
 Announce = Callable[[str], None]

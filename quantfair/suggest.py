@@ -149,7 +149,8 @@ class Search:
         options = [f"seed:{100 * self.budget:.6g}%"]
         per_layer = self.overhead(["L0"])
         if per_layer <= self.budget:
-            options.append(f"variance:top{min(self.resolver.layers, int(self.budget // per_layer))}")
+            layers = min(self.resolver.layers, int(self.budget // per_layer))
+            options.append(f"variance:top{layers}")
         scheme = self.session.config.scheme
         if scheme.gguf_type is None and not scheme.from_file:
             options += [f"act:{percent:.6g}%", f"magnitude:{percent:.6g}%"]
@@ -279,7 +280,8 @@ def baselines(session: AuditSession, budget: float) -> list[tuple[str, list[str]
     rows = [("none", ["none"]), ("seed recipe", [f"seed:{100 * budget:.6g}%"]),
             ("act", [f"act:{percent}"]), ("magnitude", [f"magnitude:{percent}"]),
             ("gradient", [f"gradient:{percent}"]),
-            (f"random ({len(RANDOM_SEEDS)} seeds)", [f"random:{percent}@{s}" for s in RANDOM_SEEDS])]
+            (f"random ({len(RANDOM_SEEDS)} seeds)",
+             [f"random:{percent}@{seed}" for seed in RANDOM_SEEDS])]
     weights = int(budget * total)
     if weights >= 1:
         rows.append(("superweights", [f"superweights:{min(64, weights)}"]))

@@ -123,7 +123,9 @@ def test_the_bank_quantizes_conv1d_along_its_logical_rows(scheme):
 def _mapped_ranges(path) -> list[tuple[int, int]]:
     """Address ranges where this process maps the file `path` (from /proc/self/maps)."""
     ranges = []
-    for line in open("/proc/self/maps"):
+    with open("/proc/self/maps") as maps:
+        lines = maps.read().splitlines()
+    for line in lines:
         fields = line.split()
         if len(fields) >= 6 and fields[5] == str(path):
             start, end = (int(x, 16) for x in fields[0].split("-"))

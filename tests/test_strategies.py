@@ -135,8 +135,9 @@ def test_magnitude_selection_keeps_the_largest_weights(gpt2_resolver):
 
 def test_block_format_overhead_counts_each_tensor_types_real_bits():
     """Under gguf:Q4_0 a code takes 4.5 bits (18-byte blocks of 32 weights: llama.cpp's
-    ggml-common.h), the token embedding and output head Q8_0 8.5, norms stay F32 (counted at 16, like every
-    parameter the scheme leaves alone); each protected weight adds 16 - its type's bits."""
+    ggml-common.h), the token embedding and output head Q8_0 8.5, norms stay F32 (counted at
+    16, like every parameter the scheme leaves alone); each protected weight adds 16 - its
+    type's bits."""
     from quantfair.models import load_model
 
     model = load_model("tiny-llama").model  # every input dimension (32, 64) a multiple of 32
@@ -207,7 +208,8 @@ def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
     assert resolver.overhead(small).fraction <= 0.02
 
 
-@pytest.mark.parametrize("term", ["act:", "act:5%x", "superweights:0", "superweights:x", "seed:150%"])
+@pytest.mark.parametrize("term", ["act:", "act:5%x", "superweights:0", "superweights:x",
+                                  "seed:150%"])
 def test_new_selector_terms_are_checked(term):
     from quantfair.strategies import check_strategy_syntax
 
