@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.metadata
 import inspect
@@ -225,10 +226,15 @@ class WeightBank:
                 raise _no_artifact(scheme)
             layout = {name: self.fp[name] for name, part in self.parts.items()
                       if in_scope(part, scheme) and self.fp[name].is_floating_point()}
-            stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", scheme.name) + f"-{QUANTIZER_DIGEST}"
+            base = re.sub(r"[^A-Za-z0-9_.+-]", "_", scheme.name)
             self._quantized[scheme] = self._stored(
-                stem, layout, lambda name: quantize_component(self.fp[name], self.parts[name],
-                                                              scheme))
+                f"{base}-{QUANTIZER_DIGEST}", layout,
+                lambda name: quantize_component(self.fp[name], self.parts[name], scheme))
+            if self.folder is not None:  # files of other quantizer versions are stale
+                for stale in self.folder.glob(f"{glob.escape(base)}-*.safetensors"):
+                    if re.fullmatch(rf"{re.escape(base)}-(?!{QUANTIZER_DIGEST})[0-9a-f]{{12}}",
+                                    stale.stem):
+                        stale.unlink(missing_ok=True)
         return self._quantized[scheme]
 
     def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor],

@@ -240,3 +240,16 @@ def test_kept_entries_are_left_out_of_their_groups_scale(tmp_path):
     others = ~keep
     whole_tensor_error = (bank.quantized(scheme)[name] - fp)[others].abs().max()
     assert (applied - fp)[others].abs().max() < 0.1 * whole_tensor_error
+
+
+def test_files_of_another_quantizer_version_are_removed_and_other_schemes_kept(tmp_path):
+    from quantfair.models import load_model
+    from quantfair.quantize import QUANTIZER_DIGEST, WeightBank
+
+    stale = tmp_path / "int4-0123456789ab.safetensors"
+    other_scheme = tmp_path / f"int4-g16-{QUANTIZER_DIGEST}.safetensors"
+    for path in (stale, other_scheme):
+        path.write_bytes(b"")
+    WeightBank(load_model("tiny-gpt2").model, tmp_path).quantized(QuantScheme.parse("int4"))
+    assert not stale.exists() and other_scheme.exists()
+    assert (tmp_path / f"int4-{QUANTIZER_DIGEST}.safetensors").exists()
