@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 from quantfair.errors import QuantfairError, UsageError
 
 BINARY_VARIABLE = "QUANTFAIR_LLAMA_QUANTIZE"
@@ -51,8 +53,6 @@ def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
-
     with FileLock(target.with_name(f".{target.name}.lock")), \
             tempfile.TemporaryDirectory(dir=folder, prefix=".llama-quantize-") as work:
         if target.exists():

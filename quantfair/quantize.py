@@ -180,7 +180,7 @@ def weights_folder(weight_hash: str) -> Path:
 
 class WeightBank:
     """Each parameter's FP tensor and its quantized tensor per scheme, so applying a
-    (scheme, protection) pair is a copy into the live model, never a reload.
+    (scheme, protection) pair points the live model's parameters at them, never a reload.
 
     The tensors live in files under `folder` (default: the cache, keyed by the weights' hash)
     read through memory maps (`quantfair.tensorfile`): the FP reference and each scheme's
