@@ -103,9 +103,6 @@ def gguf_quantize(tensor: torch.Tensor, qtype: str, transposed: bool = False) ->
     return restored.t().contiguous() if transposed else restored
 
 
-FLOAT_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "F64": 64.0}
-
-
 def type_bits(qtype: str) -> float:
     """Bits per weight of a GGUF tensor type, scales included: bytes per block x 8 / weights
     per block, from the gguf package's GGML_QUANT_SIZES (Q4_0: 18 bytes per 32 weights, 4.5)."""
@@ -300,7 +297,7 @@ class WeightBank:
         nothing else. Block formats and artifacts have one type per tensor, so there the
         kept entries only replace the stored ones."""
         fp = self.fp[name]
-        if scheme.from_file or scheme.gguf_type is not None:
+        if not scheme.keeps_entries:
             return torch.where(keep, fp, self.quantized(scheme)[name])
         rest = quantize_component(torch.where(keep, torch.zeros_like(fp), fp),
                                   self.parts[name], scheme)

@@ -71,6 +71,13 @@ class QuantScheme:
         return self.artifact is not None or self.llama_type is not None
 
     @property
+    def keeps_entries(self) -> bool:
+        """Whether single entries of a tensor can stay in full precision with the rest quantized
+        around them (round-to-nearest schemes); block formats and files have one type per
+        tensor."""
+        return self.gguf_type is None and not self.from_file
+
+    @property
     def name(self) -> str:
         """Canonical text; `QuantScheme.parse(scheme.name) == scheme`."""
         if self.artifact is not None:

@@ -67,12 +67,12 @@ class AuditSession:
         self.scheme_warning = loaded.requantization_warning(config.scheme)
         if self.scheme_warning:
             announce(f"quantfair: warning: {self.scheme_warning}")
-        self.bank = WeightBank(loaded.model, weights_folder(loaded.weight_hash()))
+        folder = weights_folder(loaded.weight_hash())
+        self.bank = WeightBank(loaded.model, folder)
         self.artifact: Artifact | None = None
         quantized = config.quantized
         if config.scheme.llama_type:
-            quantized = str(llama_cpp_file(loaded, config.scheme,
-                                           weights_folder(loaded.weight_hash()), announce))
+            quantized = str(llama_cpp_file(loaded, config.scheme, folder, announce))
         if quantized:
             announce(f"quantfair: loading the quantized artifact {quantized}")
             self.artifact = load_artifact(quantized, config.scheme, loaded)

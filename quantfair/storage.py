@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from quantfair.errors import QuantfairError
 
@@ -38,15 +39,23 @@ def cache_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a concurrent reader sees the old file or the new."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle whose content becomes `path` whole when the block ends, or never (an
+    error removes it): a concurrent reader sees the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)

@@ -237,13 +237,10 @@ class StrategyResolver:
         """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in
         order); `score` is called one part at a time, and the masks are views of one buffer
         (a byte per parameter, allocated once, so freed scores leave no holes around it)."""
-        buffer = torch.zeros(sum(c.numel for c in parts), dtype=torch.bool)
         protection: Protection = {}
-        offset = 0
-        for c in parts:
+        for c, view in zip(parts, _mask_views([c.numel for c in parts]), strict=True):
             flat = score(c).detach().flatten().float().cpu().numpy()
             keep = round(fraction * flat.size)
-            view, offset = buffer[offset:offset + flat.size], offset + flat.size
             if keep == 0:
                 continue
             if keep >= flat.size:
@@ -351,10 +348,9 @@ class StrategyResolver:
         budget of `fraction` of the parameters: each term in turn, skipped when adding it
         would exceed the budget."""
         protection: Protection = {}
-        total = sum(c.numel for c in self.parts.values())
         for term in ALIASES["recommended"].split("+"):
             trial = {**protection, **self._structural_term(term)}
-            if sum(_count(k, self.parts[n].numel) for n, k in trial.items()) <= fraction * total:
+            if self.overhead(trial).fraction <= fraction:
                 protection = trial
         return protection
 
@@ -384,12 +380,10 @@ class StrategyResolver:
         try:
             with np.load(path) as stored:
                 masked = [n for n in stored.files if stored[n].size]
-                buffer = torch.empty(sum(self.parts[n].numel for n in masked), dtype=torch.bool)
-                protection, offset = dict.fromkeys(stored.files, True), 0
-                for name in masked:
-                    numel = self.parts[name].numel
-                    view, offset = buffer[offset:offset + numel], offset + numel
-                    view.numpy()[:] = np.unpackbits(stored[name], count=numel)
+                protection: Protection = dict.fromkeys(stored.files, True)
+                sizes = [self.parts[n].numel for n in masked]
+                for name, view in zip(masked, _mask_views(sizes), strict=True):
+                    view.numpy()[:] = np.unpackbits(stored[name], count=view.numel())
                     protection[name] = view.view(self.parts[name].shape)
                 return protection
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -471,6 +465,15 @@ class StrategyResolver:
         extra_bits = sum(_count(keep, self.parts[name].numel) * (fp_bits - bits[name])
                          for name, keep in protection.items() if name in bits)
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
+
+
+def _mask_views(sizes: list[int]) -> list[torch.Tensor]:
+    """Flat boolean tensors of these sizes, views of one zeroed buffer: element masks take a
+    byte per parameter, and one allocation leaves no holes between them when the scores they
+    were made from are freed."""
+    buffer = torch.zeros(sum(sizes), dtype=torch.bool)
+    offsets = np.cumsum([0, *sizes])
+    return [buffer[begin:end] for begin, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def _count(keep: bool | torch.Tensor, numel: int) -> int:

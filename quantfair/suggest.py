@@ -109,8 +109,7 @@ class Search:
         self.calibration = calibration
         self.width = width
         self.resolver = session.resolver()
-        self.english_none = None
-        self.english_none = self.score([]).english
+        self.english_none = calibration_score(self.measure([])).english
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
@@ -118,11 +117,12 @@ class Search:
     def fits(self, units: list[str]) -> bool:
         return self.overhead(units) <= self.budget + 1e-12
 
+    def measure(self, units: list[str]):
+        return self.session.measure("+".join(units) or "none", corpus=self.calibration)
+
     def score(self, units: list[str]) -> Score:
         """The calibration score of protecting `units`."""
-        return calibration_score(
-            self.session.measure("+".join(units) or "none", corpus=self.calibration),
-            self.english_none)
+        return calibration_score(self.measure(units), self.english_none)
 
     def allowed(self, score: Score) -> bool:
         """English's damage may not grow above its unprotected damage."""
@@ -142,21 +142,12 @@ class Search:
 
     def portfolio(self) -> list[str]:
         """Selectors spending the budget (see the module docstring), those that fit."""
-        bank = self.resolver.bank
-        total = sum(c.numel for c in bank.parts.values())
-        quantized = sum(c.numel for c in self.resolver._quantized_parts()) or 1
-        percent = 100 * min(1.0, self.budget * total / quantized)
-        options = [f"seed:{100 * self.budget:.6g}%"]
-        per_layer = self.overhead(["L0"])
-        if per_layer <= self.budget:
-            layers = min(self.resolver.layers, int(self.budget // per_layer))
-            options.append(f"variance:top{layers}")
-        scheme = self.session.config.scheme
-        if scheme.gguf_type is None and not scheme.from_file:
-            options += [f"act:{percent:.6g}%", f"magnitude:{percent:.6g}%"]
-            weights = int(self.budget * total)
-            options += [f"superweights:{k}" for k in (64, 8, 1) if k <= weights][:1]
-        return [o for o in options if self._exists(o) and self.fits([o])]
+        element = ("act", "magnitude", "superweights")
+        chosen = [strategies[0] for label, strategies in budget_selectors(self.session,
+                                                                           self.budget).items()
+                  if label in ("seed recipe", "variance")
+                  or (label in element and self.session.config.scheme.keeps_entries)]
+        return [o for o in chosen if self._exists(o) and self.fits([o])]
 
     def structural(self, chosen: list[str]) -> list[str]:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
@@ -197,9 +188,10 @@ class Search:
     def run(self, announce) -> tuple[list[str], Score, list[Step]]:
         none = self.score([])
         trace = [self.step(0, "portfolio", [], "none", none, False)]
-        announce(f"quantfair suggest: portfolio of {len(self.portfolio())} selectors")
+        portfolio = self.portfolio()
+        announce(f"quantfair suggest: portfolio of {len(portfolio)} selectors")
         results = []
-        for option in self.portfolio():
+        for option in portfolio:
             score = self.score([option])
             results.append((score, [option]))
             trace.append(self.step(0, "portfolio", [], option, score, False))
@@ -243,7 +235,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         return result
     resolver = session.resolver()
     scheme = config.scheme
-    if scheme.gguf_type is None and not scheme.from_file:  # single weights can be kept
+    if scheme.keeps_entries:  # single weights can be kept
         smallest = 1 / sum(c.numel for c in resolver.parts.values())
     else:
         smallest = min(session.overhead(u).fraction for u in ("ln_f", "ln", "L0.ln")
@@ -269,25 +261,25 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
 RANDOM_SEEDS = (0, 1, 2)
 
 
-def baselines(session: AuditSession, budget: float) -> list[tuple[str, list[str]]]:
-    """(label, strategies) of the baseline selectors at `budget` (a fraction of the
+def budget_selectors(session: AuditSession, budget: float) -> dict[str, list[str]]:
+    """Label -> strategies of every baseline selector at `budget` (a fraction of the
     parameters; element selectors take the matching share of the quantized parameters):
     several strategies make one baseline averaged over them (random: three seeds)."""
     resolver = session.resolver()
     total = sum(c.numel for c in resolver.parts.values())
     quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
     percent = f"{100 * min(1.0, budget * total / quantized):.6g}%"
-    rows = [("none", ["none"]), ("seed recipe", [f"seed:{100 * budget:.6g}%"]),
-            ("act", [f"act:{percent}"]), ("magnitude", [f"magnitude:{percent}"]),
-            ("gradient", [f"gradient:{percent}"]),
-            (f"random ({len(RANDOM_SEEDS)} seeds)",
-             [f"random:{percent}@{seed}" for seed in RANDOM_SEEDS])]
+    rows = {"none": ["none"], "seed recipe": [f"seed:{100 * budget:.6g}%"],
+            "act": [f"act:{percent}"], "magnitude": [f"magnitude:{percent}"],
+            "gradient": [f"gradient:{percent}"],
+            f"random ({len(RANDOM_SEEDS)} seeds)": [f"random:{percent}@{seed}"
+                                                   for seed in RANDOM_SEEDS]}
     weights = int(budget * total)
     if weights >= 1:
-        rows.append(("superweights", [f"superweights:{min(64, weights)}"]))
+        rows["superweights"] = [f"superweights:{min(64, weights)}"]
     per_layer = session.overhead("L0").fraction
     if per_layer <= budget:
-        rows.append(("variance", [f"variance:top{min(resolver.layers, int(budget // per_layer))}"]))
+        rows["variance"] = [f"variance:top{min(resolver.layers, int(budget // per_layer))}"]
     return rows
 
 
@@ -316,7 +308,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
                    "worst_disparity": _estimate(ours["worst"]),
                    "english_degradation": session.measure(suggested).degradation()[
                        REFERENCE].value}]
-    for label, strategies in baselines(session, budget):
+    for label, strategies in budget_selectors(session, budget).items():
         measured = [session.measure(s) for s in strategies]
         theirs = _averaged(measured)
         row = {"label": label, "strategies": strategies,

@@ -7,15 +7,15 @@ at a time, so writing one never holds a second copy of a model."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
+
+from quantfair.storage import atomic_file
 
 __all__ = ["map_tensors", "write_tensors", "cached_tensors"]
 
@@ -38,22 +38,14 @@ def write_tensors(path: Path, layout: dict[str, torch.Tensor],
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # tensors start 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)) + encoded)
-            for name, like in layout.items():
-                tensor = produce(name).detach()
-                if tensor.dtype != like.dtype or tensor.shape != like.shape:
-                    raise ValueError(f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, "
-                                     f"expected {like.dtype} {tuple(like.shape)}")
-                data = tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                handle.write(data.tobytes())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name, like in layout.items():
+            tensor = produce(name).detach()
+            if tensor.dtype != like.dtype or tensor.shape != like.shape:
+                raise ValueError(f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, "
+                                 f"expected {like.dtype} {tuple(like.shape)}")
+            handle.write(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def map_tensors(path: Path) -> dict[str, torch.Tensor]:
