@@ -3,15 +3,19 @@
 Every candidate is scored on calibration units disjoint from the audit units (so the audit
 afterwards is a held-out test) by the quantity the audits judge: disparity, the NLL damage of
 each language over English's on the same texts, as mean + worst over the non-reference
-languages (fairness, not only the average), and a candidate may not raise English's own damage
-above what it is unprotected. Candidates, all within the budget (a fraction of the
-parameters):
+languages (fairness, not only the average). A candidate may not raise the damage above the
+unprotected model's, neither English's own nor the languages' (each over English's unprotected
+damage, mean + worst): fairness is not bought by making the model worse. Candidates, all
+within the budget (a fraction of the parameters):
 
 1. a portfolio of selectors spending the whole budget: the seed's recipe scaled to it
    (`seed:`), the highest-variance whole layers (`variance:`), and where the scheme can keep
    single entries (round-to-nearest schemes; block formats and artifacts keep whole tensors)
    the most salient input columns (`act:`), the largest weights (`magnitude:`) and super
    weights (`superweights:`);
+   super weights, when keeping them removes at least half the damage (`REPAIR`), are kept
+   first and the search goes on from them: they break the model, whatever they do to
+   disparity;
 2. a greedy structural search over protection units (whole layers ordered by weight variance,
    then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
    norms, biases and position embeddings);
@@ -37,6 +41,7 @@ from quantfair.storage import atomic_write, cache_writes
 from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
+REPAIR = 0.5  # super weights are kept first when they leave at most this share of the damage
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,12 @@ class Step:
     strategy: str
     score: float  # mean + worst disparity on calibration units (lower is better)
     overhead: float
-    english_delta: float  # English's summed NLL increase on calibration units
+    english_delta: float  # English's summed NLL damage on calibration units
     chosen: bool
     mean_disparity: float = math.nan
     worst_disparity: float = math.nan
     phase: str = "structural"  # "portfolio", "structural" or "refinement"
+    damage: float = math.nan  # mean + worst damage over English's unprotected damage
 
 
 @dataclass
@@ -80,26 +86,26 @@ def _damage(m) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Score:
-    value: float  # mean + worst damage over English's unprotected damage; lower is better
+    value: float  # mean + worst disparity: what the search lowers
     mean: float  # mean disparity (damage over English's damage under the same protection)
     worst: float  # worst-language disparity
-    english: float  # English's summed NLL increase
+    damage: float  # mean + worst damage over English's unprotected damage: may not grow
+    english: float  # English's summed NLL damage
 
 
 def calibration_score(m, english_none: float | None = None) -> Score:
-    """The score of a calibration measurement: each non-reference language's NLL damage
-    (`_damage`) over English's *unprotected* damage (`english_none`; this measurement's own
-    when None), as mean + worst. A fixed denominator makes the score the damage removed,
-    with the worst language weighted up; a step that also helps English is not penalised,
-    one that helps English alone gains nothing. Mean and worst disparity (NLL increase over
-    English's, as the audits define it) come along for the trace."""
-    damage, delta = _damage(m), (m.nll_q - m.nll_fp).sum(axis=1)
+    """The score of a calibration measurement. Its value is the disparity the audits judge,
+    each non-reference language's NLL damage (`_damage`) over English's under the same
+    protection, as mean + worst (fairness, not only the average). Beside it the damage, the
+    same ratios over English's *unprotected* damage (`english_none`; this measurement's own
+    when None): the damage removed, with the worst language weighted up."""
+    damage = _damage(m)
     english = float(damage[m.ref])
     others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
+    own = damage[others] / max(english, 1e-9)
     fixed = damage[others] / max(english if english_none is None else english_none, 1e-9)
-    own = delta[others] / (delta[m.ref] if delta[m.ref] else math.nan)
-    return Score(float(fixed.mean() + fixed.max()), float(own.mean()), float(own.max()),
-                 english)
+    return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),
+                 float(fixed.mean() + fixed.max()), english)
 
 
 class Search:
@@ -109,7 +115,8 @@ class Search:
         self.calibration = calibration
         self.width = width
         self.resolver = session.resolver()
-        self.english_none = calibration_score(self.measure([])).english
+        self.none = calibration_score(self.measure([]))
+        self.english_none = self.none.english
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
@@ -125,14 +132,16 @@ class Search:
         return calibration_score(self.measure(units), self.english_none)
 
     def allowed(self, score: Score) -> bool:
-        """English's damage may not grow above its unprotected damage."""
-        return score.english <= self.english_none + 1e-9 * abs(self.english_none)
+        """Neither English's damage nor the languages' damage may grow above the unprotected
+        model's: a protection may not buy fairness by making the model worse."""
+        return (score.english <= self.english_none * (1 + 1e-9)
+                and score.damage <= self.none.damage * (1 + 1e-9))
 
     def step(self, number: int, phase: str, chosen: list[str], candidate: str, score: Score,
              picked: bool) -> Step:
         return Step(number, candidate, "+".join(chosen + [candidate]), score.value,
                     self.overhead(chosen + [candidate]), score.english, picked, score.mean,
-                    score.worst, phase)
+                    score.worst, phase, score.damage)
 
     def _exists(self, term: str) -> bool:
         try:
@@ -186,23 +195,27 @@ class Search:
         return chosen, best, trace
 
     def run(self, announce) -> tuple[list[str], Score, list[Step]]:
-        none = self.score([])
-        trace = [self.step(0, "portfolio", [], "none", none, False)]
+        trace = [self.step(0, "portfolio", [], "none", self.none, False)]
         portfolio = self.portfolio()
         announce(f"quantfair suggest: portfolio of {len(portfolio)} selectors")
-        results = []
-        for option in portfolio:
-            score = self.score([option])
-            results.append((score, [option]))
-            trace.append(self.step(0, "portfolio", [], option, score, False))
-        structural, score, steps = self.greedy([], none, self.structural, "structural", 1,
-                                               announce)
+        scores = {option: self.score([option]) for option in portfolio}
+        trace += [self.step(0, "portfolio", [], o, s, False) for o, s in scores.items()]
+        # Super weights break the model (Yu et al. 2024): kept first when they remove at least
+        # half the damage, whatever that does to disparity; the rest may not undo it.
+        repair = [o for o, s in scores.items() if o.startswith("superweights:")
+                  and s.damage <= REPAIR * self.none.damage and self.allowed(s)][:1]
+        if repair:
+            self.none = scores[repair[0]]
+        start = self.none
+        results = [(s, [o]) for o, s in scores.items()]
+        structural, score, steps = self.greedy(repair, start, self.structural, "structural",
+                                               1, announce)
         trace += steps
         results.append((score, structural))
         allowed = [(s.value, i) for i, (s, _) in enumerate(results) if self.allowed(s)]
-        best, chosen = results[min(allowed)[1]] if allowed else (none, [])
-        if best.value >= none.value:
-            best, chosen = none, []
+        best, chosen = results[min(allowed)[1]] if allowed else (start, repair)
+        if best.value >= start.value:
+            best, chosen = start, repair
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
                  else s for s in trace]

@@ -1,12 +1,14 @@
+import numpy as np
 import pytest
 import torch
 
 from quantfair.config import RunConfig
 from quantfair.errors import UsageError
+from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
 from quantfair.session import AuditSession
-from quantfair.suggest import load_suggestion, suggest
+from quantfair.suggest import calibration_score, load_suggestion, suggest
 
 
 def session_for(loaded, units=4, bits=4) -> AuditSession:
@@ -47,6 +49,25 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert load_suggestion(session)["strategy"] == result.strategy
 
 
+def _measured(damage: dict[str, float]) -> Measurement:
+    """Two units per language, each with half of the language's NLL damage."""
+    fp = np.full((len(damage), 2), 10.0)
+    q = fp + np.array([[d / 2, d / 2] for d in damage.values()])
+    ones = np.ones_like(fp)
+    return Measurement(tuple(damage), fp, q, ones, ones, ones)
+
+
+def test_the_score_is_disparity_and_the_damage_is_reported_beside_it():
+    """A protection that removes most of English's damage but less of the others' lowers the
+    damage and raises the disparity: the score (what the search lowers) is the disparity."""
+    none = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0}))
+    english_first = calibration_score(_measured({"en": 0.5, "he": 2.0, "zh": 3.0}), 2.0)
+    assert (none.mean, none.worst, none.value) == (2.5, 3.0, 5.5)
+    assert (english_first.mean, english_first.worst) == (5.0, 6.0)
+    assert english_first.value > none.value and english_first.damage < none.damage
+    assert english_first.damage == pytest.approx((1.0 + 1.5) / 2 + 1.5)
+
+
 def test_zero_budget_suggests_none(tiny_models):
     result = suggest(session_for(tiny_models["tiny-gpt2"]), 0.0)
     assert result.strategy == "none" and not result.trace
@@ -81,5 +102,6 @@ def test_a_planted_super_weight_is_found_first_at_a_budget_of_one_weight():
     assert result.strategy == "superweights:1"
     ((name, keep),) = session.resolver().resolve(result.strategy).items()
     assert name == "model.layers.2.mlp.down_proj.weight" and keep.sum() == 1 and keep[3, 5]
-    none = next(s.score for s in result.trace if s.candidate == "none")
-    assert result.score < 0.5 * none  # it dominated the damage
+    none, kept = (next(s.damage for s in result.trace if s.strategy == strategy)
+                  for strategy in ("none", result.strategy))
+    assert kept < 0.5 * none  # it dominated the damage
