@@ -106,12 +106,23 @@ class AuditSession:
             return ""
         return f"{self.artifact.weight_hash[:16]}|"
 
+    @property
+    def selector_units(self) -> list[str]:
+        """The held-out units whose text the selectors calibrate on (activations, gradients):
+        up to 32 texts in all, the same number from each language; empty when every unit is
+        audited (the selectors then take the first sentences of the audit units)."""
+        if self.calibration is None:
+            return []
+        return self.calibration.units[:max(1, 32 // len(self.calibration.languages))]
+
     def _calibration_by_language(self) -> dict[str, list[str]]:
-        """Held-out texts for calibration (first sentences of the audit units when every
-        unit is audited): up to 32 in all, the same number from each language."""
-        texts = self.calibration or self.corpus.with_length("short")
-        per_language = max(1, 32 // max(1, len(texts.texts)))
-        return {lang: list(units.values())[:per_language] for lang, units in texts.texts.items()}
+        """The selectors' calibration texts (`selector_units`), per language."""
+        if self.calibration is None:
+            texts = self.corpus.with_length("short")
+            units = texts.units[:max(1, 32 // len(texts.languages))]
+        else:
+            texts, units = self.calibration, self.selector_units
+        return {lang: [texts.texts[lang][u] for u in units] for lang in texts.languages}
 
     def _calibration_texts(self) -> list[str]:
         """`_calibration_by_language`, one language after another round by round."""

@@ -14,19 +14,27 @@ The seed's names are aliases (see ALIASES).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import re
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from quantfair.config import parse_percent
+from quantfair.corpus import REFERENCE
 from quantfair.errors import UsageError
-from quantfair.quantize import Protection, QuantScheme, WeightBank, in_scope
+from quantfair.quantize import (
+    QUANTIZER_DIGEST,
+    Protection,
+    QuantScheme,
+    WeightBank,
+    in_scope,
+)
 from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import Component, num_layers
 from quantfair.weights import layer_variance_ranking
@@ -72,7 +80,8 @@ class Overhead:
         return self.protected / self.total if self.total else 0.0
 
 
-SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "superweights", "seed")
+SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "superweights",
+             "seed")
 _LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
 _PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
 _SELECTOR_ARGUMENT = {
@@ -81,6 +90,7 @@ _SELECTOR_ARGUMENT = {
     "gradient": _PERCENT,
     "variance": r"top[1-9][0-9]{0,5}",
     "act": _PERCENT,
+    "actgap": _PERCENT,
     "superweights": r"[1-9][0-9]{0,5}",
     "seed": _PERCENT,
 }
@@ -287,6 +297,8 @@ class StrategyResolver:
             return {c.name: True for c in self.parts.values() if c.layer in chosen}
         if kind == "act":
             return self._act_columns(_percent(argument, term))
+        if kind == "actgap":
+            return self._gap_columns(_percent(argument, term))
         if kind == "superweights":
             return self._super_weights(int(argument))
         if kind == "seed":
@@ -318,6 +330,44 @@ class StrategyResolver:
             columns[torch.topk(saliency, count).indices] = True
             keep = columns[:, None] if c.transposed else columns[None, :]
             protection[c.name] = keep.expand(c.shape).clone()
+        return protection
+
+    def _gap_columns(self, fraction: float) -> Protection:
+        """Input columns whose keeping lowers the other languages' expected damage more than
+        English's. Column j of a linear weight W adds about e_j * s_l,j to language l's output
+        error, with e_j = sum_i (Wq - W)_ij^2 its squared quantization error under the scheme
+        and s_l,j the mean x_j^2 of its input on l's calibration text (the first-order error
+        ||(Wq - W) x||^2 without cross terms). As shares of each language's total, the gap
+        g_j = mean over the other languages of share_l,j - share_en,j is what keeping the
+        column does to the damage ratios; columns of every linear layer are kept by gap per
+        weight (g_j / rows), largest first, while the gap is positive and `fraction` of the
+        quantized parameters is not spent."""
+        stats = self._calibration_activations()
+        others = [lang for lang in stats.mean_sq if lang != REFERENCE]
+        if REFERENCE not in stats.mean_sq or not others:
+            raise UsageError("actgap: needs calibration text in English and another language")
+        linear = [c for c in self._quantized_parts() if c.name in stats.mean_abs]
+        quantized = self.bank.quantized(self.scheme)
+        errors = [_column_error(self.bank.fp[c.name], quantized[c.name], c.transposed)
+                  for c in linear]
+
+        def shares(lang: str) -> torch.Tensor:
+            damage = torch.cat([e * stats.mean_sq[lang][c.name]
+                                for c, e in zip(linear, errors, strict=True)]).double()
+            return damage / (damage.sum() or 1.0)
+
+        rows = torch.cat([torch.full((e.numel(),), c.numel // e.numel(), dtype=torch.float64)
+                          for c, e in zip(linear, errors, strict=True)])
+        gap = (sum(shares(lang) for lang in others) / len(others) - shares(REFERENCE)) / rows
+        order = torch.argsort(gap, descending=True)
+        budget = fraction * sum(c.numel for c in self._quantized_parts())
+        chosen = torch.zeros(gap.numel(), dtype=torch.bool)
+        chosen[order[(torch.cumsum(rows[order], 0) <= budget) & (gap[order] > 0)]] = True
+        protection: Protection = {}
+        for c, keep in zip(linear, chosen.split([e.numel() for e in errors]), strict=True):
+            if keep.any():
+                mask = keep[:, None] if c.transposed else keep[None, :]
+                protection[c.name] = mask.expand(c.shape).clone()
         return protection
 
     def _super_weights(self, count: int) -> Protection:
@@ -375,7 +425,8 @@ class StrategyResolver:
         if self.selector_cache is None:
             return self._selector(term)
         folder, prefix = self.selector_cache
-        key = hashlib.sha256(f"{prefix}|{self.scheme.name}|{term}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{prefix}|{self.scheme.name}|{term}|{SELECTOR_DIGEST}"
+                             .encode()).hexdigest()[:24]
         path = folder / f"{key}.npz"
         try:
             with np.load(path) as stored:
@@ -503,14 +554,22 @@ def protection_key(protection: Protection) -> str:
     return digest.hexdigest()[:20]
 
 
+def _column_error(fp: torch.Tensor, quantized: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Squared quantization error per input channel of a linear weight, [in_features]."""
+    error = (quantized.float() - fp.float()).square()
+    return error.sum(1 if transposed else 0)
+
+
 @dataclass(frozen=True)
 class Activations:
     """Per linear layer's weight (parameter name): statistics of its input over calibration
     text, vectors of length in_features: the mean |x| per input channel (each language's
-    tokens averaged, then the languages) and the largest |x| seen."""
+    tokens averaged, then the languages), the largest |x| seen, and per language the mean
+    x^2 (`mean_sq[language][name]`)."""
 
     mean_abs: dict[str, torch.Tensor]
     max_abs: dict[str, torch.Tensor]
+    mean_sq: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -523,14 +582,17 @@ def calibration_activations(loaded_model, parts: dict[str, Component],
     linear = {c.name: c for c in parts.values()
               if c.is_matrix and c.kind == "weight" and c.block in ("attn", "mlp", "head")}
     sums: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
     peaks: dict[str, torch.Tensor] = {}
     per_language: dict[str, list[torch.Tensor]] = {name: [] for name in linear}
+    mean_sq: dict[str, dict[str, torch.Tensor]] = {}
     hooks = []
 
     def record(name: str):
         def hook(_module, args):
             x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
             sums[name] = sums.get(name, 0) + x.sum(0).double().cpu()
+            squares[name] = squares.get(name, 0) + x.square().sum(0).double().cpu()
             peaks[name] = torch.maximum(peaks.get(name, x.amax(0).cpu()), x.amax(0).cpu())
         return hook
 
@@ -539,8 +601,9 @@ def calibration_activations(loaded_model, parts: dict[str, Component],
         if not isinstance(module, torch.nn.Embedding):
             hooks.append(module.register_forward_pre_hook(record(name)))
     try:
-        for lang_texts in texts.values():
+        for lang, lang_texts in texts.items():
             sums.clear()
+            squares.clear()
             tokens = 0
             for text in lang_texts:
                 ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
@@ -551,12 +614,15 @@ def calibration_activations(loaded_model, parts: dict[str, Component],
                 tokens += ids.shape[1]
             for name, total in sums.items():
                 per_language[name].append(total / max(1, tokens))
+            mean_sq[lang] = {name: (total / max(1, tokens)).float()
+                             for name, total in squares.items()}
     finally:
         for hook in hooks:
             hook.remove()
     mean_abs = {name: torch.stack(means).mean(0).float()
                 for name, means in per_language.items() if means}
-    return Activations(mean_abs, {name: peaks[name] for name in mean_abs})
+    return Activations(mean_abs, {name: peaks[name] for name in mean_abs},
+                       {lang: stats for lang, stats in mean_sq.items() if stats})
 
 
 def calibration_gradients(
@@ -582,3 +648,11 @@ def calibration_gradients(
         model.zero_grad(set_to_none=True)
         model.requires_grad_(False)
     return sums
+
+
+# Part of every cached selection's key: a change to how selectors choose (or to the quantizer
+# some of them read) never serves a selection made the old way.
+SELECTOR_DIGEST = hashlib.sha256("".join(
+    [*(inspect.getsource(f) for f in (StrategyResolver, _column_error, calibration_activations,
+                                      calibration_gradients, layer_variance_ranking)),
+     QUANTIZER_DIGEST]).encode()).hexdigest()[:12]

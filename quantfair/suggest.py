@@ -151,7 +151,7 @@ class Search:
 
     def portfolio(self) -> list[str]:
         """Selectors spending the budget (see the module docstring), those that fit."""
-        element = ("act", "magnitude", "superweights")
+        element = ("act", "actgap", "magnitude", "superweights")
         chosen = [strategies[0] for label, strategies in budget_selectors(self.session,
                                                                            self.budget).items()
                   if label in ("seed recipe", "variance")
@@ -257,7 +257,11 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         result.note = (f"budget {100 * budget:g}% is below the smallest protection unit "
                        f"({100 * smallest:.2g}% of parameters): nothing is protected")
         return result
-    calibration = held_out.select(units=held_out.sample_units(calibration_units, seed))
+    # Units the selectors did not calibrate on, where there are enough: otherwise a selector
+    # would be scored on its own calibration text.
+    unseen = [u for u in held_out.units if u not in session.selector_units]
+    pool = held_out.select(units=unseen) if len(unseen) >= calibration_units else held_out
+    calibration = held_out.select(units=pool.sample_units(calibration_units, seed))
     result.calibration_units = calibration.units
     search = Search(session, budget, calibration, width)
     chosen, score, trace = search.run(announce)
@@ -283,7 +287,8 @@ def budget_selectors(session: AuditSession, budget: float) -> dict[str, list[str
     quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
     percent = f"{100 * min(1.0, budget * total / quantized):.6g}%"
     rows = {"none": ["none"], "seed recipe": [f"seed:{100 * budget:.6g}%"],
-            "act": [f"act:{percent}"], "magnitude": [f"magnitude:{percent}"],
+            "act": [f"act:{percent}"], "actgap": [f"actgap:{percent}"],
+            "magnitude": [f"magnitude:{percent}"],
             "gradient": [f"gradient:{percent}"],
             f"random ({len(RANDOM_SEEDS)} seeds)": [f"random:{percent}@{seed}"
                                                    for seed in RANDOM_SEEDS]}

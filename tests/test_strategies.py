@@ -191,6 +191,27 @@ def test_act_keeps_the_salient_input_columns_within_the_budget():
     assert overhead.protected == pytest.approx(0.10 * quantized, rel=0.15)
 
 
+def test_actgap_keeps_the_column_only_the_other_language_leans_on():
+    """Input channel 3 of layer 1's down projection carries German text and channel 9
+    English text (equal quantization errors): the gap selector keeps channel 3, not 9,
+    and stops where the gap turns negative."""
+    from quantfair.strategies import Activations
+
+    loaded = models.load_model("tiny-llama")
+    bank = WeightBank(loaded.model)
+    name = "model.layers.1.mlp.down_proj.weight"
+    linear = {c.name: c for c in bank.parts.values() if c.is_matrix and c.block in ("attn", "mlp")}
+    flat = {n: torch.ones(c.shape[0 if c.transposed else 1]) for n, c in linear.items()}
+    english, german = dict(flat), dict(flat)
+    english[name], german[name] = torch.ones_like(flat[name]), torch.ones_like(flat[name])
+    english[name][9] = german[name][3] = 1e4
+    stats = Activations(flat, flat, {"en": english, "de": german})
+    resolver = StrategyResolver(bank, INT4, activations=lambda: stats)
+    keep = resolver.resolve("actgap:50%")
+    assert keep[name][:, 3].all() and not keep[name][:, 9].any()
+    assert resolver.overhead(keep).fraction < 0.5  # only columns with a positive gap
+
+
 def test_superweights_finds_the_planted_weight_not_the_largest():
     resolver = _activation_resolver(_planted_llama())
     protection = resolver.resolve("superweights:1")
@@ -215,3 +236,26 @@ def test_new_selector_terms_are_checked(term):
 
     with pytest.raises(UsageError):
         check_strategy_syntax(term)
+
+
+def test_a_cached_selection_of_another_selector_version_is_not_served(tmp_path, monkeypatch):
+    """Selections are cached on disk by term: a change to the selector code (its digest)
+    selects again instead of reading back a mask chosen the old way."""
+    from quantfair import strategies
+
+    bank = WeightBank(models.load_model("tiny-gpt2").model)
+    calls = []
+
+    def resolve():
+        resolver = StrategyResolver(bank, INT4, selector_cache=(tmp_path, "p"))
+        selector = resolver._selector
+        monkeypatch.setattr(resolver, "_selector", lambda term: calls.append(term) or
+                            selector(term))
+        return resolver.resolve("magnitude:5%")
+
+    resolve()
+    resolve()
+    assert len(calls) == 1  # the second read it back
+    monkeypatch.setattr(strategies, "SELECTOR_DIGEST", "another")
+    resolve()
+    assert len(calls) == 2

@@ -40,6 +40,8 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert first.candidate in ("L2", "L2.mlp")
     assert result.overhead <= 0.40
     assert set(result.calibration_units).isdisjoint(session.corpus.units)
+    assert session.selector_units  # the selectors' own calibration text is not scored on
+    assert set(result.calibration_units).isdisjoint(session.selector_units)
     labels = [row["label"] for row in result.comparison]
     assert labels[:3] == ["suggested", "none", "seed recipe"]
     assert {"act", "magnitude", "gradient", "random (3 seeds)", "superweights"} <= set(labels)
