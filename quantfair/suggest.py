@@ -219,7 +219,9 @@ class Search:
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
                  else s for s in trace]
-        extras = ["superweights:8", "ln_f", "ln", "biases", "embed.pos"]
+        extras = ["ln_f", "ln", "biases", "embed.pos"]
+        if self.session.config.scheme.keeps_entries:  # block formats keep whole tensors
+            extras.insert(0, "superweights:8")
         chosen, best, steps = self.greedy(
             chosen, best, lambda units: self._new(units, [e for e in extras if e not in units
                                                          and self._exists(e)]),

@@ -11,8 +11,8 @@ from quantfair.session import AuditSession
 from quantfair.suggest import calibration_score, load_suggestion, suggest
 
 
-def session_for(loaded, units=4, bits=4) -> AuditSession:
-    config = RunConfig(model=loaded.name, scheme=QuantScheme(bits=bits),
+def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
+    config = RunConfig(model=loaded.name, scheme=scheme or QuantScheme(bits=bits),
                        languages=("en", "he", "zh"), units=units)
     return AuditSession(config, announce=lambda message: None, loaded=loaded)
 
@@ -68,6 +68,16 @@ def test_the_score_is_disparity_and_the_damage_is_reported_beside_it():
     assert (english_first.mean, english_first.worst) == (5.0, 6.0)
     assert english_first.value > none.value and english_first.damage < none.damage
     assert english_first.damage == pytest.approx((1.0 + 1.5) / 2 + 1.5)
+
+
+def test_under_a_block_format_every_candidate_is_whole_tensors(planted):
+    """GGUF stores one type per tensor: the search may not keep single entries there."""
+    session = session_for(planted, scheme=QuantScheme.parse("gguf:Q8_0"))
+    result = suggest(session, 0.40, calibration_units=3)
+    resolver = session.resolver()
+    assert len(result.trace) > 1
+    for step in result.trace:
+        assert all(keep is True for keep in resolver.resolve(step.strategy).values()), step
 
 
 def test_zero_budget_suggests_none(tiny_models):
