@@ -39,13 +39,17 @@ def _grouped(rows: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, int
     return rows.reshape(-1, scheme.group_size), pad
 
 
+CHUNK = 1 << 20  # entries rounded at a time: a large tensor's temporaries stay small
+
+
 def fake_quantize(
     tensor: torch.Tensor, scheme: QuantScheme, transposed: bool = False
 ) -> torch.Tensor:
     """Quantize then dequantize `tensor`; matrices are (out, in) unless `transposed` (Conv1D).
 
     Channels are output rows; groups run along the input dimension. Vectors (biases, norms)
-    are one channel, so "channel" treats them per tensor.
+    are one channel, so "channel" treats them per tensor. Scales come from whole groups; the
+    rounding runs CHUNK entries at a time, so its temporaries do not scale with the tensor.
     """
     logical = tensor.t() if transposed else tensor
     if logical.dim() < 2:
@@ -54,20 +58,28 @@ def fake_quantize(
         rows = logical.reshape(logical.shape[0], -1)
     in_features = rows.shape[1]
     groups, pad = _grouped(rows.float(), scheme)
+    low, high = torch.aminmax(groups, dim=1)
     if scheme.symmetric:
         qmax = 2 ** (scheme.bits - 1) - 1
-        scale = groups.abs().amax(dim=1, keepdim=True) / qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        dequant = torch.clamp(torch.round(groups / scale), -qmax - 1, qmax) * scale
+        scale = torch.maximum(-low, high) / qmax
     else:
         levels = 2**scheme.bits - 1
-        low = groups.amin(dim=1, keepdim=True).clamp(max=0)
-        high = groups.amax(dim=1, keepdim=True).clamp(min=0)
+        low, high = low.clamp(max=0), high.clamp(min=0)
         scale = (high - low) / levels
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero_point = torch.round(-low / scale)
-        codes = torch.clamp(torch.round(groups / scale) + zero_point, 0, levels)
-        dequant = (codes - zero_point) * scale
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = None if scheme.symmetric else torch.round(-low / scale)
+    flat = groups.reshape(-1)
+    dequant = torch.empty_like(flat)
+    for start in range(0, flat.numel(), CHUNK):
+        part = flat[start:start + CHUNK]
+        group = torch.arange(start, start + part.numel()) // groups.shape[1]
+        step = scale[group]
+        if zero_point is None:
+            codes = torch.clamp(torch.round(part / step), -qmax - 1, qmax)
+        else:
+            zero = zero_point[group]
+            codes = torch.clamp(torch.round(part / step) + zero, 0, levels) - zero
+        dequant[start:start + part.numel()] = codes * step
     dequant = dequant.reshape(rows.shape[0], in_features + pad)[:, :in_features]
     dequant = dequant.reshape(logical.shape).to(tensor.dtype)
     return dequant.t().contiguous() if transposed else dequant
@@ -299,9 +311,9 @@ class WeightBank:
         fp = self.fp[name]
         if not scheme.keeps_entries:
             return torch.where(keep, fp, self.quantized(scheme)[name])
-        rest = quantize_component(torch.where(keep, torch.zeros_like(fp), fp),
-                                  self.parts[name], scheme)
-        return torch.where(keep, fp, rest)
+        rest = quantize_component(fp.masked_fill(keep, 0), self.parts[name], scheme)
+        rest[keep] = fp[keep]
+        return rest
 
     def layer_matrices(self) -> dict[int, list[Component]]:
         """Each layer's matrix weights (the tensors weight statistics are taken over)."""
