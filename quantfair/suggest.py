@@ -11,8 +11,9 @@ within the budget (a fraction of the parameters):
 1. a portfolio of selectors spending the whole budget: the seed's recipe scaled to it
    (`seed:`), the highest-variance whole layers (`variance:`), and where the scheme can keep
    single entries (round-to-nearest schemes; block formats and artifacts keep whole tensors)
-   the most salient input columns (`act:`), the largest weights (`magnitude:`) and super
-   weights (`superweights:`);
+   the most salient input columns (`act:`), the columns the other languages lean on more
+   than English (`actgap:`), the largest weights (`magnitude:`) and super weights
+   (`superweights:`);
    super weights, when keeping them removes at least half the damage (`REPAIR`), are kept
    first and the search goes on from them: they break the model, whatever they do to
    disparity;
