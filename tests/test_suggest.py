@@ -44,7 +44,8 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert set(result.calibration_units).isdisjoint(session.selector_units)
     labels = [row["label"] for row in result.comparison]
     assert labels[:3] == ["suggested", "none", "seed recipe"]
-    assert {"act", "magnitude", "gradient", "random (3 seeds)", "superweights"} <= set(labels)
+    assert {"act", "actgap", "magnitude", "gradient", "random (3 seeds)",
+            "superweights"} <= set(labels)
     for row in result.comparison[1:]:
         difference = row["mean_difference"]
         assert difference["low"] <= difference["value"] <= difference["high"]
