@@ -39,6 +39,12 @@ def hash_texts(texts: Sequence[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
+def _selector_share(corpus: Corpus) -> list[str]:
+    """The first units of `corpus` giving up to 32 calibration texts in all, the same number
+    from each language."""
+    return corpus.units[:max(1, 32 // len(corpus.languages))]
+
+
 class AuditSession:
     """Loads the model once (up front), keeps FP and quantized tensors, and measures strategies
     on demand."""
@@ -108,21 +114,16 @@ class AuditSession:
 
     @property
     def selector_units(self) -> list[str]:
-        """The held-out units whose text the selectors calibrate on (activations, gradients):
-        up to 32 texts in all, the same number from each language; empty when every unit is
-        audited (the selectors then take the first sentences of the audit units)."""
-        if self.calibration is None:
-            return []
-        return self.calibration.units[:max(1, 32 // len(self.calibration.languages))]
+        """The held-out units whose text the selectors calibrate on (activations, gradients);
+        empty when every unit is audited (the selectors then take the first sentences of the
+        audit units)."""
+        return [] if self.calibration is None else _selector_share(self.calibration)
 
     def _calibration_by_language(self) -> dict[str, list[str]]:
         """The selectors' calibration texts (`selector_units`), per language."""
-        if self.calibration is None:
-            texts = self.corpus.with_length("short")
-            units = texts.units[:max(1, 32 // len(texts.languages))]
-        else:
-            texts, units = self.calibration, self.selector_units
-        return {lang: [texts.texts[lang][u] for u in units] for lang in texts.languages}
+        texts = self.calibration or self.corpus.with_length("short")
+        return {lang: [texts.texts[lang][u] for u in _selector_share(texts)]
+                for lang in texts.languages}
 
     def _calibration_texts(self) -> list[str]:
         """`_calibration_by_language`, one language after another round by round."""

@@ -19,7 +19,7 @@ import io
 import re
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -328,8 +328,7 @@ class StrategyResolver:
                 continue
             columns = torch.zeros(saliency.numel(), dtype=torch.bool)
             columns[torch.topk(saliency, count).indices] = True
-            keep = columns[:, None] if c.transposed else columns[None, :]
-            protection[c.name] = keep.expand(c.shape).clone()
+            protection[c.name] = _column_mask(c, columns)
         return protection
 
     def _gap_columns(self, fraction: float) -> Protection:
@@ -364,10 +363,9 @@ class StrategyResolver:
         chosen = torch.zeros(gap.numel(), dtype=torch.bool)
         chosen[order[(torch.cumsum(rows[order], 0) <= budget) & (gap[order] > 0)]] = True
         protection: Protection = {}
-        for c, keep in zip(linear, chosen.split([e.numel() for e in errors]), strict=True):
-            if keep.any():
-                mask = keep[:, None] if c.transposed else keep[None, :]
-                protection[c.name] = mask.expand(c.shape).clone()
+        for c, columns in zip(linear, chosen.split([e.numel() for e in errors]), strict=True):
+            if columns.any():
+                protection[c.name] = _column_mask(c, columns)
         return protection
 
     def _super_weights(self, count: int) -> Protection:
@@ -554,6 +552,12 @@ def protection_key(protection: Protection) -> str:
     return digest.hexdigest()[:20]
 
 
+def _column_mask(component: Component, columns: torch.Tensor) -> torch.Tensor:
+    """The element mask of a linear weight keeping whole input columns ([in_features] bools)."""
+    keep = columns[:, None] if component.transposed else columns[None, :]
+    return keep.expand(component.shape).clone()
+
+
 def _column_error(fp: torch.Tensor, quantized: torch.Tensor, transposed: bool) -> torch.Tensor:
     """Squared quantization error per input channel of a linear weight, [in_features]."""
     error = (quantized.float() - fp.float()).square()
@@ -569,7 +573,7 @@ class Activations:
 
     mean_abs: dict[str, torch.Tensor]
     max_abs: dict[str, torch.Tensor]
-    mean_sq: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    mean_sq: dict[str, dict[str, torch.Tensor]]
 
 
 @torch.no_grad()

@@ -118,6 +118,7 @@ class Search:
         self.resolver = session.resolver()
         self.none = calibration_score(self.measure([]))
         self.english_none = self.none.english
+        self.floor = self.none  # the damage no candidate may exceed (`allowed`)
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
@@ -136,7 +137,7 @@ class Search:
         """Neither English's damage nor the languages' damage may grow above the unprotected
         model's: a protection may not buy fairness by making the model worse."""
         return (score.english <= self.english_none * (1 + 1e-9)
-                and score.damage <= self.none.damage * (1 + 1e-9))
+                and score.damage <= self.floor.damage * (1 + 1e-9))
 
     def step(self, number: int, phase: str, chosen: list[str], candidate: str, score: Score,
              picked: bool) -> Step:
@@ -206,8 +207,8 @@ class Search:
         repair = [o for o, s in scores.items() if o.startswith("superweights:")
                   and s.damage <= REPAIR * self.none.damage and self.allowed(s)][:1]
         if repair:
-            self.none = scores[repair[0]]
-        start = self.none
+            self.floor = scores[repair[0]]
+        start = self.floor
         results = [(s, [o]) for o, s in scores.items()]
         structural, score, steps = self.greedy(repair, start, self.structural, "structural",
                                                1, announce)
