@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from quantfair.corpus import REFERENCE
+from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
@@ -232,6 +232,16 @@ class Search:
         return chosen, best, trace
 
 
+def search_units(session: AuditSession, count: int, seed: int = 0) -> Corpus:
+    """`count` held-out units (seeded sample) to score candidates on: units neither audited
+    nor in the selectors' calibration text where there are enough (otherwise a selector
+    would be scored on its own calibration text), else any held-out units."""
+    held_out = session.calibration
+    unseen = [u for u in held_out.units if u not in session.selector_units]
+    pool = held_out.select(units=unseen) if len(unseen) >= count else held_out
+    return held_out.select(units=pool.sample_units(count, seed))
+
+
 def suggest(session: AuditSession, budget: float, calibration_units: int = 4, seed: int = 0,
             announce=print, width: int = WIDTH) -> Suggestion:
     """Search a protection strategy for `session`'s model and scheme within `budget` (0..1)."""
@@ -261,11 +271,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         result.note = (f"budget {100 * budget:g}% is below the smallest protection unit "
                        f"({100 * smallest:.2g}% of parameters): nothing is protected")
         return result
-    # Units the selectors did not calibrate on, where there are enough: otherwise a selector
-    # would be scored on its own calibration text.
-    unseen = [u for u in held_out.units if u not in session.selector_units]
-    pool = held_out.select(units=unseen) if len(unseen) >= calibration_units else held_out
-    calibration = held_out.select(units=pool.sample_units(calibration_units, seed))
+    calibration = search_units(session, calibration_units, seed)
     result.calibration_units = calibration.units
     search = Search(session, budget, calibration, width)
     chosen, score, trace = search.run(announce)

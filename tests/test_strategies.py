@@ -229,7 +229,8 @@ def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
     assert resolver.overhead(small).fraction <= 0.02
 
 
-@pytest.mark.parametrize("term", ["act:", "act:5%x", "superweights:0", "superweights:x",
+@pytest.mark.parametrize("term", ["act:", "act:5%x", "actgap:", "actgap:x%", "superweights:0",
+                                  "superweights:x",
                                   "seed:150%"])
 def test_new_selector_terms_are_checked(term):
     from quantfair.strategies import check_strategy_syntax

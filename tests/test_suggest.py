@@ -8,7 +8,7 @@ from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
 from quantfair.session import AuditSession
-from quantfair.suggest import calibration_score, load_suggestion, suggest
+from quantfair.suggest import calibration_score, load_suggestion, search_units, suggest
 
 
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
@@ -50,6 +50,17 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
         difference = row["mean_difference"]
         assert difference["low"] <= difference["value"] <= difference["high"]
     assert load_suggestion(session)["strategy"] == result.strategy
+
+
+def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_models):
+    """As many units as are neither audited nor selector text: exactly those; more than
+    that: any held-out units."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    held_out, selector = session.calibration.units, session.selector_units
+    unseen = [u for u in held_out if u not in selector]
+    assert selector and unseen
+    assert search_units(session, len(unseen)).units == unseen
+    assert len(search_units(session, len(unseen) + 1).units) == len(unseen) + 1
 
 
 def _measured(damage: dict[str, float]) -> Measurement:
