@@ -20,7 +20,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
-from quantfair.storage import cache_writes
+from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import family_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -104,13 +104,25 @@ def weights_hash(model: nn.Module) -> str:
 
 
 def gguf_type_mix(path: Path) -> dict[str, int]:
-    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}
-    (reads only the header, through the reader's memory map)."""
+    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}.
+
+    The reader parses every metadata field in Python (seconds for a tokenizer's vocabulary,
+    in every process that loads the model), so the answer is kept under the cache, keyed by
+    the file's resolved path, size and modification time. Raises QuantfairError when the
+    cache cannot be written."""
     from collections import Counter
 
     from gguf import GGUFReader
 
-    return dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    stored = cache_root() / "gguf-types" / f"{key.hexdigest()[:24]}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(stored.read_text())
+    mix = dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
+    with cache_writes(stored.parent):
+        atomic_write(stored, json.dumps(mix).encode())
+    return mix
 
 
 def cache_root() -> Path:

@@ -119,6 +119,23 @@ def test_gguf_scheme_equals_a_gguf_file_on_the_embedded_model(tmp_path, qtype):
     _assert_bank_matches(loaded.model, loaded_back, QuantScheme.parse(f"gguf:{qtype}"))
 
 
+def test_type_mix_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    from quantfair.models import gguf_type_mix
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    model = load_model("tiny-gpt2").model
+    path = tmp_path / "tiny.gguf"
+    _write_gpt2(model, path, "Q4_0")
+    first = gguf_type_mix(path)
+    assert first["Q4_0"] == 2 * model.config.n_layer * 2  # attention and MLP: two each
+    monkeypatch.setattr(gguf, "GGUFReader", None)  # a second read must not parse
+    assert gguf_type_mix(path) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    _write_gpt2(model, path, "Q8_0")  # the same path, rewritten: never the stale answer
+    assert "Q4_0" not in gguf_type_mix(path)
+
+
 def test_blocks_run_along_the_input_dimension_of_conv1d():
     weight = torch.randn(64, 96)  # Conv1D (in=64, out=96)
     expected = gguf_quantize(weight.t().contiguous(), "Q4_0").t()
