@@ -9,11 +9,12 @@ from pathlib import Path
 
 from quantfair import models, weights
 from quantfair.audit import CANDIDATE, Matched, NotApplicable, Strategy
-from quantfair.evaluate import Evaluator, ResultCache
+from quantfair.evaluate import Evaluator, ResultCache, model_results
 from quantfair.metrics import Measurement
 from quantfair.quantize import QuantScheme
 from quantfair.report import measurement_records
 from quantfair.session import AuditSession
+from quantfair.storage import shared_json
 from quantfair.strategies import Overhead, protection_key
 
 RESCORE_BATCH_TOKENS = 1024  # padded batches of several units, logits of bounded size
@@ -111,7 +112,16 @@ class AuditContext:
         return self._facts[name]
 
     def layer_statistics(self) -> dict[int, dict[str, float]]:
-        return self._fact("stats", lambda: weights.layer_statistics(self.session.bank))
+        """`weights.layer_statistics`, computed once for all processes sharing the results
+        cache (xdist workers each publish model facts)."""
+        def shared() -> dict[int, dict[str, float]]:
+            path = (model_results(self.session.loaded) / "facts" /
+                    f"layer-statistics-{weights.STATISTICS_DIGEST}.json")
+            stored = shared_json(path, lambda: {
+                str(k): v for k, v in weights.layer_statistics(self.session.bank).items()})
+            return {int(k): v for k, v in stored.items()}
+
+        return self._fact("stats", shared)
 
     def layer_variance(self) -> dict[int, float]:
         return self._fact("variance", lambda: weights.layer_weight_variance(self.session.bank))

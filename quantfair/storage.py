@@ -4,11 +4,14 @@ when the cache cannot be written."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock
 
 from quantfair.errors import QuantfairError
 
@@ -59,3 +62,25 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write `path` whole or not at all (`atomic_file`)."""
     with atomic_file(path) as handle:
         handle.write(data)
+
+
+def shared_json(path: Path, compute: Callable[[], object]) -> object:
+    """The JSON value stored at `path`, computed by one process for all: the first to take
+    the file's lock computes and stores it, the others wait for it and read it (a stored
+    value needs no lock, so reads work in a read-only cache). Raises QuantfairError when the
+    cache cannot be written."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text())
+    with cache_writes(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path.with_name(f".{path.name}.lock"))
+        lock.acquire()
+    try:
+        with contextlib.suppress(OSError, ValueError):  # stored while this one waited
+            return json.loads(path.read_text())
+        value = compute()
+        with cache_writes(path.parent):
+            atomic_write(path, json.dumps(value).encode())
+        return value
+    finally:
+        lock.release()

@@ -3,6 +3,8 @@ quantization error, value/query scale, and overlap of two protected sets."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 
 import numpy as np
@@ -30,6 +32,13 @@ def layer_statistics(bank: WeightBank) -> dict[int, dict[str, float]]:
     return {layer: weight_statistics(np.concatenate(
                 [bank.fp[c.name].flatten().float().cpu().numpy() for c in parts]))
             for layer, parts in bank.layer_matrices().items()}
+
+
+# Part of the key of stored statistics: a change to how they are computed is never served
+# the old numbers.
+STATISTICS_DIGEST = hashlib.sha256("".join(
+    inspect.getsource(f) for f in (weight_statistics, layer_statistics,
+                                   WeightBank.layer_matrices)).encode()).hexdigest()[:12]
 
 
 def layer_quant_error(bank: WeightBank, scheme: QuantScheme) -> dict[int, float]:

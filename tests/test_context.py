@@ -1,6 +1,7 @@
 """The audit context on a tiny model: strategies the audits derive from others."""
 
 import pytest
+import torch
 
 from quantfair.audit import Matched
 from quantfair.config import RunConfig
@@ -20,3 +21,23 @@ def test_budget_matched_selectors_protect_as_much_as_their_reference(context, se
     reference = context.overhead("L0+Llast").protected
     matched = context.overhead(context.strategy_text(Matched(selector, "L0+Llast"))).protected
     assert matched == pytest.approx(reference, rel=0.01)
+
+
+def test_layer_statistics_are_computed_once_for_every_process(context, tmp_path, monkeypatch):
+    from quantfair import weights
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))
+    computed = AuditContext(context.session).layer_statistics()
+    assert set(computed) == set(range(context.session.resolver().layers))
+    assert computed[0]["variance"] == pytest.approx(float(torch.cat(
+        [context.session.bank.fp[c.name].flatten()
+         for c in context.session.bank.layer_matrices()[0]]).double().var(correction=0)))
+
+    def fail(bank):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(weights, "layer_statistics", fail)
+    assert AuditContext(context.session).layer_statistics() == computed  # another process
+    monkeypatch.setattr(weights, "STATISTICS_DIGEST", "changed")  # a new definition
+    with pytest.raises(AssertionError, match="computed again"):
+        AuditContext(context.session).layer_statistics()

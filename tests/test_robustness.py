@@ -448,6 +448,31 @@ def test_two_processes_sharing_a_cache_never_corrupt_it(tmp_path, tiny_models):
     assert not [p for p in (folder / "masks").iterdir() if p.suffix != ".npz"]
 
 
+SHARED = """
+import json, sys, time
+from pathlib import Path
+from quantfair.storage import shared_json
+
+folder = Path(sys.argv[1])
+def compute():
+    with open(folder / "computed", "a") as log:
+        log.write(sys.argv[2] + "\\n")
+    time.sleep(1)  # the other process arrives meanwhile
+    return {"by": sys.argv[2]}
+print(json.dumps(shared_json(folder / "fact.json", compute)))
+"""
+
+
+def test_a_shared_fact_is_computed_by_one_of_two_processes(tmp_path):
+    runs = [subprocess.Popen([sys.executable, "-c", SHARED, str(tmp_path), name],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert len((tmp_path / "computed").read_text().split()) == 1
+    assert outputs[0][0] == outputs[1][0]
+
+
 # -- property tests: corpus loader, scheme and strategy parsers -------------------------------
 
 ODD = ["\u2028", "\u2029", "\u0085", "\u000b", "\u000c", "\r", "\n", "\r\n", "e\u0301", "\ufeff",
