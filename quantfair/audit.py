@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol
 
 import numpy as np
@@ -27,7 +27,7 @@ from quantfair.metrics import (
     paired_difference,
     quantity,
 )
-from quantfair.strategies import Overhead
+from quantfair.strategies import ELEMENT_SELECTORS, Overhead
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
@@ -181,12 +181,30 @@ class Check:
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
 
+    @property
+    def element_selections(self) -> int:
+        """How many of the strategies this check measures keep single entries (`random`,
+        `magnitude`, `act`, ...): each costs a selection over every weight and a composed
+        model, which makes such checks the longest single audits."""
+        return sum(_element_selections(getattr(self, f.name)) for f in fields(self))
+
     def bound_for(self, family: str, case: Case) -> Bound | None:
         """The bound that applies to this model family (None: no bound for it)."""
         return _for_family(getattr(self, "bound", None), family)
 
     def run(self, ctx: AuditRun, case: Case, bound: Bound | None) -> Outcome:
         raise NotImplementedError
+
+
+def _element_selections(value) -> int:
+    if isinstance(value, Matched):
+        return 1
+    if isinstance(value, str):
+        return sum(term.partition(":")[0].strip() in ELEMENT_SELECTORS
+                   for term in value.split("+"))
+    if isinstance(value, tuple):
+        return sum(map(_element_selections, value))
+    return 0
 
 
 def _disparity_of(ctx: AuditRun, strategy: Strategy, name: str, scheme: str | None = None,

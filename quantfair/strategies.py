@@ -64,7 +64,7 @@ VALID = (
     "none, L<i>, Llast, Lmid, L-<k>, even, odd, all "
     "(each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
-    "gradient:P%, variance:topK, act:P%, superweights:K, seed:P%, or an alias: "
+    "gradient:P%, variance:topK, act:P%, actgap:P%, superweights:K, seed:P%, or an alias: "
     + ", ".join(ALIASES)
 )
 
@@ -82,6 +82,7 @@ class Overhead:
 
 SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "superweights",
              "seed")
+ELEMENT_SELECTORS = ("random", "magnitude", "gradient", "act", "actgap", "superweights")
 _LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
 _PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
 _SELECTOR_ARGUMENT = {

@@ -98,6 +98,15 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
     assert (pytester.path / "parallel.html").exists()
 
 
+def test_xdist_workers_run_element_selections_first(pytester):
+    """The longest single audits (a selection over every weight and a composed model) start
+    first under xdist, whatever their place in the files."""
+    files = [QUICK_FILES[0], str(AUDITS / "test_selection.py")]  # synergy, then selection
+    result = run(pytester, *files, "--model", "tiny-gpt2", "-m", "quick", "-v", "-n", "1")
+    ran = [line for line in result.outlines if line.startswith("[gw0]") and "::test_" in line]
+    assert len(ran) == 6 and "test_random_fails" in ran[0], ran
+
+
 def test_each_worker_loads_the_model_once(pytester):
     path = pytester.path / "r.json"
     result = run(pytester, *QUICK_FILES, "--model", "tiny-opt", "-n", "2", "--report", str(path))
