@@ -17,7 +17,7 @@ from quantfair.session import AuditSession
 from quantfair.storage import shared_json
 from quantfair.strategies import Overhead, protection_key
 
-RESCORE_BATCH_TOKENS = 1024  # padded batches of several units, logits of bounded size
+RESCORE_BATCH_TOKENS = 512  # padded batches of several units, logits of bounded size
 
 class AuditContext:
     """Per-process audit state handed to every audit through the `quantfair_audit` fixture."""

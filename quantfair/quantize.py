@@ -43,13 +43,15 @@ CHUNK = 1 << 20  # entries rounded at a time: a large tensor's temporaries stay 
 
 
 def fake_quantize(
-    tensor: torch.Tensor, scheme: QuantScheme, transposed: bool = False
+    tensor: torch.Tensor, scheme: QuantScheme, transposed: bool = False, inplace: bool = False
 ) -> torch.Tensor:
     """Quantize then dequantize `tensor`; matrices are (out, in) unless `transposed` (Conv1D).
 
     Channels are output rows; groups run along the input dimension. Vectors (biases, norms)
     are one channel, so "channel" treats them per tensor. Scales come from whole groups; the
     rounding runs CHUNK entries at a time, so its temporaries do not scale with the tensor.
+    With `inplace`, the result overwrites `tensor` where its groups are a view of it (no
+    second copy of a large tensor; the same values either way).
     """
     logical = tensor.t() if transposed else tensor
     if logical.dim() < 2:
@@ -69,7 +71,7 @@ def fake_quantize(
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero_point = None if scheme.symmetric else torch.round(-low / scale)
     flat = groups.reshape(-1)
-    dequant = torch.empty_like(flat)
+    dequant = flat if inplace and flat.data_ptr() == tensor.data_ptr() else torch.empty_like(flat)
     for start in range(0, flat.numel(), CHUNK):
         part = flat[start:start + CHUNK]
         group = torch.arange(start, start + part.numel()) // groups.shape[1]
@@ -311,9 +313,9 @@ class WeightBank:
         fp = self.fp[name]
         if not scheme.keeps_entries:
             return torch.where(keep, fp, self.quantized(scheme)[name])
-        rest = quantize_component(fp.masked_fill(keep, 0), self.parts[name], scheme)
-        rest[keep] = fp[keep]
-        return rest
+        rest = fake_quantize(fp.masked_fill(keep, 0), scheme, self.parts[name].transposed,
+                             inplace=True)
+        return torch.where(keep, fp, rest, out=rest)
 
     def layer_matrices(self) -> dict[int, list[Component]]:
         """Each layer's matrix weights (the tensors weight statistics are taken over)."""

@@ -26,7 +26,7 @@ from quantfair.strategies import (
     calibration_gradients,
     protection_key,
 )
-from quantfair.workers import configure_threads
+from quantfair.workers import configure_threads, return_freed_memory
 
 Announce = Callable[[str], None]
 
@@ -169,6 +169,7 @@ class AuditSession:
                 cached = evaluator.evaluate_distribution(config, texts, swap, callback)
             else:
                 cached = evaluator.evaluate(config, texts, callback)
+            return_freed_memory()
         results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
         check_finite(results, f"{self.loaded.name} {label}")
         return results
@@ -184,11 +185,13 @@ class AuditSession:
         if known is not None and (known.kld is not None or not distribution):
             return known
         protection = self.resolver(scheme).resolve(strategy)
+        return_freed_memory()  # each step's temporaries go before the next one's come
         fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore,
                             distribution=distribution)
 
         def apply() -> None:
             self.bank.apply(scheme, protection)
+            return_freed_memory()
 
         key = f"{scheme.name}|{self._artifact_key(scheme)}{protection_key(protection)}"
         q = self._evaluate(key, f"{scheme.name} protecting {strategy}", corpus, apply,

@@ -37,6 +37,7 @@ from quantfair.quantize import (
 )
 from quantfair.storage import atomic_write, cache_writes
 from quantfair.taxonomy import Component, num_layers
+from quantfair.tensorfile import scratch
 from quantfair.weights import layer_variance_ranking
 
 ALIASES = {
@@ -242,14 +243,14 @@ class StrategyResolver:
     def _quantized_parts(self) -> list[Component]:
         return [c for c in self.parts.values() if in_scope(c, self.scheme)]
 
-    @staticmethod
-    def _top_elements(parts: list[Component], score: Callable[[Component], torch.Tensor],
+    def _top_elements(self, parts: list[Component], score: Callable[[Component], torch.Tensor],
                       fraction: float) -> Protection:
         """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in
-        order); `score` is called one part at a time, and the masks are views of one buffer
-        (a byte per parameter, allocated once, so freed scores leave no holes around it)."""
+        order, `_top_mask`); `score` is called one part at a time, and the masks are views of
+        one mapped buffer (`_mask_views`)."""
         protection: Protection = {}
-        for c, view in zip(parts, _mask_views([c.numel for c in parts]), strict=True):
+        views = _mask_views([c.numel for c in parts], self.bank.folder)
+        for c, view in zip(parts, views, strict=True):
             flat = score(c).detach().flatten().float().cpu().numpy()
             keep = round(fraction * flat.size)
             if keep == 0:
@@ -257,12 +258,7 @@ class StrategyResolver:
             if keep >= flat.size:
                 protection[c.name] = True
                 continue
-            threshold = np.partition(flat, flat.size - keep)[flat.size - keep]  # O(n) select
-            mask = view.numpy()
-            np.greater_equal(flat, threshold, out=mask)
-            excess = int(mask.sum()) - keep
-            if excess > 0:
-                mask[np.flatnonzero(flat == threshold)[-excess:]] = False
+            _top_mask(flat, keep, view.numpy())
             protection[c.name] = view.view(c.shape)
         return protection
 
@@ -432,7 +428,8 @@ class StrategyResolver:
                 masked = [n for n in stored.files if stored[n].size]
                 protection: Protection = dict.fromkeys(stored.files, True)
                 sizes = [self.parts[n].numel for n in masked]
-                for name, view in zip(masked, _mask_views(sizes), strict=True):
+                for name, view in zip(masked, _mask_views(sizes, self.bank.folder),
+                                      strict=True):
                     view.numpy()[:] = np.unpackbits(stored[name], count=view.numel())
                     protection[name] = view.view(self.parts[name].shape)
                 return protection
@@ -517,17 +514,46 @@ class StrategyResolver:
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
 
 
-def _mask_views(sizes: list[int]) -> list[torch.Tensor]:
+def _mask_views(sizes: list[int], folder: Path | None) -> list[torch.Tensor]:
     """Flat boolean tensors of these sizes, views of one zeroed buffer: element masks take a
-    byte per parameter, and one allocation leaves no holes between them when the scores they
-    were made from are freed."""
-    buffer = torch.zeros(sum(sizes), dtype=torch.bool)
+    byte per parameter, so the buffer is a temporary file's memory map in `folder` (the
+    weight bank's; `tensorfile.scratch`), in process memory only where that fails."""
+    buffer = scratch(sum(sizes), torch.bool, folder)
     offsets = np.cumsum([0, *sizes])
     return [buffer[begin:end] for begin, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
+def _top_mask(scores: np.ndarray, keep: int, out: np.ndarray) -> None:
+    """Set `out` (bools, the shape of `scores`) to the `keep` highest of `scores` (float32
+    without NaN, 0 < keep < size), ties cut in order (the first tied entries are kept).
+
+    The threshold, the keep-th largest score, is found by bisection over the float32 values
+    in their order as integers (at most 32 counting passes): unlike a partition, it needs no
+    copy of the scores, which for a token embedding is 100+ MB."""
+    def value(key: int) -> np.float32:  # inverse of the order-preserving float -> int map
+        return np.array(key if key >= 0 else key ^ 0x7FFFFFFF, np.int32).view(np.float32)
+
+    def order(number: np.float32) -> int:
+        key = int(np.array(number, np.float32).view(np.int32))
+        return key if key >= 0 else key ^ 0x7FFFFFFF
+
+    low, high = order(scores.min()), order(scores.max())
+    while low < high:  # invariant: at least `keep` scores >= value(low)
+        middle = (low + high + 1) // 2
+        if np.count_nonzero(scores >= value(middle)) >= keep:
+            low = middle
+        else:
+            high = middle - 1
+    threshold = value(low)
+    np.greater_equal(scores, threshold, out=out)
+    excess = int(np.count_nonzero(out)) - keep
+    if excess > 0:
+        out[np.flatnonzero(scores == threshold)[-excess:]] = False
+
+
 def _count(keep: bool | torch.Tensor, numel: int) -> int:
-    return numel if keep is True else int(keep.sum()) if isinstance(keep, torch.Tensor) else 0
+    return (numel if keep is True else int(torch.count_nonzero(keep))  # no int64 copy
+            if isinstance(keep, torch.Tensor) else 0)
 
 
 def _union(a: bool | torch.Tensor, b: bool | torch.Tensor) -> bool | torch.Tensor:

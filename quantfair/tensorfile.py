@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from filelock import FileLock
 
 from quantfair.storage import atomic_file
 
-__all__ = ["map_tensors", "write_tensors", "cached_tensors"]
+__all__ = ["map_tensors", "write_tensors", "cached_tensors", "scratch"]
 
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
           torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL",
@@ -76,3 +77,20 @@ def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
             if not path.exists():
                 write_tensors(path, layout, produce)
     return map_tensors(path)
+
+
+def scratch(numel: int, dtype: torch.dtype, folder: Path | None) -> torch.Tensor:
+    """A zeroed flat tensor of `numel` entries backed by an unnamed temporary file in
+    `folder` (page cache, which the kernel can write out and drop, not process memory; the
+    file goes with the tensor), or by process memory where `folder` is None, cannot be
+    written or `numel` is 0."""
+    if folder is not None and numel:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder, prefix=".scratch-") as file:
+                file.truncate(numel * torch.empty(0, dtype=dtype).element_size())
+                array = np.memmap(file, dtype=np.uint8, mode="r+")
+            return torch.from_numpy(array).view(dtype)  # the map outlives the file object
+        except OSError:
+            pass
+    return torch.zeros(numel, dtype=dtype)

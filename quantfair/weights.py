@@ -89,8 +89,8 @@ def overlap(bank: WeightBank, a: Protection, b: Protection) -> float:
     for name in set(a) | set(b):
         numel = bank.parts[name].numel
         mask_a, mask_b = _mask(a.get(name, False), numel), _mask(b.get(name, False), numel)
-        inter += int((mask_a & mask_b).sum())
-        union += int((mask_a | mask_b).sum())
+        inter += int(torch.count_nonzero(mask_a & mask_b))  # sum() would cast to int64
+        union += int(torch.count_nonzero(mask_a | mask_b))
     return inter / union if union else 0.0
 
 

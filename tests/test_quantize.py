@@ -101,6 +101,28 @@ def test_rounding_in_chunks_equals_rounding_at_once(x, scheme, chunk):
         quantize.CHUNK = original
 
 
+@settings(max_examples=100, deadline=None)
+@given(matrices(), schemes(), st.booleans(), st.integers(1, 7))
+def test_rounding_in_place_gives_the_same_bits(x, scheme, transposed, chunk):
+    """In place or not, chunked or not, Conv1D layout or not: the same result."""
+    import quantfair.quantize as quantize
+
+    expected = fake_quantize(x, scheme, transposed)
+    own = x.clone()
+    original, quantize.CHUNK = quantize.CHUNK, chunk
+    try:
+        result = fake_quantize(own, scheme, transposed, inplace=True)
+    finally:
+        quantize.CHUNK = original
+    assert torch.equal(result, expected)
+
+
+def test_rounding_in_place_reuses_the_storage_of_a_large_tensor():
+    x = torch.randn(64, 256)
+    result = fake_quantize(x, QuantScheme.parse("int4-g128"), inplace=True)
+    assert result.data_ptr() == x.data_ptr()
+
+
 def test_group_padding_quantizes_the_tail_instead_of_skipping_it():
     x = torch.linspace(-1, 1, 10).reshape(1, 10)
     q = fake_quantize(x, QuantScheme(bits=2, granularity="group", group_size=4))

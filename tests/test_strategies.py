@@ -1,5 +1,8 @@
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantfair import models
 from quantfair.errors import UsageError
@@ -260,3 +263,39 @@ def test_a_cached_selection_of_another_selector_version_is_not_served(tmp_path, 
     monkeypatch.setattr(strategies, "SELECTOR_DIGEST", "another")
     resolve()
     assert len(calls) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, -1e-30, 3e38, -3e38]) |
+                st.floats(allow_nan=False, width=32), min_size=2, max_size=60),
+       st.data())
+def test_top_mask_keeps_the_highest_scores_ties_in_order(values, data):
+    from quantfair.strategies import _top_mask
+
+    scores = np.array(values, np.float32)
+    keep = data.draw(st.integers(1, scores.size - 1))
+    out = np.zeros(scores.size, bool)
+    _top_mask(scores, keep, out)
+    ranked = sorted(range(scores.size), key=lambda i: (-float(scores[i]), i))  # stable
+    expected = np.zeros(scores.size, bool)
+    expected[ranked[:keep]] = True
+    assert out.sum() == keep
+    assert scores[out].min() >= scores[~out].max()
+    assert np.array_equal(out, expected)  # -0.0 == 0.0: a tie, like any other
+
+
+def test_element_masks_live_in_a_mapped_file_not_in_process_memory(tmp_path):
+    """A mask takes a byte per parameter: the masks of a selection are views of a temporary
+    file's memory map in the bank's folder; without a folder they are ordinary memory."""
+    model = models.load_model("tiny-gpt2").model
+    mapped = StrategyResolver(WeightBank(model, tmp_path), INT4).resolve("random:5%@1")
+    with open("/proc/self/maps") as maps:
+        ranges = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+                  for line in maps if len(line.split()) >= 6
+                  and line.split()[5].startswith(str(tmp_path))]
+    masks = [keep for keep in mapped.values() if isinstance(keep, torch.Tensor)]
+    assert masks and all(any(lo <= m.data_ptr() < hi for lo, hi in ranges) for m in masks)
+    bank = WeightBank(model, tmp_path / "other")
+    bank.folder = None  # e.g. a cache that cannot be written
+    in_memory = StrategyResolver(bank, INT4).resolve("random:5%@1")
+    assert all(torch.equal(in_memory[name], keep) for name, keep in mapped.items())
