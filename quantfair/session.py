@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from itertools import zip_longest
 
 import numpy as np
+import torch
 
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig
@@ -169,7 +170,6 @@ class AuditSession:
                 cached = evaluator.evaluate_distribution(config, texts, swap, callback)
             else:
                 cached = evaluator.evaluate(config, texts, callback)
-            return_freed_memory()
         results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
         check_finite(results, f"{self.loaded.name} {label}")
         return results
@@ -185,13 +185,18 @@ class AuditSession:
         if known is not None and (known.kld is not None or not distribution):
             return known
         protection = self.resolver(scheme).resolve(strategy)
-        return_freed_memory()  # each step's temporaries go before the next one's come
+        # An element-level selection and the tensors composed for it leave large temporaries:
+        # they go back to the system before the next step's peak comes on top of them.
+        masked = any(isinstance(keep, torch.Tensor) for keep in protection.values())
+        if masked:
+            return_freed_memory()
         fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore,
                             distribution=distribution)
 
         def apply() -> None:
             self.bank.apply(scheme, protection)
-            return_freed_memory()
+            if masked:
+                return_freed_memory()
 
         key = f"{scheme.name}|{self._artifact_key(scheme)}{protection_key(protection)}"
         q = self._evaluate(key, f"{scheme.name} protecting {strategy}", corpus, apply,
