@@ -12,7 +12,7 @@ import torch
 
 from quantfair.errors import UsageError
 from quantfair.models import LoadedModel
-from quantfair.quantize import Protection, gguf_tensor_type
+from quantfair.quantize import Protection, gguf_tensor_type, has_element_masks
 from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import Component
 
@@ -36,8 +36,7 @@ def expressible(resolver, strategy: str) -> tuple[list[str], list[str]]:
     """The whole tensors `strategy` keeps, and its terms that keep single entries (which no
     GGUF file or transformers quantizer can store): (parameter names, terms)."""
     terms = [t.strip() for t in strategy.split("+")]
-    element = [t for t in terms if any(isinstance(keep, torch.Tensor)
-                                       for keep in resolver.resolve(t).values())]
+    element = [t for t in terms if has_element_masks(resolver.resolve(t))]
     whole = "+".join(t for t in terms if t not in element) or "none"
     return whole_tensors(resolver.resolve(whole)), element
 

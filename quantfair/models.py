@@ -20,7 +20,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
-from quantfair.storage import atomic_write, cache_writes
+from quantfair.storage import cache_writes, shared_json
 from quantfair.taxonomy import family_of
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -117,12 +117,8 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     stored = cache_root() / "gguf-types" / f"{key.hexdigest()[:24]}.json"
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads(stored.read_text())
-    mix = dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
-    with cache_writes(stored.parent):
-        atomic_write(stored, json.dumps(mix).encode())
-    return mix
+    return shared_json(stored, lambda: dict(
+        Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors)))
 
 
 def cache_root() -> Path:

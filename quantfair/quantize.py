@@ -169,6 +169,11 @@ def in_scope(component: Component, scheme: QuantScheme) -> bool:
 Protection = dict[str, "bool | torch.Tensor"]
 
 
+def has_element_masks(protection: Protection) -> bool:
+    """Whether `protection` keeps single entries of some tensor (not only whole tensors)."""
+    return any(isinstance(keep, torch.Tensor) for keep in protection.values())
+
+
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)

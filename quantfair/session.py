@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from itertools import zip_longest
 
 import numpy as np
-import torch
 
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig
@@ -18,7 +17,7 @@ from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_
 from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
-from quantfair.quantize import QuantScheme, WeightBank, weights_folder
+from quantfair.quantize import QuantScheme, WeightBank, has_element_masks, weights_folder
 from quantfair.strategies import (
     Activations,
     Overhead,
@@ -187,7 +186,7 @@ class AuditSession:
         protection = self.resolver(scheme).resolve(strategy)
         # An element-level selection and the tensors composed for it leave large temporaries:
         # they go back to the system before the next step's peak comes on top of them.
-        masked = any(isinstance(keep, torch.Tensor) for keep in protection.values())
+        masked = has_element_masks(protection)
         if masked:
             return_freed_memory()
         fp = self._evaluate("fp", "FP reference", corpus, self.bank.restore,

@@ -33,6 +33,7 @@ from quantfair.quantize import (
     Protection,
     QuantScheme,
     WeightBank,
+    has_element_masks,
     in_scope,
 )
 from quantfair.storage import atomic_write, cache_writes
@@ -448,11 +449,11 @@ class StrategyResolver:
         """The protected set named by `expression`; a UsageError lists what is valid."""
         if expression not in self._memo:
             protection = self._resolve(expression)
-            if any(isinstance(keep, torch.Tensor) for keep in protection.values()):
+            if has_element_masks(protection):
                 # element masks take a byte per parameter: keep one set in memory (the
                 # selector cache on disk has the others)
                 self._memo = {key: known for key, known in self._memo.items()
-                              if not any(isinstance(k, torch.Tensor) for k in known.values())}
+                              if not has_element_masks(known)}
             self._memo[expression] = protection
         return self._memo[expression]
 

@@ -88,7 +88,7 @@ def scratch(numel: int, dtype: torch.dtype, folder: Path | None) -> torch.Tensor
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder, prefix=".scratch-") as file:
-                file.truncate(numel * torch.empty(0, dtype=dtype).element_size())
+                file.truncate(numel * dtype.itemsize)
                 array = np.memmap(file, dtype=np.uint8, mode="r+")
             return torch.from_numpy(array).view(dtype)  # the map outlives the file object
         except OSError:
