@@ -684,7 +684,7 @@ def calibration_gradients(
 
 # Part of every cached selection's key: a change to how selectors choose (or to the quantizer
 # some of them read) never serves a selection made the old way.
+SELECTOR_SOURCES = (StrategyResolver, _percent, _top_mask, _column_mask, _column_error,
+                    calibration_activations, calibration_gradients, layer_variance_ranking)
 SELECTOR_DIGEST = hashlib.sha256("".join(
-    [*(inspect.getsource(f) for f in (StrategyResolver, _column_error, calibration_activations,
-                                      calibration_gradients, layer_variance_ranking)),
-     QUANTIZER_DIGEST]).encode()).hexdigest()[:12]
+    [*map(inspect.getsource, SELECTOR_SOURCES), QUANTIZER_DIGEST]).encode()).hexdigest()[:12]

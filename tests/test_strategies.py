@@ -265,6 +265,21 @@ def test_a_cached_selection_of_another_selector_version_is_not_served(tmp_path, 
     assert len(calls) == 2
 
 
+def test_the_selector_digest_covers_the_helpers_that_choose_entries():
+    """Every module-level helper the resolver calls is part of the digest of cached
+    selections, except those that only parse, store or count what was chosen."""
+    import inspect
+    import re
+
+    from quantfair import strategies
+
+    source = inspect.getsource(StrategyResolver)
+    helpers = {name for name, f in vars(strategies).items() if inspect.isfunction(f)
+               and f.__module__ == strategies.__name__ and re.search(rf"\b{name}\(", source)}
+    not_choosing = {"check_strategy_syntax", "_mask_views", "_count", "_union"}
+    assert helpers - not_choosing <= {f.__name__ for f in strategies.SELECTOR_SOURCES}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e-30, -1e-30, 3e38, -3e38]) |
                 st.floats(allow_nan=False, width=32), min_size=2, max_size=60),
