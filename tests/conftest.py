@@ -13,6 +13,16 @@ def _model_stack_imported():
     import transformers.modeling_utils  # noqa: F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _thread_share():
+    """Under `-n 2` each test worker takes its share of the cores, as audit workers do: two
+    workers of two torch threads each on two cores spin at their barriers (tests that ran
+    7 s alone took 60+ s beside a busy worker)."""
+    from quantfair.workers import configure_threads, xdist_workers
+
+    configure_threads(None, xdist_workers())
+
+
 @pytest.fixture(autouse=True)
 def _private_result_cache(tmp_path_factory, monkeypatch):
     """Evaluation results go to a per-session cache; converted models stay shared."""

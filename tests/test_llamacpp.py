@@ -6,7 +6,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from quantfair.config import RunConfig
 from quantfair.errors import UsageError
@@ -72,12 +74,17 @@ def test_a_failing_quantizer_is_one_line(copying_quantizer, monkeypatch):
 @pytest.mark.slow
 def test_the_quantizers_f32_input_is_the_fp_reference(copying_quantizer):
     """With a quantizer that copies its F32 input, the artifact is the FP model itself: every
-    tensor unquantized and equal NLL (the F32 export loses nothing)."""
+    tensor unquantized and bitwise equal, so equal NLL (the F32 export loses nothing)."""
     session = AuditSession(_config("smollm2-135m", "llama.cpp:Q8_0"), announce=lambda _: None)
     assert session.artifact.type_mix.keys() == {"F32"}
     assert len(session.artifact.unquantized) == len(session.bank.params)
+    artifact = session.bank.quantized(session.config.scheme)
+    assert artifact.keys() == session.bank.fp.keys()
+    assert all(torch.equal(artifact[name], session.bank.fp[name]) for name in artifact)
     measured = session.measure("none")
-    assert (measured.nll_q == measured.nll_fp).all()
+    # Equal up to float32 summation order, which two passes over the same values at other
+    # addresses need not repeat bit for bit (seen once: 1.6e-7 relative); gguf:Q8_0 moves it 2.5e-3.
+    np.testing.assert_allclose(measured.nll_q, measured.nll_fp, rtol=1e-6, atol=0)
 
 
 def _has_llama_quantize() -> bool:
