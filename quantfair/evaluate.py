@@ -30,6 +30,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +42,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel, cache_root
+from quantfair.prefix import HiddenStates
 from quantfair.storage import atomic_write, cache_writes
 
 EVALUATOR_VERSION = "2"
@@ -370,6 +372,9 @@ class Evaluator:
         self._model_id = model_identity(loaded)
         self._claims: dict[Path, FileLock] = {}
         self.units_computed = 0  # units this process scored (not those another one did)
+        # Set by the owner of the weights (`prefix.HiddenStates`): layers below the first one
+        # whose weights differ from an earlier pass over the same tokens are not run again.
+        self.hidden_states: HiddenStates | None = None
 
     def unit_key(self, text: str) -> str:
         """Covers everything besides the weights (the cache folder) that changes a number."""
@@ -421,8 +426,10 @@ class Evaluator:
         self.forward_passes += 1
         padded = any(len(w.ids) < length for w in batch)
         # Without padding the mask is all ones; leaving it out keeps the fast causal path.
-        logits = self.loaded.model(
-            input_ids=ids, attention_mask=mask.to(device) if padded else None).logits
+        mask = mask.to(device) if padded else None
+        reuse = self.hidden_states.forward(ids, mask) if self.hidden_states else nullcontext()
+        with reuse:
+            logits = self.loaded.model(input_ids=ids, attention_mask=mask).logits
         return ids, logits
 
     @torch.inference_mode()

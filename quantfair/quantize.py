@@ -18,7 +18,7 @@ from torch import nn
 from quantfair.errors import UsageError
 from quantfair.models import cache_root, weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
-from quantfair.taxonomy import Component, components
+from quantfair.taxonomy import Component, components, num_layers
 from quantfair.tensorfile import cached_tensors, map_tensors, write_tensors
 
 __all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
@@ -212,6 +212,7 @@ class WeightBank:
         self.fp = self._stored("fp", layout, layout.__getitem__)
         self._quantized: dict[QuantScheme, dict[str, torch.Tensor]] = {}
         self._artifact_bits: dict[QuantScheme, dict[str, float]] = {}
+        self._artifact_hash: dict[QuantScheme, str] = {}
         self._state: dict[str, object] = dict.fromkeys(self.params, "loaded")  # None = FP
         self.restore()  # the parameters read the FP file from now on
 
@@ -261,6 +262,7 @@ class WeightBank:
         `scheme`; returns them as the bank keeps them (memory-mapped), so the caller can let
         the originals go."""
         self._artifact_bits[scheme] = bits
+        self._artifact_hash[scheme] = weight_hash
         layout = {name: self.fp[name] for name in self.parts}
         self._quantized[scheme] = self._stored(
             f"artifact-{weight_hash[:16]}", layout,
@@ -306,6 +308,33 @@ class WeightBank:
                 param.data = source
             else:
                 param.copy_(source)
+
+    def prefix_keys(self) -> list[str | None]:
+        """For k = 0..L (L decoder layers): an identity of the current state of every weight
+        that the input of layer k depends on (embeddings and layers below k; k = L: the last
+        layer's output, which the final norm and head do not touch), None where one of them
+        has an element mask (composed per selection, not worth recognising again). For
+        `prefix.HiddenStates`."""
+        layers = num_layers(self.parts)
+        by_layer: list[list[str]] = [[] for _ in range(layers + 1)]  # 0: before layer 0
+        for name, part in self.parts.items():
+            if part.layer is not None:
+                by_layer[part.layer + 1].append(name)
+            elif part.block != "head" and part.role != "ln_f":
+                by_layer[0].append(name)
+        digest, keys, masked = hashlib.sha256(), [], False
+        for names in by_layer:
+            for name in names:
+                state = self._state[name]
+                masked = masked or isinstance(state, tuple)
+                digest.update(f"{name}={self._state_name(state)};".encode())
+            keys.append(None if masked else digest.hexdigest())
+        return keys
+
+    def _state_name(self, state: object) -> str:
+        if isinstance(state, QuantScheme) and state in self._artifact_hash:
+            return f"{state!r}@{self._artifact_hash[state]}"
+        return repr(state)
 
     def _partly_kept(self, name: str, scheme: QuantScheme, keep: torch.Tensor) -> torch.Tensor:
         """Parameter `name` with the entries of the mask `keep` in FP and the rest quantized

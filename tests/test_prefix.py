@@ -1,0 +1,119 @@
+"""Hidden states entering a layer are reused between passes whose weights differ only above it,
+and the numbers are those of full passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quantfair.config import RunConfig
+from quantfair.models import TINY_MODEL_TYPES
+from quantfair.prefix import HiddenStates
+from quantfair.quantize import QuantScheme
+from quantfair.session import AuditSession
+
+
+def _session(name: str, results, monkeypatch) -> AuditSession:
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(results))
+    config = RunConfig.build({"model": name, "languages": "en,he", "units": "2"}.get)
+    return AuditSession(config, announce=lambda _: None)
+
+
+# (strategy, scheme, layers of each pass not run again, counted from the top: 1 = all but the
+# last): protecting the last layer leaves the layers below as "none" had them, the final norm
+# leaves every layer; layer 0, a scheme change or element masks everywhere leave nothing.
+STEPS = [("none", "int4", None), ("Llast", "int4", 1), ("ln_f", "int4", 0), ("L0", "int4", None),
+         ("none", "int8", None), ("random:5%", "int4", None), ("Llast", "int8", 1)]
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODEL_TYPES))
+def test_reused_hidden_states_give_the_numbers_of_full_passes(name, tmp_path, monkeypatch):
+    plain = _session(name, tmp_path / "plain", monkeypatch)
+    plain.evaluator.hidden_states = None
+    session = _session(name, tmp_path / "reuse", monkeypatch)
+    states = session.evaluator.hidden_states
+    layers = len(states.layers)
+    for strategy, scheme_name, from_top in STEPS:
+        scheme = QuantScheme.parse(scheme_name)
+        for distribution in (False, True):
+            passes, before = session.evaluator.forward_passes, states.layers_skipped
+            kept = len(states.entries)
+            measured = session.measure(strategy, scheme, distribution=distribution)
+            expected = plain.measure(strategy, scheme, distribution=distribution)
+            np.testing.assert_allclose(measured.nll_q, expected.nll_q, rtol=1e-6, atol=0)
+            np.testing.assert_allclose(measured.nll_fp, expected.nll_fp, rtol=1e-6, atol=0)
+            if distribution:
+                np.testing.assert_allclose(measured.kld, expected.kld, rtol=1e-5, atol=1e-9)
+                np.testing.assert_array_equal(measured.same_top, expected.same_top)
+            else:  # the first pass of a configuration: what its weights allow
+                per_pass = 0 if from_top is None else layers - from_top
+                assert (states.layers_skipped - before
+                        == per_pass * (session.evaluator.forward_passes - passes)), strategy
+            if strategy.startswith("random"):  # composed per selection: nothing is kept
+                assert len(states.entries) == kept
+
+
+class _Scale(nn.Module):
+    def __init__(self, in_place: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+        self.in_place = in_place
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mul_(self.weight) if self.in_place else x * self.weight + 1
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_Scale(), _Scale(), _Scale(in_place=True)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _keys(model: _Stack) -> list[str]:
+    """Identity of the weights below each layer (as WeightBank.prefix_keys)."""
+    values = [float(layer.weight) for layer in model.layers]
+    return [repr(values[:k]) for k in range(len(values) + 1)]
+
+
+@torch.no_grad()
+def test_a_layer_writing_to_its_input_does_not_change_what_was_kept(tmp_path):
+    model = _Stack()
+    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path)
+    x = torch.arange(4.0)
+    for weight in (3.0, 5.0, 7.0, 3.0):  # the top layer multiplies its input in place
+        model.layers[2].weight.fill_(weight)
+        with states.forward(x):
+            output = model(x.clone())
+        torch.testing.assert_close(output, (x + 2) * weight, rtol=0, atol=0)
+    # Layers 0 and 1 ran once; the top one for each new weight (3.0 again: its output kept).
+    assert [layer.calls for layer in model.layers] == [1, 1, 3]
+    model.layers[1].weight.fill_(2.0)  # layer 1 changes: layer 0's output is reused
+    with states.forward(x):
+        changed = model(x.clone())
+    assert [layer.calls for layer in model.layers] == [1, 2, 4]
+    torch.testing.assert_close(changed, ((x + 1) * 2 + 1) * 3, rtol=0, atol=0)
+    assert "forward" not in vars(model.layers[0])  # the layers are themselves again
+
+
+@torch.no_grad()
+def test_other_tokens_are_not_served_and_the_capacity_holds(tmp_path):
+    model = _Stack()
+    entry = 4 * 4  # bytes of one hidden state of four float32 values
+    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path, capacity=5 * entry)
+    for shift in range(3):
+        x = torch.arange(4.0) + shift
+        with states.forward(x):
+            out = model(x.clone())
+        torch.testing.assert_close(out, (x + 2) * 1, rtol=0, atol=0)
+        assert states.held <= 5 * entry and len(states.entries) <= 5
+    assert [layer.calls for layer in model.layers] == [3, 3, 3]
+    assert states.layers_skipped == 0
