@@ -60,10 +60,9 @@ def decoder_layers(model: nn.Module, parts: dict[str, Component]) -> nn.ModuleLi
 class HiddenStates:
     """Hidden states leaving each decoder layer, recorded per (weights below, tokens); see the
     module docstring. `keys()` gives, for k = 0..L, the identity of the weights that the input
-    of layer k depends on (index L: the output of the last layer), None where that input is
-    not to be kept or reused."""
+    of layer k depends on (index L: the output of the last layer)."""
 
-    def __init__(self, layers: nn.ModuleList, keys: Callable[[], list[str | None]],
+    def __init__(self, layers: nn.ModuleList, keys: Callable[[], list[str]],
                  folder: Path | None, capacity: int = CAPACITY_MB << 20) -> None:
         self.layers = layers
         self.keys = keys
@@ -95,7 +94,7 @@ class HiddenStates:
             replaced = self._skip(self.entries[(keys[start], tokens)], start)
         hooks = [self.layers[i].register_forward_hook(self._recorder((keys[i + 1], tokens)))
                  for i in range(start, len(self.layers))
-                 if keys[i + 1] is not None and (keys[i + 1], tokens) not in self.entries]
+                 if (keys[i + 1], tokens) not in self.entries]
         self.layers_skipped += start
         self.layers_run += len(self.layers) - start
         try:

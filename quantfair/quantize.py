@@ -189,6 +189,11 @@ QUANTIZER_DIGEST = hashlib.sha256("".join(
      _version("gguf")]).encode()).hexdigest()[:12]
 
 
+def _mask_digest(keep: torch.Tensor) -> str:
+    """Content hash of a mask of kept entries (the tensors composed for it follow from it)."""
+    return hashlib.sha256(keep.detach().cpu().contiguous().numpy()).hexdigest()[:24]
+
+
 def weights_folder(weight_hash: str) -> Path:
     """Where the bank of the model with this weight hash keeps its tensor files."""
     return cache_root() / "weights" / weight_hash[:16]
@@ -295,7 +300,7 @@ class WeightBank:
             elif keep is False:
                 state, sources[name] = scheme, quantized[name]
             else:
-                state, masked[name] = (scheme, id(keep)), keep
+                state, masked[name] = (scheme, _mask_digest(keep)), keep
             if self._state[name] == state and not isinstance(keep, torch.Tensor):
                 sources.pop(name)
             self._state[name] = state
@@ -312,8 +317,7 @@ class WeightBank:
     def prefix_keys(self) -> list[str | None]:
         """For k = 0..L (L decoder layers): an identity of the current state of every weight
         that the input of layer k depends on (embeddings and layers below k; k = L: the last
-        layer's output, which the final norm and head do not touch), None where one of them
-        has an element mask (composed per selection, not worth recognising again). For
+        layer's output, which the final norm and head do not touch). For
         `prefix.HiddenStates`."""
         layers = num_layers(self.parts)
         by_layer: list[list[str]] = [[] for _ in range(layers + 1)]  # 0: before layer 0
@@ -322,19 +326,15 @@ class WeightBank:
                 by_layer[part.layer + 1].append(name)
             elif part.block != "head" and part.role != "ln_f":
                 by_layer[0].append(name)
-        digest, keys, masked = hashlib.sha256(), [], False
+        digest, keys = hashlib.sha256(), []
         for names in by_layer:
             for name in names:
                 state = self._state[name]
-                masked = masked or isinstance(state, tuple)
-                digest.update(f"{name}={self._state_name(state)};".encode())
-            keys.append(None if masked else digest.hexdigest())
+                scheme = state[0] if isinstance(state, tuple) else state
+                artifact = self._artifact_hash.get(scheme, "")
+                digest.update(f"{name}={state!r}{artifact};".encode())
+            keys.append(digest.hexdigest())
         return keys
-
-    def _state_name(self, state: object) -> str:
-        if isinstance(state, QuantScheme) and state in self._artifact_hash:
-            return f"{state!r}@{self._artifact_hash[state]}"
-        return repr(state)
 
     def _partly_kept(self, name: str, scheme: QuantScheme, keep: torch.Tensor) -> torch.Tensor:
         """Parameter `name` with the entries of the mask `keep` in FP and the rest quantized
