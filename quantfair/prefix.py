@@ -10,7 +10,7 @@ them. Exact by construction: the layers that run get the very values a full pass
 given them (a copy, in case a layer writes to its input).
 
 The recorded tensors live in unnamed temporary files beside the weight bank's tensors
-(`tensorfile.scratch`: page cache, not process memory), least recently used first out once
+(`tensorfile.scratch`: page cache, not process memory), the oldest out first once
 `capacity` bytes are held.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from quantfair.tensorfile import scratch
 
 CAPACITY_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
 CAPACITY_MB = 2048
+SLAB_BYTES = 64 << 20
 
 
 def capacity_from_environment() -> int:
@@ -60,7 +62,11 @@ def decoder_layers(model: nn.Module, parts: dict[str, Component]) -> nn.ModuleLi
 class HiddenStates:
     """Hidden states leaving each decoder layer, recorded per (weights below, tokens); see the
     module docstring. `keys()` gives, for k = 0..L, the identity of the weights that the input
-    of layer k depends on (index L: the output of the last layer)."""
+    of layer k depends on (index L: the output of the last layer).
+
+    Kept in slabs of SLAB_BYTES (one mapped file each, so a run holds a few dozen mappings,
+    not one per tensor); past `capacity` the oldest slab goes, and a reused chain of hidden
+    states in the older half of the slabs is copied into the newest one first."""
 
     def __init__(self, layers: nn.ModuleList, keys: Callable[[], list[str]],
                  folder: Path | None, capacity: int = CAPACITY_MB << 20) -> None:
@@ -68,11 +74,14 @@ class HiddenStates:
         self.keys = keys
         self.folder = folder
         self.capacity = capacity
-        self.entries: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self.held = 0  # bytes
+        self.entries: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}  # (slab, tensor)
+        self.held = 0  # bytes of the slabs held
         self.layers_run = 0
         self.layers_skipped = 0
         self._arity: int | None = None  # a tuple-returning layer's output length
+        self._slabs: OrderedDict[int, tuple[list[tuple[str, str]], int]] = OrderedDict()
+        self._slab: torch.Tensor | None = None  # the newest slab's bytes
+        self._used = 0
 
     @contextlib.contextmanager
     def forward(self, *inputs: torch.Tensor | None) -> Iterator[None]:
@@ -83,18 +92,20 @@ class HiddenStates:
             digest.update(b"-" if tensor is None else
                           repr(tuple(tensor.shape)).encode() + tensor.cpu().numpy().tobytes())
         tokens = digest.hexdigest()
-        keys = self.keys()
-        start = max((k for k in range(1, len(keys)) if (keys[k], tokens) in self.entries),
-                    default=0)
+        keys = [(key, tokens) for key in self.keys()]
+        start = max((k for k in range(1, len(keys)) if keys[k] in self.entries), default=0)
         replaced = []
         if start:
-            for k in range(1, start + 1):  # the chain below is in use: keep it longest
-                if (keys[k], tokens) in self.entries:
-                    self.entries.move_to_end((keys[k], tokens))
-            replaced = self._skip(self.entries[(keys[start], tokens)], start)
-        hooks = [self.layers[i].register_forward_hook(self._recorder((keys[i + 1], tokens)))
+            replaced = self._skip(self.entries[keys[start]][1], start)
+            slabs = list(self._slabs)
+            at_risk = slabs[len(slabs) // 2]
+            chain = [(key, self.entries[key][1]) for key in keys[1:start + 1]
+                     if key in self.entries and self.entries[key][0] < at_risk]
+            for key, hidden in chain:  # the chain in use is kept longest
+                self._put(key, hidden)
+        hooks = [self.layers[i].register_forward_hook(self._recorder(keys[i + 1]))
                  for i in range(start, len(self.layers))
-                 if (keys[i + 1], tokens) not in self.entries]
+                 if self.capacity and keys[i + 1] not in self.entries]
         self.layers_skipped += start
         self.layers_run += len(self.layers) - start
         try:
@@ -108,14 +119,16 @@ class HiddenStates:
                     layer.forward = own
 
     def _skip(self, hidden: torch.Tensor, start: int) -> list:
-        """Layers below `start` return `hidden` (as the output of layer start - 1); their own
-        instance-level `forward`s, if any, are returned."""
+        """Layers below `start` return a copy of `hidden` (as the output of layer start - 1:
+        the layers above may write to it); their own instance-level `forward`s, if any, are
+        returned."""
         arity = self._arity
-        device = next(self.layers.parameters()).device
+        output = hidden.to(next(self.layers.parameters()).device, copy=True)
+        if arity is not None:
+            output = (output,) + (None,) * (arity - 1)
 
         def recorded(*_args, **_kwargs):
-            output = hidden.to(device, copy=True)
-            return output if arity is None else (output,) + (None,) * (arity - 1)
+            return output
 
         replaced = []
         for layer in self.layers[:start]:
@@ -130,13 +143,40 @@ class HiddenStates:
                 self._arity, hidden = len(output), output[0]
             else:
                 self._arity = None
-            size = hidden.numel() * hidden.element_size()
-            if size > self.capacity:
-                return
-            while self.held + size > self.capacity:
-                _, old = self.entries.popitem(last=False)
-                self.held -= old.numel() * old.element_size()
-            kept = scratch(hidden.numel(), hidden.dtype, self.folder).view(hidden.shape)
-            self.entries[key] = kept.copy_(hidden.detach())
-            self.held += size
+            self._put(key, hidden.detach())
         return record
+
+    def _put(self, key: tuple[str, str], hidden: torch.Tensor) -> None:
+        """Copy `hidden` into the newest slab (a new one when it is full) under `key`."""
+        size = hidden.numel() * hidden.element_size()
+        room = -(-size // 64) * 64
+        if self._slab is None or self._used + room > len(self._slab):
+            slab_bytes = max(min(SLAB_BYTES, self.capacity), room)
+            if slab_bytes > self.capacity:
+                return
+            while self.held + slab_bytes > self.capacity:
+                self._drop_oldest()
+            try:
+                self._slab = scratch(slab_bytes, torch.uint8, self.folder, fallback=False)
+            except OSError as error:  # never in process memory instead
+                print(f"quantfair: not keeping hidden states: cannot write {self.folder} "
+                      f"({error.strerror or error})", file=sys.stderr)
+                self.capacity, self._slab = 0, None
+                return
+            number = next(reversed(self._slabs), 0) + 1
+            self._slabs[number], self._used = ([], slab_bytes), 0
+            self.held += slab_bytes
+        number = next(reversed(self._slabs))
+        kept = self._slab[self._used:self._used + size].view(hidden.dtype).view(hidden.shape)
+        self.entries[key] = (number, kept.copy_(hidden))
+        self._slabs[number][0].append(key)
+        self._used += room
+
+    def _drop_oldest(self) -> None:
+        number, (keys, slab_bytes) = self._slabs.popitem(last=False)
+        for key in keys:
+            if self.entries.get(key, (None,))[0] == number:  # not since copied to a newer one
+                del self.entries[key]
+        self.held -= slab_bytes
+        if not self._slabs:
+            self._slab = None

@@ -79,11 +79,12 @@ def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
     return map_tensors(path)
 
 
-def scratch(numel: int, dtype: torch.dtype, folder: Path | None) -> torch.Tensor:
+def scratch(numel: int, dtype: torch.dtype, folder: Path | None,
+            fallback: bool = True) -> torch.Tensor:
     """A zeroed flat tensor of `numel` entries backed by an unnamed temporary file in
     `folder` (page cache, which the kernel can write out and drop, not process memory; the
     file goes with the tensor), or by process memory where `folder` is None, cannot be
-    written or `numel` is 0."""
+    written or `numel` is 0. Without `fallback`, raises OSError instead of using memory."""
     if folder is not None and numel:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -92,5 +93,8 @@ def scratch(numel: int, dtype: torch.dtype, folder: Path | None) -> torch.Tensor
                 array = np.memmap(file, dtype=np.uint8, mode="r+")
             return torch.from_numpy(array).view(dtype)  # the map outlives the file object
         except OSError:
-            pass
+            if not fallback:
+                raise
+    if not fallback and numel:
+        raise OSError(f"no folder for a file-backed tensor of {numel} entries")
     return torch.zeros(numel, dtype=dtype)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from quantfair import prefix
 from quantfair.config import RunConfig
 from quantfair.models import TINY_MODEL_TYPES
 from quantfair.prefix import HiddenStates
@@ -103,15 +104,39 @@ def test_a_layer_writing_to_its_input_does_not_change_what_was_kept(tmp_path):
 
 
 @torch.no_grad()
-def test_other_tokens_are_not_served_and_the_capacity_holds(tmp_path):
+def test_other_tokens_are_not_served_and_the_oldest_slab_goes_first(tmp_path, monkeypatch):
+    # Slabs of two hidden states (four float32 each, 64 bytes with alignment), three held.
+    monkeypatch.setattr(prefix, "SLAB_BYTES", 128)
     model = _Stack()
-    entry = 4 * 4  # bytes of one hidden state of four float32 values
-    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path, capacity=5 * entry)
-    for shift in range(3):
+    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path, capacity=3 * 128)
+
+    def run(shift: int) -> list[int]:
+        before = [layer.calls for layer in model.layers]
         x = torch.arange(4.0) + shift
         with states.forward(x):
-            out = model(x.clone())
-        torch.testing.assert_close(out, (x + 2) * 1, rtol=0, atol=0)
-        assert states.held <= 5 * entry and len(states.entries) <= 5
-    assert [layer.calls for layer in model.layers] == [3, 3, 3]
-    assert states.layers_skipped == 0
+            torch.testing.assert_close(model(x.clone()), x + 2, rtol=0, atol=0)
+        assert states.held <= 3 * 128 and len(states.entries) <= 6
+        return [layer.calls - b for layer, b in zip(model.layers, before, strict=True)]
+
+    assert run(0) == run(1) == [1, 1, 1]  # other tokens: nothing to reuse
+    assert run(0) == [0, 0, 0]  # A's three states are kept, two in the oldest slab ...
+    assert run(2) == [1, 1, 1]
+    # ... which were copied into a new slab when A was reused, so when C pushed the two
+    # oldest slabs out (A's last state and B's) layers 0 and 1 still need not run for A.
+    assert run(0) == [0, 0, 1]
+    assert run(1) == [1, 1, 1]
+
+
+@torch.no_grad()
+def test_an_unwritable_folder_keeps_nothing_and_says_so(tmp_path, capsys):
+    model = _Stack()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    states = HiddenStates(model.layers, lambda: _keys(model), blocked)
+    x = torch.arange(4.0)
+    for _ in range(2):
+        with states.forward(x):
+            torch.testing.assert_close(model(x.clone()), x + 2, rtol=0, atol=0)
+    assert not states.entries and states.held == 0
+    assert [layer.calls for layer in model.layers] == [2, 2, 2]
+    assert capsys.readouterr().err.count("not keeping hidden states: cannot write") == 1
