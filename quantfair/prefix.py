@@ -123,7 +123,8 @@ class HiddenStates:
         the layers above may write to it); their own instance-level `forward`s, if any, are
         returned."""
         arity = self._arity
-        output = hidden.to(next(self.layers.parameters()).device, copy=True)
+        # Where a full pass would have it: on layer start - 1's device (models split over GPUs).
+        output = hidden.to(next(self.layers[start - 1].parameters()).device, copy=True)
         if arity is not None:
             output = (output,) + (None,) * (arity - 1)
 

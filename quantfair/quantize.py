@@ -314,7 +314,7 @@ class WeightBank:
             else:
                 param.copy_(source)
 
-    def prefix_keys(self) -> list[str | None]:
+    def prefix_keys(self) -> list[str]:
         """For k = 0..L (L decoder layers): an identity of the current state of every weight
         that the input of layer k depends on (embeddings and layers below k; k = L: the last
         layer's output, which the final norm and head do not touch). For
