@@ -7,6 +7,7 @@ every pytest run of the environment.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,20 @@ from typing import Any
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
 from quantfair.workers import parse_threads
+
+HIDDEN_STATES_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
+HIDDEN_STATES_MB = 2048
+
+
+def hidden_states_capacity() -> int:
+    """Bytes of reused hidden states to keep (`quantfair.prefix`): QUANTFAIR_HIDDEN_STATES_MB
+    (MiB, default 2048; 0 turns the reuse off). Raises UsageError for anything but a
+    non-negative integer."""
+    text = os.environ.get(HIDDEN_STATES_VARIABLE, "").strip() or str(HIDDEN_STATES_MB)
+    if not text.isdigit():
+        raise UsageError(f"{HIDDEN_STATES_VARIABLE} must be a number of MiB (0: off), "
+                         f"got '{text}'")
+    return int(text) << 20
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
@@ -198,6 +213,7 @@ class RunConfig:
     device: str | None = None
     dtype: str = "float32"  # one of DTYPES
     threads: int | None = None  # torch threads per process; None: auto (quantfair.workers)
+    hidden_states_bytes: int = field(default_factory=hidden_states_capacity)
     random_weights: bool = False
     strategy: str | None = None
     report: Path | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -27,22 +26,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantfair.errors import UsageError
+from quantfair.config import HIDDEN_STATES_MB
 from quantfair.taxonomy import Component, num_layers
 from quantfair.tensorfile import scratch
 
-CAPACITY_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
-CAPACITY_MB = 2048
 SLAB_BYTES = 64 << 20
-
-
-def capacity_from_environment() -> int:
-    """Bytes of hidden states to keep: QUANTFAIR_HIDDEN_STATES_MB (MiB, default 2048; 0 turns
-    the reuse off). Raises UsageError for anything but a non-negative integer."""
-    text = os.environ.get(CAPACITY_VARIABLE, "").strip() or str(CAPACITY_MB)
-    if not text.isdigit():
-        raise UsageError(f"{CAPACITY_VARIABLE} must be a number of MiB (0: off), got '{text}'")
-    return int(text) << 20
 
 
 def decoder_layers(model: nn.Module, parts: dict[str, Component]) -> nn.ModuleList | None:
@@ -69,7 +57,7 @@ class HiddenStates:
     states in the older half of the slabs is copied into the newest one first."""
 
     def __init__(self, layers: nn.ModuleList, keys: Callable[[], list[str]],
-                 folder: Path | None, capacity: int = CAPACITY_MB << 20) -> None:
+                 folder: Path | None, capacity: int = HIDDEN_STATES_MB << 20) -> None:
         self.layers = layers
         self.keys = keys
         self.folder = folder

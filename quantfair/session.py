@@ -17,7 +17,7 @@ from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_
 from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
-from quantfair.prefix import HiddenStates, capacity_from_environment, decoder_layers
+from quantfair.prefix import HiddenStates, decoder_layers
 from quantfair.quantize import QuantScheme, WeightBank, has_element_masks, weights_folder
 from quantfair.strategies import (
     Activations,
@@ -64,8 +64,7 @@ class AuditSession:
         self.corpus = selected.select(units=units)
         held_out = [u for u in full.units if u not in units]
         self.calibration = selected.select(units=held_out) if held_out else None
-        capacity = capacity_from_environment()  # bad settings stop before the model loads
-        threads = configure_threads(config.threads, workers)
+        threads = configure_threads(config.threads, workers)  # before the model loads
         if threads:
             announce(threads)
         if loaded is None:
@@ -93,6 +92,7 @@ class AuditSession:
                          f"{', '.join(self.artifact.unquantized[:3])}")
         self.evaluator = Evaluator(loaded, announce=announce)
         layers = decoder_layers(loaded.model, self.bank.parts)
+        capacity = config.hidden_states_bytes
         if layers is not None and capacity and self.bank.folder is not None:  # not in memory
             self.evaluator.hidden_states = HiddenStates(layers, self.bank.prefix_keys,
                                                         self.bank.folder, capacity)

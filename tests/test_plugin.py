@@ -62,6 +62,14 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         assert "Traceback" not in result.stderr.str()
 
 
+def test_a_bad_hidden_state_capacity_is_one_usage_error_before_any_audit(pytester, monkeypatch):
+    monkeypatch.setenv("QUANTFAIR_HIDDEN_STATES_MB", "lots")
+    result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2")
+    assert result.ret == 4, result.stderr.str()
+    assert result.stderr.str().count("QUANTFAIR_HIDDEN_STATES_MB must be a number of MiB") == 1
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
 def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run(pytester, QUICK_FILES[0], "--model", "no-org/no-model")
