@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantfair.config import HIDDEN_STATES_MB, HIDDEN_STATES_VARIABLE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,8 +50,8 @@ def child(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, reuse: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-hidden-") as results:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "QUANTFAIR_RESULTS_DIR": results,
-               "QUANTFAIR_HIDDEN_STATES_MB": os.environ.get("QUANTFAIR_HIDDEN_STATES_MB", "2048")
-               if reuse else "0"}
+               HIDDEN_STATES_VARIABLE: os.environ.get(HIDDEN_STATES_VARIABLE,
+                                                      str(HIDDEN_STATES_MB)) if reuse else "0"}
         command = [sys.executable, __file__, "--child", "--model", args.model, "--quant",
                    args.quant, "--budget", str(args.budget), "--languages", args.languages,
                    "--units", str(args.units)]
