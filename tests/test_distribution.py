@@ -96,9 +96,13 @@ def check_against_full_vocabulary(name: str, schemes: list[str], strategies: lis
             m = session.measure(strategy, scheme, distribution=True)
             bank.apply(scheme, StrategyResolver(bank, scheme).resolve(strategy))
             assert_matches_full_vocabulary(session, m, fp, quantized.model)
-        # A later strategy sharing the quantized head reuses its FP side: one pass per unit.
+        # A later strategy sharing the quantized head reuses its FP side: no FP forward, as
+        # many passes as an NLL-only evaluation of the same texts.
         if session.evaluator.exact_head and len(strategies) > 1:
-            assert session.evaluator.forward_passes - passes == len(fp)
+            texts = [t for units in session.corpus.texts.values() for t in units.values()]
+            nll_only = Evaluator(session.loaded, ResultCache(tmp_path / f"nll-{scheme}"))
+            nll_only.evaluate("fp", texts)
+            assert session.evaluator.forward_passes - passes == nll_only.forward_passes
     return session
 
 

@@ -72,13 +72,16 @@ def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_te
     lines[1] = lines[1][:20]  # torn write
     path.write_text("\n".join(lines) + "\n")
     repaired = Evaluator(loaded, ResultCache(tmp_path))
-    assert repaired.evaluate("fp", texts) == first and repaired.forward_passes == 2
+    again = repaired.evaluate("fp", texts)
+    assert repaired.units_computed == 2  # the two damaged entries, nothing else
+    assert {t: r.nll for t, r in again.items()} == pytest.approx(
+        {t: r.nll for t, r in first.items()}, rel=1e-5)  # rescored in another batch
 
 
 def test_interrupted_run_resumes_without_recomputing(tiny_models, short_texts, tmp_path):
     loaded = tiny_models["tiny-gpt2"]
     texts = [t[:40] for t in short_texts]
-    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=0)  # a unit a pass
 
     def interrupt(done, total):
         if evaluator.forward_passes == 3:
@@ -86,7 +89,7 @@ def test_interrupted_run_resumes_without_recomputing(tiny_models, short_texts, t
 
     with pytest.raises(KeyboardInterrupt):
         evaluator.evaluate("fp", texts, progress=interrupt)
-    resumed = Evaluator(loaded, ResultCache(tmp_path))
+    resumed = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=0)
     resumed.evaluate("fp", texts)
     assert resumed.forward_passes == len(texts) - 3
 

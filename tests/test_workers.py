@@ -106,8 +106,9 @@ SHARE = textwrap.dedent("""
     sides = []
     store = evaluator._store_reference
     evaluator._store_reference = lambda key, *rest: (sides.append(key), store(key, *rest))
-    # Slow forwards: both processes are still scoring when they meet.
-    loaded.model.register_forward_hook(lambda *args: time.sleep(0.03))
+    # Slow forwards (a few batches of units each): both processes are still scoring when
+    # they meet.
+    loaded.model.register_forward_hook(lambda *args: time.sleep(0.12))
     (folder / f"ready-{worker}").touch()
     deadline = time.time() + 120
     while len(list(folder.glob("ready-*"))) < 2:
