@@ -50,7 +50,8 @@ DISTRIBUTION_VERSION = "1"  # bump when the FP side cache or the statistics chan
 MAX_WINDOW = 2048
 SIDE_ROWS = 512  # positions per float64 softmax block while building the FP side
 CLAIM_TOKENS = 512  # tokens of units claimed at a time (on CPU; a batch on CUDA)
-CPU_BATCH_TOKENS = 512  # padded tokens per forward on CPU; a longer window runs alone
+CPU_BATCH_TOKENS = 512  # padded tokens per forward on CPU, at most (a longer window runs alone)
+CPU_BATCH_LOGITS = 96 << 20  # bytes of float32 logits per forward on CPU, at most
 CLAIM_STRIPES = 256  # lock files per model folder that claims are spread over
 WAIT_NOTICE_S = 30.0  # a waiting process says so again after this long
 
@@ -358,11 +359,13 @@ class Evaluator:
         self.announce = announce or (lambda message: None)
         self.cache = cache or ResultCache(model_results(loaded))
         self.window = min(loaded.context_length, MAX_WINDOW)
-        # On CPU, units of similar length share a forward up to 512 tokens: ~12% faster than
-        # one at a time for ~120-token units (benchmarks/bench_evaluate.py), while 2048-token
-        # windows run alone (batching those is slower there) and a batch's logits stay small.
+        # On CPU, units of similar length share a forward of at most 512 tokens whose logits
+        # fit in 96 MiB (all 512 at SmolLM2's 49k vocabulary, 96 at Gemma 3's 262k): ~12%
+        # faster than one at a time for ~120-token units; a longer window runs alone.
         if batch_tokens is None:
-            batch_tokens = 16384 if loaded.device.type == "cuda" else CPU_BATCH_TOKENS
+            vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+            batch_tokens = (16384 if loaded.device.type == "cuda"
+                            else min(CPU_BATCH_TOKENS, CPU_BATCH_LOGITS // (4 * vocabulary)))
         self.batch_tokens = batch_tokens
         tokenizer = loaded.tokenizer
         self.prefix = tokenizer.bos_token_id

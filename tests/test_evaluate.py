@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from quantfair import evaluate
 from quantfair.corpus import load_corpus
 from quantfair.evaluate import Evaluator, NonFiniteLoss, ResultCache, check_finite
 from quantfair.models import load_model
@@ -45,6 +46,28 @@ def test_batched_padding_gives_the_same_nll(tiny_models, short_texts, tmp_path):
     assert batched.forward_passes < len(texts)
     for text in texts:
         assert result[text].nll == pytest.approx(single[text].nll, rel=1e-5)
+
+
+def test_cpu_batches_hold_units_of_similar_length_within_the_logits_budget(
+        tiny_models, tmp_path, monkeypatch):
+    loaded = tiny_models["tiny-llama"]
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(evaluate, "CPU_BATCH_LOGITS", 4 * vocabulary * 100)  # 100 tokens
+    monkeypatch.setattr(evaluate, "CLAIM_TOKENS", 100)  # and as many claimed at a time
+    texts = [f"unit {i} " + "x" * (5 * (i * 5 % 12)) for i in range(12)]  # 7 to 62 tokens
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    shapes = []
+    run = evaluator._run
+    monkeypatch.setattr(evaluator, "_run", lambda batch: (shapes.append(
+        (len(batch), max(len(w.ids) for w in batch))), run(batch))[1])
+    results = evaluator.evaluate("fp", texts)
+    assert len(shapes) < len(texts) and all(rows * length <= 100 for rows, length in shapes)
+    lengths = [length for _, length in shapes]  # longest first over the whole evaluation,
+    assert lengths == sorted(lengths, reverse=True)  # not per claimed group: fewer passes
+    tokens = sum(len(evaluator.token_ids(t)) for t in texts)
+    assert sum(rows * length for rows, length in shapes) < 1.25 * tokens  # little padding
+    for text in texts:  # and each unit's NLL is its own, as scored alone
+        assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)
 
 
 def test_long_units_use_a_sliding_window(tiny_models, tmp_path):
