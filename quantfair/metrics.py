@@ -305,12 +305,16 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
     if not p_values:
         return []
     # statsmodels runs gc.collect() in its Holm branch: ~0.2 s a call over a heap holding a
-    # model. Objects frozen for the call are not scanned (and are back in the GC afterwards).
-    gc.freeze()
+    # model. Objects frozen for the call are not scanned (and are back in the GC afterwards);
+    # a host process that froze objects of its own is left as it is.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         rejected = multipletests(list(p_values), alpha=alpha, method="holm")[0]
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
     return [bool(r) for r in rejected]
 
 

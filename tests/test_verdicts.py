@@ -1,5 +1,6 @@
 """Comparisons decide on the paired bootstrap difference: passed, failed or inconclusive."""
 
+import gc
 import json
 
 import numpy as np
@@ -107,6 +108,16 @@ def test_paired_difference_and_holm_on_known_numbers():
     # Holm: 0.01 <= 0.05/3 is rejected; then 0.03 > 0.05/2 stops the procedure.
     assert holm([0.01, 0.03, 0.04]) == [True, False, False]
     assert holm([0.01, 0.02, 0.04]) == [True, True, True]
+
+
+def test_holm_leaves_the_garbage_collector_as_it_found_it():
+    assert holm([0.01]) == [True] and gc.get_freeze_count() == 0  # frozen for the call only
+    gc.freeze()  # a host process's own frozen objects stay frozen
+    try:
+        frozen = gc.get_freeze_count()
+        assert holm([0.01]) == [True] and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester):
