@@ -2,6 +2,7 @@
 
     python benchmarks/bench_suggest.py [--model smollm2-135m] [--budgets 5,12,1]
         [--schemes int4-g128-linear,gguf:Q4_0] [--languages en,de,ru,he,ar,zh,ja,ko]
+        [--calibration-units 4]
 
 Runs `quantfair suggest` once per scheme and budget (each process shares the results cache,
 so the FP reference is computed once), then prints one markdown table per run: every
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="5,12,1")
     parser.add_argument("--schemes", default="int4-g128-linear,gguf:Q4_0")
     parser.add_argument("--languages", default="en,de,ru,he,ar,zh,ja,ko")
+    parser.add_argument("--calibration-units", type=int, default=4,
+                        help="held-out units per language the search scores candidates on")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="bench-suggest-") as folder:
@@ -57,7 +60,8 @@ def main() -> None:
                 out = Path(folder) / "suggestion.json"
                 command = [sys.executable, "-m", "quantfair.cli", "suggest", args.model,
                            "--budget", f"{budget}%", "--quant", scheme,
-                           "--languages", args.languages, "--json", str(out)]
+                           "--languages", args.languages, "--json", str(out),
+                           "--calibration-units", str(args.calibration_units)]
                 start = time.perf_counter()
                 done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
                 wall = time.perf_counter() - start
@@ -66,7 +70,8 @@ def main() -> None:
                 result = json.loads(out.read_text())
                 print(f"\n### {scheme}, budget {budget}%: suggested `{result['strategy']}` "
                       f"({100 * result['overhead']:.3f}% of parameters; search and "
-                      f"comparison {wall:.0f} s, {result['forward_passes']:,} forward passes)\n")
+                      f"comparison {wall:.0f} s, {result['forward_passes']:,} forward passes, "
+                      f"{args.calibration_units} calibration units per language)\n")
                 print("| selector | strategy | overhead | mean disparity | worst disparity "
                       "| suggested - it (mean) | suggested - it (worst) |")
                 print("|---|---|---|---|---|---|---|")
