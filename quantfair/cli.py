@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages, parse_percent
-from quantfair.errors import QuantfairError
+from quantfair.errors import QuantfairError, UsageError
 from quantfair.report import interval_text as cell
 from quantfair.report import table as _table
 
@@ -196,6 +196,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from quantfair.suggest import suggest
 
     budget = parse_percent(args.budget, "--budget")
+    for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
+        if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
     session = _session(args)
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
@@ -257,7 +260,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from quantfair.errors import UsageError
     from quantfair.export import (
         export_gguf,
         expressible,

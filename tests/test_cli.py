@@ -55,6 +55,10 @@ def corpus_files(tmp_path):
     (["measure", "tiny-gpt2", "--strategy", "L99"], "layer 99 out of range"),
     (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "0"],
+     "--calibration-units must be a positive integer, got 0"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
+     "--width must be a positive integer, got -1"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
 ])
 def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
