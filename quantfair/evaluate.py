@@ -362,10 +362,11 @@ class Evaluator:
         # On CPU, units of similar length share a forward of at most 512 tokens whose logits
         # fit in 96 MiB (all 512 at SmolLM2's 49k vocabulary, 96 at Gemma 3's 262k): ~12%
         # faster than one at a time for ~120-token units; a longer window runs alone.
-        if batch_tokens is None:
+        if batch_tokens is None and loaded.device.type == "cuda":
+            batch_tokens = 16384
+        elif batch_tokens is None:
             vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
-            batch_tokens = (16384 if loaded.device.type == "cuda"
-                            else min(CPU_BATCH_TOKENS, CPU_BATCH_LOGITS // (4 * vocabulary)))
+            batch_tokens = min(CPU_BATCH_TOKENS, CPU_BATCH_LOGITS // (4 * vocabulary))
         self.batch_tokens = batch_tokens
         tokenizer = loaded.tokenizer
         self.prefix = tokenizer.bos_token_id
