@@ -8,7 +8,14 @@ from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
 from quantfair.session import AuditSession
-from quantfair.suggest import calibration_score, load_suggestion, search_units, suggest
+from quantfair.suggest import (
+    Search,
+    budget_selectors,
+    calibration_score,
+    load_suggestion,
+    search_units,
+    suggest,
+)
 
 
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
@@ -90,6 +97,19 @@ def test_under_a_block_format_every_candidate_is_whole_tensors(planted):
     assert len(result.trace) > 1
     for step in result.trace:
         assert all(keep is True for keep in resolver.resolve(step.strategy).values()), step
+
+
+@pytest.mark.parametrize("budget", [0.01, 0.05, 0.12, 1 / 3])
+def test_every_entry_selector_at_a_budget_fits_in_it(tiny_models, budget):
+    """Each tensor rounds its share to the nearest entry: a percentage rounded up would put
+    magnitude, gradient and random selection over the budget and out of the search."""
+    session = session_for(tiny_models["tiny-llama"])
+    selectors = budget_selectors(session, budget)
+    for label in ("actgap", "magnitude", "gradient", "random (3 seeds)"):
+        for strategy in selectors[label]:
+            assert session.overhead(strategy).fraction <= budget, strategy
+    portfolio = Search(session, budget, search_units(session, 2)).portfolio()
+    assert selectors["magnitude"][0] in portfolio
 
 
 def test_zero_budget_suggests_none(tiny_models):
