@@ -53,6 +53,8 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert labels[:3] == ["suggested", "none", "seed recipe"]
     assert {"act", "actgap", "magnitude", "gradient", "random (3 seeds)",
             "superweights"} <= set(labels)
+    whole = {row["label"]: row["whole_tensors"] for row in result.comparison[1:]}
+    assert whole["none"] and whole["seed recipe"] and not whole["magnitude"]
     for row in result.comparison[1:]:
         difference = row["mean_difference"]
         assert difference["low"] <= difference["value"] <= difference["high"]
