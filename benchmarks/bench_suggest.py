@@ -27,17 +27,16 @@ import time
 from pathlib import Path
 
 from quantfair.config import DEFAULT_UNITS
-from quantfair.quantize import QuantScheme
 from quantfair.report import interval_text as cell
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def verdict(comparison: list[dict], whole_tensors: bool = False) -> str:
-    """The acceptance notes against every baseline (`whole_tensors`: only those keeping whole
-    tensors), "met" when there are none."""
+def verdict(comparison: list[dict], storable: bool = False) -> str:
+    """The acceptance notes against every baseline (`storable`: only those the scheme can
+    store), "met" when there are none."""
     ours = comparison[0]
-    baselines = [b for b in comparison[1:] if b["whole_tensors"] or not whole_tensors]
+    baselines = [b for b in comparison[1:] if b["storable"] or not storable]
     notes = []
     for name in ("mean", "worst"):
         above = [b["label"] for b in baselines if b[f"{name}_difference"]["low"] > 0]
@@ -94,7 +93,7 @@ def main() -> None:
                           f"{cell(row.get('mean_difference'))} | "
                           f"{cell(row.get('worst_difference'))} |")
                 print(f"\nacceptance: {verdict(result['comparison'])}")
-                if not QuantScheme.parse(scheme).keeps_entries:
+                if not all(row["storable"] for row in result["comparison"]):
                     print("acceptance against the baselines a file of this format can store "
                           f"(whole tensors): {verdict(result['comparison'], True)}")
                 sys.stdout.flush()

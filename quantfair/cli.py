@@ -222,12 +222,16 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
         print(_table(["", "strategy", "overhead", "mean disparity", "worst disparity",
                       "vs (mean)", "vs (worst)", "en degradation"],
-                     [(row["label"], ", ".join(row["strategies"]),
+                     [(row["label"] + ("" if row["storable"] else " *"),
+                       ", ".join(row["strategies"]),
                        f"{100 * row['overhead']:.3f}%", cell(row["mean_disparity"]),
                        cell(row["worst_disparity"]), cell(row.get("mean_difference")),
                        cell(row.get("worst_difference")),
                        f"{100 * row['english_degradation']:.1f}%")
                       for row in result.comparison]))
+        if not all(row["storable"] for row in result.comparison):
+            print(f"* keeps single entries, which a {result.scheme} file cannot store "
+                  "(one type per tensor): simulated here, not a recipe for this format")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result.to_json(), handle, indent=2)

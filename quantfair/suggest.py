@@ -343,12 +343,19 @@ def _estimate(draws: tuple[float, np.ndarray, str]) -> dict:
 def compare_on_audit_units(session: AuditSession, suggested: str, budget: float) -> list[dict]:
     """The suggestion against every baseline selector at the same budget, on the audit units
     (held out from the search): mean and worst-language disparity with 95% CIs, the paired
-    bootstrap difference suggested - baseline of each, and whether the baseline keeps whole
-    tensors only (what a block format such as GGUF can store)."""
+    bootstrap difference suggested - baseline of each, and whether the scheme can store the
+    baseline (`storable`: a block format such as GGUF holds one type per tensor, so single
+    kept entries are only simulated there)."""
     resolver = session.resolver()
+
+    def storable(strategies: list[str]) -> bool:
+        return resolver.scheme.keeps_entries or all(
+            keep is True for s in strategies for keep in resolver.resolve(s).values())
+
     ours = _averaged([session.measure(suggested)])
     comparison = [{"label": "suggested", "strategies": [suggested],
                    "overhead": session.overhead(suggested).fraction,
+                   "storable": storable([suggested]),
                    "mean_disparity": _estimate(ours["mean"]),
                    "worst_disparity": _estimate(ours["worst"]),
                    "english_degradation": session.measure(suggested).degradation()[
@@ -358,8 +365,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
         theirs = _averaged(measured)
         row = {"label": label, "strategies": strategies,
                "overhead": float(np.mean([session.overhead(s).fraction for s in strategies])),
-               "whole_tensors": all(keep is True for s in strategies
-                                    for keep in resolver.resolve(s).values()),
+               "storable": storable(strategies),
                "mean_disparity": _estimate(theirs["mean"]),
                "worst_disparity": _estimate(theirs["worst"]),
                "english_degradation": float(np.mean(

@@ -1,12 +1,18 @@
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from quantfair.cli import main
 from quantfair.config import RunConfig
 from quantfair.errors import UsageError
+from quantfair.html import render_html
 from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
+from quantfair.report import RunRecord, build_report
 from quantfair.session import AuditSession
 from quantfair.suggest import (
     Search,
@@ -49,12 +55,11 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert set(result.calibration_units).isdisjoint(session.corpus.units)
     assert session.selector_units  # the selectors' own calibration text is not scored on
     assert set(result.calibration_units).isdisjoint(session.selector_units)
+    assert all(row["storable"] for row in result.comparison[1:])  # int4 keeps single entries
     labels = [row["label"] for row in result.comparison]
     assert labels[:3] == ["suggested", "none", "seed recipe"]
     assert {"act", "actgap", "magnitude", "gradient", "random (3 seeds)",
             "superweights"} <= set(labels)
-    whole = {row["label"]: row["whole_tensors"] for row in result.comparison[1:]}
-    assert whole["none"] and whole["seed recipe"] and not whole["magnitude"]
     for row in result.comparison[1:]:
         difference = row["mean_difference"]
         assert difference["low"] <= difference["value"] <= difference["high"]
@@ -99,6 +104,8 @@ def test_under_a_block_format_every_candidate_is_whole_tensors(planted):
     assert len(result.trace) > 1
     for step in result.trace:
         assert all(keep is True for keep in resolver.resolve(step.strategy).values()), step
+    storable = {row["label"]: row["storable"] for row in result.comparison[1:]}
+    assert storable["none"] and storable["seed recipe"] and not storable["magnitude"]
 
 
 @pytest.mark.parametrize("budget", [0.01, 0.05, 0.12, 1 / 3])
@@ -112,6 +119,27 @@ def test_every_entry_selector_at_a_budget_fits_in_it(tiny_models, budget):
             assert session.overhead(strategy).fraction <= budget, strategy
     portfolio = Search(session, budget, search_units(session, 2)).portfolio()
     assert selectors["magnitude"][0] in portfolio
+
+
+def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
+    """Under GGUF single kept entries are only simulated: the CLI table and the HTML report
+    mark such baselines and say so."""
+    path = tmp_path / "suggestion.json"
+    assert main(["suggest", "tiny-llama", "--budget", "40%", "--quant", "gguf:Q8_0",
+                 "--languages", "en,he", "--units", "4", "--calibration-units", "1", "--json",
+                 str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^\| magnitude \* ", printed, re.MULTILINE)
+    assert not re.search(r"^\| seed recipe \* ", printed, re.MULTILINE)
+    assert "* keeps single entries, which a gguf:Q8_0 file cannot store" in printed
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "gguf:Q8_0"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    report["suggestion"] = json.loads(path.read_text())
+    html = render_html(report)
+    assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
+    assert "which a gguf:Q8_0 file cannot store" in html
 
 
 def test_zero_budget_suggests_none(tiny_models):
