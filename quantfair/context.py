@@ -74,9 +74,9 @@ class AuditContext:
             return self.candidate_text()
         if isinstance(strategy, Matched):
             reference = self.strategy_text(strategy.reference)
-            percent = 100 * self.session.overhead(reference).fraction
+            percent = self.session.entry_percent(self.session.overhead(reference).fraction)
             seed = f"@{strategy.seed}" if strategy.selector == "random" else ""
-            return f"{strategy.selector}:{percent:.4f}%{seed}"
+            return f"{strategy.selector}:{percent}{seed}"
         return strategy
 
     def protection_key(self, strategy: Strategy) -> str:

@@ -4,6 +4,7 @@ and every measurement taken so far."""
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from itertools import zip_longest
@@ -153,6 +154,25 @@ class AuditSession:
     def overhead(self, strategy: str, scheme: QuantScheme | None = None) -> Overhead:
         resolver = self.resolver(scheme)
         return resolver.overhead(resolver.resolve(strategy))
+
+    def entry_percent(self, fraction: float) -> str:
+        """The `P%` of an entry selector (`random:`, `magnitude:`, `gradient:`, `act...:`) that
+        keeps at most `fraction` (0..1) of all parameters: these keep P% of the *quantized*
+        parameters, each tensor its share rounded to the nearest entry, so the share is
+        rounded down to 6 significant digits and lowered until the selection fits (a selector
+        over a budget cannot enter `suggest`'s search, nor be a fair baseline)."""
+        resolver = self.resolver()
+        total = sum(c.numel for c in resolver.parts.values())
+        quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
+        share = 100 * min(1.0, fraction * total / quantized)
+        if share <= 0:
+            return "0%"
+        digits = max(0, 5 - math.floor(math.log10(share)))
+        count = math.floor(share * 10**digits)
+        while count > 0 and self.overhead(
+                f"magnitude:{count / 10**digits:.{digits}f}%").fraction > fraction + 1e-12:
+            count -= 1
+        return f"{count / 10**digits:.{digits}f}".rstrip("0").rstrip(".") + "%"
 
     def _evaluate(self, config: str, label: str, corpus: Corpus, apply: Callable[[], None],
                   swap: Swap | None = None, distribution: bool = False

@@ -294,8 +294,7 @@ def budget_selectors(session: AuditSession, budget: float) -> dict[str, list[str
     several strategies make one baseline averaged over them (random: three seeds)."""
     resolver = session.resolver()
     total = sum(c.numel for c in resolver.parts.values())
-    quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
-    percent = _element_percent(session, budget, 100 * min(1.0, budget * total / quantized))
+    percent = session.entry_percent(budget)
     rows = {"none": ["none"], "seed recipe": [f"seed:{100 * budget:.6g}%"],
             "act": [f"act:{percent}"], "actgap": [f"actgap:{percent}"],
             "magnitude": [f"magnitude:{percent}"],
@@ -309,21 +308,6 @@ def budget_selectors(session: AuditSession, budget: float) -> dict[str, list[str
     if per_layer <= budget:
         rows["variance"] = [f"variance:top{min(resolver.layers, int(budget // per_layer))}"]
     return rows
-
-
-def _element_percent(session: AuditSession, budget: float, share: float) -> str:
-    """`share` (percent of the quantized parameters) rounded down to 6 significant digits,
-    lowered until an element selection at it fits in `budget`: each tensor keeps its share
-    rounded to the nearest entry, which can overshoot the budget by a few weights (and a
-    selector over the budget cannot enter the search)."""
-    if share <= 0:
-        return "0%"
-    digits = max(0, 5 - math.floor(math.log10(share)))
-    count = math.floor(share * 10**digits)
-    while count > 0 and session.overhead(
-            f"magnitude:{count / 10**digits:.{digits}f}%").fraction > budget + 1e-12:
-        count -= 1
-    return f"{count / 10**digits:.{digits}f}".rstrip("0").rstrip(".") + "%"
 
 
 def _averaged(measurements) -> dict:

@@ -6,6 +6,7 @@ import torch
 from quantfair.audit import Matched
 from quantfair.config import RunConfig
 from quantfair.context import AuditContext
+from quantfair.quantize import QuantScheme
 from quantfair.session import AuditSession
 
 
@@ -21,6 +22,18 @@ def test_budget_matched_selectors_protect_as_much_as_their_reference(context, se
     reference = context.overhead("L0+Llast").protected
     matched = context.overhead(context.strategy_text(Matched(selector, "L0+Llast"))).protected
     assert matched == pytest.approx(reference, rel=0.01)
+
+
+def test_budget_matched_selectors_spend_the_budget_where_only_linear_weights_are_quantized():
+    """Entry selectors keep a share of the *quantized* parameters: where embeddings and norms
+    stay in full precision, matching a budget takes a larger share, never more parameters."""
+    session = AuditSession(RunConfig(model="tiny-gpt2", languages=("en", "de"), units=2,
+                                     scheme=QuantScheme.parse("int4-g128-linear")),
+                           announce=lambda message: None)
+    context = AuditContext(session)
+    reference = context.overhead("L0+Llast").fraction
+    matched = context.overhead(context.strategy_text(Matched("random", "L0+Llast"))).fraction
+    assert 0.999 * reference <= matched <= reference
 
 
 def test_layer_statistics_are_computed_once_for_every_process(context, tmp_path, monkeypatch):
