@@ -216,6 +216,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        f"{s.mean_disparity:.3f}", f"{100 * s.overhead:.3f}%",
                        f"{s.english_delta:.2f}", "*" if s.chosen else "")
                       for s in result.trace]))
+    if result.confirmation:
+        print(f"\nfinalists scored again on all {len(result.confirmation_units)} units of the "
+              "search pool (the lowest is refined):")
+        print(_table(["finalist", "score", "mean disparity", "worst disparity"],
+                     [(c["strategy"], f"{c['score']:.4f}", f"{c['mean_disparity']:.3f}",
+                       f"{c['worst_disparity']:.3f}") for c in result.confirmation]))
     if result.comparison:
         print("\non the held-out audit units (vs: paired difference suggested - baseline, "
               "95% CI; below 0 the suggestion is better):")

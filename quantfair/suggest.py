@@ -21,7 +21,11 @@ within the budget (a fraction of the parameters):
    then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
    norms, biases and position embeddings);
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
-   score improves.
+   score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring lowest
+   on the calibration units, and no protection (or the super weights kept first), are scored
+   again on every unit of the search's pool, and the lowest there is refined: on a few units
+   candidates often differ by less than the noise, and the lowest of many noisy scores is
+   biased low (the winner's curse).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
 REPAIR = 0.5  # super weights are kept first when they leave at most this share of the damage
+FINALISTS = 3  # candidates scored again on the whole search pool before one is refined
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class Suggestion:
     forward_passes: int = 0
     wall_s: float = 0.0
     calibration_units: list[str] = field(default_factory=list)
+    # the finalists scored again on every pool unit: strategy, score, mean and worst disparity
+    confirmation: list[dict] = field(default_factory=list)
+    confirmation_units: list[str] = field(default_factory=list)
     note: str = ""
 
     def to_json(self) -> dict:
@@ -110,10 +118,15 @@ def calibration_score(m, english_none: float | None = None) -> Score:
 
 
 class Search:
-    def __init__(self, session: AuditSession, budget: float, calibration, width: int = WIDTH):
+    def __init__(self, session: AuditSession, budget: float, calibration, width: int = WIDTH,
+                 pool: Corpus | None = None):
+        """`calibration`: the units candidates are scored on; `pool`: the units the finalists
+        are scored on again (None: no second round)."""
         self.session = session
         self.budget = budget
         self.calibration = calibration
+        self.pool = pool
+        self.confirmed: list[dict] = []
         self.width = width
         self.resolver = session.resolver()
         self.none = calibration_score(self.measure([]))
@@ -196,6 +209,22 @@ class Search:
             best, chosen, number = pick[0], chosen + [pick[1]], number + 1
         return chosen, best, trace
 
+    def confirm(self, finalists: list[tuple[Score, list[str]]], announce
+                ) -> tuple[Score, list[str]]:
+        """The finalist (calibration score, units), best first, whose score on every unit of
+        the pool is lowest; the first when there is no pool or a single finalist."""
+        if self.pool is None or len(finalists) < 2:
+            return finalists[0]
+        announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
+                 "units per language")
+        scored = [calibration_score(self.session.measure("+".join(units) or "none",
+                                                         corpus=self.pool))
+                  for _, units in finalists]
+        self.confirmed = [{"strategy": "+".join(units) or "none", "score": s.value,
+                           "mean_disparity": s.mean, "worst_disparity": s.worst}
+                          for (_, units), s in zip(finalists, scored, strict=True)]
+        return finalists[min(range(len(scored)), key=lambda i: scored[i].value)]
+
     def run(self, announce) -> tuple[list[str], Score, list[Step]]:
         trace = [self.step(0, "portfolio", [], "none", self.none, False)]
         portfolio = self.portfolio()
@@ -214,10 +243,11 @@ class Search:
                                                1, announce)
         trace += steps
         results.append((score, structural))
-        allowed = [(s.value, i) for i, (s, _) in enumerate(results) if self.allowed(s)]
-        best, chosen = results[min(allowed)[1]] if allowed else (start, repair)
-        if best.value >= start.value:
-            best, chosen = start, repair
+        ranked = sorted((s.value, i) for i, (s, _) in enumerate(results)
+                        if self.allowed(s) and s.value < start.value)
+        finalists = {"+".join(results[i][1]): results[i] for _, i in ranked}
+        finalists = [*list(finalists.values())[:FINALISTS], (start, repair)]
+        best, chosen = self.confirm(finalists, announce)
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
                  else s for s in trace]
@@ -232,14 +262,23 @@ class Search:
         return chosen, best, trace
 
 
-def search_units(session: AuditSession, count: int, seed: int = 0) -> Corpus:
-    """`count` held-out units (seeded sample) to score candidates on: units neither audited
-    nor in the selectors' calibration text where there are enough (otherwise a selector
-    would be scored on its own calibration text), else any held-out units."""
+def search_pool(session: AuditSession, count: int) -> Corpus:
+    """The held-out units the search may score on: those neither audited nor in the
+    selectors' calibration text where there are at least `count` (otherwise a selector would
+    be scored on its own calibration text), else any held-out units; under a block format
+    every held-out unit (its candidates, whole tensors, are not chosen on any text)."""
     held_out = session.calibration
     unseen = [u for u in held_out.units if u not in session.selector_units]
-    pool = held_out.select(units=unseen) if len(unseen) >= count else held_out
-    return held_out.select(units=pool.sample_units(count, seed))
+    if len(unseen) < count or not session.config.scheme.keeps_entries:
+        return held_out
+    return held_out.select(units=unseen)
+
+
+def search_units(session: AuditSession, count: int, seed: int = 0) -> Corpus:
+    """`count` units of the search pool (`search_pool`, a seeded sample) to score candidates
+    on."""
+    pool = search_pool(session, count)
+    return pool.select(units=pool.sample_units(count, seed))
 
 
 def suggest(session: AuditSession, budget: float, calibration_units: int = 4, seed: int = 0,
@@ -272,9 +311,13 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
                        f"({100 * smallest:.2g}% of parameters): nothing is protected")
         return result
     calibration = search_units(session, calibration_units, seed)
+    pool = search_pool(session, calibration_units)
     result.calibration_units = calibration.units
-    search = Search(session, budget, calibration, width)
+    search = Search(session, budget, calibration, width,
+                    pool if len(pool.units) > len(calibration.units) else None)
     chosen, score, trace = search.run(announce)
+    result.confirmation = search.confirmed
+    result.confirmation_units = pool.units if search.confirmed else []
     result.strategy = "+".join(chosen) or "none"
     result.overhead = session.overhead(result.strategy).fraction
     result.score, result.trace = score.value, trace

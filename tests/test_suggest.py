@@ -15,10 +15,12 @@ from quantfair.quantize import QuantScheme
 from quantfair.report import RunRecord, build_report
 from quantfair.session import AuditSession
 from quantfair.suggest import (
+    Score,
     Search,
     budget_selectors,
     calibration_score,
     load_suggestion,
+    search_pool,
     search_units,
     suggest,
 )
@@ -75,6 +77,37 @@ def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_mode
     assert selector and unseen
     assert search_units(session, len(unseen)).units == unseen
     assert len(search_units(session, len(unseen) + 1).units) == len(unseen) + 1
+
+
+def test_under_a_block_format_the_search_pool_has_every_held_out_unit(tiny_models):
+    """Whole-tensor candidates are not chosen on any text: the selectors' units may score."""
+    session = session_for(tiny_models["tiny-gpt2"], scheme=QuantScheme.parse("gguf:Q8_0"))
+    assert session.selector_units
+    assert search_pool(session, 2).units == session.calibration.units
+
+
+def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
+    """Ranked first on a few calibration units is not enough: of the finalists, the one
+    scoring lowest on every unit of the pool is refined (here the calibration's second)."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    pool = search_pool(session, 2)
+    search = Search(session, 0.3, search_units(session, 2), pool=pool)
+    assert len(pool.units) > 2
+    on_pool = {"A": {"en": 1.0, "he": 3.0, "zh": 3.5}, "B": {"en": 1.0, "he": 2.0, "zh": 2.5},
+               "none": {"en": 1.0, "he": 2.5, "zh": 3.0}}
+
+    def measure(strategy, scheme=None, corpus=None, distribution=False):
+        assert corpus is pool
+        return _measured(on_pool[strategy])
+
+    monkeypatch.setattr(session, "measure", measure)
+    calibration = {"A": 4.0, "B": 4.5, "none": 5.0}
+    finalists = [(Score(calibration[name], 0, 0, 0, 1), [name] if name != "none" else [])
+                 for name in ("A", "B", "none")]
+    score, chosen = search.confirm(finalists, announce=lambda message: None)
+    assert chosen == ["B"] and score.value == 4.5  # the calibration score goes on
+    assert [c["strategy"] for c in search.confirmed] == ["A", "B", "none"]
+    assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
 
 
 def _measured(damage: dict[str, float]) -> Measurement:
@@ -136,8 +169,11 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
                                     audits=[], rows=[], model={"name": "tiny-llama"},
                                     processes=[], selection=None, incomplete=[],
                                     duration_s=1.0))
-    report["suggestion"] = json.loads(path.read_text())
+    report["suggestion"] = {**json.loads(path.read_text()), "confirmation_units": ["a", "b"],
+                            "confirmation": [{"strategy": "L1", "score": 1.5,
+                                              "mean_disparity": 0.5, "worst_disparity": 1.0}]}
     html = render_html(report)
+    assert "Finalists scored again on all 2 units" in html and "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
     assert "which a gguf:Q8_0 file cannot store" in html
 
