@@ -217,7 +217,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        f"{s.english_delta:.2f}", "*" if s.chosen else "")
                       for s in result.trace]))
     if result.confirmation:
-        print(f"\nfinalists scored again on all {len(result.confirmation_units)} units of the "
+        print(f"\nfinalists scored again on {len(result.confirmation_units)} other units of the "
               "search pool (the lowest is refined):")
         print(_table(["finalist", "score", "mean disparity", "worst disparity"],
                      [(c["strategy"], f"{c['score']:.4f}", f"{c['mean_disparity']:.3f}",

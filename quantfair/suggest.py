@@ -23,9 +23,11 @@ within the budget (a fraction of the parameters):
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
    score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring lowest
    on the calibration units, and no protection (or the super weights kept first), are scored
-   again on every unit of the search's pool, and the lowest there is refined: on a few units
-   candidates often differ by less than the noise, and the lowest of many noisy scores is
-   biased low (the winner's curse).
+   again on the rest of the search's pool (units no candidate was scored or chosen on), and
+   the lowest there is refined: on a few units candidates often differ by less than the
+   noise, and the lowest of many noisy scores is biased low (the winner's curse; the greedy
+   search's path is chosen on the calibration units, so scoring it there again would favour
+   it over the portfolio).
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def calibration_score(m, english_none: float | None = None) -> Score:
 class Search:
     def __init__(self, session: AuditSession, budget: float, calibration, width: int = WIDTH,
                  pool: Corpus | None = None):
-        """`calibration`: the units candidates are scored on; `pool`: the units the finalists
-        are scored on again (None: no second round)."""
+        """`calibration`: the units candidates are scored on; `pool`: other units the
+        finalists are scored on again (None: no second round)."""
         self.session = session
         self.budget = budget
         self.calibration = calibration
@@ -211,8 +213,8 @@ class Search:
 
     def confirm(self, finalists: list[tuple[Score, list[str]]], announce
                 ) -> tuple[Score, list[str]]:
-        """The finalist (calibration score, units), best first, whose score on every unit of
-        the pool is lowest; the first when there is no pool or a single finalist."""
+        """The finalist (calibration score, units), best first, whose score on the pool's
+        units is lowest; the first when there is no pool or a single finalist."""
         if self.pool is None or len(finalists) < 2:
             return finalists[0]
         announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
@@ -312,12 +314,13 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         return result
     calibration = search_units(session, calibration_units, seed)
     pool = search_pool(session, calibration_units)
+    unseen = [u for u in pool.units if u not in calibration.units]
+    confirmation = pool.select(units=unseen) if unseen else None
     result.calibration_units = calibration.units
-    search = Search(session, budget, calibration, width,
-                    pool if len(pool.units) > len(calibration.units) else None)
+    search = Search(session, budget, calibration, width, confirmation)
     chosen, score, trace = search.run(announce)
     result.confirmation = search.confirmed
-    result.confirmation_units = pool.units if search.confirmed else []
+    result.confirmation_units = unseen if search.confirmed else []
     result.strategy = "+".join(chosen) or "none"
     result.overhead = session.overhead(result.strategy).fraction
     result.score, result.trace = score.value, trace

@@ -57,6 +57,10 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     assert set(result.calibration_units).isdisjoint(session.corpus.units)
     assert session.selector_units  # the selectors' own calibration text is not scored on
     assert set(result.calibration_units).isdisjoint(session.selector_units)
+    # the finalists' second round is scored on other units of the pool, none audited
+    assert result.confirmation and result.confirmation_units
+    assert set(result.confirmation_units).isdisjoint(result.calibration_units)
+    assert set(result.confirmation_units).isdisjoint(session.corpus.units)
     assert all(row["storable"] for row in result.comparison[1:])  # int4 keeps single entries
     labels = [row["label"] for row in result.comparison]
     assert labels[:3] == ["suggested", "none", "seed recipe"]
@@ -173,7 +177,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
                             "confirmation": [{"strategy": "L1", "score": 1.5,
                                               "mean_disparity": 0.5, "worst_disparity": 1.0}]}
     html = render_html(report)
-    assert "Finalists scored again on all 2 units" in html and "<code>L1</code> 1.5" in html
+    assert "Finalists scored again on 2 other units" in html and "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
     assert "which a gguf:Q8_0 file cannot store" in html
 
