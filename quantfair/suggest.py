@@ -49,7 +49,7 @@ from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
 REPAIR = 0.5  # super weights are kept first when they leave at most this share of the damage
-FINALISTS = 3  # candidates scored again on the whole search pool before one is refined
+FINALISTS = 3  # candidates scored again on the search pool's other units before one is refined
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,8 @@ class Suggestion:
     forward_passes: int = 0
     wall_s: float = 0.0
     calibration_units: list[str] = field(default_factory=list)
-    # the finalists scored again on every pool unit: strategy, score, mean and worst disparity
+    # the finalists scored again on the pool's other units: strategy, score, mean and worst
+    # disparity
     confirmation: list[dict] = field(default_factory=list)
     confirmation_units: list[str] = field(default_factory=list)
     note: str = ""
