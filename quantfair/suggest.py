@@ -50,6 +50,10 @@ from quantfair.weights import layer_variance_ranking
 WIDTH = 3  # whole layers tried per step (highest variance first)
 REPAIR = 0.5  # super weights are kept first when they leave at most this share of the damage
 FINALISTS = 3  # candidates scored again on the search pool's other units before one is refined
+# A candidate must lower the score by more than this share: float32 summation order (which
+# units share a CPU batch) moves a score by ~1e-7, and a unit protecting nothing that matters
+# (norms a GGUF file keeps in F32 anyway) must not be taken for that.
+IMPROVEMENT = 1e-6
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class Search:
             announce(f"quantfair suggest: {phase} step {number}, {len(candidates)} candidates")
             scored = [(self.score(chosen + [c]), c) for c in candidates]
             good = [(s.value, i) for i, (s, _) in enumerate(scored)
-                    if self.allowed(s) and s.value < best.value]
+                    if self.allowed(s) and _lower(s.value, best.value)]
             pick = scored[min(good)[1]] if good else None
             trace += [self.step(number, phase, chosen, c, s, pick is not None and c == pick[1])
                       for s, c in scored]
@@ -247,7 +251,7 @@ class Search:
         trace += steps
         results.append((score, structural))
         ranked = sorted((s.value, i) for i, (s, _) in enumerate(results)
-                        if self.allowed(s) and s.value < start.value)
+                        if self.allowed(s) and _lower(s.value, start.value))
         finalists = {"+".join(results[i][1]): results[i] for _, i in ranked}
         finalists = [*list(finalists.values())[:FINALISTS], (start, repair)]
         best, chosen = self.confirm(finalists, announce)
@@ -263,6 +267,11 @@ class Search:
             "refinement", (steps[-1].step + 1) if steps else 1, announce)
         trace += steps
         return chosen, best, trace
+
+
+def _lower(score: float, than: float) -> bool:
+    """Whether `score` is lower than `than` by more than float noise (`IMPROVEMENT`)."""
+    return score < than - IMPROVEMENT * abs(than)
 
 
 def search_pool(session: AuditSession, count: int) -> Corpus:

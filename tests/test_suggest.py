@@ -1,5 +1,6 @@
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,6 +113,20 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
     assert chosen == ["B"] and score.value == 4.5  # the calibration score goes on
     assert [c["strategy"] for c in search.confirmed] == ["A", "B", "none"]
     assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
+
+
+@pytest.mark.parametrize(("change", "taken"), [(1e-9, False), (1e-3, True)])
+def test_a_unit_is_added_only_for_more_than_float_noise(tiny_models, monkeypatch, change,
+                                                         taken):
+    """Batch composition moves a score by ~1e-7: a unit protecting nothing that matters
+    (e.g. norms a GGUF file keeps in F32) must not be added for that."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    search = Search(session, 0.3, search_units(session, 2))
+    best = Score(2.0, 1.0, 1.0, 2.0, 1.0)
+    monkeypatch.setattr(search, "score", lambda units: replace(best, value=2.0 * (1 - change)))
+    chosen, _, _ = search.greedy([], best, lambda units: [] if units else ["ln_f"],
+                                 "refinement", 1, announce=lambda message: None)
+    assert chosen == (["ln_f"] if taken else [])
 
 
 def _measured(damage: dict[str, float]) -> Measurement:
