@@ -12,7 +12,7 @@ from itertools import zip_longest
 import numpy as np
 
 from quantfair.artifact import Artifact, load_artifact
-from quantfair.config import RunConfig
+from quantfair.config import RunConfig, parse_percent
 from quantfair.corpus import Corpus, load_corpus
 from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
 from quantfair.llamacpp import llama_cpp_file
@@ -156,11 +156,12 @@ class AuditSession:
         return resolver.overhead(resolver.resolve(strategy))
 
     def entry_percent(self, fraction: float) -> str:
-        """The `P%` of an entry selector (`random:`, `magnitude:`, `gradient:`, `act...:`) that
-        keeps at most `fraction` (0..1) of all parameters: these keep P% of the *quantized*
-        parameters, each tensor its share rounded to the nearest entry, so the share is
-        rounded down to 6 significant digits and lowered until the selection fits (a selector
-        over a budget cannot enter `suggest`'s search, nor be a fair baseline)."""
+        """The `P%` of an entry selector (`random:`, `magnitude:`, `gradient:`) that keeps at
+        most `fraction` (0..1) of all parameters: these keep P% of the *quantized* parameters,
+        each tensor its share rounded to the nearest entry, so the share is rounded down to 6
+        significant digits and lowered until the count fits (a selector over a budget cannot
+        enter `suggest`'s search, nor be a fair baseline). `act:` and `actgap:` take the same
+        share in whole input columns."""
         resolver = self.resolver()
         total = sum(c.numel for c in resolver.parts.values())
         quantized = sum(c.numel for c in resolver._quantized_parts()) or 1
@@ -169,10 +170,14 @@ class AuditSession:
             return "0%"
         digits = max(0, 5 - math.floor(math.log10(share)))
         count = math.floor(share * 10**digits)
-        while count > 0 and self.overhead(
-                f"magnitude:{count / 10**digits:.{digits}f}%").fraction > fraction + 1e-12:
+
+        def text(count: int) -> str:
+            return f"{count / 10**digits:.{digits}f}"
+
+        while count > 0 and resolver.entries_kept(
+                parse_percent(text(count), "share")) / total > fraction + 1e-12:
             count -= 1
-        return f"{count / 10**digits:.{digits}f}".rstrip("0").rstrip(".") + "%"
+        return text(count).rstrip("0").rstrip(".") + "%"
 
     def _evaluate(self, config: str, label: str, corpus: Corpus, apply: Callable[[], None],
                   swap: Swap | None = None, distribution: bool = False

@@ -244,16 +244,22 @@ class StrategyResolver:
     def _quantized_parts(self) -> list[Component]:
         return [c for c in self.parts.values() if in_scope(c, self.scheme)]
 
+    def entries_kept(self, fraction: float) -> int:
+        """How many parameters an entry selector (`random:`, `magnitude:`, `gradient:`) at
+        `fraction` of the quantized parameters keeps, without selecting them (the count of
+        `_top_elements`, whatever the scores)."""
+        return sum(_entries(fraction, c.numel) for c in self._quantized_parts())
+
     def _top_elements(self, parts: list[Component], score: Callable[[Component], torch.Tensor],
                       fraction: float) -> Protection:
-        """Per tensor, the round(fraction * numel) highest-scoring elements (ties cut in
+        """Per tensor, the `_entries(fraction, numel)` highest-scoring elements (ties cut in
         order, `_top_mask`); `score` is called one part at a time, and the masks are views of
         one mapped buffer (`_mask_views`)."""
         protection: Protection = {}
         views = _mask_views([c.numel for c in parts], self.bank.folder)
         for c, view in zip(parts, views, strict=True):
             flat = score(c).detach().flatten().float().cpu().numpy()
-            keep = round(fraction * flat.size)
+            keep = _entries(fraction, flat.size)
             if keep == 0:
                 continue
             if keep >= flat.size:
@@ -515,6 +521,11 @@ class StrategyResolver:
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
 
 
+def _entries(fraction: float, numel: int) -> int:
+    """Entries an entry selector keeps of a tensor: its share, rounded to the nearest entry."""
+    return round(fraction * numel)
+
+
 def _mask_views(sizes: list[int], folder: Path | None) -> list[torch.Tensor]:
     """Flat boolean tensors of these sizes, views of one zeroed buffer: element masks take a
     byte per parameter, so the buffer is a temporary file's memory map in `folder` (the
@@ -684,7 +695,7 @@ def calibration_gradients(
 
 # Part of every cached selection's key: a change to how selectors choose (or to the quantizer
 # some of them read) never serves a selection made the old way.
-SELECTOR_SOURCES = (StrategyResolver, _percent, _top_mask, _column_mask, _column_error,
+SELECTOR_SOURCES = (StrategyResolver, _percent, _entries, _top_mask, _column_mask, _column_error,
                     calibration_activations, calibration_gradients, layer_variance_ranking)
 SELECTOR_DIGEST = hashlib.sha256("".join(
     [*map(inspect.getsource, SELECTOR_SOURCES), QUANTIZER_DIGEST]).encode()).hexdigest()[:12]

@@ -24,16 +24,24 @@ def test_budget_matched_selectors_protect_as_much_as_their_reference(context, se
     assert matched == pytest.approx(reference, rel=0.01)
 
 
-def test_budget_matched_selectors_spend_the_budget_where_only_linear_weights_are_quantized():
+def test_budget_matched_selectors_spend_the_budget_where_only_linear_weights_are_quantized(
+        monkeypatch):
     """Entry selectors keep a share of the *quantized* parameters: where embeddings and norms
     stay in full precision, matching a budget takes a larger share, never more parameters."""
     session = AuditSession(RunConfig(model="tiny-gpt2", languages=("en", "de"), units=2,
                                      scheme=QuantScheme.parse("int4-g128-linear")),
                            announce=lambda message: None)
     context = AuditContext(session)
+    resolver = session.resolver()
+    selected = []
+    select = resolver._cached_selector
+    monkeypatch.setattr(resolver, "_cached_selector",
+                        lambda term: selected.append(term) or select(term))
     reference = context.overhead("L0+Llast").fraction
     matched = context.overhead(context.strategy_text(Matched("random", "L0+Llast"))).fraction
     assert 0.999 * reference <= matched <= reference
+    # sized by counting entries, not by selecting them with another selector first
+    assert [term.partition(":")[0] for term in selected] == ["random"]
 
 
 def test_layer_statistics_are_computed_once_for_every_process(context, tmp_path, monkeypatch):
