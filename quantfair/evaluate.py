@@ -15,6 +15,12 @@ sum(p_fp log p_fp), the FP argmax, p_fp(correct), u and p_fp . b per token (one 
 weight the run meets) makes the quantized side exact at the cost of one dot product per token.
 Heads that are not plain linear maps (logit soft-capping, logit scaling) fall back to an FP
 forward beside every quantized one.
+
+Memory: with a plain linear head the model's forward stops at the head's input and the logits
+are computed a block of positions at a time (`_Logits`), so a batch's [batch, length, vocab]
+logits never exist whole (a 2048-token window at Gemma 3's 262k vocabulary would be 2 GiB in
+float32, and its softmax as much again): what a pass holds beyond the model's activations is
+one block, whatever the length of the text.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,13 +51,16 @@ from quantfair.models import LoadedModel, cache_root
 from quantfair.prefix import HiddenStates
 from quantfair.storage import atomic_write, cache_writes
 
-EVALUATOR_VERSION = "3"  # 3: short units batched on CPU (numbers move ~1e-6 relative)
-DISTRIBUTION_VERSION = "1"  # bump when the FP side cache or the statistics change
+EVALUATOR_VERSION = "4"  # 3: short units batched on CPU; 4: the head run on blocks of positions
+DISTRIBUTION_VERSION = "2"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
-SIDE_ROWS = 512  # positions per float64 softmax block while building the FP side
+LOGITS_BLOCK_BYTES = 32 << 20  # float32 logits of the positions scored at a time, at most,
+MIN_BLOCK_ROWS = 128  # but never fewer positions than this (each block reads the whole head)
+VOCAB_SLAB_BYTES = 32 << 20  # float64 head rows at a time in the FP side's u = W^T p_fp
 CLAIM_TOKENS = 512  # tokens of units claimed at a time (on CPU; a batch on CUDA)
 CPU_BATCH_TOKENS = 512  # padded tokens per forward on CPU, at most (a longer window runs alone)
-CPU_BATCH_LOGITS = 96 << 20  # bytes of float32 logits per forward on CPU, at most
+CPU_BATCH_LOGITS = 96 << 20  # bytes of float32 logits per forward on CPU, at most, where the
+# model's own logits are used (a head that is not a plain linear map)
 CLAIM_STRIPES = 256  # lock files per model folder that claims are spread over
 WAIT_NOTICE_S = 30.0  # a waiting process says so again after this long
 
@@ -252,28 +261,46 @@ def linear_head(model: nn.Module) -> bool:
             and getattr(config, "logit_scale", None) in (None, 1.0))
 
 
-def _reference_side(fp_logits: torch.Tensor, targets: torch.Tensor,
+Block = Callable[[int, int], torch.Tensor]  # (start, stop) -> float32 logits [stop - start, vocab]
+
+
+def _blocks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    return [(first, min(stop, first + size)) for first in range(start, stop, size)]
+
+
+def _times_weight(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """p [n, vocab] (float64) times a head weight [vocab, hidden] in float64, a slab of the
+    vocabulary at a time: the whole weight in float64 would take 8 bytes per parameter of the
+    head (1.25 GiB on Gemma 3)."""
+    step = max(1, VOCAB_SLAB_BYTES // (8 * weight.shape[1]))
+    return sum(p[:, first:stop] @ weight[first:stop].double()
+               for first, stop in _blocks(0, weight.shape[0], step))
+
+
+def _reference_side(fp: Block, targets: torch.Tensor, rows: int,
                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                    logits: torch.Tensor | None = None
+                    logits: Block | None = None
                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """FP side of one window from its FP logits [n, vocab]: `plogp`, `top`, `p_correct`, and
-    with `weight` [vocab, hidden] (and `bias`) `u` and `c`; with the evaluated `logits`
-    [n, vocab], also the exact cross term sum_v p_fp(v) z_q(v) [n]."""
-    parts: dict[str, list[torch.Tensor]] = {"plogp": [], "p_correct": [], "u": [], "c": []}
+    """FP side of one window from its FP logits (`fp`, `rows` positions at a time; targets
+    [n]): `plogp`, `top`, `p_correct`, and with `weight` [vocab, hidden] (and `bias`) `u` and
+    `c`; with the evaluated `logits`, also the exact cross term sum_v p_fp(v) z_q(v) [n]."""
+    parts: dict[str, list[torch.Tensor]] = {
+        "plogp": [], "p_correct": [], "u": [], "c": [], "top": []}
     cross = []
-    for start in range(0, fp_logits.shape[0], SIDE_ROWS):
-        block = slice(start, start + SIDE_ROWS)
-        log_p = torch.log_softmax(fp_logits[block].double(), dim=-1)
+    for start, stop in _blocks(0, len(targets), rows):
+        z = fp(start, stop)
+        log_p = torch.log_softmax(z.double(), dim=-1)
         p = log_p.exp()
+        parts["top"].append(z.argmax(-1))
         parts["plogp"].append((p * log_p).sum(-1))
-        parts["p_correct"].append(p.gather(1, targets[block, None])[:, 0])
+        parts["p_correct"].append(p.gather(1, targets[start:stop, None])[:, 0])
         if logits is not None:
-            cross.append((p * logits[block].double()).sum(-1))
+            cross.append((p * logits(start, stop).double()).sum(-1))
         if weight is not None:
-            parts["u"].append((p @ weight).float())
-            parts["c"].append(p @ bias if bias is not None else torch.zeros_like(p[:, 0]))
+            parts["u"].append(_times_weight(p, weight).float())
+            parts["c"].append(p @ bias.double() if bias is not None
+                              else torch.zeros_like(p[:, 0]))
     side = {name: torch.cat(values) for name, values in parts.items() if values}
-    side["top"] = fp_logits.argmax(-1)
     return side, torch.cat(cross) if cross else None
 
 
@@ -288,20 +315,61 @@ class _WindowStatistics:
 
 
 def _window_statistics(first: int, side: dict[str, torch.Tensor], cross: torch.Tensor,
-                       logits: torch.Tensor, targets: torch.Tensor) -> _WindowStatistics:
-    """llama.cpp's per-token statistics: KLD = sum p_fp log p_fp - sum p_fp z_q + lse(z_q)."""
-    logits = logits.float()
-    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").double()
-    top, arg_top = logits.max(dim=-1)
-    # lse kept in float64: rounded to float32 it would be off by up to 1e-6 nats per token.
-    lse = top.double() + (logits - top[:, None]).exp().sum(-1).double().log()
+                       logits: Block, targets: torch.Tensor, rows: int) -> _WindowStatistics:
+    """llama.cpp's per-token statistics: KLD = sum p_fp log p_fp - sum p_fp z_q + lse(z_q),
+    from the evaluated logits (`rows` positions at a time; targets [n])."""
+    parts: dict[str, list[torch.Tensor]] = {"nll": [], "arg_top": [], "lse": [], "z": []}
+    for start, stop in _blocks(0, len(targets), rows):
+        z, wanted = logits(start, stop), targets[start:stop, None]
+        parts["nll"].append(torch.nn.functional.cross_entropy(z, wanted[:, 0], reduction="none"))
+        top, arg_top = z.max(dim=-1)
+        parts["arg_top"].append(arg_top)
+        # lse kept in float64: rounded to float32 it would be off by up to 1e-6 nats per token.
+        parts["lse"].append(top.double() + (z - top[:, None]).exp().sum(-1).double().log())
+        parts["z"].append(z.gather(1, wanted)[:, 0].double())
+    nll, arg_top, lse, z_correct = (torch.cat(parts[name])
+                                    for name in ("nll", "arg_top", "lse", "z"))
+    nll = nll.double()
     kld = side["plogp"] - cross + lse
-    p_correct = torch.exp(logits.gather(1, targets[:, None])[:, 0].double() - lse)
+    p_correct = torch.exp(z_correct - lse)
     delta_p = p_correct - side["p_correct"]
     return _WindowStatistics(
         first=first, nll=nll.sum().item(), kld=kld.cpu().numpy(),
         same_top=int((arg_top == side["top"]).sum()),
         delta_p=delta_p.sum().item(), delta_p_sq=(delta_p * delta_p).sum().item())
+
+
+class _Logits:
+    """The logits of one padded batch, a block of positions of one row at a time (float32
+    [stop - start, vocab]). With `head` (a plain linear head), `output` is the head's input
+    [batch, length, hidden] and a block is the head applied to its positions only; otherwise
+    `output` is the model's own logits [batch, length, vocab]. A block is computed with the
+    head's weights as they are when it is asked for."""
+
+    def __init__(self, output: torch.Tensor, head: nn.Module | None) -> None:
+        self.output, self.head = output, head
+
+    def rows(self, row: int, start: int, stop: int) -> torch.Tensor:
+        block = self.output[row, start:stop]
+        if self.head is not None:
+            block = torch.nn.functional.linear(block, self.head.weight, self.head.bias)
+        return block.float()
+
+    def window(self, row: int, offset: int) -> Block:
+        """`rows` of one row, positions counted from `offset`."""
+        return lambda start, stop: self.rows(row, offset + start, offset + stop)
+
+
+@contextmanager
+def _without_head(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, the model's forward returns its output head's input in place of the logits
+    (the head is swapped for an identity and put back); yields the head."""
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(nn.Identity())
+    try:
+        yield head
+    finally:
+        model.set_output_embeddings(head)
 
 
 @dataclass(frozen=True)
@@ -359,15 +427,20 @@ class Evaluator:
         self.announce = announce or (lambda message: None)
         self.cache = cache or ResultCache(model_results(loaded))
         self.window = min(loaded.context_length, MAX_WINDOW)
-        # On CPU, units of similar length share a forward of at most 512 tokens whose logits
-        # fit in 96 MiB (all 512 at SmolLM2's 49k vocabulary, 96 at Gemma 3's 262k): ~12%
-        # faster than one at a time for ~120-token units; a longer window runs alone.
+        # On CPU, units of similar length share a forward of at most 512 tokens (~12% faster
+        # than one at a time for ~120-token units; a longer window runs alone), whose logits
+        # fit in 96 MiB where the model's own logits are used.
+        vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
         if batch_tokens is None and loaded.device.type == "cuda":
             batch_tokens = 16384
+        elif batch_tokens is None and linear_head(loaded.model):
+            batch_tokens = CPU_BATCH_TOKENS
         elif batch_tokens is None:
-            vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
             batch_tokens = min(CPU_BATCH_TOKENS, CPU_BATCH_LOGITS // (4 * vocabulary))
         self.batch_tokens = batch_tokens
+        # Positions whose logits are computed at a time: 170 (32 MiB) at SmolLM2's 49k
+        # vocabulary; 128 (128 MiB) at Gemma 3's 262k, where 64 slowed its head by a fifth.
+        self.block_rows = max(MIN_BLOCK_ROWS, LOGITS_BLOCK_BYTES // (4 * vocabulary))
         tokenizer = loaded.tokenizer
         self.prefix = tokenizer.bos_token_id
         if self.prefix is None:
@@ -419,8 +492,8 @@ class Evaluator:
         if batch:
             yield batch
 
-    def _run(self, batch: list[_Window]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids [batch, length] and logits [batch, length, vocab] of one padded batch."""
+    def _run(self, batch: list[_Window]) -> tuple[torch.Tensor, _Logits]:
+        """Token ids [batch, length] and the logits of one padded batch."""
         device = self.loaded.device
         length = max(len(w.ids) for w in batch)
         pad = self.loaded.tokenizer.pad_token_id or 0
@@ -435,20 +508,20 @@ class Evaluator:
         # Without padding the mask is all ones; leaving it out keeps the fast causal path.
         mask = mask.to(device) if padded else None
         reuse = self.hidden_states.forward(ids, mask) if self.hidden_states else nullcontext()
-        with reuse:
-            logits = self.loaded.model(input_ids=ids, attention_mask=mask).logits
-        return ids, logits
+        exact = self.exact_head
+        with reuse, _without_head(self.loaded.model) if exact else nullcontext() as head:
+            output = self.loaded.model(input_ids=ids, attention_mask=mask).logits
+        return ids, _Logits(output, head)
 
     @torch.inference_mode()
     def _score(self, batch: list[_Window]) -> list[float]:
         ids, logits = self._run(batch)
         sums = []
-        for row, window in enumerate(batch):  # rows in chunks: no second copy of the logits
+        for row, window in enumerate(batch):
             first, end = window.score_from - 1, len(window.ids) - 1
             losses = [torch.nn.functional.cross_entropy(
-                logits[row, start:min(end, start + SIDE_ROWS)].float(),
-                ids[row, start + 1:min(end, start + SIDE_ROWS) + 1], reduction="none")
-                for start in range(first, end, SIDE_ROWS)]
+                logits.rows(row, start, stop), ids[row, start + 1:stop + 1], reduction="none")
+                for start, stop in _blocks(first, end, self.block_rows)]
             sums.append(torch.cat(losses).double().sum().item() if losses else 0.0)
         return sums
 
@@ -582,15 +655,23 @@ class Evaluator:
 
     @cached_property
     def exact_head(self) -> bool:
-        """`linear_head` of the model, confirmed on one forward (the logits must be the head's
-        own output)."""
-        if not linear_head(self.loaded.model):
+        """`linear_head` of the model, confirmed on one forward: the logits must be the head's
+        weight and bias applied to its input (then logits can be computed a block at a time,
+        and the FP side cached without the vocabulary)."""
+        model = self.loaded.model
+        if not linear_head(model):
             return False
-        window = _Window("probe", [self.prefix or 0] * 2, 1)
-        with torch.inference_mode():
-            _, logits, _, head_output = self._run_with_head([window])
-        self.forward_passes -= 1  # a probe, not an evaluation
-        return torch.equal(logits, head_output)
+        head, captured = model.get_output_embeddings(), []
+        handle = head.register_forward_hook(
+            lambda _module, args, output: captured.append(args[0]))
+        ids = torch.tensor([[self.prefix or 0] * 2], device=self.loaded.device)
+        try:
+            with torch.inference_mode():
+                logits = model(input_ids=ids).logits
+                linear = torch.nn.functional.linear(captured[0], head.weight, head.bias)
+        finally:
+            handle.remove()
+        return torch.equal(logits, linear.to(logits.dtype))
 
     def head_variant(self) -> str:
         """Content hash of the output head as it is in the model now (weight and bias; hashed
@@ -601,17 +682,6 @@ class Evaluator:
             if tensor is not None:
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
         return digest.hexdigest()[:16]
-
-    def _run_with_head(self, batch: list[_Window]) -> tuple[torch.Tensor, ...]:
-        """`_run` plus the head's input [batch, length, hidden] and output (as captured)."""
-        captured: list[torch.Tensor] = []
-        handle = self.loaded.model.get_output_embeddings().register_forward_hook(
-            lambda _module, args, output: captured.extend((args[0], output)))
-        try:
-            ids, logits = self._run(batch)
-        finally:
-            handle.remove()
-        return ids, logits, captured[0], captured[1]
 
     def cached_distribution(self, config: str, texts: Iterable[str]
                             ) -> dict[str, UnitDistribution]:
@@ -673,24 +743,25 @@ class Evaluator:
                 swap.to_reference()
                 _, fp_logits = self._run(batch)
                 swap.to_config()
-            token_ids, logits, hidden, _ = self._run_with_head(batch)
+            token_ids, logits = self._run(batch)
             if not exact and swap is None:
                 fp_logits = logits
             finished = {}
             for row, window in enumerate(batch):
                 rows = slice(window.score_from - 1, len(window.ids) - 1)
                 targets = token_ids[row, window.score_from: len(window.ids)]
-                if exact:
+                block = logits.window(row, rows.start)
+                if exact:  # the head's input is the model's output
                     scored = slice(window.first, window.first + len(targets))
-                    side = {name: torch.from_numpy(array[scored]).to(logits.device)
+                    side = {name: torch.from_numpy(array[scored]).to(targets.device)
                             for name, array in sides[window.key].items()}
-                    cross = (side["u"].double() * hidden[row, rows].double()).sum(-1) \
-                        + side["c"]
+                    hidden = logits.output[row, rows].double()
+                    cross = (side["u"].double() * hidden).sum(-1) + side["c"]
                 else:
-                    side, cross = _reference_side(fp_logits[row, rows], targets,
-                                                  logits=logits[row, rows])
-                statistics[window.key].append(
-                    _window_statistics(window.first, side, cross, logits[row, rows], targets))
+                    side, cross = _reference_side(fp_logits.window(row, rows.start), targets,
+                                                  self.block_rows, logits=block)
+                statistics[window.key].append(_window_statistics(
+                    window.first, side, cross, block, targets, self.block_rows))
                 pending[window.key] -= 1
                 tracker.advance(len(window.ids))
                 if pending[window.key] == 0:
@@ -708,8 +779,13 @@ class Evaluator:
                           swap: Swap | None) -> None:
         """Cache the FP side of these units (token ids by unit key) for the current head."""
         module = self.loaded.model.get_output_embeddings()
-        weight = module.weight.detach().double()  # the evaluated configuration's head
-        bias = module.bias.detach().double() if module.bias is not None else None
+        # The evaluated configuration's head. The weight bank points parameters at its own
+        # float32 CPU tensors, but copies into parameters of another dtype or device: there
+        # the FP weights coming in would overwrite it.
+        weight, bias = module.weight.detach(), module.bias
+        bias = bias.detach() if bias is not None else None
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            weight, bias = weight.clone(), bias.clone() if bias is not None else None
         windows = [w for key, unit in units.items() for w in self._windows(key, unit)]
         pending = {key: sum(1 for w in windows if w.key == key) for key in units}
         built: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {k: [] for k in units}
@@ -721,7 +797,8 @@ class Evaluator:
                 for row, window in enumerate(batch):
                     rows = slice(window.score_from - 1, len(window.ids) - 1)
                     targets = token_ids[row, window.score_from: len(window.ids)]
-                    side, _ = _reference_side(fp_logits[row, rows], targets, weight, bias)
+                    side, _ = _reference_side(fp_logits.window(row, rows.start), targets,
+                                              self.block_rows, weight, bias)
                     built[window.key].append((window.first, side))
                     pending[window.key] -= 1
                     if pending[window.key] == 0:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from quantfair import evaluate
 from quantfair.config import RunConfig
 from quantfair.corpus import load_corpus
 from quantfair.evaluate import Evaluator, ResultCache, Swap
@@ -114,6 +115,22 @@ def test_statistics_equal_a_full_vocabulary_computation(name, scheme, tmp_path):
     session = check_against_full_vocabulary(name, [scheme], ["none", "L0"], tmp_path, units=2,
                                             chars=50)
     assert session.evaluator.exact_head
+
+
+@pytest.mark.parametrize("name, variant", [("tiny-llama", {"head_bias": True}),
+                                           ("tiny-gemma3", {"softcap": 3.0})])
+def test_statistics_hold_across_blocks_of_positions_and_vocabulary(name, variant, tmp_path,
+                                                                    monkeypatch):
+    # Logits a few positions at a time, u = W^T p_fp a few vocabulary rows at a time.
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(evaluate, "MIN_BLOCK_ROWS", 3)
+    monkeypatch.setattr(evaluate, "LOGITS_BLOCK_BYTES", 1)
+    hidden = load(name).model.get_output_embeddings().weight.shape[1]
+    monkeypatch.setattr(evaluate, "VOCAB_SLAB_BYTES", 8 * hidden * 7)  # 7 rows of the head
+    session = check_against_full_vocabulary(name, ["int4"], ["none", "L0"], tmp_path, units=2,
+                                            chars=50, **variant)
+    assert session.evaluator.block_rows == 3
+    assert session.evaluator.exact_head == ("softcap" not in variant)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

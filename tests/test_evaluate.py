@@ -48,11 +48,10 @@ def test_batched_padding_gives_the_same_nll(tiny_models, short_texts, tmp_path):
         assert result[text].nll == pytest.approx(single[text].nll, rel=1e-5)
 
 
-def test_cpu_batches_hold_units_of_similar_length_within_the_logits_budget(
+def test_cpu_batches_hold_units_of_similar_length_within_the_token_budget(
         tiny_models, tmp_path, monkeypatch):
     loaded = tiny_models["tiny-llama"]
-    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(evaluate, "CPU_BATCH_LOGITS", 4 * vocabulary * 100)  # 100 tokens
+    monkeypatch.setattr(evaluate, "CPU_BATCH_TOKENS", 100)
     monkeypatch.setattr(evaluate, "CLAIM_TOKENS", 100)  # and as many claimed at a time
     texts = [f"unit {i} " + "x" * (5 * (i * 5 % 12)) for i in range(12)]  # 7 to 62 tokens
     evaluator = Evaluator(loaded, ResultCache(tmp_path))
@@ -68,6 +67,48 @@ def test_cpu_batches_hold_units_of_similar_length_within_the_logits_budget(
     assert sum(rows * length for rows, length in shapes) < 1.25 * tokens  # little padding
     for text in texts:  # and each unit's NLL is its own, as scored alone
         assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma3"])
+def test_logits_are_computed_a_few_positions_at_a_time(tiny_models, short_texts, tmp_path,
+                                                       monkeypatch, name):
+    # The forward stops at the head's input; the head runs on blocks of positions, so a
+    # batch's [batch, length, vocab] logits never exist whole.
+    loaded = tiny_models[name]
+    monkeypatch.setattr(evaluate, "MIN_BLOCK_ROWS", 3)
+    monkeypatch.setattr(evaluate, "LOGITS_BLOCK_BYTES", 1)
+    texts = [t[:60] for t in short_texts]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=4096)
+    assert evaluator.exact_head and evaluator.block_rows == 3
+    blocks, outputs, rows = [], [], evaluate._Logits.rows
+
+    def recorded(self, *args):
+        block = rows(self, *args)
+        outputs.append(self.output.shape[-1])
+        blocks.append(block.shape)
+        return block
+    monkeypatch.setattr(evaluate._Logits, "rows", recorded)
+    results = evaluator.evaluate("fp", texts)
+    vocabulary, hidden = loaded.model.get_output_embeddings().weight.shape
+    assert set(outputs) == {hidden} and hidden < vocabulary
+    assert max(n for n, _ in blocks) == 3 and {v for _, v in blocks} == {vocabulary}
+    for text in texts:
+        assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)
+
+
+def test_a_head_that_is_not_linear_is_batched_within_the_logits_budget(tmp_path, monkeypatch):
+    loaded = load_model("tiny-gemma3")
+    loaded.model.config.final_logit_softcapping = 3.0  # logits are no longer W h + b
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(evaluate, "CPU_BATCH_LOGITS", 4 * vocabulary * 100)  # 100 tokens
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    assert not evaluator.exact_head and evaluator.batch_tokens == 100
+    text = load_corpus().texts["en"]["article_01"][:60]
+    with torch.no_grad():  # the model's own (soft-capped) logits are scored
+        ids = torch.tensor([evaluator.token_ids(text)])
+        expected = torch.nn.functional.cross_entropy(
+            loaded.model(input_ids=ids).logits[0, :-1].double(), ids[0, 1:], reduction="sum")
+    assert evaluator.evaluate("fp", [text])[text].nll == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_long_units_use_a_sliding_window(tiny_models, tmp_path):
