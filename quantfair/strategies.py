@@ -250,15 +250,21 @@ class StrategyResolver:
         `_top_elements`, whatever the scores)."""
         return sum(_entries(fraction, c.numel) for c in self._quantized_parts())
 
-    def _top_elements(self, parts: list[Component], score: Callable[[Component], torch.Tensor],
+    def _top_elements(self, parts: list[Component],
+                      score: Callable[[Component, torch.Tensor], torch.Tensor],
                       fraction: float) -> Protection:
         """Per tensor, the `_entries(fraction, numel)` highest-scoring elements (ties cut in
-        order, `_top_mask`); `score` is called one part at a time, and the masks are views of
-        one mapped buffer (`_mask_views`)."""
+        order, `_top_mask`). `score(part, out)` is called one part at a time and may write the
+        part's scores into `out` (float32, the part's shape), a view of one mapped buffer as
+        large as the largest part (a token embedding's scores are 100+ MB); the masks are views
+        of another (`_mask_views`)."""
         protection: Protection = {}
         views = _mask_views([c.numel for c in parts], self.bank.folder)
+        buffer = scratch(max((c.numel for c in parts), default=0), torch.float32,
+                         self.bank.folder)
         for c, view in zip(parts, views, strict=True):
-            flat = score(c).detach().flatten().float().cpu().numpy()
+            out = buffer[:c.numel].view(c.shape)
+            flat = score(c, out).detach().flatten().float().cpu().numpy()
             keep = _entries(fraction, flat.size)
             if keep == 0:
                 continue
@@ -279,16 +285,16 @@ class StrategyResolver:
             generator = torch.Generator().manual_seed(seed)
             return self._top_elements(
                 self._quantized_parts(),
-                lambda c: torch.rand(fp[c.name].shape, generator=generator), fraction)
+                lambda c, out: torch.rand(c.shape, generator=generator, out=out), fraction)
         if kind == "magnitude":
             fraction = _percent(argument, term)
-            return self._top_elements(self._quantized_parts(), lambda c: fp[c.name].abs(),
-                                      fraction)
+            return self._top_elements(self._quantized_parts(),
+                                      lambda c, out: torch.abs(fp[c.name], out=out), fraction)
         if kind == "gradient":
             fraction = _percent(argument, term)
             gradients = self._gradient_scores()
-            return self._top_elements(self._quantized_parts(), lambda c: gradients[c.name],
-                                      fraction)
+            return self._top_elements(self._quantized_parts(),
+                                      lambda c, _: gradients[c.name], fraction)
         if kind == "variance":
             match = re.fullmatch(r"top(\d+)", argument)
             if not match:

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from quantfair import metrics, weights
 from quantfair.metrics import Measurement
@@ -70,6 +71,22 @@ def test_correlation_and_weight_statistics():
     gaussian = weights.weight_statistics(np.random.default_rng(0).normal(size=100_000))
     assert abs(gaussian["kurtosis"]) < 0.1 and gaussian["outlier_share"] == pytest.approx(
         0.0027, abs=0.001)
+
+
+def test_weight_statistics_over_chunks_and_arrays_equal_whole_array_library_values(
+        monkeypatch):
+    monkeypatch.setattr(weights, "CHUNK", 1000)  # several chunks, a partial last one
+    rng = np.random.default_rng(1)
+    parts = [rng.standard_t(3, size=2500).astype(np.float32) + 2,  # heavy tails, off zero
+             rng.normal(size=(40, 30)).astype(np.float32)]
+    flat = np.concatenate([p.ravel() for p in parts]).astype(np.float64)
+    z = (flat - flat.mean()) / flat.std()
+    got = weights.weight_statistics(parts)
+    assert got["variance"] == pytest.approx(flat.var(), rel=1e-12)
+    assert got["kurtosis"] == pytest.approx(scipy.stats.kurtosis(flat), rel=1e-10)
+    assert got["outlier_share"] == np.mean(np.abs(z) > 3) > 0
+    assert got["sparsity"] == np.mean(np.abs(flat) < 0.1 * flat.std()) > 0
+    assert math.isnan(weights.weight_statistics(np.ones(10))["kurtosis"])
 
 
 def test_bootstrap_pairs_fp_with_q_and_languages_with_each_other():

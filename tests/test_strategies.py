@@ -299,18 +299,44 @@ def test_top_mask_keeps_the_highest_scores_ties_in_order(values, data):
     assert np.array_equal(out, expected)  # -0.0 == 0.0: a tie, like any other
 
 
+def _mapped_ranges(folder) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of files in `folder`."""
+    with open("/proc/self/maps") as maps:
+        return [tuple(int(x, 16) for x in line.split()[0].split("-"))
+                for line in maps if len(line.split()) >= 6
+                and line.split()[5].startswith(str(folder))]
+
+
 def test_element_masks_live_in_a_mapped_file_not_in_process_memory(tmp_path):
     """A mask takes a byte per parameter: the masks of a selection are views of a temporary
     file's memory map in the bank's folder; without a folder they are ordinary memory."""
     model = models.load_model("tiny-gpt2").model
     mapped = StrategyResolver(WeightBank(model, tmp_path), INT4).resolve("random:5%@1")
-    with open("/proc/self/maps") as maps:
-        ranges = [tuple(int(x, 16) for x in line.split()[0].split("-"))
-                  for line in maps if len(line.split()) >= 6
-                  and line.split()[5].startswith(str(tmp_path))]
+    ranges = _mapped_ranges(tmp_path)
     masks = [keep for keep in mapped.values() if isinstance(keep, torch.Tensor)]
     assert masks and all(any(lo <= m.data_ptr() < hi for lo, hi in ranges) for m in masks)
     bank = WeightBank(model, tmp_path / "other")
     bank.folder = None  # e.g. a cache that cannot be written
     in_memory = StrategyResolver(bank, INT4).resolve("random:5%@1")
     assert all(torch.equal(in_memory[name], keep) for name, keep in mapped.items())
+
+
+@pytest.mark.parametrize("selector", ["random:5%@1", "magnitude:5%"])
+def test_entry_scores_are_written_to_a_mapped_buffer(tmp_path, monkeypatch, selector):
+    # A float32 score per entry of the largest tensor (a token embedding: 100+ MB) lives in
+    # a temporary file's map, like the masks, not in process memory.
+    model = models.load_model("tiny-gpt2").model
+    resolver = StrategyResolver(WeightBank(model, tmp_path), INT4)
+    scored, top_elements = [], resolver._top_elements
+
+    def spied(parts, score, fraction):
+        def recorded(c, out):
+            result = score(c, out)
+            pointer = result.data_ptr()
+            scored.append(tuple(result.shape) == tuple(c.shape) and any(
+                lo <= pointer < hi for lo, hi in _mapped_ranges(tmp_path)))
+            return result
+        return top_elements(parts, recorded, fraction)
+    monkeypatch.setattr(resolver, "_top_elements", spied)
+    resolver.resolve(selector)
+    assert scored and all(scored)
