@@ -211,10 +211,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
               f"({result.forward_passes:,} forward passes, {result.wall_s:.0f} s):")
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
-                      "en damage (NLL)", "chosen"],
+                      "en KLD (nats)", "chosen"],
                      [(s.phase, s.step, s.candidate, f"{s.score:.4f}",
                        f"{s.mean_disparity:.3f}", f"{100 * s.overhead:.3f}%",
-                       f"{s.english_delta:.2f}", "*" if s.chosen else "")
+                       f"{s.english_damage:.2f}", "*" if s.chosen else "")
                       for s in result.trace]))
     if result.confirmation:
         print(f"\nfinalists scored again on {len(result.confirmation_units)} other units of the "

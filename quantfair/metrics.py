@@ -151,9 +151,9 @@ class Measurement:
             return value, samples, ""
         if metric in ("mean_kld", "same_top_rate"):
             name = "kld" if metric == "mean_kld" else "same_top"
-            return *self._per(self._sums(name), self.tokens), ""
+            return *self._per(self.sums(name), self.tokens), ""
         if metric == "kld_disparity":
-            (value, samples), reason = self._per(self._sums("kld"), self.bytes), \
+            (value, samples), reason = self._per(self.sums("kld"), self.bytes), \
                 self.kld_undefined()
         else:
             value, samples = self._series("delta" if metric == "disparity" else "degradation")
@@ -201,7 +201,10 @@ class Measurement:
         return Estimate(value, *self._interval(samples), undefined=reason)
 
     # -- distribution statistics, per language, as llama.cpp's perplexity.cpp defines them --
-    def _sums(self, name: str) -> np.ndarray:
+    def sums(self, name: str) -> np.ndarray:
+        """A distribution statistic (`kld`, `same_top`, `delta_p`, `delta_p_sq`: summed over
+        each unit's tokens, [language, unit]; `kld_tokens`: per language, every token's).
+        Raises ValueError where the measurement has none."""
         value = getattr(self, name)
         if value is None:
             raise ValueError("this measurement has no distribution statistics: measure it "
@@ -225,12 +228,12 @@ class Measurement:
     def kld_per_byte(self) -> dict[str, Estimate]:
         """KL divergence summed over the language's tokens per UTF-8 byte of its text, nats/byte
         (fair across tokenizer fertility), with CIs."""
-        return self._from_draws(*self._per(self._sums("kld"), self.bytes))
+        return self._from_draws(*self._per(self.sums("kld"), self.bytes))
 
     def kld_percentiles(self) -> dict[str, dict[str, float]]:
         """Per language, the per-token KLD (nats) at llama.cpp's percentiles: `median`, `p90`,
         `p95`, `p99`, `p99.9` and `max`."""
-        tokens = self._sums("kld_tokens")
+        tokens = self.sums("kld_tokens")
         return {lang: {name: float(np.percentile(tokens[i], q))
                        for name, q in KLD_PERCENTILES.items()}
                 for i, lang in enumerate(self.languages)}
@@ -243,11 +246,11 @@ class Measurement:
     def mean_delta_p(self) -> dict[str, Estimate]:
         """Mean of p_q(correct) - p_fp(correct) per scored token (a probability; llama.cpp's
         "Mean Δp"), with CIs."""
-        return self._from_draws(*self._per(self._sums("delta_p"), self.tokens))
+        return self._from_draws(*self._per(self.sums("delta_p"), self.tokens))
 
     def rms_delta_p(self) -> dict[str, Estimate]:
         """Root mean square of the same delta-p (llama.cpp's "RMS Δp"), with CIs."""
-        value, samples = self._per(self._sums("delta_p_sq"), self.tokens)
+        value, samples = self._per(self.sums("delta_p_sq"), self.tokens)
         return self._from_draws(np.sqrt(value), np.sqrt(samples))
 
     def ln_ppl_ratio(self) -> dict[str, Estimate]:
@@ -258,7 +261,7 @@ class Measurement:
     def kld_undefined(self) -> str:
         """Why KLD ratios to the reference are not reported (empty when they are). KLD is never
         negative, so its CI cannot include 0: a floor on the mean is the guard."""
-        value, _ = self._per(self._sums("kld"), self.tokens)
+        value, _ = self._per(self.sums("kld"), self.tokens)
         if value[self.ref] < KLD_FLOOR:
             return f"{self.reference} mean KLD is below {KLD_FLOOR} nats/token"
         return ""

@@ -1,12 +1,17 @@
 """Find the parameters worth keeping in full precision for *this* model, within a budget.
 
 Every candidate is scored on calibration units disjoint from the audit units (so the audit
-afterwards is a held-out test) by the quantity the audits judge: disparity, the NLL damage of
-each language over English's on the same texts, as mean + worst over the non-reference
-languages (fairness, not only the average). A candidate may not raise the damage above the
-unprotected model's, neither English's own nor the languages' (each over English's unprotected
-damage, mean + worst): fairness is not bought by making the model worse. Candidates, all
-within the budget (a fraction of the parameters):
+afterwards is a held-out test) by disparity, each language's damage over English's on the
+same texts, as mean + worst over the non-reference languages (fairness, not only the
+average). The damage is the KL divergence of the quantized model's next-token distributions
+from the FP model's, summed over the tokens (`_damage`): the audits judge the NLL change at
+the observed token, of which the KL divergence is the expectation under the FP model's
+distribution, so it ranks candidates alike with the sampling noise of the one observed token
+removed (on Gemma 3 under gguf:Q4_0, four calibration units ranked by NLL put layer 11 ahead
+of the seed's recipe; by KL divergence the seed's recipe, as 22 audit units do by NLL). A
+candidate may not raise the damage above the unprotected model's, neither English's own nor
+the languages' (each over English's unprotected damage, mean + worst): fairness is not bought
+by making the model worse. Candidates, all within the budget (a fraction of the parameters):
 
 1. a portfolio of selectors spending the whole budget: the seed's recipe scaled to it
    (`seed:`), the highest-variance whole layers (`variance:`), and where the scheme can keep
@@ -19,10 +24,11 @@ within the budget (a fraction of the parameters):
    disparity;
 2. a greedy structural search over protection units (whole layers ordered by weight variance,
    then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
-   norms, biases and position embeddings);
+   norms, biases and position embeddings); a unit that removes at least half the damage is
+   taken first, like super weights, whatever it does to disparity;
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
    score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring lowest
-   on the calibration units, and no protection (or the super weights kept first), are scored
+   on the calibration units, and no protection (or what breaks the model, kept first), are scored
    again on the rest of the search's pool (units no candidate was scored or chosen on), and
    the lowest there is refined: on a few units candidates often differ by less than the
    noise, and the lowest of many noisy scores is biased low (the winner's curse; the greedy
@@ -63,7 +69,7 @@ class Step:
     strategy: str
     score: float  # mean + worst disparity on calibration units (lower is better)
     overhead: float
-    english_delta: float  # English's summed NLL damage on calibration units
+    english_damage: float  # English's summed KL divergence on calibration units, nats
     chosen: bool
     mean_disparity: float = math.nan
     worst_disparity: float = math.nan
@@ -95,9 +101,13 @@ class Suggestion:
 
 
 def _damage(m) -> np.ndarray:
-    """Per language, the summed |NLL change| over units: quantization damage in either
-    direction (a random model's loss can also fall)."""
-    return abs(m.nll_q - m.nll_fp).sum(axis=1)
+    """Per language [languages], the KL divergence sum_v p_fp(v) (log p_fp(v) - log p_q(v))
+    summed over every scored token of the units, nats (llama.cpp's KLD, summed): the
+    expectation, under the FP model's next-token distribution, of the NLL change the audits
+    measure at the observed token; never negative, zero only where the distributions agree.
+    Sums, not per-byte means: the texts say the same in every language, as for the audits'
+    disparity. Raises ValueError for a measurement without distribution statistics."""
+    return m.sums("kld").sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -106,15 +116,15 @@ class Score:
     mean: float  # mean disparity (damage over English's damage under the same protection)
     worst: float  # worst-language disparity
     damage: float  # mean + worst damage over English's unprotected damage: may not grow
-    english: float  # English's summed NLL damage
+    english: float  # English's summed KL divergence, nats
 
 
 def calibration_score(m, english_none: float | None = None) -> Score:
-    """The score of a calibration measurement. Its value is the disparity the audits judge,
-    each non-reference language's NLL damage (`_damage`) over English's under the same
-    protection, as mean + worst (fairness, not only the average). Beside it the damage, the
-    same ratios over English's *unprotected* damage (`english_none`; this measurement's own
-    when None): the damage removed, with the worst language weighted up."""
+    """The score of a calibration measurement. Its value is disparity, each non-reference
+    language's damage (`_damage`, KL divergence) over English's under the same protection,
+    as mean + worst (fairness, not only the average). Beside it the damage, the same ratios
+    over English's *unprotected* damage (`english_none`; this measurement's own when None):
+    the damage removed, with the worst language weighted up."""
     damage = _damage(m)
     english = float(damage[m.ref])
     others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
@@ -139,6 +149,7 @@ class Search:
         self.none = calibration_score(self.measure([]))
         self.english_none = self.none.english
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
+        self.kept: list[str] = []  # the units kept first because they break the model
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
@@ -147,7 +158,8 @@ class Search:
         return self.overhead(units) <= self.budget + 1e-12
 
     def measure(self, units: list[str]):
-        return self.session.measure("+".join(units) or "none", corpus=self.calibration)
+        return self.session.measure("+".join(units) or "none", corpus=self.calibration,
+                                    distribution=True)
 
     def score(self, units: list[str]) -> Score:
         """The calibration score of protecting `units`."""
@@ -158,6 +170,12 @@ class Search:
         model's: a protection may not buy fairness by making the model worse."""
         return (score.english <= self.english_none * (1 + 1e-9)
                 and score.damage <= self.floor.damage * (1 + 1e-9))
+
+    def repairs(self, score: Score) -> bool:
+        """Whether what `score` measured removes at least `REPAIR` of the unprotected model's
+        damage beyond what is already kept for that reason: quantizing it breaks the model."""
+        return self.allowed(score) and (
+            score.damage <= self.floor.damage - REPAIR * self.none.damage)
 
     def step(self, number: int, phase: str, chosen: list[str], candidate: str, score: Score,
              picked: bool) -> Step:
@@ -201,19 +219,25 @@ class Search:
 
     def greedy(self, chosen: list[str], best: Score, options, phase: str, first_step: int,
                announce) -> tuple[list[str], Score, list[Step]]:
-        """Add the best-scoring option of `options(chosen)` while one improves the score."""
+        """Add the best-scoring option of `options(chosen)` while one improves the score. An
+        option whose quantization breaks the model (keeping it removes at least `REPAIR` of
+        the damage) is added first, the one removing most, whatever it does to disparity (as
+        super weights are in `run`); what follows may not undo it."""
         trace, number = [], first_step
         while candidates := options(chosen):
             announce(f"quantfair suggest: {phase} step {number}, {len(candidates)} candidates")
             scored = [(self.score(chosen + [c]), c) for c in candidates]
-            good = [(s.value, i) for i, (s, _) in enumerate(scored)
-                    if self.allowed(s) and _lower(s.value, best.value)]
+            broken = [(s.damage, i) for i, (s, _) in enumerate(scored) if self.repairs(s)]
+            good = broken or [(s.value, i) for i, (s, _) in enumerate(scored)
+                              if self.allowed(s) and _lower(s.value, best.value)]
             pick = scored[min(good)[1]] if good else None
             trace += [self.step(number, phase, chosen, c, s, pick is not None and c == pick[1])
                       for s, c in scored]
             if pick is None:
                 break
             best, chosen, number = pick[0], chosen + [pick[1]], number + 1
+            if broken:
+                self.floor, self.kept = best, chosen
         return chosen, best, trace
 
     def confirm(self, finalists: list[tuple[Score, list[str]]], announce
@@ -225,7 +249,7 @@ class Search:
         announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
                  "units per language")
         scored = [calibration_score(self.session.measure("+".join(units) or "none",
-                                                         corpus=self.pool))
+                                                         corpus=self.pool, distribution=True))
                   for _, units in finalists]
         self.confirmed = [{"strategy": "+".join(units) or "none", "score": s.value,
                            "mean_disparity": s.mean, "worst_disparity": s.worst}
@@ -240,20 +264,20 @@ class Search:
         trace += [self.step(0, "portfolio", [], o, s, False) for o, s in scores.items()]
         # Super weights break the model (Yu et al. 2024): kept first when they remove at least
         # half the damage, whatever that does to disparity; the rest may not undo it.
-        repair = [o for o, s in scores.items() if o.startswith("superweights:")
-                  and s.damage <= REPAIR * self.none.damage and self.allowed(s)][:1]
+        repair = [o for o, s in scores.items()
+                  if o.startswith("superweights:") and self.repairs(s)][:1]
         if repair:
-            self.floor = scores[repair[0]]
-        start = self.floor
+            self.floor, self.kept = scores[repair[0]], repair
         results = [(s, [o]) for o, s in scores.items()]
-        structural, score, steps = self.greedy(repair, start, self.structural, "structural",
-                                               1, announce)
+        structural, score, steps = self.greedy(self.kept, self.floor, self.structural,
+                                               "structural", 1, announce)
         trace += steps
+        start = self.floor  # no protection, or what breaks the model kept
         results.append((score, structural))
         ranked = sorted((s.value, i) for i, (s, _) in enumerate(results)
                         if self.allowed(s) and _lower(s.value, start.value))
         finalists = {"+".join(results[i][1]): results[i] for _, i in ranked}
-        finalists = [*list(finalists.values())[:FINALISTS], (start, repair)]
+        finalists = [*list(finalists.values())[:FINALISTS], (start, self.kept)]
         best, chosen = self.confirm(finalists, announce)
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
