@@ -6,7 +6,9 @@ Runs, each in a fresh process with a cold results cache: (1) a bare loop that lo
 and scores the audit languages' texts, the audits' default units (`bench_evaluate.bare_loop`),
 (2) the audit suite without gradient selectors (`-k "not gradient"`), (3) the gradient audits
 alone, from the whole suite (they hold a gradient copy of the weights, so they are measured
-separately). Memory is the peak of the process's anonymous (unique, not file-backed) pages,
+separately). `--per-test` also lists the audits whose peaks are highest, with the memory
+at their start (`memory_probe.py`, a pytest plugin sampling inside the pytest process).
+Memory is the peak of the process's anonymous (unique, not file-backed) pages,
 sampled every 0.1 s with psutil: pages of memory maps that are read but never written (the
 weight bank's FP and quantized tensors) are not counted, as the kernel can drop and re-read
 them. Prints each peak and its ratio to the bare
@@ -16,6 +18,7 @@ loop (goal <= 1.3).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", choices=("quick", "all"), default="quick")
+    parser.add_argument("--per-test", action="store_true",
+                        help="also list the 8 audits with the highest peaks")
     args = parser.parse_args()
 
     audit = [sys.executable, "-m", "pytest", "audits/", "--model", args.model, "-q",
@@ -82,7 +87,9 @@ def main() -> None:
     runs = {
         "bare loop": [sys.executable, "-c",
                       BARE.format(benchmarks=str(ROOT / "benchmarks"), model=args.model)],
-        "audit suite (no gradient selectors)": [*audit, *suite, "-k", "not gradient"],
+        "audit suite (no gradient selectors)": [*audit, *suite, "-k", "not gradient",
+                                                *(["-p", "memory_probe"] if args.per_test
+                                                  else [])],
         "gradient audits alone (whole suite)": [*audit, "-k", "gradient"],
     }
     print(f"model {args.model}, suite {args.suite}, {psutil.cpu_count()} cores, "
@@ -90,11 +97,19 @@ def main() -> None:
     bare = None
     for label, command in runs.items():
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
-            env = {**os.environ, "QUANTFAIR_RESULTS_DIR": folder, "HF_HUB_OFFLINE": "1"}
+            probe = Path(folder) / "per-test.json"
+            env = {**os.environ, "QUANTFAIR_RESULTS_DIR": folder, "HF_HUB_OFFLINE": "1",
+                   "QUANTFAIR_MEMORY_PROBE": str(probe),
+                   "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"),
+                                                  os.environ.get("PYTHONPATH", "")])}
             peak, wall, code = peak_memory(command, env)
+            tests = json.loads(probe.read_text()) if probe.is_file() else []
         bare = bare or peak
         print(f"{label:38s} peak anonymous {peak / 2**20:8.0f} MiB  {wall:6.1f} s  "
               f"exit {code}  ratio to bare loop {peak / bare:.2f}")
+        for test in sorted(tests, key=lambda t: -t["peak"])[:8]:
+            print(f"    {test['peak'] / 2**20:6.0f} MiB peak, {test['start'] / 2**20:6.0f} at "
+                  f"its start  {test['test']}")
     print("goal: audit suite <= 1.3x the bare loop")
 
 
