@@ -182,7 +182,7 @@ def test_strategy_option_audits_a_given_strategy(pytester):
 
 def test_suggested_strategy_is_audited_and_reported(pytester):
     searched = pytester.run(sys.executable, "-m", "quantfair.cli", "suggest", "tiny-llama",
-                            "--budget", "30%", "--languages", "en,de,ru,he,ar,zh",
+                            "--budget", "30%", "--languages", "en,he,zh",
                             "--calibration-units", "2", timeout=600)
     assert searched.ret == 0, searched.stderr.str()
     path = pytester.path / "s.json"
