@@ -13,12 +13,9 @@ import threading
 
 import psutil
 import pytest
+from bench_memory import anonymous_bytes
 
 INTERVAL_S = 0.05
-
-
-def anonymous_bytes(process: psutil.Process) -> int:
-    return sum(m.anonymous for m in process.memory_maps(grouped=True))
 
 
 class Probe:

@@ -157,8 +157,10 @@ class Search:
     def fits(self, units: list[str]) -> bool:
         return self.overhead(units) <= self.budget + 1e-12
 
-    def measure(self, units: list[str]):
-        return self.session.measure("+".join(units) or "none", corpus=self.calibration,
+    def measure(self, units: list[str], corpus: Corpus | None = None):
+        """Protecting `units`, measured with the distribution statistics the score needs, on
+        `corpus` (the calibration units when None)."""
+        return self.session.measure("+".join(units) or "none", corpus=corpus or self.calibration,
                                     distribution=True)
 
     def score(self, units: list[str]) -> Score:
@@ -248,9 +250,7 @@ class Search:
             return finalists[0]
         announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
                  "units per language")
-        scored = [calibration_score(self.session.measure("+".join(units) or "none",
-                                                         corpus=self.pool, distribution=True))
-                  for _, units in finalists]
+        scored = [calibration_score(self.measure(units, self.pool)) for _, units in finalists]
         self.confirmed = [{"strategy": "+".join(units) or "none", "score": s.value,
                            "mean_disparity": s.mean, "worst_disparity": s.worst}
                           for (_, units), s in zip(finalists, scored, strict=True)]
