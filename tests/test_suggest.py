@@ -33,6 +33,9 @@ def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
     return AuditSession(config, announce=lambda message: None, loaded=loaded)
 
 
+PLANTED = 5  # the intermediate unit of layer 2's MLP carrying the planted weights
+
+
 @pytest.fixture
 def planted():
     """A tiny Llama with heavy-tailed layer-2 MLP weights: one huge weight in up_proj and in
@@ -42,30 +45,32 @@ def planted():
     damage (under INT4 every layer of a random model is broken, and it does not)."""
     loaded = load_model("tiny-llama")
     params = dict(loaded.model.named_parameters())
-    unit = 5
     with torch.no_grad():
-        params["model.layers.2.mlp.gate_proj.weight"][unit, :] = 0.0
-        params["model.layers.2.mlp.up_proj.weight"][unit, 0] = 1000.0
-        params["model.layers.2.mlp.down_proj.weight"][0, unit] = 1000.0
+        params["model.layers.2.mlp.gate_proj.weight"][PLANTED, :] = 0.0
+        params["model.layers.2.mlp.up_proj.weight"][PLANTED, 0] = 1000.0
+        params["model.layers.2.mlp.down_proj.weight"][0, PLANTED] = 1000.0
     return loaded
 
 
 def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     """Keeping the planted layer removes nearly all the damage and raises disparity (the
-    other layers' small damage falls on English less): it breaks the model, so it is kept
-    first all the same."""
+    other layers' small damage falls on English less): it breaks the model, so the structural
+    search keeps it first all the same; the whole search keeps its planted weights (here by
+    magnitude selection, which removes still more)."""
     session = session_for(planted, bits=8)
+    search = Search(session, 0.40, search_units(session, 3))
+    chosen, _, _ = search.greedy([], search.none, search.structural, "structural", 1,
+                                 announce=lambda message: None)
+    assert chosen[0] in ("L2", "L2.mlp")
     result = suggest(session, 0.40, calibration_units=3)
-    first = next(step for step in result.trace if step.phase == "structural" and step.chosen)
-    assert first.candidate in ("L2", "L2.mlp")
+    protection = session.resolver().resolve(result.strategy)
+    for name, entry in (("up_proj", (PLANTED, 0)), ("down_proj", (0, PLANTED))):
+        keep = protection[f"model.layers.2.mlp.{name}.weight"]
+        assert keep is True or bool(keep[entry])
     assert result.overhead <= 0.40
     assert set(result.calibration_units).isdisjoint(session.corpus.units)
     assert session.selector_units  # the selectors' own calibration text is not scored on
     assert set(result.calibration_units).isdisjoint(session.selector_units)
-    # the finalists' second round is scored on other units of the pool, none audited
-    assert result.confirmation and result.confirmation_units
-    assert set(result.confirmation_units).isdisjoint(result.calibration_units)
-    assert set(result.confirmation_units).isdisjoint(session.corpus.units)
     assert all(row["storable"] for row in result.comparison[1:])  # int4 keeps single entries
     labels = [row["label"] for row in result.comparison]
     assert labels[:3] == ["suggested", "none", "seed recipe"]
@@ -119,6 +124,29 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
     assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
 
 
+def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monkeypatch):
+    """Keeping `most` removes 95% of the damage and raises disparity; `fairer` lowers
+    disparity and removes a quarter: `most` is kept (what it keeps breaks the model), and
+    of two such selectors the one removing more."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    search = Search(session, 0.3, search_units(session, 2))
+    search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
+    search.english_none = 1.0
+    scores = {"fairer": Score(3.0, 1.5, 1.5, 3.0, 1.0), "most": Score(5.0, 2.5, 2.5, 0.2, 0.04),
+              "much": Score(4.5, 2.2, 2.3, 1.0, 0.2)}
+    monkeypatch.setattr(search, "portfolio", lambda: list(scores))
+    monkeypatch.setattr(search, "score", lambda units: scores["+".join(units)])
+    monkeypatch.setattr(search, "_new", lambda chosen, options: [])
+    monkeypatch.setattr(search, "structural", lambda chosen: [])
+    monkeypatch.setattr(search, "overhead", lambda units: 0.1)
+    chosen, score, _ = search.run(announce=lambda message: None)
+    assert chosen == ["most"] and score == scores["most"]
+    assert search.kept == ["most"]
+    del scores["most"]
+    search.floor, search.kept = search.none, []
+    assert search.run(announce=lambda message: None)[0] == ["much"]
+
+
 @pytest.mark.parametrize(("change", "taken"), [(1e-9, False), (1e-3, True)])
 def test_a_unit_is_added_only_for_more_than_float_noise(tiny_models, monkeypatch, change,
                                                          taken):
@@ -154,12 +182,16 @@ def test_the_score_is_disparity_and_the_damage_is_reported_beside_it():
     assert english_first.damage == pytest.approx((1.0 + 1.5) / 2 + 1.5)
 
 
-def test_under_a_block_format_every_candidate_is_whole_tensors(planted):
+def test_under_a_block_format_every_candidate_is_whole_tensors(tiny_models):
     """GGUF stores one type per tensor: the search may not keep single entries there."""
-    session = session_for(planted, scheme=QuantScheme.parse("gguf:Q8_0"))
-    result = suggest(session, 0.40, calibration_units=3)
+    session = session_for(tiny_models["tiny-llama"], scheme=QuantScheme.parse("gguf:Q4_0"))
+    result = suggest(session, 0.15, calibration_units=3, width=1)
     resolver = session.resolver()
     assert len(result.trace) > 1
+    # the finalists' second round is scored on other units of the pool, none audited
+    assert result.confirmation and result.confirmation_units
+    assert set(result.confirmation_units).isdisjoint(result.calibration_units)
+    assert set(result.confirmation_units).isdisjoint(session.corpus.units)
     for step in result.trace:
         assert all(keep is True for keep in resolver.resolve(step.strategy).values()), step
     storable = {row["label"]: row["storable"] for row in result.comparison[1:]}
