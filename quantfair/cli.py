@@ -217,8 +217,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        f"{s.english_damage:.2f}", "*" if s.chosen else "")
                       for s in result.trace]))
     if result.confirmation:
-        print(f"\nfinalists scored again on {len(result.confirmation_units)} other units of the "
-              "search pool (the lowest is refined):")
+        print(f"\nfinalists scored again on the search pool's {len(result.confirmation_units)} "
+              "units per language (the lowest is refined):")
         print(_table(["finalist", "score", "mean disparity", "worst disparity"],
                      [(c["strategy"], f"{c['score']:.4f}", f"{c['mean_disparity']:.3f}",
                        f"{c['worst_disparity']:.3f}") for c in result.confirmation]))
