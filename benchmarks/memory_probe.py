@@ -23,6 +23,7 @@ class Probe:
         self.path = path
         self.process = psutil.Process()
         self.peak = 0
+        self.lock = threading.Lock()  # a sample read during one test may not outlive its reset
         self.tests: list[dict] = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -30,12 +31,15 @@ class Probe:
 
     def _sample(self) -> None:
         while not self.done.wait(INTERVAL_S):
-            self.peak = max(self.peak, anonymous_bytes(self.process))
+            sample = anonymous_bytes(self.process)  # reading smaps takes a while
+            with self.lock:
+                self.peak = max(self.peak, sample)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item):
         start = anonymous_bytes(self.process)
-        self.peak = start
+        with self.lock:
+            self.peak = start
         yield
         end = anonymous_bytes(self.process)
         self.tests.append({"test": item.nodeid, "start": start,
