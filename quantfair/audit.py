@@ -9,7 +9,6 @@ pytest plugin into one test per strategy / language, with its evidence on the te
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -29,7 +28,6 @@ from quantfair.metrics import (
     quantity,
 )
 from quantfair.strategies import ELEMENT_SELECTORS, Overhead
-from quantfair.workers import return_freed_memory
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
@@ -738,10 +736,6 @@ def audit(finding: Finding) -> Callable:
     from quantfair.plugin import EVIDENCE
 
     def test(quantfair_audit, case: Case, request) -> None:
-        # What the previous audit freed goes back to the system before this one's peak
-        # comes on top of it (the whole suite's level otherwise creeps up between audits).
-        gc.collect()
-        return_freed_memory()
         outcome = finding.verify(quantfair_audit, case)
         evidence = request.node.stash.setdefault(EVIDENCE, {})
         if outcome.status == "skipped":
