@@ -4,7 +4,9 @@
 
 Runs, each in a fresh process with a cold results cache: (1) a bare loop that loads the model
 and scores the audit languages' texts, the audits' default units (`bench_evaluate.bare_loop`),
-(2) the audit suite without gradient selectors (`-k "not gradient"`), (3) the gradient audits
+(2) the same loop with the C allocator settings an audit process takes
+(`quantfair.workers.tune_allocator`), for comparison (the goal is against the plain loop),
+(3) the audit suite without gradient selectors (`-k "not gradient"`), (4) the gradient audits
 alone, from the whole suite (they hold a gradient copy of the weights, so they are measured
 separately). `--per-test` also lists the audits whose peaks are highest, with the memory
 at their start (`memory_probe.py`, a pytest plugin sampling inside the pytest process).
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BARE = """
 import sys
 sys.path.insert(0, {benchmarks!r})
+{tune}
 from bench_evaluate import bare_loop
 from quantfair.config import DEFAULT_LANGUAGES, DEFAULT_UNITS
 from quantfair.corpus import load_corpus
@@ -85,8 +88,11 @@ def main() -> None:
              "-p", "no:cacheprovider", "-p", "no:xdist"]
     suite = ["-m", "quick"] if args.suite == "quick" else []
     runs = {
-        "bare loop": [sys.executable, "-c",
-                      BARE.format(benchmarks=str(ROOT / "benchmarks"), model=args.model)],
+        "bare loop": [sys.executable, "-c", BARE.format(
+            benchmarks=str(ROOT / "benchmarks"), model=args.model, tune="")],
+        "bare loop, quantfair's malloc settings": [sys.executable, "-c", BARE.format(
+            benchmarks=str(ROOT / "benchmarks"), model=args.model,
+            tune="from quantfair.workers import tune_allocator; tune_allocator()")],
         "audit suite (no gradient selectors)": [*audit, *suite, "-k", "not gradient",
                                                 *(["-p", "memory_probe"] if args.per_test
                                                   else [])],

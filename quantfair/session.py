@@ -28,7 +28,7 @@ from quantfair.strategies import (
     calibration_gradients,
     protection_key,
 )
-from quantfair.workers import configure_threads, return_freed_memory
+from quantfair.workers import configure_threads, return_freed_memory, tune_allocator
 
 Announce = Callable[[str], None]
 
@@ -65,7 +65,8 @@ class AuditSession:
         self.corpus = selected.select(units=units)
         held_out = [u for u in full.units if u not in units]
         self.calibration = selected.select(units=held_out) if held_out else None
-        threads = configure_threads(config.threads, workers)  # before the model loads
+        tune_allocator()  # before the model loads: threads take their arena on first use
+        threads = configure_threads(config.threads, workers)
         if threads:
             announce(threads)
         if loaded is None:

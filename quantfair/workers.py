@@ -1,5 +1,6 @@
 """Process resources: torch threads per process when pytest-xdist runs several audit
-processes side by side, and freed memory handed back to the system between steps.
+processes side by side, the C allocator's settings of a process that runs audits, and freed
+memory handed back to the system between steps.
 
 Each xdist worker is a full process with its own torch; left alone, every one of them starts
 as many OpenMP threads as the machine has cores, and n workers on n cores then fight over them
@@ -83,12 +84,44 @@ def configure_threads(override: int | None, workers: int | None = None) -> str |
 
 
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str):
+    """glibc's function `name`, or None (another C library, or none found)."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):  # not glibc
         return None
+
+
+# glibc malloc parameters (malloc.h) and what an audit process sets them to (`tune_allocator`).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+ALLOCATOR_SETTINGS = {M_ARENA_MAX: 1, M_MMAP_THRESHOLD: 16 << 20, M_TRIM_THRESHOLD: 32 << 20}
+# Set in the environment, any of these is the user's choice of malloc settings, left alone.
+ALLOCATOR_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                       "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+
+
+@functools.cache
+def tune_allocator() -> bool:
+    """Set glibc's malloc for a process that runs audits, once, before the model loads;
+    whether it was set (False: not glibc, or the user set malloc variables).
+
+    By default every thread that allocates (torch's OpenMP threads, the tokenizer's) gets an
+    arena of its own that keeps what it frees, and the mmap threshold rises to 32 MiB as
+    large tensors are freed, so freed blocks up to 64 MiB stay in the heap (the trim threshold
+    follows at twice it). An audit run evaluates many configurations in turn, and the heap
+    kept between them adds to its peak: with one arena, tensors of 16 MiB or more mapped and
+    given back on free, and the heap trimmed above 32 MiB, the per-layer criticality audit
+    of SmolLM2 alone peaked at 543 and 546 MiB of anonymous memory against 566 and 571 with
+    glibc's defaults, and a bare loop scored as many tokens per second
+    (`benchmarks/RESULTS.md`, "C allocator settings")."""
+    if any(os.environ.get(name) for name in ALLOCATOR_VARIABLES):
+        return False
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
+        return False
+    return all([mallopt(parameter, value) == 1
+                for parameter, value in ALLOCATOR_SETTINGS.items()])
 
 
 def return_freed_memory() -> None:
@@ -99,6 +132,6 @@ def return_freed_memory() -> None:
     loops: the pages fault back in on the next step, which costs dearly when other processes
     compete for the cores (a suggest search trimming after every evaluation ran 3x slower
     beside another busy process)."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)

@@ -2,6 +2,7 @@
 processes sharing a results cache divide between them instead of repeating."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,87 @@ def test_configure_threads_sets_torch_before_the_model_loads(monkeypatch):
     assert configure_threads(None, 2) is None
     assert "torch threads 1" in configure_threads(1, 2)
     assert calls == [2, 1]
+
+
+def test_an_audit_session_sets_the_allocator_before_the_model_loads(monkeypatch):
+    import quantfair.session as session
+
+    calls = []
+
+    def loading(*args, **kwargs):
+        calls.append("load")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(session, "tune_allocator", lambda: calls.append("allocator"))
+    monkeypatch.setattr(session, "load_model", loading)
+    with pytest.raises(RuntimeError, match="stop here"):
+        session.AuditSession(RunConfig(model="tiny-gpt2"), announce=lambda line: None)
+    assert calls == ["allocator", "load"]
+
+
+ALLOCATOR = textwrap.dedent("""
+    import ctypes, sys, threading
+    from quantfair.workers import tune_allocator
+    print(tune_allocator())
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+    libc.mallinfo2.restype = Info
+    size = 20 << 20
+    libc.free(libc.malloc(size))  # by default glibc raises its mmap threshold to this size
+    block = libc.malloc(size)
+    print(libc.mallinfo2().hblkhd >= size)  # mapped, not taken from the heap
+    small = libc.malloc(4 << 20)  # below the threshold: from the heap, no page faults
+    print(libc.mallinfo2().hblkhd < size + (4 << 20))
+    threads = [threading.Thread(target=lambda: libc.free(libc.malloc(1 << 20)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    libc.malloc_stats()  # one "Arena i:" line per arena, on stderr
+""")
+
+
+def _allocator(environment: dict[str, str]) -> tuple[str, str, str, int]:
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR], capture_output=True, text=True,
+                          check=True, env=environment)
+    tuned, mapped, small_in_heap = done.stdout.split()
+    arenas = sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+    return tuned, mapped, small_in_heap, arenas
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_allocator_settings_take_effect_and_the_users_own_win():
+    plain = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    assert _allocator(plain) == ("True", "True", "True", 1)
+    for variable, value in (("MALLOC_ARENA_MAX", "4"),
+                            ("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")):
+        tuned, mapped, _, arenas = _allocator({**plain, variable: value})
+        assert (tuned, mapped) == ("False", "False") and arenas > 1
+
+
+def test_the_allocator_keeps_one_arena_and_maps_large_tensors(monkeypatch):
+    import quantfair.workers as workers
+
+    calls = {}
+
+    def mallopt(parameter, value):
+        calls[parameter] = value
+        return 1  # glibc: set
+
+    monkeypatch.setattr(workers, "_libc_function", lambda name: mallopt)
+    for variable in workers.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert workers.tune_allocator.__wrapped__()
+    assert calls[workers.M_ARENA_MAX] == 1
+    # Freed blocks above the trim threshold go back; large tensors are mapped, not heaped.
+    assert calls[workers.M_MMAP_THRESHOLD] <= calls[workers.M_TRIM_THRESHOLD] <= 64 << 20
 
 
 # -- one evaluation, several processes ------------------------------------------------------------
