@@ -1,13 +1,15 @@
 """quantfair's evaluator against a bare transformers forward loop, same texts, same process.
 
     python benchmarks/bench_evaluate.py [--model smollm2-135m] [--languages en,he,zh]
-        [--units 6] [--repeats 5]
+        [--units 6] [--repeats 5] [--allocator]
 
 Runs the bare loop and quantfair's evaluator (cold cache) in turn, `--repeats` times, and
 prints tokens/s of both, the ratio quantfair / bare of each round and their median (target
 >= 0.98), and the warm-cache time (target < 1 s). When lm-evaluation-harness is importable
 (it is not a dependency: e.g. `pip install --target DIR lm_eval` and PYTHONPATH=DIR), its
 `loglikelihood_rolling` on the same texts and model is timed in the same rounds.
+`--allocator` sets glibc's malloc as an audit process does (`tune_allocator`) before the
+model loads: a run with it against one without says what the settings cost in speed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from quantfair.corpus import load_corpus
 from quantfair.evaluate import Evaluator, ResultCache
 from quantfair.models import load_model
+from quantfair.workers import tune_allocator
 
 
 def bare_loop(loaded, texts: list[str]) -> tuple[float, int]:
@@ -72,7 +75,11 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=6)
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--allocator", action="store_true",
+                        help="set the C allocator as an audit process does (tune_allocator)")
     args = parser.parse_args()
+    if args.allocator:
+        tune_allocator()
 
     loaded = load_model(args.model, args.device)
     corpus = load_corpus().select(args.languages.split(","))
