@@ -128,10 +128,10 @@ def return_freed_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; a no-op
     elsewhere). Freed tensors below glibc's mmap threshold (16 MiB in an audit process,
     `tune_allocator`; by default it grows to 32 MiB) otherwise stay in the process, and the
-    next step's peak (a selection, a composed model, an evaluation) comes on top of them. Call it after steps that free hundreds of MB, not in
-    loops: the pages fault back in on the next step, which costs dearly when other processes
-    compete for the cores (a suggest search trimming after every evaluation ran 3x slower
-    beside another busy process)."""
+    next step's peak (a selection, a composed model, an evaluation) comes on top of them.
+    Call it after steps that free hundreds of MB, not in loops: the pages fault back in on
+    the next step, which costs dearly when other processes compete for the cores (a suggest
+    search trimming after every evaluation ran 3x slower beside another busy process)."""
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
