@@ -113,8 +113,9 @@ def tune_allocator() -> bool:
     kept between them adds to its peak: with one arena, tensors of 16 MiB or more mapped and
     given back on free, and the heap trimmed above 32 MiB, the per-layer criticality audit
     of SmolLM2 alone peaked at 543 and 546 MiB of anonymous memory against 566 and 571 with
-    glibc's defaults, and a bare loop scored as many tokens per second
-    (`benchmarks/RESULTS.md`, "C allocator settings")."""
+    glibc's defaults, with no consistent change in speed over two runs each of
+    `bench_evaluate.py` with and without `--allocator` (`benchmarks/RESULTS.md`, "C allocator
+    settings")."""
     if any(os.environ.get(name) for name in ALLOCATOR_VARIABLES):
         return False
     mallopt = _libc_function("mallopt")
