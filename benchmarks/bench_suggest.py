@@ -7,9 +7,10 @@
 Runs `quantfair suggest` once per scheme and budget (each process shares the results cache,
 so the FP reference is computed once), then prints one markdown table per run: every
 selector's overhead, mean and worst-language disparity on the audit units with 95% CIs, and
-the paired bootstrap difference suggested - baseline. Acceptance per run: no difference's CI
-lies above 0, the suggestion's point estimates are at or below the best baseline's, and its
-CI against `none` lies below 0; under a block format (whole tensors only) also against the
+the paired bootstrap differences suggested - baseline and baseline - none (which selectors
+are fairer than no protection at all). Acceptance per run: no difference's CI lies above 0,
+the suggestion's point estimates are at or below the best baseline's, and its CI against
+`none` lies below 0; under a block format (whole tensors only) also against the
 baselines such a file can store. Wall time of each search is printed. `--units` audit units
 per language (the corpus's 31 less the selectors' 5 and the search's calibration units at
 most): more audit units, tighter comparisons.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from quantfair.config import DEFAULT_UNITS
 from quantfair.report import interval_text as cell
+from quantfair.suggest import fairer_than_none
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,15 +86,19 @@ def main() -> None:
                       f"{args.calibration_units} calibration units and {args.units} audit "
                       "units per language)\n")
                 print("| selector | strategy | overhead | mean disparity | worst disparity "
-                      "| suggested - it (mean) | suggested - it (worst) |")
-                print("|---|---|---|---|---|---|---|")
+                      "| suggested - it (mean) | suggested - it (worst) | it - none (mean) "
+                      "| it - none (worst) |")
+                print("|---|---|---|---|---|---|---|---|---|")
                 for row in result["comparison"]:
                     print(f"| {row['label']} | `{', '.join(row['strategies'])}` | "
                           f"{100 * row['overhead']:.3f}% | {cell(row['mean_disparity'])} | "
                           f"{cell(row['worst_disparity'])} | "
                           f"{cell(row.get('mean_difference'))} | "
-                          f"{cell(row.get('worst_difference'))} |")
+                          f"{cell(row.get('worst_difference'))} | "
+                          f"{cell(row.get('mean_vs_none'))} | "
+                          f"{cell(row.get('worst_vs_none'))} |")
                 print(f"\nacceptance: {verdict(result['comparison'])}")
+                print(fairer_than_none(result["comparison"]))
                 if not all(row["storable"] for row in result["comparison"]):
                     print("acceptance against the baselines a file of this format can store "
                           f"(whole tensors): {verdict(result['comparison'], True)}")

@@ -193,7 +193,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
-    from quantfair.suggest import suggest
+    from quantfair.suggest import fairer_than_none, suggest
 
     budget = parse_percent(args.budget, "--budget")
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
@@ -235,6 +235,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        cell(row.get("worst_difference")),
                        f"{100 * row['english_degradation']:.1f}%")
                       for row in result.comparison]))
+        print(fairer_than_none(result.comparison))
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a {result.scheme} file cannot store "
                   "(one type per tensor): simulated here, not a recipe for this format")

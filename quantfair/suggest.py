@@ -425,8 +425,10 @@ def _estimate(draws: tuple[float, np.ndarray, str]) -> dict:
 def compare_on_audit_units(session: AuditSession, suggested: str, budget: float) -> list[dict]:
     """The suggestion against every baseline selector at the same budget, on the audit units
     (held out from the search): mean and worst-language disparity with 95% CIs, the paired
-    bootstrap difference suggested - baseline of each, and whether the scheme can store the
-    baseline (`storable`: a block format such as GGUF holds one type per tensor, so single
+    bootstrap difference suggested - baseline of each (`mean_difference`, `worst_difference`),
+    each row's own difference from no protection (`mean_vs_none`, `worst_vs_none`: whether any
+    selector at this budget is fairer than none at all), and whether the scheme can store the
+    selection (`storable`: a block format such as GGUF holds one type per tensor, so single
     kept entries are only simulated there)."""
     resolver = session.resolver()
 
@@ -434,31 +436,42 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
         return resolver.scheme.keeps_entries or all(
             keep is True for s in strategies for keep in resolver.resolve(s).values())
 
-    ours = _averaged([session.measure(suggested)])
-    comparison = [{"label": "suggested", "strategies": [suggested],
-                   "overhead": session.overhead(suggested).fraction,
-                   "storable": storable([suggested]),
-                   "mean_disparity": _estimate(ours["mean"]),
-                   "worst_disparity": _estimate(ours["worst"]),
-                   "english_degradation": session.measure(suggested).degradation()[
-                       REFERENCE].value}]
-    for label, strategies in budget_selectors(session, budget).items():
-        measured = [session.measure(s) for s in strategies]
-        theirs = _averaged(measured)
+    def difference(a: tuple, b: tuple) -> dict:
+        d = paired_difference(a[:2], b[:2])
+        return {"value": d.difference, "low": d.low, "high": d.high, "p_value": d.p_value}
+
+    selectors = {"suggested": [suggested], **budget_selectors(session, budget)}
+    measured = {label: [session.measure(s) for s in strategies]
+                for label, strategies in selectors.items()}
+    draws = {label: _averaged(m) for label, m in measured.items()}
+    comparison = []
+    for label, strategies in selectors.items():
         row = {"label": label, "strategies": strategies,
                "overhead": float(np.mean([session.overhead(s).fraction for s in strategies])),
                "storable": storable(strategies),
-               "mean_disparity": _estimate(theirs["mean"]),
-               "worst_disparity": _estimate(theirs["worst"]),
                "english_degradation": float(np.mean(
-                   [m.degradation()[REFERENCE].value for m in measured]))}
+                   [m.degradation()[REFERENCE].value for m in measured[label]]))}
         for name in ("mean", "worst"):
-            difference = paired_difference(ours[name][:2], theirs[name][:2])
-            row[f"{name}_difference"] = {"value": difference.difference,
-                                         "low": difference.low, "high": difference.high,
-                                         "p_value": difference.p_value}
+            row[f"{name}_disparity"] = _estimate(draws[label][name])
+            if label != "suggested":
+                row[f"{name}_difference"] = difference(draws["suggested"][name],
+                                                       draws[label][name])
+            if label != "none":
+                row[f"{name}_vs_none"] = difference(draws[label][name], draws["none"][name])
         comparison.append(row)
     return comparison
+
+
+def fairer_than_none(comparison: list[dict]) -> str:
+    """One line: which rows of `compare_on_audit_units` are significantly fairer than no
+    protection (the 95% CI of it - none below 0), in mean and in worst-language disparity."""
+    parts = []
+    for name in ("mean", "worst"):
+        below = [row["label"] for row in comparison
+                 if row.get(f"{name}_vs_none", {}).get("high", math.nan) < 0]
+        parts.append(f"{name}: {', '.join(below) or 'none of them'}")
+    return "significantly fairer than no protection (it - none, 95% CI below 0): " + \
+        "; ".join(parts)
 
 
 def _path(session: AuditSession):

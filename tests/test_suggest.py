@@ -20,6 +20,7 @@ from quantfair.suggest import (
     Search,
     budget_selectors,
     calibration_score,
+    fairer_than_none,
     load_suggestion,
     search_pool,
     search_units,
@@ -79,6 +80,13 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     for row in result.comparison[1:]:
         difference = row["mean_difference"]
         assert difference["low"] <= difference["value"] <= difference["high"]
+    # Each row's difference from no protection: the suggestion's is the none row's
+    # suggested - none, on the same resampled units; none has none.
+    rows = {row["label"]: row for row in result.comparison}
+    for name in ("mean", "worst"):
+        assert rows["suggested"][f"{name}_vs_none"] == rows["none"][f"{name}_difference"]
+        assert f"{name}_vs_none" not in rows["none"]
+        assert f"{name}_vs_none" in rows["magnitude"]
     assert load_suggestion(session)["strategy"] == result.strategy
 
 
@@ -224,6 +232,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     assert re.search(r"^\| magnitude \* ", printed, re.MULTILINE)
     assert not re.search(r"^\| seed recipe \* ", printed, re.MULTILINE)
     assert "* keeps single entries, which a gguf:Q8_0 file cannot store" in printed
+    assert "significantly fairer than no protection (it - none, 95% CI below 0): mean:" in printed
     report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "gguf:Q8_0"},
                                     audits=[], rows=[], model={"name": "tiny-llama"},
                                     processes=[], selection=None, incomplete=[],
@@ -236,6 +245,21 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     assert "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
     assert "which a gguf:Q8_0 file cannot store" in html
+    assert "<th>vs none (mean)</th><th>vs none (worst)</th>" in html
+    row = re.search(r"<td>magnitude \*</td>.*?</tr>", html, re.DOTALL).group()
+    assert row.count("<td") == 10  # label, strategy, overhead, 2 disparities, 4 differences, en
+
+
+def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
+    def row(label: str, mean: tuple[float, float], worst: tuple[float, float]) -> dict:
+        return {"label": label, **{f"{name}_vs_none": {"value": sum(ci) / 2, "low": ci[0],
+                                                       "high": ci[1]}
+                                   for name, ci in (("mean", mean), ("worst", worst))}}
+
+    comparison = [row("suggested", (-0.5, 0.1), (-0.9, -0.2)), {"label": "none"},
+                  row("act", (-0.7, -0.3), (0.1, 0.6)), row("random", (0.2, 0.5), (-1, 0))]
+    assert fairer_than_none(comparison).endswith("mean: act; worst: suggested")
+    assert fairer_than_none(comparison[1:2]).endswith("mean: none of them; worst: none of them")
 
 
 def test_zero_budget_suggests_none(tiny_models):
