@@ -1,15 +1,16 @@
 """Find the parameters worth keeping in full precision for *this* model, within a budget.
 
 Every candidate is scored on calibration units disjoint from the audit units (so the audit
-afterwards is a held-out test) by disparity, each language's damage over English's on the
-same texts, as mean + worst over the non-reference languages (fairness, not only the
-average). The damage is the KL divergence of the quantized model's next-token distributions
-from the FP model's, summed over the tokens (`_damage`): the audits judge the NLL change at
-the observed token, of which the KL divergence is the expectation under the FP model's
-distribution, so it ranks candidates alike with the sampling noise of the one observed token
-removed (on Gemma 3 under gguf:Q4_0, four calibration units ranked by NLL put layer 11 ahead
-of the seed's recipe; by KL divergence the seed's recipe, as 22 audit units do by NLL). A
-candidate may not raise the damage above the unprotected model's, neither English's own nor
+afterwards is a held-out test) by disparity as the audits measure it: each language's NLL
+change on the units over English's on the same texts (`Measurement.disparity`), as mean +
+worst over the non-reference languages (fairness, not only the average). Beside it, the
+damage: the KL divergence of the quantized model's next-token distributions from the FP
+model's, summed over the tokens (`_damage`). The KL divergence is not what the audits judge
+(the NLL change at the observed token is its expectation only for text sampled from the FP
+model, and a corpus is not): under int4-g128-linear on Gemma 3, keeping the largest 32% of
+the weights raised the KL disparity on four calibration units (1.86 -> 1.86 mean, 2.36 ->
+2.55 worst) while it lowered the NLL disparity there (0.81 mean) as on the 22 audit units.
+A candidate may not raise the damage above the unprotected model's, neither English's own nor
 the languages' (each over English's unprotected damage, mean + worst): fairness is not bought
 by making the model worse. Candidates, all within the budget (a fraction of the parameters):
 
@@ -20,12 +21,9 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    than English (`actgap:`), the largest weights (`magnitude:`) and super weights
    (`superweights:`);
    a selector whose protection removes at least half the damage (`REPAIR`; super weights, or
-   at a larger budget the largest weights) is kept first, the one removing most, and the
-   search goes on from it: what it keeps breaks the model, whatever it does to disparity
-   (where nearly all the damage is removed, disparity is a ratio of small remainders: under
-   int4-g128-linear at 12% on Gemma 3, keeping the largest weights removed 94% of the KL
-   divergence on the calibration units and raised its disparity there, yet was the fairest
-   selector on the 22 audit units);
+   at a larger budget the largest weights) is kept first, whatever it does to disparity, and
+   the search goes on from it: what it keeps breaks the model; of several such, the one
+   scoring lowest (they all repair the model; fairness decides between them);
 2. a greedy structural search over protection units (whole layers ordered by weight variance,
    then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
    norms, biases and position embeddings); a unit that removes at least half the damage is
@@ -108,35 +106,45 @@ class Suggestion:
         return {**asdict(self), "trace": [asdict(s) for s in self.trace]}
 
 
+def _nll_change(m) -> np.ndarray:
+    """Per language [languages], the quantized minus the FP NLL summed over every scored
+    token of the units, nats: the numerator of the audits' disparity."""
+    return (m.nll_q - m.nll_fp).sum(axis=1)
+
+
 def _damage(m) -> np.ndarray:
     """Per language [languages], the KL divergence sum_v p_fp(v) (log p_fp(v) - log p_q(v))
     summed over every scored token of the units, nats (llama.cpp's KLD, summed): the
-    expectation, under the FP model's next-token distribution, of the NLL change the audits
-    measure at the observed token; never negative, zero only where the distributions agree.
-    Sums, not per-byte means: the texts say the same in every language, as for the audits'
-    disparity. Raises ValueError for a measurement without distribution statistics."""
+    expectation, under the FP model's next-token distribution, of the NLL change at the next
+    token; never negative, zero only where the distributions agree, so free of the noise of
+    the one observed token: how much of the model a protection repairs. Sums, not per-byte
+    means: the texts say the same in every language, as for the audits' disparity. Raises
+    ValueError for a measurement without distribution statistics."""
     return m.sums("kld").sum(axis=1)
 
 
 @dataclass(frozen=True)
 class Score:
-    value: float  # mean + worst disparity: what the search lowers
-    mean: float  # mean disparity (damage over English's damage under the same protection)
+    value: float  # mean + worst disparity: what the search lowers (inf: undefined)
+    mean: float  # mean disparity (NLL change over English's under the same protection)
     worst: float  # worst-language disparity
     damage: float  # mean + worst damage over English's unprotected damage: may not grow
     english: float  # English's summed KL divergence, nats
 
 
 def calibration_score(m, english_none: float | None = None) -> Score:
-    """The score of a calibration measurement. Its value is disparity, each non-reference
-    language's damage (`_damage`, KL divergence) over English's under the same protection,
-    as mean + worst (fairness, not only the average). Beside it the damage, the same ratios
-    over English's *unprotected* damage (`english_none`; this measurement's own when None):
-    the damage removed, with the worst language weighted up."""
-    damage = _damage(m)
+    """The score of a calibration measurement. Its value is disparity as the audits measure
+    it, each non-reference language's NLL change (`_nll_change`) over English's under the same
+    protection, as mean + worst (fairness, not only the average); infinite where English's NLL
+    does not rise (a ratio to nothing: the audits call it undefined). Beside it the damage,
+    the KL divergence (`_damage`) of each language over English's *unprotected* KL divergence
+    (`english_none`; this measurement's own when None), as mean + worst: the damage removed,
+    with the worst language weighted up."""
+    change, damage = _nll_change(m), _damage(m)
     english = float(damage[m.ref])
     others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
-    own = damage[others] / max(english, 1e-9)
+    own = (change[others] / change[m.ref] if change[m.ref] > 0
+           else np.full(len(others), math.inf))
     fixed = damage[others] / max(english if english_none is None else english_none, 1e-9)
     return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),
                  float(fixed.mean() + fixed.max()), english)
@@ -240,13 +248,13 @@ class Search:
                announce) -> tuple[list[str], Score, list[Step]]:
         """Add the best-scoring option of `options(chosen)` while one improves the score. An
         option whose quantization breaks the model (keeping it removes at least `REPAIR` of
-        the damage) is added first, the one removing most, whatever it does to disparity (as
-        a selector is in `run`); what follows may not undo it."""
+        the damage) is added first, whatever it does to disparity (as a selector is in
+        `run`), of several such the one scoring lowest; what follows may not undo it."""
         trace, number = [], first_step
         while candidates := options(chosen):
             announce(f"quantfair suggest: {phase} step {number}, {len(candidates)} candidates")
             scored = [(self.score(chosen + [c]), c) for c in candidates]
-            broken = [(s.damage, i) for i, (s, _) in enumerate(scored) if self.repairs(s)]
+            broken = [(s.value, i) for i, (s, _) in enumerate(scored) if self.repairs(s)]
             good = broken or [(s.value, i) for i, (s, _) in enumerate(scored)
                               if self.allowed(s) and _lower(s.value, best.value)]
             pick = scored[min(good)[1]] if good else None
@@ -282,7 +290,7 @@ class Search:
         # What breaks the model (super weights, Yu et al. 2024) is kept first when keeping it
         # removes at least half the damage, whatever that does to disparity; the rest may
         # not undo it.
-        repairs = sorted((s.damage, o) for o, s in scores.items() if self.repairs(s))
+        repairs = sorted((s.value, o) for o, s in scores.items() if self.repairs(s))
         if repairs:
             repair = repairs[0][1]
             self.floor, self.kept = scores[repair], [repair]

@@ -119,7 +119,7 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
                "none": {"en": 1.0, "he": 2.5, "zh": 3.0}}
 
     def measure(strategy, scheme=None, corpus=None, distribution=False):
-        assert corpus is pool and distribution  # scored by KL divergence
+        assert corpus is pool and distribution  # with the KL divergence (the damage)
         return _measured(on_pool[strategy])
 
     monkeypatch.setattr(session, "measure", measure)
@@ -135,7 +135,7 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
 def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monkeypatch):
     """Keeping `most` removes 95% of the damage and raises disparity; `fairer` lowers
     disparity and removes a quarter: `most` is kept (what it keeps breaks the model), and
-    of two such selectors the one removing more."""
+    of two such selectors the fairer one, not the one removing more."""
     session = session_for(tiny_models["tiny-gpt2"])
     search = Search(session, 0.3, search_units(session, 2))
     search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
@@ -148,11 +148,11 @@ def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monke
     monkeypatch.setattr(search, "structural", lambda chosen: [])
     monkeypatch.setattr(search, "overhead", lambda units: 0.1)
     chosen, score, _ = search.run(announce=lambda message: None)
-    assert chosen == ["most"] and score == scores["most"]
-    assert search.kept == ["most"]
-    del scores["most"]
+    assert chosen == ["much"] and score == scores["much"]
+    assert search.kept == ["much"]
+    del scores["much"]
     search.floor, search.kept = search.none, []
-    assert search.run(announce=lambda message: None)[0] == ["much"]
+    assert search.run(announce=lambda message: None)[0] == ["most"]
 
 
 @pytest.mark.parametrize(("change", "taken"), [(1e-9, False), (1e-3, True)])
@@ -169,25 +169,40 @@ def test_a_unit_is_added_only_for_more_than_float_noise(tiny_models, monkeypatch
     assert chosen == (["ln_f"] if taken else [])
 
 
-def _measured(damage: dict[str, float]) -> Measurement:
-    """Two units per language, each with half of the language's KL divergence; its NLL
-    change is the other way round (English's the largest), to tell the two apart."""
-    halves = np.array([[d / 2, d / 2] for d in damage.values()])
+def _measured(change: dict[str, float], kld: dict[str, float] | None = None) -> Measurement:
+    """Two units per language, each with half of the language's NLL change and of its KL
+    divergence (by default the NLL changes the other way round, English's the largest, to
+    tell the two apart)."""
+    halves = np.array([[d / 2, d / 2] for d in change.values()])
     fp = np.full_like(halves, 10.0)
     ones = np.ones_like(fp)
-    return Measurement(tuple(damage), fp, fp + halves[::-1], ones, ones, ones, kld=halves)
+    kld_halves = halves[::-1] if kld is None else np.array([[d / 2] * 2 for d in kld.values()])
+    return Measurement(tuple(change), fp, fp + halves, ones, ones, ones, kld=kld_halves)
 
 
-def test_the_score_is_disparity_and_the_damage_is_reported_beside_it():
+def test_the_score_is_the_audits_disparity_and_the_damage_is_reported_beside_it():
     """A protection that removes most of English's damage but less of the others' lowers the
-    damage and raises the disparity: the score (what the search lowers) is the disparity, of
-    KL divergences (not of NLL changes, which `_measured` makes rank the other way)."""
-    none = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0}))
-    english_first = calibration_score(_measured({"en": 0.5, "he": 2.0, "zh": 3.0}), 2.0)
+    damage and raises the disparity: the score (what the search lowers) is the disparity the
+    audits judge, of NLL changes (not of KL divergences, which rank the other way here); the
+    damage is the KL divergence over English's unprotected one."""
+    none = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0},
+                                       {"en": 2.0, "he": 4.0, "zh": 6.0}))
+    english_first = calibration_score(_measured({"en": 0.5, "he": 2.0, "zh": 3.0},
+                                                {"en": 0.5, "he": 2.0, "zh": 3.0}), 2.0)
+    by_kld = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0}))
+    assert (by_kld.mean, by_kld.worst) == (2.5, 3.0)  # not 0.5 and 2/3 (KL disparity)
     assert (none.mean, none.worst, none.value) == (2.5, 3.0, 5.5)
     assert (english_first.mean, english_first.worst) == (5.0, 6.0)
     assert english_first.value > none.value and english_first.damage < none.damage
     assert english_first.damage == pytest.approx((1.0 + 1.5) / 2 + 1.5)
+
+
+@pytest.mark.parametrize("english", [0.0, -0.5])
+def test_a_disparity_over_no_english_change_scores_infinite(english):
+    """Where English's NLL does not rise the ratio is undefined (the audits say so): such a
+    candidate never looks fairer than one with a defined disparity."""
+    score = calibration_score(_measured({"en": english, "he": 1.0, "zh": 2.0}))
+    assert score.value == score.mean == score.worst == np.inf
 
 
 def test_under_a_block_format_every_candidate_is_whole_tensors(tiny_models):
