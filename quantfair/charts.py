@@ -305,14 +305,16 @@ def suggest_trace(report: dict) -> str | None:
     """Every candidate the search scored: overhead against mean disparity on calibration
     units, the Pareto front of the two, the steps taken, the portfolio's selectors named."""
     found = report.get("suggestion")
-    trace = (found or {}).get("trace", [])
+
+    def y(step: dict) -> float | None:
+        value = step.get("mean_disparity")
+        return step["score"] if value is None or value != value else value
+
+    # A candidate whose disparity is undefined (English's NLL did not rise) has no place on it.
+    trace = [s for s in (found or {}).get("trace", []) if y(s) is not None]
     if not trace:
         return None
     figure, (ax,) = _figure(3.2)
-
-    def y(step: dict) -> float:
-        value = step.get("mean_disparity")
-        return step["score"] if value is None or value != value else value
 
     xs, ys = [100 * s["overhead"] for s in trace], [y(s) for s in trace]
     ax.scatter(xs, ys, color=PALETTE[0], s=12, label="candidate")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -26,7 +25,7 @@ from quantfair.metrics import (
     fertility,
     perplexity,
 )
-from quantfair.storage import atomic_write
+from quantfair.storage import atomic_write, json_safe
 from quantfair.summary import summarize
 
 SCHEMA = "quantfair-report/3"
@@ -38,13 +37,6 @@ SCHEMA = "quantfair-report/3"
 SCHEMA_FILES = {"quantfair-report/1": "report-1.schema.json",
                 "quantfair-report/2": "report-2.schema.json",
                 "quantfair-report/3": "report-3.schema.json"}
-
-
-def _clean(value):
-    """JSON has no NaN or infinity: such values become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def distribution_fields(m: Measurement) -> list[dict]:
@@ -85,7 +77,7 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
         nll_fp, nll_q = float(m.nll_fp[i].sum()), float(m.nll_q[i].sum())
         tokens, n_bytes, chars = (int(m.tokens[i].sum()), int(m.bytes[i].sum()),
                                   int(m.chars[i].sum()))
-        records.append({key: _clean(value) for key, value in {
+        records.append({key: json_safe(value) for key, value in {
             "scheme": scheme, "strategy": strategy, "resolved": resolved or strategy,
             "length": length, "language": lang, "units": int(m.nll_fp.shape[1]),
             "nll_fp": nll_fp, "nll_q": nll_q, "tokens": tokens, "bytes": n_bytes, "chars": chars,

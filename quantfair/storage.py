@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +17,18 @@ from filelock import FileLock
 from quantfair.errors import QuantfairError
 
 CACHE_VARIABLES = ("QUANTFAIR_RESULTS_DIR", "QUANTFAIR_CACHE_DIR")
+
+
+def json_safe(value):
+    """`value` with every NaN or infinite float, in nested dicts and lists too, as None: JSON
+    has neither (`json.dumps(..., allow_nan=False)` accepts the result)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _variable_for(path: Path) -> str:

@@ -56,7 +56,7 @@ from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
 from quantfair.quantize import in_scope
 from quantfair.session import AuditSession
-from quantfair.storage import atomic_write, cache_writes
+from quantfair.storage import atomic_write, cache_writes, json_safe
 from quantfair.weights import layer_variance_ranking
 
 WIDTH = 3  # whole layers tried per step (highest variance first)
@@ -103,7 +103,8 @@ class Suggestion:
     note: str = ""
 
     def to_json(self) -> dict:
-        return {**asdict(self), "trace": [asdict(s) for s in self.trace]}
+        """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
+        return json_safe({**asdict(self), "trace": [asdict(s) for s in self.trace]})
 
 
 def _nll_change(m) -> np.ndarray:
@@ -490,7 +491,7 @@ def _path(session: AuditSession):
 def save(session: AuditSession, suggestion: Suggestion) -> None:
     path = _path(session)
     with cache_writes(path.parent):
-        atomic_write(path, json.dumps(suggestion.to_json(), indent=2).encode())
+        atomic_write(path, json.dumps(suggestion.to_json(), indent=2, allow_nan=False).encode())
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

@@ -1,7 +1,10 @@
 import json
+import math
 import re
 from dataclasses import replace
+from importlib import resources
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -13,11 +16,13 @@ from quantfair.html import render_html
 from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
-from quantfair.report import RunRecord, build_report
+from quantfair.report import RunRecord, build_report, write_report
 from quantfair.session import AuditSession
 from quantfair.suggest import (
     Score,
     Search,
+    Step,
+    Suggestion,
     budget_selectors,
     calibration_score,
     fairer_than_none,
@@ -263,6 +268,29 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     assert "<th>vs none (mean)</th><th>vs none (worst)</th>" in html
     row = re.search(r"<td>magnitude \*</td>.*?</tr>", html, re.DOTALL).group()
     assert row.count("<td") == 10  # label, strategy, overhead, 2 disparities, 4 differences, en
+
+
+def test_an_undefined_score_is_written_as_null_and_left_off_the_chart(tmp_path):
+    """Where English's NLL does not rise a candidate's disparity is infinite: the suggestion
+    stays strict JSON (null), a report holding it validates against its schema and renders,
+    and the search chart plots the steps whose disparity is defined."""
+    trace = [Step(0, "none", "none", 5.5, 0.0, 2.0, False, 2.5, 3.0, "portfolio", 5.5),
+             Step(0, "L0", "L0", math.inf, 0.1, 0.0, True, math.inf, math.inf, "portfolio",
+                  0.1)]
+    suggestion = Suggestion("tiny-llama", "int4", 0.2, "L0", 0.1, math.inf, trace=trace)
+    data = json.loads(json.dumps(suggestion.to_json(), allow_nan=False))
+    assert data["score"] is None and data["trace"][1]["score"] is None
+    assert data["trace"][0]["score"] == 5.5 and data["trace"][1]["overhead"] == 0.1
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    report["suggestion"] = data
+    schema = json.loads((resources.files("quantfair") / "schemas/report-3.schema.json")
+                        .read_text())
+    jsonschema.validate(data, schema["properties"]["suggestion"])
+    _, html = write_report(report, tmp_path / "report.json")
+    assert "Suggest search (L0)" in html.read_text()
 
 
 def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
