@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 
 from quantfair.cli import _session, build_parser
 from quantfair.config import DEFAULT_UNITS, parse_percent
+from quantfair.errors import QuantfairError
 from quantfair.suggest import budget_selectors, calibration_score, search_units
 
 
@@ -44,12 +45,15 @@ def main() -> None:
     parser.add_argument("--calibration-units", type=int, default=4)
     parser.add_argument("--units", type=int, default=DEFAULT_UNITS)
     args = parser.parse_args()
-    print("| scheme | budget | strategies | Spearman, NLL score | Spearman, KL score "
-          "| fairest on the audit units | NLL score's first | KL score's first |")
-    print("|---|---|---|---|---|---|---|---|")
+    budgets = args.budgets.split(",")
+    for budget in budgets:  # bad input ends the run before a model loads
+        parse_percent(f"{budget}%", "--budgets")
+    header = ("| scheme | budget | strategies | Spearman, NLL score | Spearman, KL score "
+              "| fairest on the audit units | NLL score's first | KL score's first |\n"
+              "|---|---|---|---|---|---|---|---|")
     agree = {"NLL": [], "KL": []}
     for scheme in args.schemes.split(","):
-        for budget in args.budgets.split(","):
+        for budget in budgets:
             config = build_parser().parse_args(
                 ["suggest", args.model, "--budget", f"{budget}%", "--quant", scheme,
                  "--languages", args.languages, "--units", str(args.units)])
@@ -67,6 +71,9 @@ def main() -> None:
                 audit.append(judged.mean_draws()[0] + judged.worst_draws()[0])
             audit = np.array(audit)
             firsts = {name: strategies[int(np.argmin(s))] for name, s in scores.items()}
+            if header:  # once a cell is measured: bad input has said so by then
+                print(header)
+                header = ""
             for name, s in scores.items():
                 s = np.array(s)
                 i, j = np.triu_indices(len(s), 1)
@@ -83,4 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QuantfairError as error:  # bad input: one line, as the CLI says it
+        sys.exit(f"score_ranking: {error}")
