@@ -69,6 +69,9 @@ FINALISTS = 3  # candidates scored again on the whole search pool before one is 
 # units share a CPU batch) moves a score by ~1e-7, and a unit protecting nothing that matters
 # (norms a GGUF file keeps in F32 anyway) must not be taken for that.
 IMPROVEMENT = 1e-6
+# What a suggestion's scores are: a cached suggestion searched with another score is not
+# shown as this search's result (its trace's numbers would mean something else).
+SCORE = "mean + worst NLL disparity"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Suggestion:
     confirmation: list[dict] = field(default_factory=list)
     confirmation_units: list[str] = field(default_factory=list)
     note: str = ""
+    score_definition: str = SCORE
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -498,10 +502,12 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
 
 
 def load_suggestion(session: AuditSession) -> dict | None:
-    """The latest suggestion for this model's weights and scheme, if one was searched."""
+    """The latest suggestion for this model's weights and scheme, if one was searched with
+    this search's score (`SCORE`)."""
     path = _path(session)
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) and "strategy" in data else None
+        return data if (isinstance(data, dict) and "strategy" in data
+                        and data.get("score_definition") == SCORE) else None
     except (OSError, ValueError):
         return None

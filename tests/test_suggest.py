@@ -31,6 +31,7 @@ from quantfair.suggest import (
     search_units,
     suggest,
 )
+from quantfair.suggest import _path as suggestion_path
 
 
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
@@ -93,6 +94,13 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
         assert f"{name}_vs_none" not in rows["none"]
         assert f"{name}_vs_none" in rows["magnitude"]
     assert load_suggestion(session)["strategy"] == result.strategy
+    # One searched with another score (before, the KL divergence's) is not this search's.
+    path = suggestion_path(session)
+    data = json.loads(path.read_text())
+    for older in ({**data, "score_definition": "mean + worst KL disparity"},
+                  {k: v for k, v in data.items() if k != "score_definition"}):
+        path.write_text(json.dumps(older))
+        assert load_suggestion(session) is None
 
 
 def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_models):
