@@ -25,12 +25,13 @@ from scipy.stats import spearmanr
 from quantfair.cli import _session, build_parser
 from quantfair.config import DEFAULT_UNITS, parse_percent
 from quantfair.errors import QuantfairError
-from quantfair.suggest import budget_selectors, calibration_score, search_units
+from quantfair.suggest import _damage, budget_selectors, calibration_score, search_units
 
 
 def kld_score(m) -> float:
-    """Mean + worst over the non-reference languages of summed KL divergence over English's."""
-    kld = m.sums("kld").sum(axis=1)
+    """Mean + worst over the non-reference languages of the search's damage (summed KL
+    divergence, `suggest._damage`) over English's: the score before commit ed1881b."""
+    kld = _damage(m)
     others = [i for i in range(len(m.languages)) if i != m.ref]
     ratio = kld[others] / kld[m.ref]
     return float(ratio.mean() + ratio.max())
