@@ -19,6 +19,7 @@ from quantfair.quantize import QuantScheme
 from quantfair.report import RunRecord, build_report, write_report
 from quantfair.session import AuditSession
 from quantfair.suggest import (
+    WIDTH,
     Score,
     Search,
     Step,
@@ -32,6 +33,7 @@ from quantfair.suggest import (
     suggest,
 )
 from quantfair.suggest import _path as suggestion_path
+from quantfair.weights import layer_variance_ranking
 
 
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
@@ -101,6 +103,28 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
                   {k: v for k, v in data.items() if k != "score_definition"}):
         path.write_text(json.dumps(older))
         assert load_suggestion(session) is None
+
+
+def test_whole_layers_are_tried_in_the_order_of_their_measured_score(tiny_models):
+    """Every layer is measured alone, those over the budget too (they order the halves tried
+    once no whole layer fits): the structural search tries the lowest-scoring layers first,
+    not the highest-variance ones."""
+    session = session_for(tiny_models["tiny-llama"])
+    search = Search(session, 0.05, search_units(session, 2))
+    ranking = search.layer_ranking()
+    layers = search.resolver.layers
+    assert sorted(ranking) == sorted(f"L{layer}" for layer in range(layers))
+    assert not any(search.fits([layer]) for layer in ranking)  # halves only, at 5%
+    scores = [search.score([layer]) for layer in ranking]
+    kinds = [0 if search.repairs(s) else 1 if search.allowed(s) else 2 for s in scores]
+    assert kinds == sorted(kinds)
+    for kind in set(kinds):
+        values = [s.value for s, k in zip(scores, kinds, strict=True) if k == kind]
+        assert values == sorted(values)
+    by_variance = [f"L{layer}" for layer in layer_variance_ranking(search.resolver.bank)]
+    assert ranking[:WIDTH] != by_variance[:WIDTH]  # the two orders differ on this model
+    halves = {c.partition(".")[0] for c in search.structural([]) if c.startswith("L")}
+    assert halves == set(ranking[:WIDTH])
 
 
 def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_models):
@@ -221,7 +245,7 @@ def test_a_disparity_over_no_english_change_scores_infinite(english):
 def test_under_a_block_format_every_candidate_is_whole_tensors(tiny_models):
     """GGUF stores one type per tensor: the search may not keep single entries there."""
     session = session_for(tiny_models["tiny-llama"], scheme=QuantScheme.parse("gguf:Q4_0"))
-    result = suggest(session, 0.15, calibration_units=3, width=1)
+    result = suggest(session, 0.15, calibration_units=3)
     resolver = session.resolver()
     assert len(result.trace) > 1
     # the finalists' second round is scored on the whole pool, more units, none audited
