@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--calibration-units", type=int, default=4,
                          help="held-out units per language scored during the search")
     suggest.add_argument("--width", type=int, default=3,
-                         help="whole layers tried per step, highest weight variance first")
+                         help="whole layers tried per step, lowest score alone first")
     suggest.add_argument("--json", help="also write the result to this JSON file")
     suggest.set_defaults(run=cmd_suggest)
 

@@ -176,6 +176,7 @@ class Search:
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
+        self.announce = print
 
     def overhead(self, units: list[str]) -> float:
         return self.session.overhead("+".join(units) or "none").fraction
@@ -238,6 +239,7 @@ class Search:
         if self._ranking is None:
             layers = [f"L{layer}" for layer in range(self.resolver.layers)
                       if f"L{layer}" not in self.kept]
+            self.announce(f"quantfair suggest: each of {len(layers)} layers kept alone")
             scores = {layer: self.score(self.kept + [layer]) for layer in layers}
 
             def order(layer: str) -> tuple[int, float]:
@@ -312,6 +314,7 @@ class Search:
         return finalists[min(range(len(scored)), key=lambda i: scored[i].value)]
 
     def run(self, announce) -> tuple[list[str], Score, list[Step]]:
+        self.announce = announce
         trace = [self.step(0, "portfolio", [], "none", self.none, False)]
         portfolio = self.portfolio()
         announce(f"quantfair suggest: portfolio of {len(portfolio)} selectors")
