@@ -28,8 +28,8 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    the search goes on from it: what it keeps breaks the model; of several such, the one
    scoring lowest (they all repair the model; fairness decides between them);
 2. a greedy structural search over protection units (whole layers ordered by the score of
-   keeping each alone, every layer measured once: `Search.layer_ranking`,
-   then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
+   keeping each alone, every layer measured once if one can still be kept:
+   `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
    norms, biases and position embeddings); a unit that removes at least half the damage is
    taken first, like such a selector, whatever it does to disparity;
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
@@ -253,6 +253,12 @@ class Search:
     def structural(self, chosen: list[str]) -> list[str]:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
                     if self._exists(u) and u not in chosen]
+        # Every layer is measured only if one of them, or one half of one, can still be kept:
+        # a selector kept first may spend the whole budget (a whole layer holds its halves).
+        halves = [f"L{layer}.{block}" for layer in range(self.resolver.layers)
+                  for block in ("attn", "mlp", "ln")]
+        if self._ranking is None and not self._new(chosen, halves):
+            return self._new(chosen, globals_)
         ranked = [layer for layer in self.layer_ranking() if layer not in chosen][: self.width]
         fits = [c for c in ranked if self.fits(chosen + [c])]
         # Halves of layers only once whole layers no longer fit: the search stays affordable.

@@ -127,6 +127,18 @@ def test_whole_layers_are_tried_in_the_order_of_their_measured_score(tiny_models
     assert halves == set(ranking[:WIDTH])
 
 
+def test_layers_are_not_measured_when_what_is_kept_spends_the_budget(tiny_models):
+    """A selector kept first (a repair) may spend the whole budget: no layer, nor half of
+    one, can be kept beside it, so measuring every layer alone would be wasted."""
+    session = session_for(tiny_models["tiny-llama"])
+    search = Search(session, 0.05, search_units(session, 2))
+    magnitude = budget_selectors(session, 0.05)["magnitude"][0]
+    assert not any(c.startswith("L") for c in search.structural([magnitude]))
+    assert search._ranking is None
+    assert any(c.startswith("L") for c in search.structural([]))  # with room, layers are tried
+    assert search._ranking is not None
+
+
 def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_models):
     """As many units as are neither audited nor selector text: exactly those; more than
     that: any held-out units."""
