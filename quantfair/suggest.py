@@ -29,9 +29,10 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    scoring lowest (they all repair the model; fairness decides between them);
 2. a greedy structural search over protection units (whole layers ordered by the score of
    keeping each alone, every layer measured once if one can still be kept:
-   `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm halves, and model-wide
-   norms, biases and position embeddings); a unit that removes at least half the damage is
-   taken first, like such a selector, whatever it does to disparity;
+   `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm
+   halves, and model-wide norms, biases and position embeddings); a unit that removes at
+   least half the damage is taken first, like such a selector, whatever it does to
+   disparity;
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
    score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring lowest
    on the calibration units, and no protection (or what breaks the model, kept first), are scored
