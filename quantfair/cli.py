@@ -284,6 +284,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
+    if args.output and not Path(args.output).parent.is_dir():
+        raise UsageError(f"-o {args.output}: no directory {Path(args.output).parent}")
     if args.strategy != "suggested":
         check_strategy_syntax(args.strategy)
     session = _session(args)

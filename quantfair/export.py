@@ -14,6 +14,7 @@ from quantfair.errors import UsageError
 from quantfair.models import LoadedModel
 from quantfair.quantize import Protection, gguf_tensor_type, has_element_masks
 from quantfair.schemes import QuantScheme
+from quantfair.storage import atomic_path
 from quantfair.taxonomy import Component
 
 PROTECT_TYPES = ("F32", "F16")
@@ -117,6 +118,8 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
                          "with llama.cpp's convert_hf_to_gguf.py MODEL_DIR --outtype f32 "
                          "--outfile model-f32.gguf (in the llama.cpp source tree, needs its "
                          "gguf-py), then export model-f32.gguf")
+    if Path(output).resolve() == Path(loaded.gguf_source).resolve():
+        raise UsageError(f"-o {output} is the file the model was loaded from: write another")
     reader = gguf.GGUFReader(loaded.gguf_source)
     by_gguf_name = {gguf_name: name for name, gguf_name in gguf_names(loaded, parts).items()}
     in_file = {tensor.name for tensor in reader.tensors}
@@ -124,6 +127,16 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
     if missing:
         raise UsageError(f"{loaded.gguf_source.name} has no tensor {missing[0]} "
                          f"({by_gguf_name[missing[0]]})")
+    with atomic_path(Path(output)) as temporary:  # whole or not at all, even on Ctrl-C
+        return _write_gguf(reader, temporary, scheme, parts, by_gguf_name, set(protected),
+                           protect_as, file_type)
+
+
+def _write_gguf(reader, output: Path, scheme: QuantScheme, parts: dict[str, Component],
+                by_gguf_name: dict[str, str], keep: set[str], protect_as: str,
+                file_type) -> dict[str, int]:
+    import gguf
+
     architecture = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(str(output), architecture)
     # Metadata copy as in the gguf package's gguf_new_metadata.py, file type rewritten.
@@ -134,7 +147,6 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
         sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
     writer.add_file_type(file_type or gguf.LlamaFileType[f"MOSTLY_{scheme.gguf_type}"])
-    keep = set(protected)
     written: Counter[str] = Counter()
     for tensor in reader.tensors:
         name = by_gguf_name.get(tensor.name)

@@ -55,20 +55,36 @@ def cache_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary handle whose content becomes `path` whole when the block ends, or never (an
-    error removes it): a concurrent reader sees the old file or the new."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` that becomes `path` whole when the block ends, or never
+    (an error or Ctrl-C removes it): a concurrent reader sees the old file or the new, and a
+    reader of the old one (a memory map) keeps it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # as open() would have made it, not 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle whose content becomes `path` whole when the block ends, or never
+    (`atomic_path`)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        yield handle
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ arguments for llama-quantize and transformers."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import gguf
@@ -118,6 +119,39 @@ def test_unexportable_requests_are_one_line_errors(f32_gguf, tmp_path, capsys, a
                  "-o", str(tmp_path / "x.gguf")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("quantfair: error:") and message in error
+
+
+def test_the_source_file_is_never_overwritten(f32_gguf, tmp_path, capsys):
+    copy = tmp_path / "model.gguf"
+    copy.write_bytes(f32_gguf.read_bytes())
+    before = copy.read_bytes()
+    assert main(["export", str(copy), "--quant", "gguf:Q5_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(copy)]) == 2
+    assert "is the file the model was loaded from" in capsys.readouterr().err
+    assert copy.read_bytes() == before
+
+
+def test_an_interrupted_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_path,
+                                                                 monkeypatch):
+    output = tmp_path / "out.gguf"
+    output.write_bytes(b"the previous export")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupted)
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(output)]) == 130
+    assert output.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+
+
+def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
+    output = tmp_path / "out.gguf"
+    _export(f32_gguf, output)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
