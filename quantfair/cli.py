@@ -158,6 +158,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
         check_strategy_syntax(strategy)
+    _check_output(args.json, "--json")
     session = _session(args)
     for strategy in strategies:
         session.resolver().resolve(strategy)
@@ -190,12 +191,21 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Before the model loads: a file to write must have a directory to go in."""
+    from pathlib import Path
+
+    if path and not Path(path).parent.is_dir():
+        raise UsageError(f"{flag} {path}: no directory {Path(path).parent}")
+
+
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
     from quantfair.suggest import fairer_than_none, suggest
 
     budget = parse_percent(args.budget, "--budget")
+    _check_output(args.json, "--json")
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
@@ -284,8 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
-    if args.output and not Path(args.output).parent.is_dir():
-        raise UsageError(f"-o {args.output}: no directory {Path(args.output).parent}")
+    _check_output(args.output, "-o")
     if args.strategy != "suggested":
         check_strategy_syntax(args.strategy)
     session = _session(args)

@@ -8,6 +8,7 @@ every pytest run of the environment.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,26 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     return tuple(dict.fromkeys([REFERENCE, *chosen]))
 
 
+def _check_writable(directory: Path, option: str) -> None:
+    """UsageError unless a file can be written in `directory` (made if missing): a run must
+    not end by failing to write what it measured."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option}: cannot write in {directory} "
+                         f"({error.strerror or error})") from None
+
+
+def require_other_languages(languages: Sequence[str] | None) -> None:
+    """UsageError when English is the only language: disparities compare languages with it
+    (`None`: every language of the corpus)."""
+    if languages is not None and not set(languages) - {REFERENCE}:
+        raise UsageError(f"--languages {','.join(languages)}: disparities compare languages "
+                         f"with {REFERENCE}; give at least one other, e.g. {REFERENCE},de")
+
+
 def parse_percent(text: str, what: str) -> float:
     """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is within 0..100%."""
     try:
@@ -236,7 +257,9 @@ class RunConfig:
         if not model:
             raise UsageError("no model given (--model)")
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
-        chosen = value("languages") or ("all" if get("corpus") else DEFAULT_LANGUAGES)
+        chosen = value("languages")  # an empty list is an error, not the default
+        if chosen is None:
+            chosen = "all" if get("corpus") else DEFAULT_LANGUAGES
         corpus = load_corpus(get("corpus"))
         corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
@@ -249,6 +272,8 @@ class RunConfig:
         report, baseline = get("report"), get("baseline")
         if report and Path(report).is_dir():
             raise UsageError(f"--report {report} is a directory; give the path of a .json file")
+        if report:
+            _check_writable(Path(report).parent, "--report")
         if baseline and not Path(baseline).is_file():
             raise UsageError(f"--baseline {baseline}: no such report file")
         quantized, label = get("quantized"), get("quantized-label")

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import pytest
 
-from quantfair.config import DEFAULT_LANGUAGES, OPTIONS, RunConfig, add_options, parse_languages
+from quantfair.config import (
+    DEFAULT_LANGUAGES,
+    OPTIONS,
+    RunConfig,
+    add_options,
+    parse_languages,
+    require_other_languages,
+)
 from quantfair.errors import QuantfairError
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
@@ -47,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         run_config = RunConfig.build(lambda name: option_value(config, name))
+        require_other_languages(run_config.languages)
         from quantfair.models import check_available
 
         check_available(run_config.model, run_config.random_weights)

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from quantfair.config import require_other_languages
 from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
@@ -388,6 +389,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     """Search a protection strategy for `session`'s model and scheme within `budget` (0..1)."""
     if not 0 <= budget <= 1:
         raise UsageError(f"budget must be between 0% and 100%, got {100 * budget:g}%")
+    require_other_languages(session.config.languages)
     start = time.perf_counter()
     session.loaded  # noqa: B018
     passes_before = session.evaluator.forward_passes

@@ -60,6 +60,14 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
      "--width must be a positive integer, got -1"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
+     "give at least one other, e.g. en,de"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
+    (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/nowhere/x.json"],
+     "--json /nowhere/x.json: no directory /nowhere"),
+    (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
+     "-o /nowhere/x.gguf: no directory /nowhere"),
 ])
 def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
     result = run_cli(*[a.format(**corpus_files) for a in args])

@@ -55,6 +55,9 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--languages", "en,xx"], "unknown language(s) xx"),
         (["--units", "many"], "--units must be an integer"),
         (["--strategy-typo"], "unrecognized arguments"),
+        (["--languages", "en"], "give at least one other, e.g. en,de"),
+        (["--languages", ""], "an empty entry"),
+        (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
