@@ -110,6 +110,7 @@ class Suggestion:
     confirmation_units: list[str] = field(default_factory=list)
     note: str = ""
     score_definition: str = SCORE
+    languages: list[str] = field(default_factory=list)  # those searched on, English first
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -395,13 +396,14 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     passes_before = session.evaluator.forward_passes
     config = session.config
     result = Suggestion(model=session.loaded.name, scheme=config.scheme.name, budget=budget,
-                        strategy="none", overhead=0.0, score=math.nan)
+                        strategy="none", overhead=0.0, score=math.nan,
+                        languages=list(session.corpus.languages))
     held_out = session.calibration
-    if budget == 0 or held_out is None:
-        result.note = ("budget 0%: nothing is protected" if budget == 0 else
-                       "no units left for calibration: lower --units")
-        if held_out is None and budget > 0:
-            raise UsageError("no held-out units left for calibration: lower --units")
+    if budget > 0 and held_out is None:
+        raise UsageError("no held-out units left for calibration: lower --units")
+    if budget == 0:
+        result.note = "budget 0%: nothing is protected"
+        save(session, result)  # the latest suggestion, what `--strategy suggested` uses
         return result
     resolver = session.resolver()
     scheme = config.scheme
@@ -413,6 +415,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     if budget < smallest:
         result.note = (f"budget {100 * budget:g}% is below the smallest protection unit "
                        f"({100 * smallest:.2g}% of parameters): nothing is protected")
+        save(session, result)
         return result
     calibration = search_units(session, calibration_units, seed)
     pool = search_pool(session, calibration_units)

@@ -154,6 +154,20 @@ def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf, capsys):
+    from quantfair.suggest import Suggestion, save
+
+    session = _session(str(f32_gguf), quant="gguf:Q5_0")
+    save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
+                             overhead=0.05, score=1.0, languages=["en", "de"]))
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--emit", "llama-quantize", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert ("--strategy suggested is L1, the latest suggestion for gguf:Q5_0 (budget 5%, en,de)"
+            in printed.err)
+    assert printed.out.strip() == r"--tensor-type blk\.1\..*=f32"
+
+
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
     assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2

@@ -28,6 +28,7 @@ from quantfair.suggest import (
     calibration_score,
     fairer_than_none,
     load_suggestion,
+    save,
     search_pool,
     search_units,
     suggest,
@@ -349,14 +350,19 @@ def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
     assert fairer_than_none(comparison[1:2]).endswith("mean: none of them; worst: none of them")
 
 
-def test_zero_budget_suggests_none(tiny_models):
-    result = suggest(session_for(tiny_models["tiny-gpt2"]), 0.0)
+@pytest.mark.parametrize("budget", [0.0, 1e-7])
+def test_a_budget_protecting_nothing_is_the_latest_suggestion(tiny_models, budget):
+    """`--strategy suggested` is the latest search's result, even one keeping nothing."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    save(session, Suggestion(model="tiny-gpt2", scheme=session.config.scheme.name, budget=0.3,
+                             strategy="L0", overhead=0.3, score=1.0))
+    result = suggest(session, budget)
     assert result.strategy == "none" and not result.trace
-
-
-def test_budget_below_the_smallest_unit_says_so(tiny_models):
-    result = suggest(session_for(tiny_models["tiny-gpt2"]), 1e-7)
-    assert result.strategy == "none" and "below the smallest protection unit" in result.note
+    if budget:
+        assert "below the smallest protection unit" in result.note
+    latest = load_suggestion(session)
+    assert latest["strategy"] == "none" and latest["budget"] == budget
+    assert latest["languages"] == list(session.corpus.languages)
 
 
 def test_budget_above_everything_is_a_usage_error(tiny_models):
