@@ -336,6 +336,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
         return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
                            gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
     if path.is_dir():
+        _check_model_directory(path)
         model, tokenizer = _from_pretrained(str(path))
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))
     if spec.count("/") > 1 or spec.startswith((".", "~")):
@@ -360,6 +361,12 @@ def _hub_or_local(spec: str) -> LoadedModel:
     return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
 
 
+def _check_model_directory(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{path} has no config.json: not a Hugging Face model directory "
+                         "(give the folder save_pretrained wrote, or a .gguf file)")
+
+
 def check_available(spec: str, random_weights: bool = False) -> None:
     """Fail fast, without loading, when `spec` cannot be loaded here."""
     if spec in TINY_MODEL_TYPES:
@@ -381,6 +388,8 @@ def check_available(spec: str, random_weights: bool = False) -> None:
             raise UsageError(f"model path not found: {spec}")
         if path.suffix == ".gguf":
             check_gguf(path)
+        else:
+            _check_model_directory(path)
         return
     from huggingface_hub import try_to_load_from_cache
 

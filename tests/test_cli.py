@@ -13,6 +13,7 @@ BAD_INPUTS = [
     (["inspect", "tiny-gpt2", "--quant", "int9"], "bits must be between 2 and 8"),
     (["inspect", "tiny-gpt2", "--quant", "int4-g0"], "group size must be a positive"),
     (["inspect", "/nowhere/model.gguf"], "GGUF file not found"),
+    (["inspect", "/tmp"], "/tmp has no config.json: not a Hugging Face model directory"),
 ]
 
 
