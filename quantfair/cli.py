@@ -204,6 +204,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     from quantfair.suggest import fairer_than_none, suggest
 
+    if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
+        raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
+                         f"'{args.budget}'")
     budget = parse_percent(args.budget, "--budget")
     _check_output(args.json, "--json")
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):

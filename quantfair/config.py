@@ -166,7 +166,7 @@ def require_other_languages(languages: Sequence[str] | None) -> None:
 def parse_percent(text: str, what: str) -> float:
     """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is within 0..100%."""
     try:
-        value = float(text.strip().rstrip("%"))
+        value = float(text.strip().removesuffix("%"))
     except ValueError:
         raise UsageError(f"{what} must be a percentage like 12%, got '{text}'") from None
     if not 0 <= value <= 100:

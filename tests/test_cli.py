@@ -56,6 +56,8 @@ def corpus_files(tmp_path):
     (["measure", "tiny-gpt2", "--strategy", "L99"], "layer 99 out of range"),
     (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
+    (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its sign, like 12%"),
+    (["suggest", "tiny-gpt2", "--budget", "5%%"], "must be a percentage like 12%"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "0"],
      "--calibration-units must be a positive integer, got 0"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
