@@ -136,10 +136,18 @@ def test_a_report_path_that_is_a_directory_is_a_usage_error(pytester):
 
 
 def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester):
+    """The folder is writable when the run starts (checked then) and a file when it ends."""
     blocker = pytester.path / "blocker"
-    blocker.write_text("a file, not a folder")
+    pytester.makepyfile(blocker_plugin="""
+        import pathlib, shutil, pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            shutil.rmtree("blocker")
+            pathlib.Path("blocker").write_text("a file, not a folder")
+    """)
     result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(blocker / "r.json"))
+                 "--quantfair-report", str(blocker / "r.json"), "-p", "blocker_plugin")
     assert result.ret == 3
     result.stdout.fnmatch_lines(["*quantfair audit summary*",
                                  "quantfair: could not write the report: *blocker*"])
