@@ -202,7 +202,7 @@ def _check_output(path: str | None, flag: str) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
-    from quantfair.suggest import fairer_than_none, suggest
+    from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
 
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
         raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
@@ -227,7 +227,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                       "en KLD (nats)", "chosen"],
                      [(s.phase, s.step, s.candidate, f"{s.score:.4f}",
                        f"{s.mean_disparity:.3f}", f"{100 * s.overhead:.3f}%",
-                       f"{s.english_damage:.2f}", "*" if s.chosen else "")
+                       f"{s.english_damage:.2f}",
+                       "*" if s.chosen else "" if s.allowed else "no: raises damage")
                       for s in result.trace]))
     if result.confirmation:
         print(f"\nfinalists scored again on the search pool's {len(result.confirmation_units)} "
@@ -249,6 +250,11 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        f"{100 * row['english_degradation']:.1f}%")
                       for row in result.comparison]))
         print(fairer_than_none(result.comparison))
+        worse = less_fair_than_none(result.comparison[0])  # the suggestion's row
+        if worse:
+            print(f"warning: on the audit units the suggestion is significantly less fair than "
+                  f"no protection ({' and '.join(worse)} disparity): the calibration units "
+                  "misled the search; keep none, or search on more --calibration-units")
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a {result.scheme} file cannot store "
                   "(one type per tensor): simulated here, not a recipe for this format")

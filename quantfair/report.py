@@ -190,7 +190,8 @@ def interval_text(estimate: dict | None) -> str:
     there is none)."""
     if not estimate:
         return ""
-    if estimate.get("undefined"):
+    value = estimate.get("value")
+    if estimate.get("undefined") or value is None or value != value:  # None or NaN
         return "undefined"
     return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
 

@@ -61,6 +61,7 @@ from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
 from quantfair.quantize import in_scope
+from quantfair.report import interval_text
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
 
@@ -89,6 +90,7 @@ class Step:
     worst_disparity: float = math.nan
     phase: str = "structural"  # "portfolio", "structural" or "refinement"
     damage: float = math.nan  # mean + worst damage over English's unprotected damage
+    allowed: bool = True  # False: it raises the damage (`Search.allowed`), so not taken
 
 
 @dataclass
@@ -213,7 +215,7 @@ class Search:
              picked: bool) -> Step:
         return Step(number, candidate, "+".join(chosen + [candidate]), score.value,
                     self.overhead(chosen + [candidate]), score.english, picked, score.mean,
-                    score.worst, phase, score.damage)
+                    score.worst, phase, score.damage, self.allowed(score))
 
     def _exists(self, term: str) -> bool:
         try:
@@ -471,7 +473,8 @@ def _averaged(measurements) -> dict:
 
 def _estimate(draws: tuple[float, np.ndarray, str]) -> dict:
     value, samples, reason = draws
-    low, high = np.nanpercentile(samples, [2.5, 97.5]) if samples.size else (math.nan,) * 2
+    defined = samples.size and not np.isnan(samples).all()
+    low, high = np.nanpercentile(samples, [2.5, 97.5]) if defined else (math.nan,) * 2
     return {"value": value, "low": float(low), "high": float(high), "undefined": reason or None}
 
 
@@ -521,10 +524,18 @@ def fairer_than_none(comparison: list[dict]) -> str:
     parts = []
     for name in ("mean", "worst"):
         below = [row["label"] for row in comparison
-                 if row.get(f"{name}_vs_none", {}).get("high", math.nan) < 0]
+                 if row.get(f"{name}_vs_none", {}).get("high", math.nan) < 0
+                 and interval_text(row.get(f"{name}_disparity")) != "undefined"]
         parts.append(f"{name}: {', '.join(below) or 'none of them'}")
     return "significantly fairer than no protection (it - none, 95% CI below 0): " + \
         "; ".join(parts)
+
+
+def less_fair_than_none(row: dict) -> list[str]:
+    """The disparities ("mean", "worst") in which `row` of `compare_on_audit_units` is
+    significantly less fair than no protection (the 95% CI of it - none above 0)."""
+    return [name for name in ("mean", "worst")
+            if row.get(f"{name}_vs_none", {}).get("low", math.nan) > 0]
 
 
 def _path(session: AuditSession):

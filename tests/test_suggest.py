@@ -16,7 +16,7 @@ from quantfair.html import render_html
 from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
-from quantfair.report import RunRecord, build_report, write_report
+from quantfair.report import RunRecord, build_report, interval_text, write_report
 from quantfair.session import AuditSession
 from quantfair.suggest import (
     WIDTH,
@@ -27,6 +27,7 @@ from quantfair.suggest import (
     budget_selectors,
     calibration_score,
     fairer_than_none,
+    less_fair_than_none,
     load_suggestion,
     save,
     search_pool,
@@ -348,6 +349,24 @@ def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
                   row("act", (-0.7, -0.3), (0.1, 0.6)), row("random", (0.2, 0.5), (-1, 0))]
     assert fairer_than_none(comparison).endswith("mean: act; worst: suggested")
     assert fairer_than_none(comparison[1:2]).endswith("mean: none of them; worst: none of them")
+    assert less_fair_than_none(comparison[3]) == ["mean"]
+    assert less_fair_than_none(comparison[0]) == [] == less_fair_than_none(comparison[1])
+    # a disparity that is undefined (English's NLL did not rise) is fairer than nothing
+    comparison[2]["mean_disparity"] = {"value": None, "low": None, "high": None,
+                                       "undefined": "English's NLL did not rise"}
+    assert fairer_than_none(comparison).endswith("mean: none of them; worst: suggested")
+    # a difference of two undefined disparities is undefined too, not "nan [nan, nan]"
+    assert interval_text({"value": math.nan, "low": math.nan, "high": math.nan}) == "undefined"
+
+
+def test_a_step_raising_the_damage_is_marked_as_not_allowed(tiny_models):
+    session = session_for(tiny_models["tiny-gpt2"])
+    search = Search(session, 0.3, search_units(session, 2))
+    search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
+    search.english_none = 1.0
+    fairer_but_worse = Score(3.0, 1.5, 1.5, 4.5, 1.0)
+    assert not search.step(1, "structural", [], "L0", fairer_but_worse, False).allowed
+    assert search.step(1, "structural", [], "L0", Score(3.0, 1.5, 1.5, 3.5, 1.0), True).allowed
 
 
 @pytest.mark.parametrize("budget", [0.0, 1e-7])
