@@ -117,14 +117,16 @@ def _ratio(record: dict, key: str) -> str:
     return _interval(record, key, digits=2).strip()
 
 
-def _interval(record: dict, key: str, scale: float = 1.0, digits: int = 6) -> str:
+def _interval(record: dict, key: str, scale: float = 1.0, digits: int = 6,
+              unit: str = "") -> str:
     value, low, high = (record[key + suffix] for suffix in ("", "_low", "_high"))
     if value is None:
         return "n/a"
     shown = f"{scale * value:{digits + 4}.{digits}f}"
+    unit = f" {unit}" if unit else ""
     if low is None or high is None:
-        return f"{shown} (too few units for an interval)"
-    return f"{shown} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+        return f"{shown}{unit} (too few units for an interval)"
+    return f"{shown} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]{unit}"
 
 
 def _distribution_block(record: dict) -> str:
@@ -142,9 +144,9 @@ def _distribution_block(record: dict) -> str:
             ("95.0%", "kld_p95"), ("90.0%", "kld_p90"), ("Median", "kld_median"))),
         f"KLD per byte: {_interval(record, 'kld_per_byte')}",
         f"KLD disparity (per byte, vs en): {disparity}",
-        f"Mean    Δp: {_interval(record, 'delta_p_mean', 100, 3)} %",
-        f"RMS     Δp: {_interval(record, 'delta_p_rms', 100, 3)} %",
-        f"Same top p: {_interval(record, 'same_top', 100, 3)} %",
+        f"Mean    Δp: {_interval(record, 'delta_p_mean', 100, 3, '%')}",
+        f"RMS     Δp: {_interval(record, 'delta_p_rms', 100, 3, '%')}",
+        f"Same top p: {_interval(record, 'same_top', 100, 3, '%')}",
     ]
     return "\n".join(lines)
 

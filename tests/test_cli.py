@@ -19,7 +19,7 @@ BAD_INPUTS = [
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "quantfair.cli", *args],
+    return subprocess.run([sys.executable, "-m", "quantfair", *args],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -110,3 +110,19 @@ def test_measure_smollm2_prints_distribution_statistics_and_reruns_from_the_cach
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert second.stdout == first.stdout  # the same numbers, read back
     assert json.loads((tmp_path / "m.json").read_text())["records"][0]["kld_mean"] > 0
+
+
+def test_a_percentage_without_an_interval_keeps_its_unit_beside_the_number():
+    from quantfair.cli import _distribution_block
+
+    keys = ("ln_ppl_ratio", "kld_mean", "kld_per_byte", "kld_disparity", "delta_p_mean",
+            "delta_p_rms", "same_top")
+    record = {"language": "de", "scheme": "int4", "strategy": "none", "kld_undefined": None,
+              **{k: 0.5 for k in ("kld_max", "kld_p99_9", "kld_p99", "kld_p95", "kld_p90",
+                                  "kld_median")},
+              **{k + suffix: (0.25 if suffix == "" else None) for k in keys
+                 for suffix in ("", "_low", "_high")}}
+    lines = _distribution_block(record).splitlines()
+    assert "Same top p:  25.000 % (too few units for an interval)" in lines
+    record.update(same_top_low=0.2, same_top_high=0.3)
+    assert "Same top p:  25.000 [20.000, 30.000] %" in _distribution_block(record).splitlines()
