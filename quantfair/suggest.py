@@ -402,7 +402,10 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
                         languages=list(session.corpus.languages))
     held_out = session.calibration
     if budget > 0 and held_out is None:
-        raise UsageError("no held-out units left for calibration: lower --units")
+        count = len(session.corpus.units)
+        raise UsageError(f"--units {config.units or 0} audits every one of the corpus's {count} "
+                         f"units and leaves none to search on: give fewer, e.g. --units "
+                         f"{max(1, count - 9)}")
     if budget == 0:
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses
