@@ -264,6 +264,11 @@ class RunConfig:
         corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = _integer("units", str(get("units")))
+        # Given, more units than the corpus has is a mistake; the default takes all of a
+        # smaller user corpus.
+        if value("units") is not None and units > len(corpus.units):
+            raise UsageError(f"--units {units}: the corpus has {len(corpus.units)} units per "
+                             "language (0 audits them all)")
         strategy = get("strategy")
         if strategy and strategy != "suggested":
             from quantfair.strategies import check_strategy_syntax

@@ -57,6 +57,7 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
     (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its sign, like 12%"),
+    (["measure", "tiny-gpt2", "--units", "32"], "--units 32: the corpus has 31 units"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
      "fewer, e.g. --units 22"),

@@ -56,6 +56,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--units", "many"], "--units must be an integer"),
         (["--strategy-typo"], "unrecognized arguments"),
         (["--languages", "en"], "give at least one other, e.g. en,de"),
+        (["--units", "100"], "--units 100: the corpus has 31 units per language"),
         (["--languages", ""], "an empty entry"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
     ]:
