@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -260,16 +261,13 @@ class Search:
                     if self._exists(u) and u not in chosen]
         # Every layer is measured only if one of them, or one half of one, can still be kept:
         # a selector kept first may spend the whole budget (a whole layer holds its halves).
-        halves = [f"L{layer}.{block}" for layer in range(self.resolver.layers)
-                  for block in ("attn", "mlp", "ln")]
-        if self._ranking is None and not self._new(chosen, halves):
+        if self._ranking is None and not self._new(
+                chosen, _halves(f"L{layer}" for layer in range(self.resolver.layers))):
             return self._new(chosen, globals_)
         ranked = [layer for layer in self.layer_ranking() if layer not in chosen][: self.width]
         fits = [c for c in ranked if self.fits(chosen + [c])]
         # Halves of layers only once whole layers no longer fit: the search stays affordable.
-        halves = [] if fits else [f"{layer}.{block}" for layer in ranked
-                                  for block in ("attn", "mlp", "ln")
-                                  if f"{layer}.{block}" not in chosen]
+        halves = [] if fits else [h for h in _halves(ranked) if h not in chosen]
         return self._new(chosen, globals_ + fits + halves)
 
     def _kept(self, units: list[str]) -> set[str]:
@@ -361,6 +359,11 @@ class Search:
             "refinement", (steps[-1].step + 1) if steps else 1, announce)
         trace += steps
         return chosen, best, trace
+
+
+def _halves(layers: Iterable[str]) -> list[str]:
+    """The attention, MLP and norm halves of `layers` ("L3" -> "L3.attn", ...)."""
+    return [f"{layer}.{block}" for layer in layers for block in ("attn", "mlp", "ln")]
 
 
 def _lower(score: float, than: float) -> bool:
