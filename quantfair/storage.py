@@ -61,6 +61,11 @@ def _umask() -> int:
     return mask
 
 
+# Read once, at import: the process umask can only be read by setting it, and a file another
+# thread created while it was 0 would be world-writable.
+UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` that becomes `path` whole when the block ends, or never
@@ -72,7 +77,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(descriptor)
     try:
         yield Path(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # as open() would have made it, not 0600
+        os.chmod(temporary, 0o666 & ~UMASK)  # as open() would have made it, not 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
