@@ -62,15 +62,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+_open_bars: list = []  # closed before an error line, so that it starts a line of its own
+
+
 def _tqdm_progress(label: str, total: int):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
                leave=False)
+    _open_bars.append(bar)
 
     def update(done: int, _total: int) -> None:
         bar.update(done - bar.n)
-        if done >= total:
+        if done >= total and bar in _open_bars:
+            _open_bars.remove(bar)
             bar.close()
 
     return update
@@ -416,14 +421,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
+        _close_bars()
         print("quantfair: interrupted (finished work is cached)", file=sys.stderr)
         return 130
     except Exception as error:
         if debug:
             raise
+        _close_bars()
         print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
         expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
         return 2 if expected else 3
+
+
+def _close_bars() -> None:
+    drawn = bool(_open_bars)
+    while _open_bars:
+        _open_bars.pop().close()
+    if drawn and not sys.stderr.isatty():
+        print(file=sys.stderr)  # a log keeps the bar's carriage returns: end its line
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -43,6 +43,9 @@ TINY_MODEL_TYPES = {
 SMOLLM2 = "smollm2-135m"
 GEMMA3 = "gemma3-270m"
 EMBEDDED = (SMOLLM2, GEMMA3)
+KNOWN_OFFLINE = (f"known offline: {', '.join(EMBEDDED)}; random weights for dry runs: "
+                 f"{', '.join(TINY_MODEL_TYPES)}, or --random-weights with "
+                 f"{', '.join(RANDOM_WEIGHT_CONFIGS)}")
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")  # GGUF tensor types that are not quantized
 
 load_count = 0  # models built or read from disk in this process (tests check reuse)
@@ -348,7 +351,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
             raise QuantfairError(
                 f"model '{spec}' is not in the local Hugging Face cache and downloads are off: "
                 f"run `hf download {spec}` on a machine with network (or copy its cache), "
-                f"or pass a local directory or .gguf file; known offline: {', '.join(EMBEDDED)}"
+                f"or pass a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
         try:
             model, tokenizer = _from_pretrained(spec)
@@ -356,7 +359,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
             raise QuantfairError(
                 f"model '{spec}' is neither a local path nor in the Hugging Face cache, and the "
                 f"Hub is unreachable: run `hf download {spec}` where there is network, or pass "
-                f"a local directory or .gguf file; known offline: {', '.join(EMBEDDED)}"
+                f"a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
     return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
 

@@ -215,6 +215,11 @@ class QuantfairRun:
             f"{k}: {v}" for k, v in summary["counts"].items()))
         for sentence in summary["sentences"]:
             tr.write_line(sentence)
+        if suggestion := self.report.get("suggestion"):
+            languages = ",".join(suggestion.get("languages") or []) or "languages not recorded"
+            tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
+                          f"`quantfair suggest` result for {suggestion['scheme']} (budget "
+                          f"{100 * suggestion['budget']:g}%, {languages})")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         for regression in self.regressions:

@@ -7,6 +7,7 @@ import pytest
 
 BAD_INPUTS = [
     (["inspect", "no-such-org/no-such-model"], "not in the local Hugging Face cache"),
+    (["inspect", "no-such-model"], "random weights for dry runs: tiny-gpt2, tiny-opt"),
     (["inspect", "gpt2"], "hf download gpt2"),
     (["inspect", "gpt2", "--random-weights", "--strategy", "L99"], "layer 99 out of range"),
     (["inspect", "tiny-gpt2", "--quant", "int0"], "bits must be between 2 and 8"),
@@ -130,3 +131,19 @@ def test_a_percentage_without_an_interval_keeps_its_unit_beside_the_number():
     assert "Same top p:  25.000 % (too few units for an interval)" in lines
     record.update(same_top_low=0.2, same_top_high=0.3)
     assert "Same top p:  25.000 [20.000, 30.000] %" in _distribution_block(record).splitlines()
+
+
+def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, capsys):
+    """In a log (stderr not a terminal) the bar's carriage returns stay: the error line must
+    still begin a line."""
+    from quantfair import cli, evaluate
+
+    def fail(self, batch):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(evaluate.Evaluator, "_run", fail)
+    assert cli.main(["measure", "tiny-gpt2", "--languages", "en,de", "--units", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "tok" in err  # a bar was drawn
+    assert any(line.startswith("quantfair: error: unexpected RuntimeError: boom")
+               for line in err.split("\n")), err

@@ -195,9 +195,13 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
     report = load(path)
     assert result.ret == exit_code_of(report)
     assert report["suggestion"]["budget"] == 0.30
+    result.stdout.fnmatch_lines([f"--strategy suggested is {report['suggestion']['strategy']}, "
+                                 "the latest `quantfair suggest` result for int4 (budget 30%, "
+                                 "en,he,zh)"])
     assert {a["finding"] for a in report["audits"] if a["outcome"] != "skipped"} == {
         "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
-    assert "Suggested protection" in path.with_suffix(".html").read_text()
+    assert "within a budget of 30.0% in en, he, zh, on calibration units" in (
+        path.with_suffix(".html").read_text())
 
 
 def test_suggested_without_a_search_is_skipped_with_the_reason(pytester):
