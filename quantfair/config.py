@@ -117,7 +117,7 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
         if option.flag:
             kwargs.update(action="store_true", default=False)
         else:
-            kwargs["default"] = None
+            kwargs.update(default=None, metavar=option.name.upper().replace("-", "_"))
         addoption(f"--{prefix}{name}", **kwargs)
 
 

@@ -147,3 +147,10 @@ def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, ca
     assert "tok" in err  # a bar was drawn
     assert any(line.startswith("quantfair: error: unexpected RuntimeError: boom")
                for line in err.split("\n")), err
+
+
+def test_help_names_values_by_the_option_not_its_settings_key():
+    result = run_cli("measure", "--help")
+    assert result.returncode == 0
+    assert "--device DEVICE" in result.stdout and "--embedding-type EMBEDDING_TYPE" in result.stdout
+    assert "QUANTFAIR_DEVICE" not in result.stdout
