@@ -246,7 +246,6 @@ def _embedded(spec: str) -> LoadedModel:
     gguf_path = _smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()
     cached = cache_root() / "models" / spec
     note = f"dequantized from {gguf_path.name} (the GGUF's own quantization is the FP reference)"
-    loaded = None
     if not (cached / "complete").exists():
         with cache_writes(cached.parent):
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -254,16 +253,18 @@ def _embedded(spec: str) -> LoadedModel:
             lock.acquire()
         try:  # another process may have converted it while this one waited
             if not (cached / "complete").exists():
-                loaded = _convert(gguf_path, cached)
+                _convert(gguf_path, cached)
         finally:
             lock.release()
-    model, tokenizer = loaded or _from_pretrained(str(cached))
+    # Read back even right after converting: the GGUF-loaded model's config differs (it names
+    # the GGUF as its quantization), and with it the results cache's key.
+    model, tokenizer = _from_pretrained(str(cached))
     return LoadedModel(spec, model, tokenizer, source=f"{gguf_path} (cache {cached})",
                        weights_note=note, gguf_source=gguf_path,
                        gguf_types=gguf_type_mix(gguf_path))
 
 
-def _convert(gguf_path: Path, cached: Path) -> tuple[nn.Module, object]:
+def _convert(gguf_path: Path, cached: Path) -> None:
     """Load the GGUF and save it to `cached`, complete or not at all."""
     print(f"quantfair: converting {gguf_path.name} once (about 20 s) to {cached}",
           file=sys.stderr)
@@ -277,7 +278,6 @@ def _convert(gguf_path: Path, cached: Path) -> tuple[nn.Module, object]:
             partial.rename(cached)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    return loaded
 
 
 def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:

@@ -174,3 +174,18 @@ def test_smollm2_nll_matches_a_plain_forward_loop(tmp_path):
     results = Evaluator(loaded, ResultCache(tmp_path)).evaluate("fp", texts)
     for text in texts:
         assert results[text].nll == pytest.approx(plain_loop_nll(loaded, text), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_run_converting_the_embedded_model_keys_results_as_later_runs_do(
+        tmp_path, monkeypatch):
+    """The first use converts the GGUF to a cached checkpoint; its results must be cached
+    under the key later runs look up (the GGUF-loaded config names a quantization)."""
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path))
+    converting = load_model("smollm2-135m")
+    assert (tmp_path / "models" / "smollm2-135m" / "complete").exists()
+    later = load_model("smollm2-135m")
+    assert evaluate.model_results(converting) == evaluate.model_results(later)
+    assert evaluate.model_identity(converting) == evaluate.model_identity(later)
+    assert (evaluate.tokenizer_identity(converting.tokenizer)
+            == evaluate.tokenizer_identity(later.tokenizer))
