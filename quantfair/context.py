@@ -9,6 +9,7 @@ from pathlib import Path
 
 from quantfair import models, weights
 from quantfair.audit import CANDIDATE, Matched, NotApplicable, Strategy
+from quantfair.errors import UsageError
 from quantfair.evaluate import Evaluator, ResultCache, model_results
 from quantfair.metrics import Measurement
 from quantfair.quantize import QuantScheme
@@ -65,7 +66,7 @@ class AuditContext:
             return self.candidate
         found = self.suggestion()
         if found is None:
-            raise NotApplicable(f"no suggestion cached for {self.session.loaded.name} with "
+            raise UsageError(f"no suggestion cached for {self.session.loaded.name} with "
                         f"{self.session.config.scheme.name}: run `quantfair suggest` first")
         return found["strategy"]
 

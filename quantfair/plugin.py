@@ -120,6 +120,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if finding is not None and callspec is not None:
         report.quantfair = {**finding.describe(callspec.params["case"]),
                             **item.stash.get(EVIDENCE, {})}
+        excinfo = call.excinfo
+        if call.when == "call" and excinfo is not None and not excinfo.errisinstance(
+                (pytest.fail.Exception, pytest.skip.Exception)):
+            # The audit could not run (a bad setting, a broken cache): an error, not a finding.
+            first = str(excinfo.value).strip().splitlines()
+            report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "
+                                    f"{first[0] if first else 'no message'}")
     return report
 
 

@@ -138,8 +138,9 @@ class RunRecord:
 def build_report(record: RunRecord) -> dict:
     """The versioned JSON document (see the README's "Report format")."""
     unique = {row_key(r): r for r in record.rows}
-    failed = sum(a["outcome"] in ("failed", "error") for a in record.audits)
-    verdict = "incomplete" if record.incomplete else ("failed" if failed else "passed")
+    outcomes = {a["outcome"] for a in record.audits}
+    verdict = ("incomplete" if record.incomplete else "error" if "error" in outcomes
+               else "failed" if "failed" in outcomes else "passed")
     report = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

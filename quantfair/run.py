@@ -99,7 +99,9 @@ class QuantfairRun:
                 entry["outcome"] = "inconclusive" if inconclusive else "skipped"
                 entry["message"] = reason
             elif report.failed:
-                entry["outcome"] = "failed" if report.when == "call" and not crashed else "error"
+                audit_failed = report.when == "call" and not crashed and (
+                    (evidence or {}).get("outcome") != "error")
+                entry["outcome"] = "failed" if audit_failed else "error"
                 if not entry.get("message"):
                     lines = (report.longreprtext or "").strip().splitlines()
                     entry["message"] = lines[-1] if lines else "error"
@@ -147,9 +149,13 @@ class QuantfairRun:
                 self.report_paths = write_report(report, self._json_path())
             except OSError as error:
                 self.write_error = f"quantfair: could not write the report: {error}"
-        if self.write_error or self.terminated:
-            session.exitstatus = (pytest.ExitCode.INTERRUPTED if self.terminated
-                                  else pytest.ExitCode.INTERNAL_ERROR)
+        if self.terminated:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        elif self.write_error or (report["summary"]["counts"]["error"]
+                                  and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
+            # 1 means a claim did not hold; an audit that could not run (or whose worker
+            # crashed) is not a finding
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         elif self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

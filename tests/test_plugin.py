@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from markupsafe import escape
 
 AUDITS = Path(__file__).resolve().parents[1] / "audits"
@@ -20,8 +21,10 @@ def load(path: Path) -> dict:
 
 
 def exit_code_of(report: dict) -> int:
-    """pytest's exit code for a report's outcomes: 1 when an audit failed, else 0."""
-    return 1 if report["summary"]["counts"]["failed"] or report["summary"]["counts"]["error"] else 0
+    """The exit code for a report's outcomes: 3 when an audit could not run, 1 when one
+    failed, else 0."""
+    counts = report["summary"]["counts"]
+    return 3 if counts["error"] else 1 if counts["failed"] else 0
 
 
 def test_audits_are_skipped_with_one_line_without_model(pytester):
@@ -168,8 +171,9 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
             os._exit(3)
     """)
     path = pytester.path / "crash.json"
-    run(pytester, "test_crash.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
-        "-k", "dies or robustness", "--report", str(path))
+    result = run(pytester, "test_crash.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
+                 "-k", "dies or robustness", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # a crash is not a finding (exit 1)
     report = load(path)
     assert report["verdict"] == "incomplete"
     assert any("crashed" in reason for reason in report["incomplete"])
@@ -204,7 +208,25 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
         path.with_suffix(".html").read_text())
 
 
-def test_suggested_without_a_search_is_skipped_with_the_reason(pytester):
+def test_suggested_without_a_search_is_an_error_not_a_pass(pytester):
+    path = pytester.path / "r.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-bloom",
-                 "--strategy", "suggested", "--no-report", "-rs")
-    result.stdout.fnmatch_lines(["*run `quantfair suggest` first*"])
+                 "--strategy", "suggested", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load(path)
+    assert report["verdict"] == "error"
+    assert {a["outcome"] for a in report["audits"]} == {"error"}
+    assert all("run `quantfair suggest` first" in a["message"] for a in report["audits"])
+
+
+def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):
+    """A strategy naming a layer the model lacks is found when the audit runs: it must not
+    read as an honest finding (exit 1, verdict failed)."""
+    path = pytester.path / "r.json"
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
+                 "--strategy", "L99", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load(path)
+    assert report["verdict"] == "error" and report["summary"]["counts"]["failed"] == 0
+    errors = [a for a in report["audits"] if a["outcome"] == "error"]
+    assert errors and all("layer 99 out of range" in a["message"] for a in errors)
