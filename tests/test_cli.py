@@ -14,6 +14,8 @@ BAD_INPUTS = [
     (["inspect", "tiny-gpt2", "--quant", "int9"], "bits must be between 2 and 8"),
     (["inspect", "tiny-gpt2", "--quant", "int4-g0"], "group size must be a positive"),
     (["inspect", "/nowhere/model.gguf"], "GGUF file not found"),
+    (["inspect", "/nowhere/model"], "model path not found: /nowhere/model"),
+    (["inspect", "pyproject.toml"], "model pyproject.toml: a file that is not .gguf"),
     (["inspect", "/tmp"], "/tmp has no config.json: not a Hugging Face model directory"),
 ]
 

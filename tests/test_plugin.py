@@ -84,6 +84,31 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     assert "not in the local Hugging Face cache" in result.stderr.str()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/folder"], "model path not found: /no/such/folder"),
+    (["--model", "notes.txt"], "model notes.txt: a file that is not .gguf"),
+    (["--model", "tiny-gpt2", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--model", "tiny-gpt2", "--quantized", "notes.txt"], "--quantized notes.txt: a file"),
+])
+def test_settings_checked_before_any_audit_are_one_usage_error(pytester, args, message):
+    """Found before the first audit, not as an error in each of them."""
+    pytester.makefile(".txt", notes="not a model")
+    result = run(pytester, QUICK_FILES[0], *args)
+    assert result.ret == 4, result.stdout.str()
+    assert message in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_an_unwritable_results_cache_is_one_usage_error(pytester, monkeypatch):
+    blocker = pytester.makefile(".txt", blocker="a file, not a folder")
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(blocker))
+    result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2")
+    assert result.ret == 4, result.stdout.str()
+    assert f"cannot write the quantfair cache at {blocker}" in result.stderr.str()
+    assert "QUANTFAIR_RESULTS_DIR" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
 def _comparable(report: dict) -> dict:
     report = dict(report)
     for key in ("created", "duration_s", "environment", "processes"):

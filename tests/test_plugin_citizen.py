@@ -253,3 +253,27 @@ def test_a_bad_release_bound_is_a_usage_error(pytester):
     result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
                  "--quantfair-max-disparity", "2.0,he=lots")
     _one_line_usage_error(result, "--max-disparity must be a number, got 'lots'")
+
+
+def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytester,
+                                                                           monkeypatch):
+    """The model facts published at the end are computed into the results cache: if it
+    cannot be written then, the report says what was not published (no traceback)."""
+    results = pytester.path / "results"
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(results))
+    pytester.makepyfile(cache_breaker=f"""
+        import pathlib, shutil, pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            shutil.rmtree({str(results)!r})
+            pathlib.Path({str(results)!r}).write_text("a file, not a folder")
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(path), "-p", "cache_breaker")
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert any(reason.startswith("measurements not published: cannot write the quantfair "
+                                 "cache") for reason in report["incomplete"])
