@@ -277,6 +277,13 @@ class RunConfig:
         report, baseline = get("report"), get("baseline")
         if report and Path(report).is_dir():
             raise UsageError(f"--report {report} is a directory; give the path of a .json file")
+        if report and Path(report).exists() and not Path(report).is_file():
+            raise UsageError(f"--report {report} is not a regular file (--no-report writes no "
+                             "report)")
+        if report and baseline and (Path(report).with_suffix(".json").resolve()
+                                    == Path(baseline).resolve()):
+            raise UsageError(f"--report {report} would overwrite the --baseline it is compared "
+                             "with; give another path")
         if report:
             _check_writable(Path(report).parent, "--report")
         if baseline and not Path(baseline).is_file():

@@ -44,6 +44,8 @@ def option_value(config: pytest.Config, name: str):
     value = config.getoption(dest, default=None)
     if value in (None, False):
         value = config.getini(dest) or value
+    if isinstance(value, list):  # a TOML array in pyproject.toml, e.g. ["de", "he"]
+        value = ",".join(str(item) for item in value)
     return value
 
 

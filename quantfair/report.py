@@ -174,15 +174,16 @@ def unique_report_path(folder: Path, model: str) -> Path:
     return folder / f"{name}-{now:%Y%m%dT%H%M%S.%f}Z-{os.getpid()}.json"
 
 
-def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
+def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Path, Path]:
     """Write `json_path` first (what was measured survives an HTML failure), the HTML beside
-    it, and `latest.html` next to them, replaced atomically. Raises OSError."""
+    it, and with `latest` a `latest.html` next to them, replaced atomically. Raises OSError."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
     html_path = json_path.with_suffix(".html")
     html = render_html(report)
     atomic_write(html_path, html.encode())
-    atomic_write(json_path.parent / "latest.html", html.encode())
+    if latest:
+        atomic_write(json_path.parent / "latest.html", html.encode())
     return json_path, html_path
 
 

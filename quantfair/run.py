@@ -149,7 +149,9 @@ class QuantfairRun:
         self.report = report
         if not self.config.no_report:
             try:
-                self.report_paths = write_report(report, self._json_path())
+                # latest.html only in the default reports folder, not beside a named report
+                self.report_paths = write_report(report, self._json_path(),
+                                                 latest=not self.config.report)
             except OSError as error:
                 self.write_error = f"quantfair: could not write the report: {error}"
         if self.terminated:

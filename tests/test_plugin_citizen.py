@@ -277,3 +277,28 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
     assert report["verdict"] == "incomplete"
     assert any(reason.startswith("measurements not published: cannot write the quantfair "
                                  "cache") for reason in report["incomplete"])
+
+
+def test_a_toml_array_of_languages_in_pyproject_is_taken_as_the_list(pytester):
+    pytester.makepyprojecttoml("""
+        [tool.pytest.ini_options]
+        quantfair_model = "tiny-gpt2"
+        quantfair_languages = ["de", "he"]
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, BASELINE, "-c", "pyproject.toml", "-k", "robustness",
+                 "--quantfair-report", str(path))
+    assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    assert load(path)["settings"]["languages"] == ["en", "de", "he"]
+
+
+def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(pytester):
+    baseline = pytester.path / "old.json"
+    baseline.write_text("{}")
+    for report, message in ((baseline, "would overwrite the --baseline"),
+                            (Path(os.devnull), "is not a regular file")):
+        result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                     "--quantfair-report", str(report), "--quantfair-baseline", str(baseline))
+        assert result.ret == 4, result.stdout.str()
+        assert message in result.stderr.str()
+    assert baseline.read_text() == "{}"
