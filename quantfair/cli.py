@@ -277,7 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from quantfair.config import DEFAULT_TOLERANCE, number_option
     from quantfair.html import render_html
-    from quantfair.report import compare, load_report
+    from quantfair.report import compare, comparison_notes, load_report
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
@@ -287,9 +287,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     output.write_text(render_html(new), encoding="utf-8")
     regressions = new["comparison"]["regressions"]
+    for line in comparison_notes(new["comparison"]):
+        print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) beyond {100 * tolerance:g}%; wrote {output}")
+    print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
+          f"that stopped passing); wrote {output}")
     return 1 if regressions else 0
 
 

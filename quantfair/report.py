@@ -236,9 +236,13 @@ class NothingShared(QuantfairError):
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
     """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
-    (passed -> inconclusive is listed, and is a regression only when `strict`); raises
-    NothingShared when the two reports have no row and no audit in common."""
+    (passed -> inconclusive is listed, and is a regression only when `strict`); beside them
+    `differences` (settings that differ: numbers measured otherwise) and `not_compared` (the
+    baseline's measurements this run did not make). Audits match by test file and id,
+    whichever folder or package they were collected from. Raises NothingShared when the two
+    reports have no row and no audit in common."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
+    new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows = [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
@@ -253,10 +257,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         elif a is not None and b is None:
             regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
         rows.append(entry)
-    old_audits = {a["nodeid"]: a["outcome"] for a in old.get("audits", [])}
+    old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
     audits = []
     for entry in new.get("audits", []):
-        before = old_audits.get(entry["nodeid"])
+        before = old_audits.get(_audit_key(entry["nodeid"]))
         if before is None:
             continue
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
@@ -267,8 +271,38 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
             f"({_describe(new)}): nothing was compared")
+    settings, was = new.get("settings", {}), old.get("settings", {})
+    differences = [f"{key}: {was.get(key)} -> {settings.get(key)}" for key in COMPARED_SETTINGS
+                   if was.get(key) != settings.get(key)]
+    not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
-            "audits": audits, "regressions": regressions}
+            "audits": audits, "regressions": regressions, "differences": differences,
+            "not_compared": not_compared}
+
+
+# Settings that change what a number means: a baseline measured otherwise is compared, with a
+# note (a release gate may compare a new checkpoint with the last one on purpose).
+COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
+                     "corpus", "dtype")
+
+
+def _audit_key(nodeid: str) -> str:
+    """`audits/test_x.py::test_y[case]` and `test_x.py::test_y[case]` (collected with
+    --pyargs) name the same audit."""
+    path, _, test = nodeid.partition("::")
+    return f"{path.rsplit('/', 1)[-1]}::{test}"
+
+
+def comparison_notes(comparison: dict) -> list[str]:
+    """One line each: what was compared, settings that differ, baseline rows not measured."""
+    lines = [f"compared with the baseline of {comparison['baseline_created']}: "
+             f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
+    if comparison.get("differences"):
+        lines.append("baseline measured otherwise: " + "; ".join(comparison["differences"]))
+    if missing := comparison.get("not_compared"):
+        lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
+                     f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    return lines
 
 
 def _describe(report: dict) -> str:

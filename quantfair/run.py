@@ -235,6 +235,11 @@ class QuantfairRun:
                           f"{100 * suggestion['budget']:g}%, {languages})")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
+        if self.report.get("comparison"):
+            from quantfair.report import comparison_notes
+
+            for note in comparison_notes(self.report["comparison"]):
+                tr.write_line(note)
         for regression in self.regressions:
             tr.write_line(f"REGRESSION vs baseline: {regression}", red=True)
         if self.write_error:

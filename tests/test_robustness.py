@@ -366,6 +366,33 @@ def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
     assert run_cli("report", str(old), str(old)).returncode == 0
 
 
+def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
+        tmp_path, report_pair):
+    """A gate that compared other languages, units or another model must say so; audits
+    collected with --pyargs (test_x.py::...) match those collected from audits/."""
+    from quantfair.report import compare, comparison_notes
+
+    old, report = report_pair
+    other = {**report, "settings": {**report["settings"], "model": "tiny-opt", "units": 8},
+             "measurements": [r for r in report["measurements"] if r["language"] == "en"]
+             + [{**r, "language": "ar"} for r in report["measurements"] if r["language"] == "he"],
+             "audits": [{**a, "nodeid": a["nodeid"].removeprefix("audits/"), "outcome": "failed"}
+                        for a in report["audits"]]}
+    comparison = compare(report, other)
+    assert comparison["differences"] == ["model: tiny-gpt2 -> tiny-opt", "units: 3 -> 8"]
+    assert comparison["not_compared"] and all(
+        key.endswith("/he") for key in comparison["not_compared"])
+    assert comparison["regressions"] == ["audit test_x.py::test_y[none-he]: passed -> failed"]
+    notes = comparison_notes(comparison)
+    assert "baseline measured otherwise: model: tiny-gpt2 -> tiny-opt; units: 3 -> 8" in notes
+    assert any(line.startswith(f"{len(comparison['not_compared'])} baseline measurement(s) "
+                               "not made in this run: ") for line in notes)
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(other))
+    printed = run_cli("report", str(old), str(new))
+    assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
+
+
 # -- rules: tracebacks only when asked --------------------------------------------------------
 
 def test_quantfair_debug_shows_the_traceback():
