@@ -82,6 +82,12 @@ class QuantfairRun:
         selected = [i.nodeid for i in session.items if i.get_closest_marker("quantfair")]
         self.selection["selected_ids"] = selected
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        """The controller's own record of what the workers selected (a worker publishes its
+        selection at its end, which an interrupted run may not reach)."""
+        self.selection.setdefault("selected_ids", list(ids))
+
     # -- collecting evidence (controller and serial runs) ---------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")

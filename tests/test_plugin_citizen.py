@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
 BASELINE = str(AUDITS / "test_baseline.py")
 pytest_plugins = ["pytester"]
@@ -169,7 +171,8 @@ def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pyteste
     assert "baseline_disparity" in path.with_suffix(".html").read_text()
 
 
-def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, workers):
     started = pytester.path / "started"
     pytester.makepyfile(test_hangs=f"""
         import pathlib, time
@@ -184,7 +187,7 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester):
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", BASELINE, "test_hangs.py",
          "-k", "robustness or hangs", "--quantfair-model", "tiny-gpt2",
-         "--quantfair-report", str(path)],
+         "--quantfair-report", str(path), *workers],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 240
@@ -198,6 +201,7 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester):
     assert any("SIGTERM" in reason for reason in report["incomplete"])
     assert any(a["outcome"] == "passed" for a in report["audits"])  # robustness ran first
     assert "quantfair audit summary" in out
+    assert report["selection"]["selected"] == 2 and report["selection"]["not_run"] == 1
 
 
 def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
