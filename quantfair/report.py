@@ -28,15 +28,17 @@ from quantfair.metrics import (
 from quantfair.storage import atomic_write, json_safe
 from quantfair.summary import summarize
 
-SCHEMA = "quantfair-report/3"
+SCHEMA = "quantfair-report/4"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
 # format bumps SCHEMA and adds its schema here (keeping the previous one if still readable).
 # Format 2 added `selection`, the `inconclusive` outcome and each audit's `seed` and `slack`;
 # format 3 made `summary` the answer-first block (outcome counts moved to `summary.counts`);
-# format 1 and 2 reports stay readable (as baselines and in `quantfair report`).
+# format 4 added the `error` verdict (an audit could not run); formats 1 to 3 stay readable
+# (as baselines and in `quantfair report`).
 SCHEMA_FILES = {"quantfair-report/1": "report-1.schema.json",
                 "quantfair-report/2": "report-2.schema.json",
-                "quantfair-report/3": "report-3.schema.json"}
+                "quantfair-report/3": "report-3.schema.json",
+                "quantfair-report/4": "report-4.schema.json"}
 
 
 def distribution_fields(m: Measurement) -> list[dict]:

@@ -95,6 +95,9 @@ def summarize(report: dict) -> dict:
                 "scheme": settings.get("scheme"), "artifact": artifact,
                 "languages": settings.get("languages", []), "units": settings.get("units")}
     sentences = [_headline(report, counts, by_outcome["failed"]) + "."]
+    if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
+        sentences.append("The model has random weights: the run tests the machinery; no "
+                         "finding about a trained model is expected to hold on it.")
     if worst:
         sentences.append("Hardest hit without protection: " + ", ".join(
             f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"

@@ -85,6 +85,15 @@ def test_the_headline_separates_findings_errors_and_incomplete_runs(audits, inco
     assert headline in summarize(report(audits, incomplete))["headline"]
 
 
+def test_a_random_weight_model_is_said_to_test_the_machinery_only():
+    trained, random = report(), report()
+    random["model"]["weights_note"] = "random weights (seed 0)"
+    warning = "The model has random weights: the run tests the machinery"
+    assert not any(warning in s for s in summarize(trained)["sentences"])
+    assert any(warning in s for s in summarize(random)["sentences"])
+    assert warning in render_html({**random, "summary": summarize(random)})
+
+
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
