@@ -7,6 +7,7 @@ every pytest run of the environment.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -174,12 +175,18 @@ def parse_percent(text: str, what: str) -> float:
     return value / 100
 
 
-def parse_release_bound(name: str, text: str) -> dict[str, float]:
-    """`"2.0,he=3.0"` -> `{"*": 2.0, "he": 3.0}` (a default and per-language maxima)."""
+def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[str, float]:
+    """`"2.0,he=3.0"` -> `{"*": 2.0, "he": 3.0}` (a default and per-language maxima); a
+    language not among the audited `languages` is a UsageError (its bound would never
+    apply)."""
     bound: dict[str, float] = {}
     for entry in (part.strip() for part in text.split(",")):
         language, _, number = entry.rpartition("=")
-        bound[language.strip() or "*"] = number_option(name, number)
+        language = language.strip() or "*"
+        if language != "*" and language not in languages:
+            raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
+                             f"({', '.join(languages)})")
+        bound[language] = number_option(name, number)
     return bound
 
 
@@ -198,8 +205,8 @@ def number_option(name: str, text: str) -> float:
         value = float(text)
     except ValueError:
         raise UsageError(f"--{name} must be a number, got '{text}'") from None
-    if not value >= 0:
-        raise UsageError(f"--{name} must be a non-negative number, got {text}")
+    if not 0 <= value < math.inf:
+        raise UsageError(f"--{name} must be a finite non-negative number, got {text}")
     return value
 
 
@@ -314,7 +321,7 @@ class RunConfig:
                    baseline=Path(baseline) if baseline else None,
                    tolerance=number_option("tolerance", str(get("tolerance"))),
                    strict=bool(get("strict")),
-                   release_bounds={name: parse_release_bound(f"max-{name}", text)
+                   release_bounds={name: parse_release_bound(f"max-{name}", text, languages)
                                    for name in RELEASE_QUANTITIES
                                    if (text := get(f"max-{name.replace('_', '-')}"))})
 

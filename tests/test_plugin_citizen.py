@@ -253,10 +253,15 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     assert rows and all(r["kld_disparity"] is not None for r in rows if r["language"] != "en")
 
 
-def test_a_bad_release_bound_is_a_usage_error(pytester):
+@pytest.mark.parametrize("bound, message", [
+    ("2.0,he=lots", "--max-disparity must be a number, got 'lots'"),
+    ("inf", "--max-disparity must be a finite non-negative number, got inf"),
+    ("2.0,xx=3", "--max-disparity 2.0,xx=3: xx is not among the audited languages"),
+])
+def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
     result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-max-disparity", "2.0,he=lots")
-    _one_line_usage_error(result, "--max-disparity must be a number, got 'lots'")
+                 "--quantfair-max-disparity", bound)
+    _one_line_usage_error(result, message)
 
 
 def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytester,
