@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +146,10 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
 def _check_writable(directory: Path, option: str) -> None:
     """UsageError unless a file can be written in `directory` (made if missing): a run must
     not end by failing to write what it measured."""
+    from quantfair.storage import probe_writable
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
+        probe_writable(directory)
     except OSError as error:
         raise UsageError(f"{option}: cannot write in {directory} "
                          f"({error.strerror or error})") from None

@@ -67,7 +67,7 @@ class AuditContext:
         found = self.suggestion()
         if found is None:
             raise UsageError(f"no suggestion cached for {self.session.loaded.name} with "
-                        f"{self.session.config.scheme.name}: run `quantfair suggest` first")
+                             f"{self.session.config.scheme.name}: run `quantfair suggest` first")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:

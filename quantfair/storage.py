@@ -55,13 +55,18 @@ def cache_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
+def probe_writable(folder: Path) -> None:
+    """Make `folder` if missing and write (and drop) a probe file in it. Raises OSError."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
+
+
 def check_writable(*folders: Path) -> None:
-    """Make each cache folder and write a probe file in it, before any work that would store
-    results there. Raises QuantfairError (one line naming the path and its variable)."""
+    """`probe_writable` for each cache folder, before any work that would store results
+    there. Raises QuantfairError (one line naming the path and its variable)."""
     for folder in folders:
         with cache_writes(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
+            probe_writable(folder)
 
 
 def _umask() -> int:

@@ -199,9 +199,12 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     report = load(path)
     assert report["verdict"] == "incomplete"
     assert any("SIGTERM" in reason for reason in report["incomplete"])
-    assert any(a["outcome"] == "passed" for a in report["audits"])  # robustness ran first
     assert "quantfair audit summary" in out
-    assert report["selection"]["selected"] == 2 and report["selection"]["not_run"] == 1
+    assert report["selection"]["selected"] == 2
+    if not workers:  # serially robustness ran first; two workers run both at once
+        assert any(a["outcome"] == "passed" for a in report["audits"])
+        assert report["selection"]["not_run"] == 1
+    assert report["selection"]["not_run"] >= 1
 
 
 def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
