@@ -285,6 +285,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     new["comparison"] = compare(old, new, tolerance)
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
+    if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):
+        raise UsageError(f"--output {output} would overwrite a report it compares")
     output.write_text(render_html(new), encoding="utf-8")
     regressions = new["comparison"]["regressions"]
     for line in comparison_notes(new["comparison"]):

@@ -34,8 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("quantfair", "quantization fairness audits")
     add_options(group.addoption, prefix="quantfair-")
     for option in OPTIONS.values():
-        parser.addini(option.dest, option.help, type="bool" if option.flag else "string",
-                      default=None)
+        # languages: a TOML array in pyproject.toml, or one or more lines of an ini file
+        kind = "bool" if option.flag else "linelist" if option.name == "languages" else "string"
+        parser.addini(option.dest, option.help, type=kind, default=None)
 
 
 def option_value(config: pytest.Config, name: str):
@@ -44,8 +45,8 @@ def option_value(config: pytest.Config, name: str):
     value = config.getoption(dest, default=None)
     if value in (None, False):
         value = config.getini(dest) or value
-    if isinstance(value, list):  # a TOML array in pyproject.toml, e.g. ["de", "he"]
-        value = ",".join(str(item) for item in value)
+    if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
+        value = ",".join(str(item) for item in value) or None
     return value
 
 

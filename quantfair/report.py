@@ -274,8 +274,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
             f"({_describe(new)}): nothing was compared")
     settings, was = new.get("settings", {}), old.get("settings", {})
-    differences = [f"{key}: {was.get(key)} -> {settings.get(key)}" for key in COMPARED_SETTINGS
-                   if was.get(key) != settings.get(key)]
+    differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
+                   for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
@@ -286,6 +286,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
 # note (a release gate may compare a new checkpoint with the last one on purpose).
 COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
                      "corpus", "dtype")
+
+
+def _setting(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _audit_key(nodeid: str) -> str:

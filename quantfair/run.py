@@ -186,9 +186,14 @@ class QuantfairRun:
         if not_run:
             incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
                               "(the run stopped early)")
-        for entry in self.audits.values():
-            if "outcome" not in entry:
-                incomplete.append(f"no outcome for {entry['nodeid']}")
+        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+        for nodeid, entry in list(self.audits.items()):
+            if "outcome" in entry:
+                continue
+            if stopped and nodeid in not_run:  # cut off: counted among those never run
+                del self.audits[nodeid]
+            else:
+                incomplete.append(f"no outcome for {nodeid}")
                 entry["outcome"] = "error"
         deselected = max((p.get("selection", {}).get("deselected", 0) for p in self.payloads),
                          default=0)

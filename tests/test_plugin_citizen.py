@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -176,12 +177,20 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     started = pytester.path / "started"
     pytester.makepyfile(test_hangs=f"""
         import pathlib, time
-        import pytest
+        from dataclasses import dataclass
 
-        @pytest.mark.quantfair
-        def test_hangs(quantfair_audit):
-            pathlib.Path({str(started)!r}).write_text("yes")
-            time.sleep(120)
+        from quantfair.audit import Case, Check, Finding, audit
+
+        @dataclass(frozen=True)
+        class Hang(Check):
+            def cases(self, languages):
+                return [Case("hang", None)]
+
+            def run(self, ctx, case, bound):
+                pathlib.Path({str(started)!r}).write_text("yes")
+                time.sleep(120)
+
+        test_hangs = audit(Finding(id="hangs", experiments=("000",), claim="hangs", check=Hang()))
     """)
     path = pytester.path / "term.json"
     process = subprocess.Popen(
@@ -200,6 +209,7 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     assert report["verdict"] == "incomplete"
     assert any("SIGTERM" in reason for reason in report["incomplete"])
     assert "quantfair audit summary" in out
+    assert report["summary"]["counts"]["error"] == 0  # the audit cut off never ran: no error
     assert report["selection"]["selected"] == 2
     if not workers:  # serially robustness ran first; two workers run both at once
         assert any(a["outcome"] == "passed" for a in report["audits"])
@@ -291,14 +301,22 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
                                  "cache") for reason in report["incomplete"])
 
 
-def test_a_toml_array_of_languages_in_pyproject_is_taken_as_the_list(pytester):
-    pytester.makepyprojecttoml("""
+@pytest.mark.parametrize("config, text", [
+    ("pyproject.toml", """
         [tool.pytest.ini_options]
         quantfair_model = "tiny-gpt2"
         quantfair_languages = ["de", "he"]
-    """)
+    """),
+    ("pytest.ini", """
+        [pytest]
+        quantfair_model = tiny-gpt2
+        quantfair_languages = de, he
+    """),
+])
+def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, config, text):
+    (pytester.path / config).write_text(textwrap.dedent(text))
     path = pytester.path / "r.json"
-    result = run(pytester, BASELINE, "-c", "pyproject.toml", "-k", "robustness",
+    result = run(pytester, BASELINE, "-c", config, "-k", "robustness", "-W", "error",
                  "--quantfair-report", str(path))
     assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
     assert load(path)["settings"]["languages"] == ["en", "de", "he"]

@@ -373,24 +373,32 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     from quantfair.report import compare, comparison_notes
 
     old, report = report_pair
-    other = {**report, "settings": {**report["settings"], "model": "tiny-opt", "units": 8},
+    other = {**report, "settings": {**report["settings"], "model": "tiny-opt", "units": 8,
+                                    "languages": ["en", "ar"]},
              "measurements": [r for r in report["measurements"] if r["language"] == "en"]
              + [{**r, "language": "ar"} for r in report["measurements"] if r["language"] == "he"],
              "audits": [{**a, "nodeid": a["nodeid"].removeprefix("audits/"), "outcome": "failed"}
                         for a in report["audits"]]}
     comparison = compare(report, other)
-    assert comparison["differences"] == ["model: tiny-gpt2 -> tiny-opt", "units: 3 -> 8"]
+    assert comparison["differences"] == ["model: tiny-gpt2 -> tiny-opt",
+                                         "languages: en,he -> en,ar", "units: 3 -> 8"]
     assert comparison["not_compared"] and all(
         key.endswith("/he") for key in comparison["not_compared"])
     assert comparison["regressions"] == ["audit test_x.py::test_y[none-he]: passed -> failed"]
     notes = comparison_notes(comparison)
-    assert "baseline measured otherwise: model: tiny-gpt2 -> tiny-opt; units: 3 -> 8" in notes
+    assert ("baseline measured otherwise: model: tiny-gpt2 -> tiny-opt; languages: en,he -> "
+            "en,ar; units: 3 -> 8") in notes
     assert any(line.startswith(f"{len(comparison['not_compared'])} baseline measurement(s) "
                                "not made in this run: ") for line in notes)
     new = tmp_path / "new.json"
     new.write_text(json.dumps(other))
     printed = run_cli("report", str(old), str(new))
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
+    html = new.with_name("new-vs-baseline.html").read_text()
+    assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
+    one_line_error(run_cli("report", str(old), str(new), "--output", str(new)),
+                   "would overwrite a report it compares")
+    assert json.loads(new.read_text()) == other
 
 
 # -- rules: tracebacks only when asked --------------------------------------------------------
