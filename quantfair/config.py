@@ -146,13 +146,13 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
 def _check_writable(directory: Path, option: str) -> None:
     """UsageError unless a file can be written in `directory` (made if missing): a run must
     not end by failing to write what it measured."""
-    from quantfair.storage import probe_writable
+    from quantfair.storage import probe_writable, why_unwritable
 
     try:
         probe_writable(directory)
     except OSError as error:
         raise UsageError(f"{option}: cannot write in {directory} "
-                         f"({error.strerror or error})") from None
+                         f"({why_unwritable(directory, error)})") from None
 
 
 def require_other_languages(languages: Sequence[str] | None) -> None:
@@ -182,6 +182,8 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     for entry in (part.strip() for part in text.split(",")):
         language, _, number = entry.rpartition("=")
         language = language.strip() or "*"
+        if language in bound:
+            raise UsageError(f"--{name} {text}: {language} is given twice")
         if language != "*" and language not in languages:
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
                              f"({', '.join(languages)})")
@@ -292,6 +294,8 @@ class RunConfig:
                              "with; give another path")
         if report:
             _check_writable(Path(report).parent, "--report")
+        if baseline and Path(baseline).is_dir():
+            raise UsageError(f"--baseline {baseline} is a directory; give a report's .json file")
         if baseline and not Path(baseline).is_file():
             raise UsageError(f"--baseline {baseline}: no such report file")
         quantized, label = get("quantized"), get("quantized-label")

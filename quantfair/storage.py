@@ -46,13 +46,18 @@ def cache_writes(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        existing = next((p for p in (path, *path.parents) if p.exists()), path)
-        why = (f"{existing} is not a directory" if not existing.is_dir()
-               else error.strerror or str(error))
         raise QuantfairError(
-            f"cannot write the quantfair cache at {path} ({why}); "
+            f"cannot write the quantfair cache at {path} ({why_unwritable(path, error)}); "
             f"point {_variable_for(path)} to a writable directory"
         ) from None
+
+
+def why_unwritable(path: Path, error: OSError) -> str:
+    """Why writing under `path` failed: a file where a folder should be, else the OS's
+    reason."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), path)
+    return (f"{existing} is not a directory" if not existing.is_dir()
+            else error.strerror or str(error))
 
 
 def probe_writable(folder: Path) -> None:

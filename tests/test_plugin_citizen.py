@@ -270,6 +270,7 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     ("2.0,he=lots", "--max-disparity must be a number, got 'lots'"),
     ("inf", "--max-disparity must be a finite non-negative number, got inf"),
     ("2.0,xx=3", "--max-disparity 2.0,xx=3: xx is not among the audited languages"),
+    ("2,he=3,he=4", "--max-disparity 2,he=3,he=4: he is given twice"),
 ])
 def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
     result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
@@ -325,10 +326,16 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
 def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(pytester):
     baseline = pytester.path / "old.json"
     baseline.write_text("{}")
-    for report, message in ((baseline, "would overwrite the --baseline"),
-                            (Path(os.devnull), "is not a regular file")):
+    blocker = pytester.path / "a-file"
+    blocker.write_text("")
+    for report, message, old in (
+            (baseline, "would overwrite the --baseline", baseline),
+            (Path(os.devnull), "is not a regular file", baseline),
+            (blocker / "r.json", f"cannot write in {blocker} ({blocker} is not a directory)",
+             baseline),
+            (pytester.path / "r.json", "--baseline . is a directory", Path("."))):
         result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
-                     "--quantfair-report", str(report), "--quantfair-baseline", str(baseline))
+                     "--quantfair-report", str(report), "--quantfair-baseline", str(old))
         assert result.ret == 4, result.stdout.str()
         assert message in result.stderr.str()
     assert baseline.read_text() == "{}"
