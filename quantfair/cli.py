@@ -327,11 +327,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if found is None:
             raise UsageError(f"no suggestion cached for {session.loaded.name} with "
                              f"{session.config.scheme.name}: run `quantfair suggest` first")
+        from quantfair.report import searched_with
+
         strategy = found["strategy"]
-        searched_on = ",".join(found.get("languages") or []) or "languages not recorded"
         print(f"quantfair: --strategy suggested is {strategy}, the latest suggestion for "
-              f"{session.config.scheme.name} (budget {100 * found['budget']:g}%, {searched_on})",
-              file=sys.stderr)
+              f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)

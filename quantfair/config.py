@@ -283,17 +283,18 @@ class RunConfig:
 
             check_strategy_syntax(strategy)
         report, baseline = get("report"), get("baseline")
-        if report and Path(report).is_dir():
-            raise UsageError(f"--report {report} is a directory; give the path of a .json file")
-        if report and Path(report).exists() and not Path(report).is_file():
-            raise UsageError(f"--report {report} is not a regular file (--no-report writes no "
-                             "report)")
-        if report and baseline and (Path(report).with_suffix(".json").resolve()
-                                    == Path(baseline).resolve()):
-            raise UsageError(f"--report {report} would overwrite the --baseline it is compared "
-                             "with; give another path")
         if report:
-            _check_writable(Path(report).parent, "--report")
+            path = Path(report)
+            if path.is_dir():
+                raise UsageError(f"--report {report} is a directory; give the path of a .json "
+                                 "file")
+            if path.exists() and not path.is_file():
+                raise UsageError(f"--report {report} is not a regular file (--no-report writes "
+                                 "no report)")
+            if baseline and path.with_suffix(".json").resolve() == Path(baseline).resolve():
+                raise UsageError(f"--report {report} would overwrite the --baseline it is "
+                                 "compared with; give another path")
+            _check_writable(path.parent, "--report")
         if baseline and Path(baseline).is_dir():
             raise UsageError(f"--baseline {baseline} is a directory; give a report's .json file")
         if baseline and not Path(baseline).is_file():

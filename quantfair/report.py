@@ -311,6 +311,12 @@ def comparison_notes(comparison: dict) -> list[str]:
     return lines
 
 
+def searched_with(suggestion: dict) -> str:
+    """"budget 5%, en,de": what a saved `quantfair suggest` result was searched with."""
+    languages = ",".join(suggestion.get("languages") or []) or "languages not recorded"
+    return f"budget {100 * suggestion['budget']:g}%, {languages}"
+
+
 def _describe(report: dict) -> str:
     settings = report.get("settings", {})
     return (f"model {settings.get('model')}, scheme {settings.get('scheme')}, "

@@ -240,10 +240,11 @@ class QuantfairRun:
         for sentence in summary["sentences"]:
             tr.write_line(sentence)
         if suggestion := self.report.get("suggestion"):
-            languages = ",".join(suggestion.get("languages") or []) or "languages not recorded"
+            from quantfair.report import searched_with
+
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
-                          f"`quantfair suggest` result for {suggestion['scheme']} (budget "
-                          f"{100 * suggestion['budget']:g}%, {languages})")
+                          f"`quantfair suggest` result for {suggestion['scheme']} "
+                          f"({searched_with(suggestion)})")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):
