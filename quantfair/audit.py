@@ -27,7 +27,8 @@ from quantfair.metrics import (
     paired_difference,
     quantity,
 )
-from quantfair.strategies import ELEMENT_SELECTORS, Overhead
+from quantfair.strategies import Overhead
+from quantfair.strategy_syntax import ELEMENT_SELECTORS
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages, parse_percent
 from quantfair.errors import QuantfairError, UsageError
-from quantfair.report import interval_text as cell
-from quantfair.report import table as _table
+from quantfair.text import interval_text as cell
+from quantfair.text import table as _table
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -25,14 +25,16 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from quantfair.models import load_model
-    from quantfair.quantize import WeightBank
-    from quantfair.strategies import SEED_PARETO, StrategyResolver, check_strategy_syntax
+    from quantfair.strategy_syntax import SEED_PARETO, check_strategy_syntax
 
     config = _run_config(args)
     scheme = config.scheme
     for expression in args.strategy:
         check_strategy_syntax(expression)
+    from quantfair.models import load_model
+    from quantfair.quantize import WeightBank
+    from quantfair.strategies import StrategyResolver
+
     loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
     bank = WeightBank(loaded.model)
     resolver = StrategyResolver(bank, scheme)
@@ -82,9 +84,10 @@ def _tqdm_progress(label: str, total: int):
 
 
 def _session(args: argparse.Namespace):
+    config = _run_config(args)  # bad settings are one line before torch loads
     from quantfair.session import AuditSession
 
-    return AuditSession(_run_config(args), progress=_tqdm_progress)
+    return AuditSession(config, progress=_tqdm_progress)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -159,14 +162,15 @@ def _distribution_block(record: dict) -> str:
 def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
-    from quantfair.report import measurement_records
-    from quantfair.strategies import check_strategy_syntax
+    from quantfair.strategy_syntax import check_strategy_syntax
 
     strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
         check_strategy_syntax(strategy)
     _check_output(args.json, "--json")
     session = _session(args)
+    from quantfair.report import measurement_records
+
     for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
@@ -209,8 +213,6 @@ def _check_output(path: str | None, flag: str) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
-    from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
-
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
         raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
                          f"'{args.budget}'")
@@ -220,6 +222,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     session = _session(args)
+    from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
+
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"model: {result.model}  scheme: {result.scheme}  budget: {100 * budget:g}%")
@@ -281,6 +285,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
+    _check_output(args.output, "--output")
     old, new = load_report(args.old), load_report(args.new)
     new["comparison"] = compare(old, new, tolerance)
     new_path = Path(args.new)
@@ -302,15 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from quantfair.export import (
-        export_gguf,
-        expressible,
-        gguf_names,
-        llama_quantize_overrides,
-        modules_to_not_convert,
-        whole_tensors,
-    )
-    from quantfair.strategies import check_strategy_syntax
+    from quantfair.strategy_syntax import check_strategy_syntax
 
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
@@ -319,6 +316,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.strategy != "suggested":
         check_strategy_syntax(args.strategy)
     session = _session(args)
+    from quantfair.export import (
+        export_gguf,
+        expressible,
+        gguf_names,
+        llama_quantize_overrides,
+        modules_to_not_convert,
+        whole_tensors,
+    )
+
     strategy = args.strategy
     if strategy == "suggested":
         from quantfair.suggest import load_suggestion

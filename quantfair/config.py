@@ -279,19 +279,21 @@ class RunConfig:
                              "language (0 audits them all)")
         strategy = get("strategy")
         if strategy and strategy != "suggested":
-            from quantfair.strategies import check_strategy_syntax
+            from quantfair.strategy_syntax import check_strategy_syntax
 
             check_strategy_syntax(strategy)
         report, baseline = get("report"), get("baseline")
         if report:
-            path = Path(report)
-            if path.is_dir():
+            given = path = Path(report)
+            if path.suffix.lower() != ".json":  # y.JSON stays as given; y and y.html get .json
+                path = path.with_suffix(".json")
+            if given.is_dir() or path.is_dir():
                 raise UsageError(f"--report {report} is a directory; give the path of a .json "
                                  "file")
-            if path.exists() and not path.is_file():
+            if any(p.exists() and not p.is_file() for p in (given, path)):
                 raise UsageError(f"--report {report} is not a regular file (--no-report writes "
                                  "no report)")
-            if baseline and path.with_suffix(".json").resolve() == Path(baseline).resolve():
+            if baseline and path.resolve() == Path(baseline).resolve():
                 raise UsageError(f"--report {report} would overwrite the --baseline it is "
                                  "compared with; give another path")
             _check_writable(path.parent, "--report")
@@ -321,7 +323,7 @@ class RunConfig:
                    dtype=_dtype(get("dtype")),
                    threads=parse_threads(get("threads")),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
-                   report=Path(report) if report else None, no_report=bool(get("no-report")),
+                   report=path if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,
                    tolerance=number_option("tolerance", str(get("tolerance"))),
                    strict=bool(get("strict")),

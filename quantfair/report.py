@@ -7,7 +7,6 @@ import os
 import platform
 import re
 import subprocess
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -27,6 +26,7 @@ from quantfair.metrics import (
 )
 from quantfair.storage import atomic_write, json_safe
 from quantfair.summary import summarize
+from quantfair.text import interval_text, table  # noqa: F401 (re-exported)
 
 SCHEMA = "quantfair-report/4"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
@@ -187,32 +187,6 @@ def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Pa
     if latest:
         atomic_write(json_path.parent / "latest.html", html.encode())
     return json_path, html_path
-
-
-def interval_text(estimate: dict | None) -> str:
-    """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
-    there is none)."""
-    if not estimate:
-        return ""
-    value = estimate.get("value")
-    if estimate.get("undefined") or value is None or value != value:  # None or NaN
-        return "undefined"
-    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown-style table, numbers right-aligned (the layout lm-eval's results use)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        return "| " + " | ".join(
-            c.rjust(w) if c[:1].isdigit() or c[:1] == "-" else c.ljust(w)
-            for c, w in zip(row, widths)
-        ) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
 def summary_table(audits: list[dict]) -> str:

@@ -220,7 +220,7 @@ class QuantfairRun:
 
     def _json_path(self) -> Path:
         if self.config.report:
-            return self.config.report.with_suffix(".json")
+            return self.config.report
         from quantfair.report import unique_report_path
 
         return unique_report_path(Path(self.pytest_config.invocation_params.dir) / "reports",

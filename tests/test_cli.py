@@ -35,6 +35,22 @@ def test_bad_input_is_one_clear_line(args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["inspect", "tiny-gpt2", "--quant", "int9"],
+    ["measure", "tiny-gpt2", "--languages", "en,xx"],
+    ["measure", "tiny-gpt2", "--strategy", "L0+nothing"],
+    ["suggest", "tiny-gpt2", "--budget", "0.12"],
+    ["suggest", "tiny-gpt2", "--budget", "5%", "--units", "40"],
+    ["export", "tiny-gpt2", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
+])
+def test_a_usage_error_answers_before_torch_is_imported(args):
+    code = ("import sys; from quantfair.cli import main; status = main(sys.argv[1:]); "
+            "print(status, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+
+
 def test_inspect_random_gpt2_prints_family_and_seed_overheads():
     result = run_cli("inspect", "gpt2", "--random-weights", "--strategy", "L0+Llast+ln_f+biases")
     assert result.returncode == 0, result.stderr

@@ -316,11 +316,12 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
 ])
 def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, config, text):
     (pytester.path / config).write_text(textwrap.dedent(text))
-    path = pytester.path / "r.json"
+    path = pytester.path / "r.JSON"  # a report path ending in .json, in any case, is kept
     result = run(pytester, BASELINE, "-c", config, "-k", "robustness", "-W", "error",
                  "--quantfair-report", str(path))
     assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
     assert load(path)["settings"]["languages"] == ["en", "de", "he"]
+    assert sorted(p.name for p in pytester.path.glob("r.*")) == ["r.JSON", "r.html"]
 
 
 def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(pytester):

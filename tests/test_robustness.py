@@ -398,6 +398,9 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
     one_line_error(run_cli("report", str(old), str(new), "--output", str(new)),
                    "would overwrite a report it compares")
+    missing = tmp_path / "no" / "r.html"
+    one_line_error(run_cli("report", str(old), str(new), "--output", str(missing)),
+                   f"--output {missing}: no directory {missing.parent}")
     assert json.loads(new.read_text()) == other
 
 
@@ -615,7 +618,8 @@ def gpt2_resolver():
 @given(text=st.one_of(st.text(max_size=20),
                       st.lists(st.sampled_from(STRATEGY_PIECES), max_size=6).map("".join)))
 def test_strategy_strings_round_trip_or_are_usage_errors(gpt2_resolver, text):
-    from quantfair.strategies import check_strategy_syntax, protection_key
+    from quantfair.strategies import protection_key
+    from quantfair.strategy_syntax import check_strategy_syntax
 
     try:
         canonical = check_strategy_syntax(text)

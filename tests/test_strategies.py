@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from quantfair import models
 from quantfair.errors import UsageError
 from quantfair.quantize import QuantScheme, WeightBank
-from quantfair.strategies import SEED_PARETO, StrategyResolver, calibration_gradients
+from quantfair.strategies import StrategyResolver, calibration_gradients
+from quantfair.strategy_syntax import SEED_PARETO
 
 INT4 = QuantScheme(bits=4)
 
@@ -236,7 +237,7 @@ def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
                                   "superweights:x",
                                   "seed:150%"])
 def test_new_selector_terms_are_checked(term):
-    from quantfair.strategies import check_strategy_syntax
+    from quantfair.strategy_syntax import check_strategy_syntax
 
     with pytest.raises(UsageError):
         check_strategy_syntax(term)

@@ -3,7 +3,7 @@ strategies achieve."""
 
 from quantfair.audit import Best, Bound, Finding, MeanBound, OverheadBound, audit
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.strategies import SEED_PARETO
+from quantfair.strategy_syntax import SEED_PARETO
 
 # The seed's Pareto table: strategy -> average low-resource disparity (per-token definition).
 SEED_PARETO_DISPARITY = {s: disparity for s, (_, disparity) in SEED_PARETO_FRONTIER.items()}

@@ -1,0 +1,32 @@
+"""Plain-text output shared by the CLI, the pytest summary and the benchmarks: tables and
+intervals. Imports nothing heavy, so `quantfair --help` and usage errors answer at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def interval_text(estimate: dict | None) -> str:
+    """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
+    there is none)."""
+    if not estimate:
+        return ""
+    value = estimate.get("value")
+    if estimate.get("undefined") or value is None or value != value:  # None or NaN
+        return "undefined"
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown-style table, numbers right-aligned (the layout lm-eval's results use)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(
+            c.rjust(w) if c[:1].isdigit() or c[:1] == "-" else c.ljust(w)
+            for c, w in zip(row, widths)
+        ) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
