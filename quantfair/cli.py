@@ -85,6 +85,7 @@ def _tqdm_progress(label: str, total: int):
 
 def _session(args: argparse.Namespace):
     config = _run_config(args)  # bad settings are one line before torch loads
+    config.preflight()
     from quantfair.session import AuditSession
 
     return AuditSession(config, progress=_tqdm_progress)

@@ -331,6 +331,19 @@ class RunConfig:
                                    for name in RELEASE_QUANTITIES
                                    if (text := get(f"max-{name.replace('_', '-')}"))})
 
+    def preflight(self) -> None:
+        """What can be checked before a model loads: the caches are writable, the model and
+        any --quantized artifact are there, the device exists. Raises UsageError."""
+        from quantfair.evaluate import results_root
+        from quantfair.models import cache_root, check_available, resolve_device
+        from quantfair.storage import check_writable
+
+        check_writable(cache_root(), results_root())
+        check_available(self.model, self.random_weights)
+        if self.quantized:
+            check_available(self.quantized, what="--quantized")
+        resolve_device(self.device)
+
     def settings(self) -> dict:
         """What was measured, as the report's `settings` block (the same from CLI and plugin)."""
         return {"model": self.model, "random_weights": self.random_weights,

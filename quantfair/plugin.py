@@ -58,15 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         run_config = RunConfig.build(lambda name: option_value(config, name))
         require_other_languages(run_config.languages)
-        from quantfair.evaluate import results_root
-        from quantfair.models import cache_root, check_available, resolve_device
-        from quantfair.storage import check_writable
-
-        check_writable(cache_root(), results_root())
-        check_available(run_config.model, run_config.random_weights)
-        if run_config.quantized:
-            check_available(run_config.quantized, what="--quantized")
-        resolve_device(run_config.device)
+        run_config.preflight()
         from quantfair.run import QuantfairRun
 
         run = QuantfairRun(config, run_config)

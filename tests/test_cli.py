@@ -103,6 +103,22 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
+@pytest.mark.parametrize("args, results_dir, message", [
+    (["--device", "tpu"], None, "unknown device 'tpu'"),
+    (["--quantized", "pyproject.toml"], None,
+     "--quantized pyproject.toml: a file that is not .gguf"),
+    ([], "/proc/none", "cannot write the quantfair cache at /proc/none"),
+])
+def test_settings_the_pytest_plugin_checks_up_front_are_checked_before_loading(
+        args, results_dir, message, monkeypatch):
+    if results_dir:
+        monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", results_dir)
+    result = run_cli("measure", "tiny-gpt2", *args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr  # no "loading tiny-gpt2"
+
+
 def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     out = tmp_path / "m.json"
     args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--languages",
