@@ -9,6 +9,8 @@ opt-in plugin `quantfair.short_options`. The run's state is one `QuantfairRun` (
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from quantfair.config import (
@@ -19,7 +21,7 @@ from quantfair.config import (
     parse_languages,
     require_other_languages,
 )
-from quantfair.errors import QuantfairError
+from quantfair.errors import QuantfairError, UsageError
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
@@ -40,11 +42,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def option_value(config: pytest.Config, name: str):
-    """The command-line value, else the ini value, else None (RunConfig applies defaults)."""
+    """The command-line value, else the ini value, else None (RunConfig applies defaults).
+    Raises UsageError for an ini value pytest cannot read (a bool that is not one)."""
     dest = OPTIONS[name].dest
     value = config.getoption(dest, default=None)
     if value in (None, False):
-        value = config.getini(dest) or value
+        try:
+            value = config.getini(dest) or value
+        except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
+            raise UsageError(f"{dest} in {_ini_name(config)}: {error}") from None
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         value = ",".join(str(item) for item in value) or None
     return value
@@ -63,9 +69,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
         run = QuantfairRun(config, run_config)
     except QuantfairError as error:
-        raise pytest.UsageError(str(error)) from None
+        raise pytest.UsageError(_naming_ini_source(config, str(error))) from None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
+
+
+def _ini_name(config: pytest.Config) -> str:
+    return config.inipath.name if config.inipath else "the ini file"
+
+
+def _naming_ini_source(config: pytest.Config, message: str) -> str:
+    """`message` (which names options as --<name>), with where a value named in it was set
+    when that was the ini file rather than the command line."""
+    from_ini = [option for option in OPTIONS.values()
+                if config.getoption(option.dest, default=None) in (None, False)
+                and re.search(rf"--{re.escape(option.name)}(?![\w-])", message)
+                and _ini_value(config, option.dest)]
+    if not from_ini:
+        return message
+    return message + "".join(f" (set by {option.dest} in {_ini_name(config)})"
+                             for option in from_ini)
+
+
+def _ini_value(config: pytest.Config, dest: str):
+    try:
+        return config.getini(dest)
+    except (ValueError, pytest.UsageError):
+        return None
 
 
 def _run(config: pytest.Config):

@@ -324,6 +324,19 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
     assert sorted(p.name for p in pytester.path.glob("r.*")) == ["r.JSON", "r.html"]
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("quantfair_units = abc",
+     "--units must be an integer, got 'abc' (set by quantfair_units in pytest.ini)"),
+    ("quantfair_strict = maybe", "quantfair_strict in pytest.ini: invalid truth value 'maybe'"),
+])
+def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, setting, message):
+    (pytester.path / "pytest.ini").write_text(f"[pytest]\nquantfair_model = tiny-gpt2\n{setting}\n")
+    result = run(pytester, BASELINE, "-c", "pytest.ini")
+    assert result.ret == 4
+    lines = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert lines == [f"ERROR: {message}"], result.stderr.str()
+
+
 def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(pytester):
     baseline = pytester.path / "old.json"
     baseline.write_text("{}")
