@@ -125,7 +125,7 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
         if name not in params:
             return f"no tensor {name}"
         if params[name].shape != param.shape:
-            return (f"tensor {name} has shape {tuple(params[name].shape)}, the model's "
+            return (f"tensor {name} of shape {tuple(params[name].shape)}, the model's "
                     f"{tuple(param.shape)}")
     extra = sorted(set(params) - set(fp_params))
     if extra:

@@ -158,6 +158,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             first = str(excinfo.value).strip().splitlines()
             report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "
                                     f"{first[0] if first else 'no message'}")
+            if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
+                report.longrepr = f"quantfair: {excinfo.value}"
     return report
 
 
@@ -169,5 +171,6 @@ def quantfair_audit(request: pytest.FixtureRequest):
         pytest.skip("quantfair audits need a model (--quantfair-model)")
     try:
         return run.context()
-    except QuantfairError as error:  # pytest keeps it for every audit of the session
-        pytest.fail(f"quantfair: {error}", pytrace=False)
+    except QuantfairError as error:
+        message = str(error)
+    pytest.fail(f"quantfair: {message}", pytrace=False)  # kept for every audit of the session

@@ -220,3 +220,15 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
     assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
     compared = {row["key"] for row in v2["comparison"]["rows"]}
     assert "artifact:release/none/medium/de" in compared
+
+
+def test_an_artifact_of_another_model_is_one_line_per_audit_in_pytest(pytester, tmp_path):
+    from test_plugin import QUICK_FILES, run
+
+    _save_quantized("tiny-gpt2", tmp_path / "other")
+    result = run(pytester, QUICK_FILES[1], "--model", "tiny-llama", "--languages", "en,de",
+                 "--units", "2", "--quantized", str(tmp_path / "other"), "--no-report")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # errors, not findings
+    out = result.stdout.str()
+    assert out.count("does not pair with tiny-llama: it has architecture gpt2") >= 2
+    assert "During handling" not in out and "\nE   " not in out, out

@@ -242,6 +242,9 @@ def test_suggested_without_a_search_is_an_error_not_a_pass(pytester):
     assert report["verdict"] == "error"
     assert {a["outcome"] for a in report["audits"]} == {"error"}
     assert all("run `quantfair suggest` first" in a["message"] for a in report["audits"])
+    out = result.stdout.str()  # one line per audit, no traceback
+    assert out.count("quantfair: no suggestion cached for tiny-bloom") == 3
+    assert "\nE   " not in out, out
 
 
 def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):
