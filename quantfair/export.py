@@ -98,7 +98,8 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
                 file_type=None) -> dict[str, int]:
     """Write `output`: the source GGUF's metadata and tokenizer, `general.file_type` set to
     the scheme's type (or `file_type`, a gguf.LlamaFileType), protected parameters in
-    `protect_as`, every other tensor typed by the
+    `protect_as` (those the policy keeps in F32, such as norms and biases, stay F32), every
+    other tensor typed by the
     scheme's tensor policy (see `quantize.gguf_tensor_type`). Tensors are re-quantized from
     the source file, dequantized in its own layout (Q/K rows stay permuted as llama.cpp wants
     them): the FP reference is that very file, dequantized. Returns the written type mix.
@@ -154,8 +155,9 @@ def _write_gguf(reader, output: Path, scheme: QuantScheme, parts: dict[str, Comp
             kind = tensor.tensor_type
             data = tensor.data
         else:
+            policy = gguf_tensor_type(parts[name], scheme)  # protection never lowers F32
             kind = gguf.GGMLQuantizationType[
-                protect_as if name in keep else gguf_tensor_type(parts[name], scheme)]
+                protect_as if name in keep and policy != "F32" else policy]
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             data = gguf.quants.quantize(values, kind)
         writer.add_tensor(tensor.name, data, raw_dtype=kind)

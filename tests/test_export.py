@@ -76,14 +76,15 @@ def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
     assert any(not torch.equal(bank.fp[n], p) for n, p in bank.params.items())
 
 
-def test_protect_as_f16_stores_the_protected_tensors_in_half_precision(f32_gguf, tmp_path):
+def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf, tmp_path):
     output = tmp_path / "out.gguf"
     _export(f32_gguf, output, "--protect-as", "f16")
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output).tensors}
     assert types["blk.0.attn_qkv.weight"] == "F16"
-    assert types["blk.0.attn_qkv.bias"] == "F16"
-    assert types["blk.1.attn_qkv.bias"] == "F16"
     assert types["blk.1.attn_qkv.weight"] == "Q5_0"
+    # Norms and biases are F32 unprotected: protecting them never lowers them to F16.
+    assert types["blk.0.attn_qkv.bias"] == types["blk.1.attn_qkv.bias"] == "F32"
+    assert types["blk.0.attn_norm.weight"] == types["blk.1.attn_norm.weight"] == "F32"
 
 
 def test_emit_llama_quantize_keeps_protected_matrices(capsys):
