@@ -328,12 +328,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     strategy = args.strategy
     if strategy == "suggested":
-        from quantfair.suggest import load_suggestion
+        from quantfair.suggest import load_suggestion, no_suggestion
 
         found = load_suggestion(session)
         if found is None:
-            raise UsageError(f"no suggestion cached for {session.loaded.name} with "
-                             f"{session.config.scheme.name}: run `quantfair suggest` first")
+            raise no_suggestion(session)
         from quantfair.report import searched_with
 
         strategy = found["strategy"]

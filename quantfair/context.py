@@ -66,8 +66,15 @@ class AuditContext:
             return self.candidate
         found = self.suggestion()
         if found is None:
-            raise UsageError(f"no suggestion cached for {self.session.loaded.name} with "
-                             f"{self.session.config.scheme.name}: run `quantfair suggest` first")
+            from quantfair.suggest import no_suggestion
+
+            raise no_suggestion(self.session)
+        searched = {*found.get("calibration_units", []), *found.get("confirmation_units", [])}
+        seen = [unit for unit in self.session.corpus.units if unit in searched]
+        if seen:
+            raise UsageError(f"the suggestion was searched on {', '.join(seen)}, which this run "
+                             f"audits ({len(self.session.corpus.units)} units): not a held-out "
+                             "test; give --units as in the search, or search again with these")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:

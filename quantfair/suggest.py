@@ -545,14 +545,24 @@ def less_fair_than_none(row: dict) -> list[str]:
 
 
 def _path(session: AuditSession):
+    """Per model weights and scheme; under an artifact scheme, per artifact file too (its
+    label stays the same across releases)."""
+    artifact = f"-{session.artifact.weight_hash[:16]}" if session.artifact else ""
     return (model_results(session.loaded) /
-            f"suggested-{session.config.scheme.name}.json")
+            f"suggested-{session.config.scheme.name}{artifact}.json")
 
 
 def save(session: AuditSession, suggestion: Suggestion) -> None:
     path = _path(session)
     with cache_writes(path.parent):
         atomic_write(path, json.dumps(suggestion.to_json(), indent=2, allow_nan=False).encode())
+
+
+def no_suggestion(session: AuditSession) -> UsageError:
+    """The error of `--strategy suggested` where `load_suggestion` finds none."""
+    where = " for this artifact file" if session.artifact else ""
+    return UsageError(f"no suggestion cached for {session.loaded.name} with "
+                      f"{session.config.scheme.name}{where}: run `quantfair suggest` first")
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

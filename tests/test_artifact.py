@@ -232,3 +232,19 @@ def test_an_artifact_of_another_model_is_one_line_per_audit_in_pytest(pytester, 
     out = result.stdout.str()
     assert out.count("does not pair with tiny-llama: it has architecture gpt2") >= 2
     assert "During handling" not in out and "\nE   " not in out, out
+
+
+def test_a_suggestion_is_kept_per_artifact_file_not_per_label(tmp_path):
+    from quantfair.suggest import Suggestion, load_suggestion, no_suggestion, save
+
+    _save_quantized("tiny-llama", tmp_path / "v1")
+    loaded = load_model("tiny-llama")  # v2: another file under the same (default) label
+    loaded.model.save_pretrained(tmp_path / "v2")
+    loaded.tokenizer.save_pretrained(tmp_path / "v2")
+    v1, v2 = (_session(_config("tiny-llama", str(tmp_path / v))) for v in ("v1", "v2"))
+    assert v1.config.scheme.name == v2.config.scheme.name
+    save(v1, Suggestion(model="tiny-llama", scheme=v1.config.scheme.name, budget=0.05,
+                        strategy="L0", overhead=0.0, score=1.0))
+    assert load_suggestion(v1)["strategy"] == "L0"
+    assert load_suggestion(v2) is None
+    assert "for this artifact file" in str(no_suggestion(v2))

@@ -62,3 +62,21 @@ def test_layer_statistics_are_computed_once_for_every_process(context, tmp_path,
     monkeypatch.setattr(weights, "STATISTICS_DIGEST", "changed")  # a new definition
     with pytest.raises(AssertionError, match="computed again"):
         AuditContext(context.session).layer_statistics()
+
+
+def test_a_suggestion_searched_on_units_this_run_audits_is_not_audited_as_held_out():
+    from quantfair.errors import UsageError
+    from quantfair.suggest import Suggestion, save
+
+    session = AuditSession(RunConfig(model="tiny-gpt2", languages=("en", "de"), units=3),
+                           announce=lambda message: None)
+    audited = session.corpus.units
+    held_out = [unit for unit in session.calibration.units if unit not in audited]
+    suggestion = Suggestion(model="tiny-gpt2", scheme="int4", budget=0.05, strategy="L0",
+                            overhead=0.0, score=1.0, calibration_units=held_out[:2])
+    save(session, suggestion)
+    assert AuditContext(session, candidate="suggested").candidate_text() == "L0"
+    suggestion.confirmation_units = [held_out[2], audited[1]]
+    save(session, suggestion)
+    with pytest.raises(UsageError, match=f"searched on {audited[1]}, which this run audits"):
+        AuditContext(session, candidate="suggested").candidate_text()
