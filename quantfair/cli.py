@@ -7,7 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from quantfair.config import OPTIONS, RunConfig, add_options, parse_languages, parse_percent
+from quantfair.config import (
+    OPTIONS,
+    RunConfig,
+    add_options,
+    check_folder_writable,
+    parse_languages,
+    parse_percent,
+)
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
@@ -204,11 +211,17 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def _check_output(path: str | None, flag: str) -> None:
-    """Before the model loads: a file to write must have a directory to go in."""
+    """Before the model loads: a file to write must have a writable directory to go in (one
+    that exists: a mistyped folder is not made) and not be a directory itself."""
     from pathlib import Path
 
-    if path and not Path(path).parent.is_dir():
+    if not path:
+        return
+    if not Path(path).parent.is_dir():
         raise UsageError(f"{flag} {path}: no directory {Path(path).parent}")
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give the path of a file")
+    check_folder_writable(Path(path).parent, flag)
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:

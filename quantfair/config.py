@@ -143,7 +143,7 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     return tuple(dict.fromkeys([REFERENCE, *chosen]))
 
 
-def _check_writable(directory: Path, option: str) -> None:
+def check_folder_writable(directory: Path, option: str) -> None:
     """UsageError unless a file can be written in `directory` (made if missing): a run must
     not end by failing to write what it measured."""
     from quantfair.storage import probe_writable, why_unwritable
@@ -296,7 +296,7 @@ class RunConfig:
             if baseline and path.resolve() == Path(baseline).resolve():
                 raise UsageError(f"--report {report} would overwrite the --baseline it is "
                                  "compared with; give another path")
-            _check_writable(path.parent, "--report")
+            check_folder_writable(path.parent, "--report")
         if baseline and Path(baseline).is_dir():
             raise UsageError(f"--baseline {baseline} is a directory; give a report's .json file")
         if baseline and not Path(baseline).is_file():

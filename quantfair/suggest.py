@@ -437,6 +437,10 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     result.strategy = "+".join(chosen) or "none"
     result.overhead = session.overhead(result.strategy).fraction
     result.score, result.trace = score.value, trace
+    if not math.isfinite(score.value):
+        result.note = ("the suggestion's disparity on the calibration units is undefined "
+                       "(English's NLL did not rise under it), so the search could not rank it "
+                       "by fairness there; the comparison on the audit units is the evidence")
     result.comparison = compare_on_audit_units(session, result.strategy, budget)
     result.forward_passes = session.evaluator.forward_passes - passes_before
     result.wall_s = time.perf_counter() - start
@@ -484,6 +488,16 @@ def _estimate(draws: tuple[float, np.ndarray, str]) -> dict:
     return {"value": value, "low": float(low), "high": float(high), "undefined": reason or None}
 
 
+def _difference(a: tuple[float, np.ndarray, str], b: tuple[float, np.ndarray, str]) -> dict:
+    """The paired bootstrap difference a - b of two (value, resamples, undefined reason)
+    disparities; undefined where either is."""
+    if a[2] or b[2]:
+        return {"value": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan,
+                "undefined": a[2] or b[2]}
+    d = paired_difference(a[:2], b[:2])
+    return {"value": d.difference, "low": d.low, "high": d.high, "p_value": d.p_value}
+
+
 def compare_on_audit_units(session: AuditSession, suggested: str, budget: float) -> list[dict]:
     """The suggestion against every baseline selector at the same budget, on the audit units
     (held out from the search): mean and worst-language disparity with 95% CIs, the paired
@@ -497,10 +511,6 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
     def storable(strategies: list[str]) -> bool:
         return resolver.scheme.keeps_entries or all(
             keep is True for s in strategies for keep in resolver.resolve(s).values())
-
-    def difference(a: tuple, b: tuple) -> dict:
-        d = paired_difference(a[:2], b[:2])
-        return {"value": d.difference, "low": d.low, "high": d.high, "p_value": d.p_value}
 
     selectors = {"suggested": [suggested], **budget_selectors(session, budget)}
     measured = {label: [session.measure(s) for s in strategies]
@@ -516,10 +526,10 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
         for name in ("mean", "worst"):
             row[f"{name}_disparity"] = _estimate(draws[label][name])
             if label != "suggested":
-                row[f"{name}_difference"] = difference(draws["suggested"][name],
+                row[f"{name}_difference"] = _difference(draws["suggested"][name],
                                                        draws[label][name])
             if label != "none":
-                row[f"{name}_vs_none"] = difference(draws[label][name], draws["none"][name])
+                row[f"{name}_vs_none"] = _difference(draws[label][name], draws["none"][name])
         comparison.append(row)
     return comparison
 

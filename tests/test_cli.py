@@ -42,6 +42,7 @@ def test_bad_input_is_one_clear_line(args, message):
     ["suggest", "tiny-gpt2", "--budget", "0.12"],
     ["suggest", "tiny-gpt2", "--budget", "5%", "--units", "40"],
     ["export", "tiny-gpt2", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
+    ["export", "tiny-gpt2", "--strategy", "L0", "-o", "/sys/x.gguf"],
 ])
 def test_a_usage_error_answers_before_torch_is_imported(args):
     code = ("import sys; from quantfair.cli import main; status = main(sys.argv[1:]); "
@@ -94,6 +95,10 @@ def corpus_files(tmp_path):
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
      "-o /nowhere/x.gguf: no directory /nowhere"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/tmp"],
+     "--json /tmp is a directory; give the path of a file"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/sys/x.json"],
+     "--json: cannot write in /sys"),
 ])
 def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
     result = run_cli(*[a.format(**corpus_files) for a in args])

@@ -24,6 +24,7 @@ from quantfair.suggest import (
     Search,
     Step,
     Suggestion,
+    _difference,
     budget_selectors,
     calibration_score,
     fairer_than_none,
@@ -357,6 +358,12 @@ def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
     assert fairer_than_none(comparison).endswith("mean: none of them; worst: suggested")
     # a difference of two undefined disparities is undefined too, not "nan [nan, nan]"
     assert interval_text({"value": math.nan, "low": math.nan, "high": math.nan}) == "undefined"
+    # and so is a difference from one undefined disparity, whatever its resamples say
+    draws = np.array([1.0, 2.0, 3.0])
+    defined, undefined = (2.0, draws, ""), (math.nan, draws - 5, "English's NLL did not rise")
+    assert interval_text(_difference(defined, (1.0, draws - 1, ""))) == "1.000 [1.000, 1.000]"
+    assert interval_text(_difference(defined, undefined)) == "undefined"
+    assert interval_text(_difference(undefined, defined)) == "undefined"
 
 
 def test_a_step_raising_the_damage_is_marked_as_not_allowed(tiny_models):
