@@ -102,7 +102,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from quantfair.corpus import language, load_corpus
 
     corpus = load_corpus(args.quantfair_corpus)
-    corpus = corpus.select(parse_languages(args.quantfair_languages or "all", corpus.languages))
+    chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
+    corpus = corpus.select(parse_languages(chosen, corpus.languages))
     evaluator = None
     if args.model:
         from quantfair.evaluate import Evaluator

@@ -132,6 +132,8 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     if any(not code for code in codes):
         raise UsageError(f"--languages has an empty entry in '{text}'; give comma-separated "
                          "codes such as en,de,he")
+    if "all" in codes:
+        raise UsageError(f"--languages {text}: all selects every language; give it alone")
     chosen = []
     for code in codes:
         if ":" in code:

@@ -49,10 +49,16 @@ def language(code: str) -> Language:
     return LANGUAGES.get(code, Language(code, code, "unknown", "unknown", -1))
 
 
+def _family_names(lang: Language) -> set[str]:
+    """`Afro-Asiatic (Semitic)` -> {"afro-asiatic", "semitic"}: the family and its branch."""
+    family, _, branch = lang.family.partition(" (")
+    return {family.lower(), branch.removesuffix(")").lower()} - {""}
+
+
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
     """Codes of the languages with metadata that `selector` names, in metadata order:
     `script:Arab` (ISO 15924, any case), `class:0-2` or `class:5` (Joshi et al.),
-    `family:Semitic` (part of the family, any case); only those in `among` when it is given.
+    `family:Semitic` (a family or its branch, any case); only those in `among` when given.
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     pool = [lang for lang in LANGUAGES.values() if among is None or lang.code in among]
@@ -68,17 +74,19 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
             low_class, high_class = int(low), int(high or low)
         except ValueError:
             low_class = high_class = -1
-        if low_class not in CLASSES or high_class not in CLASSES or low_class > high_class:
+        if low_class not in CLASSES or high_class not in CLASSES:
             raise UsageError(f"--languages {selector}: a class is 0..5 (Joshi et al. 2020), "
                              "or a range such as class:0-2")
+        if low_class > high_class:
+            raise UsageError(f"--languages {selector}: a range goes from low to high, "
+                             f"class:{high_class}-{low_class}")
         chosen = [lang for lang in pool if low_class <= lang.resource_class <= high_class]
     elif kind == "family":
         families = sorted({lang.family.split(" (")[0] for lang in LANGUAGES.values()})
-        if not value or not any(value.lower() in lang.family.lower()
-                                for lang in LANGUAGES.values()):
+        if not any(value.lower() in _family_names(lang) for lang in LANGUAGES.values()):
             raise UsageError(f"unknown family '{value}' in --languages {selector}; families "
                              f"(or their branches in parentheses): {', '.join(families)}")
-        chosen = [lang for lang in pool if value.lower() in lang.family.lower()]
+        chosen = [lang for lang in pool if value.lower() in _family_names(lang)]
     else:
         raise UsageError(f"unknown language selector '{selector}' in --languages; use "
                          "script:<ISO 15924>, class:<0-5 or a range>, family:<name>, "

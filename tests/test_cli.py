@@ -91,6 +91,7 @@ def corpus_files(tmp_path):
      "give at least one other, e.g. en,de"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
     (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
+    (["corpus", "--languages", ""], "an empty entry"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/nowhere/x.json"],
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],

@@ -94,8 +94,13 @@ def test_unknown_languages_still_get_an_unknown_entry():
     ("de,script:Hebr", ("en", "de", "he")),
     ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
     ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),
+    ("family:indo-european,family:Afro-Asiatic", None),
 ])
 def test_selectors_pick_languages_by_metadata(text, expected):
+    if expected is None:  # a family names its branches' languages
+        expected = ("en", *[code for code in LANGUAGES if code != "en" and LANGUAGES[code]
+                            .family.startswith("Indo-European")],
+                    *[code for code in LANGUAGES if LANGUAGES[code].family.startswith("Afro")])
     assert parse_languages(text) == expected
 
 
@@ -117,9 +122,12 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
 @pytest.mark.parametrize("text, message, choices", [
     ("script:Klingon", "unknown script 'Klingon'", "Arab, Armn"),
     ("class:6", "class:6", "0..5"),
-    ("class:3-1", "class:3-1", "0..5"),
+    ("class:3-1", "class:3-1", "a range goes from low to high, class:1-3"),
     ("class:low", "class:low", "0..5"),
     ("family:Elvish", "unknown family 'Elvish'", "Indo-European"),
+    ("family:a", "unknown family 'a'", "Indo-European"),  # a whole name, not a substring
+    ("family:(", "unknown family '('", "Indo-European"),
+    ("en,all", "all selects every language; give it alone", "en,all"),
     ("color:red", "unknown language selector 'color:red'", "script:"),
 ])
 def test_bad_selectors_are_one_line_usage_errors(text, message, choices):
