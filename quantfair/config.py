@@ -309,7 +309,9 @@ class RunConfig:
                 raise UsageError("give --quant or --quantized, not both: an artifact brings its "
                                  "own quantization")
             if Path(quantized).suffix == ".gguf" and not Path(quantized).is_file():
-                raise UsageError(f"--quantized {quantized}: no such GGUF file")
+                raise UsageError(f"--quantized {quantized}: " + (
+                    "a directory, not a GGUF file" if Path(quantized).is_dir()
+                    else "no such GGUF file"))
             scheme = QuantScheme(artifact=label or ARTIFACT)
         elif label:
             raise UsageError("--quantized-label names a --quantized artifact; none given")

@@ -162,6 +162,8 @@ class Corpus:
 def load_corpus(path: str | Path | None = None) -> Corpus:
     """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated."""
     path = Path(path) if path else DATA_FILE
+    if path.is_dir():
+        raise UsageError(f"corpus {path} is a directory; give a JSONL file")
     if not path.is_file():
         raise UsageError(f"corpus file not found: {path}")
     data = path.read_bytes()

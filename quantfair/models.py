@@ -394,6 +394,8 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
         if not path.exists():
             kind = "GGUF file" if path.suffix == ".gguf" else "path"
             raise UsageError(f"{what} {kind} not found: {spec}")
+        if path.suffix == ".gguf" and path.is_dir():
+            raise UsageError(f"{what} {spec} is a directory, not a GGUF file")
         if path.suffix == ".gguf":
             check_gguf(path)
         else:

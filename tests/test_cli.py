@@ -65,7 +65,9 @@ def corpus_files(tmp_path):
     empty.write_text("")
     malformed = tmp_path / "malformed.jsonl"
     malformed.write_text('{"lang": "en", "unit": "a", "text": "hi"}\n{"lang": "en",\n')
-    return {"empty": str(empty), "malformed": str(malformed)}
+    (tmp_path / "directory.gguf").mkdir()
+    return {"empty": str(empty), "malformed": str(malformed),
+            "directory_gguf": str(tmp_path / "directory.gguf")}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -92,6 +94,10 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
     (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
     (["corpus", "--languages", ""], "an empty entry"),
+    (["corpus", "--corpus", "quantfair"], "corpus quantfair is a directory; give a JSONL file"),
+    (["measure", "{directory_gguf}"], "is a directory, not a GGUF file"),
+    (["measure", "tiny-gpt2", "--quantized", "{directory_gguf}"],
+     "a directory, not a GGUF file"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/nowhere/x.json"],
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
