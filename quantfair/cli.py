@@ -355,6 +355,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)
+        if element and not protected:
+            raise UsageError(f"--emit {args.emit} cannot express {strategy}: it keeps single "
+                             "weights or columns; give whole tensors (e.g. L0, L0.attn)")
         if element:
             print(f"quantfair: {args.emit} cannot express {' + '.join(element)} (single "
                   "weights or columns): left out; the rest of the recipe follows",
@@ -364,9 +367,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     parts = session.bank.parts
     if args.emit == "llama-quantize":
         names = gguf_names(session.loaded, parts)
-        print(" ".join(llama_quantize_overrides(protected, parts, names, protect_as)))
+        recipe = llama_quantize_overrides(protected, parts, names, protect_as)
+        print(" ".join(recipe))
     elif args.emit == "hf":
-        print(json.dumps(modules_to_not_convert(protected, parts)))
+        recipe = modules_to_not_convert(protected, parts)
+        print(json.dumps(recipe))
+    if args.emit and protected and not recipe:
+        print(f"quantfair: {args.emit} leaves what {strategy} keeps (norms, biases) "
+              "unquantized anyway: nothing to list", file=sys.stderr)
     if args.output:
         mix = export_gguf(session.loaded, parts, session.config.scheme, protected,
                           Path(args.output), protect_as)

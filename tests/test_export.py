@@ -111,6 +111,17 @@ def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):
     assert "hf cannot express magnitude:1% (single weights or columns): left out" in printed.err
 
 
+@pytest.mark.parametrize("emit", ["hf", "llama-quantize"])
+def test_emit_of_nothing_it_can_list_says_so(capsys, emit):
+    common = ["--emit", emit, "--languages", "en", "--units", "1"]
+    assert main(["export", "tiny-llama", "--strategy", "ln", *common]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip() in ("[]", "")
+    assert f"{emit} leaves what ln keeps (norms, biases) unquantized anyway" in printed.err
+    assert main(["export", "tiny-llama", "--strategy", "magnitude:1%", *common]) == 2
+    assert f"--emit {emit} cannot express magnitude:1%" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--quant", "int4", "--strategy", "L0"], "give --quant gguf:TYPE"),
     (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"], "cannot be exported"),
