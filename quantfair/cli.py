@@ -324,6 +324,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from quantfair.strategy_syntax import check_strategy_syntax
 
+    if len(args.strategy) > 1:  # one file holds one recipe
+        raise UsageError(f"export takes one --strategy; join terms with +, e.g. "
+                         f"{'+'.join(args.strategy)}")
+    args.strategy = args.strategy[0]
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
@@ -425,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a protection strategy as a GGUF file or as "
                                                 "arguments for llama-quantize / transformers")
     _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus")
-    export.add_argument("--strategy", required=True,
+    export.add_argument("--strategy", required=True, action="append",
                         help="protection strategy to keep in F32/F16 ('suggested': the cached "
-                             "`quantfair suggest` result)")
+                             "`quantfair suggest` result); one, its terms joined by +")
     export.add_argument("-o", "--output", help="GGUF file to write (needs --quant gguf:TYPE "
                                                "and a model loaded from a GGUF file)")
     export.add_argument("--protect-as", choices=("f32", "f16"), default="f32",

@@ -354,4 +354,5 @@ class RunConfig:
                 "scheme": self.scheme.name, "quantized": self.quantized,
                 "languages": list(self.languages) if self.languages else None,
                 "units": self.units, "corpus": self.corpus or "udhr (shipped)",
-                "device": self.device or "auto", "dtype": self.dtype}
+                "device": self.device or "auto", "dtype": self.dtype,
+                **({"strategy": self.strategy} if self.strategy else {})}

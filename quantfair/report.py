@@ -259,7 +259,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
 # Settings that change what a number means: a baseline measured otherwise is compared, with a
 # note (a release gate may compare a new checkpoint with the last one on purpose).
 COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
-                     "corpus", "dtype")
+                     "corpus", "dtype", "strategy")
 
 
 def _setting(value) -> str:

@@ -245,6 +245,9 @@ class QuantfairRun:
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
                           f"`quantfair suggest` result for {suggestion['scheme']} "
                           f"({searched_with(suggestion)})")
+        elif self.config.strategy:
+            tr.write_line(f"--strategy {self.config.strategy} is audited against no protection "
+                          "and random protection at its budget")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):

@@ -124,6 +124,8 @@ def test_emit_of_nothing_it_can_list_says_so(capsys, emit):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--quant", "int4", "--strategy", "L0"], "give --quant gguf:TYPE"),
+    (["--quant", "gguf:Q4_0", "--strategy", "L0", "--strategy", "ln_f"],
+     "export takes one --strategy; join terms with +, e.g. L0+ln_f"),
     (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"], "cannot be exported"),
 ])
 def test_unexportable_requests_are_one_line_errors(f32_gguf, tmp_path, capsys, args, message):

@@ -206,11 +206,14 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
 
 
 def test_strategy_option_audits_a_given_strategy(pytester):
+    path = pytester.path / "r.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
-                 "--strategy", "L0+Llast", "--no-report", "-rs")
+                 "--strategy", "L0+Llast", "--report", str(path), "-rs")
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2
-    result.stdout.fnmatch_lines(["*the budget check applies to --strategy suggested*"])
+    result.stdout.fnmatch_lines(["--strategy L0+Llast is audited against no protection*",
+                                 "*the budget check applies to --strategy suggested*"])
+    assert load(path)["settings"]["strategy"] == "L0+Llast"
 
 
 def test_suggested_strategy_is_audited_and_reported(pytester):
