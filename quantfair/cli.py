@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "`quantfair suggest` result); one, its terms joined by +")
     export.add_argument("-o", "--output", help="GGUF file to write (needs --quant gguf:TYPE "
                                                "and a model loaded from a GGUF file)")
-    export.add_argument("--protect-as", choices=("f32", "f16"), default="f32",
+    export.add_argument("--protect-as", choices=("f32", "f16"), default="f32", type=str.lower,
                         help="type of the protected tensors (default f32)")
     export.add_argument("--emit", choices=("llama-quantize", "hf"),
                         help="print llama-quantize --tensor-type overrides, or a "

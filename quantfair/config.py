@@ -304,6 +304,8 @@ class RunConfig:
         if baseline and not Path(baseline).is_file():
             raise UsageError(f"--baseline {baseline}: no such report file")
         quantized, label = get("quantized"), get("quantized-label")
+        if label is not None and not label.strip():
+            raise UsageError("--quantized-label is empty: give a name, or leave it out")
         if quantized:
             if value("quant") is not None or value("embedding-type") is not None:
                 raise UsageError("give --quant or --quantized, not both: an artifact brings its "

@@ -409,6 +409,10 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         raise UsageError(f"--units {config.units or 0} audits every one of the corpus's {count} "
                          f"units and leaves none to search on: give fewer, e.g. --units "
                          f"{max(1, count - 9)}")
+    if held_out is not None and calibration_units > len(held_out.units):
+        raise UsageError(f"--calibration-units {calibration_units}: {len(held_out.units)} units "
+                         "per language are left out of the audit to search on; give at most "
+                         "that, or fewer --units")
     if budget == 0:
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses

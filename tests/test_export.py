@@ -78,7 +78,7 @@ def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
 
 def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf, tmp_path):
     output = tmp_path / "out.gguf"
-    _export(f32_gguf, output, "--protect-as", "f16")
+    _export(f32_gguf, output, "--protect-as", "F16")  # the type's name in any case
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output).tensors}
     assert types["blk.0.attn_qkv.weight"] == "F16"
     assert types["blk.1.attn_qkv.weight"] == "Q5_0"
