@@ -29,6 +29,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -63,6 +64,12 @@ CPU_BATCH_LOGITS = 96 << 20  # bytes of float32 logits per forward on CPU, at mo
 # model's own logits are used (a head that is not a plain linear map)
 CLAIM_STRIPES = 256  # lock files per model folder that claims are spread over
 WAIT_NOTICE_S = 30.0  # a waiting process says so again after this long
+
+# The evaluator leaves the attention mask out of unpadded batches (the fast causal path) and
+# passes it with padded ones: transformers' warning that ids starting with a pad-like token
+# (a BOS equal to the pad token) "may be padded" never applies here.
+logging.getLogger("transformers.modeling_utils").addFilter(
+    lambda record: "since your input_ids may be padded" not in record.getMessage())
 
 
 @dataclass(frozen=True)
@@ -667,7 +674,7 @@ class Evaluator:
         ids = torch.tensor([[self.prefix or 0] * 2], device=self.loaded.device)
         try:
             with torch.inference_mode():
-                logits = model(input_ids=ids).logits
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
                 linear = torch.nn.functional.linear(captured[0], head.weight, head.bias)
         finally:
             handle.remove()

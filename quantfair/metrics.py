@@ -73,7 +73,11 @@ class Estimate:
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
-    with np.errstate(invalid="ignore"):
+    """The 95% percentile interval of the defined (not NaN) resamples; NaN when none is."""
+    samples = np.asarray(samples, dtype=float)
+    if np.isnan(samples).all():  # e.g. a ratio to a change that is 0 in every resample
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore"):  # infinite resamples interpolate to NaN
         low, high = np.nanpercentile(samples, [2.5, 97.5])
     return float(low), float(high)
 

@@ -565,7 +565,8 @@ def calibration_activations(loaded_model, parts: dict[str, Component],
                 ids = ids[:, :min(max_tokens, loaded_model.context_length)]
                 if ids.shape[1] == 0:
                     continue
-                model(input_ids=ids.to(loaded_model.device))
+                ids = ids.to(loaded_model.device)
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
                 tokens += ids.shape[1]
             for name, total in sums.items():
                 per_language[name].append(total / max(1, tokens))
@@ -595,7 +596,10 @@ def calibration_gradients(
             if ids.shape[1] < 2:
                 continue
             model.zero_grad(set_to_none=True)
-            model(input_ids=ids, labels=ids).loss.backward()
+            # The mean next-token cross-entropy, as transformers' causal-LM loss computes it
+            # (float32 logits), without its warnings about loss_type and padding.
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:]).backward()
             for name, p in params.items():
                 if p.grad is not None:
                     sums[name] += p.grad

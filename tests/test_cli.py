@@ -140,6 +140,7 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
             "en,he,zh", "--units", "3", "--json", str(out)]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
+    assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
     assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
     records = json.loads(out.read_text())["records"]

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -37,6 +38,16 @@ def test_disparity_is_undefined_when_english_is_within_noise():
     assert not result.defined and "within noise" in result.undefined
     assert "undefined" in str(result)
     assert not m.mean_disparity().defined
+
+
+def test_a_quantization_that_changes_nothing_is_undefined_without_numpy_warnings():
+    """An artifact equal to the FP model: every resample's ratio is 0/0."""
+    m = make(nll_fp=[[10, 10], [10, 10]], nll_q=[[10, 10], [10, 10]],
+             tokens=[[100, 100], [100, 100]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = m.disparity()["he"]
+    assert not result.defined and math.isnan(result.low) and math.isnan(result.high)
 
 
 def test_disparity_is_undefined_below_the_noise_floor():
