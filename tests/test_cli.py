@@ -183,10 +183,13 @@ def test_a_percentage_without_an_interval_keeps_its_unit_beside_the_number():
     assert "Same top p:  25.000 [20.000, 30.000] %" in _distribution_block(record).splitlines()
 
 
-def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, capsys):
+def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, capsys,
+                                                                  tmp_path):
     """In a log (stderr not a terminal) the bar's carriage returns stay: the error line must
     still begin a line."""
     from quantfair import cli, evaluate
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # nothing cached: it evaluates
 
     def fail(self, batch):
         raise RuntimeError("boom")
