@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -211,6 +212,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(value: float | None, digits: int) -> str:
+    """A search score or disparity: "undefined" where English's NLL did not rise (inf)."""
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
+
+
 def _check_output(path: str | None, flag: str) -> None:
     """Before the model loads: a file to write must have a writable directory to go in (one
     that exists: a mistyped folder is not made) and not be a directory itself."""
@@ -218,10 +224,10 @@ def _check_output(path: str | None, flag: str) -> None:
 
     if not path:
         return
+    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give the path of a file")
     if not Path(path).parent.is_dir():
         raise UsageError(f"{flag} {path}: no directory {Path(path).parent}")
-    if Path(path).is_dir():
-        raise UsageError(f"{flag} {path} is a directory; give the path of a file")
     check_folder_writable(Path(path).parent, flag)
 
 
@@ -251,8 +257,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
               f"({result.forward_passes:,} forward passes, {result.wall_s:.0f} s):")
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
                       "en KLD (nats)", "chosen"],
-                     [(s.phase, s.step, s.candidate, f"{s.score:.4f}",
-                       f"{s.mean_disparity:.3f}", f"{100 * s.overhead:.3f}%",
+                     [(s.phase, s.step, s.candidate, _finite(s.score, 4),
+                       _finite(s.mean_disparity, 3), f"{100 * s.overhead:.3f}%",
                        f"{s.english_damage:.2f}",
                        "*" if s.chosen else "" if s.allowed else "no: raises damage")
                       for s in result.trace]))
@@ -260,8 +266,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(f"\nfinalists scored again on the search pool's {len(result.confirmation_units)} "
               "units per language (the lowest is refined):")
         print(_table(["finalist", "score", "mean disparity", "worst disparity"],
-                     [(c["strategy"], f"{c['score']:.4f}", f"{c['mean_disparity']:.3f}",
-                       f"{c['worst_disparity']:.3f}") for c in result.confirmation]))
+                     [(c["strategy"], _finite(c["score"], 4), _finite(c["mean_disparity"], 3),
+                       _finite(c["worst_disparity"], 3)) for c in result.confirmation]))
     if result.comparison:
         print("\non the held-out audit units (vs: paired difference suggested - baseline, "
               "95% CI; below 0 the suggestion is better):")
@@ -282,7 +288,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                   f"no protection ({' and '.join(worse)} disparity): the calibration units "
                   "misled the search; keep none, or search on more --calibration-units")
         if not all(row["storable"] for row in result.comparison):
-            print(f"* keeps single entries, which a {result.scheme} file cannot store "
+            print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -457,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
+    except BrokenPipeError:  # `quantfair corpus | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         _close_bars()
         print("quantfair: interrupted (finished work is cached)", file=sys.stderr)

@@ -50,9 +50,9 @@ def language(code: str) -> Language:
 
 
 def _family_names(lang: Language) -> set[str]:
-    """`Afro-Asiatic (Semitic)` -> {"afro-asiatic", "semitic"}: the family and its branch."""
+    """`Afro-Asiatic (Semitic)` -> {"afro-asiatic (semitic)", "afro-asiatic", "semitic"}."""
     family, _, branch = lang.family.partition(" (")
-    return {family.lower(), branch.removesuffix(")").lower()} - {""}
+    return {lang.family.lower(), family.lower(), branch.removesuffix(")").lower()} - {""}
 
 
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:

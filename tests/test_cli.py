@@ -107,6 +107,8 @@ def corpus_files(tmp_path):
      "-o /nowhere/x.gguf: no directory /nowhere"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/tmp"],
      "--json /tmp is a directory; give the path of a file"),
+    (["measure", "tiny-gpt2", "--json", "/nowhere/"],
+     "--json /nowhere/ is a directory; give the path of a file"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/sys/x.json"],
      "--json: cannot write in /sys"),
 ])
@@ -200,6 +202,15 @@ def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, ca
     assert "tok" in err  # a bar was drawn
     assert any(line.startswith("quantfair: error: unexpected RuntimeError: boom")
                for line in err.split("\n")), err
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`quantfair corpus | head -1`: the pipe closes before the table is written."""
+    process = subprocess.Popen([sys.executable, "-m", "quantfair", "corpus"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the command writes anything
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == ""
 
 
 def test_help_names_values_by_the_option_not_its_settings_key():

@@ -91,6 +91,7 @@ def test_unknown_languages_still_get_an_unknown_entry():
     ("script:arab", ("en", "ar", "fa", "ur")),
     ("family:Semitic", ("en", "he", "ar", "ti")),
     ("family:semitic, de", ("en", "he", "ar", "ti", "de")),
+    ("family:Afro-Asiatic (Semitic)", ("en", "he", "ar", "ti")),  # as `quantfair corpus` shows
     ("de,script:Hebr", ("en", "de", "he")),
     ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
     ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),

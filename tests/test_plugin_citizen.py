@@ -347,7 +347,8 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
             (Path(os.devnull), "is not a regular file", baseline),
             (blocker / "r.json", f"cannot write in {blocker} ({blocker} is not a directory)",
              baseline),
-            (pytester.path / "r.json", "--baseline . is a directory", Path("."))):
+            (pytester.path / "r.json", "--baseline . is a directory", Path(".")),
+            (f"{pytester.path / 'new'}/", "is a directory; give the path of a .json", baseline)):
         result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
                      "--quantfair-report", str(report), "--quantfair-baseline", str(old))
         assert result.ret == 4, result.stdout.str()
