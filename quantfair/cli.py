@@ -389,7 +389,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         mix = export_gguf(session.loaded, parts, session.config.scheme, protected,
                           Path(args.output), protect_as)
         print(f"wrote {args.output}: {session.config.scheme.name} protecting {strategy} "
-              f"({len(protected)} tensors in {protect_as}); tensor types "
+              f"({len(protected)} tensors in {protect_as}"
+              f"{', norms and biases F32' if protect_as != 'F32' else ''}); tensor types "
               + ", ".join(f"{kind} {count}" for kind, count in sorted(mix.items())),
               file=sys.stderr if args.emit else sys.stdout)
     return 0
