@@ -286,13 +286,10 @@ class RunConfig:
             check_strategy_syntax(strategy)
         report, baseline = get("report"), get("baseline")
         if report:
-            if report.endswith(("/", os.sep)):
-                raise UsageError(f"--report {report} is a directory; give the path of a .json "
-                                 "file")
             given = path = Path(report)
             if path.suffix.lower() != ".json":  # y.JSON stays as given; y and y.html get .json
                 path = path.with_suffix(".json")
-            if given.is_dir() or path.is_dir():
+            if report.endswith(("/", os.sep)) or given.is_dir() or path.is_dir():
                 raise UsageError(f"--report {report} is a directory; give the path of a .json "
                                  "file")
             if any(p.exists() and not p.is_file() for p in (given, path)):
