@@ -305,7 +305,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"^\| magnitude \* ", printed, re.MULTILINE)
     assert not re.search(r"^\| seed recipe \* ", printed, re.MULTILINE)
-    assert "* keeps single entries, which a gguf:Q8_0 file cannot store" in printed
+    assert "* keeps single entries, which a file cannot store under gguf:Q8_0" in printed
     assert "significantly fairer than no protection (it - none, 95% CI below 0): mean:" in printed
     report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "gguf:Q8_0"},
                                     audits=[], rows=[], model={"name": "tiny-llama"},
@@ -318,7 +318,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     assert "Finalists scored again on the search pool's 2 units" in html
     assert "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
-    assert "which a gguf:Q8_0 file cannot store" in html
+    assert "which a file cannot store under gguf:Q8_0" in html
     assert "<th>vs none (mean)</th><th>vs none (worst)</th>" in html
     row = re.search(r"<td>magnitude \*</td>.*?</tr>", html, re.DOTALL).group()
     assert row.count("<td") == 10  # label, strategy, overhead, 2 disparities, 4 differences, en
