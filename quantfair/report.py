@@ -25,7 +25,7 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import atomic_write, json_safe
-from quantfair.summary import summarize
+from quantfair.summary import now_inconclusive, summarize
 from quantfair.text import interval_text, table  # noqa: F401 (re-exported)
 
 SCHEMA = "quantfair-report/4"
@@ -282,7 +282,20 @@ def comparison_notes(comparison: dict) -> list[str]:
     if missing := comparison.get("not_compared"):
         lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
                      f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    if undecided := now_inconclusive(comparison):
+        lines.append(f"{len(undecided)} audit(s) passed in the baseline and are inconclusive "
+                     f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
     return lines
+
+
+def settle_verdict(report: dict) -> None:
+    """The verdict and summary again once a baseline comparison is in: regressions fail a run
+    whose audits passed, and a comparison that could not be made leaves it incomplete."""
+    if report["incomplete"]:
+        report["verdict"] = "incomplete"
+    elif report["verdict"] == "passed" and (report.get("comparison") or {}).get("regressions"):
+        report["verdict"] = "failed"
+    report["summary"] = summarize(report)
 
 
 def searched_with(suggestion: dict) -> str:

@@ -139,7 +139,7 @@ class QuantfairRun:
         self.payloads.append(self._payload())
         if not self.audits and not self.terminated:
             return
-        from quantfair.report import compare, write_report
+        from quantfair.report import compare, settle_verdict, write_report
 
         report = self._build(exitstatus)
         if self.baseline is not None:
@@ -152,6 +152,7 @@ class QuantfairRun:
                 self.regressions = [str(error)]
             else:
                 self.regressions = report["comparison"]["regressions"]
+            settle_verdict(report)
         self.report = report
         if not self.config.no_report:
             try:

@@ -75,9 +75,22 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
         return (f"{len(failed_findings) or counts['failed']} seed finding(s) did not hold on "
                 f"this model ({counts['failed']} failed case(s)): honest measurements, not "
                 "errors")
+    if regressions := (report.get("comparison") or {}).get("regressions"):
+        return (f"{len(regressions)} regression(s) against the baseline of "
+                f"{report['comparison'].get('baseline_created')}: {regressions[0]}"
+                + (", ..." if len(regressions) > 1 else ""))
     if not counts["passed"]:
         return "No audit decided anything in this run"
     return f"Every decided claim held ({counts['passed']} passed)"
+
+
+def now_inconclusive(comparison: dict) -> list[str]:
+    """Audits that passed in the baseline and are inconclusive now, where that is not counted
+    as a regression (without strict)."""
+    listed = set(comparison.get("regressions", []))
+    return [a["nodeid"] for a in comparison.get("audits", [])
+            if (a["old"], a["new"]) == ("passed", "inconclusive")
+            and f"audit {a['nodeid']}: passed -> inconclusive" not in listed]
 
 
 def summarize(report: dict) -> dict:

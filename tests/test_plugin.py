@@ -186,6 +186,26 @@ def test_baseline_gates_regressions(pytester):
     result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])
 
 
+def test_a_regression_fails_the_verdict_of_a_run_whose_audits_passed(pytester):
+    base, now = pytester.path / "base.json", pytester.path / "now.json"
+    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
+    assert run(pytester, *args, "--report", str(base)).ret == 0
+    report = load(base)
+    assert report["verdict"] == "passed"
+    rows = [r for r in report["measurements"] if r["language"] == "he" and r["disparity"]]
+    assert rows
+    for row in rows:  # the baseline was far fairer
+        row["disparity"] = row["disparity"] - 10 * abs(row["disparity"]) - 1
+    base.write_text(json.dumps(report))
+    result = run(pytester, *args, "--baseline", str(base), "--report", str(now))
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["verdict: failed*", "1 regression(s) against the baseline*"])
+    regressed = load(now)
+    assert regressed["verdict"] == "failed"
+    assert regressed["summary"]["headline"].startswith("1 regression(s) against the baseline")
+    assert "FAILED &mdash; 1 regression(s)" in now.with_suffix(".html").read_text()
+
+
 def test_crashed_worker_makes_the_report_incomplete(pytester):
     pytester.makepyfile(test_crash="""
         import os

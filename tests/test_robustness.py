@@ -633,3 +633,23 @@ def test_strategy_strings_round_trip_or_are_usage_errors(gpt2_resolver, text):
     except UsageError:
         return  # valid syntax naming what this model lacks (L99, a role, calibration text)
     assert protection_key(gpt2_resolver.resolve(canonical)) == protection_key(protection)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_audit_that_passed_and_is_inconclusive_now_is_listed(strict):
+    from quantfair.report import compare, comparison_notes
+
+    def report(outcome: str) -> dict:
+        return {"settings": {}, "measurements": [],
+                "audits": [{"nodeid": "audits/test_x.py::test_y[a]", "outcome": outcome}]}
+
+    comparison = compare(report("passed"), report("inconclusive"), strict=strict)
+    notes = "\n".join(comparison_notes(comparison))
+    if strict:  # a regression, listed as one
+        assert comparison["regressions"] == [
+            "audit audits/test_x.py::test_y[a]: passed -> inconclusive"]
+        assert "inconclusive now" not in notes
+    else:
+        assert comparison["regressions"] == []
+        assert ("1 audit(s) passed in the baseline and are inconclusive now (a regression with "
+                "--quantfair-strict): audits/test_x.py::test_y[a]") in notes
