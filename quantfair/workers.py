@@ -36,7 +36,8 @@ def available_cores() -> int:
 
 
 def parse_threads(text: str | int | None) -> int | None:
-    """`"auto"` (or unset) -> None; a positive integer -> itself; anything else: UsageError."""
+    """`"auto"` (or unset) -> None; a positive integer up to the machine's cores -> itself;
+    anything else: UsageError."""
     if text is None or str(text).strip().lower() == AUTO:
         return None
     try:
@@ -45,6 +46,10 @@ def parse_threads(text: str | int | None) -> int | None:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got '{text}'") from None
     if value < 1:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
+    cores = os.cpu_count() or 1
+    if value > cores:  # more threads than cores only slows torch down (or exhausts memory)
+        raise UsageError(f"--threads {value}: this machine has {cores} cores; give at most "
+                         f"{cores}, or {AUTO}")
     return value
 
 

@@ -40,10 +40,14 @@ def test_threads_option_values():
     assert parse_threads(None) is None
     assert parse_threads("auto") is None
     assert parse_threads(" AUTO ") is None
-    assert parse_threads("3") == 3
+    cores = os.cpu_count()
+    assert parse_threads("1") == 1 and parse_threads(str(cores)) == cores
     for bad in ("0", "-2", "two", "1.5", ""):
         with pytest.raises(UsageError, match="--threads must be auto or a positive integer"):
             parse_threads(bad)
+    for many in (cores + 1, 99999):  # 99999 threads exhausted memory inside torch
+        with pytest.raises(UsageError, match=f"--threads {many}: this machine has {cores} "):
+            parse_threads(str(many))
 
 
 def test_a_bad_threads_option_is_a_usage_error_before_any_model_loads():
