@@ -182,14 +182,20 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     apply)."""
     bound: dict[str, float] = {}
     for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            raise UsageError(f"--{name} {text}: an empty entry; give e.g. 2.0,he=3.0")
         language, _, number = entry.rpartition("=")
         language = language.strip() or "*"
+        value = number_option(name, number)
+        if language == "*" and "*" in bound:
+            raise UsageError(f"--{name} {text}: two maxima for every language; give one, and "
+                             "LANG=VALUE for a language, e.g. 2.0,he=3.0")
         if language in bound:
             raise UsageError(f"--{name} {text}: {language} is given twice")
         if language != "*" and language not in languages:
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
                              f"({', '.join(languages)})")
-        bound[language] = number_option(name, number)
+        bound[language] = value
     return bound
 
 

@@ -69,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         run = QuantfairRun(config, run_config)
     except QuantfairError as error:
-        raise pytest.UsageError(_naming_ini_source(config, str(error))) from None
+        raise pytest.UsageError(_in_pytest_terms(config, str(error))) from None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
 
@@ -78,17 +78,20 @@ def _ini_name(config: pytest.Config) -> str:
     return config.inipath.name if config.inipath else "the ini file"
 
 
-def _naming_ini_source(config: pytest.Config, message: str) -> str:
-    """`message` (which names options as --<name>), with where a value named in it was set
-    when that was the ini file rather than the command line."""
-    from_ini = [option for option in OPTIONS.values()
-                if config.getoption(option.dest, default=None) in (None, False)
-                and re.search(rf"--{re.escape(option.name)}(?![\w-])", message)
-                and _ini_value(config, option.dest)]
-    if not from_ini:
-        return message
-    return message + "".join(f" (set by {option.dest} in {_ini_name(config)})"
-                             for option in from_ini)
+def _in_pytest_terms(config: pytest.Config, message: str) -> str:
+    """`message`, which names options as the CLI does (--<name>), with pytest's names for
+    them (--quantfair-<name>, there without the opt-in short forms) and where a value named
+    in it was set when that was the ini file rather than the command line."""
+    notes = []
+    for option in OPTIONS.values():
+        named = rf"--{re.escape(option.name)}(?![\w-])"
+        if not re.search(named, message):
+            continue
+        message = re.sub(named, f"--quantfair-{option.name}", message)
+        if config.getoption(option.dest, default=None) in (None, False) \
+                and _ini_value(config, option.dest):
+            notes.append(f" (set by {option.dest} in {_ini_name(config)})")
+    return message + "".join(notes)
 
 
 def _ini_value(config: pytest.Config, dest: str):

@@ -56,12 +56,12 @@ def test_bad_options_are_one_line_usage_errors(pytester):
     for args, message in [
         (["--quant", "int9"], "bits must be between 2 and 8"),
         (["--languages", "en,xx"], "unknown language(s) xx"),
-        (["--units", "many"], "--units must be an integer"),
+        (["--units", "many"], "--quantfair-units must be an integer"),
         (["--strategy-typo"], "unrecognized arguments"),
         (["--languages", "en"], "give at least one other, e.g. en,de"),
-        (["--units", "100"], "--units 100: the corpus has 31 units per language"),
+        (["--units", "100"], "--quantfair-units 100: the corpus has 31 units per language"),
         (["--languages", ""], "an empty entry"),
-        (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
+        (["--report", "/proc/nowhere/r.json"], "--quantfair-report: cannot write in /proc/nowhere"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
@@ -88,7 +88,8 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     (["--model", "/no/such/folder"], "model path not found: /no/such/folder"),
     (["--model", "notes.txt"], "model notes.txt: a file that is not .gguf"),
     (["--model", "tiny-gpt2", "--device", "tpu"], "unknown device 'tpu'"),
-    (["--model", "tiny-gpt2", "--quantized", "notes.txt"], "--quantized notes.txt: a file"),
+    (["--model", "tiny-gpt2", "--quantized", "notes.txt"],
+     "--quantfair-quantized notes.txt: a file"),
 ])
 def test_settings_checked_before_any_audit_are_one_usage_error(pytester, args, message):
     """Found before the first audit, not as an error in each of them."""

@@ -128,7 +128,7 @@ def test_bad_strategy_syntax_fails_at_start_up_before_a_model_loads(pytester):
 def test_an_empty_language_entry_is_a_usage_error(pytester):
     result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
                  "--quantfair-languages", "de,he,")
-    _one_line_usage_error(result, "--languages has an empty entry")
+    _one_line_usage_error(result, "--quantfair-languages has an empty entry")
 
 
 def test_a_report_path_that_is_a_directory_is_a_usage_error(pytester):
@@ -267,10 +267,13 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
 
 
 @pytest.mark.parametrize("bound, message", [
-    ("2.0,he=lots", "--max-disparity must be a number, got 'lots'"),
-    ("inf", "--max-disparity must be a finite non-negative number, got inf"),
-    ("2.0,xx=3", "--max-disparity 2.0,xx=3: xx is not among the audited languages"),
-    ("2,he=3,he=4", "--max-disparity 2,he=3,he=4: he is given twice"),
+    ("2.0,he=lots", "--quantfair-max-disparity must be a number, got 'lots'"),
+    ("inf", "--quantfair-max-disparity must be a finite non-negative number, got inf"),
+    ("2.0,xx=3", "--quantfair-max-disparity 2.0,xx=3: xx is not among the audited languages"),
+    ("2,he=3,he=4", "--quantfair-max-disparity 2,he=3,he=4: he is given twice"),
+    ("2.0,he=3.0,", "--quantfair-max-disparity 2.0,he=3.0,: an empty entry"),
+    ("2.0,3.0", "--quantfair-max-disparity 2.0,3.0: two maxima for every language"),
+    ("2.0,he:3", "--quantfair-max-disparity must be a number, got 'he:3'"),
 ])
 def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
     result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
@@ -326,7 +329,7 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
 
 @pytest.mark.parametrize("setting, message", [
     ("quantfair_units = abc",
-     "--units must be an integer, got 'abc' (set by quantfair_units in pytest.ini)"),
+     "--quantfair-units must be an integer, got 'abc' (set by quantfair_units in pytest.ini)"),
     ("quantfair_strict = maybe", "quantfair_strict in pytest.ini: invalid truth value 'maybe'"),
 ])
 def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, setting, message):
@@ -343,11 +346,11 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
     blocker = pytester.path / "a-file"
     blocker.write_text("")
     for report, message, old in (
-            (baseline, "would overwrite the --baseline", baseline),
+            (baseline, "would overwrite the --quantfair-baseline", baseline),
             (Path(os.devnull), "is not a regular file", baseline),
             (blocker / "r.json", f"cannot write in {blocker} ({blocker} is not a directory)",
              baseline),
-            (pytester.path / "r.json", "--baseline . is a directory", Path(".")),
+            (pytester.path / "r.json", "--quantfair-baseline . is a directory", Path(".")),
             (f"{pytester.path / 'new'}/", "is a directory; give the path of a .json", baseline)):
         result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
                      "--quantfair-report", str(report), "--quantfair-baseline", str(old))
