@@ -166,8 +166,9 @@ def forest(report: dict) -> str | None:
             ys.append(position + (index - (len(strategies) - 1) / 2) * step)
             xs.append(r["disparity"])
             low, high = r.get("disparity_low"), r.get("disparity_high")
-            errors[0].append(r["disparity"] - low if low and low > 0 else 0)
-            errors[1].append(high - r["disparity"] if high else 0)
+            # a point estimate outside its percentile interval draws no bar on that side
+            errors[0].append(max(r["disparity"] - low, 0) if low and low > 0 else 0)
+            errors[1].append(max(high - r["disparity"], 0) if high else 0)
         ax.errorbar(xs, ys, xerr=errors, fmt=MARKERS[index], color=PALETTE[index], ms=4,
                     capsize=2, lw=1, label=strategy)
     ax.axvline(1, color="0.3", ls="--", lw=0.8, label="parity (1x)")

@@ -72,7 +72,7 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
         return (f"{counts['error']} audit(s) could not run (errors, not findings): "
                 "the verdict needs them fixed")
     if counts["failed"]:
-        return (f"{len(failed_findings) or counts['failed']} seed finding(s) did not hold on "
+        return (f"{len(failed_findings) or counts['failed']} finding(s) did not hold on "
                 f"this model ({counts['failed']} failed case(s)): honest measurements, not "
                 "errors")
     if regressions := (report.get("comparison") or {}).get("regressions"):
@@ -122,8 +122,8 @@ def summarize(report: dict) -> dict:
             sentences.append(f"With the seed's recommended protection {worst[0]['name']} is at "
                              f"{first['disparity']:.2f}x"
                              f"{_interval(first['disparity_low'], first['disparity_high'])}.")
-    for outcome, words in (("passed", "Seed findings that hold on this model"),
-                           ("failed", "Seed findings that do not hold on this model"),
+    for outcome, words in (("passed", "Findings that hold on this model"),
+                           ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),
                            ("error", "Findings that could not be measured (errors)")):
         if by_outcome[outcome]:

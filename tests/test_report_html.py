@@ -166,3 +166,14 @@ def test_per_script_and_class_aggregates_average_their_languages():
     assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["6.00", "2.00"]
     assert [c["text"] for c in groups[("class", "5")]["cells"]] == ["2.25", "1.35"]
     assert groups[("class", "5")]["languages"] == 2 and ("script", "Latn") in groups
+
+
+def test_a_value_outside_its_interval_still_draws_the_forest():
+    """A hand-edited report whose disparity lies outside its CI: no negative error bar."""
+    from quantfair import charts
+
+    edited = report()
+    for row in edited["measurements"]:
+        if row["language"] == "he" and row["disparity"]:
+            row["disparity"] = row["disparity_high"] * 2
+    assert charts.forest(edited).startswith("<svg")
