@@ -48,7 +48,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     resolver = StrategyResolver(bank, scheme)
     strategies = [(expr, seed_name, reported)
                   for seed_name, (expr, reported) in SEED_PARETO.items()]
-    strategies += [(expr, "", "") for expr in args.strategy]
+    strategies += [(expr, "", "") for expr in dict.fromkeys(args.strategy)
+                   if expr not in {e for e, _, _ in strategies}]
     resolved = [(expr, seed, reported, resolver.overhead(resolver.resolve(expr)))
                 for expr, seed, reported in strategies]
 
@@ -174,13 +175,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from quantfair.strategy_syntax import check_strategy_syntax
 
-    strategies = args.strategy or ["none"]
+    strategies = list(dict.fromkeys(args.strategy or ["none"]))
     for strategy in strategies:  # validate every strategy before minutes of work
-        check_strategy_syntax(strategy)
+        if strategy != "suggested":
+            check_strategy_syntax(strategy)
     _check_output(args.json, "--json")
     session = _session(args)
     from quantfair.report import measurement_records
 
+    strategies = list(dict.fromkeys(_suggested(session) if strategy == "suggested" else strategy
+                                    for strategy in strategies))
     for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
@@ -215,6 +219,20 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def _finite(value: float | None, digits: int) -> str:
     """A search score or disparity: "undefined" where English's NLL did not rise (inf)."""
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
+
+
+def _suggested(session) -> str:
+    """The strategy of the latest `quantfair suggest` result for the session's model and
+    scheme, named on stderr. Raises UsageError when there is none."""
+    from quantfair.report import searched_with
+    from quantfair.suggest import load_suggestion, no_suggestion
+
+    found = load_suggestion(session)
+    if found is None:
+        raise no_suggestion(session)
+    print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
+          f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    return found["strategy"]
 
 
 def _check_output(path: str | None, flag: str) -> None:
@@ -350,18 +368,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         whole_tensors,
     )
 
-    strategy = args.strategy
-    if strategy == "suggested":
-        from quantfair.suggest import load_suggestion, no_suggestion
-
-        found = load_suggestion(session)
-        if found is None:
-            raise no_suggestion(session)
-        from quantfair.report import searched_with
-
-        strategy = found["strategy"]
-        print(f"quantfair: --strategy suggested is {strategy}, the latest suggestion for "
-              f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    strategy = _suggested(session) if args.strategy == "suggested" else args.strategy
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)
@@ -419,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure = commands.add_parser("measure", help="perplexity, degradation and disparity")
     _add_model_arguments(measure, *RUN_OPTIONS)
     measure.add_argument("--strategy", action="append", default=[],
-                         help="protection strategy (repeatable; default none)")
+                         help="protection strategy (repeatable; default none; 'suggested': "
+                              "the cached `quantfair suggest` result)")
     measure.add_argument("--json", help="also write the numbers to this JSON file")
     measure.set_defaults(run=cmd_measure)
 

@@ -182,6 +182,19 @@ def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf,
     assert printed.out.strip() == r"--tensor-type blk\.1\..*=f32"
 
 
+def test_measure_takes_the_suggested_strategy_too(f32_gguf, capsys):
+    from quantfair.suggest import Suggestion, save
+
+    session = _session(str(f32_gguf), quant="gguf:Q5_0")
+    save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
+                             overhead=0.05, score=1.0, languages=["en", "de"]))
+    assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--strategy", "L1", "--languages", "en,de", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "--strategy suggested is L1" in printed.err
+    assert printed.out.count("| L1 ") == 2  # en and de, once: the suggestion is L1
+
+
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
     assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2
