@@ -168,12 +168,18 @@ def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf, capsys):
+@pytest.fixture
+def suggested_l1(f32_gguf):
+    """A cached `quantfair suggest` result for the GGUF under gguf:Q5_0: L1."""
     from quantfair.suggest import Suggestion, save
 
     session = _session(str(f32_gguf), quant="gguf:Q5_0")
     save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
                              overhead=0.05, score=1.0, languages=["en", "de"]))
+
+
+def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf, suggested_l1,
+                                                                        capsys):
     assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
                  "--emit", "llama-quantize", "--languages", "en", "--units", "1"]) == 0
     printed = capsys.readouterr()
@@ -182,12 +188,7 @@ def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf,
     assert printed.out.strip() == r"--tensor-type blk\.1\..*=f32"
 
 
-def test_measure_takes_the_suggested_strategy_too(f32_gguf, capsys):
-    from quantfair.suggest import Suggestion, save
-
-    session = _session(str(f32_gguf), quant="gguf:Q5_0")
-    save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
-                             overhead=0.05, score=1.0, languages=["en", "de"]))
+def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys):
     assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
                  "--strategy", "L1", "--languages", "en,de", "--units", "1"]) == 0
     printed = capsys.readouterr()
