@@ -177,3 +177,14 @@ def test_a_value_outside_its_interval_still_draws_the_forest():
         if row["language"] == "he" and row["disparity"]:
             row["disparity"] = row["disparity_high"] * 2
     assert charts.forest(edited).startswith("<svg")
+
+
+def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
+    from quantfair.html import render_html
+
+    undefined = report()
+    for row in undefined["measurements"]:
+        row.update(disparity=None, disparity_low=None, disparity_high=None,
+                   undefined="en loss change is within noise")
+    html = render_html(undefined)
+    assert "No disparity to draw: none measured in this run, or every one undefined" in html
