@@ -175,7 +175,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from quantfair.strategy_syntax import check_strategy_syntax
 
-    strategies = list(dict.fromkeys(args.strategy or ["none"]))
+    strategies = args.strategy or ["none"]
     for strategy in strategies:  # validate every strategy before minutes of work
         if strategy != "suggested":
             check_strategy_syntax(strategy)

@@ -15,13 +15,7 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import REFERENCE, language
-from quantfair.summary import (
-    RECOMMENDED,
-    compared_rows,
-    main_rows,
-    now_inconclusive,
-    summarize,
-)
+from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -183,7 +177,6 @@ def render_html(report: dict) -> str:
     env.filters["num"] = lambda v, p=4: "" if v is None else (
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
-    env.filters["now_inconclusive"] = now_inconclusive
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
     return template.render(

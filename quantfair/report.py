@@ -25,7 +25,7 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import atomic_write, json_safe
-from quantfair.summary import now_inconclusive, summarize
+from quantfair.summary import summarize
 from quantfair.text import interval_text, table  # noqa: F401 (re-exported)
 
 SCHEMA = "quantfair-report/4"
@@ -140,13 +140,10 @@ class RunRecord:
 def build_report(record: RunRecord) -> dict:
     """The versioned JSON document (see the README's "Report format")."""
     unique = {row_key(r): r for r in record.rows}
-    outcomes = {a["outcome"] for a in record.audits}
-    verdict = ("incomplete" if record.incomplete else "error" if "error" in outcomes
-               else "failed" if "failed" in outcomes else "passed")
     report = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "verdict": verdict,
+        "verdict": None,
         "incomplete": list(record.incomplete),
         "summary": None,
         "model": record.model,
@@ -160,7 +157,7 @@ def build_report(record: RunRecord) -> dict:
         "suggestion": record.suggestion,
         "comparison": None,
     }
-    report["summary"] = summarize(report)
+    settle_verdict(report)
     return report
 
 
@@ -234,7 +231,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
-    audits = []
+    audits, undecided = [], []
     for entry in new.get("audits", []):
         before = old_audits.get(_audit_key(entry["nodeid"]))
         if before is None:
@@ -243,6 +240,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         lost = ("failed", "error", "inconclusive") if strict else ("failed", "error")
         if before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
+        elif before == "passed" and entry["outcome"] == "inconclusive":
+            undecided.append(entry["nodeid"])
     if not rows and not audits:
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
@@ -253,7 +252,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
-            "not_compared": not_compared}
+            "not_compared": not_compared, "now_inconclusive": undecided}
 
 
 # Settings that change what a number means: a baseline measured otherwise is compared, with a
@@ -282,19 +281,20 @@ def comparison_notes(comparison: dict) -> list[str]:
     if missing := comparison.get("not_compared"):
         lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
                      f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
-    if undecided := now_inconclusive(comparison):
+    if undecided := comparison.get("now_inconclusive"):
         lines.append(f"{len(undecided)} audit(s) passed in the baseline and are inconclusive "
                      f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
     return lines
 
 
 def settle_verdict(report: dict) -> None:
-    """The verdict and summary again once a baseline comparison is in: regressions fail a run
-    whose audits passed, and a comparison that could not be made leaves it incomplete."""
-    if report["incomplete"]:
-        report["verdict"] = "incomplete"
-    elif report["verdict"] == "passed" and (report.get("comparison") or {}).get("regressions"):
-        report["verdict"] = "failed"
+    """The verdict, then the summary, from the report's audits, `incomplete` reasons and any
+    baseline comparison: incomplete, else error, else failed (a finding that did not hold, or
+    a regression against the baseline), else passed. Run again once a comparison is in."""
+    outcomes = {a["outcome"] for a in report["audits"]}
+    regressed = bool((report.get("comparison") or {}).get("regressions"))
+    report["verdict"] = ("incomplete" if report["incomplete"] else "error" if "error" in outcomes
+                         else "failed" if "failed" in outcomes or regressed else "passed")
     report["summary"] = summarize(report)
 
 

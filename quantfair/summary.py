@@ -84,15 +84,6 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
     return f"Every decided claim held ({counts['passed']} passed)"
 
 
-def now_inconclusive(comparison: dict) -> list[str]:
-    """Audits that passed in the baseline and are inconclusive now, where that is not counted
-    as a regression (without strict)."""
-    listed = set(comparison.get("regressions", []))
-    return [a["nodeid"] for a in comparison.get("audits", [])
-            if (a["old"], a["new"]) == ("passed", "inconclusive")
-            and f"audit {a['nodeid']}: passed -> inconclusive" not in listed]
-
-
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
