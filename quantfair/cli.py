@@ -320,13 +320,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from quantfair.config import DEFAULT_TOLERANCE, number_option
     from quantfair.html import render_html
-    from quantfair.report import compare, comparison_notes, load_report
+    from quantfair.report import compare, comparison_notes, load_report, settle_verdict
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
     _check_output(args.output, "--output")
     old, new = load_report(args.old), load_report(args.new)
     new["comparison"] = compare(old, new, tolerance)
+    settle_verdict(new)  # a regression fails the run its audits passed
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):

@@ -366,6 +366,20 @@ def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
     assert run_cli("report", str(old), str(old)).returncode == 0
 
 
+def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, report_pair):
+    old, report = report_pair
+    grown = {**report, "measurements": [
+        {**r, "disparity": r["disparity"] * 1.5} if r.get("disparity") else r
+        for r in report["measurements"]]}
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(grown))
+    printed = run_cli("report", str(old), str(new))
+    assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
+    html = new.with_name("new-vs-baseline.html").read_text()
+    assert 'data-verdict="failed"' in html and "FAILED &mdash;" in html
+    assert "PASSED" not in html
+
+
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
         tmp_path, report_pair):
     """A gate that compared other languages, units or another model must say so; audits
