@@ -141,11 +141,17 @@ def _interval(record: dict, key: str, scale: float = 1.0, digits: int = 6,
     value, low, high = (record[key + suffix] for suffix in ("", "_low", "_high"))
     if value is None:
         return "n/a"
-    shown = f"{scale * value:{digits + 4}.{digits}f}"
+    shown = _fixed(scale * value, digits, digits + 4)
     unit = f" {unit}" if unit else ""
     if low is None or high is None:
         return f"{shown}{unit} (too few units for an interval)"
-    return f"{shown} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]{unit}"
+    return f"{shown} [{_fixed(scale * low, digits)}, {_fixed(scale * high, digits)}]{unit}"
+
+
+def _fixed(value: float, digits: int, width: int = 0) -> str:
+    """`value` to `digits` decimals, a negative that rounds to zero shown as 0 (a mean KL
+    divergence of -1e-9 is summation error, not a sign)."""
+    return f"{value if round(value, digits) else 0.0:{width}.{digits}f}"
 
 
 def _distribution_block(record: dict) -> str:
@@ -158,7 +164,7 @@ def _distribution_block(record: dict) -> str:
         "======",
         f"Mean    ln(PPL(Q)/PPL(base)): {_interval(record, 'ln_ppl_ratio')}",
         f"Mean    KLD: {_interval(record, 'kld_mean')}",
-        *(f"{label:<8}KLD: {record[key]:10.6f}" for label, key in (
+        *(f"{label:<8}KLD: {_fixed(record[key], 6, 10)}" for label, key in (
             ("Maximum", "kld_max"), ("99.9%", "kld_p99_9"), ("99.0%", "kld_p99"),
             ("95.0%", "kld_p95"), ("90.0%", "kld_p90"), ("Median", "kld_median"))),
         f"KLD per byte: {_interval(record, 'kld_per_byte')}",

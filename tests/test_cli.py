@@ -183,6 +183,10 @@ def test_a_percentage_without_an_interval_keeps_its_unit_beside_the_number():
     assert "Same top p:  25.000 % (too few units for an interval)" in lines
     record.update(same_top_low=0.2, same_top_high=0.3)
     assert "Same top p:  25.000 [20.000, 30.000] %" in _distribution_block(record).splitlines()
+    record.update(kld_mean=-3e-9, kld_mean_low=-1e-8, kld_mean_high=2e-9, kld_median=-1e-12)
+    lines = _distribution_block(record).splitlines()  # summation error is not a sign
+    assert "Mean    KLD:   0.000000 [0.000000, 0.000000]" in lines
+    assert "Median  KLD:   0.000000" in lines
 
 
 def test_an_error_during_a_progress_bar_starts_a_line_of_its_own(monkeypatch, capsys,
