@@ -180,6 +180,9 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     """`"2.0,he=3.0"` -> `{"*": 2.0, "he": 3.0}` (a default and per-language maxima); a
     language not among the audited `languages` is a UsageError (its bound would never
     apply)."""
+    if not text.strip():
+        raise UsageError(f"--{name} is empty: give a maximum, e.g. 2.0,he=3.0 (or leave the "
+                         "option out for no gate)")
     bound: dict[str, float] = {}
     for entry in (part.strip() for part in text.split(",")):
         if not entry:
@@ -195,6 +198,9 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
         if language != "*" and language not in languages:
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
                              f"({', '.join(languages)})")
+        if language == REFERENCE and name.endswith("disparity"):
+            raise UsageError(f"--{name} {text}: disparities are relative to {REFERENCE}, "
+                             f"whose own is 1 by definition; bound the other languages")
         bound[language] = value
     return bound
 
@@ -341,7 +347,8 @@ class RunConfig:
                    strict=bool(get("strict")),
                    release_bounds={name: parse_release_bound(f"max-{name}", text, languages)
                                    for name in RELEASE_QUANTITIES
-                                   if (text := get(f"max-{name.replace('_', '-')}"))})
+                                   if (text := get(f"max-{name.replace('_', '-')}"))
+                                   is not None})
 
     def preflight(self) -> None:
         """What can be checked before a model loads: the caches are writable, the model and

@@ -274,6 +274,8 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     ("2.0,he=3.0,", "--quantfair-max-disparity 2.0,he=3.0,: an empty entry"),
     ("2.0,3.0", "--quantfair-max-disparity 2.0,3.0: two maxima for every language"),
     ("2.0,he:3", "--quantfair-max-disparity must be a number, got 'he:3'"),
+    ("", "--quantfair-max-disparity is empty: give a maximum"),
+    ("2.0,en=1.5", "--quantfair-max-disparity 2.0,en=1.5: disparities are relative to en"),
 ])
 def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
     result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
