@@ -122,10 +122,11 @@ class Corpus:
         languages = list(languages or self.languages)
         missing = [lang for lang in languages if lang not in self.texts]
         if missing:
-            raise UsageError(
-                f"unknown language(s) {', '.join(missing)}; this corpus has "
-                f"{', '.join(self.languages)}"
-            )
+            by_case = {lang.lower(): lang for lang in self.texts}
+            meant = [by_case[m.lower()] for m in missing if m.lower() in by_case]
+            hint = f" (codes are case-sensitive: {', '.join(meant)}?)" if meant else ""
+            raise UsageError(f"unknown language(s) {', '.join(missing)}{hint}; this corpus has "
+                             f"{', '.join(self.languages)}")
         if REFERENCE in self.texts and REFERENCE not in languages:
             languages.insert(0, REFERENCE)  # disparities are relative to English
         units = list(units or self.units)

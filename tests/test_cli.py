@@ -72,6 +72,8 @@ def corpus_files(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["measure", "tiny-gpt2", "--languages", "en,xx"], "unknown language(s) xx"),
+    (["measure", "tiny-gpt2", "--languages", "EN,He"],
+     "unknown language(s) EN, He (codes are case-sensitive: en, he?)"),
     (["measure", "tiny-gpt2", "--languages", "de,script:Klingon"], "unknown script 'Klingon'"),
     (["measure", "tiny-gpt2", "--corpus", "{empty}"], "the corpus is empty"),
     (["measure", "tiny-gpt2", "--corpus", "{malformed}"], "malformed.jsonl:2: malformed JSON"),
