@@ -13,10 +13,13 @@ from quantfair.config import (
     RunConfig,
     add_options,
     check_folder_writable,
+    check_search_units,
     parse_languages,
     parse_percent,
 )
+from quantfair.corpus import load_corpus
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.schemes import check_block_format
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -92,8 +95,8 @@ def _tqdm_progress(label: str, total: int):
     return update
 
 
-def _session(args: argparse.Namespace):
-    config = _run_config(args)  # bad settings are one line before torch loads
+def _session(args: argparse.Namespace, config: RunConfig | None = None):
+    config = config or _run_config(args)  # bad settings are one line before torch loads
     config.preflight()
     from quantfair.session import AuditSession
 
@@ -101,7 +104,7 @@ def _session(args: argparse.Namespace):
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from quantfair.corpus import language, load_corpus
+    from quantfair.corpus import language
 
     corpus = load_corpus(args.quantfair_corpus)
     chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
@@ -266,7 +269,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    session = _session(args)
+    config = _run_config(args)
+    check_search_units(config.units, len(load_corpus(config.corpus).units),
+                       args.calibration_units, budget)
+    session = _session(args, config)
     from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
@@ -353,7 +359,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from quantfair.strategy_syntax import check_strategy_syntax
+    from quantfair.strategy_syntax import element_terms
 
     if len(args.strategy) > 1:  # one file holds one recipe
         raise UsageError(f"export takes one --strategy; join terms with +, e.g. "
@@ -363,9 +369,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
     _check_output(args.output, "-o")
+    config = _run_config(args)  # what cannot be exported is one line before the model loads
+    if args.output:
+        check_block_format(config.scheme)
     if args.strategy != "suggested":
-        check_strategy_syntax(args.strategy)
-    session = _session(args)
+        terms, element = element_terms(args.strategy)
+        if element and (args.output or element == terms):
+            _inexpressible(args, args.strategy)
+    session = _session(args, config)
     from quantfair.export import (
         export_gguf,
         expressible,
@@ -380,8 +391,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.emit:
         protected, element = expressible(resolver, strategy)
         if element and not protected:
-            raise UsageError(f"--emit {args.emit} cannot express {strategy}: it keeps single "
-                             "weights or columns; give whole tensors (e.g. L0, L0.attn)")
+            _inexpressible(args, strategy)
         if element:
             print(f"quantfair: {args.emit} cannot express {' + '.join(element)} (single "
                   "weights or columns): left out; the rest of the recipe follows",
@@ -408,6 +418,13 @@ def cmd_export(args: argparse.Namespace) -> int:
               + ", ".join(f"{kind} {count}" for kind, count in sorted(mix.items())),
               file=sys.stderr if args.emit else sys.stdout)
     return 0
+
+
+def _inexpressible(args: argparse.Namespace, strategy: str) -> None:
+    what = f"-o {args.output}" if args.output else f"--emit {args.emit}"
+    raise UsageError(f"{what} cannot express {strategy}: it keeps single weights or columns, "
+                     "which GGUF and transformers files do not store; give whole tensors "
+                     "(e.g. L0, L0.attn, ln, biases)")
 
 
 RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "languages", "units",

@@ -157,6 +157,21 @@ def check_folder_writable(directory: Path, option: str) -> None:
                          f"({why_unwritable(directory, error)})") from None
 
 
+def check_search_units(units: int | None, total: int, calibration_units: int,
+                       budget: float) -> None:
+    """UsageError unless the corpus's `total` units per language less the `units` audited
+    (None or 0: all) leave `calibration_units` for `quantfair suggest` to search on."""
+    held_out = total - units if units else 0
+    if budget > 0 and not held_out:
+        raise UsageError(f"--units {units or 0} audits every one of the corpus's {total} "
+                         f"units and leaves none to search on: give fewer, e.g. --units "
+                         f"{max(1, total - 9)}")
+    if held_out and calibration_units > held_out:
+        raise UsageError(f"--calibration-units {calibration_units}: {held_out} units per "
+                         "language are left out of the audit to search on; give at most "
+                         "that, or fewer --units")
+
+
 def require_other_languages(languages: Sequence[str] | None) -> None:
     """UsageError when English is the only language: disparities compare languages with it
     (`None`: every language of the corpus)."""

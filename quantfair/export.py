@@ -13,7 +13,7 @@ import torch
 from quantfair.errors import UsageError
 from quantfair.models import LoadedModel
 from quantfair.quantize import Protection, gguf_tensor_type, has_element_masks
-from quantfair.schemes import QuantScheme
+from quantfair.schemes import QuantScheme, check_block_format
 from quantfair.storage import atomic_path
 from quantfair.taxonomy import Component
 
@@ -109,9 +109,7 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
     parameter."""
     import gguf
 
-    if scheme.gguf_type is None:
-        raise UsageError(f"export writes GGUF block formats: give --quant gguf:TYPE, not "
-                         f"{scheme.name}")
+    check_block_format(scheme)
     if protect_as not in PROTECT_TYPES:
         raise UsageError(f"--protect-as must be f32 or f16, got {protect_as.lower()}")
     if loaded.gguf_source is None:

@@ -152,3 +152,11 @@ class QuantScheme:
             named[aspect] = option
             fields.update(values)
         return cls(**fields)
+
+
+def check_block_format(scheme: QuantScheme) -> None:
+    """UsageError unless `scheme` is a GGUF block format (`gguf:TYPE`), the only kind
+    `quantfair export` writes a file in."""
+    if scheme.gguf_type is None:
+        raise UsageError(f"export writes GGUF block formats: give --quant gguf:TYPE, not "
+                         f"{scheme.name}")

@@ -108,5 +108,13 @@ def check_strategy_syntax(expression: str) -> str:
     return "+".join(terms)
 
 
+def element_terms(expression: str) -> tuple[list[str], list[str]]:
+    """(every term, the terms keeping single weights or columns) of a checked expression,
+    aliases expanded: element selectors, which no GGUF or transformers file can store."""
+    terms = [part for term in check_strategy_syntax(expression).split("+")
+             for part in ALIASES.get(term, term).split("+")]
+    return terms, [term for term in terms if term.partition(":")[0] in ELEMENT_SELECTORS]
+
+
 def percent_of_term(text: str, term: str) -> float:
     return parse_percent(text, f"strategy term '{term}'")

@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from quantfair.config import require_other_languages
+from quantfair.config import check_search_units, require_other_languages
 from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
@@ -396,23 +396,16 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     if not 0 <= budget <= 1:
         raise UsageError(f"budget must be between 0% and 100%, got {100 * budget:g}%")
     require_other_languages(session.config.languages)
+    config = session.config
+    held_out = session.calibration
+    check_search_units(config.units, len(session.corpus.units) + len(
+        held_out.units if held_out else ()), calibration_units, budget)
     start = time.perf_counter()
     session.loaded  # noqa: B018
     passes_before = session.evaluator.forward_passes
-    config = session.config
     result = Suggestion(model=session.loaded.name, scheme=config.scheme.name, budget=budget,
                         strategy="none", overhead=0.0, score=math.nan,
                         languages=list(session.corpus.languages))
-    held_out = session.calibration
-    if budget > 0 and held_out is None:
-        count = len(session.corpus.units)
-        raise UsageError(f"--units {config.units or 0} audits every one of the corpus's {count} "
-                         f"units and leaves none to search on: give fewer, e.g. --units "
-                         f"{max(1, count - 9)}")
-    if held_out is not None and calibration_units > len(held_out.units):
-        raise UsageError(f"--calibration-units {calibration_units}: {len(held_out.units)} units "
-                         "per language are left out of the audit to search on; give at most "
-                         "that, or fewer --units")
     if budget == 0:
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses

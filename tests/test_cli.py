@@ -122,6 +122,14 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
+def test_a_search_with_too_many_calibration_units_stops_before_loading():
+    result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", "--units", "28",
+                     "--calibration-units", "4")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr  # no "loading tiny-gpt2"
+    assert "--calibration-units 4: 3 units per language are left out" in lines[0]
+
+
 @pytest.mark.parametrize("args, results_dir, message", [
     (["--device", "tpu"], None, "unknown device 'tpu'"),
     (["--quantized", "pyproject.toml"], None,

@@ -126,13 +126,18 @@ def test_emit_of_nothing_it_can_list_says_so(capsys, emit):
     (["--quant", "int4", "--strategy", "L0"], "give --quant gguf:TYPE"),
     (["--quant", "gguf:Q4_0", "--strategy", "L0", "--strategy", "ln_f"],
      "export takes one --strategy; join terms with +, e.g. L0+ln_f"),
-    (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"], "cannot be exported"),
+    (["--quant", "gguf:Q4_0", "--strategy", "magnitude:1%"],
+     "cannot express magnitude:1%: it keeps single weights or columns"),
+    (["--quant", "gguf:Q4_0", "--strategy", "L0+superweights:2"],
+     "cannot express L0+superweights:2"),
 ])
 def test_unexportable_requests_are_one_line_errors(f32_gguf, tmp_path, capsys, args, message):
+    """...before the model loads."""
     assert main(["export", str(f32_gguf), *args, "--languages", "en", "--units", "1",
                  "-o", str(tmp_path / "x.gguf")]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("quantfair: error:") and message in error
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert printed[-1].startswith("quantfair: error:") and message in printed[-1]
+    assert not any("loading" in line for line in printed), printed
 
 
 def test_the_source_file_is_never_overwritten(f32_gguf, tmp_path, capsys):
