@@ -50,7 +50,7 @@ def option_value(config: pytest.Config, name: str):
         try:
             value = config.getini(dest) or value
         except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
-            raise UsageError(f"{dest} in {_ini_name(config)}: {error}") from None
+            raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         value = ",".join(str(item) for item in value) or None
     return value
@@ -74,8 +74,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, "quantfair-run")
 
 
-def _ini_name(config: pytest.Config) -> str:
-    return config.inipath.name if config.inipath else "the ini file"
+def _ini_setting(config: pytest.Config, dest: str) -> str:
+    """Where the ini value `dest` was set: `quantfair_units in pytest.ini`, or `-o
+    quantfair_units` (pytest's --override-ini)."""
+    overrides = config.getoption("override_ini", default=None) or []
+    if any(entry.partition("=")[0].strip() == dest for entry in overrides):
+        return f"-o {dest}"
+    return f"{dest} in {config.inipath.name if config.inipath else 'the ini file'}"
 
 
 def _in_pytest_terms(config: pytest.Config, message: str) -> str:
@@ -90,7 +95,7 @@ def _in_pytest_terms(config: pytest.Config, message: str) -> str:
         message = re.sub(named, f"--quantfair-{option.name}", message)
         if config.getoption(option.dest, default=None) in (None, False) \
                 and _ini_value(config, option.dest):
-            notes.append(f" (set by {option.dest} in {_ini_name(config)})")
+            notes.append(f" (set by {_ini_setting(config, option.dest)})")
     return message + "".join(notes)
 
 

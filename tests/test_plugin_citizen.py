@@ -342,6 +342,15 @@ def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, settin
     assert lines == [f"ERROR: {message}"], result.stderr.str()
 
 
+def test_a_bad_override_of_an_ini_value_is_named_as_the_override(pytester):
+    result = run(pytester, BASELINE, "-o", "quantfair_model=tiny-gpt2", "-o",
+                 "quantfair_units=abc")
+    assert result.ret == 4
+    lines = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert lines == ["ERROR: --quantfair-units must be an integer, got 'abc' (set by -o "
+                     "quantfair_units)"], result.stderr.str()
+
+
 def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(pytester):
     baseline = pytester.path / "old.json"
     baseline.write_text("{}")
