@@ -95,9 +95,13 @@ def _tqdm_progress(label: str, total: int):
     return update
 
 
-def _session(args: argparse.Namespace, config: RunConfig | None = None):
-    config = config or _run_config(args)  # bad settings are one line before torch loads
+def _session(args: argparse.Namespace, before_load=None):
+    """The command's AuditSession, its settings checked first (`before_load(config)`: the
+    command's own checks), each a one-line error before torch and the model load."""
+    config = _run_config(args)
     config.preflight()
+    if before_load:
+        before_load(config)
     from quantfair.session import AuditSession
 
     return AuditSession(config, progress=_tqdm_progress)
@@ -269,10 +273,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    config = _run_config(args)
-    check_search_units(config.units, len(load_corpus(config.corpus).units),
-                       args.calibration_units, budget)
-    session = _session(args, config)
+    session = _session(args, lambda config: check_search_units(
+        config.units, len(load_corpus(config.corpus).units), args.calibration_units, budget))
     from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
@@ -369,14 +371,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
     _check_output(args.output, "-o")
-    config = _run_config(args)  # what cannot be exported is one line before the model loads
-    if args.output:
-        check_block_format(config.scheme)
     if args.strategy != "suggested":
         terms, element = element_terms(args.strategy)
         if element and (args.output or element == terms):
             _inexpressible(args, args.strategy)
-    session = _session(args, config)
+
+    def writable_as_gguf(config: RunConfig) -> None:
+        if args.output:
+            from quantfair.export import check_export_source
+            from quantfair.models import gguf_source
+
+            check_block_format(config.scheme)
+            check_export_source(config.model, gguf_source(config.model, config.random_weights),
+                                args.output)
+
+    session = _session(args, writable_as_gguf)
     from quantfair.export import (
         export_gguf,
         expressible,

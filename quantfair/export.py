@@ -22,6 +22,18 @@ PROTECT_TYPES = ("F32", "F16")
 _GGUF_ARCHITECTURES = {"gemma3_text": "gemma3"}
 
 
+def check_export_source(name: str, source: Path | None, output: str | Path) -> None:
+    """UsageError unless model `name` was loaded from the GGUF file `source` (export
+    re-quantizes that file's tensors) and `output` is another file."""
+    if source is None:
+        raise UsageError(f"{name} was not loaded from a GGUF file: convert it first "
+                         "with llama.cpp's convert_hf_to_gguf.py MODEL_DIR --outtype f32 "
+                         "--outfile model-f32.gguf (in the llama.cpp source tree, needs its "
+                         "gguf-py), then export model-f32.gguf")
+    if Path(output).resolve() == Path(source).resolve():
+        raise UsageError(f"-o {output} is the file the model was loaded from: write another")
+
+
 def whole_tensors(protection: Protection) -> list[str]:
     """The protected parameter names; raises UsageError for element masks, which no GGUF or
     transformers quantizer can store (they are simulated in audits only)."""
@@ -112,13 +124,7 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
     check_block_format(scheme)
     if protect_as not in PROTECT_TYPES:
         raise UsageError(f"--protect-as must be f32 or f16, got {protect_as.lower()}")
-    if loaded.gguf_source is None:
-        raise UsageError(f"{loaded.name} was not loaded from a GGUF file: convert it first "
-                         "with llama.cpp's convert_hf_to_gguf.py MODEL_DIR --outtype f32 "
-                         "--outfile model-f32.gguf (in the llama.cpp source tree, needs its "
-                         "gguf-py), then export model-f32.gguf")
-    if Path(output).resolve() == Path(loaded.gguf_source).resolve():
-        raise UsageError(f"-o {output} is the file the model was loaded from: write another")
+    check_export_source(loaded.name, loaded.gguf_source, output)
     reader = gguf.GGUFReader(loaded.gguf_source)
     by_gguf_name = {gguf_name: name for name, gguf_name in gguf_names(loaded, parts).items()}
     in_file = {tensor.name for tensor in reader.tensors}

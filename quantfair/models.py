@@ -415,6 +415,16 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
             _hub_or_local(spec)  # raises the one-line explanation
 
 
+def gguf_source(spec: str, random_weights: bool = False) -> Path | None:
+    """The GGUF file `load_model(spec, random_weights=...)` dequantizes its weights from,
+    found without loading; None for a model not loaded from one."""
+    if spec in TINY_MODEL_TYPES or random_weights:
+        return None
+    if spec in EMBEDDED:
+        return (_smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()).resolve()
+    return Path(spec).resolve() if Path(spec).suffix == ".gguf" else None
+
+
 def load_model(spec: str, device: str | None = None, random_weights: bool = False,
                dtype: str = "float32") -> LoadedModel:
     """Load `spec` (alias, Hub id, directory or .gguf) onto `device` (`resolve_device`) in

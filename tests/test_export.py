@@ -140,13 +140,25 @@ def test_unexportable_requests_are_one_line_errors(f32_gguf, tmp_path, capsys, a
     assert not any("loading" in line for line in printed), printed
 
 
+def test_a_model_not_loaded_from_gguf_cannot_be_exported_and_says_so_before_loading(
+        tmp_path, capsys):
+    assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
+                 "-o", str(tmp_path / "x.gguf")]) == 2
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert printed == ["quantfair: error: tiny-llama was not loaded from a GGUF file: convert it "
+                       "first with llama.cpp's convert_hf_to_gguf.py MODEL_DIR --outtype f32 "
+                       "--outfile model-f32.gguf (in the llama.cpp source tree, needs its "
+                       "gguf-py), then export model-f32.gguf"], printed
+
+
 def test_the_source_file_is_never_overwritten(f32_gguf, tmp_path, capsys):
     copy = tmp_path / "model.gguf"
     copy.write_bytes(f32_gguf.read_bytes())
     before = copy.read_bytes()
     assert main(["export", str(copy), "--quant", "gguf:Q5_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(copy)]) == 2
-    assert "is the file the model was loaded from" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert "is the file the model was loaded from" in printed and "loading" not in printed
     assert copy.read_bytes() == before
 
 
