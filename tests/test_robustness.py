@@ -366,16 +366,21 @@ def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
     assert run_cli("report", str(old), str(old)).returncode == 0
 
 
+def _compared(tmp_path: Path, old: Path, report: dict):
+    """`quantfair report OLD NEW` with `report` as NEW: (NEW's path, the run, its HTML)."""
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(report))
+    printed = run_cli("report", str(old), str(new))
+    return new, printed, new.with_name("new-vs-baseline.html").read_text()
+
+
 def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, report_pair):
     old, report = report_pair
     grown = {**report, "measurements": [
         {**r, "disparity": r["disparity"] * 1.5} if r.get("disparity") else r
         for r in report["measurements"]]}
-    new = tmp_path / "new.json"
-    new.write_text(json.dumps(grown))
-    printed = run_cli("report", str(old), str(new))
+    new, printed, html = _compared(tmp_path, old, grown)
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
-    html = new.with_name("new-vs-baseline.html").read_text()
     assert 'data-verdict="failed"' in html and "FAILED &mdash;" in html
     assert "PASSED" not in html
 
@@ -404,11 +409,8 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
             "en,ar; units: 3 -> 8") in notes
     assert any(line.startswith(f"{len(comparison['not_compared'])} baseline measurement(s) "
                                "not made in this run: ") for line in notes)
-    new = tmp_path / "new.json"
-    new.write_text(json.dumps(other))
-    printed = run_cli("report", str(old), str(new))
+    new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
-    html = new.with_name("new-vs-baseline.html").read_text()
     assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
     one_line_error(run_cli("report", str(old), str(new), "--output", str(new)),
                    "would overwrite a report it compares")
