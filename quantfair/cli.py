@@ -221,8 +221,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print()
         print(_distribution_block(record))
     if args.json:
-        payload = {"settings": session.config.settings(), "corpus": session.corpus.digest(),
-                   "units": session.corpus.units, "records": records}
+        payload = {"settings": session.config.settings(), "units": session.corpus.units,
+                   "records": records}  # the corpus's digest: settings.corpus_digest
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
         print(f"wrote {args.json}")

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +379,24 @@ class RunConfig:
             check_available(self.quantized, what="--quantized")
         resolve_device(self.device)
 
+    def corpus_split(self):
+        """(the audited corpus: `languages`, `units` sampled; the held-out units of those
+        languages, None when every unit is audited), both `quantfair.corpus.Corpus`."""
+        from quantfair.corpus import load_corpus
+
+        full = load_corpus(self.corpus)
+        selected = full.select(self.languages)
+        units = full.sample_units(self.units) if self.units else full.units
+        held_out = [u for u in full.units if u not in units]
+        return (selected.select(units=units),
+                selected.select(units=held_out) if held_out else None)
+
+    @cached_property
+    def corpus_digest(self) -> str:
+        """The audited text's digest (`Corpus.digest`): a corpus file edited in place is a
+        different corpus under the same path."""
+        return self.corpus_split()[0].digest()
+
     def settings(self) -> dict:
         """What was measured, as the report's `settings` block (the same from CLI and plugin)."""
         return {"model": self.model, "random_weights": self.random_weights,
@@ -385,4 +404,5 @@ class RunConfig:
                 "languages": list(self.languages) if self.languages else None,
                 "units": self.units, "corpus": self.corpus or "udhr (shipped)",
                 "device": self.device or "auto", "dtype": self.dtype,
+                "corpus_digest": self.corpus_digest,
                 **({"strategy": self.strategy} if self.strategy else {})}

@@ -221,7 +221,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         before = old_rows.get(row_key(row))
         if before is None or row["language"] == "en":
             continue
-        a, b = before.get("disparity"), row.get("disparity")
+        a, b = _disparity(before), _disparity(row)
         entry = {"key": "/".join(row_key(row)), "old": a, "new": b}
         if a is not None and b is not None:
             entry["change"] = (b - a) / abs(a) if a else None
@@ -249,6 +249,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     settings, was = new.get("settings", {}), old.get("settings", {})
     differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
                    for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
+    differences += [f"{what}: {before} -> {now}" for what, before, now in _contents(old, new)
+                    if before and now and before != now]  # files changed in place
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
@@ -259,6 +261,23 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
 # note (a release gate may compare a new checkpoint with the last one on purpose).
 COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
                      "corpus", "dtype", "strategy")
+
+
+def _disparity(row: dict) -> float | None:
+    """A row's disparity, None where the report says it is undefined (the number beside the
+    reason is no measurement of it)."""
+    return None if row.get("undefined") else row.get("disparity")
+
+
+def _contents(old: dict, new: dict):
+    """(what, the baseline's hash, the run's) of the corpus text, the model's weights and the
+    artifact's: the same paths may hold other contents."""
+    for what, get in (
+            ("corpus text", lambda r: (r.get("settings") or {}).get("corpus_digest")),
+            ("model weights", lambda r: (r.get("model") or {}).get("weight_hash")),
+            ("artifact weights", lambda r: ((r.get("model") or {}).get("artifact") or {})
+             .get("weight_hash"))):
+        yield what, get(old), get(new)
 
 
 def _setting(value) -> str:

@@ -33,6 +33,7 @@ class QuantfairRun:
 
         self.pytest_config = config
         self.config = run_config
+        run_config.corpus_digest  # noqa: B018 (read now: the file may change or go by the end)
         self.baseline = load_report(run_config.baseline) if run_config.baseline else None
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")

@@ -13,7 +13,7 @@ import numpy as np
 
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig, parse_percent
-from quantfair.corpus import Corpus, load_corpus
+from quantfair.corpus import Corpus
 from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
 from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
@@ -59,12 +59,7 @@ class AuditSession:
         self.config = config
         self.announce = announce
         self.progress = progress
-        full = load_corpus(config.corpus)
-        selected = full.select(config.languages)
-        units = full.sample_units(config.units) if config.units else full.units
-        self.corpus = selected.select(units=units)
-        held_out = [u for u in full.units if u not in units]
-        self.calibration = selected.select(units=held_out) if held_out else None
+        self.corpus, self.calibration = config.corpus_split()
         tune_allocator()  # before the model loads: threads take their arena on first use
         threads = configure_threads(config.threads, workers)
         if threads:
@@ -106,8 +101,8 @@ class AuditSession:
         scheme = scheme or self.config.scheme
         if scheme not in self._resolvers:
             calibration = self._calibration_texts()
-            prefix = (f"{self.loaded.weight_hash()}|{self._artifact_key(scheme)}"
-                      f"{hash_texts(calibration)}")
+            prefix = (f"{self.loaded.weight_hash()}|{self.evaluator.identity}|"
+                      f"{self._artifact_key(scheme)}{hash_texts(calibration)}")
             cache = (model_results(self.loaded) / "selections", prefix)
             self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache,
                                                        self._activations)

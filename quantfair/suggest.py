@@ -114,6 +114,7 @@ class Suggestion:
     note: str = ""
     score_definition: str = SCORE
     languages: list[str] = field(default_factory=list)  # those searched on, English first
+    evaluator: str = ""  # the model's tokenizer and settings (`Evaluator.identity`)
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -560,6 +561,9 @@ def _path(session: AuditSession):
 
 
 def save(session: AuditSession, suggestion: Suggestion) -> None:
+    """Cache `suggestion` as the latest for the session's model (as it computes now) and
+    scheme."""
+    suggestion.evaluator = session.evaluator.identity
     path = _path(session)
     with cache_writes(path.parent):
         atomic_write(path, json.dumps(suggestion.to_json(), indent=2, allow_nan=False).encode())
@@ -574,11 +578,12 @@ def no_suggestion(session: AuditSession) -> UsageError:
 
 def load_suggestion(session: AuditSession) -> dict | None:
     """The latest suggestion for this model's weights and scheme, if one was searched with
-    this search's score (`SCORE`)."""
+    this search's score (`SCORE`) on the model as it computes now (tokenizer, settings)."""
     path = _path(session)
     try:
         data = json.loads(path.read_text())
         return data if (isinstance(data, dict) and "strategy" in data
-                        and data.get("score_definition") == SCORE) else None
+                        and data.get("score_definition") == SCORE
+                        and data.get("evaluator") == session.evaluator.identity) else None
     except (OSError, ValueError):
         return None

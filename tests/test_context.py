@@ -80,3 +80,25 @@ def test_a_suggestion_searched_on_units_this_run_audits_is_not_audited_as_held_o
     save(session, suggestion)
     with pytest.raises(UsageError, match=f"searched on {audited[1]}, which this run audits"):
         AuditContext(session, candidate="suggested").candidate_text()
+
+
+def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_otherwise():
+    """The same weights under another setting (or tokenizer) select and search again: a
+    selection or suggestion cached for the model as it was is stale."""
+    from quantfair.models import load_model
+    from quantfair.suggest import Suggestion, load_suggestion, save
+
+    config = RunConfig(model="tiny-gpt2", languages=("en", "de"), units=3)
+    before = AuditSession(config, announce=lambda message: None)
+    loaded = load_model("tiny-gpt2")
+    loaded.model.config.layer_norm_epsilon = 0.5
+    for module in loaded.model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = 0.5
+    after = AuditSession(config, announce=lambda message: None, loaded=loaded)
+    assert before.loaded.weight_hash() == after.loaded.weight_hash()
+    assert before.resolver().selector_cache != after.resolver().selector_cache
+    save(before, Suggestion(model="tiny-gpt2", scheme="int4", budget=0.05, strategy="L0",
+                            overhead=0.0, score=1.0))
+    assert load_suggestion(before)["strategy"] == "L0"
+    assert load_suggestion(after) is None

@@ -385,6 +385,38 @@ def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, re
     assert "PASSED" not in html
 
 
+def test_an_undefined_disparity_is_not_compared_as_a_number(report_pair):
+    """A row keeps its disparity's number beside the reason it is undefined: the gate must
+    read the reason (undefined in both: nothing to compare; defined -> undefined: listed)."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+    reason = "en loss change is within noise (95% CI includes 0)"
+
+    def undefined(grown: float) -> dict:
+        return {**report, "measurements": [
+            {**r, "disparity": r["disparity"] * grown, "undefined": reason}
+            if r.get("disparity") else r for r in report["measurements"]]}
+
+    assert compare(undefined(1.0), undefined(10.0))["regressions"] == []
+    regressions = compare(report, undefined(1.0))["regressions"]
+    assert regressions and all(line.endswith("-> undefined") for line in regressions)
+
+
+def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
+    from quantfair.report import compare
+
+    _, report = report_pair
+    same = {**report, "settings": {**report["settings"], "corpus_digest": "c1"},
+            "model": {**report["model"], "weight_hash": "w1", "artifact": {"weight_hash": "a1"}}}
+    other = {**same, "settings": {**same["settings"], "corpus_digest": "c2"},
+             "model": {**same["model"], "weight_hash": "w2", "artifact": {"weight_hash": "a2"}}}
+    assert compare(same, same)["differences"] == []
+    assert compare(same, other)["differences"] == [
+        "corpus text: c1 -> c2", "model weights: w1 -> w2", "artifact weights: a1 -> a2"]
+    assert compare(report, other)["differences"] == []  # a baseline that did not record them
+
+
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
         tmp_path, report_pair):
     """A gate that compared other languages, units or another model must say so; audits
