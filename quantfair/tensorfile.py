@@ -7,7 +7,9 @@ at a time, so writing one never holds a second copy of a model."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,14 +33,7 @@ def write_tensors(path: Path, layout: dict[str, torch.Tensor],
     """Write `produce(name)` for each name of `layout` (a tensor of the dtype and shape it will
     have, e.g. the FP parameter) to `path`, whole or not at all, holding one tensor at a time.
     Raises ValueError when a produced tensor's dtype or shape differs from its layout's."""
-    header, offset = {}, 0
-    for name, like in layout.items():
-        size = like.numel() * like.element_size()
-        header[name] = {"dtype": DTYPES[like.dtype], "shape": list(like.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # tensors start 8-byte aligned
+    encoded = _encoded_header(layout)
     with atomic_file(path) as handle:
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
         for name, like in layout.items():
@@ -47,6 +42,34 @@ def write_tensors(path: Path, layout: dict[str, torch.Tensor],
                 raise ValueError(f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, "
                                  f"expected {like.dtype} {tuple(like.shape)}")
             handle.write(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _encoded_header(layout: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors header of `layout`'s names, dtypes and shapes, padded so that tensors
+    start 8-byte aligned."""
+    header, offset = {}, 0
+    for name, like in layout.items():
+        size = like.numel() * like.element_size()
+        header[name] = {"dtype": DTYPES[like.dtype], "shape": list(like.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + b" " * (-len(encoded) % 8)
+
+
+def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
+    """Whether `path` is a whole file of `layout`'s tensors as `write_tensors` writes it: its
+    header and length are checked (a file cut short or of other tensors is not), not its
+    bytes."""
+    encoded = _encoded_header(layout)
+    data = sum(like.numel() * like.element_size() for like in layout.values())
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8 + len(encoded))
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return False
+    return head == struct.pack("<Q", len(encoded)) + encoded and size == len(head) + data
 
 
 def map_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -70,11 +93,15 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
 def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
                    produce: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
     """`map_tensors(path)`, writing the file first (under a file lock, so processes sharing the
-    cache compute it once) unless it exists."""
-    if not path.exists():
+    cache compute it once) unless it exists whole (`_intact`: one cut short, e.g. by a full
+    disk, or of other tensors is written again, saying so)."""
+    if not _intact(path, layout):
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_name(f".{path.name}.lock")):
-            if not path.exists():
+            if not _intact(path, layout):
+                if path.exists():
+                    print(f"quantfair: {path} is damaged (cut short or of other tensors): "
+                          "writing it again", file=sys.stderr)
                 write_tensors(path, layout, produce)
     return map_tensors(path)
 

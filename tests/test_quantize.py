@@ -289,3 +289,24 @@ def test_files_of_another_quantizer_version_are_removed_and_other_schemes_kept(t
     WeightBank(load_model("tiny-gpt2").model, tmp_path).quantized(QuantScheme.parse("int4"))
     assert not stale.exists() and other_scheme.exists()
     assert (tmp_path / f"int4-{QUANTIZER_DIGEST}.safetensors").exists()
+
+
+def test_a_weight_file_cut_short_or_of_other_tensors_is_written_again(tmp_path, capsys):
+    """The weight bank's files are a cache: a damaged one is rewritten, not read as weights
+    (nor a crash on reshaping its missing bytes)."""
+    from quantfair.tensorfile import cached_tensors
+
+    layout = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+              "b": torch.ones(4, dtype=torch.float16)}
+    path = tmp_path / "w.safetensors"
+    cached_tensors(path, layout, layout.__getitem__)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])
+    again = cached_tensors(path, layout, layout.__getitem__)
+    assert all(torch.equal(again[name], layout[name]) for name in layout)
+    assert path.read_bytes() == whole and "is damaged" in capsys.readouterr().err
+    other = {"a": torch.zeros(3, dtype=torch.float32)}
+    assert torch.equal(cached_tensors(path, other, other.__getitem__)["a"], other["a"])
+    assert torch.equal(cached_tensors(path, layout, layout.__getitem__)["a"], layout["a"])
+    cached_tensors(path, layout, lambda name: layout[name] + 1)  # whole: not written again
+    assert path.read_bytes() == whole and capsys.readouterr().err.count("is damaged") == 2
