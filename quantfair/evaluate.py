@@ -463,19 +463,21 @@ class Evaluator:
         # whose weights differ from an earlier pass over the same tokens are not run again.
         self.hidden_states: HiddenStates | None = None
 
+    def _computes(self) -> list[str]:
+        """What besides the weights changes what the model computes on a text: this code's
+        version, tokenizer, model settings, window, BOS."""
+        return [EVALUATOR_VERSION, self._tokenizer_id, self._model_id, str(self.window),
+                str(self.prefix)]
+
     @property
     def identity(self) -> str:
-        """What besides the weights changes what the model computes on a text: tokenizer,
-        model settings, window, BOS (16 hex digits; keys caches of what is derived from
-        forward passes, such as calibration selections)."""
-        payload = "\0".join([EVALUATOR_VERSION, self._tokenizer_id, self._model_id,
-                             str(self.window), str(self.prefix)])
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """`_computes` as 16 hex digits: keys caches of what is derived from forward passes
+        over other text, such as calibration selections and suggestions."""
+        return hashlib.sha256("\0".join(self._computes()).encode()).hexdigest()[:16]
 
     def unit_key(self, text: str) -> str:
         """Covers everything besides the weights (the cache folder) that changes a number."""
-        payload = "\0".join([EVALUATOR_VERSION, self._tokenizer_id, self._model_id,
-                             str(self.window), str(self.prefix), text])
+        payload = "\0".join([*self._computes(), text])
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def cached(self, config: str, texts: Iterable[str]) -> dict[str, UnitResult]:
