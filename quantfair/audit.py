@@ -335,11 +335,11 @@ class Better(Check):
                 pairs[member.id] += (paired_difference(ours[:2], theirs[:2]),)
         what = f"{self.quantity} difference " + (f"({case.language})" if case.language else
                                                   "(mean over languages)")
+        if undefined[case.id]:  # the ratios' point values are no measurement then
+            return Outcome("inconclusive", what, None, "< 0",
+                           detail=f"undefined: {undefined[case.id]}")
         ours, theirs = pairs[case.id][:2]
         values = f"{self.strategy}: {ours:.4g}, {case.id.split('<')[1]}: {theirs:.4g}"
-        if undefined[case.id]:
-            return Outcome("inconclusive", what, None, "< 0",
-                           detail=f"{values}; undefined: {undefined[case.id]}")
         comparisons = {k: v[2] for k, v in pairs.items() if len(v) == 3}
         comparison = comparisons[case.id]
         sign = 1 if quantity(self.quantity).higher_is_better else -1

@@ -222,7 +222,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         if before is None or row["language"] == "en":
             continue
         a, b = _disparity(before), _disparity(row)
-        entry = {"key": "/".join(row_key(row)), "old": a, "new": b}
+        entry = {"key": "/".join(row_key(row)), "old": a, "new": b, "change": None}
         if a is not None and b is not None:
             entry["change"] = (b - a) / abs(a) if a else None
             if b > a + tolerance * abs(a):

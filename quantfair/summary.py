@@ -102,6 +102,9 @@ def summarize(report: dict) -> dict:
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
+    if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
+        sentences.append("Every disparity without protection is undefined: English's loss "
+                         "change is within noise.")
     if worst:
         sentences.append("Hardest hit without protection: " + ", ".join(
             f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"
@@ -119,13 +122,19 @@ def summarize(report: dict) -> dict:
                            ("error", "Findings that could not be measured (errors)")):
         if by_outcome[outcome]:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
-    if counts["inconclusive"]:
+    undefined = sum(a["outcome"] == "inconclusive" and a.get("value") is None
+                    for a in report.get("audits", []))
+    if counts["inconclusive"] - undefined:
         units = settings.get("units")
         sentences.append(
-            f"{counts['inconclusive']} comparison(s) were inconclusive: the 95% CI of the "
-            "paired difference includes the bound, so the data decide neither way"
+            f"{counts['inconclusive'] - undefined} comparison(s) were inconclusive: the 95% CI "
+            "of the paired difference includes the bound, so the data decide neither way"
             + (f" with {units} units per language; more units (--units) narrow the CI"
                if units else "") + ".")
+    if undefined:
+        sentences.append(
+            f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
+            "undefined: English's loss change is within noise, so there is no ratio to it.")
     sentences.append(
         f"Measured: {measured['model']}, "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")

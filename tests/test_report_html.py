@@ -188,3 +188,29 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
                    undefined="en loss change is within noise")
     html = render_html(undefined)
     assert "No disparity to draw: none measured in this run, or every one undefined" in html
+
+
+def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
+    undecided = [audit("synergy", "inconclusive", "de", value=None, low=None, high=None),
+                 audit("random_fails", "inconclusive")]
+    sentences = summarize(report(undecided))["sentences"]
+    assert "1 comparison(s) were inconclusive: the 95% CI of the paired difference includes " \
+           "the bound, so the data decide neither way with 6 units per language; more units " \
+           "(--units) narrow the CI." in sentences
+    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined: " \
+           "English's loss change is within noise, so there is no ratio to it." in sentences
+    undefined = report()
+    for row in undefined["measurements"]:
+        row.update(undefined="en loss change is within noise")
+    assert "Every disparity without protection is undefined: English's loss change is within " \
+           "noise." in summarize(undefined)["sentences"]
+    assert not any(s.startswith("Every disparity") for s in summarize(report())["sentences"])
+
+
+def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
+    ran = report()
+    ran["selection"]["invocation"] = ["pytest", "audits/", "-m", "quick"]
+    html = render_html(ran)
+    assert "<dt>run</dt><dd><code>pytest audits/ -m quick</code>;" in html
+    evidence = html.split("Evidence for failed audits", 1)[1].split("<h2>", 1)[0]
+    assert "<strong>synergy</strong> <code>case-de</code> (failed" in evidence

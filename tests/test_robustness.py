@@ -385,12 +385,12 @@ def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, re
     assert "PASSED" not in html
 
 
-def test_an_undefined_disparity_is_not_compared_as_a_number(report_pair):
+def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pair):
     """A row keeps its disparity's number beside the reason it is undefined: the gate must
     read the reason (undefined in both: nothing to compare; defined -> undefined: listed)."""
     from quantfair.report import compare
 
-    _, report = report_pair
+    old, report = report_pair
     reason = "en loss change is within noise (95% CI includes 0)"
 
     def undefined(grown: float) -> dict:
@@ -401,6 +401,9 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(report_pair):
     assert compare(undefined(1.0), undefined(10.0))["regressions"] == []
     regressions = compare(report, undefined(1.0))["regressions"]
     assert regressions and all(line.endswith("-> undefined") for line in regressions)
+    _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
+    assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
+    assert "-&gt; undefined</li>" in html
 
 
 def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
