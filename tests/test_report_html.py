@@ -188,6 +188,7 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
                    undefined="en loss change is within noise")
     html = render_html(undefined)
     assert "No disparity to draw: none measured in this run, or every one undefined" in html
+    assert "disparity undef. (en loss change is within noise)\"" in html  # no seed ratio
 
 
 def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
