@@ -26,6 +26,11 @@ def main_rows(report: dict, strategy: str | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: order.get(r["language"], len(order)))
 
 
+# Fewer units than this per language decide nothing an exact paired test could: a sign-flip
+# test over n paired units has smallest two-sided p 2 / 2^n (0.0625 at 5, 0.03125 at 6).
+FEW_UNITS = 6
+
+
 def compared_rows(report: dict, strategy: str | None = None) -> list[dict]:
     """`main_rows` of the languages compared with English: the reference left out, and those
     whose NLL disparity is undefined."""
@@ -131,6 +136,12 @@ def summarize(report: dict) -> dict:
             "of the paired difference includes the bound, so the data decide neither way"
             + (f" with {units} units per language; more units (--units) narrow the CI"
                if units else "") + ".")
+    units = settings.get("units")
+    if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
+        sentences.append(
+            f"With {units} units per language the paired bootstrap understates the "
+            f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): read its "
+            "decisions as machinery checks, not evidence.")
     if undefined:
         sentences.append(
             f"{undefined} comparison(s) were inconclusive because a disparity they compare is "

@@ -208,6 +208,15 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     assert not any(s.startswith("Every disparity") for s in summarize(report())["sentences"])
 
 
+def test_decisions_on_fewer_than_six_units_are_called_machinery_checks():
+    few = report()
+    caution = "With 5 units per language the paired bootstrap understates the uncertainty"
+    few["settings"]["units"] = 5
+    assert any(s.startswith(caution) for s in summarize(few)["sentences"])
+    few["settings"]["units"] = 6
+    assert not any("understates" in s for s in summarize(few)["sentences"])
+
+
 def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
     ran = report()
     ran["selection"]["invocation"] = ["pytest", "audits/", "-m", "quick"]
