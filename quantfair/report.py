@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from quantfair.config import DEFAULT_TOLERANCE
+from quantfair.config import DEFAULT_TOLERANCE, REFERENCE
 from quantfair.errors import QuantfairError
 from quantfair.html import experiment_span, render_html
 from quantfair.metrics import (
@@ -251,7 +251,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                    for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
     differences += [f"{what}: {before} -> {now}" for what, before, now in _contents(old, new)
                     if before and now and before != now]  # files changed in place
-    not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
+    not_compared = sorted("/".join(key) for key in old_rows  # English's are never compared
+                          if key not in new_keys and key[-1] != REFERENCE)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
             "not_compared": not_compared, "now_inconclusive": undecided}

@@ -418,6 +418,8 @@ def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
     assert compare(same, other)["differences"] == [
         "corpus text: c1 -> c2", "model weights: w1 -> w2", "artifact weights: a1 -> a2"]
     assert compare(report, other)["differences"] == []  # a baseline that did not record them
+    int8 = {**report, "measurements": [{**r, "scheme": "int8"} for r in report["measurements"]]}
+    assert compare(report, int8)["not_compared"] == ["int4/none/medium/he"]  # not en's
 
 
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
