@@ -76,11 +76,13 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
     if counts["error"]:
         return (f"{counts['error']} audit(s) could not run (errors, not findings): "
                 "the verdict needs them fixed")
+    regressions = (report.get("comparison") or {}).get("regressions")
     if counts["failed"]:
         return (f"{len(failed_findings) or counts['failed']} finding(s) did not hold on "
                 f"this model ({counts['failed']} failed case(s)): honest measurements, not "
-                "errors")
-    if regressions := (report.get("comparison") or {}).get("regressions"):
+                "errors" + (f"; and {len(regressions)} regression(s) against the baseline"
+                            if regressions else ""))
+    if regressions:
         return (f"{len(regressions)} regression(s) against the baseline of "
                 f"{report['comparison'].get('baseline_created')}: {regressions[0]}"
                 + (", ..." if len(regressions) > 1 else ""))

@@ -224,3 +224,12 @@ def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
     assert "<dt>run</dt><dd><code>pytest audits/ -m quick</code>;" in html
     evidence = html.split("Evidence for failed audits", 1)[1].split("<h2>", 1)[0]
     assert "<strong>synergy</strong> <code>case-de</code> (failed" in evidence
+
+
+def test_a_headline_of_failed_findings_names_the_regressions_beside_them():
+    regressed = report()
+    regressed["comparison"] = {"regressions": ["disparity int4/none/medium/he: 2 -> 3"],
+                               "baseline_created": "2026-01-01"}
+    headline = summarize(regressed)["headline"]
+    assert headline.startswith("1 finding(s) did not hold on this model")
+    assert headline.endswith("; and 1 regression(s) against the baseline")
