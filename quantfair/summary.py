@@ -131,23 +131,22 @@ def summarize(report: dict) -> dict:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
     undefined = sum(a["outcome"] == "inconclusive" and a.get("value") is None
                     for a in report.get("audits", []))
+    units = settings.get("units")
     if counts["inconclusive"] - undefined:
-        units = settings.get("units")
         sentences.append(
             f"{counts['inconclusive'] - undefined} comparison(s) were inconclusive: the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
             + (f" with {units} units per language; more units (--units) narrow the CI"
                if units else "") + ".")
-    units = settings.get("units")
+    if undefined:
+        sentences.append(
+            f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
+            "undefined: English's loss change is within noise, so there is no ratio to it.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         sentences.append(
             f"With {units} units per language the paired bootstrap understates the "
             f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): read its "
             "decisions as machinery checks, not evidence.")
-    if undefined:
-        sentences.append(
-            f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
-            "undefined: English's loss change is within noise, so there is no ratio to it.")
     sentences.append(
         f"Measured: {measured['model']}, "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
