@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import pytest
 
-from quantfair.config import add_options
+from quantfair.config import OPTIONS, add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser.getgroup("quantfair").addoption, prefix="")
+    """The short forms not already taken: a project that defines its own `--model` and runs
+    the suite (`--pyargs quantfair.audits`, which may load this module through the checkout's
+    conftest.py) keeps its option, and the `--quantfair-` forms stay."""
+    taken = _taken(parser)
+    add_options(parser.getgroup("quantfair").addoption, prefix="",
+                names=[name for name in OPTIONS if f"--{name}" not in taken])
+
+
+def _taken(parser: pytest.Parser) -> set[str]:
+    """Option strings registered so far (pytest has no public API listing them)."""
+    groups = [*getattr(parser, "_groups", ()), getattr(parser, "_anonymous", None)]
+    return {flag for group in groups if group is not None
+            for option in getattr(group, "options", ()) for flag in option.names()}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -63,6 +63,18 @@ def test_a_foreign_project_with_the_same_option_and_marker_names_still_passes(py
     assert "quantfair" in result.stdout.str()  # the plugin was loaded all the same
 
 
+def test_a_foreign_project_with_its_own_model_option_runs_the_installed_suite(pytester):
+    """`--pyargs quantfair.audits` from a checkout's editable install loads its conftest.py
+    and the short option forms: theirs must win, not an argparse conflict."""
+    pytester.makeconftest(FOREIGN_OPTIONS.format(names=["model", "units"]))
+    result = run(pytester, "--pyargs", "quantfair.audits", "-k", "robustness",
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,de",
+                 "--quantfair-units", "2", "--quantfair-no-report")
+    assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    assert "conflicting option" not in result.stdout.str() + result.stderr.str()
+    assert "Measured: tiny-gpt2" in result.stdout.str()
+
+
 def test_quantfair_registers_no_generic_marker(pytester):
     pytester.makepyfile(test_unregistered="""
         import pytest
