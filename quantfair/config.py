@@ -162,7 +162,7 @@ def check_search_units(units: int | None, total: int, calibration_units: int,
                        budget: float) -> None:
     """UsageError unless the corpus's `total` units per language less the `units` audited
     (None or 0: all) leave `calibration_units` for `quantfair suggest` to search on."""
-    held_out = total - units if units else 0
+    held_out = total - min(units, total) if units else 0
     if budget > 0 and not held_out:
         raise UsageError(f"--units {units or 0} audits every one of the corpus's {total} "
                          f"units and leaves none to search on: give fewer, e.g. --units "

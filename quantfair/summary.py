@@ -38,6 +38,14 @@ def compared_rows(report: dict, strategy: str | None = None) -> list[dict]:
             and not r.get("undefined") and r.get("disparity") is not None]
 
 
+def _why_undefined(report: dict, strategy: str | None = None) -> str:
+    """The reasons the measurements give for their undefined disparities, e.g. "en loss
+    change is within noise (95% CI includes 0)" or "too few units for an interval"."""
+    reasons = dict.fromkeys(r["undefined"] for r in main_rows(report, strategy)
+                            if r.get("undefined"))
+    return "; ".join(reasons) or "no ratio to English's loss change"
+
+
 def _interval(low: float | None, high: float | None) -> str:
     return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
 
@@ -102,16 +110,18 @@ def summarize(report: dict) -> dict:
                   for o in OUTCOMES}
     worst = worst_languages(report)
     artifact = (model.get("artifact") or {}).get("source")
+    sizes = {r["units"] for r in main_rows(report) if r.get("units")}  # what was measured:
+    units = max(sizes) if sizes else settings.get("units")  # a small corpus has fewer
     measured = {"model": model.get("name") or settings.get("model"),
                 "scheme": settings.get("scheme"), "artifact": artifact,
-                "languages": settings.get("languages", []), "units": settings.get("units")}
+                "languages": settings.get("languages", []), "units": units}
     sentences = [_headline(report, counts, by_outcome["failed"]) + "."]
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
-        sentences.append("Every disparity without protection is undefined: English's loss "
-                         "change is within noise.")
+        sentences.append("Every disparity without protection is undefined: "
+                         f"{_why_undefined(report, 'none')}.")
     if worst:
         sentences.append("Hardest hit without protection: " + ", ".join(
             f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"
@@ -131,7 +141,6 @@ def summarize(report: dict) -> dict:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
     undefined = sum(a["outcome"] == "inconclusive" and a.get("value") is None
                     for a in report.get("audits", []))
-    units = settings.get("units")
     if counts["inconclusive"] - undefined:
         sentences.append(
             f"{counts['inconclusive'] - undefined} comparison(s) were inconclusive: the 95% CI "
@@ -141,7 +150,7 @@ def summarize(report: dict) -> dict:
     if undefined:
         sentences.append(
             f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
-            "undefined: English's loss change is within noise, so there is no ratio to it.")
+            f"undefined ({_why_undefined(report)}).")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         sentences.append(
             f"With {units} units per language the paired bootstrap understates the "

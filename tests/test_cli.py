@@ -122,6 +122,14 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
+def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left(tmp_path):
+    from quantfair.config import check_search_units
+    from quantfair.errors import UsageError
+
+    with pytest.raises(UsageError, match="--units 8 audits every one of the corpus's 3 units"):
+        check_search_units(8, 3, 4, 0.12)
+
+
 def test_a_search_with_too_many_calibration_units_stops_before_loading():
     result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", "--units", "28",
                      "--calibration-units", "4")

@@ -198,23 +198,29 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     assert "1 comparison(s) were inconclusive: the 95% CI of the paired difference includes " \
            "the bound, so the data decide neither way with 6 units per language; more units " \
            "(--units) narrow the CI." in sentences
-    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined: " \
-           "English's loss change is within noise, so there is no ratio to it." in sentences
-    undefined = report()
+    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined " \
+           "(no ratio to English's loss change)." in sentences
+    undefined = report(undecided)
     for row in undefined["measurements"]:
         row.update(undefined="en loss change is within noise")
-    assert "Every disparity without protection is undefined: English's loss change is within " \
-           "noise." in summarize(undefined)["sentences"]
+    sentences = summarize(undefined)["sentences"]
+    assert "Every disparity without protection is undefined: en loss change is within " \
+           "noise." in sentences
+    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined " \
+           "(en loss change is within noise)." in sentences
     assert not any(s.startswith("Every disparity") for s in summarize(report())["sentences"])
 
 
 def test_decisions_on_fewer_than_six_units_are_called_machinery_checks():
+    """...counting the units measured: a corpus smaller than --units has fewer."""
     few = report()
     caution = "With 5 units per language the paired bootstrap understates the uncertainty"
-    few["settings"]["units"] = 5
-    assert any(s.startswith(caution) for s in summarize(few)["sentences"])
-    few["settings"]["units"] = 6
-    assert not any("understates" in s for s in summarize(few)["sentences"])
+    for row in few["measurements"]:
+        row["units"] = 5
+    sentences = summarize(few)["sentences"]
+    assert any(s.startswith(caution) for s in sentences) and "5 units per language." in \
+        sentences[-1]
+    assert not any("understates" in s for s in summarize(report())["sentences"])  # 6 units
 
 
 def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
