@@ -273,10 +273,13 @@ class Search:
 
     def _kept(self, units: list[str]) -> set[str]:
         """The quantized tensors protecting `units` keeps, wholly or in part: tensors the
-        scheme leaves alone (norms a GGUF file keeps in F32) are not counted."""
+        scheme leaves alone (norms a GGUF file keeps in F32, an artifact's tensors equal to
+        the FP model's) are not counted."""
         protection = self.resolver.resolve("+".join(units) or "none")
-        return {name for name in protection
-                if in_scope(self.resolver.parts[name], self.resolver.scheme)}
+        artifact = self.session.artifact
+        unquantized = set(artifact.unquantized) if artifact else set()
+        return {name for name in protection if name not in unquantized
+                and in_scope(self.resolver.parts[name], self.resolver.scheme)}
 
     def _new(self, chosen: list[str], options: list[str]) -> list[str]:
         """The options that fit beside `chosen` and keep another quantized tensor (selectors

@@ -248,3 +248,15 @@ def test_a_suggestion_is_kept_per_artifact_file_not_per_label(tmp_path):
     assert load_suggestion(v1)["strategy"] == "L0"
     assert load_suggestion(v2) is None
     assert "for this artifact file" in str(no_suggestion(v2))
+
+
+def test_suggest_does_not_try_tensors_an_artifact_leaves_as_in_the_fp_model(tmp_path):
+    """Q4_0 keeps norms in F32: keeping them from the FP model changes nothing, so the search
+    must not spend forward passes on them (as under --quant gguf:Q4_0)."""
+    from quantfair.suggest import Search
+
+    _save_quantized("tiny-llama", tmp_path / "q4")
+    session = _session(_config("tiny-llama", str(tmp_path / "q4")))
+    assert "model.norm.weight" in session.artifact.unquantized
+    search = Search(session, 0.5, session.calibration)
+    assert search._new([], ["ln", "ln_f", "L0.ln", "L0"]) == ["L0"]
