@@ -394,6 +394,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         modules_to_not_convert,
         whole_tensors,
     )
+    from quantfair.quantize import in_scope
 
     strategy = _suggested(session) if args.strategy == "suggested" else args.strategy
     resolver = session.resolver()
@@ -421,8 +422,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output:
         mix = export_gguf(session.loaded, parts, session.config.scheme, protected,
                           Path(args.output), protect_as)
+        kept = [name for name in protected if in_scope(parts[name], session.config.scheme)]
         print(f"wrote {args.output}: {session.config.scheme.name} protecting {strategy} "
-              f"({len(protected)} tensors in {protect_as}"
+              f"({len(kept)} tensors in {protect_as}"
               f"{', norms and biases F32' if protect_as != 'F32' else ''}); tensor types "
               + ", ".join(f"{kind} {count}" for kind, count in sorted(mix.items())),
               file=sys.stderr if args.emit else sys.stdout)

@@ -76,10 +76,14 @@ def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
     assert any(not torch.equal(bank.fp[n], p) for n, p in bank.params.items())
 
 
-def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf, tmp_path):
+def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf, tmp_path,
+                                                                       capsys):
     output = tmp_path / "out.gguf"
     _export(f32_gguf, output, "--protect-as", "F16")  # the type's name in any case
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(output).tensors}
+    f16 = sum(kind == "F16" for kind in types.values())
+    said = capsys.readouterr().out
+    assert f"({f16} tensors in F16, norms and biases F32); tensor types F16 {f16}," in said
     assert types["blk.0.attn_qkv.weight"] == "F16"
     assert types["blk.1.attn_qkv.weight"] == "Q5_0"
     # Norms and biases are F32 unprotected: protecting them never lowers them to F16.
