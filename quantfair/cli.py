@@ -16,6 +16,7 @@ from quantfair.config import (
     check_search_units,
     parse_languages,
     parse_percent,
+    require_other_languages,
 )
 from quantfair.corpus import load_corpus
 from quantfair.errors import QuantfairError, UsageError
@@ -273,8 +274,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    session = _session(args, lambda config: check_search_units(
-        config.units, len(load_corpus(config.corpus).units), args.calibration_units, budget))
+    def searchable(config: RunConfig) -> None:
+        require_other_languages(config.languages)
+        check_search_units(config.units, len(load_corpus(config.corpus).units),
+                           args.calibration_units, budget)
+
+    session = _session(args, searchable)
     from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
@@ -416,7 +421,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
         print(json.dumps(recipe))
-    if args.emit and protected and not recipe:
+    if args.emit and not protected:
+        print(f"quantfair: {strategy} protects nothing: nothing to list", file=sys.stderr)
+    elif args.emit and not recipe:
         print(f"quantfair: {args.emit} leaves what {strategy} keeps (norms, biases) "
               "unquantized anyway: nothing to list", file=sys.stderr)
     if args.output:

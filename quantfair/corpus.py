@@ -202,7 +202,8 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         if not record["lang"].strip() or not record["unit"].strip():
             raise QuantfairError(f"{where}: lang and unit must not be empty")
         if not record["text"].strip():
-            raise QuantfairError(f"{where}: empty text for {record['lang']}/{record['unit']}")
+            raise QuantfairError(f"{where}: empty or whitespace-only text for "
+                                 f"{record['lang']}/{record['unit']}")
         units = texts.setdefault(record["lang"], {})
         if record["unit"] in units:
             raise QuantfairError(f"{where}: duplicate unit {record['lang']}/{record['unit']}")

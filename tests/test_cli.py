@@ -130,12 +130,16 @@ def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left(t
         check_search_units(8, 3, 4, 0.12)
 
 
-def test_a_search_with_too_many_calibration_units_stops_before_loading():
-    result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", "--units", "28",
-                     "--calibration-units", "4")
+@pytest.mark.parametrize("args, message", [
+    (["--units", "28", "--calibration-units", "4"],
+     "--calibration-units 4: 3 units per language are left out"),
+    (["--languages", "en"], "disparities compare languages with en; give at least one other"),
+])
+def test_a_search_that_cannot_run_stops_before_loading(args, message):
+    result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr  # no "loading tiny-gpt2"
-    assert "--calibration-units 4: 3 units per language are left out" in lines[0]
+    assert message in lines[0]
 
 
 @pytest.mark.parametrize("args, results_dir, message", [

@@ -72,7 +72,7 @@ def _write(tmp_path, lines, raw=None):
     ([], "empty"),
     ([{"lang": "en", "unit": "a", "text": "hi"}, "{not json"], ":2: malformed JSON"),
     ([{"lang": "en", "unit": "a", "text": "hi", "extra": 1}], "exactly fields"),
-    ([{"lang": "en", "unit": "a", "text": "  "}], "empty text"),
+    ([{"lang": "en", "unit": "a", "text": "  "}], "empty or whitespace-only text"),
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
       {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
     ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts"),

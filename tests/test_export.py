@@ -122,6 +122,8 @@ def test_emit_of_nothing_it_can_list_says_so(capsys, emit):
     printed = capsys.readouterr()
     assert printed.out.strip() in ("[]", "")
     assert f"{emit} leaves what ln keeps (norms, biases) unquantized anyway" in printed.err
+    assert main(["export", "tiny-llama", "--strategy", "none", *common]) == 0
+    assert "none protects nothing: nothing to list" in capsys.readouterr().err
     assert main(["export", "tiny-llama", "--strategy", "magnitude:1%", *common]) == 2
     assert f"--emit {emit} cannot express magnitude:1%" in capsys.readouterr().err
 
