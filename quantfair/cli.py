@@ -13,12 +13,10 @@ from quantfair.config import (
     RunConfig,
     add_options,
     check_folder_writable,
-    check_search_units,
     parse_languages,
     parse_percent,
     require_other_languages,
 )
-from quantfair.corpus import load_corpus
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import check_block_format
 from quantfair.text import interval_text as cell
@@ -109,7 +107,7 @@ def _session(args: argparse.Namespace, before_load=None):
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from quantfair.corpus import language
+    from quantfair.corpus import language, load_corpus
 
     corpus = load_corpus(args.quantfair_corpus)
     chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
@@ -276,8 +274,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     def searchable(config: RunConfig) -> None:
         require_other_languages(config.languages)
-        check_search_units(config.units, len(load_corpus(config.corpus).units),
-                           args.calibration_units, budget)
+        config.check_search(args.calibration_units, budget)
 
     session = _session(args, searchable)
     from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest

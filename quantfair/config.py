@@ -379,9 +379,11 @@ class RunConfig:
             check_available(self.quantized, what="--quantized")
         resolve_device(self.device)
 
+    @cached_property
     def corpus_split(self):
         """(the audited corpus: `languages`, `units` sampled; the held-out units of those
-        languages, None when every unit is audited), both `quantfair.corpus.Corpus`."""
+        languages, None when every unit is audited), both `quantfair.corpus.Corpus`; read
+        once per config."""
         from quantfair.corpus import load_corpus
 
         full = load_corpus(self.corpus)
@@ -395,7 +397,14 @@ class RunConfig:
     def corpus_digest(self) -> str:
         """The audited text's digest (`Corpus.digest`): a corpus file edited in place is a
         different corpus under the same path."""
-        return self.corpus_split()[0].digest()
+        return self.corpus_split[0].digest()
+
+    def check_search(self, calibration_units: int, budget: float) -> None:
+        """`check_search_units` on this config's corpus split."""
+        audited, held_out = self.corpus_split
+        check_search_units(self.units, len(audited.units) + len(held_out.units if held_out
+                                                                 else ()),
+                           calibration_units, budget)
 
     def settings(self) -> dict:
         """What was measured, as the report's `settings` block (the same from CLI and plugin)."""

@@ -219,7 +219,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     regressions, rows = [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
-        if before is None or row["language"] == "en":
+        if before is None or row["language"] == REFERENCE:
             continue
         a, b = _disparity(before), _disparity(row)
         entry = {"key": "/".join(row_key(row)), "old": a, "new": b, "change": None}

@@ -59,7 +59,7 @@ class AuditSession:
         self.config = config
         self.announce = announce
         self.progress = progress
-        self.corpus, self.calibration = config.corpus_split()
+        self.corpus, self.calibration = config.corpus_split
         tune_allocator()  # before the model loads: threads take their arena on first use
         threads = configure_threads(config.threads, workers)
         if threads:

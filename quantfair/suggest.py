@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from quantfair.config import check_search_units, require_other_languages
+from quantfair.config import require_other_languages
 from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
@@ -401,9 +401,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         raise UsageError(f"budget must be between 0% and 100%, got {100 * budget:g}%")
     require_other_languages(session.config.languages)
     config = session.config
-    held_out = session.calibration
-    check_search_units(config.units, len(session.corpus.units) + len(
-        held_out.units if held_out else ()), calibration_units, budget)
+    config.check_search(calibration_units, budget)
     start = time.perf_counter()
     session.loaded  # noqa: B018
     passes_before = session.evaluator.forward_passes

@@ -46,7 +46,7 @@ def parse_threads(text: str | int | None) -> int | None:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got '{text}'") from None
     if value < 1:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     if value > cores:  # more threads than cores only slows torch down (or exhausts memory)
         raise UsageError(f"--threads {value}: this machine has {cores} cores; give at most "
                          f"{cores}, or {AUTO}")

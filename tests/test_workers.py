@@ -15,7 +15,13 @@ from filelock import FileLock
 from quantfair.config import RunConfig
 from quantfair.errors import UsageError
 from quantfair.evaluate import Evaluator, ResultCache, UnitResult
-from quantfair.workers import configure_threads, parse_threads, thread_share, xdist_workers
+from quantfair.workers import (
+    available_cores,
+    configure_threads,
+    parse_threads,
+    thread_share,
+    xdist_workers,
+)
 
 # -- the thread share ---------------------------------------------------------------------------
 
@@ -40,7 +46,7 @@ def test_threads_option_values():
     assert parse_threads(None) is None
     assert parse_threads("auto") is None
     assert parse_threads(" AUTO ") is None
-    cores = os.cpu_count()
+    cores = available_cores()
     assert parse_threads("1") == 1 and parse_threads(str(cores)) == cores
     for bad in ("0", "-2", "two", "1.5", ""):
         with pytest.raises(UsageError, match="--threads must be auto or a positive integer"):
