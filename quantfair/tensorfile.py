@@ -33,9 +33,8 @@ def write_tensors(path: Path, layout: dict[str, torch.Tensor],
     """Write `produce(name)` for each name of `layout` (a tensor of the dtype and shape it will
     have, e.g. the FP parameter) to `path`, whole or not at all, holding one tensor at a time.
     Raises ValueError when a produced tensor's dtype or shape differs from its layout's."""
-    encoded = _encoded_header(layout)
     with atomic_file(path) as handle:
-        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        handle.write(_head(layout))
         for name, like in layout.items():
             tensor = produce(name).detach()
             if tensor.dtype != like.dtype or tensor.shape != like.shape:
@@ -44,9 +43,10 @@ def write_tensors(path: Path, layout: dict[str, torch.Tensor],
             handle.write(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
-def _encoded_header(layout: dict[str, torch.Tensor]) -> bytes:
-    """The safetensors header of `layout`'s names, dtypes and shapes, padded so that tensors
-    start 8-byte aligned."""
+def _head(layout: dict[str, torch.Tensor]) -> bytes:
+    """What precedes the tensors of `layout` in its file: the header's length, then the
+    header (names, dtypes, shapes, byte ranges), padded so that tensors start 8-byte
+    aligned."""
     header, offset = {}, 0
     for name, like in layout.items():
         size = like.numel() * like.element_size()
@@ -54,22 +54,23 @@ def _encoded_header(layout: dict[str, torch.Tensor]) -> bytes:
                         "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    return encoded + b" " * (-len(encoded) % 8)
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded
 
 
 def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
     """Whether `path` is a whole file of `layout`'s tensors as `write_tensors` writes it: its
     header and length are checked (a file cut short or of other tensors is not), not its
     bytes."""
-    encoded = _encoded_header(layout)
+    head = _head(layout)
     data = sum(like.numel() * like.element_size() for like in layout.values())
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8 + len(encoded))
+            found = handle.read(len(head))
             size = os.fstat(handle.fileno()).st_size
     except OSError:
         return False
-    return head == struct.pack("<Q", len(encoded)) + encoded and size == len(head) + data
+    return found == head and size == len(head) + data
 
 
 def map_tensors(path: Path) -> dict[str, torch.Tensor]:
