@@ -122,7 +122,7 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
-def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left(tmp_path):
+def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left():
     from quantfair.config import check_search_units
     from quantfair.errors import UsageError
 
