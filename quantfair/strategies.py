@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import math
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -231,15 +232,25 @@ class StrategyResolver:
         those with the largest mean |input| on calibration text first (averaged over
         languages: AWQ's saliency measure, arXiv:2306.00978, used here to keep columns rather
         than to rescale them). The budget, `fraction` of the quantized parameters, is spent
-        on the linear layers alone: each keeps the same share of its columns."""
+        on the linear layers alone: each keeps the same share of its columns, rounded down,
+        and the parameters left go to the layers with the largest remainders (Hamilton's
+        apportionment), so that the selection never exceeds the budget."""
         stats = self._calibration_activations()
         linear = [c for c in self._quantized_parts() if c.name in stats.mean_abs]
         quantized = sum(c.numel for c in self._quantized_parts())
-        share = min(1.0, fraction * quantized / max(1, sum(c.numel for c in linear)))
+        budget = min(fraction * quantized, sum(c.numel for c in linear))
+        share = budget / max(1, sum(c.numel for c in linear))
+        ideal = [share * stats.mean_abs[c.name].numel() for c in linear]
+        counts = [math.floor(x + 1e-9) for x in ideal]
+        rows = [c.numel // stats.mean_abs[c.name].numel() for c in linear]
+        left = budget - sum(k * r for k, r in zip(counts, rows, strict=True))
+        for i in sorted(range(len(linear)), key=lambda i: counts[i] - ideal[i]):
+            if ideal[i] > counts[i] and rows[i] <= left + 1e-9:
+                counts[i] += 1
+                left -= rows[i]
         protection: Protection = {}
-        for c in linear:
+        for c, count in zip(linear, counts, strict=True):
             saliency = stats.mean_abs[c.name]
-            count = round(share * saliency.numel())
             if count == 0:
                 continue
             columns = torch.zeros(saliency.numel(), dtype=torch.bool)
