@@ -35,27 +35,20 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from quantfair.strategy_syntax import SEED_PARETO, check_strategy_syntax
+    from quantfair.strategy_syntax import SEED_PARETO
 
-    config = _run_config(args)
-    scheme = config.scheme
-    for expression in args.strategy:
-        check_strategy_syntax(expression)
-    from quantfair.models import load_model
-    from quantfair.quantize import WeightBank
-    from quantfair.strategies import StrategyResolver
-
-    loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
-    bank = WeightBank(loaded.model)
-    resolver = StrategyResolver(bank, scheme)
+    _check_strategies(args.strategy)
+    session = _session(args)
+    loaded, scheme, resolver = session.loaded, session.config.scheme, session.resolver()
     strategies = [(expr, seed_name, reported)
                   for seed_name, (expr, reported) in SEED_PARETO.items()]
-    strategies += [(expr, "", "") for expr in dict.fromkeys(args.strategy)
+    strategies += [(expr, "", "") for expr in _named(session, args.strategy)
                    if expr not in {e for e, _, _ in strategies}]
-    resolved = [(expr, seed, reported, resolver.overhead(resolver.resolve(expr)))
+    resolved = [(expr, seed, reported, session.overhead(expr))
                 for expr, seed, reported in strategies]
 
-    total = sum(c.numel for c in bank.parts.values())
+    parts = session.bank.parts
+    total = sum(c.numel for c in parts.values())
     print(f"model: {loaded.name}  family: {loaded.family}  layers: {resolver.layers}  "
           f"parameters: {total:,}")
     print(f"source: {loaded.source}")
@@ -63,7 +56,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"weights: {loaded.weights_note}")
     print()
     rows = [(c.layer if c.layer is not None else "-", c.block, c.role, c.kind, f"{c.numel:,}")
-            for c in bank.parts.values()]
+            for c in parts.values()]
     print(_table(["layer", "block", "role", "kind", "params"], rows))
     print()
     print(f"overhead of keeping each strategy's parameters in FP16 next to {scheme.name} codes:")
@@ -73,6 +66,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(_table(["strategy", "seed name", "protected", "% params", "% bytes", "seed (gpt2)"],
                  rows))
     return 0
+
+
+def _check_strategies(strategies: Sequence[str]) -> None:
+    """Each strategy's syntax, before the model loads ('suggested' is looked up after)."""
+    from quantfair.strategy_syntax import check_strategy_syntax
+
+    for strategy in strategies:
+        if strategy != "suggested":
+            check_strategy_syntax(strategy)
+
+
+def _named(session, strategies: Sequence[str]) -> list[str]:
+    """The strategies in order, 'suggested' replaced by the cached suggestion, each once."""
+    return list(dict.fromkeys(_suggested(session) if strategy == "suggested" else strategy
+                              for strategy in strategies))
 
 
 _open_bars: list = []  # closed before an error line, so that it starts a line of its own
@@ -185,18 +193,12 @@ def _distribution_block(record: dict) -> str:
 def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
-    from quantfair.strategy_syntax import check_strategy_syntax
-
-    strategies = args.strategy or ["none"]
-    for strategy in strategies:  # validate every strategy before minutes of work
-        if strategy != "suggested":
-            check_strategy_syntax(strategy)
+    _check_strategies(args.strategy)  # every strategy before minutes of work
     _check_output(args.json, "--json")
     session = _session(args)
     from quantfair.report import measurement_records
 
-    strategies = list(dict.fromkeys(_suggested(session) if strategy == "suggested" else strategy
-                                    for strategy in strategies))
+    strategies = _named(session, args.strategy or ["none"])
     for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
@@ -451,9 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")
-    _add_model_arguments(inspect, "quant", "embedding-type")
+    _add_model_arguments(inspect, *RUN_OPTIONS)
     inspect.add_argument("--strategy", action="append", default=[],
-                         help="extra strategy to size (repeatable)")
+                         help="extra strategy to size (repeatable; 'suggested': the cached "
+                              "`quantfair suggest` result; calibration selectors such as "
+                              "act:P%% calibrate on the held-out units of --languages)")
     inspect.set_defaults(run=cmd_inspect)
 
     corpus = commands.add_parser("corpus", help="languages, units and tokens of the corpus")

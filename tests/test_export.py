@@ -219,6 +219,19 @@ def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys
     assert printed.out.count("| L1 ") == 2  # en and de, once: the suggestion is L1
 
 
+def test_inspect_sizes_the_suggested_strategy_and_calibration_selectors(f32_gguf, suggested_l1,
+                                                                       capsys):
+    assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--strategy", "L0", "--strategy", "act:5%", "--languages", "en,de",
+                 "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "--strategy suggested is L1" in printed.err
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip()
+            for line in printed.out.splitlines() if line.startswith("| ")}
+    assert rows["L1"] == rows["L0"] != "0.000%"  # equal layers of the tiny model
+    assert 0 < float(rows["act:5%"].rstrip("%")) <= 5
+
+
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
     assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2
