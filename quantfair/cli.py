@@ -93,9 +93,12 @@ def _tqdm_progress(label: str, total: int):
                leave=False)
     _open_bars.append(bar)
 
-    def update(done: int, _total: int) -> None:
+    def update(done: int, scored: int) -> None:
+        """`scored`: the tokens the evaluator's windows score, which can differ from the
+        text's token count `total` (a BOS token, overlapping windows): the bar's end."""
+        bar.total = scored
         bar.update(done - bar.n)
-        if done >= total and bar in _open_bars:
+        if done >= scored and bar in _open_bars:
             _open_bars.remove(bar)
             bar.close()
 
