@@ -85,14 +85,18 @@ def _ini_setting(config: pytest.Config, dest: str) -> str:
 
 def _in_pytest_terms(config: pytest.Config, message: str) -> str:
     """`message`, which names options as the CLI does (--<name>), with pytest's names for
-    them (--quantfair-<name>, there without the opt-in short forms) and where a value named
-    in it was set when that was the ini file rather than the command line."""
+    them (--quantfair-<name>, there without the opt-in short forms) unless the command line
+    gave the short form, and where a value named in it was set when that was the ini file
+    rather than the command line."""
     notes = []
+    typed = config.invocation_params.args
     for option in OPTIONS.values():
         named = rf"--{re.escape(option.name)}(?![\w-])"
         if not re.search(named, message):
             continue
-        message = re.sub(named, f"--quantfair-{option.name}", message)
+        short = f"--{option.name}"
+        if not any(arg == short or arg.startswith(f"{short}=") for arg in typed):
+            message = re.sub(named, f"--quantfair-{option.name}", message)
         if config.getoption(option.dest, default=None) in (None, False) \
                 and _ini_value(config, option.dest):
             notes.append(f" (set by {_ini_setting(config, option.dest)})")

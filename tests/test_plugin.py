@@ -56,12 +56,13 @@ def test_bad_options_are_one_line_usage_errors(pytester):
     for args, message in [
         (["--quant", "int9"], "bits must be between 2 and 8"),
         (["--languages", "en,xx"], "unknown language(s) xx"),
-        (["--units", "many"], "--quantfair-units must be an integer"),
+        (["--units", "many"], "--units must be an integer"),  # named as typed
         (["--strategy-typo"], "unrecognized arguments"),
         (["--languages", "en"], "give at least one other, e.g. en,de"),
-        (["--units", "100"], "--quantfair-units 100: the corpus has 31 units per language"),
+        (["--units", "100"], "--units 100: the corpus has 31 units per language"),
+        (["--quantfair-units=100"], "--quantfair-units 100: the corpus has 31 units"),
         (["--languages", ""], "an empty entry"),
-        (["--report", "/proc/nowhere/r.json"], "--quantfair-report: cannot write in /proc/nowhere"),
+        (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
