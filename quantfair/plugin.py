@@ -9,7 +9,9 @@ opt-in plugin `quantfair.short_options`. The run's state is one `QuantfairRun` (
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 
 import pytest
 
@@ -89,18 +91,29 @@ def _in_pytest_terms(config: pytest.Config, message: str) -> str:
     gave the short form, and where a value named in it was set when that was the ini file
     rather than the command line."""
     notes = []
-    typed = config.invocation_params.args
     for option in OPTIONS.values():
         named = rf"--{re.escape(option.name)}(?![\w-])"
         if not re.search(named, message):
             continue
-        short = f"--{option.name}"
-        if not any(arg == short or arg.startswith(f"{short}=") for arg in typed):
+        if not _given_short(config, option.name):
             message = re.sub(named, f"--quantfair-{option.name}", message)
         if config.getoption(option.dest, default=None) in (None, False) \
                 and _ini_value(config, option.dest):
             notes.append(f" (set by {_ini_setting(config, option.dest)})")
     return message + "".join(notes)
+
+
+def _given_short(config: pytest.Config, name: str) -> bool:
+    """Whether the value of option `name` came from its short form (--<name>): the last of
+    its forms in the arguments as pytest reads them (the ini file's addopts, PYTEST_ADDOPTS,
+    then the command line)."""
+    forms = (f"--{name}", f"--quantfair-{name}")
+    arguments = [*(_ini_value(config, "addopts") or ()),
+                 *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+                 *config.invocation_params.args]
+    flags = [str(argument).partition("=")[0] for argument in arguments]
+    given = [flag for flag in flags if flag in forms]
+    return bool(given) and given[-1] == forms[0]
 
 
 def _ini_value(config: pytest.Config, dest: str):
@@ -167,11 +180,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if call.when == "call" and excinfo is not None and not excinfo.errisinstance(
                 (pytest.fail.Exception, pytest.skip.Exception)):
             # The audit could not run (a bad setting, a broken cache): an error, not a finding.
-            first = str(excinfo.value).strip().splitlines()
+            text = str(excinfo.value)
+            if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
+                text = _in_pytest_terms(item.config, text)
+                report.longrepr = f"quantfair: {text}"
+            first = text.strip().splitlines()
             report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "
                                     f"{first[0] if first else 'no message'}")
-            if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
-                report.longrepr = f"quantfair: {excinfo.value}"
     return report
 
 

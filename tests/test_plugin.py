@@ -61,6 +61,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--languages", "en"], "give at least one other, e.g. en,de"),
         (["--units", "100"], "--units 100: the corpus has 31 units per language"),
         (["--quantfair-units=100"], "--quantfair-units 100: the corpus has 31 units"),
+        (["--units", "5", "--quantfair-units", "100"], "--quantfair-units 100: the corpus"),
         (["--languages", ""], "an empty entry"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
     ]:
@@ -68,6 +69,12 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         assert result.ret == 4, (args, result.stderr.str())
         assert message in result.stderr.str()
         assert "Traceback" not in result.stderr.str()
+
+
+def test_an_option_from_pytest_addopts_is_named_as_given_there(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--units 100")
+    result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2")
+    assert result.ret == 4 and "ERROR: --units 100: the corpus" in result.stderr.str()
 
 
 def test_a_bad_hidden_state_capacity_is_one_usage_error_before_any_audit(pytester, monkeypatch):
@@ -90,7 +97,7 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     (["--model", "notes.txt"], "model notes.txt: a file that is not .gguf"),
     (["--model", "tiny-gpt2", "--device", "tpu"], "unknown device 'tpu'"),
     (["--model", "tiny-gpt2", "--quantized", "notes.txt"],
-     "--quantfair-quantized notes.txt: a file"),
+     "--quantized notes.txt: a file"),  # named as typed
 ])
 def test_settings_checked_before_any_audit_are_one_usage_error(pytester, args, message):
     """Found before the first audit, not as an error in each of them."""
@@ -256,6 +263,10 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
         "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
     assert "within a budget of 30.0% in en, he, zh, on calibration units" in (
         path.with_suffix(".html").read_text())
+    audited = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
+                  "--strategy", "suggested", "--quantfair-units", "0", "--quantfair-no-report")
+    audited.stdout.fnmatch_lines(["quantfair: the suggestion was searched on *: not a held-out "
+                                  "test; give --quantfair-units as in the search*"])
 
 
 def test_suggested_without_a_search_is_an_error_not_a_pass(pytester):
