@@ -18,6 +18,7 @@ from quantfair.config import (
     require_other_languages,
 )
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
@@ -80,29 +81,7 @@ def _check_strategies(strategies: Sequence[str]) -> None:
 def _named(session, strategies: Sequence[str]) -> list[str]:
     """The strategies in order, 'suggested' replaced by the cached suggestion, each once."""
     return list(dict.fromkeys(_suggested(session) if strategy == "suggested" else strategy
-                              for strategy in strategies))
-
-
-_open_bars: list = []  # closed before an error line, so that it starts a line of its own
-
-
-def _tqdm_progress(label: str, total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
-               leave=False)
-    _open_bars.append(bar)
-
-    def update(done: int, scored: int) -> None:
-        """`scored`: the tokens the evaluator's windows score, which can differ from the
-        text's token count `total` (a BOS token, overlapping windows): the bar's end."""
-        bar.total = scored
-        bar.update(done - bar.n)
-        if done >= scored and bar in _open_bars:
-            _open_bars.remove(bar)
-            bar.close()
-
-    return update
+                              for strategy in dict.fromkeys(strategies)))
 
 
 def _session(args: argparse.Namespace, before_load=None):
@@ -114,7 +93,7 @@ def _session(args: argparse.Namespace, before_load=None):
         before_load(config)
     from quantfair.session import AuditSession
 
-    return AuditSession(config, progress=_tqdm_progress)
+    return AuditSession(config, progress=token_bars())
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -522,24 +501,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        _close_bars()
+        close_bars()
         print("quantfair: interrupted (finished work is cached)", file=sys.stderr)
         return 130
     except Exception as error:
         if debug:
             raise
-        _close_bars()
+        close_bars()
         print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
         expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
         return 2 if expected else 3
-
-
-def _close_bars() -> None:
-    drawn = bool(_open_bars)
-    while _open_bars:
-        _open_bars.pop().close()
-    if drawn and not sys.stderr.isatty():
-        print(file=sys.stderr)  # a log keeps the bar's carriage returns: end its line
 
 
 def _out_of_memory(error: Exception) -> bool:

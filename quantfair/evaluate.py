@@ -405,6 +405,7 @@ class _Progress:
         self.done = 0  # tokens scored by this process
         self.mine: set[str] = set()
         self.finished: set[str] = set()
+        self.report()  # the bar's end: the tokens these windows score
 
     def advance(self, tokens: int) -> None:
         self.done += tokens

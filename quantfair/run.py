@@ -69,7 +69,7 @@ class QuantfairRun:
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)
             session = AuditSession(self.config, announce=_announcer(self.pytest_config),
-                                   workers=workers)
+                                   progress=_progress(self.pytest_config), workers=workers)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
         return self._context
@@ -137,6 +137,9 @@ class QuantfairRun:
         if self.is_worker:
             self.pytest_config.workeroutput["quantfair"] = json.dumps(self._payload())
             return
+        from quantfair.progress import close_bars
+
+        close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
         if not self.audits and not self.terminated:
             return
@@ -277,6 +280,20 @@ def _announcer(config: pytest.Config):
             reporter.write_line(message)
 
     return announce
+
+
+def _progress(config: pytest.Config):
+    """Token bars with an ETA on a terminal, drawn with output capture suspended; none in an
+    xdist worker (its stderr reaches no terminal) or a log (the announced lines say what runs)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None or hasattr(config, "workerinput"):
+        return None
+    with capture.global_and_fixture_disabled():
+        if not sys.stderr.isatty():
+            return None
+    from quantfair.progress import token_bars
+
+    return token_bars(capture.global_and_fixture_disabled)
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

@@ -244,16 +244,3 @@ def test_help_names_values_by_the_option_not_its_settings_key():
     assert result.returncode == 0
     assert "--device DEVICE" in result.stdout and "--embedding-type EMBEDDING_TYPE" in result.stdout
     assert "QUANTFAIR_DEVICE" not in result.stdout
-
-
-def test_the_progress_bar_ends_at_the_tokens_the_evaluator_scores():
-    """The bar opens on the texts' token count; the evaluator reports its windows' tokens
-    (a BOS token each, the FP pass of a distribution), which can be more."""
-    from quantfair import cli
-
-    update = cli._tqdm_progress("int4 protecting none", 100)
-    bar = cli._open_bars[-1]
-    update(120, 200)
-    assert (bar.n, bar.total) == (120, 200)
-    update(200, 200)
-    assert bar not in cli._open_bars  # closed at its end

@@ -124,6 +124,18 @@ def test_long_units_use_a_sliding_window(tiny_models, tmp_path):
     assert result.tokens == len(ids) - 1 and math.isfinite(result.nll)
 
 
+def test_progress_names_its_end_before_the_first_forward(tiny_models, tmp_path):
+    """A bar learns at once how many tokens the windows run through the model (overlapping
+    windows run some twice), not at the first batch's end."""
+    loaded = tiny_models["tiny-gpt2"]  # 128-token context: the preamble takes several windows
+    text = load_corpus().texts["en"]["preamble"]
+    calls = []
+    Evaluator(loaded, ResultCache(tmp_path)).evaluate("fp", [text], progress=lambda *c:
+                                                      calls.append(c))
+    assert calls[0][0] == 0 and calls[0][1] == calls[-1][0] == calls[-1][1]
+    assert calls[0][1] > len(Evaluator(loaded).token_ids(text))
+
+
 def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_texts, tmp_path):
     loaded = tiny_models["tiny-gpt2"]
     texts = [t[:40] for t in short_texts]

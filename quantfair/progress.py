@@ -1,0 +1,53 @@
+"""Progress bars of long evaluations: tokens scored, rate and ETA (tqdm), on stderr, for the
+command line and for the pytest plugin."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+
+Guard = Callable[[], contextlib.AbstractContextManager]
+Update = Callable[[int, int], None]
+
+_open: list = []  # bars not yet at their end
+
+
+def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Update]:
+    """A `progress` for `AuditSession`: `progress(label, tokens)` opens a bar and returns its
+    `update(done, scored)`. The bar ends at `scored`, the tokens the evaluator's windows score,
+    which can differ from the texts' token count `tokens` (a BOS token each, the FP pass of a
+    distribution). `guard()`: the context in which a bar may write (the pytest plugin's
+    suspends output capture). One evaluation runs at a time: opening a bar closes any left
+    open by an evaluation that raised."""
+
+    def open_bar(label: str, tokens: int) -> Update:
+        from tqdm import tqdm
+
+        close_bars(guard)
+        with guard():
+            bar = tqdm(total=tokens, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
+                       leave=False)
+        _open.append(bar)
+
+        def update(done: int, scored: int) -> None:
+            with guard():
+                bar.total = scored
+                bar.update(done - bar.n)
+                if done >= scored and bar in _open:
+                    _open.remove(bar)
+                    bar.close()
+
+        return update
+
+    return open_bar
+
+
+def close_bars(guard: Guard = contextlib.nullcontext) -> None:
+    """Close the bars still open (before an error line, so that it starts a line of its own)."""
+    drawn = bool(_open)
+    with guard():
+        while _open:
+            _open.pop().close()
+        if drawn and not sys.stderr.isatty():
+            print(file=sys.stderr)  # a log keeps the bar's carriage returns: end its line

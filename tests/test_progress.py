@@ -1,0 +1,37 @@
+import contextlib
+
+from quantfair import progress
+
+
+def test_a_bar_ends_at_the_tokens_the_evaluator_scores():
+    """The bar opens on the texts' token count; the evaluator reports its windows' tokens
+    (a BOS token each, the FP pass of a distribution), which can be more."""
+    update = progress.token_bars()("int4 protecting none", 100)
+    bar = progress._open[-1]
+    update(120, 200)
+    assert (bar.n, bar.total) == (120, 200)
+    update(200, 200)
+    assert bar not in progress._open  # closed at its end
+
+
+def test_a_bar_writes_only_inside_its_guard_and_a_stale_one_is_closed():
+    """Under pytest, the guard suspends output capture: a write outside it would land in a
+    test's captured output. An evaluation that raised leaves its bar open: the next closes
+    it, so bars never stack."""
+    inside = []
+
+    @contextlib.contextmanager
+    def guard():
+        inside.append(True)
+        yield
+        inside.pop()
+
+    writes = []
+    bars = progress.token_bars(guard)
+    first = bars("int4 protecting L0", 100)
+    stale = progress._open[-1]
+    stale.fp.write = lambda text: writes.append(bool(inside))
+    first(50, 100)
+    bars("int4 protecting L1", 100)(100, 100)
+    assert stale.disable and stale not in progress._open  # closed by the next bar
+    assert writes and all(writes)
