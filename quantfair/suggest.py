@@ -571,16 +571,25 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
 
 
 def no_suggestion(session: AuditSession) -> UsageError:
-    """The error of `--strategy suggested` where `load_suggestion` finds none."""
+    """The error of `--strategy suggested` where `load_suggestion` finds none; it names the
+    schemes that have one for this model."""
     where = " for this artifact file" if session.artifact else ""
+    found = (_read(path, session) for path in _path(session).parent.glob("suggested-*.json"))
+    others = sorted({data.get("scheme") for data in found if data} - {session.config.scheme.name,
+                                                                        None})
+    elsewhere = f" (there is one under --quant {', '.join(others)})" if others else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
-                      f"{session.config.scheme.name}{where}: run `quantfair suggest` first")
+                      f"{session.config.scheme.name}{where}: run `quantfair suggest` first"
+                      f"{elsewhere}")
 
 
 def load_suggestion(session: AuditSession) -> dict | None:
     """The latest suggestion for this model's weights and scheme, if one was searched with
     this search's score (`SCORE`) on the model as it computes now (tokenizer, settings)."""
-    path = _path(session)
+    return _read(_path(session), session)
+
+
+def _read(path, session: AuditSession) -> dict | None:
     try:
         data = json.loads(path.read_text())
         return data if (isinstance(data, dict) and "strategy" in data

@@ -233,6 +233,13 @@ def test_inspect_sizes_the_suggested_strategy_and_calibration_selectors(f32_gguf
     assert 0 < float(rows["act:5%"].rstrip("%")) <= 5
 
 
+def test_a_missing_suggestion_names_the_scheme_that_has_one(f32_gguf, suggested_l1, capsys):
+    assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
+                 "--languages", "en,de", "--units", "1"]) == 2
+    assert ("no suggestion cached for tiny-f32 with gguf:Q4_0: run `quantfair suggest` first "
+            "(there is one under --quant gguf:Q5_0)") in capsys.readouterr().err
+
+
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
     assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2
