@@ -151,7 +151,10 @@ class QuantScheme:
                 )
             named[aspect] = option
             fields.update(values)
-        return cls(**fields)
+        try:
+            return cls(**fields)
+        except UsageError as error:  # bits or group size out of range
+            raise UsageError(f"quantization scheme '{text}': {error}") from None
 
 
 def check_block_format(scheme: QuantScheme) -> None:
