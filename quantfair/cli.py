@@ -39,7 +39,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from quantfair.strategy_syntax import SEED_PARETO
 
     _check_strategies(args.strategy)
-    session = _session(args)
+    session = _session(args, reads_only=True)
     loaded, scheme, resolver = session.loaded, session.config.scheme, session.resolver()
     strategies = [(expr, seed_name, reported)
                   for seed_name, (expr, reported) in SEED_PARETO.items()]
@@ -84,15 +84,18 @@ def _named(session, strategies: Sequence[str]) -> list[str]:
                               for strategy in dict.fromkeys(strategies)))
 
 
-def _session(args: argparse.Namespace, before_load=None):
+def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False):
     """The command's AuditSession, its settings checked first (`before_load(config)`: the
-    command's own checks), each a one-line error before torch and the model load."""
+    command's own checks), each a one-line error before torch and the model load.
+    `reads_only`: a quiet session that runs without a writable cache (tensors in memory)."""
     config = _run_config(args)
-    config.preflight()
+    config.preflight(cache=not reads_only)
     if before_load:
         before_load(config)
     from quantfair.session import AuditSession
 
+    if reads_only:
+        return AuditSession(config, announce=lambda message: None)
     return AuditSession(config, progress=token_bars())
 
 

@@ -366,14 +366,16 @@ class RunConfig:
                                    if (text := get(f"max-{name.replace('_', '-')}"))
                                    is not None})
 
-    def preflight(self) -> None:
-        """What can be checked before a model loads: the caches are writable, the model and
-        any --quantized artifact are there, the device exists. Raises UsageError."""
+    def preflight(self, cache: bool = True) -> None:
+        """What can be checked before a model loads: the caches are writable (with `cache`),
+        the model and any --quantized artifact are there, the device exists. Raises
+        UsageError."""
         from quantfair.evaluate import results_root
         from quantfair.models import cache_root, check_available, resolve_device
         from quantfair.storage import check_writable
 
-        check_writable(cache_root(), results_root())
+        if cache:
+            check_writable(cache_root(), results_root())
         check_available(self.model, self.random_weights)
         if self.quantized:
             check_available(self.quantized, what="--quantized")
