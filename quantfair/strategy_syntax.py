@@ -44,7 +44,8 @@ SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "su
              "seed")
 ELEMENT_SELECTORS = ("random", "magnitude", "gradient", "act", "actgap", "superweights")
 _LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
-_PERCENT = r"[0-9]{1,6}(?:\.[0-9]{0,9})?%?"
+# With its sign, as --budget: `magnitude:0.05` could mean 5% or 0.05%.
+_PERCENT = r"(?:[0-9]{1,6}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})%"
 _SELECTOR_ARGUMENT = {
     "random": rf"{_PERCENT}(?:@[0-9]{{1,9}})?",
     "magnitude": _PERCENT,

@@ -235,13 +235,20 @@ def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
 
 
 @pytest.mark.parametrize("term", ["act:", "act:5%x", "actgap:", "actgap:x%", "superweights:0",
-                                  "superweights:x",
-                                  "seed:150%"])
+                                  "superweights:x", "seed:150%", "act:5", "magnitude:0.05",
+                                  "random:5@1", "act:5.%", "act:1e-9%"])
 def test_new_selector_terms_are_checked(term):
+    """A share takes its sign, as --budget does (`magnitude:0.05` could mean 5% or 0.05%)."""
     from quantfair.strategy_syntax import check_strategy_syntax
 
     with pytest.raises(UsageError):
         check_strategy_syntax(term)
+
+
+def test_a_share_may_start_at_its_decimal_point():
+    from quantfair.strategy_syntax import check_strategy_syntax
+
+    check_strategy_syntax("act:.5%+magnitude:0.25%+random:12.5%@3")
 
 
 def test_a_cached_selection_of_another_selector_version_is_not_served(tmp_path, monkeypatch):
