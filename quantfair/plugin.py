@@ -87,9 +87,9 @@ def _ini_setting(config: pytest.Config, dest: str) -> str:
 
 def _in_pytest_terms(config: pytest.Config, message: str) -> str:
     """`message`, which names options as the CLI does (--<name>), with pytest's names for
-    them (--quantfair-<name>, there without the opt-in short forms) unless the command line
-    gave the short form, and where a value named in it was set when that was the ini file
-    rather than the command line."""
+    them (--quantfair-<name>, there without the opt-in short forms) unless the short form
+    gave the value (`_given_short`), and where a value named in it was set when that was the
+    ini file rather than the command line."""
     notes = []
     for option in OPTIONS.values():
         named = rf"--{re.escape(option.name)}(?![\w-])"
