@@ -20,6 +20,7 @@ from quantfair.config import (
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
+from quantfair.strategy_syntax import check_given_strategies
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -38,7 +39,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantfair.strategy_syntax import SEED_PARETO
 
-    _check_strategies(args.strategy)
+    check_given_strategies(args.strategy)
     session = _session(args, reads_only=True)
     loaded, scheme, resolver = session.loaded, session.config.scheme, session.resolver()
     strategies = [(expr, seed_name, reported)
@@ -67,15 +68,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(_table(["strategy", "seed name", "protected", "% params", "% bytes", "seed (gpt2)"],
                  rows))
     return 0
-
-
-def _check_strategies(strategies: Sequence[str]) -> None:
-    """Each strategy's syntax, before the model loads ('suggested' is looked up after)."""
-    from quantfair.strategy_syntax import check_strategy_syntax
-
-    for strategy in strategies:
-        if strategy != "suggested":
-            check_strategy_syntax(strategy)
 
 
 def _named(session, strategies: Sequence[str]) -> list[str]:
@@ -178,7 +170,7 @@ def _distribution_block(record: dict) -> str:
 def cmd_measure(args: argparse.Namespace) -> int:
     import json
 
-    _check_strategies(args.strategy)  # every strategy before minutes of work
+    check_given_strategies(args.strategy)  # every strategy before minutes of work
     _check_output(args.json, "--json")
     session = _session(args)
     from quantfair.report import measurement_records
@@ -385,7 +377,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     from quantfair.quantize import in_scope
 
-    strategy = _suggested(session) if args.strategy == "suggested" else args.strategy
+    (strategy,) = _named(session, [args.strategy])
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)

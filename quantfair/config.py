@@ -308,10 +308,10 @@ class RunConfig:
             raise UsageError(f"--units {units}: the corpus has {len(corpus.units)} units per "
                              "language (0 audits them all)")
         strategy = get("strategy")
-        if strategy and strategy != "suggested":
-            from quantfair.strategy_syntax import check_strategy_syntax
+        if strategy:
+            from quantfair.strategy_syntax import check_given_strategies
 
-            check_strategy_syntax(strategy)
+            check_given_strategies([strategy])
         report, baseline = get("report"), get("baseline")
         if report:
             given = path = Path(report)

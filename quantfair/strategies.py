@@ -238,11 +238,12 @@ class StrategyResolver:
         stats = self._calibration_activations()
         linear = [c for c in self._quantized_parts() if c.name in stats.mean_abs]
         quantized = sum(c.numel for c in self._quantized_parts())
-        budget = min(fraction * quantized, sum(c.numel for c in linear))
-        share = budget / max(1, sum(c.numel for c in linear))
-        ideal = [share * stats.mean_abs[c.name].numel() for c in linear]
+        size = sum(c.numel for c in linear)
+        budget = min(fraction * quantized, size)
+        columns = [stats.mean_abs[c.name].numel() for c in linear]
+        ideal = [budget / max(1, size) * n for n in columns]
         counts = [math.floor(x + 1e-9) for x in ideal]
-        rows = [c.numel // stats.mean_abs[c.name].numel() for c in linear]
+        rows = [c.numel // n for c, n in zip(linear, columns, strict=True)]
         left = budget - sum(k * r for k, r in zip(counts, rows, strict=True))
         for i in sorted(range(len(linear)), key=lambda i: counts[i] - ideal[i]):
             if ideal[i] > counts[i] and rows[i] <= left + 1e-9:
@@ -250,12 +251,12 @@ class StrategyResolver:
                 left -= rows[i]
         protection: Protection = {}
         for c, count in zip(linear, counts, strict=True):
-            saliency = stats.mean_abs[c.name]
             if count == 0:
                 continue
-            columns = torch.zeros(saliency.numel(), dtype=torch.bool)
-            columns[torch.topk(saliency, count).indices] = True
-            protection[c.name] = _column_mask(c, columns)
+            saliency = stats.mean_abs[c.name]
+            kept = torch.zeros(saliency.numel(), dtype=torch.bool)
+            kept[torch.topk(saliency, count).indices] = True
+            protection[c.name] = _column_mask(c, kept)
         return protection
 
     def _gap_columns(self, fraction: float) -> Protection:

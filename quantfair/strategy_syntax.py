@@ -5,6 +5,7 @@ is `quantfair.strategies`' business."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from quantfair.config import parse_percent
 from quantfair.errors import UsageError
@@ -91,6 +92,14 @@ def _check_term(term: str) -> None:
         valid = False
     if not valid:
         raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
+
+
+def check_given_strategies(expressions: Sequence[str]) -> None:
+    """`check_strategy_syntax` of each strategy a user gave, before any model loads;
+    'suggested' (the cached `quantfair suggest` result) is looked up once one has."""
+    for expression in expressions:
+        if expression != "suggested":
+            check_strategy_syntax(expression)
 
 
 def check_strategy_syntax(expression: str) -> str:
