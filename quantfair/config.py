@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -181,12 +182,17 @@ def require_other_languages(languages: Sequence[str] | None) -> None:
                          f"with {REFERENCE}; give at least one other, e.g. {REFERENCE},de")
 
 
+# A percentage as written in options and strategy terms: plain decimals, no exponent, sign
+# or trailing point (`12%`, `.5%`, `0.000001%`), at most 9 decimals.
+PERCENT_NUMBER = r"(?:[0-9]{1,6}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})"
+
+
 def parse_percent(text: str, what: str) -> float:
-    """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is within 0..100%."""
-    try:
-        value = float(text.strip().removesuffix("%"))
-    except ValueError:
-        raise UsageError(f"{what} must be a percentage like 12%, got '{text}'") from None
+    """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is a plain decimal
+    (`PERCENT_NUMBER`) within 0..100%."""
+    if not re.fullmatch(PERCENT_NUMBER + "%?", text.strip()):
+        raise UsageError(f"{what} must be a percentage like 12%, got '{text}'")
+    value = float(text.strip().removesuffix("%"))
     if not 0 <= value <= 100:
         raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
     return value / 100

@@ -164,7 +164,7 @@ class AuditSession:
         share = 100 * min(1.0, fraction * total / quantized)
         if share <= 0:
             return "0%"
-        digits = max(0, 5 - math.floor(math.log10(share)))
+        digits = min(9, max(0, 5 - math.floor(math.log10(share))))  # a term's decimals
         count = math.floor(share * 10**digits)
 
         def text(count: int) -> str:

@@ -217,7 +217,7 @@ class StrategyResolver:
         if kind == "actgap":
             return self._gap_columns(percent_of_term(argument, term))
         if kind == "superweights":
-            return self._super_weights(int(argument))
+            return self._super_weights(int(argument), term)
         if kind == "seed":
             return self._seed_scaled(percent_of_term(argument, term))
         raise UsageError(f"unknown strategy term '{term}'; valid: {VALID}")
@@ -296,22 +296,32 @@ class StrategyResolver:
                 protection[c.name] = _column_mask(c, columns)
         return protection
 
-    def _super_weights(self, count: int) -> Protection:
+    def _super_weight_layers(self) -> list[Component]:
+        stats = self._calibration_activations()
+        return [c for c in self._quantized_parts() if c.name in stats.max_abs]
+
+    def super_weight_candidates(self) -> int:
+        """How many single weights `superweights:K` can keep: one per quantized linear layer."""
+        return len(self._super_weight_layers())
+
+    def _super_weights(self, count: int, term: str) -> Protection:
         """The `count` single weights most likely to be super weights (Yu et al. 2024,
         arXiv:2411.07191): per linear layer, the input channel with the largest |input| on
         calibration text and, in its column, the weight whose product with that input is
-        largest; layers ranked by that product, the largest first."""
+        largest; layers ranked by that product, the largest first. UsageError when `count`
+        exceeds the linear layers (one candidate each)."""
         stats = self._calibration_activations()
         found = []
-        for c in self._quantized_parts():
-            if c.name not in stats.max_abs:
-                continue
+        for c in self._super_weight_layers():
             channel = int(stats.max_abs[c.name].argmax())
             weight = self.bank.fp[c.name]
             column = (weight[channel] if c.transposed else weight[:, channel]).abs()
             row = int(column.argmax())
             found.append((float(column[row]) * float(stats.max_abs[c.name][channel]),
                           c.name, row, channel))
+        if count > len(found):
+            raise UsageError(f"strategy term '{term}': the model has {len(found)} linear layers, "
+                             "one super weight candidate each")
         protection: Protection = {}
         for _, name, row, channel in sorted(found, reverse=True)[:count]:
             keep = torch.zeros(self.parts[name].shape, dtype=torch.bool)

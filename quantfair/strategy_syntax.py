@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from quantfair.config import parse_percent
+from quantfair.config import PERCENT_NUMBER, parse_percent
 from quantfair.errors import UsageError
 
 ALIASES = {
@@ -46,7 +46,7 @@ SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "su
 ELEMENT_SELECTORS = ("random", "magnitude", "gradient", "act", "actgap", "superweights")
 _LAYER_TOKEN = r"L-?[0-9]{1,6}|Llast|Lmid|even|odd|all"
 # With its sign, as --budget: `magnitude:0.05` could mean 5% or 0.05%.
-_PERCENT = r"(?:[0-9]{1,6}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})%"
+_PERCENT = PERCENT_NUMBER + "%"
 _SELECTOR_ARGUMENT = {
     "random": rf"{_PERCENT}(?:@[0-9]{{1,9}})?",
     "magnitude": _PERCENT,

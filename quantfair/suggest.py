@@ -465,7 +465,8 @@ def budget_selectors(session: AuditSession, budget: float) -> dict[str, list[str
                                                    for seed in RANDOM_SEEDS]}
     weights = int(budget * total)
     if weights >= 1:
-        rows["superweights"] = [f"superweights:{min(64, weights)}"]
+        count = min(64, weights, resolver.super_weight_candidates())
+        rows["superweights"] = [f"superweights:{count}"]
     per_layer = session.overhead("L0").fraction
     if per_layer <= budget:
         rows["variance"] = [f"variance:top{min(resolver.layers, int(budget // per_layer))}"]

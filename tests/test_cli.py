@@ -88,6 +88,8 @@ def corpus_files(tmp_path):
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
      "fewer, e.g. --units 22"),
     (["suggest", "tiny-gpt2", "--budget", "5%%"], "must be a percentage like 12%"),
+    (["suggest", "tiny-gpt2", "--budget", "1e-9%"], "must be a percentage like 12%"),
+    (["suggest", "tiny-gpt2", "--budget", "nan%"], "must be a percentage like 12%"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "0"],
      "--calibration-units must be a positive integer, got 0"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],

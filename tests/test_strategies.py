@@ -225,6 +225,18 @@ def test_superweights_finds_the_planted_weight_not_the_largest():
     assert keep.sum() == 1 and keep[3, 5]
 
 
+def test_superweights_beyond_one_per_linear_layer_are_refused():
+    """A count past the candidates (one per quantized linear layer) is an error, not fewer
+    weights than asked for."""
+    resolver = _activation_resolver(_planted_llama())
+    layers = resolver.super_weight_candidates()
+    assert layers == 4 * 7 + 1  # tiny-llama: 4 layers of q, k, v, o, gate, up, down; lm_head
+    assert sum(int(keep.sum()) for keep in resolver.resolve(f"superweights:{layers}").values()) \
+        == layers
+    with pytest.raises(UsageError, match=f"the model has {layers} linear layers"):
+        resolver.resolve(f"superweights:{layers + 1}")
+
+
 def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
     loaded = models.load_model("gpt2", random_weights=True)
     resolver = StrategyResolver(WeightBank(loaded.model), INT4)

@@ -18,6 +18,7 @@ from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
 from quantfair.report import RunRecord, build_report, interval_text, write_report
 from quantfair.session import AuditSession
+from quantfair.strategy_syntax import check_strategy_syntax
 from quantfair.suggest import (
     WIDTH,
     Score,
@@ -293,6 +294,15 @@ def test_every_entry_selector_at_a_budget_fits_in_it(tiny_models, budget):
             assert session.overhead(strategy).fraction <= budget, strategy
     portfolio = Search(session, budget, search_units(session, 2)).portfolio()
     assert selectors["magnitude"][0] in portfolio
+
+
+@pytest.mark.parametrize("budget", [1e-9, 1e-11])
+def test_an_entry_share_of_a_tiny_budget_is_a_valid_term(tiny_models, budget):
+    """The share is written with at most the 9 decimals a strategy term takes."""
+    session = session_for(tiny_models["tiny-llama"])
+    percent = session.entry_percent(budget)
+    assert check_strategy_syntax(f"magnitude:{percent}")
+    assert session.overhead(f"magnitude:{percent}").fraction <= budget
 
 
 def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
