@@ -33,6 +33,7 @@ class AuditContext:
         self.languages = tuple(session.corpus.languages)
         self.release_bounds = session.config.release_bounds
         self._rows: dict[tuple, list[dict]] = {}
+        self._unsent: dict[tuple, None] = {}  # keys of rows measured since `new_rows`
         self._facts: dict[str, object] = {}
 
     def describe(self) -> str:
@@ -111,7 +112,14 @@ class AuditContext:
             self._rows[key] = measurement_records(
                 measurement, strategy=label, scheme=parsed.name,
                 length=length or "medium", overhead=overhead, resolved=text)
+            self._unsent[key] = None
         return measurement
+
+    def new_rows(self) -> list[dict]:
+        """The measurement rows added or updated since the last call: each test report
+        carries them, so a run stopped early keeps what its finished audits measured."""
+        keys, self._unsent = self._unsent, {}
+        return [row for key in keys for row in self._rows[key]]
 
     # -- model facts ----------------------------------------------------------------------
     def _fact(self, name: str, compute):

@@ -2,10 +2,11 @@
 whichever process ran it), what the run selected, and at the end, on the controller only, the
 JSON/HTML report, baseline gating and the terminal summary.
 
-Workers publish their bulk evidence (measurement rows, model facts) through xdist's
-`workeroutput`; the controller merges it in `pytest_testnodedown`. Per-test evidence rides on
-the test reports. A crashed worker's rows are lost with it: the report is then marked
-incomplete, never presented as complete.
+Per-test evidence and the measurement rows each test added ride on the test reports. Workers
+publish the rest (model facts, process facts) and their rows again through xdist's
+`workeroutput`; the controller merges it in `pytest_testnodedown`. A worker that crashed or
+was stopped publishes nothing at its end: the rows of its finished audits are kept, the
+report is marked incomplete, never presented as complete.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class QuantfairRun:
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
         self.payloads: list[dict] = []  # evidence published by each process
+        self.rows: list[dict] = []  # measurement rows, as the test reports bring them
         self.workers: set[str] = set()  # xdist workers that finished (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
+        self.finishing = False  # the tests have stopped: the session is being finished
         self.report: dict | None = None
         self.report_paths: tuple[Path, Path] | None = None
         self.write_error: str | None = None
@@ -54,7 +57,15 @@ class QuantfairRun:
 
     def _on_sigterm(self, signum, frame) -> None:
         self.terminated = True
-        raise KeyboardInterrupt(TERMINATED)  # pytest then finishes the session as on Ctrl-C
+        if not self.finishing:  # once finishing, let the report be written; the exit is 2
+            raise KeyboardInterrupt(TERMINATED)  # pytest finishes the session as on Ctrl-C
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session):
+        try:
+            return (yield)
+        finally:
+            self.finishing = True
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._previous_handler is not None:
@@ -91,6 +102,7 @@ class QuantfairRun:
 
     # -- collecting evidence (controller and serial runs) ---------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.rows += getattr(report, "quantfair_rows", [])
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         evidence = getattr(report, "quantfair", None)
         if evidence is None and not crashed:
@@ -214,7 +226,8 @@ class QuantfairRun:
                     "workers": len(self.workers) or None}
         record = RunRecord(
             settings=settings, audits=list(self.audits.values()),
-            rows=[row for p in self.payloads for row in p.get("rows", [])],
+            # the processes' final rows last: a row a later test updated is the one kept
+            rows=self.rows + [row for p in self.payloads for row in p.get("rows", [])],
             model=next((p["model"] for p in self.payloads if p.get("model")), {}),
             processes=sorted({p["process"]["pid"]: p["process"] for p in self.payloads
                               if p.get("process")}.values(), key=lambda p: p["pid"]),
