@@ -67,6 +67,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for expr, seed, reported, o in resolved]
     print(_table(["strategy", "seed name", "protected", "% params", "% bytes", "seed (gpt2)"],
                  rows))
+    quantized = sum(c.numel for c in resolver._quantized_parts())
+    print(f"% params: of all {total:,} parameters, {quantized:,} of them quantized under "
+          f"{scheme.name} (a selector's P% is of those); % bytes: storage added to the "
+          "quantized model")
     return 0
 
 

@@ -60,6 +60,14 @@ def test_inspect_random_gpt2_prints_family_and_seed_overheads():
     assert "| L0+Llast+ln_f+biases " in result.stdout and "11.461%" in result.stdout
 
 
+def test_inspect_says_what_its_shares_are_of():
+    """GPT-2's linear weights: 12 layers x 768 x (3 x 768 + 768 + 2 x 3072) = 84,934,656."""
+    result = run_cli("inspect", "gpt2", "--random-weights", "--quant", "int4-g128-linear")
+    assert result.returncode == 0, result.stderr
+    assert ("% params: of all 124,439,808 parameters, 84,934,656 of them quantized under "
+            "int4-g128-linear") in result.stdout
+
+
 @pytest.fixture
 def corpus_files(tmp_path):
     empty = tmp_path / "empty.jsonl"
