@@ -320,8 +320,8 @@ class StrategyResolver:
             found.append((float(column[row]) * float(stats.max_abs[c.name][channel]),
                           c.name, row, channel))
         if count > len(found):
-            raise UsageError(f"strategy term '{term}': the model has {len(found)} linear layers, "
-                             "one super weight candidate each")
+            raise UsageError(f"strategy term '{term}': the model has {len(found)} quantized "
+                             "linear layers, one super weight candidate each")
         protection: Protection = {}
         for _, name, row, channel in sorted(found, reverse=True)[:count]:
             keep = torch.zeros(self.parts[name].shape, dtype=torch.bool)

@@ -233,7 +233,7 @@ def test_superweights_beyond_one_per_linear_layer_are_refused():
     assert layers == 4 * 7 + 1  # tiny-llama: 4 layers of q, k, v, o, gate, up, down; lm_head
     assert sum(int(keep.sum()) for keep in resolver.resolve(f"superweights:{layers}").values()) \
         == layers
-    with pytest.raises(UsageError, match=f"the model has {layers} linear layers"):
+    with pytest.raises(UsageError, match=f"the model has {layers} quantized linear layers"):
         resolver.resolve(f"superweights:{layers + 1}")
 
 
