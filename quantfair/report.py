@@ -139,7 +139,11 @@ class RunRecord:
 
 def build_report(record: RunRecord) -> dict:
     """The versioned JSON document (see the README's "Report format")."""
-    unique = {row_key(r): r for r in record.rows}
+    unique: dict[tuple, dict] = {}
+    for row in record.rows:  # the later of equal rows; one with KL divergence over one without
+        kept = unique.get(row_key(row))
+        if kept is None or row.get("kld_mean") is not None or kept.get("kld_mean") is None:
+            unique[row_key(row)] = row
     report = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -60,6 +60,19 @@ def report(audits=AUDITS, incomplete=()) -> dict:
     return build_report(record)
 
 
+@pytest.mark.parametrize("order", [1, -1], ids=["kld-first", "kld-last"])
+def test_a_row_with_kl_divergence_is_kept_over_the_same_row_without(order):
+    """Two processes measured `none`, one with the distribution statistics: whichever
+    published last, the report keeps the KL divergence."""
+    plain = rows("none", 0.0)
+    with_kld = [{**row, "kld_mean": 0.25} for row in plain]
+    record = RunRecord(settings={"model": "tiny", "scheme": "int4"}, audits=[],
+                       rows=[*with_kld, *plain][::order], model={"name": "tiny"}, processes=[],
+                       selection=None, incomplete=[], duration_s=1.0)
+    kept = build_report(record)["measurements"]
+    assert len(kept) == len(LANGUAGES) and all(row["kld_mean"] == 0.25 for row in kept)
+
+
 def test_summary_puts_the_worst_languages_and_the_findings_first():
     summary = report()["summary"]
     assert [w["language"] for w in summary["worst_languages"]] == ["he", "ar", "de"]
