@@ -168,13 +168,13 @@ def _element_selections(item: pytest.Item) -> int:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Audit evidence and the measurement rows measured since the last report ride on the
-    test report (xdist carries it to the controller), not on user_properties, so JUnit XML
-    files stay small."""
+    """Audit evidence and what the process measured since its last report ride on the test
+    report (xdist carries it to the controller), not on user_properties, so JUnit XML files
+    stay small."""
     report = yield
     run = _run(item.config)
-    if run is not None and run._context is not None and (rows := run._context.new_rows()):
-        report.quantfair_rows = rows
+    if run is not None and (extras := run.report_extras()):
+        report.quantfair_run = extras
     finding = getattr(getattr(item, "function", None), "quantfair_finding", None)
     callspec = getattr(item, "callspec", None)
     if finding is not None and callspec is not None:

@@ -2,11 +2,12 @@
 whichever process ran it), what the run selected, and at the end, on the controller only, the
 JSON/HTML report, baseline gating and the terminal summary.
 
-Per-test evidence and the measurement rows each test added ride on the test reports. Workers
-publish the rest (model facts, process facts) and their rows again through xdist's
-`workeroutput`; the controller merges it in `pytest_testnodedown`. A worker that crashed or
-was stopped publishes nothing at its end: the rows of its finished audits are kept, the
-report is marked incomplete, never presented as complete.
+Per-test evidence, the measurement rows each test added and a worker's model facts (with its
+first report) ride on the test reports. Workers publish all they have again at their end
+through xdist's `workeroutput` (with process facts); the controller merges it in
+`pytest_testnodedown`. A worker that crashed or was stopped publishes nothing at its end:
+what its finished audits measured is kept, the report is marked incomplete, never presented
+as complete.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class QuantfairRun:
         self.crashed: list[str] = []
         self.payloads: list[dict] = []  # evidence published by each process
         self.rows: list[dict] = []  # measurement rows, as the test reports bring them
+        self.models: list[dict] = []  # workers' model facts, as the test reports bring them
         self.workers: set[str] = set()  # xdist workers that finished (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
@@ -100,9 +102,28 @@ class QuantfairRun:
         selection at its end, which an interrupted run may not reach)."""
         self.selection.setdefault("selected_ids", list(ids))
 
+    def report_extras(self) -> str | None:
+        """What this process adds to its next test report, as JSON (what xdist can carry): the
+        measurement rows since the last one and, in a worker's first, the model's facts (so
+        that a worker stopped before its end loses neither)."""
+        if self._context is None:
+            return None
+        extras = {"rows": self._context.new_rows()}
+        if self.is_worker and not self.models:
+            try:
+                self.models.append(self._context.model_facts())
+            except QuantfairError:  # said at the end, where the payload fails the same way
+                self.models.append({})
+            extras["model"] = self.models[0]
+        extras = {key: value for key, value in extras.items() if value}
+        return json.dumps(extras) if extras else None
+
     # -- collecting evidence (controller and serial runs) ---------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.rows += getattr(report, "quantfair_rows", [])
+        extras = json.loads(getattr(report, "quantfair_run", None) or "{}")
+        self.rows += extras.get("rows", [])
+        if extras.get("model"):
+            self.models.append(extras["model"])
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         evidence = getattr(report, "quantfair", None)
         if evidence is None and not crashed:
@@ -228,7 +249,8 @@ class QuantfairRun:
             settings=settings, audits=list(self.audits.values()),
             # the processes' final rows last: a row a later test updated is the one kept
             rows=self.rows + [row for p in self.payloads for row in p.get("rows", [])],
-            model=next((p["model"] for p in self.payloads if p.get("model")), {}),
+            model=next((p["model"] for p in self.payloads if p.get("model")),
+                       self.models[0] if self.models else {}),
             processes=sorted({p["process"]["pid"]: p["process"] for p in self.payloads
                               if p.get("process")}.values(), key=lambda p: p["pid"]),
             suggestion=next((p["suggestion"] for p in self.payloads if p.get("suggestion")),

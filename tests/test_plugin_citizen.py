@@ -244,6 +244,7 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     # the finished audit's measurements are kept, though the worker that made them was
     # stopped before it could publish anything at its end
     assert {row["strategy"] for row in report["measurements"]} >= {"none"}
+    assert report["model"]["name"] == "tiny-gpt2" and report["model"]["parameters"] > 0
 
 
 def test_sigterm_while_the_session_finishes_still_writes_the_report(pytester):
