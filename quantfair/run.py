@@ -53,6 +53,7 @@ class QuantfairRun:
         self.report_paths: tuple[Path, Path] | None = None
         self.write_error: str | None = None
         self.regressions: list[str] = []
+        self.baseline_error = False  # --baseline could not be compared with this run
         self._previous_handler = None
         if not self.is_worker and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -183,10 +184,10 @@ class QuantfairRun:
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict)
-            except QuantfairError as error:
+            except QuantfairError as error:  # nothing to compare: the gate was not checked
                 report["comparison"] = None
                 report["incomplete"].append(f"baseline: {error}")
-                self.regressions = [str(error)]
+                self.baseline_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]
             settle_verdict(report)
@@ -200,7 +201,7 @@ class QuantfairRun:
                 self.write_error = f"quantfair: could not write the report: {error}"
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
-        elif self.write_error or (report["summary"]["counts"]["error"]
+        elif self.write_error or self.baseline_error or (report["summary"]["counts"]["error"]
                                   and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
             # 1 means a claim did not hold; an audit that could not run (or whose worker
             # crashed) is not a finding

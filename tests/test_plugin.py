@@ -195,6 +195,20 @@ def test_baseline_gates_regressions(pytester):
     result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])
 
 
+def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(pytester):
+    """Exit 3 (the gate could not be checked), as `quantfair report` refuses the same pair;
+    1 would say a claim did not hold."""
+    base = pytester.path / "base.json"
+    args = [QUICK_FILES[1], "--model", "tiny-gpt2"]
+    assert run(pytester, *args, "-k", "robustness", "--quant", "int8",
+               "--report", str(base)).ret in (0, 1)
+    result = run(pytester, *args, "-k", "baseline_disparity", "--baseline", str(base),
+                 "--no-report")
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(["INCOMPLETE: baseline:*nothing was compared*"])
+    assert "REGRESSION" not in result.stdout.str()
+
+
 def test_a_regression_fails_the_verdict_of_a_run_whose_audits_passed(pytester):
     base, now = pytester.path / "base.json", pytester.path / "now.json"
     args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
