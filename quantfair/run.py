@@ -2,12 +2,12 @@
 whichever process ran it), what the run selected, and at the end, on the controller only, the
 JSON/HTML report, baseline gating and the terminal summary.
 
-Per-test evidence, the measurement rows each test added and a worker's model facts (with its
-first report) ride on the test reports. Workers publish all they have again at their end
-through xdist's `workeroutput` (with process facts); the controller merges it in
-`pytest_testnodedown`. A worker that crashed or was stopped publishes nothing at its end:
-what its finished audits measured is kept, the report is marked incomplete, never presented
-as complete.
+Per-test evidence, the measurement rows each test added and, with a worker's first report,
+what it publishes at its end (model and process facts, its selection) ride on the test
+reports. Workers publish all they have again at their end through xdist's `workeroutput`;
+the controller merges it in `pytest_testnodedown`. A worker that crashed or was stopped
+publishes nothing at its end: what its finished audits measured is kept, the report is
+marked incomplete, never presented as complete.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class QuantfairRun:
         self.crashed: list[str] = []
         self.payloads: list[dict] = []  # evidence published by each process
         self.rows: list[dict] = []  # measurement rows, as the test reports bring them
-        self.models: list[dict] = []  # workers' model facts, as the test reports bring them
-        self.workers: set[str] = set()  # xdist workers that finished (`-n N` or `--tx`)
+        self.published_early = False  # a worker's first test report carried its payload
+        self.workers: set[str] = set()  # xdist workers heard from (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
         self.finishing = False  # the tests have stopped: the session is being finished
@@ -105,17 +105,17 @@ class QuantfairRun:
 
     def report_extras(self) -> str | None:
         """What this process adds to its next test report, as JSON (what xdist can carry): the
-        measurement rows since the last one and, in a worker's first, the model's facts (so
-        that a worker stopped before its end loses neither)."""
+        measurement rows since the last one and, with a worker's first, what it publishes at
+        its end (model, process, selection), so that a worker stopped before its end loses
+        none of it."""
         if self._context is None:
             return None
-        extras = {"rows": self._context.new_rows()}
-        if self.is_worker and not self.models:
-            try:
-                self.models.append(self._context.model_facts())
-            except QuantfairError:  # said at the end, where the payload fails the same way
-                self.models.append({})
-            extras["model"] = self.models[0]
+        extras: dict = {"rows": self._context.new_rows()}
+        if self.is_worker and not self.published_early:
+            self.published_early = True
+            payload = self._payload()
+            if "error" not in payload:  # said at the end, where the payload fails the same way
+                extras["payload"] = {**payload, "rows": []}
         extras = {key: value for key, value in extras.items() if value}
         return json.dumps(extras) if extras else None
 
@@ -123,8 +123,10 @@ class QuantfairRun:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         extras = json.loads(getattr(report, "quantfair_run", None) or "{}")
         self.rows += extras.get("rows", [])
-        if extras.get("model"):
-            self.models.append(extras["model"])
+        if "payload" in extras:
+            self.payloads.append(extras["payload"])
+        if (node := getattr(report, "node", None)) is not None:  # from an xdist worker
+            self.workers.add(node.gateway.id)
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         evidence = getattr(report, "quantfair", None)
         if evidence is None and not crashed:
@@ -250,8 +252,7 @@ class QuantfairRun:
             settings=settings, audits=list(self.audits.values()),
             # the processes' final rows last: a row a later test updated is the one kept
             rows=self.rows + [row for p in self.payloads for row in p.get("rows", [])],
-            model=next((p["model"] for p in self.payloads if p.get("model")),
-                       self.models[0] if self.models else {}),
+            model=next((p["model"] for p in self.payloads if p.get("model")), {}),
             processes=sorted({p["process"]["pid"]: p["process"] for p in self.payloads
                               if p.get("process")}.values(), key=lambda p: p["pid"]),
             suggestion=next((p["suggestion"] for p in self.payloads if p.get("suggestion")),

@@ -245,6 +245,9 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     # stopped before it could publish anything at its end
     assert {row["strategy"] for row in report["measurements"]} >= {"none"}
     assert report["model"]["name"] == "tiny-gpt2" and report["model"]["parameters"] > 0
+    assert report["selection"]["deselected"] == report["selection"]["collected"] - 2 > 0
+    if workers:
+        assert report["settings"]["workers"] == int(workers[1]) and report["processes"]
 
 
 def test_sigterm_while_the_session_finishes_still_writes_the_report(pytester):
