@@ -248,10 +248,10 @@ def _check_output(path: str | None, flag: str) -> None:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
+    budget = parse_percent(args.budget, "--budget")
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
         raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
                          f"'{args.budget}'")
-    budget = parse_percent(args.budget, "--budget")
     _check_output(args.json, "--json")
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)

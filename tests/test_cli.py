@@ -98,6 +98,7 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%%"], "must be a percentage like 12%"),
     (["suggest", "tiny-gpt2", "--budget", "1e-9%"], "must be a percentage like 12%"),
     (["suggest", "tiny-gpt2", "--budget", "nan%"], "must be a percentage like 12%"),
+    (["suggest", "tiny-gpt2", "--budget", "12%x"], "must be a percentage like 12%"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "0"],
      "--calibration-units must be a positive integer, got 0"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
