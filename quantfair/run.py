@@ -287,9 +287,16 @@ class QuantfairRun:
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
                           f"`quantfair suggest` result for {suggestion['scheme']} "
                           f"({searched_with(suggestion)})")
-        elif self.config.strategy:
-            tr.write_line(f"--strategy {self.config.strategy} is audited against no protection "
-                          "and random protection at its budget")
+        if self.config.strategy:
+            from quantfair.audit import CANDIDATE
+
+            if any(a.get("strategy") == CANDIDATE for a in self.report["audits"]):
+                if not self.report.get("suggestion"):
+                    tr.write_line(f"--strategy {self.config.strategy} is audited against no "
+                                  "protection and random protection at its budget")
+            else:
+                tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
+                              "(audits/test_suggested.py) was selected")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):

@@ -259,6 +259,14 @@ def test_strategy_option_audits_a_given_strategy(pytester):
     assert load(path)["settings"]["strategy"] == "L0+Llast"
 
 
+def test_a_strategy_none_of_whose_audits_was_selected_is_not_said_to_be_audited(pytester):
+    result = run(pytester, QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness",
+                 "--strategy", "L0", "--no-report")
+    assert "is audited against" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["--strategy L0 was given, but no audit of it "
+                                 "(audits/test_suggested.py) was selected"])
+
+
 def test_suggested_strategy_is_audited_and_reported(pytester):
     searched = pytester.run(sys.executable, "-m", "quantfair.cli", "suggest", "tiny-llama",
                             "--budget", "30%", "--languages", "en,he,zh",
