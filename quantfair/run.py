@@ -48,6 +48,7 @@ class QuantfairRun:
         self.workers: set[str] = set()  # xdist workers heard from (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
+        self.started_session = False  # pytest finishes a session only once it has started
         self.finishing = False  # the tests have stopped: the session is being finished
         self.report: dict | None = None
         self.report_paths: tuple[Path, Path] | None = None
@@ -59,13 +60,25 @@ class QuantfairRun:
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
+        deferred = not self.started_session and not self.terminated  # a second one is not
         self.terminated = True
-        if not self.finishing:  # once finishing, let the report be written; the exit is 2
+        # Once finishing, let the report be written; before the session has started (xdist
+        # starting its workers), the test loop stops it at once (`pytest_runtestloop`).
+        if not self.finishing and not deferred:
             raise KeyboardInterrupt(TERMINATED)  # pytest finishes the session as on Ctrl-C
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionstart(self, session: pytest.Session):
+        try:
+            return (yield)
+        finally:
+            self.started_session = True
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session):
         try:
+            if self.terminated:  # a signal deferred while the session started
+                raise KeyboardInterrupt(TERMINATED)
             return (yield)
         finally:
             self.finishing = True

@@ -271,6 +271,28 @@ def test_sigterm_while_the_session_finishes_still_writes_the_report(pytester):
     assert report["measurements"]
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["serial", "one-worker"])
+def test_sigterm_while_the_session_starts_still_writes_the_report(pytester, workers):
+    """A signal that arrives while the session starts (xdist bringing up its workers) is
+    acted on once it has started: pytest finishes only a started session."""
+    pytester.makepyfile(sigterm_plugin="""
+        import os, signal, pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionstart(session):
+            os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    path = pytester.path / "early.json"
+    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(path), "-p", "sigterm_plugin", *workers)
+    assert result.ret == 2
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert any("SIGTERM" in reason for reason in report["incomplete"])
+    assert report["audits"] == [] or all(a["outcome"] == "not run" for a in report["audits"])
+
+
 def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
     junit = pytester.path / "j.xml"
     result = run(pytester, BASELINE, "-k", "robustness", "-p", "no:xdist", "--strict-markers",
