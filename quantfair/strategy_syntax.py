@@ -60,6 +60,19 @@ _SELECTOR_ARGUMENT = {
 _ROLE = r"[a-z][a-z0-9_]*"
 
 
+def _mistake(kind: str, argument: str) -> str:
+    """What is wrong with a selector's `argument` where one thing is, else nothing."""
+    share, _, seed = argument.partition("@")
+    if _SELECTOR_ARGUMENT[kind].startswith(PERCENT_NUMBER):
+        if re.fullmatch(PERCENT_NUMBER, share):  # `magnitude:0.05`: 5% or 0.05%?
+            return "a share needs its % sign; "
+        if share.startswith("-"):
+            return "a share cannot be negative; "
+    if seed and re.fullmatch(r"[0-9]{10,}", seed):
+        return "a seed has at most 9 digits; "
+    return ""
+
+
 def _check_term(term: str) -> None:
     """Raise a UsageError when `term` (an alias already expanded) is not in the grammar."""
     if term == "none":
@@ -71,7 +84,8 @@ def _check_term(term: str) -> None:
         if not re.fullmatch(_SELECTOR_ARGUMENT[kind], argument):
             example = {"random": "random:5%@0", "variance": "variance:top2",
                        "superweights": "superweights:4"}.get(kind, f"{kind}:5%")
-            raise UsageError(f"strategy term '{term}': expected e.g. {example}")
+            raise UsageError(f"strategy term '{term}': {_mistake(kind, argument)}"
+                             f"expected e.g. {example}")
         if kind not in ("variance", "superweights"):
             percent_of_term(argument.partition("@")[0], term)
         return

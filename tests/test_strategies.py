@@ -257,6 +257,18 @@ def test_new_selector_terms_are_checked(term):
         check_strategy_syntax(term)
 
 
+@pytest.mark.parametrize(("term", "said"), [
+    ("magnitude:0.05", "a share needs its % sign"), ("random:5@1", "a share needs its % sign"),
+    ("act:-5%", "a share cannot be negative"),
+    ("random:5%@12345678901234567890", "a seed has at most 9 digits"),
+    ("act:5%x", "expected e.g. act:5%")])
+def test_a_bad_selector_argument_says_what_is_wrong(term, said):
+    from quantfair.strategy_syntax import check_strategy_syntax
+
+    with pytest.raises(UsageError, match=said):
+        check_strategy_syntax(term)
+
+
 def test_a_share_may_start_at_its_decimal_point():
     from quantfair.strategy_syntax import check_strategy_syntax
 
