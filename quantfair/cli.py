@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -173,10 +174,8 @@ def _distribution_block(record: dict) -> str:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    import json
-
     check_given_strategies(args.strategy)  # every strategy before minutes of work
-    _check_output(args.json, "--json")
+    _check_output(args.json, "--json", args)
     session = _session(args)
     from quantfair.report import measurement_records
 
@@ -204,12 +203,20 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print()
         print(_distribution_block(record))
     if args.json:
-        payload = {"settings": session.config.settings(), "units": session.corpus.units,
-                   "records": records}  # the corpus's digest: settings.corpus_digest
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-        print(f"wrote {args.json}")
+        _write(args.json, json.dumps({"settings": session.config.settings(),
+                                      "units": session.corpus.units,
+                                      "records": records}, indent=2))  # corpus digest: settings
     return 0
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
+    """Write an output file; an I/O error (a full disk) names it."""
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise QuantfairError(f"could not write {path}: {error.strerror or error}") from None
+    print(f"wrote {path}")
 
 
 def _finite(value: float | None, digits: int) -> str:
@@ -231,13 +238,21 @@ def _suggested(session) -> str:
     return found["strategy"]
 
 
-def _check_output(path: str | None, flag: str) -> None:
+def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None:
     """Before the model loads: a file to write must have a writable directory to go in (one
-    that exists: a mistyped folder is not made) and not be a directory itself."""
+    that exists: a mistyped folder is not made), and be neither a directory nor a file the
+    command reads (the model, its artifact, the corpus)."""
     from pathlib import Path
 
-    if not path:
+    if path is None:
         return
+    if not path.strip():
+        raise UsageError(f"{flag} is empty; give the path of a file")
+    reads = [getattr(args, "model", None),
+             *(getattr(args, OPTIONS[name].dest, None) for name in ("quantized", "corpus"))]
+    for read in reads:
+        if read and Path(read).exists() and Path(path).resolve() == Path(read).resolve():
+            raise UsageError(f"{flag} {path} is a file this command reads: write another")
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise UsageError(f"{flag} {path} is a directory; give the path of a file")
     if not Path(path).parent.is_dir():
@@ -246,13 +261,11 @@ def _check_output(path: str | None, flag: str) -> None:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    import json
-
     budget = parse_percent(args.budget, "--budget")
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
         raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
                          f"'{args.budget}'")
-    _check_output(args.json, "--json")
+    _check_output(args.json, "--json", args)
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
             raise UsageError(f"{flag} must be a positive integer, got {value}")
@@ -309,9 +322,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result.to_json(), handle, indent=2)
-        print(f"wrote {args.json}")
+        _write(args.json, json.dumps(result.to_json(), indent=2))
     return 0
 
 
@@ -324,7 +335,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
-    _check_output(args.output, "--output")
+    _check_output(args.output, "--output", args)
     old, new = load_report(args.old), load_report(args.new)
     new["comparison"] = compare(old, new, tolerance)
     settle_verdict(new)  # a regression fails the run its audits passed
@@ -332,19 +343,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):
         raise UsageError(f"--output {output} would overwrite a report it compares")
-    output.write_text(render_html(new), encoding="utf-8")
     regressions = new["comparison"]["regressions"]
     for line in comparison_notes(new["comparison"]):
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
     print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
-          f"that stopped passing); wrote {output}")
+          "that stopped passing)")
+    _write(output, render_html(new))
     return 1 if regressions else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from quantfair.strategy_syntax import element_terms
@@ -356,7 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     protect_as = args.protect_as.upper()
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
-    _check_output(args.output, "-o")
+    _check_output(args.output, "-o", args)
     if args.strategy != "suggested":
         terms, element = element_terms(args.strategy)
         if element and (args.output or element == terms):

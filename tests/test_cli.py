@@ -126,6 +126,13 @@ def corpus_files(tmp_path):
      "--json /nowhere/ is a directory; give the path of a file"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/sys/x.json"],
      "--json: cannot write in /sys"),
+    (["measure", "tiny-gpt2", "--json", ""], "--json is empty; give the path of a file"),
+    (["measure", "tiny-gpt2", "--corpus", "{malformed}", "--json", "{malformed}"],
+     "malformed.jsonl is a file this command reads: write another"),
+    (["measure", "{directory_gguf}/../empty.jsonl", "--json", "{empty}"],
+     "empty.jsonl is a file this command reads: write another"),
+    (["measure", "tiny-gpt2", "--languages", "he", "--units", "2", "--json", "/dev/full"],
+     "could not write /dev/full: No space left on device"),
 ])
 def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
     result = run_cli(*[a.format(**corpus_files) for a in args])
