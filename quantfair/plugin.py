@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     if not option_value(config, "model"):
+        _check_no_options_without_model(config)
         return
     try:
         run_config = RunConfig.build(lambda name: option_value(config, name))
@@ -74,6 +75,20 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(_in_pytest_terms(config, str(error))) from None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
+
+
+def _check_no_options_without_model(config: pytest.Config) -> None:
+    """Without a model every audit is skipped, so a command line that gives quantfair options
+    (a release gate's --quantfair-baseline) must have meant one: that is a usage error, not a
+    run that passes having audited nothing. Settings in an ini file alone keep the plugin
+    inert."""
+    given = [f"--quantfair-{option.name}" for option in OPTIONS.values()
+             if config.getoption(option.dest, default=None) not in (None, False)]
+    if given:
+        where = f"read {config.inipath}" if config.inipath else "found no ini file"
+        raise pytest.UsageError(
+            f"{', '.join(given)} given but no model: give --quantfair-model, or "
+            f"quantfair_model in the ini file (pytest {where}, rootdir {config.rootpath})")
 
 
 def _ini_setting(config: pytest.Config, dest: str) -> str:

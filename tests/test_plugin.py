@@ -34,6 +34,22 @@ def test_audits_are_skipped_with_one_line_without_model(pytester):
     assert result.parseoutcomes()["skipped"] > 0
 
 
+def test_quantfair_options_without_a_model_are_a_usage_error_not_a_pass(pytester):
+    """A release gate whose model was lost (pytest took the baseline's folder for its rootdir
+    and read no ini file) must not pass having audited nothing; ini settings alone keep the
+    plugin inert."""
+    baseline = pytester.mkdir("elsewhere") / "old.json"
+    baseline.write_text("{}")
+    result = run(pytester, *QUICK_FILES, "--quantfair-baseline", str(baseline),
+                 "--quantfair-units", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --quantfair-units, --quantfair-baseline given but no "
+                                 "model: give --quantfair-model, or quantfair_model in the ini "
+                                 "file (pytest *, rootdir *)"])
+    pytester.makeini("[pytest]\nquantfair_units = 2\n")
+    assert run(pytester, *QUICK_FILES).ret == 0
+
+
 def test_failure_message_has_claim_value_bound_and_experiment(pytester):
     pytester.makepyfile(test_own_finding="""
         from quantfair.audit import Bound, Finding, OverheadBound, audit
