@@ -76,10 +76,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _named(session, strategies: Sequence[str]) -> list[str]:
-    """The strategies in order, 'suggested' replaced by the cached suggestion, each once."""
-    return list(dict.fromkeys(_suggested(session) if strategy == "suggested" else strategy
-                              for strategy in dict.fromkeys(strategies)))
+def _named(session, strategies: Sequence[str], measured: bool = False) -> list[str]:
+    """The strategies in order, 'suggested' replaced by the cached suggestion, each once
+    (`measured`: on the session's units, see `_suggested`)."""
+    return list(dict.fromkeys(_suggested(session, measured) if strategy == "suggested"
+                              else strategy for strategy in dict.fromkeys(strategies)))
 
 
 def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False):
@@ -179,7 +180,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     session = _session(args)
     from quantfair.report import measurement_records
 
-    strategies = _named(session, args.strategy or ["none"])
+    strategies = _named(session, args.strategy or ["none"], measured=True)
     for strategy in strategies:
         session.resolver().resolve(strategy)
     records = [record for strategy in strategies for record in measurement_records(
@@ -224,17 +225,22 @@ def _finite(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
 
 
-def _suggested(session) -> str:
+def _suggested(session, measured: bool = False) -> str:
     """The strategy of the latest `quantfair suggest` result for the session's model and
-    scheme, named on stderr. Raises UsageError when there is none."""
+    scheme, named on stderr; `measured`: with a warning where the session's units include
+    those it was searched on. Raises UsageError when there is none."""
     from quantfair.report import searched_with
-    from quantfair.suggest import load_suggestion, no_suggestion
+    from quantfair.suggest import load_suggestion, no_suggestion, searched_units
 
     found = load_suggestion(session)
     if found is None:
         raise no_suggestion(session)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    if measured and (seen := searched_units(found, session.corpus.units)):
+        print(f"quantfair: warning: the suggestion was searched on {', '.join(seen)}, which "
+              "these units include: not a held-out measurement; give --units as in the "
+              "search", file=sys.stderr)
     return found["strategy"]
 
 

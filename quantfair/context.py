@@ -65,14 +65,12 @@ class AuditContext:
             raise NotApplicable("no --strategy given to audit")
         if self.candidate != "suggested":
             return self.candidate
+        from quantfair.suggest import no_suggestion, searched_units
+
         found = self.suggestion()
         if found is None:
-            from quantfair.suggest import no_suggestion
-
             raise no_suggestion(self.session)
-        searched = {*found.get("calibration_units", []), *found.get("confirmation_units", [])}
-        seen = [unit for unit in self.session.corpus.units if unit in searched]
-        if seen:
+        if seen := searched_units(found, self.session.corpus.units):
             raise UsageError(f"the suggestion was searched on {', '.join(seen)}, which this run "
                              f"audits ({len(self.session.corpus.units)} units): not a held-out "
                              "test; give --units as in the search, or search again with these")

@@ -590,6 +590,13 @@ def load_suggestion(session: AuditSession) -> dict | None:
     return _read(_path(session), session)
 
 
+def searched_units(found: dict, units: Iterable[str]) -> list[str]:
+    """Those of `units` that the suggestion `found` (`load_suggestion`) was searched on, its
+    calibration and confirmation units: measured there, it is not a held-out test."""
+    searched = {*found.get("calibration_units", []), *found.get("confirmation_units", [])}
+    return [unit for unit in units if unit in searched]
+
+
 def _read(path, session: AuditSession) -> dict | None:
     try:
         data = json.loads(path.read_text())

@@ -198,7 +198,8 @@ def suggested_l1(f32_gguf):
 
     session = _session(str(f32_gguf), quant="gguf:Q5_0")
     save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
-                             overhead=0.05, score=1.0, languages=["en", "de"]))
+                             overhead=0.05, score=1.0, languages=["en", "de"],
+                             calibration_units=["article_30"]))
 
 
 def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf, suggested_l1,
@@ -218,6 +219,15 @@ def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys
     printed = capsys.readouterr()
     assert printed.err.count("--strategy suggested is L1") == 1
     assert printed.out.count("| L1 ") == 2  # en and de, once: the suggestion is L1
+    assert "warning" not in printed.err  # one unit, not the one it was searched on
+
+
+def test_measure_warns_where_its_units_include_those_of_the_search(f32_gguf, suggested_l1,
+                                                                   capsys):
+    assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--languages", "en,de", "--units", "0"]) == 0
+    assert ("quantfair: warning: the suggestion was searched on article_30, which these units "
+            "include: not a held-out measurement") in capsys.readouterr().err
 
 
 def test_inspect_sizes_the_suggested_strategy_and_calibration_selectors(f32_gguf, suggested_l1,
