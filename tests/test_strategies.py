@@ -248,8 +248,9 @@ def test_the_seed_recipe_scaled_to_a_budget_takes_its_terms_in_order():
 
 @pytest.mark.parametrize("term", ["act:", "act:5%x", "actgap:", "actgap:x%", "superweights:0",
                                   "superweights:x", "seed:150%", "act:5", "magnitude:0.05",
-                                  "random:5@1", "act:5.%", "act:1e-9%"])
-def test_new_selector_terms_are_checked(term):
+                                  "random:5@1", "act:5.%", "act:1e-9%", "L-0", "L01",
+                                  "L00.attn"])
+def test_malformed_terms_are_refused(term):
     """A share takes its sign, as --budget does (`magnitude:0.05` could mean 5% or 0.05%)."""
     from quantfair.strategy_syntax import check_strategy_syntax
 
