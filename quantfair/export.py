@@ -49,7 +49,9 @@ def expressible(resolver, strategy: str) -> tuple[list[str], list[str]]:
     """The whole tensors `strategy` keeps, and its terms that keep single entries (which no
     GGUF file or transformers quantizer can store): (parameter names, terms)."""
     terms = [t.strip() for t in strategy.split("+")]
-    element = [t for t in terms if has_element_masks(resolver.resolve(t))]
+    # only selectors (`act:5%`) may keep single entries; a structural term resolved alone
+    # may keep nothing on this model (biases of a model without any), which is no error here
+    element = [t for t in terms if ":" in t and has_element_masks(resolver.resolve(t))]
     whole = "+".join(t for t in terms if t not in element) or "none"
     return whole_tensors(resolver.resolve(whole)), element
 

@@ -99,6 +99,15 @@ def test_emit_llama_quantize_keeps_protected_matrices(capsys):
                        "--tensor-type", r"^blk\.2\.attn_q\.weight$=f32"]
 
 
+@pytest.mark.parametrize("strategy", ["recommended", "L0+Llast+ln_f+biases"])
+def test_a_recipe_term_keeping_nothing_on_this_model_is_no_error(capsys, strategy):
+    """tiny-llama has no biases: the recipe, alias or spelled out, is its layers."""
+    assert main(["export", "tiny-llama", "--strategy", strategy, "--emit", "llama-quantize",
+                 "--languages", "en", "--units", "1"]) == 0
+    assert capsys.readouterr().out.split() == ["--tensor-type", r"blk\.0\..*=f32",
+                                               "--tensor-type", r"blk\.3\..*=f32"]
+
+
 def test_emit_hf_lists_the_protected_modules(capsys):
     assert main(["export", "tiny-llama", "--strategy", "L1.mlp+ln", "--emit", "hf",
                  "--languages", "en", "--units", "1"]) == 0
