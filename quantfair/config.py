@@ -7,6 +7,7 @@ every pytest run of the environment.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -121,6 +122,18 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
         else:
             kwargs.update(default=None, metavar=option.name.upper().replace("-", "_"))
         addoption(f"--{prefix}{name}", **kwargs)
+
+
+@contextlib.contextmanager
+def _named_option(name: str):
+    """A UsageError raised inside names option `name` where it names no option (so that the
+    pytest plugin can say where a value it names came from: the ini file, -o)."""
+    try:
+        yield
+    except UsageError as error:
+        if re.search(r"--[a-z]", str(error)):
+            raise
+        raise UsageError(f"--{name}: {error}") from None
 
 
 def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[str, ...] | None:
@@ -255,12 +268,14 @@ def _dtype(text: str | None) -> str:
 
 
 def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
-    scheme = QuantScheme.parse(quant)
+    with _named_option("quant"):
+        scheme = QuantScheme.parse(quant)
     if embedding_type is None:
         return scheme
     if scheme.gguf_type is None:
         raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
-    return QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
+    with _named_option("embedding-type"):
+        return QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
 
 
 @dataclass(frozen=True)
@@ -305,7 +320,8 @@ class RunConfig:
         if chosen is None:
             chosen = "all" if get("corpus") else DEFAULT_LANGUAGES
         corpus = load_corpus(get("corpus"))
-        corpus = corpus.select(parse_languages(chosen, corpus.languages))
+        with _named_option("languages"):
+            corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = _integer("units", str(get("units")))
         # Given, more units than the corpus has is a mistake; the default takes all of a
