@@ -11,6 +11,7 @@ Guard = Callable[[], contextlib.AbstractContextManager]
 Update = Callable[[int, int], None]
 
 _open: list = []  # bars not yet at their end
+LOG_INTERVAL = 10.0  # seconds between a bar's redraws where stderr is not a terminal
 
 
 def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Update]:
@@ -26,8 +27,9 @@ def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Up
 
         close_bars(guard)
         with guard():
+            # in a log (no terminal) every redraw stays: one every LOG_INTERVAL seconds
             bar = tqdm(total=tokens, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
-                       leave=False)
+                       leave=False, mininterval=0.1 if sys.stderr.isatty() else LOG_INTERVAL)
         _open.append(bar)
 
         def update(done: int, scored: int) -> None:

@@ -35,3 +35,12 @@ def test_a_bar_writes_only_inside_its_guard_and_a_stale_one_is_closed():
     bars("int4 protecting L1", 100)(100, 100)
     assert stale.disable and stale not in progress._open  # closed by the next bar
     assert writes and all(writes)
+
+
+def test_a_bar_in_a_log_is_redrawn_seldom(monkeypatch):
+    """Where stderr is no terminal every redraw stays in the log: one every LOG_INTERVAL s."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    update = progress.token_bars()("int4 protecting none", 100)
+    bar = progress._open[-1]
+    assert bar.mininterval == progress.LOG_INTERVAL >= 5
+    update(100, 100)
