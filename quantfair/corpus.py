@@ -55,12 +55,25 @@ def _family_names(lang: Language) -> set[str]:
     return {lang.family.lower(), family.lower(), branch.removesuffix(")").lower()} - {""}
 
 
+def _families() -> str:
+    """The shipped metadata's families, each with its branches: `Afro-Asiatic (Chadic,
+    Semitic), ...`."""
+    branches: dict[str, set[str]] = {}
+    for lang in LANGUAGES.values():
+        family, _, branch = lang.family.partition(" (")
+        branches.setdefault(family, set()).update({branch.removesuffix(")")} - {""})
+    return ", ".join(family + (f" ({', '.join(sorted(names))})" if names else "")
+                     for family, names in sorted(branches.items()))
+
+
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
     """Codes of the languages with metadata that `selector` names, in metadata order:
     `script:Arab` (ISO 15924, any case), `class:0-2` or `class:5` (Joshi et al.),
-    `family:Semitic` (a family or its branch, any case); only those in `among` when given.
+    `family:Semitic` (a family or its branch, any case; the kind in any case too); only
+    those in `among` when given.
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
+    kind = kind.lower()
     pool = [lang for lang in LANGUAGES.values() if among is None or lang.code in among]
     if kind == "script":
         scripts = sorted({lang.script for lang in LANGUAGES.values()})
@@ -82,10 +95,9 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
                              f"class:{high_class}-{low_class}")
         chosen = [lang for lang in pool if low_class <= lang.resource_class <= high_class]
     elif kind == "family":
-        families = sorted({lang.family.split(" (")[0] for lang in LANGUAGES.values()})
         if not any(value.lower() in _family_names(lang) for lang in LANGUAGES.values()):
             raise UsageError(f"unknown family '{value}' in --languages {selector}; families "
-                             f"(or their branches in parentheses): {', '.join(families)}")
+                             f"(or their branches in parentheses): {_families()}")
         chosen = [lang for lang in pool if value.lower() in _family_names(lang)]
     else:
         raise UsageError(f"unknown language selector '{selector}' in --languages; use "

@@ -96,6 +96,7 @@ def test_unknown_languages_still_get_an_unknown_entry():
     ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
     ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),
     ("family:indo-european,family:Afro-Asiatic", None),
+    ("SCRIPT:arab,Family:Semitic", ("en", "ar", "fa", "ur", "he", "ti")),  # selector order
 ])
 def test_selectors_pick_languages_by_metadata(text, expected):
     if expected is None:  # a family names its branches' languages
@@ -126,6 +127,7 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
     ("class:3-1", "class:3-1", "a range goes from low to high, class:1-3"),
     ("class:low", "class:low", "0..5"),
     ("family:Elvish", "unknown family 'Elvish'", "Indo-European"),
+    ("family:Indo", "unknown family 'Indo'", "Afro-Asiatic (Chadic, Semitic)"),  # branches too
     ("family:a", "unknown family 'a'", "Indo-European"),  # a whole name, not a substring
     ("family:(", "unknown family '('", "Indo-European"),
     ("en,all", "all selects every language; give it alone", "en,all"),
