@@ -254,11 +254,12 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
         return
     if not path.strip():
         raise UsageError(f"{flag} is empty; give the path of a file")
-    reads = [getattr(args, "model", None),
-             *(getattr(args, OPTIONS[name].dest, None) for name in ("quantized", "corpus"))]
-    for read in reads:
+    reads = {"the file the model was loaded from": getattr(args, "model", None),
+             **{f"the --{name} file": getattr(args, OPTIONS[name].dest, None)
+                for name in ("quantized", "corpus")}}
+    for what, read in reads.items():
         if read and Path(read).exists() and Path(path).resolve() == Path(read).resolve():
-            raise UsageError(f"{flag} {path} is a file this command reads: write another")
+            raise UsageError(f"{flag} {path} is {what}: write another")
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise UsageError(f"{flag} {path} is a directory; give the path of a file")
     if not Path(path).parent.is_dir():
@@ -343,6 +344,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         number_option("tolerance", args.quantfair_tolerance)
     _check_output(args.output, "--output", args)
     old, new = load_report(args.old), load_report(args.new)
+    if Path(args.old).resolve() == Path(args.new).resolve():
+        print(f"note: {args.old} is compared with itself: nothing can differ")
     new["comparison"] = compare(old, new, tolerance)
     settle_verdict(new)  # a regression fails the run its audits passed
     new_path = Path(args.new)

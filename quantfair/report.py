@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -374,4 +375,9 @@ def load_report(path: str | Path) -> dict:
         where = error.json_path.removeprefix("$") or "top level"
         message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
         raise QuantfairError(f"{path} is not a valid {declared} report: {where}: {message}")
+    keys = collections.Counter(row_key(row) for row in report.get("measurements", []))
+    if twice := [key for key, count in keys.items() if count > 1]:
+        raise QuantfairError(f"{path} is not a valid {declared} report: measurement "
+                             f"{'/'.join(twice[0])} appears {keys[twice[0]]} times (a report "
+                             "has one per scheme, strategy, length and language)")
     return report

@@ -128,9 +128,9 @@ def corpus_files(tmp_path):
      "--json: cannot write in /sys"),
     (["measure", "tiny-gpt2", "--json", ""], "--json is empty; give the path of a file"),
     (["measure", "tiny-gpt2", "--corpus", "{malformed}", "--json", "{malformed}"],
-     "malformed.jsonl is a file this command reads: write another"),
+     "malformed.jsonl is the --corpus file: write another"),
     (["measure", "{directory_gguf}/../empty.jsonl", "--json", "{empty}"],
-     "empty.jsonl is a file this command reads: write another"),
+     "empty.jsonl is the file the model was loaded from: write another"),
     (["measure", "tiny-gpt2", "--languages", "he", "--units", "2", "--json", "/dev/full"],
      "could not write /dev/full: No space left on device"),
 ])

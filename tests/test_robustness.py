@@ -342,6 +342,8 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
+    (lambda r: r["measurements"].append(dict(r["measurements"][-1])),
+     "measurement int4/none/medium/he appears 2 times"),
 ])
 def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, report_pair,
                                                                    damage, where):
@@ -383,6 +385,13 @@ def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, re
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
     assert 'data-verdict="failed"' in html and "FAILED &mdash;" in html
     assert "PASSED" not in html
+
+
+def test_a_report_compared_with_itself_says_so(report_pair):
+    old, _ = report_pair
+    printed = run_cli("report", str(old), str(old))
+    assert printed.returncode == 0, printed.stderr
+    assert f"note: {old} is compared with itself: nothing can differ" in printed.stdout
 
 
 def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pair):
