@@ -194,21 +194,27 @@ def test_report_html_lists_each_audit_once_with_evidence(pytester):
     assert not (pytester.path / "latest.html").exists()  # only beside unnamed reports
 
 
-def test_baseline_gates_regressions(pytester):
-    base = pytester.path / "base.json"
-    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "baseline_disparity"]
-    first = run(pytester, *args, "--report", str(base))
+def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester):
+    base, now = pytester.path / "base.json", pytester.path / "now.json"
+    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
+    assert run(pytester, *args, "--report", str(base)).ret == 0
     same = run(pytester, *args, "--baseline", str(base), "--no-report")
-    assert same.ret == first.ret
+    assert same.ret == 0 and "REGRESSION" not in same.stdout.str()
     report = load(base)
-    for row in report["measurements"]:
-        if row["language"] == "he" and row["disparity"] is not None:
-            row["disparity"] = row["disparity"] - 10 * abs(row["disparity"]) - 1
-    regressed = pytester.path / "regressed.json"
-    regressed.write_text(json.dumps(report))
-    result = run(pytester, *args, "--baseline", str(regressed), "--no-report")
+    assert report["verdict"] == "passed"
+    rows = [r for r in report["measurements"] if r["language"] == "he" and r["disparity"]]
+    assert rows
+    for row in rows:  # the baseline was far fairer
+        row["disparity"] = row["disparity"] - 10 * abs(row["disparity"]) - 1
+    base.write_text(json.dumps(report))
+    result = run(pytester, *args, "--baseline", str(base), "--report", str(now))
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])
+    result.stdout.fnmatch_lines(["verdict: failed*", "1 regression(s) against the baseline*"])
+    regressed = load(now)
+    assert regressed["verdict"] == "failed"
+    assert regressed["summary"]["headline"].startswith("1 regression(s) against the baseline")
+    assert "FAILED &mdash; 1 regression(s)" in now.with_suffix(".html").read_text()
 
 
 def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(pytester):
@@ -223,26 +229,6 @@ def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(py
     assert result.ret == 3
     result.stdout.fnmatch_lines(["INCOMPLETE: baseline:*nothing was compared*"])
     assert "REGRESSION" not in result.stdout.str()
-
-
-def test_a_regression_fails_the_verdict_of_a_run_whose_audits_passed(pytester):
-    base, now = pytester.path / "base.json", pytester.path / "now.json"
-    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
-    assert run(pytester, *args, "--report", str(base)).ret == 0
-    report = load(base)
-    assert report["verdict"] == "passed"
-    rows = [r for r in report["measurements"] if r["language"] == "he" and r["disparity"]]
-    assert rows
-    for row in rows:  # the baseline was far fairer
-        row["disparity"] = row["disparity"] - 10 * abs(row["disparity"]) - 1
-    base.write_text(json.dumps(report))
-    result = run(pytester, *args, "--baseline", str(base), "--report", str(now))
-    assert result.ret == 1
-    result.stdout.fnmatch_lines(["verdict: failed*", "1 regression(s) against the baseline*"])
-    regressed = load(now)
-    assert regressed["verdict"] == "failed"
-    assert regressed["summary"]["headline"].startswith("1 regression(s) against the baseline")
-    assert "FAILED &mdash; 1 regression(s)" in now.with_suffix(".html").read_text()
 
 
 def test_crashed_worker_makes_the_report_incomplete(pytester):
