@@ -183,8 +183,15 @@ class ResultCache:
         path = self._path(config)
         with cache_writes(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
-            with FileLock(path.with_suffix(".lock")), open(path, "ab") as handle:
+            with FileLock(path.with_suffix(".lock")), open(path, "a+b") as handle:
+                if handle.seek(0, os.SEEK_END) and _last_byte(handle) != b"\n":
+                    lines = "\n" + lines  # a line torn by a crash ends here, never read
                 handle.write(lines.encode("utf-8"))
+
+
+def _last_byte(handle) -> bytes:
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1)
 
 
 def tokenizer_identity(tokenizer) -> str:

@@ -154,6 +154,22 @@ def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_te
         {t: r.nll for t, r in first.items()}, rel=1e-5)  # rescored in another batch
 
 
+def test_a_result_stored_after_a_torn_last_line_is_kept(tiny_models, short_texts, tmp_path):
+    """A crash mid-append leaves a line without its end: the next append starts a line of
+    its own, so what it stores is read back and never computed a third time."""
+    loaded = tiny_models["tiny-gpt2"]
+    texts = [t[:40] for t in short_texts]
+    Evaluator(loaded, ResultCache(tmp_path)).evaluate("fp", texts)
+    path = next(tmp_path.glob("*.jsonl"))
+    path.write_bytes(path.read_bytes()[:-40])  # the last entry torn
+    repaired = Evaluator(loaded, ResultCache(tmp_path))
+    repaired.evaluate("fp", texts)
+    assert repaired.units_computed == 1
+    rerun = Evaluator(loaded, ResultCache(tmp_path))
+    rerun.evaluate("fp", texts)
+    assert rerun.units_computed == 0
+
+
 def test_interrupted_run_resumes_without_recomputing(tiny_models, short_texts, tmp_path):
     loaded = tiny_models["tiny-gpt2"]
     texts = [t[:40] for t in short_texts]
