@@ -299,9 +299,12 @@ class Better(Check):
     languages: tuple[str, ...] | None = None
     than_scheme: str | None = None  # `than` under another scheme (default: the same)
 
-    def cases(self, languages):
+    def _than_label(self) -> str:
         than = "|".join(map(str, self.than)) if isinstance(self.than, tuple) else self.than
-        label = f"{self.strategy}<{than}" + (f"@{self.than_scheme}" if self.than_scheme else "")
+        return f"{than}@{self.than_scheme}" if self.than_scheme else str(than)
+
+    def cases(self, languages):
+        label = f"{self.strategy}<{self._than_label()}"
         if self.per_language:
             chosen = [lang for lang in _non_reference(languages)
                       if self.languages is None or lang in self.languages]
@@ -339,7 +342,7 @@ class Better(Check):
             return Outcome("inconclusive", what, None, "< 0",
                            detail=f"undefined: {undefined[case.id]}")
         ours, theirs = pairs[case.id][:2]
-        values = f"{self.strategy}: {ours:.4g}, {case.id.split('<')[1]}: {theirs:.4g}"
+        values = f"{self.strategy}: {ours:.4g}, {self._than_label()}: {theirs:.4g}"
         comparisons = {k: v[2] for k, v in pairs.items() if len(v) == 3}
         comparison = comparisons[case.id]
         sign = 1 if quantity(self.quantity).higher_is_better else -1

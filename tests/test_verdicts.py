@@ -62,6 +62,7 @@ def test_better_decides_on_the_paired_difference(ours, theirs, expected):
         if expected == "inconclusive":
             assert outcome.low <= 0 <= outcome.high
             assert "smallest detectable difference" in outcome.detail
+        assert outcome.detail.startswith("a: ") and ", b: " in outcome.detail  # names, no case
 
 
 def test_overlapping_intervals_can_still_differ_when_paired():
