@@ -35,8 +35,8 @@ VALID = (
     "none, L<i>, Llast, Lmid, L-<k>, even, odd, all "
     "(each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
-    "gradient:P%, variance:topK, act:P%, actgap:P%, superweights:K, seed:P%, or an alias: "
-    + ", ".join(ALIASES)
+    "gradient:P%, variance:topK, act:P%, actgap:P%, superweights:K, seed:P%, an alias: "
+    + ", ".join(ALIASES) + "; or alone, suggested (the latest `quantfair suggest` result)"
 )
 
 

@@ -39,6 +39,7 @@ def test_seed_names_with_l11_mean_the_same_as_llast(gpt2_resolver):
     ("L0.brain", "unknown block"),
     ("L0.mlp.gate", "no role 'gate'"),
     ("warp", "valid:"),
+    ("Suggested", "or alone, suggested"),  # the cached search result is named too
     ("random:150%", "between 0% and 100%"),
     ("variance:top99", "12 layers"),
     ("", "empty strategy"),
