@@ -335,6 +335,9 @@ class RunConfig:
 
             check_given_strategies([strategy])
         report, baseline = get("report"), get("baseline")
+        if report is not None and not report.strip():
+            raise UsageError("--report is empty; give the path of a .json file (--no-report "
+                             "writes none)")
         if report:
             given = path = Path(report)
             if path.suffix.lower() != ".json":  # y.JSON stays as given; y and y.html get .json

@@ -80,6 +80,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--units", "5", "--quantfair-units", "100"], "--quantfair-units 100: the corpus"),
         (["--languages", ""], "an empty entry"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
+        (["--report", " "], "--report is empty; give the path of a .json file"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
