@@ -260,7 +260,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                           if key not in new_keys and key[-1] != REFERENCE)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
-            "not_compared": not_compared, "now_inconclusive": undecided}
+            "not_compared": not_compared, "now_inconclusive": undecided,
+            "baseline_incomplete": list(old.get("incomplete") or [])}
 
 
 # Settings that change what a number means: a baseline measured otherwise is compared, with a
@@ -303,6 +304,9 @@ def comparison_notes(comparison: dict) -> list[str]:
              f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
     if comparison.get("differences"):
         lines.append("baseline measured otherwise: " + "; ".join(comparison["differences"]))
+    if stopped := comparison.get("baseline_incomplete"):
+        lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
+                     "did not measure is not compared")
     if missing := comparison.get("not_compared"):
         lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
                      f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")

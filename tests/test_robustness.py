@@ -387,6 +387,18 @@ def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, re
     assert "PASSED" not in html
 
 
+def test_a_baseline_of_an_incomplete_run_is_said_to_be_one(tmp_path, report_pair):
+    _, report = report_pair
+    stopped = tmp_path / "stopped.json"
+    stopped.write_text(json.dumps({**report, "verdict": "incomplete",
+                                   "incomplete": ["the run was terminated by SIGTERM"]}))
+    _, printed, html = _compared(tmp_path, stopped, report)
+    assert printed.returncode == 0, printed.stderr
+    assert ("the baseline is of an incomplete run (the run was terminated by SIGTERM): what "
+            "it did not measure is not compared") in printed.stdout
+    assert "The baseline is of an incomplete run" in html
+
+
 def test_a_report_compared_with_itself_says_so(report_pair):
     old, _ = report_pair
     printed = run_cli("report", str(old), str(old))
