@@ -750,8 +750,10 @@ def audit(finding: Finding) -> Callable:
                          for k, v in asdict(outcome).items()},
                         message=None if outcome.passed else message)
         evidence.pop("status")
-        if outcome.status == "failed" or (outcome.status == "inconclusive"
-                                          and quantfair_audit.strict):
+        if outcome.status == "inconclusive" and quantfair_audit.strict:
+            evidence["inconclusive"] = True  # the report keeps it so; strict mode fails it
+            pytest.fail(f"inconclusive (--quantfair-strict fails it): {message}", pytrace=False)
+        if outcome.status == "failed":
             pytest.fail(message, pytrace=False)
         if outcome.status == "inconclusive":
             pytest.skip(f"inconclusive: {message}")

@@ -318,12 +318,15 @@ def comparison_notes(comparison: dict) -> list[str]:
 
 def settle_verdict(report: dict) -> None:
     """The verdict, then the summary, from the report's audits, `incomplete` reasons and any
-    baseline comparison: incomplete, else error, else failed (a finding that did not hold, or
-    a regression against the baseline), else passed. Run again once a comparison is in."""
+    baseline comparison: incomplete, else error, else failed (a finding that did not hold, a
+    regression against the baseline, or under --quantfair-strict an inconclusive audit),
+    else passed. Run again once a comparison is in."""
     outcomes = {a["outcome"] for a in report["audits"]}
     regressed = bool((report.get("comparison") or {}).get("regressions"))
+    strict = report.get("settings", {}).get("strict") and "inconclusive" in outcomes
     report["verdict"] = ("incomplete" if report["incomplete"] else "error" if "error" in outcomes
-                         else "failed" if "failed" in outcomes or regressed else "passed")
+                         else "failed" if "failed" in outcomes or regressed or strict
+                         else "passed")
     report["summary"] = summarize(report)
 
 

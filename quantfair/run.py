@@ -158,6 +158,8 @@ class QuantfairRun:
                 audit_failed = report.when == "call" and not crashed and (
                     (evidence or {}).get("outcome") != "error")
                 entry["outcome"] = "failed" if audit_failed else "error"
+                if audit_failed and entry.pop("inconclusive", False):  # --quantfair-strict
+                    entry["outcome"] = "inconclusive"
                 if not entry.get("message"):
                     lines = (report.longreprtext or "").strip().splitlines()
                     entry["message"] = lines[-1] if lines else "error"

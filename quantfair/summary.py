@@ -90,6 +90,10 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
                 f"this model ({counts['failed']} failed case(s)): honest measurements, not "
                 "errors" + (f"; and {len(regressions)} regression(s) against the baseline"
                             if regressions else ""))
+    if report.get("settings", {}).get("strict") and counts["inconclusive"]:
+        return (f"{counts['inconclusive']} comparison(s) were inconclusive, which fails the "
+                "run under --quantfair-strict" + (f"; and {len(regressions)} regression(s) "
+                                                  "against the baseline" if regressions else ""))
     if regressions:
         return (f"{len(regressions)} regression(s) against the baseline of "
                 f"{report['comparison'].get('baseline_created')}: {regressions[0]}"

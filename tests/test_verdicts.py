@@ -139,9 +139,15 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     report = json.loads(path.read_text())
     assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
     assert report["summary"]["counts"]["inconclusive"] == 2 and report["verdict"] == "passed"
-    strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-no-report",
-                                           timeout=300)
+    strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-report",
+                                           str(path), timeout=300)
     assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*inconclusive (--quantfair-strict fails it): *same*"])
+    report = json.loads(path.read_text())  # still inconclusive, and the run failed for it
+    assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
+    assert report["verdict"] == "failed" and report["summary"]["findings"]["did_not_hold"] == []
+    assert report["summary"]["headline"] == ("2 comparison(s) were inconclusive, which fails "
+                                             "the run under --quantfair-strict")
 
 
 def test_kl_divergence_quantities_bound_and_compare_per_language():
