@@ -235,7 +235,12 @@ class QuantfairRun:
         if self.terminated:
             incomplete.append(f"the run was {TERMINATED}")
         elif exitstatus == pytest.ExitCode.INTERRUPTED:
-            incomplete.append("the run was interrupted")
+            # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2)
+            dsession = self.pytest_config.pluginmanager.getplugin("dsession")
+            reason = getattr(dsession, "shouldstop", None)
+            incomplete.append(f"the run stopped early ({reason}: -x or --maxfail)"
+                              if isinstance(reason, str) and reason.startswith("stopping after")
+                              else "the run was interrupted")
         selected = next((p["selection"]["selected_ids"] for p in self.payloads
                          if p.get("selection", {}).get("selected_ids") is not None), [])
         not_run = [n for n in selected if self.audits.get(n, {}).get("outcome") is None]

@@ -172,12 +172,16 @@ def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester)
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pytester):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
+def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pytester, workers):
     path = pytester.path / "partial.json"
     result = run(pytester, BASELINE, "-x", "-k", "baseline_disparity",
-                 "--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path))
-    assert result.ret == 1
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path), *workers)
+    assert result.ret == (2 if workers else 1)  # xdist ends it as an interruption
     report = load(path)
+    if workers:  # said as what it was, not as an interruption
+        assert report["incomplete"][0] == ("the run stopped early (stopping after 1 failures: "
+                                           "-x or --maxfail)")
     assert report["verdict"] == "incomplete"
     selection = report["selection"]
     assert selection["keyword"] == "baseline_disparity" and "-x" in selection["invocation"]
