@@ -111,6 +111,7 @@ class Suggestion:
     # disparity
     confirmation: list[dict] = field(default_factory=list)
     confirmation_units: list[str] = field(default_factory=list)
+    audit_units: list[str] = field(default_factory=list)  # those `comparison` was measured on
     note: str = ""
     score_definition: str = SCORE
     languages: list[str] = field(default_factory=list)  # those searched on, English first
@@ -441,6 +442,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
                        "(English's NLL did not rise under it), so the search could not rank it "
                        "by fairness there; the comparison on the audit units is the evidence")
     result.comparison = compare_on_audit_units(session, result.strategy, budget)
+    result.audit_units = session.corpus.units
     result.forward_passes = session.evaluator.forward_passes - passes_before
     result.wall_s = time.perf_counter() - start
     save(session, result)

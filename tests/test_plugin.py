@@ -286,8 +286,10 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
                                  "en,he,zh)"])
     assert {a["finding"] for a in report["audits"] if a["outcome"] != "skipped"} == {
         "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
-    assert "within a budget of 30.0% in en, he, zh, on calibration units" in (
-        path.with_suffix(".html").read_text())
+    html = path.with_suffix(".html").read_text()
+    assert "within a budget of 30.0% in en, he, zh, on calibration units" in html
+    assert ("On the held-out audit units of the search's own run (8 per language, measured by "
+            "<code>quantfair suggest</code>, not by this run's audits)") in html  # its --units
     audited = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                   "--strategy", "suggested", "--quantfair-units", "0", "--quantfair-no-report")
     audited.stdout.fnmatch_lines(["quantfair: the suggestion was searched on *: not a held-out "
