@@ -34,11 +34,22 @@ def _taken(parser: pytest.Parser) -> set[str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quick: a quantfair audit small enough for CI "
                                        "(the same as quantfair_quick)")
+    if config.pluginmanager.is_blocked("quantfair"):  # its audits are still collected
+        from quantfair.plugin import MARKERS
+
+        for marker in MARKERS:
+            config.addinivalue_line("markers", marker)
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`-m quick` selects the quantfair_quick audits (this runs before -m deselects)."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`-m quick` selects the quantfair_quick audits (this runs before -m deselects); with
+    the plugin disabled (`-p no:quantfair`), its audits are skipped with the reason, not
+    errors for want of its fixture."""
+    disabled = config.pluginmanager.is_blocked("quantfair")
     for item in items:
         if item.get_closest_marker("quantfair_quick") and not item.get_closest_marker("quick"):
             item.add_marker(pytest.mark.quick)
+        if disabled and item.get_closest_marker("quantfair"):
+            item.add_marker(pytest.mark.skip(reason="quantfair's plugin is disabled "
+                                                    "(-p no:quantfair)"))

@@ -286,6 +286,13 @@ def test_sigterm_while_the_session_starts_or_finishes_still_writes_the_report(py
         assert outcomes in (["passed"], ["failed"]) and report["measurements"]
 
 
+def test_audits_with_the_plugin_disabled_are_skipped_with_the_reason(pytester):
+    result = run(pytester, BASELINE, "-p", "quantfair.short_options", "-p", "no:quantfair",
+                 "--model", "tiny-gpt2", "-k", "robustness", "-W", "error", "-rs")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["SKIPPED * quantfair's plugin is disabled (-p no:quantfair)"])
+
+
 def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
     junit = pytester.path / "j.xml"
     result = run(pytester, BASELINE, "-k", "robustness", "-p", "no:xdist", "--strict-markers",
