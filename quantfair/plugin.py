@@ -65,6 +65,10 @@ def pytest_configure(config: pytest.Config) -> None:
         _check_no_options_without_model(config)
         return
     try:
+        # both on the command line contradict each other; an ini file's report yields
+        given = config.getoption(OPTIONS["report"].dest, default=None)
+        if given is not None and config.getoption(OPTIONS["no-report"].dest, default=False):
+            raise UsageError(f"give --report {given} or --no-report, not both")
         run_config = RunConfig.build(lambda name: option_value(config, name))
         require_other_languages(run_config.languages)
         run_config.preflight()
