@@ -562,9 +562,11 @@ class Evaluator:
         return keyed, ids, windows, pending
 
     def evaluate(self, config: str, texts: list[str],
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, UnitResult]:
+                 progress: Callable[[int, int], None] | None = None,
+                 label: str | None = None) -> dict[str, UnitResult]:
         """NLL of each text under the model's current weights, cached under `config`. Units
-        that another process sharing the cache is scoring under `config` are left to it."""
+        that another process sharing the cache is scoring under `config` are left to it (and
+        waited for, named by `label`, else by `config`)."""
         results = self.cached(config, texts)
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
@@ -578,7 +580,7 @@ class Evaluator:
         def compute(keys: list[str]) -> None:
             self._evaluate_units(config, {key: keyed[key] for key in keys}, ids, tracker)
 
-        self._shared(f"nll\0{config}", config, tracker.sizes, finished, compute)
+        self._shared(f"nll\0{config}", label or config, tracker.sizes, finished, compute)
         return {**results, **self.cached(config, todo)}
 
     def _evaluate_units(self, config: str, keyed: dict[str, str], ids: dict[str, list[int]],
@@ -716,10 +718,10 @@ class Evaluator:
 
     @torch.inference_mode()
     def evaluate_distribution(self, config: str, texts: list[str], swap: Swap | None = None,
-                              progress: Callable[[int, int], None] | None = None
-                              ) -> dict[str, UnitDistribution]:
+                              progress: Callable[[int, int], None] | None = None,
+                              label: str | None = None) -> dict[str, UnitDistribution]:
         """NLL and distribution statistics of each text under the model's current weights
-        against the FP reference, cached under `config`.
+        against the FP reference, cached under `config` (`label` names it, as in `evaluate`).
 
         `swap` switches the live model to the FP reference and back; None means the current
         weights are the FP reference. One forward per window; before them, one FP forward per
@@ -753,7 +755,8 @@ class Evaluator:
             self._distribution_units(config, {key: keyed[key] for key in keys}, ids,
                                      exact, head, swap, tracker)
 
-        self._shared(f"distribution\0{config}", config, tracker.sizes, finished, compute)
+        self._shared(f"distribution\0{config}", label or config, tracker.sizes, finished,
+                     compute)
         return {**results, **self.cached_distribution(config, todo)}
 
     @torch.inference_mode()

@@ -193,9 +193,9 @@ class AuditSession:
             apply()
             callback = self.progress(label, tokens) if self.progress else None
             if distribution:
-                cached = evaluator.evaluate_distribution(config, texts, swap, callback)
+                cached = evaluator.evaluate_distribution(config, texts, swap, callback, label)
             else:
-                cached = evaluator.evaluate(config, texts, callback)
+                cached = evaluator.evaluate(config, texts, callback, label)
         results = {key: cached[text] for key, text in zip(keys, texts, strict=True)}
         check_finite(results, f"{self.loaded.name} {label}")
         return results

@@ -255,7 +255,8 @@ def test_a_claimed_unit_is_waited_for_and_computed_only_if_left_undone(
     texts = TEXTS[:6]
     other = _hold_the_claim(evaluator, texts[2])
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(evaluator.evaluate("fp", texts)))
+    thread = threading.Thread(target=lambda: outcome.update(
+        evaluator.evaluate("fp", texts, label="the FP reference")))
     thread.start()
     deadline = time.time() + 120
     while not any("waiting for another process" in m for m in messages):
@@ -275,7 +276,7 @@ def test_a_claimed_unit_is_waited_for_and_computed_only_if_left_undone(
     else:
         assert evaluator.units_computed == len(texts)
         assert outcome[texts[2]].nll != 123.0
-    assert any("1 unit(s) of fp" in m for m in messages)
+    assert any("1 unit(s) of the FP reference" in m for m in messages)  # named, not keyed
 
 
 @pytest.mark.parametrize(("worker", "gpus", "expected"),
