@@ -330,6 +330,9 @@ class RunConfig:
             raise UsageError(f"--units {units}: the corpus has {len(corpus.units)} units per "
                              "language (0 audits them all)")
         strategy = get("strategy")
+        if strategy is not None and not strategy.strip():
+            raise UsageError("--strategy is empty; give a strategy such as L0+Llast, or "
+                             "leave it out")
         if strategy:
             from quantfair.strategy_syntax import check_given_strategies
 

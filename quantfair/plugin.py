@@ -69,6 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
         given = config.getoption(OPTIONS["report"].dest, default=None)
         if given is not None and config.getoption(OPTIONS["no-report"].dest, default=False):
             raise UsageError(f"give --report {given} or --no-report, not both")
+        tolerance = config.getoption(OPTIONS["tolerance"].dest, default=None)
+        if tolerance is not None and not option_value(config, "baseline"):
+            raise UsageError(f"--tolerance {tolerance} applies to a --baseline comparison; "
+                             "none given")
         run_config = RunConfig.build(lambda name: option_value(config, name))
         require_other_languages(run_config.languages)
         run_config.preflight()
