@@ -82,7 +82,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
         (["--report", " "], "--report is empty; give the path of a .json file"),
         (["--report", "r.json", "--no-report"], "give --report r.json or --no-report, not both"),
-        (["--strategy", " "], "--strategy is empty; give a strategy such as L0+Llast"),
+        (["--strategy", ""], "--strategy is empty; give a strategy such as L0+Llast"),
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --quantfair-baseline comparison"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
