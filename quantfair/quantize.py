@@ -9,7 +9,7 @@ import inspect
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -218,6 +218,7 @@ class WeightBank:
         self._quantized: dict[QuantScheme, dict[str, torch.Tensor]] = {}
         self._artifact_bits: dict[QuantScheme, dict[str, float]] = {}
         self._artifact_hash: dict[QuantScheme, str] = {}
+        self._artifact_unquantized: dict[QuantScheme, frozenset[str]] = {}
         self._state: dict[str, object] = dict.fromkeys(self.params, "loaded")  # None = FP
         self.restore()  # the parameters read the FP file from now on
 
@@ -260,19 +261,28 @@ class WeightBank:
         return self._quantized[scheme]
 
     def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor],
-                     weight_hash: str, bits: dict[str, float]) -> dict[str, torch.Tensor]:
+                     weight_hash: str, bits: dict[str, float],
+                     unquantized: Iterable[str] = ()) -> dict[str, torch.Tensor]:
         """Serve `tensors` (parameter name -> tensor of the FP parameter's shape, e.g. from a
-        quantized file whose content hash is `weight_hash` and which stores parameter `name`
-        in `bits[name]` bits per weight) as the quantized tensors of the artifact scheme
-        `scheme`; returns them as the bank keeps them (memory-mapped), so the caller can let
-        the originals go."""
+        quantized file whose content hash is `weight_hash`, which stores parameter `name`
+        in `bits[name]` bits per weight and leaves those named in `unquantized` as in the FP
+        model) as the quantized tensors of the artifact scheme `scheme`; returns them as the
+        bank keeps them (memory-mapped), so the caller can let the originals go."""
         self._artifact_bits[scheme] = bits
         self._artifact_hash[scheme] = weight_hash
+        self._artifact_unquantized[scheme] = frozenset(unquantized)
         layout = {name: self.fp[name] for name in self.parts}
         self._quantized[scheme] = self._stored(
             f"artifact-{weight_hash[:16]}", layout,
             lambda name: tensors[name].detach().to("cpu", self.fp[name].dtype))
         return self._quantized[scheme]
+
+    def quantizes(self, component: Component, scheme: QuantScheme) -> bool:
+        """Whether `scheme` changes this parameter: `in_scope`, and for an artifact whether its
+        file's tensor differs from the FP model's (a GGUF file keeps norms in F32)."""
+        if scheme.from_file:
+            return component.name not in self._artifact_unquantized.get(scheme, ())
+        return in_scope(component, scheme)
 
     def bits(self, name: str, scheme: QuantScheme) -> float:
         """Bits per weight of parameter `name` as `scheme` stores it (an artifact: as its file

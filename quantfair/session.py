@@ -82,7 +82,7 @@ class AuditSession:
             self.artifact = load_artifact(quantized, config.scheme, loaded)
             self.artifact.tensors = self.bank.add_artifact(
                 config.scheme, self.artifact.tensors, self.artifact.weight_hash,
-                self.artifact.bits)
+                self.artifact.bits, self.artifact.unquantized)
             if self.artifact.unquantized:
                 announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
                          "tensor(s) as in the FP model, e.g. "

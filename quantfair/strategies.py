@@ -34,7 +34,6 @@ from quantfair.quantize import (
     QuantScheme,
     WeightBank,
     has_element_masks,
-    in_scope,
 )
 from quantfair.storage import atomic_write, cache_writes
 from quantfair.strategy_syntax import (
@@ -149,7 +148,7 @@ class StrategyResolver:
 
     # -- budgeted selectors ---------------------------------------------------------------
     def _quantized_parts(self) -> list[Component]:
-        return [c for c in self.parts.values() if in_scope(c, self.scheme)]
+        return [c for c in self.parts.values() if self.bank.quantizes(c, self.scheme)]
 
     def entries_kept(self, fraction: float) -> int:
         """How many parameters an entry selector (`random:`, `magnitude:`, `gradient:`) at

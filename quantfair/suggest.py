@@ -61,7 +61,6 @@ from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
-from quantfair.quantize import in_scope
 from quantfair.report import interval_text
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
@@ -277,10 +276,8 @@ class Search:
         scheme leaves alone (norms a GGUF file keeps in F32, an artifact's tensors equal to
         the FP model's) are not counted."""
         protection = self.resolver.resolve("+".join(units) or "none")
-        artifact = self.session.artifact
-        unquantized = set(artifact.unquantized) if artifact else set()
-        return {name for name in protection if name not in unquantized
-                and in_scope(self.resolver.parts[name], self.resolver.scheme)}
+        return {name for name in protection
+                if self.resolver.bank.quantizes(self.resolver.parts[name], self.resolver.scheme)}
 
     def _new(self, chosen: list[str], options: list[str]) -> list[str]:
         """The options that fit beside `chosen` and keep another quantized tensor (selectors

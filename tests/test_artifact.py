@@ -260,3 +260,16 @@ def test_suggest_does_not_try_tensors_an_artifact_leaves_as_in_the_fp_model(tmp_
     assert "model.norm.weight" in session.artifact.unquantized
     search = Search(session, 0.5, session.calibration)
     assert search._new([], ["ln", "ln_f", "L0.ln", "L0"]) == ["L0"]
+
+
+def test_tensors_an_artifact_leaves_as_in_the_fp_model_are_not_counted_as_quantized(tmp_path):
+    """A GGUF file keeps norms in F32: keeping them "in full precision" costs nothing, and the
+    share of an entry selector is of the tensors the file did quantize, as under the scheme."""
+    _save_quantized("tiny-llama", tmp_path / "q4")
+    artifact = _session(_config("tiny-llama", str(tmp_path / "q4")))
+    computed = _session(RunConfig.build({"model": "tiny-llama", "quant": "gguf:Q4_0",
+                                         "languages": "en,de", "units": "2"}.get))
+    assert artifact.overhead("ln").bytes_fraction == 0.0  # was negative: F32 counted as codes
+    assert ([c.name for c in artifact.resolver()._quantized_parts()]
+            == [c.name for c in computed.resolver()._quantized_parts()])
+    assert artifact.entry_percent(0.01) == computed.entry_percent(0.01)
