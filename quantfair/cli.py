@@ -254,6 +254,8 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
         return
     if not path.strip():
         raise UsageError(f"{flag} is empty; give the path of a file")
+    if path == "-":
+        raise UsageError(f"{flag} -: standard output is not written to; give the path of a file")
     reads = {"the file the model was loaded from": getattr(args, "model", None),
              **{f"the --{name} file": getattr(args, OPTIONS[name].dest, None)
                 for name in ("quantized", "corpus")}}
@@ -376,6 +378,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
     _check_output(args.output, "-o", args)
+    if args.output and not args.output.endswith(".gguf"):
+        raise UsageError(f"-o {args.output}: a GGUF file's name ends in .gguf (transformers "
+                         "and --quantized read no other)")
     if args.strategy != "suggested":
         terms, element = element_terms(args.strategy)
         if element and (args.output or element == terms):

@@ -4,6 +4,7 @@ when the cache cannot be written."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -89,7 +90,10 @@ UMASK = _umask()
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` that becomes `path` whole when the block ends, or never
     (an error or Ctrl-C removes it): a concurrent reader sees the old file or the new, and a
-    reader of the old one (a memory map) keeps it."""
+    reader of the old one (a memory map) keeps it. Raises OSError where `path` is a device,
+    pipe or socket: replacing it would remove it (`/dev/null`), not write to it."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OSError(errno.EINVAL, "not a regular file (a device, pipe or socket)", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")

@@ -267,6 +267,18 @@ def test_a_cache_dir_that_is_a_file_is_one_line_and_reads_still_run(tmp_path, ok
                    env=env).returncode == 0
 
 
+def test_a_file_written_whole_never_replaces_a_device_or_pipe(tmp_path):
+    """Written whole means a temporary file renamed over the path: over /dev/null (as root)
+    or a pipe, that would remove the device, not write to it."""
+    from quantfair.storage import atomic_write
+
+    pipe = tmp_path / "model.gguf"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write(pipe, b"GGUF")
+    assert pipe.is_fifo() and os.listdir(tmp_path) == ["model.gguf"]
+
+
 def test_a_read_only_cache_names_the_path_and_variable(tmp_path, monkeypatch):
     from quantfair.evaluate import ResultCache, UnitResult
 
