@@ -5,9 +5,11 @@ side of an audit, mapped onto the FP model's parameters by name."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from quantfair.errors import QuantfairError, UsageError
@@ -17,6 +19,8 @@ from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import components, family_of
 from quantfair.tensorfile import TORCH_DTYPES
+
+UNLIKE = 1.0  # median relative error of the weight matrices at which they are another model's
 
 
 @dataclass
@@ -53,7 +57,7 @@ def _read(spec: str):
         location, kwargs["gguf_file"] = str(path.parent), path.name
         type_mix = gguf_type_mix(path)
     elif path.is_dir():
-        location, type_mix = str(path), _safetensors_type_mix(path)
+        location, type_mix = str(path), dict(Counter(_safetensors_dtypes(path).values()))
     else:
         location, kwargs["local_files_only"] = spec, True
         type_mix = {}
@@ -72,14 +76,52 @@ def _read(spec: str):
     return model, tokenizer, source, type_mix
 
 
-def _safetensors_type_mix(folder: Path) -> dict[str, int]:
+def _safetensors_dtypes(folder: Path) -> dict[str, str]:
+    """Each tensor's safetensors dtype (`F32`, `BF16`, `I8`, ...) in the folder's files."""
     from safetensors import safe_open
 
-    mix: Counter[str] = Counter()
+    dtypes = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            mix.update(handle.get_slice(key).get_dtype() for key in handle.keys())  # noqa: SIM118 (no __iter__)
-    return dict(mix)
+            for key in handle.keys():  # noqa: SIM118 (no __iter__)
+                dtypes[key] = handle.get_slice(key).get_dtype()
+    return dtypes
+
+
+def _integer_parameter(spec: str, names: Iterable[str]) -> str | None:
+    """The first of the parameters `names` that the safetensors directory `spec` stores in an
+    integer type (packed codes, as GPTQ, AWQ or bitsandbytes write them), or None: loading
+    reads such codes as if they were weights. Keys may lack or add a prefix (`transformer.`)."""
+    path = Path(spec)
+    if path.suffix == ".gguf" or not path.is_dir():
+        return None
+    integer = {key: dtype for key, dtype in _safetensors_dtypes(path).items()
+               if not dtype.startswith(("F", "BF"))}
+    for name in names:
+        for key, dtype in integer.items():
+            if key == name or name.endswith("." + key) or key.endswith("." + name):
+                return f"{key} ({dtype})"
+    return None
+
+
+def _unlike(reference: LoadedModel, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why the artifact's weight matrices cannot be a quantization of the FP model's (another
+    model's weights of the same shapes), or None: their median relative error (Frobenius norm
+    of the difference over the FP tensor's) is at least `UNLIKE`. Rounding to a grid that holds
+    0 moves no weight further than its own size, so a quantization stays below 1 (int2 per
+    tensor 0.88 on Gaussian weights, Q4_0 0.09); another model's weights of the same
+    initialisation give ~1.4 (sqrt 2)."""
+    errors = {}
+    for name, param in reference.model.named_parameters():
+        norm = float(param.detach().norm())
+        if param.dim() >= 2 and norm > 0:
+            errors[name] = float((tensors[name] - param.detach()).norm()) / norm
+    if not errors or float(np.median(list(errors.values()))) < UNLIKE:
+        return None
+    worst = max(errors, key=errors.__getitem__)
+    return (f"weights unlike the model's: a median relative error of "
+            f"{float(np.median(list(errors.values()))):.0%} over {len(errors)} weight matrices "
+            f"({worst}: {errors[worst]:.0%}), where quantizing leaves well under 100%")
 
 
 def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
@@ -101,16 +143,9 @@ def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
             mean = (8.0 * sum(int(t.n_bytes) for t in quantized)
                     / max(1, sum(int(t.n_elements) for t in quantized))) if quantized else 16.0
             return dict.fromkeys(parts, mean)
-    widths: dict[str, float] = {}
-    if path.is_dir():
-        from safetensors import safe_open
-
-        for file in sorted(path.glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (no __iter__)
-                    dtype = TORCH_DTYPES.get(handle.get_slice(key).get_dtype())
-                    if dtype is not None:
-                        widths[key] = 8.0 * dtype.itemsize
+    dtypes = _safetensors_dtypes(path) if path.is_dir() else {}
+    widths = {key: 8.0 * TORCH_DTYPES[dtype].itemsize for key, dtype in dtypes.items()
+              if dtype in TORCH_DTYPES}
     return {name: widths.get(name, 16.0) for name in parts}
 
 
@@ -143,14 +178,25 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     quantized tensors of `scheme` (`artifact:<label>` or `llama.cpp:<TYPE>`).
 
     Raises UsageError (one line, naming the first mismatch) when its architecture, a tensor's
-    presence or shape, or its tokenizer vocabulary differs from the FP model's."""
+    presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
+    a parameter in an integer type, or when its weights are too far from the model's to be
+    their quantization (`_unlike`)."""
     model, tokenizer, source, type_mix = _read(spec)
     mismatch = _first_mismatch(reference, model, tokenizer)
     if mismatch:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"{mismatch}")
     fp_params = dict(reference.model.named_parameters())
+    integer = _integer_parameter(spec, fp_params)
+    if integer:
+        raise UsageError(f"--quantized {spec}: tensor {integer} is stored in an integer type; "
+                         "packed checkpoints (GPTQ, AWQ, bitsandbytes) are not read: save a "
+                         "dequantized copy in a float type")
     tensors = {name: param.detach() for name, param in model.named_parameters()}
+    unlike = _unlike(reference, tensors)
+    if unlike:
+        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
+                         f"{unlike}")
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
     return Artifact(scheme, source, weights_hash(model), type_mix,

@@ -273,3 +273,36 @@ def test_tensors_an_artifact_leaves_as_in_the_fp_model_are_not_counted_as_quanti
     assert ([c.name for c in artifact.resolver()._quantized_parts()]
             == [c.name for c in computed.resolver()._quantized_parts()])
     assert artifact.entry_percent(0.01) == computed.entry_percent(0.01)
+
+
+def test_a_checkpoint_storing_weights_as_integers_is_one_clear_error(tmp_path):
+    """Packed codes read as weights gave perplexities of 1e19 and exit 0."""
+    _save_quantized("tiny-llama", tmp_path / "int8")
+    file = tmp_path / "int8" / "model.safetensors"
+    tensors = {name: t.round().to(torch.int8) if t.dim() == 2 else t
+               for name, t in load_file(file).items()}
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(UsageError, match=r"tensor model\.\S+ \(I8\) is stored in an integer "
+                                         r"type; packed checkpoints"):
+        _session(_config("tiny-llama", str(tmp_path / "int8")))
+
+
+def test_another_models_weights_of_the_same_shapes_do_not_pair(tmp_path):
+    """A stale or wrong file of the same architecture must not pass for the model's artifact;
+    a real quantization pairs (the other tests), however coarse (int2, per tensor)."""
+    loaded = load_model("tiny-llama")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn_like(param) * param.std())
+    loaded.model.save_pretrained(tmp_path / "other")
+    loaded.tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(UsageError, match="does not pair with tiny-llama: it has weights unlike "
+                                         "the model's: a median relative error of 14[0-9]%"):
+        _session(_config("tiny-llama", str(tmp_path / "other")))
+    coarse = load_model("tiny-llama")
+    WeightBank(coarse.model).apply(QuantScheme.parse("int2"))
+    coarse.model.save_pretrained(tmp_path / "int2")
+    coarse.tokenizer.save_pretrained(tmp_path / "int2")
+    assert _session(_config("tiny-llama", str(tmp_path / "int2"))).artifact is not None
