@@ -19,7 +19,7 @@ from quantfair.taxonomy import Component
 
 PROTECT_TYPES = ("F32", "F16")
 # transformers' model_type -> the gguf package's architecture name, where they differ
-_GGUF_ARCHITECTURES = {"gemma3_text": "gemma3"}
+_GGUF_ARCHITECTURES = {"gemma3_text": "gemma3", "gpt_neox": "gptneox"}  # HF -> gguf names
 
 
 def check_export_source(name: str, source: Path | None, output: str | Path) -> None:
@@ -66,13 +66,16 @@ def gguf_names(loaded: LoadedModel, parts: dict[str, Component]) -> dict[str, st
     model_type = _GGUF_ARCHITECTURES.get(config.model_type, config.model_type)
     architectures = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
     if model_type not in architectures:
-        raise UsageError(f"the gguf package knows no GGUF architecture '{model_type}'")
+        raise UsageError(f"the gguf package knows no GGUF architecture '{model_type}' "
+                         "(llama.cpp cannot run this model)")
     layers = 1 + max((c.layer for c in parts.values() if c.layer is not None), default=-1)
     name_map = gguf.get_tensor_name_map(architectures[model_type], layers)
     names = {}
     for name in parts:
         base, _, suffix = name.rpartition(".")
-        mapped = name_map.get_name(base)
+        # the map knows some names without the base model's prefix (BLOOM's
+        # transformer.word_embeddings_layernorm)
+        mapped = name_map.get_name(base) or name_map.get_name(base.partition(".")[2])
         if mapped is None:
             raise UsageError(f"the gguf package has no GGUF name for {name} ({model_type})")
         names[name] = f"{mapped}.{suffix}"

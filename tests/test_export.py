@@ -108,6 +108,25 @@ def test_a_recipe_term_keeping_nothing_on_this_model_is_no_error(capsys, strateg
                                                "--tensor-type", r"blk\.3\..*=f32"]
 
 
+def test_every_parameter_of_an_architecture_llama_cpp_runs_has_its_own_gguf_name(tiny_models):
+    """Pythia (gpt_neox, gguf's `gptneox`) and BLOOM (whose embedding norm the map knows
+    without the `transformer.` prefix) failed; llama.cpp has no OPT."""
+    from quantfair.errors import UsageError
+    from quantfair.export import gguf_names
+    from quantfair.taxonomy import components
+
+    for name, loaded in tiny_models.items():
+        parts = components(loaded.model)
+        if name == "tiny-opt":
+            with pytest.raises(UsageError, match="no GGUF architecture 'opt' .llama.cpp cannot"):
+                gguf_names(loaded, parts)
+            continue
+        names = gguf_names(loaded, parts)
+        assert len(set(names.values())) == len(parts), name
+    bloom = gguf_names(tiny_models["tiny-bloom"], components(tiny_models["tiny-bloom"].model))
+    assert bloom["transformer.word_embeddings_layernorm.weight"] == "token_embd_norm.weight"
+
+
 def test_emit_hf_lists_the_protected_modules(capsys):
     assert main(["export", "tiny-llama", "--strategy", "L1.mlp+ln", "--emit", "hf",
                  "--languages", "en", "--units", "1"]) == 0
