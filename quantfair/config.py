@@ -275,7 +275,11 @@ def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
     if scheme.gguf_type is None:
         raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
     with _named_option("embedding-type"):
-        return QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
+        given = QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
+    if "-embed-" in quant.lower() and given != scheme:
+        raise UsageError(f"--embedding-type {embedding_type.strip()} contradicts --quant "
+                         f"{quant.strip()}: give the embedding type once")
+    return given
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,12 @@ def test_embedding_type_option_builds_the_scheme():
     settings = {"model": "tiny-gpt2", "quant": "gguf:Q4_0", "embedding-type": "f16"}
     config = RunConfig.build(settings.get)
     assert config.scheme == QuantScheme.gguf("Q4_0", "F16")
+    settings["quant"] = "gguf:q4_0-embed-F16"  # the same type, twice: no conflict
+    assert RunConfig.build(settings.get).scheme == QuantScheme.gguf("Q4_0", "F16")
+    settings["embedding-type"] = "Q8_0"  # the default, given: it undid -embed-F16 silently
+    with pytest.raises(UsageError, match="--embedding-type Q8_0 contradicts --quant "
+                                         "gguf:q4_0-embed-F16: give the embedding type once"):
+        RunConfig.build(settings.get)
     settings["quant"] = "int4"
     with pytest.raises(UsageError, match="--embedding-type applies to gguf"):
         RunConfig.build(settings.get)
