@@ -14,7 +14,7 @@ import torch
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.export import gguf_names
-from quantfair.models import FLOAT_TYPES, LoadedModel, gguf_type_mix, weights_hash
+from quantfair.models import FLOAT_TYPES, LoadedModel, gguf_type_mix, load_tokenizer, weights_hash
 from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import components, family_of
@@ -46,7 +46,7 @@ class Artifact:
 def _read(spec: str):
     """(model, tokenizer, source, type mix) of `spec`; raises QuantfairError when the files
     are missing or leave model weights uninitialised."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(spec)
@@ -66,9 +66,10 @@ def _read(spec: str):
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch.float32, output_loading_info=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except OSError as error:
-        raise QuantfairError(f"--quantized {spec}: cannot load it ({error})") from None
+        tokenizer = load_tokenizer(location, **kwargs)
+    except (OSError, RuntimeError) as error:  # RuntimeError: a tensor unlike its config's
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QuantfairError(f"--quantized {spec}: cannot load it ({first})") from None
     if info.get("missing_keys"):
         first = sorted(info["missing_keys"])[0]
         raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")

@@ -293,15 +293,30 @@ def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def load_tokenizer(location: str, **kwargs):
+    """`AutoTokenizer.from_pretrained(location, **kwargs)`; raises QuantfairError naming the
+    GGUF field transformers needs where a GGUF tokenizer lacks one (KeyError inside it)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except KeyError as error:
+        if "gguf_file" not in kwargs:
+            raise
+        raise QuantfairError(f"{Path(location) / kwargs['gguf_file']}: transformers cannot build "
+                             f"its tokenizer: the GGUF has no tokenizer.ggml.{error.args[0]}"
+                             ) from None
+
+
 def _from_pretrained(location: str, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     global load_count
     load_count += 1
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    tokenizer = load_tokenizer(location, **kwargs)
     # Without tokenizer files transformers builds an empty tokenizer: every text, 0 tokens.
     if len(tokenizer) < 2 or not tokenizer("Hello world", add_special_tokens=False)["input_ids"]:
         raise QuantfairError(

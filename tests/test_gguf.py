@@ -22,9 +22,11 @@ ROUND_TRIP_TYPES = ("Q4_0", "Q5_0", "Q5_1", "Q8_0")
 BYTE_TOKENS = sorted(pre_tokenizers.ByteLevel.alphabet())  # the tiny models' byte vocabulary
 
 
-def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str = "Q8_0") -> None:
+def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str = "Q8_0",
+                scores: bool = True) -> None:
     """A GPT-2 GGUF the way llama.cpp lays it out, typed by hand from the documented policy:
-    matrices (out, in) in `qtype`, token embedding in `embedding`, vectors and positions F32."""
+    matrices (out, in) in `qtype`, token embedding in `embedding`, vectors and positions F32;
+    its tokenizer has no merges (and, without `scores`, no scores either)."""
     config = model.config
     writer = gguf.GGUFWriter(str(path), "gpt2")
     writer.add_context_length(config.n_positions)
@@ -36,7 +38,8 @@ def _write_gpt2(model: torch.nn.Module, path: Path, qtype: str, embedding: str =
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(BYTE_TOKENS + [f"<t{i}>" for i in range(256, config.vocab_size)])
     writer.add_token_merges([])
-    writer.add_token_scores([0.0] * config.vocab_size)
+    if scores:
+        writer.add_token_scores([0.0] * config.vocab_size)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, config.n_layer)
     for name, param in model.named_parameters():
         base, suffix = name.rsplit(".", 1)
@@ -134,6 +137,24 @@ def test_type_mix_is_parsed_once_per_file_version(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
     _write_gpt2(model, path, "Q8_0")  # the same path, rewritten: never the stale answer
     assert "Q4_0" not in gguf_type_mix(path)
+
+
+def test_a_gguf_tokenizer_lacking_a_field_transformers_needs_is_named(tmp_path, capsys):
+    """transformers builds a merges-less GGUF tokenizer from its scores: without them its
+    KeyError was reported as an unexpected error."""
+    from quantfair.cli import main
+
+    path = tmp_path / "tiny.gguf"
+    _write_gpt2(load_model("tiny-gpt2").model, path, "Q8_0", scores=False)
+    assert main(["measure", str(path), "--languages", "en,de", "--units", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"quantfair: error: {path}: transformers cannot build its tokenizer: "
+                    "the GGUF has no tokenizer.ggml.scores")
+    # as an artifact, transformers fails first on the position table (its GPT-2 GGUF config
+    # keeps 1,024 positions): one line as well, not an unexpected error
+    assert main(["measure", "tiny-gpt2", "--quantized", str(path), "--units", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"quantfair: error: --quantized {path}: cannot load it ("), last
 
 
 def test_blocks_run_along_the_input_dimension_of_conv1d():
