@@ -69,6 +69,8 @@ def _read(spec: str):
         tokenizer = load_tokenizer(location, **kwargs)
     except (OSError, RuntimeError) as error:  # RuntimeError: a tensor unlike its config's
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "ignore_mismatched_sizes" in first:
+            first = "a tensor's shape differs from the one its own config gives"
         raise QuantfairError(f"--quantized {spec}: cannot load it ({first})") from None
     if info.get("missing_keys"):
         first = sorted(info["missing_keys"])[0]

@@ -154,7 +154,8 @@ def test_a_gguf_tokenizer_lacking_a_field_transformers_needs_is_named(tmp_path, 
     # keeps 1,024 positions): one line as well, not an unexpected error
     assert main(["measure", "tiny-gpt2", "--quantized", str(path), "--units", "1"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"quantfair: error: --quantized {path}: cannot load it ("), last
+    assert last == (f"quantfair: error: --quantized {path}: cannot load it (a tensor's shape "
+                    "differs from the one its own config gives)")
 
 
 def test_blocks_run_along_the_input_dimension_of_conv1d():
