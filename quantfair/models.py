@@ -179,6 +179,9 @@ def _tiny_config(model_type: str):
     for key, value in sizes.items():
         if hasattr(config, key):
             setattr(config, key, value)
+    if getattr(config, "layer_types", None):  # Gemma 3: one per layer, local and global both
+        config.layer_types = ["full_attention" if i % 2 else "sliding_attention"
+                              for i in range(config.num_hidden_layers)]
     config.bos_token_id = config.eos_token_id = 256
     config.pad_token_id = 256
     return config

@@ -30,6 +30,16 @@ def test_every_parameter_is_mapped_and_blocks_add_up(tiny_models, name):
         assert {c.block for c in parts.values() if c.layer == layer} == {"attn", "mlp", "norm"}
 
 
+def test_tiny_models_have_valid_configs_and_gemma3_both_attention_kinds(tiny_models, tmp_path):
+    """tiny-gemma3 kept 26 layer types for 4 layers, all four local: transformers refused to
+    save it, and no global-attention layer was ever run."""
+    for name, loaded in tiny_models.items():
+        loaded.model.config.validate()
+    assert tiny_models["tiny-gemma3"].model.config.layer_types == [
+        "sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    tiny_models["tiny-gemma3"].model.save_pretrained(tmp_path)
+
+
 def test_gpt2_conv1d_is_marked_transposed(tiny_models):
     parts = components(tiny_models["tiny-gpt2"].model)
     assert parts["transformer.h.0.attn.c_attn.weight"].transposed
