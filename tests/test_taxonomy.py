@@ -33,7 +33,7 @@ def test_every_parameter_is_mapped_and_blocks_add_up(tiny_models, name):
 def test_tiny_models_have_valid_configs_and_gemma3_both_attention_kinds(tiny_models, tmp_path):
     """tiny-gemma3 kept 26 layer types for 4 layers, all four local: transformers refused to
     save it, and no global-attention layer was ever run."""
-    for name, loaded in tiny_models.items():
+    for loaded in tiny_models.values():
         loaded.model.config.validate()
     assert tiny_models["tiny-gemma3"].model.config.layer_types == [
         "sliding_attention", "full_attention", "sliding_attention", "full_attention"]
