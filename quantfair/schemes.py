@@ -53,7 +53,7 @@ class QuantScheme:
                              f"{', '.join(EMBEDDING_TYPES)} (llama.cpp's Q6_K cannot be "
                              "produced by the gguf package)")
         if self.artifact is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.artifact):
-            raise UsageError(f"artifact label '{self.artifact}' must be letters, digits, "
+            raise UsageError(f"artifact label '{self.artifact}' must be ASCII letters, digits, "
                              "'.', '_' or '-'")
         if not 2 <= self.bits <= 8:
             raise UsageError(f"bits must be between 2 and 8, got {self.bits}")
