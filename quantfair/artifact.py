@@ -119,12 +119,13 @@ def _unlike(reference: LoadedModel, tensors: dict[str, torch.Tensor]) -> str | N
         norm = float(param.detach().norm())
         if param.dim() >= 2 and norm > 0:
             errors[name] = float((tensors[name] - param.detach()).norm()) / norm
-    if not errors or float(np.median(list(errors.values()))) < UNLIKE:
+    median = float(np.median(list(errors.values()))) if errors else 0.0
+    if median < UNLIKE:
         return None
     worst = max(errors, key=errors.__getitem__)
-    return (f"weights unlike the model's: a median relative error of "
-            f"{float(np.median(list(errors.values()))):.0%} over {len(errors)} weight matrices "
-            f"({worst}: {errors[worst]:.0%}), where quantizing leaves well under 100%")
+    return (f"weights unlike the model's: a median relative error of {median:.0%} over "
+            f"{len(errors)} weight matrices ({worst}: {errors[worst]:.0%}), where quantizing "
+            "leaves well under 100%")
 
 
 def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
