@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,21 +35,31 @@ from quantfair.suggest import fairer_than_none
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _defined(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def verdict(comparison: list[dict], storable: bool = False) -> str:
     """The acceptance notes against every baseline (`storable`: only those the scheme can
     store), "met" when there are none."""
     ours = comparison[0]
     baselines = [b for b in comparison[1:] if b["storable"] or not storable]
     notes = []
-    for name in ("mean", "worst"):
-        above = [b["label"] for b in baselines if b[f"{name}_difference"]["low"] > 0]
+    for name in ("mean", "worst"):  # None: undefined (English's NLL change within noise)
+        above = [b["label"] for b in baselines
+                 if _defined(b[f"{name}_difference"]["low"]) and b[f"{name}_difference"]["low"] > 0]
         if above:
             notes.append(f"{name}: significantly worse than {', '.join(above)}")
-        best = min(b[f"{name}_disparity"]["value"] for b in baselines if b["label"] != "none")
-        if ours[f"{name}_disparity"]["value"] > best + 1e-12:
+        values = [b[f"{name}_disparity"]["value"] for b in baselines if b["label"] != "none"]
+        best = min((v for v in values if _defined(v)), default=None)
+        value = ours[f"{name}_disparity"]["value"]
+        if not _defined(value):
+            notes.append(f"{name}: undefined")
+        elif best is not None and value > best + 1e-12:
             notes.append(f"{name}: point estimate above the best baseline's ({best:.3f})")
         none = next(b for b in baselines if b["label"] == "none")
-        if none[f"{name}_difference"]["high"] >= 0:
+        high = none[f"{name}_difference"]["high"]
+        if not _defined(high) or high >= 0:
             notes.append(f"{name}: not significantly below none")
     return "; ".join(notes) or "met"
 

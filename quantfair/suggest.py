@@ -539,7 +539,7 @@ def fairer_than_none(comparison: list[dict]) -> str:
     parts = []
     for name in ("mean", "worst"):
         below = [row["label"] for row in comparison
-                 if row.get(f"{name}_vs_none", {}).get("high", math.nan) < 0
+                 if _vs_none(row, name, "high") < 0
                  and interval_text(row.get(f"{name}_disparity")) != "undefined"]
         parts.append(f"{name}: {', '.join(below) or 'none of them'}")
     return "significantly fairer than no protection (it - none, 95% CI below 0): " + \
@@ -549,8 +549,14 @@ def fairer_than_none(comparison: list[dict]) -> str:
 def less_fair_than_none(row: dict) -> list[str]:
     """The disparities ("mean", "worst") in which `row` of `compare_on_audit_units` is
     significantly less fair than no protection (the 95% CI of it - none above 0)."""
-    return [name for name in ("mean", "worst")
-            if row.get(f"{name}_vs_none", {}).get("low", math.nan) > 0]
+    return [name for name in ("mean", "worst") if _vs_none(row, name, "low") > 0]
+
+
+def _vs_none(row: dict, name: str, end: str) -> float:
+    """A bound of `row`'s it - none CI, NaN where it has none or it is undefined (None, as
+    JSON keeps NaN)."""
+    value = row.get(f"{name}_vs_none", {}).get(end)
+    return math.nan if value is None else value
 
 
 def _path(session: AuditSession):

@@ -373,6 +373,11 @@ def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
     comparison[2]["mean_disparity"] = {"value": None, "low": None, "high": None,
                                        "undefined": "English's NLL did not rise"}
     assert fairer_than_none(comparison).endswith("mean: none of them; worst: suggested")
+    # read back from JSON, an undefined difference has None bounds (it raised TypeError)
+    read_back = json.loads(json.dumps(
+        [{**r, "mean_vs_none": {"value": None, "low": None, "high": None}} for r in comparison]))
+    assert fairer_than_none(read_back).endswith("mean: none of them; worst: suggested")
+    assert less_fair_than_none(read_back[3]) == []
     # a difference of two undefined disparities is undefined too, not "nan [nan, nan]"
     assert interval_text({"value": math.nan, "low": math.nan, "high": math.nan}) == "undefined"
     # and so is a difference from one undefined disparity, whatever its resamples say
