@@ -39,6 +39,10 @@ def bare_loop(loaded, texts: list[str]) -> tuple[float, int]:
         for text in texts:
             ids = torch.tensor([[prefix] + tokenizer(text, add_special_tokens=False)["input_ids"]],
                                device=loaded.device)
+            if ids.shape[1] > loaded.context_length:  # the loop has no windows
+                raise SystemExit(f"bare loop: a text of {ids.shape[1]} tokens is longer than "
+                                 f"{loaded.name}'s context ({loaded.context_length} positions); "
+                                 "benchmark a model with a longer context")
             logits = model(input_ids=ids).logits[0, :-1].float()
             total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
             tokens += ids.shape[1] - 1
