@@ -34,7 +34,7 @@ def timed(run: Callable[[], object]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--languages", default="en,he,zh")
     parser.add_argument("--units", type=int, default=4)

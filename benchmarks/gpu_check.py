@@ -80,7 +80,7 @@ def throughput(device: str, dtype: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--write-reference", action="store_true")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()

@@ -227,7 +227,7 @@ def build(package: Path, output: Path, languages_output: Path | None = None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--package", type=Path, help="extracted npm package folder")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--languages-output", type=Path,
