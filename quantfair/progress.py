@@ -27,9 +27,11 @@ def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Up
 
         close_bars(guard)
         with guard():
-            # in a log (no terminal) every redraw stays: one every LOG_INTERVAL seconds
+            # in a log (no terminal) every redraw stays: one every LOG_INTERVAL seconds, and
+            # the last (its end, or where it stopped) ends its line, for the next to start anew
+            log = not sys.stderr.isatty()
             bar = tqdm(total=tokens, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
-                       leave=False, mininterval=0.1 if sys.stderr.isatty() else LOG_INTERVAL)
+                       leave=log, mininterval=LOG_INTERVAL if log else 0.1)
         _open.append(bar)
 
         def update(done: int, scored: int) -> None:
@@ -47,9 +49,6 @@ def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Up
 
 def close_bars(guard: Guard = contextlib.nullcontext) -> None:
     """Close the bars still open (before an error line, so that it starts a line of its own)."""
-    drawn = bool(_open)
     with guard():
         while _open:
             _open.pop().close()
-        if drawn and not sys.stderr.isatty():
-            print(file=sys.stderr)  # a log keeps the bar's carriage returns: end its line

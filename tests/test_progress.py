@@ -44,3 +44,17 @@ def test_a_bar_in_a_log_is_redrawn_seldom(monkeypatch):
     bar = progress._open[-1]
     assert bar.mininterval == progress.LOG_INTERVAL >= 5
     update(100, 100)
+
+
+def test_a_bar_in_a_log_ends_its_line_at_its_end_and_where_it_stopped(monkeypatch, capsys):
+    """In a log the next line (`quantfair: evaluating ...`) was written after the bar's
+    clearing carriage returns, on its line, and the log showed only 0%."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    bars = progress.token_bars()
+    bars("int4 protecting none", 100)(100, 100)
+    bars("int4 protecting L0", 100)(40, 100)
+    progress.close_bars()  # an error stopped it
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[0].rsplit("\r", 1)[-1].startswith("int4 protecting none: 100%")
+    assert lines[1].rsplit("\r", 1)[-1].startswith("int4 protecting L0:  40%")
+    assert lines[2] == ""
