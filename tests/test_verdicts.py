@@ -115,8 +115,9 @@ def test_holm_leaves_the_garbage_collector_as_it_found_it():
     assert holm([0.01]) == [True] and gc.get_freeze_count() == 0  # frozen for the call only
     gc.freeze()  # a host process's own frozen objects stay frozen
     try:
-        frozen = gc.get_freeze_count()
-        assert holm([0.01]) == [True] and gc.get_freeze_count() == frozen
+        # not unfrozen; not an exact count: a frozen object whose references go (another
+        # thread's) is freed all the same, and leaves the count
+        assert holm([0.01]) == [True] and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 
