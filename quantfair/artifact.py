@@ -44,20 +44,23 @@ class Artifact:
 
 
 def _read(spec: str):
-    """(model, tokenizer, source, type mix) of `spec`; raises QuantfairError when the files
-    are missing or leave model weights uninitialised."""
+    """(model, tokenizer, source, type mix, safetensors dtypes: `_safetensors_dtypes`, empty
+    but for a safetensors directory) of `spec`; raises QuantfairError when the files are
+    missing or leave model weights uninitialised."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(spec)
     kwargs: dict = {}
+    dtypes: dict[str, str] = {}
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"--quantized {spec}: no such GGUF file")
         location, kwargs["gguf_file"] = str(path.parent), path.name
         type_mix = gguf_type_mix(path)
     elif path.is_dir():
-        location, type_mix = str(path), dict(Counter(_safetensors_dtypes(path).values()))
+        dtypes = _safetensors_dtypes(path)
+        location, type_mix = str(path), dict(Counter(dtypes.values()))
     else:
         location, kwargs["local_files_only"] = spec, True
         type_mix = {}
@@ -76,7 +79,7 @@ def _read(spec: str):
         first = sorted(info["missing_keys"])[0]
         raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")
     source = str(path.resolve()) if path.exists() else f"Hugging Face cache: {spec}"
-    return model, tokenizer, source, type_mix
+    return model, tokenizer, source, type_mix, dtypes
 
 
 def _safetensors_dtypes(folder: Path) -> dict[str, str]:
@@ -91,15 +94,12 @@ def _safetensors_dtypes(folder: Path) -> dict[str, str]:
     return dtypes
 
 
-def _integer_parameter(spec: str, names: Iterable[str]) -> str | None:
-    """The first of the parameters `names` that the safetensors directory `spec` stores in an
-    integer type (packed codes, as GPTQ, AWQ or bitsandbytes write them), or None: loading
-    reads such codes as if they were weights. Keys may lack or add a prefix (`transformer.`)."""
-    path = Path(spec)
-    if path.suffix == ".gguf" or not path.is_dir():
-        return None
-    integer = {key: dtype for key, dtype in _safetensors_dtypes(path).items()
-               if not dtype.startswith(("F", "BF"))}
+def _integer_parameter(dtypes: dict[str, str], names: Iterable[str]) -> str | None:
+    """The first of the parameters `names` that a safetensors directory of these `dtypes`
+    stores in an integer type (packed codes, as GPTQ, AWQ or bitsandbytes write them), or
+    None: loading reads such codes as if they were weights. Keys may lack or add a prefix
+    (`transformer.`)."""
+    integer = {key: dtype for key, dtype in dtypes.items() if not dtype.startswith(("F", "BF"))}
     for name in names:
         for key, dtype in integer.items():
             if key == name or name.endswith("." + key) or key.endswith("." + name):
@@ -128,10 +128,11 @@ def _unlike(reference: LoadedModel, tensors: dict[str, torch.Tensor]) -> str | N
             "leaves well under 100%")
 
 
-def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
+def _stored_bits(spec: str, reference: LoadedModel, dtypes: dict[str, str]
+                 ) -> dict[str, float]:
     """Each parameter's bits per weight in the artifact: its GGUF tensor type's (`type_bits`;
     names from the gguf package's map, else the file's mean over quantized tensors), or its
-    safetensors dtype's; 16 where the file does not say."""
+    safetensors dtype's (`dtypes`); 16 where the file does not say."""
     parts = components(reference.model)
     path = Path(spec)
     if path.suffix == ".gguf":
@@ -147,7 +148,6 @@ def _stored_bits(spec: str, reference: LoadedModel) -> dict[str, float]:
             mean = (8.0 * sum(int(t.n_bytes) for t in quantized)
                     / max(1, sum(int(t.n_elements) for t in quantized))) if quantized else 16.0
             return dict.fromkeys(parts, mean)
-    dtypes = _safetensors_dtypes(path) if path.is_dir() else {}
     widths = {key: 8.0 * TORCH_DTYPES[dtype].itemsize for key, dtype in dtypes.items()
               if dtype in TORCH_DTYPES}
     return {name: widths.get(name, 16.0) for name in parts}
@@ -185,13 +185,13 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
     a parameter in an integer type, or when its weights are too far from the model's to be
     their quantization (`_unlike`)."""
-    model, tokenizer, source, type_mix = _read(spec)
+    model, tokenizer, source, type_mix, dtypes = _read(spec)
     mismatch = _first_mismatch(reference, model, tokenizer)
     if mismatch:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"{mismatch}")
     fp_params = dict(reference.model.named_parameters())
-    integer = _integer_parameter(spec, fp_params)
+    integer = _integer_parameter(dtypes, fp_params)
     if integer:
         raise UsageError(f"--quantized {spec}: tensor {integer} is stored in an integer type; "
                          "packed checkpoints (GPTQ, AWQ, bitsandbytes) are not read: save a "
@@ -204,4 +204,4 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
     return Artifact(scheme, source, weights_hash(model), type_mix,
-                    unquantized, tensors, _stored_bits(spec, reference))
+                    unquantized, tensors, _stored_bits(spec, reference, dtypes))
