@@ -12,8 +12,13 @@ pytest_plugins = ["pytester"]
 QUICK_FILES = [str(AUDITS / "test_synergy.py"), str(AUDITS / "test_baseline.py")]
 
 
+# Every pytest run in a subprocess: no cache folder in the test's directory, and no
+# hypothesis plugin (a second of imports per process, of no use to an audit run).
+PYTEST = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
 def run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=600)
+    return pytester.runpytest_subprocess(*PYTEST, *args, timeout=600)
 
 
 def load(path: Path) -> dict:

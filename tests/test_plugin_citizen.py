@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_plugin import PYTEST
 
 AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
 BASELINE = str(AUDITS / "test_baseline.py")
@@ -21,7 +22,7 @@ pytest_plugins = ["pytester"]
 
 
 def run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=600)
+    return pytester.runpytest_subprocess(*PYTEST, *args, timeout=600)
 
 
 def load(path: Path) -> dict:
@@ -215,7 +216,7 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     """)
     path = pytester.path / "term.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", BASELINE, "test_hangs.py",
+        [sys.executable, "-m", "pytest", *PYTEST, BASELINE, "test_hangs.py",
          "-k", "robustness or hangs", "--quantfair-model", "tiny-gpt2", "-v",
          "--quantfair-report", str(path), *workers],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from test_plugin import PYTEST
 
 from quantfair.audit import Best, Better, Case
 from quantfair.metrics import Measurement, holm, paired_difference
@@ -132,7 +133,7 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
         ))
     """)
     path = pytester.path / "r.json"
-    args = ["-p", "no:cacheprovider", "--quantfair-model", "tiny-gpt2", "--quantfair-languages",
+    args = [*PYTEST, "--quantfair-model", "tiny-gpt2", "--quantfair-languages",
             "de,he", "-rs"]
     result = pytester.runpytest_subprocess(*args, "--quantfair-report", str(path), timeout=300)
     assert result.ret == 0
