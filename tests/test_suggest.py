@@ -192,6 +192,33 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
     assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
 
 
+def test_the_pool_decides_where_the_greedy_path_stops(tiny_models, monkeypatch):
+    """Each step of the greedy path lowers the score on the calibration units, some by their
+    noise only: the path stopped at each earlier step is a finalist too, and here the pool
+    prefers the first step alone."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    pool = search_pool(session, 2)
+    search = Search(session, 0.3, search_units(session, 2), pool=pool)
+    search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
+    search.english_none = 1.0
+    calibration = {"A": 3.0, "A+B": 2.5, "A+B+C": 2.0}
+    monkeypatch.setattr(search, "portfolio", lambda: [])
+    monkeypatch.setattr(search, "score", lambda units: Score(calibration["+".join(units)],
+                                                             1.0, 1.0, 3.5, 1.0))
+    monkeypatch.setattr(search, "structural",
+                        lambda chosen: [u for u in "ABC" if u not in chosen][:1])
+    monkeypatch.setattr(search, "_new", lambda chosen, options: [])
+    monkeypatch.setattr(search, "overhead", lambda units: 0.1)
+    on_pool = {"A": {"en": 1.0, "he": 1.5, "zh": 2.0}, "A+B": {"en": 1.0, "he": 2.0, "zh": 2.5},
+               "A+B+C": {"en": 1.0, "he": 2.5, "zh": 3.0},
+               "none": {"en": 1.0, "he": 2.5, "zh": 3.5}}
+    monkeypatch.setattr(search, "measure", lambda units, corpus=None: _measured(
+        on_pool["+".join(units) or "none"]))
+    chosen, score, _ = search.run(announce=lambda message: None)
+    assert chosen == ["A"] and score.value == 3.0
+    assert [c["strategy"] for c in search.confirmed] == ["A+B+C", "A", "A+B", "none"]
+
+
 def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monkeypatch):
     """Keeping `most` removes 95% of the damage and raises disparity; `fairer` lowers
     disparity and removes a quarter: `most` is kept (what it keeps breaks the model), and
