@@ -417,6 +417,11 @@ class _Progress:
     def advance(self, tokens: int) -> None:
         self.done += tokens
 
+    def expect(self, tokens: int) -> None:
+        """`tokens` more to score before the windows (the FP forwards of a reference)."""
+        self.total += tokens
+        self.report()
+
     def seen(self, keys: Iterable[str], mine: bool = False) -> set[str]:
         """Note finished units (ours if `mine`); every finished unit among ours so far."""
         keys = {key for key in keys if key in self.sizes}
@@ -742,11 +747,16 @@ class Evaluator:
                 def built() -> set[str]:
                     return {k for k in missing if self.references.load(k, head) is not None}
 
-                # All claimed at once: one swap to the FP weights and back.
+                # All claimed at once: one swap to the FP weights and back. Their FP
+                # forwards are on the bar; what another process built counts as done.
+                tracker.expect(side := sum(missing.values()))
+                start = tracker.done
                 self._shared(f"side\0{head}", "the FP reference", missing, built,
                              lambda keys: self._build_references(
-                                 {key: ids[key] for key in keys}, head, swap),
+                                 {key: ids[key] for key in keys}, head, swap, tracker),
                              group_tokens=sys.maxsize)
+                tracker.done = start + side
+                tracker.report()
 
         def finished() -> set[str]:
             return tracker.seen(self.distribution_cache.refresh(config).keys())
@@ -805,7 +815,7 @@ class Evaluator:
             tracker.report()
 
     def _build_references(self, units: dict[str, list[int]], head: str,
-                          swap: Swap | None) -> None:
+                          swap: Swap | None, tracker: _Progress) -> None:
         """Cache the FP side of these units (token ids by unit key) for the current head."""
         module = self.loaded.model.get_output_embeddings()
         # The evaluated configuration's head. The weight bank points parameters at its own
@@ -830,8 +840,10 @@ class Evaluator:
                                               self.block_rows, weight, bias)
                     built[window.key].append((window.first, side))
                     pending[window.key] -= 1
+                    tracker.advance(len(window.ids))
                     if pending[window.key] == 0:
                         self._store_reference(window.key, head, built.pop(window.key))
+                tracker.report()
         finally:
             if swap is not None:
                 swap.to_config()

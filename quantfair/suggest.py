@@ -34,16 +34,17 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    least half the damage is taken first, like such a selector, whatever it does to
    disparity;
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
-   score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring lowest
-   on the calibration units, the greedy path stopped at each earlier step, and no protection
-   (or what breaks the model, kept first), are scored again on every unit of the search's
-   pool, the calibration units and the others no candidate was scored or chosen on, and the
-   lowest there is refined: on a few units candidates often differ by less than the noise,
-   and the lowest of many noisy scores is biased low (the winner's curse). Units of the pool are few (9 of the corpus's 31 when 22
-   are audited), so the round keeps the calibration units too: the greedy path, chosen on
-   them, gains a bias there, but on 5 units alone two whole-layer sets within ~0.1 swap
-   places by chance (on Gemma 3 under gguf:Q4_0 at 5%, the 5 other units put layers 0 and
-   11 ahead of the seed's layers 0 and 17; all 9, as 22 audit units do significantly, not).
+   score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring
+   lowest on the calibration units, the greedy path stopped at each earlier step, and no
+   protection (or what breaks the model, kept first), are scored again on every unit of the
+   search's pool, the calibration units and the others no candidate was scored or chosen on,
+   and the lowest there is refined: on a few units candidates often differ by less than the
+   noise, and the lowest of many noisy scores is biased low (the winner's curse). Units of
+   the pool are few (9 of the corpus's 31 when 22 are audited), so the round keeps the
+   calibration units too: the greedy path, chosen on them, gains a bias there, but on 5
+   units alone two whole-layer sets within ~0.1 swap places by chance (on Gemma 3 under
+   gguf:Q4_0 at 5%, the 5 other units put layers 0 and 11 ahead of the seed's layers 0 and
+   17; all 9, as 22 audit units do significantly, not).
 """
 
 from __future__ import annotations

@@ -136,6 +136,24 @@ def test_progress_names_its_end_before_the_first_forward(tiny_models, tmp_path):
     assert calls[0][1] > len(Evaluator(loaded).token_ids(text))
 
 
+def test_progress_counts_the_fp_forwards_of_a_new_reference(tiny_models, tmp_path):
+    """Distribution statistics first run the FP model over units with no cached FP side: the
+    bar counts those forwards too and moves during them, not only during the second pass."""
+    loaded = tiny_models["tiny-gpt2"]
+    texts = [load_corpus().texts[lang]["article_01"] for lang in ("en", "he", "zh")]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=64)
+    assert evaluator.exact_head
+    windows = sum(len(w.ids) for t in texts
+                  for w in evaluator._windows(t, evaluator.token_ids(t)))
+    calls = []
+    evaluator.evaluate_distribution("fp", texts, progress=lambda *c: calls.append(c))
+    assert calls[-1] == (2 * windows, 2 * windows)
+    assert any(0 < done < windows and total == 2 * windows for done, total in calls)
+    calls.clear()  # the FP side is cached now: one pass
+    evaluator.evaluate_distribution("again", texts, progress=lambda *c: calls.append(c))
+    assert calls[-1] == (windows, windows)
+
+
 def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_texts, tmp_path):
     loaded = tiny_models["tiny-gpt2"]
     texts = [t[:40] for t in short_texts]
