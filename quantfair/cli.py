@@ -86,7 +86,8 @@ def _named(session, strategies: Sequence[str], measured: bool = False) -> list[s
 def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False):
     """The command's AuditSession, its settings checked first (`before_load(config)`: the
     command's own checks), each a one-line error before torch and the model load.
-    `reads_only`: a quiet session that runs without a writable cache (tensors in memory)."""
+    `reads_only`: a session without progress bars that runs without a writable cache
+    (tensors in memory); it still says on stderr what it loads and computes."""
     config = _run_config(args)
     config.preflight(cache=not reads_only)
     if before_load:
@@ -94,7 +95,7 @@ def _session(args: argparse.Namespace, before_load=None, reads_only: bool = Fals
     from quantfair.session import AuditSession
 
     if reads_only:
-        return AuditSession(config, announce=lambda message: None)
+        return AuditSession(config)
     return AuditSession(config, progress=token_bars())
 
 

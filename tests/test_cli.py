@@ -68,6 +68,17 @@ def test_inspect_says_what_its_shares_are_of():
             "int4-g128-linear") in result.stdout
 
 
+def test_inspect_says_on_stderr_what_it_loads_and_computes():
+    """An activation selector runs the model over calibration text first: minutes on a real
+    model, which must not pass in silence."""
+    result = run_cli("inspect", "tiny-llama", "--strategy", "act:5%")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.index("quantfair: loading tiny-llama") < lines.index(
+        "quantfair: recording calibration activations")
+    assert "| act:5%" in result.stdout
+
+
 @pytest.fixture
 def corpus_files(tmp_path):
     empty = tmp_path / "empty.jsonl"
