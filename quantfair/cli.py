@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -375,7 +376,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"export takes one --strategy; join terms with +, e.g. "
                          f"{'+'.join(args.strategy)}")
     args.strategy = args.strategy[0]
-    protect_as = args.protect_as.upper()
+    protect_as = (args.protect_as or "f32").upper()
+    if args.emit == "hf" and args.protect_as and not args.output:
+        raise UsageError("--emit hf lists modules transformers leaves unquantized, in the "
+                         "model's own dtype: --protect-as does not apply")
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
     _check_output(args.output, "-o", args)
@@ -423,7 +427,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.emit == "llama-quantize":
         names = gguf_names(session.loaded, parts)
         recipe = llama_quantize_overrides(protected, parts, names, protect_as)
-        print(" ".join(recipe))
+        scheme = session.config.scheme
+        embedding = (["--token-embedding-type", scheme.embedding_type.lower(),
+                      "--output-tensor-type", scheme.embedding_type.lower()]
+                     if scheme.gguf_type else [])  # as audited (`--embedding-type`)
+        print(shlex.join(embedding + recipe))
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
         print(json.dumps(recipe))
@@ -499,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "`quantfair suggest` result); one, its terms joined by +")
     export.add_argument("-o", "--output", help="GGUF file to write (needs --quant gguf:TYPE "
                                                "and a model loaded from a GGUF file)")
-    export.add_argument("--protect-as", choices=("f32", "f16"), default="f32", type=str.lower,
-                        help="type of the protected tensors (default f32)")
+    export.add_argument("--protect-as", choices=("f32", "f16"), type=str.lower,
+                        help="type of the protected tensors (default f32; not for --emit hf)")
     export.add_argument("--emit", choices=("llama-quantize", "hf"),
                         help="print llama-quantize --tensor-type overrides, or a "
                              "modules_to_not_convert list for transformers")

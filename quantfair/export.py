@@ -84,7 +84,8 @@ def gguf_names(loaded: LoadedModel, parts: dict[str, Component]) -> dict[str, st
 
 def llama_quantize_overrides(protected: list[str], parts: dict[str, Component],
                              names: dict[str, str], protect_as: str) -> list[str]:
-    """`--tensor-type REGEX=TYPE` arguments keeping the protected matrices in `protect_as`
+    """`--tensor-type REGEX=TYPE` arguments (argv items: print them with `shlex.join`, or a
+    shell strips the regexes' backslashes) keeping the protected matrices in `protect_as`
     (1-D tensors llama-quantize never quantizes); a layer whose matrices are all protected is
     one `blk\\.N\\..*` pattern. They need an F32/F16 input GGUF: llama-quantize refuses to
     re-quantize a quantized one."""
@@ -97,9 +98,10 @@ def llama_quantize_overrides(protected: list[str], parts: dict[str, Component],
     for layer, chosen in by_layer.items():
         in_layer = [n for n, c in parts.items() if c.layer == layer and c.is_matrix]
         if layer is not None and set(chosen) == set(in_layer):
-            overrides.append(f"--tensor-type blk\\.{layer}\\..*={kind}")
+            overrides += ["--tensor-type", f"blk\\.{layer}\\..*={kind}"]
             continue
-        overrides += [f"--tensor-type ^{re.escape(names[n])}$={kind}" for n in chosen]
+        for n in chosen:
+            overrides += ["--tensor-type", f"^{re.escape(names[n])}$={kind}"]
     return overrides
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import gguf
@@ -94,9 +95,23 @@ def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf
 def test_emit_llama_quantize_keeps_protected_matrices(capsys):
     assert main(["export", "tiny-llama", "--strategy", "L0+L2.attn.q", "--emit",
                  "llama-quantize", "--languages", "en", "--units", "1"]) == 0
-    printed = capsys.readouterr().out.split()
+    printed = shlex.split(capsys.readouterr().out)  # as a shell reads the pasted line
     assert printed == ["--tensor-type", r"blk\.0\..*=f32",
                        "--tensor-type", r"^blk\.2\.attn_q\.weight$=f32"]
+
+
+def test_emit_llama_quantize_under_a_gguf_scheme_names_the_embedding_type(capsys):
+    assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "llama-quantize",
+                 "--quant", "gguf:Q4_0-embed-F16", "--languages", "en", "--units", "1"]) == 0
+    assert shlex.split(capsys.readouterr().out) == [
+        "--token-embedding-type", "f16", "--output-tensor-type", "f16",
+        "--tensor-type", r"blk\.0\..*=f32"]
+
+
+def test_emit_hf_refuses_a_type_for_what_it_keeps(capsys):
+    assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "hf",
+                 "--protect-as", "f16", "--languages", "en", "--units", "1"]) == 2
+    assert "--protect-as does not apply" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("strategy", ["recommended", "L0+Llast+ln_f+biases"])
@@ -104,8 +119,8 @@ def test_a_recipe_term_keeping_nothing_on_this_model_is_no_error(capsys, strateg
     """tiny-llama has no biases: the recipe, alias or spelled out, is its layers."""
     assert main(["export", "tiny-llama", "--strategy", strategy, "--emit", "llama-quantize",
                  "--languages", "en", "--units", "1"]) == 0
-    assert capsys.readouterr().out.split() == ["--tensor-type", r"blk\.0\..*=f32",
-                                               "--tensor-type", r"blk\.3\..*=f32"]
+    assert shlex.split(capsys.readouterr().out) == ["--tensor-type", r"blk\.0\..*=f32",
+                                                    "--tensor-type", r"blk\.3\..*=f32"]
 
 
 def test_every_parameter_of_an_architecture_llama_cpp_runs_has_its_own_gguf_name(tiny_models):
@@ -237,7 +252,9 @@ def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf,
     printed = capsys.readouterr()
     assert ("--strategy suggested is L1, the latest suggestion for gguf:Q5_0 (budget 5%, en,de)"
             in printed.err)
-    assert printed.out.strip() == r"--tensor-type blk\.1\..*=f32"
+    assert shlex.split(printed.out) == ["--token-embedding-type", "q8_0",
+                                        "--output-tensor-type", "q8_0",
+                                        "--tensor-type", r"blk\.1\..*=f32"]
 
 
 def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys):
