@@ -157,6 +157,14 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
+def test_a_negative_percentage_is_out_of_range_not_malformed():
+    from quantfair.config import parse_percent
+    from quantfair.errors import UsageError
+
+    with pytest.raises(UsageError, match="^--budget: must be between 0% and 100%, got -5%$"):
+        parse_percent("-5%", "--budget")  # as --budget=-5% gives it
+
+
 def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left():
     from quantfair.config import check_search_units
     from quantfair.errors import UsageError
