@@ -4,6 +4,7 @@ the embedded `smollm2-135m`, or an architecture with random weights from a shipp
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -367,7 +368,8 @@ def _hub_or_local(spec: str) -> LoadedModel:
     except OSError:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
             raise QuantfairError(
-                f"model '{spec}' is not in the local Hugging Face cache and downloads are off: "
+                f"model '{spec}'{_did_you_mean(spec)} is not in the local Hugging Face cache "
+                "and downloads are off: "
                 f"run `hf download {spec}` on a machine with network (or copy its cache), "
                 f"or pass a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
@@ -375,11 +377,18 @@ def _hub_or_local(spec: str) -> LoadedModel:
             model, tokenizer = _from_pretrained(spec)
         except OSError:
             raise QuantfairError(
-                f"model '{spec}' is neither a local path nor in the Hugging Face cache, and the "
+                f"model '{spec}'{_did_you_mean(spec)} is neither a local path nor in the "
+                "Hugging Face cache, and the "
                 f"Hub is unreachable: run `hf download {spec}` where there is network, or pass "
                 f"a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
     return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
+
+
+def _did_you_mean(spec: str) -> str:
+    """" (did you mean NAME?)" for a name close to one known offline, else ""."""
+    close = difflib.get_close_matches(spec, [*EMBEDDED, *TINY_MODEL_TYPES], n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_model_directory(path: Path) -> None:

@@ -242,6 +242,18 @@ def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_t
     one_line_error(run_cli("inspect", str(bare)), str(bare), "tokenizer")
 
 
+@pytest.mark.parametrize("spec, hint", [("gemma3-270", " (did you mean gemma3-270m?)"),
+                                        ("tiny-lama", " (did you mean tiny-llama?)"),
+                                        ("no-such-org/model", "")])
+def test_a_model_name_close_to_a_known_one_names_it(spec, hint):
+    from quantfair.errors import QuantfairError
+    from quantfair.models import load_model
+
+    with pytest.raises(QuantfairError) as raised:
+        load_model(spec)
+    assert str(raised.value).startswith(f"model '{spec}'{hint} is not in the local Hugging Face")
+
+
 # -- 6. scheme strings ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scheme, message", [
