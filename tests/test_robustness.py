@@ -177,7 +177,7 @@ def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
 
 def test_head_on_a_tied_model_names_the_token_embedding():
     one_line_error(run_cli("inspect", "tiny-gpt2", "--strategy", "head"),
-                   "head", "token embedding", "embed.tok")
+                   "head", "token embedding", "embed.tok", after_work=True)
 
 
 def test_a_strategy_that_keeps_nothing_on_this_model_is_a_usage_error(tiny_models):
@@ -239,7 +239,7 @@ def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_t
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(saved_tiny / name, bare / name)
-    one_line_error(run_cli("inspect", str(bare)), str(bare), "tokenizer")
+    one_line_error(run_cli("inspect", str(bare)), str(bare), "tokenizer", after_work=True)
 
 
 @pytest.mark.parametrize("spec, hint", [("gemma3-270", " (did you mean gemma3-270m?)"),
