@@ -203,12 +203,10 @@ PERCENT_NUMBER = r"(?:[0-9]{1,6}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})"
 def parse_percent(text: str, what: str) -> float:
     """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is a plain decimal
     (`PERCENT_NUMBER`) within 0..100%."""
-    if re.fullmatch("-" + PERCENT_NUMBER + "%?", text.strip()):
-        raise UsageError(f"{what}: must be between 0% and 100%, got {text.strip()}")
-    if not re.fullmatch(PERCENT_NUMBER + "%?", text.strip()):
+    if not re.fullmatch("-?" + PERCENT_NUMBER + "%?", text.strip()):  # -5%: out of range
         raise UsageError(f"{what} must be a percentage like 12%, got '{text}'")
     value = float(text.strip().removesuffix("%"))
-    if not 0 <= value <= 100:
+    if not 0 <= value <= 100 or text.strip().startswith("-"):  # -0% too
         raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
     return value / 100
 
