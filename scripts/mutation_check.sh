@@ -11,11 +11,13 @@ if ! [ -x "$python" ]; then
     echo "no Python at $python: run bash scripts/setup.sh first, or set PYTHON" >&2
     exit 2
 fi
+# absolute, its symlink kept (a venv's python is one): the tests run in scratch folders
+python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 tests=(tests/test_metrics.py tests/test_quantize.py tests/test_strategies.py
        tests/test_verdicts.py tests/test_context.py
        tests/test_findings_synthetic.py)
 run_tests() {  # in folder $1; prints pytest's exit code
-    (cd "$1" && HF_HUB_OFFLINE=1 PYTHONPATH="$1" "$OLDPWD/$python" -m pytest \
+    (cd "$1" && HF_HUB_OFFLINE=1 PYTHONPATH="$1" "$python" -m pytest \
         "${tests[@]}" -x -q -p no:cacheprovider -m "not slow and not browser" \
         -k "not test_inconclusive_is_its_own_outcome" >/dev/null 2>&1)
     echo $?
