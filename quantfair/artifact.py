@@ -14,7 +14,15 @@ import torch
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.export import gguf_names
-from quantfair.models import FLOAT_TYPES, LoadedModel, gguf_type_mix, load_tokenizer, weights_hash
+from quantfair.models import (
+    FLOAT_TYPES,
+    LoadedModel,
+    gguf_checkpoint,
+    gguf_tensors,
+    gguf_type_mix,
+    load_tokenizer,
+    weights_hash,
+)
 from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
 from quantfair.taxonomy import components, family_of
@@ -56,8 +64,7 @@ def _read(spec: str):
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"--quantized {spec}: no such GGUF file")
-        location, kwargs["gguf_file"] = str(path.parent), path.name
-        type_mix = gguf_type_mix(path)
+        location, type_mix = None, gguf_type_mix(path)  # dequantized below, in `try`
     elif path.is_dir():
         dtypes = _safetensors_dtypes(path)
         location, type_mix = str(path), dict(Counter(dtypes.values()))
@@ -67,6 +74,7 @@ def _read(spec: str):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        location = location or str(gguf_checkpoint(path))
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch.float32, output_loading_info=True, **kwargs)
         tokenizer = load_tokenizer(location, **kwargs)
@@ -136,17 +144,14 @@ def _stored_bits(spec: str, reference: LoadedModel, dtypes: dict[str, str]
     parts = components(reference.model)
     path = Path(spec)
     if path.suffix == ".gguf":
-        from gguf import GGUFReader
-
-        tensors = GGUFReader(path).tensors
-        by_name = {t.name: type_bits(t.tensor_type.name) for t in tensors}
+        tensors = gguf_tensors(path)
         try:
-            return {name: by_name.get(gguf_name, 16.0)
+            return {name: type_bits(tensors[gguf_name]["type"]) if gguf_name in tensors else 16.0
                     for name, gguf_name in gguf_names(reference, parts).items()}
         except UsageError:  # no name map for this architecture: the file's mean
-            quantized = [t for t in tensors if t.tensor_type.name not in FLOAT_TYPES]
-            mean = (8.0 * sum(int(t.n_bytes) for t in quantized)
-                    / max(1, sum(int(t.n_elements) for t in quantized))) if quantized else 16.0
+            quantized = [t for t in tensors.values() if t["type"] not in FLOAT_TYPES]
+            mean = (8.0 * sum(t["bytes"] for t in quantized)
+                    / max(1, sum(t["elements"] for t in quantized))) if quantized else 16.0
             return dict.fromkeys(parts, mean)
     widths = {key: 8.0 * TORCH_DTYPES[dtype].itemsize for key, dtype in dtypes.items()
               if dtype in TORCH_DTYPES}

@@ -107,22 +107,38 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def gguf_type_mix(path: Path) -> dict[str, int]:
-    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}.
+def gguf_tensors(path: Path) -> dict[str, dict]:
+    """Each tensor of a GGUF file by name: its storage `type` ("Q4_1"), `elements`, `bytes`
+    and `end` (the file offset just past its data).
 
     The reader parses every metadata field in Python (seconds for a tokenizer's vocabulary,
-    in every process that loads the model), so the answer is kept under the cache, keyed by
+    in every process that reads the file), so the table is kept under the cache, keyed by
     the file's resolved path, size and modification time. Raises QuantfairError when the
-    cache cannot be written."""
-    from collections import Counter
-
+    file cannot be parsed (damaged or not a GGUF) or the cache cannot be written."""
     from gguf import GGUFReader
+
+    def parse() -> dict[str, dict]:
+        try:
+            tensors = GGUFReader(path).tensors
+        except Exception as error:  # any parse failure of these foreign bytes means damaged
+            raise QuantfairError(
+                f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "
+                "truncated or damaged: download or copy it again") from None
+        return {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
+                         "bytes": int(t.n_bytes), "end": int(t.data_offset) + int(t.n_bytes)}
+                for t in tensors}
 
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    stored = cache_root() / "gguf-types" / f"{key.hexdigest()[:24]}.json"
-    return shared_json(stored, lambda: dict(
-        Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors)))
+    return shared_json(cache_root() / "gguf-tensors" / f"{key.hexdigest()[:24]}.json", parse)
+
+
+def gguf_type_mix(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file are stored in each type, e.g. {"Q4_1": 210, "F32": 61}
+    (`gguf_tensors`, cached)."""
+    from collections import Counter
+
+    return dict(Counter(tensor["type"] for tensor in gguf_tensors(path).values()))
 
 
 def cache_root() -> Path:
@@ -250,16 +266,7 @@ def _embedded(spec: str) -> LoadedModel:
     gguf_path = _smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()
     cached = cache_root() / "models" / spec
     note = f"dequantized from {gguf_path.name} (the GGUF's own quantization is the FP reference)"
-    if not (cached / "complete").exists():
-        with cache_writes(cached.parent):
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(cached.with_name(f".{spec}.lock"))
-            lock.acquire()
-        try:  # another process may have converted it while this one waited
-            if not (cached / "complete").exists():
-                _convert(gguf_path, cached)
-        finally:
-            lock.release()
+    _convert_once(gguf_path, cached)
     # Read back even right after converting: the GGUF-loaded model's config differs (it names
     # the GGUF as its quantization), and with it the results cache's key.
     model, tokenizer = _from_pretrained(str(cached))
@@ -268,10 +275,43 @@ def _embedded(spec: str) -> LoadedModel:
                        gguf_types=gguf_type_mix(gguf_path))
 
 
+def gguf_checkpoint(path: Path) -> Path:
+    """A plain safetensors checkpoint (fp32 weights, config, tokenizer) of the GGUF file
+    `path`, dequantized once and kept under the cache (`gguf-checkpoints/`, 4 bytes per
+    parameter): transformers parses a GGUF's metadata in Python on every load (about a minute
+    for Gemma 3's 262k-token vocabulary), the copy loads in seconds. Keyed by the sha256 of
+    the file's bytes, so a rewritten file is never read from an older copy. Raises
+    QuantfairError when the cache cannot be written."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    cached = cache_root() / "gguf-checkpoints" / digest.hexdigest()[:24]
+    _convert_once(path, cached)
+    return cached
+
+
+def _convert_once(gguf_path: Path, cached: Path) -> None:
+    """`_convert` unless `cached` is complete; processes converting the same file wait for
+    the first."""
+    if (cached / "complete").exists():
+        return
+    with cache_writes(cached.parent):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(cached.with_name(f".{cached.name}.lock"))
+        lock.acquire()
+    try:  # another process may have converted it while this one waited
+        if not (cached / "complete").exists():
+            _convert(gguf_path, cached)
+    finally:
+        lock.release()
+
+
 def _convert(gguf_path: Path, cached: Path) -> None:
-    """Load the GGUF and save it to `cached`, complete or not at all."""
-    print(f"quantfair: converting {gguf_path.name} once (about 20 s) to {cached}",
-          file=sys.stderr)
+    """Load the GGUF (`check_gguf` first) and save it to `cached`, complete or not at all."""
+    check_gguf(gguf_path)
+    print(f"quantfair: converting {gguf_path.name} once to {cached} (later runs load that "
+          "copy)", file=sys.stderr)
     loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     with cache_writes(cached.parent):
         partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
@@ -326,21 +366,17 @@ def _from_pretrained(location: str, **kwargs):
         raise QuantfairError(
             f"{location}: no usable tokenizer ({len(tokenizer)} token(s)); the model needs its "
             "tokenizer files (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        location, dtype=torch.float32, output_loading_info=True, **kwargs)
+    if "gguf_file" in kwargs and info.get("missing_keys"):  # left at random initial values
+        raise QuantfairError(f"{Path(location) / kwargs['gguf_file']}: the GGUF has no tensor "
+                             f"for {sorted(info['missing_keys'])[0]}")
     return model, tokenizer
 
 
 def check_gguf(path: Path) -> None:
     """Fail in one line on a truncated or damaged GGUF, before transformers parses it."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path)
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as error:  # any parse failure of these foreign bytes means damaged
-        raise QuantfairError(
-            f"{path}: not a readable GGUF file ({type(error).__name__}); it may be truncated "
-            "or damaged: download or copy it again") from None
+    end = max((tensor["end"] for tensor in gguf_tensors(path).values()), default=0)
     size = path.stat().st_size
     if end > size:
         raise QuantfairError(
@@ -352,8 +388,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"GGUF file not found: {spec}")
-        check_gguf(path)
-        model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
+        model, tokenizer = _from_pretrained(str(gguf_checkpoint(path)))
         note = f"dequantized from {path.name}"
         return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
                            gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
