@@ -73,7 +73,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"% params: of all {total:,} parameters, {quantized:,} of them quantized under "
           f"{scheme.name} (the P% of random:, magnitude:, gradient:, act: and actgap: is of "
           "those, seed:'s of all); % bytes: storage added to the quantized model, each kept "
-          "parameter 16 bits in place of its code (no index for single entries)")
+          "parameter 16 bits in place of its code (no index for single entries); `quantfair "
+          "export` writes kept tensors in F32 unless given --protect-as f16, so that the file "
+          "holds the audited weights exactly")
     return 0
 
 
@@ -380,9 +382,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.emit == "hf" and args.protect_as and not args.output:
         raise UsageError("--emit hf lists modules transformers leaves unquantized, in the "
                          "model's own dtype: --protect-as does not apply")
+    _check_output(args.output, "-o", args)
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
-    _check_output(args.output, "-o", args)
     if args.output and not args.output.endswith(".gguf"):
         raise UsageError(f"-o {args.output}: a GGUF file's name ends in .gguf (transformers "
                          "and --quantized read no other)")

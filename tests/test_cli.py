@@ -133,6 +133,8 @@ def corpus_files(tmp_path):
      "-o /nowhere/x.gguf: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/dev/null"],
      "-o /dev/null: a GGUF file's name ends in .gguf"),
+    (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", ""],
+     "-o is empty; give the path of a file"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "-"],
      "-o -: standard output is not written to; give the path of a file"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/tmp"],
