@@ -3,7 +3,8 @@
 Every candidate is scored on calibration units disjoint from the audit units (so the audit
 afterwards is a held-out test) by disparity as the audits measure it: each language's NLL
 change on the units over English's on the same texts (`Measurement.disparity`), as mean +
-worst over the non-reference languages (fairness, not only the average). Beside it, the
+worst over the non-reference languages (fairness, not only the average), English's change
+never counted above the unprotected model's (`calibration_score`). Beside it, the
 damage: the KL divergence of the quantized model's next-token distributions from the FP
 model's, summed over the tokens (`_damage`). The KL divergence is not what the audits judge
 (the NLL change at the observed token is its expectation only for text sampled from the FP
@@ -75,7 +76,7 @@ FINALISTS = 3  # candidates scored again on the whole search pool before one is 
 IMPROVEMENT = 1e-6
 # What a suggestion's scores are: a cached suggestion searched with another score is not
 # shown as this search's result (its trace's numbers would mean something else).
-SCORE = "mean + worst NLL disparity"
+SCORE = "mean + worst NLL disparity, English's NLL change capped at its unprotected value"
 
 
 @dataclass(frozen=True)
@@ -146,24 +147,29 @@ class Score:
     worst: float  # worst-language disparity
     damage: float  # mean + worst damage over English's unprotected damage: may not grow
     english: float  # English's summed KL divergence, nats
+    english_change: float = math.nan  # English's summed NLL change, nats
 
 
-def calibration_score(m, english_none: float | None = None) -> Score:
-    """The score of a calibration measurement. Its value is disparity as the audits measure
-    it, each non-reference language's NLL change (`_nll_change`) over English's under the same
-    protection, as mean + worst (fairness, not only the average); infinite where English's NLL
-    does not rise (a ratio to nothing: the audits call it undefined). Beside it the damage,
-    the KL divergence (`_damage`) of each language over English's *unprotected* KL divergence
-    (`english_none`; this measurement's own when None), as mean + worst: the damage removed,
-    with the worst language weighted up."""
+def calibration_score(m, none: Score | None = None) -> Score:
+    """The score of a calibration measurement `m`, on the same units as `none`, the
+    unprotected model's score (None: `m` is that measurement). Its value is disparity as the
+    audits measure it, each non-reference language's NLL change (`_nll_change`) over English's,
+    as mean + worst (fairness, not only the average), with English's NLL change capped at its
+    unprotected value where that is positive: a protection that raises English's NLL change
+    gets no credit for the ratio falling (on SmolLM2 under gguf:Q4_0, whole layers raised it
+    on a few calibration units by chance, and not on the audit units). Infinite where English's
+    NLL does not rise (a ratio to nothing: the audits call it undefined). Beside it the
+    damage, the KL divergence (`_damage`) of each language over English's *unprotected* KL
+    divergence, as mean + worst: the damage removed, with the worst language weighted up."""
     change, damage = _nll_change(m), _damage(m)
-    english = float(damage[m.ref])
+    english, english_change = float(damage[m.ref]), float(change[m.ref])
+    cap = (english_change if none is None or not none.english_change > 0
+           else min(english_change, none.english_change))
     others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
-    own = (change[others] / change[m.ref] if change[m.ref] > 0
-           else np.full(len(others), math.inf))
-    fixed = damage[others] / max(english if english_none is None else english_none, 1e-9)
+    own = change[others] / cap if cap > 0 else np.full(len(others), math.inf)
+    fixed = damage[others] / max(english if none is None else none.english, 1e-9)
     return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),
-                 float(fixed.mean() + fixed.max()), english)
+                 float(fixed.mean() + fixed.max()), english, english_change)
 
 
 class Search:
@@ -200,7 +206,7 @@ class Search:
 
     def score(self, units: list[str]) -> Score:
         """The calibration score of protecting `units`."""
-        return calibration_score(self.measure(units), self.english_none)
+        return calibration_score(self.measure(units), self.none)
 
     def allowed(self, score: Score) -> bool:
         """Neither English's damage nor the languages' damage may grow above the unprotected
@@ -319,7 +325,9 @@ class Search:
             return finalists[0]
         announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
                  "units per language")
-        scored = [calibration_score(self.measure(units, self.pool)) for _, units in finalists]
+        none = calibration_score(self.measure([], self.pool))
+        scored = [calibration_score(self.measure(units, self.pool), none)
+                  for _, units in finalists]
         self.confirmed = [{"strategy": "+".join(units) or "none", "score": s.value,
                            "mean_disparity": s.mean, "worst_disparity": s.worst}
                           for (_, units), s in zip(finalists, scored, strict=True)]

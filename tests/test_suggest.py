@@ -275,13 +275,32 @@ def test_the_score_is_the_audits_disparity_and_the_damage_is_reported_beside_it(
     none = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0},
                                        {"en": 2.0, "he": 4.0, "zh": 6.0}))
     english_first = calibration_score(_measured({"en": 0.5, "he": 2.0, "zh": 3.0},
-                                                {"en": 0.5, "he": 2.0, "zh": 3.0}), 2.0)
+                                                {"en": 0.5, "he": 2.0, "zh": 3.0}), none)
     by_kld = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0}))
     assert (by_kld.mean, by_kld.worst) == (2.5, 3.0)  # not 0.5 and 2/3 (KL disparity)
     assert (none.mean, none.worst, none.value) == (2.5, 3.0, 5.5)
     assert (english_first.mean, english_first.worst) == (5.0, 6.0)
     assert english_first.value > none.value and english_first.damage < none.damage
     assert english_first.damage == pytest.approx((1.0 + 1.5) / 2 + 1.5)
+
+
+def test_raising_englishs_nll_change_earns_no_fairness():
+    """The ratio falls when English's NLL change rises: on a few calibration units that is
+    noise (on SmolLM2 under gguf:Q4_0 whole layers raised it there, and not on the audit
+    units), so English's change counts at most at its unprotected value; lowering another
+    language's change still counts, and lowering English's raises the score as in the audits."""
+    none = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 6.0}))
+    english_worse = calibration_score(_measured({"en": 4.0, "he": 4.0, "zh": 6.0}), none)
+    zh_better = calibration_score(_measured({"en": 2.0, "he": 4.0, "zh": 4.0}), none)
+    english_better = calibration_score(_measured({"en": 1.0, "he": 4.0, "zh": 6.0}), none)
+    assert (english_worse.mean, english_worse.worst) == (none.mean, none.worst) == (2.5, 3.0)
+    assert (zh_better.mean, zh_better.worst) == (2.0, 2.0)
+    assert (english_better.mean, english_better.worst) == (5.0, 6.0)
+    assert english_worse.english_change == 4.0  # reported as measured
+    # without the unprotected score (or where English's NLL fell unprotected): the plain ratio
+    assert calibration_score(_measured({"en": 4.0, "he": 4.0, "zh": 6.0})).mean == 1.25
+    fell = calibration_score(_measured({"en": -1.0, "he": 4.0, "zh": 6.0}))
+    assert calibration_score(_measured({"en": 4.0, "he": 4.0, "zh": 6.0}), fell).mean == 1.25
 
 
 @pytest.mark.parametrize("english", [0.0, -0.5])
