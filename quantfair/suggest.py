@@ -186,7 +186,6 @@ class Search:
         self.width = width
         self.resolver = session.resolver()
         self.none = calibration_score(self.measure([]))
-        self.english_none = self.none.english
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
@@ -211,7 +210,7 @@ class Search:
     def allowed(self, score: Score) -> bool:
         """Neither English's damage nor the languages' damage may grow above the unprotected
         model's: a protection may not buy fairness by making the model worse."""
-        return (score.english <= self.english_none * (1 + 1e-9)
+        return (score.english <= self.none.english * (1 + 1e-9)
                 and score.damage <= self.floor.damage * (1 + 1e-9))
 
     def repairs(self, score: Score) -> bool:

@@ -200,7 +200,6 @@ def test_the_pool_decides_where_the_greedy_path_stops(tiny_models, monkeypatch):
     pool = search_pool(session, 2)
     search = Search(session, 0.3, search_units(session, 2), pool=pool)
     search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
-    search.english_none = 1.0
     calibration = {"A": 3.0, "A+B": 2.5, "A+B+C": 2.0}
     monkeypatch.setattr(search, "portfolio", lambda: [])
     monkeypatch.setattr(search, "score", lambda units: Score(calibration["+".join(units)],
@@ -226,7 +225,6 @@ def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monke
     session = session_for(tiny_models["tiny-gpt2"])
     search = Search(session, 0.3, search_units(session, 2))
     search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
-    search.english_none = 1.0
     scores = {"fairer": Score(3.0, 1.5, 1.5, 3.0, 1.0), "most": Score(5.0, 2.5, 2.5, 0.2, 0.04),
               "much": Score(4.5, 2.2, 2.3, 1.0, 0.2)}
     monkeypatch.setattr(search, "portfolio", lambda: list(scores))
@@ -438,7 +436,6 @@ def test_a_step_raising_the_damage_is_marked_as_not_allowed(tiny_models):
     session = session_for(tiny_models["tiny-gpt2"])
     search = Search(session, 0.3, search_units(session, 2))
     search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
-    search.english_none = 1.0
     fairer_but_worse = Score(3.0, 1.5, 1.5, 4.5, 1.0)
     assert not search.step(1, "structural", [], "L0", fairer_but_worse, False).allowed
     assert search.step(1, "structural", [], "L0", Score(3.0, 1.5, 1.5, 3.5, 1.0), True).allowed
