@@ -174,3 +174,16 @@ def test_kl_divergence_quantities_bound_and_compare_per_language():
     assert outcomes == {"de": "passed", "he": "failed"}  # 2x and 5x English per byte
     better = Better("b", than="a", quantity="same_top_rate", per_language=True)
     assert all(better.run(run, c, None).status == "passed" for c in better.cases(LANGUAGES))
+
+
+def test_a_difference_within_float_noise_is_no_difference():
+    """A strategy changing no quantized weight differs from `none` only by float32 summation
+    order (~1e-7 relative, always one way in one run): not a significant difference, while
+    one of 1e-4 relative, as consistent, is."""
+    none = np.linspace(1.3, 1.8, 2000)
+    noise = paired_difference((1.5 - 7e-8, none - 1e-7), (1.5, none))
+    assert noise.difference == 0 and noise.low == noise.high == 0 and noise.p_value == 1.0
+    small = paired_difference((1.5 - 1.5e-4, none * (1 - 1e-4)), (1.5, none))
+    assert small.high < 0 and small.p_value < 0.05
+    infinite = paired_difference((np.inf, np.full(10, np.inf)), (1.0, np.ones(10)))
+    assert infinite.difference == np.inf and np.isnan(infinite.low)  # not 0: undefined
