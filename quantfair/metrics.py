@@ -310,14 +310,15 @@ def _difference(a, b):
 def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> Comparison:
     """Compare (value, bootstrap samples) pairs drawn from the same resampled units; a
     difference within float noise of the larger side (`FLOAT_NOISE`) counts as 0."""
+    difference = float(_difference(a[0], b[0]))
     samples = _difference(a[1], b[1])
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
-        return Comparison(float(_difference(a[0], b[0])), math.nan, math.nan, 1.0)
+        return Comparison(difference, math.nan, math.nan, 1.0)
     tail = min(np.mean(samples <= 0), np.mean(samples >= 0))
     p_value = min(1.0, max(2 * tail, 1 / samples.size))
     low, high = _interval(samples)
-    return Comparison(float(_difference(a[0], b[0])), low, high, float(p_value))
+    return Comparison(difference, low, high, float(p_value))
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
