@@ -28,6 +28,7 @@ from quantfair.suggest import (
     _difference,
     budget_selectors,
     calibration_score,
+    confirmation_pool,
     fairer_than_none,
     less_fair_than_none,
     load_suggestion,
@@ -161,6 +162,19 @@ def test_the_search_scores_on_units_the_selectors_did_not_calibrate_on(tiny_mode
     assert len(search_units(session, len(unseen) + 1).units) == len(unseen) + 1
 
 
+def test_the_finalists_are_scored_again_on_every_held_out_unit_where_the_pool_has_no_more(
+        tiny_models):
+    """The second round needs units beyond the calibration's: the pool's where it has
+    some, else every held-out unit, the selectors' text too (with 22 of 31 units audited in
+    six languages, the pool is the four calibration units); none where nothing is left."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    held_out, unseen = session.calibration.units, search_pool(session, 2).units
+    assert len(unseen) < len(held_out)
+    assert confirmation_pool(session, search_units(session, 2)).units == unseen
+    assert confirmation_pool(session, search_units(session, len(unseen))).units == held_out
+    assert confirmation_pool(session, session.calibration) is None
+
+
 def test_under_a_block_format_the_search_pool_has_every_held_out_unit(tiny_models):
     """Whole-tensor candidates are not chosen on any text: the selectors' units may score."""
     session = session_for(tiny_models["tiny-gpt2"], scheme=QuantScheme.parse("gguf:Q8_0"))
@@ -218,26 +232,54 @@ def test_the_pool_decides_where_the_greedy_path_stops(tiny_models, monkeypatch):
     assert [c["strategy"] for c in search.confirmed] == ["A+B+C", "A", "A+B", "none"]
 
 
-def test_a_selector_removing_most_of_the_damage_is_kept_first(tiny_models, monkeypatch):
-    """Keeping `most` removes 95% of the damage and raises disparity; `fairer` lowers
-    disparity and removes a quarter: `most` is kept (what it keeps breaks the model), and
-    of two such selectors the fairer one, not the one removing more."""
+@pytest.mark.parametrize(("pool_winner", "chosen"), [("most", ["most"]),
+                                                   ("fairer", ["fairer"])])
+def test_a_selector_removing_most_of_the_damage_is_a_finalist_decided_on_the_pool(
+        tiny_models, monkeypatch, pool_winner, chosen):
+    """`most`, a selector spreading the budget over the model, removes 95% of the damage and
+    raises disparity on the calibration units; `fairer` lowers disparity and removes a
+    quarter. `most` is not kept first (it repairs the scheme's coarseness, not one broken
+    part), yet it is a finalist, though it scores above no protection there: the pool
+    decides between them."""
     session = session_for(tiny_models["tiny-gpt2"])
-    search = Search(session, 0.3, search_units(session, 2))
+    pool = search_pool(session, 2)
+    search = Search(session, 0.3, search_units(session, 2), pool=pool)
     search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
-    scores = {"fairer": Score(3.0, 1.5, 1.5, 3.0, 1.0), "most": Score(5.0, 2.5, 2.5, 0.2, 0.04),
-              "much": Score(4.5, 2.2, 2.3, 1.0, 0.2)}
+    scores = {"fairer": Score(3.0, 1.5, 1.5, 3.0, 1.0), "most": Score(5.0, 2.5, 2.5, 0.2, 0.04)}
     monkeypatch.setattr(search, "portfolio", lambda: list(scores))
     monkeypatch.setattr(search, "score", lambda units: scores["+".join(units)])
     monkeypatch.setattr(search, "_new", lambda chosen, options: [])
     monkeypatch.setattr(search, "structural", lambda chosen: [])
     monkeypatch.setattr(search, "overhead", lambda units: 0.1)
+    on_pool = {"none": {"en": 1.0, "he": 2.5, "zh": 3.0},
+               pool_winner: {"en": 1.0, "he": 1.5, "zh": 2.0}}
+    monkeypatch.setattr(search, "measure", lambda units, corpus=None: _measured(
+        on_pool.get("+".join(units) or "none", {"en": 1.0, "he": 2.0, "zh": 2.5})))
+    assert search.run(announce=lambda message: None)[0] == chosen
+    assert search.kept == []
+    assert {c["strategy"] for c in search.confirmed} == {"fairer", "most", "none"}
+
+
+def test_super_weights_removing_most_of_the_damage_are_kept_first(tiny_models, monkeypatch):
+    """Super weights whose keeping removes 95% of the damage break the model where they sit
+    (Yu et al. 2024): kept first, whatever they do to disparity, and the search goes on from
+    them; of two such, the fairer, not the one removing more."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    search = Search(session, 0.3, search_units(session, 2))
+    search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
+    scores = {"fairer": Score(3.0, 1.5, 1.5, 3.0, 1.0),
+              "superweights:4": Score(5.0, 2.5, 2.5, 0.2, 0.04),
+              "superweights:2": Score(4.5, 2.2, 2.3, 1.0, 0.2),
+              "superweights:2+L1": Score(4.2, 2.1, 2.1, 0.9, 0.2)}
+    monkeypatch.setattr(search, "portfolio", lambda: list(scores)[:3])
+    monkeypatch.setattr(search, "score", lambda units: scores["+".join(units)])
+    monkeypatch.setattr(search, "_new", lambda chosen, options: [])
+    monkeypatch.setattr(search, "structural",
+                        lambda chosen: ["L1"] if chosen == ["superweights:2"] else [])
+    monkeypatch.setattr(search, "overhead", lambda units: 0.1)
     chosen, score, _ = search.run(announce=lambda message: None)
-    assert chosen == ["much"] and score == scores["much"]
-    assert search.kept == ["much"]
-    del scores["much"]
-    search.floor, search.kept = search.none, []
-    assert search.run(announce=lambda message: None)[0] == ["most"]
+    assert chosen == ["superweights:2", "L1"] and score == scores["superweights:2+L1"]
+    assert search.kept == ["superweights:2"]
 
 
 @pytest.mark.parametrize(("change", "taken"), [(1e-9, False), (1e-3, True)])
