@@ -24,10 +24,18 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    the most salient input columns (`act:`), the columns the other languages lean on more
    than English (`actgap:`), the largest weights (`magnitude:`) and super weights
    (`superweights:`);
-   a selector whose protection removes at least half the damage (`REPAIR`; super weights, or
-   at a larger budget the largest weights) is kept first, whatever it does to disparity, and
-   the search goes on from it: what it keeps breaks the model; of several such, the one
-   scoring lowest (they all repair the model; fairness decides between them);
+   super weights whose protection removes at least half the damage (`REPAIR`) are kept
+   first, whatever they do to disparity, and the search goes on from them: what they keep
+   breaks the model where it sits (Yu et al. 2024); so is any selector repairing a model the
+   scheme destroys (English's perplexity up more than `DESTROYED`-fold: disparities there are
+   ratios of noise). Elsewhere a selector spreading the budget over the
+   model that removes as much (at larger budgets the largest weights, or `act:`) repairs the
+   scheme's coarseness rather than one broken part, and may or may not make the model
+   fairer: it is a finalist (3.), whatever its calibration score. Kept first, such
+   selectors made SmolLM2 under int4-g128-linear at 5% and 12% less fair than no protection on
+   the audit units, while on Gemma 3 at 1% the largest weights were fairer there and scored
+   above no protection on the calibration units: the finalists' round, on more units,
+   decides;
 2. a greedy structural search over protection units (whole layers ordered by the score of
    keeping each alone, every layer measured once if one can still be kept:
    `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm
@@ -38,14 +46,15 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    score improves. "Best" is decided in two rounds: the `FINALISTS` candidates scoring
    lowest on the calibration units, the greedy path stopped at each earlier step, and no
    protection (or what breaks the model, kept first), are scored again on every unit of the
-   search's pool, the calibration units and the others no candidate was scored or chosen on,
-   and the lowest there is refined: on a few units candidates often differ by less than the
-   noise, and the lowest of many noisy scores is biased low (the winner's curse). Units of
-   the pool are few (9 of the corpus's 31 when 22 are audited), so the round keeps the
-   calibration units too: the greedy path, chosen on them, gains a bias there, but on 5
-   units alone two whole-layer sets within ~0.1 swap places by chance (on Gemma 3 under
-   gguf:Q4_0 at 5%, the 5 other units put layers 0 and 11 ahead of the seed's layers 0 and
-   17; all 9, as 22 audit units do significantly, not).
+   search's pool, the calibration units and the others no candidate was scored or chosen on
+   (where the pool has no others, every held-out unit, the selectors' calibration text too:
+   `confirmation_pool`), and the lowest there is refined: on a few units candidates often
+   differ by less than the noise, and the lowest of many noisy scores is biased low (the
+   winner's curse). Held-out units are few (9 of the corpus's 31 when 22 are audited), so
+   the round keeps the calibration units too: the greedy path, chosen on them, gains a bias
+   there, but on 5 units alone two whole-layer sets within ~0.1 swap places by chance (on
+   Gemma 3 under gguf:Q4_0 at 5%, the 5 other units put layers 0 and 11 ahead of the seed's
+   layers 0 and 17; all 9, as 22 audit units do significantly, not).
 """
 
 from __future__ import annotations
@@ -68,7 +77,11 @@ from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
-REPAIR = 0.5  # a protection leaving at most this share of the damage is kept first
+REPAIR = 0.5  # a protection removing at least this share of the damage repairs the model
+# A scheme multiplying English's perplexity by more than this destroys the model (plain int4
+# on SmolLM2: x900,000 and more; int4-g128-linear x2.1-2.4 and gguf:Q4_0 x1.5-1.8 on SmolLM2
+# and Gemma 3): there any selector repairing the model is kept first.
+DESTROYED = 10.0
 FINALISTS = 3  # candidates scored again on the whole search pool before one is refined
 # A candidate must lower the score by more than this share: float32 summation order (which
 # units share a CPU batch) moves a score by ~1e-7, and a unit protecting nothing that matters
@@ -148,6 +161,13 @@ class Score:
     damage: float  # mean + worst damage over English's unprotected damage: may not grow
     english: float  # English's summed KL divergence, nats
     english_change: float = math.nan  # English's summed NLL change, nats
+    english_tokens: float = math.nan  # English's scored tokens
+
+    @property
+    def destroys(self) -> bool:
+        """Whether English's perplexity rose more than `DESTROYED`-fold: exp of its NLL
+        change per token."""
+        return self.english_change > math.log(DESTROYED) * self.english_tokens
 
 
 def calibration_score(m, none: Score | None = None) -> Score:
@@ -169,7 +189,8 @@ def calibration_score(m, none: Score | None = None) -> Score:
     own = change[others] / cap if cap > 0 else np.full(len(others), math.inf)
     fixed = damage[others] / max(english if none is None else none.english, 1e-9)
     return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),
-                 float(fixed.mean() + fixed.max()), english, english_change)
+                 float(fixed.mean() + fixed.max()), english, english_change,
+                 float(m.tokens[m.ref].sum()))
 
 
 class Search:
@@ -267,7 +288,7 @@ class Search:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
                     if self._exists(u) and u not in chosen]
         # Every layer is measured only if one of them, or one half of one, can still be kept:
-        # a selector kept first may spend the whole budget (a whole layer holds its halves).
+        # what is kept first may spend the whole budget (a whole layer holds its halves).
         if self._ranking is None and not self._new(
                 chosen, _halves(f"L{layer}" for layer in range(self.resolver.layers))):
             return self._new(chosen, globals_)
@@ -341,11 +362,13 @@ class Search:
         trace += [self.step(0, "portfolio", [], o, s, False) for o, s in scores.items()]
         # Super weights (Yu et al. 2024) whose keeping removes at least half the damage break
         # the model where they sit: kept first, whatever that does to disparity; the rest may
-        # not undo it. A selector spreading the budget over the model that removes as much
-        # repairs the scheme's coarseness, not one broken part: a finalist whatever its score
-        # on the calibration units, decided with the others on the pool.
+        # not undo it. So is any selector that repairs a model the scheme destroys (its
+        # disparities are ratios of noise). Elsewhere a selector spreading the budget over the
+        # model that removes as much repairs the scheme's coarseness, not one broken part: a
+        # finalist whatever its score on the calibration units, decided on the pool.
         repairs = {o for o, s in scores.items() if self.repairs(s)}
-        local = sorted((scores[o].value, o) for o in repairs if o.startswith("superweights:"))
+        local = sorted((scores[o].value, o) for o in repairs
+                       if o.startswith("superweights:") or self.none.destroys)
         if local:
             self.floor, self.kept = scores[local[0][1]], [local[0][1]]
         results = [(s, [o]) for o, s in scores.items()]
