@@ -32,10 +32,10 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    model that removes as much (at larger budgets the largest weights, or `act:`) repairs the
    scheme's coarseness rather than one broken part, and may or may not make the model
    fairer: it is a finalist (3.), whatever its calibration score. Kept first, such
-   selectors made SmolLM2 under int4-g128-linear at 5% and 12% less fair than no protection on
-   the audit units, while on Gemma 3 at 1% the largest weights were fairer there and scored
-   above no protection on the calibration units: the finalists' round, on more units,
-   decides;
+   selectors were not fairer than no protection on the audit units on SmolLM2 under
+   int4-g128-linear at 5% and 12% (`act:` raised both disparities at 5%), while on Gemma 3 at
+   1% the largest weights were fairer there and scored above no protection on the
+   calibration units: the finalists' round, on more units, decides;
 2. a greedy structural search over protection units (whole layers ordered by the score of
    keeping each alone, every layer measured once if one can still be kept:
    `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm
