@@ -307,8 +307,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        "*" if s.chosen else "" if s.allowed else "no: raises damage")
                       for s in result.trace]))
     if result.confirmation:
-        print(f"\nfinalists scored again on the search pool's {len(result.confirmation_units)} "
-              "units per language (the lowest is refined):")
+        print(f"\nfinalists scored again on {len(result.confirmation_units)} held-out units per "
+              "language (the lowest is refined):")
         print(_table(["finalist", "score", "mean disparity", "worst disparity"],
                      [(c["strategy"], _finite(c["score"], 4), _finite(c["mean_disparity"], 3),
                        _finite(c["worst_disparity"], 3)) for c in result.confirmation]))

@@ -416,7 +416,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
                             "confirmation": [{"strategy": "L1", "score": 1.5,
                                               "mean_disparity": 0.5, "worst_disparity": 1.0}]}
     html = render_html(report)
-    assert "Finalists scored again on the search pool's 2 units" in html
+    assert "Finalists scored again on 2 held-out units" in html
     assert "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
     assert "which a file cannot store under gguf:Q8_0" in html
