@@ -79,7 +79,7 @@ from quantfair.storage import atomic_write, cache_writes, json_safe
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
 REPAIR = 0.5  # a protection removing at least this share of the damage repairs the model
 # A scheme multiplying English's perplexity by more than this destroys the model (plain int4
-# on SmolLM2: x900,000 and more; int4-g128-linear x2.1-2.4 and gguf:Q4_0 x1.5-1.8 on SmolLM2
+# on SmolLM2: x900,000 and more; int4-g128-linear x2.1-2.4 and gguf:Q4_0 x1.2-1.8 on SmolLM2
 # and Gemma 3): there any selector repairing the model is kept first.
 DESTROYED = 10.0
 FINALISTS = 3  # candidates scored again on the whole search pool before one is refined
