@@ -371,6 +371,7 @@ class Search:
                        if o.startswith("superweights:") or self.none.destroys)
         if local:
             self.floor, self.kept = scores[local[0][1]], [local[0][1]]
+        spread = set() if self.none.destroys else repairs - {*self.kept}
         results = [(s, [o]) for o, s in scores.items()]
         structural, score, steps = self.greedy(self.kept, self.floor, self.structural,
                                                "structural", 1, announce)
@@ -379,9 +380,8 @@ class Search:
         results.append((score, structural))
         ranked = sorted((s.value, i) for i, (s, units) in enumerate(results)
                         if self.allowed(s) and (_lower(s.value, start.value)
-                                                or "+".join(units) in repairs - {*self.kept}))
+                                                or "+".join(units) in spread))
         finalists = {"+".join(results[i][1]): results[i] for _, i in ranked}
-        spread = [name for name in finalists if name in repairs]
         # Where the greedy path stops is decided on the pool too: each step lowered the
         # score on the calibration units, by as little as their noise (on SmolLM2 under
         # gguf:Q4_0 at 12%, layer 4, which lowers both disparities significantly on the 22
@@ -389,7 +389,8 @@ class Search:
         shorter = [(self.score(structural[:n]), structural[:n])
                    for n in range(len(self.kept) + 1, len(structural))]
         first = list(finalists)[:FINALISTS]
-        finalists = [*[finalists[name] for name in dict.fromkeys(first + spread)],
+        first += [name for name in finalists if name in spread and name not in first]
+        finalists = [*[finalists[name] for name in first],
                      *[f for f in shorter if "+".join(f[1]) not in finalists],
                      (start, self.kept)]
         best, chosen = self.confirm(finalists, announce)
