@@ -12,6 +12,7 @@ marked incomplete, never presented as complete.
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -99,6 +100,12 @@ class QuantfairRun:
                                    progress=_progress(self.pytest_config), workers=workers)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
+            # The model, its libraries and the weight bank stay to the process's end: the
+            # cyclic garbage collector need not walk them again in each full collection
+            # (~0.04 s each, ~0.8 s of a quick audit of SmolLM2); reference counting still
+            # frees what they drop.
+            gc.collect()
+            gc.freeze()
         return self._context
 
     # -- selection ------------------------------------------------------------------------
@@ -183,11 +190,25 @@ class QuantfairRun:
             payload = {"error": str(error)}
         return {**payload, "selection": self.selection}
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(trylast=True)  # after session fixtures are torn down
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             self.pytest_config.workeroutput["quantfair"] = json.dumps(self._payload())
-            return
+        elif not self._xdist_controller():
+            self._finish(session, exitstatus)
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_sessionfinish")
+    def pytest_sessionfinish_on_controller(self, session: pytest.Session, exitstatus: int) -> None:
+        """An xdist controller runs no tests (no fixtures of its own to tear down) and has
+        every worker's payload by now: it reports before xdist waits for the workers'
+        processes to end, not after."""
+        if self._xdist_controller():
+            self._finish(session, exitstatus)
+
+    def _xdist_controller(self) -> bool:
+        return self.pytest_config.pluginmanager.has_plugin("dsession")
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         from quantfair.progress import close_bars
 
         close_bars()  # one an interruption left open

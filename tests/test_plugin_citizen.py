@@ -154,19 +154,25 @@ def test_a_report_path_that_is_a_directory_is_a_usage_error(pytester):
     _one_line_usage_error(result, "is a directory")
 
 
-def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester):
-    """The folder is writable when the run starts (checked then) and a file when it ends."""
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["serial", "one-worker"])
+def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester, workers):
+    """The folder is writable when the run starts (checked then) and a file when it ends (an
+    xdist controller reports before its workers' processes end, a serial run after its session
+    fixtures: both after every other plugin's start of `pytest_sessionfinish`)."""
     blocker = pytester.path / "blocker"
     pytester.makepyfile(blocker_plugin="""
         import pathlib, shutil, pytest
 
-        @pytest.hookimpl(tryfirst=True)
+        @pytest.hookimpl(wrapper=True)
         def pytest_sessionfinish(session):
-            shutil.rmtree("blocker")
-            pathlib.Path("blocker").write_text("a file, not a folder")
+            if pathlib.Path("blocker").is_dir():  # once, in the first process to end
+                shutil.rmtree("blocker")
+                pathlib.Path("blocker").write_text("a file, not a folder")
+            return (yield)
     """)
     result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(blocker / "r.json"), "-p", "blocker_plugin")
+                 "--quantfair-report", str(blocker / "r.json"), "-p", "blocker_plugin",
+                 *workers)
     assert result.ret == 3
     result.stdout.fnmatch_lines(["*quantfair audit summary*",
                                  "quantfair: could not write the report: *blocker*"])
