@@ -213,8 +213,9 @@ class QuantfairRun:
 
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
-        if not self.audits and not self.terminated:
-            return
+        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+        if not self.audits and not (stopped and self.selection.get("selected_ids", True)):
+            return  # no audit ran, and none was cut off (the selection may not be known yet)
         from quantfair.report import compare, settle_verdict, write_report
 
         report = self._build(exitstatus)

@@ -292,6 +292,49 @@ def test_sigterm_while_the_session_starts_or_finishes_still_writes_the_report(py
         assert outcomes in (["passed"], ["failed"]) and report["measurements"]
 
 
+@pytest.mark.parametrize(("hook", "order", "workers"), [
+    ("pytest_runtestloop", "tryfirst", []),
+    ("pytest_xdist_node_collection_finished", "trylast", ["-n", "1"]),  # after quantfair's
+], ids=["serial", "one-worker"])
+def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytester, hook,
+                                                                         order, workers):
+    """Ctrl-C in the first seconds (a worker has collected, and loads the model) stops the run
+    before any audit has a result: the report still says what was selected and that it never
+    ran."""
+    pytester.makepyfile(interrupt_plugin=f"""
+        import pytest
+
+        @pytest.hookimpl({order}=True)
+        def {hook}(*args, **kwargs):
+            raise KeyboardInterrupt
+    """)
+    path = pytester.path / "interrupted.json"
+    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(path), "-p", "interrupt_plugin", *workers)
+    assert result.ret == 2
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert "the run was interrupted" in report["incomplete"]
+    assert report["selection"]["selected"] == report["selection"]["not_run"] == 1
+    assert report["summary"]["counts"]["error"] == 0
+
+
+def test_ctrl_c_in_a_run_that_selected_no_audit_writes_no_report(pytester):
+    """A project's own tests, run with a model set (e.g. in its ini file): nothing to report."""
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n", interrupt_plugin="""
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtestloop(session):
+            raise KeyboardInterrupt
+    """)
+    result = run(pytester, "test_plain.py", "--quantfair-model", "tiny-gpt2",
+                 "-p", "interrupt_plugin")
+    assert result.ret == 2
+    assert not (pytester.path / "reports").exists()
+    assert "quantfair audit summary" not in result.stdout.str()
+
+
 def test_audits_with_the_plugin_disabled_are_skipped_with_the_reason(pytester):
     result = run(pytester, BASELINE, "-p", "quantfair.short_options", "-p", "no:quantfair",
                  "--model", "tiny-gpt2", "-k", "robustness", "-W", "error", "-rs")
