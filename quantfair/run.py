@@ -317,7 +317,8 @@ class QuantfairRun:
 
         tr = terminalreporter
         tr.section("quantfair audit summary")
-        tr.write_line(summary_table(self.report["audits"]))
+        if self.report["audits"]:  # none when the run stopped before any had a result
+            tr.write_line(summary_table(self.report["audits"]))
         summary = self.report["summary"]
         tr.write_line(f"verdict: {self.report['verdict']}  " + "  ".join(
             f"{k}: {v}" for k, v in summary["counts"].items()))
