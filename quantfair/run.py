@@ -232,12 +232,13 @@ class QuantfairRun:
             settle_verdict(report)
         self.report = report
         if not self.config.no_report:
+            path = self._json_path()
             try:
                 # latest.html only in the default reports folder, not beside a named report
-                self.report_paths = write_report(report, self._json_path(),
-                                                 latest=not self.config.report)
-            except OSError as error:
-                self.write_error = f"quantfair: could not write the report: {error}"
+                self.report_paths = write_report(report, path, latest=not self.config.report)
+            except OSError as error:  # its message names a temporary file: say the report's
+                self.write_error = (f"quantfair: could not write the report {path} or its "
+                                    f".html: {error.strerror or error}")
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif self.write_error or self.baseline_error or (report["summary"]["counts"]["error"]

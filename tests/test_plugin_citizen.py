@@ -175,7 +175,8 @@ def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester,
                  *workers)
     assert result.ret == 3
     result.stdout.fnmatch_lines(["*quantfair audit summary*",
-                                 "quantfair: could not write the report: *blocker*"])
+                                 "quantfair: could not write the report */blocker/r.json or "
+                                 "its .html: *"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
