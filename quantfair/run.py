@@ -264,13 +264,16 @@ class QuantfairRun:
             incomplete.append(f"the run stopped early ({reason}: -x or --maxfail)"
                               if isinstance(reason, str) and reason.startswith("stopping after")
                               else "the run was interrupted")
+        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+        if stopped:  # the signal reaches the workers too: what a worker was running when it
+            for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
+                self.audits.pop(nodeid, None)
         selected = next((p["selection"]["selected_ids"] for p in self.payloads
                          if p.get("selection", {}).get("selected_ids") is not None), [])
         not_run = [n for n in selected if self.audits.get(n, {}).get("outcome") is None]
         if not_run:
             incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
                               "(the run stopped early)")
-        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
         for nodeid, entry in list(self.audits.items()):
             if "outcome" in entry:
                 continue

@@ -259,6 +259,35 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
     assert any(a["outcome"] == "error" for a in report["audits"])
 
 
+def test_a_worker_dying_as_the_run_is_interrupted_is_cut_off_not_an_error(pytester):
+    """`timeout -s INT` or Ctrl-C in a terminal signals the workers too: one may die before
+    the controller stops the run. Its audit never ran; the report says the worker crashed."""
+    pytester.makepyfile(test_crash="""
+        import os
+        import pytest
+
+        @pytest.mark.quantfair
+        def test_dies(quantfair_audit):
+            os._exit(3)
+    """, interrupt_plugin="""
+        import pytest
+
+        @pytest.hookimpl(trylast=True)  # after quantfair has the crash
+        def pytest_runtest_logreport(report):
+            if "crashed while running" in (report.longreprtext or ""):
+                raise KeyboardInterrupt
+    """)
+    path = pytester.path / "crash.json"
+    result = run(pytester, "test_crash.py", "--quantfair-model", "tiny-gpt2", "-n", "1",
+                 "--quantfair-report", str(path), "-p", "interrupt_plugin")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert any("crashed running test_crash.py::test_dies" in r for r in report["incomplete"])
+    assert report["summary"]["counts"]["error"] == 0
+    assert report["selection"]["not_run"] == 1
+
+
 def test_strategy_option_audits_a_given_strategy(pytester):
     path = pytester.path / "r.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
