@@ -205,6 +205,10 @@ class QuantfairRun:
         if self._xdist_controller():
             self._finish(session, exitstatus)
 
+    def _stopped(self, exitstatus: int) -> bool:
+        """Whether the run was cut short: SIGTERM, Ctrl-C, or xdist's -x / --maxfail."""
+        return self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+
     def _xdist_controller(self) -> bool:
         return self.pytest_config.pluginmanager.has_plugin("dsession")
 
@@ -213,8 +217,8 @@ class QuantfairRun:
 
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
-        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
-        if not self.audits and not (stopped and self.selection.get("selected_ids", True)):
+        if not self.audits and not (self._stopped(exitstatus)
+                                    and self.selection.get("selected_ids", True)):
             return  # no audit ran, and none was cut off (the selection may not be known yet)
         from quantfair.report import compare, settle_verdict, write_report
 
@@ -264,7 +268,7 @@ class QuantfairRun:
             incomplete.append(f"the run stopped early ({reason}: -x or --maxfail)"
                               if isinstance(reason, str) and reason.startswith("stopping after")
                               else "the run was interrupted")
-        stopped = self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+        stopped = self._stopped(exitstatus)
         if stopped:  # the signal reaches the workers too: what a worker was running when it
             for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
                 self.audits.pop(nodeid, None)
