@@ -1,6 +1,6 @@
 """The quick audit suite serially and under pytest-xdist, each from a cold results cache.
 
-    python benchmarks/bench_xdist.py [--model smollm2-135m] [--workers 2] [--rounds 3]
+    python benchmarks/bench_xdist.py [--model smollm2-135m] [--workers 2] [--rounds 3] [--scaling]
 
 Runs `pytest audits/ --model MODEL -m quick` serially and with `-n WORKERS` in turn, `--rounds`
 times, each with QUANTFAIR_RESULTS_DIR pointing to a fresh empty folder (the converted model
@@ -41,6 +41,44 @@ def audit_run(model: str, extra: list[str]) -> tuple[float, int, str]:
     return wall, result.returncode, lines[-1] if lines else ""
 
 
+FORWARDS = """
+import sys, time, torch
+from quantfair.models import load_model
+torch.set_num_threads(int(sys.argv[2]))
+model = load_model(sys.argv[1]).model
+ids = torch.randint(0, 1000, (1, 1024))
+with torch.inference_mode():
+    model(ids)
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < 15:
+        model(ids)
+        count += 1
+print(count * ids.shape[1] / (time.perf_counter() - start))
+"""
+
+
+def tokens_per_second(model: str, threads: int, processes: int) -> list[float]:
+    """Forward-pass tokens/s (1,024 tokens a pass, 15 s) of `processes` processes side by side,
+    each at `threads` torch threads."""
+    command = [sys.executable, "-c", FORWARDS, model, str(threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    running = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+               for _ in range(processes)]
+    return [float(p.communicate()[0].split()[-1]) for p in running]
+
+
+def scaling(model: str, workers: int) -> None:
+    """What `-n workers` can gain on compute at best: one process at `workers` threads against
+    `workers` one-thread processes side by side (the thread share xdist workers take)."""
+    one = tokens_per_second(model, 1, 1)[0]
+    threaded = tokens_per_second(model, workers, 1)[0]
+    side_by_side = tokens_per_second(model, 1, workers)
+    print(f"one process, 1 thread: {one:.0f} tokens/s; {workers} threads: {threaded:.0f}; "
+          f"{workers} one-thread processes: {' + '.join(f'{t:.0f}' for t in side_by_side)} = "
+          f"{sum(side_by_side):.0f}; ceiling of -n {workers} / serial on compute: "
+          f"{threaded / sum(side_by_side):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -48,11 +86,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="serial and -n runs taken in turn, this many times (the median "
                              "ratio is reported: single runs on a shared machine vary ~10%%)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="first measure forward-pass tokens/s of one process at WORKERS "
+                             "threads against WORKERS one-thread processes side by side")
     args = parser.parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    if args.scaling:
+        scaling(args.model, args.workers)
     ratios = []
     for round_ in range(1, args.rounds + 1):
         serial, serial_code, serial_line = audit_run(args.model, [])
@@ -63,8 +106,9 @@ def main() -> None:
               f"{parallel_line})")
         ratios.append(parallel / serial)
         print(f"round {round_} ratio -n {args.workers} / serial: {ratios[-1]:.3f}")
-    print(f"median ratio -n {args.workers} / serial over {args.rounds} round(s): "
-          f"{statistics.median(ratios):.3f}  (goal <= 1.0)")
+    if ratios:
+        print(f"median ratio -n {args.workers} / serial over {args.rounds} round(s): "
+              f"{statistics.median(ratios):.3f}  (goal <= 1.0)")
 
 
 if __name__ == "__main__":
