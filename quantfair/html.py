@@ -16,18 +16,11 @@ from matplotlib.colors import to_hex
 from quantfair import charts
 from quantfair.corpus import REFERENCE, language
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
+from quantfair.text import experiment_span
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
 MODEL_WIDE = "model"  # findings-matrix column of audits that name no language
-
-
-def experiment_span(ids: list[str]) -> str:
-    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
-    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
-            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return "/".join(ids)
 
 
 def shade(ratio: float | None) -> dict:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from quantfair.config import DEFAULT_TOLERANCE, REFERENCE
 from quantfair.errors import QuantfairError
-from quantfair.html import experiment_span, render_html
 from quantfair.metrics import (
     KLD_PERCENTILES,
     Estimate,
@@ -28,7 +27,7 @@ from quantfair.metrics import (
 )
 from quantfair.storage import atomic_write, json_safe
 from quantfair.summary import summarize
-from quantfair.text import interval_text, table  # noqa: F401 (re-exported)
+from quantfair.text import experiment_span, interval_text, table  # noqa: F401 (re-exported)
 
 SCHEMA = "quantfair-report/4"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
@@ -188,6 +187,8 @@ def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Pa
     it, and with `latest` a `latest.html` next to them, replaced atomically. Raises OSError."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
+    from quantfair.html import render_html  # the plotting stack: only where a report is written
+
     html_path = json_path.with_suffix(".html")
     html = render_html(report)
     atomic_write(html_path, html.encode())

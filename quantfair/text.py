@@ -6,6 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def experiment_span(ids: list[str]) -> str:
+    """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
+    if len(ids) > 2 and all(i.isdigit() for i in ids) and \
+            [int(i) for i in ids] == list(range(int(ids[0]), int(ids[-1]) + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return "/".join(ids)
+
+
 def interval_text(estimate: dict | None) -> str:
     """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
     there is none)."""
