@@ -475,6 +475,9 @@ class Evaluator:
         # Set by the owner of the weights (`prefix.HiddenStates`): layers below the first one
         # whose weights differ from an earlier pass over the same tokens are not run again.
         self.hidden_states: HiddenStates | None = None
+        # Set by an xdist worker's session: its share of the cores, given again before each
+        # forward pass (`workers.CoreShare`).
+        self.before_forward: Callable[[], None] | None = None
 
     def _computes(self) -> list[str]:
         """What besides the weights changes what the model computes on a text: this code's
@@ -535,6 +538,8 @@ class Evaluator:
             mask[row, : len(window.ids)] = 1
         ids = ids.to(device)
         self.forward_passes += 1
+        if self.before_forward is not None:
+            self.before_forward()
         padded = any(len(w.ids) < length for w in batch)
         # Without padding the mask is all ones; leaving it out keeps the fast causal path.
         mask = mask.to(device) if padded else None

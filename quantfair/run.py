@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from quantfair.config import RunConfig
 from quantfair.errors import QuantfairError
 
 TERMINATED = "terminated by SIGTERM"
+RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 
 
 class QuantfairRun:
@@ -40,6 +42,11 @@ class QuantfairRun:
         self.baseline = load_report(run_config.baseline) if run_config.baseline else None
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")
+        # Made by an xdist controller for its workers; a worker on another machine has none.
+        self.run_folder: Path | None = None
+        if self.is_worker:
+            folder = Path(config.workerinput.get(RUN_FOLDER, ""))
+            self.run_folder = folder if folder.name and folder.is_dir() else None
         self._context = None
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
@@ -83,10 +90,34 @@ class QuantfairRun:
             return (yield)
         finally:
             self.finishing = True
+            if self.is_worker and self.run_folder is not None:  # its cores are free now
+                from quantfair.workers import CoreShare
+
+                CoreShare.finish(self.run_folder, self.pytest_config.workerinput["workerid"])
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
+        if self.run_folder is not None and not self.is_worker:
+            shutil.rmtree(self.run_folder, ignore_errors=True)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        """The workers of this run on this machine share hidden states and cores through a
+        folder of the results cache (`AuditSession`'s `run_folder`), made here and removed at
+        the end; where it cannot be made, each keeps its own."""
+        if self.run_folder is None:
+            import tempfile
+
+            from quantfair.evaluate import results_root
+
+            root = results_root()
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                self.run_folder = Path(tempfile.mkdtemp(prefix=".run-", dir=root))
+            except OSError:
+                return
+        node.workerinput[RUN_FOLDER] = str(self.run_folder)
 
     def context(self):
         if self._context is None:
@@ -97,7 +128,8 @@ class QuantfairRun:
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)
             session = AuditSession(self.config, announce=_announcer(self.pytest_config),
-                                   progress=_progress(self.pytest_config), workers=workers)
+                                   progress=_progress(self.pytest_config), workers=workers,
+                                   run_folder=self.run_folder)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
             # The model, its libraries and the weight bank stay to the process's end: the

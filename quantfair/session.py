@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from itertools import zip_longest
+from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +29,12 @@ from quantfair.strategies import (
     calibration_gradients,
     protection_key,
 )
-from quantfair.workers import configure_threads, return_freed_memory, tune_allocator
+from quantfair.workers import (
+    CoreShare,
+    configure_threads,
+    return_freed_memory,
+    tune_allocator,
+)
 
 Announce = Callable[[str], None]
 
@@ -53,9 +59,12 @@ class AuditSession:
 
     def __init__(self, config: RunConfig, announce: Announce = _stderr,
                  progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None,
-                 loaded: LoadedModel | None = None, workers: int | None = None) -> None:
+                 loaded: LoadedModel | None = None, workers: int | None = None,
+                 run_folder: Path | None = None) -> None:
         """`loaded` hands in a model already in memory instead of loading `config.model`;
-        `workers`: how many processes (xdist workers) share the machine's cores."""
+        `workers`: how many processes (xdist workers) share the machine's cores;
+        `run_folder`: a folder the run's processes on this machine share, for hidden states
+        (`prefix.HiddenStates`) and cores (`workers.CoreShare`)."""
         self.config = config
         self.announce = announce
         self.progress = progress
@@ -91,8 +100,11 @@ class AuditSession:
         layers = decoder_layers(loaded.model, self.bank.parts)
         capacity = config.hidden_states_bytes
         if layers is not None and capacity and self.bank.folder is not None:  # not in memory
+            shared = run_folder / "hidden-states" if run_folder is not None else None
             self.evaluator.hidden_states = HiddenStates(layers, self.bank.prefix_keys,
-                                                        self.bank.folder, capacity)
+                                                        self.bank.folder, capacity, shared)
+        share = CoreShare.of_worker(run_folder, workers, config.threads)
+        self.evaluator.before_forward = share.update if share is not None else None
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self._activation_stats: Activations | None = None
         self.measurements: dict[tuple[str, str, str], Measurement] = {}

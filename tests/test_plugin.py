@@ -190,6 +190,37 @@ def test_each_worker_loads_the_model_once(pytester):
     assert all(p["loads"] == 1 for p in processes)
 
 
+def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypatch):
+    """The controller makes one folder in the results cache for its workers (hidden states
+    of the top layer, which worker has finished) and removes it at the end."""
+    results = pytester.path / "results"
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(results))
+    pytester.makepyfile(seen=f"""
+        import json
+        from pathlib import Path
+
+        def pytest_sessionfinish(session):
+            given = getattr(session.config, "workerinput", {{}})
+            if "workerid" in given:
+                folder = given.get("quantfair_run_folder")
+                found = [str(p.relative_to(folder).parent if p.suffix else p.name)
+                         for p in Path(folder).rglob("*") if p.is_file()] if folder else []
+                Path({str(pytester.path)!r}, f"seen-{{given['workerid']}}.json").write_text(
+                    json.dumps({{"folder": folder, "found": sorted(set(found))}}))
+    """)
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    path = pytester.path / "r.json"
+    result = run(pytester, *QUICK_FILES, "--model", "tiny-opt", "-m", "quick", "-n", "2",
+                 "-p", "seen", "--report", str(path))
+    assert result.ret == exit_code_of(load(path))
+    seen = [load(pytester.path / f"seen-gw{i}.json") for i in (0, 1)]
+    folder = Path(seen[0]["folder"])
+    assert seen[1]["folder"] == str(folder) and folder.parent == results
+    # what the workers left there: hidden states, and that this worker had finished
+    assert {"hidden-states", "finished-gw0"} <= set(seen[0]["found"])
+    assert not folder.exists()
+
+
 def test_report_html_lists_each_audit_once_with_evidence(pytester):
     path = pytester.path / "r.json"
     run(pytester, *QUICK_FILES, "--model", "tiny-llama", "-m", "quick", "--report", str(path))

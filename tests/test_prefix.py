@@ -54,6 +54,36 @@ def test_reused_hidden_states_give_the_numbers_of_full_passes(name, tmp_path, mo
                         == per_pass * (session.evaluator.forward_passes - passes)), strategy
 
 
+@pytest.mark.parametrize("name", sorted(TINY_MODEL_TYPES))
+def test_processes_of_a_run_share_the_states_entering_and_leaving_the_top_layer(
+        name, tmp_path, monkeypatch):
+    """Two sessions stand for two xdist workers: their own results caches and weight banks'
+    states, one run folder. What one ran, the other need not run again from the top
+    layer (or the final norm) down; another run's folder serves nothing."""
+    plain = _session(name, tmp_path / "plain", monkeypatch)
+    plain.evaluator.hidden_states = None
+    first = _session(name, tmp_path / "first", monkeypatch)
+    first.evaluator.hidden_states.shared = tmp_path / "run" / "hidden-states"
+    first.measure("none", QuantScheme.parse("int4"))
+    layers = len(first.evaluator.hidden_states.layers)
+    # (strategy, layers not run per pass): the final norm alone differs from "none", the
+    # top layer too, layer 1 leaves only layer 0 as it was; the FP reference's passes (as
+    # many) are the first session's again
+    for strategy, skipped in (("ln_f", layers), ("Llast", layers - 1), ("L1", 0)):
+        for folder, expected in (("run", layers + skipped), (f"other-run-{strategy}", 0)):
+            second = _session(name, tmp_path / f"second-{strategy}-{folder}", monkeypatch)
+            states = second.evaluator.hidden_states
+            states.shared = tmp_path / folder / "hidden-states"
+            measured = second.measure(strategy, QuantScheme.parse("int4"))
+            np.testing.assert_allclose(measured.nll_q, plain.measure(strategy).nll_q,
+                                       rtol=1e-6, atol=0)
+            np.testing.assert_allclose(measured.nll_fp, plain.measure(strategy).nll_fp,
+                                       rtol=1e-6, atol=0)
+            passes = second.evaluator.forward_passes
+            assert passes % 2 == 0
+            assert states.layers_skipped == expected * passes // 2, (strategy, folder)
+
+
 class _Scale(nn.Module):
     def __init__(self, in_place: bool = False) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from quantfair.config import RunConfig
 from quantfair.errors import UsageError
 from quantfair.evaluate import Evaluator, ResultCache, UnitResult
 from quantfair.workers import (
+    CoreShare,
     available_cores,
     configure_threads,
     parse_threads,
@@ -54,6 +55,34 @@ def test_threads_option_values():
     for many in (cores + 1, 99999):  # 99999 threads exhausted memory inside torch
         with pytest.raises(UsageError, match=f"--threads {many}: this machine has {cores} "):
             parse_threads(str(many))
+
+
+def test_a_worker_takes_the_cores_of_workers_that_have_finished(tmp_path, monkeypatch):
+    import torch
+
+    import quantfair.workers as workers
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(workers, "available_cores", lambda: 6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    share = CoreShare.of_worker(tmp_path, 3, None)
+    share.update()
+    assert (share.threads, calls) == (2, [])  # its share from the start: nothing to change
+    CoreShare.finish(tmp_path, "gw0")
+    share.update()
+    CoreShare.finish(tmp_path, "gw0")  # said twice, counted once
+    share.update()
+    CoreShare.finish(tmp_path, "gw2")
+    share.update()
+    assert calls == [3, 6]
+    # Only where the share is automatic: not with --threads, OMP_NUM_THREADS, one worker,
+    # or no run folder (a worker on another machine than the controller)
+    assert CoreShare.of_worker(tmp_path, 3, 1) is None
+    assert CoreShare.of_worker(tmp_path, 1, None) is None
+    assert CoreShare.of_worker(None, 3, None) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert CoreShare.of_worker(tmp_path, 3, None) is None
 
 
 def test_a_bad_threads_option_is_a_usage_error_before_any_model_loads():
