@@ -65,8 +65,9 @@ class HiddenStates:
     states in the older half of the slabs is copied into the newest one first.
 
     `shared`: a folder of the run where the states of the top `SHARED_DEPTHS` depths are
-    also written for other processes (one safetensors file each, named by their key), and
-    looked for when this process has not kept them."""
+    also written for other processes (one safetensors file each, named by their key; up to
+    `capacity` bytes from each process), and looked for when this process has not kept
+    them."""
 
     def __init__(self, layers: nn.ModuleList, keys: Callable[[], list[str]],
                  folder: Path | None, capacity: int = HIDDEN_STATES_MB << 20,
@@ -76,6 +77,7 @@ class HiddenStates:
         self.folder = folder
         self.capacity = capacity
         self.shared = shared
+        self.shared_written = 0  # bytes this process wrote there
         self.entries: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}  # (slab, tensor)
         self.held = 0  # bytes of the slabs held
         self.layers_run = 0
@@ -159,13 +161,15 @@ class HiddenStates:
 
     def _write_shared(self, key: tuple[str, str], hidden: torch.Tensor) -> None:
         path = self._shared_path(key)
-        arity = torch.tensor([self._arity or 0])
-        layout = {"hidden": hidden, "arity": arity}
+        size = hidden.numel() * hidden.element_size()
+        if self.shared_written + size > self.capacity or path.exists():
+            return
+        layout = {"hidden": hidden, "arity": torch.tensor([self._arity or 0])}
         try:
-            if not path.exists():  # whole or not at all (an atomic rename)
-                write_tensors(path, layout, layout.__getitem__)
+            write_tensors(path, layout, layout.__getitem__)  # whole or not at all
         except OSError:  # sharing saves time; a process that cannot write just runs layers
-            pass
+            return
+        self.shared_written += size
 
     def _from_shared(self, keys: list[tuple[str, str]], start: int) -> int:
         """The deepest shared depth above `start` whose hidden states another process wrote,

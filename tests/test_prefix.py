@@ -158,6 +158,28 @@ def test_other_tokens_are_not_served_and_the_oldest_slab_goes_first(tmp_path, mo
 
 
 @torch.no_grad()
+def test_each_process_writes_at_most_its_capacity_to_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix, "SLAB_BYTES", 64)
+    model = _Stack()
+    shared = tmp_path / "run"
+    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path, capacity=64,
+                          shared=shared)
+    for shift in range(3):  # two states of 16 bytes per pass: the third pass's are not written
+        x = torch.arange(4.0) + shift
+        with states.forward(x):
+            model(x.clone())
+    assert len(list(shared.glob("*.safetensors"))) == 4 and states.shared_written == 64
+    other = HiddenStates(model.layers, lambda: _keys(model), tmp_path, capacity=64,
+                         shared=shared)
+    for shift, runs in ((1, [0, 0, 0]), (2, [1, 1, 1])):  # served, then not written
+        before = [layer.calls for layer in model.layers]
+        x = torch.arange(4.0) + shift
+        with other.forward(x):
+            torch.testing.assert_close(model(x.clone()), x + 2, rtol=0, atol=0)
+        assert [layer.calls - b for layer, b in zip(model.layers, before, strict=True)] == runs
+
+
+@torch.no_grad()
 def test_an_unwritable_folder_keeps_nothing_and_says_so(tmp_path, capsys):
     model = _Stack()
     blocked = tmp_path / "file"
