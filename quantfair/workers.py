@@ -102,19 +102,20 @@ class CoreShare:
 
     PREFIX = "finished-"
 
-    def __init__(self, folder: Path, workers: int) -> None:
-        self.folder, self.workers = folder, workers
-        self.threads = max(1, available_cores() // workers)
+    def __init__(self, folder: Path, workers: int, threads: int) -> None:
+        self.folder, self.workers, self.threads = folder, workers, threads
 
     @classmethod
     def of_worker(cls, folder: Path | None, workers: int | None,
                   override: int | None) -> CoreShare | None:
-        """The share of a worker with a run folder whose threads `thread_share` set, else
+        """The share of a worker with a run folder whose threads are its share of the cores
+        (`thread_share`: no `override`, OMP_NUM_THREADS unset, two workers or more), else
         None."""
-        if (folder is None or override is not None or os.environ.get("OMP_NUM_THREADS")
-                or not workers or workers < 2):
+        if folder is None or override is not None:
             return None
-        return cls(folder, workers)
+        threads = thread_share(available_cores(), workers,
+                               environment=bool(os.environ.get("OMP_NUM_THREADS")))
+        return None if threads is None else cls(folder, workers, threads)
 
     def update(self) -> None:
         finished = sum(1 for _ in self.folder.glob(f"{self.PREFIX}*"))
