@@ -1,11 +1,14 @@
 """The quick audit suite serially and under pytest-xdist, each from a cold results cache.
 
     python benchmarks/bench_xdist.py [--model smollm2-135m] [--workers 2] [--rounds 3] [--scaling]
+                                     [--sharing]
 
 Runs `pytest audits/ --model MODEL -m quick` serially and with `-n WORKERS` in turn, `--rounds`
 times, each with QUANTFAIR_RESULTS_DIR pointing to a fresh empty folder (the converted model
 under ~/.cache/quantfair may stay warm), and prints the wall times, each round's ratio and the
-median ratio (-n WORKERS / serial; goal <= 1.0 on a two-core machine).
+median ratio (-n WORKERS / serial; goal <= 1.0 on a two-core machine). With `--sharing` the
+baseline is `-n WORKERS` with the workers' shared hidden states turned off (`quantfair.prefix`
+SHARED_DEPTHS set to 0 by a plugin in each process) instead of the serial run.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def audit_run(model: str, extra: list[str]) -> tuple[float, int, str]:
+NO_SHARING = "import quantfair.prefix\nquantfair.prefix.SHARED_DEPTHS = 0\n"
+
+
+def audit_run(model: str, extra: list[str], env: dict | None = None) -> tuple[float, int, str]:
     """Wall time, exit code and last output line of one quick audit run, cold results cache."""
     with tempfile.TemporaryDirectory(prefix="bench-xdist-") as folder:
-        env = {**os.environ, "QUANTFAIR_RESULTS_DIR": str(Path(folder) / "results"),
-               "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, **(env or {}),
+               "QUANTFAIR_RESULTS_DIR": str(Path(folder) / "results"), "HF_HUB_OFFLINE": "1"}
         command = [sys.executable, "-m", "pytest", "audits/", "--model", model, "-m", "quick",
                    "-q", "-p", "no:cacheprovider",
                    "--report", str(Path(folder) / "report.json"), *extra]
@@ -89,6 +95,9 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true",
                         help="first measure forward-pass tokens/s of one process at WORKERS "
                              "threads against WORKERS one-thread processes side by side")
+    parser.add_argument("--sharing", action="store_true",
+                        help="compare -n WORKERS with the shared hidden states of the top "
+                             "layer off against on, instead of serial against -n WORKERS")
     args = parser.parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -96,19 +105,28 @@ def main() -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     if args.scaling:
         scaling(args.model, args.workers)
-    ratios = []
-    for round_ in range(1, args.rounds + 1):
-        serial, serial_code, serial_line = audit_run(args.model, [])
-        print(f"round {round_} serial: {serial:7.1f} s  (exit {serial_code}: {serial_line})")
-        parallel, parallel_code, parallel_line = audit_run(args.model,
-                                                           ["-n", str(args.workers)])
-        print(f"round {round_} -n {args.workers}:   {parallel:7.1f} s  (exit {parallel_code}: "
-              f"{parallel_line})")
-        ratios.append(parallel / serial)
-        print(f"round {round_} ratio -n {args.workers} / serial: {ratios[-1]:.3f}")
+    parallel = ("-n", str(args.workers))
+    with tempfile.TemporaryDirectory(prefix="bench-xdist-plugin-") as plugins:
+        Path(plugins, "bench_no_sharing.py").write_text(NO_SHARING)
+        pythonpath = os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))
+        # (label, pytest arguments, environment): the baseline, then what is measured
+        runs = ([(f"-n {args.workers}, no shared hidden states",
+                  [*parallel, "-p", "bench_no_sharing"], {"PYTHONPATH": pythonpath}),
+                 (f"-n {args.workers}", list(parallel), {})] if args.sharing
+                else [("serial", [], {}), (f"-n {args.workers}", list(parallel), {})])
+        ratios = []
+        for round_ in range(1, args.rounds + 1):
+            walls = []
+            for label, extra, env in runs:
+                wall, code, line = audit_run(args.model, extra, env)
+                print(f"round {round_} {label}: {wall:7.1f} s  (exit {code}: {line})")
+                walls.append(wall)
+            ratios.append(walls[1] / walls[0])
+            print(f"round {round_} ratio {runs[1][0]} / {runs[0][0]}: {ratios[-1]:.3f}")
     if ratios:
-        print(f"median ratio -n {args.workers} / serial over {args.rounds} round(s): "
-              f"{statistics.median(ratios):.3f}  (goal <= 1.0)")
+        goal = "" if args.sharing else "  (goal <= 1.0)"
+        print(f"median ratio {runs[1][0]} / {runs[0][0]} over {args.rounds} round(s): "
+              f"{statistics.median(ratios):.3f}{goal}")
 
 
 if __name__ == "__main__":
