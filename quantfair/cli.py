@@ -308,10 +308,14 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                       for s in result.trace]))
     if result.confirmation:
         print(f"\nfinalists scored again on {len(result.confirmation_units)} held-out units per "
-              "language (the lowest is refined):")
-        print(_table(["finalist", "score", "mean disparity", "worst disparity"],
+              "language (the lowest of those proven fairer than none, *, else of all, is "
+              "refined):")
+        print(_table(["finalist", "score", "mean disparity", "worst disparity",
+                      "it - none (mean)", "it - none (worst)", "proven"],
                      [(c["strategy"], _finite(c["score"], 4), _finite(c["mean_disparity"], 3),
-                       _finite(c["worst_disparity"], 3)) for c in result.confirmation]))
+                       _finite(c["worst_disparity"], 3), cell(c.get("mean_vs_none")),
+                       cell(c.get("worst_vs_none")), "*" if c.get("proven") else "")
+                      for c in result.confirmation]))
     if result.comparison:
         print("\non the held-out audit units (vs: paired difference suggested - baseline, "
               "95% CI; below 0 the suggestion is better):")

@@ -207,6 +207,43 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
     assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
 
 
+def _per_unit(change: dict[str, list[float]]) -> Measurement:
+    """Each language's NLL change (and KL divergence) on each of its units, nats."""
+    delta = np.array(list(change.values()))
+    fp, ones = np.full_like(delta, 10.0), np.ones_like(delta)
+    return Measurement(tuple(change), fp, fp + delta, ones, ones, ones, kld=delta)
+
+
+@pytest.mark.parametrize(("steady_zh", "chosen"), [(2.8, ["steady"]), (3.0, ["noisy"])])
+def test_the_finalist_refined_is_proven_fairer_than_none_on_the_pool(
+        tiny_models, monkeypatch, steady_zh, chosen):
+    """`noisy` scores lowest on the pool, its languages' NLL changes swinging from unit to
+    unit, so its difference from no protection is within their noise (the CI reaches above
+    0); `steady` scores a little higher and is fairer than none on every unit: the proven one
+    is refined. Where `steady` proves nothing either (its worst language, Chinese, as
+    unprotected), the lowest."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    pool = search_pool(session, 2)
+    search = Search(session, 0.3, search_units(session, 2), pool=pool)
+    on_pool = {"none": {"en": [1.0] * 6, "he": [2.0] * 6, "zh": [3.0] * 6},
+               "steady": {"en": [1.0] * 6, "he": [1.8] * 6, "zh": [steady_zh] * 6},
+               "noisy": {"en": [1.0] * 6, "he": [0.2, 3.0] * 3, "zh": [0.2, 4.8] * 3}}
+
+    def measure(strategy, scheme=None, corpus=None, distribution=False):
+        assert corpus is pool
+        return _per_unit(on_pool[strategy])
+
+    monkeypatch.setattr(session, "measure", measure)
+    finalists = [(Score(1.0, 0, 0, 0, 1), [name] if name != "none" else [])
+                 for name in ("noisy", "steady", "none")]
+    assert search.confirm(finalists, announce=lambda message: None)[1] == chosen
+    noisy, steady, none = search.confirmed
+    assert noisy["score"] < steady["score"] < none["score"]
+    assert noisy["mean_vs_none"]["value"] < 0 < noisy["mean_vs_none"]["high"]
+    assert not noisy["proven"] and not none["proven"]
+    assert steady["proven"] == (steady_zh < 3.0)
+
+
 def test_the_pool_decides_where_the_greedy_path_stops(tiny_models, monkeypatch):
     """Each step of the greedy path lowers the score on the calibration units, some by their
     noise only: the path stopped at each earlier step is a finalist too, and here the pool
@@ -414,9 +451,14 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
                                     duration_s=1.0))
     report["suggestion"] = {**json.loads(path.read_text()), "confirmation_units": ["a", "b"],
                             "confirmation": [{"strategy": "L1", "score": 1.5,
-                                              "mean_disparity": 0.5, "worst_disparity": 1.0}]}
+                                              "mean_disparity": 0.5, "worst_disparity": 1.0,
+                                              "proven": True},
+                                             {"strategy": "L2", "score": 1.25,
+                                              "mean_disparity": 0.5, "worst_disparity": 0.75,
+                                              "proven": False}]}
     html = render_html(report)
     assert "Finalists scored again on 2 held-out units" in html
+    assert "<code>L1</code> 1.5*, <code>L2</code> 1.25." in html  # * proven fairer
     assert "<code>L1</code> 1.5" in html
     assert "<td>magnitude *</td>" in html and "<td>seed recipe</td>" in html
     assert "which a file cannot store under gguf:Q8_0" in html
