@@ -370,6 +370,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
           "that stopped passing)")
     _write(output, render_html(new))
+    if new["verdict"] in ("incomplete", "error"):  # what it did not decide cannot pass a gate
+        why = "; ".join(new["incomplete"]) or "an audit raised an error instead of a verdict"
+        print(f"quantfair: {args.new} is the report of a run with verdict {new['verdict']} "
+              f"({why}): it cannot pass a release gate", file=sys.stderr)
+        return 3
     return 1 if regressions else 0
 
 

@@ -221,8 +221,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
     """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
     (passed -> inconclusive is listed, and is a regression only when `strict`); beside them
-    `differences` (settings that differ: numbers measured otherwise) and `not_compared` (the
-    baseline's measurements this run did not make). Audits match by test file and id,
+    `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
+    baseline's measurements this run did not make) and `not_run` (its audits). Audits match by test file and id,
     whichever folder or package they were collected from. Raises NothingShared when the two
     reports have no row and no audit in common."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
@@ -242,6 +242,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
+    new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
     audits, undecided = [], []
     for entry in new.get("audits", []):
         before = old_audits.get(_audit_key(entry["nodeid"]))
@@ -267,6 +268,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
             "not_compared": not_compared, "now_inconclusive": undecided,
+            "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
 
@@ -316,6 +318,9 @@ def comparison_notes(comparison: dict) -> list[str]:
     if missing := comparison.get("not_compared"):
         lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
                      f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    if not_run := comparison.get("not_run"):
+        lines.append(f"{len(not_run)} baseline audit(s) not run in this run: "
+                     f"{', '.join(not_run[:4])}{', ...' if len(not_run) > 4 else ''}")
     if undecided := comparison.get("now_inconclusive"):
         lines.append(f"{len(undecided)} audit(s) passed in the baseline and are inconclusive "
                      f"now (a regression with --quantfair-strict): {', '.join(undecided)}")

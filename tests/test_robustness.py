@@ -423,6 +423,21 @@ def test_a_baseline_of_an_incomplete_run_is_said_to_be_one(tmp_path, report_pair
     assert "The baseline is of an incomplete run" in html
 
 
+def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
+    """NEW stopped before its audit: no regression among what it measured, yet the gate
+    fails (exit 3, not 0), saying why, and names the baseline's audit it did not run."""
+    old, report = report_pair
+    stopped = {**report, "audits": [], "verdict": "incomplete",
+               "incomplete": ["the run was interrupted (Ctrl-C)"]}
+    _, printed, html = _compared(tmp_path, old, stopped)
+    assert printed.returncode == 3, printed.stderr
+    assert "0 regression(s)" in printed.stdout
+    assert "1 baseline audit(s) not run in this run: test_x.py::test_y[none-he]" in printed.stdout
+    assert printed.stderr.count("\n") == 1
+    assert "verdict incomplete (the run was interrupted (Ctrl-C))" in printed.stderr
+    assert 'data-verdict="incomplete"' in html
+
+
 def test_a_report_compared_with_itself_says_so(report_pair):
     old, _ = report_pair
     printed = run_cli("report", str(old), str(old))
