@@ -28,9 +28,9 @@ def llama_quantize_binary() -> Path:
     configured = os.environ.get(BINARY_VARIABLE)
     found = configured or shutil.which("llama-quantize")
     if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
-        where = f"{BINARY_VARIABLE}={configured} is not an executable" if configured else \
-            "no llama-quantize on PATH"
-        raise UsageError(f"llama.cpp: schemes run llama.cpp's quantizer, and there is {where}; "
+        where = f"{BINARY_VARIABLE}={configured} is not an executable file" if configured \
+            else "there is no llama-quantize on PATH"
+        raise UsageError(f"llama.cpp: schemes run llama.cpp's quantizer, and {where}; "
                          f"{BUILD_HINT}")
     return Path(found).resolve()
 

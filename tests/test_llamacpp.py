@@ -49,10 +49,12 @@ def test_an_unknown_llama_quantize_type_is_a_usage_error():
 def test_without_llama_quantize_the_run_stops_before_loading(monkeypatch, tmp_path):
     monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(UsageError, match="no llama-quantize on PATH; build it"):
+    with pytest.raises(UsageError, match="quantizer, and there is no llama-quantize on PATH; "
+                                         "build it"):
         _config("tiny-llama", "llama.cpp:Q4_K_M")
     monkeypatch.setenv("QUANTFAIR_LLAMA_QUANTIZE", str(tmp_path / "missing"))
-    with pytest.raises(UsageError, match="QUANTFAIR_LLAMA_QUANTIZE=.*missing is not an exec"):
+    with pytest.raises(UsageError, match="quantizer, and QUANTFAIR_LLAMA_QUANTIZE=.*missing is "
+                                         "not an executable file; build it"):
         _config("tiny-llama", "llama.cpp:Q4_K_M")
 
 
