@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -537,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; any failure is one line on stderr and a non-zero exit (the traceback
     only with QUANTFAIR_DEBUG=1)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_negative_values(
+        sys.argv[1:] if argv is None else list(argv)))
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
@@ -555,6 +557,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
         expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
         return 2 if expected else 3
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--budget -5%` as `--budget=-5%`: argparse takes a value starting with a dash for an
+    option unless it is a plain number, and says the option lacks its argument; attached, the
+    value reaches the option's own check and its one-line error."""
+    out: list[str] = []
+    for token in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1]
+                and re.match(r"-[\d.]", token)):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _out_of_memory(error: Exception) -> bool:
