@@ -17,6 +17,7 @@ from quantfair.export import gguf_names
 from quantfair.models import (
     FLOAT_TYPES,
     LoadedModel,
+    gguf_architecture,
     gguf_checkpoint,
     gguf_tensors,
     gguf_type_mix,
@@ -182,6 +183,18 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
     return None
 
 
+def _same_architecture(spec: str, reference: LoadedModel) -> None:
+    """Raises UsageError where `spec` and the model are GGUF files of different
+    architectures (`general.architecture` in their headers)."""
+    path = Path(spec)
+    if path.suffix != ".gguf" or not path.is_file() or reference.gguf_source is None:
+        return
+    theirs, ours = gguf_architecture(path), gguf_architecture(reference.gguf_source)
+    if theirs and ours and theirs != ours:
+        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
+                         f"architecture {theirs}, the model's is {ours}")
+
+
 def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Artifact:
     """Read the artifact `spec` and map it onto `reference`'s parameters by name, as the
     quantized tensors of `scheme` (`artifact:<label>` or `llama.cpp:<TYPE>`).
@@ -190,6 +203,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
     a parameter in an integer type, or when its weights are too far from the model's to be
     their quantization (`_unlike`)."""
+    _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
     model, tokenizer, source, type_mix, dtypes = _read(spec)
     mismatch = _first_mismatch(reference, model, tokenizer)
     if mismatch:

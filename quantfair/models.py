@@ -107,30 +107,46 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def gguf_tensors(path: Path) -> dict[str, dict]:
-    """Each tensor of a GGUF file by name: its storage `type` ("Q4_1"), `elements`, `bytes`
-    and `end` (the file offset just past its data).
+def _gguf_header(path: Path) -> dict:
+    """What quantfair reads of a GGUF file's header: `architecture` (its
+    `general.architecture`, e.g. "llama"; "" where absent) and `tensors`, each tensor by name:
+    its storage `type` ("Q4_1"), `elements`, `bytes` and `end` (the file offset just past its
+    data).
 
     The reader parses every metadata field in Python (seconds for a tokenizer's vocabulary,
-    in every process that reads the file), so the table is kept under the cache, keyed by
+    in every process that reads the file), so the result is kept under the cache, keyed by
     the file's resolved path, size and modification time. Raises QuantfairError when the
     file cannot be parsed (damaged or not a GGUF) or the cache cannot be written."""
     from gguf import GGUFReader
 
-    def parse() -> dict[str, dict]:
+    def parse() -> dict:
         try:
-            tensors = GGUFReader(path).tensors
+            reader = GGUFReader(path)
+            field = reader.fields.get("general.architecture")
+            architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
         except Exception as error:  # any parse failure of these foreign bytes means damaged
             raise QuantfairError(
                 f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "
                 "truncated or damaged: download or copy it again") from None
-        return {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
-                         "bytes": int(t.n_bytes), "end": int(t.data_offset) + int(t.n_bytes)}
-                for t in tensors}
+        return {"architecture": str(architecture),
+                "tensors": {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
+                                     "bytes": int(t.n_bytes),
+                                     "end": int(t.data_offset) + int(t.n_bytes)}
+                            for t in reader.tensors}}
 
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return shared_json(cache_root() / "gguf-tensors" / f"{key.hexdigest()[:24]}.json", parse)
+    return shared_json(cache_root() / "gguf-headers" / f"{key.hexdigest()[:24]}.json", parse)
+
+
+def gguf_tensors(path: Path) -> dict[str, dict]:
+    """Each tensor of a GGUF file by name (`_gguf_header`, cached). Raises QuantfairError."""
+    return _gguf_header(path)["tensors"]
+
+
+def gguf_architecture(path: Path) -> str:
+    """A GGUF file's `general.architecture` ("llama", "gemma3"; `_gguf_header`, cached)."""
+    return _gguf_header(path)["architecture"]
 
 
 def gguf_type_mix(path: Path) -> dict[str, int]:

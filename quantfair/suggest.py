@@ -52,14 +52,15 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
    differ by less than the noise, and the lowest of many noisy scores is biased low (the
    winner's curse). Lowest of those proven fairer than no protection there (`proven_fairer`:
    the paired bootstrap CI of it - none below 0 in mean and in worst-language disparity),
-   where any is: a suggestion is to be proven on held-out text, and a lower score within
-   the noise proves nothing (on SmolLM2 under int4-g128-linear at 12%, the largest weights
-   scored 4.96 on the pool's 9 units and the greedy path 4.99, with it - none in mean
-   -0.32 [-1.33, 1.19] and -0.50 [-0.61, -0.37]). Held-out units are few (9 of the corpus's 31 when 22 are audited), so
-   the round keeps the calibration units too: the greedy path, chosen on them, gains a bias
-   there, but on 5 units alone two whole-layer sets within ~0.1 swap places by chance (on
-   Gemma 3 under gguf:Q4_0 at 5%, the 5 other units put layers 0 and 11 ahead of the seed's
-   layers 0 and 17; all 9, as 22 audit units do significantly, not).
+   where any is: a suggestion is to be proven on held-out text, and a lower score within the
+   noise proves nothing (on SmolLM2 under int4-g128-linear at 12%, the largest weights
+   scored 4.96 on the pool's 9 units and the greedy path 4.99, with it - none in mean -0.32
+   [-1.33, 1.19] and -0.50 [-0.61, -0.37]). Held-out units are few (9 of the corpus's 31
+   when 22 are audited), so the round keeps the calibration units too: the greedy path,
+   chosen on them, gains a bias there, but on 5 units alone two whole-layer sets within ~0.1
+   swap places by chance (on Gemma 3 under gguf:Q4_0 at 5%, the 5 other units put layers 0
+   and 11 ahead of the seed's layers 0 and 17; all 9, as 22 audit units do significantly,
+   not).
 """
 
 from __future__ import annotations

@@ -314,3 +314,25 @@ def test_export_of_the_embedded_model_reloads_as_the_audited_weights(tmp_path):
     loaded_back = pair.bank.quantized(pair.config.scheme)
     for name, param in bank.params.items():  # q/k rows went through llama.cpp's permutation
         assert torch.equal(loaded_back[name], param.detach()), name
+
+
+def test_a_gguf_of_another_architecture_is_refused_before_it_is_dequantized(
+        f32_gguf, tmp_path, monkeypatch, capsys):
+    """The header says what the file is: a Llama GGUF beside a GPT-2 model is one line, and
+    no time goes into converting it (nothing is written to the cache)."""
+    other = tmp_path / "llama.gguf"
+    writer = gguf.GGUFWriter(str(other), "llama")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                  writer.write_tensors_to_file):
+        write()
+    writer.close()
+
+    def converted(path):
+        raise AssertionError(f"{path} was dequantized")
+
+    monkeypatch.setattr("quantfair.artifact.gguf_checkpoint", converted)
+    assert main(["measure", str(f32_gguf), "--quantized", str(other), "--languages", "en,de",
+                 "--units", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "does not pair with tiny-f32: it has architecture llama, the model's is gpt2")
