@@ -363,6 +363,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):
         raise UsageError(f"--output {output} would overwrite a report it compares")
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--output {output}: the comparison is an HTML page; name it .html "
+                         "(NEW is the machine-readable report)")
     regressions = new["comparison"]["regressions"]
     for line in comparison_notes(new["comparison"]):
         print(line)

@@ -514,6 +514,9 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     missing = tmp_path / "no" / "r.html"
     one_line_error(run_cli("report", str(old), str(new), "--output", str(missing)),
                    f"--output {missing}: no directory {missing.parent}")
+    one_line_error(run_cli("report", str(old), str(new), "--output", str(tmp_path / "c.json")),
+                   "the comparison is an HTML page; name it .html")
+    assert not (tmp_path / "c.json").exists()
     assert json.loads(new.read_text()) == other
 
 
