@@ -265,3 +265,14 @@ def test_the_environment_names_torch_without_importing_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [metadata.version("torch"), metadata.version("transformers"), "False"]
+
+
+def test_a_controller_imports_no_model_stack_nor_scipy():
+    """What an xdist controller imports (the plugin, the run, the report) leaves out torch,
+    transformers and scipy.stats (~0.5 s, wanted only for a correlation): every worker
+    starts after the controller has."""
+    code = ("import sys, quantfair.plugin, quantfair.run, quantfair.report; "
+            "print(*[m in sys.modules for m in ('torch', 'transformers', 'scipy.stats')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False", "False"]
