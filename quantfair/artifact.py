@@ -4,6 +4,7 @@ side of an audit, mapped onto the FP model's parameters by name."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -184,13 +185,26 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
 
 
 def _same_architecture(spec: str, reference: LoadedModel) -> None:
-    """Raises UsageError where `spec` and the model are GGUF files of different
-    architectures (`general.architecture` in their headers)."""
+    """Raises UsageError where the GGUF file `spec` is of another architecture than the
+    model, read from its header (`general.architecture`): against the model's own GGUF
+    file's, or else its transformers model type, which transformers takes from that field
+    (up to separators and a "_text" suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text).
+    A llama file is not judged here: transformers loads Mistral models from those too."""
     path = Path(spec)
-    if path.suffix != ".gguf" or not path.is_file() or reference.gguf_source is None:
+    if path.suffix != ".gguf" or not path.is_file():
         return
-    theirs, ours = gguf_architecture(path), gguf_architecture(reference.gguf_source)
-    if theirs and ours and theirs != ours:
+    theirs = gguf_architecture(path)
+    if reference.gguf_source is not None:
+        ours = gguf_architecture(reference.gguf_source)
+        differ = ours != theirs
+    else:
+        ours = reference.model.config.model_type
+
+        def key(name: str) -> str:
+            return re.sub(r"[^a-z0-9]", "", name.lower()).removesuffix("text")
+
+        differ = theirs != "llama" and key(ours) != key(theirs)
+    if theirs and ours and differ:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"architecture {theirs}, the model's is {ours}")
 

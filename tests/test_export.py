@@ -316,23 +316,41 @@ def test_export_of_the_embedded_model_reloads_as_the_audited_weights(tmp_path):
         assert torch.equal(loaded_back[name], param.detach()), name
 
 
-def test_a_gguf_of_another_architecture_is_refused_before_it_is_dequantized(
-        f32_gguf, tmp_path, monkeypatch, capsys):
-    """The header says what the file is: a Llama GGUF beside a GPT-2 model is one line, and
-    no time goes into converting it (nothing is written to the cache)."""
-    other = tmp_path / "llama.gguf"
-    writer = gguf.GGUFWriter(str(other), "llama")
+def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
+    """A GGUF file of `architecture` with one tensor; converting any file to a checkpoint
+    fails the test from here on."""
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
     for write in (writer.write_header_to_file, writer.write_kv_data_to_file,
                   writer.write_tensors_to_file):
         write()
     writer.close()
 
-    def converted(path):
-        raise AssertionError(f"{path} was dequantized")
+    def converted(source):
+        raise AssertionError(f"{source} was dequantized")
 
     monkeypatch.setattr("quantfair.artifact.gguf_checkpoint", converted)
+    return path
+
+def test_a_gguf_of_another_architecture_is_refused_before_it_is_dequantized(
+        f32_gguf, tmp_path, monkeypatch, capsys):
+    """The header says what the file is: a Llama GGUF beside a GPT-2 model is one line, and
+    no time goes into converting it (nothing is written to the cache)."""
+    other = _one_tensor_gguf(tmp_path / "llama.gguf", "llama", monkeypatch)
     assert main(["measure", str(f32_gguf), "--quantized", str(other), "--languages", "en,de",
                  "--units", "1"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "does not pair with tiny-f32: it has architecture llama, the model's is gpt2")
+
+
+def test_a_gguf_of_another_architecture_than_a_hugging_face_model_is_refused_first(
+        tmp_path, monkeypatch, capsys):
+    """Beside a model that is no GGUF file, the header is read against its model type (a
+    Llama file is not judged there: transformers makes Mistral models of those too)."""
+    other = _one_tensor_gguf(tmp_path / "gemma3.gguf", "gemma3", monkeypatch)
+    for model, code in (("tiny-gpt2", 2), ("tiny-gemma3", 3)):  # gemma3 -> gemma3_text
+        assert main(["measure", model, "--quantized", str(other), "--languages", "en,de",
+                     "--units", "1"]) == code
+    err = capsys.readouterr().err
+    assert "does not pair with tiny-gpt2: it has architecture gemma3, the model's is gpt2" in err
+    assert "AssertionError" in err  # tiny-gemma3: not refused by the header, so converted
