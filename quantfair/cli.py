@@ -349,7 +349,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from quantfair.config import DEFAULT_TOLERANCE, number_option
     from quantfair.html import render_html
-    from quantfair.report import compare, comparison_notes, load_report, settle_verdict
+    from quantfair.report import (
+        NothingShared,
+        compare,
+        comparison_notes,
+        load_report,
+        settle_verdict,
+    )
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
@@ -357,7 +363,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     old, new = load_report(args.old), load_report(args.new)
     if Path(args.old).resolve() == Path(args.new).resolve():
         print(f"note: {args.old} is compared with itself: nothing can differ")
-    new["comparison"] = compare(old, new, tolerance)
+    settle_verdict(new)
+    undecided = new["verdict"] in ("incomplete", "error")  # it cannot pass a release gate
+    why = (f"{args.new} is the report of a run with verdict {new['verdict']} "
+           f"({'; '.join(new['incomplete']) or 'an audit raised an error instead of a verdict'})"
+           ": it cannot pass a release gate")
+    try:
+        new["comparison"] = compare(old, new, tolerance)
+    except NothingShared:
+        if not undecided:
+            raise
+        print(f"quantfair: {why}, and it shares nothing with the baseline", file=sys.stderr)
+        return 3
     settle_verdict(new)  # a regression fails the run its audits passed
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
@@ -374,10 +391,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
           "that stopped passing)")
     _write(output, render_html(new))
-    if new["verdict"] in ("incomplete", "error"):  # what it did not decide cannot pass a gate
-        why = "; ".join(new["incomplete"]) or "an audit raised an error instead of a verdict"
-        print(f"quantfair: {args.new} is the report of a run with verdict {new['verdict']} "
-              f"({why}): it cannot pass a release gate", file=sys.stderr)
+    if undecided:
+        print(f"quantfair: {why}", file=sys.stderr)
         return 3
     return 1 if regressions else 0
 
@@ -479,7 +494,7 @@ RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "langu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantfair", description=__doc__)
+    parser = _Parser(prog="quantfair", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")
@@ -567,13 +582,22 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     option unless it is a plain number, and says the option lacks its argument; attached, the
     value reaches the option's own check and its one-line error."""
     out: list[str] = []
-    for token in argv:
+    for index, token in enumerate(argv):
+        if token == "--":  # what follows is positional, as given
+            return out + argv[index:]
         if (out and out[-1].startswith("--") and "=" not in out[-1]
                 and re.match(r"-[\d.]", token)):
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)
     return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other bad input (its subcommands' parsers too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"quantfair: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _out_of_memory(error: Exception) -> bool:

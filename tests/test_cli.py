@@ -18,6 +18,13 @@ BAD_INPUTS = [
     (["inspect", "/nowhere/model"], "model path not found: /nowhere/model"),
     (["inspect", "pyproject.toml"], "model pyproject.toml: a file that is not .gguf"),
     (["inspect", "/tmp"], "/tmp has no config.json: not a Hugging Face model directory"),
+    # argparse's own errors: one line too, saying where the usage is
+    (["suggest", "tiny-llama", "--budget"], "quantfair: error: quantfair suggest: argument "
+     "--budget: expected one argument (see quantfair suggest --help)"),
+    (["measure", "tiny-llama", "--strategy", "-L0"], "argument --strategy: expected one "
+     "argument"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
 ]
 
 

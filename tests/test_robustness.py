@@ -436,6 +436,14 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
     assert printed.stderr.count("\n") == 1
     assert "verdict incomplete (the run was interrupted (Ctrl-C))" in printed.stderr
     assert 'data-verdict="incomplete"' in html
+    # stopped before its first measurement: what it is comes first, not "nothing shared"
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**stopped, "measurements": []}))
+    printed = run_cli("report", str(old), str(empty))
+    assert printed.returncode == 3
+    assert printed.stderr.strip().endswith(
+        "cannot pass a release gate, and it shares nothing with the baseline")
+    assert printed.stderr.count("\n") == 1
 
 
 def test_a_report_compared_with_itself_says_so(report_pair):
