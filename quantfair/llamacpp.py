@@ -30,6 +30,8 @@ def llama_quantize_binary() -> Path:
     if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
         where = f"{BINARY_VARIABLE}={configured} is not an executable file" if configured \
             else "there is no llama-quantize on PATH"
+        if configured and Path(configured).is_file():
+            where += " (chmod +x it if it is llama-quantize)"
         raise UsageError(f"llama.cpp: schemes run llama.cpp's quantizer, and {where}; "
                          f"{BUILD_HINT}")
     return Path(found).resolve()

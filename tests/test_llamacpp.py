@@ -56,6 +56,12 @@ def test_without_llama_quantize_the_run_stops_before_loading(monkeypatch, tmp_pa
     with pytest.raises(UsageError, match="quantizer, and QUANTFAIR_LLAMA_QUANTIZE=.*missing is "
                                          "not an executable file; build it"):
         _config("tiny-llama", "llama.cpp:Q4_K_M")
+    plain = tmp_path / "llama-quantize"
+    plain.write_text("")  # not executable
+    monkeypatch.setenv("QUANTFAIR_LLAMA_QUANTIZE", str(plain))
+    with pytest.raises(UsageError, match=r"not an executable file \(chmod \+x it if it is "
+                                         r"llama-quantize\); build it"):
+        _config("tiny-llama", "llama.cpp:Q4_K_M")
 
 
 def test_a_model_without_a_source_gguf_says_how_to_make_one(copying_quantizer):
