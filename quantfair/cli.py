@@ -360,22 +360,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
     _check_output(args.output, "--output", args)
-    old, new = load_report(args.old), load_report(args.new)
-    if Path(args.old).resolve() == Path(args.new).resolve():
-        print(f"note: {args.old} is compared with itself: nothing can differ")
-    settle_verdict(new)
-    undecided = new["verdict"] in ("incomplete", "error")  # it cannot pass a release gate
-    why = (f"{args.new} is the report of a run with verdict {new['verdict']} "
-           f"({'; '.join(new['incomplete']) or 'an audit raised an error instead of a verdict'})"
-           ": it cannot pass a release gate")
-    try:
-        new["comparison"] = compare(old, new, tolerance)
-    except NothingShared:
-        if not undecided:
-            raise
-        print(f"quantfair: {why}, and it shares nothing with the baseline", file=sys.stderr)
-        return 3
-    settle_verdict(new)  # a regression fails the run its audits passed
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):
@@ -383,6 +367,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--output {output}: the comparison is an HTML page; name it .html "
                          "(NEW is the machine-readable report)")
+    old, new = load_report(args.old), load_report(args.new)
+    if Path(args.old).resolve() == new_path.resolve():
+        print(f"note: {args.old} is compared with itself: nothing can differ")
+    try:
+        new["comparison"] = compare(old, new, tolerance)
+    except NothingShared:
+        settle_verdict(new)
+        if not (why := _undecided(new, args.new)):
+            raise
+        print(f"quantfair: {why}, and it shares nothing with the baseline", file=sys.stderr)
+        return 3
+    settle_verdict(new)  # a regression fails the run its audits passed
     regressions = new["comparison"]["regressions"]
     for line in comparison_notes(new["comparison"]):
         print(line)
@@ -391,10 +387,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
           "that stopped passing)")
     _write(output, render_html(new))
-    if undecided:
+    if why := _undecided(new, args.new):
         print(f"quantfair: {why}", file=sys.stderr)
         return 3
     return 1 if regressions else 0
+
+
+def _undecided(report: dict, path: str) -> str:
+    """Why the report at `path`, its verdict settled, cannot pass a release gate (its run is
+    incomplete or an audit raised), else ""."""
+    if report["verdict"] not in ("incomplete", "error"):
+        return ""
+    why = "; ".join(report["incomplete"]) or "an audit raised an error instead of a verdict"
+    return (f"{path} is the report of a run with verdict {report['verdict']} ({why}): "
+            "it cannot pass a release gate")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -315,12 +315,10 @@ def comparison_notes(comparison: dict) -> list[str]:
     if stopped := comparison.get("baseline_incomplete"):
         lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
                      "did not measure is not compared")
-    if missing := comparison.get("not_compared"):
-        lines.append(f"{len(missing)} baseline measurement(s) not made in this run: "
-                     f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
-    if not_run := comparison.get("not_run"):
-        lines.append(f"{len(not_run)} baseline audit(s) not run in this run: "
-                     f"{', '.join(not_run[:4])}{', ...' if len(not_run) > 4 else ''}")
+    for key, what in (("not_compared", "measurement(s) not made"), ("not_run", "audit(s) not run")):
+        if missing := comparison.get(key):
+            lines.append(f"{len(missing)} baseline {what} in this run: "
+                         f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
     if undecided := comparison.get("now_inconclusive"):
         lines.append(f"{len(undecided)} audit(s) passed in the baseline and are inconclusive "
                      f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
