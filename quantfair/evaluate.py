@@ -405,10 +405,10 @@ class _Progress:
     """Tokens scored of a set of units, here or by another process, for a progress callback."""
 
     def __init__(self, callback: Callable[[int, int], None] | None,
-                 sizes: dict[str, int]) -> None:
+                 sizes: dict[str, int], before: int = 0) -> None:
         self.callback = callback
         self.sizes = sizes  # unit key -> tokens of its windows
-        self.total = sum(sizes.values())
+        self.total = sum(sizes.values()) + before  # `before`: the FP forwards of a reference
         self.done = 0  # tokens scored by this process
         self.mine: set[str] = set()
         self.finished: set[str] = set()
@@ -416,11 +416,6 @@ class _Progress:
 
     def advance(self, tokens: int) -> None:
         self.done += tokens
-
-    def expect(self, tokens: int) -> None:
-        """`tokens` more to score before the windows (the FP forwards of a reference)."""
-        self.total += tokens
-        self.report()
 
     def seen(self, keys: Iterable[str], mine: bool = False) -> set[str]:
         """Note finished units (ours if `mine`); every finished unit among ours so far."""
@@ -744,24 +739,23 @@ class Evaluator:
             return results
         keyed, ids, windows, _ = self._plan(todo)
         exact, head = self.exact_head, self.head_variant()
-        tracker = _Progress(progress, _window_tokens(windows))
-        if exact:
-            missing = {k: n for k, n in tracker.sizes.items()
-                       if self.references.load(k, head) is None}
-            if missing:
-                def built() -> set[str]:
-                    return {k for k in missing if self.references.load(k, head) is not None}
+        sizes = _window_tokens(windows)
+        missing = {k: n for k, n in sizes.items()
+                   if exact and self.references.load(k, head) is None}
+        tracker = _Progress(progress, sizes, before=(side := sum(missing.values())))
+        if missing:
+            def built() -> set[str]:
+                return {k for k in missing if self.references.load(k, head) is not None}
 
-                # All claimed at once: one swap to the FP weights and back. Their FP
-                # forwards are on the bar; what another process built counts as done.
-                tracker.expect(side := sum(missing.values()))
-                start = tracker.done
-                self._shared(f"side\0{head}", "the FP reference", missing, built,
-                             lambda keys: self._build_references(
-                                 {key: ids[key] for key in keys}, head, swap, tracker),
-                             group_tokens=sys.maxsize)
-                tracker.done = start + side
-                tracker.report()
+            # All claimed at once: one swap to the FP weights and back. Their FP
+            # forwards are on the bar; what another process built counts as done.
+            start = tracker.done
+            self._shared(f"side\0{head}", "the FP reference", missing, built,
+                         lambda keys: self._build_references(
+                             {key: ids[key] for key in keys}, head, swap, tracker),
+                         group_tokens=sys.maxsize)
+            tracker.done = start + side
+            tracker.report()
 
         def finished() -> set[str]:
             return tracker.seen(self.distribution_cache.refresh(config).keys())

@@ -14,28 +14,31 @@ _open: list = []  # bars not yet at their end
 LOG_INTERVAL = 10.0  # seconds between a bar's redraws where stderr is not a terminal
 
 
-def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str, int], Update]:
-    """A `progress` for `AuditSession`: `progress(label, tokens)` opens a bar and returns its
-    `update(done, scored)`. The bar ends at `scored`, the tokens the evaluator's windows score,
-    which can differ from the texts' token count `tokens` (a BOS token each, the FP pass of a
-    distribution). `guard()`: the context in which a bar may write (the pytest plugin's
-    suspends output capture). One evaluation runs at a time: opening a bar closes any left
-    open by an evaluation that raised."""
+def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str], Update]:
+    """A `progress` for `AuditSession`: `progress(label)` returns the `update(done, scored)` of
+    a bar that is drawn at its first update and ends at `scored`, the tokens the evaluator's
+    windows score (a BOS token each, the FP pass of a distribution: more than the texts'
+    tokens). `guard()`: the context in which a bar may write (the pytest plugin's suspends
+    output capture). One evaluation runs at a time: opening a bar closes any left open by an
+    evaluation that raised."""
 
-    def open_bar(label: str, tokens: int) -> Update:
+    def open_bar(label: str) -> Update:
         from tqdm import tqdm
 
         close_bars(guard)
-        with guard():
-            # in a log (no terminal) every redraw stays: one every LOG_INTERVAL seconds, and
-            # the last (its end, or where it stopped) ends its line, for the next to start anew
-            log = not sys.stderr.isatty()
-            bar = tqdm(total=tokens, desc=label, unit="tok", unit_scale=True, file=sys.stderr,
-                       leave=log, mininterval=LOG_INTERVAL if log else 0.1)
-        _open.append(bar)
+        bars: list = []  # the bar, once drawn
 
         def update(done: int, scored: int) -> None:
             with guard():
+                if not bars:
+                    # in a log (no terminal) every redraw stays: one every LOG_INTERVAL s, and
+                    # the last (its end, or where it stopped) ends its line, for the next
+                    log = not sys.stderr.isatty()
+                    bars.append(tqdm(total=scored, desc=label, unit="tok", unit_scale=True,
+                                     file=sys.stderr, leave=log,
+                                     mininterval=LOG_INTERVAL if log else 0.1))
+                    _open.append(bars[0])
+                bar = bars[0]
                 bar.total = scored
                 bar.update(done - bar.n)
                 if done >= scored and bar in _open:

@@ -58,7 +58,7 @@ class AuditSession:
     on demand."""
 
     def __init__(self, config: RunConfig, announce: Announce = _stderr,
-                 progress: Callable[[str, int], Callable[[int, int], None] | None] | None = None,
+                 progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
                  loaded: LoadedModel | None = None, workers: int | None = None,
                  run_folder: Path | None = None) -> None:
         """`loaded` hands in a model already in memory instead of loading `config.model`;
@@ -203,7 +203,7 @@ class AuditSession:
             self.announce(f"quantfair: evaluating {self.loaded.name} {label}: "
                           f"{len(missing)} units, {tokens:,} tokens")
             apply()
-            callback = self.progress(label, tokens) if self.progress else None
+            callback = self.progress(label) if self.progress else None
             if distribution:
                 cached = evaluator.evaluate_distribution(config, texts, swap, callback, label)
             else:

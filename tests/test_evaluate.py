@@ -138,7 +138,8 @@ def test_progress_names_its_end_before_the_first_forward(tiny_models, tmp_path):
 
 def test_progress_counts_the_fp_forwards_of_a_new_reference(tiny_models, tmp_path):
     """Distribution statistics first run the FP model over units with no cached FP side: the
-    bar counts those forwards too and moves during them, not only during the second pass."""
+    bar counts those forwards too, from its first report on, and moves during them, not only
+    during the second pass."""
     loaded = tiny_models["tiny-gpt2"]
     texts = [load_corpus().texts[lang]["article_01"] for lang in ("en", "he", "zh")]
     evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=64)
@@ -147,6 +148,7 @@ def test_progress_counts_the_fp_forwards_of_a_new_reference(tiny_models, tmp_pat
                   for w in evaluator._windows(t, evaluator.token_ids(t)))
     calls = []
     evaluator.evaluate_distribution("fp", texts, progress=lambda *c: calls.append(c))
+    assert {total for _, total in calls} == {2 * windows}
     assert calls[-1] == (2 * windows, 2 * windows)
     assert any(0 < done < windows and total == 2 * windows for done, total in calls)
     calls.clear()  # the FP side is cached now: one pass
