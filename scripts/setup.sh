@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with quantfair, its test tools and the embedded model.
-# torch is pinned to 2.13.0 here (a CPU build this machine has on disk); on a GPU machine,
-# install your own torch first and drop the pin: quantfair needs torch >= 2.2.
+# torch 2.13.0 is installed unless the environment already has a torch (QUANTFAIR_TORCH pins
+# another version; PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU
+# build where the index serves CUDA ones); on a GPU machine, install your own torch into
+# .venv first and it is kept: quantfair needs torch >= 2.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
