@@ -15,7 +15,7 @@ fi
 python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 tests=(tests/test_metrics.py tests/test_quantize.py tests/test_strategies.py
        tests/test_verdicts.py tests/test_context.py
-       tests/test_findings_synthetic.py)
+       tests/test_findings_synthetic.py tests/test_distribution.py)
 run_tests() {  # in folder $1; prints pytest's exit code
     (cd "$1" && HF_HUB_OFFLINE=1 PYTHONPATH="$1" "$python" -m pytest \
         "${tests[@]}" -x -q -p no:cacheprovider -m "not slow and not browser" \
