@@ -603,7 +603,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, as every other bad input (its subcommands' parsers too)."""
 
     def error(self, message: str):
-        self.exit(2, f"quantfair: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "quantfair" else f"{self.prog}: "
+        self.exit(2, f"quantfair: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def _out_of_memory(error: Exception) -> bool:

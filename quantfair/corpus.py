@@ -195,7 +195,10 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise QuantfairError(f"{where}: malformed JSON ({error.msg})") from None
+            # json's messages may end where its position would go: "... starting at"
+            reason = error.msg.removesuffix(" at")
+            raise QuantfairError(f"{where}: malformed JSON at column {error.colno}: {reason}"
+                                 ) from None
         except RecursionError:
             raise QuantfairError(f"{where}: malformed JSON (nested too deeply)") from None
         if not isinstance(record, dict) or set(record) != {"lang", "unit", "text"}:

@@ -24,6 +24,8 @@ BAD_INPUTS = [
     (["measure", "tiny-llama", "--strategy", "-L0"], "argument --strategy: expected one "
      "argument"),
     (["bogus"], "invalid choice: 'bogus'"),
+    (["corpus", "--units", "3"], "quantfair: error: unrecognized arguments: --units 3 (see "
+     "quantfair --help)"),
     (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
 ]
 

@@ -71,6 +71,8 @@ def _write(tmp_path, lines, raw=None):
 @pytest.mark.parametrize("lines, message", [
     ([], "empty"),
     ([{"lang": "en", "unit": "a", "text": "hi"}, "{not json"], ":2: malformed JSON"),
+    ([{"lang": "en", "unit": "a", "text": "hi"}, '{"lang": "en", "unit": "b", "text": "cut'],
+     ":2: malformed JSON at column 37: Unterminated string starting"),  # the open quote
     ([{"lang": "en", "unit": "a", "text": "hi", "extra": 1}], "exactly fields"),
     ([{"lang": "en", "unit": "a", "text": "  "}], "empty or whitespace-only text"),
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},

@@ -498,3 +498,17 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
         assert result.ret == 4, result.stdout.str()
         assert message in result.stderr.str()
     assert baseline.read_text() == "{}"
+
+
+def test_a_default_report_folder_it_cannot_write_in_is_refused_before_any_audit(pytester):
+    """The report is written at the end of the run: a `reports` folder that cannot be made
+    is a usage error up front, not a run that measured everything and then exits 3."""
+    (pytester.path / "reports").write_text("")  # a file where the folder would go
+    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness")
+    assert result.ret == 4, result.stdout.str()
+    assert ("the default report folder: cannot write in" in result.stderr.str()
+            and "give --quantfair-report PATH or --quantfair-no-report" in result.stderr.str())
+    assert "quantfair: evaluating" not in result.stderr.str() + result.stdout.str()
+    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness",
+                 "--quantfair-no-report")
+    assert result.ret == 0, result.stdout.str()
