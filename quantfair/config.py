@@ -94,7 +94,7 @@ OPTIONS = {option.name: option for option in (
     Option("strategy", "a protection strategy to audit against none and random protection at "
                        "its budget; 'suggested' takes the latest `quantfair suggest` result"),
     Option("report", "path of the JSON report, HTML beside it (default "
-                     "reports/<model>-<time>.json)"),
+                     "reports/<model>-<UTC time>-<pid>.json)"),
     Option("no-report", "do not write the JSON/HTML report", flag=True),
     Option("baseline", "an earlier JSON report: fail when a disparity regresses beyond the "
                        "tolerance or an audit that passed now fails"),
