@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from quantfair.config import (
     OPTIONS,
     RunConfig,
     add_options,
-    check_folder_writable,
     parse_languages,
     require_other_languages,
 )
@@ -78,17 +76,6 @@ def pytest_configure(config: pytest.Config) -> None:
         run_config = RunConfig.build(lambda name: option_value(config, name))
         require_other_languages(run_config.languages)
         run_config.preflight()
-        if not (run_config.report or run_config.no_report or hasattr(config, "workerinput")):
-            # the controller writes the default report at the end: a folder it cannot write
-            # in is told now, not after the run (a --report PATH is checked the same way)
-            folder = Path(config.invocation_params.dir) / "reports"
-            made = not folder.exists()
-            try:
-                check_folder_writable(folder, "the default report folder")
-            except UsageError as error:
-                raise UsageError(f"{error}; give --report PATH or --no-report") from None
-            if made:  # until a report needs it: a run that selects no audit writes none
-                folder.rmdir()
         from quantfair.run import QuantfairRun
 
         run = QuantfairRun(config, run_config)

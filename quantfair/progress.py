@@ -26,19 +26,19 @@ def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str], Update]
         from tqdm import tqdm
 
         close_bars(guard)
-        bars: list = []  # the bar, once drawn
+        bar = None  # drawn at the first update
 
         def update(done: int, scored: int) -> None:
+            nonlocal bar
             with guard():
-                if not bars:
+                if bar is None:
                     # in a log (no terminal) every redraw stays: one every LOG_INTERVAL s, and
                     # the last (its end, or where it stopped) ends its line, for the next
                     log = not sys.stderr.isatty()
-                    bars.append(tqdm(total=scored, desc=label, unit="tok", unit_scale=True,
-                                     file=sys.stderr, leave=log,
-                                     mininterval=LOG_INTERVAL if log else 0.1))
-                    _open.append(bars[0])
-                bar = bars[0]
+                    bar = tqdm(total=scored, desc=label, unit="tok", unit_scale=True,
+                               file=sys.stderr, leave=log,
+                               mininterval=LOG_INTERVAL if log else 0.1)
+                    _open.append(bar)
                 bar.total = scored
                 bar.update(done - bar.n)
                 if done >= scored and bar in _open:

@@ -23,11 +23,24 @@ from pathlib import Path
 
 import pytest
 
-from quantfair.config import RunConfig
-from quantfair.errors import QuantfairError
+from quantfair.config import RunConfig, check_folder_writable
+from quantfair.errors import QuantfairError, UsageError
 
 TERMINATED = "terminated by SIGTERM"
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
+
+
+def _check_default_report_folder(folder: Path) -> None:
+    """The report is written at the end of the run: a folder it cannot be written in is a
+    UsageError now, not after the run (a --report PATH is checked the same way). A folder
+    made for the check is removed: a run that selects no audit writes no report."""
+    made = not folder.exists()
+    try:
+        check_folder_writable(folder, "the default report folder")
+    except UsageError as error:
+        raise UsageError(f"{error}; give --report PATH or --no-report") from None
+    if made:
+        folder.rmdir()
 
 
 class QuantfairRun:
@@ -42,6 +55,8 @@ class QuantfairRun:
         self.baseline = load_report(run_config.baseline) if run_config.baseline else None
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")
+        if not (self.is_worker or run_config.report or run_config.no_report):
+            _check_default_report_folder(self._report_folder())
         # Made by an xdist controller for its workers; a worker on another machine has none.
         self.run_folder: Path | None = None
         if self.is_worker:
@@ -347,8 +362,11 @@ class QuantfairRun:
             return self.config.report
         from quantfair.report import unique_report_path
 
-        return unique_report_path(Path(self.pytest_config.invocation_params.dir) / "reports",
-                                  self.config.model)
+        return unique_report_path(self._report_folder(), self.config.model)
+
+    def _report_folder(self) -> Path:
+        """Where the controller writes the report without --report."""
+        return Path(self.pytest_config.invocation_params.dir) / "reports"
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.is_worker or self.report is None:

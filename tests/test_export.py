@@ -332,6 +332,7 @@ def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
     monkeypatch.setattr("quantfair.artifact.gguf_checkpoint", converted)
     return path
 
+
 def test_a_gguf_of_another_architecture_is_refused_before_it_is_dequantized(
         f32_gguf, tmp_path, monkeypatch, capsys):
     """The header says what the file is: a Llama GGUF beside a GPT-2 model is one line, and
