@@ -157,11 +157,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     run = _run(metafunc.config)
     languages = run.config.languages if run else parse_languages(DEFAULT_LANGUAGES)
     grouped = metafunc.config.pluginmanager.hasplugin("xdist")
-    metafunc.parametrize("case", [
-        pytest.param(case, id=case.id,
-                     marks=[pytest.mark.xdist_group(case.group)] if grouped else [])
-        for case in finding.check.cases(languages)
-    ])
+    params = [pytest.param(case, id=case.id,
+                           marks=[pytest.mark.xdist_group(case.group)] if grouped else [])
+              for case in finding.check.cases(languages)]
+    if not params:  # pytest's own empty parameter set has no case to report on
+        from quantfair.audit import Case
+
+        reason = (f"{finding.id}: none of its cases is among the audited languages "
+                  f"({', '.join(languages)})")
+        params = [pytest.param(Case("no-case"), id="no-case",
+                               marks=pytest.mark.skip(reason=reason))]
+    metafunc.parametrize("case", params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -65,6 +65,7 @@ class QuantfairRun:
         self._context = None
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
+        self.internal_errors: list[str] = []  # pytest's INTERNALERROR, a worker's included
         self.payloads: list[dict] = []  # evidence published by each process
         self.rows: list[dict] = []  # measurement rows, as the test reports bring them
         self.published_early = False  # a worker's first test report carried its payload
@@ -221,6 +222,14 @@ class QuantfairRun:
                 entry["outcome"] = "passed"
             entry["duration_s"] = round(report.duration, 3)
 
+    def pytest_internalerror(self, excrepr, excinfo) -> None:
+        """An error of pytest or a plugin, not of an audit; xdist brings a worker's here (its
+        traceback as the message of an `assert False`) and would still end the run with
+        exit 0."""
+        lines = [line.strip() for line in excinfo.exconly().splitlines()]
+        lines = [line for line in lines if line and line != "assert False"]
+        self.internal_errors.append(lines[-1] if lines else excinfo.typename)
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
         self.workers.add(node.gateway.id)
@@ -264,8 +273,8 @@ class QuantfairRun:
 
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
-        if not self.audits and not (self._stopped(exitstatus)
-                                    and self.selection.get("selected_ids", True)):
+        if not self.audits and not self.internal_errors and not (
+                self._stopped(exitstatus) and self.selection.get("selected_ids", True)):
             return  # no audit ran, and none was cut off (the selection may not be known yet)
         from quantfair.report import compare, settle_verdict, write_report
 
@@ -292,10 +301,11 @@ class QuantfairRun:
                                     f".html: {error.strerror or error}")
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
-        elif self.write_error or self.baseline_error or (report["summary"]["counts"]["error"]
-                                  and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
+        elif self.write_error or self.baseline_error or self.internal_errors or (
+                report["summary"]["counts"]["error"]
+                and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
             # 1 means a claim did not hold; an audit that could not run (or whose worker
-            # crashed) is not a finding
+            # crashed, or pytest itself failed) is not a finding
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         elif self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -304,6 +314,7 @@ class QuantfairRun:
         from quantfair.report import RunRecord, build_report
 
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
+        incomplete += [f"pytest internal error: {line}" for line in self.internal_errors]
         incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
                        if p.get("error")]
         if self.terminated:

@@ -290,6 +290,43 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
     assert any(a["outcome"] == "error" for a in report["audits"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
+def test_an_audit_with_no_case_among_the_languages_is_skipped_saying_why(pytester, workers):
+    """language_families compares Semitic and CJK languages: with German alone it has no
+    case, and pytest's empty parameter set carries none to report on."""
+    path = pytester.path / "r.json"
+    result = run(pytester, str(AUDITS / "test_languages.py"), "--model", "tiny-gpt2",
+                 "--languages", "de", "--units", "2", "-k", "language_families", "-rs",
+                 "--report", str(path), *workers)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*language_families: none of its cases is among the audited "
+                                 "languages (en, de)*"])
+    report = load(path)
+    assert report["verdict"] == "passed" and report["incomplete"] == []
+    assert [(a["finding"], a["outcome"]) for a in report["audits"]] == [
+        ("language_families", "skipped")]
+
+
+def test_an_internal_error_on_a_worker_is_an_error_not_a_pass(pytester):
+    """xdist ends a run whose worker had an INTERNALERROR with exit 0: a release gate
+    would pass."""
+    pytester.makepyfile(buggy_plugin="""
+        import os
+
+        def pytest_runtest_logfinish(nodeid, location):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                raise RuntimeError("a plugin's bug")
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, "-p", "buggy_plugin", QUICK_FILES[1], "--model", "tiny-gpt2",
+                 "-n", "2", "-k", "robustness", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert "pytest internal error: RuntimeError: a plugin's bug" in report["incomplete"]
+
+
 def test_a_worker_dying_as_the_run_is_interrupted_is_cut_off_not_an_error(pytester):
     """`timeout -s INT` or Ctrl-C in a terminal signals the workers too: one may die before
     the controller stops the run. Its audit never ran; the report says the worker crashed."""
