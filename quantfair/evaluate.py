@@ -174,7 +174,12 @@ class ResultCache:
         return known
 
     def store(self, config: str, items: dict[str, UnitResult]) -> None:
+        """Keep `items` in memory and append them to the file, but for a non-finite loss: an
+        error (`check_finite`), whose cause (e.g. a damaged weights file) may go."""
         self.load(config).update(items)
+        items = {key: result for key, result in items.items() if _finite(result)}
+        if not items:
+            return
         lines = "".join(
             json.dumps({"key": key, "result": asdict(result),
                         "check": self._checksum(config, key, result)}) + "\n"
@@ -187,6 +192,11 @@ class ResultCache:
                 if handle.seek(0, os.SEEK_END) and _last_byte(handle) != b"\n":
                     lines = "\n" + lines  # a line torn by a crash ends here, never read
                 handle.write(lines.encode("utf-8"))
+
+
+def _finite(result: UnitResult) -> bool:
+    return all(math.isfinite(value) for value in asdict(result).values()
+               if isinstance(value, float))
 
 
 def _last_byte(handle) -> bytes:
@@ -871,4 +881,5 @@ def check_finite(results: dict[tuple[str, str], UnitResult], what: str) -> None:
     bad = [f"{lang}/{unit}" for (lang, unit), r in results.items() if not math.isfinite(r.nll)]
     if bad:
         shown = ", ".join(bad[:6]) + (" ..." if len(bad) > 6 else "")
-        raise NonFiniteLoss(f"{what}: non-finite loss in {len(bad)} unit(s): {shown}")
+        raise NonFiniteLoss(f"{what}: non-finite loss in {len(bad)} unit(s): {shown} (not "
+                            "cached: computed again next time)")

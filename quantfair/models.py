@@ -23,6 +23,7 @@ from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
 from quantfair.storage import cache_writes, shared_json
 from quantfair.taxonomy import family_of
+from quantfair.tensorfile import is_whole
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Public configs (hyperparameters only) shipped for --random-weights.
@@ -308,19 +309,26 @@ def gguf_checkpoint(path: Path) -> Path:
 
 
 def _convert_once(gguf_path: Path, cached: Path) -> None:
-    """`_convert` unless `cached` is complete; processes converting the same file wait for
-    the first."""
-    if (cached / "complete").exists():
+    """`_convert` unless `cached` is complete (a copy cut short since is converted again);
+    processes converting the same file wait for the first."""
+    if _converted(cached):
         return
     with cache_writes(cached.parent):
         cached.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cached.with_name(f".{cached.name}.lock"))
         lock.acquire()
     try:  # another process may have converted it while this one waited
-        if not (cached / "complete").exists():
+        if not _converted(cached):
+            if (cached / "complete").exists():
+                print(f"quantfair: {cached / 'model.safetensors'} is cut short or damaged",
+                      file=sys.stderr)
             _convert(gguf_path, cached)
     finally:
         lock.release()
+
+
+def _converted(cached: Path) -> bool:
+    return (cached / "complete").exists() and is_whole(cached / "model.safetensors")
 
 
 def _convert(gguf_path: Path, cached: Path) -> None:
@@ -369,6 +377,7 @@ def load_tokenizer(location: str, **kwargs):
 
 
 def _from_pretrained(location: str, **kwargs):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -382,8 +391,12 @@ def _from_pretrained(location: str, **kwargs):
         raise QuantfairError(
             f"{location}: no usable tokenizer ({len(tokenizer)} token(s)); the model needs its "
             "tokenizer files (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
-    model, info = AutoModelForCausalLM.from_pretrained(
-        location, dtype=torch.float32, output_loading_info=True, **kwargs)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch.float32, output_loading_info=True, **kwargs)
+    except SafetensorError as error:
+        raise QuantfairError(f"{location}: a safetensors file of the model is damaged or cut "
+                             f"short ({error}): copy or download it again") from None
     if "gguf_file" in kwargs and info.get("missing_keys"):  # left at random initial values
         raise QuantfairError(f"{Path(location) / kwargs['gguf_file']}: the GGUF has no tensor "
                              f"for {sorted(info['missing_keys'])[0]}")

@@ -73,14 +73,29 @@ def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
     return found == head and size == len(head) + data
 
 
-def map_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors file `path` as CPU tensors that share one copy-on-write
-    memory map of it (nothing is read until touched; writing one never reaches the file)."""
+def _header(path: Path) -> tuple[int, dict, int]:
+    """A safetensors file's header length, its tensor entries, and the bytes they span."""
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
     header.pop("__metadata__", None)
-    size = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    return length, header, max((entry["data_offsets"][1] for entry in header.values()), default=0)
+
+
+def is_whole(path: Path) -> bool:
+    """Whether the safetensors file `path` (any writer's) holds a readable header and every
+    byte it promises: a file cut short is not whole; its bytes are not checked."""
+    try:
+        length, _, size = _header(path)
+        return path.stat().st_size == 8 + length + size
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError):
+        return False
+
+
+def map_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path` as CPU tensors that share one copy-on-write
+    memory map of it (nothing is read until touched; writing one never reaches the file)."""
+    length, header, size = _header(path)
     data = (np.memmap(path, dtype=np.uint8, mode="c", offset=8 + length) if size
             else np.zeros(0, dtype=np.uint8))
     tensors = {}

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -212,6 +213,24 @@ def test_non_finite_losses_are_reported_per_unit():
     results = {("en", "a"): UnitResult(1.0, 1, 1, 1), ("he", "b"): UnitResult(math.nan, 1, 1, 1)}
     with pytest.raises(NonFiniteLoss, match="1 unit.*he/b"):
         check_finite(results, "model int4")
+
+
+def test_a_non_finite_loss_is_never_cached_on_disk(tmp_path):
+    """A NaN from a damaged weights file must not outlive the file: computed again next time."""
+    from quantfair.evaluate import UnitDistribution, UnitResult
+
+    cache = ResultCache(tmp_path)
+    cache.store("int4", {"a": UnitResult(1.0, 1, 1, 1), "b": UnitResult(math.nan, 1, 1, 1),
+                         "c": UnitResult(math.inf, 1, 1, 1)})
+    assert set(cache.load("int4")) == {"a", "b", "c"}  # this process still reports them
+    assert set(ResultCache(tmp_path).load("int4")) == {"a"}
+    kept = UnitDistribution(1.0, 1, 1, 1, kld=0.5, same_top=1, delta_p=0.0, delta_p_sq=0.0,
+                            kld_tokens="")
+    distributions = ResultCache(tmp_path, UnitDistribution)
+    distributions.store("kld", {"a": kept, "b": dataclasses.replace(kept, kld=math.nan)})
+    assert set(ResultCache(tmp_path, UnitDistribution).load("kld")) == {"a"}
+    with pytest.raises(NonFiniteLoss, match="not cached"):
+        check_finite({("he", "b"): UnitResult(math.nan, 1, 1, 1)}, "model int4")
 
 
 @pytest.mark.slow

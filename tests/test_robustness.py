@@ -242,6 +242,33 @@ def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_t
     one_line_error(run_cli("inspect", str(bare)), str(bare), "tokenizer", after_work=True)
 
 
+def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
+    cut = tmp_path / "cut"
+    shutil.copytree(saved_tiny, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    one_line_error(run_cli("inspect", str(cut)), str(cut), "damaged or cut short",
+                   after_work=True)
+
+
+def test_a_converted_copy_cut_short_is_converted_again(tmp_path, saved_tiny, monkeypatch):
+    """The `complete` mark says a conversion finished; a copy cut short since (a full disk, a
+    sync tool) must not be loaded."""
+    from quantfair import models
+
+    cached = tmp_path / "models" / "m"
+    shutil.copytree(saved_tiny, cached)
+    (cached / "complete").write_text("m.gguf")
+    converted = []
+    monkeypatch.setattr(models, "_convert", lambda gguf, where: converted.append(where))
+    models._convert_once(tmp_path / "m.gguf", cached)
+    assert converted == []  # whole: loaded as it is
+    weights = cached / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    models._convert_once(tmp_path / "m.gguf", cached)
+    assert converted == [cached]
+
+
 @pytest.mark.parametrize("spec, hint", [("gemma3-270", " (did you mean gemma3-270m?)"),
                                         ("tiny-lama", " (did you mean tiny-llama?)"),
                                         ("no-such-org/model", "")])
