@@ -175,12 +175,17 @@ def resolve_device(device: str | None) -> torch.device:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         index = int(worker[2:]) if worker[2:].isdigit() else 0
         return torch.device("cuda", index % torch.cuda.device_count())
+    usage = "use auto, cpu, cuda, cuda:N or mps"
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise UsageError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device '{device}': {usage}") from None
+    if resolved.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others untried
+        raise UsageError(f"device '{device}' is not supported: {usage}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{device}' requested but CUDA is not available here")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device '{device}' requested but MPS is not available here")
     return resolved
 
 

@@ -121,6 +121,7 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     (["--model", "/no/such/folder"], "model path not found: /no/such/folder"),
     (["--model", "notes.txt"], "model notes.txt: a file that is not .gguf"),
     (["--model", "tiny-gpt2", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--model", "tiny-gpt2", "--device", "meta"], "device 'meta' is not supported"),
     (["--model", "tiny-gpt2", "--quantized", "notes.txt"],
      "--quantized notes.txt: a file"),  # named as typed
 ])
