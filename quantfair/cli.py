@@ -362,8 +362,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_output(args.output, "--output", args)
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
-    if output.resolve() in (Path(args.old).resolve(), new_path.resolve()):
-        raise UsageError(f"--output {output} would overwrite a report it compares")
+    compared = [Path(path).resolve() for path in (args.old, args.new)]
+    if output.resolve() in [*compared, *(path.with_suffix(".html") for path in compared)]:
+        raise UsageError(f"--output {output} would overwrite a report it compares or the HTML "
+                         "report beside it")
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--output {output}: the comparison is an HTML page; name it .html "
                          "(NEW is the machine-readable report)")

@@ -544,8 +544,9 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
     assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
-    one_line_error(run_cli("report", str(old), str(new), "--output", str(new)),
-                   "would overwrite a report it compares")
+    for output in (new, new.with_suffix(".html"), old.with_suffix(".html")):
+        one_line_error(run_cli("report", str(old), str(new), "--output", str(output)),
+                       "would overwrite a report it compares")
     missing = tmp_path / "no" / "r.html"
     one_line_error(run_cli("report", str(old), str(new), "--output", str(missing)),
                    f"--output {missing}: no directory {missing.parent}")
