@@ -112,7 +112,7 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
     """Declare options through `addoption` (argparse's add_argument or pytest's), each as
     `--<prefix><name>` with the shared dest; defaults stay None so that an unset option can be
     told from one set to its default."""
-    for name in names or OPTIONS:
+    for name in OPTIONS if names is None else names:
         option = OPTIONS[name]
         if prefix == "" and not option.short:
             continue

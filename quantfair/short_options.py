@@ -15,10 +15,26 @@ import pytest
 from quantfair.config import OPTIONS, add_options
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """The short forms not already taken: a project that defines its own `--model` and runs
     the suite (`--pyargs quantfair.audits`, which may load this module through the checkout's
-    conftest.py) keeps its option, and the `--quantfair-` forms stay."""
+    conftest.py) keeps its option, and the `--quantfair-` forms stay. Loaded with `-p`, this
+    runs before plugins of entry points and conftest files declare theirs: the short forms
+    are then declared after conftest files (`pytest_load_initial_conftests`)."""
+    if pluginmanager.has_plugin("quantfair") or pluginmanager.is_blocked("quantfair"):
+        _add_untaken(parser)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(parser: pytest.Parser):
+    """Called only where this module was loaded before conftest files (`-p`)."""
+    try:
+        return (yield)
+    finally:
+        _add_untaken(parser)
+
+
+def _add_untaken(parser: pytest.Parser) -> None:
     taken = _taken(parser)
     add_options(parser.getgroup("quantfair").addoption, prefix="",
                 names=[name for name in OPTIONS if f"--{name}" not in taken])

@@ -79,6 +79,24 @@ def test_a_foreign_project_with_its_own_model_option_runs_the_installed_suite(py
     assert "Measured: tiny-gpt2" in result.stdout.str()
 
 
+def test_short_forms_loaded_with_p_leave_a_projects_own_options_alone(pytester):
+    """`-p quantfair.short_options` loads before conftest files: a root conftest's own
+    `--model` must keep its name, not meet an argparse conflict; untaken forms still work."""
+    pytester.makeconftest(FOREIGN_OPTIONS.format(names=["model", "report"]))
+    pytester.makepyfile(test_theirs="""
+        def test_theirs(request):
+            assert request.config.getoption("--model") == "theirs-model"
+    """)
+    result = run(pytester, "-p", "quantfair.short_options", "test_theirs.py")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result = run(pytester, "-p", "quantfair.short_options", "--pyargs", "quantfair.audits",
+                 "-k", "robustness", "--quantfair-model", "tiny-gpt2", "--languages", "en,de",
+                 "--units", "2", "--quantfair-no-report")
+    assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["Measured: tiny-gpt2, scheme int4, 2 languages (en, de), "
+                                 "2 units per language*"])
+
+
 def test_quantfair_registers_no_generic_marker(pytester):
     pytester.makepyfile(test_unregistered="""
         import pytest
