@@ -558,14 +558,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html)")
     add_options(report.add_argument, prefix="", names=("tolerance",))
     report.set_defaults(run=cmd_report)
+    for command in commands.choices.values():
+        command.set_defaults(parser=command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; any failure is one line on stderr and a non-zero exit (the traceback
     only with QUANTFAIR_DEBUG=1)."""
-    args = build_parser().parse_args(_attach_negative_values(
+    args, unknown = build_parser().parse_known_args(_attach_negative_values(
         sys.argv[1:] if argv is None else list(argv)))
+    if unknown:  # said by the command's own parser, which names its --help
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)

@@ -318,7 +318,8 @@ class RunConfig:
 
         model = get("model")
         if not model:
-            raise UsageError("no model given (--model)")
+            raise UsageError("the model is empty: name a Hugging Face id, a directory, a "
+                             ".gguf file or a known model such as smollm2-135m")
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
         chosen = value("languages")  # an empty list is an error, not the default
         if chosen is None:

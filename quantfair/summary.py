@@ -129,6 +129,7 @@ def summarize(report: dict) -> dict:
     if worst:
         sentences.append("Hardest hit without protection: " + ", ".join(
             f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"
+            + (" (below 0: one of the two losses fell)" if w["disparity"] < 0 else "")
             + _interval(w["low"], w["high"]) for w in worst) + ".")
     recommended = {r["language"]: r for r in main_rows(report, RECOMMENDED)}
     if recommended and worst:

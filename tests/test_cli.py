@@ -24,8 +24,9 @@ BAD_INPUTS = [
     (["measure", "tiny-llama", "--strategy", "-L0"], "argument --strategy: expected one "
      "argument"),
     (["bogus"], "invalid choice: 'bogus'"),
-    (["corpus", "--units", "3"], "quantfair: error: unrecognized arguments: --units 3 (see "
-     "quantfair --help)"),
+    (["corpus", "--units", "3"], "quantfair: error: quantfair corpus: unrecognized arguments: "
+     "--units 3 (see quantfair corpus --help)"),
+    (["measure", ""], "the model is empty: name a Hugging Face id"),  # a positional argument
     (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
 ]
 

@@ -90,6 +90,15 @@ def test_summary_puts_the_worst_languages_and_the_findings_first():
     assert "Hebrew is at 2.00x" in text  # under the recommended strategy
 
 
+def test_a_negative_disparity_is_said_to_be_one_loss_falling(monkeypatch):
+    """Hebrew's NLL falls under quantization while English's rises: not "-2x the damage"
+    left unexplained."""
+    monkeypatch.setitem(DAMAGE["none"], "he", -2.0)
+    text = " ".join(report()["summary"]["sentences"])
+    assert "Hebrew (he) -2.00x English's damage (below 0: one of the two losses fell)" in text
+    assert "Arabic (ar) 3.00x English's damage [" in text
+
+
 @pytest.mark.parametrize(("audits", "incomplete", "headline"), [
     (AUDITS, (), "could not run"),  # an error is never reported as a finding
     ([a for a in AUDITS if a["outcome"] != "error"], (), "did not hold on this model"),
