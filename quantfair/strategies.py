@@ -198,6 +198,8 @@ class StrategyResolver:
                                       lambda c, out: torch.abs(fp[c.name], out=out), fraction)
         if kind == "gradient":
             fraction = percent_of_term(argument, term)
+            if self.entries_kept(fraction) == 0:  # nothing to rank: no calibration pass
+                return {}
             gradients = self._gradient_scores()
             return self._top_elements(self._quantized_parts(),
                                       lambda c, _: gradients[c.name], fraction)

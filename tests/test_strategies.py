@@ -93,6 +93,15 @@ def test_gradient_selection_uses_calibration_text(tiny_models):
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_a_gradient_selection_of_no_entries_computes_no_gradients(tiny_models):
+    def refuse():
+        raise AssertionError("calibration gradients computed for an empty selection")
+
+    resolver = StrategyResolver(WeightBank(tiny_models["tiny-llama"].model), INT4,
+                                gradients=refuse)
+    assert resolver.resolve("gradient:0%") == resolver.resolve("none") == {}
+
+
 def test_switching_strategies_is_a_copy_and_restores_fp_bitwise(tiny_models):
     loaded = tiny_models["tiny-gpt2"]
     original = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
