@@ -363,7 +363,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
     compared = [Path(path).resolve() for path in (args.old, args.new)]
-    if output.resolve() in [*compared, *(path.with_suffix(".html") for path in compared)]:
+    compared += [path.with_suffix(".html") for path in compared]
+    if output.resolve() in compared or output.exists() and any(  # a hard link too
+            path.exists() and output.samefile(path) for path in compared):
         raise UsageError(f"--output {output} would overwrite a report it compares or the HTML "
                          "report beside it")
     if output.suffix.lower() not in (".html", ".htm"):

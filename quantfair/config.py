@@ -83,7 +83,7 @@ OPTIONS = {option.name: option for option in (
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "
-                     "else cpu), cpu, cuda, cuda:N"),
+                     "else cpu), cpu, cuda, cuda:N, mps"),
     Option("dtype", f"evaluate in this dtype: {', '.join(DTYPES)} (default float32; fake "
                     "quantization is computed in float32, then cast)", "float32"),
     Option("threads", "torch threads per process: auto (default: an xdist worker takes "

@@ -146,7 +146,8 @@ class ResultCache:
             try:
                 entry = json.loads(line)
                 result = self.result_type(**entry["result"])
-                if entry["check"] == self._checksum(config, entry["key"], result):
+                if entry["check"] == self._checksum(config, entry["key"], result) and \
+                        _finite(result):  # (an older version's non-finite entry: again)
                     found[entry["key"]] = result
             except (ValueError, KeyError, TypeError):
                 continue

@@ -428,7 +428,12 @@ def _hub_or_local(spec: str) -> LoadedModel:
                            gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
     if path.is_dir():
         _check_model_directory(path)
-        model, tokenizer = _from_pretrained(str(path))
+        try:
+            model, tokenizer = _from_pretrained(str(path))
+        except (OSError, ValueError) as error:  # a damaged or incomplete directory
+            lines = str(error).strip().splitlines()
+            raise QuantfairError(f"{path}: transformers cannot load it: "
+                                 f"{lines[0] if lines else type(error).__name__}") from None
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))
     if spec.count("/") > 1 or spec.startswith((".", "~")):
         raise UsageError(f"model path not found: {spec}")

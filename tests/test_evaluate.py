@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -229,6 +230,11 @@ def test_a_non_finite_loss_is_never_cached_on_disk(tmp_path):
     distributions = ResultCache(tmp_path, UnitDistribution)
     distributions.store("kld", {"a": kept, "b": dataclasses.replace(kept, kld=math.nan)})
     assert set(ResultCache(tmp_path, UnitDistribution).load("kld")) == {"a"}
+    nan = UnitResult(math.nan, 1, 1, 1)  # a line as older versions wrote it: never read
+    with cache._path("int4").open("a") as handle:
+        handle.write(json.dumps({"key": "n", "result": dataclasses.asdict(nan),
+                                 "check": ResultCache._checksum("int4", "n", nan)}) + "\n")
+    assert set(ResultCache(tmp_path).load("int4")) == {"a"}
     with pytest.raises(NonFiniteLoss, match="not cached"):
         check_finite({("he", "b"): UnitResult(math.nan, 1, 1, 1)}, "model int4")
 

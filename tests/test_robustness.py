@@ -251,6 +251,19 @@ def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_pat
                    after_work=True)
 
 
+@pytest.mark.parametrize("damage", ["config.json", "tokenizer.json", "missing weights"])
+def test_a_damaged_model_directory_is_one_line_naming_it(tmp_path, saved_tiny, damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny, broken)
+    if damage == "missing weights":
+        (broken / "model.safetensors").unlink()
+    else:
+        (broken / damage).write_text("garbage{")
+    result = run_cli("inspect", str(broken))
+    one_line_error(result, f"{broken}: transformers cannot load it", after_work=True)
+    assert result.returncode == 2  # bad input, not an unexpected error (3)
+
+
 def test_a_converted_copy_cut_short_is_converted_again(tmp_path, saved_tiny, monkeypatch):
     """The `complete` mark says a conversion finished; a copy cut short since (a full disk, a
     sync tool) must not be loaded."""
@@ -544,9 +557,13 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
     assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
-    for output in (new, new.with_suffix(".html"), old.with_suffix(".html")):
+    new.with_suffix(".html").write_text("the run's own report")
+    linked = tmp_path / "linked.html"
+    os.link(new.with_suffix(".html"), linked)  # the same file under another name
+    for output in (new, new.with_suffix(".html"), old.with_suffix(".html"), linked):
         one_line_error(run_cli("report", str(old), str(new), "--output", str(output)),
                        "would overwrite a report it compares")
+    assert new.with_suffix(".html").read_text() == "the run's own report"
     missing = tmp_path / "no" / "r.html"
     one_line_error(run_cli("report", str(old), str(new), "--output", str(missing)),
                    f"--output {missing}: no directory {missing.parent}")
