@@ -90,6 +90,10 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     (a release gate's --quantfair-baseline) must have meant one: that is a usage error, not a
     run that passes having audited nothing. Settings in an ini file alone keep the plugin
     inert."""
+    if config.getoption(OPTIONS["model"].dest, default=None) == "":
+        raise pytest.UsageError("--quantfair-model (--model) is empty: name a Hugging Face id, "
+                                "a directory, a .gguf file or a known model such as "
+                                "smollm2-135m")
     given = [f"--quantfair-{option.name}" for option in OPTIONS.values()
              if config.getoption(option.dest, default=None) not in (None, False)]
     if given:

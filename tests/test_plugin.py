@@ -89,6 +89,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--report", "r.json", "--no-report"], "give --report r.json or --no-report, not both"),
         (["--strategy", ""], "--strategy is empty; give a strategy such as L0+Llast"),
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --quantfair-baseline comparison"),
+        (["--quantfair-model", ""], "--quantfair-model (--model) is empty: name a Hugging Face"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
