@@ -37,6 +37,7 @@ def hidden_states_capacity() -> int:
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
+MODEL_KINDS = "a Hugging Face id, a directory, a .gguf file or a known model such as smollm2-135m"
 DEFAULT_UNITS = 8
 DEFAULT_QUANT = "int4"  # 4-bit, per tensor, symmetric, every parameter: the seed's baseline
 DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regression
@@ -318,8 +319,7 @@ class RunConfig:
 
         model = get("model")
         if not model:
-            raise UsageError("the model is empty: name a Hugging Face id, a directory, a "
-                             ".gguf file or a known model such as smollm2-135m")
+            raise UsageError(f"the model is empty: name {MODEL_KINDS}")
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
         chosen = value("languages")  # an empty list is an error, not the default
         if chosen is None:

@@ -17,6 +17,7 @@ import pytest
 
 from quantfair.config import (
     DEFAULT_LANGUAGES,
+    MODEL_KINDS,
     OPTIONS,
     RunConfig,
     add_options,
@@ -91,9 +92,7 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     run that passes having audited nothing. Settings in an ini file alone keep the plugin
     inert."""
     if config.getoption(OPTIONS["model"].dest, default=None) == "":
-        raise pytest.UsageError("--quantfair-model (--model) is empty: name a Hugging Face id, "
-                                "a directory, a .gguf file or a known model such as "
-                                "smollm2-135m")
+        raise pytest.UsageError(f"--quantfair-model (--model) is empty: name {MODEL_KINDS}")
     given = [f"--quantfair-{option.name}" for option in OPTIONS.values()
              if config.getoption(option.dest, default=None) not in (None, False)]
     if given:
