@@ -175,8 +175,8 @@ class ResultCache:
         return known
 
     def store(self, config: str, items: dict[str, UnitResult]) -> None:
-        """Keep `items` in memory and append them to the file, but for a non-finite loss: an
-        error (`check_finite`), whose cause (e.g. a damaged weights file) may go."""
+        """Keep `items` in memory and append them to the file, but for a non-finite result:
+        an error (`check_finite`), whose cause (e.g. a damaged weights file) may go."""
         self.load(config).update(items)
         items = {key: result for key, result in items.items() if _finite(result)}
         if not items:
@@ -195,9 +195,14 @@ class ResultCache:
                 handle.write(lines.encode("utf-8"))
 
 
+def _non_finite(result: UnitResult) -> list[str]:
+    """The names of the result's float fields that are NaN or infinite."""
+    return [name for name, value in asdict(result).items()
+            if isinstance(value, float) and not math.isfinite(value)]
+
+
 def _finite(result: UnitResult) -> bool:
-    return all(math.isfinite(value) for value in asdict(result).values()
-               if isinstance(value, float))
+    return not _non_finite(result)
 
 
 def _last_byte(handle) -> bytes:
@@ -878,9 +883,12 @@ class Evaluator:
 
 
 def check_finite(results: dict[tuple[str, str], UnitResult], what: str) -> None:
-    """Raise one clear line naming every unit whose loss is not finite."""
-    bad = [f"{lang}/{unit}" for (lang, unit), r in results.items() if not math.isfinite(r.nll)]
+    """Raise one clear line naming every unit with a non-finite loss or distribution statistic
+    (the results the cache refuses to keep)."""
+    bad = {f"{lang}/{unit}": _non_finite(r) for (lang, unit), r in results.items()
+           if not _finite(r)}
     if bad:
-        shown = ", ".join(bad[:6]) + (" ..." if len(bad) > 6 else "")
-        raise NonFiniteLoss(f"{what}: non-finite loss in {len(bad)} unit(s): {shown} (not "
-                            "cached: computed again next time)")
+        shown = ", ".join(list(bad)[:6]) + (" ..." if len(bad) > 6 else "")
+        fields = sorted({name for names in bad.values() for name in names})
+        raise NonFiniteLoss(f"{what}: non-finite {', '.join(fields)} in {len(bad)} unit(s): "
+                            f"{shown} (not cached: computed again next time)")

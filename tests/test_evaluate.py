@@ -212,8 +212,22 @@ def test_non_finite_losses_are_reported_per_unit():
     from quantfair.evaluate import UnitResult
 
     results = {("en", "a"): UnitResult(1.0, 1, 1, 1), ("he", "b"): UnitResult(math.nan, 1, 1, 1)}
-    with pytest.raises(NonFiniteLoss, match="1 unit.*he/b"):
+    with pytest.raises(NonFiniteLoss, match="nll in 1 unit.*he/b"):
         check_finite(results, "model int4")
+
+
+def test_a_non_finite_distribution_statistic_is_reported_like_a_loss():
+    """A finite NLL beside a NaN KL divergence is refused by the cache, so it must not pass
+    silently into the report either (it would be computed again on every run)."""
+    from quantfair.evaluate import UnitDistribution
+
+    fine = UnitDistribution(1.0, 1, 1, 1, kld=0.5, same_top=1, delta_p=0.0, delta_p_sq=0.0,
+                            kld_tokens="")
+    results = {("en", "a"): fine, ("ar", "c"): dataclasses.replace(fine, kld=math.nan),
+               ("zh", "d"): dataclasses.replace(fine, delta_p=math.inf)}
+    with pytest.raises(NonFiniteLoss, match=r"non-finite delta_p, kld in 2 unit\(s\): ar/c, zh/d"):
+        check_finite(results, "model gguf:Q4_0")
+    check_finite({("en", "a"): fine}, "model gguf:Q4_0")
 
 
 def test_a_non_finite_loss_is_never_cached_on_disk(tmp_path):
