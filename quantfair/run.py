@@ -309,6 +309,9 @@ class QuantfairRun:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         elif self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = self.pytest_config.pluginmanager.getplugin("terminalreporter")
+        if exitstatus == pytest.ExitCode.INTERNAL_ERROR and reporter is not None:
+            self.pytest_terminal_summary(reporter)  # pytest skips it after an internal error
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report

@@ -310,23 +310,25 @@ def test_an_audit_with_no_case_among_the_languages_is_skipped_saying_why(pyteste
         ("language_families", "skipped")]
 
 
-def test_an_internal_error_on_a_worker_is_an_error_not_a_pass(pytester):
-    """xdist ends a run whose worker had an INTERNALERROR with exit 0: a release gate
-    would pass."""
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
+def test_an_internal_error_is_an_error_not_a_pass(pytester, workers):
+    """xdist ends a run whose worker had an INTERNALERROR with exit 0: a release gate would
+    pass. A serial run exits 3 but pytest prints no terminal summary: the report's path and
+    why it is incomplete must still be said."""
     pytester.makepyfile(buggy_plugin="""
-        import os
-
         def pytest_runtest_logfinish(nodeid, location):
-            if os.environ.get("PYTEST_XDIST_WORKER"):
-                raise RuntimeError("a plugin's bug")
+            raise RuntimeError("a plugin's bug")
     """)
     path = pytester.path / "r.json"
     result = run(pytester, "-p", "buggy_plugin", QUICK_FILES[1], "--model", "tiny-gpt2",
-                 "-n", "2", "-k", "robustness", "--report", str(path))
+                 "-k", "robustness", "--report", str(path), *workers)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     report = load(path)
     assert report["verdict"] == "incomplete"
     assert "pytest internal error: RuntimeError: a plugin's bug" in report["incomplete"]
+    result.stdout.fnmatch_lines([
+        "*INCOMPLETE: pytest internal error: RuntimeError: a plugin's bug*",
+        f"quantfair report: {path.with_suffix('.html')}*"])
 
 
 def test_a_worker_dying_as_the_run_is_interrupted_is_cut_off_not_an_error(pytester):
