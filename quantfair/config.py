@@ -108,6 +108,11 @@ OPTIONS = {option.name: option for option in (
 )}
 
 
+# options whose empty value has a message of its own (RunConfig.build)
+OWN_EMPTY_MESSAGE = frozenset({"model", "languages", "strategy", "report", "quantized-label",
+                               *(f"max-{name.replace('_', '-')}" for name in RELEASE_QUANTITIES)})
+
+
 def add_options(addoption: Callable[..., Any], *, prefix: str,
                 names: Iterable[str] | None = None) -> None:
     """Declare options through `addoption` (argparse's add_argument or pytest's), each as
@@ -320,6 +325,10 @@ class RunConfig:
         model = get("model")
         if not model:
             raise UsageError(f"the model is empty: name {MODEL_KINDS}")
+        for name in OPTIONS:  # e.g. an unset variable in a script: never taken as the default
+            raw = value(name)
+            if isinstance(raw, str) and not raw.strip() and name not in OWN_EMPTY_MESSAGE:
+                raise UsageError(f"--{name} is empty: give a value (see --help) or leave it out")
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
         chosen = value("languages")  # an empty list is an error, not the default
         if chosen is None:

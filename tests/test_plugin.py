@@ -90,6 +90,10 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--strategy", ""], "--strategy is empty; give a strategy such as L0+Llast"),
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --quantfair-baseline comparison"),
         (["--quantfair-model", ""], "--quantfair-model (--model) is empty: name a Hugging Face"),
+        # an unset variable in a CI script must not gate on the defaults
+        (["--quantized", ""], "--quantized is empty: give a value (see --help) or leave it out"),
+        (["--quantfair-baseline", " "], "--quantfair-baseline is empty: give a value"),
+        (["--device", ""], "--device is empty: give a value"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
         assert result.ret == 4, (args, result.stderr.str())
