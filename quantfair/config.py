@@ -276,6 +276,9 @@ def _dtype(text: str | None) -> str:
 def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
     with _named_option("quant"):
         scheme = QuantScheme.parse(quant)
+    if scheme.artifact is not None:
+        raise UsageError(f"--quant {quant.strip()}: an artifact's scheme comes from --quantized "
+                         f"FILE (with --quantized-label {scheme.artifact})")
     if embedding_type is None:
         return scheme
     if scheme.gguf_type is None:

@@ -79,6 +79,7 @@ from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
 from quantfair.report import interval_text
+from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
 
@@ -664,7 +665,9 @@ def no_suggestion(session: AuditSession) -> UsageError:
     found = (_read(path, session) for path in _path(session).parent.glob("suggested-*.json"))
     others = sorted({data.get("scheme") for data in found if data} - {session.config.scheme.name,
                                                                         None})
-    elsewhere = f" (there is one under --quant {', '.join(others)})" if others else ""
+    named = [f"--quantized-label {name.partition(':')[2]}" if name.startswith(f"{ARTIFACT}:")
+             else f"--quant {name}" for name in others]
+    elsewhere = f" (there is one under {', '.join(named)})" if named else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
                       f"{session.config.scheme.name}{where}: run `quantfair suggest` first"
                       f"{elsewhere}")

@@ -295,6 +295,25 @@ def test_a_missing_suggestion_names_the_scheme_that_has_one(f32_gguf, suggested_
             "(there is one under --quant gguf:Q5_0)") in capsys.readouterr().err
 
 
+def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(
+        f32_gguf, suggested_l1, capsys):
+    """`--quant artifact:release` is not an option a user can give: the artifact comes from
+    --quantized."""
+    from quantfair.suggest import _path
+
+    session = _session(str(f32_gguf), quant="gguf:Q5_0")
+    data = json.loads(_path(session).read_text())
+    data["scheme"] = "artifact:release"
+    (_path(session).parent / "suggested-artifact:release-0123.json").write_text(json.dumps(data))
+    assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
+                 "--languages", "en,de", "--units", "1"]) == 2
+    assert ("(there is one under --quantized-label release, --quant gguf:Q5_0)"
+            in capsys.readouterr().err)
+    assert main(["inspect", str(f32_gguf), "--quant", "artifact:release"]) == 2
+    assert ("--quant artifact:release: an artifact's scheme comes from --quantized FILE (with "
+            "--quantized-label release)") in capsys.readouterr().err
+
+
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
     assert main(["export", "tiny-llama", "--quant", "gguf:Q4_0", "--strategy", "L0",
                  "--languages", "en", "--units", "1", "-o", str(tmp_path / "x.gguf")]) == 2
