@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +22,7 @@ from quantfair.config import (
     parse_percent,
     require_other_languages,
 )
-from quantfair.errors import QuantfairError, UsageError
+from quantfair.errors import TERMINATED, QuantfairError, UsageError
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies
@@ -359,6 +361,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
+    for name, path in (("OLD", args.old), ("NEW", args.new)):
+        if not path.strip():
+            raise UsageError(f"{name} is empty; give the path of a JSON report")
     _check_output(args.output, "--output", args)
     new_path = Path(args.new)
     output = Path(args.output or new_path.with_name(new_path.stem + "-vs-baseline.html"))
@@ -372,6 +377,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {output}: the comparison is an HTML page; name it .html "
                          "(NEW is the machine-readable report)")
     old, new = load_report(args.old), load_report(args.new)
+    if not args.output:  # beside NEW, which exists: its folder may still be read-only
+        try:
+            check_folder_writable(output.parent, f"the comparison's HTML {output}")
+        except UsageError as error:
+            raise UsageError(f"{error}; give --output elsewhere") from None
     if Path(args.old).resolve() == new_path.resolve():
         print(f"note: {args.old} is compared with itself: nothing can differ")
     try:
@@ -574,14 +584,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
-        return args.run(args)
+        with _sigterm_as_interrupt():
+            return args.run(args)
     except BrokenPipeError:  # `quantfair corpus | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
+        return 128 + signal.SIGPIPE  # as a shell reports a tool that SIGPIPE ended (not 1,
+        # which `report` gives a regression)
+    except KeyboardInterrupt as interrupt:
         close_bars()
-        print("quantfair: interrupted (finished work is cached)", file=sys.stderr)
-        return 130
+        terminated = str(interrupt) == TERMINATED
+        print(f"quantfair: {TERMINATED if terminated else 'interrupted'} (finished work is "
+              "cached)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as error:
         if debug:
             raise
@@ -589,6 +603,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
         expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
         return 2 if expected else 3
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`timeout`, a CI job cancelled) stops the command as Ctrl-C does: files being
+    written are removed, not left half-written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(TERMINATED)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _attach_negative_values(argv: list[str]) -> list[str]:

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 from quantfair.config import RunConfig, check_folder_writable
-from quantfair.errors import QuantfairError, UsageError
+from quantfair.errors import TERMINATED, QuantfairError, UsageError
 
-TERMINATED = "terminated by SIGTERM"
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 
 

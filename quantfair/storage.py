@@ -101,7 +101,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~UMASK)  # as open() would have made it, not 0600
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except OSError as error:  # say the file the user named, not the temporary one
+            raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

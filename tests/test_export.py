@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 from pathlib import Path
 
 import gguf
@@ -224,6 +225,39 @@ def test_an_interrupted_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_pa
                  "--languages", "en", "--units", "1", "-o", str(output)]) == 130
     assert output.read_bytes() == b"the previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+
+
+def test_a_terminated_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_path, monkeypatch,
+                                                               capsys):
+    """`timeout` or a cancelled CI job sends SIGTERM: as Ctrl-C, the half-written file goes."""
+    output = tmp_path / "out.gguf"
+    output.write_bytes(b"the previous export")
+    write = gguf.GGUFWriter.write_tensors_to_file
+
+    def terminated(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", terminated)
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(output)]) == 128 + signal.SIGTERM
+    assert "quantfair: terminated by SIGTERM" in capsys.readouterr().err
+    assert output.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone
+
+
+def test_a_failed_rename_names_the_output_not_the_temporary_file(f32_gguf, tmp_path,
+                                                                  monkeypatch, capsys):
+    def refuse(source, target):
+        raise PermissionError(1, "Operation not permitted", source, target)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    output = tmp_path / "out.gguf"
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(output)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"Operation not permitted: {output}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
