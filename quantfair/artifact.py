@@ -23,6 +23,7 @@ from quantfair.models import (
     gguf_tensors,
     gguf_type_mix,
     load_tokenizer,
+    non_finite_parameter,
     weights_hash,
 )
 from quantfair.quantize import type_bits
@@ -229,6 +230,9 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
         raise UsageError(f"--quantized {spec}: tensor {integer} is stored in an integer type; "
                          "packed checkpoints (GPTQ, AWQ, bitsandbytes) are not read: save a "
                          "dequantized copy in a float type")
+    if name := non_finite_parameter(model):
+        raise UsageError(f"--quantized {spec}: tensor {name} holds NaN or infinite values (a "
+                         "damaged file?)")
     tensors = {name: param.detach() for name, param in model.named_parameters()}
     unlike = _unlike(reference, tensors)
     if unlike:

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
@@ -341,7 +342,8 @@ def _convert(gguf_path: Path, cached: Path) -> None:
     check_gguf(gguf_path)
     print(f"quantfair: converting {gguf_path.name} once to {cached} (later runs load that "
           "copy)", file=sys.stderr)
-    loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with np.errstate(over="ignore", invalid="ignore"):  # a damaged file's NaN is said on load
+        loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     with cache_writes(cached.parent):
         partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
         try:
@@ -546,4 +548,13 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
         loaded = _hub_or_local(spec)
     loaded.model.to(resolve_device(device), dtype=getattr(torch, dtype)).eval()
     loaded.model.requires_grad_(False)
+    if name := non_finite_parameter(loaded.model):
+        raise QuantfairError(f"{spec}: parameter {name} holds NaN or infinite values" + (
+            " (a damaged file?)" if dtype == "float32" else f" in {dtype} (too large for it?)"))
     return loaded
+
+
+def non_finite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, or None."""
+    return next((name for name, param in model.named_parameters()
+                 if not bool(torch.isfinite(param).all())), None)

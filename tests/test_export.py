@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from test_gguf import _write_gpt2
@@ -258,6 +259,29 @@ def test_a_failed_rename_names_the_output_not_the_temporary_file(f32_gguf, tmp_p
                  "--languages", "en", "--units", "1", "-o", str(output)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"Operation not permitted: {output}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_with_nan_are_one_line_wherever_the_file_is_read(f32_gguf, tmp_path, capsys):
+    """A damaged file (random bytes over its blocks) dequantizes to NaN or infinities: an
+    export would copy them, an audit would compare them as weights."""
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(f32_gguf.read_bytes())
+    reader = gguf.GGUFReader(damaged, "r+")
+    tensor = next(t for t in reader.tensors if t.name == "blk.1.ffn_up.weight")
+    tensor.data[0, :3] = [np.nan, np.inf, -np.inf]
+    tensor.data.flush()
+    del reader, tensor
+    common = ["--languages", "en,de", "--units", "1"]
+    for args in (["export", str(damaged), "--quant", "gguf:Q5_0", "--strategy", "L0", "-o",
+                  str(tmp_path / "out.gguf")],
+                 ["measure", str(damaged)]):
+        assert main([*args, *common]) == 2
+        assert (f"{damaged}: parameter transformer.h.1.mlp.c_fc.weight holds NaN or infinite "
+                "values (a damaged file?)") in capsys.readouterr().err
+    assert not (tmp_path / "out.gguf").exists()
+    assert main(["measure", str(f32_gguf), "--quantized", str(damaged), *common]) == 2
+    assert (f"--quantized {damaged}: tensor transformer.h.1.mlp.c_fc.weight holds NaN or "
+            "infinite values") in capsys.readouterr().err
 
 
 def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
