@@ -45,6 +45,7 @@ def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]
     from gguf import LlamaFileType
 
     from quantfair.export import export_gguf
+    from quantfair.models import check_gguf
     from quantfair.schemes import QuantScheme
     from quantfair.taxonomy import components
 
@@ -71,5 +72,10 @@ def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]
             lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
             raise QuantfairError(f"llama-quantize {scheme.llama_type} failed "
                                  f"(exit {done.returncode}): {lines[-1]}")
+        try:  # exit 0 but a damaged file (e.g. a full disk) must not be kept for good
+            check_gguf(output)
+        except QuantfairError as error:
+            raise QuantfairError(f"llama-quantize {scheme.llama_type} exited 0 but wrote an "
+                                 f"unreadable GGUF, not kept: {error}") from None
         os.replace(output, target)
     return target

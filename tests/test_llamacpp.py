@@ -69,6 +69,28 @@ def test_a_model_without_a_source_gguf_says_how_to_make_one(copying_quantizer):
         AuditSession(_config("tiny-llama", "llama.cpp:Q4_K_M"), announce=lambda _: None)
 
 
+def test_an_unreadable_quantizer_output_is_one_line_and_never_cached(copying_quantizer,
+                                                                      tmp_path):
+    from test_gguf import _write_gpt2
+
+    from quantfair.errors import QuantfairError
+    from quantfair.llamacpp import llama_cpp_file
+    from quantfair.models import _from_config, _tiny_config, load_model
+
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024  # transformers reads none from a GPT-2 GGUF
+    source = tmp_path / "tiny.gguf"
+    _write_gpt2(_from_config(config), source, "F32", embedding="F32")
+    loaded = load_model(str(source))
+    copying_quantizer.write_text('#!/bin/sh\nhead -c 100000 "$1" > "$2"\n')  # a full disk
+    folder = tmp_path / "quantized"
+    for _ in range(2):  # the second time too: nothing was kept
+        with pytest.raises(QuantfairError, match=r"llama-quantize Q4_K_M exited 0 but wrote an "
+                                                 r"unreadable GGUF, not kept: .*truncated"):
+            llama_cpp_file(loaded, QuantScheme.parse("llama.cpp:Q4_K_M"), folder, print)
+    assert not list(folder.glob("*.gguf"))
+
+
 @pytest.mark.slow
 def test_a_failing_quantizer_is_one_line(copying_quantizer, monkeypatch):
     from quantfair.errors import QuantfairError
