@@ -380,9 +380,10 @@ class RunConfig:
         if label is not None and not label.strip():
             raise UsageError("--quantized-label is empty: give a name, or leave it out")
         if quantized:
-            if value("quant") is not None or value("embedding-type") is not None:
-                raise UsageError("give --quant or --quantized, not both: an artifact brings its "
-                                 "own quantization")
+            for name in ("quant", "embedding-type"):
+                if value(name) is not None:
+                    raise UsageError(f"give --{name} or --quantized, not both: an artifact "
+                                     "brings its own quantization")
             if Path(quantized).suffix == ".gguf" and not Path(quantized).is_file():
                 raise UsageError(f"--quantized {quantized}: " + (
                     "a directory, not a GGUF file" if Path(quantized).is_dir()

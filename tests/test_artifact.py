@@ -137,7 +137,8 @@ def test_other_vocabulary_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"quant": "int4"}, "--quant or --quantized, not both"),
+    ({"quant": "int4"}, "give --quant or --quantized, not both"),
+    ({"embedding-type": "F16"}, "give --embedding-type or --quantized, not both"),
     ({"quantized": "missing.gguf"}, "no such GGUF file"),
 ])
 def test_bad_pair_settings_fail_before_loading(tmp_path, settings, message):
