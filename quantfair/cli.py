@@ -432,7 +432,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                          "model's own dtype: --protect-as does not apply")
     _check_output(args.output, "-o", args)
     if not args.emit and not args.output:
-        raise UsageError("export needs -o FILE.gguf, or --emit llama-quantize|hf")
+        raise UsageError("export needs -o FILE.gguf, --emit llama-quantize|hf, or both")
     if args.output and not args.output.endswith(".gguf"):
         raise UsageError(f"-o {args.output}: a GGUF file's name ends in .gguf (transformers "
                          "and --quantized read no other)")

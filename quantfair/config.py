@@ -147,13 +147,13 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     `"all"` -> None (every language of the corpus). Entries may also be selectors over the
     shipped language metadata (`script:Arab`, `class:0-2`, `family:Semitic`), restricted to
     `available` (the corpus's languages) when it is given."""
-    if text.strip() == "all":
+    if text.strip().lower() == "all":  # a selector: any case, as script:arab
         return None
     codes = [code.strip() for code in text.split(",")]
     if any(not code for code in codes):
         raise UsageError(f"--languages has an empty entry in '{text}'; give comma-separated "
                          "codes such as en,de,he")
-    if "all" in codes:
+    if "all" in map(str.lower, codes):
         raise UsageError(f"--languages {text}: all selects every language; give it alone")
     chosen = []
     for code in codes:

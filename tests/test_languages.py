@@ -106,6 +106,11 @@ def test_selectors_pick_languages_by_metadata(text, expected):
     assert parse_languages(text) == expected
 
 
+@pytest.mark.parametrize("text", ["all", " ALL ", "All"])
+def test_all_is_a_selector_in_any_case(text):
+    assert parse_languages(text) is None
+
+
 def test_class_ranges_are_inclusive_and_english_stays_first():
     low = parse_languages("class:0-1")
     assert low[0] == "en" and {"dag", "vai", "shn", "bo", "te"} <= set(low[1:])
@@ -131,6 +136,7 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
     ("family:a", "unknown family 'a'", "Indo-European"),  # a whole name, not a substring
     ("family:(", "unknown family '('", "Indo-European"),
     ("en,all", "all selects every language; give it alone", "en,all"),
+    ("de,ALL", "all selects every language; give it alone", "de,ALL"),
     ("color:red", "unknown language selector 'color:red'", "script:"),
 ])
 def test_bad_selectors_are_one_line_usage_errors(text, message, choices):
