@@ -478,9 +478,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         names = gguf_names(session.loaded, parts)
         recipe = llama_quantize_overrides(protected, parts, names, protect_as)
         scheme = session.config.scheme
-        embedding = (["--token-embedding-type", scheme.embedding_type.lower(),
-                      "--output-tensor-type", scheme.embedding_type.lower()]
-                     if scheme.gguf_type else [])  # as audited (`--embedding-type`)
+        kept = {names.get(name) for name in protected}
+        embedding = [argument for flag, tensor in (("--token-embedding-type", "token_embd"),
+                                                   ("--output-tensor-type", "output"))
+                     if scheme.gguf_type and f"{tensor}.weight" not in kept  # else f32 below
+                     for argument in (flag, scheme.embedding_type.lower())]  # as audited
         print(shlex.join(embedding + recipe))
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)

@@ -315,6 +315,15 @@ def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf,
                                         "--tensor-type", r"blk\.1\..*=f32"]
 
 
+def test_a_protected_token_embedding_gets_one_type_in_the_recipe(f32_gguf, capsys):
+    """`--token-embedding-type q8_0` beside `--tensor-type token_embd=f32` would leave the
+    embedding's type to llama-quantize's order of precedence."""
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "embed.tok",
+                 "--emit", "llama-quantize", "--languages", "en", "--units", "1"]) == 0
+    assert shlex.split(capsys.readouterr().out) == [
+        "--output-tensor-type", "q8_0", "--tensor-type", r"^token_embd\.weight$=f32"]
+
+
 def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys):
     assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
                  "--strategy", "L1", "--strategy", "suggested", "--languages", "en,de",
