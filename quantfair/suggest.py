@@ -78,7 +78,7 @@ from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
-from quantfair.report import interval_text
+from quantfair.report import interval_text, searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
@@ -654,8 +654,13 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
     scheme."""
     suggestion.evaluator = session.evaluator.identity
     path = _path(session)
+    previous, new = _read(path, session), suggestion.to_json()
+    if previous and searched_with(previous) != searched_with(new):  # a search took minutes
+        session.announce(f"quantfair: this replaces the cached suggestion "
+                         f"{previous['strategy']} ({searched_with(previous)}) as --strategy "
+                         f"suggested for {session.config.scheme.name}")
     with cache_writes(path.parent):
-        atomic_write(path, json.dumps(suggestion.to_json(), indent=2, allow_nan=False).encode())
+        atomic_write(path, json.dumps(new, indent=2, allow_nan=False).encode())
 
 
 def no_suggestion(session: AuditSession) -> UsageError:

@@ -545,6 +545,23 @@ def test_a_budget_protecting_nothing_is_the_latest_suggestion(tiny_models, budge
     assert latest["languages"] == list(session.corpus.languages)
 
 
+def test_replacing_a_cached_suggestion_searched_otherwise_says_so(tiny_models):
+    """A stray cheap search replaces one that took many minutes: the run names what it
+    replaced, so it can be searched again on purpose."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    said = []
+    session.announce = said.append
+    kept = dict(model="tiny-gpt2", scheme=session.config.scheme.name, strategy="L0",
+                overhead=0.3, score=1.0, languages=["en", "he", "zh"])
+    save(session, Suggestion(budget=0.3, **kept))  # (may replace another test's)
+    said.clear()
+    save(session, Suggestion(budget=0.3, **kept))  # the same search again: nothing to say
+    assert said == []
+    suggest(session, 0.0)
+    assert said == [f"quantfair: this replaces the cached suggestion L0 (budget 30%, en,he,zh) "
+                    f"as --strategy suggested for {session.config.scheme.name}"]
+
+
 def test_budget_above_everything_is_a_usage_error(tiny_models):
     with pytest.raises(UsageError, match="between 0% and 100%"):
         suggest(session_for(tiny_models["tiny-gpt2"]), 1.5)
