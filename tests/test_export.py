@@ -363,18 +363,19 @@ def test_a_missing_suggestion_names_the_scheme_that_has_one(f32_gguf, suggested_
 
 
 def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(
-        f32_gguf, suggested_l1, capsys):
+        f32_gguf, tmp_path, monkeypatch, capsys):
     """`--quant artifact:release` is not an option a user can give: the artifact comes from
     --quantized."""
-    from quantfair.suggest import _path
+    from quantfair.suggest import Suggestion, _path, save
 
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # not the other tests' folder
     session = _session(str(f32_gguf), quant="gguf:Q5_0")
-    data = json.loads(_path(session).read_text())
-    data["scheme"] = "artifact:release"
-    (_path(session).parent / "suggested-artifact:release-0123.json").write_text(json.dumps(data))
+    save(session, Suggestion(model="tiny", scheme="artifact:release", budget=0.05,
+                             strategy="L1", overhead=0.05, score=1.0))
+    _path(session).rename(_path(session).with_name("suggested-artifact:release-0123.json"))
     assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
                  "--languages", "en,de", "--units", "1"]) == 2
-    assert ("(there is one under --quantized-label release, --quant gguf:Q5_0)"
+    assert ("run `quantfair suggest` first (there is one under --quantized-label release)"
             in capsys.readouterr().err)
     assert main(["inspect", str(f32_gguf), "--quant", "artifact:release"]) == 2
     assert ("--quant artifact:release: an artifact's scheme comes from --quantized FILE (with "

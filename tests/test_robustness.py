@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -458,18 +457,6 @@ def test_report_paths_are_checked_before_the_comparison_is_printed(tmp_path, rep
     assert (f"the comparison's HTML {folder / 'new-vs-baseline.html'}: cannot write in {folder}"
             in printed.err and printed.err.strip().endswith("give --output elsewhere"))
     assert cli.main(["report", str(old), str(new), "--output", str(tmp_path / "c.html")]) == 0
-
-
-def test_a_reader_that_leaves_early_is_not_a_regression(report_pair):
-    """`quantfair report OLD NEW | head -1`: exit 1 would say a disparity regressed."""
-    old, _ = report_pair
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "quantfair.cli", "report", str(old),
-                                str(old), "--output", str(old.with_name("self.html"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
-    process.stdout.close()  # before the interpreter has started: every print meets EPIPE
-    assert process.wait(timeout=300) == 128 + signal.SIGPIPE
-    assert process.stderr.read() == b""
 
 
 def _compared(tmp_path: Path, old: Path, report: dict):
