@@ -274,11 +274,12 @@ def _dtype(text: str | None) -> str:
 
 
 def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
+    kind, colon, label = quant.strip().partition(":")
+    if colon and kind.lower() == ARTIFACT:  # before the label's own check: `artifact:` too
+        raise UsageError(f"--quant {quant.strip()}: an artifact's scheme comes from --quantized "
+                         "FILE" + (f" (with --quantized-label {label})" if label else ""))
     with _named_option("quant"):
         scheme = QuantScheme.parse(quant)
-    if scheme.artifact is not None:
-        raise UsageError(f"--quant {quant.strip()}: an artifact's scheme comes from --quantized "
-                         f"FILE (with --quantized-label {scheme.artifact})")
     if embedding_type is None:
         return scheme
     if scheme.gguf_type is None:

@@ -380,6 +380,9 @@ def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(
     assert main(["inspect", str(f32_gguf), "--quant", "artifact:release"]) == 2
     assert ("--quant artifact:release: an artifact's scheme comes from --quantized FILE (with "
             "--quantized-label release)") in capsys.readouterr().err
+    assert main(["inspect", str(f32_gguf), "--quant", "Artifact:"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "--quant Artifact:: an artifact's scheme comes from --quantized FILE\n")
 
 
 def test_hf_models_are_told_how_to_make_an_f32_gguf(tmp_path, capsys):
