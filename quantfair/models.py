@@ -8,6 +8,7 @@ import difflib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -555,6 +556,9 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
 
 
 def non_finite_parameter(model: torch.nn.Module) -> str | None:
-    """The name of the first parameter holding a NaN or an infinity, or None."""
+    """The name of the first parameter holding a NaN or an infinity, or None. A finite sum
+    clears a tensor without the memory of an elementwise mask (a float32 sum overflowing
+    is checked elementwise)."""
     return next((name for name, param in model.named_parameters()
-                 if not bool(torch.isfinite(param).all())), None)
+                 if not math.isfinite(param.sum(dtype=torch.float32).item())
+                 and not bool(torch.isfinite(param).all())), None)

@@ -284,6 +284,18 @@ def test_weights_with_nan_are_one_line_wherever_the_file_is_read(f32_gguf, tmp_p
             "infinite values") in capsys.readouterr().err
 
 
+def test_large_finite_weights_are_not_taken_for_infinite_ones():
+    from quantfair.models import non_finite_parameter
+
+    layer = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.fill_(3e38)  # finite, but their float32 sum is not
+    assert non_finite_parameter(layer) is None
+    with torch.no_grad():
+        layer.bias[1] = float("nan")
+    assert non_finite_parameter(layer) == "bias"
+
+
 def test_an_export_has_the_permissions_a_new_file_gets(f32_gguf, tmp_path):
     output = tmp_path / "out.gguf"
     _export(f32_gguf, output)
