@@ -220,7 +220,8 @@ class NothingShared(QuantfairError):
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
     """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
-    (passed -> inconclusive is listed, and is a regression only when `strict`); beside them
+    (passed -> inconclusive or skipped is listed, and is a regression only when `strict`);
+    beside them
     `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
     baseline's measurements this run did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
@@ -243,17 +244,17 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
-    audits, undecided = [], []
+    audits, undecided = [], {"inconclusive": [], "skipped": []}
     for entry in new.get("audits", []):
         before = old_audits.get(_audit_key(entry["nodeid"]))
         if before is None:
             continue
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
-        lost = ("failed", "error", "inconclusive") if strict else ("failed", "error")
+        lost = ("failed", "error", *undecided) if strict else ("failed", "error")
         if before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
-        elif before == "passed" and entry["outcome"] == "inconclusive":
-            undecided.append(entry["nodeid"])
+        elif before == "passed" and entry["outcome"] in undecided:
+            undecided[entry["outcome"]].append(entry["nodeid"])
     if not rows and not audits:
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
@@ -267,7 +268,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                           if key not in new_keys and key[-1] != REFERENCE)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
-            "not_compared": not_compared, "now_inconclusive": undecided,
+            "not_compared": not_compared, "now_inconclusive": undecided["inconclusive"],
+            "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
@@ -319,9 +321,10 @@ def comparison_notes(comparison: dict) -> list[str]:
         if missing := comparison.get(key):
             lines.append(f"{len(missing)} baseline {what} in this run: "
                          f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
-    if undecided := comparison.get("now_inconclusive"):
-        lines.append(f"{len(undecided)} audit(s) passed in the baseline and are inconclusive "
-                     f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
+    for outcome in ("inconclusive", "skipped"):
+        if undecided := comparison.get(f"now_{outcome}"):
+            lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
+                         f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
     return lines
 
 

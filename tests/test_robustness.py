@@ -832,20 +832,26 @@ def test_strategy_strings_round_trip_or_are_usage_errors(gpt2_resolver, text):
 
 
 @pytest.mark.parametrize("strict", [False, True])
-def test_an_audit_that_passed_and_is_inconclusive_now_is_listed(strict):
+@pytest.mark.parametrize("outcome", ["inconclusive", "skipped"])  # skipped: e.g. a release
+def test_an_audit_that_passed_and_is_undecided_now_is_listed(strict, outcome,  # bound dropped
+                                                             report_pair):
+    from quantfair.html import render_html
     from quantfair.report import compare, comparison_notes
 
     def report(outcome: str) -> dict:
-        return {"settings": {}, "measurements": [],
-                "audits": [{"nodeid": "audits/test_x.py::test_y[a]", "outcome": outcome}]}
+        whole = report_pair[1]
+        return {**whole, "audits": [{**whole["audits"][0], "nodeid": "audits/test_x.py::test_y[a]",
+                                     "outcome": outcome}]}
 
-    comparison = compare(report("passed"), report("inconclusive"), strict=strict)
+    comparison = compare(report("passed"), report(outcome), strict=strict)
     notes = "\n".join(comparison_notes(comparison))
+    listed = (f"1 audit(s) passed in the baseline and are {outcome} now (a regression with "
+              "--quantfair-strict): audits/test_x.py::test_y[a]")
     if strict:  # a regression, listed as one
         assert comparison["regressions"] == [
-            "audit audits/test_x.py::test_y[a]: passed -> inconclusive"]
-        assert "inconclusive now" not in notes
+            f"audit audits/test_x.py::test_y[a]: passed -> {outcome}"]
+        assert f"{outcome} now" not in notes
     else:
         assert comparison["regressions"] == []
-        assert ("1 audit(s) passed in the baseline and are inconclusive now (a regression with "
-                "--quantfair-strict): audits/test_x.py::test_y[a]") in notes
+        assert listed in notes
+        assert listed in render_html({**report(outcome), "comparison": comparison})
