@@ -394,9 +394,13 @@ def load_report(path: str | Path) -> dict:
         where = error.json_path.removeprefix("$") or "top level"
         message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
         raise QuantfairError(f"{path} is not a valid {declared} report: {where}: {message}")
-    keys = collections.Counter(row_key(row) for row in report.get("measurements", []))
-    if twice := [key for key, count in keys.items() if count > 1]:
-        raise QuantfairError(f"{path} is not a valid {declared} report: measurement "
-                             f"{'/'.join(twice[0])} appears {keys[twice[0]]} times (a report "
-                             "has one per scheme, strategy, length and language)")
+    for what, keys, one_per in (
+            ("measurement", ["/".join(row_key(row)) for row in report.get("measurements", [])],
+             "scheme, strategy, length and language"),
+            ("audit", [audit["nodeid"] for audit in report.get("audits", [])], "test id")):
+        counts = collections.Counter(keys)
+        if twice := [key for key, count in counts.items() if count > 1]:  # which would count?
+            raise QuantfairError(f"{path} is not a valid {declared} report: {what} {twice[0]} "
+                                 f"appears {counts[twice[0]]} times (a report has one per "
+                                 f"{one_per})")
     return report

@@ -408,6 +408,8 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
     (lambda r: r["measurements"].append(dict(r["measurements"][-1])),
      "measurement int4/none/medium/he appears 2 times"),
+    (lambda r: r["audits"].append({**r["audits"][0], "outcome": "failed"}),  # which would count?
+     "audit audits/test_x.py::test_y[none-he] appears 2 times (a report has one per test id)"),
 ])
 def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, report_pair,
                                                                    damage, where):
