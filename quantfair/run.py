@@ -272,9 +272,10 @@ class QuantfairRun:
 
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
-        if not self.audits and not self.internal_errors and not (
+        if not self.audits and not self.internal_errors and self.baseline is None and not (
                 self._stopped(exitstatus) and self.selection.get("selected_ids", True)):
-            return  # no audit ran, and none was cut off (the selection may not be known yet)
+            return  # no audit ran, and none was cut off (the selection may not be known yet);
+        # with a baseline, a run that selected nothing is a gate not checked (below)
         from quantfair.report import compare, settle_verdict, write_report
 
         report = self._build(exitstatus)

@@ -263,7 +263,8 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
     assert "FAILED &mdash; 1 regression(s)" in now.with_suffix(".html").read_text()
 
 
-def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(pytester):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
+def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(pytester, workers):
     """Exit 3 (the gate could not be checked), as `quantfair report` refuses the same pair;
     1 would say a claim did not hold."""
     base = pytester.path / "base.json"
@@ -275,6 +276,13 @@ def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(py
     assert result.ret == 3
     result.stdout.fnmatch_lines(["INCOMPLETE: baseline:*nothing was compared*"])
     assert "REGRESSION" not in result.stdout.str()
+    # a -k selecting nothing: pytest's exit 5 is often taken for a pass in CI scripts
+    now = pytester.path / "now.json"
+    result = run(pytester, *args, "-k", "no_such_audit", "--baseline", str(base),
+                 "--report", str(now), *workers)
+    assert result.ret == 3, result.stdout.str()
+    result.stdout.fnmatch_lines(["INCOMPLETE: baseline:*nothing was compared*"])
+    assert load(now)["verdict"] == "incomplete"
 
 
 def test_crashed_worker_makes_the_report_incomplete(pytester):
