@@ -412,6 +412,9 @@ class QuantfairRun:
             else:
                 tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
                               "(audits/test_suggested.py) was selected")
+        if not self.config.strict and "--strict" in self.pytest_config.invocation_params.args:
+            tr.write_line("note: --strict is pytest's own option (strict markers, xfail, ...): "
+                          "inconclusive audits fail the run only with --quantfair-strict")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):

@@ -150,6 +150,11 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     assert report["verdict"] == "failed" and report["summary"]["findings"]["did_not_hold"] == []
     assert report["summary"]["headline"] == ("2 comparison(s) were inconclusive, which fails "
                                              "the run under --quantfair-strict")
+    pytests = pytester.runpytest_subprocess(*args, "--strict", "--quantfair-no-report",
+                                            timeout=300)
+    assert pytests.ret == 0  # pytest's own --strict is not quantfair's: said, not taken
+    pytests.stdout.fnmatch_lines(["note: --strict is pytest's own option*inconclusive audits "
+                                  "fail the run only with --quantfair-strict"])
 
 
 def test_kl_divergence_quantities_bound_and_compare_per_language():
