@@ -885,8 +885,8 @@ class Evaluator:
 def check_finite(results: dict[tuple[str, str], UnitResult], what: str) -> None:
     """Raise one clear line naming every unit with a non-finite loss or distribution statistic
     (the results the cache refuses to keep)."""
-    bad = {f"{lang}/{unit}": _non_finite(r) for (lang, unit), r in results.items()
-           if not _finite(r)}
+    bad = {f"{lang}/{unit}": fields for (lang, unit), r in results.items()
+           if (fields := _non_finite(r))}
     if bad:
         shown = ", ".join(list(bad)[:6]) + (" ..." if len(bad) > 6 else "")
         fields = sorted({name for names in bad.values() for name in names})
