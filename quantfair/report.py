@@ -228,7 +228,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     NothingShared when the two reports have no row and no audit in common."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
-    regressions, rows = [], []
+    regressions, rows, unbounded = [], [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
         if before is None or row["language"] == REFERENCE:
@@ -241,6 +241,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                 regressions.append(f"disparity {entry['key']}: {a:.4g} -> {b:.4g}")
         elif a is not None and b is None:
             regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
+        else:  # nothing to grow from
+            unbounded.append(entry["key"])
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
@@ -268,7 +270,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                           if key not in new_keys and key[-1] != REFERENCE)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
-            "not_compared": not_compared, "now_inconclusive": undecided["inconclusive"],
+            "not_compared": not_compared, "undefined_in_baseline": unbounded,
+            "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
@@ -317,15 +320,21 @@ def comparison_notes(comparison: dict) -> list[str]:
     if stopped := comparison.get("baseline_incomplete"):
         lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
                      "did not measure is not compared")
+    if unbounded := comparison.get("undefined_in_baseline"):
+        lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline, so not "
+                     f"checked for growth: {_some(unbounded)}")
     for key, what in (("not_compared", "measurement(s) not made"), ("not_run", "audit(s) not run")):
         if missing := comparison.get(key):
-            lines.append(f"{len(missing)} baseline {what} in this run: "
-                         f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+            lines.append(f"{len(missing)} baseline {what} in this run: {_some(missing)}")
     for outcome in ("inconclusive", "skipped"):
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
     return lines
+
+
+def _some(keys: list[str]) -> str:
+    return f"{', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
 
 
 def settle_verdict(report: dict) -> None:

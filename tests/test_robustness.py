@@ -536,6 +536,14 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
             if r.get("disparity") else r for r in report["measurements"]]}
 
     assert compare(undefined(1.0), undefined(10.0))["regressions"] == []
+    unbounded = compare(undefined(1.0), report)["undefined_in_baseline"]  # nothing to grow from
+    assert unbounded and all(key.endswith("/he") for key in unbounded)
+    baseline = tmp_path / "undefined.json"
+    baseline.write_text(json.dumps(undefined(1.0)))
+    _, printed, html = _compared(tmp_path, baseline, report)
+    assert printed.returncode == 0, printed.stderr
+    note = f"{len(unbounded)} disparity(ies) undefined in the baseline, so not checked for growth"
+    assert note in printed.stdout and note in html
     regressions = compare(report, undefined(1.0))["regressions"]
     assert regressions and all(line.endswith("-> undefined") for line in regressions)
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
