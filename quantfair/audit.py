@@ -627,7 +627,8 @@ class LayerValue(Check):
 class GroupOrder(Check):
     """`strategy` improves the languages of `first` more than those of `second`: the mean
     improvement factor (quantity under `than` / under `strategy`) of `first` minus that of
-    `second`, decided on the paired bootstrap like `Better` (claimed: above 0)."""
+    `second`, decided on the paired bootstrap like `Better` (claimed: above 0). A group is
+    its languages the run audits; at least one of each is needed."""
 
     strategy: str
     than: str
@@ -643,9 +644,11 @@ class GroupOrder(Check):
                         for s in (self.strategy, self.than))
         languages = _measure(ctx, self.strategy, self.quantity).languages
         what = f"improvement factor ({self.than} / {self.strategy}) difference"
-        missing = [lang for lang in self.first + self.second if lang not in languages]
-        if missing:
-            raise NotApplicable(f"needs languages {', '.join(missing)} (--languages)")
+        first, second = ([lang for lang in group if lang in languages]
+                         for group in (self.first, self.second))
+        if not first or not second:
+            raise NotApplicable(f"needs one of {', '.join(self.first)} and one of "
+                                f"{', '.join(self.second)} (--languages)")
         if ours[2] or theirs[2]:
             return Outcome("inconclusive", what, detail=f"undefined: {ours[2] or theirs[2]}")
 
@@ -654,12 +657,12 @@ class GroupOrder(Check):
             with np.errstate(divide="ignore", invalid="ignore"):
                 return (theirs[index][rows] / ours[index][rows]).mean(axis=0)
 
-        comparison = paired_difference((mean_factor(self.first, 0), mean_factor(self.first, 1)),
-                                       (mean_factor(self.second, 0), mean_factor(self.second, 1)))
+        comparison = paired_difference((mean_factor(first, 0), mean_factor(first, 1)),
+                                       (mean_factor(second, 0), mean_factor(second, 1)))
         return Outcome(_decide({case.id: comparison}, case.id, 1), what, comparison.difference,
                        "> 0", comparison.low, comparison.high,
-                       f"{'+'.join(self.first)}: {float(mean_factor(self.first, 0)):.4g}x, "
-                       f"{'+'.join(self.second)}: {float(mean_factor(self.second, 0)):.4g}x")
+                       f"{'+'.join(first)}: {float(mean_factor(first, 0)):.4g}x, "
+                       f"{'+'.join(second)}: {float(mean_factor(second, 0)):.4g}x")
 
 
 @dataclass(frozen=True)

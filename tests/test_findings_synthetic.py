@@ -250,3 +250,17 @@ def test_too_few_points_for_a_correlation_is_inconclusive():
     outcome = checks.Correlation("fertility", Bound(max=0.0)).run(
         world, checks.Case("f"), Bound(max=0.0))
     assert outcome.status == "inconclusive"
+
+
+def test_a_group_order_compares_the_audited_languages_of_each_group():
+    """Each group is its languages the run measured (he for Semitic where ar is not audited)."""
+    world = World("gpt2")
+    world.set("none", 4.0)
+    world.set("L0", {"he": 1.0, "ja": 2.0, "ar": 8.0, "zh": 0.5})
+    order = checks.GroupOrder("L0", than="none", first=("xx", "he"), second=("ja", "yy"))
+    outcome = order.run(world, order.cases(LANGUAGES)[0], None)
+    assert outcome.status == "passed", outcome  # he improves 4x, ja 2x: ar and zh left out
+    assert outcome.detail.startswith("he: 4") and ", ja: 2" in outcome.detail
+    alone = checks.GroupOrder("L0", than="none", first=("xx", "yy"), second=("ja",))
+    with pytest.raises(checks.NotApplicable, match=r"needs one of xx, yy and one of ja "):
+        alone.run(world, alone.cases(LANGUAGES)[0], None)

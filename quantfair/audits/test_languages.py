@@ -14,9 +14,9 @@ test_semitic_over_cjk = audit(Finding(
     id="semitic_over_cjk", experiments=("046",),
     claim="First+last protection improves Semitic languages more than CJK languages",
     seed="Semitic 22x better, CJK 4x better",
-    slack="the ordering is audited, not the factors (22x and 4x are GPT-2's); CJK here is the "
-          "audited languages among zh, ja, ko",
-    check=GroupOrder("L0+Llast", than="none", first=("he", "ar"), second=("zh",)),
+    slack="the ordering is audited, not the factors (22x and 4x are GPT-2's); Semitic and CJK "
+          "are the audited languages among he, ar and among zh, ja, ko",
+    check=GroupOrder("L0+Llast", than="none", first=("he", "ar"), second=("zh", "ja", "ko")),
 ))
 
 test_resource_correlation = audit(Finding(
