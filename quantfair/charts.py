@@ -35,6 +35,7 @@ STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "axes.lab
 WIDTH = 7.0  # inches at 100 dpi: 700 px, the report's column
 MAX_FOREST_STRATEGIES = 5
 LABEL = "label-"  # gid prefix of point labels (their boxes must not overlap)
+KEY_ROWS = 20  # rows of a key's column (a key of numbered points beside the axes)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,12 @@ def label_points(ax, points: Sequence[Point]) -> None:
         key = ax.legend([Line2D([], [], linestyle="none") for _ in points],
                         [f"{index}: {p.label}" for index, p in enumerate(points, 1)],
                         loc="upper left", bbox_to_anchor=(1.0, 1.0), handlelength=0,
-                        handletextpad=0, fontsize=7)
+                        handletextpad=0, fontsize=7, ncols=-(-len(points) // KEY_ROWS))
         for index, text in enumerate(key.get_texts()):
             text.set_gid(f"{panel}key-{index}")
+        figure = ax.figure  # tall enough for the key, and for the axes beside it
+        tall = key.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi
+        figure.set_figheight(max(figure.get_figheight(), tall + 1.2))
 
 
 def _log_axis(ax, axis: str = "y") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from types import SimpleNamespace
 
@@ -181,6 +182,23 @@ def test_pareto_labels_of_nearly_equal_points_do_not_overlap(count):
     assert not any(box.overlaps(neighbour) for box in boxes)
     shown = " ".join(t.get_text() for t in texts)
     assert all(p.label in shown for p in points)  # on the points or in the key
+
+
+def test_a_key_of_many_points_stays_inside_its_chart():
+    """`--languages all`: the numbered points' key is drawn within the picture, beside axes
+    that keep a size."""
+    points = [charts.Point(f"lang{i}", i % 6, 1.0 + (i % 7) * 0.3) for i in range(57)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. constrained layout collapsing the axes
+        figure = charts.pareto_figure(points)
+        figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    key = [t for t in _labels(figure) if "-key-" in (t.get_gid() or "")]
+    assert len(key) == len(points)
+    inside = figure.bbox.padded(1)
+    assert all(inside.contains(*corner) for t in key
+               for corner in t.get_window_extent(renderer).corners())
+    assert figure.axes[0].get_window_extent(renderer).height > 100
 
 
 def test_per_script_and_class_aggregates_average_their_languages():
