@@ -93,7 +93,8 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     inert."""
     if config.getoption(OPTIONS["model"].dest, default=None) == "":
         raise pytest.UsageError(f"--quantfair-model (--model) is empty: name {MODEL_KINDS}")
-    given = [f"--quantfair-{option.name}" for option in OPTIONS.values()
+    given = [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
+             for option in OPTIONS.values()
              if config.getoption(option.dest, default=None) not in (None, False)]
     if given:
         where = f"read {config.inipath}" if config.inipath else "found no ini file"

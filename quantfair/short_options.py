@@ -10,6 +10,8 @@ form sets the same value as its `--quantfair-` form.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quantfair.config import OPTIONS, add_options
@@ -20,9 +22,17 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     the suite (`--pyargs quantfair.audits`, which may load this module through the checkout's
     conftest.py) keeps its option, and the `--quantfair-` forms stay. Loaded with `-p`, this
     runs before plugins of entry points and conftest files declare theirs: the short forms
-    are then declared after conftest files (`pytest_load_initial_conftests`)."""
-    if pluginmanager.has_plugin("quantfair") or pluginmanager.is_blocked("quantfair"):
+    are then declared after conftest files (`pytest_load_initial_conftests`), even with the
+    plugin disabled (`-p no:quantfair`)."""
+    if pluginmanager.has_plugin("quantfair") or (pluginmanager.is_blocked("quantfair")
+                                                 and not _before_conftests(pluginmanager)):
         _add_untaken(parser)
+
+
+def _before_conftests(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """Whether no conftest file is registered yet: this module was loaded with `-p`."""
+    return not any(Path(getattr(plugin, "__file__", None) or "x").name == "conftest.py"
+                   for plugin in pluginmanager.get_plugins())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -51,10 +61,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quick: a quantfair audit small enough for CI "
                                        "(the same as quantfair_quick)")
     if config.pluginmanager.is_blocked("quantfair"):  # its audits are still collected
+        _refuse_typed_options(config)
         from quantfair.plugin import MARKERS
 
         for marker in MARKERS:
             config.addinivalue_line("markers", marker)
+
+
+def _refuse_typed_options(config: pytest.Config) -> None:
+    """Short forms typed on the command line with the plugin disabled ask for an audit that
+    will not run (a release gate's `--model M --baseline B` would pass having checked
+    nothing); set in an ini file's addopts, they are left, and the audits skipped."""
+    typed = {str(argument).partition("=")[0] for argument in config.invocation_params.args}
+    given = [f"--{name}" for name, option in OPTIONS.items() if option.short
+             and f"--{name}" in typed
+             and config.getoption(option.dest, default=None) not in (None, False)]
+    if given:
+        raise pytest.UsageError(f"{', '.join(given)} given, but quantfair's plugin is disabled "
+                                "(-p no:quantfair): no audit would run; drop one or the other")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -51,6 +51,9 @@ def test_quantfair_options_without_a_model_are_a_usage_error_not_a_pass(pytester
     result.stderr.fnmatch_lines(["ERROR: --quantfair-units, --quantfair-baseline given but no "
                                  "model: give --quantfair-model, or quantfair_model in the ini "
                                  "file (pytest *, rootdir *)"])
+    short = run(pytester, *QUICK_FILES, "-p", "quantfair.short_options", "--quant", "int8")
+    assert short.ret == pytest.ExitCode.USAGE_ERROR  # named as typed
+    short.stderr.fnmatch_lines(["ERROR: --quant given but no model: *"])
     pytester.makeini("[pytest]\nquantfair_units = 2\n")
     assert run(pytester, *QUICK_FILES).ret == 0
 

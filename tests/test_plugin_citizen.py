@@ -355,10 +355,34 @@ def test_ctrl_c_in_a_run_that_selected_no_audit_writes_no_report(pytester):
 
 
 def test_audits_with_the_plugin_disabled_are_skipped_with_the_reason(pytester):
-    result = run(pytester, BASELINE, "-p", "quantfair.short_options", "-p", "no:quantfair",
-                 "--model", "tiny-gpt2", "-k", "robustness", "-W", "error", "-rs")
+    """A model set in the ini file's addopts: `-p no:quantfair` skips the audits."""
+    pytester.makeini("[pytest]\naddopts = -p quantfair.short_options --model tiny-gpt2\n")
+    result = run(pytester, BASELINE, "-p", "no:quantfair", "-k", "robustness", "-W", "error",
+                 "-rs")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["SKIPPED * quantfair's plugin is disabled (-p no:quantfair)"])
+
+
+def test_audit_options_typed_with_the_plugin_disabled_are_a_usage_error(pytester):
+    """A release gate that also disables the plugin would pass having checked nothing."""
+    result = run(pytester, BASELINE, "-p", "quantfair.short_options", "-p", "no:quantfair",
+                 "--model", "tiny-gpt2", "--baseline=old.json", "-k", "robustness")
+    assert result.ret == 4, result.stdout.str()
+    assert result.stderr.lines[0] == (
+        "ERROR: --model, --baseline given, but quantfair's plugin is disabled "
+        "(-p no:quantfair): no audit would run; drop one or the other")
+
+
+def test_short_forms_with_the_plugin_disabled_leave_a_projects_own_options_alone(pytester):
+    pytester.makeconftest(FOREIGN_OPTIONS.format(names=["model"]))
+    pytester.makepyfile(test_theirs="""
+        def test_theirs(request):
+            assert request.config.getoption("--model") == "mine"
+    """)
+    result = run(pytester, "-p", "no:quantfair", "-p", "quantfair.short_options",
+                 "--model", "mine", "test_theirs.py")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
 
 
 def test_works_without_xdist_under_strict_markers_warnings_as_errors_and_xunit2(pytester):
