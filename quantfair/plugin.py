@@ -55,7 +55,8 @@ def option_value(config: pytest.Config, name: str):
         except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
             raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
-        value = ",".join(str(item) for item in value) or None
+        # (lines may end with the comma that joins them: "he," then "zh")
+        value = ",".join(str(item).strip().strip(",") for item in value) or None
     return value
 
 

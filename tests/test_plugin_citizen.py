@@ -486,6 +486,12 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
         quantfair_model = tiny-gpt2
         quantfair_languages = de, he
     """),
+    ("pytest.ini", """
+        [pytest]
+        quantfair_model = tiny-gpt2
+        quantfair_languages = de,
+            he
+    """),
 ])
 def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, config, text):
     (pytester.path / config).write_text(textwrap.dedent(text))
