@@ -369,6 +369,10 @@ class RunConfig:
             if any(p.exists() and not p.is_file() for p in (given, path)):
                 raise UsageError(f"--report {report} is not a regular file (--no-report writes "
                                  "no report)")
+            html = path.with_suffix(".html")
+            if html.exists() and not html.is_file():
+                raise UsageError(f"--report {report}: the HTML report beside it, {html}, "
+                                 "would replace what is not a file there; give another path")
             if baseline and path.resolve() == Path(baseline).resolve():
                 raise UsageError(f"--report {report} would overwrite the --baseline it is "
                                  "compared with; give another path")

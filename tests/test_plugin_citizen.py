@@ -534,7 +534,9 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
     baseline.write_text("{}")
     blocker = pytester.path / "a-file"
     blocker.write_text("")
+    (pytester.path / "h.html").mkdir()
     for report, message, old in (
+            (pytester.path / "h.json", "the HTML report beside it, ", baseline),
             (baseline, "would overwrite the --quantfair-baseline", baseline),
             (Path(os.devnull), "is not a regular file", baseline),
             (blocker / "r.json", f"cannot write in {blocker} ({blocker} is not a directory)",
