@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from quantfair import charts
-from quantfair.corpus import REFERENCE, language
+from quantfair.corpus import LANGUAGES, REFERENCE, language
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 from quantfair.text import experiment_span
 
@@ -119,6 +119,8 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
+            if r["language"] not in LANGUAGES:  # a user corpus's language without metadata
+                continue
             meta = language(r["language"])
             groups[("script", meta.script)][strategy].append(r["disparity"])
             if meta.resource_class >= 0:
