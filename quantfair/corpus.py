@@ -216,6 +216,10 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
                 ) from None
         if not record["lang"].strip() or not record["unit"].strip():
             raise QuantfairError(f"{where}: lang and unit must not be empty")
+        lang = record["lang"]
+        if {",", ":"} & set(lang) or lang != lang.strip() or lang.lower() == "all":
+            raise QuantfairError(f"{where}: language code {lang!r} cannot be named in "
+                                 "--languages: no comma, colon or surrounding space, not 'all'")
         if not record["text"].strip():
             raise QuantfairError(f"{where}: empty or whitespace-only text for "
                                  f"{record['lang']}/{record['unit']}")

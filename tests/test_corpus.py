@@ -78,6 +78,9 @@ def _write(tmp_path, lines, raw=None):
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
       {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
     ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts"),
+    *(([{"lang": "en", "unit": "a", "text": "x"}, {"lang": code, "unit": "a", "text": "y"}],
+       f"language code '{code}' cannot be named in --languages")
+      for code in ("he,ar", "script:Arab", "All", " he")),
 ])
 def test_user_corpus_errors_are_clear(tmp_path, lines, message):
     with pytest.raises(QuantfairError, match=message):
