@@ -161,6 +161,7 @@ def build_report(record: RunRecord) -> dict:
         "environment": environment(),
         "duration_s": round(record.duration_s, 2),
         "measurements": sorted(unique.values(), key=row_key),
+        "language_metadata": language_metadata(row["language"] for row in unique.values()),
         "audits": sorted(record.audits, key=lambda a: a["nodeid"]),
         "processes": record.processes,
         "suggestion": record.suggestion,
@@ -168,6 +169,18 @@ def build_report(record: RunRecord) -> dict:
     }
     settle_verdict(report)
     return report
+
+
+def language_metadata(codes) -> dict[str, dict]:
+    """The shipped metadata (name, ISO 639-3, ISO 15924 script, family, Joshi et al.'s
+    resource class) of each code that has it, by code: what the HTML's per-script and
+    per-class tables group by."""
+    from dataclasses import asdict
+
+    from quantfair.corpus import LANGUAGES
+
+    return {code: {k: v for k, v in asdict(LANGUAGES[code]).items() if k != "code"}
+            for code in sorted(set(codes)) if code in LANGUAGES}
 
 
 _last_stamp = datetime.min.replace(tzinfo=timezone.utc)

@@ -16,7 +16,14 @@ from matplotlib.text import Text
 from quantfair import charts
 from quantfair.html import findings_matrix, render_html, scorecard, shade
 from quantfair.metrics import Measurement
-from quantfair.report import RunRecord, build_report, load_report, measurement_records, write_report
+from quantfair.report import (
+    RunRecord,
+    build_report,
+    language_metadata,
+    load_report,
+    measurement_records,
+    write_report,
+)
 from quantfair.summary import summarize
 
 LANGUAGES = ("en", "de", "he", "ar")
@@ -123,6 +130,20 @@ def test_a_random_weight_model_is_said_to_test_the_machinery_only():
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
+
+
+def test_the_json_carries_the_language_metadata_the_html_groups_by(tmp_path):
+    built = report()
+    built["measurements"].append({**built["measurements"][0], "language": "xx"})
+    meta = built["language_metadata"] = language_metadata(
+        r["language"] for r in built["measurements"])
+    assert sorted(meta) == sorted(LANGUAGES)  # xx has no shipped metadata
+    assert meta["he"] == {"name": "Hebrew", "iso639_3": "heb", "script": "Hebr",
+                          "family": meta["he"]["family"], "resource_class": 3}
+    assert "Semitic" in meta["he"]["family"] and meta["ar"]["script"] == "Arab"
+    path, _ = write_report(built, tmp_path / "r.json")
+    assert load_report(path)["language_metadata"] == meta  # valid against the schema
+    assert sorted(report()["language_metadata"]) == sorted(LANGUAGES)
 
 
 def test_scorecard_has_a_row_per_language_and_prints_every_shaded_number():
