@@ -108,6 +108,13 @@ def _session(args: argparse.Namespace, before_load=None, reads_only: bool = Fals
 def cmd_corpus(args: argparse.Namespace) -> int:
     from quantfair.corpus import language, load_corpus
 
+    for name, value in (("model", args.model), ("corpus", args.quantfair_corpus),
+                        ("device", args.quantfair_device)):
+        if value is not None and not value.strip():  # never taken as the default
+            raise UsageError(f"--{name} is empty: give a value (see --help) or leave it out")
+    if (args.quantfair_random_weights or args.quantfair_device) and not args.model:
+        raise UsageError("--random-weights and --device apply to --model's tokenizer; "
+                         "give --model")
     corpus = load_corpus(args.quantfair_corpus)
     chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
     corpus = corpus.select(parse_languages(chosen, corpus.languages))

@@ -140,6 +140,9 @@ def corpus_files(tmp_path):
     *((["measure", "tiny-gpt2", f"--{name}", ""], f"--{name} is empty: give a value")
       for name in ("quantized", "corpus", "dtype", "device", "quant", "embedding-type")),
     (["corpus", "--corpus", "quantfair"], "corpus quantfair is a directory; give a JSONL file"),
+    *((["corpus", f"--{name}", " "], f"--{name} is empty: give a value")
+      for name in ("corpus", "model", "device")),
+    (["corpus", "--random-weights"], "--random-weights and --device apply to --model's"),
     (["measure", "{directory_gguf}"], "is a directory, not a GGUF file"),
     (["measure", "tiny-gpt2", "--quantized", "{directory_gguf}"],
      "a directory, not a GGUF file"),
