@@ -103,6 +103,13 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
     return f"Every decided claim held ({counts['passed']} passed)"
 
 
+def _excludes_zero(audit: dict) -> bool:
+    """A paired comparison (bound < 0 or > 0) whose unadjusted CI lies on one side of 0."""
+    low, high = audit.get("low"), audit.get("high")
+    return (audit.get("value") is not None and audit.get("bound") in ("< 0", "> 0")
+            and low is not None and high is not None and not low <= 0 <= high)
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -144,14 +151,21 @@ def summarize(report: dict) -> dict:
                            ("error", "Findings that could not be measured (errors)")):
         if by_outcome[outcome]:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
-    undefined = sum(a["outcome"] == "inconclusive" and a.get("value") is None
-                    for a in report.get("audits", []))
-    if counts["inconclusive"] - undefined:
+    undecided = [a for a in report.get("audits", []) if a["outcome"] == "inconclusive"]
+    undefined = sum(a.get("value") is None for a in undecided)
+    corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
+    if counts["inconclusive"] - undefined - corrected:
         sentences.append(
-            f"{counts['inconclusive'] - undefined} comparison(s) were inconclusive: the 95% CI "
+            f"{counts['inconclusive'] - undefined - corrected} comparison(s) were inconclusive: "
+            "the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
             + (f" with {units} units per language; more units (--units) narrow the CI"
                if units else "") + ".")
+    if corrected:
+        sentences.append(
+            f"{corrected} comparison(s) were inconclusive after correcting for the finding's "
+            "several cases: the unadjusted 95% CI shown excludes 0, but the difference is not "
+            "significant under Holm-Bonferroni at family-wise 5%.")
     if undefined:
         sentences.append(
             f"{undefined} comparison(s) were inconclusive because a disparity they compare is "

@@ -262,11 +262,15 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
 
 def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
     undecided = [audit("synergy", "inconclusive", "de", value=None, low=None, high=None),
-                 audit("random_fails", "inconclusive")]
+                 audit("random_fails", "inconclusive", low=-0.2),
+                 audit("sparse", "inconclusive", "he")]  # its CI [0.1, 0.9] excludes 0
     sentences = summarize(report(undecided))["sentences"]
     assert "1 comparison(s) were inconclusive: the 95% CI of the paired difference includes " \
            "the bound, so the data decide neither way with 6 units per language; more units " \
            "(--units) narrow the CI." in sentences
+    assert "1 comparison(s) were inconclusive after correcting for the finding's several " \
+           "cases: the unadjusted 95% CI shown excludes 0, but the difference is not " \
+           "significant under Holm-Bonferroni at family-wise 5%." in sentences
     assert "1 comparison(s) were inconclusive because a disparity they compare is undefined " \
            "(no ratio to English's loss change)." in sentences
     undefined = report(undecided)
