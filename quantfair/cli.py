@@ -20,6 +20,7 @@ from quantfair.config import (
     check_folder_writable,
     parse_languages,
     parse_percent,
+    refuse_empty,
     require_other_languages,
 )
 from quantfair.errors import TERMINATED, QuantfairError, UsageError
@@ -110,8 +111,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     for name, value in (("model", args.model), ("corpus", args.quantfair_corpus),
                         ("device", args.quantfair_device)):
-        if value is not None and not value.strip():  # never taken as the default
-            raise UsageError(f"--{name} is empty: give a value (see --help) or leave it out")
+        refuse_empty(name, value)
     if (args.quantfair_random_weights or args.quantfair_device) and not args.model:
         raise UsageError("--random-weights and --device apply to --model's tokenizer; "
                          "give --model")

@@ -49,6 +49,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 RELEASE_QUANTITIES = ("disparity", "kld_disparity", "degradation", "seed_disparity")
 
 
+def refuse_empty(name: str, raw: Any) -> None:
+    """An option given an empty value (e.g. an unset variable in a script) is never taken as
+    its default. Raises UsageError."""
+    if isinstance(raw, str) and not raw.strip():
+        raise UsageError(f"--{name} is empty: give a value (see --help) or leave it out")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: `--<name>` on the CLI and in the audit suite, `--quantfair-<name>` and the
@@ -329,10 +336,9 @@ class RunConfig:
         model = get("model")
         if not model:
             raise UsageError(f"the model is empty: name {MODEL_KINDS}")
-        for name in OPTIONS:  # e.g. an unset variable in a script: never taken as the default
-            raw = value(name)
-            if isinstance(raw, str) and not raw.strip() and name not in OWN_EMPTY_MESSAGE:
-                raise UsageError(f"--{name} is empty: give a value (see --help) or leave it out")
+        for name in OPTIONS:
+            if name not in OWN_EMPTY_MESSAGE:
+                refuse_empty(name, value(name))
         # The default languages are the shipped corpus's; a user corpus defaults to all of its.
         chosen = value("languages")  # an empty list is an error, not the default
         if chosen is None:

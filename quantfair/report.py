@@ -9,7 +9,7 @@ import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
 from importlib import metadata, resources
@@ -175,9 +175,7 @@ def language_metadata(codes) -> dict[str, dict]:
     """The shipped metadata (name, ISO 639-3, ISO 15924 script, family, Joshi et al.'s
     resource class) of each code that has it, by code: what the HTML's per-script and
     per-class tables group by."""
-    from dataclasses import asdict
-
-    from quantfair.corpus import LANGUAGES
+    from quantfair.corpus import LANGUAGES  # reads the metadata file: only where used
 
     return {code: {k: v for k, v in asdict(LANGUAGES[code]).items() if k != "code"}
             for code in sorted(set(codes)) if code in LANGUAGES}
