@@ -48,6 +48,11 @@ class Bound:
             return False
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
+    def excludes(self, low: float, high: float) -> bool:
+        """No value of the interval [low, high] meets the bound."""
+        return ((self.max is not None and low > self.max)
+                or (self.min is not None and high < self.min))
+
     def __str__(self) -> str:
         if self.max is not None and self.min is not None:
             return f"in [{self.min:g}, {self.max:g}]"
@@ -451,7 +456,10 @@ def _layer_criticality(ctx) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class Correlation(Check):
-    """Pearson r between two per-language or per-layer series, within a bound.
+    """Pearson r between two per-language or per-layer series within a bound, decided on its
+    95% CI (Fisher's z-transform, see `metrics.correlation`): passed when the whole CI meets
+    the bound, failed when none of it does, inconclusive otherwise, saying about how many
+    points would decide at the measured r.
 
     x: resource_class or fertility (per language, y = the strategy's disparity), or variance or
     quant_error (per layer, y = the layer's criticality: mean disparity with it protected)."""
@@ -490,12 +498,29 @@ class Correlation(Check):
     def run(self, ctx, case, bound):
         xs, ys, over = self._series(ctx)
         if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-            return Outcome("inconclusive", f"r({self.x}, disparity)", None, str(bound),
+            return Outcome("inconclusive", f"Pearson r({self.x}, disparity)", None, str(bound),
                            detail=f"too few distinct points over {over}")
         r = correlation(xs, ys)
-        return Outcome(verdict(bound.holds(r["pearson_r"])), f"Pearson r({self.x}, disparity)",
-                       r["pearson_r"], str(bound),
-                       detail=f"p={r['pearson_p']:.3g}, Spearman {r['spearman_r']:.3g}; {over}")
+        value, low, high = r["pearson_r"], r["pearson_low"], r["pearson_high"]
+        status: Status = ("passed" if bound.holds(low) and bound.holds(high) else
+                          "failed" if bound.excludes(low, high) else "inconclusive")
+        needed = _points_to_decide(value, bound)
+        return Outcome(status, f"Pearson r({self.x}, disparity)", value, str(bound), low, high,
+                       detail=f"Fisher-z 95% CI over {len(xs)} points, decided on the whole CI"
+                              + (f" (about {needed} points would decide at this r)"
+                                 if status == "inconclusive" and needed else "")
+                              + f"; p={r['pearson_p']:.3g}, Spearman {r['spearman_r']:.3g}; "
+                              + over)
+
+
+def _points_to_decide(r: float, bound: Bound, z: float = 1.96) -> int | None:
+    """The fewest points whose Fisher-z 95% CI around `r` keeps to r's side of the nearest
+    edge of the bound (None: r is on an edge or at +/-1)."""
+    edges = [e for e in (bound.min, bound.max) if e is not None and -1 < e < 1]
+    if not edges or abs(r) >= 1:
+        return None
+    distance = min(abs(math.atanh(r) - math.atanh(e)) for e in edges)
+    return math.ceil(3 + (z / distance) ** 2) if distance > 0 else None
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,10 @@ def _excludes_zero(audit: dict) -> bool:
             and low is not None and high is not None and not low <= 0 <= high)
 
 
+def _is_correlation(audit: dict) -> bool:
+    return (audit.get("quantity") or "").startswith("Pearson r")
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -152,11 +156,13 @@ def summarize(report: dict) -> dict:
         if by_outcome[outcome]:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
     undecided = [a for a in report.get("audits", []) if a["outcome"] == "inconclusive"]
-    undefined = sum(a.get("value") is None for a in undecided)
+    correlations = sum(map(_is_correlation, undecided))
+    undefined = sum(a.get("value") is None and not _is_correlation(a) for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
-    if counts["inconclusive"] - undefined - corrected:
+    if counts["inconclusive"] - undefined - corrected - correlations:
         sentences.append(
-            f"{counts['inconclusive'] - undefined - corrected} comparison(s) were inconclusive: "
+            f"{counts['inconclusive'] - undefined - corrected - correlations} comparison(s) "
+            "were inconclusive: "
             "the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
             + (f" with {units} units per language; more units (--units) narrow the CI"
@@ -166,6 +172,11 @@ def summarize(report: dict) -> dict:
             f"{corrected} comparison(s) were inconclusive after correcting for the finding's "
             "several cases: the unadjusted 95% CI shown excludes 0, but the difference is not "
             "significant under Holm-Bonferroni at family-wise 5%.")
+    if correlations:
+        sentences.append(
+            f"{correlations} correlation(s) were inconclusive: the 95% CI of Pearson r "
+            "includes the bound, or there were too few distinct points; more points "
+            "(languages or layers) narrow it.")
     if undefined:
         sentences.append(
             f"{undefined} comparison(s) were inconclusive because a disparity they compare is "

@@ -135,8 +135,27 @@ def correlated(xs: list[float], r: float) -> list[float]:
 
 
 def target_r(bound: Bound, holds: bool) -> float:
-    r = inside(bound) if holds else outside(bound)
-    return float(np.clip(r, -0.9, 0.9)) if holds else float(np.clip(r, -0.95, 0.95))
+    """An r far inside the bound (holds) or far beyond it: +/-0.95 for a one-sided bound, the
+    middle of a two-sided one."""
+    if bound.min is not None and bound.max is not None:
+        return (bound.min + bound.max) / 2 if holds else 0.95
+    return -0.95 if (bound.max is not None) == holds else 0.95
+
+
+def correlation_points(check) -> int:
+    per_language = check.x in ("resource_class", "fertility")
+    return len(LANGUAGES) - 1 if per_language else len(set(SWEEP_LAYERS.values()))
+
+
+def expected_status(check, bound: Bound | None, holds: bool) -> str:
+    """passed / failed; inconclusive for a correlation bounded on both sides that these few
+    points cannot show to hold: a Fisher-z 95% CI around r = 0 lies inside [-a, a] only from
+    3 + (1.96 / atanh(a))^2 points on."""
+    if (holds and type(check).__name__ == "Correlation" and bound.min is not None
+            and bound.max is not None
+            and correlation_points(check) < 3 + (1.96 / math.atanh(bound.max)) ** 2):
+        return "inconclusive"
+    return "passed" if holds else "failed"
 
 
 def stage(world: World, check, bound: Bound | None, holds: bool) -> None:
@@ -231,9 +250,10 @@ FINDINGS = all_findings()
 def test_every_finding_on_synthetic_measurements(finding, holds):
     world = World(finding.families[0] if finding.families else "gpt2")
     case = finding.check.cases(LANGUAGES)[0]
-    stage(world, finding.check, finding.check.bound_for(world.family, case), holds)
+    bound = finding.check.bound_for(world.family, case)
+    stage(world, finding.check, bound, holds)
     outcome = finding.verify(world, case)
-    assert outcome.status == ("passed" if holds else "failed"), outcome
+    assert outcome.status == expected_status(finding.check, bound, holds), outcome
 
 
 def test_every_check_class_is_exercised():
@@ -250,6 +270,32 @@ def test_too_few_points_for_a_correlation_is_inconclusive():
     outcome = checks.Correlation("fertility", Bound(max=0.0)).run(
         world, checks.Case("f"), Bound(max=0.0))
     assert outcome.status == "inconclusive"
+
+
+@pytest.mark.parametrize(("points", "r", "bound", "expected"), [
+    (5, -0.75, Bound(max=0.0), "inconclusive"),  # p = 0.14: the direction is not shown
+    (5, 0.25, Bound(min=-0.5, max=0.5), "inconclusive"),
+    (6, 0.0, Bound(min=-0.5, max=0.5), "inconclusive"),
+    (20, 0.0, Bound(min=-0.5, max=0.5), "passed"),
+    (8, -0.95, Bound(max=0.0), "passed"),
+    (8, 0.95, Bound(max=0.0), "failed"),
+    (20, 0.9, Bound(min=-0.5, max=0.5), "failed"),
+])
+def test_a_correlation_is_decided_on_its_confidence_interval(monkeypatch, points, r, bound,
+                                                             expected):
+    xs = [float(i) for i in range(points)]
+    ys = correlated(xs, r)
+    monkeypatch.setattr(checks.Correlation, "_series", lambda self, ctx: (xs, ys, "points"))
+    outcome = checks.Correlation("fertility", bound).run(World("gpt2"), checks.Case("f"), bound)
+    half_width = 1.96 / math.sqrt(points - 3)
+    assert outcome.status == expected, outcome
+    assert outcome.value == pytest.approx(r, abs=1e-9)
+    assert outcome.low == pytest.approx(math.tanh(math.atanh(r) - half_width), rel=1e-3)
+    assert outcome.high == pytest.approx(math.tanh(math.atanh(r) + half_width), rel=1e-3)
+    if expected == "inconclusive":
+        nearest = min(abs(math.atanh(r) - math.atanh(e)) for e in (bound.min, bound.max)
+                      if e is not None)
+        assert f"about {math.ceil(3 + (1.96 / nearest) ** 2)} points" in outcome.detail
 
 
 def test_a_group_order_compares_the_audited_languages_of_each_group():

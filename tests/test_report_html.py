@@ -263,8 +263,15 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
 def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
     undecided = [audit("synergy", "inconclusive", "de", value=None, low=None, high=None),
                  audit("random_fails", "inconclusive", low=-0.2),
-                 audit("sparse", "inconclusive", "he")]  # its CI [0.1, 0.9] excludes 0
+                 audit("sparse", "inconclusive", "he"),  # its CI [0.1, 0.9] excludes 0
+                 audit("fertility", "inconclusive", quantity="Pearson r(fertility, disparity)",
+                       bound="<= 0", value=-0.75, low=-0.98, high=0.36),
+                 audit("variance", "inconclusive", quantity="Pearson r(variance, disparity)",
+                       bound="<= 0", value=None, low=None, high=None)]  # too few points
     sentences = summarize(report(undecided))["sentences"]
+    assert "2 correlation(s) were inconclusive: the 95% CI of Pearson r includes the bound, " \
+           "or there were too few distinct points; more points (languages or layers) narrow " \
+           "it." in sentences
     assert "1 comparison(s) were inconclusive: the 95% CI of the paired difference includes " \
            "the bound, so the data decide neither way with 6 units per language; more units " \
            "(--units) narrow the CI." in sentences

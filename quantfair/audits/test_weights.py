@@ -22,7 +22,9 @@ test_criticality_not_quant_error = audit(Finding(
     id="criticality_not_quant_error", experiments=("049",),
     claim="A layer's criticality is not explained by the size of its quantization error",
     seed="Criticality != error magnitude",
-    slack="the seed gives no number; 'not explained' is read as |Pearson r| <= 0.5",
+    slack="the seed gives no number; 'not explained' is read as |Pearson r| <= 0.5, decided on "
+          "r's 95% CI: over the 6 swept layers it can fail (strong r) but not pass, which "
+          "needs at least 16 points",
     check=Correlation("quant_error", Bound(min=-0.5, max=0.5)),
 ))
 
@@ -32,7 +34,8 @@ test_variance_predicts_criticality = audit(Finding(
           "disparity more",
     seed="r = -0.798 variance-disparity (GPT-2)",
     slack="GPT-2 bounded at r <= -0.5 (6 swept layers, not 12); other models only in the "
-          "seed's direction (r <= 0)",
+          "seed's direction (r <= 0); decided on r's 95% CI, so 6 layers pass only when "
+          "r < -0.93 (GPT-2) or r < -0.81",
     check=Correlation("variance", {"gpt2": Bound(max=-0.5), "*": Bound(max=0.0)}),
 ))
 
