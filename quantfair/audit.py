@@ -29,6 +29,7 @@ from quantfair.metrics import (
 )
 from quantfair.strategies import Overhead
 from quantfair.strategy_syntax import ELEMENT_SELECTORS
+from quantfair.summary import STRADDLES
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
@@ -163,12 +164,18 @@ def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
     return bounds
 
 
-def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound, detail: str = ""):
+def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound):
+    """A bound on one value, decided on its point estimate; `STRADDLES` in the detail when
+    the CI has values on both sides of the bound (more units would firm the verdict up)."""
     if not estimate.defined:
         return Outcome("failed", quantity, None, str(bound),
                        detail=f"undefined: {estimate.undefined}")
+    low, high = estimate.low, estimate.high
+    straddles = (low is not None and high is not None
+                 and not (bound.holds(low) and bound.holds(high))
+                 and not bound.excludes(low, high))
     return Outcome(verdict(bound.holds(estimate.value)), quantity, estimate.value, str(bound),
-                   estimate.low, estimate.high, detail)
+                   low, high, STRADDLES if straddles else "")
 
 
 def _non_reference(languages: Sequence[str]) -> list[str]:

@@ -11,6 +11,9 @@ from collections import defaultdict
 from quantfair.corpus import REFERENCE, language
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
+# in the detail of a bound on one value decided on a point estimate whose CI has values on
+# both sides of the bound (written by quantfair.audit)
+STRADDLES = "its 95% CI straddles the bound: decided on the point estimate"
 RECOMMENDED = "recommended"
 WORST_SHOWN = 3
 
@@ -146,9 +149,15 @@ def summarize(report: dict) -> dict:
     if recommended and worst:
         first = recommended.get(worst[0]["language"])
         if first and first.get("disparity") is not None:
-            sentences.append(f"With the seed's recommended protection {worst[0]['name']} is at "
-                             f"{first['disparity']:.2f}x"
-                             f"{_interval(first['disparity_low'], first['disparity_high'])}.")
+            protected = max(compared_rows(report, RECOMMENDED), key=lambda r: r["disparity"])
+            sentences.append(
+                f"With the seed's recommended protection {worst[0]['name']} is at "
+                f"{first['disparity']:.2f}x"
+                f"{_interval(first['disparity_low'], first['disparity_high'])}"
+                + ("" if protected is first else
+                   f"; the language hit hardest with it is {language(protected['language']).name}"
+                   f" ({protected['language']}) at {protected['disparity']:.2f}x"
+                   + _interval(protected["disparity_low"], protected["disparity_high"])) + ".")
     for outcome, words in (("passed", "Findings that hold on this model"),
                            ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),
@@ -181,6 +190,12 @@ def summarize(report: dict) -> dict:
         sentences.append(
             f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
             f"undefined ({_why_undefined(report)}).")
+    straddling = sum(a["outcome"] in ("passed", "failed") and STRADDLES in (a.get("detail") or "")
+                     for a in report.get("audits", []))
+    if straddling:
+        sentences.append(
+            f"{straddling} bound(s) on a single value were decided on the point estimate "
+            "although its 95% CI straddles the bound: more units (--units) would firm them up.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         sentences.append(
             f"With {units} units per language the paired bootstrap understates the "

@@ -298,6 +298,18 @@ def test_a_correlation_is_decided_on_its_confidence_interval(monkeypatch, points
         assert f"about {math.ceil(3 + (1.96 / nearest) ** 2)} points" in outcome.detail
 
 
+@pytest.mark.parametrize(("value", "noise", "straddles"), [(2.0, 0.5, True), (1.0, 0.01, False)])
+def test_a_bound_says_when_its_interval_straddles_it(value, noise, straddles):
+    world = World("gpt2")
+    world.set("none", value, noise=noise)
+    bound = Bound(max=2.05)
+    check = checks.LanguageBound("none", bound=bound)
+    outcome = check.run(world, check.cases(LANGUAGES)[0], bound)
+    assert outcome.status == "passed"  # decided on the point estimate either way
+    assert (outcome.low < 2.05 < outcome.high) == straddles
+    assert ("straddles the bound" in outcome.detail) == straddles
+
+
 def test_a_group_order_compares_the_audited_languages_of_each_group():
     """Each group is its languages the run measured (he for Semitic where ar is not audited)."""
     world = World("gpt2")
