@@ -265,7 +265,8 @@ def criticality(report: dict) -> str | None:
 @styled
 def resource(report: dict) -> dict:
     """Disparity without protection against Joshi et al.'s resource class, with a log-linear
-    fit and Pearson/Spearman r; languages without a class are left out and named."""
+    fit and Pearson/Spearman r (`correlation`, with `n` points); languages without a class are
+    left out and named."""
     rows = [r for r in compared_rows(report, "none") if r["disparity"] > 0]
     left_out = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
     points = [Point(r["language"], language(r["language"]).resource_class, r["disparity"])
@@ -281,11 +282,13 @@ def resource(report: dict) -> dict:
         from quantfair.metrics import correlation
 
         result["correlation"] = correlation([p.x for p in points], [p.y for p in points])
+        result["correlation"]["n"] = len(points)
         xs = np.array([p.x for p in points], dtype=float)
         slope, intercept = np.polyfit(xs, np.log10([p.y for p in points]), 1)
         grid = np.linspace(xs.min(), xs.max(), 20)
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
-                label=f"log-linear fit, Pearson r = {result['correlation']['pearson_r']:.2f}")
+                label=f"log-linear fit, Pearson r = {result['correlation']['pearson_r']:.2f} "
+                      f"over {len(points)} languages")
         figure.legend(loc="outside lower center")
     _log_axis(ax)
     ax.set_xticks(range(6))

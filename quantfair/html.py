@@ -34,14 +34,14 @@ def shade(ratio: float | None) -> dict:
     return {"background": to_hex((red, green, blue)), "color": "#111827" if light else "#fff"}
 
 
-def _estimate(row: dict, name: str, digits: int = 2) -> str:
+def _estimate(row: dict, name: str, digits: int = 2, scale: float = 1.0) -> str:
     value = row.get(name)
     if value is None:
         return ""
     low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None \
-        else ""
-    return f"{value:.{digits}f}{interval}"
+    interval = (f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+                if low is not None and high is not None else "")
+    return f"{scale * value:.{digits}f}{interval}"
 
 
 def _kld_disparity(r: dict) -> str:
@@ -93,7 +93,7 @@ def scorecard_strategies(report: dict) -> list[str]:
 
 def scorecard(report: dict, strategy: str) -> list[dict]:
     """One row per language: metadata, fertility, perplexities, bits per byte, NLL and KLD
-    disparity and same-top rate with 95% CIs."""
+    disparity, mean KL divergence (nats per token) and same-top rate (%) with 95% CIs."""
     rows = []
     for r in main_rows(report, strategy):
         meta = language(r["language"])
@@ -108,7 +108,8 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "disparity": "undefined" if r.get("undefined") else _estimate(r, "disparity"),
             "disparity_style": shade(disparity),
             "kld": _kld_disparity(r), "kld_style": shade(kld) if r.get("kld_disparity") else None,
-            "same_top": _estimate(r, "same_top", 3),
+            "kld_mean": _estimate(r, "kld_mean", 4),
+            "same_top": _estimate(r, "same_top", 1, scale=100),
             "reference": r["language"] == REFERENCE})
     return rows
 
@@ -185,5 +186,6 @@ def render_html(report: dict) -> str:
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
         resource=charts.resource(report),
+        distribution_measured=any(r.get("kld_mean") is not None for r in main_rows(report)),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
     )

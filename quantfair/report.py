@@ -209,18 +209,19 @@ def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Pa
 
 
 def summary_table(audits: list[dict]) -> str:
-    """One line per audit: finding, experiments, case, metric, value, CI half-width, bound,
-    outcome."""
+    """One line per audit: finding, experiments, case, metric, value, its 95% CI (as bounds:
+    bootstrap intervals are often skewed), bound, outcome."""
     rows = []
     for entry in sorted(audits, key=lambda e: e["nodeid"]):
         value, low, high = entry.get("value"), entry.get("low"), entry.get("high")
-        spread = f"{(high - low) / 2:.3g}" if low is not None and high is not None else ""
+        interval = f"[{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
         rows.append((entry.get("finding", entry["nodeid"]),
                      experiment_span(entry.get("experiments", [])), entry.get("case", ""),
                      entry.get("quantity", ""),
-                     f"{value:.4g}" if isinstance(value, float) else "", spread,
+                     f"{value:.4g}" if isinstance(value, float) else "", interval,
                      entry.get("bound", ""), entry["outcome"]))
-    return table(["Finding", "Exp", "Case", "Metric", "Value", "±", "Bound", "Outcome"], rows)
+    return table(["Finding", "Exp", "Case", "Metric", "Value", "95% CI", "Bound", "Outcome"],
+                 rows)
 
 
 class NothingShared(QuantfairError):

@@ -340,3 +340,61 @@ def test_a_controller_imports_no_model_stack_nor_scipy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False", "False"]
+
+
+def test_the_resource_correlation_shows_its_points_and_its_interval():
+    from quantfair.html import render_html
+
+    shown = re.search(r"Over (\d+) languages: Pearson r = (\S+) \[95% CI (\S+), (\S+)\]",
+                      render_html(report()))
+    assert shown and shown[1] == str(len(LANGUAGES) - 1)
+    assert -1 <= float(shown[3]) <= float(shown[2]) <= float(shown[4].rstrip("]")) <= 1
+
+
+def test_the_scorecard_gives_same_top_in_percent_and_says_when_kld_was_not_measured():
+    from quantfair.html import render_html, scorecard
+
+    hint = "KL divergence and same top were not measured in this run"
+    plain = report()
+    assert hint in render_html(plain) and scorecard(plain, "none")[1]["same_top"] == ""
+    measured = report()
+    for row in measured["measurements"]:
+        row.update(kld_mean=0.02, kld_mean_low=0.01, kld_mean_high=0.03, same_top=0.934,
+                   same_top_low=0.9, same_top_high=0.95)
+    html = render_html(measured)
+    assert hint not in html and 'title="mean KL divergence 0.0200 [0.0100, 0.0300] nats' in html
+    assert scorecard(measured, "none")[1]["same_top"] == "93.4 [90.0, 95.0]"
+
+
+def test_the_terminal_table_gives_a_skewed_interval_as_its_bounds():
+    from quantfair.report import summary_table
+
+    text = summary_table([audit("sparse", "passed", value=0.5, low=0.1, high=2.9)])
+    header, _, row = text.splitlines()[:3]
+    assert "95% CI" in header and "[0.1, 2.9]" in row  # not a symmetric half-width
+
+
+def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_interval():
+    from quantfair.summary import STRADDLES
+
+    audits = [audit("recommended_bound", "passed", "he", bound="<= 5", value=4.0, low=2.0,
+                    high=7.0, detail=STRADDLES),
+              audit("recommended_bound", "failed", "ar", bound="<= 5", value=6.0, low=5.5,
+                    high=7.0)]
+    assert "1 bound(s) on a single value were decided on the point estimate although its 95% " \
+           "CI straddles the bound: more units (--units) would firm them up." \
+           in summarize(report(audits))["sentences"]
+
+
+def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protection():
+    def sentence(r: dict) -> str:
+        return next(s for s in summarize(r)["sentences"] if "recommended protection" in s)
+
+    assert "hit hardest with it" not in sentence(report())  # Hebrew, worst either way
+    shifted = report()
+    for row in shifted["measurements"]:
+        if row["strategy"] == "recommended" and row["language"] == "ar":
+            row.update(disparity=2.5, disparity_low=2.25, disparity_high=2.75)
+    assert sentence(shifted) == (
+        "With the seed's recommended protection Hebrew is at 2.00x [95% CI 2.00, 2.00]; the "
+        "language hit hardest with it is Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")

@@ -169,6 +169,7 @@ def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
                                 ("xx", 0.5)]]
     chart = resource({"settings": {"scheme": "int4"}, "measurements": rows})
     assert chart["left_out"] == ["xx"]
+    assert chart["correlation"]["n"] == 3 and "over 3 languages" in chart["svg"]
     labels = set(re.findall(r"<text[^>]*>\s*([a-z]{2})\s*</text>", chart["svg"]))
     assert labels == {"de", "he", "sw"}
 
