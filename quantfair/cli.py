@@ -200,8 +200,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     records = [record for strategy in strategies for record in measurement_records(
         session.measure(strategy, distribution=True), strategy=strategy,
         scheme=session.config.scheme.name, length="medium", overhead=session.overhead(strategy))]
-    rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.2f}", f"{r['ppl_q']:.2f}",
-             f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.1f}%",
+    rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.5g}", f"{r['ppl_q']:.5g}",
+             f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.4g}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
           f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
@@ -219,6 +219,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print(_distribution_block(record))
     if args.json:
         _write(args.json, json.dumps({"settings": session.config.settings(),
+                                      "device": str(session.loaded.device),  # auto resolved
                                       "units": session.corpus.units,
                                       "records": records}, indent=2))  # corpus digest: settings
     return 0
@@ -536,8 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = commands.add_parser("corpus", help="languages, units and tokens of the corpus")
     corpus.add_argument("--model", help="also count tokens with this model's tokenizer")
-    add_options(corpus.add_argument, prefix="",
-                names=("random-weights", "device", "languages", "corpus"))
+    add_options(corpus.add_argument, prefix="", names=("random-weights", "device", "corpus"))
+    corpus.add_argument("--languages", dest=OPTIONS["languages"].dest, metavar="LANGUAGES",
+                        help="comma-separated language codes and selectors (script:Arab, "
+                             "class:0-2, family:Semitic); en is always added (default: all)")
     corpus.set_defaults(run=cmd_corpus)
 
     measure = commands.add_parser("measure", help="perplexity, degradation and disparity")

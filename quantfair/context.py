@@ -174,9 +174,10 @@ class AuditContext:
     # -- evidence -------------------------------------------------------------------------
     def payload(self) -> dict:
         """What this process publishes to the report: measurement rows, model facts, the
-        number of model loads, and the audited suggestion."""
+        number of model loads and the device the model ran on, and the audited suggestion."""
         suggestion = self.suggestion() if self.candidate == "suggested" else None
         return {"rows": [row for rows in self._rows.values() for row in rows],
                 "model": self.model_facts(),
-                "process": {"pid": os.getpid(), "loads": models.load_count},
+                "process": {"pid": os.getpid(), "loads": models.load_count,
+                            "device": str(self.session.loaded.device)},
                 "suggestion": suggestion}

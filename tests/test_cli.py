@@ -232,7 +232,9 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
     assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
-    records = json.loads(out.read_text())["records"]
+    written = json.loads(out.read_text())
+    assert written["settings"]["device"] == "auto" and written["device"] == "cpu"
+    records = written["records"]
     assert all(r["kld_mean"] > 0 and 0 <= r["same_top"] <= 1 for r in records)
     assert sorted((r["strategy"], r["language"]) for r in records) == sorted(
         (s, lang) for s in ("none", "L0") for lang in ("en", "he", "zh"))  # each once
@@ -310,3 +312,14 @@ def test_help_names_values_by_the_option_not_its_settings_key():
     assert result.returncode == 0
     assert "--device DEVICE" in result.stdout and "--embedding-type EMBEDDING_TYPE" in result.stdout
     assert "QUANTFAIR_DEVICE" not in result.stdout
+
+
+def test_corpus_lists_every_language_by_default_as_its_help_says():
+    from quantfair.corpus import load_corpus
+
+    shown = run_cli("corpus")
+    assert shown.returncode == 0, shown.stderr
+    listed = [line.split("|")[1].strip() for line in shown.stdout.splitlines()[3:]]
+    assert sorted(listed) == sorted(load_corpus(None).languages)
+    help_text = " ".join(run_cli("corpus", "--help").stdout.split())
+    assert "(default: all)" in help_text and "default en,de" not in help_text

@@ -196,7 +196,7 @@ def test_each_worker_loads_the_model_once(pytester):
     assert result.ret == exit_code_of(load(path))
     processes = load(path)["processes"]
     assert len({p["pid"] for p in processes}) == 2
-    assert all(p["loads"] == 1 for p in processes)
+    assert all(p["loads"] == 1 and p["device"] == "cpu" for p in processes)  # auto, resolved
 
 
 def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypatch):
