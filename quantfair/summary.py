@@ -149,7 +149,8 @@ def summarize(report: dict) -> dict:
     if recommended and worst:
         first = recommended.get(worst[0]["language"])
         if first and first.get("disparity") is not None:
-            protected = max(compared_rows(report, RECOMMENDED), key=lambda r: r["disparity"])
+            protected = max(compared_rows(report, RECOMMENDED), key=lambda r: r["disparity"],
+                            default=first)
             sentences.append(
                 f"With the seed's recommended protection {worst[0]['name']} is at "
                 f"{first['disparity']:.2f}x"
