@@ -289,6 +289,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
         raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
                          f"'{args.budget}'")
+    if budget == 1:
+        raise UsageError("--budget 100% keeps every parameter in full precision: nothing is "
+                         "left to search (give a budget below 100%)")
     _check_output(args.json, "--json", args)
     for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
         if value < 1:  # before the model loads (0 would mean every held-out unit, silently)

@@ -112,6 +112,7 @@ def corpus_files(tmp_path):
     (["inspect", "gpt2", "--random-weights", "--strategy", "L99"], "layer 99 out of range"),
     (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
     (["suggest", "tiny-gpt2", "--budget", "-5%"], "between 0% and 100%, got -5%"),
+    (["suggest", "tiny-gpt2", "--budget", "100.0%"], "--budget 100% keeps every parameter"),
     (["report", "/nowhere/old.json", "/nowhere/new.json", "--tolerance", "-.5"],
      "--tolerance must be a finite non-negative number, got -.5"),
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
