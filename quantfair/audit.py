@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -164,11 +164,13 @@ def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
     return bounds
 
 
-def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound):
+def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound,
+                      if_undefined: Status = "inconclusive"):
     """A bound on one value, decided on its point estimate; `STRADDLES` in the detail when
-    the CI has values on both sides of the bound (more units would firm the verdict up)."""
+    the CI has values on both sides of the bound (more units would firm the verdict up). An
+    undefined value (a ratio to an English loss change within noise) is `if_undefined`."""
     if not estimate.defined:
-        return Outcome("failed", quantity, None, str(bound),
+        return Outcome(if_undefined, quantity, None, str(bound),
                        detail=f"undefined: {estimate.undefined}")
     low, high = estimate.low, estimate.high
     straddles = (low is not None and high is not None
@@ -251,11 +253,13 @@ class LanguageBound(Check):
         return [Case(f"{self.strategy}-{lang}", self.strategy, lang, scheme=self.scheme)
                 for lang in chosen]
 
+    if_undefined: ClassVar[Status] = "inconclusive"
+
     def run(self, ctx, case, bound):
         estimate = _disparity_of(ctx, self.strategy, self.quantity, self.scheme)[case.language]
         if self.quantity == "degradation":
             estimate = Estimate(estimate.value, estimate.low, estimate.high)  # always defined
-        return _estimate_outcome(self.quantity, estimate, bound)
+        return _estimate_outcome(self.quantity, estimate, bound, self.if_undefined)
 
 
 FAMILY_NOTE = ("decided on the paired bootstrap difference, Holm-Bonferroni over the "
@@ -276,10 +280,12 @@ def _decide(comparisons: dict[str, Comparison], key: str, claimed_sign: int) -> 
 class ReleaseBound(LanguageBound):
     """A release gate: each language's quantity at most the maximum the run was given
     (--quantfair-max-<quantity>, or the ini file; per-language overrides). Skipped, saying so,
-    when none was given."""
+    when none was given; failed where the quantity is undefined (a gate does not pass what it
+    could not measure)."""
 
     needs_bound = False
     bound: Bounds | None = None  # the run's options set it (see run)
+    if_undefined: ClassVar[Status] = "failed"
 
     def bound_for(self, family: str, case: Case) -> Bound | None:
         return None

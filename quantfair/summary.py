@@ -189,8 +189,8 @@ def summarize(report: dict) -> dict:
             "(languages or layers) narrow it.")
     if undefined:
         sentences.append(
-            f"{undefined} comparison(s) were inconclusive because a disparity they compare is "
-            f"undefined ({_why_undefined(report)}).")
+            f"{undefined} audit(s) were inconclusive because a disparity they compare or "
+            f"bound is undefined ({_why_undefined(report)}).")
     straddling = sum(a["outcome"] in ("passed", "failed") and STRADDLES in (a.get("detail") or "")
                      for a in report.get("audits", []))
     if straddling:

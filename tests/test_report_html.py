@@ -278,7 +278,7 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     assert "1 comparison(s) were inconclusive after correcting for the finding's several " \
            "cases: the unadjusted 95% CI shown excludes 0, but the difference is not " \
            "significant under Holm-Bonferroni at family-wise 5%." in sentences
-    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined " \
+    assert "1 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(no ratio to English's loss change)." in sentences
     undefined = report(undecided)
     for row in undefined["measurements"]:
@@ -286,7 +286,7 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     sentences = summarize(undefined)["sentences"]
     assert "Every disparity without protection is undefined: en loss change is within " \
            "noise." in sentences
-    assert "1 comparison(s) were inconclusive because a disparity they compare is undefined " \
+    assert "1 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(en loss change is within noise)." in sentences
     assert not any(s.startswith("Every disparity") for s in summarize(report())["sentences"])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_plugin import PYTEST
 
-from quantfair.audit import Best, Better, Case
+from quantfair.audit import Best, Better, Bound, Case, LanguageBound, ReleaseBound
 from quantfair.metrics import Measurement, holm, paired_difference
 
 pytest_plugins = ["pytester"]
@@ -78,15 +78,29 @@ def test_overlapping_intervals_can_still_differ_when_paired():
     assert outcome.status == "passed"
 
 
-def test_undefined_disparity_is_inconclusive_not_failed():
+def english_unchanged() -> Measurement:
     flat = measurement({lang: np.ones(UNITS) for lang in LANGUAGES[1:]})
     nll_q = flat.nll_q.copy()
     nll_q[0] = flat.nll_fp[0]  # English unchanged: every ratio to it is undefined
-    undefined = Measurement(LANGUAGES, flat.nll_fp, nll_q, flat.tokens, flat.bytes, flat.chars)
+    return Measurement(LANGUAGES, flat.nll_fp, nll_q, flat.tokens, flat.bytes, flat.chars)
+
+
+def test_undefined_disparity_is_inconclusive_not_failed():
+    undefined = english_unchanged()
     check = Better("a", than="b", per_language=True)
     outcome = check.run(FakeRun({"a": undefined, "b": undefined}), check.cases(LANGUAGES)[0],
                         None)
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
+
+
+def test_an_undefined_value_leaves_a_bound_undecided_and_fails_a_release_gate():
+    run = FakeRun({"a": english_unchanged()})
+    run.release_bounds = {"disparity": {"*": 2.0}}
+    bound = LanguageBound("a", bound=Bound(max=2.0))
+    gate = ReleaseBound("a", "disparity")
+    for check, expected in ((bound, "inconclusive"), (gate, "failed")):
+        outcome = check.run(run, check.cases(LANGUAGES)[0], Bound(max=2.0))
+        assert outcome.status == expected and outcome.detail.startswith("undefined: ")
 
 
 def test_best_needs_every_gap_to_be_significant():
