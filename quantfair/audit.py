@@ -397,9 +397,10 @@ class Best(Check):
         what = f"mean {self.quantity} of {self.expected}"
         table = ", ".join(f"{c}: {d[0]:.4g}" for c, d in draws.items())
         undefined = [c for c, d in draws.items() if d[2]]
-        if undefined:
-            return Outcome("inconclusive", what, draws[self.expected][0],
-                           f"{rank} of the sweep", detail=f"undefined for {', '.join(undefined)}")
+        if undefined:  # the ratios' point values are no measurement then
+            return Outcome("inconclusive", what, None, f"{rank} of the sweep",
+                           detail=f"undefined: {draws[undefined[0]][2]} (for "
+                                  f"{', '.join(undefined)})")
         mine = draws[self.expected]
         comparisons = {c: paired_difference(mine[:2], d[:2])
                        for c, d in draws.items() if c != self.expected}
@@ -456,15 +457,18 @@ class WithinBudget(Check):
                        str(budget))
 
 
-def _layer_criticality(ctx) -> dict[int, float]:
-    """Mean disparity with each swept layer alone kept in FP, by layer index."""
-    result = {}
+def _layer_criticality(ctx) -> tuple[dict[int, float], set[str]]:
+    """Mean disparity with each swept layer alone kept in FP, by layer index, and why the
+    layers left out have none (their disparity is undefined)."""
+    result, undefined = {}, set()
     for token in LAYER_SWEEP:
         layer = ctx.layer_index(token)
         estimate = ctx.measure(token).mean_disparity()
         if layer not in result and estimate.defined:
             result[layer] = estimate.value
-    return result
+        elif not estimate.defined:
+            undefined.add(estimate.undefined)
+    return result, undefined
 
 
 @dataclass(frozen=True)
@@ -486,11 +490,14 @@ class Correlation(Check):
     def cases(self, languages):
         return [Case(f"{self.x}-{self.strategy}", self.strategy)]
 
-    def _series(self, ctx) -> tuple[list[float], list[float], str]:
+    def _series(self, ctx) -> tuple[list[float], list[float], str, set[str]]:
+        """x and y, what they are over, and why points were left out as undefined."""
         if self.x in ("resource_class", "fertility"):
             m = ctx.measure(self.strategy)
             disparity = m.disparity()
             langs = [lg for lg in _non_reference(m.languages) if disparity[lg].defined]
+            undefined = {disparity[lg].undefined for lg in _non_reference(m.languages)
+                         if not disparity[lg].defined}
             left_out = ""
             if self.x == "resource_class":  # languages without metadata have no class
                 unknown = [lg for lg in langs if language(lg).resource_class < 0]
@@ -501,18 +508,21 @@ class Correlation(Check):
                 index = {lg: i for i, lg in enumerate(m.languages)}
                 xs = [m.tokens[index[lg]].sum() / m.chars[index[lg]].sum() for lg in langs]
             return (xs, [disparity[lg].value for lg in langs],
-                    "languages " + ",".join(langs) + left_out)
-        criticality = _layer_criticality(ctx)
+                    "languages " + (",".join(langs) or "(none)") + left_out, undefined)
+        criticality, undefined = _layer_criticality(ctx)
         statistic = ctx.layer_variance() if self.x == "variance" else ctx.layer_quant_error()
         layers = sorted(criticality)
         return ([statistic[i] for i in layers], [criticality[i] for i in layers],
-                "layers " + ",".join(map(str, layers)))
+                "layers " + (",".join(map(str, layers)) or "(none)"), undefined)
 
     def run(self, ctx, case, bound):
-        xs, ys, over = self._series(ctx)
+        xs, ys, over, undefined = self._series(ctx)
         if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+            detail = (f"undefined: {'; '.join(sorted(undefined))} ({len(xs)} defined points "
+                      f"over {over})" if undefined and len(xs) < 3 else
+                      f"too few distinct points over {over}")
             return Outcome("inconclusive", f"Pearson r({self.x}, disparity)", None, str(bound),
-                           detail=f"too few distinct points over {over}")
+                           detail=detail)
         r = correlation(xs, ys)
         value, low, high = r["pearson_r"], r["pearson_low"], r["pearson_high"]
         status: Status = ("passed" if bound.holds(low) and bound.holds(high) else

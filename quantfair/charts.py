@@ -265,37 +265,41 @@ def criticality(report: dict) -> str | None:
 @styled
 def resource(report: dict) -> dict:
     """Disparity without protection against Joshi et al.'s resource class, with a log-linear
-    fit and Pearson/Spearman r (`correlation`, with `n` points); languages without a class are
-    left out and named."""
-    rows = [r for r in compared_rows(report, "none") if r["disparity"] > 0]
+    fit, and Pearson/Spearman r (`correlation`, with `n` points) over the same languages as the
+    `resource_correlation` audit: every defined disparity of a language with a class.
+    Languages without a class are left out and named (`left_out`); those at or below 0 are in
+    r but cannot be drawn on the log axis, and are named too (`not_drawn`)."""
+    rows = compared_rows(report, "none")
     left_out = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
     points = [Point(r["language"], language(r["language"]).resource_class, r["disparity"])
               for r in rows if r["language"] not in left_out]
-    result = {"svg": None, "correlation": None, "left_out": left_out}
-    if not points:
-        return result
-    figure, (ax,) = _figure(3.2)
-    ax.scatter([p.x for p in points], [p.y for p in points], color=PALETTE[0], s=18)
-    if len(points) >= 3 and len({p.x for p in points}) > 1:
-        import numpy as np
-
+    drawn = [p for p in points if p.y > 0]
+    result = {"svg": None, "correlation": None, "left_out": left_out,
+              "not_drawn": [p.label for p in points if p.y <= 0]}
+    if len(points) >= 3 and len({p.x for p in points}) > 1 and len({p.y for p in points}) > 1:
         from quantfair.metrics import correlation
 
         result["correlation"] = correlation([p.x for p in points], [p.y for p in points])
         result["correlation"]["n"] = len(points)
-        xs = np.array([p.x for p in points], dtype=float)
-        slope, intercept = np.polyfit(xs, np.log10([p.y for p in points]), 1)
+    if not drawn:
+        return result
+    figure, (ax,) = _figure(3.2)
+    ax.scatter([p.x for p in drawn], [p.y for p in drawn], color=PALETTE[0], s=18)
+    if len({p.x for p in drawn}) > 1:
+        import numpy as np
+
+        xs = np.array([p.x for p in drawn], dtype=float)
+        slope, intercept = np.polyfit(xs, np.log10([p.y for p in drawn]), 1)
         grid = np.linspace(xs.min(), xs.max(), 20)
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
-                label=f"log-linear fit, Pearson r = {result['correlation']['pearson_r']:.2f} "
-                      f"over {len(points)} languages")
+                label=f"log-linear fit over the {len(drawn)} languages drawn")
         figure.legend(loc="outside lower center")
     _log_axis(ax)
     ax.set_xticks(range(6))
     ax.set_xlabel("resource class (Joshi et al. 2020: 0 left behind .. 5 winners)")
     ax.set_ylabel("disparity, no protection")
     ax.set_title("Disparity against resource class")
-    label_points(ax, points)
+    label_points(ax, drawn)
     result["svg"] = to_svg(figure, "resource")
     return result
 

@@ -94,7 +94,7 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
                 "errors" + (f"; and {len(regressions)} regression(s) against the baseline"
                             if regressions else ""))
     if report.get("settings", {}).get("strict") and counts["inconclusive"]:
-        return (f"{counts['inconclusive']} comparison(s) were inconclusive, which fails the "
+        return (f"{counts['inconclusive']} audit(s) were inconclusive, which fails the "
                 "run under --quantfair-strict" + (f"; and {len(regressions)} regression(s) "
                                                   "against the baseline" if regressions else ""))
     if regressions:
@@ -166,8 +166,10 @@ def summarize(report: dict) -> dict:
         if by_outcome[outcome]:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
     undecided = [a for a in report.get("audits", []) if a["outcome"] == "inconclusive"]
-    correlations = sum(map(_is_correlation, undecided))
-    undefined = sum(a.get("value") is None and not _is_correlation(a) for a in undecided)
+    undefined = sum(a.get("value") is None and (not _is_correlation(a) or (
+        a.get("detail") or "").startswith("undefined")) for a in undecided)
+    correlations = sum(_is_correlation(a) and not (a.get("detail") or "").startswith(
+        "undefined") for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
     if counts["inconclusive"] - undefined - corrected - correlations:
         sentences.append(

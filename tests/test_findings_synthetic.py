@@ -285,7 +285,7 @@ def test_a_correlation_is_decided_on_its_confidence_interval(monkeypatch, points
                                                              expected):
     xs = [float(i) for i in range(points)]
     ys = correlated(xs, r)
-    monkeypatch.setattr(checks.Correlation, "_series", lambda self, ctx: (xs, ys, "points"))
+    monkeypatch.setattr(checks.Correlation, "_series", lambda self, ctx: (xs, ys, "points", set()))
     outcome = checks.Correlation("fertility", bound).run(World("gpt2"), checks.Case("f"), bound)
     half_width = 1.96 / math.sqrt(points - 3)
     assert outcome.status == expected, outcome

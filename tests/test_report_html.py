@@ -267,7 +267,10 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
                  audit("fertility", "inconclusive", quantity="Pearson r(fertility, disparity)",
                        bound="<= 0", value=-0.75, low=-0.98, high=0.36),
                  audit("variance", "inconclusive", quantity="Pearson r(variance, disparity)",
-                       bound="<= 0", value=None, low=None, high=None)]  # too few points
+                       bound="<= 0", value=None, low=None, high=None),  # too few points
+                 audit("quant_error", "inconclusive", quantity="Pearson r(variance, disparity)",
+                       bound="<= 0", value=None, low=None, high=None,
+                       detail="undefined: too few units for an interval (0 defined points)")]
     sentences = summarize(report(undecided))["sentences"]
     assert "2 correlation(s) were inconclusive: the 95% CI of Pearson r includes the bound, " \
            "or there were too few distinct points; more points (languages or layers) narrow " \
@@ -278,7 +281,7 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     assert "1 comparison(s) were inconclusive after correcting for the finding's several " \
            "cases: the unadjusted 95% CI shown excludes 0, but the difference is not " \
            "significant under Holm-Bonferroni at family-wise 5%." in sentences
-    assert "1 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
+    assert "2 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(no ratio to English's loss change)." in sentences
     undefined = report(undecided)
     for row in undefined["measurements"]:
@@ -286,7 +289,7 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     sentences = summarize(undefined)["sentences"]
     assert "Every disparity without protection is undefined: en loss change is within " \
            "noise." in sentences
-    assert "1 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
+    assert "2 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(en loss change is within noise)." in sentences
     assert not any(s.startswith("Every disparity") for s in summarize(report())["sentences"])
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantfair.audit import Bound, Case, Correlation, LanguageBound
+from quantfair.corpus import language
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.metrics import TOO_FEW_UNITS, Measurement, correlation
 
@@ -169,9 +170,27 @@ def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
                                 ("xx", 0.5)]]
     chart = resource({"settings": {"scheme": "int4"}, "measurements": rows})
     assert chart["left_out"] == ["xx"]
-    assert chart["correlation"]["n"] == 3 and "over 3 languages" in chart["svg"]
+    assert chart["correlation"]["n"] == 3 and "over the 3 languages drawn" in chart["svg"]
     labels = set(re.findall(r"<text[^>]*>\s*([a-z]{2})\s*</text>", chart["svg"]))
     assert labels == {"de", "he", "sw"}
+
+
+def test_the_resource_chart_correlates_the_audits_points_and_names_those_it_cannot_draw():
+    """A disparity below 0 (one of the two losses fell) is in r, as in the audit, though the
+    log axis cannot draw it."""
+    from quantfair.charts import resource
+
+    values = [("en", 1.0), ("de", 1.1), ("ru", 1.5), ("he", -1.5), ("sw", 3.0)]
+    rows = [{"scheme": "int4", "strategy": "none", "language": lang, "disparity": value,
+             "undefined": None, "overhead": 0.0, "fertility": 1.0} for lang, value in values]
+    chart = resource({"settings": {"scheme": "int4"}, "measurements": rows})
+    classes = [language(lang).resource_class for lang, _ in values[1:]]
+    expected = correlation(classes, [value for _, value in values[1:]])
+    assert chart["correlation"]["n"] == 4
+    assert chart["correlation"]["pearson_r"] == pytest.approx(expected["pearson_r"])
+    assert chart["not_drawn"] == ["he"] and chart["svg"]
+    labels = set(re.findall(r"<text[^>]*>\s*([a-z]{2})\s*</text>", chart["svg"]))
+    assert labels == {"de", "ru", "sw"}
 
 
 # -- 3. a strategy that keeps nothing ---------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_plugin import PYTEST
 
-from quantfair.audit import Best, Better, Bound, Case, LanguageBound, ReleaseBound
+from quantfair.audit import Best, Better, Bound, Case, Correlation, LanguageBound, ReleaseBound
 from quantfair.metrics import Measurement, holm, paired_difference
 
 pytest_plugins = ["pytester"]
@@ -93,6 +93,16 @@ def test_undefined_disparity_is_inconclusive_not_failed():
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
 
 
+def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without_a_value():
+    undefined = FakeRun({"a": english_unchanged(), "b": english_unchanged(),
+                         "none": english_unchanged()})
+    best = Best(("b",), expected="a").run(undefined, Case("a"), None)
+    r = Correlation("fertility", Bound(max=0.0)).run(undefined, Case("f"), Bound(max=0.0))
+    for outcome in (best, r):
+        assert outcome.status == "inconclusive" and outcome.value is None, outcome
+        assert outcome.detail.startswith("undefined: "), outcome
+
+
 def test_an_undefined_value_leaves_a_bound_undecided_and_fails_a_release_gate():
     run = FakeRun({"a": english_unchanged()})
     run.release_bounds = {"disparity": {"*": 2.0}}
@@ -162,7 +172,7 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     report = json.loads(path.read_text())  # still inconclusive, and the run failed for it
     assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
     assert report["verdict"] == "failed" and report["summary"]["findings"]["did_not_hold"] == []
-    assert report["summary"]["headline"] == ("2 comparison(s) were inconclusive, which fails "
+    assert report["summary"]["headline"] == ("2 audit(s) were inconclusive, which fails "
                                              "the run under --quantfair-strict")
     pytests = pytester.runpytest_subprocess(*args, "--strict", "--quantfair-no-report",
                                             timeout=300)
