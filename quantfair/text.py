@@ -26,13 +26,14 @@ def interval_text(estimate: dict | None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown-style table, numbers right-aligned (the layout lm-eval's results use)."""
+    """A Markdown-style table, numbers and intervals ([low, high]) right-aligned (the layout
+    lm-eval's results use)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
         return "| " + " | ".join(
-            c.rjust(w) if c[:1].isdigit() or c[:1] == "-" else c.ljust(w)
+            c.rjust(w) if c[:1].isdigit() or c[:1] in ("-", "[") else c.ljust(w)
             for c, w in zip(row, widths)
         ) + " |"
 

@@ -372,9 +372,11 @@ def test_the_scorecard_gives_same_top_in_percent_and_says_when_kld_was_not_measu
 def test_the_terminal_table_gives_a_skewed_interval_as_its_bounds():
     from quantfair.report import summary_table
 
-    text = summary_table([audit("sparse", "passed", value=0.5, low=0.1, high=2.9)])
-    header, _, row = text.splitlines()[:3]
+    text = summary_table([audit("sparse", "passed", value=0.5, low=0.1, high=2.9),
+                          audit("wide", "passed", value=0.5, low=0.01, high=12.5)])
+    header, _, row, _ = text.splitlines()
     assert "95% CI" in header and "[0.1, 2.9]" in row  # not a symmetric half-width
+    assert header.index("95% CI |") + 6 == row.index("[0.1, 2.9] |") + 10  # both right-aligned
 
 
 def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_interval():
