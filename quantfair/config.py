@@ -204,7 +204,7 @@ def require_other_languages(languages: Sequence[str] | None) -> None:
     """UsageError when English is the only language: disparities compare languages with it
     (`None`: every language of the corpus)."""
     if languages is not None and not set(languages) - {REFERENCE}:
-        raise UsageError(f"--languages {','.join(languages)}: disparities compare languages "
+        raise UsageError(f"--languages selects only {REFERENCE}: disparities compare languages "
                          f"with {REFERENCE}; give at least one other, e.g. {REFERENCE},de")
 
 

@@ -198,7 +198,8 @@ def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left()
 @pytest.mark.parametrize("args, message", [
     (["--units", "28", "--calibration-units", "4"],
      "--calibration-units 4: 3 units per language are left out"),
-    (["--languages", "en"], "disparities compare languages with en; give at least one other"),
+    (["--languages", "en"], "--languages selects only en: disparities compare languages with "
+                            "en; give at least one other"),
 ])
 def test_a_search_that_cannot_run_stops_before_loading(args, message):
     result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", *args)
