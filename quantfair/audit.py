@@ -22,6 +22,7 @@ from quantfair.metrics import (
     Comparison,
     Estimate,
     Measurement,
+    correlatable,
     correlation,
     holm,
     paired_difference,
@@ -49,10 +50,14 @@ class Bound:
             return False
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
-    def excludes(self, low: float, high: float) -> bool:
-        """No value of the interval [low, high] meets the bound."""
-        return ((self.max is not None and low > self.max)
-                or (self.min is not None and high < self.min))
+    def decide(self, low: float, high: float) -> Status:
+        """An interval against the bound: passed when all of [low, high] meets it, failed when
+        none of it does, inconclusive when it straddles the bound."""
+        if self.holds(low) and self.holds(high):
+            return "passed"
+        outside = ((self.max is not None and low > self.max)
+                   or (self.min is not None and high < self.min))
+        return "failed" if outside else "inconclusive"
 
     def __str__(self) -> str:
         if self.max is not None and self.min is not None:
@@ -173,9 +178,7 @@ def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound,
         return Outcome(if_undefined, quantity, None, str(bound),
                        detail=f"undefined: {estimate.undefined}")
     low, high = estimate.low, estimate.high
-    straddles = (low is not None and high is not None
-                 and not (bound.holds(low) and bound.holds(high))
-                 and not bound.excludes(low, high))
+    straddles = low is not None and high is not None and bound.decide(low, high) == "inconclusive"
     return Outcome(verdict(bound.holds(estimate.value)), quantity, estimate.value, str(bound),
                    low, high, STRADDLES if straddles else "")
 
@@ -517,7 +520,7 @@ class Correlation(Check):
 
     def run(self, ctx, case, bound):
         xs, ys, over, undefined = self._series(ctx)
-        if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        if not correlatable(xs, ys):
             detail = (f"undefined: {'; '.join(sorted(undefined))} ({len(xs)} defined points "
                       f"over {over})" if undefined and len(xs) < 3 else
                       f"too few distinct points over {over}")
@@ -525,8 +528,7 @@ class Correlation(Check):
                            detail=detail)
         r = correlation(xs, ys)
         value, low, high = r["pearson_r"], r["pearson_low"], r["pearson_high"]
-        status: Status = ("passed" if bound.holds(low) and bound.holds(high) else
-                          "failed" if bound.excludes(low, high) else "inconclusive")
+        status = bound.decide(low, high)
         needed = _points_to_decide(value, bound)
         return Outcome(status, f"Pearson r({self.x}, disparity)", value, str(bound), low, high,
                        detail=f"Fisher-z 95% CI over {len(xs)} points, decided on the whole CI"

@@ -276,11 +276,11 @@ def resource(report: dict) -> dict:
     drawn = [p for p in points if p.y > 0]
     result = {"svg": None, "correlation": None, "left_out": left_out,
               "not_drawn": [p.label for p in points if p.y <= 0]}
-    if len(points) >= 3 and len({p.x for p in points}) > 1 and len({p.y for p in points}) > 1:
-        from quantfair.metrics import correlation
+    from quantfair.metrics import correlatable, correlation
 
-        result["correlation"] = correlation([p.x for p in points], [p.y for p in points])
-        result["correlation"]["n"] = len(points)
+    xs, ys = [p.x for p in points], [p.y for p in points]
+    if correlatable(xs, ys):
+        result["correlation"] = {**correlation(xs, ys), "n": len(points)}
     if not drawn:
         return result
     figure, (ax,) = _figure(3.2)

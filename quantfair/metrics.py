@@ -341,6 +341,11 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
     return [bool(r) for r in rejected]
 
 
+def correlatable(x: Sequence[float], y: Sequence[float]) -> bool:
+    """What a correlation needs: at least 3 points, x and y each taking more than one value."""
+    return len(x) >= 3 and len(set(x)) > 1 and len(set(y)) > 1
+
+
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman r with two-sided p-values, and the 95% CI of Pearson r by Fisher's
     z-transform (`pearson_low`, `pearson_high`: tanh(atanh(r) -/+ 1.96 / sqrt(n - 3)), as

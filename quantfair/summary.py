@@ -117,6 +117,13 @@ def _is_correlation(audit: dict) -> bool:
     return (audit.get("quantity") or "").startswith("Pearson r")
 
 
+def _undefined(audit: dict) -> bool:
+    """No value because a disparity the audit compares or bounds is undefined (a correlation
+    without a value may instead lack distinct points; its detail says which)."""
+    return audit.get("value") is None and (
+        not _is_correlation(audit) or (audit.get("detail") or "").startswith("undefined"))
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -166,10 +173,8 @@ def summarize(report: dict) -> dict:
         if by_outcome[outcome]:
             sentences.append(f"{words}: {', '.join(by_outcome[outcome])}.")
     undecided = [a for a in report.get("audits", []) if a["outcome"] == "inconclusive"]
-    undefined = sum(a.get("value") is None and (not _is_correlation(a) or (
-        a.get("detail") or "").startswith("undefined")) for a in undecided)
-    correlations = sum(_is_correlation(a) and not (a.get("detail") or "").startswith(
-        "undefined") for a in undecided)
+    undefined = sum(map(_undefined, undecided))
+    correlations = sum(_is_correlation(a) and not _undefined(a) for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
     if counts["inconclusive"] - undefined - corrected - correlations:
         sentences.append(
