@@ -529,13 +529,26 @@ class Correlation(Check):
         r = correlation(xs, ys)
         value, low, high = r["pearson_r"], r["pearson_low"], r["pearson_high"]
         status = bound.decide(low, high)
-        needed = _points_to_decide(value, bound)
+        needed = _points_to_decide(value, bound) if status == "inconclusive" else None
         return Outcome(status, f"Pearson r({self.x}, disparity)", value, str(bound), low, high,
                        detail=f"Fisher-z 95% CI over {len(xs)} points, decided on the whole CI"
-                              + (f" (about {needed} points would decide at this r)"
-                                 if status == "inconclusive" and needed else "")
+                              + (f" ({self._needed(ctx, needed)})" if needed else "")
                               + f"; p={r['pearson_p']:.3g}, Spearman {r['spearman_r']:.3g}; "
                               + over)
+
+    def _needed(self, ctx, needed: int) -> str:
+        """How many points would decide at the measured r, against how many the corpus's
+        languages or the layer sweep can give."""
+        if self.x in ("resource_class", "fertility"):
+            most = len([lg for lg in _non_reference(ctx.corpus_languages)
+                        if self.x == "fertility" or language(lg).resource_class >= 0])
+            return (f"about {needed} languages would decide at this r, "
+                    + (f"of the corpus's {most}" if needed <= most else
+                       f"more than the corpus's {most}"))
+        most = len({ctx.layer_index(token) for token in LAYER_SWEEP})
+        return (f"about {needed} layers would decide at this r; the layer sweep has {most}, "
+                "so no run of this audit can" if needed > most else
+                f"about {needed} layers would decide at this r")
 
 
 def _points_to_decide(r: float, bound: Bound, z: float = 1.96) -> int | None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from quantfair.config import (
+    LANGUAGES_HELP,
     OPTIONS,
     RunConfig,
     add_options,
@@ -542,8 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--model", help="also count tokens with this model's tokenizer")
     add_options(corpus.add_argument, prefix="", names=("random-weights", "device", "corpus"))
     corpus.add_argument("--languages", dest=OPTIONS["languages"].dest, metavar="LANGUAGES",
-                        help="comma-separated language codes and selectors (script:Arab, "
-                             "class:0-2, family:Semitic); en is always added (default: all)")
+                        help=f"{LANGUAGES_HELP} (default: all)")
     corpus.set_defaults(run=cmd_corpus)
 
     measure = commands.add_parser("measure", help="perplexity, degradation and disparity")

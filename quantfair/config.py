@@ -19,6 +19,7 @@ from typing import Any
 
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
+from quantfair.text import units_text
 from quantfair.workers import parse_threads
 
 HIDDEN_STATES_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
@@ -72,6 +73,9 @@ class Option:
         return "quantfair_" + self.name.replace("-", "_")
 
 
+LANGUAGES_HELP = ("comma-separated language codes and selectors (script:Arab, class:0-2, "
+                  "family:Semitic), or all; en is always added")
+
 OPTIONS = {option.name: option for option in (
     Option("model", "model to audit: smollm2-135m, gemma3-270m, a Hugging Face id, a local "
                     "directory or a .gguf file"),
@@ -83,9 +87,7 @@ OPTIONS = {option.name: option for option in (
                         "a GGUF file, a safetensors directory or a cached Hugging Face id"),
     Option("quantized-label", "name of the artifact's measurements in reports, stable across "
                               f"releases (default {ARTIFACT})"),
-    Option("languages", "comma-separated language codes and selectors (script:Arab, class:0-2, "
-                        "family:Semitic), or all; en is always added "
-                        f"(default {DEFAULT_LANGUAGES}; all of a --corpus file)",
+    Option("languages", f"{LANGUAGES_HELP} (default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
     Option("units", "audit a seeded sample of this many units per language, 0 for all "
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
@@ -195,8 +197,9 @@ def check_search_units(units: int | None, total: int, calibration_units: int,
                          f"units and leaves none to search on: give fewer, e.g. --units "
                          f"{max(1, total - 9)}")
     if held_out and calibration_units > held_out:
-        raise UsageError(f"--calibration-units {calibration_units}: {held_out} units per "
-                         "language are left out of the audit to search on; give at most "
+        raise UsageError(f"--calibration-units {calibration_units}: {units_text(held_out)} per "
+                         f"language {'is' if held_out == 1 else 'are'} left out of the audit "
+                         "to search on; give at most "
                          "that, or fewer --units")
 
 

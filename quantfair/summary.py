@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from quantfair.corpus import REFERENCE, language
+from quantfair.text import units_text
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
 # in the detail of a bound on one value decided on a point estimate whose CI has values on
@@ -182,7 +183,7 @@ def summarize(report: dict) -> dict:
             "were inconclusive: "
             "the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
-            + (f" with {units} units per language; more units (--units) narrow the CI"
+            + (f" with {units_text(units)} per language; more units (--units) narrow the CI"
                if units else "") + ".")
     if corrected:
         sentences.append(
@@ -192,8 +193,9 @@ def summarize(report: dict) -> dict:
     if correlations:
         sentences.append(
             f"{correlations} correlation(s) were inconclusive: the 95% CI of Pearson r "
-            "includes the bound, or there were too few distinct points; more points "
-            "(languages or layers) narrow it.")
+            "includes the bound, or there were too few distinct points; more languages "
+            "(--languages) narrow one over languages, while a layer sweep's few layers decide "
+            "only a strong correlation (each audit says how many points would decide).")
     if undefined:
         sentences.append(
             f"{undefined} audit(s) were inconclusive because a disparity they compare or "
@@ -206,14 +208,14 @@ def summarize(report: dict) -> dict:
             "although its 95% CI straddles the bound: more units (--units) would firm them up.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         sentences.append(
-            f"With {units} units per language the paired bootstrap understates the "
+            f"With {units_text(units)} per language the paired bootstrap understates the "
             f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): read its "
             "decisions as machinery checks, not evidence.")
     sentences.append(
         f"Measured: {measured['model']}, "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
         + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
-        + (f"{measured['units']} units per language." if measured["units"] else "all units."))
+        + (f"{units_text(measured['units'])} per language." if measured["units"] else "all units."))
     return {"verdict": report.get("verdict"), "counts": counts,
             "headline": sentences[0].rstrip("."), "worst_languages": worst,
             "findings": {"held": by_outcome["passed"], "did_not_hold": by_outcome["failed"],

@@ -14,6 +14,11 @@ def experiment_span(ids: list[str]) -> str:
     return "/".join(ids)
 
 
+def units_text(count: int) -> str:
+    """'1 unit', '8 units'."""
+    return f"{count} unit{'' if count == 1 else 's'}"
+
+
 def interval_text(estimate: dict | None) -> str:
     """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
     there is none)."""

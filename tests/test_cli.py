@@ -193,6 +193,9 @@ def test_a_search_on_a_corpus_smaller_than_the_default_units_says_none_is_left()
 
     with pytest.raises(UsageError, match="--units 8 audits every one of the corpus's 3 units"):
         check_search_units(8, 3, 4, 0.12)
+    with pytest.raises(UsageError, match="^--calibration-units 4: 1 unit per language is left "
+                                         "out of the audit"):
+        check_search_units(30, 31, 4, 0.12)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -240,6 +243,13 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert all(r["kld_mean"] > 0 and 0 <= r["same_top"] <= 1 for r in records)
     assert sorted((r["strategy"], r["language"]) for r in records) == sorted(
         (s, lang) for s in ("none", "L0") for lang in ("en", "he", "zh"))  # each once
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in first.stdout.splitlines() if line.startswith("| ")]
+    printed = {tuple(cells[:2]): cells[2:4] for cells in rows}
+    for r in records:  # perplexities to 5 significant digits: within 5e-5 of the measured value
+        fp, q = map(float, printed[r["strategy"], r["language"]])
+        assert fp == pytest.approx(r["ppl_fp"], rel=5e-5)
+        assert q == pytest.approx(r["ppl_q"], rel=5e-5)
     second = run_cli(*args)
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert json.loads(out.read_text())["records"] == records

@@ -55,6 +55,7 @@ class World:
     """An AuditRun whose measurements and model facts are set by the test."""
 
     layers, languages, candidate, strict = 12, LANGUAGES, "suggested", False
+    corpus_languages = LANGUAGES
     release_bounds = {name: {"*": 2.0} for name in RELEASE_QUANTITIES}
 
     def __init__(self, family: str) -> None:
@@ -295,7 +296,24 @@ def test_a_correlation_is_decided_on_its_confidence_interval(monkeypatch, points
     if expected == "inconclusive":
         nearest = min(abs(math.atanh(r) - math.atanh(e)) for e in (bound.min, bound.max)
                       if e is not None)
-        assert f"about {math.ceil(3 + (1.96 / nearest) ** 2)} points" in outcome.detail
+        needed = math.ceil(3 + (1.96 / nearest) ** 2)
+        most = len(LANGUAGES) - 1
+        assert (f"about {needed} languages would decide at this r, "
+                + ("of" if needed <= most else "more than") + f" the corpus's {most}"
+                ) in outcome.detail
+
+
+def test_a_layer_correlation_says_when_the_sweep_cannot_decide(monkeypatch):
+    """|r| <= 0.5 around r = 0 needs 3 + (1.96 / atanh(0.5))^2 = 15.7, so 16 points, more than the
+    6 layers of a sweep."""
+    xs = [float(i) for i in range(len(SWEEP_LAYERS))]
+    monkeypatch.setattr(checks.Correlation, "_series",
+                        lambda self, ctx: (xs, correlated(xs, 0.0), "layers", set()))
+    bound = Bound(min=-0.5, max=0.5)
+    outcome = checks.Correlation("variance", bound).run(World("gpt2"), checks.Case("v"), bound)
+    assert outcome.status == "inconclusive"
+    assert "about 16 layers would decide at this r; the layer sweep has 6, so no run of " \
+        "this audit can" in outcome.detail
 
 
 @pytest.mark.parametrize(("value", "noise", "straddles"), [(2.0, 0.5, True), (1.0, 0.01, False)])

@@ -178,6 +178,9 @@ def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
         assert "<text" in svg  # text stays text (svg.fonttype none)
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "inline SVGs share element ids"
+    assert "&middot; 6 units per language &middot;" in html
+    one = render_html(dict(built, settings={**built["settings"], "units": 1}))
+    assert "&middot; 1 unit per language &middot;" in one
     assert "http://" not in re.sub(r"http://www\.w3\.org[^\"]*", "", html)
     assert render_html(built) == html  # no date or random salt: reproducible
 
@@ -273,8 +276,9 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
                        detail="undefined: too few units for an interval (0 defined points)")]
     sentences = summarize(report(undecided))["sentences"]
     assert "2 correlation(s) were inconclusive: the 95% CI of Pearson r includes the bound, " \
-           "or there were too few distinct points; more points (languages or layers) narrow " \
-           "it." in sentences
+           "or there were too few distinct points; more languages (--languages) narrow one " \
+           "over languages, while a layer sweep's few layers decide only a strong " \
+           "correlation (each audit says how many points would decide)." in sentences
     assert "1 comparison(s) were inconclusive: the 95% CI of the paired difference includes " \
            "the bound, so the data decide neither way with 6 units per language; more units " \
            "(--units) narrow the CI." in sentences
@@ -304,6 +308,11 @@ def test_decisions_on_fewer_than_six_units_are_called_machinery_checks():
     assert any(s.startswith(caution) for s in sentences) and "5 units per language." in \
         sentences[-1]
     assert not any("understates" in s for s in summarize(report())["sentences"])  # 6 units
+    for row in few["measurements"]:
+        row["units"] = 1
+    sentences = summarize(few)["sentences"]
+    assert any(s.startswith("With 1 unit per language the") for s in sentences)
+    assert sentences[-1].endswith(", 1 unit per language.")
 
 
 def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
