@@ -131,6 +131,7 @@ def test_tokenizers_without_a_rust_pipeline_are_identified_by_their_files():
 class _Context:
     def __init__(self, measurement: Measurement) -> None:
         self.measurement = measurement
+        self.corpus_languages = measurement.languages
 
     def measure(self, strategy, scheme=None, length=None, distribution=False) -> Measurement:
         return self.measurement
