@@ -62,6 +62,7 @@ class QuantfairRun:
             folder = Path(config.workerinput.get(RUN_FOLDER, ""))
             self.run_folder = folder if folder.name and folder.is_dir() else None
         self._context = None
+        self.froze = False  # this run froze the process's heap (`context`)
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
         self.internal_errors: list[str] = []  # pytest's INTERNALERROR, a worker's included
@@ -111,6 +112,8 @@ class QuantfairRun:
                 CoreShare.finish(self.run_folder, self.pytest_config.workerinput["workerid"])
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.froze:
+            gc.unfreeze()
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
         if self.run_folder is not None and not self.is_worker:
@@ -150,9 +153,12 @@ class QuantfairRun:
             # The model, its libraries and the weight bank stay to the process's end: the
             # cyclic garbage collector need not walk them again in each full collection
             # (SmolLM2: 0.15 s each, 0.006 s frozen); reference counting still frees what
-            # they drop.
-            gc.collect()
-            gc.freeze()
+            # they drop. Unfrozen at the end (`pytest_unconfigure`) for a host process that
+            # goes on (`pytest.main` called in-process); a host's own frozen heap is its own.
+            if gc.get_freeze_count() == 0:
+                gc.collect()
+                gc.freeze()
+                self.froze = True
         return self._context
 
     # -- selection ------------------------------------------------------------------------

@@ -12,6 +12,8 @@ def _model_stack_imported():
     never be imported again in that worker. Import the model stack before any snapshot."""
     import transformers.modeling_utils  # noqa: F401
 
+    import quantfair.html  # noqa: F401  (matplotlib, which registers its classes once)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _thread_share():

@@ -17,8 +17,13 @@ QUICK_FILES = [str(AUDITS / "test_synergy.py"), str(AUDITS / "test_baseline.py")
 PYTEST = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 
-def run(pytester, *args):
-    return pytester.runpytest_subprocess(*PYTEST, *args, timeout=600)
+def run(pytester, *args, subprocess=False):
+    """pytest run on `args`, in this process (seconds of torch and transformers imports saved)
+    unless `subprocess`: xdist workers loading a plugin the test wrote need it on their path."""
+    if subprocess:
+        return pytester.runpytest_subprocess(*PYTEST, *args, timeout=600)
+    pytester.syspathinsert()  # plugins the test wrote (`-p name`)
+    return pytester.runpytest_inprocess(*PYTEST, *args)
 
 
 def load(path: Path) -> dict:
@@ -220,7 +225,7 @@ def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypat
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
     path = pytester.path / "r.json"
     result = run(pytester, *QUICK_FILES, "--model", "tiny-opt", "-m", "quick", "-n", "2",
-                 "-p", "seen", "--report", str(path))
+                 "-p", "seen", "--report", str(path), subprocess=True)
     assert result.ret == exit_code_of(load(path))
     seen = [load(pytester.path / f"seen-gw{i}.json") for i in (0, 1)]
     folder = Path(seen[0]["folder"])
@@ -336,7 +341,7 @@ def test_an_internal_error_is_an_error_not_a_pass(pytester, workers):
     """)
     path = pytester.path / "r.json"
     result = run(pytester, "-p", "buggy_plugin", QUICK_FILES[1], "--model", "tiny-gpt2",
-                 "-k", "robustness", "--report", str(path), *workers)
+                 "-k", "robustness", "--report", str(path), *workers, subprocess=bool(workers))
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     report = load(path)
     assert report["verdict"] == "incomplete"
@@ -366,7 +371,7 @@ def test_a_worker_dying_as_the_run_is_interrupted_is_cut_off_not_an_error(pytest
     """)
     path = pytester.path / "crash.json"
     result = run(pytester, "test_crash.py", "--quantfair-model", "tiny-gpt2", "-n", "1",
-                 "--quantfair-report", str(path), "-p", "interrupt_plugin")
+                 "--quantfair-report", str(path), "-p", "interrupt_plugin", subprocess=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     report = load(path)
     assert report["verdict"] == "incomplete"

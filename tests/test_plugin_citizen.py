@@ -2,6 +2,7 @@
 suites alone, take one configuration, and end every bad input or fault in one clear line."""
 
 import fnmatch
+import gc
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_plugin import PYTEST
+from test_plugin import run as run_here
 
 AUDITS = Path(__file__).resolve().parents[1] / "quantfair" / "audits"
 BASELINE = str(AUDITS / "test_baseline.py")
@@ -22,6 +24,8 @@ pytest_plugins = ["pytester"]
 
 
 def run(pytester, *args):
+    """A pytest process of its own, as another project's run is (`run_here`: in this one, for
+    what only reads the audits' options, numbers and reports)."""
     return pytester.runpytest_subprocess(*PYTEST, *args, timeout=600)
 
 
@@ -118,10 +122,10 @@ def _numbers(report: dict) -> list:
 def test_short_and_namespaced_forms_give_the_same_numbers_and_a_small_junit_file(pytester):
     short, long = pytester.path / "short.json", pytester.path / "long.json"
     junit = pytester.path / "junit.xml"
-    first = run(pytester, BASELINE, "--model", "tiny-gpt2", "-m", "quick", "--languages", "de,he",
-                "--report", str(short), f"--junitxml={junit}")
-    second = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-m", "quantfair_quick",
-                 "--quantfair-languages", "de,he", "--quantfair-report", str(long))
+    first = run_here(pytester, BASELINE, "--model", "tiny-gpt2", "-m", "quick", "--languages",
+                     "de,he", "--report", str(short), f"--junitxml={junit}")
+    second = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-m", "quantfair_quick",
+                      "--quantfair-languages", "de,he", "--quantfair-report", str(long))
     assert first.ret == second.ret == 1  # tiny-gpt2's Hebrew disparity is below 1
     a, b = load(short), load(long)
     assert _numbers(a) and _numbers(a) == _numbers(b)
@@ -139,8 +143,8 @@ def test_cli_and_plugin_given_the_same_options_record_the_same_settings(pytester
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert cli.returncode == 0, cli.stderr
     path = pytester.path / "audit.json"
-    run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-        "--quantfair-report", str(path), *[f"--quantfair-{k}={v}" for k, v in options.items()])
+    run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+             "--quantfair-report", str(path), *[f"--quantfair-{k}={v}" for k, v in options.items()])
     plugin = {k: v for k, v in load(path)["settings"].items() if k not in ("strict", "workers")}
     assert load(measured)["settings"] == plugin
     assert plugin["scheme"] == "int4-g128" and plugin["languages"] == ["en", "de", "he"]
@@ -154,21 +158,21 @@ def _one_line_usage_error(result, message: str) -> None:
 
 
 def test_bad_strategy_syntax_fails_at_start_up_before_a_model_loads(pytester):
-    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-strategy", "L0+")
+    result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-strategy", "L0+")
     _one_line_usage_error(result, "strategy 'L0+' has an empty term")
 
 
 def test_an_empty_language_entry_is_a_usage_error(pytester):
-    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-languages", "de,he,")
+    result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-languages", "de,he,")
     _one_line_usage_error(result, "--quantfair-languages has an empty entry")
 
 
 def test_a_report_path_that_is_a_directory_is_a_usage_error(pytester):
     folder = pytester.mkdir("out")
-    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(folder))
+    result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-report", str(folder))
     _one_line_usage_error(result, "is a directory")
 
 
@@ -402,6 +406,17 @@ def test_audits_ship_with_the_package(pytester):
     result.assert_outcomes(passed=1)
 
 
+def test_a_run_in_a_host_process_leaves_its_garbage_collector_as_it_found_it(pytester):
+    """A run freezes the heap its model and libraries hold (the collector need not walk them
+    again), then thaws it at its end: `pytest.main` called in a process that goes on must not
+    have its later garbage kept from the collector."""
+    assert gc.get_freeze_count() == 0
+    result = run_here(pytester, BASELINE, "--model", "tiny-gpt2", "-k", "robustness",
+                      "--languages", "de", "--units", "2", "--no-report")
+    assert result.ret in (0, 1) and "Measured: tiny-gpt2" in result.stdout.str()
+    assert gc.get_freeze_count() == 0
+
+
 def test_reports_of_runs_finishing_together_never_share_a_name(tmp_path):
     from quantfair.report import RunRecord, build_report, unique_report_path, write_report
 
@@ -419,11 +434,11 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     release = str(AUDITS / "test_release.py")
     path = pytester.path / "release.json"
     args = [release, "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "de,he", "-rs"]
-    unset = run(pytester, *args, "--quantfair-no-report")
+    unset = run_here(pytester, *args, "--quantfair-no-report")
     assert unset.ret == 0
     unset.stdout.fnmatch_lines(["*no release bound for disparity (--quantfair-max-disparity*"])
-    gated = run(pytester, *args, "--quantfair-max-disparity", "100,de=0.5",
-                "--quantfair-max-kld-disparity", "100", "--quantfair-report", str(path))
+    gated = run_here(pytester, *args, "--quantfair-max-disparity", "100,de=0.5",
+                     "--quantfair-max-kld-disparity", "100", "--quantfair-report", str(path))
     outcomes = {(a["finding"], a["language"]): a["outcome"] for a in load(path)["audits"]}
     assert outcomes[("release_disparity", "he")] == "passed"
     assert outcomes[("release_disparity", "de")] == "failed"  # its override, not the default
@@ -446,8 +461,8 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     ("2.0,en=1.5", "--quantfair-max-disparity 2.0,en=1.5: disparities are relative to en"),
 ])
 def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
-    result = run(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-max-disparity", bound)
+    result = run_here(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-max-disparity", bound)
     _one_line_usage_error(result, message)
 
 
@@ -466,8 +481,8 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
             pathlib.Path({str(results)!r}).write_text("a file, not a folder")
     """)
     path = pytester.path / "r.json"
-    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(path), "-p", "cache_breaker")
+    result = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-report", str(path), "-p", "cache_breaker")
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     report = load(path)
     assert report["verdict"] == "incomplete"
@@ -514,15 +529,15 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
 ])
 def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, setting, message):
     (pytester.path / "pytest.ini").write_text(f"[pytest]\nquantfair_model = tiny-gpt2\n{setting}\n")
-    result = run(pytester, BASELINE, "-c", "pytest.ini")
+    result = run_here(pytester, BASELINE, "-c", "pytest.ini")
     assert result.ret == 4
     lines = [line for line in result.stderr.str().splitlines() if line.strip()]
     assert len(lines) == 1 and fnmatch.fnmatchcase(lines[0], f"ERROR: {message}"), lines
 
 
 def test_a_bad_override_of_an_ini_value_is_named_as_the_override(pytester):
-    result = run(pytester, BASELINE, "-o", "quantfair_model=tiny-gpt2", "-o",
-                 "quantfair_units=abc")
+    result = run_here(pytester, BASELINE, "-o", "quantfair_model=tiny-gpt2", "-o",
+                      "quantfair_units=abc")
     assert result.ret == 4
     lines = [line for line in result.stderr.str().splitlines() if line.strip()]
     assert lines == ["ERROR: --quantfair-units must be an integer, got 'abc' (set by -o "
@@ -543,8 +558,8 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
              baseline),
             (pytester.path / "r.json", "--quantfair-baseline . is a directory", Path(".")),
             (f"{pytester.path / 'new'}/", "is a directory; give the path of a .json", baseline)):
-        result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
-                     "--quantfair-report", str(report), "--quantfair-baseline", str(old))
+        result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2",
+                          "--quantfair-report", str(report), "--quantfair-baseline", str(old))
         assert result.ret == 4, result.stdout.str()
         assert message in result.stderr.str()
     assert baseline.read_text() == "{}"
@@ -554,11 +569,11 @@ def test_a_default_report_folder_it_cannot_write_in_is_refused_before_any_audit(
     """The report is written at the end of the run: a `reports` folder that cannot be made
     is a usage error up front, not a run that measured everything and then exits 3."""
     (pytester.path / "reports").write_text("")  # a file where the folder would go
-    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness")
+    result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness")
     assert result.ret == 4, result.stdout.str()
     assert ("the default report folder: cannot write in" in result.stderr.str()
             and "give --quantfair-report PATH or --quantfair-no-report" in result.stderr.str())
     assert "quantfair: evaluating" not in result.stderr.str() + result.stdout.str()
-    result = run(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness",
-                 "--quantfair-no-report")
+    result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness",
+                      "--quantfair-no-report")
     assert result.ret == 0, result.stdout.str()
