@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from test_plugin import PYTEST
+from test_plugin import run
 
 from quantfair.audit import Best, Better, Bound, Case, Correlation, LanguageBound, ReleaseBound
 from quantfair.metrics import Measurement, holm, paired_difference
@@ -157,16 +157,15 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
         ))
     """)
     path = pytester.path / "r.json"
-    args = [*PYTEST, "--quantfair-model", "tiny-gpt2", "--quantfair-languages",
+    args = ["--quantfair-model", "tiny-gpt2", "--quantfair-languages",
             "de,he", "-rs"]
-    result = pytester.runpytest_subprocess(*args, "--quantfair-report", str(path), timeout=300)
+    result = run(pytester, *args, "--quantfair-report", str(path))
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*inconclusive: 2*", "*SKIPPED*inconclusive: *same*"])
     report = json.loads(path.read_text())
     assert [a["outcome"] for a in report["audits"]] == ["inconclusive", "inconclusive"]
     assert report["summary"]["counts"]["inconclusive"] == 2 and report["verdict"] == "passed"
-    strict = pytester.runpytest_subprocess(*args, "--quantfair-strict", "--quantfair-report",
-                                           str(path), timeout=300)
+    strict = run(pytester, *args, "--quantfair-strict", "--quantfair-report", str(path))
     assert strict.ret == 1
     strict.stdout.fnmatch_lines(["*inconclusive (--quantfair-strict fails it): *same*"])
     report = json.loads(path.read_text())  # still inconclusive, and the run failed for it
@@ -174,8 +173,7 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
     assert report["verdict"] == "failed" and report["summary"]["findings"]["did_not_hold"] == []
     assert report["summary"]["headline"] == ("2 audit(s) were inconclusive, which fails "
                                              "the run under --quantfair-strict")
-    pytests = pytester.runpytest_subprocess(*args, "--strict", "--quantfair-no-report",
-                                            timeout=300)
+    pytests = run(pytester, *args, "--strict", "--quantfair-no-report")
     assert pytests.ret == 0  # pytest's own --strict is not quantfair's: said, not taken
     pytests.stdout.fnmatch_lines(["note: --strict is pytest's own option*inconclusive audits "
                                   "fail the run only with --quantfair-strict"])
