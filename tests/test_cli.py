@@ -1,10 +1,15 @@
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
+
+from quantfair.cli import main
 
 BAD_INPUTS = [
     (["inspect", "no-such-org/no-such-model"], "not in the local Hugging Face cache"),
@@ -32,10 +37,28 @@ BAD_INPUTS = [
 ]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "quantfair", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`quantfair ARGS` in this process (the imports each process would pay for, once): its
+    exit status and what it wrote, as `subprocess.run` gives them; `env`: variables set for
+    the call (QUANTFAIR_DEBUG unset)."""
+    out, err = io.StringIO(), io.StringIO()
+    environment = {k: v for k, v in os.environ.items() if k != "QUANTFAIR_DEBUG"}
+    with mock.patch.dict(os.environ, {**environment, "HF_HUB_OFFLINE": "1", **(env or {})},
+                         clear=True), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as end:  # argparse: usage errors and --help
+            status = end.code or 0
+    return subprocess.CompletedProcess(["quantfair", *args], status, out.getvalue(),
+                                       err.getvalue())
+
+
+def run_cli_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`quantfair ARGS` as a process of its own, where what a process does is under test."""
+    return subprocess.run([sys.executable, "-m", "quantfair", *args], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                          timeout=300)
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS)
@@ -232,7 +255,7 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     out = tmp_path / "m.json"
     args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--strategy",
             "none", "--languages", "en,he,zh", "--units", "3", "--json", str(out)]
-    first = run_cli(*args)
+    first = run_cli_process(*args)  # a process: transformers logs to the stderr it started with
     assert first.returncode == 0, first.stderr
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
@@ -250,6 +273,8 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
         fp, q = map(float, printed[r["strategy"], r["language"]])
         assert fp == pytest.approx(r["ppl_fp"], rel=5e-5)
         assert q == pytest.approx(r["ppl_q"], rel=5e-5)
+    other = run_cli("measure", "tiny-gpt2", "--strategy", "L1", *args[8:12])  # in-process too
+    assert "quantfair: evaluating tiny-gpt2 int4 protecting L1" in other.stderr
     second = run_cli(*args)
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert json.loads(out.read_text())["records"] == records

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cli import run_cli, run_cli_process
 
 from quantfair.audit import Bound, Case, Correlation, LanguageBound
 from quantfair.corpus import language
@@ -21,13 +22,6 @@ from quantfair.metrics import TOO_FEW_UNITS, Measurement, correlation
 
 OK_CORPUS = [{"lang": "en", "unit": "u1", "text": "Hello world."},
              {"lang": "de", "unit": "u1", "text": "Hallo Welt."}]
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "QUANTFAIR_DEBUG"}
-    environment.update({"HF_HUB_OFFLINE": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "quantfair.cli", *args],
-                          capture_output=True, text=True, env=environment, timeout=300)
 
 
 def one_line_error(result: subprocess.CompletedProcess, *needles: str,
@@ -636,7 +630,8 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
 def test_quantfair_debug_shows_the_traceback():
     quiet = run_cli("inspect", "tiny-gpt2", "--quant", "int4-g-8")
     one_line_error(quiet, "int4-g-8")
-    loud = run_cli("inspect", "tiny-gpt2", "--quant", "int4-g-8", env={"QUANTFAIR_DEBUG": "1"})
+    loud = run_cli_process("inspect", "tiny-gpt2", "--quant", "int4-g-8",
+                           env={"QUANTFAIR_DEBUG": "1"})
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
 
 
