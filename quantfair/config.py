@@ -199,8 +199,7 @@ def check_search_units(units: int | None, total: int, calibration_units: int,
     if held_out and calibration_units > held_out:
         raise UsageError(f"--calibration-units {calibration_units}: {units_text(held_out)} per "
                          f"language {'is' if held_out == 1 else 'are'} left out of the audit "
-                         "to search on; give at most "
-                         "that, or fewer --units")
+                         "to search on; give at most that, or fewer --units")
 
 
 def require_other_languages(languages: Sequence[str] | None) -> None:
