@@ -8,9 +8,12 @@ the points are numbered and the labels move to a key beside the axes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import logging
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -96,9 +99,10 @@ def label_points(ax, points: Sequence[Point]) -> None:
                      gid=f"{panel}{index}") for index, p in enumerate(points)]
     arrows: list = []
     if overlapping(texts):
-        _, arrows = adjust_text(texts, ax=ax, x=[p.x for p in points], y=[p.y for p in points],
-                                expand=(1.2, 1.4),
-                                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+        with _quiet_adjust_text():
+            _, arrows = adjust_text(texts, ax=ax, x=[p.x for p in points],
+                                    y=[p.y for p in points], expand=(1.2, 1.4),
+                                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
     if overlapping(texts):
         for artist in [*texts, *arrows]:
             artist.remove()
@@ -119,6 +123,24 @@ def label_points(ax, points: Sequence[Point]) -> None:
         figure = ax.figure  # tall enough for the key, and for the axes beside it
         tall = key.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi
         figure.set_figheight(max(figure.get_figheight(), tall + 1.2))
+
+
+@contextlib.contextmanager
+def _quiet_adjust_text():
+    """adjustText logs each of its iterations that cannot fit a long label inside the axes
+    (`Logger.warn`, deprecated: a DeprecationWarning each time, hundreds per chart, an error
+    under a project's `-W error`). What does not fit is handled here (the key beside the
+    axes), so neither is the user's to read."""
+    logger = logging.getLogger("adjustText")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The 'warn' method is deprecated",
+                                    DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _log_axis(ax, axis: str = "y") -> None:

@@ -305,6 +305,9 @@ class QuantfairRun:
             except OSError as error:  # its message names a temporary file: say the report's
                 self.write_error = (f"quantfair: could not write the report {path} or its "
                                     f".html: {error.strerror or error}")
+            except Exception as error:  # rendering: the JSON, written first, is kept
+                self.write_error = (f"quantfair: could not render the HTML report beside "
+                                    f"{path}: {type(error).__name__}: {error}")
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif self.write_error or self.baseline_error or self.internal_errors or (

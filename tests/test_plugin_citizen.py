@@ -202,6 +202,25 @@ def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester,
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
+def test_an_html_report_that_cannot_be_rendered_keeps_the_json_and_exits_3(pytester,
+                                                                         monkeypatch):
+    """A chart library raising (as adjustText's deprecated logging did under `-W error`) ended
+    the run in a traceback and exit 1, which reads as a claim that did not hold."""
+    import quantfair.html
+
+    def broken(report):
+        raise ValueError("a chart library's bug")
+
+    monkeypatch.setattr(quantfair.html, "render_html", broken)
+    path = pytester.path / "r.json"
+    result = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-report", str(path))
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(["quantfair: could not render the HTML report beside */r.json: "
+                                 "ValueError: a chart library's bug"])
+    assert load(path)["audits"] and not path.with_suffix(".html").exists()
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
 def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pytester, workers):
     path = pytester.path / "partial.json"

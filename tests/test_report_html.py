@@ -24,6 +24,7 @@ from quantfair.report import (
     measurement_records,
     write_report,
 )
+from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.summary import summarize
 
 LANGUAGES = ("en", "de", "he", "ar")
@@ -223,6 +224,30 @@ def test_a_key_of_many_points_stays_inside_its_chart():
     assert all(inside.contains(*corner) for t in key
                for corner in t.get_window_extent(renderer).corners())
     assert figure.axes[0].get_window_extent(renderer).height > 100
+
+
+def test_labels_too_long_for_the_axes_neither_warn_nor_log(caplog):
+    """adjustText logs (through the deprecated `Logger.warn`) each iteration that cannot fit
+    a label inside the axes: the seed suite on SmolLM2 gave 1,403 DeprecationWarnings in the
+    pytest summary and lost its HTML report under `-W error`. Its Pareto points, rounded:"""
+    points = [charts.Point(label, overhead, mean) for label, overhead, mean in [
+        ("none", 0.0, 5.34), ("L0.attn", 0.66, 5.64), ("L0.mlp", 1.97, 4.36),
+        ("L0.attn+L0.mlp", 2.63, 5.36), ("L0", 2.63, 5.18), ("L1", 2.63, 4.77),
+        ("L2", 2.63, 5.12), ("Lmid", 2.63, 4.94), ("L-2", 2.63, 5.41), ("Llast", 2.63, 4.64),
+        ("L0+Llast", 5.26, 4.72), ("L2+Llast", 5.26, 4.65), ("L0+Llast+ln_f", 5.26, 4.65),
+        ("recommended", 5.26, 4.65), ("random@budget(L0+Llast)", 5.26, 4.74),
+        ("random@budget(recommended)", 5.26, 4.75), ("magnitude@budget(L0+Llast)", 5.26, 6.66),
+        ("gradient@budget(recommended)", 5.26, 3.88), ("magnitude:38.6%", 38.6, 2.79),
+        ("even_layers", 39.48, 4.78), ("odd_layers", 39.48, 4.37)]]
+    seed = [charts.Point(name, overhead, value)
+            for name, (overhead, value) in SEED_PARETO_FRONTIER.items() if value > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = charts.pareto_figure(points, seed)  # as the report draws it, beside the seed's
+        figure.canvas.draw()
+    assert not [r for r in caplog.records if r.name.startswith("adjustText")]
+    shown = " ".join(t.get_text() for t in _labels(figure))
+    assert all(p.label in shown for p in points)
 
 
 def test_per_script_and_class_aggregates_average_their_languages():
