@@ -493,9 +493,14 @@ class Correlation(Check):
     def cases(self, languages):
         return [Case(f"{self.x}-{self.strategy}", self.strategy)]
 
+    @property
+    def over_languages(self) -> bool:
+        """Whether the points are languages (else swept layers)."""
+        return self.x in ("resource_class", "fertility")
+
     def _series(self, ctx) -> tuple[list[float], list[float], str, set[str]]:
         """x and y, what they are over, and why points were left out as undefined."""
-        if self.x in ("resource_class", "fertility"):
+        if self.over_languages:
             m = ctx.measure(self.strategy)
             disparity = m.disparity()
             langs = [lg for lg in _non_reference(m.languages) if disparity[lg].defined]
@@ -539,7 +544,7 @@ class Correlation(Check):
     def _needed(self, ctx, needed: int) -> str:
         """How many points would decide at the measured r, against how many the corpus's
         languages or the layer sweep can give."""
-        if self.x in ("resource_class", "fertility"):
+        if self.over_languages:
             most = len([lg for lg in _non_reference(ctx.corpus_languages)
                         if self.x == "fertility" or language(lg).resource_class >= 0])
             return (f"about {needed} languages would decide at this r, "

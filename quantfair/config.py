@@ -441,13 +441,17 @@ class RunConfig:
         resolve_device(self.device)
 
     @cached_property
-    def corpus_split(self):
-        """(the audited corpus: `languages`, `units` sampled; the held-out units of those
-        languages, None when every unit is audited), both `quantfair.corpus.Corpus`; read
-        once per config."""
+    def full_corpus(self):
+        """The whole corpus file (`quantfair.corpus.Corpus`), read once per config."""
         from quantfair.corpus import load_corpus
 
-        full = load_corpus(self.corpus)
+        return load_corpus(self.corpus)
+
+    @cached_property
+    def corpus_split(self):
+        """(the audited corpus: `languages`, `units` sampled; the held-out units of those
+        languages, None when every unit is audited), both `quantfair.corpus.Corpus`."""
+        full = self.full_corpus
         selected = full.select(self.languages)
         units = full.sample_units(self.units) if self.units else full.units
         held_out = [u for u in full.units if u not in units]

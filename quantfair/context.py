@@ -9,7 +9,6 @@ from pathlib import Path
 
 from quantfair import models, weights
 from quantfair.audit import CANDIDATE, Matched, NotApplicable, Strategy
-from quantfair.corpus import load_corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import Evaluator, ResultCache, model_results
 from quantfair.metrics import Measurement
@@ -32,7 +31,7 @@ class AuditContext:
         self.family = session.loaded.family
         self.layers = session.resolver().layers
         self.languages = tuple(session.corpus.languages)
-        self.corpus_languages = tuple(load_corpus(session.config.corpus).languages)
+        self.corpus_languages = tuple(session.config.full_corpus.languages)
         self.release_bounds = session.config.release_bounds
         self._rows: dict[tuple, list[dict]] = {}
         self._unsent: dict[tuple, None] = {}  # keys of rows measured since `new_rows`

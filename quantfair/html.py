@@ -16,7 +16,7 @@ from matplotlib.colors import to_hex
 from quantfair import charts
 from quantfair.corpus import LANGUAGES, REFERENCE, language
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
-from quantfair.text import experiment_span
+from quantfair.text import experiment_span, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -171,6 +171,7 @@ def render_html(report: dict) -> str:
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)
     env.filters["span"] = experiment_span
+    env.filters["units"] = units_text
     env.filters["num"] = lambda v, p=4: "" if v is None else (
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
