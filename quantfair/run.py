@@ -414,7 +414,12 @@ class QuantfairRun:
         if self.config.strategy:
             from quantfair.audit import CANDIDATE
 
-            if any(a.get("strategy") == CANDIDATE for a in self.report["audits"]):
+            ran = [a for a in self.report["audits"] if a.get("strategy") == CANDIDATE]
+            errors = [a for a in ran if a["outcome"] == "error"]
+            if errors and all(a["outcome"] in ("error", "skipped") for a in ran):
+                tr.write_line(f"--strategy {self.config.strategy} could not be audited: "
+                              f"{errors[0]['message']}", red=True)
+            elif ran:
                 if not self.report.get("suggestion"):
                     tr.write_line(f"--strategy {self.config.strategy} is audited against no "
                                   "protection and random protection at its budget")

@@ -391,6 +391,15 @@ def test_strategy_option_audits_a_given_strategy(pytester):
     assert load(path)["settings"]["strategy"] == "L0+Llast"
 
 
+def test_a_strategy_naming_a_layer_the_model_lacks_is_said_not_to_be_audited(pytester):
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
+                 "--strategy", "L99", "--no-report")
+    assert result.ret == 3
+    assert "is audited against" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["--strategy L99 could not be audited: UsageError: strategy "
+                                 "term 'L99': layer 99 out of range, the model has 4 layers*"])
+
+
 def test_a_strategy_none_of_whose_audits_was_selected_is_not_said_to_be_audited(pytester):
     result = run(pytester, QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness",
                  "--strategy", "L0", "--no-report")
