@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,7 @@ def option_value(config: pytest.Config, name: str):
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    _check_setup_not_moved(config)
     if not option_value(config, "model"):
         _check_no_options_without_model(config)
         return
@@ -102,6 +104,43 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"{', '.join(given)} given but no model: give --quantfair-model, or "
             f"quantfair_model in the ini file (pytest {where}, rootdir {config.rootpath})")
+
+
+def _check_setup_not_moved(config: pytest.Config) -> None:
+    """pytest chooses its rootdir and ini file before it knows plugin options, taking the value
+    of `--quantfair-baseline PATH` for a path to test: a gate run from its project with
+    `--pyargs` would then drop the project's ini file (its `quantfair_` settings, markers,
+    warning filters) and pass on what it did not read. A UsageError naming the option when
+    the rootdir or ini file pytest chose differ from those it chooses with the option known;
+    no check where pytest's internals are not as expected (it must never break a run)."""
+    arguments = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+                 *map(str, config.invocation_params.args)]
+    separate = [(flag, value) for flag, value in zip(arguments, arguments[1:])
+                for option in OPTIONS.values()
+                if not option.flag and flag in (f"--{option.name}", f"--quantfair-{option.name}")
+                and config.getoption(option.dest, default=None) == value
+                and Path(config.invocation_params.dir, value).exists()]
+    if not separate:
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        known = config._parser.parse_known_args(arguments)
+        rootpath, inipath, *_ = determine_setup(
+            inifile=known.inifilename, override_ini=known.override_ini, args=known.file_or_dir,
+            rootdir_cmd_arg=known.rootdir or None, invocation_dir=config.invocation_params.dir)
+    except Exception:  # noqa: BLE001 -- another pytest's internals
+        return
+    if (rootpath, inipath) != (config.rootpath, config.inipath):
+        flag, value = separate[0]
+        raise pytest.UsageError(
+            f"pytest took {flag} {value} for a path to test and chose its rootdir "
+            f"{config.rootpath} and {_ini_name(config.inipath)} from it, not {rootpath} and "
+            f"{_ini_name(inipath)}: write {flag}={value}")
+
+
+def _ini_name(path: Path | None) -> str:
+    return f"ini file {path}" if path else "no ini file"
 
 
 def _ini_setting(config: pytest.Config, dest: str) -> str:

@@ -425,6 +425,31 @@ def test_audits_ship_with_the_package(pytester):
     result.assert_outcomes(passed=1)
 
 
+def test_a_value_pytest_took_for_a_path_to_test_is_refused_before_the_ini_file_is_lost(
+        pytester, tmp_path_factory):
+    # pytest picks its rootdir and ini file before it knows plugin options, from the paths
+    # among the arguments: a baseline outside the project, given as a separate argument, made
+    # a gate run with --pyargs drop the project's ini file (its bounds) and pass.
+    ini = pytester.makeini("[pytest]\nquantfair_max_disparity = 0.5\n")
+    baseline = tmp_path_factory.mktemp("elsewhere") / "base.json"
+    baseline.write_text("{}")
+    gate = ("--pyargs", "quantfair.audits", "-m", "quantfair_release",
+            "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
+    moved = run_here(pytester, *gate, "--quantfair-baseline", str(baseline))
+    assert moved.ret == pytest.ExitCode.USAGE_ERROR
+    moved.stderr.fnmatch_lines([
+        f"ERROR: pytest took --quantfair-baseline {baseline} for a path to test and chose its "
+        f"rootdir * and no ini file from it, not {pytester.path} and ini file "
+        f"{ini}: write --quantfair-baseline={baseline}"])
+    for written in ([f"--quantfair-baseline={baseline}"],  # one argument: no path to test
+                    ["--quantfair-baseline", "base.json"]):  # inside the project: same rootdir
+        (pytester.path / "base.json").write_text("{}")
+        kept = run_here(pytester, *gate, *written)
+        assert "for a path to test" not in kept.stderr.str()
+        kept.stderr.fnmatch_lines(["ERROR: *base.json is not a quantfair report*"])  # read
+        assert kept.ret == pytest.ExitCode.USAGE_ERROR
+
+
 def test_a_run_in_a_host_process_leaves_its_garbage_collector_as_it_found_it(pytester):
     """A run freezes the heap its model and libraries hold (the collector need not walk them
     again), then thaws it at its end: `pytest.main` called in a process that goes on must not
