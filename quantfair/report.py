@@ -240,21 +240,24 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     NothingShared when the two reports have no row and no audit in common."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
-    regressions, rows, unbounded = [], [], []
+    regressions, rows, by_degradation, unbounded = [], [], [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
         if before is None or row["language"] == REFERENCE:
             continue
+        key, quantity = "/".join(row_key(row)), "disparity"
         a, b = _disparity(before), _disparity(row)
-        entry = {"key": "/".join(row_key(row)), "old": a, "new": b, "change": None}
+        if a is None:  # no ratio to grow from: the language's own damage is compared
+            quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
+            (by_degradation if a is not None and b is not None else unbounded).append(key)
+        entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None}
         if a is not None and b is not None:
             entry["change"] = (b - a) / abs(a) if a else None
             if b > a + tolerance * abs(a):
-                regressions.append(f"disparity {entry['key']}: {a:.4g} -> {b:.4g}")
-        elif a is not None and b is None:
-            regressions.append(f"disparity {entry['key']}: {a:.4g} -> undefined")
-        else:  # nothing to grow from
-            unbounded.append(entry["key"])
+                regressions.append(f"{quantity} {key}: {_value(quantity, a)} -> "
+                                   f"{_value(quantity, b)}")
+        elif a is not None:
+            regressions.append(f"disparity {key}: {a:.4g} -> undefined")
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
@@ -273,6 +276,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
             f"({_describe(new)}): nothing was compared")
+    if len(unbounded) == len(rows) and all(a["old"] != "passed" for a in audits):
+        raise NothingShared(
+            f"nothing in the baseline ({_describe(old)}) could regress: its {len(rows)} "
+            "measurement(s) in common have neither a disparity nor a degradation, and no audit "
+            "in common passed in it")
     settings, was = new.get("settings", {}), old.get("settings", {})
     differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
                    for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
@@ -283,6 +291,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": differences,
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
+            "degradation_compared": by_degradation,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "not_run": sorted(key for key in old_audits if key not in new_audits),
@@ -293,6 +302,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
 # note (a release gate may compare a new checkpoint with the last one on purpose).
 COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
                      "corpus", "dtype", "strategy")
+
+
+def _value(quantity: str, value: float) -> str:
+    return f"{value:.1%}" if quantity == "degradation" else f"{value:.4g}"
 
 
 def _disparity(row: dict) -> float | None:
@@ -332,6 +345,9 @@ def comparison_notes(comparison: dict) -> list[str]:
     if stopped := comparison.get("baseline_incomplete"):
         lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
                      "did not measure is not compared")
+    if instead := comparison.get("degradation_compared"):
+        lines.append(f"{len(instead)} disparity(ies) undefined in the baseline: the language's "
+                     f"degradation is checked for growth instead: {_some(instead)}")
     if unbounded := comparison.get("undefined_in_baseline"):
         lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline, so not "
                      f"checked for growth: {_some(unbounded)}")

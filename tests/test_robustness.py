@@ -539,31 +539,68 @@ def test_a_report_compared_with_itself_says_so(report_pair):
 
 def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pair):
     """A row keeps its disparity's number beside the reason it is undefined: the gate must
-    read the reason (undefined in both: nothing to compare; defined -> undefined: listed)."""
+    read the reason (undefined in the baseline: the language's degradation is compared
+    instead; defined -> undefined: a regression)."""
     from quantfair.report import compare
 
     old, report = report_pair
     reason = "en loss change is within noise (95% CI includes 0)"
 
-    def undefined(grown: float) -> dict:
-        return {**report, "measurements": [
-            {**r, "disparity": r["disparity"] * grown, "undefined": reason}
-            if r.get("disparity") else r for r in report["measurements"]]}
+    def undefined(grown: float, worse: float = 1.0, audit: str = "passed") -> dict:
+        return {**report, "audits": [{**a, "outcome": audit} for a in report["audits"]],
+                "measurements": [
+                    {**r, "disparity": r["disparity"] * grown, "undefined": reason,
+                     "degradation": r["degradation"] * worse} if r["language"] != "en" else r
+                    for r in report["measurements"]]}
 
+    he = next(r for r in report["measurements"] if r["language"] == "he")
+    assert he["degradation"] > 0
     assert compare(undefined(1.0), undefined(10.0))["regressions"] == []
-    unbounded = compare(undefined(1.0), report)["undefined_in_baseline"]  # nothing to grow from
-    assert unbounded and all(key.endswith("/he") for key in unbounded)
+    within = compare(undefined(1.0), undefined(1.0, worse=1.05))  # the default tolerance: 10%
+    assert within["regressions"] == [] and within["undefined_in_baseline"] == []
+    assert within["degradation_compared"] == ["int4/none/medium/he"]
+    worse = compare(undefined(1.0), undefined(1.0, worse=1.5))
+    assert worse["regressions"] == [
+        f"degradation int4/none/medium/he: {he['degradation']:.1%} -> "
+        f"{1.5 * he['degradation']:.1%}"]
     baseline = tmp_path / "undefined.json"
     baseline.write_text(json.dumps(undefined(1.0)))
-    _, printed, html = _compared(tmp_path, baseline, report)
-    assert printed.returncode == 0, printed.stderr
-    note = f"{len(unbounded)} disparity(ies) undefined in the baseline, so not checked for growth"
+    _, printed, html = _compared(tmp_path, baseline, undefined(1.0, worse=1.5))
+    assert printed.returncode == 1 and "REGRESSION: degradation" in printed.stdout
+    note = ("1 disparity(ies) undefined in the baseline: the language's degradation is "
+            "checked for growth instead")
     assert note in printed.stdout and note in html
     regressions = compare(report, undefined(1.0))["regressions"]
     assert regressions and all(line.endswith("-> undefined") for line in regressions)
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
     assert "-&gt; undefined</li>" in html
+
+
+def test_a_baseline_in_which_nothing_could_regress_is_a_gate_not_checked(tmp_path,
+                                                                         report_pair):
+    """Disparities undefined without a degradation beside them, and no audit that passed:
+    a gate that compared nothing, not a pass."""
+    from quantfair.report import NothingShared, compare
+
+    _, report = report_pair
+
+    def bare(audit: str) -> dict:
+        return {**report, "audits": [{**a, "outcome": audit} for a in report["audits"]],
+                "measurements": [
+                    {**{k: v for k, v in r.items() if k != "degradation"}, "undefined": "noise"}
+                    for r in report["measurements"]]}
+
+    assert compare(bare("passed"), report)["undefined_in_baseline"] == ["int4/none/medium/he"]
+    with pytest.raises(NothingShared, match="nothing in the baseline .* could regress"):
+        compare(bare("inconclusive"), report)
+    baseline = tmp_path / "bare.json"
+    baseline.write_text(json.dumps(bare("inconclusive")))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(report))
+    printed = run_cli("report", str(baseline), str(new))
+    assert printed.returncode == 2 and printed.stderr.count("\n") == 1
+    assert "could regress" in printed.stderr
 
 
 def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
