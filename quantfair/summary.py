@@ -160,9 +160,10 @@ def summarize(report: dict) -> dict:
             protected = max(compared_rows(report, RECOMMENDED), key=lambda r: r["disparity"],
                             default=first)
             sentences.append(
-                f"With the seed's recommended protection {worst[0]['name']} is at "
-                f"{first['disparity']:.2f}x"
-                f"{_interval(first['disparity_low'], first['disparity_high'])}"
+                f"With the seed's recommended protection {worst[0]['name']}"
+                + (f"'s disparity is undefined ({first['undefined']})" if first.get("undefined")
+                   else f" is at {first['disparity']:.2f}x"
+                   f"{_interval(first['disparity_low'], first['disparity_high'])}")
                 + ("" if protected is first else
                    f"; the language hit hardest with it is {language(protected['language']).name}"
                    f" ({protected['language']}) at {protected['disparity']:.2f}x"

@@ -437,3 +437,11 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew is at 2.00x [95% CI 2.00, 2.00]; the "
         "language hit hardest with it is Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")
+    for row in shifted["measurements"]:  # a number beside its reason is no measurement
+        if row["strategy"] == "recommended" and row["language"] == "he":
+            row.update(disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
+                       undefined="en loss change is within noise (95% CI includes 0)")
+    assert sentence(shifted) == (
+        "With the seed's recommended protection Hebrew's disparity is undefined (en loss "
+        "change is within noise (95% CI includes 0)); the language hit hardest with it is "
+        "Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")
