@@ -86,8 +86,11 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
     if report.get("incomplete"):
         return "Incomplete run: " + "; ".join(report["incomplete"])
     if counts["error"]:
+        reasons = list(dict.fromkeys(a.get("message") or "no message"
+                                     for a in report["audits"] if a["outcome"] == "error"))
         return (f"{counts['error']} audit(s) could not run (errors, not findings): "
-                "the verdict needs them fixed")
+                "the verdict needs them fixed: " + "; ".join(reasons[:2])
+                + (f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""))
     regressions = (report.get("comparison") or {}).get("regressions")
     if counts["failed"]:
         return (f"{len(failed_findings) or counts['failed']} finding(s) did not hold on "

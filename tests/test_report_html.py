@@ -425,6 +425,17 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
            in summarize(report(audits))["sentences"]
 
 
+def test_the_summary_says_why_audits_could_not_run_once_per_reason():
+    mismatch = "UsageError: --quantized v1.gguf does not pair with tiny-llama"
+    same = [audit(f"finding{i}", "error", message=mismatch) for i in range(27)]
+    assert summarize(report(same))["headline"] == (
+        f"27 audit(s) could not run (errors, not findings): the verdict needs them fixed: "
+        f"{mismatch}")
+    many = [audit(f"finding{i}", "error", message=f"reason {i % 4}") for i in range(8)]
+    assert summarize(report(many))["headline"].endswith(
+        "fixed: reason 0; reason 1; and 2 other reason(s)")
+
+
 def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protection():
     def sentence(r: dict) -> str:
         return next(s for s in summarize(r)["sentences"] if "recommended protection" in s)
