@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from quantfair.config import RunConfig, check_folder_writable
+from quantfair.config import OPTIONS, RunConfig, check_folder_writable
 from quantfair.errors import TERMINATED, QuantfairError, UsageError
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
@@ -78,7 +78,7 @@ class QuantfairRun:
         self.report_paths: tuple[Path, Path] | None = None
         self.write_error: str | None = None
         self.regressions: list[str] = []
-        self.baseline_error = False  # --baseline could not be compared with this run
+        self.gate_error = False  # --baseline could not be compared, a release maximum not checked
         self._previous_handler = None
         if not self.is_worker and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -278,13 +278,21 @@ class QuantfairRun:
 
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
+        unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
         if not self.audits and not self.internal_errors and self.baseline is None and not (
-                self._stopped(exitstatus) and self.selection.get("selected_ids", True)):
+                unchecked or self._stopped(exitstatus) and self.selection.get("selected_ids",
+                                                                              True)):
             return  # no audit ran, and none was cut off (the selection may not be known yet);
-        # with a baseline, a run that selected nothing is a gate not checked (below)
+        # with a baseline or a release maximum, a run that selected nothing is a gate not
+        # checked (below)
         from quantfair.report import compare, settle_verdict, write_report
 
         report = self._build(exitstatus)
+        if unchecked:
+            report["incomplete"].append(
+                f"{', '.join(unchecked)} given, but no release audit of it ran "
+                "(audits/test_release.py, marker quantfair_release): the gate was not checked")
+            self.gate_error = True
         if self.baseline is not None:
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
@@ -292,10 +300,10 @@ class QuantfairRun:
             except QuantfairError as error:  # nothing to compare: the gate was not checked
                 report["comparison"] = None
                 report["incomplete"].append(f"baseline: {error}")
-                self.baseline_error = True
+                self.gate_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]
-            settle_verdict(report)
+        settle_verdict(report)
         self.report = report
         if not self.config.no_report:
             path = self._json_path()
@@ -310,7 +318,7 @@ class QuantfairRun:
                                     f"{path}: {type(error).__name__}: {error}")
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
-        elif self.write_error or self.baseline_error or self.internal_errors or (
+        elif self.write_error or self.gate_error or self.internal_errors or (
                 report["summary"]["counts"]["error"]
                 and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
             # 1 means a claim did not hold; an audit that could not run (or whose worker
@@ -321,6 +329,16 @@ class QuantfairRun:
         reporter = self.pytest_config.pluginmanager.getplugin("terminalreporter")
         if exitstatus == pytest.ExitCode.INTERNAL_ERROR and reporter is not None:
             self.pytest_terminal_summary(reporter)  # pytest skips it after an internal error
+
+    def _release_gates_not_run(self) -> list[str]:
+        """The release maxima given on the command line (`--quantfair-max-<quantity>`: a gate
+        was asked for) whose release audit did not run; one set in the ini file alone is a
+        default, not a request."""
+        ran = {a.get("quantity") for a in self.audits.values()
+               if "release" in (a.get("experiments") or ())}
+        return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
+                if name not in ran and self.pytest_config.getoption(
+                    OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report

@@ -493,6 +493,31 @@ def test_release_gates_take_their_maxima_from_options_with_per_language_override
     assert rows and all(r["kld_disparity"] is not None for r in rows if r["language"] != "en")
 
 
+def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester):
+    """Given on the command line, a maximum asks for a gate: a run that never ran its audit
+    (a project's own tests, or -m quick) must not pass it. Set in the ini file alone it is a
+    default, and the project's own run stays as it was."""
+    pytester.makepyfile(test_own="def test_ok():\n    pass\n")
+    path = pytester.path / "r.json"
+    given = ("--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path))
+    own = run_here(pytester, "test_own.py", *given, "--quantfair-max-disparity", "2",
+                   "--quantfair-max-degradation", "0.5")
+    assert own.ret == pytest.ExitCode.INTERNAL_ERROR
+    own.stdout.fnmatch_lines([
+        "INCOMPLETE: --quantfair-max-disparity, --quantfair-max-degradation given, but no "
+        "release audit of it ran (audits/test_release.py, marker quantfair_release): the gate "
+        "was not checked"])
+    assert load(path)["verdict"] == "incomplete"
+    release = str(AUDITS / "test_release.py")  # one gate ran, the other was deselected
+    one = run_here(pytester, release, "-k", "not degradation", *given,
+                   "--quantfair-max-disparity", "100", "--quantfair-max-degradation", "100")
+    assert one.ret == pytest.ExitCode.INTERNAL_ERROR
+    one.stdout.fnmatch_lines(["INCOMPLETE: --quantfair-max-degradation given, but no release "
+                              "audit of it ran*"])
+    pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_max_disparity = 2\n")
+    assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+
+
 @pytest.mark.parametrize("bound, message", [
     ("2.0,he=lots", "--quantfair-max-disparity must be a number, got 'lots'"),
     ("inf", "--quantfair-max-disparity must be a finite non-negative number, got inf"),
