@@ -371,6 +371,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         settle_verdict,
     )
 
+    if args.new is None:
+        return _render_report(args)
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
         number_option("tolerance", args.quantfair_tolerance)
     for name, path in (("OLD", args.old), ("NEW", args.new)):
@@ -417,6 +419,30 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"quantfair: {why}", file=sys.stderr)
         return 3
     return 1 if regressions else 0
+
+
+def _render_report(args: argparse.Namespace) -> int:
+    """`quantfair report REPORT.json`: its HTML page again (beside it unless --output), e.g.
+    after an upgrade or where only the JSON was kept."""
+    from pathlib import Path
+
+    from quantfair.html import render_html
+    from quantfair.report import load_report
+
+    if args.quantfair_tolerance is not None:
+        raise UsageError("--tolerance applies to a comparison: give OLD.json and NEW.json")
+    if not args.old.strip():
+        raise UsageError("REPORT is empty; give the path of a JSON report")
+    _check_output(args.output, "--output", args)
+    output = Path(args.output or Path(args.old).with_suffix(".html"))
+    if output.suffix.lower() not in (".html", ".htm") or output.resolve() == Path(
+            args.old).resolve():
+        raise UsageError(f"--output {output}: the report is rendered as an HTML page; name it "
+                         ".html")
+    report = load_report(args.old)
+    check_folder_writable(output.parent, f"the HTML report {output}")
+    _write(output, render_html(report))
+    return 0
 
 
 def _undecided(report: dict, path: str) -> str:
@@ -579,10 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "modules_to_not_convert list for transformers")
     export.set_defaults(run=cmd_export)
 
-    report = commands.add_parser("report", help="compare two JSON reports without re-running")
-    report.add_argument("old", help="baseline JSON report")
-    report.add_argument("new", help="new JSON report")
-    report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html)")
+    report = commands.add_parser("report", help="compare two JSON reports without re-running, "
+                                                 "or render one as HTML again")
+    report.add_argument("old", metavar="OLD", help="baseline JSON report (alone: the report "
+                                                   "to render)")
+    report.add_argument("new", metavar="NEW", nargs="?", help="new JSON report")
+    report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html; for one "
+                                         "report, its .html beside it)")
     add_options(report.add_argument, prefix="", names=("tolerance",))
     report.set_defaults(run=cmd_report)
     for command in commands.choices.values():

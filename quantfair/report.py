@@ -417,8 +417,15 @@ def load_report(path: str | Path) -> dict:
         raise QuantfairError(f"report path is a directory: {path}") from None
     except OSError as error:
         raise QuantfairError(f"cannot read report {path}: {error.strerror}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise QuantfairError(f"{path} is not a JSON report") from None
+    except json.JSONDecodeError as error:
+        raise QuantfairError(f"{path} is not a JSON report: {error.msg} at line "
+                             f"{error.lineno} column {error.colno}") from None
+    except UnicodeDecodeError:
+        raise QuantfairError(f"{path} is not a JSON report: not UTF-8 text") from None
+    except RecursionError:
+        raise QuantfairError(f"{path} is not a JSON report: nested too deeply") from None
+    except ValueError as error:  # NaN or Infinity, which JSON does not have
+        raise QuantfairError(f"{path} is not a JSON report: {error}") from None
     declared = report.get("schema") if isinstance(report, dict) else None
     if declared not in SCHEMA_FILES:
         if isinstance(declared, str) and declared.startswith("quantfair-report/"):

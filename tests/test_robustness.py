@@ -435,6 +435,19 @@ def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, rep
     one_line_error(run_cli("report", str(old), str(new)), str(new), where)
 
 
+@pytest.mark.parametrize("text, why", [
+    ('{"schema": "quantfair-report/4", "measurements": [', "Expecting value at line 1 column"),
+    ('{"schema": "quantfair-report/4", "value": NaN}', "NaN is not JSON"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
+    ("[" * 100_000, "nested too deeply"),
+])
+def test_a_report_that_is_not_json_says_why(tmp_path, report_pair, text, why):
+    old, _ = report_pair
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    one_line_error(run_cli("report", str(old), str(bad)), f"{bad} is not a JSON report: {why}")
+
+
 def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
     from quantfair.report import NothingShared, compare
 
@@ -528,6 +541,22 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
     assert printed.stderr.strip().endswith(
         "cannot pass a release gate, and it shares nothing with the baseline")
     assert printed.stderr.count("\n") == 1
+
+
+def test_one_report_is_rendered_as_html_again(tmp_path, report_pair):
+    old, report = report_pair
+    printed = run_cli("report", str(old))
+    assert printed.returncode == 0, printed.stderr
+    html = old.with_suffix(".html").read_text()
+    assert 'data-verdict="passed"' in html and "Comparison with baseline" not in html
+    elsewhere = tmp_path / "again.htm"
+    assert run_cli("report", str(old), "--output", str(elsewhere)).returncode == 0
+    assert elsewhere.read_text() == html
+    for args, message in (((str(old), "--tolerance", "0.2"), "--tolerance applies to a "
+                           "comparison: give OLD.json and NEW.json"),
+                          ((str(old), "--output", str(old)), "name it .html"),
+                          ((str(old), "--output", str(tmp_path / "r.json")), "name it .html")):
+        one_line_error(run_cli("report", *args), message)
 
 
 def test_a_report_compared_with_itself_says_so(report_pair):
