@@ -425,6 +425,20 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
            in summarize(report(audits))["sentences"]
 
 
+def test_the_summary_names_the_languages_over_the_release_maxima_second():
+    gates = [audit("release_disparity", "failed", "he", value=6.949, low=6.5, high=7.4,
+                   bound="<= 5", experiments=["release"]),
+             audit("release_disparity", "passed", "de", value=2.0, bound="<= 5",
+                   experiments=["release"]),
+             audit("release_degradation", "failed", "en", value=0.612, low=0.6, high=0.63,
+                   bound="<= 0.5", quantity="degradation", experiments=["release"]),
+             audit("synergy", "failed", "ar", value=3.0)]  # a seed finding: not a gate
+    assert summarize(report(gates))["sentences"][1] == (
+        "Over the release maxima: English (en) degradation 0.612 [95% CI 0.60, 0.63], bound "
+        "<= 0.5; Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
+    assert not any("release maxima" in s for s in summarize(report())["sentences"])
+
+
 def test_the_summary_says_why_audits_could_not_run_once_per_reason():
     mismatch = "UsageError: --quantized v1.gguf does not pair with tiny-llama"
     same = [audit(f"finding{i}", "error", message=mismatch) for i in range(27)]
