@@ -412,8 +412,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) (disparity beyond {100 * tolerance:g}%, or an audit "
-          "that stopped passing)")
+    print(f"{len(regressions)} regression(s) (disparity, or degradation where the baseline's "
+          f"disparity is undefined, beyond {100 * tolerance:g}%, or an audit that stopped "
+          "passing)")
     _write(output, render_html(new))
     if why := _undecided(new, args.new):
         print(f"quantfair: {why}", file=sys.stderr)

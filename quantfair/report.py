@@ -231,13 +231,15 @@ class NothingShared(QuantfairError):
 
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
-    """Rows whose disparity grew beyond `tolerance` (relative) and audits that stopped passing
+    """Rows whose disparity grew beyond `tolerance` (relative; where the baseline's disparity
+    is undefined, the language's degradation) and audits that stopped passing
     (passed -> inconclusive or skipped is listed, and is a regression only when `strict`);
     beside them
     `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
     baseline's measurements this run did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
-    NothingShared when the two reports have no row and no audit in common."""
+    NothingShared when the two reports have no row and no audit in common, or nothing in
+    common could regress (no disparity or degradation, no audit that passed)."""
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded = [], [], [], []
