@@ -18,6 +18,7 @@ from pathlib import Path
 from quantfair.config import DEFAULT_TOLERANCE, REFERENCE
 from quantfair.errors import QuantfairError
 from quantfair.metrics import (
+    FLOAT_NOISE,
     KLD_PERCENTILES,
     Estimate,
     Measurement,
@@ -255,9 +256,9 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None}
         if a is not None and b is not None:
             entry["change"] = (b - a) / abs(a) if a else None
-            if b > a + tolerance * abs(a):
-                regressions.append(f"{quantity} {key}: {_value(quantity, a)} -> "
-                                   f"{_value(quantity, b)}")
+            # growth within float noise (summation order, thread count) is none at any tolerance
+            if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
+                regressions.append(f"{quantity} {key}: " + " -> ".join(_values(quantity, a, b)))
         elif a is not None:
             regressions.append(f"disparity {key}: {a:.4g} -> undefined")
         rows.append(entry)
@@ -306,8 +307,15 @@ COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "language
                      "corpus", "dtype", "strategy")
 
 
-def _value(quantity: str, value: float) -> str:
-    return f"{value:.1%}" if quantity == "degradation" else f"{value:.4g}"
+def _values(quantity: str, *values: float) -> tuple[str, ...]:
+    """`values` printed (a degradation as a percentage) with the fewest digits, 4 or more,
+    that tell them apart."""
+    for digits in range(4, 13):
+        texts = tuple(f"{100 * v:.{digits - 3}f}%" if quantity == "degradation"
+                      else f"{v:.{digits}g}" for v in values)
+        if len(set(texts)) == len(texts):
+            break
+    return texts
 
 
 def _disparity(row: dict) -> float | None:

@@ -497,6 +497,19 @@ def _compared(tmp_path: Path, old: Path, report: dict):
     return new, printed, new.with_name("new-vs-baseline.html").read_text()
 
 
+def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
+    from quantfair.report import compare
+
+    def rows(disparity: float) -> dict:
+        return {"measurements": [{"scheme": "int4", "strategy": "none", "length": "medium",
+                                  "language": "ru", "disparity": disparity}], "audits": []}
+
+    # float32 summation order (batches, threads) moves a number by ~1e-9 to 1e-7 relative
+    assert compare(rows(5.151), rows(5.151 * (1 + 1e-7)), tolerance=0)["regressions"] == []
+    assert compare(rows(5.151), rows(5.151 * (1 + 3e-5)), tolerance=0)["regressions"] == [
+        "disparity int4/none/medium/ru: 5.151 -> 5.1512"]
+
+
 def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, report_pair):
     old, report = report_pair
     grown = {**report, "measurements": [
