@@ -65,6 +65,7 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -660,7 +661,15 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
                          f"{previous['strategy']} ({searched_with(previous)}) as --strategy "
                          f"suggested for {session.config.scheme.name}")
     with cache_writes(path.parent):
-        atomic_write(path, json.dumps(new, indent=2, allow_nan=False).encode())
+        atomic_write(path, json.dumps({**new, "checksum": _checksum(new)}, indent=2,
+                                      allow_nan=False).encode())
+
+
+def _checksum(data: dict) -> str:
+    """Of a suggestion's fields but its checksum: a file edited or damaged in place is not
+    taken for a search's result."""
+    payload = json.dumps({k: v for k, v in data.items() if k != "checksum"}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def no_suggestion(session: AuditSession) -> UsageError:
@@ -673,9 +682,25 @@ def no_suggestion(session: AuditSession) -> UsageError:
     named = [f"--quantized-label {name.partition(':')[2]}" if name.startswith(f"{ARTIFACT}:")
              else f"--quant {name}" for name in others]
     elsewhere = f" (there is one under {', '.join(named)})" if named else ""
+    unusable = f" ({_path(session)} {why})" if (why := _unusable(_path(session), session)) \
+        else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
-                      f"{session.config.scheme.name}{where}: run `quantfair suggest` first"
-                      f"{elsewhere}")
+                      f"{session.config.scheme.name}{where}{unusable}: run `quantfair suggest` "
+                      f"first{elsewhere}")
+
+
+def _unusable(path, session: AuditSession) -> str:
+    """Why the suggestion file at `path`, which `_read` refused, is not used; "" when there is
+    none."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError):
+        return "is damaged"
+    if not isinstance(data, dict) or "checksum" in data and data["checksum"] != _checksum(data):
+        return "is damaged or was edited"
+    return "was searched by another version of quantfair or of the model's settings"
 
 
 def load_suggestion(session: AuditSession) -> dict | None:
@@ -695,6 +720,7 @@ def _read(path, session: AuditSession) -> dict | None:
     try:
         data = json.loads(path.read_text())
         return data if (isinstance(data, dict) and "strategy" in data
+                        and data.get("checksum") == _checksum(data)
                         and data.get("score_definition") == SCORE
                         and data.get("evaluator") == session.evaluator.identity) else None
     except (OSError, ValueError):

@@ -25,6 +25,7 @@ from quantfair.suggest import (
     Search,
     Step,
     Suggestion,
+    _checksum,
     _difference,
     budget_selectors,
     calibration_score,
@@ -32,6 +33,7 @@ from quantfair.suggest import (
     fairer_than_none,
     less_fair_than_none,
     load_suggestion,
+    no_suggestion,
     save,
     search_pool,
     search_units,
@@ -113,8 +115,17 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     data = json.loads(path.read_text())
     for older in ({**data, "score_definition": "mean + worst KL disparity"},
                   {k: v for k, v in data.items() if k != "score_definition"}):
-        path.write_text(json.dumps(older))
+        path.write_text(json.dumps({**older, "checksum": _checksum(older)}))
         assert load_suggestion(session) is None
+        assert "was searched by another version" in str(no_suggestion(session))
+    # One edited or damaged in place is not taken for a search's result, and said to be so.
+    for damaged, why in (({**data, "strategy": "L0+L1"}, "is damaged or was edited"),
+                         (json.dumps(data)[:40], "is damaged")):
+        path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+        assert load_suggestion(session) is None
+        assert f"({path} {why}): run `quantfair suggest` first" in str(no_suggestion(session))
+    path.write_text(json.dumps(data))
+    assert load_suggestion(session)["strategy"] == result.strategy
 
 
 def test_whole_layers_are_tried_in_the_order_of_their_measured_score(tiny_models):
