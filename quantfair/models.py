@@ -327,15 +327,36 @@ def _convert_once(gguf_path: Path, cached: Path) -> None:
     try:  # another process may have converted it while this one waited
         if not _converted(cached):
             if (cached / "complete").exists():
-                print(f"quantfair: {cached / 'model.safetensors'} is cut short or damaged",
-                      file=sys.stderr)
+                print(f"quantfair: {cached} was changed, cut short or damaged since it was "
+                      "converted (or an older quantfair converted it)", file=sys.stderr)
             _convert(gguf_path, cached)
     finally:
         lock.release()
 
 
 def _converted(cached: Path) -> bool:
-    return (cached / "complete").exists() and is_whole(cached / "model.safetensors")
+    """Whether `cached` holds a whole conversion as it was written: its `complete` mark lists
+    the sha256 of each file beside the weights (config, tokenizer) and the weights' size and
+    modification time, so a config edited or weights rewritten in place are converted again,
+    never read as the model's."""
+    try:
+        mark = json.loads((cached / "complete").read_text())
+        return mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _contents(folder: Path) -> dict[str, str | list[int]]:
+    """What `_converted` compares: per file of `folder` but the mark, its sha256, or for the
+    weights (hundreds of MB, read through a memory map) their size and mtime in ns."""
+    contents: dict[str, str | list[int]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == "model.safetensors":
+            stat = path.stat()
+            contents[path.name] = [stat.st_size, stat.st_mtime_ns]
+        elif path.name != "complete" and path.is_file():
+            contents[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return contents
 
 
 def _convert(gguf_path: Path, cached: Path) -> None:
@@ -349,7 +370,8 @@ def _convert(gguf_path: Path, cached: Path) -> None:
         partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
         try:
             _save_plain(*loaded, partial)
-            (partial / "complete").write_text(gguf_path.name)
+            (partial / "complete").write_text(json.dumps({"source": gguf_path.name,
+                                                          "files": _contents(partial)}))
             shutil.rmtree(cached, ignore_errors=True)
             partial.rename(cached)
         finally:

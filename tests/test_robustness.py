@@ -279,22 +279,37 @@ def test_a_damaged_model_directory_is_one_line_naming_it(tmp_path, saved_tiny, d
     assert result.returncode == 2  # bad input, not an unexpected error (3)
 
 
-def test_a_converted_copy_cut_short_is_converted_again(tmp_path, saved_tiny, monkeypatch):
-    """The `complete` mark says a conversion finished; a copy cut short since (a full disk, a
-    sync tool) must not be loaded."""
+@pytest.mark.parametrize("change", ["cut short", "config edited", "weights rewritten",
+                                    "older mark"])
+def test_a_converted_copy_changed_since_is_converted_again(tmp_path, saved_tiny, monkeypatch,
+                                                           capsys, change):
+    """The `complete` mark says a conversion finished, and what it wrote; a copy cut short
+    since (a full disk, a sync tool) or edited in place must not be loaded as the model."""
     from quantfair import models
 
     cached = tmp_path / "models" / "m"
     shutil.copytree(saved_tiny, cached)
-    (cached / "complete").write_text("m.gguf")
+    (cached / "complete").write_text(json.dumps({"source": "m.gguf",
+                                                 "files": models._contents(cached)}))
     converted = []
     monkeypatch.setattr(models, "_convert", lambda gguf, where: converted.append(where))
     models._convert_once(tmp_path / "m.gguf", cached)
-    assert converted == []  # whole: loaded as it is
-    weights = cached / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
+    assert converted == []  # as written: loaded as it is
+    weights, config = cached / "model.safetensors", cached / "config.json"
+    if change == "cut short":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif change == "config edited":
+        config.write_text(config.read_text().replace("{", '{"rms_norm_eps": 0.5, ', 1))
+    elif change == "weights rewritten":  # the same length, other bytes
+        data = bytearray(weights.read_bytes())
+        data[-4:] = b"\x00\x00\xc0\x7f"
+        weights.write_bytes(bytes(data))
+    else:
+        (cached / "complete").write_text("m.gguf")
     models._convert_once(tmp_path / "m.gguf", cached)
     assert converted == [cached]
+    assert f"{cached} was changed, cut short or damaged since it was converted" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, hint", [("gemma3-270", " (did you mean gemma3-270m?)"),
