@@ -214,6 +214,7 @@ class Search:
         self.confirmed: list[dict] = []
         self.width = width
         self.resolver = session.resolver()
+        self._started, self._measured = time.monotonic(), 0  # the pace `phase` estimates by
         self.none = calibration_score(self.measure([]))
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
@@ -229,8 +230,21 @@ class Search:
     def measure(self, units: list[str], corpus: Corpus | None = None):
         """Protecting `units`, measured with the distribution statistics the score needs, on
         `corpus` (the calibration units when None)."""
-        return self.session.measure("+".join(units) or "none", corpus=corpus or self.calibration,
-                                    distribution=True)
+        corpus = corpus or self.calibration
+        measured = self.session.measure("+".join(units) or "none", corpus=corpus,
+                                        distribution=True)
+        self._measured += len(corpus.units)
+        return measured
+
+    def phase(self, what: str, count: int, corpus: Corpus | None = None) -> None:
+        """Say that a phase of `count` measurements on `corpus` (the calibration units when
+        None) starts, with the search's time so far and, at its pace so far (measurements
+        found cached took no time), about how long the phase takes."""
+        elapsed = time.monotonic() - self._started
+        units = count * len((corpus or self.calibration).units)
+        pace = (f", about {_duration(units * elapsed / self._measured)} at the pace so far"
+                if self._measured and elapsed >= 1 else "")
+        self.announce(f"quantfair suggest: {what}{pace} ({_duration(elapsed)} so far)")
 
     def score(self, units: list[str]) -> Score:
         """The calibration score of protecting `units`."""
@@ -281,7 +295,7 @@ class Search:
         if self._ranking is None:
             layers = [f"L{layer}" for layer in range(self.resolver.layers)
                       if f"L{layer}" not in self.kept]
-            self.announce(f"quantfair suggest: each of {len(layers)} layers kept alone")
+            self.phase(f"each of {len(layers)} layers kept alone", len(layers))
             scores = {layer: self.score(self.kept + [layer]) for layer in layers}
 
             def order(layer: str) -> tuple[int, float]:
@@ -322,15 +336,15 @@ class Search:
         return [c for c in options if self.fits(chosen + [c])
                 and (self._kept(chosen + [c]) != before or ":" in c)]
 
-    def greedy(self, chosen: list[str], best: Score, options, phase: str, first_step: int,
-               announce) -> tuple[list[str], Score, list[Step]]:
+    def greedy(self, chosen: list[str], best: Score, options, phase: str, first_step: int
+               ) -> tuple[list[str], Score, list[Step]]:
         """Add the best-scoring option of `options(chosen)` while one improves the score. An
         option whose quantization breaks the model (keeping it removes at least `REPAIR` of
         the damage) is added first, whatever it does to disparity (as a selector is in
         `run`), of several such the one scoring lowest; what follows may not undo it."""
         trace, number = [], first_step
         while candidates := options(chosen):
-            announce(f"quantfair suggest: {phase} step {number}, {len(candidates)} candidates")
+            self.phase(f"{phase} step {number}, {len(candidates)} candidates", len(candidates))
             scored = [(self.score(chosen + [c]), c) for c in candidates]
             broken = [(s.value, i) for i, (s, _) in enumerate(scored) if self.repairs(s)]
             good = broken or [(s.value, i) for i, (s, _) in enumerate(scored)
@@ -345,15 +359,14 @@ class Search:
                 self.floor, self.kept = best, chosen
         return chosen, best, trace
 
-    def confirm(self, finalists: list[tuple[Score, list[str]]], announce
-                ) -> tuple[Score, list[str]]:
+    def confirm(self, finalists: list[tuple[Score, list[str]]]) -> tuple[Score, list[str]]:
         """The finalist (calibration score, units), best first, to refine: of those proven
         fairer than no protection on the pool's units (`proven_fairer`), else of all, the one
         scoring lowest there; the first when there is no pool or a single finalist."""
         if self.pool is None or len(finalists) < 2:
             return finalists[0]
-        announce(f"quantfair suggest: {len(finalists)} finalists on {len(self.pool.units)} "
-                 "units per language")
+        self.phase(f"{len(finalists)} finalists on {len(self.pool.units)} units per language",
+                   len(finalists) + 1, self.pool)
         unprotected = self.measure([], self.pool)
         none = calibration_score(unprotected)
         self.confirmed = []
@@ -372,7 +385,7 @@ class Search:
         self.announce = announce
         trace = [self.step(0, "portfolio", [], "none", self.none, False)]
         portfolio = self.portfolio()
-        announce(f"quantfair suggest: portfolio of {len(portfolio)} selectors")
+        self.phase(f"portfolio of {len(portfolio)} selectors", len(portfolio))
         scores = {option: self.score([option]) for option in portfolio}
         trace += [self.step(0, "portfolio", [], o, s, False) for o, s in scores.items()]
         # Super weights (Yu et al. 2024) whose keeping removes at least half the damage break
@@ -389,7 +402,7 @@ class Search:
         spread = set() if self.none.destroys else repairs - {*self.kept}
         results = [(s, [o]) for o, s in scores.items()]
         structural, score, steps = self.greedy(self.kept, self.floor, self.structural,
-                                               "structural", 1, announce)
+                                               "structural", 1)
         trace += steps
         start = self.floor  # no protection, or what breaks the model kept
         results.append((score, structural))
@@ -408,7 +421,7 @@ class Search:
         finalists = [*[finalists[name] for name in first],
                      *[f for f in shorter if "+".join(f[1]) not in finalists],
                      (start, self.kept)]
-        best, chosen = self.confirm(finalists, announce)
+        best, chosen = self.confirm(finalists)
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
                  else s for s in trace]
@@ -418,7 +431,7 @@ class Search:
         chosen, best, steps = self.greedy(
             chosen, best, lambda units: self._new(units, [e for e in extras if e not in units
                                                          and self._exists(e)]),
-            "refinement", (steps[-1].step + 1) if steps else 1, announce)
+            "refinement", (steps[-1].step + 1) if steps else 1)
         trace += steps
         return chosen, best, trace
 
@@ -640,6 +653,13 @@ def _vs_none(row: dict, name: str, end: str) -> float:
     JSON keeps NaN)."""
     value = row.get(f"{name}_vs_none", {}).get(end)
     return math.nan if value is None else value
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` as "45 s", "12 min" or "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _path(session: AuditSession):

@@ -75,8 +75,7 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
     magnitude selection, which removes still more)."""
     session = session_for(planted, bits=8)
     search = Search(session, 0.40, search_units(session, 3))
-    chosen, _, _ = search.greedy([], search.none, search.structural, "structural", 1,
-                                 announce=lambda message: None)
+    chosen, _, _ = search.greedy([], search.none, search.structural, "structural", 1)
     assert chosen[0] in ("L2", "L2.mlp")
     result = suggest(session, 0.40, calibration_units=3)
     protection = session.resolver().resolve(result.strategy)
@@ -126,6 +125,25 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
         assert f"({path} {why}): run `quantfair suggest` first" in str(no_suggestion(session))
     path.write_text(json.dumps(data))
     assert load_suggestion(session)["strategy"] == result.strategy
+
+
+def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_models,
+                                                                         monkeypatch):
+    session = session_for(tiny_models["tiny-llama"])
+    search = Search(session, 0.05, search_units(session, 2))
+    said = []
+    search.announce = said.append
+    units = len(search.calibration.units)
+    search._started, search._measured = 0.0, 2 * units  # two measurements in 60 s
+    monkeypatch.setattr("quantfair.suggest.time.monotonic", lambda: 60.0)
+    search.phase("each of 4 layers kept alone", 4)
+    pool = session.corpus  # twice the calibration units: 3 measurements of 60 s each
+    assert len(pool.units) == 2 * units
+    search.phase("2 finalists", 3, pool)
+    assert said == [
+        "quantfair suggest: each of 4 layers kept alone, about 2 min at the pace so far "
+        "(60 s so far)",
+        "quantfair suggest: 2 finalists, about 3 min at the pace so far (60 s so far)"]
 
 
 def test_whole_layers_are_tried_in_the_order_of_their_measured_score(tiny_models):
@@ -212,7 +230,7 @@ def test_the_finalists_are_decided_on_the_whole_pool(tiny_models, monkeypatch):
     calibration = {"A": 4.0, "B": 4.5, "none": 5.0}
     finalists = [(Score(calibration[name], 0, 0, 0, 1), [name] if name != "none" else [])
                  for name in ("A", "B", "none")]
-    score, chosen = search.confirm(finalists, announce=lambda message: None)
+    score, chosen = search.confirm(finalists)
     assert chosen == ["B"] and score.value == 4.5  # the calibration score goes on
     assert [c["strategy"] for c in search.confirmed] == ["A", "B", "none"]
     assert search.confirmed[1]["score"] == pytest.approx(2.25 + 2.5)
@@ -247,7 +265,7 @@ def test_the_finalist_refined_is_proven_fairer_than_none_on_the_pool(
     monkeypatch.setattr(session, "measure", measure)
     finalists = [(Score(1.0, 0, 0, 0, 1), [name] if name != "none" else [])
                  for name in ("noisy", "steady", "none")]
-    assert search.confirm(finalists, announce=lambda message: None)[1] == chosen
+    assert search.confirm(finalists)[1] == chosen
     noisy, steady, none = search.confirmed
     assert noisy["score"] < steady["score"] < none["score"]
     assert noisy["mean_vs_none"]["value"] < 0 < noisy["mean_vs_none"]["high"]
@@ -345,7 +363,7 @@ def test_a_unit_is_added_only_for_more_than_float_noise(tiny_models, monkeypatch
     best = Score(2.0, 1.0, 1.0, 2.0, 1.0)
     monkeypatch.setattr(search, "score", lambda units: replace(best, value=2.0 * (1 - change)))
     chosen, _, _ = search.greedy([], best, lambda units: [] if units else ["ln_f"],
-                                 "refinement", 1, announce=lambda message: None)
+                                 "refinement", 1)
     assert chosen == (["ln_f"] if taken else [])
 
 
