@@ -57,8 +57,11 @@ def why_unwritable(path: Path, error: OSError) -> str:
     """Why writing under `path` failed: a file where a folder should be, else the OS's
     reason."""
     existing = next((p for p in (path, *path.parents) if p.exists()), path)
-    return (f"{existing} is not a directory" if not existing.is_dir()
-            else error.strerror or str(error))
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if error.errno == errno.ENOENT and existing == path:  # /proc, /sys: no new files there
+        return "its file system takes no new files"
+    return error.strerror or str(error)
 
 
 def probe_writable(folder: Path) -> None:

@@ -186,6 +186,8 @@ def corpus_files(tmp_path):
      "--json /nowhere/ is a directory; give the path of a file"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/sys/x.json"],
      "--json: cannot write in /sys"),
+    (["measure", "tiny-gpt2", "--json", "/proc/x.json"],
+     "--json: cannot write in /proc (its file system takes no new files)"),
     (["measure", "tiny-gpt2", "--json", ""], "--json is empty; give the path of a file"),
     (["measure", "tiny-gpt2", "--corpus", "{malformed}", "--json", "{malformed}"],
      "malformed.jsonl is the --corpus file: write another"),
