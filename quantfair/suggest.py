@@ -214,7 +214,8 @@ class Search:
         self.confirmed: list[dict] = []
         self.width = width
         self.resolver = session.resolver()
-        self._started, self._measured = time.monotonic(), 0  # the pace `phase` estimates by
+        self._started = time.monotonic()
+        self._paces: list[float] = []  # seconds per unit of each measurement (`phase`)
         self.none = calibration_score(self.measure([]))
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
@@ -230,20 +231,22 @@ class Search:
     def measure(self, units: list[str], corpus: Corpus | None = None):
         """Protecting `units`, measured with the distribution statistics the score needs, on
         `corpus` (the calibration units when None)."""
-        corpus = corpus or self.calibration
+        corpus, started = corpus or self.calibration, time.monotonic()
         measured = self.session.measure("+".join(units) or "none", corpus=corpus,
                                         distribution=True)
-        self._measured += len(corpus.units)
+        if hasattr(self, "none"):  # the first also computes the FP side: not the pace
+            self._paces.append((time.monotonic() - started) / len(corpus.units))
         return measured
 
     def phase(self, what: str, count: int, corpus: Corpus | None = None) -> None:
         """Say that a phase of `count` measurements on `corpus` (the calibration units when
-        None) starts, with the search's time so far and, at its pace so far (measurements
-        found cached took no time), about how long the phase takes."""
+        None) starts, with the search's time so far and, at the median pace of its
+        measurements so far (one-off costs, such as a selector's calibration, left out), about
+        how long the phase takes."""
         elapsed = time.monotonic() - self._started
         units = count * len((corpus or self.calibration).units)
-        pace = (f", about {_duration(units * elapsed / self._measured)} at the pace so far"
-                if self._measured and elapsed >= 1 else "")
+        pace = (f", about {_duration(units * float(np.median(self._paces)))} at the pace so "
+                "far" if self._paces else "")
         self.announce(f"quantfair suggest: {what}{pace} ({_duration(elapsed)} so far)")
 
     def score(self, units: list[str]) -> Score:

@@ -134,7 +134,8 @@ def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_mo
     said = []
     search.announce = said.append
     units = len(search.calibration.units)
-    search._started, search._measured = 0.0, 2 * units  # two measurements in 60 s
+    # 30 s each, and a selector's one-off calibration: not the pace
+    search._started, search._paces = 0.0, [30.0 / units, 30.0 / units, 600.0 / units]
     monkeypatch.setattr("quantfair.suggest.time.monotonic", lambda: 60.0)
     search.phase("each of 4 layers kept alone", 4)
     pool = session.corpus  # twice the calibration units: 3 measurements of 60 s each
