@@ -441,7 +441,8 @@ def _render_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {output}: the report is rendered as an HTML page; name it "
                          ".html")
     report = load_report(args.old)
-    check_folder_writable(output.parent, f"the HTML report {output}")
+    if not args.output:  # beside the report, which exists: its folder may still be read-only
+        check_folder_writable(output.parent, f"the HTML report {output}")
     _write(output, render_html(report))
     return 0
 

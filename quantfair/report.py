@@ -260,7 +260,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
                 regressions.append(f"{quantity} {key}: " + " -> ".join(_values(quantity, a, b)))
         elif a is not None:
-            regressions.append(f"disparity {key}: {a:.4g} -> undefined")
+            regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined")
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}

@@ -217,6 +217,7 @@ class Search:
         self._started = time.monotonic()
         self._paces: list[float] = []  # seconds per unit of each measurement (`phase`)
         self.none = calibration_score(self.measure([]))
+        self._paces.clear()  # that measurement also computed the FP side: not the pace
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
@@ -234,8 +235,7 @@ class Search:
         corpus, started = corpus or self.calibration, time.monotonic()
         measured = self.session.measure("+".join(units) or "none", corpus=corpus,
                                         distribution=True)
-        if hasattr(self, "none"):  # the first also computes the FP side: not the pace
-            self._paces.append((time.monotonic() - started) / len(corpus.units))
+        self._paces.append((time.monotonic() - started) / len(corpus.units))
         return measured
 
     def phase(self, what: str, count: int, corpus: Corpus | None = None) -> None:
@@ -705,25 +705,11 @@ def no_suggestion(session: AuditSession) -> UsageError:
     named = [f"--quantized-label {name.partition(':')[2]}" if name.startswith(f"{ARTIFACT}:")
              else f"--quant {name}" for name in others]
     elsewhere = f" (there is one under {', '.join(named)})" if named else ""
-    unusable = f" ({_path(session)} {why})" if (why := _unusable(_path(session), session)) \
-        else ""
+    why = _checked(_path(session), session)[1]
+    unusable = f" ({_path(session)} {why})" if why else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
                       f"{session.config.scheme.name}{where}{unusable}: run `quantfair suggest` "
                       f"first{elsewhere}")
-
-
-def _unusable(path, session: AuditSession) -> str:
-    """Why the suggestion file at `path`, which `_read` refused, is not used; "" when there is
-    none."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return ""
-    except (OSError, ValueError):
-        return "is damaged"
-    if not isinstance(data, dict) or "checksum" in data and data["checksum"] != _checksum(data):
-        return "is damaged or was edited"
-    return "was searched by another version of quantfair or of the model's settings"
 
 
 def load_suggestion(session: AuditSession) -> dict | None:
@@ -740,11 +726,22 @@ def searched_units(found: dict, units: Iterable[str]) -> list[str]:
 
 
 def _read(path, session: AuditSession) -> dict | None:
+    return _checked(path, session)[0]
+
+
+def _checked(path, session: AuditSession) -> tuple[dict | None, str]:
+    """(the suggestion file at `path` if it is this search's, for the model as it computes
+    now; else None and why not: "" when there is no file)."""
     try:
         data = json.loads(path.read_text())
-        return data if (isinstance(data, dict) and "strategy" in data
-                        and data.get("checksum") == _checksum(data)
-                        and data.get("score_definition") == SCORE
-                        and data.get("evaluator") == session.evaluator.identity) else None
+    except FileNotFoundError:
+        return None, ""
     except (OSError, ValueError):
-        return None
+        return None, "is damaged"
+    if not isinstance(data, dict) or "strategy" not in data or "checksum" in data and \
+            data["checksum"] != _checksum(data):
+        return None, "is damaged or was edited"
+    if data.get("checksum") is None or data.get("score_definition") != SCORE \
+            or data.get("evaluator") != session.evaluator.identity:
+        return None, "was searched by another version of quantfair or of the model's settings"
+    return data, ""

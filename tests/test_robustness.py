@@ -620,6 +620,10 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     assert worse["regressions"] == [
         f"degradation int4/none/medium/he: {he['degradation']:.1%} -> "
         f"{1.5 * he['degradation']:.1%}"]
+    lost = {**report, "measurements": [{k: v for k, v in r.items() if k != "degradation"}
+                                        for r in report["measurements"]]}
+    assert compare(undefined(1.0), lost)["regressions"] == [
+        f"degradation int4/none/medium/he: {he['degradation']:.1%} -> undefined"]
     baseline = tmp_path / "undefined.json"
     baseline.write_text(json.dumps(undefined(1.0)))
     _, printed, html = _compared(tmp_path, baseline, undefined(1.0, worse=1.5))

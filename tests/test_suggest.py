@@ -131,6 +131,9 @@ def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_mo
                                                                          monkeypatch):
     session = session_for(tiny_models["tiny-llama"])
     search = Search(session, 0.05, search_units(session, 2))
+    assert search._paces == []  # its first measurement also computed the FP side
+    search.score(["L0"])
+    assert len(search._paces) == 1
     said = []
     search.announce = said.append
     units = len(search.calibration.units)
