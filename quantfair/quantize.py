@@ -19,7 +19,7 @@ from quantfair.errors import UsageError
 from quantfair.models import cache_root, weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.taxonomy import Component, components, num_layers
-from quantfair.tensorfile import cached_tensors, map_tensors, write_tensors
+from quantfair.tensorfile import cached_tensors, map_tensors, remove_tensors, write_tensors
 
 __all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
            "in_scope", "quantize_component", "stored_bits", "type_bits", "weights_folder"]
@@ -257,7 +257,7 @@ class WeightBank:
                 for stale in self.folder.glob(f"{glob.escape(base)}-*.safetensors"):
                     if re.fullmatch(rf"{re.escape(base)}-(?!{QUANTIZER_DIGEST})[0-9a-f]{{12}}",
                                     stale.stem):
-                        stale.unlink(missing_ok=True)
+                        remove_tensors(stale)
         return self._quantized[scheme]
 
     def add_artifact(self, scheme: QuantScheme, tensors: dict[str, torch.Tensor],

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from quantfair.storage import atomic_file
+from quantfair.storage import atomic_file, atomic_write
 
-__all__ = ["map_tensors", "write_tensors", "cached_tensors", "scratch"]
+__all__ = ["map_tensors", "write_tensors", "cached_tensors", "remove_tensors", "scratch"]
 
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
           torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL",
@@ -58,19 +58,32 @@ def _head(layout: dict[str, torch.Tensor]) -> bytes:
     return struct.pack("<Q", len(encoded)) + encoded
 
 
+def _record(path: Path) -> Path:
+    """Where `cached_tensors` records the size and modification time (ns) of the file it
+    wrote at `path`."""
+    return path.with_name(f".{path.name}.written")
+
+
+def _stat(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
 def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
-    """Whether `path` is a whole file of `layout`'s tensors as `write_tensors` writes it: its
-    header and length are checked (a file cut short or of other tensors is not), not its
-    bytes."""
+    """Whether `path` is a whole file of `layout`'s tensors as `write_tensors` writes it, not
+    changed since (its header, its length, and its size and modification time against the
+    record written with it; a file cut short, of other tensors or edited in place is not),
+    without reading its bytes."""
     head = _head(layout)
     data = sum(like.numel() * like.element_size() for like in layout.values())
     try:
         with open(path, "rb") as handle:
             found = handle.read(len(head))
             size = os.fstat(handle.fileno()).st_size
+        recorded = _record(path).read_text()
+        return found == head and size == len(head) + data and recorded == _stat(path)
     except OSError:
         return False
-    return found == head and size == len(head) + data
 
 
 def _header(path: Path) -> tuple[int, dict, int]:
@@ -109,17 +122,25 @@ def map_tensors(path: Path) -> dict[str, torch.Tensor]:
 def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
                    produce: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
     """`map_tensors(path)`, writing the file first (under a file lock, so processes sharing the
-    cache compute it once) unless it exists whole (`_intact`: one cut short, e.g. by a full
-    disk, or of other tensors is written again, saying so)."""
+    cache compute it once) unless it exists as it was written (`_intact`: one cut short, e.g.
+    by a full disk, edited, or of other tensors is written again, saying so)."""
     if not _intact(path, layout):
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(path.with_name(f".{path.name}.lock")):
             if not _intact(path, layout):
                 if path.exists():
-                    print(f"quantfair: {path} is damaged (cut short or of other tensors): "
-                          "writing it again", file=sys.stderr)
+                    print(f"quantfair: {path} is not as it was written (cut short, edited, "
+                          "of other tensors, or by an older quantfair): writing it again",
+                          file=sys.stderr)
                 write_tensors(path, layout, produce)
+                atomic_write(_record(path), _stat(path).encode())
     return map_tensors(path)
+
+
+def remove_tensors(path: Path) -> None:
+    """Remove a file `cached_tensors` wrote, and its record."""
+    for file in (path, _record(path)):
+        file.unlink(missing_ok=True)
 
 
 def scratch(numel: int, dtype: torch.dtype, folder: Path | None,

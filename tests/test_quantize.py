@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -286,14 +288,16 @@ def test_files_of_another_quantizer_version_are_removed_and_other_schemes_kept(t
     other_scheme = tmp_path / f"int4-g16-{QUANTIZER_DIGEST}.safetensors"
     for path in (stale, other_scheme):
         path.write_bytes(b"")
+    stale_record = tmp_path / f".{stale.name}.written"
+    stale_record.write_text("0 0")
     WeightBank(load_model("tiny-gpt2").model, tmp_path).quantized(QuantScheme.parse("int4"))
-    assert not stale.exists() and other_scheme.exists()
+    assert not stale.exists() and not stale_record.exists() and other_scheme.exists()
     assert (tmp_path / f"int4-{QUANTIZER_DIGEST}.safetensors").exists()
 
 
-def test_a_weight_file_cut_short_or_of_other_tensors_is_written_again(tmp_path, capsys):
+def test_a_weight_file_cut_short_edited_or_of_other_tensors_is_written_again(tmp_path, capsys):
     """The weight bank's files are a cache: a damaged one is rewritten, not read as weights
-    (nor a crash on reshaping its missing bytes)."""
+    (nor a crash on reshaping its missing bytes), and so is one edited in place."""
     from quantfair.tensorfile import cached_tensors
 
     layout = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
@@ -304,9 +308,16 @@ def test_a_weight_file_cut_short_or_of_other_tensors_is_written_again(tmp_path, 
     path.write_bytes(whole[:-5])
     again = cached_tensors(path, layout, layout.__getitem__)
     assert all(torch.equal(again[name], layout[name]) for name in layout)
-    assert path.read_bytes() == whole and "is damaged" in capsys.readouterr().err
+    assert path.read_bytes() == whole and "not as it was written" in capsys.readouterr().err
     other = {"a": torch.zeros(3, dtype=torch.float32)}
     assert torch.equal(cached_tensors(path, other, other.__getitem__)["a"], other["a"])
     assert torch.equal(cached_tensors(path, layout, layout.__getitem__)["a"], layout["a"])
     cached_tensors(path, layout, lambda name: layout[name] + 1)  # whole: not written again
-    assert path.read_bytes() == whole and capsys.readouterr().err.count("is damaged") == 2
+    assert path.read_bytes() == whole and capsys.readouterr().err.count("not as it was") == 2
+    with open(path, "r+b") as handle:  # same length, same header, one value changed
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\xff\xff\xff\x7f")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert path.read_bytes() != whole
+    cached_tensors(path, layout, layout.__getitem__)
+    assert path.read_bytes() == whole and "not as it was written" in capsys.readouterr().err
