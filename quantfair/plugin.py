@@ -276,5 +276,7 @@ def quantfair_audit(request: pytest.FixtureRequest):
     try:
         return run.context()
     except QuantfairError as error:
-        message = str(error)
-    pytest.fail(f"quantfair: {message}", pytrace=False)  # kept for every audit of the session
+        message = f"quantfair: {error}"
+        if isinstance(error, UsageError):  # wrong for every audit (e.g. an artifact of another
+            request.session.shouldstop = message  # model): one error, then the run stops
+    pytest.fail(message, pytrace=False)  # kept for every audit of the session

@@ -73,6 +73,7 @@ class QuantfairRun:
         self.selection: dict = {}
         self.terminated = False
         self.started_session = False  # pytest finishes a session only once it has started
+        self.session: pytest.Session | None = None
         self.finishing = False  # the tests have stopped: the session is being finished
         self.report: dict | None = None
         self.report_paths: tuple[Path, Path] | None = None
@@ -93,6 +94,7 @@ class QuantfairRun:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session):
+        self.session = session
         try:
             return (yield)
         finally:
@@ -270,6 +272,19 @@ class QuantfairRun:
         """Whether the run was cut short: SIGTERM, Ctrl-C, or xdist's -x / --maxfail."""
         return self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
 
+    def _stop_reason(self) -> object:
+        """Why the run stopped early (`session.shouldstop`; the controller's under xdist):
+        False, or a string such as pytest's "stopping after 1 failures"."""
+        dsession = self.pytest_config.pluginmanager.getplugin("dsession")
+        return getattr(dsession or self.session, "shouldstop", False)
+
+    @property
+    def usage_error(self) -> str | None:
+        """The bad setting that stopped the run after the model loaded (`quantfair_audit`: an
+        artifact of another model), else None."""
+        reason = self._stop_reason()
+        return reason if isinstance(reason, str) and reason.startswith("quantfair: ") else None
+
     def _xdist_controller(self) -> bool:
         return self.pytest_config.pluginmanager.has_plugin("dsession")
 
@@ -318,6 +333,8 @@ class QuantfairRun:
                                     f"{path}: {type(error).__name__}: {error}")
         if self.terminated:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
+        elif self.usage_error:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.write_error or self.gate_error or self.internal_errors or (
                 report["summary"]["counts"]["error"]
                 and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
@@ -349,10 +366,12 @@ class QuantfairRun:
                        if p.get("error")]
         if self.terminated:
             incomplete.append(f"the run was {TERMINATED}")
+        elif self.usage_error:
+            incomplete.append("stopped by a bad setting: "
+                              + self.usage_error.removeprefix("quantfair: "))
         elif exitstatus == pytest.ExitCode.INTERRUPTED:
             # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2)
-            dsession = self.pytest_config.pluginmanager.getplugin("dsession")
-            reason = getattr(dsession, "shouldstop", None)
+            reason = self._stop_reason()
             incomplete.append(f"the run stopped early ({reason}: -x or --maxfail)"
                               if isinstance(reason, str) and reason.startswith("stopping after")
                               else "the run was interrupted")

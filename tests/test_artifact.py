@@ -223,16 +223,26 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
     assert "artifact:release/none/medium/de" in compared
 
 
-def test_an_artifact_of_another_model_is_one_line_per_audit_in_pytest(pytester, tmp_path):
-    from test_plugin import QUICK_FILES, run
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_an_artifact_of_another_model_stops_the_run_as_a_usage_error(pytester, tmp_path,
+                                                                       workers):
+    """Found once the model has loaded, a bad setting is wrong for every audit: one error per
+    process, then the run stops with pytest's usage-error exit, its report incomplete."""
+    from test_plugin import QUICK_FILES, load, run
 
     _save_quantized("tiny-gpt2", tmp_path / "other")
-    result = run(pytester, QUICK_FILES[1], "--model", "tiny-llama", "--languages", "en,de",
-                 "--units", "2", "--quantized", str(tmp_path / "other"), "--no-report")
-    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # errors, not findings
+    result = run(pytester, *QUICK_FILES, "--model", "tiny-llama", "--languages", "en,de",
+                 "--units", "2", "--quantized", str(tmp_path / "other"), "--report", "r.json",
+                 *workers)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stdout.lines if line.startswith("ERROR ")]
+    assert 1 <= len(errors) <= (2 if workers else 1), errors
     out = result.stdout.str()
-    assert out.count("does not pair with tiny-llama: it has architecture gpt2") >= 2
     assert "During handling" not in out and "\nE   " not in out, out
+    report = load(pytester.path / "r.json")
+    assert report["verdict"] == "incomplete" and report["incomplete"][0] == (
+        f"stopped by a bad setting: --quantized {tmp_path / 'other'} does not pair with "
+        "tiny-llama: it has architecture gpt2, the model's is llama")
 
 
 def test_a_suggestion_is_kept_per_artifact_file_not_per_label(tmp_path):
