@@ -51,6 +51,8 @@ KNOWN_OFFLINE = (f"known offline: {', '.join(EMBEDDED)}; random weights for dry 
                  f"{', '.join(TINY_MODEL_TYPES)}, or --random-weights with "
                  f"{', '.join(RANDOM_WEIGHT_CONFIGS)}")
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")  # GGUF tensor types that are not quantized
+# GGUF block formats whose levels run from each block's minimum to its maximum (d * q + m)
+MINIMUM_OFFSET_TYPES = {"Q4_1", "Q5_1"}
 
 load_count = 0  # models built or read from disk in this process (tests check reuse)
 
@@ -85,14 +87,28 @@ class LoadedModel:
         return 2048
 
     def requantization_warning(self, scheme: QuantScheme) -> str:
-        """A warning when `scheme` re-quantizes to the block format the FP reference was itself
-        dequantized from (the measured damage is then close to none), else ""."""
+        """A warning when `scheme` re-quantizes weights the FP reference was dequantized from a
+        block format in a way that does not measure its damage to original weights, else "":
+        to that format itself (most blocks come back unchanged), or from one minimum-offset
+        format (Q4_1, Q5_1: each block's levels run from its minimum to its maximum) to
+        another, whose levels then fall at the same places between the new ones in every
+        block and round the same way (from Q4_1 to Q5_1 every level moves away from its
+        block's centre: the weights grow)."""
         matrices = {kind: n for kind, n in self.gguf_types.items() if kind not in FLOAT_TYPES}
         source_type = max(matrices, key=matrices.__getitem__) if matrices else None
-        if scheme.gguf_type is None or scheme.gguf_type != source_type:
+        target = scheme.gguf_type
+        if target is None or source_type is None:
             return ""
-        return (f"{scheme.name} re-quantizes weights dequantized from {source_type}: most blocks "
-                "come back unchanged, so this measures almost no quantization damage")
+        if target == source_type:
+            return (f"{scheme.name} re-quantizes weights dequantized from {source_type}: most "
+                    "blocks come back unchanged, so this measures almost no quantization damage")
+        if {target, source_type} <= MINIMUM_OFFSET_TYPES:
+            return (f"{scheme.name} re-quantizes weights dequantized from {source_type}: both "
+                    f"span each block from its minimum to its maximum, so every {source_type} "
+                    f"level rounds the same way onto {target}'s in every block, a systematic "
+                    f"error unlike {target}'s on original weights; compare block formats on a "
+                    "model with unquantized weights")
+        return ""
 
     def weight_hash(self) -> str:
         """Content hash of every parameter, so caches never serve another model's results."""

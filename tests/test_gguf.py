@@ -273,15 +273,37 @@ def test_gguf_quantize_is_the_package_reference():
     assert np.array_equal(gguf_quantize(torch.from_numpy(values), "Q5_0").numpy(), expected)
 
 
-def test_requantizing_to_the_source_type_warns(tiny_models):
+def test_requantizing_to_the_source_type_or_across_minimum_offset_grids_warns(tiny_models):
     loaded = tiny_models["tiny-llama"]
     loaded.gguf_types = {"Q4_1": 210, "Q8_0": 1, "F32": 61}
     try:
-        assert "Q4_1" in loaded.requantization_warning(QuantScheme.parse("gguf:Q4_1"))
-        assert loaded.requantization_warning(QuantScheme.parse("gguf:Q4_0")) == ""
-        assert loaded.requantization_warning(QuantScheme.parse("int4")) == ""
+        assert "almost no" in loaded.requantization_warning(QuantScheme.parse("gguf:Q4_1"))
+        assert "systematic" in loaded.requantization_warning(QuantScheme.parse("gguf:Q5_1"))
+        for other in ("gguf:Q4_0", "gguf:Q5_0", "gguf:Q8_0", "int4"):
+            assert loaded.requantization_warning(QuantScheme.parse(other)) == "", other
     finally:
         loaded.gguf_types = {}
+
+
+def _outward_slope(weights: torch.Tensor, kind: str) -> float:
+    """Least-squares slope of the quantization error on each weight's offset from the centre
+    of its block of 32 (> 0: the weights grow)."""
+    blocks = weights.reshape(-1, 32)
+    error = (gguf_quantize(weights, kind) - weights).reshape(-1, 32)
+    offset = blocks - (blocks.amax(1, keepdim=True) + blocks.amin(1, keepdim=True)) / 2
+    return float((error * offset).sum() / (offset * offset).sum())
+
+
+def test_q5_1_of_weights_dequantized_from_q4_1_grows_them_as_its_warning_says():
+    """The premise of the warning above: Q4_1's levels round outwards onto Q5_1's in every
+    block, where original weights and the other formats show no such bias."""
+    weights = torch.from_numpy(np.random.default_rng(0).standard_normal((64, 256))
+                               .astype(np.float32))
+    from_q4_1 = gguf_quantize(weights, "Q4_1")
+    assert _outward_slope(from_q4_1, "Q5_1") > 0.01
+    assert abs(_outward_slope(weights, "Q5_1")) < 0.002
+    for kind in ("Q4_0", "Q5_0", "Q8_0"):
+        assert abs(_outward_slope(from_q4_1, kind)) < 0.005, kind
 
 
 def test_embedding_type_option_builds_the_scheme():
