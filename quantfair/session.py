@@ -92,7 +92,12 @@ class AuditSession:
             self.artifact.tensors = self.bank.add_artifact(
                 config.scheme, self.artifact.tensors, self.artifact.weight_hash,
                 self.artifact.bits, self.artifact.unquantized)
-            if self.artifact.unquantized:
+            if len(self.artifact.unquantized) == len(self.artifact.tensors):
+                self.scheme_warning = (f"the artifact {quantized} equals the FP model in every "
+                                       "tensor: nothing in it is quantized, so no quantization "
+                                       "damage can be measured")
+                announce(f"quantfair: warning: {self.scheme_warning}")
+            elif self.artifact.unquantized:
                 announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
                          "tensor(s) as in the FP model, e.g. "
                          f"{', '.join(self.artifact.unquantized[:3])}")

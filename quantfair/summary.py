@@ -154,6 +154,8 @@ def summarize(report: dict) -> dict:
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
+    if warning := model.get("scheme_warning"):  # what was measured is not what it seems
+        sentences.append(f"Warning: {warning}.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

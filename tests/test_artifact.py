@@ -245,6 +245,18 @@ def test_an_artifact_of_another_model_stops_the_run_as_a_usage_error(pytester, t
         "tiny-llama: it has architecture gpt2, the model's is llama")
 
 
+def test_an_artifact_equal_to_the_fp_model_is_said_to_measure_nothing(tmp_path):
+    _save_quantized("tiny-llama", tmp_path / "quantized")
+    loaded = load_model("tiny-llama")
+    loaded.model.save_pretrained(tmp_path / "fp")
+    loaded.tokenizer.save_pretrained(tmp_path / "fp")
+    said = []
+    session = AuditSession(_config("tiny-llama", str(tmp_path / "fp")), announce=said.append)
+    assert "equals the FP model in every tensor" in session.scheme_warning
+    assert f"quantfair: warning: {session.scheme_warning}" in said
+    assert _session(_config("tiny-llama", str(tmp_path / "quantized"))).scheme_warning == ""
+
+
 def test_a_suggestion_is_kept_per_artifact_file_not_per_label(tmp_path):
     from quantfair.suggest import Suggestion, load_suggestion, no_suggestion, save
 

@@ -128,6 +128,15 @@ def test_a_random_weight_model_is_said_to_test_the_machinery_only():
     assert warning in render_html({**random, "summary": summarize(random)})
 
 
+def test_a_scheme_warning_reaches_the_summary_and_the_html():
+    plain, warned = report(), report()
+    warned["model"]["scheme_warning"] = "gguf:Q4_1 re-quantizes weights dequantized from Q4_1"
+    assert not any(s.startswith("Warning:") for s in summarize(plain)["sentences"])
+    sentence = "Warning: gguf:Q4_1 re-quantizes weights dequantized from Q4_1."
+    assert summarize(warned)["sentences"][1] == sentence
+    assert sentence in render_html({**warned, "summary": summarize(warned)})
+
+
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
