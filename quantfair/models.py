@@ -143,6 +143,9 @@ def _gguf_header(path: Path) -> dict:
             reader = GGUFReader(path)
             field = reader.fields.get("general.architecture")
             architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
+        except PermissionError:
+            raise QuantfairError(f"{path}: permission denied (not readable by this user)"
+                                 ) from None
         except Exception as error:  # any parse failure of these foreign bytes means damaged
             raise QuantfairError(
                 f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "

@@ -249,6 +249,23 @@ def test_a_truncated_gguf_is_one_line(tmp_path, keep):
     one_line_error(run_cli("inspect", str(cut)), str(cut), "truncated")
 
 
+def test_a_gguf_the_user_may_not_read_is_said_to_be_so_not_damaged(tmp_path, monkeypatch):
+    import gguf
+
+    from quantfair.models import gguf_tensors
+
+    path = _small_gguf(tmp_path / "model.gguf")
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+
+    def refuse(*args, **kwargs):  # chmod 000 does not stop root, who runs these tests
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(gguf, "GGUFReader", refuse)
+    with pytest.raises(QuantfairError, match="permission denied") as error:
+        gguf_tensors(path)
+    assert "damaged" not in str(error.value)
+
+
 def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_tiny):
     bare = tmp_path / "bare"
     bare.mkdir()
