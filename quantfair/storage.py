@@ -37,7 +37,7 @@ def _variable_for(path: Path) -> str:
     for variable in CACHE_VARIABLES:
         value = os.environ.get(variable)
         if value and Path(path).is_relative_to(value):
-            return f"{variable}={value}"
+            return f"{variable} (now {value})"
     return "QUANTFAIR_CACHE_DIR (unset: ~/.cache/quantfair)"
 
 
@@ -49,7 +49,7 @@ def cache_writes(path: Path) -> Iterator[None]:
     except OSError as error:
         raise QuantfairError(
             f"cannot write the quantfair cache at {path} ({why_unwritable(path, error)}); "
-            f"point {_variable_for(path)} to a writable directory"
+            f"set {_variable_for(path)} to a writable directory"
         ) from None
 
 

@@ -360,7 +360,9 @@ def test_a_cache_dir_that_is_a_file_is_one_line_and_reads_still_run(tmp_path, ok
     blocker.write_text("")
     env = {"QUANTFAIR_CACHE_DIR": str(blocker), "QUANTFAIR_RESULTS_DIR": ""}
     one_line_error(run_cli("measure", "tiny-gpt2", "--corpus", str(ok_corpus), env=env),
-                   f"{blocker} is not a directory", "QUANTFAIR_CACHE_DIR", after_work=True)
+                   f"{blocker} is not a directory",
+                   f"set QUANTFAIR_CACHE_DIR (now {blocker}) to a writable directory",
+                   after_work=True)
     assert run_cli("inspect", "tiny-gpt2", env=env).returncode == 0
     assert run_cli("corpus", "--model", "tiny-gpt2", "--corpus", str(ok_corpus),
                    env=env).returncode == 0
