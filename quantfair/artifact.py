@@ -18,6 +18,7 @@ from quantfair.export import gguf_names
 from quantfair.models import (
     FLOAT_TYPES,
     LoadedModel,
+    file_sha256,
     gguf_architecture,
     gguf_checkpoint,
     gguf_tensors,
@@ -46,24 +47,27 @@ class Artifact:
     unquantized: list[str]  # parameters bitwise equal to the FP reference
     tensors: dict[str, torch.Tensor]
     bits: dict[str, float]  # parameter -> bits per weight as the file stores it
+    file_sha256: str | None = None  # of a GGUF file's bytes, as `sha256sum` prints it
 
     def provenance(self) -> dict:
         """The report's `artifact` block."""
         return {"label": self.scheme.artifact or self.scheme.name, "scheme": self.scheme.name,
-                "source": self.source, "weight_hash": self.weight_hash,
-                "type_mix": self.type_mix, "unquantized": self.unquantized}
+                "source": self.source, "file_sha256": self.file_sha256,
+                "weight_hash": self.weight_hash, "type_mix": self.type_mix,
+                "unquantized": self.unquantized}
 
 
 def _read(spec: str):
     """(model, tokenizer, source, type mix, safetensors dtypes: `_safetensors_dtypes`, empty
-    but for a safetensors directory) of `spec`; raises QuantfairError when the files are
-    missing or leave model weights uninitialised."""
+    but for a safetensors directory, the sha256 of a GGUF file or None) of `spec`; raises
+    QuantfairError when the files are missing or leave model weights uninitialised."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(spec)
     kwargs: dict = {}
     dtypes: dict[str, str] = {}
+    sha256 = None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"--quantized {spec}: no such GGUF file")
@@ -77,7 +81,9 @@ def _read(spec: str):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        location = location or str(gguf_checkpoint(path))
+        if location is None:
+            sha256 = file_sha256(path)
+            location = str(gguf_checkpoint(path, sha256))
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch.float32, output_loading_info=True, **kwargs)
         tokenizer = load_tokenizer(location, **kwargs)
@@ -90,7 +96,7 @@ def _read(spec: str):
         first = sorted(info["missing_keys"])[0]
         raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")
     source = str(path.resolve()) if path.exists() else f"Hugging Face cache: {spec}"
-    return model, tokenizer, source, type_mix, dtypes
+    return model, tokenizer, source, type_mix, dtypes, sha256
 
 
 def _safetensors_dtypes(folder: Path) -> dict[str, str]:
@@ -219,7 +225,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     a parameter in an integer type, or when its weights are too far from the model's to be
     their quantization (`_unlike`)."""
     _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
-    model, tokenizer, source, type_mix, dtypes = _read(spec)
+    model, tokenizer, source, type_mix, dtypes, sha256 = _read(spec)
     mismatch = _first_mismatch(reference, model, tokenizer)
     if mismatch:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
@@ -241,4 +247,4 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
     return Artifact(scheme, source, weights_hash(model), type_mix,
-                    unquantized, tensors, _stored_bits(spec, reference, dtypes))
+                    unquantized, tensors, _stored_bits(spec, reference, dtypes), sha256)

@@ -208,7 +208,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
           f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
     if session.artifact:
         artifact = session.artifact
-        print(f"artifact: {artifact.source}  hash: {artifact.weight_hash[:16]}  types: "
+        print(f"artifact: {artifact.source}  "
+              + (f"sha256: {artifact.file_sha256}  " if artifact.file_sha256 else "")
+              + f"tensors hash: {artifact.weight_hash[:16]}  types: "
               + ", ".join(f"{kind} {n}" for kind, n in sorted(artifact.type_mix.items())))
     print(_table(["strategy", "lang", "ppl fp", "ppl q", "bits/byte q", "tok/char",
                   "degradation", "seed disparity", "disparity [95% CI]"], rows))

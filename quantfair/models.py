@@ -318,18 +318,23 @@ def _embedded(spec: str) -> LoadedModel:
                        gguf_types=gguf_type_mix(gguf_path))
 
 
-def gguf_checkpoint(path: Path) -> Path:
-    """A plain safetensors checkpoint (fp32 weights, config, tokenizer) of the GGUF file
-    `path`, dequantized once and kept under the cache (`gguf-checkpoints/`, 4 bytes per
-    parameter): transformers parses a GGUF's metadata in Python on every load (about a minute
-    for Gemma 3's 262k-token vocabulary), the copy loads in seconds. Keyed by the sha256 of
-    the file's bytes, so a rewritten file is never read from an older copy. Raises
-    QuantfairError when the cache cannot be written."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), as `sha256sum` prints it."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 24):
             digest.update(chunk)
-    cached = cache_root() / "gguf-checkpoints" / digest.hexdigest()[:24]
+    return digest.hexdigest()
+
+
+def gguf_checkpoint(path: Path, sha256: str | None = None) -> Path:
+    """A plain safetensors checkpoint (fp32 weights, config, tokenizer) of the GGUF file
+    `path`, dequantized once and kept under the cache (`gguf-checkpoints/`, 4 bytes per
+    parameter): transformers parses a GGUF's metadata in Python on every load (about a minute
+    for Gemma 3's 262k-token vocabulary), the copy loads in seconds. Keyed by the sha256 of
+    the file's bytes (`sha256`, computed unless given), so a rewritten file is never read from
+    an older copy. Raises QuantfairError when the cache cannot be written."""
+    cached = cache_root() / "gguf-checkpoints" / (sha256 or file_sha256(path))[:24]
     _convert_once(path, cached)
     return cached
 

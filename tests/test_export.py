@@ -3,6 +3,7 @@ arguments for llama-quantize and transformers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -77,6 +78,9 @@ def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
     for name, param in bank.params.items():
         assert torch.equal(loaded_back[name], param.detach()), name
     assert any(not torch.equal(bank.fp[n], p) for n, p in bank.params.items())
+    # The report names the file by the digest sha256sum prints for it.
+    assert pair.artifact.provenance()["file_sha256"] == hashlib.sha256(
+        output.read_bytes()).hexdigest()
 
 
 def test_protect_as_f16_stores_the_protected_matrices_in_half_precision(f32_gguf, tmp_path,
@@ -431,7 +435,7 @@ def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
         write()
     writer.close()
 
-    def converted(source):
+    def converted(source, *args):
         raise AssertionError(f"{source} was dequantized")
 
     monkeypatch.setattr("quantfair.artifact.gguf_checkpoint", converted)

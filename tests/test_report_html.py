@@ -141,10 +141,12 @@ def test_the_html_names_the_audited_artifact_by_hash_and_tensor_types():
     built = report()
     built["model"]["artifact"] = {
         "label": "rc1", "scheme": "artifact:rc1", "source": "/releases/model-q51.gguf",
-        "weight_hash": "86cb73c77fa97811", "type_mix": {"F32": 68, "Q5_1": 203, "Q8_0": 1},
+        "file_sha256": "5b0f" * 16, "weight_hash": "86cb73c77fa97811",
+        "type_mix": {"F32": 68, "Q5_1": 203, "Q8_0": 1},
         "unquantized": [f"model.norm{i}.weight" for i in range(7)]}
     page = render_html({**built, "summary": summarize(built)})
     assert "/releases/model-q51.gguf (label rc1)" in page and "86cb73c77fa97811" in page
+    assert "5b0f" * 16 in page
     assert ("Q5_1 203, F32 68, Q8_0 1; 7 tensor(s) as in the FP model: model.norm0.weight, "
             "model.norm1.weight, model.norm2.weight, model.norm3.weight, model.norm4.weight, "
             "...") in page
