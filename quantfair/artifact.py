@@ -25,6 +25,7 @@ from quantfair.models import (
     gguf_type_mix,
     load_tokenizer,
     non_finite_parameter,
+    remove_gguf_checkpoint,
     weights_hash,
 )
 from quantfair.quantize import type_bits
@@ -223,28 +224,38 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     Raises UsageError (one line, naming the first mismatch) when its architecture, a tensor's
     presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
     a parameter in an integer type, or when its weights are too far from the model's to be
-    their quantization (`_unlike`)."""
+    their quantization (`_unlike`); the converted copy of a GGUF file refused so is removed
+    (4 bytes per parameter of the cache, of no further use)."""
     _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
     model, tokenizer, source, type_mix, dtypes, sha256 = _read(spec)
-    mismatch = _first_mismatch(reference, model, tokenizer)
-    if mismatch:
-        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
-                         f"{mismatch}")
-    fp_params = dict(reference.model.named_parameters())
-    integer = _integer_parameter(dtypes, fp_params)
-    if integer:
-        raise UsageError(f"--quantized {spec}: tensor {integer} is stored in an integer type; "
-                         "packed checkpoints (GPTQ, AWQ, bitsandbytes) are not read: save a "
-                         "dequantized copy in a float type")
-    if name := non_finite_parameter(model):
-        raise UsageError(f"--quantized {spec}: tensor {name} holds NaN or infinite values (a "
-                         "damaged file?)")
     tensors = {name: param.detach() for name, param in model.named_parameters()}
-    unlike = _unlike(reference, tensors)
-    if unlike:
-        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
-                         f"{unlike}")
+    refusal = _refusal(spec, reference, model, tokenizer, dtypes, tensors)
+    if refusal:
+        if sha256 is not None:
+            remove_gguf_checkpoint(sha256)
+        raise UsageError(refusal)
+    fp_params = dict(reference.model.named_parameters())
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
     return Artifact(scheme, source, weights_hash(model), type_mix,
                     unquantized, tensors, _stored_bits(spec, reference, dtypes), sha256)
+
+
+def _refusal(spec: str, reference: LoadedModel, model, tokenizer, dtypes: dict[str, str],
+             tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why the artifact read from `spec` cannot be audited against `reference` (`load_artifact`),
+    or None."""
+    mismatch = _first_mismatch(reference, model, tokenizer)
+    if mismatch:
+        return f"--quantized {spec} does not pair with {reference.name}: it has {mismatch}"
+    integer = _integer_parameter(dtypes, dict(reference.model.named_parameters()))
+    if integer:
+        return (f"--quantized {spec}: tensor {integer} is stored in an integer type; packed "
+                "checkpoints (GPTQ, AWQ, bitsandbytes) are not read: save a dequantized copy in "
+                "a float type")
+    if name := non_finite_parameter(model):
+        return f"--quantized {spec}: tensor {name} holds NaN or infinite values (a damaged file?)"
+    unlike = _unlike(reference, tensors)
+    if unlike:
+        return f"--quantized {spec} does not pair with {reference.name}: it has {unlike}"
+    return None

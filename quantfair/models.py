@@ -334,9 +334,18 @@ def gguf_checkpoint(path: Path, sha256: str | None = None) -> Path:
     for Gemma 3's 262k-token vocabulary), the copy loads in seconds. Keyed by the sha256 of
     the file's bytes (`sha256`, computed unless given), so a rewritten file is never read from
     an older copy. Raises QuantfairError when the cache cannot be written."""
-    cached = cache_root() / "gguf-checkpoints" / (sha256 or file_sha256(path))[:24]
+    cached = _checkpoint_folder(sha256 or file_sha256(path))
     _convert_once(path, cached)
     return cached
+
+
+def _checkpoint_folder(sha256: str) -> Path:
+    return cache_root() / "gguf-checkpoints" / sha256[:24]
+
+
+def remove_gguf_checkpoint(sha256: str) -> None:
+    """Remove the converted copy (`gguf_checkpoint`) of the GGUF file whose sha256 is given."""
+    shutil.rmtree(_checkpoint_folder(sha256), ignore_errors=True)
 
 
 def _convert_once(gguf_path: Path, cached: Path) -> None:

@@ -425,6 +425,25 @@ def test_export_of_the_embedded_model_reloads_as_the_audited_weights(tmp_path):
         assert torch.equal(loaded_back[name], param.detach()), name
 
 
+def test_a_refused_gguf_artifact_leaves_no_converted_copy(f32_gguf, tmp_path, monkeypatch,
+                                                          capsys):
+    """The copy an artifact is dequantized into costs 4 bytes per parameter of the cache: one
+    refused after converting (here, a NaN) is removed."""
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024
+    model = _from_config(config)
+    with torch.no_grad():
+        dict(model.named_parameters())["transformer.h.1.mlp.c_fc.weight"][0, 0] = float("nan")
+    damaged = tmp_path / "damaged.gguf"
+    _write_gpt2(model, damaged, "F32", embedding="F32")
+    assert main(["measure", str(f32_gguf), "--quantized", str(damaged), "--languages", "en,de",
+                 "--units", "1"]) == 2
+    assert "holds NaN or infinite values" in capsys.readouterr().err
+    copies = tmp_path / "cache" / "gguf-checkpoints"
+    assert not (copies / hashlib.sha256(damaged.read_bytes()).hexdigest()[:24]).exists()
+
+
 def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
     """A GGUF file of `architecture` with one tensor; converting any file to a checkpoint
     fails the test from here on."""
