@@ -205,7 +205,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
              f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.4g}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
-          f"units: {len(session.corpus.units)}  corpus: {session.corpus.digest()}")
+          f"units: {len(session.corpus.units)}  texts digest: {session.corpus.digest()}")
     if session.artifact:
         artifact = session.artifact
         print(f"artifact: {artifact.source}  "

@@ -77,8 +77,8 @@ LANGUAGES_HELP = ("comma-separated language codes and selectors (script:Arab, cl
                   "family:Semitic), or all; en is always added")
 
 OPTIONS = {option.name: option for option in (
-    Option("model", "model to audit: smollm2-135m, gemma3-270m, a Hugging Face id, a local "
-                    "directory or a .gguf file"),
+    Option("model", "model (the FP reference): smollm2-135m, gemma3-270m, a Hugging Face id, "
+                    "a local directory or a .gguf file"),
     Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel, gguf:Q4_0 "
                     f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
     Option("embedding-type", "type of the token embedding and output head under a gguf: scheme: "
