@@ -58,17 +58,17 @@ class Artifact:
                 "unquantized": self.unquantized}
 
 
-def _read(spec: str):
+def _read(spec: str, sha256: str | None):
     """(model, tokenizer, source, type mix, safetensors dtypes: `_safetensors_dtypes`, empty
-    but for a safetensors directory, the sha256 of a GGUF file or None) of `spec`; raises
-    QuantfairError when the files are missing or leave model weights uninitialised."""
+    but for a safetensors directory) of `spec` (a GGUF file's `sha256` keys its converted
+    copy); raises QuantfairError when the files are missing or leave model weights
+    uninitialised."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(spec)
     kwargs: dict = {}
     dtypes: dict[str, str] = {}
-    sha256 = None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"--quantized {spec}: no such GGUF file")
@@ -82,9 +82,7 @@ def _read(spec: str):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        if location is None:
-            sha256 = file_sha256(path)
-            location = str(gguf_checkpoint(path, sha256))
+        location = location or str(gguf_checkpoint(path, sha256))
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch.float32, output_loading_info=True, **kwargs)
         tokenizer = load_tokenizer(location, **kwargs)
@@ -97,7 +95,7 @@ def _read(spec: str):
         first = sorted(info["missing_keys"])[0]
         raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")
     source = str(path.resolve()) if path.exists() else f"Hugging Face cache: {spec}"
-    return model, tokenizer, source, type_mix, dtypes, sha256
+    return model, tokenizer, source, type_mix, dtypes
 
 
 def _safetensors_dtypes(folder: Path) -> dict[str, str]:
@@ -224,16 +222,21 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     Raises UsageError (one line, naming the first mismatch) when its architecture, a tensor's
     presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
     a parameter in an integer type, or when its weights are too far from the model's to be
-    their quantization (`_unlike`); the converted copy of a GGUF file refused so is removed
-    (4 bytes per parameter of the cache, of no further use)."""
+    their quantization (`_unlike`), and QuantfairError when it cannot be read. The converted
+    copy of a GGUF file refused (4 bytes per parameter of the cache) is removed."""
     _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
-    model, tokenizer, source, type_mix, dtypes, sha256 = _read(spec)
-    tensors = {name: param.detach() for name, param in model.named_parameters()}
-    refusal = _refusal(spec, reference, model, tokenizer, dtypes, tensors)
-    if refusal:
-        if sha256 is not None:
+    path = Path(spec)
+    sha256 = file_sha256(path) if path.suffix == ".gguf" and path.is_file() else None
+    try:
+        model, tokenizer, source, type_mix, dtypes = _read(spec, sha256)
+        tensors = {name: param.detach() for name, param in model.named_parameters()}
+        refusal = _refusal(spec, reference, model, tokenizer, dtypes, tensors)
+        if refusal:
+            raise UsageError(refusal)
+    except QuantfairError:
+        if sha256 is not None:  # its converted copy is of no further use
             remove_gguf_checkpoint(sha256)
-        raise UsageError(refusal)
+        raise
     fp_params = dict(reference.model.named_parameters())
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]

@@ -442,6 +442,7 @@ def test_a_refused_gguf_artifact_leaves_no_converted_copy(f32_gguf, tmp_path, mo
     assert "holds NaN or infinite values" in capsys.readouterr().err
     copies = tmp_path / "cache" / "gguf-checkpoints"
     assert not (copies / hashlib.sha256(damaged.read_bytes()).hexdigest()[:24]).exists()
+    assert copies.is_dir()  # where the copy was made
 
 
 def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
