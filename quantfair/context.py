@@ -51,6 +51,7 @@ class AuditContext:
                 "artifact": self.session.artifact.provenance() if self.session.artifact else None,
                 "layers": self.session.resolver().layers,
                 "parameters": sum(c.numel for c in bank.parts.values()),
+                "vocabulary": getattr(loaded.model.get_output_embeddings(), "out_features", None),
                 "layer_variance": {str(k): v for k, v in self.layer_variance().items()},
                 "layer_statistics": {str(k): v for k, v in self.layer_statistics().items()}}
 

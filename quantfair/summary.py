@@ -156,6 +156,14 @@ def summarize(report: dict) -> dict:
                          "finding about a trained model is expected to hold on it.")
     if warning := model.get("scheme_warning"):  # what was measured is not what it seems
         sentences.append(f"Warning: {warning}.")
+    english = next((r for r in main_rows(report, "none") if r["language"] == REFERENCE), {})
+    if model.get("vocabulary") and (english.get("ppl_q") or 0) > model["vocabulary"]:
+        sentences.append(
+            f"Warning: {settings.get('scheme')} breaks this model: English's perplexity under "
+            f"it, {english['ppl_q']:.3g}, is above the vocabulary's size "
+            f"({model['vocabulary']:,}), which guessing uniformly reaches. Its disparities "
+            "compare damage to a broken model: a protection can lower them while every "
+            "language gets worse.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -151,6 +152,19 @@ def test_the_html_names_the_audited_artifact_by_hash_and_tensor_types():
             "model.norm1.weight, model.norm2.weight, model.norm3.weight, model.norm4.weight, "
             "...") in page
     assert "artifact hash" not in render_html({**report(), "summary": summarize(report())})
+
+
+def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_break_it():
+    english = next(r for r in report()["measurements"]
+                   if r["strategy"] == "none" and r["language"] == "en")
+    sane, broken = report(), report()
+    sane["model"]["vocabulary"] = math.ceil(english["ppl_q"])  # guessing does no better
+    broken["model"]["vocabulary"] = math.floor(english["ppl_q"])
+    said = "Warning: int4 breaks this model: English's perplexity under it"
+    assert not any(said in s for s in summarize(sane)["sentences"])
+    assert not any(said in s for s in summarize(report())["sentences"])  # vocabulary unknown
+    assert any(said in s for s in summarize(broken)["sentences"])
+    assert said in render_html({**broken, "summary": summarize(broken)}).replace("&#39;", "'")
 
 
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
