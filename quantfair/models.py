@@ -23,7 +23,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
-from quantfair.storage import cache_writes, shared_json
+from quantfair.storage import cache_writes, file_stamp, shared_json
 from quantfair.taxonomy import family_of
 from quantfair.tensorfile import is_whole
 
@@ -156,8 +156,7 @@ def _gguf_header(path: Path) -> dict:
                                      "end": int(t.data_offset) + int(t.n_bytes)}
                             for t in reader.tensors}}
 
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    key = hashlib.sha256(f"{path.resolve()}|{file_stamp(path)}".encode())
     return shared_json(cache_root() / "gguf-headers" / f"{key.hexdigest()[:24]}.json", parse)
 
 

@@ -32,6 +32,13 @@ def json_safe(value):
     return value
 
 
+def file_stamp(path: Path) -> str:
+    """A file's size and modification time in ns ("size|mtime_ns"): what changes when it is
+    rewritten or edited in place, read without reading its bytes."""
+    stat = path.stat()
+    return f"{stat.st_size}|{stat.st_mtime_ns}"
+
+
 def _variable_for(path: Path) -> str:
     """The environment variable that put `path` where it is."""
     for variable in CACHE_VARIABLES:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from quantfair.storage import atomic_file, atomic_write
+from quantfair.storage import atomic_file, atomic_write, file_stamp
 
 __all__ = ["map_tensors", "write_tensors", "cached_tensors", "remove_tensors", "scratch"]
 
@@ -64,11 +64,6 @@ def _record(path: Path) -> Path:
     return path.with_name(f".{path.name}.written")
 
 
-def _stat(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size} {stat.st_mtime_ns}"
-
-
 def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
     """Whether `path` is a whole file of `layout`'s tensors as `write_tensors` writes it, not
     changed since (its header, its length, and its size and modification time against the
@@ -81,7 +76,7 @@ def _intact(path: Path, layout: dict[str, torch.Tensor]) -> bool:
             found = handle.read(len(head))
             size = os.fstat(handle.fileno()).st_size
         recorded = _record(path).read_text()
-        return found == head and size == len(head) + data and recorded == _stat(path)
+        return found == head and size == len(head) + data and recorded == file_stamp(path)
     except OSError:
         return False
 
@@ -133,7 +128,7 @@ def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
                           "of other tensors, or by an older quantfair): writing it again",
                           file=sys.stderr)
                 write_tensors(path, layout, produce)
-                atomic_write(_record(path), _stat(path).encode())
+                atomic_write(_record(path), file_stamp(path).encode())
     return map_tensors(path)
 
 
