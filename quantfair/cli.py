@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from quantfair.config import (
     LANGUAGES_HELP,
     OPTIONS,
+    REFERENCE,
     RunConfig,
     add_options,
     check_folder_writable,
@@ -304,7 +305,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         config.check_search(args.calibration_units, budget)
 
     session = _session(args, searchable)
-    from quantfair.suggest import fairer_than_none, less_fair_than_none, suggest
+    from quantfair.suggest import (
+        fairer_than_none,
+        less_fair_than_none,
+        raises_english_damage,
+        suggest,
+    )
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
@@ -352,6 +358,15 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             print(f"warning: on the audit units the suggestion is significantly less fair than "
                   f"no protection ({' and '.join(worse)} disparity): the calibration units "
                   "misled the search; keep none, or search on more --calibration-units")
+        suggested, none = result.comparison[0], result.comparison[1]
+        if raises_english_damage(suggested):
+            rise = suggested["english_vs_none"]
+            print(f"warning: on the audit units the suggestion raises {REFERENCE}'s degradation "
+                  f"from {100 * none['english_degradation']:.1f}% (none) to "
+                  f"{100 * suggested['english_degradation']:.1f}% (95% CI of the rise "
+                  f"[{100 * rise['low']:.1f}, {100 * rise['high']:.1f}] points); the search "
+                  "kept it from growing on its calibration units only: search on more "
+                  "--calibration-units")
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")

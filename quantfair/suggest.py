@@ -614,13 +614,15 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
     measured = {label: [session.measure(s) for s in strategies]
                 for label, strategies in selectors.items()}
     draws = {label: _averaged(m) for label, m in measured.items()}
+    english = {label: _english_degradation(m) for label, m in measured.items()}
     comparison = []
     for label, strategies in selectors.items():
         row = {"label": label, "strategies": strategies,
                "overhead": float(np.mean([session.overhead(s).fraction for s in strategies])),
                "storable": storable(strategies),
-               "english_degradation": float(np.mean(
-                   [m.degradation()[REFERENCE].value for m in measured[label]]))}
+               "english_degradation": english[label][0]}
+        if label != "none":
+            row["english_vs_none"] = _difference((*english[label], ""), (*english["none"], ""))
         for name in ("mean", "worst"):
             row[f"{name}_disparity"] = _estimate(draws[label][name])
             if label != "suggested":
@@ -630,6 +632,20 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
                 row[f"{name}_vs_none"] = _difference(draws[label][name], draws["none"][name])
         comparison.append(row)
     return comparison
+
+
+def _english_degradation(measurements) -> tuple[float, np.ndarray]:
+    """English's degradation (ppl_q / ppl_fp - 1) averaged over `measurements`, over the shared
+    bootstrap resamples."""
+    value, samples = zip(*[m.draws("degradation")[:2] for m in measurements], strict=True)
+    ref = measurements[0].ref
+    return float(np.mean([v[ref] for v in value])), np.mean([s[ref] for s in samples], axis=0)
+
+
+def raises_english_damage(row: dict) -> bool:
+    """Whether `row` of `compare_on_audit_units` significantly raises English's degradation
+    over no protection (the 95% CI of it - none above 0)."""
+    return _vs_none(row, "english", "low") > 0
 
 
 def fairer_than_none(comparison: list[dict]) -> str:

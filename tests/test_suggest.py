@@ -29,11 +29,13 @@ from quantfair.suggest import (
     _difference,
     budget_selectors,
     calibration_score,
+    compare_on_audit_units,
     confirmation_pool,
     fairer_than_none,
     less_fair_than_none,
     load_suggestion,
     no_suggestion,
+    raises_english_damage,
     save,
     search_pool,
     search_units,
@@ -552,6 +554,49 @@ def test_the_selectors_fairer_than_none_are_those_whose_ci_lies_below_0():
     assert interval_text(_difference(defined, (1.0, draws - 1, ""))) == "1.000 [1.000, 1.000]"
     assert interval_text(_difference(defined, undefined)) == "undefined"
     assert interval_text(_difference(undefined, defined)) == "undefined"
+
+
+def test_englishs_damage_on_the_audit_units_is_compared_with_none(tiny_models):
+    """Each row's English degradation minus none's, paired over the audit units' resamples:
+    the search keeps English's damage from growing on its calibration units only."""
+    session = session_for(tiny_models["tiny-llama"], units=6)
+    comparison = {row["label"]: row for row in compare_on_audit_units(session, "L0", 0.4)}
+    none, kept = comparison["none"]["english_degradation"], comparison["suggested"]
+    rise = kept["english_vs_none"]
+    assert rise["value"] == pytest.approx(kept["english_degradation"] - none, abs=1e-9)
+    assert rise["low"] <= rise["value"] <= rise["high"] and rise["low"] < rise["high"]
+    assert "english_vs_none" not in comparison["none"]
+    assert raises_english_damage(kept) == (rise["low"] > 0)
+
+
+def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about(
+        tiny_models, monkeypatch, capsys):
+    disparity = {"value": 2.0, "low": 1.5, "high": 2.5}
+    rows = [{"label": label, "strategies": [label], "overhead": 0.1, "storable": True,
+             "mean_disparity": disparity, "worst_disparity": disparity,
+             "english_degradation": degradation,
+             "english_vs_none": {"value": degradation - 1.06, "low": low, "high": 0.08}}
+            for label, degradation, low in (("suggested", 1.109, 0.012), ("none", 1.06, 0))]
+    del rows[1]["english_vs_none"]
+    suggestion = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0, comparison=rows)
+    monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
+    assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
+                 "--units", "4"]) == 0
+    assert ("warning: on the audit units the suggestion raises en's degradation from 106.0% "
+            "(none) to 110.9% (95% CI of the rise [1.2, 8.0] points)") in capsys.readouterr().out
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    report["suggestion"] = suggestion.to_json()
+    warning = "the suggestion raises English's degradation over no protection by 4.9 points"
+    assert f"{warning} [95% CI 1.2, 8.0]" in render_html(report)
+    rows[0]["english_vs_none"]["low"] = -0.01  # a rise within noise
+    report["suggestion"] = suggestion.to_json()
+    assert warning not in render_html(report)
+    assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
+                 "--units", "4"]) == 0
+    assert "raises en's degradation" not in capsys.readouterr().out
 
 
 def test_a_step_raising_the_damage_is_marked_as_not_allowed(tiny_models):
