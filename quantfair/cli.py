@@ -29,8 +29,10 @@ from quantfair.errors import TERMINATED, QuantfairError, UsageError
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies
+from quantfair.summary import FEW_UNITS
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
+from quantfair.text import units_text
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -218,6 +220,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
     undefined = {r["undefined"] for r in records if r["undefined"]}
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
+    if set(session.corpus.languages) == {REFERENCE}:
+        print(f"note: disparities compare languages with {REFERENCE}, alone here (1 by "
+              f"definition); give another too, e.g. --languages {REFERENCE},de")
+    if len(session.corpus.units) < FEW_UNITS:
+        print(f"note: with {units_text(len(session.corpus.units))} per language the bootstrap "
+              f"CIs understate the uncertainty (no exact paired test reaches 5% below "
+              f"{FEW_UNITS} units): give more --units")
     for record in records:
         print()
         print(_distribution_block(record))

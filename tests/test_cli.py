@@ -262,6 +262,8 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
     assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
+    assert "note: with 3 units per language the bootstrap CIs understate" in first.stdout
+    assert "alone here" not in first.stdout
     written = json.loads(out.read_text())
     assert written["settings"]["device"] == "auto" and written["device"] == "cpu"
     records = written["records"]
@@ -280,6 +282,10 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     second = run_cli(*args)
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert json.loads(out.read_text())["records"] == records
+    english = run_cli(*args[:8], "--languages", "en", "--units", "6")
+    assert english.returncode == 0
+    assert "note: disparities compare languages with en, alone here" in english.stdout
+    assert "understate" not in english.stdout
 
 
 @pytest.mark.slow
