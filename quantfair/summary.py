@@ -171,7 +171,10 @@ def summarize(report: dict) -> dict:
         sentences.append("Hardest hit without protection: " + ", ".join(
             f"{w['name']} ({w['language']}) {w['disparity']:.2f}x English's damage"
             + (" (below 0: one of the two losses fell)" if w["disparity"] < 0 else "")
-            + _interval(w["low"], w["high"]) for w in worst) + ".")
+            + _interval(w["low"], w["high"])
+            + (" (includes 1: not shown to be hit harder than English)"
+               if w["low"] is not None and w["low"] <= 1 <= w["high"] else "")
+            for w in worst) + ".")
     recommended = {r["language"]: r for r in main_rows(report, RECOMMENDED)}
     if recommended and worst:
         first = recommended.get(worst[0]["language"])

@@ -100,6 +100,15 @@ def test_summary_puts_the_worst_languages_and_the_findings_first():
     assert "Hebrew is at 2.00x" in text  # under the recommended strategy
 
 
+def test_a_hardest_hit_language_whose_ci_includes_1_is_said_not_to_be_shown_harder_hit(
+        monkeypatch):
+    monkeypatch.setitem(DAMAGE["none"], "de", 1.0)  # as much damage as English's
+    text = " ".join(report()["summary"]["sentences"])
+    assert re.search(r"German \(de\) 1\.00x English's damage \[95% CI [0-9.]+, [0-9.]+\] "
+                     r"\(includes 1: not shown to be hit harder than English\)\.", text)
+    assert text.count("includes 1") == 1  # not Hebrew's or Arabic's
+
+
 def test_a_negative_disparity_is_said_to_be_one_loss_falling(monkeypatch):
     """Hebrew's NLL falls under quantization while English's rises: not "-2x the damage"
     left unexplained."""
