@@ -66,21 +66,35 @@ def _families() -> str:
                      for family, names in sorted(branches.items()))
 
 
+# ISO 15924 codes that name a combination or a variant of other scripts: Han (Hani) is
+# written in Hans and Hant, and with kana in Jpan, with Hangul in Kore.
+SCRIPT_PARTS = {"Hans": {"Hani"}, "Hant": {"Hani"}, "Jpan": {"Hani", "Hira", "Kana"},
+                "Kore": {"Hani", "Hang"}}
+
+
+def _scripts(lang: Language) -> set[str]:
+    """The ISO 15924 codes `script:` selects `lang` by, lower case: its script's own and
+    those of the scripts it combines (`Jpan`: jpan, hani, hira, kana)."""
+    return {lang.script.lower()} | {s.lower() for s in SCRIPT_PARTS.get(lang.script, ())}
+
+
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
     """Codes of the languages with metadata that `selector` names, in metadata order:
-    `script:Arab` (ISO 15924, any case), `class:0-2` or `class:5` (Joshi et al.),
-    `family:Semitic` (a family or its branch, any case; the kind in any case too); only
-    those in `among` when given.
+    `script:Arab` (ISO 15924, any case; `script:Hani` takes Hans and Jpan too), `class:0-2`
+    or `class:5` (Joshi et al.), `family:Semitic` (a family or its branch, any case; the kind
+    in any case too); only those in `among` when given.
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     kind = kind.lower()
     pool = [lang for lang in LANGUAGES.values() if among is None or lang.code in among]
     if kind == "script":
-        scripts = sorted({lang.script for lang in LANGUAGES.values()})
+        scripts = sorted({lang.script for lang in LANGUAGES.values()}
+                         | {part for lang in LANGUAGES.values()
+                            for part in SCRIPT_PARTS.get(lang.script, ())})
         if value.lower() not in {s.lower() for s in scripts}:
             raise UsageError(f"unknown script '{value}' in --languages {selector}; "
                              f"scripts: {', '.join(scripts)}")
-        chosen = [lang for lang in pool if lang.script.lower() == value.lower()]
+        chosen = [lang for lang in pool if value.lower() in _scripts(lang)]
     elif kind == "class":
         low, _, high = value.partition("-")
         try:

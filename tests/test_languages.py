@@ -93,6 +93,9 @@ def test_unknown_languages_still_get_an_unknown_entry():
     ("family:semitic, de", ("en", "he", "ar", "ti", "de")),
     ("family:Afro-Asiatic (Semitic)", ("en", "he", "ar", "ti")),  # as `quantfair corpus` shows
     ("de,script:Hebr", ("en", "de", "he")),
+    ("script:Hani", ("en", "zh", "ja")),  # Hans and Jpan are written in Han (ISO 15924)
+    ("script:Kana", ("en", "ja")),
+    ("script:Hans", ("en", "zh")),
     ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
     ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),
     ("family:indo-european,family:Afro-Asiatic", None),
