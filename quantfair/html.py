@@ -115,8 +115,9 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
 
 
 def aggregates(report: dict, strategies: list[str]) -> list[dict]:
-    """Mean NLL disparity per script and per resource class, for each scorecard strategy
-    (languages with an undefined disparity or no metadata left out)."""
+    """Mean NLL disparity per script, language family (without its branch) and resource
+    class, for each scorecard strategy (English, and languages with an undefined disparity or
+    no metadata, left out)."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
@@ -124,6 +125,7 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
                 continue
             meta = language(r["language"])
             groups[("script", meta.script)][strategy].append(r["disparity"])
+            groups[("family", meta.family.partition(" (")[0])][strategy].append(r["disparity"])
             if meta.resource_class >= 0:
                 groups[("class", str(meta.resource_class))][strategy].append(r["disparity"])
     rows = []

@@ -306,11 +306,16 @@ def test_per_script_and_class_aggregates_average_their_languages():
     assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["6.00", "2.00"]
     assert [c["text"] for c in groups[("class", "5")]["cells"]] == ["2.25", "1.35"]
     assert groups[("class", "5")]["languages"] == 2 and ("script", "Latn") in groups
+    # he and ar (Afro-Asiatic, Semitic branch) 4.5 / 1.75; de alone Indo-European
+    assert [c["text"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == ["4.50", "1.75"]
+    assert groups[("family", "Indo-European")]["languages"] == 1
+    assert groups[("script", "Latn")]["languages"] == 1  # de: English is left out
     renamed = report()  # ar as a user corpus's language without metadata: left out
     renamed["measurements"] = [{**r, "language": "xx" if r["language"] == "ar" else
                                 r["language"]} for r in renamed["measurements"]]
     groups = {(g["kind"], g["value"]) for g in aggregates(renamed, ["none"])}
-    assert groups == {("script", "Hebr"), ("script", "Latn"), ("class", "3"), ("class", "5")}
+    assert groups == {("script", "Hebr"), ("script", "Latn"), ("class", "3"), ("class", "5"),
+                      ("family", "Afro-Asiatic"), ("family", "Indo-European")}
 
 
 def test_a_value_outside_its_interval_still_draws_the_forest():
