@@ -6,7 +6,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quantfair.errors import QuantfairError, UsageError
@@ -41,12 +41,24 @@ def _read_languages(path: Path = LANGUAGES_FILE) -> dict[str, Language]:
 
 
 LANGUAGES = _read_languages()
+_BY_ISO639_3 = {lang.iso639_3: lang for lang in LANGUAGES.values() if lang.iso639_3}
+_ORDER = {key: i for i, lang in enumerate(LANGUAGES.values())  # by key and ISO 639-3
+          for key in (lang.code, lang.iso639_3) if key}
 CLASSES = range(6)  # Joshi et al.'s classes 0..5
 
 
+def metadata(code: str) -> Language | None:
+    """The shipped metadata of `code`, a key of the shipped corpus (`he`) or the ISO 639-3
+    code of one of its languages (`heb`, as a user corpus may name it), under `code`; None
+    for a language the shipped metadata does not have."""
+    shipped = LANGUAGES.get(code) or _BY_ISO639_3.get(code)
+    return replace(shipped, code=code) if shipped else None
+
+
 def language(code: str) -> Language:
-    """Metadata for `code`; languages from a user corpus get an 'unknown' entry."""
-    return LANGUAGES.get(code, Language(code, code, "unknown", "unknown", -1))
+    """Metadata for `code` (see `metadata`); other languages of a user corpus get an
+    'unknown' entry."""
+    return metadata(code) or Language(code, code, "unknown", "unknown", -1)
 
 
 def _family_names(lang: Language) -> set[str]:
@@ -86,7 +98,9 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     kind = kind.lower()
-    pool = [lang for lang in LANGUAGES.values() if among is None or lang.code in among]
+    pool = list(LANGUAGES.values()) if among is None else sorted(
+        (lang for lang in map(metadata, dict.fromkeys(among)) if lang),
+        key=lambda lang: _ORDER[lang.code])
     if kind == "script":
         scripts = sorted({lang.script for lang in LANGUAGES.values()}
                          | {part for lang in LANGUAGES.values()

@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from quantfair import charts
-from quantfair.corpus import LANGUAGES, REFERENCE, language
+from quantfair.corpus import REFERENCE, language, metadata
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 from quantfair.text import experiment_span, units_text
 
@@ -121,7 +121,7 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
-            if r["language"] not in LANGUAGES:  # a user corpus's language without metadata
+            if metadata(r["language"]) is None:  # a user corpus's language without it
                 continue
             meta = language(r["language"])
             groups[("script", meta.script)][strategy].append(r["disparity"])

@@ -176,10 +176,10 @@ def language_metadata(codes) -> dict[str, dict]:
     """The shipped metadata (name, ISO 639-3, ISO 15924 script, family, Joshi et al.'s
     resource class) of each code that has it, by code: what the HTML's per-script and
     per-class tables group by."""
-    from quantfair.corpus import LANGUAGES  # reads the metadata file: only where used
+    from quantfair.corpus import metadata  # reads the metadata file: only where used
 
-    return {code: {k: v for k, v in asdict(LANGUAGES[code]).items() if k != "code"}
-            for code in sorted(set(codes)) if code in LANGUAGES}
+    return {code: {k: v for k, v in asdict(meta).items() if k != "code"}
+            for code in sorted(set(codes)) if (meta := metadata(code))}
 
 
 _last_stamp = datetime.min.replace(tzinfo=timezone.utc)

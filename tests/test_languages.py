@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from quantfair.config import parse_languages
 from quantfair.corpus import DATA_FILE, LANGUAGES, LANGUAGES_FILE, language, load_corpus
 from quantfair.errors import UsageError
+from quantfair.report import language_metadata
 
 TAXONOMY_FILE = Path(LANGUAGES_FILE).with_name("joshi2020_lang2tax.txt")
 # The sixteen languages of the first corpus, with the classes Joshi et al. (2020) give them.
@@ -125,6 +127,11 @@ def test_class_ranges_are_inclusive_and_english_stays_first():
 
 def test_selectors_within_a_corpus_keep_to_its_languages():
     assert parse_languages("script:Hebr", ["en", "he", "xx"]) == ("en", "he")
+    # a user corpus naming languages by ISO 639-3 code gets their metadata, in its own codes
+    assert parse_languages("family:Semitic", ["eng", "en", "arb", "heb", "xx"]) == (
+        "en", "heb", "arb")
+    assert language("heb") == replace(language("he"), code="heb")
+    assert language_metadata(["heb", "xx"]) == {"heb": language_metadata(["he"])["he"]}
     with pytest.raises(UsageError, match="selects no language of this corpus"):
         parse_languages("script:Arab", ["en", "he", "xx"])
 
