@@ -83,6 +83,7 @@ from quantfair.report import interval_text, searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_safe
+from quantfair.text import plural
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
 REPAIR = 0.5  # a protection removing at least this share of the damage repairs the model
@@ -347,7 +348,8 @@ class Search:
         `run`), of several such the one scoring lowest; what follows may not undo it."""
         trace, number = [], first_step
         while candidates := options(chosen):
-            self.phase(f"{phase} step {number}, {len(candidates)} candidates", len(candidates))
+            self.phase(f"{phase} step {number}, {plural(len(candidates), 'candidate')}",
+                       len(candidates))
             scored = [(self.score(chosen + [c]), c) for c in candidates]
             broken = [(s.value, i) for i, (s, _) in enumerate(scored) if self.repairs(s)]
             good = broken or [(s.value, i) for i, (s, _) in enumerate(scored)

@@ -14,9 +14,14 @@ def experiment_span(ids: list[str]) -> str:
     return "/".join(ids)
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 unit', '8 units' (nouns taking an s)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def units_text(count: int) -> str:
     """'1 unit', '8 units'."""
-    return f"{count} unit{'' if count == 1 else 's'}"
+    return plural(count, "unit")
 
 
 def interval_text(estimate: dict | None) -> str:

@@ -152,6 +152,17 @@ def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_mo
         "quantfair suggest: 2 finalists, about 3 min at the pace so far (60 s so far)"]
 
 
+def test_a_greedy_step_names_its_number_of_candidates_in_words(tiny_models, monkeypatch):
+    session = session_for(tiny_models["tiny-llama"])
+    search = Search(session, 0.3, search_units(session, 2))
+    said = []
+    monkeypatch.setattr(search, "phase", lambda text, count, *rest: said.append(text))
+    options = iter([["L0"], ["L1", "L2"], []])
+    search.greedy([], search.score([]), lambda chosen: next(options), "layers", 1)
+    assert said[0] == "layers step 1, 1 candidate"
+    assert said[1:] in ([], ["layers step 2, 2 candidates"])  # as far as a step improved
+
+
 def test_whole_layers_are_tried_in_the_order_of_their_measured_score(tiny_models):
     """Every layer is measured alone, those over the budget too (they order the halves tried
     once no whole layer fits): the structural search tries the lowest-scoring layers first,
