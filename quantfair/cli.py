@@ -257,7 +257,7 @@ def _suggested(session, measured: bool = False) -> str:
     """The strategy of the latest `quantfair suggest` result for the session's model and
     scheme, named on stderr; `measured`: with a warning where the session's units include
     those it was searched on. Raises UsageError when there is none."""
-    from quantfair.report import searched_with
+    from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
     from quantfair.suggest import load_suggestion, no_suggestion, searched_units
 
     found = load_suggestion(session)
@@ -265,6 +265,8 @@ def _suggested(session, measured: bool = False) -> str:
         raise no_suggestion(session)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    if others := unsearched_languages(found, session.corpus.languages):
+        print(f"quantfair: warning: {OTHER_LANGUAGES}: {', '.join(others)}", file=sys.stderr)
     if measured and (seen := searched_units(found, session.corpus.units)):
         print(f"quantfair: warning: the suggestion was searched on {', '.join(seen)}, which "
               "these units include: not a held-out measurement; give --units as in the "

@@ -15,6 +15,7 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import REFERENCE, language, metadata
+from quantfair.report import OTHER_LANGUAGES, unsearched_languages
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 from quantfair.text import experiment_span, units_text
 
@@ -189,6 +190,9 @@ def render_html(report: dict) -> str:
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
         resource=charts.resource(report),
+        unsearched=unsearched_languages(report.get("suggestion") or {},
+                                        report.get("settings", {}).get("languages") or ()),
+        other_languages=OTHER_LANGUAGES,
         distribution_measured=any(r.get("kld_mean") is not None for r in main_rows(report)),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
     )

@@ -395,6 +395,17 @@ def searched_with(suggestion: dict) -> str:
     return f"budget {100 * suggestion['budget']:g}%, {languages}"
 
 
+OTHER_LANGUAGES = ("the suggestion was searched without these languages of this run, so "
+                   "their audits test how it carries over to them")
+
+
+def unsearched_languages(suggestion: dict, languages) -> list[str]:
+    """Those of `languages` that the saved `quantfair suggest` result was not searched on
+    (none where it does not record its languages)."""
+    searched = suggestion.get("languages") or []
+    return [lang for lang in languages if searched and lang not in searched]
+
+
 def _describe(report: dict) -> str:
     settings = report.get("settings", {})
     return (f"model {settings.get('model')}, scheme {settings.get('scheme')}, "

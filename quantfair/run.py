@@ -443,11 +443,13 @@ class QuantfairRun:
         for sentence in summary["sentences"]:
             tr.write_line(sentence)
         if suggestion := self.report.get("suggestion"):
-            from quantfair.report import searched_with
+            from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
 
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
                           f"`quantfair suggest` result for {suggestion['scheme']} "
                           f"({searched_with(suggestion)})")
+            if others := unsearched_languages(suggestion, self.config.languages or ()):
+                tr.write_line(f"warning: {OTHER_LANGUAGES}: {', '.join(others)}", yellow=True)
         if self.config.strategy:
             from quantfair.audit import CANDIDATE
 

@@ -353,6 +353,15 @@ def test_measure_takes_the_suggested_strategy_too(f32_gguf, suggested_l1, capsys
     assert "warning" not in printed.err  # one unit, not the one it was searched on
 
 
+def test_measure_warns_where_it_measures_languages_the_search_did_not(f32_gguf, suggested_l1,
+                                                                     capsys):
+    assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--languages", "en,he,de,ar", "--units", "1"]) == 0
+    assert ("quantfair: warning: the suggestion was searched without these languages of this "
+            "run, so their audits test how it carries over to them: he, ar"
+            in capsys.readouterr().err)
+
+
 def test_measure_warns_where_its_units_include_those_of_the_search(f32_gguf, suggested_l1,
                                                                    capsys):
     assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",

@@ -422,16 +422,25 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
     result.stdout.fnmatch_lines([f"--strategy suggested is {report['suggestion']['strategy']}, "
                                  "the latest `quantfair suggest` result for int4 (budget 30%, "
                                  "en,he,zh)"])
+    result.stdout.fnmatch_lines(["warning: the suggestion was searched without these languages "
+                                 "of this run, so their audits test how it carries over to "
+                                 "them: de, ru, ar"])  # the default languages
     assert {a["finding"] for a in report["audits"] if a["outcome"] != "skipped"} == {
         "candidate_beats_none", "candidate_beats_random", "candidate_within_budget"}
     html = path.with_suffix(".html").read_text()
     assert "within a budget of 30.0% in en, he, zh, on calibration units" in html
+    assert "so their audits test how it carries over to them: de, ru, ar.</p>" in html
     assert ("On the held-out audit units of the search's own run (8 per language, measured by "
             "<code>quantfair suggest</code>, not by this run's audits)") in html  # its --units
     audited = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                   "--strategy", "suggested", "--quantfair-units", "0", "--quantfair-no-report")
     audited.stdout.fnmatch_lines(["quantfair: the suggestion was searched on *: not a held-out "
                                   "test; give --quantfair-units as in the search*"])
+    searched = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
+                   "--strategy", "suggested", "--quantfair-languages", "en,zh",
+                   "--quantfair-no-report")
+    assert "--strategy suggested is" in searched.stdout.str()
+    assert "searched without these languages" not in searched.stdout.str()
 
 
 def test_suggested_without_a_search_is_an_error_not_a_pass(pytester):
