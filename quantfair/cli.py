@@ -342,8 +342,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                       for s in result.trace]))
     if result.confirmation:
         print(f"\nfinalists scored again on {len(result.confirmation_units)} held-out units per "
-              "language (the lowest of those proven fairer than none, *, else of all, is "
-              "refined):")
+              f"language ({', '.join(result.confirmation_units)}; the lowest of those proven "
+              "fairer than none, *, else of all, is refined):")
         print(_table(["finalist", "score", "mean disparity", "worst disparity",
                       "it - none (mean)", "it - none (worst)", "proven"],
                      [(c["strategy"], _finite(c["score"], 4), _finite(c["mean_disparity"], 3),
