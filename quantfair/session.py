@@ -206,7 +206,7 @@ class AuditSession:
         if missing:
             tokens = sum(len(evaluator.token_ids(t)) for t in missing)
             self.announce(f"quantfair: evaluating {self.loaded.name} {label}: "
-                          f"{len(missing)} units, {tokens:,} tokens")
+                          f"{len(missing)} units, {tokens:,} tokens of text")
             apply()
             callback = self.progress(label) if self.progress else None
             if distribution:
