@@ -369,7 +369,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             print(f"warning: on the audit units the suggestion is significantly less fair than "
                   f"no protection ({' and '.join(worse)} disparity): the calibration units "
                   "misled the search; keep none, or search on more --calibration-units")
-        suggested, none = result.comparison[0], result.comparison[1]
+        suggested = result.comparison[0]
+        none = next(row for row in result.comparison if row["label"] == "none")
         if raises_english_damage(suggested):
             rise = suggested["english_vs_none"]
             print(f"warning: on the audit units the suggestion raises {REFERENCE}'s degradation "
