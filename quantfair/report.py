@@ -232,25 +232,35 @@ class NothingShared(QuantfairError):
 
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             strict: bool = False) -> dict:
-    """Rows whose disparity grew beyond `tolerance` (relative; where the baseline's disparity
-    is undefined, the language's degradation) and audits that stopped passing
+    """Rows whose disparity grew beyond `tolerance` (relative; English's, and where the
+    baseline's disparity is undefined the language's, degradation: damage growing alike in
+    every language leaves the disparities as they were) and audits that stopped passing
     (passed -> inconclusive or skipped is listed, and is a regression only when `strict`);
     beside them
     `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
     baseline's measurements this run did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
-    NothingShared when the two reports have no row and no audit in common, or nothing in
-    common could regress (no disparity or degradation, no audit that passed)."""
+    NothingShared when the baseline is of another model (`architecture`), when the two
+    reports have no row in common and no audit regressed, or nothing in common could regress
+    (no disparity or degradation, no audit that passed)."""
+    if (was := architecture(old)) and (now := architecture(new)) and was != now:
+        raise NothingShared(f"the baseline is of another model ({_describe(old)}; {was}) than "
+                            f"this run ({now}): a release of the same model keeps its family, "
+                            "layers, parameters and vocabulary; gate against one of this model")
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded = [], [], [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
-        if before is None or row["language"] == REFERENCE:
+        if before is None:
             continue
         key, quantity = "/".join(row_key(row)), "disparity"
         a, b = _disparity(before), _disparity(row)
-        if a is None:  # no ratio to grow from: the language's own damage is compared
+        if row["language"] == REFERENCE:  # its disparity is 1: its damage is compared
+            quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
+            if a is None:
+                continue
+        elif a is None:  # no ratio to grow from: the language's own damage is compared
             quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
             (by_degradation if a is not None and b is not None else unbounded).append(key)
         entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None}
@@ -275,30 +285,52 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
         elif before == "passed" and entry["outcome"] in undecided:
             undecided[entry["outcome"]].append(entry["nodeid"])
-    if not rows and not audits:
+    if not rows and not regressions:
         raise NothingShared(
-            f"the baseline ({_describe(old)}) shares no measurement and no audit with this run "
-            f"({_describe(new)}): nothing was compared")
+            f"the baseline ({_describe(old)}) shares no measurement "
+            + ("" if audits else "and no audit ") + f"with this run ({_describe(new)}): "
+            + ("its numbers were not compared" if audits else "nothing was compared")
+            + _measured_otherwise(old, new))
     if len(unbounded) == len(rows) and all(a["old"] != "passed" for a in audits):
         raise NothingShared(
             f"nothing in the baseline ({_describe(old)}) could regress: its {len(rows)} "
             "measurement(s) in common have neither a disparity nor a degradation, and no audit "
             "in common passed in it")
-    settings, was = new.get("settings", {}), old.get("settings", {})
-    differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
-                   for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
-    differences += [f"{what}: {before} -> {now}" for what, before, now in _contents(old, new)
-                    if before and now and before != now]  # files changed in place
-    not_compared = sorted("/".join(key) for key in old_rows  # English's are never compared
-                          if key not in new_keys and key[-1] != REFERENCE)
+    not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
-            "audits": audits, "regressions": regressions, "differences": differences,
+            "audits": audits, "regressions": regressions, "differences": _differences(old, new),
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
             "degradation_compared": by_degradation,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
+
+
+def architecture(report: dict) -> str:
+    """"llama, 30 layers, 134,515,008 parameters, vocabulary 49,152": what a new checkpoint of
+    the same model keeps; "" where the report does not record it."""
+    model = report.get("model") or {}
+    facts = [model.get(k) for k in ("family", "layers", "parameters", "vocabulary")]
+    if any(fact is None for fact in facts):
+        return ""
+    family, layers, parameters, vocabulary = facts
+    return f"{family}, {layers} layers, {parameters:,} parameters, vocabulary {vocabulary:,}"
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ between the baseline and the run, and files whose contents
+    changed under the same path."""
+    settings, was = new.get("settings", {}), old.get("settings", {})
+    differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
+                   for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
+    return differences + [f"{what}: {before} -> {now}" for what, before, now
+                          in _contents(old, new) if before and now and before != now]
+
+
+def _measured_otherwise(old: dict, new: dict) -> str:
+    differences = _differences(old, new)
+    return f" (measured otherwise: {'; '.join(differences)})" if differences else ""
 
 
 # Settings that change what a number means: a baseline measured otherwise is compared, with a

@@ -254,6 +254,8 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
     assert run(pytester, *args, "--report", str(base)).ret == 0
     same = run(pytester, *args, "--baseline", str(base), "--no-report")
     assert same.ret == 0 and "REGRESSION" not in same.stdout.str()
+    same.stdout.fnmatch_lines(["compared with the baseline of *", "0 regressions against the "
+                               "baseline"])
     report = load(base)
     assert report["verdict"] == "passed"
     rows = [r for r in report["measurements"] if r["language"] == "he" and r["disparity"]]
@@ -265,6 +267,7 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])
     result.stdout.fnmatch_lines(["verdict: failed*", "1 regression(s) against the baseline*"])
+    assert "0 regressions" not in result.stdout.str()
     regressed = load(now)
     assert regressed["verdict"] == "failed"
     assert regressed["summary"]["headline"].startswith("1 regression(s) against the baseline")

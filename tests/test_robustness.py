@@ -639,7 +639,8 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     assert worse["regressions"] == [
         f"degradation int4/none/medium/he: {he['degradation']:.1%} -> "
         f"{1.5 * he['degradation']:.1%}"]
-    lost = {**report, "measurements": [{k: v for k, v in r.items() if k != "degradation"}
+    lost = {**report, "measurements": [{k: v for k, v in r.items() if k != "degradation"
+                                         or r["language"] == "en"}
                                         for r in report["measurements"]]}
     assert compare(undefined(1.0), lost)["regressions"] == [
         f"degradation int4/none/medium/he: {he['degradation']:.1%} -> undefined"]
@@ -695,8 +696,60 @@ def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
     assert compare(same, other)["differences"] == [
         "corpus text: c1 -> c2", "model weights: w1 -> w2", "artifact weights: a1 -> a2"]
     assert compare(report, other)["differences"] == []  # a baseline that did not record them
-    int8 = {**report, "measurements": [{**r, "scheme": "int8"} for r in report["measurements"]]}
-    assert compare(report, int8)["not_compared"] == ["int4/none/medium/he"]  # not en's
+    he_int8 = {**report, "measurements": [{**r, "scheme": "int8"} if r["language"] == "he"
+                                          else r for r in report["measurements"]]}
+    assert compare(report, he_int8)["not_compared"] == ["int4/none/medium/he"]
+
+
+def test_a_gate_that_compared_no_number_is_not_passed(tmp_path, report_pair):
+    """A scheme (or an artifact's label) changed between the baseline and the run: every
+    measurement misses its counterpart, and the audits alone passing is no pass."""
+    from quantfair.report import NothingShared, compare
+
+    old, report = report_pair
+    int8 = {**report, "settings": {**report["settings"], "scheme": "int8"},
+            "measurements": [{**r, "scheme": "int8"} for r in report["measurements"]]}
+    with pytest.raises(NothingShared, match=r"shares no measurement with this run .*: its "
+                       r"numbers were not compared \(measured otherwise: scheme: int4 -> int8\)"):
+        compare(report, int8)
+    failed = {**int8, "audits": [{**a, "outcome": "failed"} for a in report["audits"]]}
+    assert compare(report, failed)["regressions"]  # an audit that stopped passing still fails
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(int8))
+    one_line_error(run_cli("report", str(old), str(new)), "its numbers were not compared")
+
+
+def test_damage_growing_alike_in_every_language_is_a_regression_of_englishs(report_pair):
+    """The disparities stay as they were when every language's NLL change grows fivefold:
+    English's degradation is compared too."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+    worse = {**report, "measurements": [{**r, "degradation": 5 * r["degradation"]}
+                                        for r in report["measurements"]]}
+    en = next(r for r in report["measurements"] if r["language"] == "en")
+    assert compare(report, worse)["regressions"] == [
+        f"degradation int4/none/medium/en: {en['degradation']:.1%} -> "
+        f"{5 * en['degradation']:.1%}"]
+    assert compare(worse, report)["regressions"] == []  # less damage is no regression
+
+
+def test_a_baseline_of_another_model_is_refused(report_pair):
+    """A release of the same model keeps its architecture; a baseline of another one (the
+    embedded model's report as a tiny model's baseline) compares nothing meaningful."""
+    from quantfair.report import NothingShared, compare
+
+    _, report = report_pair
+    facts = {"family": "gpt2", "layers": 2, "parameters": 1000, "vocabulary": 260}
+    mine = {**report, "model": {**report["model"], **facts}}
+    checkpoint = {**mine, "model": {**mine["model"], "weight_hash": "another"}}
+    assert compare(mine, checkpoint)["regressions"] == []  # new weights, same model
+    other = {**mine, "model": {**mine["model"], "layers": 30, "family": "llama"}}
+    with pytest.raises(NothingShared, match="the baseline is of another model .*llama, 30 "
+                       "layers, 1,000 parameters, vocabulary 260.* than this run \\(gpt2, 2 "
+                       "layers"):
+        compare(other, mine)
+    assert compare(report, mine)["regressions"] == []  # a baseline without the facts
 
 
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
@@ -725,7 +778,7 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
                                "not made in this run: ") for line in notes)
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
-    assert "Compared: 0 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
+    assert "Compared: 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
     new.with_suffix(".html").write_text("the run's own report")
     linked = tmp_path / "linked.html"
     os.link(new.with_suffix(".html"), linked)  # the same file under another name
