@@ -89,6 +89,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, "quantfair-run")
 
 
+def selects_release_gates(config: pytest.Config) -> bool:
+    """Whether `-m` selects release gates only (`-m quantfair_release`, also within `and`):
+    a run asking for a gate. False where pytest's marker expressions are not as expected."""
+    expression = config.getoption("markexpr", default="") or ""
+    if "quantfair_release" not in expression:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        compiled = Expression.compile(expression)
+        return (compiled.evaluate(lambda name, **_: name == "quantfair_release")
+                and not compiled.evaluate(lambda name, **_: False))
+    except Exception:  # noqa: BLE001 -- another pytest's internals
+        return False
+
+
 def _check_no_options_without_model(config: pytest.Config) -> None:
     """Without a model every audit is skipped, so a command line that gives quantfair options
     (a release gate's --quantfair-baseline) must have meant one: that is a usage error, not a
@@ -99,6 +115,8 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     given = [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
              for option in OPTIONS.values()
              if config.getoption(option.dest, default=None) not in (None, False)]
+    if selects_release_gates(config):
+        given.append("-m quantfair_release (the release gates)")
     if given:
         where = f"read {config.inipath}" if config.inipath else "found no ini file"
         raise pytest.UsageError(

@@ -294,9 +294,10 @@ class QuantfairRun:
         close_bars()  # one an interruption left open
         self.payloads.append(self._payload())
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
+        undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()
         if not self.audits and not self.internal_errors and self.baseline is None and not (
-                unchecked or self._stopped(exitstatus) and self.selection.get("selected_ids",
-                                                                              True)):
+                unchecked or undecided or self._stopped(exitstatus)
+                and self.selection.get("selected_ids", True)):
             return  # no audit ran, and none was cut off (the selection may not be known yet);
         # with a baseline or a release maximum, a run that selected nothing is a gate not
         # checked (below)
@@ -307,6 +308,10 @@ class QuantfairRun:
             report["incomplete"].append(
                 f"{', '.join(unchecked)} given, but no release audit of it ran "
                 "(audits/test_release.py, marker quantfair_release): the gate was not checked")
+            self.gate_error = True
+        elif undecided:
+            report["incomplete"].append(f"-m quantfair_release selected the release gates, but "
+                                        f"none was checked: {undecided}")
             self.gate_error = True
         if self.baseline is not None:
             try:
@@ -356,6 +361,18 @@ class QuantfairRun:
         return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
+
+    def _no_release_gate_decided(self) -> str:
+        """Why, where `-m quantfair_release` asked for release gates and none passed or failed
+        (each skipped: no maximum given, none selected); empty otherwise."""
+        from quantfair.plugin import selects_release_gates
+
+        gates = [a for a in self.audits.values() if "release" in (a.get("experiments") or ())]
+        if not selects_release_gates(self.pytest_config) or any(
+                a.get("outcome") in ("passed", "failed", "inconclusive", "error") for a in gates):
+            return ""
+        reasons = list(dict.fromkeys(a.get("message") or "skipped" for a in gates))
+        return "; ".join(reasons[:2]) if reasons else "no release audit was collected"
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report

@@ -518,6 +518,30 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
 
 
+def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_checked(pytester):
+    """`-m quantfair_release` asks for a gate: with no maximum given every release audit skips,
+    and without a model every audit does; neither is a pass."""
+    gate = ("--pyargs", "quantfair.audits", "-m", "quantfair_release and not slow")
+    path = pytester.path / "r.json"
+    unset = run_here(pytester, *gate, "--quantfair-model", "tiny-gpt2", "--quantfair-report",
+                     str(path))
+    assert unset.ret == pytest.ExitCode.INTERNAL_ERROR
+    unset.stdout.fnmatch_lines(["INCOMPLETE: -m quantfair_release selected the release gates, "
+                                "but none was checked: no release bound for *"])
+    assert load(path)["verdict"] == "incomplete"
+    given = run_here(pytester, *gate, "--quantfair-model", "tiny-gpt2", "--quantfair-no-report",
+                     "--quantfair-max-disparity", "100")
+    assert given.ret == pytest.ExitCode.OK and "INCOMPLETE" not in given.stdout.str()
+    pytester.makeini("[pytest]\nquantfair_max_disparity = 2\n")  # the ini file has no model
+    modelless = run_here(pytester, *gate)
+    assert modelless.ret == pytest.ExitCode.USAGE_ERROR
+    modelless.stderr.fnmatch_lines(["ERROR: -m quantfair_release (the release gates) given but "
+                                    "no model: give --quantfair-model, or quantfair_model in "
+                                    "the ini file*"])
+    assert run_here(pytester, "--pyargs", "quantfair.audits", "-m",
+                    "not quantfair_release", "-k", "robustness").ret == pytest.ExitCode.OK
+
+
 @pytest.mark.parametrize("bound, message", [
     ("2.0,he=lots", "--quantfair-max-disparity must be a number, got 'lots'"),
     ("inf", "--quantfair-max-disparity must be a finite non-negative number, got inf"),
