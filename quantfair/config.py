@@ -176,12 +176,13 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
 
 
 def check_folder_writable(directory: Path, option: str) -> None:
-    """UsageError unless a file can be written in `directory` (made if missing): a run must
-    not end by failing to write what it measured."""
+    """UsageError unless a file can be written in `directory` (made when the file is written,
+    not here: a run that stops at a bad setting leaves nothing behind): a run must not end by
+    failing to write what it measured."""
     from quantfair.storage import probe_writable, why_unwritable
 
     try:
-        probe_writable(directory)
+        probe_writable(directory, make=False)
     except OSError as error:
         raise UsageError(f"{option}: cannot write in {directory} "
                          f"({why_unwritable(directory, error)})") from None

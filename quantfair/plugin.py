@@ -50,15 +50,29 @@ def option_value(config: pytest.Config, name: str):
     Raises UsageError for an ini value pytest cannot read (a bool that is not one)."""
     dest = OPTIONS[name].dest
     value = config.getoption(dest, default=None)
-    if value in (None, False):
-        try:
-            value = config.getini(dest) or value
-        except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
-            raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
+    if value not in (None, False):
+        return value
+    try:
+        value = config.getini(dest) or value
+    except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
+        raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         # (lines may end with the comma that joins them: "he," then "zh")
         value = ",".join(str(item).strip().strip(",") for item in value) or None
-    return value
+    return _from_ini_folder(config, name, value) if name in INI_PATHS and value else value
+
+
+# Options naming files: in an ini file, relative to its folder (as pytest's own `paths`
+# settings are), whichever folder pytest runs in; a model there only where that file exists
+# (else it is a model name or a Hugging Face id).
+INI_PATHS = ("model", "quantized", "corpus", "report", "baseline")
+
+
+def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
+    if config.inipath is None or Path(value).is_absolute():
+        return value
+    path = config.inipath.parent / value
+    return str(path) if name != "model" or path.exists() else value
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -31,15 +31,12 @@ RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers
 
 def _check_default_report_folder(folder: Path) -> None:
     """The report is written at the end of the run: a folder it cannot be written in is a
-    UsageError now, not after the run (a --report PATH is checked the same way). A folder
-    made for the check is removed: a run that selects no audit writes no report."""
-    made = not folder.exists()
+    UsageError now, not after the run (a --report PATH is checked the same way). Nothing is
+    made for the check: a run that selects no audit writes no report."""
     try:
         check_folder_writable(folder, "the default report folder")
     except UsageError as error:
         raise UsageError(f"{error}; give --report PATH or --no-report") from None
-    if made:
-        folder.rmdir()
 
 
 class QuantfairRun:

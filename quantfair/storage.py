@@ -71,9 +71,15 @@ def why_unwritable(path: Path, error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def probe_writable(folder: Path) -> None:
-    """Make `folder` if missing and write (and drop) a probe file in it. Raises OSError."""
-    folder.mkdir(parents=True, exist_ok=True)
+def probe_writable(folder: Path, make: bool = True) -> None:
+    """Make `folder` if missing and write (and drop) a probe file in it; without `make`, in
+    the nearest folder of its path that exists (where it would be made). Raises OSError."""
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     tempfile.TemporaryFile(dir=folder).close()
 
 

@@ -181,7 +181,7 @@ def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester,
     """The folder is writable when the run starts (checked then) and a file when it ends (an
     xdist controller reports before its workers' processes end, a serial run after its session
     fixtures: both after every other plugin's start of `pytest_sessionfinish`)."""
-    blocker = pytester.path / "blocker"
+    blocker = pytester.mkdir("blocker")
     pytester.makepyfile(blocker_plugin="""
         import pathlib, shutil, pytest
 
@@ -516,6 +516,28 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
                               "audit of it ran*"])
     pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_max_disparity = 2\n")
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+
+
+def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
+        pytester, monkeypatch):
+    """As pytest's own path settings: a gate run from a subfolder reads the project's
+    baseline and writes its report where the ini file says; a usage error makes no folder."""
+    pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_baseline = base.json\n"
+                     "quantfair_report = out/r.json\nquantfair_languages = en,he\n")
+    sub = pytester.mkdir("sub")
+    monkeypatch.chdir(sub)
+    audits = ("--pyargs", "quantfair.audits", "-k", "robustness")
+    missing = run_here(pytester, *audits)
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines([f"ERROR: *{pytester.path / 'base.json'}*"])
+    assert not (pytester.path / "out").exists() and not (sub / "out").exists()
+    first = run_here(pytester, *audits, "-o", "quantfair_baseline=",
+                     "--quantfair-report", str(pytester.path / "base.json"))
+    assert first.ret in (0, 1)
+    gated = run_here(pytester, *audits)
+    assert gated.ret in (0, 1)
+    gated.stdout.fnmatch_lines(["0 regressions against the baseline"])
+    assert (pytester.path / "out" / "r.json").exists() and not (sub / "out").exists()
 
 
 def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_checked(pytester):

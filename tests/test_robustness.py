@@ -509,10 +509,10 @@ def test_report_paths_are_checked_before_the_comparison_is_printed(tmp_path, rep
     new.write_text(json.dumps(report))
     probe = storage.probe_writable
 
-    def refuse(directory):
+    def refuse(directory, make=True):
         if Path(directory) == folder:
             raise PermissionError(13, "Permission denied")
-        probe(directory)
+        probe(directory, make)
 
     monkeypatch.setattr(storage, "probe_writable", refuse)
     assert cli.main(["report", str(old), str(new)]) == 2
