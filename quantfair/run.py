@@ -479,6 +479,13 @@ class QuantfairRun:
             else:
                 tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
                               "(audits/test_suggested.py) was selected")
+            if any("release" in (a.get("experiments") or ()) and a["outcome"] != "skipped"
+                   for a in self.report["audits"]):
+                tr.write_line(f"note: the release gates bound the {self.config.scheme.name} "
+                              f"model without protection, not --strategy "
+                              f"{self.config.strategy}: to gate a protected release, write it "
+                              "(quantfair export --strategy ...) and gate that file "
+                              "(--quantized)", yellow=True)
         if not self.config.strict and "--strict" in self.pytest_config.invocation_params.args:
             tr.write_line("note: --strict is pytest's own option (strict markers, xfail, ...): "
                           "inconclusive audits fail the run only with --quantfair-strict")

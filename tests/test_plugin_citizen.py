@@ -540,6 +540,18 @@ def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_n
     assert (pytester.path / "out" / "r.json").exists() and not (sub / "out").exists()
 
 
+def test_release_gates_run_beside_a_strategy_say_they_bound_no_protection(pytester):
+    result = run_here(pytester, str(AUDITS / "test_release.py"), "-k", "release_disparity",
+                      "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,he",
+                      "--quantfair-strategy", "L0", "--quantfair-max-disparity", "100",
+                      "--quantfair-no-report")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["note: the release gates bound the int4 model without "
+                                 "protection, not --strategy L0: to gate a protected release, "
+                                 "write it (quantfair export --strategy ...) and gate that file "
+                                 "(--quantized)"])
+
+
 def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_checked(pytester):
     """`-m quantfair_release` asks for a gate: with no maximum given every release audit skips,
     and without a model every audit does; neither is a pass."""
