@@ -79,6 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     _check_setup_not_moved(config)
+    _check_given_once(config)
     if not option_value(config, "model"):
         _check_no_options_without_model(config)
         return
@@ -169,6 +170,30 @@ def _check_setup_not_moved(config: pytest.Config) -> None:
             f"pytest took {flag} {value} for a path to test and chose its rootdir "
             f"{config.rootpath} and {_ini_name(config.inipath)} from it, not {rootpath} and "
             f"{_ini_name(inipath)}: write {flag}={value}")
+
+
+def _check_given_once(config: pytest.Config) -> None:
+    """A UsageError where the command line gives an option twice with different values
+    (`--model a --quantfair-model b`): one would silently win. A value on the command line
+    overriding the ini file's addopts or PYTEST_ADDOPTS is no conflict."""
+    arguments = list(map(str, config.invocation_params.args))
+    try:  # which forms pytest reads as quantfair's: a project may own `--model`
+        owner = dict(config._parser._opt2dest)
+    except Exception:  # noqa: BLE001 -- another pytest's internals
+        owner = {}
+    for option in OPTIONS.values():
+        if option.flag:
+            continue
+        forms = [form for form in (f"--{option.name}", f"--quantfair-{option.name}")
+                 if owner.get(form) == option.dest]
+        values = {}
+        for i, argument in enumerate(arguments):
+            flag, equals, value = argument.partition("=")
+            if flag in forms and (equals or i + 1 < len(arguments)):
+                values.setdefault(value if equals else arguments[i + 1], flag)
+        if len(values) > 1:
+            given = ", ".join(f"{flag} {value}" for value, flag in values.items())
+            raise pytest.UsageError(f"{given}: the option is given more than once; give it once")
 
 
 def _ini_name(path: Path | None) -> str:

@@ -540,6 +540,32 @@ def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_n
     assert (pytester.path / "out" / "r.json").exists() and not (sub / "out").exists()
 
 
+def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
+    """`--model a --quantfair-model b` audited b and passed; an ini file's addopts is a
+    default the command line overrides, and a project's own `--model` is its own."""
+    twice = run_here(pytester, "-p", "quantfair.short_options", BASELINE, "-k", "robustness",
+                     "--model", "tiny-gpt2", "--quantfair-model", "tiny-llama", "--no-report")
+    assert twice.ret == pytest.ExitCode.USAGE_ERROR
+    twice.stderr.fnmatch_lines(["ERROR: --model tiny-gpt2, --quantfair-model tiny-llama: the "
+                                "option is given more than once; give it once"])
+    same = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-units=2",
+                    "--quantfair-units", "2", "--quantfair-model", "tiny-gpt2",
+                    "--quantfair-languages", "en,he", "--quantfair-no-report")
+    assert same.ret in (0, 1)
+    pytester.makeini("[pytest]\naddopts = --quantfair-units 3\n")
+    override = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-units", "2",
+                        "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,he",
+                        "--quantfair-no-report")
+    assert override.ret in (0, 1) and "2 units per language" in override.stdout.str()
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest("def pytest_addoption(parser):\n"
+                          "    parser.addoption('--model', action='append')\n")
+    pytester.makepyfile(test_own="def test_ok(request):\n"
+                        "    assert request.config.getoption('model') == ['a', 'b']\n")
+    own = run_here(pytester, "test_own.py", "--model", "a", "--model", "b")
+    assert own.ret == pytest.ExitCode.OK
+
+
 def test_release_gates_run_beside_a_strategy_say_they_bound_no_protection(pytester):
     result = run_here(pytester, str(AUDITS / "test_release.py"), "-k", "release_disparity",
                       "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,he",
