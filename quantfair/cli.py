@@ -556,6 +556,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
         print(json.dumps(recipe))
+        head = [name for name, part in parts.items() if part.block == "head" and part.is_matrix]
+        if head and not set(head) & set(protected):
+            audited = "quantized" if in_scope(parts[head[0]], session.config.scheme) else "kept"
+            print(f"quantfair: transformers' quantizers skip the output head by default only "
+                  f"where no list is given: with this list they quantize it; this audit "
+                  f"{audited} it ({session.config.scheme.name})", file=sys.stderr)
     if args.emit and not protected:
         print(f"quantfair: {strategy} protects nothing: nothing to list", file=sys.stderr)
     elif args.emit and not recipe:

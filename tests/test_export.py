@@ -151,8 +151,17 @@ def test_every_parameter_of_an_architecture_llama_cpp_runs_has_its_own_gguf_name
 def test_emit_hf_lists_the_protected_modules(capsys):
     assert main(["export", "tiny-llama", "--strategy", "L1.mlp+ln", "--emit", "hf",
                  "--languages", "en", "--units", "1"]) == 0
-    modules = json.loads(capsys.readouterr().out)
-    assert modules == [f"model.layers.1.mlp.{m}_proj" for m in ("gate", "up", "down")]
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == [f"model.layers.1.mlp.{m}_proj"
+                                       for m in ("gate", "up", "down")]
+    # given a list, transformers drops its default skip of lm_head: say what the audit did
+    assert ("quantfair: transformers' quantizers skip the output head by default only where no "
+            "list is given: with this list they quantize it; this audit quantized it (int4)"
+            in printed.err)
+    assert main(["export", "tiny-llama", "--strategy", "head", "--emit", "hf", "--quant",
+                 "int4-linear", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == ["lm_head"] and "output head" not in printed.err
 
 
 def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):
