@@ -190,7 +190,9 @@ def _check_given_once(config: pytest.Config) -> None:
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):
-                values.setdefault(value if equals else arguments[i + 1], flag)
+                value = value if equals else arguments[i + 1]
+                if value.strip():  # an empty one has an error of its own
+                    values.setdefault(value, flag)
         if len(values) > 1:
             given = ", ".join(f"{flag} {value}" for value, flag in values.items())
             raise pytest.UsageError(f"{given}: the option is given more than once; give it once")
