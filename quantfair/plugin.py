@@ -105,8 +105,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def selects_release_gates(config: pytest.Config) -> bool:
-    """Whether `-m` selects release gates only (`-m quantfair_release`, also within `and`):
-    a run asking for a gate. False where pytest's marker expressions are not as expected."""
+    """Whether `-m` selects release gates and nothing else (`-m quantfair_release`, `-m
+    "quantfair and quantfair_release and not slow"`): a run asking for a gate. It selects a
+    release audit (markers quantfair, quantfair_release) but no test lacking the release
+    marker, whatever else that test carries (`-m "quantfair_release or slow"` takes a
+    project's slow tests too). False where pytest's marker expressions are not as expected."""
     expression = config.getoption("markexpr", default="") or ""
     if "quantfair_release" not in expression:
         return False
@@ -114,8 +117,8 @@ def selects_release_gates(config: pytest.Config) -> bool:
         from _pytest.mark.expression import Expression
 
         compiled = Expression.compile(expression)
-        return (compiled.evaluate(lambda name, **_: name == "quantfair_release")
-                and not compiled.evaluate(lambda name, **_: False))
+        return (compiled.evaluate(lambda name, **_: name in ("quantfair", "quantfair_release"))
+                and not compiled.evaluate(lambda name, **_: name != "quantfair_release"))
     except Exception:  # noqa: BLE001 -- another pytest's internals
         return False
 

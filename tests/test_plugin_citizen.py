@@ -589,6 +589,10 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
     unset.stdout.fnmatch_lines(["INCOMPLETE: -m quantfair_release selected the release gates, "
                                 "but none was checked: no release bound for *"])
     assert load(path)["verdict"] == "incomplete"
+    both = run_here(pytester, "--pyargs", "quantfair.audits", "-m",
+                    "quantfair and quantfair_release", "--quantfair-model", "tiny-gpt2",
+                    "--quantfair-no-report")  # release audits carry both markers
+    assert both.ret == pytest.ExitCode.INTERNAL_ERROR
     given = run_here(pytester, *gate, "--quantfair-model", "tiny-gpt2", "--quantfair-no-report",
                      "--quantfair-max-disparity", "100")
     assert given.ret == pytest.ExitCode.OK and "INCOMPLETE" not in given.stdout.str()
@@ -600,6 +604,11 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
                                     "the ini file*"])
     assert run_here(pytester, "--pyargs", "quantfair.audits", "-m",
                     "not quantfair_release", "-k", "robustness").ret == pytest.ExitCode.OK
+    # a project's own slow tests beside the gates, without a model: its run, not a gate's
+    pytester.makeini("[pytest]\nmarkers = slow: slow\n")
+    pytester.makepyfile(test_own="import pytest\n@pytest.mark.slow\ndef test_ok():\n    pass\n")
+    assert run_here(pytester, "test_own.py", "-m", "quantfair_release or slow").ret == \
+        pytest.ExitCode.OK
 
 
 @pytest.mark.parametrize("bound, message", [
