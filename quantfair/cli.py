@@ -429,11 +429,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {args.old} is compared with itself: nothing can differ")
     try:
         new["comparison"] = compare(old, new, tolerance)
-    except NothingShared:
+    except NothingShared as error:
         settle_verdict(new)
         if not (why := _undecided(new, args.new)):
             raise
-        print(f"quantfair: {why}, and it shares nothing with the baseline", file=sys.stderr)
+        print(f"quantfair: {why}; and the gate was not checked: {error}", file=sys.stderr)
         return 3
     settle_verdict(new)  # a regression fails the run its audits passed
     regressions = new["comparison"]["regressions"]
@@ -441,9 +441,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) (disparity, or degradation where the baseline's "
-          f"disparity is undefined, beyond {100 * tolerance:g}%, or an audit that stopped "
-          "passing)")
+    print(f"{len(regressions)} regression(s) (disparity, or degradation for English and where "
+          f"the baseline's disparity is undefined, beyond {100 * tolerance:g}%, or an audit "
+          "that stopped passing)")
     _write(output, render_html(new))
     if why := _undecided(new, args.new):
         print(f"quantfair: {why}", file=sys.stderr)

@@ -240,9 +240,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
     baseline's measurements this run did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
-    NothingShared when the baseline is of another model (`architecture`), when the two
-    reports have no row in common and no audit regressed, or nothing in common could regress
-    (no disparity or degradation, no audit that passed)."""
+    NothingShared when the baseline is of another model (`architecture`), when both reports
+    have measurements but none in common and no audit regressed, when they share nothing, or
+    when nothing in common could regress (no disparity or degradation, no audit that
+    passed)."""
     if (was := architecture(old)) and (now := architecture(new)) and was != now:
         raise NothingShared(f"the baseline is of another model ({_describe(old)}; {was}) than "
                             f"this run ({now}): a release of the same model keeps its family, "
@@ -285,7 +286,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
         elif before == "passed" and entry["outcome"] in undecided:
             undecided[entry["outcome"]].append(entry["nodeid"])
-    if not rows and not regressions:
+    # both measured, nothing in common (another scheme or artifact label): the audits alone
+    # passing is no pass; runs of weight statistics only (no measurement) compare audits
+    measured = old.get("measurements") and new.get("measurements")
+    if not rows and not regressions and (measured or not audits):
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement "
             + ("" if audits else "and no audit ") + f"with this run ({_describe(new)}): "
