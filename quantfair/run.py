@@ -289,6 +289,8 @@ class QuantfairRun:
         from quantfair.progress import close_bars
 
         close_bars()  # one an interruption left open
+        if self.pytest_config.getoption("collectonly", default=False):
+            return  # --collect-only: nothing ran, no gate was asked to decide
         self.payloads.append(self._payload())
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
         undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()

@@ -589,6 +589,10 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
     unset.stdout.fnmatch_lines(["INCOMPLETE: -m quantfair_release selected the release gates, "
                                 "but none was checked: no release bound for *"])
     assert load(path)["verdict"] == "incomplete"
+    listed = run_here(pytester, *gate, "--quantfair-model", "tiny-gpt2", "--collect-only",
+                      "--quantfair-baseline", str(path))
+    assert listed.ret == pytest.ExitCode.OK and "INCOMPLETE" not in listed.stdout.str()
+    assert not (pytester.path / "reports").exists()
     both = run_here(pytester, "--pyargs", "quantfair.audits", "-m",
                     "quantfair and quantfair_release", "--quantfair-model", "tiny-gpt2",
                     "--quantfair-no-report")  # release audits carry both markers
