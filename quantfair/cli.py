@@ -556,12 +556,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
         print(json.dumps(recipe))
+        # the output head: its own matrix, or the token embedding it is tied to
         head = [name for name, part in parts.items() if part.block == "head" and part.is_matrix]
+        if not head and session.loaded.model.config.get_text_config().tie_word_embeddings:
+            head = [name for name, part in parts.items()
+                    if (part.block, part.role) == ("embed", "tok")]
+        scheme = session.config.scheme
         if head and not set(head) & set(protected):
-            audited = "quantized" if in_scope(parts[head[0]], session.config.scheme) else "kept"
-            print(f"quantfair: transformers' quantizers skip the output head by default only "
-                  f"where no list is given: with this list they quantize it; this audit "
-                  f"{audited} it ({session.config.scheme.name})", file=sys.stderr)
+            audited = (f"stored it as {scheme.embedding_type}" if scheme.gguf_type else
+                       "quantized it" if in_scope(parts[head[0]], scheme) else "kept it")
+            print(f"quantfair: transformers' quantizers skip the output head (lm_head) by "
+                  f"default only where no list is given: with this list they quantize it; "
+                  f"this audit {audited} ({scheme.name})", file=sys.stderr)
     if args.emit and not protected:
         print(f"quantfair: {strategy} protects nothing: nothing to list", file=sys.stderr)
     elif args.emit and not recipe:

@@ -155,9 +155,13 @@ def test_emit_hf_lists_the_protected_modules(capsys):
     assert json.loads(printed.out) == [f"model.layers.1.mlp.{m}_proj"
                                        for m in ("gate", "up", "down")]
     # given a list, transformers drops its default skip of lm_head: say what the audit did
-    assert ("quantfair: transformers' quantizers skip the output head by default only where no "
-            "list is given: with this list they quantize it; this audit quantized it (int4)"
-            in printed.err)
+    assert ("quantfair: transformers' quantizers skip the output head (lm_head) by default "
+            "only where no list is given: with this list they quantize it; this audit "
+            "quantized it (int4)" in printed.err)
+    # tied to the token embedding, which int4-linear leaves in full precision
+    assert main(["export", "tiny-gpt2", "--strategy", "L0", "--emit", "hf", "--quant",
+                 "int4-linear", "--languages", "en", "--units", "1"]) == 0
+    assert "this audit kept it (int4-linear)" in capsys.readouterr().err
     assert main(["export", "tiny-llama", "--strategy", "head", "--emit", "hf", "--quant",
                  "int4-linear", "--languages", "en", "--units", "1"]) == 0
     printed = capsys.readouterr()
