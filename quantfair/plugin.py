@@ -84,15 +84,22 @@ def pytest_configure(config: pytest.Config) -> None:
         _check_no_options_without_model(config)
         return
     try:
-        # both on the command line contradict each other; an ini file's report yields
+        # both on the command line contradict each other; one there overrides the other in
+        # addopts (a default), and an ini file's report yields to --no-report
+        ignored = None
         given = config.getoption(OPTIONS["report"].dest, default=None)
         if given is not None and config.getoption(OPTIONS["no-report"].dest, default=False):
-            raise UsageError(f"give --report {given} or --no-report, not both")
+            typed = {name: _typed(config, name) for name in ("report", "no-report")}
+            if typed["report"] == typed["no-report"]:
+                raise UsageError(f"give --report {given} or --no-report, not both")
+            ignored = "no-report" if typed["report"] else "report"
         tolerance = config.getoption(OPTIONS["tolerance"].dest, default=None)
-        if tolerance is not None and not option_value(config, "baseline"):
+        if tolerance is not None and _typed(config, "tolerance") \
+                and not option_value(config, "baseline"):
             raise UsageError(f"--tolerance {tolerance} applies to a --baseline comparison; "
                              "none given")
-        run_config = RunConfig.build(lambda name: option_value(config, name))
+        run_config = RunConfig.build(
+            lambda name: None if name == ignored else option_value(config, name))
         require_other_languages(run_config.languages)
         run_config.preflight()
         from quantfair.run import QuantfairRun
@@ -175,20 +182,34 @@ def _check_setup_not_moved(config: pytest.Config) -> None:
             f"{_ini_name(inipath)}: write {flag}={value}")
 
 
+def _owned_forms(config: pytest.Config, name: str) -> list[str]:
+    """The forms of option `name` that pytest reads as quantfair's (a project may own
+    `--model`); none where pytest's internals are not as expected."""
+    try:
+        owner = config._parser._opt2dest
+    except Exception:  # noqa: BLE001 -- another pytest's internals
+        return []
+    return [form for form in (f"--{name}", f"--quantfair-{name}")
+            if owner.get(form) == OPTIONS[name].dest]
+
+
+def _typed(config: pytest.Config, name: str) -> bool:
+    """Whether option `name` was typed on the command line (not only in the ini file's
+    addopts or PYTEST_ADDOPTS); True where that cannot be told."""
+    forms = _owned_forms(config, name)
+    return not forms or any(str(argument).partition("=")[0] in forms
+                            for argument in config.invocation_params.args)
+
+
 def _check_given_once(config: pytest.Config) -> None:
     """A UsageError where the command line gives an option twice with different values
     (`--model a --quantfair-model b`): one would silently win. A value on the command line
     overriding the ini file's addopts or PYTEST_ADDOPTS is no conflict."""
     arguments = list(map(str, config.invocation_params.args))
-    try:  # which forms pytest reads as quantfair's: a project may own `--model`
-        owner = dict(config._parser._opt2dest)
-    except Exception:  # noqa: BLE001 -- another pytest's internals
-        owner = {}
     for option in OPTIONS.values():
         if option.flag:
             continue
-        forms = [form for form in (f"--{option.name}", f"--quantfair-{option.name}")
-                 if owner.get(form) == option.dest]
+        forms = _owned_forms(config, option.name)
         values = {}
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")

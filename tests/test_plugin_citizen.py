@@ -566,6 +566,28 @@ def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
     assert own.ret == pytest.ExitCode.OK
 
 
+def test_report_settings_in_addopts_are_defaults_the_command_line_overrides(pytester):
+    audits = (BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+              "--quantfair-languages", "en,he")
+    pytester.makeini("[pytest]\naddopts = --quantfair-no-report --quantfair-tolerance 0.2\n")
+    path = pytester.path / "r.json"
+    written = run_here(pytester, *audits, "--quantfair-report", str(path))
+    assert written.ret in (0, 1) and path.exists()  # the tolerance waits for a baseline
+    pytester.makeini(f"[pytest]\naddopts = --quantfair-report {path}\n")
+    path.unlink()
+    quiet = run_here(pytester, *audits, "--quantfair-no-report")
+    assert quiet.ret in (0, 1) and not path.exists()
+    both = run_here(pytester, *audits, "--quantfair-no-report", "--quantfair-report", "x.json")
+    assert both.ret == pytest.ExitCode.USAGE_ERROR
+    both.stderr.fnmatch_lines(["ERROR: give --quantfair-report x.json or --quantfair-no-report, "
+                               "not both"])
+    pytester.makeini("[pytest]\n")
+    typed = run_here(pytester, *audits, "--quantfair-tolerance", "0.2")
+    assert typed.ret == pytest.ExitCode.USAGE_ERROR
+    typed.stderr.fnmatch_lines(["ERROR: --quantfair-tolerance 0.2 applies to a "
+                                "--quantfair-baseline comparison; none given"])
+
+
 def test_release_gates_run_beside_a_strategy_say_they_bound_no_protection(pytester):
     result = run_here(pytester, str(AUDITS / "test_release.py"), "-k", "release_disparity",
                       "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,he",
