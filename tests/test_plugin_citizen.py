@@ -567,8 +567,8 @@ def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
 
 
 def test_report_settings_in_addopts_are_defaults_the_command_line_overrides(pytester):
-    audits = (BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-              "--quantfair-languages", "en,he")
+    audits = ("--pyargs", "quantfair.audits", "-k", "robustness", "--quantfair-model",
+              "tiny-gpt2", "--quantfair-languages", "en,he")  # the rootdir and ini file here
     pytester.makeini("[pytest]\naddopts = --quantfair-no-report --quantfair-tolerance 0.2\n")
     path = pytester.path / "r.json"
     written = run_here(pytester, *audits, "--quantfair-report", str(path))
