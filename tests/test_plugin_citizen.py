@@ -552,8 +552,9 @@ def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
                     "--quantfair-units", "2", "--quantfair-model", "tiny-gpt2",
                     "--quantfair-languages", "en,he", "--quantfair-no-report")
     assert same.ret in (0, 1)
-    pytester.makeini("[pytest]\naddopts = --quantfair-units 3\n")
-    override = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-units", "2",
+    pytester.makeini("[pytest]\naddopts = --quantfair-units 3\n")  # read with --pyargs
+    override = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "robustness",
+                        "--quantfair-units", "2",
                         "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,he",
                         "--quantfair-no-report")
     assert override.ret in (0, 1) and "2 units per language" in override.stdout.str()
