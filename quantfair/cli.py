@@ -135,7 +135,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     for lang, units in corpus.texts.items():
         meta = language(lang)
         text = list(units.values())
-        row = [lang, meta.name, meta.script, meta.family, meta.resource_class, len(text),
+        row = [lang, meta.name, meta.script, meta.family,
+               meta.resource_class if meta.resource_class >= 0 else "unknown", len(text),
                f"{sum(len(t) for t in text):,}", f"{sum(len(t.encode()) for t in text):,}"]
         if evaluator:
             tokens = sum(len(evaluator.token_ids(t)) - 1 for t in text)
@@ -221,8 +222,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
     if set(session.corpus.languages) == {REFERENCE}:
-        print(f"note: disparities compare languages with {REFERENCE}, alone here (1 by "
-              f"definition); give another too, e.g. --languages {REFERENCE},de")
+        print(f"note: disparities compare languages with {REFERENCE}, alone here: give another "
+              "in --languages")
     if len(session.corpus.units) < FEW_UNITS:
         print(f"note: with {units_text(len(session.corpus.units))} per language the bootstrap "
               f"CIs understate the uncertainty (no exact paired test reaches 5% below "

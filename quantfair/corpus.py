@@ -266,7 +266,9 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
                 "every language needs the same units"
             )
     if REFERENCE not in texts:
-        raise QuantfairError(f"{path}: no '{REFERENCE}' texts; disparities are relative to it")
+        named = next((code for code in texts if language(code).iso639_3 == "eng"), None)
+        raise QuantfairError(f"{path}: no '{REFERENCE}' texts; disparities are relative to it"
+                             + (f" (name English '{REFERENCE}', not '{named}')" if named else ""))
     order = list(texts[REFERENCE])
     return Corpus({lang: {u: units[u] for u in order} for lang, units in texts.items()},
                   source=str(path))

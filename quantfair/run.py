@@ -371,7 +371,7 @@ class QuantfairRun:
                 a.get("outcome") in ("passed", "failed", "inconclusive", "error") for a in gates):
             return ""
         reasons = list(dict.fromkeys(a.get("message") or "skipped" for a in gates))
-        return "; ".join(reasons[:2]) if reasons else "no release audit was collected"
+        return "; ".join(reasons) if reasons else "no release audit was collected"
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report

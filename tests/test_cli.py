@@ -253,6 +253,19 @@ def test_settings_the_pytest_plugin_checks_up_front_are_checked_before_loading(
     assert len(lines) == 1 and message in lines[0], result.stderr  # no "loading tiny-gpt2"
 
 
+def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"lang": lang, "unit": "a", "text": "text"})
+                              for lang in ("en", "heb", "xx")))
+    shown = run_cli("corpus", "--corpus", str(path))
+    assert shown.returncode == 0
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in shown.stdout.splitlines()
+                                          if line.startswith("| "))}
+    assert rows["heb"][1:5] == ["Hebrew", "Hebr", "Afro-Asiatic (Semitic)", "3"]
+    assert rows["xx"][2:5] == ["unknown", "unknown", "unknown"]
+
+
 def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     out = tmp_path / "m.json"
     args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--strategy",
@@ -284,7 +297,8 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert json.loads(out.read_text())["records"] == records
     english = run_cli(*args[:8], "--languages", "en", "--units", "6")
     assert english.returncode == 0
-    assert "note: disparities compare languages with en, alone here" in english.stdout
+    assert "note: disparities compare languages with en, alone here: give another in " \
+        "--languages" in english.stdout
     assert "understate" not in english.stdout
 
 

@@ -77,7 +77,10 @@ def _write(tmp_path, lines, raw=None):
     ([{"lang": "en", "unit": "a", "text": "  "}], "empty or whitespace-only text"),
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
       {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
-    ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts"),
+    ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts; disparities are relative to "
+                                                  "it$"),
+    ([{"lang": "eng", "unit": "a", "text": "z"}], r"no 'en' texts; .* \(name English 'en', "
+                                                   r"not 'eng'\)"),
     *(([{"lang": "en", "unit": "a", "text": "x"}, {"lang": code, "unit": "a", "text": "y"}],
        f"language code '{code}' cannot be named in --languages")
       for code in ("he,ar", "script:Arab", "All", " he")),
