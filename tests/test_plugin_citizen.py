@@ -582,6 +582,10 @@ def test_report_settings_in_addopts_are_defaults_the_command_line_overrides(pyte
     assert both.ret == pytest.ExitCode.USAGE_ERROR
     both.stderr.fnmatch_lines(["ERROR: give --quantfair-report x.json or --quantfair-no-report, "
                                "not both"])
+    pytester.makeini("[pytest]\nquantfair_no_report = true\n")
+    path.unlink(missing_ok=True)
+    asked = run_here(pytester, *audits, "--quantfair-report", str(path))
+    assert asked.ret in (0, 1) and path.exists()  # typed, it wins over the ini file's setting
     pytester.makeini("[pytest]\n")
     typed = run_here(pytester, *audits, "--quantfair-tolerance", "0.2")
     assert typed.ret == pytest.ExitCode.USAGE_ERROR
@@ -634,8 +638,13 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
     # a project's own slow tests beside the gates, without a model: its run, not a gate's
     pytester.makeini("[pytest]\nmarkers = slow: slow\n")
     pytester.makepyfile(test_own="import pytest\n@pytest.mark.slow\ndef test_ok():\n    pass\n")
-    assert run_here(pytester, "test_own.py", "-m", "quantfair_release or slow").ret == \
-        pytest.ExitCode.OK
+    for expression, code in (("quantfair_release or slow", pytest.ExitCode.OK),
+                             ("quantfair_release or not slow",  # selects none of its tests
+                              pytest.ExitCode.NO_TESTS_COLLECTED)):
+        assert run_here(pytester, "test_own.py", "-m", expression).ret == code
+    listed = run_here(pytester, "--pyargs", "quantfair.audits", "-m", "quantfair_release",
+                      "--collect-only")  # lists the gates, runs none: no model needed
+    assert listed.ret == pytest.ExitCode.OK
 
 
 @pytest.mark.parametrize("bound, message", [
