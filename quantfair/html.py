@@ -122,9 +122,9 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
-            if metadata(r["language"]) is None:  # a user corpus's language without it
+            meta = metadata(r["language"])
+            if meta is None:  # a user corpus's language without it
                 continue
-            meta = language(r["language"])
             groups[("script", meta.script)][strategy].append(r["disparity"])
             groups[("family", meta.family.partition(" (")[0])][strategy].append(r["disparity"])
             if meta.resource_class >= 0:

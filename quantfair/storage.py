@@ -60,10 +60,15 @@ def cache_writes(path: Path) -> Iterator[None]:
         ) from None
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path`, else the nearest of its parents that exists (where it would be made)."""
+    return next((p for p in (path, *path.parents) if p.exists()), path)
+
+
 def why_unwritable(path: Path, error: OSError) -> str:
     """Why writing under `path` failed: a file where a folder should be, else the OS's
     reason."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), path)
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         return f"{existing} is not a directory"
     if error.errno == errno.ENOENT and existing == path:  # /proc, /sys: no new files there
@@ -77,7 +82,7 @@ def probe_writable(folder: Path, make: bool = True) -> None:
     if make:
         folder.mkdir(parents=True, exist_ok=True)
     else:
-        folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        folder = _nearest_existing(folder)
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     tempfile.TemporaryFile(dir=folder).close()
