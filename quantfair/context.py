@@ -43,15 +43,21 @@ class AuditContext:
                 f"{len(self.session.corpus.languages)} languages x "
                 f"{len(self.session.corpus.units)} units")
 
+    def architecture(self) -> dict:
+        """What a new checkpoint of the same model keeps (`report.architecture`)."""
+        loaded = self.session.loaded
+        return {"family": loaded.family, "layers": self.session.resolver().layers,
+                "parameters": sum(c.numel for c in self.session.bank.parts.values()),
+                "vocabulary": getattr(loaded.model.get_output_embeddings(), "out_features",
+                                      None)}
+
     def model_facts(self) -> dict:
-        loaded, bank = self.session.loaded, self.session.bank
-        return {"name": loaded.name, "family": loaded.family, "source": loaded.source,
+        loaded = self.session.loaded
+        return {"name": loaded.name, "source": loaded.source,
                 "weights_note": loaded.weights_note, "weight_hash": loaded.weight_hash(),
                 "scheme_warning": self.session.scheme_warning,
                 "artifact": self.session.artifact.provenance() if self.session.artifact else None,
-                "layers": self.session.resolver().layers,
-                "parameters": sum(c.numel for c in bank.parts.values()),
-                "vocabulary": getattr(loaded.model.get_output_embeddings(), "out_features", None),
+                **self.architecture(),
                 "layer_variance": {str(k): v for k, v in self.layer_variance().items()},
                 "layer_statistics": {str(k): v for k, v in self.layer_statistics().items()}}
 

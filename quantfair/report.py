@@ -244,10 +244,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     have measurements but none in common and no audit regressed, when they share nothing, or
     when nothing in common could regress (no disparity or degradation, no audit that
     passed)."""
-    if (was := architecture(old)) and (now := architecture(new)) and was != now:
-        raise NothingShared(f"the baseline is of another model ({_describe(old)}; {was}) than "
-                            f"this run ({now}): a release of the same model keeps its family, "
-                            "layers, parameters and vocabulary; gate against one of this model")
+    if refusal := another_model(old, new):
+        raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded = [], [], [], []
@@ -320,6 +318,16 @@ def architecture(report: dict) -> str:
         return ""
     family, layers, parameters, vocabulary = facts
     return f"{family}, {layers} layers, {parameters:,} parameters, vocabulary {vocabulary:,}"
+
+
+def another_model(baseline: dict, run: dict) -> str | None:
+    """Why `baseline` cannot gate `run` (reports, or `run` a {"model": facts} dict), or None:
+    a release of the same model keeps its family, layers, parameters and vocabulary."""
+    if (was := architecture(baseline)) and (now := architecture(run)) and was != now:
+        return (f"the baseline is of another model ({_describe(baseline)}; {was}) than this "
+                f"run ({now}): a release of the same model keeps its family, layers, "
+                "parameters and vocabulary; gate against one of this model")
+    return None
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -149,6 +149,12 @@ class QuantfairRun:
                                    run_folder=self.run_folder)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
+            if self.baseline is not None:  # refused before any audit runs, not at the end
+                from quantfair.report import another_model
+
+                model = {"model": self._context.architecture()}
+                if refusal := another_model(self.baseline, model):
+                    raise UsageError(refusal)
             # The model, its libraries and the weight bank stay to the process's end: the
             # cyclic garbage collector need not walk them again in each full collection
             # (SmolLM2: 0.15 s each, 0.006 s frozen); reference counting still frees what
@@ -318,7 +324,8 @@ class QuantfairRun:
                                                strict=self.config.strict)
             except QuantfairError as error:  # nothing to compare: the gate was not checked
                 report["comparison"] = None
-                report["incomplete"].append(f"baseline: {error}")
+                if not any(str(error) in reason for reason in report["incomplete"]):
+                    report["incomplete"].append(f"baseline: {error}")  # not said twice
                 self.gate_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]

@@ -276,6 +276,26 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
+def test_a_baseline_of_another_model_stops_the_run_before_its_audits(pytester, workers):
+    """Known as soon as the model has loaded: no audit is measured for a gate that cannot be
+    checked (a usage error, said once)."""
+    base = pytester.path / "base.json"
+    args = [QUICK_FILES[1], "-k", "robustness", "--languages", "en,he"]
+    assert run(pytester, *args, "--model", "tiny-gpt2", "--report", str(base)).ret == 0
+    now = pytester.path / "now.json"
+    result = run(pytester, *args, "--model", "tiny-llama", "--baseline", str(base),
+                 "--report", str(now), *workers)
+    assert result.ret == 4, result.stdout.str()
+    result.stdout.fnmatch_lines(["INCOMPLETE: *the baseline is of another model (model tiny-"
+                                 "gpt2*; gpt2, * than this run (llama, *"])
+    assert result.stdout.str().count("INCOMPLETE") == 1
+    assert "REGRESSION" not in result.stdout.str()
+    report = load(now)
+    assert [a["outcome"] for a in report["audits"]] == ["error"]
+    assert not report["measurements"] and report["verdict"] == "incomplete"
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
 def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(pytester, workers):
     """Exit 3 (the gate could not be checked), as `quantfair report` refuses the same pair;
     1 would say a claim did not hold."""
