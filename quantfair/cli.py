@@ -727,8 +727,28 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+class _StoreOnce(argparse.Action):
+    """argparse's store, refusing an option given twice with different values (`--units 5
+    --units 100`): one would silently win, as the pytest plugin refuses too."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", {})
+        if option_string and self.dest in given and given[self.dest][1] != values:
+            flag, value = given[self.dest]
+            parser.error(f"{flag} {value}, {option_string} {values}: the option is given more "
+                         "than once; give it once")
+        given.setdefault(self.dest, (option_string, values))
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, as every other bad input (its subcommands' parsers too)."""
+    """Usage errors in one line, as every other bad input (its subcommands' parsers too);
+    an option given twice with different values is one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def error(self, message: str):
         where = "" if self.prog == "quantfair" else f"{self.prog}: "

@@ -34,6 +34,11 @@ BAD_INPUTS = [
      "--units 3 (see quantfair corpus --help)"),
     (["measure", ""], "the model is empty: name a Hugging Face id"),  # a positional argument
     (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
+    # an option given twice with different values: one would silently win
+    (["measure", "tiny-gpt2", "--units", "5", "--units=100"], "quantfair measure: --units 5, "
+     "--units 100: the option is given more than once; give it once"),
+    (["report", "a.json", "--tolerance", "0.1", "--tolerance", "0.2"], "--tolerance 0.1, "
+     "--tolerance 0.2: the option is given more than once"),
 ]
 
 
@@ -68,6 +73,11 @@ def test_bad_input_is_one_clear_line(args, message):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_an_option_given_twice_with_the_same_value_is_no_conflict():
+    result = run_cli("inspect", "tiny-gpt2", "--quant", "int8", "--quant=int8")
+    assert result.returncode == 0 and "int8" in result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("args", [
