@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,37 +29,94 @@ class Language:
     iso639_3: str = ""
 
 
-def _read_languages(path: Path = LANGUAGES_FILE) -> dict[str, Language]:
-    """The shipped metadata, one language a line (written by scripts/build_corpus.py)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    languages = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split("\t"), strict=True))
-        languages[row["code"]] = Language(row["code"], row["name"], row["script"], row["family"],
-                                          int(row["resource_class"]), row["iso639_3"])
+UNKNOWN = "unknown"  # a script or family the metadata does not give
+COLUMNS = ("code", "iso639_3", "name", "script", "family", "resource_class", "joshi_name")
+
+
+def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = None,
+                    ) -> dict[str, Language]:
+    """Language metadata from a TSV file with a header of `COLUMNS` (`code` required, the
+    rest optional; `joshi_name` is not used): the shipped file (written by
+    scripts/build_corpus.py), or a user corpus's, where a value left out or empty is the
+    shipped file's for that code (`metadata`) or unknown, and every code must be a language
+    of `corpus`. Raises QuantfairError naming `file:line` and the first bad value."""
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    header = lines[0].split("\t") if lines else []
+    if "code" not in header or not set(header) <= set(COLUMNS) or len(set(header)) < len(header):
+        raise QuantfairError(f"{path}:1: expected a tab-separated header of {', '.join(COLUMNS)}"
+                             f" (code required, each once), got {', '.join(header) or 'nothing'}")
+    languages: dict[str, Language] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        values = [value.strip() for value in line.split("\t")]
+        if len(values) != len(header):
+            raise QuantfairError(f"{path}:{number}: {len(values)} tab-separated values for "
+                                 f"{len(header)} columns ({', '.join(header)})")
+        row = {key: value for key, value in zip(header, values, strict=True) if value}
+        code = row.get("code", "")
+        if corpus is not None and code not in corpus:
+            raise QuantfairError(f"{path}:{number}: language {code!r} is not in the corpus "
+                                 f"(it has {', '.join(corpus)})")
+        if code in languages:
+            raise QuantfairError(f"{path}:{number}: language {code} is listed twice")
+        if not re.fullmatch(r"[A-Z][a-z]{3}", row.get("script", "Zyyy")):
+            raise QuantfairError(f"{path}:{number}: script {row['script']!r} is not an ISO "
+                                 "15924 code such as Latn, Cyrl, Arab or Hans")
+        resource_class = row.get("resource_class")
+        if resource_class is not None and resource_class not in {str(c) for c in CLASSES}:
+            raise QuantfairError(f"{path}:{number}: resource_class {resource_class!r} is not "
+                                 "one of Joshi et al.'s classes 0..5")
+        known = (metadata(code) or Language(code, code, UNKNOWN, UNKNOWN, -1)) if corpus \
+            is not None else Language(code, "", UNKNOWN, UNKNOWN, -1)
+        fields = {key: row[key] for key in ("name", "script", "family", "iso639_3") if key in row}
+        if resource_class is not None:
+            fields["resource_class"] = int(resource_class)
+        languages[code] = replace(known, **fields)
     return languages
 
 
+CLASSES = range(6)  # Joshi et al.'s classes 0..5
 LANGUAGES = _read_languages()
 _BY_ISO639_3 = {lang.iso639_3: lang for lang in LANGUAGES.values() if lang.iso639_3}
 _ORDER = {key: i for i, lang in enumerate(LANGUAGES.values())  # by key and ISO 639-3
           for key in (lang.code, lang.iso639_3) if key}
-CLASSES = range(6)  # Joshi et al.'s classes 0..5
+_USER: dict[str, Language] = {}  # a user corpus's own metadata (`use_languages`)
+
+
+def use_languages(languages: dict[str, Language]) -> None:
+    """Metadata for a user corpus's languages that `metadata` gives over the shipped file's:
+    the corpus's own languages file (`load_corpus`), or a report's `language_metadata`."""
+    _USER.update(languages)
+
+
+def use_report_languages(recorded: dict[str, dict]) -> None:
+    """A report's `language_metadata` for the codes without metadata here (a user corpus's
+    own, the report read elsewhere)."""
+    fields = set(Language.__dataclass_fields__) - {"code"}
+    use_languages({code: replace(language(code), **{k: v for k, v in given.items()
+                                                    if k in fields})
+                   for code, given in recorded.items() if metadata(code) is None})
 
 
 def metadata(code: str) -> Language | None:
-    """The shipped metadata of `code`, a key of the shipped corpus (`he`) or the ISO 639-3
-    code of one of its languages (`heb`, as a user corpus may name it), under `code`; None
-    for a language the shipped metadata does not have."""
-    shipped = LANGUAGES.get(code) or _BY_ISO639_3.get(code)
+    """The metadata of `code`: a user corpus's own (`use_languages`), else the shipped
+    file's for a key of the shipped corpus (`he`) or the ISO 639-3 code of one of its
+    languages (`heb`, as a user corpus may name it), under `code`; None for a language
+    neither has."""
+    shipped = _USER.get(code) or LANGUAGES.get(code) or _BY_ISO639_3.get(code)
     return replace(shipped, code=code) if shipped else None
 
 
 def language(code: str) -> Language:
     """Metadata for `code` (see `metadata`); other languages of a user corpus get an
     'unknown' entry."""
-    return metadata(code) or Language(code, code, "unknown", "unknown", -1)
+    return metadata(code) or Language(code, code, UNKNOWN, UNKNOWN, -1)
+
+
+def _known() -> list[Language]:
+    """Every language with metadata: the shipped file's, then a user corpus's own."""
+    return [*LANGUAGES.values(), *(lang for code, lang in _USER.items() if code not in LANGUAGES)]
 
 
 def _family_names(lang: Language) -> set[str]:
@@ -71,7 +129,7 @@ def _families() -> str:
     """The shipped metadata's families, each with its branches: `Afro-Asiatic (Chadic,
     Semitic), ...`."""
     branches: dict[str, set[str]] = {}
-    for lang in LANGUAGES.values():
+    for lang in _known():
         family, _, branch = lang.family.partition(" (")
         branches.setdefault(family, set()).update({branch.removesuffix(")")} - {""})
     return ", ".join(family + (f" ({', '.join(sorted(names))})" if names else "")
@@ -98,12 +156,12 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     kind = kind.lower()
-    pool = list(LANGUAGES.values()) if among is None else sorted(
+    pool = list(LANGUAGES.values()) if among is None else sorted(  # a user corpus's own last
         (lang for lang in map(metadata, dict.fromkeys(among)) if lang),
-        key=lambda lang: _ORDER[lang.code])
+        key=lambda lang: _ORDER.get(lang.code, len(_ORDER)))
     if kind == "script":
-        scripts = sorted({lang.script for lang in LANGUAGES.values()}
-                         | {part for lang in LANGUAGES.values()
+        scripts = sorted({lang.script for lang in _known()} - {UNKNOWN}
+                         | {part for lang in _known()
                             for part in SCRIPT_PARTS.get(lang.script, ())})
         if value.lower() not in {s.lower() for s in scripts}:
             raise UsageError(f"unknown script '{value}' in --languages {selector}; "
@@ -123,7 +181,8 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
                              f"class:{high_class}-{low_class}")
         chosen = [lang for lang in pool if low_class <= lang.resource_class <= high_class]
     elif kind == "family":
-        if not any(value.lower() in _family_names(lang) for lang in LANGUAGES.values()):
+        if value.lower() == UNKNOWN or not any(value.lower() in _family_names(lang)
+                                               for lang in _known()):
             raise UsageError(f"unknown family '{value}' in --languages {selector}; families "
                              f"(or their branches in parentheses): {_families()}")
         chosen = [lang for lang in pool if value.lower() in _family_names(lang)]
@@ -201,7 +260,10 @@ class Corpus:
 
 
 def load_corpus(path: str | Path | None = None) -> Corpus:
-    """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated."""
+    """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated;
+    a user corpus's languages file (`languages_file`), where there is one, gives metadata
+    for its languages (`use_languages`). Raises UsageError for a missing file, QuantfairError
+    naming `file:line` for a bad record or metadata row."""
     path = Path(path) if path else DATA_FILE
     if path.is_dir():
         raise UsageError(f"corpus {path} is a directory; give a JSONL file")
@@ -269,6 +331,14 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         named = next((code for code in texts if language(code).iso639_3 == "eng"), None)
         raise QuantfairError(f"{path}: no '{REFERENCE}' texts; disparities are relative to it"
                              + (f" (name English '{REFERENCE}', not '{named}')" if named else ""))
+    if path != DATA_FILE and (own := languages_file(path)).is_file():
+        use_languages(_read_languages(own, list(texts)))
     order = list(texts[REFERENCE])
     return Corpus({lang: {u: units[u] for u in order} for lang, units in texts.items()},
                   source=str(path))
+
+
+def languages_file(corpus: Path) -> Path:
+    """Where a user corpus keeps its languages' metadata: `texts.jsonl` ->
+    `texts.languages.tsv`, in the shipped `languages.tsv`'s columns."""
+    return corpus.with_name(f"{corpus.stem}.languages.tsv")

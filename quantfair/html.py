@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from quantfair import charts
-from quantfair.corpus import REFERENCE, language, metadata
+from quantfair.corpus import REFERENCE, UNKNOWN, language, metadata, use_report_languages
 from quantfair.report import OTHER_LANGUAGES, unsearched_languages
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 from quantfair.text import experiment_span, units_text
@@ -118,15 +118,18 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
 def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     """Mean NLL disparity per script, language family (without its branch) and resource
     class, for each scorecard strategy (English, and languages with an undefined disparity or
-    no metadata, left out)."""
+    no metadata, left out; a value unknown, from the group it would name)."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
             meta = metadata(r["language"])
             if meta is None:  # a user corpus's language without it
                 continue
-            groups[("script", meta.script)][strategy].append(r["disparity"])
-            groups[("family", meta.family.partition(" (")[0])][strategy].append(r["disparity"])
+            if meta.script != UNKNOWN:  # a user corpus's languages file may leave it out
+                groups[("script", meta.script)][strategy].append(r["disparity"])
+            if meta.family != UNKNOWN:
+                groups[("family", meta.family.partition(" (")[0])][strategy].append(
+                    r["disparity"])
             if meta.resource_class >= 0:
                 groups[("class", str(meta.resource_class))][strategy].append(r["disparity"])
     rows = []
@@ -170,6 +173,7 @@ def report_summary(report: dict) -> dict:
 
 
 def render_html(report: dict) -> str:
+    use_report_languages(report.get("language_metadata") or {})  # a user corpus's own
     env = Environment(loader=PackageLoader("quantfair", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)

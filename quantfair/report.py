@@ -173,12 +173,13 @@ def build_report(record: RunRecord) -> dict:
 
 
 def language_metadata(codes) -> dict[str, dict]:
-    """The shipped metadata (name, ISO 639-3, ISO 15924 script, family, Joshi et al.'s
-    resource class) of each code that has it, by code: what the HTML's per-script and
-    per-class tables group by."""
-    from quantfair.corpus import metadata  # reads the metadata file: only where used
+    """The metadata (name, ISO 639-3, ISO 15924 script, family, Joshi et al.'s resource
+    class; `quantfair.corpus.metadata`) of each code that has it, by code, values not known
+    left out: what the HTML's per-script and per-class tables group by."""
+    from quantfair.corpus import UNKNOWN, metadata  # reads the metadata file: only where used
 
-    return {code: {k: v for k, v in asdict(meta).items() if k != "code"}
+    return {code: {k: v for k, v in asdict(meta).items()
+                   if k != "code" and v not in (UNKNOWN, -1, "")}
             for code in sorted(set(codes)) if (meta := metadata(code))}
 
 

@@ -154,3 +154,76 @@ def test_bad_selectors_are_one_line_usage_errors(text, message, choices):
         parse_languages(text)
     assert message in str(error.value) and choices in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture
+def own_languages(tmp_path, monkeypatch):
+    """`write(rows)`: a user corpus (en, yo, tlh, he) and its languages file, by default
+    giving Yoruba all its metadata, Klingon (`tlh`, not in the shipped file) some, and Hebrew
+    another name. The metadata it gives is forgotten after the test."""
+    from quantfair import corpus
+
+    monkeypatch.setattr(corpus, "_USER", {})
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(f'{{"lang": "{code}", "unit": "u1", "text": "Text {code}."}}\n'
+                            for code in ("en", "yo", "tlh", "he")), encoding="utf-8")
+
+    def write(*rows: str, header: str = "code\tname\tscript\tfamily\tresource_class"):
+        rows = rows or ("yo\tYoruba\tLatn\tNiger-Congo (Volta-Niger)\t2",
+                        "tlh\tKlingon\t\tConstructed\t", "he\tIvrit\t\t\t")
+        (tmp_path / "texts.languages.tsv").write_text("\n".join([header, *rows]) + "\n",
+                                                      encoding="utf-8")
+        return path
+
+    return write
+
+
+def test_a_user_corpus_languages_file_gives_its_languages_metadata(own_languages):
+    from quantfair.corpus import select_languages
+    from quantfair.report import _validator
+
+    path = own_languages()
+    assert language("tlh").script == "unknown"  # not read yet
+    corpus = load_corpus(path)
+    assert language("yo") == replace(language("yo"), name="Yoruba", script="Latn",
+                                     family="Niger-Congo (Volta-Niger)", resource_class=2)
+    klingon = language("tlh")
+    assert (klingon.name, klingon.script, klingon.family, klingon.resource_class) == (
+        "Klingon", "unknown", "Constructed", -1)
+    # a value left empty is the shipped file's: only Hebrew's name is its own
+    assert language("he") == replace(LANGUAGES["he"], name="Ivrit")
+    among = corpus.languages
+    assert select_languages("family:constructed", among) == ["tlh"]
+    assert select_languages("script:Latn", among) == ["en", "yo"]
+    assert select_languages("class:2-3", among) == ["he", "yo"]
+    recorded = language_metadata(among)
+    assert recorded["tlh"] == {"name": "Klingon", "family": "Constructed"}  # unknowns left out
+    errors = _validator("quantfair-report/4").iter_errors({"language_metadata": recorded})
+    assert not [e.message for e in errors if list(e.path)[:1] == ["language_metadata"]]
+    with pytest.raises(UsageError, match="unknown family 'unknown'"):
+        select_languages("family:unknown", among)
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    (["xx\tX\tLatn\tNone\t1"], None, "texts.languages.tsv:2: language 'xx' is not in the "
+     "corpus (it has en, yo, tlh, he)"),
+    (["yo\tYoruba\tLatin\t\t"], None, "texts.languages.tsv:2: script 'Latin' is not an ISO "
+     "15924 code"),
+    (["yo\tYoruba\t\t\t6"], None, "texts.languages.tsv:2: resource_class '6' is not one of"),
+    (["yo\tYoruba", "tlh\tKlingon\t\t\t"], None, "texts.languages.tsv:2: 2 tab-separated "
+     "values for 5 columns"),
+    (["yo\tA\t\t\t", "", "yo\tB\t\t\t"], None, "texts.languages.tsv:4: language yo is listed "
+     "twice"),
+    (["yo\tYoruba"], "code\tlanguage", "texts.languages.tsv:1: expected a tab-separated "
+     "header of code, iso639_3, name"),
+    (["Yoruba\t2"], "name\tresource_class", "(code required, each once), got name, "
+     "resource_class"),
+])
+def test_a_bad_languages_file_is_one_line_naming_its_line(own_languages, rows, header,
+                                                           message):
+    from quantfair.errors import QuantfairError
+
+    path = own_languages(*rows, **({"header": header} if header else {}))
+    with pytest.raises(QuantfairError) as error:
+        load_corpus(path)
+    assert message in str(error.value) and "\n" not in str(error.value)

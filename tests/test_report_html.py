@@ -318,6 +318,26 @@ def test_per_script_and_class_aggregates_average_their_languages():
                       ("family", "Afro-Asiatic"), ("family", "Indo-European")}
 
 
+def test_a_report_brings_a_user_corpus_metadata_to_its_html(monkeypatch):
+    """`quantfair report REPORT.json` away from the corpus's languages file: the report's own
+    metadata names the language and groups it, and an unknown script groups nothing."""
+    from quantfair import corpus
+    from quantfair.html import aggregates
+
+    monkeypatch.setattr(corpus, "_USER", {})
+    renamed = report()  # ar and de as languages of a user corpus with a languages file
+    codes = {"ar": "tlh", "de": "qya"}
+    renamed["measurements"] = [{**r, "language": codes.get(r["language"], r["language"])}
+                               for r in renamed["measurements"]]
+    renamed["language_metadata"] = {"tlh": {"name": "Klingon", "family": "Constructed"},
+                                    "qya": {"name": "Quenya", "script": "Latn"}}
+    html = render_html(renamed)
+    assert "Klingon" in html and "unknown" not in {g["value"] for g in aggregates(
+        renamed, ["none"])}
+    assert ("family", "Constructed") in {(g["kind"], g["value"]) for g in aggregates(
+        renamed, ["none"])}
+
+
 def test_a_value_outside_its_interval_still_draws_the_forest():
     """A hand-edited report whose disparity lies outside its CI: no negative error bar."""
     from quantfair import charts
