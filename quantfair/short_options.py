@@ -85,8 +85,17 @@ def _refuse_typed_options(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`-m quick` selects the quantfair_quick audits (this runs before -m deselects); with
     the plugin disabled (`-p no:quantfair`), its audits are skipped with the reason, not
-    errors for want of its fixture."""
+    errors for want of its fixture; a `-m` selecting only the release gates then asks for a
+    gate that would pass on skipped audits: a usage error."""
     disabled = config.pluginmanager.is_blocked("quantfair")
+    if disabled:
+        from quantfair.plugin import selects_release_gates
+
+        if selects_release_gates(config):
+            raise pytest.UsageError(f"-m {config.getoption('markexpr')!r} selects the release "
+                                    "gates, but quantfair's plugin is disabled (-p "
+                                    "no:quantfair): no gate would be checked; drop one or the "
+                                    "other")
     for item in items:
         if item.get_closest_marker("quantfair_quick") and not item.get_closest_marker("quick"):
             item.add_marker(pytest.mark.quick)

@@ -396,6 +396,20 @@ def test_audit_options_typed_with_the_plugin_disabled_are_a_usage_error(pytester
         "(-p no:quantfair): no audit would run; drop one or the other")
 
 
+def test_release_gates_selected_with_the_plugin_disabled_are_a_usage_error(pytester):
+    """The gates would be skipped, and the run pass (exit 0) having checked nothing; `-m`
+    taking other tests too still runs them."""
+    pytester.makeini("[pytest]\naddopts = -p quantfair.short_options --model tiny-gpt2\n")
+    release = str(Path(BASELINE).with_name("test_release.py"))
+    result = run(pytester, release, "-p", "no:quantfair", "-m", "quantfair_release")
+    assert result.ret == 4, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: -m 'quantfair_release' selects the release gates, but "
+                                 "quantfair's plugin is disabled (-p no:quantfair): no gate "
+                                 "would be checked; drop one or the other"])
+    result = run(pytester, release, "-p", "no:quantfair", "-m", "quantfair_release or not slow")
+    assert result.ret == 0, result.stdout.str()
+
+
 def test_short_forms_with_the_plugin_disabled_leave_a_projects_own_options_alone(pytester):
     pytester.makeconftest(FOREIGN_OPTIONS.format(names=["model"]))
     pytester.makepyfile(test_theirs="""
