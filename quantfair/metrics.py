@@ -145,7 +145,10 @@ class Measurement:
             return TOO_FEW_UNITS
         value, samples = self._series("delta")
         ref = self.ref
-        if _interval(samples[ref])[0] <= 0:
+        low, high = _interval(samples[ref])
+        if high < 0:  # e.g. an artifact fine-tuned on English: not damage, no ratio to it
+            return f"{self.reference} loss fell (95% CI below 0): no damage to compare with"
+        if low <= 0:
             return f"{self.reference} loss change is within noise (95% CI includes 0)"
         if value[ref] / self.tokens[ref].sum() < NOISE_FLOOR:
             return f"{self.reference} loss change is below {NOISE_FLOOR} nats/token"

@@ -40,6 +40,15 @@ def test_disparity_is_undefined_when_english_is_within_noise():
     assert not m.mean_disparity().defined
 
 
+def test_disparity_is_undefined_when_english_loss_falls_and_says_so():
+    """An artifact fine-tuned on English: its loss falls in every unit, no noise about it."""
+    m = make(nll_fp=[[10, 10, 10], [10, 10, 10]], nll_q=[[8, 7.5, 8.2], [12, 13, 14]],
+             tokens=[[100] * 3, [100] * 3])
+    result = m.disparity()["he"]
+    assert not result.defined and "en loss fell (95% CI below 0)" in result.undefined
+    assert "within noise" not in result.undefined
+
+
 def test_a_quantization_that_changes_nothing_is_undefined_without_numpy_warnings():
     """An artifact equal to the FP model: every resample's ratio is 0/0."""
     m = make(nll_fp=[[10, 10], [10, 10]], nll_q=[[10, 10], [10, 10]],
