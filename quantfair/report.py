@@ -191,7 +191,8 @@ def unique_report_path(folder: Path, model: str) -> Path:
     (the pid tells processes apart; within one, the time is made strictly increasing)."""
     global _last_stamp
     now = _last_stamp = max(datetime.now(timezone.utc), _last_stamp + timedelta(microseconds=1))
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))
+    # a relative path (./my-model, ..): no hidden file, which artifact uploaders skip
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).lstrip("._-") or "model"
     return folder / f"{name}-{now:%Y%m%dT%H%M%S.%f}Z-{os.getpid()}.json"
 
 

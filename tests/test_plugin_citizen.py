@@ -486,6 +486,11 @@ def test_reports_of_runs_finishing_together_never_share_a_name(tmp_path):
     write_report(report, first), write_report(report, second)
     assert first.exists() and second.exists() and (tmp_path / "latest.html").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
+    # a model given as a relative path names no hidden file (artifact uploaders skip those)
+    names = {model: unique_report_path(tmp_path, model).name
+             for model in ("./my-model", "../m", ".", "-x")}
+    assert [name.partition("-2")[0] for name in names.values()] == ["my-model", "m", "model",
+                                                                     "x"]
 
 
 def test_release_gates_take_their_maxima_from_options_with_per_language_overrides(pytester):
