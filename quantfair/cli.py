@@ -205,6 +205,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     records = [record for strategy in strategies for record in measurement_records(
         session.measure(strategy, distribution=True), strategy=strategy,
         scheme=session.config.scheme.name, length="medium", overhead=session.overhead(strategy))]
+    if args.json:  # before the tables: a reader that closes the pipe (`| head`) loses none
+        _write(args.json, json.dumps({"settings": session.config.settings(),
+                                      "device": str(session.loaded.device),  # auto resolved
+                                      "units": session.corpus.units,
+                                      "records": records}, indent=2),  # corpus digest: settings
+               say=False)
     rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.5g}", f"{r['ppl_q']:.5g}",
              f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.4g}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
@@ -232,21 +238,19 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print()
         print(_distribution_block(record))
     if args.json:
-        _write(args.json, json.dumps({"settings": session.config.settings(),
-                                      "device": str(session.loaded.device),  # auto resolved
-                                      "units": session.corpus.units,
-                                      "records": records}, indent=2))  # corpus digest: settings
+        print(f"wrote {args.json}")
     return 0
 
 
-def _write(path: str | os.PathLike, text: str) -> None:
-    """Write an output file; an I/O error (a full disk) names it."""
+def _write(path: str | os.PathLike, text: str, say: bool = True) -> None:
+    """Write an output file, saying so with `say`; an I/O error (a full disk) names it."""
     try:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as error:
         raise QuantfairError(f"could not write {path}: {error.strerror or error}") from None
-    print(f"wrote {path}")
+    if say:
+        print(f"wrote {path}")
 
 
 def _finite(value: float | None, digits: int) -> str:
@@ -326,6 +330,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:  # before the tables: a reader that closes the pipe (`| head`) loses none
+        _write(args.json, json.dumps(result.to_json(), indent=2), say=False)
     print(f"model: {result.model}  scheme: {result.scheme}  budget: {100 * budget:g}%")
     if result.note:
         print(f"note: {result.note}")
@@ -384,7 +390,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")
     if args.json:
-        _write(args.json, json.dumps(result.to_json(), indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 

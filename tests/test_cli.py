@@ -376,6 +376,20 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     assert process.stderr.read() == ""
 
 
+def test_a_reader_that_leaves_early_loses_no_json_file(tmp_path):
+    """`quantfair measure ... --json FILE | head -3`: the numbers are the file, the table only
+    their preview."""
+    path = tmp_path / "m.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantfair", "measure", "tiny-gpt2", "--random-weights",
+         "--languages", "en,he", "--units", "2", "--json", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process.stdout.close()
+    assert process.wait(timeout=300) == 128 + signal.SIGPIPE
+    assert {r["language"] for r in json.loads(path.read_text())["records"]} == {"en", "he"}
+
+
 def test_help_names_values_by_the_option_not_its_settings_key():
     result = run_cli("measure", "--help")
     assert result.returncode == 0
