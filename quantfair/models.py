@@ -488,9 +488,10 @@ def _hub_or_local(spec: str) -> LoadedModel:
         try:
             model, tokenizer = _from_pretrained(str(path))
         except (OSError, ValueError) as error:  # a damaged or incomplete directory
-            lines = str(error).strip().splitlines()
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
             raise QuantfairError(f"{path}: transformers cannot load it: "
-                                 f"{lines[0] if lines else type(error).__name__}") from None
+                                 f"{reason or type(error).__name__}") from None
         return LoadedModel(path.name, model, tokenizer, source=str(path.resolve()))
     if spec.count("/") > 1 or spec.startswith((".", "~")):
         raise UsageError(f"model path not found: {spec}")
@@ -522,10 +523,20 @@ def _did_you_mean(spec: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _check_model_directory(path: Path) -> None:
+# The files a tokenizer's save_pretrained writes, one at least whatever its kind.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_model_directory(path: Path, tokenizer: bool = True) -> None:
+    """A UsageError for a folder that is not a Hugging Face model (no config.json) or, with
+    `tokenizer`, has no tokenizer beside it (a quantized artifact's folder needs none)."""
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} has no config.json: not a Hugging Face model directory "
                          "(give the folder save_pretrained wrote, or a .gguf file)")
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
+                         "save it beside the model, tokenizer.save_pretrained(path)")
 
 
 def check_available(spec: str, random_weights: bool = False, what: str = "model") -> None:
@@ -557,7 +568,7 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
         if path.suffix == ".gguf":
             check_gguf(path)
         else:
-            _check_model_directory(path)
+            _check_model_directory(path, tokenizer=what == "model")
         return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
