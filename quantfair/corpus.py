@@ -259,6 +259,19 @@ class Corpus:
         raise UsageError(f"unknown length '{length}': use {', '.join(LENGTHS)}")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object naming a key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(json.dumps(key) for key, _ in pairs
+                                if key in seen or seen.add(key)))
+    return record
+
+
 def load_corpus(path: str | Path | None = None) -> Corpus:
     """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated;
     a user corpus's languages file (`languages_file`), where there is one, gives metadata
@@ -283,7 +296,9 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
+        except DuplicateKey as error:
+            raise QuantfairError(f"{where}: key {error} given twice in one record") from None
         except json.JSONDecodeError as error:
             # json's messages may end where its position would go: "... starting at"
             reason = error.msg.removesuffix(" at")

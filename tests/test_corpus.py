@@ -74,6 +74,10 @@ def _write(tmp_path, lines, raw=None):
     ([{"lang": "en", "unit": "a", "text": "hi"}, '{"lang": "en", "unit": "b", "text": "cut'],
      ":2: malformed JSON at column 37: Unterminated string starting"),  # the open quote
     ([{"lang": "en", "unit": "a", "text": "hi", "extra": 1}], "exactly fields"),
+    # json keeps the last of a key given twice: a record that says two things is refused
+    ([{"lang": "en", "unit": "a", "text": "hi"}, '{"lang": "en", "unit": "b", "text": "x", '
+      '"text": "y"}'], ':2: key "text" given twice in one record'),
+    (['{"lang": "en", "lang": "de", "unit": "a", "text": "x"}'], ':1: key "lang" given twice'),
     ([{"lang": "en", "unit": "a", "text": "  "}], "empty or whitespace-only text"),
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
       {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
