@@ -427,6 +427,8 @@ class Search:
                      *[f for f in shorter if "+".join(f[1]) not in finalists],
                      (start, self.kept)]
         best, chosen = self.confirm(finalists)
+        if chosen != self.kept and self.repairs(best):  # a spread selector repairing the
+            self.floor = best  # scheme's coarseness: an extra is added for its score only
         base = "+".join(chosen)
         trace = [replace(s, chosen=True) if s.phase == "portfolio" and s.strategy == base
                  else s for s in trace]

@@ -370,6 +370,33 @@ def test_super_weights_removing_most_of_the_damage_are_kept_first(tiny_models, m
     assert search.kept == ["superweights:2"]
 
 
+def test_a_refinement_adds_nothing_to_a_repairing_finalist_that_its_score_does_not_earn(
+        tiny_models, monkeypatch):
+    """Magnitude selection removing most of the damage, refined: super weights changing
+    nothing it keeps (the same score) are not added as if they repaired the model, nor is an
+    extra raising the score; one lowering it is."""
+    session = session_for(tiny_models["tiny-gpt2"])
+    search = Search(session, 0.3, search_units(session, 2))
+    search.none = search.floor = Score(4.0, 2.0, 2.0, 4.0, 1.0)
+    scores = {"magnitude:10%": Score(3.0, 1.5, 1.5, 0.4, 0.1)}
+    scores["magnitude:10%+superweights:8"] = scores["magnitude:10%"]
+    scores["magnitude:10%+ln"] = Score(3.2, 1.6, 1.6, 0.39, 0.1)
+    scores["magnitude:10%+ln_f"] = Score(2.5, 1.2, 1.3, 0.39, 0.1)
+    scores["magnitude:10%+ln_f+superweights:8"] = scores["magnitude:10%+ln_f"]
+    scores["magnitude:10%+ln_f+ln"] = scores["magnitude:10%+ln"]
+    monkeypatch.setattr(search, "portfolio", lambda: ["magnitude:10%"])
+    monkeypatch.setattr(search, "score", lambda units: scores["+".join(units)])
+    monkeypatch.setattr(search, "_new", lambda chosen, options: options)
+    monkeypatch.setattr(search, "structural", lambda chosen: [])
+    monkeypatch.setattr(search, "overhead", lambda units: 0.1)
+    for extras, expected in ((("superweights:8", "ln"), ["magnitude:10%"]),
+                             (("superweights:8", "ln", "ln_f"), ["magnitude:10%", "ln_f"])):
+        search.floor = search.none
+        monkeypatch.setattr(search, "_exists", lambda unit, extras=extras: unit in extras)
+        chosen, score, _ = search.run(announce=lambda message: None)
+        assert chosen == expected and score == scores["+".join(expected)]
+
+
 @pytest.mark.parametrize(("change", "taken"), [(1e-9, False), (1e-3, True)])
 def test_a_unit_is_added_only_for_more_than_float_noise(tiny_models, monkeypatch, change,
                                                          taken):
