@@ -434,6 +434,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"{error}; give --output elsewhere") from None
     if Path(args.old).resolve() == new_path.resolve():
         print(f"note: {args.old} is compared with itself: nothing can differ")
+    elif old == new:  # a copy: a gate comparing the baseline with itself by mistake
+        print(f"note: {args.new} is a copy of {args.old} (the same report, created "
+              f"{old.get('created')}): nothing can differ")
     try:
         new["comparison"] = compare(old, new, tolerance)
     except NothingShared as error:

@@ -612,6 +612,11 @@ def test_a_report_compared_with_itself_says_so(report_pair):
     printed = run_cli("report", str(old), str(old))
     assert printed.returncode == 0, printed.stderr
     assert f"note: {old} is compared with itself: nothing can differ" in printed.stdout
+    copy = old.with_name("copy.json")
+    copy.write_bytes(old.read_bytes())
+    printed = run_cli("report", str(old), str(copy))
+    assert printed.returncode == 0, printed.stderr
+    assert f"note: {copy} is a copy of {old} (the same report, created " in printed.stdout
 
 
 def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pair):
