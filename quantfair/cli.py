@@ -339,7 +339,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
           "parameters)")
     if result.trace:
         print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
-              f"({result.forward_passes:,} forward passes, {result.wall_s:.0f} s):")
+              f"(this run: {result.forward_passes:,} forward passes, {result.wall_s:.0f} s; "
+              "measurements cached by earlier runs are reused):")
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
                       "en KLD (nats)", "chosen"],
                      [(s.phase, s.step, s.candidate, _finite(s.score, 4),
