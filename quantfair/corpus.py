@@ -264,11 +264,11 @@ class DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    record = dict(pairs)
-    if len(record) < len(pairs):
-        seen: set[str] = set()
-        raise DuplicateKey(next(json.dumps(key) for key, _ in pairs
-                                if key in seen or seen.add(key)))
+    record: dict = {}
+    for key, value in pairs:
+        if key in record:
+            raise DuplicateKey(json.dumps(key))
+        record[key] = value
     return record
 
 
