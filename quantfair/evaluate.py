@@ -52,7 +52,9 @@ from quantfair.models import LoadedModel, cache_root
 from quantfair.prefix import HiddenStates
 from quantfair.storage import atomic_write, cache_writes
 
-EVALUATOR_VERSION = "4"  # 3: short units batched on CPU; 4: the head run on blocks of positions
+# 3: short units batched on CPU; 4: the head run on blocks of positions; 5: special-token
+# markup in a text (a literal "<|endoftext|>") scored as text
+EVALUATOR_VERSION = "5"
 DISTRIBUTION_VERSION = "2"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
 LOGITS_BLOCK_BYTES = 32 << 20  # float32 logits of the positions scored at a time, at most,
@@ -512,7 +514,12 @@ class Evaluator:
         return {t: known[k] for t in texts if (k := self.unit_key(t)) in known}
 
     def token_ids(self, text: str) -> list[int]:
-        ids = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The ids the model scores `text` by: the prefix (BOS), then the text's tokens, a
+        special token's markup in it ("<|endoftext|>") tokenized as text, as llama.cpp's
+        perplexity tool does (`parse_special` false): a corpus is text, not a chat
+        template."""
+        ids = self.loaded.tokenizer(text, add_special_tokens=False,
+                                    split_special_tokens=True)["input_ids"]
         return ([self.prefix] if self.prefix is not None else []) + list(ids)
 
     def _windows(self, key: str, ids: list[int]) -> list[_Window]:

@@ -113,6 +113,19 @@ def test_a_head_that_is_not_linear_is_batched_within_the_logits_budget(tmp_path,
     assert evaluator.evaluate("fp", [text])[text].nll == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_special_token_markup_in_a_text_is_scored_as_text(tiny_models, tmp_path):
+    """A corpus quoting "<|endoftext|>" holds those characters, not the end of a document
+    mid-unit (llama.cpp's perplexity tokenizes text with parse_special false)."""
+    loaded = tiny_models["tiny-gpt2"]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    special = loaded.tokenizer.eos_token
+    special_id = loaded.tokenizer.convert_tokens_to_ids(special)
+    ids = evaluator.token_ids(f"a{special}b")
+    assert special_id not in ids[1:]  # the prefix is BOS (here the same token)
+    assert ids == evaluator.token_ids("a") + evaluator.token_ids(special)[1:] + \
+        evaluator.token_ids("b")[1:]
+
+
 def test_long_units_use_a_sliding_window(tiny_models, tmp_path):
     loaded = tiny_models["tiny-gpt2"]  # 128-token context
     text = load_corpus().texts["en"]["preamble"][:400]
