@@ -299,7 +299,7 @@ class QuantfairRun:
             return  # --collect-only: nothing ran, no gate was asked to decide
         self.payloads.append(self._payload())
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
-        undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()
+        undecided = None if self._stopped(exitstatus) else self._no_release_gate_decided()
         if not self.audits and not self.internal_errors and self.baseline is None and not (
                 unchecked or undecided or self._stopped(exitstatus)
                 and self.selection.get("selected_ids", True)):
@@ -315,8 +315,8 @@ class QuantfairRun:
                 "(audits/test_release.py, marker quantfair_release): the gate was not checked")
             self.gate_error = True
         elif undecided:
-            report["incomplete"].append(f"-m quantfair_release selected the release gates, but "
-                                        f"none was checked: {undecided}")
+            report["incomplete"].append(f"{undecided[0]} selected the release gates, but none "
+                                        f"was checked: {undecided[1]}")
             self.gate_error = True
         if self.baseline is not None:
             try:
@@ -368,17 +368,20 @@ class QuantfairRun:
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
 
-    def _no_release_gate_decided(self) -> str:
-        """Why, where `-m quantfair_release` asked for release gates and none passed or failed
-        (each skipped: no maximum given, none selected); empty otherwise."""
+    def _no_release_gate_decided(self) -> tuple[str, str] | None:
+        """Where the run asked for release gates and none passed or failed (each skipped: no
+        maximum given, none selected): how it asked (`-m quantfair_release`, or a selection
+        of release audits only, by path or `-k`) and why; None otherwise."""
         from quantfair.plugin import selects_release_gates
 
         gates = [a for a in self.audits.values() if "release" in (a.get("experiments") or ())]
-        if not selects_release_gates(self.pytest_config) or any(
+        by_marker = selects_release_gates(self.pytest_config)
+        if not (by_marker or gates and len(gates) == len(self.audits)) or any(
                 a.get("outcome") in ("passed", "failed", "inconclusive", "error") for a in gates):
-            return ""
+            return None
         reasons = list(dict.fromkeys(a.get("message") or "skipped" for a in gates))
-        return "; ".join(reasons) if reasons else "no release audit was collected"
+        return ("-m quantfair_release" if by_marker else "the selection (only release audits)",
+                "; ".join(reasons) if reasons else "no release audit was collected")
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report

@@ -654,6 +654,16 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
                                     "the ini file*"])
     assert run_here(pytester, "--pyargs", "quantfair.audits", "-m",
                     "not quantfair_release", "-k", "robustness").ret == pytest.ExitCode.OK
+    # the gates selected by file or -k rather than by marker ask for a gate too
+    pytester.makeini("[pytest]\n")  # no maximum
+    for selection in (["--pyargs", "quantfair.audits.test_release"],
+                      ["--pyargs", "quantfair.audits", "-k", "release"]):
+        unmarked = run_here(pytester, *selection, "--quantfair-model", "tiny-gpt2",
+                            "--quantfair-no-report")
+        assert unmarked.ret == pytest.ExitCode.INTERNAL_ERROR, selection
+        unmarked.stdout.fnmatch_lines(["INCOMPLETE: the selection (only release audits) "
+                                       "selected the release gates, but none was checked: no "
+                                       "release bound for *"])
     # a project's own slow tests beside the gates, without a model: its run, not a gate's
     pytester.makeini("[pytest]\nmarkers = slow: slow\n")
     pytester.makepyfile(test_own="import pytest\n@pytest.mark.slow\ndef test_ok():\n    pass\n")
