@@ -9,6 +9,7 @@ opt-in plugin `quantfair.short_options`. The run's state is one `QuantfairRun` (
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
 import re
@@ -81,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     _check_setup_not_moved(config)
     _check_given_once(config)
+    _check_ini_keys(config)
     if not option_value(config, "model"):
         _check_no_options_without_model(config)
         return
@@ -156,6 +158,24 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"{', '.join(given)} given but no model: give --quantfair-model, or "
             f"quantfair_model in the ini file (pytest {where}, rootdir {config.rootpath})")
+
+
+def _check_ini_keys(config: pytest.Config) -> None:
+    """A UsageError for a `quantfair_` key of the ini file that names no setting (a gate's
+    misspelled `quantfair_max_degradaton` would pass on the others; pytest only warns): the
+    prefix is quantfair's. No check where pytest's internals are not as expected."""
+    keys = getattr(config, "_inicfg", None)
+    if not isinstance(keys, dict):
+        return
+    known = {option.dest for option in OPTIONS.values()}
+    unknown = sorted(key for key in keys if key.startswith("quantfair_") and key not in known)
+    if unknown:
+        near = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        raise pytest.UsageError(
+            f"{config.inipath.name if config.inipath else 'the ini file'}: unknown setting "
+            + ", ".join(key + (f" (did you mean {near[key][0]}?)" if near[key] else "")
+                        for key in unknown)
+            + "; quantfair's settings are the quantfair_* keys of `pytest --help`")
 
 
 def _check_setup_not_moved(config: pytest.Config) -> None:

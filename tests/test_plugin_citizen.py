@@ -396,6 +396,23 @@ def test_audit_options_typed_with_the_plugin_disabled_are_a_usage_error(pytester
         "(-p no:quantfair): no audit would run; drop one or the other")
 
 
+@pytest.mark.parametrize("key, meant", [("quantfair_max_degradaton", "quantfair_max_degradation"),
+                                       ("quantfair_modle", "quantfair_model")])
+def test_a_misspelled_quantfair_key_in_the_ini_file_is_a_usage_error(pytester, key, meant):
+    """pytest only warns of an unknown ini key: a gate's misspelled maximum would pass on the
+    other bounds, a misspelled model skip every audit. Other projects' keys stay warnings."""
+    pytester.makeini(f"[pytest]\nquantfair_max_disparity = 8\n{key} = 0.01\nother_key = 1\n")
+    result = run_here(pytester, "--pyargs", "quantfair.audits", "-m", "quantfair_release",
+                      "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"ERROR: tox.ini: unknown setting {key} (did you mean {meant}?)"
+                                 "; quantfair's settings are the quantfair_* keys of `pytest "
+                                 "--help`"])
+    pytester.makeini("[pytest]\nother_key = 1\n")
+    assert run_here(pytester, "--pyargs", "quantfair.audits", "-k",
+                    "robustness").ret == pytest.ExitCode.OK
+
+
 def test_release_gates_selected_with_the_plugin_disabled_are_a_usage_error(pytester):
     """The gates would be skipped, and the run pass (exit 0) having checked nothing; `-m`
     taking other tests too still runs them."""
