@@ -542,6 +542,11 @@ def _check_model_directory(path: Path, tokenizer: bool = True) -> None:
 def check_available(spec: str, random_weights: bool = False, what: str = "model") -> None:
     """Fail fast, without loading, when `spec` (the `what` option's value) cannot be loaded
     here. Raises UsageError."""
+    builtin = spec in TINY_MODEL_TYPES or spec in (SMOLLM2, GEMMA3)
+    if what != "model" and builtin and not Path(spec).exists():
+        raise UsageError(f"{what} {spec} names a model quantfair ships, not its quantized "
+                         "weights: give the file you ship (a .gguf file, a safetensors "
+                         "directory or a Hugging Face id)")
     if spec in TINY_MODEL_TYPES:
         return
     if random_weights:

@@ -138,6 +138,9 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
     (["--model", "tiny-gpt2", "--device", "meta"], "device 'meta' is not supported"),
     (["--model", "tiny-gpt2", "--quantized", "notes.txt"],
      "--quantized notes.txt: a file"),  # named as typed
+    (["--model", "smollm2-135m", "--quantized", "smollm2-135m"], "--quantized smollm2-135m "
+     "names a model quantfair ships, not its quantized weights"),
+    (["--model", "tiny-gpt2", "--quantized", "tiny-llama"], "--quantized tiny-llama names"),
 ])
 def test_settings_checked_before_any_audit_are_one_usage_error(pytester, args, message):
     """Found before the first audit, not as an error in each of them."""
