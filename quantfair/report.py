@@ -297,7 +297,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             + _measured_otherwise(old, new))
     if len(unbounded) == len(rows) and all(a["old"] != "passed" for a in audits):
         raise NothingShared(
-            f"nothing in the baseline ({_describe(old)}) could regress: its {len(rows)} "
+            f"nothing in the baseline ({_describe(old)}) could regress: its "
+            f"{sum(row_key(r) in old_rows for r in new.get('measurements', []))} "
             "measurement(s) in common have neither a disparity nor a degradation, and no audit "
             "in common passed in it")
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
