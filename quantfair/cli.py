@@ -31,8 +31,8 @@ from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies
 from quantfair.summary import FEW_UNITS
 from quantfair.text import interval_text as cell
+from quantfair.text import plural, units_text
 from quantfair.text import table as _table
-from quantfair.text import units_text
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -455,6 +455,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(regressions)} regression(s) (disparity, or degradation for English and where "
           f"the baseline's disparity is undefined, beyond {100 * tolerance:g}%, or an audit "
           "that stopped passing)")
+    failed = [a for a in new.get("audits", []) if a.get("outcome") == "failed"]
+    if failed and not regressions:  # a script gating on this exit alone would ship it
+        print(f"note: {plural(len(failed), 'audit')} of {args.new} failed in its own run (its "
+              "exit was 1): this exit code says only that nothing regressed against "
+              f"{args.old}")
     _write(output, render_html(new))
     if why := _undecided(new, args.new):
         print(f"quantfair: {why}", file=sys.stderr)

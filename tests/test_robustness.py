@@ -610,6 +610,22 @@ def test_one_report_is_rendered_as_html_again(tmp_path, report_pair):
         one_line_error(run_cli("report", *args), message)
 
 
+def test_a_comparison_without_regressions_names_the_new_reports_own_failures(tmp_path,
+                                                                            report_pair):
+    """Exit 0 says nothing regressed, not that the new run's audits passed."""
+    old, report = report_pair
+    failing = {**report, "audits": [{**a, "outcome": "failed"} for a in report["audits"]]}
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(failing))
+    printed = run_cli("report", str(old), str(new))
+    assert printed.returncode == 1  # passed -> failed is a regression
+    assert "failed in its own run" not in printed.stdout
+    printed = run_cli("report", str(new), str(new))  # failed in both: no regression
+    assert printed.returncode == 0, printed.stderr
+    assert f"note: 1 audit of {new} failed in its own run (its exit was 1): this exit code " \
+        f"says only that nothing regressed against {new}" in printed.stdout
+
+
 def test_a_report_compared_with_itself_says_so(report_pair):
     old, _ = report_pair
     printed = run_cli("report", str(old), str(old))
