@@ -335,12 +335,18 @@ def another_model(baseline: dict, run: dict) -> str | None:
 
 def _differences(old: dict, new: dict) -> list[str]:
     """Settings that differ between the baseline and the run, and files whose contents
-    changed under the same path."""
+    changed under the same path; a path given otherwise (relative, absolute) to the same
+    contents is no difference."""
     settings, was = new.get("settings", {}), old.get("settings", {})
+    contents = list(_contents(old, new))
+    same = {setting for setting, (_, before, now) in zip(("corpus", "model", "quantized"),
+                                                          contents, strict=True)
+            if before and before == now}
     differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
-                   for key in COMPARED_SETTINGS if was.get(key) != settings.get(key)]
+                   for key in COMPARED_SETTINGS
+                   if was.get(key) != settings.get(key) and key not in same]
     return differences + [f"{what}: {before} -> {now}" for what, before, now
-                          in _contents(old, new) if before and now and before != now]
+                          in contents if before and now and before != now]
 
 
 def _measured_otherwise(old: dict, new: dict) -> str:

@@ -782,6 +782,22 @@ def test_a_baseline_of_another_model_is_refused(report_pair):
     assert compare(report, mine)["regressions"] == []  # a baseline without the facts
 
 
+def test_the_same_file_given_by_another_path_is_no_difference(report_pair):
+    """`--quantized smol.gguf` from its folder against a baseline of `/rel/smol.gguf`: the
+    same contents, so not 'measured otherwise'; other contents under another path are."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+
+    def run(path: str, weights: str) -> dict:
+        return {**report, "settings": {**report["settings"], "quantized": path},
+                "model": {**report["model"], "artifact": {"weight_hash": weights}}}
+
+    assert compare(run("/rel/smol.gguf", "aa"), run("smol.gguf", "aa"))["differences"] == []
+    assert compare(run("/rel/smol.gguf", "aa"), run("other.gguf", "bb"))["differences"] == [
+        "quantized: /rel/smol.gguf -> other.gguf", "artifact weights: aa -> bb"]
+
+
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
         tmp_path, report_pair):
     """A gate that compared other languages, units or another model must say so; audits
