@@ -25,6 +25,7 @@ import pytest
 
 from quantfair.config import OPTIONS, RunConfig, check_folder_writable
 from quantfair.errors import TERMINATED, QuantfairError, UsageError
+from quantfair.storage import why_unwritable
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 
@@ -338,7 +339,7 @@ class QuantfairRun:
                 self.report_paths = write_report(report, path, latest=not self.config.report)
             except OSError as error:  # its message names a temporary file: say the report's
                 self.write_error = (f"quantfair: could not write the report {path} or its "
-                                    f".html: {error.strerror or error}")
+                                    f".html: {why_unwritable(path.parent, error)}")
             except Exception as error:  # rendering: the JSON, written first, is kept
                 self.write_error = (f"quantfair: could not render the HTML report beside "
                                     f"{path}: {type(error).__name__}: {error}")
