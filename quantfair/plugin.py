@@ -172,9 +172,9 @@ def _check_ini_keys(config: pytest.Config) -> None:
     if unknown:
         near = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
         raise pytest.UsageError(
-            f"{config.inipath.name if config.inipath else 'the ini file'}: unknown setting "
-            + ", ".join(key + (f" (did you mean {near[key][0]}?)" if near[key] else "")
-                        for key in unknown)
+            "unknown setting " + ", ".join(
+                _ini_setting(config, key) + (f" (did you mean {near[key][0]}?)"
+                                             if near[key] else "") for key in unknown)
             + "; quantfair's settings are the quantfair_* keys of `pytest --help`")
 
 

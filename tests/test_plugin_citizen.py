@@ -405,10 +405,15 @@ def test_a_misspelled_quantfair_key_in_the_ini_file_is_a_usage_error(pytester, k
     result = run_here(pytester, "--pyargs", "quantfair.audits", "-m", "quantfair_release",
                       "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
-    result.stderr.fnmatch_lines([f"ERROR: tox.ini: unknown setting {key} (did you mean {meant}?)"
-                                 "; quantfair's settings are the quantfair_* keys of `pytest "
-                                 "--help`"])
+    result.stderr.fnmatch_lines([f"ERROR: unknown setting {key} in tox.ini (did you mean "
+                                 f"{meant}?); quantfair's settings are the quantfair_* keys of "
+                                 "`pytest --help`"])
     pytester.makeini("[pytest]\nother_key = 1\n")
+    given = run_here(pytester, "--pyargs", "quantfair.audits", "-o", "quantfair_unit=3",
+                     "--quantfair-model", "tiny-gpt2", "--quantfair-no-report")
+    assert given.ret == pytest.ExitCode.USAGE_ERROR
+    given.stderr.fnmatch_lines(["ERROR: unknown setting -o quantfair_unit (did you mean "
+                                "quantfair_units?); *"])
     assert run_here(pytester, "--pyargs", "quantfair.audits", "-k",
                     "robustness").ret == pytest.ExitCode.OK
 
