@@ -67,8 +67,7 @@ def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = 
         if resource_class is not None and resource_class not in {str(c) for c in CLASSES}:
             raise QuantfairError(f"{path}:{number}: resource_class {resource_class!r} is not "
                                  "one of Joshi et al.'s classes 0..5")
-        known = (metadata(code) or Language(code, code, UNKNOWN, UNKNOWN, -1)) if corpus \
-            is not None else Language(code, "", UNKNOWN, UNKNOWN, -1)
+        known = Language(code, code, UNKNOWN, UNKNOWN, -1) if corpus is None else language(code)
         fields = {key: row[key] for key in ("name", "script", "family", "iso639_3") if key in row}
         if resource_class is not None:
             fields["resource_class"] = int(resource_class)

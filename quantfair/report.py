@@ -339,13 +339,11 @@ def _differences(old: dict, new: dict) -> list[str]:
     contents is no difference."""
     settings, was = new.get("settings", {}), old.get("settings", {})
     contents = list(_contents(old, new))
-    same = {setting for setting, (_, before, now) in zip(("corpus", "model", "quantized"),
-                                                          contents, strict=True)
-            if before and before == now}
+    same = {setting for setting, _, before, now in contents if before and before == now}
     differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
                    for key in COMPARED_SETTINGS
                    if was.get(key) != settings.get(key) and key not in same]
-    return differences + [f"{what}: {before} -> {now}" for what, before, now
+    return differences + [f"{what}: {before} -> {now}" for _, what, before, now
                           in contents if before and now and before != now]
 
 
@@ -378,14 +376,14 @@ def _disparity(row: dict) -> float | None:
 
 
 def _contents(old: dict, new: dict):
-    """(what, the baseline's hash, the run's) of the corpus text, the model's weights and the
-    artifact's: the same paths may hold other contents."""
-    for what, get in (
-            ("corpus text", lambda r: (r.get("settings") or {}).get("corpus_digest")),
-            ("model weights", lambda r: (r.get("model") or {}).get("weight_hash")),
-            ("artifact weights", lambda r: ((r.get("model") or {}).get("artifact") or {})
-             .get("weight_hash"))):
-        yield what, get(old), get(new)
+    """(the setting naming it, what, the baseline's hash, the run's) of the corpus text, the
+    model's weights and the artifact's: the same paths may hold other contents."""
+    for setting, what, get in (
+            ("corpus", "corpus text", lambda r: (r.get("settings") or {}).get("corpus_digest")),
+            ("model", "model weights", lambda r: (r.get("model") or {}).get("weight_hash")),
+            ("quantized", "artifact weights",
+             lambda r: ((r.get("model") or {}).get("artifact") or {}).get("weight_hash"))):
+        yield setting, what, get(old), get(new)
 
 
 def _setting(value) -> str:

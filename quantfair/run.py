@@ -300,7 +300,7 @@ class QuantfairRun:
             return  # --collect-only: nothing ran, no gate was asked to decide
         self.payloads.append(self._payload())
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
-        undecided = None if self._stopped(exitstatus) else self._no_release_gate_decided()
+        undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()
         if not self.audits and not self.internal_errors and self.baseline is None and not (
                 unchecked or undecided or self._stopped(exitstatus)
                 and self.selection.get("selected_ids", True)):
@@ -316,8 +316,7 @@ class QuantfairRun:
                 "(audits/test_release.py, marker quantfair_release): the gate was not checked")
             self.gate_error = True
         elif undecided:
-            report["incomplete"].append(f"{undecided[0]} selected the release gates, but none "
-                                        f"was checked: {undecided[1]}")
+            report["incomplete"].append(undecided)
             self.gate_error = True
         if self.baseline is not None:
             try:
@@ -369,20 +368,21 @@ class QuantfairRun:
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
 
-    def _no_release_gate_decided(self) -> tuple[str, str] | None:
-        """Where the run asked for release gates and none passed or failed (each skipped: no
-        maximum given, none selected): how it asked (`-m quantfair_release`, or a selection
-        of release audits only, by path or `-k`) and why; None otherwise."""
+    def _no_release_gate_decided(self) -> str:
+        """Where the run asked for release gates (`-m quantfair_release`, or a selection of
+        release audits only, by path or `-k`) and none passed or failed (each skipped: no
+        maximum given, none selected), the incomplete reason saying so; empty otherwise."""
         from quantfair.plugin import selects_release_gates
 
         gates = [a for a in self.audits.values() if "release" in (a.get("experiments") or ())]
         by_marker = selects_release_gates(self.pytest_config)
         if not (by_marker or gates and len(gates) == len(self.audits)) or any(
                 a.get("outcome") in ("passed", "failed", "inconclusive", "error") for a in gates):
-            return None
+            return ""
         reasons = list(dict.fromkeys(a.get("message") or "skipped" for a in gates))
-        return ("-m quantfair_release" if by_marker else "the selection (only release audits)",
-                "; ".join(reasons) if reasons else "no release audit was collected")
+        how = "-m quantfair_release" if by_marker else "the selection (only release audits)"
+        return (f"{how} selected the release gates, but none was checked: "
+                + ("; ".join(reasons) if reasons else "no release audit was collected"))
 
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report
