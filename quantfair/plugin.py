@@ -324,6 +324,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = [pytest.param(Case("no-case"), id="no-case",
                                marks=pytest.mark.skip(reason=reason))]
     metafunc.parametrize("case", params)
+    if run is not None and finding.release:
+        run.expect_gate(finding.id, [param.id for param in params])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

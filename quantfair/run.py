@@ -172,6 +172,11 @@ class QuantfairRun:
         deselected = [i for i in items if i.get_closest_marker("quantfair")]
         self.selection["deselected"] = self.selection.get("deselected", 0) + len(deselected)
 
+    def expect_gate(self, finding: str, cases: list[str]) -> None:
+        """A release gate's cases as parametrized, before any selection (`-k`, `--deselect`,
+        `--lf`): a gate decided for some languages only is not a gate passed."""
+        self.selection.setdefault("gate_cases", {})[finding] = cases
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         selected = [i.nodeid for i in session.items if i.get_closest_marker("quantfair")]
         self.selection["selected_ids"] = selected
@@ -300,9 +305,10 @@ class QuantfairRun:
             return  # --collect-only: nothing ran, no gate was asked to decide
         self.payloads.append(self._payload())
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
+        partial = [] if self._stopped(exitstatus) else self._release_gates_partly_run()
         undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()
         if not self.audits and not self.internal_errors and self.baseline is None and not (
-                unchecked or undecided or self._stopped(exitstatus)
+                unchecked or partial or undecided or self._stopped(exitstatus)
                 and self.selection.get("selected_ids", True)):
             return  # no audit ran, and none was cut off (the selection may not be known yet);
         # with a baseline or a release maximum, a run that selected nothing is a gate not
@@ -317,6 +323,9 @@ class QuantfairRun:
             self.gate_error = True
         elif undecided:
             report["incomplete"].append(undecided)
+            self.gate_error = True
+        if partial:
+            report["incomplete"] += partial
             self.gate_error = True
         if self.baseline is not None:
             try:
@@ -367,6 +376,29 @@ class QuantfairRun:
         return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
+
+    def _release_gates_partly_run(self) -> list[str]:
+        """Release gates decided (passed, failed, inconclusive, error) for some of their cases
+        while others did not run (deselected, or left out by `--lf`): the incomplete reasons."""
+        expected: dict[str, list[str]] = {}
+        for payload in self.payloads:  # each process's parametrization (xdist workers')
+            expected.update(payload.get("selection", {}).get("gate_cases", {}))
+        ran: dict[str, set[str]] = {}
+        decided: set[str] = set()
+        for entry in self.audits.values():
+            if entry.get("outcome") is not None:
+                ran.setdefault(entry.get("finding"), set()).add(entry.get("case"))
+            if entry.get("outcome") in ("passed", "failed", "inconclusive", "error"):
+                decided.add(entry.get("finding"))
+        reasons = []
+        for finding, cases in expected.items():
+            missing = [case for case in cases if case not in ran.get(finding, ())]
+            if finding in decided and missing:
+                reasons.append(
+                    f"the release gate {finding} ran for {len(cases) - len(missing)} of its "
+                    f"{len(cases)} cases, not for {', '.join(missing)} (deselected, or left "
+                    "out by --lf): it was not checked for every language")
+        return reasons
 
     def _no_release_gate_decided(self) -> str:
         """Where the run asked for release gates (`-m quantfair_release`, or a selection of

@@ -559,6 +559,32 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
 
 
+def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(pytester):
+    """`-k` (or `--deselect`) and `--lf` (which filters without deselecting) can leave some of a
+    gate's languages out: the languages that ran passing is not the gate passing."""
+    release = str(AUDITS / "test_release.py")
+    path = pytester.path / "r.json"
+    args = (release, "--quantfair-model", "tiny-gpt2", "--quantfair-languages", "de,he",
+            "--quantfair-report", str(path))
+    cache = ("-p", "no:hypothesispytest", "-o", f"cache_dir={pytester.path / 'cache'}")
+    failing = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation",
+                                           "100,de=0")
+    assert failing.ret == pytest.ExitCode.TESTS_FAILED  # de fails: en and he are recorded
+    retried = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation", "100",
+                                           "--lf")
+    assert retried.ret == pytest.ExitCode.INTERNAL_ERROR
+    retried.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran for 1 "
+                                  "of its 3 cases, not for none-en, none-he (deselected, or "
+                                  "left out by --lf): it was not checked for every language"])
+    assert load(path)["verdict"] == "incomplete"
+    deselected = run_here(pytester, *args, "--quantfair-max-degradation", "100", "-k",
+                          "not (release_degradation and he)")
+    assert deselected.ret == pytest.ExitCode.INTERNAL_ERROR
+    deselected.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran "
+                                     "for 2 of its 3 cases, not for none-he*"])
+    assert run_here(pytester, *args, "--quantfair-max-degradation", "100").ret == 0
+
+
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
         pytester, monkeypatch):
     """As pytest's own path settings: a gate run from a subfolder reads the project's
