@@ -80,6 +80,8 @@ def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    if any(config.getoption(name, default=False) for name in SHOW_ONLY):
+        return  # pytest shows its help, markers or fixtures and runs nothing: never refused
     _check_setup_not_moved(config)
     _check_given_once(config)
     _check_ini_keys(config)
@@ -104,14 +106,25 @@ def pytest_configure(config: pytest.Config) -> None:
         run_config = RunConfig.build(
             lambda name: None if name == ignored else option_value(config, name))
         require_other_languages(run_config.languages)
-        run_config.preflight()
+        # A model given on the command line is checked now (the model, caches, device); one
+        # set in the ini file alone once an audit runs, so that the project's own runs (its
+        # tests, --collect-only) stay as they were without it: no torch import, no refusal
+        # on a machine that lacks the model.
+        deferred = config.getoption(OPTIONS["model"].dest, default=None) is None
+        if not deferred and not config.getoption("collectonly", default=False):
+            run_config.preflight()
         from quantfair.run import QuantfairRun
 
-        run = QuantfairRun(config, run_config)
+        run = QuantfairRun(config, run_config, preflight=deferred)
     except QuantfairError as error:
         raise pytest.UsageError(_in_pytest_terms(config, str(error))) from None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
+
+
+# pytest's options that show something and run no test (`--help`, `--markers`, `--fixtures`,
+# `--fixtures-per-test`; `--version` ends before plugins configure)
+SHOW_ONLY = ("help", "markers", "showfixtures", "show_fixtures_per_test")
 
 
 def selects_release_gates(config: pytest.Config) -> bool:

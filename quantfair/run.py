@@ -43,7 +43,10 @@ def _check_default_report_folder(folder: Path) -> None:
 class QuantfairRun:
     """Owns one pytest run of quantfair audits (one per process)."""
 
-    def __init__(self, config: pytest.Config, run_config: RunConfig) -> None:
+    def __init__(self, config: pytest.Config, run_config: RunConfig,
+                 preflight: bool = False) -> None:
+        """`preflight`: check the model and caches (`RunConfig.preflight`) before the first
+        audit measures, not now."""
         from quantfair.report import load_report
 
         self.pytest_config = config
@@ -60,6 +63,7 @@ class QuantfairRun:
             folder = Path(config.workerinput.get(RUN_FOLDER, ""))
             self.run_folder = folder if folder.name and folder.is_dir() else None
         self._context = None
+        self.preflight = preflight
         self.froze = False  # this run froze the process's heap (`context`)
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
@@ -143,6 +147,12 @@ class QuantfairRun:
             from quantfair.session import AuditSession
             from quantfair.workers import xdist_workers
 
+            if self.preflight:  # a bad setting: said once, the run stops (`quantfair_audit`)
+                try:
+                    self.config.preflight()
+                except QuantfairError as error:
+                    raise UsageError(str(error)) from None
+                self.preflight = False
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)
             session = AuditSession(self.config, announce=_announcer(self.pytest_config),

@@ -585,6 +585,30 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     assert run_here(pytester, *args, "--quantfair-max-degradation", "100").ret == 0
 
 
+def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
+        pytester, monkeypatch):
+    """A shared ini file's model is checked once an audit runs: the project's own tests,
+    `--collect-only` and `--help` neither import torch nor need the model or a writable
+    cache, and `--help` shows help whatever the quantfair_ settings say."""
+    pytester.makeini("[pytest]\nquantfair_model = nosuchmodel\nquantfair_max_degradation = 0.5\n")
+    pytester.makepyfile(test_own="import sys\n\ndef test_no_torch():\n"
+                                 "    assert 'torch' not in sys.modules\n")
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", "/proc/quantfair-cache")
+    assert pytester.runpytest_subprocess(*PYTEST, "test_own.py").ret == pytest.ExitCode.OK
+    assert run_here(pytester, "--collect-only", "test_own.py").ret == pytest.ExitCode.OK
+    shown = run_here(pytester, "--help", "-o", "quantfair_units=abc", "-o",
+                     "quantfair_max_degradaton=1")
+    assert shown.ret == pytest.ExitCode.OK
+    shown.stdout.fnmatch_lines(["*quantfair_max_degradation*"])
+    monkeypatch.delenv("QUANTFAIR_CACHE_DIR")
+    audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release",
+                       "--quantfair-no-report")
+    assert audited.ret == pytest.ExitCode.USAGE_ERROR  # once an audit runs: said, then stopped
+    audited.stdout.fnmatch_lines(["*Interrupted: quantfair: model 'nosuchmodel' is not in the "
+                                  "local Hugging Face cache*"])
+    assert audited.parseoutcomes()["errors"] == 1
+
+
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
         pytester, monkeypatch):
     """As pytest's own path settings: a gate run from a subfolder reads the project's
