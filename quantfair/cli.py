@@ -480,6 +480,9 @@ def _render_report(args: argparse.Namespace) -> int:
     if not args.old.strip():
         raise UsageError("REPORT is empty; give the path of a JSON report")
     _check_output(args.output, "--output", args)
+    if Path(args.old).suffix.lower() in (".html", ".htm"):
+        raise UsageError(f"REPORT {args.old} is an HTML page; give its JSON report (the .json "
+                         "beside it), which the page is rendered from")
     output = Path(args.output or Path(args.old).with_suffix(".html"))
     if output.suffix.lower() not in (".html", ".htm") or output.resolve() == Path(
             args.old).resolve():

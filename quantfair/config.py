@@ -256,21 +256,26 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     return bound
 
 
+# ASCII decimal notation only: Python's int() and float() also take `1_0` (10) and other
+# scripts' digits (`٣`, 3), which a setting is more likely to hold by mistake
+INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+NUMBER = re.compile(r"\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                    r"|(?i:inf|infinity|nan))\s*")  # not finite: said so (number_option)
+
+
 def _integer(name: str, text: str, minimum: int = 0) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--{name} must be an integer, got '{text}'") from None
+    if not INTEGER.fullmatch(text):
+        raise UsageError(f"--{name} must be an integer, got '{text}'")
+    value = int(text)
     if value < minimum:
         raise UsageError(f"--{name} must be at least {minimum}, got {value}")
     return value
 
 
 def number_option(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"--{name} must be a number, got '{text}'") from None
+    if not NUMBER.fullmatch(text):
+        raise UsageError(f"--{name} must be a number, got '{text}'")
+    value = float(text)
     if not 0 <= value < math.inf:
         raise UsageError(f"--{name} must be a finite non-negative number, got {text}")
     return value

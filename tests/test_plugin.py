@@ -86,6 +86,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--quant", "int9"], "bits must be between 2 and 8"),
         (["--languages", "en,xx"], "unknown language(s) xx"),
         (["--units", "many"], "--units must be an integer"),  # named as typed
+        (["--units", "1_0"], "--units must be an integer"),  # int(): 10
         (["--strategy-typo"], "unrecognized arguments"),
         (["--languages", "en"], "give at least one other, e.g. en,de"),
         (["--units", "100"], "--units 100: the corpus has 31 units per language"),
@@ -98,6 +99,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--report", "r.json", "--no-report"], "give --report r.json or --no-report, not both"),
         (["--strategy", ""], "--strategy is empty; give a strategy such as L0+Llast"),
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --quantfair-baseline comparison"),
+        (["--tolerance="], "--tolerance is empty: give a value"),
         (["--quantfair-model", ""], "--quantfair-model (--model) is empty: name a Hugging Face"),
         # an unset variable in a CI script must not gate on the defaults
         (["--quantized", ""], "--quantized is empty: give a value (see --help) or leave it out"),
@@ -419,9 +421,14 @@ def test_strategy_option_audits_a_given_strategy(pytester):
 
 
 def test_a_strategy_naming_a_layer_the_model_lacks_is_said_not_to_be_audited(pytester):
+    """An audit that could not run is an error for pytest's summary and JUnit XML too (only
+    setup and teardown have errors there), not a failed claim."""
+    junit = pytester.path / "j.xml"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
-                 "--strategy", "L99", "--no-report")
+                 "--strategy", "L99", "--no-report", f"--junitxml={junit}")
     assert result.ret == 3
+    assert result.parseoutcomes()["errors"] == 2 and "failed" not in result.parseoutcomes()
+    assert 'errors="2" failures="0"' in junit.read_text()
     assert "is audited against" not in result.stdout.str()
     result.stdout.fnmatch_lines(["--strategy L99 could not be audited: UsageError: strategy "
                                  "term 'L99': layer 99 out of range, the model has 4 layers*"])

@@ -606,7 +606,9 @@ def test_one_report_is_rendered_as_html_again(tmp_path, report_pair):
     for args, message in (((str(old), "--tolerance", "0.2"), "--tolerance applies to a "
                            "comparison: give OLD.json and NEW.json"),
                           ((str(old), "--output", str(old)), "name it .html"),
-                          ((str(old), "--output", str(tmp_path / "r.json")), "name it .html")):
+                          ((str(old), "--output", str(tmp_path / "r.json")), "name it .html"),
+                          ((str(old.with_suffix(".html")),), f"REPORT {old.with_suffix('.html')} "
+                           "is an HTML page; give its JSON report")):
         one_line_error(run_cli("report", *args), message)
 
 
