@@ -293,6 +293,12 @@ class ReleaseBound(LanguageBound):
     def bound_for(self, family: str, case: Case) -> Bound | None:
         return None
 
+    def bounded(self, release_bounds: dict[str, dict[str, float]], case: Case) -> bool:
+        """Whether the run's maxima (`RunConfig.release_bounds`) bound this case: a default
+        maximum, or one for its language."""
+        maxima = release_bounds.get(self.quantity) or {}
+        return "*" in maxima or case.language in maxima
+
     def run(self, ctx, case, bound):
         maxima = ctx.release_bounds.get(self.quantity)
         if not maxima:

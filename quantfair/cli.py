@@ -30,8 +30,8 @@ from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies
 from quantfair.summary import FEW_UNITS
+from quantfair.text import decimal_integer, plural, units_text
 from quantfair.text import interval_text as cell
-from quantfair.text import plural, units_text
 from quantfair.text import table as _table
 
 
@@ -480,15 +480,12 @@ def _render_report(args: argparse.Namespace) -> int:
     if not args.old.strip():
         raise UsageError("REPORT is empty; give the path of a JSON report")
     _check_output(args.output, "--output", args)
-    if Path(args.old).suffix.lower() in (".html", ".htm"):
-        raise UsageError(f"REPORT {args.old} is an HTML page; give its JSON report (the .json "
-                         "beside it), which the page is rendered from")
+    report = load_report(args.old)  # first: an HTML page given for REPORT is said to be one
     output = Path(args.output or Path(args.old).with_suffix(".html"))
     if output.suffix.lower() not in (".html", ".htm") or output.resolve() == Path(
             args.old).resolve():
         raise UsageError(f"--output {output}: the report is rendered as an HTML page; name it "
                          ".html")
-    report = load_report(args.old)
     if not args.output:  # beside the report, which exists: its folder may still be read-only
         check_folder_writable(output.parent, f"the HTML report {output}")
     _write(output, render_html(report))
@@ -615,6 +612,14 @@ RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "langu
                "corpus", "threads")
 
 
+def _integer(text: str) -> int:
+    """An argparse type: `decimal_integer`, its refusal said as argparse says a bad value."""
+    try:
+        return decimal_integer(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quantfair", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -645,9 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     suggest = commands.add_parser("suggest", help="search this model's critical parameters")
     _add_model_arguments(suggest, *RUN_OPTIONS)
     suggest.add_argument("--budget", required=True, help="share of parameters to keep, e.g. 12%%")
-    suggest.add_argument("--calibration-units", type=int, default=4,
+    suggest.add_argument("--calibration-units", type=_integer, default=4,
                          help="held-out units per language scored during the search")
-    suggest.add_argument("--width", type=int, default=3,
+    suggest.add_argument("--width", type=_integer, default=3,
                          help="whole layers tried per step, lowest score alone first")
     suggest.add_argument("--json", help="also write the result to this JSON file")
     suggest.set_defaults(run=cmd_suggest)

@@ -19,7 +19,7 @@ from typing import Any
 
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
-from quantfair.text import units_text
+from quantfair.text import decimal_integer, units_text
 from quantfair.workers import parse_threads
 
 HIDDEN_STATES_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
@@ -31,7 +31,7 @@ def hidden_states_capacity() -> int:
     (MiB, default 2048; 0 turns the reuse off). Raises UsageError for anything but a
     non-negative integer."""
     text = os.environ.get(HIDDEN_STATES_VARIABLE, "").strip() or str(HIDDEN_STATES_MB)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(f"{HIDDEN_STATES_VARIABLE} must be a number of MiB (0: off), "
                          f"got '{text}'")
     return int(text) << 20
@@ -256,17 +256,16 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     return bound
 
 
-# ASCII decimal notation only: Python's int() and float() also take `1_0` (10) and other
-# scripts' digits (`٣`, 3), which a setting is more likely to hold by mistake
-INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+# ASCII decimal notation only, as `decimal_integer`
 NUMBER = re.compile(r"\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
                     r"|(?i:inf|infinity|nan))\s*")  # not finite: said so (number_option)
 
 
 def _integer(name: str, text: str, minimum: int = 0) -> int:
-    if not INTEGER.fullmatch(text):
-        raise UsageError(f"--{name} must be an integer, got '{text}'")
-    value = int(text)
+    try:
+        value = decimal_integer(text)
+    except ValueError:
+        raise UsageError(f"--{name} must be an integer, got '{text}'") from None
     if value < minimum:
         raise UsageError(f"--{name} must be at least {minimum}, got {value}")
     return value

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.text import decimal_integer
 
 DATA_FILE = Path(__file__).parent / "data" / "udhr.jsonl"
 LANGUAGES_FILE = Path(__file__).parent / "data" / "languages.tsv"
@@ -169,7 +170,7 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
     elif kind == "class":
         low, _, high = value.partition("-")
         try:
-            low_class, high_class = int(low), int(high or low)
+            low_class, high_class = decimal_integer(low), decimal_integer(high or low)
         except ValueError:
             low_class = high_class = -1
         if low_class not in CLASSES or high_class not in CLASSES:

@@ -117,7 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         run = QuantfairRun(config, run_config, preflight=deferred)
     except QuantfairError as error:
-        raise pytest.UsageError(_in_pytest_terms(config, str(error))) from None
+        raise pytest.UsageError(in_pytest_terms(config, str(error))) from None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
 
@@ -277,7 +277,7 @@ def _ini_setting(config: pytest.Config, dest: str) -> str:
     return f"{dest} in {config.inipath.name if config.inipath else 'the ini file'}"
 
 
-def _in_pytest_terms(config: pytest.Config, message: str) -> str:
+def in_pytest_terms(config: pytest.Config, message: str) -> str:
     """`message`, which names options as the CLI does (--<name>), with pytest's names for
     them (--quantfair-<name>, there without the opt-in short forms) unless the short form
     gave the value (`_given_short`), and where a value named in it was set when that was the
@@ -326,9 +326,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     run = _run(metafunc.config)
     languages = run.config.languages if run else parse_languages(DEFAULT_LANGUAGES)
     grouped = metafunc.config.pluginmanager.hasplugin("xdist")
+    cases = finding.check.cases(languages)
     params = [pytest.param(case, id=case.id,
                            marks=[pytest.mark.xdist_group(case.group)] if grouped else [])
-              for case in finding.check.cases(languages)]
+              for case in cases]
     if not params:  # pytest's own empty parameter set has no case to report on
         from quantfair.audit import Case
 
@@ -337,8 +338,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = [pytest.param(Case("no-case"), id="no-case",
                                marks=pytest.mark.skip(reason=reason))]
     metafunc.parametrize("case", params)
-    if run is not None and finding.release:
-        run.expect_gate(finding.id, [param.id for param in params])
+    if run is not None and finding.release:  # the cases a maximum bounds: its gate decides them
+        bounded = getattr(finding.check, "bounded", None)
+        run.expect_gate(finding.id, [case.id for case in cases if bounded is None
+                                     or bounded(run.config.release_bounds, case)])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -350,7 +353,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
         return
     audits = [item for item in items if item.get_closest_marker("quantfair")]
-    if not audits:
+    if not audits or any(config.getoption(name, default=False) for name in SHOW_ONLY):
         return
     skip = pytest.mark.skip(reason="quantfair audits need a model (--quantfair-model, or "
                                    "--model in the audit suite)")
@@ -386,7 +389,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             # The audit could not run (a bad setting, a broken cache): an error, not a finding.
             text = str(excinfo.value)
             if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
-                text = _in_pytest_terms(item.config, text)
+                text = in_pytest_terms(item.config, text)
                 report.longrepr = f"quantfair: {text}"
             first = text.strip().splitlines()
             report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "

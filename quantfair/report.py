@@ -490,6 +490,9 @@ def load_report(path: str | Path) -> dict:
     except OSError as error:
         raise QuantfairError(f"cannot read report {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
+        if Path(path).suffix.lower() in (".html", ".htm"):
+            raise QuantfairError(f"{path} is an HTML page; give its JSON report (the .json "
+                                 "beside it), which the page is rendered from") from None
         raise QuantfairError(f"{path} is not a JSON report: {error.msg} at line "
                              f"{error.lineno} column {error.colno}") from None
     except UnicodeDecodeError:

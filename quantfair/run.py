@@ -151,7 +151,9 @@ class QuantfairRun:
                 try:
                     self.config.preflight()
                 except QuantfairError as error:
-                    raise UsageError(str(error)) from None
+                    from quantfair.plugin import in_pytest_terms
+
+                    raise UsageError(in_pytest_terms(self.pytest_config, str(error))) from None
                 self.preflight = False
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)
@@ -183,8 +185,8 @@ class QuantfairRun:
         self.selection["deselected"] = self.selection.get("deselected", 0) + len(deselected)
 
     def expect_gate(self, finding: str, cases: list[str]) -> None:
-        """A release gate's cases as parametrized, before any selection (`-k`, `--deselect`,
-        `--lf`): a gate decided for some languages only is not a gate passed."""
+        """A release gate's bounded cases as parametrized, before any selection (`-k`,
+        `--deselect`, `--lf`): a gate decided for some languages only is not a gate passed."""
         self.selection.setdefault("gate_cases", {})[finding] = cases
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -389,7 +391,10 @@ class QuantfairRun:
 
     def _release_gates_partly_run(self) -> list[str]:
         """Release gates decided (passed, failed, inconclusive, error) for some of their cases
-        while others did not run (deselected, or left out by `--lf`): the incomplete reasons."""
+        while others did not run (deselected, or left out by `--lf`): the incomplete reasons.
+        None where the run stopped early (`-x`, `--maxfail`): its audits never run say so."""
+        if self._selected_and_not_run()[1]:
+            return []
         expected: dict[str, list[str]] = {}
         for payload in self.payloads:  # each process's parametrization (xdist workers')
             expected.update(payload.get("selection", {}).get("gate_cases", {}))
@@ -407,7 +412,7 @@ class QuantfairRun:
                 reasons.append(
                     f"the release gate {finding} ran for {len(cases) - len(missing)} of its "
                     f"{len(cases)} cases, not for {', '.join(missing)} (deselected, or left "
-                    "out by --lf): it was not checked for every language")
+                    "out by --lf): it was not checked for every language it bounds")
         return reasons
 
     def _no_release_gate_decided(self) -> str:
@@ -448,9 +453,7 @@ class QuantfairRun:
         if stopped:  # the signal reaches the workers too: what a worker was running when it
             for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
                 self.audits.pop(nodeid, None)
-        selected = next((p["selection"]["selected_ids"] for p in self.payloads
-                         if p.get("selection", {}).get("selected_ids") is not None), [])
-        not_run = [n for n in selected if self.audits.get(n, {}).get("outcome") is None]
+        selected, not_run = self._selected_and_not_run()
         if not_run:
             incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
                               "(the run stopped early)")
@@ -485,6 +488,13 @@ class QuantfairRun:
                             None),
             selection=selection, incomplete=incomplete, duration_s=time.time() - self.started)
         return build_report(record)
+
+    def _selected_and_not_run(self) -> tuple[list[str], list[str]]:
+        """The node ids of the audits selected (as the first process to publish them said),
+        and of those among them with no outcome (the run stopped before them)."""
+        selected = next((p["selection"]["selected_ids"] for p in self.payloads
+                         if p.get("selection", {}).get("selected_ids") is not None), [])
+        return selected, [n for n in selected if self.audits.get(n, {}).get("outcome") is None]
 
     def _json_path(self) -> Path:
         if self.config.report:

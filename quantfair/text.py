@@ -3,7 +3,19 @@ intervals. Imports nothing heavy, so `quantfair --help` and usage errors answer 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# ASCII decimal notation: Python's int() and float() also take `1_0` (10) and other scripts'
+# digits (`٣`, 3), which a setting is more likely to hold by mistake than to mean
+INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def decimal_integer(text: str) -> int:
+    """`int(text)` for ASCII decimal notation only (`INTEGER`); ValueError otherwise."""
+    if not INTEGER.fullmatch(text):
+        raise ValueError(f"not a decimal integer: {text!r}")
+    return int(text)
 
 
 def experiment_span(ids: list[str]) -> str:

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from quantfair.errors import UsageError
+from quantfair.text import decimal_integer
 
 AUTO = "auto"
 
@@ -44,7 +45,7 @@ def parse_threads(text: str | int | None) -> int | None:
     if text is None or str(text).strip().lower() == AUTO:
         return None
     try:
-        value = int(str(text).strip())
+        value = decimal_integer(str(text))
     except ValueError:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got '{text}'") from None
     if value < 1:

@@ -162,6 +162,8 @@ def corpus_files(tmp_path):
      "--calibration-units must be a positive integer, got 0"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
      "--width must be a positive integer, got -1"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "1_0"],  # int(): 10
+     "argument --width: must be an integer, got '1_0'"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
      "give at least one other, e.g. en,de"),

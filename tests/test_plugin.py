@@ -87,6 +87,8 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--languages", "en,xx"], "unknown language(s) xx"),
         (["--units", "many"], "--units must be an integer"),  # named as typed
         (["--units", "1_0"], "--units must be an integer"),  # int(): 10
+        (["--threads", "0_1"], "--threads must be auto or a positive integer, got '0_1'"),
+        (["--languages", "en,class:\u0661"], "--languages class:\u0661: a class is 0..5"),
         (["--strategy-typo"], "unrecognized arguments"),
         (["--languages", "en"], "give at least one other, e.g. en,de"),
         (["--units", "100"], "--units 100: the corpus has 31 units per language"),

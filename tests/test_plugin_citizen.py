@@ -575,7 +575,8 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     assert retried.ret == pytest.ExitCode.INTERNAL_ERROR
     retried.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran for 1 "
                                   "of its 3 cases, not for none-en, none-he (deselected, or "
-                                  "left out by --lf): it was not checked for every language"])
+                                  "left out by --lf): it was not checked for every language "
+                                  "it bounds"])
     assert load(path)["verdict"] == "incomplete"
     deselected = run_here(pytester, *args, "--quantfair-max-degradation", "100", "-k",
                           "not (release_degradation and he)")
@@ -583,6 +584,14 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     deselected.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran "
                                      "for 2 of its 3 cases, not for none-he*"])
     assert run_here(pytester, *args, "--quantfair-max-degradation", "100").ret == 0
+    # the languages a maximum bounds all decided: a case without one is not left out
+    nodeid = f"{Path(release).relative_to(AUDITS.parents[1])}::test_release_degradation"
+    assert run_here(pytester, *args, "--quantfair-max-degradation", "he=100", "--deselect",
+                    f"{nodeid}[none-de]").ret == pytest.ExitCode.OK
+    # a serial run stopped by -x: a failed gate (exit 1), its other cases never run, not left out
+    stopped = run_here(pytester, *args, "--quantfair-max-degradation", "0", "-x")
+    assert stopped.ret == pytest.ExitCode.TESTS_FAILED
+    assert "release gate release_degradation ran for" not in stopped.stdout.str()
 
 
 def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
@@ -605,7 +614,7 @@ def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
                        "--quantfair-no-report")
     assert audited.ret == pytest.ExitCode.USAGE_ERROR  # once an audit runs: said, then stopped
     audited.stdout.fnmatch_lines(["*Interrupted: quantfair: model 'nosuchmodel' is not in the "
-                                  "local Hugging Face cache*"])
+                                  "local Hugging Face cache*--quantfair-random-weights with *"])
     assert audited.parseoutcomes()["errors"] == 1
 
 

@@ -607,8 +607,9 @@ def test_one_report_is_rendered_as_html_again(tmp_path, report_pair):
                            "comparison: give OLD.json and NEW.json"),
                           ((str(old), "--output", str(old)), "name it .html"),
                           ((str(old), "--output", str(tmp_path / "r.json")), "name it .html"),
-                          ((str(old.with_suffix(".html")),), f"REPORT {old.with_suffix('.html')} "
-                           "is an HTML page; give its JSON report")):
+                          ((str(old.with_suffix(".html")),), f"{old.with_suffix('.html')} is an "
+                           "HTML page; give its JSON report"),
+                          ((str(old), str(old.with_suffix(".html"))), "is an HTML page")):
         one_line_error(run_cli("report", *args), message)
 
 
