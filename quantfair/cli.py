@@ -243,10 +243,19 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def _write(path: str | os.PathLike, text: str, say: bool = True) -> None:
-    """Write an output file, saying so with `say`; an I/O error (a full disk) names it."""
+    """Write an output file whole or not at all (a hard link to another file is replaced, not
+    written through), saying so with `say`; a device or pipe (`/dev/stdout`) is written to.
+    An I/O error (a full disk) names the file."""
+    from pathlib import Path
+
+    from quantfair.storage import atomic_write
+
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        if Path(path).exists() and not Path(path).is_file():
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        else:
+            atomic_write(Path(path), text.encode("utf-8"))
     except OSError as error:
         raise QuantfairError(f"could not write {path}: {error.strerror or error}") from None
     if say:
@@ -285,17 +294,28 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
     command reads (the model, its artifact, the corpus)."""
     from pathlib import Path
 
+    from quantfair.corpus import languages_file
+
     if path is None:
         return
     if not path.strip():
         raise UsageError(f"{flag} is empty; give the path of a file")
     if path == "-":
         raise UsageError(f"{flag} -: standard output is not written to; give the path of a file")
+    corpus = getattr(args, OPTIONS["corpus"].dest, None)
+    languages = corpus and languages_file(Path(corpus))  # read where it exists, so not written
     reads = {"the file the model was loaded from": getattr(args, "model", None),
-             **{f"the --{name} file": getattr(args, OPTIONS[name].dest, None)
-                for name in ("quantized", "corpus")}}
+             "the --quantized file": getattr(args, OPTIONS["quantized"].dest, None),
+             "the --corpus file": corpus, "the --corpus file's languages file": languages}
+    target = Path(path).resolve()
     for what, read in reads.items():
-        if read and Path(read).exists() and Path(path).resolve() == Path(read).resolve():
+        if not read or not Path(read).exists() and read != languages:
+            continue
+        read = Path(read).resolve()
+        if read.is_dir() and read in target.parents:  # a model saved as a folder
+            raise UsageError(f"{flag} {path} is in {what.replace('file', 'folder')}: write "
+                             "another")
+        if target == read or target.exists() and read.exists() and target.samefile(read):
             raise UsageError(f"{flag} {path} is {what}: write another")
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise UsageError(f"{flag} {path} is a directory; give the path of a file")

@@ -216,6 +216,37 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
 
 
+def test_json_never_overwrites_a_file_the_command_reads(tmp_path):
+    """A file of a model saved as a folder, the corpus's languages file and the corpus through
+    a hard link are refused before anything loads; any other hard link is replaced, not
+    written through (each of these once overwritten what it pointed at)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_text("weights")
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join(json.dumps({"lang": lang, "unit": "a", "text": "hi there"}) + "\n"
+                              for lang in ("en", "he")))
+    os.link(corpus, tmp_path / "hard.json")
+    for args, message in (
+            ([str(model), "--json", str(model / "model.safetensors")],
+             "model.safetensors is in the folder the model was loaded from: write another"),
+            (["tiny-gpt2", "--corpus", str(corpus), "--json",
+              str(tmp_path / "texts.languages.tsv")],
+             "texts.languages.tsv is the --corpus file's languages file: write another"),
+            (["tiny-gpt2", "--corpus", str(corpus), "--json", str(tmp_path / "hard.json")],
+             "hard.json is the --corpus file: write another")):
+        result = run_cli("measure", *args)
+        assert result.returncode == 2 and message in result.stderr.splitlines()[-1]
+    assert (model / "model.safetensors").read_text() == "weights"
+    other = tmp_path / "other.txt"
+    other.write_text("kept")
+    os.link(other, tmp_path / "out.json")
+    written = run_cli("measure", "tiny-gpt2", "--corpus", str(corpus), "--json",
+                      str(tmp_path / "out.json"))
+    assert written.returncode == 0, written.stderr
+    assert other.read_text() == "kept" and json.loads((tmp_path / "out.json").read_text())
+
+
 def test_a_negative_percentage_is_out_of_range_not_malformed():
     from quantfair.config import parse_percent
     from quantfair.errors import UsageError
