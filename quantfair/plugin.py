@@ -80,7 +80,7 @@ def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    if any(config.getoption(name, default=False) for name in SHOW_ONLY):
+    if _shows_only(config):
         return  # pytest shows its help, markers or fixtures and runs nothing: never refused
     _check_setup_not_moved(config)
     _check_given_once(config)
@@ -122,9 +122,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, "quantfair-run")
 
 
-# pytest's options that show something and run no test (`--help`, `--markers`, `--fixtures`,
-# `--fixtures-per-test`; `--version` ends before plugins configure)
-SHOW_ONLY = ("help", "markers", "showfixtures", "show_fixtures_per_test")
+def _shows_only(config: pytest.Config) -> bool:
+    """Whether pytest only shows something and runs no test (`--help`, `--markers`,
+    `--fixtures`, `--fixtures-per-test`; `--version` ends before plugins configure)."""
+    return any(config.getoption(name, default=False)
+               for name in ("help", "markers", "showfixtures", "show_fixtures_per_test"))
 
 
 def selects_release_gates(config: pytest.Config) -> bool:
@@ -353,7 +355,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
         return
     audits = [item for item in items if item.get_closest_marker("quantfair")]
-    if not audits or any(config.getoption(name, default=False) for name in SHOW_ONLY):
+    if not audits or _shows_only(config):
         return
     skip = pytest.mark.skip(reason="quantfair audits need a model (--quantfair-model, or "
                                    "--model in the audit suite)")

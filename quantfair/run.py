@@ -28,6 +28,7 @@ from quantfair.errors import TERMINATED, QuantfairError, UsageError
 from quantfair.storage import why_unwritable
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
+DECIDED = ("passed", "failed", "inconclusive", "error")  # an audit's outcomes that decide
 
 
 def _check_default_report_folder(folder: Path) -> None:
@@ -403,7 +404,7 @@ class QuantfairRun:
         for entry in self.audits.values():
             if entry.get("outcome") is not None:
                 ran.setdefault(entry.get("finding"), set()).add(entry.get("case"))
-            if entry.get("outcome") in ("passed", "failed", "inconclusive", "error"):
+            if entry.get("outcome") in DECIDED:
                 decided.add(entry.get("finding"))
         reasons = []
         for finding, cases in expected.items():
@@ -424,7 +425,7 @@ class QuantfairRun:
         gates = [a for a in self.audits.values() if "release" in (a.get("experiments") or ())]
         by_marker = selects_release_gates(self.pytest_config)
         if not (by_marker or gates and len(gates) == len(self.audits)) or any(
-                a.get("outcome") in ("passed", "failed", "inconclusive", "error") for a in gates):
+                a.get("outcome") in DECIDED for a in gates):
             return ""
         reasons = list(dict.fromkeys(a.get("message") or "skipped" for a in gates))
         how = "-m quantfair_release" if by_marker else "the selection (only release audits)"
