@@ -30,7 +30,7 @@ from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies
 from quantfair.summary import FEW_UNITS
-from quantfair.text import decimal_integer, plural, units_text
+from quantfair.text import brief, decimal_integer, plural, units_text
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -637,7 +637,7 @@ def _integer(text: str) -> int:
     try:
         return decimal_integer(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"must be an integer, got '{brief(text)}'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from typing import Any
 
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
-from quantfair.text import decimal_integer, units_text
+from quantfair.text import brief, decimal_integer, units_text
 from quantfair.workers import parse_threads
 
 HIDDEN_STATES_VARIABLE = "QUANTFAIR_HIDDEN_STATES_MB"
@@ -31,10 +31,11 @@ def hidden_states_capacity() -> int:
     (MiB, default 2048; 0 turns the reuse off). Raises UsageError for anything but a
     non-negative integer."""
     text = os.environ.get(HIDDEN_STATES_VARIABLE, "").strip() or str(HIDDEN_STATES_MB)
-    if not (text.isascii() and text.isdigit()):
-        raise UsageError(f"{HIDDEN_STATES_VARIABLE} must be a number of MiB (0: off), "
-                         f"got '{text}'")
-    return int(text) << 20
+    with contextlib.suppress(ValueError):
+        if (mib := decimal_integer(text)) >= 0:
+            return mib << 20
+    raise UsageError(f"{HIDDEN_STATES_VARIABLE} must be a number of MiB (0: off), "
+                     f"got '{brief(text)}'")
 
 REFERENCE = "en"  # disparities are relative to English
 DEFAULT_LANGUAGES = "en,de,ru,he,ar,zh"
@@ -220,7 +221,7 @@ def parse_percent(text: str, what: str) -> float:
     """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is a plain decimal
     (`PERCENT_NUMBER`) within 0..100%."""
     if not re.fullmatch("-?" + PERCENT_NUMBER + "%?", text.strip()):  # -5%: out of range
-        raise UsageError(f"{what} must be a percentage like 12%, got '{text}'")
+        raise UsageError(f"{what} must be a percentage like 12%, got '{brief(text)}'")
     value = float(text.strip().removesuffix("%"))
     if not 0 <= value <= 100 or text.strip().startswith("-"):  # -0% too
         raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
@@ -265,7 +266,7 @@ def _integer(name: str, text: str, minimum: int = 0) -> int:
     try:
         value = decimal_integer(text)
     except ValueError:
-        raise UsageError(f"--{name} must be an integer, got '{text}'") from None
+        raise UsageError(f"--{name} must be an integer, got '{brief(text)}'") from None
     if value < minimum:
         raise UsageError(f"--{name} must be at least {minimum}, got {value}")
     return value
@@ -273,10 +274,10 @@ def _integer(name: str, text: str, minimum: int = 0) -> int:
 
 def number_option(name: str, text: str) -> float:
     if not NUMBER.fullmatch(text):
-        raise UsageError(f"--{name} must be a number, got '{text}'")
+        raise UsageError(f"--{name} must be a number, got '{brief(text)}'")
     value = float(text)
     if not 0 <= value < math.inf:
-        raise UsageError(f"--{name} must be a finite non-negative number, got {text}")
+        raise UsageError(f"--{name} must be a finite non-negative number, got {brief(text)}")
     return value
 
 

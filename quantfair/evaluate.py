@@ -50,7 +50,7 @@ from torch import nn
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel, cache_root
 from quantfair.prefix import HiddenStates
-from quantfair.storage import atomic_write, cache_writes
+from quantfair.storage import atomic_write, cache_writes, folder_variable
 
 # 3: short units batched on CPU; 4: the head run on blocks of positions; 5: special-token
 # markup in a text (a literal "<|endoftext|>") scored as text
@@ -103,8 +103,8 @@ class NonFiniteLoss(QuantfairError):
 
 
 def results_root() -> Path:
-    if env := os.environ.get("QUANTFAIR_RESULTS_DIR"):
-        return Path(env)
+    if folder := folder_variable("QUANTFAIR_RESULTS_DIR"):
+        return folder
     return cache_root() / "results"
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
-from quantfair.storage import cache_writes, file_stamp, shared_json
+from quantfair.storage import cache_writes, file_stamp, folder_variable, shared_json
 from quantfair.taxonomy import family_of
 from quantfair.tensorfile import is_whole
 
@@ -180,8 +180,8 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
 
 def cache_root() -> Path:
     """Where quantfair keeps converted models and evaluation results."""
-    if env := os.environ.get("QUANTFAIR_CACHE_DIR"):
-        return Path(env)
+    if folder := folder_variable("QUANTFAIR_CACHE_DIR"):
+        return folder
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "quantfair"
 

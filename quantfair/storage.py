@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from quantfair.errors import QuantfairError
+from quantfair.errors import QuantfairError, UsageError
 
 CACHE_VARIABLES = ("QUANTFAIR_RESULTS_DIR", "QUANTFAIR_CACHE_DIR")
 
@@ -37,6 +37,17 @@ def file_stamp(path: Path) -> str:
     rewritten or edited in place, read without reading its bytes."""
     stat = path.stat()
     return f"{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def folder_variable(variable: str) -> Path | None:
+    """The folder an environment variable names; None where it is unset or empty. Raises
+    UsageError for a value of blanks only (a folder so named is never meant)."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    if not value.strip():
+        raise UsageError(f"{variable} holds only blanks: give a folder, or unset it")
+    return Path(value)
 
 
 def _variable_for(path: Path) -> str:

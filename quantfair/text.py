@@ -7,15 +7,23 @@ import re
 from collections.abc import Sequence
 
 # ASCII decimal notation: Python's int() and float() also take `1_0` (10) and other scripts'
-# digits (`٣`, 3), which a setting is more likely to hold by mistake than to mean
-INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+# digits (`٣`, 3), which a setting is more likely to hold by mistake than to mean; at most 18
+# digits, more than any count of units, threads or MiB (and int64's range)
+INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 
 
 def decimal_integer(text: str) -> int:
-    """`int(text)` for ASCII decimal notation only (`INTEGER`); ValueError otherwise."""
+    """`int(text)` for ASCII decimal notation of at most 18 digits only (`INTEGER`);
+    ValueError otherwise."""
     if not INTEGER.fullmatch(text):
-        raise ValueError(f"not a decimal integer: {text!r}")
+        raise ValueError(f"not a decimal integer of at most 18 digits: {brief(text)!r}")
     return int(text)
+
+
+def brief(text: str, limit: int = 40) -> str:
+    """`text` as an error message echoes it: at most `limit` characters, the rest counted."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def experiment_span(ids: list[str]) -> str:

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 from quantfair.errors import UsageError
-from quantfair.text import decimal_integer
+from quantfair.text import brief, decimal_integer
 
 AUTO = "auto"
 
@@ -47,7 +47,8 @@ def parse_threads(text: str | int | None) -> int | None:
     try:
         value = decimal_integer(str(text))
     except ValueError:
-        raise UsageError(f"--threads must be {AUTO} or a positive integer, got '{text}'") from None
+        raise UsageError(f"--threads must be {AUTO} or a positive integer, "
+                         f"got '{brief(text)}'") from None
     if value < 1:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
     cores = available_cores()

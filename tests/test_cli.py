@@ -164,6 +164,10 @@ def corpus_files(tmp_path):
      "--width must be a positive integer, got -1"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "1_0"],  # int(): 10
      "argument --width: must be an integer, got '1_0'"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "9" * 5000],  # echoed briefly
+     f"argument --width: must be an integer, got '{'9' * 40}... (5,000 characters)'"),
+    (["measure", "tiny-gpt2", "--units", "9" * 19], "--units must be an integer, got"),
+    (["measure", "tiny-gpt2", "--units", "9" * 18], "--units 999999999999999999: the corpus"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
      "give at least one other, e.g. en,de"),
@@ -214,6 +218,22 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr
     assert message in lines[-1] and lines[-1].startswith("quantfair: error:"), result.stderr
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("QUANTFAIR_CACHE_DIR", "   ", "QUANTFAIR_CACHE_DIR holds only blanks: give a folder"),
+    ("QUANTFAIR_RESULTS_DIR", " ", "QUANTFAIR_RESULTS_DIR holds only blanks: give a folder"),
+    ("QUANTFAIR_HIDDEN_STATES_MB", "1_0", "QUANTFAIR_HIDDEN_STATES_MB must be a number of MiB"),
+    ("QUANTFAIR_HIDDEN_STATES_MB", "\u0663", "QUANTFAIR_HIDDEN_STATES_MB must be a number"),
+    ("QUANTFAIR_HIDDEN_STATES_MB", "-1", "QUANTFAIR_HIDDEN_STATES_MB must be a number of MiB"),
+])
+def test_a_bad_environment_variable_is_one_line_and_makes_no_folder(tmp_path, monkeypatch,
+                                                                     variable, value, message):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("measure", "tiny-gpt2", "--languages", "en,he", "--units", "1",
+                     env={variable: value})
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
+    assert not any(path.name.strip() == "" for path in tmp_path.iterdir())
 
 
 def test_json_never_overwrites_a_file_the_command_reads(tmp_path):
