@@ -28,7 +28,7 @@ from quantfair.config import (
 from quantfair.errors import TERMINATED, QuantfairError, UsageError
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
-from quantfair.strategy_syntax import check_given_strategies
+from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS
 from quantfair.text import brief, decimal_integer, plural, units_text
 from quantfair.text import interval_text as cell
@@ -88,10 +88,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _named(session, strategies: Sequence[str], measured: bool = False) -> list[str]:
-    """The strategies in order, 'suggested' replaced by the cached suggestion, each once
-    (`measured`: on the session's units, see `_suggested`)."""
-    return list(dict.fromkeys(_suggested(session, measured) if strategy == "suggested"
-                              else strategy for strategy in dict.fromkeys(strategies)))
+    """The strategies in order, 'suggested' replaced by the cached suggestion, each once in
+    its canonical text, its terms once each (`L0 + L0` is `L0`; `measured`: on the session's
+    units, see `_suggested`)."""
+    named = (_suggested(session, measured) if strategy == "suggested" else strategy
+             for strategy in dict.fromkeys(strategies))
+    return list(dict.fromkeys("+".join(dict.fromkeys(check_strategy_syntax(s).split("+")))
+                              for s in named))
 
 
 def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False):

@@ -332,7 +332,8 @@ def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp
 def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     out = tmp_path / "m.json"
     args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--strategy",
-            "none", "--languages", "en,he,zh", "--units", "3", "--json", str(out)]
+            "none", "--languages", "en,he,zh", "--units", "3", "--json", str(out),
+            "--strategy", "L0 + L0"]  # L0 again, in other words
     first = run_cli_process(*args)  # a process: transformers logs to the stderr it started with
     assert first.returncode == 0, first.stderr
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
