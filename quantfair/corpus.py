@@ -281,7 +281,9 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
     if path.is_dir():
         raise UsageError(f"corpus {path} is a directory; give a JSONL file")
     if not path.is_file():
-        raise UsageError(f"corpus file not found: {path}")
+        kind = "not a regular file (a pipe or device): save it to a file and give that"
+        raise UsageError(f"corpus {path} is {kind}" if path.exists()
+                         else f"corpus file not found: {path}")
     data = path.read_bytes()
     try:
         raw = data.decode("utf-8-sig")  # a BOM at the start is what some editors write

@@ -430,6 +430,24 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     assert process.stderr.read() == ""
 
 
+def test_a_closed_standard_output_is_one_line_not_a_silent_success():
+    """`quantfair corpus >&-`: Python starts with no sys.stdout and print() drops the table."""
+    done = subprocess.run([sys.executable, "-m", "quantfair", "corpus"], capture_output=False,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == 2
+    assert done.stderr == ("quantfair: error: standard output is closed; redirect it (to "
+                           "/dev/null to discard what is printed)\n")
+
+
+def test_a_corpus_from_a_pipe_says_it_is_not_a_file():
+    result = run_cli("corpus", "--corpus", "/dev/stdin")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "quantfair: error: corpus /dev/stdin is not a regular file (a pipe or device): save it "
+        "to a file and give that")
+
+
 def test_a_reader_that_leaves_early_loses_no_json_file(tmp_path):
     """`quantfair measure ... --json FILE | head -3`: the numbers are the file, the table only
     their preview."""
