@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.storage import DuplicateKey, unique_keys
 from quantfair.text import decimal_integer
 
 DATA_FILE = Path(__file__).parent / "data" / "udhr.jsonl"
@@ -259,18 +260,6 @@ class Corpus:
         raise UsageError(f"unknown length '{length}': use {', '.join(LENGTHS)}")
 
 
-class DuplicateKey(ValueError):
-    """A JSON object naming a key twice (json keeps the last silently)."""
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    record: dict = {}
-    for key, value in pairs:
-        if key in record:
-            raise DuplicateKey(json.dumps(key))
-        record[key] = value
-    return record
-
 
 def load_corpus(path: str | Path | None = None) -> Corpus:
     """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated;
@@ -298,7 +287,7 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line, object_pairs_hook=_unique_keys)
+            record = json.loads(line, object_pairs_hook=unique_keys)
         except DuplicateKey as error:
             raise QuantfairError(f"{where}: key {error} given twice in one record") from None
         except json.JSONDecodeError as error:

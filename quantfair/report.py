@@ -26,7 +26,7 @@ from quantfair.metrics import (
     fertility,
     perplexity,
 )
-from quantfair.storage import atomic_write, json_safe
+from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
 from quantfair.summary import summarize
 from quantfair.text import experiment_span, interval_text, table  # noqa: F401 (re-exported)
 
@@ -481,8 +481,9 @@ def load_report(path: str | Path) -> dict:
     from jsonschema.exceptions import best_match
 
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"),
-                            parse_constant=_reject_constant)
+        # a BOM at the start is what some editors write
+        report = json.loads(Path(path).read_text(encoding="utf-8-sig"),
+                            object_pairs_hook=unique_keys, parse_constant=_reject_constant)
     except FileNotFoundError:
         raise QuantfairError(f"report not found: {path}") from None
     except IsADirectoryError:
@@ -499,6 +500,9 @@ def load_report(path: str | Path) -> dict:
         raise QuantfairError(f"{path} is not a JSON report: not UTF-8 text") from None
     except RecursionError:
         raise QuantfairError(f"{path} is not a JSON report: nested too deeply") from None
+    except DuplicateKey as error:  # json would keep the last silently
+        raise QuantfairError(f"{path} is not a JSON report: key {error} given twice in one "
+                             "object") from None
     except ValueError as error:  # NaN or Infinity, which JSON does not have
         raise QuantfairError(f"{path} is not a JSON report: {error}") from None
     declared = report.get("schema") if isinstance(report, dict) else None

@@ -32,6 +32,21 @@ def json_safe(value):
     return value
 
 
+class DuplicateKey(ValueError):
+    """A JSON object naming a key twice (json keeps the last silently)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads`'s `object_pairs_hook` refusing a key given twice (DuplicateKey, the key
+    as JSON writes it)."""
+    record: dict = {}
+    for key, value in pairs:
+        if key in record:
+            raise DuplicateKey(json.dumps(key))
+        record[key] = value
+    return record
+
+
 def file_stamp(path: Path) -> str:
     """A file's size and modification time in ns ("size|mtime_ns"): what changes when it is
     rewritten or edited in place, read without reading its bytes."""

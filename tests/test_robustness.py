@@ -478,12 +478,26 @@ def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, rep
     ('{"schema": "quantfair-report/4", "value": NaN}', "NaN is not JSON"),
     (b"\xff\xfe{}", "not UTF-8 text"),
     ("[" * 100_000, "nested too deeply"),
+    ('{"schema": "quantfair-report/4", "audits": [{"a": 1, "a": 2}]}',
+     'key "a" given twice in one object'),  # json would keep the last silently
 ])
 def test_a_report_that_is_not_json_says_why(tmp_path, report_pair, text, why):
     old, _ = report_pair
     bad = tmp_path / "bad.json"
     bad.write_bytes(text if isinstance(text, bytes) else text.encode())
     one_line_error(run_cli("report", str(old), str(bad)), f"{bad} is not a JSON report: {why}")
+
+
+def test_a_report_saved_with_a_byte_order_mark_reads_as_without(tmp_path, report_pair):
+    """As a corpus does: some editors write a BOM at the start of a UTF-8 file."""
+    old, _ = report_pair
+    new, marked = tmp_path / "new.json", tmp_path / "marked.json"
+    new.write_bytes(old.read_bytes())
+    marked.write_bytes(b"\xef\xbb\xbf" + old.read_bytes())
+    plain, with_mark = run_cli("report", str(old), str(new)), run_cli("report", str(old),
+                                                                       str(marked))
+    assert with_mark.returncode == plain.returncode != 2, with_mark.stderr
+    assert with_mark.stdout.replace("marked", "new") == plain.stdout
 
 
 def test_a_baseline_that_shares_nothing_fails(tmp_path, report_pair):
