@@ -520,7 +520,8 @@ class QuantfairRun:
         summary = self.report["summary"]
         tr.write_line(f"verdict: {self.report['verdict']}  " + "  ".join(
             f"{k}: {v}" for k, v in summary["counts"].items()))
-        for sentence in summary["sentences"]:
+        # an incomplete run's headline lists its reasons, which the INCOMPLETE lines below say
+        for sentence in summary["sentences"][1 if self.report["incomplete"] else 0:]:
             tr.write_line(sentence)
         if suggestion := self.report.get("suggestion"):
             from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
