@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -64,6 +65,7 @@ CLAIM_TOKENS = 512  # tokens of units claimed at a time (on CPU; a batch on CUDA
 CPU_BATCH_TOKENS = 512  # padded tokens per forward on CPU, at most (a longer window runs alone)
 CPU_BATCH_LOGITS = 96 << 20  # bytes of float32 logits per forward on CPU, at most, where the
 # model's own logits are used (a head that is not a plain linear map)
+GROUP_BATCHES = 8  # units are batched a group of this many batches' worth of tokens at a time
 CLAIM_STRIPES = 256  # lock files per model folder that claims are spread over
 WAIT_NOTICE_S = 30.0  # a waiting process says so again after this long
 
@@ -534,9 +536,22 @@ class Evaluator:
         return windows
 
     def _batches(self, windows: list[_Window]) -> Iterable[list[_Window]]:
-        ordered = sorted(windows, key=lambda w: -len(w.ids))
+        """Batches of `windows` (listed unit by unit) of at most `batch_tokens` padded tokens,
+        longest first among the units of a group of `GROUP_BATCHES` batches' worth: a
+        unit's windows end up in batches close together, so it is done (and stored)
+        soon after it starts, and an interrupted run keeps what it finished."""
+        limit = GROUP_BATCHES * self.batch_tokens
+        group: list[_Window] = []
+        for _, unit in itertools.groupby(windows, key=lambda w: w.key):
+            group += unit
+            if sum(len(w.ids) for w in group) >= limit:
+                yield from self._padded(group)
+                group = []
+        yield from self._padded(group)
+
+    def _padded(self, windows: list[_Window]) -> Iterable[list[_Window]]:
         batch: list[_Window] = []
-        for window in ordered:
+        for window in sorted(windows, key=lambda w: -len(w.ids)):
             if batch and len(batch[0].ids) * (len(batch) + 1) > self.batch_tokens:
                 yield batch
                 batch = []

@@ -171,6 +171,29 @@ def test_progress_counts_the_fp_forwards_of_a_new_reference(tiny_models, tmp_pat
     assert calls[-1] == (windows, windows)
 
 
+def test_an_interrupted_fp_reference_keeps_the_units_it_finished(tiny_models, tmp_path):
+    """Units of several windows each (articles, a 128-token context): stopped halfway, the FP
+    side keeps most of the units it started. (Its windows were once batched longest first
+    over every unit: each unit's last, shorter window came at the end, and a build stopped
+    at 90% had kept none.)"""
+    loaded = tiny_models["tiny-gpt2"]
+    texts = ["\n".join(units[f"article_{n:02d}"] for n in range(1, 6))
+             for units in load_corpus().select(["en", "de", "ru", "he", "ar", "zh"]).texts.values()]
+    evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=64)
+    windows = sum(len(evaluator._windows(t, evaluator.token_ids(t))) for t in texts)
+    assert windows >= 4 * len(texts)  # several windows a unit
+
+    def interrupt(done, total):
+        if evaluator.forward_passes >= windows // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate_distribution("fp", texts, progress=interrupt)
+    head = evaluator.head_variant()
+    kept = sum(evaluator.references.has(evaluator.unit_key(t), head) for t in texts)
+    assert kept >= len(texts) // 2 - 1
+
+
 def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_texts, tmp_path):
     loaded = tiny_models["tiny-gpt2"]
     texts = [t[:40] for t in short_texts]
