@@ -30,6 +30,8 @@ from quantfair.config import (
 from quantfair.errors import QuantfairError, UsageError
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
+# A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
+DEFERRED = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
 MARKERS = (
     "quantfair: a quantfair audit (runs when a model is given with --quantfair-model)",
@@ -117,9 +119,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
         run = QuantfairRun(config, run_config, preflight=deferred)
     except QuantfairError as error:
-        raise pytest.UsageError(in_pytest_terms(config, str(error))) from None
+        message = in_pytest_terms(config, str(error))
+        if not _ini_only(config):
+            raise pytest.UsageError(message) from None
+        # Every setting is the ini file's: the project's own runs (its tests,
+        # --collect-only) go on as without it; the first audit to run says it and stops the
+        # run (`quantfair_audit`, exit 4 in `pytest_sessionfinish`).
+        config.stash[DEFERRED] = f"quantfair: {message}"
+        return
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
+
+
+def _ini_only(config: pytest.Config) -> bool:
+    """Whether quantfair is configured by the ini file alone: no quantfair option on the
+    command line (or in addopts) and no `-m` asking for a release gate."""
+    return not selects_release_gates(config) and all(
+        config.getoption(option.dest, default=None) in (None, False)
+        for option in OPTIONS.values())
 
 
 def _shows_only(config: pytest.Config) -> bool:
@@ -321,6 +338,16 @@ def _run(config: pytest.Config):
     return config.stash.get(RUN, None)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run that a deferred bad setting stopped (`DEFERRED`) ends as a usage error (4), on
+    the xdist controller too, which the worker's stop reaches."""
+    deferred = session.config.stash.get(DEFERRED, None)
+    controller = session.config.pluginmanager.getplugin("dsession")
+    if deferred and getattr(controller or session, "shouldstop", False) == deferred:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     finding = getattr(metafunc.function, "quantfair_finding", None)
     if finding is None or "case" not in metafunc.fixturenames:
@@ -355,7 +382,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
         return
     audits = [item for item in items if item.get_closest_marker("quantfair")]
-    if not audits or _shows_only(config):
+    if not audits or _shows_only(config) or DEFERRED in config.stash:
         return
     skip = pytest.mark.skip(reason="quantfair audits need a model (--quantfair-model, or "
                                    "--model in the audit suite)")
@@ -407,6 +434,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def quantfair_audit(request: pytest.FixtureRequest):
     """The per-process audit context: one model, one evaluator, shared by every audit."""
     run = _run(request.config)
+    if run is None and (deferred := request.config.stash.get(DEFERRED, None)):
+        request.session.shouldstop = deferred  # one error, then the run stops
+        pytest.fail(deferred, pytrace=False)
     if run is None:
         pytest.skip("quantfair audits need a model (--quantfair-model)")
     try:

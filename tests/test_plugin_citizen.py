@@ -620,6 +620,30 @@ def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
     assert audited.stdout.str().count("is not in the local Hugging Face cache") == 3
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("quantfair_baseline = missing.json", "missing.json: no such report file"),
+    ("quantfair_corpus = missing.jsonl", "corpus file not found"),
+    ("quantfair_quantized = missing.gguf", "missing.gguf"),
+    ("quantfair_threads = lots", "--quantfair-threads must be auto or a positive integer"),
+    ("quantfair_units = 100", "the corpus has 31 units"),
+])
+def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, setting, message):
+    """The project's own tests and `--collect-only` run as without quantfair; the first audit
+    says the setting once and stops the run (exit 4), serially and under xdist. The same
+    setting beside a quantfair option on the command line is refused at once."""
+    pytester.makeini(f"[pytest]\nquantfair_model = tiny-gpt2\n{setting}\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+    assert run_here(pytester, "--collect-only", "test_own.py").ret == pytest.ExitCode.OK
+    for workers in ((), ("-n", "2")):
+        audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release", *workers)
+        assert audited.ret == pytest.ExitCode.USAGE_ERROR, audited.stdout.str()
+        audited.stdout.fnmatch_lines([f"*Interrupted: quantfair: *{message}*"])
+        assert "Traceback" not in audited.stdout.str() + audited.stderr.str()
+    given = run_here(pytester, "test_own.py", "--quantfair-no-report")
+    assert given.ret == pytest.ExitCode.USAGE_ERROR and message in given.stderr.str()
+
+
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
         pytester, monkeypatch):
     """As pytest's own path settings: a gate run from a subfolder reads the project's
@@ -631,7 +655,7 @@ def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_n
     audits = ("--pyargs", "quantfair.audits", "-k", "robustness")
     missing = run_here(pytester, *audits)
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
-    missing.stderr.fnmatch_lines([f"ERROR: *{pytester.path / 'base.json'}*"])
+    missing.stdout.fnmatch_lines([f"quantfair: *{pytester.path / 'base.json'}*"])
     assert not (pytester.path / "out").exists() and not (sub / "out").exists()
     first = run_here(pytester, *audits, "-o", "quantfair_baseline=",
                      "--quantfair-report", str(pytester.path / "base.json"))
