@@ -342,9 +342,9 @@ def _run(config: pytest.Config):
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A run that a deferred bad setting stopped (`DEFERRED`) ends as a usage error (4), on
     the xdist controller too, which the worker's stop reaches."""
-    deferred = session.config.stash.get(DEFERRED, None)
     controller = session.config.pluginmanager.getplugin("dsession")
-    if deferred and getattr(controller or session, "shouldstop", False) == deferred:
+    reason = getattr(controller or session, "shouldstop", False)
+    if DEFERRED in session.config.stash and str(reason).startswith("quantfair: "):
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
