@@ -132,11 +132,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _ini_only(config: pytest.Config) -> bool:
-    """Whether quantfair is configured by the ini file alone: no quantfair option on the
-    command line (or in addopts) and no `-m` asking for a release gate."""
+    """Whether quantfair is configured by the ini file alone: no quantfair option or `-o
+    quantfair_...` on the command line (or in addopts) and no `-m` asking for a release
+    gate."""
+    overrides = config.getoption("override_ini", default=None) or []
     return not selects_release_gates(config) and all(
         config.getoption(option.dest, default=None) in (None, False)
-        for option in OPTIONS.values())
+        for option in OPTIONS.values()) and not any(
+        str(override).strip().startswith("quantfair_") for override in overrides)
 
 
 def _shows_only(config: pytest.Config) -> bool:

@@ -864,10 +864,15 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
                                     "has * (set by quantfair_languages in pytest.ini)"),
 ])
 def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, setting, message):
+    """Said by the first audit, which stops the run; at once where a quantfair option is
+    given on the command line."""
     (pytester.path / "pytest.ini").write_text(f"[pytest]\nquantfair_model = tiny-gpt2\n{setting}\n")
     result = run_here(pytester, BASELINE, "-c", "pytest.ini")
     assert result.ret == 4
-    lines = [line for line in result.stderr.str().splitlines() if line.strip()]
+    result.stdout.fnmatch_lines([f"! Interrupted: quantfair: {message} !"])
+    given = run_here(pytester, BASELINE, "-c", "pytest.ini", "--quantfair-no-report")
+    assert given.ret == 4
+    lines = [line for line in given.stderr.str().splitlines() if line.strip()]
     assert len(lines) == 1 and fnmatch.fnmatchcase(lines[0], f"ERROR: {message}"), lines
 
 
