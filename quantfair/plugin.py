@@ -32,6 +32,8 @@ from quantfair.errors import QuantfairError, UsageError
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
 DEFERRED = pytest.StashKey[str]()
+# A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
+WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
 MARKERS = (
     "quantfair: a quantfair audit (runs when a model is given with --quantfair-model)",
@@ -86,11 +88,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # pytest shows its help, markers or fixtures and runs nothing: never refused
     _check_setup_not_moved(config)
     _check_given_once(config)
-    _check_ini_keys(config)
-    if not option_value(config, "model"):
-        _check_no_options_without_model(config)
-        return
     try:
+        _check_ini_keys(config)
+        if not option_value(config, "model"):
+            _check_no_options_without_model(config)
+            return
         # both on the command line contradict each other; one there overrides the other in
         # addopts (a default), and an ini file's report yields to --no-report
         ignored = None
@@ -108,11 +110,11 @@ def pytest_configure(config: pytest.Config) -> None:
         run_config = RunConfig.build(
             lambda name: None if name == ignored else option_value(config, name))
         require_other_languages(run_config.languages)
-        # A model given on the command line is checked now (the model, caches, device); one
-        # set in the ini file alone once an audit runs, so that the project's own runs (its
-        # tests, --collect-only) stay as they were without it: no torch import, no refusal
-        # on a machine that lacks the model.
-        deferred = config.getoption(OPTIONS["model"].dest, default=None) is None
+        # The model, caches and device are checked now where quantfair is asked for on the
+        # command line; where it is configured by the ini file alone, once an audit runs, so
+        # that the project's own runs (its tests, --collect-only) stay as they were without
+        # it: no torch import, no refusal on a machine that lacks the model.
+        deferred = _ini_only(config)
         if not deferred and not config.getoption("collectonly", default=False):
             run_config.preflight()
         from quantfair.run import QuantfairRun
@@ -206,7 +208,7 @@ def _check_ini_keys(config: pytest.Config) -> None:
     unknown = sorted(key for key in keys if key.startswith("quantfair_") and key not in known)
     if unknown:
         near = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
-        raise pytest.UsageError(
+        raise UsageError(
             "unknown setting " + ", ".join(
                 _ini_setting(config, key) + (f" (did you mean {near[key][0]}?)"
                                              if near[key] else "") for key in unknown)
@@ -341,13 +343,30 @@ def _run(config: pytest.Config):
     return config.stash.get(RUN, None)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """The xdist controller keeps a worker's stop by a bad setting: its own stop reason may
+    be another (under `-x`, "stopping after 1 failures" comes first and is the one kept)."""
+    reason = getattr(node, "workeroutput", {}).get("shouldstop")
+    if isinstance(reason, str) and reason.startswith("quantfair: "):
+        node.config.stash[WORKER_SETTING_STOP] = reason
+
+
+def setting_stop(session: pytest.Session) -> str | None:
+    """The bad setting that stopped the run after the first audit started ("quantfair: ...",
+    `quantfair_audit`), in this process or on an xdist worker; else None."""
+    controller = session.config.pluginmanager.getplugin("dsession")
+    reason = getattr(controller or session, "shouldstop", False)
+    if isinstance(reason, str) and reason.startswith("quantfair: "):
+        return reason
+    return session.config.stash.get(WORKER_SETTING_STOP, None)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A run that a deferred bad setting stopped (`DEFERRED`) ends as a usage error (4), on
-    the xdist controller too, which the worker's stop reaches."""
-    controller = session.config.pluginmanager.getplugin("dsession")
-    reason = getattr(controller or session, "shouldstop", False)
-    if DEFERRED in session.config.stash and str(reason).startswith("quantfair: "):
+    the xdist controller too."""
+    if DEFERRED in session.config.stash and setting_stop(session):
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 

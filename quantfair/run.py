@@ -304,8 +304,9 @@ class QuantfairRun:
     def usage_error(self) -> str | None:
         """The bad setting that stopped the run after the model loaded (`quantfair_audit`: an
         artifact of another model), else None."""
-        reason = self._stop_reason()
-        return reason if isinstance(reason, str) and reason.startswith("quantfair: ") else None
+        from quantfair.plugin import setting_stop
+
+        return setting_stop(self.session) if self.session is not None else None
 
     def _xdist_controller(self) -> bool:
         return self.pytest_config.pluginmanager.has_plugin("dsession")

@@ -416,6 +416,12 @@ def test_a_misspelled_quantfair_key_in_the_ini_file_is_a_usage_error(pytester, k
                                 "quantfair_units?); *"])
     assert run_here(pytester, "--pyargs", "quantfair.audits", "-k",
                     "robustness").ret == pytest.ExitCode.OK
+    pytester.makeini(f"[pytest]\nquantfair_model = tiny-gpt2\n{key} = 0.01\n")  # alone
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+    audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
+    assert audited.ret == pytest.ExitCode.USAGE_ERROR
+    audited.stdout.fnmatch_lines([f"*Interrupted: quantfair: unknown setting {key} in tox.ini*"])
 
 
 def test_release_gates_selected_with_the_plugin_disabled_are_a_usage_error(pytester):
@@ -644,6 +650,38 @@ def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, sett
         assert "Traceback" not in audited.stdout.str() + audited.stderr.str()
     given = run_here(pytester, "test_own.py", "--quantfair-no-report")
     assert given.ret == pytest.ExitCode.USAGE_ERROR and message in given.stderr.str()
+
+
+@pytest.mark.parametrize("ini", ["[pytest]\nquantfair_model = nosuchmodel\n",
+                                 "[pytest]\nquantfair_model = tiny-gpt2\n"
+                                 "quantfair_baseline = missing.json\n"])
+def test_a_bad_setting_that_stops_a_run_under_x_and_xdist_is_still_a_usage_error(pytester,
+                                                                                  ini):
+    """Under `-x -n 2` xdist keeps its own stop reason ("stopping after 1 failures"), not the
+    worker's: the run is a usage error (4) all the same, not an interrupted one (2)."""
+    pytester.makeini(ini)
+    for stop in (("-x",), ("--maxfail", "1")):
+        result = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release", *stop,
+                          "-n", "2")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+
+
+def test_ini_settings_beside_a_quantfair_option_are_checked_before_the_run(pytester):
+    """The model (caches, device) of the ini file is checked at once once quantfair is asked
+    for on the command line; a value the ini file cannot hold (a TOML number for the model)
+    leaves the project's own runs alone when it stands alone."""
+    pytester.makeini("[pytest]\nquantfair_model = nosuchmodel\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    given = run_here(pytester, "test_own.py", "--quantfair-units", "2")
+    assert given.ret == pytest.ExitCode.USAGE_ERROR
+    given.stderr.fnmatch_lines(["ERROR: model 'nosuchmodel' is not in the local Hugging Face*"])
+    (pytester.path / "tox.ini").unlink()
+    pytester.makepyprojecttoml("[tool.pytest]\nquantfair_model = 5\n")
+    assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+    audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
+    assert audited.ret == pytest.ExitCode.USAGE_ERROR
+    audited.stdout.fnmatch_lines(["*Interrupted: quantfair: quantfair_model in pyproject.toml*"
+                                  "expects a string, got int: 5*"])
 
 
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
