@@ -30,7 +30,7 @@ from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS
-from quantfair.text import brief, decimal_integer, plural, units_text
+from quantfair.text import brief, decimal_integer, one_line, plural, units_text
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -738,7 +738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         close_bars()
-        print(f"quantfair: error: {_one_line(error)}", file=sys.stderr)
+        print(f"quantfair: error: {one_line(_error_text(error))}", file=sys.stderr)
         expected = isinstance(error, (QuantfairError, OSError)) or _out_of_memory(error)
         return 2 if expected else 3
 
@@ -802,7 +802,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         where = "" if self.prog == "quantfair" else f"{self.prog}: "
-        self.exit(2, f"quantfair: error: {where}{message} (see {self.prog} --help)\n")
+        self.exit(2, f"quantfair: error: {where}{one_line(message)} (see {self.prog} --help)\n")
 
 
 def _out_of_memory(error: Exception) -> bool:
@@ -810,7 +810,7 @@ def _out_of_memory(error: Exception) -> bool:
     return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
 
 
-def _one_line(error: Exception) -> str:
+def _error_text(error: Exception) -> str:
     if isinstance(error, QuantfairError):
         return str(error)
     if _out_of_memory(error):

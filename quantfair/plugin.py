@@ -28,6 +28,7 @@ from quantfair.config import (
     require_other_languages,
 )
 from quantfair.errors import QuantfairError, UsageError
+from quantfair.text import one_line
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
@@ -78,10 +79,17 @@ def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
     if config.inipath is None or Path(value).is_absolute():
         return value
     path = config.inipath.parent / value
-    return str(path) if name != "model" or path.exists() else value
+    return str(path) if name != "model" or os.path.exists(path) else value
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        _configure(config)
+    except pytest.UsageError as error:  # a value typed or pasted whole: one line of it
+        raise pytest.UsageError(one_line(str(error))) from None
+
+
+def _configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     if _shows_only(config):
@@ -120,14 +128,15 @@ def pytest_configure(config: pytest.Config) -> None:
         from quantfair.run import QuantfairRun
 
         run = QuantfairRun(config, run_config, preflight=deferred)
-    except QuantfairError as error:
-        message = in_pytest_terms(config, str(error))
+    except (QuantfairError, OSError) as error:  # OSError: e.g. a path too long to look up
+        message = in_pytest_terms(config, str(error) if isinstance(error, QuantfairError)
+                                  else f"{error.strerror}: {error.filename}")
         if not _ini_only(config):
             raise pytest.UsageError(message) from None
         # Every setting is the ini file's: the project's own runs (its tests,
         # --collect-only) go on as without it; the first audit to run says it and stops the
         # run (`quantfair_audit`, exit 4 in `pytest_sessionfinish`).
-        config.stash[DEFERRED] = f"quantfair: {message}"
+        config.stash[DEFERRED] = f"quantfair: {one_line(message)}"
         return
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
@@ -228,7 +237,8 @@ def _check_setup_not_moved(config: pytest.Config) -> None:
                 for option in OPTIONS.values()
                 if not option.flag and flag in (f"--{option.name}", f"--quantfair-{option.name}")
                 and config.getoption(option.dest, default=None) == value
-                and Path(config.invocation_params.dir, value).exists()]
+                # os.path.exists: False, not OSError, for a name too long to be a path
+                and os.path.exists(Path(config.invocation_params.dir, value))]
     if not separate:
         return
     try:
@@ -440,7 +450,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             # The audit could not run (a bad setting, a broken cache): an error, not a finding.
             text = str(excinfo.value)
             if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
-                text = in_pytest_terms(item.config, text)
+                text = one_line(in_pytest_terms(item.config, text))
                 report.longrepr = f"quantfair: {text}"
             first = text.strip().splitlines()
             report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "
@@ -464,7 +474,7 @@ def quantfair_audit(request: pytest.FixtureRequest):
     try:
         return run.context()
     except QuantfairError as error:
-        message = f"quantfair: {error}"
+        message = f"quantfair: {one_line(str(error))}"
         if isinstance(error, UsageError):  # wrong for every audit (e.g. an artifact of another
             request.session.shouldstop = message  # model): one error, then the run stops
     pytest.fail(message, pytrace=False)  # kept for every audit of the session

@@ -20,6 +20,17 @@ def decimal_integer(text: str) -> int:
     return int(text)
 
 
+LONG_WORD = re.compile(r"\S{201,}")
+
+
+def one_line(message: str) -> str:
+    """`message` as one error line of a readable length: line breaks shown as `\\n`, a run of
+    more than 200 characters without a blank (a value typed or pasted whole) shortened
+    (`brief`)."""
+    message = message.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    return LONG_WORD.sub(lambda match: brief(match.group(), 80), message)
+
+
 def brief(text: str, limit: int = 40) -> str:
     """`text` as an error message echoes it: at most `limit` characters, the rest counted."""
     text = str(text)

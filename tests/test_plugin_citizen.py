@@ -616,8 +616,7 @@ def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
     assert shown.ret == pytest.ExitCode.OK
     shown.stdout.fnmatch_lines(["*quantfair_max_degradation*"])
     monkeypatch.delenv("QUANTFAIR_CACHE_DIR")
-    audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release",
-                       "--quantfair-no-report")
+    audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
     assert audited.ret == pytest.ExitCode.USAGE_ERROR  # once an audit runs: said, then stopped
     audited.stdout.fnmatch_lines(["*Interrupted: quantfair: model 'nosuchmodel' is not in the "
                                   "local Hugging Face cache*--quantfair-random-weights with *"])
