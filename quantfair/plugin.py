@@ -63,6 +63,9 @@ def option_value(config: pytest.Config, name: str):
         value = config.getini(dest) or value
     except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
         raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
+    if isinstance(value, list) and name != "languages":  # a TOML array for one value
+        raise UsageError(f"{_ini_setting(config, dest)}: expects one value, got a list: "
+                         f"{value!r}")
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         # (lines may end with the comma that joins them: "he," then "zh")
         value = ",".join(str(item).strip().strip(",") for item in value) or None
@@ -129,8 +132,7 @@ def _configure(config: pytest.Config) -> None:
 
         run = QuantfairRun(config, run_config, preflight=deferred)
     except (QuantfairError, OSError) as error:  # OSError: e.g. a path too long to look up
-        message = in_pytest_terms(config, str(error) if isinstance(error, QuantfairError)
-                                  else f"{error.strerror}: {error.filename}")
+        message = in_pytest_terms(config, setting_error(error))
         if not _ini_only(config):
             raise pytest.UsageError(message) from None
         # Every setting is the ini file's: the project's own runs (its tests,
@@ -140,6 +142,14 @@ def _configure(config: pytest.Config) -> None:
         return
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
+
+
+def setting_error(error: QuantfairError | OSError) -> str:
+    """What checking a setting raised, as its line says it (an OSError: a path too long to
+    look up, or one the file system refuses)."""
+    if isinstance(error, QuantfairError) or not error.strerror:
+        return str(error)
+    return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
 
 
 def _ini_only(config: pytest.Config) -> bool:

@@ -151,10 +151,11 @@ class QuantfairRun:
             if self.preflight:  # a bad setting: said once, the run stops (`quantfair_audit`)
                 try:
                     self.config.preflight()
-                except QuantfairError as error:
-                    from quantfair.plugin import in_pytest_terms
+                except (QuantfairError, OSError) as error:  # OSError: a path too long
+                    from quantfair.plugin import in_pytest_terms, setting_error
 
-                    raise UsageError(in_pytest_terms(self.pytest_config, str(error))) from None
+                    raise UsageError(in_pytest_terms(self.pytest_config,
+                                                     setting_error(error))) from None
                 self.preflight = False
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)

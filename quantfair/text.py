@@ -20,15 +20,19 @@ def decimal_integer(text: str) -> int:
     return int(text)
 
 
-LONG_WORD = re.compile(r"\S{201,}")
+LINE_HEAD, LINE_TAIL = 600, 300  # characters an over-long error line keeps of each end
 
 
 def one_line(message: str) -> str:
-    """`message` as one error line of a readable length: line breaks shown as `\\n`, a run of
-    more than 200 characters without a blank (a value typed or pasted whole) shortened
-    (`brief`)."""
+    """`message` as one error line of a readable length: line breaks shown as `\\n`; past
+    `LINE_HEAD + LINE_TAIL` characters (a value typed or pasted whole), its middle left out
+    and counted, so that the line keeps how it starts and the advice it ends with."""
     message = message.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
-    return LONG_WORD.sub(lambda match: brief(match.group(), 80), message)
+    if len(message) <= LINE_HEAD + LINE_TAIL + 100:
+        return message
+    left_out = len(message) - LINE_HEAD - LINE_TAIL
+    return (f"{message[:LINE_HEAD]} [... {left_out:,} characters left out ...] "
+            f"{message[-LINE_TAIL:]}")
 
 
 def brief(text: str, limit: int = 40) -> str:

@@ -225,6 +225,7 @@ def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, mes
     ["measure", "tiny-gpt2", "--strategy", "L" + "9" * 5000],
     ["measure", "tiny-gpt2", "--tolerance", "9" * 5000],  # argparse: unrecognized arguments
     ["measure", "x" * 5000],
+    ["measure", "tiny-gpt2", "--quant", "a b " * 2000],  # blanks in it too
     ["measure", "tiny-gpt2", "--units", "2\n3"],
 ])
 def test_a_value_typed_or_pasted_whole_is_echoed_in_one_short_line(args):
@@ -232,7 +233,7 @@ def test_a_value_typed_or_pasted_whole_is_echoed_in_one_short_line(args):
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("quantfair: error:"), result.stderr
-    assert len(lines[0]) < 600 and ("characters)" in lines[0] or "2\\n3" in lines[0])
+    assert len(lines[0]) < 1200 and ("characters left out" in lines[0] or "2\\n3" in lines[0])
 
 
 @pytest.mark.parametrize("variable, value, message", [

@@ -628,6 +628,8 @@ def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
 
 
 @pytest.mark.parametrize("setting, message", [
+    ("quantfair_quantized = " + "n" * 300 + ".gguf", "File name too long: *"),  # an OSError
+    ("quantfair_model = " + "n" * 300 + ".gguf", "File name too long: *"),  # at the audit
     ("quantfair_baseline = missing.json", "missing.json: no such report file"),
     ("quantfair_corpus = missing.jsonl", "corpus file not found"),
     ("quantfair_quantized = missing.gguf", "missing.gguf"),
@@ -638,7 +640,8 @@ def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, sett
     """The project's own tests and `--collect-only` run as without quantfair; the first audit
     says the setting once and stops the run (exit 4), serially and under xdist. The same
     setting beside a quantfair option on the command line is refused at once."""
-    pytester.makeini(f"[pytest]\nquantfair_model = tiny-gpt2\n{setting}\n")
+    model = "" if setting.startswith("quantfair_model") else "quantfair_model = tiny-gpt2\n"
+    pytester.makeini(f"[pytest]\n{model}{setting}\n")
     pytester.makepyfile(test_own="def test_own():\n    pass\n")
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
     assert run_here(pytester, "--collect-only", "test_own.py").ret == pytest.ExitCode.OK
@@ -648,7 +651,8 @@ def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, sett
         audited.stdout.fnmatch_lines([f"*Interrupted: quantfair: *{message}*"])
         assert "Traceback" not in audited.stdout.str() + audited.stderr.str()
     given = run_here(pytester, "test_own.py", "--quantfair-no-report")
-    assert given.ret == pytest.ExitCode.USAGE_ERROR and message in given.stderr.str()
+    assert given.ret == pytest.ExitCode.USAGE_ERROR
+    given.stderr.fnmatch_lines([f"ERROR: *{message}*"])
 
 
 @pytest.mark.parametrize("ini", ["[pytest]\nquantfair_model = nosuchmodel\n",
@@ -675,6 +679,11 @@ def test_ini_settings_beside_a_quantfair_option_are_checked_before_the_run(pytes
     assert given.ret == pytest.ExitCode.USAGE_ERROR
     given.stderr.fnmatch_lines(["ERROR: model 'nosuchmodel' is not in the local Hugging Face*"])
     (pytester.path / "tox.ini").unlink()
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nquantfair_model = ["tiny-gpt2"]\n')
+    listed = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
+    assert listed.ret == pytest.ExitCode.USAGE_ERROR  # one value, not a list joined by commas
+    listed.stdout.fnmatch_lines(["*Interrupted: quantfair: quantfair_model in pyproject.toml: "
+                                 "expects one value, got a list: ?'tiny-gpt2'? !"])
     pytester.makepyprojecttoml("[tool.pytest]\nquantfair_model = 5\n")
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
     audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
