@@ -669,8 +669,6 @@ def test_a_bad_setting_that_stops_a_run_under_x_and_xdist_is_still_a_usage_error
         assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
 
 
-# pytest warns of the TOML list it reads for a string setting, which quantfair refuses
-@pytest.mark.filterwarnings("ignore::pytest.PytestRemovedIn10Warning")
 def test_ini_settings_beside_a_quantfair_option_are_checked_before_the_run(pytester):
     """The model (caches, device) of the ini file is checked at once once quantfair is asked
     for on the command line; a value the ini file cannot hold (a TOML number for the model)
