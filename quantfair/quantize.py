@@ -20,6 +20,7 @@ from quantfair.models import cache_root, weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.taxonomy import Component, components, num_layers
 from quantfair.tensorfile import cached_tensors, map_tensors, remove_tensors, write_tensors
+from quantfair.text import one_line
 
 __all__ = ["QuantScheme", "WeightBank", "fake_quantize", "gguf_quantize", "gguf_tensor_type",
            "in_scope", "quantize_component", "stored_bits", "type_bits", "weights_folder"]
@@ -236,8 +237,8 @@ class WeightBank:
                     write_tensors(Path(file.name), layout, produce)
                     return map_tensors(Path(file.name))  # the map outlives the name
             except OSError as error:
-                print(f"quantfair: keeping weights in memory: cannot write {self.folder} "
-                      f"({error.strerror or error})", file=sys.stderr)
+                print(one_line(f"quantfair: keeping weights in memory: cannot write "
+                               f"{self.folder} ({error.strerror or error})"), file=sys.stderr)
                 self.folder = None
         return {name: produce(name).detach().clone() for name in layout}
 

@@ -236,6 +236,14 @@ def test_a_value_typed_or_pasted_whole_is_echoed_in_one_short_line(args):
     assert len(lines[0]) < 1200 and ("characters left out" in lines[0] or "2\\n3" in lines[0])
 
 
+def test_a_warning_about_a_cache_path_too_long_is_one_short_line():
+    """The weights are kept in memory, said in one line of readable length."""
+    result = run_cli("inspect", "tiny-gpt2", env={"QUANTFAIR_CACHE_DIR": "/tmp/" + "x" * 5000})
+    assert result.returncode == 0
+    warned = [line for line in result.stderr.splitlines() if "keeping weights in memory" in line]
+    assert len(warned) == 1 and len(warned[0]) < 1200 and "characters left out" in warned[0]
+
+
 @pytest.mark.parametrize("variable, value, message", [
     ("QUANTFAIR_CACHE_DIR", "   ", "QUANTFAIR_CACHE_DIR holds only blanks: give a folder"),
     ("QUANTFAIR_RESULTS_DIR", " ", "QUANTFAIR_RESULTS_DIR holds only blanks: give a folder"),
