@@ -25,7 +25,7 @@ from quantfair.config import (
     refuse_empty,
     require_other_languages,
 )
-from quantfair.errors import TERMINATED, QuantfairError, UsageError
+from quantfair.errors import TERMINATED, QuantfairError, UsageError, os_error_text
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
@@ -816,7 +816,7 @@ def _error_text(error: Exception) -> str:
     if _out_of_memory(error):
         return "out of memory: try fewer --units or languages, or another --device"
     if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        return os_error_text(error)
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return (f"unexpected {type(error).__name__}: {first} "
             "(QUANTFAIR_DEBUG=1 shows the traceback; please report it)")

@@ -542,11 +542,14 @@ class Evaluator:
         soon after it starts, and an interrupted run keeps what it finished."""
         limit = GROUP_BATCHES * self.batch_tokens
         group: list[_Window] = []
+        tokens = 0
         for _, unit in itertools.groupby(windows, key=lambda w: w.key):
+            unit = list(unit)
             group += unit
-            if sum(len(w.ids) for w in group) >= limit:
+            tokens += sum(len(w.ids) for w in unit)
+            if tokens >= limit:
                 yield from self._padded(group)
-                group = []
+                group, tokens = [], 0
         yield from self._padded(group)
 
     def _padded(self, windows: list[_Window]) -> Iterable[list[_Window]]:

@@ -27,7 +27,7 @@ from quantfair.config import (
     parse_languages,
     require_other_languages,
 )
-from quantfair.errors import QuantfairError, UsageError
+from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.text import one_line
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
@@ -147,9 +147,7 @@ def _configure(config: pytest.Config) -> None:
 def setting_error(error: QuantfairError | OSError) -> str:
     """What checking a setting raised, as its line says it (an OSError: a path too long to
     look up, or one the file system refuses)."""
-    if isinstance(error, QuantfairError) or not error.strerror:
-        return str(error)
-    return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error) if isinstance(error, QuantfairError) else os_error_text(error)
 
 
 def _ini_only(config: pytest.Config) -> bool:
@@ -372,11 +370,17 @@ def pytest_testnodedown(node, error) -> None:
         node.config.stash[WORKER_SETTING_STOP] = reason
 
 
+def stop_reason(session: pytest.Session) -> object:
+    """Why the run stopped early (`session.shouldstop`; the controller's under xdist):
+    False, or a string such as pytest's "stopping after 1 failures"."""
+    controller = session.config.pluginmanager.getplugin("dsession")
+    return getattr(controller or session, "shouldstop", False)
+
+
 def setting_stop(session: pytest.Session) -> str | None:
     """The bad setting that stopped the run after the first audit started ("quantfair: ...",
     `quantfair_audit`), in this process or on an xdist worker; else None."""
-    controller = session.config.pluginmanager.getplugin("dsession")
-    reason = getattr(controller or session, "shouldstop", False)
+    reason = stop_reason(session)
     if isinstance(reason, str) and reason.startswith("quantfair: "):
         return reason
     return session.config.stash.get(WORKER_SETTING_STOP, None)

@@ -296,10 +296,10 @@ class QuantfairRun:
         return self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
 
     def _stop_reason(self) -> object:
-        """Why the run stopped early (`session.shouldstop`; the controller's under xdist):
-        False, or a string such as pytest's "stopping after 1 failures"."""
-        dsession = self.pytest_config.pluginmanager.getplugin("dsession")
-        return getattr(dsession or self.session, "shouldstop", False)
+        """`plugin.stop_reason` of this run's session (False before it starts)."""
+        from quantfair.plugin import stop_reason
+
+        return stop_reason(self.session) if self.session is not None else False
 
     @property
     def usage_error(self) -> str | None:
