@@ -23,6 +23,7 @@ from quantfair.config import (
     parse_languages,
     parse_percent,
     refuse_empty,
+    refuse_inputs,
     require_other_languages,
 )
 from quantfair.errors import TERMINATED, QuantfairError, UsageError, os_error_text
@@ -297,29 +298,15 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
     command reads (the model, its artifact, the corpus)."""
     from pathlib import Path
 
-    from quantfair.corpus import languages_file
-
     if path is None:
         return
     if not path.strip():
         raise UsageError(f"{flag} is empty; give the path of a file")
     if path == "-":
         raise UsageError(f"{flag} -: standard output is not written to; give the path of a file")
-    corpus = getattr(args, OPTIONS["corpus"].dest, None)
-    languages = corpus and languages_file(Path(corpus))  # read where it exists, so not written
-    reads = {"the file the model was loaded from": getattr(args, "model", None),
-             "the --quantized file": getattr(args, OPTIONS["quantized"].dest, None),
-             "the --corpus file": corpus, "the --corpus file's languages file": languages}
-    target = Path(path).resolve()
-    for what, read in reads.items():
-        if not read or not Path(read).exists() and read != languages:
-            continue
-        read = Path(read).resolve()
-        if read.is_dir() and read in target.parents:  # a model saved as a folder
-            raise UsageError(f"{flag} {path} is in {what.replace('file', 'folder')}: write "
-                             "another")
-        if target == read or target.exists() and read.exists() and target.samefile(read):
-            raise UsageError(f"{flag} {path} is {what}: write another")
+    refuse_inputs(path, flag, getattr(args, "model", None),
+                  getattr(args, OPTIONS["quantized"].dest, None),
+                  getattr(args, OPTIONS["corpus"].dest, None))
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise UsageError(f"{flag} {path} is a directory; give the path of a file")
     if not Path(path).parent.is_dir():

@@ -176,6 +176,28 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     return tuple(dict.fromkeys([REFERENCE, *chosen]))
 
 
+def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
+                  quantized: str | None, corpus: str | None) -> None:
+    """UsageError where the file `path` to write (given as `flag`) is one the run reads (the
+    model's file, its `quantized` artifact, the `corpus` or the corpus's languages file) or
+    lies in the folder a model was loaded from: writing it would destroy the input."""
+    from quantfair.corpus import languages_file
+
+    languages = corpus and languages_file(Path(corpus))  # read where it exists
+    reads = {"the file the model was loaded from": model, "the --quantized file": quantized,
+             "the --corpus file": corpus, "the --corpus file's languages file": languages}
+    target = Path(path).resolve()
+    for what, read in reads.items():
+        if not read or not Path(read).exists() and read != languages:
+            continue
+        read = Path(read).resolve()
+        if read.is_dir() and read in target.parents:  # a model saved as a folder
+            raise UsageError(f"{flag} {path} is in {what.replace('file', 'folder')}: write "
+                             "another")
+        if target == read or target.exists() and read.exists() and target.samefile(read):
+            raise UsageError(f"{flag} {path} is {what}: write another")
+
+
 def check_folder_writable(directory: Path, option: str) -> None:
     """UsageError unless a file can be written in `directory` (made when the file is written,
     not here: a run that stops at a bad setting leaves nothing behind): a run must not end by
@@ -390,6 +412,8 @@ class RunConfig:
             if baseline and path.resolve() == Path(baseline).resolve():
                 raise UsageError(f"--report {report} would overwrite the --baseline it is "
                                  "compared with; give another path")
+            for written in (path, html):
+                refuse_inputs(written, "--report", model, get("quantized"), get("corpus"))
             check_folder_writable(path.parent, "--report")
         if baseline and Path(baseline).is_dir():
             raise UsageError(f"--baseline {baseline} is a directory; give a report's .json file")

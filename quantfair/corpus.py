@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -35,6 +36,17 @@ UNKNOWN = "unknown"  # a script or family the metadata does not give
 COLUMNS = ("code", "iso639_3", "name", "script", "family", "resource_class", "joshi_name")
 
 
+def _utf8_text(path: Path) -> str:
+    """The text of the file `path` as UTF-8, a BOM at the start skipped (some editors write
+    one). Raises QuantfairError naming `file:line` where a byte is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise QuantfairError(f"{path}:{line}: not valid UTF-8") from None
+
+
 def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = None,
                     ) -> dict[str, Language]:
     """Language metadata from a TSV file with a header of `COLUMNS` (`code` required, the
@@ -42,7 +54,7 @@ def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = 
     scripts/build_corpus.py), or a user corpus's, where a value left out or empty is the
     shipped file's for that code (`metadata`) or unknown, and every code must be a language
     of `corpus`. Raises QuantfairError naming `file:line` and the first bad value."""
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = _utf8_text(path).splitlines()
     header = lines[0].split("\t") if lines else []
     if "code" not in header or not set(header) <= set(COLUMNS) or len(set(header)) < len(header):
         raise QuantfairError(f"{path}:1: expected a tab-separated header of {', '.join(COLUMNS)}"
@@ -273,12 +285,7 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         kind = "not a regular file (a pipe or device): save it to a file and give that"
         raise UsageError(f"corpus {path} is {kind}" if path.exists()
                          else f"corpus file not found: {path}")
-    data = path.read_bytes()
-    try:
-        raw = data.decode("utf-8-sig")  # a BOM at the start is what some editors write
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise QuantfairError(f"{path}:{line}: not valid UTF-8") from None
+    raw = _utf8_text(path)
     texts: dict[str, dict[str, str]] = {}
     # Only "\n" ends a record: U+2028, U+0085 and friends are legal inside JSON strings.
     for number, line in enumerate(raw.split("\n"), start=1):
@@ -337,7 +344,11 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         named = next((code for code in texts if language(code).iso639_3 == "eng"), None)
         raise QuantfairError(f"{path}: no '{REFERENCE}' texts; disparities are relative to it"
                              + (f" (name English '{REFERENCE}', not '{named}')" if named else ""))
-    if path != DATA_FILE and (own := languages_file(path)).is_file():
+    own = languages_file(path)
+    if path != DATA_FILE and os.path.lexists(own):
+        if not own.is_file():
+            raise UsageError(f"the corpus's languages file {own} is not a regular file: give "
+                             "a TSV file there, or remove it")
         use_languages(_read_languages(own, list(texts)))
     order = list(texts[REFERENCE])
     return Corpus({lang: {u: units[u] for u in order} for lang, units in texts.items()},

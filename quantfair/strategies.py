@@ -195,7 +195,7 @@ class StrategyResolver:
         if kind == "magnitude":
             fraction = percent_of_term(argument, term)
             return self._top_elements(self._quantized_parts(),
-                                      lambda c, out: torch.abs(fp[c.name], out=out), fraction)
+                                      lambda c, out: out.copy_(fp[c.name]).abs_(), fraction)
         if kind == "gradient":
             fraction = percent_of_term(argument, term)
             if self.entries_kept(fraction) == 0:  # nothing to rank: no calibration pass

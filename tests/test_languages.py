@@ -227,3 +227,22 @@ def test_a_bad_languages_file_is_one_line_naming_its_line(own_languages, rows, h
     with pytest.raises(QuantfairError) as error:
         load_corpus(path)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_languages_file_that_is_no_utf8_text_or_no_file_is_one_line(own_languages):
+    """Bytes that are not UTF-8 name the line (they once crashed every command and pytest);
+    a folder or a broken link where the file would be is not silently taken for none."""
+    from quantfair.errors import QuantfairError
+
+    path = own_languages()
+    tsv = path.with_name("texts.languages.tsv")
+    tsv.write_bytes(b"code\tname\nyo\tYor\xf9b\xe1\n")  # Latin-1
+    with pytest.raises(QuantfairError, match=r"texts.languages.tsv:2: not valid UTF-8$"):
+        load_corpus(path)
+    tsv.unlink()
+    for make in (tsv.mkdir, lambda: tsv.symlink_to(path.with_name("gone.tsv"))):
+        make()
+        with pytest.raises(UsageError, match="languages file .*texts.languages.tsv is not a "
+                                             "regular file"):
+            load_corpus(path)
+        tsv.rmdir() if tsv.is_dir() else tsv.unlink()

@@ -954,6 +954,29 @@ def test_a_report_path_that_would_replace_its_baseline_or_is_no_file_is_refused(
     assert baseline.read_text() == "{}"
 
 
+def test_a_report_path_onto_a_file_the_run_reads_is_refused(pytester):
+    """The corpus and a model saved as a folder are inputs: a report written there would
+    destroy them (it once replaced the corpus and a model's config)."""
+    model = pytester.path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("config")
+    corpus = pytester.path / "texts.json"
+    corpus.write_text("".join(json.dumps({"lang": lang, "unit": "a", "text": "hi there"}) + "\n"
+                              for lang in ("en", "he")))
+    for model_given, report, message in (
+            (str(model), model / "config.json",
+             "config.json is in the folder the model was loaded from: write another"),
+            ("tiny-gpt2", corpus, "texts.json is the --quantfair-corpus file: write another"),
+            ("tiny-gpt2", pytester.path / "texts.html",
+             "texts.json is the --quantfair-corpus file")):
+        result = run_here(pytester, BASELINE, "--quantfair-model", model_given,
+                          "--quantfair-corpus", str(corpus), "--quantfair-report", str(report))
+        assert result.ret == 4, result.stdout.str()
+        assert message in result.stderr.str(), result.stderr.str()
+    assert (model / "config.json").read_text() == "config"
+    assert corpus.read_text().startswith('{"lang": "en"')
+
+
 def test_a_default_report_folder_it_cannot_write_in_is_refused_before_any_audit(pytester):
     """The report is written at the end of the run: a `reports` folder that cannot be made
     is a usage error up front, not a run that measured everything and then exits 3."""

@@ -147,6 +147,24 @@ def test_magnitude_selection_keeps_the_largest_weights(gpt2_resolver):
         assert weight[keep].min() >= weight[~keep].max()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_magnitude_selection_in_half_precision_keeps_the_largest_weights(dtype):
+    """The weights of a half-precision run are scored in float32 (the scores' buffer); the
+    selection once failed there ("Found dtype Float but expected Half")."""
+    from quantfair.config import RunConfig
+    from quantfair.session import AuditSession
+
+    config = RunConfig.build({"model": "tiny-llama", "dtype": dtype, "languages": "en",
+                              "units": "1"}.get)
+    session = AuditSession(config, announce=lambda _: None)
+    kept = session.resolver().resolve("magnitude:5%")
+    assert kept and session.bank.fp[next(iter(kept))].dtype == getattr(torch, dtype)
+    for name, keep in kept.items():
+        if keep is not True:
+            weight = session.bank.fp[name].float().abs()
+            assert weight[keep].min() >= weight[~keep].max()
+
+
 def test_block_format_overhead_counts_each_tensor_types_real_bits():
     """Under gguf:Q4_0 a code takes 4.5 bits (18-byte blocks of 32 weights: llama.cpp's
     ggml-common.h), the token embedding and output head Q8_0 8.5, norms stay F32 (counted at
