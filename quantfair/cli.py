@@ -699,14 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; any failure is one line on stderr and a non-zero exit (the traceback
     only with QUANTFAIR_DEBUG=1)."""
+    if sys.stdout is None:  # started with `>&-`: what it prints (--help too) would be lost
+        print("quantfair: error: standard output is closed; redirect it (to /dev/null to "
+              "discard what is printed)", file=sys.stderr)
+        return 2
     args, unknown = build_parser().parse_known_args(_attach_negative_values(
         sys.argv[1:] if argv is None else list(argv)))
     if unknown:  # said by the command's own parser, which names its --help
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if sys.stdout is None:  # started with `>&-`: what it prints would be lost without a word
-        print("quantfair: error: standard output is closed; redirect it (to /dev/null to "
-              "discard what is printed)", file=sys.stderr)
-        return 2
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
     try:
         with _sigterm_as_interrupt():

@@ -454,9 +454,11 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     assert process.stderr.read() == ""
 
 
-def test_a_closed_standard_output_is_one_line_not_a_silent_success():
-    """`quantfair corpus >&-`: Python starts with no sys.stdout and print() drops the table."""
-    done = subprocess.run([sys.executable, "-m", "quantfair", "corpus"], capture_output=False,
+@pytest.mark.parametrize("args", [["corpus"], ["--help"], ["measure", "--help"]])
+def test_a_closed_standard_output_is_one_line_not_a_silent_success(args):
+    """`quantfair corpus >&-`: Python starts with no sys.stdout and print() drops the table
+    (argparse's help went to stderr with exit 0)."""
+    done = subprocess.run([sys.executable, "-m", "quantfair", *args], capture_output=False,
                           stderr=subprocess.PIPE, text=True, timeout=60,
                           preexec_fn=lambda: os.close(1))
     assert done.returncode == 2
