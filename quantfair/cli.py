@@ -802,7 +802,7 @@ def _error_text(error: Exception) -> str:
         return str(error)
     if _out_of_memory(error):
         return "out of memory: try fewer --units or languages, or another --device"
-    if isinstance(error, OSError) and error.strerror:
+    if isinstance(error, OSError):  # exit 2, as any OSError: one line, never "unexpected"
         return os_error_text(error)
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return (f"unexpected {type(error).__name__}: {first} "

@@ -413,13 +413,17 @@ def _convert(gguf_path: Path, cached: Path) -> None:
 def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
     """Save a GGUF-loaded model as an ordinary safetensors checkpoint (transformers refuses
     save_pretrained on GGUF-loaded models, though their weights are already dequantized)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_model(model, str(folder / "model.safetensors"))
+    try:
+        save_model(model, str(folder / "model.safetensors"))
+    except SafetensorError as error:  # its I/O errors (a full disk) are no OSErrors
+        raise OSError(str(error).partition("I/O error: ")[2] or str(error)) from None
     tokenizer.save_pretrained(folder)
 
 

@@ -6,6 +6,7 @@ at a time, so writing one never holds a second copy of a model."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -138,6 +139,18 @@ def remove_tensors(path: Path) -> None:
         file.unlink(missing_ok=True)
 
 
+def _reserve(descriptor: int, size: int) -> None:
+    """Allocate the disk blocks of a file's first `size` bytes now: a write through a memory
+    map of a sparse file on a full disk is SIGBUS (the process dies without a word), a failed
+    allocation an OSError (ENOSPC). Where the file system cannot allocate ahead, nothing."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(descriptor, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+
 def scratch(numel: int, dtype: torch.dtype, folder: Path | None,
             fallback: bool = True) -> torch.Tensor:
     """A zeroed flat tensor of `numel` entries backed by an unnamed temporary file in
@@ -149,6 +162,7 @@ def scratch(numel: int, dtype: torch.dtype, folder: Path | None,
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder, prefix=".scratch-") as file:
                 file.truncate(numel * dtype.itemsize)
+                _reserve(file.fileno(), numel * dtype.itemsize)
                 array = np.memmap(file, dtype=np.uint8, mode="r+")
             return torch.from_numpy(array).view(dtype)  # the map outlives the file object
         except OSError:

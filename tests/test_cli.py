@@ -504,3 +504,11 @@ def test_corpus_lists_every_language_by_default_as_its_help_says():
     assert sorted(listed) == sorted(load_corpus(None).languages)
     help_text = " ".join(run_cli("corpus", "--help").stdout.split())
     assert "(default: all)" in help_text and "default en,de" not in help_text
+
+
+def test_an_os_error_without_errno_is_no_unexpected_error():
+    """Exit 2, as any OSError, so its line must not ask for a bug report (exit 3's)."""
+    from quantfair.cli import _error_text
+
+    assert _error_text(OSError("497664 requested and 413632 written")) == (
+        "497664 requested and 413632 written")

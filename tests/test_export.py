@@ -245,6 +245,24 @@ def test_an_interrupted_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
 
 
+def test_an_export_onto_a_full_disk_is_one_line_and_exit_2(f32_gguf, tmp_path, monkeypatch,
+                                                          capsys):
+    """The gguf writer's short write (a full disk) is an OSError without errno: it was
+    "unexpected OSError: 497664 requested and 413632 written ... please report it"."""
+    output = tmp_path / "out.gguf"
+
+    def short_write(self, *args, **kwargs):
+        raise OSError("497664 requested and 413632 written")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", short_write)
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "L0",
+                 "--languages", "en", "--units", "1", "-o", str(output)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"quantfair: error: could not write {output}: 497664 requested and 413632 written "
+        "(is the disk full?)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_terminated_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_path, monkeypatch,
                                                                capsys):
     """`timeout` or a cancelled CI job sends SIGTERM: as Ctrl-C, the half-written file goes."""

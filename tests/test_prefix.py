@@ -3,6 +3,8 @@ and the numbers are those of full passes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,23 @@ def test_an_unwritable_folder_keeps_nothing_and_says_so(tmp_path, capsys):
     assert not states.entries and states.held == 0
     assert [layer.calls for layer in model.layers] == [2, 2, 2]
     assert capsys.readouterr().err.count("not keeping hidden states: cannot write") == 1
+
+
+@torch.no_grad()
+def test_a_full_disk_keeps_nothing_and_says_so(tmp_path, capsys, monkeypatch):
+    """The slabs' disk blocks are allocated when a slab is made: on a full disk a write
+    through the map of a sparse file killed the process with SIGBUS, without a word."""
+    import errno
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    model = _Stack()
+    states = HiddenStates(model.layers, lambda: _keys(model), tmp_path)
+    x = torch.arange(4.0)
+    with states.forward(x):
+        torch.testing.assert_close(model(x.clone()), x + 2, rtol=0, atol=0)
+    assert not states.entries and states.held == 0
+    assert ("not keeping hidden states: cannot write " f"{tmp_path} (No space left on device)"
+            in capsys.readouterr().err)

@@ -330,6 +330,34 @@ def test_a_converted_copy_changed_since_is_converted_again(tmp_path, saved_tiny,
         capsys.readouterr().err
 
 
+def test_a_full_disk_while_converting_a_gguf_is_one_line_naming_the_cache(tmp_path,
+                                                                         monkeypatch):
+    """safetensors' I/O errors are no OSErrors: a full disk was "unexpected SafetensorError
+    ... please report it" (exit 3)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+    from test_gguf import _write_gpt2
+
+    from quantfair import models
+
+    config = models._tiny_config("gpt2")
+    config.n_positions = 1024
+    source = tmp_path / "m.gguf"
+    _write_gpt2(models._from_config(config), source, "F32", embedding="F32")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    cached = tmp_path / "models" / "m"
+    cached.parent.mkdir()
+    with pytest.raises(QuantfairError, match=r"^cannot write the quantfair cache at .*models "
+                       r"\(No space left on device \(os error 28\)\); set "):
+        models._convert(source, cached)
+    assert list(cached.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("spec, hint", [("gemma3-270", " (did you mean gemma3-270m?)"),
                                         ("tiny-lama", " (did you mean tiny-llama?)"),
                                         ("no-such-org/model", "")])
