@@ -438,6 +438,7 @@ class QuantfairRun:
         from quantfair.report import RunRecord, build_report
 
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
+        early = ""  # why -x or --maxfail stopped an xdist run
         incomplete += [f"pytest internal error: {line}" for line in self.internal_errors]
         incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
                        if p.get("error")]
@@ -447,17 +448,20 @@ class QuantfairRun:
             incomplete.append("stopped by a bad setting: "
                               + self.usage_error.removeprefix("quantfair: "))
         elif exitstatus == pytest.ExitCode.INTERRUPTED:
-            # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2)
+            # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2): that
+            # leaves it incomplete only where audits were left unrun (below)
             reason = self._stop_reason()
-            incomplete.append(f"the run stopped early ({reason}: -x or --maxfail)"
-                              if isinstance(reason, str) and reason.startswith("stopping after")
-                              else "the run was interrupted")
+            if isinstance(reason, str) and reason.startswith("stopping after"):
+                early = f"the run stopped early ({reason}: -x or --maxfail)"
+            else:
+                incomplete.append("the run was interrupted")
         stopped = self._stopped(exitstatus)
         if stopped:  # the signal reaches the workers too: what a worker was running when it
             for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
                 self.audits.pop(nodeid, None)
         selected, not_run = self._selected_and_not_run()
         if not_run:
+            incomplete += [early] if early else []
             incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
                               "(the run stopped early)")
         for nodeid, entry in list(self.audits.items()):

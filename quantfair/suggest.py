@@ -728,8 +728,9 @@ def no_suggestion(session: AuditSession) -> UsageError:
     why = _checked(_path(session), session)[1]
     unusable = f" ({_path(session)} {why})" if why else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
-                      f"{session.config.scheme.name}{where}{unusable}: run `quantfair suggest` "
-                      f"first{elsewhere}")
+                      f"{session.config.scheme.name} in {session.config.dtype}{where}{unusable}"
+                      f": run `quantfair suggest` first (a search is kept per model, scheme and "
+                      f"--dtype){elsewhere}")
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

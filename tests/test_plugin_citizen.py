@@ -240,6 +240,20 @@ def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pyteste
     assert "baseline_disparity" in path.with_suffix(".html").read_text()
 
 
+def test_an_xdist_run_that_maxfail_stops_after_its_last_audit_is_failed_not_incomplete(
+        pytester):
+    """xdist ends a run that --maxfail stopped as an interruption (exit 2) also where the
+    limit was reached by the last audit: nothing was left unrun, so the verdict is failed, as
+    the serial run's (three of these five audits fail on tiny-gpt2)."""
+    path = pytester.path / "r.json"
+    result = run(pytester, BASELINE, "-k", "baseline_disparity", "--maxfail", "3", "-n", "1",
+                 "--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path))
+    result.assert_outcomes(passed=2, failed=3)
+    report = load(path)
+    assert (report["verdict"], report["incomplete"]) == ("failed", [])
+    assert report["selection"]["not_run"] == 0
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["serial", "one-worker"])
 def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, workers):
     """One worker runs both audits and is stopped in the second: it publishes nothing at its
