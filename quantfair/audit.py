@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Real
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
@@ -44,6 +45,19 @@ class Bound:
 
     max: float | None = None
     min: float | None = None
+
+    def __post_init__(self) -> None:
+        """A bound that could never be decided is a mistake where it is written."""
+        for name in ("max", "min"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
+                                      or math.isnan(value)):
+                raise TypeError(f"Bound({name}=...) must be a number, got {value!r}")
+        if self.max is None and self.min is None:
+            raise TypeError("Bound() needs max=, min= or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"Bound(min={self.min:g}, max={self.max:g}) can never hold: its "
+                             "min is above its max")
 
     def holds(self, value: float) -> bool:
         if value is None or math.isnan(value):
@@ -183,6 +197,18 @@ def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound,
                    low, high, STRADDLES if straddles else "")
 
 
+def _check_bounds(where: str, bounds: object) -> None:
+    """TypeError unless `bounds` is a `Bound`, a dict of them per model family, or None (a
+    bound the run gives: `ReleaseBound`)."""
+    if bounds is None:
+        return
+    each = bounds.items() if isinstance(bounds, dict) else [(ANY_FAMILY, bounds)]
+    for family, bound in each:
+        if not isinstance(family, str) or not isinstance(bound, Bound):
+            raise TypeError(f"{where} must be a Bound (e.g. Bound(max=2.0)) or a dict of them "
+                            f"per model family, got {bounds!r}")
+
+
 def _non_reference(languages: Sequence[str]) -> list[str]:
     return [lang for lang in languages if lang != REFERENCE]
 
@@ -195,6 +221,13 @@ class Check:
     def __post_init__(self) -> None:
         if hasattr(self, "quantity"):
             quantity(self.quantity)  # an unknown name fails where the finding is defined
+        for f in fields(self):  # a bound of the wrong type, too, not when measured
+            if "Bound" in str(f.type):
+                value = getattr(self, f.name)
+                per_case = value.values() if f.name == "bounds" and isinstance(value, dict) \
+                    else [value]
+                for bounds in per_case:
+                    _check_bounds(f"{type(self).__name__}'s {f.name}", bounds)
 
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
@@ -496,6 +529,13 @@ class Correlation(Check):
     bound: Bounds
     strategy: str = "none"
 
+    X: ClassVar[tuple[str, ...]] = ("resource_class", "fertility", "variance", "quant_error")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.x not in self.X:
+            raise ValueError(f"Correlation x {self.x!r} is not one of {', '.join(self.X)}")
+
     def cases(self, languages):
         return [Case(f"{self.x}-{self.strategy}", self.strategy)]
 
@@ -779,6 +819,17 @@ class Finding:
     quick: bool = False
     release: bool = False  # a release gate (marker quantfair_release), not a seed finding
     layers: int | None = None  # the seed's literal layer indices need this many layers
+
+    def __post_init__(self) -> None:
+        if isinstance(self.experiments, str) or not all(
+                isinstance(e, str) for e in self.experiments):
+            raise TypeError(f"Finding {self.id!r}: experiments must be a tuple of strings "
+                            f"such as ('051',), got {self.experiments!r}")
+        if not isinstance(self.check, Check):
+            raise TypeError(f"Finding {self.id!r}: check must be a Check such as "
+                            f"LanguageBound(...), got {self.check!r}")
+        if self.release and "release" not in self.experiments:  # how reports tell a gate
+            object.__setattr__(self, "experiments", (*self.experiments, "release"))
 
     def verify(self, ctx: AuditRun, case: Case) -> Outcome:
         """Run the check on this model, or a skipped outcome saying why it does not apply."""

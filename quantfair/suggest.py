@@ -729,8 +729,8 @@ def no_suggestion(session: AuditSession) -> UsageError:
     unusable = f" ({_path(session)} {why})" if why else ""
     return UsageError(f"no suggestion cached for {session.loaded.name} with "
                       f"{session.config.scheme.name} in {session.config.dtype}{where}{unusable}"
-                      f": run `quantfair suggest` first (a search is kept per model, scheme and "
-                      f"--dtype){elsewhere}")
+                      f": run `quantfair suggest` first{elsewhere} (a search is kept per model, "
+                      "scheme and --dtype)")
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

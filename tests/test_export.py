@@ -418,8 +418,8 @@ def test_a_missing_suggestion_names_the_scheme_that_has_one(f32_gguf, suggested_
     assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
                  "--languages", "en,de", "--units", "1"]) == 2
     assert ("no suggestion cached for tiny-f32 with gguf:Q4_0 in float32: run `quantfair "
-            "suggest` first (a search is kept per model, scheme and --dtype) (there is one under "
-            "--quant gguf:Q5_0)") in capsys.readouterr().err
+            "suggest` first (there is one under --quant gguf:Q5_0) (a search is kept per model, "
+            "scheme and --dtype)") in capsys.readouterr().err
 
 
 def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(

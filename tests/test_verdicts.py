@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 from test_plugin import run
 
-from quantfair.audit import Best, Better, Bound, Case, Correlation, LanguageBound, ReleaseBound
+from quantfair.audit import (
+    Best,
+    Better,
+    Bound,
+    Case,
+    Correlation,
+    Finding,
+    LanguageBound,
+    OverheadBound,
+    ReleaseBound,
+)
 from quantfair.metrics import Measurement, holm, paired_difference
 
 pytest_plugins = ["pytester"]
@@ -214,3 +224,34 @@ def test_a_difference_within_float_noise_is_no_difference():
     assert small.high < 0 and small.p_value < 0.05
     infinite = paired_difference((np.inf, np.full(10, np.inf)), (1.0, np.ones(10)))
     assert infinite.difference == np.inf and np.isnan(infinite.low)  # not 0: undefined
+
+
+@pytest.mark.parametrize("define, message", [
+    (lambda: Bound(max="2"), "Bound(max=...) must be a number, got '2'"),
+    (lambda: Bound(), "Bound() needs max=, min= or both"),
+    (lambda: Bound(max=float("nan")), "Bound(max=...) must be a number, got nan"),
+    (lambda: Bound(min=3, max=1), "Bound(min=3, max=1) can never hold: its min is above its max"),
+    (lambda: LanguageBound("L0", "disparity", 2.0), "LanguageBound's bound must be a Bound"),
+    (lambda: OverheadBound({"L0": 20.0}), "OverheadBound's bounds must be a Bound"),
+    (lambda: Correlation("resource", Bound(max=0.0)), "Correlation x 'resource' is not one of "
+                                                       "resource_class, fertility"),
+    (lambda: Finding(id="f", experiments="051", claim="c",
+                     check=LanguageBound("L0", "disparity")),
+     "Finding 'f': experiments must be a tuple of strings"),
+    (lambda: Finding(id="f", experiments=("051",), claim="c", check=Bound(max=2)),
+     "Finding 'f': check must be a Check"),
+])
+def test_a_finding_written_wrong_is_refused_where_it_is_defined(define, message):
+    """Each of these was accepted and failed only once measured (a TypeError inside the
+    audit), or never decided anything (a bound that cannot hold: a 'failed' finding)."""
+    with pytest.raises((TypeError, ValueError)) as error:
+        define()
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_finding_marked_release_is_a_release_gate_in_the_report():
+    """`release=True` alone once left a gate out of the report's gates (-m quantfair_release
+    then said none was checked, exit 3)."""
+    gate = Finding(id="mine", experiments=("051",), claim="c", release=True,
+                   check=LanguageBound("none", "degradation", Bound(max=5.0)))
+    assert gate.describe(Case("none-he"))["experiments"] == ["051", "release"]
