@@ -359,6 +359,12 @@ class Better(Check):
     languages: tuple[str, ...] | None = None
     than_scheme: str | None = None  # `than` under another scheme (default: the same)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.than, str | Matched | tuple):
+            raise TypeError(f"Better's than must be a strategy or a tuple of them (the best of "
+                            f"them), got {self.than!r}")
+
     def _than_label(self) -> str:
         than = "|".join(map(str, self.than)) if isinstance(self.than, tuple) else self.than
         return f"{than}@{self.than_scheme}" if self.than_scheme else str(than)
@@ -424,6 +430,12 @@ class Best(Check):
     expected: str
     worst: bool = False
     quantity: str = "disparity"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.candidates, tuple) or not set(self.candidates) - {self.expected}:
+            raise ValueError(f"Best's candidates must be a tuple of strategies to compare "
+                             f"{self.expected!r} with, got {self.candidates!r}")
 
     def cases(self, languages):
         return [Case(f"{self.expected}", self.expected)]
@@ -616,8 +628,15 @@ def _points_to_decide(r: float, bound: Bound, z: float = 1.96) -> int | None:
 class LayerExtreme(Check):
     """Layer 0's weight statistic is the lowest (or highest) of all layers."""
 
-    statistic: str  # variance, kurtosis, outlier_share, sparsity
+    statistic: str  # one of STATISTICS (`weights.weight_statistics`)
     highest: bool = False
+    STATISTICS: ClassVar[tuple[str, ...]] = ("variance", "kurtosis", "outlier_share", "sparsity")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.statistic not in self.STATISTICS:
+            raise ValueError(f"LayerExtreme statistic {self.statistic!r} is not one of "
+                             f"{', '.join(self.STATISTICS)}")
 
     def cases(self, languages):
         return [Case(f"L0-{self.statistic}")]

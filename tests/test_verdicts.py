@@ -15,6 +15,7 @@ from quantfair.audit import (
     Correlation,
     Finding,
     LanguageBound,
+    LayerExtreme,
     OverheadBound,
     ReleaseBound,
 )
@@ -235,6 +236,11 @@ def test_a_difference_within_float_noise_is_no_difference():
     (lambda: OverheadBound({"L0": 20.0}), "OverheadBound's bounds must be a Bound"),
     (lambda: Correlation("resource", Bound(max=0.0)), "Correlation x 'resource' is not one of "
                                                        "resource_class, fertility"),
+    (lambda: Better("L0", ["none", "L1"]), "Better's than must be a strategy or a tuple"),
+    (lambda: Best((), "L0"), "Best's candidates must be a tuple of strategies to compare 'L0' "
+                             "with, got ()"),
+    (lambda: LayerExtreme("varience"), "LayerExtreme statistic 'varience' is not one of "
+                                       "variance, kurtosis"),
     (lambda: Finding(id="f", experiments="051", claim="c",
                      check=LanguageBound("L0", "disparity")),
      "Finding 'f': experiments must be a tuple of strings"),
