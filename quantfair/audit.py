@@ -222,7 +222,7 @@ class Check:
         if hasattr(self, "quantity"):
             quantity(self.quantity)  # an unknown name fails where the finding is defined
         for f in fields(self):  # a bound of the wrong type, too, not when measured
-            if "Bound" in str(f.type):
+            if f.name in ("bound", "bounds"):  # `bounds`: strategy -> its bound
                 value = getattr(self, f.name)
                 per_case = value.values() if f.name == "bounds" and isinstance(value, dict) \
                     else [value]

@@ -438,10 +438,10 @@ class QuantfairRun:
         from quantfair.report import RunRecord, build_report
 
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
-        early = ""  # why -x or --maxfail stopped an xdist run
         incomplete += [f"pytest internal error: {line}" for line in self.internal_errors]
         incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
                        if p.get("error")]
+        early = ""  # why -x or --maxfail stopped an xdist run, said where audits went unrun
         if self.terminated:
             incomplete.append(f"the run was {TERMINATED}")
         elif self.usage_error:
