@@ -19,6 +19,7 @@ import numpy as np
 
 from quantfair.config import REFERENCE
 from quantfair.corpus import language
+from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
     Estimate,
@@ -30,7 +31,11 @@ from quantfair.metrics import (
     quantity,
 )
 from quantfair.strategies import Overhead
-from quantfair.strategy_syntax import ELEMENT_SELECTORS
+from quantfair.strategy_syntax import (
+    ELEMENT_SELECTORS,
+    SHARE_SELECTORS,
+    check_strategy_syntax,
+)
 from quantfair.summary import STRADDLES
 
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
@@ -209,6 +214,39 @@ def _check_bounds(where: str, bounds: object) -> None:
                             f"per model family, got {bounds!r}")
 
 
+def _check_strategy(where: str, strategy: object) -> None:
+    """ValueError unless `strategy` follows the strategy grammar (`quantfair.strategy_syntax`)
+    or is CANDIDATE, a `Matched` selector, or a tuple of these: a typo fails where the
+    finding is defined, not once a model has loaded."""
+    if isinstance(strategy, tuple):
+        for each in strategy:
+            _check_strategy(where, each)
+    elif isinstance(strategy, Matched):
+        if strategy.selector not in SHARE_SELECTORS:
+            raise ValueError(f"{where}: Matched's selector must be one of "
+                             f"{', '.join(SHARE_SELECTORS)}, got {strategy.selector!r}")
+        _check_strategy(where, strategy.reference)
+    elif strategy == "suggested":
+        raise ValueError(f"{where}: a finding names the audited strategy as CANDIDATE, which "
+                         f"--strategy sets (e.g. --strategy suggested), not 'suggested'")
+    elif not isinstance(strategy, str):
+        raise TypeError(f"{where} must be a strategy such as 'L0+Llast', got {strategy!r}")
+    elif strategy != CANDIDATE:
+        try:
+            check_strategy_syntax(strategy)
+        except UsageError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+
+def _check_languages(where: str, languages: object) -> None:
+    """TypeError unless `languages` is None or a tuple of language keys (a bare string would
+    be read letter by letter)."""
+    if languages is not None and (not isinstance(languages, tuple) or not all(
+            isinstance(lang, str) and lang for lang in languages)):
+        raise TypeError(f"{where} must be a tuple of language keys such as ('he', 'ar'), "
+                        f"got {languages!r}")
+
+
 def _non_reference(languages: Sequence[str]) -> list[str]:
     return [lang for lang in languages if lang != REFERENCE]
 
@@ -217,17 +255,28 @@ class Check:
     """Base class: a check yields cases and measures one case against its claim."""
 
     needs_bound = False  # True for checks that compare against a (per-family) bound
+    strategy_fields: ClassVar[tuple[str, ...]] = ("strategy", "than", "expected", "candidates")
+    language_fields: ClassVar[tuple[str, ...]] = ("languages",)
 
     def __post_init__(self) -> None:
         if hasattr(self, "quantity"):
             quantity(self.quantity)  # an unknown name fails where the finding is defined
-        for f in fields(self):  # a bound of the wrong type, too, not when measured
+        name = type(self).__name__  # so do a strategy, languages or bound of the wrong kind
+        for attribute in self.strategy_fields:
+            if hasattr(self, attribute):
+                _check_strategy(f"{name}'s {attribute}", getattr(self, attribute))
+        for attribute in self.language_fields:
+            if hasattr(self, attribute):
+                _check_languages(f"{name}'s {attribute}", getattr(self, attribute))
+        for f in fields(self):
             if f.name in ("bound", "bounds"):  # `bounds`: strategy -> its bound
                 value = getattr(self, f.name)
                 per_case = value.values() if f.name == "bounds" and isinstance(value, dict) \
                     else [value]
                 for bounds in per_case:
-                    _check_bounds(f"{type(self).__name__}'s {f.name}", bounds)
+                    _check_bounds(f"{name}'s {f.name}", bounds)
+                if f.name == "bounds" and isinstance(value, dict):
+                    _check_strategy(f"{name}'s bounds", tuple(value))
 
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
@@ -360,10 +409,10 @@ class Better(Check):
     than_scheme: str | None = None  # `than` under another scheme (default: the same)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not isinstance(self.than, str | Matched | tuple):
             raise TypeError(f"Better's than must be a strategy or a tuple of them (the best of "
                             f"them), got {self.than!r}")
+        super().__post_init__()
 
     def _than_label(self) -> str:
         than = "|".join(map(str, self.than)) if isinstance(self.than, tuple) else self.than
@@ -391,6 +440,8 @@ class Better(Check):
             value, samples, reason = m.draws(self.quantity)
             row = m.languages.index(case.language)
             return float(value[row]), samples[row], reason
+        if self.languages and not set(self.languages) & set(m.languages) - {m.reference}:
+            raise NotApplicable(f"needs one of {', '.join(self.languages)} (--languages)")
         return m.mean_draws(self.languages, self.quantity)
 
     def run(self, ctx, case, bound):
@@ -679,6 +730,7 @@ class SelectionOverlap(Check):
     second: str
     bound: Bounds | None = None
     below_random: bool = False
+    strategy_fields: ClassVar[tuple[str, ...]] = ("first", "second")
 
     @property
     def needs_bound(self) -> bool:
@@ -768,6 +820,7 @@ class GroupOrder(Check):
     first: tuple[str, ...]
     second: tuple[str, ...]
     quantity: str = "disparity"
+    language_fields: ClassVar[tuple[str, ...]] = ("first", "second")
 
     def cases(self, languages):
         return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]

@@ -39,8 +39,6 @@ VALID = (
     + ", ".join(ALIASES) + "; or alone, suggested (the latest `quantfair suggest` result)"
 )
 
-
-
 SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "superweights",
              "seed")
 ELEMENT_SELECTORS = ("random", "magnitude", "gradient", "act", "actgap", "superweights")
@@ -58,13 +56,15 @@ _SELECTOR_ARGUMENT = {
     "superweights": r"[1-9][0-9]{0,5}",
     "seed": _PERCENT,
 }
+SHARE_SELECTORS = tuple(kind for kind, argument in _SELECTOR_ARGUMENT.items()
+                        if argument.startswith(_PERCENT))  # a P% of the parameters
 _ROLE = r"[a-z][a-z0-9_]*"
 
 
 def _mistake(kind: str, argument: str) -> str:
     """What is wrong with a selector's `argument` where one thing is, else nothing."""
     share, _, seed = argument.partition("@")
-    if _SELECTOR_ARGUMENT[kind].startswith(PERCENT_NUMBER):
+    if kind in SHARE_SELECTORS:
         if re.fullmatch(PERCENT_NUMBER, share):  # `magnitude:0.05`: 5% or 0.05%?
             return "a share needs its % sign; "
         if share.startswith("-"):

@@ -14,10 +14,13 @@ from quantfair.audit import (
     Case,
     Correlation,
     Finding,
+    GroupOrder,
     LanguageBound,
     LayerExtreme,
+    Matched,
     OverheadBound,
     ReleaseBound,
+    SelectionOverlap,
 )
 from quantfair.metrics import Measurement, holm, paired_difference
 
@@ -62,8 +65,8 @@ JITTER = {lang: v + np.tile([0.3, -0.3], UNITS // 2) for lang, v in NOISE.items(
     (JITTER, NOISE, "inconclusive"),
 ])
 def test_better_decides_on_the_paired_difference(ours, theirs, expected):
-    run = FakeRun({"a": measurement(ours), "b": measurement(theirs)})
-    check = Better("a", than="b", per_language=True)
+    run = FakeRun({"L0": measurement(ours), "L1": measurement(theirs)})
+    check = Better("L0", than="L1", per_language=True)
     for case in check.cases(LANGUAGES):
         outcome = check.run(run, case, None)
         assert outcome.status == expected, outcome
@@ -74,7 +77,7 @@ def test_better_decides_on_the_paired_difference(ours, theirs, expected):
         if expected == "inconclusive":
             assert outcome.low <= 0 <= outcome.high
             assert "smallest detectable difference" in outcome.detail
-        assert outcome.detail.startswith("a: ") and ", b: " in outcome.detail  # names, no case
+        assert outcome.detail.startswith("L0: ") and ", L1: " in outcome.detail  # names, no case
 
 
 def test_overlapping_intervals_can_still_differ_when_paired():
@@ -85,7 +88,7 @@ def test_overlapping_intervals_can_still_differ_when_paired():
     a, b = measurement(lower), measurement(spread)
     estimate_a, estimate_b = a.disparity()["he"], b.disparity()["he"]
     assert estimate_a.high > estimate_b.low  # the two CIs overlap
-    outcome = Better("a", than="b").run(FakeRun({"a": a, "b": b}), Case("a<b", "a"), None)
+    outcome = Better("L0", than="L1").run(FakeRun({"L0": a, "L1": b}), Case("L0<L1", "L0"), None)
     assert outcome.status == "passed"
 
 
@@ -98,16 +101,16 @@ def english_unchanged() -> Measurement:
 
 def test_undefined_disparity_is_inconclusive_not_failed():
     undefined = english_unchanged()
-    check = Better("a", than="b", per_language=True)
-    outcome = check.run(FakeRun({"a": undefined, "b": undefined}), check.cases(LANGUAGES)[0],
+    check = Better("L0", than="L1", per_language=True)
+    outcome = check.run(FakeRun({"L0": undefined, "L1": undefined}), check.cases(LANGUAGES)[0],
                         None)
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
 
 
 def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without_a_value():
-    undefined = FakeRun({"a": english_unchanged(), "b": english_unchanged(),
+    undefined = FakeRun({"L0": english_unchanged(), "L1": english_unchanged(),
                          "none": english_unchanged()})
-    best = Best(("b",), expected="a").run(undefined, Case("a"), None)
+    best = Best(("L1",), expected="L0").run(undefined, Case("L0"), None)
     r = Correlation("fertility", Bound(max=0.0)).run(undefined, Case("f"), Bound(max=0.0))
     for outcome in (best, r):
         assert outcome.status == "inconclusive" and outcome.value is None, outcome
@@ -115,25 +118,25 @@ def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without
 
 
 def test_an_undefined_value_leaves_a_bound_undecided_and_fails_a_release_gate():
-    run = FakeRun({"a": english_unchanged()})
+    run = FakeRun({"L0": english_unchanged()})
     run.release_bounds = {"disparity": {"*": 2.0}}
-    bound = LanguageBound("a", bound=Bound(max=2.0))
-    gate = ReleaseBound("a", "disparity")
+    bound = LanguageBound("L0", bound=Bound(max=2.0))
+    gate = ReleaseBound("L0", "disparity")
     for check, expected in ((bound, "inconclusive"), (gate, "failed")):
         outcome = check.run(run, check.cases(LANGUAGES)[0], Bound(max=2.0))
         assert outcome.status == expected and outcome.detail.startswith("undefined: ")
 
 
 def test_best_needs_every_gap_to_be_significant():
-    runs = {"best": measurement(LOWER), "other": measurement(NOISE),
-            "twin": measurement(JITTER)}
-    clear = Best(("other",), expected="best").run(FakeRun(runs), Case("best"), None)
+    runs = {"L2": measurement(LOWER), "L3": measurement(NOISE),
+            "L4": measurement(JITTER)}
+    clear = Best(("L3",), expected="L2").run(FakeRun(runs), Case("L2"), None)
     assert clear.status == "passed"
-    worst = Best(("best",), expected="other", worst=True).run(FakeRun(runs), Case("o"), None)
+    worst = Best(("L2",), expected="L3", worst=True).run(FakeRun(runs), Case("o"), None)
     assert worst.status == "passed"
-    wrong = Best(("best",), expected="other").run(FakeRun(runs), Case("other"), None)
+    wrong = Best(("L2",), expected="L3").run(FakeRun(runs), Case("L3"), None)
     assert wrong.status == "failed"
-    close = Best(("twin",), expected="other").run(FakeRun(runs), Case("other"), None)
+    close = Best(("L4",), expected="L3").run(FakeRun(runs), Case("L3"), None)
     assert close.status == "inconclusive"
 
 
@@ -205,12 +208,12 @@ def test_kl_divergence_quantities_bound_and_compare_per_language():
 
     damaged = with_kld({"en": 0.01, "de": 0.02, "he": 0.05}, same_top=0.6)
     mild = with_kld({"en": 0.01, "de": 0.011, "he": 0.012}, same_top=0.9)
-    run = FakeRun({"a": damaged, "b": mild})
-    bound = LanguageBound("a", "kld_disparity", Bound(max=2.0))
+    run = FakeRun({"L0": damaged, "L1": mild})
+    bound = LanguageBound("L0", "kld_disparity", Bound(max=2.0))
     outcomes = {c.language: bound.run(run, c, Bound(max=2.0)).status
                 for c in bound.cases(LANGUAGES)}
     assert outcomes == {"de": "passed", "he": "failed"}  # 2x and 5x English per byte
-    better = Better("b", than="a", quantity="same_top_rate", per_language=True)
+    better = Better("L1", than="L0", quantity="same_top_rate", per_language=True)
     assert all(better.run(run, c, None).status == "passed" for c in better.cases(LANGUAGES))
 
 
@@ -227,6 +230,16 @@ def test_a_difference_within_float_noise_is_no_difference():
     assert infinite.difference == np.inf and np.isnan(infinite.low)  # not 0: undefined
 
 
+def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
+    """Its mean was once taken over no language: NaN and a RuntimeWarning, reported as
+    inconclusive."""
+    run = FakeRun({"L0": measurement(LOWER), "L1": measurement(NOISE)})
+    finding = Finding(id="f", experiments=("051",), claim="c",
+                      check=Better("L0", than="L1", languages=("xx", "yy")))
+    outcome = finding.verify(run, finding.check.cases(LANGUAGES)[0])
+    assert (outcome.status, outcome.detail) == ("skipped", "needs one of xx, yy (--languages)")
+
+
 @pytest.mark.parametrize("define, message", [
     (lambda: Bound(max="2"), "Bound(max=...) must be a number, got '2'"),
     (lambda: Bound(), "Bound() needs max=, min= or both"),
@@ -241,6 +254,20 @@ def test_a_difference_within_float_noise_is_no_difference():
                              "with, got ()"),
     (lambda: LayerExtreme("varience"), "LayerExtreme statistic 'varience' is not one of "
                                        "variance, kurtosis"),
+    (lambda: Better("suggested", than="none"), "Better's strategy: a finding names the "
+                                                "audited strategy as CANDIDATE"),
+    (lambda: Better("L0", than="L0+nrom"), "Better's than: unknown strategy term 'nrom'"),
+    (lambda: Better("L0", than=Matched("variance", "L0")),
+     "Better's than: Matched's selector must be one of random, magnitude"),
+    (lambda: OverheadBound({"L0+": Bound(max=20)}), "OverheadBound's bounds: strategy 'L0+' "
+                                                    "has an empty term"),
+    (lambda: SelectionOverlap("act:5%", "magnitude:5", below_random=True),
+     "SelectionOverlap's second: strategy term 'magnitude:5': a share needs its % sign"),
+    (lambda: LanguageBound("none", "degradation", Bound(max=5), languages="he"),
+     "LanguageBound's languages must be a tuple of language keys such as ('he', 'ar'), "
+     "got 'he'"),
+    (lambda: GroupOrder("L0", "none", first=("he",), second="zh"),
+     "GroupOrder's second must be a tuple of language keys"),
     (lambda: Finding(id="f", experiments="051", claim="c",
                      check=LanguageBound("L0", "disparity")),
      "Finding 'f': experiments must be a tuple of strings"),
