@@ -69,6 +69,7 @@ class QuantfairRun:
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
         self.internal_errors: list[str] = []  # pytest's INTERNALERROR, a worker's included
+        self.collect_errors: dict[str, str] = {}  # error line -> where (a file not collected)
         self.payloads: list[dict] = []  # evidence published by each process
         self.rows: list[dict] = []  # measurement rows, as the test reports bring them
         self.published_early = False  # a worker's first test report carried its payload
@@ -252,6 +253,15 @@ class QuantfairRun:
                 entry["outcome"] = "passed"
             entry["duration_s"] = round(report.duration, 3)
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """A file that could not be collected (a finding written wrong): its audits are
+        missing, so the run is incomplete (xdist brings the controller each worker's error,
+        without its node id; a serial run stops, unless --continue-on-collection-errors)."""
+        if report.failed:
+            lines = (report.longreprtext or "").strip().splitlines() or ["error"]
+            where = lines[0].partition(": in ")[0] if ": in " in lines[0] else report.nodeid
+            self.collect_errors[lines[-1].removeprefix("E").strip()] = where or "a file"
+
     def pytest_internalerror(self, excrepr, excinfo) -> None:
         """An error of pytest or a plugin, not of an audit; xdist brings a worker's here (its
         traceback as the message of an `assert False`) and would still end the run with
@@ -371,10 +381,10 @@ class QuantfairRun:
         elif self.usage_error:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.write_error or self.gate_error or self.internal_errors or (
-                report["summary"]["counts"]["error"]
+                (report["summary"]["counts"]["error"] or self.collect_errors)
                 and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
-            # 1 means a claim did not hold; an audit that could not run (or whose worker
-            # crashed, or pytest itself failed) is not a finding
+            # 1 means a claim did not hold; an audit that could not run (or was not
+            # collected, or whose worker crashed, or pytest itself failed) is not a finding
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         elif self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -439,6 +449,8 @@ class QuantfairRun:
 
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
         incomplete += [f"pytest internal error: {line}" for line in self.internal_errors]
+        incomplete += [f"could not collect {where}: {error}"
+                       for error, where in self.collect_errors.items()]
         incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
                        if p.get("error")]
         early = ""  # why -x or --maxfail stopped an xdist run, said where audits went unrun

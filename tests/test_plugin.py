@@ -327,6 +327,114 @@ def test_a_baseline_sharing_nothing_with_the_run_is_an_error_not_a_regression(py
     assert load(now)["verdict"] == "incomplete"
 
 
+def test_a_finding_file_not_collected_under_xdist_makes_the_report_incomplete(pytester):
+    """xdist runs the files it could collect: the report once said "passed", leaving the
+    broken file's findings out without a word, and the run exited 1 (a claim failed)."""
+    pytester.makepyfile(test_broken="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_typo = audit(Finding(id="typo", experiments=("x",), claim="c",
+                                  check=LanguageBound("L0+Lsat", bound=Bound(max=2.0))))
+    """)
+    path = pytester.path / "broken.json"
+    result = run(pytester, "test_broken.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
+                 "-k", "robustness or typo", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load(path)
+    assert report["verdict"] == "incomplete"
+    assert [r for r in report["incomplete"] if r.startswith("could not collect")] == [
+        "could not collect test_broken.py:4: ValueError: LanguageBound's strategy: unknown "
+        "strategy term 'Lsat'" + report["incomplete"][0].partition("'Lsat'")[2]]
+    assert any(a["outcome"] == "passed" for a in report["audits"])
+
+
+def test_checks_of_single_values_resolve_the_audited_strategy_and_matched_selectors(pytester):
+    """CANDIDATE and Matched once reached the strategy parser as written ("unknown strategy
+    term 'candidate'", an AttributeError, a pytest id error) in these checks."""
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import (CANDIDATE, Bound, Deterministic, Finding, LayerValue,
+                                     Matched, OverheadBound, SelectionOverlap, audit)
+
+        def finding(id, check):
+            return audit(Finding(id=id, experiments=("x",), claim="c", check=check))
+
+        test_overhead = finding("overhead", OverheadBound({CANDIDATE: Bound(max=99),
+                                                           Matched("random", "L0"): Bound(max=99)}))
+        test_overlap = finding("overlap", SelectionOverlap(CANDIDATE, "L0", bound=Bound(min=0.1)))
+        test_random = finding("random", SelectionOverlap(Matched("random", "L0"), "L0",
+                                                         below_random=True))
+        test_rescore = finding("rescore", Deterministic(CANDIDATE))
+        test_layer = finding("layer", LayerValue("variance", Bound(min=0), layer=99))
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2", "--quantfair-units",
+                 "2", "--quantfair-strategy", "L0+Llast", "--quantfair-report", str(path))
+    outcomes = {a["case"]: (a["outcome"], a.get("message")) for a in load(path)["audits"]}
+    assert result.ret == pytest.ExitCode.OK, outcomes
+    assert {case: outcome for case, (outcome, _) in outcomes.items()} == {
+        "candidate": "passed", "random@budget(L0)": "passed", "candidate&L0": "passed",
+        "random@budget(L0)&L0": "passed", "candidate-rescore": "passed",
+        "L99-variance": "skipped"}
+    assert outcomes["L99-variance"][1] == "names layer 99; this model has 4"
+
+
+def test_a_finding_written_wrong_shows_its_own_line_and_the_message(pytester):
+    """The collection error once went on through four frames of quantfair's checks."""
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_typo = audit(Finding(id="typo", experiments=("x",), claim="c",
+                                  check=LanguageBound("L0+Lsat", bound=Bound(max=2.0))))
+    """)
+    result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["test_mine.py:4: in <module>", "*", "*", "<string>:*", "*",
+                                 "E   ValueError: LanguageBound's strategy: unknown strategy "
+                                 "term 'Lsat'*"], consecutive=True)
+
+
+def test_two_findings_of_one_id_are_refused_naming_both(pytester):
+    """Reports key findings by id: two were merged into one row under the first's claim, and
+    the summary counted them as one."""
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import Better, Finding, audit
+
+        test_first = audit(Finding(id="dup", experiments=("x",), claim="first",
+                                   check=Better("L0", than="none")))
+        test_second = audit(Finding(id="dup", experiments=("x",), claim="second",
+                                    check=Better("L0", than="none")))
+    """, test_class="""
+        from quantfair.audit import Better, Finding, audit
+
+        class TestMine:  # its instance once arrived as the audit's context: AttributeError
+            test_third = audit(Finding(id="third", experiments=("x",), claim="c",
+                                       check=Better("L0", than="none")))
+    """)
+    result = run(pytester, "test_mine.py", "test_class.py", "--quantfair-model", "tiny-gpt2")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error, as pytest's own
+    result.stdout.fnmatch_lines(["E   ValueError: finding id 'dup' is defined twice, "
+                                 "differently: test_mine.py::test_first and "
+                                 "test_mine.py::test_second (reports key findings by id)"])
+    result.stdout.fnmatch_lines(["E   ValueError: audit() makes a module-level test: assign "
+                                 "finding 'third' outside class TestMine"])
+
+
+def test_a_finding_naming_a_language_of_no_corpus_is_refused(pytester):
+    """`languages=("hebrew", "ar")` once ran Arabic alone and passed: a language the run does
+    not audit is left out, but one that no corpus has is a typo."""
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_typo = audit(Finding(id="typo", experiments=("x",), claim="c", check=LanguageBound(
+            "L0", bound=Bound(max=9.0), languages=("hebrew", "ar", "sw"))))
+    """)
+    result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["E   ValueError: finding 'typo' names unknown language(s) "
+                                 "hebrew: neither in the corpus (en, de, *) nor in the shipped "
+                                 "languages"])
+
+
 def test_crashed_worker_makes_the_report_incomplete(pytester):
     pytester.makepyfile(test_crash="""
         import os
