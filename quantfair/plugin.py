@@ -36,6 +36,7 @@ DEFERRED = pytest.StashKey[str]()
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
+DEFINED = pytest.StashKey[dict]()  # finding id -> (its Finding, the test defining it)
 MARKERS = (
     "quantfair: a quantfair audit (runs when a model is given with --quantfair-model)",
     "quantfair_quick: a quantfair audit small enough for CI on two CPU cores",
@@ -398,9 +399,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     finding = getattr(metafunc.function, "quantfair_finding", None)
     if finding is None or "case" not in metafunc.fixturenames:
         return
+    if metafunc.cls is not None:  # the class instance would arrive as the audit's context
+        raise ValueError(f"audit() makes a module-level test: assign finding "
+                         f"{finding.id!r} outside class {metafunc.cls.__name__}")
+    defined = metafunc.config.stash.setdefault(DEFINED, {})
+    first, where = defined.setdefault(finding.id, (finding, metafunc.definition.nodeid))
+    if first != finding:  # the same finding imported into two files is one finding
+        raise ValueError(f"finding id {finding.id!r} is defined twice, differently: {where} "
+                         f"and {metafunc.definition.nodeid} (reports key findings by id)")
     run = _run(metafunc.config)
     languages = run.config.languages if run else parse_languages(DEFAULT_LANGUAGES)
-    grouped = metafunc.config.pluginmanager.hasplugin("xdist")
+    if run is not None:  # a language of no corpus is a typo ("hebrew"), not one left out
+        from quantfair.corpus import metadata
+
+        known = run.config.full_corpus.languages
+        if unknown := [c for c in finding.check.named_languages
+                       if c not in known and metadata(c) is None]:
+            raise ValueError(f"finding {finding.id!r} names unknown language(s) "
+                             f"{', '.join(unknown)}: neither in the corpus ({', '.join(known)}) "
+                             "nor in the shipped languages")
+    # only where it is read: a marker's name is a -k keyword (`-k group` matched every audit)
+    grouped = metafunc.config.getoption("dist", default="no") == "loadgroup"
     cases = finding.check.cases(languages)
     params = [pytest.param(case, id=case.id,
                            marks=[pytest.mark.xdist_group(case.group)] if grouped else [])

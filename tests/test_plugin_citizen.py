@@ -1003,3 +1003,18 @@ def test_a_default_report_folder_it_cannot_write_in_is_refused_before_any_audit(
     result = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "-k", "robustness",
                       "--quantfair-no-report")
     assert result.ret == 0, result.stdout.str()
+
+
+def test_a_keyword_selects_audits_by_their_names_not_by_an_unread_marker(pytester):
+    """xdist's group marker, added whenever xdist was installed, made `-k group` (say, for a
+    GroupOrder finding of one's own) select every audit; it is added only under
+    `--dist loadgroup`, which reads it."""
+    pytester.makepyfile(test_own="def test_group_order():\n    pass\n")
+    chosen = run_here(pytester, "test_own.py", BASELINE, "--quantfair-model", "tiny-gpt2",
+                      "--collect-only", "-q", "-k", "group")
+    assert chosen.ret == pytest.ExitCode.OK
+    assert [line.rpartition("::")[2] for line in chosen.outlines if "::" in line] == [
+        "test_group_order"]
+    grouped = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "--collect-only",
+                       "-q", "-k", "group", "-n", "2", "--dist", "loadgroup")
+    assert grouped.ret == pytest.ExitCode.OK  # under loadgroup the marker is there to read
