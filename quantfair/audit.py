@@ -17,8 +17,8 @@ from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
-from quantfair.config import REFERENCE
-from quantfair.corpus import language
+from quantfair.config import REFERENCE, RELEASE_QUANTITIES
+from quantfair.corpus import LENGTHS, language
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -30,6 +30,7 @@ from quantfair.metrics import (
     paired_difference,
     quantity,
 )
+from quantfair.schemes import QuantScheme
 from quantfair.strategies import Overhead
 from quantfair.strategy_syntax import (
     ELEMENT_SELECTORS,
@@ -41,7 +42,12 @@ from quantfair.summary import STRADDLES
 # Layers a sweep visits: both ends and the middle, valid for any model with >= 4 layers.
 LAYER_SWEEP = ("L0", "L1", "L2", "Lmid", "L-2", "Llast")
 ANY_FAMILY = "*"
+# The taxonomy's families (`quantfair.taxonomy.FAMILY_TABLES`, which needs torch): the keys of
+# per-family bounds and `Finding.families`.
+FAMILIES = ("gpt2", "opt", "gpt_neox", "bloom", "llama", "gemma3")
 CANDIDATE = "candidate"  # stands for the strategy given with --strategy
+# A finding written wrong raises where it is defined; the checks that raise set
+# `__tracebackhide__`, so pytest's collection error shows the user's line and the message.
 
 
 @dataclass(frozen=True)
@@ -53,16 +59,28 @@ class Bound:
 
     def __post_init__(self) -> None:
         """A bound that could never be decided is a mistake where it is written."""
+        __tracebackhide__ = True
         for name in ("max", "min"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
-                                      or math.isnan(value)):
-                raise TypeError(f"Bound({name}=...) must be a number, got {value!r}")
+                                      or not math.isfinite(value)):
+                raise TypeError(f"Bound({name}=...) must be a finite number, got {value!r}")
         if self.max is None and self.min is None:
             raise TypeError("Bound() needs max=, min= or both")
         if self.max is not None and self.min is not None and self.min > self.max:
             raise ValueError(f"Bound(min={self.min:g}, max={self.max:g}) can never hold: its "
                              "min is above its max")
+
+    def within(self, where: str, low: float, high: float) -> None:
+        """ValueError where the bound cannot decide a value that lies in [low, high]."""
+        __tracebackhide__ = True
+        never = ("hold" if (self.max is not None and self.max < low)
+                 or (self.min is not None and self.min > high)
+                 else "fail" if (self.max is None or self.max >= high)
+                 and (self.min is None or self.min <= low) else "")
+        if never:
+            raise ValueError(f"{where} {self} can never {never}: the value lies in "
+                             f"[{low:g}, {high:g}]")
 
     def holds(self, value: float) -> bool:
         if value is None or math.isnan(value):
@@ -91,9 +109,17 @@ Bounds = Bound | dict[str, Bound]  # per model family, ANY_FAMILY as the default
 class Matched:
     """A budgeted selector given the parameter budget of another strategy."""
 
-    selector: str  # random, magnitude or gradient
+    selector: str  # one of SHARE_SELECTORS: random, magnitude, gradient, ...
     reference: str
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        if self.selector not in SHARE_SELECTORS:
+            raise ValueError(f"Matched's selector must be one of {', '.join(SHARE_SELECTORS)}, "
+                             f"got {self.selector!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TypeError(f"Matched's seed must be a whole number >= 0, got {self.seed!r}")
 
     def __str__(self) -> str:
         return f"{self.selector}@budget({self.reference})"
@@ -168,7 +194,7 @@ class AuditRun(Protocol):
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
                 length: str | None = None, distribution: bool = False) -> Measurement: ...
-    def overhead(self, strategy: str) -> Overhead: ...
+    def overhead(self, strategy: Strategy) -> Overhead: ...
     def protection_key(self, strategy: Strategy) -> str: ...
     def layer_index(self, token: str) -> int: ...
     def candidate_text(self) -> str: ...
@@ -177,8 +203,8 @@ class AuditRun(Protocol):
     def layer_variance(self) -> dict[int, float]: ...
     def layer_quant_error(self) -> dict[int, float]: ...
     def value_weight_ratio(self) -> float: ...
-    def overlap(self, first: str, second: str) -> float: ...
-    def rescore_spread(self, strategy: str) -> float: ...
+    def overlap(self, first: Strategy, second: Strategy) -> float: ...
+    def rescore_spread(self, strategy: Strategy) -> float: ...
     def describe(self) -> str: ...
 
 
@@ -205,6 +231,7 @@ def _estimate_outcome(quantity: str, estimate: Estimate, bound: Bound,
 def _check_bounds(where: str, bounds: object) -> None:
     """TypeError unless `bounds` is a `Bound`, a dict of them per model family, or None (a
     bound the run gives: `ReleaseBound`)."""
+    __tracebackhide__ = True
     if bounds is None:
         return
     each = bounds.items() if isinstance(bounds, dict) else [(ANY_FAMILY, bounds)]
@@ -212,19 +239,31 @@ def _check_bounds(where: str, bounds: object) -> None:
         if not isinstance(family, str) or not isinstance(bound, Bound):
             raise TypeError(f"{where} must be a Bound (e.g. Bound(max=2.0)) or a dict of them "
                             f"per model family, got {bounds!r}")
+        _check_families(where, (family,), ANY_FAMILY)
+
+
+def _check_families(where: str, families: object, *also: str) -> None:
+    """TypeError unless `families` is a tuple of strings, ValueError for one that is no
+    taxonomy family (a typo would skip the finding on every model)."""
+    __tracebackhide__ = True
+    if not isinstance(families, tuple) or not all(isinstance(f, str) for f in families):
+        raise TypeError(f"{where} must be a tuple of model families such as ('gpt2',), got "
+                        f"{families!r}")
+    for family in families:
+        if family not in (*also, *FAMILIES):
+            raise ValueError(f"{where}: unknown model family {family!r} (families: "
+                             f"{', '.join((*also, *FAMILIES))})")
 
 
 def _check_strategy(where: str, strategy: object) -> None:
     """ValueError unless `strategy` follows the strategy grammar (`quantfair.strategy_syntax`)
     or is CANDIDATE, a `Matched` selector, or a tuple of these: a typo fails where the
     finding is defined, not once a model has loaded."""
+    __tracebackhide__ = True
     if isinstance(strategy, tuple):
         for each in strategy:
             _check_strategy(where, each)
     elif isinstance(strategy, Matched):
-        if strategy.selector not in SHARE_SELECTORS:
-            raise ValueError(f"{where}: Matched's selector must be one of "
-                             f"{', '.join(SHARE_SELECTORS)}, got {strategy.selector!r}")
         _check_strategy(where, strategy.reference)
     elif strategy == "suggested":
         raise ValueError(f"{where}: a finding names the audited strategy as CANDIDATE, which "
@@ -241,10 +280,22 @@ def _check_strategy(where: str, strategy: object) -> None:
 def _check_languages(where: str, languages: object) -> None:
     """TypeError unless `languages` is None or a tuple of language keys (a bare string would
     be read letter by letter)."""
-    if languages is not None and (not isinstance(languages, tuple) or not all(
+    __tracebackhide__ = True
+    if languages is not None and (not isinstance(languages, tuple) or not languages or not all(
             isinstance(lang, str) and lang for lang in languages)):
         raise TypeError(f"{where} must be a tuple of language keys such as ('he', 'ar'), "
                         f"got {languages!r}")
+
+
+# What `weights.weight_statistics` computes per layer.
+LAYER_STATISTICS = ("variance", "kurtosis", "outlier_share", "sparsity")
+
+
+def _check_statistic(check: str, statistic: str) -> None:
+    __tracebackhide__ = True
+    if statistic not in LAYER_STATISTICS:
+        raise ValueError(f"{check} statistic {statistic!r} is not one of "
+                         f"{', '.join(LAYER_STATISTICS)}")
 
 
 def _non_reference(languages: Sequence[str]) -> list[str]:
@@ -258,7 +309,10 @@ class Check:
     strategy_fields: ClassVar[tuple[str, ...]] = ("strategy", "than", "expected", "candidates")
     language_fields: ClassVar[tuple[str, ...]] = ("languages",)
 
+    value_range: ClassVar[tuple[float, float] | None] = None  # what the bounded value can be
+
     def __post_init__(self) -> None:
+        __tracebackhide__ = True
         if hasattr(self, "quantity"):
             quantity(self.quantity)  # an unknown name fails where the finding is defined
         name = type(self).__name__  # so do a strategy, languages or bound of the wrong kind
@@ -268,6 +322,21 @@ class Check:
         for attribute in self.language_fields:
             if hasattr(self, attribute):
                 _check_languages(f"{name}'s {attribute}", getattr(self, attribute))
+        for attribute in ("scheme", "than_scheme"):
+            if getattr(self, attribute, None) is not None:
+                try:
+                    QuantScheme.parse(getattr(self, attribute))
+                except UsageError as error:
+                    raise ValueError(f"{name}'s {attribute}: {error}") from None
+        lengths = [getattr(self, a) for a in ("length", "than_length") if hasattr(self, a)]
+        if hasattr(self, "lengths"):
+            if not isinstance(self.lengths, tuple):
+                raise TypeError(f"{name}'s lengths must be a tuple such as ('short', 'long'), "
+                                f"got {self.lengths!r}")
+            lengths += self.lengths
+        if unknown := [length for length in lengths if length not in LENGTHS]:
+            raise ValueError(f"{name}: unknown length {unknown[0]!r} (lengths: "
+                             f"{', '.join(LENGTHS)})")
         for f in fields(self):
             if f.name in ("bound", "bounds"):  # `bounds`: strategy -> its bound
                 value = getattr(self, f.name)
@@ -275,11 +344,24 @@ class Check:
                     else [value]
                 for bounds in per_case:
                     _check_bounds(f"{name}'s {f.name}", bounds)
+                    each = bounds.values() if isinstance(bounds, dict) else [bounds]
+                    for bound in each:
+                        if bound is not None and self.value_range:
+                            bound.within(f"{name}'s {f.name}", *self.value_range)
                 if f.name == "bounds" and isinstance(value, dict):
+                    if not value:
+                        raise ValueError(f"{name}'s bounds name no strategy: give e.g. "
+                                         "{'L0': Bound(max=10.0)}")
                     _check_strategy(f"{name}'s bounds", tuple(value))
 
     def cases(self, languages: Sequence[str]) -> list[Case]:
         raise NotImplementedError
+
+    @property
+    def named_languages(self) -> tuple[str, ...]:
+        """The language keys the check names (`languages`, GroupOrder's groups)."""
+        return tuple(lang for name in self.language_fields
+                     for lang in getattr(self, name, None) or ())
 
     @property
     def element_selections(self) -> int:
@@ -332,6 +414,13 @@ class LanguageBound(Check):
     languages: tuple[str, ...] | None = None
     include_reference: bool = False  # also bound English (for quantities not relative to it)
 
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        if self.languages == (REFERENCE,) and not self.include_reference:
+            raise ValueError(f"LanguageBound bounds languages against {REFERENCE}, the "
+                             "reference: give include_reference=True to bound it too")
+
     def cases(self, languages):
         pool = languages if self.include_reference else _non_reference(languages)
         chosen = [lang for lang in pool if self.languages is None or lang in self.languages]
@@ -372,6 +461,18 @@ class ReleaseBound(LanguageBound):
     bound: Bounds | None = None  # the run's options set it (see run)
     if_undefined: ClassVar[Status] = "failed"
 
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        if self.quantity not in RELEASE_QUANTITIES:
+            raise ValueError(f"ReleaseBound's quantity {self.quantity!r} has no release maximum "
+                             f"(--quantfair-max-<quantity>): one of "
+                             f"{', '.join(RELEASE_QUANTITIES)}")
+        if self.bound is not None:
+            raise ValueError("ReleaseBound's bound is the run's --quantfair-max-"
+                             f"{self.quantity.replace('_', '-')}: give a LanguageBound for a "
+                             "bound of its own")
+
     def bound_for(self, family: str, case: Case) -> Bound | None:
         return None
 
@@ -409,10 +510,15 @@ class Better(Check):
     than_scheme: str | None = None  # `than` under another scheme (default: the same)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.than, str | Matched | tuple):
+        __tracebackhide__ = True
+        if not isinstance(self.than, str | Matched | tuple) or self.than == ():
             raise TypeError(f"Better's than must be a strategy or a tuple of them (the best of "
                             f"them), got {self.than!r}")
         super().__post_init__()
+        if self.strategy == self.than and self.scheme == self.than_scheme:
+            raise ValueError(f"Better compares {self.strategy!r} with itself")
+        if self.per_language and self.lengths:
+            raise ValueError("Better compares per language or per length, not both")
 
     def _than_label(self) -> str:
         than = "|".join(map(str, self.than)) if isinstance(self.than, tuple) else self.than
@@ -432,9 +538,9 @@ class Better(Check):
 
     def _draws(self, ctx: AuditRun, strategy: Strategy | tuple, case: Case,
                scheme: str | None):
-        if isinstance(strategy, tuple):
-            return min((self._draws(ctx, s, case, scheme) for s in strategy),
-                       key=lambda draws: draws[0])
+        if isinstance(strategy, tuple):  # the best member whose quantity is defined
+            members = [self._draws(ctx, s, case, scheme) for s in strategy]
+            return min([m for m in members if not m[2]] or members, key=lambda m: m[0])
         m = _measure(ctx, strategy, self.quantity, scheme, case.length)
         if case.language:
             value, samples, reason = m.draws(self.quantity)
@@ -483,6 +589,7 @@ class Best(Check):
     quantity: str = "disparity"
 
     def __post_init__(self) -> None:
+        __tracebackhide__ = True
         super().__post_init__()
         if not isinstance(self.candidates, tuple) or not set(self.candidates) - {self.expected}:
             raise ValueError(f"Best's candidates must be a tuple of strategies to compare "
@@ -527,11 +634,12 @@ class OverheadBound(Check):
     bound given for it (per family)."""
 
     needs_bound = True
+    value_range = (0.0, 100.0)  # percent
 
     bounds: dict[str, Bounds]  # strategy -> bound
 
     def cases(self, languages):
-        return [Case(strategy, strategy) for strategy in self.bounds]
+        return [Case(str(strategy), strategy) for strategy in self.bounds]
 
     def bound_for(self, family: str, case: Case) -> Bound | None:
         return _for_family(self.bounds[case.strategy], family)
@@ -587,6 +695,7 @@ class Correlation(Check):
     quant_error (per layer, y = the layer's criticality: mean disparity with it protected)."""
 
     needs_bound = True
+    value_range = (-1.0, 1.0)  # Pearson r
 
     x: str
     bound: Bounds
@@ -595,6 +704,7 @@ class Correlation(Check):
     X: ClassVar[tuple[str, ...]] = ("resource_class", "fertility", "variance", "quant_error")
 
     def __post_init__(self) -> None:
+        __tracebackhide__ = True
         super().__post_init__()
         if self.x not in self.X:
             raise ValueError(f"Correlation x {self.x!r} is not one of {', '.join(self.X)}")
@@ -679,15 +789,13 @@ def _points_to_decide(r: float, bound: Bound, z: float = 1.96) -> int | None:
 class LayerExtreme(Check):
     """Layer 0's weight statistic is the lowest (or highest) of all layers."""
 
-    statistic: str  # one of STATISTICS (`weights.weight_statistics`)
+    statistic: str  # one of LAYER_STATISTICS
     highest: bool = False
-    STATISTICS: ClassVar[tuple[str, ...]] = ("variance", "kurtosis", "outlier_share", "sparsity")
 
     def __post_init__(self) -> None:
+        __tracebackhide__ = True
         super().__post_init__()
-        if self.statistic not in self.STATISTICS:
-            raise ValueError(f"LayerExtreme statistic {self.statistic!r} is not one of "
-                             f"{', '.join(self.STATISTICS)}")
+        _check_statistic("LayerExtreme", self.statistic)
 
     def cases(self, languages):
         return [Case(f"L0-{self.statistic}")]
@@ -731,6 +839,13 @@ class SelectionOverlap(Check):
     bound: Bounds | None = None
     below_random: bool = False
     strategy_fields: ClassVar[tuple[str, ...]] = ("first", "second")
+    value_range = (0.0, 1.0)  # a Jaccard index
+
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        if (self.bound is None) != self.below_random:
+            raise ValueError("SelectionOverlap needs a bound or below_random=True, not both")
 
     @property
     def needs_bound(self) -> bool:
@@ -778,7 +893,7 @@ class MeanBound(Check):
     quantity: str = "seed_disparity"
 
     def cases(self, languages):
-        return [Case(strategy, strategy) for strategy in self.bounds]
+        return [Case(str(strategy), strategy) for strategy in self.bounds]
 
     def bound_for(self, family: str, case: Case) -> Bound | None:
         return _for_family(self.bounds[case.strategy], family)
@@ -795,14 +910,24 @@ class LayerValue(Check):
 
     needs_bound = True
 
-    statistic: str
+    statistic: str  # one of LAYER_STATISTICS
     bound: Bounds
     layer: int = 0
+
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        _check_statistic("LayerValue", self.statistic)
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"LayerValue's layer must be a layer index (0, 1, ...), got "
+                             f"{self.layer!r}")
 
     def cases(self, languages):
         return [Case(f"L{self.layer}-{self.statistic}")]
 
     def run(self, ctx, case, bound):
+        if self.layer >= ctx.layers:
+            raise NotApplicable(f"names layer {self.layer}; this model has {ctx.layers}")
         value = ctx.layer_statistics()[self.layer][self.statistic]
         return Outcome(verdict(bound.holds(value)), f"layer-{self.layer} {self.statistic}",
                        value, str(bound))
@@ -821,6 +946,12 @@ class GroupOrder(Check):
     second: tuple[str, ...]
     quantity: str = "disparity"
     language_fields: ClassVar[tuple[str, ...]] = ("first", "second")
+
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        if shared := set(self.first) & set(self.second):
+            raise ValueError(f"GroupOrder's groups share {', '.join(sorted(shared))}")
 
     def cases(self, languages):
         return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]
@@ -860,6 +991,12 @@ class ReliableLength(Check):
     than_length: str = "short"
     strategy: str = "none"
 
+    def __post_init__(self) -> None:
+        __tracebackhide__ = True
+        super().__post_init__()
+        if self.length == self.than_length:
+            raise ValueError(f"ReliableLength compares length {self.length!r} with itself")
+
     def cases(self, languages):
         return [Case(f"{self.length}<{self.than_length}", self.strategy, length=self.length)]
 
@@ -893,13 +1030,27 @@ class Finding:
     layers: int | None = None  # the seed's literal layer indices need this many layers
 
     def __post_init__(self) -> None:
-        if isinstance(self.experiments, str) or not all(
+        __tracebackhide__ = True
+        for name in ("id", "claim"):  # the reports' rows and tables are keyed and led by them
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise TypeError(f"Finding {name} must be a non-empty string, got "
+                                f"{getattr(self, name)!r}")
+        if not isinstance(self.experiments, tuple) or not all(
                 isinstance(e, str) for e in self.experiments):
             raise TypeError(f"Finding {self.id!r}: experiments must be a tuple of strings "
                             f"such as ('051',), got {self.experiments!r}")
         if not isinstance(self.check, Check):
             raise TypeError(f"Finding {self.id!r}: check must be a Check such as "
                             f"LanguageBound(...), got {self.check!r}")
+        _check_families(f"Finding {self.id!r}: families", self.families)
+        if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):
+            raise TypeError(f"Finding {self.id!r}: layers must be a positive number of layers, "
+                            f"got {self.layers!r}")
+        if "release" in self.experiments and not self.release:
+            raise ValueError(f"Finding {self.id!r}: experiment 'release' marks a release gate: "
+                             "give release=True")
+        if isinstance(self.check, ReleaseBound):  # a gate by nature: -m quantfair_release
+            object.__setattr__(self, "release", True)
         if self.release and "release" not in self.experiments:  # how reports tell a gate
             object.__setattr__(self, "experiments", (*self.experiments, "release"))
 
@@ -934,8 +1085,14 @@ class Finding:
 def audit(finding: Finding) -> Callable:
     """Turn a finding into a pytest test function (parametrized by the quantfair plugin):
     passed, failed, skipped with the reason, or inconclusive (a skip whose reason starts with
-    `inconclusive:`, a failure under --quantfair-strict)."""
+    `inconclusive:`, a failure under --quantfair-strict). Assign it to a module-level `test_`
+    name; a TypeError unless `finding` is a Finding."""
+    __tracebackhide__ = True
     import pytest
+
+    if not isinstance(finding, Finding):
+        raise TypeError(f"audit() takes a Finding, got {type(finding).__name__}: write "
+                        "test_x = audit(Finding(id=..., experiments=..., claim=..., check=...))")
 
     from quantfair.plugin import EVIDENCE
 

@@ -102,8 +102,8 @@ class AuditContext:
         names = self.session.resolver().resolve(token)
         return self.session.bank.parts[next(iter(names))].layer
 
-    def overhead(self, strategy: str) -> Overhead:
-        return self.session.overhead(strategy)
+    def overhead(self, strategy: Strategy) -> Overhead:
+        return self.session.overhead(self.strategy_text(strategy))
 
     def measure(self, strategy: Strategy, scheme: str | None = None,
                 length: str | None = None, distribution: bool = False) -> Measurement:
@@ -155,12 +155,12 @@ class AuditContext:
     def value_weight_ratio(self) -> float:
         return weights.value_weight_ratio(self.session.bank)
 
-    def overlap(self, first: str, second: str) -> float:
+    def overlap(self, first: Strategy, second: Strategy) -> float:
         resolver = self.session.resolver()
-        return weights.overlap(self.session.bank, resolver.resolve(first),
-                               resolver.resolve(second))
+        return weights.overlap(self.session.bank, resolver.resolve(self.strategy_text(first)),
+                               resolver.resolve(self.strategy_text(second)))
 
-    def rescore_spread(self, strategy: str) -> float:
+    def rescore_spread(self, strategy: Strategy) -> float:
         """Re-score two units of every language with a fresh, cache-less evaluator that puts
         them in padded batches (up to RESCORE_BATCH_TOKENS tokens, several units each); the
         largest relative NLL difference."""
@@ -168,7 +168,8 @@ class AuditContext:
         measurement = self.measure(strategy)
         units = session.corpus.units[:2]
         texts = [session.corpus.texts[lang][u] for lang in session.corpus.languages for u in units]
-        session.bank.apply(session.config.scheme, session.resolver().resolve(strategy))
+        session.bank.apply(session.config.scheme,
+                           session.resolver().resolve(self.strategy_text(strategy)))
         with tempfile.TemporaryDirectory() as folder:
             fresh = Evaluator(session.loaded, ResultCache(Path(folder)),
                               batch_tokens=RESCORE_BATCH_TOKENS).evaluate("rescore", texts)

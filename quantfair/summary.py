@@ -148,9 +148,10 @@ def summarize(report: dict) -> dict:
     if over := [a for a in report.get("audits", []) if a["outcome"] == "failed"
                 and "release" in (a.get("experiments") or ()) and a.get("value") is not None]:
         sentences.append("Over the release maxima: " + "; ".join(
-            f"{language(a['language']).name} ({a['language']}) {a['quantity']} "
-            f"{a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, bound {a['bound']}"
-            for a in over) + ".")
+            (f"{language(a['language']).name} ({a['language']})" if a.get("language")
+             else f"{a['finding']} ({a['case']})")
+            + f" {a['quantity']} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
+            f"bound {a['bound']}" for a in over) + ".")
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")

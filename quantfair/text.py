@@ -72,8 +72,8 @@ def interval_text(estimate: dict | None) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown-style table, numbers and intervals ([low, high]) right-aligned (the layout
-    lm-eval's results use)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    lm-eval's results use); a `|` inside a cell is escaped (`\\|`), as Markdown reads it."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:

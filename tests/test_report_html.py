@@ -486,6 +486,17 @@ def test_the_terminal_table_gives_a_skewed_interval_as_its_bounds():
     assert header.index("95% CI |") + 6 == row.index("[0.1, 2.9] |") + 10  # both right-aligned
 
 
+def test_the_terminal_table_escapes_a_bar_inside_a_cell():
+    """`Better(..., than=("none", "odd"))` names its case `L0<none|odd`: the bar split the row
+    into one cell more than the header has."""
+    from quantfair.report import summary_table
+
+    text = summary_table([audit("best_of", "passed", case="L0<none|odd")])
+    header, _, row = text.splitlines()
+    assert "L0<none\\|odd" in row
+    assert header.count(" | ") == row.replace("\\|", "").count(" | ")
+
+
 def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_interval():
     from quantfair.summary import STRADDLES
 
@@ -505,10 +516,13 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
                    experiments=["release"]),
              audit("release_degradation", "failed", "en", value=0.612, low=0.6, high=0.63,
                    bound="<= 0.5", quantity="degradation", experiments=["release"]),
-             audit("synergy", "failed", "ar", value=3.0)]  # a seed finding: not a gate
+             audit("synergy", "failed", "ar", value=3.0),  # a seed finding: not a gate
+             audit("own_gate", "failed", value=0.275, low=0.07, high=0.45, case="L0<none",
+                   quantity="disparity difference", experiments=["release"])]  # no language
     assert summarize(report(gates))["sentences"][1] == (
-        "Over the release maxima: English (en) degradation 0.612 [95% CI 0.60, 0.63], bound "
-        "<= 0.5; Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
+        "Over the release maxima: own_gate (L0<none) disparity difference 0.275 [95% CI 0.07, "
+        "0.45], bound < 0; English (en) degradation 0.612 [95% CI 0.60, 0.63], bound <= 0.5; "
+        "Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
     assert not any("release maxima" in s for s in summarize(report())["sentences"])
 
 

@@ -14,6 +14,14 @@ FAMILIES = {
 }
 
 
+def test_findings_know_every_taxonomy_family():
+    """A finding's per-family bounds and `families` are checked against `audit.FAMILIES`,
+    kept free of torch: a family added to the taxonomy is added there too."""
+    from quantfair import audit, taxonomy
+
+    assert set(audit.FAMILIES) == set(taxonomy.FAMILY_TABLES) == set(FAMILIES.values())
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_parameter_is_mapped_and_blocks_add_up(tiny_models, name):
     loaded = tiny_models[name]

@@ -17,10 +17,12 @@ from quantfair.audit import (
     GroupOrder,
     LanguageBound,
     LayerExtreme,
+    LayerValue,
     Matched,
     OverheadBound,
     ReleaseBound,
     SelectionOverlap,
+    audit,
 )
 from quantfair.metrics import Measurement, holm, paired_difference
 
@@ -107,6 +109,19 @@ def test_undefined_disparity_is_inconclusive_not_failed():
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
 
 
+def test_the_best_of_a_tuple_is_the_best_member_whose_disparity_is_defined():
+    """English's loss change within noise but negative makes every disparity a large negative
+    number, undefined: it once won the `min` of the tuple, leaving a clear case undecided."""
+    flat = measurement({lang: np.ones(UNITS) for lang in LANGUAGES[1:]})
+    nll_q = flat.nll_q.copy()
+    nll_q[0] = flat.nll_fp[0] + np.tile([0.3, -0.4], UNITS // 2)  # mean -0.05, CI across 0
+    noisy = Measurement(LANGUAGES, flat.nll_fp, nll_q, flat.tokens, flat.bytes, flat.chars)
+    run = FakeRun({"L0": measurement(LOWER), "none": measurement(NOISE), "odd": noisy})
+    check = Better("L0", than=("none", "odd"), per_language=True)
+    for case in check.cases(LANGUAGES):
+        assert check.run(run, case, None).status == "passed"
+
+
 def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without_a_value():
     undefined = FakeRun({"L0": english_unchanged(), "L1": english_unchanged(),
                          "none": english_unchanged()})
@@ -166,8 +181,8 @@ def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester)
         from quantfair.audit import Better, Finding, audit
 
         test_same = audit(Finding(
-            id="same", experiments=("999",), claim="none beats itself",
-            check=Better("none", than="none", per_language=True),
+            id="same", experiments=("999",), claim="L0 beats itself (by its alias)",
+            check=Better("layer0", than="L0", per_language=True),
         ))
     """)
     path = pytester.path / "r.json"
@@ -241,9 +256,10 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
 
 
 @pytest.mark.parametrize("define, message", [
-    (lambda: Bound(max="2"), "Bound(max=...) must be a number, got '2'"),
+    (lambda: Bound(max="2"), "Bound(max=...) must be a finite number, got '2'"),
     (lambda: Bound(), "Bound() needs max=, min= or both"),
-    (lambda: Bound(max=float("nan")), "Bound(max=...) must be a number, got nan"),
+    (lambda: Bound(max=float("nan")), "Bound(max=...) must be a finite number, got nan"),
+    (lambda: Bound(max=float("inf")), "Bound(max=...) must be a finite number, got inf"),
     (lambda: Bound(min=3, max=1), "Bound(min=3, max=1) can never hold: its min is above its max"),
     (lambda: LanguageBound("L0", "disparity", 2.0), "LanguageBound's bound must be a Bound"),
     (lambda: OverheadBound({"L0": 20.0}), "OverheadBound's bounds must be a Bound"),
@@ -258,7 +274,7 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
                                                 "audited strategy as CANDIDATE"),
     (lambda: Better("L0", than="L0+nrom"), "Better's than: unknown strategy term 'nrom'"),
     (lambda: Better("L0", than=Matched("variance", "L0")),
-     "Better's than: Matched's selector must be one of random, magnitude"),
+     "Matched's selector must be one of random, magnitude"),
     (lambda: OverheadBound({"L0+": Bound(max=20)}), "OverheadBound's bounds: strategy 'L0+' "
                                                     "has an empty term"),
     (lambda: SelectionOverlap("act:5%", "magnitude:5", below_random=True),
@@ -268,6 +284,38 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
      "got 'he'"),
     (lambda: GroupOrder("L0", "none", first=("he",), second="zh"),
      "GroupOrder's second must be a tuple of language keys"),
+    (lambda: Correlation("fertility", Bound(min=2)), "Correlation's bound >= 2 can never hold: "
+                                                     "the value lies in [-1, 1]"),
+    (lambda: OverheadBound({"L0": Bound(max=150)}), "OverheadBound's bounds <= 150 can never "
+                                                    "fail: the value lies in [0, 100]"),
+    (lambda: SelectionOverlap("L0", "L1"), "SelectionOverlap needs a bound or below_random"),
+    (lambda: OverheadBound({}), "OverheadBound's bounds name no strategy"),
+    (lambda: Better("L0", than=()), "Better's than must be a strategy or a tuple"),
+    (lambda: Better("L0", than="L0"), "Better compares 'L0' with itself"),
+    (lambda: Better("L0", than="none", lengths=("short", "article")),
+     "Better: unknown length 'article' (lengths: short, medium, long)"),
+    (lambda: Better("L0", than="none", lengths="short"), "Better's lengths must be a tuple"),
+    (lambda: Better("L0", than="none", scheme="int44"), "Better's scheme: quantization scheme "
+                                                        "'int44': bits must be between 2 and 8"),
+    (lambda: LanguageBound("L0", languages=("en",)), "LanguageBound bounds languages against "
+                                                     "en, the reference"),
+    (lambda: LayerValue("kurtosys", Bound(max=1)), "LayerValue statistic 'kurtosys' is not one"),
+    (lambda: Matched("random", "L0", seed="a"), "Matched's seed must be a whole number"),
+    (lambda: ReleaseBound("L0", "mean_kld"), "ReleaseBound's quantity 'mean_kld' has no release "
+                                             "maximum"),
+    (lambda: ReleaseBound("L0", "disparity", bound=Bound(max=2)), "ReleaseBound's bound is the "
+                                                                  "run's --quantfair-max-"),
+    (lambda: LanguageBound("L0", bound={"gtp2": Bound(max=2)}), "LanguageBound's bound: unknown "
+                                                                "model family 'gtp2'"),
+    (lambda: Finding(id=14, experiments=("051",), claim="c", check=LanguageBound("L0")),
+     "Finding id must be a non-empty string, got 14"),
+    (lambda: Finding(id="f", experiments=("051",), claim="c", families="gpt2",
+                     check=LanguageBound("L0")), "Finding 'f': families must be a tuple"),
+    (lambda: Finding(id="f", experiments=("051",), claim="c", layers="4",
+                     check=LanguageBound("L0")), "Finding 'f': layers must be a positive"),
+    (lambda: Finding(id="f", experiments=("release",), claim="c", check=LanguageBound("L0")),
+     "Finding 'f': experiment 'release' marks a release gate: give release=True"),
+    (lambda: audit(LanguageBound("L0")), "audit() takes a Finding, got LanguageBound"),
     (lambda: Finding(id="f", experiments="051", claim="c",
                      check=LanguageBound("L0", "disparity")),
      "Finding 'f': experiments must be a tuple of strings"),
@@ -280,6 +328,12 @@ def test_a_finding_written_wrong_is_refused_where_it_is_defined(define, message)
     with pytest.raises((TypeError, ValueError)) as error:
         define()
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_release_bound_is_a_release_gate_without_being_marked():
+    """Left unmarked, -m quantfair_release deselected it and the report did not count it."""
+    gate = Finding(id="mine", experiments=(), claim="c", check=ReleaseBound("L0", "disparity"))
+    assert gate.release and gate.experiments == ("release",)
 
 
 def test_a_finding_marked_release_is_a_release_gate_in_the_report():
