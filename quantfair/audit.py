@@ -308,7 +308,6 @@ class Check:
     needs_bound = False  # True for checks that compare against a (per-family) bound
     strategy_fields: ClassVar[tuple[str, ...]] = ("strategy", "than", "expected", "candidates")
     language_fields: ClassVar[tuple[str, ...]] = ("languages",)
-
     value_range: ClassVar[tuple[float, float] | None] = None  # what the bounded value can be
 
     def __post_init__(self) -> None:
