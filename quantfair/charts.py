@@ -81,6 +81,9 @@ def to_svg(figure: Figure, name: str) -> str:
     return text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{name}" ', 1)
 
 
+ADJUST_STEPS = 300  # adjustText's steps moving overlapping labels apart
+
+
 def overlapping(texts: Sequence) -> bool:
     """Whether any two of `texts` (matplotlib Text objects of one figure) overlap when drawn."""
     if len(texts) < 2:
@@ -102,6 +105,7 @@ def label_points(ax, points: Sequence[Point]) -> None:
         with _quiet_adjust_text():
             _, arrows = adjust_text(texts, ax=ax, x=[p.x for p in points],
                                     y=[p.y for p in points], expand=(1.2, 1.4),
+                                    iter_lim=ADJUST_STEPS,  # not its 1 s: the same page each time
                                     arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
     if overlapping(texts):
         for artist in [*texts, *arrows]:

@@ -408,7 +408,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from quantfair.config import DEFAULT_TOLERANCE, number_option
+    from quantfair.config import DEFAULT_TOLERANCE, tolerance_option
     from quantfair.html import render_html
     from quantfair.report import (
         NothingShared,
@@ -421,7 +421,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.new is None:
         return _render_report(args)
     tolerance = DEFAULT_TOLERANCE if args.quantfair_tolerance is None else \
-        number_option("tolerance", args.quantfair_tolerance)
+        tolerance_option(args.quantfair_tolerance)
     for name, path in (("OLD", args.old), ("NEW", args.new)):
         if not path.strip():
             raise UsageError(f"{name} is empty; give the path of a JSON report")
@@ -470,6 +470,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {plural(len(failed), 'audit')} of {args.new} failed in its own run (its "
               "exit was 1): this exit code says only that nothing regressed against "
               f"{args.old}")
+    elif new["verdict"] == "failed" and not regressions:  # e.g. inconclusive under strict
+        print(f"note: the run of {args.new} failed ({new['summary']['headline']}; its exit "
+              f"was 1): this exit code says only that nothing regressed against {args.old}")
     _write(output, render_html(new))
     if why := _undecided(new, args.new):
         print(f"quantfair: {why}", file=sys.stderr)
@@ -483,7 +486,7 @@ def _render_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quantfair.html import render_html
-    from quantfair.report import load_report
+    from quantfair.report import load_report, settle_verdict
 
     if args.quantfair_tolerance is not None:
         raise UsageError("--tolerance applies to a comparison: give OLD.json and NEW.json")
@@ -491,6 +494,7 @@ def _render_report(args: argparse.Namespace) -> int:
         raise UsageError("REPORT is empty; give the path of a JSON report")
     _check_output(args.output, "--output", args)
     report = load_report(args.old)  # first: an HTML page given for REPORT is said to be one
+    settle_verdict(report)  # verdict, counts and headline from its audits, not as stored
     output = Path(args.output or Path(args.old).with_suffix(".html"))
     if output.suffix.lower() not in (".html", ".htm") or output.resolve() == Path(
             args.old).resolve():
@@ -687,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("old", metavar="OLD", help="baseline JSON report (alone: the report "
                                                    "to render)")
     report.add_argument("new", metavar="NEW", nargs="?", help="new JSON report")
-    report.add_argument("--output", help="HTML file (default: NEW-vs-baseline.html; for one "
+    report.add_argument("-o", "--output", help="HTML file (default: NEW-vs-baseline.html; for one "
                                          "report, its .html beside it)")
     add_options(report.add_argument, prefix="", names=("tolerance",))
     report.set_defaults(run=cmd_report)

@@ -109,8 +109,9 @@ OPTIONS = {option.name: option for option in (
     Option("no-report", "do not write the JSON/HTML report", flag=True),
     Option("baseline", "an earlier JSON report: fail when a disparity regresses beyond the "
                        "tolerance or an audit that passed now fails"),
-    Option("tolerance", "relative disparity growth counted as a regression "
-                        f"(default {DEFAULT_TOLERANCE})", str(DEFAULT_TOLERANCE)),
+    Option("tolerance", "relative disparity growth counted as a regression: a fraction, or a "
+                        f"percentage with its sign (default {DEFAULT_TOLERANCE})",
+           str(DEFAULT_TOLERANCE)),
     Option("strict", "inconclusive comparisons fail the run", flag=True, short=False),
     *(Option(f"max-{name.replace('_', '-')}", f"release gate: every language's {name} at most "
              "this, e.g. 2.0 or 2.0,he=3.0 (per-language overrides)")
@@ -303,6 +304,13 @@ def number_option(name: str, text: str) -> float:
     return value
 
 
+def tolerance_option(text: str) -> float:
+    """--tolerance as a fraction: 0.1 or 10%."""
+    percent = text.strip().endswith("%")
+    value = number_option("tolerance", text.strip().removesuffix("%") if percent else text)
+    return value / 100 if percent else value
+
+
 def _dtype(text: str | None) -> str:
     name = (text or "float32").strip().lower()
     if name not in DTYPES:
@@ -448,7 +456,7 @@ class RunConfig:
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=path if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,
-                   tolerance=number_option("tolerance", str(get("tolerance"))),
+                   tolerance=tolerance_option(str(get("tolerance"))),
                    strict=bool(get("strict")),
                    release_bounds={name: parse_release_bound(f"max-{name}", text, languages)
                                    for name in RELEASE_QUANTITIES
@@ -509,4 +517,14 @@ class RunConfig:
                 "units": self.units, "corpus": self.corpus or "udhr (shipped)",
                 "device": self.device or "auto", "dtype": self.dtype,
                 "corpus_digest": self.corpus_digest,
-                **({"strategy": self.strategy} if self.strategy else {})}
+                **({"strategy": self.strategy} if self.strategy else {}),
+                **({"release_maxima": self.release_maxima} if self.release_bounds else {})}
+
+    @property
+    def release_maxima(self) -> str:
+        """"disparity 2,he=3; degradation 0.1": the release gates' maxima, as the options
+        give them."""
+        return "; ".join(
+            f"{name} " + ",".join(f"{limit:g}" if language == "*" else f"{language}={limit:g}"
+                                  for language, limit in maxima.items())
+            for name, maxima in self.release_bounds.items())

@@ -273,16 +273,20 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         elif a is not None:
             regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined")
         rows.append(entry)
-    old_audits = {_audit_key(a["nodeid"]): a["outcome"] for a in old.get("audits", [])}
+    old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
-    audits, undecided = [], {"inconclusive": [], "skipped": []}
+    audits, undecided, rebounded = [], {"inconclusive": [], "skipped": []}, []
     for entry in new.get("audits", []):
-        before = old_audits.get(_audit_key(entry["nodeid"]))
-        if before is None:
+        if (was := old_audits.get(_audit_key(entry["nodeid"]))) is None:
             continue
+        before = was["outcome"]
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
         lost = ("failed", "error", *undecided) if strict else ("failed", "error")
-        if before == "passed" and entry["outcome"] in lost:
+        if was.get("bound") and entry.get("bound") and was["bound"] != entry["bound"]:
+            # another maximum (a release gate's option) decided it: not the model's change
+            rebounded.append(f"{entry['nodeid']} ({before} under {was['bound']}, "
+                             f"{entry['outcome']} under {entry['bound']})")
+        elif before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
         elif before == "passed" and entry["outcome"] in undecided:
             undecided[entry["outcome"]].append(entry["nodeid"])
@@ -308,6 +312,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "degradation_compared": by_degradation,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
+            "bound_changed": rebounded,
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
@@ -355,7 +360,7 @@ def _measured_otherwise(old: dict, new: dict) -> str:
 # Settings that change what a number means: a baseline measured otherwise is compared, with a
 # note (a release gate may compare a new checkpoint with the last one on purpose).
 COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "languages", "units",
-                     "corpus", "dtype", "strategy")
+                     "corpus", "dtype", "strategy", "release_maxima")
 
 
 def _values(quantity: str, *values: float) -> tuple[str, ...]:
@@ -387,6 +392,8 @@ def _contents(old: dict, new: dict):
 
 
 def _setting(value) -> str:
+    if value is None:
+        return "not set"
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -419,6 +426,9 @@ def comparison_notes(comparison: dict) -> list[str]:
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
+    if rebounded := comparison.get("bound_changed"):
+        lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
+                     f"baseline, not compared: {_some(rebounded)}")
     return lines
 
 
@@ -494,8 +504,8 @@ def load_report(path: str | Path) -> dict:
         if Path(path).suffix.lower() in (".html", ".htm"):
             raise QuantfairError(f"{path} is an HTML page; give its JSON report (the .json "
                                  "beside it), which the page is rendered from") from None
-        raise QuantfairError(f"{path} is not a JSON report: {error.msg} at line "
-                             f"{error.lineno} column {error.colno}") from None
+        raise QuantfairError(f"{path} is not a JSON report: {error.msg.removesuffix(' at')} "
+                             f"at line {error.lineno} column {error.colno}") from None
     except UnicodeDecodeError:
         raise QuantfairError(f"{path} is not a JSON report: not UTF-8 text") from None
     except RecursionError:

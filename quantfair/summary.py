@@ -145,20 +145,34 @@ def summarize(report: dict) -> dict:
                 "scheme": settings.get("scheme"), "artifact": artifact,
                 "languages": settings.get("languages", []), "units": units}
     sentences = [_headline(report, counts, by_outcome["failed"]) + "."]
-    if over := [a for a in report.get("audits", []) if a["outcome"] == "failed"
-                and "release" in (a.get("experiments") or ()) and a.get("value") is not None]:
+    gates = [a for a in report.get("audits", []) if a["outcome"] == "failed"
+             and "release" in (a.get("experiments") or ())]
+
+    def gate(a: dict) -> str:
+        return (f"{language(a['language']).name} ({a['language']})" if a.get("language")
+                else f"{a['finding']} ({a['case']})") + f" {a['quantity']}"
+
+    if over := [a for a in gates if a.get("value") is not None]:
         sentences.append("Over the release maxima: " + "; ".join(
-            (f"{language(a['language']).name} ({a['language']})" if a.get("language")
-             else f"{a['finding']} ({a['case']})")
-            + f" {a['quantity']} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
+            f"{gate(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
             f"bound {a['bound']}" for a in over) + ".")
+    if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
+        sentences.append("Release gates failed as not measurable: " + "; ".join(
+            f"{gate(a)} ({(a.get('detail') or 'no value').removeprefix('undefined: ')})"
+            for a in unmeasured) + ".")
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
     if warning := model.get("scheme_warning"):  # what was measured is not what it seems
         sentences.append(f"Warning: {warning}.")
     english = next((r for r in main_rows(report, "none") if r["language"] == REFERENCE), {})
-    if model.get("vocabulary") and (english.get("ppl_q") or 0) > model["vocabulary"]:
+    if (vocabulary := model.get("vocabulary")) and (english.get("ppl_fp") or 0) > vocabulary:
+        sentences.append(  # the scheme is not to blame: the model guesses worse than uniform
+            f"Warning: the model itself guesses worse than uniformly: English's perplexity in "
+            f"full precision, {english['ppl_fp']:.3g}, is above the vocabulary's size "
+            f"({vocabulary:,}). Its disparities compare damage to a model that has not "
+            "learned the text.")
+    elif vocabulary and (english.get("ppl_q") or 0) > vocabulary:
         sentences.append(
             f"Warning: {settings.get('scheme')} breaks this model: English's perplexity under "
             f"it, {english['ppl_q']:.3g}, is above the vocabulary's size "
@@ -174,7 +188,9 @@ def summarize(report: dict) -> dict:
             + (" (below 0: one of the two losses fell)" if w["disparity"] < 0 else "")
             + _interval(w["low"], w["high"])
             + (" (includes 1: not shown to be hit harder than English)"
-               if w["low"] is not None and w["low"] <= 1 <= w["high"] else "")
+               if w["low"] is not None and w["low"] <= 1 <= w["high"] else
+               " (below 1: hit less than English)"
+               if w["high"] is not None and 0 <= w["high"] < 1 else "")
             for w in worst) + ".")
     recommended = {r["language"]: r for r in main_rows(report, RECOMMENDED)}
     if recommended and worst:
@@ -236,7 +252,8 @@ def summarize(report: dict) -> dict:
             f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): read its "
             "decisions as machinery checks, not evidence.")
     sentences.append(
-        f"Measured: {measured['model']}, "
+        ("Measured: " if report.get("measurements") else "Nothing was measured: set up for ")
+        + f"{measured['model']}, "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
         + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
         + (f"{units_text(measured['units'])} per language." if measured["units"] else "all units."))

@@ -109,6 +109,32 @@ def test_a_hardest_hit_language_whose_ci_includes_1_is_said_not_to_be_shown_hard
     assert text.count("includes 1") == 1  # not Hebrew's or Arabic's
 
 
+def test_a_run_that_decided_nothing_is_not_shown_as_passed():
+    """Its verdict is passed (nothing failed), but a green PASSED banner over no decision
+    was read as a sign-off."""
+    undecided = report([audit("synergy", "inconclusive", "he"), audit("sparse", "skipped")])
+    html = render_html(undecided)
+    assert undecided["verdict"] == "passed" and 'class="verdict undecided"' in html
+    assert "NOTHING DECIDED &mdash; No audit decided anything in this run" in html
+    assert "PASSED &mdash;" not in html
+
+
+def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
+    bare = report([audit("recommended_budget", "passed")])
+    bare["measurements"] = []
+    assert summarize(bare)["sentences"][-1].startswith(
+        "Nothing was measured: set up for tiny, scheme int4, ")
+    assert summarize(report())["sentences"][-1].startswith("Measured: tiny, scheme int4, ")
+
+
+def test_a_language_hit_less_than_english_is_said_to_be(monkeypatch):
+    """A disparity whose CI lies wholly below 1 was listed among the hardest hit unqualified."""
+    monkeypatch.setitem(DAMAGE["none"], "de", 0.5)
+    text = " ".join(report()["summary"]["sentences"])
+    assert re.search(r"German \(de\) 0\.50x English's damage \[95% CI [0-9.]+, 0\.[0-9]+\] "
+                     r"\(below 1: hit less than English\)", text)
+
+
 def test_a_negative_disparity_is_said_to_be_one_loss_falling(monkeypatch):
     """Hebrew's NLL falls under quantization while English's rises: not "-2x the damage"
     left unexplained."""
@@ -168,12 +194,21 @@ def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_bre
                    if r["strategy"] == "none" and r["language"] == "en")
     sane, broken = report(), report()
     sane["model"]["vocabulary"] = math.ceil(english["ppl_q"])  # guessing does no better
-    broken["model"]["vocabulary"] = math.floor(english["ppl_q"])
+    broken["model"]["vocabulary"] = 5  # above English's FP perplexity, below its int4 one
+    next(r for r in broken["measurements"] if r["strategy"] == "none"
+         and r["language"] == "en")["ppl_q"] = 10.0
     said = "Warning: int4 breaks this model: English's perplexity under it"
     assert not any(said in s for s in summarize(sane)["sentences"])
     assert not any(said in s for s in summarize(report())["sentences"])  # vocabulary unknown
     assert any(said in s for s in summarize(broken)["sentences"])
     assert said in render_html({**broken, "summary": summarize(broken)}).replace("&#39;", "'")
+    unlearned = report()  # worse than uniform in full precision already: not the scheme's doing
+    unlearned["model"]["vocabulary"] = math.floor(english["ppl_fp"])
+    sentences = summarize(unlearned)["sentences"]
+    assert not any(said in s for s in sentences)
+    assert any(s.startswith("Warning: the model itself guesses worse than uniformly: English's "
+                            f"perplexity in full precision, {english['ppl_fp']:.3g}, is above")
+               for s in sentences)
 
 
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
@@ -232,6 +267,21 @@ def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
     assert "&middot; 1 unit per language &middot;" in one
     assert "http://" not in re.sub(r"http://www\.w3\.org[^\"]*", "", html)
     assert render_html(built) == html  # no date or random salt: reproducible
+
+
+def test_pareto_labels_land_in_the_same_places_however_fast_the_machine(monkeypatch):
+    """adjustText moved overlapping labels for 1 s of wall time: a slower or busier machine
+    placed them elsewhere, and the same report rendered to another page."""
+    import itertools
+
+    import adjustText
+
+    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + i, 3.4 + 0.1 * i)
+              for i in range(6)]  # overlapping labels that adjustText moves apart
+    page = charts.to_svg(charts.pareto_figure(points), "pareto")
+    clock = itertools.count(step=0.4)  # each reading 0.4 s later: a slow machine
+    monkeypatch.setattr(adjustText, "timer", lambda: next(clock))
+    assert charts.to_svg(charts.pareto_figure(points), "pareto") == page
 
 
 def _labels(figure) -> list:
@@ -518,11 +568,17 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
                    bound="<= 0.5", quantity="degradation", experiments=["release"]),
              audit("synergy", "failed", "ar", value=3.0),  # a seed finding: not a gate
              audit("own_gate", "failed", value=0.275, low=0.07, high=0.45, case="L0<none",
-                   quantity="disparity difference", experiments=["release"])]  # no language
+                   quantity="disparity difference", experiments=["release"]),  # no language
+             audit("release_disparity", "failed", "de", value=None, low=None, high=None,
+                   bound="<= 5", experiments=["release"],
+                   detail="undefined: en loss change is within noise (95% CI includes 0)")]
     assert summarize(report(gates))["sentences"][1] == (
         "Over the release maxima: own_gate (L0<none) disparity difference 0.275 [95% CI 0.07, "
         "0.45], bound < 0; English (en) degradation 0.612 [95% CI 0.60, 0.63], bound <= 0.5; "
         "Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
+    assert summarize(report(gates))["sentences"][2] == (
+        "Release gates failed as not measurable: German (de) disparity (en loss change is "
+        "within noise (95% CI includes 0)).")
     assert not any("release maxima" in s for s in summarize(report())["sentences"])
 
 

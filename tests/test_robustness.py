@@ -504,6 +504,8 @@ def test_report_files_with_missing_or_mistyped_fields_are_one_line(tmp_path, rep
 @pytest.mark.parametrize("text, why", [
     ('{"schema": "quantfair-report/4", "measurements": [', "Expecting value at line 1 column"),
     ('{"schema": "quantfair-report/4", "value": NaN}', "NaN is not JSON"),
+    ('{"schema": "quantfair-report/4", "a": "b', "Unterminated string starting at line 1 "
+                                                 "column 39"),  # not "at at"
     (b"\xff\xfe{}", "not UTF-8 text"),
     ("[" * 100_000, "nested too deeply"),
     ('{"schema": "quantfair-report/4", "audits": [{"a": 1, "a": 2}]}',
@@ -669,6 +671,71 @@ def test_a_comparison_without_regressions_names_the_new_reports_own_failures(tmp
     assert printed.returncode == 0, printed.stderr
     assert f"note: 1 audit of {new} failed in its own run (its exit was 1): this exit code " \
         f"says only that nothing regressed against {new}" in printed.stdout
+
+
+def test_a_gate_decided_under_another_maximum_is_said_and_not_a_regression(tmp_path,
+                                                                            report_pair):
+    """A tightened --quantfair-max-* failed the same value as a regression; a loosened one
+    passed it without a word: the maxima are settings, and a changed bound is said."""
+    old, report = report_pair
+    gated = {**report, "settings": {**report["settings"], "release_maxima": "disparity 3"},
+             "audits": [{**a, "bound": "<= 3"} for a in report["audits"]]}
+    old.write_text(json.dumps(gated))
+    tighter = {**gated, "settings": {**gated["settings"], "release_maxima": "disparity 2"},
+               "audits": [{**a, "bound": "<= 2", "outcome": "failed"} for a in gated["audits"]]}
+    new, printed, html = _compared(tmp_path, old, tighter)
+    assert printed.returncode == 0, printed.stdout
+    assert "baseline measured otherwise: release_maxima: disparity 3 -> disparity 2" \
+        in printed.stdout
+    assert ("1 audit(s) decided under another bound than in the baseline, not compared: "
+            "audits/test_x.py::test_y[none-he] (passed under <= 3, failed under <= 2)") \
+        in printed.stdout
+    assert "decided under another bound than in the baseline" in html
+
+
+def test_the_release_maxima_are_among_the_settings_a_report_records():
+    from quantfair.config import RunConfig
+
+    given = {"model": "tiny-gpt2", "max-disparity": "2.0,he=3", "max-degradation": "0.1"}
+    assert RunConfig.build(given.get).settings()["release_maxima"] == (
+        "disparity 2,he=3; degradation 0.1")
+    assert "release_maxima" not in RunConfig.build({"model": "tiny-gpt2"}.get).settings()
+
+
+def test_a_comparison_says_when_the_new_run_failed_without_a_failed_audit(tmp_path,
+                                                                         report_pair):
+    """A --quantfair-strict run failed on its inconclusive audits; compared without a
+    regression it exited 0 with no word."""
+    old, report = report_pair
+    strict = {**report, "settings": {**report["settings"], "strict": True},
+              "audits": [{**a, "outcome": "inconclusive"} for a in report["audits"]]}
+    strict["audits"][0]["outcome"] = "inconclusive"
+    old.write_text(json.dumps(strict))
+    _, printed, _ = _compared(tmp_path, old, strict)
+    assert printed.returncode == 0
+    assert "note: the run of " in printed.stdout and "failed (1 audit(s) were inconclusive, " \
+        "which fails the run under --quantfair-strict; its exit was 1)" in printed.stdout
+
+
+def test_a_report_rendered_again_takes_its_verdict_counts_and_headline_from_its_audits(
+        tmp_path, report_pair):
+    old, report = report_pair
+    failing = {**report, "audits": [{**a, "outcome": "failed"} for a in report["audits"]]}
+    failing["summary"] = {**failing["summary"], "headline": "All good",
+                          "counts": {**failing["summary"]["counts"], "passed": 11, "failed": 0}}
+    old.write_text(json.dumps(failing))
+    printed = run_cli("report", str(old), "-o", str(tmp_path / "again.html"))
+    assert printed.returncode == 0, printed.stderr
+    html = (tmp_path / "again.html").read_text()
+    assert "All good" not in html and "FAILED &mdash;" in html and "11 passed" not in html
+
+
+@pytest.mark.parametrize("given, tolerance", [("0.25", 0.25), ("25%", 0.25)])
+def test_the_tolerance_is_a_fraction_or_a_percentage(tmp_path, report_pair, given, tolerance):
+    old, _ = report_pair
+    printed = run_cli("report", str(old), str(old), "--tolerance", given)
+    assert printed.returncode == 0, printed.stderr
+    assert f"beyond {100 * tolerance:g}%" in printed.stdout
 
 
 def test_a_report_compared_with_itself_says_so(report_pair):
