@@ -26,6 +26,7 @@ one block, whatever the length of the text.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import itertools
@@ -245,7 +246,8 @@ class ReferenceCache:
     """The FP side of the distribution statistics, per unit, as .npz files: `<unit>.base.npz`
     holds per scored token sum(p_fp log p_fp) `plogp`, the FP argmax `top` and `p_correct`;
     `<unit>.<head>.npz` holds `u` = W^T p_fp [tokens, hidden] (float32) and `c` = p_fp . b for
-    one head weight W, b (named by its content hash)."""
+    one head weight W, b (named by its content hash). Each file keeps the SHA-256 of its
+    arrays: one edited, cut or of another unit's length reads as missing, and is built again."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / f"fp-distribution-v{DISTRIBUTION_VERSION}"
@@ -253,14 +255,20 @@ class ReferenceCache:
     def _path(self, key: str, part: str) -> Path:
         return self.folder / f"{key}.{part}.npz"
 
-    def load(self, key: str, head: str) -> dict[str, np.ndarray] | None:
+    def load(self, key: str, head: str, tokens: int) -> dict[str, np.ndarray] | None:
+        """The unit's arrays, each of `tokens` scored tokens, or None where a file is missing
+        or not as it was written."""
         arrays: dict[str, np.ndarray] = {}
         for part in ("base", head):
             try:
                 with np.load(self._path(key, part)) as stored:
-                    arrays.update({name: stored[name] for name in stored.files})
+                    kept = {name: stored[name] for name in stored.files}
             except (OSError, ValueError, zipfile.BadZipFile):
                 return None
+            if str(kept.pop("sha256", "")) != _arrays_digest(kept) or any(
+                    len(array) != tokens for array in kept.values()):
+                return None
+            arrays.update(kept)
         return arrays
 
     def has(self, key: str, head: str) -> bool:
@@ -270,12 +278,41 @@ class ReferenceCache:
     def store(self, key: str, head: str, arrays: dict[str, np.ndarray]) -> None:
         for part, names in (("base", ("plogp", "top", "p_correct")), (head, ("u", "c"))):
             buffer = io.BytesIO()
-            np.savez(buffer, **{name: arrays[name] for name in names})
+            kept = {name: arrays[name] for name in names}
+            np.savez(buffer, **kept, sha256=np.array(_arrays_digest(kept)))
             with cache_writes(self.folder):  # readers never see a half-written file
                 atomic_write(self._path(key, part), buffer.getvalue())
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.glob("*.npz"))
+
+
+def _note_holder(lock: FileLock) -> None:
+    """Beside a claim just taken, this process's id: one waiting for it can tell a holder
+    that is stopped (Ctrl-Z, SIGSTOP) from one that is working."""
+    with contextlib.suppress(OSError):
+        Path(f"{lock.lock_file}.pid").write_text(str(os.getpid()))
+
+
+def _stopped_holder(lock: FileLock) -> str:
+    """"; the process holding it ... is stopped" where the claim's holder is (Linux /proc),
+    else ""."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int(Path(f"{lock.lock_file}.pid").read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state in ("T", "t"):
+            return (f"; the process holding it (pid {pid}) is stopped: resume it (kill -CONT "
+                    f"{pid}) or end it")
+    return ""
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -670,6 +707,7 @@ class Evaluator:
                 lock.acquire(timeout=0)
             except Timeout:
                 return False
+        _note_holder(lock)
         return True
 
     def _shared(self, tag: str, label: str, sizes: dict[str, int],
@@ -717,10 +755,12 @@ class Evaluator:
             while True:
                 try:
                     lock.acquire(timeout=WAIT_NOTICE_S)
+                    _note_holder(lock)
                     break
                 except Timeout:
                     self.announce(f"quantfair: still waiting for another process scoring "
-                                  f"{label} ({time.monotonic() - started:.0f} s)")
+                                  f"{label} ({time.monotonic() - started:.0f} s)"
+                                  + _stopped_holder(lock))
             try:
                 if key not in finished():  # the other process stopped before storing it
                     compute([key])
@@ -782,11 +822,12 @@ class Evaluator:
         exact, head = self.exact_head, self.head_variant()
         sizes = _window_tokens(windows)
         missing = {k: n for k, n in sizes.items()
-                   if exact and self.references.load(k, head) is None}
+                   if exact and self.references.load(k, head, len(ids[k]) - 1) is None}
         tracker = _Progress(progress, sizes, before=(side := sum(missing.values())))
         if missing:
             def built() -> set[str]:
-                return {k for k in missing if self.references.load(k, head) is not None}
+                return {k for k in missing
+                        if self.references.load(k, head, len(ids[k]) - 1) is not None}
 
             # All claimed at once: one swap to the FP weights and back. Their FP
             # forwards are on the bar; what another process built counts as done.
@@ -815,7 +856,16 @@ class Evaluator:
                             swap: Swap | None, tracker: _Progress) -> None:
         windows = [w for key in keyed for w in self._windows(key, ids[key])]
         pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
-        sides = {key: self.references.load(key, head) for key in keyed} if exact else {}
+        sides = {key: self.references.load(key, head, len(ids[key]) - 1)
+                 for key in keyed} if exact else {}
+        if lost := [key for key, side in sides.items() if side is None]:  # removed meanwhile
+            self._build_references({key: ids[key] for key in lost}, head, swap, tracker)
+            sides.update({key: self.references.load(key, head, len(ids[key]) - 1)
+                          for key in lost})
+            if gone := [key for key in lost if sides[key] is None]:
+                raise QuantfairError(f"the FP reference of {len(gone)} unit(s) left the "
+                                     f"results cache {self.references.folder} as it was "
+                                     "written: is another job clearing it?")
         statistics: dict[str, list[_WindowStatistics]] = {k: [] for k in keyed}
         for batch in self._batches(windows):
             if not exact and swap is not None:

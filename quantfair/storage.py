@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -174,20 +175,36 @@ def atomic_write(path: Path, data: bytes) -> None:
 def shared_json(path: Path, compute: Callable[[], object]) -> object:
     """The JSON value stored at `path`, computed by one process for all: the first to take
     the file's lock computes and stores it, the others wait for it and read it (a stored
-    value needs no lock, so reads work in a read-only cache). Raises QuantfairError when the
-    cache cannot be written."""
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads(path.read_text())
+    value needs no lock, so reads work in a read-only cache). The file keeps the value's
+    SHA-256 beside it: one edited, truncated or not of this form is computed again. Raises
+    QuantfairError when the cache cannot be written."""
+    def stored() -> object:
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads(path.read_text())
+            if isinstance(kept, dict) and kept.get("sha256") == _json_digest(kept.get("value")):
+                return kept["value"]
+        return _MISSING
+
+    if (value := stored()) is not _MISSING:
+        return value
     with cache_writes(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(path.with_name(f".{path.name}.lock"))
         lock.acquire()
     try:
-        with contextlib.suppress(OSError, ValueError):  # stored while this one waited
-            return json.loads(path.read_text())
+        if (value := stored()) is not _MISSING:  # stored while this one waited
+            return value
         value = compute()
         with cache_writes(path.parent):
-            atomic_write(path, json.dumps(value).encode())
+            atomic_write(path, json.dumps({"value": value,
+                                           "sha256": _json_digest(value)}).encode())
         return value
     finally:
         lock.release()
+
+
+_MISSING = object()
+
+
+def _json_digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

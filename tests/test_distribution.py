@@ -196,6 +196,50 @@ def test_kld_does_not_depend_on_unit_order(tmp_path):
     assert ordered.kld_percentiles() == shuffled.kld_percentiles()
 
 
+def test_an_fp_reference_removed_or_edited_in_the_cache_is_built_again(tmp_path,
+                                                                         monkeypatch):
+    """A cleanup job deleting the FP side while a run used it crashed the run (an
+    AttributeError on None); a side edited in place (a valid file with other numbers) gave
+    other KL divergences, which then entered the results cache."""
+    import shutil
+
+    loaded = load_model("tiny-gpt2")
+    bank = WeightBank(loaded.model)
+    texts = [t[:60] for t in load_corpus().select(["en", "he"]).texts["he"].values()][:3]
+    scheme = QuantScheme.parse("int4")
+
+    def measure(folder: str, meddle=None):
+        bank.restore()
+        evaluator = Evaluator(loaded, ResultCache(tmp_path / folder))
+        evaluator.evaluate_distribution("fp", texts)
+        bank.apply(scheme)
+        swap = Swap(bank.restore, lambda: bank.apply(scheme))
+        evaluator.evaluate_distribution("q", texts, swap)  # the FP side for int4's head
+        if meddle:
+            meddle(evaluator.references.folder)
+        return evaluator.evaluate_distribution("q again", texts, swap)
+
+    clean = measure("clean")
+
+    def halve(folder: Path) -> None:
+        for path in folder.glob("*.base.npz"):
+            with np.load(path) as stored:
+                kept = {name: stored[name] for name in stored.files}
+            kept["plogp"] = kept["plogp"] * 0.5
+            with open(path, "wb") as file:
+                np.savez(file, **kept)
+
+    assert measure("edited", halve) == clean
+    original = Evaluator._distribution_units
+
+    def deleting(self, *args, **kwargs):  # between the check for the FP side and its use
+        shutil.rmtree(self.references.folder)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "_distribution_units", deleting)
+    assert measure("deleted") == clean
+
+
 def synthetic(kld_en: float) -> Measurement:
     """Two languages x two units with hand-computable statistics."""
     tokens = np.array([[10.0, 10.0], [20.0, 20.0]])

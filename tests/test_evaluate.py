@@ -312,3 +312,30 @@ def test_the_run_converting_the_embedded_model_keys_results_as_later_runs_do(
     assert evaluate.model_identity(converting) == evaluate.model_identity(later)
     assert (evaluate.tokenizer_identity(converting.tokenizer)
             == evaluate.tokenizer_identity(later.tokenizer))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_a_wait_for_a_claim_names_a_holder_that_is_stopped(tmp_path):
+    """A process stopped with Ctrl-Z or SIGSTOP holds its claims: the others waited forever
+    saying only "still waiting"."""
+    import signal
+    import subprocess
+    import time
+
+    from filelock import FileLock
+
+    lock = FileLock(tmp_path / "00.lock")
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "00.lock.pid").write_text(str(holder.pid))
+        assert evaluate._stopped_holder(lock) == ""  # working
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        assert evaluate._stopped_holder(lock) == (
+            f"; the process holding it (pid {holder.pid}) is stopped: resume it (kill -CONT "
+            f"{holder.pid}) or end it")
+        evaluate._note_holder(lock)  # this process takes it
+        assert evaluate._stopped_holder(lock) == ""
+    finally:
+        holder.kill()
+        holder.wait()

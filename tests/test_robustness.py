@@ -1061,6 +1061,21 @@ def test_a_shared_fact_is_computed_by_one_of_two_processes(tmp_path):
     assert outputs[0][0] == outputs[1][0]
 
 
+@pytest.mark.parametrize("damage", [
+    lambda kept: {**kept, "value": {"sparsity": 0.9}},  # a number edited: its digest differs
+    lambda kept: None, lambda kept: [], lambda kept: {"sparsity": 0.1}])  # not of this form
+def test_a_shared_fact_edited_or_malformed_is_computed_again(tmp_path, damage):
+    """The layer statistics' file once flipped an audit when a number in it was edited, and
+    crashed the run's end (no report) when it held `null`."""
+    from quantfair.storage import shared_json
+
+    path = tmp_path / "fact.json"
+    assert shared_json(path, lambda: {"sparsity": 0.1}) == {"sparsity": 0.1}
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    assert shared_json(path, lambda: {"sparsity": 0.2}) == {"sparsity": 0.2}
+    assert shared_json(path, lambda: {"sparsity": 0.3}) == {"sparsity": 0.2}  # kept, once whole
+
+
 # -- property tests: corpus loader, scheme and strategy parsers -------------------------------
 
 ODD = ["\u2028", "\u2029", "\u0085", "\u000b", "\u000c", "\r", "\n", "\r\n", "e\u0301", "\ufeff",
