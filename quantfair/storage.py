@@ -181,7 +181,7 @@ def shared_json(path: Path, compute: Callable[[], object]) -> object:
     def stored() -> object:
         with contextlib.suppress(OSError, ValueError):
             kept = json.loads(path.read_text())
-            if isinstance(kept, dict) and kept.get("sha256") == _json_digest(kept.get("value")):
+            if isinstance(kept, dict) and kept.get("sha256") == json_digest(kept.get("value")):
                 return kept["value"]
         return _MISSING
 
@@ -197,7 +197,7 @@ def shared_json(path: Path, compute: Callable[[], object]) -> object:
         value = compute()
         with cache_writes(path.parent):
             atomic_write(path, json.dumps({"value": value,
-                                           "sha256": _json_digest(value)}).encode())
+                                           "sha256": json_digest(value)}).encode())
         return value
     finally:
         lock.release()
@@ -206,5 +206,7 @@ def shared_json(path: Path, compute: Callable[[], object]) -> object:
 _MISSING = object()
 
 
-def _json_digest(value: object) -> str:
+def json_digest(value: object) -> str:
+    """SHA-256 (hex) of a JSON value, its keys sorted: what a cached file keeps beside its
+    content, so one edited in place is told from one written whole."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

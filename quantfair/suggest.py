@@ -65,7 +65,6 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -82,7 +81,7 @@ from quantfair.metrics import paired_difference
 from quantfair.report import interval_text, searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
-from quantfair.storage import atomic_write, cache_writes, json_safe
+from quantfair.storage import atomic_write, cache_writes, json_digest, json_safe
 from quantfair.text import plural
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
@@ -711,8 +710,7 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
 def _checksum(data: dict) -> str:
     """Of a suggestion's fields but its checksum: a file edited or damaged in place is not
     taken for a search's result."""
-    payload = json.dumps({k: v for k, v in data.items() if k != "checksum"}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_digest({k: v for k, v in data.items() if k != "checksum"})[:16]
 
 
 def no_suggestion(session: AuditSession) -> UsageError:
