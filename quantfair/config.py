@@ -405,8 +405,10 @@ class RunConfig:
                              "writes none)")
         if report:
             given = path = Path(report)
-            if path.suffix.lower() != ".json":  # y.JSON stays as given; y and y.html get .json
+            if path.suffix.lower() == ".html":  # r.html names the pair r.json and r.html
                 path = path.with_suffix(".json")
+            elif path.suffix.lower() != ".json":  # r.JSON stays; r and release-1.2 get .json added
+                path = path.with_name(path.name + ".json")
             if report.endswith(("/", os.sep)) or given.is_dir() or path.is_dir():
                 raise UsageError(f"--report {report} is a directory; give the path of a .json "
                                  "file")

@@ -1018,3 +1018,14 @@ def test_a_keyword_selects_audits_by_their_names_not_by_an_unread_marker(pyteste
     grouped = run_here(pytester, BASELINE, "--quantfair-model", "tiny-gpt2", "--collect-only",
                        "-q", "-k", "group", "-n", "2", "--dist", "loadgroup")
     assert grouped.ret == pytest.ExitCode.OK  # under loadgroup the marker is there to read
+
+
+@pytest.mark.parametrize("given, written", [
+    ("r", "r.json"), ("r.html", "r.json"), ("r.JSON", "r.JSON"),
+    ("release-1.2", "release-1.2.json"), ("r.log", "r.log.json"),
+])
+def test_a_report_path_keeps_its_own_name_and_gets_json_added(tmp_path, given, written):
+    from quantfair.config import RunConfig
+
+    config = RunConfig.build({"model": "tiny-gpt2", "report": str(tmp_path / given)}.get)
+    assert config.report == tmp_path / written  # never a neighbour's name: release-1.json
