@@ -68,6 +68,7 @@ class QuantfairRun:
         self.froze = False  # this run froze the process's heap (`context`)
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
+        self.others_failed: set[str] = set()  # tests that are not audits, failed or errored
         self.internal_errors: list[str] = []  # pytest's INTERNALERROR, a worker's included
         self.collect_errors: dict[str, str] = {}  # error line -> where (a file not collected)
         self.payloads: list[dict] = []  # evidence published by each process
@@ -229,6 +230,8 @@ class QuantfairRun:
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         evidence = getattr(report, "quantfair", None)
         if evidence is None and not crashed:
+            if report.failed:
+                self.others_failed.add(report.nodeid)
             return
         entry = self.audits.setdefault(report.nodeid, {"nodeid": report.nodeid})
         entry.update(evidence or {})
@@ -574,6 +577,11 @@ class QuantfairRun:
         if not self.config.strict and "--strict" in self.pytest_config.invocation_params.args:
             tr.write_line("note: --strict is pytest's own option (strict markers, xfail, ...): "
                           "inconclusive audits fail the run only with --quantfair-strict")
+        if self.others_failed:
+            first = sorted(self.others_failed)[0]
+            tr.write_line(f"note: {len(self.others_failed)} test(s) that are not audits failed "
+                          f"({first}{', ...' if len(self.others_failed) > 1 else ''}): pytest's "
+                          "exit code counts them, the verdict is the audits' alone", yellow=True)
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):

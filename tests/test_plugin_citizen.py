@@ -1029,3 +1029,16 @@ def test_a_report_path_keeps_its_own_name_and_gets_json_added(tmp_path, given, w
 
     config = RunConfig.build({"model": "tiny-gpt2", "report": str(tmp_path / given)}.get)
     assert config.report == tmp_path / written  # never a neighbour's name: release-1.json
+
+
+def test_a_failing_test_that_is_no_audit_is_named_beside_a_passed_verdict(pytester):
+    """pytest exits 1 for the project's own failing test; the summary says why, though every
+    audit passed."""
+    pytester.makepyfile(test_theirs="def test_theirs():\n    assert False\n")
+    result = run(pytester, BASELINE, "test_theirs.py", "--quantfair-model", "tiny-gpt2",
+                 "-k", "robustness or theirs", "--quantfair-report", "r.json")
+    assert result.ret == 1
+    assert load(pytester.path / "r.json")["verdict"] == "passed"
+    result.stdout.fnmatch_lines(["note: 1 test(s) that are not audits failed "
+                                 "(*test_theirs): pytest's exit code counts "
+                                 "them, the verdict is the audits' alone"])
