@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import platform
 import re
@@ -88,7 +89,8 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "ppl_fp": perplexity(nll_fp, tokens), "ppl_q": perplexity(nll_q, tokens),
             "bpb_fp": bits_per_byte(nll_fp, n_bytes), "bpb_q": bits_per_byte(nll_q, n_bytes),
             "fertility": fertility(tokens, chars),
-            "degradation": degradation[lang].value,
+            "degradation": degradation[lang].value, "degradation_low": degradation[lang].low,
+            "degradation_high": degradation[lang].high,
             "seed_disparity": seed[lang].value, "seed_disparity_low": seed[lang].low,
             "seed_disparity_high": seed[lang].high,
             "disparity": disparity[lang].value, "disparity_low": disparity[lang].low,
@@ -265,7 +267,15 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
             (by_degradation if a is not None and b is not None else unbounded).append(key)
         entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None}
-        if a is not None and b is not None:
+        if a is not None and b is not None and quantity == "degradation" and _noise(before):
+            # no relative growth from a damage the baseline could not tell from 0: damage the
+            # run measures (its CI above 0) is the regression, whatever the tolerance
+            if (row.get("degradation_low") or 0) > 0:
+                was, now, low, high = _values(quantity, a, b, row["degradation_low"],
+                                              row["degradation_high"])
+                regressions.append(f"{quantity} {key}: {was} (within noise) -> {now} "
+                                   f"[95% CI {low}, {high}]")
+        elif a is not None and b is not None:
             entry["change"] = (b - a) / abs(a) if a else None
             # growth within float noise (summation order, thread count) is none at any tolerance
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
@@ -364,14 +374,26 @@ COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "language
 
 
 def _values(quantity: str, *values: float) -> tuple[str, ...]:
-    """`values` printed (a degradation as a percentage) with the fewest digits, 4 or more,
-    that tell them apart."""
-    for digits in range(4, 13):
-        texts = tuple(f"{100 * v:.{digits - 3}f}%" if quantity == "degradation"
-                      else f"{v:.{digits}g}" for v in values)
-        if len(set(texts)) == len(texts):
+    """`values` printed with the fewest digits that tell them apart: 4 significant digits or
+    more, a degradation as a percentage with 1 decimal or more and 2 significant digits or
+    more (-0.010%, not -0.0%)."""
+    def percent(v: float, extra: int) -> str:
+        magnitude = math.floor(math.log10(abs(100 * v))) if v else 0
+        return f"{100 * v:.{max(1, 1 - magnitude) + extra}f}%"
+
+    for extra in range(9):
+        texts = tuple(percent(v, extra) if quantity == "degradation"
+                      else f"{v:.{4 + extra}g}" for v in values)
+        if len(set(texts)) == len(set(values)):
             break
     return texts
+
+
+def _noise(row: dict) -> bool:
+    """Whether a row's degradation is within noise: its 95% CI includes 0 (False where the
+    row keeps no CI: an older report, or too few units for one)."""
+    low, high = row.get("degradation_low"), row.get("degradation_high")
+    return low is not None and high is not None and low <= 0 <= high
 
 
 def _disparity(row: dict) -> float | None:

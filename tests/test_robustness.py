@@ -795,6 +795,29 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     assert "-&gt; undefined</li>" in html
 
 
+def test_a_degradation_within_noise_in_the_baseline_regresses_only_to_measured_damage(
+        report_pair):
+    """A baseline's damage whose CI includes 0 has no relative growth: -0.01% -> 0.2% is noise
+    at any tolerance (a Q8 release gated against the previous one), damage the run can tell
+    from 0 is a regression; a row without a CI (an older report) keeps the relative rule."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+
+    def english(degradation: float, low: float | None, high: float | None) -> dict:
+        return {**report, "measurements": [
+            {**r, "degradation": degradation, "degradation_low": low, "degradation_high": high}
+            if r["language"] == "en" else r for r in report["measurements"]]}
+
+    noise = english(-0.0001, -0.0015, 0.0017)
+    assert compare(noise, english(0.002, -0.001, 0.005), tolerance=10)["regressions"] == []
+    assert compare(noise, english(0.011, 0.002, 0.02))["regressions"] == [
+        "degradation int4/none/medium/en: -0.010% (within noise) -> 1.1% "
+        "[95% CI 0.20%, 2.0%]"]
+    assert compare(english(0.01, 0.002, 0.02), english(0.0115, 0.003, 0.02))["regressions"]
+    assert compare(english(0.0001, None, None), english(0.002, None, None))["regressions"]
+
+
 def test_a_baseline_in_which_nothing_could_regress_is_a_gate_not_checked(tmp_path,
                                                                          report_pair):
     """Disparities undefined without a degradation beside them, and no audit that passed:
