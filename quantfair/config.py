@@ -264,7 +264,8 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
             raise UsageError(f"--{name} {text}: an empty entry; give e.g. 2.0,he=3.0")
         language, _, number = entry.rpartition("=")
         language = language.strip() or "*"
-        value = number_option(name, number)
+        # a degradation is a relative change, shown as a percentage: 0.5 or 50%
+        value = (fraction_option if name == "max-degradation" else number_option)(name, number)
         if language == "*" and "*" in bound:
             raise UsageError(f"--{name} {text}: two maxima for every language; give one, and "
                              "LANG=VALUE for a language, e.g. 2.0,he=3.0")
@@ -304,11 +305,21 @@ def number_option(name: str, text: str) -> float:
     return value
 
 
-def tolerance_option(text: str) -> float:
-    """--tolerance as a fraction: 0.1 or 10%."""
+def fraction_option(name: str, text: str) -> float:
+    """A relative quantity as a fraction: `0.1` or `10%` -> 0.1. A bare number above 1 is a
+    UsageError: `5` would be 500%, where 5% is what is usually meant."""
     percent = text.strip().endswith("%")
-    value = number_option("tolerance", text.strip().removesuffix("%") if percent else text)
+    value = number_option(name, text.strip().removesuffix("%") if percent else text)
+    if not percent and value > 1:
+        raise UsageError(f"--{name} {text.strip()}: a bare number is a fraction ({text.strip()} "
+                         f"is {100 * value:g}%); write {text.strip()}% for {text.strip()} percent, "
+                         f"or {100 * value:g}% if that is meant")
     return value / 100 if percent else value
+
+
+def tolerance_option(text: str) -> float:
+    """--tolerance as a fraction: 0.1 or 10% (`fraction_option`)."""
+    return fraction_option("tolerance", text)
 
 
 def _dtype(text: str | None) -> str:

@@ -571,7 +571,7 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     assert load(path)["verdict"] == "incomplete"
     release = str(AUDITS / "test_release.py")  # one gate ran, the other was deselected
     one = run_here(pytester, release, "-k", "not degradation", *given,
-                   "--quantfair-max-disparity", "100", "--quantfair-max-degradation", "100")
+                   "--quantfair-max-disparity", "100", "--quantfair-max-degradation", "10000%")
     assert one.ret == pytest.ExitCode.INTERNAL_ERROR
     one.stdout.fnmatch_lines(["INCOMPLETE: --quantfair-max-degradation given, but no release "
                               "audit of it ran*"])
@@ -590,7 +590,7 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     failing = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation",
                                            "100,de=0")
     assert failing.ret == pytest.ExitCode.TESTS_FAILED  # de fails: en and he are recorded
-    retried = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation", "100",
+    retried = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation", "10000%",
                                            "--lf")
     assert retried.ret == pytest.ExitCode.INTERNAL_ERROR
     retried.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran for 1 "
@@ -598,15 +598,15 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
                                   "left out by --lf): it was not checked for every language "
                                   "it bounds"])
     assert load(path)["verdict"] == "incomplete"
-    deselected = run_here(pytester, *args, "--quantfair-max-degradation", "100", "-k",
+    deselected = run_here(pytester, *args, "--quantfair-max-degradation", "10000%", "-k",
                           "not (release_degradation and he)")
     assert deselected.ret == pytest.ExitCode.INTERNAL_ERROR
     deselected.stdout.fnmatch_lines(["INCOMPLETE: the release gate release_degradation ran "
                                      "for 2 of its 3 cases, not for none-he*"])
-    assert run_here(pytester, *args, "--quantfair-max-degradation", "100").ret == 0
+    assert run_here(pytester, *args, "--quantfair-max-degradation", "10000%").ret == 0
     # the languages a maximum bounds all decided: a case without one is not left out
     nodeid = f"{Path(release).relative_to(AUDITS.parents[1])}::test_release_degradation"
-    assert run_here(pytester, *args, "--quantfair-max-degradation", "he=100", "--deselect",
+    assert run_here(pytester, *args, "--quantfair-max-degradation", "he=10000%", "--deselect",
                     f"{nodeid}[none-de]").ret == pytest.ExitCode.OK
     # a serial run stopped by -x: a failed gate (exit 1), its other cases never run, not left out
     stopped = run_here(pytester, *args, "--quantfair-max-degradation", "0", "-x")

@@ -738,6 +738,24 @@ def test_the_tolerance_is_a_fraction_or_a_percentage(tmp_path, report_pair, give
     assert f"beyond {100 * tolerance:g}%" in printed.stdout
 
 
+@pytest.mark.parametrize("option, given", [("tolerance", "10"), ("max-degradation", "5"),
+                                           ("max-degradation", "0.05,he=5")])
+def test_a_bare_relative_number_above_1_is_refused_as_a_likely_percentage(option, given):
+    """`--tolerance 10` was 1000%: a gate that never fails, without a word."""
+    from quantfair.config import RunConfig
+
+    with pytest.raises(UsageError, match=r"a bare number is a fraction \(\d+ is \d+00%\); "
+                                         r"write \d+% for \d+ percent"):
+        RunConfig.build({"model": "tiny-gpt2", "languages": "en,he", option: given}.get)
+
+
+def test_a_degradation_maximum_is_a_fraction_or_a_percentage():
+    from quantfair.config import RunConfig
+
+    given = {"model": "tiny-gpt2", "languages": "en,he", "max-degradation": "50%,he=0.8"}
+    assert RunConfig.build(given.get).release_bounds["degradation"] == {"*": 0.5, "he": 0.8}
+
+
 def test_a_report_compared_with_itself_says_so(report_pair):
     old, _ = report_pair
     printed = run_cli("report", str(old), str(old))
