@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -134,8 +135,10 @@ def _gguf_header(path: Path) -> dict:
 
     The reader parses every metadata field in Python (seconds for a tokenizer's vocabulary,
     in every process that reads the file), so the result is kept under the cache, keyed by
-    the file's resolved path, size and modification time. Raises QuantfairError when the
-    file cannot be parsed (damaged or not a GGUF) or the cache cannot be written."""
+    the sha256 of the file's bytes (`file_sha256`: a file rewritten with its old size and
+    modification time, as `cp -p` or a reproducible build leave it, is read again). Raises
+    QuantfairError when the file cannot be read or parsed (damaged or not a GGUF) or the
+    cache cannot be written."""
     from gguf import GGUFReader
 
     def parse() -> dict:
@@ -143,9 +146,6 @@ def _gguf_header(path: Path) -> dict:
             reader = GGUFReader(path)
             field = reader.fields.get("general.architecture")
             architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
-        except PermissionError:
-            raise QuantfairError(f"{path}: permission denied (not readable by this user)"
-                                 ) from None
         except Exception as error:  # any parse failure of these foreign bytes means damaged
             raise QuantfairError(
                 f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "
@@ -156,8 +156,13 @@ def _gguf_header(path: Path) -> dict:
                                      "end": int(t.data_offset) + int(t.n_bytes)}
                             for t in reader.tensors}}
 
-    key = hashlib.sha256(f"{path.resolve()}|{file_stamp(path)}".encode())
-    return shared_json(cache_root() / "gguf-headers" / f"{key.hexdigest()[:24]}.json", parse)
+    try:
+        key = file_sha256(path)
+    except PermissionError:
+        raise QuantfairError(f"{path}: permission denied (not readable by this user)") from None
+    except OSError as error:
+        raise QuantfairError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return shared_json(cache_root() / "gguf-headers" / f"{key[:24]}.json", parse)
 
 
 def gguf_tensors(path: Path) -> dict[str, dict]:
@@ -318,9 +323,15 @@ def _embedded(spec: str) -> LoadedModel:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes (hex), as `sha256sum` prints it."""
+    """The sha256 of a file's bytes (hex), as `sha256sum` prints it; read once per process
+    while the file keeps its size and modification time. Raises OSError."""
+    return _sha256(str(path.resolve()), file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, stamp: str) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()

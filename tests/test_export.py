@@ -525,3 +525,21 @@ def test_a_gguf_of_another_architecture_than_a_hugging_face_model_is_refused_fir
     err = capsys.readouterr().err
     assert "does not pair with tiny-gpt2: it has architecture gemma3, the model's is gpt2" in err
     assert "AssertionError" in err  # tiny-gemma3: not refused by the header, so converted
+
+
+def test_a_gguf_rewritten_with_its_old_size_and_time_is_read_again(f32_gguf, tmp_path):
+    """`cp -p`, tar and reproducible builds keep a file's size and modification time: the
+    tensor types (and so overheads) come from the bytes now there, not the file before."""
+    from quantfair import models
+
+    path, other = tmp_path / "release.gguf", tmp_path / "l1.gguf"
+    _export(f32_gguf, path)  # layer 0 kept in F32
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "L1",
+                 "--languages", "en", "--units", "1", "-o", str(other)]) == 0
+    assert models.gguf_tensors(path)["blk.0.attn_qkv.weight"]["type"] == "F32"
+    times = os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns
+    assert os.path.getsize(other) == os.path.getsize(path)
+    other.replace(path)
+    os.utime(path, ns=times)
+    models._sha256.cache_clear()  # another process: nothing remembered but the cache on disk
+    assert models.gguf_tensors(path)["blk.0.attn_qkv.weight"]["type"] == "Q5_0"
