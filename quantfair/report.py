@@ -540,9 +540,14 @@ def load_report(path: str | Path) -> dict:
     declared = report.get("schema") if isinstance(report, dict) else None
     if declared not in SCHEMA_FILES:
         if isinstance(declared, str) and declared.startswith("quantfair-report/"):
+            number = declared.removeprefix("quantfair-report/")
+            newest = max(int(name.rpartition("/")[2]) for name in SCHEMA_FILES)
+            newer = number.isdigit() and int(number) > newest
             raise QuantfairError(
                 f"{path} is in report format {declared}; this quantfair reads "
-                f"{', '.join(SCHEMA_FILES)}: re-run the audit to get a comparable report")
+                f"{', '.join(SCHEMA_FILES)}: " + (
+                    "a newer quantfair wrote it; upgrade quantfair to read it" if newer
+                    else "re-run the audit to get a comparable report"))
         raise QuantfairError(f"{path} is not a quantfair report ({SCHEMA})")
     error = best_match(_validator(declared).iter_errors(report))
     if error is not None:

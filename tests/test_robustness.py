@@ -487,6 +487,8 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
+    (lambda r: r.update(schema="quantfair-report/5"), "a newer quantfair wrote it; upgrade "
+                                                      "quantfair to read it"),
     (lambda r: r["measurements"].append(dict(r["measurements"][-1])),
      "measurement int4/none/medium/he appears 2 times"),
     (lambda r: r["audits"].append({**r["audits"][0], "outcome": "failed"}),  # which would count?
