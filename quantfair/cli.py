@@ -503,6 +503,8 @@ def _render_report(args: argparse.Namespace) -> int:
     if not args.output:  # beside the report, which exists: its folder may still be read-only
         check_folder_writable(output.parent, f"the HTML report {output}")
     _write(output, render_html(report))
+    # a page rendered is the command's success (exit 0): the verdict is said, not gated on
+    print(f"verdict: {report['verdict']}: {report['summary']['headline']}")
     return 0
 
 

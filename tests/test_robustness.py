@@ -730,6 +730,7 @@ def test_a_report_rendered_again_takes_its_verdict_counts_and_headline_from_its_
     assert printed.returncode == 0, printed.stderr
     html = (tmp_path / "again.html").read_text()
     assert "All good" not in html and "FAILED &mdash;" in html and "11 passed" not in html
+    assert "verdict: failed: " in printed.stdout and "All good" not in printed.stdout
 
 
 @pytest.mark.parametrize("given, tolerance", [("0.25", 0.25), ("25%", 0.25)])
