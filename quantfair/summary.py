@@ -157,9 +157,12 @@ def summarize(report: dict) -> dict:
             f"{gate(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
             f"bound {a['bound']}" for a in over) + ".")
     if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
+        noise = any("within noise" in (a.get("detail") or "") for a in unmeasured)
         sentences.append("Release gates failed as not measurable: " + "; ".join(
             f"{gate(a)} ({(a.get('detail') or 'no value').removeprefix('undefined: ')})"
-            for a in unmeasured) + ".")
+            for a in unmeasured) + "." + (
+            " More units (--units) may tell English's damage from noise."
+            if noise and settings.get("units") else ""))
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")

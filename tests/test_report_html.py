@@ -578,7 +578,11 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
         "Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
     assert summarize(report(gates))["sentences"][2] == (
         "Release gates failed as not measurable: German (de) disparity (en loss change is "
-        "within noise (95% CI includes 0)).")
+        "within noise (95% CI includes 0)). More units (--units) may tell English's damage "
+        "from noise.")
+    every_unit = report(gates)
+    every_unit["settings"]["units"] = None  # all of them: no more to give
+    assert summarize(every_unit)["sentences"][2].endswith("(95% CI includes 0)).")
     assert not any("release maxima" in s for s in summarize(report())["sentences"])
 
 
