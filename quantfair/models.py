@@ -127,6 +127,9 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+UNREADABLE = "{path}: permission denied (not readable by this user)"
+
+
 def _gguf_header(path: Path) -> dict:
     """What quantfair reads of a GGUF file's header: `architecture` (its
     `general.architecture`, e.g. "llama"; "" where absent) and `tensors`, each tensor by name:
@@ -146,6 +149,8 @@ def _gguf_header(path: Path) -> dict:
             reader = GGUFReader(path)
             field = reader.fields.get("general.architecture")
             architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
+        except PermissionError:
+            raise QuantfairError(UNREADABLE.format(path=path)) from None
         except Exception as error:  # any parse failure of these foreign bytes means damaged
             raise QuantfairError(
                 f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "
@@ -159,7 +164,7 @@ def _gguf_header(path: Path) -> dict:
     try:
         key = file_sha256(path)
     except PermissionError:
-        raise QuantfairError(f"{path}: permission denied (not readable by this user)") from None
+        raise QuantfairError(UNREADABLE.format(path=path)) from None
     except OSError as error:
         raise QuantfairError(f"{path}: cannot be read ({error.strerror or error})") from None
     return shared_json(cache_root() / "gguf-headers" / f"{key[:24]}.json", parse)

@@ -588,7 +588,7 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
             "--quantfair-report", str(path))
     cache = ("-p", "no:hypothesispytest", "-o", f"cache_dir={pytester.path / 'cache'}")
     failing = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation",
-                                           "100,de=0")
+                                           "10000%,de=0")
     assert failing.ret == pytest.ExitCode.TESTS_FAILED  # de fails: en and he are recorded
     retried = pytester.runpytest_inprocess(*cache, *args, "--quantfair-max-degradation", "10000%",
                                            "--lf")
