@@ -255,9 +255,10 @@ class Search:
 
     def allowed(self, score: Score) -> bool:
         """Neither English's damage nor the languages' damage may grow above the unprotected
-        model's: a protection may not buy fairness by making the model worse."""
-        return (score.english <= self.none.english * (1 + 1e-9)
-                and score.damage <= self.floor.damage * (1 + 1e-9))
+        model's by more than float noise (`_lower`): a protection may not buy fairness by
+        making the model worse."""
+        return (not _lower(self.none.english, score.english)
+                and not _lower(self.floor.damage, score.damage))
 
     def repairs(self, score: Score) -> bool:
         """Whether what `score` measured removes at least `REPAIR` of the unprotected model's

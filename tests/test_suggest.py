@@ -707,3 +707,18 @@ def test_a_planted_super_weight_is_found_first_at_a_budget_of_one_weight():
     none, kept = (next(s.damage for s in result.trace if s.strategy == strategy)
                   for strategy in ("none", result.strategy))
     assert kept < 0.5 * none  # it dominated the damage
+
+
+def test_a_damage_equal_to_none_within_float_noise_is_allowed():
+    """Norms a scheme leaves alone change no weight: their damage differs from `none`'s in the
+    ninth digit (batch composition), which is no rise."""
+    from types import SimpleNamespace
+
+    from quantfair.suggest import Score, Search
+
+    none = Score(value=0.52, mean=0.2, worst=0.32, damage=2.9055090021158563, english=363.15)
+    search = SimpleNamespace(none=none, floor=none)
+    noise = replace(none, damage=2.905509009035894, english=363.15 * (1 + 1e-8))
+    assert Search.allowed(search, noise)
+    assert not Search.allowed(search, replace(none, damage=none.damage * 1.001))
+    assert not Search.allowed(search, replace(none, english=none.english * 1.001))
