@@ -235,9 +235,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         print(f"note: disparities compare languages with {REFERENCE}, alone here: give another "
               "in --languages")
     if len(session.corpus.units) < FEW_UNITS:
-        print(f"note: with {units_text(len(session.corpus.units))} per language the bootstrap "
-              f"CIs understate the uncertainty (no exact paired test reaches 5% below "
-              f"{FEW_UNITS} units): give more --units")
+        print(f"note: {_few_units_note(len(session.corpus.units))}")
     for record in records:
         print()
         print(_distribution_block(record))
@@ -312,6 +310,13 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
     if not Path(path).parent.is_dir():
         raise UsageError(f"{flag} {path}: no directory {Path(path).parent}")
     check_folder_writable(Path(path).parent, flag)
+
+
+def _few_units_note(units: int) -> str:
+    """Why decisions on fewer than `FEW_UNITS` units per language are machinery checks."""
+    return (f"with {units_text(units)} per language the bootstrap CIs understate the "
+            f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): give more "
+            "--units")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
@@ -400,6 +405,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")
+        if len(result.audit_units) < FEW_UNITS:
+            print(f"note: {_few_units_note(len(result.audit_units))}")
     if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -518,6 +518,9 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
     assert not re.search(r"^\| seed recipe \* ", printed, re.MULTILINE)
     assert "* keeps single entries, which a file cannot store under gguf:Q8_0" in printed
     assert "significantly fairer than no protection (it - none, 95% CI below 0): mean:" in printed
+    # as measure and the audits say: 4 audit units decide nothing at 5%
+    assert "note: with 4 units per language the bootstrap CIs understate the uncertainty" \
+        in printed
     pool = json.loads(path.read_text())["confirmation_units"]  # named, as an overlap error will
     assert pool and f"held-out units per language ({', '.join(pool)}; " in printed
     report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "gguf:Q8_0"},
