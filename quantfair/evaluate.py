@@ -171,9 +171,12 @@ class ResultCache:
         except OSError:
             size = 0
         read_to = self._read_to.get(config, 0)
-        if size < read_to:  # not the file read before: read it whole
-            del self.memory[config]
-            return self.load(config)
+        if size < read_to:  # not the file read before (the cache cleared): read it whole,
+            kept = self.memory.pop(config)  # keeping what this process has (the same key:
+            known = self.load(config)  # the same model, scheme and text, so the same result)
+            for key, result in kept.items():
+                known.setdefault(key, result)
+            return known
         if size > read_to:
             found, self._read_to[config] = self._read(config, read_to)
             known.update(found)

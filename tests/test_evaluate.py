@@ -339,3 +339,20 @@ def test_a_wait_for_a_claim_names_a_holder_that_is_stopped(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_cache_cleared_mid_run_keeps_the_results_this_process_has(tmp_path):
+    """`rm -rf` of the cache while a run scores: its new file is shorter than the one read,
+    and the units scored before the clearing must not go missing (a KeyError of a whole
+    UDHR article ended `suggest`)."""
+    import shutil
+
+    from quantfair.evaluate import UnitResult
+
+    cache = ResultCache(tmp_path / "results")
+    cache.store("int4", {"a": UnitResult(1.0, 2, 3, 4), "b": UnitResult(5.0, 6, 7, 8)})
+    assert set(cache.refresh("int4")) == {"a", "b"}
+    shutil.rmtree(tmp_path / "results")
+    cache.store("int4", {"c": UnitResult(9.0, 1, 1, 1)})
+    assert set(cache.refresh("int4")) == {"a", "b", "c"}
+    assert set(cache.load("int4")) == {"a", "b", "c"}  # what `cached` reads
