@@ -13,6 +13,7 @@ The seed's names are aliases (see ALIASES).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import io
@@ -35,7 +36,7 @@ from quantfair.quantize import (
     WeightBank,
     has_element_masks,
 )
-from quantfair.storage import atomic_write, cache_writes
+from quantfair.storage import atomic_write
 from quantfair.strategy_syntax import (
     ALIASES,
     BLOCK_NAMES,
@@ -382,7 +383,8 @@ class StrategyResolver:
         np.savez(packed, **{name: np.zeros(0, np.uint8) if keep is True else
                             np.packbits(keep.flatten().cpu().numpy())
                             for name, keep in protection.items()})
-        with cache_writes(folder):
+        # a cache of what is selected again where missing: `inspect` runs without one
+        with contextlib.suppress(OSError):
             atomic_write(path, packed.getvalue())
         return protection
 

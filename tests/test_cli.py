@@ -112,6 +112,21 @@ def test_inspect_says_what_its_shares_are_of():
             "int4-g128-linear") in result.stdout
 
 
+def test_inspect_of_a_selector_runs_where_the_cache_cannot_be_written(monkeypatch, capsys):
+    """inspect needs no writable cache: a selection it cannot keep is made again next time."""
+    import errno
+
+    import quantfair.strategies
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(quantfair.strategies, "atomic_write", read_only)
+    # a share no other test selects: its masks are not on disk already
+    assert main(["inspect", "tiny-gpt2", "--strategy", "magnitude:4.321%"]) == 0
+    assert "| magnitude:4.321%" in capsys.readouterr().out
+
+
 def test_inspect_says_on_stderr_what_it_loads_and_computes():
     """An activation selector runs the model over calibration text first: minutes on a real
     model, which must not pass in silence."""
