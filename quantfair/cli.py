@@ -274,19 +274,28 @@ def _suggested(session, measured: bool = False) -> str:
     scheme, named on stderr; `measured`: with a warning where the session's units include
     those it was searched on. Raises UsageError when there is none."""
     from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
-    from quantfair.suggest import load_suggestion, no_suggestion, searched_units
+    from quantfair.suggest import (
+        load_suggestion,
+        no_suggestion,
+        other_corpus,
+        search_units_given,
+        searched_units,
+    )
 
     found = load_suggestion(session)
     if found is None:
         raise no_suggestion(session)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    if corpus := other_corpus(found, session):
+        print(f"quantfair: note: the suggestion was searched on another corpus ({corpus})",
+              file=sys.stderr)
     if others := unsearched_languages(found, session.corpus.languages):
         print(f"quantfair: warning: {OTHER_LANGUAGES}: {', '.join(others)}", file=sys.stderr)
-    if measured and (seen := searched_units(found, session.corpus.units)):
+    if measured and (seen := searched_units(found, session)):
         print(f"quantfair: warning: the suggestion was searched on {', '.join(seen)}, which "
-              "these units include: not a held-out measurement; give --units as in the "
-              "search", file=sys.stderr)
+              "these units include: not a held-out measurement; give "
+              f"{search_units_given(found)} as in the search", file=sys.stderr)
     return found["strategy"]
 
 

@@ -48,6 +48,7 @@ DEFAULT_TOLERANCE = 0.10  # relative growth of a disparity that counts as a regr
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Quantities a release gate can bound per language (--max-<quantity>, ini quantfair_max_...).
+SHIPPED_CORPUS = "udhr (shipped)"  # the corpus setting's name for the shipped one
 RELEASE_QUANTITIES = ("disparity", "kld_disparity", "degradation", "seed_disparity")
 
 
@@ -527,7 +528,7 @@ class RunConfig:
         return {"model": self.model, "random_weights": self.random_weights,
                 "scheme": self.scheme.name, "quantized": self.quantized,
                 "languages": list(self.languages) if self.languages else None,
-                "units": self.units, "corpus": self.corpus or "udhr (shipped)",
+                "units": self.units, "corpus": self.corpus or SHIPPED_CORPUS,
                 "device": self.device or "auto", "dtype": self.dtype,
                 "corpus_digest": self.corpus_digest,
                 **({"strategy": self.strategy} if self.strategy else {}),

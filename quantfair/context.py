@@ -73,15 +73,16 @@ class AuditContext:
             raise NotApplicable("no --strategy given to audit")
         if self.candidate != "suggested":
             return self.candidate
-        from quantfair.suggest import no_suggestion, searched_units
+        from quantfair.suggest import no_suggestion, search_units_given, searched_units
 
         found = self.suggestion()
         if found is None:
             raise no_suggestion(self.session)
-        if seen := searched_units(found, self.session.corpus.units):
+        if seen := searched_units(found, self.session):
             raise UsageError(f"the suggestion was searched on {', '.join(seen)}, which this run "
                              f"audits ({len(self.session.corpus.units)} units): not a held-out "
-                             "test; give --units as in the search, or search again with these")
+                             f"test; give {search_units_given(found)} as in the search, or "
+                             "search again with these")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:

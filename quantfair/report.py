@@ -16,7 +16,7 @@ from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
 
-from quantfair.config import DEFAULT_TOLERANCE, REFERENCE
+from quantfair.config import DEFAULT_TOLERANCE, REFERENCE, SHIPPED_CORPUS
 from quantfair.errors import QuantfairError
 from quantfair.metrics import (
     FLOAT_NOISE,
@@ -475,7 +475,9 @@ def settle_verdict(report: dict) -> None:
 def searched_with(suggestion: dict) -> str:
     """"budget 5%, en,de": what a saved `quantfair suggest` result was searched with."""
     languages = ",".join(suggestion.get("languages") or []) or "languages not recorded"
-    return f"budget {100 * suggestion['budget']:g}%, {languages}"
+    corpus = suggestion.get("corpus")
+    return f"budget {100 * suggestion['budget']:g}%, {languages}" + (
+        f", corpus {corpus}" if corpus and corpus != SHIPPED_CORPUS else "")
 
 
 OTHER_LANGUAGES = ("the suggestion was searched without these languages of this run, so "

@@ -138,6 +138,8 @@ class Suggestion:
     score_definition: str = SCORE
     languages: list[str] = field(default_factory=list)  # those searched on, English first
     evaluator: str = ""  # the model's tokenizer and settings (`Evaluator.identity`)
+    corpus: str = ""  # the corpus searched on, as the report's settings name it
+    corpus_digest: str = ""  # its text's digest (`Corpus.digest`): unit names are its own
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -510,7 +512,9 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     passes_before = session.evaluator.forward_passes
     result = Suggestion(model=session.loaded.name, scheme=config.scheme.name, budget=budget,
                         strategy="none", overhead=0.0, score=math.nan,
-                        languages=list(session.corpus.languages))
+                        languages=list(session.corpus.languages),
+                        corpus=config.settings()["corpus"],
+                        corpus_digest=config.full_corpus.digest())
     if budget == 0:
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses
@@ -738,11 +742,30 @@ def load_suggestion(session: AuditSession) -> dict | None:
     return _read(_path(session), session)
 
 
-def searched_units(found: dict, units: Iterable[str]) -> list[str]:
-    """Those of `units` that the suggestion `found` (`load_suggestion`) was searched on, its
-    calibration and confirmation units: measured there, it is not a held-out test."""
+def searched_units(found: dict, session: AuditSession) -> list[str]:
+    """Those of the session's units that the suggestion `found` (`load_suggestion`) was
+    searched on, its calibration and confirmation units: measured there, it is not a
+    held-out test. None where it was searched on another corpus (`other_corpus`): the same
+    unit names hold other text there."""
+    if other_corpus(found, session):
+        return []
     searched = {*found.get("calibration_units", []), *found.get("confirmation_units", [])}
-    return [unit for unit in units if unit in searched]
+    return [unit for unit in session.corpus.units if unit in searched]
+
+
+def other_corpus(found: dict, session: AuditSession) -> str:
+    """The corpus the suggestion `found` was searched on where it is not the session's (its
+    text differs), else "" (also where the suggestion does not record one)."""
+    digest = found.get("corpus_digest")
+    if not digest or digest == session.config.full_corpus.digest():
+        return ""
+    return found.get("corpus") or "another corpus"
+
+
+def search_units_given(found: dict) -> str:
+    """The --units the search of `found` audited on, as a hint ("--units 8")."""
+    units = len(found.get("audit_units") or [])
+    return f"--units {units}" if units else "--units"
 
 
 def _read(path, session: AuditSession) -> dict | None:

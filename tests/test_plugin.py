@@ -582,7 +582,7 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
     audited = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                   "--strategy", "suggested", "--quantfair-units", "0", "--quantfair-no-report")
     audited.stdout.fnmatch_lines(["quantfair: the suggestion was searched on *: not a held-out "
-                                  "test; give --quantfair-units as in the search*"])
+                                  "test; give --quantfair-units 8 as in the search*"])
     searched = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                    "--strategy", "suggested", "--quantfair-languages", "en,zh",
                    "--quantfair-no-report")

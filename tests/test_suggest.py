@@ -664,6 +664,7 @@ def test_a_budget_protecting_nothing_is_the_latest_suggestion(tiny_models, budge
     latest = load_suggestion(session)
     assert latest["strategy"] == "none" and latest["budget"] == budget
     assert latest["languages"] == list(session.corpus.languages)
+    assert latest["corpus_digest"] == session.config.full_corpus.digest()  # what it names
 
 
 def test_replacing_a_cached_suggestion_searched_otherwise_says_so(tiny_models):
@@ -725,3 +726,29 @@ def test_a_damage_equal_to_none_within_float_noise_is_allowed():
     assert Search.allowed(search, noise)
     assert not Search.allowed(search, replace(none, damage=none.damage * 1.001))
     assert not Search.allowed(search, replace(none, english=none.english * 1.001))
+
+
+def test_a_suggestion_searched_on_another_corpus_is_named_so_and_its_unit_names_ignored(
+        tiny_models):
+    """Unit names (`preamble`, `article_03`) hold other text in another corpus: its search
+    overlaps nothing of this one, and the suggestion says where it was searched."""
+    from quantfair.report import searched_with
+    from quantfair.suggest import load_suggestion, other_corpus, searched_units
+
+    session = session_for(tiny_models["tiny-gpt2"])
+    units = list(session.corpus.units)
+    theirs = Suggestion(model="tiny-gpt2", scheme=session.config.scheme.name, budget=0.3,
+                        strategy="L0", overhead=0.3, score=1.0, languages=["en", "he"],
+                        calibration_units=units[:2], corpus="mine.jsonl",
+                        corpus_digest="0123456789abcdef")
+    save(session, theirs)
+    found = load_suggestion(session)
+    assert other_corpus(found, session) == "mine.jsonl"
+    assert searched_units(found, session) == []
+    assert searched_with(found) == "budget 30%, en,he, corpus mine.jsonl"
+    ours = replace(theirs, corpus="udhr (shipped)",
+                   corpus_digest=session.config.full_corpus.digest())
+    save(session, ours)
+    found = load_suggestion(session)
+    assert other_corpus(found, session) == "" and searched_with(found) == "budget 30%, en,he"
+    assert searched_units(found, session) == units[:2]
