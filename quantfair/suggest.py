@@ -777,7 +777,7 @@ def _checked(path, session: AuditSession) -> tuple[dict | None, str]:
     now; else None and why not: "" when there is no file)."""
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none; a file where the cache would be
         return None, ""
     except (OSError, ValueError):
         return None, "is damaged"

@@ -752,3 +752,13 @@ def test_a_suggestion_searched_on_another_corpus_is_named_so_and_its_unit_names_
     found = load_suggestion(session)
     assert other_corpus(found, session) == "" and searched_with(found) == "budget 30%, en,he"
     assert searched_units(found, session) == units[:2]
+
+
+def test_a_cache_path_that_is_a_file_is_no_damaged_suggestion(tiny_models, tmp_path,
+                                                             monkeypatch):
+    from quantfair.suggest import no_suggestion
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "f"))
+    (tmp_path / "f").write_text("")
+    message = str(no_suggestion(session_for(tiny_models["tiny-gpt2"])))
+    assert "damaged" not in message and "run `quantfair suggest` first" in message
