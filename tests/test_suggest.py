@@ -758,7 +758,7 @@ def test_a_cache_path_that_is_a_file_is_no_damaged_suggestion(tiny_models, tmp_p
                                                              monkeypatch):
     from quantfair.suggest import no_suggestion
 
-    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "f"))
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "f"))
     (tmp_path / "f").write_text("")
     message = str(no_suggestion(session_for(tiny_models["tiny-gpt2"])))
     assert "damaged" not in message and "run `quantfair suggest` first" in message
