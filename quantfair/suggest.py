@@ -235,9 +235,11 @@ class Search:
         """Protecting `units`, measured with the distribution statistics the score needs, on
         `corpus` (the calibration units when None)."""
         corpus, started = corpus or self.calibration, time.monotonic()
+        passes = self.session.evaluator.forward_passes
         measured = self.session.measure("+".join(units) or "none", corpus=corpus,
                                         distribution=True)
-        self._paces.append((time.monotonic() - started) / len(corpus.units))
+        if self.session.evaluator.forward_passes > passes:  # read from the cache: no pace
+            self._paces.append((time.monotonic() - started) / len(corpus.units))
         return measured
 
     def phase(self, what: str, count: int, corpus: Corpus | None = None) -> None:

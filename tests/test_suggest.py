@@ -130,11 +130,14 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
 
 
 def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_models,
-                                                                         monkeypatch):
+                                                                         monkeypatch, tmp_path):
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # nothing cached
     session = session_for(tiny_models["tiny-llama"])
     search = Search(session, 0.05, search_units(session, 2))
     assert search._paces == []  # its first measurement also computed the FP side
     search.score(["L0"])
+    assert len(search._paces) == 1
+    search.score(["L0"])  # read back from the cache: no pace (a resumed search said "0 s")
     assert len(search._paces) == 1
     said = []
     search.announce = said.append
