@@ -394,7 +394,7 @@ class Search:
         self.announce = announce
         trace = [self.step(0, "portfolio", [], "none", self.none, False)]
         portfolio = self.portfolio()
-        self.phase(f"portfolio of {len(portfolio)} selectors", len(portfolio))
+        self.phase(f"portfolio of {plural(len(portfolio), 'selector')}", len(portfolio))
         scores = {option: self.score([option]) for option in portfolio}
         trace += [self.step(0, "portfolio", [], o, s, False) for o, s in scores.items()]
         # Super weights (Yu et al. 2024) whose keeping removes at least half the damage break
