@@ -467,8 +467,9 @@ def proven_fairer(versus: dict[str, dict]) -> bool:
 
 
 def _lower(score: float, than: float) -> bool:
-    """Whether `score` is lower than `than` by more than float noise (`IMPROVEMENT`)."""
-    return score < than - IMPROVEMENT * abs(than)
+    """Whether `score` is lower than `than` by more than float noise (`IMPROVEMENT`); every
+    finite score is lower than an undefined one (infinite: English's NLL did not rise)."""
+    return score < than - (IMPROVEMENT * abs(than) if math.isfinite(than) else 0.0)
 
 
 def search_pool(session: AuditSession, count: int) -> Corpus:

@@ -765,3 +765,13 @@ def test_a_cache_path_that_is_a_file_is_no_damaged_suggestion(tiny_models, tmp_p
     (tmp_path / "f").write_text("")
     message = str(no_suggestion(session_for(tiny_models["tiny-gpt2"])))
     assert "damaged" not in message and "run `quantfair suggest` first" in message
+
+
+def test_any_finite_score_is_lower_than_an_undefined_one():
+    """`none` undefined on the calibration units (English's NLL did not rise) made every
+    candidate 'not lower' (inf - 1e-6 * inf is NaN): a score of -17 was passed over."""
+    from quantfair.suggest import _lower
+
+    assert _lower(-17.3, math.inf) and _lower(1.1, math.inf)
+    assert not _lower(math.inf, math.inf) and not _lower(math.inf, 1.0)
+    assert not _lower(1.0, 1.0 + 1e-9) and _lower(1.0, 1.1)
