@@ -31,7 +31,7 @@ from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS
-from quantfair.text import brief, decimal_integer, one_line, plural, units_text
+from quantfair.text import brief, decimal_integer, one_line, plural, some, units_text
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -293,7 +293,7 @@ def _suggested(session, measured: bool = False) -> str:
     if others := unsearched_languages(found, session.corpus.languages):
         print(f"quantfair: warning: {OTHER_LANGUAGES}: {', '.join(others)}", file=sys.stderr)
     if measured and (seen := searched_units(found, session)):
-        print(f"quantfair: warning: the suggestion was searched on {', '.join(seen)}, which "
+        print(f"quantfair: warning: the suggestion was searched on {some(seen)}, which "
               "these units include: not a held-out measurement; give "
               f"{search_units_given(found)} as in the search", file=sys.stderr)
     return found["strategy"]

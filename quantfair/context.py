@@ -74,12 +74,13 @@ class AuditContext:
         if self.candidate != "suggested":
             return self.candidate
         from quantfair.suggest import no_suggestion, search_units_given, searched_units
+        from quantfair.text import some
 
         found = self.suggestion()
         if found is None:
             raise no_suggestion(self.session)
         if seen := searched_units(found, self.session):
-            raise UsageError(f"the suggestion was searched on {', '.join(seen)}, which this run "
+            raise UsageError(f"the suggestion was searched on {some(seen)}, which this run "
                              f"audits ({len(self.session.corpus.units)} units): not a held-out "
                              f"test; give {search_units_given(found)} as in the search, or "
                              "search again with these")

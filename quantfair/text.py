@@ -41,6 +41,12 @@ def brief(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def some(names: list[str], shown: int = 5) -> str:
+    """'a, b, c' for a few names; 'a, b, c, d, e and 26 more' for many."""
+    rest = len(names) - shown
+    return ", ".join(names) if rest <= 1 else f"{', '.join(names[:shown])} and {rest} more"
+
+
 def experiment_span(ids: list[str]) -> str:
     """'001/002/003' -> '001-003'; ids that do not run on stay as they are."""
     if len(ids) > 2 and all(i.isdigit() for i in ids) and \

@@ -775,3 +775,11 @@ def test_any_finite_score_is_lower_than_an_undefined_one():
     assert _lower(-17.3, math.inf) and _lower(1.1, math.inf)
     assert not _lower(math.inf, math.inf) and not _lower(math.inf, 1.0)
     assert not _lower(1.0, 1.0 + 1e-9) and _lower(1.0, 1.1)
+
+
+def test_a_long_list_of_searched_units_is_cut_short():
+    from quantfair.text import some
+
+    units = [f"article_{n:02d}" for n in range(1, 31)]
+    assert some(units) == "article_01, article_02, article_03, article_04, article_05 and 25 more"
+    assert some(units[:6]) == ", ".join(units[:6])  # "and 1 more" says no less
