@@ -273,7 +273,7 @@ def _suggested(session, measured: bool = False) -> str:
     """The strategy of the latest `quantfair suggest` result for the session's model and
     scheme, named on stderr; `measured`: with a warning where the session's units include
     those it was searched on. Raises UsageError when there is none."""
-    from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
+    from quantfair.report import searched_with, unsearched_languages
     from quantfair.suggest import (
         load_suggestion,
         no_suggestion,
@@ -291,7 +291,9 @@ def _suggested(session, measured: bool = False) -> str:
         print(f"quantfair: note: the suggestion was searched on another corpus ({corpus})",
               file=sys.stderr)
     if others := unsearched_languages(found, session.corpus.languages):
-        print(f"quantfair: warning: {OTHER_LANGUAGES}: {', '.join(others)}", file=sys.stderr)
+        print("quantfair: warning: the suggestion was searched without these languages of "
+              f"this command, so it was not fitted to them: {', '.join(others)}",
+              file=sys.stderr)  # OTHER_LANGUAGES speaks of audits, which commands do not run
     if measured and (seen := searched_units(found, session)):
         print(f"quantfair: warning: the suggestion was searched on {some(seen)}, which "
               "these units include: not a held-out measurement; give "

@@ -389,7 +389,7 @@ def test_measure_warns_where_it_measures_languages_the_search_did_not(f32_gguf, 
     assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
                  "--languages", "en,he,de,ar", "--units", "1"]) == 0
     assert ("quantfair: warning: the suggestion was searched without these languages of this "
-            "run, so their audits test how it carries over to them: he, ar"
+            "command, so it was not fitted to them: he, ar"
             in capsys.readouterr().err)
 
 
