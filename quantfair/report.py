@@ -378,7 +378,7 @@ def _values(quantity: str, *values: float) -> tuple[str, ...]:
     more, a degradation as a percentage with 1 decimal or more and 2 significant digits or
     more (-0.010%, not -0.0%)."""
     def percent(v: float, extra: int) -> str:
-        magnitude = math.floor(math.log10(abs(100 * v))) if v else 0
+        magnitude = math.floor(math.log10(abs(100 * v))) if v and math.isfinite(v) else 0
         return f"{100 * v:.{max(1, 1 - magnitude) + extra}f}%"
 
     for extra in range(9):
