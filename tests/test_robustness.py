@@ -879,6 +879,11 @@ def test_a_comparison_names_contents_changed_under_the_same_paths(report_pair):
     assert compare(same, other)["differences"] == [
         "corpus text: c1 -> c2", "model weights: w1 -> w2", "artifact weights: a1 -> a2"]
     assert compare(report, other)["differences"] == []  # a baseline that did not record them
+    # the digest is of the audited selection: other languages are said, not a changed text
+    # (the fixture audits en and he)
+    fewer = {**other, "settings": {**other["settings"], "languages": ["en", "xx"]}}
+    assert "corpus text: c1 -> c2" not in compare(same, fewer)["differences"]
+    assert any(line.startswith("languages: ") for line in compare(same, fewer)["differences"])
     he_int8 = {**report, "measurements": [{**r, "scheme": "int8"} if r["language"] == "he"
                                           else r for r in report["measurements"]]}
     assert compare(report, he_int8)["not_compared"] == ["int4/none/medium/he"]
