@@ -176,6 +176,18 @@ def forest_strategies(report: dict) -> list[str]:
     return (first + rest)[:MAX_FOREST_STRATEGIES]
 
 
+def forest_not_drawn(report: dict) -> list[str]:
+    """'he (none)', 'ko (none, recommended)': the defined disparities of `forest`'s strategies
+    at or below 0, which its log axis cannot show."""
+    strategies = forest_strategies(report)
+    below: dict[str, list[str]] = {}
+    for r in main_rows(report):
+        if r["strategy"] in strategies and r["language"] != REFERENCE and not \
+                r.get("undefined") and r.get("disparity") is not None and r["disparity"] <= 0:
+            below.setdefault(r["language"], []).append(r["strategy"])
+    return [f"{lang} ({', '.join(names)})" for lang, names in below.items()]
+
+
 @styled
 def forest(report: dict) -> str | None:
     """Disparity per language with its 95% CI, one row per language, one marker per strategy."""

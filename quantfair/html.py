@@ -193,7 +193,7 @@ def render_html(report: dict) -> str:
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
-        resource=charts.resource(report),
+        resource=charts.resource(report), forest_not_drawn=charts.forest_not_drawn(report),
         unsearched=unsearched_languages(report.get("suggestion") or {},
                                         report.get("settings", {}).get("languages") or ()),
         other_languages=OTHER_LANGUAGES,

@@ -617,3 +617,16 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
         "With the seed's recommended protection Hebrew's disparity is undefined (en loss "
         "change is within noise (95% CI includes 0)); the language hit hardest with it is "
         "Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")
+
+
+def test_disparities_at_or_below_0_are_named_under_the_forest():
+    """The log axis cannot show them: left out without a word, a language's row was empty."""
+    from quantfair.html import render_html
+
+    negative = report()
+    for row in negative["measurements"]:
+        if row["language"] == "he" and row["strategy"] == "none":
+            row["disparity"], row["undefined"] = -1.41, None
+    assert ("Not drawn (disparity at or below 0, on a log axis): he (none)"
+            in render_html(negative))
+    assert "Not drawn (disparity" not in render_html(report())
