@@ -24,11 +24,18 @@ SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and 
 MODEL_WIDE = "model"  # findings-matrix column of audits that name no language
 
 
+BELOW_PARITY = {"background": "#d1fae5", "color": "#111827"}  # hit less than English
+UNDEFINED = {"background": "#e5e7eb", "color": "#111827"}
+
+
 def shade(ratio: float | None) -> dict:
     """Background and text colour of a disparity cell: cividis over log10(ratio) from 1x to
-    20x (dark blue = parity, yellow = worst); grey when undefined."""
-    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
-        return {"background": "#e5e7eb", "color": "#111827"}
+    20x (dark blue = parity, yellow = worst); pale green below 1 (hit less than English, at
+    or below 0 not hit at all); grey when undefined."""
+    if ratio is None or not math.isfinite(ratio):
+        return UNDEFINED
+    if ratio < 1:
+        return BELOW_PARITY
     t = min(max(math.log10(ratio) / SCALE_TOP, 0.0), 1.0)
     red, green, blue, _ = colormaps["cividis"](t)
     light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.55

@@ -237,6 +237,10 @@ def test_scorecard_has_a_row_per_language_and_prints_every_shaded_number():
     assert he["disparity"].startswith("6.00 [") and he["script"] and he["family"]
     assert shade(1.0)["background"] != shade(20.0)["background"]
     assert shade(1.0)["color"] != shade(20.0)["color"]  # contrast follows the background
+    # 0.2x and -1.4x were dark blue as parity and grey as undefined
+    below = {shade(0.2)["background"], shade(-1.41)["background"], shade(0.0)["background"]}
+    assert len(below) == 1 and below.isdisjoint({shade(1.0)["background"],
+                                                 shade(None)["background"]})
 
 
 def test_findings_matrix_places_every_audit_once():
