@@ -201,6 +201,8 @@ def render_html(report: dict) -> str:
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
         resource=charts.resource(report), forest_not_drawn=charts.forest_not_drawn(report),
+        undefined_reasons=sorted({r["undefined"] for r in main_rows(report)
+                                  if r.get("undefined") and r["language"] != REFERENCE}),
         unsearched=unsearched_languages(report.get("suggestion") or {},
                                         report.get("settings", {}).get("languages") or ()),
         other_languages=OTHER_LANGUAGES,
