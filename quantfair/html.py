@@ -155,7 +155,8 @@ def findings_matrix(report: dict) -> dict:
     audits = [a for a in report.get("audits", []) if a.get("finding")]
     languages = [lg for lg in report.get("settings", {}).get("languages", [])
                  if any(a.get("language") == lg for a in audits)]
-    columns = languages + ([MODEL_WIDE] if any(not a.get("language") for a in audits) else [])
+    # model-wide audits first: with many languages the last column is out of view
+    columns = ([MODEL_WIDE] if any(not a.get("language") for a in audits) else []) + languages
     cells: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for a in audits:
         cells[a["finding"]][a.get("language") or MODEL_WIDE].append(a)
