@@ -522,12 +522,14 @@ def test_the_scorecard_gives_same_top_in_percent_and_says_when_kld_was_not_measu
     hint = "KL divergence and same top were not measured in this run"
     plain = report()
     assert hint in render_html(plain) and scorecard(plain, "none")[1]["same_top"] == ""
+    assert "<th>KLD disparity" not in render_html(plain)  # no column of "not measured" only
     measured = report()
     for row in measured["measurements"]:
         row.update(kld_mean=0.02, kld_mean_low=0.01, kld_mean_high=0.03, same_top=0.934,
                    same_top_low=0.9, same_top_high=0.95)
     html = render_html(measured)
     assert hint not in html and 'title="mean KL divergence 0.0200 [0.0100, 0.0300] nats' in html
+    assert "<th>KLD disparity [95% CI]</th><th>same top, % [95% CI]</th>" in html
     assert scorecard(measured, "none")[1]["same_top"] == "93.4 [90.0, 95.0]"
 
 
