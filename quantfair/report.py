@@ -29,7 +29,7 @@ from quantfair.metrics import (
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
 from quantfair.summary import summarize
-from quantfair.text import experiment_span, interval_text, table  # noqa: F401 (re-exported)
+from quantfair.text import experiment_span, interval_text, some, table  # noqa: F401 (re-exported)
 
 SCHEMA = "quantfair-report/4"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
@@ -441,25 +441,21 @@ def comparison_notes(comparison: dict) -> list[str]:
                      "did not measure is not compared")
     if instead := comparison.get("degradation_compared"):
         lines.append(f"{len(instead)} disparity(ies) undefined in the baseline: the language's "
-                     f"degradation is checked for growth instead: {_some(instead)}")
+                     f"degradation is checked for growth instead: {some(instead)}")
     if unbounded := comparison.get("undefined_in_baseline"):
         lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline, so not "
-                     f"checked for growth: {_some(unbounded)}")
+                     f"checked for growth: {some(unbounded)}")
     for key, what in (("not_compared", "measurement(s) not made"), ("not_run", "audit(s) not run")):
         if missing := comparison.get(key):
-            lines.append(f"{len(missing)} baseline {what} in this run: {_some(missing)}")
+            lines.append(f"{len(missing)} baseline {what} in this run: {some(missing)}")
     for outcome in ("inconclusive", "skipped"):
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
     if rebounded := comparison.get("bound_changed"):
         lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
-                     f"baseline, not compared: {_some(rebounded)}")
+                     f"baseline, not compared: {some(rebounded)}")
     return lines
-
-
-def _some(keys: list[str]) -> str:
-    return f"{', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
 
 
 def settle_verdict(report: dict) -> None:

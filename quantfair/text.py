@@ -41,10 +41,9 @@ def brief(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def some(names: list[str], shown: int = 5) -> str:
-    """'a, b, c' for a few names; 'a, b, c, d, e and 26 more' for many."""
-    rest = len(names) - shown
-    return ", ".join(names) if rest <= 1 else f"{', '.join(names[:shown])} and {rest} more"
+def some(names: list[str]) -> str:
+    """'a, b, c' for a few names; 'a, b, c, d, ...' for more than four."""
+    return f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
 
 
 def experiment_span(ids: list[str]) -> str:
