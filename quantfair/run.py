@@ -26,6 +26,7 @@ import pytest
 from quantfair.config import OPTIONS, RunConfig, check_folder_writable
 from quantfair.errors import TERMINATED, QuantfairError, UsageError
 from quantfair.storage import why_unwritable
+from quantfair.text import some
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 DECIDED = ("passed", "failed", "inconclusive", "error")  # an audit's outcomes that decide
@@ -578,10 +579,9 @@ class QuantfairRun:
             tr.write_line("note: --strict is pytest's own option (strict markers, xfail, ...): "
                           "inconclusive audits fail the run only with --quantfair-strict")
         if self.others_failed:
-            first = sorted(self.others_failed)[0]
             tr.write_line(f"note: {len(self.others_failed)} test(s) that are not audits failed "
-                          f"({first}{', ...' if len(self.others_failed) > 1 else ''}): pytest's "
-                          "exit code counts them, the verdict is the audits' alone", yellow=True)
+                          f"({some(sorted(self.others_failed))}): pytest's exit code counts "
+                          "them, the verdict is the audits' alone", yellow=True)
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):
