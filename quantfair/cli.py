@@ -31,7 +31,7 @@ from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS
-from quantfair.text import brief, decimal_integer, one_line, plural, some, units_text
+from quantfair.text import brief, decimal_integer, one_line, plural, significant, some, units_text
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -215,8 +215,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
                                       "units": session.corpus.units,
                                       "records": records}, indent=2),  # corpus digest: settings
                say=False)
-    rows = [(r["strategy"], r["language"], f"{r['ppl_fp']:.5g}", f"{r['ppl_q']:.5g}",
-             f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}", f"{100 * r['degradation']:.4g}%",
+    rows = [(r["strategy"], r["language"], significant(r["ppl_fp"], 5),
+             significant(r["ppl_q"], 5), f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}",
+             f"{significant(100 * r['degradation'], 4)}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
           f"units: {len(session.corpus.units)}  texts digest: {session.corpus.digest()}")

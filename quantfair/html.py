@@ -17,7 +17,7 @@ from quantfair import charts
 from quantfair.corpus import REFERENCE, UNKNOWN, language, metadata, use_report_languages
 from quantfair.report import OTHER_LANGUAGES, unsearched_languages
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
-from quantfair.text import experiment_span, units_text
+from quantfair.text import experiment_span, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -111,8 +111,8 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "language": r["language"], "name": meta.name, "script": meta.script,
             "family": meta.family,
             "class": meta.resource_class if meta.resource_class >= 0 else "",
-            "fertility": f"{r['fertility']:.3f}", "ppl_fp": f"{r['ppl_fp']:.4g}",
-            "ppl_q": f"{r['ppl_q']:.4g}", "bpb": f"{r['bpb_fp']:.3f} → {r['bpb_q']:.3f}",
+            "fertility": f"{r['fertility']:.3f}", "ppl_fp": significant(r["ppl_fp"], 4),
+            "ppl_q": significant(r["ppl_q"], 4), "bpb": f"{r['bpb_fp']:.3f} → {r['bpb_q']:.3f}",
             "disparity": "undefined" if r.get("undefined") else _estimate(r, "disparity"),
             "disparity_style": shade(disparity),
             "kld": _kld_disparity(r), "kld_style": shade(kld) if r.get("kld_disparity") else None,

@@ -64,6 +64,12 @@ def units_text(count: int) -> str:
     return plural(count, "unit")
 
 
+def significant(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits, trailing zeros kept so that a column reads
+    alike (`884.90`, `1008.0`, `7.9000e+10`; no bare trailing point: `12346`)."""
+    return f"{value:#.{digits}g}".replace(".e", "e").removesuffix(".")
+
+
 def interval_text(estimate: dict | None) -> str:
     """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
     there is none)."""

@@ -393,6 +393,9 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
         fp, q = map(float, printed[r["strategy"], r["language"]])
         assert fp == pytest.approx(r["ppl_fp"], rel=5e-5)
         assert q == pytest.approx(r["ppl_q"], rel=5e-5)
+    perplexities = [cell for cells in rows[1:] for cell in cells[2:4]]  # a column reads alike
+    assert all(len(cell.replace("-", "").replace(".", "").partition("e")[0]) == 5
+               for cell in perplexities), perplexities
     other = run_cli("measure", "tiny-gpt2", "--strategy", "L1", *args[8:12])  # in-process too
     assert "quantfair: evaluating tiny-gpt2 int4 protecting L1" in other.stderr
     second = run_cli(*args)

@@ -783,3 +783,12 @@ def test_a_long_list_of_searched_units_is_cut_short():
     units = [f"article_{n:02d}" for n in range(1, 31)]
     assert some(units) == "article_01, article_02, article_03, article_04, ..."
     assert some(units[:4]) == ", ".join(units[:4])
+
+
+@pytest.mark.parametrize("value, shown", [(884.9, "884.90"), (1008.04, "1008.0"),
+                                          (12345.6, "12346"), (7.9e10, "7.9000e+10"),
+                                          (-4.47, "-4.4700"), (1e-4, "0.00010000")])
+def test_numbers_of_a_column_keep_their_significant_digits(value, shown):
+    from quantfair.text import significant
+
+    assert significant(value, 5) == shown
