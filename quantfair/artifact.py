@@ -17,6 +17,7 @@ from quantfair.errors import QuantfairError, UsageError
 from quantfair.export import gguf_names
 from quantfair.models import (
     FLOAT_TYPES,
+    TOKENIZER_FILES,
     LoadedModel,
     file_sha256,
     gguf_architecture,
@@ -63,30 +64,37 @@ def _read(spec: str, sha256: str | None):
     but for a safetensors directory) of `spec` (a GGUF file's `sha256` keys its converted
     copy); raises QuantfairError when the files are missing or leave model weights
     uninitialised."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(spec)
     kwargs: dict = {}
     dtypes: dict[str, str] = {}
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UsageError(f"--quantized {spec}: no such GGUF file")
-        location, type_mix = None, gguf_type_mix(path)  # dequantized below, in `try`
-    elif path.is_dir():
-        dtypes = _safetensors_dtypes(path)
-        location, type_mix = str(path), dict(Counter(dtypes.values()))
-    else:
-        location, kwargs["local_files_only"] = spec, True
-        type_mix = {}
+    if path.suffix == ".gguf" and not path.is_file():
+        raise UsageError(f"--quantized {spec}: no such GGUF file")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        location = location or str(gguf_checkpoint(path, sha256))
+        if path.suffix == ".gguf":
+            type_mix = gguf_type_mix(path)  # its header read before the file is dequantized
+            location = str(gguf_checkpoint(path, sha256))
+        elif path.is_dir():
+            dtypes = _safetensors_dtypes(path)
+            location, type_mix = str(path), dict(Counter(dtypes.values()))
+        else:
+            location, kwargs["local_files_only"] = spec, True
+            type_mix = {}
         model, info = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch.float32, output_loading_info=True, **kwargs)
-        tokenizer = load_tokenizer(location, **kwargs)
-    except (OSError, RuntimeError) as error:  # RuntimeError: a tensor unlike its config's
+        # A folder saved without its tokenizer is audited with the model's (none compared).
+        bare = path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES)
+        tokenizer = None if bare else load_tokenizer(location, **kwargs)
+    except SafetensorError as error:  # a weights file cut short or overwritten
+        raise QuantfairError(f"--quantized {spec}: a safetensors file is damaged or cut short "
+                             f"({error}): copy or download it again") from None
+    except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a tensor unlike its
+        # config's; ValueError: a damaged config.json
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "ignore_mismatched_sizes" in first:
             first = "a tensor's shape differs from the one its own config gives"
@@ -182,8 +190,8 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
     extra = sorted(set(params) - set(fp_params))
     if extra:
         return f"tensor {extra[0]} that the model does not have"
-    vocab, fp_vocab = tokenizer.get_vocab(), reference.tokenizer.get_vocab()
-    if vocab != fp_vocab:
+    vocab, fp_vocab = tokenizer and tokenizer.get_vocab(), reference.tokenizer.get_vocab()
+    if tokenizer and vocab != fp_vocab:
         differing = sorted(set(vocab.items()) ^ set(fp_vocab.items()))[0]
         return (f"a different tokenizer vocabulary ({len(vocab):,} vs {len(fp_vocab):,} tokens; "
                 f"first difference: {differing[0]!r} -> {differing[1]})")

@@ -444,18 +444,27 @@ def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
 
 
 def load_tokenizer(location: str, **kwargs):
-    """`AutoTokenizer.from_pretrained(location, **kwargs)`; raises QuantfairError naming the
-    GGUF field transformers needs where a GGUF tokenizer lacks one (KeyError inside it)."""
+    """`AutoTokenizer.from_pretrained(location, **kwargs)`. Raises QuantfairError naming the
+    GGUF field transformers needs where a GGUF tokenizer lacks one (KeyError inside it), and
+    where the tokenizer's files are damaged (`tokenizers` raises bare Exceptions, such as
+    "Error while initializing BPE: Token ... out of vocabulary"); OSError (not found) as is."""
     from transformers import AutoTokenizer
 
+    where = Path(location) / kwargs["gguf_file"] if "gguf_file" in kwargs else location
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
+    except OSError:
+        raise  # not there: the caller says where to get it
     except KeyError as error:
         if "gguf_file" not in kwargs:
             raise
-        raise QuantfairError(f"{Path(location) / kwargs['gguf_file']}: transformers cannot build "
-                             f"its tokenizer: the GGUF has no tokenizer.ggml.{error.args[0]}"
-                             ) from None
+        raise QuantfairError(f"{where}: transformers cannot build its tokenizer: the GGUF has "
+                             f"no tokenizer.ggml.{error.args[0]}") from None
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        raise QuantfairError(f"{where}: transformers cannot build its tokenizer "
+                             f"({lines[0] if lines else type(error).__name__}): its tokenizer "
+                             "data is damaged; copy or download it again") from None
 
 
 def _from_pretrained(location: str, **kwargs):

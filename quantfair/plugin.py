@@ -506,8 +506,7 @@ def quantfair_audit(request: pytest.FixtureRequest):
         pytest.skip("quantfair audits need a model (--quantfair-model)")
     try:
         return run.context()
-    except QuantfairError as error:
-        message = f"quantfair: {one_line(str(error))}"
-        if isinstance(error, UsageError):  # wrong for every audit (e.g. an artifact of another
-            request.session.shouldstop = message  # model): one error, then the run stops
+    except QuantfairError as error:  # wrong for every audit (an artifact of another model, a
+        message = f"quantfair: {one_line(str(error))}"  # damaged file): one error, then the
+        request.session.shouldstop = message  # run stops
     pytest.fail(message, pytrace=False)  # kept for every audit of the session

@@ -3,6 +3,7 @@ model, mapped by parameter name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,40 @@ def test_other_vocabulary_is_one_clear_error(tmp_path):
         _session(_config("tiny-llama", str(folder)))
 
 
+def _merge_of_unknown_tokens(folder: Path) -> None:
+    """A merge whose result is in no vocabulary: `tokenizers` refuses the file with a bare
+    Exception ("Token ... out of vocabulary"), as for a GGUF whose token strings were edited."""
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["model"]["merges"] = [list(data["model"]["vocab"])[:2]]
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda folder: (folder / "model.safetensors").write_bytes(b"\x10" * 1000),
+     "a safetensors file is damaged or cut short"),
+    (lambda folder: (folder / "tokenizer.json").write_text("{bad"),
+     "cannot build its tokenizer .*damaged"),
+    (_merge_of_unknown_tokens, "cannot build its tokenizer \\(Token .* out of vocabulary"),
+], ids=["weights cut short", "tokenizer not JSON", "tokenizer merges unknown tokens"])
+def test_a_damaged_artifact_is_one_clear_error(tmp_path, damage, message):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    damage(folder)
+    with pytest.raises(QuantfairError, match=message):
+        _session(_config("tiny-llama", str(folder)))
+
+
+def test_an_artifact_saved_without_its_tokenizer_is_audited_with_the_models(tmp_path):
+    folder = tmp_path / "q"
+    tensors = _save_quantized("tiny-llama", folder)
+    for path in folder.glob("tokenizer*"):
+        path.unlink()
+    session = _session(_config("tiny-llama", str(folder)))
+    assert torch.equal(session.artifact.tensors["model.layers.0.mlp.up_proj.weight"],
+                       tensors["model.layers.0.mlp.up_proj.weight"])
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"quant": "int4"}, "give --quant or --quantized, not both"),
     ({"embedding-type": "F16"}, "give --embedding-type or --quantized, not both"),
@@ -243,6 +278,22 @@ def test_an_artifact_of_another_model_stops_the_run_as_a_usage_error(pytester, t
     assert report["verdict"] == "incomplete" and report["incomplete"][0] == (
         f"stopped by a bad setting: --quantized {tmp_path / 'other'} does not pair with "
         "tiny-llama: it has architecture gpt2, the model's is llama")
+
+
+def test_a_damaged_artifact_stops_the_run_with_one_line(pytester, tmp_path):
+    """Not a usage error in itself, but as wrong for every audit: one error, no traceback."""
+    from test_plugin import QUICK_FILES, load, run
+
+    _save_quantized("tiny-llama", tmp_path / "q")
+    (tmp_path / "q" / "model.safetensors").write_bytes(b"\x10" * 1000)
+    result = run(pytester, *QUICK_FILES, "--model", "tiny-llama", "--languages", "en,de",
+                 "--units", "2", "--quantized", str(tmp_path / "q"), "--report", "r.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stdout.lines if line.startswith("ERROR ")]
+    assert len(errors) == 1, errors
+    assert "Traceback" not in result.stdout.str() and "\nE   " not in result.stdout.str()
+    assert load(pytester.path / "r.json")["incomplete"][0].startswith(
+        f"stopped by a bad setting: --quantized {tmp_path / 'q'}: a safetensors file is damaged")
 
 
 def test_an_artifact_equal_to_the_fp_model_is_said_to_measure_nothing(tmp_path):

@@ -293,7 +293,8 @@ def test_a_damaged_model_directory_is_one_line_naming_it(tmp_path, saved_tiny, d
     else:
         (broken / damage).write_text("garbage{")
     result = run_cli("inspect", str(broken))
-    one_line_error(result, f"{broken}: transformers cannot load it", after_work=True)
+    what = "build its tokenizer" if damage == "tokenizer.json" else "load it"
+    one_line_error(result, f"{broken}: transformers cannot {what}", after_work=True)
     assert result.returncode == 2  # bad input, not an unexpected error (3)
 
 
