@@ -447,6 +447,25 @@ class Search:
         return chosen, best, trace
 
 
+def _smallest_unit(session: AuditSession) -> tuple[float, str]:
+    """The smallest protection unit that keeps a tensor the scheme quantizes, as (fraction of
+    parameters, name): one weight where the scheme can keep single entries, else the smallest
+    of the search's structural units (a GGUF file keeps its norms in F32 anyway)."""
+    resolver = session.resolver()
+    if resolver.scheme.keeps_entries:
+        return 1 / sum(c.numel for c in resolver.parts.values()), "one weight"
+    sizes = []
+    for unit in ("ln_f", "ln", "biases", "embed.pos",
+                 *_halves(f"L{layer}" for layer in range(resolver.layers))):
+        try:
+            kept = resolver.resolve(unit)
+        except UsageError:  # e.g. no position embedding in this architecture
+            continue
+        if any(resolver.bank.quantizes(resolver.parts[name], resolver.scheme) for name in kept):
+            sizes.append((session.overhead(unit).fraction, unit))
+    return min(sizes, default=(math.inf, "none"))
+
+
 def _halves(layers: Iterable[str]) -> list[str]:
     """The attention, MLP and norm halves of `layers` ("L3" -> "L3.attn", ...)."""
     return [f"{layer}.{block}" for layer in layers for block in ("attn", "mlp", "ln")]
@@ -522,16 +541,11 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses
         return result
-    resolver = session.resolver()
-    scheme = config.scheme
-    if scheme.keeps_entries:  # single weights can be kept
-        smallest = 1 / sum(c.numel for c in resolver.parts.values())
-    else:
-        smallest = min(session.overhead(u).fraction for u in ("ln_f", "ln", "L0.ln")
-                       if resolver.resolve(u))
+    smallest, unit = _smallest_unit(session)
     if budget < smallest:
         result.note = (f"budget {100 * budget:g}% is below the smallest protection unit "
-                       f"({100 * smallest:.2g}% of parameters): nothing is protected")
+                       f"that changes the quantized model ({unit}: {100 * smallest:.2g}% of "
+                       "parameters): nothing is protected")
         save(session, result)
         return result
     calibration = search_units(session, calibration_units, seed)

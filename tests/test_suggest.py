@@ -670,6 +670,16 @@ def test_a_budget_protecting_nothing_is_the_latest_suggestion(tiny_models, budge
     assert latest["corpus_digest"] == session.config.full_corpus.digest()  # what it names
 
 
+def test_a_budget_below_every_tensor_a_block_format_quantizes_says_so(tiny_models):
+    """A GGUF file keeps norms in F32: the smallest unit that changes it is a layer's half."""
+    session = session_for(tiny_models["tiny-llama"], scheme=QuantScheme.parse("gguf:Q4_0"))
+    attention = session.overhead("L0.attn").fraction
+    assert session.overhead("ln_f").fraction < attention / 2  # above a norm, below any half
+    result = suggest(session, attention / 2)
+    assert result.strategy == "none" and not result.trace
+    assert f"(L0.attn: {100 * attention:.2g}% of parameters)" in result.note
+
+
 def test_replacing_a_cached_suggestion_searched_otherwise_says_so(tiny_models):
     """A stray cheap search replaces one that took many minutes: the run names what it
     replaced, so it can be searched again on purpose."""
