@@ -606,19 +606,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(shlex.join(embedding + recipe))
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
-        print(json.dumps(recipe))
         # the output head: its own matrix, or the token embedding it is tied to
+        model = session.loaded.model
         head = [name for name, part in parts.items() if part.block == "head" and part.is_matrix]
-        if not head and session.loaded.model.config.get_text_config().tie_word_embeddings:
+        if not head and model.config.get_text_config().tie_word_embeddings:
             head = [name for name, part in parts.items()
                     if (part.block, part.role) == ("embed", "tok")]
         scheme = session.config.scheme
         if head and not set(head) & set(protected):
-            audited = (f"stored it as {scheme.embedding_type}" if scheme.gguf_type else
-                       "quantized it" if in_scope(parts[head[0]], scheme) else "kept it")
-            print(f"quantfair: transformers' quantizers skip the output head (lm_head) by "
-                  f"default only where no list is given: with this list they quantize it; "
-                  f"this audit {audited} ({scheme.name})", file=sys.stderr)
+            # transformers' quantizers skip the head by default only where no list is given
+            if not scheme.gguf_type and not in_scope(parts[head[0]], scheme):  # kept as audited
+                output = model.get_output_embeddings()
+                recipe.append(next(name for name, module in model.named_modules()
+                                   if module is output))
+                print(f"quantfair: {recipe[-1]} is listed: this audit kept the output head "
+                      f"({scheme.name}), and given a list transformers' quantizers quantize "
+                      "it unless it is on the list", file=sys.stderr)
+            else:
+                audited = (f"stored it as {scheme.embedding_type}" if scheme.gguf_type else
+                           "quantized it")
+                print(f"quantfair: transformers' quantizers skip the output head (lm_head) by "
+                      f"default only where no list is given: with this list they quantize it; "
+                      f"this audit {audited} ({scheme.name})", file=sys.stderr)
+        print(json.dumps(recipe))
     if args.emit and not protected:
         print(f"quantfair: {strategy} protects nothing: nothing to list", file=sys.stderr)
     elif args.emit and not recipe:

@@ -161,7 +161,11 @@ def test_emit_hf_lists_the_protected_modules(capsys):
     # tied to the token embedding, which int4-linear leaves in full precision
     assert main(["export", "tiny-gpt2", "--strategy", "L0", "--emit", "hf", "--quant",
                  "int4-linear", "--languages", "en", "--units", "1"]) == 0
-    assert "this audit kept it (int4-linear)" in capsys.readouterr().err
+    printed = capsys.readouterr()  # listed, so that transformers keeps it as the audit did
+    assert json.loads(printed.out) == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                       "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
+                                       "lm_head"]
+    assert "lm_head is listed: this audit kept the output head (int4-linear)" in printed.err
     assert main(["export", "tiny-llama", "--strategy", "head", "--emit", "hf", "--quant",
                  "int4-linear", "--languages", "en", "--units", "1"]) == 0
     printed = capsys.readouterr()
