@@ -30,7 +30,7 @@ from quantfair.errors import TERMINATED, QuantfairError, UsageError, os_error_te
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
-from quantfair.summary import FEW_UNITS
+from quantfair.summary import FEW_UNITS, uniform_guess_warning
 from quantfair.text import brief, decimal_integer, one_line, plural, significant, some, units_text
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
@@ -232,6 +232,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     undefined = {r["undefined"] for r in records if r["undefined"]}
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
+    vocabulary = getattr(session.loaded.model.get_output_embeddings(), "out_features", None)
+    warnings = (uniform_guess_warning(r, vocabulary, f"{r['scheme']} protecting {r['strategy']}")
+                for r in records if r["language"] == REFERENCE)
+    for warning in dict.fromkeys(w for w in warnings if w):  # the model's own once
+        print(f"warning: {warning}")
     if set(session.corpus.languages) == {REFERENCE}:
         print(f"note: disparities compare languages with {REFERENCE}, alone here: give another "
               "in --languages")

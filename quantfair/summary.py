@@ -128,6 +128,26 @@ def _undefined(audit: dict) -> bool:
         not _is_correlation(audit) or (audit.get("detail") or "").startswith("undefined"))
 
 
+def uniform_guess_warning(english: dict, vocabulary: int | None, scheme: str | None
+                          ) -> str | None:
+    """Why disparities mean little where English's perplexity (`english`: a row with `ppl_fp`
+    and `ppl_q`) is above the vocabulary's size, which guessing uniformly reaches: the model
+    itself has not learned the text, or `scheme` breaks it; else None."""
+    if not vocabulary:
+        return None
+    if (english.get("ppl_fp") or 0) > vocabulary:  # the scheme is not to blame
+        return (f"the model itself guesses worse than uniformly: English's perplexity in full "
+                f"precision, {english['ppl_fp']:.3g}, is above the vocabulary's size "
+                f"({vocabulary:,}). Its disparities compare damage to a model that has not "
+                "learned the text.")
+    if (english.get("ppl_q") or 0) > vocabulary:
+        return (f"{scheme} breaks this model: English's perplexity under it, "
+                f"{english['ppl_q']:.3g}, is above the vocabulary's size ({vocabulary:,}), "
+                "which guessing uniformly reaches. Its disparities compare damage to a broken "
+                "model: a protection can lower them while every language gets worse.")
+    return None
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -169,19 +189,9 @@ def summarize(report: dict) -> dict:
     if warning := model.get("scheme_warning"):  # what was measured is not what it seems
         sentences.append(f"Warning: {warning}.")
     english = next((r for r in main_rows(report, "none") if r["language"] == REFERENCE), {})
-    if (vocabulary := model.get("vocabulary")) and (english.get("ppl_fp") or 0) > vocabulary:
-        sentences.append(  # the scheme is not to blame: the model guesses worse than uniform
-            f"Warning: the model itself guesses worse than uniformly: English's perplexity in "
-            f"full precision, {english['ppl_fp']:.3g}, is above the vocabulary's size "
-            f"({vocabulary:,}). Its disparities compare damage to a model that has not "
-            "learned the text.")
-    elif vocabulary and (english.get("ppl_q") or 0) > vocabulary:
-        sentences.append(
-            f"Warning: {settings.get('scheme')} breaks this model: English's perplexity under "
-            f"it, {english['ppl_q']:.3g}, is above the vocabulary's size "
-            f"({model['vocabulary']:,}), which guessing uniformly reaches. Its disparities "
-            "compare damage to a broken model: a protection can lower them while every "
-            "language gets worse.")
+    if warning := uniform_guess_warning(english, model.get("vocabulary"),
+                                        settings.get("scheme")):
+        sentences.append(f"Warning: {warning}")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

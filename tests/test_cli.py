@@ -380,6 +380,8 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
     assert "note: with 3 units per language the bootstrap CIs understate" in first.stdout
     assert "alone here" not in first.stdout
+    # random weights: English's perplexity is above the vocabulary's size, said once
+    assert first.stdout.count("warning: the model itself guesses worse than uniformly") == 1
     written = json.loads(out.read_text())
     assert written["settings"]["device"] == "auto" and written["device"] == "cpu"
     records = written["records"]
