@@ -120,6 +120,10 @@ OPTIONS = {option.name: option for option in (
 )}
 
 
+# Options naming files (a model may also be a name or a Hugging Face id): `~` is expanded,
+# and in an ini file a relative path is taken from its folder (the plugin).
+PATH_SETTINGS = ("model", "quantized", "corpus", "report", "baseline")
+
 # options whose empty value has a message of its own (RunConfig.build)
 OWN_EMPTY_MESSAGE = frozenset({"model", "languages", "strategy", "report", "quantized-label",
                                *(f"max-{name.replace('_', '-')}" for name in RELEASE_QUANTITIES)})
@@ -381,6 +385,8 @@ class RunConfig:
 
         def get(name: str) -> Any:
             raw = value(name)
+            if isinstance(raw, str) and name in PATH_SETTINGS and raw.startswith("~"):
+                return os.path.expanduser(raw)  # `--report=~/r.json`: no shell expands it
             return OPTIONS[name].default if raw is None else raw
 
         model = get("model")

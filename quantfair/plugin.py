@@ -22,6 +22,7 @@ from quantfair.config import (
     DEFAULT_LANGUAGES,
     MODEL_KINDS,
     OPTIONS,
+    PATH_SETTINGS,
     RunConfig,
     add_options,
     parse_languages,
@@ -70,17 +71,12 @@ def option_value(config: pytest.Config, name: str):
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         # (lines may end with the comma that joins them: "he," then "zh")
         value = ",".join(str(item).strip().strip(",") for item in value) or None
-    return _from_ini_folder(config, name, value) if name in INI_PATHS and value else value
+    return _from_ini_folder(config, name, value) if name in PATH_SETTINGS and value else value
 
-
-# Options naming files: in an ini file, relative to its folder (as pytest's own `paths`
-# settings are), whichever folder pytest runs in; a model there only where that file exists
-# (else it is a model name or a Hugging Face id).
-INI_PATHS = ("model", "quantized", "corpus", "report", "baseline")
 
 
 def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
-    if config.inipath is None or Path(value).is_absolute():
+    if config.inipath is None or value.startswith("~") or Path(value).is_absolute():
         return value
     path = config.inipath.parent / value
     return str(path) if name != "model" or os.path.exists(path) else value

@@ -728,6 +728,21 @@ def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_n
     assert (pytester.path / "out" / "r.json").exists() and not (sub / "out").exists()
 
 
+def test_a_path_setting_starting_with_a_tilde_is_in_the_home_folder(pytester, monkeypatch):
+    """No shell expands `~` in an ini file or in `--option=~/...`: quantfair does."""
+    home = pytester.mkdir("home")
+    monkeypatch.setenv("HOME", str(home))
+    pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_report = ~/r.json\n"
+                     "quantfair_languages = en,he\nquantfair_units = 2\n")
+    audits = ("--pyargs", "quantfair.audits", "-k", "robustness")
+    assert run_here(pytester, *audits).ret in (0, 1)
+    assert (home / "r.json").is_file() and not (pytester.path / "~").exists()
+    missing = run_here(pytester, *audits, "--quantfair-baseline=~/base.json")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines([f"*--quantfair-baseline {home / 'base.json'}: no such report "
+                                  "file*"])
+
+
 def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
     """`--model a --quantfair-model b` audited b and passed; an ini file's addopts is a
     default the command line overrides, and a project's own `--model` is its own."""
