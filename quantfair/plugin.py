@@ -74,8 +74,10 @@ def option_value(config: pytest.Config, name: str):
     return _from_ini_folder(config, name, value) if name in PATH_SETTINGS and value else value
 
 
-
 def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
+    """A relative path of the ini file taken from its folder (as pytest's own `paths` settings
+    are), whichever folder pytest runs in; a model there only where that file exists (else it
+    is a model name or a Hugging Face id); `~` is left for RunConfig to expand."""
     if config.inipath is None or value.startswith("~") or Path(value).is_absolute():
         return value
     path = config.inipath.parent / value
