@@ -49,8 +49,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("quantfair", "quantization fairness audits")
     add_options(group.addoption, prefix="quantfair-")
     for option in OPTIONS.values():
-        # languages: a TOML array in pyproject.toml, or one or more lines of an ini file
-        kind = "bool" if option.flag else "linelist" if option.name == "languages" else "string"
+        # languages: a TOML array in pyproject.toml, or one or more lines of an ini file;
+        # numbers: TOML's own in pytest's native `[tool.pytest]` table (pytest >= 9.2 takes
+        # unions; an ini file's text stays a string, the first member)
+        kind = "bool" if option.flag else "linelist" if option.name == "languages" else (
+            str | int | float if pytest.version_tuple >= (9, 2) else "string")
         parser.addini(option.dest, option.help, type=kind, default=None)
 
 
@@ -62,9 +65,12 @@ def option_value(config: pytest.Config, name: str):
     if value not in (None, False):
         return value
     try:
-        value = config.getini(dest) or value
+        given = config.getini(dest)
     except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
         raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
+    if isinstance(given, (int, float)) and not isinstance(given, bool):  # units = 0 (TOML)
+        given = str(given)
+    value = given or value
     if isinstance(value, list) and name != "languages":  # a TOML array for one value
         raise UsageError(f"{_ini_setting(config, dest)}: expects one value, got a list: "
                          f"{value!r}")

@@ -698,12 +698,25 @@ def test_ini_settings_beside_a_quantfair_option_are_checked_before_the_run(pytes
     assert listed.ret == pytest.ExitCode.USAGE_ERROR  # one value, not a list joined by commas
     listed.stdout.fnmatch_lines(["*Interrupted: quantfair: quantfair_model in pyproject.toml: "
                                  "expects one value, got a list: ?'tiny-gpt2'? !"])
-    pytester.makepyprojecttoml("[tool.pytest]\nquantfair_model = 5\n")
+    pytester.makepyprojecttoml("[tool.pytest]\nquantfair_model = true\n")
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
     audited = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release")
     assert audited.ret == pytest.ExitCode.USAGE_ERROR
     audited.stdout.fnmatch_lines(["*Interrupted: quantfair: quantfair_model in pyproject.toml*"
-                                  "expects a string, got int: 5*"])
+                                  "got bool: True*"])
+
+
+@pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="pytest 9.2 reads TOML unions")
+def test_pytests_native_toml_table_takes_numbers_as_toml_writes_them(pytester):
+    """`[tool.pytest]` is strict about types: `quantfair_units = 0` is an integer there."""
+    pytester.makepyprojecttoml('[tool.pytest]\nquantfair_model = "tiny-gpt2"\n'
+                               'quantfair_units = 0\nquantfair_max_disparity = 50.0\n'
+                               'quantfair_languages = ["en", "he"]\n'
+                               'quantfair_report = "r.json"\n')
+    result = run_here(pytester, "--pyargs", "quantfair.audits", "-m", "quantfair_release")
+    assert result.ret in (0, 1), result.stdout.str()
+    settings = json.loads((pytester.path / "r.json").read_text())["settings"]
+    assert settings["units"] is None and settings["release_maxima"] == "disparity 50"
 
 
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
