@@ -30,6 +30,7 @@ from quantfair.text import some
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 DECIDED = ("passed", "failed", "inconclusive", "error")  # an audit's outcomes that decide
+REPEATED_SIGNAL = 1.0  # seconds within which a second SIGINT is the same Ctrl-C
 
 
 def _check_default_report_folder(folder: Path) -> None:
@@ -78,6 +79,9 @@ class QuantfairRun:
         self.workers: set[str] = set()  # xdist workers heard from (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
+        self.interrupted = False  # by SIGINT (Ctrl-C) while audits ran
+        self._last_sigint: float | None = None  # when the last SIGINT came (time.monotonic)
+        self._spared_finish = False  # a SIGINT let the finishing session write its report
         self.started_session = False  # pytest finishes a session only once it has started
         self.session: pytest.Session | None = None
         self.finishing = False  # the tests have stopped: the session is being finished
@@ -86,9 +90,27 @@ class QuantfairRun:
         self.write_error: str | None = None
         self.regressions: list[str] = []
         self.gate_error = False  # --baseline could not be compared, a release maximum not checked
-        self._previous_handler = None
+        self._previous_handler = self._previous_sigint = None
         if not self.is_worker and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not another's
+                self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        """Ctrl-C as Python's own handler takes it (KeyboardInterrupt), but for a second
+        delivery of the same one within `REPEATED_SIGNAL` s (`timeout -s INT` signals pytest,
+        then its process group: pytest's own handling of the first was cut by a traceback)
+        and, once every audit has run, for the first: the run ends as it would have, its
+        report whole (a later one interrupts)."""
+        now, last = time.monotonic(), self._last_sigint
+        self._last_sigint = now
+        if last is not None and now - last < REPEATED_SIGNAL:
+            return
+        if self.finishing and not self._spared_finish:
+            self._spared_finish = True
+            return
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def _on_sigterm(self, signum, frame) -> None:
         deferred = not self.started_session and not self.terminated  # a second one is not
@@ -124,6 +146,8 @@ class QuantfairRun:
             gc.unfreeze()
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
         if self.run_folder is not None and not self.is_worker:
             shutil.rmtree(self.run_folder, ignore_errors=True)
 
@@ -307,7 +331,7 @@ class QuantfairRun:
 
     def _stopped(self, exitstatus: int) -> bool:
         """Whether the run was cut short: SIGTERM, Ctrl-C, or xdist's -x / --maxfail."""
-        return self.terminated or exitstatus == pytest.ExitCode.INTERRUPTED
+        return self.terminated or self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
 
     def _stop_reason(self) -> object:
         """`plugin.stop_reason` of this run's session (False before it starts)."""
@@ -380,7 +404,7 @@ class QuantfairRun:
             except Exception as error:  # rendering: the JSON, written first, is kept
                 self.write_error = (f"quantfair: could not render the HTML report beside "
                                     f"{path}: {type(error).__name__}: {error}")
-        if self.terminated:
+        if self.terminated or self.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif self.usage_error:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
@@ -463,11 +487,12 @@ class QuantfairRun:
         elif self.usage_error:
             incomplete.append("stopped by a bad setting: "
                               + self.usage_error.removeprefix("quantfair: "))
-        elif exitstatus == pytest.ExitCode.INTERRUPTED:
+        elif exitstatus == pytest.ExitCode.INTERRUPTED or self.interrupted:
             # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2): that
             # leaves it incomplete only where audits were left unrun (below)
             reason = self._stop_reason()
-            if isinstance(reason, str) and reason.startswith("stopping after"):
+            if not self.interrupted and isinstance(reason, str) and reason.startswith(
+                    "stopping after"):
                 early = f"the run stopped early ({reason}: -x or --maxfail)"
             else:
                 incomplete.append("the run was interrupted")

@@ -522,6 +522,34 @@ def test_a_worker_dying_as_the_run_is_interrupted_is_cut_off_not_an_error(pytest
     assert report["selection"]["not_run"] == 1
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["serial", "xdist"])
+def test_a_ctrl_c_delivered_twice_interrupts_the_run_once(pytester, workers):
+    """`timeout -s INT` signals pytest, then its process group: the same Ctrl-C came twice,
+    the second inside pytest's handling of the first (a traceback, exit 130, no report)."""
+    pytester.makepyfile(test_signal="""
+        import os
+        import subprocess
+        import time
+
+        import pytest
+
+        @pytest.mark.quantfair
+        def test_interrupted(quantfair_audit, request):
+            worker = hasattr(request.config, "workerinput")  # not the environment: this run
+            controller = os.getppid() if worker else os.getpid()  # may be inside a worker
+            subprocess.Popen(["sh", "-c", f"kill -INT {controller}; kill -INT {controller}"])
+            time.sleep(30)
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, "test_signal.py", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(path), *workers, subprocess=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    report = load(path)
+    assert "the run was interrupted" in report["incomplete"]
+    assert report["summary"]["counts"]["error"] == 0
+
+
 def test_strategy_option_audits_a_given_strategy(pytester):
     path = pytester.path / "r.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
