@@ -207,7 +207,7 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device("cuda", index % torch.cuda.device_count())
     usage = "use auto, cpu, cuda, cuda:N or mps"
     try:
-        resolved = torch.device(device)
+        resolved = torch.device(device.lower())  # CUDA as cuda, as --dtype BFLOAT16
     except RuntimeError:
         raise UsageError(f"unknown device '{device}': {usage}") from None
     if resolved.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others untried

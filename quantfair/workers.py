@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 from quantfair.errors import UsageError
-from quantfair.text import brief, decimal_integer
+from quantfair.text import brief, decimal_integer, plural
 
 AUTO = "auto"
 
@@ -53,8 +53,8 @@ def parse_threads(text: str | int | None) -> int | None:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
     cores = available_cores()
     if value > cores:  # more threads than cores only slows torch down (or exhausts memory)
-        raise UsageError(f"--threads {value}: this machine has {cores} cores; give at most "
-                         f"{cores}, or {AUTO}")
+        raise UsageError(f"--threads {value}: this process may run on {plural(cores, 'core')} "
+                         f"(its CPU affinity); give at most {cores}, or {AUTO}")
     return value
 
 

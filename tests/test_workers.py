@@ -53,7 +53,8 @@ def test_threads_option_values():
         with pytest.raises(UsageError, match="--threads must be auto or a positive integer"):
             parse_threads(bad)
     for many in (cores + 1, 99999):  # 99999 threads exhausted memory inside torch
-        with pytest.raises(UsageError, match=f"--threads {many}: this machine has {cores} "):
+        with pytest.raises(UsageError, match=f"--threads {many}: this process may run on "
+                                             f"{cores} cores?"):
             parse_threads(str(many))
 
 
@@ -324,3 +325,4 @@ def test_xdist_workers_spread_over_the_gpus(monkeypatch, worker, gpus, expected)
         monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     assert str(resolve_device("auto")) == expected
     assert str(resolve_device("cuda:0")) == "cuda:0"  # an explicit device wins
+    assert str(resolve_device("CUDA:1")) == "cuda:1"  # in any case, as --dtype
