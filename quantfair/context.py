@@ -80,10 +80,14 @@ class AuditContext:
         if found is None:
             raise no_suggestion(self.session)
         if seen := searched_units(found, self.session):
+            units = len(self.session.corpus.units)
+            fix = (f"give {search_units_given(found)} as in the search, or search again with "
+                   "these") if units != len(found.get("audit_units") or []) else (
+                "the same number of units, sampled otherwise: the corpus file lists its "
+                "units in another order than when it was searched (the sample follows the "
+                "file's order); search again")
             raise UsageError(f"the suggestion was searched on {some(seen)}, which this run "
-                             f"audits ({len(self.session.corpus.units)} units): not a held-out "
-                             f"test; give {search_units_given(found)} as in the search, or "
-                             "search again with these")
+                             f"audits ({units} units): not a held-out test; {fix}")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:

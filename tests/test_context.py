@@ -80,6 +80,11 @@ def test_a_suggestion_searched_on_units_this_run_audits_is_not_audited_as_held_o
     save(session, suggestion)
     with pytest.raises(UsageError, match=f"searched on {audited[1]}, which this run audits"):
         AuditContext(session, candidate="suggested").candidate_text()
+    suggestion.audit_units = held_out[:len(audited)]  # as many units as this run, others
+    save(session, suggestion)  # (a corpus file whose lines were reordered since)
+    with pytest.raises(UsageError, match="the same number of units, sampled otherwise: the "
+                                         "corpus file lists its units in another order"):
+        AuditContext(session, candidate="suggested").candidate_text()
 
 
 def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_otherwise():
