@@ -287,6 +287,7 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
                          else f"corpus file not found: {path}")
     raw = _utf8_text(path)
     texts: dict[str, dict[str, str]] = {}
+    first_line: dict[str, tuple[str, int]] = {}  # unit -> (language, line) that first has it
     # Only "\n" ends a record: U+2028, U+0085 and friends are legal inside JSON strings.
     for number, line in enumerate(raw.split("\n"), start=1):
         line = line.removesuffix("\r")
@@ -330,15 +331,17 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         if record["unit"] in units:
             raise QuantfairError(f"{where}: duplicate unit {record['lang']}/{record['unit']}")
         units[record["unit"]] = record["text"]
+        first_line.setdefault(record["unit"], (record["lang"], number))
     if not texts:
         raise QuantfairError(f"{path}: the corpus is empty")
     all_units = {u for units in texts.values() for u in units}
     for lang, units in texts.items():
         missing = sorted(all_units - set(units))
         if missing:
+            other, number = first_line[missing[0]]
             raise QuantfairError(
-                f"{path}: language '{lang}' lacks unit(s) {', '.join(missing[:5])}; "
-                "every language needs the same units"
+                f"{path}: language '{lang}' lacks unit(s) {', '.join(missing[:5])} "
+                f"({other}/{missing[0]} is line {number}); every language needs the same units"
             )
     if REFERENCE not in texts:
         named = next((code for code in texts if language(code).iso639_3 == "eng"), None)

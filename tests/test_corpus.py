@@ -84,7 +84,10 @@ def _write(tmp_path, lines, raw=None):
     (['{"lang": "en", "lang": "de", "unit": "a", "text": "x"}'], ':1: key "lang" given twice'),
     ([{"lang": "en", "unit": "a", "text": "  "}], "empty or whitespace-only text"),
     ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "en", "unit": "b", "text": "y"},
-      {"lang": "he", "unit": "a", "text": "z"}], "'he' lacks unit"),
+      {"lang": "he", "unit": "a", "text": "z"}], r"'he' lacks unit\(s\) b \(en/b is line 2\)"),
+    ([{"lang": "en", "unit": "a", "text": "x"}, {"lang": "he", "unit": "a", "text": "y"},
+      {"lang": "he", "unit": "extra", "text": "z"}],
+     r"'en' lacks unit\(s\) extra \(he/extra is line 3\)"),  # the odd one out is named
     ([{"lang": "he", "unit": "a", "text": "z"}], "no 'en' texts; disparities are relative to "
                                                   "it$"),
     ([{"lang": "eng", "unit": "a", "text": "z"}], r"no 'en' texts; .* \(name English 'en', "
