@@ -256,12 +256,13 @@ class Corpus:
         return [u for u in self.units if u in chosen]
 
     def with_length(self, length: str) -> Corpus:
-        """Length buckets from the same units: short = first sentence-line, medium = the unit,
-        long = consecutive units joined (LONG_SPAN at a time)."""
+        """Length buckets from the same units: short = first non-blank line, medium = the
+        unit, long = consecutive units joined (LONG_SPAN at a time)."""
         if length == "medium":
             return self
         if length == "short":
-            return Corpus({lang: {u: t.split("\n")[0] for u, t in units.items()}
+            return Corpus({lang: {u: next(line for line in t.split("\n") if line.strip())
+                                  for u, t in units.items()}
                            for lang, units in self.texts.items()}, self.source)
         if length == "long":
             ids = self.units

@@ -58,6 +58,12 @@ def test_length_buckets_come_from_the_same_units():
     assert long.texts["he"][long.units[0]].startswith(corpus.texts["he"]["article_01"])
 
 
+def test_the_short_bucket_of_a_text_opening_with_a_blank_line_is_its_first_words(tmp_path):
+    corpus = load_corpus(_write(tmp_path, [{"lang": "en", "unit": "a", "text": "\n  \nHi.\nMore."},
+                                           {"lang": "he", "unit": "a", "text": "שלום"}]))
+    assert corpus.with_length("short").texts == {"en": {"a": "Hi."}, "he": {"a": "שלום"}}
+
+
 def test_unknown_language_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown language.*xx"):
         load_corpus().select(["en", "xx"])
