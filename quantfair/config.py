@@ -407,8 +407,8 @@ class RunConfig:
         # Given, more units than the corpus has is a mistake; the default takes all of a
         # smaller user corpus.
         if value("units") is not None and units > len(corpus.units):
-            raise UsageError(f"--units {units}: the corpus has {len(corpus.units)} units per "
-                             "language (0 audits them all)")
+            raise UsageError(f"--units {units}: the corpus has {units_text(len(corpus.units))} "
+                             "per language (0 audits them all)")
         strategy = get("strategy")
         if strategy is not None and not strategy.strip():
             raise UsageError("--strategy is empty; give a strategy such as L0+Llast, or "

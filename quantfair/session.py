@@ -29,6 +29,7 @@ from quantfair.strategies import (
     calibration_gradients,
     protection_key,
 )
+from quantfair.text import units_text
 from quantfair.workers import (
     CoreShare,
     configure_threads,
@@ -206,7 +207,7 @@ class AuditSession:
         if missing:
             tokens = sum(len(evaluator.token_ids(t)) for t in missing)
             self.announce(f"quantfair: evaluating {self.loaded.name} {label}: "
-                          f"{len(missing)} units, {tokens:,} tokens of text")
+                          f"{units_text(len(missing))}, {tokens:,} tokens of text")
             apply()
             callback = self.progress(label) if self.progress else None
             if distribution:

@@ -58,6 +58,16 @@ def test_length_buckets_come_from_the_same_units():
     assert long.texts["he"][long.units[0]].startswith(corpus.texts["he"]["article_01"])
 
 
+def test_more_units_than_a_one_unit_corpus_has_are_refused_in_the_singular(tmp_path):
+    from quantfair.config import RunConfig
+
+    path = _write(tmp_path, [{"lang": "en", "unit": "a", "text": "x"},
+                             {"lang": "he", "unit": "a", "text": "y"}])
+    settings = {"model": "tiny-gpt2", "corpus": str(path), "units": "2"}
+    with pytest.raises(UsageError, match="--units 2: the corpus has 1 unit per language"):
+        RunConfig.build(settings.get)
+
+
 def test_the_short_bucket_of_a_text_opening_with_a_blank_line_is_its_first_words(tmp_path):
     corpus = load_corpus(_write(tmp_path, [{"lang": "en", "unit": "a", "text": "\n  \nHi.\nMore."},
                                            {"lang": "he", "unit": "a", "text": "שלום"}]))
