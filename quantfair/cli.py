@@ -294,8 +294,8 @@ def _suggested(session, measured: bool = False) -> str:
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
     if corpus := other_corpus(found, session):
-        print(f"quantfair: note: the suggestion was searched on another corpus ({corpus})",
-              file=sys.stderr)
+        print(f"quantfair: note: the suggestion was searched on another corpus text ({corpus}, "
+              "as it read then)", file=sys.stderr)
     if others := unsearched_languages(found, session.corpus.languages):
         print("quantfair: warning: the suggestion was searched without these languages of "
               f"this command, so it was not fitted to them: {', '.join(others)}",
