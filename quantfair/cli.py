@@ -324,8 +324,11 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
                   getattr(args, OPTIONS["corpus"].dest, None))
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise UsageError(f"{flag} {path} is a directory; give the path of a file")
-    if not Path(path).parent.is_dir():
-        raise UsageError(f"{flag} {path}: no directory {Path(path).parent}")
+    folder = Path(path).parent
+    if folder.is_file():
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a directory")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: no directory {folder}")
     check_folder_writable(Path(path).parent, flag)
 
 

@@ -205,6 +205,9 @@ def corpus_files(tmp_path):
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
      "-o /nowhere/x.gguf: no directory /nowhere"),
+    (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o",
+      "pyproject.toml/x.gguf"], "-o pyproject.toml/x.gguf: pyproject.toml is a file, not a "
+                                "directory"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/dev/null"],
      "-o /dev/null: a GGUF file's name ends in .gguf"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", ""],
