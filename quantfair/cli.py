@@ -232,7 +232,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     undefined = {r["undefined"] for r in records if r["undefined"]}
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")
-    vocabulary = getattr(session.loaded.model.get_output_embeddings(), "out_features", None)
+    vocabulary = session.loaded.vocabulary
     warnings = (uniform_guess_warning(r, vocabulary, f"{r['scheme']} protecting {r['strategy']}")
                 for r in records if r["language"] == REFERENCE)
     for warning in dict.fromkeys(w for w in warnings if w):  # the model's own once

@@ -48,8 +48,7 @@ class AuditContext:
         loaded = self.session.loaded
         return {"family": loaded.family, "layers": self.session.resolver().layers,
                 "parameters": sum(c.numel for c in self.session.bank.parts.values()),
-                "vocabulary": getattr(loaded.model.get_output_embeddings(), "out_features",
-                                      None)}
+                "vocabulary": loaded.vocabulary}
 
     def model_facts(self) -> dict:
         loaded = self.session.loaded

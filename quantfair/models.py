@@ -79,6 +79,11 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     @property
+    def vocabulary(self) -> int | None:
+        """Entries of the output head (None where it is no linear map)."""
+        return getattr(self.model.get_output_embeddings(), "out_features", None)
+
+    @property
     def context_length(self) -> int:
         config = self.model.config
         for key in ("max_position_embeddings", "n_positions", "seq_length"):
