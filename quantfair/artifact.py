@@ -31,6 +31,7 @@ from quantfair.models import (
 )
 from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
+from quantfair.storage import is_gguf
 from quantfair.taxonomy import components, family_of
 from quantfair.tensorfile import TORCH_DTYPES
 
@@ -71,12 +72,12 @@ def _read(spec: str, sha256: str | None):
     path = Path(spec)
     kwargs: dict = {}
     dtypes: dict[str, str] = {}
-    if path.suffix == ".gguf" and not path.is_file():
+    if is_gguf(path) and not path.is_file():
         raise UsageError(f"--quantized {spec}: no such GGUF file")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        if path.suffix == ".gguf":
+        if is_gguf(path):
             type_mix = gguf_type_mix(path)  # its header read before the file is dequantized
             location = str(gguf_checkpoint(path, sha256))
         elif path.is_dir():
@@ -159,7 +160,7 @@ def _stored_bits(spec: str, reference: LoadedModel, dtypes: dict[str, str]
     safetensors dtype's (`dtypes`); 16 where the file does not say."""
     parts = components(reference.model)
     path = Path(spec)
-    if path.suffix == ".gguf":
+    if is_gguf(path):
         tensors = gguf_tensors(path)
         try:
             return {name: type_bits(tensors[gguf_name]["type"]) if gguf_name in tensors else 16.0
@@ -205,7 +206,7 @@ def _same_architecture(spec: str, reference: LoadedModel) -> None:
     (up to separators and a "_text" suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text).
     A llama file is not judged here: transformers loads Mistral models from those too."""
     path = Path(spec)
-    if path.suffix != ".gguf" or not path.is_file():
+    if not is_gguf(path) or not path.is_file():
         return
     theirs = gguf_architecture(path)
     if reference.gguf_source is not None:
@@ -234,7 +235,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     copy of a GGUF file refused (4 bytes per parameter of the cache) is removed."""
     _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
     path = Path(spec)
-    sha256 = file_sha256(path) if path.suffix == ".gguf" and path.is_file() else None
+    sha256 = file_sha256(path) if is_gguf(path) and path.is_file() else None
     try:
         model, tokenizer, source, type_mix, dtypes = _read(spec, sha256)
         tensors = {name: param.detach() for name, param in model.named_parameters()}

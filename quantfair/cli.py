@@ -29,6 +29,7 @@ from quantfair.config import (
 from quantfair.errors import TERMINATED, QuantfairError, UsageError, os_error_text
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
+from quantfair.storage import is_gguf
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS, uniform_guess_warning
 from quantfair.text import brief, decimal_integer, one_line, plural, significant, some, units_text
@@ -561,7 +562,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _check_output(args.output, "-o", args)
     if not args.emit and not args.output:
         raise UsageError("export needs -o FILE.gguf, --emit llama-quantize|hf, or both")
-    if args.output and not args.output.endswith(".gguf"):
+    if args.output and not is_gguf(args.output):
         raise UsageError(f"-o {args.output}: a GGUF file's name ends in .gguf (transformers "
                          "and --quantized read no other)")
     if args.strategy != "suggested":

@@ -19,6 +19,7 @@ from typing import Any
 
 from quantfair.errors import UsageError
 from quantfair.schemes import ARTIFACT, DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES, QuantScheme
+from quantfair.storage import is_gguf
 from quantfair.text import brief, decimal_integer, units_text
 from quantfair.workers import parse_threads
 
@@ -455,7 +456,7 @@ class RunConfig:
                 if value(name) is not None:
                     raise UsageError(f"give --{name} or --quantized, not both: an artifact "
                                      "brings its own quantization")
-            if Path(quantized).suffix == ".gguf" and not Path(quantized).is_file():
+            if is_gguf(quantized) and not Path(quantized).is_file():
                 raise UsageError(f"--quantized {quantized}: " + (
                     "a directory, not a GGUF file" if Path(quantized).is_dir()
                     else "no such GGUF file"))

@@ -24,7 +24,7 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.schemes import QuantScheme
-from quantfair.storage import cache_writes, file_stamp, folder_variable, shared_json
+from quantfair.storage import cache_writes, file_stamp, folder_variable, is_gguf, shared_json
 from quantfair.taxonomy import family_of
 from quantfair.tensorfile import is_whole
 
@@ -510,7 +510,7 @@ def check_gguf(path: Path) -> None:
 
 def _hub_or_local(spec: str) -> LoadedModel:
     path = Path(spec)
-    if path.suffix == ".gguf":
+    if is_gguf(path):
         if not path.is_file():
             raise UsageError(f"GGUF file not found: {spec}")
         model, tokenizer = _from_pretrained(str(gguf_checkpoint(path)))
@@ -595,16 +595,16 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
             _gemma3_gguf()
         return
     path = Path(spec).expanduser()
-    if path.is_file() and path.suffix != ".gguf":
+    if path.is_file() and not is_gguf(path):
         raise UsageError(f"{what} {spec}: a file that is not .gguf; give a .gguf file, a "
                          "model directory or a Hugging Face id")
-    if path.suffix == ".gguf" or path.is_dir() or spec.startswith(("/", ".", "~")):
+    if is_gguf(path) or path.is_dir() or spec.startswith(("/", ".", "~")):
         if not path.exists():
-            kind = "GGUF file" if path.suffix == ".gguf" else "path"
+            kind = "GGUF file" if is_gguf(path) else "path"
             raise UsageError(f"{what} {kind} not found: {spec}")
-        if path.suffix == ".gguf" and path.is_dir():
+        if is_gguf(path) and path.is_dir():
             raise UsageError(f"{what} {spec} is a directory, not a GGUF file")
-        if path.suffix == ".gguf":
+        if is_gguf(path):
             check_gguf(path)
         else:
             _check_model_directory(path, tokenizer=what == "model")
@@ -630,7 +630,7 @@ def gguf_source(spec: str, random_weights: bool = False) -> Path | None:
         return None
     if spec in EMBEDDED:
         return (_smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()).resolve()
-    return Path(spec).resolve() if Path(spec).suffix == ".gguf" else None
+    return Path(spec).resolve() if is_gguf(spec) else None
 
 
 def load_model(spec: str, device: str | None = None, random_weights: bool = False,

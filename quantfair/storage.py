@@ -21,6 +21,12 @@ from quantfair.errors import QuantfairError, UsageError
 CACHE_VARIABLES = ("QUANTFAIR_RESULTS_DIR", "QUANTFAIR_CACHE_DIR")
 
 
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether `path` names a GGUF file by its extension, in any case (`model.gguf`,
+    `MODEL.GGUF`), as llama.cpp's tools name them."""
+    return Path(path).suffix.lower() == ".gguf"
+
+
 def json_safe(value):
     """`value` with every NaN or infinite float, in nested dicts and lists too, as None: JSON
     has neither (`json.dumps(..., allow_nan=False)` accepts the result)."""

@@ -182,6 +182,15 @@ def test_gguf_files_are_parsed_once_and_a_rewritten_file_is_read_again(tmp_path,
     assert any(not torch.equal(t, first[n]) for n, t in rewritten.items())
 
 
+def test_gguf_files_named_in_upper_case_are_read_as_gguf(tmp_path, monkeypatch):
+    """`MODEL.GGUF` is a GGUF file as much as `model.gguf` is, as a model and as an artifact."""
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    _, source, artifact = _gpt2_pair(tmp_path, "Q4_0")
+    lower = _artifact_tensors(source, artifact)
+    upper = source.rename(tmp_path / "F32.GGUF"), artifact.rename(tmp_path / "QUANTIZED.Gguf")
+    assert all(torch.equal(t, lower[n]) for n, t in _artifact_tensors(*upper).items())
+
+
 def test_a_gguf_lacking_a_tensor_is_named(tmp_path, monkeypatch):
     """Loaded without it, transformers leaves the parameter at random initial values."""
     from quantfair.errors import QuantfairError
