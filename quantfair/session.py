@@ -20,7 +20,13 @@ from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.prefix import HiddenStates, decoder_layers
-from quantfair.quantize import QuantScheme, WeightBank, has_element_masks, weights_folder
+from quantfair.quantize import (
+    QUANTIZER_DIGEST,
+    QuantScheme,
+    WeightBank,
+    has_element_masks,
+    weights_folder,
+)
 from quantfair.strategies import (
     Activations,
     Overhead,
@@ -120,18 +126,20 @@ class AuditSession:
         if scheme not in self._resolvers:
             calibration = self._calibration_texts()
             prefix = (f"{self.loaded.weight_hash()}|{self.evaluator.identity}|"
-                      f"{self._artifact_key(scheme)}{hash_texts(calibration)}")
+                      f"{self._quantized_key(scheme)}{hash_texts(calibration)}")
             cache = (model_results(self.loaded) / "selections", prefix)
             self._resolvers[scheme] = StrategyResolver(self.bank, scheme, self._gradients, cache,
                                                        self._activations)
         return self._resolvers[scheme]
 
-    def _artifact_key(self, scheme: QuantScheme) -> str:
-        """The artifact's weight hash in cache keys of its scheme: the label alone stays the
-        same from one release to the next."""
-        if not scheme.from_file or self.artifact is None:
-            return ""
-        return f"{self.artifact.weight_hash[:16]}|"
+    def _quantized_key(self, scheme: QuantScheme) -> str:
+        """What `scheme`'s tensors come from, in cache keys of its results: the artifact's
+        weight hash (the label alone stays the same from one release to the next), or the
+        quantizer's version (`QUANTIZER_DIGEST`: a quantfair or gguf upgrade that rounds
+        otherwise never serves numbers of the old rounding)."""
+        if not scheme.from_file:
+            return f"{QUANTIZER_DIGEST}|"
+        return f"{self.artifact.weight_hash[:16]}|" if self.artifact is not None else ""
 
     @property
     def selector_units(self) -> list[str]:
@@ -242,7 +250,7 @@ class AuditSession:
             if masked:
                 return_freed_memory()
 
-        key = f"{scheme.name}|{self._artifact_key(scheme)}{protection_key(protection)}"
+        key = f"{scheme.name}|{self._quantized_key(scheme)}{protection_key(protection)}"
         q = self._evaluate(key, f"{scheme.name} protecting {strategy}", corpus, apply,
                            Swap(self.bank.restore, apply), distribution)
         languages = tuple(corpus.languages)

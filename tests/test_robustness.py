@@ -109,6 +109,29 @@ def test_the_cache_key_covers_tokenizer_window_and_prefix(tiny_models, tmp_path)
     assert other_prefix.unit_key("Hello world.") != key
 
 
+def test_a_quantizer_that_rounds_otherwise_never_reuses_cached_numbers(tmp_path, monkeypatch):
+    """An upgrade of quantfair or of the gguf package that changes the rounding changes the
+    quantizer's version: results cached under the old one are not served."""
+    from quantfair import quantize, session
+    from quantfair.config import RunConfig
+
+    def nll_q(results: str):
+        monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / results))
+        config = RunConfig.build({"model": "tiny-gpt2", "languages": "en,he", "units": "2",
+                                  "quant": "int4-channel"}.get)
+        return session.AuditSession(config, announce=lambda _: None).measure("none").nll_q
+
+    before = nll_q("shared")
+    rounding = quantize.fake_quantize
+    monkeypatch.setattr(quantize, "fake_quantize",
+                        lambda tensor, *args, **kwargs: rounding(tensor * 1.5, *args, **kwargs))
+    monkeypatch.setattr(quantize, "QUANTIZER_DIGEST", "0123456789ab")
+    monkeypatch.setattr(session, "QUANTIZER_DIGEST", "0123456789ab", raising=False)
+    after = nll_q("shared")
+    np.testing.assert_array_equal(after, nll_q("cold"))
+    assert not np.array_equal(after, before)
+
+
 def test_tokenizers_without_a_rust_pipeline_are_identified_by_their_files():
     from transformers import ByT5Tokenizer
 
