@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import re
 import shutil
 import signal
 import sys
@@ -282,13 +284,27 @@ class QuantfairRun:
             entry["duration_s"] = round(report.duration, 3)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        """A file that could not be collected (a finding written wrong): its audits are
-        missing, so the run is incomplete (xdist brings the controller each worker's error,
-        without its node id; a serial run stops, unless --continue-on-collection-errors)."""
-        if report.failed:
-            lines = (report.longreprtext or "").strip().splitlines() or ["error"]
-            where = lines[0].partition(": in ")[0] if ": in " in lines[0] else report.nodeid
-            self.collect_errors[lines[-1].removeprefix("E").strip()] = where or "a file"
+        """A file of findings that could not be collected (a finding written wrong): its
+        audits are missing, so the run is incomplete (a serial run stops, unless
+        --continue-on-collection-errors; xdist brings the controller each worker's error). A
+        project's own test file, which never names quantfair, leaves the verdict alone: pytest
+        counts its error."""
+        if not report.failed:
+            return
+        text = (report.longreprtext or "").strip()
+        path, line = _collect_error_source(text)
+        if path is None and (node_path := report.nodeid.partition("::")[0]):
+            path = str(self.pytest_config.rootpath / node_path)
+        folder = self.pytest_config.invocation_params.dir
+        if not _may_hold_findings(folder / path if path else None):
+            return
+        where = "a file"
+        if path:  # as pytest shows paths: relative to where it was run, if inside it
+            where = str((folder / path).resolve())
+            where = os.path.relpath(where, folder) if where.startswith(f"{folder}/") else where
+            where += f":{line}" if line else ""
+        error = (text.splitlines() or ["error"])[-1].removeprefix("E").strip()
+        self.collect_errors[error] = where
 
     def pytest_internalerror(self, excrepr, excinfo) -> None:
         """An error of pytest or a plugin, not of an audit; xdist brings a worker's here (its
@@ -623,6 +639,34 @@ class QuantfairRun:
         if self.report_paths:
             tr.write_line(f"quantfair report: {self.report_paths[1]} (JSON: "
                           f"{self.report_paths[0]})")
+
+
+def _may_hold_findings(path: Path | None) -> bool:
+    """Whether a file pytest could not collect may define audits: one that names quantfair
+    (`from quantfair.audit import ...`), or one that cannot be read as such (no path, a
+    folder, an unreadable file)."""
+    try:
+        return path is None or "quantfair" in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+
+
+# Where a collection error's traceback names the file that failed, first match first: the
+# module's own frame (a finding refused where it is defined, an import it makes), the line
+# of a syntax error, the module pytest could not import. pytest's own frames are not where.
+COLLECT_ERROR_SOURCES = (r"^(?P<file>\S+?\.py):(?P<line>\d+): in <module>$",
+                         r'^E +File "(?P<file>[^"]+)", line (?P<line>\d+)$',
+                         r"^ImportError while importing test module '(?P<file>[^']+)'")
+
+
+def _collect_error_source(traceback: str) -> tuple[str | None, int | None]:
+    """(file, line) of a collection error's traceback (`COLLECT_ERROR_SOURCES`; the file as
+    pytest shows it, relative to the invocation folder or absolute), None where not named."""
+    for pattern in COLLECT_ERROR_SOURCES:
+        if found := re.search(pattern, traceback, re.MULTILINE):
+            line = found.groupdict().get("line")
+            return found["file"], int(line) if line else None
+    return None, None
 
 
 def _announcer(config: pytest.Config):

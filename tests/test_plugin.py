@@ -335,17 +335,43 @@ def test_a_finding_file_not_collected_under_xdist_makes_the_report_incomplete(py
 
         test_typo = audit(Finding(id="typo", experiments=("x",), claim="c",
                                   check=LanguageBound("L0+Lsat", bound=Bound(max=2.0))))
+    """, test_unclosed="""
+        from quantfair.audit import audit
+
+        findings = (
     """)
     path = pytester.path / "broken.json"
-    result = run(pytester, "test_broken.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
-                 "-k", "robustness or typo", "--report", str(path))
+    result = run(pytester, "test_broken.py", "test_unclosed.py", QUICK_FILES[1], "--model",
+                 "tiny-gpt2", "-n", "2", "-k", "robustness or typo", "--report", str(path))
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     report = load(path)
     assert report["verdict"] == "incomplete"
-    assert [r for r in report["incomplete"] if r.startswith("could not collect")] == [
+    # where: the line of the finding, or of the syntax error (not a frame of pytest's)
+    assert sorted(r for r in report["incomplete"] if r.startswith("could not collect")) == [
         "could not collect test_broken.py:4: ValueError: LanguageBound's strategy: unknown "
-        "strategy term 'Lsat'" + report["incomplete"][0].partition("'Lsat'")[2]]
+        "strategy term 'Lsat'" + report["incomplete"][0].partition("'Lsat'")[2],
+        "could not collect test_unclosed.py:3: SyntaxError: '(' was never closed"]
     assert any(a["outcome"] == "passed" for a in report["audits"])
+
+
+@pytest.mark.parametrize("workers", [["--continue-on-collection-errors"], ["-n", "2"]],
+                         ids=["serial", "two-workers"])
+def test_a_project_test_file_not_collected_leaves_the_verdict_to_the_audits(pytester, workers):
+    """A project's own test file that cannot be imported is pytest's error (exit 1), not a
+    file of findings: the report once said "incomplete" and the run exited 3."""
+    pytester.makepyfile(test_theirs="""
+        import not_installed_package
+
+        def test_theirs():
+            pass
+    """)
+    path = pytester.path / "mixed.json"
+    result = run(pytester, "test_theirs.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-k",
+                 "robustness or theirs", "--report", str(path), *workers)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    report = load(path)
+    assert report["incomplete"] == [] and report["verdict"] == "passed"
+    assert [a["outcome"] for a in report["audits"]] == ["passed"]
 
 
 def test_checks_of_single_values_resolve_the_audited_strategy_and_matched_selectors(pytester):
