@@ -614,6 +614,23 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     assert "release gate release_degradation ran for" not in stopped.stdout.str()
 
 
+def test_a_file_of_findings_beside_the_projects_tests_imports_no_torch(pytester):
+    """Collecting a file of findings (deselected here) imports no torch: every run of a project
+    keeping one once paid seconds of imports for a type hint."""
+    pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\n")
+    pytester.makepyfile(test_own="import sys\n\ndef test_no_torch():\n"
+                                 "    assert 'torch' not in sys.modules\n",
+                        test_mine="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_mine = audit(Finding(id="mine", experiments=("051",), claim="c",
+                                  check=LanguageBound("L0", bound=Bound(max=2.0))))
+    """)
+    result = pytester.runpytest_subprocess(*PYTEST, "-k", "no_torch")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert result.parseoutcomes()["passed"] == 1 and result.parseoutcomes()["deselected"] > 0
+
+
 def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
         pytester, monkeypatch):
     """A shared ini file's model is checked once an audit runs: the project's own tests,
