@@ -24,8 +24,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     runs before plugins of entry points and conftest files declare theirs: the short forms
     are then declared after conftest files (`pytest_load_initial_conftests`), even with the
     plugin disabled (`-p no:quantfair`)."""
-    if pluginmanager.has_plugin("quantfair") or (pluginmanager.is_blocked("quantfair")
-                                                 and not _before_conftests(pluginmanager)):
+    loaded = any(map(pluginmanager.has_plugin, ("quantfair", "quantfair.plugin")))  # `-p` of it
+    if loaded or (pluginmanager.is_blocked("quantfair") and not _before_conftests(pluginmanager)):
         _add_untaken(parser)
 
 

@@ -101,6 +101,20 @@ def test_short_forms_loaded_with_p_leave_a_projects_own_options_alone(pytester):
                                  "2 units per language*"])
 
 
+def test_short_forms_follow_the_plugin_loaded_by_module_with_autoload_off(pytester, monkeypatch):
+    """With entry points off, `-p quantfair.plugin` registers the plugin under its module's
+    name: the short forms a conftest file asks for once went undeclared ("unrecognized
+    arguments: --model")."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makeconftest('pytest_plugins = ["quantfair.short_options"]')
+    result = run(pytester, "-p", "quantfair.plugin", "--pyargs", "quantfair.audits", "-k",
+                 "robustness", "--model", "tiny-gpt2", "--languages", "en,de", "--units", "2",
+                 "--no-report")
+    assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["Measured: tiny-gpt2, scheme int4, 2 languages (en, de), "
+                                 "2 units per language*"])
+
+
 def test_quantfair_registers_no_generic_marker(pytester):
     pytester.makepyfile(test_unregistered="""
         import pytest
