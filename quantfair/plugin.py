@@ -82,12 +82,14 @@ def option_value(config: pytest.Config, name: str):
 
 def _from_ini_folder(config: pytest.Config, name: str, value: str) -> str:
     """A relative path of the ini file taken from its folder (as pytest's own `paths` settings
-    are), whichever folder pytest runs in; a model there only where that file exists (else it
-    is a model name or a Hugging Face id); `~` is left for RunConfig to expand."""
+    are), whichever folder pytest runs in; a model there only where it is written as a path
+    (`./model`, `../model`) or that file exists (else it is a model name or a Hugging Face
+    id); `~` is left for RunConfig to expand."""
     if config.inipath is None or value.startswith("~") or Path(value).is_absolute():
         return value
     path = config.inipath.parent / value
-    return str(path) if name != "model" or os.path.exists(path) else value
+    written_as_path = value.startswith(("./", "../"))
+    return str(path) if name != "model" or written_as_path or os.path.exists(path) else value
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -772,6 +772,17 @@ def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_n
     assert (pytester.path / "out" / "r.json").exists() and not (sub / "out").exists()
 
 
+def test_a_model_written_as_a_path_in_the_ini_file_is_named_from_its_folder(pytester,
+                                                                         monkeypatch):
+    """`quantfair_model = ./my-model` is a path (no model or Hugging Face id is written so):
+    missing, it is named where it was looked for, not as typed and read from elsewhere."""
+    pytester.makeini("[pytest]\nquantfair_model = ./missing-model\n")
+    monkeypatch.chdir(pytester.mkdir("sub"))
+    missing = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "robustness")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stdout.fnmatch_lines([f"*model path not found: {pytester.path / 'missing-model'}*"])
+
+
 def test_a_path_setting_starting_with_a_tilde_is_in_the_home_folder(pytester, monkeypatch):
     """No shell expands `~` in an ini file or in `--option=~/...`: quantfair does."""
     home = pytester.mkdir("home")
