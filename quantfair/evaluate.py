@@ -57,7 +57,7 @@ from quantfair.storage import atomic_write, cache_writes, folder_variable
 # 3: short units batched on CPU; 4: the head run on blocks of positions; 5: special-token
 # markup in a text (a literal "<|endoftext|>") scored as text
 EVALUATOR_VERSION = "5"
-DISTRIBUTION_VERSION = "2"  # bump when the FP side cache or the statistics change
+DISTRIBUTION_VERSION = "3"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
 LOGITS_BLOCK_BYTES = 32 << 20  # float32 logits of the positions scored at a time, at most,
 MIN_BLOCK_ROWS = 128  # but never fewer positions than this (each block reads the whole head)
@@ -122,14 +122,17 @@ class ResultCache:
     Appends take a file lock, so processes sharing the folder never interleave lines; reads
     need none (and so work in a read-only cache)."""
 
-    def __init__(self, folder: Path, result_type: type[UnitResult] = UnitResult) -> None:
+    def __init__(self, folder: Path, result_type: type[UnitResult] = UnitResult,
+                 version: str = "") -> None:
         self.folder = folder
         self.result_type = result_type
+        self.version = version  # part of every file's name: a new one never reads the old
         self.memory: dict[str, dict[str, UnitResult]] = {}
         self._read_to: dict[str, int] = {}  # bytes of each configuration's file read so far
 
     def _path(self, config: str) -> Path:
-        return self.folder / f"{hashlib.sha256(config.encode()).hexdigest()[:24]}.jsonl"
+        name = f"{config}{self.version}".encode()
+        return self.folder / f"{hashlib.sha256(name).hexdigest()[:24]}.jsonl"
 
     @staticmethod
     def _checksum(config: str, key: str, result: UnitResult) -> str:
@@ -521,7 +524,8 @@ class Evaluator:
         if self.prefix is None:
             self.prefix = tokenizer.eos_token_id
         self.forward_passes = 0
-        self.distribution_cache = ResultCache(self.cache.folder, UnitDistribution)
+        self.distribution_cache = ResultCache(self.cache.folder, UnitDistribution,
+                                              version=f"|distribution-v{DISTRIBUTION_VERSION}")
         self.references = ReferenceCache(self.cache.folder)
         self._tokenizer_id = tokenizer_identity(tokenizer)
         self._model_id = model_identity(loaded)
@@ -790,6 +794,16 @@ class Evaluator:
             handle.remove()
         return torch.equal(logits, linear.to(logits.dtype))
 
+    @property
+    def caches_fp_side(self) -> bool:
+        """Whether the KL divergence takes its FP side from the cache and its cross term from
+        the head's input (`exact_head`, float32 logits). In bfloat16 or float16 the model's
+        logits are rounded and that cross term is not: the terms would disagree by up to a
+        tenth of a nat per token on a large vocabulary, more than a Q8 model's KL divergence.
+        There the FP logits are computed beside each window, rounded alike."""
+        head = self.loaded.model.get_output_embeddings()
+        return self.exact_head and head.weight.dtype == torch.float32
+
     def head_variant(self) -> str:
         """Content hash of the output head as it is in the model now (weight and bias; hashed
         each time: a weight bank swaps the tensors parameters point at)."""
@@ -815,14 +829,15 @@ class Evaluator:
         `swap` switches the live model to the FP reference and back; None means the current
         weights are the FP reference. One forward per window; before them, one FP forward per
         window whose unit has no cached FP side for the current head yet (swapping once there
-        and back); with a head that is not exact, one FP forward beside every window instead.
+        and back); with a head that is not exact or logits that are not float32
+        (`caches_fp_side`), one FP forward beside every window instead.
         """
         results = self.cached_distribution(config, texts)
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
         keyed, ids, windows, _ = self._plan(todo)
-        exact, head = self.exact_head, self.head_variant()
+        exact, head = self.caches_fp_side, self.head_variant()
         sizes = _window_tokens(windows)
         missing = {k: n for k, n in sizes.items()
                    if exact and self.references.load(k, head, len(ids[k]) - 1) is None}

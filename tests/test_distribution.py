@@ -164,6 +164,38 @@ def test_fp_against_itself_has_zero_kld_and_the_same_top_everywhere(tmp_path):
             assert r.same_top == r.tokens and abs(r.delta_p) <= 1e-6 * r.tokens
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_in_half_precision_an_unchanged_model_has_zero_kld(dtype, tmp_path, monkeypatch):
+    """The model's logits are rounded to its dtype: a cross term taken from the head's input,
+    not rounded, once left up to 8e-3 nats per token where every weight was kept."""
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    corpus = short_corpus(tmp_path, ["en", "he"], 2, 50)
+    session = AuditSession(RunConfig(model="tiny-llama", corpus=corpus, units=None,
+                                     dtype=dtype), announce=lambda _: None)
+    kept = session.measure("all+embed+head+ln_f", QuantScheme.parse("int4"), distribution=True)
+    assert np.array_equal(kept.nll_q, kept.nll_fp)
+    assert max(np.abs(values).max() for values in kept.kld_tokens) < 1e-6
+    assert session.evaluator.exact_head and not session.evaluator.caches_fp_side
+
+
+def test_a_new_distribution_version_never_serves_cached_statistics(tmp_path, monkeypatch):
+    """Bumped as its comment asks (statistics defined anew), the version once renamed only the
+    FP side's folder: the per-unit statistics of the old definition were still served."""
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    corpus = short_corpus(tmp_path, ["en", "he"], 2, 50)
+
+    def cached() -> int:
+        session = AuditSession(RunConfig(model="tiny-gpt2", corpus=corpus, units=None),
+                               announce=lambda _: None)
+        session.measure("none", distribution=True)
+        return session.evaluator.units_computed
+
+    computed = cached()
+    assert computed > 0 and cached() == 0
+    monkeypatch.setattr(evaluate, "DISTRIBUTION_VERSION", "next")
+    assert cached() == computed
+
+
 def test_kld_does_not_depend_on_unit_order(tmp_path):
     loaded = load_model("tiny-gpt2")
     bank = WeightBank(loaded.model)
