@@ -82,6 +82,7 @@ from quantfair.report import interval_text, searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_digest, json_safe
+from quantfair.strategies import StrategyResolver
 from quantfair.text import plural
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
@@ -277,10 +278,7 @@ class Search:
                     score.worst, phase, score.damage, self.allowed(score))
 
     def _exists(self, term: str) -> bool:
-        try:
-            return bool(self.resolver.resolve(term))
-        except UsageError:  # e.g. no position embedding in this architecture
-            return False
+        return bool(_resolved(self.resolver, term))
 
     def portfolio(self) -> list[str]:
         """Selectors spending the budget (see the module docstring), those that fit."""
@@ -447,6 +445,15 @@ class Search:
         return chosen, best, trace
 
 
+def _resolved(resolver: StrategyResolver, term: str) -> dict:
+    """What `term` keeps on the resolver's model; nothing where it names nothing there (e.g.
+    `embed.pos` in an architecture without position embeddings)."""
+    try:
+        return resolver.resolve(term)
+    except UsageError:
+        return {}
+
+
 def _smallest_unit(session: AuditSession) -> tuple[float, str]:
     """The smallest protection unit that keeps a tensor the scheme quantizes, as (fraction of
     parameters, name): one weight where the scheme can keep single entries, else the smallest
@@ -457,10 +464,7 @@ def _smallest_unit(session: AuditSession) -> tuple[float, str]:
     sizes = []
     for unit in ("ln_f", "ln", "biases", "embed.pos",
                  *_halves(f"L{layer}" for layer in range(resolver.layers))):
-        try:
-            kept = resolver.resolve(unit)
-        except UsageError:  # e.g. no position embedding in this architecture
-            continue
+        kept = _resolved(resolver, unit)
         if any(resolver.bank.quantizes(resolver.parts[name], resolver.scheme) for name in kept):
             sizes.append((session.overhead(unit).fraction, unit))
     return min(sizes, default=(math.inf, "none"))
