@@ -546,10 +546,10 @@ class Better(Check):
         if case.language:
             value, samples, reason = m.draws(self.quantity)
             row = m.languages.index(case.language)
-            return float(value[row]), samples[row], reason
+            return float(value[row]), samples[row], reason, m.units
         if self.languages and not set(self.languages) & set(m.languages) - {m.reference}:
             raise NotApplicable(f"needs one of {', '.join(self.languages)} (--languages)")
-        return m.mean_draws(self.languages, self.quantity)
+        return *m.mean_draws(self.languages, self.quantity), m.units
 
     def run(self, ctx, case, bound):
         pairs, undefined = {}, {}
@@ -559,7 +559,7 @@ class Better(Check):
             pairs[member.id] = (ours[0], theirs[0])
             undefined[member.id] = ours[2] or theirs[2]
             if not undefined[member.id]:
-                pairs[member.id] += (paired_difference(ours[:2], theirs[:2]),)
+                pairs[member.id] += (paired_difference(ours[:2], theirs[:2], ours[3]),)
         what = f"{self.quantity} difference " + (f"({case.language})" if case.language else
                                                   "(mean over languages)")
         if undefined[case.id]:  # the ratios' point values are no measurement then
@@ -604,8 +604,8 @@ class Best(Check):
         for candidate in (self.expected, *self.candidates):
             key = ctx.protection_key(candidate)  # L-2 and L2 coincide on small models
             if key not in {ctx.protection_key(c) for c in draws}:
-                draws[candidate] = _measure(ctx, candidate, self.quantity).mean_draws(
-                    metric=self.quantity)
+                measured = _measure(ctx, candidate, self.quantity)
+                draws[candidate] = (*measured.mean_draws(metric=self.quantity), measured.units)
         rank = "highest" if self.worst else "lowest"
         what = f"mean {self.quantity} of {self.expected}"
         table = ", ".join(f"{c}: {d[0]:.4g}" for c, d in draws.items())
@@ -615,7 +615,7 @@ class Best(Check):
                            detail=f"undefined: {draws[undefined[0]][2]} (for "
                                   f"{', '.join(undefined)})")
         mine = draws[self.expected]
-        comparisons = {c: paired_difference(mine[:2], d[:2])
+        comparisons = {c: paired_difference(mine[:2], d[:2], mine[3])
                        for c, d in draws.items() if c != self.expected}
         sign = 1 if self.worst else -1
         decisions = [_decide(comparisons, c, sign) for c in comparisons]
@@ -960,7 +960,8 @@ class GroupOrder(Check):
     def run(self, ctx, case, bound):
         ours, theirs = (_measure(ctx, s, self.quantity).draws(self.quantity)
                         for s in (self.strategy, self.than))
-        languages = _measure(ctx, self.strategy, self.quantity).languages
+        measured = _measure(ctx, self.strategy, self.quantity)
+        languages = measured.languages
         what = f"improvement factor ({self.than} / {self.strategy}) difference"
         first, second = ([lang for lang in group if lang in languages]
                          for group in (self.first, self.second))
@@ -976,7 +977,8 @@ class GroupOrder(Check):
                 return (theirs[index][rows] / ours[index][rows]).mean(axis=0)
 
         comparison = paired_difference((mean_factor(first, 0), mean_factor(first, 1)),
-                                       (mean_factor(second, 0), mean_factor(second, 1)))
+                                       (mean_factor(second, 0), mean_factor(second, 1)),
+                                       measured.units)
         return Outcome(_decide({case.id: comparison}, case.id, 1), what, comparison.difference,
                        "> 0", comparison.low, comparison.high,
                        f"{'+'.join(first)}: {float(mean_factor(first, 0)):.4g}x, "

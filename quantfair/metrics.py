@@ -8,6 +8,7 @@ and for both the FP and the quantized model.
 from __future__ import annotations
 
 import difflib
+import functools
 import gc
 import math
 from collections.abc import Callable, Sequence
@@ -76,14 +77,42 @@ class Estimate:
         return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
-    """The 95% percentile interval of the defined (not NaN) resamples; NaN when none is."""
+@functools.cache
+def tail_share(units: int | None) -> float:
+    """The share of bootstrap resamples a 95% interval leaves out on each side. On `units`
+    units (>= 2), the expanded percentile interval's: Phi(-sqrt(n / (n - 1)) t_{0.975, n-1})
+    (Hesterberg 2015, "What teachers should know about the bootstrap", The American
+    Statistician 69(4); 0.57% at 8 units, 1.7% at 22). The plain percentile interval (None:
+    2.5%) is too narrow on few units: it told apart two strategies drawn alike in 12-15% of
+    simulated runs at 8 units, not 5%."""
+    if units is None:
+        return 0.025
+    from scipy import stats  # ~0.5 s to import: only where an interval is asked for
+
+    return float(stats.norm.cdf(-math.sqrt(units / (units - 1)) * stats.t.ppf(0.975, units - 1)))
+
+
+def _interval(samples: np.ndarray, units: int | None) -> tuple[float, float]:
+    """The 95% percentile interval of the defined (not NaN) resamples, expanded for `units`
+    units (`tail_share`); NaN when none is defined."""
     samples = np.asarray(samples, dtype=float)
     if np.isnan(samples).all():  # e.g. a ratio to a change that is 0 in every resample
         return math.nan, math.nan
+    tail = 100 * tail_share(units)
     with np.errstate(invalid="ignore"):  # infinite resamples interpolate to NaN
-        low, high = np.nanpercentile(samples, [2.5, 97.5])
+        low, high = np.nanpercentile(samples, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _p_value(tail: float, units: int | None) -> float:
+    """The two-sided p-value matching `_interval`: the level whose interval just reaches 0,
+    for the share `tail` of resamples on the far side of 0 (2 * tail when `units` is None)."""
+    if units is None or tail >= 0.5:
+        return min(1.0, 2 * tail)
+    from scipy import stats
+
+    t = -stats.norm.ppf(tail) / math.sqrt(units / (units - 1))
+    return float(min(1.0, 2 * stats.t.sf(t, units - 1)))
 
 
 def bootstrap_indices(units: int, samples: int = BOOTSTRAP_SAMPLES,
@@ -119,10 +148,14 @@ class Measurement:
     def ref(self) -> int:
         return self.languages.index(self.reference)
 
+    @property
+    def units(self) -> int:
+        return self.nll_fp.shape[1]
+
     def _interval(self, samples: np.ndarray) -> tuple[float | None, float | None]:
-        if self.nll_fp.shape[1] < MIN_UNITS:
+        if self.units < MIN_UNITS:
             return None, None
-        return _interval(samples)
+        return _interval(samples, self.units)
 
     def _series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-language values of `metric` ("delta": summed NLL increase; "degradation":
@@ -145,7 +178,7 @@ class Measurement:
             return TOO_FEW_UNITS
         value, samples = self._series("delta")
         ref = self.ref
-        low, high = _interval(samples[ref])
+        low, high = self._interval(samples[ref])
         if high < 0:  # e.g. an artifact fine-tuned on English: not damage, no ratio to it
             return f"{self.reference} loss fell (95% CI below 0): no damage to compare with"
         if low <= 0:
@@ -285,8 +318,10 @@ class Measurement:
 @dataclass(frozen=True)
 class Comparison:
     """A - B on the paired bootstrap (the same resampled units on both sides), with the 95%
-    percentile interval and a two-sided bootstrap p-value for "A - B = 0":
-    p = min(1, 2 * min(P*(A - B <= 0), P*(A - B >= 0))), at least 1 / resamples."""
+    expanded percentile interval (`tail_share`) and the two-sided p-value for "A - B = 0"
+    at which that interval's end reaches 0, from q = min(P*(A - B <= 0), P*(A - B >= 0)), at
+    least 1 / (2 resamples): p = 2 P(T_{n-1} > -Phi^-1(q) / sqrt(n / (n - 1))) (plain:
+    min(1, 2q))."""
 
     difference: float
     low: float
@@ -309,18 +344,20 @@ def _difference(a, b):
     return np.where(noise, 0.0, difference)
 
 
-def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> Comparison:
-    """Compare (value, bootstrap samples) pairs drawn from the same resampled units; a
-    difference within float noise of the larger side (`FLOAT_NOISE`) counts as 0."""
+def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray],
+                      units: int | None) -> Comparison:
+    """Compare (value, bootstrap samples) pairs drawn from the same resampled `units` units,
+    the interval and p-value expanded for them (`tail_share`; None: the plain percentile
+    interval); a difference within float noise of the larger side (`FLOAT_NOISE`) counts as
+    0. Below `MIN_UNITS` units there is no interval, and p is 1: nothing is decided."""
     difference = float(_difference(a[0], b[0]))
     samples = _difference(a[1], b[1])
     samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
+    if samples.size == 0 or (units is not None and units < MIN_UNITS):
         return Comparison(difference, math.nan, math.nan, 1.0)
-    tail = min(np.mean(samples <= 0), np.mean(samples >= 0))
-    p_value = min(1.0, max(2 * tail, 1 / samples.size))
-    low, high = _interval(samples)
-    return Comparison(difference, low, high, float(p_value))
+    tail = max(min(np.mean(samples <= 0), np.mean(samples >= 0)), 1 / (2 * samples.size))
+    low, high = _interval(samples, units)
+    return Comparison(difference, low, high, _p_value(float(tail), units))
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:

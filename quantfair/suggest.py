@@ -621,7 +621,7 @@ def _difference(a: tuple[float, np.ndarray, str], b: tuple[float, np.ndarray, st
     if a[2] or b[2]:
         return {"value": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan,
                 "undefined": a[2] or b[2]}
-    d = paired_difference(a[:2], b[:2])
+    d = paired_difference(a[:2], b[:2], units=None)  # as `_estimate`: the plain interval
     return {"value": d.difference, "low": d.low, "high": d.high, "p_value": d.p_value}
 
 
