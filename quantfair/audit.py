@@ -539,9 +539,12 @@ class Better(Check):
 
     def _draws(self, ctx: AuditRun, strategy: Strategy | tuple, case: Case,
                scheme: str | None):
-        if isinstance(strategy, tuple):  # the best member whose quantity is defined
+        if isinstance(strategy, tuple):  # the best member: unknown where any is undefined
             members = [self._draws(ctx, s, case, scheme) for s in strategy]
-            return min([m for m in members if not m[2]] or members, key=lambda m: m[0])
+            if undefined := [m for m in members if m[2]]:
+                return undefined[0]
+            best = max if quantity(self.quantity).higher_is_better else min
+            return best(members, key=lambda m: m[0])
         m = _measure(ctx, strategy, self.quantity, scheme, case.length)
         if case.language:
             value, samples, reason = m.draws(self.quantity)
@@ -971,10 +974,13 @@ class GroupOrder(Check):
         if ours[2] or theirs[2]:
             return Outcome("inconclusive", what, detail=f"undefined: {ours[2] or theirs[2]}")
 
-        def mean_factor(group, index):
+        def mean_factor(group, index):  # above 1 where the strategy does better
             rows = [languages.index(lang) for lang in group]
+            before, after = theirs[index][rows], ours[index][rows]
+            if quantity(self.quantity).higher_is_better:
+                before, after = after, before
             with np.errstate(divide="ignore", invalid="ignore"):
-                return (theirs[index][rows] / ours[index][rows]).mean(axis=0)
+                return (before / after).mean(axis=0)
 
         comparison = paired_difference((mean_factor(first, 0), mean_factor(first, 1)),
                                        (mean_factor(second, 0), mean_factor(second, 1)),
@@ -1013,8 +1019,9 @@ class ReliableLength(Check):
             return Outcome("inconclusive", what,
                            detail=f"undefined: {ours.undefined or theirs.undefined}")
         relative = [(e.high - e.low) / 2 / abs(e.value) for e in (ours, theirs)]
+        # the bound names no measured number: a baseline's report compares it as the same
         return Outcome(verdict(relative[0] < relative[1]), what, relative[0],
-                       f"< {self.than_length}'s {relative[1]:.4g}")
+                       f"< {self.than_length}'s", detail=f"{self.than_length}: {relative[1]:.4g}")
 
 
 @dataclass(frozen=True)

@@ -109,9 +109,10 @@ def test_undefined_disparity_is_inconclusive_not_failed():
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
 
 
-def test_the_best_of_a_tuple_is_the_best_member_whose_disparity_is_defined():
-    """English's loss change within noise but negative makes every disparity a large negative
-    number, undefined: it once won the `min` of the tuple, leaving a clear case undecided."""
+def test_the_best_of_a_tuple_with_a_member_undefined_is_unknown():
+    """English's loss change within noise but negative makes every disparity of a member a
+    large negative number, undefined: whether the strategy beats the better of the members
+    is then unknown. It was once decided against the other member alone."""
     flat = measurement({lang: np.ones(UNITS) for lang in LANGUAGES[1:]})
     nll_q = flat.nll_q.copy()
     nll_q[0] = flat.nll_fp[0] + np.tile([0.3, -0.4], UNITS // 2)  # mean -0.05, CI across 0
@@ -119,7 +120,12 @@ def test_the_best_of_a_tuple_is_the_best_member_whose_disparity_is_defined():
     run = FakeRun({"L0": measurement(LOWER), "none": measurement(NOISE), "odd": noisy})
     check = Better("L0", than=("none", "odd"), per_language=True)
     for case in check.cases(LANGUAGES):
-        assert check.run(run, case, None).status == "passed"
+        outcome = check.run(run, case, None)
+        assert outcome.status == "inconclusive" and outcome.detail.startswith("undefined: ")
+    defined = Better("L0", than=("none", "L0"), per_language=True)
+    run.measurements["L0"] = measurement(LOWER)
+    assert {defined.run(run, c, None).status for c in defined.cases(LANGUAGES)} == {
+        "inconclusive"}  # the better member is L0 itself: no difference
 
 
 def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without_a_value():
@@ -262,6 +268,33 @@ def test_kl_divergence_quantities_bound_and_compare_per_language():
     assert outcomes == {"de": "passed", "he": "failed"}  # 2x and 5x English per byte
     better = Better("L1", than="L0", quantity="same_top_rate", per_language=True)
     assert all(better.run(run, c, None).status == "passed" for c in better.cases(LANGUAGES))
+    # the best of a tuple where higher is better is its highest: 0.75 beats 0.6, not 0.9
+    run.measurements["L2"] = with_kld({"en": 0.01, "de": 0.011, "he": 0.012}, same_top=0.75)
+    of_two = Better("L2", than=("L0", "L1"), quantity="same_top_rate", per_language=True)
+    assert {of_two.run(run, c, None).status for c in of_two.cases(LANGUAGES)} == {"failed"}
+
+
+def test_a_reliable_length_turning_failed_is_a_regression_against_a_baseline():
+    """Its bound once carried the measured width of the other length, so a baseline's bound
+    always differed from the run's: compared as decided under another bound, never regressed."""
+    from quantfair.audit import ReliableLength
+    from quantfair.report import compare
+
+    class ByLength(FakeRun):
+        def measure(self, strategy, scheme=None, length=None, distribution=False):
+            return self.measurements[length]
+
+    steady, noisy = measurement(NOISE), measurement(JITTER)
+    check = ReliableLength("long")
+    case = check.cases(LANGUAGES)[0]
+    audits = []
+    for long, short in ((steady, noisy), (noisy, steady)):
+        outcome = check.run(ByLength({"long": long, "short": short}), case, None)
+        audits.append({"audits": [{"nodeid": "audits/test_length.py::test_length_reliable[x]",
+                                   "outcome": outcome.status, "bound": outcome.bound}]})
+    assert [a["audits"][0]["outcome"] for a in audits] == ["passed", "failed"]
+    assert compare(*audits)["regressions"] == [
+        "audit audits/test_length.py::test_length_reliable[x]: passed -> failed"]
 
 
 def test_a_difference_within_float_noise_is_no_difference():
