@@ -477,7 +477,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {args.new} is a copy of {args.old} (the same report, created "
               f"{old.get('created')}): nothing can differ")
     try:
-        new["comparison"] = compare(old, new, tolerance)
+        # as the run that wrote NEW compared: under --quantfair-strict an audit that passed
+        # and is inconclusive now is a regression
+        strict = bool((new.get("settings") or {}).get("strict"))
+        new["comparison"] = compare(old, new, tolerance, strict=strict)
     except NothingShared as error:
         settle_verdict(new)
         if not (why := _undecided(new, args.new)):

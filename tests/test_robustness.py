@@ -605,6 +605,20 @@ def _compared(tmp_path: Path, old: Path, report: dict):
     return new, printed, new.with_name("new-vs-baseline.html").read_text()
 
 
+def test_the_report_command_compares_a_strict_run_as_its_run_did(tmp_path, report_pair):
+    """`quantfair report OLD NEW` once compared NEW of a `--quantfair-strict` run leniently:
+    an audit passed before and inconclusive now was no regression there (exit 0), while the
+    run itself had gated it as one."""
+    old, report = report_pair
+    undecided = {**report, "audits": [{**report["audits"][0], "outcome": "inconclusive"}]}
+    _, lenient, _ = _compared(tmp_path, old, undecided)
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    strict = {**undecided, "settings": {**undecided["settings"], "strict": True}}
+    _, gated, _ = _compared(tmp_path, old, strict)
+    assert gated.returncode == 1, gated.stdout + gated.stderr
+    assert "passed -> inconclusive" in gated.stdout
+
+
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
     from quantfair.report import compare
 
