@@ -6,6 +6,7 @@ and the closing lines of the pytest run. Torch-free: it reads only the report di
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 from quantfair.corpus import REFERENCE, language
@@ -115,6 +116,12 @@ def _excludes_zero(audit: dict) -> bool:
     low, high = audit.get("low"), audit.get("high")
     return (audit.get("value") is not None and audit.get("bound") in ("< 0", "> 0")
             and low is not None and high is not None and not low <= 0 <= high)
+
+
+def _is_sweep(audit: dict) -> bool:
+    """A `Best` audit: the expected winner of a sweep against each other candidate (its CI
+    is not of a difference, and its decision is Holm's over the candidates)."""
+    return bool(re.fullmatch(r"(lowest|highest) of \d+ candidates", audit.get("bound") or ""))
 
 
 def _is_correlation(audit: dict) -> bool:
@@ -230,9 +237,11 @@ def summarize(report: dict) -> dict:
     undefined = sum(map(_undefined, undecided))
     correlations = sum(_is_correlation(a) and not _undefined(a) for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
-    if counts["inconclusive"] - undefined - corrected - correlations:
+    sweeps = sum(_is_sweep(a) and not _undefined(a) for a in undecided)
+    if counts["inconclusive"] - undefined - corrected - correlations - sweeps:
         sentences.append(
-            f"{counts['inconclusive'] - undefined - corrected - correlations} comparison(s) "
+            f"{counts['inconclusive'] - undefined - corrected - correlations - sweeps} "
+            "comparison(s) "
             "were inconclusive: "
             "the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
@@ -243,6 +252,11 @@ def summarize(report: dict) -> dict:
             f"{corrected} comparison(s) were inconclusive after correcting for the finding's "
             "several cases: the unadjusted 95% CI shown excludes 0, but the difference is not "
             "significant under Holm-Bonferroni at family-wise 5%.")
+    if sweeps:
+        sentences.append(
+            f"{sweeps} sweep(s) were inconclusive: the expected winner was neither shown to "
+            "beat every other candidate nor beaten by one (paired bootstrap differences, "
+            "Holm-Bonferroni over the candidates at family-wise 5%).")
     if correlations:
         sentences.append(
             f"{correlations} correlation(s) were inconclusive: the 95% CI of Pearson r "

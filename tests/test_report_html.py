@@ -426,8 +426,14 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
                        bound="<= 0", value=None, low=None, high=None),  # too few points
                  audit("quant_error", "inconclusive", quantity="Pearson r(variance, disparity)",
                        bound="<= 0", value=None, low=None, high=None,
-                       detail="undefined: too few units for an interval (0 defined points)")]
+                       detail="undefined: too few units for an interval (0 defined points)"),
+                 # a sweep: no CI of a difference to tell, Holm's over the candidates decides
+                 audit("anti_critical", "inconclusive", quantity="mean disparity of L2",
+                       bound="lowest of 4 candidates", value=1.2, low=None, high=None)]
     sentences = summarize(report(undecided))["sentences"]
+    assert "1 sweep(s) were inconclusive: the expected winner was neither shown to beat every " \
+           "other candidate nor beaten by one (paired bootstrap differences, Holm-Bonferroni " \
+           "over the candidates at family-wise 5%)." in sentences
     assert "2 correlation(s) were inconclusive: the 95% CI of Pearson r includes the bound, " \
            "or there were too few distinct points; more languages (--languages) narrow one " \
            "over languages, while a layer sweep's few layers decide only a strong " \
