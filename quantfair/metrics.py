@@ -83,7 +83,7 @@ def tail_share(units: int | None) -> float:
     units (>= 2), the expanded percentile interval's: Phi(-sqrt(n / (n - 1)) t_{0.975, n-1})
     (Hesterberg 2015, "What teachers should know about the bootstrap", The American
     Statistician 69(4); 0.57% at 8 units, 1.7% at 22). The plain percentile interval (None:
-    2.5%) is too narrow on few units: it told apart two strategies drawn alike in 12-15% of
+    2.5%) is too narrow on few units: it told apart two strategies drawn alike in 12-13% of
     simulated runs at 8 units, not 5%."""
     if units is None:
         return 0.025
