@@ -207,7 +207,7 @@ class AuditRun(Protocol):
     def value_weight_ratio(self) -> float: ...
     def overlap(self, first: Strategy, second: Strategy) -> float: ...
     def rescore_spread(self, strategy: Strategy) -> float: ...
-    def describe(self) -> str: ...
+    def describe(self, scheme: str | None = None, length: str | None = None) -> str: ...
 
 
 def _for_family(bounds: Bounds | None, family: str) -> Bound | None:
@@ -1087,9 +1087,9 @@ class Finding:
                 "strategy": str(case.strategy) if case.strategy else None,
                 "language": case.language, "length": case.length}
 
-    def message(self, outcome: Outcome, ctx: AuditRun) -> str:
+    def message(self, outcome: Outcome, ctx: AuditRun, case: Case) -> str:
         return (f"[{self.id}, experiment {'/'.join(self.experiments)}] {self.claim} -- "
-                f"{outcome.describe()} ({ctx.describe()})")
+                f"{outcome.describe()} ({ctx.describe(case.scheme, case.length)})")
 
 
 def audit(finding: Finding) -> Callable:
@@ -1111,7 +1111,7 @@ def audit(finding: Finding) -> Callable:
         evidence = request.node.stash.setdefault(EVIDENCE, {})
         if outcome.status == "skipped":
             pytest.skip(outcome.detail)
-        message = finding.message(outcome, quantfair_audit)
+        message = finding.message(outcome, quantfair_audit, case)
         # numpy scalars become Python numbers: xdist serialises the evidence with the report
         evidence.update({k: v.item() if hasattr(v, "item") else v
                          for k, v in asdict(outcome).items()},

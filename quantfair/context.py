@@ -17,6 +17,7 @@ from quantfair.report import measurement_records
 from quantfair.session import AuditSession
 from quantfair.storage import shared_json
 from quantfair.strategies import Overhead, protection_key
+from quantfair.text import units_text
 
 RESCORE_BATCH_TOKENS = 512  # padded batches of several units, logits of bounded size
 
@@ -37,11 +38,13 @@ class AuditContext:
         self._unsent: dict[tuple, None] = {}  # keys of rows measured since `new_rows`
         self._facts: dict[str, object] = {}
 
-    def describe(self) -> str:
-        config = self.session.config
-        return (f"model {self.session.loaded.name} ({self.family}), scheme {config.scheme.name}, "
-                f"{len(self.session.corpus.languages)} languages x "
-                f"{len(self.session.corpus.units)} units")
+    def describe(self, scheme: str | None = None, length: str | None = None) -> str:
+        """The model, the scheme an audit measured (`scheme`, else the run's) and its units
+        (at `length`: long texts join units, so there are fewer)."""
+        corpus = self.session.corpus.with_length(length) if length else self.session.corpus
+        return (f"model {self.session.loaded.name} ({self.family}), scheme "
+                f"{scheme or self.session.config.scheme.name}, {len(corpus.languages)} "
+                f"languages x {units_text(len(corpus.units))}")
 
     def architecture(self) -> dict:
         """What a new checkpoint of the same model keeps (`report.architecture`)."""

@@ -107,3 +107,11 @@ def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_oth
                             overhead=0.0, score=1.0))
     assert load_suggestion(before)["strategy"] == "L0"
     assert load_suggestion(after) is None
+
+
+def test_an_audits_line_names_the_scheme_and_the_units_it_measured(context):
+    """An int8 audit's line once named the run's int4, and a long-text comparison the 8 units
+    of the run where its texts join three units each."""
+    assert context.describe() == "model tiny-gpt2 (gpt2), scheme int4, 2 languages x 2 units"
+    assert context.describe("int8", "long") == ("model tiny-gpt2 (gpt2), scheme int8, "
+                                                "2 languages x 1 unit")

@@ -107,7 +107,7 @@ class World:
     def rescore_spread(self, strategy):
         return self.facts["spread"]
 
-    def describe(self):
+    def describe(self, scheme=None, length=None):
         return "synthetic"
 
 
