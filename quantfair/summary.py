@@ -199,6 +199,11 @@ def summarize(report: dict) -> dict:
     if warning := uniform_guess_warning(english, model.get("vocabulary"),
                                         settings.get("scheme")):
         sentences.append(f"Warning: {warning}")
+    released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
+    if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
+        sentences.append("No release gate was checked (no --quantfair-max-* maximum, no "
+                         "--quantfair-baseline): the verdict is of the seed's findings on this "
+                         "model, not a release decision.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

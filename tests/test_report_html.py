@@ -643,3 +643,15 @@ def test_disparities_at_or_below_0_are_named_under_the_forest():
     assert ("Not drawn (disparity at or below 0, on a log axis): he (none)"
             in render_html(negative))
     assert "Not drawn (disparity" not in render_html(report())
+
+
+def test_a_run_that_checked_no_release_gate_says_so():
+    """A failed verdict on the seed's findings, with every release gate skipped for want of a
+    maximum, read like a failed release."""
+    skipped_gate = audit("release_disparity", "skipped", "he", experiments=["051", "release"],
+                         value=None, low=None, high=None, bound=None)
+    said = ("No release gate was checked (no --quantfair-max-* maximum, no --quantfair-baseline): "
+            "the verdict is of the seed's findings on this model, not a release decision.")
+    assert said in summarize(report([*AUDITS, skipped_gate]))["sentences"]
+    decided = {**skipped_gate, "outcome": "passed", "value": 1.2, "bound": "<= 2"}
+    assert said not in summarize(report([*AUDITS, decided]))["sentences"]
