@@ -256,7 +256,8 @@ def summarize(report: dict) -> dict:
         sentences.append(
             f"{corrected} comparison(s) were inconclusive after correcting for the finding's "
             "several cases: the unadjusted 95% CI shown excludes 0, but the difference is not "
-            "significant under Holm-Bonferroni at family-wise 5%.")
+            "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); "
+            "more units (--units) would decide the clear ones.")
     if sweeps:
         sentences.append(
             f"{sweeps} sweep(s) were inconclusive: the expected winner was neither shown to "

@@ -443,7 +443,8 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
            "(--units) narrow the CI." in sentences
     assert "1 comparison(s) were inconclusive after correcting for the finding's several " \
            "cases: the unadjusted 95% CI shown excludes 0, but the difference is not " \
-           "significant under Holm-Bonferroni at family-wise 5%." in sentences
+           "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); " \
+           "more units (--units) would decide the clear ones." in sentences
     assert "2 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(no ratio to English's loss change)." in sentences
     undefined = report(undecided)
