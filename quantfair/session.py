@@ -180,7 +180,7 @@ class AuditSession:
     def entry_percent(self, fraction: float) -> str:
         """The `P%` of an entry selector (`random:`, `magnitude:`, `gradient:`) that keeps at
         most `fraction` (0..1) of all parameters: these keep P% of the *quantized* parameters,
-        each tensor its share rounded to the nearest entry, so the share is rounded down to 6
+        rounded to the nearest entry (`strategies._entries`), so the share is rounded down to 6
         significant digits and lowered until the count fits (a selector over a budget cannot
         enter `suggest`'s search, nor be a fair baseline). `act:` and `actgap:` take the same
         share in whole input columns."""

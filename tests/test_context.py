@@ -24,6 +24,14 @@ def test_budget_matched_selectors_protect_as_much_as_their_reference(context, se
     assert matched == pytest.approx(reference, rel=0.01)
 
 
+@pytest.mark.parametrize("selector", ["random", "magnitude"])
+def test_a_budget_of_a_few_weights_is_matched_weight_for_weight(context, selector):
+    """A share of a few weights is below one entry in every tensor: rounded per tensor it kept
+    none, and `random` at the budget of `superweights:8` was `none` under another name."""
+    matched = context.strategy_text(Matched(selector, "superweights:8"))
+    assert context.overhead(matched).protected == context.overhead("superweights:8").protected
+
+
 def test_budget_matched_selectors_spend_the_budget_where_only_linear_weights_are_quantized(
         monkeypatch):
     """Entry selectors keep a share of the *quantized* parameters: where embeddings and norms

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -361,6 +363,25 @@ def test_top_mask_keeps_the_highest_scores_ties_in_order(values, data):
     assert np.array_equal(out, expected)  # -0.0 == 0.0: a tie, like any other
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 10**7), min_size=1, max_size=40), st.floats(0, 1), st.randoms())
+def test_entry_counts_apportion_the_share_of_all_entries(sizes, fraction, rng):
+    from quantfair.strategies import _entries
+
+    ties = list(range(len(sizes)))
+    rng.shuffle(ties)
+    counts = _entries(fraction, sizes, ties)
+    assert sum(counts) == round(fraction * sum(sizes))
+    for count, size in zip(counts, sizes, strict=True):
+        assert math.floor(fraction * size) <= count <= math.floor(fraction * size) + 1
+    # the entries left go to the largest remainders, equal ones in the order of `ties`
+    remainders = [fraction * size - math.floor(fraction * size) for size in sizes]
+    plus = [i for i in ties if counts[i] > math.floor(fraction * sizes[i])]
+    rest = [i for i in ties if i not in plus]
+    if plus and rest:
+        assert min(remainders[i] for i in plus) >= max(remainders[i] for i in rest)
+
+
 def _mapped_ranges(folder) -> list[tuple[int, int]]:
     """Address ranges of this process's memory maps of files in `folder`."""
     with open("/proc/self/maps") as maps:
@@ -391,14 +412,14 @@ def test_entry_scores_are_written_to_a_mapped_buffer(tmp_path, monkeypatch, sele
     resolver = StrategyResolver(WeightBank(model, tmp_path), INT4)
     scored, top_elements = [], resolver._top_elements
 
-    def spied(parts, score, fraction):
+    def spied(parts, score, fraction, ties=None):
         def recorded(c, out):
             result = score(c, out)
             pointer = result.data_ptr()
             scored.append(tuple(result.shape) == tuple(c.shape) and any(
                 lo <= pointer < hi for lo, hi in _mapped_ranges(tmp_path)))
             return result
-        return top_elements(parts, recorded, fraction)
+        return top_elements(parts, recorded, fraction, ties)
     monkeypatch.setattr(resolver, "_top_elements", spied)
     resolver.resolve(selector)
     assert scored and all(scored)
