@@ -195,6 +195,20 @@ def test_paired_difference_and_holm_on_known_numbers():
     assert holm([0.01, 0.02, 0.04]) == [True, True, True]
 
 
+@pytest.mark.parametrize("units", [2, 3, 5, 8, 12])
+def test_a_comparisons_interval_excludes_0_where_its_p_is_below_5_percent(units):
+    """On 2 units the expanded interval was the extreme resamples: two differences of one sign
+    excluded 0 while p was 0.3 (read as a t statistic, 1 df), and the summary blamed Holm."""
+    rng = np.random.default_rng(units)
+    for shift in np.linspace(0.0, 3.0, 31):
+        differences = rng.normal(shift, 1.0, units)
+        resamples = differences[rng.integers(0, units, (2000, units))].mean(axis=1)
+        comparison = paired_difference((float(differences.mean()), resamples),
+                                       (0.0, np.zeros(2000)), units=units)
+        assert (comparison.low > 0 or comparison.high < 0) == (comparison.p_value < 0.05), (
+            shift, comparison)
+
+
 @pytest.mark.parametrize("quantity", ["degradation", "disparity"])
 def test_two_strategies_drawn_alike_are_told_apart_about_5_percent_of_the_time(quantity):
     """Per-unit damage drawn from one skewed (gamma) law for both: the plain percentile
