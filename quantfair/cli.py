@@ -136,6 +136,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
                                          args.quantfair_random_weights))
     print(f"corpus: {corpus.source}  units per language: {len(corpus.units)}  "
           f"digest: {corpus.digest()}")
+    if evaluator:
+        note = evaluator.loaded.weights_note
+        print(f"tokens: {evaluator.loaded.name}'s tokenizer" + (f" ({note})" if note else ""))
     rows = []
     for lang, units in corpus.texts.items():
         meta = language(lang)

@@ -224,6 +224,9 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+RANDOM_NOTE = "random weights, seed 0; a byte-level tokenizer, a token per byte"
+
+
 def byte_tokenizer():
     """A byte-level tokenizer (256 bytes + <|endoftext|>), for models with random weights."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -291,7 +294,7 @@ def _random_weights(spec: str) -> LoadedModel:
     config = AutoConfig.for_model(**config_dict)
     return LoadedModel(
         name=spec, model=_from_config(config), tokenizer=byte_tokenizer(),
-        source=f"random weights, config {path.name}", weights_note="random weights (seed 0)",
+        source=f"random weights, config {path.name}", weights_note=RANDOM_NOTE,
     )
 
 
@@ -642,7 +645,7 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
         load_count += 1
         loaded = LoadedModel(spec, _from_config(_tiny_config(TINY_MODEL_TYPES[spec])),
                              byte_tokenizer(), source="tiny random model",
-                             weights_note="random weights (seed 0)")
+                             weights_note=RANDOM_NOTE)
     elif random_weights:
         load_count += 1
         loaded = _random_weights(spec)

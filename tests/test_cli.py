@@ -529,6 +529,15 @@ def test_corpus_lists_every_language_by_default_as_its_help_says():
     assert "(default: all)" in help_text and "default en,de" not in help_text
 
 
+def test_corpus_says_a_random_weight_model_counts_bytes_not_its_own_tokens():
+    """gpt2 with random weights has no BPE here: its token counts are bytes (tok/char 1.00 in
+    English), which a user planning budgets must be told."""
+    shown = run_cli("corpus", "--model", "gpt2", "--random-weights", "--languages", "en")
+    assert shown.returncode == 0, shown.stderr
+    assert "tokens: gpt2's tokenizer (random weights, seed 0; a byte-level tokenizer" in (
+        shown.stdout)
+
+
 def test_an_os_error_without_errno_is_no_unexpected_error():
     """Exit 2, as any OSError, so its line must not ask for a bug report (exit 3's)."""
     from quantfair.cli import _error_text

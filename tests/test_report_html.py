@@ -17,6 +17,7 @@ from matplotlib.text import Text
 from quantfair import charts
 from quantfair.html import findings_matrix, render_html, scorecard, shade
 from quantfair.metrics import Measurement
+from quantfair.models import RANDOM_NOTE
 from quantfair.report import (
     RunRecord,
     build_report,
@@ -157,7 +158,7 @@ def test_the_headline_separates_findings_errors_and_incomplete_runs(audits, inco
 
 def test_a_random_weight_model_is_said_to_test_the_machinery_only():
     trained, random = report(), report()
-    random["model"]["weights_note"] = "random weights (seed 0)"
+    random["model"]["weights_note"] = RANDOM_NOTE
     warning = "The model has random weights: the run tests the machinery"
     assert not any(warning in s for s in summarize(trained)["sentences"])
     assert any(warning in s for s in summarize(random)["sentences"])
