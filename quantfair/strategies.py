@@ -155,13 +155,14 @@ class StrategyResolver:
         """How many parameters an entry selector (`random:`, `magnitude:`, `gradient:`) at
         `fraction` of the quantized parameters keeps, without selecting them (the count of
         `_top_elements`, whatever the scores)."""
-        return sum(_entries(fraction, c.numel) for c in self._quantized_parts())
+        return sum(_entries(fraction, [c.numel for c in self._quantized_parts()]))
 
     def _top_elements(self, parts: list[Component],
                       score: Callable[[Component, torch.Tensor], torch.Tensor],
-                      fraction: float) -> Protection:
-        """Per tensor, the `_entries(fraction, numel)` highest-scoring elements (ties cut in
-        order, `_top_mask`). `score(part, out)` is called one part at a time and may write the
+                      fraction: float, ties: Sequence[int] | None = None) -> Protection:
+        """Per tensor, its `_entries` count of highest-scoring elements (ties cut in order,
+        `_top_mask`; `ties`: the order of tensors in a tie for a last entry, see `_entries`).
+        `score(part, out)` is called one part at a time and may write the
         part's scores into `out` (float32, the part's shape), a view of one mapped buffer as
         large as the largest part (a token embedding's scores are 100+ MB); the masks are views
         of another (`_mask_views`)."""
@@ -169,12 +170,12 @@ class StrategyResolver:
         views = _mask_views([c.numel for c in parts], self.bank.folder)
         buffer = scratch(max((c.numel for c in parts), default=0), torch.float32,
                          self.bank.folder)
-        for c, view in zip(parts, views, strict=True):
-            out = buffer[:c.numel].view(c.shape)
-            flat = score(c, out).detach().flatten().float().cpu().numpy()
-            keep = _entries(fraction, flat.size)
+        counts = _entries(fraction, [c.numel for c in parts], ties)
+        for c, view, keep in zip(parts, views, counts, strict=True):
             if keep == 0:
                 continue
+            out = buffer[:c.numel].view(c.shape)
+            flat = score(c, out).detach().flatten().float().cpu().numpy()
             if keep >= flat.size:
                 protection[c.name] = True
                 continue
@@ -190,9 +191,11 @@ class StrategyResolver:
             fraction = percent_of_term(budget, term)
             seed = int(seed_text) if seed_text.isdigit() else 0
             generator = torch.Generator().manual_seed(seed)
+            parts = self._quantized_parts()
+            ties = np.random.default_rng(seed).permutation(len(parts)).tolist()
             return self._top_elements(
-                self._quantized_parts(),
-                lambda c, out: torch.rand(c.shape, generator=generator, out=out), fraction)
+                parts, lambda c, out: torch.rand(c.shape, generator=generator, out=out),
+                fraction, ties)
         if kind == "magnitude":
             fraction = percent_of_term(argument, term)
             return self._top_elements(self._quantized_parts(),
@@ -458,9 +461,20 @@ class StrategyResolver:
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
 
 
-def _entries(fraction: float, numel: int) -> int:
-    """Entries an entry selector keeps of a tensor: its share, rounded to the nearest entry."""
-    return round(fraction * numel)
+def _entries(fraction: float, sizes: Sequence[int], ties: Sequence[int] | None = None
+             ) -> list[int]:
+    """Entries an entry selector keeps of each tensor of these sizes: `fraction` of them all,
+    rounded to the nearest entry, each tensor its share rounded down and the entries left one
+    each to the tensors with the largest remainders (Hamilton's apportionment, as `act:`), so
+    that a budget of a few weights keeps them rather than rounding to nothing in every
+    tensor. Equal remainders go in the order `ties` (indices; default: the tensors' order)."""
+    ideal = [fraction * n for n in sizes]
+    counts = [math.floor(x) for x in ideal]
+    left = max(0, round(fraction * sum(sizes)) - sum(counts))
+    rank = {i: position for position, i in enumerate(ties or range(len(sizes)))}
+    for i in sorted(range(len(sizes)), key=lambda i: (counts[i] - ideal[i], rank[i]))[:left]:
+        counts[i] += 1
+    return counts
 
 
 def _mask_views(sizes: list[int], folder: Path | None) -> list[torch.Tensor]:
