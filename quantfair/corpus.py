@@ -163,9 +163,9 @@ def _scripts(lang: Language) -> set[str]:
 
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
     """Codes of the languages with metadata that `selector` names, in metadata order:
-    `script:Arab` (ISO 15924, any case; `script:Hani` takes Hans and Jpan too), `class:0-2`
-    or `class:5` (Joshi et al.), `family:Semitic` (a family or its branch, any case; the kind
-    in any case too); only those in `among` when given.
+    `script:Arab` (ISO 15924, any case; `script:Hani` takes Hans and Jpan too), `class:0-2`,
+    `class:3-` (3 to 5) or `class:5` (Joshi et al.), `family:Semitic` (a family or its
+    branch, any case; the kind in any case too); only those in `among` when given.
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     kind = kind.lower()
@@ -181,14 +181,16 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
                              f"scripts: {', '.join(scripts)}")
         chosen = [lang for lang in pool if value.lower() in _scripts(lang)]
     elif kind == "class":
-        low, _, high = value.partition("-")
+        low, dash, high = value.partition("-")
+        if dash and (low or high):  # an open end: class:3- is 3-5, class:-2 is 0-2
+            low, high = low or str(CLASSES[0]), high or str(CLASSES[-1])
         try:
             low_class, high_class = decimal_integer(low), decimal_integer(high or low)
         except ValueError:
             low_class = high_class = -1
         if low_class not in CLASSES or high_class not in CLASSES:
             raise UsageError(f"--languages {selector}: a class is 0..5 (Joshi et al. 2020), "
-                             "or a range such as class:0-2")
+                             "or a range such as class:0-2 or class:3-")
         if low_class > high_class:
             raise UsageError(f"--languages {selector}: a range goes from low to high, "
                              f"class:{high_class}-{low_class}")

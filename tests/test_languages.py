@@ -122,6 +122,9 @@ def test_class_ranges_are_inclusive_and_english_stays_first():
     assert all(language(code).resource_class <= 1 for code in low[1:])
     assert len(parse_languages("class:0-5")) == len(LANGUAGES)
     assert parse_languages("class:2,class:2-2") == parse_languages("class:2")
+    # an open end runs to the last class or from the first: class:3- was class 3 alone
+    assert parse_languages("class:3-") == parse_languages("class:3-5")
+    assert parse_languages("class:-1") == parse_languages("class:0-1")
     assert parse_languages("script:Latn")[0] == "en"
 
 
@@ -141,6 +144,8 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
     ("class:6", "class:6", "0..5"),
     ("class:3-1", "class:3-1", "a range goes from low to high, class:1-3"),
     ("class:low", "class:low", "0..5"),
+    ("class:-", "class:-", "0..5"),
+    ("class:1--2", "class:1--2", "0..5"),
     ("family:Elvish", "unknown family 'Elvish'", "Indo-European"),
     ("family:Indo", "unknown family 'Indo'", "Afro-Asiatic (Chadic, Semitic)"),  # branches too
     ("family:a", "unknown family 'a'", "Indo-European"),  # a whole name, not a substring
