@@ -238,7 +238,8 @@ def require_other_languages(languages: Sequence[str] | None) -> None:
     (`None`: every language of the corpus)."""
     if languages is not None and not set(languages) - {REFERENCE}:
         raise UsageError(f"--languages selects only {REFERENCE}: disparities compare languages "
-                         f"with {REFERENCE}; give at least one other, e.g. {REFERENCE},de")
+                         f"with {REFERENCE}; give at least one other (`quantfair corpus` lists "
+                         "the corpus's languages)")
 
 
 # A percentage as written in options and strategy terms: plain decimals, no exponent, sign

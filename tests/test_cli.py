@@ -185,7 +185,7 @@ def corpus_files(tmp_path):
     (["measure", "tiny-gpt2", "--units", "9" * 18], "--units 999999999999999999: the corpus"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
-     "give at least one other, e.g. en,de"),
+     "give at least one other (`quantfair corpus` lists the corpus's languages)"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
     (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
     (["corpus", "--languages", ""], "an empty entry"),

@@ -93,7 +93,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--threads", "0_1"], "--threads must be auto or a positive integer, got '0_1'"),
         (["--languages", "en,class:\u0661"], "--languages class:\u0661: a class is 0..5"),
         (["--strategy-typo"], "unrecognized arguments"),
-        (["--languages", "en"], "give at least one other, e.g. en,de"),
+        (["--languages", "en"], "give at least one other (`quantfair corpus` lists"),
         (["--units", "100"], "--units 100: the corpus has 31 units per language"),
         (["--quantfair-units=100"], "--quantfair-units 100: the corpus has 31 units"),
         (["--units", "5", "--quantfair-units", "100"],  # which would win?
