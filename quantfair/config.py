@@ -269,7 +269,12 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     for entry in (part.strip() for part in text.split(",")):
         if not entry:
             raise UsageError(f"--{name} {text}: an empty entry; give e.g. 2.0,he=3.0")
-        language, _, number = entry.rpartition("=")
+        language, equals, number = entry.rpartition("=")
+        if equals and not (language.strip() and number.strip()):
+            raise UsageError(f"--{name} {text}: '{entry}' names no "
+                             + ("maximum" if language.strip() else "language")
+                             + "; give LANG=VALUE, or VALUE alone for every language, e.g. "
+                             "2.0,he=3.0")
         language = language.strip() or "*"
         # a degradation is a relative change, shown as a percentage: 0.5 or 50%
         value = (fraction_option if name == "max-degradation" else number_option)(name, number)

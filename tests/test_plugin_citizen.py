@@ -922,6 +922,8 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
     ("2,he=3,he=4", "--quantfair-max-disparity 2,he=3,he=4: he is given twice"),
     ("2.0,he=3.0,", "--quantfair-max-disparity 2.0,he=3.0,: an empty entry"),
     ("2.0,3.0", "--quantfair-max-disparity 2.0,3.0: two maxima for every language"),
+    ("2.0,he=", "--quantfair-max-disparity 2.0,he=: 'he=' names no maximum; give LANG=VALUE"),
+    ("=3", "--quantfair-max-disparity =3: '=3' names no language; give LANG=VALUE, or VALUE"),
     ("2.0,he:3", "--quantfair-max-disparity must be a number, got 'he:3'"),
     ("1_0", "--quantfair-max-disparity must be a number, got '1_0'"),  # float(): 10
     ("2,he=\u0663", "--quantfair-max-disparity must be a number, got '\u0663'"),  # float(): 3
