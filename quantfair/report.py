@@ -361,9 +361,12 @@ def _differences(old: dict, new: dict) -> list[str]:
     # the corpus digest is of the audited languages and units: where those differ (said
     # above), a different digest says nothing of the file's text
     selection = any(was.get(key) != settings.get(key) for key in ("languages", "units"))
+    # weights hashed in another dtype (said above) differ whatever the file
+    cast = was.get("dtype") != settings.get("dtype")
     return differences + [f"{what}: {before} -> {now}" for setting, what, before, now
                           in contents if before and now and before != now
-                          and not (setting == "corpus" and selection)]
+                          and not (setting == "corpus" and selection)
+                          and not (setting != "corpus" and cast)]
 
 
 def _measured_otherwise(old: dict, new: dict) -> str:

@@ -997,6 +997,23 @@ def test_the_same_file_given_by_another_path_is_no_difference(report_pair):
         "quantized: /rel/smol.gguf -> other.gguf", "artifact weights: aa -> bb"]
 
 
+def test_weights_read_in_another_dtype_are_not_said_to_be_other_weights(report_pair):
+    """The same file in bfloat16 hashes otherwise: the dtype is the difference, not the
+    model's weights."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+
+    def run(dtype: str, weights: str) -> dict:
+        return {**report, "settings": {**report["settings"], "dtype": dtype},
+                "model": {**report["model"], "weight_hash": weights}}
+
+    assert compare(run("float32", "aa"), run("bfloat16", "bb"))["differences"] == [
+        "dtype: float32 -> bfloat16"]
+    assert compare(run("float32", "aa"), run("float32", "bb"))["differences"] == [
+        "model weights: aa -> bb"]
+
+
 def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audits_by_file(
         tmp_path, report_pair):
     """A gate that compared other languages, units or another model must say so; audits
