@@ -32,7 +32,16 @@ from quantfair.schemes import check_block_format
 from quantfair.storage import is_gguf
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS, uniform_guess_warning
-from quantfair.text import brief, decimal_integer, one_line, plural, significant, some, units_text
+from quantfair.text import (
+    brief,
+    decimal_integer,
+    one_line,
+    percent,
+    plural,
+    significant,
+    some,
+    units_text,
+)
 from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
@@ -74,7 +83,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(_table(["layer", "block", "role", "kind", "params"], rows))
     print()
     print(f"overhead of keeping each strategy's parameters in FP16 next to {scheme.name} codes:")
-    rows = [(expr, seed, f"{o.protected:,}", f"{100 * o.fraction:.3f}%",
+    rows = [(expr, seed, f"{o.protected:,}", percent(o.fraction),
              f"{100 * o.bytes_fraction:.2f}%", f"{reported}%" if reported else "")
             for expr, seed, reported, o in resolved]
     print(_table(["strategy", "seed name", "protected", "% params", "% bytes", "seed (gpt2)"],
@@ -374,7 +383,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     print(f"model: {result.model}  scheme: {result.scheme}  budget: {100 * budget:g}%")
     if result.note:
         print(f"note: {result.note}")
-    print(f"suggested strategy: {result.strategy}  (overhead {100 * result.overhead:.3f}% of "
+    print(f"suggested strategy: {result.strategy}  (overhead {percent(result.overhead)} of "
           "parameters)")
     if result.trace:
         print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
@@ -383,7 +392,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
                       "en KLD (nats)", "chosen"],
                      [(s.phase, s.step, s.candidate, _finite(s.score, 4),
-                       _finite(s.mean_disparity, 3), f"{100 * s.overhead:.3f}%",
+                       _finite(s.mean_disparity, 3), percent(s.overhead),
                        f"{s.english_damage:.2f}",
                        "*" if s.chosen else "" if s.allowed else "no: raises damage")
                       for s in result.trace]))
@@ -405,7 +414,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                       "vs (mean)", "vs (worst)", "en degradation"],
                      [(row["label"] + ("" if row["storable"] else " *"),
                        ", ".join(row["strategies"]),
-                       f"{100 * row['overhead']:.3f}%", cell(row["mean_disparity"]),
+                       percent(row["overhead"]), cell(row["mean_disparity"]),
                        cell(row["worst_disparity"]), cell(row.get("mean_difference")),
                        cell(row.get("worst_difference")),
                        f"{100 * row['english_degradation']:.1f}%")

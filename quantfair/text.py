@@ -70,6 +70,13 @@ def significant(value: float, digits: int) -> str:
     return f"{value:#.{digits}g}".replace(".e", "e").removesuffix(".")
 
 
+def percent(fraction: float) -> str:
+    """A share as a percentage to 3 decimals (`11.185%`), or to 2 significant digits where
+    those show 0 but it is not (64 weights of 135M: `4.8e-05%`, not `0.000%`)."""
+    value = 100 * fraction
+    return f"{value:.2g}%" if 0 < abs(value) < 0.0005 else f"{value:.3f}%"
+
+
 def interval_text(estimate: dict | None) -> str:
     """`value [low, high]` of an estimate as JSON holds it ("undefined" when it is, "" when
     there is none)."""

@@ -802,3 +802,11 @@ def test_numbers_of_a_column_keep_their_significant_digits(value, shown):
     from quantfair.text import significant
 
     assert significant(value, 5) == shown
+
+
+@pytest.mark.parametrize("fraction, shown", [(0.11185, "11.185%"), (0.0, "0.000%"),
+                                             (64 / 134_515_008, "4.8e-05%"), (1e-5, "0.001%")])
+def test_an_overhead_of_a_few_weights_is_not_shown_as_0(fraction, shown):
+    from quantfair.text import percent
+
+    assert percent(fraction) == shown
