@@ -297,6 +297,7 @@ def _suggested(session, measured: bool = False) -> str:
         load_suggestion,
         no_suggestion,
         other_corpus,
+        reselected,
         search_units_given,
         searched_units,
     )
@@ -309,10 +310,12 @@ def _suggested(session, measured: bool = False) -> str:
     if corpus := other_corpus(found, session):
         print(f"quantfair: note: the suggestion was searched on another corpus text ({corpus}, "
               "as it read then)", file=sys.stderr)
-    if others := unsearched_languages(found, session.corpus.languages):
+    if measured and (others := unsearched_languages(found, session.corpus.languages)):
         print("quantfair: warning: the suggestion was searched without these languages of "
               f"this command, so it was not fitted to them: {', '.join(others)}",
               file=sys.stderr)  # OTHER_LANGUAGES speaks of audits, which commands do not run
+    if why := reselected(found, session):
+        print(f"quantfair: warning: {why}", file=sys.stderr)
     if measured and (seen := searched_units(found, session)):
         print(f"quantfair: warning: the suggestion was searched on {some(seen)}, which "
               "these units include: not a held-out measurement; give "

@@ -37,6 +37,7 @@ class AuditContext:
         self._rows: dict[tuple, list[dict]] = {}
         self._unsent: dict[tuple, None] = {}  # keys of rows measured since `new_rows`
         self._facts: dict[str, object] = {}
+        self._warned = False  # that the suggestion's entries are chosen on other text
 
     def describe(self, scheme: str | None = None, length: str | None = None) -> str:
         """The model, the scheme an audit measured (`scheme`, else the run's) and its units
@@ -75,7 +76,7 @@ class AuditContext:
             raise NotApplicable("no --strategy given to audit")
         if self.candidate != "suggested":
             return self.candidate
-        from quantfair.suggest import no_suggestion, search_units_given, searched_units
+        from quantfair.suggest import no_suggestion, reselected, search_units_given, searched_units
         from quantfair.text import some
 
         found = self.suggestion()
@@ -90,6 +91,9 @@ class AuditContext:
                 "file's order); search again")
             raise UsageError(f"the suggestion was searched on {some(seen)}, which this run "
                              f"audits ({units} units): not a held-out test; {fix}")
+        if not self._warned and (why := reselected(found, self.session)):
+            self._warned = True
+            self.session.announce(f"quantfair: warning: the suggestion {found['strategy']}: {why}")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:

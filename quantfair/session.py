@@ -154,6 +154,11 @@ class AuditSession:
         return {lang: [texts.texts[lang][u] for u in _selector_share(texts)]
                 for lang in texts.languages}
 
+    def selector_texts_digest(self) -> str:
+        """The digest of the text calibrated selectors choose entries on: equal digests,
+        equal selections."""
+        return hash_texts(self._calibration_texts())
+
     def _calibration_texts(self) -> list[str]:
         """`_calibration_by_language`, one language after another round by round."""
         columns = zip_longest(*self._calibration_by_language().values())

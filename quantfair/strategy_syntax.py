@@ -42,6 +42,8 @@ VALID = (
 SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "superweights",
              "seed")
 ELEMENT_SELECTORS = ("random", "magnitude", "gradient", "act", "actgap", "superweights")
+# Those choosing on calibration text (gradients, activations): other text, other entries.
+CALIBRATED_SELECTORS = ("gradient", "act", "actgap", "superweights")
 # L0, L12, L-1 (the last): no leading zero, no L-0 (it would be L0, not the last)
 _LAYER_TOKEN = r"L(?:0|-?[1-9][0-9]{0,5})|Llast|Lmid|even|odd|all"
 # With its sign, as --budget: `magnitude:0.05` could mean 5% or 0.05%.

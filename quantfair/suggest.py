@@ -83,6 +83,7 @@ from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_digest, json_safe
 from quantfair.strategies import StrategyResolver
+from quantfair.strategy_syntax import CALIBRATED_SELECTORS
 from quantfair.text import plural
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
@@ -141,6 +142,8 @@ class Suggestion:
     evaluator: str = ""  # the model's tokenizer and settings (`Evaluator.identity`)
     corpus: str = ""  # the corpus searched on, as the report's settings name it
     corpus_digest: str = ""  # its text's digest (`Corpus.digest`): unit names are its own
+    # the digest of the text calibrated selectors (act:, superweights:, ...) chose entries on
+    selector_texts: str = ""
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -540,7 +543,8 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
                         strategy="none", overhead=0.0, score=math.nan,
                         languages=list(session.corpus.languages),
                         corpus=config.settings()["corpus"],
-                        corpus_digest=config.full_corpus.digest())
+                        corpus_digest=config.full_corpus.digest(),
+                        selector_texts=session.selector_texts_digest())
     if budget == 0:
         result.note = "budget 0%: nothing is protected"
         save(session, result)  # the latest suggestion, what `--strategy suggested` uses
@@ -781,6 +785,22 @@ def other_corpus(found: dict, session: AuditSession) -> str:
     if not digest or digest == session.config.full_corpus.digest():
         return ""
     return found.get("corpus") or "another corpus"
+
+
+def reselected(found: dict, session: AuditSession) -> str:
+    """Why the entries of the suggestion's calibrated selectors (`act:`, `actgap:`,
+    `superweights:`, `gradient:`) may differ here from those it was searched with: they are
+    chosen on each session's calibration text, which other languages or units change; ""
+    where they are the same, or the recipe has none."""
+    terms = [t for t in found["strategy"].split("+")
+             if t.partition(":")[0] in CALIBRATED_SELECTORS]
+    if not terms or found.get("selector_texts") == session.selector_texts_digest():
+        return ""
+    return (f"its {', '.join(terms)} choose{'s' if len(terms) == 1 else ''} entries on this "
+            "command's calibration text, which differs from the search's (other languages or "
+            "units), so the entries kept may not be those it scored; give --languages "
+            f"{','.join(found.get('languages') or [])} {search_units_given(found)} as in the "
+            "search to keep the same")
 
 
 def search_units_given(found: dict) -> str:

@@ -397,6 +397,34 @@ def test_measure_warns_where_it_measures_languages_the_search_did_not(f32_gguf, 
             in capsys.readouterr().err)
 
 
+def test_inspect_and_export_of_whole_tensors_warn_of_no_language(f32_gguf, suggested_l1, capsys):
+    """Which languages a command names changes nothing of L1: no 'not fitted' warning."""
+    for command in (["inspect"], ["export", "--emit", "hf"]):
+        assert main([command[0], str(f32_gguf), *command[1:], "--quant", "gguf:Q5_0",
+                     "--strategy", "suggested", "--languages", "en,he", "--units", "1"]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
+def test_a_calibrated_suggestion_measured_on_other_text_says_its_entries_may_differ(
+        f32_gguf, capsys):
+    """act: chooses its columns on the session's calibration text: other languages, other
+    columns than the search scored."""
+    from quantfair.suggest import Suggestion, save
+
+    searched = _session(str(f32_gguf), quant="gguf:Q5_0", languages="en,de")
+    save(searched, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05,
+                              strategy="L1+act:1%", overhead=0.05, score=1.0,
+                              languages=["en", "de"], calibration_units=["article_30"],
+                              selector_texts=searched.selector_texts_digest()))
+    warning = "warning: its act:1% chooses entries on this command's calibration text"
+    for languages, warned in (("en,de", False), ("en,he", True)):
+        assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy",
+                     "suggested", "--languages", languages, "--units", "1"]) == 0
+        err = capsys.readouterr().err
+        assert (warning in err) == warned, err
+    assert "give --languages en,de --units" in err
+
+
 def test_measure_warns_where_its_units_include_those_of_the_search(f32_gguf, suggested_l1,
                                                                    capsys):
     assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
