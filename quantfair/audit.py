@@ -961,9 +961,8 @@ class GroupOrder(Check):
         return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]
 
     def run(self, ctx, case, bound):
-        ours, theirs = (_measure(ctx, s, self.quantity).draws(self.quantity)
-                        for s in (self.strategy, self.than))
-        measured = _measure(ctx, self.strategy, self.quantity)
+        measured, other = (_measure(ctx, s, self.quantity) for s in (self.strategy, self.than))
+        ours, theirs = measured.draws(self.quantity), other.draws(self.quantity)
         languages = measured.languages
         what = f"improvement factor ({self.than} / {self.strategy}) difference"
         first, second = ([lang for lang in group if lang in languages]

@@ -370,16 +370,14 @@ def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray],
     # difference): there a normal fit to the resamples reads them, so that the interval
     # excludes 0 where p < 0.05.
     few = units is not None and tail_share(units) * samples.size < SPARSE_TAIL
-    mean, spread = float(samples.mean()), float(samples.std())
     if few or (units is not None and beyond < SPARSE_TAIL):
         from scipy import stats
 
+        mean, spread = float(samples.mean()), float(samples.std())
         tail = stats.norm.sf(abs(mean) / spread) if spread > 0 else 0.5 * (mean == 0)
     else:
         tail = max(beyond / samples.size, 1 / (2 * samples.size))
     if few:
-        from scipy import stats
-
         reach = -stats.norm.ppf(tail_share(units)) * spread
         low, high = mean - reach, mean + reach
     else:

@@ -83,7 +83,7 @@ from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_digest, json_safe
 from quantfair.strategies import StrategyResolver
-from quantfair.strategy_syntax import CALIBRATED_SELECTORS
+from quantfair.strategy_syntax import CALIBRATED_SELECTORS, element_terms
 from quantfair.text import plural
 
 WIDTH = 3  # whole layers tried per step (lowest score alone first: `Search.layer_ranking`)
@@ -792,7 +792,7 @@ def reselected(found: dict, session: AuditSession) -> str:
     `superweights:`, `gradient:`) may differ here from those it was searched with: they are
     chosen on each session's calibration text, which other languages or units change; ""
     where they are the same, or the recipe has none."""
-    terms = [t for t in found["strategy"].split("+")
+    terms = [t for t in element_terms(found["strategy"])[1]
              if t.partition(":")[0] in CALIBRATED_SELECTORS]
     if not terms or found.get("selector_texts") == session.selector_texts_digest():
         return ""

@@ -243,10 +243,9 @@ def summarize(report: dict) -> dict:
     correlations = sum(_is_correlation(a) and not _undefined(a) for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
     sweeps = sum(_is_sweep(a) and not _undefined(a) for a in undecided)
-    if counts["inconclusive"] - undefined - corrected - correlations - sweeps:
+    if plain := counts["inconclusive"] - undefined - corrected - correlations - sweeps:
         sentences.append(
-            f"{counts['inconclusive'] - undefined - corrected - correlations - sweeps} "
-            "comparison(s) "
+            f"{plain} comparison(s) "
             "were inconclusive: "
             "the 95% CI "
             "of the paired difference includes the bound, so the data decide neither way"
