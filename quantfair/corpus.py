@@ -153,12 +153,18 @@ def _families() -> str:
 # written in Hans and Hant, and with kana in Jpan, with Hangul in Kore.
 SCRIPT_PARTS = {"Hans": {"Hani"}, "Hant": {"Hani"}, "Jpan": {"Hani", "Hira", "Kana"},
                 "Kore": {"Hani", "Hang"}}
+# Scripts a text in one script is written in too: Korean in Hangul alone is Korean (Kore).
+SCRIPT_WHOLES = {"Hang": {"Kore"}}
 
 
 def _scripts(lang: Language) -> set[str]:
-    """The ISO 15924 codes `script:` selects `lang` by, lower case: its script's own and
-    those of the scripts it combines (`Jpan`: jpan, hani, hira, kana)."""
-    return {lang.script.lower()} | {s.lower() for s in SCRIPT_PARTS.get(lang.script, ())}
+    """The ISO 15924 codes `script:` selects `lang` by: its script's own, those of the
+    scripts it combines (`Jpan`: Jpan, Hani, Hira, Kana) and of the writing it is a part of
+    (`Hang`: Hang, Kore); none for a language without metadata."""
+    if lang.script == UNKNOWN:
+        return set()
+    return {lang.script} | SCRIPT_PARTS.get(lang.script, set()) | SCRIPT_WHOLES.get(
+        lang.script, set())
 
 
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
@@ -173,13 +179,11 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
         (lang for lang in map(metadata, dict.fromkeys(among)) if lang),
         key=lambda lang: _ORDER.get(lang.code, len(_ORDER)))
     if kind == "script":
-        scripts = sorted({lang.script for lang in _known()} - {UNKNOWN}
-                         | {part for lang in _known()
-                            for part in SCRIPT_PARTS.get(lang.script, ())})
+        scripts = sorted({script for lang in _known() for script in _scripts(lang)})
         if value.lower() not in {s.lower() for s in scripts}:
             raise UsageError(f"unknown script '{value}' in --languages {selector}; "
                              f"scripts: {', '.join(scripts)}")
-        chosen = [lang for lang in pool if value.lower() in _scripts(lang)]
+        chosen = [lang for lang in pool if value.lower() in map(str.lower, _scripts(lang))]
     elif kind == "class":
         low, dash, high = value.partition("-")
         if dash and (low or high):  # an open end: class:3- is 3-5, class:-2 is 0-2

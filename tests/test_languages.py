@@ -98,6 +98,8 @@ def test_unknown_languages_still_get_an_unknown_entry():
     ("script:Hani", ("en", "zh", "ja")),  # Hans and Jpan are written in Han (ISO 15924)
     ("script:Kana", ("en", "ja")),
     ("script:Hans", ("en", "zh")),
+    ("script:Kore", ("en", "ko")),  # Korean in Hangul alone is Korean writing (ISO 15924)
+    ("script:Hang", ("en", "ko")),
     ("class:5", ("en", "de", "fr", "es", "ar", "zh", "ja")),
     ("he,family:Dravidian", ("en", "he", "ta", "te", "kn", "ml")),
     ("family:indo-european,family:Afro-Asiatic", None),
