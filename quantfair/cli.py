@@ -215,10 +215,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json", args)
     session = _session(args)
     from quantfair.report import measurement_records
+    from quantfair.strategies import protection_key
 
     strategies = _named(session, args.strategy or ["none"], measured=True)
-    for strategy in strategies:
-        session.resolver().resolve(strategy)
+    # each resolved (so checked) before any is measured
+    kept = {s: protection_key(session.resolver().resolve(s)) for s in strategies}
     records = [record for strategy in strategies for record in measurement_records(
         session.measure(strategy, distribution=True), strategy=strategy,
         scheme=session.config.scheme.name, length="medium", overhead=session.overhead(strategy))]
@@ -250,6 +251,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 for r in records if r["language"] == REFERENCE)
     for warning in dict.fromkeys(w for w in warnings if w):  # the model's own once
         print(f"warning: {warning}")
+    first: dict[str, str] = {}  # a protected set's key -> the first strategy keeping it
+    for strategy, key in kept.items():
+        if (same := first.setdefault(key, strategy)) != strategy:
+            print(f"note: {strategy} keeps the same weights as {same}: the same numbers")
     if set(session.corpus.languages) == {REFERENCE}:
         print(f"note: disparities compare languages with {REFERENCE}, alone here: give another "
               "in --languages")

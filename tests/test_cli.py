@@ -401,8 +401,11 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     perplexities = [cell for cells in rows[1:] for cell in cells[2:4]]  # a column reads alike
     assert all(len(cell.replace("-", "").replace(".", "").partition("e")[0]) == 5
                for cell in perplexities), perplexities
-    other = run_cli("measure", "tiny-gpt2", "--strategy", "L1", *args[8:12])  # in-process too
+    assert "the same weights" not in first.stdout
+    other = run_cli("measure", "tiny-gpt2", "--strategy", "L1", "--strategy", "L1+L1.attn",
+                    *args[8:12])  # in-process too; L1 in other words, which the note says
     assert "quantfair: evaluating tiny-gpt2 int4 protecting L1" in other.stderr
+    assert "note: L1+L1.attn keeps the same weights as L1: the same numbers" in other.stdout
     second = run_cli(*args)
     assert second.returncode == 0 and "evaluating" not in second.stderr
     assert json.loads(out.read_text())["records"] == records
