@@ -62,10 +62,15 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "(the same as quantfair_quick)")
     if config.pluginmanager.is_blocked("quantfair"):  # its audits are still collected
         _refuse_typed_options(config)
-        from quantfair.plugin import MARKERS
+        add_markers(config)
 
-        for marker in MARKERS:
-            config.addinivalue_line("markers", marker)
+
+def add_markers(config: pytest.Config) -> None:
+    """Declare the plugin's markers, which its audits carry, where the plugin is disabled."""
+    from quantfair.plugin import MARKERS
+
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
 
 
 def _refuse_typed_options(config: pytest.Config) -> None:
@@ -87,18 +92,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the plugin disabled (`-p no:quantfair`), its audits are skipped with the reason, not
     errors for want of its fixture; a `-m` selecting only the release gates then asks for a
     gate that would pass on skipped audits: a usage error."""
-    disabled = config.pluginmanager.is_blocked("quantfair")
-    if disabled:
-        from quantfair.plugin import selects_release_gates
-
-        if selects_release_gates(config):
-            raise pytest.UsageError(f"-m {config.getoption('markexpr')!r} selects the release "
-                                    "gates, but quantfair's plugin is disabled (-p "
-                                    "no:quantfair): no gate would be checked; drop one or the "
-                                    "other")
     for item in items:
         if item.get_closest_marker("quantfair_quick") and not item.get_closest_marker("quick"):
             item.add_marker(pytest.mark.quick)
-        if disabled and item.get_closest_marker("quantfair"):
+    if config.pluginmanager.is_blocked("quantfair"):
+        skip_audits(config, items)
+
+
+def skip_audits(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the audits among `items`, the plugin being disabled; a usage error where `-m`
+    selects only release gates."""
+    from quantfair.plugin import selects_release_gates
+
+    if selects_release_gates(config):
+        raise pytest.UsageError(f"-m {config.getoption('markexpr')!r} selects the release "
+                                "gates, but quantfair's plugin is disabled (-p no:quantfair): "
+                                "no gate would be checked; drop one or the other")
+    for item in items:
+        if item.get_closest_marker("quantfair"):
             item.add_marker(pytest.mark.skip(reason="quantfair's plugin is disabled "
                                                     "(-p no:quantfair)"))

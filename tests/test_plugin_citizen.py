@@ -414,6 +414,23 @@ def test_audits_with_the_plugin_disabled_are_skipped_with_the_reason(pytester):
     result.stdout.fnmatch_lines(["SKIPPED * quantfair's plugin is disabled (-p no:quantfair)"])
 
 
+def test_installed_audits_with_the_plugin_disabled_are_skipped_without_short_options(
+        pytester, monkeypatch):
+    """`--pyargs quantfair.audits` of an installed package: no conftest.py above it loads
+    quantfair.short_options, and the audits are skipped, not errors for want of a fixture."""
+    site = pytester.mkdir("site")  # the package as installed: outside the checkout
+    (site / "quantfair").symlink_to(AUDITS.parent, target_is_directory=True)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    result = run(pytester, "--pyargs", "quantfair.audits", "-p", "no:quantfair", "-k",
+                 "robustness or release", "-W", "error", "-rs")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(skipped=5)
+    result.stdout.fnmatch_lines(["SKIPPED * quantfair's plugin is disabled (-p no:quantfair)"])
+    gate = run(pytester, "--pyargs", "quantfair.audits", "-p", "no:quantfair", "-m",
+               "quantfair_release")
+    assert gate.ret == 4, gate.stdout.str()
+
+
 def test_audit_options_typed_with_the_plugin_disabled_are_a_usage_error(pytester):
     """A release gate that also disables the plugin would pass having checked nothing."""
     result = run(pytester, BASELINE, "-p", "quantfair.short_options", "-p", "no:quantfair",
