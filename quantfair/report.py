@@ -371,7 +371,19 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 def _measured_otherwise(old: dict, new: dict) -> str:
     differences = _differences(old, new)
-    return f" (measured otherwise: {'; '.join(differences)})" if differences else ""
+    hint = label_hint(old.get("settings") or {}, new.get("settings") or {})
+    return (f" (measured otherwise: {'; '.join(differences)})" if differences else "") + hint
+
+
+def label_hint(was: dict, now: dict) -> str:
+    """Where two runs' settings audit artifacts under other labels (`artifact:release` and
+    `artifact:other`; measurements are keyed by them, so none is compared), how to compare
+    them: "; give --quantized-label release, ...", else ""."""
+    old, new = was.get("scheme") or "", now.get("scheme") or ""
+    if old == new or not (old.startswith("artifact:") and new.startswith("artifact:")):
+        return ""
+    return (f"; give --quantized-label {old.removeprefix('artifact:')}, the baseline's, to "
+            "compare an artifact with the release before it")
 
 
 # Settings that change what a number means: a baseline measured otherwise is compared, with a

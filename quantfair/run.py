@@ -125,6 +125,15 @@ class QuantfairRun:
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session):
         self.session = session
+        if self.baseline is not None and not self.is_worker:  # said now, not after the run
+            from quantfair.plugin import in_pytest_terms
+            from quantfair.report import label_hint
+
+            if hint := label_hint(self.baseline.get("settings") or {}, self.config.settings()):
+                _announcer(self.pytest_config)(in_pytest_terms(
+                    self.pytest_config, f"quantfair: warning: the baseline audited "
+                    f"{self.baseline['settings']['scheme']}, this run "
+                    f"{self.config.scheme.name}: no measurement will be compared{hint}"))
         try:
             return (yield)
         finally:

@@ -201,9 +201,11 @@ def summarize(report: dict) -> dict:
         sentences.append(f"Warning: {warning}")
     released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
     if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
-        sentences.append("No release gate was checked (no --quantfair-max-* maximum, no "
-                         "--quantfair-baseline): the verdict is of the seed's findings on this "
-                         "model, not a release decision.")
+        unusable = any(r.startswith("baseline: ") for r in report.get("incomplete") or ())
+        why = ("the baseline could not be compared: see INCOMPLETE" if unusable
+               else "no --quantfair-max-* maximum, no --quantfair-baseline")
+        sentences.append(f"No release gate was checked ({why}): the verdict is of the seed's "
+                         "findings on this model, not a release decision.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

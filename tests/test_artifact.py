@@ -256,6 +256,16 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
     assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
     compared = {row["key"] for row in v2["comparison"]["rows"]}
     assert "artifact:release/none/medium/de" in compared
+    # under another label nothing is compared: said before the audits run, with the fix
+    other = run(pytester, *args[:-1], "other", "--quantized", str(tmp_path / "v2"),
+                "--report", "v3.json", "--baseline", "v1.json")
+    lines = other.stdout.lines
+    said = lines.index("quantfair: warning: the baseline audited artifact:release, this run "
+                       "artifact:other: no measurement will be compared; give "
+                       "--quantized-label release, the baseline's, to compare an artifact "
+                       "with the release before it")
+    assert said < next(i for i, line in enumerate(lines) if "test_baseline.py" in line)
+    assert load(pytester.path / "v3.json")["comparison"] is None
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])

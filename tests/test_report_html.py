@@ -657,3 +657,9 @@ def test_a_run_that_checked_no_release_gate_says_so():
     assert said in summarize(report([*AUDITS, skipped_gate]))["sentences"]
     decided = {**skipped_gate, "outcome": "passed", "value": 1.2, "bound": "<= 2"}
     assert said not in summarize(report([*AUDITS, decided]))["sentences"]
+    # a baseline given but sharing nothing: it was given, and it is what went wrong
+    unusable = {**report([*AUDITS, skipped_gate]),
+                "incomplete": ["baseline: the baseline (x) shares no measurement with this run"]}
+    assert ("No release gate was checked (the baseline could not be compared: see INCOMPLETE): "
+            "the verdict is of the seed's findings on this model, not a release decision."
+            in summarize(unusable)["sentences"])

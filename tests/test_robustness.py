@@ -938,6 +938,14 @@ def test_a_gate_that_compared_no_number_is_not_passed(tmp_path, report_pair):
     with pytest.raises(NothingShared, match=r"shares no measurement with this run .*: its "
                        r"numbers were not compared \(measured otherwise: scheme: int4 -> int8\)"):
         compare(report, int8)
+    assert "--quantized-label" not in str(pytest.raises(NothingShared, compare, report, int8))
+    labelled = [{**report, "settings": {**report["settings"], "scheme": f"artifact:{label}"},
+                 "measurements": [{**r, "scheme": f"artifact:{label}"}
+                                  for r in report["measurements"]]}
+                for label in ("release", "other")]
+    with pytest.raises(NothingShared, match=r"scheme: artifact:release -> artifact:other\); "
+                       r"give --quantized-label release, the baseline's, to compare"):
+        compare(*labelled)
     failed = {**int8, "audits": [{**a, "outcome": "failed"} for a in report["audits"]]}
     assert compare(report, failed)["regressions"]  # an audit that stopped passing still fails
     new = tmp_path / "new.json"
