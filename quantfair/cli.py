@@ -636,6 +636,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                      if scheme.gguf_type and f"{tensor}.weight" not in kept  # else f32 below
                      for argument in (flag, scheme.embedding_type.lower())]  # as audited
         print(shlex.join(embedding + recipe))
+        if not scheme.gguf_type and protected:
+            print(f"quantfair: {scheme.name} is not a llama.cpp tensor type: llama-quantize "
+                  "rounds the rest with its own (and quantizes the token embedding and output "
+                  f"head by its rules), so this audit's numbers are not the file's; audit "
+                  "under gguf:<type> or llama.cpp:<type> for those", file=sys.stderr)
     elif args.emit == "hf":
         recipe = modules_to_not_convert(protected, parts)
         # the output head: its own matrix, or the token embedding it is tied to
@@ -645,13 +650,18 @@ def cmd_export(args: argparse.Namespace) -> int:
             head = [name for name, part in parts.items()
                     if (part.block, part.role) == ("embed", "tok")]
         scheme = session.config.scheme
-        if head and not set(head) & set(protected):
+        output = model.get_output_embeddings()
+        output = next((name for name, module in model.named_modules() if module is output), "")
+        if head and set(head) & set(protected) and output and output not in recipe:
+            recipe.append(output)  # tied to the protected token embedding: kept with it
+            print(f"quantfair: {output} is listed: it is tied to the token embedding that "
+                  f"{strategy} keeps, and given a list transformers' quantizers quantize it "
+                  "unless it is on the list", file=sys.stderr)
+        elif head and not set(head) & set(protected):
             # transformers' quantizers skip the head by default only where no list is given
             if not scheme.gguf_type and not in_scope(parts[head[0]], scheme):  # kept as audited
-                output = model.get_output_embeddings()
-                recipe.append(next(name for name, module in model.named_modules()
-                                   if module is output))
-                print(f"quantfair: {recipe[-1]} is listed: this audit kept the output head "
+                recipe.append(output)
+                print(f"quantfair: {output} is listed: this audit kept the output head "
                       f"({scheme.name}), and given a list transformers' quantizers quantize "
                       "it unless it is on the list", file=sys.stderr)
             else:
@@ -670,6 +680,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         mix = export_gguf(session.loaded, parts, session.config.scheme, protected,
                           Path(args.output), protect_as)
         kept = [name for name in protected if in_scope(parts[name], session.config.scheme)]
+        if not kept and strategy != "none":
+            print(f"quantfair: warning: {strategy} keeps nothing that "
+                  f"{session.config.scheme.name} quantizes: the file is the unprotected one",
+                  file=sys.stderr)
         print(f"wrote {args.output}: {session.config.scheme.name} protecting {strategy} "
               f"({len(kept)} tensors in {protect_as}"
               f"{', norms and biases F32' if protect_as != 'F32' else ''}); tensor types "

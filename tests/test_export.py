@@ -45,11 +45,12 @@ def _export(source: Path, output: Path, *extra: str) -> None:
                  "--languages", "en", "--units", "1", "-o", str(output), *extra]) == 0
 
 
-def test_exported_types_follow_the_policy_and_the_strategy(f32_gguf, tmp_path):
+def test_exported_types_follow_the_policy_and_the_strategy(f32_gguf, tmp_path, capsys):
     output = tmp_path / "out.gguf"
     _export(f32_gguf, output)
     reader = gguf.GGUFReader(output)
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q5_0
+    assert "warning" not in capsys.readouterr().err
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     for name, kind in types.items():
         if name.startswith("blk.0.") or name.endswith(".bias") or "norm" in name:
@@ -65,6 +66,14 @@ def test_exported_types_follow_the_policy_and_the_strategy(f32_gguf, tmp_path):
     source_fields = gguf.GGUFReader(f32_gguf).fields
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     assert tokens == source_fields["tokenizer.ggml.tokens"].contents()
+
+
+def test_an_export_keeping_nothing_quantized_warns_that_it_is_unprotected(f32_gguf, tmp_path,
+                                                                          capsys):
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "ln", "--languages",
+                 "en", "--units", "1", "-o", str(tmp_path / "ln.gguf")]) == 0
+    assert ("quantfair: warning: ln keeps nothing that gguf:Q5_0 quantizes: the file is the "
+            "unprotected one") in capsys.readouterr().err
 
 
 def test_export_reloads_as_the_audited_weights(f32_gguf, tmp_path):
@@ -109,9 +118,16 @@ def test_emit_llama_quantize_keeps_protected_matrices(capsys):
 def test_emit_llama_quantize_under_a_gguf_scheme_names_the_embedding_type(capsys):
     assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "llama-quantize",
                  "--quant", "gguf:Q4_0-embed-F16", "--languages", "en", "--units", "1"]) == 0
-    assert shlex.split(capsys.readouterr().out) == [
+    printed = capsys.readouterr()
+    assert shlex.split(printed.out) == [
         "--token-embedding-type", "f16", "--output-tensor-type", "f16",
         "--tensor-type", r"blk\.0\..*=f32"]
+    assert "not a llama.cpp tensor type" not in printed.err
+    # audited under a scheme llama.cpp has no type for: the file's numbers are not these
+    assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "llama-quantize",
+                 "--quant", "int4-linear", "--languages", "en", "--units", "1"]) == 0
+    assert ("quantfair: int4-linear is not a llama.cpp tensor type: llama-quantize rounds the "
+            "rest with its own") in capsys.readouterr().err
 
 
 def test_emit_hf_refuses_a_type_for_what_it_keeps(capsys):
@@ -170,6 +186,14 @@ def test_emit_hf_lists_the_protected_modules(capsys):
                  "int4-linear", "--languages", "en", "--units", "1"]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out) == ["lm_head"] and "output head" not in printed.err
+    # the head tied to a protected token embedding: kept with it, so listed with it
+    for quant in ("int4", "int4-linear"):
+        assert main(["export", "tiny-gpt2", "--strategy", "embed", "--emit", "hf", "--quant",
+                     quant, "--languages", "en", "--units", "1"]) == 0
+        printed = capsys.readouterr()
+        assert json.loads(printed.out) == ["transformer.wte", "transformer.wpe", "lm_head"]
+        assert ("quantfair: lm_head is listed: it is tied to the token embedding that embed "
+                "keeps") in printed.err
 
 
 def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):
