@@ -156,10 +156,8 @@ def _gguf_header(path: Path) -> dict:
             architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
         except PermissionError:
             raise QuantfairError(UNREADABLE.format(path=path)) from None
-        except Exception as error:  # any parse failure of these foreign bytes means damaged
-            raise QuantfairError(
-                f"{path}: not a readable GGUF file ({type(error).__name__}); it may be "
-                "truncated or damaged: download or copy it again") from None
+        except Exception:  # any parse failure of these foreign bytes means damaged
+            raise QuantfairError(_unparsed_gguf(path)) from None
         return {"architecture": str(architecture),
                 "tensors": {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
                                      "bytes": int(t.n_bytes),
@@ -173,6 +171,18 @@ def _gguf_header(path: Path) -> dict:
     except OSError as error:
         raise QuantfairError(f"{path}: cannot be read ({error.strerror or error})") from None
     return shared_json(cache_root() / "gguf-headers" / f"{key[:24]}.json", parse)
+
+
+def _unparsed_gguf(path: Path) -> str:
+    """Why a file the GGUF reader could not parse is no model, as its error line says."""
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if not magic:
+        return f"{path} is empty (0 bytes), not a GGUF file"
+    if magic != b"GGUF":
+        return f"{path} is not a GGUF file (it does not start with GGUF's magic bytes)"
+    return (f"{path}: a GGUF file that cannot be read to its end; it may be truncated or "
+            "damaged: download or copy it again")
 
 
 def gguf_tensors(path: Path) -> dict[str, dict]:

@@ -269,7 +269,17 @@ def test_a_truncated_gguf_is_one_line(tmp_path, keep):
     whole = _small_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[: int(len(whole) * keep)])
-    one_line_error(run_cli("inspect", str(cut)), str(cut), "truncated")
+    one_line_error(run_cli("inspect", str(cut)), str(cut), "a GGUF file that cannot be read "
+                   "to its end; it may be truncated or damaged")
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"", "is empty (0 bytes), not a GGUF file"),
+    (b"a text file\n" * 100, "is not a GGUF file (it does not start with GGUF's magic bytes)")])
+def test_an_empty_file_or_another_format_named_gguf_is_said_to_be_so(tmp_path, content, said):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    one_line_error(run_cli("inspect", str(path)), f"{path} {said}")
 
 
 def test_a_gguf_the_user_may_not_read_is_said_to_be_so_not_damaged(tmp_path, monkeypatch):
