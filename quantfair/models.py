@@ -575,12 +575,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-def _check_model_directory(path: Path, tokenizer: bool = True) -> None:
+def _check_model_directory(path: Path, tokenizer: bool = True, what: str = "") -> None:
     """A UsageError for a folder that is not a Hugging Face model (no config.json) or, with
-    `tokenizer`, has no tokenizer beside it (a quantized artifact's folder needs none)."""
+    `tokenizer`, has no tokenizer beside it (a quantized artifact's folder needs none); the
+    line names the option `what` where given."""
     if not (path / "config.json").is_file():
-        raise UsageError(f"{path} has no config.json: not a Hugging Face model directory "
-                         "(give the folder save_pretrained wrote, or a .gguf file)")
+        raise UsageError(f"{what + ' ' if what else ''}{path} has no config.json: not a Hugging "
+                         "Face model directory (give the folder save_pretrained wrote, or a "
+                         ".gguf file)")
     if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UsageError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
                          "save it beside the model, tokenizer.save_pretrained(path)")
@@ -620,7 +622,8 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
         if is_gguf(path):
             check_gguf(path)
         else:
-            _check_model_directory(path, tokenizer=what == "model")
+            _check_model_directory(path, tokenizer=what == "model",
+                                   what="" if what == "model" else what)
         return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -632,6 +635,11 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
                          "(org/name)") from None
     if not isinstance(found, str):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        if offline and what != "model":  # an artifact: none of the models known offline
+            raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache and "
+                             f"downloads are off: run `hf download {spec}` on a machine with "
+                             "network (or copy its cache), or give a .gguf file or the "
+                             "directory save_pretrained wrote")
         if offline:
             _hub_or_local(spec)  # raises the one-line explanation
 

@@ -201,6 +201,12 @@ def corpus_files(tmp_path):
     (["measure", "{directory_gguf}"], "is a directory, not a GGUF file"),
     (["measure", "tiny-gpt2", "--quantized", "{directory_gguf}"],
      "a directory, not a GGUF file"),
+    (["measure", "tiny-gpt2", "--quantized", "quantfair/schemas"],
+     "--quantized quantfair/schemas has no config.json: not a Hugging Face model directory"),
+    (["measure", "tiny-gpt2", "--quantized", "someorg/no-such-model"],
+     "--quantized 'someorg/no-such-model' is not in the local Hugging Face cache and downloads "
+     "are off: run `hf download someorg/no-such-model` on a machine with network (or copy its "
+     "cache), or give a .gguf file or the directory save_pretrained wrote"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/nowhere/x.json"],
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
