@@ -193,9 +193,19 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
         return f"tensor {extra[0]} that the model does not have"
     vocab, fp_vocab = tokenizer and tokenizer.get_vocab(), reference.tokenizer.get_vocab()
     if tokenizer and vocab != fp_vocab:
-        differing = sorted(set(vocab.items()) ^ set(fp_vocab.items()))[0]
-        return (f"a different tokenizer vocabulary ({len(vocab):,} vs {len(fp_vocab):,} tokens; "
-                f"first difference: {differing[0]!r} -> {differing[1]})")
+        theirs_by_id = {i: token for token, i in vocab.items()}
+        ours_by_id = {i: token for token, i in fp_vocab.items()}
+        first = min((i for i in theirs_by_id.keys() | ours_by_id.keys()
+                     if theirs_by_id.get(i) != ours_by_id.get(i)), default=None)
+
+        def said(token: str | None) -> str:
+            return "no token" if token is None else repr(token)
+
+        where = ("" if first is None else  # else tokens sharing an id differ
+                 f"; id {first} is {said(theirs_by_id.get(first))} in the artifact's, "
+                 f"{said(ours_by_id.get(first))} in the model's")
+        return (f"a different tokenizer vocabulary ({len(vocab):,} tokens, the model's "
+                f"{len(fp_vocab):,}{where})")
     return None
 
 
