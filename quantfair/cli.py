@@ -758,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "and a model loaded from a GGUF file)")
     export.add_argument("--protect-as", choices=("f32", "f16"), type=str.lower,
                         help="type of the protected tensors (default f32; not for --emit hf)")
-    export.add_argument("--emit", choices=("llama-quantize", "hf"),
+    export.add_argument("--emit", choices=("llama-quantize", "hf"), type=str.lower,
                         help="print llama-quantize --tensor-type overrides, or a "
                              "modules_to_not_convert list for transformers")
     export.set_defaults(run=cmd_export)

@@ -201,6 +201,11 @@ def corpus_files(tmp_path):
     (["measure", "{directory_gguf}"], "is a directory, not a GGUF file"),
     (["measure", "tiny-gpt2", "--quantized", "{directory_gguf}"],
      "a directory, not a GGUF file"),
+    (["measure", "tiny-gpt2", "--quant", "gguf:Q4_K"], "--quant: unknown GGUF type 'Q4_K': "
+     "quantfair computes Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; llama.cpp's quantizer makes Q4_K_S, "
+     "Q4_K_M, e.g. scheme llama.cpp:Q4_K_M"),
+    (["measure", "tiny-gpt2", "--quant", "gguf:IQ9"], "--quant: unknown GGUF type 'IQ9': "
+     "quantfair computes Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"),
     (["measure", "tiny-gpt2", "--quantized", "quantfair/schemas"],
      "--quantized quantfair/schemas has no config.json: not a Hugging Face model directory"),
     (["measure", "tiny-gpt2", "--quantized", "someorg/no-such-model"],

@@ -131,7 +131,7 @@ def test_emit_llama_quantize_under_a_gguf_scheme_names_the_embedding_type(capsys
 
 
 def test_emit_hf_refuses_a_type_for_what_it_keeps(capsys):
-    assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "hf",
+    assert main(["export", "tiny-llama", "--strategy", "L0", "--emit", "HF",  # in any case
                  "--protect-as", "f16", "--languages", "en", "--units", "1"]) == 2
     assert "--protect-as does not apply" in capsys.readouterr().err
 
