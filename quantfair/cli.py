@@ -636,7 +636,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                      if scheme.gguf_type and f"{tensor}.weight" not in kept  # else f32 below
                      for argument in (flag, scheme.embedding_type.lower())]  # as audited
         print(shlex.join(embedding + recipe))
-        if not scheme.gguf_type and protected:
+        if scheme.keeps_entries and protected:  # round to nearest: no llama.cpp type
             print(f"quantfair: {scheme.name} is not a llama.cpp tensor type: llama-quantize "
                   "rounds the rest with its own (and quantizes the token embedding and output "
                   f"head by its rules), so this audit's numbers are not the file's; audit "
@@ -646,13 +646,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         # the output head: its own matrix, or the token embedding it is tied to
         model = session.loaded.model
         head = [name for name, part in parts.items() if part.block == "head" and part.is_matrix]
-        if not head and model.config.get_text_config().tie_word_embeddings:
+        tied = not head and model.config.get_text_config().tie_word_embeddings
+        if tied:
             head = [name for name, part in parts.items()
                     if (part.block, part.role) == ("embed", "tok")]
         scheme = session.config.scheme
         output = model.get_output_embeddings()
         output = next((name for name, module in model.named_modules() if module is output), "")
-        if head and set(head) & set(protected) and output and output not in recipe:
+        if not output:  # no output module to name (a model of its own kind)
+            head = []
+        if tied and set(head) & set(protected) and output not in recipe:
             recipe.append(output)  # tied to the protected token embedding: kept with it
             print(f"quantfair: {output} is listed: it is tied to the token embedding that "
                   f"{strategy} keeps, and given a list transformers' quantizers quantize it "

@@ -22,11 +22,12 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from quantfair.errors import QuantfairError, UsageError
+from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.schemes import QuantScheme
 from quantfair.storage import cache_writes, file_stamp, folder_variable, is_gguf, shared_json
 from quantfair.taxonomy import family_of
 from quantfair.tensorfile import is_whole
+from quantfair.text import brief
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Public configs (hyperparameters only) shipped for --random-weights.
@@ -156,8 +157,8 @@ def _gguf_header(path: Path) -> dict:
             architecture = bytes(field.parts[field.data[0]]).decode() if field else ""
         except PermissionError:
             raise QuantfairError(UNREADABLE.format(path=path)) from None
-        except Exception:  # any parse failure of these foreign bytes means damaged
-            raise QuantfairError(_unparsed_gguf(path)) from None
+        except Exception as error:  # any parse failure of these foreign bytes
+            raise QuantfairError(_unparsed_gguf(path, error)) from None
         return {"architecture": str(architecture),
                 "tensors": {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
                                      "bytes": int(t.n_bytes),
@@ -173,16 +174,23 @@ def _gguf_header(path: Path) -> dict:
     return shared_json(cache_root() / "gguf-headers" / f"{key[:24]}.json", parse)
 
 
-def _unparsed_gguf(path: Path) -> str:
-    """Why a file the GGUF reader could not parse is no model, as its error line says."""
-    with open(path, "rb") as file:
-        magic = file.read(4)
+def _unparsed_gguf(path: Path, error: Exception) -> str:
+    """Why a file the gguf package's reader refused (`error`) is no model, as its error line
+    says: empty, not a GGUF file, or a GGUF file it cannot read (its reason given: a version
+    or tensor type newer than the package, or a file cut short or damaged)."""
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError as unreadable:
+        return f"{path}: {os_error_text(unreadable)}"
     if not magic:
         return f"{path} is empty (0 bytes), not a GGUF file"
     if magic != b"GGUF":
         return f"{path} is not a GGUF file (it does not start with GGUF's magic bytes)"
-    return (f"{path}: a GGUF file that cannot be read to its end; it may be truncated or "
-            "damaged: download or copy it again")
+    reason = brief(str(error).strip().splitlines()[0], 120) if str(error).strip() else ""
+    return (f"{path}: the gguf package cannot read this GGUF file"
+            + (f" ({reason})" if reason else "") + "; it may be truncated or damaged (download "
+            "or copy it again) or newer than the package (upgrade gguf)")
 
 
 def gguf_tensors(path: Path) -> dict[str, dict]:
@@ -548,9 +556,8 @@ def _hub_or_local(spec: str) -> LoadedModel:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
             raise QuantfairError(
                 f"model '{spec}'{_did_you_mean(spec)} is not in the local Hugging Face cache "
-                "and downloads are off: "
-                f"run `hf download {spec}` on a machine with network (or copy its cache), "
-                f"or pass a local directory or .gguf file; {KNOWN_OFFLINE}"
+                f"and downloads are off: {_download_hint(spec)}, or pass a local directory "
+                f"or .gguf file; {KNOWN_OFFLINE}"
             ) from None
         try:
             model, tokenizer = _from_pretrained(spec)
@@ -562,6 +569,10 @@ def _hub_or_local(spec: str) -> LoadedModel:
                 f"a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
     return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
+
+
+def _download_hint(spec: str) -> str:
+    return f"run `hf download {spec}` on a machine with network (or copy its cache)"
 
 
 def _did_you_mean(spec: str) -> str:
@@ -634,13 +645,11 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
         raise UsageError(f"{what} '{spec}' is neither an existing path nor a Hugging Face id "
                          "(org/name)") from None
     if not isinstance(found, str):
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        if offline and what != "model":  # an artifact: none of the models known offline
-            raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache and "
-                             f"downloads are off: run `hf download {spec}` on a machine with "
-                             "network (or copy its cache), or give a .gguf file or the "
-                             "directory save_pretrained wrote")
-        if offline:
+        if what != "model":  # an artifact is read from the cache alone (local_files_only)
+            raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache, which "
+                             f"is all {what} reads: {_download_hint(spec)}, or give a .gguf "
+                             "file or the directory save_pretrained wrote")
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
             _hub_or_local(spec)  # raises the one-line explanation
 
 

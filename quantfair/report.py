@@ -318,6 +318,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
+            "label_hint": label_hint(old.get("settings") or {}, new.get("settings") or {}),
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
             "degradation_compared": by_degradation,
             "now_inconclusive": undecided["inconclusive"],
@@ -382,8 +383,8 @@ def label_hint(was: dict, now: dict) -> str:
     old, new = was.get("scheme") or "", now.get("scheme") or ""
     if old == new or not (old.startswith("artifact:") and new.startswith("artifact:")):
         return ""
-    return (f"; give --quantized-label {old.removeprefix('artifact:')}, the baseline's, to "
-            "compare an artifact with the release before it")
+    return (f"; audit it with --quantized-label {old.removeprefix('artifact:')}, the "
+            "baseline's, to compare an artifact with the release before it")
 
 
 # Settings that change what a number means: a baseline measured otherwise is compared, with a
@@ -450,7 +451,8 @@ def comparison_notes(comparison: dict) -> list[str]:
     lines = [f"compared with the baseline of {comparison['baseline_created']}: "
              f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
     if comparison.get("differences"):
-        lines.append("baseline measured otherwise: " + "; ".join(comparison["differences"]))
+        lines.append("baseline measured otherwise: " + "; ".join(comparison["differences"])
+                     + comparison.get("label_hint", ""))
     if stopped := comparison.get("baseline_incomplete"):
         lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
                      "did not measure is not compared")

@@ -133,7 +133,8 @@ class QuantfairRun:
                 _announcer(self.pytest_config)(in_pytest_terms(
                     self.pytest_config, f"quantfair: warning: the baseline audited "
                     f"{self.baseline['settings']['scheme']}, this run "
-                    f"{self.config.scheme.name}: no measurement will be compared{hint}"))
+                    f"{self.config.scheme.name}: none of the artifact's measurements will be "
+                    f"compared{hint}"))
         try:
             return (yield)
         finally:
@@ -410,9 +411,12 @@ class QuantfairRun:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict)
             except QuantfairError as error:  # nothing to compare: the gate was not checked
+                from quantfair.plugin import in_pytest_terms
+
                 report["comparison"] = None
                 if not any(str(error) in reason for reason in report["incomplete"]):
-                    report["incomplete"].append(f"baseline: {error}")  # not said twice
+                    report["incomplete"].append(  # not said twice
+                        f"baseline: {in_pytest_terms(self.pytest_config, str(error))}")
                 self.gate_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]

@@ -46,12 +46,13 @@ class QuantScheme:
             raise UsageError(f"unknown llama-quantize type '{self.llama_type}': use one of "
                              f"{', '.join(LLAMA_QUANTIZE_TYPES)}")
         if self.gguf_type is not None and self.gguf_type not in GGUF_TYPES:
-            made = [t for t in LLAMA_QUANTIZE_TYPES
-                    if t not in GGUF_TYPES and t.startswith(self.gguf_type)]
+            made = [t for t in LLAMA_QUANTIZE_TYPES if self.gguf_type and t.startswith(
+                self.gguf_type) and t not in (*GGUF_TYPES, "F16", "BF16")]
+            example = next((t for t in made if t.endswith("_M")), made[-1] if made else "")
             raise UsageError(f"unknown GGUF type '{self.gguf_type}': quantfair computes "
                              f"{', '.join(GGUF_TYPES)}" + (
                                  f"; llama.cpp's quantizer makes {', '.join(made)}, e.g. "
-                                 f"scheme llama.cpp:{made[-1]}" if made else ""))
+                                 f"scheme llama.cpp:{example}" if made else ""))
         if self.embedding_type not in EMBEDDING_TYPES:
             raise UsageError(f"unknown embedding type '{self.embedding_type}': use one of "
                              f"{', '.join(EMBEDDING_TYPES)} (llama.cpp's Q6_K cannot be "

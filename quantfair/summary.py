@@ -201,7 +201,7 @@ def summarize(report: dict) -> dict:
         sentences.append(f"Warning: {warning}")
     released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
     if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
-        unusable = any(r.startswith("baseline: ") for r in report.get("incomplete") or ())
+        unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
         why = ("the baseline could not be compared: see INCOMPLETE" if unusable
                else "no --quantfair-max-* maximum, no --quantfair-baseline")
         sentences.append(f"No release gate was checked ({why}): the verdict is of the seed's "

@@ -264,9 +264,9 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
                 "--report", "v3.json", "--baseline", "v1.json")
     lines = other.stdout.lines
     said = lines.index("quantfair: warning: the baseline audited artifact:release, this run "
-                       "artifact:other: no measurement will be compared; give "
-                       "--quantized-label release, the baseline's, to compare an artifact "
-                       "with the release before it")
+                       "artifact:other: none of the artifact's measurements will be "
+                       "compared; audit it with --quantized-label release, the baseline's, "
+                       "to compare an artifact with the release before it")
     assert said < next(i for i, line in enumerate(lines) if "test_baseline.py" in line)
     assert load(pytester.path / "v3.json")["comparison"] is None
 

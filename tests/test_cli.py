@@ -209,9 +209,9 @@ def corpus_files(tmp_path):
     (["measure", "tiny-gpt2", "--quantized", "quantfair/schemas"],
      "--quantized quantfair/schemas has no config.json: not a Hugging Face model directory"),
     (["measure", "tiny-gpt2", "--quantized", "someorg/no-such-model"],
-     "--quantized 'someorg/no-such-model' is not in the local Hugging Face cache and downloads "
-     "are off: run `hf download someorg/no-such-model` on a machine with network (or copy its "
-     "cache), or give a .gguf file or the directory save_pretrained wrote"),
+     "--quantized 'someorg/no-such-model' is not in the local Hugging Face cache, which is all "
+     "--quantized reads: run `hf download someorg/no-such-model` on a machine with network (or "
+     "copy its cache), or give a .gguf file or the directory save_pretrained wrote"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--json", "/nowhere/x.json"],
      "--json /nowhere/x.json: no directory /nowhere"),
     (["export", "tiny-gpt2", "--quant", "gguf:Q4_0", "--strategy", "L0", "-o", "/nowhere/x.gguf"],
@@ -242,7 +242,8 @@ def corpus_files(tmp_path):
      "could not write /dev/full: No space left on device"),
 ])
 def test_bad_measure_and_suggest_input_is_one_clear_line(corpus_files, args, message):
-    result = run_cli(*[a.format(**corpus_files) for a in args])
+    online = {"HF_HUB_OFFLINE": "0"} if "someorg/" in message else {}  # read from the cache
+    result = run_cli(*[a.format(**corpus_files) for a in args], env=online)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr

@@ -194,6 +194,11 @@ def test_emit_hf_lists_the_protected_modules(capsys):
         assert json.loads(printed.out) == ["transformer.wte", "transformer.wpe", "lm_head"]
         assert ("quantfair: lm_head is listed: it is tied to the token embedding that embed "
                 "keeps") in printed.err
+    # an untied head is a matrix of its own, which embed does not keep
+    assert main(["export", "tiny-llama", "--strategy", "embed", "--emit", "hf", "--quant",
+                 "int4", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == ["model.embed_tokens"] and "tied" not in printed.err
 
 
 def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):

@@ -429,6 +429,13 @@ def test_installed_audits_with_the_plugin_disabled_are_skipped_without_short_opt
     gate = run(pytester, "--pyargs", "quantfair.audits", "-p", "no:quantfair", "-m",
                "quantfair_release")
     assert gate.ret == 4, gate.stdout.str()
+    # not loaded at all, nor disabled: skipped audits would pass unchecked
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    absent = run(pytester, "--pyargs", "quantfair.audits", "-k", "robustness", "-W", "error")
+    assert absent.ret == 4, absent.stdout.str()
+    assert absent.stderr.lines[0] == (
+        "ERROR: quantfair's plugin is not loaded (plugin autoloading is off: "
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD): add -p quantfair.plugin to run the audits")
 
 
 def test_audit_options_typed_with_the_plugin_disabled_are_a_usage_error(pytester):

@@ -137,6 +137,19 @@ def test_bad_schemes_are_usage_errors(text):
         QuantScheme.parse(text)
 
 
+@pytest.mark.parametrize(("text", "example"), [
+    ("gguf:Q4_K", "llama.cpp:Q4_K_M"), ("gguf:Q3", "llama.cpp:Q3_K_M"),
+    ("gguf:Q6_K", "llama.cpp:Q6_K"), ("gguf:F16", None), ("gguf:BF16", None), ("gguf:", None)])
+def test_a_type_only_llama_quantize_makes_points_to_its_scheme(text, example):
+    """F16 and BF16 quantize nothing, and an empty type is no prefix of every type."""
+    with pytest.raises(UsageError) as error:
+        QuantScheme.parse(text)
+    if example:
+        assert str(error.value).endswith(f", e.g. scheme {example}")
+    else:
+        assert "llama.cpp" not in str(error.value)
+
+
 def test_scheme_names_round_trip():
     for text in ["int4", "int4-g128", "int8-channel", "int3-g64-asym-linear"]:
         assert QuantScheme.parse(text).name == text

@@ -269,8 +269,9 @@ def test_a_truncated_gguf_is_one_line(tmp_path, keep):
     whole = _small_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[: int(len(whole) * keep)])
-    one_line_error(run_cli("inspect", str(cut)), str(cut), "a GGUF file that cannot be read "
-                   "to its end; it may be truncated or damaged")
+    one_line_error(run_cli("inspect", str(cut)), str(cut), "the gguf package cannot read this "
+                   "GGUF file (", "); it may be truncated or damaged (download or copy it again) "
+                   "or newer than the package (upgrade gguf)")
 
 
 @pytest.mark.parametrize(("content", "said"), [
@@ -948,13 +949,15 @@ def test_a_gate_that_compared_no_number_is_not_passed(tmp_path, report_pair):
     with pytest.raises(NothingShared, match=r"shares no measurement with this run .*: its "
                        r"numbers were not compared \(measured otherwise: scheme: int4 -> int8\)"):
         compare(report, int8)
-    assert "--quantized-label" not in str(pytest.raises(NothingShared, compare, report, int8))
+    assert "--quantized-label" not in str(pytest.raises(NothingShared, compare, report,
+                                                        int8).value)
     labelled = [{**report, "settings": {**report["settings"], "scheme": f"artifact:{label}"},
                  "measurements": [{**r, "scheme": f"artifact:{label}"}
                                   for r in report["measurements"]]}
                 for label in ("release", "other")]
     with pytest.raises(NothingShared, match=r"scheme: artifact:release -> artifact:other\); "
-                       r"give --quantized-label release, the baseline's, to compare"):
+                       r"audit it with --quantized-label release, the baseline's, to "
+                       r"compare"):
         compare(*labelled)
     failed = {**int8, "audits": [{**a, "outcome": "failed"} for a in report["audits"]]}
     assert compare(report, failed)["regressions"]  # an audit that stopped passing still fails
