@@ -202,7 +202,7 @@ def summarize(report: dict) -> dict:
     released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
     if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
-        why = ("the baseline could not be compared: see INCOMPLETE" if unusable
+        why = ("a baseline was given, but could not be compared" if unusable
                else "no --quantfair-max-* maximum, no --quantfair-baseline")
         sentences.append(f"No release gate was checked ({why}): the verdict is of the seed's "
                          "findings on this model, not a release decision.")

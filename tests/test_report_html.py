@@ -661,6 +661,6 @@ def test_a_run_that_checked_no_release_gate_says_so():
     for reason in ("baseline: the baseline (x) shares no measurement with this run",
                    "stopped by a bad setting: the baseline is of another model (x) than this"):
         unusable = {**report([*AUDITS, skipped_gate]), "incomplete": [reason]}
-        assert ("No release gate was checked (the baseline could not be compared: see "
-                "INCOMPLETE): the verdict is of the seed's findings on this model, not a release "
+        assert ("No release gate was checked (a baseline was given, but could not be "
+                "compared): the verdict is of the seed's findings on this model, not a release "
                 "decision." in summarize(unusable)["sentences"])
