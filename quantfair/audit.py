@@ -300,6 +300,15 @@ def _check_statistic(check: str, statistic: str) -> None:
                          f"{', '.join(LAYER_STATISTICS)}")
 
 
+def _same(strategy: Strategy, other: Strategy) -> bool:
+    """Whether two strategies name the same terms, in whatever order (`L0+Llast`,
+    `Llast + L0`): the same weights kept."""
+    def terms(s: Strategy) -> object:
+        return frozenset(t.strip() for t in s.split("+")) if isinstance(s, str) else s
+
+    return terms(strategy) == terms(other)
+
+
 def _non_reference(languages: Sequence[str]) -> list[str]:
     return [lang for lang in languages if lang != REFERENCE]
 
@@ -341,14 +350,19 @@ class Check:
         for f in fields(self):
             if f.name in ("bound", "bounds"):  # `bounds`: strategy -> its bound
                 value = getattr(self, f.name)
+                if f.name == "bounds" and not isinstance(value, dict):
+                    raise TypeError(f"{name}'s bounds must be a dict of strategy -> bound such "
+                                    f"as {{'L0': Bound(max=10.0)}}, got {value!r}")
                 per_case = value.values() if f.name == "bounds" and isinstance(value, dict) \
                     else [value]
+                value_range = self.value_range or (  # the check's, else its quantity's
+                    quantity(self.quantity).value_range if hasattr(self, "quantity") else None)
                 for bounds in per_case:
                     _check_bounds(f"{name}'s {f.name}", bounds)
                     each = bounds.values() if isinstance(bounds, dict) else [bounds]
                     for bound in each:
-                        if bound is not None and self.value_range:
-                            bound.within(f"{name}'s {f.name}", *self.value_range)
+                        if bound is not None and value_range:
+                            bound.within(f"{name}'s {f.name}", *value_range)
                 if f.name == "bounds" and isinstance(value, dict):
                     if not value:
                         raise ValueError(f"{name}'s bounds name no strategy: give e.g. "
@@ -516,8 +530,10 @@ class Better(Check):
             raise TypeError(f"Better's than must be a strategy or a tuple of them (the best of "
                             f"them), got {self.than!r}")
         super().__post_init__()
-        if self.strategy == self.than and self.scheme == self.than_scheme:
-            raise ValueError(f"Better compares {self.strategy!r} with itself")
+        others = self.than if isinstance(self.than, tuple) else (self.than,)
+        if self.scheme == self.than_scheme and any(_same(self.strategy, s) for s in others):
+            raise ValueError(f"Better compares {self.strategy!r} with itself"
+                             + ("" if self.than == self.strategy else f" ({self.than!r})"))
         if self.per_language and self.lengths:
             raise ValueError("Better compares per language or per length, not both")
 
@@ -956,6 +972,9 @@ class GroupOrder(Check):
         super().__post_init__()
         if shared := set(self.first) & set(self.second):
             raise ValueError(f"GroupOrder's groups share {', '.join(sorted(shared))}")
+        if _same(self.strategy, self.than):
+            raise ValueError(f"GroupOrder compares {self.strategy!r} with {self.than!r}, the "
+                             "same strategy")
 
     def cases(self, languages):
         return [Case(f"{'+'.join(self.first)}>{'+'.join(self.second)}", self.strategy)]
@@ -1045,9 +1064,17 @@ class Finding:
                 raise TypeError(f"Finding {name} must be a non-empty string, got "
                                 f"{getattr(self, name)!r}")
         if not isinstance(self.experiments, tuple) or not all(
-                isinstance(e, str) for e in self.experiments):
+                isinstance(e, str) and e.strip() for e in self.experiments):
             raise TypeError(f"Finding {self.id!r}: experiments must be a tuple of strings "
                             f"such as ('051',), got {self.experiments!r}")
+        for name in ("seed", "slack"):  # shown as text in the reports
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Finding {self.id!r}: {name} must be a string, got "
+                                f"{getattr(self, name)!r}")
+        for name in ("quick", "release"):  # a string such as "no" would be true
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Finding {self.id!r}: {name} must be True or False, got "
+                                f"{getattr(self, name)!r}")
         if not isinstance(self.check, Check):
             raise TypeError(f"Finding {self.id!r}: check must be a Check such as "
                             f"LanguageBound(...), got {self.check!r}")
@@ -1062,6 +1089,9 @@ class Finding:
             object.__setattr__(self, "release", True)
         if self.release and "release" not in self.experiments:  # how reports tell a gate
             object.__setattr__(self, "experiments", (*self.experiments, "release"))
+        if not self.experiments:  # the reports' Exp column: a release gate has "release"
+            raise TypeError(f"Finding {self.id!r}: experiments names none: give the "
+                            "experiments it encodes, such as ('051',), or ('mine',)")
 
     def verify(self, ctx: AuditRun, case: Case) -> Outcome:
         """Run the check on this model, or a skipped outcome saying why it does not apply."""

@@ -438,6 +438,7 @@ class Quantity:
     higher_is_better: bool
     per_language: Callable[[Measurement], dict[str, Estimate]]
     distribution: bool = False  # needs the KL-divergence statistics
+    value_range: tuple[float, float] | None = None  # what a value can be, where bounded
 
 
 QUANTITIES = {q.name: q for q in (
@@ -445,13 +446,14 @@ QUANTITIES = {q.name: q for q in (
              Measurement.disparity),
     Quantity("seed_disparity", "degradation(l) / degradation(en), per token (the seed's)", False,
              Measurement.seed_disparity),
-    Quantity("degradation", "ppl_q / ppl_fp - 1", False, Measurement.degradation),
+    Quantity("degradation", "ppl_q / ppl_fp - 1", False, Measurement.degradation,
+             value_range=(-1.0, math.inf)),
     Quantity("kld_disparity", "per-byte KL divergence(l) / per-byte KL divergence(en)", False,
              Measurement.kld_disparity, distribution=True),
     Quantity("mean_kld", "mean KL divergence per scored token, nats", False,
-             Measurement.mean_kld, distribution=True),
+             Measurement.mean_kld, distribution=True, value_range=(0.0, math.inf)),
     Quantity("same_top_rate", "share of tokens whose FP and quantized argmax agree", True,
-             Measurement.same_top_rate, distribution=True),
+             Measurement.same_top_rate, distribution=True, value_range=(0.0, 1.0)),
 )}
 
 

@@ -401,18 +401,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
+def _bad_definition(message: str) -> None:
+    """A finding defined wrongly, found while its file is collected: a collection error of
+    that file in one line (pytest's frames left out), as pytest reports its own."""
+    pytest.fail(message, pytrace=False)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     finding = getattr(metafunc.function, "quantfair_finding", None)
     if finding is None or "case" not in metafunc.fixturenames:
         return
     if metafunc.cls is not None:  # the class instance would arrive as the audit's context
-        raise ValueError(f"audit() makes a module-level test: assign finding "
-                         f"{finding.id!r} outside class {metafunc.cls.__name__}")
+        _bad_definition(f"audit() makes a module-level test: assign finding {finding.id!r} "
+                        f"outside class {metafunc.cls.__name__}")
     defined = metafunc.config.stash.setdefault(DEFINED, {})
     first, where = defined.setdefault(finding.id, (finding, metafunc.definition.nodeid))
     if first != finding:  # the same finding imported into two files is one finding
-        raise ValueError(f"finding id {finding.id!r} is defined twice, differently: {where} "
-                         f"and {metafunc.definition.nodeid} (reports key findings by id)")
+        _bad_definition(f"finding id {finding.id!r} is defined twice, differently: {where} "
+                        f"and {metafunc.definition.nodeid} (reports key findings by id)")
     run = _run(metafunc.config)
     languages = run.config.languages if run else parse_languages(DEFAULT_LANGUAGES)
     if run is not None:  # a language of no corpus is a typo ("hebrew"), not one left out
@@ -421,9 +427,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         known = run.config.full_corpus.languages
         if unknown := [c for c in finding.check.named_languages
                        if c not in known and metadata(c) is None]:
-            raise ValueError(f"finding {finding.id!r} names unknown language(s) "
-                             f"{', '.join(unknown)}: neither in the corpus ({', '.join(known)}) "
-                             "nor in the shipped languages")
+            _bad_definition(f"finding {finding.id!r} names unknown language(s) "
+                            f"{', '.join(unknown)}: neither in the corpus ({', '.join(known)}) "
+                            "nor in the shipped languages")
     # only where it is read: a marker's name is a -k keyword (`-k group` matched every audit)
     grouped = metafunc.config.getoption("dist", default="no") == "loadgroup"
     cases = finding.check.cases(languages)

@@ -203,7 +203,8 @@ def summarize(report: dict) -> dict:
     if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
         why = ("a baseline was given, but could not be compared" if unusable
-               else "no --quantfair-max-* maximum, no --quantfair-baseline")
+               else "maxima were given, but no release gate ran" if settings.get(
+                   "release_maxima") else "no --quantfair-max-* maximum, no --quantfair-baseline")
         sentences.append(f"No release gate was checked ({why}): the verdict is of the seed's "
                          "findings on this model, not a release decision.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):

@@ -440,11 +440,15 @@ def test_two_findings_of_one_id_are_refused_naming_both(pytester):
     """)
     result = run(pytester, "test_mine.py", "test_class.py", "--quantfair-model", "tiny-gpt2")
     assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error, as pytest's own
-    result.stdout.fnmatch_lines(["E   ValueError: finding id 'dup' is defined twice, "
-                                 "differently: test_mine.py::test_first and "
-                                 "test_mine.py::test_second (reports key findings by id)"])
-    result.stdout.fnmatch_lines(["E   ValueError: audit() makes a module-level test: assign "
-                                 "finding 'third' outside class TestMine"])
+    # one line each under the file's header, pytest's frames left out
+    result.stdout.fnmatch_lines(["*ERROR collecting test_mine.py*",
+                                 "finding id 'dup' is defined twice, differently: "
+                                 "test_mine.py::test_first and test_mine.py::test_second "
+                                 "(reports key findings by id)",
+                                 "*ERROR collecting test_class.py*",
+                                 "audit() makes a module-level test: assign finding 'third' "
+                                 "outside class TestMine"], consecutive=True)
+    assert "pluggy/" not in result.stdout.str()  # no frame of its
 
 
 def test_a_finding_naming_a_language_of_no_corpus_is_refused(pytester):
@@ -458,9 +462,11 @@ def test_a_finding_naming_a_language_of_no_corpus_is_refused(pytester):
     """)
     result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2")
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["E   ValueError: finding 'typo' names unknown language(s) "
-                                 "hebrew: neither in the corpus (en, de, *) nor in the shipped "
-                                 "languages"])
+    result.stdout.fnmatch_lines(["*ERROR collecting test_mine.py*",
+                                 "finding 'typo' names unknown language(s) hebrew: neither in "
+                                 "the corpus (en, de, *) nor in the shipped languages"],
+                                consecutive=True)
+    assert "pluggy/" not in result.stdout.str()  # no frame of its
 
 
 def test_crashed_worker_makes_the_report_incomplete(pytester):

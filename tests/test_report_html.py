@@ -658,6 +658,11 @@ def test_a_run_that_checked_no_release_gate_says_so():
     decided = {**skipped_gate, "outcome": "passed", "value": 1.2, "bound": "<= 2"}
     assert said not in summarize(report([*AUDITS, decided]))["sentences"]
     # a baseline given but sharing nothing: it was given, and it is what went wrong
+    given = report([*AUDITS])
+    given["settings"]["release_maxima"] = "disparity 50"
+    assert ("No release gate was checked (maxima were given, but no release gate ran): the "
+            "verdict is of the seed's findings on this model, not a release decision."
+            in summarize(given)["sentences"])
     for reason in ("baseline: the baseline (x) shares no measurement with this run",
                    "stopped by a bad setting: the baseline is of another model (x) than this"):
         unusable = {**report([*AUDITS, skipped_gate]), "incomplete": [reason]}

@@ -19,6 +19,7 @@ from quantfair.audit import (
     LayerExtreme,
     LayerValue,
     Matched,
+    MeanBound,
     OverheadBound,
     ReleaseBound,
     SelectionOverlap,
@@ -122,10 +123,10 @@ def test_the_best_of_a_tuple_with_a_member_undefined_is_unknown():
     for case in check.cases(LANGUAGES):
         outcome = check.run(run, case, None)
         assert outcome.status == "inconclusive" and outcome.detail.startswith("undefined: ")
-    defined = Better("L0", than=("none", "L0"), per_language=True)
-    run.measurements["L0"] = measurement(LOWER)
+    defined = Better("L0", than=("none", "even"), per_language=True)
+    run.measurements["even"] = measurement(LOWER)
     assert {defined.run(run, c, None).status for c in defined.cases(LANGUAGES)} == {
-        "inconclusive"}  # the better member is L0 itself: no difference
+        "inconclusive"}  # the better member is measured as L0 is: no difference
 
 
 def test_undefined_disparities_leave_a_sweep_and_a_correlation_undecided_without_a_value():
@@ -381,6 +382,25 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
     (lambda: OverheadBound({}), "OverheadBound's bounds name no strategy"),
     (lambda: Better("L0", than=()), "Better's than must be a strategy or a tuple"),
     (lambda: Better("L0", than="L0"), "Better compares 'L0' with itself"),
+    (lambda: Better("L0", than=("L0", "none")), "Better compares 'L0' with itself (('L0', "),
+    (lambda: Better("L0+Llast", than="Llast + L0"), "Better compares 'L0+Llast' with itself "
+                                                    "('Llast + L0')"),
+    (lambda: GroupOrder("L0", "L0", first=("he",), second=("zh",)),
+     "GroupOrder compares 'L0' with 'L0', the same strategy"),
+    (lambda: MeanBound(Bound(max=3)), "MeanBound's bounds must be a dict of strategy -> bound "
+                                      "such as {'L0': Bound(max=10.0)}, got Bound("),
+    (lambda: LanguageBound("L0", "degradation", Bound(max=-5)),
+     "LanguageBound's bound <= -5 can never hold: the value lies in [-1, inf]"),
+    (lambda: LanguageBound("L0", "same_top_rate", Bound(min=1.5)),
+     "LanguageBound's bound >= 1.5 can never hold: the value lies in [0, 1]"),
+    *((lambda name=name, value=value: Finding(id="f", experiments=("051",), claim="c",
+                                              check=LanguageBound("L0"), **{name: value}),
+       f"Finding 'f': {name} must be {kind}, got {value!r}")
+      for name, value, kind in (("release", "no", "True or False"),
+                                ("quick", "no", "True or False"), ("seed", 3.5, "a string"),
+                                ("slack", -0.1, "a string"))),
+    (lambda: Finding(id="f", experiments=(), claim="c", check=LanguageBound("L0")),
+     "Finding 'f': experiments names none"),
     (lambda: Better("L0", than="none", lengths=("short", "article")),
      "Better: unknown length 'article' (lengths: short, medium, long)"),
     (lambda: Better("L0", than="none", lengths="short"), "Better's lengths must be a tuple"),
