@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -448,6 +449,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         bounded = getattr(finding.check, "bounded", None)
         run.expect_gate(finding.id, [case.id for case in cases if bounded is None
                                      or bounded(run.config.release_bounds, case)])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object):
+    """A finding assigned to a name pytest does not collect (`my_audit = audit(...)`) would
+    never run, unseen: a warning names it."""
+    made = yield
+    finding = getattr(obj, "quantfair_finding", None)
+    if finding is not None and not made and not any(  # an alias of a collected name is fine
+            other is obj and collector.funcnamefilter(alias)
+            for alias, other in vars(collector.obj).items()):
+        collector.warn(pytest.PytestCollectionWarning(
+            f"finding {finding.id!r} is assigned to {name}, which pytest does not collect "
+            "(python_functions): it never runs; name it test_..."))
+    return made
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Findings in a conftest.py, which pytest collects no tests from, never run: said."""
+    for plugin in session.config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", None) or "x").name != "conftest.py":
+            continue
+        for name, value in vars(plugin).items():
+            if finding := getattr(value, "quantfair_finding", None):
+                warnings.warn_explicit(pytest.PytestCollectionWarning(
+                    f"finding {finding.id!r} is assigned to {name} in a conftest.py, which "
+                    "pytest collects no tests from: it never runs; move it to a test file"),
+                    None, plugin.__file__, 1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -451,6 +451,27 @@ def test_two_findings_of_one_id_are_refused_naming_both(pytester):
     assert "pluggy/" not in result.stdout.str()  # no frame of its
 
 
+def test_a_finding_pytest_never_collects_is_warned_of(pytester):
+    """Assigned to a name without the test_ prefix, or in a conftest.py, a finding never ran,
+    and the run passed without a word; an alias of a collected finding is no such case."""
+    finding = ('audit(Finding(id="{}", experiments=("x",), claim="c", check=LanguageBound('
+               '"L0", bound=Bound(max=9.0))))')
+    header = "from quantfair.audit import Bound, Finding, LanguageBound, audit\n"
+    pytester.makepyfile(test_mine=header + f"my_audit = {finding.format('never')}\n"
+                        f"test_ok = {finding.format('ok')}\nalias = test_ok\n")
+    pytester.makeconftest(header + f"test_in_conftest = {finding.format('conf')}\n")
+    result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-languages", "en,de", "--quantfair-units", "2",
+                 "--quantfair-no-report")
+    result.stdout.fnmatch_lines([
+        "*PytestCollectionWarning: finding 'never' is assigned to my_audit, which pytest does "
+        "not collect (python_functions): it never runs; name it test_...",
+        "*conftest.py:1: PytestCollectionWarning: finding 'conf' is assigned to "
+        "test_in_conftest in a conftest.py, which pytest collects no tests from: it never "
+        "runs; move it to a test file"])
+    assert "'ok'" not in result.stdout.str() and result.stdout.str().count("never runs") == 2
+
+
 def test_a_finding_naming_a_language_of_no_corpus_is_refused(pytester):
     """`languages=("hebrew", "ar")` once ran Arabic alone and passed: a language the run does
     not audit is left out, but one that no corpus has is a typo."""
