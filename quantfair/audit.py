@@ -991,6 +991,10 @@ class GroupOrder(Check):
                                 f"{', '.join(self.second)} (--languages)")
         if ours[2] or theirs[2]:
             return Outcome("inconclusive", what, detail=f"undefined: {ours[2] or theirs[2]}")
+        rows = [languages.index(lang) for lang in (*first, *second)]
+        if (ours[0][rows] <= 0).any() or (theirs[0][rows] <= 0).any():  # a loss fell
+            return Outcome("inconclusive", what, detail=f"undefined: a {self.quantity} at or "
+                           "below 0 has no improvement factor")
 
         def mean_factor(group, index):  # above 1 where the strategy does better
             rows = [languages.index(lang) for lang in group]

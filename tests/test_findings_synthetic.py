@@ -337,6 +337,10 @@ def test_a_group_order_compares_the_audited_languages_of_each_group():
     outcome = order.run(world, order.cases(LANGUAGES)[0], None)
     assert outcome.status == "passed", outcome  # he improves 4x, ja 2x: ar and zh left out
     assert outcome.detail.startswith("he: 4") and ", ja: 2" in outcome.detail
+    world.set("L0", {"he": 1.0, "ja": -0.5, "ar": 8.0, "zh": 0.5})  # ja's loss fell
+    fell = order.run(world, order.cases(LANGUAGES)[0], None)
+    assert fell.status == "inconclusive" and fell.value is None
+    assert fell.detail == "undefined: a disparity at or below 0 has no improvement factor"
     alone = checks.GroupOrder("L0", than="none", first=("xx", "yy"), second=("ja",))
     with pytest.raises(checks.NotApplicable, match=r"needs one of xx, yy and one of ja "):
         alone.run(world, alone.cases(LANGUAGES)[0], None)
