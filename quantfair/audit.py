@@ -323,9 +323,12 @@ class Check:
 
     def __post_init__(self) -> None:
         __tracebackhide__ = True
-        if hasattr(self, "quantity"):
-            quantity(self.quantity)  # an unknown name fails where the finding is defined
-        name = type(self).__name__  # so do a strategy, languages or bound of the wrong kind
+        name = type(self).__name__  # an unknown name fails where the finding is defined, as
+        if hasattr(self, "quantity"):  # do a strategy, languages or bound of the wrong kind
+            try:
+                quantity(self.quantity)
+            except UsageError as error:
+                raise ValueError(f"{name}'s quantity: {error}") from None
         for attribute in self.strategy_fields:
             if hasattr(self, attribute):
                 _check_strategy(f"{name}'s {attribute}", getattr(self, attribute))

@@ -387,6 +387,8 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
                                                     "('Llast + L0')"),
     (lambda: GroupOrder("L0", "L0", first=("he",), second=("zh",)),
      "GroupOrder compares 'L0' with 'L0', the same strategy"),
+    (lambda: LanguageBound("L0", "perplexity"), "LanguageBound's quantity: unknown quantity "
+                                                "'perplexity'"),
     (lambda: MeanBound(Bound(max=3)), "MeanBound's bounds must be a dict of strategy -> bound "
                                       "such as {'L0': Bound(max=10.0)}, got Bound("),
     (lambda: LanguageBound("L0", "degradation", Bound(max=-5)),
