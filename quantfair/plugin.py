@@ -10,10 +10,12 @@ opt-in plugin `quantfair.short_options`. The run's state is one `QuantfairRun` (
 from __future__ import annotations
 
 import difflib
+import inspect
 import itertools
 import os
 import re
 import shlex
+import sys
 import warnings
 from pathlib import Path
 
@@ -451,12 +453,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                      or bounded(run.config.release_bounds, case)])
 
 
+def _finding_of(value: object):
+    """The Finding of a test function `audit()` made, else None: asked of every name a
+    module or conftest.py binds, another project's too (a mock answers any attribute)."""
+    audit = sys.modules.get("quantfair.audit")  # not imported: no finding was made
+    if audit is None or not inspect.isfunction(value):
+        return None
+    finding = getattr(value, "quantfair_finding", None)
+    return finding if isinstance(finding, audit.Finding) else None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object):
     """A finding assigned to a name pytest does not collect (`my_audit = audit(...)`) would
     never run, unseen: a warning names it."""
     made = yield
-    finding = getattr(obj, "quantfair_finding", None)
+    finding = _finding_of(obj)
     if finding is not None and not made and not any(  # an alias of a collected name is fine
             other is obj and collector.funcnamefilter(alias)
             for alias, other in vars(collector.obj).items()):
@@ -472,7 +484,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if Path(getattr(plugin, "__file__", None) or "x").name != "conftest.py":
             continue
         for name, value in vars(plugin).items():
-            if finding := getattr(value, "quantfair_finding", None):
+            if finding := _finding_of(value):
                 warnings.warn_explicit(pytest.PytestCollectionWarning(
                     f"finding {finding.id!r} is assigned to {name} in a conftest.py, which "
                     "pytest collects no tests from: it never runs; move it to a test file"),

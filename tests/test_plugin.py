@@ -456,7 +456,8 @@ def test_a_finding_pytest_never_collects_is_warned_of(pytester):
     and the run passed without a word; an alias of a collected finding is no such case."""
     finding = ('audit(Finding(id="{}", experiments=("x",), claim="c", check=LanguageBound('
                '"L0", bound=Bound(max=9.0))))')
-    header = "from quantfair.audit import Bound, Finding, LanguageBound, audit\n"
+    header = ("from unittest import mock\nfrom quantfair.audit import Bound, Finding, "
+              "LanguageBound, audit\nanything = mock.MagicMock()  # has every attribute\n")
     pytester.makepyfile(test_mine=header + f"my_audit = {finding.format('never')}\n"
                         f"test_ok = {finding.format('ok')}\nalias = test_ok\n")
     pytester.makeconftest(header + f"test_in_conftest = {finding.format('conf')}\n")
