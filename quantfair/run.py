@@ -397,8 +397,9 @@ class QuantfairRun:
         report = self._build(exitstatus)
         if unchecked:
             report["incomplete"].append(
-                f"{', '.join(unchecked)} given, but no release audit of it ran "
-                "(audits/test_release.py, marker quantfair_release): the gate was not checked")
+                f"{', '.join(unchecked)} given, but no release audit of it ran (marker "
+                "quantfair_release: the shipped audits/test_release.py, or a gate of your "
+                "own): the gate was not checked")
             self.gate_error = True
         elif undecided:
             report["incomplete"].append(undecided)
