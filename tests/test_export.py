@@ -604,3 +604,18 @@ def test_a_gguf_rewritten_with_its_old_size_and_time_is_read_again(f32_gguf, tmp
     os.utime(path, ns=times)
     models._sha256.cache_clear()  # another process: nothing remembered but the cache on disk
     assert models.gguf_tensors(path)["blk.0.attn_qkv.weight"]["type"] == "Q5_0"
+
+
+def test_emit_llama_quantize_under_a_llama_cpp_scheme_has_no_note_of_another_type(
+        f32_gguf, tmp_path, monkeypatch, capsys):
+    """llama.cpp:TYPE is the type llama-quantize writes: its arguments apply as audited."""
+    binary = tmp_path / "llama-quantize"  # a stand-in that copies its F32 input
+    binary.write_text('#!/bin/sh\ncp "$1" "$2"\n')
+    binary.chmod(0o755)
+    monkeypatch.setenv("QUANTFAIR_LLAMA_QUANTIZE", str(binary))
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["export", str(f32_gguf), "--strategy", "L0", "--emit", "llama-quantize",
+                 "--quant", "llama.cpp:Q8_0", "--languages", "en", "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert r"blk\.0\..*=f32" in printed.out
+    assert "not a llama.cpp tensor type" not in printed.err
