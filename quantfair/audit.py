@@ -301,10 +301,11 @@ def _check_statistic(check: str, statistic: str) -> None:
 
 
 def _same(strategy: Strategy, other: Strategy) -> bool:
-    """Whether two strategies name the same terms, in whatever order (`L0+Llast`,
-    `Llast + L0`): the same weights kept."""
+    """Whether two checked strategies name the same terms, in whatever order (`L0+Llast`,
+    `Llast + L0`): the same weights kept (an alias and its expansion are told apart)."""
     def terms(s: Strategy) -> object:
-        return frozenset(t.strip() for t in s.split("+")) if isinstance(s, str) else s
+        return (frozenset(check_strategy_syntax(s).split("+"))
+                if isinstance(s, str) and s != CANDIDATE else s)
 
     return terms(strategy) == terms(other)
 
@@ -994,8 +995,8 @@ class GroupOrder(Check):
                                 f"{', '.join(self.second)} (--languages)")
         if ours[2] or theirs[2]:
             return Outcome("inconclusive", what, detail=f"undefined: {ours[2] or theirs[2]}")
-        rows = [languages.index(lang) for lang in (*first, *second)]
-        if (ours[0][rows] <= 0).any() or (theirs[0][rows] <= 0).any():  # a loss fell
+        audited = [languages.index(lang) for lang in (*first, *second)]
+        if (ours[0][audited] <= 0).any() or (theirs[0][audited] <= 0).any():  # a loss fell
             return Outcome("inconclusive", what, detail=f"undefined: a {self.quantity} at or "
                            "below 0 has no improvement factor")
 
