@@ -385,9 +385,11 @@ class RunConfig:
     strict: bool = False
 
     @classmethod
-    def build(cls, value: Callable[[str], Any]) -> RunConfig:
+    def build(cls, value: Callable[[str], Any], *, remote_workers: bool = False) -> RunConfig:
         """From `value(name)`: the raw setting (a string, a bool for switches, or None when
-        unset). Raises UsageError naming the first bad setting; loads no model."""
+        unset). Raises UsageError naming the first bad setting; loads no model.
+        `remote_workers`: the audits run on other machines (an xdist controller's remote
+        gateways), whose cores bound `threads` there, not here."""
         from quantfair.corpus import load_corpus
 
         def get(name: str) -> Any:
@@ -482,7 +484,7 @@ class RunConfig:
                    languages=languages,
                    units=units or None, corpus=get("corpus"), device=get("device"),
                    dtype=_dtype(get("dtype")),
-                   threads=parse_threads(get("threads")),
+                   threads=parse_threads(get("threads"), cores_here=not remote_workers),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,
                    report=path if report else None, no_report=bool(get("no-report")),
                    baseline=Path(baseline) if baseline else None,
@@ -493,9 +495,10 @@ class RunConfig:
                                    if (text := get(f"max-{name.replace('_', '-')}"))
                                    is not None})
 
-    def preflight(self, cache: bool = True) -> None:
+    def preflight(self, cache: bool = True, here: bool = True) -> None:
         """What can be checked before a model loads: the caches are writable (with `cache`),
-        the model and any --quantized artifact are there, the device exists. Raises
+        the model and any --quantized artifact are there, the device exists (with `here`; not
+        where the model loads on other machines, each of which checks its own). Raises
         UsageError."""
         from quantfair.evaluate import results_root
         from quantfair.models import cache_root, check_available, resolve_device
@@ -503,6 +506,8 @@ class RunConfig:
 
         if cache:
             check_writable(cache_root(), results_root())
+        if not here:
+            return
         check_available(self.model, self.random_weights)
         if self.quantized:
             check_available(self.quantized, what="--quantized")

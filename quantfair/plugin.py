@@ -33,6 +33,7 @@ from quantfair.config import (
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.text import one_line
+from quantfair.workers import remote_gateways
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
@@ -128,8 +129,12 @@ def _configure(config: pytest.Config) -> None:
                 and not option_value(config, "baseline"):
             raise UsageError(f"--tolerance {tolerance} applies to a --baseline comparison; "
                              "none given")
+        # an xdist controller whose workers run on other machines checks what they check
+        remote = not hasattr(config, "workerinput") and remote_gateways(
+            config.getoption("tx", default=None))
         run_config = RunConfig.build(
-            lambda name: None if name == ignored else option_value(config, name))
+            lambda name: None if name == ignored else option_value(config, name),
+            remote_workers=remote)
         require_other_languages(run_config.languages)
         # The model, caches and device are checked now where quantfair is asked for on the
         # command line; where it is configured by the ini file alone, once an audit runs, so
@@ -137,17 +142,19 @@ def _configure(config: pytest.Config) -> None:
         # it: no torch import, no refusal on a machine that lacks the model.
         deferred = _ini_only(config)
         if not deferred and not config.getoption("collectonly", default=False):
-            run_config.preflight()
+            run_config.preflight(here=not remote)
         from quantfair.run import QuantfairRun
 
         run = QuantfairRun(config, run_config, preflight=deferred)
     except (QuantfairError, OSError) as error:  # OSError: e.g. a path too long to look up
         message = in_pytest_terms(config, setting_error(error))
-        if not _ini_only(config):
+        if not _ini_only(config) and not hasattr(config, "workerinput"):
             raise pytest.UsageError(message) from None
         # Every setting is the ini file's: the project's own runs (its tests,
         # --collect-only) go on as without it; the first audit to run says it and stops the
-        # run (`quantfair_audit`, exit 4 in `pytest_sessionfinish`).
+        # run (`quantfair_audit`, exit 4 in `pytest_sessionfinish`). So too on an xdist
+        # worker (on another machine, what the controller did not check): refused at
+        # configure, it would crash, be replaced and crash again.
         config.stash[DEFERRED] = f"quantfair: {one_line(message)}"
         return
     config.stash[RUN] = run

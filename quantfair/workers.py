@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 from pathlib import Path
 
 from quantfair.errors import UsageError
@@ -39,9 +40,10 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def parse_threads(text: str | int | None) -> int | None:
+def parse_threads(text: str | int | None, *, cores_here: bool = True) -> int | None:
     """`"auto"` (or unset) -> None; a positive integer up to the machine's cores -> itself;
-    anything else: UsageError."""
+    anything else: UsageError. `cores_here` False: the processes that use the threads run on
+    other machines (`remote_gateways`), each of which checks its own cores."""
     if text is None or str(text).strip().lower() == AUTO:
         return None
     try:
@@ -52,10 +54,23 @@ def parse_threads(text: str | int | None) -> int | None:
     if value < 1:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
     cores = available_cores()
-    if value > cores:  # more threads than cores only slows torch down (or exhausts memory)
+    if cores_here and value > cores:  # more threads than cores only slows torch down (or
+        # exhausts memory)
         raise UsageError(f"--threads {value}: this process may run on {plural(cores, 'core')} "
                          f"(its CPU affinity); give at most {cores}, or {AUTO}")
     return value
+
+
+def remote_gateways(specs: list[str] | None) -> bool:
+    """Whether pytest-xdist's `--tx` specs start processes on other machines: any gateway but
+    `popen` (`ssh=`, `socket=`, ...), or a popen reached `via=` another gateway. `-n N` alone
+    (no specs) is local."""
+    for spec in specs or ():
+        head, *keys = str(spec).split("//")
+        if re.sub(r"^\d+\*", "", head.strip()) != "popen" or any(
+                key.startswith("via=") for key in keys):
+            return True
+    return False
 
 
 def thread_share(cores: int, workers: int | None, override: int | None = None,

@@ -1,11 +1,16 @@
 """End-to-end runs of the audit plugin on tiny random models (seconds, not minutes)."""
 
 import json
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from markupsafe import escape
+
+from quantfair.workers import available_cores
 
 AUDITS = Path(__file__).resolve().parents[1] / "audits"
 pytest_plugins = ["pytester"]
@@ -195,6 +200,52 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
     assert _comparable(a) == _comparable(b)
     assert b["settings"]["workers"] == 2
     assert (pytester.path / "parallel.html").exists()
+
+
+@pytest.fixture
+def socket_gateway(tmp_path):
+    """An execnet socket server on this machine: to xdist a gateway like another host's
+    (`--tx socket=HOST:PORT`), whose processes the controller takes for remote ones."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "execnet.script.socketserver",
+                               f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the socket server did not start"
+                time.sleep(0.1)
+        yield f"socket=127.0.0.1:{port}//chdir={tmp_path}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("setting, message", [
+    (("--quantfair-threads", str(available_cores() + 1)), "this process may run on"),
+    (("--quantfair-device", "cuda:99"), "cuda:99"),
+])
+def test_remote_workers_check_their_own_cores_and_device(pytester, socket_gateway, setting,
+                                                         message):
+    """The controller of remote workers (`--tx ssh=...`, `socket=...`) does not bound the
+    threads by its own cores nor look for the device on its own machine; each worker checks
+    its own, says a bad setting once and stops the run (exit 4) rather than crash at start
+    (xdist would replace it and crash again until the timeout)."""
+    result = pytester.runpytest_subprocess(
+        *PYTEST, "--pyargs", "quantfair.audits", "-k", "release_disparity",
+        "--quantfair-model", "tiny-gpt2", "--quantfair-random-weights", "--quantfair-units", "2",
+        "--quantfair-no-report", *setting, "--tx", socket_gateway, "--dist", "loadgroup",
+        timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert result.parseoutcomes().get("errors") == 1  # a worker said it: not the controller
+    result.stdout.fnmatch_lines([f"*Interrupted: quantfair: *{message}*"])
+    assert "crashed" not in result.stdout.str()
 
 
 def test_xdist_workers_run_element_selections_first(pytester):

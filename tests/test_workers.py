@@ -20,6 +20,7 @@ from quantfair.workers import (
     available_cores,
     configure_threads,
     parse_threads,
+    remote_gateways,
     thread_share,
     xdist_workers,
 )
@@ -56,6 +57,26 @@ def test_threads_option_values():
         with pytest.raises(UsageError, match=f"--threads {many}: this process may run on "
                                              f"{cores} cores?"):
             parse_threads(str(many))
+
+
+def test_threads_beyond_this_machines_cores_are_left_to_the_machines_that_use_them():
+    assert parse_threads(str(available_cores() + 1), cores_here=False) == available_cores() + 1
+    with pytest.raises(UsageError, match="positive integer"):
+        parse_threads("0", cores_here=False)
+
+
+@pytest.mark.parametrize("specs, remote", [
+    (None, False),
+    (["popen"], False),
+    (["2*popen"], False),
+    (["popen//python=/srv/venv/bin/python//chdir=/srv"], False),
+    (["2*popen", "ssh=user@host-1//python=/srv/quantfair/.venv/bin/python"], True),
+    (["socket=10.0.0.2:8888//chdir=/srv/quantfair"], True),
+    (["4*socket=10.0.0.2:8888"], True),
+    (["popen//via=gw0"], True),
+])
+def test_remote_gateways(specs, remote):
+    assert remote_gateways(specs) is remote
 
 
 def test_a_worker_takes_the_cores_of_workers_that_have_finished(tmp_path, monkeypatch):
