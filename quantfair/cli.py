@@ -517,15 +517,18 @@ def cmd_report(args: argparse.Namespace) -> int:
           f"the baseline's disparity is undefined, beyond {100 * tolerance:g}%, or an audit "
           "that stopped passing)")
     failed = [a for a in new.get("audits", []) if a.get("outcome") == "failed"]
-    if failed and not regressions:  # a script gating on this exit alone would ship it
-        print(f"note: {plural(len(failed), 'audit')} of {args.new} failed in its own run (its "
-              "exit was 1): this exit code says only that nothing regressed against "
-              f"{args.old}")
-    elif new["verdict"] == "failed" and not regressions:  # e.g. inconclusive under strict
-        print(f"note: the run of {args.new} failed ({new['summary']['headline']}; its exit "
-              f"was 1): this exit code says only that nothing regressed against {args.old}")
+    why = _undecided(new, args.new)  # the exit is then 3, whatever failed
+    if not why and not regressions:  # a script gating on this exit alone would ship it
+        if failed:
+            print(f"note: {plural(len(failed), 'audit')} of {args.new} failed in its own run "
+                  "(its exit was 1): this exit code says only that nothing regressed against "
+                  f"{args.old}")
+        elif new["verdict"] == "failed":  # e.g. inconclusive under strict
+            print(f"note: the run of {args.new} failed ({new['summary']['headline']}; its "
+                  f"exit was 1): this exit code says only that nothing regressed against "
+                  f"{args.old}")
     _write(output, render_html(new))
-    if why := _undecided(new, args.new):
+    if why:
         print(f"quantfair: {why}", file=sys.stderr)
         return 3
     return 1 if regressions else 0

@@ -722,6 +722,13 @@ def test_a_comparison_without_regressions_names_the_new_reports_own_failures(tmp
     assert printed.returncode == 0, printed.stderr
     assert f"note: 1 audit of {new} failed in its own run (its exit was 1): this exit code " \
         f"says only that nothing regressed against {new}" in printed.stdout
+    errored = {**failing, "audits": [*failing["audits"],
+                                     {**report["audits"][0], "outcome": "error",
+                                      "nodeid": "audits/test_x.py::test_z[none-he]"}]}
+    new.write_text(json.dumps(errored))  # its own exit was 3, and so is this one's
+    printed = run_cli("report", str(new), str(new))
+    assert printed.returncode == 3 and "verdict error" in printed.stderr, printed.stderr
+    assert "its exit was 1" not in printed.stdout
 
 
 def test_a_gate_decided_under_another_maximum_is_said_and_not_a_regression(tmp_path,
