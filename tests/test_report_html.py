@@ -112,11 +112,11 @@ def test_a_hardest_hit_language_whose_ci_includes_1_is_said_not_to_be_shown_hard
 
 def test_a_run_that_decided_nothing_is_not_shown_as_passed():
     """Its verdict is passed (nothing failed), but a green PASSED banner over no decision
-    was read as a sign-off."""
+    was read as a sign-off; the banner still gives the verdict the JSON and terminal give."""
     undecided = report([audit("synergy", "inconclusive", "he"), audit("sparse", "skipped")])
     html = render_html(undecided)
     assert undecided["verdict"] == "passed" and 'class="verdict undecided"' in html
-    assert "NOTHING DECIDED &mdash; No audit decided anything in this run" in html
+    assert "NOTHING DECIDED (verdict: passed) &mdash; No audit decided anything in this run" in html
     assert "PASSED &mdash;" not in html
 
 
