@@ -442,13 +442,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                             "nor in the shipped languages")
     # only where it is read: a marker's name is a -k keyword (`-k group` matched every audit)
     grouped = metafunc.config.getoption("dist", default="no") == "loadgroup"
-    cases = finding.check.cases(languages)
-    params = [pytest.param(case, id=case.id,
-                           marks=[pytest.mark.xdist_group(case.group)] if grouped else [])
-              for case in cases]
-    if not params:  # pytest's own empty parameter set has no case to report on
-        from quantfair.audit import Case
+    from quantfair.audit import CANDIDATE, Case  # imported already: the finding is of it
 
+    cases = finding.check.cases(languages)
+    # the strategy given is audited in the quick subset too: asked for, never left out
+    given = {CANDIDATE} if run is not None and run.config.strategy else set()
+    params = [pytest.param(case, id=case.id, marks=[
+        *([pytest.mark.xdist_group(case.group)] if grouped else []),
+        *([pytest.mark.quantfair_quick] if case.strategy in given else [])]) for case in cases]
+    if not params:  # pytest's own empty parameter set has no case to report on
         reason = (f"{finding.id}: none of its cases is among the audited languages "
                   f"({', '.join(languages)})")
         params = [pytest.param(Case("no-case"), id="no-case",

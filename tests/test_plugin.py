@@ -202,6 +202,24 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
     assert (pytester.path / "parallel.html").exists()
 
 
+def test_the_strategy_given_is_audited_in_the_quick_subset_too(pytester):
+    """`--strategy X -m quick` left X's audits out with one terminal line: the user asked
+    for X to be audited."""
+    files = [str(AUDITS / "test_suggested.py"), str(AUDITS / "test_synergy.py")]
+
+    def collected(*args: str) -> list[str]:
+        listed = run(pytester, *files, "--model", "tiny-gpt2", "--collect-only", "-q", *args)
+        return sorted(line.split("::")[1].split("[")[0] for line in listed.stdout.lines
+                      if "test_suggested.py::" in line)
+
+    audits = ["test_candidate_beats_none", "test_candidate_beats_random",
+              "test_candidate_within_budget"]
+    assert collected("-m", "quick") == []  # nothing to audit: not in the quick subset
+    assert collected("-m", "quick", "--strategy", "L0") == audits
+    assert collected("-m", "quantfair_quick", "--strategy", "L0") == audits
+    assert collected("-m", "not quick", "--strategy", "L0") == []
+
+
 @pytest.fixture
 def socket_gateway(tmp_path):
     """An execnet socket server on this machine: to xdist a gateway like another host's
