@@ -79,8 +79,12 @@ def option_value(config: pytest.Config, name: str):
         raise UsageError(f"{_ini_setting(config, dest)}: expects one value, got a list: "
                          f"{value!r}")
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
-        # (lines may end with the comma that joins them: "he," then "zh")
-        value = ",".join(str(item).strip().strip(",") for item in value) or None
+        # (lines may end with the comma that joins them: "he," then "zh"; any other empty
+        # entry, "he," alone or ",", is RunConfig's to refuse)
+        joined = ""
+        for item in (str(item).strip() for item in value):
+            joined += item if joined.endswith(",") or not joined else f",{item}"
+        value = joined or None
     return _from_ini_folder(config, name, value) if name in PATH_SETTINGS and value else value
 
 

@@ -1020,6 +1020,9 @@ def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, co
                                "between 2 and 8, got 9 (set by quantfair_quant in pytest.ini)"),
     ("quantfair_languages = en,xx", "--quantfair-languages: unknown language(s) xx; this corpus "
                                     "has * (set by quantfair_languages in pytest.ini)"),
+    *((f"quantfair_languages = {value}", "--quantfair-languages * an empty entry* (set by "
+                                         "quantfair_languages in pytest.ini)")
+      for value in ("he,", ",", "he,\n    ,zh")),  # lines joined by a comma: not the last
 ])
 def test_a_bad_value_in_the_ini_file_is_one_line_naming_its_key(pytester, setting, message):
     """Said by the first audit, which stops the run; at once where a quantfair option is
