@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from quantfair import __version__
 from quantfair.config import (
     LANGUAGES_HELP,
     OPTIONS,
@@ -719,6 +720,7 @@ def _integer(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quantfair", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="components and strategy overheads of a model")

@@ -561,3 +561,11 @@ def test_an_os_error_without_errno_is_no_unexpected_error():
 
     assert _error_text(OSError("497664 requested and 413632 written")) == (
         "497664 requested and 413632 written")
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    shown = run_cli("--version")
+    assert shown.returncode == 0
+    assert shown.stdout == f"quantfair {version('quantfair')}\n"
