@@ -567,7 +567,12 @@ def load_report(path: str | Path) -> dict:
                 f"{', '.join(SCHEMA_FILES)}: " + (
                     "a newer quantfair wrote it; upgrade quantfair to read it" if newer
                     else "re-run the audit to get a comparable report"))
-        raise QuantfairError(f"{path} is not a quantfair report ({SCHEMA})")
+        keys = set(report) if isinstance(report, dict) else set()
+        written_by = ("quantfair measure --json" if {"settings", "records"} <= keys else
+                      "quantfair suggest --json" if {"budget", "trace"} <= keys else None)
+        raise QuantfairError(f"{path} is not a quantfair report ({SCHEMA})" + (
+            f": {written_by} wrote it, not an audit run (pytest writes reports)"
+            if written_by else ""))
     error = best_match(_validator(declared).iter_errors(report))
     if error is not None:
         where = error.json_path.removeprefix("$") or "top level"

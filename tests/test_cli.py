@@ -569,3 +569,18 @@ def test_version_is_the_installed_distributions():
     shown = run_cli("--version")
     assert shown.returncode == 0
     assert shown.stdout == f"quantfair {version('quantfair')}\n"
+
+
+def test_a_measure_or_suggest_file_given_as_a_report_is_named_as_what_it_is(tmp_path):
+    measured = tmp_path / "m.json"
+    done = run_cli("measure", "tiny-gpt2", "--random-weights", "--languages", "en,he",
+                   "--units", "1", "--json", str(measured))
+    assert done.returncode == 0, done.stderr
+    suggested = tmp_path / "s.json"
+    suggested.write_text(json.dumps({"model": "tiny-gpt2", "budget": 0.05, "trace": []}))
+    for path, command in ((measured, "measure"), (suggested, "suggest")):
+        shown = run_cli("report", str(path))
+        assert shown.returncode == 2
+        assert shown.stderr.strip().endswith(
+            f"is not a quantfair report (quantfair-report/4): quantfair {command} --json "
+            "wrote it, not an audit run (pytest writes reports)"), shown.stderr
