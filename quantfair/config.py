@@ -308,12 +308,15 @@ def _integer(name: str, text: str, minimum: int = 0) -> int:
     return value
 
 
-def number_option(name: str, text: str) -> float:
+def number_option(name: str, text: str, given: str | None = None) -> float:
+    """`text` as a finite non-negative number; UsageError quoting `given` (default: `text`),
+    the value as typed."""
+    given = text if given is None else given
     if not NUMBER.fullmatch(text):
-        raise UsageError(f"--{name} must be a number, got '{brief(text)}'")
+        raise UsageError(f"--{name} must be a number, got '{brief(given)}'")
     value = float(text)
     if not 0 <= value < math.inf:
-        raise UsageError(f"--{name} must be a finite non-negative number, got {brief(text)}")
+        raise UsageError(f"--{name} must be a finite non-negative number, got {brief(given)}")
     return value
 
 
@@ -321,7 +324,8 @@ def fraction_option(name: str, text: str) -> float:
     """A relative quantity as a fraction: `0.1` or `10%` -> 0.1. A bare number above 1 is a
     UsageError: `5` would be 500%, where 5% is what is usually meant."""
     percent = text.strip().endswith("%")
-    value = number_option(name, text.strip().removesuffix("%") if percent else text)
+    value = number_option(name, text.strip().removesuffix("%") if percent else text,
+                          text.strip())
     if not percent and value > 1:
         raise UsageError(f"--{name} {text.strip()}: a bare number is a fraction ({text.strip()} "
                          f"is {100 * value:g}%); write {text.strip()}% for {text.strip()} percent, "

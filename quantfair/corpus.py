@@ -181,8 +181,8 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
     if kind == "script":
         scripts = sorted({script for lang in _known() for script in _scripts(lang)})
         if value.lower() not in {s.lower() for s in scripts}:
-            raise UsageError(f"unknown script '{value}' in --languages {selector}; "
-                             f"scripts: {', '.join(scripts)}")
+            raise UsageError(f"--languages {selector}: no shipped language is written in "
+                             f"script '{value}' (ISO 15924); scripts: {', '.join(scripts)}")
         chosen = [lang for lang in pool if value.lower() in map(str.lower, _scripts(lang))]
     elif kind == "class":
         low, dash, high = value.partition("-")

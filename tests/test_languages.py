@@ -142,7 +142,8 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
 
 
 @pytest.mark.parametrize("text, message, choices", [
-    ("script:Klingon", "unknown script 'Klingon'", "Arab, Armn"),
+    ("script:Klingon", "no shipped language is written in script 'Klingon'", "Arab, Armn"),
+    ("script:Hant", "no shipped language is written in script 'Hant'", "Hani, Hans"),
     ("class:6", "class:6", "0..5"),
     ("class:3-1", "class:3-1", "a range goes from low to high, class:1-3"),
     ("class:low", "class:low", "0..5"),
