@@ -586,7 +586,13 @@ class QuantfairRun:
         return Path(self.pytest_config.invocation_params.dir) / "reports"
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.is_worker or self.report is None:
+        if self.is_worker:
+            return
+        if self.report is None:  # no audit ran (`_finish`): a report asked for is not there
+            if self.config.report and not self.config.no_report and not \
+                    self.pytest_config.getoption("collectonly", default=False):
+                terminalreporter.write_line(f"quantfair: no audit ran: no report written to "
+                                            f"{self.config.report}", yellow=True)
             return
         from quantfair.report import summary_table
 

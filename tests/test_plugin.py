@@ -202,6 +202,20 @@ def test_serial_and_xdist_runs_give_the_same_report(pytester):
     assert (pytester.path / "parallel.html").exists()
 
 
+def test_a_report_asked_for_that_no_audit_wrote_is_said(pytester):
+    """A `-k` matching no audit ends as pytest's exit 5; a CI step then looked for the file
+    --report named, with no word of why it was not there."""
+    path = pytester.path / "r.json"
+    for workers in ((), ("-n", "2")):
+        result = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-k", "nosuchaudit",
+                     "--report", str(path), *workers, subprocess=bool(workers))
+        assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+        result.stdout.fnmatch_lines([f"quantfair: no audit ran: no report written to {path}"])
+        assert not path.exists()
+    unnamed = run(pytester, *QUICK_FILES, "--model", "tiny-gpt2", "-k", "nosuchaudit")
+    assert "no report written" not in unnamed.stdout.str()  # none was asked for
+
+
 def test_the_strategy_given_is_audited_in_the_quick_subset_too(pytester):
     """`--strategy X -m quick` left X's audits out with one terminal line: the user asked
     for X to be audited."""
