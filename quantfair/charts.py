@@ -376,7 +376,9 @@ def suggest_trace(report: dict) -> str | None:
     chosen = [s for s in trace if s["chosen"]]
     ax.plot([100 * s["overhead"] for s in chosen], [y(s) for s in chosen],
             color=PALETTE[1], marker="*", ms=9, lw=1, label="step taken")
-    label_points(ax, [Point(s["candidate"], 100 * s["overhead"], y(s)) for s in trace
+    label_points(ax, [Point(s["candidate"] if s.get("strategy") in (None, s["candidate"])
+                            else f"+{s['candidate']}",  # added to what earlier steps kept
+                            100 * s["overhead"], y(s)) for s in trace
                       if s.get("phase") == "portfolio" or s["chosen"]])
     ax.set_xlabel("overhead (% of parameters in FP)")
     ax.set_ylabel("mean disparity (calibration units)")

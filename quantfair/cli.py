@@ -397,10 +397,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if result.trace:
         print(f"\nsearch on calibration units {', '.join(result.calibration_units)} "
               f"(this run: {result.forward_passes:,} forward passes, {result.wall_s:.0f} s; "
-              "measurements cached by earlier runs are reused):")
+              "measurements cached by earlier runs are reused; +X: X added to what earlier "
+              "steps kept):")
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
                       "en KLD (nats)", "chosen"],
-                     [(s.phase, s.step, s.candidate, _finite(s.score, 4),
+                     [(s.phase, s.step,
+                       s.candidate if s.strategy == s.candidate else f"+{s.candidate}",
+                       _finite(s.score, 4),
                        _finite(s.mean_disparity, 3), percent(s.overhead),
                        f"{s.english_damage:.2f}",
                        "*" if s.chosen else "" if s.allowed else "no: raises damage")

@@ -669,3 +669,13 @@ def test_a_run_that_checked_no_release_gate_says_so():
         assert ("No release gate was checked (a baseline was given, but could not be "
                 "compared): the verdict is of the seed's findings on this model, not a release "
                 "decision." in summarize(unusable)["sentences"])
+
+
+def test_the_suggest_chart_labels_a_term_added_to_earlier_steps_as_such():
+    step = {"overhead": 0.05, "score": 2.0, "mean_disparity": 1.0, "chosen": True,
+            "phase": "structural", "candidate": "L0", "strategy": "L0"}
+    trace = [step, {**step, "overhead": 0.06, "mean_disparity": 0.9, "candidate": "ln",
+                    "strategy": "L0+ln"}]
+    svg = charts.suggest_trace({"suggestion": {"strategy": "L0+ln", "trace": trace}})
+    labels = re.findall(r"<text[^>]*>\s*([^<]+?)\s*</text>", svg)
+    assert "L0" in labels and "+ln" in labels and "ln" not in labels

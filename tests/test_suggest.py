@@ -645,6 +645,20 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     assert "raises en's degradation" not in capsys.readouterr().out
 
 
+def test_the_trace_marks_a_term_added_to_what_earlier_steps_kept(monkeypatch, capsys):
+    """A refinement row read `superweights:8` beside the score and overhead of the finalist
+    it was added to."""
+    trace = [Step(1, "L0", "L0", 2.0, 0.05, 1.0, True),
+             Step(2, "ln", "L0+ln", 1.9, 0.06, 1.0, False, phase="refinement")]
+    suggestion = Suggestion("tiny-llama", "int4", 0.1, "L0", 0.05, 2.0, trace=trace)
+    monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
+    assert main(["suggest", "tiny-llama", "--budget", "10%", "--languages", "en,he",
+                 "--units", "4"]) == 0
+    rows = [line.split("|")[3].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| structural", "| refinement"))]
+    assert rows == ["L0", "+ln"]
+
+
 def test_a_step_raising_the_damage_is_marked_as_not_allowed(tiny_models):
     session = session_for(tiny_models["tiny-gpt2"])
     search = Search(session, 0.3, search_units(session, 2))
