@@ -753,9 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(suggest, *RUN_OPTIONS)
     suggest.add_argument("--budget", required=True, help="share of parameters to keep, e.g. 12%%")
     suggest.add_argument("--calibration-units", type=_integer, default=4,
-                         help="held-out units per language scored during the search")
+                         help="held-out units per language scored during the search "
+                              "(default %(default)s)")
     suggest.add_argument("--width", type=_integer, default=3,
-                         help="whole layers tried per step, lowest score alone first")
+                         help="whole layers tried per step, lowest score alone first "
+                              "(default %(default)s)")
     suggest.add_argument("--json", help="also write the result to this JSON file")
     suggest.set_defaults(run=cmd_suggest)
 

@@ -589,3 +589,17 @@ def test_a_measure_or_suggest_file_given_as_a_report_is_named_as_what_it_is(tmp_
         assert shown.stderr.strip().endswith(
             f"is not a quantfair report (quantfair-report/4): quantfair {command} --json "
             "wrote it, not an audit run (pytest writes reports)"), shown.stderr
+
+
+def test_every_option_with_a_default_names_it_in_its_help():
+    import argparse
+
+    from quantfair.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    silent = [f"{name} {action.option_strings[0]}"
+              for name, parser in commands.choices.items() for action in parser._actions
+              if action.option_strings and "default" not in (action.help or "")
+              and action.default not in (None, False, [], argparse.SUPPRESS)]
+    assert silent == []
