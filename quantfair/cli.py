@@ -356,9 +356,12 @@ def _check_output(path: str | None, flag: str, args: argparse.Namespace) -> None
 
 def _few_units_note(units: int) -> str:
     """Why decisions on fewer than `FEW_UNITS` units per language are machinery checks."""
-    return (f"with {units_text(units)} per language the bootstrap CIs understate the "
-            f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): give more "
-            "--units")
+    from quantfair.metrics import MIN_UNITS
+
+    what = ("there is no interval" if units < MIN_UNITS else
+            "the bootstrap CIs understate the uncertainty")
+    return (f"with {units_text(units)} per language {what} (no exact paired test reaches 5% "
+            f"below {FEW_UNITS} units): give more --units")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:

@@ -603,3 +603,12 @@ def test_every_option_with_a_default_names_it_in_its_help():
               if action.option_strings and "default" not in (action.help or "")
               and action.default not in (None, False, [], argparse.SUPPRESS)]
     assert silent == []
+
+
+def test_one_unit_per_language_is_said_to_give_no_interval():
+    shown = run_cli("measure", "tiny-gpt2", "--random-weights", "--languages", "en,he",
+                    "--units", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "note: with 1 unit per language there is no interval (no exact paired test " \
+        "reaches 5% below 6 units)" in shown.stdout
+    assert "understate" not in shown.stdout
