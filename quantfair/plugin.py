@@ -346,11 +346,15 @@ def in_pytest_terms(config: pytest.Config, message: str) -> str:
     gave the value (`_given_short`), and where a value named in it was set when that was the
     ini file rather than the command line."""
     notes = []
+    # an option not given is named as the user writes the others: short where they did
+    speaks_short = any(_given_short(config, name) for name in OPTIONS)
     for option in OPTIONS.values():
         named = rf"--{re.escape(option.name)}(?![\w-])"
         if not re.search(named, message):
             continue
-        if not _given_short(config, option.name):
+        given = config.getoption(option.dest, default=None) not in (None, False)
+        if not (_given_short(config, option.name)
+                or not given and speaks_short and option.short):
             message = re.sub(named, f"--quantfair-{option.name}", message)
         if config.getoption(option.dest, default=None) in (None, False) \
                 and _ini_value(config, option.dest):

@@ -108,7 +108,8 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--report", " "], "--report is empty; give the path of a .json file"),
         (["--report", "r.json", "--no-report"], "give --report r.json or --no-report, not both"),
         (["--strategy", ""], "--strategy is empty; give a strategy such as L0+Llast"),
-        (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --quantfair-baseline comparison"),
+        # an option not given is named as the others were written: short here
+        (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --baseline comparison"),
         (["--tolerance="], "--tolerance is empty: give a value"),
         (["--quantfair-model", ""], "--quantfair-model (--model) is empty: name a Hugging Face"),
         # an unset variable in a CI script must not gate on the defaults
@@ -120,6 +121,14 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         assert result.ret == 4, (args, result.stderr.str())
         assert message in result.stderr.str()
         assert "Traceback" not in result.stderr.str()
+
+
+def test_an_option_not_given_is_named_as_the_given_ones_were_written(pytester):
+    long = run(pytester, QUICK_FILES[0], "--quantfair-model", "tiny-gpt2",
+               "--quantfair-tolerance", "0.2")
+    assert long.ret == 4
+    assert "--quantfair-tolerance 0.2 applies to a --quantfair-baseline comparison" \
+        in long.stderr.str()
 
 
 def test_an_option_from_pytest_addopts_is_named_as_given_there(pytester, monkeypatch):
