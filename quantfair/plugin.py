@@ -343,10 +343,9 @@ def _ini_setting(config: pytest.Config, dest: str) -> str:
 def in_pytest_terms(config: pytest.Config, message: str) -> str:
     """`message`, which names options as the CLI does (--<name>), with pytest's names for
     them (--quantfair-<name>, there without the opt-in short forms) unless the short form
-    gave the value (`_given_short`), and where a value named in it was set when that was the
-    ini file rather than the command line."""
+    gave the value (`_given_short`), or, for an option not given, gave another's; and where
+    a value named in it was set when that was the ini file rather than the command line."""
     notes = []
-    # an option not given is named as the user writes the others: short where they did
     speaks_short = any(_given_short(config, name) for name in OPTIONS)
     for option in OPTIONS.values():
         named = rf"--{re.escape(option.name)}(?![\w-])"
@@ -356,8 +355,7 @@ def in_pytest_terms(config: pytest.Config, message: str) -> str:
         if not (_given_short(config, option.name)
                 or not given and speaks_short and option.short):
             message = re.sub(named, f"--quantfair-{option.name}", message)
-        if config.getoption(option.dest, default=None) in (None, False) \
-                and _ini_value(config, option.dest):
+        if not given and _ini_value(config, option.dest):
             notes.append(f" (set by {_ini_setting(config, option.dest)})")
     return message + "".join(notes)
 
