@@ -1,10 +1,10 @@
 """pytest glue, loaded into every pytest run of the environment (entry point pytest11).
 
 It declares only namespaced options (`--quantfair-model`, ini `quantfair_model`, ...) and
-markers (`quantfair`, `quantfair_quick`), imports neither torch nor transformers, and does
-nothing more unless a model is given. The short forms (`--model`, `-m quick`) live in the
-opt-in plugin `quantfair.short_options`. The run's state is one `QuantfairRun` (see
-`quantfair.run`), kept under a stash key on the config.
+markers (`quantfair`, `quantfair_quick`, `quantfair_release`), imports neither torch nor
+transformers, and does nothing more unless a model is given. The short forms (`--model`,
+`-m quick`) live in the opt-in plugin `quantfair.short_options`. The run's state is one
+`QuantfairRun` (see `quantfair.run`), kept under a stash key on the config.
 """
 
 from __future__ import annotations

@@ -751,6 +751,18 @@ def test_a_gate_decided_under_another_maximum_is_said_and_not_a_regression(tmp_p
     assert "decided under another bound than in the baseline" in html
 
 
+def test_the_examples_in_the_release_maxima_help_are_accepted():
+    """`--max-degradation`'s help offered 2.0, which a degradation refuses (200%?)."""
+    import re
+
+    from quantfair.config import OPTIONS, RunConfig
+
+    for name in (n for n in OPTIONS if n.startswith("max-")):
+        examples = re.search(r"e\.g\. (\S+) or (\S+)", OPTIONS[name].help).groups()
+        for example in examples:
+            assert RunConfig.build({"model": "tiny-gpt2", name: example}.get).release_bounds
+
+
 def test_the_release_maxima_are_among_the_settings_a_report_records():
     from quantfair.config import RunConfig
 
