@@ -69,8 +69,11 @@ def option_value(config: pytest.Config, name: str):
     if value not in (None, False):
         return value
     try:
-        given = config.getini(dest)
-    except (ValueError, pytest.UsageError) as error:  # pytest 9 raises UsageError
+        with warnings.catch_warnings():  # a TOML list for one value: said below, in one line
+            warnings.filterwarnings("ignore", "Passing a value that is not a string")
+            given = config.getini(dest)
+    except (ValueError, TypeError, pytest.UsageError) as error:  # pytest 9 raises UsageError,
+        # and a later pytest TypeError for the list
         raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
     if isinstance(given, (int, float)) and not isinstance(given, bool):  # units = 0 (TOML)
         given = str(given)
