@@ -116,7 +116,7 @@ OPTIONS = {option.name: option for option in (
            str(DEFAULT_TOLERANCE)),
     Option("strict", "inconclusive comparisons fail the run", flag=True, short=False),
     *(Option(f"max-{name.replace('_', '-')}", f"release gate: every language's {name} at most "
-             "this, e.g. " + ("0.5 or 50%,he=80% (a fraction or a percentage)"
+             "this, e.g. " + ("0.5 or 0.5,he=0.8 (a fraction, or a percentage)"
                               if name == "degradation" else "2.0 or 2.0,he=3.0")
              + " (per-language overrides)")
       for name in RELEASE_QUANTITIES),
