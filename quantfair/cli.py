@@ -27,7 +27,7 @@ from quantfair.config import (
     refuse_inputs,
     require_other_languages,
 )
-from quantfair.errors import TERMINATED, QuantfairError, UsageError, os_error_text
+from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError, os_error_text
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
 from quantfair.storage import is_gguf
@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # which `report` gives a regression)
     except KeyboardInterrupt as interrupt:
         close_bars()
-        terminated = str(interrupt) == TERMINATED
+        terminated = isinstance(interrupt, Terminated)
         print(f"quantfair: {TERMINATED if terminated else 'interrupted'} (finished work is "
               "cached)", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
@@ -832,7 +832,7 @@ def _sigterm_as_interrupt():
     """SIGTERM (`timeout`, a CI job cancelled) stops the command as Ctrl-C does: files being
     written are removed, not left half-written."""
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(TERMINATED)
+        raise Terminated()
 
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)

@@ -1,6 +1,14 @@
 """Errors a user can cause; the CLI and the plugin print them as one line."""
 
-TERMINATED = "terminated by SIGTERM"  # a KeyboardInterrupt's message: stopped as on Ctrl-C
+TERMINATED = "terminated by SIGTERM"  # `Terminated`'s message
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, a CI job cancelled): the run stops as on Ctrl-C, and pytest says
+    it in one line, without the location in quantfair's code that a KeyboardInterrupt gets."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINATED)
 
 
 def os_error_text(error: OSError) -> str:

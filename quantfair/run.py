@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from quantfair.config import OPTIONS, RunConfig, check_folder_writable
-from quantfair.errors import TERMINATED, QuantfairError, UsageError
+from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError
 from quantfair.storage import why_unwritable
 from quantfair.text import some
 
@@ -120,7 +120,7 @@ class QuantfairRun:
         # Once finishing, let the report be written; before the session has started (xdist
         # starting its workers), the test loop stops it at once (`pytest_runtestloop`).
         if not self.finishing and not deferred:
-            raise KeyboardInterrupt(TERMINATED)  # pytest finishes the session as on Ctrl-C
+            raise Terminated()  # pytest finishes the session as on Ctrl-C
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session):
@@ -144,7 +144,7 @@ class QuantfairRun:
     def pytest_runtestloop(self, session: pytest.Session):
         try:
             if self.terminated:  # a signal deferred while the session started
-                raise KeyboardInterrupt(TERMINATED)
+                raise Terminated()
             return (yield)
         finally:
             self.finishing = True

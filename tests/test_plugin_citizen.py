@@ -319,6 +319,9 @@ def test_sigterm_finishes_the_session_with_an_incomplete_report(pytester, worker
     assert report["verdict"] == "incomplete"
     assert any("SIGTERM" in reason for reason in report["incomplete"])
     assert "quantfair audit summary" in out
+    # pytest's line for the stop, not a KeyboardInterrupt's location in quantfair's code
+    assert re.search(r"^!+ \S*Terminated: terminated by SIGTERM !+$", out, re.MULTILINE), out
+    assert "KeyboardInterrupt" not in out
     assert report["summary"]["counts"]["error"] == 0  # the audit cut off never ran: no error
     assert report["selection"]["selected"] == 2
     assert any(a["outcome"] in ("passed", "failed") for a in report["audits"])
