@@ -354,6 +354,8 @@ def fertility(report: dict) -> str | None:
 def suggest_trace(report: dict) -> str | None:
     """Every candidate the search scored: overhead against mean disparity on calibration
     units, the Pareto front of the two, the steps taken, the portfolio's selectors named."""
+    from quantfair.report import trace_label
+
     found = report.get("suggestion")
 
     def y(step: dict) -> float | None:
@@ -376,8 +378,7 @@ def suggest_trace(report: dict) -> str | None:
     chosen = [s for s in trace if s["chosen"]]
     ax.plot([100 * s["overhead"] for s in chosen], [y(s) for s in chosen],
             color=PALETTE[1], marker="*", ms=9, lw=1, label="step taken")
-    label_points(ax, [Point(s["candidate"] if s.get("strategy") in (None, s["candidate"])
-                            else f"+{s['candidate']}",  # added to what earlier steps kept
+    label_points(ax, [Point(trace_label(s["candidate"], s.get("strategy")),
                             100 * s["overhead"], y(s)) for s in trace
                       if s.get("phase") == "portfolio" or s["chosen"]])
     ax.set_xlabel("overhead (% of parameters in FP)")

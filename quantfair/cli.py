@@ -381,6 +381,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         config.check_search(args.calibration_units, budget)
 
     session = _session(args, searchable)
+    from quantfair.report import trace_label
     from quantfair.suggest import (
         fairer_than_none,
         less_fair_than_none,
@@ -404,8 +405,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
               "steps kept):")
         print(_table(["phase", "step", "candidate", "score", "mean disparity", "overhead",
                       "en KLD (nats)", "chosen"],
-                     [(s.phase, s.step,
-                       s.candidate if s.strategy == s.candidate else f"+{s.candidate}",
+                     [(s.phase, s.step, trace_label(s.candidate, s.strategy),
                        _finite(s.score, 4),
                        _finite(s.mean_disparity, 3), percent(s.overhead),
                        f"{s.english_damage:.2f}",

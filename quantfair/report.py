@@ -497,6 +497,12 @@ def searched_with(suggestion: dict) -> str:
         f", corpus {corpus}" if corpus and corpus != SHIPPED_CORPUS else "")
 
 
+def trace_label(candidate: str, strategy: str | None) -> str:
+    """A `quantfair suggest` trace step as its table and chart name it: `+X` where X was added
+    to what earlier steps kept (its strategy is more than X), else X."""
+    return candidate if strategy in (None, candidate) else f"+{candidate}"
+
+
 OTHER_LANGUAGES = ("the suggestion was searched without these languages of this run, so "
                    "their audits test how it carries over to them")
 
