@@ -553,7 +553,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
     try:
         model, tokenizer = _from_pretrained(spec, local_files_only=True)
     except OSError:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        if _downloads_off():
             raise QuantfairError(
                 f"model '{spec}'{_did_you_mean(spec)} is not in the local Hugging Face cache "
                 f"and downloads are off: {_download_hint(spec)}, or pass a local directory "
@@ -569,6 +569,11 @@ def _hub_or_local(spec: str) -> LoadedModel:
                 f"a local directory or .gguf file; {KNOWN_OFFLINE}"
             ) from None
     return LoadedModel(spec, model, tokenizer, source=f"Hugging Face cache: {spec}")
+
+
+def _downloads_off() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, when imported)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
 def _download_hint(spec: str) -> str:
@@ -649,7 +654,7 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
             raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache, which "
                              f"is all {what} reads: {_download_hint(spec)}, or give a .gguf "
                              "file or the directory save_pretrained wrote")
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        if _downloads_off():
             _hub_or_local(spec)  # raises the one-line explanation
 
 

@@ -54,8 +54,8 @@ def parse_threads(text: str | int | None, *, cores_here: bool = True) -> int | N
     if value < 1:
         raise UsageError(f"--threads must be {AUTO} or a positive integer, got {value}")
     cores = available_cores()
-    if cores_here and value > cores:  # more threads than cores only slows torch down (or
-        # exhausts memory)
+    # more threads than cores only slows torch down (or exhausts memory)
+    if cores_here and value > cores:
         raise UsageError(f"--threads {value}: this process may run on {plural(cores, 'core')} "
                          f"(its CPU affinity); give at most {cores}, or {AUTO}")
     return value
