@@ -109,12 +109,14 @@ OPTIONS = {option.name: option for option in (
     Option("report", "path of the JSON report, HTML beside it (default "
                      "reports/<model>-<UTC time>-<pid>.json)"),
     Option("no-report", "do not write the JSON/HTML report", flag=True),
-    Option("baseline", "an earlier JSON report: fail when a disparity regresses beyond the "
-                       "tolerance or an audit that passed now fails"),
+    Option("baseline", "an earlier JSON report: fail when a disparity grows beyond the "
+                       "tolerance (its paired bootstrap CI above it) or an audit that passed "
+                       "now fails"),
     Option("tolerance", "relative disparity growth counted as a regression: a fraction, or a "
                         f"percentage with its sign (default {DEFAULT_TOLERANCE})",
            str(DEFAULT_TOLERANCE)),
-    Option("strict", "inconclusive comparisons fail the run", flag=True, short=False),
+    Option("strict", "inconclusive comparisons (and growth beyond the --baseline tolerance "
+                     "not significant) fail the run", flag=True, short=False),
     *(Option(f"max-{name.replace('_', '-')}", f"release gate: every language's {name} at most "
              "this, e.g. " + ("0.5 or 0.5,he=0.8 (a fraction, or a percentage)"
                               if name == "degradation" else "2.0 or 2.0,he=3.0")

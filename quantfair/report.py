@@ -16,32 +16,34 @@ from functools import cache
 from importlib import metadata, resources
 from pathlib import Path
 
+import numpy as np
+
 from quantfair.config import DEFAULT_TOLERANCE, REFERENCE, SHIPPED_CORPUS
 from quantfair.errors import QuantfairError
 from quantfair.metrics import (
     FLOAT_NOISE,
     KLD_PERCENTILES,
+    TOO_FEW_UNITS,
     Estimate,
     Measurement,
     bits_per_byte,
     fertility,
+    paired_difference,
     perplexity,
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
 from quantfair.summary import summarize
 from quantfair.text import experiment_span, interval_text, some, table  # noqa: F401 (re-exported)
 
-SCHEMA = "quantfair-report/4"
+SCHEMA = "quantfair-report/5"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
 # format bumps SCHEMA and adds its schema here (keeping the previous one if still readable).
 # Format 2 added `selection`, the `inconclusive` outcome and each audit's `seed` and `slack`;
 # format 3 made `summary` the answer-first block (outcome counts moved to `summary.counts`);
-# format 4 added the `error` verdict (an audit could not run); formats 1 to 3 stay readable
-# (as baselines and in `quantfair report`).
-SCHEMA_FILES = {"quantfair-report/1": "report-1.schema.json",
-                "quantfair-report/2": "report-2.schema.json",
-                "quantfair-report/3": "report-3.schema.json",
-                "quantfair-report/4": "report-4.schema.json"}
+# format 4 added the `error` verdict (an audit could not run); format 5 each measurement's
+# `per_unit` values (what a baseline comparison pairs); formats 1 to 4 stay readable (as
+# baselines and in `quantfair report`).
+SCHEMA_FILES = {f"quantfair-report/{n}": f"report-{n}.schema.json" for n in range(1, 6)}
 
 
 def distribution_fields(m: Measurement) -> list[dict]:
@@ -75,7 +77,9 @@ def distribution_fields(m: Measurement) -> list[dict]:
 
 def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: str,
                         overhead, resolved: str | None = None) -> list[dict]:
-    """One record per language of a (scheme, strategy, length) measurement."""
+    """One record per language of a (scheme, strategy, length) measurement; its `per_unit`
+    holds each unit's summed NLL (nats, FP and quantized) and scored tokens in corpus order,
+    what a baseline comparison pairs."""
     disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
     records, distribution = [], distribution_fields(m)
     for i, lang in enumerate(m.languages):
@@ -98,6 +102,8 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "undefined": disparity[lang].undefined or None,
             "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
             **distribution[i],
+            "per_unit": {"nll_fp": m.nll_fp[i].tolist(), "nll_q": m.nll_q[i].tolist(),
+                         "tokens": m.tokens[i].astype(int).tolist()},
         }.items()})
     return records
 
@@ -239,8 +245,12 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     """Rows whose disparity grew beyond `tolerance` (relative; English's, and where the
     baseline's disparity is undefined the language's, degradation: damage growing alike in
     every language leaves the disparities as they were) and audits that stopped passing
-    (passed -> inconclusive or skipped is listed, and is a regression only when `strict`);
-    beside them
+    (passed -> inconclusive or skipped is listed, and is a regression only when `strict`).
+    Where both reports keep per-unit values of the same text, a growth is a regression when
+    the paired bootstrap CI of (run - baseline grown by the tolerance) lies above 0; one
+    beyond the tolerance in its point estimate only is listed (`growth_undecided`), and is a
+    regression only when `strict`. Elsewhere the point estimates decide (`point_compared`).
+    Beside them
     `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
     baseline's measurements this run did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
@@ -253,6 +263,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded = [], [], [], []
+    paired, undecided_growth, by_point = _Pairs(old, new), [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
         if before is None:
@@ -266,8 +277,26 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         elif a is None:  # no ratio to grow from: the language's own damage is compared
             quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
             (by_degradation if a is not None and b is not None else unbounded).append(key)
-        entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None}
-        if a is not None and b is not None and quantity == "degradation" and _noise(before):
+        entry = {"key": key, "quantity": quantity, "old": a, "new": b, "change": None,
+                 "beyond": None}
+        draws = paired.draws(row, quantity) if a is not None and b is not None else None
+        if draws is not None:
+            then, now, units = draws
+            a, b = entry["old"], entry["new"] = float(then[0]), float(now[0])
+            entry["change"] = (b - a) / abs(a) if a else None
+            # each resample's growth beyond the tolerance, on the same resampled units
+            over = paired_difference(now, (then[0] + tolerance * abs(then[0]),
+                                           then[1] + tolerance * np.abs(then[1])), units)
+            entry["beyond"] = {"value": over.difference, "low": json_safe(over.low),
+                               "high": json_safe(over.high)}
+            if over.low > 0 or (strict and over.difference > 0):
+                regressions.append(
+                    f"{quantity} {key}: " + " -> ".join(_values(quantity, a, b))
+                    + f", beyond the tolerance by {_growth(quantity, over)}"
+                    + ("" if over.low > 0 else " (not significant; --quantfair-strict)"))
+            elif over.difference > 0:
+                undecided_growth.append(f"{key} (by {_growth(quantity, over)})")
+        elif a is not None and b is not None and quantity == "degradation" and _noise(before):
             # no relative growth from a damage the baseline could not tell from 0: damage the
             # run measures (its CI above 0) is the regression, whatever the tolerance
             if (row.get("degradation_low") or 0) > 0:
@@ -276,6 +305,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                 regressions.append(f"{quantity} {key}: {was} (within noise) -> {now} "
                                    f"[95% CI {low}, {high}]")
         elif a is not None and b is not None:
+            by_point.append(key)
             entry["change"] = (b - a) / abs(a) if a else None
             # growth within float noise (summation order, thread count) is none at any tolerance
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
@@ -321,6 +351,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "label_hint": label_hint(old.get("settings") or {}, new.get("settings") or {}),
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
             "degradation_compared": by_degradation,
+            "growth_undecided": undecided_growth,
+            "point_compared": by_point, "point_compared_why": paired.why_not,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "bound_changed": rebounded,
@@ -393,6 +425,68 @@ COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "language
                      "corpus", "dtype", "strategy", "release_maxima")
 
 
+class _Pairs:
+    """Per (scheme, strategy, length), the baseline's and the run's measurements rebuilt from
+    their `per_unit` values (format 5 or later) in the languages whose units are the same
+    (each unit scored the same number of tokens, English's too): a change is then read on
+    the paired bootstrap, the same resampled units on both sides."""
+
+    def __init__(self, old: dict, new: dict):
+        without = [name for name, report in (("the baseline", old), ("this run", new))
+                   if not any("per_unit" in r for r in report.get("measurements", []))]
+        self.why_not = (f"{' and '.join(without)} kept no per-unit values (a report before "
+                        "format 5)" if without else "their units differ (another text or "
+                        "tokenizer)")
+        self.groups: dict[tuple, tuple[Measurement, Measurement] | None] = {}
+        self.rows = [{row_key(r): r for r in report.get("measurements", [])}
+                     for report in (old, new)]
+
+    def draws(self, row: dict, quantity: str):
+        """((value, resamples) of the baseline, the same of the run, units) of `quantity`
+        in `row`'s language, or None where the two cannot be paired."""
+        group = row_key(row)[:3]
+        if group not in self.groups:
+            self.groups[group] = self._measurements(group)
+        if (pair := self.groups[group]) is None or row["language"] not in pair[0].languages:
+            return None
+        i = pair[0].languages.index(row["language"])
+        metric = "degradation" if quantity == "degradation" else "disparity"
+        (then, now) = (m.draws(metric)[:2] for m in pair)
+        return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units
+
+    def _measurements(self, group: tuple) -> tuple[Measurement, Measurement] | None:
+        values = [{key[3]: row.get("per_unit") for key, row in rows.items() if key[:3] == group}
+                  for rows in self.rows]
+        languages = tuple(lang for lang, units in values[1].items()
+                          if _usable(units) and _usable(values[0].get(lang))
+                          and units["tokens"] == values[0][lang]["tokens"])
+        if REFERENCE not in languages or len({len(values[1][lang]["tokens"])
+                                              for lang in languages}) > 1:
+            return None
+
+        def measurement(per_language: dict) -> Measurement:
+            nll_fp, nll_q, tokens = (np.array([per_language[lang][name] for lang in languages],
+                                              dtype=float) for name in ("nll_fp", "nll_q",
+                                                                        "tokens"))
+            return Measurement(languages, nll_fp, nll_q, tokens, np.zeros_like(tokens),
+                               np.zeros_like(tokens), reference=REFERENCE)
+
+        return measurement(values[0]), measurement(values[1])
+
+
+def _usable(units: dict | None) -> bool:
+    """Whether `per_unit` values are there and finite (JSON keeps an infinite NLL as null)."""
+    return bool(units) and all(None not in units[name] for name in ("nll_fp", "nll_q", "tokens"))
+
+
+def _growth(quantity: str, over) -> str:
+    """A growth beyond the tolerance with its 95% CI, in the quantity's units."""
+    if math.isnan(over.low):
+        return f"{_values(quantity, over.difference)[0]} ({TOO_FEW_UNITS})"
+    value, low, high = _values(quantity, over.difference, over.low, over.high)
+    return f"{value} [95% CI {low}, {high}]"
+
+
 def _values(quantity: str, *values: float) -> tuple[str, ...]:
     """`values` printed with the fewest digits that tell them apart: 4 significant digits or
     more, a degradation as a percentage with 1 decimal or more and 2 significant digits or
@@ -459,6 +553,12 @@ def comparison_notes(comparison: dict) -> list[str]:
     if instead := comparison.get("degradation_compared"):
         lines.append(f"{len(instead)} disparity(ies) undefined in the baseline: the language's "
                      f"degradation is checked for growth instead: {some(instead)}")
+    if undecided := comparison.get("growth_undecided"):
+        lines.append(f"{len(undecided)} growth(s) beyond the tolerance not significant on the "
+                     f"paired units (a regression with --quantfair-strict): {some(undecided)}")
+    if by_point := comparison.get("point_compared"):
+        lines.append(f"{len(by_point)} measurement(s) compared on point estimates, without "
+                     f"CIs: {comparison.get('point_compared_why') or 'no per-unit values'}")
     if unbounded := comparison.get("undefined_in_baseline"):
         lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline, so not "
                      f"checked for growth: {some(unbounded)}")

@@ -484,26 +484,38 @@ def test_bom_crlf_and_line_separators_inside_text_are_kept_byte_exact(tmp_path):
 
 # -- 10, 11. report files and baselines -------------------------------------------------------
 
-@pytest.fixture
-def report_pair(tmp_path) -> tuple[Path, dict]:
+def _report(deltas: dict[str, list[float]]) -> dict:
+    """A report of one measurement (`_measurement(deltas)`, int4, no protection) and one
+    audit that passed."""
     from quantfair.report import RunRecord, build_report, measurement_records
     from quantfair.strategies import Overhead
 
-    m = _measurement({"en": [1.0, 1.2, 0.8], "he": [3.0, 3.2, 2.8]})
+    m = _measurement(deltas)
     rows = measurement_records(m, strategy="none", scheme="int4", length="medium",
                                overhead=Overhead(0, 10, 0.0))
     audits = [{"nodeid": "audits/test_x.py::test_y[none-he]", "outcome": "passed",
                "value": 2.5, "low": 2.0, "high": 3.0, "experiments": ["001"]}]
     selection = {"invocation": ["pytest"], "collected": 1, "selected": 1, "deselected": 0,
                  "not_run": 0}
-    report = build_report(RunRecord(
+    return build_report(RunRecord(
         model={"name": "tiny-gpt2"}, settings={"model": "tiny-gpt2", "scheme": "int4",
-                                               "languages": ["en", "he"], "units": 3},
+                                               "languages": list(deltas), "units": m.units},
         audits=audits, rows=rows, processes=[], selection=selection, incomplete=[],
         duration_s=1.0))
+
+
+@pytest.fixture
+def report_pair(tmp_path) -> tuple[Path, dict]:
+    report = _report({"en": [1.0, 1.2, 0.8], "he": [3.0, 3.2, 2.8]})
     path = tmp_path / "old.json"
     path.write_text(json.dumps(report))
     return path, report
+
+
+def _format4(report: dict) -> dict:
+    """`report` as format 4 wrote it, without per-unit values: compared on point estimates."""
+    return {**report, "schema": "quantfair-report/4", "measurements": [
+        {k: v for k, v in row.items() if k != "per_unit"} for row in report["measurements"]]}
 
 
 def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
@@ -518,11 +530,12 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     # what the HTML and the comparison read: no row without its NLLs and perplexities
     (lambda r: r["measurements"][0].pop("nll_fp"), "'nll_fp' is a required property"),
     (lambda r: r["measurements"][-1].pop("ppl_q"), "'ppl_q' is a required property"),
+    (lambda r: r["measurements"][-1].pop("per_unit"), "'per_unit' is a required property"),
     (lambda r: r["measurements"][0].update(disparity="high"), "disparity"),
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
-    (lambda r: r.update(schema="quantfair-report/5"), "a newer quantfair wrote it; upgrade "
+    (lambda r: r.update(schema="quantfair-report/6"), "a newer quantfair wrote it; upgrade "
                                                       "quantfair to read it"),
     (lambda r: r["measurements"].append(dict(r["measurements"][-1])),
      "measurement int4/none/medium/he appears 2 times"),
@@ -630,6 +643,70 @@ def test_the_report_command_compares_a_strict_run_as_its_run_did(tmp_path, repor
     assert "passed -> inconclusive" in gated.stdout
 
 
+# English's NLL change on 8 units, and Hebrew's, unlike from unit to unit (as texts are)
+EN = [1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0, 1.0]
+HE = [1.0, 5.0, 2.0, 6.0, 1.5, 4.0, 3.0, 2.5]
+
+
+def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
+    """Hebrew's damage 30% up on every unit: a regression, though the units spread Hebrew's
+    disparity so far that the two runs' own CIs overlap; the same growth in the point
+    estimate alone, from units moving both ways, is undecided (a regression only with
+    --quantfair-strict), where a report without per-unit values fails on it."""
+    from quantfair.report import compare
+
+    base = _report({"en": EN, "he": HE})
+    grown = _report({"en": EN, "he": [1.3 * d for d in HE]})
+    he = [r for r in (base, grown) for r in r["measurements"] if r["language"] == "he"]
+    assert he[1]["disparity_low"] < he[0]["disparity_high"]  # overlapping estimates
+    regressed = compare(base, grown)
+    assert len(regressed["regressions"]) == 1
+    assert re.fullmatch(r"disparity int4/none/medium/he: 3\.125 -> 4\.062, beyond the "
+                        r"tolerance by 0\.625 \[95% CI 0\.\d+, 0\.\d+\]",
+                        regressed["regressions"][0])
+    assert regressed["point_compared"] == [] and regressed["growth_undecided"] == []
+    # +15% on average: 8 units up and down by up to 3.5 nats
+    mixed = _report({"en": EN, "he": [4.5, 1.5, 5.5, 2.5, 5.0, 0.5, 6.0, 3.25]})
+    assert mixed["measurements"][1]["disparity"] == pytest.approx(1.15 * 3.125)
+    undecided = compare(base, mixed)
+    assert undecided["regressions"] == []
+    assert re.fullmatch(r"int4/none/medium/he \(by 0\.156\d \[95% CI -[\d.]+, [\d.]+\]\)",
+                        undecided["growth_undecided"][0])
+    strict = compare(base, mixed, strict=True)["regressions"]
+    assert len(strict) == 1 and strict[0].endswith("(not significant; --quantfair-strict)")
+    assert compare(_format4(base), _format4(mixed))["regressions"]  # point estimates: +15%
+    assert compare(base, base)["regressions"] == []
+    assert all(row["beyond"]["high"] < 0 for row in compare(base, base)["rows"])
+    # what `quantfair report` and the HTML say of each
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(base))
+    _, printed, html = _compared(tmp_path, old, grown)
+    assert printed.returncode == 1 and "beyond the tolerance by 0.625 [95% CI" in printed.stdout
+    assert "<th>beyond the tolerance [95% CI]</th>" in html
+    _, printed, html = _compared(tmp_path, old, mixed)
+    note = "1 growth(s) beyond the tolerance not significant on the paired units"
+    assert printed.returncode == 0 and note in printed.stdout and note in html
+    _, printed, html = _compared(tmp_path, old, _format4(base))
+    note = ("2 measurement(s) compared on point estimates, without CIs: this run kept no "
+            "per-unit values (a report before format 5)")
+    assert printed.returncode == 0 and note in printed.stdout and note in html
+
+
+def test_a_baseline_gate_pairs_only_units_of_the_same_text():
+    """Units whose token counts differ are other text (or another tokenizer): their point
+    estimates are compared, and the comparison says why."""
+    from quantfair.report import compare
+
+    base = _report({"en": EN, "he": HE})
+    grown = _report({"en": EN, "he": [1.3 * d for d in HE]})
+    for row in grown["measurements"]:
+        row["per_unit"]["tokens"][0] += 1
+    compared = compare(base, grown)
+    assert compared["point_compared"] == ["int4/none/medium/en", "int4/none/medium/he"]
+    assert compared["point_compared_why"] == "their units differ (another text or tokenizer)"
+    assert compared["regressions"] == ["disparity int4/none/medium/he: 3.125 -> 4.062"]
+
+
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
     from quantfair.report import compare
 
@@ -645,6 +722,7 @@ def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart(
 
 def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, report_pair):
     old, report = report_pair
+    report = _format4(report)
     grown = {**report, "measurements": [
         {**r, "disparity": r["disparity"] * 1.5} if r.get("disparity") else r
         for r in report["measurements"]]}
@@ -845,7 +923,7 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     instead; defined -> undefined: a regression)."""
     from quantfair.report import compare
 
-    old, report = report_pair
+    old, report = report_pair[0], _format4(report_pair[1])
     reason = "en loss change is within noise (95% CI includes 0)"
 
     def undefined(grown: float, worse: float = 1.0, audit: str = "passed") -> dict:
@@ -891,7 +969,7 @@ def test_a_degradation_within_noise_in_the_baseline_regresses_only_to_measured_d
     from 0 is a regression; a row without a CI (an older report) keeps the relative rule."""
     from quantfair.report import compare
 
-    _, report = report_pair
+    report = _format4(report_pair[1])
 
     def english(degradation: float, low: float | None, high: float | None) -> dict:
         return {**report, "measurements": [
@@ -993,7 +1071,7 @@ def test_damage_growing_alike_in_every_language_is_a_regression_of_englishs(repo
     English's degradation is compared too."""
     from quantfair.report import compare
 
-    _, report = report_pair
+    report = _format4(report_pair[1])
     worse = {**report, "measurements": [{**r, "degradation": 5 * r["degradation"]}
                                         for r in report["measurements"]]}
     en = next(r for r in report["measurements"] if r["language"] == "en")
