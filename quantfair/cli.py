@@ -235,7 +235,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
              f"{significant(100 * r['degradation'], 4)}%",
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
-          f"units: {len(session.corpus.units)}  texts digest: {session.corpus.digest()}")
+          f"dtype: {session.config.dtype}  units: {len(session.corpus.units)}  "
+          f"texts digest: {session.corpus.digest()}")
     if session.artifact:
         artifact = session.artifact
         print(f"artifact: {artifact.source}  "
@@ -445,9 +446,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if raises_english_damage(suggested):
             rise = suggested["english_vs_none"]
             print(f"warning: on the audit units the suggestion raises {REFERENCE}'s degradation "
-                  f"from {100 * none['english_degradation']:.1f}% (none) to "
-                  f"{100 * suggested['english_degradation']:.1f}% (95% CI of the rise "
-                  f"[{100 * rise['low']:.1f}, {100 * rise['high']:.1f}] points); the search "
+                  f"from {100 * none['english_degradation']:.2f}% (none) to "
+                  f"{100 * suggested['english_degradation']:.2f}% (95% CI of the rise "
+                  f"[{100 * rise['low']:.2f}, {100 * rise['high']:.2f}] points); the search "
                   "kept it from growing on its calibration units only: search on more "
                   "--calibration-units")
         if not all(row["storable"] for row in result.comparison):
@@ -720,8 +721,8 @@ def _integer(text: str) -> int:
     """An argparse type: `decimal_integer`, its refusal said as argparse says a bad value."""
     try:
         return decimal_integer(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got '{brief(text)}'") from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be {error}, got '{brief(text)}'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

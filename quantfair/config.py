@@ -191,8 +191,10 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
                   quantized: str | None, corpus: str | None) -> None:
     """UsageError where the file `path` to write (given as `flag`) is one the run reads (the
     model's file, its `quantized` artifact, the `corpus` or the corpus's languages file) or
-    lies in the folder a model was loaded from: writing it would destroy the input."""
+    lies in the folder a model was loaded from or in quantfair's caches: writing it would
+    destroy the input."""
     from quantfair.corpus import languages_file
+    from quantfair.storage import cache_root, results_root
 
     languages = corpus and languages_file(Path(corpus))  # read where it exists
     reads = {"the file the model was loaded from": model, "the --quantized file": quantized,
@@ -207,6 +209,15 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
                              "another")
         if target == read or target.exists() and read.exists() and target.samefile(read):
             raise UsageError(f"{flag} {path} is {what}: write another")
+    # the folders quantfair itself fills (a model's results, converted weights, ...)
+    for variable, cache, ours in (
+            ("QUANTFAIR_RESULTS_DIR", results_root(), r"[0-9a-f]{16}|\.run-.*"),
+            ("QUANTFAIR_CACHE_DIR", cache_root(), "weights|models|gguf-headers|gguf-checkpoints")):
+        inside = (target.relative_to(cache.resolve()).parts
+                  if target.is_relative_to(cache.resolve()) else ())
+        if len(inside) > 1 and re.fullmatch(ours, inside[0]):
+            raise UsageError(f"{flag} {path} is in quantfair's cache ({cache / inside[0]}, "
+                             f"{variable}): write elsewhere")
 
 
 def check_folder_writable(directory: Path, option: str) -> None:
@@ -255,10 +266,13 @@ def parse_percent(text: str, what: str) -> float:
     """`"12%"` or `"12"` -> 0.12; UsageError naming `what` unless it is a plain decimal
     (`PERCENT_NUMBER`) within 0..100%."""
     if not re.fullmatch("-?" + PERCENT_NUMBER + "%?", text.strip()):  # -5%: out of range
-        raise UsageError(f"{what} must be a percentage like 12%, got '{brief(text)}'")
-    value = float(text.strip().removesuffix("%"))
+        if not re.fullmatch(r"-?[0-9]{7,}(?:\.[0-9]*)?%?", text.strip()):  # not too large
+            raise UsageError(f"{what} must be a percentage like 12%, got '{brief(text)}'")
+        value = math.inf
+    else:
+        value = float(text.strip().removesuffix("%"))
     if not 0 <= value <= 100 or text.strip().startswith("-"):  # -0% too
-        raise UsageError(f"{what}: must be between 0% and 100%, got {text}")
+        raise UsageError(f"{what}: must be between 0% and 100%, got {brief(text)}")
     return value / 100
 
 
@@ -305,8 +319,8 @@ NUMBER = re.compile(r"\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-
 def _integer(name: str, text: str, minimum: int = 0) -> int:
     try:
         value = decimal_integer(text)
-    except ValueError:
-        raise UsageError(f"--{name} must be an integer, got '{brief(text)}'") from None
+    except ValueError as error:
+        raise UsageError(f"--{name} must be {error}, got '{brief(text)}'") from None
     if value < minimum:
         raise UsageError(f"--{name} must be at least {minimum}, got {value}")
     return value
@@ -508,9 +522,8 @@ class RunConfig:
         the model and any --quantized artifact are there, the device exists (with `here`; not
         where the model loads on other machines, each of which checks its own). Raises
         UsageError."""
-        from quantfair.evaluate import results_root
-        from quantfair.models import cache_root, check_available, resolve_device
-        from quantfair.storage import check_writable
+        from quantfair.models import check_available, resolve_device
+        from quantfair.storage import cache_root, check_writable, results_root
 
         if cache:
             check_writable(cache_root(), results_root())

@@ -50,9 +50,9 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from quantfair.errors import QuantfairError
-from quantfair.models import LoadedModel, cache_root
+from quantfair.models import LoadedModel
 from quantfair.prefix import HiddenStates
-from quantfair.storage import atomic_write, cache_writes, folder_variable
+from quantfair.storage import atomic_write, cache_writes, results_root
 
 # 3: short units batched on CPU; 4: the head run on blocks of positions; 5: special-token
 # markup in a text (a literal "<|endoftext|>") scored as text
@@ -105,10 +105,6 @@ class NonFiniteLoss(QuantfairError):
     """A unit's loss was NaN or infinite; it is reported, never averaged in."""
 
 
-def results_root() -> Path:
-    if folder := folder_variable("QUANTFAIR_RESULTS_DIR"):
-        return folder
-    return cache_root() / "results"
 
 
 def model_results(loaded: LoadedModel) -> Path:

@@ -24,7 +24,13 @@ from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.schemes import QuantScheme
-from quantfair.storage import cache_writes, file_stamp, folder_variable, is_gguf, shared_json
+from quantfair.storage import (
+    cache_root,
+    cache_writes,
+    file_stamp,
+    is_gguf,
+    shared_json,
+)
 from quantfair.taxonomy import family_of
 from quantfair.tensorfile import is_whole
 from quantfair.text import brief
@@ -209,14 +215,6 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
     from collections import Counter
 
     return dict(Counter(tensor["type"] for tensor in gguf_tensors(path).values()))
-
-
-def cache_root() -> Path:
-    """Where quantfair keeps converted models and evaluation results."""
-    if folder := folder_variable("QUANTFAIR_CACHE_DIR"):
-        return folder
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "quantfair"
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from quantfair.errors import UsageError
-from quantfair.models import cache_root, weights_hash
+from quantfair.models import weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
+from quantfair.storage import cache_root
 from quantfair.taxonomy import Component, components, num_layers
 from quantfair.tensorfile import cached_tensors, map_tensors, remove_tensors, write_tensors
 from quantfair.text import one_line

@@ -171,7 +171,7 @@ class QuantfairRun:
         if self.run_folder is None:
             import tempfile
 
-            from quantfair.evaluate import results_root
+            from quantfair.storage import results_root
 
             root = results_root()
             try:

@@ -72,6 +72,21 @@ def folder_variable(variable: str) -> Path | None:
     return Path(value)
 
 
+def cache_root() -> Path:
+    """Where quantfair keeps converted models and evaluation results."""
+    if folder := folder_variable("QUANTFAIR_CACHE_DIR"):
+        return folder
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "quantfair"
+
+
+def results_root() -> Path:
+    """Where evaluation results and suggestions are cached."""
+    if folder := folder_variable("QUANTFAIR_RESULTS_DIR"):
+        return folder
+    return cache_root() / "results"
+
+
 def _variable_for(path: Path) -> str:
     """The environment variable that put `path` where it is."""
     for variable in CACHE_VARIABLES:

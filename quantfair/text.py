@@ -14,9 +14,11 @@ INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*")
 
 def decimal_integer(text: str) -> int:
     """`int(text)` for ASCII decimal notation of at most 18 digits only (`INTEGER`);
-    ValueError otherwise."""
+    ValueError otherwise, its message what the value must be ("an integer", or for more
+    digits "an integer of at most 18 digits")."""
     if not INTEGER.fullmatch(text):
-        raise ValueError(f"not a decimal integer of at most 18 digits: {brief(text)!r}")
+        long = re.fullmatch(r"\s*[+-]?[0-9]+\s*", text)
+        raise ValueError("an integer" + (" of at most 18 digits" if long else ""))
     return int(text)
 
 

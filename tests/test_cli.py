@@ -161,6 +161,7 @@ def corpus_files(tmp_path):
     (["inspect", "gpt2", "--random-weights", "--strategy", "L99"], "layer 99 out of range"),
     (["suggest", "tiny-gpt2", "--budget", "150%"], "between 0% and 100%"),
     (["suggest", "tiny-gpt2", "--budget", "-5%"], "between 0% and 100%, got -5%"),
+    (["suggest", "tiny-gpt2", "--budget", "9" * 20 + "%"], "between 0% and 100%, got 999"),
     (["suggest", "tiny-gpt2", "--budget", "100.0%"], "--budget 100% keeps every parameter"),
     (["report", "/nowhere/old.json", "/nowhere/new.json", "--tolerance", "-.5"],
      "--tolerance must be a finite non-negative number, got -.5"),
@@ -185,8 +186,10 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "1_0"],  # int(): 10
      "argument --width: must be an integer, got '1_0'"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "9" * 5000],  # echoed briefly
-     f"argument --width: must be an integer, got '{'9' * 40}... (5,000 characters)'"),
-    (["measure", "tiny-gpt2", "--units", "9" * 19], "--units must be an integer, got"),
+     f"argument --width: must be an integer of at most 18 digits, got '{'9' * 40}... (5,000 "
+     "characters)'"),
+    (["measure", "tiny-gpt2", "--units", "9" * 19],
+     "--units must be an integer of at most 18 digits, got"),
     (["measure", "tiny-gpt2", "--units", "9" * 18], "--units 999999999999999999: the corpus"),
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
@@ -297,6 +300,27 @@ def test_a_bad_environment_variable_is_one_line_and_makes_no_folder(tmp_path, mo
     assert not any(path.name.strip() == "" for path in tmp_path.iterdir())
 
 
+def test_json_never_writes_into_quantfairs_own_cache_folders(tmp_path):
+    """A cached suggestion overwritten by --json was then refused as damaged; a file beside
+    the cache's folders is the user's to write."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    cached = results / "af5fdcc1750df9e8" / "suggested-int4.json"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("{}")
+    env = {"QUANTFAIR_RESULTS_DIR": str(results), "QUANTFAIR_CACHE_DIR": str(cache)}
+    for path, folder, variable in ((cached, cached.parent, "QUANTFAIR_RESULTS_DIR"),
+                                   (cache / "weights" / "x.json", cache / "weights",
+                                    "QUANTFAIR_CACHE_DIR")):
+        result = run_cli("measure", "tiny-gpt2", "--json", str(path), env=env)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1].endswith(
+            f"is in quantfair's cache ({folder}, {variable}): write elsewhere")
+    assert cached.read_text() == "{}"
+    mine = results / "mine.json"
+    assert run_cli("measure", "tiny-gpt2", "--units", "1", "--languages", "en,he", "--json",
+                   str(mine), env=env).returncode == 0 and json.loads(mine.read_text())
+
+
 def test_json_never_overwrites_a_file_the_command_reads(tmp_path):
     """A file of a model saved as a folder, the corpus's languages file and the corpus through
     a hard link are refused before anything loads; any other hard link is replaced, not
@@ -399,6 +423,7 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
     assert "| strategy" in first.stdout and "disparity [95% CI]" in first.stdout
+    assert "scheme: int4  dtype: float32  units: 3" in first.stdout  # what the numbers are of
     assert first.stdout.count("Mean    KLD:") == 6 and "Same top p:" in first.stdout
     assert "note: with 3 units per language the bootstrap CIs understate" in first.stdout
     assert "alone here" not in first.stdout

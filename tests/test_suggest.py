@@ -628,8 +628,8 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
-    assert ("warning: on the audit units the suggestion raises en's degradation from 106.0% "
-            "(none) to 110.9% (95% CI of the rise [1.2, 8.0] points)") in capsys.readouterr().out
+    assert ("warning: on the audit units the suggestion raises en's degradation from 106.00% "
+            "(none) to 110.90% (95% CI of the rise [1.20, 8.00] points)") in capsys.readouterr().out
     report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
                                     audits=[], rows=[], model={"name": "tiny-llama"},
                                     processes=[], selection=None, incomplete=[],
