@@ -39,7 +39,8 @@ by making the model worse. Candidates, all within the budget (a fraction of the 
 2. a greedy structural search over protection units (whole layers ordered by the score of
    keeping each alone, every layer measured once if one can still be kept:
    `Search.layer_ranking`, then, once no whole layer fits, their attention, MLP and norm
-   halves, and model-wide norms, biases and position embeddings); a unit that removes at
+   halves, or where the budget is below every half their single tensors, and model-wide
+   norms, biases and position embeddings); a unit that removes at
    least half the damage is taken first, like such a selector, whatever it does to
    disparity;
 3. the best of these, refined by adding small units (norms, biases, super weights) while the
@@ -68,7 +69,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -227,6 +228,7 @@ class Search:
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
+        self._finest: Callable[[Iterable[str]], list[str]] | None = None  # parts of layers
         self.announce = print
 
     def overhead(self, units: list[str]) -> float:
@@ -318,16 +320,19 @@ class Search:
     def structural(self, chosen: list[str]) -> list[str]:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
                     if self._exists(u) and u not in chosen]
-        # Every layer is measured only if one of them, or one half of one, can still be kept:
-        # what is kept first may spend the whole budget (a whole layer holds its halves).
-        if self._ranking is None and not self._new(
-                chosen, _halves(f"L{layer}" for layer in range(self.resolver.layers))):
+        every = [f"L{layer}" for layer in range(self.resolver.layers)]
+        if self._finest is None:  # single tensors where the budget is below every half
+            self._finest = (_halves if self._new([], _halves(every))
+                            else lambda layers: _tensors(self.resolver, layers))
+        # Every layer is measured only if one of them, or a part of one, can still be kept:
+        # what is kept first may spend the whole budget (a whole layer holds its parts).
+        if self._ranking is None and not self._new(chosen, self._finest(every)):
             return self._new(chosen, globals_)
         ranked = [layer for layer in self.layer_ranking() if layer not in chosen][: self.width]
         fits = [c for c in ranked if self.fits(chosen + [c])]
-        # Halves of layers only once whole layers no longer fit: the search stays affordable.
-        halves = [] if fits else [h for h in _halves(ranked) if h not in chosen]
-        return self._new(chosen, globals_ + fits + halves)
+        # Parts of layers only once whole layers no longer fit: the search stays affordable.
+        parts = [] if fits else [h for h in self._finest(ranked) if h not in chosen]
+        return self._new(chosen, globals_ + fits + parts)
 
     def _kept(self, units: list[str]) -> set[str]:
         """The quantized tensors protecting `units` keeps, wholly or in part: tensors the
@@ -460,13 +465,14 @@ def _resolved(resolver: StrategyResolver, term: str) -> dict:
 def _smallest_unit(session: AuditSession) -> tuple[float, str]:
     """The smallest protection unit that keeps a tensor the scheme quantizes, as (fraction of
     parameters, name): one weight where the scheme can keep single entries, else the smallest
-    of the search's structural units (a GGUF file keeps its norms in F32 anyway)."""
+    of the search's structural units, single tensors the finest (a GGUF file keeps its norms
+    in F32 anyway)."""
     resolver = session.resolver()
     if resolver.scheme.keeps_entries:
         return 1 / sum(c.numel for c in resolver.parts.values()), "one weight"
     sizes = []
-    for unit in ("ln_f", "ln", "biases", "embed.pos",
-                 *_halves(f"L{layer}" for layer in range(resolver.layers))):
+    every = [f"L{layer}" for layer in range(resolver.layers)]
+    for unit in ("ln_f", "ln", "biases", "embed.pos", *_tensors(resolver, every)):
         kept = _resolved(resolver, unit)
         if any(resolver.bank.quantizes(resolver.parts[name], resolver.scheme) for name in kept):
             sizes.append((session.overhead(unit).fraction, unit))
@@ -476,6 +482,18 @@ def _smallest_unit(session: AuditSession) -> tuple[float, str]:
 def _halves(layers: Iterable[str]) -> list[str]:
     """The attention, MLP and norm halves of `layers` ("L3" -> "L3.attn", ...)."""
     return [f"{layer}.{block}" for layer in layers for block in ("attn", "mlp", "ln")]
+
+
+def _tensors(resolver: StrategyResolver, layers: Iterable[str]) -> list[str]:
+    """The single tensors of `layers` as strategy terms ("L3" -> "L3.attn.q", ...; a weight
+    and its bias are one term), in the order of the halves."""
+    names = {"attn": "attn", "mlp": "mlp", "norm": "ln"}
+    terms = []
+    for layer in layers:
+        parts = [c for c in resolver.parts.values() if f"L{c.layer}" == layer]
+        terms += [f"{layer}.{names[block]}.{role}" for block in names
+                  for role in dict.fromkeys(c.role for c in parts if c.block == block)]
+    return terms
 
 
 def difference_from_none(measured, unprotected) -> dict[str, dict]:

@@ -684,14 +684,25 @@ def test_a_budget_protecting_nothing_is_the_latest_suggestion(tiny_models, budge
     assert latest["corpus_digest"] == session.config.full_corpus.digest()  # what it names
 
 
-def test_a_budget_below_every_tensor_a_block_format_quantizes_says_so(tiny_models):
-    """A GGUF file keeps norms in F32: the smallest unit that changes it is a layer's half."""
+def test_a_budget_below_every_half_searches_single_tensors(tiny_models):
+    """Below every layer's half the search's units are single tensors (a GGUF file stores
+    one type per tensor); below every tensor it says so (norms stay F32 in the file)."""
     session = session_for(tiny_models["tiny-llama"], scheme=QuantScheme.parse("gguf:Q4_0"))
-    attention = session.overhead("L0.attn").fraction
-    assert session.overhead("ln_f").fraction < attention / 2  # above a norm, below any half
+    attention, key = (session.overhead(unit).fraction for unit in ("L0.attn", "L0.attn.k"))
+    assert key < attention / 2
     result = suggest(session, attention / 2)
-    assert result.strategy == "none" and not result.trace
-    assert f"(L0.attn: {100 * attention:.2g}% of parameters)" in result.note
+    first = [s.candidate for s in result.trace if s.phase == "structural" and s.step == 1]
+    layers = {c.partition(".")[0] for c in first if re.fullmatch(r"L\d+\..+", c)}
+    # the three best-ranked layers' tensors that fit (an MLP matrix is larger than half the
+    # attention's), and no layer's half
+    assert sorted(c for c in first if c.startswith("L")) == sorted(
+        f"{layer}.attn.{role}" for layer in layers for role in "qkvo"), first
+    assert len(layers) == 3
+    assert not result.note and result.overhead <= attention / 2
+    assert session.overhead("ln_f").fraction < key / 2  # above a norm, below any tensor
+    below = suggest(session, key / 2)
+    assert below.strategy == "none" and not below.trace
+    assert f"(L0.attn.k: {100 * key:.2g}% of parameters)" in below.note
 
 
 def test_replacing_a_cached_suggestion_searched_otherwise_says_so(tiny_models):
