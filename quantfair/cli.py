@@ -583,8 +583,6 @@ def _undecided(report: dict, path: str) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from quantfair.strategy_syntax import element_terms
-
     if len(args.strategy) > 1:  # one file holds one recipe
         raise UsageError(f"export takes one --strategy; join terms with +, e.g. "
                          f"{'+'.join(args.strategy)}")
@@ -599,10 +597,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output and not is_gguf(args.output):
         raise UsageError(f"-o {args.output}: a GGUF file's name ends in .gguf (transformers "
                          "and --quantized read no other)")
-    if args.strategy != "suggested":
-        terms, element = element_terms(args.strategy)
-        if element and (args.output or element == terms):
-            _inexpressible(args, args.strategy)
+    if args.strategy != "suggested":  # before the model loads
+        _check_expressible(args, args.strategy)
 
     def writable_as_gguf(config: RunConfig) -> None:
         if args.output:
@@ -625,6 +621,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from quantfair.quantize import in_scope
 
     (strategy,) = _named(session, [args.strategy])
+    _check_expressible(args, strategy)  # a suggestion's, before its selectors calibrate
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)
@@ -704,6 +701,16 @@ def cmd_export(args: argparse.Namespace) -> int:
               + ", ".join(f"{kind} {count}" for kind, count in sorted(mix.items())),
               file=sys.stderr if args.emit else sys.stdout)
     return 0
+
+
+def _check_expressible(args: argparse.Namespace, strategy: str) -> None:
+    """UsageError where `strategy` keeps single entries that the export cannot leave out: any
+    for a file (`-o`), nothing else for `--emit`."""
+    from quantfair.strategy_syntax import element_terms
+
+    terms, element = element_terms(strategy)
+    if element and (args.output or element == terms):
+        _inexpressible(args, strategy)
 
 
 def _inexpressible(args: argparse.Namespace, strategy: str) -> None:

@@ -12,9 +12,10 @@ import torch
 
 from quantfair.errors import QuantfairError, UsageError
 from quantfair.models import LoadedModel
-from quantfair.quantize import Protection, gguf_tensor_type, has_element_masks
+from quantfair.quantize import Protection, gguf_tensor_type
 from quantfair.schemes import QuantScheme, check_block_format
 from quantfair.storage import atomic_path
+from quantfair.strategy_syntax import element_terms
 from quantfair.taxonomy import Component
 
 PROTECT_TYPES = ("F32", "F16")
@@ -46,12 +47,11 @@ def whole_tensors(protection: Protection) -> list[str]:
 
 
 def expressible(resolver, strategy: str) -> tuple[list[str], list[str]]:
-    """The whole tensors `strategy` keeps, and its terms that keep single entries (which no
-    GGUF file or transformers quantizer can store): (parameter names, terms)."""
-    terms = [t.strip() for t in strategy.split("+")]
-    # only selectors (`act:5%`) may keep single entries; a structural term resolved alone
-    # may keep nothing on this model (biases of a model without any), which is no error here
-    element = [t for t in terms if ":" in t and has_element_masks(resolver.resolve(t))]
+    """The whole tensors `strategy` keeps, and its selectors of single entries
+    (`element_terms`, which no GGUF file or transformers quantizer can store), left
+    unresolved: a calibrated one would compute its calibration for nothing. (parameter
+    names, terms)."""
+    terms, element = element_terms(strategy)
     whole = "+".join(t for t in terms if t not in element) or "none"
     return whole_tensors(resolver.resolve(whole)), element
 

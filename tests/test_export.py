@@ -210,6 +210,25 @@ def test_emit_says_which_parts_of_a_recipe_it_cannot_express(capsys):
     assert "hf cannot express magnitude:1% (single weights or columns): left out" in printed.err
 
 
+def test_emit_calibrates_no_selector_it_leaves_out(capsys, tmp_path, monkeypatch):
+    """Single-entry selectors are left out of (or refuse) a list by their syntax: computing
+    their calibration gradients or activations first was minutes spent for nothing."""
+    from quantfair.suggest import Suggestion, save
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # the suggestion saved here
+    common = ["--emit", "hf", "--languages", "en", "--units", "1"]
+    assert main(["export", "tiny-llama", "--strategy", "L1.mlp+gradient:1%+act:1%",
+                 *common]) == 0
+    printed = capsys.readouterr()
+    assert "cannot express gradient:1% + act:1%" in printed.err
+    assert "calibration" not in printed.err
+    save(_session("tiny-llama"), Suggestion("tiny-llama", "int4", 0.05, "actgap:5%", 0.05, 1.0))
+    assert main(["export", "tiny-llama", "--strategy", "suggested", *common]) == 2
+    printed = capsys.readouterr()
+    assert "--emit hf cannot express actgap:5%" in printed.err.splitlines()[-1]
+    assert "calibration" not in printed.err.replace("calibration text", "")
+
+
 @pytest.mark.parametrize("emit", ["hf", "llama-quantize"])
 def test_emit_of_nothing_it_can_list_says_so(capsys, emit):
     common = ["--emit", emit, "--languages", "en", "--units", "1"]
