@@ -588,6 +588,10 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
         result.note = ("the suggestion's disparity on the calibration units is undefined "
                        "(English's NLL did not rise under it), so the search could not rank it "
                        "by fairness there; the comparison on the audit units is the evidence")
+    baselines = budget_selectors(session, budget)
+    search.phase(f"the suggestion and {plural(len(baselines), 'baseline selector')} on "
+                 f"{plural(len(session.corpus.units), 'audit unit')} per language",
+                 1 + sum(map(len, baselines.values())), session.corpus)
     result.comparison = compare_on_audit_units(session, result.strategy, budget)
     result.audit_units = session.corpus.units
     result.forward_passes = session.evaluator.forward_passes - passes_before

@@ -690,7 +690,10 @@ def test_a_budget_below_every_half_searches_single_tensors(tiny_models):
     session = session_for(tiny_models["tiny-llama"], scheme=QuantScheme.parse("gguf:Q4_0"))
     attention, key = (session.overhead(unit).fraction for unit in ("L0.attn", "L0.attn.k"))
     assert key < attention / 2
-    result = suggest(session, attention / 2)
+    said = []
+    result = suggest(session, attention / 2, announce=said.append)
+    assert re.fullmatch(r"quantfair suggest: the suggestion and \d+ baseline selectors on 4 "
+                        r"audit units per language, about .+ \(.+ so far\)", said[-1]), said
     first = [s.candidate for s in result.trace if s.phase == "structural" and s.step == 1]
     layers = {c.partition(".")[0] for c in first if re.fullmatch(r"L\d+\..+", c)}
     # the three best-ranked layers' tensors that fit (an MLP matrix is larger than half the
