@@ -440,6 +440,7 @@ class _Pairs:
         self.groups: dict[tuple, tuple[Measurement, Measurement] | None] = {}
         self.rows = [{row_key(r): r for r in report.get("measurements", [])}
                      for report in (old, new)]
+        self.computed: dict[tuple, list] = {}  # (group, metric) -> each side's draws
 
     def draws(self, row: dict, quantity: str):
         """((value, resamples) of the baseline, the same of the run, units) of `quantity`
@@ -451,7 +452,9 @@ class _Pairs:
             return None
         i = pair[0].languages.index(row["language"])
         metric = "degradation" if quantity == "degradation" else "disparity"
-        (then, now) = (m.draws(metric)[:2] for m in pair)
+        if (group, metric) not in self.computed:
+            self.computed[group, metric] = [m.draws(metric)[:2] for m in pair]
+        then, now = self.computed[group, metric]
         return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units
 
     def _measurements(self, group: tuple) -> tuple[Measurement, Measurement] | None:
