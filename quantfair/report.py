@@ -282,6 +282,12 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         draws = paired.draws(row, quantity) if a is not None and b is not None else None
         if draws is not None:
             then, now, units = draws
+            for report, stored, rebuilt in ((old, a, then[0]), (new, b, now[0])):
+                if not math.isclose(stored, rebuilt, rel_tol=FLOAT_NOISE, abs_tol=1e-12):
+                    raise QuantfairError(
+                        f"the report of {report.get('created')} is not consistent: its "
+                        f"{quantity} of {key}, {stored:g}, is not what its per-unit values give "
+                        f"({rebuilt:g}): edited or damaged")
             a, b = entry["old"], entry["new"] = float(then[0]), float(now[0])
             entry["change"] = (b - a) / abs(a) if a else None
             # each resample's growth beyond the tolerance, on the same resampled units
@@ -352,7 +358,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
             "degradation_compared": by_degradation,
             "growth_undecided": undecided_growth,
-            "point_compared": by_point, "point_compared_why": paired.why_not,
+            "point_compared": by_point,
+            "point_compared_why": "; ".join(sorted(paired.why_not)) if by_point else None,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "bound_changed": rebounded,
@@ -432,11 +439,7 @@ class _Pairs:
     the paired bootstrap, the same resampled units on both sides."""
 
     def __init__(self, old: dict, new: dict):
-        without = [name for name, report in (("the baseline", old), ("this run", new))
-                   if not any("per_unit" in r for r in report.get("measurements", []))]
-        self.why_not = (f"{' and '.join(without)} kept no per-unit values (a report before "
-                        "format 5)" if without else "their units differ (another text or "
-                        "tokenizer)")
+        self.why_not: set[str] = set()  # why measurements were compared on point estimates
         self.groups: dict[tuple, tuple[Measurement, Measurement] | None] = {}
         self.rows = [{row_key(r): r for r in report.get("measurements", [])}
                      for report in (old, new)]
@@ -448,23 +451,39 @@ class _Pairs:
         group = row_key(row)[:3]
         if group not in self.groups:
             self.groups[group] = self._measurements(group)
-        if (pair := self.groups[group]) is None or row["language"] not in pair[0].languages:
+        if (pair := self.groups[group]) is None:
+            return None
+        if row["language"] not in pair[0].languages:
+            self.why_not.add("some languages' units differ (another text or tokenizer)")
             return None
         i = pair[0].languages.index(row["language"])
         metric = "degradation" if quantity == "degradation" else "disparity"
         if (group, metric) not in self.computed:
-            self.computed[group, metric] = [m.draws(metric)[:2] for m in pair]
+            with np.errstate(all="ignore"):  # a ratio to 0: not finite, not paired (below)
+                self.computed[group, metric] = [m.draws(metric)[:2] for m in pair]
         then, now = self.computed[group, metric]
+        if not (math.isfinite(then[0][i]) and math.isfinite(now[0][i])):
+            self.why_not.add("a value is not finite on the per-unit values")
+            return None
         return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units
 
     def _measurements(self, group: tuple) -> tuple[Measurement, Measurement] | None:
         values = [{key[3]: row.get("per_unit") for key, row in rows.items() if key[:3] == group}
                   for rows in self.rows]
+        if not (values[0].get(REFERENCE) and values[1].get(REFERENCE)):
+            self.why_not.add("a report before format 5 keeps no per-unit values")
+            return None
+        counts = [len(side[REFERENCE]["tokens"]) for side in values]
+        if counts[0] != counts[1]:
+            self.why_not.add(f"the two runs measured {counts[0]} and {counts[1]} units per "
+                             "language")
+            return None
         languages = tuple(lang for lang, units in values[1].items()
                           if _usable(units) and _usable(values[0].get(lang))
                           and units["tokens"] == values[0][lang]["tokens"])
-        if REFERENCE not in languages or len({len(values[1][lang]["tokens"])
-                                              for lang in languages}) > 1:
+        if REFERENCE not in languages:
+            self.why_not.add("English's units differ (another text or tokenizer) or hold an "
+                             "infinite loss")
             return None
 
         def measurement(per_language: dict) -> Measurement:
@@ -479,15 +498,20 @@ class _Pairs:
 
 def _usable(units: dict | None) -> bool:
     """Whether `per_unit` values are there and finite (JSON keeps an infinite NLL as null)."""
-    return bool(units) and all(None not in units[name] for name in ("nll_fp", "nll_q", "tokens"))
+    return bool(units) and all(None not in units[name] and all(map(math.isfinite, units[name]))
+                               for name in ("nll_fp", "nll_q", "tokens"))
 
 
 def _growth(quantity: str, over) -> str:
-    """A growth beyond the tolerance with its 95% CI, in the quantity's units."""
+    """A growth beyond the tolerance with its 95% CI, in the quantity's units (a degradation's
+    in percentage points: a difference of two percentages)."""
+    points = " percentage points" if quantity == "degradation" else ""
     if math.isnan(over.low):
-        return f"{_values(quantity, over.difference)[0]} ({TOO_FEW_UNITS})"
-    value, low, high = _values(quantity, over.difference, over.low, over.high)
-    return f"{value} [95% CI {low}, {high}]"
+        value = _values(quantity, over.difference)[0].removesuffix("%")
+        return f"{value}{points} ({TOO_FEW_UNITS})"
+    value, low, high = (v.removesuffix("%") for v in _values(quantity, over.difference,
+                                                              over.low, over.high))
+    return f"{value}{points} [95% CI {low}, {high}]"
 
 
 def _values(quantity: str, *values: float) -> tuple[str, ...]:
@@ -696,4 +720,24 @@ def load_report(path: str | Path) -> dict:
             raise QuantfairError(f"{path} is not a valid {declared} report: {what} {twice[0]} "
                                  f"appears {counts[twice[0]]} times (a report has one per "
                                  f"{one_per})")
+    for row in report.get("measurements", []):
+        if "per_unit" in row and (why := _unit_mismatch(row)):
+            raise QuantfairError(f"{path} is not a valid {declared} report: measurement "
+                                 f"{'/'.join(row_key(row))}: {why} (edited or damaged)")
     return report
+
+
+def _unit_mismatch(row: dict) -> str:
+    """Why a measurement's `per_unit` values are not its units' (a list of another length, a
+    total other than the stored one), or ""."""
+    units = row["per_unit"]
+    lengths = {name: len(units[name]) for name in ("nll_fp", "nll_q", "tokens")}
+    if set(lengths.values()) != {row["units"]}:
+        return (f"per_unit holds {', '.join(f'{n} {name}' for name, n in lengths.items())} "
+                f"values for {row['units']} units")
+    for name in lengths:
+        stored, values = row.get(name), units[name]
+        if stored is not None and None not in values and not math.isclose(
+                sum(values), stored, rel_tol=FLOAT_NOISE, abs_tol=FLOAT_NOISE):
+            return f"its {name}, {stored:g}, is not the sum of its per_unit values, {sum(values):g}"
+    return ""

@@ -351,6 +351,29 @@ def test_report_html_lists_each_audit_once_with_evidence(pytester):
     assert not (pytester.path / "latest.html").exists()  # only beside unnamed reports
 
 
+def _recomputed(report: dict) -> dict:
+    """`report` with each measurement's totals, disparity and degradation computed again from
+    its per-unit values, as a run measuring them would have written them."""
+    import numpy as np
+
+    from quantfair.metrics import Measurement
+
+    groups: dict[tuple, list[dict]] = {}
+    for row in report["measurements"]:
+        groups.setdefault((row["scheme"], row["strategy"], row["length"]), []).append(row)
+    for rows in groups.values():
+        values = [np.array([row["per_unit"][name] for row in rows], dtype=float)
+                  for name in ("nll_fp", "nll_q", "tokens")]
+        m = Measurement(tuple(row["language"] for row in rows), *values, values[2], values[2])
+        for row, (disparity, degradation) in zip(rows, zip(
+                m.disparity().values(), m.degradation().values(), strict=True), strict=True):
+            row["nll_q"] = sum(row["per_unit"]["nll_q"])
+            for name, estimate in (("disparity", disparity), ("degradation", degradation)):
+                row.update({name: estimate.value, f"{name}_low": estimate.low,
+                            f"{name}_high": estimate.high})
+    return report
+
+
 def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester):
     base, now = pytester.path / "base.json", pytester.path / "now.json"
     args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
@@ -367,7 +390,7 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
         units = row["per_unit"]
         units["nll_q"] = [fp - 10 * abs(q - fp) - 1 for fp, q in zip(units["nll_fp"],
                                                                      units["nll_q"])]
-    base.write_text(json.dumps(report))
+    base.write_text(json.dumps(_recomputed(report)))
     result = run(pytester, *args, "--baseline", str(base), "--report", str(now))
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*REGRESSION vs baseline: disparity int4/none/medium/he*"])

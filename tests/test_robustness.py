@@ -531,6 +531,12 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["measurements"][0].pop("nll_fp"), "'nll_fp' is a required property"),
     (lambda r: r["measurements"][-1].pop("ppl_q"), "'ppl_q' is a required property"),
     (lambda r: r["measurements"][-1].pop("per_unit"), "'per_unit' is a required property"),
+    (lambda r: r["measurements"][-1]["per_unit"]["nll_q"].pop(),
+     "measurement int4/none/medium/he: per_unit holds 3 nll_fp, 2 nll_q, 3 tokens values for "
+     "3 units (edited or damaged)"),
+    (lambda r: r["measurements"][0]["per_unit"]["nll_q"].__setitem__(0, 99.0),
+     "measurement int4/none/medium/en: its nll_q, 33, is not the sum of its per_unit values, "
+     "121 (edited or damaged)"),
     (lambda r: r["measurements"][0].update(disparity="high"), "disparity"),
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
@@ -687,9 +693,34 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     note = "1 growth(s) beyond the tolerance not significant on the paired units"
     assert printed.returncode == 0 and note in printed.stdout and note in html
     _, printed, html = _compared(tmp_path, old, _format4(base))
-    note = ("2 measurement(s) compared on point estimates, without CIs: this run kept no "
-            "per-unit values (a report before format 5)")
+    note = ("2 measurement(s) compared on point estimates, without CIs: a report before "
+            "format 5 keeps no per-unit values")
     assert printed.returncode == 0 and note in printed.stdout and note in html
+
+
+def test_a_baseline_gate_says_a_grown_degradation_in_points_and_refuses_edited_numbers(
+        tmp_path):
+    """English's damage 30% up on every unit, Hebrew's alike: the disparities stay, English's
+    degradation regresses, its growth beyond the tolerance in percentage points (not a
+    relative growth). A stored disparity that its per-unit values do not give is an edited
+    report: refused, not compared."""
+    from quantfair.report import compare
+
+    base = _report({"en": EN, "he": HE})
+    grown = _report({"en": [1.3 * d for d in EN], "he": [1.3 * d for d in HE]})
+    assert len(regressions := compare(base, grown)["regressions"]) == 1
+    assert re.fullmatch(r"degradation int4/none/medium/en: 1\.0\d*% -> 1\.3\d*%, beyond the "
+                        r"tolerance by 0\.2\d* percentage points \[95% CI 0\.\d+, 0\.\d+\]",
+                        regressions[0]), regressions
+    edited = json.loads(json.dumps(base))
+    edited["measurements"][1]["disparity"] *= 0.7  # Hebrew's, as if fairer
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(edited))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(base))
+    one_line_error(run_cli("report", str(old), str(new)), "is not consistent: its disparity "
+                   "of int4/none/medium/he, 2.1875, is not what its per-unit values give "
+                   "(3.125): edited or damaged")
 
 
 def test_a_baseline_gate_pairs_only_units_of_the_same_text():
@@ -703,7 +734,8 @@ def test_a_baseline_gate_pairs_only_units_of_the_same_text():
         row["per_unit"]["tokens"][0] += 1
     compared = compare(base, grown)
     assert compared["point_compared"] == ["int4/none/medium/en", "int4/none/medium/he"]
-    assert compared["point_compared_why"] == "their units differ (another text or tokenizer)"
+    assert compared["point_compared_why"] == (
+        "English's units differ (another text or tokenizer) or hold an infinite loss")
     assert compared["regressions"] == ["disparity int4/none/medium/he: 3.125 -> 4.062"]
 
 
