@@ -206,9 +206,10 @@ def unique_report_path(folder: Path, model: str) -> Path:
 
 def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Path, Path]:
     """Write `json_path` first (what was measured survives an HTML failure), the HTML beside
-    it, and with `latest` a `latest.html` next to them, replaced atomically. Raises OSError."""
+    it, and with `latest` a `latest.html` next to them, replaced atomically (a value that is
+    not finite, which JSON lacks, as null). Raises OSError."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
+    atomic_write(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
     from quantfair.html import render_html  # the plotting stack: only where a report is written
 
     html_path = json_path.with_suffix(".html")

@@ -411,13 +411,16 @@ class QuantfairRun:
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict)
-            except QuantfairError as error:  # nothing to compare: the gate was not checked
+            except Exception as error:  # nothing compared: the gate was not checked
                 from quantfair.plugin import in_pytest_terms
 
+                why = (str(error) if isinstance(error, QuantfairError) else  # else a bug:
+                       f"the comparison failed ({type(error).__name__}: {error}; please "
+                       "report it)")  # the report, and what was measured, are kept
                 report["comparison"] = None
-                if not any(str(error) in reason for reason in report["incomplete"]):
+                if not any(why in reason for reason in report["incomplete"]):
                     report["incomplete"].append(  # not said twice
-                        f"baseline: {in_pytest_terms(self.pytest_config, str(error))}")
+                        f"baseline: {in_pytest_terms(self.pytest_config, why)}")
                 self.gate_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]

@@ -351,6 +351,27 @@ def test_report_html_lists_each_audit_once_with_evidence(pytester):
     assert not (pytester.path / "latest.html").exists()  # only beside unnamed reports
 
 
+def test_a_comparison_that_fails_keeps_the_report_and_leaves_the_gate_unchecked(
+        pytester, monkeypatch):
+    """A bug in the comparison once ended the run with a traceback, exit 1 (a regression, so
+    it read) and no report: what was measured is kept, and the gate is not checked (3)."""
+    base, now = pytester.path / "base.json", pytester.path / "now.json"
+    args = [QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness", "--languages", "en,he"]
+    assert run(pytester, *args, "--report", str(base)).ret == 0
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr("quantfair.report.compare", broken)
+    result = run(pytester, *args, "--baseline", str(base), "--report", str(now))
+    assert result.ret == 3
+    report = load(now)
+    assert report["verdict"] == "incomplete" and report["comparison"] is None
+    assert report["incomplete"] == [
+        "baseline: the comparison failed (ValueError: boom; please report it)"]
+    assert [a["outcome"] for a in report["audits"]] == ["passed"]
+
+
 def _recomputed(report: dict) -> dict:
     """`report` with each measurement's totals, disparity and degradation computed again from
     its per-unit values, as a run measuring them would have written them."""

@@ -518,6 +518,19 @@ def _format4(report: dict) -> dict:
         {k: v for k, v in row.items() if k != "per_unit"} for row in report["measurements"]]}
 
 
+def test_a_value_that_is_not_finite_is_written_as_null_not_lost_with_the_report(
+        tmp_path, report_pair):
+    """JSON has no infinity: one in a comparison row once stopped the report being written."""
+    from quantfair.report import compare, write_report
+
+    _, report = report_pair
+    report["comparison"] = compare(report, report)
+    report["comparison"]["rows"][1].update(old=float("inf"), change=float("nan"))
+    json_path, _ = write_report(report, tmp_path / "r.json", latest=False)
+    row = json.loads(json_path.read_text())["comparison"]["rows"][1]
+    assert row["old"] is None and row["change"] is None and row["new"] > 0
+
+
 def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     from quantfair.report import load_report
 
