@@ -725,6 +725,12 @@ def test_a_baseline_gate_says_a_grown_degradation_in_points_and_refuses_edited_n
     assert re.fullmatch(r"degradation int4/none/medium/en: 1\.0\d*% -> 1\.3\d*%, beyond the "
                         r"tolerance by 0\.2\d* percentage points \[95% CI 0\.\d+, 0\.\d+\]",
                         regressions[0]), regressions
+    written = tmp_path / "base.json"
+    written.write_text(json.dumps(base))
+    _, printed, html = _compared(tmp_path, written, grown)  # the page in the same units
+    assert printed.returncode == 1
+    assert re.search(r"<td>int4/none/medium/en</td><td>degradation \(%; beyond: points\)</td>"
+                     r'<td class="num">1\.005</td><td class="num">1\.308</td>', html)
     edited = json.loads(json.dumps(base))
     edited["measurements"][1]["disparity"] *= 0.7  # Hebrew's, as if fairer
     old = tmp_path / "old.json"
