@@ -99,11 +99,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _named(session, strategies: Sequence[str], measured: bool = False) -> list[str]:
+def _named(session, strategies: Sequence[str], measured: bool = False,
+           artifacts: bool = True) -> list[str]:
     """The strategies in order, 'suggested' replaced by the cached suggestion, each once in
     its canonical text, its terms once each (`L0 + L0` is `L0`; `measured`: on the session's
-    units, see `_suggested`)."""
-    named = (_suggested(session, measured) if strategy == "suggested" else strategy
+    units, see `_suggested`; `artifacts`: whether the command takes `--quantized`)."""
+    named = (_suggested(session, measured, artifacts) if strategy == "suggested" else strategy
              for strategy in dict.fromkeys(strategies))
     return list(dict.fromkeys("+".join(dict.fromkeys(check_strategy_syntax(s).split("+")))
                               for s in named))
@@ -295,7 +296,7 @@ def _finite(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
 
 
-def _suggested(session, measured: bool = False) -> str:
+def _suggested(session, measured: bool = False, artifacts: bool = True) -> str:
     """The strategy of the latest `quantfair suggest` result for the session's model and
     scheme, named on stderr; `measured`: with a warning where the session's units include
     those it was searched on. Raises UsageError when there is none."""
@@ -311,7 +312,7 @@ def _suggested(session, measured: bool = False) -> str:
 
     found = load_suggestion(session)
     if found is None:
-        raise no_suggestion(session)
+        raise no_suggestion(session, artifacts)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
     if corpus := other_corpus(found, session):
@@ -620,7 +621,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     from quantfair.quantize import in_scope
 
-    (strategy,) = _named(session, [args.strategy])
+    (strategy,) = _named(session, [args.strategy], artifacts=False)  # it writes from FP
     _check_expressible(args, strategy)  # a suggestion's, before its selectors calibrate
     resolver = session.resolver()
     if args.emit:

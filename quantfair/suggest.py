@@ -765,15 +765,17 @@ def _checksum(data: dict) -> str:
     return json_digest({k: v for k, v in data.items() if k != "checksum"})[:16]
 
 
-def no_suggestion(session: AuditSession) -> UsageError:
+def no_suggestion(session: AuditSession, artifacts: bool = True) -> UsageError:
     """The error of `--strategy suggested` where `load_suggestion` finds none; it names the
-    schemes that have one for this model."""
+    schemes that have one for this model (an artifact's only where the command takes
+    `--quantized`: `artifacts`)."""
     where = " for this artifact file" if session.artifact else ""
     found = (_read(path, session) for path in _path(session).parent.glob("suggested-*.json"))
     others = sorted({data.get("scheme") for data in found if data} - {session.config.scheme.name,
                                                                         None})
-    named = [f"--quantized-label {name.partition(':')[2]}" if name.startswith(f"{ARTIFACT}:")
-             else f"--quant {name}" for name in others]
+    named = [f"--quantized FILE --quantized-label {name.partition(':')[2]}"
+             if name.startswith(f"{ARTIFACT}:") else f"--quant {name}" for name in others
+             if artifacts or not name.startswith(f"{ARTIFACT}:")]
     elsewhere = f" (there is one under {', '.join(named)})" if named else ""
     why = _checked(_path(session), session)[1]
     unusable = f" ({_path(session)} {why})" if why else ""

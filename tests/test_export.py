@@ -515,8 +515,13 @@ def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(
     _path(session).rename(_path(session).with_name("suggested-artifact:release-0123.json"))
     assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
                  "--languages", "en,de", "--units", "1"]) == 2
-    assert ("run `quantfair suggest` first (there is one under --quantized-label release)"
-            in capsys.readouterr().err)
+    assert ("run `quantfair suggest` first (there is one under --quantized FILE "
+            "--quantized-label release)") in capsys.readouterr().err
+    # export writes from the FP model: it takes no --quantized, so none is named
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q4_0", "--strategy", "suggested",
+                 "--emit", "hf", "--languages", "en,de", "--units", "1"]) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert "run `quantfair suggest` first (a search is kept" in said and "--quantized" not in said
     assert main(["inspect", str(f32_gguf), "--quant", "artifact:release"]) == 2
     assert ("--quant artifact:release: an artifact's scheme comes from --quantized FILE (with "
             "--quantized-label release)") in capsys.readouterr().err
