@@ -105,8 +105,6 @@ class NonFiniteLoss(QuantfairError):
     """A unit's loss was NaN or infinite; it is reported, never averaged in."""
 
 
-
-
 def model_results(loaded: LoadedModel) -> Path:
     """The folder of one model's cached results (keyed by its weights)."""
     return results_root() / loaded.weight_hash()[:16]

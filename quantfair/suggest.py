@@ -71,6 +71,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -228,7 +229,6 @@ class Search:
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
-        self._finest: Callable[[Iterable[str]], list[str]] | None = None  # parts of layers
         self.announce = print
 
     def overhead(self, units: list[str]) -> float:
@@ -304,8 +304,7 @@ class Search:
         disparity significantly on the audit units was among the three of highest weight
         variance (the order used before)."""
         if self._ranking is None:
-            layers = [f"L{layer}" for layer in range(self.resolver.layers)
-                      if f"L{layer}" not in self.kept]
+            layers = [layer for layer in _layers(self.resolver) if layer not in self.kept]
             self.phase(f"each of {len(layers)} layers kept alone", len(layers))
             scores = {layer: self.score(self.kept + [layer]) for layer in layers}
 
@@ -320,19 +319,23 @@ class Search:
     def structural(self, chosen: list[str]) -> list[str]:
         globals_ = [u for u in ("ln", "ln_f", "biases", "embed.pos")
                     if self._exists(u) and u not in chosen]
-        every = [f"L{layer}" for layer in range(self.resolver.layers)]
-        if self._finest is None:  # single tensors where the budget is below every half
-            self._finest = (_halves if self._new([], _halves(every))
-                            else lambda layers: _tensors(self.resolver, layers))
         # Every layer is measured only if one of them, or a part of one, can still be kept:
         # what is kept first may spend the whole budget (a whole layer holds its parts).
-        if self._ranking is None and not self._new(chosen, self._finest(every)):
+        if self._ranking is None and not self._new(chosen, self.parts(_layers(self.resolver))):
             return self._new(chosen, globals_)
         ranked = [layer for layer in self.layer_ranking() if layer not in chosen][: self.width]
         fits = [c for c in ranked if self.fits(chosen + [c])]
         # Parts of layers only once whole layers no longer fit: the search stays affordable.
-        parts = [] if fits else [h for h in self._finest(ranked) if h not in chosen]
+        parts = [] if fits else [h for h in self.parts(ranked) if h not in chosen]
         return self._new(chosen, globals_ + fits + parts)
+
+    @cached_property
+    def parts(self) -> Callable[[Iterable[str]], list[str]]:
+        """The finest parts of layers the search tries: their halves, or single tensors where
+        the budget is below every half (`_halves`, `_tensors`)."""
+        if self._new([], _halves(_layers(self.resolver))):
+            return _halves
+        return partial(_tensors, self.resolver)
 
     def _kept(self, units: list[str]) -> set[str]:
         """The quantized tensors protecting `units` keeps, wholly or in part: tensors the
@@ -471,12 +474,16 @@ def _smallest_unit(session: AuditSession) -> tuple[float, str]:
     if resolver.scheme.keeps_entries:
         return 1 / sum(c.numel for c in resolver.parts.values()), "one weight"
     sizes = []
-    every = [f"L{layer}" for layer in range(resolver.layers)]
-    for unit in ("ln_f", "ln", "biases", "embed.pos", *_tensors(resolver, every)):
+    for unit in ("ln_f", "ln", "biases", "embed.pos", *_tensors(resolver, _layers(resolver))):
         kept = _resolved(resolver, unit)
         if any(resolver.bank.quantizes(resolver.parts[name], resolver.scheme) for name in kept):
             sizes.append((session.overhead(unit).fraction, unit))
     return min(sizes, default=(math.inf, "none"))
+
+
+def _layers(resolver: StrategyResolver) -> list[str]:
+    """Every layer of the model as a strategy term: "L0", "L1", ..."""
+    return [f"L{layer}" for layer in range(resolver.layers)]
 
 
 def _halves(layers: Iterable[str]) -> list[str]:
@@ -592,7 +599,7 @@ def suggest(session: AuditSession, budget: float, calibration_units: int = 4, se
     search.phase(f"the suggestion and {plural(len(baselines), 'baseline selector')} on "
                  f"{plural(len(session.corpus.units), 'audit unit')} per language",
                  1 + sum(map(len, baselines.values())), session.corpus)
-    result.comparison = compare_on_audit_units(session, result.strategy, budget)
+    result.comparison = compare_on_audit_units(session, result.strategy, baselines)
     result.audit_units = session.corpus.units
     result.forward_passes = session.evaluator.forward_passes - passes_before
     result.wall_s = time.perf_counter() - start
@@ -651,10 +658,12 @@ def _difference(a: tuple[float, np.ndarray, str], b: tuple[float, np.ndarray, st
     return {"value": d.difference, "low": d.low, "high": d.high, "p_value": d.p_value}
 
 
-def compare_on_audit_units(session: AuditSession, suggested: str, budget: float) -> list[dict]:
-    """The suggestion against every baseline selector at the same budget, on the audit units
-    (held out from the search): mean and worst-language disparity with 95% CIs, the paired
-    bootstrap difference suggested - baseline of each (`mean_difference`, `worst_difference`),
+def compare_on_audit_units(session: AuditSession, suggested: str,
+                           baselines: dict[str, list[str]]) -> list[dict]:
+    """The suggestion against every baseline selector at the same budget (`baselines`, as
+    `budget_selectors` gives them), on the audit units (held out from the search): mean and
+    worst-language disparity with 95% CIs, the paired bootstrap difference suggested -
+    baseline of each (`mean_difference`, `worst_difference`),
     each row's own difference from no protection (`mean_vs_none`, `worst_vs_none`: whether any
     selector at this budget is fairer than none at all), and whether the scheme can store the
     selection (`storable`: a block format such as GGUF holds one type per tensor, so single
@@ -665,7 +674,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str, budget: float)
         return resolver.scheme.keeps_entries or all(
             keep is True for s in strategies for keep in resolver.resolve(s).values())
 
-    selectors = {"suggested": [suggested], **budget_selectors(session, budget)}
+    selectors = {"suggested": [suggested], **baselines}
     measured = {label: [session.measure(s) for s in strategies]
                 for label, strategies in selectors.items()}
     draws = {label: _averaged(m) for label, m in measured.items()}

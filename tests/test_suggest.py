@@ -606,7 +606,8 @@ def test_englishs_damage_on_the_audit_units_is_compared_with_none(tiny_models):
     """Each row's English degradation minus none's, paired over the audit units' resamples:
     the search keeps English's damage from growing on its calibration units only."""
     session = session_for(tiny_models["tiny-llama"], units=6)
-    comparison = {row["label"]: row for row in compare_on_audit_units(session, "L0", 0.4)}
+    comparison = {row["label"]: row for row in compare_on_audit_units(
+        session, "L0", budget_selectors(session, 0.4))}
     none, kept = comparison["none"]["english_degradation"], comparison["suggested"]
     rise = kept["english_vs_none"]
     assert rise["value"] == pytest.approx(kept["english_degradation"] - none, abs=1e-9)
