@@ -622,7 +622,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from quantfair.quantize import in_scope
 
     (strategy,) = _named(session, [args.strategy], artifacts=False)  # it writes from FP
-    _check_expressible(args, strategy)  # a suggestion's, before its selectors calibrate
+    if args.strategy == "suggested":  # its recipe, before its selectors calibrate
+        _check_expressible(args, strategy)
     resolver = session.resolver()
     if args.emit:
         protected, element = expressible(resolver, strategy)

@@ -44,6 +44,7 @@ SCHEMA = "quantfair-report/5"
 # `per_unit` values (what a baseline comparison pairs); formats 1 to 4 stay readable (as
 # baselines and in `quantfair report`).
 SCHEMA_FILES = {f"quantfair-report/{n}": f"report-{n}.schema.json" for n in range(1, 6)}
+PER_UNIT = ("nll_fp", "nll_q", "tokens")  # a measurement's `per_unit` lists, [unit]
 
 
 def distribution_fields(m: Measurement) -> list[dict]:
@@ -103,7 +104,7 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
             **distribution[i],
             "per_unit": {"nll_fp": m.nll_fp[i].tolist(), "nll_q": m.nll_q[i].tolist(),
-                         "tokens": m.tokens[i].astype(int).tolist()},
+                         "tokens": m.tokens[i].astype(int).tolist()},  # PER_UNIT
         }.items()})
     return records
 
@@ -489,8 +490,7 @@ class _Pairs:
 
         def measurement(per_language: dict) -> Measurement:
             nll_fp, nll_q, tokens = (np.array([per_language[lang][name] for lang in languages],
-                                              dtype=float) for name in ("nll_fp", "nll_q",
-                                                                        "tokens"))
+                                              dtype=float) for name in PER_UNIT)
             return Measurement(languages, nll_fp, nll_q, tokens, np.zeros_like(tokens),
                                np.zeros_like(tokens), reference=REFERENCE)
 
@@ -500,7 +500,7 @@ class _Pairs:
 def _usable(units: dict | None) -> bool:
     """Whether `per_unit` values are there and finite (JSON keeps an infinite NLL as null)."""
     return bool(units) and all(None not in units[name] and all(map(math.isfinite, units[name]))
-                               for name in ("nll_fp", "nll_q", "tokens"))
+                               for name in PER_UNIT)
 
 
 def _growth(quantity: str, over) -> str:
@@ -732,7 +732,7 @@ def _unit_mismatch(row: dict) -> str:
     """Why a measurement's `per_unit` values are not its units' (a list of another length, a
     total other than the stored one), or ""."""
     units = row["per_unit"]
-    lengths = {name: len(units[name]) for name in ("nll_fp", "nll_q", "tokens")}
+    lengths = {name: len(units[name]) for name in PER_UNIT}
     if set(lengths.values()) != {row["units"]}:
         return (f"per_unit holds {', '.join(f'{n} {name}' for name, n in lengths.items())} "
                 f"values for {row['units']} units")
