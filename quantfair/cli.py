@@ -21,6 +21,7 @@ from quantfair.config import (
     RunConfig,
     add_options,
     check_folder_writable,
+    integer_option,
     parse_languages,
     parse_percent,
     refuse_empty,
@@ -33,9 +34,8 @@ from quantfair.schemes import check_block_format
 from quantfair.storage import is_gguf
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS, uniform_guess_warning
+from quantfair.text import interval_text as cell
 from quantfair.text import (
-    brief,
-    decimal_integer,
     one_line,
     percent,
     plural,
@@ -43,7 +43,6 @@ from quantfair.text import (
     some,
     units_text,
 )
-from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
 
@@ -375,9 +374,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         raise UsageError("--budget 100% keeps every parameter in full precision: nothing is "
                          "left to search (give a budget below 100%)")
     _check_output(args.json, "--json", args)
-    for flag, value in (("--calibration-units", args.calibration_units), ("--width", args.width)):
-        if value < 1:  # before the model loads (0 would mean every held-out unit, silently)
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    # before the model loads (0 would mean every held-out unit, silently)
+    args.calibration_units = integer_option("calibration-units", args.calibration_units, 1)
+    args.width = integer_option("width", args.width, 1)
     def searchable(config: RunConfig) -> None:
         require_other_languages(config.languages)
         config.check_search(args.calibration_units, budget)
@@ -726,14 +725,6 @@ RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "langu
                "corpus", "threads")
 
 
-def _integer(text: str) -> int:
-    """An argparse type: `decimal_integer`, its refusal said as argparse says a bad value."""
-    try:
-        return decimal_integer(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"must be {error}, got '{brief(text)}'") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quantfair", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -765,10 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
     suggest = commands.add_parser("suggest", help="search this model's critical parameters")
     _add_model_arguments(suggest, *RUN_OPTIONS)
     suggest.add_argument("--budget", required=True, help="share of parameters to keep, e.g. 12%%")
-    suggest.add_argument("--calibration-units", type=_integer, default=4,
+    suggest.add_argument("--calibration-units", default="4",
                          help="held-out units per language scored during the search "
                               "(default %(default)s)")
-    suggest.add_argument("--width", type=_integer, default=3,
+    suggest.add_argument("--width", default="3",
                          help="whole layers tried per step, lowest score alone first "
                               "(default %(default)s)")
     suggest.add_argument("--json", help="also write the result to this JSON file")

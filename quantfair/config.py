@@ -316,13 +316,16 @@ NUMBER = re.compile(r"\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-
                     r"|(?i:inf|infinity|nan))\s*")  # not finite: said so (number_option)
 
 
-def _integer(name: str, text: str, minimum: int = 0) -> int:
+def integer_option(name: str, text: str, minimum: int = 0) -> int:
+    """The value of option `--name` as typed (`decimal_integer`), at least `minimum`; raises
+    UsageError in one line."""
     try:
         value = decimal_integer(text)
     except ValueError as error:
         raise UsageError(f"--{name} must be {error}, got '{brief(text)}'") from None
     if value < minimum:
-        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
+        least = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise UsageError(f"--{name} must be {least}, got {value}")
     return value
 
 
@@ -434,7 +437,7 @@ class RunConfig:
         with _named_option("languages"):
             corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
-        units = _integer("units", str(get("units")))
+        units = integer_option("units", str(get("units")))
         # Given, more units than the corpus has is a mistake; the default takes all of a
         # smaller user corpus.
         if value("units") is not None and units > len(corpus.units):

@@ -30,14 +30,16 @@ GGUF_BLOCK = 32  # weights per block in every GGUF_TYPES format
 GGUF_FALLBACK = "F16"  # rows not a multiple of GGUF_BLOCK (llama-quantize's last resort too)
 
 def _grouped(rows: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, int]:
-    """Reshape a logical (out, in) matrix into (n_groups, group) rows; returns pad added."""
+    """Reshape a logical (out, in) matrix into (n_groups, group) rows; returns pad added.
+    Zero padding never widens a group's range (both ranges hold 0), so a group at least as
+    wide as a row is that row: the same numbers, and no padding allocated for it."""
     if scheme.granularity == "tensor":
         return rows.reshape(1, -1), 0
-    if scheme.granularity == "channel":
+    if scheme.granularity == "channel" or scheme.group_size >= rows.shape[1]:
         return rows, 0
     pad = -rows.shape[1] % scheme.group_size
     if pad:
-        rows = torch.nn.functional.pad(rows, (0, pad))  # zeros never widen a symmetric range
+        rows = torch.nn.functional.pad(rows, (0, pad))
     return rows.reshape(-1, scheme.group_size), pad
 
 

@@ -24,6 +24,14 @@ LLAMA_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S"
                         "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "F16", "BF16")
 
 
+
+def _number(digits: str, what: str, scheme: str) -> int:
+    """The decimal `digits` of a scheme's part, refused past 18 (no tensor is that wide)."""
+    if len(digits) > 18:
+        raise UsageError(f"quantization scheme '{scheme}': the {what} must be of at "
+                         "most 18 digits")
+    return int(digits)
+
 @dataclass(frozen=True)
 class QuantScheme:
     """Weight quantization, simulated in the model's dtype: round-to-nearest (`int4-g128`),
@@ -123,7 +131,7 @@ class QuantScheme:
             qtype, _, embedding = text[5:].upper().partition("-EMBED-")
             return cls.gguf(qtype, embedding or DEFAULT_EMBEDDING_TYPE)
         head, *options = text.lower().split("-")
-        bits = re.fullmatch(r"int([0-9]{1,9})", head)
+        bits = re.fullmatch(r"int([0-9]+)", head)
         if not bits:
             raise UsageError(
                 f"unknown quantization scheme '{text}': expected int<bits>[-channel|-g<N>]"
@@ -131,13 +139,13 @@ class QuantScheme:
                 f"int4-g128, int8-channel, gguf:Q4_0 (GGUF types: {', '.join(GGUF_TYPES)}), "
                 "llama.cpp:Q4_K_M"
             )
-        fields: dict = {"bits": int(bits[1])}
+        fields: dict = {"bits": _number(bits[1], "bits", text)}
         named: dict[str, str] = {}  # aspect -> the part that set it
         for option in options:
-            group = re.fullmatch(r"g([0-9]{1,9})", option)
+            group = re.fullmatch(r"g([0-9]+)", option)
             if group:
-                aspect, values = "granularity", {"granularity": "group",
-                                                 "group_size": int(group[1])}
+                aspect, values = "granularity", {
+                    "granularity": "group", "group_size": _number(group[1], "group size", text)}
             elif option in ("channel", "tensor"):
                 aspect, values = "granularity", {"granularity": option}
             elif option in ("asym", "sym"):

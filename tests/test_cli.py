@@ -184,9 +184,11 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "-1"],
      "--width must be a positive integer, got -1"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "1_0"],  # int(): 10
-     "argument --width: must be an integer, got '1_0'"),
+     "--width must be an integer, got '1_0'"),
+    (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "abc"],  # as --units
+     "--calibration-units must be an integer, got 'abc'"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--width", "9" * 5000],  # echoed briefly
-     f"argument --width: must be an integer of at most 18 digits, got '{'9' * 40}... (5,000 "
+     f"--width must be an integer of at most 18 digits, got '{'9' * 40}... (5,000 "
      "characters)'"),
     (["measure", "tiny-gpt2", "--units", "9" * 19],
      "--units must be an integer of at most 18 digits, got"),

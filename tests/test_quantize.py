@@ -131,6 +131,16 @@ def test_group_padding_quantizes_the_tail_instead_of_skipping_it():
     assert not torch.equal(q[:, 8:], x[:, 8:])  # last, shorter group is quantized too
 
 
+@pytest.mark.parametrize("symmetry", ["sym", "asym"])
+def test_a_group_wider_than_the_row_is_the_row(symmetry):
+    """Not a padded group of 10^12 entries per row (which cannot be allocated)."""
+    x = torch.randn(4, 48)
+    channel = fake_quantize(x, QuantScheme.parse(f"int4-channel-{symmetry}"))
+    for group in ("g48", "g64", "g999999999999"):
+        assert torch.equal(fake_quantize(x, QuantScheme.parse(f"int4-{group}-{symmetry}")),
+                           channel)
+
+
 @pytest.mark.parametrize("text", ["int0", "int9", "int4-g0", "fp4", "int4-channels"])
 def test_bad_schemes_are_usage_errors(text):
     with pytest.raises(UsageError):

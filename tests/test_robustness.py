@@ -409,6 +409,9 @@ def test_a_model_name_close_to_a_known_one_names_it(spec, hint):
 
 @pytest.mark.parametrize("scheme, message", [
     ("int4-g-8", "unknown part"),
+    ("int4-g" + "9" * 20, "the group size must be of at most 18 digits"),
+    ("int" + "4" * 20, "the bits must be of at most 18 digits"),
+    ("int" + "4" * 18, "bits must be between 2 and 8, got 444444444444444444"),
     ("int4-g16-channel", "both set the granularity"),
     ("int4-sym-asym", "both set the symmetry"),
     ("int4-linear-linear", "both set the scope"),
