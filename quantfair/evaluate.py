@@ -532,21 +532,23 @@ class Evaluator:
         # forward pass (`workers.CoreShare`).
         self.before_forward: Callable[[], None] | None = None
 
-    def _computes(self) -> list[str]:
-        """What besides the weights changes what the model computes on a text: this code's
-        version, tokenizer, model settings, window, BOS."""
-        return [EVALUATOR_VERSION, self._tokenizer_id, self._model_id, str(self.window),
-                str(self.prefix)]
+    @property
+    def computes(self) -> dict[str, str]:
+        """What besides the weights changes what the model computes on a text, by name: this
+        code's version, the tokenizer, the model's settings, the window, the first token."""
+        return {"evaluation": EVALUATOR_VERSION, "tokenizer": self._tokenizer_id,
+                "model settings": self._model_id, "window": str(self.window),
+                "first token": str(self.prefix)}
 
     @property
     def identity(self) -> str:
-        """`_computes` as 16 hex digits: keys caches of what is derived from forward passes
+        """`computes` as 16 hex digits: keys caches of what is derived from forward passes
         over other text, such as calibration selections and suggestions."""
-        return hashlib.sha256("\0".join(self._computes()).encode()).hexdigest()[:16]
+        return hashlib.sha256("\0".join(self.computes.values()).encode()).hexdigest()[:16]
 
     def unit_key(self, text: str) -> str:
         """Covers everything besides the weights (the cache folder) that changes a number."""
-        payload = "\0".join([*self._computes(), text])
+        payload = "\0".join([*self.computes.values(), text])
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def cached(self, config: str, texts: Iterable[str]) -> dict[str, UnitResult]:

@@ -142,6 +142,7 @@ class Suggestion:
     score_definition: str = SCORE
     languages: list[str] = field(default_factory=list)  # those searched on, English first
     evaluator: str = ""  # the model's tokenizer and settings (`Evaluator.identity`)
+    computed_with: dict = field(default_factory=dict)  # the same by part (`Evaluator.computes`)
     corpus: str = ""  # the corpus searched on, as the report's settings name it
     corpus_digest: str = ""  # its text's digest (`Corpus.digest`): unit names are its own
     # the digest of the text calibrated selectors (act:, superweights:, ...) chose entries on
@@ -757,6 +758,7 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
     """Cache `suggestion` as the latest for the session's model (as it computes now) and
     scheme."""
     suggestion.evaluator = session.evaluator.identity
+    suggestion.computed_with = session.evaluator.computes
     path = _path(session)
     previous, new = _read(path, session), suggestion.to_json()
     if previous and searched_with(previous) != searched_with(new):  # a search took minutes
@@ -858,7 +860,25 @@ def _checked(path, session: AuditSession) -> tuple[dict | None, str]:
     if not isinstance(data, dict) or "strategy" not in data or "checksum" in data and \
             data["checksum"] != _checksum(data):
         return None, "is damaged or was edited"
-    if data.get("checksum") is None or data.get("score_definition") != SCORE \
-            or data.get("evaluator") != session.evaluator.identity:
-        return None, "was searched by another version of quantfair or of the model's settings"
+    if data.get("checksum") is None or data.get("score_definition") != SCORE:
+        return None, "was searched by another version of quantfair"
+    if data.get("evaluator") != session.evaluator.identity:
+        return None, f"was searched with {_changed(data, session)}"
     return data, ""
+
+
+CHANGES = {"evaluation": "another version of quantfair's evaluation",
+           "tokenizer": "another tokenizer (other token ids for the same text)",
+           "model settings": "other model settings (its configuration, attention "
+                             "implementation, dtype or device)",
+           "window": "another window", "first token": "another first token (BOS)"}
+
+
+def _changed(found: dict, session: AuditSession) -> str:
+    """What of `Evaluator.computes` differs between the search of `found` and the session
+    (a suggestion before these were kept: either of quantfair's version or the model's)."""
+    then, now = found.get("computed_with") or {}, session.evaluator.computes
+    changed = [CHANGES[part] + (f" ({then[part]} tokens, now {now[part]})"
+                                if part == "window" else "")
+               for part in CHANGES if part in then and then[part] != now[part]]
+    return ", ".join(changed) or "another version of quantfair or of the model's settings"

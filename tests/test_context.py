@@ -118,7 +118,7 @@ def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_oth
     """The same weights under another setting (or tokenizer) select and search again: a
     selection or suggestion cached for the model as it was is stale."""
     from quantfair.models import load_model
-    from quantfair.suggest import Suggestion, load_suggestion, save
+    from quantfair.suggest import Suggestion, load_suggestion, no_suggestion, save
 
     config = RunConfig(model="tiny-gpt2", languages=("en", "de"), units=3)
     before = AuditSession(config, announce=lambda message: None)
@@ -134,6 +134,12 @@ def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_oth
                             overhead=0.0, score=1.0))
     assert load_suggestion(before)["strategy"] == "L0"
     assert load_suggestion(after) is None
+    assert "was searched with other model settings (its configuration" in str(
+        no_suggestion(after))  # what differs, not "another version of quantfair"
+    after.evaluator.window = 64  # and each part by name
+    assert "was searched with other model settings (its configuration, attention " \
+        f"implementation, dtype or device), another window ({before.evaluator.window} " \
+        "tokens, now 64)" in str(no_suggestion(after))
 
 
 def test_an_audits_line_names_the_scheme_and_the_units_it_measured(context):

@@ -118,7 +118,13 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
                   {k: v for k, v in data.items() if k != "score_definition"}):
         path.write_text(json.dumps({**older, "checksum": _checksum(older)}))
         assert load_suggestion(session) is None
-        assert "was searched by another version" in str(no_suggestion(session))
+        assert "was searched by another version of quantfair)" in str(no_suggestion(session))
+    # One kept before the parts of the model's computation were: either may have changed.
+    older = {**data, "evaluator": "0" * 16}
+    del older["computed_with"]
+    path.write_text(json.dumps({**older, "checksum": _checksum(older)}))
+    assert "was searched with another version of quantfair or of the model's settings" in str(
+        no_suggestion(session))
     # One edited or damaged in place is not taken for a search's result, and said to be so.
     for damaged, why in (({**data, "strategy": "L0+L1"}, "is damaged or was edited"),
                          (json.dumps(data)[:40], "is damaged")):
