@@ -194,7 +194,7 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
     lies in the folder a model was loaded from or in quantfair's caches: writing it would
     destroy the input."""
     from quantfair.corpus import languages_file
-    from quantfair.storage import cache_root, results_root
+    from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_root, results_root
 
     languages = corpus and languages_file(Path(corpus))  # read where it exists
     reads = {"the file the model was loaded from": model, "the --quantized file": quantized,
@@ -211,11 +211,12 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
             raise UsageError(f"{flag} {path} is {what}: write another")
     # the folders quantfair itself fills (a model's results, converted weights, ...)
     for variable, cache, ours in (
-            ("QUANTFAIR_RESULTS_DIR", results_root(), r"[0-9a-f]{16}|\.run-.*"),
-            ("QUANTFAIR_CACHE_DIR", cache_root(), "weights|models|gguf-headers|gguf-checkpoints")):
+            ("QUANTFAIR_RESULTS_DIR", results_root(),
+             lambda folder: re.fullmatch("[0-9a-f]{16}", folder) or folder.startswith(RUN_PREFIX)),
+            ("QUANTFAIR_CACHE_DIR", cache_root(), lambda folder: folder in CACHE_FOLDERS)):
         inside = (target.relative_to(cache.resolve()).parts
                   if target.is_relative_to(cache.resolve()) else ())
-        if len(inside) > 1 and re.fullmatch(ours, inside[0]):
+        if len(inside) > 1 and ours(inside[0]):
             raise UsageError(f"{flag} {path} is in quantfair's cache ({cache / inside[0]}, "
                              f"{variable}): write elsewhere")
 

@@ -25,7 +25,7 @@ from torch import nn
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.schemes import QuantScheme
 from quantfair.storage import (
-    cache_root,
+    cache_folder,
     cache_writes,
     file_stamp,
     is_gguf,
@@ -177,7 +177,7 @@ def _gguf_header(path: Path) -> dict:
         raise QuantfairError(UNREADABLE.format(path=path)) from None
     except OSError as error:
         raise QuantfairError(f"{path}: cannot be read ({error.strerror or error})") from None
-    return shared_json(cache_root() / "gguf-headers" / f"{key[:24]}.json", parse)
+    return shared_json(cache_folder("gguf-headers") / f"{key[:24]}.json", parse)
 
 
 def _unparsed_gguf(path: Path, error: Exception) -> str:
@@ -340,7 +340,7 @@ def _gemma3_gguf() -> Path:
 def _embedded(spec: str) -> LoadedModel:
     """Embedded GGUF models, converted once to a safetensors cache for fast later loads."""
     gguf_path = _smollm2_gguf() if spec == SMOLLM2 else _gemma3_gguf()
-    cached = cache_root() / "models" / spec
+    cached = cache_folder("models") / spec
     note = f"dequantized from {gguf_path.name} (the GGUF's own quantization is the FP reference)"
     _convert_once(gguf_path, cached)
     # Read back even right after converting: the GGUF-loaded model's config differs (it names
@@ -379,7 +379,7 @@ def gguf_checkpoint(path: Path, sha256: str | None = None) -> Path:
 
 
 def _checkpoint_folder(sha256: str) -> Path:
-    return cache_root() / "gguf-checkpoints" / sha256[:24]
+    return cache_folder("gguf-checkpoints") / sha256[:24]
 
 
 def remove_gguf_checkpoint(sha256: str) -> None:

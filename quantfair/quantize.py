@@ -18,7 +18,7 @@ from torch import nn
 from quantfair.errors import UsageError
 from quantfair.models import weights_hash
 from quantfair.schemes import GGUF_TYPES, QuantScheme
-from quantfair.storage import cache_root
+from quantfair.storage import cache_folder
 from quantfair.taxonomy import Component, components, num_layers
 from quantfair.tensorfile import cached_tensors, map_tensors, remove_tensors, write_tensors
 from quantfair.text import one_line
@@ -200,7 +200,7 @@ def _mask_digest(keep: torch.Tensor) -> str:
 
 def weights_folder(weight_hash: str) -> Path:
     """Where the bank of the model with this weight hash keeps its tensor files."""
-    return cache_root() / "weights" / weight_hash[:16]
+    return cache_folder("weights") / weight_hash[:16]
 
 
 class WeightBank:

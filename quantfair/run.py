@@ -171,12 +171,12 @@ class QuantfairRun:
         if self.run_folder is None:
             import tempfile
 
-            from quantfair.storage import results_root
+            from quantfair.storage import RUN_PREFIX, results_root
 
             root = results_root()
             try:
                 root.mkdir(parents=True, exist_ok=True)
-                self.run_folder = Path(tempfile.mkdtemp(prefix=".run-", dir=root))
+                self.run_folder = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=root))
             except OSError:
                 return
         node.workerinput[RUN_FOLDER] = str(self.run_folder)

@@ -80,8 +80,23 @@ def cache_root() -> Path:
     return Path(base) / "quantfair"
 
 
+# The folders quantfair fills under `cache_root()`: converted models, a GGUF file's header,
+# a GGUF checkpoint converted, a model's quantized tensors.
+CACHE_FOLDERS = ("models", "gguf-headers", "gguf-checkpoints", "weights")
+RUN_PREFIX = ".run-"  # under `results_root()`: a run's folder shared by its xdist workers
+
+
+def cache_folder(name: str) -> Path:
+    """`cache_root() / name` for a name of `CACHE_FOLDERS` (no other: a file to write is
+    refused inside these, `config.refuse_inputs`)."""
+    if name not in CACHE_FOLDERS:
+        raise ValueError(f"{name} is not one of quantfair's cache folders")
+    return cache_root() / name
+
+
 def results_root() -> Path:
-    """Where evaluation results and suggestions are cached."""
+    """Where evaluation results and suggestions are cached: a folder per model's weights
+    (`evaluate.model_results`), and the run folders of xdist runs (`RUN_PREFIX`)."""
     if folder := folder_variable("QUANTFAIR_RESULTS_DIR"):
         return folder
     return cache_root() / "results"

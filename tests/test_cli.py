@@ -323,6 +323,27 @@ def test_json_never_writes_into_quantfairs_own_cache_folders(tmp_path):
                    str(mine), env=env).returncode == 0 and json.loads(mine.read_text())
 
 
+def test_every_folder_quantfair_fills_is_refused_as_an_output(tmp_path, monkeypatch):
+    """The paths the cache's writers build, not a list of their names kept apart."""
+    from quantfair.config import refuse_inputs
+    from quantfair.errors import QuantfairError
+    from quantfair.models import _checkpoint_folder
+    from quantfair.quantize import weights_folder
+    from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_folder
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    with pytest.raises(ValueError):
+        cache_folder("other")
+    built = [weights_folder("0" * 64), _checkpoint_folder("0" * 64),
+             *(cache_folder(name) for name in CACHE_FOLDERS),
+             tmp_path / "results" / "0123456789abcdef", tmp_path / "results" / f"{RUN_PREFIX}x"]
+    for folder in built:
+        with pytest.raises(QuantfairError, match="is in quantfair's cache"):
+            refuse_inputs(folder / "report.json", "--json", None, None, None)
+    refuse_inputs(tmp_path / "cache" / "mine" / "report.json", "--json", None, None, None)
+
+
 def test_json_never_overwrites_a_file_the_command_reads(tmp_path):
     """A file of a model saved as a folder, the corpus's languages file and the corpus through
     a hard link are refused before anything loads; any other hard link is replaced, not
