@@ -222,8 +222,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     # each resolved (so checked) before any is measured
     kept = {s: protection_key(session.resolver().resolve(s)) for s in strategies}
     records = [record for strategy in strategies for record in measurement_records(
-        session.measure(strategy, distribution=True), strategy=strategy,
-        scheme=session.config.scheme.name, length="medium", overhead=session.overhead(strategy))]
+        session.measure(strategy, distribution=True), units=session.corpus.units,
+        strategy=strategy, scheme=session.config.scheme.name, length="medium",
+        overhead=session.overhead(strategy))]
     if args.json:  # before the tables: a reader that closes the pipe (`| head`) loses none
         _write(args.json, json.dumps({"settings": session.config.settings(),
                                       "device": str(session.loaded.device),  # auto resolved

@@ -128,7 +128,7 @@ class AuditContext:
         if key not in self._rows or distribution:  # rows gain the KL-divergence fields
             overhead = self.session.overhead(text, parsed)
             self._rows[key] = measurement_records(
-                measurement, strategy=label, scheme=parsed.name,
+                measurement, units=corpus.units, strategy=label, scheme=parsed.name,
                 length=length or "medium", overhead=overhead, resolved=text)
             self._unsent[key] = None
         return measurement

@@ -279,7 +279,6 @@ class Corpus:
         raise UsageError(f"unknown length '{length}': use {', '.join(LENGTHS)}")
 
 
-
 def load_corpus(path: str | Path | None = None) -> Corpus:
     """The shipped UDHR corpus, or a user JSONL file (fields lang, unit, text), validated;
     a user corpus's languages file (`languages_file`), where there is one, gives metadata

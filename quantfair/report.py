@@ -10,6 +10,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -33,18 +34,26 @@ from quantfair.metrics import (
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
 from quantfair.summary import summarize
-from quantfair.text import experiment_span, interval_text, some, table  # noqa: F401 (re-exported)
+from quantfair.text import (  # noqa: F401 (re-exported)
+    experiment_span,
+    interval_text,
+    some,
+    table,
+    units_text,
+)
 
-SCHEMA = "quantfair-report/5"
+SCHEMA = "quantfair-report/6"
 # Every format this version reads, with its JSON Schema in quantfair/schemas/; a change to the
 # format bumps SCHEMA and adds its schema here (keeping the previous one if still readable).
 # Format 2 added `selection`, the `inconclusive` outcome and each audit's `seed` and `slack`;
 # format 3 made `summary` the answer-first block (outcome counts moved to `summary.counts`);
 # format 4 added the `error` verdict (an audit could not run); format 5 each measurement's
-# `per_unit` values (what a baseline comparison pairs); formats 1 to 4 stay readable (as
-# baselines and in `quantfair report`).
-SCHEMA_FILES = {f"quantfair-report/{n}": f"report-{n}.schema.json" for n in range(1, 6)}
-PER_UNIT = ("nll_fp", "nll_q", "tokens")  # a measurement's `per_unit` lists, [unit]
+# `per_unit` values (what a baseline comparison pairs); format 6 their units' names (pairs
+# the units two runs share); formats 1 to 5 stay readable (as baselines and in `quantfair
+# report`).
+SCHEMA_FILES = {f"quantfair-report/{n}": f"report-{n}.schema.json" for n in range(1, 7)}
+PER_UNIT = ("nll_fp", "nll_q", "tokens")  # a measurement's `per_unit` values, [unit]
+UNIT_NAMES = "unit"  # and its units' names, [unit] (format 6)
 
 
 def distribution_fields(m: Measurement) -> list[dict]:
@@ -76,11 +85,14 @@ def distribution_fields(m: Measurement) -> list[dict]:
     return rows
 
 
-def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: str,
-                        overhead, resolved: str | None = None) -> list[dict]:
-    """One record per language of a (scheme, strategy, length) measurement; its `per_unit`
-    holds each unit's summed NLL (nats, FP and quantized) and scored tokens in corpus order,
-    what a baseline comparison pairs."""
+def measurement_records(m: Measurement, *, units: Sequence[str], strategy: str, scheme: str,
+                        length: str, overhead, resolved: str | None = None) -> list[dict]:
+    """One record per language of a (scheme, strategy, length) measurement of the named
+    `units`; its `per_unit` holds each unit's name, summed NLL (nats, FP and quantized) and
+    scored tokens in corpus order, what a baseline comparison pairs. Raises ValueError where
+    `units` are not the measurement's."""
+    if len(units) != m.units:
+        raise ValueError(f"{len(units)} unit names for a measurement of {m.units} units")
     disparity, seed, degradation = m.disparity(), m.seed_disparity(), m.degradation()
     records, distribution = [], distribution_fields(m)
     for i, lang in enumerate(m.languages):
@@ -103,7 +115,8 @@ def measurement_records(m: Measurement, *, strategy: str, scheme: str, length: s
             "undefined": disparity[lang].undefined or None,
             "overhead": overhead.fraction, "overhead_bytes": overhead.bytes_fraction,
             **distribution[i],
-            "per_unit": {"nll_fp": m.nll_fp[i].tolist(), "nll_q": m.nll_q[i].tolist(),
+            "per_unit": {UNIT_NAMES: list(units), "nll_fp": m.nll_fp[i].tolist(),
+                         "nll_q": m.nll_q[i].tolist(),
                          "tokens": m.tokens[i].astype(int).tolist()},  # PER_UNIT
         }.items()})
     return records
@@ -251,10 +264,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     Where both reports keep per-unit values of the same text, a growth is a regression when
     the paired bootstrap CI of (run - baseline grown by the tolerance) lies above 0; one
     beyond the tolerance in its point estimate only is listed (`growth_undecided`), and is a
-    regression only when `strict`. Elsewhere the point estimates decide (`point_compared`).
-    Beside them
-    `differences` (settings that differ: numbers measured otherwise), `not_compared` (the
-    baseline's measurements this run did not make) and `not_run` (its audits). Audits match
+    regression only when `strict`. Where the runs measured other units, both sides are
+    rebuilt on the units they share (named in format 6; `paired_on_shared_units`). Elsewhere
+    the point estimates decide (`point_compared`). Beside them `differences` (settings that
+    differ: numbers measured otherwise), `not_compared` (the baseline's measurements this run
+    did not make) and `not_run` (its audits). Audits match
     by test file and id, whichever folder or package they were collected from. Raises
     NothingShared when the baseline is of another model (`architecture`), when both reports
     have measurements but none in common and no audit regressed, when they share nothing, or
@@ -283,9 +297,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
                  "beyond": None}
         draws = paired.draws(row, quantity) if a is not None and b is not None else None
         if draws is not None:
-            then, now, units = draws
+            then, now, units, every = draws
             for report, stored, rebuilt in ((old, a, then[0]), (new, b, now[0])):
-                if not math.isclose(stored, rebuilt, rel_tol=FLOAT_NOISE, abs_tol=1e-12):
+                # on some of the units, the paired values are not the stored ones
+                if every and not math.isclose(stored, rebuilt, rel_tol=FLOAT_NOISE,
+                                              abs_tol=1e-12):
                     raise QuantfairError(
                         f"the report of {report.get('created')} is not consistent: its "
                         f"{quantity} of {key}, {stored:g}, is not what its per-unit values give "
@@ -362,6 +378,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "growth_undecided": undecided_growth,
             "point_compared": by_point,
             "point_compared_why": "; ".join(sorted(paired.why_not)) if by_point else None,
+            "paired_on_shared_units": "; ".join(sorted(paired.shared)) or None,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "bound_changed": rebounded,
@@ -436,20 +453,23 @@ COMPARED_SETTINGS = ("model", "random_weights", "scheme", "quantized", "language
 
 class _Pairs:
     """Per (scheme, strategy, length), the baseline's and the run's measurements rebuilt from
-    their `per_unit` values (format 5 or later) in the languages whose units are the same
-    (each unit scored the same number of tokens, English's too): a change is then read on
-    the paired bootstrap, the same resampled units on both sides."""
+    their `per_unit` values (format 5 or later) on the units both measured (by name, format 6;
+    else both must have measured as many), in the languages whose units are the same (each
+    unit scored the same number of tokens, English's too): a change is then read on the
+    paired bootstrap, the same resampled units on both sides."""
 
     def __init__(self, old: dict, new: dict):
         self.why_not: set[str] = set()  # why measurements were compared on point estimates
-        self.groups: dict[tuple, tuple[Measurement, Measurement] | None] = {}
+        self.shared: set[str] = set()  # where the pairs are on the units both runs measured
+        self.groups: dict[tuple, tuple[Measurement, Measurement, bool] | None] = {}
         self.rows = [{row_key(r): r for r in report.get("measurements", [])}
                      for report in (old, new)]
         self.computed: dict[tuple, list] = {}  # (group, metric) -> each side's draws
 
     def draws(self, row: dict, quantity: str):
-        """((value, resamples) of the baseline, the same of the run, units) of `quantity`
-        in `row`'s language, or None where the two cannot be paired."""
+        """((value, resamples) of the baseline, the same of the run, units, whether the pairs
+        are on every unit of both) of `quantity` in `row`'s language, or None where the two
+        cannot be paired."""
         group = row_key(row)[:3]
         if group not in self.groups:
             self.groups[group] = self._measurements(group)
@@ -462,39 +482,71 @@ class _Pairs:
         metric = "degradation" if quantity == "degradation" else "disparity"
         if (group, metric) not in self.computed:
             with np.errstate(all="ignore"):  # a ratio to 0: not finite, not paired (below)
-                self.computed[group, metric] = [m.draws(metric)[:2] for m in pair]
+                self.computed[group, metric] = [m.draws(metric)[:2] for m in pair[:2]]
         then, now = self.computed[group, metric]
         if not (math.isfinite(then[0][i]) and math.isfinite(now[0][i])):
             self.why_not.add("a value is not finite on the per-unit values")
             return None
-        return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units
+        return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units, pair[2]
 
-    def _measurements(self, group: tuple) -> tuple[Measurement, Measurement] | None:
+    def _measurements(self, group: tuple) -> tuple[Measurement, Measurement, bool] | None:
         values = [{key[3]: row.get("per_unit") for key, row in rows.items() if key[:3] == group}
                   for rows in self.rows]
         if not (values[0].get(REFERENCE) and values[1].get(REFERENCE)):
             self.why_not.add("a report before format 5 keeps no per-unit values")
             return None
-        counts = [len(side[REFERENCE]["tokens"]) for side in values]
-        if counts[0] != counts[1]:
-            self.why_not.add(f"the two runs measured {counts[0]} and {counts[1]} units per "
-                             "language")
+        if (picks := self._shared_units(values[0][REFERENCE], values[1][REFERENCE])) is None:
             return None
-        languages = tuple(lang for lang, units in values[1].items()
-                          if _usable(units) and _usable(values[0].get(lang))
-                          and units["tokens"] == values[0][lang]["tokens"])
-        if REFERENCE not in languages:
+
+        def units(per_language: dict | None, side: int) -> dict | None:
+            """The language's per-unit values on the shared units, None where it has none or
+            measured other units than English."""
+            if not _usable(per_language) or per_language.get(UNIT_NAMES) != \
+                    values[side][REFERENCE].get(UNIT_NAMES):
+                return None
+            return {name: [per_language[name][j] for j in picks[side]] for name in PER_UNIT}
+
+        paired = {lang: (was, now) for lang in values[1]
+                  if (was := units(values[0].get(lang), 0)) and (now := units(values[1][lang], 1))
+                  and was["tokens"] == now["tokens"]}
+        if REFERENCE not in paired:
             self.why_not.add("English's units differ (another text or tokenizer) or hold an "
                              "infinite loss")
             return None
+        languages = tuple(paired)
 
-        def measurement(per_language: dict) -> Measurement:
-            nll_fp, nll_q, tokens = (np.array([per_language[lang][name] for lang in languages],
+        def measurement(side: int) -> Measurement:
+            nll_fp, nll_q, tokens = (np.array([paired[lang][side][name] for lang in languages],
                                               dtype=float) for name in PER_UNIT)
             return Measurement(languages, nll_fp, nll_q, tokens, np.zeros_like(tokens),
                                np.zeros_like(tokens), reference=REFERENCE)
 
-        return measurement(values[0]), measurement(values[1])
+        every = all(len(pick) == len(side[REFERENCE]["tokens"])
+                    for pick, side in zip(picks, values, strict=True))
+        return measurement(0), measurement(1), every
+
+    def _shared_units(self, old: dict, new: dict) -> tuple[list[int], list[int]] | None:
+        """The positions, in each side's English `per_unit` lists, of the units both
+        measured (by name where both name them; else all, where both measured as many), in
+        the run's order; None (and why) where there are none."""
+        names = old.get(UNIT_NAMES), new.get(UNIT_NAMES)
+        counts = [len(side["tokens"]) for side in (old, new)]
+        if None in names:
+            if counts[0] != counts[1]:
+                self.why_not.add(f"the two runs measured {counts[0]} and {counts[1]} units per "
+                                 "language (a report before format 6 does not name them)")
+                return None
+            return list(range(counts[0])), list(range(counts[1]))
+        position = {name: j for j, name in enumerate(names[0])}
+        shared = [name for name in names[1] if name in position]
+        if not shared:
+            self.why_not.add(f"the two runs measured no unit in common (of {counts[0]} and "
+                             f"{counts[1]} per language)")
+            return None
+        if len(shared) < max(counts):
+            self.shared.add(f"{units_text(len(shared))} both runs measured (of {counts[0]} and "
+                            f"{counts[1]} per language)")
+        return [position[name] for name in shared], [names[1].index(name) for name in shared]
 
 
 def _usable(units: dict | None) -> bool:
@@ -584,6 +636,8 @@ def comparison_notes(comparison: dict) -> list[str]:
     if undecided := comparison.get("growth_undecided"):
         lines.append(f"{len(undecided)} growth(s) beyond the tolerance not significant on the "
                      f"paired units (a regression with --quantfair-strict): {some(undecided)}")
+    if shared := comparison.get("paired_on_shared_units"):
+        lines.append(f"paired on the {shared}: the values compared are each run's on those units")
     if by_point := comparison.get("point_compared"):
         lines.append(f"{len(by_point)} measurement(s) compared on point estimates, without "
                      f"CIs: {comparison.get('point_compared_why') or 'no per-unit values'}")
@@ -732,11 +786,12 @@ def _unit_mismatch(row: dict) -> str:
     """Why a measurement's `per_unit` values are not its units' (a list of another length, a
     total other than the stored one), or ""."""
     units = row["per_unit"]
-    lengths = {name: len(units[name]) for name in PER_UNIT}
+    lengths = {name: len(units[name]) for name in (UNIT_NAMES, *PER_UNIT) if name in units}
     if set(lengths.values()) != {row["units"]}:
-        return (f"per_unit holds {', '.join(f'{n} {name}' for name, n in lengths.items())} "
-                f"values for {row['units']} units")
-    for name in lengths:
+        held = ", ".join(f"{n} {'unit names' if name == UNIT_NAMES else name}"
+                         for name, n in lengths.items())
+        return f"per_unit holds {held} values for {row['units']} units"
+    for name in PER_UNIT:
         stored, values = row.get(name), units[name]
         if stored is not None and None not in values and not math.isclose(
                 sum(values), stored, rel_tol=FLOAT_NOISE, abs_tol=FLOAT_NOISE):

@@ -643,7 +643,7 @@ def test_a_measure_or_suggest_file_given_as_a_report_is_named_as_what_it_is(tmp_
         shown = run_cli("report", str(path))
         assert shown.returncode == 2
         assert shown.stderr.strip().endswith(
-            f"is not a quantfair report (quantfair-report/5): quantfair {command} --json "
+            f"is not a quantfair report (quantfair-report/6): quantfair {command} --json "
             "wrote it, not an audit run (pytest writes reports)"), shown.stderr
 
 

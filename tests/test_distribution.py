@@ -328,13 +328,14 @@ def test_records_and_the_html_heatmap_carry_kld_disparity():
     from quantfair.report import measurement_records
 
     m = synthetic(kld_en=1.0)
-    records = measurement_records(m, strategy="none", scheme="int4", length="medium",
+    names = [f"u{j}" for j in range(m.units)]
+    records = measurement_records(m, units=names, strategy="none", scheme="int4", length="medium",
                                   overhead=SimpleNamespace(fraction=0.0, bytes_fraction=0.0))
     he = records[1]
     assert he["kld_disparity"] == pytest.approx(4.0) and he["kld_undefined"] is None
     assert he["kld_max"] == pytest.approx(0.39) and he["same_top"] == pytest.approx(0.5)
     bare = Measurement(m.languages, m.nll_fp, m.nll_q, m.tokens, m.bytes, m.chars)
-    empty = measurement_records(bare, strategy="none", scheme="int4", length="medium",
+    empty = measurement_records(bare, units=names, strategy="none", scheme="int4", length="medium",
                                 overhead=SimpleNamespace(fraction=0.0, bytes_fraction=0.0))
     assert set(empty[1]) == set(he) and empty[1]["kld_mean"] is None
     cell = heatmap({"settings": {"scheme": "int4"}, "measurements": records})["rows"][0]["cells"][0]

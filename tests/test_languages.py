@@ -216,7 +216,7 @@ def test_a_user_corpus_languages_file_gives_its_languages_metadata(own_languages
     assert select_languages("class:2-3", among) == ["he", "yo"]
     recorded = language_metadata(among)
     assert recorded["tlh"] == {"name": "Klingon", "family": "Constructed"}  # unknowns left out
-    errors = _validator("quantfair-report/5").iter_errors({"language_metadata": recorded})
+    errors = _validator("quantfair-report/6").iter_errors({"language_metadata": recorded})
     assert not [e.message for e in errors if list(e.path)[:1] == ["language_metadata"]]
     with pytest.raises(UsageError, match="unknown family 'unknown'"):
         select_languages("family:unknown", among)

@@ -43,7 +43,8 @@ def rows(strategy: str, overhead: float) -> list[dict]:
                                     for lg in LANGUAGES]),
                     tokens=np.full((4, units), 20.0), bytes=np.full((4, units), 80.0),
                     chars=np.full((4, units), 60.0))
-    return measurement_records(m, strategy=strategy, scheme="int4", length="medium",
+    return measurement_records(m, units=[f"u{j}" for j in range(units)], strategy=strategy,
+                               scheme="int4", length="medium",
                                overhead=SimpleNamespace(fraction=overhead, bytes_fraction=overhead))
 
 

@@ -487,14 +487,15 @@ def test_bom_crlf_and_line_separators_inside_text_are_kept_byte_exact(tmp_path):
 
 # -- 10, 11. report files and baselines -------------------------------------------------------
 
-def _report(deltas: dict[str, list[float]]) -> dict:
-    """A report of one measurement (`_measurement(deltas)`, int4, no protection) and one
-    audit that passed."""
+def _report(deltas: dict[str, list[float]], units: list[str] | None = None) -> dict:
+    """A report of one measurement (`_measurement(deltas)`, int4, no protection) of the
+    named `units` (default article_00, article_01, ...) and one audit that passed."""
     from quantfair.report import RunRecord, build_report, measurement_records
     from quantfair.strategies import Overhead
 
     m = _measurement(deltas)
-    rows = measurement_records(m, strategy="none", scheme="int4", length="medium",
+    units = units or [f"article_{j:02d}" for j in range(m.units)]
+    rows = measurement_records(m, units=units, strategy="none", scheme="int4", length="medium",
                                overhead=Overhead(0, 10, 0.0))
     audits = [{"nodeid": "audits/test_x.py::test_y[none-he]", "outcome": "passed",
                "value": 2.5, "low": 2.0, "high": 3.0, "experiments": ["001"]}]
@@ -548,7 +549,8 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["measurements"][-1].pop("ppl_q"), "'ppl_q' is a required property"),
     (lambda r: r["measurements"][-1].pop("per_unit"), "'per_unit' is a required property"),
     (lambda r: r["measurements"][-1]["per_unit"]["nll_q"].pop(),
-     "measurement int4/none/medium/he: per_unit holds 3 nll_fp, 2 nll_q, 3 tokens values for "
+     "measurement int4/none/medium/he: per_unit holds 3 unit names, 3 nll_fp, 2 nll_q, 3 tokens "
+     "values for "
      "3 units (edited or damaged)"),
     (lambda r: r["measurements"][0]["per_unit"]["nll_q"].__setitem__(0, 99.0),
      "measurement int4/none/medium/en: its nll_q, 33, is not the sum of its per_unit values, "
@@ -557,7 +559,7 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
-    (lambda r: r.update(schema="quantfair-report/6"), "a newer quantfair wrote it; upgrade "
+    (lambda r: r.update(schema="quantfair-report/7"), "a newer quantfair wrote it; upgrade "
                                                       "quantfair to read it"),
     (lambda r: r["measurements"].append(dict(r["measurements"][-1])),
      "measurement int4/none/medium/he appears 2 times"),
@@ -759,6 +761,45 @@ def test_a_baseline_gate_pairs_only_units_of_the_same_text():
     assert compared["point_compared_why"] == (
         "English's units differ (another text or tokenizer) or hold an infinite loss")
     assert compared["regressions"] == ["disparity int4/none/medium/he: 3.125 -> 4.062"]
+
+
+def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
+    """A run on 4 of the baseline's 8 units (another --units): both sides rebuilt on those 4
+    and paired there, not the run's 4-unit estimate set against the baseline's 8-unit one;
+    without unit names (format 5) or with none in common, point estimates, and why."""
+    from quantfair.report import compare
+
+    base = _report({"en": EN, "he": HE})
+    odd = [1, 3, 5, 7]  # article_01, ...: the run's units
+    grown = _report({"en": [EN[j] for j in odd], "he": [1.3 * HE[j] for j in odd]},
+                    units=[f"article_{j:02d}" for j in odd])
+    compared = compare(base, grown)
+    assert compared["point_compared"] == []
+    assert compared["paired_on_shared_units"] == ("4 units both runs measured (of 8 and 4 per "
+                                                  "language)")
+    he = next(row for row in compared["rows"] if row["key"].endswith("/he"))
+    on_odd = sum(HE[j] for j in odd) / sum(EN[j] for j in odd)
+    assert he["old"] == pytest.approx(on_odd) and he["new"] == pytest.approx(1.3 * on_odd)
+    assert len(compared["regressions"]) == 1
+    assert compared["regressions"][0].startswith("disparity int4/none/medium/he: 4.487 -> "
+                                                 "5.833, beyond the tolerance by 0.8974 [95% CI")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(base))
+    _, printed, html = _compared(tmp_path, old, grown)
+    note = "paired on the 4 units both runs measured (of 8 and 4 per language)"
+    assert printed.returncode == 1 and note in printed.stdout and note.capitalize() in html
+    # a report before format 6 does not name its units; no unit in common
+    unnamed = {**base, "measurements": [{**row, "per_unit": {
+        k: v for k, v in row["per_unit"].items() if k != "unit"}} for row in base["measurements"]]}
+    elsewhere = _report({"en": EN[:4], "he": HE[:4]}, units=[f"preamble_{j}" for j in range(4)])
+    for baseline, run, why in (
+            (unnamed, grown, "the two runs measured 8 and 4 units per language (a report "
+                             "before format 6 does not name them)"),
+            (base, elsewhere, "the two runs measured no unit in common (of 8 and 4 per "
+                              "language)")):
+        compared = compare(baseline, run)
+        assert len(compared["point_compared"]) == 2 and compared["paired_on_shared_units"] is None
+        assert compared["point_compared_why"] == why
 
 
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():

@@ -570,7 +570,7 @@ def test_an_undefined_score_is_written_as_null_and_left_off_the_chart(tmp_path):
                                     processes=[], selection=None, incomplete=[],
                                     duration_s=1.0))
     report["suggestion"] = data
-    schema = json.loads((resources.files("quantfair") / "schemas/report-5.schema.json")
+    schema = json.loads((resources.files("quantfair") / "schemas/report-6.schema.json")
                         .read_text())
     jsonschema.validate(data, schema["properties"]["suggestion"])
     _, html = write_report(report, tmp_path / "report.json")
