@@ -495,11 +495,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {output}: the comparison is an HTML page; name it .html "
                          "(NEW is the machine-readable report)")
     old, new = load_report(args.old), load_report(args.new)
-    if not args.output:  # beside NEW, which exists: its folder may still be read-only
-        try:
-            check_folder_writable(output.parent, f"the comparison's HTML {output}")
-        except UsageError as error:
-            raise UsageError(f"{error}; give --output elsewhere") from None
+    if not args.output:
+        _check_default_output(output, "the comparison's HTML")
     if Path(args.old).resolve() == new_path.resolve():
         print(f"note: {args.old} is compared with itself: nothing can differ")
     elif old == new:  # a copy: a gate comparing the baseline with itself by mistake
@@ -563,12 +560,22 @@ def _render_report(args: argparse.Namespace) -> int:
             args.old).resolve():
         raise UsageError(f"--output {output}: the report is rendered as an HTML page; name it "
                          ".html")
-    if not args.output:  # beside the report, which exists: its folder may still be read-only
-        check_folder_writable(output.parent, f"the HTML report {output}")
+    if not args.output:
+        _check_default_output(output, "the HTML report")
     _write(output, render_html(report))
     # a page rendered is the command's success (exit 0): the verdict is said, not gated on
     print(f"verdict: {report['verdict']}: {report['summary']['headline']}")
     return 0
+
+
+def _check_default_output(output, what: str) -> None:
+    """The HTML `quantfair report` writes beside the report it reads where no --output is
+    given: that folder, though it exists, may be read-only, or one of quantfair's caches."""
+    try:
+        check_folder_writable(output.parent, f"{what} {output}")
+    except UsageError as error:
+        raise UsageError(f"{error}; give --output elsewhere") from None
+    refuse_inputs(output, what, None, None, None, elsewhere="give --output elsewhere")
 
 
 def _undecided(report: dict, path: str) -> str:

@@ -188,11 +188,12 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
 
 
 def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
-                  quantized: str | None, corpus: str | None) -> None:
+                  quantized: str | None, corpus: str | None,
+                  elsewhere: str = "write elsewhere") -> None:
     """UsageError where the file `path` to write (given as `flag`) is one the run reads (the
     model's file, its `quantized` artifact, the `corpus` or the corpus's languages file) or
-    lies in the folder a model was loaded from or in quantfair's caches: writing it would
-    destroy the input."""
+    lies in the folder a model was loaded from or in quantfair's caches (said with the advice
+    `elsewhere`): writing it would destroy the input."""
     from quantfair.corpus import languages_file
     from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_root, results_root
 
@@ -218,7 +219,7 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
                   if target.is_relative_to(cache.resolve()) else ())
         if len(inside) > 1 and ours(inside[0]):
             raise UsageError(f"{flag} {path} is in quantfair's cache ({cache / inside[0]}, "
-                             f"{variable}): write elsewhere")
+                             f"{variable}): {elsewhere}")
 
 
 def check_folder_writable(directory: Path, option: str) -> None:

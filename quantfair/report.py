@@ -286,6 +286,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             continue
         key, quantity = "/".join(row_key(row)), "disparity"
         a, b = _disparity(before), _disparity(row)
+        if (shared := paired.on_shared_units(row)) is not None:
+            a, b = shared  # each run's on the units both measured, defined there or not
         if row["language"] == REFERENCE:  # its disparity is 1: its damage is compared
             quantity, a, b = "degradation", before.get("degradation"), row.get("degradation")
             if a is None:
@@ -414,7 +416,8 @@ def _differences(old: dict, new: dict) -> list[str]:
     settings, was = new.get("settings", {}), old.get("settings", {})
     contents = list(_contents(old, new))
     same = {setting for setting, _, before, now in contents if before and before == now}
-    differences = [f"{key}: {_setting(was.get(key))} -> {_setting(settings.get(key))}"
+    differences = [f"{key}: {_setting(key, was.get(key))} -> "
+                   f"{_setting(key, settings.get(key))}"
                    for key in COMPARED_SETTINGS
                    if was.get(key) != settings.get(key) and key not in same]
     # the corpus digest is of the audited languages and units: where those differ (said
@@ -471,23 +474,43 @@ class _Pairs:
         are on every unit of both) of `quantity` in `row`'s language, or None where the two
         cannot be paired."""
         group = row_key(row)[:3]
-        if group not in self.groups:
-            self.groups[group] = self._measurements(group)
-        if (pair := self.groups[group]) is None:
+        if (pair := self._pair(group)) is None:
             return None
         if row["language"] not in pair[0].languages:
             self.why_not.add("some languages' units differ (another text or tokenizer)")
             return None
         i = pair[0].languages.index(row["language"])
-        metric = "degradation" if quantity == "degradation" else "disparity"
-        if (group, metric) not in self.computed:
-            with np.errstate(all="ignore"):  # a ratio to 0: not finite, not paired (below)
-                self.computed[group, metric] = [m.draws(metric)[:2] for m in pair[:2]]
-        then, now = self.computed[group, metric]
+        then, now = self._draws(group, "degradation" if quantity == "degradation" else
+                                "disparity")
         if not (math.isfinite(then[0][i]) and math.isfinite(now[0][i])):
             self.why_not.add("a value is not finite on the per-unit values")
             return None
         return (then[0][i], then[1][i]), (now[0][i], now[1][i]), pair[0].units, pair[2]
+
+    def on_shared_units(self, row: dict) -> tuple[float | None, float | None] | None:
+        """Each side's disparity of `row`'s language on the units both runs measured (None
+        where it is undefined there: English's change on those units within noise), where
+        the runs measured other units and the language pairs; else None (each report's own
+        values stand)."""
+        group = row_key(row)[:3]
+        if (pair := self._pair(group)) is None or pair[2] or \
+                row["language"] not in pair[0].languages:
+            return None
+        i = pair[0].languages.index(row["language"])
+        return tuple(None if reason else float(value[i])
+                     for value, _, reason in self._draws(group, "disparity"))
+
+    def _pair(self, group: tuple) -> tuple[Measurement, Measurement, bool] | None:
+        if group not in self.groups:
+            self.groups[group] = self._measurements(group)
+        return self.groups[group]
+
+    def _draws(self, group: tuple, metric: str) -> list:
+        """Each side's `Measurement.draws` of `metric`: value, resamples, why undefined."""
+        if (group, metric) not in self.computed:
+            with np.errstate(all="ignore"):  # a ratio to 0: not finite, not paired (draws)
+                self.computed[group, metric] = [m.draws(metric) for m in self._pair(group)[:2]]
+        return self.computed[group, metric]
 
     def _measurements(self, group: tuple) -> tuple[Measurement, Measurement, bool] | None:
         values = [{key[3]: row.get("per_unit") for key, row in rows.items() if key[:3] == group}
@@ -607,9 +630,9 @@ def _contents(old: dict, new: dict):
         yield setting, what, get(old), get(new)
 
 
-def _setting(value) -> str:
-    if value is None:
-        return "not set"
+def _setting(key: str, value) -> str:
+    if value is None:  # --units 0: every unit of the corpus
+        return "all" if key == "units" else "not set"
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

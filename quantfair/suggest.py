@@ -869,8 +869,9 @@ def _checked(path, session: AuditSession) -> tuple[dict | None, str]:
 
 CHANGES = {"evaluation": "another version of quantfair's evaluation",
            "tokenizer": "another tokenizer (other token ids for the same text)",
+           # the dtype too, but another one keeps its own suggestions (`_path`)
            "model settings": "other model settings (its configuration, attention "
-                             "implementation, dtype or device)",
+                             "implementation or device)",
            "window": "another window", "first token": "another first token (BOS)"}
 
 

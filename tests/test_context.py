@@ -138,7 +138,7 @@ def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_oth
         no_suggestion(after))  # what differs, not "another version of quantfair"
     after.evaluator.window = 64  # and each part by name
     assert "was searched with other model settings (its configuration, attention " \
-        f"implementation, dtype or device), another window ({before.evaluator.window} " \
+        f"implementation or device), another window ({before.evaluator.window} " \
         "tokens, now 64)" in str(no_suggestion(after))
 
 

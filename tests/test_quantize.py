@@ -141,6 +141,10 @@ def test_a_group_wider_than_the_row_is_the_row(symmetry):
                            channel)
 
 
+def test_a_group_size_is_read_whatever_its_leading_zeros():
+    assert QuantScheme.parse("int4-g" + "0" * 20 + "128").group_size == 128
+
+
 @pytest.mark.parametrize("text", ["int0", "int9", "int4-g0", "fp4", "int4-channels"])
 def test_bad_schemes_are_usage_errors(text):
     with pytest.raises(UsageError):

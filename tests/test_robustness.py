@@ -556,6 +556,7 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
      "measurement int4/none/medium/en: its nll_q, 33, is not the sum of its per_unit values, "
      "121 (edited or damaged)"),
     (lambda r: r["measurements"][0].update(disparity="high"), "disparity"),
+    (lambda r: r["measurements"][0]["per_unit"]["unit"].__setitem__(0, ""), "per_unit.unit"),
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
@@ -651,6 +652,21 @@ def _compared(tmp_path: Path, old: Path, report: dict):
     new.write_text(json.dumps(report))
     printed = run_cli("report", str(old), str(new))
     return new, printed, new.with_name("new-vs-baseline.html").read_text()
+
+
+def test_the_report_command_writes_no_page_into_the_cache_beside_a_report_there(
+        tmp_path, report_pair):
+    """Its page goes beside the report read where no --output is given, which is refused in
+    quantfair's caches as --output there is."""
+    old, report = report_pair
+    cache = tmp_path / "cache"
+    inside = cache / "models" / "n.json"
+    inside.parent.mkdir(parents=True)
+    inside.write_text(json.dumps(report))
+    for args in (("report", str(inside)), ("report", str(old), str(inside))):
+        one_line_error(run_cli(*args, env={"QUANTFAIR_CACHE_DIR": str(cache)}),
+                       "is in quantfair's cache", ": give --output elsewhere")
+    assert [path.name for path in inside.parent.iterdir()] == ["n.json"]
 
 
 def test_the_report_command_compares_a_strict_run_as_its_run_did(tmp_path, report_pair):
@@ -800,6 +816,26 @@ def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
         compared = compare(baseline, run)
         assert len(compared["point_compared"]) == 2 and compared["paired_on_shared_units"] is None
         assert compared["point_compared_why"] == why
+
+
+def test_on_shared_units_a_disparity_is_defined_or_not_on_those_units():
+    """The run's 4 units hold the baseline's 2 unchanged, and two more on which English's
+    loss falls as much as it rises: undefined over the run's 4 units, Hebrew's disparity is
+    defined on the 2 compared, and the same there, so no regression (it once read as
+    "2.5 -> undefined"), whichever report is the baseline."""
+    from quantfair.report import compare
+
+    two = ["article_01", "article_03"]
+    base = _report({"en": [1.0, 1.0], "he": [3.0, 2.0]}, units=two)
+    run = _report({"en": [-4.0, 1.0, 2.0, 1.0], "he": [1.0, 3.0, 1.0, 2.0]},
+                  units=["article_00", "article_01", "article_02", "article_03"])
+    assert run["measurements"][1]["undefined"] and not base["measurements"][1]["undefined"]
+    for old, new in ((base, run), (run, base)):
+        compared = compare(old, new)
+        assert compared["regressions"] == [] and compared["point_compared"] == []
+        he = next(row for row in compared["rows"] if row["key"].endswith("/he"))
+        assert he["quantity"] == "disparity" and he["old"] == he["new"] == pytest.approx(2.5)
+    assert compare(base, run)["undefined_in_baseline"] == []
 
 
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
@@ -1251,6 +1287,8 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
             "en,ar; units: 3 -> 8") in notes
     assert any(line.startswith(f"{len(comparison['not_compared'])} baseline measurement(s) "
                                "not made in this run: ") for line in notes)
+    every = {**other, "settings": {**other["settings"], "units": None}}  # --units 0
+    assert "units: 3 -> all" in compare(report, every)["differences"]
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
     assert "Compared: 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
