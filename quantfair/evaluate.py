@@ -525,6 +525,7 @@ class Evaluator:
         self._model_id = model_identity(loaded)
         self._claims: dict[Path, FileLock] = {}
         self.units_computed = 0  # units this process scored (not those another one did)
+        self.tokens_computed = 0  # and their scored tokens
         # Set by the owner of the weights (`prefix.HiddenStates`): layers below the first one
         # whose weights differ from an earlier pass over the same tokens are not run again.
         self.hidden_states: HiddenStates | None = None
@@ -688,6 +689,7 @@ class Evaluator:
             if finished:
                 self.cache.store(config, finished)
                 self.units_computed += len(finished)
+                self.tokens_computed += sum(result.tokens for result in finished.values())
                 tracker.seen(finished, mine=True)
             tracker.report()
 
@@ -915,6 +917,7 @@ class Evaluator:
                 self.cache.store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
                                           for k, r in finished.items()})
                 self.units_computed += len(finished)
+                self.tokens_computed += sum(result.tokens for result in finished.values())
                 tracker.seen(finished, mine=True)
             tracker.report()
 

@@ -224,9 +224,11 @@ class Search:
         self.width = width
         self.resolver = session.resolver()
         self._started = time.monotonic()
-        self._paces: list[float] = []  # seconds per unit of each measurement (`phase`)
+        self._paces: list[float] = []  # seconds per token scored of each measurement (`phase`)
         self.none = calibration_score(self.measure([]))
-        self._paces.clear()  # that measurement also computed the FP side: not the pace
+        # that measurement ran every layer on text not scored before (the FP side's too): the
+        # pace on other units, not the search's, which reuses the layers candidates share
+        self._fresh_pace = self._paces.pop() if self._paces else None
         self.floor = self.none  # the damage no candidate may exceed (`allowed`)
         self.kept: list[str] = []  # the units kept first because they break the model
         self._ranking: list[str] | None = None
@@ -242,23 +244,39 @@ class Search:
         """Protecting `units`, measured with the distribution statistics the score needs, on
         `corpus` (the calibration units when None)."""
         corpus, started = corpus or self.calibration, time.monotonic()
-        passes = self.session.evaluator.forward_passes
+        evaluator = self.session.evaluator
+        tokens = evaluator.tokens_computed
         measured = self.session.measure("+".join(units) or "none", corpus=corpus,
                                         distribution=True)
-        if self.session.evaluator.forward_passes > passes:  # read from the cache: no pace
-            self._paces.append((time.monotonic() - started) / len(corpus.units))
+        if scored := evaluator.tokens_computed - tokens:  # else read from the cache
+            self._paces.append((time.monotonic() - started) / scored)
         return measured
 
     def phase(self, what: str, count: int, corpus: Corpus | None = None) -> None:
         """Say that a phase of `count` measurements on `corpus` (the calibration units when
-        None) starts, with the search's time so far and, at the median pace of its
-        measurements so far (one-off costs, such as a selector's calibration, left out), about
-        how long the phase takes."""
+        None) starts, with the search's time so far and about how long the phase takes (one-off
+        costs, such as a selector's calibration, left out): on the calibration units at the
+        median pace of the search's measurements so far; elsewhere on its units not
+        calibrated on, with their FP reference, at the pace of the first measurement, which
+        ran every layer (the search reuses the hidden states of layers candidates share)."""
         elapsed = time.monotonic() - self._started
-        units = count * len((corpus or self.calibration).units)
-        pace = (f", about {_duration(units * float(np.median(self._paces)))} at the pace so "
-                "far" if self._paces else "")
-        self.announce(f"quantfair suggest: {what}{pace} ({_duration(elapsed)} so far)")
+        if corpus is None:
+            tokens = count * self._tokens(self.calibration)
+        else:
+            tokens = (count + 1) * self._tokens(corpus, leave_out=self.calibration)
+        if corpus is not None and self._fresh_pace is not None:
+            pace = self._fresh_pace
+        else:
+            pace = float(np.median(self._paces)) if self._paces else None
+        about = f", about {_duration(tokens * pace)} at the pace so far" if pace else ""
+        self.announce(f"quantfair suggest: {what}{about} ({_duration(elapsed)} so far)")
+
+    def _tokens(self, corpus: Corpus, leave_out: Corpus | None = None) -> int:
+        """Tokens the model scores on `corpus`'s texts, but those of `leave_out`'s units."""
+        units = set(corpus.units) - set(leave_out.units if leave_out else ())
+        token_ids = self.session.evaluator.token_ids
+        return sum(len(token_ids(text)) - 1 for texts in corpus.texts.values()  # past BOS
+                   for unit, text in texts.items() if unit in units)
 
     def score(self, units: list[str]) -> Score:
         """The calibration score of protecting `units`."""

@@ -137,23 +137,36 @@ def test_suggest_picks_the_planted_sensitive_layer_first(planted):
 
 def test_a_search_phase_says_its_time_so_far_and_about_how_long_it_takes(tiny_models,
                                                                          monkeypatch, tmp_path):
+    """On the calibration units at the search's pace; on other units at the pace of passes
+    that ran every layer, the FP reference counted: the search reuses the hidden states of
+    the layers its candidates share, so its pace put the finalists' round at half its time."""
+    from quantfair.corpus import Corpus
+
     monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # nothing cached
     session = session_for(tiny_models["tiny-llama"])
-    search = Search(session, 0.05, search_units(session, 2))
-    assert search._paces == []  # its first measurement also computed the FP side
-    search.score(["L0"])
+    calibration = search_units(session, 2)
+    search = Search(session, 0.05, calibration)
+    # its first measurement ran every layer, the FP side's too: not the search's pace
+    assert search._paces == [] and search._fresh_pace > 0
+    search.score(["L1"])
     assert len(search._paces) == 1
-    search.score(["L0"])  # read back from the cache: no pace (a resumed search said "0 s")
+    search.score(["L1"])  # read back from the cache: no pace (a resumed search said "0 s")
     assert len(search._paces) == 1
+    assert Search(session, 0.05, calibration)._fresh_pace is None  # the same, cached
     said = []
     search.announce = said.append
-    units = len(search.calibration.units)
+    audit = session.corpus
+    pool = Corpus({lang: {**calibration.texts[lang], **audit.texts[lang]}
+                   for lang in audit.languages}, audit.source)
+    assert search._tokens(pool) == search._tokens(audit) + search._tokens(calibration)
+    assert search._tokens(pool, leave_out=calibration) == search._tokens(audit)
     # 30 s each, and a selector's one-off calibration: not the pace
-    search._started, search._paces = 0.0, [30.0 / units, 30.0 / units, 600.0 / units]
+    per_token = 30.0 / search._tokens(calibration)
+    search._started, search._paces = 0.0, [per_token, per_token, 20 * per_token]
+    # the pool's units not calibrated on: 2 finalists, none and the FP side, 45 s each
+    search._fresh_pace = 45.0 / search._tokens(audit)
     monkeypatch.setattr("quantfair.suggest.time.monotonic", lambda: 60.0)
     search.phase("each of 4 layers kept alone", 4)
-    pool = session.corpus  # twice the calibration units: 3 measurements of 60 s each
-    assert len(pool.units) == 2 * units
     search.phase("2 finalists", 3, pool)
     assert said == [
         "quantfair suggest: each of 4 layers kept alone, about 2 min at the pace so far "
