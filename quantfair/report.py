@@ -33,7 +33,7 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
-from quantfair.summary import summarize
+from quantfair.summary import FEW_UNITS, summarize
 from quantfair.text import (  # noqa: F401 (re-exported)
     experiment_span,
     interval_text,
@@ -567,8 +567,10 @@ class _Pairs:
                              f"{counts[1]} per language)")
             return None
         if len(shared) < max(counts):
+            few = (f"; below {FEW_UNITS} no exact paired test reaches 5%: read a decision on "
+                   "them as a machinery check" if len(shared) < FEW_UNITS else "")
             self.shared.add(f"{units_text(len(shared))} both runs measured (of {counts[0]} and "
-                            f"{counts[1]} per language)")
+                            f"{counts[1]} per language{few})")
         return [position[name] for name in shared], [names[1].index(name) for name in shared]
 
 

@@ -791,8 +791,9 @@ def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
                     units=[f"article_{j:02d}" for j in odd])
     compared = compare(base, grown)
     assert compared["point_compared"] == []
-    assert compared["paired_on_shared_units"] == ("4 units both runs measured (of 8 and 4 per "
-                                                  "language)")
+    assert compared["paired_on_shared_units"] == (
+        "4 units both runs measured (of 8 and 4 per language; below 6 no exact paired test "
+        "reaches 5%: read a decision on them as a machinery check)")
     he = next(row for row in compared["rows"] if row["key"].endswith("/he"))
     on_odd = sum(HE[j] for j in odd) / sum(EN[j] for j in odd)
     assert he["old"] == pytest.approx(on_odd) and he["new"] == pytest.approx(1.3 * on_odd)
@@ -802,8 +803,11 @@ def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps(base))
     _, printed, html = _compared(tmp_path, old, grown)
-    note = "paired on the 4 units both runs measured (of 8 and 4 per language)"
+    note = "paired on the 4 units both runs measured (of 8 and 4 per language; below 6"
     assert printed.returncode == 1 and note in printed.stdout and note.capitalize() in html
+    six = _report({"en": EN[:6], "he": HE[:6]}, units=[f"article_{j:02d}" for j in range(6)])
+    assert compare(base, six)["paired_on_shared_units"] == ("6 units both runs measured (of 8 "
+                                                            "and 6 per language)")
     # a report before format 6 does not name its units; no unit in common
     unnamed = {**base, "measurements": [{**row, "per_unit": {
         k: v for k, v in row["per_unit"].items() if k != "unit"}} for row in base["measurements"]]}
