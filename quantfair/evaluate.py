@@ -687,11 +687,15 @@ class Evaluator:
                         nll=sums[window.key], tokens=len(ids[window.key]) - 1,
                         bytes=len(text.encode("utf-8")), chars=len(text))
             if finished:
-                self.cache.store(config, finished)
-                self.units_computed += len(finished)
-                self.tokens_computed += sum(result.tokens for result in finished.values())
-                tracker.seen(finished, mine=True)
+                self._store(config, finished, tracker)
             tracker.report()
+
+    def _store(self, config: str, finished: dict[str, UnitResult], tracker: _Progress) -> None:
+        """Cache the results of units this process just scored, and count them as its own."""
+        self.cache.store(config, finished)
+        self.units_computed += len(finished)
+        self.tokens_computed += sum(result.tokens for result in finished.values())
+        tracker.seen(finished, mine=True)
 
     # -- sharing work with other processes -----------------------------------------------
     def _claim(self, tag: str, key: str) -> FileLock:
@@ -914,11 +918,8 @@ class Evaluator:
                         keyed[window.key], statistics.pop(window.key))
             if finished:
                 self.distribution_cache.store(config, finished)
-                self.cache.store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
-                                          for k, r in finished.items()})
-                self.units_computed += len(finished)
-                self.tokens_computed += sum(result.tokens for result in finished.values())
-                tracker.seen(finished, mine=True)
+                self._store(config, {k: UnitResult(r.nll, r.tokens, r.bytes, r.chars)
+                                     for k, r in finished.items()}, tracker)
             tracker.report()
 
     def _build_references(self, units: dict[str, list[int]], head: str,

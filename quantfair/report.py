@@ -561,17 +561,17 @@ class _Pairs:
                 return None
             return list(range(counts[0])), list(range(counts[1]))
         position = {name: j for j, name in enumerate(names[0])}
-        shared = [name for name in names[1] if name in position]
-        if not shared:
+        pairs = [(position[name], j) for j, name in enumerate(names[1]) if name in position]
+        if not pairs:
             self.why_not.add(f"the two runs measured no unit in common (of {counts[0]} and "
                              f"{counts[1]} per language)")
             return None
-        if len(shared) < max(counts):
+        if len(pairs) < max(counts):
             few = (f"; below {FEW_UNITS} no exact paired test reaches 5%: read a decision on "
-                   "them as a machinery check" if len(shared) < FEW_UNITS else "")
-            self.shared.add(f"{units_text(len(shared))} both runs measured (of {counts[0]} and "
+                   "them as a machinery check" if len(pairs) < FEW_UNITS else "")
+            self.shared.add(f"{units_text(len(pairs))} both runs measured (of {counts[0]} and "
                             f"{counts[1]} per language{few})")
-        return [position[name] for name in shared], [names[1].index(name) for name in shared]
+        return [was for was, _ in pairs], [now for _, now in pairs]
 
 
 def _usable(units: dict | None) -> bool:

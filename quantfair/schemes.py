@@ -24,13 +24,13 @@ LLAMA_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S"
                         "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "F16", "BF16")
 
 
-
 def _number(digits: str, what: str, scheme: str) -> int:
     """The decimal `digits` of a scheme's part, refused past 18 (no tensor is that wide)."""
     if len(digits.lstrip("0")) > 18:
         raise UsageError(f"quantization scheme '{scheme}': the {what} must be of at "
                          "most 18 digits")
     return int(digits)
+
 
 @dataclass(frozen=True)
 class QuantScheme:

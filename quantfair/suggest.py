@@ -261,7 +261,7 @@ class Search:
         ran every layer (the search reuses the hidden states of layers candidates share)."""
         elapsed = time.monotonic() - self._started
         if corpus is None:
-            tokens = count * self._tokens(self.calibration)
+            tokens = count * self._calibration_tokens
         else:
             tokens = (count + 1) * self._tokens(corpus, leave_out=self.calibration)
         if corpus is not None and self._fresh_pace is not None:
@@ -271,11 +271,16 @@ class Search:
         about = f", about {_duration(tokens * pace)} at the pace so far" if pace else ""
         self.announce(f"quantfair suggest: {what}{about} ({_duration(elapsed)} so far)")
 
+    @cached_property
+    def _calibration_tokens(self) -> int:
+        return self._tokens(self.calibration)  # the same text at every step's phase line
+
     def _tokens(self, corpus: Corpus, leave_out: Corpus | None = None) -> int:
-        """Tokens the model scores on `corpus`'s texts, but those of `leave_out`'s units."""
+        """Tokens the model scores on `corpus`'s texts, but those of `leave_out`'s units (a
+        text's first id, BOS where it has one, is context, as `UnitResult.tokens` counts)."""
         units = set(corpus.units) - set(leave_out.units if leave_out else ())
         token_ids = self.session.evaluator.token_ids
-        return sum(len(token_ids(text)) - 1 for texts in corpus.texts.values()  # past BOS
+        return sum(len(token_ids(text)) - 1 for texts in corpus.texts.values()
                    for unit, text in texts.items() if unit in units)
 
     def score(self, units: list[str]) -> Score:
