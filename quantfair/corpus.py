@@ -255,10 +255,11 @@ class Corpus:
                       self.source)
 
     def sample_units(self, count: int, seed: int = 0) -> list[str]:
-        """A seeded sample of unit ids (in corpus order), not simply the first `count`."""
-        if count >= len(self.units):
-            return self.units
-        chosen = set(random.Random(seed).sample(self.units, count))
+        """A seeded sample of `count` unit ids (in corpus order), not simply the first
+        `count`: the first `count` of one seeded order of all units, so a smaller sample lies
+        inside a larger one and runs at other `--units` pair on every unit of the smaller."""
+        order = random.Random(seed).sample(self.units, len(self.units))
+        chosen = set(order[:count])
         return [u for u in self.units if u in chosen]
 
     def with_length(self, length: str) -> Corpus:

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -560,10 +561,14 @@ def search_pool(session: AuditSession, count: int) -> Corpus:
 
 
 def search_units(session: AuditSession, count: int, seed: int = 0) -> Corpus:
-    """`count` units of the search pool (`search_pool`, a seeded sample) to score candidates
-    on."""
+    """`count` units of the search pool (`search_pool`) to score candidates on: a seeded
+    sample, drawn as suggestions already cached drew theirs (the audit's nested sample,
+    `Corpus.sample_units`, would draw other units at some counts and make them stale)."""
     pool = search_pool(session, count)
-    return pool.select(units=pool.sample_units(count, seed))
+    if count >= len(pool.units):
+        return pool
+    chosen = set(random.Random(seed).sample(pool.units, count))
+    return pool.select(units=[u for u in pool.units if u in chosen])
 
 
 def confirmation_pool(session: AuditSession, calibration: Corpus) -> Corpus | None:

@@ -50,6 +50,14 @@ def test_units_sample_is_seeded_and_not_the_first_n():
     assert sample != corpus.units[:8]
 
 
+def test_a_smaller_units_sample_lies_inside_a_larger_one():
+    """Runs at other --units pair on every unit of the smaller run (the --baseline gate)."""
+    units = load_corpus().units
+    samples = [set(load_corpus().sample_units(count)) for count in range(1, len(units) + 1)]
+    assert [len(sample) for sample in samples] == list(range(1, len(units) + 1))
+    assert all(smaller < larger for smaller, larger in zip(samples, samples[1:]))
+
+
 def test_length_buckets_come_from_the_same_units():
     corpus = load_corpus().select(["en", "he"], units=["article_01", "article_02", "article_03"])
     short, long = corpus.with_length("short"), corpus.with_length("long")
