@@ -195,7 +195,7 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
     lies in the folder a model was loaded from or in quantfair's caches (said with the advice
     `elsewhere`): writing it would destroy the input."""
     from quantfair.corpus import languages_file
-    from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_root, results_root
+    from quantfair.storage import CACHE_FOLDERS, MODEL_KEY, RUN_PREFIX, cache_root, results_root
 
     languages = corpus and languages_file(Path(corpus))  # read where it exists
     reads = {"the file the model was loaded from": model, "the --quantized file": quantized,
@@ -213,7 +213,8 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
     # the folders quantfair itself fills (a model's results, converted weights, ...)
     for variable, cache, ours in (
             ("QUANTFAIR_RESULTS_DIR", results_root(),
-             lambda folder: re.fullmatch("[0-9a-f]{16}", folder) or folder.startswith(RUN_PREFIX)),
+             lambda folder: (re.fullmatch(f"[0-9a-f]{{{MODEL_KEY}}}", folder)
+                             or folder.startswith(RUN_PREFIX))),
             ("QUANTFAIR_CACHE_DIR", cache_root(), lambda folder: folder in CACHE_FOLDERS)):
         inside = (target.relative_to(cache.resolve()).parts
                   if target.is_relative_to(cache.resolve()) else ())

@@ -52,7 +52,7 @@ from torch import nn
 from quantfair.errors import QuantfairError
 from quantfair.models import LoadedModel
 from quantfair.prefix import HiddenStates
-from quantfair.storage import atomic_write, cache_writes, results_root
+from quantfair.storage import atomic_write, cache_writes, model_folder
 
 # 3: short units batched on CPU; 4: the head run on blocks of positions; 5: special-token
 # markup in a text (a literal "<|endoftext|>") scored as text
@@ -107,7 +107,7 @@ class NonFiniteLoss(QuantfairError):
 
 def model_results(loaded: LoadedModel) -> Path:
     """The folder of one model's cached results (keyed by its weights)."""
-    return results_root() / loaded.weight_hash()[:16]
+    return model_folder(loaded.weight_hash())
 
 
 class ResultCache:

@@ -84,6 +84,7 @@ def cache_root() -> Path:
 # a GGUF checkpoint converted, a model's quantized tensors.
 CACHE_FOLDERS = ("models", "gguf-headers", "gguf-checkpoints", "weights")
 RUN_PREFIX = ".run-"  # under `results_root()`: a run's folder shared by its xdist workers
+MODEL_KEY = 16  # hex digits of a model's weight hash naming its folder under `results_root()`
 
 
 def cache_folder(name: str) -> Path:
@@ -96,10 +97,16 @@ def cache_folder(name: str) -> Path:
 
 def results_root() -> Path:
     """Where evaluation results and suggestions are cached: a folder per model's weights
-    (`evaluate.model_results`), and the run folders of xdist runs (`RUN_PREFIX`)."""
+    (`model_folder`), and the run folders of xdist runs (`RUN_PREFIX`)."""
     if folder := folder_variable("QUANTFAIR_RESULTS_DIR"):
         return folder
     return cache_root() / "results"
+
+
+def model_folder(weight_hash: str) -> Path:
+    """The folder of one model's cached results: named by its weight hash (hex), cut to
+    `MODEL_KEY` digits."""
+    return results_root() / weight_hash[:MODEL_KEY]
 
 
 def _variable_for(path: Path) -> str:

@@ -329,7 +329,7 @@ def test_every_folder_quantfair_fills_is_refused_as_an_output(tmp_path, monkeypa
     from quantfair.errors import QuantfairError
     from quantfair.models import _checkpoint_folder
     from quantfair.quantize import weights_folder
-    from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_folder
+    from quantfair.storage import CACHE_FOLDERS, RUN_PREFIX, cache_folder, model_folder
 
     monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
@@ -337,7 +337,7 @@ def test_every_folder_quantfair_fills_is_refused_as_an_output(tmp_path, monkeypa
         cache_folder("other")
     built = [weights_folder("0" * 64), _checkpoint_folder("0" * 64),
              *(cache_folder(name) for name in CACHE_FOLDERS),
-             tmp_path / "results" / "0123456789abcdef", tmp_path / "results" / f"{RUN_PREFIX}x"]
+             model_folder("0123456789abcdef" * 4), tmp_path / "results" / f"{RUN_PREFIX}x"]
     for folder in built:
         with pytest.raises(QuantfairError, match="is in quantfair's cache"):
             refuse_inputs(folder / "report.json", "--json", None, None, None)
