@@ -258,6 +258,8 @@ class Corpus:
         """A seeded sample of `count` unit ids (in corpus order), not simply the first
         `count`: the first `count` of one seeded order of all units, so a smaller sample lies
         inside a larger one and runs at other `--units` pair on every unit of the smaller."""
+        # a sample of all units (not a shuffle): from 6 of the shipped 31 units up, its first
+        # `count` are those `sample(units, count)` draws, as recorded numbers were measured on
         order = random.Random(seed).sample(self.units, len(self.units))
         chosen = set(order[:count])
         return [u for u in self.units if u in chosen]
