@@ -472,6 +472,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         compare,
         comparison_notes,
         load_report,
+        regressions_line,
         settle_verdict,
     )
 
@@ -506,7 +507,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         # as the run that wrote NEW compared: under --quantfair-strict an audit that passed
         # and is inconclusive now is a regression
         strict = bool((new.get("settings") or {}).get("strict"))
-        new["comparison"] = compare(old, new, tolerance, strict=strict)
+        new["comparison"] = compare(old, new, tolerance, strict=strict, baseline_file=args.old,
+                                    run=f"the run of {args.new}")
     except NothingShared as error:
         settle_verdict(new)
         if not (why := _undecided(new, args.new)):
@@ -519,9 +521,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
-    print(f"{len(regressions)} regression(s) (disparity, or degradation for English and where "
-          f"the baseline's disparity is undefined, beyond {100 * tolerance:g}%, or an audit "
-          "that stopped passing)")
+    print(regressions_line(new["comparison"]))
     failed = [a for a in new.get("audits", []) if a.get("outcome") == "failed"]
     why = _undecided(new, args.new)  # the exit is then 3, whatever failed
     if not why and not regressions:  # a script gating on this exit alone would ship it

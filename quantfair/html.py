@@ -15,7 +15,12 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import REFERENCE, UNKNOWN, language, metadata, use_report_languages
-from quantfair.report import OTHER_LANGUAGES, unsearched_languages
+from quantfair.report import (
+    OTHER_LANGUAGES,
+    comparison_notes,
+    regressions_line,
+    unsearched_languages,
+)
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
 from quantfair.text import experiment_span, significant, units_text
 
@@ -209,4 +214,14 @@ def render_html(report: dict) -> str:
         other_languages=OTHER_LANGUAGES,
         distribution_measured=any(r.get("kld_mean") is not None for r in main_rows(report)),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
+        **_comparison(report.get("comparison")),
     )
+
+
+def _comparison(comparison: dict | None) -> dict:
+    """The comparison's notes (every name listed) and count of regressions, as the terminal
+    says them."""
+    if not comparison:
+        return {}
+    return {"comparison_notes": comparison_notes(comparison, ", ".join),
+            "regressions_line": regressions_line(comparison)}

@@ -10,7 +10,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -256,7 +256,8 @@ class NothingShared(QuantfairError):
 
 
 def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
-            strict: bool = False) -> dict:
+            strict: bool = False, baseline_file: str | None = None,
+            run: str = "this run") -> dict:
     """Rows whose disparity grew beyond `tolerance` (relative; English's, and where the
     baseline's disparity is undefined the language's, degradation: damage growing alike in
     every language leaves the disparities as they were) and audits that stopped passing
@@ -268,13 +269,14 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     rebuilt on the units they share (named in format 6; `paired_on_shared_units`). Elsewhere
     the point estimates decide (`point_compared`). Beside them `differences` (settings that
     differ: numbers measured otherwise), `not_compared` (the baseline's measurements this run
-    did not make) and `not_run` (its audits). Audits match
+    did not make) and `not_run` (its audits); `baseline_file` and `run` (what `new` is: "this
+    run", or the report file read) name the two sides in what is said. Audits match
     by test file and id, whichever folder or package they were collected from. Raises
     NothingShared when the baseline is of another model (`architecture`), when both reports
     have measurements but none in common and no audit regressed, when they share nothing, or
     when nothing in common could regress (no disparity or degradation, no audit that
     passed)."""
-    if refusal := another_model(old, new):
+    if refusal := another_model(old, new, run):
         raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
@@ -362,7 +364,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     if not rows and not regressions and (measured or not audits):
         raise NothingShared(
             f"the baseline ({_describe(old)}) shares no measurement "
-            + ("" if audits else "and no audit ") + f"with this run ({_describe(new)}): "
+            + ("" if audits else "and no audit ") + f"with {run} ({_describe(new)}): "
             + ("its numbers were not compared" if audits else "nothing was compared")
             + _measured_otherwise(old, new))
     if len(unbounded) == len(rows) and all(a["old"] != "passed" for a in audits):
@@ -372,7 +374,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "measurement(s) in common have neither a disparity nor a degradation, and no audit "
             "in common passed in it")
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
-    return {"baseline_created": old.get("created"), "tolerance": tolerance, "rows": rows,
+    return {"baseline_created": old.get("created"), "baseline_file": baseline_file, "run": run,
+            "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
             "label_hint": label_hint(old.get("settings") or {}, new.get("settings") or {}),
             "not_compared": not_compared, "undefined_in_baseline": unbounded,
@@ -399,12 +402,13 @@ def architecture(report: dict) -> str:
     return f"{family}, {layers} layers, {parameters:,} parameters, vocabulary {vocabulary:,}"
 
 
-def another_model(baseline: dict, run: dict) -> str | None:
-    """Why `baseline` cannot gate `run` (reports, or `run` a {"model": facts} dict), or None:
-    a release of the same model keeps its family, layers, parameters and vocabulary."""
+def another_model(baseline: dict, run: dict, named: str = "this run") -> str | None:
+    """Why `baseline` cannot gate `run` (reports, or `run` a {"model": facts} dict; `named`
+    so), or None: a release of the same model keeps its family, layers, parameters and
+    vocabulary."""
     if (was := architecture(baseline)) and (now := architecture(run)) and was != now:
-        return (f"the baseline is of another model ({_describe(baseline)}; {was}) than this "
-                f"run ({now}): a release of the same model keeps its family, layers, "
+        return (f"the baseline is of another model ({_describe(baseline)}; {was}) than "
+                f"{named} ({now}): a release of the same model keeps its family, layers, "
                 "parameters and vocabulary; gate against one of this model")
     return None
 
@@ -645,9 +649,11 @@ def _audit_key(nodeid: str) -> str:
     return f"{path.rsplit('/', 1)[-1]}::{test}"
 
 
-def comparison_notes(comparison: dict) -> list[str]:
-    """One line each: what was compared, settings that differ, baseline rows not measured."""
-    lines = [f"compared with the baseline of {comparison['baseline_created']}: "
+def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some) -> list[str]:
+    """One line each: what was compared, settings that differ, baseline rows not measured;
+    lists of names as `listed` writes them (the first few: `some`)."""
+    file = f" ({name})" if (name := comparison.get("baseline_file")) else ""
+    lines = [f"compared with the baseline of {comparison['baseline_created']}{file}: "
              f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
     if comparison.get("differences"):
         lines.append("baseline measured otherwise: " + "; ".join(comparison["differences"])
@@ -655,31 +661,42 @@ def comparison_notes(comparison: dict) -> list[str]:
     if stopped := comparison.get("baseline_incomplete"):
         lines.append(f"the baseline is of an incomplete run ({'; '.join(stopped)}): what it "
                      "did not measure is not compared")
+    # paired on the units both runs measured, a disparity is defined or not on those
+    shared = " on the units both runs measured" if comparison.get("paired_on_shared_units") else ""
     if instead := comparison.get("degradation_compared"):
-        lines.append(f"{len(instead)} disparity(ies) undefined in the baseline: the language's "
-                     f"degradation is checked for growth instead: {some(instead)}")
+        lines.append(f"{len(instead)} disparity(ies) undefined in the baseline{shared}: the "
+                     f"language's degradation is checked for growth instead: {listed(instead)}")
     if undecided := comparison.get("growth_undecided"):
         lines.append(f"{len(undecided)} growth(s) beyond the tolerance not significant on the "
-                     f"paired units (a regression with --quantfair-strict): {some(undecided)}")
-    if shared := comparison.get("paired_on_shared_units"):
-        lines.append(f"paired on the {shared}: the values compared are each run's on those units")
+                     f"paired units (a regression with --quantfair-strict): {listed(undecided)}")
+    if pairing := comparison.get("paired_on_shared_units"):
+        lines.append(f"paired on the {pairing}: the values compared are each run's on those "
+                     "units")
     if by_point := comparison.get("point_compared"):
         lines.append(f"{len(by_point)} measurement(s) compared on point estimates, without "
                      f"CIs: {comparison.get('point_compared_why') or 'no per-unit values'}")
     if unbounded := comparison.get("undefined_in_baseline"):
-        lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline, so not "
-                     f"checked for growth: {some(unbounded)}")
+        lines.append(f"{len(unbounded)} disparity(ies) undefined in the baseline{shared}, so not "
+                     f"checked for growth: {listed(unbounded)}")
+    run = comparison.get("run") or "this run"
     for key, what in (("not_compared", "measurement(s) not made"), ("not_run", "audit(s) not run")):
         if missing := comparison.get(key):
-            lines.append(f"{len(missing)} baseline {what} in this run: {some(missing)}")
+            lines.append(f"{len(missing)} baseline {what} in {run}: {listed(missing)}")
     for outcome in ("inconclusive", "skipped"):
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
-                         f"now (a regression with --quantfair-strict): {', '.join(undecided)}")
+                         f"now (a regression with --quantfair-strict): {listed(undecided)}")
     if rebounded := comparison.get("bound_changed"):
         lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
-                     f"baseline, not compared: {some(rebounded)}")
+                     f"baseline, not compared: {listed(rebounded)}")
     return lines
+
+
+def regressions_line(comparison: dict) -> str:
+    """How many regressions `comparison` found, and what counts as one."""
+    return (f"{len(comparison['regressions'])} regression(s) (disparity, or degradation for "
+            "English and where the baseline's disparity is undefined, beyond "
+            f"{100 * comparison['tolerance']:g}%, or an audit that stopped passing)")
 
 
 def settle_verdict(report: dict) -> None:

@@ -410,7 +410,8 @@ class QuantfairRun:
         if self.baseline is not None:
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
-                                               strict=self.config.strict)
+                                               strict=self.config.strict,
+                                               baseline_file=str(self.config.baseline))
             except Exception as error:  # nothing compared: the gate was not checked
                 from quantfair.plugin import in_pytest_terms
 

@@ -105,7 +105,7 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
     if regressions:
         return (f"{len(regressions)} regression(s) against the baseline of "
                 f"{report['comparison'].get('baseline_created')}: {regressions[0]}"
-                + (", ..." if len(regressions) > 1 else ""))
+                + (f"; and {len(regressions) - 1} more" if len(regressions) > 1 else ""))
     if not counts["passed"]:
         return "No audit decided anything in this run"
     return f"Every decided claim held ({counts['passed']} passed)"
@@ -293,7 +293,7 @@ def summarize(report: dict) -> dict:
         + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
         + (f"{units_text(measured['units'])} per language." if measured["units"] else "all units."))
     return {"verdict": report.get("verdict"), "counts": counts,
-            "headline": sentences[0].rstrip("."), "worst_languages": worst,
+            "headline": sentences[0].removesuffix("."), "worst_languages": worst,
             "findings": {"held": by_outcome["passed"], "did_not_hold": by_outcome["failed"],
                          "inconclusive": by_outcome["inconclusive"],
                          "errors": by_outcome["error"]},

@@ -495,6 +495,18 @@ def test_a_headline_of_failed_findings_names_the_regressions_beside_them():
     assert headline.endswith("; and 1 regression(s) against the baseline")
 
 
+def test_a_headline_of_regressions_names_the_first_and_counts_the_rest():
+    """Not cut off after the first (it had ended in a dangling ", ")."""
+    regressed = report([a for a in AUDITS if a["outcome"] == "passed"])
+    regressed["comparison"] = {"baseline_created": "2026-01-01", "regressions": [
+        "disparity int4/none/medium/he: 2 -> 3, beyond the tolerance by 0.8 [95% CI 0.1, 1.5]",
+        "audit test_x.py::test_y[none-de]: passed -> failed", "degradation int4/none/medium/en: "
+        "1.0 -> 2.0"]}
+    assert summarize(regressed)["headline"] == (
+        "3 regression(s) against the baseline of 2026-01-01: disparity int4/none/medium/he: "
+        "2 -> 3, beyond the tolerance by 0.8 [95% CI 0.1, 1.5]; and 2 more")
+
+
 def test_the_environment_names_torch_without_importing_it():
     """An xdist controller never imports torch: naming its version in the report must not
     (importing it took ~1.5 s at the end of each run)."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from markupsafe import escape
 from test_cli import run_cli, run_cli_process
 
 from quantfair.audit import Bound, Case, Correlation, LanguageBound
@@ -827,7 +828,7 @@ def test_on_shared_units_a_disparity_is_defined_or_not_on_those_units():
     loss falls as much as it rises: undefined over the run's 4 units, Hebrew's disparity is
     defined on the 2 compared, and the same there, so no regression (it once read as
     "2.5 -> undefined"), whichever report is the baseline."""
-    from quantfair.report import compare
+    from quantfair.report import compare, comparison_notes
 
     two = ["article_01", "article_03"]
     base = _report({"en": [1.0, 1.0], "he": [3.0, 2.0]}, units=two)
@@ -840,6 +841,12 @@ def test_on_shared_units_a_disparity_is_defined_or_not_on_those_units():
         he = next(row for row in compared["rows"] if row["key"].endswith("/he"))
         assert he["quantity"] == "disparity" and he["old"] == he["new"] == pytest.approx(2.5)
     assert compare(base, run)["undefined_in_baseline"] == []
+    # undefined there, a disparity is said to be undefined on those units, not in the baseline
+    notes = comparison_notes({"baseline_created": "t", "rows": [], "audits": [],
+                              "paired_on_shared_units": "2 units both runs measured",
+                              "degradation_compared": ["int4/none/medium/he"]})
+    assert ("1 disparity(ies) undefined in the baseline on the units both runs measured: the "
+            "language's degradation is checked for growth instead: int4/none/medium/he") in notes
 
 
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
@@ -888,7 +895,10 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
     _, printed, html = _compared(tmp_path, old, stopped)
     assert printed.returncode == 3, printed.stderr
     assert "0 regression(s)" in printed.stdout
-    assert "1 baseline audit(s) not run in this run: test_x.py::test_y[none-he]" in printed.stdout
+    not_run = f"1 baseline audit(s) not run in the run of {tmp_path / 'new.json'}: test_x.py::"
+    assert f"{not_run}test_y[none-he]" in printed.stdout
+    assert not_run.capitalize() in html  # the page names them too
+    assert f"compared with the baseline of {report['created']} ({old})" in printed.stdout
     assert printed.stderr.count("\n") == 1
     assert "verdict incomplete (the run was interrupted (Ctrl-C))" in printed.stderr
     assert 'data-verdict="incomplete"' in html
@@ -1089,7 +1099,7 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     assert printed.returncode == 1 and "REGRESSION: degradation" in printed.stdout
     note = ("1 disparity(ies) undefined in the baseline: the language's degradation is "
             "checked for growth instead")
-    assert note in printed.stdout and note in html
+    assert note in printed.stdout and escape(note) in html
     regressions = compare(report, undefined(1.0))["regressions"]
     assert regressions and all(line.endswith("-> undefined") for line in regressions)
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
@@ -1295,7 +1305,8 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     assert "units: 3 -> all" in compare(report, every)["differences"]
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
-    assert "Compared: 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
+    assert f"({old}): 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
+    assert "1 regression(s) (disparity, or degradation" in html  # an audit counted, not "beyond"
     new.with_suffix(".html").write_text("the run's own report")
     linked = tmp_path / "linked.html"
     os.link(new.with_suffix(".html"), linked)  # the same file under another name
