@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 
 from quantfair.corpus import REFERENCE, language
-from quantfair.text import units_text
+from quantfair.text import some, units_text
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
 # in the detail of a bound on one value decided on a point estimate whose CI has values on
@@ -94,9 +94,10 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
                 + (f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""))
     regressions = (report.get("comparison") or {}).get("regressions")
     if counts["failed"]:
+        named = f"{some(failed_findings)}: " if failed_findings else ""
         return (f"{len(failed_findings) or counts['failed']} finding(s) did not hold on "
-                f"this model ({counts['failed']} failed case(s)): honest measurements, not "
-                "errors" + (f"; and {len(regressions)} regression(s) against the baseline"
+                f"this model ({named}{counts['failed']} failed case(s)): honest measurements, "
+                "not errors" + (f"; and {len(regressions)} regression(s) against the baseline"
                             if regressions else ""))
     if report.get("settings", {}).get("strict") and counts["inconclusive"]:
         return (f"{counts['inconclusive']} audit(s) were inconclusive, which fails the "
@@ -199,6 +200,14 @@ def summarize(report: dict) -> dict:
     if warning := uniform_guess_warning(english, model.get("vocabulary"),
                                         settings.get("scheme")):
         sentences.append(f"Warning: {warning}")
+    comparison = report.get("comparison") or {}
+    if comparison and not comparison.get("regressions"):
+        shared = comparison.get("paired_on_shared_units")
+        sentences.append(
+            f"No regression against the baseline of {comparison.get('baseline_created')} "
+            f"({len(comparison.get('rows') or [])} measurements and "
+            f"{len(comparison.get('audits') or [])} audits compared"
+            + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ").")
     released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
     if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
@@ -235,6 +244,14 @@ def summarize(report: dict) -> dict:
                    f"; the language hit hardest with it is {language(protected['language']).name}"
                    f" ({protected['language']}) at {protected['disparity']:.2f}x"
                    + _interval(protected["disparity_low"], protected["disparity_high"])) + ".")
+        unprotected = {r["language"]: r.get("disparity") for r in main_rows(report, "none")}
+        raised = [f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> "
+                  f"{row['disparity']:.2f}x" for lang, row in recommended.items()
+                  if lang != REFERENCE and row.get("disparity") is not None
+                  and unprotected.get(lang) is not None and row["disparity"] > unprotected[lang]]
+        if raised:
+            sentences.append("It raises the disparity of " + ", ".join(raised) + " (point "
+                             "estimates; the audits decide on paired differences).")
     for outcome, words in (("passed", "Findings that hold on this model"),
                            ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),

@@ -491,8 +491,30 @@ def test_a_headline_of_failed_findings_names_the_regressions_beside_them():
     regressed["comparison"] = {"regressions": ["disparity int4/none/medium/he: 2 -> 3"],
                                "baseline_created": "2026-01-01"}
     headline = summarize(regressed)["headline"]
-    assert headline.startswith("1 finding(s) did not hold on this model")
+    failed = {a["finding"] for a in regressed["audits"] if a["outcome"] == "failed"}
+    assert headline.startswith(f"1 finding(s) did not hold on this model ({failed.pop()}: ")
     assert headline.endswith("; and 1 regression(s) against the baseline")
+
+
+def test_a_comparison_without_regression_is_said_in_the_summary():
+    """A reviewer reads that the gate was checked, not only its absence of a headline."""
+    passed = report([a for a in AUDITS if a["outcome"] == "passed"])
+    passed["comparison"] = {"baseline_created": "2026-01-01", "regressions": [],
+                            "rows": [{}] * 24, "audits": [{}] * 27,
+                            "paired_on_shared_units": "6 units both runs measured (of 8 and 6 "
+                                                      "per language)"}
+    assert ("No regression against the baseline of 2026-01-01 (24 measurements and 27 audits "
+            "compared; paired on the 6 units both runs measured).") in summarize(
+                passed)["sentences"]
+
+
+def test_a_warning_of_the_summary_stands_out_on_the_page():
+    from quantfair.html import render_html
+
+    broken = report()
+    broken["model"] = {**broken.get("model", {}), "scheme_warning": "int4 breaks this model"}
+    broken["summary"] = summarize(broken)
+    assert '<p class="warning">Warning: int4 breaks this model.</p>' in render_html(broken)
 
 
 def test_a_headline_of_regressions_names_the_first_and_counts_the_rest():
@@ -637,6 +659,16 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew is at 2.00x [95% CI 2.00, 2.00]; the "
         "language hit hardest with it is Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")
+    # a language the protection hurts more is said, not left to the tables (Arabic: 3.0 -> 2.5
+    # lowers it; German is raised)
+    raised = [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")]
+    assert not raised
+    for row in shifted["measurements"]:
+        if row["strategy"] == "recommended" and row["language"] == "de":
+            row.update(disparity=1.75)
+    assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
+        "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
+        "decide on paired differences)."]
     for row in shifted["measurements"]:  # a number beside its reason is no measurement
         if row["strategy"] == "recommended" and row["language"] == "he":
             row.update(disparity=14.71, disparity_low=-167.56, disparity_high=189.47,

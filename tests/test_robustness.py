@@ -1307,6 +1307,8 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
     assert f"({old}): 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
     assert "1 regression(s) (disparity, or degradation" in html  # an audit counted, not "beyond"
+    # the table scrolls on a narrow window, never cutting its columns off
+    assert '<div class="wide"><table><thead><tr><th>scheme/strategy/length/language' in html
     new.with_suffix(".html").write_text("the run's own report")
     linked = tmp_path / "linked.html"
     os.link(new.with_suffix(".html"), linked)  # the same file under another name
