@@ -305,7 +305,10 @@ def summarize(report: dict) -> dict:
             "decisions as machinery checks, not evidence.")
     sentences.append(
         ("Measured: " if report.get("measurements") else "Nothing was measured: set up for ")
-        + f"{measured['model']}, "
+        + f"{measured['model']}"
+        # a GGUF file's weights: its own quantization is the reference ("FP" on the page)
+        + (f" ({note})" if (note := model.get("weights_note") or "").startswith("dequantized")
+           else "") + ", "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
         + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
         + (f"{units_text(measured['units'])} per language." if measured["units"] else "all units."))

@@ -129,6 +129,14 @@ def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
     assert summarize(report())["sentences"][-1].startswith("Measured: tiny, scheme int4, ")
 
 
+def test_the_summary_says_a_gguf_files_own_quantization_is_the_reference():
+    """Its "ppl FP" is of the file's weights dequantized, already quantized once."""
+    gguf = report()
+    gguf["model"] = {**gguf.get("model", {}), "weights_note": "dequantized from m.Q4_1.gguf"}
+    assert summarize(gguf)["sentences"][-1].startswith(
+        "Measured: tiny (dequantized from m.Q4_1.gguf), scheme int4, ")
+
+
 def test_a_language_hit_less_than_english_is_said_to_be(monkeypatch):
     """A disparity whose CI lies wholly below 1 was listed among the hardest hit unqualified."""
     monkeypatch.setitem(DAMAGE["none"], "de", 0.5)
