@@ -245,13 +245,16 @@ def summarize(report: dict) -> dict:
                    f" ({protected['language']}) at {protected['disparity']:.2f}x"
                    + _interval(protected["disparity_low"], protected["disparity_high"])) + ".")
         unprotected = {r["language"]: r.get("disparity") for r in main_rows(report, "none")}
-        raised = [f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> "
-                  f"{row['disparity']:.2f}x" for lang, row in recommended.items()
-                  if lang != REFERENCE and row.get("disparity") is not None
-                  and unprotected.get(lang) is not None and row["disparity"] > unprotected[lang]]
-        if raised:
-            sentences.append("It raises the disparity of " + ", ".join(raised) + " (point "
-                             "estimates; the audits decide on paired differences).")
+        raised = sorted(((row["disparity"] - unprotected[lang], lang, row["disparity"])
+                         for lang, row in recommended.items()
+                         if lang != REFERENCE and row.get("disparity") is not None
+                         and unprotected.get(lang) is not None
+                         and row["disparity"] > unprotected[lang]), reverse=True)
+        if raised:  # the most raised first
+            sentences.append("It raises the disparity of " + some([
+                f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> {now:.2f}x"
+                for _, lang, now in raised]) + " (point estimates; the audits decide on "
+                "paired differences).")
     for outcome, words in (("passed", "Findings that hold on this model"),
                            ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),

@@ -677,6 +677,12 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
         "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
         "decide on paired differences)."]
+    for row in shifted["measurements"]:  # the most raised comes first
+        if row["strategy"] == "recommended" and row["language"] == "ar":
+            row.update(disparity=3.6)
+    assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
+        "It raises the disparity of Arabic (ar) 3.00x -> 3.60x, German (de) 1.50x -> 1.75x "
+        "(point estimates; the audits decide on paired differences)."]
     for row in shifted["measurements"]:  # a number beside its reason is no measurement
         if row["strategy"] == "recommended" and row["language"] == "he":
             row.update(disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
