@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import subprocess
@@ -677,10 +678,11 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
         "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
         "decide on paired differences)."]
-    for row in shifted["measurements"]:  # the most raised comes first
+    raised_more = copy.deepcopy(shifted)  # the most raised comes first
+    for row in raised_more["measurements"]:
         if row["strategy"] == "recommended" and row["language"] == "ar":
             row.update(disparity=3.6)
-    assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
+    assert [s for s in summarize(raised_more)["sentences"] if s.startswith("It raises")] == [
         "It raises the disparity of Arabic (ar) 3.00x -> 3.60x, German (de) 1.50x -> 1.75x "
         "(point estimates; the audits decide on paired differences)."]
     for row in shifted["measurements"]:  # a number beside its reason is no measurement
