@@ -86,7 +86,8 @@ def heatmap(report: dict) -> dict:
                       if value is not None and r.get("disparity_low") is not None else
                       f" ({r.get('undefined')})") +
                      ("" if value is None else
-                      f"; seed disparity {r.get('seed_disparity') or float('nan'):.3g}"))
+                      f"; per-token (seed) disparity "
+                      f"{r.get('seed_disparity') or float('nan'):.3g}"))
             kld = _kld_disparity(r)
             line.append({"text": text, "style": shade(value), "kld": kld,
                          "title": title + (f"; KLD disparity {kld}" if kld else "")})

@@ -526,6 +526,18 @@ def test_a_warning_of_the_summary_stands_out_on_the_page():
     assert '<p class="warning">Warning: int4 breaks this model.</p>' in render_html(broken)
 
 
+def test_the_page_says_what_its_words_name():
+    """A reviewer new to the tool reads what a unit, the seed, a class and the heat cell's
+    second disparity are."""
+    from quantfair.html import render_html
+
+    html = render_html(report())
+    assert "Units are the corpus's aligned passages" in html
+    assert '"seed" names the research series' in html
+    assert "class = the language's resource class (Joshi et al. 2020" in html
+    assert re.search(r'title="none / he: disparity [^"]*; per-token \(seed\) disparity ', html)
+
+
 def test_a_headline_of_regressions_names_the_first_and_counts_the_rest():
     """Not cut off after the first (it had ended in a dangling ", ")."""
     regressed = report([a for a in AUDITS if a["outcome"] == "passed"])
