@@ -209,7 +209,7 @@ def summarize(report: dict) -> dict:
             f"{len(comparison.get('audits') or [])} audits compared"
             + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ").")
     released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
-    if not report.get("comparison") and all(a["outcome"] == "skipped" for a in released):
+    if not comparison and all(a["outcome"] == "skipped" for a in released):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
         why = ("a baseline was given, but could not be compared" if unusable
                else "maxima were given, but no release gate ran" if settings.get(
