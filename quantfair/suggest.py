@@ -261,14 +261,12 @@ class Search:
         calibrated on, with their FP reference, at the pace of the first measurement, which
         ran every layer (the search reuses the hidden states of layers candidates share)."""
         elapsed = time.monotonic() - self._started
+        pace = float(np.median(self._paces)) if self._paces else None
         if corpus is None:
             tokens = count * self._calibration_tokens
         else:
             tokens = (count + 1) * self._tokens(corpus, leave_out=self.calibration)
-        if corpus is not None and self._fresh_pace is not None:
-            pace = self._fresh_pace
-        else:
-            pace = float(np.median(self._paces)) if self._paces else None
+            pace = self._fresh_pace if self._fresh_pace is not None else pace
         about = f", about {_duration(tokens * pace)} at the pace so far" if pace else ""
         self.announce(f"quantfair suggest: {what}{about} ({_duration(elapsed)} so far)")
 

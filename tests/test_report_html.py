@@ -672,35 +672,35 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     def sentence(r: dict) -> str:
         return next(s for s in summarize(r)["sentences"] if "recommended protection" in s)
 
+    def raised(r: dict) -> list[str]:
+        return [s for s in summarize(r)["sentences"] if s.startswith("It raises")]
+
+    def protected(r: dict, lang: str, **values) -> None:
+        for row in r["measurements"]:
+            if row["strategy"] == "recommended" and row["language"] == lang:
+                row.update(values)
+
     assert "hit hardest with it" not in sentence(report())  # Hebrew, worst either way
     shifted = report()
-    for row in shifted["measurements"]:
-        if row["strategy"] == "recommended" and row["language"] == "ar":
-            row.update(disparity=2.5, disparity_low=2.25, disparity_high=2.75)
+    protected(shifted, "ar", disparity=2.5, disparity_low=2.25, disparity_high=2.75)
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew is at 2.00x [95% CI 2.00, 2.00]; the "
         "language hit hardest with it is Arabic (ar) at 2.50x [95% CI 2.25, 2.75].")
-    # a language the protection hurts more is said, not left to the tables (Arabic: 3.0 -> 2.5
-    # lowers it; German is raised)
-    raised = [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")]
-    assert not raised
-    for row in shifted["measurements"]:
-        if row["strategy"] == "recommended" and row["language"] == "de":
-            row.update(disparity=1.75)
-    assert [s for s in summarize(shifted)["sentences"] if s.startswith("It raises")] == [
+    # a language the protection hurts more is said, not left to the tables (every one is
+    # lowered here: Arabic 3.0 -> 2.5)
+    assert not raised(shifted)
+    protected(shifted, "de", disparity=1.75)
+    assert raised(shifted) == [
         "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
         "decide on paired differences)."]
     raised_more = copy.deepcopy(shifted)  # the most raised comes first
-    for row in raised_more["measurements"]:
-        if row["strategy"] == "recommended" and row["language"] == "ar":
-            row.update(disparity=3.6)
-    assert [s for s in summarize(raised_more)["sentences"] if s.startswith("It raises")] == [
+    protected(raised_more, "ar", disparity=3.6)
+    assert raised(raised_more) == [
         "It raises the disparity of Arabic (ar) 3.00x -> 3.60x, German (de) 1.50x -> 1.75x "
         "(point estimates; the audits decide on paired differences)."]
-    for row in shifted["measurements"]:  # a number beside its reason is no measurement
-        if row["strategy"] == "recommended" and row["language"] == "he":
-            row.update(disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
-                       undefined="en loss change is within noise (95% CI includes 0)")
+    # a number beside its reason is no measurement
+    protected(shifted, "he", disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
+              undefined="en loss change is within noise (95% CI includes 0)")
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew's disparity is undefined (en loss "
         "change is within noise (95% CI includes 0)); the language hit hardest with it is "
