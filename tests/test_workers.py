@@ -238,26 +238,40 @@ TEXTS = [f"Unit {i}: all human beings are born free and equal. " * (1 + i % 3)
 SHARE = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
+    from quantfair import evaluate
     from quantfair.evaluate import Evaluator, ResultCache
     from quantfair.models import load_model
 
     folder, worker, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     texts = json.loads(sys.argv[4])
+    evaluate.CLAIM_TOKENS = 64  # a few units per claim, so one claim cannot take them all
     loaded = load_model("tiny-gpt2")
-    evaluator = Evaluator(loaded, ResultCache(folder / "results"),
+    evaluator = Evaluator(loaded, ResultCache(folder / "results"), batch_tokens=64,
                           announce=lambda m: print(m, file=sys.stderr, flush=True))
     sides = []
     store = evaluator._store_reference
     evaluator._store_reference = lambda key, *rest: (sides.append(key), store(key, *rest))
-    # Slow forwards (a few batches of units each): both processes are still scoring when
-    # they meet.
-    loaded.model.register_forward_hook(lambda *args: time.sleep(0.12))
-    (folder / f"ready-{worker}").touch()
-    deadline = time.time() + 120
-    while len(list(folder.glob("ready-*"))) < 2:
-        if time.time() > deadline:
-            sys.exit("the other process never started")
-        time.sleep(0.001)
+
+    def meet(name, seconds):
+        (folder / f"{name}-{worker}").touch()
+        deadline = time.time() + seconds
+        while len(list(folder.glob(f"{name}-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.005)
+
+    # However the two are scheduled, they meet twice: before scoring, and once each holds a
+    # claim on units to score (the first to compute waits for the other), so neither can
+    # score every unit alone.
+    shared = evaluator._shared
+
+    def divided(tag, label, sizes, finished, compute, **rest):
+        def computing(keys):
+            if not tag.startswith("side"):  # the FP side is claimed whole, by one process
+                meet("computing", 60)
+            compute(keys)
+        shared(tag, label, sizes, finished, computing, **rest)
+
+    evaluator._shared = divided
+    meet("ready", 120)
     if mode == "nll":
         results = evaluator.evaluate("fp", texts)
     else:
