@@ -284,6 +284,18 @@ def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
     assert render_html(built) == html  # no date or random salt: reproducible
 
 
+def test_chart_text_stays_readable_on_a_narrow_window():
+    """On a 420-px window the charts shrank to fit, and their smallest labels to 4-5 px."""
+    html = render_html(report())
+    style = re.search(r"svg\.chart \{([^}]*)\}", html).group(1)
+    narrowest = float(re.search(r"min-width: (\d+)px", style).group(1))  # CSS px
+    assert re.search(r"figure \{[^}]*overflow-x: auto", html)  # the rest scrolls
+    for svg in re.findall(r"<svg .*?</svg>", html, flags=re.S):
+        width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+        smallest = min(float(size) for size in re.findall(r"font-size: ([\d.]+)px", svg))
+        assert smallest * narrowest / width >= 7  # px on screen, at the narrowest
+
+
 def test_pareto_labels_land_in_the_same_places_however_fast_the_machine(monkeypatch):
     """adjustText moved overlapping labels for 1 s of wall time: a slower or busier machine
     placed them elsewhere, and the same report rendered to another page."""
