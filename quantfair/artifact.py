@@ -24,6 +24,7 @@ from quantfair.models import (
     gguf_checkpoint,
     gguf_tensors,
     gguf_type_mix,
+    has_gguf_checkpoint,
     load_tokenizer,
     non_finite_parameter,
     remove_gguf_checkpoint,
@@ -242,10 +243,12 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     presence or shape, or its tokenizer vocabulary differs from the FP model's, when it stores
     a parameter in an integer type, or when its weights are too far from the model's to be
     their quantization (`_unlike`), and QuantfairError when it cannot be read. The converted
-    copy of a GGUF file refused (4 bytes per parameter of the cache) is removed."""
+    copy of a GGUF file refused (4 bytes per parameter of the cache) is removed if this call
+    made it (one made before, e.g. of the file loaded as a model, stays)."""
     _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
     path = Path(spec)
     sha256 = file_sha256(path) if is_gguf(path) and path.is_file() else None
+    made = sha256 is not None and not has_gguf_checkpoint(sha256)
     try:
         model, tokenizer, source, type_mix, dtypes = _read(spec, sha256)
         tensors = {name: param.detach() for name, param in model.named_parameters()}
@@ -253,7 +256,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
         if refusal:
             raise UsageError(refusal)
     except QuantfairError:
-        if sha256 is not None:  # its converted copy is of no further use
+        if made:  # the copy converted for it is of no further use
             remove_gguf_checkpoint(sha256)
         raise
     fp_params = dict(reference.model.named_parameters())

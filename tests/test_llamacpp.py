@@ -3,6 +3,7 @@ output audited as a quantized artifact."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -89,6 +90,30 @@ def test_an_unreadable_quantizer_output_is_one_line_and_never_cached(copying_qua
                                                  r"unreadable GGUF, not kept: .*truncated"):
             llama_cpp_file(loaded, QuantScheme.parse("llama.cpp:Q4_K_M"), folder, print)
     assert not list(folder.glob("*.gguf"))
+
+
+def test_a_rebuilt_quantizer_of_the_same_size_and_time_makes_its_own_file(
+        copying_quantizer, tmp_path):
+    """The file llama-quantize made is kept per binary: another build at the same path, of
+    the same size and modification time (`cp -p`, `rsync -a`), must not reuse it."""
+    from test_gguf import _write_gpt2
+
+    from quantfair.llamacpp import llama_cpp_file
+    from quantfair.models import _from_config, _tiny_config, load_model
+
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024
+    source = tmp_path / "tiny.gguf"
+    _write_gpt2(_from_config(config), source, "F32", embedding="F32")
+    loaded = load_model(str(source))
+    scheme, folder = QuantScheme.parse("llama.cpp:Q8_0"), tmp_path / "quantized"
+    made = []
+    for build in ("a", "b"):
+        copying_quantizer.write_text(f'#!/bin/sh\ncp "$1" "$2"\ntouch {tmp_path}/ran-{build}\n')
+        os.utime(copying_quantizer, ns=(0, 10**18))  # the same modification time
+        made.append(llama_cpp_file(loaded, scheme, folder, print))
+        assert (tmp_path / f"ran-{build}").exists()  # this build ran, nothing was reused
+    assert made[0] != made[1] and all(path.is_file() for path in made)
 
 
 @pytest.mark.slow
