@@ -139,13 +139,13 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
     if missing:
         raise UsageError(f"{loaded.gguf_source.name} has no tensor {missing[0]} "
                          f"({by_gguf_name[missing[0]]})")
-    with atomic_path(Path(output)) as temporary:  # whole or not at all, even on Ctrl-C
-        try:
+    try:  # (the file put in place last: an immutable file there fails only then)
+        with atomic_path(Path(output)) as temporary:  # whole or not at all, even on Ctrl-C
             return _write_gguf(reader, temporary, scheme, parts, by_gguf_name, set(protected),
                                protect_as, file_type)
-        except OSError as error:  # the writer's short write (a full disk) has no errno
-            raise QuantfairError(f"could not write {output}: "
-                                 f"{error.strerror or f'{error} (is the disk full?)'}") from None
+    except OSError as error:  # the writer's short write (a full disk) has no errno
+        raise QuantfairError(f"could not write {output}: "
+                             f"{error.strerror or f'{error} (is the disk full?)'}") from None
 
 
 def _write_gguf(reader, output: Path, scheme: QuantScheme, parts: dict[str, Component],
