@@ -539,9 +539,11 @@ def _hub_or_local(spec: str) -> LoadedModel:
         if not path.is_file():
             raise UsageError(f"GGUF file not found: {spec}")
         model, tokenizer = _from_pretrained(str(gguf_checkpoint(path)))
-        note = f"dequantized from {path.name}"
+        types = gguf_type_mix(path)
+        note = (f"read from {path.name} ({', '.join(sorted(types))}: not quantized)"
+                if set(types) <= set(FLOAT_TYPES) else f"dequantized from {path.name}")
         return LoadedModel(path.stem, model, tokenizer, source=str(path), weights_note=note,
-                           gguf_source=path.resolve(), gguf_types=gguf_type_mix(path))
+                           gguf_source=path.resolve(), gguf_types=types)
     if path.is_dir():
         _check_model_directory(path)
         try:

@@ -182,6 +182,16 @@ def test_gguf_files_are_parsed_once_and_a_rewritten_file_is_read_again(tmp_path,
     assert any(not torch.equal(t, first[n]) for n, t in rewritten.items())
 
 
+def test_a_gguf_model_is_said_dequantized_only_where_its_file_is_quantized(tmp_path,
+                                                                           monkeypatch):
+    from quantfair.models import load_model
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    _, source, artifact = _gpt2_pair(tmp_path, "Q4_0")
+    assert load_model(str(source)).weights_note == "read from f32.gguf (F32: not quantized)"
+    assert load_model(str(artifact)).weights_note == "dequantized from quantized.gguf"
+
+
 def test_gguf_files_named_in_upper_case_are_read_as_gguf(tmp_path, monkeypatch):
     """`MODEL.GGUF` is a GGUF file as much as `model.gguf` is, as a model and as an artifact."""
     monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
