@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from filelock import FileLock
-
 from quantfair.errors import QuantfairError, UsageError
 
 CACHE_VARIABLES = ("QUANTFAIR_RESULTS_DIR", "QUANTFAIR_CACHE_DIR")
@@ -230,6 +228,8 @@ def shared_json(path: Path, compute: Callable[[], object]) -> object:
 
     if (value := stored()) is not _MISSING:
         return value
+    from filelock import FileLock  # here: the pytest plugin imports this module in every run
+
     with cache_writes(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(path.with_name(f".{path.name}.lock"))

@@ -20,8 +20,6 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 import re
@@ -153,6 +151,8 @@ class CoreShare:
 @functools.cache
 def _libc_function(name: str):
     """glibc's function `name`, or None (another C library, or none found)."""
+    import ctypes.util  # here: the pytest plugin imports this module in every run
+
     library = ctypes.util.find_library("c")
     try:
         return getattr(ctypes.CDLL(library), name) if library else None
