@@ -134,6 +134,13 @@ OWN_EMPTY_MESSAGE = frozenset({"model", "languages", "strategy", "report", "quan
                                *(f"max-{name.replace('_', '-')}" for name in RELEASE_QUANTITIES)})
 
 
+def option_help(option: Option, prefix: str) -> str:
+    """`option`'s help, naming the other options it mentions as `prefix` does (--corpus is
+    --quantfair-corpus in pytest, where a project may have a --corpus of its own)."""
+    return re.sub(r"--([a-z][\w-]*)", lambda found: f"--{prefix}{found[1]}"
+                  if found[1] in OPTIONS else found[0], option.help)
+
+
 def add_options(addoption: Callable[..., Any], *, prefix: str,
                 names: Iterable[str] | None = None) -> None:
     """Declare options through `addoption` (argparse's add_argument or pytest's), each as
@@ -143,7 +150,7 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
         option = OPTIONS[name]
         if prefix == "" and not option.short:
             continue
-        kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
+        kwargs: dict[str, Any] = {"dest": option.dest, "help": option_help(option, prefix)}
         if option.flag:
             kwargs.update(action="store_true", default=False)
         else:

@@ -28,6 +28,7 @@ from quantfair.config import (
     PATH_SETTINGS,
     RunConfig,
     add_options,
+    option_help,
     parse_languages,
     require_other_languages,
 )
@@ -58,7 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         # unions; an ini file's text stays a string, the first member)
         kind = "bool" if option.flag else "linelist" if option.name == "languages" else (
             str | int | float if pytest.version_tuple >= (9, 2) else "string")
-        parser.addini(option.dest, option.help, type=kind, default=None)
+        parser.addini(option.dest, option_help(option, "quantfair-"), type=kind, default=None)
 
 
 def option_value(config: pytest.Config, name: str):

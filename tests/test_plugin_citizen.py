@@ -59,8 +59,9 @@ def make_foreign_project(pytester):
         "    assert request.config.getoption('--model') == 'theirs-model'\n"
         "    assert request.config.getoption('--report') == 'theirs-report'\n\n"
         "@pytest.mark.quick\n"
-        "def test_quick():\n"
-        "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
+        "def test_quick():  # nothing the plugin needs only to audit is imported\n"
+        "    for name in ('torch', 'transformers', 'filelock', 'ctypes'):\n"
+        "        assert name not in sys.modules, name\n")
     return sub
 
 
@@ -654,6 +655,21 @@ def test_a_release_gate_decided_for_some_languages_only_is_a_gate_not_checked(py
     stopped = run_here(pytester, *args, "--quantfair-max-degradation", "0", "-x")
     assert stopped.ret == pytest.ExitCode.TESTS_FAILED
     assert "release gate release_degradation ran for" not in stopped.stdout.str()
+
+
+def test_help_names_the_options_as_pytest_takes_them(pytester):
+    """A project's own --corpus or --baseline is not the plugin's: its help said "all of a
+    --corpus file" and "the --baseline tolerance"."""
+    from quantfair.config import OPTIONS
+
+    def named(*args: str) -> tuple[str, set[str]]:
+        shown = run_here(pytester, "--help", *args).stdout.str()
+        return shown, set(re.findall(r"(?<![\w-])--([a-z][\w-]*)", shown))
+
+    shown, options = named()
+    assert "--quantfair-corpus file" in shown and "--quantfair-baseline tolerance" in shown
+    # none by its short form (not loaded here), but those pytest has itself (--strict)
+    assert not options & set(OPTIONS) - named("-p", "no:quantfair")[1]
 
 
 def test_a_file_of_findings_beside_the_projects_tests_imports_no_torch(pytester):
