@@ -6,6 +6,7 @@ and the closing lines of the pytest run. Torch-free: it reads only the report di
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 
@@ -244,12 +245,11 @@ def summarize(report: dict) -> dict:
                    f"; the language hit hardest with it is {language(protected['language']).name}"
                    f" ({protected['language']}) at {protected['disparity']:.2f}x"
                    + _interval(protected["disparity_low"], protected["disparity_high"])) + ".")
-        unprotected = {r["language"]: r.get("disparity") for r in main_rows(report, "none")}
-        raised = sorted(((row["disparity"] - unprotected[lang], lang, row["disparity"])
-                         for lang, row in recommended.items()
-                         if lang != REFERENCE and row.get("disparity") is not None
-                         and unprotected.get(lang) is not None
-                         and row["disparity"] > unprotected[lang]), reverse=True)
+        unprotected = {r["language"]: r["disparity"] for r in compared_rows(report, "none")}
+        raised = sorted(((r["disparity"] - unprotected[r["language"]], r["language"],
+                          r["disparity"]) for r in compared_rows(report, RECOMMENDED)
+                         if r["disparity"] > unprotected.get(r["language"], math.inf)),
+                        reverse=True)
         if raised:  # the most raised first
             sentences.append("It raises the disparity of " + some([
                 f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> {now:.2f}x"

@@ -713,6 +713,9 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     # a number beside its reason is no measurement
     protected(shifted, "he", disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
               undefined="en loss change is within noise (95% CI includes 0)")
+    assert raised(shifted) == [  # Hebrew's 14.71 is no rise: it is undefined
+        "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
+        "decide on paired differences)."]
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew's disparity is undefined (en loss "
         "change is within noise (95% CI includes 0)); the language hit hardest with it is "
