@@ -383,9 +383,9 @@ def _checkpoint_folder(sha256: str) -> Path:
 
 
 def has_gguf_checkpoint(sha256: str) -> bool:
-    """Whether the whole converted copy (`gguf_checkpoint`) of the GGUF file whose sha256 is
-    given is in the cache."""
-    return _converted(_checkpoint_folder(sha256))
+    """Whether the cache holds a converted copy (`gguf_checkpoint`) of the GGUF file whose
+    sha256 is given, whole or not (its folder; `gguf_checkpoint` checks it once, on use)."""
+    return _checkpoint_folder(sha256).is_dir()
 
 
 def remove_gguf_checkpoint(sha256: str) -> None:
