@@ -19,10 +19,16 @@ def _model_stack_imported():
 def _thread_share():
     """Under `-n 2` each test worker takes its share of the cores, as audit workers do: two
     workers of two torch threads each on two cores spin at their barriers (tests that ran
-    7 s alone took 60+ s beside a busy worker)."""
-    from quantfair.workers import configure_threads, xdist_workers
+    7 s alone took 60+ s beside a busy worker). The processes a test starts (pytest runs,
+    CLI commands) inherit the share through OMP_NUM_THREADS: a `quantfair suggest` of 15 s
+    with one thread took 37 s with two beside one busy core. Tests of the automatic share
+    itself unset it."""
+    from quantfair.workers import available_cores, configure_threads, xdist_workers
 
-    configure_threads(None, xdist_workers())
+    workers = xdist_workers()
+    configure_threads(None, workers)
+    if workers and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // workers))
 
 
 @pytest.fixture(autouse=True)
