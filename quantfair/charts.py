@@ -223,11 +223,23 @@ def forest(report: dict) -> str | None:
     return to_svg(figure, "forest")
 
 
+def pareto_front(points: Sequence[Point]) -> list[Point]:
+    """The points no other point dominates (at most the overhead and at most the disparity,
+    one of them lower), by overhead; of equal points, the first."""
+    front = [p for i, p in enumerate(points)
+             if not any(q.x <= p.x and q.y <= p.y and ((q.x, q.y) != (p.x, p.y) or j < i)
+                        for j, q in enumerate(points) if j != i)]
+    return sorted(front, key=lambda p: p.x)
+
+
 @styled
 def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure:
-    """Overhead (% of parameters in FP) against mean disparity, labelled; the seed's frontier
-    in a second panel beside it when given."""
+    """Overhead (% of parameters in FP) against mean disparity: every strategy drawn, the
+    Pareto front and the recommended strategy labelled (the others crowd a few overheads; the
+    report's tables name them); the seed's frontier, every point labelled, in a second panel
+    beside it when given."""
     figure, axes = _figure(3.6, 2 if seed else 1)
+    front = pareto_front(points)
     panels = [(axes[0], points, "This model: mean disparity")]
     if seed:
         panels.append((axes[1], seed, "Seed (GPT-2), per-token disparity"))
@@ -242,8 +254,13 @@ def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure
         _log_axis(ax)
         ax.set_xlabel("overhead (% of parameters in FP)")
         ax.set_title(title)
-        label_points(ax, shown)
-    figure.legend(loc="outside lower center", ncols=3)
+    ax = axes[0]
+    ax.plot([p.x for p in front], [p.y for p in front], color=PALETTE[2], lw=1,
+            drawstyle="steps-post", label="Pareto front (labelled)")
+    label_points(ax, front + [p for p in points if p.highlight and p not in front])
+    if seed:
+        label_points(axes[1], seed)
+    figure.legend(loc="outside lower center", ncols=4)
     return figure
 
 

@@ -303,8 +303,8 @@ def test_pareto_labels_land_in_the_same_places_however_fast_the_machine(monkeypa
 
     import adjustText
 
-    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + i, 3.4 + 0.1 * i)
-              for i in range(6)]  # overlapping labels that adjustText moves apart
+    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + i, 3.4 - 0.1 * i)
+              for i in range(6)]  # a front of overlapping labels that adjustText moves apart
     page = charts.to_svg(charts.pareto_figure(points), "pareto")
     clock = itertools.count(step=0.4)  # each reading 0.4 s later: a slow machine
     monkeypatch.setattr(adjustText, "timer", lambda: next(clock))
@@ -318,8 +318,8 @@ def _labels(figure) -> list:
 
 @pytest.mark.parametrize("count", [2, 6, 12])
 def test_pareto_labels_of_nearly_equal_points_do_not_overlap(count):
-    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + 0.01 * i, 3.4 + 0.01 * i)
-              for i in range(count)]
+    points = [charts.Point(f"L0+Llast+strategy_{i}", 11.4 + 0.01 * i, 3.4 - 0.01 * i)
+              for i in range(count)]  # each on the front
     seed = [charts.Point("seed_point", 5.0, 3.0)]
     figure = charts.pareto_figure(points, seed)
     figure.canvas.draw()
@@ -340,7 +340,9 @@ def test_a_key_of_many_points_stays_inside_its_chart():
     points = [charts.Point(f"lang{i}", i % 6, 1.0 + (i % 7) * 0.3) for i in range(57)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. constrained layout collapsing the axes
-        figure = charts.pareto_figure(points)
+        figure, (ax,) = charts._figure(3.2)  # as the resource-class chart draws them
+        ax.scatter([p.x for p in points], [p.y for p in points])
+        charts.label_points(ax, points)
         figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     key = [t for t in _labels(figure) if "-key-" in (t.get_gid() or "")]
@@ -371,8 +373,27 @@ def test_labels_too_long_for_the_axes_neither_warn_nor_log(caplog):
         figure = charts.pareto_figure(points, seed)  # as the report draws it, beside the seed's
         figure.canvas.draw()
     assert not [r for r in caplog.records if r.name.startswith("adjustText")]
-    shown = " ".join(t.get_text() for t in _labels(figure))
-    assert all(p.label in shown for p in points)
+    left = {t.get_text().strip() for t in _labels(figure)
+            if t.get_gid().startswith(f"{charts.LABEL}0-")}
+    # this model's front, read off the points by hand
+    assert left == {"none", "L0.mlp", "gradient@budget(recommended)", "magnitude:38.6%"}
+
+
+def test_the_pareto_chart_labels_its_front_and_the_recommended_strategy():
+    """Strategies crowd a few overheads (every single layer costs the same): only the points
+    no other matches or beats in both are labelled, and the recommended one wherever it is."""
+    points = [charts.Point("none", 0.0, 5.0), charts.Point("L0", 2.6, 4.0),
+              charts.Point("L1", 2.6, 4.5), charts.Point("L2", 2.6, 4.0),  # L0's equal
+              charts.Point("Llast", 2.6, 6.0),
+              charts.Point("recommended", 5.3, 4.2, highlight=True),
+              charts.Point("magnitude:38%", 38.0, 3.0), charts.Point("odd", 40.0, 3.0)]
+    assert [p.label for p in charts.pareto_front(points)] == ["none", "L0", "magnitude:38%"]
+    figure = charts.pareto_figure(points)
+    figure.canvas.draw()
+    shown = {t.get_text().strip() for t in _labels(figure)}
+    assert shown == {"none", "L0", "magnitude:38%", "recommended"}
+    drawn = figure.axes[0].collections  # every point is drawn, labelled or not
+    assert sum(len(c.get_offsets()) for c in drawn) == len(points)
 
 
 def test_per_script_and_class_aggregates_average_their_languages():
