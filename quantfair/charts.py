@@ -387,11 +387,9 @@ def suggest_trace(report: dict) -> str | None:
 
     xs, ys = [100 * s["overhead"] for s in trace], [y(s) for s in trace]
     ax.scatter(xs, ys, color=PALETTE[0], s=12, label="candidate")
-    front = sorted((x, v) for x, v in zip(xs, ys, strict=True)
-                   if not any(a <= x and b <= v and (a, b) != (x, v)
-                              for a, b in zip(xs, ys, strict=True)))
-    ax.plot(*zip(*front, strict=True), color=PALETTE[2], lw=1, drawstyle="steps-post",
-            label="Pareto front")
+    front = pareto_front([Point("", x, v) for x, v in zip(xs, ys, strict=True)])
+    ax.plot([p.x for p in front], [p.y for p in front], color=PALETTE[2], lw=1,
+            drawstyle="steps-post", label="Pareto front")
     chosen = [s for s in trace if s["chosen"]]
     ax.plot([100 * s["overhead"] for s in chosen], [y(s) for s in chosen],
             color=PALETTE[1], marker="*", ms=9, lw=1, label="step taken")
