@@ -93,10 +93,11 @@ def overlapping(texts: Sequence) -> bool:
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
-def label_points(ax, points: Sequence[Point]) -> None:
+def label_points(ax, points: Sequence[Point], key: bool = True) -> bool:
     """Label each point; labels are spread by adjustText, and if any still overlap, the points
     get numbers and their labels go to a key beside the axes (the axes' legend: series
-    legends of these charts are figure legends)."""
+    legends of these charts are figure legends), or without `key` no label is left. Whether
+    the labels are on the points."""
     panel = f"{LABEL}{ax.figure.axes.index(ax)}-"
     texts = [ax.text(p.x, p.y, f" {p.label}", fontsize=8, ha="left", va="bottom",
                      gid=f"{panel}{index}") for index, p in enumerate(points)]
@@ -107,26 +108,30 @@ def label_points(ax, points: Sequence[Point]) -> None:
                                     y=[p.y for p in points], expand=(1.2, 1.4),
                                     iter_lim=ADJUST_STEPS,  # not its 1 s: the same page each time
                                     arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
-    if overlapping(texts):
-        for artist in [*texts, *arrows]:
-            artist.remove()
-        spots: dict[tuple[int, int], list[int]] = {}  # points within ~8 px share a number tag
-        for index, p in enumerate(points, 1):
-            px, py = ax.transData.transform((p.x, p.y))
-            spots.setdefault((round(px / 8), round(py / 8)), []).append(index)
-        for numbers in spots.values():
-            p = points[numbers[0] - 1]
-            ax.annotate(",".join(map(str, numbers)), (p.x, p.y), xytext=(-3, 3), ha="right",
-                        textcoords="offset points", fontsize=7)
-        key = ax.legend([Line2D([], [], linestyle="none") for _ in points],
-                        [f"{index}: {p.label}" for index, p in enumerate(points, 1)],
-                        loc="upper left", bbox_to_anchor=(1.0, 1.0), handlelength=0,
-                        handletextpad=0, fontsize=7, ncols=-(-len(points) // KEY_ROWS))
-        for index, text in enumerate(key.get_texts()):
-            text.set_gid(f"{panel}key-{index}")
-        figure = ax.figure  # tall enough for the key, and for the axes beside it
-        tall = key.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi
-        figure.set_figheight(max(figure.get_figheight(), tall + 1.2))
+    if not overlapping(texts):
+        return True
+    for artist in [*texts, *arrows]:
+        artist.remove()
+    if not key:
+        return False
+    spots: dict[tuple[int, int], list[int]] = {}  # points within ~8 px share a number tag
+    for index, p in enumerate(points, 1):
+        px, py = ax.transData.transform((p.x, p.y))
+        spots.setdefault((round(px / 8), round(py / 8)), []).append(index)
+    for numbers in spots.values():
+        p = points[numbers[0] - 1]
+        ax.annotate(",".join(map(str, numbers)), (p.x, p.y), xytext=(-3, 3), ha="right",
+                    textcoords="offset points", fontsize=7)
+    legend = ax.legend([Line2D([], [], linestyle="none") for _ in points],
+                       [f"{index}: {p.label}" for index, p in enumerate(points, 1)],
+                       loc="upper left", bbox_to_anchor=(1.0, 1.0), handlelength=0,
+                       handletextpad=0, fontsize=7, ncols=-(-len(points) // KEY_ROWS))
+    for index, text in enumerate(legend.get_texts()):
+        text.set_gid(f"{panel}key-{index}")
+    figure = ax.figure  # tall enough for the key, and for the axes beside it
+    tall = legend.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi
+    figure.set_figheight(max(figure.get_figheight(), tall + 1.2))
+    return False
 
 
 @contextlib.contextmanager
@@ -147,11 +152,27 @@ def _quiet_adjust_text():
         logger.setLevel(level)
 
 
+class RatioLocator(ticker.LogLocator):
+    """Ticks 1x, 2x, 5x, 10x, ... on a log axis; on a view spanning less than a factor of
+    `NARROW`, where those leave one tick or none, evenly spaced ones (0.9x, 1x, 1.1x, ...)."""
+
+    NARROW = 4.0
+
+    def __init__(self) -> None:
+        super().__init__(subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin: float, vmax: float):
+        low, high = sorted((vmin, vmax))
+        if low > 0 and high < self.NARROW * low:
+            return ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+        return super().tick_values(vmin, vmax)
+
+
 def _log_axis(ax, axis: str = "y") -> None:
-    """A log-scale ratio axis ticked 1x, 2x, 5x, 10x, ..."""
+    """A log-scale ratio axis ticked 1x, 2x, 5x, 10x, ... (`RatioLocator`)."""
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
     scale = ax.yaxis if axis == "y" else ax.xaxis
-    scale.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    scale.set_major_locator(RatioLocator())
     scale.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     scale.set_minor_formatter(ticker.NullFormatter())
 
@@ -234,10 +255,10 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
 
 @styled
 def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure:
-    """Overhead (% of parameters in FP) against mean disparity: every strategy drawn, the
-    Pareto front and the recommended strategy labelled (the others crowd a few overheads; the
-    report's tables name them); the seed's frontier, every point labelled, in a second panel
-    beside it when given."""
+    """Overhead (% of parameters in FP) against mean disparity with its Pareto front, every
+    strategy labelled where the labels fit, else the front and the recommended strategy only
+    (strategies crowd the few overheads single layers share; the report's tables name them);
+    the seed's frontier, every point labelled, in a second panel beside it when given."""
     figure, axes = _figure(3.6, 2 if seed else 1)
     front = pareto_front(points)
     panels = [(axes[0], points, "This model: mean disparity")]
@@ -256,8 +277,9 @@ def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure
         ax.set_title(title)
     ax = axes[0]
     ax.plot([p.x for p in front], [p.y for p in front], color=PALETTE[2], lw=1,
-            drawstyle="steps-post", label="Pareto front (labelled)")
-    label_points(ax, front + [p for p in points if p.highlight and p not in front])
+            drawstyle="steps-post", label="Pareto front")
+    if not label_points(ax, points, key=False):
+        label_points(ax, front + [p for p in points if p.highlight and p not in front])
     if seed:
         label_points(axes[1], seed)
     figure.legend(loc="outside lower center", ncols=4)

@@ -396,6 +396,24 @@ def test_the_pareto_chart_labels_its_front_and_the_recommended_strategy():
     assert sum(len(c.get_offsets()) for c in drawn) == len(points)
 
 
+def test_the_pareto_chart_labels_every_strategy_where_the_labels_fit():
+    points = [charts.Point("none", 0.0, 1.24), charts.Point("L0+Llast", 4.2, 0.94),
+              charts.Point("random@budget(L0+Llast)", 4.2, 1.28),
+              charts.Point("recommended", 4.2, 1.01, highlight=True)]
+    figure = charts.pareto_figure(points)
+    figure.canvas.draw()
+    assert {t.get_text().strip() for t in _labels(figure)} == {p.label for p in points}
+
+
+def test_a_ratio_axis_over_a_narrow_range_still_has_ticks_to_read():
+    """1x, 2x, 5x alone left disparities of 0.9-1.3 beside a single tick."""
+    locator = charts.RatioLocator()
+    narrow = [v for v in locator.tick_values(0.9, 1.3) if 0.9 <= v <= 1.3]
+    assert len(narrow) >= 3 and any(abs(v - 1.0) < 1e-9 for v in narrow)
+    wide = [v for v in locator.tick_values(1.0, 100.0) if 1.0 <= v <= 100.0]
+    assert sorted(round(v, 9) for v in wide) == [1, 2, 5, 10, 20, 50, 100]
+
+
 def test_per_script_and_class_aggregates_average_their_languages():
     from quantfair.html import aggregates
 
