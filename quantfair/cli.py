@@ -51,10 +51,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
     add_options(parser.add_argument, prefix="", names=("random-weights", "device", "dtype", *names))
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    """The same validated settings the pytest plugin builds from the same options."""
+def _run_config(args: argparse.Namespace, quantizer: bool = True) -> RunConfig:
+    """The same validated settings the pytest plugin builds from the same options
+    (`quantizer`: `RunConfig.build`)."""
     return RunConfig.build(lambda name: getattr(args, OPTIONS[name].dest, None)
-                           if name != "model" else args.model)
+                           if name != "model" else args.model, quantizer=quantizer)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -109,20 +110,22 @@ def _named(session, strategies: Sequence[str], measured: bool = False,
                               for s in named))
 
 
-def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False):
+def _session(args: argparse.Namespace, before_load=None, reads_only: bool = False,
+             quantizer: bool = True):
     """The command's AuditSession, its settings checked first (`before_load(config)`: the
     command's own checks), each a one-line error before torch and the model load.
     `reads_only`: a session without progress bars that runs without a writable cache
-    (tensors in memory); it still says on stderr what it loads and computes."""
-    config = _run_config(args)
+    (tensors in memory); it still says on stderr what it loads and computes. Without
+    `quantizer`, a `llama.cpp:` scheme's file is neither made nor its quantizer needed."""
+    config = _run_config(args, quantizer)
     config.preflight(cache=not reads_only)
     if before_load:
         before_load(config)
     from quantfair.session import AuditSession
 
     if reads_only:
-        return AuditSession(config)
-    return AuditSession(config, progress=token_bars())
+        return AuditSession(config, quantizer=quantizer)
+    return AuditSession(config, progress=token_bars(), quantizer=quantizer)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -617,7 +620,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             check_export_source(config.model, gguf_source(config.model, config.random_weights),
                                 args.output)
 
-    session = _session(args, writable_as_gguf)
+    # a recipe names tensors (a file is written under gguf: types only); a suggestion is
+    # looked up by the scheme's file
+    session = _session(args, writable_as_gguf, quantizer=args.strategy == "suggested")
     from quantfair.export import (
         export_gguf,
         expressible,

@@ -420,11 +420,13 @@ class RunConfig:
     strict: bool = False
 
     @classmethod
-    def build(cls, value: Callable[[str], Any], *, remote_workers: bool = False) -> RunConfig:
+    def build(cls, value: Callable[[str], Any], *, remote_workers: bool = False,
+              quantizer: bool = True) -> RunConfig:
         """From `value(name)`: the raw setting (a string, a bool for switches, or None when
         unset). Raises UsageError naming the first bad setting; loads no model.
         `remote_workers`: the audits run on other machines (an xdist controller's remote
-        gateways), whose cores bound `threads` there, not here."""
+        gateways), whose cores bound `threads` there, not here; without `quantizer` a
+        `llama.cpp:` scheme's file is not needed (tensor names only), nor llama-quantize."""
         from quantfair.corpus import load_corpus
 
         def get(name: str) -> Any:
@@ -511,7 +513,7 @@ class RunConfig:
             raise UsageError("--quantized-label names a --quantized artifact; none given")
         else:
             scheme = _scheme(get("quant"), get("embedding-type"))
-        if scheme.llama_type:
+        if scheme.llama_type and quantizer:
             from quantfair.llamacpp import llama_quantize_binary
 
             llama_quantize_binary()  # before any model loads

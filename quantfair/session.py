@@ -67,11 +67,12 @@ class AuditSession:
     def __init__(self, config: RunConfig, announce: Announce = _stderr,
                  progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
                  loaded: LoadedModel | None = None, workers: int | None = None,
-                 run_folder: Path | None = None) -> None:
+                 run_folder: Path | None = None, quantizer: bool = True) -> None:
         """`loaded` hands in a model already in memory instead of loading `config.model`;
         `workers`: how many processes (xdist workers) share the machine's cores;
         `run_folder`: a folder the run's processes on this machine share, for hidden states
-        (`prefix.HiddenStates`) and cores (`workers.CoreShare`)."""
+        (`prefix.HiddenStates`) and cores (`workers.CoreShare`); without `quantizer` a
+        `llama.cpp:` scheme's file is not made (what needs only tensor names)."""
         self.config = config
         self.announce = announce
         self.progress = progress
@@ -91,7 +92,7 @@ class AuditSession:
         self.bank = WeightBank(loaded.model, folder)
         self.artifact: Artifact | None = None
         quantized = config.quantized
-        if config.scheme.llama_type:
+        if config.scheme.llama_type and quantizer:
             quantized = str(llama_cpp_file(loaded, config.scheme, folder, announce))
         if quantized:
             announce(f"quantfair: loading the quantized artifact {quantized}")

@@ -667,3 +667,23 @@ def test_emit_llama_quantize_under_a_llama_cpp_scheme_has_no_note_of_another_typ
     printed = capsys.readouterr()
     assert r"blk\.0\..*=f32" in printed.out
     assert "not a llama.cpp tensor type" not in printed.err
+
+
+def test_a_recipe_for_llama_quantize_needs_no_llama_quantize_here(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The recipe names tensors: it is made where llama.cpp is not built (the file it is for
+    may be quantized elsewhere). A suggestion is still looked up by the scheme's file."""
+    monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["export", "tiny-llama", "--strategy", "L0+L2.attn.q", "--emit",
+                 "llama-quantize", "--quant", "llama.cpp:Q4_K_M", "--languages", "en",
+                 "--units", "1"]) == 0
+    printed = capsys.readouterr()
+    assert shlex.split(printed.out) == ["--tensor-type", r"blk\.0\..*=f32",
+                                        "--tensor-type", r"^blk\.2\.attn_q\.weight$=f32"]
+    assert "llama-quantize" not in printed.err
+    assert not list(tmp_path.glob("cache/**/*.gguf"))  # no file was made for it
+    assert main(["export", "tiny-llama", "--strategy", "suggested", "--emit", "llama-quantize",
+                 "--quant", "llama.cpp:Q4_K_M", "--languages", "en", "--units", "1"]) == 2
+    assert "there is no llama-quantize on PATH" in capsys.readouterr().err
