@@ -153,10 +153,11 @@ def _quiet_adjust_text():
 
 
 class RatioLocator(ticker.LogLocator):
-    """Ticks 1x, 2x, 5x, 10x, ... on a log axis; on a view spanning less than a factor of
-    `NARROW`, where those leave one tick or none, evenly spaced ones (0.9x, 1x, 1.1x, ...)."""
+    """Ticks 1x, 2x, 5x, 10x, ... on a log axis; on a view spanning less than a decade, where
+    those leave two ticks or fewer, evenly spaced ones (0.9x, 1x, 1.1x, ...; 2x, 4x, 6x, ...),
+    as matplotlib labels minor ticks there."""
 
-    NARROW = 4.0
+    NARROW = 10.0
 
     def __init__(self) -> None:
         super().__init__(subs=(1.0, 2.0, 5.0))
@@ -253,6 +254,9 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
     return sorted(front, key=lambda p: p.x)
 
 
+PARITY_IN_VIEW = 2.0  # the Pareto chart shows parity where every strategy is below this
+
+
 @styled
 def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure:
     """Overhead (% of parameters in FP) against mean disparity with its Pareto front, every
@@ -277,7 +281,11 @@ def pareto_figure(points: Sequence[Point], seed: Sequence[Point] = ()) -> Figure
         ax.set_title(title)
     ax = axes[0]
     ax.plot([p.x for p in front], [p.y for p in front], color=PALETTE[2], lw=1,
-            drawstyle="steps-post", label="Pareto front")
+            label="Pareto front")
+    low, high = min(p.y for p in points), max(p.y for p in points)
+    if low > PARITY_IN_VIEW:  # parity would squeeze the strategies into a few pixels
+        ax.set_ylim(low / 1.1, high * 1.1)
+        ax.set_ylabel("mean disparity; parity (1x) is below")
     if not label_points(ax, points, key=False):
         label_points(ax, front + [p for p in points if p.highlight and p not in front])
     if seed:

@@ -405,11 +405,23 @@ def test_the_pareto_chart_labels_every_strategy_where_the_labels_fit():
     assert {t.get_text().strip() for t in _labels(figure)} == {p.label for p in points}
 
 
+def test_the_pareto_chart_leaves_out_parity_only_where_it_would_squeeze_the_strategies():
+    """SmolLM2's strategies at 4.65x-5.34x took the top few pixels of an axis down to 1x."""
+    far = charts.pareto_figure([charts.Point("none", 0.0, 5.34), charts.Point("L0", 5.3, 4.65)])
+    low, high = far.axes[0].get_ylim()
+    assert 4.0 < low < 4.65 and 5.34 < high < 6.0
+    assert "parity (1x) is below" in far.axes[0].get_ylabel()
+    near = charts.pareto_figure([charts.Point("none", 0.0, 1.24), charts.Point("L0", 4.2, 0.94)])
+    low, high = near.axes[0].get_ylim()
+    assert low < 0.94 and high > 1.24 and not near.axes[0].get_ylabel()
+
+
 def test_a_ratio_axis_over_a_narrow_range_still_has_ticks_to_read():
-    """1x, 2x, 5x alone left disparities of 0.9-1.3 beside a single tick."""
+    """1x, 2x, 5x alone left disparities of 0.9-1.3 beside a single tick, 2x-8x beside two."""
     locator = charts.RatioLocator()
     narrow = [v for v in locator.tick_values(0.9, 1.3) if 0.9 <= v <= 1.3]
     assert len(narrow) >= 3 and any(abs(v - 1.0) < 1e-9 for v in narrow)
+    assert len([v for v in locator.tick_values(2.0, 8.0) if 2.0 <= v <= 8.0]) >= 3
     wide = [v for v in locator.tick_values(1.0, 100.0) if 1.0 <= v <= 100.0]
     assert sorted(round(v, 9) for v in wide) == [1, 2, 5, 10, 20, 50, 100]
 
