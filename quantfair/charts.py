@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from quantfair.corpus import REFERENCE, language
 from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows
+from quantfair.text import significant
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
 # deficiencies; markers differ too, so no series is told apart by colour alone.
@@ -317,8 +318,8 @@ def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
     labels, values = zip(*items, strict=True)
     ax.barh(range(len(items)), values, color=PALETTE[0], height=0.6)
     for index, value in enumerate(values):
-        ax.annotate(f"{value:.3g}", (value, index), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=7)
+        ax.annotate(significant(value, 3), (value, index), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
     if reference:
         ax.axvline(reference[1], color=PALETTE[1], ls="--", lw=1, label=reference[0])
         ax.legend(loc="lower right")

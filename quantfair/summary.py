@@ -140,7 +140,7 @@ def _undefined(audit: dict) -> bool:
 def uniform_guess_warning(english: dict, vocabulary: int | None, scheme: str | None
                           ) -> str | None:
     """Why disparities mean little where English's perplexity (`english`: a row with `ppl_fp`
-    and `ppl_q`) is above the vocabulary's size, which guessing uniformly reaches: the model
+    and `ppl_q`) is above the vocabulary's size, the perplexity of a uniform guess: the model
     itself has not learned the text, or `scheme` breaks it; else None."""
     if not vocabulary:
         return None
@@ -152,7 +152,7 @@ def uniform_guess_warning(english: dict, vocabulary: int | None, scheme: str | N
     if (english.get("ppl_q") or 0) > vocabulary:
         return (f"{scheme} breaks this model: English's perplexity under it, "
                 f"{english['ppl_q']:.3g}, is above the vocabulary's size ({vocabulary:,}), "
-                "which guessing uniformly reaches. Its disparities compare damage to a broken "
+                "the perplexity of a uniform guess. Its disparities compare damage to a broken "
                 "model: a protection can lower them while every language gets worse.")
     return None
 
@@ -251,7 +251,7 @@ def summarize(report: dict) -> dict:
                          if r["disparity"] > unprotected.get(r["language"], math.inf)),
                         reverse=True)
         if raised:  # the most raised first
-            sentences.append("It raises the disparity of " + some([
+            sentences.append("The recommended protection raises the disparity of " + some([
                 f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> {now:.2f}x"
                 for _, lang, now in raised]) + " (point estimates; the audits decide on "
                 "paired differences).")

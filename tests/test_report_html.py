@@ -416,6 +416,13 @@ def test_the_pareto_chart_leaves_out_parity_only_where_it_would_squeeze_the_stra
     assert low < 0.94 and high > 1.24 and not near.axes[0].get_ylabel()
 
 
+def test_bar_values_read_alike_to_three_significant_digits():
+    svg = charts.bars([("he", 1.1), ("en", 0.188), ("zh", 1.69)], "fertility",
+                      "tokens per character", "Tokenizer fertility")
+    labels = re.findall(r"<text[^>]*>\s*([^<]+?)\s*</text>", svg)
+    assert {"1.10", "0.188", "1.69"} <= set(labels) and "1.1" not in labels
+
+
 def test_a_ratio_axis_over_a_narrow_range_still_has_ticks_to_read():
     """1x, 2x, 5x alone left disparities of 0.9-1.3 beside a single tick, 2x-8x beside two."""
     locator = charts.RatioLocator()
@@ -736,7 +743,8 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
         return next(s for s in summarize(r)["sentences"] if "recommended protection" in s)
 
     def raised(r: dict) -> list[str]:
-        return [s for s in summarize(r)["sentences"] if s.startswith("It raises")]
+        return [s for s in summarize(r)["sentences"]
+                if s.startswith("The recommended protection raises")]
 
     def protected(r: dict, lang: str, **values) -> None:
         for row in r["measurements"]:
@@ -754,19 +762,20 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert not raised(shifted)
     protected(shifted, "de", disparity=1.75)
     assert raised(shifted) == [
-        "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
-        "decide on paired differences)."]
+        "The recommended protection raises the disparity of German (de) 1.50x -> 1.75x "
+        "(point estimates; the audits decide on paired differences)."]
     raised_more = copy.deepcopy(shifted)  # the most raised comes first
     protected(raised_more, "ar", disparity=3.6)
     assert raised(raised_more) == [
-        "It raises the disparity of Arabic (ar) 3.00x -> 3.60x, German (de) 1.50x -> 1.75x "
-        "(point estimates; the audits decide on paired differences)."]
+        "The recommended protection raises the disparity of Arabic (ar) 3.00x -> 3.60x, "
+        "German (de) 1.50x -> 1.75x (point estimates; the audits decide on paired "
+        "differences)."]
     # a number beside its reason is no measurement
     protected(shifted, "he", disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
               undefined="en loss change is within noise (95% CI includes 0)")
     assert raised(shifted) == [  # Hebrew's 14.71 is no rise: it is undefined
-        "It raises the disparity of German (de) 1.50x -> 1.75x (point estimates; the audits "
-        "decide on paired differences)."]
+        "The recommended protection raises the disparity of German (de) 1.50x -> 1.75x "
+        "(point estimates; the audits decide on paired differences)."]
     assert sentence(shifted) == (
         "With the seed's recommended protection Hebrew's disparity is undefined (en loss "
         "change is within noise (95% CI includes 0)); the language hit hardest with it is "
