@@ -264,6 +264,18 @@ def test_findings_matrix_places_every_audit_once():
         [], ["failed"], ["passed"], ["inconclusive"]]
 
 
+def test_a_matrix_cell_names_each_run_of_one_outcome_once():
+    """Seven skipped model-wide cases read "- skipped" seven times in one cell."""
+    cases = [audit("pareto", "skipped", case=f"S{i}") for i in range(3)]
+    html = render_html(report([*cases, audit("pareto", "failed", case="S3"),
+                               audit("pareto", "skipped", case="S4")]))
+    row = html[html.index("<tr><th>pareto"):]
+    row = row[:row.index("</tr>")]
+    assert row.count("<summary") == 5
+    assert re.findall(r'<span class="muted"> (\w+)</span>', row) == ["skipped", "failed",
+                                                                     "skipped"]
+
+
 def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
     built = report()
     html = render_html(built)
