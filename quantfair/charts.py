@@ -377,8 +377,12 @@ def resource(report: dict) -> dict:
         xs = np.array([p.x for p in drawn], dtype=float)
         slope, intercept = np.polyfit(xs, np.log10([p.y for p in drawn]), 1)
         grid = np.linspace(xs.min(), xs.max(), 20)
+        found = result["correlation"]
+        noise = found is None or found["pearson_low"] <= 0 <= found["pearson_high"]
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
-                label=f"log-linear fit over the {len(drawn)} languages drawn")
+                ls="--" if noise else "-",
+                label=f"log-linear fit over the {len(drawn)} languages drawn"
+                + (" (no trend shown: r's 95% CI includes 0)" if noise else ""))
         figure.legend(loc="outside lower center")
     _log_axis(ax)
     ax.set_xticks(range(6))

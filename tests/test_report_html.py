@@ -662,6 +662,20 @@ def test_the_resource_correlation_shows_its_points_and_its_interval():
     assert -1 <= float(shown[3]) <= float(shown[2]) <= float(shown[4].rstrip("]")) <= 1
 
 
+@pytest.mark.parametrize("low, high, trend", [(-0.98, 0.39, False), (-0.99, -0.2, True)])
+def test_the_resource_fit_is_drawn_as_no_trend_where_r_may_be_0(monkeypatch, low, high, trend):
+    """SmolLM2's five languages: r = -0.75 [-0.98, 0.39] beside a solid line that read as a
+    trend."""
+    from quantfair import metrics
+
+    found = {"pearson_r": -0.75, "pearson_p": 0.14, "pearson_low": low, "pearson_high": high,
+             "spearman_r": -0.7, "spearman_p": 0.2}
+    monkeypatch.setattr(metrics, "correlation", lambda xs, ys: found)
+    svg = charts.resource(report())["svg"]
+    assert ("no trend shown: r's 95% CI includes 0" in svg) is not trend
+    assert ("stroke-dasharray" in svg.split("log-linear fit")[0]) is not trend  # the line
+
+
 def test_the_scorecard_gives_same_top_in_percent_and_says_when_kld_was_not_measured():
     from quantfair.html import render_html, scorecard
 
