@@ -5,6 +5,7 @@ side of an audit, mapped onto the FP model's parameters by name."""
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -258,6 +259,8 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     except QuantfairError:
         if made:  # the copy converted for it is of no further use
             remove_gguf_checkpoint(sha256)
+            print(f"quantfair: {path.name} is refused, so its converted copy is removed",
+                  file=sys.stderr)  # after "converting ... (later runs load that copy)"
         raise
     fp_params = dict(reference.model.named_parameters())
     unquantized = [name for name, tensor in tensors.items()

@@ -570,7 +570,9 @@ def test_a_refused_gguf_artifact_leaves_no_converted_copy(f32_gguf, tmp_path, mo
     _write_gpt2(model, damaged, "F32", embedding="F32")
     assert main(["measure", str(f32_gguf), "--quantized", str(damaged), "--languages", "en,de",
                  "--units", "1"]) == 2
-    assert "holds NaN or infinite values" in capsys.readouterr().err
+    said = capsys.readouterr().err.splitlines()
+    assert "holds NaN or infinite values" in said[-1]  # the error is the last line
+    assert "quantfair: damaged.gguf is refused, so its converted copy is removed" in said
     copies = tmp_path / "cache" / "gguf-checkpoints"
     assert not (copies / hashlib.sha256(damaged.read_bytes()).hexdigest()[:24]).exists()
     assert copies.is_dir()  # where the copy was made
@@ -591,7 +593,8 @@ def test_a_refused_gguf_artifact_keeps_a_converted_copy_made_before(f32_gguf, tm
     gguf_checkpoint(other)
     assert main(["measure", str(f32_gguf), "--quantized", str(other), "--languages", "en,de",
                  "--units", "1"]) == 2
-    assert "does not pair with tiny-f32" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "does not pair with tiny-f32" in said and "converted copy is removed" not in said
     assert has_gguf_checkpoint(sha256)
 
 
