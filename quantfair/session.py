@@ -121,6 +121,7 @@ class AuditSession:
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self._activation_stats: Activations | None = None
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
+        self._noted: set[tuple[str, str]] = set()
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
         scheme = scheme or self.config.scheme
@@ -232,6 +233,21 @@ class AuditSession:
         check_finite(results, f"{self.loaded.name} {label}")
         return results
 
+    def _note_kept_by_artifact(self, scheme: QuantScheme, strategy: str, protection) -> None:
+        """Say once which matrices `strategy` protects that the artifact already leaves as in
+        the FP model: protecting those changes no number."""
+        if self.artifact is None or not scheme.from_file or (scheme.name, strategy) in self._noted:
+            return
+        self._noted.add((scheme.name, strategy))
+        matrices = [name for name, keep in protection.items()
+                    if keep is True and self.bank.parts[name].is_matrix]
+        unquantized = set(self.artifact.unquantized)
+        kept = [name for name in matrices if name in unquantized]
+        if kept:
+            self.announce(f"quantfair: {strategy} protects {len(kept)} of its {len(matrices)} "
+                          "matrices where the artifact already has the FP model's values (e.g. "
+                          f"{kept[0]}): protecting those changes no number")
+
     def measure(self, strategy: str, scheme: QuantScheme | None = None,
                 corpus: Corpus | None = None, distribution: bool = False) -> Measurement:
         """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement;
@@ -243,6 +259,7 @@ class AuditSession:
         if known is not None and (known.kld is not None or not distribution):
             return known
         protection = self.resolver(scheme).resolve(strategy)
+        self._note_kept_by_artifact(scheme, strategy, protection)
         # An element-level selection and the tensors composed for it leave large temporaries:
         # they go back to the system before the next step's peak comes on top of them.
         masked = has_element_masks(protection)

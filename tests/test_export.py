@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 from pathlib import Path
@@ -690,3 +691,19 @@ def test_a_recipe_for_llama_quantize_needs_no_llama_quantize_here(tmp_path, monk
     assert main(["export", "tiny-llama", "--strategy", "suggested", "--emit", "llama-quantize",
                  "--quant", "llama.cpp:Q4_K_M", "--languages", "en", "--units", "1"]) == 2
     assert "there is no llama-quantize on PATH" in capsys.readouterr().err
+
+
+def test_protecting_what_an_artifact_already_keeps_is_said_to_change_nothing(f32_gguf, tmp_path,
+                                                                             capsys):
+    output = tmp_path / "out.gguf"
+    _export(f32_gguf, output)  # layer 0 kept in F32
+    capsys.readouterr()
+    assert main(["measure", str(f32_gguf), "--quantized", str(output), "--strategy", "L0+L1",
+                 "--strategy", "L1", "--languages", "en,de", "--units", "1"]) == 0
+    said = capsys.readouterr().err
+    noted = re.findall(r"quantfair: (\S+) protects (\d+) of its (\d+) matrices where the "
+                       r"artifact already has the FP model's values \(e\.g\. (\S+)\)", said)
+    assert len(noted) == 1, said  # L1 alone is quantized in the artifact
+    strategy, kept, matrices, example = noted[0]
+    assert strategy == "L0+L1" and 2 * int(kept) == int(matrices) > 0  # layer 0's half
+    assert ".0." in example
