@@ -190,6 +190,13 @@ def _mean_disparity(report: dict) -> dict[str, tuple[float | None, float]]:
             for r in main_rows(report)}
 
 
+def balanced_columns(entries: int, most: int = 4) -> int:
+    """Columns of a legend of `entries` in as few rows of at most `most` as it takes, the rows
+    filled alike (5 entries: 3 + 2, not 4 + 1)."""
+    rows = -(-entries // most)
+    return -(-entries // rows) if rows else 1
+
+
 def forest_strategies(report: dict) -> list[str]:
     """`none`, the recommended strategy, then the lowest mean disparities: at most
     MAX_FOREST_STRATEGIES."""
@@ -242,7 +249,7 @@ def forest(report: dict) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("disparity: NLL damage relative to English's on the same text (log scale)")
     ax.set_title(f"Disparity per language with 95% CIs ({report['settings'].get('scheme')})")
-    figure.legend(loc="outside lower center", ncols=min(len(strategies) + 1, 4))
+    figure.legend(loc="outside lower center", ncols=balanced_columns(len(strategies) + 1))
     return to_svg(figure, "forest")
 
 

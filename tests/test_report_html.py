@@ -485,6 +485,11 @@ def test_a_report_brings_a_user_corpus_metadata_to_its_html(monkeypatch):
         renamed, ["none"])}
 
 
+def test_a_legend_fills_its_rows_alike():
+    """The forest's five entries left "none" alone on a second row."""
+    assert [charts.balanced_columns(n) for n in range(1, 10)] == [1, 2, 3, 4, 3, 3, 4, 4, 3]
+
+
 def test_a_value_outside_its_interval_still_draws_the_forest():
     """A hand-edited report whose disparity lies outside its CI: no negative error bar."""
     from quantfair import charts
