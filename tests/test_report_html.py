@@ -769,6 +769,26 @@ def test_the_summary_says_why_audits_could_not_run_once_per_reason():
         "fixed: reason 0; reason 1; and 2 other reason(s)")
 
 
+def test_the_summary_says_when_english_loses_more_with_the_recommended_protection():
+    """Gemma 3 under int4: the recommended protection lowered Hebrew's disparity 1.59x ->
+    1.42x while English's perplexity rose 9.61e9 -> 3.29e17 (every language lost more)."""
+    def said(r: dict) -> list[str]:
+        return [s for s in summarize(r)["sentences"] if s.startswith("English's perplexity")]
+
+    plain = report()
+    assert not said(plain)  # English's damage is the same with and without it
+    worse = report()
+    for row in worse["measurements"]:
+        if row["language"] == "en":
+            row["ppl_q"] = 9.61e9 if row["strategy"] == "none" else 3.29e17
+    assert said(worse) == ["English's perplexity rises with it, 9.61e+09 -> 3.29e+17: a lower "
+                           "disparity with it is not less damage."]
+    for row in worse["measurements"]:
+        if row["language"] == "en" and row["strategy"] == "recommended":
+            row["ppl_q"] = 9.0e9  # it lowers English's damage: nothing to say
+    assert not said(worse)
+
+
 def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protection():
     def sentence(r: dict) -> str:
         return next(s for s in summarize(r)["sentences"] if "recommended protection" in s)
