@@ -23,12 +23,14 @@ def _thread_share():
     CLI commands) inherit the share through OMP_NUM_THREADS: a `quantfair suggest` of 15 s
     with one thread took 37 s with two beside one busy core. Tests of the automatic share
     itself unset it."""
-    from quantfair.workers import available_cores, configure_threads, xdist_workers
+    from quantfair.workers import available_cores, configure_threads, thread_share, xdist_workers
 
     workers = xdist_workers()
     configure_threads(None, workers)
-    if workers and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // workers))
+    share = thread_share(available_cores(), workers,
+                         environment=bool(os.environ.get("OMP_NUM_THREADS")))
+    if share is not None:
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 @pytest.fixture(autouse=True)
