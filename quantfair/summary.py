@@ -245,11 +245,12 @@ def summarize(report: dict) -> dict:
                    f"; the language hit hardest with it is {language(protected['language']).name}"
                    f" ({protected['language']}) at {protected['disparity']:.2f}x"
                    + _interval(protected["disparity_low"], protected["disparity_high"])) + ".")
-            before = (english.get("ppl_q") or 0, recommended.get(REFERENCE, {}).get("ppl_q") or 0)
-            if 0 < before[0] < before[1]:  # a ratio can fall while every damage grows
+            unprotected_ppl = english.get("ppl_q") or 0
+            protected_ppl = recommended.get(REFERENCE, {}).get("ppl_q") or 0
+            if 0 < unprotected_ppl < protected_ppl:  # a ratio can fall while every damage grows
                 sentences.append(
-                    f"English's perplexity rises with it, {before[0]:.3g} -> {before[1]:.3g}: "
-                    "a lower disparity with it is not less damage.")
+                    f"English's perplexity rises with it, {unprotected_ppl:.3g} -> "
+                    f"{protected_ppl:.3g}: a lower disparity with it is not less damage.")
         unprotected = {r["language"]: r["disparity"] for r in compared_rows(report, "none")}
         raised = sorted(((r["disparity"] - unprotected[r["language"]], r["language"],
                           r["disparity"]) for r in compared_rows(report, RECOMMENDED)
