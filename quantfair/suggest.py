@@ -148,6 +148,7 @@ class Suggestion:
     corpus_digest: str = ""  # its text's digest (`Corpus.digest`): unit names are its own
     # the digest of the text calibrated selectors (act:, superweights:, ...) chose entries on
     selector_texts: str = ""
+    dtype: str = ""  # the --dtype searched in: each has its own results folder (`_path`)
 
     def to_json(self) -> dict:
         """Strict JSON: an undefined score (infinite: English's NLL did not rise) is null."""
@@ -785,6 +786,7 @@ def save(session: AuditSession, suggestion: Suggestion) -> None:
     scheme."""
     suggestion.evaluator = session.evaluator.identity
     suggestion.computed_with = session.evaluator.computes
+    suggestion.dtype = session.config.dtype
     path = _path(session)
     previous, new = _read(path, session), suggestion.to_json()
     if previous and searched_with(previous) != searched_with(new):  # a search took minutes
@@ -813,6 +815,7 @@ def no_suggestion(session: AuditSession, artifacts: bool = True) -> UsageError:
     named = [f"--quantized FILE --quantized-label {name.partition(':')[2]}"
              if name.startswith(f"{ARTIFACT}:") else f"--quant {name}" for name in others
              if artifacts or not name.startswith(f"{ARTIFACT}:")]
+    named += [f"--dtype {dtype}" for dtype in _in_other_dtypes(session)]
     elsewhere = f" (there is one under {', '.join(named)})" if named else ""
     why = _checked(_path(session), session)[1]
     unusable = f" ({_path(session)} {why})" if why else ""
@@ -820,6 +823,21 @@ def no_suggestion(session: AuditSession, artifacts: bool = True) -> UsageError:
                       f"{session.config.scheme.name} in {session.config.dtype}{where}{unusable}"
                       f": run `quantfair suggest` first{elsewhere} (a search is kept per model, "
                       "scheme and --dtype)")
+
+
+def _in_other_dtypes(session: AuditSession) -> list[str]:
+    """The other --dtype values a search of this model (by name) and scheme is cached in:
+    weights loaded in another dtype hash to another results folder."""
+    own = _path(session)
+    found = set()
+    for path in own.parent.parent.glob(f"*/{own.name}"):
+        try:
+            data = json.loads(path.read_text()) if path != own else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("model") == session.loaded.name:
+            found.add(data.get("dtype") or None)
+    return sorted(found - {None, session.config.dtype})
 
 
 def load_suggestion(session: AuditSession) -> dict | None:

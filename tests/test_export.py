@@ -508,6 +508,27 @@ def test_a_missing_suggestion_names_the_scheme_that_has_one(f32_gguf, suggested_
             "scheme and --dtype)") in capsys.readouterr().err
 
 
+def test_a_missing_suggestion_names_the_dtype_that_has_one(f32_gguf, tmp_path, monkeypatch,
+                                                         capsys):
+    """Weights loaded in another dtype hash to another results folder, so a search in float32
+    is not found under bfloat16; it is named, and another model's search is not."""
+    from quantfair.suggest import Suggestion, save
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path))  # not the other tests' folder
+    session = _session(str(f32_gguf), quant="gguf:Q5_0")
+    save(session, Suggestion(model=session.loaded.name, scheme="gguf:Q5_0", budget=0.05,
+                             strategy="L1", overhead=0.05, score=1.0))
+    another = tmp_path / "another-model" / "suggested-gguf:Q5_0.json"
+    another.parent.mkdir()
+    another.write_text('{"model": "another", "scheme": "gguf:Q5_0", "dtype": "float16"}')
+    assert main(["inspect", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--dtype", "bfloat16", "--languages", "en", "--units", "1"]) == 2
+    error = capsys.readouterr().err
+    assert ("in bfloat16: run `quantfair suggest` first (there is one under --dtype float32)"
+            in error)
+    assert "--dtype float16" not in error
+
+
 def test_a_suggestion_for_an_artifact_is_named_by_its_label_not_as_a_quant(
         f32_gguf, tmp_path, monkeypatch, capsys):
     """`--quant artifact:release` is not an option a user can give: the artifact comes from
