@@ -423,16 +423,25 @@ def _differences(old: dict, new: dict) -> list[str]:
     differences = [f"{key}: {_setting(key, was.get(key))} -> "
                    f"{_setting(key, settings.get(key))}"
                    for key in COMPARED_SETTINGS
-                   if was.get(key) != settings.get(key) and key not in same]
+                   if _differs(key, was.get(key), settings.get(key)) and key not in same]
     # the corpus digest is of the audited languages and units: where those differ (said
     # above), a different digest says nothing of the file's text
-    selection = any(was.get(key) != settings.get(key) for key in ("languages", "units"))
+    selection = any(_differs(key, was.get(key), settings.get(key))
+                    for key in ("languages", "units"))
     # weights hashed in another dtype (said above) differ whatever the file
     cast = was.get("dtype") != settings.get("dtype")
     return differences + [f"{what}: {before} -> {now}" for setting, what, before, now
                           in contents if before and now and before != now
                           and not (setting == "corpus" and selection)
                           and not (setting != "corpus" and cast)]
+
+
+def _differs(key: str, before, now) -> bool:
+    """Whether a setting differs; languages given in another order (`--languages he,ar`,
+    `ar,he`, selectors) are the same measurements."""
+    if key == "languages" and isinstance(before, list) and isinstance(now, list):
+        return set(before) != set(now)
+    return before != now
 
 
 def _measured_otherwise(old: dict, new: dict) -> str:

@@ -151,10 +151,12 @@ class AuditSession:
         return [] if self.calibration is None else _selector_share(self.calibration)
 
     def _calibration_by_language(self) -> dict[str, list[str]]:
-        """The selectors' calibration texts (`selector_units`), per language."""
+        """The selectors' calibration texts (`selector_units`), per language in code order:
+        the order languages were given in (`--languages ti,ar,he`, selectors) changes no
+        selection."""
         texts = self.calibration or self.corpus.with_length("short")
         return {lang: [texts.texts[lang][u] for u in _selector_share(texts)]
-                for lang in texts.languages}
+                for lang in sorted(texts.languages)}
 
     def selector_texts_digest(self) -> str:
         """The digest of the text calibrated selectors choose entries on: equal digests,

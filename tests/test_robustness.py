@@ -1260,6 +1260,21 @@ def test_the_same_file_given_by_another_path_is_no_difference(report_pair):
         "quantized: /rel/smol.gguf -> other.gguf", "artifact weights: aa -> bb"]
 
 
+def test_languages_given_in_another_order_are_no_difference(report_pair):
+    """`--languages he,ar` and `ar,he` (or selectors written in another order) measure the
+    same; another set of languages is a difference."""
+    from quantfair.report import compare
+
+    _, report = report_pair
+
+    def run(*languages: str) -> dict:
+        return {**report, "settings": {**report["settings"], "languages": ["en", *languages]}}
+
+    assert compare(run("he", "ar"), run("ar", "he"))["differences"] == []
+    assert compare(run("he", "ar"), run("he", "fa"))["differences"] == [
+        "languages: en,he,ar -> en,he,fa"]
+
+
 def test_weights_read_in_another_dtype_are_not_said_to_be_other_weights(report_pair):
     """The same file in bfloat16 hashes otherwise: the dtype is the difference, not the
     model's weights."""

@@ -51,6 +51,18 @@ def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
     return AuditSession(config, announce=lambda message: None, loaded=loaded)
 
 
+def test_languages_given_in_another_order_calibrate_on_the_same_text(tiny_models):
+    """`--languages he,zh` and `zh,he`: calibrated selectors (act:, gradient:, ...) choose on
+    the same text, so a suggestion searched under one order serves the other."""
+    loaded = tiny_models["tiny-llama"]
+    digests = {AuditSession(RunConfig(model=loaded.name, scheme=QuantScheme(bits=4),
+                                      languages=languages, units=4),
+                            announce=lambda message: None, loaded=loaded
+                            ).selector_texts_digest()
+               for languages in (("en", "he", "zh"), ("en", "zh", "he"))}
+    assert len(digests) == 1
+
+
 PLANTED = 5  # the intermediate unit of layer 2's MLP carrying the planted weights
 
 
