@@ -75,7 +75,10 @@ def option_value(config: pytest.Config, name: str):
             given = config.getini(dest)
     except (ValueError, TypeError, pytest.UsageError) as error:  # pytest 9 raises UsageError,
         # and a later pytest TypeError for the list
-        raise UsageError(f"{_ini_setting(config, dest)}: {error}") from None
+        text = str(error).removeprefix(f"{config.inipath}: ")  # named once, as the key's file
+        hint = ('; write a TOML array, such as ["de", "he"]'
+                if name == "languages" and "list" in text else "")
+        raise UsageError(f"{_ini_setting(config, dest)}: {text}{hint}") from None
     if isinstance(given, (int, float)) and not isinstance(given, bool):  # units = 0 (TOML)
         given = str(given)
     value = given or value
@@ -84,7 +87,10 @@ def option_value(config: pytest.Config, name: str):
                          f"{value!r}")
     if isinstance(value, list):  # quantfair_languages = ["de", "he"], or lines of an ini file
         # (lines may end with the comma that joins them: "he," then "zh"; any other empty
-        # entry, "he," alone or ",", is RunConfig's to refuse)
+        # entry, "he," alone or ",", is RunConfig's to refuse; an ini file has no empty line
+        # here, so an empty item is a TOML array's)
+        if not all(str(item).strip() for item in value):
+            raise UsageError(f"{_ini_setting(config, dest)}: an empty entry in {value!r}")
         joined = ""
         for item in (str(item).strip() for item in value):
             joined += item if joined.endswith(",") or not joined else f",{item}"
@@ -328,7 +334,8 @@ def _check_given_once(config: pytest.Config) -> None:
                     values.setdefault(value, flag)
         if len(values) > 1:
             given = ", ".join(f"{flag} {value}" for value, flag in values.items())
-            raise pytest.UsageError(f"{given}: the option is given more than once; give it once")
+            raise pytest.UsageError(f"{given}: the option is given more than once, with "
+                                    "different values; give it once")
 
 
 def _ini_name(path: Path | None) -> str:

@@ -797,6 +797,28 @@ def test_pytests_native_toml_table_takes_numbers_as_toml_writes_them(pytester):
     assert settings["units"] is None and settings["release_maxima"] == "disparity 50"
 
 
+@pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="pytest 9.2 reads TOML unions")
+@pytest.mark.parametrize("value, message", [
+    ('["", "he"]', "quantfair_languages in pyproject.toml: an empty entry in [[]'', 'he']"),
+    ('["he", "", "ar"]', "quantfair_languages in pyproject.toml: an empty entry in [[]'he', '', "
+                         "'ar']"),
+    ('"de,he"', "quantfair_languages in pyproject.toml: *'de,he'; write a TOML array, such as "
+                '[[]"de", "he"]'),
+])
+def test_languages_in_a_toml_table_are_an_array_without_empty_entries(pytester, value,
+                                                                       message):
+    """As on the command line, where `--languages ,he` is refused: no empty entry is dropped
+    unsaid; a string in pytest's native table, which wants an array, is named once."""
+    pytester.makepyprojecttoml('[tool.pytest]\nquantfair_model = "tiny-gpt2"\n'
+                               f"quantfair_languages = {value}\n")
+    result = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "robustness",
+                      "--quantfair-no-report")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(lines) == 1 and fnmatch.fnmatchcase(lines[0], f"ERROR: {message}"), lines
+    assert str(pytester.path) not in lines[0]
+
+
 def test_paths_in_the_ini_file_are_relative_to_its_folder_and_a_bad_one_leaves_nothing(
         pytester, monkeypatch):
     """As pytest's own path settings: a gate run from a subfolder reads the project's
@@ -852,7 +874,8 @@ def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
                      "--model", "tiny-gpt2", "--quantfair-model", "tiny-llama", "--no-report")
     assert twice.ret == pytest.ExitCode.USAGE_ERROR
     twice.stderr.fnmatch_lines(["ERROR: --model tiny-gpt2, --quantfair-model tiny-llama: the "
-                                "option is given more than once; give it once"])
+                                "option is given more than once, with different values; "
+                                "give it once"])
     same = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-units=2",
                     "--quantfair-units", "2", "--quantfair-model", "tiny-gpt2",
                     "--quantfair-languages", "en,he", "--quantfair-no-report")
