@@ -884,7 +884,7 @@ class _StoreOnce(argparse.Action):
         if option_string and self.dest in given and given[self.dest][1] != values:
             flag, value = given[self.dest]
             parser.error(f"{flag} {value}, {option_string} {values}: the option is given more "
-                         "than once; give it once")
+                         "than once, with different values; give it once")
         given.setdefault(self.dest, (option_string, values))
         setattr(namespace, self.dest, values)
 

@@ -92,7 +92,7 @@ OPTIONS = {option.name: option for option in (
                               f"releases: letters, digits and . _ + - (default {ARTIFACT})"),
     Option("languages", f"{LANGUAGES_HELP} (default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
-    Option("units", "audit a seeded sample of this many units per language, 0 for all "
+    Option("units", "measure a seeded sample of this many units per language, 0 for all "
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "

@@ -167,6 +167,9 @@ def _scripts(lang: Language) -> set[str]:
         lang.script, set())
 
 
+SELECTOR_EXAMPLES = {"script": "script:Arab", "class": "class:0-2", "family": "family:Semitic"}
+
+
 def select_languages(selector: str, among: Sequence[str] | None = None) -> list[str]:
     """Codes of the languages with metadata that `selector` names, in metadata order:
     `script:Arab` (ISO 15924, any case; `script:Hani` takes Hans and Jpan too), `class:0-2`,
@@ -175,6 +178,9 @@ def select_languages(selector: str, among: Sequence[str] | None = None) -> list[
     Unknown kinds, scripts, classes or families and empty selections are usage errors."""
     kind, _, value = (part.strip() for part in selector.partition(":"))
     kind = kind.lower()
+    if kind in SELECTOR_EXAMPLES and not value:
+        raise UsageError(f"--languages {selector} names no {kind}; give one, such as "
+                         f"{SELECTOR_EXAMPLES[kind]}")
     pool = list(LANGUAGES.values()) if among is None else sorted(  # a user corpus's own last
         (lang for lang in map(metadata, dict.fromkeys(among)) if lang),
         key=lambda lang: _ORDER.get(lang.code, len(_ORDER)))

@@ -36,9 +36,10 @@ BAD_INPUTS = [
     (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
     # an option given twice with different values: one would silently win
     (["measure", "tiny-gpt2", "--units", "5", "--units=100"], "quantfair measure: --units 5, "
-     "--units 100: the option is given more than once; give it once"),
+     "--units 100: the option is given more than once, with different values; give it "
+     "once"),
     (["report", "a.json", "--tolerance", "0.1", "--tolerance", "0.2"], "--tolerance 0.1, "
-     "--tolerance 0.2: the option is given more than once"),
+     "--tolerance 0.2: the option is given more than once, with different values"),
 ]
 
 

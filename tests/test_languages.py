@@ -166,6 +166,8 @@ def test_selectors_within_a_corpus_keep_to_its_languages():
     ("en,all", "all selects every language; give it alone", "en,all"),
     ("de,ALL", "all selects every language; give it alone", "de,ALL"),
     ("color:red", "unknown language selector 'color:red'", "script:"),
+    *((f"{kind}: ", f"--languages {kind}: names no {kind.lower()}; give one",
+       f"such as {kind.lower()}:") for kind in ("script", "Class", "family")),
 ])
 def test_bad_selectors_are_one_line_usage_errors(text, message, choices):
     with pytest.raises(UsageError) as error:

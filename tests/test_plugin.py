@@ -102,7 +102,8 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--units", "100"], "--units 100: the corpus has 31 units per language"),
         (["--quantfair-units=100"], "--quantfair-units 100: the corpus has 31 units"),
         (["--units", "5", "--quantfair-units", "100"],  # which would win?
-         "--units 5, --quantfair-units 100: the option is given more than once; give it once"),
+         "--units 5, --quantfair-units 100: the option is given more than once, with "
+         "different values; give it once"),
         (["--languages", ""], "an empty entry"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
         (["--report", " "], "--report is empty; give the path of a .json file"),
