@@ -218,7 +218,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     check_given_strategies(args.strategy)  # every strategy before minutes of work
     _check_output(args.json, "--json", args)
     session = _session(args)
-    from quantfair.report import measurement_records
+    from quantfair.report import language_metadata, measurement_records
     from quantfair.strategies import protection_key
 
     strategies = _named(session, args.strategy or ["none"], measured=True)
@@ -232,7 +232,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         _write(args.json, json.dumps({"settings": session.config.settings(),
                                       "device": str(session.loaded.device),  # auto resolved
                                       "units": session.corpus.units,
-                                      "records": records}, indent=2),  # corpus digest: settings
+                                      "records": records,
+                                      "language_metadata": language_metadata(
+                                          r["language"] for r in records)},
+                                     indent=2),  # corpus digest: settings
                say=False)
     rows = [(r["strategy"], r["language"], significant(r["ppl_fp"], 5),
              significant(r["ppl_q"], 5), f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}",

@@ -22,7 +22,7 @@ from quantfair.report import (
     unsearched_languages,
 )
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
-from quantfair.text import experiment_span, significant, units_text
+from quantfair.text import experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -129,9 +129,10 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
 
 
 def aggregates(report: dict, strategies: list[str]) -> list[dict]:
-    """Mean NLL disparity per script, language family (without its branch) and resource
-    class, for each scorecard strategy (English, and languages with an undefined disparity or
-    no metadata, left out; a value unknown, from the group it would name)."""
+    """Mean NLL disparity per resource class, language family (without its branch) and
+    script, for each scorecard strategy (English, and languages with an undefined disparity or
+    no metadata, left out; a value unknown, from the group it would name). A group's
+    `languages` is its count, or the range of counts where strategies left out others."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
@@ -148,10 +149,13 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     rows = []
     for (kind, value), by_strategy in sorted(groups.items()):
         means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
+        counts = sorted({len(v) for v in by_strategy.values()})
         rows.append({"kind": kind, "value": value,
-                     "languages": max(len(v) for v in by_strategy.values()),
+                     "languages": "-".join(map(str, dict.fromkeys([counts[0], counts[-1]]))),
                      "cells": [{"text": f"{means[s]:.2f}" if s in means else "",
-                                "style": shade(means.get(s))} for s in strategies]})
+                                "title": f"mean of {plural(len(by_strategy[s]), 'language')}"
+                                if s in means else "", "style": shade(means.get(s))}
+                               for s in strategies]})
     return rows
 
 
@@ -198,11 +202,14 @@ def render_html(report: dict) -> str:
     env.globals["symbols"] = SYMBOLS
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
+    groups = aggregates(report, strategies)
     return template.render(
         report=report, summary=report_summary(report),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in strategies],
-        aggregates=aggregates(report, strategies),
+        aggregates=groups,  # or why none, where the languages have metadata to group by
+        ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
+                                     if r["language"] != REFERENCE),
         matrix=findings_matrix(report), groups=audit_groups(report),
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),

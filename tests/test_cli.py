@@ -455,6 +455,8 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert first.stdout.count("warning: the model itself guesses worse than uniformly") == 1
     written = json.loads(out.read_text())
     assert written["settings"]["device"] == "auto" and written["device"] == "cpu"
+    assert {code: meta["script"] for code, meta in written["language_metadata"].items()} == {
+        "en": "Latn", "he": "Hebr", "zh": "Hans"}
     records = written["records"]
     assert all(r["kld_mean"] > 0 and 0 <= r["same_top"] <= 1 for r in records)
     assert sorted((r["strategy"], r["language"]) for r in records) == sorted(

@@ -452,11 +452,23 @@ def test_per_script_and_class_aggregates_average_their_languages():
     # he (Hebr, class 3) 6.0 and 2.0; ar (Arab, class 5) 3.0 / 1.5; de (Latn, class 5) 1.5 / 1.2
     assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["6.00", "2.00"]
     assert [c["text"] for c in groups[("class", "5")]["cells"]] == ["2.25", "1.35"]
-    assert groups[("class", "5")]["languages"] == 2 and ("script", "Latn") in groups
+    assert groups[("class", "5")]["languages"] == "2" and ("script", "Latn") in groups
+    assert [c["title"] for c in groups[("class", "5")]["cells"]] == ["mean of 2 languages"] * 2
     # he and ar (Afro-Asiatic, Semitic branch) 4.5 / 1.75; de alone Indo-European
     assert [c["text"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == ["4.50", "1.75"]
-    assert groups[("family", "Indo-European")]["languages"] == 1
-    assert groups[("script", "Latn")]["languages"] == 1  # de: English is left out
+    assert groups[("family", "Indo-European")]["languages"] == "1"
+    assert groups[("script", "Latn")]["languages"] == "1"  # de: English is left out
+    # [class, family, script]: the order the table's title names them in
+    assert list(dict.fromkeys(g["kind"] for g in groups.values())) == [
+        "class", "family", "script"]
+    partly = report()  # ar undefined with protection only: the counts differ by strategy
+    for row in partly["measurements"]:
+        if row["language"] == "ar" and row["strategy"] == "recommended":
+            row.update(disparity=None, undefined="en loss change is within noise")
+    group = next(g for g in aggregates(partly, ["none", "recommended"])
+                 if (g["kind"], g["value"]) == ("class", "5"))
+    assert group["languages"] == "1-2" and [c["title"] for c in group["cells"]] == [
+        "mean of 2 languages", "mean of 1 language"]
     renamed = report()  # ar as a user corpus's language without metadata: left out
     renamed["measurements"] = [{**r, "language": "xx" if r["language"] == "ar" else
                                 r["language"]} for r in renamed["measurements"]]
@@ -512,6 +524,8 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
     assert ("No disparity to draw: every one undefined (en loss change is within noise)"
             in html)  # the reason the rows give, not a guess (too few units, at --units 1)
     assert "disparity undef. (en loss change is within noise)\"" in html  # no seed ratio
+    assert ("No group has a mean: every disparity is undefined (en loss change is within "
+            "noise)") in html  # the per-class table says why it is empty, not nothing
 
 
 def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
