@@ -22,6 +22,7 @@ from quantfair.config import (
     add_options,
     check_folder_writable,
     integer_option,
+    named_option,
     parse_languages,
     parse_percent,
     refuse_empty,
@@ -139,7 +140,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
                          "give --model")
     corpus = load_corpus(args.quantfair_corpus)
     chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
-    corpus = corpus.select(parse_languages(chosen, corpus.languages))
+    with named_option("languages"):  # as `measure` and the plugin name it
+        corpus = corpus.select(parse_languages(chosen, corpus.languages))
     evaluator = None
     if args.model:
         from quantfair.evaluate import Evaluator

@@ -159,7 +159,7 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
 
 
 @contextlib.contextmanager
-def _named_option(name: str):
+def named_option(name: str):
     """A UsageError raised inside names option `name` where it names no option (so that the
     pytest plugin can say where a value it names came from: the ini file, -o)."""
     try:
@@ -381,13 +381,13 @@ def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
     if colon and kind.lower() == ARTIFACT:  # before the label's own check: `artifact:` too
         raise UsageError(f"--quant {quant.strip()}: an artifact's scheme comes from --quantized "
                          "FILE" + (f" (with --quantized-label {label})" if label else ""))
-    with _named_option("quant"):
+    with named_option("quant"):
         scheme = QuantScheme.parse(quant)
     if embedding_type is None:
         return scheme
     if scheme.gguf_type is None:
         raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
-    with _named_option("embedding-type"):
+    with named_option("embedding-type"):
         given = QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
     if "-embed-" in quant.lower() and given != scheme:
         raise UsageError(f"--embedding-type {embedding_type.strip()} contradicts --quant "
@@ -446,7 +446,7 @@ class RunConfig:
         if chosen is None:
             chosen = "all" if get("corpus") else DEFAULT_LANGUAGES
         corpus = load_corpus(get("corpus"))
-        with _named_option("languages"):
+        with named_option("languages"):
             corpus = corpus.select(parse_languages(chosen, corpus.languages))
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = integer_option("units", str(get("units")))

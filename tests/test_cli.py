@@ -200,6 +200,8 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
     (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
     (["corpus", "--languages", ""], "an empty entry"),
+    *(([*command, "--languages", "HE"], "--languages: unknown language(s) HE (codes are case-")
+      for command in (["corpus"], ["measure", "tiny-gpt2"])),  # the option named alike
     (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "30"],
      "--calibration-units 30: 23 units per language are left out of the audit to search on"),
     (["measure", "tiny-gpt2", "--quantized-label", " "], "--quantized-label is empty"),
