@@ -230,12 +230,21 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     """Without a model every audit is skipped, so a command line that gives quantfair options
     (a release gate's --quantfair-baseline) must have meant one: that is a usage error, not a
     run that passes having audited nothing. Settings in an ini file alone keep the plugin
-    inert."""
+    inert, as do options in addopts or PYTEST_ADDOPTS (defaults, as ini keys are), but not
+    `-o quantfair_...` typed on the command line."""
+    model = "--model" if _given_short(config, "model") else "--quantfair-model"
     if config.getoption(OPTIONS["model"].dest, default=None) == "":
-        raise pytest.UsageError(f"--quantfair-model (--model) is empty: name {MODEL_KINDS}")
+        raise pytest.UsageError(f"{model} is empty: name {MODEL_KINDS}")
+    typed = " ".join(map(str, config.invocation_params.args))
+    overrides = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
+                 or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
+    if any(entry.replace(" ", "") == f"{OPTIONS['model'].dest}=" for entry in overrides):
+        raise pytest.UsageError(f"-o {OPTIONS['model'].dest} is empty: name {MODEL_KINDS}")
     given = [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
              for option in OPTIONS.values()
-             if config.getoption(option.dest, default=None) not in (None, False)]
+             if config.getoption(option.dest, default=None) not in (None, False)
+             and _typed(config, option.name)]
+    given += [f"-o {entry.partition('=')[0].strip()}" for entry in overrides]
     if selects_release_gates(config) and not config.getoption("collectonly", default=False):
         given.append("-m quantfair_release (the release gates)")
     if given:
@@ -435,7 +444,7 @@ def _bad_definition(message: str) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    finding = getattr(metafunc.function, "quantfair_finding", None)
+    finding = _finding_of(metafunc.function)
     if finding is None or "case" not in metafunc.fixturenames:
         return
     if metafunc.cls is not None:  # the class instance would arrive as the audit's context
@@ -525,7 +534,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # so none of them starts last and keeps one worker busy while the others idle.
             items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
         return
-    audits = [item for item in items if item.get_closest_marker("quantfair")]
+    audits = [item for item in items if is_audit(item)]
     if not audits or _shows_only(config) or DEFERRED in config.stash:
         return
     skip = pytest.mark.skip(reason="quantfair audits need a model (--quantfair-model, or "
@@ -537,8 +546,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reporter.write_line(f"quantfair: {len(audits)} audits skipped: no model given")
 
 
+def is_audit(item: pytest.Item) -> bool:
+    """Whether `item` is a quantfair audit: marked `quantfair` and using the audit context
+    (`quantfair_audit`), as every test `audit()` makes is. The marker alone is not enough: a
+    project may tag its own tests `quantfair`."""
+    return bool(item.get_closest_marker("quantfair")) and "quantfair_audit" in getattr(
+        item, "fixturenames", ())
+
+
 def _element_selections(item: pytest.Item) -> int:
-    finding = getattr(getattr(item, "function", None), "quantfair_finding", None)
+    finding = _finding_of(getattr(item, "function", None))
     return finding.check.element_selections if finding is not None else 0
 
 
@@ -551,7 +568,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     run = _run(item.config)
     if run is not None and (extras := run.report_extras()):
         report.quantfair_run = extras
-    finding = getattr(getattr(item, "function", None), "quantfair_finding", None)
+    finding = _finding_of(getattr(item, "function", None))
     callspec = getattr(item, "callspec", None)
     if finding is not None and callspec is not None:
         report.quantfair = {**finding.describe(callspec.params["case"]),

@@ -27,6 +27,7 @@ import pytest
 
 from quantfair.config import OPTIONS, RunConfig, check_folder_writable
 from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError
+from quantfair.plugin import is_audit
 from quantfair.storage import why_unwritable
 from quantfair.text import some
 
@@ -222,7 +223,7 @@ class QuantfairRun:
 
     # -- selection ------------------------------------------------------------------------
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
-        deselected = [i for i in items if i.get_closest_marker("quantfair")]
+        deselected = [i for i in items if is_audit(i)]
         self.selection["deselected"] = self.selection.get("deselected", 0) + len(deselected)
 
     def expect_gate(self, finding: str, cases: list[str]) -> None:
@@ -231,7 +232,7 @@ class QuantfairRun:
         self.selection.setdefault("gate_cases", {})[finding] = cases
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        selected = [i.nodeid for i in session.items if i.get_closest_marker("quantfair")]
+        selected = [i.nodeid for i in session.items if is_audit(i)]
         self.selection["selected_ids"] = selected
 
     @pytest.hookimpl(optionalhook=True)

@@ -64,8 +64,18 @@ def test_quantfair_options_without_a_model_are_a_usage_error_not_a_pass(pytester
     short = run(pytester, *QUICK_FILES, "-p", "quantfair.short_options", "--quant", "int8")
     assert short.ret == pytest.ExitCode.USAGE_ERROR  # named as typed
     short.stderr.fnmatch_lines(["ERROR: --quant given but no model: *"])
-    pytester.makeini("[pytest]\nquantfair_units = 2\n")
-    assert run(pytester, *QUICK_FILES).ret == 0
+    overridden = run(pytester, *QUICK_FILES, "-o", "quantfair_max_disparity=2.0")
+    assert overridden.ret == pytest.ExitCode.USAGE_ERROR  # pytest's -o typed: as an option
+    overridden.stderr.fnmatch_lines(["ERROR: -o quantfair_max_disparity given but no model: *"])
+    emptied = run(pytester, *QUICK_FILES, "-o", "quantfair_model=")
+    assert emptied.ret == pytest.ExitCode.USAGE_ERROR
+    emptied.stderr.fnmatch_lines(["ERROR: -o quantfair_model is empty: name a Hugging Face*"])
+    for ini in ("quantfair_units = 2",  # settings of the project: defaults, as addopts are
+                "addopts = --quantfair-no-report --quantfair-units=2 -o quantfair_units=3"):
+        pytester.makeini(f"[pytest]\n{ini}\n")
+        inert = run(pytester, *QUICK_FILES)
+        assert inert.ret == 0, inert.stderr.str()
+        inert.stdout.fnmatch_lines(["quantfair: * audits skipped: no model given"])
 
 
 def test_failure_message_has_claim_value_bound_and_experiment(pytester):
@@ -112,7 +122,8 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         # an option not given is named as the others were written: short here
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --baseline comparison"),
         (["--tolerance="], "--tolerance is empty: give a value"),
-        (["--quantfair-model", ""], "--quantfair-model (--model) is empty: name a Hugging Face"),
+        (["--quantfair-model", ""], "--quantfair-model is empty: name a Hugging Face"),
+        (["--model="], "--model is empty: name a Hugging Face"),  # named as typed
         # an unset variable in a CI script must not gate on the defaults
         (["--quantized", ""], "--quantized is empty: give a value (see --help) or leave it out"),
         (["--quantfair-baseline", " "], "--quantfair-baseline is empty: give a value"),

@@ -85,6 +85,46 @@ def test_a_foreign_project_with_its_own_model_option_runs_the_installed_suite(py
     assert "Measured: tiny-gpt2" in result.stdout.str()
 
 
+def test_a_projects_own_quantfair_marker_leaves_its_tests_running(pytester):
+    """A project that tags its integration tests `quantfair`: without a model only audits
+    (which use the audit context) are skipped, not every test carrying the marker."""
+    pytester.makeini("[pytest]\nmarkers =\n    quantfair: tests of our quantfair integration\n")
+    pytester.makepyfile(test_ours="""
+        import pytest
+
+        @pytest.mark.quantfair
+        def test_integration():
+            assert True
+    """)
+    result = run(pytester, "test_ours.py", "--strict-markers")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert result.parseoutcomes() == {"passed": 1}
+    assert "audits skipped" not in result.stdout.str()
+
+
+def test_a_projects_own_quantfair_finding_attribute_is_not_taken_for_a_finding(pytester):
+    """Only what `audit()` made is a finding; a project's decorator may name an attribute
+    alike (collection crashed reading its `.id`)."""
+    pytester.makepyfile(test_ours="""
+        import pytest
+
+        @pytest.fixture
+        def case():
+            return "theirs"
+
+        def tag(test):
+            test.quantfair_finding = "ours"
+            return test
+
+        @tag
+        def test_tagged(case):
+            assert case == "theirs"
+    """)
+    result = run(pytester, "test_ours.py")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert result.parseoutcomes() == {"passed": 1}
+
+
 def test_short_forms_loaded_with_p_leave_a_projects_own_options_alone(pytester):
     """`-p quantfair.short_options` loads before conftest files: a root conftest's own
     `--model` must keep its name, not meet an argparse conflict; untaken forms still work."""
