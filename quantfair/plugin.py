@@ -182,14 +182,23 @@ def setting_error(error: QuantfairError | OSError) -> str:
 
 
 def _ini_only(config: pytest.Config) -> bool:
-    """Whether quantfair is configured by the ini file alone: no quantfair option or `-o
-    quantfair_...` on the command line (or in addopts) and no `-m` asking for a release
-    gate."""
-    overrides = config.getoption("override_ini", default=None) or []
-    return not selects_release_gates(config) and all(
-        config.getoption(option.dest, default=None) in (None, False)
-        for option in OPTIONS.values()) and not any(
-        str(override).strip().startswith("quantfair_") for override in overrides)
+    """Whether quantfair is configured by the project alone (its ini file, addopts and
+    PYTEST_ADDOPTS): no quantfair option or `-o quantfair_...` typed on the command line and
+    no `-m` asking for a release gate."""
+    return not selects_release_gates(config) and not _typed_options(config)
+
+
+def _typed_options(config: pytest.Config) -> list[str]:
+    """The quantfair options typed on the command line, as typed (`--units`,
+    `--quantfair-units`, `-o quantfair_units`), not those only in addopts or PYTEST_ADDOPTS."""
+    typed = " ".join(map(str, config.invocation_params.args))
+    overrides = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
+                 or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
+    return [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
+            for option in OPTIONS.values()
+            if config.getoption(option.dest, default=None) not in (None, False)
+            and _typed(config, option.name)] + [
+        f"-o {entry.partition('=')[0].strip()}" for entry in overrides]
 
 
 def _shows_only(config: pytest.Config) -> bool:
@@ -235,16 +244,9 @@ def _check_no_options_without_model(config: pytest.Config) -> None:
     model = "--model" if _given_short(config, "model") else "--quantfair-model"
     if config.getoption(OPTIONS["model"].dest, default=None) == "":
         raise pytest.UsageError(f"{model} is empty: name {MODEL_KINDS}")
-    typed = " ".join(map(str, config.invocation_params.args))
-    overrides = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
-                 or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
-    if any(entry.replace(" ", "") == f"{OPTIONS['model'].dest}=" for entry in overrides):
+    given = _typed_options(config)
+    if f"-o {OPTIONS['model'].dest}" in given:  # given, and empty
         raise pytest.UsageError(f"-o {OPTIONS['model'].dest} is empty: name {MODEL_KINDS}")
-    given = [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
-             for option in OPTIONS.values()
-             if config.getoption(option.dest, default=None) not in (None, False)
-             and _typed(config, option.name)]
-    given += [f"-o {entry.partition('=')[0].strip()}" for entry in overrides]
     if selects_release_gates(config) and not config.getoption("collectonly", default=False):
         given.append("-m quantfair_release (the release gates)")
     if given:

@@ -784,6 +784,18 @@ def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, sett
     given.stderr.fnmatch_lines([f"ERROR: *{message}*"])
 
 
+def test_options_in_addopts_are_the_projects_settings_that_wait_for_an_audit(pytester):
+    """`addopts = --quantfair-no-report` is the project's default, as an ini key is: its own
+    tests run as without quantfair though a setting is bad; typed, the option is refused."""
+    pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_baseline = missing.json\n"
+                     "addopts = --quantfair-no-report\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
+    typed = run_here(pytester, "test_own.py", "--quantfair-units=2")
+    assert typed.ret == pytest.ExitCode.USAGE_ERROR
+    typed.stderr.fnmatch_lines(["ERROR: *missing.json: no such report file*"])
+
+
 @pytest.mark.parametrize("ini", ["[pytest]\nquantfair_model = nosuchmodel\n",
                                  "[pytest]\nquantfair_model = tiny-gpt2\n"
                                  "quantfair_baseline = missing.json\n"])
