@@ -179,8 +179,8 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
         return None
     codes = [code.strip() for code in text.split(",")]
     if any(not code for code in codes):
-        raise UsageError(f"--languages has an empty entry in '{text}'; give comma-separated "
-                         "codes such as en,de,he")
+        what = f"has an empty entry in '{text}'" if text.strip() else "is empty"
+        raise UsageError(f"--languages {what}; give comma-separated codes such as en,de,he")
     if "all" in map(str.lower, codes):
         raise UsageError(f"--languages {text}: all selects every language; give it alone")
     chosen = []

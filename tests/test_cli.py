@@ -197,9 +197,9 @@ def corpus_files(tmp_path):
     (["report", "/nowhere/old.json", "/nowhere/new.json"], "report not found"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", "en"],
      "give at least one other (`quantfair corpus` lists the corpus's languages)"),
-    (["suggest", "tiny-gpt2", "--budget", "5%", "--languages", ""], "an empty entry"),
-    (["measure", "tiny-gpt2", "--languages", ""], "an empty entry"),
-    (["corpus", "--languages", ""], "an empty entry"),
+    *(([*command, "--languages", ""], "--languages is empty; give comma-separated codes")
+      for command in (["suggest", "tiny-gpt2", "--budget", "5%"], ["measure", "tiny-gpt2"],
+                      ["corpus"])),
     *(([*command, "--languages", "HE"], "--languages: unknown language(s) HE (codes are case-")
       for command in (["corpus"], ["measure", "tiny-gpt2"])),  # the option named alike
     (["suggest", "tiny-gpt2", "--budget", "5%", "--calibration-units", "30"],

@@ -114,7 +114,7 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--units", "5", "--quantfair-units", "100"],  # which would win?
          "--units 5, --quantfair-units 100: the option is given more than once, with "
          "different values; give it once"),
-        (["--languages", ""], "an empty entry"),
+        (["--languages", ""], "--languages is empty; give comma-separated codes"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
         (["--report", " "], "--report is empty; give the path of a .json file"),
         (["--report", "r.json", "--no-report"], "give --report r.json or --no-report, not both"),
