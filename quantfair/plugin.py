@@ -528,6 +528,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                     None, plugin.__file__, 1)
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m deselect: the audits that would run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _run(config) is not None:
         if hasattr(config, "workerinput"):

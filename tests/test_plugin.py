@@ -47,6 +47,10 @@ def test_audits_are_skipped_with_one_line_without_model(pytester):
     assert result.ret == 0
     result.stdout.fnmatch_lines(["quantfair: * audits skipped: no model given"])
     assert result.parseoutcomes()["skipped"] > 0
+    selected = run(pytester, *QUICK_FILES, "-k", "robustness")  # those that would have run
+    assert selected.ret == 0
+    selected.stdout.fnmatch_lines([f"quantfair: {selected.parseoutcomes()['skipped']} audits "
+                                   "skipped: no model given"])
 
 
 def test_quantfair_options_without_a_model_are_a_usage_error_not_a_pass(pytester):
