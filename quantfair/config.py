@@ -70,6 +70,7 @@ class Option:
     default: Any = None
     flag: bool = False  # a switch (store_true)
     short: bool = True  # also has the short form in the audit suite
+    number: bool = False  # may be a number (a TOML table's ini value may be one)
 
     @property
     def dest(self) -> str:
@@ -93,7 +94,7 @@ OPTIONS = {option.name: option for option in (
     Option("languages", f"{LANGUAGES_HELP} (default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
     Option("units", "measure a seeded sample of this many units per language, 0 for all "
-                    f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS)),
+                    f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS), number=True),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "
                      "else cpu), cpu, cuda, cuda:N, mps"),
@@ -101,7 +102,7 @@ OPTIONS = {option.name: option for option in (
                     "quantization is computed in float32, then cast)", "float32"),
     Option("threads", "torch threads per process: auto (default: an xdist worker takes "
                       "cores // workers, unless OMP_NUM_THREADS is set; a serial run keeps "
-                      "torch's default) or a number", "auto"),
+                      "torch's default) or a number", "auto", number=True),
     Option("random-weights", "build the model from a shipped config with random weights",
            flag=True),
     Option("strategy", "a protection strategy to audit against none and random protection at "
@@ -114,13 +115,13 @@ OPTIONS = {option.name: option for option in (
                        "now fails"),
     Option("tolerance", "relative disparity growth counted as a regression: a fraction, or a "
                         f"percentage with its sign (default {DEFAULT_TOLERANCE})",
-           str(DEFAULT_TOLERANCE)),
+           str(DEFAULT_TOLERANCE), number=True),
     Option("strict", "inconclusive comparisons (and growth beyond the --baseline tolerance "
                      "not significant) fail the run", flag=True, short=False),
     *(Option(f"max-{name.replace('_', '-')}", f"release gate: every language's {name} at most "
              "this, e.g. " + ("0.5 or 0.5,he=0.8 (a fraction, or a percentage)"
                               if name == "degradation" else "2.0 or 2.0,he=3.0")
-             + " (per-language overrides)")
+             + " (per-language overrides)", number=True)
       for name in RELEASE_QUANTITIES),
 )}
 

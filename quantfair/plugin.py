@@ -58,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         # numbers: TOML's own in pytest's native `[tool.pytest]` table (pytest >= 9.2 takes
         # unions; an ini file's text stays a string, the first member)
         kind = "bool" if option.flag else "linelist" if option.name == "languages" else (
-            str | int | float if pytest.version_tuple >= (9, 2) else "string")
+            str | int | float if option.number and pytest.version_tuple >= (9, 2)
+            else "string")
         parser.addini(option.dest, option_help(option, "quantfair-"), type=kind, default=None)
 
 

@@ -708,6 +708,12 @@ def test_help_names_the_options_as_pytest_takes_them(pytester):
 
     shown, options = named()
     assert "--quantfair-corpus file" in shown and "--quantfair-baseline tolerance" in shown
+    # ini keys typed as they are read: a number only where one is meant
+    types = dict(re.findall(r"^  (quantfair_\w+) \(([^)]*)\)", shown, re.MULTILINE))
+    assert types["quantfair_model"] == "string" and types["quantfair_strict"] == "bool"
+    if pytest.version_tuple >= (9, 2):  # TOML's numbers in pytest's native table
+        assert types["quantfair_units"] == types["quantfair_max_disparity"] == (
+            "string | int | float")
     # none by its short form (not loaded here), but those pytest has itself (--strict)
     assert not options & set(OPTIONS) - named("-p", "no:quantfair")[1]
 
