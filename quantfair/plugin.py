@@ -440,6 +440,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
+def _settings_languages(config: pytest.Config) -> tuple[str, ...]:
+    """Where no run is configured (no model; a bad setting waiting for the first audit), the
+    languages the settings name, so that test ids are the run's; the defaults where they
+    cannot be read here (a bad list, `all`, a user corpus's codes)."""
+    try:
+        chosen = parse_languages(option_value(config, "languages") or DEFAULT_LANGUAGES)
+    except (QuantfairError, OSError):
+        chosen = None
+    return chosen or parse_languages(DEFAULT_LANGUAGES)
+
+
 def _bad_definition(message: str) -> None:
     """A finding defined wrongly, found while its file is collected: a collection error of
     that file in one line (pytest's frames left out), as pytest reports its own."""
@@ -459,7 +470,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         _bad_definition(f"finding id {finding.id!r} is defined twice, differently: {where} "
                         f"and {metafunc.definition.nodeid} (reports key findings by id)")
     run = _run(metafunc.config)
-    languages = run.config.languages if run else parse_languages(DEFAULT_LANGUAGES)
+    languages = run.config.languages if run else _settings_languages(metafunc.config)
     if run is not None:  # a language of no corpus is a typo ("hebrew"), not one left out
         from quantfair.corpus import metadata
 

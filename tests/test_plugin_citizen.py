@@ -790,6 +790,22 @@ def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, sett
     given.stderr.fnmatch_lines([f"ERROR: *{message}*"])
 
 
+@pytest.mark.parametrize("model", ["", "quantfair_model = tiny-gpt2\n"
+                                      "quantfair_baseline = missing.json\n"])
+def test_audits_not_yet_configured_are_named_by_the_settings_languages(pytester, model):
+    """Without a model, or with a bad setting waiting for the first audit, the test ids are
+    those of the languages set (`--lf`, `-k he` select as the run would), not the defaults."""
+    pytester.makeini(f"[pytest]\n{model}quantfair_languages = he\n")
+    listed = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "baseline_disparity",
+                      "--collect-only", "-q")
+    assert "test_baseline_disparity[none-he]" in listed.stdout.str()
+    assert "[none-de]" not in listed.stdout.str()
+    pytester.makeini(f"[pytest]\n{model}quantfair_languages = class:7\n")  # unreadable
+    listed = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "baseline_disparity",
+                      "--collect-only", "-q")
+    assert "test_baseline_disparity[none-de]" in listed.stdout.str()  # the defaults
+
+
 def test_options_in_addopts_are_the_projects_settings_that_wait_for_an_audit(pytester):
     """`addopts = --quantfair-no-report` is the project's default, as an ini key is: its own
     tests run as without quantfair though a setting is bad; typed, the option is refused."""
