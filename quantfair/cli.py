@@ -22,12 +22,11 @@ from quantfair.config import (
     add_options,
     check_folder_writable,
     integer_option,
-    named_option,
-    parse_languages,
     parse_percent,
     refuse_empty,
     refuse_inputs,
     require_other_languages,
+    selected_corpus,
 )
 from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError, os_error_text
 from quantfair.progress import close_bars, token_bars
@@ -130,7 +129,7 @@ def _session(args: argparse.Namespace, before_load=None, reads_only: bool = Fals
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from quantfair.corpus import language, load_corpus
+    from quantfair.corpus import language
 
     for name, value in (("model", args.model), ("corpus", args.quantfair_corpus),
                         ("device", args.quantfair_device)):
@@ -138,10 +137,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if (args.quantfair_random_weights or args.quantfair_device) and not args.model:
         raise UsageError("--random-weights and --device apply to --model's tokenizer; "
                          "give --model")
-    corpus = load_corpus(args.quantfair_corpus)
-    chosen = "all" if args.quantfair_languages is None else args.quantfair_languages
-    with named_option("languages"):  # as `measure` and the plugin name it
-        corpus = corpus.select(parse_languages(chosen, corpus.languages))
+    corpus = selected_corpus(args.quantfair_corpus, "all" if args.quantfair_languages is None
+                             else args.quantfair_languages)
     evaluator = None
     if args.model:
         from quantfair.evaluate import Evaluator

@@ -160,7 +160,7 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
 
 
 @contextlib.contextmanager
-def named_option(name: str):
+def _named_option(name: str):
     """A UsageError raised inside names option `name` where it names no option (so that the
     pytest plugin can say where a value it names came from: the ini file, -o)."""
     try:
@@ -169,6 +169,17 @@ def named_option(name: str):
         if re.search(r"--[a-z]", str(error)):
             raise
         raise UsageError(f"--{name}: {error}") from None
+
+
+def selected_corpus(path: str | None, languages: str):
+    """The corpus at `path` (None: the shipped UDHR) with the languages `languages` selects
+    (`parse_languages` over the corpus's own). Raises UsageError naming --languages for a bad
+    list, QuantfairError for a bad file."""
+    from quantfair.corpus import load_corpus
+
+    corpus = load_corpus(path)
+    with _named_option("languages"):
+        return corpus.select(parse_languages(languages, corpus.languages))
 
 
 def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[str, ...] | None:
@@ -382,13 +393,13 @@ def _scheme(quant: str, embedding_type: str | None) -> QuantScheme:
     if colon and kind.lower() == ARTIFACT:  # before the label's own check: `artifact:` too
         raise UsageError(f"--quant {quant.strip()}: an artifact's scheme comes from --quantized "
                          "FILE" + (f" (with --quantized-label {label})" if label else ""))
-    with named_option("quant"):
+    with _named_option("quant"):
         scheme = QuantScheme.parse(quant)
     if embedding_type is None:
         return scheme
     if scheme.gguf_type is None:
         raise UsageError(f"--embedding-type applies to gguf: schemes, not {scheme.name}")
-    with named_option("embedding-type"):
+    with _named_option("embedding-type"):
         given = QuantScheme.gguf(scheme.gguf_type, embedding_type.strip().upper())
     if "-embed-" in quant.lower() and given != scheme:
         raise UsageError(f"--embedding-type {embedding_type.strip()} contradicts --quant "
@@ -428,8 +439,6 @@ class RunConfig:
         `remote_workers`: the audits run on other machines (an xdist controller's remote
         gateways), whose cores bound `threads` there, not here; without `quantizer` a
         `llama.cpp:` scheme's file is not needed (tensor names only), nor llama-quantize."""
-        from quantfair.corpus import load_corpus
-
         def get(name: str) -> Any:
             raw = value(name)
             if isinstance(raw, str) and name in PATH_SETTINGS and raw.startswith("~"):
@@ -446,9 +455,7 @@ class RunConfig:
         chosen = value("languages")  # an empty list is an error, not the default
         if chosen is None:
             chosen = "all" if get("corpus") else DEFAULT_LANGUAGES
-        corpus = load_corpus(get("corpus"))
-        with named_option("languages"):
-            corpus = corpus.select(parse_languages(chosen, corpus.languages))
+        corpus = selected_corpus(get("corpus"), chosen)
         languages = tuple(corpus.languages)  # unknown languages failed just now
         units = integer_option("units", str(get("units")))
         # Given, more units than the corpus has is a mistake; the default takes all of a

@@ -149,9 +149,9 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     rows = []
     for (kind, value), by_strategy in sorted(groups.items()):
         means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
-        counts = sorted({len(v) for v in by_strategy.values()})
+        low, high = min(map(len, by_strategy.values())), max(map(len, by_strategy.values()))
         rows.append({"kind": kind, "value": value,
-                     "languages": "-".join(map(str, dict.fromkeys([counts[0], counts[-1]]))),
+                     "languages": str(low) if low == high else f"{low}-{high}",
                      "cells": [{"text": f"{means[s]:.2f}" if s in means else "",
                                 "title": f"mean of {plural(len(by_strategy[s]), 'language')}"
                                 if s in means else "", "style": shade(means.get(s))}
