@@ -1,8 +1,14 @@
 import os
+import signal
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A shell starts background jobs with SIGINT ignored, and the runs these tests start inherit
+# that: the Ctrl-C tests would send signals nobody receives. Take Ctrl-C as a terminal does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
