@@ -555,7 +555,8 @@ class RunConfig:
         check_available(self.model, self.random_weights)
         if self.quantized:
             check_available(self.quantized, what="--quantized")
-        resolve_device(self.device)
+        if self.device not in (None, "", "auto"):  # auto always resolves (to the CPU at worst)
+            resolve_device(self.device)
 
     @cached_property
     def full_corpus(self):

@@ -16,11 +16,10 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from filelock import FileLock
-from torch import nn
 
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.schemes import QuantScheme
@@ -32,8 +31,11 @@ from quantfair.storage import (
     shared_json,
 )
 from quantfair.taxonomy import family_of
-from quantfair.tensorfile import is_whole
 from quantfair.text import brief
+
+if TYPE_CHECKING:  # torch is imported where a model loads: a run's controller never does
+    import torch
+    from torch import nn
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Public configs (hyperparameters only) shipped for --random-weights.
@@ -132,6 +134,8 @@ class LoadedModel:
 
 def weights_hash(model: nn.Module) -> str:
     """sha256 (hex) over every parameter's name and bytes."""
+    import torch
+
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
         digest.update(name.encode())
@@ -220,6 +224,8 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
 def resolve_device(device: str | None) -> torch.device:
     """`device`, or for auto: CUDA when available (an xdist worker gw<i> takes GPU i mod n, so
     workers spread over a multi-GPU host), else the CPU. Raises UsageError."""
+    import torch
+
     if device in (None, "", "auto"):
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -281,6 +287,7 @@ def _tiny_config(model_type: str):
 
 
 def _from_config(config, seed: int = 0) -> nn.Module:
+    import torch
     from transformers import AutoModelForCausalLM
 
     with _seeded(seed):
@@ -289,6 +296,8 @@ def _from_config(config, seed: int = 0) -> nn.Module:
 
 @contextlib.contextmanager
 def _seeded(seed: int):
+    import torch
+
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -417,6 +426,8 @@ def _converted(cached: Path) -> bool:
     the sha256 of each file beside the weights (config, tokenizer) and the weights' size and
     modification time, so a config edited or weights rewritten in place are converted again,
     never read as the model's."""
+    from quantfair.tensorfile import is_whole
+
     try:
         mark = json.loads((cached / "complete").read_text())
         return mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors")
@@ -498,6 +509,7 @@ def load_tokenizer(location: str, **kwargs):
 
 
 def _from_pretrained(location: str, **kwargs):
+    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -678,6 +690,8 @@ def load_model(spec: str, device: str | None = None, random_weights: bool = Fals
                dtype: str = "float32") -> LoadedModel:
     """Load `spec` (alias, Hub id, directory or .gguf) onto `device` (`resolve_device`) in
     `dtype` ("float32", "bfloat16" or "float16"), in eval mode."""
+    import torch
+
     global load_count
     if spec in TINY_MODEL_TYPES:
         load_count += 1
@@ -704,6 +718,8 @@ def non_finite_parameter(model: torch.nn.Module) -> str | None:
     """The name of the first parameter holding a NaN or an infinity, or None. A finite sum
     clears a tensor without the memory of an elementwise mask (a float32 sum overflowing
     is checked elementwise)."""
+    import torch
+
     return next((name for name, param in model.named_parameters()
                  if not math.isfinite(param.sum(dtype=torch.float32).item())
                  and not bool(torch.isfinite(param).all())), None)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from quantfair.errors import QuantfairError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BLOCKS = ("embed", "attn", "mlp", "norm", "head")
 

@@ -323,13 +323,16 @@ def test_each_worker_loads_the_model_once(pytester):
     assert all(p["loads"] == 1 and p["device"] == "cpu" for p in processes)  # auto, resolved
 
 
-def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypatch):
+def test_workers_share_a_folder_of_the_run_and_the_controller_imports_no_torch(
+        pytester, monkeypatch):
     """The controller makes one folder in the results cache for its workers (hidden states
-    of the top layer, which worker has finished) and removes it at the end."""
+    of the top layer, which worker has finished) and removes it at the end. Only workers load
+    models: importing torch in the controller cost every xdist run seconds."""
     results = pytester.path / "results"
     monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(results))
     pytester.makepyfile(seen=f"""
         import json
+        import sys
         from pathlib import Path
 
         def pytest_sessionfinish(session):
@@ -340,6 +343,9 @@ def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypat
                          for p in Path(folder).rglob("*") if p.is_file()] if folder else []
                 Path({str(pytester.path)!r}, f"seen-{{given['workerid']}}.json").write_text(
                     json.dumps({{"folder": folder, "found": sorted(set(found))}}))
+            else:
+                Path({str(pytester.path)!r}, "controller.json").write_text(json.dumps(
+                    [name for name in sys.modules if name.split(".")[0] == "torch"]))
     """)
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
     path = pytester.path / "r.json"
@@ -352,6 +358,7 @@ def test_workers_share_a_folder_of_the_run_that_goes_with_it(pytester, monkeypat
     # what the workers left there: hidden states, and that this worker had finished
     assert {"hidden-states", "finished-gw0"} <= set(seen[0]["found"])
     assert not folder.exists()
+    assert load(pytester.path / "controller.json") == []
 
 
 def test_report_html_lists_each_audit_once_with_evidence(pytester):
