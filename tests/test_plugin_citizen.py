@@ -248,9 +248,10 @@ def test_a_report_that_cannot_be_written_keeps_the_summary_and_exits_3(pytester,
                 pathlib.Path("blocker").write_text("a file, not a folder")
             return (yield)
     """)
-    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(blocker / "r.json"), "-p", "blocker_plugin",
-                 *workers)
+    args = (BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+            "--quantfair-report", str(blocker / "r.json"), "-p", "blocker_plugin", *workers)
+    # xdist workers load the test's plugin from their own path: a process of its own
+    result = run(pytester, *args) if workers else run_here(pytester, *args)
     assert result.ret == 3
     result.stdout.fnmatch_lines(["*quantfair audit summary*",
                                  "quantfair: could not write the report */blocker/r.json or "
@@ -1125,8 +1126,9 @@ def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytes
 def test_languages_in_a_config_file_as_a_toml_array_or_a_comma_list(pytester, config, text):
     (pytester.path / config).write_text(textwrap.dedent(text))
     path = pytester.path / "r.JSON"  # a report path ending in .json, in any case, is kept
-    result = run(pytester, BASELINE, "-c", config, "-k", "robustness", "-W", "error",
-                 "--quantfair-report", str(path))
+    result = run_here(pytester, BASELINE, "-c", config, "-k", "robustness", "-W", "error",
+                      "-W", "ignore::pytest.PytestAssertRewriteWarning",  # run in this process
+                      "--quantfair-report", str(path))
     assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
     assert load(path)["settings"]["languages"] == ["en", "de", "he"]
     assert sorted(p.name for p in pytester.path.glob("r.*")) == ["r.JSON", "r.html"]
@@ -1254,8 +1256,8 @@ def test_a_failing_test_that_is_no_audit_is_named_beside_a_passed_verdict(pytest
     """pytest exits 1 for the project's own failing test; the summary says why, though every
     audit passed."""
     pytester.makepyfile(test_theirs="def test_theirs():\n    assert False\n")
-    result = run(pytester, BASELINE, "test_theirs.py", "--quantfair-model", "tiny-gpt2",
-                 "-k", "robustness or theirs", "--quantfair-report", "r.json")
+    result = run_here(pytester, BASELINE, "test_theirs.py", "--quantfair-model", "tiny-gpt2",
+                      "-k", "robustness or theirs", "--quantfair-report", "r.json")
     assert result.ret == 1
     assert load(pytester.path / "r.json")["verdict"] == "passed"
     result.stdout.fnmatch_lines(["note: 1 test(s) that are not audits failed "
