@@ -593,12 +593,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 (pytest.fail.Exception, pytest.skip.Exception)):
             # The audit could not run (a bad setting, a broken cache): an error, not a finding.
             text = str(excinfo.value)
-            if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
-                text = one_line(in_pytest_terms(item.config, text))
-                report.longrepr = f"quantfair: {text}"
             first = text.strip().splitlines()
-            report.quantfair.update(outcome="error", message=f"{excinfo.typename}: "
-                                    f"{first[0] if first else 'no message'}")
+            message = f"{excinfo.typename}: {first[0] if first else 'no message'}"
+            if excinfo.errisinstance(QuantfairError):  # a bad setting: one line, no traceback
+                message = one_line(in_pytest_terms(item.config, text))  # said as it is
+                report.longrepr = f"quantfair: {message}"
+            report.quantfair.update(outcome="error", message=message)
             # pytest (its summary, JUnit XML, --lf) counts an error by the phase it happened
             # in, and only setup and teardown have errors: an audit that could not set up its
             # measurement is reported as set up, so no file counts it as a failed claim

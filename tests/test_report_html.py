@@ -773,7 +773,7 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
 
 
 def test_the_summary_says_why_audits_could_not_run_once_per_reason():
-    mismatch = "UsageError: --quantized v1.gguf does not pair with tiny-llama"
+    mismatch = "--quantized v1.gguf does not pair with tiny-llama"
     same = [audit(f"finding{i}", "error", message=mismatch) for i in range(27)]
     assert summarize(report(same))["headline"] == (
         f"27 audit(s) could not run (errors, not findings): the verdict needs them fixed: "
