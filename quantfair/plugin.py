@@ -9,6 +9,8 @@ transformers, and does nothing more unless a model is given. The short forms (`-
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import difflib
 import inspect
 import itertools
@@ -521,10 +523,23 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     if finding is not None and not made and not any(  # an alias of a collected name is fine
             other is obj and collector.funcnamefilter(alias)
             for alias, other in vars(collector.obj).items()):
-        collector.warn(pytest.PytestCollectionWarning(
+        warnings.warn_explicit(pytest.PytestCollectionWarning(
             f"finding {finding.id!r} is assigned to {name}, which pytest does not collect "
-            "(python_functions): it never runs; name it test_..."))
+            "(python_functions): it never runs; name it test_..."), None,
+            str(collector.path), _assigned_line(collector.path, name))
     return made
+
+
+def _assigned_line(path: Path, name: str) -> int:
+    """The line of a module's source that assigns `name` at the top level (1 when none
+    does, or the file cannot be read)."""
+    with contextlib.suppress(OSError, SyntaxError, ValueError):
+        for node in ast.parse(path.read_bytes()).body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [getattr(node, "target", None)])  # x: T = ..., x += ...
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return node.lineno
+    return 1
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -537,7 +552,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 warnings.warn_explicit(pytest.PytestCollectionWarning(
                     f"finding {finding.id!r} is assigned to {name} in a conftest.py, which "
                     "pytest collects no tests from: it never runs; move it to a test file"),
-                    None, plugin.__file__, 1)
+                    None, plugin.__file__, _assigned_line(Path(plugin.__file__), name))
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselect: the audits that would run

@@ -625,10 +625,10 @@ def test_a_finding_pytest_never_collects_is_warned_of(pytester):
     result = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2",
                  "--quantfair-languages", "en,de", "--quantfair-units", "2",
                  "--quantfair-no-report")
-    result.stdout.fnmatch_lines([
-        "*PytestCollectionWarning: finding 'never' is assigned to my_audit, which pytest does "
-        "not collect (python_functions): it never runs; name it test_...",
-        "*conftest.py:1: PytestCollectionWarning: finding 'conf' is assigned to "
+    result.stdout.fnmatch_lines([  # each at the line that assigns it
+        "*test_mine.py:4: PytestCollectionWarning: finding 'never' is assigned to my_audit, "
+        "which pytest does not collect (python_functions): it never runs; name it test_...",
+        "*conftest.py:4: PytestCollectionWarning: finding 'conf' is assigned to "
         "test_in_conftest in a conftest.py, which pytest collects no tests from: it never "
         "runs; move it to a test file"])
     assert "'ok'" not in result.stdout.str() and result.stdout.str().count("never runs") == 2
