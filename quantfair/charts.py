@@ -389,7 +389,7 @@ def resource(report: dict) -> dict:
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
                 ls="--" if noise else "-",
                 label=f"log-linear fit over the {len(drawn)} languages drawn"
-                + (" (no trend shown: r's 95% CI includes 0)" if noise else ""))
+                + (" (dashed: r's 95% CI includes 0, so no trend is established)" if noise else ""))
         figure.legend(loc="outside lower center")
     _log_axis(ax)
     ax.set_xticks(range(6))

@@ -42,9 +42,21 @@ def shade(ratio: float | None) -> dict:
     if ratio < 1:
         return BELOW_PARITY
     t = min(max(math.log10(ratio) / SCALE_TOP, 0.0), 1.0)
-    red, green, blue, _ = colormaps["cividis"](t)
-    light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.55
-    return {"background": to_hex((red, green, blue)), "color": "#111827" if light else "#fff"}
+    background = colormaps["cividis"](t)[:3]
+    # black or white, whichever reads better: over cividis either is >= 4.6:1 (WCAG AA)
+    dark_text = contrast(background, (0.0, 0.0, 0.0)) >= contrast(background, (1.0, 1.0, 1.0))
+    return {"background": to_hex(background), "color": "#000" if dark_text else "#fff"}
+
+
+def contrast(first: tuple, second: tuple) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (components in [0, 1]): 1 to 21, text
+    readable at 4.5 and above (https://www.w3.org/TR/WCAG21/#dfn-contrast-ratio)."""
+    def luminance(rgb: tuple) -> float:
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(first), luminance(second)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
 
 
 def _estimate(row: dict, name: str, digits: int = 2, scale: float = 1.0) -> str:

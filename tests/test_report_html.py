@@ -681,6 +681,20 @@ def test_the_resource_correlation_shows_its_points_and_its_interval():
     assert -1 <= float(shown[3]) <= float(shown[2]) <= float(shown[4].rstrip("]")) <= 1
 
 
+def test_every_shaded_cell_is_readable_at_wcag_aa():
+    """White on cividis's middle greys and olives read at 3.3:1 (Arabic's 5.87x on SmolLM2);
+    text under 18 pt needs 4.5:1 (WCAG 2.1, 1.4.3)."""
+    from matplotlib.colors import to_rgb
+
+    from quantfair.html import contrast
+
+    assert contrast((0, 0, 0), (1, 1, 1)) == pytest.approx(21)  # the definition's ends
+    assert contrast(to_rgb("#767676"), (1, 1, 1)) == pytest.approx(4.54, abs=0.005)  # AA's grey
+    for ratio in [*np.geomspace(1, 25, 400), 0.5, None]:
+        cell = shade(ratio)
+        assert contrast(to_rgb(cell["background"]), to_rgb(cell["color"])) >= 4.5, ratio
+
+
 @pytest.mark.parametrize("low, high, trend", [(-0.98, 0.39, False), (-0.99, -0.2, True)])
 def test_the_resource_fit_is_drawn_as_no_trend_where_r_may_be_0(monkeypatch, low, high, trend):
     """SmolLM2's five languages: r = -0.75 [-0.98, 0.39] beside a solid line that read as a
@@ -691,7 +705,7 @@ def test_the_resource_fit_is_drawn_as_no_trend_where_r_may_be_0(monkeypatch, low
              "spearman_r": -0.7, "spearman_p": 0.2}
     monkeypatch.setattr(metrics, "correlation", lambda xs, ys: found)
     svg = charts.resource(report())["svg"]
-    assert ("no trend shown: r's 95% CI includes 0" in svg) is not trend
+    assert ("r's 95% CI includes 0, so no trend is established" in svg) is not trend
     assert ("stroke-dasharray" in svg.split("log-linear fit")[0]) is not trend  # the line
 
 
