@@ -52,6 +52,28 @@ def _why_undefined(report: dict, strategy: str | None = None) -> str:
     return "; ".join(reasons) or "no ratio to English's loss change"
 
 
+def _damage_eased(report: dict, raised: list[str]) -> str:
+    """"; yet the perplexity under int4 falls with it for zh 7.95e+10 -> 6.03e+09 and for
+    English 2.62e+07 -> 1.7e+06: ...": where the protection lowers the damage to languages whose
+    disparity it raises, as a ratio does when English's falls more ("" where it does not)."""
+    ppl = {(r["strategy"], r["language"]): r.get("ppl_q") or 0
+           for strategy in ("none", RECOMMENDED) for r in main_rows(report, strategy)}
+
+    def falls(lang: str) -> bool:
+        return 0 < ppl.get((RECOMMENDED, lang), 0) < ppl.get(("none", lang), 0)
+
+    def change(lang: str) -> str:
+        return f"{ppl['none', lang]:.3g} -> {ppl[RECOMMENDED, lang]:.3g}"
+
+    eased = [lang for lang in raised if falls(lang)]
+    if not eased or not falls(REFERENCE):
+        return ""
+    return (f"; yet the perplexity under {report['settings'].get('scheme')} falls with it for "
+            + some([f"{lang} {change(lang)}" for lang in eased])
+            + f" and for English {change(REFERENCE)}: a ratio rises where English's damage "
+            "falls more, in proportion")
+
+
 def _interval(low: float | None, high: float | None) -> str:
     return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
 
@@ -260,7 +282,8 @@ def summarize(report: dict) -> dict:
             sentences.append("The recommended protection raises the disparity of " + some([
                 f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> {now:.2f}x"
                 for _, lang, now in raised]) + " (point estimates; the audits decide on "
-                "paired differences).")
+                "paired differences)" + _damage_eased(report, [lang for _, lang, _ in raised])
+                + ".")
     for outcome, words in (("passed", "Findings that hold on this model"),
                            ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),

@@ -843,6 +843,17 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
     assert raised(shifted) == [
         "The recommended protection raises the disparity of German (de) 1.50x -> 1.75x "
         "(point estimates; the audits decide on paired differences)."]
+    # ... and where the damage to it falls too, that a ratio rose because English's fell more
+    eased = copy.deepcopy(shifted)
+    protected(eased, "en", ppl_q=1.5)
+    assert raised(eased) == [
+        "The recommended protection raises the disparity of German (de) 1.50x -> 1.75x "
+        "(point estimates; the audits decide on paired differences); yet the perplexity under "
+        "int4 falls with it for de 1.78 -> 1.75 and for English 1.73 -> 1.5: a ratio rises "
+        "where English's damage falls more, in proportion."]
+    protected(eased, "de", ppl_q=1.9)  # German's damage grows: nothing eased to say
+    assert raised(eased)[0].endswith("(point estimates; the audits decide on paired "
+                                     "differences).")
     raised_more = copy.deepcopy(shifted)  # the most raised comes first
     protected(raised_more, "ar", disparity=3.6)
     assert raised(raised_more) == [
