@@ -68,7 +68,8 @@ def _damage_eased(report: dict, raised: list[str]) -> str:
     eased = [lang for lang in raised if falls(lang)]
     if not eased or not falls(REFERENCE):
         return ""
-    return (f"; yet the perplexity under {report['settings'].get('scheme')} falls with it for "
+    scheme = (report.get("settings") or {}).get("scheme") or "quantization"
+    return (f"; yet the perplexity under {scheme} falls with it for "
             + some([f"{lang} {change(lang)}" for lang in eased])
             + f" and for English {change(REFERENCE)}: a ratio rises where English's damage "
             "falls more, in proportion")
