@@ -182,6 +182,9 @@ def test_a_scheme_warning_reaches_the_summary_and_the_html():
     sentence = "Warning: gguf:Q4_1 re-quantizes weights dequantized from Q4_1."
     assert summarize(warned)["sentences"][1] == sentence
     assert sentence in render_html({**warned, "summary": summarize(warned)})
+    # for machines too: the summary's warnings, none where there is nothing to warn of
+    assert summarize(warned)["warnings"] == [sentence.removeprefix("Warning: ")[:-1]]
+    assert summarize(plain)["warnings"] == []
 
 
 def test_the_html_names_the_audited_artifact_by_hash_and_tensor_types():
@@ -212,6 +215,7 @@ def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_bre
     assert not any(said in s for s in summarize(sane)["sentences"])
     assert not any(said in s for s in summarize(report())["sentences"])  # vocabulary unknown
     assert any(said in s for s in summarize(broken)["sentences"])
+    assert [w[:len(said) - 9] for w in summarize(broken)["warnings"]] == [said[9:]]  # in JSON
     assert said in render_html({**broken, "summary": summarize(broken)}).replace("&#39;", "'")
     unlearned = report()  # worse than uniform in full precision already: not the scheme's doing
     unlearned["model"]["vocabulary"] = math.floor(english["ppl_fp"])
@@ -225,6 +229,7 @@ def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_bre
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
+    assert load_report(path)["summary"]["warnings"] == []
 
 
 def test_the_json_carries_the_language_metadata_the_html_groups_by(tmp_path):
