@@ -219,11 +219,11 @@ def summarize(report: dict) -> dict:
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
     english = next((r for r in main_rows(report, "none") if r["language"] == REFERENCE), {})
-    warnings = [w for w in (model.get("scheme_warning"),  # what was measured is not what it
-                            uniform_guess_warning(english, model.get("vocabulary"),  # seems;
-                                                  settings.get("scheme")))  # a broken model
-                if w]
-    sentences += [f"Warning: {w.removesuffix('.')}." for w in warnings]
+    # what was measured is not what it seems (a re-quantized GGUF); a scheme that breaks it
+    warnings = [w.removesuffix(".") for w in (
+        model.get("scheme_warning"),
+        uniform_guess_warning(english, model.get("vocabulary"), settings.get("scheme"))) if w]
+    sentences += [f"Warning: {w}." for w in warnings]
     comparison = report.get("comparison") or {}
     if comparison and not comparison.get("regressions"):
         shared = comparison.get("paired_on_shared_units")
@@ -350,5 +350,4 @@ def summarize(report: dict) -> dict:
             "findings": {"held": by_outcome["passed"], "did_not_hold": by_outcome["failed"],
                          "inconclusive": by_outcome["inconclusive"],
                          "errors": by_outcome["error"]},
-            "measured": measured, "warnings": [w.removesuffix(".") for w in warnings],
-            "sentences": sentences}
+            "measured": measured, "warnings": warnings, "sentences": sentences}
