@@ -545,7 +545,7 @@ class RunConfig:
         the model and any --quantized artifact are there, the device exists (with `here`; not
         where the model loads on other machines, each of which checks its own). Raises
         UsageError."""
-        from quantfair.models import check_available, resolve_device
+        from quantfair.models import check_available, is_auto_device, resolve_device
         from quantfair.storage import cache_root, check_writable, results_root
 
         if cache:
@@ -555,7 +555,7 @@ class RunConfig:
         check_available(self.model, self.random_weights)
         if self.quantized:
             check_available(self.quantized, what="--quantized")
-        if self.device not in (None, "", "auto"):  # auto always resolves (to the CPU at worst)
+        if not is_auto_device(self.device):  # auto always resolves: no torch in a controller
             resolve_device(self.device)
 
     @cached_property

@@ -221,12 +221,18 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
     return dict(Counter(tensor["type"] for tensor in gguf_tensors(path).values()))
 
 
+def is_auto_device(device: str | None) -> bool:
+    """Whether `device` leaves the choice to `resolve_device` (unset, empty or auto): one
+    that always resolves, to the CPU at worst."""
+    return device in (None, "", "auto")
+
+
 def resolve_device(device: str | None) -> torch.device:
     """`device`, or for auto: CUDA when available (an xdist worker gw<i> takes GPU i mod n, so
     workers spread over a multi-GPU host), else the CPU. Raises UsageError."""
     import torch
 
-    if device in (None, "", "auto"):
+    if is_auto_device(device):
         if not torch.cuda.is_available():
             return torch.device("cpu")
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
