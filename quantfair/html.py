@@ -21,7 +21,8 @@ from quantfair.report import (
     regressions_line,
     unsearched_languages,
 )
-from quantfair.summary import RECOMMENDED, compared_rows, main_rows, summarize
+from quantfair.summary import (
+    RECOMMENDED, compared_rows, main_rows, release_checked, summarize)
 from quantfair.text import experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
@@ -216,7 +217,7 @@ def render_html(report: dict) -> str:
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)
     return template.render(
-        report=report, summary=report_summary(report),
+        report=report, summary=report_summary(report), release_checked=release_checked(report),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         aggregates=groups,  # or why none, where the languages have metadata to group by

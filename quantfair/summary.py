@@ -180,6 +180,15 @@ def uniform_guess_warning(english: dict, vocabulary: int | None, scheme: str | N
     return None
 
 
+def release_checked(report: dict) -> bool:
+    """Whether a release gate decided anything: a baseline was compared, or an audit of a
+    release maximum (`--quantfair-max-*`) ran. Without one the verdict is of the seed's
+    findings on the model, not a release decision."""
+    return bool(report.get("comparison")) or any(
+        a["outcome"] != "skipped" for a in report.get("audits", [])
+        if "release" in (a.get("experiments") or ()))
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -232,8 +241,7 @@ def summarize(report: dict) -> dict:
             f"({len(comparison.get('rows') or [])} measurements and "
             f"{len(comparison.get('audits') or [])} audits compared"
             + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ").")
-    released = [a for a in report.get("audits", []) if "release" in (a.get("experiments") or ())]
-    if not comparison and all(a["outcome"] == "skipped" for a in released):
+    if not release_checked(report):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
         why = ("a baseline was given, but could not be compared" if unusable
                else "maxima were given, but no release gate ran" if settings.get(

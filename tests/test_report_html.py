@@ -122,6 +122,21 @@ def test_a_run_that_decided_nothing_is_not_shown_as_passed():
     assert "PASSED &mdash;" not in html
 
 
+def test_the_banner_of_a_run_without_a_release_gate_says_it_judges_the_seeds_findings():
+    """A reviewer read "FAILED" over a run with no release gate as the release answer; it is
+    the verdict on the seed's findings. With a gate that ran, the banner is the release's."""
+    findings = [a for a in AUDITS if a["outcome"] != "error"]
+    assert '<div class="headline">SEED FINDINGS FAILED &mdash; 1 finding(s)' in render_html(
+        report(findings))
+    held = [a for a in findings if a["outcome"] != "failed"]
+    assert '<div class="headline">SEED FINDINGS PASSED &mdash;' in render_html(report(held))
+    gate = audit("release_disparity", "passed", "he", experiments=["release"])
+    gated = render_html(report([*held, gate]))
+    assert '<div class="headline">PASSED &mdash;' in gated and "SEED FINDINGS" not in gated
+    unchecked = audit("release_disparity", "skipped", "he", experiments=["release"])
+    assert "SEED FINDINGS PASSED" in render_html(report([*held, unchecked]))
+
+
 def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
     bare = report([audit("recommended_budget", "passed")])
     bare["measurements"] = []
