@@ -7,6 +7,7 @@ colour-blind-safe sequential scale (cividis) and every coloured cell also prints
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -21,8 +22,7 @@ from quantfair.report import (
     regressions_line,
     unsearched_languages,
 )
-from quantfair.summary import (
-    RECOMMENDED, compared_rows, main_rows, release_checked, summarize)
+from quantfair.summary import RECOMMENDED, compared_rows, main_rows, release_checked, summarize
 from quantfair.text import experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
@@ -172,6 +172,27 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     return rows
 
 
+def leaning(audit: dict) -> str | None:
+    """Which side of its bound an inconclusive audit's point estimate lies on: "pass" where
+    the estimate meets the bound, "fail" where it does not (its CI straddles the bound, or
+    the difference is not significant after Holm's correction, so neither is decided).
+    None for any other outcome, an audit without a number, or a bound that is no threshold
+    (a sweep's "lowest of N candidates")."""
+    value, bound = audit.get("value"), audit.get("bound") or ""
+    if (audit.get("outcome") != "inconclusive" or not isinstance(value, (int, float))
+            or not math.isfinite(value)):
+        return None
+    if threshold := re.fullmatch(r"(<=|<|>=|>) (\S+)", bound):
+        limit = float(threshold[2])
+        holds = {"<": value < limit, "<=": value <= limit, ">": value > limit,
+                 ">=": value >= limit}[threshold[1]]
+    elif interval := re.fullmatch(r"in \[(\S+), (\S+)\]", bound):
+        holds = float(interval[1]) <= value <= float(interval[2])
+    else:
+        return None
+    return "pass" if holds else "fail"
+
+
 def findings_matrix(report: dict) -> dict:
     """Findings x languages (audits naming no language in a `model` column): each cell the
     audits of that finding and language."""
@@ -213,6 +234,7 @@ def render_html(report: dict) -> str:
     env.filters["num"] = lambda v, p=4: "" if v is None else (
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
+    env.filters["leaning"] = leaning
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)

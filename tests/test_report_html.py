@@ -16,7 +16,7 @@ import pytest
 from matplotlib.text import Text
 
 from quantfair import charts
-from quantfair.html import findings_matrix, render_html, scorecard, shade
+from quantfair.html import findings_matrix, leaning, render_html, scorecard, shade
 from quantfair.metrics import Measurement
 from quantfair.models import RANDOM_NOTE
 from quantfair.report import (
@@ -135,6 +135,22 @@ def test_the_banner_of_a_run_without_a_release_gate_says_it_judges_the_seeds_fin
     assert '<div class="headline">PASSED &mdash;' in gated and "SEED FINDINGS" not in gated
     unchecked = audit("release_disparity", "skipped", "he", experiments=["release"])
     assert "SEED FINDINGS PASSED" in render_html(report([*held, unchecked]))
+
+
+@pytest.mark.parametrize(("bound", "value", "lean"), [
+    ("< 0", 0.38, "fail"), ("< 0", -0.2, "pass"), ("> 0", 0.0, "fail"), ("<= 12", 12.0, "pass"),
+    (">= 1", 0.9, "fail"), ("in [1, 2]", 1.5, "pass"), ("in [1, 2]", 2.5, "fail"),
+    ("lowest of 30 candidates", 0.1, None)])
+def test_an_inconclusive_audit_says_which_way_its_point_estimate_leans(bound, value, lean):
+    """A "?" hid that a difference (Chinese's +0.38, bound < 0) leaned against the claim."""
+    undecided = audit("synergy", "inconclusive", "he", bound=bound, value=value)
+    assert leaning(undecided) == lean
+    assert leaning({**undecided, "outcome": "passed"}) is None
+    assert leaning({**undecided, "value": None}) is None
+    html = render_html(report([undecided]))
+    assert (f"leans to {lean}</div>" in html) == (lean is not None)
+    symbol = {"pass": "✓", "fail": "✗"}.get(lean)
+    assert (f'<span class="muted"> leans {symbol}</span>' in html) == (lean is not None)
 
 
 def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
