@@ -61,6 +61,8 @@ class AuditContext:
                 "scheme_warning": self.session.scheme_warning,
                 "artifact": self.session.artifact.provenance() if self.session.artifact else None,
                 **self.architecture(),
+                "bias_parameters": sum(c.numel for c in self.session.bank.parts.values()
+                                       if c.kind == "bias"),
                 "layer_variance": {str(k): v for k, v in self.layer_variance().items()},
                 "layer_statistics": {str(k): v for k, v in self.layer_statistics().items()}}
 

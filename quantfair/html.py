@@ -22,6 +22,7 @@ from quantfair.report import (
     regressions_line,
     unsearched_languages,
 )
+from quantfair.strategy_syntax import ALIASES
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows, release_checked, summarize
 from quantfair.text import experiment_span, plural, significant, units_text
 
@@ -141,6 +142,23 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
     return rows
 
 
+def protection_cost(report: dict, strategy: str) -> str:
+    """What a strategy keeps, for its scorecard's heading: the terms an alias names (and a
+    `biases` term that keeps nothing on a model without biases), the share of parameters
+    kept in full precision and the storage they add over the fully quantized model
+    (`overhead`, `overhead_bytes`); "" for `none` or a strategy not measured."""
+    row = next(iter(main_rows(report, strategy)), {})
+    if strategy == "none" or row.get("overhead") is None:
+        return ""
+    terms = ALIASES.get(strategy, "")
+    if "biases" in terms.split("+") and report.get("model", {}).get("bias_parameters") == 0:
+        terms += " (this model has no biases: that term keeps nothing)"
+    storage = (f", +{100 * row['overhead_bytes']:.3g}% storage"
+               if row.get("overhead_bytes") is not None else "")
+    return " · ".join(filter(None, [terms, f"{100 * row['overhead']:.3g}% of the parameters "
+                                           f"in full precision{storage}"]))
+
+
 def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     """Mean NLL disparity per resource class, language family (without its branch) and
     script, for each scorecard strategy (English, and languages with an undefined disparity or
@@ -242,6 +260,7 @@ def render_html(report: dict) -> str:
         report=report, summary=report_summary(report), release_checked=release_checked(report),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in strategies],
+        costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
         ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
                                      if r["language"] != REFERENCE),

@@ -148,3 +148,14 @@ def test_an_audits_line_names_the_scheme_and_the_units_it_measured(context):
     assert context.describe() == "model tiny-gpt2 (gpt2), scheme int4, 2 languages x 2 units"
     assert context.describe("int8", "long") == ("model tiny-gpt2 (gpt2), scheme int8, "
                                                 "2 languages x 1 unit")
+
+
+@pytest.mark.parametrize(("model", "has_biases"), [("tiny-gpt2", True), ("tiny-llama", False)])
+def test_the_model_facts_count_its_bias_parameters(model, has_biases):
+    """The report says when `recommended`'s `biases` keeps nothing (Llama-style models)."""
+    session = AuditSession(RunConfig(model=model, languages=("en", "de"), units=2),
+                           announce=lambda message: None)
+    counted = sum(p.numel() for name, p in session.loaded.model.named_parameters()
+                  if name.endswith(".bias"))
+    assert AuditContext(session).model_facts()["bias_parameters"] == counted
+    assert (counted > 0) == has_biases

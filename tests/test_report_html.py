@@ -153,6 +153,22 @@ def test_an_inconclusive_audit_says_which_way_its_point_estimate_leans(bound, va
     assert (f'<span class="muted"> leans {symbol}</span>' in html) == (lean is not None)
 
 
+@pytest.mark.parametrize("biases", [0, 1440])
+def test_a_protected_scorecard_says_what_the_strategy_keeps_and_costs(biases):
+    """The storage a protection adds was in the JSON only, and `recommended`'s `biases` on a
+    model without biases kept nothing, unsaid."""
+    built = report()
+    built["model"]["bias_parameters"] = biases
+    for row in built["measurements"]:
+        row["overhead_bytes"] = 0.25 if row["strategy"] == "recommended" else 0.0
+    html = render_html(built)
+    heading = re.search(r"<summary>strategy recommended(.*?)</summary>", html)[1]
+    assert "L0+Llast+ln_f+biases" in heading and "11% of the parameters in full precision, " \
+        "+25% storage" in heading
+    assert ("no biases" in heading) == (biases == 0)
+    assert re.search(r"<summary>strategy none</summary>", html)
+
+
 def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
     bare = report([audit("recommended_budget", "passed")])
     bare["measurements"] = []
