@@ -16,6 +16,7 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import REFERENCE, UNKNOWN, language, metadata, use_report_languages
+from quantfair.metrics import BOOTSTRAP_SAMPLES
 from quantfair.report import (
     OTHER_LANGUAGES,
     comparison_notes,
@@ -190,6 +191,12 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     return rows
 
 
+def terms_of(case: str) -> list[str]:
+    """A case id cut after each + - @ ( ) < >: the template puts a line-break opportunity
+    between the pieces, so that a narrow column breaks the id between terms, not inside."""
+    return [piece for piece in re.split(r"(?<=[-+@()<>])", case) if piece]
+
+
 def leaning(audit: dict) -> str | None:
     """Which side of its bound an inconclusive audit's point estimate lies on: "pass" where
     the estimate meets the bound, "fail" where it does not (its CI straddles the bound, or
@@ -253,6 +260,8 @@ def render_html(report: dict) -> str:
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
     env.filters["leaning"] = leaning
+    env.filters["terms_of"] = terms_of
+    env.globals["resamples"] = BOOTSTRAP_SAMPLES
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)

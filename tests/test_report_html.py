@@ -692,6 +692,28 @@ def test_the_page_says_what_its_words_name():
     assert re.search(r'title="none / he: disparity [^"]*; per-token \(seed\) disparity ', html)
 
 
+def test_the_page_defines_its_terms_with_the_models_own_numbers():
+    """Not defined in the page before: NLL, L0/Llast/ln_f, random@budget, the bootstrap."""
+    from quantfair.metrics import BOOTSTRAP_SAMPLES
+
+    built = report()
+    built["model"]["layers"] = 30
+    terms = re.search(r'<details class="card" id="terms">(.*?)</details>', render_html(built),
+                      re.DOTALL)[1]
+    for term in ("NLL</dt>", "KL divergence</dt>", "<code>ln_f</code> the final norm",
+                 "<code>random@budget(S)</code>", "Holm-Bonferroni"):
+        assert term in terms
+    assert "(<code>L29</code> of this model's 30)" in terms
+    assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in terms
+
+
+def test_a_case_id_breaks_between_its_terms_not_inside_them():
+    strategy = audit("random_fails", "inconclusive", case="L0+Llast<random@budget(L0+Llast)")
+    html = render_html(report([strategy]))
+    assert ('<td class="case">L0+<wbr>Llast&lt;<wbr>random@<wbr>budget(<wbr>L0+<wbr>Llast)</td>'
+            in html)
+
+
 def test_a_headline_of_regressions_names_the_first_and_counts_the_rest():
     """Not cut off after the first (it had ended in a dangling ", ")."""
     regressed = report([a for a in AUDITS if a["outcome"] == "passed"])
