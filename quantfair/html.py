@@ -24,7 +24,14 @@ from quantfair.report import (
     unsearched_languages,
 )
 from quantfair.strategy_syntax import ALIASES
-from quantfair.summary import RECOMMENDED, compared_rows, main_rows, release_checked, summarize
+from quantfair.summary import (
+    RECOMMENDED,
+    compared_rows,
+    leaning,
+    main_rows,
+    release_checked,
+    summarize,
+)
 from quantfair.text import experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
@@ -151,7 +158,7 @@ def protection_cost(report: dict, strategy: str) -> str:
     row = next(iter(main_rows(report, strategy)), {})
     if strategy == "none" or row.get("overhead") is None:
         return ""
-    terms = ALIASES.get(strategy, "")
+    terms = f"the seed's {ALIASES[strategy]}" if strategy in ALIASES else ""
     if "biases" in terms.split("+") and report.get("model", {}).get("bias_parameters") == 0:
         terms += " (this model has no biases: that term keeps nothing)"
     storage = (f", +{100 * row['overhead_bytes']:.3g}% storage"
@@ -195,27 +202,6 @@ def terms_of(case: str) -> list[str]:
     """A case id cut after each + - @ ( ) < >: the template puts a line-break opportunity
     between the pieces, so that a narrow column breaks the id between terms, not inside."""
     return [piece for piece in re.split(r"(?<=[-+@()<>])", case) if piece]
-
-
-def leaning(audit: dict) -> str | None:
-    """Which side of its bound an inconclusive audit's point estimate lies on: "pass" where
-    the estimate meets the bound, "fail" where it does not (its CI straddles the bound, or
-    the difference is not significant after Holm's correction, so neither is decided).
-    None for any other outcome, an audit without a number, or a bound that is no threshold
-    (a sweep's "lowest of N candidates")."""
-    value, bound = audit.get("value"), audit.get("bound") or ""
-    if (audit.get("outcome") != "inconclusive" or not isinstance(value, (int, float))
-            or not math.isfinite(value)):
-        return None
-    if threshold := re.fullmatch(r"(<=|<|>=|>) (\S+)", bound):
-        limit = float(threshold[2])
-        holds = {"<": value < limit, "<=": value <= limit, ">": value > limit,
-                 ">=": value >= limit}[threshold[1]]
-    elif interval := re.fullmatch(r"in \[(\S+), (\S+)\]", bound):
-        holds = float(interval[1]) <= value <= float(interval[2])
-    else:
-        return None
-    return "pass" if holds else "fail"
 
 
 def findings_matrix(report: dict) -> dict:
@@ -262,6 +248,7 @@ def render_html(report: dict) -> str:
     env.filters["leaning"] = leaning
     env.filters["terms_of"] = terms_of
     env.globals["resamples"] = BOOTSTRAP_SAMPLES
+    env.globals["aliases"] = ALIASES
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)

@@ -143,6 +143,27 @@ def _excludes_zero(audit: dict) -> bool:
             and low is not None and high is not None and not low <= 0 <= high)
 
 
+def leaning(audit: dict) -> str | None:
+    """The side of its bound an inconclusive audit's unadjusted 95% CI lies wholly on: "pass"
+    or "fail". So lies a comparison of a finding's several cases whose difference is not
+    significant under Holm-Bonferroni's correction: the data lean, without deciding. None for
+    any other outcome, a CI that straddles the bound (no lean), an audit without a CI, or a
+    bound that is no threshold (a sweep's "lowest of N candidates")."""
+    low, high, bound = audit.get("low"), audit.get("high"), audit.get("bound") or ""
+    if audit.get("outcome") != "inconclusive" or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return None
+    if threshold := re.fullmatch(r"([<>])=? (\S+)", bound):
+        limit = float(threshold[2])
+        least, most = (-math.inf, limit) if threshold[1] == "<" else (limit, math.inf)
+    elif interval := re.fullmatch(r"in \[(\S+), (\S+)\]", bound):
+        least, most = float(interval[1]), float(interval[2])
+    else:
+        return None
+    return ("pass" if least <= low and high <= most else
+            "fail" if high < least or low > most else None)
+
+
 def _is_sweep(audit: dict) -> bool:
     """A `Best` audit: the expected winner of a sweep against each other candidate (its CI
     is not of a difference, and its decision is Holm's over the candidates)."""
@@ -227,11 +248,16 @@ def summarize(report: dict) -> dict:
     if "random weights" in (model.get("weights_note") or "") or settings.get("random_weights"):
         sentences.append("The model has random weights: the run tests the machinery; no "
                          "finding about a trained model is expected to hold on it.")
-    english = next((r for r in main_rows(report, "none") if r["language"] == REFERENCE), {})
+    english, protected = (next((r for r in main_rows(report, strategy)
+                                if r["language"] == REFERENCE), {})
+                          for strategy in ("none", RECOMMENDED))
+    broken = uniform_guess_warning(english, model.get("vocabulary"), settings.get("scheme"))
+    if broken and (english.get("ppl_fp") or 0) <= model["vocabulary"] < (
+            protected.get("ppl_q") or 0):
+        broken += (" The seed's recommended protection does not repair it: English's "
+                   f"perplexity with it is {protected['ppl_q']:.3g}.")
     # what was measured is not what it seems (a re-quantized GGUF); a scheme that breaks it
-    warnings = [w.removesuffix(".") for w in (
-        model.get("scheme_warning"),
-        uniform_guess_warning(english, model.get("vocabulary"), settings.get("scheme"))) if w]
+    warnings = [w.removesuffix(".") for w in (model.get("scheme_warning"), broken) if w]
     sentences += [f"Warning: {w}." for w in warnings]
     comparison = report.get("comparison") or {}
     if comparison and not comparison.get("regressions"):
@@ -303,6 +329,7 @@ def summarize(report: dict) -> dict:
     undefined = sum(map(_undefined, undecided))
     correlations = sum(_is_correlation(a) and not _undefined(a) for a in undecided)
     corrected = sum(_excludes_zero(a) for a in undecided)  # undecided by Holm's correction
+    against = [a for a in undecided if _excludes_zero(a) and leaning(a) == "fail"]
     sweeps = sum(_is_sweep(a) and not _undefined(a) for a in undecided)
     if plain := counts["inconclusive"] - undefined - corrected - correlations - sweeps:
         sentences.append(
@@ -317,7 +344,11 @@ def summarize(report: dict) -> dict:
             f"{corrected} comparison(s) were inconclusive after correcting for the finding's "
             "several cases: the unadjusted 95% CI shown excludes 0, but the difference is not "
             "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); "
-            "more units (--units) would decide the clear ones.")
+            "more units (--units) would decide the clear ones." + (
+                " Leaning against the claim: " + "; ".join(
+                    f"{a['finding']} ({a.get('language') or a.get('case')}) "
+                    f"{a['value']:+.3g}{_interval(a['low'], a['high'])}, bound {a['bound']}"
+                    for a in against) + "." if against else ""))
     if sweeps:
         sentences.append(
             f"{sweeps} sweep(s) were inconclusive: the expected winner was neither shown to "

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.text import Text
 
 from quantfair import charts
-from quantfair.html import findings_matrix, leaning, render_html, scorecard, shade
+from quantfair.html import findings_matrix, render_html, scorecard, shade
 from quantfair.metrics import Measurement
 from quantfair.models import RANDOM_NOTE
 from quantfair.report import (
@@ -28,7 +28,7 @@ from quantfair.report import (
     write_report,
 )
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.summary import summarize
+from quantfair.summary import leaning, summarize
 
 LANGUAGES = ("en", "de", "he", "ar")
 # Extra NLL per unit under quantization; English's is 1, so disparities are these numbers.
@@ -137,20 +137,33 @@ def test_the_banner_of_a_run_without_a_release_gate_says_it_judges_the_seeds_fin
     assert "SEED FINDINGS PASSED" in render_html(report([*held, unchecked]))
 
 
-@pytest.mark.parametrize(("bound", "value", "lean"), [
-    ("< 0", 0.38, "fail"), ("< 0", -0.2, "pass"), ("> 0", 0.0, "fail"), ("<= 12", 12.0, "pass"),
-    (">= 1", 0.9, "fail"), ("in [1, 2]", 1.5, "pass"), ("in [1, 2]", 2.5, "fail"),
-    ("lowest of 30 candidates", 0.1, None)])
-def test_an_inconclusive_audit_says_which_way_its_point_estimate_leans(bound, value, lean):
-    """A "?" hid that a difference (Chinese's +0.38, bound < 0) leaned against the claim."""
-    undecided = audit("synergy", "inconclusive", "he", bound=bound, value=value)
+@pytest.mark.parametrize(("bound", "low", "high", "lean"), [
+    ("< 0", 0.02, 0.79, "fail"), ("< 0", -0.5, -0.1, "pass"), ("< 0", -0.4, 0.5, None),
+    ("> 0", -0.3, -0.1, "fail"), ("<= 12", 10.0, 12.0, "pass"), (">= 1", 0.5, 0.9, "fail"),
+    ("in [1, 2]", 1.2, 1.8, "pass"), ("in [1, 2]", 2.5, 3.0, "fail"), ("in [1, 2]", 0.5, 2.5, None),
+    ("lowest of 30 candidates", 0.1, 0.2, None)])
+def test_an_inconclusive_audit_says_which_way_its_ci_leans(bound, low, high, lean):
+    """A "?" hid that Chinese's difference (+0.38 [0.02, 0.79], bound < 0, undecided only by
+    Holm's correction) leaned against the claim; a CI that straddles the bound leans nowhere."""
+    undecided = audit("synergy", "inconclusive", "he", bound=bound, low=low, high=high,
+                      value=(low + high) / 2)
     assert leaning(undecided) == lean
     assert leaning({**undecided, "outcome": "passed"}) is None
-    assert leaning({**undecided, "value": None}) is None
+    assert leaning({**undecided, "low": None}) is None
     html = render_html(report([undecided]))
     assert (f"leans to {lean}</div>" in html) == (lean is not None)
     symbol = {"pass": "✓", "fail": "✗"}.get(lean)
     assert (f'<span class="muted"> leans {symbol}</span>' in html) == (lean is not None)
+
+
+def test_the_summary_names_the_comparisons_held_back_by_holm_that_lean_against_the_claim():
+    toward = audit("synergy", "inconclusive", "he", value=-0.5, low=-0.9, high=-0.1)
+    against = audit("synergy", "inconclusive", "ar", value=0.381, low=0.023, high=0.791)
+    text = " ".join(summarize(report([toward, against]))["sentences"])
+    assert ("Leaning against the claim: synergy (ar) +0.381 [95% CI 0.02, 0.79], bound < 0."
+            in text)
+    assert "synergy (he)" not in text
+    assert "Leaning against" not in " ".join(summarize(report([toward]))["sentences"])
 
 
 @pytest.mark.parametrize("biases", [0, 1440])
@@ -161,10 +174,10 @@ def test_a_protected_scorecard_says_what_the_strategy_keeps_and_costs(biases):
     built["model"]["bias_parameters"] = biases
     for row in built["measurements"]:
         row["overhead_bytes"] = 0.25 if row["strategy"] == "recommended" else 0.0
-    html = render_html(built)
+    html = render_html(built).replace("&#39;", "'")
     heading = re.search(r"<summary>strategy recommended(.*?)</summary>", html)[1]
-    assert "L0+Llast+ln_f+biases" in heading and "11% of the parameters in full precision, " \
-        "+25% storage" in heading
+    assert "the seed's L0+Llast+ln_f+biases" in heading and "11% of the parameters in full " \
+        "precision, +25% storage" in heading
     assert ("no biases" in heading) == (biases == 0)
     assert re.search(r"<summary>strategy none</summary>", html)
 
@@ -272,6 +285,21 @@ def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_bre
     assert any(s.startswith("Warning: the model itself guesses worse than uniformly: English's "
                             f"perplexity in full precision, {english['ppl_fp']:.3g}, is above")
                for s in sentences)
+
+
+@pytest.mark.parametrize("repaired", [True, False])
+def test_a_broken_scheme_warning_says_whether_the_recommended_protection_repairs_it(repaired):
+    """A reviewer read the recommended strategy's numbers as a fix, where English's perplexity
+    under it stayed above a uniform guess's."""
+    broken = report()
+    broken["model"]["vocabulary"] = 5  # above English's FP perplexity (1.6), below 10
+    for r in broken["measurements"]:
+        if r["language"] == "en":
+            r["ppl_q"] = 10.0 if r["strategy"] == "none" or not repaired else 4.0
+    said = "The seed's recommended protection does not repair it: English's perplexity with "
+    text = " ".join(summarize(broken)["sentences"])
+    assert (f"{said}it is 10." in text) == (not repaired)
+    assert "Warning: int4 breaks this model" in text
 
 
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
@@ -609,7 +637,8 @@ def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_
     assert "1 comparison(s) were inconclusive after correcting for the finding's several " \
            "cases: the unadjusted 95% CI shown excludes 0, but the difference is not " \
            "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); " \
-           "more units (--units) would decide the clear ones." in sentences
+           "more units (--units) would decide the clear ones. Leaning against the claim: " \
+           "sparse (he) +0.5 [95% CI 0.10, 0.90], bound < 0." in sentences
     assert "2 audit(s) were inconclusive because a disparity they compare or bound is undefined " \
            "(no ratio to English's loss change)." in sentences
     undefined = report(undecided)
@@ -677,7 +706,8 @@ def test_a_warning_of_the_summary_stands_out_on_the_page():
     broken = report()
     broken["model"] = {**broken.get("model", {}), "scheme_warning": "int4 breaks this model"}
     broken["summary"] = summarize(broken)
-    assert '<p class="warning">Warning: int4 breaks this model.</p>' in render_html(broken)
+    banner = re.search(r'<div class="verdict .*?\n</div>', render_html(broken), re.DOTALL)[0]
+    assert '<div class="warning">Warning: int4 breaks this model.</div>' in banner
 
 
 def test_the_page_says_what_its_words_name():
@@ -697,14 +727,22 @@ def test_the_page_defines_its_terms_with_the_models_own_numbers():
     from quantfair.metrics import BOOTSTRAP_SAMPLES
 
     built = report()
-    built["model"]["layers"] = 30
-    terms = re.search(r'<details class="card" id="terms">(.*?)</details>', render_html(built),
-                      re.DOTALL)[1]
+    built["model"].update(layers=30, weights_note="dequantized from m.Q4_1.gguf")
+
+    def terms(report: dict) -> str:
+        return re.search(r'<details class="card" id="terms">(.*?)</details>',
+                         render_html(report), re.DOTALL)[1]
+
     for term in ("NLL</dt>", "KL divergence</dt>", "<code>ln_f</code> the final norm",
-                 "<code>random@budget(S)</code>", "Holm-Bonferroni"):
-        assert term in terms
-    assert "(<code>L29</code> of this model's 30)" in terms
-    assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in terms
+                 "<code>random@budget(S)</code>", "Holm-Bonferroni", "slack says why",
+                 "<code>even_layers</code> = <code>even.weight</code>",
+                 "smallest detectable difference"):
+        assert term in terms(built)
+    assert "(<code>L29</code> of this model's 30)" in terms(built)
+    assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in terms(built)
+    # the reference of a GGUF file is its own weights, quantized once already
+    assert "(here dequantized from m.Q4_1.gguf: a model already quantized once" in terms(built)
+    assert "already quantized once" not in terms(report())
 
 
 def test_a_case_id_breaks_between_its_terms_not_inside_them():
