@@ -249,6 +249,7 @@ def render_html(report: dict) -> str:
     env.filters["terms_of"] = terms_of
     env.globals["resamples"] = BOOTSTRAP_SAMPLES
     env.globals["aliases"] = ALIASES
+    env.globals["model_wide"] = MODEL_WIDE
     template = env.get_template("report.html.j2")
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)

@@ -719,6 +719,7 @@ def test_the_page_says_what_its_words_name():
     assert "Units are the corpus's aligned passages" in html
     assert '"seed" names the research series' in html
     assert "class = the language's resource class (Joshi et al. 2020" in html
+    assert "The model column holds the audits of the whole model, which name no language" in html
     assert re.search(r'title="none / he: disparity [^"]*; per-token \(seed\) disparity ', html)
 
 
