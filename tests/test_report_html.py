@@ -737,7 +737,7 @@ def test_the_page_defines_its_terms_with_the_models_own_numbers():
     for term in ("NLL</dt>", "KL divergence</dt>", "<code>ln_f</code> the final norm",
                  "<code>random@budget(S)</code>", "Holm-Bonferroni", "slack says why",
                  "<code>even_layers</code> = <code>even.weight</code>",
-                 "smallest detectable difference"):
+                 "smallest detectable difference", "(|z| &gt; 3)"):
         assert term in terms(built)
     assert "(<code>L29</code> of this model's 30)" in terms(built)
     assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in terms(built)
