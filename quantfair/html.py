@@ -29,7 +29,8 @@ from quantfair.summary import (
     compared_rows,
     leaning,
     main_rows,
-    release_checked,
+    release_outcome,
+    seed_outcome,
     summarize,
 )
 from quantfair.text import experiment_span, plural, significant, units_text
@@ -229,6 +230,24 @@ def audit_groups(report: dict) -> dict:
                                ("strategies", "strategy"), ("outcomes", "outcome"))}
 
 
+def banner(report: dict, summary: dict) -> tuple[str, str]:
+    """The verdict banner's kind (its colour) and label. A run that checked a release gate
+    (a maximum or a baseline) names the gate's outcome first, then the seed findings'; one
+    that did not says its verdict is of the seed's findings alone."""
+    counts = summary["counts"]
+    if report.get("incomplete"):
+        return "incomplete", "INCOMPLETE"
+    if counts["error"]:
+        return "error", "ERROR"
+    if not counts["failed"] and report.get("verdict") != "failed" and not counts["passed"]:
+        return "undecided", "NOTHING DECIDED (verdict: passed)"
+    kind = "findings" if counts["failed"] or report.get("verdict") == "failed" else "passed"
+    gate, seed = release_outcome(report), seed_outcome(report)
+    label = "; ".join(f"{what} {outcome.upper()}" for what, outcome in (
+        ("RELEASE GATE", gate), ("SEED FINDINGS", seed)) if outcome)
+    return kind, label or {"passed": "PASSED", "findings": "FAILED"}[kind]
+
+
 def report_summary(report: dict) -> dict:
     """The report's `summary` block; computed for reports written before it existed."""
     block = report.get("summary") or {}
@@ -251,10 +270,11 @@ def render_html(report: dict) -> str:
     env.globals["aliases"] = ALIASES
     env.globals["model_wide"] = MODEL_WIDE
     template = env.get_template("report.html.j2")
+    summary = report_summary(report)
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)
     return template.render(
-        report=report, summary=report_summary(report), release_checked=release_checked(report),
+        report=report, summary=summary, banner=banner(report, summary),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         costs={s: protection_cost(report, s) for s in strategies},

@@ -400,7 +400,8 @@ class QuantfairRun:
             report["incomplete"].append(
                 f"{', '.join(unchecked)} given, but no release audit of it ran (marker "
                 "quantfair_release: the shipped audits/test_release.py, or a gate of your "
-                "own): the gate was not checked")
+                "own; beside others, -m \"quick or quantfair_release\"): the gate was not "
+                "checked")
             self.gate_error = True
         elif undecided:
             report["incomplete"].append(undecided)

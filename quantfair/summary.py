@@ -107,7 +107,7 @@ def finding_outcomes(report: dict) -> dict[str, dict]:
     return result
 
 
-def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
+def _headline(report: dict, counts: dict) -> str:
     if report.get("incomplete"):
         return "Incomplete run: " + "; ".join(report["incomplete"])
     if counts["error"]:
@@ -118,11 +118,24 @@ def _headline(report: dict, counts: dict, failed_findings: list[str]) -> str:
                 + (f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""))
     regressions = (report.get("comparison") or {}).get("regressions")
     if counts["failed"]:
-        named = f"{some(failed_findings)}: " if failed_findings else ""
-        return (f"{len(failed_findings) or counts['failed']} finding(s) did not hold on "
-                f"this model ({named}{counts['failed']} failed case(s)): honest measurements, "
-                "not errors" + (f"; and {len(regressions)} regression(s) against the baseline"
-                            if regressions else ""))
+        failed = [a for a in report.get("audits", []) if a["outcome"] == "failed"]
+        over: dict[str, list[str]] = defaultdict(list)  # a release maximum's quantity: cases
+        cases: dict[str, int] = defaultdict(int)  # a seed finding: its failed cases
+        for a in failed:
+            if is_release(a):
+                over[a.get("quantity") or a["finding"]].append(a.get("language") or a["case"])
+            else:
+                cases[a.get("finding") or a["nodeid"]] += 1
+        parts = ["release gate failed (" + "; ".join(
+            f"{quantity} over its maximum in {some(where)}" for quantity, where in over.items())
+                 + ")"] if over else []
+        if cases:
+            named = "; ".join(f"{f}: {n} failed case(s)" for f, n in list(cases.items())[:4])
+            parts.append(f"{len(cases)} finding(s) did not hold on this model ({named}"
+                         + ("; ..." if len(cases) > 4 else "")
+                         + "): honest measurements, not errors")
+        return "; ".join(parts) + (f"; and {len(regressions)} regression(s) against the "
+                                   "baseline" if regressions else "")
     if report.get("settings", {}).get("strict") and counts["inconclusive"]:
         return (f"{counts['inconclusive']} audit(s) were inconclusive, which fails the "
                 "run under --quantfair-strict" + (f"; and {len(regressions)} regression(s) "
@@ -201,13 +214,38 @@ def uniform_guess_warning(english: dict, vocabulary: int | None, scheme: str | N
     return None
 
 
+def is_release(audit: dict) -> bool:
+    """An audit of a release maximum (`--quantfair-max-*`), not of a seed finding."""
+    return "release" in (audit.get("experiments") or ())
+
+
+def release_outcome(report: dict) -> str | None:
+    """The release gate's outcome: "failed" where an audit of a release maximum failed (or,
+    under --quantfair-strict, was inconclusive) or the run regressed against its baseline;
+    "passed" where a gate was checked (`release_checked`) and nothing of that; else None."""
+    if not release_checked(report):
+        return None
+    bad = ("failed", "inconclusive") if report.get("settings", {}).get("strict") else ("failed",)
+    return "failed" if (report.get("comparison") or {}).get("regressions") or any(
+        a["outcome"] in bad for a in report.get("audits", []) if is_release(a)) else "passed"
+
+
+def seed_outcome(report: dict) -> str | None:
+    """The seed findings' outcome, release audits left out: "failed" where one failed (or,
+    under --quantfair-strict, was inconclusive), "passed" where some passed and none of that;
+    None where none was decided."""
+    outcomes = {a["outcome"] for a in report.get("audits", []) if not is_release(a)}
+    strict = report.get("settings", {}).get("strict")
+    return ("failed" if "failed" in outcomes or (strict and "inconclusive" in outcomes)
+            else "passed" if "passed" in outcomes else None)
+
+
 def release_checked(report: dict) -> bool:
     """Whether a release gate decided anything: a baseline was compared, or an audit of a
     release maximum (`--quantfair-max-*`) ran. Without one the verdict is of the seed's
     findings on the model, not a release decision."""
     return bool(report.get("comparison")) or any(
-        a["outcome"] != "skipped" for a in report.get("audits", [])
-        if "release" in (a.get("experiments") or ()))
+        a["outcome"] != "skipped" for a in report.get("audits", []) if is_release(a))
 
 
 def summarize(report: dict) -> dict:
@@ -217,7 +255,8 @@ def summarize(report: dict) -> dict:
     counts = {o: sum(a["outcome"] == o for a in report.get("audits", [])) for o in OUTCOMES}
     settings, model = report.get("settings", {}), report.get("model", {})
     findings = finding_outcomes(report)
-    by_outcome = {o: sorted(f for f, v in findings.items() if v["outcome"] == o)
+    by_outcome = {o: sorted(f for f, v in findings.items() if v["outcome"] == o and (
+                      o == "error" or "release" not in v["experiments"]))  # gates: below
                   for o in OUTCOMES}
     worst = worst_languages(report)
     artifact = (model.get("artifact") or {}).get("source")
@@ -226,9 +265,9 @@ def summarize(report: dict) -> dict:
     measured = {"model": model.get("name") or settings.get("model"),
                 "scheme": settings.get("scheme"), "artifact": artifact,
                 "languages": settings.get("languages", []), "units": units}
-    sentences = [_headline(report, counts, by_outcome["failed"]) + "."]
-    gates = [a for a in report.get("audits", []) if a["outcome"] == "failed"
-             and "release" in (a.get("experiments") or ())]
+    headline = _headline(report, counts)
+    sentences = [headline[:1].upper() + headline[1:] + "."]
+    gates = [a for a in report.get("audits", []) if a["outcome"] == "failed" and is_release(a)]
 
     def gate(a: dict) -> str:
         return (f"{language(a['language']).name} ({a['language']})" if a.get("language")
@@ -238,6 +277,10 @@ def summarize(report: dict) -> dict:
         sentences.append("Over the release maxima: " + "; ".join(
             f"{gate(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
             f"bound {a['bound']}" for a in over) + ".")
+    within = [a for a in report.get("audits", []) if a["outcome"] == "passed" and is_release(a)]
+    if within and release_outcome(report) == "passed":
+        sentences.append(f"Release gate passed: {len(within)} case(s) within their maxima ("
+                         + ", ".join(sorted({a["finding"] for a in within})) + ").")
     if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
         noise = any("within noise" in (a.get("detail") or "") for a in unmeasured)
         sentences.append("Release gates failed as not measurable: " + "; ".join(
@@ -364,12 +407,16 @@ def summarize(report: dict) -> dict:
         sentences.append(
             f"{undefined} audit(s) were inconclusive because a disparity they compare or "
             f"bound is undefined ({_why_undefined(report)}).")
-    straddling = sum(a["outcome"] in ("passed", "failed") and STRADDLES in (a.get("detail") or "")
-                     for a in report.get("audits", []))
+    straddling = [a for a in report.get("audits", []) if a["outcome"] in ("passed", "failed")
+                  and STRADDLES in (a.get("detail") or "")]
     if straddling:
         sentences.append(
-            f"{straddling} bound(s) on a single value were decided on the point estimate "
-            "although its 95% CI straddles the bound: more units (--units) would firm them up.")
+            f"{len(straddling)} bound(s) on a single value were decided on the point estimate "
+            "although its 95% CI straddles the bound (" + "; ".join(
+                f"{a['finding']} ({a.get('language') or a['case']}) {a['outcome']}: "
+                f"{a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, bound {a['bound']}"
+                for a in straddling[:4]) + ("; ..." if len(straddling) > 4 else "")
+            + "): more units (--units) would firm them up.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         sentences.append(
             f"With {units_text(units)} per language the paired bootstrap understates the "
@@ -389,4 +436,5 @@ def summarize(report: dict) -> dict:
             "findings": {"held": by_outcome["passed"], "did_not_hold": by_outcome["failed"],
                          "inconclusive": by_outcome["inconclusive"],
                          "errors": by_outcome["error"]},
-            "measured": measured, "warnings": warnings, "sentences": sentences}
+            "release": release_outcome(report), "measured": measured, "warnings": warnings,
+            "sentences": sentences}

@@ -444,7 +444,8 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
     assert regressed["verdict"] == "failed"
     assert regressed["summary"]["headline"].startswith("1 regression(s) against the baseline")
     html = now.with_suffix(".html").read_text()
-    assert '<div class="headline">FAILED &mdash; 1 regression(s)' in html
+    assert ('<div class="headline">RELEASE GATE FAILED; SEED FINDINGS PASSED &mdash; 1 '
+            'regression(s)') in html
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])

@@ -651,7 +651,8 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     own.stdout.fnmatch_lines([
         "INCOMPLETE: --quantfair-max-disparity, --quantfair-max-degradation given, but no "
         "release audit of it ran (marker quantfair_release: the shipped audits/test_release.py, "
-        "or a gate of your own): the gate was not checked"])
+        "or a gate of your own; beside others, -m \"quick or quantfair_release\"): the gate was "
+        "not checked"])
     assert load(path)["verdict"] == "incomplete"
     release = str(AUDITS / "test_release.py")  # one gate ran, the other was deselected
     one = run_here(pytester, release, "-k", "not degradation", *given,

@@ -25,6 +25,7 @@ from quantfair.report import (
     language_metadata,
     load_report,
     measurement_records,
+    settle_verdict,
     write_report,
 )
 from quantfair.seed import SEED_PARETO_FRONTIER
@@ -130,11 +131,33 @@ def test_the_banner_of_a_run_without_a_release_gate_says_it_judges_the_seeds_fin
         report(findings))
     held = [a for a in findings if a["outcome"] != "failed"]
     assert '<div class="headline">SEED FINDINGS PASSED &mdash;' in render_html(report(held))
-    gate = audit("release_disparity", "passed", "he", experiments=["release"])
-    gated = render_html(report([*held, gate]))
-    assert '<div class="headline">PASSED &mdash;' in gated and "SEED FINDINGS" not in gated
     unchecked = audit("release_disparity", "skipped", "he", experiments=["release"])
-    assert "SEED FINDINGS PASSED" in render_html(report([*held, unchecked]))
+    assert "SEED FINDINGS PASSED &mdash;" in render_html(report([*held, unchecked]))
+
+
+def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first():
+    """A gate checked and passed beside a seed finding that failed showed only FAILED."""
+    findings = [a for a in AUDITS if a["outcome"] != "error"]
+    held = [a for a in findings if a["outcome"] != "failed"]
+    passed, failed = (audit("release_disparity", outcome, "he", experiments=["release"])
+                      for outcome in ("passed", "failed"))
+
+    def headline(audits: list[dict]) -> str:
+        built = report(audits)
+        return re.search(r'<div class="headline">(.*?) &mdash;', render_html(built))[1] + (
+            f" / {built['summary']['release']}")
+
+    assert headline([*findings, passed]) == ("RELEASE GATE PASSED; SEED FINDINGS FAILED"
+                                             " / passed")
+    assert headline([*held, passed]) == "RELEASE GATE PASSED; SEED FINDINGS PASSED / passed"
+    assert headline([*held, failed]) == "RELEASE GATE FAILED; SEED FINDINGS PASSED / failed"
+    assert headline([passed]) == "RELEASE GATE PASSED / passed"  # -m quantfair_release
+    assert headline(held) == "SEED FINDINGS PASSED / None"
+    strict = report([*held, passed])
+    strict["settings"]["strict"] = True  # its inconclusive audits fail the run
+    settle_verdict(strict)
+    assert re.search(r'<div class="headline">RELEASE GATE PASSED; SEED FINDINGS FAILED &mdash; '
+                     r'\d+ audit\(s\) were inconclusive', render_html(strict))
 
 
 @pytest.mark.parametrize(("bound", "low", "high", "lean"), [
@@ -869,7 +892,8 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
               audit("recommended_bound", "failed", "ar", bound="<= 5", value=6.0, low=5.5,
                     high=7.0)]
     assert "1 bound(s) on a single value were decided on the point estimate although its 95% " \
-           "CI straddles the bound: more units (--units) would firm them up." \
+           "CI straddles the bound (recommended_bound (he) passed: 4 [95% CI 2.00, 7.00], " \
+           "bound <= 5): more units (--units) would firm them up." \
            in summarize(report(audits))["sentences"]
 
 
@@ -886,6 +910,12 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
              audit("release_disparity", "failed", "de", value=None, low=None, high=None,
                    bound="<= 5", experiments=["release"],
                    detail="undefined: en loss change is within noise (95% CI includes 0)")]
+    assert summarize(report(gates))["headline"] == (
+        "Release gate failed (disparity difference over its maximum in L0<none; degradation "
+        "over its maximum in en; disparity over its maximum in de, he); 1 finding(s) did not "
+        "hold on this model (synergy: 1 failed case(s)): honest measurements, not errors")
+    assert summarize(report(gates))["release"] == "failed"
+    assert summarize(report(gates))["findings"]["did_not_hold"] == ["synergy"]  # not the gates
     assert summarize(report(gates))["sentences"][1] == (
         "Over the release maxima: own_gate (L0<none) disparity difference 0.275 [95% CI 0.07, "
         "0.45], bound < 0; English (en) degradation 0.612 [95% CI 0.60, 0.63], bound <= 0.5; "
