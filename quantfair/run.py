@@ -58,7 +58,10 @@ class QuantfairRun:
         self.pytest_config = config
         self.config = run_config
         run_config.corpus_digest  # noqa: B018 (read now: the file may change or go by the end)
-        self.baseline = load_report(run_config.baseline) if run_config.baseline else None
+        try:
+            self.baseline = load_report(run_config.baseline) if run_config.baseline else None
+        except QuantfairError as error:  # named as the option, as a missing file is
+            raise UsageError(f"--baseline {error}") from None
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")
         if not (self.is_worker or run_config.report or run_config.no_report):
