@@ -16,7 +16,7 @@ import pytest
 from matplotlib.text import Text
 
 from quantfair import charts
-from quantfair.html import findings_matrix, render_html, scorecard, shade
+from quantfair.html import banner, findings_matrix, render_html, scorecard, shade
 from quantfair.metrics import Measurement
 from quantfair.models import RANDOM_NOTE
 from quantfair.report import (
@@ -144,9 +144,10 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
 
     def headline(audits: list[dict]) -> str:
         built = report(audits)
-        return re.search(r'<div class="headline">(.*?) &mdash;', render_html(built))[1] + (
-            f" / {built['summary']['release']}")
+        return f"{banner(built, built['summary'])[1]} / {built['summary']['release']}"
 
+    assert '<div class="headline">RELEASE GATE PASSED; SEED FINDINGS FAILED &mdash; 1 ' \
+        'finding(s)' in render_html(report([*findings, passed]))
     assert headline([*findings, passed]) == ("RELEASE GATE PASSED; SEED FINDINGS FAILED"
                                              " / passed")
     assert headline([*held, passed]) == "RELEASE GATE PASSED; SEED FINDINGS PASSED / passed"
@@ -156,8 +157,10 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
     strict = report([*held, passed])
     strict["settings"]["strict"] = True  # its inconclusive audits fail the run
     settle_verdict(strict)
-    assert re.search(r'<div class="headline">RELEASE GATE PASSED; SEED FINDINGS FAILED &mdash; '
-                     r'\d+ audit\(s\) were inconclusive', render_html(strict))
+    assert banner(strict, strict["summary"]) == ("findings", "RELEASE GATE PASSED; SEED "
+                                                 "FINDINGS FAILED")
+    assert re.fullmatch(r"\d+ audit\(s\) were inconclusive, which fails the run under "
+                        r"--quantfair-strict", strict["summary"]["headline"])
 
 
 @pytest.mark.parametrize(("bound", "low", "high", "lean"), [
@@ -173,10 +176,14 @@ def test_an_inconclusive_audit_says_which_way_its_ci_leans(bound, low, high, lea
     assert leaning(undecided) == lean
     assert leaning({**undecided, "outcome": "passed"}) is None
     assert leaning({**undecided, "low": None}) is None
-    html = render_html(report([undecided]))
-    assert (f"leans to {lean}</div>" in html) == (lean is not None)
-    symbol = {"pass": "✓", "fail": "✗"}.get(lean)
-    assert (f'<span class="muted"> leans {symbol}</span>' in html) == (lean is not None)
+
+
+def test_the_page_shows_the_lean_of_an_inconclusive_audit_in_its_cell_and_row():
+    against = audit("synergy", "inconclusive", "he", value=0.381, low=0.023, high=0.791)
+    neither = audit("synergy", "inconclusive", "ar", value=0.1, low=-0.3, high=0.5)
+    html = render_html(report([against, neither]))
+    assert html.count('<span class="muted"> leans ✗</span>') == 1
+    assert html.count("leans to fail</div>") == 1 and "leans to pass" not in html
 
 
 def test_the_summary_names_the_comparisons_held_back_by_holm_that_lean_against_the_claim():
@@ -757,15 +764,16 @@ def test_the_page_defines_its_terms_with_the_models_own_numbers():
         return re.search(r'<details class="card" id="terms">(.*?)</details>',
                          render_html(report), re.DOTALL)[1]
 
+    defined = terms(built)
     for term in ("NLL</dt>", "KL divergence</dt>", "<code>ln_f</code> the final norm",
                  "<code>random@budget(S)</code>", "Holm-Bonferroni", "slack says why",
                  "<code>even_layers</code> = <code>even.weight</code>",
                  "smallest detectable difference", "(|z| &gt; 3)"):
-        assert term in terms(built)
-    assert "(<code>L29</code> of this model's 30)" in terms(built)
-    assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in terms(built)
+        assert term in defined
+    assert "(<code>L29</code> of this model's 30)" in defined
+    assert f"{BOOTSTRAP_SAMPLES} resamplings of the units" in defined
     # the reference of a GGUF file is its own weights, quantized once already
-    assert "(here dequantized from m.Q4_1.gguf: a model already quantized once" in terms(built)
+    assert "(here dequantized from m.Q4_1.gguf: a model already quantized once" in defined
     assert "already quantized once" not in terms(report())
 
 
