@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections import defaultdict
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -266,6 +267,7 @@ def render_html(report: dict) -> str:
     env.globals["symbols"] = SYMBOLS
     env.filters["leaning"] = leaning
     env.filters["terms_of"] = terms_of
+    env.filters["shell"] = shlex.join  # a command line to paste back
     env.globals["resamples"] = BOOTSTRAP_SAMPLES
     env.globals["aliases"] = ALIASES
     env.globals["model_wide"] = MODEL_WIDE

@@ -561,6 +561,7 @@ class QuantfairRun:
             "last_failed": bool(getattr(options, "lf", False)),
             "collected": len(selected) + deselected, "selected": len(selected),
             "deselected": deselected, "not_run": len(not_run),
+            "other_tests_failed": sorted(self.others_failed),  # counted by the exit code
         }
         settings = {**self.config.settings(), "strict": self.config.strict,
                     "workers": len(self.workers) or None}

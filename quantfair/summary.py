@@ -134,8 +134,11 @@ def _headline(report: dict, counts: dict) -> str:
             parts.append(f"{len(cases)} finding(s) did not hold on this model ({named}"
                          + ("; ..." if len(cases) > 4 else "")
                          + "): honest measurements, not errors")
+        strict = report.get("settings", {}).get("strict") and counts["inconclusive"]
         return "; ".join(parts) + (f"; and {len(regressions)} regression(s) against the "
-                                   "baseline" if regressions else "")
+                                   "baseline" if regressions else "") + (
+            f"; and {counts['inconclusive']} inconclusive audit(s), which fail the run under "
+            "--quantfair-strict" if strict else "")
     if report.get("settings", {}).get("strict") and counts["inconclusive"]:
         return (f"{counts['inconclusive']} audit(s) were inconclusive, which fails the "
                 "run under --quantfair-strict" + (f"; and {len(regressions)} regression(s) "
@@ -315,8 +318,12 @@ def summarize(report: dict) -> dict:
         why = ("a baseline was given, but could not be compared" if unusable
                else "maxima were given, but no release gate ran" if settings.get(
                    "release_maxima") else "no --quantfair-max-* maximum, no --quantfair-baseline")
-        sentences.append(f"No release gate was checked ({why}): the verdict is of the seed's "
-                         "findings on this model, not a release decision.")
+        sentences.append(f"No release gate was checked ({why})" + (
+            ": the verdict is of the seed's findings on this model, not a release decision."
+            if seed_outcome(report) else "."))
+    if others := (report.get("selection") or {}).get("other_tests_failed"):
+        sentences.append(f"{len(others)} test(s) that are not audits failed ({some(others)}): "
+                         "pytest's exit code counts them, the verdict is the audits' alone.")
     if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

@@ -1261,7 +1261,13 @@ def test_a_failing_test_that_is_no_audit_is_named_beside_a_passed_verdict(pytest
     result = run_here(pytester, BASELINE, "test_theirs.py", "--quantfair-model", "tiny-gpt2",
                       "-k", "robustness or theirs", "--quantfair-report", "r.json")
     assert result.ret == 1
-    assert load(pytester.path / "r.json")["verdict"] == "passed"
+    report = load(pytester.path / "r.json")
+    assert report["verdict"] == "passed"
+    # and the report, whose reader sees no terminal, says so too
+    failed = report["selection"]["other_tests_failed"]
+    assert len(failed) == 1 and failed[0].endswith("::test_theirs")
+    assert f"1 test(s) that are not audits failed ({failed[0]}): pytest's exit code counts " \
+        "them, the verdict is the audits' alone." in report["summary"]["sentences"]
     result.stdout.fnmatch_lines(["note: 1 test(s) that are not audits failed "
                                  "(*test_theirs): pytest's exit code counts "
                                  "them, the verdict is the audits' alone"])

@@ -701,11 +701,38 @@ def test_decisions_on_fewer_than_six_units_are_called_machinery_checks():
 
 def test_provenance_gives_the_command_and_evidence_names_the_failed_case():
     ran = report()
-    ran["selection"]["invocation"] = ["pytest", "audits/", "-m", "quick"]
-    html = render_html(ran)
-    assert "<dt>run</dt><dd><code>pytest audits/ -m quick</code>;" in html
+    ran["selection"]["invocation"] = ["pytest", "audits/", "-m", "quick or quantfair_release"]
+    html = render_html(ran).replace("&#39;", "'")
+    # quoted as a shell needs it: the command pastes back
+    assert "<dt>run</dt><dd><code>pytest audits/ -m 'quick or quantfair_release'</code>;" in html
+    assert "<code>pytest audits/ -m 'quick or quantfair_release'</code></p>" in html
     evidence = html.split("Evidence for failed audits", 1)[1].split("<h2>", 1)[0]
     assert "<strong>synergy</strong> <code>case-de</code> (failed" in evidence
+
+
+def test_the_summary_names_tests_that_are_not_audits_whose_failure_the_exit_code_counts():
+    """The report said PASSED where pytest exited 1 for a project's own failing test."""
+    ran = report([audit("sparse", "passed")])
+    ran["selection"]["other_tests_failed"] = ["own/test_own.py::test_x"]
+    assert ("1 test(s) that are not audits failed (own/test_own.py::test_x): pytest's exit code "
+            "counts them, the verdict is the audits' alone.") in summarize(ran)["sentences"]
+    assert not any("not audits" in s for s in summarize(report())["sentences"])
+
+
+def test_a_strict_run_with_a_failed_finding_names_its_inconclusive_audits_too():
+    strict = report([a for a in AUDITS if a["outcome"] != "error"])
+    strict["settings"]["strict"] = True
+    assert summarize(strict)["headline"].endswith(
+        "; and 2 inconclusive audit(s), which fail the run under --quantfair-strict")
+    assert "--quantfair-strict" not in report(strict["audits"])["summary"]["headline"]
+
+
+def test_no_gate_and_no_seed_finding_decided_says_no_verdict_on_the_findings():
+    gate = audit("release_disparity", "skipped", "he", experiments=["release"])
+    said = " ".join(summarize(report([gate]))["sentences"])
+    assert "No release gate was checked (no --quantfair-max-* maximum, no " \
+        "--quantfair-baseline)." in said and "the verdict is of the seed's findings" not in said
+    assert "the verdict is of the seed's findings" in " ".join(report()["summary"]["sentences"])
 
 
 def test_a_headline_of_failed_findings_names_the_regressions_beside_them():
