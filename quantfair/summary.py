@@ -302,8 +302,16 @@ def summarize(report: dict) -> dict:
             protected.get("ppl_q") or 0):
         broken += (" The seed's recommended protection does not repair it: English's "
                    f"perplexity with it is {protected['ppl_q']:.3g}.")
-    # what was measured is not what it seems (a re-quantized GGUF); a scheme that breaks it
-    warnings = [w.removesuffix(".") for w in (model.get("scheme_warning"), broken) if w]
+    bounded = {limit.split()[0] for limit in (settings.get("release_maxima") or "").split("; ")
+               if limit}
+    blind = (broken and release_outcome(report) == "passed" and bounded
+             and "degradation" not in bounded) and (
+        "the release gate passed on disparities, ratios to English's damage, while the "
+        "scheme breaks the model: a maximum on the damage itself "
+        "(--quantfair-max-degradation) gates that")
+    # what was measured is not what it seems (a re-quantized GGUF); a scheme that breaks it;
+    # a gate that cannot see it
+    warnings = [w.removesuffix(".") for w in (model.get("scheme_warning"), broken, blind) if w]
     sentences += [f"Warning: {w}." for w in warnings]
     comparison = report.get("comparison") or {}
     if comparison and not comparison.get("regressions"):

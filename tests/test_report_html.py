@@ -332,6 +332,22 @@ def test_a_broken_scheme_warning_says_whether_the_recommended_protection_repairs
     assert "Warning: int4 breaks this model" in text
 
 
+@pytest.mark.parametrize(("maxima", "warned"), [
+    ("disparity 100", True), ("disparity 100; degradation 5000", False), (None, False)])
+def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, warned):
+    """A green RELEASE GATE PASSED over a model int4 breaks: disparities are ratios."""
+    broken = report([audit("release_disparity", "passed", "he", experiments=["release"])
+                     ] if maxima else [])
+    broken["model"]["vocabulary"] = 5
+    next(r for r in broken["measurements"] if r["strategy"] == "none"
+         and r["language"] == "en")["ppl_q"] = 10.0
+    if maxima:
+        broken["settings"]["release_maxima"] = maxima
+    said = "the release gate passed on disparities, ratios to English's damage, while the " \
+        "scheme breaks the model: a maximum on the damage itself (--quantfair-max-degradation)"
+    assert any(w.startswith(said) for w in summarize(broken)["warnings"]) == warned
+
+
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
