@@ -149,7 +149,8 @@ def _headline(report: dict, counts: dict) -> str:
                 + (f"; and {len(regressions) - 1} more" if len(regressions) > 1 else ""))
     if not counts["passed"]:
         return "No audit decided anything in this run"
-    return f"Every decided claim held ({counts['passed']} passed)"
+    gates = all(is_release(a) for a in report.get("audits", []) if a["outcome"] == "passed")
+    return f"Every decided {'release gate' if gates else 'claim'} held ({counts['passed']} passed)"
 
 
 def _excludes_zero(audit: dict) -> bool:

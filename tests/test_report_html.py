@@ -153,6 +153,7 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
     assert headline([*held, passed]) == "RELEASE GATE PASSED; SEED FINDINGS PASSED / passed"
     assert headline([*held, failed]) == "RELEASE GATE FAILED; SEED FINDINGS PASSED / failed"
     assert headline([passed]) == "RELEASE GATE PASSED / passed"  # -m quantfair_release
+    assert report([passed])["summary"]["headline"] == "Every decided release gate held (1 passed)"
     assert headline(held) == "SEED FINDINGS PASSED / None"
     strict = report([*held, passed])
     strict["settings"]["strict"] = True  # its inconclusive audits fail the run
