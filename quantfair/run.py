@@ -29,6 +29,7 @@ from quantfair.config import OPTIONS, RunConfig, check_folder_writable
 from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError
 from quantfair.plugin import is_audit
 from quantfair.storage import why_unwritable
+from quantfair.summary import is_release
 from quantfair.text import some
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
@@ -463,8 +464,7 @@ class QuantfairRun:
         """The release maxima given on the command line (`--quantfair-max-<quantity>`: a gate
         was asked for) whose release audit did not run; one set in the ini file alone is a
         default, not a request."""
-        ran = {a.get("quantity") for a in self.audits.values()
-               if "release" in (a.get("experiments") or ())}
+        ran = {a.get("quantity") for a in self.audits.values() if is_release(a)}
         return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]
@@ -501,7 +501,7 @@ class QuantfairRun:
         maximum given, none selected), the incomplete reason saying so; empty otherwise."""
         from quantfair.plugin import selects_release_gates
 
-        gates = [a for a in self.audits.values() if "release" in (a.get("experiments") or ())]
+        gates = [a for a in self.audits.values() if is_release(a)]
         by_marker = selects_release_gates(self.pytest_config)
         if not (by_marker or gates and len(gates) == len(self.audits)) or any(
                 a.get("outcome") in DECIDED for a in gates):
@@ -639,8 +639,7 @@ class QuantfairRun:
             else:
                 tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
                               "(audits/test_suggested.py) was selected")
-            if any("release" in (a.get("experiments") or ()) and a["outcome"] != "skipped"
-                   for a in self.report["audits"]):
+            if any(is_release(a) and a["outcome"] != "skipped" for a in self.report["audits"]):
                 tr.write_line(f"note: the release gates bound the {self.config.scheme.name} "
                               f"model without protection, not --strategy "
                               f"{self.config.strategy}: to gate a protected release, write it "

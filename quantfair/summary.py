@@ -75,6 +75,11 @@ def _damage_eased(report: dict, raised: list[str]) -> str:
             "falls more, in proportion")
 
 
+def _where(audit: dict) -> str:
+    """The language an audit measured, else its case."""
+    return audit.get("language") or audit.get("case")
+
+
 def _interval(low: float | None, high: float | None) -> str:
     return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
 
@@ -123,7 +128,7 @@ def _headline(report: dict, counts: dict) -> str:
         cases: dict[str, int] = defaultdict(int)  # a seed finding: its failed cases
         for a in failed:
             if is_release(a):
-                over[a.get("quantity") or a["finding"]].append(a.get("language") or a["case"])
+                over[a.get("quantity") or a["finding"]].append(_where(a))
             else:
                 cases[a.get("finding") or a["nodeid"]] += 1
         parts = ["release gate failed (" + "; ".join(
@@ -260,7 +265,7 @@ def summarize(report: dict) -> dict:
     settings, model = report.get("settings", {}), report.get("model", {})
     findings = finding_outcomes(report)
     by_outcome = {o: sorted(f for f, v in findings.items() if v["outcome"] == o and (
-                      o == "error" or "release" not in v["experiments"]))  # gates: below
+                      o == "error" or not is_release(v)))  # the gates: sentences of their own
                   for o in OUTCOMES}
     worst = worst_languages(report)
     artifact = (model.get("artifact") or {}).get("source")
@@ -405,8 +410,8 @@ def summarize(report: dict) -> dict:
             "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); "
             "more units (--units) would decide the clear ones." + (
                 " Leaning against the claim: " + "; ".join(
-                    f"{a['finding']} ({a.get('language') or a.get('case')}) "
-                    f"{a['value']:+.3g}{_interval(a['low'], a['high'])}, bound {a['bound']}"
+                    f"{a['finding']} ({_where(a)}) {a['value']:+.3g}"
+                    f"{_interval(a['low'], a['high'])}, bound {a['bound']}"
                     for a in against) + "." if against else ""))
     if sweeps:
         sentences.append(
@@ -429,7 +434,7 @@ def summarize(report: dict) -> dict:
         sentences.append(
             f"{len(straddling)} bound(s) on a single value were decided on the point estimate "
             "although its 95% CI straddles the bound (" + "; ".join(
-                f"{a['finding']} ({a.get('language') or a['case']}) {a['outcome']}: "
+                f"{a['finding']} ({_where(a)}) {a['outcome']}: "
                 f"{a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, bound {a['bound']}"
                 for a in straddling[:4]) + ("; ..." if len(straddling) > 4 else "")
             + "): more units (--units) would firm them up.")
