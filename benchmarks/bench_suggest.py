@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from quantfair.config import DEFAULT_UNITS
+from quantfair.report import fairer_than_none
 from quantfair.report import interval_text as cell
-from quantfair.suggest import fairer_than_none
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -100,12 +100,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _named(session, strategies: Sequence[str], measured: bool = False,
-           artifacts: bool = True) -> list[str]:
+           artifacts: bool = True, entries: bool = True) -> list[str]:
     """The strategies in order, 'suggested' replaced by the cached suggestion, each once in
-    its canonical text, its terms once each (`L0 + L0` is `L0`; `measured`: on the session's
-    units, see `_suggested`; `artifacts`: whether the command takes `--quantized`)."""
-    named = (_suggested(session, measured, artifacts) if strategy == "suggested" else strategy
-             for strategy in dict.fromkeys(strategies))
+    its canonical text, its terms once each (`L0 + L0` is `L0`; `measured`, `artifacts`,
+    `entries`: see `_suggested`)."""
+    named = (_suggested(session, measured, artifacts, entries) if strategy == "suggested"
+             else strategy for strategy in dict.fromkeys(strategies))
     return list(dict.fromkeys("+".join(dict.fromkeys(check_strategy_syntax(s).split("+")))
                               for s in named))
 
@@ -301,11 +301,15 @@ def _finite(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
 
 
-def _suggested(session, measured: bool = False, artifacts: bool = True) -> str:
+def _suggested(session, measured: bool = False, artifacts: bool = True,
+               entries: bool = True) -> str:
     """The strategy of the latest `quantfair suggest` result for the session's model and
-    scheme, named on stderr; `measured`: with a warning where the session's units include
-    those it was searched on. Raises UsageError when there is none."""
-    from quantfair.report import searched_with, unsearched_languages
+    scheme, named on stderr with what its search's audit units said against it; `measured`:
+    with a warning where the session's units include those it was searched on; `artifacts`:
+    whether the command takes `--quantized`; `entries`: whether it uses the single entries
+    of the recipe (export lists and writes whole tensors only), which calibrated selectors
+    may choose otherwise here. Raises UsageError when there is none."""
+    from quantfair.report import comparison_warnings, searched_with, unsearched_languages
     from quantfair.suggest import (
         load_suggestion,
         no_suggestion,
@@ -320,6 +324,8 @@ def _suggested(session, measured: bool = False, artifacts: bool = True) -> str:
         raise no_suggestion(session, artifacts)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
+    for warning in comparison_warnings(found.get("comparison") or []):
+        print(f"quantfair: warning: {warning}", file=sys.stderr)
     if corpus := other_corpus(found, session):
         print(f"quantfair: note: the suggestion was searched on another corpus text ({corpus}, "
               "as it read then)", file=sys.stderr)
@@ -327,7 +333,7 @@ def _suggested(session, measured: bool = False, artifacts: bool = True) -> str:
         print("quantfair: warning: the suggestion was searched without these languages of "
               f"this command, so it was not fitted to them: {', '.join(others)}",
               file=sys.stderr)  # OTHER_LANGUAGES speaks of audits, which commands do not run
-    if why := reselected(found, session):
+    if entries and (why := reselected(found, session)):
         print(f"quantfair: warning: {why}", file=sys.stderr)
     if measured and (seen := searched_units(found, session)):
         print(f"quantfair: warning: the suggestion was searched on {some(seen)}, which "
@@ -388,13 +394,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         config.check_search(args.calibration_units, budget)
 
     session = _session(args, searchable)
-    from quantfair.report import trace_label
-    from quantfair.suggest import (
+    from quantfair.report import (
+        comparison_warnings,
         fairer_than_none,
-        less_fair_than_none,
-        raises_english_damage,
-        suggest,
+        trace_label,
+        undefined_in_comparison,
     )
+    from quantfair.suggest import suggest
 
     result = suggest(session, budget, calibration_units=args.calibration_units,
                      width=args.width, announce=lambda m: print(m, file=sys.stderr, flush=True))
@@ -442,21 +448,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                        f"{100 * row['english_degradation']:.1f}%")
                       for row in result.comparison]))
         print(fairer_than_none(result.comparison))
-        worse = less_fair_than_none(result.comparison[0])  # the suggestion's row
-        if worse:
-            print(f"warning: on the audit units the suggestion is significantly less fair than "
-                  f"no protection ({' and '.join(worse)} disparity): the calibration units "
-                  "misled the search; keep none, or search on more --calibration-units")
-        suggested = result.comparison[0]
-        none = next(row for row in result.comparison if row["label"] == "none")
-        if raises_english_damage(suggested):
-            rise = suggested["english_vs_none"]
-            print(f"warning: on the audit units the suggestion raises {REFERENCE}'s degradation "
-                  f"from {100 * none['english_degradation']:.2f}% (none) to "
-                  f"{100 * suggested['english_degradation']:.2f}% (95% CI of the rise "
-                  f"[{100 * rise['low']:.2f}, {100 * rise['high']:.2f}] points); the search "
-                  "kept it from growing on its calibration units only: search on more "
-                  "--calibration-units")
+        for reason in undefined_in_comparison(result.comparison):
+            print(f"note: disparity undefined: {reason}")
+        for warning in comparison_warnings(result.comparison):
+            print(f"warning: {warning}")
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "
                   "(one type per tensor): simulated here, not a recipe for this format")
@@ -635,7 +630,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     from quantfair.quantize import in_scope
 
-    (strategy,) = _named(session, [args.strategy], artifacts=False)  # it writes from FP
+    # it writes from FP, whole tensors only
+    (strategy,) = _named(session, [args.strategy], artifacts=False, entries=False)
     if args.strategy == "suggested":  # its recipe, before its selectors calibrate
         _check_expressible(args, strategy)
     resolver = session.resolver()

@@ -21,7 +21,10 @@ from quantfair.metrics import BOOTSTRAP_SAMPLES
 from quantfair.report import (
     OTHER_LANGUAGES,
     comparison_notes,
+    comparison_warnings,
+    fairer_than_none,
     regressions_line,
+    undefined_in_comparison,
     unsearched_languages,
 )
 from quantfair.strategy_syntax import ALIASES
@@ -293,10 +296,24 @@ def render_html(report: dict) -> str:
         unsearched=unsearched_languages(report.get("suggestion") or {},
                                         report.get("settings", {}).get("languages") or ()),
         other_languages=OTHER_LANGUAGES,
+        **_suggestion(report.get("suggestion")),
         distribution_measured=any(r.get("kld_mean") is not None for r in main_rows(report)),
         failed=[a for a in report.get("audits", []) if a["outcome"] in ("failed", "error")],
         **_comparison(report.get("comparison")),
     )
+
+
+def _suggestion(suggestion: dict | None) -> dict:
+    """What the suggestion's held-out comparison says of it, as the terminal of `quantfair
+    suggest` says it: the selectors fairer than none, why disparities are undefined, and the
+    warnings against using it."""
+    comparison = (suggestion or {}).get("comparison")
+    if not comparison:
+        return {}
+    fairer = fairer_than_none(comparison)
+    return {"suggestion_fairer": fairer[:1].upper() + fairer[1:],
+            "suggestion_warnings": comparison_warnings(comparison),
+            "suggestion_undefined": undefined_in_comparison(comparison)}
 
 
 def _comparison(comparison: dict | None) -> dict:

@@ -633,6 +633,7 @@ def quantfair_audit(request: pytest.FixtureRequest):
     try:
         return run.context()
     except QuantfairError as error:  # wrong for every audit (an artifact of another model, a
-        message = f"quantfair: {one_line(str(error))}"  # damaged file): one error, then the
-        request.session.shouldstop = message  # run stops
+        # damaged file, no suggestion cached): one error, then the run stops
+        message = f"quantfair: {one_line(in_pytest_terms(request.config, str(error)))}"
+        request.session.shouldstop = message
     pytest.fail(message, pytrace=False)  # kept for every audit of the session

@@ -722,6 +722,72 @@ def settle_verdict(report: dict) -> None:
     report["summary"] = summarize(report)
 
 
+def raises_english_damage(row: dict) -> bool:
+    """Whether `row` of `compare_on_audit_units` significantly raises English's degradation
+    over no protection (the 95% CI of it - none above 0)."""
+    return _vs_none(row, "english", "low") > 0
+
+
+def fairer_than_none(comparison: list[dict]) -> str:
+    """One line: which rows of `compare_on_audit_units` are significantly fairer than no
+    protection (the 95% CI of it - none below 0), in mean and in worst-language disparity."""
+    parts = []
+    for name in ("mean", "worst"):
+        below = [row["label"] for row in comparison
+                 if _vs_none(row, name, "high") < 0
+                 and interval_text(row.get(f"{name}_disparity")) != "undefined"]
+        parts.append(f"{name}: {', '.join(below) or 'none of them'}")
+    return "significantly fairer than no protection (it - none, 95% CI below 0): " + \
+        "; ".join(parts)
+
+
+def less_fair_than_none(row: dict) -> list[str]:
+    """The disparities ("mean", "worst") in which `row` of `compare_on_audit_units` is
+    significantly less fair than no protection (the 95% CI of it - none above 0)."""
+    return [name for name in ("mean", "worst") if _vs_none(row, name, "low") > 0]
+
+
+def undefined_in_comparison(comparison: list[dict]) -> list[str]:
+    """Why disparities of `compare_on_audit_units`'s rows are undefined (English's NLL did not
+    rise, ...), each reason once: a table of "undefined" says no more."""
+    return sorted({estimate["undefined"] for row in comparison
+                   for name in ("mean_disparity", "worst_disparity")
+                   if (estimate := row.get(name)) and estimate.get("undefined")})
+
+
+def comparison_warnings(comparison: list[dict]) -> list[str]:
+    """What the held-out audit units say against the suggestion (the first row of
+    `compare_on_audit_units`), as sentences: significantly less fair than no protection, or
+    significantly raising English's degradation over it; [] where neither (or where the
+    search measured no audit units)."""
+    if not comparison:
+        return []
+    suggested = comparison[0]
+    none = next(row for row in comparison if row["label"] == "none")
+    warnings = []
+    if worse := less_fair_than_none(suggested):
+        warnings.append(f"on the search's held-out audit units the suggestion is significantly "
+                        f"less fair than no protection ({' and '.join(worse)} disparity): the "
+                        "calibration units misled the search; keep none, or search on more "
+                        "--calibration-units")
+    if raises_english_damage(suggested):
+        rise = suggested["english_vs_none"]
+        warnings.append(
+            f"on the search's held-out audit units the suggestion raises {REFERENCE}'s "
+            f"degradation from {100 * none['english_degradation']:.2f}% (none) to "
+            f"{100 * suggested['english_degradation']:.2f}% (95% CI of the rise "
+            f"[{100 * rise['low']:.2f}, {100 * rise['high']:.2f}] points); the search kept it "
+            "from growing on its calibration units only: search on more --calibration-units")
+    return warnings
+
+
+def _vs_none(row: dict, name: str, end: str) -> float:
+    """A bound of `row`'s it - none CI, NaN where it has none or it is undefined (None, as
+    JSON keeps NaN)."""
+    value = row.get(f"{name}_vs_none", {}).get(end)
+    return math.nan if value is None else value
+
+
 def searched_with(suggestion: dict) -> str:
     """"budget 5%, en,de": what a saved `quantfair suggest` result was searched with."""
     languages = ",".join(suggestion.get("languages") or []) or "languages not recorded"

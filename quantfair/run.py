@@ -208,6 +208,8 @@ class QuantfairRun:
                                    run_folder=self.run_folder)
             self._context = AuditContext(session, candidate=self.config.strategy,
                                          strict=self.config.strict)
+            if self.config.strategy == "suggested":  # no suggestion cached, or one searched
+                self._context.candidate_text()  # on these units: said before any audit runs
             if self.baseline is not None:  # refused before any audit runs, not at the end
                 from quantfair.report import another_model
 
@@ -617,14 +619,21 @@ class QuantfairRun:
         for sentence in summary["sentences"][1 if self.report["incomplete"] else 0:]:
             tr.write_line(sentence)
         if suggestion := self.report.get("suggestion"):
-            from quantfair.report import OTHER_LANGUAGES, searched_with, unsearched_languages
+            from quantfair.report import (
+                OTHER_LANGUAGES,
+                comparison_warnings,
+                searched_with,
+                unsearched_languages,
+            )
 
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
                           f"`quantfair suggest` result for {suggestion['scheme']} "
                           f"({searched_with(suggestion)})")
+            for warning in comparison_warnings(suggestion.get("comparison") or []):
+                tr.write_line(f"warning: {warning}", yellow=True)
             if others := unsearched_languages(suggestion, self.config.languages or ()):
                 tr.write_line(f"warning: {OTHER_LANGUAGES}: {', '.join(others)}", yellow=True)
-        if self.config.strategy:
+        if self.config.strategy and not self.usage_error:  # else said as INCOMPLETE below
             from quantfair.audit import CANDIDATE
 
             ran = [a for a in self.report["audits"] if a.get("strategy") == CANDIDATE]
@@ -636,7 +645,7 @@ class QuantfairRun:
                 if not self.report.get("suggestion"):
                     tr.write_line(f"--strategy {self.config.strategy} is audited against no "
                                   "protection and random protection at its budget")
-            else:
+            elif not (self.terminated or self.interrupted):  # else cut off before them
                 tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
                               "(audits/test_suggested.py) was selected")
             if any(is_release(a) and a["outcome"] != "skipped" for a in self.report["audits"]):

@@ -81,7 +81,7 @@ from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import paired_difference
-from quantfair.report import interval_text, searched_with
+from quantfair.report import searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
 from quantfair.storage import atomic_write, cache_writes, json_digest, json_safe
@@ -732,38 +732,6 @@ def _english_degradation(measurements) -> tuple[float, np.ndarray]:
     value, samples = zip(*[m.draws("degradation")[:2] for m in measurements], strict=True)
     ref = measurements[0].ref
     return float(np.mean([v[ref] for v in value])), np.mean([s[ref] for s in samples], axis=0)
-
-
-def raises_english_damage(row: dict) -> bool:
-    """Whether `row` of `compare_on_audit_units` significantly raises English's degradation
-    over no protection (the 95% CI of it - none above 0)."""
-    return _vs_none(row, "english", "low") > 0
-
-
-def fairer_than_none(comparison: list[dict]) -> str:
-    """One line: which rows of `compare_on_audit_units` are significantly fairer than no
-    protection (the 95% CI of it - none below 0), in mean and in worst-language disparity."""
-    parts = []
-    for name in ("mean", "worst"):
-        below = [row["label"] for row in comparison
-                 if _vs_none(row, name, "high") < 0
-                 and interval_text(row.get(f"{name}_disparity")) != "undefined"]
-        parts.append(f"{name}: {', '.join(below) or 'none of them'}")
-    return "significantly fairer than no protection (it - none, 95% CI below 0): " + \
-        "; ".join(parts)
-
-
-def less_fair_than_none(row: dict) -> list[str]:
-    """The disparities ("mean", "worst") in which `row` of `compare_on_audit_units` is
-    significantly less fair than no protection (the 95% CI of it - none above 0)."""
-    return [name for name in ("mean", "worst") if _vs_none(row, name, "low") > 0]
-
-
-def _vs_none(row: dict, name: str, end: str) -> float:
-    """A bound of `row`'s it - none CI, NaN where it has none or it is undefined (None, as
-    JSON keeps NaN)."""
-    value = row.get(f"{name}_vs_none", {}).get(end)
-    return math.nan if value is None else value
 
 
 def _duration(seconds: float) -> str:

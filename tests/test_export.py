@@ -421,6 +421,39 @@ def test_the_suggested_strategy_is_named_with_its_budget_and_languages(f32_gguf,
     assert shlex.split(printed.out) == ["--token-embedding-type", "q8_0",
                                         "--output-tensor-type", "q8_0",
                                         "--tensor-type", r"blk\.1\..*=f32"]
+    assert "warning" not in printed.err
+
+
+def test_a_suggestion_its_audit_units_found_less_fair_than_none_is_warned_of_on_export(
+        f32_gguf, capsys):
+    """The recipe leaves for llama.cpp or transformers here: what the search's held-out check
+    said against it is said again (it was printed once, by `quantfair suggest`)."""
+    from quantfair.suggest import Suggestion, save
+
+    def row(label: str, mean_vs_none: tuple[float, float] | None) -> dict:
+        disparity = {"value": 2.0, "low": 1.5, "high": 2.5}
+        versus = {} if mean_vs_none is None else {
+            "mean_vs_none": {"value": sum(mean_vs_none) / 2, "low": mean_vs_none[0],
+                             "high": mean_vs_none[1]},
+            "worst_vs_none": {"value": 0.0, "low": -0.3, "high": 0.3},
+            "english_vs_none": {"value": 0.0, "low": -0.01, "high": 0.01}}
+        return {"label": label, "strategies": ["L1" if versus else label], "overhead": 0.05,
+                "storable": True,
+                "english_degradation": 0.1, "mean_disparity": disparity,
+                "worst_disparity": disparity, **versus}
+
+    session = _session(str(f32_gguf), quant="gguf:Q5_0")
+    for mean_vs_none, warned in (((0.1, 0.7), True), ((-0.1, 0.7), False)):
+        save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
+                                 overhead=0.05, score=1.0, languages=["en", "de"],
+                                 calibration_units=["article_30"],
+                                 comparison=[row("suggested", mean_vs_none), row("none", None)]))
+        capsys.readouterr()
+        assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy",
+                     "suggested", "--emit", "hf", "--languages", "en", "--units", "1"]) == 0
+        said = ("quantfair: warning: on the search's held-out audit units the suggestion is "
+                "significantly less fair than no protection (mean disparity)")
+        assert (said in capsys.readouterr().err) == warned
 
 
 def test_a_protected_token_embedding_gets_one_type_in_the_recipe(f32_gguf, capsys):
@@ -477,6 +510,11 @@ def test_a_calibrated_suggestion_measured_on_other_text_says_its_entries_may_dif
         err = capsys.readouterr().err
         assert (warning in err) == warned, err
     assert "give --languages en,de --units" in err
+    # a list of whole tensors leaves the entries out: which ones does not matter there
+    assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy", "suggested",
+                 "--emit", "hf", "--languages", "en,he", "--units", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "hf cannot express act:1%" in err and warning not in err
 
 
 def test_measure_warns_where_its_units_include_those_of_the_search(f32_gguf, suggested_l1,

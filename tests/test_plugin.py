@@ -838,20 +838,23 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
     assert "searched without these languages" not in searched.stdout.str()
 
 
-def test_suggested_without_a_search_is_an_error_not_a_pass(pytester):
+def test_suggested_without_a_search_stops_the_run_before_its_audits(pytester):
+    """A usage error known as soon as the model has loaded, as the CLI refuses it: the run
+    measured every other audit first, then errored the suggestion's at its end."""
     path = pytester.path / "r.json"
-    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-bloom",
-                 "--strategy", "suggested", "--report", str(path))
-    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result = run(pytester, QUICK_FILES[1], str(AUDITS / "test_suggested.py"), "--model",
+                 "tiny-bloom", "--strategy", "suggested", "-k", "robustness or candidate",
+                 "--report", str(path))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
     report = load(path)
-    assert report["verdict"] == "error"
-    assert {a["outcome"] for a in report["audits"]} == {"error"}
-    assert all("run `quantfair suggest` first" in a["message"] for a in report["audits"])
-    out = result.stdout.str()  # one line per audit, no traceback
-    lines = out.splitlines()  # (the short summary repeats it where the terminal is wide)
-    assert sum(line.startswith("quantfair: no suggestion cached for tiny-bloom")
-               for line in lines) == 3
+    assert report["verdict"] == "incomplete" and not report["measurements"]
+    assert [a["outcome"] for a in report["audits"]] == ["error"]  # the first, then it stopped
+    assert "run `quantfair suggest` first" in report["audits"][0]["message"]
+    out = result.stdout.str()  # said once, no traceback
+    assert out.count("INCOMPLETE: stopped by a bad setting: no suggestion cached for tiny-bloom"
+                     " with int4") == 1
     assert "\nE   " not in out, out
+    assert "no audit of it" not in out  # they were selected; the run stopped before them
 
 
 def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):

@@ -8,6 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from markupsafe import escape
 
 from quantfair.cli import main
 from quantfair.config import RunConfig
@@ -16,7 +17,15 @@ from quantfair.html import render_html
 from quantfair.metrics import Measurement
 from quantfair.models import load_model
 from quantfair.quantize import QuantScheme
-from quantfair.report import RunRecord, build_report, interval_text, write_report
+from quantfair.report import (
+    RunRecord,
+    build_report,
+    fairer_than_none,
+    interval_text,
+    less_fair_than_none,
+    raises_english_damage,
+    write_report,
+)
 from quantfair.session import AuditSession
 from quantfair.strategy_syntax import check_strategy_syntax
 from quantfair.suggest import (
@@ -31,11 +40,8 @@ from quantfair.suggest import (
     calibration_score,
     compare_on_audit_units,
     confirmation_pool,
-    fairer_than_none,
-    less_fair_than_none,
     load_suggestion,
     no_suggestion,
-    raises_english_damage,
     save,
     search_pool,
     search_units,
@@ -662,21 +668,71 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
-    assert ("warning: on the audit units the suggestion raises en's degradation from 106.00% "
-            "(none) to 110.90% (95% CI of the rise [1.20, 8.00] points)") in capsys.readouterr().out
+    warning = ("on the search's held-out audit units the suggestion raises en's degradation "
+               "from 106.00% (none) to 110.90% (95% CI of the rise [1.20, 8.00] points)")
+    assert f"warning: {warning}" in capsys.readouterr().out
     report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
                                     audits=[], rows=[], model={"name": "tiny-llama"},
                                     processes=[], selection=None, incomplete=[],
                                     duration_s=1.0))
     report["suggestion"] = suggestion.to_json()
-    warning = "the suggestion raises English's degradation over no protection by 4.9 points"
-    assert f"{warning} [95% CI 1.2, 8.0]" in render_html(report)
+    assert f"<strong>Warning:</strong> {escape(warning)}" in render_html(report)  # as said
     rows[0]["english_vs_none"]["low"] = -0.01  # a rise within noise
     report["suggestion"] = suggestion.to_json()
-    assert warning not in render_html(report)
+    assert "raises en&#39;s degradation" not in render_html(report)
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
     assert "raises en's degradation" not in capsys.readouterr().out
+
+
+def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
+    """The HTML's suggestion section once showed the table alone: a reviewer was not told what
+    `quantfair suggest` printed, that the suggestion is significantly less fair than none."""
+    def row(label: str, mean_vs_none: tuple[float, float] | None) -> dict:
+        disparity = {"value": 2.0, "low": 1.5, "high": 2.5}
+        versus = {} if mean_vs_none is None else {
+            f"{name}_vs_none": {"value": sum(mean_vs_none) / 2, "low": mean_vs_none[0],
+                                "high": mean_vs_none[1]} for name in ("mean", "worst")}
+        return {"label": label, "strategies": [label], "overhead": 0.1, "storable": True,
+                "english_degradation": 0.5, "mean_disparity": disparity,
+                "worst_disparity": disparity, **versus}
+
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    less_fair = "the suggestion is significantly less fair than no protection (mean and worst"
+    for versus, act, warned in (((0.2, 0.9), (-0.4, -0.1), True), ((-0.9, -0.2), (0.1, 0.2),
+                                                                   False)):
+        rows = [row("suggested", versus), row("none", None), row("act", act)]
+        report["suggestion"] = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0,
+                                          comparison=rows).to_json()
+        html = render_html(report)
+        assert (less_fair in html) == warned
+        fairer = "act" if warned else "suggested"
+        assert (f"Significantly fairer than no protection (it - none, 95% CI below 0): mean: "
+                f"{fairer}; worst: {fairer}.") in html
+
+
+def test_why_the_audit_units_disparities_are_undefined_is_said(monkeypatch, capsys):
+    """A table of "undefined" beside a suggestion chosen anyway: `measure` said why, `suggest`
+    did not."""
+    reason = "en loss change is below 0.001 nats/token"
+    undefined = {"value": None, "low": None, "high": None, "undefined": reason}
+    rows = [{"label": label, "strategies": [label], "overhead": 0.1, "storable": True,
+             "mean_disparity": undefined, "worst_disparity": undefined,
+             "english_degradation": 0.001} for label in ("suggested", "none")]
+    suggestion = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0, comparison=rows)
+    monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
+    assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
+                 "--units", "4"]) == 0
+    assert capsys.readouterr().out.count(f"note: disparity undefined: {reason}") == 1
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    report["suggestion"] = suggestion.to_json()
+    assert f"Undefined: {reason}." in render_html(report)
 
 
 def test_the_trace_marks_a_term_added_to_what_earlier_steps_kept(monkeypatch, capsys):
