@@ -436,7 +436,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                       for c in result.confirmation]))
     if result.comparison:
         print("\non the held-out audit units (vs: paired difference suggested - baseline, "
-              "95% CI; below 0 the suggestion is better):")
+              "95% CI; below 0 the suggestion is better; CIs are plain percentile intervals, "
+              "as the search's acceptance was recorded: narrower than the audits' on few "
+              "units):")
 
         print(_table(["", "strategy", "overhead", "mean disparity", "worst disparity",
                       "vs (mean)", "vs (worst)", "en degradation"],

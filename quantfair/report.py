@@ -723,7 +723,8 @@ def settle_verdict(report: dict) -> None:
 
 
 def raises_english_damage(row: dict) -> bool:
-    """Whether `row` of `compare_on_audit_units` significantly raises English's degradation
+    """Whether `row` of `quantfair.suggest.compare_on_audit_units` (a suggestion's
+    `comparison`, as saved) significantly raises English's degradation
     over no protection (the 95% CI of it - none above 0)."""
     return _vs_none(row, "english", "low") > 0
 
@@ -763,14 +764,14 @@ def comparison_warnings(comparison: list[dict]) -> list[str]:
     if not comparison:
         return []
     suggested = comparison[0]
-    none = next(row for row in comparison if row["label"] == "none")
+    none = next((row for row in comparison if row["label"] == "none"), None)
     warnings = []
     if worse := less_fair_than_none(suggested):
         warnings.append(f"on the search's held-out audit units the suggestion is significantly "
                         f"less fair than no protection ({' and '.join(worse)} disparity): the "
                         "calibration units misled the search; keep none, or search on more "
                         "--calibration-units")
-    if raises_english_damage(suggested):
+    if none and raises_english_damage(suggested):
         rise = suggested["english_vs_none"]
         warnings.append(
             f"on the search's held-out audit units the suggestion raises {REFERENCE}'s "
