@@ -857,6 +857,38 @@ def test_suggested_without_a_search_stops_the_run_before_its_audits(pytester):
     assert "no audit of it" not in out  # they were selected; the run stopped before them
 
 
+def test_what_the_searchs_audit_units_said_against_the_suggestion_is_said_by_the_run(
+        pytester, monkeypatch, tmp_path):
+    """`quantfair suggest` warned that its suggestion is significantly less fair than no
+    protection; an audit run of that suggestion said nothing of it."""
+    from quantfair.config import RunConfig
+    from quantfair.quantize import QuantScheme
+    from quantfair.session import AuditSession
+    from quantfair.suggest import Suggestion, save
+
+    monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / "results"))
+    session = AuditSession(RunConfig(model="tiny-llama", scheme=QuantScheme(bits=4),
+                                     languages=("en", "he"), units=4),
+                           announce=lambda message: None)
+    disparity = {"value": 2.0, "low": 1.5, "high": 2.5}
+    rows = [{"label": label, "strategies": ["L0" if versus else "none"], "overhead": 0.1,
+             "storable": True, "english_degradation": 0.5, "mean_disparity": disparity,
+             "worst_disparity": disparity, **versus}
+            for label, versus in (("suggested", {"mean_vs_none": {"value": 0.4, "low": 0.1,
+                                                                  "high": 0.7}}),
+                                  ("none", {}))]
+    save(session, Suggestion("tiny-llama", "int4", 0.3, "L0", 0.25, 1.0,
+                             languages=["en", "he"], comparison=rows))
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
+                 "--strategy", "suggested", "--languages", "en,he", "--units", "2",
+                 "-k", "within_budget", "--no-report")
+    assert result.ret in (0, 1), result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "--strategy suggested is L0, the latest `quantfair suggest` result for int4*",
+        "warning: on the search's held-out audit units the suggestion is significantly less "
+        "fair than no protection (mean disparity)*"])
+
+
 def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):
     """A strategy naming a layer the model lacks is found when the audit runs: it must not
     read as an honest finding (exit 1, verdict failed)."""
