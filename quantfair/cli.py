@@ -309,7 +309,7 @@ def _suggested(session, measured: bool = False, artifacts: bool = True,
     whether the command takes `--quantized`; `entries`: whether it uses the single entries
     of the recipe (export lists and writes whole tensors only), which calibrated selectors
     may choose otherwise here. Raises UsageError when there is none."""
-    from quantfair.report import comparison_warnings, searched_with, unsearched_languages
+    from quantfair.report import searched_with, suggestion_warnings, unsearched_languages
     from quantfair.suggest import (
         load_suggestion,
         no_suggestion,
@@ -324,7 +324,7 @@ def _suggested(session, measured: bool = False, artifacts: bool = True,
         raise no_suggestion(session, artifacts)
     print(f"quantfair: --strategy suggested is {found['strategy']}, the latest suggestion for "
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
-    for warning in comparison_warnings(found.get("comparison") or []):
+    for warning in suggestion_warnings(found):
         print(f"quantfair: warning: {warning}", file=sys.stderr)
     if corpus := other_corpus(found, session):
         print(f"quantfair: note: the suggestion was searched on another corpus text ({corpus}, "
@@ -395,8 +395,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     session = _session(args, searchable)
     from quantfair.report import (
-        comparison_warnings,
         fairer_than_none,
+        suggestion_warnings,
         trace_label,
         undefined_in_comparison,
     )
@@ -452,7 +452,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(fairer_than_none(result.comparison))
         for reason in undefined_in_comparison(result.comparison):
             print(f"note: disparity undefined: {reason}")
-        for warning in comparison_warnings(result.comparison):
+        for warning in suggestion_warnings(result.to_json()):
             print(f"warning: {warning}")
         if not all(row["storable"] for row in result.comparison):
             print(f"* keeps single entries, which a file cannot store under {result.scheme} "

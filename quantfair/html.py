@@ -21,9 +21,9 @@ from quantfair.metrics import BOOTSTRAP_SAMPLES
 from quantfair.report import (
     OTHER_LANGUAGES,
     comparison_notes,
-    comparison_warnings,
     fairer_than_none,
     regressions_line,
+    suggestion_warnings,
     undefined_in_comparison,
     unsearched_languages,
 )
@@ -312,7 +312,7 @@ def _suggestion(suggestion: dict | None) -> dict:
         return {}
     fairer = fairer_than_none(comparison)
     return {"suggestion_fairer": fairer[:1].upper() + fairer[1:],
-            "suggestion_warnings": comparison_warnings(comparison),
+            "suggestion_warnings": suggestion_warnings(suggestion),
             "suggestion_undefined": undefined_in_comparison(comparison)}
 
 

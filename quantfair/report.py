@@ -756,12 +756,14 @@ def undefined_in_comparison(comparison: list[dict]) -> list[str]:
                    if (estimate := row.get(name)) and estimate.get("undefined")})
 
 
-def comparison_warnings(comparison: list[dict]) -> list[str]:
-    """What the held-out audit units say against the suggestion (the first row of
-    `compare_on_audit_units`), as sentences: significantly less fair than no protection, or
-    significantly raising English's degradation over it; [] where neither (or where the
-    search measured no audit units)."""
-    if not comparison:
+def suggestion_warnings(suggestion: dict) -> list[str]:
+    """What the held-out audit units say against a saved suggestion (the first row of its
+    `comparison`), as sentences: significantly less fair than no protection, or significantly
+    raising English's degradation over it; [] where neither, where the search measured no
+    audit units, or on fewer than `FEW_UNITS` of them (the plain percentile intervals of the
+    comparison understate the uncertainty there, as its note says)."""
+    comparison = suggestion.get("comparison") or []
+    if not comparison or len(suggestion.get("audit_units") or []) < FEW_UNITS:
         return []
     suggested = comparison[0]
     none = next((row for row in comparison if row["label"] == "none"), None)

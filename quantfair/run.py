@@ -621,15 +621,15 @@ class QuantfairRun:
         if suggestion := self.report.get("suggestion"):
             from quantfair.report import (
                 OTHER_LANGUAGES,
-                comparison_warnings,
                 searched_with,
+                suggestion_warnings,
                 unsearched_languages,
             )
 
             tr.write_line(f"--strategy suggested is {suggestion['strategy']}, the latest "
                           f"`quantfair suggest` result for {suggestion['scheme']} "
                           f"({searched_with(suggestion)})")
-            for warning in comparison_warnings(suggestion.get("comparison") or []):
+            for warning in suggestion_warnings(suggestion):
                 tr.write_line(f"warning: {warning}", yellow=True)
             if others := unsearched_languages(suggestion, self.config.languages or ()):
                 tr.write_line(f"warning: {OTHER_LANGUAGES}: {', '.join(others)}", yellow=True)

@@ -80,7 +80,7 @@ from quantfair.config import require_other_languages
 from quantfair.corpus import REFERENCE, Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
-from quantfair.metrics import paired_difference
+from quantfair.metrics import MIN_UNITS, TOO_FEW_UNITS, paired_difference
 from quantfair.report import searched_with
 from quantfair.schemes import ARTIFACT
 from quantfair.session import AuditSession
@@ -707,6 +707,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str,
                 for label, strategies in selectors.items()}
     draws = {label: _averaged(m) for label, m in measured.items()}
     english = {label: _english_degradation(m) for label, m in measured.items()}
+    few = TOO_FEW_UNITS if len(session.corpus.units) < MIN_UNITS else ""  # one unit: no CI
     comparison = []
     for label, strategies in selectors.items():
         row = {"label": label, "strategies": strategies,
@@ -714,7 +715,7 @@ def compare_on_audit_units(session: AuditSession, suggested: str,
                "storable": storable(strategies),
                "english_degradation": english[label][0]}
         if label != "none":
-            row["english_vs_none"] = _difference((*english[label], ""), (*english["none"], ""))
+            row["english_vs_none"] = _difference((*english[label], few), (*english["none"], few))
         for name in ("mean", "worst"):
             row[f"{name}_disparity"] = _estimate(draws[label][name])
             if label != "suggested":

@@ -447,6 +447,7 @@ def test_a_suggestion_its_audit_units_found_less_fair_than_none_is_warned_of_on_
         save(session, Suggestion(model="tiny", scheme="gguf:Q5_0", budget=0.05, strategy="L1",
                                  overhead=0.05, score=1.0, languages=["en", "de"],
                                  calibration_units=["article_30"],
+                                 audit_units=[f"article_{i}" for i in range(1, 9)],
                                  comparison=[row("suggested", mean_vs_none), row("none", None)]))
         capsys.readouterr()
         assert main(["export", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy",

@@ -839,8 +839,8 @@ def test_suggested_strategy_is_audited_and_reported(pytester):
 
 
 def test_suggested_without_a_search_stops_the_run_before_its_audits(pytester):
-    """A usage error known as soon as the model has loaded, as the CLI refuses it: the run
-    measured every other audit first, then errored the suggestion's at its end."""
+    """A usage error known as soon as the model has loaded, as the CLI refuses it (the run
+    once measured every other audit first, then errored the suggestion's at its end)."""
     path = pytester.path / "r.json"
     result = run(pytester, QUICK_FILES[1], str(AUDITS / "test_suggested.py"), "--model",
                  "tiny-bloom", "--strategy", "suggested", "-k", "robustness or candidate",
@@ -878,7 +878,8 @@ def test_what_the_searchs_audit_units_said_against_the_suggestion_is_said_by_the
                                                                   "high": 0.7}}),
                                   ("none", {}))]
     save(session, Suggestion("tiny-llama", "int4", 0.3, "L0", 0.25, 1.0,
-                             languages=["en", "he"], comparison=rows))
+                             languages=["en", "he"], comparison=rows,
+                             audit_units=[f"article_{i}" for i in range(1, 9)]))
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                  "--strategy", "suggested", "--languages", "en,he", "--units", "2",
                  "-k", "within_budget", "--no-report")

@@ -48,7 +48,10 @@ from quantfair.suggest import (
     suggest,
 )
 from quantfair.suggest import _path as suggestion_path
+from quantfair.summary import FEW_UNITS
 from quantfair.weights import layer_variance_ranking
+
+AUDIT_UNITS = [f"article_{i}" for i in range(1, 9)]  # a saved search's eight audit units
 
 
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
@@ -653,6 +656,11 @@ def test_englishs_damage_on_the_audit_units_is_compared_with_none(tiny_models):
     assert rise["low"] <= rise["value"] <= rise["high"] and rise["low"] < rise["high"]
     assert "english_vs_none" not in comparison["none"]
     assert raises_english_damage(kept) == (rise["low"] > 0)
+    # one unit: every resample is that unit, and its "CI" a point, as for the disparities
+    one = session_for(tiny_models["tiny-llama"], units=1)
+    kept = compare_on_audit_units(one, "L0", {"none": ["none"]})[0]
+    assert kept["english_vs_none"]["undefined"] == kept["mean_disparity"]["undefined"]
+    assert kept["english_vs_none"]["undefined"] and not raises_english_damage(kept)
 
 
 def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about(
@@ -664,7 +672,8 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
              "english_vs_none": {"value": degradation - 1.06, "low": low, "high": 0.08}}
             for label, degradation, low in (("suggested", 1.109, 0.012), ("none", 1.06, 0))]
     del rows[1]["english_vs_none"]
-    suggestion = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0, comparison=rows)
+    suggestion = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0, comparison=rows,
+                            audit_units=AUDIT_UNITS)
     monkeypatch.setattr("quantfair.suggest.suggest", lambda *args, **kwargs: suggestion)
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
@@ -683,6 +692,14 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
     assert "raises en's degradation" not in capsys.readouterr().out
+    # on few audit units the plain intervals understate the noise: no warning is decided
+    rows[0]["english_vs_none"]["low"] = 0.012
+    suggestion.audit_units = AUDIT_UNITS[:FEW_UNITS - 1]
+    assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
+                 "--units", "4"]) == 0
+    assert "raises en's degradation" not in capsys.readouterr().out
+    report["suggestion"] = suggestion.to_json()
+    assert "raises en&#39;s degradation" not in render_html(report)
 
 
 def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
@@ -706,7 +723,7 @@ def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
                                                                    False)):
         rows = [row("suggested", versus), row("none", None), row("act", act)]
         report["suggestion"] = Suggestion("tiny-llama", "int4", 0.03, "L0", 0.02, 1.0,
-                                          comparison=rows).to_json()
+                                          comparison=rows, audit_units=AUDIT_UNITS).to_json()
         html = render_html(report)
         assert (less_fair in html) == warned
         fairer = "act" if warned else "suggested"
