@@ -37,7 +37,6 @@ class AuditContext:
         self._rows: dict[tuple, list[dict]] = {}
         self._unsent: dict[tuple, None] = {}  # keys of rows measured since `new_rows`
         self._facts: dict[str, object] = {}
-        self._warned = False  # that the suggestion's entries are chosen on other text
 
     def describe(self, scheme: str | None = None, length: str | None = None) -> str:
         """The model, the scheme an audit measured (`scheme`, else the run's) and its units
@@ -78,7 +77,7 @@ class AuditContext:
             raise NotApplicable("no --strategy given to audit")
         if self.candidate != "suggested":
             return self.candidate
-        from quantfair.suggest import no_suggestion, reselected, search_units_given, searched_units
+        from quantfair.suggest import no_suggestion, search_units_given, searched_units
         from quantfair.text import some
 
         found = self.suggestion()
@@ -93,9 +92,6 @@ class AuditContext:
                 "file's order); search again")
             raise UsageError(f"the suggestion was searched on {some(seen)}, which this run "
                              f"audits ({units} units): not a held-out test; {fix}")
-        if not self._warned and (why := reselected(found, self.session)):
-            self._warned = True
-            self.session.announce(f"quantfair: warning: the suggestion {found['strategy']}: {why}")
         return found["strategy"]
 
     def strategy_text(self, strategy: Strategy) -> str:
@@ -197,8 +193,14 @@ class AuditContext:
     # -- evidence -------------------------------------------------------------------------
     def payload(self) -> dict:
         """What this process publishes to the report: measurement rows, model facts, the
-        number of model loads and the device the model ran on, and the audited suggestion."""
+        number of model loads and the device the model ran on, and the audited suggestion
+        (with `reselected`, where its calibrated selectors may keep other entries here than
+        those it scored: `suggest.reselected`)."""
         suggestion = self.suggestion() if self.candidate == "suggested" else None
+        if suggestion:
+            from quantfair.suggest import reselected
+
+            suggestion = {**suggestion, "reselected": reselected(suggestion, self.session) or None}
         return {"rows": [row for rows in self._rows.values() for row in rows],
                 "model": self.model_facts(),
                 "process": {"pid": os.getpid(), "loads": models.load_count,

@@ -631,6 +631,9 @@ class QuantfairRun:
                           f"({searched_with(suggestion)})")
             for warning in suggestion_warnings(suggestion):
                 tr.write_line(f"warning: {warning}", yellow=True)
+            if why := suggestion.get("reselected"):
+                tr.write_line(f"warning: the suggestion {suggestion['strategy']}: {why}",
+                              yellow=True)
             if others := unsearched_languages(suggestion, self.config.languages or ()):
                 tr.write_line(f"warning: {OTHER_LANGUAGES}: {', '.join(others)}", yellow=True)
         if self.config.strategy and not self.usage_error:  # else said as INCOMPLETE below

@@ -844,9 +844,9 @@ def reselected(found: dict, session: AuditSession) -> str:
              if t.partition(":")[0] in CALIBRATED_SELECTORS]
     if not terms or found.get("selector_texts") == session.selector_texts_digest():
         return ""
-    return (f"its {', '.join(terms)} choose{'s' if len(terms) == 1 else ''} entries on this "
-            "command's calibration text, which differs from the search's (other languages or "
-            "units), so the entries kept may not be those it scored; give --languages "
+    return (f"its {', '.join(terms)} choose{'s' if len(terms) == 1 else ''} entries on the "
+            "calibration text of the languages and units given here, which differs from the "
+            "search's, so the entries kept may not be those it scored; give --languages "
             f"{','.join(found.get('languages') or [])} {search_units_given(found)} as in the "
             "search to keep the same")
 

@@ -95,7 +95,9 @@ def test_a_suggestion_searched_on_units_this_run_audits_is_not_audited_as_held_o
         AuditContext(session, candidate="suggested").candidate_text()
 
 
-def test_an_audit_of_a_calibrated_suggestion_on_other_text_warns_once():
+def test_an_audit_of_a_calibrated_suggestion_on_other_text_says_so_in_its_report():
+    """In what the process publishes, for the summary and the HTML: a line a worker said on
+    its own stderr was lost under xdist."""
     from quantfair.suggest import Suggestion, save
 
     said = []
@@ -106,12 +108,17 @@ def test_an_audit_of_a_calibrated_suggestion_on_other_text_warns_once():
                              languages=["en", "he"], selector_texts="another text"))
     context = AuditContext(session, candidate="suggested")
     assert context.candidate_text() == context.candidate_text() == "superweights:2"
-    warnings = [line for line in said if "warning" in line]
-    assert warnings == ["quantfair: warning: the suggestion superweights:2: its superweights:2 "
-                        "chooses entries on this command's calibration text, which differs "
-                        "from the search's (other languages or units), so the entries kept "
-                        "may not be those it scored; give --languages en,he --units as in the "
-                        "search to keep the same"]
+    assert context.payload()["suggestion"]["reselected"] == (
+        "its superweights:2 chooses entries on the calibration text of the languages and units "
+        "given here, which differs from the search's, so the entries kept may not be those it "
+        "scored; give --languages en,he --units as in the search to keep the same")
+    assert not [line for line in said if "warning" in line]  # said once, by the report
+    save(session, Suggestion(model="tiny-gpt2", scheme="int4", budget=0.05,
+                             strategy="superweights:2", overhead=0.0, score=1.0,
+                             languages=["en", "de"],
+                             selector_texts=session.selector_texts_digest()))
+    context = AuditContext(session, candidate="suggested")
+    assert context.payload()["suggestion"]["reselected"] is None  # the search's own text
 
 
 def test_selections_and_suggestions_are_not_reused_for_a_model_that_computes_otherwise():

@@ -504,7 +504,7 @@ def test_a_calibrated_suggestion_measured_on_other_text_says_its_entries_may_dif
                               strategy="L1+act:1%", overhead=0.05, score=1.0,
                               languages=["en", "de"], calibration_units=["article_30"],
                               selector_texts=searched.selector_texts_digest()))
-    warning = "warning: its act:1% chooses entries on this command's calibration text"
+    warning = "warning: its act:1% chooses entries on the calibration text of the languages"
     for languages, warned in (("en,de", False), ("en,he", True)):
         assert main(["measure", str(f32_gguf), "--quant", "gguf:Q5_0", "--strategy",
                      "suggested", "--languages", languages, "--units", "1"]) == 0

@@ -860,7 +860,8 @@ def test_suggested_without_a_search_stops_the_run_before_its_audits(pytester):
 def test_what_the_searchs_audit_units_said_against_the_suggestion_is_said_by_the_run(
         pytester, monkeypatch, tmp_path):
     """`quantfair suggest` warned that its suggestion is significantly less fair than no
-    protection; an audit run of that suggestion said nothing of it."""
+    protection; an audit run of that suggestion said nothing of it. Nor, under xdist, that
+    its calibrated selectors choose entries on other text here (a worker's own line)."""
     from quantfair.config import RunConfig
     from quantfair.quantize import QuantScheme
     from quantfair.session import AuditSession
@@ -877,17 +878,23 @@ def test_what_the_searchs_audit_units_said_against_the_suggestion_is_said_by_the
             for label, versus in (("suggested", {"mean_vs_none": {"value": 0.4, "low": 0.1,
                                                                   "high": 0.7}}),
                                   ("none", {}))]
-    save(session, Suggestion("tiny-llama", "int4", 0.3, "L0", 0.25, 1.0,
+    save(session, Suggestion("tiny-llama", "int4", 0.3, "L0+superweights:2", 0.25, 1.0,
                              languages=["en", "he"], comparison=rows,
-                             audit_units=[f"article_{i}" for i in range(1, 9)]))
+                             audit_units=[f"article_{i}" for i in range(1, 9)],
+                             selector_texts="the search's own text"))
+    path = pytester.path / "r.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                  "--strategy", "suggested", "--languages", "en,he", "--units", "2",
-                 "-k", "within_budget", "--no-report")
+                 "-k", "within_budget", "-n", "2", "--report", str(path))
     assert result.ret in (0, 1), result.stdout.str()
+    less_fair = ("on the search's held-out audit units the suggestion is significantly less "
+                 "fair than no protection (mean disparity)")
+    other_text = "its superweights:2 chooses entries on the calibration text of the languages"
     result.stdout.fnmatch_lines([
-        "--strategy suggested is L0, the latest `quantfair suggest` result for int4*",
-        "warning: on the search's held-out audit units the suggestion is significantly less "
-        "fair than no protection (mean disparity)*"])
+        "--strategy suggested is L0+superweights:2, the latest `quantfair suggest` result*",
+        f"warning: {less_fair}*", f"warning: the suggestion L0+superweights:2: {other_text}*"])
+    html = path.with_suffix(".html").read_text()
+    assert escape(less_fair) in html and other_text in html
 
 
 def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):
