@@ -280,13 +280,17 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
-    regressions, rows, by_degradation, unbounded = [], [], [], []
+    regressions, rows, by_degradation, unbounded, renamed = [], [], [], [], []
     paired, undecided_growth, by_point = _Pairs(old, new), [], []
     for row in new.get("measurements", []):
         before = old_rows.get(row_key(row))
         if before is None:
             continue
         key, quantity = "/".join(row_key(row)), "disparity"
+        if (was := before.get("resolved")) and (now := row.get("resolved")) and was != now:
+            # one name, two strategies (`random@budget(candidate)` of another --strategy)
+            renamed.append(f"{key} ({was} -> {now})")
+            continue
         a, b = _disparity(before), _disparity(row)
         if (shared := paired.on_shared_units(row)) is not None:
             a, b = shared  # each run's on the units both measured, defined there or not
@@ -387,6 +391,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "bound_changed": rebounded,
+            "strategy_changed": renamed,
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
@@ -695,6 +700,9 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with --quantfair-strict): {listed(undecided)}")
+    if renamed := comparison.get("strategy_changed"):
+        lines.append(f"{len(renamed)} measurement(s) of another strategy under the same name "
+                     f"(another --strategy), not compared: {listed(renamed)}")
     if rebounded := comparison.get("bound_changed"):
         lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
                      f"baseline, not compared: {listed(rebounded)}")

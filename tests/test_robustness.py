@@ -1,5 +1,6 @@
 """Issue 10: every bad input is one clear line, no number is stale, nothing computed is lost."""
 
+import copy
 import json
 import os
 import re
@@ -534,6 +535,26 @@ def test_a_value_that_is_not_finite_is_written_as_null_not_lost_with_the_report(
     json_path, _ = write_report(report, tmp_path / "r.json", latest=False)
     row = json.loads(json_path.read_text())["comparison"]["rows"][1]
     assert row["old"] is None and row["change"] is None and row["new"] > 0
+
+
+def test_one_strategy_name_of_two_strategies_is_not_compared(report_pair):
+    """`random@budget(candidate)` of one --strategy and of another: two random selections
+    under one name were compared as one (a growth "not significant" between them)."""
+    from quantfair.report import compare, comparison_notes
+
+    _, old = report_pair
+    new = copy.deepcopy(old)
+    for report, share in ((old, "6.6734%"), (new, "2.94331%")):
+        report["measurements"][1].update(strategy="random@budget(candidate)",
+                                         resolved=f"random:{share}@0")
+    comparison = compare(old, new)
+    key = "int4/random@budget(candidate)/medium/he"
+    assert comparison["strategy_changed"] == [f"{key} (random:6.6734%@0 -> random:2.94331%@0)"]
+    assert key not in [row["key"] for row in comparison["rows"]]
+    assert any(line.startswith("1 measurement(s) of another strategy under the same name")
+               for line in comparison_notes(comparison, ", ".join))
+    new["measurements"][1]["resolved"] = "random:6.6734%@0"  # the same selection: compared
+    assert key in [row["key"] for row in compare(old, new)["rows"]]
 
 
 def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
