@@ -731,6 +731,22 @@ def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
                 f"{fairer}; worst: {fairer}.") in html
 
 
+def test_a_suggestion_that_searched_nothing_is_shown_as_such_in_the_report():
+    """A budget of 0% audited: the page named "calibration units  (0 forward passes)" and
+    drew an empty comparison table, with no word of why."""
+    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
+                                    audits=[], rows=[], model={"name": "tiny-llama"},
+                                    processes=[], selection=None, incomplete=[],
+                                    duration_s=1.0))
+    report["suggestion"] = Suggestion("tiny-llama", "int4", 0.0, "none", 0.0, math.nan,
+                                      languages=["en", "he"],
+                                      note="budget 0%: nothing is protected").to_json()
+    html = render_html(report)
+    section = html[html.index("<h2>Suggested protection"):html.index("<h2>Provenance")]
+    assert "in en, he; overhead 0.0%. Budget 0%: nothing is protected.</p>" in section
+    assert "calibration units" not in section and "<table" not in section
+
+
 def test_why_the_audit_units_disparities_are_undefined_is_said(monkeypatch, capsys):
     """A table of "undefined" beside a suggestion chosen anyway: `measure` said why, `suggest`
     did not."""
