@@ -37,7 +37,7 @@ from quantfair.summary import (
     seed_outcome,
     summarize,
 )
-from quantfair.text import experiment_span, plural, significant, units_text
+from quantfair.text import capitalized, experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
 SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
@@ -271,6 +271,7 @@ def render_html(report: dict) -> str:
     env.filters["leaning"] = leaning
     env.filters["terms_of"] = terms_of
     env.filters["shell"] = shlex.join  # a command line to paste back
+    env.filters["capitalized"] = capitalized
     env.globals["resamples"] = BOOTSTRAP_SAMPLES
     env.globals["aliases"] = ALIASES
     env.globals["model_wide"] = MODEL_WIDE
@@ -310,8 +311,7 @@ def _suggestion(suggestion: dict | None) -> dict:
     comparison = (suggestion or {}).get("comparison")
     if not comparison:
         return {}
-    fairer = fairer_than_none(comparison)
-    return {"suggestion_fairer": fairer[:1].upper() + fairer[1:],
+    return {"suggestion_fairer": capitalized(fairer_than_none(comparison)),
             "suggestion_warnings": suggestion_warnings(suggestion),
             "suggestion_undefined": undefined_in_comparison(comparison)}
 

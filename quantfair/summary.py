@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 
 from quantfair.corpus import REFERENCE, language
-from quantfair.text import some, units_text
+from quantfair.text import capitalized, some, units_text
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
 # in the detail of a bound on one value decided on a point estimate whose CI has values on
@@ -122,6 +122,7 @@ def _headline(report: dict, counts: dict) -> str:
                 "the verdict needs them fixed: " + "; ".join(reasons[:2])
                 + (f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""))
     regressions = (report.get("comparison") or {}).get("regressions")
+    strict = report.get("settings", {}).get("strict") and counts["inconclusive"]  # they fail
     if counts["failed"]:
         failed = [a for a in report.get("audits", []) if a["outcome"] == "failed"]
         over: dict[str, list[str]] = defaultdict(list)  # a release maximum's quantity: cases
@@ -139,12 +140,11 @@ def _headline(report: dict, counts: dict) -> str:
             parts.append(f"{len(cases)} finding(s) did not hold on this model ({named}"
                          + ("; ..." if len(cases) > 4 else "")
                          + "): honest measurements, not errors")
-        strict = report.get("settings", {}).get("strict") and counts["inconclusive"]
         return "; ".join(parts) + (f"; and {len(regressions)} regression(s) against the "
                                    "baseline" if regressions else "") + (
             f"; and {counts['inconclusive']} inconclusive audit(s), which fail the run under "
             "--quantfair-strict" if strict else "")
-    if report.get("settings", {}).get("strict") and counts["inconclusive"]:
+    if strict:
         return (f"{counts['inconclusive']} audit(s) were inconclusive, which fails the "
                 "run under --quantfair-strict" + (f"; and {len(regressions)} regression(s) "
                                                   "against the baseline" if regressions else ""))
@@ -275,7 +275,7 @@ def summarize(report: dict) -> dict:
                 "scheme": settings.get("scheme"), "artifact": artifact,
                 "languages": settings.get("languages", []), "units": units}
     headline = _headline(report, counts)
-    sentences = [headline[:1].upper() + headline[1:] + "."]
+    sentences = [capitalized(headline) + "."]
     gates = [a for a in report.get("audits", []) if a["outcome"] == "failed" and is_release(a)]
 
     def gate(a: dict) -> str:

@@ -43,6 +43,12 @@ def brief(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def capitalized(text: str) -> str:
+    """`text` with its first letter upper-case, the rest as it is ("95% CI", "en's"), to
+    start a sentence; `str.capitalize` would lower the rest."""
+    return text[:1].upper() + text[1:]
+
+
 def some(names: list[str]) -> str:
     """'a, b, c' for a few names; 'a, b, c, d, ...' for more than four."""
     return f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
