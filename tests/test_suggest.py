@@ -54,6 +54,13 @@ from quantfair.weights import layer_variance_ranking
 AUDIT_UNITS = [f"article_{i}" for i in range(1, 9)]  # a saved search's eight audit units
 
 
+def _report_of_no_run(scheme: str = "int4") -> dict:
+    """A report of tiny-llama under `scheme` with nothing measured, to hold a suggestion."""
+    return build_report(RunRecord(settings={"model": "tiny-llama", "scheme": scheme}, audits=[],
+                                  rows=[], model={"name": "tiny-llama"}, processes=[],
+                                  selection=None, incomplete=[], duration_s=1.0))
+
+
 def session_for(loaded, units=4, bits=4, scheme=None) -> AuditSession:
     config = RunConfig(model=loaded.name, scheme=scheme or QuantScheme(bits=bits),
                        languages=("en", "he", "zh"), units=units)
@@ -568,10 +575,7 @@ def test_a_baseline_a_block_format_cannot_store_is_marked(tmp_path, capsys):
         in printed
     pool = json.loads(path.read_text())["confirmation_units"]  # named, as an overlap error will
     assert pool and f"held-out units per language ({', '.join(pool)}; " in printed
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "gguf:Q8_0"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run("gguf:Q8_0")
     report["suggestion"] = {**json.loads(path.read_text()), "confirmation_units": ["a", "b"],
                             "confirmation": [{"strategy": "L1", "score": 1.5,
                                               "mean_disparity": 0.5, "worst_disparity": 1.0,
@@ -601,10 +605,7 @@ def test_an_undefined_score_is_written_as_null_and_left_off_the_chart(tmp_path):
     data = json.loads(json.dumps(suggestion.to_json(), allow_nan=False))
     assert data["score"] is None and data["trace"][1]["score"] is None
     assert data["trace"][0]["score"] == 5.5 and data["trace"][1]["overhead"] == 0.1
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run()
     report["suggestion"] = data
     schema = json.loads((resources.files("quantfair") / "schemas/report-6.schema.json")
                         .read_text())
@@ -680,10 +681,7 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     warning = ("on the search's held-out audit units the suggestion raises en's degradation "
                "from 106.00% (none) to 110.90% (95% CI of the rise [1.20, 8.00] points)")
     assert f"warning: {warning}" in capsys.readouterr().out
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run()
     report["suggestion"] = suggestion.to_json()
     assert f"<strong>Warning:</strong> {escape(warning)}" in render_html(report)  # as said
     rows[0]["english_vs_none"]["low"] = -0.01  # a rise within noise
@@ -714,10 +712,7 @@ def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
                 "english_degradation": 0.5, "mean_disparity": disparity,
                 "worst_disparity": disparity, **versus}
 
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run()
     less_fair = "the suggestion is significantly less fair than no protection (mean and worst"
     for versus, act, warned in (((0.2, 0.9), (-0.4, -0.1), True), ((-0.9, -0.2), (0.1, 0.2),
                                                                    False)):
@@ -734,10 +729,7 @@ def test_the_reports_suggestion_says_what_its_audit_units_said_of_it():
 def test_a_suggestion_that_searched_nothing_is_shown_as_such_in_the_report():
     """A budget of 0% audited: the page named "calibration units  (0 forward passes)" and
     drew an empty comparison table, with no word of why."""
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run()
     report["suggestion"] = Suggestion("tiny-llama", "int4", 0.0, "none", 0.0, math.nan,
                                       languages=["en", "he"],
                                       note="budget 0%: nothing is protected").to_json()
@@ -760,10 +752,7 @@ def test_why_the_audit_units_disparities_are_undefined_is_said(monkeypatch, caps
     assert main(["suggest", "tiny-llama", "--budget", "3%", "--languages", "en,he",
                  "--units", "4"]) == 0
     assert capsys.readouterr().out.count(f"note: disparity undefined: {reason}") == 1
-    report = build_report(RunRecord(settings={"model": "tiny-llama", "scheme": "int4"},
-                                    audits=[], rows=[], model={"name": "tiny-llama"},
-                                    processes=[], selection=None, incomplete=[],
-                                    duration_s=1.0))
+    report = _report_of_no_run()
     report["suggestion"] = suggestion.to_json()
     assert f"Undefined: {reason}." in render_html(report)
 
