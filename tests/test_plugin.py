@@ -780,6 +780,19 @@ def test_strategy_option_audits_a_given_strategy(pytester):
     assert load(path)["settings"]["strategy"] == "L0+Llast"
 
 
+def test_a_strategy_that_protects_nothing_is_not_compared_with_none(pytester):
+    """`--strategy none` (or a suggestion of budget 0%) against no protection differs by 0 on
+    every unit: it was an inconclusive audit asking for more units."""
+    result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-gpt2",
+                 "--strategy", "none", "-k", "beats", "--no-report", "-rs")
+    assert result.ret == pytest.ExitCode.OK
+    assert result.parseoutcomes()["skipped"] == 2 and "passed" not in result.parseoutcomes()
+    result.stdout.fnmatch_lines(["SKIPPED * none protects what none protects: nothing to "
+                                 "compare",
+                                 "SKIPPED * none protects what random:0%* protects: nothing "
+                                 "to compare"])
+
+
 def test_a_strategy_naming_a_layer_the_model_lacks_is_said_not_to_be_audited(pytester):
     """An audit that could not run is an error for pytest's summary and JUnit XML too (only
     setup and teardown have errors there), not a failed claim."""

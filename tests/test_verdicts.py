@@ -20,6 +20,7 @@ from quantfair.audit import (
     LayerValue,
     Matched,
     MeanBound,
+    NotApplicable,
     OverheadBound,
     ReleaseBound,
     SelectionOverlap,
@@ -60,6 +61,17 @@ rng = np.random.default_rng(1)
 NOISE = {lang: 3 + rng.normal(0, 1, UNITS) for lang in LANGUAGES[1:]}
 LOWER = {lang: v - 2 for lang, v in NOISE.items()}  # every unit 2 nats less: clearly lower
 JITTER = {lang: v + np.tile([0.3, -0.3], UNITS // 2) for lang, v in NOISE.items()}  # sums to 0
+
+
+def test_better_is_not_applicable_to_two_names_of_one_protection():
+    """A suggestion of budget 0% is `none`: compared with none it was inconclusive, with
+    "more units narrow the CI", where every difference is 0 by construction."""
+    run = FakeRun({"candidate": measurement(NOISE), "none": measurement(NOISE)})
+    run.protection_key = lambda strategy: ""  # both protect nothing
+    run.strategy_text = {"candidate": "none", "none": "none"}.get
+    with pytest.raises(NotApplicable, match="^none protects what none protects: nothing to "
+                                            "compare$"):
+        Better("candidate", than="none").run(run, Case("c", "candidate"), None)
 
 
 @pytest.mark.parametrize("ours, theirs, expected", [
