@@ -537,6 +537,10 @@ class QuantfairRun:
                 early = f"the run stopped early ({reason}: -x or --maxfail)"
             else:
                 incomplete.append("the run was interrupted")
+        if self.usage_error:  # the audits it errored were cut off by it: not findings that
+            for nodeid, entry in list(self.audits.items()):  # could not be measured
+                if entry.get("outcome") == "error" and entry.get("message") == self.usage_error:
+                    del self.audits[nodeid]
         stopped = self._stopped(exitstatus)
         if stopped:  # the signal reaches the workers too: what a worker was running when it
             for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
