@@ -898,9 +898,8 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
-    def error(self, message: str):
-        where = "" if self.prog == "quantfair" else f"{self.prog}: "
-        self.exit(2, f"quantfair: error: {where}{one_line(message)} (see {self.prog} --help)\n")
+    def error(self, message: str):  # the command is named once, by its --help
+        self.exit(2, f"quantfair: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -25,17 +25,17 @@ BAD_INPUTS = [
     (["inspect", "pyproject.toml"], "model pyproject.toml: a file that is not .gguf"),
     (["inspect", "/tmp"], "/tmp has no config.json: not a Hugging Face model directory"),
     # argparse's own errors: one line too, saying where the usage is
-    (["suggest", "tiny-llama", "--budget"], "quantfair: error: quantfair suggest: argument "
-     "--budget: expected one argument (see quantfair suggest --help)"),
+    (["suggest", "tiny-llama", "--budget"], "quantfair: error: argument --budget: "
+     "expected one argument (see quantfair suggest --help)"),
     (["measure", "tiny-llama", "--strategy", "-L0"], "argument --strategy: expected one "
      "argument"),
     (["bogus"], "invalid choice: 'bogus'"),
-    (["corpus", "--units", "3"], "quantfair: error: quantfair corpus: unrecognized arguments: "
+    (["corpus", "--units", "3"], "quantfair: error: unrecognized arguments: "
      "--units 3 (see quantfair corpus --help)"),
     (["measure", ""], "the model is empty: name a Hugging Face id"),  # a positional argument
     (["report", "--", "-1.json", "b.json"], "report not found: -1.json"),  # a path, as given
     # an option given twice with different values: one would silently win
-    (["measure", "tiny-gpt2", "--units", "5", "--units=100"], "quantfair measure: --units 5, "
+    (["measure", "tiny-gpt2", "--units", "5", "--units=100"], "quantfair: error: --units 5, "
      "--units 100: the option is given more than once, with different values; give it "
      "once"),
     (["report", "a.json", "--tolerance", "0.1", "--tolerance", "0.2"], "--tolerance 0.1, "
