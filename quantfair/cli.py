@@ -729,9 +729,11 @@ def _check_expressible(args: argparse.Namespace, strategy: str) -> None:
 
 def _inexpressible(args: argparse.Namespace, strategy: str) -> None:
     what = f"-o {args.output}" if args.output else f"--emit {args.emit}"
+    instead = ("search again under a gguf: scheme (quantfair suggest MODEL --quant gguf:Q4_0), "
+               "whose candidates are whole tensors" if args.strategy == "suggested" else
+               "give whole tensors (e.g. L0, L0.attn, ln, biases)")
     raise UsageError(f"{what} cannot express {strategy}: it keeps single weights or columns, "
-                     "which GGUF and transformers files do not store; give whole tensors "
-                     "(e.g. L0, L0.attn, ln, biases)")
+                     f"which GGUF and transformers files do not store; {instead}")
 
 
 RUN_OPTIONS = ("quant", "embedding-type", "quantized", "quantized-label", "languages", "units",

@@ -227,6 +227,9 @@ def test_emit_calibrates_no_selector_it_leaves_out(capsys, tmp_path, monkeypatch
     assert main(["export", "tiny-llama", "--strategy", "suggested", *common]) == 2
     printed = capsys.readouterr()
     assert "--emit hf cannot express actgap:5%" in printed.err.splitlines()[-1]
+    assert printed.err.strip().endswith("search again under a gguf: scheme (quantfair suggest "
+                                        "MODEL --quant gguf:Q4_0), whose candidates are whole "
+                                        "tensors")  # not "give whole tensors": it gave one
     assert "calibration" not in printed.err.replace("calibration text", "")
 
 
