@@ -308,8 +308,8 @@ def summarize(report: dict) -> dict:
             protected.get("ppl_q") or 0):
         broken += (" The seed's recommended protection does not repair it: English's "
                    f"perplexity with it is {protected['ppl_q']:.3g}.")
-    bounded = {limit.split()[0] for limit in (settings.get("release_maxima") or "").split("; ")
-               if limit}
+    bounded = {a.get("quantity") for a in report.get("audits", [])
+               if is_release(a) and a["outcome"] in ("passed", "failed")}  # gates that decided
     blind = (broken and release_outcome(report) == "passed" and bounded
              and "degradation" not in bounded) and (
         "the release gate passed on disparities, ratios to English's damage, while the "

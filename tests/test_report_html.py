@@ -333,12 +333,17 @@ def test_a_broken_scheme_warning_says_whether_the_recommended_protection_repairs
     assert "Warning: int4 breaks this model" in text
 
 
-@pytest.mark.parametrize(("maxima", "warned"), [
-    ("disparity 100", True), ("disparity 100; degradation 5000", False), (None, False)])
-def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, warned):
-    """A green RELEASE GATE PASSED over a model int4 breaks: disparities are ratios."""
-    broken = report([audit("release_disparity", "passed", "he", experiments=["release"])
-                     ] if maxima else [])
+@pytest.mark.parametrize(("maxima", "degradation", "warned"), [
+    ("disparity 100", None, True), ("disparity 100; degradation 5000", "passed", False),
+    ("disparity 100; degradation 5000", "skipped", True), (None, None, False)])
+def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, degradation,
+                                                                   warned):
+    """A green RELEASE GATE PASSED over a model int4 breaks: disparities are ratios. A maximum
+    on the damage whose gate decided nothing (skipped) does not see it either."""
+    gates = [audit("release_disparity", "passed", "he", experiments=["release"])] + [
+        audit("release_degradation", degradation, "he", experiments=["release"],
+              quantity="degradation")] * (degradation is not None)
+    broken = report(gates if maxima else [])
     broken["model"]["vocabulary"] = 5
     next(r for r in broken["measurements"] if r["strategy"] == "none"
          and r["language"] == "en")["ppl_q"] = 10.0
