@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantfair.audit import CANDIDATE
 from quantfair.config import DEFAULT_TOLERANCE, REFERENCE, SHIPPED_CORPUS
 from quantfair.errors import QuantfairError
 from quantfair.metrics import (
@@ -351,6 +352,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     for entry in new.get("audits", []):
         if (was := old_audits.get(_audit_key(entry["nodeid"]))) is None:
             continue
+        if entry.get("strategy") == CANDIDATE and (
+                then := audited_strategy(old)) != (now := audited_strategy(new)):
+            renamed.append(f"{entry['nodeid']} ({then} -> {now})")  # another --strategy
+            continue
         before = was["outcome"]
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
         lost = ("failed", "error", *undecided) if strict else ("failed", "error")
@@ -394,6 +399,13 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "strategy_changed": renamed,
             "not_run": sorted(key for key in old_audits if key not in new_audits),
             "baseline_incomplete": list(old.get("incomplete") or [])}
+
+
+def audited_strategy(report: dict) -> str | None:
+    """The strategy `report`'s audits of the candidate (`--strategy`) audited: the one given,
+    or the suggestion's where `suggested` was given; None where none was."""
+    given = (report.get("settings") or {}).get("strategy")
+    return (report.get("suggestion") or {}).get("strategy") if given == "suggested" else given
 
 
 def architecture(report: dict) -> str:
@@ -701,8 +713,8 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with --quantfair-strict): {listed(undecided)}")
     if renamed := comparison.get("strategy_changed"):
-        lines.append(f"{len(renamed)} measurement(s) of another strategy under the same name "
-                     f"(another --strategy), not compared: {listed(renamed)}")
+        lines.append(f"{len(renamed)} measurement(s) or audit(s) of another strategy under the "
+                     f"same name (another --strategy), not compared: {listed(renamed)}")
     if rebounded := comparison.get("bound_changed"):
         lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
                      f"baseline, not compared: {listed(rebounded)}")

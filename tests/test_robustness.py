@@ -551,10 +551,31 @@ def test_one_strategy_name_of_two_strategies_is_not_compared(report_pair):
     key = "int4/random@budget(candidate)/medium/he"
     assert comparison["strategy_changed"] == [f"{key} (random:6.6734%@0 -> random:2.94331%@0)"]
     assert key not in [row["key"] for row in comparison["rows"]]
-    assert any(line.startswith("1 measurement(s) of another strategy under the same name")
+    assert any(line.startswith("1 measurement(s) or audit(s) of another strategy under the same")
                for line in comparison_notes(comparison, ", ".join))
     new["measurements"][1]["resolved"] = "random:6.6734%@0"  # the same selection: compared
     assert key in [row["key"] for row in compare(old, new)["rows"]]
+
+
+@pytest.mark.parametrize("given", [{"strategy": "L1"}, {"strategy": "suggested",
+                                                        "suggestion": {"strategy": "L1"}}])
+def test_audits_of_two_candidates_are_not_compared(report_pair, given):
+    """`candidate_beats_none` of --strategy L0 passed, of another strategy failed: that was a
+    regression of the model."""
+    from quantfair.report import compare
+
+    _, old = report_pair
+    nodeid = "audits/test_suggested.py::test_candidate_beats_none[candidate<none]"
+    old["audits"] = [{"nodeid": nodeid, "strategy": "candidate", "outcome": "passed"}]
+    old["settings"]["strategy"] = "L0"
+    new = copy.deepcopy(old)
+    new["audits"][0]["outcome"] = "failed"
+    assert compare(old, new)["regressions"] == [f"audit {nodeid}: passed -> failed"]
+    new["settings"]["strategy"] = given["strategy"]
+    new["suggestion"] = given.get("suggestion")
+    comparison = compare(old, new)
+    assert comparison["regressions"] == [] and comparison["audits"] == []
+    assert comparison["strategy_changed"] == [f"{nodeid} (L0 -> L1)"]
 
 
 def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
