@@ -52,11 +52,21 @@ class Point:
     highlight: bool = False
 
 
+@contextlib.contextmanager
+def _style(**extra):
+    """The report's matplotlib style. A glyph its font lacks (a code or name in a script
+    DejaVu Sans does not cover) is not warned of, nor an error under a project's `-W error`:
+    text stays text in the SVG, drawn by the browser with its own fonts."""
+    with matplotlib.rc_context({**STYLE, **extra}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Glyph \d+ .*missing from font", UserWarning)
+        yield
+
+
 def styled(chart: Callable) -> Callable:
     """Run a chart function under the report's matplotlib style (read when artists are made)."""
     @functools.wraps(chart)
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(STYLE):
+        with _style():
             return chart(*args, **kwargs)
     return wrapper
 
@@ -72,7 +82,7 @@ def to_svg(figure: Figure, name: str) -> str:
     """The figure as an `<svg>` element for inline use: ids prefixed with `name`, no XML
     header, no date."""
     buffer = io.StringIO()
-    with matplotlib.rc_context({**STYLE, "svg.hashsalt": name}):
+    with _style(**{"svg.hashsalt": name}):
         figure.savefig(buffer, format="svg",
                        metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     text = buffer.getvalue()

@@ -429,6 +429,19 @@ def test_html_has_banner_scorecard_matrix_and_svg_charts_with_ticks():
     assert render_html(built) == html  # no date or random salt: reproducible
 
 
+def test_a_language_code_in_a_script_matplotlibs_font_lacks_renders_under_w_error():
+    """A user corpus's code `阿拉伯`: DejaVu Sans has no glyph for it, and matplotlib's warning
+    (while it measures text the browser draws: svg.fonttype none) stopped the HTML report of
+    a project whose pytest turns warnings into errors."""
+    built = report()
+    for row in built["measurements"]:
+        row["language"] = {"ar": "阿拉伯"}.get(row["language"], row["language"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = render_html(built)
+    assert "阿拉伯" in "".join(re.findall(r"<svg .*?</svg>", html, flags=re.S))
+
+
 def test_chart_text_stays_readable_on_a_narrow_window():
     """On a 420-px window the charts shrank to fit, and their smallest labels to 4-5 px."""
     html = render_html(report())
