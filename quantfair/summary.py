@@ -125,16 +125,16 @@ def _headline(report: dict, counts: dict) -> str:
     strict = report.get("settings", {}).get("strict") and counts["inconclusive"]  # they fail
     if counts["failed"]:
         failed = [a for a in report.get("audits", []) if a["outcome"] == "failed"]
-        over: dict[str, list[str]] = defaultdict(list)  # a release maximum's quantity: cases
+        over: dict[str, list[str]] = defaultdict(list)  # a maximum's quantity, why: cases
         cases: dict[str, int] = defaultdict(int)  # a seed finding: its failed cases
-        for a in failed:
-            if is_release(a):
-                over[a.get("quantity") or a["finding"]].append(_where(a))
+        for a in sorted(failed, key=lambda a: a.get("value") is None):  # measured first
+            if is_release(a):  # a gate fails a value it cannot measure too (undefined)
+                why = "over its maximum" if a.get("value") is not None else "not measurable"
+                over[f"{a.get('quantity') or a['finding']} {why}"].append(_where(a))
             else:
                 cases[a.get("finding") or a["nodeid"]] += 1
         parts = ["release gate failed (" + "; ".join(
-            f"{quantity} over its maximum in {some(where)}" for quantity, where in over.items())
-                 + ")"] if over else []
+            f"{gate} in {some(where)}" for gate, where in over.items()) + ")"] if over else []
         if cases:
             named = "; ".join(f"{f}: {n} failed case(s)" for f, n in list(cases.items())[:4])
             parts.append(f"{len(cases)} finding(s) did not hold on this model ({named}"
