@@ -317,15 +317,25 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
                              "2.0,he=3.0")
         language = language.strip() or "*"
         # a degradation is a relative change, shown as a percentage: 0.5 or 50%
-        value = (fraction_option if name == "max-degradation" else number_option)(name, number)
+        parse = fraction_option if name == "max-degradation" else number_option
+        try:
+            value = parse(name, number)
+        except UsageError as error:  # which maximum of several
+            raise UsageError(str(error) if language == "*" else
+                             f"{error} (the maximum of {language})") from None
         if language == "*" and "*" in bound:
             raise UsageError(f"--{name} {text}: two maxima for every language; give one, and "
                              "LANG=VALUE for a language, e.g. 2.0,he=3.0")
         if language in bound:
             raise UsageError(f"--{name} {text}: {language} is given twice")
+        if language != "*" and ":" in language:
+            raise UsageError(f"--{name} {text}: {language} is a selector; a maximum is given "
+                             "per language code (e.g. he=3), selectors are for --languages")
         if language != "*" and language not in languages:
+            meant = [lang for lang in languages if lang.lower() == language.lower()]
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
-                             f"({', '.join(languages)})")
+                             f"({', '.join(languages)})"
+                             + (f"; codes are case-sensitive: {meant[0]}?" if meant else ""))
         if language == REFERENCE and name.endswith("disparity"):
             raise UsageError(f"--{name} {text}: disparities are relative to {REFERENCE}, "
                              f"whose own is 1 by definition; bound the other languages")

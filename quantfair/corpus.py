@@ -249,6 +249,9 @@ class Corpus:
             by_case = {lang.lower(): lang for lang in self.texts}
             meant = [by_case[m.lower()] for m in missing if m.lower() in by_case]
             hint = f" (codes are case-sensitive: {', '.join(meant)}?)" if meant else ""
+            if spaced := [m for m in missing if len(m.split()) > 1  # `he ar` in an ini file
+                          and all(code in self.texts for code in m.split())]:
+                hint += f" (separate codes with commas: {','.join(spaced[0].split())}?)"
             raise UsageError(f"unknown language(s) {', '.join(missing)}{hint}; this corpus has "
                              f"{', '.join(self.languages)}")
         if REFERENCE in self.texts and REFERENCE not in languages:

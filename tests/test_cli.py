@@ -154,6 +154,8 @@ def corpus_files(tmp_path):
     (["measure", "tiny-gpt2", "--languages", "en,xx"], "unknown language(s) xx"),
     (["measure", "tiny-gpt2", "--languages", "EN,He"],
      "unknown language(s) EN, He (codes are case-sensitive: en, he?)"),
+    (["measure", "tiny-gpt2", "--languages", "he ar"],  # as an ini file's line reads
+     "unknown language(s) he ar (separate codes with commas: he,ar?)"),
     (["measure", "tiny-gpt2", "--languages", "de,script:Klingon"],
      "no shipped language is written in script 'Klingon'"),
     (["measure", "tiny-gpt2", "--corpus", "{empty}"], "the corpus is empty"),

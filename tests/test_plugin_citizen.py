@@ -1063,7 +1063,15 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
 
 
 @pytest.mark.parametrize("bound, message", [
-    ("2.0,he=lots", "--quantfair-max-disparity must be a number, got 'lots'"),
+    ("2.0,he=lots", "--quantfair-max-disparity must be a number, got 'lots' (the maximum of "
+     "he)"),
+    ("2.0,he=-1", "--quantfair-max-disparity must be a finite non-negative number, got -1 (the "
+     "maximum of he)"),
+    ("2.0,HE=3", "HE is not among the audited languages (en, de, ru, he, ar, zh); codes are "
+     "case-sensitive: he?"),
+    ("2.0,script:Hebr=3", "--quantfair-max-disparity 2.0,script:Hebr=3: script:Hebr is a "
+     "selector; a maximum is given per language code (e.g. he=3), selectors are for "
+     "--quantfair-languages"),
     ("inf", "--quantfair-max-disparity must be a finite non-negative number, got inf"),
     ("2.0,xx=3", "--quantfair-max-disparity 2.0,xx=3: xx is not among the audited languages"),
     ("2,he=3,he=4", "--quantfair-max-disparity 2,he=3,he=4: he is given twice"),
