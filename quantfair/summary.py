@@ -439,10 +439,11 @@ def summarize(report: dict) -> dict:
                 for a in straddling[:4]) + ("; ..." if len(straddling) > 4 else "")
             + "): more units (--units) would firm them up.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
-        sentences.append(
-            f"With {units_text(units)} per language the paired bootstrap understates the "
-            f"uncertainty (no exact paired test reaches 5% below {FEW_UNITS} units): read its "
-            "decisions as machinery checks, not evidence.")
+        why = ("there is no interval, and decisions rest on point estimates" if units == 1
+               else "the paired bootstrap understates the uncertainty (no exact paired test "
+               f"reaches 5% below {FEW_UNITS} units)")
+        sentences.append(f"With {units_text(units)} per language {why}: read the decisions as "
+                         "machinery checks, not evidence.")
     sentences.append(
         ("Measured: " if report.get("measurements") else "Nothing was measured: set up for ")
         + f"{measured['model']}"
