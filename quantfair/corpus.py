@@ -77,6 +77,9 @@ def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = 
         if not re.fullmatch(r"[A-Z][a-z]{3}", row.get("script", "Zyyy")):
             raise QuantfairError(f"{path}:{number}: script {row['script']!r} is not an ISO "
                                  "15924 code such as Latn, Cyrl, Arab or Hans")
+        if not re.fullmatch(r"[a-z]{3}", row.get("iso639_3", "und")):
+            raise QuantfairError(f"{path}:{number}: iso639_3 {row['iso639_3']!r} is not an ISO "
+                                 "639-3 code: three lowercase letters, such as eng or heb")
         resource_class = row.get("resource_class")
         if resource_class is not None and resource_class not in {str(c) for c in CLASSES}:
             raise QuantfairError(f"{path}:{number}: resource_class {resource_class!r} is not "

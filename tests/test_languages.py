@@ -229,6 +229,8 @@ def test_a_user_corpus_languages_file_gives_its_languages_metadata(own_languages
      "corpus (it has en, yo, tlh, he)"),
     (["yo\tYoruba\tLatin\t\t"], None, "texts.languages.tsv:2: script 'Latin' is not an ISO "
      "15924 code"),
+    (["yo\tyoru"], "code\tiso639_3", "texts.languages.tsv:2: iso639_3 'yoru' is not an ISO "
+     "639-3 code"),
     (["yo\tYoruba\t\t\t6"], None, "texts.languages.tsv:2: resource_class '6' is not one of"),
     (["yo\tYoruba", "tlh\tKlingon\t\t\t"], None, "texts.languages.tsv:2: 2 tab-separated "
      "values for 5 columns"),
