@@ -238,7 +238,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                say=False)
     rows = [(r["strategy"], r["language"], significant(r["ppl_fp"], 5),
              significant(r["ppl_q"], 5), f"{r['bpb_q']:.3f}", f"{r['fertility']:.2f}",
-             f"{significant(100 * r['degradation'], 4)}%",
+             _interval(r, "degradation", scale=100, digits=2).strip(),
              _ratio(r, "seed_disparity"), _ratio(r, "disparity")) for r in records]
     print(f"model: {session.loaded.name}  scheme: {session.config.scheme.name}  "
           f"dtype: {session.config.dtype}  units: {len(session.corpus.units)}  "
@@ -250,7 +250,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
               + f"tensors hash: {artifact.weight_hash[:16]}  types: "
               + ", ".join(f"{kind} {n}" for kind, n in sorted(artifact.type_mix.items())))
     print(_table(["strategy", "lang", "ppl fp", "ppl q", "bits/byte q", "tok/char",
-                  "degradation", "seed disparity", "disparity [95% CI]"], rows))
+                  "degradation, % [95% CI]", "seed disparity", "disparity [95% CI]"], rows))
     undefined = {r["undefined"] for r in records if r["undefined"]}
     for reason in undefined:
         print(f"note: disparity undefined: {reason}")

@@ -2,6 +2,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -467,11 +468,16 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
         (s, lang) for s in ("none", "L0") for lang in ("en", "he", "zh"))  # each once
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in first.stdout.splitlines() if line.startswith("| ")]
-    printed = {tuple(cells[:2]): cells[2:4] for cells in rows}
+    printed = {tuple(cells[:2]): cells[2:] for cells in rows}
     for r in records:  # perplexities to 5 significant digits: within 5e-5 of the measured value
-        fp, q = map(float, printed[r["strategy"], r["language"]])
+        fp, q = map(float, printed[r["strategy"], r["language"]][:2])
         assert fp == pytest.approx(r["ppl_fp"], rel=5e-5)
         assert q == pytest.approx(r["ppl_q"], rel=5e-5)
+        # the degradation with its CI, in percent: English's may not be told from 0
+        value, low, high = map(float, re.findall(r"-?[\d.]+", printed[
+            r["strategy"], r["language"]][4]))
+        assert (value, low, high) == pytest.approx([100 * r[f"degradation{end}"] for end in (
+            "", "_low", "_high")], abs=0.006)
     perplexities = [cell for cells in rows[1:] for cell in cells[2:4]]  # a column reads alike
     assert all(len(cell.replace("-", "").replace(".", "").partition("e")[0]) == 5
                for cell in perplexities), perplexities
