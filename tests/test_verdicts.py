@@ -253,11 +253,23 @@ def test_holm_leaves_the_garbage_collector_as_it_found_it():
 
 def test_inconclusive_is_its_own_outcome_and_fails_only_in_strict_mode(pytester):
     pytester.makepyfile(test_same="""
-        from quantfair.audit import Better, Finding, audit
+        from dataclasses import dataclass
+
+        from quantfair.audit import Case, Check, Finding, Outcome, audit
+
+        @dataclass(frozen=True)
+        class Undecided(Check):
+            \"\"\"A paired difference whose 95% CI holds 0, in each language.\"\"\"
+
+            def cases(self, languages):
+                return [Case(f"L0<none-{lang}", "L0", lang) for lang in languages[1:]]
+
+            def run(self, ctx, case, bound):
+                return Outcome("inconclusive", "disparity difference", -0.1, "< 0", -0.5, 0.3)
 
         test_same = audit(Finding(
-            id="same", experiments=("999",), claim="L0 beats itself (by its alias)",
-            check=Better("layer0", than="L0", per_language=True),
+            id="same", experiments=("999",), claim="L0 lowers the disparity",
+            check=Undecided(),
         ))
     """)
     path = pytester.path / "r.json"
