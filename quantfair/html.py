@@ -176,31 +176,41 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     """Mean NLL disparity per resource class, language family (without its branch) and
     script, for each scorecard strategy (English, and languages with an undefined disparity or
     no metadata, left out; a value unknown, from the group it would name). A group's
-    `languages` is its count, or the range of counts where strategies left out others."""
-    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    `languages` is its count, or the range of counts where strategies left out others; a
+    cell's `title` gives its count and its lowest and highest language."""
+    groups: dict[tuple[str, str], dict[str, list[tuple[float, str]]]] = defaultdict(
+        lambda: defaultdict(list))
     for strategy in strategies:
         for r in compared_rows(report, strategy):
             meta = metadata(r["language"])
             if meta is None:  # a user corpus's language without it
                 continue
+            measured = (r["disparity"], r["language"])
             if meta.script != UNKNOWN:  # a user corpus's languages file may leave it out
-                groups[("script", meta.script)][strategy].append(r["disparity"])
+                groups[("script", meta.script)][strategy].append(measured)
             if meta.family != UNKNOWN:
-                groups[("family", meta.family.partition(" (")[0])][strategy].append(
-                    r["disparity"])
+                groups[("family", meta.family.partition(" (")[0])][strategy].append(measured)
             if meta.resource_class >= 0:
-                groups[("class", str(meta.resource_class))][strategy].append(r["disparity"])
+                groups[("class", str(meta.resource_class))][strategy].append(measured)
     rows = []
     for (kind, value), by_strategy in sorted(groups.items()):
-        means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
+        means = {s: sum(d for d, _ in v) / len(v) for s, v in by_strategy.items()}
         low, high = min(map(len, by_strategy.values())), max(map(len, by_strategy.values()))
         rows.append({"kind": kind, "value": value,
                      "languages": str(low) if low == high else f"{low}-{high}",
                      "cells": [{"text": f"{means[s]:.2f}" if s in means else "",
-                                "title": f"mean of {plural(len(by_strategy[s]), 'language')}"
-                                if s in means else "", "style": shade(means.get(s))}
-                               for s in strategies]})
+                                "title": _group_title(by_strategy[s]) if s in means else "",
+                                "style": shade(means.get(s))} for s in strategies]})
     return rows
+
+
+def _group_title(measured: list[tuple[float, str]]) -> str:
+    """"mean of 3 languages, from 1.20 (de) to 6.00 (he)": what a group's mean hides."""
+    title = f"mean of {plural(len(measured), 'language')}"
+    if len(measured) < 2:
+        return title
+    (lowest, first), (highest, last) = min(measured), max(measured)
+    return f"{title}, from {lowest:.2f} ({first}) to {highest:.2f} ({last})"
 
 
 def terms_of(case: str) -> list[str]:
