@@ -797,7 +797,9 @@ def suggestion_warnings(suggestion: dict) -> list[str]:
         rise = suggested["english_vs_none"]
         warnings.append(
             f"on the search's held-out audit units the suggestion raises {REFERENCE}'s "
-            f"degradation from {100 * none['english_degradation']:.2f}% (none) to "
+            f"degradation from {100 * none['english_degradation']:.2f}% (none"
+            + (": its loss fell under quantization" if none["english_degradation"] < 0 else "")
+            + f") to "
             f"{100 * suggested['english_degradation']:.2f}% (95% CI of the rise "
             f"[{100 * rise['low']:.2f}, {100 * rise['high']:.2f}] points); the search kept it "
             "from growing on its calibration units only: search on more --calibration-units")

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from quantfair.report import (
     interval_text,
     less_fair_than_none,
     raises_english_damage,
+    suggestion_warnings,
     write_report,
 )
 from quantfair.session import AuditSession
@@ -684,6 +686,10 @@ def test_a_suggestion_raising_englishs_damage_on_the_audit_units_is_warned_about
     report = _report_of_no_run()
     report["suggestion"] = suggestion.to_json()
     assert f"<strong>Warning:</strong> {escape(warning)}" in render_html(report)  # as said
+    fell = copy.deepcopy(suggestion.to_json())  # English improved without protection
+    fell["comparison"][1]["english_degradation"] = -0.0322
+    assert "raises en's degradation from -3.22% (none: its loss fell under quantization) to " \
+        "110.90%" in suggestion_warnings(fell)[0]
     rows[0]["english_vs_none"]["low"] = -0.01  # a rise within noise
     report["suggestion"] = suggestion.to_json()
     assert "raises en&#39;s degradation" not in render_html(report)
