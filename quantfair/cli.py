@@ -129,7 +129,7 @@ def _session(args: argparse.Namespace, before_load=None, reads_only: bool = Fals
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from quantfair.corpus import language
+    from quantfair.report import language_metadata
 
     for name, value in (("model", args.model), ("corpus", args.quantfair_corpus),
                         ("device", args.quantfair_device)):
@@ -137,6 +137,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if (args.quantfair_random_weights or args.quantfair_device) and not args.model:
         raise UsageError("--random-weights and --device apply to --model's tokenizer; "
                          "give --model")
+    _check_output(args.json, "--json", args)
     corpus = selected_corpus(args.quantfair_corpus, "all" if args.quantfair_languages is None
                              else args.quantfair_languages)
     evaluator = None
@@ -151,17 +152,24 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if evaluator:
         note = evaluator.loaded.weights_note
         print(f"tokens: {evaluator.loaded.name}'s tokenizer" + (f" ({note})" if note else ""))
-    rows = []
+    records = []
     for lang, units in corpus.texts.items():
-        meta = language(lang)
         text = list(units.values())
-        row = [lang, meta.name, meta.script, meta.family,
-               meta.resource_class if meta.resource_class >= 0 else "unknown", len(text),
-               f"{sum(len(t) for t in text):,}", f"{sum(len(t.encode()) for t in text):,}"]
-        if evaluator:
-            tokens = sum(len(evaluator.token_ids(t)) - 1 for t in text)
-            row += [f"{tokens:,}", f"{tokens / sum(len(t) for t in text):.2f}"]
-        rows.append(row)
+        records.append({"language": lang, **language_metadata([lang]).get(lang, {}),
+                        "units": len(text), "chars": sum(len(t) for t in text),
+                        "bytes": sum(len(t.encode()) for t in text)})
+        if evaluator:  # tokens scored: each token after the first
+            records[-1]["tokens"] = sum(len(evaluator.token_ids(t)) - 1 for t in text)
+    if args.json:
+        _write(args.json, json.dumps({"corpus": corpus.source, "digest": corpus.digest(),
+                                      "units": corpus.units, "tokenizer": evaluator and
+                                      evaluator.loaded.name, "languages": records}, indent=2,
+                                     ensure_ascii=False), say=False)
+    rows = [[r["language"], r.get("name", r["language"]), r.get("script", "unknown"),
+             r.get("family", "unknown"), r.get("resource_class", "unknown"), r["units"],
+             f"{r['chars']:,}", f"{r['bytes']:,}"]
+            + ([f"{r['tokens']:,}", f"{r['tokens'] / r['chars']:.2f}"] if evaluator else [])
+            for r in records]
     headers = ["lang", "name", "script", "family", "class", "units", "chars", "bytes"]
     print(_table(headers + (["tokens", "tok/char"] if evaluator else []), rows))
     return 0
@@ -758,6 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(corpus.add_argument, prefix="", names=("random-weights", "device", "corpus"))
     corpus.add_argument("--languages", dest=OPTIONS["languages"].dest, metavar="LANGUAGES",
                         help=f"{LANGUAGES_HELP} (default: all)")
+    corpus.add_argument("--json", help="also write the table, with each language's ISO 639-3 "
+                                       "code and unit names, to this JSON file")
     corpus.set_defaults(run=cmd_corpus)
 
     measure = commands.add_parser("measure", help="perplexity, degradation and disparity")

@@ -434,13 +434,21 @@ def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"lang": lang, "unit": "a", "text": "text"})
                               for lang in ("en", "heb", "xx")))
-    shown = run_cli("corpus", "--corpus", str(path))
+    shown = run_cli("corpus", "--corpus", str(path), "--json", str(tmp_path / "c.json"))
     assert shown.returncode == 0
     rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
                                           for line in shown.stdout.splitlines()
                                           if line.startswith("| "))}
     assert rows["heb"][1:5] == ["Hebrew", "Hebr", "Afro-Asiatic (Semitic)", "3"]
     assert rows["xx"][2:5] == ["unknown", "unknown", "unknown"]
+    # the same listing for a program, with what the table leaves out; unknowns left out
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert written["units"] == ["a"] and written["corpus"] == str(path)
+    by_code = {r["language"]: r for r in written["languages"]}
+    assert by_code["heb"] == {"language": "heb", "name": "Hebrew", "iso639_3": "heb",
+                              "script": "Hebr", "family": "Afro-Asiatic (Semitic)",
+                              "resource_class": 3, "units": 1, "chars": 4, "bytes": 4}
+    assert by_code["xx"] == {"language": "xx", "units": 1, "chars": 4, "bytes": 4}
 
 
 def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
