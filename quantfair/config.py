@@ -211,8 +211,9 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
                   elsewhere: str = "write elsewhere") -> None:
     """UsageError where the file `path` to write (given as `flag`) is one the run reads (the
     model's file, its `quantized` artifact, the `corpus` or the corpus's languages file) or
-    lies in the folder a model was loaded from or in quantfair's caches (said with the advice
-    `elsewhere`): writing it would destroy the input."""
+    lies in the folder a model was loaded from, in the quantfair package (its shipped corpus)
+    or in quantfair's caches (said with the advice `elsewhere`): writing it would destroy the
+    input."""
     from quantfair.corpus import languages_file
     from quantfair.storage import CACHE_FOLDERS, MODEL_KEY, RUN_PREFIX, cache_root, results_root
 
@@ -229,6 +230,10 @@ def refuse_inputs(path: str | os.PathLike, flag: str, model: str | None,
                              "another")
         if target == read or target.exists() and read.exists() and target.samefile(read):
             raise UsageError(f"{flag} {path} is {what}: write another")
+    package = Path(__file__).resolve().parent  # its shipped corpus, languages, configs
+    if package in target.parents:
+        raise UsageError(f"{flag} {path} is in the quantfair package ({package}), whose files "
+                         f"it reads: {elsewhere}")
     # the folders quantfair itself fills (a model's results, converted weights, ...)
     for variable, cache, ours in (
             ("QUANTFAIR_RESULTS_DIR", results_root(),

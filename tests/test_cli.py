@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -428,6 +429,26 @@ def test_settings_the_pytest_plugin_checks_up_front_are_checked_before_loading(
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr  # no "loading tiny-gpt2"
+
+
+@pytest.mark.parametrize("written", ["data/udhr.jsonl", "data/languages.tsv", "new.json"])
+def test_no_command_writes_into_the_package_it_reads(written):
+    """`corpus --json` (no --corpus given) replaced the shipped corpus, which every later
+    command then read as malformed."""
+    import quantfair
+
+    shipped = Path(quantfair.__file__).parent / written
+    before = shipped.read_bytes() if shipped.exists() else None
+    try:
+        for args in (["corpus", "--languages", "en"], ["measure", "tiny-gpt2", "--units", "1"]):
+            refused = run_cli(*args, "--json", str(shipped))
+            assert refused.returncode == 2 and refused.stderr.strip() == (
+                f"quantfair: error: --json {shipped} is in the quantfair package "
+                f"({shipped.parents[len(Path(written).parts) - 1]}), whose files it reads: "
+                "write elsewhere")
+    finally:  # where it was written after all, the package as it was for the other tests
+        if (shipped.read_bytes() if shipped.exists() else None) != before:
+            shipped.write_bytes(before) if before is not None else shipped.unlink()
 
 
 def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp_path):
