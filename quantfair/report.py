@@ -352,8 +352,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     for entry in new.get("audits", []):
         if (was := old_audits.get(_audit_key(entry["nodeid"]))) is None:
             continue
-        if entry.get("strategy") == CANDIDATE and (
-                then := audited_strategy(old)) != (now := audited_strategy(new)):
+        if entry.get("strategy") == CANDIDATE and _terms(
+                then := audited_strategy(old)) != _terms(now := audited_strategy(new)):
             renamed.append(f"{entry['nodeid']} ({then} -> {now})")  # another --strategy
             continue
         before = was["outcome"]
@@ -406,6 +406,11 @@ def audited_strategy(report: dict) -> str | None:
     or the suggestion's where `suggested` was given; None where none was."""
     given = (report.get("settings") or {}).get("strategy")
     return (report.get("suggestion") or {}).get("strategy") if given == "suggested" else given
+
+
+def _terms(strategy: str | None) -> frozenset[str] | None:
+    """A strategy's terms, in any order (L0+L1 and L1+L0 protect the same)."""
+    return frozenset(term.strip() for term in strategy.split("+")) if strategy else None
 
 
 def architecture(report: dict) -> str:

@@ -576,6 +576,9 @@ def test_audits_of_two_candidates_are_not_compared(report_pair, given):
     comparison = compare(old, new)
     assert comparison["regressions"] == [] and comparison["audits"] == []
     assert comparison["strategy_changed"] == [f"{nodeid} (L0 -> L1)"]
+    old["settings"]["strategy"], new["settings"]["strategy"] = "L0+L1", "L1 + L0"
+    new["suggestion"] = None  # the same strategy in other words: compared
+    assert compare(old, new)["regressions"] == [f"audit {nodeid}: passed -> failed"]
 
 
 def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
