@@ -550,9 +550,9 @@ class RunConfig:
                    baseline=Path(baseline) if baseline else None,
                    tolerance=tolerance_option(str(get("tolerance"))),
                    strict=bool(get("strict")),
-                   release_bounds={name: parse_release_bound(f"max-{name}", text, languages)
+                   release_bounds={name: parse_release_bound(option, text, languages)
                                    for name in RELEASE_QUANTITIES
-                                   if (text := get(f"max-{name.replace('_', '-')}"))
+                                   if (text := get(option := f"max-{name.replace('_', '-')}"))
                                    is not None})
 
     def preflight(self, cache: bool = True, here: bool = True) -> None:

@@ -1091,6 +1091,13 @@ def test_a_bad_release_bound_is_a_usage_error(pytester, bound, message):
     _one_line_usage_error(result, message)
 
 
+def test_a_bad_maximum_of_a_quantity_named_in_two_words_names_its_option(pytester):
+    result = run_here(pytester, str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2",
+                      "--quantfair-max-kld-disparity", "1.5,he=lots")
+    _one_line_usage_error(result, "--quantfair-max-kld-disparity must be a number, got 'lots' "
+                                  "(the maximum of he)")  # not --max-kld_disparity
+
+
 def test_a_cache_lost_before_the_session_ends_leaves_a_report_that_says_so(pytester,
                                                                            monkeypatch):
     """The model facts published at the end are computed into the results cache: if it
