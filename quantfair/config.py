@@ -340,7 +340,9 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
             meant = [lang for lang in languages if lang.lower() == language.lower()]
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
                              f"({', '.join(languages)})"
-                             + (f"; codes are case-sensitive: {meant[0]}?" if meant else ""))
+                             + (f"; codes are case-sensitive: {meant[0]}?" if meant else "")
+                             + ("; separate maxima with commas, e.g. 2.0,he=3.0"
+                                if len(language.split()) > 1 else ""))
         if language == REFERENCE and name.endswith("disparity"):
             raise UsageError(f"--{name} {text}: disparities are relative to {REFERENCE}, "
                              f"whose own is 1 by definition; bound the other languages")

@@ -1069,6 +1069,8 @@ def test_release_gates_selected_by_marker_that_decide_nothing_are_a_gate_not_che
      "maximum of he)"),
     ("2.0,HE=3", "HE is not among the audited languages (en, de, ru, he, ar, zh); codes are "
      "case-sensitive: he?"),
+    ("2 he=3", "2 he is not among the audited languages (en, de, ru, he, ar, zh); separate "
+     "maxima with commas, e.g. 2.0,he=3.0"),
     ("2.0,script:Hebr=3", "--quantfair-max-disparity 2.0,script:Hebr=3: script:Hebr is a "
      "selector; a maximum is given per language code (e.g. he=3), selectors are for "
      "--quantfair-languages"),
