@@ -648,6 +648,9 @@ class QuantfairRun:
             if errors and all(a["outcome"] in ("error", "skipped") for a in ran):
                 tr.write_line(f"--strategy {self.config.strategy} could not be audited: "
                               f"{errors[0]['message']}", red=True)
+            elif ran and all(a["outcome"] == "skipped" for a in ran):
+                tr.write_line(f"--strategy {self.config.strategy} was not compared: "
+                              f"{ran[0].get('message') or 'every audit of it was skipped'}")
             elif ran:
                 if not self.report.get("suggestion"):
                     tr.write_line(f"--strategy {self.config.strategy} is audited against no "
