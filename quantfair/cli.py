@@ -152,10 +152,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if evaluator:
         note = evaluator.loaded.weights_note
         print(f"tokens: {evaluator.loaded.name}'s tokenizer" + (f" ({note})" if note else ""))
-    records = []
+    metadata, records = language_metadata(corpus.texts), []
     for lang, units in corpus.texts.items():
         text = list(units.values())
-        records.append({"language": lang, **language_metadata([lang]).get(lang, {}),
+        records.append({"language": lang, **metadata.get(lang, {}),
                         "units": len(text), "chars": sum(len(t) for t in text),
                         "bytes": sum(len(t.encode()) for t in text)})
         if evaluator:  # tokens scored: each token after the first

@@ -349,12 +349,12 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
     audits, undecided, rebounded = [], {"inconclusive": [], "skipped": []}, []
+    old_candidate, new_candidate = audited_strategy(old), audited_strategy(new)
     for entry in new.get("audits", []):
         if (was := old_audits.get(_audit_key(entry["nodeid"]))) is None:
             continue
-        if entry.get("strategy") == CANDIDATE and _terms(
-                then := audited_strategy(old)) != _terms(now := audited_strategy(new)):
-            renamed.append(f"{entry['nodeid']} ({then} -> {now})")  # another --strategy
+        if entry.get("strategy") == CANDIDATE and _terms(old_candidate) != _terms(new_candidate):
+            renamed.append(f"{entry['nodeid']} ({old_candidate} -> {new_candidate})")
             continue
         before = was["outcome"]
         audits.append({"nodeid": entry["nodeid"], "old": before, "new": entry["outcome"]})
@@ -800,11 +800,10 @@ def suggestion_warnings(suggestion: dict) -> list[str]:
                         "--calibration-units")
     if none and raises_english_damage(suggested):
         rise = suggested["english_vs_none"]
+        fell = ": its loss fell under quantization" if none["english_degradation"] < 0 else ""
         warnings.append(
             f"on the search's held-out audit units the suggestion raises {REFERENCE}'s "
-            f"degradation from {100 * none['english_degradation']:.2f}% (none"
-            + (": its loss fell under quantization" if none["english_degradation"] < 0 else "")
-            + f") to "
+            f"degradation from {100 * none['english_degradation']:.2f}% (none{fell}) to "
             f"{100 * suggested['english_degradation']:.2f}% (95% CI of the rise "
             f"[{100 * rise['low']:.2f}, {100 * rise['high']:.2f}] points); the search kept it "
             "from growing on its calibration units only: search on more --calibration-units")
