@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from wcwidth import wcswidth
+
 # ASCII decimal notation: Python's int() and float() also take `1_0` (10) and other scripts'
 # digits (`٣`, 3), which a setting is more likely to hold by mistake than to mean; at most 18
 # digits, more than any count of units, threads or MiB (and int64's range)
@@ -96,17 +98,27 @@ def interval_text(estimate: dict | None) -> str:
     return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: two for a wide (CJK) character, none for a
+    combining mark (wcwidth, after Unicode's East Asian Width); `len` where it has a control
+    character, whose width is undefined."""
+    width = wcswidth(text)
+    return len(text) if width < 0 else width
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown-style table, numbers and intervals ([low, high]) right-aligned (the layout
-    lm-eval's results use); a `|` inside a cell is escaped (`\\|`), as Markdown reads it."""
+    lm-eval's results use), columns as wide as a terminal shows their cells; a `|` inside a
+    cell is escaped (`\\|`), as Markdown reads it."""
     cells = [[str(c).replace("|", "\\|") for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "| " + " | ".join(
-            c.rjust(w) if c[:1].isdigit() or c[:1] in ("-", "[") else c.ljust(w)
-            for c, w in zip(row, widths)
-        ) + " |"
+        padded = []
+        for c, w in zip(row, widths):
+            pad = " " * (w - display_width(c))
+            padded.append(pad + c if c[:1].isdigit() or c[:1] in ("-", "[") else c + pad)
+        return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])

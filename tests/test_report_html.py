@@ -957,6 +957,27 @@ def test_the_terminal_table_escapes_a_bar_inside_a_cell():
     assert header.count(" | ") == row.replace("\\|", "").count(" | ")
 
 
+def test_the_terminal_table_lines_up_wide_and_combining_characters():
+    """A corpus's own code in Han characters takes two columns each in a terminal, a name
+    written with combining accents none for the accents: padding by `len` pushed the bars of
+    those rows out of line with the header's."""
+    from quantfair.text import table
+
+    decomposed = "Yoru\u0300ba\u0301"  # Yorùbá with combining grave and acute accents
+    lines = table(["lang", "name", "value"], [["阿拉伯", decomposed, "1.5"], ["en", "English",
+                                                                             "12.25"]])
+    header, rule, wide, narrow = lines.splitlines()
+    columns = [[i for i, c in enumerate(line) if c == "|"] for line in (header, rule, narrow)]
+    assert columns[0] == columns[1] == columns[2]
+    # the wide row: each character before a bar counted by the columns it takes
+    shown = [0]
+    for c in wide:
+        shown.append(shown[-1] + (2 if "\u4e00" <= c <= "\u9fff" else
+                                  0 if c in "\u0300\u0301" else 1))
+    assert [shown[i] for i, c in enumerate(wide) if c == "|"] == columns[0]
+    assert wide.endswith("  1.5 |") and "| 阿拉伯 | " in wide  # numbers right-aligned
+
+
 def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_interval():
     from quantfair.summary import STRADDLES
 
