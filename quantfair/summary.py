@@ -381,8 +381,10 @@ def summarize(report: dict) -> dict:
             sentences.append("The recommended protection raises the disparity of " + some([
                 f"{language(lang).name} ({lang}) {unprotected[lang]:.2f}x -> {now:.2f}x"
                 for _, lang, now in raised]) + " (point estimates; the audits decide on "
-                "paired differences)" + _damage_eased(report, [lang for _, lang, _ in raised])
-                + ".")
+                "paired differences" + ("; below 0, a language's loss fell under quantization"
+                                        if any(unprotected[lang] < 0 for _, lang, _ in raised)
+                                        else "") + ")"
+                + _damage_eased(report, [lang for _, lang, _ in raised]) + ".")
     for outcome, words in (("passed", "Findings that hold on this model"),
                            ("failed", "Findings that do not hold on this model"),
                            ("inconclusive", "Undecided on this data"),

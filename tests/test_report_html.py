@@ -1099,6 +1099,14 @@ def test_the_summary_names_the_language_hit_hardest_with_the_recommended_protect
         "The recommended protection raises the disparity of Arabic (ar) 3.00x -> 3.60x, "
         "German (de) 1.50x -> 1.75x (point estimates; the audits decide on paired "
         "differences)."]
+    fell = copy.deepcopy(shifted)  # German's loss fell under quantization, less so with it
+    for row in fell["measurements"]:
+        if row["language"] == "de":
+            row["disparity"] = -5.8 if row["strategy"] == "none" else -0.75
+    assert raised(fell) == [
+        "The recommended protection raises the disparity of German (de) -5.80x -> -0.75x "
+        "(point estimates; the audits decide on paired differences; below 0, a language's "
+        "loss fell under quantization)."]
     # a number beside its reason is no measurement
     protected(shifted, "he", disparity=14.71, disparity_low=-167.56, disparity_high=189.47,
               undefined="en loss change is within noise (95% CI includes 0)")
