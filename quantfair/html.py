@@ -204,6 +204,17 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     return rows
 
 
+def shared_languages(report: dict) -> list[str]:
+    """The run's languages that one ISO 639-3 code names under several codes of a corpus
+    (`en` and `eng`, or `pt-BR` and `pt-PT`), as "en, eng (eng)": a group's mean counts each
+    code."""
+    codes: dict[str, list[str]] = defaultdict(list)
+    for lang in report.get("settings", {}).get("languages") or ():
+        if (meta := metadata(lang)) and meta.iso639_3:
+            codes[meta.iso639_3].append(lang)
+    return [f"{', '.join(named)} ({iso})" for iso, named in codes.items() if len(named) > 1]
+
+
 def _group_title(measured: list[tuple[float, str]]) -> str:
     """"mean of 3 languages, from 1.20 (de) to 6.00 (he)": what a group's mean hides."""
     title = f"mean of {plural(len(measured), 'language')}"
@@ -295,6 +306,7 @@ def render_html(report: dict) -> str:
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
+        shared_languages=shared_languages(report),
         ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
                                      if r["language"] != REFERENCE),
         matrix=findings_matrix(report), groups=audit_groups(report),

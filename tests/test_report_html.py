@@ -625,6 +625,19 @@ def test_per_script_and_class_aggregates_average_their_languages():
                       ("family", "Afro-Asiatic"), ("family", "Indo-European")}
 
 
+def test_one_language_under_two_codes_is_said_beside_the_groups():
+    """A user corpus with `he` and `heb` (one language, ISO 639-3 heb): both are audited and
+    every group of Hebrew averages it twice, which the table alone does not show."""
+    twice = report()
+    twice["settings"]["languages"].append("heb")
+    twice["measurements"] += [{**r, "language": "heb"} for r in twice["measurements"]
+                              if r["language"] == "he"]
+    html = render_html(twice)
+    assert ("One language under several codes counts once for each in its groups: he, heb "
+            "(heb).</p>") in html
+    assert "several codes" not in render_html(report())
+
+
 def test_a_report_brings_a_user_corpus_metadata_to_its_html(monkeypatch):
     """`quantfair report REPORT.json` away from the corpus's languages file: the report's own
     metadata names the language and groups it, and an unknown script groups nothing."""
