@@ -273,7 +273,8 @@ def summarize(report: dict) -> dict:
     units = max(sizes) if sizes else settings.get("units")  # a small corpus has fewer
     measured = {"model": model.get("name") or settings.get("model"),
                 "scheme": settings.get("scheme"), "artifact": artifact,
-                "languages": settings.get("languages", []), "units": units}
+                "languages": settings.get("languages", []), "units": units,
+                "dtype": settings.get("dtype") or "float32"}
     headline = _headline(report, counts)
     sentences = [capitalized(headline) + "."]
     gates = [a for a in report.get("audits", []) if a["outcome"] == "failed" and is_release(a)]
@@ -453,6 +454,8 @@ def summarize(report: dict) -> dict:
         + (f" ({note})" if (note := model.get("weights_note") or "").startswith("dequantized")
            else "") + ", "
         + (f"artifact {artifact}" if artifact else f"scheme {measured['scheme']}")
+        # numbers of another dtype are not float32's (a finding may hold in one only)
+        + ("" if measured["dtype"] == "float32" else f" evaluated in {measured['dtype']}")
         + f", {len(measured['languages'])} languages ({', '.join(measured['languages'])}), "
         + (f"{units_text(measured['units'])} per language." if measured["units"] else "all units."))
     return {"verdict": report.get("verdict"), "counts": counts,

@@ -221,6 +221,17 @@ def test_a_run_that_measured_nothing_does_not_say_what_it_measured():
     assert summarize(report())["sentences"][-1].startswith("Measured: tiny, scheme int4, ")
 
 
+def test_the_summary_says_a_dtype_other_than_float32():
+    """bfloat16's numbers are not float32's (a finding held in one and failed in the other);
+    the terminal and the page said the dtype only where it was typed in the invocation."""
+    halved = report()
+    halved["settings"]["dtype"] = "bfloat16"
+    halved["summary"] = summarize(halved)
+    assert halved["summary"]["sentences"][-1].startswith(
+        "Measured: tiny, scheme int4 evaluated in bfloat16, 4 languages")
+    assert "scheme int4 evaluated in bfloat16, 4 languages" in render_html(halved)
+
+
 def test_the_summary_says_a_gguf_files_own_quantization_is_the_reference():
     """Its "ppl FP" is of the file's weights dequantized, already quantized once."""
     gguf = report()
