@@ -503,7 +503,15 @@ class Evaluator:
         # than one at a time for ~120-token units; a longer window runs alone), whose logits
         # fit in 96 MiB where the model's own logits are used.
         vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
-        if batch_tokens is None and loaded.device.type == "cuda":
+        # In bfloat16 or float16 on a CPU, a unit's NLL depends on the windows that share its
+        # forward (SmolLM2: up to 1.4%, as much as int8's damage) and on the thread count,
+        # so which units a run finds cached would change the others' numbers: each window
+        # runs alone, and the thread count keys the cache (`computes`).
+        self.reduced_cpu = (loaded.device.type == "cpu"
+                            and next(loaded.model.parameters()).dtype != torch.float32)
+        if batch_tokens is None and self.reduced_cpu:
+            batch_tokens = 1
+        elif batch_tokens is None and loaded.device.type == "cuda":
             batch_tokens = 16384
         elif batch_tokens is None and linear_head(loaded.model):
             batch_tokens = CPU_BATCH_TOKENS
@@ -536,10 +544,14 @@ class Evaluator:
     @property
     def computes(self) -> dict[str, str]:
         """What besides the weights changes what the model computes on a text, by name: this
-        code's version, the tokenizer, the model's settings, the window, the first token."""
-        return {"evaluation": EVALUATOR_VERSION, "tokenizer": self._tokenizer_id,
-                "model settings": self._model_id, "window": str(self.window),
-                "first token": str(self.prefix)}
+        code's version, the tokenizer, the model's settings, the window, the first token,
+        and in bfloat16 or float16 on a CPU the thread count."""
+        computes = {"evaluation": EVALUATOR_VERSION, "tokenizer": self._tokenizer_id,
+                    "model settings": self._model_id, "window": str(self.window),
+                    "first token": str(self.prefix)}
+        if self.reduced_cpu:  # its sums' rounding
+            computes["threads"] = str(torch.get_num_threads())
+        return computes
 
     @property
     def identity(self) -> str:

@@ -116,7 +116,9 @@ class AuditSession:
             shared = run_folder / "hidden-states" if run_folder is not None else None
             self.evaluator.hidden_states = HiddenStates(layers, self.bank.prefix_keys,
                                                         self.bank.folder, capacity, shared)
-        share = CoreShare.of_worker(run_folder, workers, config.threads)
+        # (not where the thread count keys the numbers: the worker keeps its share)
+        share = (None if self.evaluator.reduced_cpu else
+                 CoreShare.of_worker(run_folder, workers, config.threads))
         self.evaluator.before_forward = share.update if share is not None else None
         self._resolvers: dict[QuantScheme, StrategyResolver] = {}
         self._activation_stats: Activations | None = None

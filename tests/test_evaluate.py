@@ -300,6 +300,38 @@ def test_smollm2_nll_matches_a_plain_forward_loop(tmp_path):
 
 
 @pytest.mark.slow
+def test_smollm2_in_bfloat16_gives_a_unit_the_same_nll_whatever_shares_its_run(tmp_path):
+    """In bfloat16 on a CPU, a unit scored beside others in one forward got another NLL than
+    scored alone (1.4% for one of these): which units a run found cached changed the rest."""
+    loaded = load_model("smollm2-135m", dtype="bfloat16")
+    english = load_corpus().select(["en"]).texts["en"]
+    texts = [english[f"article_{i:02d}"] for i in range(1, 7)]
+    together = Evaluator(loaded, ResultCache(tmp_path / "together")).evaluate("fp", texts)
+    alone = Evaluator(loaded, ResultCache(tmp_path / "alone"))
+    for text in texts:
+        assert alone.evaluate("fp", [text])[text].nll == together[text].nll
+
+
+def test_in_a_reduced_dtype_on_a_cpu_each_window_runs_alone_keyed_by_the_threads(
+        tmp_path, monkeypatch):
+    """Its sums' rounding depends on the windows beside it and on the thread count (the slow
+    test above measures it on SmolLM2); float32's keys stay as they were."""
+    texts = list(load_corpus().select(["en"], units=["article_01", "article_02",
+                                                      "article_03"]).texts["en"].values())
+    half = Evaluator(load_model("tiny-llama", dtype="bfloat16"), ResultCache(tmp_path / "h"))
+    windows = len(half._plan(texts)[2])
+    half.evaluate("fp", texts)
+    assert half.forward_passes == windows > len(texts)  # tiny-llama's window is short
+    assert half.computes["threads"] == str(torch.get_num_threads())
+    single = Evaluator(load_model("tiny-llama"), ResultCache(tmp_path / "s"))
+    single.evaluate("fp", texts)
+    assert single.forward_passes < windows and "threads" not in single.computes
+    key = half.unit_key(texts[0])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert half.unit_key(texts[0]) != key
+
+
+@pytest.mark.slow
 def test_the_run_converting_the_embedded_model_keys_results_as_later_runs_do(
         tmp_path, monkeypatch):
     """The first use converts the GGUF to a cached checkpoint; its results must be cached

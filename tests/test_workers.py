@@ -107,6 +107,20 @@ def test_a_worker_takes_the_cores_of_workers_that_have_finished(tmp_path, monkey
     assert CoreShare.of_worker(tmp_path, 3, None) is None
 
 
+@pytest.mark.parametrize("dtype, rebalanced", [("float32", True), ("bfloat16", False)])
+def test_a_worker_in_a_reduced_dtype_keeps_its_share(tmp_path, monkeypatch, dtype, rebalanced):
+    """There the thread count keys the numbers (`Evaluator.computes`): a worker taking the
+    cores of one that finished would score the rest of its run under other keys."""
+    from quantfair.config import RunConfig
+    from quantfair.session import AuditSession
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("quantfair.workers.available_cores", lambda: 4)
+    config = RunConfig.build({"model": "tiny-llama", "dtype": dtype}.get)
+    session = AuditSession(config, announce=lambda _: None, workers=2, run_folder=tmp_path)
+    assert (session.evaluator.before_forward is not None) == rebalanced
+
+
 def test_a_bad_threads_option_is_a_usage_error_before_any_model_loads():
     values = {"model": "no-org/never-loaded", "threads": "0"}
     with pytest.raises(UsageError, match="--threads") as error:
