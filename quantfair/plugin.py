@@ -194,14 +194,11 @@ def _ini_only(config: pytest.Config) -> bool:
 def _typed_options(config: pytest.Config) -> list[str]:
     """The quantfair options typed on the command line, as typed (`--units`,
     `--quantfair-units`, `-o quantfair_units`), not those only in addopts or PYTEST_ADDOPTS."""
-    typed = " ".join(map(str, config.invocation_params.args))
-    overrides = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
-                 or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
     return [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
             for option in OPTIONS.values()
             if config.getoption(option.dest, default=None) not in (None, False)
-            and _typed(config, option.name)] + [
-        f"-o {entry.partition('=')[0].strip()}" for entry in overrides]
+            and _typed(config, option.name)] + [f"-o {key}" for key, _ in
+                                                _typed_overrides(config)]
 
 
 def _shows_only(config: pytest.Config) -> bool:
@@ -330,16 +327,28 @@ def _typed(config: pytest.Config, name: str) -> bool:
                             for argument in config.invocation_params.args)
 
 
+def _typed_overrides(config: pytest.Config) -> list[tuple[str, str]]:
+    """The `-o quantfair_KEY=VALUE` entries typed on the command line, as (KEY, VALUE)."""
+    typed = " ".join(map(str, config.invocation_params.args))
+    entries = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
+               or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
+    return [(key.strip(), value.strip()) for key, _, value in
+            (entry.partition("=") for entry in entries)]
+
+
 def _check_given_once(config: pytest.Config) -> None:
     """A UsageError where the command line gives an option twice with different values
-    (`--model a --quantfair-model b`): one would silently win. A value on the command line
-    overriding the ini file's addopts or PYTEST_ADDOPTS is no conflict."""
+    (`--model a --quantfair-model b`, or `-o quantfair_model=b`): one would silently win. A
+    value on the command line overriding the ini file's addopts or PYTEST_ADDOPTS is no
+    conflict."""
     arguments = list(map(str, config.invocation_params.args))
+    overrides = _typed_overrides(config)
     for option in OPTIONS.values():
         if option.flag:
             continue
         forms = _owned_forms(config, option.name)
-        values = {}
+        values = {value: f"-o {key}=" for key, value in overrides
+                  if key == option.dest and value}
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):
@@ -347,7 +356,8 @@ def _check_given_once(config: pytest.Config) -> None:
                 if value.strip():  # an empty one has an error of its own
                     values.setdefault(value, flag)
         if len(values) > 1:
-            given = ", ".join(f"{flag} {value}" for value, flag in values.items())
+            given = ", ".join(f"{flag}{value}" if flag.endswith("=") else f"{flag} {value}"
+                              for value, flag in values.items())
             raise pytest.UsageError(f"{given}: the option is given more than once, with "
                                     "different values; give it once")
 

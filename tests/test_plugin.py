@@ -118,6 +118,11 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         (["--units", "5", "--quantfair-units", "100"],  # which would win?
          "--units 5, --quantfair-units 100: the option is given more than once, with "
          "different values; give it once"),
+        (["-o", "quantfair_model=tiny-llama"],  # beside --model tiny-gpt2: ini's -o lost
+         "-o quantfair_model=tiny-llama, --model tiny-gpt2: the option is given more than "
+         "once"),
+        (["--units", "2", "--override-ini=quantfair_units=3"],
+         "-o quantfair_units=3, --units 2: the option is given more than once"),
         (["--languages", ""], "--languages is empty; give comma-separated codes"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
         (["--report", " "], "--report is empty; give the path of a .json file"),
