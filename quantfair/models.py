@@ -242,13 +242,13 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         resolved = torch.device(device.lower())  # CUDA as cuda, as --dtype BFLOAT16
     except RuntimeError:
-        raise UsageError(f"unknown device '{device}': {usage}") from None
+        raise UsageError(f"--device {device}: unknown device; {usage}") from None
     if resolved.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others untried
-        raise UsageError(f"device '{device}' is not supported: {usage}")
+        raise UsageError(f"--device {device}: not supported; {usage}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device '{device}' requested but CUDA is not available here")
+        raise UsageError(f"--device {device}: CUDA is not available here")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device '{device}' requested but MPS is not available here")
+        raise UsageError(f"--device {device}: MPS is not available here")
     return resolved
 
 

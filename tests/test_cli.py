@@ -415,8 +415,8 @@ def test_a_search_that_cannot_run_stops_before_loading(args, message):
 
 
 @pytest.mark.parametrize("args, results_dir, message", [
-    (["--device", "tpu"], None, "unknown device 'tpu'"),
-    (["--device", "meta"], None, "device 'meta' is not supported"),
+    (["--device", "tpu"], None, "--device tpu: unknown device; use auto, cpu"),
+    (["--device", "meta"], None, "--device meta: not supported"),
     (["--quantized", "pyproject.toml"], None,
      "--quantized pyproject.toml: a file that is not .gguf"),
     ([], "/proc/none", "cannot write the quantfair cache at /proc/none"),

@@ -176,8 +176,8 @@ def test_missing_offline_model_is_a_usage_error(pytester, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--model", "/no/such/folder"], "model path not found: /no/such/folder"),
     (["--model", "notes.txt"], "model notes.txt: a file that is not .gguf"),
-    (["--model", "tiny-gpt2", "--device", "tpu"], "unknown device 'tpu'"),
-    (["--model", "tiny-gpt2", "--device", "meta"], "device 'meta' is not supported"),
+    (["--model", "tiny-gpt2", "--device", "tpu"], "--device tpu: unknown device"),
+    (["--model", "tiny-gpt2", "--device", "meta"], "--device meta: not supported"),
     (["--model", "tiny-gpt2", "--quantized", "notes.txt"],
      "--quantized notes.txt: a file"),  # named as typed
     (["--model", "smollm2-135m", "--quantized", "smollm2-135m"], "--quantized smollm2-135m "

@@ -772,6 +772,8 @@ def test_a_model_set_in_the_ini_file_leaves_the_projects_own_runs_as_they_were(
     ("quantfair_quantized = missing.gguf", "missing.gguf"),
     ("quantfair_threads = lots", "--quantfair-threads must be auto or a positive integer"),
     ("quantfair_units = 100", "the corpus has 31 units"),
+    ("quantfair_device = garbage", "--quantfair-device garbage: unknown device; use auto, *"
+                                   "(set by quantfair_device in tox.ini)"),  # named, with where
 ])
 def test_any_bad_setting_of_the_ini_file_alone_waits_for_an_audit(pytester, setting, message):
     """The project's own tests and `--collect-only` run as without quantfair; the first audit
