@@ -88,6 +88,9 @@ def main() -> None:
         REFERENCE.write_text(json.dumps(nlls("cpu", "float32"), indent=1) + "\n")
         print(f"wrote {REFERENCE}")
         return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, f"gpu_check: torch {torch.__version__} sees no CUDA GPU here; "
+                       "`bash benchmarks/gpu_check.sh cpu` runs the check on the CPU\n")
     if args.device.startswith("cuda"):
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     reference = json.loads(REFERENCE.read_text())
