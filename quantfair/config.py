@@ -544,7 +544,8 @@ class RunConfig:
             llama_quantize_binary()  # before any model loads
         return cls(model=model, scheme=scheme, quantized=quantized or None,
                    languages=languages,
-                   units=units or None, corpus=get("corpus"), device=get("device"),
+                   units=units or None, corpus=get("corpus"),
+                   device=(get("device") or "").strip().lower() or None,  # as --dtype's
                    dtype=_dtype(get("dtype")),
                    threads=parse_threads(get("threads"), cores_here=not remote_workers),
                    random_weights=bool(get("random-weights")), strategy=strategy or None,

@@ -224,7 +224,7 @@ def gguf_type_mix(path: Path) -> dict[str, int]:
 def is_auto_device(device: str | None) -> bool:
     """Whether `device` leaves the choice to `resolve_device` (unset, empty or auto): one
     that always resolves, to the CPU at worst."""
-    return device in (None, "", "auto")
+    return device is None or device.strip().lower() in ("", "auto")
 
 
 def resolve_device(device: str | None) -> torch.device:

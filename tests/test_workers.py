@@ -121,6 +121,19 @@ def test_a_worker_in_a_reduced_dtype_keeps_its_share(tmp_path, monkeypatch, dtyp
     assert (session.evaluator.before_forward is not None) == rebalanced
 
 
+def test_a_device_is_named_in_any_case_and_recorded_in_lowercase():
+    """`--device CPU` was recorded as "CPU" (beside a lowercased dtype), `--device AUTO`
+    refused as unknown."""
+    from quantfair.models import is_auto_device
+
+    built = {name: RunConfig.build({"model": "m", "device": name}.get)
+             for name in ("CPU", "AUTO", " Cuda:1 ")}
+    assert [config.settings()["device"] for config in built.values()] == ["cpu", "auto",
+                                                                           "cuda:1"]
+    assert is_auto_device(built["AUTO"].device) and is_auto_device("Auto")
+    assert not is_auto_device(built["CPU"].device)
+
+
 def test_a_bad_threads_option_is_a_usage_error_before_any_model_loads():
     values = {"model": "no-org/never-loaded", "threads": "0"}
     with pytest.raises(UsageError, match="--threads") as error:
