@@ -390,7 +390,7 @@ def in_pytest_terms(config: pytest.Config, message: str) -> str:
         if not (_given_short(config, option.name)
                 or not given and speaks_short and option.short):
             message = re.sub(named, f"--quantfair-{option.name}", message)
-        if not given and _ini_value(config, option.dest):
+        if not given and _ini_value(config, option.dest) not in (None, "", []):  # TOML's 0
             notes.append(f" (set by {_ini_setting(config, option.dest)})")
     return message + "".join(notes)
 

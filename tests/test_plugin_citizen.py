@@ -875,6 +875,17 @@ def test_pytests_native_toml_table_takes_numbers_as_toml_writes_them(pytester):
     assert settings["units"] is None and settings["release_maxima"] == "disparity 50"
 
 
+def test_a_toml_zero_is_said_with_where_it_was_set(pytester):
+    """An integer 0 read from the TOML table lost the "(set by ...)" that 1.5 there had."""
+    pytester.makepyprojecttoml('[tool.pytest]\nquantfair_model = "tiny-gpt2"\n'
+                               'quantfair_threads = 0\n')
+    result = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release_disparity")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*Interrupted: quantfair: --quantfair-threads must be auto or "
+                                 "a positive integer, got 0 (set by quantfair_threads in "
+                                 "pyproject.toml)*"])
+
+
 @pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="pytest 9.2 reads TOML unions")
 @pytest.mark.parametrize("value, message", [
     ('["", "he"]', "quantfair_languages in pyproject.toml: an empty entry in [[]'', 'he']"),
