@@ -506,7 +506,7 @@ class Evaluator:
         # In bfloat16 or float16 on a CPU, a unit's NLL depends on the windows that share its
         # forward (SmolLM2: up to 1.4%, as much as int8's damage) and on the thread count,
         # so which units a run finds cached would change the others' numbers: each window
-        # runs alone, and the thread count keys the cache (`computes`).
+        # runs alone, and the thread count keys its results (`unit_key`).
         self.reduced_cpu = (loaded.device.type == "cpu"
                             and next(loaded.model.parameters()).dtype != torch.float32)
         if batch_tokens is None and self.reduced_cpu:
@@ -544,14 +544,10 @@ class Evaluator:
     @property
     def computes(self) -> dict[str, str]:
         """What besides the weights changes what the model computes on a text, by name: this
-        code's version, the tokenizer, the model's settings, the window, the first token,
-        and in bfloat16 or float16 on a CPU the thread count."""
-        computes = {"evaluation": EVALUATOR_VERSION, "tokenizer": self._tokenizer_id,
-                    "model settings": self._model_id, "window": str(self.window),
-                    "first token": str(self.prefix)}
-        if self.reduced_cpu:  # its sums' rounding
-            computes["threads"] = str(torch.get_num_threads())
-        return computes
+        code's version, the tokenizer, the model's settings, the window, the first token."""
+        return {"evaluation": EVALUATOR_VERSION, "tokenizer": self._tokenizer_id,
+                "model settings": self._model_id, "window": str(self.window),
+                "first token": str(self.prefix)}
 
     @property
     def identity(self) -> str:
@@ -560,8 +556,12 @@ class Evaluator:
         return hashlib.sha256("\0".join(self.computes.values()).encode()).hexdigest()[:16]
 
     def unit_key(self, text: str) -> str:
-        """Covers everything besides the weights (the cache folder) that changes a number."""
-        payload = "\0".join([*self.computes.values(), text])
+        """Covers everything besides the weights (the cache folder) that changes a number:
+        `computes`, and in bfloat16 or float16 on a CPU the thread count, which rounds its
+        sums (not a part of `identity`: a suggestion or selection searched with other
+        threads is still this model's)."""
+        rounding = [f"threads {torch.get_num_threads()}"] if self.reduced_cpu else []
+        payload = "\0".join([*self.computes.values(), *rounding, text])
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def cached(self, config: str, texts: Iterable[str]) -> dict[str, UnitResult]:

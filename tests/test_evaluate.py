@@ -322,13 +322,15 @@ def test_in_a_reduced_dtype_on_a_cpu_each_window_runs_alone_keyed_by_the_threads
     windows = len(half._plan(texts)[2])
     half.evaluate("fp", texts)
     assert half.forward_passes == windows > len(texts)  # tiny-llama's window is short
-    assert half.computes["threads"] == str(torch.get_num_threads())
     single = Evaluator(load_model("tiny-llama"), ResultCache(tmp_path / "s"))
     single.evaluate("fp", texts)
-    assert single.forward_passes < windows and "threads" not in single.computes
-    key = half.unit_key(texts[0])
+    assert single.forward_passes < windows
+    keys = [(e.unit_key(texts[0]), e.identity) for e in (half, single)]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
-    assert half.unit_key(texts[0]) != key
+    (half_key, half_identity), (single_key, single_identity) = keys
+    assert half.unit_key(texts[0]) != half_key and single.unit_key(texts[0]) == single_key
+    # a suggestion or a selection searched with other threads is still the model's
+    assert (half.identity, single.identity) == (half_identity, single_identity)
 
 
 @pytest.mark.slow

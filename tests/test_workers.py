@@ -109,7 +109,7 @@ def test_a_worker_takes_the_cores_of_workers_that_have_finished(tmp_path, monkey
 
 @pytest.mark.parametrize("dtype, rebalanced", [("float32", True), ("bfloat16", False)])
 def test_a_worker_in_a_reduced_dtype_keeps_its_share(tmp_path, monkeypatch, dtype, rebalanced):
-    """There the thread count keys the numbers (`Evaluator.computes`): a worker taking the
+    """There the thread count keys the numbers (`Evaluator.unit_key`): a worker taking the
     cores of one that finished would score the rest of its run under other keys."""
     from quantfair.config import RunConfig
     from quantfair.session import AuditSession
