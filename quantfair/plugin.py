@@ -70,8 +70,11 @@ def option_value(config: pytest.Config, name: str):
     Raises UsageError for an ini value pytest cannot read (a bool that is not one)."""
     dest = OPTIONS[name].dest
     value = config.getoption(dest, default=None)
-    if value not in (None, False):
-        return value
+    if value not in (None, False) and (dest not in _typed_overrides(config)
+                                       or _typed(config, name)):
+        return value  # (one of addopts gives way to a typed -o, as the ini file's does)
+    if dest in _typed_overrides(config):
+        value = None
     try:
         with warnings.catch_warnings():  # a TOML list for one value: said below, in one line
             warnings.filterwarnings("ignore", "Passing a value that is not a string")
@@ -197,7 +200,7 @@ def _typed_options(config: pytest.Config) -> list[str]:
     return [f"--{'' if _given_short(config, option.name) else 'quantfair-'}{option.name}"
             for option in OPTIONS.values()
             if config.getoption(option.dest, default=None) not in (None, False)
-            and _typed(config, option.name)] + [f"-o {key}" for key, _ in
+            and _typed(config, option.name)] + [f"-o {key}" for key in
                                                 _typed_overrides(config)]
 
 
@@ -327,13 +330,39 @@ def _typed(config: pytest.Config, name: str) -> bool:
                             for argument in config.invocation_params.args)
 
 
-def _typed_overrides(config: pytest.Config) -> list[tuple[str, str]]:
-    """The `-o quantfair_KEY=VALUE` entries typed on the command line, as (KEY, VALUE)."""
-    typed = " ".join(map(str, config.invocation_params.args))
-    entries = [str(entry).strip() for entry in config.getoption("override_ini", default=None)
-               or () if str(entry).strip().startswith("quantfair_") and str(entry) in typed]
-    return [(key.strip(), value.strip()) for key, _, value in
-            (entry.partition("=") for entry in entries)]
+def _typed_overrides(config: pytest.Config) -> dict[str, str]:
+    """The `-o quantfair_KEY=VALUE` entries typed on the command line (`-o ENTRY`, `-oENTRY`,
+    `--override-ini ENTRY` or `--override-ini=ENTRY`; not those of addopts or
+    PYTEST_ADDOPTS), as {KEY: VALUE}, the last of a key's."""
+    arguments = list(map(str, config.invocation_params.args))
+    entries = {}
+    for i, argument in enumerate(arguments):
+        if argument in ("-o", "--override-ini"):
+            entry = arguments[i + 1] if i + 1 < len(arguments) else ""
+        elif argument.startswith("--override-ini="):
+            entry = argument.removeprefix("--override-ini=")
+        elif argument.startswith("-o"):  # -oENTRY
+            entry = argument.removeprefix("-o")
+        else:
+            continue
+        key, _, value = entry.partition("=")
+        if key.strip().startswith("quantfair_"):
+            entries[key.strip()] = value.strip()
+    return entries
+
+
+FALSE = ("false", "f", "no", "n", "off", "0")  # as pytest reads an ini bool
+
+
+def _flag_values(config: pytest.Config, option, overrides: dict[str, str]) -> dict[str, str]:
+    """A switch typed on the command line and a typed `-o` that turns it off, as the values
+    `_check_given_once` compares ({"on": form, "off": -o}); one of them or none, else."""
+    arguments = list(map(str, config.invocation_params.args))
+    typed = [form for form in _owned_forms(config, option.name) if form in arguments]
+    values = {"on": typed[-1]} if typed else {}
+    if option.dest in overrides and overrides[option.dest].lower() in FALSE:
+        values["off"] = f"-o {option.dest}={overrides[option.dest]}"
+    return values
 
 
 def _check_given_once(config: pytest.Config) -> None:
@@ -345,10 +374,13 @@ def _check_given_once(config: pytest.Config) -> None:
     overrides = _typed_overrides(config)
     for option in OPTIONS.values():
         if option.flag:
+            if len(given := _flag_values(config, option, overrides)) > 1:
+                raise pytest.UsageError(f"{given['on']}, {given['off']}: the option is given "
+                                        "more than once, with different values; give it once")
             continue
         forms = _owned_forms(config, option.name)
-        values = {value: f"-o {key}=" for key, value in overrides
-                  if key == option.dest and value}
+        values = {overrides[option.dest]: f"-o {option.dest}="} if overrides.get(
+            option.dest) else {}
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):

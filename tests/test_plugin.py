@@ -123,6 +123,8 @@ def test_bad_options_are_one_line_usage_errors(pytester):
          "once"),
         (["--units", "2", "--override-ini=quantfair_units=3"],
          "-o quantfair_units=3, --units 2: the option is given more than once"),
+        (["--no-report", "-oquantfair_no_report=false"],  # a switch too: no report, or one?
+         "--no-report, -o quantfair_no_report=false: the option is given more than once"),
         (["--languages", ""], "--languages is empty; give comma-separated codes"),
         (["--report", "/proc/nowhere/r.json"], "--report: cannot write in /proc/nowhere"),
         (["--report", " "], "--report is empty; give the path of a .json file"),

@@ -875,6 +875,20 @@ def test_pytests_native_toml_table_takes_numbers_as_toml_writes_them(pytester):
     assert settings["units"] is None and settings["release_maxima"] == "disparity 50"
 
 
+@pytest.mark.parametrize("default", ["-o quantfair_units=1", "--quantfair-units=1"])
+def test_a_typed_override_beats_a_default_of_addopts(pytester, default):
+    """addopts is the project's default: a typed `-o` of another value overrides it (it was
+    refused as given twice, its text found in the typed `quantfair_units=12`, or lost to
+    addopts' option)."""
+    pytester.makeini(f"[pytest]\naddopts = {default}\nquantfair_model = tiny-gpt2\n")
+    path = pytester.path / "r.json"
+    result = run_here(pytester, "--pyargs", "quantfair.audits", "-k", "release_disparity",
+                      "-o", "quantfair_units=12", "--quantfair-languages=en,de",
+                      "--quantfair-max-disparity=1000", f"--quantfair-report={path}")
+    assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    assert load(path)["settings"]["units"] == 12
+
+
 def test_a_toml_zero_is_said_with_where_it_was_set(pytester):
     """An integer 0 read from the TOML table lost the "(set by ...)" that 1.5 there had."""
     pytester.makepyprojecttoml('[tool.pytest]\nquantfair_model = "tiny-gpt2"\n'
