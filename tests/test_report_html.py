@@ -230,6 +230,10 @@ def test_the_summary_says_a_dtype_other_than_float32():
     assert halved["summary"]["sentences"][-1].startswith(
         "Measured: tiny, scheme int4 evaluated in bfloat16, 4 languages")
     assert "scheme int4 evaluated in bfloat16, 4 languages" in render_html(halved)
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cuda:0"},
+                           {"pid": 2, "loads": 1, "device": "cuda:1"}]
+    assert "<dt>evaluated in</dt><dd>bfloat16 on cuda:0, cuda:1</dd>" in render_html(halved)
+    assert "<dt>evaluated in</dt><dd>float32 on " in render_html(report())  # always said
 
 
 def test_the_summary_says_a_gguf_files_own_quantization_is_the_reference():
