@@ -70,10 +70,10 @@ def option_value(config: pytest.Config, name: str):
     Raises UsageError for an ini value pytest cannot read (a bool that is not one)."""
     dest = OPTIONS[name].dest
     value = config.getoption(dest, default=None)
-    if value not in (None, False) and (dest not in _typed_overrides(config)
-                                       or _typed(config, name)):
-        return value  # (one of addopts gives way to a typed -o, as the ini file's does)
-    if dest in _typed_overrides(config):
+    overridden = dest in _typed_overrides(config)
+    if value not in (None, False) and (not overridden or _typed(config, name)):
+        return value
+    if overridden:  # one of addopts gives way to a typed -o, as the ini file's does
         value = None
     try:
         with warnings.catch_warnings():  # a TOML list for one value: said below, in one line
@@ -354,10 +354,10 @@ def _typed_overrides(config: pytest.Config) -> dict[str, str]:
 FALSE = ("false", "f", "no", "n", "off", "0")  # as pytest reads an ini bool
 
 
-def _flag_values(config: pytest.Config, option, overrides: dict[str, str]) -> dict[str, str]:
+def _flag_values(config: pytest.Config, option, overrides: dict[str, str],
+                 arguments: list[str]) -> dict[str, str]:
     """A switch typed on the command line and a typed `-o` that turns it off, as the values
     `_check_given_once` compares ({"on": form, "off": -o}); one of them or none, else."""
-    arguments = list(map(str, config.invocation_params.args))
     typed = [form for form in _owned_forms(config, option.name) if form in arguments]
     values = {"on": typed[-1]} if typed else {}
     if option.dest in overrides and overrides[option.dest].lower() in FALSE:
@@ -374,7 +374,7 @@ def _check_given_once(config: pytest.Config) -> None:
     overrides = _typed_overrides(config)
     for option in OPTIONS.values():
         if option.flag:
-            if len(given := _flag_values(config, option, overrides)) > 1:
+            if len(given := _flag_values(config, option, overrides, arguments)) > 1:
                 raise pytest.UsageError(f"{given['on']}, {given['off']}: the option is given "
                                         "more than once, with different values; give it once")
             continue
