@@ -229,7 +229,11 @@ def test_the_summary_says_a_dtype_other_than_float32():
     halved["summary"] = summarize(halved)
     assert halved["summary"]["sentences"][-1].startswith(
         "Measured: tiny, scheme int4 evaluated in bfloat16, 4 languages")
-    assert "scheme int4 evaluated in bfloat16, 4 languages" in render_html(halved)
+    page = render_html(halved)
+    assert "scheme int4 evaluated in bfloat16, 4 languages" in page
+    assert "(int4 in bfloat16)</title>" in page  # a reviewer sees it at the top, as the title
+    assert '<p class="muted">int4 in bfloat16 &middot;' in page
+    assert "(int4)</title>" in render_html(report())
     halved["processes"] = [{"pid": 1, "loads": 1, "device": "cuda:0"},
                            {"pid": 2, "loads": 1, "device": "cuda:1"}]
     assert "<dt>evaluated in</dt><dd>bfloat16 on cuda:0, cuda:1</dd>" in render_html(halved)
