@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -245,8 +246,11 @@ class Corpus:
 
     def select(self, languages: Sequence[str] | None = None,
                units: Sequence[str] | None = None) -> Corpus:
-        """A sub-corpus; unknown languages or units are usage errors."""
-        languages = list(languages or self.languages)
+        """A sub-corpus; unknown languages or units are usage errors. A language code that
+        differs from the corpus's in its Unicode normalization form only is the corpus's."""
+        by_form = {unicodedata.normalize("NFC", lang): lang for lang in self.texts}
+        languages = [lang if lang in self.texts else by_form.get(  # `é` typed, `e` + U+0301
+            unicodedata.normalize("NFC", lang), lang) for lang in languages or self.languages]
         missing = [lang for lang in languages if lang not in self.texts]
         if missing:
             by_case = {lang.lower(): lang for lang in self.texts}

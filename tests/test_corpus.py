@@ -87,6 +87,15 @@ def test_unknown_language_is_a_usage_error():
         load_corpus().select(["en", "xx"])
 
 
+def test_a_code_typed_in_another_unicode_form_is_the_corpus_code(tmp_path):
+    """`fŕ` written decomposed in the file (r + U+0301) and typed precomposed (U+0155): the
+    message listed a code that looked the same as the one refused."""
+    decomposed, precomposed = "xr\u0301", "x\u0155"
+    corpus = load_corpus(_write(tmp_path, [{"lang": "en", "unit": "a", "text": "x"},
+                                           {"lang": decomposed, "unit": "a", "text": "y"}]))
+    assert corpus.select(["en", precomposed]).languages == ["en", decomposed]
+
+
 def _write(tmp_path, lines, raw=None):
     path = tmp_path / "c.jsonl"
     if raw is not None:
