@@ -903,10 +903,12 @@ class _StoreOnce(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, as every other bad input (its subcommands' parsers too);
-    an option given twice with different values is one."""
+    an option given twice with different values is one. Options are taken whole, as pytest
+    takes its own: an abbreviation (`--lang`) that a later option could make ambiguous
+    would break the scripts that use it."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **kwargs)
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 

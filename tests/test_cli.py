@@ -177,6 +177,7 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
     (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its sign, like 12%"),
     (["measure", "tiny-gpt2", "--units", "32"], "--units 32: the corpus has 31 units"),
+    (["measure", "tiny-gpt2", "--lang", "he"], "unrecognized arguments: --lang he"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
      "fewer, e.g. --units 22"),
