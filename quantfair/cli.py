@@ -887,13 +887,19 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+_BY_DEST = {option.dest: option for option in OPTIONS.values()}
+
+
 class _StoreOnce(argparse.Action):
     """argparse's store, refusing an option given twice with different values (`--units 5
-    --units 100`): one would silently win, as the pytest plugin refuses too."""
+    --units 100`, not `--device CPU --device cpu`: `Option.reading`): one would silently win,
+    as the pytest plugin refuses too."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         given = namespace.__dict__.setdefault("_given", {})
-        if option_string and self.dest in given and given[self.dest][1] != values:
+        option = _BY_DEST.get(self.dest)
+        read = option.reading if option and isinstance(values, str) else lambda value: value
+        if option_string and self.dest in given and read(given[self.dest][1]) != read(values):
             flag, value = given[self.dest]
             parser.error(f"{flag} {value}, {option_string} {values}: the option is given more "
                          "than once, with different values; give it once")

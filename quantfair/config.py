@@ -71,10 +71,21 @@ class Option:
     flag: bool = False  # a switch (store_true)
     short: bool = True  # also has the short form in the audit suite
     number: bool = False  # may be a number (a TOML table's ini value may be one)
+    caseless: bool = False  # read in any case (`--device CPU` is `--device cpu`)
 
     @property
     def dest(self) -> str:
         return "quantfair_" + self.name.replace("-", "_")
+
+    def reading(self, value: str) -> str:
+        """`value` as this option reads it, to tell two values given for it apart:
+        surrounding space dropped, in one case where the option takes any, a number as its
+        value (`02` is `2`)."""
+        text = value.strip()
+        if self.number:
+            with contextlib.suppress(ValueError):
+                return repr(float(text))
+        return text.lower() if self.caseless else text
 
 
 LANGUAGES_HELP = ("comma-separated language codes and selectors (script:Arab, class:0-2, "
@@ -84,9 +95,10 @@ OPTIONS = {option.name: option for option in (
     Option("model", "model (the FP reference): smollm2-135m, gemma3-270m, a Hugging Face id, "
                     "a local directory or a .gguf file"),
     Option("quant", "quantization scheme, e.g. int4, int4-g128, int8-channel, gguf:Q4_0 "
-                    f"(default {DEFAULT_QUANT})", DEFAULT_QUANT),
+                    f"(default {DEFAULT_QUANT})", DEFAULT_QUANT, caseless=True),
     Option("embedding-type", "type of the token embedding and output head under a gguf: scheme: "
-                             f"{', '.join(EMBEDDING_TYPES)} (default {DEFAULT_EMBEDDING_TYPE})"),
+                             f"{', '.join(EMBEDDING_TYPES)} (default {DEFAULT_EMBEDDING_TYPE})",
+           caseless=True),
     Option("quantized", "audit this quantized artifact of the model instead of computing a scheme: "
                         "a GGUF file, a safetensors directory or a cached Hugging Face id"),
     Option("quantized-label", "name of the artifact's measurements in reports, stable across "
@@ -97,12 +109,12 @@ OPTIONS = {option.name: option for option in (
                     f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS), number=True),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "
-                     "else cpu), cpu, cuda, cuda:N, mps"),
+                     "else cpu), cpu, cuda, cuda:N, mps", caseless=True),
     Option("dtype", f"evaluate in this dtype: {', '.join(DTYPES)} (default float32; fake "
-                    "quantization is computed in float32, then cast)", "float32"),
+                    "quantization is computed in float32, then cast)", "float32", caseless=True),
     Option("threads", "torch threads per process: auto (default: an xdist worker takes "
                       "cores // workers, unless OMP_NUM_THREADS is set; a serial run keeps "
-                      "torch's default) or a number", "auto", number=True),
+                      "torch's default) or a number", "auto", number=True, caseless=True),
     Option("random-weights", "build the model from a shipped config with random weights",
            flag=True),
     Option("strategy", "a protection strategy to audit against none and random protection at "

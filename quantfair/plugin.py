@@ -379,17 +379,20 @@ def _check_given_once(config: pytest.Config) -> None:
                                         "more than once, with different values; give it once")
             continue
         forms = _owned_forms(config, option.name)
-        values = {overrides[option.dest]: f"-o {option.dest}="} if overrides.get(
-            option.dest) else {}
+        given = [(f"-o {option.dest}=", overrides[option.dest])] if overrides.get(
+            option.dest) else []
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):
                 value = value if equals else arguments[i + 1]
                 if value.strip():  # an empty one has an error of its own
-                    values.setdefault(value, flag)
+                    given.append((flag, value))
+        values = {}  # reading -> its first (flag, value): `CPU` and `cpu` are one value
+        for flag, value in given:
+            values.setdefault(option.reading(value), (flag, value))
         if len(values) > 1:
             given = ", ".join(f"{flag}{value}" if flag.endswith("=") else f"{flag} {value}"
-                              for value, flag in values.items())
+                              for flag, value in values.values())
             raise pytest.UsageError(f"{given}: the option is given more than once, with "
                                     "different values; give it once")
 

@@ -81,6 +81,15 @@ def test_bad_input_is_one_clear_line(args, message):
 def test_an_option_given_twice_with_the_same_value_is_no_conflict():
     result = run_cli("inspect", "tiny-gpt2", "--quant", "int8", "--quant=int8")
     assert result.returncode == 0 and "int8" in result.stdout, result.stderr
+    # read alike, though written differently: in another case where the option takes any,
+    # with spaces, a number with a leading zero
+    result = run_cli("inspect", "tiny-gpt2", "--quant", "INT8", "--quant= int8", "--units",
+                     "2", "--units", "02", "--device", "CPU", "--device", "cpu")
+    assert result.returncode == 0 and "int8" in result.stdout, result.stderr
+    result = run_cli("inspect", "tiny-gpt2", "--units", "2", "--units=3")
+    assert "--units 2, --units 3: the option is given more than once" in result.stderr
+    result = run_cli("corpus", "--languages", "He", "--languages", "he")  # codes: case matters
+    assert "--languages He, --languages he: the option is given more than once" in result.stderr
 
 
 @pytest.mark.parametrize("args", [

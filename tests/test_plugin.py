@@ -146,6 +146,18 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         assert "Traceback" not in result.stderr.str()
 
 
+def test_values_read_alike_are_one_value_given_twice(pytester):
+    """`--device CPU --device cpu` was "given more than once, with different values"."""
+    listed = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                 "--device", "CPU", "--quantfair-device", "cpu", "--units", "2",
+                 "-o", "quantfair_units=02", "--dtype", "BFloat16", "--quantfair-dtype",
+                 " bfloat16")
+    assert listed.ret == 0, listed.stderr.str()
+    codes = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                "--languages", "He", "-o", "quantfair_languages=he")
+    assert "the option is given more than once" in codes.stderr.str()  # codes: case matters
+
+
 def test_an_option_not_given_is_named_as_the_given_ones_were_written(pytester):
     long = run(pytester, QUICK_FILES[0], "--quantfair-model", "tiny-gpt2",
                "--quantfair-tolerance", "0.2")
