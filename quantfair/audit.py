@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
-from quantfair.corpus import LENGTHS, language
+from quantfair.corpus import LENGTHS, language, resource_points
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -754,17 +754,16 @@ class Correlation(Check):
             langs = [lg for lg in _non_reference(m.languages) if disparity[lg].defined]
             undefined = {disparity[lg].undefined for lg in _non_reference(m.languages)
                          if not disparity[lg].defined}
-            left_out = ""
             if self.x == "resource_class":  # languages without metadata have no class
-                unknown = [lg for lg in langs if language(lg).resource_class < 0]
-                langs = [lg for lg in langs if lg not in unknown]
-                left_out = f"; left out (no resource class): {','.join(unknown)}" if unknown else ""
-                xs = [float(language(lg).resource_class) for lg in langs]
-            else:
-                index = {lg: i for i, lg in enumerate(m.languages)}
-                xs = [m.tokens[index[lg]].sum() / m.chars[index[lg]].sum() for lg in langs]
+                points, unknown = resource_points({lg: disparity[lg].value for lg in langs})
+                return ([x for _, x, _ in points], [y for _, _, y in points],
+                        "languages " + (",".join(label for label, _, _ in points) or "(none)")
+                        + (f"; left out (no resource class): {','.join(unknown)}"
+                           if unknown else ""), undefined)
+            index = {lg: i for i, lg in enumerate(m.languages)}
+            xs = [m.tokens[index[lg]].sum() / m.chars[index[lg]].sum() for lg in langs]
             return (xs, [disparity[lg].value for lg in langs],
-                    "languages " + (",".join(langs) or "(none)") + left_out, undefined)
+                    "languages " + (",".join(langs) or "(none)"), undefined)
         criticality, undefined = _layer_criticality(ctx)
         statistic = ctx.layer_variance() if self.x == "variance" else ctx.layer_quant_error()
         layers = sorted(criticality)

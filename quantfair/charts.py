@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from quantfair.corpus import REFERENCE, language
+from quantfair.corpus import REFERENCE, language, resource_points
 from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows
 from quantfair.text import significant
@@ -369,13 +369,13 @@ def criticality(report: dict) -> str | None:
 def resource(report: dict) -> dict:
     """Disparity without protection against Joshi et al.'s resource class, with a log-linear
     fit, and Pearson/Spearman r (`correlation`, with `n` points) over the same languages as the
-    `resource_correlation` audit: every defined disparity of a language with a class.
-    Languages without a class are left out and named (`left_out`); those at or below 0 are in
-    r but cannot be drawn on the log axis, and are named too (`not_drawn`)."""
-    rows = compared_rows(report, "none")
-    left_out = [r["language"] for r in rows if language(r["language"]).resource_class < 0]
-    points = [Point(r["language"], language(r["language"]).resource_class, r["disparity"])
-              for r in rows if r["language"] not in left_out]
+    `resource_correlation` audit: every defined disparity of a language with a class, one
+    point per language (`resource_points`). Languages without a class are left out and named
+    (`left_out`); those at or below 0 are in r but cannot be drawn on the log axis, and are
+    named too (`not_drawn`)."""
+    found, left_out = resource_points({r["language"]: r["disparity"]
+                                       for r in compared_rows(report, "none")})
+    points = [Point(*point) for point in found]
     drawn = [p for p in points if p.y > 0]
     result = {"svg": None, "correlation": None, "left_out": left_out,
               "not_drawn": [p.label for p in points if p.y <= 0]}

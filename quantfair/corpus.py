@@ -131,6 +131,37 @@ def language(code: str) -> Language:
     return metadata(code) or Language(code, code, UNKNOWN, UNKNOWN, -1)
 
 
+def by_language(codes: Sequence[str]) -> dict[str, list[str]]:
+    """`codes` grouped by the language they name: its ISO 639-3 code where it has metadata,
+    else the code itself, in the order of the codes (`["en", "he", "heb"]` ->
+    `{"eng": ["en"], "heb": ["he", "heb"]}`). A user corpus may hold one language under two
+    codes (`he` and `heb`), or two variants of it (`pt-BR`, `pt-PT`)."""
+    groups: dict[str, list[str]] = {}
+    for code in codes:
+        meta = metadata(code)
+        groups.setdefault(meta.iso639_3 if meta and meta.iso639_3 else code, []).append(code)
+    return groups
+
+
+def shared_languages(codes: Sequence[str]) -> list[str]:
+    """The groups of `by_language` of more than one code, said as "he, heb (ISO 639-3 heb)"."""
+    return [f"{', '.join(named)} (ISO 639-3 {iso})"
+            for iso, named in by_language(codes).items() if len(named) > 1]
+
+
+def resource_points(values: dict[str, float]) -> tuple[list[tuple[str, float, float]], list[str]]:
+    """Points for a correlation with resource class: one per language of `values` (code ->
+    a value, such as its disparity) that has a class, as (its codes joined by "+", its class,
+    the mean of its codes' values), since a class is a language's (Joshi et al. 2020) and
+    one language under two codes (`by_language`) is one point; and the codes left out for
+    want of a class."""
+    known = [code for code in values if language(code).resource_class >= 0]
+    groups = by_language(known).values()
+    return ([("+".join(codes), float(language(codes[0]).resource_class),
+              sum(values[code] for code in codes) / len(codes)) for codes in groups],
+            [code for code in values if code not in known])
+
+
 def _known() -> list[Language]:
     """Every language with metadata: the shipped file's, then a user corpus's own."""
     return [*LANGUAGES.values(), *(lang for code, lang in _USER.items() if code not in LANGUAGES)]

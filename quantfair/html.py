@@ -16,7 +16,14 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from quantfair import charts
-from quantfair.corpus import REFERENCE, UNKNOWN, language, metadata, use_report_languages
+from quantfair.corpus import (
+    REFERENCE,
+    UNKNOWN,
+    language,
+    metadata,
+    shared_languages,
+    use_report_languages,
+)
 from quantfair.metrics import BOOTSTRAP_SAMPLES
 from quantfair.report import (
     OTHER_LANGUAGES,
@@ -204,17 +211,6 @@ def aggregates(report: dict, strategies: list[str]) -> list[dict]:
     return rows
 
 
-def shared_languages(report: dict) -> list[str]:
-    """The run's languages that one ISO 639-3 code names under several codes of a corpus
-    (`en` and `eng`, or `pt-BR` and `pt-PT`), as "en, eng (eng)": a group's mean counts each
-    code."""
-    codes: dict[str, list[str]] = defaultdict(list)
-    for lang in report.get("settings", {}).get("languages") or ():
-        if (meta := metadata(lang)) and meta.iso639_3:
-            codes[meta.iso639_3].append(lang)
-    return [f"{', '.join(named)} ({iso})" for iso, named in codes.items() if len(named) > 1]
-
-
 def _group_title(measured: list[tuple[float, str]]) -> str:
     """"mean of 3 languages, from 1.20 (de) to 6.00 (he)": what a group's mean hides."""
     title = f"mean of {plural(len(measured), 'language')}"
@@ -306,7 +302,7 @@ def render_html(report: dict) -> str:
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
-        shared_languages=shared_languages(report),
+        shared_languages=shared_languages(report.get("settings", {}).get("languages") or ()),
         ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
                                      if r["language"] != REFERENCE),
         matrix=findings_matrix(report), groups=audit_groups(report),

@@ -472,6 +472,13 @@ def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp
                                           if line.startswith("| "))}
     assert rows["heb"][1:5] == ["Hebrew", "Hebr", "Afro-Asiatic (Semitic)", "3"]
     assert rows["xx"][2:5] == ["unknown", "unknown", "unknown"]
+    assert "note: one language" not in shown.stdout
+    path.write_text("\n".join(json.dumps({"lang": lang, "unit": "a", "text": "text"})
+                              for lang in ("en", "he", "heb", "xx", "eng")))
+    twice = run_cli("corpus", "--corpus", str(path)).stdout.splitlines()
+    assert twice[-2:] == [
+        "note: one language under several codes, each audited: en, eng (ISO 639-3 eng)",
+        "note: one language under several codes, each audited: he, heb (ISO 639-3 heb)"]
     # the same listing for a program, with what the table leaves out; unknowns left out
     written = json.loads((tmp_path / "c.json").read_text())
     assert written["units"] == ["a"] and written["corpus"] == str(path)

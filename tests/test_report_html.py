@@ -652,8 +652,8 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
     twice["measurements"] += [{**r, "language": "heb"} for r in twice["measurements"]
                               if r["language"] == "he"]
     html = render_html(twice)
-    assert ("One language under several codes counts once for each in its groups: he, heb "
-            "(heb).</p>") in html
+    assert ("One language under several codes counts once for each in its groups, once in "
+            "the resource-class correlation: he, heb (ISO 639-3 heb).</p>") in html
     assert "several codes" not in render_html(report())
 
 

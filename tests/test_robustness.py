@@ -181,6 +181,31 @@ def test_unknown_languages_are_left_out_of_the_resource_class_correlation():
     assert "pt-BR" in outcome.detail and "xx" in outcome.detail and "left out" in outcome.detail
 
 
+def test_one_language_under_two_codes_is_one_point_of_the_resource_class_correlation():
+    """A user corpus with `he` and `heb` (ISO 639-3 heb): counted twice, Hebrew's class
+    weighed double and the p-value rested on a point that is not there."""
+    from quantfair.charts import resource
+
+    deltas = {"en": [1.0, 1.2, 0.8], "de": [1.1, 1.3, 0.9], "ru": [1.6, 1.5, 1.9],
+              "he": [3.0, 3.2, 2.8], "heb": [2.0, 2.4, 2.2], "sw": [5.0, 5.5, 4.5]}
+    m = _measurement(deltas)
+    check = Correlation("resource_class", Bound(max=-0.9))
+    outcome = check.run(_Context(m), Case("resource_class-none", "none"), Bound(max=-0.9))
+    disparity = {lang: estimate.value for lang, estimate in m.disparity().items()}
+    hebrew = (disparity["he"] + disparity["heb"]) / 2
+    expected = correlation([5, 4, 3, 2], [disparity["de"], disparity["ru"], hebrew,
+                                          disparity["sw"]])
+    assert outcome.value == pytest.approx(expected["pearson_r"])
+    assert "over 4 points" in outcome.detail and "languages de,ru,he+heb,sw" in outcome.detail
+    rows = [{"scheme": "int4", "strategy": "none", "language": lang, "disparity": value,
+             "undefined": None, "overhead": 0.0, "fertility": 1.0}
+            for lang, value in disparity.items()]
+    chart = resource({"settings": {"scheme": "int4"}, "measurements": rows})
+    assert chart["correlation"]["n"] == 4  # the chart's r is the audit's
+    assert chart["correlation"]["pearson_r"] == pytest.approx(expected["pearson_r"])
+    assert "he+heb" in chart["svg"]
+
+
 def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
     from quantfair.charts import resource
 
