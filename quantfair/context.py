@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 from quantfair import models, weights
 from quantfair.audit import CANDIDATE, Matched, NotApplicable, Strategy
 from quantfair.errors import UsageError
@@ -193,8 +195,9 @@ class AuditContext:
     # -- evidence -------------------------------------------------------------------------
     def payload(self) -> dict:
         """What this process publishes to the report: measurement rows, model facts, the
-        number of model loads and the device the model ran on, and the audited suggestion
-        (with `reselected`, where its calibrated selectors may keep other entries here than
+        number of model loads, the device the model ran on and torch's threads (a CPU's
+        parallelism, which keys a reduced dtype's results), and the audited suggestion (with
+        `reselected`, where its calibrated selectors may keep other entries here than
         those it scored: `suggest.reselected`)."""
         suggestion = self.suggestion() if self.candidate == "suggested" else None
         if suggestion:
@@ -204,5 +207,6 @@ class AuditContext:
         return {"rows": [row for rows in self._rows.values() for row in rows],
                 "model": self.model_facts(),
                 "process": {"pid": os.getpid(), "loads": models.load_count,
-                            "device": str(self.session.loaded.device)},
+                            "device": str(self.session.loaded.device),
+                            "threads": torch.get_num_threads()},
                 "suggestion": suggestion}

@@ -269,6 +269,21 @@ def banner(report: dict, summary: dict) -> tuple[str, str]:
     return kind, label or {"passed": "PASSED", "findings": "FAILED"}[kind]
 
 
+def evaluated_in(report: dict) -> str:
+    """"float32 on cpu, 2 torch threads": the dtype, the devices the run's processes ran on
+    and, on a CPU, torch's threads (per process, where several ran; older reports recorded
+    none)."""
+    processes = report.get("processes") or []
+    settings = report.get("settings", {})
+    devices = ", ".join(dict.fromkeys(p["device"] for p in processes)) or settings.get(
+        "device") or "auto"
+    threads = sorted({p["threads"] for p in processes
+                      if p.get("threads") and p["device"].startswith("cpu")})
+    said = (f", {'/'.join(map(str, threads))} torch thread{'' if threads == [1] else 's'}"
+            + (" per process" if len(processes) > 1 else "")) if threads else ""
+    return f"{settings.get('dtype') or 'float32'} on {devices}{said}"
+
+
 def report_summary(report: dict) -> dict:
     """The report's `summary` block; computed for reports written before it existed."""
     block = report.get("summary") or {}
@@ -298,6 +313,7 @@ def render_html(report: dict) -> str:
     groups = aggregates(report, strategies)
     return template.render(
         report=report, summary=summary, banner=banner(report, summary),
+        evaluated_in=evaluated_in(report),
         heatmap=heatmap(report),
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         costs={s: protection_cost(report, s) for s in strategies},

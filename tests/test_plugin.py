@@ -1,6 +1,7 @@
 """End-to-end runs of the audit plugin on tiny random models (seconds, not minutes)."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -340,6 +341,8 @@ def test_each_worker_loads_the_model_once(pytester):
     processes = load(path)["processes"]
     assert len({p["pid"] for p in processes}) == 2
     assert all(p["loads"] == 1 and p["device"] == "cpu" for p in processes)  # auto, resolved
+    if not os.environ.get("OMP_NUM_THREADS"):  # each its share of the cores, recorded
+        assert {p["threads"] for p in processes} == {max(1, available_cores() // 2)}
 
 
 def test_workers_share_a_folder_of_the_run_and_the_controller_imports_no_torch(

@@ -234,10 +234,17 @@ def test_the_summary_says_a_dtype_other_than_float32():
     assert "(int4 in bfloat16)</title>" in page  # a reviewer sees it at the top, as the title
     assert '<p class="muted">int4 in bfloat16 &middot;' in page
     assert "(int4)</title>" in render_html(report())
-    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cuda:0"},
-                           {"pid": 2, "loads": 1, "device": "cuda:1"}]
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cuda:0", "threads": 16},
+                           {"pid": 2, "loads": 1, "device": "cuda:1", "threads": 16}]
     assert "<dt>evaluated in</dt><dd>bfloat16 on cuda:0, cuda:1</dd>" in render_html(halved)
     assert "<dt>evaluated in</dt><dd>float32 on " in render_html(report())  # always said
+    # on a CPU, torch's threads: they key a reduced dtype's results and set its speed
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 1},
+                           {"pid": 2, "loads": 1, "device": "cpu", "threads": 1}]
+    assert ("<dt>evaluated in</dt><dd>bfloat16 on cpu, 1 torch thread per process</dd>"
+            in render_html(halved))
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 2}]
+    assert "<dd>bfloat16 on cpu, 2 torch threads</dd>" in render_html(halved)
 
 
 def test_the_summary_says_a_gguf_files_own_quantization_is_the_reference():
