@@ -46,9 +46,14 @@ from quantfair.text import (
 from quantfair.text import table as _table
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, *names: str,
+                         helps: dict[str, str] | None = None) -> None:
+    """The model and the run options `names` (with the device and dtype); `helps`: a
+    command's own help for some ({"--dtype": ...}), where it does other than evaluate."""
     parser.add_argument("model", help=OPTIONS["model"].help)
-    add_options(parser.add_argument, prefix="", names=("random-weights", "device", "dtype", *names))
+    add_options(lambda flag, **kwargs: parser.add_argument(
+        flag, **{**kwargs, "help": (helps or {}).get(flag, kwargs["help"])}),
+        prefix="", names=("random-weights", "device", "dtype", *names))
 
 
 def _run_config(args: argparse.Namespace, quantizer: bool = True) -> RunConfig:
@@ -228,6 +233,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     check_given_strategies(args.strategy)  # every strategy before minutes of work
     _check_output(args.json, "--json", args)
     session = _session(args)
+    import torch
+
     from quantfair.report import language_metadata, measurement_records
     from quantfair.strategies import protection_key
 
@@ -241,6 +248,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.json:  # before the tables: a reader that closes the pipe (`| head`) loses none
         _write(args.json, json.dumps({"settings": session.config.settings(),
                                       "device": str(session.loaded.device),  # auto resolved
+                                      "threads": torch.get_num_threads(),
                                       "units": session.corpus.units,
                                       "records": records,
                                       "language_metadata": language_metadata(
@@ -795,7 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="a protection strategy as a GGUF file or as "
                                                 "arguments for llama-quantize / transformers")
-    _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus")
+    _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus",
+                         helps={"--dtype": "the dtype of the suggestion 'suggested' takes (a "
+                                           "search in that dtype) and that act: selectors "
+                                           "calibrate in (default float32)"})
     export.add_argument("--strategy", required=True, action="append",
                         help="protection strategy to keep in F32/F16 ('suggested': the cached "
                              "`quantfair suggest` result); one, its terms joined by +")

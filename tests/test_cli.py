@@ -493,7 +493,7 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     out = tmp_path / "m.json"
     args = ["measure", "tiny-gpt2", "--strategy", "none", "--strategy", "L0", "--strategy",
             "none", "--languages", "en,he,zh", "--units", "3", "--json", str(out),
-            "--strategy", "L0 + L0"]  # L0 again, in other words
+            "--strategy", "L0 + L0", "--threads", "1"]  # L0 again, in other words
     first = run_cli_process(*args)  # a process: transformers logs to the stderr it started with
     assert first.returncode == 0, first.stderr
     assert "attention_mask" not in first.stderr  # transformers' padding warning: not padded
@@ -506,6 +506,7 @@ def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):
     assert first.stdout.count("warning: the model itself guesses worse than uniformly") == 1
     written = json.loads(out.read_text())
     assert written["settings"]["device"] == "auto" and written["device"] == "cpu"
+    assert written["threads"] == 1  # torch's, as set
     assert {code: meta["script"] for code, meta in written["language_metadata"].items()} == {
         "en": "Latn", "he": "Hebr", "zh": "Hans"}
     records = written["records"]
@@ -645,6 +646,14 @@ def test_help_names_values_by_the_option_not_its_settings_key():
     assert result.returncode == 0
     assert "--device DEVICE" in result.stdout and "--embedding-type EMBEDDING_TYPE" in result.stdout
     assert "QUANTFAIR_DEVICE" not in result.stdout
+
+
+def test_export_says_what_its_dtype_picks():
+    """export evaluates nothing: its dtype picks a suggestion and calibrates act: selectors."""
+    help_text = " ".join(run_cli("export", "--help").stdout.split())
+    assert "--dtype DTYPE the dtype of the suggestion 'suggested' takes" in help_text
+    assert "evaluate in this dtype" not in help_text
+    assert "evaluate in this dtype" in run_cli("measure", "--help").stdout  # its own
 
 
 def test_no_option_help_holds_a_percent_sign():
