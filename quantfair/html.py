@@ -179,20 +179,24 @@ def protection_cost(report: dict, strategy: str) -> str:
                                            f"in full precision{storage}"]))
 
 
-def aggregates(report: dict, strategies: list[str]) -> list[dict]:
-    """Mean NLL disparity per resource class, language family (without its branch) and
-    script, for each scorecard strategy (English, and languages with an undefined disparity or
-    no metadata, left out; a value unknown, from the group it would name). A group's
-    `languages` is its count, or the range of counts where strategies left out others; a
-    cell's `title` gives its count and its lowest and highest language."""
+def aggregates(report: dict, strategies: list[str], quantity: str = "disparity") -> list[dict]:
+    """Mean NLL disparity (`quantity` "kld_disparity": per-byte KL-divergence disparity) per
+    resource class, language family (without its branch) and script, for each scorecard
+    strategy (English, and languages with that disparity undefined or without metadata, left
+    out; a value unknown, from the group it would name). A group's `languages` is its count,
+    or the range of counts where strategies left out others; a cell's `title` gives its count
+    and its lowest and highest language."""
     groups: dict[tuple[str, str], dict[str, list[tuple[float, str]]]] = defaultdict(
         lambda: defaultdict(list))
     for strategy in strategies:
-        for r in compared_rows(report, strategy):
+        rows = compared_rows(report, strategy) if quantity == "disparity" else [
+            r for r in main_rows(report, strategy) if r["language"] != REFERENCE
+            and r.get(quantity) is not None and not r.get("kld_undefined")]
+        for r in rows:
             meta = metadata(r["language"])
             if meta is None:  # a user corpus's language without it
                 continue
-            measured = (r["disparity"], r["language"])
+            measured = (r[quantity], r["language"])
             if meta.script != UNKNOWN:  # a user corpus's languages file may leave it out
                 groups[("script", meta.script)][strategy].append(measured)
             if meta.family != UNKNOWN:
@@ -318,6 +322,7 @@ def render_html(report: dict) -> str:
         scorecards=[(s, scorecard(report, s)) for s in strategies],
         costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
+        kld_aggregates=aggregates(report, strategies, "kld_disparity"),
         shared_languages=shared_languages(report.get("settings", {}).get("languages") or ()),
         ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
                                      if r["language"] != REFERENCE),

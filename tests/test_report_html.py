@@ -711,8 +711,19 @@ def test_disparities_that_are_all_undefined_are_not_called_unmeasured():
     assert ("No disparity to draw: every one undefined (en loss change is within noise)"
             in html)  # the reason the rows give, not a guess (too few units, at --units 1)
     assert "disparity undef. (en loss change is within noise)\"" in html  # no seed ratio
-    assert ("No group has a mean: every disparity is undefined (en loss change is within "
-            "noise)") in html  # the per-class table says why it is empty, not nothing
+    assert ("No group has a mean NLL disparity: every one is undefined (en loss change is "
+            "within noise)") in html  # the per-class table says why it is empty, not nothing
+    assert "KL-divergence disparity</h3>" not in html  # not measured
+    # KL divergence measured (a release gate on it): English's is never 0, so its groups
+    # have means where the NLL's have none
+    for row in undefined["measurements"]:
+        row.update(kld_mean=0.1, kld_disparity={"en": 1.0, "he": 4.0, "ar": 2.0}.get(
+            row["language"], 1.5), kld_undefined=None)
+    html = render_html(undefined)
+    assert "(mean NLL and KL-divergence disparity)</summary>" in html
+    tables = html.split("per-byte KL-divergence disparity</h3>")[1].split("</table>")[0]
+    assert re.search(r"<td>script Hebr</td><td[^>]*>1</td>(<td[^>]*>4.00</td>){2}", tables)
+    assert re.search(r"<td>class 5</td><td[^>]*>2</td>(<td[^>]*>1.75</td>){2}", tables)
 
 
 def test_comparisons_undecided_by_an_undefined_disparity_say_so_not_that_the_ci_is_wide():
