@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
-from quantfair.corpus import LENGTHS, language, resource_points
+from quantfair.corpus import LENGTHS, resource_points
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -792,8 +792,9 @@ class Correlation(Check):
         """How many points would decide at the measured r, against how many the corpus's
         languages or the layer sweep can give."""
         if self.over_languages:
-            most = len([lg for lg in _non_reference(ctx.corpus_languages)
-                        if self.x == "fertility" or language(lg).resource_class >= 0])
+            others = _non_reference(ctx.corpus_languages)
+            most = len(others) if self.x == "fertility" else len(
+                resource_points(dict.fromkeys(others, 0.0))[0])  # one per language
             return (f"about {needed} languages would decide at this r, "
                     + (f"of the corpus's {most}" if needed <= most else
                        f"more than the corpus's {most}"))

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 
 from quantfair import __version__
 from quantfair.config import (
+    DTYPES,
     LANGUAGES_HELP,
     OPTIONS,
     REFERENCE,
+    Option,
     RunConfig,
     add_options,
     check_folder_writable,
@@ -804,9 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a protection strategy as a GGUF file or as "
                                                 "arguments for llama-quantize / transformers")
     _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus",
-                         helps={"--dtype": "the dtype of the suggestion 'suggested' takes (a "
-                                           "search in that dtype) and that act: selectors "
-                                           "calibrate in (default float32)"})
+                         helps={"--dtype": "takes the suggestion searched in this dtype "
+                                           f"for 'suggested': {', '.join(DTYPES)} (default "
+                                           "float32; export evaluates nothing)"})
     export.add_argument("--strategy", required=True, action="append",
                         help="protection strategy to keep in F32/F16 ('suggested': the cached "
                              "`quantfair suggest` result); one, its terms joined by +")
@@ -902,6 +904,7 @@ def _attach_negative_values(argv: list[str]) -> list[str]:
 
 
 _BY_DEST = {option.dest: option for option in OPTIONS.values()}
+_A_VALUE = Option("value", "", number=True)  # a command's own option: `--width 03` is 3
 
 
 class _StoreOnce(argparse.Action):
@@ -911,8 +914,8 @@ class _StoreOnce(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         given = namespace.__dict__.setdefault("_given", {})
-        option = _BY_DEST.get(self.dest)
-        read = option.reading if option and isinstance(values, str) else lambda value: value
+        option = _BY_DEST.get(self.dest, _A_VALUE)
+        read = option.reading if isinstance(values, str) else lambda value: value
         if option_string and self.dest in given and read(given[self.dest][1]) != read(values):
             flag, value = given[self.dest]
             parser.error(f"{flag} {value}, {option_string} {values}: the option is given more "

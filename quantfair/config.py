@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -78,13 +79,17 @@ class Option:
         return "quantfair_" + self.name.replace("-", "_")
 
     def reading(self, value: str) -> str:
-        """`value` as this option reads it, to tell two values given for it apart:
-        surrounding space dropped, in one case where the option takes any, a number as its
-        value (`02` is `2`)."""
-        text = value.strip()
-        if self.number:
-            with contextlib.suppress(ValueError):
-                return repr(float(text))
+        """`value` as this option reads it, to tell two values given for it apart: without
+        surrounding space, in one Unicode form, in one case where the option takes any; an
+        integer without leading zeros (`02` is `2`; `2.0` stays, refused by `--units`); a
+        list of languages entry by entry (`en, he` is `en,he`), a selector in any case."""
+        text = unicodedata.normalize("NFC", value.strip())
+        if self.name == "languages":
+            entries = (entry.strip() for entry in text.split(","))
+            return ",".join(entry.lower() if ":" in entry or entry.lower() == "all" else entry
+                            for entry in entries)
+        if self.number and re.fullmatch(r"[+-]?[0-9]+", text):
+            return str(int(text))
         return text.lower() if self.caseless else text
 
 
@@ -201,7 +206,7 @@ def parse_languages(text: str, available: Sequence[str] | None = None) -> tuple[
     `available` (the corpus's languages) when it is given."""
     if text.strip().lower() == "all":  # a selector: any case, as script:arab
         return None
-    codes = [code.strip() for code in text.split(",")]
+    codes = [unicodedata.normalize("NFC", code.strip()) for code in text.split(",")]
     if any(not code for code in codes):
         what = f"has an empty entry in '{text}'" if text.strip() else "is empty"
         raise UsageError(f"--languages {what}; give comma-separated codes such as en,de,he")
@@ -332,7 +337,7 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
                              + ("maximum" if language.strip() else "language")
                              + "; give LANG=VALUE, or VALUE alone for every language, e.g. "
                              "2.0,he=3.0")
-        language = language.strip() or "*"
+        language = unicodedata.normalize("NFC", language.strip()) or "*"
         # a degradation is a relative change, shown as a percentage: 0.5 or 50%
         parse = fraction_option if name == "max-degradation" else number_option
         try:

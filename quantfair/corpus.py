@@ -69,7 +69,7 @@ def _read_languages(path: Path = LANGUAGES_FILE, corpus: Sequence[str] | None = 
             raise QuantfairError(f"{path}:{number}: {len(values)} tab-separated values for "
                                  f"{len(header)} columns ({', '.join(header)})")
         row = {key: value for key, value in zip(header, values, strict=True) if value}
-        code = row.get("code", "")
+        code = unicodedata.normalize("NFC", row.get("code", ""))  # as the corpus's codes
         if corpus is not None and code not in corpus:
             raise QuantfairError(f"{path}:{number}: language {code!r} is not in the corpus "
                                  f"(it has {', '.join(corpus)})")
@@ -131,15 +131,25 @@ def language(code: str) -> Language:
     return metadata(code) or Language(code, code, UNKNOWN, UNKNOWN, -1)
 
 
+def _language_of(code: str) -> str:
+    """The language `code` names: its ISO 639-3 code where it has metadata, else itself."""
+    meta = metadata(code)
+    return meta.iso639_3 if meta and meta.iso639_3 else code
+
+
+def names_reference(code: str) -> bool:
+    """Whether `code` names English, the reference: `en`, or `eng` in a user corpus."""
+    return _language_of(code) == _language_of(REFERENCE)
+
+
 def by_language(codes: Sequence[str]) -> dict[str, list[str]]:
-    """`codes` grouped by the language they name: its ISO 639-3 code where it has metadata,
-    else the code itself, in the order of the codes (`["en", "he", "heb"]` ->
-    `{"eng": ["en"], "heb": ["he", "heb"]}`). A user corpus may hold one language under two
-    codes (`he` and `heb`), or two variants of it (`pt-BR`, `pt-PT`)."""
+    """`codes` grouped by the language they name (`_language_of`), in the order of the
+    codes (`["en", "he", "heb"]` -> `{"eng": ["en"], "heb": ["he", "heb"]}`). A user corpus
+    may hold one language under two codes (`he` and `heb`), or two variants of it (`pt-BR`,
+    `pt-PT`)."""
     groups: dict[str, list[str]] = {}
     for code in codes:
-        meta = metadata(code)
-        groups.setdefault(meta.iso639_3 if meta and meta.iso639_3 else code, []).append(code)
+        groups.setdefault(_language_of(code), []).append(code)
     return groups
 
 
@@ -151,15 +161,20 @@ def shared_languages(codes: Sequence[str]) -> list[str]:
 
 def resource_points(values: dict[str, float]) -> tuple[list[tuple[str, float, float]], list[str]]:
     """Points for a correlation with resource class: one per language of `values` (code ->
-    a value, such as its disparity) that has a class, as (its codes joined by "+", its class,
-    the mean of its codes' values), since a class is a language's (Joshi et al. 2020) and
-    one language under two codes (`by_language`) is one point; and the codes left out for
-    want of a class."""
-    known = [code for code in values if language(code).resource_class >= 0]
-    groups = by_language(known).values()
-    return ([("+".join(codes), float(language(codes[0]).resource_class),
-              sum(values[code] for code in codes) / len(codes)) for codes in groups],
-            [code for code in values if code not in known])
+    a value, such as its disparity) and class, as (its codes joined by "+", the class, the
+    mean of its codes' values): a class is a language's (Joshi et al. 2020), so one
+    language under two codes (`by_language`) is one point, unless its codes were given
+    different classes (variants a languages file tells apart). English under another code
+    (`eng`) is the reference, no point; the codes without a class are returned, left out."""
+    points: dict[tuple[str, int], list[str]] = {}
+    for code in values:
+        if language(code).resource_class >= 0 and not names_reference(code):
+            points.setdefault((_language_of(code), language(code).resource_class),
+                              []).append(code)
+    return ([("+".join(codes), float(resource_class),
+              sum(values[code] for code in codes) / len(codes))
+             for (_, resource_class), codes in points.items()],
+            [code for code in values if language(code).resource_class < 0])
 
 
 def _known() -> list[Language]:
@@ -277,11 +292,8 @@ class Corpus:
 
     def select(self, languages: Sequence[str] | None = None,
                units: Sequence[str] | None = None) -> Corpus:
-        """A sub-corpus; unknown languages or units are usage errors. A language code that
-        differs from the corpus's in its Unicode normalization form only is the corpus's."""
-        by_form = {unicodedata.normalize("NFC", lang): lang for lang in self.texts}
-        languages = [lang if lang in self.texts else by_form.get(  # `é` typed, `e` + U+0301
-            unicodedata.normalize("NFC", lang), lang) for lang in languages or self.languages]
+        """A sub-corpus; unknown languages or units are usage errors."""
+        languages = list(languages or self.languages)
         missing = [lang for lang in languages if lang not in self.texts]
         if missing:
             by_case = {lang.lower(): lang for lang in self.texts}
@@ -376,7 +388,8 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
                 ) from None
         if not record["lang"].strip() or not record["unit"].strip():
             raise QuantfairError(f"{where}: lang and unit must not be empty")
-        lang = record["lang"]
+        # a code in one Unicode form (NFC), as typed codes are read: `é` is `e` + U+0301
+        lang = record["lang"] = unicodedata.normalize("NFC", record["lang"])
         if {",", ":"} & set(lang) or lang != lang.strip() or lang.lower() == "all":
             raise QuantfairError(f"{where}: language code {lang!r} cannot be named in "
                                  "--languages: no comma, colon or surrounding space, not 'all'")

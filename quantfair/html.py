@@ -21,6 +21,7 @@ from quantfair.corpus import (
     UNKNOWN,
     language,
     metadata,
+    names_reference,
     shared_languages,
     use_report_languages,
 )
@@ -182,10 +183,10 @@ def protection_cost(report: dict, strategy: str) -> str:
 def aggregates(report: dict, strategies: list[str], quantity: str = "disparity") -> list[dict]:
     """Mean NLL disparity (`quantity` "kld_disparity": per-byte KL-divergence disparity) per
     resource class, language family (without its branch) and script, for each scorecard
-    strategy (English, and languages with that disparity undefined or without metadata, left
-    out; a value unknown, from the group it would name). A group's `languages` is its count,
-    or the range of counts where strategies left out others; a cell's `title` gives its count
-    and its lowest and highest language."""
+    strategy (English under any code, and languages with that disparity undefined or
+    without metadata, left out; a value unknown, from the group it would name). A group's
+    `languages` is its count, or the range of counts where strategies left out others; a
+    cell's `title` gives its count and its lowest and highest language."""
     groups: dict[tuple[str, str], dict[str, list[tuple[float, str]]]] = defaultdict(
         lambda: defaultdict(list))
     for strategy in strategies:
@@ -194,8 +195,8 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
             and r.get(quantity) is not None and not r.get("kld_undefined")]
         for r in rows:
             meta = metadata(r["language"])
-            if meta is None:  # a user corpus's language without it
-                continue
+            if meta is None or names_reference(r["language"]):  # no metadata (a user
+                continue  # corpus's language), or English under another code (`eng`)
             measured = (r[quantity], r["language"])
             if meta.script != UNKNOWN:  # a user corpus's languages file may leave it out
                 groups[("script", meta.script)][strategy].append(measured)
@@ -274,18 +275,20 @@ def banner(report: dict, summary: dict) -> tuple[str, str]:
 
 
 def evaluated_in(report: dict) -> str:
-    """"float32 on cpu, 2 torch threads": the dtype, the devices the run's processes ran on
-    and, on a CPU, torch's threads (per process, where several ran; older reports recorded
-    none)."""
+    """"bfloat16 on cpu, 2 torch threads": the dtype, the devices the run's processes ran
+    on and, in a reduced dtype on a CPU, torch's threads, which key its numbers (per process
+    where several ran; in float32 a worker takes a finished one's cores, so a count is
+    only how a process ended)."""
     processes = report.get("processes") or []
     settings = report.get("settings", {})
-    devices = ", ".join(dict.fromkeys(p["device"] for p in processes)) or settings.get(
-        "device") or "auto"
-    threads = sorted({p["threads"] for p in processes
-                      if p.get("threads") and p["device"].startswith("cpu")})
-    said = (f", {'/'.join(map(str, threads))} torch thread{'' if threads == [1] else 's'}"
-            + (" per process" if len(processes) > 1 else "")) if threads else ""
-    return f"{settings.get('dtype') or 'float32'} on {devices}{said}"
+    dtype = settings.get("dtype") or "float32"
+    devices = ", ".join(dict.fromkeys(str(p["device"]) for p in processes if p.get("device")))
+    on_cpu = [p for p in processes if str(p.get("device")).startswith("cpu")]
+    threads = sorted({p["threads"] for p in on_cpu if isinstance(p.get("threads"), int)})
+    said = (f", {' and '.join(map(str, threads))} torch thread{'' if threads == [1] else 's'}"
+            + (" per CPU process" if len(on_cpu) > 1 else "")
+            if threads and dtype != "float32" else "")
+    return f"{dtype} on {devices or settings.get('device') or 'auto'}{said}"
 
 
 def report_summary(report: dict) -> dict:

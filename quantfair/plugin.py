@@ -331,11 +331,17 @@ def _typed(config: pytest.Config, name: str) -> bool:
 
 
 def _typed_overrides(config: pytest.Config) -> dict[str, str]:
+    """The `-o quantfair_KEY=VALUE` entries typed on the command line (`_typed_entries`), as
+    {KEY: VALUE}, the last of a key's (pytest's)."""
+    return dict(_typed_entries(config))
+
+
+def _typed_entries(config: pytest.Config) -> list[tuple[str, str]]:
     """The `-o quantfair_KEY=VALUE` entries typed on the command line (`-o ENTRY`, `-oENTRY`,
     `--override-ini ENTRY` or `--override-ini=ENTRY`; not those of addopts or
-    PYTEST_ADDOPTS), as {KEY: VALUE}, the last of a key's."""
+    PYTEST_ADDOPTS), as (KEY, VALUE), in order."""
     arguments = list(map(str, config.invocation_params.args))
-    entries = {}
+    entries = []
     for i, argument in enumerate(arguments):
         if argument in ("-o", "--override-ini"):
             entry = arguments[i + 1] if i + 1 < len(arguments) else ""
@@ -347,7 +353,7 @@ def _typed_overrides(config: pytest.Config) -> dict[str, str]:
             continue
         key, _, value = entry.partition("=")
         if key.strip().startswith("quantfair_"):
-            entries[key.strip()] = value.strip()
+            entries.append((key.strip(), value.strip()))
     return entries
 
 
@@ -371,7 +377,8 @@ def _check_given_once(config: pytest.Config) -> None:
     value on the command line overriding the ini file's addopts or PYTEST_ADDOPTS is no
     conflict."""
     arguments = list(map(str, config.invocation_params.args))
-    overrides = _typed_overrides(config)
+    entries = _typed_entries(config)
+    overrides = dict(entries)
     for option in OPTIONS.values():
         if option.flag:
             if len(given := _flag_values(config, option, overrides, arguments)) > 1:
@@ -379,8 +386,8 @@ def _check_given_once(config: pytest.Config) -> None:
                                         "more than once, with different values; give it once")
             continue
         forms = _owned_forms(config, option.name)
-        given = [(f"-o {option.dest}=", overrides[option.dest])] if overrides.get(
-            option.dest) else []
+        given = [(f"-o {option.dest}=", value) for key, value in entries
+                 if key == option.dest and value]
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):

@@ -88,6 +88,14 @@ def test_an_option_given_twice_with_the_same_value_is_no_conflict():
     assert result.returncode == 0 and "int8" in result.stdout, result.stderr
     result = run_cli("inspect", "tiny-gpt2", "--units", "2", "--units=3")
     assert "--units 2, --units 3: the option is given more than once" in result.stderr
+    for units in (["2.0", "2"], ["2", "2.0"]):  # 2.0 is refused alone: in either order
+        result = run_cli("inspect", "tiny-gpt2", "--units", units[0], "--units", units[1])
+        assert "the option is given more than once" in result.stderr
+    # a command's own options too, and languages entry by entry, a selector in any case
+    result = run_cli("suggest", "tiny-gpt2", "--budget", "5%", "--width", "3", "--width", "03",
+                     "--languages", "en,script:Hebr", "--languages", "en, SCRIPT:hebr",
+                     "--units", "40")
+    assert "--units 40: the corpus has 31 units" in result.stderr  # read on: no conflict
     result = run_cli("corpus", "--languages", "He", "--languages", "he")  # codes: case matters
     assert "--languages He, --languages he: the option is given more than once" in result.stderr
 
@@ -649,9 +657,10 @@ def test_help_names_values_by_the_option_not_its_settings_key():
 
 
 def test_export_says_what_its_dtype_picks():
-    """export evaluates nothing: its dtype picks a suggestion and calibrates act: selectors."""
+    """export evaluates nothing: its dtype picks the suggestion 'suggested' takes."""
     help_text = " ".join(run_cli("export", "--help").stdout.split())
-    assert "--dtype DTYPE the dtype of the suggestion 'suggested' takes" in help_text
+    assert ("--dtype DTYPE takes the suggestion searched in this dtype for 'suggested': "
+            "float32, bfloat16, float16 (default float32; export evaluates nothing)") in help_text
     assert "evaluate in this dtype" not in help_text
     assert "evaluate in this dtype" in run_cli("measure", "--help").stdout  # its own
 

@@ -87,13 +87,31 @@ def test_unknown_language_is_a_usage_error():
         load_corpus().select(["en", "xx"])
 
 
-def test_a_code_typed_in_another_unicode_form_is_the_corpus_code(tmp_path):
-    """`fŕ` written decomposed in the file (r + U+0301) and typed precomposed (U+0155): the
-    message listed a code that looked the same as the one refused."""
+def test_a_code_in_any_unicode_form_is_one_code(tmp_path, monkeypatch):
+    """`xŕ` written decomposed in the file (r + U+0301) and typed precomposed (U+0155): the
+    message listed a code that looked the same as the one refused. Codes are read in one
+    form (NFC) wherever they are given: the corpus, its languages file, --languages, a
+    release maximum, an option given twice."""
+    from quantfair import corpus as module
+    from quantfair.config import OPTIONS, parse_languages, parse_release_bound
+
+    monkeypatch.setattr(module, "_USER", {})  # the languages file's metadata, forgotten after
     decomposed, precomposed = "xr\u0301", "x\u0155"
-    corpus = load_corpus(_write(tmp_path, [{"lang": "en", "unit": "a", "text": "x"},
-                                           {"lang": decomposed, "unit": "a", "text": "y"}]))
-    assert corpus.select(["en", precomposed]).languages == ["en", decomposed]
+    path = _write(tmp_path, [{"lang": "en", "unit": "a", "text": "x"},
+                             {"lang": decomposed, "unit": "a", "text": "y"}])
+    path.with_suffix(".languages.tsv").write_text(f"code\tname\n{decomposed}\tX\n")
+    corpus = load_corpus(path)
+    assert corpus.languages == ["en", precomposed] and module.language(precomposed).name == "X"
+    for typed in (decomposed, precomposed):
+        assert corpus.select(parse_languages(f"en,{typed}")).languages == ["en", precomposed]
+        assert parse_release_bound("max-disparity", f"5,{typed}=2", ["en", precomposed]) == {
+            "*": 5.0, precomposed: 2.0}
+    reading = OPTIONS["languages"].reading
+    assert reading(f"en,{decomposed}") == reading(f"en, {precomposed}")
+    with pytest.raises(QuantfairError, match="duplicate unit"):  # one code, twice
+        load_corpus(_write(tmp_path, [{"lang": "en", "unit": "a", "text": "x"},
+                                      {"lang": decomposed, "unit": "a", "text": "y"},
+                                      {"lang": precomposed, "unit": "a", "text": "z"}]))
 
 
 def _write(tmp_path, lines, raw=None):

@@ -157,6 +157,13 @@ def test_values_read_alike_are_one_value_given_twice(pytester):
     codes = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
                 "--languages", "He", "-o", "quantfair_languages=he")
     assert "the option is given more than once" in codes.stderr.str()  # codes: case matters
+    twice = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                "-o", "quantfair_units=2", "-o", "quantfair_units=3")  # pytest keeps the last
+    assert ("-o quantfair_units=2, -o quantfair_units=3: the option is given more than once"
+            in twice.stderr.str())
+    listed = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                 "--languages", "en,he", "--quantfair-languages", "en, he")
+    assert listed.ret == 0, listed.stderr.str()
 
 
 def test_an_option_not_given_is_named_as_the_given_ones_were_written(pytester):

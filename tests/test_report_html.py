@@ -238,13 +238,16 @@ def test_the_summary_says_a_dtype_other_than_float32():
                            {"pid": 2, "loads": 1, "device": "cuda:1", "threads": 16}]
     assert "<dt>evaluated in</dt><dd>bfloat16 on cuda:0, cuda:1</dd>" in render_html(halved)
     assert "<dt>evaluated in</dt><dd>float32 on " in render_html(report())  # always said
-    # on a CPU, torch's threads: they key a reduced dtype's results and set its speed
+    # in a reduced dtype on a CPU, torch's threads: they key its results
     halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 1},
                            {"pid": 2, "loads": 1, "device": "cpu", "threads": 1}]
-    assert ("<dt>evaluated in</dt><dd>bfloat16 on cpu, 1 torch thread per process</dd>"
+    assert ("<dt>evaluated in</dt><dd>bfloat16 on cpu, 1 torch thread per CPU process</dd>"
             in render_html(halved))
-    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 2}]
-    assert "<dd>bfloat16 on cpu, 2 torch threads</dd>" in render_html(halved)
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 2},
+                           {"pid": 2, "loads": 1, "device": "cuda:0", "threads": 16}]
+    assert "<dd>bfloat16 on cpu, cuda:0, 2 torch threads</dd>" in render_html(halved)
+    halved["settings"]["dtype"] = "float32"  # a worker's count changes as others finish
+    assert "<dd>float32 on cpu, cuda:0</dd>" in render_html(halved)
 
 
 def test_the_summary_says_a_gguf_files_own_quantization_is_the_reference():
@@ -660,7 +663,14 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
                               if r["language"] == "he"]
     html = render_html(twice)
     assert ("One language under several codes counts once for each in its groups, once in "
-            "the resource-class correlation: he, heb (ISO 639-3 heb).</p>") in html
+            "the resource-class correlation where its codes share a class: he, heb (ISO 639-3 "
+            "heb).</p>") in html
+    from quantfair.html import aggregates
+
+    twice["measurements"] += [{**r, "language": "eng", "disparity": 1.0}
+                              for r in twice["measurements"] if r["language"] == "en"]
+    titles = [c["title"] for g in aggregates(twice, ["none"]) for c in g["cells"]]
+    assert titles and not any("(eng)" in title for title in titles)  # English: no group
     assert "several codes" not in render_html(report())
 
 

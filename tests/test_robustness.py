@@ -187,7 +187,8 @@ def test_one_language_under_two_codes_is_one_point_of_the_resource_class_correla
     from quantfair.charts import resource
 
     deltas = {"en": [1.0, 1.2, 0.8], "de": [1.1, 1.3, 0.9], "ru": [1.6, 1.5, 1.9],
-              "he": [3.0, 3.2, 2.8], "heb": [2.0, 2.4, 2.2], "sw": [5.0, 5.5, 4.5]}
+              "he": [3.0, 3.2, 2.8], "heb": [2.0, 2.4, 2.2], "sw": [5.0, 5.5, 4.5],
+              "eng": [1.2, 1.1, 1.0]}  # English again: the reference, no point
     m = _measurement(deltas)
     check = Correlation("resource_class", Bound(max=-0.9))
     outcome = check.run(_Context(m), Case("resource_class-none", "none"), Bound(max=-0.9))
@@ -204,6 +205,25 @@ def test_one_language_under_two_codes_is_one_point_of_the_resource_class_correla
     assert chart["correlation"]["n"] == 4  # the chart's r is the audit's
     assert chart["correlation"]["pearson_r"] == pytest.approx(expected["pearson_r"])
     assert "he+heb" in chart["svg"]
+
+
+def test_variants_of_one_language_given_different_classes_stay_two_points(monkeypatch):
+    """pt-BR and pt-PT, both ISO 639-3 por, in classes 1 and 4 by their languages file: one
+    point took the class of whichever code came first, so r depended on --languages' order;
+    English under another code (`eng`) is the reference, measured against itself, no point."""
+    from quantfair import corpus
+    from quantfair.corpus import Language, resource_points
+
+    monkeypatch.setattr(corpus, "_USER", {
+        "pt-BR": Language("pt-BR", "Portuguese", "Latn", "Indo-European (Romance)", 1, "por"),
+        "pt-PT": Language("pt-PT", "Portuguese", "Latn", "Indo-European (Romance)", 4, "por"),
+        "pt-AO": Language("pt-AO", "Portuguese", "Latn", "Indo-European (Romance)", 4, "por")})
+    values = {"pt-BR": 3.0, "de": 1.5, "eng": 1.0, "pt-PT": 2.0, "pt-AO": 1.0, "he": 4.0}
+    points, left_out = resource_points(values)
+    assert sorted(points) == [("de", 5.0, 1.5), ("he", 3.0, 4.0), ("pt-BR", 1.0, 3.0),
+                              ("pt-PT+pt-AO", 4.0, 1.5)] and left_out == []
+    backwards, _ = resource_points(dict(reversed(values.items())))
+    assert sorted((x, y) for _, x, y in backwards) == sorted((x, y) for _, x, y in points)
 
 
 def test_the_html_resource_chart_leaves_out_and_names_unknown_languages():
@@ -630,6 +650,10 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r["measurements"][0]["per_unit"]["unit"].__setitem__(0, ""), "per_unit.unit"),
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
+    # what the page's provenance reads
+    (lambda r: r.update(processes=[{"pid": 1, "loads": 1, "device": "cpu", "threads": "2"}]),
+     ".processes[0].threads: '2' is not of type 'integer'"),
+    (lambda r: r.update(processes=[{"pid": 1, "loads": 1}]), "'device' is a required property"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
     (lambda r: r.update(schema="quantfair-report/7"), "a newer quantfair wrote it; upgrade "
                                                       "quantfair to read it"),
