@@ -842,8 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("quantfair: error: standard output is closed; redirect it (to /dev/null to "
               "discard what is printed)", file=sys.stderr)
         return 2
-    args, unknown = build_parser().parse_known_args(_attach_negative_values(
-        sys.argv[1:] if argv is None else list(argv)))
+    _Parser.given = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
+    args, unknown = build_parser().parse_known_args(_Parser.given)
     if unknown:  # said by the command's own parser, which names its --help
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
@@ -935,8 +935,25 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
+    given: Sequence[str] = ()  # the command line `main` parses, for `error`'s hint
+
     def error(self, message: str):  # the command is named once, by its --help
+        if message.startswith(("the following arguments are required", "unrecognized")):
+            message = self._abbreviation() or message  # the cause, where it is one
         self.exit(2, f"quantfair: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def _abbreviation(self) -> str:
+        """An option of the command line that abbreviates this parser's (`--bud`, which
+        argparse names as a missing `--budget`), said as such; "" for none."""
+        for token in self.given:
+            flag = token.partition("=")[0]
+            if token == "--":
+                break
+            if flag.startswith("--") and flag not in self._option_string_actions and (
+                    whole := [o for o in self._option_string_actions if o.startswith(flag)]):
+                return (f"unrecognized arguments: {flag} (options are not abbreviated: "
+                        f"{' or '.join(whole)}?)")
+        return ""
 
 
 def _out_of_memory(error: Exception) -> bool:
