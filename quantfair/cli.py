@@ -930,12 +930,12 @@ class _Parser(argparse.ArgumentParser):
     takes its own: an abbreviation (`--lang`) that a later option could make ambiguous
     would break the scripts that use it."""
 
+    given: Sequence[str] = ()  # the command line `main` parses, for `error`'s hint
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
-
-    given: Sequence[str] = ()  # the command line `main` parses, for `error`'s hint
 
     def error(self, message: str):  # the command is named once, by its --help
         if message.startswith(("the following arguments are required", "unrecognized")):
@@ -946,9 +946,9 @@ class _Parser(argparse.ArgumentParser):
         """An option of the command line that abbreviates this parser's (`--bud`, which
         argparse names as a missing `--budget`), said as such; "" for none."""
         for token in self.given:
-            flag = token.partition("=")[0]
-            if token == "--":
+            if token == "--":  # what follows is positional
                 break
+            flag = token.partition("=")[0]
             if flag.startswith("--") and flag not in self._option_string_actions and (
                     whole := [o for o in self._option_string_actions if o.startswith(flag)]):
                 return (f"unrecognized arguments: {flag} (options are not abbreviated: "
