@@ -79,18 +79,32 @@ class Option:
         return "quantfair_" + self.name.replace("-", "_")
 
     def reading(self, value: str) -> str:
-        """`value` as this option reads it, to tell two values given for it apart: without
-        surrounding space, in one Unicode form, in one case where the option takes any; an
-        integer without leading zeros (`02` is `2`; `2.0` stays, refused by `--units`); a
-        list of languages entry by entry (`en, he` is `en,he`), a selector in any case."""
+        """`value` as this option reads it, to tell two values given for it apart: a path as
+        written; else without surrounding space, in one Unicode form, in one case where the
+        option takes any; a list (languages, maxima) entry by entry, a selector in any case;
+        a number as its value (`02` is `2`, `10%` is `0.1`), where an integer option's `2.0`
+        stays apart (refused)."""
+        if self.name in PATH_SETTINGS:  # `café` in two forms names two files
+            return value
         text = unicodedata.normalize("NFC", value.strip())
         if self.name == "languages":
             entries = (entry.strip() for entry in text.split(","))
             return ",".join(entry.lower() if ":" in entry or entry.lower() == "all" else entry
                             for entry in entries)
-        if self.number and re.fullmatch(r"[+-]?[0-9]+", text):
-            return str(int(text))
+        if self.number:
+            text = ",".join(map(self._number_reading, text.split(",")))
         return text.lower() if self.caseless else text
+
+    def _number_reading(self, entry: str) -> str:
+        """One entry of a number option (`2`, `10%`, `he=3`) as its value."""
+        language, equals, number = entry.rpartition("=")
+        digits = number.strip().removesuffix("%")
+        scale = 100 if number.strip().endswith("%") else 1
+        if self.name in ("units", "threads"):  # integers: `2.0` is refused, not `2`
+            read = str(int(digits)) if re.fullmatch(r"[+-]?[0-9]+", number.strip()) else number
+        else:
+            read = repr(float(digits) / scale) if NUMBER.fullmatch(digits) else number
+        return f"{language.strip()}{equals}{read.strip()}"
 
 
 LANGUAGES_HELP = ("comma-separated language codes and selectors (script:Arab, class:0-2, "

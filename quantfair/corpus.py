@@ -108,12 +108,13 @@ def use_languages(languages: dict[str, Language]) -> None:
 
 
 def use_report_languages(recorded: dict[str, dict]) -> None:
-    """A report's `language_metadata` for the codes without metadata here (a user corpus's
-    own, the report read elsewhere)."""
+    """A report's `language_metadata`, the metadata its run used, over what is known here:
+    a user corpus's own codes, and its languages file's values for shipped codes (`heb` in
+    class 1), for a report read elsewhere."""
     fields = set(Language.__dataclass_fields__) - {"code"}
     use_languages({code: replace(language(code), **{k: v for k, v in given.items()
                                                     if k in fields})
-                   for code, given in recorded.items() if metadata(code) is None})
+                   for code, given in recorded.items()})
 
 
 def metadata(code: str) -> Language | None:

@@ -96,6 +96,11 @@ def test_an_option_given_twice_with_the_same_value_is_no_conflict():
                      "--languages", "en,script:Hebr", "--languages", "en, SCRIPT:hebr",
                      "--units", "40")
     assert "--units 40: the corpus has 31 units" in result.stderr  # read on: no conflict
+    result = run_cli("report", "/nowhere/a.json", "/nowhere/b.json", "--tolerance", "0.1",
+                     "--tolerance", "0.10", "--tolerance=10%")  # fractions as their values
+    assert "report not found" in result.stderr
+    result = run_cli("corpus", "--corpus", "a.jsonl", "--corpus", " a.jsonl")  # two paths
+    assert "the option is given more than once" in result.stderr
     result = run_cli("corpus", "--languages", "He", "--languages", "he")  # codes: case matters
     assert "--languages He, --languages he: the option is given more than once" in result.stderr
 

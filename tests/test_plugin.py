@@ -162,7 +162,9 @@ def test_values_read_alike_are_one_value_given_twice(pytester):
     assert ("-o quantfair_units=2, -o quantfair_units=3: the option is given more than once"
             in twice.stderr.str())
     listed = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
-                 "--languages", "en,he", "--quantfair-languages", "en, he")
+                 "--languages", "en,he", "--quantfair-languages", "en, he",
+                 "--quantfair-max-disparity", "2,he=3", "-o", "quantfair_max_disparity=2.0, "
+                 "he=3")  # maxima entry by entry, as their values
     assert listed.ret == 0, listed.stderr.str()
 
 

@@ -692,6 +692,11 @@ def test_a_report_brings_a_user_corpus_metadata_to_its_html(monkeypatch):
         renamed, ["none"])}
     assert ("family", "Constructed") in {(g["kind"], g["value"]) for g in aggregates(
         renamed, ["none"])}
+    # a languages file's class for a shipped code, as the run used it: he in class 1
+    regrouped = report()
+    regrouped["language_metadata"] = {"he": {"name": "Hebrew", "resource_class": 1}}
+    render_html(regrouped)
+    assert ("class", "1") in {(g["kind"], g["value"]) for g in aggregates(regrouped, ["none"])}
 
 
 def test_a_legend_fills_its_rows_alike():
