@@ -360,14 +360,16 @@ def _typed_entries(config: pytest.Config) -> list[tuple[str, str]]:
 FALSE = ("false", "f", "no", "n", "off", "0")  # as pytest reads an ini bool
 
 
-def _flag_values(config: pytest.Config, option, overrides: dict[str, str],
+def _flag_values(config: pytest.Config, option, entries: list[tuple[str, str]],
                  arguments: list[str]) -> dict[str, str]:
-    """A switch typed on the command line and a typed `-o` that turns it off, as the values
-    `_check_given_once` compares ({"on": form, "off": -o}); one of them or none, else."""
+    """A switch typed on the command line and the typed `-o` entries that turn it on or off,
+    as the values `_check_given_once` compares ({"on": the first, "off": the first}): one of
+    them or none, else."""
     typed = [form for form in _owned_forms(config, option.name) if form in arguments]
     values = {"on": typed[-1]} if typed else {}
-    if option.dest in overrides and overrides[option.dest].lower() in FALSE:
-        values["off"] = f"-o {option.dest}={overrides[option.dest]}"
+    for key, value in entries:
+        if key == option.dest and value:  # an empty one: unset
+            values.setdefault("off" if value.lower() in FALSE else "on", f"-o {key}={value}")
     return values
 
 
@@ -378,16 +380,15 @@ def _check_given_once(config: pytest.Config) -> None:
     conflict."""
     arguments = list(map(str, config.invocation_params.args))
     entries = _typed_entries(config)
-    overrides = dict(entries)
     for option in OPTIONS.values():
         if option.flag:
-            if len(given := _flag_values(config, option, overrides, arguments)) > 1:
+            if len(given := _flag_values(config, option, entries, arguments)) > 1:
                 raise pytest.UsageError(f"{given['on']}, {given['off']}: the option is given "
                                         "more than once, with different values; give it once")
             continue
         forms = _owned_forms(config, option.name)
         given = [(f"-o {option.dest}=", value) for key, value in entries
-                 if key == option.dest and value]
+                 if key == option.dest]  # an empty one unsets the ini file's: alone only
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):

@@ -161,6 +161,12 @@ def test_values_read_alike_are_one_value_given_twice(pytester):
                 "-o", "quantfair_units=2", "-o", "quantfair_units=3")  # pytest keeps the last
     assert ("-o quantfair_units=2, -o quantfair_units=3: the option is given more than once"
             in twice.stderr.str())
+    for entries in (["quantfair_units=2", "quantfair_units="],  # the empty one unset it: 8
+                    ["quantfair_no_report=true", "quantfair_no_report=false"]):
+        twice = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                    "-o", entries[0], "-o", entries[1])
+        assert f"-o {entries[0]}, -o {entries[1]}: the option is given more than once" in (
+            twice.stderr.str())
     listed = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
                  "--languages", "en,he", "--quantfair-languages", "en, he",
                  "--quantfair-max-disparity", "2,he=3", "-o", "quantfair_max_disparity=2.0, "
