@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
-from quantfair.corpus import LENGTHS, resource_points
+from quantfair.corpus import LENGTHS, names_reference, resource_points
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -312,7 +312,9 @@ def _same(strategy: Strategy, other: Strategy) -> bool:
 
 
 def _non_reference(languages: Sequence[str]) -> list[str]:
-    return [lang for lang in languages if lang != REFERENCE]
+    """The languages compared with English: not `en`, nor English under another code (`eng`,
+    the reference measured again)."""
+    return [lang for lang in languages if not names_reference(lang)]
 
 
 class Check:

@@ -155,9 +155,11 @@ def by_language(codes: Sequence[str]) -> dict[str, list[str]]:
 
 
 def shared_languages(codes: Sequence[str]) -> list[str]:
-    """The groups of `by_language` of more than one code, said as "he, heb (ISO 639-3 heb)"."""
-    return [f"{', '.join(named)} (ISO 639-3 {iso})"
-            for iso, named in by_language(codes).items() if len(named) > 1]
+    """The groups of `by_language` of more than one code, said as "he, heb (ISO 639-3 heb)";
+    English's not (`names_reference`: its other codes are the reference, compared with
+    nothing)."""
+    return [f"{', '.join(named)} (ISO 639-3 {iso})" for iso, named in by_language(codes).items()
+            if len(named) > 1 and not names_reference(named[0])]
 
 
 def resource_points(values: dict[str, float]) -> tuple[list[tuple[str, float, float]], list[str]]:

@@ -10,7 +10,7 @@ import math
 import re
 from collections import defaultdict
 
-from quantfair.corpus import REFERENCE, language
+from quantfair.corpus import REFERENCE, language, names_reference
 from quantfair.text import capitalized, some, units_text
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
@@ -38,9 +38,9 @@ FEW_UNITS = 6
 
 
 def compared_rows(report: dict, strategy: str | None = None) -> list[dict]:
-    """`main_rows` of the languages compared with English: the reference left out, and those
-    whose NLL disparity is undefined."""
-    return [r for r in main_rows(report, strategy) if r["language"] != REFERENCE
+    """`main_rows` of the languages compared with English: the reference left out (under any
+    code, `names_reference`), and those whose NLL disparity is undefined."""
+    return [r for r in main_rows(report, strategy) if not names_reference(r["language"])
             and not r.get("undefined") and r.get("disparity") is not None]
 
 

@@ -496,8 +496,8 @@ def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp
                               for lang in ("en", "he", "heb", "xx", "eng")))
     twice = run_cli("corpus", "--corpus", str(path)).stdout.splitlines()
     assert twice[-2:] == [
-        "note: one language under several codes, each audited: en, eng (ISO 639-3 eng)",
-        "note: one language under several codes, each audited: he, heb (ISO 639-3 heb)"]
+        "note: one language under several codes, each audited: he, heb (ISO 639-3 heb)",
+        "note: eng names English, the reference: measured, compared with nothing"]
     # the same listing for a program, with what the table leaves out; unknowns left out
     written = json.loads((tmp_path / "c.json").read_text())
     assert written["units"] == ["a"] and written["corpus"] == str(path)

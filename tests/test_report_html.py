@@ -29,7 +29,7 @@ from quantfair.report import (
     write_report,
 )
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.summary import leaning, summarize
+from quantfair.summary import compared_rows, leaning, summarize
 
 LANGUAGES = ("en", "de", "he", "ar")
 # Extra NLL per unit under quantization; English's is 1, so disparities are these numbers.
@@ -671,6 +671,8 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
                               for r in twice["measurements"] if r["language"] == "en"]
     titles = [c["title"] for g in aggregates(twice, ["none"]) for c in g["cells"]]
     assert titles and not any("(eng)" in title for title in titles)  # English: no group
+    assert "eng" not in {r["language"] for r in compared_rows(twice, "none")}  # nor hardest hit
+    assert "en, eng" not in render_html(twice)  # nor one language "once in the correlation"
     assert "several codes" not in render_html(report())
 
 
