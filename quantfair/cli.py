@@ -941,22 +941,26 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", "store", _StoreOnce)
 
     def error(self, message: str):  # the command is named once, by its --help
-        if message.startswith(("the following arguments are required", "unrecognized")):
-            message = self._abbreviation() or message  # the cause, where it is one
+        if found := self._abbreviations():  # the cause of argparse's message, where it is one
+            hint = "; ".join(f"{flag} abbreviates {whole}" for flag, whole in found)
+            if message.startswith("the following arguments are required"):  # not missing
+                message = f"unrecognized arguments: {' '.join(dict(found))}"
+            if message.startswith("unrecognized"):
+                message += f" (options are not abbreviated: {hint})"
         self.exit(2, f"quantfair: error: {one_line(message)} (see {self.prog} --help)\n")
 
-    def _abbreviation(self) -> str:
-        """An option of the command line that abbreviates this parser's (`--bud`, which
-        argparse names as a missing `--budget`), said as such; "" for none."""
+    def _abbreviations(self) -> list[tuple[str, str]]:
+        """The options of the command line that abbreviate this parser's (`--bud`, which
+        argparse names as a missing `--budget`), with what they abbreviate."""
+        found = []
         for token in self.given:
             if token == "--":  # what follows is positional
                 break
             flag = token.partition("=")[0]
             if flag.startswith("--") and flag not in self._option_string_actions and (
                     whole := [o for o in self._option_string_actions if o.startswith(flag)]):
-                return (f"unrecognized arguments: {flag} (options are not abbreviated: "
-                        f"{' or '.join(whole)}?)")
-        return ""
+                found.append((flag, " or ".join(whole)))
+        return found
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -359,6 +359,7 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
     raw = _utf8_text(path)
     texts: dict[str, dict[str, str]] = {}
     first_line: dict[str, tuple[str, int]] = {}  # unit -> (language, line) that first has it
+    spelled: dict[str, set[str]] = {}  # a code -> the Unicode forms it was written in
     # Only "\n" ends a record: U+2028, U+0085 and friends are legal inside JSON strings.
     for number, line in enumerate(raw.split("\n"), start=1):
         line = line.removesuffix("\r")
@@ -392,7 +393,8 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
         if not record["lang"].strip() or not record["unit"].strip():
             raise QuantfairError(f"{where}: lang and unit must not be empty")
         # a code in one Unicode form (NFC), as typed codes are read: `é` is `e` + U+0301
-        lang = record["lang"] = unicodedata.normalize("NFC", record["lang"])
+        written = record["lang"]
+        lang = record["lang"] = unicodedata.normalize("NFC", written)
         if {",", ":"} & set(lang) or lang != lang.strip() or lang.lower() == "all":
             raise QuantfairError(f"{where}: language code {lang!r} cannot be named in "
                                  "--languages: no comma, colon or surrounding space, not 'all'")
@@ -400,8 +402,11 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
             raise QuantfairError(f"{where}: empty or whitespace-only text for "
                                  f"{record['lang']}/{record['unit']}")
         units = texts.setdefault(record["lang"], {})
+        spelled.setdefault(lang, set()).add(written)
         if record["unit"] in units:
-            raise QuantfairError(f"{where}: duplicate unit {record['lang']}/{record['unit']}")
+            raise QuantfairError(f"{where}: duplicate unit {record['lang']}/{record['unit']}"
+                                 + (" (a code written in two Unicode forms is one code)"
+                                    if len(spelled[lang]) > 1 else ""))
         units[record["unit"]] = record["text"]
         first_line.setdefault(record["unit"], (record["lang"], number))
     if not texts:

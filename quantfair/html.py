@@ -284,7 +284,8 @@ def evaluated_in(report: dict) -> str:
     dtype = settings.get("dtype") or "float32"
     devices = ", ".join(dict.fromkeys(str(p["device"]) for p in processes if p.get("device")))
     on_cpu = [p for p in processes if str(p.get("device")).startswith("cpu")]
-    threads = sorted({p["threads"] for p in on_cpu if isinstance(p.get("threads"), int)})
+    threads = sorted({int(p["threads"]) for p in on_cpu  # 2.0 is JSON Schema's integer
+                      if isinstance(p.get("threads"), (int, float))})
     said = (f", {' and '.join(map(str, threads))} torch thread{'' if threads == [1] else 's'}"
             + (" per CPU process" if len(on_cpu) > 1 else "")
             if threads and dtype != "float32" else "")

@@ -199,13 +199,14 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
     (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its sign, like 12%"),
     (["measure", "tiny-gpt2", "--units", "32"], "--units 32: the corpus has 31 units"),
-    (["measure", "tiny-gpt2", "--lang", "he"],
-     "unrecognized arguments: --lang (options are not abbreviated: --languages?)"),
+    (["measure", "tiny-gpt2", "--lang", "he", "--foo"], "unrecognized arguments: --lang he "
+     "--foo (options are not abbreviated: --lang abbreviates --languages)"),
     # argparse names a required option or command as missing where one is abbreviated
     (["suggest", "tiny-gpt2", "--bud", "5%"], "unrecognized arguments: --bud (options are "
-     "not abbreviated: --budget?) (see quantfair suggest --help)"),
-    (["--vers"], "unrecognized arguments: --vers (options are not abbreviated: --version?)"),
-    (["measure", "tiny-gpt2", "--u=3"], "--u (options are not abbreviated: --units?)"),
+     "not abbreviated: --bud abbreviates --budget) (see quantfair suggest --help)"),
+    (["--vers"], "unrecognized arguments: --vers (options are not abbreviated: --vers "
+     "abbreviates --version)"),
+    (["measure", "tiny-gpt2", "--u=3"], "(options are not abbreviated: --u abbreviates --units)"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
      "fewer, e.g. --units 22"),

@@ -243,7 +243,7 @@ def test_the_summary_says_a_dtype_other_than_float32():
                            {"pid": 2, "loads": 1, "device": "cpu", "threads": 1}]
     assert ("<dt>evaluated in</dt><dd>bfloat16 on cpu, 1 torch thread per CPU process</dd>"
             in render_html(halved))
-    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 2},
+    halved["processes"] = [{"pid": 1, "loads": 1, "device": "cpu", "threads": 2.0},
                            {"pid": 2, "loads": 1, "device": "cuda:0", "threads": 16}]
     assert "<dd>bfloat16 on cpu, cuda:0, 2 torch threads</dd>" in render_html(halved)
     halved["settings"]["dtype"] = "float32"  # a worker's count changes as others finish

@@ -656,6 +656,8 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
     (lambda r: r.update(processes=[{"pid": 1, "loads": 1, "device": "cpu", "threads": "2"}]),
      ".processes[0].threads: '2' is not of type 'integer'"),
     (lambda r: r.update(processes=[{"pid": 1, "loads": 1}]), "'device' is a required property"),
+    (lambda r: r.update(processes=[{"pid": 1, "device": ""}]),
+     ".processes[0].device: '' should be non-empty"),
     (lambda r: r.update(schema="quantfair-report/0"), "re-run the audit"),
     (lambda r: r.update(schema="quantfair-report/7"), "a newer quantfair wrote it; upgrade "
                                                       "quantfair to read it"),
