@@ -411,22 +411,31 @@ def correlatable(x: Sequence[float], y: Sequence[float]) -> bool:
     return len(x) >= 3 and len(set(x)) > 1 and len(set(y)) > 1
 
 
+EXACT_ORDERINGS = 9999  # scipy's PermutationMethod resamples; at or below, every ordering
+
+
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman r with two-sided p-values, and the 95% CI of Pearson r by Fisher's
     z-transform (`pearson_low`, `pearson_high`: tanh(atanh(r) -/+ 1.96 / sqrt(n - 3)), as
-    scipy.stats.pearsonr computes it; [-1, 1] for 3 points). The points are taken as exact:
+    scipy.stats.pearsonr computes it; [-1, 1] for 3 points). Spearman's p is exact over every
+    ordering of the points up to 7 (scipy's t approximation gives p = 0 for 3 points in
+    order, where it is 1/3), the t approximation above. The points are taken as exact:
     their own sampling noise is not in the interval. Raises ValueError below 3 points."""
     from scipy import stats  # ~0.5 s to import: only where a correlation is asked for
 
     if len(x) < 3:
         raise ValueError("a correlation needs at least 3 points")
     pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    spearman_p = float(spearman.pvalue)
+    if math.factorial(len(x)) <= EXACT_ORDERINGS:  # Spearman's r is Pearson's of the ranks
+        spearman_p = float(stats.pearsonr(stats.rankdata(x), stats.rankdata(y),
+                                          method=stats.PermutationMethod()).pvalue)
     interval = pearson.confidence_interval(0.95)
     low, high = (float(v) for v in (interval.low, interval.high))
     return {"pearson_r": float(pearson.statistic), "pearson_p": float(pearson.pvalue),
             "pearson_low": -1.0 if math.isnan(low) else low,
             "pearson_high": 1.0 if math.isnan(high) else high,
-            "spearman_r": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
+            "spearman_r": float(spearman.statistic), "spearman_p": spearman_p}
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ def test_bootstrap_resamples_units_jointly():
 def test_correlation_and_weight_statistics():
     r = metrics.correlation([1, 2, 3, 4], [2, 4, 6, 8.5])
     assert r["pearson_r"] > 0.99 and r["spearman_r"] == pytest.approx(1.0)
+    # Spearman's p over every ordering: 2 of 4! = 24 give |rho| = 1 (it was p = 0)
+    assert r["spearman_p"] == pytest.approx(2 / 24)
+    assert metrics.correlation([1, 2, 3], [3, 2, 1.5])["spearman_p"] == pytest.approx(2 / 6)
     stats = weights.weight_statistics(np.array([0.0, 0.0, 0.0, 0.0, 10.0] * 20))
     assert stats["variance"] == pytest.approx(16.0)
     assert stats["sparsity"] == pytest.approx(0.8)
