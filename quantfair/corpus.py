@@ -421,7 +421,7 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
                 f"({other}/{missing[0]} is line {number}); every language needs the same units"
             )
     if REFERENCE not in texts:
-        named = next((code for code in texts if language(code).iso639_3 == "eng"), None)
+        named = next((code for code in texts if names_reference(code)), None)
         raise QuantfairError(f"{path}: no '{REFERENCE}' texts; disparities are relative to it"
                              + (f" (name English '{REFERENCE}', not '{named}')" if named else ""))
     own = languages_file(path)

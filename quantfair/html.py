@@ -191,12 +191,12 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
         lambda: defaultdict(list))
     for strategy in strategies:
         rows = compared_rows(report, strategy) if quantity == "disparity" else [
-            r for r in main_rows(report, strategy) if r["language"] != REFERENCE
+            r for r in main_rows(report, strategy) if not names_reference(r["language"])
             and r.get(quantity) is not None and not r.get("kld_undefined")]
         for r in rows:
             meta = metadata(r["language"])
-            if meta is None or names_reference(r["language"]):  # no metadata (a user
-                continue  # corpus's language), or English under another code (`eng`)
+            if meta is None:  # a user corpus's language without it
+                continue
             measured = (r[quantity], r["language"])
             if meta.script != UNKNOWN:  # a user corpus's languages file may leave it out
                 groups[("script", meta.script)][strategy].append(measured)
