@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from quantfair import __version__
 from quantfair.config import (
+    DEFAULT_UNITS,
     DTYPES,
     LANGUAGES_HELP,
     OPTIONS,
@@ -811,7 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus",
                          helps={"--dtype": "takes the suggestion searched in this dtype "
                                            f"for 'suggested': {', '.join(DTYPES)} (default "
-                                           "float32; export evaluates nothing)"})
+                                           "float32; export evaluates nothing)",
+                                "--units": "units per language of the audit the recipe is "
+                                           "for: calibration selectors (act:P%%) calibrate on "
+                                           f"the others, held out (default {DEFAULT_UNITS}; "
+                                           "export measures nothing)"})
     export.add_argument("--strategy", required=True, action="append",
                         help="protection strategy to keep in F32/F16 ('suggested': the cached "
                              "`quantfair suggest` result); one, its terms joined by +")

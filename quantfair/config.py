@@ -72,6 +72,7 @@ class Option:
     flag: bool = False  # a switch (store_true)
     short: bool = True  # also has the short form in the audit suite
     number: bool = False  # may be a number (a TOML table's ini value may be one)
+    integer: bool = False  # a whole number: `2.0` is refused, not read as `2`
     caseless: bool = False  # read in any case (`--device CPU` is `--device cpu`)
 
     @property
@@ -100,7 +101,7 @@ class Option:
         language, equals, number = entry.rpartition("=")
         digits = number.strip().removesuffix("%")
         scale = 100 if number.strip().endswith("%") else 1
-        if self.name in ("units", "threads"):  # integers: `2.0` is refused, not `2`
+        if self.integer:
             read = str(int(digits)) if re.fullmatch(r"[+-]?[0-9]+", number.strip()) else number
         else:
             read = repr(float(digits) / scale) if NUMBER.fullmatch(digits) else number
@@ -125,7 +126,7 @@ OPTIONS = {option.name: option for option in (
     Option("languages", f"{LANGUAGES_HELP} (default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
     Option("units", "measure a seeded sample of this many units per language, 0 for all "
-                    f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS), number=True),
+                    f"(default {DEFAULT_UNITS})", str(DEFAULT_UNITS), number=True, integer=True),
     Option("corpus", "JSONL corpus with fields lang, unit, text (default: the shipped UDHR)"),
     Option("device", "auto (default: cuda if available, an xdist worker i taking GPU i mod n; "
                      "else cpu), cpu, cuda, cuda:N, mps", caseless=True),
@@ -133,7 +134,8 @@ OPTIONS = {option.name: option for option in (
                     "quantization is computed in float32, then cast)", "float32", caseless=True),
     Option("threads", "torch threads per process: auto (default: an xdist worker takes "
                       "cores // workers, unless OMP_NUM_THREADS is set; a serial run keeps "
-                      "torch's default) or a number", "auto", number=True, caseless=True),
+                      "torch's default) or a number", "auto", number=True, integer=True,
+           caseless=True),
     Option("random-weights", "build the model from a shipped config with random weights",
            flag=True),
     Option("strategy", "a protection strategy to audit against none and random protection at "
@@ -307,12 +309,17 @@ def check_search_units(units: int | None, total: int, calibration_units: int,
 
 
 def require_other_languages(languages: Sequence[str] | None) -> None:
-    """UsageError when English is the only language: disparities compare languages with it
-    (`None`: every language of the corpus)."""
-    if languages is not None and not set(languages) - {REFERENCE}:
-        raise UsageError(f"--languages selects only {REFERENCE}: disparities compare languages "
-                         f"with {REFERENCE}; give at least one other (`quantfair corpus` lists "
-                         "the corpus's languages)")
+    """UsageError when English is the only language (under any of its codes, `en` and a user
+    corpus's `eng`): disparities compare languages with it (`None`: every language of the
+    corpus)."""
+    from quantfair.corpus import names_reference  # the corpus is loaded: its codes are known
+
+    if languages is not None and all(names_reference(code) for code in languages):
+        codes = ", ".join(dict.fromkeys(languages))
+        english = "" if codes == REFERENCE else " (English, the reference)"
+        raise UsageError(f"--languages selects only {codes}{english}: disparities compare "
+                         f"languages with {REFERENCE}; give at least one other (`quantfair "
+                         "corpus` lists the corpus's languages)")
 
 
 # A percentage as written in options and strategy terms: plain decimals, no exponent, sign

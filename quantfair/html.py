@@ -19,6 +19,7 @@ from quantfair import charts
 from quantfair.corpus import (
     REFERENCE,
     UNKNOWN,
+    by_language,
     language,
     metadata,
     names_reference,
@@ -159,7 +160,7 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "kld": _kld_disparity(r), "kld_style": shade(kld) if r.get("kld_disparity") else None,
             "kld_mean": _estimate(r, "kld_mean", 4),
             "same_top": _estimate(r, "same_top", 1, scale=100),
-            "reference": r["language"] == REFERENCE})
+            "reference": names_reference(r["language"])})
     return rows
 
 
@@ -184,9 +185,11 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
     """Mean NLL disparity (`quantity` "kld_disparity": per-byte KL-divergence disparity) per
     resource class, language family (without its branch) and script, for each scorecard
     strategy (English under any code, and languages with that disparity undefined or
-    without metadata, left out; a value unknown, from the group it would name). A group's
-    `languages` is its count, or the range of counts where strategies left out others; a
-    cell's `title` gives its count and its lowest and highest language."""
+    without metadata, left out; a value unknown, from the group it would name). A language
+    under several codes of a user corpus (`he`, `heb`) counts once, the mean of its codes,
+    as in the resource-class correlation. A group's `languages` is its count, or the range
+    of counts where strategies left out others; a cell's `title` gives its count and its
+    lowest and highest language."""
     groups: dict[tuple[str, str], dict[str, list[tuple[float, str]]]] = defaultdict(
         lambda: defaultdict(list))
     for strategy in strategies:
@@ -205,7 +208,8 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
             if meta.resource_class >= 0:
                 groups[("class", str(meta.resource_class))][strategy].append(measured)
     rows = []
-    for (kind, value), by_strategy in sorted(groups.items()):
+    for (kind, value), by_codes in sorted(groups.items()):
+        by_strategy = {s: _per_language(measured) for s, measured in by_codes.items()}
         means = {s: sum(d for d, _ in v) / len(v) for s, v in by_strategy.items()}
         low, high = min(map(len, by_strategy.values())), max(map(len, by_strategy.values()))
         rows.append({"kind": kind, "value": value,
@@ -214,6 +218,14 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
                                 "title": _group_title(by_strategy[s]) if s in means else "",
                                 "style": shade(means.get(s))} for s in strategies]})
     return rows
+
+
+def _per_language(measured: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """(value, code) pairs -> one (mean of its codes' values, its codes joined by "+") per
+    language (`by_language`)."""
+    values = {code: value for value, code in measured}
+    return [(sum(values[code] for code in codes) / len(codes), "+".join(codes))
+            for codes in by_language(list(values)).values()]
 
 
 def _group_title(measured: list[tuple[float, str]]) -> str:
@@ -329,14 +341,14 @@ def render_html(report: dict) -> str:
         kld_aggregates=aggregates(report, strategies, "kld_disparity"),
         shared_languages=shared_languages(report.get("settings", {}).get("languages") or ()),
         ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
-                                     if r["language"] != REFERENCE),
+                                     if not names_reference(r["language"])),
         matrix=findings_matrix(report), groups=audit_groups(report),
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
         resource=charts.resource(report), forest_not_drawn=charts.forest_not_drawn(report),
         undefined_reasons=sorted({r["undefined"] for r in main_rows(report)
-                                  if r.get("undefined") and r["language"] != REFERENCE}),
+                                  if r.get("undefined") and not names_reference(r["language"])}),
         unsearched=unsearched_languages(report.get("suggestion") or {},
                                         report.get("settings", {}).get("languages") or ()),
         other_languages=OTHER_LANGUAGES,

@@ -444,6 +444,17 @@ def test_a_search_that_cannot_run_stops_before_loading(args, message):
     assert message in lines[0]
 
 
+def test_english_under_two_codes_is_no_other_language():
+    """A user corpus's `eng` is English again: `--languages en,eng` compares nothing."""
+    from quantfair.config import require_other_languages
+    from quantfair.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^--languages selects only en, eng \(English, the "
+                                         r"reference\): disparities compare languages with en;"):
+        require_other_languages(("en", "eng"))
+    require_other_languages(("en", "eng", "he"))  # he is compared
+
+
 @pytest.mark.parametrize("args, results_dir, message", [
     (["--device", "tpu"], None, "--device tpu: unknown device; use auto, cpu"),
     (["--device", "meta"], None, "--device meta: not supported"),

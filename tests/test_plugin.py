@@ -356,8 +356,10 @@ def test_each_worker_loads_the_model_once(pytester):
     processes = load(path)["processes"]
     assert len({p["pid"] for p in processes}) == 2
     assert all(p["loads"] == 1 and p["device"] == "cpu" for p in processes)  # auto, resolved
-    if not os.environ.get("OMP_NUM_THREADS"):  # each its share of the cores, recorded
-        assert {p["threads"] for p in processes} == {max(1, available_cores() // 2)}
+    if not os.environ.get("OMP_NUM_THREADS"):  # each its share of the cores, recorded as
+        # it ended: the worker that finished first kept it; the other may have taken its cores
+        threads = sorted(p["threads"] for p in processes)
+        assert threads[0] == max(1, available_cores() // 2) and threads[1] <= available_cores()
 
 
 def test_workers_share_a_folder_of_the_run_and_the_controller_imports_no_torch(

@@ -655,17 +655,25 @@ def test_per_script_and_class_aggregates_average_their_languages():
 
 
 def test_one_language_under_two_codes_is_said_beside_the_groups():
-    """A user corpus with `he` and `heb` (one language, ISO 639-3 heb): both are audited and
-    every group of Hebrew averages it twice, which the table alone does not show."""
+    """A user corpus with `he` and `heb` (one language, ISO 639-3 heb): both are audited;
+    every group of Hebrew counts it once, the mean of its codes, and says so."""
     twice = report()
     twice["settings"]["languages"].append("heb")
-    twice["measurements"] += [{**r, "language": "heb"} for r in twice["measurements"]
-                              if r["language"] == "he"]
+    twice["measurements"] += [{**r, "language": "heb", "disparity": r["disparity"] - 2}
+                              for r in twice["measurements"] if r["language"] == "he"]
     html = render_html(twice)
-    assert ("One language under several codes counts once for each in its groups, once in "
-            "the resource-class correlation where its codes share a class: he, heb (ISO 639-3 "
-            "heb).</p>") in html
+    assert ("One language under several codes counts once, the mean of its codes, in its "
+            "groups and in the resource-class correlation (twice there where its codes were "
+            "given different classes): he, heb (ISO 639-3 heb).</p>") in html
     from quantfair.html import aggregates
+
+    groups = {(g["kind"], g["value"]): g for g in aggregates(twice, ["none"])}
+    # Hebrew 6.0 and 4.0 -> 5.0, one language; with ar's 3.0 -> 4.0, not (6 + 4 + 3) / 3
+    assert groups[("script", "Hebr")]["languages"] == "1"
+    assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["5.00"]
+    assert [c["title"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == [
+        "mean of 2 languages, from 3.00 (ar) to 5.00 (he+heb)"]
+    assert [c["text"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == ["4.00"]
 
     twice["measurements"] += [{**r, "language": "eng", "disparity": 1.0}
                               for r in twice["measurements"] if r["language"] == "en"]
