@@ -42,6 +42,7 @@ from quantfair.text import (
     one_line,
     percent,
     plural,
+    shell_word,
     significant,
     some,
     units_text,
@@ -926,8 +927,9 @@ class _StoreOnce(argparse.Action):
         read = option.reading if isinstance(values, str) else lambda value: value
         if option_string and self.dest in given and read(given[self.dest][1]) != read(values):
             flag, value = given[self.dest]
-            parser.error(f"{flag} {value}, {option_string} {values}: the option is given more "
-                         "than once, with different values; give it once")
+            parser.error(f"{flag} {shell_word(str(value))}, {option_string} "
+                         f"{shell_word(str(values))}: the option is given more than once, with "
+                         "different values; give it once")
         given.setdefault(self.dest, (option_string, values))
         setattr(namespace, self.dest, values)
 

@@ -35,7 +35,7 @@ from quantfair.config import (
     require_other_languages,
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
-from quantfair.text import one_line
+from quantfair.text import one_line, shell_word
 from quantfair.workers import remote_gateways
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
@@ -399,8 +399,8 @@ def _check_given_once(config: pytest.Config) -> None:
         for flag, value in given:
             values.setdefault(option.reading(value), (flag, value))
         if len(values) > 1:
-            given = ", ".join(f"{flag}{value}" if flag.endswith("=") else f"{flag} {value}"
-                              for flag, value in values.values())
+            given = ", ".join(f"{flag}{value and shell_word(value)}" if flag.endswith("=") else
+                              f"{flag} {shell_word(value)}" for flag, value in values.values())
             raise pytest.UsageError(f"{given}: the option is given more than once, with "
                                     "different values; give it once")
 

@@ -4,6 +4,7 @@ intervals. Imports nothing heavy, so `quantfair --help` and usage errors answer 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 
 from wcwidth import wcswidth
@@ -37,6 +38,13 @@ def one_line(message: str) -> str:
     left_out = len(message) - LINE_HEAD - LINE_TAIL
     return (f"{message[:LINE_HEAD]} [... {left_out:,} characters left out ...] "
             f"{message[-LINE_TAIL:]}")
+
+
+def shell_word(value: str) -> str:
+    """`value` as a shell reads it (`shlex.quote`), quoted also where it holds a comma, so
+    that values listed with commas read apart: `--languages 'en,he', --languages he`."""
+    quoted = shlex.quote(value)
+    return f"'{value}'" if quoted == value and "," in value else quoted
 
 
 def brief(text: str, limit: int = 40) -> str:

@@ -103,6 +103,9 @@ def test_an_option_given_twice_with_the_same_value_is_no_conflict():
     assert "the option is given more than once" in result.stderr
     result = run_cli("corpus", "--languages", "He", "--languages", "he")  # codes: case matters
     assert "--languages He, --languages he: the option is given more than once" in result.stderr
+    result = run_cli("corpus", "--languages", "en,he", "--languages=he, de")  # read apart
+    assert ("--languages 'en,he', --languages 'he, de': the option is given more than once"
+            in result.stderr)
 
 
 @pytest.mark.parametrize("args", [

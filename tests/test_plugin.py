@@ -172,6 +172,10 @@ def test_values_read_alike_are_one_value_given_twice(pytester):
                  "--quantfair-max-disparity", "2,he=3", "-o", "quantfair_max_disparity=2.0, "
                  "he=3")  # maxima entry by entry, as their values
     assert listed.ret == 0, listed.stderr.str()
+    lists = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                "--languages", "en,he", "-o", "quantfair_languages=he, de")  # read apart
+    assert ("-o quantfair_languages='he, de', --languages 'en,he': the option is given more "
+            "than once") in lists.stderr.str()
 
 
 def test_an_option_not_given_is_named_as_the_given_ones_were_written(pytester):
