@@ -948,24 +948,27 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", "store", _StoreOnce)
 
     def error(self, message: str):  # the command is named once, by its --help
-        if found := self._abbreviations():  # the cause of argparse's message, where it is one
-            hint = "; ".join(f"{flag} abbreviates {whole}" for flag, whole in found)
-            if message.startswith("the following arguments are required"):  # not missing
-                message = f"unrecognized arguments: {' '.join(dict(found))}"
-            if message.startswith("unrecognized"):
-                message += f" (options are not abbreviated: {hint})"
+        unknown = self._unknown_options()
+        if unknown and message.startswith("the following arguments are required"):
+            # said before what is missing: `--bud` is not a missing --budget, nor `--bogus`
+            message = f"unrecognized arguments: {' '.join(flag for flag, _ in unknown)}"
+        if message.startswith("unrecognized") and (hint := "; ".join(
+                f"{flag} abbreviates {whole}" for flag, whole in unknown if whole)):
+            message += f" (options are not abbreviated: {hint})"
         self.exit(2, f"quantfair: error: {one_line(message)} (see {self.prog} --help)\n")
 
-    def _abbreviations(self) -> list[tuple[str, str]]:
-        """The options of the command line that abbreviate this parser's (`--bud`, which
-        argparse names as a missing `--budget`), with what they abbreviate."""
+    def _unknown_options(self) -> list[tuple[str, str]]:
+        """The options of the command line that this parser does not take, each with the
+        options it abbreviates (`--bud`: `--budget`), or "" (negative numbers are attached
+        to their options: `_attach_negative_values`)."""
         found = []
         for token in self.given:
             if token == "--":  # what follows is positional
                 break
             flag = token.partition("=")[0]
-            if flag.startswith("--") and flag not in self._option_string_actions and (
-                    whole := [o for o in self._option_string_actions if o.startswith(flag)]):
+            if flag.startswith("-") and flag != "-" and flag not in self._option_string_actions:
+                whole = [o for o in self._option_string_actions
+                         if flag.startswith("--") and o.startswith(flag)]
                 found.append((flag, " or ".join(whole)))
         return found
 

@@ -209,6 +209,10 @@ def corpus_files(tmp_path):
      "not abbreviated: --bud abbreviates --budget) (see quantfair suggest --help)"),
     (["--vers"], "unrecognized arguments: --vers (options are not abbreviated: --vers "
      "abbreviates --version)"),
+    # and an unknown option, not the option or command it leaves missing
+    (["suggest", "tiny-gpt2", "--bogus"], "error: unrecognized arguments: --bogus (see "
+     "quantfair suggest --help)"),
+    (["--bogus"], "error: unrecognized arguments: --bogus (see quantfair --help)"),
     (["measure", "tiny-gpt2", "--u=3"], "(options are not abbreviated: --u abbreviates --units)"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
