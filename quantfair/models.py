@@ -245,6 +245,8 @@ def resolve_device(device: str | None) -> torch.device:
         raise UsageError(f"--device {device}: unknown device; {usage}") from None
     if resolved.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others untried
         raise UsageError(f"--device {device}: not supported; {usage}")
+    if resolved.type == "cpu" and resolved.index is not None:  # torch ignores it
+        raise UsageError(f"--device {device}: the CPU takes no index; give cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available here")
     if resolved.type == "mps" and not torch.backends.mps.is_available():

@@ -465,6 +465,7 @@ def test_english_under_two_codes_is_no_other_language():
 @pytest.mark.parametrize("args, results_dir, message", [
     (["--device", "tpu"], None, "--device tpu: unknown device; use auto, cpu"),
     (["--device", "meta"], None, "--device meta: not supported"),
+    (["--device", "cpu:0"], None, "--device cpu:0: the CPU takes no index; give cpu"),
     (["--quantized", "pyproject.toml"], None,
      "--quantized pyproject.toml: a file that is not .gguf"),
     ([], "/proc/none", "cannot write the quantfair cache at /proc/none"),
