@@ -138,7 +138,7 @@ def _session(args: argparse.Namespace, before_load=None, reads_only: bool = Fals
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from quantfair.corpus import names_reference, shared_languages
+    from quantfair.corpus import code_notes
     from quantfair.report import language_metadata
 
     for name, value in (("model", args.model), ("corpus", args.quantfair_corpus),
@@ -182,11 +182,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             for r in records]
     headers = ["lang", "name", "script", "family", "class", "units", "chars", "bytes"]
     print(_table(headers + (["tokens", "tok/char"] if evaluator else []), rows))
-    for shared in shared_languages(corpus.languages):  # a group's mean counts each code
-        print(f"note: one language under several codes, each audited: {shared}")
-    for code in corpus.languages:
-        if code != REFERENCE and names_reference(code):
-            print(f"note: {code} names English, the reference: measured, compared with nothing")
+    for note in code_notes(corpus.languages):
+        print(f"note: {note}")
     return 0
 
 

@@ -162,6 +162,15 @@ def shared_languages(codes: Sequence[str]) -> list[str]:
             if len(named) > 1 and not names_reference(named[0])]
 
 
+def code_notes(codes: Sequence[str]) -> list[str]:
+    """Notes on `codes` for a reader of their numbers: one language under several codes
+    (`shared_languages`), English under another code (`names_reference`)."""
+    return [*(f"one language under several codes, each audited: {shared}"
+              for shared in shared_languages(codes)),
+            *(f"{code} names English, the reference: measured, compared with nothing"
+              for code in codes if code != REFERENCE and names_reference(code))]
+
+
 def resource_points(values: dict[str, float]) -> tuple[list[tuple[str, float, float]], list[str]]:
     """Points for a correlation with resource class: one per language of `values` (code ->
     a value, such as its disparity) and class, as (its codes joined by "+", the class, the

@@ -622,6 +622,10 @@ class QuantfairRun:
         # an incomplete run's headline lists its reasons, which the INCOMPLETE lines below say
         for sentence in summary["sentences"][1 if self.report["incomplete"] else 0:]:
             tr.write_line(sentence)
+        from quantfair.corpus import code_notes
+
+        for note in code_notes(self.report["settings"].get("languages") or ()):
+            tr.write_line(f"note: {note}")
         if suggestion := self.report.get("suggestion"):
             from quantfair.report import (
                 OTHER_LANGUAGES,

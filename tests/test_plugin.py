@@ -971,3 +971,17 @@ def test_an_audit_that_raises_is_an_error_and_exits_3_not_1(pytester):
     assert report["verdict"] == "error" and report["summary"]["counts"]["failed"] == 0
     errors = [a for a in report["audits"] if a["outcome"] == "error"]
     assert errors and all("layer 99 out of range" in a["message"] for a in errors)
+
+
+def test_the_summary_says_a_language_under_two_codes_and_english_under_another(pytester):
+    """As `quantfair corpus` and the HTML page do: `he` and `heb` are one language, counted
+    once; `eng` is English, compared with nothing."""
+    corpus = pytester.path / "texts.jsonl"
+    text = "Everyone has the right to life, liberty and security of person."
+    corpus.write_text("\n".join(json.dumps({"lang": lang, "unit": unit, "text": text})
+                                for lang in ("en", "he", "heb", "eng") for unit in "ab"))
+    result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--quantfair-corpus",
+                 str(corpus), "-k", "none", "--no-report")
+    result.stdout.fnmatch_lines([
+        "note: one language under several codes, each audited: he, heb (ISO 639-3 heb)",
+        "note: eng names English, the reference: measured, compared with nothing"])
