@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
-from quantfair.corpus import LENGTHS, names_reference, resource_points
+from quantfair.corpus import LENGTHS, named_by, names_reference, resource_points
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -445,7 +445,8 @@ class LanguageBound(Check):
 
     def cases(self, languages):
         pool = languages if self.include_reference else _non_reference(languages)
-        chosen = [lang for lang in pool if self.languages is None or lang in self.languages]
+        chosen = [lang for lang in pool
+                  if self.languages is None or named_by(lang, self.languages)]
         return [Case(f"{self.strategy}-{lang}", self.strategy, lang, scheme=self.scheme)
                 for lang in chosen]
 
@@ -552,7 +553,7 @@ class Better(Check):
         label = f"{self.strategy}<{self._than_label()}"
         if self.per_language:
             chosen = [lang for lang in _non_reference(languages)
-                      if self.languages is None or lang in self.languages]
+                      if self.languages is None or named_by(lang, self.languages)]
             return [Case(f"{label}-{lang}", self.strategy, lang, scheme=self.scheme)
                     for lang in chosen]
         if self.lengths:
@@ -573,9 +574,11 @@ class Better(Check):
             value, samples, reason = m.draws(self.quantity)
             row = m.languages.index(case.language)
             return float(value[row]), samples[row], reason, m.units
-        if self.languages and not set(self.languages) & set(m.languages) - {m.reference}:
+        named = [lg for lg in m.languages if named_by(lg, self.languages)] \
+            if self.languages else None
+        if self.languages and not m.compared(named):
             raise NotApplicable(f"needs one of {', '.join(self.languages)} (--languages)")
-        return *m.mean_draws(self.languages, self.quantity), m.units
+        return *m.mean_draws(named, self.quantity), m.units
 
     def run(self, ctx, case, bound):
         if self.scheme == self.than_scheme and not isinstance(self.than, tuple) and (
@@ -995,7 +998,7 @@ class GroupOrder(Check):
         ours, theirs = measured.draws(self.quantity), other.draws(self.quantity)
         languages = measured.languages
         what = f"improvement factor ({self.than} / {self.strategy}) difference"
-        first, second = ([lang for lang in group if lang in languages]
+        first, second = ([lang for lang in languages if named_by(lang, group)]
                          for group in (self.first, self.second))
         if not first or not second:
             raise NotApplicable(f"needs one of {', '.join(self.first)} and one of "

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from quantfair.corpus import REFERENCE, language, resource_points
+from quantfair.corpus import language, names_reference, resource_points
 from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.summary import RECOMMENDED, compared_rows, main_rows
 from quantfair.text import significant
@@ -222,7 +222,7 @@ def forest_not_drawn(report: dict) -> list[str]:
     strategies = forest_strategies(report)
     below: dict[str, list[str]] = {}
     for r in main_rows(report):
-        if r["strategy"] in strategies and r["language"] != REFERENCE and not \
+        if r["strategy"] in strategies and not names_reference(r["language"]) and not \
                 r.get("undefined") and r.get("disparity") is not None and r["disparity"] <= 0:
             below.setdefault(r["language"], []).append(r["strategy"])
     return [f"{lang} ({', '.join(names)})" for lang, names in below.items()]
@@ -234,7 +234,7 @@ def forest(report: dict) -> str | None:
     strategies = forest_strategies(report)
     rows = {(r["strategy"], r["language"]): r for r in main_rows(report)}
     languages = [lg for lg in dict.fromkeys(r["language"] for r in main_rows(report))
-                 if lg != REFERENCE]
+                 if not names_reference(lg)]
     if not strategies or not languages:
         return None
     figure, (ax,) = _figure(0.9 + 0.32 * len(languages))

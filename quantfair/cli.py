@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from quantfair import __version__
 from quantfair.config import (
-    DEFAULT_UNITS,
     DTYPES,
     LANGUAGES_HELP,
     OPTIONS,
@@ -239,6 +238,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     session = _session(args)
     import torch
 
+    from quantfair.corpus import code_notes, names_reference
     from quantfair.report import language_metadata, measurement_records
     from quantfair.strategies import protection_key
 
@@ -286,9 +286,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for strategy, key in kept.items():
         if (same := first.setdefault(key, strategy)) != strategy:
             print(f"note: {strategy} keeps the same weights as {same}: the same numbers")
-    if set(session.corpus.languages) == {REFERENCE}:
+    if all(names_reference(code) for code in session.corpus.languages):
         print(f"note: disparities compare languages with {REFERENCE}, alone here: give another "
               "in --languages")
+    for note in code_notes(session.corpus.languages):
+        print(f"note: {note}")
     if len(session.corpus.units) < FEW_UNITS:
         print(f"note: {_few_units_note(len(session.corpus.units))}")
     for record in records:
@@ -349,7 +351,7 @@ def _suggested(session, measured: bool = False, artifacts: bool = True,
           f"{session.config.scheme.name} ({searched_with(found)})", file=sys.stderr)
     for warning in suggestion_warnings(found):
         print(f"quantfair: warning: {warning}", file=sys.stderr)
-    if corpus := other_corpus(found, session):
+    if entries and (corpus := other_corpus(found, session)):  # text its selectors read
         print(f"quantfair: note: the suggestion was searched on another corpus text ({corpus}, "
               "as it read then)", file=sys.stderr)
     if measured and (others := unsearched_languages(found, session.corpus.languages)):
@@ -807,14 +809,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="a protection strategy as a GGUF file or as "
                                                 "arguments for llama-quantize / transformers")
+    unread = ("taken as measure and suggest take it, so that one set of options serves "
+              "every command; export reads no text")
     _add_model_arguments(export, "quant", "embedding-type", "languages", "units", "corpus",
                          helps={"--dtype": "takes the suggestion searched in this dtype "
                                            f"for 'suggested': {', '.join(DTYPES)} (default "
                                            "float32; export evaluates nothing)",
-                                "--units": "units per language of the audit the recipe is "
-                                           "for: calibration selectors (act:P%%) calibrate on "
-                                           f"the others, held out (default {DEFAULT_UNITS}; "
-                                           "export measures nothing)"})
+                                **dict.fromkeys(("--languages", "--units", "--corpus"), unread)})
     export.add_argument("--strategy", required=True, action="append",
                         help="protection strategy to keep in F32/F16 ('suggested': the cached "
                              "`quantfair suggest` result); one, its terms joined by +")
@@ -963,7 +964,8 @@ class _Parser(argparse.ArgumentParser):
             if token == "--":  # what follows is positional
                 break
             flag = token.partition("=")[0]
-            if flag.startswith("-") and flag != "-" and flag not in self._option_string_actions:
+            short = flag[:2] if not flag.startswith("--") else flag  # `-oFILE`: -o and a value
+            if flag.startswith("-") and flag != "-" and short not in self._option_string_actions:
                 whole = [o for o in self._option_string_actions
                          if flag.startswith("--") and o.startswith(flag)]
                 found.append((flag, " or ".join(whole)))

@@ -138,9 +138,21 @@ def _language_of(code: str) -> str:
     return meta.iso639_3 if meta and meta.iso639_3 else code
 
 
+def same_language(code: str, other: str) -> bool:
+    """Whether two codes name one language: `he` and a user corpus's `heb` (by ISO 639-3
+    code, `_language_of`)."""
+    return _language_of(code) == _language_of(other)
+
+
 def names_reference(code: str) -> bool:
     """Whether `code` names English, the reference: `en`, or `eng` in a user corpus."""
-    return _language_of(code) == _language_of(REFERENCE)
+    return same_language(code, REFERENCE)
+
+
+def named_by(code: str, names: Sequence[str]) -> bool:
+    """Whether `code` names one of the languages `names` (a finding's keys: `he` names a
+    user corpus's `heb` too)."""
+    return any(same_language(code, name) for name in names)
 
 
 def by_language(codes: Sequence[str]) -> dict[str, list[str]]:

@@ -17,9 +17,10 @@ from matplotlib.colors import to_hex
 
 from quantfair import charts
 from quantfair.corpus import (
-    REFERENCE,
     UNKNOWN,
+    Language,
     by_language,
+    code_notes,
     language,
     metadata,
     names_reference,
@@ -105,7 +106,8 @@ def heatmap(report: dict) -> dict:
     its colour and a tooltip with the CIs."""
     rows = main_rows(report)
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    languages = list(dict.fromkeys(r["language"] for r in rows if r["language"] != REFERENCE))
+    languages = list(dict.fromkeys(r["language"] for r in rows
+                                   if not names_reference(r["language"])))
     cells = {(r["strategy"], r["language"]): r for r in rows}
     grid = []
     for strategy in strategies:
@@ -218,6 +220,12 @@ def aggregates(report: dict, strategies: list[str], quantity: str = "disparity")
                                 "title": _group_title(by_strategy[s]) if s in means else "",
                                 "style": shade(means.get(s))} for s in strategies]})
     return rows
+
+
+def _groupable(meta: Language | None) -> bool:
+    """Whether a language with metadata `meta` has a script, family or class to group by."""
+    return bool(meta) and (meta.script != UNKNOWN or meta.family != UNKNOWN
+                           or meta.resource_class >= 0)
 
 
 def _per_language(measured: list[tuple[float, str]]) -> list[tuple[float, str]]:
@@ -340,7 +348,9 @@ def render_html(report: dict) -> str:
         aggregates=groups,  # or why none, where the languages have metadata to group by
         kld_aggregates=aggregates(report, strategies, "kld_disparity"),
         shared_languages=shared_languages(report.get("settings", {}).get("languages") or ()),
-        ungrouped=not groups and any(metadata(r["language"]) for r in main_rows(report)
+        code_notes=code_notes(report.get("settings", {}).get("languages") or ()),
+        ungrouped=not groups and any(_groupable(metadata(r["language"]))
+                                     for r in main_rows(report)
                                      if not names_reference(r["language"])),
         matrix=findings_matrix(report), groups=audit_groups(report),
         charts={"forest": charts.forest(report), "pareto": charts.pareto(report),

@@ -226,20 +226,29 @@ class Measurement:
         """degradation(l) / degradation(reference) (per token, the seed's metric)."""
         return self._estimates("seed_disparity")
 
+    def compared(self, languages: Sequence[str] | None = None) -> list[int]:
+        """The rows of `languages` (None: every one measured) compared with the reference:
+        not it, nor it under another code (a user corpus's `eng`: `corpus.same_language`)."""
+        from quantfair.corpus import same_language
+
+        return [self.languages.index(lang)
+                for lang in (self.languages if languages is None else languages)
+                if lang in self.languages and not same_language(lang, self.reference)]
+
     def mean_draws(self, languages: Sequence[str] | None = None,
                    metric: str = "disparity") -> tuple[float, np.ndarray, str]:
-        """The mean of a quantity over the non-reference languages, over the shared bootstrap
-        resamples, and why it is undefined."""
+        """The mean of a quantity over the languages `compared` with the reference, over the
+        shared bootstrap resamples, and why it is undefined."""
         value, samples, reason = self.draws(metric)
-        rows = [self.languages.index(lang) for lang in (languages or self.languages)
-                if lang != self.reference and lang in self.languages]
+        rows = self.compared(languages)
         return float(value[rows].mean()), samples[rows].mean(axis=0), reason
 
     def worst_draws(self, metric: str = "disparity") -> tuple[float, np.ndarray, str]:
-        """The largest value of a quantity over the non-reference languages, over the shared
-        bootstrap resamples (the worst language of each resample), and why it is undefined."""
+        """The largest value of a quantity over the languages `compared` with the reference,
+        over the shared bootstrap resamples (the worst language of each resample), and why
+        it is undefined."""
         value, samples, reason = self.draws(metric)
-        rows = [i for i, lang in enumerate(self.languages) if lang != self.reference]
+        rows = self.compared()
         return float(value[rows].max()), samples[rows].max(axis=0), reason
 
     def mean_disparity(self, languages: Sequence[str] | None = None,

@@ -392,9 +392,7 @@ def _check_given_once(config: pytest.Config) -> None:
         for i, argument in enumerate(arguments):
             flag, equals, value = argument.partition("=")
             if flag in forms and (equals or i + 1 < len(arguments)):
-                value = value if equals else arguments[i + 1]
-                if value.strip():  # an empty one has an error of its own
-                    given.append((flag, value))
+                given.append((flag, value if equals else arguments[i + 1]))
         values = {}  # reading -> its first (flag, value): `CPU` and `cpu` are one value
         for flag, value in given:
             values.setdefault(option.reading(value), (flag, value))

@@ -77,7 +77,7 @@ from functools import cached_property, partial
 import numpy as np
 
 from quantfair.config import require_other_languages
-from quantfair.corpus import REFERENCE, Corpus
+from quantfair.corpus import Corpus
 from quantfair.errors import UsageError
 from quantfair.evaluate import model_results
 from quantfair.metrics import MIN_UNITS, TOO_FEW_UNITS, paired_difference
@@ -204,7 +204,7 @@ def calibration_score(m, none: Score | None = None) -> Score:
     english, english_change = float(damage[m.ref]), float(change[m.ref])
     cap = (english_change if none is None or not none.english_change > 0
            else min(english_change, none.english_change))
-    others = [i for i, lang in enumerate(m.languages) if lang != REFERENCE]
+    others = m.compared()
     own = change[others] / cap if cap > 0 else np.full(len(others), math.inf)
     fixed = damage[others] / max(english if none is None else none.english, 1e-9)
     return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),

@@ -339,7 +339,7 @@ def summarize(report: dict) -> dict:
     if others := (report.get("selection") or {}).get("other_tests_failed"):
         sentences.append(f"{len(others)} test(s) that are not audits failed ({some(others)}): "
                          "pytest's exit code counts them, the verdict is the audits' alone.")
-    if not worst and any(r["language"] != REFERENCE for r in main_rows(report, "none")):
+    if not worst and any(not names_reference(r["language"]) for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")
     if worst:

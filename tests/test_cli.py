@@ -213,6 +213,7 @@ def corpus_files(tmp_path):
     (["suggest", "tiny-gpt2", "--bogus"], "error: unrecognized arguments: --bogus (see "
      "quantfair suggest --help)"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see quantfair --help)"),
+    (["report", "-o/tmp/r.html"], "error: the following arguments are required: OLD"),
     (["measure", "tiny-gpt2", "--u=3"], "(options are not abbreviated: --u abbreviates --units)"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
@@ -526,6 +527,23 @@ def test_corpus_shows_the_metadata_of_iso_639_3_codes_and_unknown_for_others(tmp
                               "script": "Hebr", "family": "Afro-Asiatic (Semitic)",
                               "resource_class": 3, "units": 1, "chars": 4, "bytes": 4}
     assert by_code["xx"] == {"language": "xx", "units": 1, "chars": 4, "bytes": 4}
+
+
+def test_measure_says_english_under_another_code_and_a_language_under_two(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"lang": lang, "unit": "a", "text": text})
+                              for lang, text in (("en", "All are equal."), ("eng", "All are."),
+                                                 ("he", "כולם שווים."), ("heb", "כולם."))))
+    alone = run_cli("measure", "tiny-gpt2", "--corpus", str(path), "--languages", "en,eng",
+                    "--units", "1")
+    assert alone.returncode == 0, alone.stderr
+    assert "note: disparities compare languages with en, alone here" in alone.stdout
+    assert "note: eng names English, the reference: measured, compared with nothing" in (
+        alone.stdout)
+    every = run_cli("measure", "tiny-gpt2", "--corpus", str(path), "--units", "1")
+    assert "alone here" not in every.stdout and (
+        "note: one language under several codes, each audited: he, heb (ISO 639-3 heb)"
+        in every.stdout)
 
 
 def test_measure_prints_the_table_writes_json_and_reuses_the_cache(tmp_path):

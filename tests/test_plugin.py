@@ -134,14 +134,21 @@ def test_bad_options_are_one_line_usage_errors(pytester):
         # an option not given is named as the others were written: short here
         (["--tolerance", "0.2"], "--tolerance 0.2 applies to a --baseline comparison"),
         (["--tolerance="], "--tolerance is empty: give a value"),
-        (["--quantfair-model", ""], "--quantfair-model is empty: name a Hugging Face"),
-        (["--model="], "--model is empty: name a Hugging Face"),  # named as typed
+        (["--model="], "--model tiny-gpt2, --model '': the option is given more than once"),
         # an unset variable in a CI script must not gate on the defaults
         (["--quantized", ""], "--quantized is empty: give a value (see --help) or leave it out"),
         (["--quantfair-baseline", " "], "--quantfair-baseline is empty: give a value"),
         (["--device", ""], "--device is empty: give a value"),
     ]:
         result = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", *args)
+        assert result.ret == 4, (args, result.stderr.str())
+        assert message in result.stderr.str()
+        assert "Traceback" not in result.stderr.str()
+    for args, message in [  # the model alone
+        (["--quantfair-model", ""], "--quantfair-model is empty: name a Hugging Face"),
+        (["--model="], "--model is empty: name a Hugging Face"),  # named as typed
+    ]:
+        result = run(pytester, QUICK_FILES[0], *args)
         assert result.ret == 4, (args, result.stderr.str())
         assert message in result.stderr.str()
         assert "Traceback" not in result.stderr.str()
@@ -172,6 +179,11 @@ def test_values_read_alike_are_one_value_given_twice(pytester):
                  "--quantfair-max-disparity", "2,he=3", "-o", "quantfair_max_disparity=2.0, "
                  "he=3")  # maxima entry by entry, as their values
     assert listed.ret == 0, listed.stderr.str()
+    for first in (["--languages="], ["--languages", ""]):  # pytest kept the last, silently
+        empty = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
+                    *first, "--languages", "he")
+        assert ("--languages '', --languages he: the option is given more than once"
+                in empty.stderr.str())
     lists = run(pytester, QUICK_FILES[0], "--model", "tiny-gpt2", "--collect-only", "-q",
                 "--languages", "en,he", "-o", "quantfair_languages=he, de")  # read apart
     assert ("-o quantfair_languages='he, de', --languages 'en,he': the option is given more "

@@ -680,8 +680,35 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
     titles = [c["title"] for g in aggregates(twice, ["none"]) for c in g["cells"]]
     assert titles and not any("(eng)" in title for title in titles)  # English: no group
     assert "eng" not in {r["language"] for r in compared_rows(twice, "none")}  # nor hardest hit
-    assert "en, eng" not in render_html(twice)  # nor one language "once in the correlation"
+    html = render_html(twice)
+    assert "en, eng" not in html  # nor one language "once in the correlation"
+    from quantfair import charts
+    from quantfair.html import heatmap
+
+    assert "eng" not in heatmap(twice)["languages"]  # nor a column, nor a forest row
+    assert "eng (" not in charts.forest(twice) and "he (" in charts.forest(twice)
+    assert ("<p class=\"muted\">Note: eng names English, the reference: measured, compared "
+            "with nothing.</p>") not in html  # the settings do not list it
+    twice["settings"]["languages"].append("eng")
+    assert ("<p class=\"muted\">Note: eng names English, the reference: measured, compared "
+            "with nothing.</p>") in render_html(twice)
     assert "several codes" not in render_html(report())
+
+
+def test_languages_with_a_name_alone_make_no_group_and_no_undefined_claim(monkeypatch):
+    """A languages file giving names (and ISO codes) only: no group, and the page does not
+    say the disparities are undefined (they are defined; nothing groups them)."""
+    from quantfair import corpus
+
+    monkeypatch.setattr(corpus, "_USER", {})
+    named = report()
+    codes = {"he": "xa", "ar": "xb", "de": "xc"}
+    named["measurements"] = [{**r, "language": codes.get(r["language"], r["language"])}
+                             for r in named["measurements"]]
+    named["language_metadata"] = {code: {"name": f"Language {code}"} for code in codes.values()}
+    html = render_html(named)
+    assert "Language xa" in html and "every one is undefined" not in html
+    assert 'id="aggregates"' not in html
 
 
 def test_a_report_brings_a_user_corpus_metadata_to_its_html(monkeypatch):
