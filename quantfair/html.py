@@ -237,10 +237,12 @@ def _per_language(measured: list[tuple[float, str]]) -> list[tuple[float, str]]:
 
 
 def _group_title(measured: list[tuple[float, str]]) -> str:
-    """"mean of 3 languages, from 1.20 (de) to 6.00 (he)": what a group's mean hides."""
+    """"mean of 3 languages, from 1.20 (de) to 6.00 (he)", "mean of 1 language (he+heb: the
+    mean of its codes)": what a group's mean hides."""
     title = f"mean of {plural(len(measured), 'language')}"
     if len(measured) < 2:
-        return title
+        codes = measured[0][1]
+        return f"{title} ({codes}{': the mean of its codes' if '+' in codes else ''})"
     (lowest, first), (highest, last) = min(measured), max(measured)
     return f"{title}, from {lowest:.2f} ({first}) to {highest:.2f} ({last})"
 

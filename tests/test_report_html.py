@@ -645,7 +645,7 @@ def test_per_script_and_class_aggregates_average_their_languages():
     group = next(g for g in aggregates(partly, ["none", "recommended"])
                  if (g["kind"], g["value"]) == ("class", "5"))
     assert group["languages"] == "1-2" and [c["title"] for c in group["cells"]] == [
-        "mean of 2 languages, from 1.50 (de) to 3.00 (ar)", "mean of 1 language"]
+        "mean of 2 languages, from 1.50 (de) to 3.00 (ar)", "mean of 1 language (de)"]
     renamed = report()  # ar as a user corpus's language without metadata: left out
     renamed["measurements"] = [{**r, "language": "xx" if r["language"] == "ar" else
                                 r["language"]} for r in renamed["measurements"]]
@@ -671,6 +671,8 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
     # Hebrew 6.0 and 4.0 -> 5.0, one language; with ar's 3.0 -> 4.0, not (6 + 4 + 3) / 3
     assert groups[("script", "Hebr")]["languages"] == "1"
     assert [c["text"] for c in groups[("script", "Hebr")]["cells"]] == ["5.00"]
+    assert [c["title"] for c in groups[("script", "Hebr")]["cells"]] == [
+        "mean of 1 language (he+heb: the mean of its codes)"]
     assert [c["title"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == [
         "mean of 2 languages, from 3.00 (ar) to 5.00 (he+heb)"]
     assert [c["text"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == ["4.00"]
