@@ -381,9 +381,13 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
                              + (f"; codes are case-sensitive: {meant[0]}?" if meant else "")
                              + ("; separate maxima with commas, e.g. 2.0,he=3.0"
                                 if len(language.split()) > 1 else ""))
-        if language == REFERENCE and name.endswith("disparity"):
+        from quantfair.corpus import names_reference  # `eng` too: compared with nothing
+
+        if name.endswith("disparity") and names_reference(language):
             raise UsageError(f"--{name} {text}: disparities are relative to {REFERENCE}, "
-                             f"whose own is 1 by definition; bound the other languages")
+                             + ("whose own is 1 by definition" if language == REFERENCE else
+                                f"which {language} names too (compared with nothing)")
+                             + "; bound the other languages")
         bound[language] = value
     return bound
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantfair.corpus import REFERENCE
+from quantfair.corpus import REFERENCE, names_reference
 from quantfair.errors import UsageError
 from quantfair.quantize import (
     QUANTIZER_DIGEST,
@@ -275,7 +275,7 @@ class StrategyResolver:
         weight (g_j / rows), largest first, while the gap is positive and `fraction` of the
         quantized parameters is not spent."""
         stats = self._calibration_activations()
-        others = [lang for lang in stats.mean_sq if lang != REFERENCE]
+        others = [lang for lang in stats.mean_sq if not names_reference(lang)]
         if REFERENCE not in stats.mean_sq or not others:
             raise UsageError("actgap: needs calibration text in English and another language")
         linear = [c for c in self._quantized_parts() if c.name in stats.mean_abs]

@@ -162,3 +162,14 @@ def test_user_corpus_loads(tmp_path):
     corpus = load_corpus(_write(tmp_path, [
         {"lang": "en", "unit": "a", "text": "x"}, {"lang": "xx", "unit": "a", "text": "y"}]))
     assert corpus.languages == ["en", "xx"] and corpus.units == ["a"]
+
+
+def test_a_release_maximum_for_english_under_another_code_is_refused():
+    """`eng` is compared with nothing: its maximum would bound nothing, silently."""
+    from quantfair.config import parse_release_bound
+
+    with pytest.raises(QuantfairError, match=r"^--max-disparity 2,eng=3: disparities are "
+                       r"relative to en, which eng names too \(compared with nothing\)"):
+        parse_release_bound("max-disparity", "2,eng=3", ["en", "eng", "he"])
+    assert parse_release_bound("max-degradation", "0.5,eng=0.4", ["en", "eng", "he"]) == {
+        "*": 0.5, "eng": 0.4}  # a language's own damage: bounded
