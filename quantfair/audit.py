@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
-from quantfair.corpus import LENGTHS, named_by, names_reference, resource_points
+from quantfair.corpus import LENGTHS, by_language, named_by, names_reference, resource_points
 from quantfair.errors import UsageError
 from quantfair.metrics import (
     Comparison,
@@ -765,10 +765,15 @@ class Correlation(Check):
                         "languages " + (",".join(label for label, _, _ in points) or "(none)")
                         + (f"; left out (no resource class): {','.join(unknown)}"
                            if unknown else ""), undefined)
+            # one point per language: a language under two codes (`he`, `heb`) is its
+            # codes' text taken together and the mean of their disparities
             index = {lg: i for i, lg in enumerate(m.languages)}
-            xs = [m.tokens[index[lg]].sum() / m.chars[index[lg]].sum() for lg in langs]
-            return (xs, [disparity[lg].value for lg in langs],
-                    "languages " + (",".join(langs) or "(none)"), undefined)
+            groups = list(by_language(langs).values())
+            xs = [sum(m.tokens[index[lg]].sum() for lg in codes)
+                  / sum(m.chars[index[lg]].sum() for lg in codes) for codes in groups]
+            ys = [sum(disparity[lg].value for lg in codes) / len(codes) for codes in groups]
+            return (xs, ys, "languages " + (",".join("+".join(codes) for codes in groups)
+                                            or "(none)"), undefined)
         criticality, undefined = _layer_criticality(ctx)
         statistic = ctx.layer_variance() if self.x == "variance" else ctx.layer_quant_error()
         layers = sorted(criticality)
@@ -798,7 +803,7 @@ class Correlation(Check):
         languages or the layer sweep can give."""
         if self.over_languages:
             others = _non_reference(ctx.corpus_languages)
-            most = len(others) if self.x == "fertility" else len(
+            most = len(by_language(others)) if self.x == "fertility" else len(
                 resource_points(dict.fromkeys(others, 0.0))[0])  # one per language
             return (f"about {needed} languages would decide at this r, "
                     + (f"of the corpus's {most}" if needed <= most else

@@ -375,10 +375,14 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
             raise UsageError(f"--{name} {text}: {language} is a selector; a maximum is given "
                              "per language code (e.g. he=3), selectors are for --languages")
         if language != "*" and language not in languages:
+            from quantfair.corpus import same_language
+
             meant = [lang for lang in languages if lang.lower() == language.lower()]
+            named = [lang for lang in languages if same_language(lang, language)]
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
                              f"({', '.join(languages)})"
-                             + (f"; codes are case-sensitive: {meant[0]}?" if meant else "")
+                             + (f"; codes are case-sensitive: {meant[0]}?" if meant else
+                                f"; the corpus's code for it: {named[0]}?" if named else "")
                              + ("; separate maxima with commas, e.g. 2.0,he=3.0"
                                 if len(language.split()) > 1 else ""))
         from quantfair.corpus import names_reference  # `eng` too: compared with nothing

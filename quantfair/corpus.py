@@ -323,6 +323,9 @@ class Corpus:
             by_case = {lang.lower(): lang for lang in self.texts}
             meant = [by_case[m.lower()] for m in missing if m.lower() in by_case]
             hint = f" (codes are case-sensitive: {', '.join(meant)}?)" if meant else ""
+            if named := [f"{code} for {m}" for m in missing for code in self.texts
+                         if m.lower() not in by_case and same_language(code, m)]:
+                hint += f" (this corpus's codes for them: {', '.join(named)}?)"
             if spaced := [m for m in missing if len(m.split()) > 1  # `he ar` in an ini file
                           and all(code in self.texts for code in m.split())]:
                 hint += f" (separate codes with commas: {','.join(spaced[0].split())}?)"

@@ -235,21 +235,36 @@ class Measurement:
                 for lang in (self.languages if languages is None else languages)
                 if lang in self.languages and not same_language(lang, self.reference)]
 
+    def per_language(self, values: np.ndarray,
+                     languages: Sequence[str] | None = None) -> np.ndarray:
+        """`values` ([language, ...], a row per code) for the languages `compared`, one row
+        per language: a language under several codes of a user corpus (`he`, `heb`:
+        `corpus.by_language`) is the mean of its codes' rows, so that it counts once."""
+        from quantfair.corpus import by_language
+
+        rows = self.compared(languages)
+        groups = by_language([self.languages[row] for row in rows]).values()
+        if not rows:
+            return values[rows]
+        return np.stack([values[[self.languages.index(code) for code in codes]].mean(axis=0)
+                         for codes in groups])
+
     def mean_draws(self, languages: Sequence[str] | None = None,
                    metric: str = "disparity") -> tuple[float, np.ndarray, str]:
-        """The mean of a quantity over the languages `compared` with the reference, over the
-        shared bootstrap resamples, and why it is undefined."""
+        """The mean of a quantity over the languages `compared` with the reference, each
+        once (`per_language`), over the shared bootstrap resamples, and why it is
+        undefined."""
         value, samples, reason = self.draws(metric)
-        rows = self.compared(languages)
-        return float(value[rows].mean()), samples[rows].mean(axis=0), reason
+        return (float(self.per_language(value, languages).mean()),
+                self.per_language(samples, languages).mean(axis=0), reason)
 
     def worst_draws(self, metric: str = "disparity") -> tuple[float, np.ndarray, str]:
-        """The largest value of a quantity over the languages `compared` with the reference,
-        over the shared bootstrap resamples (the worst language of each resample), and why
-        it is undefined."""
+        """The largest value of a quantity over the languages `compared` with the reference
+        (`per_language`), over the shared bootstrap resamples (the worst language of each
+        resample), and why it is undefined."""
         value, samples, reason = self.draws(metric)
-        rows = self.compared()
-        return float(value[rows].max()), samples[rows].max(axis=0), reason
+        return (float(self.per_language(value).max()), self.per_language(samples).max(axis=0),
+                reason)
 
     def mean_disparity(self, languages: Sequence[str] | None = None,
                        metric: str = "disparity") -> Estimate:

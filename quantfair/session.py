@@ -14,7 +14,7 @@ import numpy as np
 
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig, parse_percent
-from quantfair.corpus import Corpus
+from quantfair.corpus import REFERENCE, Corpus, by_language
 from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
 from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
@@ -54,10 +54,18 @@ def hash_texts(texts: Sequence[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
+def _calibration_languages(languages: Sequence[str]) -> list[str]:
+    """One code per language, in code order (the order languages were given in changes no
+    selection): a language under two codes of a user corpus (`he`, `heb`), or English again
+    (`eng`), calibrates once, under its first code (`corpus.by_language`; English as `en`)."""
+    return [REFERENCE if REFERENCE in codes else codes[0]
+            for codes in by_language(sorted(languages)).values()]
+
+
 def _selector_share(corpus: Corpus) -> list[str]:
     """The first units of `corpus` giving up to 32 calibration texts in all, the same number
-    from each language."""
-    return corpus.units[:max(1, 32 // len(corpus.languages))]
+    from each language (`_calibration_languages`)."""
+    return corpus.units[:max(1, 32 // len(_calibration_languages(corpus.languages)))]
 
 
 class AuditSession:
@@ -153,12 +161,11 @@ class AuditSession:
         return [] if self.calibration is None else _selector_share(self.calibration)
 
     def _calibration_by_language(self) -> dict[str, list[str]]:
-        """The selectors' calibration texts (`selector_units`), per language in code order:
-        the order languages were given in (`--languages ti,ar,he`, selectors) changes no
-        selection."""
+        """The selectors' calibration texts (`selector_units`), per language
+        (`_calibration_languages`)."""
         texts = self.calibration or self.corpus.with_length("short")
         return {lang: [texts.texts[lang][u] for u in _selector_share(texts)]
-                for lang in sorted(texts.languages)}
+                for lang in _calibration_languages(texts.languages)}
 
     def selector_texts_digest(self) -> str:
         """The digest of the text calibrated selectors choose entries on: equal digests,

@@ -204,9 +204,9 @@ def calibration_score(m, none: Score | None = None) -> Score:
     english, english_change = float(damage[m.ref]), float(change[m.ref])
     cap = (english_change if none is None or not none.english_change > 0
            else min(english_change, none.english_change))
-    others = m.compared()
-    own = change[others] / cap if cap > 0 else np.full(len(others), math.inf)
-    fixed = damage[others] / max(english if none is None else none.english, 1e-9)
+    others = m.per_language(change)  # each language once
+    own = others / cap if cap > 0 else np.full(len(others), math.inf)
+    fixed = m.per_language(damage) / max(english if none is None else none.english, 1e-9)
     return Score(float(own.mean() + own.max()), float(own.mean()), float(own.max()),
                  float(fixed.mean() + fixed.max()), english, english_change,
                  float(m.tokens[m.ref].sum()))

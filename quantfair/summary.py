@@ -10,7 +10,7 @@ import math
 import re
 from collections import defaultdict
 
-from quantfair.corpus import REFERENCE, language, names_reference
+from quantfair.corpus import REFERENCE, language, named_by, names_reference
 from quantfair.text import capitalized, some, units_text
 
 OUTCOMES = ("passed", "failed", "inconclusive", "skipped", "error")
@@ -85,8 +85,12 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def worst_languages(report: dict, count: int = WORST_SHOWN) -> list[dict]:
-    """The languages hit hardest without protection: highest NLL disparity first."""
-    rows = sorted(compared_rows(report, "none"), key=lambda r: r["disparity"], reverse=True)
+    """The languages hit hardest without protection: highest NLL disparity first, each
+    language once (under its code hit hardest, where a user corpus gives it two)."""
+    rows: list[dict] = []
+    for r in sorted(compared_rows(report, "none"), key=lambda r: r["disparity"], reverse=True):
+        if not named_by(r["language"], [shown["language"] for shown in rows]):
+            rows.append(r)
     return [{"language": r["language"], "name": language(r["language"]).name,
              "disparity": r["disparity"], "low": r.get("disparity_low"),
              "high": r.get("disparity_high")} for r in rows[:count]]

@@ -173,3 +173,22 @@ def test_a_release_maximum_for_english_under_another_code_is_refused():
         parse_release_bound("max-disparity", "2,eng=3", ["en", "eng", "he"])
     assert parse_release_bound("max-degradation", "0.5,eng=0.4", ["en", "eng", "he"]) == {
         "*": 0.5, "eng": 0.4}  # a language's own damage: bounded
+
+
+def test_a_language_under_another_code_is_hinted_and_calibrates_once(tmp_path):
+    """A corpus's `heb` where `he` is typed, in --languages and a release maximum; selectors
+    calibrate on each language once (not on Hebrew twice, nor on English again as `eng`)."""
+    from quantfair.config import parse_release_bound
+    from quantfair.session import _calibration_languages, _selector_share
+
+    corpus = load_corpus(_write(tmp_path, [{"lang": lang, "unit": f"u{i}", "text": "x"}
+                                           for lang in ("en", "eng", "he", "heb", "arb")
+                                           for i in range(12)]))
+    with pytest.raises(QuantfairError, match=r"unknown language\(s\) ar, xx \(this corpus's "
+                                             r"codes for them: arb for ar\?\)"):
+        corpus.select(["ar", "xx"])
+    with pytest.raises(QuantfairError, match="he is not among the audited languages "
+                                             r"\(en, heb\); the corpus's code for it: heb\?"):
+        parse_release_bound("max-disparity", "2,he=3", ["en", "heb"])
+    assert _calibration_languages(["he", "eng", "en", "heb", "arb"]) == ["arb", "en", "he"]
+    assert len(_selector_share(corpus)) == 32 // 3  # three languages, not five codes

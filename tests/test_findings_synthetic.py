@@ -348,9 +348,10 @@ def test_a_group_order_compares_the_audited_languages_of_each_group():
 
 def test_findings_name_a_language_under_a_corpus_code_and_compare_nothing_with_eng():
     """A finding's `he` and `ar` are a user corpus's `heb` and `arb` (one language each, by
-    ISO 639-3 code); English under another code (`eng`) counts in no mean."""
-    codes = ("en", "heb", "arb", "cmn", "eng")
-    per_token = {"en": 1.0, "heb": 3.0, "arb": 2.0, "cmn": 1.5, "eng": 1.0}
+    ISO 639-3 code); a language under two codes (`he`, `heb`) counts once, the mean of its
+    codes; English under another code (`eng`) counts in no mean."""
+    codes = ("en", "he", "heb", "arb", "cmn", "eng")
+    per_token = {"en": 1.0, "he": 5.0, "heb": 3.0, "arb": 2.0, "cmn": 1.5, "eng": 1.0}
     jitter = 1 + 0.01 * np.sin(np.arange(UNITS) * 1.7)
     fp = np.full((len(codes), UNITS), 300.0)
     q = fp + np.array([per_token[c] * TOKENS * jitter for c in codes])
@@ -358,18 +359,23 @@ def test_findings_name_a_language_under_a_corpus_code_and_compare_nothing_with_e
     m = Measurement(codes, fp, q, tokens, tokens * 4, tokens * 2)
 
     class Run:
-        languages = codes
+        languages = corpus_languages = codes
 
         def measure(self, strategy, scheme=None, length=None, distribution=False):
             return m
 
-    assert m.mean_draws()[0] == pytest.approx((3.0 + 2.0 + 1.5) / 3, rel=0.02)  # not eng's 1
-    assert m.worst_draws()[0] == pytest.approx(3.0, rel=0.02)
+    # Hebrew (5 + 3) / 2 = 4 once, not twice; nor eng's 1
+    assert m.mean_draws()[0] == pytest.approx((4.0 + 2.0 + 1.5) / 3, rel=0.02)
+    assert m.worst_draws()[0] == pytest.approx(4.0, rel=0.02)
     bound = checks.LanguageBound("none", languages=("he", "ar"))
-    assert [case.language for case in bound.cases(codes)] == ["heb", "arb"]
+    assert [case.language for case in bound.cases(codes)] == ["he", "heb", "arb"]
     better = checks.Better("L0", than="none", languages=("he", "ar"))
     assert better._draws(Run(), "none", better.cases(codes)[0], None)[0] == pytest.approx(
-        2.5, rel=0.02)  # heb and arb
+        3.0, rel=0.02)  # Hebrew's 4 and Arabic's 2
     order = checks.GroupOrder("L0", than="none", first=("he", "ar"), second=("zh", "cmn"))
     outcome = order.run(Run(), order.cases(codes)[0], None)  # not "needs one of he, ar"
     assert outcome.status == "inconclusive" and "improvement factor" in outcome.quantity
+    fertility = checks.Correlation("fertility", Bound(max=0.5))
+    xs, ys, over, _ = fertility._series(Run())  # one point per language
+    assert over == "languages he+heb,arb,cmn" and ys == pytest.approx([4.0, 2.0, 1.5],
+                                                                      rel=0.02)

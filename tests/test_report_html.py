@@ -676,6 +676,10 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
     assert [c["title"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == [
         "mean of 2 languages, from 3.00 (ar) to 5.00 (he+heb)"]
     assert [c["text"] for c in groups[("family", "Afro-Asiatic")]["cells"]] == ["4.00"]
+    from quantfair.summary import worst_languages
+
+    hardest = [w["language"] for w in worst_languages(twice)]  # Hebrew once, at its worst
+    assert hardest[0] == "he" and "heb" not in hardest and len(hardest) == len(set(hardest))
 
     twice["measurements"] += [{**r, "language": "eng", "disparity": 1.0}
                               for r in twice["measurements"] if r["language"] == "en"]

@@ -199,7 +199,8 @@ def test_one_language_under_two_codes_is_one_point_of_the_resource_class_correla
     assert outcome.value == pytest.approx(expected["pearson_r"])
     assert "over 4 points" in outcome.detail and "languages de,ru,he+heb,sw" in outcome.detail
     fertility = Correlation("fertility", Bound(max=0))._series(_Context(m))
-    assert fertility[2] == "languages de,ru,he,heb,sw"  # English again is compared with nothing
+    # one point per language there too; English again is compared with nothing
+    assert fertility[2] == "languages de,ru,he+heb,sw" and len(fertility[0]) == 4
     rows = [{"scheme": "int4", "strategy": "none", "language": lang, "disparity": value,
              "undefined": None, "overhead": 0.0, "fertility": 1.0}
             for lang, value in disparity.items()]
