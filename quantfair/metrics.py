@@ -243,9 +243,9 @@ class Measurement:
         from quantfair.corpus import by_language
 
         rows = self.compared(languages)
-        groups = by_language([self.languages[row] for row in rows]).values()
         if not rows:
             return values[rows]
+        groups = by_language([self.languages[row] for row in rows]).values()
         return np.stack([values[[self.languages.index(code) for code in codes]].mean(axis=0)
                          for codes in groups])
 
