@@ -925,7 +925,33 @@ def load_report(path: str | Path) -> dict:
         if "per_unit" in row and (why := _unit_mismatch(row)):
             raise QuantfairError(f"{path} is not a valid {declared} report: measurement "
                                  f"{'/'.join(row_key(row))}: {why} (edited or damaged)")
+    if why := _derived_mismatch(report.get("measurements", [])):  # before a run, not after
+        raise QuantfairError(f"{path} is not a valid {declared} report: {why} (edited or "
+                             "damaged)")
     return report
+
+
+def _derived_mismatch(rows: list[dict]) -> str:
+    """Why a measurement's degradation or NLL disparity is not what its totals give (or ""):
+    expm1((nll_q - nll_fp) / tokens), and its NLL change over English's under the same
+    scheme, strategy and length (`Measurement.draws`' point values). Rows with per-unit
+    values only (format 5 on), whose totals `_unit_mismatch` checked: a baseline comparison
+    rebuilds their numbers from those, and found an edit only after the run."""
+    totals = {row_key(row): row for row in rows if "per_unit" in row
+              and all(isinstance(row.get(name), int | float) for name in PER_UNIT)}
+    for key, row in totals.items():
+        change = row["nll_q"] - row["nll_fp"]
+        english = totals.get((*key[:3], REFERENCE))
+        english_change = english and english["nll_q"] - english["nll_fp"]
+        for name, derived in (
+                ("degradation", math.expm1(change / row["tokens"]) if row["tokens"] else None),
+                ("disparity", change / english_change if english_change else None)):
+            stored = row.get(name)
+            if isinstance(stored, int | float) and derived is not None and not math.isclose(
+                    stored, derived, rel_tol=FLOAT_NOISE, abs_tol=1e-12):
+                return (f"measurement {'/'.join(key)}: its {name}, {stored:g}, is not what its "
+                        f"totals give ({derived:g})")
+    return ""
 
 
 def _unit_mismatch(row: dict) -> str:

@@ -235,12 +235,16 @@ def is_release(audit: dict) -> bool:
 def release_outcome(report: dict) -> str | None:
     """The release gate's outcome: "failed" where an audit of a release maximum failed (or,
     under --quantfair-strict, was inconclusive) or the run regressed against its baseline;
-    "passed" where a gate was checked (`release_checked`) and nothing of that; else None."""
+    else "incomplete" where a gate was checked (`release_checked`) by a run that did not
+    finish what it was asked (a baseline it could not compare, an audit cut off: its
+    `incomplete` reasons), "passed" where it did; None where no gate was checked."""
     if not release_checked(report):
         return None
     bad = ("failed", "inconclusive") if report.get("settings", {}).get("strict") else ("failed",)
-    return "failed" if (report.get("comparison") or {}).get("regressions") or any(
-        a["outcome"] in bad for a in report.get("audits", []) if is_release(a)) else "passed"
+    if (report.get("comparison") or {}).get("regressions") or any(
+            a["outcome"] in bad for a in report.get("audits", []) if is_release(a)):
+        return "failed"
+    return "incomplete" if report.get("incomplete") else "passed"
 
 
 def seed_outcome(report: dict) -> str | None:

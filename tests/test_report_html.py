@@ -155,6 +155,12 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
     assert headline([passed]) == "RELEASE GATE PASSED / passed"  # -m quantfair_release
     assert report([passed])["summary"]["headline"] == "Every decided release gate held (1 passed)"
     assert headline(held) == "SEED FINDINGS PASSED / None"
+    # a run that did not finish (a baseline it could not compare) passed no gate
+    cut = report([*held, passed], incomplete=["the baseline r.json is not consistent"])
+    assert cut["summary"]["release"] == "incomplete"
+    assert banner(cut, cut["summary"])[1] == "INCOMPLETE"
+    assert not any("Release gate passed" in s for s in cut["summary"]["sentences"])
+    assert report([*held, failed], incomplete=["cut off"])["summary"]["release"] == "failed"
     strict = report([*held, passed])
     strict["settings"]["strict"] = True  # its inconclusive audits fail the run
     settle_verdict(strict)

@@ -650,6 +650,10 @@ def test_a_written_report_is_valid_against_the_shipped_schema(report_pair):
      "measurement int4/none/medium/en: its nll_q, 33, is not the sum of its per_unit values, "
      "121 (edited or damaged)"),
     (lambda r: r["measurements"][0].update(disparity="high"), "disparity"),
+    # a number read by the gate, edited alone: refused as the report is read, before a run
+    (lambda r: r["measurements"][-1].update(degradation=r["measurements"][-1]["degradation"]
+                                            + 0.5),
+     "measurement int4/none/medium/he: its degradation, "),
     (lambda r: r["measurements"][0]["per_unit"]["unit"].__setitem__(0, ""), "per_unit.unit"),
     (lambda r: r["audits"][0].pop("outcome"), "'outcome' is a required property"),
     (lambda r: r.pop("settings"), "'settings' is a required property"),
@@ -858,9 +862,9 @@ def test_a_baseline_gate_says_a_grown_degradation_in_points_and_refuses_edited_n
     old.write_text(json.dumps(edited))
     new = tmp_path / "new.json"
     new.write_text(json.dumps(base))
-    one_line_error(run_cli("report", str(old), str(new)), "is not consistent: its disparity "
-                   "of int4/none/medium/he, 2.1875, is not what its per-unit values give "
-                   "(3.125): edited or damaged")
+    one_line_error(run_cli("report", str(old), str(new)), "old.json is not a valid "
+                   "quantfair-report/6 report: measurement int4/none/medium/he: its disparity, "
+                   "2.1875, is not what its totals give (3.125) (edited or damaged)")
 
 
 def test_a_baseline_gate_pairs_only_units_of_the_same_text():
