@@ -405,7 +405,7 @@ def _few_units_note(units: int) -> str:
 def cmd_suggest(args: argparse.Namespace) -> int:
     budget = parse_percent(args.budget, "--budget")
     if not args.budget.strip().endswith("%"):  # 0.12 meant as a fraction would be 0.12%
-        raise UsageError(f"--budget must be a percentage with its sign, like 12%, got "
+        raise UsageError(f"--budget must be a percentage with its % sign, like 12%, got "
                          f"'{args.budget}'")
     if budget == 1:
         raise UsageError("--budget 100% keeps every parameter in full precision: nothing is "

@@ -147,7 +147,7 @@ OPTIONS = {option.name: option for option in (
                        "tolerance (its paired bootstrap CI above it) or an audit that passed "
                        "now fails"),
     Option("tolerance", "relative disparity growth counted as a regression: a fraction, or a "
-                        f"percentage with its sign (default {DEFAULT_TOLERANCE})",
+                        f"percentage with its percent sign (default {DEFAULT_TOLERANCE})",
            str(DEFAULT_TOLERANCE), number=True),
     Option("strict", "inconclusive comparisons (and growth beyond the --baseline tolerance "
                      "not significant) fail the run", flag=True, short=False),

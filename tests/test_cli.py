@@ -200,7 +200,7 @@ def corpus_files(tmp_path):
     (["report", "/nowhere/old.json", "/nowhere/new.json", "--tolerance", "x%"],
      "--tolerance must be a number, got 'x%'"),
     (["suggest", "tiny-gpt2", "--budget", "lots"], "must be a percentage"),
-    (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its sign, like 12%"),
+    (["suggest", "tiny-gpt2", "--budget", "0.12"], "a percentage with its % sign, like 12%"),
     (["measure", "tiny-gpt2", "--units", "32"], "--units 32: the corpus has 31 units"),
     (["measure", "tiny-gpt2", "--lang", "he", "--foo"], "unrecognized arguments: --lang he "
      "--foo (options are not abbreviated: --lang abbreviates --languages)"),
