@@ -683,7 +683,9 @@ class QuantfairRun:
             for note in comparison_notes(self.report["comparison"]):
                 tr.write_line(note)
             if not self.regressions:  # exit 1 may still be a finding that did not hold
-                tr.write_line("0 regressions against the baseline", green=True)
+                tolerance = self.report["comparison"]["tolerance"]
+                tr.write_line(f"0 regressions against the baseline (no growth beyond "
+                              f"{100 * tolerance:g}%, the tolerance)", green=True)
         for regression in self.regressions:
             tr.write_line(f"REGRESSION vs baseline: {regression}", red=True)
         if self.write_error:

@@ -480,7 +480,7 @@ def test_baseline_gates_regressions_and_fails_a_run_whose_audits_passed(pytester
     same = run(pytester, *args, "--baseline", str(base), "--no-report")
     assert same.ret == 0 and "REGRESSION" not in same.stdout.str()
     same.stdout.fnmatch_lines(["compared with the baseline of *", "0 regressions against the "
-                               "baseline"])
+                               "baseline (no growth beyond 10%, the tolerance)"])
     report = load(base)
     assert report["verdict"] == "passed"
     rows = [r for r in report["measurements"] if r["language"] == "he" and r["disparity"]]
