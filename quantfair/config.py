@@ -345,6 +345,8 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
     """`"2.0,he=3.0"` -> `{"*": 2.0, "he": 3.0}` (a default and per-language maxima); a
     language not among the audited `languages` is a UsageError (its bound would never
     apply)."""
+    from quantfair.corpus import names_reference, same_language  # the corpus's codes known
+
     if not text.strip():
         raise UsageError(f"--{name} is empty: give a maximum, e.g. 2.0,he=3.0 (or leave the "
                          "option out for no gate)")
@@ -375,8 +377,6 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
             raise UsageError(f"--{name} {text}: {language} is a selector; a maximum is given "
                              "per language code (e.g. he=3), selectors are for --languages")
         if language != "*" and language not in languages:
-            from quantfair.corpus import same_language
-
             meant = [lang for lang in languages if lang.lower() == language.lower()]
             named = [lang for lang in languages if same_language(lang, language)]
             raise UsageError(f"--{name} {text}: {language} is not among the audited languages "
@@ -385,9 +385,7 @@ def parse_release_bound(name: str, text: str, languages: Sequence[str]) -> dict[
                                 f"; the corpus's code for it: {named[0]}?" if named else "")
                              + ("; separate maxima with commas, e.g. 2.0,he=3.0"
                                 if len(language.split()) > 1 else ""))
-        from quantfair.corpus import names_reference  # `eng` too: compared with nothing
-
-        if name.endswith("disparity") and names_reference(language):
+        if name.endswith("disparity") and names_reference(language):  # `eng` too
             raise UsageError(f"--{name} {text}: disparities are relative to {REFERENCE}, "
                              + ("whose own is 1 by definition" if language == REFERENCE else
                                 f"which {language} names too (compared with nothing)")

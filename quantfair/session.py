@@ -164,7 +164,8 @@ class AuditSession:
         """The selectors' calibration texts (`selector_units`), per language
         (`_calibration_languages`)."""
         texts = self.calibration or self.corpus.with_length("short")
-        return {lang: [texts.texts[lang][u] for u in _selector_share(texts)]
+        units = _selector_share(texts)
+        return {lang: [texts.texts[lang][u] for u in units]
                 for lang in _calibration_languages(texts.languages)}
 
     def selector_texts_digest(self) -> str:
