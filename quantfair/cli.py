@@ -531,9 +531,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"note: {args.new} is a copy of {args.old} (the same report, created "
               f"{old.get('created')}): nothing can differ")
     try:
-        # as the run that wrote NEW compared: under --quantfair-strict an audit that passed
-        # and is inconclusive now is a regression
-        strict = bool((new.get("settings") or {}).get("strict"))
+        # as the run that wrote NEW compared (under --quantfair-strict an audit that passed
+        # and is inconclusive now is a regression), or strictly where asked
+        strict = args.strict or bool((new.get("settings") or {}).get("strict"))
         new["comparison"] = compare(old, new, tolerance, strict=strict, baseline_file=args.old,
                                     run=f"the run of {args.new}")
     except NothingShared as error:
@@ -544,7 +544,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 3
     settle_verdict(new)  # a regression fails the run its audits passed
     regressions = new["comparison"]["regressions"]
-    for line in comparison_notes(new["comparison"]):
+    for line in comparison_notes(new["comparison"], strict_option="--strict"):
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")
@@ -575,8 +575,10 @@ def _render_report(args: argparse.Namespace) -> int:
     from quantfair.html import render_html
     from quantfair.report import load_report, settle_verdict
 
-    if args.quantfair_tolerance is not None:
-        raise UsageError("--tolerance applies to a comparison: give OLD.json and NEW.json")
+    for given, name in ((args.quantfair_tolerance is not None, "--tolerance"),
+                        (args.strict, "--strict")):
+        if given:
+            raise UsageError(f"{name} applies to a comparison: give OLD.json and NEW.json")
     if not args.old.strip():
         raise UsageError("REPORT is empty; give the path of a JSON report")
     _check_output(args.output, "--output", args)
@@ -836,6 +838,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="HTML file (default: NEW-vs-baseline.html; for one "
                                          "report, its .html beside it)")
     add_options(report.add_argument, prefix="", names=("tolerance",))
+    report.add_argument("--strict", action="store_true",
+                        help="compare as --quantfair-strict does: audits passed before and "
+                             "inconclusive, skipped or, for release gates, not run now, and "
+                             "growth beyond the tolerance not significant, are regressions "
+                             "(default: as NEW's run compared)")
     report.set_defaults(run=cmd_report)
     for command in commands.choices.values():
         command.set_defaults(parser=command)

@@ -25,6 +25,7 @@ from quantfair.errors import QuantfairError
 from quantfair.metrics import (
     FLOAT_NOISE,
     KLD_PERCENTILES,
+    QUANTITIES,
     TOO_FEW_UNITS,
     Estimate,
     Measurement,
@@ -34,7 +35,7 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
-from quantfair.summary import FEW_UNITS, summarize
+from quantfair.summary import FEW_UNITS, is_release, summarize
 from quantfair.text import (  # noqa: F401 (re-exported)
     experiment_span,
     interval_text,
@@ -262,7 +263,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     """Rows whose disparity grew beyond `tolerance` (relative; English's, and where the
     baseline's disparity is undefined the language's, degradation: damage growing alike in
     every language leaves the disparities as they were) and audits that stopped passing
-    (passed -> inconclusive or skipped is listed, and is a regression only when `strict`).
+    (passed -> inconclusive or skipped is listed, and is a regression only when `strict`, as
+    is a release gate passed in the baseline and not run).
     Where both reports keep per-unit values of the same text, a growth is a regression when
     the paired bootstrap CI of (run - baseline grown by the tolerance) lies above 0; one
     beyond the tolerance in its point estimate only is listed (`growth_undecided`), and is a
@@ -323,10 +325,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             entry["beyond"] = {"value": over.difference, "low": json_safe(over.low),
                                "high": json_safe(over.high)}
             if over.low > 0 or (strict and over.difference > 0):
+                was, now, limit = _values(quantity, a, b, a + tolerance * abs(a))
                 regressions.append(
-                    f"{quantity} {key}: " + " -> ".join(_values(quantity, a, b))
-                    + f", beyond the tolerance by {_growth(quantity, over)}"
-                    + ("" if over.low > 0 else " (not significant; --quantfair-strict)"))
+                    f"{quantity} {key}: {was} -> {now}, above the baseline's "
+                    f"+{100 * tolerance:g}% ({limit}) by {_growth(quantity, over)}"
+                    + ("" if over.low > 0 else " (not significant; a regression when strict)"))
             elif over.difference > 0:
                 undecided_growth.append(f"{key} (by {_growth(quantity, over)})")
         elif a is not None and b is not None and quantity == "degradation" and _noise(before):
@@ -383,6 +386,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "measurement(s) in common have neither a disparity nor a degradation, and no audit "
             "in common passed in it")
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
+    not_run = sorted(key for key in old_audits if key not in new_audits)
+    if strict:  # a gate the baseline passed and this run left out (a language dropped)
+        regressions += [f"audit {old_audits[key]['nodeid']}: passed -> not run"
+                        for key in not_run if is_release(old_audits[key])
+                        and old_audits[key]["outcome"] == "passed"]
     return {"baseline_created": old.get("created"), "baseline_file": baseline_file, "run": run,
             "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
@@ -397,7 +405,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
             "bound_changed": rebounded,
             "strategy_changed": renamed,
-            "not_run": sorted(key for key in old_audits if key not in new_audits),
+            "not_run": not_run,
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
 
@@ -680,9 +688,11 @@ def _audit_key(nodeid: str) -> str:
     return f"{path.rsplit('/', 1)[-1]}::{test}"
 
 
-def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some) -> list[str]:
+def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some,
+                     strict_option: str = "--quantfair-strict") -> list[str]:
     """One line each: what was compared, settings that differ, baseline rows not measured;
-    lists of names as `listed` writes them (the first few: `some`)."""
+    lists of names as `listed` writes them (the first few: `some`), the option that counts
+    more as regressions as `strict_option` (`quantfair report`'s own)."""
     file = f" ({name})" if (name := comparison.get("baseline_file")) else ""
     lines = [f"compared with the baseline of {comparison['baseline_created']}{file}: "
              f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
@@ -699,7 +709,7 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
                      f"language's degradation is checked for growth instead: {listed(instead)}")
     if undecided := comparison.get("growth_undecided"):
         lines.append(f"{len(undecided)} growth(s) beyond the tolerance not significant on the "
-                     f"paired units (a regression with --quantfair-strict): {listed(undecided)}")
+                     f"paired units (a regression with {strict_option}): {listed(undecided)}")
     if pairing := comparison.get("paired_on_shared_units"):
         lines.append(f"paired on the {pairing}: the values compared are each run's on those "
                      "units")
@@ -716,7 +726,7 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
     for outcome in ("inconclusive", "skipped"):
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
-                         f"now (a regression with --quantfair-strict): {listed(undecided)}")
+                         f"now (a regression with {strict_option}): {listed(undecided)}")
     if renamed := comparison.get("strategy_changed"):
         lines.append(f"{len(renamed)} measurement(s) or audit(s) of another strategy under the "
                      f"same name (another --strategy), not compared: {listed(renamed)}")
@@ -912,6 +922,11 @@ def load_report(path: str | Path) -> dict:
         where = error.json_path.removeprefix("$") or "top level"
         message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
         raise QuantfairError(f"{path} is not a valid {declared} report: {where}: {message}")
+    try:  # what the comparison names the baseline by
+        datetime.fromisoformat(report["created"])
+    except ValueError:
+        raise QuantfairError(f"{path} is not a valid {declared} report: .created: "
+                             f"{report['created']!r} is not an ISO 8601 date and time") from None
     for what, keys, one_per in (
             ("measurement", ["/".join(row_key(row)) for row in report.get("measurements", [])],
              "scheme, strategy, length and language"),
@@ -925,10 +940,59 @@ def load_report(path: str | Path) -> dict:
         if "per_unit" in row and (why := _unit_mismatch(row)):
             raise QuantfairError(f"{path} is not a valid {declared} report: measurement "
                                  f"{'/'.join(row_key(row))}: {why} (edited or damaged)")
-    if why := _derived_mismatch(report.get("measurements", [])):  # before a run, not after
-        raise QuantfairError(f"{path} is not a valid {declared} report: {why} (edited or "
-                             "damaged)")
+    for why in (_derived_mismatch(report.get("measurements", [])), _audit_mismatch(report)):
+        if why:  # before a run, not after
+            raise QuantfairError(f"{path} is not a valid {declared} report: {why} (edited or "
+                                 "damaged)")
     return report
+
+
+def _audit_mismatch(report: dict) -> str:
+    """Why an audit of one language's quantity (`audit.LanguageBound`, a release gate) is not
+    what the report's measurements give (or ""): no measurement of its strategy and language,
+    a value none of them holds, or an outcome its value and bound do not give (decided on the
+    value alone; a bound is written to 6 significant digits). A baseline comparison trusts a
+    baseline's audits beside its rows: one emptied of its measurements passed as a gate that
+    compared nothing measured."""
+    rows = collections.defaultdict(list)
+    for row in report.get("measurements", []):
+        rows[row["strategy"], row["language"]].append(row)
+    for entry in report.get("audits", []):
+        name, value, language = entry.get("quantity"), entry.get("value"), entry.get("language")
+        if entry["outcome"] not in ("passed", "failed") or name not in QUANTITIES or not language:
+            continue
+        where = f"audit {entry['nodeid']}"
+        held = [row.get(name) for row in rows[entry.get("strategy"), language]
+                if entry.get("length") in (None, row.get("length", "medium"))]
+        if not held:
+            return (f"{where}: its report has no measurement of {entry.get('strategy')} in "
+                    f"{language} to give its {name}")
+        if value is None:
+            continue
+        if not any(isinstance(v, int | float) and math.isclose(v, value, rel_tol=FLOAT_NOISE)
+                   for v in held):
+            return f"{where}: its {name}, {value:g}, is no measurement's"
+        if (holds := _holds(entry.get("bound") or "", value)) is not None and (
+                entry["outcome"] != ("passed" if holds else "failed")):
+            return f"{where}: {entry['outcome']} with {name} {value:g} against {entry['bound']}"
+    return ""
+
+
+def _holds(bound: str, value: float) -> bool | None:
+    """Whether `value` meets a bound as `audit.Bound` writes it ("<= 3", ">= 1", "in [1, 3]");
+    None where it cannot tell: another form, or a value within the 6 significant digits of a
+    written limit."""
+    limits = re.fullmatch(r"(<=|>=) (\S+)|in \[(\S+), (\S+)\]", bound)
+    if limits is None:
+        return None
+    op, limit, low, high = limits.groups()
+    try:
+        pairs = ([(float(limit), op)] if op else [(float(low), ">="), (float(high), "<=")])
+    except ValueError:
+        return None
+    if any(math.isclose(value, number, rel_tol=1e-5, abs_tol=1e-12) for number, _ in pairs):
+        return None
+    return all(value <= number if op == "<=" else value >= number for number, op in pairs)
 
 
 def _derived_mismatch(rows: list[dict]) -> str:

@@ -63,6 +63,7 @@ class QuantfairRun:
             self.baseline = load_report(run_config.baseline) if run_config.baseline else None
         except QuantfairError as error:  # named as the option, as a missing file is
             raise UsageError(f"--baseline {error}") from None
+        self._check_label()
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")
         if not (self.is_worker or run_config.report or run_config.no_report):
@@ -127,19 +128,33 @@ class QuantfairRun:
         if not self.finishing and not deferred:
             raise Terminated()  # pytest finishes the session as on Ctrl-C
 
+    def _check_label(self) -> None:
+        """An artifact audited under another label than the baseline's (`label_hint`): none
+        of its measurements can be compared. A baseline of that artifact's alone would then
+        compare nothing measured (refused at the end): a UsageError now, before any audit
+        runs; one that also measured computed schemes is compared on those, with a warning
+        once the session starts (`pytest_sessionstart`)."""
+        from quantfair.report import label_hint
+
+        was = (self.baseline or {}).get("settings") or {}
+        self.label_warning = ""
+        if not (hint := label_hint(was, self.config.settings())):
+            return
+        said = (f"the baseline audited {was['scheme']}, this run {self.config.scheme.name}: "
+                f"none of the artifact's measurements {{}} compared{hint}")
+        rows = self.baseline.get("measurements") or []
+        if rows and all(row["scheme"] == was["scheme"] for row in rows):
+            raise UsageError(f"--baseline {self.config.baseline}: {said.format('could be')}")
+        self.label_warning = f"quantfair: warning: {said.format('will be')}"
+
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session):
         self.session = session
-        if self.baseline is not None and not self.is_worker:  # said now, not after the run
+        if self.label_warning and not self.is_worker:  # said now, not after the run
             from quantfair.plugin import in_pytest_terms
-            from quantfair.report import label_hint
 
-            if hint := label_hint(self.baseline.get("settings") or {}, self.config.settings()):
-                _announcer(self.pytest_config)(in_pytest_terms(
-                    self.pytest_config, f"quantfair: warning: the baseline audited "
-                    f"{self.baseline['settings']['scheme']}, this run "
-                    f"{self.config.scheme.name}: none of the artifact's measurements will be "
-                    f"compared{hint}"))
+            _announcer(self.pytest_config)(in_pytest_terms(self.pytest_config,
+                                                           self.label_warning))
         try:
             return (yield)
         finally:
@@ -399,7 +414,7 @@ class QuantfairRun:
             return  # no audit ran, and none was cut off (the selection may not be known yet);
         # with a baseline or a release maximum, a run that selected nothing is a gate not
         # checked (below)
-        from quantfair.report import compare, settle_verdict, write_report
+        from quantfair.report import NothingShared, compare, settle_verdict, write_report
 
         report = self._build(exitstatus)
         if unchecked:
@@ -416,10 +431,15 @@ class QuantfairRun:
             report["incomplete"] += partial
             self.gate_error = True
         if self.baseline is not None:
+            stopped = self._stopped(exitstatus)
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict,
                                                baseline_file=str(self.config.baseline))
+            except NothingShared:
+                if not stopped:
+                    raise
+                report["comparison"] = None  # stopped before it measured what they share
             except Exception as error:  # nothing compared: the gate was not checked
                 from quantfair.plugin import in_pytest_terms
 

@@ -331,11 +331,17 @@ def summarize(report: dict) -> dict:
     comparison = report.get("comparison") or {}
     if comparison and not comparison.get("regressions"):
         shared = comparison.get("paired_on_shared_units")
+        undecided = comparison.get("growth_undecided") or []
         sentences.append(
-            f"No regression against the baseline of {comparison.get('baseline_created')} "
-            f"({len(comparison.get('rows') or [])} measurements and "
+            ("No significant regression" if undecided else "No regression")
+            + f" against the baseline of {comparison.get('baseline_created')} "
+            + ("in what this incomplete run measured " if report.get("incomplete") else "")
+            + f"({len(comparison.get('rows') or [])} measurements and "
             f"{len(comparison.get('audits') or [])} audits compared"
-            + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ").")
+            + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ")"
+            + (f"; {len(undecided)} growth(s) beyond the tolerance not significant on the "
+               f"paired units, a regression under --quantfair-strict: {some(undecided)}"
+               if undecided else "") + ".")
     if not release_checked(report):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
         why = ("a baseline was given, but could not be compared" if unusable

@@ -259,16 +259,28 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
     assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
     compared = {row["key"] for row in v2["comparison"]["rows"]}
     assert "artifact:release/none/medium/de" in compared
-    # under another label nothing is compared: said before the audits run, with the fix
+    # under another label nothing could be compared: refused before any audit, with the fix
     other = run(pytester, *args[:-1], "other", "--quantized", str(tmp_path / "v2"),
                 "--report", "v3.json", "--baseline", "v1.json")
+    assert other.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in other.stderr.lines if line] == [
+        "ERROR: --baseline v1.json: the baseline audited artifact:release, this run "
+        "artifact:other: none of the artifact's measurements could be compared; audit it "
+        "with --quantized-label release, the baseline's, to compare an artifact with the "
+        "release before it"]
+    assert not (pytester.path / "v3.json").exists()
+    # a baseline that also measured a computed scheme is compared on it: a warning, up front
+    both = load(pytester.path / "v1.json")
+    both["measurements"].append({**both["measurements"][0], "scheme": "int8"})
+    (pytester.path / "both.json").write_text(json.dumps(both))
+    other = run(pytester, *args[:-1], "other", "--quantized", str(tmp_path / "v2"),
+                "--report", "v3.json", "--baseline", "both.json")
     lines = other.stdout.lines
     said = lines.index("quantfair: warning: the baseline audited artifact:release, this run "
                        "artifact:other: none of the artifact's measurements will be "
                        "compared; audit it with --quantized-label release, the baseline's, "
                        "to compare an artifact with the release before it")
     assert said < next(i for i, line in enumerate(lines) if "test_baseline.py" in line)
-    assert load(pytester.path / "v3.json")["comparison"] is None
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])

@@ -415,7 +415,8 @@ def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytes
                                                                          order, workers):
     """Ctrl-C in the first seconds (a worker has collected, and loads the model) stops the run
     before any audit has a result: the report still says what was selected and that it never
-    ran."""
+    ran. Against a baseline, that it shares nothing with it is no second reason: the run
+    stopped before it measured."""
     pytester.makepyfile(interrupt_plugin=f"""
         import pytest
 
@@ -423,13 +424,17 @@ def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytes
         def {hook}(*args, **kwargs):
             raise KeyboardInterrupt
     """)
+    args = [BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2"]
+    assert run(pytester, *args, "--quantfair-report", "base.json").ret in (0, 1)
     path = pytester.path / "interrupted.json"
-    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
-                 "--quantfair-report", str(path), "-p", "interrupt_plugin", *workers)
+    result = run(pytester, *args, "--quantfair-report", str(path), "-p", "interrupt_plugin",
+                 "--quantfair-baseline", "base.json", *workers)
     assert result.ret == 2
     report = load(path)
     assert report["verdict"] == "incomplete"
-    assert "the run was interrupted" in report["incomplete"]
+    assert report["incomplete"] == ["the run was interrupted", "1 of 1 selected audits never "
+                                    "ran (the run stopped early)"]
+    assert report["comparison"] is None
     assert report["selection"]["selected"] == report["selection"]["not_run"] == 1
     assert report["summary"]["counts"]["error"] == 0
 

@@ -54,7 +54,7 @@ def audit(finding: str, outcome: str, language: str | None = None, **extra) -> d
     return {"nodeid": f"audits/test_x.py::test_{finding}[{language}]", "finding": finding,
             "experiments": ["034"], "claim": f"claim of {finding}", "seed": "seed says 3.4x",
             "slack": None, "case": f"case-{language}", "strategy": "recommended",
-            "language": language, "length": None, "quantity": "disparity", "value": 0.5,
+            "language": language, "length": None, "quantity": "disparity difference", "value": 0.5,
             "bound": "< 0", "low": 0.1, "high": 0.9, "detail": "", "message": f"why {outcome}",
             "outcome": outcome, "duration_s": 0.1, **extra}
 
@@ -1107,16 +1107,16 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
 
 def test_the_summary_names_the_languages_over_the_release_maxima_second():
     gates = [audit("release_disparity", "failed", "he", value=6.949, low=6.5, high=7.4,
-                   bound="<= 5", experiments=["release"]),
+                   bound="<= 5", quantity="disparity", experiments=["release"]),
              audit("release_disparity", "passed", "de", value=2.0, bound="<= 5",
-                   experiments=["release"]),
+                   quantity="disparity", experiments=["release"]),
              audit("release_degradation", "failed", "en", value=0.612, low=0.6, high=0.63,
                    bound="<= 0.5", quantity="degradation", experiments=["release"]),
              audit("synergy", "failed", "ar", value=3.0),  # a seed finding: not a gate
              audit("own_gate", "failed", value=0.275, low=0.07, high=0.45, case="L0<none",
                    quantity="disparity difference", experiments=["release"]),  # no language
              audit("release_disparity", "failed", "de", value=None, low=None, high=None,
-                   bound="<= 5", experiments=["release"],
+                   bound="<= 5", quantity="disparity", experiments=["release"],
                    detail="undefined: en loss change is within noise (95% CI includes 0)")]
     assert summarize(report(gates))["headline"] == (
         "Release gate failed (disparity difference over its maximum in L0<none; degradation "

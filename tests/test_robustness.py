@@ -776,11 +776,17 @@ def test_the_report_command_writes_no_page_into_the_cache_beside_a_report_there(
 def test_the_report_command_compares_a_strict_run_as_its_run_did(tmp_path, report_pair):
     """`quantfair report OLD NEW` once compared NEW of a `--quantfair-strict` run leniently:
     an audit passed before and inconclusive now was no regression there (exit 0), while the
-    run itself had gated it as one."""
+    run itself had gated it as one. `--strict` compares a lenient run's report so."""
     old, report = report_pair
     undecided = {**report, "audits": [{**report["audits"][0], "outcome": "inconclusive"}]}
-    _, lenient, _ = _compared(tmp_path, old, undecided)
+    new, lenient, _ = _compared(tmp_path, old, undecided)
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "1 audit(s) passed in the baseline and are inconclusive now (a regression with " \
+           "--strict): audits/test_x.py::test_y[none-he]" in lenient.stdout
+    asked = run_cli("report", str(old), str(new), "--strict")
+    assert asked.returncode == 1 and "passed -> inconclusive" in asked.stdout
+    one_line_error(run_cli("report", str(new), "--strict"),
+                   "--strict applies to a comparison: give OLD.json and NEW.json")
     strict = {**undecided, "settings": {**undecided["settings"], "strict": True}}
     _, gated, _ = _compared(tmp_path, old, strict)
     assert gated.returncode == 1, gated.stdout + gated.stderr
@@ -805,8 +811,8 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     assert he[1]["disparity_low"] < he[0]["disparity_high"]  # overlapping estimates
     regressed = compare(base, grown)
     assert len(regressed["regressions"]) == 1
-    assert re.fullmatch(r"disparity int4/none/medium/he: 3\.125 -> 4\.062, beyond the "
-                        r"tolerance by 0\.625 \[95% CI 0\.\d+, 0\.\d+\]",
+    assert re.fullmatch(r"disparity int4/none/medium/he: 3\.125 -> 4\.062, above the "
+                        r"baseline's \+10% \(3\.438\) by 0\.625 \[95% CI 0\.\d+, 0\.\d+\]",
                         regressed["regressions"][0])
     assert regressed["point_compared"] == [] and regressed["growth_undecided"] == []
     # +15% on average: 8 units up and down by up to 3.5 nats
@@ -817,7 +823,7 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     assert re.fullmatch(r"int4/none/medium/he \(by 0\.156\d \[95% CI -[\d.]+, [\d.]+\]\)",
                         undecided["growth_undecided"][0])
     strict = compare(base, mixed, strict=True)["regressions"]
-    assert len(strict) == 1 and strict[0].endswith("(not significant; --quantfair-strict)")
+    assert len(strict) == 1 and strict[0].endswith("(not significant; a regression when strict)")
     assert compare(_format4(base), _format4(mixed))["regressions"]  # point estimates: +15%
     assert compare(base, base)["regressions"] == []
     assert all(row["beyond"]["high"] < 0 for row in compare(base, base)["rows"])
@@ -825,11 +831,15 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps(base))
     _, printed, html = _compared(tmp_path, old, grown)
-    assert printed.returncode == 1 and "beyond the tolerance by 0.625 [95% CI" in printed.stdout
+    assert printed.returncode == 1
+    assert "above the baseline's +10% (3.438) by 0.625 [95% CI" in printed.stdout
     assert "<th>beyond the tolerance [95% CI]</th>" in html
     _, printed, html = _compared(tmp_path, old, mixed)
     note = "1 growth(s) beyond the tolerance not significant on the paired units"
     assert printed.returncode == 0 and note in printed.stdout and note in html
+    assert re.search(r"No significant regression against the baseline of [^<]*; 1 growth\(s\) "
+                     r"beyond the tolerance not significant on the paired units, a regression "
+                     r"under --quantfair-strict: int4/none/medium/he \(by 0\.156", html)
     _, printed, html = _compared(tmp_path, old, _format4(base))
     note = ("2 measurement(s) compared on point estimates, without CIs: a report before "
             "format 5 keeps no per-unit values")
@@ -847,8 +857,9 @@ def test_a_baseline_gate_says_a_grown_degradation_in_points_and_refuses_edited_n
     base = _report({"en": EN, "he": HE})
     grown = _report({"en": [1.3 * d for d in EN], "he": [1.3 * d for d in HE]})
     assert len(regressions := compare(base, grown)["regressions"]) == 1
-    assert re.fullmatch(r"degradation int4/none/medium/en: 1\.0\d*% -> 1\.3\d*%, beyond the "
-                        r"tolerance by 0\.2\d* percentage points \[95% CI 0\.\d+, 0\.\d+\]",
+    assert re.fullmatch(r"degradation int4/none/medium/en: 1\.0\d*% -> 1\.3\d*%, above the "
+                        r"baseline's \+10% \(1\.1\d*%\) by 0\.2\d* percentage points "
+                        r"\[95% CI 0\.\d+, 0\.\d+\]",
                         regressions[0]), regressions
     written = tmp_path / "base.json"
     written.write_text(json.dumps(base))
@@ -865,6 +876,69 @@ def test_a_baseline_gate_says_a_grown_degradation_in_points_and_refuses_edited_n
     one_line_error(run_cli("report", str(old), str(new)), "old.json is not a valid "
                    "quantfair-report/6 report: measurement int4/none/medium/he: its disparity, "
                    "2.1875, is not what its totals give (3.125) (edited or damaged)")
+
+
+def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
+    """A release gate's audit of Hebrew beside its measurement: a baseline emptied of its
+    measurements once compared its audits alone ("No regression"), and one whose gate was
+    edited passed as it stood. Each edit is refused when the report is read, as is a
+    `created` that is no date; the report as written, or with a bound written to 6
+    significant digits that its value meets, is read."""
+    from quantfair.report import load_report
+
+    base = _report({"en": EN, "he": HE})
+    he = base["measurements"][1]["disparity"]  # 3.125
+    base["audits"].append({
+        "nodeid": "audits/test_release.py::test_release_disparity[none-he]",
+        "outcome": "passed", "experiments": ["release"], "quantity": "disparity",
+        "strategy": "none", "language": "he", "length": None, "value": he, "bound": "<= 4"})
+    path = tmp_path / "base.json"
+    gate = "audit audits/test_release.py::test_release_disparity[none-he]"
+    for edit, why in (
+            (lambda r: r.update(measurements=[]),
+             f"{gate}: its report has no measurement of none in he to give its disparity"),
+            (lambda r: r["measurements"].pop(1),
+             f"{gate}: its report has no measurement of none in he to give its disparity"),
+            (lambda r: r["audits"][1].update(outcome="failed"),
+             f"{gate}: failed with disparity 3.125 against <= 4"),
+            (lambda r: r["audits"][1].update(bound="<= 3"),
+             f"{gate}: passed with disparity 3.125 against <= 3"),
+            (lambda r: r["audits"][1].update(value=2.5),
+             f"{gate}: its disparity, 2.5, is no measurement's")):
+        edited = json.loads(json.dumps(base))
+        edit(edited)
+        path.write_text(json.dumps(edited))
+        with pytest.raises(QuantfairError) as refused:
+            load_report(path)
+        assert str(refused.value) == (f"{path} is not a valid quantfair-report/6 report: {why} "
+                                      "(edited or damaged)")
+    path.write_text(json.dumps({**base, "created": "not a date"}))
+    with pytest.raises(QuantfairError, match=r"report: \.created: 'not a date' is not an ISO "
+                       r"8601 date and time$"):
+        load_report(path)
+    for bound, outcome in (("<= 4", "passed"), ("<= 3.12500", "passed"), ("in [1, 3]", "failed"),
+                           (">= 3.125", "passed"), ("a bound of one's own", "failed")):
+        base["audits"][1].update(bound=bound, outcome=outcome)
+        path.write_text(json.dumps(base))
+        assert load_report(path)["audits"][1]["bound"] == bound
+
+
+def test_a_release_gate_left_out_of_the_run_is_a_regression_only_when_strict():
+    """Hebrew dropped from --languages: its release gate, passed in the baseline, is not run
+    now. Listed; under --quantfair-strict a regression, as a maximum no longer given
+    (passed -> skipped) is there. A seed finding's audit left out stays listed only."""
+    from quantfair.report import compare
+
+    base = _report({"en": EN, "he": HE})
+    base["audits"] += [{"nodeid": f"audits/test_release.py::test_release_disparity[none-{lang}]",
+                        "outcome": "passed", "experiments": ["release"]} for lang in ("he", "de")]
+    now = {**base, "audits": [a for a in base["audits"] if a["nodeid"].endswith("[none-de]")]}
+    lenient, strict = compare(base, now), compare(base, now, strict=True)
+    left_out = ["test_release.py::test_release_disparity[none-he]", "test_x.py::test_y[none-he]"]
+    assert lenient["not_run"] == strict["not_run"] == left_out
+    assert lenient["regressions"] == []
+    assert strict["regressions"] == [
+        "audit audits/test_release.py::test_release_disparity[none-he]: passed -> not run"]
 
 
 def test_a_baseline_gate_pairs_only_units_of_the_same_text():
@@ -903,7 +977,8 @@ def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
     assert he["old"] == pytest.approx(on_odd) and he["new"] == pytest.approx(1.3 * on_odd)
     assert len(compared["regressions"]) == 1
     assert compared["regressions"][0].startswith("disparity int4/none/medium/he: 4.487 -> "
-                                                 "5.833, beyond the tolerance by 0.8974 [95% CI")
+                                                 "5.833, above the baseline's +10% (4.936) by "
+                                                 "0.8974 [95% CI")
     old = tmp_path / "old.json"
     old.write_text(json.dumps(base))
     _, printed, html = _compared(tmp_path, old, grown)
@@ -1004,6 +1079,8 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
     assert printed.stderr.count("\n") == 1
     assert "verdict incomplete (the run was interrupted (Ctrl-C))" in printed.stderr
     assert 'data-verdict="incomplete"' in html
+    assert (f"No regression against the baseline of {report['created']} in what this "
+            "incomplete run measured (2 measurements and 0 audits compared)") in html
     # stopped before its first measurement: what it is comes first, not "nothing shared"
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({**stopped, "measurements": []}))
