@@ -952,6 +952,25 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, refusing a long option typed with one dash (`-output x.html`, or
+        `-out.html`): a short option's value attached, `-o utput`, would be taken silently."""
+        for token in args or ():
+            if token == "--":
+                break
+            for short, long in self._short_and_long():
+                if token.startswith(short) and not token.startswith("--") and \
+                        token[1:].startswith(long[2:5]):
+                    self.error(f"{token} is read as {short} {token[2:]}: write {long} with two "
+                               f"dashes, or {short} and its value apart")
+        return super().parse_known_args(args, namespace)
+
+    def _short_and_long(self) -> list[tuple[str, str]]:
+        """(`-o`, `--output`) for each option with both forms that takes a value."""
+        return [(short, long) for action in self._actions if action.nargs != 0
+                for short in action.option_strings if not short.startswith("--")
+                for long in action.option_strings if long.startswith("--")]
+
     def error(self, message: str):  # the command is named once, by its --help
         unknown = self._unknown_options()
         if unknown and message.startswith("the following arguments are required"):

@@ -214,6 +214,12 @@ def corpus_files(tmp_path):
      "quantfair suggest --help)"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see quantfair --help)"),
     (["report", "-o/tmp/r.html"], "error: the following arguments are required: OLD"),
+    # one dash for two: argparse would write `utput` and `ut.html`
+    (["report", "a.json", "b.json", "-output", "o.html"], "error: -output is read as -o "
+     "utput: write --output with two dashes, or -o and its value apart (see quantfair report "
+     "--help)"),
+    (["export", "tiny-gpt2", "--strategy", "L0", "-out.gguf"], "error: -out.gguf is read as -o "
+     "ut.gguf: write --output with two dashes, or -o and its value apart"),
     (["measure", "tiny-gpt2", "--u=3"], "(options are not abbreviated: --u abbreviates --units)"),
     (["suggest", "tiny-gpt2", "--budget", "5%", "--units", "0"],
      "--units 0 audits every one of the corpus's 31 units and leaves none to search on: give "
