@@ -313,13 +313,13 @@ def summarize(report: dict) -> dict:
                                 if r["language"] == REFERENCE), {})
                           for strategy in ("none", RECOMMENDED))
     broken = uniform_guess_warning(english, model.get("vocabulary"), settings.get("scheme"))
-    if broken and (english.get("ppl_fp") or 0) <= model["vocabulary"] < (
-            protected.get("ppl_q") or 0):
+    scheme_breaks = broken and (english.get("ppl_fp") or 0) <= model["vocabulary"]
+    if scheme_breaks and model["vocabulary"] < (protected.get("ppl_q") or 0):
         broken += (" The seed's recommended protection does not repair it: English's "
                    f"perplexity with it is {protected['ppl_q']:.3g}.")
     bounded = {a.get("quantity") for a in report.get("audits", [])
                if is_release(a) and a["outcome"] in ("passed", "failed")}  # gates that decided
-    blind = (broken and release_outcome(report) == "passed" and bounded
+    blind = (scheme_breaks and release_outcome(report) == "passed" and bounded
              and "degradation" not in bounded) and (
         "the release gate passed on disparities, ratios to English's damage, while the "
         "scheme breaks the model: a maximum on the damage itself "

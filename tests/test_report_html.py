@@ -374,7 +374,9 @@ def test_a_broken_scheme_warning_says_whether_the_recommended_protection_repairs
 def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, degradation,
                                                                    warned):
     """A green RELEASE GATE PASSED over a model int4 breaks: disparities are ratios. A maximum
-    on the damage whose gate decided nothing (skipped) does not see it either."""
+    on the damage whose gate decided nothing (skipped) does not see it either. A model that
+    guesses worse than uniformly in full precision is warned of as such, not as broken by the
+    scheme."""
     gates = [audit("release_disparity", "passed", "he", experiments=["release"])] + [
         audit("release_degradation", degradation, "he", experiments=["release"],
               quantity="degradation")] * (degradation is not None)
@@ -387,6 +389,10 @@ def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, degra
     said = "the release gate passed on disparities, ratios to English's damage, while the " \
         "scheme breaks the model: a maximum on the damage itself (--quantfair-max-degradation)"
     assert any(w.startswith(said) for w in summarize(broken)["warnings"]) == warned
+    broken["model"]["vocabulary"] = 1  # below English's FP perplexity: no scheme is to blame
+    assert not any(w.startswith(said) for w in summarize(broken)["warnings"])
+    assert any(w.startswith("the model itself guesses worse than uniformly")
+               for w in summarize(broken)["warnings"])
 
 
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
