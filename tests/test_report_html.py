@@ -395,6 +395,16 @@ def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, degra
                for w in summarize(broken)["warnings"])
 
 
+def test_the_incomplete_banner_says_each_reason_once():
+    """The headline lists why the run is incomplete; the banner once repeated each reason."""
+    stopped = report(incomplete=["the run was terminated by SIGTERM",
+                                 "1 of 6 selected audits never ran (the run stopped early)"])
+    html = render_html(stopped)
+    assert "INCOMPLETE &mdash; Incomplete run: the run was terminated by SIGTERM; 1 of 6 " \
+           "selected audits never ran (the run stopped early)</div>" in html
+    assert html.count("terminated by SIGTERM") == 1
+
+
 def test_the_json_summary_validates_and_reaches_the_terminal(tmp_path):
     path, _ = write_report(report(), tmp_path / "r.json")
     assert load_report(path)["summary"]["findings"]["did_not_hold"] == ["synergy"]
