@@ -264,7 +264,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     baseline's disparity is undefined the language's, degradation: damage growing alike in
     every language leaves the disparities as they were) and audits that stopped passing
     (passed -> inconclusive or skipped is listed, and is a regression only when `strict`, as
-    is a release gate passed in the baseline and not run).
+    is a release gate passed in the baseline of a language the run does not audit).
     Where both reports keep per-unit values of the same text, a growth is a regression when
     the paired bootstrap CI of (run - baseline grown by the tolerance) lies above 0; one
     beyond the tolerance in its point estimate only is listed (`growth_undecided`), and is a
@@ -325,10 +325,9 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             entry["beyond"] = {"value": over.difference, "low": json_safe(over.low),
                                "high": json_safe(over.high)}
             if over.low > 0 or (strict and over.difference > 0):
-                was, now, limit = _values(quantity, a, b, a + tolerance * abs(a))
                 regressions.append(
-                    f"{quantity} {key}: {was} -> {now}, above the baseline's "
-                    f"+{100 * tolerance:g}% ({limit}) by {_growth(quantity, over)}"
+                    f"{quantity} {key}: {_grown(quantity, a, b, tolerance)} by "
+                    f"{_growth(quantity, over)}"
                     + ("" if over.low > 0 else " (not significant; a regression when strict)"))
             elif over.difference > 0:
                 undecided_growth.append(f"{key} (by {_growth(quantity, over)})")
@@ -345,7 +344,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             entry["change"] = (b - a) / abs(a) if a else None
             # growth within float noise (summation order, thread count) is none at any tolerance
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
-                regressions.append(f"{quantity} {key}: " + " -> ".join(_values(quantity, a, b)))
+                regressions.append(f"{quantity} {key}: {_grown(quantity, a, b, tolerance)}")
         elif a is not None:
             regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined")
         rows.append(entry)
@@ -387,10 +386,13 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "in common passed in it")
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     not_run = sorted(key for key in old_audits if key not in new_audits)
-    if strict:  # a gate the baseline passed and this run left out (a language dropped)
-        regressions += [f"audit {old_audits[key]['nodeid']}: passed -> not run"
-                        for key in not_run if is_release(old_audits[key])
-                        and old_audits[key]["outcome"] == "passed"]
+    if strict and (languages := (new.get("settings") or {}).get("languages")) is not None:
+        # a gate the baseline passed, of a language this run left out (not one cut off by a
+        # stop or -k: the run is incomplete then)
+        regressions += [f"audit {was['nodeid']}: passed -> not run ({was['language']} not "
+                        "audited)" for was in map(old_audits.get, not_run)
+                        if is_release(was) and was["outcome"] == "passed"
+                        and was.get("language") and was["language"] not in languages]
     return {"baseline_created": old.get("created"), "baseline_file": baseline_file, "run": run,
             "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
@@ -623,6 +625,13 @@ def _usable(units: dict | None) -> bool:
                                for name in PER_UNIT)
 
 
+def _grown(quantity: str, was: float, now: float, tolerance: float) -> str:
+    """"3.125 -> 4.062, above the baseline's +10% (3.438)": a growth beyond the tolerance."""
+    values = _values(quantity, was, now, was + tolerance * abs(was))
+    return (f"{values[0]} -> {values[1]}, above the baseline's +{100 * tolerance:g}% "
+            f"({values[2]})")
+
+
 def _growth(quantity: str, over) -> str:
     """A growth beyond the tolerance with its 95% CI, in the quantity's units (a degradation's
     in percentage points: a difference of two percentages)."""
@@ -734,6 +743,16 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
         lines.append(f"{len(rebounded)} audit(s) decided under another bound than in the "
                      f"baseline, not compared: {listed(rebounded)}")
     return lines
+
+
+def no_regression_line(comparison: dict) -> str:
+    """What a comparison that found no regression says of growth: none beyond the tolerance,
+    or how much was beyond it but not significant."""
+    tolerance = f"{100 * comparison['tolerance']:g}%, the tolerance"
+    undecided = len(comparison.get("growth_undecided") or [])
+    return "0 regressions against the baseline (" + (
+        f"{undecided} growth(s) beyond {tolerance}, not significant" if undecided
+        else f"no growth beyond {tolerance}") + ")"
 
 
 def regressions_line(comparison: dict) -> str:
@@ -967,7 +986,9 @@ def _audit_mismatch(report: dict) -> str:
         if not held:
             return (f"{where}: its report has no measurement of {entry.get('strategy')} in "
                     f"{language} to give its {name}")
-        if value is None:
+        if value is None:  # undefined: inconclusive, or failed as a gate
+            if entry["outcome"] == "passed":
+                return f"{where}: passed with no {name}"
             continue
         if not any(isinstance(v, int | float) and math.isclose(v, value, rel_tol=FLOAT_NOISE)
                    for v in held):

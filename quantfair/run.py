@@ -431,26 +431,26 @@ class QuantfairRun:
             report["incomplete"] += partial
             self.gate_error = True
         if self.baseline is not None:
-            stopped = self._stopped(exitstatus)
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict,
                                                baseline_file=str(self.config.baseline))
-            except NothingShared:
-                if not stopped:
-                    raise
-                report["comparison"] = None  # stopped before it measured what they share
             except Exception as error:  # nothing compared: the gate was not checked
                 from quantfair.plugin import in_pytest_terms
 
                 why = (str(error) if isinstance(error, QuantfairError) else  # else a bug:
                        f"the comparison failed ({type(error).__name__}: {error}; please "
                        "report it)")  # the report, and what was measured, are kept
+                # stopped before it measured: the stop's exit, not a gate that compared nothing
+                cut_short = isinstance(error, NothingShared) and self._stopped(exitstatus) \
+                    and not (report["measurements"] or report["audits"])
+                if cut_short:
+                    why = "not compared: the run stopped before it measured anything"
                 report["comparison"] = None
                 if not any(why in reason for reason in report["incomplete"]):
                     report["incomplete"].append(  # not said twice
                         f"baseline: {in_pytest_terms(self.pytest_config, why)}")
-                self.gate_error = True
+                self.gate_error = not cut_short
             else:
                 self.regressions = report["comparison"]["regressions"]
         settle_verdict(report)
@@ -698,14 +698,12 @@ class QuantfairRun:
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):
-            from quantfair.report import comparison_notes
+            from quantfair.report import comparison_notes, no_regression_line
 
             for note in comparison_notes(self.report["comparison"]):
                 tr.write_line(note)
             if not self.regressions:  # exit 1 may still be a finding that did not hold
-                tolerance = self.report["comparison"]["tolerance"]
-                tr.write_line(f"0 regressions against the baseline (no growth beyond "
-                              f"{100 * tolerance:g}%, the tolerance)", green=True)
+                tr.write_line(no_regression_line(self.report["comparison"]), green=True)
         for regression in self.regressions:
             tr.write_line(f"REGRESSION vs baseline: {regression}", red=True)
         if self.write_error:

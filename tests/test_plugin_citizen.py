@@ -415,8 +415,8 @@ def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytes
                                                                          order, workers):
     """Ctrl-C in the first seconds (a worker has collected, and loads the model) stops the run
     before any audit has a result: the report still says what was selected and that it never
-    ran. Against a baseline, that it shares nothing with it is no second reason: the run
-    stopped before it measured."""
+    ran. Against a baseline, the run stopped before it measured: not that they share
+    nothing."""
     pytester.makepyfile(interrupt_plugin=f"""
         import pytest
 
@@ -433,8 +433,11 @@ def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytes
     report = load(path)
     assert report["verdict"] == "incomplete"
     assert report["incomplete"] == ["the run was interrupted", "1 of 1 selected audits never "
-                                    "ran (the run stopped early)"]
+                                    "ran (the run stopped early)", "baseline: not compared: "
+                                    "the run stopped before it measured anything"]
     assert report["comparison"] is None
+    assert any(s.startswith("No release gate was checked (a baseline was given, but could "
+                            "not be compared)") for s in report["summary"]["sentences"])
     assert report["selection"]["selected"] == report["selection"]["not_run"] == 1
     assert report["summary"]["counts"]["error"] == 0
 

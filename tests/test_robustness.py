@@ -803,7 +803,7 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     disparity so far that the two runs' own CIs overlap; the same growth in the point
     estimate alone, from units moving both ways, is undecided (a regression only with
     --quantfair-strict), where a report without per-unit values fails on it."""
-    from quantfair.report import compare
+    from quantfair.report import compare, no_regression_line
 
     base = _report({"en": EN, "he": HE})
     grown = _report({"en": EN, "he": [1.3 * d for d in HE]})
@@ -824,7 +824,13 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
                         undecided["growth_undecided"][0])
     strict = compare(base, mixed, strict=True)["regressions"]
     assert len(strict) == 1 and strict[0].endswith("(not significant; a regression when strict)")
-    assert compare(_format4(base), _format4(mixed))["regressions"]  # point estimates: +15%
+    assert compare(_format4(base), _format4(mixed))["regressions"] == [  # point estimates
+        "disparity int4/none/medium/he: 3.125 -> 3.594, above the baseline's +10% (3.438)"]
+    assert no_regression_line(compare(base, mixed)) == (
+        "0 regressions against the baseline (1 growth(s) beyond 10%, the tolerance, not "
+        "significant)")
+    assert no_regression_line(compare(base, base)) == (
+        "0 regressions against the baseline (no growth beyond 10%, the tolerance)")
     assert compare(base, base)["regressions"] == []
     assert all(row["beyond"]["high"] < 0 for row in compare(base, base)["rows"])
     # what `quantfair report` and the HTML say of each
@@ -904,7 +910,9 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
             (lambda r: r["audits"][1].update(bound="<= 3"),
              f"{gate}: passed with disparity 3.125 against <= 3"),
             (lambda r: r["audits"][1].update(value=2.5),
-             f"{gate}: its disparity, 2.5, is no measurement's")):
+             f"{gate}: its disparity, 2.5, is no measurement's"),
+            (lambda r: r["audits"][1].update(value=None),
+             f"{gate}: passed with no disparity")):
         edited = json.loads(json.dumps(base))
         edit(edited)
         path.write_text(json.dumps(edited))
@@ -926,19 +934,27 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
 def test_a_release_gate_left_out_of_the_run_is_a_regression_only_when_strict():
     """Hebrew dropped from --languages: its release gate, passed in the baseline, is not run
     now. Listed; under --quantfair-strict a regression, as a maximum no longer given
-    (passed -> skipped) is there. A seed finding's audit left out stays listed only."""
+    (passed -> skipped) is there. A seed finding's audit left out, or a gate of a language
+    still audited (cut off), stays listed only."""
     from quantfair.report import compare
 
     base = _report({"en": EN, "he": HE})
     base["audits"] += [{"nodeid": f"audits/test_release.py::test_release_disparity[none-{lang}]",
-                        "outcome": "passed", "experiments": ["release"]} for lang in ("he", "de")]
-    now = {**base, "audits": [a for a in base["audits"] if a["nodeid"].endswith("[none-de]")]}
+                        "outcome": "passed", "experiments": ["release"], "language": lang}
+                       for lang in ("he", "de")]
+    base["settings"]["languages"] = ["en", "de", "he"]
+    now = {**base, "audits": [a for a in base["audits"] if a["nodeid"].endswith("[none-de]")],
+           "settings": {**base["settings"], "languages": ["en", "de"]}}
     lenient, strict = compare(base, now), compare(base, now, strict=True)
     left_out = ["test_release.py::test_release_disparity[none-he]", "test_x.py::test_y[none-he]"]
     assert lenient["not_run"] == strict["not_run"] == left_out
     assert lenient["regressions"] == []
-    assert strict["regressions"] == [
-        "audit audits/test_release.py::test_release_disparity[none-he]: passed -> not run"]
+    assert strict["regressions"] == ["audit audits/test_release.py::test_release_disparity"
+                                     "[none-he]: passed -> not run (he not audited)"]
+    # Hebrew audited, its gate cut off by a stop or left out by -k: the run is incomplete,
+    # not regressed
+    cut_off = {**now, "settings": base["settings"]}
+    assert compare(base, cut_off, strict=True)["regressions"] == []
 
 
 def test_a_baseline_gate_pairs_only_units_of_the_same_text():
@@ -954,7 +970,8 @@ def test_a_baseline_gate_pairs_only_units_of_the_same_text():
     assert compared["point_compared"] == ["int4/none/medium/en", "int4/none/medium/he"]
     assert compared["point_compared_why"] == (
         "English's units differ (another text or tokenizer) or hold an infinite loss")
-    assert compared["regressions"] == ["disparity int4/none/medium/he: 3.125 -> 4.062"]
+    assert compared["regressions"] == ["disparity int4/none/medium/he: 3.125 -> 4.062, above "
+                                       "the baseline's +10% (3.438)"]
 
 
 def test_a_baseline_gate_pairs_the_units_both_runs_measured_by_name(tmp_path):
@@ -1037,7 +1054,7 @@ def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart(
     # float32 summation order (batches, threads) moves a number by ~1e-9 to 1e-7 relative
     assert compare(rows(5.151), rows(5.151 * (1 + 1e-7)), tolerance=0)["regressions"] == []
     assert compare(rows(5.151), rows(5.151 * (1 + 3e-5)), tolerance=0)["regressions"] == [
-        "disparity int4/none/medium/ru: 5.151 -> 5.1512"]
+        "disparity int4/none/medium/ru: 5.151 -> 5.1512, above the baseline's +0% (5.151)"]
 
 
 def test_a_regression_fails_the_compared_report_whose_audits_passed(tmp_path, report_pair):
@@ -1266,7 +1283,8 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     worse = compare(undefined(1.0), undefined(1.0, worse=1.5))
     assert worse["regressions"] == [
         f"degradation int4/none/medium/he: {he['degradation']:.1%} -> "
-        f"{1.5 * he['degradation']:.1%}"]
+        f"{1.5 * he['degradation']:.1%}, above the baseline's +10% "
+        f"({1.1 * he['degradation']:.1%})"]
     lost = {**report, "measurements": [{k: v for k, v in r.items() if k != "degradation"
                                          or r["language"] == "en"}
                                         for r in report["measurements"]]}
@@ -1401,7 +1419,8 @@ def test_damage_growing_alike_in_every_language_is_a_regression_of_englishs(repo
     en = next(r for r in report["measurements"] if r["language"] == "en")
     assert compare(report, worse)["regressions"] == [
         f"degradation int4/none/medium/en: {en['degradation']:.1%} -> "
-        f"{5 * en['degradation']:.1%}"]
+        f"{5 * en['degradation']:.1%}, above the baseline's +10% "
+        f"({1.1 * en['degradation']:.1%})"]
     assert compare(worse, report)["regressions"] == []  # less damage is no regression
 
 
