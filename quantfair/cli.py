@@ -536,6 +536,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         strict = args.strict or bool((new.get("settings") or {}).get("strict"))
         new["comparison"] = compare(old, new, tolerance, strict=strict, baseline_file=args.old,
                                     run=f"the run of {args.new}")
+        new["comparison"]["strict_option"] = "--strict"  # what its notes name, page and here
     except NothingShared as error:
         settle_verdict(new)
         if not (why := _undecided(new, args.new)):
@@ -544,7 +545,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 3
     settle_verdict(new)  # a regression fails the run its audits passed
     regressions = new["comparison"]["regressions"]
-    for line in comparison_notes(new["comparison"], strict_option="--strict"):
+    for line in comparison_notes(new["comparison"]):
         print(line)
     for line in regressions:
         print(f"REGRESSION: {line}")

@@ -386,13 +386,16 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "in common passed in it")
     not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
     not_run = sorted(key for key in old_audits if key not in new_audits)
-    if strict and (languages := (new.get("settings") or {}).get("languages")) is not None:
-        # a gate the baseline passed, of a language this run left out (not one cut off by a
-        # stop or -k: the run is incomplete then)
-        regressions += [f"audit {was['nodeid']}: passed -> not run ({was['language']} not "
-                        "audited)" for was in map(old_audits.get, not_run)
-                        if is_release(was) and was["outcome"] == "passed"
-                        and was.get("language") and was["language"] not in languages]
+    # gates the baseline passed, of a language this run left out (not one cut off by a stop
+    # or -k: the run is incomplete then)
+    languages = (new.get("settings") or {}).get("languages")
+    dropped = [f"{was['nodeid']} ({was['language']} not audited)"
+               for was in map(old_audits.get, not_run) if languages is not None
+               and is_release(was) and was["outcome"] == "passed" and was.get("language")
+               and was["language"] not in languages]
+    if strict:
+        regressions += [f"audit {gate.replace(' (', ': passed -> not run (', 1)}"
+                        for gate in dropped]
     return {"baseline_created": old.get("created"), "baseline_file": baseline_file, "run": run,
             "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
@@ -408,6 +411,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "bound_changed": rebounded,
             "strategy_changed": renamed,
             "not_run": not_run,
+            "gates_dropped": [] if strict else dropped,
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
 
@@ -697,11 +701,12 @@ def _audit_key(nodeid: str) -> str:
     return f"{path.rsplit('/', 1)[-1]}::{test}"
 
 
-def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some,
-                     strict_option: str = "--quantfair-strict") -> list[str]:
+def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some) -> list[str]:
     """One line each: what was compared, settings that differ, baseline rows not measured;
-    lists of names as `listed` writes them (the first few: `some`), the option that counts
-    more as regressions as `strict_option` (`quantfair report`'s own)."""
+    lists of names as `listed` writes them (the first few: `some`); the option that counts
+    more as regressions as the comparison's `strict_option` says (`quantfair report`'s own
+    `--strict`), else `--quantfair-strict`."""
+    strict_option = comparison.get("strict_option") or "--quantfair-strict"
     file = f" ({name})" if (name := comparison.get("baseline_file")) else ""
     lines = [f"compared with the baseline of {comparison['baseline_created']}{file}: "
              f"{len(comparison['rows'])} measurements, {len(comparison['audits'])} audits"]
@@ -732,6 +737,10 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
     for key, what in (("not_compared", "measurement(s) not made"), ("not_run", "audit(s) not run")):
         if missing := comparison.get(key):
             lines.append(f"{len(missing)} baseline {what} in {run}: {listed(missing)}")
+    if dropped := comparison.get("gates_dropped"):
+        lines.append(f"{len(dropped)} release gate(s) passed in the baseline, of a language "
+                     f"{run} does not audit (a regression with {strict_option}): "
+                     f"{listed(dropped)}")
     for outcome in ("inconclusive", "skipped"):
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "

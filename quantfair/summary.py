@@ -340,7 +340,8 @@ def summarize(report: dict) -> dict:
             f"{len(comparison.get('audits') or [])} audits compared"
             + (f"; paired on the {shared.partition(' (')[0]}" if shared else "") + ")"
             + (f"; {len(undecided)} growth(s) beyond the tolerance not significant on the "
-               f"paired units, a regression under --quantfair-strict: {some(undecided)}"
+               "paired units, a regression under "
+               f"{comparison.get('strict_option') or '--quantfair-strict'}: {some(undecided)}"
                if undecided else "") + ".")
     if not release_checked(report):
         unusable = any("baseline" in reason for reason in report.get("incomplete") or ())

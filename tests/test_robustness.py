@@ -779,12 +779,14 @@ def test_the_report_command_compares_a_strict_run_as_its_run_did(tmp_path, repor
     run itself had gated it as one. `--strict` compares a lenient run's report so."""
     old, report = report_pair
     undecided = {**report, "audits": [{**report["audits"][0], "outcome": "inconclusive"}]}
-    new, lenient, _ = _compared(tmp_path, old, undecided)
+    new, lenient, page = _compared(tmp_path, old, undecided)
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
     assert "1 audit(s) passed in the baseline and are inconclusive now (a regression with " \
            "--strict): audits/test_x.py::test_y[none-he]" in lenient.stdout
     asked = run_cli("report", str(old), str(new), "--strict")
     assert asked.returncode == 1 and "passed -> inconclusive" in asked.stdout
+    # the page names the option that would count it, as printed (not pytest's)
+    assert "now (a regression with --strict)" in page and "--quantfair-strict" not in page
     one_line_error(run_cli("report", str(new), "--strict"),
                    "--strict applies to a comparison: give OLD.json and NEW.json")
     strict = {**undecided, "settings": {**undecided["settings"], "strict": True}}
@@ -933,10 +935,10 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
 
 def test_a_release_gate_left_out_of_the_run_is_a_regression_only_when_strict():
     """Hebrew dropped from --languages: its release gate, passed in the baseline, is not run
-    now. Listed; under --quantfair-strict a regression, as a maximum no longer given
-    (passed -> skipped) is there. A seed finding's audit left out, or a gate of a language
-    still audited (cut off), stays listed only."""
-    from quantfair.report import compare
+    now. Listed, saying strict would count it; under --quantfair-strict a regression, as a
+    maximum no longer given (passed -> skipped) is there. A seed finding's audit left out,
+    or a gate of a language still audited (cut off), stays listed only."""
+    from quantfair.report import compare, comparison_notes
 
     base = _report({"en": EN, "he": HE})
     base["audits"] += [{"nodeid": f"audits/test_release.py::test_release_disparity[none-{lang}]",
@@ -948,13 +950,17 @@ def test_a_release_gate_left_out_of_the_run_is_a_regression_only_when_strict():
     lenient, strict = compare(base, now), compare(base, now, strict=True)
     left_out = ["test_release.py::test_release_disparity[none-he]", "test_x.py::test_y[none-he]"]
     assert lenient["not_run"] == strict["not_run"] == left_out
-    assert lenient["regressions"] == []
+    assert lenient["regressions"] == [] and strict["gates_dropped"] == []
     assert strict["regressions"] == ["audit audits/test_release.py::test_release_disparity"
                                      "[none-he]: passed -> not run (he not audited)"]
+    assert "1 release gate(s) passed in the baseline, of a language this run does not audit " \
+           "(a regression with --quantfair-strict): audits/test_release.py::test_release_" \
+           "disparity[none-he] (he not audited)" in comparison_notes(lenient)
     # Hebrew audited, its gate cut off by a stop or left out by -k: the run is incomplete,
     # not regressed
     cut_off = {**now, "settings": base["settings"]}
     assert compare(base, cut_off, strict=True)["regressions"] == []
+    assert compare(base, cut_off)["gates_dropped"] == []
 
 
 def test_a_baseline_gate_pairs_only_units_of_the_same_text():
