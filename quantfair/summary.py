@@ -237,14 +237,26 @@ def release_outcome(report: dict) -> str | None:
     under --quantfair-strict, was inconclusive) or the run regressed against its baseline;
     else "incomplete" where a gate was checked (`release_checked`) by a run that did not
     finish what it was asked (a baseline it could not compare, an audit cut off: its
-    `incomplete` reasons), "passed" where it did; None where no gate was checked."""
+    `incomplete` reasons), "passed" where it did; "incomplete" also where a gate was asked
+    for and none could be checked (`unchecked_gate`); None where none was asked for."""
     if not release_checked(report):
-        return None
+        return "incomplete" if unchecked_gate(report) else None
     bad = ("failed", "inconclusive") if report.get("settings", {}).get("strict") else ("failed",)
     if (report.get("comparison") or {}).get("regressions") or any(
             a["outcome"] in bad for a in report.get("audits", []) if is_release(a)):
         return "failed"
     return "incomplete" if report.get("incomplete") else "passed"
+
+
+def unchecked_gate(report: dict) -> str:
+    """Why a release gate asked for (a baseline, a maximum) decided nothing, or "": a baseline
+    that could not be compared (an `incomplete` reason of the run names it), maxima for which
+    no release audit ran."""
+    if any("baseline" in reason for reason in report.get("incomplete") or ()):
+        return "a baseline was given, but could not be compared"
+    if (report.get("settings") or {}).get("release_maxima"):
+        return "maxima were given, but no release gate ran"
+    return ""
 
 
 def seed_outcome(report: dict) -> str | None:
@@ -344,10 +356,7 @@ def summarize(report: dict) -> dict:
                f"{comparison.get('strict_option') or '--quantfair-strict'}: {some(undecided)}"
                if undecided else "") + ".")
     if not release_checked(report):
-        unusable = any("baseline" in reason for reason in report.get("incomplete") or ())
-        why = ("a baseline was given, but could not be compared" if unusable
-               else "maxima were given, but no release gate ran" if settings.get(
-                   "release_maxima") else "no --quantfair-max-* maximum, no --quantfair-baseline")
+        why = unchecked_gate(report) or "no --quantfair-max-* maximum, no --quantfair-baseline"
         sentences.append(f"No release gate was checked ({why})" + (
             ": the verdict is of the seed's findings on this model, not a release decision."
             if seed_outcome(report) else "."))

@@ -161,6 +161,16 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
     assert banner(cut, cut["summary"])[1] == "INCOMPLETE"
     assert not any("Release gate passed" in s for s in cut["summary"]["sentences"])
     assert report([*held, failed], incomplete=["cut off"])["summary"]["release"] == "failed"
+    # a gate asked for that checked nothing: a baseline refused, maxima with no gate run
+    refused = report(held, incomplete=["baseline: the baseline shares nothing"])
+    assert refused["summary"]["release"] == "incomplete"
+    assert any(s.startswith("No release gate was checked (a baseline was given, but could not "
+                            "be compared)") for s in refused["summary"]["sentences"])
+    no_gate = report(held, incomplete=["disparity 2 given, but no release audit of it ran"])
+    no_gate["settings"]["release_maxima"] = "disparity 2"
+    settle_verdict(no_gate)
+    assert no_gate["summary"]["release"] == "incomplete"
+    assert report(held, incomplete=["cut off"])["summary"]["release"] is None  # none asked
     strict = report([*held, passed])
     strict["settings"]["strict"] = True  # its inconclusive audits fail the run
     settle_verdict(strict)
