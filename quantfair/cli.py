@@ -541,7 +541,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         settle_verdict(new)
         if not (why := _undecided(new, args.new)):
             raise
-        print(f"quantfair: {why}; and the gate was not checked: {error}", file=sys.stderr)
+        if str(error) not in why:  # NEW's run, against the same baseline, said it already
+            why += f"; and the gate was not checked: {error}"
+        print(f"quantfair: {why}", file=sys.stderr)
         return 3
     settle_verdict(new)  # a regression fails the run its audits passed
     regressions = new["comparison"]["regressions"]

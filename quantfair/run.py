@@ -129,23 +129,28 @@ class QuantfairRun:
             raise Terminated()  # pytest finishes the session as on Ctrl-C
 
     def _check_label(self) -> None:
-        """An artifact audited under another label than the baseline's (`label_hint`): none
-        of its measurements can be compared. A baseline of that artifact's alone would then
-        compare nothing measured (refused at the end): a UsageError now, before any audit
-        runs; one that also measured computed schemes is compared on those, with a warning
-        once the session starts (`pytest_sessionstart`)."""
+        """A baseline of an artifact (`artifact:<label>`) audited alone, against a run that
+        audits no artifact under that label (another `--quantized-label`, or no `--quantized`):
+        none of its measurements can be compared, and the end would refuse a gate that
+        compared nothing measured: a UsageError now, before any audit runs. A baseline that
+        also measured computed schemes is compared on those, with a warning once the session
+        starts (`pytest_sessionstart`) where the labels differ (`label_hint`)."""
         from quantfair.report import label_hint
 
         was = (self.baseline or {}).get("settings") or {}
         self.label_warning = ""
-        if not (hint := label_hint(was, self.config.settings())):
+        scheme, now = was.get("scheme") or "", self.config.scheme.name
+        if not scheme.startswith("artifact:") or scheme == now:
             return
-        said = (f"the baseline audited {was['scheme']}, this run {self.config.scheme.name}: "
-                f"none of the artifact's measurements {{}} compared{hint}")
+        hint = label_hint(was, self.config.settings()) or (
+            f"; give --quantized with the artifact and --quantized-label "
+            f"{scheme.removeprefix('artifact:')} to compare an artifact with it")
+        said = f"the baseline audited {scheme}, this run {now}: none of the artifact's measurements"
         rows = self.baseline.get("measurements") or []
-        if rows and all(row["scheme"] == was["scheme"] for row in rows):
-            raise UsageError(f"--baseline {self.config.baseline}: {said.format('could be')}")
-        self.label_warning = f"quantfair: warning: {said.format('will be')}"
+        if rows and all(row["scheme"] == scheme for row in rows):
+            raise UsageError(f"--baseline {self.config.baseline}: {said} could be compared{hint}")
+        if now.startswith("artifact:"):
+            self.label_warning = f"quantfair: warning: {said} will be compared{hint}"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session):
@@ -414,7 +419,7 @@ class QuantfairRun:
             return  # no audit ran, and none was cut off (the selection may not be known yet);
         # with a baseline or a release maximum, a run that selected nothing is a gate not
         # checked (below)
-        from quantfair.report import NothingShared, compare, settle_verdict, write_report
+        from quantfair.report import compare, settle_verdict, write_report
 
         report = self._build(exitstatus)
         if unchecked:
@@ -430,7 +435,15 @@ class QuantfairRun:
         if partial:
             report["incomplete"] += partial
             self.gate_error = True
-        if self.baseline is not None:
+        # stopped before it measured (audits of no maximum may have been skipped): the
+        # stop's exit, not a gate that compared nothing or audits alone
+        cut_short = self._stopped(exitstatus) and not report["measurements"] and (
+            self.baseline is not None and (self.baseline.get("measurements")
+                                           or not report["audits"]))
+        if cut_short:
+            report["incomplete"].append("baseline: not compared: the run stopped before it "
+                                        "measured anything")
+        elif self.baseline is not None:
             try:
                 report["comparison"] = compare(self.baseline, report, self.config.tolerance,
                                                strict=self.config.strict,
@@ -441,16 +454,10 @@ class QuantfairRun:
                 why = (str(error) if isinstance(error, QuantfairError) else  # else a bug:
                        f"the comparison failed ({type(error).__name__}: {error}; please "
                        "report it)")  # the report, and what was measured, are kept
-                # stopped before it measured: the stop's exit, not a gate that compared nothing
-                cut_short = isinstance(error, NothingShared) and self._stopped(exitstatus) \
-                    and not (report["measurements"] or report["audits"])
-                if cut_short:
-                    why = "not compared: the run stopped before it measured anything"
-                report["comparison"] = None
                 if not any(why in reason for reason in report["incomplete"]):
                     report["incomplete"].append(  # not said twice
                         f"baseline: {in_pytest_terms(self.pytest_config, why)}")
-                self.gate_error = not cut_short
+                self.gate_error = True
             else:
                 self.regressions = report["comparison"]["regressions"]
         settle_verdict(report)

@@ -259,7 +259,8 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
     assert {row["scheme"] for row in v2["measurements"]} == {"artifact:release"}
     compared = {row["key"] for row in v2["comparison"]["rows"]}
     assert "artifact:release/none/medium/de" in compared
-    # under another label nothing could be compared: refused before any audit, with the fix
+    # under another label, or of no artifact, nothing could be compared: refused before any
+    # audit, with the fix
     other = run(pytester, *args[:-1], "other", "--quantized", str(tmp_path / "v2"),
                 "--report", "v3.json", "--baseline", "v1.json")
     assert other.ret == pytest.ExitCode.USAGE_ERROR
@@ -269,6 +270,12 @@ def test_release_gate_compares_artifacts_by_label(pytester, tmp_path):
         "with --quantized-label release, the baseline's, to compare an artifact with the "
         "release before it"]
     assert not (pytester.path / "v3.json").exists()
+    computed = run(pytester, *args[:-2], "--report", "v3.json", "--baseline", "v1.json")
+    assert computed.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in computed.stderr.lines if line] == [
+        "ERROR: --baseline v1.json: the baseline audited artifact:release, this run int4: none "
+        "of the artifact's measurements could be compared; give --quantized with the artifact "
+        "and --quantized-label release to compare an artifact with it"]
     # a baseline that also measured a computed scheme is compared on it: a warning, up front
     both = load(pytester.path / "v1.json")
     both["measurements"].append({**both["measurements"][0], "scheme": "int8"})

@@ -442,6 +442,35 @@ def test_ctrl_c_before_any_audit_reports_still_writes_an_incomplete_report(pytes
     assert report["summary"]["counts"]["error"] == 0
 
 
+def test_a_run_stopped_before_it_measured_compares_no_audits_alone(pytester):
+    """Gates of no maximum are skipped without measuring; a stop before the first measurement
+    left them compared with the baseline alone ("No regression ... (0 measurements and 3
+    audits compared)"; under --quantfair-strict "passed -> skipped" regressions)."""
+    pytester.makepyfile(interrupt_plugin="""
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_call(item):
+            if "release_degradation" in item.nodeid:
+                raise KeyboardInterrupt
+    """)
+    args = [str(AUDITS / "test_release.py"), "--quantfair-model", "tiny-gpt2", "-p",
+            "no:randomly", "--quantfair-languages", "en,de", "--quantfair-units", "2"]
+    gated = ("--quantfair-max-disparity", "1000", "--quantfair-max-degradation", "1000%")
+    assert run(pytester, *args, *gated, "--quantfair-report", "base.json").ret in (0, 1)
+    path = pytester.path / "stopped.json"
+    result = run(pytester, *args, "--quantfair-max-degradation", "1000%", "-p",
+                 "interrupt_plugin", "--quantfair-baseline", "base.json", "--quantfair-strict",
+                 "--quantfair-report", str(path))
+    assert result.ret == 2
+    report = load(path)
+    assert any(a["outcome"] == "skipped" for a in report["audits"])  # skipped before the stop
+    assert not report["measurements"] and report["comparison"] is None
+    assert "baseline: not compared: the run stopped before it measured anything" in \
+        report["incomplete"]
+    assert "REGRESSION" not in result.stdout.str()
+
+
 def test_ctrl_c_in_a_run_that_selected_no_audit_writes_no_report(pytester):
     """A project's own tests, run with a model set (e.g. in its ini file): nothing to report."""
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n", interrupt_plugin="""

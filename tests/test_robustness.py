@@ -1112,6 +1112,12 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
     assert "cannot pass a release gate; and the gate was not checked: the baseline" in \
         printed.stderr and printed.stderr.strip().endswith("nothing was compared")
     assert printed.stderr.count("\n") == 1
+    # its run, against the same baseline, said why already: said once
+    why = printed.stderr.strip().partition("; and the gate was not checked: ")[2]
+    empty.write_text(json.dumps({**stopped, "measurements": [],
+                                 "incomplete": [f"baseline: {why}"]}))
+    printed = run_cli("report", str(old), str(empty))
+    assert printed.returncode == 3 and printed.stderr.count(why) == 1
 
 
 def test_one_report_is_rendered_as_html_again(tmp_path, report_pair):
