@@ -847,7 +847,7 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     assert printed.returncode == 0 and note in printed.stdout and note in html
     assert re.search(r"No significant regression against the baseline of [^<]*; 1 growth\(s\) "
                      r"beyond the tolerance not significant on the paired units, a regression "
-                     r"under --quantfair-strict: int4/none/medium/he \(by 0\.156", html)
+                     r"under --strict: int4/none/medium/he \(by 0\.156", html)
     _, printed, html = _compared(tmp_path, old, _format4(base))
     note = ("2 measurement(s) compared on point estimates, without CIs: a report before "
             "format 5 keeps no per-unit values")
