@@ -989,12 +989,14 @@ def _audit_mismatch(report: dict) -> str:
         name, value, language = entry.get("quantity"), entry.get("value"), entry.get("language")
         if entry["outcome"] not in ("passed", "failed") or name not in QUANTITIES or not language:
             continue
-        where = f"audit {entry['nodeid']}"
-        held = [row.get(name) for row in rows[entry.get("strategy"), language]
+        where, strategy = f"audit {entry['nodeid']}", entry.get("strategy")
+        # the candidate (--strategy) is measured under the strategy it stands for
+        held = [row.get(name) for (of, code), measured in rows.items()
+                if code == language and strategy in (of, CANDIDATE) for row in measured
                 if entry.get("length") in (None, row.get("length", "medium"))]
         if not held:
-            return (f"{where}: its report has no measurement of {entry.get('strategy')} in "
-                    f"{language} to give its {name}")
+            return (f"{where}: its report has no measurement of {strategy} in {language} to "
+                    f"give its {name}")
         if value is None:  # undefined: inconclusive, or failed as a gate
             if entry["outcome"] == "passed":
                 return f"{where}: passed with no {name}"

@@ -926,6 +926,11 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
     with pytest.raises(QuantfairError, match=r"report: \.created: 'not a date' is not an ISO "
                        r"8601 date and time$"):
         load_report(path)
+    # a bound of the candidate (--strategy) is measured under the strategy it stands for
+    candidate = json.loads(json.dumps(base))
+    candidate["audits"][1]["strategy"] = "candidate"
+    path.write_text(json.dumps(candidate))
+    assert load_report(path)["audits"][1]["strategy"] == "candidate"
     for bound, outcome in (("<= 4", "passed"), ("<= 3.12500", "passed"), ("in [1, 3]", "failed"),
                            (">= 3.125", "passed"), ("a bound of one's own", "failed")):
         base["audits"][1].update(bound=bound, outcome=outcome)
