@@ -359,6 +359,7 @@ def render_html(report: dict) -> str:
                 "criticality": charts.criticality(report), "fertility": charts.fertility(report),
                 "suggest": charts.suggest_trace(report)},
         resource=charts.resource(report), forest_not_drawn=charts.forest_not_drawn(report),
+        forest_shown=charts.forest_strategies(report),
         undefined_reasons=sorted({r["undefined"] for r in main_rows(report)
                                   if r.get("undefined") and not names_reference(r["language"])}),
         unsearched=unsearched_languages(report.get("suggestion") or {},

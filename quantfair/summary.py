@@ -81,7 +81,12 @@ def _where(audit: dict) -> str:
 
 
 def _interval(low: float | None, high: float | None) -> str:
-    return f" [95% CI {low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    """" [95% CI 6.50, 7.40]", bounds of 10,000 or more to 3 significant digits (a broken
+    model's degradation: [3.19e+09, 9.65e+10]); "" where there is none."""
+    if low is None or high is None:
+        return ""
+    return " [95% CI " + ", ".join(f"{x:.3g}" if abs(x) >= 1e4 else f"{x:.2f}"
+                                   for x in (low, high)) + "]"
 
 
 def worst_languages(report: dict, count: int = WORST_SHOWN) -> list[dict]:

@@ -405,6 +405,19 @@ def test_a_disparity_gate_passed_over_a_broken_scheme_is_warned_of(maxima, degra
                for w in summarize(broken)["warnings"])
 
 
+def test_the_forest_caption_names_the_strategies_drawn_and_degradation_is_defined():
+    """A release gate's run measures no protection alone: the caption named the recommended
+    strategy and the lowest means all the same. The page used `degradation` (and a maximum
+    of 50% as `<= 0.5`) without defining it."""
+    both = render_html(report())
+    assert "the dashed line is parity. Shown: none, recommended (no protection and the " \
+           "recommended strategy first where measured" in both
+    alone = report()
+    alone["measurements"] = [r for r in alone["measurements"] if r["strategy"] == "none"]
+    assert "the dashed line is parity. Shown: none.</figcaption>" in render_html(alone)
+    assert "A language's degradation is ppl quantized / ppl FP &minus; 1" in both
+
+
 def test_the_incomplete_banner_says_each_reason_once():
     """The headline lists why the run is incomplete; the banner once repeated each reason."""
     stopped = report(incomplete=["the run was terminated by SIGTERM",
@@ -1163,6 +1176,10 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
     every_unit["settings"]["units"] = None  # all of them: no more to give
     assert summarize(every_unit)["sentences"][2].endswith("(95% CI includes 0)).")
     assert not any("release maxima" in s for s in summarize(report())["sentences"])
+    # a broken model's degradation, and its CI, in the same notation
+    gates[2].update(value=1.33e10, low=3194648419.64, high=96502241841.19)
+    assert "English (en) degradation 1.33e+10 [95% CI 3.19e+09, 9.65e+10], bound <= 0.5" in \
+        summarize(report(gates))["sentences"][1]
 
 
 def test_the_summary_says_why_audits_could_not_run_once_per_reason():

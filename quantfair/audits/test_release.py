@@ -25,7 +25,8 @@ test_release_kld_disparity = audit(Finding(
 
 test_release_damage_ratio = audit(Finding(
     id="release_damage_ratio", experiments=("release",),
-    claim="No language's per-token damage exceeds k times English's (degradation ratio)",
+    claim="No language's degradation exceeds the allowed multiple of English's (per-token "
+          "seed disparity)",
     seed=GATE, check=ReleaseBound("none", "seed_disparity"), release=True,
 ))
 
