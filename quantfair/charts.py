@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -265,9 +266,15 @@ def forest(report: dict) -> str | None:
 
 def pareto_front(points: Sequence[Point]) -> list[Point]:
     """The points no other point dominates (at most the overhead and at most the disparity,
-    one of them lower), by overhead; of equal points, the first."""
+    one of them lower), by overhead; of equal points, the first. Overheads within 1e-6 of
+    each other are equal: a budget-matched strategy (`random@budget(L0+Llast)`) misses its
+    budget by a weight's rounding, and is no cheaper for it."""
+    def at_most(a: float, b: float) -> bool:
+        return a <= b or math.isclose(a, b, rel_tol=1e-6)
+
     front = [p for i, p in enumerate(points)
-             if not any(q.x <= p.x and q.y <= p.y and ((q.x, q.y) != (p.x, p.y) or j < i)
+             if not any(at_most(q.x, p.x) and q.y <= p.y
+                        and ((q.y, at_most(p.x, q.x)) != (p.y, True) or j < i)
                         for j, q in enumerate(points) if j != i)]
     return sorted(front, key=lambda p: p.x)
 
@@ -317,7 +324,7 @@ def pareto(report: dict) -> str | None:
     means = _mean_disparity(report)
     points = [Point(s, overhead, mean, s == RECOMMENDED) for s, (mean, overhead) in
               means.items() if mean is not None and mean > 0]
-    if not points:
+    if len(points) < 2:  # a release gate's run: no protection alone, nothing to trade off
         return None
     seed = [Point(name, overhead, value, name == "L0+Llast+ln_f+biases")
             for name, (overhead, value) in SEED_PARETO_FRONTIER.items() if value > 0]

@@ -628,6 +628,25 @@ def test_the_pareto_chart_labels_its_front_and_the_recommended_strategy():
     assert sum(len(c.get_offsets()) for c in drawn) == len(points)
 
 
+def test_a_budget_matched_strategy_a_rounding_cheaper_is_not_on_the_front():
+    """random@budget(L0+Llast) kept 1e-8 fewer parameters than L0+Llast (a weight's
+    rounding) at a higher mean: the front ran through it, as if random protection paid."""
+    points = [charts.Point("none", 0.0, 5.0), charts.Point("L0+Llast", 0.0526350, 4.717),
+              charts.Point("random@budget(L0+Llast)", 0.0526349, 4.725)]
+    assert [p.label for p in charts.pareto_front(points)] == ["none", "L0+Llast"]
+    equal = [charts.Point("a", 1.0, 2.0), charts.Point("b", 1.0 + 1e-9, 2.0)]
+    assert [p.label for p in charts.pareto_front(equal)] == ["a"]  # of equal points, the first
+
+
+def test_no_pareto_chart_for_one_strategy():
+    """A release gate's run measures no protection alone: one point, nothing traded off."""
+    alone = report()
+    alone["measurements"] = [r for r in alone["measurements"] if r["strategy"] == "none"]
+    assert charts.pareto(alone) is None and charts.pareto(report()) is not None
+    assert "Not drawn: it needs the mean disparity of two strategies or more" in \
+        render_html(alone)
+
+
 def test_the_pareto_chart_labels_every_strategy_where_the_labels_fit():
     points = [charts.Point("none", 0.0, 1.24), charts.Point("L0+Llast", 4.2, 0.94),
               charts.Point("random@budget(L0+Llast)", 4.2, 1.28),
