@@ -845,9 +845,14 @@ class LayerExtreme(Check):
         pick = (max if self.highest else min)(values, key=values.get)
         rank = "highest" if self.highest else "lowest"
         others = [v for layer, v in values.items() if layer != 0]
+        # where layer 0 stands, counted from the claimed end (1: the claim holds)
+        place = 1 + sum(v > values[0] if self.highest else v < values[0] for v in others)
+        where = ("the opposite end" if place == len(values) else
+                 f"{place} of {len(values)} from the {rank}")
         return Outcome(verdict(pick == 0), f"layer-0 {self.statistic}", values[0],
                        f"{rank} of {len(values)} layers",
-                       detail=f"{rank}: L{pick}; other layers {min(others):.4g}..{max(others):.4g}")
+                       detail=f"{rank}: L{pick}; layer 0 is at {where}; other layers "
+                              f"{min(others):.4g}..{max(others):.4g}")
 
 
 @dataclass(frozen=True)

@@ -477,3 +477,17 @@ def test_a_finding_marked_release_is_a_release_gate_in_the_report():
     gate = Finding(id="mine", experiments=("051",), claim="c", release=True,
                    check=LanguageBound("none", "degradation", Bound(max=5.0)))
     assert gate.describe(Case("none-he"))["experiments"] == ["051", "release"]
+
+
+@pytest.mark.parametrize(("layer0", "where"), [
+    (0.5, "1 of 5 from the lowest"), (2.5, "3 of 5 from the lowest"),
+    (9.0, "the opposite end")])
+def test_a_layer_extreme_says_where_layer_0_stands(layer0, where):
+    """Layer 0's outlier share claimed the lowest and measured the highest read "bound
+    lowest of 30 layers; lowest: L25": the opposite of the claim was left to the numbers."""
+    run = FakeRun({})
+    run.layer_statistics = lambda: {0: {"outlier_share": layer0},
+                                    **{n: {"outlier_share": float(n)} for n in range(1, 5)}}
+    outcome = LayerExtreme("outlier_share").run(run, Case("L0-outlier_share"), None)
+    assert outcome.status == ("passed" if layer0 < 1 else "failed")
+    assert f"layer 0 is at {where}; other layers 1..4" in outcome.detail
