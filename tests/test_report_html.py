@@ -418,6 +418,13 @@ def test_the_forest_caption_names_the_strategies_drawn_and_degradation_is_define
     assert "A language's degradation is ppl quantized / ppl FP &minus; 1" in both
 
 
+def test_the_audits_table_names_what_each_value_measures():
+    """"5.264", "0.01136" and "-0.966" stood in one column without their quantities."""
+    html = render_html(report())
+    assert re.search(r'<td class="num">0\.5<div class="muted">disparity difference</div></td>',
+                     html)
+
+
 def test_the_incomplete_banner_says_each_reason_once():
     """The headline lists why the run is incomplete; the banner once repeated each reason."""
     stopped = report(incomplete=["the run was terminated by SIGTERM",
