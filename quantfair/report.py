@@ -766,9 +766,12 @@ def no_regression_line(comparison: dict) -> str:
 
 def regressions_line(comparison: dict) -> str:
     """How many regressions `comparison` found, and what counts as one."""
-    return (f"{len(comparison['regressions'])} regression(s) (disparity, or degradation for "
-            "English and where the baseline's disparity is undefined, beyond "
-            f"{100 * comparison['tolerance']:g}%, or an audit that stopped passing)")
+    grown = (f"disparity grew beyond {100 * comparison['tolerance']:g}%, the tolerance (for "
+             "English, and where the baseline's disparity is undefined, the degradation)")
+    if count := len(comparison["regressions"]):
+        return f"{count} regression(s), each a {grown.replace('grew', 'grown', 1)} or an " \
+               "audit that stopped passing"
+    return f"0 regressions: no {grown}, and no audit stopped passing"
 
 
 def settle_verdict(report: dict) -> None:

@@ -1099,7 +1099,9 @@ def test_an_incomplete_new_report_cannot_pass_the_gate(tmp_path, report_pair):
                "incomplete": ["the run was interrupted (Ctrl-C)"]}
     _, printed, html = _compared(tmp_path, old, stopped)
     assert printed.returncode == 3, printed.stderr
-    assert "0 regression(s)" in printed.stdout
+    assert "0 regressions: no disparity grew beyond 10%, the tolerance (for English, and " \
+           "where the baseline's disparity is undefined, the degradation), and no audit " \
+           "stopped passing" in printed.stdout
     not_run = f"1 baseline audit(s) not run in the run of {tmp_path / 'new.json'}: test_x.py::"
     assert f"{not_run}test_y[none-he]" in printed.stdout
     assert not_run.capitalize() in html  # the page names them too
@@ -1536,7 +1538,7 @@ def test_a_comparison_names_settings_that_differ_rows_not_made_and_matches_audit
     new, printed, html = _compared(tmp_path, old, other)
     assert printed.returncode == 1 and "baseline measured otherwise: model" in printed.stdout
     assert f"({old}): 1 measurements, 1 audits." in html and "languages: en,he -&gt; en,ar" in html
-    assert "1 regression(s) (disparity, or degradation" in html  # an audit counted, not "beyond"
+    assert "1 regression(s), each a disparity grown beyond" in html  # an audit counted
     # the table scrolls on a narrow window, never cutting its columns off
     assert '<div class="wide"><table><thead><tr><th>scheme/strategy/length/language' in html
     new.with_suffix(".html").write_text("the run's own report")
