@@ -638,8 +638,8 @@ def test_the_pareto_chart_labels_its_front_and_the_recommended_strategy():
 def test_a_budget_matched_strategy_a_rounding_cheaper_is_not_on_the_front():
     """random@budget(L0+Llast) kept 1e-8 fewer parameters than L0+Llast (a weight's
     rounding) at a higher mean: the front ran through it, as if random protection paid."""
-    points = [charts.Point("none", 0.0, 5.0), charts.Point("L0+Llast", 0.0526350, 4.717),
-              charts.Point("random@budget(L0+Llast)", 0.0526349, 4.725)]
+    points = [charts.Point("none", 0.0, 5.0), charts.Point("L0+Llast", 5.2635, 4.717),
+              charts.Point("random@budget(L0+Llast)", 5.263499, 4.725)]  # % of parameters
     assert [p.label for p in charts.pareto_front(points)] == ["none", "L0+Llast"]
     equal = [charts.Point("a", 1.0, 2.0), charts.Point("b", 1.0 + 1e-9, 2.0)]
     assert [p.label for p in charts.pareto_front(equal)] == ["a"]  # of equal points, the first
