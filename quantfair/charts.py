@@ -266,9 +266,9 @@ def forest(report: dict) -> str | None:
 
 def pareto_front(points: Sequence[Point]) -> list[Point]:
     """The points no other point dominates (at most the overhead and at most the disparity,
-    one of them lower), by overhead; of equal points, the first. Overheads within 1e-6 of
-    each other are equal: a budget-matched strategy (`random@budget(L0+Llast)`) misses its
-    budget by a weight's rounding, and is no cheaper for it."""
+    one of them lower), by overhead; of equal points, the first. Overheads within a relative
+    1e-6 of each other are equal: a budget-matched strategy (`random@budget(L0+Llast)`)
+    misses its budget by a weight's rounding, and is no cheaper for it."""
     def at_most(a: float, b: float) -> bool:
         return a <= b or math.isclose(a, b, rel_tol=1e-6)
 
