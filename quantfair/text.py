@@ -60,8 +60,8 @@ def capitalized(text: str) -> str:
 
 
 def some(names: list[str]) -> str:
-    """'a, b, c' for a few names; 'a, b, c, d, ...' for more than four."""
-    return f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+    """'a, b, c' for a few names; 'a, b, c, d and 2 more' for more than four."""
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def experiment_span(ids: list[str]) -> str:

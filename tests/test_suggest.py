@@ -937,7 +937,7 @@ def test_a_long_list_of_searched_units_is_cut_short():
     from quantfair.text import some
 
     units = [f"article_{n:02d}" for n in range(1, 31)]
-    assert some(units) == "article_01, article_02, article_03, article_04, ..."
+    assert some(units) == "article_01, article_02, article_03, article_04 and 26 more"
     assert some(units[:4]) == ", ".join(units[:4])
 
 
