@@ -101,6 +101,31 @@ def worst_languages(report: dict, count: int = WORST_SHOWN) -> list[dict]:
              "high": r.get("disparity_high")} for r in rows[:count]]
 
 
+def unestablished_lead(report: dict, first: str, second: str) -> tuple[float, float] | None:
+    """The paired 95% CI of `first`'s NLL disparity without protection minus `second`'s
+    (`metrics.paired_difference`: the same resampled units for both and for English) where
+    it includes 0, so that `first` is not shown to be hit harder; None where it excludes 0,
+    or where the rows keep no per-unit values of the same units (before format 5) or too few
+    units."""
+    import numpy as np
+
+    from quantfair.metrics import Measurement, paired_difference
+
+    rows = {r["language"]: r.get("per_unit") for r in main_rows(report, "none")}
+    units = [rows.get(code) for code in (REFERENCE, first, second)]
+    if not all(units) or len({str(u.get("unit", len(u["tokens"]))) for u in units}) != 1:
+        return None
+    nll_fp, nll_q, tokens = (np.array([u[name] for u in units], dtype=float)
+                             for name in ("nll_fp", "nll_q", "tokens"))
+    measured = Measurement((REFERENCE, first, second), nll_fp, nll_q, tokens,
+                           np.zeros_like(tokens), np.zeros_like(tokens), reference=REFERENCE)
+    value, samples, undefined = measured.draws("disparity")
+    if undefined:
+        return None
+    lead = paired_difference((value[1], samples[1]), (value[2], samples[2]), measured.units)
+    return (lead.low, lead.high) if lead.low <= 0 <= lead.high else None
+
+
 def finding_outcomes(report: dict) -> dict[str, dict]:
     """Per finding: its claim, experiments and one outcome for the whole claim: `failed` (the
     claim did not hold: some case failed), `error`, `inconclusive` (no case failed, some could
@@ -381,6 +406,11 @@ def summarize(report: dict) -> dict:
                " (below 1: hit less than English)"
                if w["high"] is not None and 0 <= w["high"] < 1 else "")
             for w in worst) + ".")
+    if len(worst) > 1 and (lead := unestablished_lead(report, worst[0]["language"],
+                                                      worst[1]["language"])):
+        sentences.append(f"{worst[0]['name']} is not shown to be hit harder than "
+                         f"{worst[1]['name']}: the paired 95% CI of their difference, "
+                         f"[{lead[0]:.2f}, {lead[1]:.2f}], includes 0.")
     recommended = {r["language"]: r for r in main_rows(report, RECOMMENDED)}
     if recommended and worst:
         first = recommended.get(worst[0]["language"])

@@ -425,6 +425,25 @@ def test_the_audits_table_names_what_each_value_measures():
                      html)
 
 
+def test_the_summary_says_when_the_hardest_hit_is_not_shown_harder_hit_than_the_next():
+    """Russian 7.10x [6.78, 7.76] above Hebrew 6.95x [6.32, 8.02] read as an order; on the
+    paired units their difference is not significant, which the summary now says (decided
+    on the paired difference, not on the two intervals)."""
+    assert not any("not shown to be hit harder than" in s
+                   for s in summarize(report())["sentences"])  # Hebrew 6x, Arabic 3x: clear
+    close = report()
+    damage = {"he": [6.0, 2.0, 8.0, 3.0, 5.0, 4.0], "ar": [4.0, 6.0, 3.0, 5.0, 4.0, 5.0]}
+    for row in close["measurements"]:
+        if row["strategy"] == "none" and row["language"] in damage:
+            row["per_unit"]["nll_q"] = [fp + d for fp, d in zip(row["per_unit"]["nll_fp"],
+                                                                damage[row["language"]])]
+            row["disparity"] = sum(damage[row["language"]]) / 6  # English's damage is ~1
+    said = [s for s in summarize(close)["sentences"] if "not shown to be hit harder" in s]
+    assert len(said) == 1 and re.fullmatch(
+        r"Hebrew is not shown to be hit harder than Arabic: the paired 95% CI of their "
+        r"difference, \[-\d\.\d\d, \d\.\d\d\], includes 0\.", said[0]), said
+
+
 def test_the_incomplete_banner_says_each_reason_once():
     """The headline lists why the run is incomplete; the banner once repeated each reason."""
     stopped = report(incomplete=["the run was terminated by SIGTERM",
