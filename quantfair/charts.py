@@ -272,10 +272,12 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
     def at_most(a: float, b: float) -> bool:
         return a <= b or math.isclose(a, b, rel_tol=1e-6)
 
+    def dominates(q: Point, p: Point, first: bool) -> bool:
+        equal = q.y == p.y and at_most(p.x, q.x)
+        return at_most(q.x, p.x) and q.y <= p.y and (not equal or first)
+
     front = [p for i, p in enumerate(points)
-             if not any(at_most(q.x, p.x) and q.y <= p.y
-                        and ((q.y, at_most(p.x, q.x)) != (p.y, True) or j < i)
-                        for j, q in enumerate(points) if j != i)]
+             if not any(dominates(q, p, j < i) for j, q in enumerate(points) if j != i)]
     return sorted(front, key=lambda p: p.x)
 
 

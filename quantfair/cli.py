@@ -958,10 +958,11 @@ class _Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         """argparse's, refusing a long option typed with one dash (`-output x.html`, or
         `-out.html`): a short option's value attached, `-o utput`, would be taken silently."""
+        both = self._short_and_long()
         for token in args or ():
             if token == "--":
                 break
-            for short, long in self._short_and_long():
+            for short, long in both:
                 if token.startswith(short) and not token.startswith("--") and \
                         token[1:].startswith(long[2:5]):
                     self.error(f"{token} is read as {short} {token[2:]}: write {long} with two "

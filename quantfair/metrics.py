@@ -148,6 +148,17 @@ class Measurement:
         if self.reference not in self.languages:
             raise ValueError(f"reference language '{self.reference}' missing")
 
+    @classmethod
+    def from_per_unit(cls, per_unit: dict[str, dict], reference: str = "en") -> Measurement:
+        """A measurement rebuilt from a report's `per_unit` values (`nll_fp`, `nll_q`,
+        `tokens`: one list per language, in unit order, by language code), the languages in
+        the dict's order; it keeps no byte or character counts (zeros). Raises ValueError
+        where `reference` is not among them."""
+        nll_fp, nll_q, tokens = (np.array([units[name] for units in per_unit.values()],
+                                          dtype=float) for name in ("nll_fp", "nll_q", "tokens"))
+        return cls(tuple(per_unit), nll_fp, nll_q, tokens, np.zeros_like(tokens),
+                   np.zeros_like(tokens), reference=reference)
+
     @property
     def ref(self) -> int:
         return self.languages.index(self.reference)

@@ -389,13 +389,12 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     # gates the baseline passed, of a language this run left out (not one cut off by a stop
     # or -k: the run is incomplete then)
     languages = (new.get("settings") or {}).get("languages")
-    dropped = [f"{was['nodeid']} ({was['language']} not audited)"
+    dropped = [(was["nodeid"], f"({was['language']} not audited)")
                for was in map(old_audits.get, not_run) if languages is not None
                and is_release(was) and was["outcome"] == "passed" and was.get("language")
                and was["language"] not in languages]
     if strict:
-        regressions += [f"audit {gate.replace(' (', ': passed -> not run (', 1)}"
-                        for gate in dropped]
+        regressions += [f"audit {gate}: passed -> not run {why}" for gate, why in dropped]
     return {"baseline_created": old.get("created"), "baseline_file": baseline_file, "run": run,
             "tolerance": tolerance, "rows": rows,
             "audits": audits, "regressions": regressions, "differences": _differences(old, new),
@@ -411,7 +410,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "bound_changed": rebounded,
             "strategy_changed": renamed,
             "not_run": not_run,
-            "gates_dropped": [] if strict else dropped,
+            "gates_dropped": [] if strict else [f"{gate} {why}" for gate, why in dropped],
             "baseline_incomplete": list(old.get("incomplete") or [])}
 
 
@@ -585,17 +584,10 @@ class _Pairs:
             self.why_not.add("English's units differ (another text or tokenizer) or hold an "
                              "infinite loss")
             return None
-        languages = tuple(paired)
-
-        def measurement(side: int) -> Measurement:
-            nll_fp, nll_q, tokens = (np.array([paired[lang][side][name] for lang in languages],
-                                              dtype=float) for name in PER_UNIT)
-            return Measurement(languages, nll_fp, nll_q, tokens, np.zeros_like(tokens),
-                               np.zeros_like(tokens), reference=REFERENCE)
-
         every = all(len(pick) == len(side[REFERENCE]["tokens"])
                     for pick, side in zip(picks, values, strict=True))
-        return measurement(0), measurement(1), every
+        return (*(Measurement.from_per_unit({lang: sides[side] for lang, sides in paired.items()},
+                                            REFERENCE) for side in (0, 1)), every)
 
     def _shared_units(self, old: dict, new: dict) -> tuple[list[int], list[int]] | None:
         """The positions, in each side's English `per_unit` lists, of the units both
@@ -766,12 +758,12 @@ def no_regression_line(comparison: dict) -> str:
 
 def regressions_line(comparison: dict) -> str:
     """How many regressions `comparison` found, and what counts as one."""
-    grown = (f"disparity grew beyond {100 * comparison['tolerance']:g}%, the tolerance (for "
-             "English, and where the baseline's disparity is undefined, the degradation)")
+    beyond = (f"beyond {100 * comparison['tolerance']:g}%, the tolerance (for English, and "
+              "where the baseline's disparity is undefined, the degradation)")
     if count := len(comparison["regressions"]):
-        return f"{count} regression(s), each a {grown.replace('grew', 'grown', 1)} or an " \
-               "audit that stopped passing"
-    return f"0 regressions: no {grown}, and no audit stopped passing"
+        return f"{count} regression(s), each a disparity grown {beyond} or an audit that " \
+               "stopped passing"
+    return f"0 regressions: no disparity grew {beyond}, and no audit stopped passing"
 
 
 def settle_verdict(report: dict) -> None:
@@ -985,18 +977,17 @@ def _audit_mismatch(report: dict) -> str:
     value alone; a bound is written to 6 significant digits). A baseline comparison trusts a
     baseline's audits beside its rows: one emptied of its measurements passed as a gate that
     compared nothing measured."""
-    rows = collections.defaultdict(list)
+    rows = collections.defaultdict(list)  # by language
     for row in report.get("measurements", []):
-        rows[row["strategy"], row["language"]].append(row)
+        rows[row["language"]].append(row)
     for entry in report.get("audits", []):
         name, value, language = entry.get("quantity"), entry.get("value"), entry.get("language")
         if entry["outcome"] not in ("passed", "failed") or name not in QUANTITIES or not language:
             continue
         where, strategy = f"audit {entry['nodeid']}", entry.get("strategy")
         # the candidate (--strategy) is measured under the strategy it stands for
-        held = [row.get(name) for (of, code), measured in rows.items()
-                if code == language and strategy in (of, CANDIDATE) for row in measured
-                if entry.get("length") in (None, row.get("length", "medium"))]
+        held = [row.get(name) for row in rows[language] if strategy in (row["strategy"], CANDIDATE)
+                and entry.get("length") in (None, row.get("length", "medium"))]
         if not held:
             return (f"{where}: its report has no measurement of {strategy} in {language} to "
                     f"give its {name}")
@@ -1027,7 +1018,7 @@ def _holds(bound: str, value: float) -> bool | None:
         return None
     if any(math.isclose(value, number, rel_tol=1e-5, abs_tol=1e-12) for number, _ in pairs):
         return None
-    return all(value <= number if op == "<=" else value >= number for number, op in pairs)
+    return all(value <= number if side == "<=" else value >= number for number, side in pairs)
 
 
 def _derived_mismatch(rows: list[dict]) -> str:

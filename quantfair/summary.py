@@ -107,18 +107,16 @@ def unestablished_lead(report: dict, first: str, second: str) -> tuple[float, fl
     it includes 0, so that `first` is not shown to be hit harder; None where it excludes 0,
     or where the rows keep no per-unit values of the same units (before format 5) or too few
     units."""
-    import numpy as np
-
     from quantfair.metrics import Measurement, paired_difference
 
     rows = {r["language"]: r.get("per_unit") for r in main_rows(report, "none")}
-    units = [rows.get(code) for code in (REFERENCE, first, second)]
-    if not all(units) or len({str(u.get("unit", len(u["tokens"]))) for u in units}) != 1:
+    units = {code: rows.get(code) for code in (REFERENCE, first, second)}
+    english = units[REFERENCE]
+    if not all(units.values()) or any(  # the same units, by name (format 6) or count
+            u.get("unit") != english.get("unit") or len(u["tokens"]) != len(english["tokens"])
+            for u in units.values()):
         return None
-    nll_fp, nll_q, tokens = (np.array([u[name] for u in units], dtype=float)
-                             for name in ("nll_fp", "nll_q", "tokens"))
-    measured = Measurement((REFERENCE, first, second), nll_fp, nll_q, tokens,
-                           np.zeros_like(tokens), np.zeros_like(tokens), reference=REFERENCE)
+    measured = Measurement.from_per_unit(units, REFERENCE)
     value, samples, undefined = measured.draws("disparity")
     if undefined:
         return None

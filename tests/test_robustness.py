@@ -907,6 +907,8 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
              f"{gate}: its report has no measurement of none in he to give its disparity"),
             (lambda r: r["measurements"].pop(1),
              f"{gate}: its report has no measurement of none in he to give its disparity"),
+            (lambda r: r["audits"][1].update(strategy="L0"),
+             f"{gate}: its report has no measurement of L0 in he to give its disparity"),
             (lambda r: r["audits"][1].update(outcome="failed"),
              f"{gate}: failed with disparity 3.125 against <= 4"),
             (lambda r: r["audits"][1].update(bound="<= 3"),
