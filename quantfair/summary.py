@@ -305,6 +305,33 @@ def release_checked(report: dict) -> bool:
         a["outcome"] != "skipped" for a in report.get("audits", []) if is_release(a))
 
 
+def _case(audit: dict) -> str:
+    """What an audit bounds: "Hebrew (he)", or "own_gate (L0<none)" for one of no language."""
+    return (f"{language(audit['language']).name} ({audit['language']})"
+            if audit.get("language") else f"{audit['finding']} ({audit['case']})")
+
+
+def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
+    """A sentence per quantity and bound of the release gates `gates` failed on a value,
+    their cases worst first, the first `shown` named: "Disparity over its release maximum
+    (<= 5), worst first: Hebrew (he) 6.95 [95% CI 6.50, 7.40]; ... and 3 more (the audits
+    table lists each)"."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for a in gates:
+        groups.setdefault((a["quantity"], a["bound"]), []).append(a)
+    sentences = []
+    for (quantity, bound), cases in groups.items():
+        cases = sorted(cases, key=lambda a: -a["value"])
+        named = [f"{_case(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}"
+                 for a in cases[:shown]]
+        sentences.append(
+            f"{capitalized(quantity)} over its release maximum ({bound})"
+            + (", worst first: " if len(cases) > 1 else ": ") + "; ".join(named)
+            + (f"; and {len(cases) - shown} more (the audits table lists each)"
+               if len(cases) > shown else "") + ".")
+    return sentences
+
+
 def summarize(report: dict) -> dict:
     """The report's `summary` block: `counts` per outcome, `verdict`, `headline`, the worst-hit
     languages, findings that held / did not hold / stayed inconclusive, what was measured, and
@@ -327,14 +354,7 @@ def summarize(report: dict) -> dict:
     sentences = [capitalized(headline) + "."]
     gates = [a for a in report.get("audits", []) if a["outcome"] == "failed" and is_release(a)]
 
-    def gate(a: dict) -> str:
-        return (f"{language(a['language']).name} ({a['language']})" if a.get("language")
-                else f"{a['finding']} ({a['case']})") + f" {a['quantity']}"
-
-    if over := [a for a in gates if a.get("value") is not None]:
-        sentences.append("Over the release maxima: " + "; ".join(
-            f"{gate(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, "
-            f"bound {a['bound']}" for a in over) + ".")
+    sentences += over_maxima([a for a in gates if a.get("value") is not None])
     within = [a for a in report.get("audits", []) if a["outcome"] == "passed" and is_release(a)]
     if within and release_outcome(report) == "passed":
         sentences.append(f"Release gate passed: {len(within)} case(s) within their maxima ("
@@ -342,7 +362,8 @@ def summarize(report: dict) -> dict:
     if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
         noise = any("within noise" in (a.get("detail") or "") for a in unmeasured)
         sentences.append("Release gates failed as not measurable: " + "; ".join(
-            f"{gate(a)} ({(a.get('detail') or 'no value').removeprefix('undefined: ')})"
+            f"{_case(a)} {a['quantity']} "
+            f"({(a.get('detail') or 'no value').removeprefix('undefined: ')})"
             for a in unmeasured) + "." + (
             " More units (--units) may tell English's damage from noise."
             if noise and settings.get("units") else ""))

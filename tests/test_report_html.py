@@ -1212,22 +1212,42 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
         "measurements, not errors")
     assert summarize(report(gates))["release"] == "failed"
     assert summarize(report(gates))["findings"]["did_not_hold"] == ["synergy"]  # not the gates
-    assert summarize(report(gates))["sentences"][1] == (
-        "Over the release maxima: own_gate (L0<none) disparity difference 0.275 [95% CI 0.07, "
-        "0.45], bound < 0; English (en) degradation 0.612 [95% CI 0.60, 0.63], bound <= 0.5; "
-        "Hebrew (he) disparity 6.95 [95% CI 6.50, 7.40], bound <= 5.")
-    assert summarize(report(gates))["sentences"][2] == (
+    assert summarize(report(gates))["sentences"][1:4] == [
+        "Disparity difference over its release maximum (< 0): own_gate (L0<none) 0.275 "
+        "[95% CI 0.07, 0.45].",
+        "Degradation over its release maximum (<= 0.5): English (en) 0.612 [95% CI 0.60, "
+        "0.63].",
+        "Disparity over its release maximum (<= 5): Hebrew (he) 6.95 [95% CI 6.50, 7.40]."]
+    assert summarize(report(gates))["sentences"][4] == (
         "Release gates failed as not measurable: German (de) disparity (en loss change is "
         "within noise (95% CI includes 0)). More units (--units) may tell English's damage "
         "from noise.")
     every_unit = report(gates)
     every_unit["settings"]["units"] = None  # all of them: no more to give
-    assert summarize(every_unit)["sentences"][2].endswith("(95% CI includes 0)).")
-    assert not any("release maxima" in s for s in summarize(report())["sentences"])
+    assert summarize(every_unit)["sentences"][4].endswith("(95% CI includes 0)).")
+    assert not any("release maximum" in s for s in summarize(report())["sentences"])
     # a broken model's degradation, and its CI, in the same notation
     gates[2].update(value=1.33e10, low=3194648419.64, high=96502241841.19)
-    assert "English (en) degradation 1.33e+10 [95% CI 3.19e+09, 9.65e+10], bound <= 0.5" in \
-        summarize(report(gates))["sentences"][1]
+    assert "English (en) 1.33e+10 [95% CI 3.19e+09, 9.65e+10]." in \
+        summarize(report(gates))["sentences"][2]
+
+
+def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
+    codes = ["de", "ru", "he", "ar", "zh", "ja", "ko", "fr"]
+    gates = [audit("release_disparity", "failed", code, value=2.0 + i, low=1.5 + i,
+                   high=2.5 + i, bound="<= 1.5", quantity="disparity", experiments=["release"])
+             for i, code in enumerate(codes)]
+    over = [s for s in summarize(report(gates))["sentences"] if "release maximum" in s]
+    assert over == [
+        "Disparity over its release maximum (<= 1.5), worst first: French (fr) 9 [95% CI 8.50, "
+        "9.50]; Korean (ko) 8 [95% CI 7.50, 8.50]; Japanese (ja) 7 [95% CI 6.50, 7.50]; "
+        "Chinese (zh) 6 [95% CI 5.50, 6.50]; Arabic (ar) 5 [95% CI 4.50, 5.50]; and 3 more "
+        "(the audits table lists each)."]
+    gates[0]["bound"] = "<= 1.8"  # a language's own maximum: a sentence of its own
+    assert {s.split(" [")[0] for s in summarize(report(gates))["sentences"]
+            if "maximum (" in s} == {
+        "Disparity over its release maximum (<= 1.8): German (de) 2",
+        "Disparity over its release maximum (<= 1.5), worst first: French (fr) 9"}
 
 
 def test_the_summary_says_why_audits_could_not_run_once_per_reason():
