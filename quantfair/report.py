@@ -737,6 +737,11 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with {strict_option}): {listed(undecided)}")
+    rebounded = {entry.split(" (")[0] for entry in comparison.get("bound_changed") or []}
+    if changed := [f"{a['nodeid']} ({a['old']} -> {a['new']})" for a in comparison["audits"]
+                   if a["old"] not in ("passed", a["new"]) and a["nodeid"] not in rebounded]:
+        lines.append(f"{len(changed)} audit(s) not passed in the baseline changed outcome: "
+                     f"{listed(changed)}")
     if renamed := comparison.get("strategy_changed"):
         lines.append(f"{len(renamed)} measurement(s) or audit(s) of another strategy under the "
                      f"same name (another --strategy), not compared: {listed(renamed)}")

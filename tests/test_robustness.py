@@ -1057,6 +1057,23 @@ def test_on_shared_units_a_disparity_is_defined_or_not_on_those_units():
             "language's degradation is checked for growth instead: int4/none/medium/he") in notes
 
 
+def test_audits_not_passed_in_the_baseline_that_changed_outcome_are_named():
+    from quantfair.report import comparison_notes
+
+    audits = [{"nodeid": "a.py::fixed", "old": "failed", "new": "passed"},
+              {"nodeid": "a.py::same", "old": "failed", "new": "failed"},
+              {"nodeid": "a.py::lost", "old": "passed", "new": "failed"},  # a regression
+              {"nodeid": "a.py::decided", "old": "inconclusive", "new": "failed"},
+              {"nodeid": "a.py::rebound", "old": "failed", "new": "passed"}]
+    notes = comparison_notes({"baseline_created": "t", "rows": [], "audits": audits,
+                              "bound_changed": ["a.py::rebound (failed under <= 2, passed "
+                                                "under <= 5)"]})
+    assert "2 audit(s) not passed in the baseline changed outcome: a.py::fixed (failed -> " \
+           "passed), a.py::decided (inconclusive -> failed)" in notes
+    assert not any("changed outcome" in line for line in comparison_notes(
+        {"baseline_created": "t", "rows": [], "audits": audits[1:3]}))
+
+
 def test_growth_within_float_noise_is_no_regression_and_a_real_one_prints_apart():
     from quantfair.report import compare
 
