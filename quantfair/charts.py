@@ -407,7 +407,7 @@ def resource(report: dict) -> dict:
         noise = found is None or found["pearson_low"] <= 0 <= found["pearson_high"]
         ax.plot(grid, 10 ** (slope * grid + intercept), color=PALETTE[1], lw=1,
                 ls="--" if noise else "-",
-                label=f"log-linear fit over the {len(drawn)} languages drawn"
+                label=f"least-squares fit of log10 disparity over the {len(drawn)} languages drawn"
                 + (" (dashed: r's 95% CI includes 0, so no trend is established)" if noise else ""))
         figure.legend(loc="outside lower center")
     _log_axis(ax)

@@ -1090,6 +1090,9 @@ def test_the_resource_correlation_shows_its_points_and_its_interval():
                       render_html(report()))
     assert shown and shown[1] == str(len(LANGUAGES) - 1)
     assert -1 <= float(shown[3]) <= float(shown[2]) <= float(shown[4].rstrip("]")) <= 1
+    # r is of the values; the line drawn, of their logarithm: the page says which is which
+    assert "of the disparities as measured; the chart's line fits their logarithm." in \
+        render_html(report())
 
 
 def test_every_shaded_cell_is_readable_at_wcag_aa():
