@@ -41,6 +41,7 @@ from quantfair.strategy_syntax import ALIASES
 from quantfair.summary import (
     RECOMMENDED,
     compared_rows,
+    is_release,
     leaning,
     main_rows,
     release_outcome,
@@ -143,10 +144,22 @@ def scorecard_strategies(report: dict) -> list[str]:
     return chosen
 
 
+def _gates(report: dict, strategy: str) -> dict[tuple[str, str], str]:
+    """(language, quantity) -> what a scorecard cell says of the release gate that bounds
+    it: "✗ over max <= 5", "✓ max <= 5" ("?" where the CI straddles it)."""
+    return {(a["language"], a["quantity"]):
+            f"{SYMBOLS[a['outcome']]} {'over ' if a['outcome'] == 'failed' else ''}"
+            f"max {a['bound']}"
+            for a in report.get("audits", [])
+            if is_release(a) and a.get("language") and a.get("strategy") == strategy
+            and a.get("bound") and a["outcome"] in ("passed", "failed", "inconclusive")}
+
+
 def scorecard(report: dict, strategy: str) -> list[dict]:
     """One row per language: metadata, fertility, perplexities, bits per byte, NLL and KLD
-    disparity, mean KL divergence (nats per token) and same-top rate (%) with 95% CIs."""
-    rows = []
+    disparity, mean KL divergence (nats per token) and same-top rate (%) with 95% CIs, and
+    the release gate that bounds each disparity (`_gates`)."""
+    rows, gates = [], _gates(report, strategy)
     for r in main_rows(report, strategy):
         meta = language(r["language"])
         disparity = None if r.get("undefined") else r.get("disparity")
@@ -162,7 +175,9 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "kld": _kld_disparity(r), "kld_style": shade(kld) if r.get("kld_disparity") else None,
             "kld_mean": _estimate(r, "kld_mean", 4),
             "same_top": _estimate(r, "same_top", 1, scale=100),
-            "reference": names_reference(r["language"])})
+            "reference": names_reference(r["language"]),
+            "disparity_gate": gates.get((r["language"], "disparity")),
+            "kld_gate": gates.get((r["language"], "kld_disparity"))})
     return rows
 
 
@@ -341,11 +356,13 @@ def render_html(report: dict) -> str:
     summary = report_summary(report)
     strategies = scorecard_strategies(report)
     groups = aggregates(report, strategies)
+    cards = [(s, scorecard(report, s)) for s in strategies]
     return template.render(
         report=report, summary=summary, banner=banner(report, summary),
         evaluated_in=evaluated_in(report),
         heatmap=heatmap(report),
-        scorecards=[(s, scorecard(report, s)) for s in strategies],
+        scorecards=cards,
+        gated=any(r["disparity_gate"] or r["kld_gate"] for _, rows in cards for r in rows),
         costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
         kld_aggregates=aggregates(report, strategies, "kld_disparity"),

@@ -1095,6 +1095,32 @@ def test_the_resource_correlation_shows_its_points_and_its_interval():
         render_html(report())
 
 
+def test_a_scorecard_cell_a_release_maximum_bounds_says_the_gate():
+    from quantfair.html import render_html
+
+    def gate(language, outcome, strategy="none", bound="<= 5", **extra):
+        return audit("release_disparity", outcome, language, strategy=strategy, bound=bound,
+                     quantity="disparity", experiments=["release"], **extra)
+
+    gates = [gate("he", "failed", value=6.0), gate("ar", "passed", value=3.0),
+             gate("de", "inconclusive", value=1.5),
+             audit("synergy", "failed", "de", strategy="none", quantity="disparity"),  # seed
+             gate("he", "passed", strategy="recommended", bound="<= 9")]  # not this table
+    page = render_html(report(gates))
+    none = page[page.index('data-strategy="none"'):page.index('data-strategy="recommended"')]
+    cells = dict(re.findall(r'data-language="(\w+)">.*?class="num shade"[^>]*>([^<]*(?:<br>'
+                            r'<span class="gate">[^<]*</span>)?)</td>', none, re.S))
+    assert cells["he"].endswith('<span class="gate">✗ over max &lt;= 5</span>')
+    assert cells["ar"].endswith('<span class="gate">✓ max &lt;= 5</span>')
+    assert cells["de"].endswith('<span class="gate">? max &lt;= 5</span>')
+    assert "gate" not in cells["en"]
+    recommended = page[page.index('data-strategy="recommended"'):]
+    assert "✓ max &lt;= 9" in recommended.split("</table>")[0]
+    assert "A cell a release maximum bounds says its gate's outcome" in page
+    assert "A cell a release maximum bounds" not in render_html(report())
+    assert 'class="gate"' not in render_html(report())
+
+
 def test_every_shaded_cell_is_readable_at_wcag_aa():
     """White on cividis's middle greys and olives read at 3.3:1 (Arabic's 5.87x on SmolLM2);
     text under 18 pt needs 4.5:1 (WCAG 2.1, 1.4.3)."""
