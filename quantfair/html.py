@@ -146,7 +146,7 @@ def scorecard_strategies(report: dict) -> list[str]:
 
 def _gates(report: dict, strategy: str) -> dict[tuple[str, str], str]:
     """(language, quantity) -> what a scorecard cell says of the release gate that bounds
-    it: "✗ over max <= 5", "✓ max <= 5" ("?" where the CI straddles it)."""
+    the quantity: "✗ over max <= 5", "✓ max <= 5" ("?" where the CI straddles it)."""
     return {(a["language"], a["quantity"]):
             f"{SYMBOLS[a['outcome']]} {'over ' if a['outcome'] == 'failed' else ''}"
             f"max {a['bound']}"
@@ -177,7 +177,10 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "same_top": _estimate(r, "same_top", 1, scale=100),
             "reference": names_reference(r["language"]),
             "disparity_gate": gates.get((r["language"], "disparity")),
-            "kld_gate": gates.get((r["language"], "kld_disparity"))})
+            "kld_gate": gates.get((r["language"], "kld_disparity")),
+            # a degradation is the quantized perplexity's growth: said under it
+            "degradation_gate": (gate := gates.get((r["language"], "degradation"))) and
+            gate.replace("max", "degradation max")})
     return rows
 
 
@@ -362,7 +365,8 @@ def render_html(report: dict) -> str:
         evaluated_in=evaluated_in(report),
         heatmap=heatmap(report),
         scorecards=cards,
-        gated=any(r["disparity_gate"] or r["kld_gate"] for _, rows in cards for r in rows),
+        gated=any(r["disparity_gate"] or r["kld_gate"] or r["degradation_gate"]
+                  for _, rows in cards for r in rows),
         costs={s: protection_cost(report, s) for s in strategies},
         aggregates=groups,  # or why none, where the languages have metadata to group by
         kld_aggregates=aggregates(report, strategies, "kld_disparity"),

@@ -1114,6 +1114,13 @@ def test_a_scorecard_cell_a_release_maximum_bounds_says_the_gate():
     assert cells["ar"].endswith('<span class="gate">✓ max &lt;= 5</span>')
     assert cells["de"].endswith('<span class="gate">? max &lt;= 5</span>')
     assert "gate" not in cells["en"]
+    degradation = audit("release_degradation", "failed", "en", strategy="none", value=0.8,
+                        bound="<= 0.5", quantity="degradation", experiments=["release"])
+    page = render_html(report([*gates, degradation]))
+    english = page[page.index('data-language="en"'):].split("</tr>")[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", english, re.S)
+    assert cells[6].endswith('<br><span class="gate">✗ over degradation max &lt;= 0.5</span>')
+    assert sum("gate" in cell for cell in cells) == 1  # ppl quantized's alone
     recommended = page[page.index('data-strategy="recommended"'):]
     assert "✓ max &lt;= 9" in recommended.split("</table>")[0]
     assert "A cell a release maximum bounds says its gate's outcome" in page
