@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 
 from quantfair.corpus import language, names_reference, resource_points
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.summary import RECOMMENDED, compared_rows, main_rows
+from quantfair.summary import RECOMMENDED, compared_rows, is_release, main_rows
 from quantfair.text import significant
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
@@ -229,9 +229,19 @@ def forest_not_drawn(report: dict) -> list[str]:
     return [f"{lang} ({', '.join(names)})" for lang, names in below.items()]
 
 
+def release_maxima(report: dict) -> dict[str, float]:
+    """Language -> the maximum its release gate set on the NLL disparity without protection
+    (`--quantfair-max-disparity`), where one was audited."""
+    return {a["language"]: float(limit[1]) for a in report.get("audits", [])
+            if is_release(a) and a.get("quantity") == "disparity" and a.get("language")
+            and a.get("strategy") == "none"
+            and (limit := re.fullmatch(r"<= (\S+)", a.get("bound") or ""))}
+
+
 @styled
 def forest(report: dict) -> str | None:
-    """Disparity per language with its 95% CI, one row per language, one marker per strategy."""
+    """Disparity per language with its 95% CI, one row per language, one marker per strategy,
+    and each language's release maximum where a gate set one (`release_maxima`)."""
     strategies = forest_strategies(report)
     rows = {(r["strategy"], r["language"]): r for r in main_rows(report)}
     languages = [lg for lg in dict.fromkeys(r["language"] for r in main_rows(report))
@@ -255,12 +265,17 @@ def forest(report: dict) -> str | None:
         ax.errorbar(xs, ys, xerr=errors, fmt=MARKERS[index], color=PALETTE[index], ms=4,
                     capsize=2, lw=1, label=strategy)
     ax.axvline(1, color="0.3", ls="--", lw=0.8, label="parity (1x)")
+    if maxima := [(limit, position) for position, lang in enumerate(languages)
+                  if (limit := release_maxima(report).get(lang))]:
+        ax.scatter(*zip(*maxima), marker="|", s=160, linewidths=2, color="0.1", zorder=3,
+                   label="release maximum")
     _log_axis(ax, "x")
     ax.set_yticks(range(len(languages)), [f"{lg} ({language(lg).name})" for lg in languages])
     ax.invert_yaxis()
     ax.set_xlabel("disparity: NLL damage relative to English's on the same text (log scale)")
     ax.set_title(f"Disparity per language with 95% CIs ({report['settings'].get('scheme')})")
-    figure.legend(loc="outside lower center", ncols=balanced_columns(len(strategies) + 1))
+    figure.legend(loc="outside lower center",
+                  ncols=balanced_columns(len(strategies) + 1 + bool(maxima)))
     return to_svg(figure, "forest")
 
 

@@ -365,6 +365,7 @@ def render_html(report: dict) -> str:
         evaluated_in=evaluated_in(report),
         heatmap=heatmap(report),
         scorecards=cards,
+        forest_maxima=charts.release_maxima(report),
         gated=any(r["disparity_gate"] or r["kld_gate"] or r["degradation_gate"]
                   for _, rows in cards for r in rows),
         costs={s: protection_cost(report, s) for s in strategies},

@@ -837,6 +837,26 @@ def test_a_legend_fills_its_rows_alike():
     assert [charts.balanced_columns(n) for n in range(1, 10)] == [1, 2, 3, 4, 3, 3, 4, 4, 3]
 
 
+def test_the_forest_draws_the_release_maxima_of_the_disparity():
+    from quantfair import charts
+    from quantfair.html import render_html
+
+    def gate(language, bound, quantity="disparity", strategy="none"):
+        return audit("release_disparity", "failed", language, strategy=strategy, bound=bound,
+                     quantity=quantity, experiments=["release"])
+
+    assert "release maximum" not in charts.forest(report())
+    gated = report([gate("he", "<= 5"), gate("ar", "<= 2.5"),
+                    gate("de", "<= 0.5", quantity="degradation"),
+                    gate("de", "<= 9", strategy="recommended"),
+                    audit("synergy", "failed", "de", strategy="none", bound="<= 7",
+                          quantity="disparity")])  # a seed finding's bound: no maximum
+    assert charts.release_maxima(gated) == {"he": 5.0, "ar": 2.5}
+    assert "release maximum" in charts.forest(gated)
+    assert "a black bar a language's release maximum" in render_html(gated)
+    assert "a black bar" not in render_html(report())
+
+
 def test_a_value_outside_its_interval_still_draws_the_forest():
     """A hand-edited report whose disparity lies outside its CI: no negative error bar."""
     from quantfair import charts
