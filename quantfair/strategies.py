@@ -450,13 +450,15 @@ class StrategyResolver:
     def overhead(self, protection: Protection) -> Overhead:
         """Protected parameters, and the storage they add: protected parameters are kept in
         half precision (16 bits) beside the codes, which take each tensor's stored bits per
-        weight (`WeightBank.bits`); parameters the scheme leaves alone count 16 bits."""
+        weight (`WeightBank.bits`); parameters the scheme leaves alone count 16 bits. A tensor
+        stored in 16 bits or more (an artifact saved as float safetensors) adds nothing: its
+        file already takes what full precision would."""
         total = sum(c.numel for c in self.parts.values())
         protected = sum(_count(keep, self.parts[name].numel) for name, keep in protection.items())
         fp_bits = 16
         bits = {c.name: self.bank.bits(c.name, self.scheme) for c in self._quantized_parts()}
         base_bits = sum(c.numel * bits.get(c.name, fp_bits) for c in self.parts.values())
-        extra_bits = sum(_count(keep, self.parts[name].numel) * (fp_bits - bits[name])
+        extra_bits = sum(_count(keep, self.parts[name].numel) * max(fp_bits - bits[name], 0)
                          for name, keep in protection.items() if name in bits)
         return Overhead(protected, total, extra_bits / base_bits if base_bits else 0.0)
 
