@@ -502,7 +502,12 @@ QUANTITIES = {q.name: q for q in (
 
 
 def quantity(name: str) -> Quantity:
-    """The registered quantity `name`; an unknown name is a UsageError suggesting close ones."""
+    """The registered quantity `name`; an unknown name is a UsageError suggesting close ones,
+    as is a value that is no name (a bound given where the quantity goes)."""
+    if not isinstance(name, str):
+        raise UsageError(f"a quantity is one of {', '.join(QUANTITIES)}, got {name!r}"
+                         + (" (a bound goes in bound=)" if isinstance(name, dict) or hasattr(
+                             name, "holds") else ""))
     if name not in QUANTITIES:
         close = difflib.get_close_matches(name, QUANTITIES, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""

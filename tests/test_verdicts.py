@@ -413,6 +413,10 @@ def test_better_over_languages_the_run_did_not_measure_is_skipped_saying_so():
      "GroupOrder compares 'L0' with 'L0', the same strategy"),
     (lambda: LanguageBound("L0", "perplexity"), "LanguageBound's quantity: unknown quantity "
                                                 "'perplexity'"),
+    (lambda: LanguageBound("L0", {"*": Bound(max=2)}), "LanguageBound's quantity: a quantity "
+                                                       "is one of disparity, "),
+    (lambda: ReleaseBound("none", Bound(max=2)), "ReleaseBound's quantity: a quantity is one "
+                                                 "of disparity, "),
     (lambda: MeanBound(Bound(max=3)), "MeanBound's bounds must be a dict of strategy -> bound "
                                       "such as {'L0': Bound(max=10.0)}, got Bound("),
     (lambda: LanguageBound("L0", "degradation", Bound(max=-5)),
