@@ -345,8 +345,9 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             # growth within float noise (summation order, thread count) is none at any tolerance
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
                 regressions.append(f"{quantity} {key}: {_grown(quantity, a, b, tolerance)}")
-        elif a is not None:
-            regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined")
+        elif a is not None:  # no number shows the disparity did not grow: a regression
+            regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined"
+                               + _undefined_why(quantity, before, row))
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
@@ -656,6 +657,20 @@ def _values(quantity: str, *values: float) -> tuple[str, ...]:
     return texts
 
 
+def _undefined_why(quantity: str, before: dict, row: dict) -> str:
+    """Why a disparity defined in the baseline is undefined now, and the language's own damage
+    on both sides (a disparity is a ratio: English's damage fallen into noise undefines it
+    while every language's damage falls): " (en loss change is within noise (95% CI
+    includes 0); its degradation 33.6% -> 22.7%)"."""
+    if quantity != "disparity":
+        return ""
+    why = row.get("undefined") or "undefined on the units both runs measured"
+    was, now = before.get("degradation"), row.get("degradation")
+    damage = (f"; its degradation {' -> '.join(_values('degradation', was, now))}"
+              if was is not None and now is not None else "")
+    return f" ({why}{damage})"
+
+
 def _noise(row: dict) -> bool:
     """Whether a row's degradation is within noise: its 95% CI includes 0 (False where the
     row keeps no CI: an older report, or too few units for one)."""
@@ -766,8 +781,8 @@ def regressions_line(comparison: dict) -> str:
     beyond = (f"beyond {100 * comparison['tolerance']:g}%, the tolerance (for English, and "
               "where the baseline's disparity is undefined, the degradation)")
     if count := len(comparison["regressions"]):
-        return f"{count} regression(s), each a disparity grown {beyond} or an audit that " \
-               "stopped passing"
+        return f"{count} regression(s), each a disparity grown {beyond}, one undefined now, " \
+               "or an audit that stopped passing"
     return f"0 regressions: no disparity grew {beyond}, and no audit stopped passing"
 
 

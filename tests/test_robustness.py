@@ -1335,11 +1335,14 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     note = ("1 disparity(ies) undefined in the baseline: the language's degradation is "
             "checked for growth instead")
     assert note in printed.stdout and escape(note) in html
-    regressions = compare(report, undefined(1.0))["regressions"]
-    assert regressions and all(line.endswith("-> undefined") for line in regressions)
+    regressions = compare(report, undefined(1.0, worse=0.5))["regressions"]
+    # a ratio undefined now says why, and the language's own damage on both sides
+    assert regressions == [
+        f"disparity int4/none/medium/he: {he['disparity']:.4g} -> undefined ({reason}; its "
+        f"degradation {he['degradation']:.1%} -> {0.5 * he['degradation']:.1%})"]
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
-    assert "-&gt; undefined</li>" in html
+    assert "-&gt; undefined (en loss change is within noise" in html
 
 
 def test_a_degradation_within_noise_in_the_baseline_regresses_only_to_measured_damage(
