@@ -88,20 +88,22 @@ def _read(spec: str, sha256: str | None):
         else:
             location, kwargs["local_files_only"] = spec, True
             type_mix = {}
-        model, info = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch.float32, output_loading_info=True, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(  # a mismatch named below
+            location, dtype=torch.float32, output_loading_info=True,
+            ignore_mismatched_sizes=True, **kwargs)
         # A folder saved without its tokenizer is audited with the model's (none compared).
         bare = path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES)
         tokenizer = None if bare else load_tokenizer(location, **kwargs)
     except SafetensorError as error:  # a weights file cut short or overwritten
         raise QuantfairError(f"--quantized {spec}: a safetensors file is damaged or cut short "
                              f"({error}): copy or download it again") from None
-    except (OSError, RuntimeError, ValueError) as error:  # RuntimeError: a tensor unlike its
-        # config's; ValueError: a damaged config.json
+    except (OSError, RuntimeError, ValueError) as error:  # ValueError: a damaged config.json
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "ignore_mismatched_sizes" in first:
-            first = "a tensor's shape differs from the one its own config gives"
         raise QuantfairError(f"--quantized {spec}: cannot load it ({first})") from None
+    if info.get("mismatched_keys"):
+        name, stored, configured = sorted(info["mismatched_keys"])[0]
+        raise QuantfairError(f"--quantized {spec}: cannot load it (tensor {name} of shape "
+                             f"{tuple(stored)}, where its own config gives {tuple(configured)})")
     if info.get("missing_keys"):
         first = sorted(info["missing_keys"])[0]
         raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")

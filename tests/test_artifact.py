@@ -4,6 +4,7 @@ model, mapped by parameter name."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,20 @@ def test_missing_tensor_is_named(tmp_path):
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(QuantfairError, match="model.layers.1.mlp.up_proj.weight"):
+        _session(_config("tiny-llama", str(folder)))
+
+
+def test_a_tensor_unlike_its_own_config_is_named(tmp_path):
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    rows, columns = tensors[name].shape
+    tensors[name] = tensors[name][:-1].contiguous()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QuantfairError, match=re.escape(
+            f"cannot load it (tensor {name} of shape ({rows - 1}, {columns}), where its own "
+            f"config gives ({rows}, {columns}))")):
         _session(_config("tiny-llama", str(folder)))
 
 
