@@ -4,6 +4,7 @@ side of an audit, mapped onto the FP model's parameters by name."""
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections import Counter
@@ -213,12 +214,13 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
     return None
 
 
-def _same_architecture(spec: str, reference: LoadedModel) -> None:
+def _same_header(spec: str, reference: LoadedModel) -> None:
     """Raises UsageError where the GGUF file `spec` is of another architecture than the
-    model, read from its header (`general.architecture`): against the model's own GGUF
-    file's, or else its transformers model type, which transformers takes from that field
-    (up to separators and a "_text" suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text).
-    A llama file is not judged here: transformers loads Mistral models from those too."""
+    model, or its token embedding (`token_embd.weight`) of another size, read from its
+    header. The architecture (`general.architecture`) against the model's own GGUF file's,
+    or else its transformers model type, which transformers takes from that field (up to
+    separators and a "_text" suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text). A llama
+    file's is not judged: transformers loads Mistral models from those too."""
     path = Path(spec)
     if not is_gguf(path) or not path.is_file():
         return
@@ -236,6 +238,12 @@ def _same_architecture(spec: str, reference: LoadedModel) -> None:
     if theirs and ours and differ:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"architecture {theirs}, the model's is {ours}")
+    embedding = gguf_tensors(path).get("token_embd.weight")  # llama.cpp's name in every file
+    shape = tuple(reference.model.get_input_embeddings().weight.shape)
+    if embedding and embedding["elements"] != math.prod(shape):
+        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: its token "
+                         f"embedding has {embedding['elements']:,} elements, the model's "
+                         f"{math.prod(shape):,} ({shape[0]:,} x {shape[1]:,})")
 
 
 def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Artifact:
@@ -248,7 +256,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     their quantization (`_unlike`), and QuantfairError when it cannot be read. The converted
     copy of a GGUF file refused (4 bytes per parameter of the cache) is removed if this call
     made it (one made before, e.g. of the file loaded as a model, stays)."""
-    _same_architecture(spec, reference)  # before a whole file is dequantized for nothing
+    _same_header(spec, reference)  # before a whole file is dequantized for nothing
     path = Path(spec)
     sha256 = file_sha256(path) if is_gguf(path) and path.is_file() else None
     made = sha256 is not None and not has_gguf_checkpoint(sha256)

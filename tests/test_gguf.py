@@ -212,6 +212,28 @@ def test_a_gguf_lacking_a_tensor_is_named(tmp_path, monkeypatch):
         _artifact_tensors(source, artifact)
 
 
+def test_a_gguf_of_another_size_is_refused_from_its_header(tmp_path, monkeypatch):
+    """Another model's file of the same architecture was converted whole (a 135M model took
+    24 s) before its first tensor was found to differ: its header tells."""
+    from quantfair.errors import UsageError
+    from quantfair.models import _from_config, _tiny_config
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    _, source, _ = _gpt2_pair(tmp_path, "Q4_0")
+    config = _tiny_config("gpt2")
+    config.n_positions, config.n_embd = 1024, 2 * config.n_embd
+    wider = tmp_path / "wider.gguf"
+    _write_gpt2(_from_config(config), wider, "Q4_0")
+    with pytest.raises(UsageError, match=(
+            rf"wider\.gguf does not pair with f32: its token embedding has "
+            rf"{config.vocab_size * config.n_embd:,} elements, the model's "
+            rf"{config.vocab_size * config.n_embd // 2:,} \({config.vocab_size:,} x "
+            rf"{config.n_embd // 2:,}\)$")):
+        _artifact_tensors(source, wider)
+    converted = list((tmp_path / "cache" / "gguf-checkpoints").glob("[!.]*"))  # not locks
+    assert len(converted) == 1  # the model's own file; the refused one never converted
+
+
 def test_a_gguf_tokenizer_lacking_a_field_transformers_needs_is_named(tmp_path, capsys):
     """transformers builds a merges-less GGUF tokenizer from its scores: without them its
     KeyError was reported as an unexpected error."""
