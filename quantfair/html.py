@@ -44,6 +44,7 @@ from quantfair.summary import (
     is_release,
     leaning,
     main_rows,
+    own_findings,
     release_outcome,
     seed_outcome,
     summarize,
@@ -298,8 +299,9 @@ def audit_groups(report: dict) -> dict:
 
 def banner(report: dict, summary: dict) -> tuple[str, str]:
     """The verdict banner's kind (its colour) and label. A run that checked a release gate
-    (a maximum or a baseline) names the gate's outcome first, then the seed findings'; one
-    that did not says its verdict is of the seed's findings alone."""
+    (a maximum or a baseline) names the gate's outcome first, then the findings' (the seed's,
+    or one's own among them: `own_findings`); one that did not says its verdict is of the
+    findings alone."""
     counts = summary["counts"]
     if report.get("incomplete"):
         return "incomplete", "INCOMPLETE"
@@ -309,8 +311,9 @@ def banner(report: dict, summary: dict) -> tuple[str, str]:
         return "undecided", "NOTHING DECIDED (verdict: passed)"
     kind = "findings" if counts["failed"] or report.get("verdict") == "failed" else "passed"
     gate, seed = release_outcome(report), seed_outcome(report)
+    findings = "FINDINGS" if own_findings(report) else "SEED FINDINGS"
     label = "; ".join(f"{what} {outcome.upper()}" for what, outcome in (
-        ("RELEASE GATE", gate), ("SEED FINDINGS", seed)) if outcome)
+        ("RELEASE GATE", gate), (findings, seed)) if outcome)
     return kind, label or {"passed": "PASSED", "findings": "FAILED"}[kind]
 
 

@@ -287,6 +287,12 @@ def unchecked_gate(report: dict) -> str:
     return ""
 
 
+def own_findings(report: dict) -> bool:
+    """Whether one's own findings are among the audits that are no release gate: one that
+    quotes no number of the seed's, as each of the seed's does."""
+    return any(not a.get("seed") for a in report.get("audits", []) if not is_release(a))
+
+
 def seed_outcome(report: dict) -> str | None:
     """The seed findings' outcome, release audits left out: "failed" where one failed (or,
     under --quantfair-strict, was inconclusive), "passed" where some passed and none of that;
@@ -406,8 +412,9 @@ def summarize(report: dict) -> dict:
                if undecided else "") + ".")
     if not release_checked(report):
         why = unchecked_gate(report) or "no --quantfair-max-* maximum, no --quantfair-baseline"
+        whose = "" if own_findings(report) else "seed's "
         sentences.append(f"No release gate was checked ({why})" + (
-            ": the verdict is of the seed's findings on this model, not a release decision."
+            f": the verdict is of the {whose}findings on this model, not a release decision."
             if seed_outcome(report) else "."))
     if others := (report.get("selection") or {}).get("other_tests_failed"):
         sentences.append(f"{len(others)} test(s) that are not audits failed ({some(others)}): "

@@ -1423,6 +1423,11 @@ def test_a_run_that_checked_no_release_gate_says_so():
     assert said in summarize(report([*AUDITS, skipped_gate]))["sentences"]
     decided = {**skipped_gate, "outcome": "passed", "value": 1.2, "bound": "<= 2"}
     assert said not in summarize(report([*AUDITS, decided]))["sentences"]
+    # one's own findings (no seed number quoted) are not called the seed's
+    own = [*(a for a in AUDITS if a["outcome"] != "error"),
+           audit("my_release", "failed", "he", seed="")]
+    assert said.replace("seed's findings", "findings") in summarize(report(own))["sentences"]
+    assert banner(report(own), report(own)["summary"])[1] == "FINDINGS FAILED"
     # a baseline given but sharing nothing: it was given, and it is what went wrong
     given = report([*AUDITS])
     given["settings"]["release_maxima"] = "disparity 50"
