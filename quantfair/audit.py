@@ -502,8 +502,7 @@ class ReleaseBound(LanguageBound):
     def bounded(self, release_bounds: dict[str, dict[str, float]], case: Case) -> bool:
         """Whether the run's maxima (`RunConfig.release_bounds`) bound this case: a default
         maximum, or one for its language."""
-        maxima = release_bounds.get(self.quantity) or {}
-        return "*" in maxima or case.language in maxima
+        return _maximum(release_bounds.get(self.quantity) or {}, case.language) is not None
 
     def run(self, ctx, case, bound):
         maxima = ctx.release_bounds.get(self.quantity)
@@ -511,10 +510,20 @@ class ReleaseBound(LanguageBound):
             option = "max-" + self.quantity.replace("_", "-")
             raise NotApplicable(f"no release bound for {self.quantity} (--quantfair-{option} or "
                                 f"ini quantfair_{option.replace('-', '_')})")
-        limit = maxima.get(case.language, maxima.get("*"))
+        limit = _maximum(maxima, case.language)
         if limit is None:
             raise NotApplicable(f"no release bound for {self.quantity} in {case.language}")
         return super().run(ctx, case, Bound(max=limit))
+
+
+def _maximum(maxima: dict[str, float], language: str) -> float | None:
+    """A language's release maximum: its code's, else one given under another code of the
+    same language (`he=2` bounds a user corpus's `heb`: `corpus.named_by`), else the
+    default ("*"); None where there is none."""
+    if language in maxima:
+        return maxima[language]
+    named = [limit for code, limit in maxima.items() if code != "*" and named_by(language, [code])]
+    return min(named) if named else maxima.get("*")
 
 
 @dataclass(frozen=True)

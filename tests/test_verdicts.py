@@ -161,6 +161,20 @@ def test_an_undefined_value_leaves_a_bound_undecided_and_fails_a_release_gate():
         assert outcome.status == expected and outcome.detail.startswith("undefined: ")
 
 
+def test_a_maximum_given_for_a_language_bounds_its_other_codes():
+    """`he=2` beside a user corpus's `heb` (the same text) gave Hebrew two maxima: 2 under
+    one code, the default 3 under the other."""
+    from quantfair.audit import Case, _maximum
+
+    assert _maximum({"*": 3.0, "he": 2.0}, "heb") == 2.0
+    assert _maximum({"*": 3.0, "he": 2.0, "heb": 2.5}, "heb") == 2.5  # its own code first
+    assert _maximum({"*": 3.0, "he": 2.0}, "ar") == 3.0
+    assert _maximum({"he": 2.0}, "ar") is None
+    gate = ReleaseBound("none", "disparity")
+    assert gate.bounded({"disparity": {"he": 2.0}}, Case("none-heb", "none", "heb"))
+    assert not gate.bounded({"disparity": {"he": 2.0}}, Case("none-ar", "none", "ar"))
+
+
 def test_best_needs_every_gap_to_be_significant():
     runs = {"L2": measurement(LOWER), "L3": measurement(NOISE),
             "L4": measurement(JITTER)}
