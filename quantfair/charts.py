@@ -230,12 +230,15 @@ def forest_not_drawn(report: dict) -> list[str]:
 
 
 def release_maxima(report: dict) -> dict[str, float]:
-    """Language -> the maximum its release gate set on the NLL disparity without protection
-    (`--quantfair-max-disparity`), where one was audited."""
-    return {a["language"]: float(limit[1]) for a in report.get("audits", [])
-            if is_release(a) and a.get("quantity") == "disparity" and a.get("language")
-            and a.get("strategy") == "none"
-            and (limit := re.fullmatch(r"<= (\S+)", a.get("bound") or ""))}
+    """Language -> the maximum its release gates set on the NLL disparity without protection
+    (`--quantfair-max-disparity`, a gate of one's own), the lowest where several did."""
+    maxima: dict[str, float] = {}
+    for a in report.get("audits", []):
+        if is_release(a) and a.get("quantity") == "disparity" and a.get("language") \
+                and a.get("strategy") == "none" \
+                and (limit := re.fullmatch(r"<= (\S+)", a.get("bound") or "")):
+            maxima[a["language"]] = min(float(limit[1]), maxima.get(a["language"], math.inf))
+    return maxima
 
 
 @styled

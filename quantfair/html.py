@@ -145,15 +145,18 @@ def scorecard_strategies(report: dict) -> list[str]:
     return chosen
 
 
-def _gates(report: dict, strategy: str) -> dict[tuple[str, str], str]:
-    """(language, quantity) -> what a scorecard cell says of the release gate that bounds
-    the quantity: "✗ over max <= 5", "✓ max <= 5" ("?" where the CI straddles it)."""
-    return {(a["language"], a["quantity"]):
-            f"{SYMBOLS[a['outcome']]} {'over ' if a['outcome'] == 'failed' else ''}"
-            f"max {a['bound']}"
-            for a in report.get("audits", [])
-            if is_release(a) and a.get("language") and a.get("strategy") == strategy
-            and a.get("bound") and a["outcome"] in ("passed", "failed", "inconclusive")}
+def _gates(report: dict, strategy: str) -> dict[tuple[str, str], list[str]]:
+    """(language, quantity) -> what a scorecard cell says of each release gate that bounds
+    the quantity, decided on the value shown: "✗ gate <= 5", "✓ gate >= 0.5", "✗ gate <= 2
+    (undefined)" for one failed as not measurable, "?" for one left undecided."""
+    gates: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for a in report.get("audits", []):
+        if is_release(a) and a.get("language") and a.get("strategy") == strategy \
+                and a.get("bound") and a["outcome"] in ("passed", "failed", "inconclusive"):
+            gates[a["language"], a["quantity"]].append(
+                f"{SYMBOLS[a['outcome']]} gate {a['bound']}"
+                + (" (undefined)" if a.get("value") is None else ""))
+    return gates
 
 
 def scorecard(report: dict, strategy: str) -> list[dict]:
@@ -177,11 +180,11 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "kld_mean": _estimate(r, "kld_mean", 4),
             "same_top": _estimate(r, "same_top", 1, scale=100),
             "reference": names_reference(r["language"]),
-            "disparity_gate": gates.get((r["language"], "disparity")),
-            "kld_gate": gates.get((r["language"], "kld_disparity")),
+            "disparity_gate": gates.get((r["language"], "disparity"), []),
+            "kld_gate": gates.get((r["language"], "kld_disparity"), []),
             # a degradation is the quantized perplexity's growth: said under it
-            "degradation_gate": (gate := gates.get((r["language"], "degradation"))) and
-            gate.replace("max", "degradation max")})
+            "degradation_gate": [gate.replace("gate", "degradation gate")
+                                 for gate in gates.get((r["language"], "degradation"), [])]})
     return rows
 
 

@@ -161,8 +161,9 @@ def _headline(report: dict, counts: dict) -> str:
         cases: dict[str, int] = defaultdict(int)  # a seed finding: its failed cases
         for a in sorted(failed, key=lambda a: a.get("value") is None):  # measured first
             if is_release(a):  # a gate fails a value it cannot measure too (undefined)
-                why = "over its maximum" if a.get("value") is not None else "not measurable"
-                over[f"{a.get('quantity') or a['finding']} {why}"].append(_where(a))
+                why = (beyond(a.get("bound") or "") if a.get("value") is not None
+                       else "not measurable")
+                over[f"{gate_name(a)} {why}"].append(_where(a))
             else:
                 cases[a.get("finding") or a["nodeid"]] += 1
         parts = ["release gate failed (" + "; ".join(
@@ -317,24 +318,47 @@ def _case(audit: dict) -> str:
             if audit.get("language") else f"{audit['finding']} ({audit['case']})")
 
 
+QUANTITY_NAMES = {"seed_disparity": "seed disparity", "kld_disparity": "KLD disparity",
+                  "mean_kld": "mean KL divergence", "same_top_rate": "same-top rate"}
+
+
+def gate_name(audit: dict) -> str:
+    """What a release gate bounds, as a reader names it: "disparity", "KLD disparity", and
+    the strategy of a per-language gate on another than none ("disparity of L0+Llast")."""
+    quantity = audit.get("quantity") or audit["finding"]
+    strategy = audit.get("strategy")
+    return QUANTITY_NAMES.get(quantity, quantity) + (
+        f" of {strategy}" if audit.get("language") and strategy not in (None, "none") else "")
+
+
+def beyond(bound: str) -> str:
+    """How a value fails `bound`: "over its maximum" (<=), "under its minimum" (>=), else
+    "outside its bounds"."""
+    return ("over its maximum" if bound.startswith("<") else "under its minimum"
+            if bound.startswith(">") else "outside its bounds")
+
+
 def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
-    """A sentence per quantity and bound of the release gates `gates` failed on a value,
-    their cases worst first, the first `shown` named: "Disparity over its release maximum
-    (<= 5), worst first: Hebrew (he) 6.95 [95% CI 6.50, 7.40]; ... and 3 more (the audits
-    table lists each)"."""
+    """A sentence per quantity (`gate_name`) and bound of the release gates `gates` failed on
+    a value, their cases worst first, the first `shown` named: "Disparity over its release
+    maximum (<= 5), worst first: Hebrew (he) 6.95 [95% CI 6.50, 7.40]; ... and 3 more (the
+    audits table lists each)"; a degradation's bound also as the perplexity's rise."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for a in gates:
-        groups.setdefault((a["quantity"], a["bound"]), []).append(a)
+        groups.setdefault((gate_name(a), a["bound"]), []).append(a)
     sentences = []
-    for (quantity, bound), cases in groups.items():
-        cases = sorted(cases, key=lambda a: -a["value"])
+    for (name, bound), cases in groups.items():
+        cases = sorted(cases, key=lambda a: a["value"], reverse=not bound.startswith(">"))
         named = [f"{_case(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}"
                  for a in cases[:shown]]
+        limit = re.fullmatch(r"[<>]=? (\S+)", bound)
+        rise = (f": perplexity {'up' if float(limit[1]) >= 0 else 'down'} "
+                f"{abs(100 * float(limit[1])):g}%" if name == "degradation" and limit else "")
         sentences.append(
-            f"{capitalized(quantity)} over its release maximum ({bound})"
-            + (", worst first: " if len(cases) > 1 else ": ") + "; ".join(named)
-            + (f"; and {len(cases) - shown} more (the audits table lists each)"
-               if len(cases) > shown else "") + ".")
+            f"{capitalized(name)} {beyond(bound).replace('its ', 'its release ')} "
+            f"({bound}{rise})" + (", worst first: " if len(cases) > 1 else ": ")
+            + "; ".join(named) + (f"; and {len(cases) - shown} more (the audits table lists "
+                                  "each)" if len(cases) > shown else "") + ".")
     return sentences
 
 
@@ -368,7 +392,7 @@ def summarize(report: dict) -> dict:
     if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
         noise = any("within noise" in (a.get("detail") or "") for a in unmeasured)
         sentences.append("Release gates failed as not measurable: " + "; ".join(
-            f"{_case(a)} {a['quantity']} "
+            f"{_case(a)} {gate_name(a)} "
             f"({(a.get('detail') or 'no value').removeprefix('undefined: ')})"
             for a in unmeasured) + "." + (
             " More units (--units) may tell English's damage from noise."

@@ -846,7 +846,7 @@ def test_the_forest_draws_the_release_maxima_of_the_disparity():
                      quantity=quantity, experiments=["release"])
 
     assert "release maximum" not in charts.forest(report())
-    gated = report([gate("he", "<= 5"), gate("ar", "<= 2.5"),
+    gated = report([gate("he", "<= 5"), gate("ar", "<= 2.5"), gate("ar", "<= 4"),
                     gate("de", "<= 0.5", quantity="degradation"),
                     gate("de", "<= 9", strategy="recommended"),
                     audit("synergy", "failed", "de", strategy="none", bound="<= 7",
@@ -1115,36 +1115,44 @@ def test_the_resource_correlation_shows_its_points_and_its_interval():
         render_html(report())
 
 
-def test_a_scorecard_cell_a_release_maximum_bounds_says_the_gate():
+def test_a_scorecard_cell_a_release_gate_bounds_names_each_gate():
+    """Two gates on one cell showed the last alone (a failed shipped gate read as a passed
+    minimum of one's own); a gate failed as not measurable read "over" its maximum."""
     from quantfair.html import render_html
 
-    def gate(language, outcome, strategy="none", bound="<= 5", **extra):
-        return audit("release_disparity", outcome, language, strategy=strategy, bound=bound,
+    def gate(language, outcome, strategy="none", bound="<= 5", finding="release_disparity",
+             **extra):
+        return audit(finding, outcome, language, strategy=strategy, bound=bound,
                      quantity="disparity", experiments=["release"], **extra)
 
     gates = [gate("he", "failed", value=6.0), gate("ar", "passed", value=3.0),
-             gate("de", "inconclusive", value=1.5),
+             gate("de", "failed", value=None), gate("de", "inconclusive", value=None,
+                                                    bound=">= 0.5", finding="own_min"),
+             gate("he", "passed", value=6.0, bound=">= 0.5", finding="own_min"),
              audit("synergy", "failed", "de", strategy="none", quantity="disparity"),  # seed
              gate("he", "passed", strategy="recommended", bound="<= 9")]  # not this table
     page = render_html(report(gates))
     none = page[page.index('data-strategy="none"'):page.index('data-strategy="recommended"')]
     cells = dict(re.findall(r'data-language="(\w+)">.*?class="num shade"[^>]*>([^<]*(?:<br>'
-                            r'<span class="gate">[^<]*</span>)?)</td>', none, re.S))
-    assert cells["he"].endswith('<span class="gate">✗ over max &lt;= 5</span>')
-    assert cells["ar"].endswith('<span class="gate">✓ max &lt;= 5</span>')
-    assert cells["de"].endswith('<span class="gate">? max &lt;= 5</span>')
+                            r'<span class="gate">[^<]*</span>)*)</td>', none, re.S))
+    def said(cell: str) -> set[str]:
+        return set(re.findall(r'<br><span class="gate">([^<]*)</span>', cell))
+
+    assert said(cells["he"]) == {"✗ gate &lt;= 5", "✓ gate &gt;= 0.5"}
+    assert said(cells["ar"]) == {"✓ gate &lt;= 5"}
+    assert said(cells["de"]) == {"✗ gate &lt;= 5 (undefined)", "? gate &gt;= 0.5 (undefined)"}
     assert "gate" not in cells["en"]
     degradation = audit("release_degradation", "failed", "en", strategy="none", value=0.8,
                         bound="<= 0.5", quantity="degradation", experiments=["release"])
     page = render_html(report([*gates, degradation]))
     english = page[page.index('data-language="en"'):].split("</tr>")[0]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", english, re.S)
-    assert cells[6].endswith('<br><span class="gate">✗ over degradation max &lt;= 0.5</span>')
+    assert cells[6].endswith('<br><span class="gate">✗ degradation gate &lt;= 0.5</span>')
     assert sum("gate" in cell for cell in cells) == 1  # ppl quantized's alone
     recommended = page[page.index('data-strategy="recommended"'):]
-    assert "✓ max &lt;= 9" in recommended.split("</table>")[0]
-    assert "A cell a release maximum bounds says its gate's outcome" in page
-    assert "A cell a release maximum bounds" not in render_html(report())
+    assert "✓ gate &lt;= 9" in recommended.split("</table>")[0]
+    assert "A cell a release gate bounds names it" in page
+    assert "A cell a release gate bounds" not in render_html(report())
     assert 'class="gate"' not in render_html(report())
 
 
@@ -1250,16 +1258,18 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
 
 def test_the_summary_names_the_languages_over_the_release_maxima_second():
     gates = [audit("release_disparity", "failed", "he", value=6.949, low=6.5, high=7.4,
-                   bound="<= 5", quantity="disparity", experiments=["release"]),
+                   bound="<= 5", quantity="disparity", experiments=["release"], strategy="none"),
              audit("release_disparity", "passed", "de", value=2.0, bound="<= 5",
-                   quantity="disparity", experiments=["release"]),
+                   quantity="disparity", experiments=["release"], strategy="none"),
              audit("release_degradation", "failed", "en", value=0.612, low=0.6, high=0.63,
-                   bound="<= 0.5", quantity="degradation", experiments=["release"]),
+                   bound="<= 0.5", quantity="degradation", experiments=["release"],
+                   strategy="none"),
              audit("synergy", "failed", "ar", value=3.0),  # a seed finding: not a gate
              audit("own_gate", "failed", value=0.275, low=0.07, high=0.45, case="L0<none",
-                   quantity="disparity difference", experiments=["release"]),  # no language
+                   quantity="disparity difference", experiments=["release"],
+                   strategy="none"),  # no language
              audit("release_disparity", "failed", "de", value=None, low=None, high=None,
-                   bound="<= 5", quantity="disparity", experiments=["release"],
+                   bound="<= 5", quantity="disparity", experiments=["release"], strategy="none",
                    detail="undefined: en loss change is within noise (95% CI includes 0)")]
     assert summarize(report(gates))["headline"] == (
         "Release gate failed (disparity difference over its maximum in L0<none; degradation "
@@ -1271,8 +1281,8 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
     assert summarize(report(gates))["sentences"][1:4] == [
         "Disparity difference over its release maximum (< 0): own_gate (L0<none) 0.275 "
         "[95% CI 0.07, 0.45].",
-        "Degradation over its release maximum (<= 0.5): English (en) 0.612 [95% CI 0.60, "
-        "0.63].",
+        "Degradation over its release maximum (<= 0.5: perplexity up 50%): English (en) 0.612 "
+        "[95% CI 0.60, 0.63].",
         "Disparity over its release maximum (<= 5): Hebrew (he) 6.95 [95% CI 6.50, 7.40]."]
     assert summarize(report(gates))["sentences"][4] == (
         "Release gates failed as not measurable: German (de) disparity (en loss change is "
@@ -1291,7 +1301,8 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
 def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
     codes = ["de", "ru", "he", "ar", "zh", "ja", "ko", "fr"]
     gates = [audit("release_disparity", "failed", code, value=2.0 + i, low=1.5 + i,
-                   high=2.5 + i, bound="<= 1.5", quantity="disparity", experiments=["release"])
+                   high=2.5 + i, bound="<= 1.5", quantity="disparity", experiments=["release"],
+                   strategy="none")
              for i, code in enumerate(codes)]
     over = [s for s in summarize(report(gates))["sentences"] if "release maximum" in s]
     assert over == [
@@ -1299,6 +1310,25 @@ def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
         "9.50]; Korean (ko) 8 [95% CI 7.50, 8.50]; Japanese (ja) 7 [95% CI 6.50, 7.50]; "
         "Chinese (zh) 6 [95% CI 5.50, 6.50]; Arabic (ar) 5 [95% CI 4.50, 5.50]; and 3 more "
         "(the audits table lists each)."]
+    # a gate of another strategy, a minimum, a KLD maximum: each named as such
+    other = [audit("own", "failed", "de", value=3.0, bound="<= 1.5", quantity="disparity",
+                   experiments=["release"], strategy="L0+Llast"),
+             *(audit("own_min", "failed", code, value=value, bound=">= 1", strategy="none",
+                     quantity="disparity", experiments=["release"], low=None, high=None)
+               for code, value in (("he", 0.9), ("ar", -0.7))),
+             audit("release_kld_disparity", "failed", "zh", value=4.0, bound="<= 2",
+                   quantity="kld_disparity", experiments=["release"], strategy="none",
+                   low=None, high=None)]
+    said = summarize(report(other))
+    assert said["sentences"][1:4] == [
+        "Disparity of L0+Llast over its release maximum (<= 1.5): German (de) 3 [95% CI 0.10, "
+        "0.90].",
+        "Disparity under its release minimum (>= 1), worst first: Arabic (ar) -0.7; Hebrew (he) "
+        "0.9.",
+        "KLD disparity over its release maximum (<= 2): Chinese (zh) 4."]
+    assert said["headline"].startswith(
+        "Release gate failed (disparity of L0+Llast over its maximum in de; disparity under its "
+        "minimum in ar, he; KLD disparity over its maximum in zh)")
     gates[0]["bound"] = "<= 1.8"  # a language's own maximum: a sentence of its own
     assert {s.split(" [")[0] for s in summarize(report(gates))["sentences"]
             if "maximum (" in s} == {
