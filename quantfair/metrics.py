@@ -506,8 +506,8 @@ def quantity(name: str) -> Quantity:
     as is a value that is no name (a bound given where the quantity goes)."""
     if not isinstance(name, str):
         raise UsageError(f"a quantity is one of {', '.join(QUANTITIES)}, got {name!r}"
-                         + (" (a bound goes in bound=)" if isinstance(name, dict) or hasattr(
-                             name, "holds") else ""))
+                         + (": a bound, where the quantity's name goes"
+                            if isinstance(name, dict) or hasattr(name, "holds") else ""))
     if name not in QUANTITIES:
         close = difflib.get_close_matches(name, QUANTITIES, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""

@@ -282,6 +282,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     if refusal := another_model(old, new, run):
         raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
+    new_rows = {row_key(r): r for r in new.get("measurements", [])}
     new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded, renamed = [], [], [], [], []
     paired, undecided_growth, by_point = _Pairs(old, new), [], []
@@ -346,8 +347,11 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             if b > a + max(tolerance, FLOAT_NOISE) * abs(a):
                 regressions.append(f"{quantity} {key}: {_grown(quantity, a, b, tolerance)}")
         elif a is not None:  # no number shows the disparity did not grow: a regression
+            english = [side.get((*row_key(row)[:3], REFERENCE), {})
+                       for side in (old_rows, new_rows)]
             regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined"
-                               + _undefined_why(quantity, before, row))
+                               + (_undefined_why(before, row, *english)
+                                  if quantity == "disparity" else ""))
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
@@ -657,18 +661,19 @@ def _values(quantity: str, *values: float) -> tuple[str, ...]:
     return texts
 
 
-def _undefined_why(quantity: str, before: dict, row: dict) -> str:
-    """Why a disparity defined in the baseline is undefined now, and the language's own damage
-    on both sides (a disparity is a ratio: English's damage fallen into noise undefines it
-    while every language's damage falls): " (en loss change is within noise (95% CI
-    includes 0); its degradation 33.6% -> 22.7%)"."""
-    if quantity != "disparity":
-        return ""
+def _undefined_why(before: dict, row: dict, english_before: dict, english: dict) -> str:
+    """Why a disparity defined in the baseline is undefined now, and the damage on both sides
+    of the language and of English (a disparity is a ratio: English's damage fallen into
+    noise undefines it while every language's damage falls): " (en loss change is within
+    noise (95% CI includes 0); degradation of ar 33.6% -> 22.7%, of en 28.5% -> 7.8%)"."""
     why = row.get("undefined") or "undefined on the units both runs measured"
-    was, now = before.get("degradation"), row.get("degradation")
-    damage = (f"; its degradation {' -> '.join(_values('degradation', was, now))}"
-              if was is not None and now is not None else "")
-    return f" ({why}{damage})"
+    damage = [f"of {language} {' -> '.join(_values('degradation', was, now))}"
+              for language, was, now in ((row["language"], before.get("degradation"),
+                                          row.get("degradation")),
+                                         (REFERENCE, english_before.get("degradation"),
+                                          english.get("degradation")))
+              if was is not None and now is not None]
+    return f" ({why}" + (f"; degradation {', '.join(damage)}" if damage else "") + ")"
 
 
 def _noise(row: dict) -> bool:

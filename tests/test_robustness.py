@@ -1337,9 +1337,11 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
     assert note in printed.stdout and escape(note) in html
     regressions = compare(report, undefined(1.0, worse=0.5))["regressions"]
     # a ratio undefined now says why, and the language's own damage on both sides
+    en = next(r for r in report["measurements"] if r["language"] == "en")
     assert regressions == [
-        f"disparity int4/none/medium/he: {he['disparity']:.4g} -> undefined ({reason}; its "
-        f"degradation {he['degradation']:.1%} -> {0.5 * he['degradation']:.1%})"]
+        f"disparity int4/none/medium/he: {he['disparity']:.4g} -> undefined ({reason}; "
+        f"degradation of he {he['degradation']:.1%} -> {0.5 * he['degradation']:.1%}, of en "
+        f"{en['degradation']:.1%} -> {en['degradation']:.1%})"]
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
     assert "-&gt; undefined (en loss change is within noise" in html
