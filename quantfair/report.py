@@ -355,7 +355,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
     new_audits = {_audit_key(a["nodeid"]) for a in new.get("audits", [])}
-    audits, undecided, rebounded = [], {"inconclusive": [], "skipped": []}, []
+    audits, undecided, rebounded, changed = [], {"inconclusive": [], "skipped": []}, [], []
     old_candidate, new_candidate = audited_strategy(old), audited_strategy(new)
     for entry in new.get("audits", []):
         if (was := old_audits.get(_audit_key(entry["nodeid"]))) is None:
@@ -370,6 +370,10 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             # another maximum (a release gate's option) decided it: not the model's change
             rebounded.append(f"{entry['nodeid']} ({before} under {was['bound']}, "
                              f"{entry['outcome']} under {entry['bound']})")
+        elif before not in ("passed", entry["outcome"]):  # named; a skip with its reason
+            why = entry.get("message") if entry["outcome"] == "skipped" else None
+            changed.append(f"{entry['nodeid']} ({before} -> {entry['outcome']}"
+                           + (f": {why}" if why else "") + ")")
         elif before == "passed" and entry["outcome"] in lost:
             regressions.append(f"audit {entry['nodeid']}: passed -> {entry['outcome']}")
         elif before == "passed" and entry["outcome"] in undecided:
@@ -412,6 +416,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             "paired_on_shared_units": "; ".join(sorted(paired.shared)) or None,
             "now_inconclusive": undecided["inconclusive"],
             "now_skipped": undecided["skipped"],  # e.g. a release bound no longer given
+            "outcome_changed": changed,  # of audits the baseline did not pass
             "bound_changed": rebounded,
             "strategy_changed": renamed,
             "not_run": not_run,
@@ -757,9 +762,7 @@ def comparison_notes(comparison: dict, listed: Callable[[list[str]], str] = some
         if undecided := comparison.get(f"now_{outcome}"):
             lines.append(f"{len(undecided)} audit(s) passed in the baseline and are {outcome} "
                          f"now (a regression with {strict_option}): {listed(undecided)}")
-    rebounded = {entry.split(" (")[0] for entry in comparison.get("bound_changed") or []}
-    if changed := [f"{a['nodeid']} ({a['old']} -> {a['new']})" for a in comparison["audits"]
-                   if a["old"] not in ("passed", a["new"]) and a["nodeid"] not in rebounded]:
+    if changed := comparison.get("outcome_changed"):
         lines.append(f"{len(changed)} audit(s) not passed in the baseline changed outcome: "
                      f"{listed(changed)}")
     if renamed := comparison.get("strategy_changed"):
