@@ -268,8 +268,9 @@ def forest(report: dict) -> str | None:
         ax.errorbar(xs, ys, xerr=errors, fmt=MARKERS[index], color=PALETTE[index], ms=4,
                     capsize=2, lw=1, label=strategy)
     ax.axvline(1, color="0.3", ls="--", lw=0.8, label="parity (1x)")
-    if maxima := [(limit, position) for position, lang in enumerate(languages)
-                  if (limit := release_maxima(report).get(lang))]:
+    limits = release_maxima(report)
+    if maxima := [(limits[lang], position) for position, lang in enumerate(languages)
+                  if lang in limits]:
         ax.scatter(*zip(*maxima), marker="|", s=160, linewidths=2, color="0.1", zorder=3,
                    label="release maximum")
     _log_axis(ax, "x")

@@ -162,7 +162,7 @@ def _gates(report: dict, strategy: str) -> dict[tuple[str, str], list[str]]:
 def scorecard(report: dict, strategy: str) -> list[dict]:
     """One row per language: metadata, fertility, perplexities, bits per byte, NLL and KLD
     disparity, mean KL divergence (nats per token) and same-top rate (%) with 95% CIs, and
-    the release gate that bounds each disparity (`_gates`)."""
+    the release gates that bound its disparities and degradation (`_gates`)."""
     rows, gates = [], _gates(report, strategy)
     for r in main_rows(report, strategy):
         meta = language(r["language"])

@@ -283,7 +283,6 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
         raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
     new_rows = {row_key(r): r for r in new.get("measurements", [])}
-    new_keys = {row_key(r) for r in new.get("measurements", [])}
     regressions, rows, by_degradation, unbounded, renamed = [], [], [], [], []
     paired, undecided_growth, by_point = _Pairs(old, new), [], []
     for row in new.get("measurements", []):
@@ -393,7 +392,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             f"{sum(row_key(r) in old_rows for r in new.get('measurements', []))} "
             "measurement(s) in common have neither a disparity nor a degradation, and no audit "
             "in common passed in it")
-    not_compared = sorted("/".join(key) for key in old_rows if key not in new_keys)
+    not_compared = sorted("/".join(key) for key in old_rows if key not in new_rows)
     not_run = sorted(key for key in old_audits if key not in new_audits)
     # gates the baseline passed, of a language this run left out (not one cut off by a stop
     # or -k: the run is incomplete then)

@@ -351,7 +351,7 @@ def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
         cases = sorted(cases, key=lambda a: a["value"], reverse=not bound.startswith(">"))
         named = [f"{_case(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}"
                  for a in cases[:shown]]
-        limit = re.fullmatch(r"[<>]=? (\S+)", bound)
+        limit = re.fullmatch(r"[<>]=? (-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)", bound)
         rise = (f": perplexity {'up' if float(limit[1]) >= 0 else 'down'} "
                 f"{abs(100 * float(limit[1])):g}%" if name == "degradation" and limit else "")
         sentences.append(
