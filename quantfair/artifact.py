@@ -216,11 +216,12 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
 
 def _same_header(spec: str, reference: LoadedModel) -> None:
     """Raises UsageError where the GGUF file `spec` is of another architecture than the
-    model, or its token embedding (`token_embd.weight`) of another size, read from its
-    header. The architecture (`general.architecture`) against the model's own GGUF file's,
-    or else its transformers model type, which transformers takes from that field (up to
-    separators and a "_text" suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text). A llama
-    file's is not judged: transformers loads Mistral models from those too."""
+    model, its token embedding (`token_embd.weight`) of another size or its layers
+    (`blk.N.*`) of another count, read from its header. The architecture
+    (`general.architecture`) against the model's own GGUF file's, or else its transformers
+    model type, which transformers takes from that field (up to separators and a "_text"
+    suffix: qwen2moe -> qwen2_moe, gemma3 -> gemma3_text). A llama file's is not judged:
+    transformers loads Mistral models from those too."""
     path = Path(spec)
     if not is_gguf(path) or not path.is_file():
         return
@@ -238,12 +239,19 @@ def _same_header(spec: str, reference: LoadedModel) -> None:
     if theirs and ours and differ:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
                          f"architecture {theirs}, the model's is {ours}")
-    embedding = gguf_tensors(path).get("token_embd.weight")  # llama.cpp's name in every file
+    tensors = gguf_tensors(path)
+    embedding = tensors.get("token_embd.weight")  # llama.cpp's names, in every file
     shape = tuple(reference.model.get_input_embeddings().weight.shape)
     if embedding and embedding["elements"] != math.prod(shape):
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: its token "
                          f"embedding has {embedding['elements']:,} elements, the model's "
                          f"{math.prod(shape):,} ({shape[0]:,} x {shape[1]:,})")
+    blocks = {int(found[1]) for name in tensors if (found := re.match(r"blk\.(\d+)\.", name))}
+    layers = getattr(reference.model.config, "num_hidden_layers", None)
+    if blocks and layers and max(blocks) + 1 != layers:
+        raise UsageError(f"--quantized {spec} does not pair with {reference.name}: it has "
+                         f"{max(blocks) + 1} layers (blk.0 to blk.{max(blocks)}), the model's "
+                         f"{layers}")
 
 
 def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Artifact:

@@ -230,6 +230,14 @@ def test_a_gguf_of_another_size_is_refused_from_its_header(tmp_path, monkeypatch
             rf"{config.vocab_size * config.n_embd // 2:,} \({config.vocab_size:,} x "
             rf"{config.n_embd // 2:,}\)$")):
         _artifact_tensors(source, wider)
+    config = _tiny_config("gpt2")
+    config.n_positions, config.n_layer = 1024, config.n_layer + 1
+    deeper = tmp_path / "deeper.gguf"
+    _write_gpt2(_from_config(config), deeper, "Q4_0")
+    with pytest.raises(UsageError, match=(
+            rf"deeper\.gguf does not pair with f32: it has {config.n_layer} layers \(blk\.0 to "
+            rf"blk\.{config.n_layer - 1}\), the model's {config.n_layer - 1}$")):
+        _artifact_tensors(source, deeper)
     converted = list((tmp_path / "cache" / "gguf-checkpoints").glob("[!.]*"))  # not locks
     assert len(converted) == 1  # the model's own file; the refused one never converted
 
