@@ -185,6 +185,9 @@ def _first_mismatch(reference: LoadedModel, model: torch.nn.Module, tokenizer) -
     ours, theirs = reference.model.config.model_type, model.config.model_type
     if family_of(model) != reference.family or ours != theirs:
         return f"architecture {theirs}, the model's is {ours}"
+    layers = [getattr(m.config, "num_hidden_layers", None) for m in (model, reference.model)]
+    if None not in layers and layers[0] != layers[1]:
+        return f"{layers[0]} layers in its config, the model's {layers[1]}"
     fp_params = dict(reference.model.named_parameters())
     params = dict(model.named_parameters())
     for name, param in fp_params.items():

@@ -142,6 +142,19 @@ def test_a_tensor_unlike_its_own_config_is_named(tmp_path):
         _session(_config("tiny-llama", str(folder)))
 
 
+def test_a_config_of_other_layers_is_named_before_its_tensors(tmp_path):
+    """A config.json of fewer layers beside all of the tensors said "no tensor
+    model.layers.3...", a tensor the file holds."""
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=f"{config['num_hidden_layers']} layers in its config, "
+                                         f"the model's {config['num_hidden_layers'] + 1}$"):
+        _session(_config("tiny-llama", str(folder)))
+
+
 def test_other_vocabulary_is_one_clear_error(tmp_path):
     folder = tmp_path / "q"
     _save_quantized("tiny-llama", folder)
