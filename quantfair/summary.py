@@ -387,7 +387,9 @@ def summarize(report: dict) -> dict:
     sentences += over_maxima([a for a in gates if a.get("value") is not None])
     within = [a for a in report.get("audits", []) if a["outcome"] == "passed" and is_release(a)]
     if within and release_outcome(report) == "passed":
-        sentences.append(f"Release gate passed: {len(within)} case(s) within their maxima ("
+        limits = ("maxima" if all((a.get("bound") or "<").startswith("<") for a in within)
+                  else "bounds")  # a gate of one's own may set a minimum
+        sentences.append(f"Release gate passed: {len(within)} case(s) within their {limits} ("
                          + ", ".join(sorted({a["finding"] for a in within})) + ").")
     if unmeasured := [a for a in gates if a.get("value") is None]:  # a gate fails these
         noise = any("within noise" in (a.get("detail") or "") for a in unmeasured)

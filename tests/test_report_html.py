@@ -1298,6 +1298,18 @@ def test_the_summary_names_the_languages_over_the_release_maxima_second():
         summarize(report(gates))["sentences"][2]
 
 
+def test_a_release_gate_passed_says_its_cases_were_within_their_bounds():
+    def gate(language, bound):
+        return audit("release_disparity", "passed", language, value=1.2, bound=bound,
+                     quantity="disparity", experiments=["release"], strategy="none")
+
+    maxima = [gate("he", "<= 5"), gate("ar", "<= 2")]
+    assert "Release gate passed: 2 case(s) within their maxima (release_disparity)." in \
+        summarize(report(maxima))["sentences"]
+    assert "Release gate passed: 3 case(s) within their bounds (release_disparity)." in \
+        summarize(report([*maxima, gate("de", ">= 1")]))["sentences"]
+
+
 def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
     codes = ["de", "ru", "he", "ar", "zh", "ja", "ko", "fr"]
     gates = [audit("release_disparity", "failed", code, value=2.0 + i, low=1.5 + i,
