@@ -148,15 +148,18 @@ def scorecard_strategies(report: dict) -> list[str]:
 def _gates(report: dict, strategy: str) -> dict[tuple[str, str], list[str]]:
     """(language, quantity) -> what a scorecard cell says of each release gate that bounds
     the quantity, decided on the value shown: "✗ gate <= 5", "✓ gate >= 0.5", "✗ gate <= 2
-    (undefined)" for one failed as not measurable, "?" for one left undecided."""
-    gates: dict[tuple[str, str], list[str]] = defaultdict(list)
+    (undefined)" for one failed as not measurable, "?" for one left undecided; where several
+    bound one cell, each named by its finding ("✓ release_disparity <= 2", "✗ my_min >=
+    0.5")."""
+    found: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for a in report.get("audits", []):
         if is_release(a) and a.get("language") and a.get("strategy") == strategy \
                 and a.get("bound") and a["outcome"] in ("passed", "failed", "inconclusive"):
-            gates[a["language"], a["quantity"]].append(
-                f"{SYMBOLS[a['outcome']]} gate {a['bound']}"
-                + (" (undefined)" if a.get("value") is None else ""))
-    return gates
+            found[a["language"], a["quantity"]].append(a)
+    return {cell: [f"{SYMBOLS[a['outcome']]} {'gate' if len(gates) == 1 else a['finding']} "
+                   f"{a['bound']}" + (" (undefined)" if a.get("value") is None else "")
+                   for a in gates]
+            for cell, gates in found.items()}
 
 
 def scorecard(report: dict, strategy: str) -> list[dict]:
@@ -183,7 +186,7 @@ def scorecard(report: dict, strategy: str) -> list[dict]:
             "disparity_gate": gates.get((r["language"], "disparity"), []),
             "kld_gate": gates.get((r["language"], "kld_disparity"), []),
             # a degradation is the quantized perplexity's growth: said under it
-            "degradation_gate": [gate.replace("gate", "degradation gate")
+            "degradation_gate": [gate.replace(" gate ", " degradation gate ")
                                  for gate in gates.get((r["language"], "degradation"), [])]})
     return rows
 

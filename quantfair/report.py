@@ -349,7 +349,7 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
             english = [side.get((*row_key(row)[:3], REFERENCE), {})
                        for side in (old_rows, new_rows)]
             regressions.append(f"{quantity} {key}: {_values(quantity, a)[0]} -> undefined"
-                               + (_undefined_why(before, row, *english)
+                               + (_undefined_why(before, row, *english, shared is not None)
                                   if quantity == "disparity" else ""))
         rows.append(entry)
     old_audits = {_audit_key(a["nodeid"]): a for a in old.get("audits", [])}
@@ -665,11 +665,14 @@ def _values(quantity: str, *values: float) -> tuple[str, ...]:
     return texts
 
 
-def _undefined_why(before: dict, row: dict, english_before: dict, english: dict) -> str:
+def _undefined_why(before: dict, row: dict, english_before: dict, english: dict,
+                   on_shared_units: bool) -> str:
     """Why a disparity defined in the baseline is undefined now, and the damage on both sides
     of the language and of English (a disparity is a ratio: English's damage fallen into
     noise undefines it while every language's damage falls): " (en loss change is within
-    noise (95% CI includes 0); degradation of ar 33.6% -> 22.7%, of en 28.5% -> 7.8%)"."""
+    noise (95% CI includes 0); degradation of ar 33.6% -> 22.7%, of en 28.5% -> 7.8%)"; the
+    degradations are each run's own, said so where the disparities were paired on the units
+    both measured (`on_shared_units`)."""
     why = row.get("undefined") or "undefined on the units both runs measured"
     damage = [f"of {language} {' -> '.join(_values('degradation', was, now))}"
               for language, was, now in ((row["language"], before.get("degradation"),
@@ -677,7 +680,8 @@ def _undefined_why(before: dict, row: dict, english_before: dict, english: dict)
                                          (REFERENCE, english_before.get("degradation"),
                                           english.get("degradation")))
               if was is not None and now is not None]
-    return f" ({why}" + (f"; degradation {', '.join(damage)}" if damage else "") + ")"
+    units = " over each run's own units" if on_shared_units else ""
+    return f" ({why}" + (f"; degradation{units} {', '.join(damage)}" if damage else "") + ")"
 
 
 def _noise(row: dict) -> bool:

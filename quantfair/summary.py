@@ -338,6 +338,15 @@ def beyond(bound: str) -> str:
             if bound.startswith(">") else "outside its bounds")
 
 
+def _beside(value: float, limit: float | None) -> str:
+    """`value` to 3 significant digits, more where those would read as its bound's `limit`
+    (1.005 against <= 1 is "1.005", not "1")."""
+    digits = 3
+    while limit is not None and digits < 8 and float(f"{value:.{digits}g}") == limit != value:
+        digits += 1
+    return f"{value:.{digits}g}"
+
+
 def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
     """A sentence per quantity (`gate_name`) and bound of the release gates `gates` failed on
     a value, their cases worst first, the first `shown` named: "Disparity over its release
@@ -349,16 +358,17 @@ def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
     sentences = []
     for (name, bound), cases in groups.items():
         cases = sorted(cases, key=lambda a: a["value"], reverse=not bound.startswith(">"))
-        named = [f"{_case(a)} {a['value']:.3g}{_interval(a.get('low'), a.get('high'))}"
-                 for a in cases[:shown]]
         limit = re.fullmatch(r"[<>]=? (-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)", bound)
+        named = list(dict.fromkeys(  # a case two gates bound alike (one's own, a maximum) once
+            f"{_case(a)} {_beside(a['value'], limit and float(limit[1]))}"
+            f"{_interval(a.get('low'), a.get('high'))}" for a in cases))
         rise = (f": perplexity {'up' if float(limit[1]) >= 0 else 'down'} "
                 f"{abs(100 * float(limit[1])):g}%" if name == "degradation" and limit else "")
         sentences.append(
             f"{capitalized(name)} {beyond(bound).replace('its ', 'its release ')} "
-            f"({bound}{rise})" + (", worst first: " if len(cases) > 1 else ": ")
-            + "; ".join(named) + (f"; and {len(cases) - shown} more (the audits table lists "
-                                  "each)" if len(cases) > shown else "") + ".")
+            f"({bound}{rise})" + (", worst first: " if len(named) > 1 else ": ")
+            + "; ".join(named[:shown]) + (f"; and {len(named) - shown} more (the audits table "
+                                          "lists each)" if len(named) > shown else "") + ".")
     return sentences
 
 

@@ -1138,9 +1138,11 @@ def test_a_scorecard_cell_a_release_gate_bounds_names_each_gate():
     def said(cell: str) -> set[str]:
         return set(re.findall(r'<br><span class="gate">([^<]*)</span>', cell))
 
-    assert said(cells["he"]) == {"✗ gate &lt;= 5", "✓ gate &gt;= 0.5"}
+    # several gates on a cell are told apart by their findings
+    assert said(cells["he"]) == {"✗ release_disparity &lt;= 5", "✓ own_min &gt;= 0.5"}
     assert said(cells["ar"]) == {"✓ gate &lt;= 5"}
-    assert said(cells["de"]) == {"✗ gate &lt;= 5 (undefined)", "? gate &gt;= 0.5 (undefined)"}
+    assert said(cells["de"]) == {"✗ release_disparity &lt;= 5 (undefined)",
+                                 "? own_min &gt;= 0.5 (undefined)"}
     assert "gate" not in cells["en"]
     degradation = audit("release_degradation", "failed", "en", strategy="none", value=0.8,
                         bound="<= 0.5", quantity="degradation", experiments=["release"])
@@ -1341,6 +1343,13 @@ def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
     assert said["headline"].startswith(
         "Release gate failed (disparity of L0+Llast over its maximum in de; disparity under its "
         "minimum in ar, he; KLD disparity over its maximum in zh)")
+    # a value that would round to its bound keeps the digits that show it over; a case two
+    # gates bound alike is named once
+    close = [audit(finding, "failed", "ar", value=1.005, low=None, high=None, bound="<= 1",
+                   quantity="kld_disparity", experiments=["release"], strategy="none")
+             for finding in ("release_kld_disparity", "my_kld")]
+    assert "KLD disparity over its release maximum (<= 1): Arabic (ar) 1.005." in \
+        summarize(report(close))["sentences"]
     gates[0]["bound"] = "<= 1.8"  # a language's own maximum: a sentence of its own
     assert {s.split(" [")[0] for s in summarize(report(gates))["sentences"]
             if "maximum (" in s} == {

@@ -1355,6 +1355,10 @@ def test_an_undefined_disparity_is_not_compared_as_a_number(tmp_path, report_pai
         f"disparity int4/none/medium/he: {he['disparity']:.4g} -> undefined ({reason}; "
         f"degradation of he {he['degradation']:.1%} -> {0.5 * he['degradation']:.1%}, of en "
         f"{en['degradation']:.1%} -> {en['degradation']:.1%})"]
+    # paired on the units both runs measured, the degradations are each run's own
+    from quantfair.report import _undefined_why
+    assert _undefined_why(he, {**he, "undefined": reason}, en, en, True).startswith(
+        f" ({reason}; degradation over each run's own units of he ")
     _, printed, html = _compared(tmp_path, old, undefined(1.0))  # the HTML renders them
     assert printed.returncode == 1 and "REGRESSION: disparity" in printed.stdout
     assert "-&gt; undefined (en loss change is within noise" in html
