@@ -27,7 +27,13 @@ from matplotlib.lines import Line2D
 
 from quantfair.corpus import language, names_reference, resource_points
 from quantfair.seed import SEED_PARETO_FRONTIER
-from quantfair.summary import RECOMMENDED, compared_rows, is_release, main_rows
+from quantfair.summary import (
+    RECOMMENDED,
+    bound_limits,
+    compared_rows,
+    is_release,
+    main_rows,
+)
 from quantfair.text import significant
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
@@ -236,8 +242,8 @@ def release_maxima(report: dict) -> dict[str, float]:
     for a in report.get("audits", []):
         if is_release(a) and a.get("quantity") == "disparity" and a.get("language") \
                 and a.get("strategy") == "none" \
-                and (limit := re.fullmatch(r"<= (\S+)", a.get("bound") or "")):
-            maxima[a["language"]] = min(float(limit[1]), maxima.get(a["language"], math.inf))
+                and (limits := bound_limits(a.get("bound") or "")) and limits[0][1] == "<=":
+            maxima[a["language"]] = min(limits[0][0], maxima.get(a["language"], math.inf))
     return maxima
 
 

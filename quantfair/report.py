@@ -35,7 +35,7 @@ from quantfair.metrics import (
     perplexity,
 )
 from quantfair.storage import DuplicateKey, atomic_write, json_safe, unique_keys
-from quantfair.summary import FEW_UNITS, is_release, summarize
+from quantfair.summary import FEW_UNITS, bound_limits, is_release, summarize
 from quantfair.text import (  # noqa: F401 (re-exported)
     experiment_span,
     interval_text,
@@ -1039,13 +1039,7 @@ def _holds(bound: str, value: float) -> bool | None:
     """Whether `value` meets a bound as `audit.Bound` writes it ("<= 3", ">= 1", "in [1, 3]");
     None where it cannot tell: another form, or a value within the 6 significant digits of a
     written limit."""
-    limits = re.fullmatch(r"(<=|>=) (\S+)|in \[(\S+), (\S+)\]", bound)
-    if limits is None:
-        return None
-    op, limit, low, high = limits.groups()
-    try:
-        pairs = ([(float(limit), op)] if op else [(float(low), ">="), (float(high), "<=")])
-    except ValueError:
+    if (pairs := bound_limits(bound)) is None:
         return None
     if any(math.isclose(value, number, rel_tol=1e-5, abs_tol=1e-12) for number, _ in pairs):
         return None

@@ -338,6 +338,19 @@ def beyond(bound: str) -> str:
             if bound.startswith(">") else "outside its bounds")
 
 
+def bound_limits(bound: str) -> list[tuple[float, str]] | None:
+    """The (limit, "<=" or ">=") pairs of a bound as `audit.Bound` writes it ("<= 3",
+    ">= 1", "in [1, 3]"); None for another form or a limit that is no number."""
+    found = re.fullmatch(r"(<=|>=) (\S+)|in \[(\S+), (\S+)\]", bound)
+    if found is None:
+        return None
+    side, limit, low, high = found.groups()
+    try:
+        return [(float(limit), side)] if side else [(float(low), ">="), (float(high), "<=")]
+    except ValueError:
+        return None
+
+
 def _beside(value: float, limit: float | None) -> str:
     """`value` to 3 significant digits, more where those would read as its bound's `limit`
     (1.005 against <= 1 is "1.005", not "1")."""
@@ -358,12 +371,13 @@ def over_maxima(gates: list[dict], shown: int = 5) -> list[str]:
     sentences = []
     for (name, bound), cases in groups.items():
         cases = sorted(cases, key=lambda a: a["value"], reverse=not bound.startswith(">"))
-        limit = re.fullmatch(r"[<>]=? (-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)", bound)
+        limits = bound_limits(bound) or []
+        limit = limits[0][0] if len(limits) == 1 else None  # one side: "<= 5", ">= 1"
         named = list(dict.fromkeys(  # a case two gates bound alike (one's own, a maximum) once
-            f"{_case(a)} {_beside(a['value'], limit and float(limit[1]))}"
+            f"{_case(a)} {_beside(a['value'], limit)}"
             f"{_interval(a.get('low'), a.get('high'))}" for a in cases))
-        rise = (f": perplexity {'up' if float(limit[1]) >= 0 else 'down'} "
-                f"{abs(100 * float(limit[1])):g}%" if name == "degradation" and limit else "")
+        rise = (f": perplexity {'up' if limit >= 0 else 'down'} {abs(100 * limit):g}%"
+                if name == "degradation" and limit is not None else "")
         sentences.append(
             f"{capitalized(name)} {beyond(bound).replace('its ', 'its release ')} "
             f"({bound}{rise})" + (", worst first: " if len(named) > 1 else ": ")
