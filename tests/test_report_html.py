@@ -852,6 +852,8 @@ def test_the_forest_draws_the_release_maxima_of_the_disparity():
                     audit("synergy", "failed", "de", strategy="none", bound="<= 7",
                           quantity="disparity")])  # a seed finding's bound: no maximum
     assert charts.release_maxima(gated) == {"he": 5.0, "ar": 2.5}
+    edited = report([gate("he", "<= 5"), gate("ar", "<= abc")])  # a limit that is no number
+    assert charts.release_maxima(edited) == {"he": 5.0}  # it raised ValueError
     assert "release maximum" in charts.forest(gated)
     assert "a black bar a language's release maximum" in render_html(gated)
     assert "a black bar" not in render_html(report())
