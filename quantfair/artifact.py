@@ -4,7 +4,6 @@ side of an audit, mapped onto the FP model's parameters by name."""
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from collections import Counter
@@ -244,11 +243,11 @@ def _same_header(spec: str, reference: LoadedModel) -> None:
                          f"architecture {theirs}, the model's is {ours}")
     tensors = gguf_tensors(path)
     embedding = tensors.get("token_embd.weight")  # llama.cpp's names, in every file
-    shape = tuple(reference.model.get_input_embeddings().weight.shape)
-    if embedding and embedding["elements"] != math.prod(shape):
+    shape = list(reference.model.get_input_embeddings().weight.shape)
+    if embedding and embedding["shape"] != shape:
         raise UsageError(f"--quantized {spec} does not pair with {reference.name}: its token "
-                         f"embedding has {embedding['elements']:,} elements, the model's "
-                         f"{math.prod(shape):,} ({shape[0]:,} x {shape[1]:,})")
+                         f"embedding has shape {tuple(embedding['shape'])} (vocabulary, "
+                         f"width), the model's {tuple(shape)}")
     blocks = {int(found[1]) for name in tensors if (found := re.match(r"blk\.(\d+)\.", name))}
     layers = getattr(reference.model.config, "num_hidden_layers", None)
     if blocks and layers and max(blocks) + 1 != layers:

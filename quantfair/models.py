@@ -149,8 +149,9 @@ UNREADABLE = "{path}: permission denied (not readable by this user)"
 def _gguf_header(path: Path) -> dict:
     """What quantfair reads of a GGUF file's header: `architecture` (its
     `general.architecture`, e.g. "llama"; "" where absent) and `tensors`, each tensor by name:
-    its storage `type` ("Q4_1"), `elements`, `bytes` and `end` (the file offset just past its
-    data).
+    its storage `type` ("Q4_1"), `shape` (in PyTorch's order, rows first: GGUF lists a
+    tensor's dimensions innermost first), `elements`, `bytes` and `end` (the file offset just
+    past its data).
 
     The reader parses every metadata field in Python (seconds for a tokenizer's vocabulary,
     in every process that reads the file), so the result is kept under the cache, keyed by
@@ -170,7 +171,9 @@ def _gguf_header(path: Path) -> dict:
         except Exception as error:  # any parse failure of these foreign bytes
             raise QuantfairError(_unparsed_gguf(path, error)) from None
         return {"architecture": str(architecture),
-                "tensors": {t.name: {"type": t.tensor_type.name, "elements": int(t.n_elements),
+                "tensors": {t.name: {"type": t.tensor_type.name,
+                                     "shape": [int(n) for n in reversed(t.shape)],
+                                     "elements": int(t.n_elements),
                                      "bytes": int(t.n_bytes),
                                      "end": int(t.data_offset) + int(t.n_bytes)}
                             for t in reader.tensors}}
@@ -181,7 +184,8 @@ def _gguf_header(path: Path) -> dict:
         raise QuantfairError(UNREADABLE.format(path=path)) from None
     except OSError as error:
         raise QuantfairError(f"{path}: cannot be read ({error.strerror or error})") from None
-    return shared_json(cache_folder("gguf-headers") / f"{key[:24]}.json", parse)
+    # "-2": headers kept before shapes were lack them
+    return shared_json(cache_folder("gguf-headers") / f"{key[:24]}-2.json", parse)
 
 
 def _unparsed_gguf(path: Path, error: Exception) -> str:

@@ -214,7 +214,9 @@ def test_a_gguf_lacking_a_tensor_is_named(tmp_path, monkeypatch):
 
 def test_a_gguf_of_another_size_is_refused_from_its_header(tmp_path, monkeypatch):
     """Another model's file of the same architecture was converted whole (a 135M model took
-    24 s) before its first tensor was found to differ: its header tells."""
+    24 s) before its first tensor was found to differ: its header tells, naming the token
+    embedding's shape (its count of elements read alike for a wider embedding and a larger
+    vocabulary)."""
     from quantfair.errors import UsageError
     from quantfair.models import _from_config, _tiny_config
 
@@ -225,10 +227,9 @@ def test_a_gguf_of_another_size_is_refused_from_its_header(tmp_path, monkeypatch
     wider = tmp_path / "wider.gguf"
     _write_gpt2(_from_config(config), wider, "Q4_0")
     with pytest.raises(UsageError, match=(
-            rf"wider\.gguf does not pair with f32: its token embedding has "
-            rf"{config.vocab_size * config.n_embd:,} elements, the model's "
-            rf"{config.vocab_size * config.n_embd // 2:,} \({config.vocab_size:,} x "
-            rf"{config.n_embd // 2:,}\)$")):
+            rf"wider\.gguf does not pair with f32: its token embedding has shape "
+            rf"\({config.vocab_size}, {config.n_embd}\) \(vocabulary, width\), the model's "
+            rf"\({config.vocab_size}, {config.n_embd // 2}\)$")):
         _artifact_tensors(source, wider)
     config = _tiny_config("gpt2")
     config.n_positions, config.n_layer = 1024, config.n_layer + 1
