@@ -52,7 +52,11 @@ from quantfair.summary import (
 from quantfair.text import capitalized, experiment_span, plural, significant, units_text
 
 SYMBOLS = {"passed": "✓", "failed": "✗", "inconclusive": "?", "skipped": "–", "error": "!"}
-SCALE_TOP = math.log10(20)  # the colour scale runs from parity (1x) to 20x and beyond
+# The colour scale runs from parity (1x) to 10x and beyond: to 20x, Gemma 3's 1.2x and 1.6x
+# were one dark blue, SmolLM2's 3x to 7x close greys; what a release maximum sits on (2x to
+# 5x) spreads over the middle, and a model hit 10x or more is yellow whatever the number.
+SCALE_TOP = 10
+
 MODEL_WIDE = "model"  # findings-matrix column of audits that name no language
 
 
@@ -62,13 +66,13 @@ UNDEFINED = {"background": "#e5e7eb", "color": "#111827"}
 
 def shade(ratio: float | None) -> dict:
     """Background and text colour of a disparity cell: cividis over log10(ratio) from 1x to
-    20x (dark blue = parity, yellow = worst); pale green below 1 (hit less than English, at
+    SCALE_TOP (dark blue = parity, yellow = worst); pale green below 1 (hit less than English, at
     or below 0 not hit at all); grey when undefined."""
     if ratio is None or not math.isfinite(ratio):
         return UNDEFINED
     if ratio < 1:
         return BELOW_PARITY
-    t = min(max(math.log10(ratio) / SCALE_TOP, 0.0), 1.0)
+    t = min(max(math.log10(ratio) / math.log10(SCALE_TOP), 0.0), 1.0)
     background = colormaps["cividis"](t)[:3]
     # black or white, whichever reads better: over cividis either is >= 4.6:1 (WCAG AA)
     dark_text = contrast(background, (0.0, 0.0, 0.0)) >= contrast(background, (1.0, 1.0, 1.0))
@@ -364,6 +368,7 @@ def render_html(report: dict) -> str:
     env.globals["resamples"] = BOOTSTRAP_SAMPLES
     env.globals["aliases"] = ALIASES
     env.globals["model_wide"] = MODEL_WIDE
+    env.globals["scale_top"] = SCALE_TOP
     template = env.get_template("report.html.j2")
     summary = report_summary(report)
     strategies = scorecard_strategies(report)

@@ -487,6 +487,15 @@ def test_scorecard_has_a_row_per_language_and_prints_every_shaded_number():
                                                  shade(None)["background"]})
 
 
+def test_the_shading_spends_its_colours_below_10x_and_says_so():
+    """To 20x, Gemma 3's 1.2x and 1.6x were one dark blue and SmolLM2's 3x to 7x close
+    greys: 10x and beyond is the top colour, each step below it another."""
+    assert shade(10.0) == shade(214.0)  # the seed's GPT-2, hit 78-214x
+    steps = [shade(ratio)["background"] for ratio in (1.0, 1.2, 1.6, 3.0, 5.0, 7.0, 9.5)]
+    assert len(set(steps)) == len(steps)
+    assert "yellow (10x and beyond)" in render_html(report())
+
+
 def test_findings_matrix_places_every_audit_once():
     matrix = findings_matrix(report())
     assert matrix["columns"] == ["model", "de", "he", "ar"]  # in view with 56 languages
