@@ -1151,7 +1151,9 @@ class Finding:
         return {"finding": self.id, "experiments": list(self.experiments), "claim": self.claim,
                 "seed": self.seed, "slack": self.slack, "case": case.id,
                 "strategy": str(case.strategy) if case.strategy else None,
-                "language": case.language, "length": case.length}
+                "language": case.language, "length": case.length,
+                # a check's own scheme, as measurements name it; None: the run's
+                "scheme": QuantScheme.parse(case.scheme).name if case.scheme else None}
 
     def message(self, outcome: Outcome, ctx: AuditRun, case: Case) -> str:
         return (f"[{self.id}, experiment {'/'.join(self.experiments)}] {self.claim} -- "

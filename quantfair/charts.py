@@ -33,6 +33,7 @@ from quantfair.summary import (
     compared_rows,
     is_release,
     main_rows,
+    of_run_scheme,
 )
 from quantfair.text import significant
 
@@ -237,11 +238,12 @@ def forest_not_drawn(report: dict) -> list[str]:
 
 def release_maxima(report: dict) -> dict[str, float]:
     """Language -> the maximum its release gates set on the NLL disparity without protection
-    (`--quantfair-max-disparity`, a gate of one's own), the lowest where several did."""
+    under the run's scheme (`--quantfair-max-disparity`, a gate of one's own), the lowest
+    where several did."""
     maxima: dict[str, float] = {}
     for a in report.get("audits", []):
         if is_release(a) and a.get("quantity") == "disparity" and a.get("language") \
-                and a.get("strategy") == "none" \
+                and a.get("strategy") == "none" and of_run_scheme(report, a) \
                 and (limits := bound_limits(a.get("bound") or "")) and limits[0][1] == "<=":
             maxima[a["language"]] = min(limits[0][0], maxima.get(a["language"], math.inf))
     return maxima

@@ -44,6 +44,7 @@ from quantfair.summary import (
     is_release,
     leaning,
     main_rows,
+    of_run_scheme,
     own_findings,
     release_outcome,
     seed_outcome,
@@ -151,14 +152,15 @@ def scorecard_strategies(report: dict) -> list[str]:
 
 def _gates(report: dict, strategy: str) -> dict[tuple[str, str], list[str]]:
     """(language, quantity) -> what a scorecard cell says of each release gate that bounds
-    the quantity, decided on the value shown: "✗ gate <= 5", "✓ gate >= 0.5", "✗ gate <= 2
-    (undefined)" for one failed as not measurable, "?" for one left undecided; where several
-    bound one cell, each named by its finding ("✓ release_disparity <= 2", "✗ my_min >=
-    0.5")."""
+    the quantity under the run's scheme, decided on the value shown: "✗ gate <= 5", "✓ gate
+    >= 0.5", "✗ gate <= 2 (undefined)" for one failed as not measurable, "?" for one left
+    undecided; where several bound one cell, each named by its finding ("✓ release_disparity
+    <= 2", "✗ my_min >= 0.5")."""
     found: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for a in report.get("audits", []):
         if is_release(a) and a.get("language") and a.get("strategy") == strategy \
-                and a.get("bound") and a["outcome"] in ("passed", "failed", "inconclusive"):
+                and of_run_scheme(report, a) and a.get("bound") \
+                and a["outcome"] in ("passed", "failed", "inconclusive"):
             found[a["language"], a["quantity"]].append(a)
     return {cell: [f"{SYMBOLS[a['outcome']]} {'gate' if len(gates) == 1 else a['finding']} "
                    f"{a['bound']}" + (" (undefined)" if a.get("value") is None else "")

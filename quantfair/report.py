@@ -1017,11 +1017,17 @@ def _audit_mismatch(report: dict) -> str:
             continue
         where, strategy = f"audit {entry['nodeid']}", entry.get("strategy")
         # the candidate (--strategy) is measured under the strategy it stands for
+        # None: the run's scheme; a report written before audits recorded their scheme has
+        # no key, and any scheme's row may hold its value
+        scheme = (entry["scheme"] or report.get("settings", {}).get("scheme")
+                  if "scheme" in entry else None)
         held = [row.get(name) for row in rows[language] if strategy in (row["strategy"], CANDIDATE)
-                and entry.get("length") in (None, row.get("length", "medium"))]
+                and entry.get("length") in (None, row.get("length", "medium"))
+                and scheme in (None, row["scheme"])]
         if not held:
-            return (f"{where}: its report has no measurement of {strategy} in {language} to "
-                    f"give its {name}")
+            return (f"{where}: its report has no measurement of {strategy}"
+                    + (f" under {scheme}" if scheme else "") + f" in {language} to give its "
+                    f"{name}")
         if value is None:  # undefined: inconclusive, or failed as a gate
             if entry["outcome"] == "passed":
                 return f"{where}: passed with no {name}"

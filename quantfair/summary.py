@@ -323,12 +323,19 @@ QUANTITY_NAMES = {"seed_disparity": "seed disparity", "kld_disparity": "KLD disp
 
 
 def gate_name(audit: dict) -> str:
-    """What a release gate bounds, as a reader names it: "disparity", "KLD disparity", and
-    the strategy of a per-language gate on another than none ("disparity of L0+Llast")."""
+    """What a release gate bounds, as a reader names it: "disparity", "KLD disparity", the
+    strategy of a per-language gate on another than none ("disparity of L0+Llast") and the
+    scheme of a gate that names its own ("disparity under int8")."""
     quantity = audit.get("quantity") or audit["finding"]
     strategy = audit.get("strategy")
     return QUANTITY_NAMES.get(quantity, quantity) + (
-        f" of {strategy}" if audit.get("language") and strategy not in (None, "none") else "")
+        f" of {strategy}" if audit.get("language") and strategy not in (None, "none") else ""
+    ) + (f" under {audit['scheme']}" if audit.get("scheme") else "")
+
+
+def of_run_scheme(report: dict, audit: dict) -> bool:
+    """Whether `audit` measured the run's scheme (`main_rows`), not one its check names."""
+    return audit.get("scheme") in (None, report.get("settings", {}).get("scheme"))
 
 
 def beyond(bound: str) -> str:

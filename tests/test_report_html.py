@@ -859,7 +859,8 @@ def test_the_forest_draws_the_release_maxima_of_the_disparity():
                     gate("de", "<= 0.5", quantity="degradation"),
                     gate("de", "<= 9", strategy="recommended"),
                     audit("synergy", "failed", "de", strategy="none", bound="<= 7",
-                          quantity="disparity")])  # a seed finding's bound: no maximum
+                          quantity="disparity"),  # a seed finding's bound: no maximum
+                    {**gate("zh", "<= 1.1"), "scheme": "int8"}])  # another scheme's
     assert charts.release_maxima(gated) == {"he": 5.0, "ar": 2.5}
     edited = report([gate("he", "<= 5"), gate("ar", "<= abc")])  # a limit that is no number
     assert charts.release_maxima(edited) == {"he": 5.0}  # it raised ValueError
@@ -1141,7 +1142,8 @@ def test_a_scorecard_cell_a_release_gate_bounds_names_each_gate():
                                                     bound=">= 0.5", finding="own_min"),
              gate("he", "passed", value=6.0, bound=">= 0.5", finding="own_min"),
              audit("synergy", "failed", "de", strategy="none", quantity="disparity"),  # seed
-             gate("he", "passed", strategy="recommended", bound="<= 9")]  # not this table
+             gate("he", "passed", strategy="recommended", bound="<= 9"),  # not this table
+             gate("ar", "failed", value=9.0, finding="own_int8", scheme="int8")]  # nor this
     page = render_html(report(gates))
     none = page[page.index('data-strategy="none"'):page.index('data-strategy="recommended"')]
     cells = dict(re.findall(r'data-language="(\w+)">.*?class="num shade"[^>]*>([^<]*(?:<br>'
@@ -1343,17 +1345,22 @@ def test_the_languages_over_one_release_maximum_are_named_worst_first_and_cut():
                for code, value in (("he", 0.9), ("ar", -0.7))),
              audit("release_kld_disparity", "failed", "zh", value=4.0, bound="<= 2",
                    quantity="kld_disparity", experiments=["release"], strategy="none",
-                   low=None, high=None)]
+                   low=None, high=None),
+             audit("own_int8", "failed", "ru", value=2.5, bound="<= 2", quantity="disparity",
+                   experiments=["release"], strategy="none", scheme="int8", low=None,
+                   high=None)]
     said = summarize(report(other))
-    assert said["sentences"][1:4] == [
+    assert said["sentences"][1:5] == [
         "Disparity of L0+Llast over its release maximum (<= 1.5): German (de) 3 [95% CI 0.10, "
         "0.90].",
+        "Disparity under int8 over its release maximum (<= 2): Russian (ru) 2.5.",
         "Disparity under its release minimum (>= 1), worst first: Arabic (ar) -0.7; Hebrew (he) "
         "0.9.",
         "KLD disparity over its release maximum (<= 2): Chinese (zh) 4."]
     assert said["headline"].startswith(
-        "Release gate failed (disparity of L0+Llast over its maximum in de; disparity under its "
-        "minimum in ar, he; KLD disparity over its maximum in zh)")
+        "Release gate failed (disparity of L0+Llast over its maximum in de; disparity under int8 "
+        "over its maximum in ru; disparity under its minimum in ar, he; KLD disparity over its "
+        "maximum in zh)")
     # a value that would round to its bound keeps the digits that show it over; a case two
     # gates bound alike is named once
     close = [audit(finding, "failed", "ar", value=1.005, low=None, high=None, bound="<= 1",

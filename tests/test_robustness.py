@@ -909,6 +909,14 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
              f"{gate}: its report has no measurement of none in he to give its disparity"),
             (lambda r: r["audits"][1].update(strategy="L0"),
              f"{gate}: its report has no measurement of L0 in he to give its disparity"),
+            # a gate of its own scheme, given another scheme's value
+            (lambda r: r["audits"][1].update(scheme="int8"),
+             f"{gate}: its report has no measurement of none under int8 in he to give its "
+             "disparity"),
+            (lambda r: (r["measurements"][1].update(scheme="int8"),  # none of the run's
+                        r["audits"][1].update(scheme=None)),
+             f"{gate}: its report has no measurement of none under int4 in he to give its "
+             "disparity"),
             (lambda r: r["audits"][1].update(outcome="failed"),
              f"{gate}: failed with disparity 3.125 against <= 4"),
             (lambda r: r["audits"][1].update(bound="<= 3"),
@@ -928,6 +936,11 @@ def test_a_report_whose_gates_its_measurements_do_not_give_is_refused(tmp_path):
     with pytest.raises(QuantfairError, match=r"report: \.created: 'not a date' is not an ISO "
                        r"8601 date and time$"):
         load_report(path)
+    # a gate of the run's scheme says so (null); one written before audits recorded their
+    # scheme has no key, and any scheme's measurement may give its value
+    path.write_text(json.dumps({**base, "audits": [base["audits"][0],
+                                                   {**base["audits"][1], "scheme": None}]}))
+    assert load_report(path)["audits"][1]["scheme"] is None
     # a bound of the candidate (--strategy) is measured under the strategy it stands for
     candidate = json.loads(json.dumps(base))
     candidate["audits"][1]["strategy"] = "candidate"

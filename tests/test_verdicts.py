@@ -497,6 +497,16 @@ def test_a_finding_marked_release_is_a_release_gate_in_the_report():
     assert gate.describe(Case("none-he"))["experiments"] == ["051", "release"]
 
 
+def test_an_audit_of_its_own_scheme_records_it_as_measurements_name_it():
+    """A gate of int8 on an int3 run was named by its quantity alone, and its value could be
+    taken from the int3 row on the page and in the load-time check."""
+    gate = Finding(id="mine", experiments=("mine",), claim="c", release=True,
+                   check=LanguageBound("none", "disparity", Bound(max=5.0), scheme="INT8"))
+    cases = gate.check.cases(("en", "he"))
+    assert {gate.describe(case)["scheme"] for case in cases} == {"int8"}
+    assert gate.describe(Case("none-he", "none", "he"))["scheme"] is None  # the run's
+
+
 @pytest.mark.parametrize(("layer0", "where"), [
     (0.5, "1 of 5 from the lowest"), (2.5, "3 of 5 from the lowest"),
     (9.0, "the opposite end")])
