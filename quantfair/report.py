@@ -1016,11 +1016,11 @@ def _audit_mismatch(report: dict) -> str:
         if entry["outcome"] not in ("passed", "failed") or name not in QUANTITIES or not language:
             continue
         where, strategy = f"audit {entry['nodeid']}", entry.get("strategy")
-        # the candidate (--strategy) is measured under the strategy it stands for
         # None: the run's scheme; a report written before audits recorded their scheme has
         # no key, and any scheme's row may hold its value
         scheme = (entry["scheme"] or report.get("settings", {}).get("scheme")
                   if "scheme" in entry else None)
+        # the candidate (--strategy) is measured under the strategy it stands for
         held = [row.get(name) for row in rows[language] if strategy in (row["strategy"], CANDIDATE)
                 and entry.get("length") in (None, row.get("length", "medium"))
                 and scheme in (None, row["scheme"])]
