@@ -415,40 +415,53 @@ def remove_gguf_checkpoint(sha256: str) -> None:
 
 
 def _convert_once(gguf_path: Path, cached: Path) -> None:
-    """`_convert` unless `cached` is complete (a copy cut short since is converted again);
-    processes converting the same file wait for the first."""
-    if _converted(cached):
+    """`_convert` unless `cached` is a whole conversion of the bytes now at `gguf_path` (a
+    copy cut short or edited since, or one of the file before an upgrade of the package that
+    ships it, is converted again); processes converting the same file wait for the first."""
+    if _unconverted(cached, gguf_path) is None:
         return
     with cache_writes(cached.parent):
         cached.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cached.with_name(f".{cached.name}.lock"))
         lock.acquire()
     try:  # another process may have converted it while this one waited
-        if not _converted(cached):
-            if (cached / "complete").exists():
-                print(f"quantfair: {cached} was changed, cut short or damaged since it was "
-                      "converted (or an older quantfair converted it)", file=sys.stderr)
+        why = _unconverted(cached, gguf_path)
+        if why is not None:
+            if why:
+                print(f"quantfair: {why}", file=sys.stderr)
             _convert(gguf_path, cached)
     finally:
         lock.release()
 
 
-def _converted(cached: Path) -> bool:
-    """Whether `cached` holds a whole conversion as it was written: its `complete` mark lists
-    the sha256 of each file beside the weights (config, tokenizer) and the weights' size and
-    modification time, so a config edited or weights rewritten in place are converted again,
-    never read as the model's."""
+def _unconverted(cached: Path, gguf_path: Path) -> str | None:
+    """None where `cached` holds a whole conversion, as it was written, of the bytes now at
+    `gguf_path`; else why not ("" where none was made). Its `complete` mark lists the
+    source's sha256, the sha256 of each file beside the weights (config, tokenizer) and the
+    weights' size and modification time, so a config edited or weights rewritten in place,
+    or another file at the source's path, are never read as the model."""
     from quantfair.tensorfile import is_whole
 
     try:
         mark = json.loads((cached / "complete").read_text())
-        return mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors")
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError):
+        mark = None
+    try:
+        if mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors"):
+            if mark["source_sha256"] == file_sha256(gguf_path):
+                return None
+            return (f"{gguf_path} is not the file {cached} was converted from (its bytes "
+                    "changed: another version of the package that ships it?)")
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        pass
+    return (f"{cached} was changed, cut short or damaged since it was converted (or an older "
+            "quantfair converted it)")
 
 
 def _contents(folder: Path) -> dict[str, str | list[int]]:
-    """What `_converted` compares: per file of `folder` but the mark, its sha256, or for the
+    """What `_unconverted` compares: per file of `folder` but the mark, its sha256, or for the
     weights (hundreds of MB, read through a memory map) their size and mtime in ns."""
     contents: dict[str, str | list[int]] = {}
     for path in sorted(folder.iterdir()):
@@ -461,7 +474,8 @@ def _contents(folder: Path) -> dict[str, str | list[int]]:
 
 
 def _convert(gguf_path: Path, cached: Path) -> None:
-    """Load the GGUF (`check_gguf` first) and save it to `cached`, complete or not at all."""
+    """Load the GGUF (`check_gguf` first) and save it to `cached`, complete or not at all,
+    marked with the sha256 of its bytes (`_unconverted`)."""
     check_gguf(gguf_path)
     print(f"quantfair: converting {gguf_path.name} once to {cached} (later runs load that "
           "copy)", file=sys.stderr)
@@ -471,8 +485,9 @@ def _convert(gguf_path: Path, cached: Path) -> None:
         partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
         try:
             _save_plain(*loaded, partial)
-            (partial / "complete").write_text(json.dumps({"source": gguf_path.name,
-                                                          "files": _contents(partial)}))
+            (partial / "complete").write_text(json.dumps({
+                "source": gguf_path.name, "source_sha256": file_sha256(gguf_path),
+                "files": _contents(partial)}))
             shutil.rmtree(cached, ignore_errors=True)
             partial.rename(cached)
         finally:

@@ -383,20 +383,25 @@ def test_a_damaged_model_directory_is_one_line_naming_it(tmp_path, saved_tiny, d
 
 
 @pytest.mark.parametrize("change", ["cut short", "config edited", "weights rewritten",
-                                    "older mark"])
+                                    "older mark", "another source"])
 def test_a_converted_copy_changed_since_is_converted_again(tmp_path, saved_tiny, monkeypatch,
                                                            capsys, change):
-    """The `complete` mark says a conversion finished, and what it wrote; a copy cut short
-    since (a full disk, a sync tool) or edited in place must not be loaded as the model."""
+    """The `complete` mark says a conversion finished, what it wrote and of which bytes; a
+    copy cut short since (a full disk, a sync tool) or edited in place, or one of the file an
+    upgrade of its package replaced (the embedded models' copies are named by the model: the
+    old weights were measured and nothing said), must not be loaded as the model."""
     from quantfair import models
 
+    source = tmp_path / "m.gguf"
+    source.write_bytes(b"GGUF, version 1")
     cached = tmp_path / "models" / "m"
     shutil.copytree(saved_tiny, cached)
-    (cached / "complete").write_text(json.dumps({"source": "m.gguf",
-                                                 "files": models._contents(cached)}))
+    (cached / "complete").write_text(json.dumps({
+        "source": "m.gguf", "source_sha256": models.file_sha256(source),
+        "files": models._contents(cached)}))
     converted = []
     monkeypatch.setattr(models, "_convert", lambda gguf, where: converted.append(where))
-    models._convert_once(tmp_path / "m.gguf", cached)
+    models._convert_once(source, cached)
     assert converted == []  # as written: loaded as it is
     weights, config = cached / "model.safetensors", cached / "config.json"
     if change == "cut short":
@@ -407,11 +412,15 @@ def test_a_converted_copy_changed_since_is_converted_again(tmp_path, saved_tiny,
         data = bytearray(weights.read_bytes())
         data[-4:] = b"\x00\x00\xc0\x7f"
         weights.write_bytes(bytes(data))
-    else:
+    elif change == "older mark":
         (cached / "complete").write_text("m.gguf")
-    models._convert_once(tmp_path / "m.gguf", cached)
+    else:
+        source.write_bytes(b"GGUF, version 2")
+    models._convert_once(source, cached)
     assert converted == [cached]
-    assert f"{cached} was changed, cut short or damaged since it was converted" in \
+    assert (f"{source} is not the file {cached} was converted from (its bytes changed"
+            if change == "another source" else
+            f"{cached} was changed, cut short or damaged since it was converted") in \
         capsys.readouterr().err
 
 
