@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -285,6 +285,20 @@ class ReferenceCache:
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.glob("*.npz"))
+
+
+def found_once(keys: Collection[str], found: Callable[[str], bool]) -> Callable[[], set[str]]:
+    """A `finished` for `Evaluator._shared`: the keys for which `found` holds, each asked
+    again only until it does (`found` may read and hash a unit's files: asked of every unit
+    once per unit waited for, two processes sharing a KL-divergence run's FP reference took
+    minutes)."""
+    done: set[str] = set()
+
+    def finished() -> set[str]:
+        done.update(key for key in keys if key not in done and found(key))
+        return set(done)
+
+    return finished
 
 
 def _note_holder(lock: FileLock) -> None:
@@ -759,14 +773,15 @@ class Evaluator:
                 tokens += sizes[key]
             pending = rest
             try:
-                done = finished()
+                done = finished() if group else set()
                 todo = [key for key in group if key not in done]
                 if todo:
                     compute(todo)
             finally:
                 for lock in held:
                     lock.release()
-        waiting = [key for key in skipped if key not in finished()]
+        done = finished() if skipped else set()  # once: it may read every unit's files
+        waiting = [key for key in skipped if key not in done]
         if waiting:
             self.announce(f"quantfair: waiting for another process scoring {len(waiting)} "
                           f"unit(s) of {label}")
@@ -857,9 +872,8 @@ class Evaluator:
                    if exact and self.references.load(k, head, len(ids[k]) - 1) is None}
         tracker = _Progress(progress, sizes, before=(side := sum(missing.values())))
         if missing:
-            def built() -> set[str]:
-                return {k for k in missing
-                        if self.references.load(k, head, len(ids[k]) - 1) is not None}
+            built = found_once(missing, lambda k: self.references.load(
+                k, head, len(ids[k]) - 1) is not None)
 
             # All claimed at once: one swap to the FP weights and back. Their FP
             # forwards are on the bar; what another process built counts as done.

@@ -308,6 +308,31 @@ SHARE = textwrap.dedent("""
 """)
 
 
+def test_a_process_waiting_for_units_another_holds_asks_what_is_finished_once(tiny_models):
+    """Two runs sharing a KL-divergence run's FP reference: the one that waited asked what
+    was finished (reading and hashing every unit's files) once per unit it waited for, and
+    then per unit again; alone 31 s, beside the other 109 s."""
+    from quantfair.evaluate import Evaluator, found_once
+
+    evaluator = Evaluator(tiny_models["tiny-gpt2"])
+    evaluator._try_claim = lambda tag, key: False  # another process holds every unit
+    asked, computed = [], []
+    sizes = {f"unit{i}": 10 for i in range(40)}
+
+    def finished() -> set[str]:
+        asked.append(1)
+        return set(sizes)  # stored by the other process
+
+    evaluator._shared("side", "the FP reference", sizes, finished, computed.extend)
+    assert len(asked) == 1 and not computed
+    reads = []
+    stored = {"unit0", "unit1"}
+    built = found_once(sizes, lambda key: reads.append(key) or key in stored)
+    assert built() == stored and len(reads) == 40
+    stored.add("unit2")
+    assert built() == stored and len(reads) == 40 + 38  # what was found is not read again
+
+
 @pytest.mark.parametrize("mode", ["nll", "distribution"])
 def test_two_processes_asking_for_the_same_fp_results_compute_each_once(tmp_path, mode):
     script = tmp_path / "share.py"
