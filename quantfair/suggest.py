@@ -838,17 +838,21 @@ def other_corpus(found: dict, session: AuditSession) -> str:
 def reselected(found: dict, session: AuditSession) -> str:
     """Why the entries of the suggestion's calibrated selectors (`act:`, `actgap:`,
     `superweights:`, `gradient:`) may differ here from those it was searched with: they are
-    chosen on each session's calibration text, which other languages or units change; ""
-    where they are the same, or the recipe has none."""
+    chosen on each session's calibration text, which other languages or units, or a corpus
+    edited since, change; "" where they are the same, or the recipe has none."""
     terms = [t for t in element_terms(found["strategy"])[1]
              if t.partition(":")[0] in CALIBRATED_SELECTORS]
     if not terms or found.get("selector_texts") == session.selector_texts_digest():
         return ""
-    return (f"its {', '.join(terms)} choose{'s' if len(terms) == 1 else ''} entries on the "
-            "calibration text of the languages and units given here, which differs from the "
-            "search's, so the entries kept may not be those it scored; give --languages "
-            f"{','.join(found.get('languages') or [])} {search_units_given(found)} as in the "
-            "search to keep the same")
+    chosen = f"its {', '.join(terms)} choose{'s' if len(terms) == 1 else ''} entries on the "
+    if other_corpus(found, session):  # the languages and units as in the search change nothing
+        return (chosen + "calibration text of this corpus, not the one it was searched on, so "
+                "the entries kept may not be those it scored; `quantfair suggest` again fits "
+                "the recipe to this text")
+    return (chosen + "calibration text of the languages and units given here, which differs "
+            "from the search's, so the entries kept may not be those it scored; give "
+            f"--languages {','.join(found.get('languages') or [])} "
+            f"{search_units_given(found)} as in the search to keep the same")
 
 
 def search_units_given(found: dict) -> str:

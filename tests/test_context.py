@@ -113,6 +113,16 @@ def test_an_audit_of_a_calibrated_suggestion_on_other_text_says_so_in_its_report
         "given here, which differs from the search's, so the entries kept may not be those it "
         "scored; give --languages en,he --units as in the search to keep the same")
     assert not [line for line in said if "warning" in line]  # said once, by the report
+    # searched on a corpus edited since: giving its languages and units changes nothing
+    save(session, Suggestion(model="tiny-gpt2", scheme="int4", budget=0.05,
+                             strategy="superweights:2", overhead=0.0, score=1.0,
+                             languages=["en", "de"], selector_texts="another text",
+                             corpus="mine.jsonl", corpus_digest="the text before an edit"))
+    assert AuditContext(session, candidate="suggested").payload()["suggestion"][
+        "reselected"] == (
+        "its superweights:2 chooses entries on the calibration text of this corpus, not the one "
+        "it was searched on, so the entries kept may not be those it scored; `quantfair "
+        "suggest` again fits the recipe to this text")
     save(session, Suggestion(model="tiny-gpt2", scheme="int4", budget=0.05,
                              strategy="superweights:2", overhead=0.0, score=1.0,
                              languages=["en", "de"],
