@@ -5,7 +5,6 @@ side of an audit, mapped onto the FP model's parameters by name."""
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from quantfair.models import (
     remove_gguf_checkpoint,
     weights_hash,
 )
+from quantfair.progress import notice
 from quantfair.quantize import type_bits
 from quantfair.schemes import QuantScheme
 from quantfair.storage import is_gguf
@@ -279,8 +279,8 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     except QuantfairError:
         if made:  # the copy converted for it is of no further use
             remove_gguf_checkpoint(sha256)
-            print(f"quantfair: {path.name} is refused, so its converted copy is removed",
-                  file=sys.stderr)  # after "converting ... (later runs load that copy)"
+            # after "converting ... (later runs load that copy)"
+            notice(f"quantfair: {path.name} is refused, so its converted copy is removed")
         raise
     fp_params = dict(reference.model.named_parameters())
     unquantized = [name for name, tensor in tensors.items()

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from filelock import FileLock
 
 from quantfair.errors import QuantfairError, UsageError, os_error_text
+from quantfair.progress import notice
 from quantfair.schemes import QuantScheme
 from quantfair.storage import (
     cache_folder,
@@ -428,7 +428,7 @@ def _convert_once(gguf_path: Path, cached: Path) -> None:
         why = _unconverted(cached, gguf_path)
         if why is not None:
             if why:
-                print(f"quantfair: {why}", file=sys.stderr)
+                notice(f"quantfair: {why}")
             _convert(gguf_path, cached)
     finally:
         lock.release()
@@ -477,8 +477,8 @@ def _convert(gguf_path: Path, cached: Path) -> None:
     """Load the GGUF (`check_gguf` first) and save it to `cached`, complete or not at all,
     marked with the sha256 of its bytes (`_unconverted`)."""
     check_gguf(gguf_path)
-    print(f"quantfair: converting {gguf_path.name} once to {cached} (later runs load that "
-          "copy)", file=sys.stderr)
+    notice(f"quantfair: converting {gguf_path.name} once to {cached} (later runs load that "
+           "copy)")
     with np.errstate(over="ignore", invalid="ignore"):  # a damaged file's NaN is said on load
         loaded = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     with cache_writes(cached.parent):

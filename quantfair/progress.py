@@ -5,13 +5,36 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 Guard = Callable[[], contextlib.AbstractContextManager]
 Update = Callable[[int, int], None]
 
 _open: list = []  # bars not yet at their end
 LOG_INTERVAL = 10.0  # seconds between a bar's redraws where stderr is not a terminal
+_notices: ContextVar[Callable[[str], None] | None] = ContextVar("notices", default=None)
+
+
+def notice(message: str) -> None:
+    """Say `message`, a line on work under way ("quantfair: converting ..."), where the
+    command says its lines (`notices_to`), else on stderr: the pytest plugin writes around
+    its output capture, which kept a minute's conversion of Gemma 3 off the terminal."""
+    say = _notices.get()
+    if say is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        say(message)
+
+
+@contextlib.contextmanager
+def notices_to(announce: Callable[[str], None]) -> Iterator[None]:
+    """Within it, `notice` says its lines through `announce`."""
+    token = _notices.set(announce)
+    try:
+        yield
+    finally:
+        _notices.reset(token)
 
 
 def token_bars(guard: Guard = contextlib.nullcontext) -> Callable[[str], Update]:

@@ -20,6 +20,7 @@ from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
 from quantfair.prefix import HiddenStates, decoder_layers
+from quantfair.progress import notices_to
 from quantfair.quantize import (
     QUANTIZER_DIGEST,
     QuantScheme,
@@ -91,7 +92,9 @@ class AuditSession:
             announce(threads)
         if loaded is None:
             announce(f"quantfair: loading {config.model}")
-            loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
+            with notices_to(announce):  # a GGUF's conversion, once
+                loaded = load_model(config.model, config.device, config.random_weights,
+                                    config.dtype)
         self.loaded = loaded
         self.scheme_warning = loaded.requantization_warning(config.scheme)
         if self.scheme_warning:
@@ -104,7 +107,8 @@ class AuditSession:
             quantized = str(llama_cpp_file(loaded, config.scheme, folder, announce))
         if quantized:
             announce(f"quantfair: loading the quantized artifact {quantized}")
-            self.artifact = load_artifact(quantized, config.scheme, loaded)
+            with notices_to(announce):
+                self.artifact = load_artifact(quantized, config.scheme, loaded)
             self.artifact.tensors = self.bank.add_artifact(
                 config.scheme, self.artifact.tensors, self.artifact.weight_hash,
                 self.artifact.bits, self.artifact.unquantized)

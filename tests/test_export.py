@@ -662,6 +662,23 @@ def test_a_refused_gguf_artifact_keeps_a_converted_copy_made_before(f32_gguf, tm
     assert has_gguf_checkpoint(sha256)
 
 
+def test_a_sessions_gguf_conversions_are_said_where_it_says_its_lines(f32_gguf, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Under pytest, lines on stderr are captured: a minute's conversion of Gemma 3 in an
+    audit's session fixture said nothing on the terminal."""
+    other = tmp_path / "other.gguf"
+    _export(f32_gguf, other)
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))  # neither converted
+    capsys.readouterr()
+    said = []
+    settings = {"model": str(f32_gguf), "quantized": str(other), "languages": "en",
+                "units": "1"}
+    AuditSession(RunConfig.build(settings.get), announce=said.append)
+    assert [line.split(" once to ")[0] for line in said if "converting" in line] == [
+        "quantfair: converting tiny-f32.gguf", "quantfair: converting other.gguf"]
+    assert "converting" not in capsys.readouterr().err
+
+
 def _one_tensor_gguf(path: Path, architecture: str, monkeypatch) -> Path:
     """A GGUF file of `architecture` with one tensor; converting any file to a checkpoint
     fails the test from here on."""
