@@ -7,7 +7,6 @@ import hashlib
 import importlib.metadata
 import inspect
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 
 from quantfair.errors import UsageError
 from quantfair.models import weights_hash
+from quantfair.progress import notice
 from quantfair.schemes import GGUF_TYPES, QuantScheme
 from quantfair.storage import cache_folder
 from quantfair.taxonomy import Component, components, num_layers
@@ -240,8 +240,8 @@ class WeightBank:
                     write_tensors(Path(file.name), layout, produce)
                     return map_tensors(Path(file.name))  # the map outlives the name
             except OSError as error:
-                print(one_line(f"quantfair: keeping weights in memory: cannot write "
-                               f"{self.folder} ({error.strerror or error})"), file=sys.stderr)
+                notice(one_line(f"quantfair: keeping weights in memory: cannot write "
+                                f"{self.folder} ({error.strerror or error})"))
                 self.folder = None
         return {name: produce(name).detach().clone() for name in layout}
 

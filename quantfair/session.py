@@ -267,7 +267,14 @@ class AuditSession:
     def measure(self, strategy: str, scheme: QuantScheme | None = None,
                 corpus: Corpus | None = None, distribution: bool = False) -> Measurement:
         """Per-unit FP and quantized results of `strategy` under `scheme`, as a Measurement;
-        with `distribution`, also llama.cpp's KL-divergence statistics against the FP model."""
+        with `distribution`, also llama.cpp's KL-divergence statistics against the FP model.
+        What the weight files say (one written again, the cache not writable) is said with
+        the session's lines."""
+        with notices_to(self.announce):
+            return self._measured(strategy, scheme, corpus, distribution)
+
+    def _measured(self, strategy: str, scheme: QuantScheme | None, corpus: Corpus | None,
+                  distribution: bool) -> Measurement:
         scheme = scheme or self.config.scheme
         corpus = corpus or self.corpus
         memo_key = (scheme.name, strategy, corpus.digest())

@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import struct
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from quantfair.progress import notice
 from quantfair.storage import atomic_file, atomic_write, file_stamp
 
 __all__ = ["map_tensors", "write_tensors", "cached_tensors", "remove_tensors", "scratch"]
@@ -125,9 +125,8 @@ def cached_tensors(path: Path, layout: dict[str, torch.Tensor],
         with FileLock(path.with_name(f".{path.name}.lock")):
             if not _intact(path, layout):
                 if path.exists():
-                    print(f"quantfair: {path} is not as it was written (cut short, edited, "
-                          "of other tensors, or by an older quantfair): writing it again",
-                          file=sys.stderr)
+                    notice(f"quantfair: {path} is not as it was written (cut short, edited, "
+                           "of other tensors, or by an older quantfair): writing it again")
                 write_tensors(path, layout, produce)
                 atomic_write(_record(path), file_stamp(path).encode())
     return map_tensors(path)

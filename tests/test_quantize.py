@@ -256,6 +256,29 @@ def test_an_unwritable_weight_cache_keeps_the_bank_in_memory(tmp_path, capsys):
     assert all(torch.equal(p, bank.fp[n]) for n, p in model.named_parameters())
 
 
+def test_what_a_weights_file_says_is_said_with_the_sessions_lines(tmp_path, monkeypatch,
+                                                                  capsys):
+    """Under pytest, a line on stderr is captured: a quantized weights file damaged and
+    written again in an audit said nothing on the terminal."""
+    from quantfair.config import RunConfig
+    from quantfair.session import AuditSession
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    config = RunConfig(model="tiny-gpt2", scheme=QuantScheme(bits=4), languages=("en", "de"),
+                       units=2)
+    for attempt in range(2):
+        monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(tmp_path / f"results-{attempt}"))
+        said = []
+        AuditSession(config, announce=said.append).measure("none")
+        quantized = list((tmp_path / "cache" / "weights").rglob("int4-*.safetensors"))
+        assert len(quantized) == 1
+        quantized[0].write_bytes(quantized[0].read_bytes()[:-8])  # cut short
+    assert [line for line in said if "is not as it was written" in line] == [
+        f"quantfair: {quantized[0]} is not as it was written (cut short, edited, of other "
+        "tensors, or by an older quantfair): writing it again"]
+    assert "not as it was written" not in capsys.readouterr().err
+
+
 def test_a_half_precision_run_quantizes_in_float32_then_casts():
     from quantfair.config import RunConfig
     from quantfair.session import AuditSession
