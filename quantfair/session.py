@@ -90,37 +90,9 @@ class AuditSession:
         threads = configure_threads(config.threads, workers)
         if threads:
             announce(threads)
-        if loaded is None:
-            announce(f"quantfair: loading {config.model}")
-            with notices_to(announce):  # a GGUF's conversion, once
-                loaded = load_model(config.model, config.device, config.random_weights,
-                                    config.dtype)
-        self.loaded = loaded
-        self.scheme_warning = loaded.requantization_warning(config.scheme)
-        if self.scheme_warning:
-            announce(f"quantfair: warning: {self.scheme_warning}")
-        folder = weights_folder(loaded.weight_hash())
-        self.bank = WeightBank(loaded.model, folder)
-        self.artifact: Artifact | None = None
-        quantized = config.quantized
-        if config.scheme.llama_type and quantizer:
-            quantized = str(llama_cpp_file(loaded, config.scheme, folder, announce))
-        if quantized:
-            announce(f"quantfair: loading the quantized artifact {quantized}")
-            with notices_to(announce):
-                self.artifact = load_artifact(quantized, config.scheme, loaded)
-            self.artifact.tensors = self.bank.add_artifact(
-                config.scheme, self.artifact.tensors, self.artifact.weight_hash,
-                self.artifact.bits, self.artifact.unquantized)
-            if len(self.artifact.unquantized) == len(self.artifact.tensors):
-                self.scheme_warning = (f"the artifact {quantized} equals the FP model in every "
-                                       "tensor: nothing in it is quantized, so no quantization "
-                                       "damage can be measured")
-                announce(f"quantfair: warning: {self.scheme_warning}")
-            elif self.artifact.unquantized:
-                announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
-                         "tensor(s) as in the FP model, e.g. "
-                         f"{', '.join(self.artifact.unquantized[:3])}")
+        with notices_to(announce):  # what loading says: a GGUF converted, a file written again
+            self._load(loaded, quantizer)
+        loaded = self.loaded
         self.evaluator = Evaluator(loaded, announce=announce)
         layers = decoder_layers(loaded.model, self.bank.parts)
         capacity = config.hidden_states_bytes
@@ -136,6 +108,39 @@ class AuditSession:
         self._activation_stats: Activations | None = None
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
         self._noted: set[tuple[str, str]] = set()
+
+    def _load(self, loaded: LoadedModel | None, quantizer: bool) -> None:
+        """The model (`loaded`, or `config.model` loaded), its weight bank and the quantized
+        artifact, if any (`__init__`)."""
+        config, announce = self.config, self.announce
+        if loaded is None:
+            announce(f"quantfair: loading {config.model}")
+            loaded = load_model(config.model, config.device, config.random_weights, config.dtype)
+        self.loaded = loaded
+        self.scheme_warning = loaded.requantization_warning(config.scheme)
+        if self.scheme_warning:
+            announce(f"quantfair: warning: {self.scheme_warning}")
+        folder = weights_folder(loaded.weight_hash())
+        self.bank = WeightBank(loaded.model, folder)
+        self.artifact: Artifact | None = None
+        quantized = config.quantized
+        if config.scheme.llama_type and quantizer:
+            quantized = str(llama_cpp_file(loaded, config.scheme, folder, announce))
+        if quantized:
+            announce(f"quantfair: loading the quantized artifact {quantized}")
+            self.artifact = load_artifact(quantized, config.scheme, loaded)
+            self.artifact.tensors = self.bank.add_artifact(
+                config.scheme, self.artifact.tensors, self.artifact.weight_hash,
+                self.artifact.bits, self.artifact.unquantized)
+            if len(self.artifact.unquantized) == len(self.artifact.tensors):
+                self.scheme_warning = (f"the artifact {quantized} equals the FP model in every "
+                                       "tensor: nothing in it is quantized, so no quantization "
+                                       "damage can be measured")
+                announce(f"quantfair: warning: {self.scheme_warning}")
+            elif self.artifact.unquantized:
+                announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
+                         "tensor(s) as in the FP model, e.g. "
+                         f"{', '.join(self.artifact.unquantized[:3])}")
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
         scheme = scheme or self.config.scheme
