@@ -67,8 +67,8 @@ UNDEFINED = {"background": "#e5e7eb", "color": "#111827"}
 
 def shade(ratio: float | None) -> dict:
     """Background and text colour of a disparity cell: cividis over log10(ratio) from 1x to
-    SCALE_TOP (dark blue = parity, yellow = worst); pale green below 1 (hit less than English, at
-    or below 0 not hit at all); grey when undefined."""
+    SCALE_TOP (dark blue = parity, yellow = worst); pale green below 1 (hit less than
+    English, at or below 0 not hit at all); grey when undefined."""
     if ratio is None or not math.isfinite(ratio):
         return UNDEFINED
     if ratio < 1:

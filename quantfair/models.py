@@ -442,22 +442,23 @@ def _unconverted(cached: Path, gguf_path: Path) -> str | None:
     or another file at the source's path, are never read as the model."""
     from quantfair.tensorfile import is_whole
 
+    changed = (f"{cached} was changed, cut short or damaged since it was converted (or an "
+               "older quantfair converted it)")
     try:
         mark = json.loads((cached / "complete").read_text())
     except FileNotFoundError:
         return ""
     except (OSError, ValueError):
-        mark = None
+        return changed
     try:
-        if mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors"):
-            if mark["source_sha256"] == file_sha256(gguf_path):
-                return None
-            return (f"{gguf_path} is not the file {cached} was converted from (its bytes "
-                    "changed: another version of the package that ships it?)")
+        if not (mark["files"] == _contents(cached) and is_whole(cached / "model.safetensors")):
+            return changed
+        same_source = mark["source_sha256"] == file_sha256(gguf_path)
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return (f"{cached} was changed, cut short or damaged since it was converted (or an older "
-            "quantfair converted it)")
+        return changed
+    return None if same_source else (
+        f"{gguf_path} is not the file {cached} was converted from (its bytes changed: another "
+        "version of the package that ships it?)")
 
 
 def _contents(folder: Path) -> dict[str, str | list[int]]:
