@@ -362,6 +362,18 @@ def _times_weight(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
                for first, stop in _blocks(0, weight.shape[0], step))
 
 
+def _last_block_kept(block: Block) -> Block:
+    """`block`, computed once for calls in a row on the same positions."""
+    last: dict[tuple[int, int], torch.Tensor] = {}
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        if (start, stop) not in last:
+            last.clear()
+            last[start, stop] = block(start, stop)
+        return last[start, stop]
+    return rows
+
+
 def _reference_side(fp: Block, targets: torch.Tensor, rows: int,
                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                     logits: Block | None = None
@@ -858,8 +870,9 @@ class Evaluator:
         `swap` switches the live model to the FP reference and back; None means the current
         weights are the FP reference. One forward per window; before them, one FP forward per
         window whose unit has no cached FP side for the current head yet (swapping once there
-        and back); with a head that is not exact or logits that are not float32
-        (`caches_fp_side`), one FP forward beside every window instead.
+        and back; with `swap` None the side comes from the window's own forward); with a head
+        that is not exact or logits that are not float32 (`caches_fp_side`), one FP forward
+        beside every window instead.
         """
         results = self.cached_distribution(config, texts)
         todo = [t for t in dict.fromkeys(texts) if t not in results]
@@ -868,8 +881,8 @@ class Evaluator:
         keyed, ids, windows, _ = self._plan(todo)
         exact, head = self.caches_fp_side, self.head_variant()
         sizes = _window_tokens(windows)
-        missing = {k: n for k, n in sizes.items()
-                   if exact and self.references.load(k, head, len(ids[k]) - 1) is None}
+        missing = {k: n for k, n in sizes.items() if exact and swap is not None
+                   and self.references.load(k, head, len(ids[k]) - 1) is None}
         tracker = _Progress(progress, sizes, before=(side := sum(missing.values())))
         if missing:
             built = found_once(missing, lambda k: self.references.load(
@@ -904,7 +917,12 @@ class Evaluator:
         pending = {key: sum(1 for w in windows if w.key == key) for key in keyed}
         sides = {key: self.references.load(key, head, len(ids[key]) - 1)
                  for key in keyed} if exact else {}
-        if lost := [key for key, side in sides.items() if side is None]:  # removed meanwhile
+        lost = [key for key, side in sides.items() if side is None]
+        # The evaluated weights are the FP reference: a missing side comes from this forward.
+        building: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = (
+            {key: [] for key in lost} if swap is None else {})
+        module = self.loaded.model.get_output_embeddings()
+        if lost and swap is not None:  # removed meanwhile
             self._build_references({key: ids[key] for key in lost}, head, swap, tracker)
             sides.update({key: self.references.load(key, head, len(ids[key]) - 1)
                           for key in lost})
@@ -926,7 +944,13 @@ class Evaluator:
                 rows = slice(window.score_from - 1, len(window.ids) - 1)
                 targets = token_ids[row, window.score_from: len(window.ids)]
                 block = logits.window(row, rows.start)
-                if exact:  # the head's input is the model's output
+                if window.key in building:
+                    once = _last_block_kept(block)  # asked twice in a row, as FP and as evaluated
+                    side, cross = _reference_side(
+                        once, targets, self.block_rows, module.weight.detach(),
+                        module.bias.detach() if module.bias is not None else None, logits=once)
+                    building[window.key].append((window.first, side))
+                elif exact:  # the head's input is the model's output
                     scored = slice(window.first, window.first + len(targets))
                     side = {name: torch.from_numpy(array[scored]).to(targets.device)
                             for name, array in sides[window.key].items()}
@@ -940,6 +964,8 @@ class Evaluator:
                 pending[window.key] -= 1
                 tracker.advance(len(window.ids))
                 if pending[window.key] == 0:
+                    if window.key in building:
+                        self._store_reference(window.key, head, building.pop(window.key))
                     finished[window.key] = self._unit_distribution(
                         keyed[window.key], statistics.pop(window.key))
             if finished:

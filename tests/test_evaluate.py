@@ -7,7 +7,7 @@ import torch
 
 from quantfair import evaluate
 from quantfair.corpus import load_corpus
-from quantfair.evaluate import Evaluator, NonFiniteLoss, ResultCache, check_finite
+from quantfair.evaluate import Evaluator, NonFiniteLoss, ResultCache, Swap, check_finite
 from quantfair.models import load_model
 
 
@@ -151,23 +151,39 @@ def test_progress_names_its_end_before_the_first_forward(tiny_models, tmp_path):
     assert calls[0][1] > len(Evaluator(loaded).token_ids(text))
 
 
-def test_progress_counts_the_fp_forwards_of_a_new_reference(tiny_models, tmp_path):
-    """Distribution statistics first run the FP model over units with no cached FP side: the
-    bar counts those forwards too, from its first report on, and moves during them, not only
-    during the second pass."""
-    loaded = tiny_models["tiny-gpt2"]
+def test_progress_counts_the_fp_forwards_of_a_new_reference(tmp_path):
+    """Distribution statistics of quantized weights first run the FP model over units with
+    no cached FP side for their head: the bar counts those forwards too, from its first
+    report on, and moves during them, not only during the second pass. The FP model's own
+    statistics take its side from their own forward: one pass (they once took two)."""
+    from quantfair.quantize import QuantScheme, WeightBank
+
+    loaded = load_model("tiny-gpt2")
     texts = [load_corpus().texts[lang]["article_01"] for lang in ("en", "he", "zh")]
     evaluator = Evaluator(loaded, ResultCache(tmp_path), batch_tokens=64)
     assert evaluator.exact_head
     windows = sum(len(w.ids) for t in texts
                   for w in evaluator._windows(t, evaluator.token_ids(t)))
     calls = []
+    passes = evaluator.forward_passes
     evaluator.evaluate_distribution("fp", texts, progress=lambda *c: calls.append(c))
+    assert {total for _, total in calls} == {windows} and calls[-1] == (windows, windows)
+    fp_passes = evaluator.forward_passes - passes
+    assert all(evaluator.references.has(evaluator.unit_key(t), evaluator.head_variant())
+               for t in texts)
+
+    bank, scheme = WeightBank(loaded.model), QuantScheme.parse("int4")
+    bank.apply(scheme)
+    swap = Swap(bank.restore, lambda: bank.apply(scheme))
+    calls.clear()  # int4's head: a new FP side, then the quantized pass
+    passes = evaluator.forward_passes
+    evaluator.evaluate_distribution("int4", texts, swap, progress=lambda *c: calls.append(c))
+    assert evaluator.forward_passes - passes == 2 * fp_passes
     assert {total for _, total in calls} == {2 * windows}
     assert calls[-1] == (2 * windows, 2 * windows)
     assert any(0 < done < windows and total == 2 * windows for done, total in calls)
     calls.clear()  # the FP side is cached now: one pass
-    evaluator.evaluate_distribution("again", texts, progress=lambda *c: calls.append(c))
+    evaluator.evaluate_distribution("again", texts, swap, progress=lambda *c: calls.append(c))
     assert calls[-1] == (windows, windows)
 
 
