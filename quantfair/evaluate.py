@@ -891,7 +891,7 @@ class Evaluator:
             # All claimed at once: one swap to the FP weights and back. Their FP
             # forwards are on the bar; what another process built counts as done.
             start = tracker.done
-            self._shared(f"side\0{head}", "the FP reference", missing, built,
+            self._shared(f"side\0{head}", f"the FP side of {label or config}", missing, built,
                          lambda keys: self._build_references(
                              {key: ids[key] for key in keys}, head, swap, tracker),
                          group_tokens=sys.maxsize)

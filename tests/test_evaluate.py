@@ -176,8 +176,13 @@ def test_progress_counts_the_fp_forwards_of_a_new_reference(tmp_path):
     bank.apply(scheme)
     swap = Swap(bank.restore, lambda: bank.apply(scheme))
     calls.clear()  # int4's head: a new FP side, then the quantized pass
-    passes = evaluator.forward_passes
-    evaluator.evaluate_distribution("int4", texts, swap, progress=lambda *c: calls.append(c))
+    passes, shared, labels = evaluator.forward_passes, evaluator._shared, []
+    evaluator._shared = lambda tag, label, *rest, **named: (
+        labels.append(label), shared(tag, label, *rest, **named))
+    evaluator.evaluate_distribution("int4", texts, swap, progress=lambda *c: calls.append(c),
+                                    label="int4 protecting none")
+    # What a process waiting for another names: not "the FP reference" (the FP model's own).
+    assert labels == ["the FP side of int4 protecting none", "int4 protecting none"]
     assert evaluator.forward_passes - passes == 2 * fp_passes
     assert {total for _, total in calls} == {2 * windows}
     assert calls[-1] == (2 * windows, 2 * windows)
