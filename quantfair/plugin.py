@@ -608,12 +608,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselect: the audits that would run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):
+        # An xdist worker (each collects the same list, one stopped by a setting bad on its
+        # host alone too; the controller deals it out in order): audits that select single
+        # entries, the longest single tests, go first, so none of them starts last and keeps
+        # one worker busy while the others idle.
+        items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
     if _run(config) is not None:
-        if hasattr(config, "workerinput"):
-            # An xdist worker (each collects the same list; the controller deals it out in
-            # order): audits that select single entries, the longest single tests, go first,
-            # so none of them starts last and keeps one worker busy while the others idle.
-            items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
         return
     audits = [item for item in items if is_audit(item)]
     if not audits or _shows_only(config) or DEFERRED in config.stash:

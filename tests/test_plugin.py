@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -310,16 +312,17 @@ def test_the_strategy_given_is_audited_in_the_quick_subset_too(pytester):
     assert collected("-m", "not quick", "--strategy", "L0") == []
 
 
-@pytest.fixture
-def socket_gateway(tmp_path):
-    """An execnet socket server on this machine: to xdist a gateway like another host's
-    (`--tx socket=HOST:PORT`), whose processes the controller takes for remote ones."""
+@contextmanager
+def socket_server(folder: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """An execnet socket server on this machine (in `env`, else this one): to xdist a gateway
+    like another host's (`--tx socket=HOST:PORT`), whose processes the controller takes for
+    remote ones. Yields the `--tx` value, working in `folder`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "execnet.script.socketserver",
                                f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -329,10 +332,16 @@ def socket_gateway(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the socket server did not start"
                 time.sleep(0.1)
-        yield f"socket=127.0.0.1:{port}//chdir={tmp_path}"
+        yield f"socket=127.0.0.1:{port}//chdir={folder}"
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def socket_gateway(tmp_path):
+    with socket_server(tmp_path) as gateway:
+        yield gateway
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -354,6 +363,23 @@ def test_remote_workers_check_their_own_cores_and_device(pytester, socket_gatewa
     assert result.parseoutcomes().get("errors") == 1  # a worker said it: not the controller
     result.stdout.fnmatch_lines([f"*Interrupted: quantfair: *{message}*"])
     assert "crashed" not in result.stdout.str()
+
+
+def test_a_setting_bad_on_one_host_of_several_is_said_as_on_one(pytester, tmp_path):
+    """One host's results cache is a file there (good on the other): its worker, stopped by
+    the setting, collected the audits unsorted (longest first is the run's), so xdist ended
+    with "Different tests were collected between gw0 and gw1" (exit 1, no quantfair line)."""
+    bad = tmp_path / "results-file"
+    bad.write_text("")
+    with socket_server(tmp_path, {**os.environ, "QUANTFAIR_RESULTS_DIR": str(bad)}) as host:
+        result = pytester.runpytest_subprocess(
+            *PYTEST, "--pyargs", "quantfair.audits", "-m", "quick",
+            "--quantfair-model", "tiny-gpt2", "--quantfair-random-weights",
+            "--quantfair-units", "2", "--quantfair-no-report", "--tx", "popen", "--tx", host,
+            "--dist", "loadgroup", timeout=180)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stdout.fnmatch_lines([f"*Interrupted: quantfair: *{bad}*"])
+    assert "Different tests were collected" not in result.stdout.str()
 
 
 def test_xdist_workers_run_element_selections_first(pytester):
