@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -193,6 +195,14 @@ class AuditContext:
         return spread
 
     # -- evidence -------------------------------------------------------------------------
+    @cached_property
+    def _environment(self) -> dict:
+        """The code this process runs (`report.process_environment`): a host of a run on
+        several machines may have another checkout or library version than its controller."""
+        from quantfair.report import process_environment
+
+        return process_environment()
+
     def payload(self) -> dict:
         """What this process publishes to the report: measurement rows, model facts, the
         number of model loads, the device the model ran on and torch's threads (a CPU's
@@ -206,7 +216,9 @@ class AuditContext:
             suggestion = {**suggestion, "reselected": reselected(suggestion, self.session) or None}
         return {"rows": [row for rows in self._rows.values() for row in rows],
                 "model": self.model_facts(),
-                "process": {"pid": os.getpid(), "loads": models.load_count,
+                "process": {"pid": os.getpid(), "host": socket.gethostname(),
+                            "environment": self._environment,
+                            "loads": models.load_count - self.session.loads_before,
                             "device": str(self.session.loaded.device),
                             "threads": torch.get_num_threads()},
                 "suggestion": suggestion}

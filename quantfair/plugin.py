@@ -150,10 +150,21 @@ def _configure(config: pytest.Config) -> None:
             raise UsageError(f"--tolerance {tolerance} applies to a --baseline comparison; "
                              "none given")
         # an xdist controller whose workers run on other machines checks what they check
+        # (gateways without --dist run nothing: the audits run here)
         remote = not hasattr(config, "workerinput") and remote_gateways(
-            config.getoption("tx", default=None))
+            config.getoption("tx", default=None)) and config.getoption(
+                "dist", default="no") != "no"
+        if remote and (separate := _separate_paths(config)):
+            flag, value = separate[0]
+            raise UsageError(f"{flag} {value}: pytest-xdist's remote gateways (--tx) take "
+                             "each argument that names an existing path for a path to send "
+                             f"and stop at it: write {flag}={value}")
+        # An xdist worker writes no report and reads no baseline: those files are the
+        # controller's (on another machine, the worker may have neither folder nor file).
+        mine = (lambda name: name not in ("report", "baseline")) if hasattr(
+            config, "workerinput") else (lambda name: True)
         run_config = RunConfig.build(
-            lambda name: None if name == ignored else option_value(config, name),
+            lambda name: option_value(config, name) if name != ignored and mine(name) else None,
             remote_workers=remote)
         require_other_languages(run_config.languages)
         # The model, caches and device are checked now where quantfair is asked for on the
@@ -284,16 +295,10 @@ def _check_setup_not_moved(config: pytest.Config) -> None:
     warning filters) and pass on what it did not read. A UsageError naming the option when
     the rootdir or ini file pytest chose differ from those it chooses with the option known;
     no check where pytest's internals are not as expected (it must never break a run)."""
+    if not (separate := _separate_paths(config)):
+        return
     arguments = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
                  *map(str, config.invocation_params.args)]
-    separate = [(flag, value) for flag, value in zip(arguments, arguments[1:])
-                for option in OPTIONS.values()
-                if not option.flag and flag in (f"--{option.name}", f"--quantfair-{option.name}")
-                and config.getoption(option.dest, default=None) == value
-                # os.path.exists: False, not OSError, for a name too long to be a path
-                and os.path.exists(Path(config.invocation_params.dir, value))]
-    if not separate:
-        return
     try:
         from _pytest.config.findpaths import determine_setup
 
@@ -309,6 +314,20 @@ def _check_setup_not_moved(config: pytest.Config) -> None:
             f"pytest took {flag} {value} for a path to test and chose its rootdir "
             f"{config.rootpath} and {_ini_name(config.inipath)} from it, not {rootpath} and "
             f"{_ini_name(inipath)}: write {flag}={value}")
+
+
+def _separate_paths(config: pytest.Config) -> list[tuple[str, str]]:
+    """(flag, value) of each quantfair option given in two words (`--quantfair-report
+    r.json`) whose value names an existing path, which pytest (and xdist) may take for a path
+    of their own."""
+    arguments = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+                 *map(str, config.invocation_params.args)]
+    return [(flag, value) for flag, value in zip(arguments, arguments[1:])
+            for option in OPTIONS.values()
+            if not option.flag and flag in (f"--{option.name}", f"--quantfair-{option.name}")
+            and config.getoption(option.dest, default=None) == value
+            # os.path.exists: False, not OSError, for a name too long to be a path
+            and os.path.exists(Path(config.invocation_params.dir, value))]
 
 
 def _owned_forms(config: pytest.Config, name: str) -> list[str]:

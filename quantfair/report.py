@@ -145,6 +145,29 @@ def environment() -> dict:
             "platform": platform.platform(), "git_commit": git_commit()}
 
 
+# What a process's numbers may depend on, beside its settings: compared between processes.
+CODE = ("quantfair", "python", "torch", "transformers", "git_commit")
+
+
+def process_environment() -> dict:
+    """`environment()`'s entries that a process's numbers may depend on (`CODE`)."""
+    return {key: value for key, value in environment().items() if key in CODE}
+
+
+def other_code(report: dict) -> list[str]:
+    """"pid 41 on host-2: git_commit eddf72d... (the controller's 3f14803...)": each process
+    that ran other code than the controller that wrote `report` (`process_environment`);
+    none in a report written before processes recorded theirs."""
+    ours = report.get("environment") or {}
+    return [f"pid {process['pid']} on {process.get('host') or 'its host'}: " + ", ".join(
+                f"{key} {theirs or 'unknown'} (the controller's {ours.get(key) or 'unknown'})"
+                for key, theirs in differ)
+            for process in report.get("processes") or []
+            if (differ := [(key, value) for key, value in
+                           (process.get("environment") or {}).items()
+                           if key in CODE and value != ours.get(key)])]
+
+
 def _version(package: str) -> str:
     """The package's version, as imported if it is (an xdist controller never imports torch:
     reading the installed metadata spares it ~1.5 s at the end of a run)."""
@@ -450,8 +473,19 @@ def another_model(baseline: dict, run: dict, named: str = "this run") -> str | N
     """Why `baseline` cannot gate `run` (reports, or `run` a {"model": facts} dict; `named`
     so), or None: a release of the same model keeps its family, layers, parameters and
     vocabulary."""
-    if (was := architecture(baseline)) and (now := architecture(run)) and was != now:
-        return (f"the baseline is of another model ({_describe(baseline)}; {was}) than "
+    return model_refusal(baseline_model(baseline), run, named)
+
+
+def baseline_model(baseline: dict) -> dict[str, str]:
+    """What `model_refusal` needs of a baseline report (an xdist worker gets it from its
+    controller: the file may be on the controller's machine alone)."""
+    return {"architecture": architecture(baseline), "described": _describe(baseline)}
+
+
+def model_refusal(baseline: dict[str, str], run: dict, named: str = "this run") -> str | None:
+    """`another_model` from a `baseline_model`."""
+    if (was := baseline["architecture"]) and (now := architecture(run)) and was != now:
+        return (f"the baseline is of another model ({baseline['described']}; {was}) than "
                 f"{named} ({now}): a release of the same model keeps its family, layers, "
                 "parameters and vocabulary; gate against one of this model")
     return None

@@ -33,6 +33,7 @@ from quantfair.summary import is_release
 from quantfair.text import some
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
+BASELINE_MODEL = "quantfair_baseline_model"  # workerinput: `report.baseline_model`
 DECIDED = ("passed", "failed", "inconclusive", "error")  # an audit's outcomes that decide
 REPEATED_SIGNAL = 1.0  # seconds within which a second SIGINT is the same Ctrl-C
 
@@ -54,7 +55,7 @@ class QuantfairRun:
                  preflight: bool = False) -> None:
         """`preflight`: check the model and caches (`RunConfig.preflight`) before the first
         audit measures, not now."""
-        from quantfair.report import load_report
+        from quantfair.report import baseline_model, load_report
 
         self.pytest_config = config
         self.config = run_config
@@ -66,6 +67,10 @@ class QuantfairRun:
         self._check_label()
         self.started = time.time()
         self.is_worker = hasattr(config, "workerinput")
+        # The baseline file is the controller's: its workers (on other machines, maybe
+        # without it) get what they check before any audit runs (`pytest_configure_node`).
+        self.baseline_model = config.workerinput.get(BASELINE_MODEL) if self.is_worker else (
+            baseline_model(self.baseline) if self.baseline is not None else None)
         if not (self.is_worker or run_config.report or run_config.no_report):
             _check_default_report_folder(self._report_folder())
         # Made by an xdist controller for its workers; a worker on another machine has none.
@@ -74,6 +79,7 @@ class QuantfairRun:
             folder = Path(config.workerinput.get(RUN_FOLDER, ""))
             self.run_folder = folder if folder.name and folder.is_dir() else None
         self._context = None
+        self.threads_before: int | None = None  # torch's threads before the run set its own
         self.preflight = preflight
         self.froze = False  # this run froze the process's heap (`context`)
         self.audits: dict[str, dict] = {}
@@ -181,6 +187,18 @@ class QuantfairRun:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.froze:
             gc.unfreeze()
+        if self.threads_before is not None:
+            # A process that goes on (`pytest.main` called in-process, the long-lived process
+            # of an execnet socket server, whose next run would keep this run's share) gets
+            # back its threads and the memory of the model and weight bank.
+            import torch
+
+            from quantfair.workers import return_freed_memory
+
+            torch.set_num_threads(self.threads_before)
+            self._context = None
+            gc.collect()
+            return_freed_memory()
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
         if self._previous_sigint is not None:
@@ -192,7 +210,10 @@ class QuantfairRun:
     def pytest_configure_node(self, node) -> None:
         """The workers of this run on this machine share hidden states and cores through a
         folder of the results cache (`AuditSession`'s `run_folder`), made here and removed at
-        the end; where it cannot be made, each keeps its own."""
+        the end; where it cannot be made, each keeps its own. The baseline's model goes to
+        each worker (`baseline_model`)."""
+        if self.baseline_model is not None:
+            node.workerinput[BASELINE_MODEL] = self.baseline_model
         if self.run_folder is None:
             import tempfile
 
@@ -223,6 +244,9 @@ class QuantfairRun:
                 self.preflight = False
             workers = (xdist_workers(self.pytest_config.workerinput) if self.is_worker
                        else None)
+            import torch
+
+            self.threads_before = torch.get_num_threads()  # given back at the end
             session = AuditSession(self.config, announce=_announcer(self.pytest_config),
                                    progress=_progress(self.pytest_config), workers=workers,
                                    run_folder=self.run_folder)
@@ -230,11 +254,11 @@ class QuantfairRun:
                                          strict=self.config.strict)
             if self.config.strategy == "suggested":  # no suggestion cached, or one searched
                 self._context.candidate_text()  # on these units: said before any audit runs
-            if self.baseline is not None:  # refused before any audit runs, not at the end
-                from quantfair.report import another_model
+            if self.baseline_model is not None:  # refused before any audit runs, not at the end
+                from quantfair.report import model_refusal
 
                 model = {"model": self._context.architecture()}
-                if refusal := another_model(self.baseline, model):
+                if refusal := model_refusal(self.baseline_model, model):
                     raise UsageError(refusal)
             # The model, its libraries and the weight bank stay to the process's end: the
             # cyclic garbage collector need not walk them again in each full collection
@@ -603,8 +627,9 @@ class QuantfairRun:
             # the processes' final rows last: a row a later test updated is the one kept
             rows=self.rows + [row for p in self.payloads for row in p.get("rows", [])],
             model=next((p["model"] for p in self.payloads if p.get("model")), {}),
-            processes=sorted({p["process"]["pid"]: p["process"] for p in self.payloads
-                              if p.get("process")}.values(), key=lambda p: p["pid"]),
+            processes=sorted({(p["process"].get("host"), p["process"]["pid"]): p["process"]
+                              for p in self.payloads if p.get("process")}.values(),
+                             key=lambda p: (p.get("host") or "", p["pid"])),
             suggestion=next((p["suggestion"] for p in self.payloads if p.get("suggestion")),
                             None),
             selection=selection, incomplete=incomplete, duration_s=time.time() - self.started)
@@ -650,9 +675,13 @@ class QuantfairRun:
         for sentence in summary["sentences"][1 if self.report["incomplete"] else 0:]:
             tr.write_line(sentence)
         from quantfair.corpus import code_notes
+        from quantfair.report import other_code
 
         for note in code_notes(self.report["settings"].get("languages") or ()):
             tr.write_line(f"note: {note}")
+        for process in other_code(self.report):
+            tr.write_line(f"warning: ran other code than this controller: {process}",
+                          yellow=True)
         if suggestion := self.report.get("suggestion"):
             from quantfair.report import (
                 OTHER_LANGUAGES,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantfair import models
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig, parse_percent
 from quantfair.corpus import REFERENCE, Corpus, by_language
@@ -90,6 +91,7 @@ class AuditSession:
         threads = configure_threads(config.threads, workers)
         if threads:
             announce(threads)
+        self.loads_before = models.load_count  # this session's are those after
         with notices_to(announce):  # what loading says: a GGUF converted, a file written again
             self._load(loaded, quantizer)
         loaded = self.loaded

@@ -382,6 +382,93 @@ def test_a_setting_bad_on_one_host_of_several_is_said_as_on_one(pytester, tmp_pa
     assert "Different tests were collected" not in result.stdout.str()
 
 
+def test_a_host_needs_neither_the_baseline_nor_the_report_folder(pytester, tmp_path):
+    """The baseline and the report are the controller's files: a worker on another machine
+    (here a socket gateway working in an empty folder) refused the run for a baseline it
+    did not have (`--quantfair-baseline=base.json`: "no such report file", exit 4)."""
+    args = ["--pyargs", "quantfair.audits", "-k", "robustness", "--quantfair-model",
+            "tiny-gpt2", "--quantfair-languages", "en,he", "--quantfair-units", "2"]
+    assert pytester.runpytest_subprocess(*PYTEST, *args,
+                                         "--quantfair-report=base.json").ret == 0
+    host = tmp_path / "host"
+    host.mkdir()
+    (pytester.path / "out").mkdir()
+    with socket_server(host) as gateway:
+        result = pytester.runpytest_subprocess(
+            *PYTEST, *args, "--quantfair-baseline=base.json", "--quantfair-report=out/now.json",
+            "--tx", gateway, "--dist", "loadgroup", timeout=180)
+    assert result.ret == 0, result.stdout.str()
+    report = load(pytester.path / "out" / "now.json")
+    assert report["comparison"]["regressions"] == []
+    assert report["comparison"]["rows"]
+    (process,) = report["processes"]  # which host ran it, with which code
+    assert process["host"] == socket.gethostname()
+    assert process["environment"]["quantfair"] == report["environment"]["quantfair"]
+    assert "ran other code" not in result.stdout.str()
+    assert not list(host.rglob("*.json"))  # nothing written on the host
+
+
+def test_a_process_that_ran_other_code_than_the_controller_is_named():
+    from quantfair.report import other_code
+
+    report = {"environment": {"quantfair": "0.1.0", "git_commit": "aaa", "platform": "x"},
+              "processes": [
+                  {"pid": 1, "host": "a", "environment": {"quantfair": "0.1.0",
+                                                          "git_commit": "aaa"}},
+                  {"pid": 2, "host": "b", "environment": {"quantfair": "0.1.0",
+                                                          "git_commit": "bbb", "torch": "2.1"}},
+                  {"pid": 3, "device": "cpu"}]}  # a report of before: nothing to compare
+    assert other_code(report) == [
+        "pid 2 on b: git_commit bbb (the controller's aaa), torch 2.1 (the controller's unknown)"]
+
+
+def test_gateways_without_dist_run_here_and_are_checked_here(pytester):
+    """`--tx` without `--dist` starts no gateway: the audits run in this process, whose cores
+    bound `--threads` (the controller took them for remote workers and let 64 threads pass
+    on two cores)."""
+    too_many = str(available_cores() + 1)
+    result = run(pytester, QUICK_FILES[1], "--model", "tiny-gpt2", "--threads", too_many,
+                 "--tx", "socket=127.0.0.1:1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "this process may run on" in result.stderr.str()
+
+
+def test_a_path_in_two_words_is_refused_before_remote_gateways_start(pytester):
+    """xdist's remote gateways send each argument naming an existing path and stopped at
+    `--quantfair-report r.json` (once r.json existed) with a 40-line INTERNALERROR, exit 3."""
+    (pytester.path / "r.json").write_text("{}")
+    result = run(pytester, QUICK_FILES[1], "--model", "tiny-gpt2", "--quantfair-report",
+                 "r.json", "--tx", "socket=127.0.0.1:1", "--dist", "loadgroup")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--quantfair-report r.json: pytest-xdist's remote gateways "
+                                 "*: write --quantfair-report=r.json"])
+
+
+def test_a_process_that_goes_on_gets_its_threads_back(pytester):
+    """A process running several pytest sessions (an execnet socket server's, `pytest.main`
+    in a host process) kept the first run's torch threads for the next (a host recorded 1
+    thread where it has 2) and reported every model loaded since it started."""
+    script = pytester.makepyfile(host=f"""
+        import json, sys
+        import pytest, torch
+
+        torch.set_num_threads(3)
+        seen = []
+        for run in range(2):
+            code = pytest.main([*{list(PYTEST)!r}, {QUICK_FILES[1]!r}, "-k", "robustness",
+                                "--model", "tiny-gpt2", "--languages", "en,he", "--units", "2",
+                                "--threads", "1", "--report", f"r{{run}}.json", "-q"])
+            (process,) = json.load(open(f"r{{run}}.json"))["processes"]
+            seen.append([int(code), process["threads"], process["loads"],
+                         torch.get_num_threads()])
+        print("SEEN", json.dumps(seen))
+    """)
+    result = pytester.run(sys.executable, str(script), timeout=300)
+    line = next(line for line in result.outlines if line.startswith("SEEN "))
+    # each run: exit 0, one thread while it ran, one model loaded; the process's 3 after it
+    assert json.loads(line.removeprefix("SEEN ")) == [[0, 1, 1, 3], [0, 1, 1, 3]]
+
+
 def test_xdist_workers_run_element_selections_first(pytester):
     """The longest single audits (a selection over every weight and a composed model) start
     first under xdist, whatever their place in the files."""
