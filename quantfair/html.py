@@ -32,6 +32,7 @@ from quantfair.report import (
     OTHER_LANGUAGES,
     comparison_notes,
     fairer_than_none,
+    other_code,
     regressions_line,
     suggestion_warnings,
     undefined_in_comparison,
@@ -379,6 +380,8 @@ def render_html(report: dict) -> str:
     return template.render(
         report=report, summary=summary, banner=banner(report, summary),
         evaluated_in=evaluated_in(report),
+        hosts=sorted({p["host"] for p in report.get("processes") or [] if p.get("host")}),
+        other_code=other_code(report),
         heatmap=heatmap(report),
         scorecards=cards,
         forest_maxima=charts.release_maxima(report),

@@ -339,6 +339,23 @@ def test_the_html_names_the_audited_artifact_by_hash_and_tensor_types():
     assert "artifact hash" not in render_html({**report(), "summary": summarize(report())})
 
 
+def test_the_page_names_the_hosts_and_a_process_that_ran_other_code():
+    built = report()
+    code = {key: built["environment"][key] for key in ("quantfair", "torch", "git_commit")}
+    built["processes"] = [
+        {"pid": 7, "host": "host-a", "device": "cpu", "environment": code},
+        {"pid": 7, "host": "host-b", "device": "cpu",
+         "environment": {**code, "git_commit": "eddf72d"}}]
+    page = render_html({**built, "summary": summarize(built)})
+    assert "<dt>hosts</dt><dd>host-a, host-b</dd>" in page
+    assert page.count("<dt>other code</dt>") == 1
+    assert "pid 7 on host-b: git_commit eddf72d (the controller&#39;s" in page
+    one = report()
+    one["processes"] = [{"pid": 7, "host": "host-a", "device": "cpu", "environment": code}]
+    page = render_html({**one, "summary": summarize(one)})
+    assert "<dt>hosts</dt>" not in page and "<dt>other code</dt>" not in page
+
+
 def test_a_scheme_that_leaves_english_worse_than_uniform_guessing_is_said_to_break_it():
     english = next(r for r in report()["measurements"]
                    if r["strategy"] == "none" and r["language"] == "en")
