@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -140,22 +141,38 @@ def git_commit() -> str | None:
 def environment() -> dict:
     from quantfair import __version__
 
-    return {"quantfair": __version__, "python": platform.python_version(),
+    return {"quantfair": __version__, "quantfair_source": source_digest(),
+            "python": platform.python_version(),
             "torch": _version("torch"), "transformers": _version("transformers"),
             "platform": platform.platform(), "git_commit": git_commit()}
 
 
+@cache
+def source_digest() -> str:
+    """sha256 (16 hex digits) of the files of the quantfair package that runs (its code,
+    templates, schemas and data): two checkouts of one version may differ."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 # What a process's numbers may depend on, beside its settings: compared between processes.
-CODE = ("quantfair", "python", "torch", "transformers", "git_commit")
+CODE = ("quantfair", "quantfair_source", "python", "torch", "transformers")
 
 
 def process_environment() -> dict:
-    """`environment()`'s entries that a process's numbers may depend on (`CODE`)."""
-    return {key: value for key, value in environment().items() if key in CODE}
+    """`environment()`'s entries that a process's numbers may depend on (`CODE`), and the
+    commit of its working folder's checkout (told, not compared: the controller's may be
+    another project's)."""
+    return {key: value for key, value in environment().items()
+            if key in CODE or key == "git_commit"}
 
 
 def other_code(report: dict) -> list[str]:
-    """"pid 41 on host-2: git_commit eddf72d... (the controller's 3f14803...)": each process
+    """"pid 41 on host-2: quantfair_source 9e1c... (the controller's 2d13...)": each process
     that ran other code than the controller that wrote `report` (`process_environment`);
     none in a report written before processes recorded theirs."""
     ours = report.get("environment") or {}

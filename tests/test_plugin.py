@@ -411,15 +411,16 @@ def test_a_host_needs_neither_the_baseline_nor_the_report_folder(pytester, tmp_p
 def test_a_process_that_ran_other_code_than_the_controller_is_named():
     from quantfair.report import other_code
 
-    report = {"environment": {"quantfair": "0.1.0", "git_commit": "aaa", "platform": "x"},
-              "processes": [
-                  {"pid": 1, "host": "a", "environment": {"quantfair": "0.1.0",
-                                                          "git_commit": "aaa"}},
-                  {"pid": 2, "host": "b", "environment": {"quantfair": "0.1.0",
-                                                          "git_commit": "bbb", "torch": "2.1"}},
-                  {"pid": 3, "device": "cpu"}]}  # a report of before: nothing to compare
-    assert other_code(report) == [
-        "pid 2 on b: git_commit bbb (the controller's aaa), torch 2.1 (the controller's unknown)"]
+    ours = {"quantfair": "0.1.0", "quantfair_source": "aaa", "git_commit": "c1"}
+    report = {"environment": {**ours, "platform": "x"}, "processes": [
+        {"pid": 1, "host": "a", "environment": ours},
+        # another checkout's commit (the controller's may be another project's): told only
+        {"pid": 2, "host": "b", "environment": {**ours, "git_commit": "c2"}},
+        {"pid": 3, "host": "c", "environment": {**ours, "quantfair_source": "bbb",
+                                                "torch": "2.1"}},
+        {"pid": 4, "device": "cpu"}]}  # a report of before: nothing to compare
+    assert other_code(report) == ["pid 3 on c: quantfair_source bbb (the controller's aaa), "
+                                  "torch 2.1 (the controller's unknown)"]
 
 
 def test_gateways_without_dist_run_here_and_are_checked_here(pytester):

@@ -26,6 +26,7 @@ from quantfair.report import (
     load_report,
     measurement_records,
     settle_verdict,
+    source_digest,
     write_report,
 )
 from quantfair.seed import SEED_PARETO_FRONTIER
@@ -341,15 +342,16 @@ def test_the_html_names_the_audited_artifact_by_hash_and_tensor_types():
 
 def test_the_page_names_the_hosts_and_a_process_that_ran_other_code():
     built = report()
-    code = {key: built["environment"][key] for key in ("quantfair", "torch", "git_commit")}
+    code = {key: built["environment"][key] for key in ("quantfair", "quantfair_source")}
     built["processes"] = [
         {"pid": 7, "host": "host-a", "device": "cpu", "environment": code},
         {"pid": 7, "host": "host-b", "device": "cpu",
-         "environment": {**code, "git_commit": "eddf72d"}}]
+         "environment": {**code, "quantfair_source": "9e1c"}}]
     page = render_html({**built, "summary": summarize(built)})
     assert "<dt>hosts</dt><dd>host-a, host-b</dd>" in page
     assert page.count("<dt>other code</dt>") == 1
-    assert "pid 7 on host-b: git_commit eddf72d (the controller&#39;s" in page
+    assert (f"pid 7 on host-b: quantfair_source 9e1c (the controller&#39;s "
+            f"{source_digest()})") in page
     one = report()
     one["processes"] = [{"pid": 7, "host": "host-a", "device": "cpu", "environment": code}]
     page = render_html({**one, "summary": summarize(one)})
