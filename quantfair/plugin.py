@@ -41,6 +41,7 @@ from quantfair.workers import remote_gateways
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
 DEFERRED = pytest.StashKey[str]()
+CONTROLLER_SETTING = "quantfair_setting_error"  # workerinput: the controller's DEFERRED
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
@@ -128,6 +129,9 @@ def _configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     if _shows_only(config):
         return  # pytest shows its help, markers or fixtures and runs nothing: never refused
+    if said := getattr(config, "workerinput", {}).get(CONTROLLER_SETTING):
+        config.stash[DEFERRED] = said  # what the controller found (its files: the baseline)
+        return
     _check_setup_not_moved(config)
     _check_given_once(config)
     try:
@@ -477,6 +481,14 @@ def _ini_value(config: pytest.Config, dest: str):
 
 def _run(config: pytest.Config):
     return config.stash.get(RUN, None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """A bad setting of the ini file alone that the controller found waits for an audit
+    (`DEFERRED`) on each worker: a worker does not read the controller's files again."""
+    if DEFERRED in node.config.stash:
+        node.workerinput[CONTROLLER_SETTING] = node.config.stash[DEFERRED]
 
 
 @pytest.hookimpl(optionalhook=True)
