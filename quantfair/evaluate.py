@@ -123,6 +123,7 @@ class ResultCache:
         self.version = version  # part of every file's name: a new one never reads the old
         self.memory: dict[str, dict[str, UnitResult]] = {}
         self._read_to: dict[str, int] = {}  # bytes of each configuration's file read so far
+        self.damaged: dict[str, int] = {}  # lines of a configuration's file not trusted
 
     def _path(self, config: str) -> Path:
         name = f"{config}{self.version}".encode()
@@ -148,11 +149,13 @@ class ResultCache:
             try:
                 entry = json.loads(line)
                 result = self.result_type(**entry["result"])
-                if entry["check"] == self._checksum(config, entry["key"], result) and \
-                        _finite(result):  # (an older version's non-finite entry: again)
-                    found[entry["key"]] = result
+                trusted = entry["check"] == self._checksum(config, entry["key"], result)
             except (ValueError, KeyError, TypeError):
-                continue
+                trusted = False
+            if not trusted:  # torn by a crash, or edited
+                self.damaged[config] = self.damaged.get(config, 0) + 1
+            elif _finite(result):  # (an older version's non-finite entry: again)
+                found[entry["key"]] = result
         return found, start + end
 
     def load(self, config: str) -> dict[str, UnitResult]:
@@ -524,6 +527,7 @@ class Evaluator:
         self.loaded = loaded
         self.announce = announce or (lambda message: None)
         self.cache = cache or ResultCache(model_results(loaded))
+        self._said: set[tuple[int, str]] = set()  # damaged files said (`_note_damaged`)
         self.window = min(loaded.context_length, MAX_WINDOW)
         # On CPU, units of similar length share a forward of at most 512 tokens (~12% faster
         # than one at a time for ~120-token units; a longer window runs alone), whose logits
@@ -696,6 +700,7 @@ class Evaluator:
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
+        self._note_damaged(self.cache, config, label)
         keyed, ids, windows, _ = self._plan(todo)
         tracker = _Progress(progress, _window_tokens(windows))
 
@@ -707,6 +712,17 @@ class Evaluator:
 
         self._shared(f"nll\0{config}", label or config, tracker.sizes, finished, compute)
         return {**results, **self.cached(config, todo)}
+
+    def _note_damaged(self, cache: ResultCache, config: str, label: str | None) -> None:
+        """Say once that `config`'s file holds lines not trusted (a crash tore them, or they
+        were edited), as units of it are about to be scored: what they held is scored again
+        (the file is append-only: the lines stay, and are said again only where results are
+        missing)."""
+        if (count := cache.damaged.get(config)) and (id(cache), config) not in self._said:
+            self._said.add((id(cache), config))
+            self.announce(f"quantfair: {count} damaged line(s) in the results cache "
+                          f"{cache._path(config)} ({label or config}) not trusted: what they "
+                          "held is scored again")
 
     def _evaluate_units(self, config: str, keyed: dict[str, str], ids: dict[str, list[int]],
                         tracker: _Progress) -> None:
@@ -878,6 +894,7 @@ class Evaluator:
         todo = [t for t in dict.fromkeys(texts) if t not in results]
         if not todo:
             return results
+        self._note_damaged(self.distribution_cache, config, label)
         keyed, ids, windows, _ = self._plan(todo)
         exact, head = self.caches_fp_side, self.head_variant()
         sizes = _window_tokens(windows)

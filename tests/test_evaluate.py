@@ -226,11 +226,18 @@ def test_cache_serves_reruns_and_ignores_corrupted_entries(tiny_models, short_te
     lines[0] = lines[0].replace('"nll": ', '"nll": 1')  # tampered value, stale checksum
     lines[1] = lines[1][:20]  # torn write
     path.write_text("\n".join(lines) + "\n")
-    repaired = Evaluator(loaded, ResultCache(tmp_path))
-    again = repaired.evaluate("fp", texts)
+    said = []
+    repaired = Evaluator(loaded, ResultCache(tmp_path), announce=said.append)
+    again = repaired.evaluate("fp", texts, label="FP reference")
     assert repaired.units_computed == 2  # the two damaged entries, nothing else
     assert {t: r.nll for t, r in again.items()} == pytest.approx(
         {t: r.nll for t, r in first.items()}, rel=1e-5)  # rescored in another batch
+    # said once, where the damage costs a computation (it was silent); then no more
+    assert said == [f"quantfair: 2 damaged line(s) in the results cache {path} (FP reference) "
+                    "not trusted: what they held is scored again"]
+    said.clear()
+    rerun = Evaluator(loaded, ResultCache(tmp_path), announce=said.append)
+    assert rerun.evaluate("fp", texts) == again and not said
 
 
 def test_a_result_stored_after_a_torn_last_line_is_kept(tiny_models, short_texts, tmp_path):
