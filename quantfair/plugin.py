@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import shlex
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -36,12 +37,14 @@ from quantfair.config import (
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.text import one_line, shell_word
-from quantfair.workers import remote_gateways
+from quantfair.workers import HOST_WORKERS, gateway_host, remote_gateways
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
 DEFERRED = pytest.StashKey[str]()
 CONTROLLER_SETTING = "quantfair_setting_error"  # workerinput: the controller's DEFERRED
+# workerinput: the controller's settings as given (`_settings_given`), and where a worker runs
+CONTROLLER_SETTINGS, WORKER_HOST = "quantfair_settings", "quantfair_host"
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
@@ -129,8 +132,13 @@ def _configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     if _shows_only(config):
         return  # pytest shows its help, markers or fixtures and runs nothing: never refused
-    if said := getattr(config, "workerinput", {}).get(CONTROLLER_SETTING):
+    given = getattr(config, "workerinput", {})
+    if said := given.get(CONTROLLER_SETTING):
         config.stash[DEFERRED] = said  # what the controller found (its files: the baseline)
+        return
+    if (theirs := given.get(CONTROLLER_SETTINGS)) is not None and (
+            differ := _settings_differ(theirs, _settings_given(config))):
+        config.stash[DEFERRED] = f"quantfair: {differ}{_where(config)}"
         return
     _check_setup_not_moved(config)
     _check_given_once(config)
@@ -190,7 +198,7 @@ def _configure(config: pytest.Config) -> None:
         # run (`quantfair_audit`, exit 4 in `pytest_sessionfinish`). So too on an xdist
         # worker (on another machine, what the controller did not check): refused at
         # configure, it would crash, be replaced and crash again.
-        config.stash[DEFERRED] = f"quantfair: {one_line(message)}"
+        config.stash[DEFERRED] = f"quantfair: {one_line(message)}{_where(config)}"
         return
     config.stash[RUN] = run
     config.pluginmanager.register(run, "quantfair-run")
@@ -485,10 +493,56 @@ def _run(config: pytest.Config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """A bad setting of the ini file alone that the controller found waits for an audit
-    (`DEFERRED`) on each worker: a worker does not read the controller's files again."""
-    if DEFERRED in node.config.stash:
-        node.workerinput[CONTROLLER_SETTING] = node.config.stash[DEFERRED]
+    """What each worker gets from the controller: a bad setting of the ini file alone that
+    the controller found, which waits for an audit (`DEFERRED`; a worker does not read the
+    controller's files again); the controller's settings, which a worker on another machine
+    must see alike; its machine, and how many of the run's workers share it (their share of
+    its cores: `workers.xdist_workers`)."""
+    config = node.config
+    if DEFERRED in config.stash:
+        node.workerinput[CONTROLLER_SETTING] = config.stash[DEFERRED]
+    node.workerinput[CONTROLLER_SETTINGS] = _settings_given(config)
+    host = gateway_host(node.gateway.spec)
+    node.workerinput[WORKER_HOST] = host
+    node.workerinput[HOST_WORKERS] = sum(
+        1 for spec in node.nodemanager.specs if gateway_host(spec) == host)
+
+
+def _settings_given(config: pytest.Config) -> dict[str, object]:
+    """quantfair's settings as this process was given them (command line, PYTEST_ADDOPTS,
+    ini file), unread: each xdist worker is given the controller's typed arguments alone and
+    reads its own environment and ini file, which on another machine may say otherwise. The
+    report and baseline are the controller's."""
+    given = {}
+    for option in OPTIONS.values():
+        if option.name in ("report", "baseline"):
+            continue
+        value = config.getoption(option.dest, default=None)
+        given[option.name] = value if value not in (None, False) else _ini_value(
+            config, option.dest)
+    return given
+
+
+def _settings_differ(controller: dict, here: dict) -> str:
+    """"" where a worker was given the controller's settings, else the first that differs."""
+    for name, value in controller.items():
+        if here.get(name) != value:
+            def shown(given) -> str:
+                return repr(given) if given not in (None, "", []) else "unset"
+            return (f"--quantfair-{name} is {shown(value)} on the controller and "
+                    f"{shown(here.get(name))} on this worker: a worker on another machine "
+                    "reads its own PYTEST_ADDOPTS and ini file; give quantfair's options on "
+                    "the command line")
+    return ""
+
+
+def _where(config: pytest.Config) -> str:
+    """" (worker gw1 on host-2)" for a worker on another machine, whose line would not say
+    which one; else ""."""
+    given = getattr(config, "workerinput", {})
+    if not given.get(WORKER_HOST):
+        return ""
+    return f" (worker {given.get('workerid')} on {socket.gethostname()})"
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -173,16 +173,23 @@ def process_environment() -> dict:
 
 def other_code(report: dict) -> list[str]:
     """"pid 41 on host-2: quantfair_source 9e1c... (the controller's 2d13...)": each process
-    that ran other code than the controller that wrote `report` (`process_environment`);
-    none in a report written before processes recorded theirs."""
+    that ran other code than the controller that wrote `report` (`process_environment`),
+    one that recorded none among them (an older quantfair); none in a report whose
+    controller recorded none."""
     ours = report.get("environment") or {}
-    return [f"pid {process['pid']} on {process.get('host') or 'its host'}: " + ", ".join(
+    if not ours.get("quantfair_source"):
+        return []
+    said = []
+    for process in report.get("processes") or []:
+        where = f"pid {process['pid']} on {process.get('host') or 'its host'}"
+        if "environment" not in process:
+            said.append(f"{where}: an older quantfair, which records no environment")
+        elif differ := [(key, value) for key, value in process["environment"].items()
+                        if key in CODE and value != ours.get(key)]:
+            said.append(f"{where}: " + ", ".join(
                 f"{key} {theirs or 'unknown'} (the controller's {ours.get(key) or 'unknown'})"
-                for key, theirs in differ)
-            for process in report.get("processes") or []
-            if (differ := [(key, value) for key, value in
-                           (process.get("environment") or {}).items()
-                           if key in CODE and value != ours.get(key)])]
+                for key, theirs in differ))
+    return said
 
 
 def _version(package: str) -> str:

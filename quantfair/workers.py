@@ -71,6 +71,25 @@ def remote_gateways(specs: list[str] | None) -> bool:
     return False
 
 
+def gateway_host(spec) -> str | None:
+    """The machine an execnet gateway spec (`execnet.XSpec`) starts its process on: None for
+    this one (`popen`), else the host of its `ssh=` target or `socket=` address (the port
+    left out: two servers on one host share its cores), or the gateway it goes `via`."""
+    if spec.via:
+        return f"via {spec.via}"
+    if spec.popen:
+        return None
+    if spec.ssh:
+        return spec.ssh.rpartition("@")[2]
+    if spec.socket:
+        return spec.socket.rpartition(":")[0] or spec.socket
+    return str(spec)
+
+
+# workerinput: how many of the run's workers run on a worker's machine (`gateway_host`)
+HOST_WORKERS = "quantfair_host_workers"
+
+
 def thread_share(cores: int, workers: int | None, override: int | None = None,
                  environment: bool = False) -> int | None:
     """Torch threads for one process, or None to leave torch's setting alone.
@@ -85,8 +104,11 @@ def thread_share(cores: int, workers: int | None, override: int | None = None,
 
 
 def xdist_workers(workerinput: dict | None = None) -> int | None:
-    """The number of xdist workers of this run, seen from a worker (None elsewhere)."""
-    count = (workerinput or {}).get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    """The number of xdist workers of this run on this worker's machine (`HOST_WORKERS`,
+    else all of the run's), seen from a worker (None elsewhere)."""
+    given = workerinput or {}
+    count = given.get(HOST_WORKERS) or given.get("workercount") or os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT")
     try:
         return int(count) if count else None
     except ValueError:

@@ -418,9 +418,62 @@ def test_a_process_that_ran_other_code_than_the_controller_is_named():
         {"pid": 2, "host": "b", "environment": {**ours, "git_commit": "c2"}},
         {"pid": 3, "host": "c", "environment": {**ours, "quantfair_source": "bbb",
                                                 "torch": "2.1"}},
-        {"pid": 4, "device": "cpu"}]}  # a report of before: nothing to compare
+        {"pid": 4, "device": "cpu"}]}  # a host with older code records none (it went unsaid)
     assert other_code(report) == ["pid 3 on c: quantfair_source bbb (the controller's aaa), "
-                                  "torch 2.1 (the controller's unknown)"]
+                                  "torch 2.1 (the controller's unknown)",
+                                  "pid 4 on its host: an older quantfair, which records no "
+                                  "environment"]
+    # a report written before processes recorded their code: nothing to compare
+    assert other_code({"environment": {"quantfair": "0.1.0"}, "processes": [{"pid": 4}]}) == []
+
+
+def test_a_worker_given_other_settings_than_the_controller_stops_the_run(pytester, tmp_path,
+                                                                        monkeypatch):
+    """A gateway on another machine is given the typed arguments alone and reads its own
+    PYTEST_ADDOPTS and ini file: a gate's settings in the controller's PYTEST_ADDOPTS were
+    unknown to its workers (every audit skipped for want of a model, exit 0; or languages
+    the report did not measure)."""
+    with socket_server(tmp_path, {k: v for k, v in os.environ.items()
+                                  if k != "PYTEST_ADDOPTS"}) as host:
+        monkeypatch.setenv("PYTEST_ADDOPTS", "--quantfair-languages=en,he")
+        result = pytester.runpytest_subprocess(
+            *PYTEST, "--pyargs", "quantfair.audits", "-k", "robustness",
+            "--quantfair-model=tiny-gpt2", "--quantfair-units=2", "--quantfair-no-report",
+            "--tx", host, "--dist", "loadgroup", timeout=180)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*Interrupted: quantfair: --quantfair-languages is 'en,he' on the controller and unset "
+        f"on this worker: *give quantfair's options on the command line (worker gw0 on "
+        f"{socket.gethostname()})*"])
+
+
+def test_workers_share_the_cores_of_their_own_machine():
+    """Two hosts' workers each took half their host's cores (the run's worker count was
+    read for each machine's)."""
+    from types import SimpleNamespace
+
+    import execnet
+
+    from quantfair.plugin import pytest_configure_node
+    from quantfair.workers import HOST_WORKERS, gateway_host, xdist_workers
+
+    specs = [execnet.XSpec(text) for text in (
+        "popen", "popen", "socket=10.0.0.2:8888", "socket=10.0.0.2:8889",
+        "ssh=me@host-3//python=/srv/q/.venv/bin/python", "popen//via=proxy")]
+    assert [gateway_host(spec) for spec in specs] == [
+        None, None, "10.0.0.2", "10.0.0.2", "host-3", "via proxy"]
+    config = SimpleNamespace(stash={}, getoption=lambda *_, **__: None,
+                             getini=lambda name: "", inipath=None)
+    shares = []
+    for spec in specs:
+        node = SimpleNamespace(config=config, workerinput={"workercount": 6},
+                               gateway=SimpleNamespace(spec=spec),
+                               nodemanager=SimpleNamespace(specs=specs))
+        pytest_configure_node(node)
+        shares.append(xdist_workers(node.workerinput))
+    assert shares == [2, 2, 2, 2, 1, 1]
+    assert xdist_workers({"workercount": 6}) == 6  # a controller of before: the run's count
+    assert HOST_WORKERS == "quantfair_host_workers"
 
 
 def test_gateways_without_dist_run_here_and_are_checked_here(pytester):
