@@ -37,14 +37,13 @@ from quantfair.config import (
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
 from quantfair.text import one_line, shell_word
-from quantfair.workers import HOST_WORKERS, gateway_host, remote_gateways
+from quantfair.workers import HOST_WORKERS, WORKER_HOST, gateway_host, remote_gateways
 
 RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 # A bad setting of the ini file alone, said when the first audit runs (`pytest_configure`)
 DEFERRED = pytest.StashKey[str]()
 CONTROLLER_SETTING = "quantfair_setting_error"  # workerinput: the controller's DEFERRED
-# workerinput: the controller's settings as given (`_settings_given`), and where a worker runs
-CONTROLLER_SETTINGS, WORKER_HOST = "quantfair_settings", "quantfair_host"
+CONTROLLER_SETTINGS = "quantfair_settings"  # workerinput: `_settings_given` of the controller
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item

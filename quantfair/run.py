@@ -190,15 +190,17 @@ class QuantfairRun:
         if self.threads_before is not None:
             # A process that goes on (`pytest.main` called in-process, the long-lived process
             # of an execnet socket server, whose next run would keep this run's share) gets
-            # back its threads and the memory of the model and weight bank.
+            # back its threads; a worker on another machine (a socket server's, idle until
+            # the next run) also the memory of the model and weight bank, now.
             import torch
 
-            from quantfair.workers import return_freed_memory
+            from quantfair.workers import WORKER_HOST, return_freed_memory
 
             torch.set_num_threads(self.threads_before)
             self._context = None
-            gc.collect()
-            return_freed_memory()
+            if self.is_worker and config.workerinput.get(WORKER_HOST):
+                gc.collect()  # ~0.2 s, spared where the process ends or runs on at once
+                return_freed_memory()
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
         if self._previous_sigint is not None:

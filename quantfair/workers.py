@@ -86,8 +86,9 @@ def gateway_host(spec) -> str | None:
     return str(spec)
 
 
-# workerinput: how many of the run's workers run on a worker's machine (`gateway_host`)
-HOST_WORKERS = "quantfair_host_workers"
+# workerinput: a worker's machine (`gateway_host`, None for the controller's), and how many
+# of the run's workers run there
+WORKER_HOST, HOST_WORKERS = "quantfair_host", "quantfair_host_workers"
 
 
 def thread_share(cores: int, workers: int | None, override: int | None = None,
