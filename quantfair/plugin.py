@@ -44,6 +44,7 @@ RUN = pytest.StashKey[object]()  # the QuantfairRun of an audit run
 DEFERRED = pytest.StashKey[str]()
 CONTROLLER_SETTING = "quantfair_setting_error"  # workerinput: the controller's DEFERRED
 CONTROLLER_SETTINGS = "quantfair_settings"  # workerinput: `_settings_given` of the controller
+CONTROLLER_LANGUAGES = "quantfair_languages"  # workerinput: the languages audits are made for
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
@@ -178,6 +179,10 @@ def _configure(config: pytest.Config) -> None:
             lambda name: option_value(config, name) if name != ignored and mine(name) else None,
             remote_workers=remote)
         require_other_languages(run_config.languages)
+        theirs = getattr(config, "workerinput", {}).get(CONTROLLER_LANGUAGES)
+        if theirs is not None and (ours := list(run_config.languages)) != list(theirs):
+            raise UsageError(f"the corpus here gives the languages {', '.join(ours)}, the "
+                             f"controller's {', '.join(theirs)}: each host needs the same corpus")
         # The model, caches and device are checked now where quantfair is asked for on the
         # command line; where it is configured by the ini file alone, once an audit runs, so
         # that the project's own runs (its tests, --collect-only) stay as they were without
@@ -501,6 +506,9 @@ def pytest_configure_node(node) -> None:
     if DEFERRED in config.stash:
         node.workerinput[CONTROLLER_SETTING] = config.stash[DEFERRED]
     node.workerinput[CONTROLLER_SETTINGS] = _settings_given(config)
+    run = _run(config)  # the audits' ids: a worker stopped by a setting makes the same
+    node.workerinput[CONTROLLER_LANGUAGES] = list(
+        run.config.languages if run else _settings_languages(config))
     host = gateway_host(node.gateway.spec)
     node.workerinput[WORKER_HOST] = host
     node.workerinput[HOST_WORKERS] = sum(
@@ -607,7 +615,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         _bad_definition(f"finding id {finding.id!r} is defined twice, differently: {where} "
                         f"and {metafunc.definition.nodeid} (reports key findings by id)")
     run = _run(metafunc.config)
-    languages = run.config.languages if run else _settings_languages(metafunc.config)
+    languages = getattr(metafunc.config, "workerinput", {}).get(CONTROLLER_LANGUAGES) or (
+        run.config.languages if run else _settings_languages(metafunc.config))
     if run is not None:  # a language of no corpus is a typo ("hebrew"), not one left out
         from quantfair.corpus import metadata
 

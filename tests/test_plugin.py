@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
+from quantfair.corpus import load_corpus
 from quantfair.workers import available_cores
 
 AUDITS = Path(__file__).resolve().parents[1] / "audits"
@@ -447,6 +448,36 @@ def test_a_worker_given_other_settings_than_the_controller_stops_the_run(pyteste
         f"{socket.gethostname()})*"])
 
 
+def test_a_host_without_the_corpus_or_with_another_is_said(pytester, tmp_path):
+    """A corpus file missing on one host of two stopped that worker before it knew the
+    corpus's languages: its audits, made for the default ones, were other tests than the
+    other worker's ("Different tests were collected", exit 1). A host whose file at that
+    path holds other languages measured them."""
+    corpus = load_corpus().select(["en", "he", "fr"])
+
+    def write(path: Path, languages: list[str]) -> None:
+        path.write_text("".join(json.dumps({"lang": lang, "unit": unit,
+                                            "text": corpus.texts[lang][unit][:120]}) + "\n"
+                                for lang in languages for unit in corpus.units[:2]))
+
+    write(pytester.path / "my.jsonl", ["en", "he", "fr"])
+    host = tmp_path / "host"
+    host.mkdir()
+    for there, said in ((None, "corpus file not found: my.jsonl"),
+                        (["en", "he"], "the corpus here gives the languages en, he, the "
+                                       "controller's en, he, fr")):
+        if there:
+            write(host / "my.jsonl", there)
+        with socket_server(host) as gateway:
+            result = pytester.runpytest_subprocess(
+                *PYTEST, "--pyargs", "quantfair.audits", "-m", "quick",
+                "--quantfair-model=tiny-gpt2", "--quantfair-corpus=my.jsonl",
+                "--quantfair-no-report", "--tx", "popen", "--tx", gateway, "--dist",
+                "loadgroup", timeout=180)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+        result.stdout.fnmatch_lines([f"*Interrupted: quantfair: {said}* (worker gw1 on *)*"])
+
+
 def test_workers_share_the_cores_of_their_own_machine():
     """Two hosts' workers each took half their host's cores (the run's worker count was
     read for each machine's)."""
@@ -462,7 +493,10 @@ def test_workers_share_the_cores_of_their_own_machine():
         "ssh=me@host-3//python=/srv/q/.venv/bin/python", "popen//via=proxy")]
     assert [gateway_host(spec) for spec in specs] == [
         None, None, "10.0.0.2", "10.0.0.2", "host-3", "via proxy"]
-    config = SimpleNamespace(stash={}, getoption=lambda *_, **__: None,
+    from quantfair.plugin import RUN
+
+    run = SimpleNamespace(config=SimpleNamespace(languages=("en", "he")))
+    config = SimpleNamespace(stash={RUN: run}, getoption=lambda *_, **__: None,
                              getini=lambda name: "", inipath=None)
     shares = []
     for spec in specs:
