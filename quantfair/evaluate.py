@@ -938,7 +938,10 @@ class Evaluator:
         # The evaluated weights are the FP reference: a missing side comes from this forward.
         building: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = (
             {key: [] for key in lost} if swap is None else {})
-        module = self.loaded.model.get_output_embeddings()
+        if building:
+            module = self.loaded.model.get_output_embeddings()
+            weight = module.weight.detach()
+            bias = module.bias.detach() if module.bias is not None else None
         if lost and swap is not None:  # removed meanwhile
             self._build_references({key: ids[key] for key in lost}, head, swap, tracker)
             sides.update({key: self.references.load(key, head, len(ids[key]) - 1)
@@ -963,9 +966,8 @@ class Evaluator:
                 block = logits.window(row, rows.start)
                 if window.key in building:
                     once = _last_block_kept(block)  # asked twice in a row, as FP and as evaluated
-                    side, cross = _reference_side(
-                        once, targets, self.block_rows, module.weight.detach(),
-                        module.bias.detach() if module.bias is not None else None, logits=once)
+                    side, cross = _reference_side(once, targets, self.block_rows, weight, bias,
+                                                  logits=once)
                     building[window.key].append((window.first, side))
                 elif exact:  # the head's input is the model's output
                     scored = slice(window.first, window.first + len(targets))

@@ -45,6 +45,9 @@ DEFERRED = pytest.StashKey[str]()
 CONTROLLER_SETTING = "quantfair_setting_error"  # workerinput: the controller's DEFERRED
 CONTROLLER_SETTINGS = "quantfair_settings"  # workerinput: `_settings_given` of the controller
 CONTROLLER_LANGUAGES = "quantfair_languages"  # workerinput: the languages audits are made for
+# The controller's files: an xdist worker writes no report and reads no baseline (on another
+# machine, it may have neither folder nor file).
+CONTROLLER_FILES = ("report", "baseline")
 # A worker's stop by a bad setting, as the xdist controller heard it (`pytest_testnodedown`)
 WORKER_SETTING_STOP = pytest.StashKey[str]()
 EVIDENCE = pytest.StashKey[dict]()  # an audit's measured outcome, on its test item
@@ -132,11 +135,11 @@ def _configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     if _shows_only(config):
         return  # pytest shows its help, markers or fixtures and runs nothing: never refused
-    given = getattr(config, "workerinput", {})
-    if said := given.get(CONTROLLER_SETTING):
+    workerinput = getattr(config, "workerinput", {})
+    if said := workerinput.get(CONTROLLER_SETTING):
         config.stash[DEFERRED] = said  # what the controller found (its files: the baseline)
         return
-    if (theirs := given.get(CONTROLLER_SETTINGS)) is not None and (
+    if (theirs := workerinput.get(CONTROLLER_SETTINGS)) is not None and (
             differ := _settings_differ(theirs, _settings_given(config))):
         config.stash[DEFERRED] = f"quantfair: {differ}{_where(config)}"
         return
@@ -171,15 +174,11 @@ def _configure(config: pytest.Config) -> None:
             raise UsageError(f"{flag} {value}: pytest-xdist's remote gateways (--tx) take "
                              "each argument that names an existing path for a path to send "
                              f"and stop at it: write {flag}={value}")
-        # An xdist worker writes no report and reads no baseline: those files are the
-        # controller's (on another machine, the worker may have neither folder nor file).
-        mine = (lambda name: name not in ("report", "baseline")) if hasattr(
-            config, "workerinput") else (lambda name: True)
         run_config = RunConfig.build(
-            lambda name: option_value(config, name) if name != ignored and mine(name) else None,
-            remote_workers=remote)
+            lambda name: None if name == ignored or workerinput and name in CONTROLLER_FILES
+            else option_value(config, name), remote_workers=remote)
         require_other_languages(run_config.languages)
-        theirs = getattr(config, "workerinput", {}).get(CONTROLLER_LANGUAGES)
+        theirs = workerinput.get(CONTROLLER_LANGUAGES)
         if theirs is not None and (ours := list(run_config.languages)) != list(theirs):
             raise UsageError(f"the corpus here gives the languages {', '.join(ours)}, the "
                              f"controller's {', '.join(theirs)}: each host needs the same corpus")
@@ -522,7 +521,7 @@ def _settings_given(config: pytest.Config) -> dict[str, object]:
     report and baseline are the controller's."""
     given = {}
     for option in OPTIONS.values():
-        if option.name in ("report", "baseline"):
+        if option.name in CONTROLLER_FILES:
             continue
         value = config.getoption(option.dest, default=None)
         given[option.name] = value if value not in (None, False) else _ini_value(

@@ -60,15 +60,15 @@ def parse_threads(text: str | int | None, *, cores_here: bool = True) -> int | N
 
 
 def remote_gateways(specs: list[str] | None) -> bool:
-    """Whether pytest-xdist's `--tx` specs start processes on other machines: any gateway but
-    `popen` (`ssh=`, `socket=`, ...), or a popen reached `via=` another gateway. `-n N` alone
-    (no specs) is local."""
-    for spec in specs or ():
-        head, *keys = str(spec).split("//")
-        if re.sub(r"^\d+\*", "", head.strip()) != "popen" or any(
-                key.startswith("via=") for key in keys):
-            return True
-    return False
+    """Whether pytest-xdist's `--tx` specs start processes on other machines (`gateway_host`:
+    any gateway but `popen`, or a popen reached `via=` another gateway). `-n N` alone (no
+    specs) is local."""
+    if not specs:
+        return False
+    import execnet  # pytest-xdist's (not quantfair's): there where `--tx` is given
+
+    return any(gateway_host(execnet.XSpec(re.sub(r"^\s*\d+\*", "", str(spec)))) is not None
+               for spec in specs)
 
 
 def gateway_host(spec) -> str | None:
