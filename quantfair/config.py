@@ -122,7 +122,7 @@ OPTIONS = {option.name: option for option in (
     Option("quantized", "audit this quantized artifact of the model instead of computing a scheme: "
                         "a GGUF file, a safetensors directory or a cached Hugging Face id"),
     Option("quantized-label", "name of the artifact's measurements in reports, stable across "
-                              f"releases: letters, digits and . _ + - (default {ARTIFACT})"),
+                              f"releases: letters, digits and . _ - (default {ARTIFACT})"),
     Option("languages", f"{LANGUAGES_HELP} (default {DEFAULT_LANGUAGES}; all of a --corpus file)",
            DEFAULT_LANGUAGES),
     Option("units", "measure a seeded sample of this many units per language, 0 for all "
@@ -565,8 +565,8 @@ class RunConfig:
         quantized, label = get("quantized"), get("quantized-label")
         if label is not None and not label.strip():
             raise UsageError("--quantized-label is empty: give a name, or leave it out")
-        if label and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", label):
-            raise UsageError(f"--quantized-label {label!r}: a name is letters, digits and . _ + -, "
+        if label and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+            raise UsageError(f"--quantized-label {label!r}: a name is letters, digits and . _ -, "
                              "beginning with a letter or digit (e.g. release, v1.2)")
         if quantized:
             for name in ("quant", "embedding-type"):

@@ -113,7 +113,7 @@ def _variable_for(path: Path) -> str:
         value = os.environ.get(variable)
         if value and Path(path).is_relative_to(value):
             return f"{variable} (now {value})"
-    return "QUANTFAIR_CACHE_DIR (unset: ~/.cache/quantfair)"
+    return f"QUANTFAIR_CACHE_DIR (unset: {cache_root()})"
 
 
 @contextlib.contextmanager

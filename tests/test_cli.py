@@ -254,7 +254,7 @@ def corpus_files(tmp_path):
      "--calibration-units 30: 23 units per language are left out of the audit to search on"),
     (["measure", "tiny-gpt2", "--quantized-label", " "], "--quantized-label is empty"),
     *((["measure", "tiny-gpt2", "--quantized-label", label], f"--quantized-label '{label}': a name")
-      for label in (".", "_rc1", "my release", "a:b", "a,b", "a/b")),
+      for label in (".", "_rc1", "my release", "a:b", "a,b", "a/b", "a+b")),
     *((["measure", "tiny-gpt2", f"--{name}", ""], f"--{name} is empty: give a value")
       for name in ("quantized", "corpus", "dtype", "device", "quant", "embedding-type")),
     (["corpus", "--corpus", "quantfair"], "corpus quantfair is a directory; give a JSONL file"),

@@ -494,6 +494,17 @@ def test_a_cache_dir_that_is_a_file_is_one_line_and_reads_still_run(tmp_path, ok
                    env=env).returncode == 0
 
 
+def test_the_default_cache_unwritable_names_where_it_is(tmp_path, ok_corpus):
+    """Without QUANTFAIR_CACHE_DIR the cache is under XDG_CACHE_HOME where that is set: the
+    line says so, not ~/.cache."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env = {"XDG_CACHE_HOME": str(blocker), "QUANTFAIR_CACHE_DIR": "", "QUANTFAIR_RESULTS_DIR": ""}
+    one_line_error(run_cli("measure", "tiny-gpt2", "--corpus", str(ok_corpus), env=env),
+                   f"set QUANTFAIR_CACHE_DIR (unset: {blocker / 'quantfair'}) to a writable "
+                   "directory", after_work=True)
+
+
 def test_a_file_written_whole_never_replaces_a_device_or_pipe(tmp_path):
     """Written whole means a temporary file renamed over the path: over /dev/null (as root)
     or a pipe, that would remove the device, not write to it."""
