@@ -644,7 +644,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if run is not None and finding.release:  # the cases a maximum bounds: its gate decides them
         bounded = getattr(finding.check, "bounded", None)
         run.expect_gate(finding.id, [case.id for case in cases if bounded is None
-                                     or bounded(run.config.release_bounds, case)])
+                                     or bounded(run.config.release_bounds, case)],
+                        finding.check.quantity if bounded is not None else None)
 
 
 def _finding_of(value: object):

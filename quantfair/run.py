@@ -278,10 +278,14 @@ class QuantfairRun:
         deselected = [i for i in items if is_audit(i)]
         self.selection["deselected"] = self.selection.get("deselected", 0) + len(deselected)
 
-    def expect_gate(self, finding: str, cases: list[str]) -> None:
+    def expect_gate(self, finding: str, cases: list[str], maximum: str | None) -> None:
         """A release gate's bounded cases as parametrized, before any selection (`-k`,
-        `--deselect`, `--lf`): a gate decided for some languages only is not a gate passed."""
+        `--deselect`, `--lf`): a gate decided for some languages only is not a gate passed.
+        `maximum`: the quantity whose `--quantfair-max-*` it checks (a `ReleaseBound`); None
+        for a gate with bounds of its own."""
         self.selection.setdefault("gate_cases", {})[finding] = cases
+        if maximum is not None:
+            self.selection.setdefault("maximum_gates", {})[finding] = maximum
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         selected = [i.nodeid for i in session.items if is_audit(i)]
@@ -451,8 +455,8 @@ class QuantfairRun:
         if unchecked:
             report["incomplete"].append(
                 f"{', '.join(unchecked)} given, but no release audit of it ran (marker "
-                "quantfair_release: the shipped audits/test_release.py, or a gate of your "
-                "own; beside others, -m \"quick or quantfair_release\"): the gate was not "
+                "quantfair_release: the shipped audits/test_release.py, or a ReleaseBound of "
+                "your own; beside others, -m \"quick or quantfair_release\"): the gate was not "
                 "checked")
             self.gate_error = True
         elif undecided:
@@ -517,9 +521,13 @@ class QuantfairRun:
 
     def _release_gates_not_run(self) -> list[str]:
         """The release maxima given on the command line (`--quantfair-max-<quantity>`: a gate
-        was asked for) whose release audit did not run; one set in the ini file alone is a
-        default, not a request."""
-        ran = {a.get("quantity") for a in self.audits.values() if is_release(a)}
+        was asked for) that no audit checking it ran (a `ReleaseBound`: a release gate with
+        bounds of its own does not read them); one set in the ini file alone is a default,
+        not a request."""
+        checks: dict[str, str] = {}
+        for payload in self.payloads:  # each process's parametrization (xdist workers')
+            checks.update(payload.get("selection", {}).get("maximum_gates", {}))
+        ran = {checks[a.get("finding")] for a in self.audits.values() if a.get("finding") in checks}
         return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
                 if name not in ran and self.pytest_config.getoption(
                     OPTIONS[f"max-{name.replace('_', '-')}"].dest, default=None)]

@@ -688,7 +688,8 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     own.stdout.fnmatch_lines([
         "INCOMPLETE: --quantfair-max-disparity, --quantfair-max-degradation given, but no "
         "release audit of it ran (marker quantfair_release: the shipped audits/test_release.py, "
-        "or a gate of your own; beside others, -m \"quick or quantfair_release\"): the gate was "
+        "or a ReleaseBound of your own; beside others, -m \"quick or quantfair_release\"): the "
+        "gate was "
         "not checked"])
     assert load(path)["verdict"] == "incomplete"
     release = str(AUDITS / "test_release.py")  # one gate ran, the other was deselected
@@ -697,6 +698,20 @@ def test_a_release_maximum_whose_gate_did_not_run_is_a_gate_not_checked(pytester
     assert one.ret == pytest.ExitCode.INTERNAL_ERROR
     one.stdout.fnmatch_lines(["INCOMPLETE: --quantfair-max-degradation given, but no release "
                               "audit of it ran*"])
+    # a release gate of one's own with bounds of its own does not read the maximum; a
+    # ReleaseBound of one's own does
+    head = "from quantfair.audit import Bound, Finding, LanguageBound, ReleaseBound, audit\n"
+    pytester.makepyfile(
+        test_own_bound=head + "test_g = audit(Finding(id='own_bound', experiments=('051',), "
+        "claim='c', release=True, check=LanguageBound('none', 'disparity', "
+        "{'*': Bound(max=1e9)})))\n",
+        test_own_maximum=head + "test_g = audit(Finding(id='own_maximum', experiments=('051',), "
+        "claim='c', release=True, check=ReleaseBound('none', 'disparity')))\n")
+    for test, checked in (("test_own_bound.py", False), ("test_own_maximum.py", True)):
+        ran = run_here(pytester, test, *given, "--quantfair-max-disparity", "1e9")
+        assert (ran.ret != pytest.ExitCode.INTERNAL_ERROR) == checked, test
+        assert ("INCOMPLETE: --quantfair-max-disparity given, but no release audit of it ran"
+                in ran.stdout.str()) != checked, test
     pytester.makeini("[pytest]\nquantfair_model = tiny-gpt2\nquantfair_max_disparity = 2\n")
     assert run_here(pytester, "test_own.py").ret == pytest.ExitCode.OK
 
