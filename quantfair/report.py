@@ -848,11 +848,14 @@ def no_regression_line(comparison: dict) -> str:
 def regressions_line(comparison: dict) -> str:
     """How many regressions `comparison` found, and what counts as one."""
     beyond = (f"beyond {100 * comparison['tolerance']:g}%, the tolerance (for English, and "
-              "where the baseline's disparity is undefined, the degradation)")
+              "where the baseline's disparity is undefined, the degradation")
     if count := len(comparison["regressions"]):
-        return f"{count} regression(s), each a disparity grown {beyond}, one undefined now, " \
+        return f"{count} regression(s), each a disparity grown {beyond}), one undefined now, " \
                "or an audit that stopped passing"
-    return f"0 regressions: no disparity grew {beyond}, and no audit stopped passing"
+    if undecided := len(comparison.get("growth_undecided") or []):
+        return (f"0 regressions: no disparity grew significantly {beyond}; {undecided} "
+                "growth(s) beyond it, not significant), and no audit stopped passing")
+    return f"0 regressions: no disparity grew {beyond}), and no audit stopped passing"
 
 
 def settle_verdict(report: dict) -> None:

@@ -865,6 +865,9 @@ def test_a_baseline_gate_decides_growth_on_the_paired_units(tmp_path):
     _, printed, html = _compared(tmp_path, old, mixed)
     note = "1 growth(s) beyond the tolerance not significant on the paired units"
     assert printed.returncode == 0 and note in printed.stdout and note in html
+    assert "0 regressions: no disparity grew significantly beyond 10%, the tolerance (for " \
+           "English, and where the baseline's disparity is undefined, the degradation; 1 " \
+           "growth(s) beyond it, not significant), and no audit stopped passing" in printed.stdout
     assert re.search(r"No significant regression against the baseline of [^<]*; 1 growth\(s\) "
                      r"beyond the tolerance not significant on the paired units, a regression "
                      r"under --strict: int4/none/medium/he \(by 0\.156", html)
