@@ -484,6 +484,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                   "(one type per tensor): simulated here, not a recipe for this format")
         if len(result.audit_units) < FEW_UNITS:
             print(f"note: {_few_units_note(len(result.audit_units))}")
+        print(f"audit it: --strategy suggested with this model, scheme, languages and corpus, "
+              f"and --units {len(result.audit_units)} as here (more units would take in those "
+              "it was searched on)")
     if args.json:
         print(f"wrote {args.json}")
     return 0

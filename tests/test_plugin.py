@@ -1076,11 +1076,13 @@ def test_a_strategy_none_of_whose_audits_was_selected_is_not_said_to_be_audited(
                                  "(audits/test_suggested.py) was selected"])
 
 
-def test_suggested_strategy_is_audited_and_reported(pytester):
+def test_suggested_strategy_is_audited_and_reported(pytester, capsys):
     from quantfair.cli import main
 
     assert main(["suggest", "tiny-llama", "--budget", "30%", "--languages", "en,he,zh",
                  "--calibration-units", "2"]) == 0
+    assert ("audit it: --strategy suggested with this model, scheme, languages and corpus, and "
+            "--units 8 as here") in capsys.readouterr().out  # the audit below refuses others
     path = pytester.path / "s.json"
     result = run(pytester, str(AUDITS / "test_suggested.py"), "--model", "tiny-llama",
                  "--strategy", "suggested", "--report", str(path))
