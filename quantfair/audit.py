@@ -29,11 +29,13 @@ from quantfair.metrics import (
     holm,
     paired_difference,
     quantity,
+    resolved,
 )
 from quantfair.schemes import QuantScheme
 from quantfair.strategy_syntax import (
     ELEMENT_SELECTORS,
     SHARE_SELECTORS,
+    SUGGESTED,
     check_strategy_syntax,
 )
 from quantfair.summary import STRADDLES
@@ -173,7 +175,8 @@ class Outcome:
             measured = f"{self.value:.4g} [95% CI {self.low:.4g}, {self.high:.4g}]"
         else:
             measured = f"{self.value:.4g}"
-        text = f"measured {self.quantity} = {measured}; bound {self.bound}"
+        text = f"measured {self.quantity} = {measured}" + (f"; bound {self.bound}"
+                                                            if self.bound else "")
         return f"{text}; {self.detail}" if self.detail else text
 
 
@@ -276,8 +279,9 @@ def _check_strategy(where: str, strategy: object) -> None:
     elif strategy != CANDIDATE:
         try:
             check_strategy_syntax(strategy)
-        except UsageError as error:
-            raise ValueError(f"{where}: {error}") from None
+        except UsageError as error:  # a finding's own: CANDIDATE stands for `suggested`
+            raise ValueError(f"{where}: " + str(error).replace(
+                SUGGESTED, "CANDIDATE (what --strategy gives, e.g. suggested)")) from None
 
 
 def _check_languages(where: str, languages: object) -> None:
@@ -1073,6 +1077,13 @@ class ReliableLength(Check):
         if not ours.defined or not theirs.defined:
             return Outcome("inconclusive", what,
                            detail=f"undefined: {ours.undefined or theirs.undefined}")
+        units = {length: ctx.measure(self.strategy, length=length).units
+                 for length in (self.length, self.than_length)}
+        if few := [f"{length}: {count} units" for length, count in units.items()
+                   if not resolved(count)]:
+            return Outcome("inconclusive", what, detail=(
+                f"{'; '.join(few)}, too few for an interval's width to tell reliability (its "
+                "ends are the extreme resamples; 8 or more needed): more --units"))
         relative = [(e.high - e.low) / 2 / abs(e.value) for e in (ours, theirs)]
         # the bound names no measured number: a baseline's report compares it as the same
         return Outcome(verdict(relative[0] < relative[1]), what, relative[0],

@@ -36,8 +36,10 @@ VALID = (
     "(each optionally .attn/.mlp/.ln[.role][.weight|.bias]), "
     "ln, all_ln, ln_f, biases, embed, embed.tok, embed.pos, head, random:P%@seed, magnitude:P%, "
     "gradient:P%, variance:topK, act:P%, actgap:P%, superweights:K, seed:P%, an alias: "
-    + ", ".join(ALIASES) + "; or alone, suggested (the latest `quantfair suggest` result)"
+    + ", ".join(ALIASES) + "; or alone, "
 )
+SUGGESTED = "suggested (the latest `quantfair suggest` result)"  # VALID's last words
+VALID += SUGGESTED
 
 SELECTORS = ("random", "magnitude", "gradient", "variance", "act", "actgap", "superweights",
              "seed")

@@ -122,6 +122,15 @@ def test_undefined_disparity_is_inconclusive_not_failed():
     assert outcome.status == "inconclusive" and "undefined" in outcome.detail
 
 
+def test_an_outcome_without_a_bound_names_none():
+    """GroupOrder's undefined factors carry no bound: the line said "bound ;"."""
+    from quantfair.audit import Outcome
+
+    assert Outcome("inconclusive", "factor", detail="undefined: why").describe() == (
+        "measured factor = undefined; undefined: why")
+    assert Outcome("passed", "factor", 2.0, "> 0").describe() == "measured factor = 2; bound > 0"
+
+
 def test_the_best_of_a_tuple_with_a_member_undefined_is_unknown():
     """English's loss change within noise but negative makes every disparity of a member a
     large negative number, undefined: whether the strategy beats the better of the members
@@ -236,6 +245,19 @@ def test_a_comparisons_interval_excludes_0_where_its_p_is_below_5_percent(units)
             shift, comparison)
 
 
+@pytest.mark.parametrize("units", [8, 22])
+def test_a_skewed_comparison_with_few_resamples_beyond_0_is_significant_where_its_interval_says(
+        units):
+    """3 of 2000 resamples below 0, the rest right-skewed: the percentile interval excludes 0,
+    while a normal fit puts 16% beyond it (the fit gave p=0.057 with the CI [-2.64, -0.135]
+    shown, and the audit was inconclusive)."""
+    resamples = np.concatenate([np.full(3, -0.05), np.random.default_rng(0).exponential(1.0, 1997)])
+    comparison = paired_difference((float(resamples.mean()), resamples), (0.0, np.zeros(2000)),
+                                   units=units)
+    assert comparison.low > 0
+    assert comparison.p_value < 0.05
+
+
 @pytest.mark.parametrize("quantity", ["degradation", "disparity"])
 def test_two_strategies_drawn_alike_are_told_apart_about_5_percent_of_the_time(quantity):
     """Per-unit damage drawn from one skewed (gamma) law for both: the plain percentile
@@ -335,6 +357,27 @@ def test_kl_divergence_quantities_bound_and_compare_per_language():
     run.measurements["L2"] = with_kld({"en": 0.01, "de": 0.011, "he": 0.012}, same_top=0.75)
     of_two = Better("L2", than=("L0", "L1"), quantity="same_top_rate", per_language=True)
     assert {of_two.run(run, c, None).status for c in of_two.cases(LANGUAGES)} == {"failed"}
+
+
+def test_a_reliable_length_on_too_few_units_is_inconclusive():
+    """Long texts join three units: 3 at the default 8. Their expanded interval's ends are
+    the extremes of 10 distinct resamples, narrower than an honest interval, and
+    `ReliableLength("long")` passed on them against 8 noisier short units."""
+    from quantfair.audit import ReliableLength
+
+    class ByLength(FakeRun):
+        def measure(self, strategy, scheme=None, length=None, distribution=False):
+            return self.measurements[length]
+
+    steady, noisy = measurement(NOISE), measurement(JITTER)
+    three = Measurement(LANGUAGES, *(getattr(steady, name)[:, :3] for name in (
+        "nll_fp", "nll_q", "tokens", "bytes", "chars")))
+    check = ReliableLength("long")
+    case = check.cases(LANGUAGES)[0]
+    outcome = check.run(ByLength({"long": three, "short": noisy}), case, None)
+    assert outcome.status == "inconclusive"
+    assert outcome.detail.startswith("long: 3 units, too few for an interval's width")
+    assert check.run(ByLength({"long": steady, "short": noisy}), case, None).status == "passed"
 
 
 def test_a_reliable_length_turning_failed_is_a_regression_against_a_baseline():
@@ -481,6 +524,15 @@ def test_a_finding_written_wrong_is_refused_where_it_is_defined(define, message)
     with pytest.raises((TypeError, ValueError)) as error:
         define()
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_a_findings_bad_strategy_names_candidate_not_suggested():
+    """A finding naming `suggested` is refused (CANDIDATE stands for it): the grammar's list
+    of what is valid says so too."""
+    with pytest.raises(ValueError) as error:
+        Better("L0", than="L0+nrom")
+    assert str(error.value).endswith("; or alone, CANDIDATE (what --strategy gives, e.g. "
+                                     "suggested)")
 
 
 def test_a_release_bound_is_a_release_gate_without_being_marked():
