@@ -41,6 +41,7 @@ from quantfair.report import (
 from quantfair.strategy_syntax import ALIASES
 from quantfair.summary import (
     RECOMMENDED,
+    STRADDLES,
     compared_rows,
     is_release,
     leaning,
@@ -280,9 +281,10 @@ def _group_title(measured: list[tuple[float, str]]) -> str:
 
 
 def terms_of(case: str) -> list[str]:
-    """A case id cut after each + - @ ( ) < >: the template puts a line-break opportunity
-    between the pieces, so that a narrow column breaks the id between terms, not inside."""
-    return [piece for piece in re.split(r"(?<=[-+@()<>])", case) if piece]
+    """A case id (or experiments, `001/002`) cut after each + - @ ( ) < > /: the template
+    puts a line-break opportunity between the pieces, so that a narrow column breaks the id
+    between terms, not inside."""
+    return [piece for piece in re.split(r"(?<=[-+@()<>/])", case) if piece]
 
 
 def findings_matrix(report: dict) -> dict:
@@ -365,6 +367,8 @@ def render_html(report: dict) -> str:
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
     env.filters["leaning"] = leaning
+    # a bound on one value decided on its point estimate, its CI on both sides of the bound
+    env.tests["straddling"] = lambda audit: STRADDLES in (audit.get("detail") or "")
     env.filters["terms_of"] = terms_of
     env.filters["shell"] = shlex.join  # a command line to paste back
     env.filters["capitalized"] = capitalized

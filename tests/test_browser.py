@@ -76,3 +76,30 @@ def test_report_renders_offline_without_errors(report, tmp_path):
     shot = chromium(tmp_path, "--window-size=1200,2400", "--hide-scrollbars",
                     f"--screenshot={screenshot}", page)
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000
+
+
+
+def test_the_audits_table_fits_the_page_without_scrolling(report, tmp_path):
+    """At a desktop width every column of "All audits" is in view: the whole suite's long
+    quantity names ("relative CI half-width of the mean disparity (medium)") and
+    experiment lists, kept on one line, widened the table past its page (the outcome column
+    out of view) and squeezed the claims to a word a line."""
+    from quantfair.html import render_html
+
+    data = json.loads(report.read_text())
+    for audit, (quantity, experiments) in zip(data["audits"], [
+            ("relative CI half-width of the mean disparity (medium)", ["015"]),
+            ("improvement factor (none / L0+Llast) difference", ["057", "058", "061", "062",
+                                                                 "063", "064"]),
+            ("disparity difference (mean over languages)", ["001", "002", "004", "008"])]):
+        audit.update(quantity=quantity, experiments=experiments, value=0.0851, low=0.0123,
+                     high=0.118)
+    page = tmp_path / "page.html"
+    page.write_text(render_html(data).replace("</body>", """<script>
+const table = document.getElementById('audits');
+document.body.insertAdjacentHTML('beforeend', '<pre id="probe">' + table.scrollWidth + ' '
+  + table.parentElement.clientWidth + '</pre>');
+</script></body>"""))
+    dom = chromium(tmp_path, "--window-size=1400,2400", "--dump-dom", page.as_uri())
+    width, room = map(int, re.search(r'<pre id="probe">(\d+) (\d+)</pre>', dom.stdout).groups())
+    assert width <= room

@@ -1288,6 +1288,10 @@ def test_the_summary_counts_bounds_decided_on_a_point_estimate_inside_a_wide_int
            "CI straddles the bound (recommended_bound (he) passed: 4 [95% CI 2.00, 7.00], " \
            "bound <= 5): more units (--units) would firm them up." \
            in summarize(report(audits))["sentences"]
+    # the page marks it where it shows the outcome: the matrix's cell and the audits' row
+    html = render_html(report(audits))
+    assert html.count("(the CI straddles the bound)") == 1
+    assert html.count('<span class="muted"> (point estimate)</span>') == 1
 
 
 def test_the_summary_names_the_languages_over_the_release_maxima_second():
