@@ -27,6 +27,7 @@ from quantfair.corpus import (
     shared_languages,
     use_report_languages,
 )
+from quantfair.errors import UsageError
 from quantfair.metrics import BOOTSTRAP_SAMPLES
 from quantfair.report import (
     OTHER_LANGUAGES,
@@ -38,6 +39,7 @@ from quantfair.report import (
     undefined_in_comparison,
     unsearched_languages,
 )
+from quantfair.schemes import QuantScheme
 from quantfair.strategy_syntax import ALIASES
 from quantfair.summary import (
     RECOMMENDED,
@@ -280,6 +282,14 @@ def _group_title(measured: list[tuple[float, str]]) -> str:
     return f"{title}, from {lowest:.2f} ({first}) to {highest:.2f} ({last})"
 
 
+def scheme_text(name: str) -> str:
+    """A scheme's name's `QuantScheme.description`, "" for one this version cannot read."""
+    try:
+        return QuantScheme.parse(name).description
+    except UsageError:
+        return ""
+
+
 def terms_of(case: str) -> list[str]:
     """A case id (or experiments, `001/002`) cut after each + - @ ( ) < > /: the template
     puts a line-break opportunity between the pieces, so that a narrow column breaks the id
@@ -367,6 +377,7 @@ def render_html(report: dict) -> str:
         f"{v:.{p}g}" if isinstance(v, float) else str(v))
     env.globals["symbols"] = SYMBOLS
     env.filters["leaning"] = leaning
+    env.filters["scheme_text"] = scheme_text
     # a bound on one value decided on its point estimate, its CI on both sides of the bound
     env.tests["straddling"] = lambda audit: STRADDLES in (audit.get("detail") or "")
     env.filters["terms_of"] = terms_of

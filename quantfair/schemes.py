@@ -112,6 +112,25 @@ class QuantScheme:
             parts.append(self.scope)
         return "-".join(parts)
 
+    @property
+    def description(self) -> str:
+        """What the scheme does, in words, for a reader of a report."""
+        if self.artifact is not None:
+            return "the tensors of the quantized file audited (--quantized)"
+        if self.llama_type is not None:
+            return (f"llama.cpp's {self.llama_type}, a file its llama-quantize made from the FP "
+                    "model")
+        if self.gguf_type is not None:
+            return (f"llama.cpp's {self.gguf_type} block format (32 weights a block), computed "
+                    f"here; token embedding and output head {self.embedding_type}")
+        per = {"tensor": "tensor", "channel": "output row",
+               "group": f"group of {self.group_size} weights"}[self.granularity]
+        where = ("every floating parameter (embeddings and norms too)" if self.scope == "all"
+                 else "the attention, MLP and output head matrices")
+        return (f"{self.bits}-bit round to nearest, simulated here: "
+                f"{'symmetric' if self.symmetric else 'asymmetric'}, one scale per {per}, "
+                f"over {where}")
+
     @classmethod
     def gguf(cls, qtype: str, embedding_type: str = DEFAULT_EMBEDDING_TYPE) -> QuantScheme:
         """A llama.cpp block format, e.g. `QuantScheme.gguf("Q4_0")`."""

@@ -1542,3 +1542,19 @@ def test_the_suggest_chart_labels_a_term_added_to_earlier_steps_as_such():
     svg = charts.suggest_trace({"suggestion": {"strategy": "L0+ln", "trace": trace}})
     labels = re.findall(r"<text[^>]*>\s*([^<]+?)\s*</text>", svg)
     assert "L0" in labels and "+ln" in labels and "ln" not in labels
+
+
+@pytest.mark.parametrize("scheme, said", [
+    ("int4", "int4 (4-bit round to nearest, simulated here: symmetric, one scale per tensor, "
+             "over every floating parameter (embeddings and norms too))"),
+    ("gguf:Q4_0", "gguf:Q4_0 (llama.cpp&#39;s Q4_0 block format (32 weights a block), computed "
+                  "here; token embedding and output head Q8_0)"),
+    ("artifact:rc1", "artifact:rc1 (the tensors of the quantized file audited (--quantized))"),
+    ("int4-unknown-part", "int4-unknown-part &middot;"),  # a later version's: the name alone
+])
+def test_the_page_says_what_its_scheme_does_under_its_name(scheme, said):
+    """A reviewer read "int4 breaks this model" as the team's INT4 build being broken: the
+    page's first line names what the scheme is, and whether it is a file or computed here."""
+    data = report()
+    data["settings"]["scheme"] = scheme
+    assert f'<p class="muted">{said}' in render_html(data)
