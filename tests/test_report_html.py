@@ -249,7 +249,7 @@ def test_the_summary_says_a_dtype_other_than_float32():
     page = render_html(halved)
     assert "scheme int4 evaluated in bfloat16, 4 languages" in page
     assert "(int4 in bfloat16)</title>" in page  # a reviewer sees it at the top, as the title
-    assert '<p class="muted">int4 in bfloat16 &middot;' in page
+    assert '<p class="muted">int4 in bfloat16 (4-bit round to nearest' in page
     assert "(int4)</title>" in render_html(report())
     halved["processes"] = [{"pid": 1, "loads": 1, "device": "cuda:0", "threads": 16},
                            {"pid": 2, "loads": 1, "device": "cuda:1", "threads": 16}]
