@@ -282,10 +282,11 @@ def _group_title(measured: list[tuple[float, str]]) -> str:
     return f"{title}, from {lowest:.2f} ({first}) to {highest:.2f} ({last})"
 
 
-def scheme_text(name: str) -> str:
-    """A scheme's name's `QuantScheme.description`, "" for one this version cannot read."""
+def scheme_text(name: object) -> str:
+    """A scheme's name's `QuantScheme.description`, "" for none (a run that stopped before it
+    knew one) or one this version cannot read."""
     try:
-        return QuantScheme.parse(name).description
+        return QuantScheme.parse(name).description if isinstance(name, str) else ""
     except UsageError:
         return ""
 

@@ -1551,10 +1551,13 @@ def test_the_suggest_chart_labels_a_term_added_to_earlier_steps_as_such():
                   "here; token embedding and output head Q8_0)"),
     ("artifact:rc1", "artifact:rc1 (the tensors of the quantized file audited (--quantized))"),
     ("int4-unknown-part", "int4-unknown-part &middot;"),  # a later version's: the name alone
+    (None, " &middot;"),  # a run stopped before it knew its scheme
 ])
 def test_the_page_says_what_its_scheme_does_under_its_name(scheme, said):
     """A reviewer read "int4 breaks this model" as the team's INT4 build being broken: the
     page's first line names what the scheme is, and whether it is a file or computed here."""
     data = report()
     data["settings"]["scheme"] = scheme
+    if scheme is None:
+        del data["settings"]["scheme"]
     assert f'<p class="muted">{said}' in render_html(data)
