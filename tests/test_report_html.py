@@ -1561,3 +1561,13 @@ def test_the_page_says_what_its_scheme_does_under_its_name(scheme, said):
     if scheme is None:
         del data["settings"]["scheme"]
     assert f'<p class="muted">{said}' in render_html(data)
+
+
+def test_the_terms_define_every_layer_name_the_seed_audits_use():
+    """`L-2` and `Lmid` name swept layers in the whole suite's tables; the terms defined
+    neither."""
+    data = report()
+    data["model"]["layers"] = 30
+    html = render_html(data)
+    assert "<code>L-k</code> the k-th from the end (<code>L-1</code> = <code>Llast</code>)" in html
+    assert "<code>Lmid</code> the middle one (<code>L15</code>)" in html
