@@ -1,3 +1,4 @@
+import copy
 import os
 import signal
 
@@ -59,8 +60,23 @@ def _private_result_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QUANTFAIR_RESULTS_DIR", str(cache))
 
 
+class Pristine(dict):
+    """Models built once a session, each read a copy (a few ms for a tiny one): a test whose
+    session leaves its last measurement's weights applied (quantized) must not hand them to
+    the next test on that worker as its FP weights."""
+
+    def __getitem__(self, name):
+        return copy.deepcopy(super().__getitem__(name))
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     from quantfair.models import TINY_MODEL_TYPES, load_model
 
-    return {name: load_model(name) for name in TINY_MODEL_TYPES}
+    return Pristine({name: load_model(name) for name in TINY_MODEL_TYPES})
