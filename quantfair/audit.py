@@ -1069,18 +1069,16 @@ class ReliableLength(Check):
         return [Case(f"{self.length}<{self.than_length}", self.strategy, length=self.length)]
 
     def run(self, ctx, case, bound):
-        def width(length: str) -> Estimate:
-            return ctx.measure(self.strategy, length=length).mean_disparity()
-
-        ours, theirs = width(self.length), width(self.than_length)
+        measured = {length: ctx.measure(self.strategy, length=length)
+                    for length in (self.length, self.than_length)}
+        ours, theirs = (measured[length].mean_disparity()
+                        for length in (self.length, self.than_length))
         what = f"relative CI half-width of the mean disparity ({self.length})"
         if not ours.defined or not theirs.defined:
             return Outcome("inconclusive", what,
                            detail=f"undefined: {ours.undefined or theirs.undefined}")
-        units = {length: ctx.measure(self.strategy, length=length).units
-                 for length in (self.length, self.than_length)}
-        if few := [f"{length}: {count} units" for length, count in units.items()
-                   if not resolved(count)]:
+        if few := [f"{length}: {m.units} units" for length, m in measured.items()
+                   if not resolved(m.units)]:
             return Outcome("inconclusive", what, detail=(
                 f"{'; '.join(few)}, too few for an interval's width to tell reliability (its "
                 "ends are the extreme resamples; 8 or more needed): more --units"))

@@ -43,7 +43,6 @@ from quantfair.schemes import QuantScheme
 from quantfair.strategy_syntax import ALIASES
 from quantfair.summary import (
     RECOMMENDED,
-    STRADDLES,
     compared_rows,
     is_release,
     leaning,
@@ -52,6 +51,7 @@ from quantfair.summary import (
     own_findings,
     release_outcome,
     seed_outcome,
+    straddles,
     summarize,
 )
 from quantfair.text import capitalized, experiment_span, plural, significant, units_text
@@ -379,8 +379,7 @@ def render_html(report: dict) -> str:
     env.globals["symbols"] = SYMBOLS
     env.filters["leaning"] = leaning
     env.filters["scheme_text"] = scheme_text
-    # a bound on one value decided on its point estimate, its CI on both sides of the bound
-    env.tests["straddling"] = lambda audit: STRADDLES in (audit.get("detail") or "")
+    env.tests["straddling"] = straddles
     env.filters["terms_of"] = terms_of
     env.filters["shell"] = shlex.join  # a command line to paste back
     env.filters["capitalized"] = capitalized

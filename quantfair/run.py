@@ -519,14 +519,20 @@ class QuantfairRun:
         if exitstatus == pytest.ExitCode.INTERNAL_ERROR and reporter is not None:
             self.pytest_terminal_summary(reporter)  # pytest skips it after an internal error
 
+    def _parametrized(self, key: str) -> dict:
+        """A release-gate table of the selection (`expect_gate`: "gate_cases",
+        "maximum_gates"), merged over every process's parametrization (xdist workers')."""
+        merged: dict = {}
+        for payload in self.payloads:
+            merged.update(payload.get("selection", {}).get(key, {}))
+        return merged
+
     def _release_gates_not_run(self) -> list[str]:
         """The release maxima given on the command line (`--quantfair-max-<quantity>`: a gate
         was asked for) that no audit checking it ran (a `ReleaseBound`: a release gate with
         bounds of its own does not read them); one set in the ini file alone is a default,
         not a request."""
-        checks: dict[str, str] = {}
-        for payload in self.payloads:  # each process's parametrization (xdist workers')
-            checks.update(payload.get("selection", {}).get("maximum_gates", {}))
+        checks = self._parametrized("maximum_gates")
         ran = {checks[a.get("finding")] for a in self.audits.values() if a.get("finding") in checks}
         return [f"--quantfair-max-{name.replace('_', '-')}" for name in self.config.release_bounds
                 if name not in ran and self.pytest_config.getoption(
@@ -538,9 +544,7 @@ class QuantfairRun:
         None where the run stopped early (`-x`, `--maxfail`): its audits never run say so."""
         if self._selected_and_not_run()[1]:
             return []
-        expected: dict[str, list[str]] = {}
-        for payload in self.payloads:  # each process's parametrization (xdist workers')
-            expected.update(payload.get("selection", {}).get("gate_cases", {}))
+        expected = self._parametrized("gate_cases")
         ran: dict[str, set[str]] = {}
         decided: set[str] = set()
         for entry in self.audits.values():

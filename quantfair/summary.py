@@ -198,6 +198,12 @@ def _excludes_zero(audit: dict) -> bool:
             and low is not None and high is not None and not low <= 0 <= high)
 
 
+def straddles(audit: dict) -> bool:
+    """Whether a bound on one value was decided on its point estimate, its 95% CI on both
+    sides of the bound (`STRADDLES` in its detail)."""
+    return STRADDLES in (audit.get("detail") or "")
+
+
 def leaning(audit: dict) -> str | None:
     """The side of its bound an inconclusive audit's unadjusted 95% CI lies wholly on: "pass"
     or "fail". So lies a comparison of a finding's several cases whose difference is not
@@ -574,7 +580,7 @@ def summarize(report: dict) -> dict:
             f"{undefined} audit(s) were inconclusive because a disparity they compare or "
             f"bound is undefined ({_why_undefined(report)}).")
     straddling = [a for a in report.get("audits", []) if a["outcome"] in ("passed", "failed")
-                  and STRADDLES in (a.get("detail") or "")]
+                  and straddles(a)]
     if straddling:
         sentences.append(
             f"{len(straddling)} bound(s) on a single value were decided on the point estimate "
