@@ -707,6 +707,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # entries, the longest single tests, go first, so none of them starts last and keeps
         # one worker busy while the others idle.
         items.sort(key=_element_selections, reverse=True)  # stable: ties keep their order
+    _audit_each_case_once(config, items)
     if _run(config) is not None:
         return
     audits = [item for item in items if is_audit(item)]
@@ -719,6 +720,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reporter = config.pluginmanager.getplugin("terminalreporter")
     if reporter:
         reporter.write_line(f"quantfair: {len(audits)} audits skipped: no model given")
+
+
+def _audit_each_case_once(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One finding collected from two places (imported into a second test file, or bound to
+    two names) is one finding (`pytest_generate_tests` refuses two different findings under
+    one id): its cases after the first selected are deselected, with a line saying so."""
+    first: dict[tuple[str, str], pytest.Item] = {}
+    again: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        finding = _finding_of(getattr(item, "function", None))
+        if finding is not None and hasattr(item, "callspec"):
+            key = (finding.id, item.callspec.id)
+            if first.setdefault(key, item) is not item:
+                again.setdefault(finding.id, []).append(item)
+    if not again:
+        return
+    duplicates = [item for copies in again.values() for item in copies]
+    items[:] = [item for item in items if item not in duplicates]
+    config.hook.pytest_deselected(items=duplicates)
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter and not hasattr(config, "workerinput"):
+        for finding, copies in again.items():
+            places = dict.fromkeys(_function_id(item) for item in (
+                first[(finding, copies[0].callspec.id)], *copies))
+            reporter.write_line(f"quantfair: finding {finding!r} is collected twice "
+                                f"({' and '.join(places)}): its {len(copies)} audits run once")
+
+
+def _function_id(item: pytest.Item) -> str:
+    """`test_a.py::test_x` of `test_a.py::test_x[case]`."""
+    return f"{item.parent.nodeid}::{item.originalname}"
 
 
 def is_audit(item: pytest.Item) -> bool:

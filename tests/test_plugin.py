@@ -871,6 +871,32 @@ def test_two_findings_of_one_id_are_refused_naming_both(pytester):
     assert "pluggy/" not in result.stdout.str()  # no frame of its
 
 
+def test_a_finding_collected_from_two_files_is_audited_once(pytester):
+    """A finding imported into a second test file is one finding: its cases were audited
+    twice and the summary counted each failure twice."""
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_tight = audit(Finding(id="tight", experiments=("x",), claim="c",
+                                   check=LanguageBound("none", "degradation",
+                                                       bound=Bound(min=1e9))))
+    """, test_theirs="from test_mine import test_tight\n")
+    path = pytester.path / "r.json"
+    args = ("--quantfair-model", "tiny-gpt2", "--quantfair-languages", "en,de,he",
+            "--quantfair-units", "2", "--quantfair-report", str(path))
+    result = run(pytester, "test_mine.py", "test_theirs.py", *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["quantfair: finding 'tight' is collected twice "
+                                 "(test_mine.py::test_tight and test_theirs.py::test_tight): "
+                                 "its 2 audits run once"])
+    result.assert_outcomes(failed=2, deselected=2)
+    report = load(path)
+    assert sorted(a["case"] for a in report["audits"]) == ["none-de", "none-he"]
+    assert report["summary"]["counts"]["failed"] == 2
+    alone = run(pytester, "test_mine.py", "test_theirs.py", "-k", "theirs", *args)
+    alone.assert_outcomes(failed=2, deselected=2)  # -k chose the other copy
+
+
 def test_a_finding_pytest_never_collects_is_warned_of(pytester):
     """Assigned to a name without the test_ prefix, or in a conftest.py, a finding never ran,
     and the run passed without a word; an alias of a collected finding is no such case."""
