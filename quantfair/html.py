@@ -326,8 +326,8 @@ def audit_groups(report: dict) -> dict:
 def banner(report: dict, summary: dict) -> tuple[str, str]:
     """The verdict banner's kind (its colour) and label. A run that checked a release gate
     (a maximum or a baseline) names the gate's outcome first, then the findings' (the seed's,
-    or one's own among them: `own_findings`); one that did not says its verdict is of the
-    findings alone."""
+    or one's own among them: `own_findings`); one that did not says so first ("NO RELEASE
+    GATE"): its verdict is of the findings alone."""
     counts = summary["counts"]
     if report.get("incomplete"):
         return "incomplete", "INCOMPLETE"
@@ -340,6 +340,8 @@ def banner(report: dict, summary: dict) -> tuple[str, str]:
     findings = "FINDINGS" if own_findings(report) else "SEED FINDINGS"
     label = "; ".join(f"{what} {outcome.upper()}" for what, outcome in (
         ("RELEASE GATE", gate), (findings, seed)) if outcome)
+    if gate is None and label:  # a reviewer read a findings' FAILED as the release answer
+        label = f"NO RELEASE GATE; {label}"
     return kind, label or {"passed": "PASSED", "findings": "FAILED"}[kind]
 
 

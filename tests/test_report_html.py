@@ -128,12 +128,12 @@ def test_the_banner_of_a_run_without_a_release_gate_says_it_judges_the_seeds_fin
     """A reviewer read "FAILED" over a run with no release gate as the release answer; it is
     the verdict on the seed's findings. With a gate that ran, the banner is the release's."""
     findings = [a for a in AUDITS if a["outcome"] != "error"]
-    assert '<div class="headline">SEED FINDINGS FAILED &mdash; 1 finding(s)' in render_html(
+    assert '<div class="headline">NO RELEASE GATE; SEED FINDINGS FAILED &mdash; 1 finding(s)' in render_html(
         report(findings))
     held = [a for a in findings if a["outcome"] != "failed"]
-    assert '<div class="headline">SEED FINDINGS PASSED &mdash;' in render_html(report(held))
+    assert '<div class="headline">NO RELEASE GATE; SEED FINDINGS PASSED &mdash;' in render_html(report(held))
     unchecked = audit("release_disparity", "skipped", "he", experiments=["release"])
-    assert "SEED FINDINGS PASSED &mdash;" in render_html(report([*held, unchecked]))
+    assert ">NO RELEASE GATE; SEED FINDINGS PASSED &mdash;" in render_html(report([*held, unchecked]))
 
 
 def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first():
@@ -155,7 +155,7 @@ def test_the_banner_of_a_run_with_a_release_gate_names_the_gates_outcome_first()
     assert headline([*held, failed]) == "RELEASE GATE FAILED; SEED FINDINGS PASSED / failed"
     assert headline([passed]) == "RELEASE GATE PASSED / passed"  # -m quantfair_release
     assert report([passed])["summary"]["headline"] == "Every decided release gate held (1 passed)"
-    assert headline(held) == "SEED FINDINGS PASSED / None"
+    assert headline(held) == "NO RELEASE GATE; SEED FINDINGS PASSED / None"
     # a run that did not finish (a baseline it could not compare) passed no gate
     cut = report([*held, passed], incomplete=["the baseline r.json is not consistent"])
     assert cut["summary"]["release"] == "incomplete"
@@ -1519,7 +1519,7 @@ def test_a_run_that_checked_no_release_gate_says_so():
     own = [*(a for a in AUDITS if a["outcome"] != "error"),
            audit("my_release", "failed", "he", seed="")]
     assert said.replace("seed's findings", "findings") in summarize(report(own))["sentences"]
-    assert banner(report(own), report(own)["summary"])[1] == "FINDINGS FAILED"
+    assert banner(report(own), report(own)["summary"])[1] == "NO RELEASE GATE; FINDINGS FAILED"
     # a baseline given but sharing nothing: it was given, and it is what went wrong
     given = report([*AUDITS])
     given["settings"]["release_maxima"] = "disparity 50"
