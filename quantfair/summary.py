@@ -171,7 +171,7 @@ def _headline(report: dict, counts: dict) -> str:
         if cases:
             named = "; ".join(f"{f}: {n} failed case(s)" for f, n in list(cases.items())[:4])
             parts.append(f"{len(cases)} finding(s) did not hold on this model ({named}"
-                         + ("; ..." if len(cases) > 4 else "")
+                         + (f"; and {len(cases) - 4} more" if len(cases) > 4 else "")
                          + "): honest measurements, not errors")
         return "; ".join(parts) + (f"; and {len(regressions)} regression(s) against the "
                                    "baseline" if regressions else "") + (
@@ -587,7 +587,8 @@ def summarize(report: dict) -> dict:
             "although its 95% CI straddles the bound (" + "; ".join(
                 f"{a['finding']} ({_where(a)}) {a['outcome']}: "
                 f"{a['value']:.3g}{_interval(a.get('low'), a.get('high'))}, bound {a['bound']}"
-                for a in straddling[:4]) + ("; ..." if len(straddling) > 4 else "")
+                for a in straddling[:4])
+            + (f"; and {len(straddling) - 4} more" if len(straddling) > 4 else "")
             + "): more units (--units) would firm them up.")
     if units and units < FEW_UNITS and counts["passed"] + counts["failed"]:
         why = ("there is no interval, and decisions rest on point estimates" if units == 1
