@@ -204,6 +204,15 @@ def straddles(audit: dict) -> bool:
     return STRADDLES in (audit.get("detail") or "")
 
 
+def _by_measurement(audits: list[dict]) -> dict[tuple, list[str]]:
+    """The findings of each measurement (where, value, CI, bound), in order: several
+    findings test one paired difference (recommended against none, for Chinese)."""
+    findings: dict[tuple, list[str]] = defaultdict(list)
+    for a in audits:
+        findings[(_where(a), a["value"], a["low"], a["high"], a["bound"])].append(a["finding"])
+    return findings
+
+
 def leaning(audit: dict) -> str | None:
     """The side of its bound an inconclusive audit's unadjusted 95% CI lies wholly on: "pass"
     or "fail". So lies a comparison of a finding's several cases whose difference is not
@@ -561,9 +570,9 @@ def summarize(report: dict) -> dict:
             "significant under Holm-Bonferroni at family-wise 5% (each message gives its p); "
             "more units (--units) would decide the clear ones." + (
                 " Leaning against the claim: " + "; ".join(
-                    f"{a['finding']} ({_where(a)}) {a['value']:+.3g}"
-                    f"{_interval(a['low'], a['high'])}, bound {a['bound']}"
-                    for a in against) + "." if against else ""))
+                    f"{', '.join(findings)} ({where}) {value:+.3g}{_interval(low, high)}, "
+                    f"bound {bound}" for (where, value, low, high, bound), findings
+                    in _by_measurement(against).items()) + "." if against else ""))
     if sweeps:
         sentences.append(
             f"{sweeps} sweep(s) were inconclusive: the expected winner was neither shown to "

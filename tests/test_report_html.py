@@ -212,6 +212,12 @@ def test_the_summary_names_the_comparisons_held_back_by_holm_that_lean_against_t
             in text)
     assert "synergy (he)" not in text
     assert "Leaning against" not in " ".join(summarize(report([toward]))["sentences"])
+    # findings testing one paired difference are one measurement, named once with all of them
+    same = {key: against[key] for key in ("language", "case", "value", "low", "high")}
+    again = audit("beats_none", "inconclusive", nodeid="audits/test_y.py::test_b[ar]", **same)
+    text = " ".join(summarize(report([toward, against, again]))["sentences"])
+    assert ("Leaning against the claim: synergy, beats_none (ar) +0.381 [95% CI 0.02, 0.79], "
+            "bound < 0." in text)
 
 
 @pytest.mark.parametrize("biases", [0, 1440])
