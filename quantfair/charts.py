@@ -375,7 +375,7 @@ def bars(items: Sequence[tuple[str, float]], name: str, xlabel: str, title: str,
                     textcoords="offset points", va="center", fontsize=7)
     if reference:
         ax.axvline(reference[1], color=PALETTE[1], ls="--", lw=1, label=reference[0])
-        ax.legend(loc="lower right")
+        figure.legend(loc="outside lower center")  # inside the axes it covered a bar
     ax.set_yticks(range(len(items)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)

@@ -521,6 +521,20 @@ def test_the_shading_spends_its_colours_below_10x_and_says_so():
     assert "yellow (10x and beyond)" in render_html(report())
 
 
+def test_a_bar_charts_reference_key_covers_no_bar_nor_value(monkeypatch):
+    """The per-layer chart's "no protection" key, inside the axes at the lower right, was
+    drawn over the last bar's value."""
+    monkeypatch.setattr(charts, "to_svg", lambda figure, name: figure)
+    figure = charts.bars([(f"L{i}", 1.0 + i) for i in range(8)], "criticality", "x", "t",
+                         reference=("no protection", 4.0))
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    (key,) = [*figure.legends, *(ax.get_legend() for ax in figure.axes if ax.get_legend())]
+    drawn = [artist.get_window_extent(renderer) for ax in figure.axes
+             for artist in (*ax.texts, *ax.patches)]
+    assert drawn and not any(key.get_window_extent(renderer).overlaps(box) for box in drawn)
+
+
 def test_findings_matrix_places_every_audit_once():
     matrix = findings_matrix(report())
     assert matrix["columns"] == ["model", "de", "he", "ar"]  # in view with 56 languages
