@@ -400,6 +400,15 @@ def gguf_checkpoint(path: Path, sha256: str | None = None) -> Path:
 
 
 def _checkpoint_folder(sha256: str) -> Path:
+    """Where the GGUF file of this sha256 is converted: `gguf-checkpoints/`, or where it is
+    an embedded model's own file, that model's copy under `models/` (`_embedded`): audited
+    as its own artifact (`--quantized` the file the model was read from), it was converted
+    a second time (SmolLM2: 538 MB)."""
+    for spec in EMBEDDED:
+        embedded = cache_folder("models") / spec
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads((embedded / "complete").read_text())["source_sha256"] == sha256:
+                return embedded
     return cache_folder("gguf-checkpoints") / sha256[:24]
 
 

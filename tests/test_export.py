@@ -662,6 +662,28 @@ def test_a_refused_gguf_artifact_keeps_a_converted_copy_made_before(f32_gguf, tm
     assert has_gguf_checkpoint(sha256)
 
 
+def test_an_embedded_models_own_gguf_as_an_artifact_is_not_converted_again(tmp_path,
+                                                                          monkeypatch):
+    """The embedded model's file given as `--quantized` was converted a second time, under
+    gguf-checkpoints/, beside the copy under models/ the model is read from (538 MB)."""
+    from quantfair import models
+    from quantfair.storage import cache_folder
+
+    monkeypatch.setenv("QUANTFAIR_CACHE_DIR", str(tmp_path / "cache"))
+    config = _tiny_config("gpt2")
+    config.n_positions = 1024
+    own = tmp_path / "own.gguf"
+    _write_gpt2(_from_config(config), own, "Q8_0", embedding="F32")
+    embedded = cache_folder("models") / models.SMOLLM2
+    models._convert_once(own, embedded)  # as `_embedded` converts the package's file
+    sha256 = hashlib.sha256(own.read_bytes()).hexdigest()
+    assert models.gguf_checkpoint(own) == embedded and models.has_gguf_checkpoint(sha256)
+    assert not (tmp_path / "cache" / "gguf-checkpoints").exists()
+    other = tmp_path / "other.gguf"
+    _write_gpt2(_from_config(config, seed=1), other, "Q8_0", embedding="F32")
+    assert models.gguf_checkpoint(other).parent.name == "gguf-checkpoints"
+
+
 def test_a_sessions_gguf_conversions_are_said_where_it_says_its_lines(f32_gguf, tmp_path,
                                                                       monkeypatch, capsys):
     """Under pytest, lines on stderr are captured: a minute's conversion of Gemma 3 in an
