@@ -36,6 +36,7 @@ from quantfair.config import (
     require_other_languages,
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
+from quantfair.short_options import conftest_modules
 from quantfair.text import one_line, shell_word
 from quantfair.workers import HOST_WORKERS, WORKER_HOST, gateway_host, remote_gateways
 
@@ -687,16 +688,21 @@ def _assigned_line(path: Path, name: str) -> int:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Findings in a conftest.py, which pytest collects no tests from, never run: said."""
-    for plugin in session.config.pluginmanager.get_plugins():
-        if Path(getattr(plugin, "__file__", None) or "x").name != "conftest.py":
-            continue
+    """Findings in a conftest.py, which pytest collects no tests from, never run: said (a
+    usage error where warnings are errors, `-W error`: raised here it was an INTERNALERROR)."""
+    if "quantfair.audit" not in sys.modules:  # no finding was made
+        return
+    for plugin in conftest_modules(session.config.pluginmanager):
         for name, value in vars(plugin).items():
             if finding := _finding_of(value):
-                warnings.warn_explicit(pytest.PytestCollectionWarning(
-                    f"finding {finding.id!r} is assigned to {name} in a conftest.py, which "
-                    "pytest collects no tests from: it never runs; move it to a test file"),
-                    None, plugin.__file__, _assigned_line(Path(plugin.__file__), name))
+                try:
+                    warnings.warn_explicit(pytest.PytestCollectionWarning(
+                        f"finding {finding.id!r} is assigned to {name} in a conftest.py, "
+                        "which pytest collects no tests from: it never runs; move it to a "
+                        "test file"), None, plugin.__file__,
+                        _assigned_line(Path(plugin.__file__), name))
+                except Warning as error:
+                    raise pytest.UsageError(f"{plugin.__file__}: {error}") from None
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselect: the audits that would run

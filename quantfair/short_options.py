@@ -10,7 +10,9 @@ form sets the same value as its `--quantfair-` form.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -31,8 +33,18 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 
 def _before_conftests(pluginmanager: pytest.PytestPluginManager) -> bool:
     """Whether no conftest file is registered yet: this module was loaded with `-p`."""
-    return not any(Path(getattr(plugin, "__file__", None) or "x").name == "conftest.py"
-                   for plugin in pluginmanager.get_plugins())
+    return not any(conftest_modules(pluginmanager))
+
+
+def conftest_modules(pluginmanager: pytest.PytestPluginManager) -> Iterator[ModuleType]:
+    """The conftest.py modules registered, asking nothing of other plugins: a project may
+    register any object (one answering every attribute with a KeyError, an unhashable one,
+    which `get_plugins`' set refuses)."""
+    for _, plugin in pluginmanager.list_name_plugin():
+        if isinstance(plugin, ModuleType) and isinstance(
+                file := getattr(plugin, "__file__", None), str) and (
+                Path(file).name == "conftest.py"):
+            yield plugin
 
 
 @pytest.hookimpl(wrapper=True)

@@ -127,6 +127,41 @@ def test_a_projects_own_quantfair_finding_attribute_is_not_taken_for_a_finding(p
     assert result.parseoutcomes() == {"passed": 1}
 
 
+def test_a_projects_own_plugin_objects_of_any_kind_leave_its_run_alone(pytester):
+    """A plugin object answering attributes with a KeyError (an attribute dict) made every run
+    an INTERNALERROR as the plugin looked for conftest files."""
+    pytester.makeconftest("""
+        class AttrDict(dict):
+            __getattr__ = dict.__getitem__
+            __hash__ = object.__hash__
+
+        def pytest_configure(config):
+            config.pluginmanager.register(AttrDict(), "state")
+    """)
+    pytester.makepyfile(test_ours="def test_ours():\n    pass\n")
+    for args in ((), ("-p", "quantfair.short_options")):
+        result = run(pytester, *args)
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        assert result.parseoutcomes() == {"passed": 1}
+
+
+def test_a_finding_in_a_conftest_is_a_usage_error_where_warnings_are_errors(pytester):
+    """Its warning, raised as an error by `-W error`, was an INTERNALERROR."""
+    pytester.makeconftest("""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_conf = audit(Finding(id="conf", experiments=("x",), claim="c",
+                                  check=LanguageBound("L0", bound=Bound(max=9.0))))
+    """)
+    pytester.makepyfile(test_ours="def test_ours():\n    pass\n")
+    result = run(pytester, "-W", "error")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(["ERROR: *conftest.py: finding 'conf' is assigned to test_conf "
+                                 "in a conftest.py, which pytest collects no tests from: it "
+                                 "never runs; move it to a test file"])
+
+
 def test_short_forms_loaded_with_p_leave_a_projects_own_options_alone(pytester):
     """`-p quantfair.short_options` loads before conftest files: a root conftest's own
     `--model` must keep its name, not meet an argparse conflict; untaken forms still work."""
