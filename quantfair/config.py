@@ -12,10 +12,11 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from quantfair.errors import UsageError
@@ -190,6 +191,17 @@ def add_options(addoption: Callable[..., Any], *, prefix: str,
         else:
             kwargs.update(default=None, metavar=option.name.upper().replace("-", "_"))
         addoption(f"--{prefix}{name}", **kwargs)
+
+
+def conftest_modules(pluginmanager: Any) -> Iterator[ModuleType]:
+    """The conftest.py modules a pytest plugin manager has registered, asking nothing of
+    other plugins: a project may register any object (one answering every attribute with a
+    KeyError, an unhashable one, which `get_plugins`' set refuses)."""
+    for _, plugin in pluginmanager.list_name_plugin():
+        if isinstance(plugin, ModuleType) and isinstance(
+                file := getattr(plugin, "__file__", None), str) and (
+                Path(file).name == "conftest.py"):
+            yield plugin
 
 
 @contextlib.contextmanager

@@ -31,12 +31,12 @@ from quantfair.config import (
     PATH_SETTINGS,
     RunConfig,
     add_options,
+    conftest_modules,
     option_help,
     parse_languages,
     require_other_languages,
 )
 from quantfair.errors import QuantfairError, UsageError, os_error_text
-from quantfair.short_options import conftest_modules
 from quantfair.text import one_line, shell_word
 from quantfair.workers import HOST_WORKERS, WORKER_HOST, gateway_host, remote_gateways
 

@@ -10,13 +10,9 @@ form sets the same value as its `--quantfair-` form.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-from quantfair.config import OPTIONS, add_options
+from quantfair.config import OPTIONS, add_options, conftest_modules
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
@@ -34,17 +30,6 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 def _before_conftests(pluginmanager: pytest.PytestPluginManager) -> bool:
     """Whether no conftest file is registered yet: this module was loaded with `-p`."""
     return not any(conftest_modules(pluginmanager))
-
-
-def conftest_modules(pluginmanager: pytest.PytestPluginManager) -> Iterator[ModuleType]:
-    """The conftest.py modules registered, asking nothing of other plugins: a project may
-    register any object (one answering every attribute with a KeyError, an unhashable one,
-    which `get_plugins`' set refuses)."""
-    for _, plugin in pluginmanager.list_name_plugin():
-        if isinstance(plugin, ModuleType) and isinstance(
-                file := getattr(plugin, "__file__", None), str) and (
-                Path(file).name == "conftest.py"):
-            yield plugin
 
 
 @pytest.hookimpl(wrapper=True)
