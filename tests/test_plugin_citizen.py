@@ -1055,6 +1055,17 @@ def test_a_path_setting_starting_with_a_tilde_is_in_the_home_folder(pytester, mo
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
     missing.stderr.fnmatch_lines([f"*--quantfair-baseline {home / 'base.json'}: no such report "
                                   "file*"])
+    # a user without a home folder: os.path leaves `~name` as it is (a folder `~name` here),
+    # pathlib raised RuntimeError (a traceback)
+    nobody = "~quantfair-no-such-user"
+    for option in ("--quantfair-report", "--quantfair-model"):
+        refused = run_here(pytester, *audits, f"{option}={nobody}/x")
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        named = "model path" if option.endswith("model") else option
+        refused.stderr.fnmatch_lines([f"ERROR: {named} {nobody}/x: {nobody} names no user's "
+                                      "home folder"])
+    assert not (pytester.path / nobody).exists()
+    assert main(["measure", f"{nobody}/m"]) == 2
 
 
 def test_an_option_given_twice_with_different_values_is_a_usage_error(pytester):
