@@ -413,8 +413,18 @@ class QuantfairRun:
             self._finish(session, exitstatus)
 
     def _stopped(self, exitstatus: int) -> bool:
-        """Whether the run was cut short: SIGTERM, Ctrl-C, or xdist's -x / --maxfail."""
-        return self.terminated or self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+        """Whether the run was cut short: SIGTERM, Ctrl-C, -x / --maxfail (`_failures_stop`)."""
+        return (self.terminated or self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+                or bool(self._failures_stop()))
+
+    def _failures_stop(self) -> str:
+        """pytest's "stopping after N failures" where -x or --maxfail stopped the run (a
+        serial session's `shouldfail`, xdist's controller's `shouldstop`), else "". A serial
+        run's was missed: its gates were "not checked" (exit 3) and, where no audit had run,
+        no report was written."""
+        reasons = (self._stop_reason(), getattr(self.session, "shouldfail", False))
+        return next((reason for reason in reasons if isinstance(reason, str)
+                     and reason.startswith("stopping after")), "")
 
     def _stop_reason(self) -> object:
         """`plugin.stop_reason` of this run's session (False before it starts)."""
@@ -587,21 +597,18 @@ class QuantfairRun:
                        for error, where in self.collect_errors.items()]
         incomplete += [f"measurements not published: {p['error']}" for p in self.payloads
                        if p.get("error")]
-        early = ""  # why -x or --maxfail stopped an xdist run, said where audits went unrun
+        early = ""  # why -x or --maxfail stopped the run, said where audits went unrun
         if self.terminated:
             incomplete.append(f"the run was {TERMINATED}")
         elif self.usage_error:
             incomplete.append("stopped by a bad setting: "
                               + self.usage_error.removeprefix("quantfair: "))
+        elif not self.interrupted and (reason := self._failures_stop()):
+            # incomplete only where audits were left unrun (below); xdist ends such a run as
+            # an interruption (exit 2), a serial one exits 1
+            early = f"the run stopped early ({reason}: -x or --maxfail)"
         elif exitstatus == pytest.ExitCode.INTERRUPTED or self.interrupted:
-            # xdist ends a run that -x or --maxfail stopped as an interruption (exit 2): that
-            # leaves it incomplete only where audits were left unrun (below)
-            reason = self._stop_reason()
-            if not self.interrupted and isinstance(reason, str) and reason.startswith(
-                    "stopping after"):
-                early = f"the run stopped early ({reason}: -x or --maxfail)"
-            else:
-                incomplete.append("the run was interrupted")
+            incomplete.append("the run was interrupted")
         if self.usage_error:  # the audits it errored were cut off by it: not findings that
             for nodeid, entry in list(self.audits.items()):  # could not be measured
                 if entry.get("outcome") == "error" and entry.get("message") == self.usage_error:

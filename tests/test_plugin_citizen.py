@@ -319,9 +319,9 @@ def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pyteste
                  "--quantfair-model", "tiny-gpt2", "--quantfair-report", str(path), *workers)
     assert result.ret == (2 if workers else 1)  # xdist ends it as an interruption
     report = load(path)
-    if workers:  # said as what it was, not as an interruption
-        assert report["incomplete"][0] == ("the run stopped early (stopping after 1 failures: "
-                                           "-x or --maxfail)")
+    # said as what it was, not as an interruption (serially it went unsaid)
+    assert report["incomplete"][0] == ("the run stopped early (stopping after 1 failures: "
+                                       "-x or --maxfail)")
     assert report["verdict"] == "incomplete"
     selection = report["selection"]
     assert selection["keyword"] == "baseline_disparity" and "-x" in selection["invocation"]
@@ -329,6 +329,24 @@ def test_a_run_stopped_early_is_incomplete_and_the_selection_is_recorded(pyteste
     assert selection["deselected"] == selection["collected"] - 5 > 0
     assert any("never ran" in reason for reason in report["incomplete"])
     assert "baseline_disparity" in path.with_suffix(".html").read_text()
+
+
+def test_a_serial_run_stopped_by_a_projects_test_before_any_audit_is_incomplete(pytester):
+    """Serially, a run that -x stopped before its first audit wrote no report ("no audit
+    ran"), and one with a release maximum said its gate was "not checked" (exit 3): both are
+    runs stopped early, exit 1 as pytest's own."""
+    pytester.makepyfile(test_aaa="def test_fails():\n    assert False\n")
+    for gate in ((), ("--quantfair-max-degradation", "10000%")):
+        path = pytester.path / "stopped.json"
+        result = run(pytester, "test_aaa.py", str(AUDITS / "test_release.py"), "-x",
+                     "-p", "no:randomly", "--quantfair-model", "tiny-gpt2",
+                     "--quantfair-report", str(path), *gate)
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+        report = load(path)
+        assert report["verdict"] == "incomplete" and report["incomplete"][0] == (
+            "the run stopped early (stopping after 1 failures: -x or --maxfail)")
+        assert "not checked" not in result.stdout.str()
+        path.unlink()
 
 
 def test_an_xdist_run_that_maxfail_stops_after_its_last_audit_is_failed_not_incomplete(
