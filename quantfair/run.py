@@ -30,7 +30,6 @@ from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError
 from quantfair.plugin import is_audit
 from quantfair.storage import why_unwritable
 from quantfair.summary import is_release
-from quantfair.text import some
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
 BASELINE_MODEL = "quantfair_baseline_model"  # workerinput: `report.baseline_model`
@@ -84,7 +83,8 @@ class QuantfairRun:
         self.froze = False  # this run froze the process's heap (`context`)
         self.audits: dict[str, dict] = {}
         self.crashed: list[str] = []
-        self.others_failed: set[str] = set()  # tests that are not audits, failed or errored
+        self.others_failed: set[str] = set()  # tests (and test files) that are not audits,
+        # failed or errored
         self.internal_errors: list[str] = []  # pytest's INTERNALERROR, a worker's included
         self.collect_errors: dict[str, str] = {}  # error line -> where (a file not collected)
         self.payloads: list[dict] = []  # evidence published by each process
@@ -364,6 +364,7 @@ class QuantfairRun:
             path = str(self.pytest_config.rootpath / node_path)
         folder = self.pytest_config.invocation_params.dir
         if not _may_hold_findings(folder / path if path else None):
+            self.others_failed.add(report.nodeid or path or "a file")  # pytest counts it
             return
         where = "a file"
         if path:  # as pytest shows paths: relative to where it was run, if inside it
@@ -723,22 +724,26 @@ class QuantfairRun:
                 tr.write_line(f"warning: {OTHER_LANGUAGES}: {', '.join(others)}", yellow=True)
         if self.config.strategy and not self.usage_error:  # else said as INCOMPLETE below
             from quantfair.audit import CANDIDATE
+            from quantfair.plugin import in_pytest_terms
+
+            def say(line: str, **markup) -> None:  # the option as this run took it
+                tr.write_line(in_pytest_terms(self.pytest_config, line), **markup)
 
             ran = [a for a in self.report["audits"] if a.get("strategy") == CANDIDATE]
             errors = [a for a in ran if a["outcome"] == "error"]
             if errors and all(a["outcome"] in ("error", "skipped") for a in ran):
-                tr.write_line(f"--strategy {self.config.strategy} could not be audited: "
-                              f"{errors[0]['message']}", red=True)
+                say(f"--strategy {self.config.strategy} could not be audited: "
+                    f"{errors[0]['message']}", red=True)
             elif ran and all(a["outcome"] == "skipped" for a in ran):
-                tr.write_line(f"--strategy {self.config.strategy} was not compared: "
-                              f"{ran[0].get('message') or 'every audit of it was skipped'}")
+                say(f"--strategy {self.config.strategy} was not compared: "
+                    f"{ran[0].get('message') or 'every audit of it was skipped'}")
             elif ran:
                 if not self.report.get("suggestion"):
-                    tr.write_line(f"--strategy {self.config.strategy} is audited against no "
-                                  "protection and random protection at its budget")
+                    say(f"--strategy {self.config.strategy} is audited against no protection "
+                        "and random protection at its budget")
             elif not (self.terminated or self.interrupted):  # else cut off before them
-                tr.write_line(f"--strategy {self.config.strategy} was given, but no audit of it "
-                              "(audits/test_suggested.py) was selected")
+                say(f"--strategy {self.config.strategy} was given, but no audit of it was "
+                    "selected (the audit suite's test_suggested.py audits it)")
             if any(is_release(a) and a["outcome"] != "skipped" for a in self.report["audits"]):
                 tr.write_line(f"note: the release gates bound the {self.config.scheme.name} "
                               f"model without protection, not --strategy "
@@ -748,10 +753,6 @@ class QuantfairRun:
         if not self.config.strict and "--strict" in self.pytest_config.invocation_params.args:
             tr.write_line("note: --strict is pytest's own option (strict markers, xfail, ...): "
                           "inconclusive audits fail the run only with --quantfair-strict")
-        if self.others_failed:
-            tr.write_line(f"note: {len(self.others_failed)} test(s) that are not audits failed "
-                          f"({some(sorted(self.others_failed))}): pytest's exit code counts "
-                          "them, the verdict is the audits' alone", yellow=True)
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
         if self.report.get("comparison"):

@@ -489,8 +489,9 @@ def summarize(report: dict) -> dict:
             f": the verdict is of the {whose}findings on this model, not a release decision."
             if seed_outcome(report) else "."))
     if others := (report.get("selection") or {}).get("other_tests_failed"):
-        sentences.append(f"{len(others)} test(s) that are not audits failed ({some(others)}): "
-                         "pytest's exit code counts them, the verdict is the audits' alone.")
+        sentences.append(f"{len(others)} test(s) or test file(s) that are not audits failed "
+                         f"or errored ({some(others)}): pytest's exit code counts them, the "
+                         "verdict is the audits' alone.")
     if not worst and any(not names_reference(r["language"]) for r in main_rows(report, "none")):
         sentences.append("Every disparity without protection is undefined: "
                          f"{_why_undefined(report, 'none')}.")

@@ -1098,8 +1098,19 @@ def test_a_strategy_none_of_whose_audits_was_selected_is_not_said_to_be_audited(
     result = run(pytester, QUICK_FILES[1], "--model", "tiny-gpt2", "-k", "robustness",
                  "--strategy", "L0", "--no-report")
     assert "is audited against" not in result.stdout.str()
-    result.stdout.fnmatch_lines(["--strategy L0 was given, but no audit of it "
-                                 "(audits/test_suggested.py) was selected"])
+    result.stdout.fnmatch_lines(["--strategy L0 was given, but no audit of it was selected "
+                                 "(the audit suite's test_suggested.py audits it)"])
+    # a project's own findings beside it, the option given in its long form: named so
+    pytester.makepyfile(test_mine="""
+        from quantfair.audit import Bound, Finding, LanguageBound, audit
+
+        test_mine = audit(Finding(id="mine", experiments=("x",), claim="c",
+                                  check=LanguageBound("none", bound=Bound(max=1e9))))
+    """)
+    mine = run(pytester, "test_mine.py", "--quantfair-model", "tiny-gpt2",
+               "--quantfair-strategy", "L0", "--quantfair-no-report")
+    mine.stdout.fnmatch_lines(["--quantfair-strategy L0 was given, but no audit of it was "
+                               "selected (the audit suite's test_suggested.py audits it)"])
 
 
 def test_suggested_strategy_is_audited_and_reported(pytester, capsys):

@@ -1052,8 +1052,9 @@ def test_the_summary_names_tests_that_are_not_audits_whose_failure_the_exit_code
     """The report said PASSED where pytest exited 1 for a project's own failing test."""
     ran = report([audit("sparse", "passed")])
     ran["selection"]["other_tests_failed"] = ["own/test_own.py::test_x"]
-    assert ("1 test(s) that are not audits failed (own/test_own.py::test_x): pytest's exit code "
-            "counts them, the verdict is the audits' alone.") in summarize(ran)["sentences"]
+    assert ("1 test(s) or test file(s) that are not audits failed or errored "
+            "(own/test_own.py::test_x): pytest's exit code counts them, the verdict is the "
+            "audits' alone.") in summarize(ran)["sentences"]
     assert not any("not audits" in s for s in summarize(report())["sentences"])
 
 
