@@ -378,18 +378,31 @@ def _typed_entries(config: pytest.Config) -> list[tuple[str, str]]:
     arguments = list(map(str, config.invocation_params.args))
     entries = []
     for i, argument in enumerate(arguments):
-        if argument in ("-o", "--override-ini"):
-            entry = arguments[i + 1] if i + 1 < len(arguments) else ""
+        following = arguments[i + 1] if i + 1 < len(arguments) else ""
+        if argument == "--override-ini":
+            entry = following
         elif argument.startswith("--override-ini="):
             entry = argument.removeprefix("--override-ini=")
-        elif argument.startswith("-o"):  # -oENTRY
-            entry = argument.removeprefix("-o")
-        else:
+        elif (entry := _short_override(argument, following)) is None:
             continue
         key, _, value = entry.partition("=")
         if key.strip().startswith("quantfair_"):
             entries.append((key.strip(), value.strip()))
     return entries
+
+
+def _short_override(argument: str, following: str) -> str | None:
+    """The entry of `-o ENTRY`, `-oENTRY` or a cluster of pytest's short flags ending in it
+    (`-qo ENTRY`, `-vvoENTRY`), else None; a letter of pytest's that takes a value
+    (`-k`, `-m`, `-c`, `-p`, `-W`, `-r`, xdist's `-n`) takes the rest of the cluster."""
+    if not argument.startswith("-") or argument.startswith("--"):
+        return None
+    for index, letter in enumerate(argument[1:], start=2):
+        if letter == "o":
+            return argument[index:] or following
+        if letter in "kmcpWrn":
+            return None
+    return None
 
 
 FALSE = ("false", "f", "no", "n", "off", "0")  # as pytest reads an ini bool

@@ -72,9 +72,13 @@ def test_quantfair_options_without_a_model_are_a_usage_error_not_a_pass(pytester
     short = run(pytester, *QUICK_FILES, "-p", "quantfair.short_options", "--quant", "int8")
     assert short.ret == pytest.ExitCode.USAGE_ERROR  # named as typed
     short.stderr.fnmatch_lines(["ERROR: --quant given but no model: *"])
-    overridden = run(pytester, *QUICK_FILES, "-o", "quantfair_max_disparity=2.0")
-    assert overridden.ret == pytest.ExitCode.USAGE_ERROR  # pytest's -o typed: as an option
-    overridden.stderr.fnmatch_lines(["ERROR: -o quantfair_max_disparity given but no model: *"])
+    for typed in (["-o", "quantfair_max_disparity=2.0"], ["-qo", "quantfair_max_disparity=2"],
+                  ["-vvoquantfair_max_disparity=2"]):  # in a cluster of short flags too
+        overridden = run(pytester, *QUICK_FILES, *typed)
+        assert overridden.ret == pytest.ExitCode.USAGE_ERROR  # pytest's -o typed: an option
+        overridden.stderr.fnmatch_lines(["ERROR: -o quantfair_max_disparity given but no "
+                                         "model: *"])
+    assert run(pytester, *QUICK_FILES, "-ro", "-k", "robustness").ret == 0  # -r's value "o"
     emptied = run(pytester, *QUICK_FILES, "-o", "quantfair_model=")
     assert emptied.ret == pytest.ExitCode.USAGE_ERROR
     emptied.stderr.fnmatch_lines(["ERROR: -o quantfair_model is empty: name a Hugging Face*"])
