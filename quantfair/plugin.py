@@ -756,7 +756,8 @@ def _audit_each_case_once(config: pytest.Config, items: list[pytest.Item]) -> No
     if not again:
         return
     duplicates = [item for copies in again.values() for item in copies]
-    items[:] = [item for item in items if item not in duplicates]
+    dropped = set(duplicates)
+    items[:] = [item for item in items if item not in dropped]
     config.hook.pytest_deselected(items=duplicates)
     reporter = config.pluginmanager.getplugin("terminalreporter")
     if reporter and not hasattr(config, "workerinput"):
