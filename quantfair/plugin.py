@@ -165,6 +165,10 @@ def _configure(config: pytest.Config) -> None:
                 and not option_value(config, "baseline"):
             raise UsageError(f"--tolerance {tolerance} applies to a --baseline comparison; "
                              "none given")
+        if not workerinput and config.getoption("dist", default="no") == "each":
+            raise UsageError("pytest-xdist's --dist each runs every audit on every worker (the "
+                             "same numbers, once per worker; one copy's error or crash hidden "
+                             "behind another's pass): use --dist load or loadgroup")
         # an xdist controller whose workers run on other machines checks what they check
         # (gateways without --dist run nothing: the audits run here)
         remote = not hasattr(config, "workerinput") and remote_gateways(

@@ -145,6 +145,16 @@ def test_a_projects_own_plugin_objects_of_any_kind_leave_its_run_alone(pytester)
         assert result.parseoutcomes() == {"passed": 1}
 
 
+def test_xdists_dist_each_is_refused_for_an_audit_run(pytester):
+    """Each worker ran every audit: one copy's error (or its worker's crash) was hidden behind
+    another's pass, the run exiting 1 as if every audit had been decided."""
+    result = run_here(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                      "-n", "2", "--dist", "each")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest-xdist's --dist each runs every audit on every "
+                                 "worker *: use --dist load or loadgroup"])
+
+
 def test_a_finding_in_a_conftest_is_a_usage_error_where_warnings_are_errors(pytester):
     """Its warning, raised as an error by `-W error`, was an INTERNALERROR."""
     pytester.makeconftest("""
