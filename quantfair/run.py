@@ -12,6 +12,7 @@ marked incomplete, never presented as complete.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -32,6 +33,7 @@ from quantfair.storage import why_unwritable
 from quantfair.summary import is_release
 
 RUN_FOLDER = "quantfair_run_folder"  # workerinput: the folder the run's workers share
+SELECTED_FILE = "selected_audits.json"  # in it: the audits the workers selected
 BASELINE_MODEL = "quantfair_baseline_model"  # workerinput: `report.baseline_model`
 DECIDED = ("passed", "failed", "inconclusive", "error")  # an audit's outcomes that decide
 REPEATED_SIGNAL = 1.0  # seconds within which a second SIGINT is the same Ctrl-C
@@ -90,6 +92,9 @@ class QuantfairRun:
         self.payloads: list[dict] = []  # evidence published by each process
         self.rows: list[dict] = []  # measurement rows, as the test reports bring them
         self.published_early = False  # a worker's first test report carried its payload
+        self.published_selection = False  # ... or, before its model loaded, its selection
+        self.xdist_ids: list[str] | None = None  # the tests xdist dealt out (a controller)
+        self.after_decided: list[str] = []  # audits whose teardown failed once decided
         self.workers: set[str] = set()  # xdist workers heard from (`-n N` or `--tx`)
         self.selection: dict = {}
         self.terminated = False
@@ -290,26 +295,35 @@ class QuantfairRun:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         selected = [i.nodeid for i in session.items if is_audit(i)]
         self.selection["selected_ids"] = selected
+        if self.is_worker and self.run_folder is not None:  # for a controller stopped before
+            from quantfair.storage import atomic_write  # any test reported (a worker of
+            # this machine; one elsewhere says it with its first report: `report_extras`)
+            with contextlib.suppress(OSError):
+                atomic_write(self.run_folder / SELECTED_FILE, json.dumps(selected).encode())
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        """The controller's own record of what the workers selected (a worker publishes its
-        selection at its end, which an interrupted run may not reach)."""
-        self.selection.setdefault("selected_ids", list(ids))
+        """The controller's own record of the tests the workers selected, audits or not (a
+        worker says which are audits with its first test report, which a run stopped while
+        its workers start does not reach)."""
+        if self.xdist_ids is None:
+            self.xdist_ids = list(ids)
 
     def report_extras(self) -> str | None:
         """What this process adds to its next test report, as JSON (what xdist can carry): the
         measurement rows since the last one and, with a worker's first, what it publishes at
         its end (model, process, selection), so that a worker stopped before its end loses
         none of it."""
-        if self._context is None:
-            return None
-        extras: dict = {"rows": self._context.new_rows()}
+        extras: dict = {"rows": self._context.new_rows() if self._context is not None else []}
         if self.is_worker and not self.published_early:
-            self.published_early = True
-            payload = self._payload()
-            if "error" not in payload:  # said at the end, where the payload fails the same way
-                extras["payload"] = {**payload, "rows": []}
+            if self._context is not None:
+                self.published_early = True
+                payload = self._payload()
+                if "error" not in payload:  # said at the end, where it fails the same way
+                    extras["payload"] = {**payload, "rows": []}
+            elif not self.published_selection:  # which tests are audits, before any ran: a
+                self.published_selection = True  # project's own test may crash its worker
+                extras["payload"] = {"selection": self.selection}
         extras = {key: value for key, value in extras.items() if value}
         return json.dumps(extras) if extras else None
 
@@ -331,7 +345,15 @@ class QuantfairRun:
         entry.update(evidence or {})
         if crashed:
             self.crashed.append(report.nodeid)
-        if report.when == "call" or report.failed or report.skipped:
+        if (report.when == "teardown" or crashed) and report.failed and entry.get("outcome") in (
+                "passed", "failed", "inconclusive", "skipped"):  # decided, then its teardown
+            # failed or its worker died
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", None)
+            self.after_decided += [] if crashed else [
+                f"{report.nodeid}: its teardown failed once the audit was decided: "
+                + (crash or ((report.longreprtext or "").strip().splitlines() or ["error"])[-1])
+                .splitlines()[0]]
+        elif report.when == "call" or report.failed or report.skipped:
             if report.skipped:
                 reason = _skip_reason(report)
                 inconclusive = reason.startswith("inconclusive:")
@@ -454,9 +476,10 @@ class QuantfairRun:
         unchecked = [] if self._stopped(exitstatus) else self._release_gates_not_run()
         partial = [] if self._stopped(exitstatus) else self._release_gates_partly_run()
         undecided = "" if self._stopped(exitstatus) else self._no_release_gate_decided()
+        selected = self._selected_and_not_run()[0]
         if not self.audits and not self.internal_errors and self.baseline is None and not (
                 unchecked or partial or undecided or self._stopped(exitstatus)
-                and self.selection.get("selected_ids", True)):
+                and (selected is None or selected)):
             return  # no audit ran, and none was cut off (the selection may not be known yet);
         # with a baseline or a release maximum, a run that selected nothing is a gate not
         # checked (below)
@@ -519,8 +542,8 @@ class QuantfairRun:
         elif self.usage_error:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.write_error or self.gate_error or self.internal_errors or (
-                (report["summary"]["counts"]["error"] or self.collect_errors)
-                and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
+                (report["summary"]["counts"]["error"] or self.collect_errors or self.crashed
+                 or self.after_decided) and session.exitstatus == pytest.ExitCode.TESTS_FAILED):
             # 1 means a claim did not hold; an audit that could not run (or was not
             # collected, or whose worker crashed, or pytest itself failed) is not a finding
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
@@ -592,7 +615,13 @@ class QuantfairRun:
     def _build(self, exitstatus: int) -> dict:
         from quantfair.report import RunRecord, build_report
 
+        selected, _, exact = self._selected_and_not_run()
+        for nodeid in [n for n in self.crashed if exact and n not in selected]:
+            self.crashed.remove(nodeid)  # a project's own test crashed its worker: pytest
+            self.audits.pop(nodeid, None)  # counts it, the verdict is the audits'
+            self.others_failed.add(nodeid)
         incomplete = [f"worker crashed running {nodeid}" for nodeid in self.crashed]
+        incomplete += self.after_decided
         incomplete += [f"pytest internal error: {line}" for line in self.internal_errors]
         incomplete += [f"could not collect {where}: {error}"
                        for error, where in self.collect_errors.items()]
@@ -618,11 +647,14 @@ class QuantfairRun:
         if stopped:  # the signal reaches the workers too: what a worker was running when it
             for nodeid in self.crashed:  # died is cut off, not an error (its crash is said)
                 self.audits.pop(nodeid, None)
-        selected, not_run = self._selected_and_not_run()
+        not_run = self._selected_and_not_run()[1]  # those crashed when stopped among them
         if not_run:
             incomplete += [early] if early else []
-            incomplete.append(f"{len(not_run)} of {len(selected)} selected audits never ran "
-                              "(the run stopped early)")
+            incomplete.append(
+                f"{len(not_run)} of {len(selected)} selected audits never ran (the run stopped "
+                "early)" if exact else f"{len(not_run)} of {len(selected)} selected tests, "
+                "audits among them, never ran (the run stopped before a worker said which "
+                "are audits)")
         for nodeid, entry in list(self.audits.items()):
             if "outcome" in entry:
                 continue
@@ -638,7 +670,7 @@ class QuantfairRun:
             "invocation": ["pytest", *self.pytest_config.invocation_params.args],
             "keyword": options.keyword or None, "markers": options.markexpr or None,
             "last_failed": bool(getattr(options, "lf", False)),
-            "collected": len(selected) + deselected, "selected": len(selected),
+            "collected": len(selected or ()) + deselected, "selected": len(selected or ()),
             "deselected": deselected, "not_run": len(not_run),
             "other_tests_failed": sorted(self.others_failed),  # counted by the exit code
         }
@@ -657,12 +689,21 @@ class QuantfairRun:
             selection=selection, incomplete=incomplete, duration_s=time.time() - self.started)
         return build_report(record)
 
-    def _selected_and_not_run(self) -> tuple[list[str], list[str]]:
+    def _selected_and_not_run(self) -> tuple[list[str] | None, list[str], bool]:
         """The node ids of the audits selected (as the first process to publish them said),
-        and of those among them with no outcome (the run stopped before them)."""
+        of those among them with no outcome (the run stopped before them), and whether they
+        are known to be audits: where no process said (an xdist run stopped while its
+        workers started), the tests xdist dealt out, audits or not; None where not even
+        those are known."""
         selected = next((p["selection"]["selected_ids"] for p in self.payloads
-                         if p.get("selection", {}).get("selected_ids") is not None), [])
-        return selected, [n for n in selected if self.audits.get(n, {}).get("outcome") is None]
+                         if p.get("selection", {}).get("selected_ids") is not None), None)
+        if selected is None and self.run_folder is not None:  # every worker collects alike
+            with contextlib.suppress(OSError, ValueError):
+                selected = json.loads((self.run_folder / SELECTED_FILE).read_text())
+        exact = selected is not None
+        selected = selected if exact else self.xdist_ids
+        return selected, [n for n in selected or () if
+                          self.audits.get(n, {}).get("outcome") is None], exact
 
     def _json_path(self) -> Path:
         if self.config.report:

@@ -960,6 +960,44 @@ def test_crashed_worker_makes_the_report_incomplete(pytester):
     assert any(a["outcome"] == "error" for a in report["audits"])
 
 
+def test_a_projects_own_test_that_crashes_its_worker_is_no_audit(pytester):
+    """It was recorded as an audit that could not run: the run incomplete, exit 3, though
+    every audit was decided."""
+    pytester.makepyfile(test_crash="import os\n\ndef test_dies():\n    os._exit(3)\n")
+    path = pytester.path / "crash.json"
+    result = run(pytester, "test_crash.py", QUICK_FILES[1], "--model", "tiny-gpt2", "-n", "2",
+                 "-k", "dies or robustness", "--report", str(path))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # pytest's, for its own test
+    report = load(path)
+    assert (report["verdict"], report["incomplete"]) == ("passed", [])
+    assert [a["outcome"] for a in report["audits"]] == ["passed"]
+    (crashed,) = report["selection"]["other_tests_failed"]
+    assert crashed.endswith("::test_dies")
+
+
+def test_an_audit_decided_before_its_teardown_failed_keeps_its_outcome(pytester):
+    """It became an error, "could not be measured", though its claim had been decided (the
+    run is still incomplete: exit 3)."""
+    pytester.makepyfile(broken_plugin="""
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown broke")
+    """)
+    path = pytester.path / "r.json"
+    result = run(pytester, "-p", "broken_plugin", QUICK_FILES[1], "--model", "tiny-gpt2",
+                 "-k", "robustness", "--report", str(path))
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    report = load(path)
+    assert [a["outcome"] for a in report["audits"]] == ["passed"]
+    assert report["verdict"] == "incomplete" and len(report["incomplete"]) == 1
+    assert report["incomplete"][0].endswith(": its teardown failed once the audit was decided: "
+                                            "RuntimeError: teardown broke")
+    assert not any("could not be measured" in s for s in report["summary"]["sentences"])
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two-workers"])
 def test_an_audit_with_no_case_among_the_languages_is_skipped_saying_why(pytester, workers):
     """language_families compares Semitic and CJK languages: with German alone it has no
