@@ -796,6 +796,9 @@ class QuantfairRun:
                           "inconclusive audits fail the run only with --quantfair-strict")
         for reason in self.report["incomplete"]:
             tr.write_line(f"INCOMPLETE: {reason}", red=True)
+        if self.terminated and f"the run was {TERMINATED}" not in self.report["incomplete"]:
+            tr.write_line(f"quantfair: {TERMINATED} once every audit had run: the report is "
+                          "whole, the exit code 2 (interrupted)", yellow=True)
         if self.report.get("comparison"):
             from quantfair.report import comparison_notes, no_regression_line
 

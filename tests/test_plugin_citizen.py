@@ -470,6 +470,30 @@ def test_sigterm_while_the_session_starts_or_finishes_still_writes_the_report(py
         assert outcomes in (["passed"], ["failed"]) and report["measurements"]
 
 
+def test_sigterm_while_the_report_is_written_says_why_the_exit_is_2(pytester):
+    """The report is whole (every audit had run), the exit 2: the run printed nothing to
+    tell it from a run that exited 2 for no reason."""
+    pytester.makepyfile(sigterm_plugin="""
+        import os, signal
+        import quantfair.report as report
+
+        written = report.write_report
+
+        def write_report(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return written(*args, **kwargs)
+
+        report.write_report = write_report
+    """)
+    path = pytester.path / "whole.json"
+    result = run(pytester, BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+                 "--quantfair-report", str(path), "-p", "sigterm_plugin")
+    assert result.ret == 2
+    assert load(path)["incomplete"] == []
+    result.stdout.fnmatch_lines(["quantfair: terminated by SIGTERM once every audit had run: "
+                                 "the report is whole, the exit code 2 (interrupted)"])
+
+
 @pytest.mark.parametrize(("hook", "order", "workers"), [
     ("pytest_runtestloop", "tryfirst", []),
     ("pytest_xdist_node_collection_finished", "trylast", ["-n", "1"]),  # after quantfair's
