@@ -268,18 +268,27 @@ def unique_report_path(folder: Path, model: str) -> Path:
 
 
 def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Path, Path]:
-    """Write `json_path` first (what was measured survives an HTML failure), the HTML beside
-    it, and with `latest` a `latest.html` next to them, replaced atomically (a value that is
-    not finite, which JSON lacks, as null). Raises OSError."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
+    """Write `json_path`, the HTML beside it, and with `latest` a `latest.html` next to them,
+    each replaced atomically (a value that is not finite, which JSON lacks, as null). The
+    page is rendered first, the files written together after it (two runs naming one report
+    leave one run's pair, not one's JSON beside the other's page, a second of rendering
+    apart); the JSON is written also where rendering fails (what was measured survives),
+    whose error is then raised. Raises OSError."""
     from quantfair.html import render_html  # the plotting stack: only where a report is written
 
+    data = json.dumps(json_safe(report), indent=2, allow_nan=False).encode()
+    try:
+        html = render_html(report).encode()
+    except Exception:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(json_path, data)
+        raise
     html_path = json_path.with_suffix(".html")
-    html = render_html(report)
-    atomic_write(html_path, html.encode())
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(json_path, data)
+    atomic_write(html_path, html)
     if latest:
-        atomic_write(json_path.parent / "latest.html", html.encode())
+        atomic_write(json_path.parent / "latest.html", html)
     return json_path, html_path
 
 

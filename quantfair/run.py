@@ -107,6 +107,7 @@ class QuantfairRun:
         self.report: dict | None = None
         self.report_paths: tuple[Path, Path] | None = None
         self.write_error: str | None = None
+        self.replaced_meanwhile = False  # another run wrote the --report file during this one
         self.regressions: list[str] = []
         self.gate_error = False  # --baseline could not be compared, a release maximum not checked
         self._previous_handler = self._previous_sigint = None
@@ -528,6 +529,8 @@ class QuantfairRun:
         self.report = report
         if not self.config.no_report:
             path = self._json_path()
+            with contextlib.suppress(OSError):  # two runs given one --report: the last wins
+                self.replaced_meanwhile = path.stat().st_mtime >= self.started
             try:
                 # latest.html only in the default reports folder, not beside a named report
                 self.report_paths = write_report(report, path, latest=not self.config.report)
@@ -810,6 +813,10 @@ class QuantfairRun:
             tr.write_line(f"REGRESSION vs baseline: {regression}", red=True)
         if self.write_error:
             tr.write_line(self.write_error, red=True)
+        if self.report_paths and self.replaced_meanwhile:
+            tr.write_line(f"quantfair: warning: {self.report_paths[0]} was written by another "
+                          "run while this one ran: it is replaced by this run's report",
+                          yellow=True)
         if self.report_paths:
             tr.write_line(f"quantfair report: {self.report_paths[1]} (JSON: "
                           f"{self.report_paths[0]})")

@@ -470,6 +470,25 @@ def test_sigterm_while_the_session_starts_or_finishes_still_writes_the_report(py
         assert outcomes in (["passed"], ["failed"]) and report["measurements"]
 
 
+def test_a_report_another_run_wrote_meanwhile_is_replaced_with_a_warning(pytester):
+    """Two runs given one --report: the second to finish replaced the first's without a
+    word."""
+    path = pytester.path / "shared.json"
+    path.write_text("{}")  # an earlier run's: replaced without a word, as it always was
+    os.utime(path, (0, 0))
+    pytester.makepyfile(other_run=f"""
+        def pytest_sessionstart(session):
+            open({str(path)!r}, "w").write("{{}}")  # another run, finishing first
+    """)
+    args = (BASELINE, "-k", "robustness", "--quantfair-model", "tiny-gpt2",
+            "--quantfair-report", str(path))
+    assert "was written by another run" not in run_here(pytester, *args).stdout.str()
+    result = run_here(pytester, *args, "-p", "other_run")
+    result.stdout.fnmatch_lines([f"quantfair: warning: {path} was written by another run "
+                                 "while this one ran: it is replaced by this run's report"])
+    assert load(path)["audits"]  # this run's, whole
+
+
 def test_sigterm_while_the_report_is_written_says_why_the_exit_is_2(pytester):
     """The report is whole (every audit had run), the exit 2: the run printed nothing to
     tell it from a run that exited 2 for no reason."""
