@@ -4,6 +4,7 @@ side of an audit, mapped onto the FP model's parameters by name."""
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ from quantfair.schemes import QuantScheme
 from quantfair.storage import is_gguf
 from quantfair.taxonomy import components, family_of
 from quantfair.tensorfile import TORCH_DTYPES
+from quantfair.text import first_line
 
 UNLIKE = 1.0  # median relative error of the weight matrices at which they are another model's
 
@@ -95,18 +97,20 @@ def _read(spec: str, sha256: str | None):
         bare = path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES)
         tokenizer = None if bare else load_tokenizer(location, **kwargs)
     except SafetensorError as error:  # a weights file cut short or overwritten
-        raise QuantfairError(f"--quantized {spec}: a safetensors file is damaged or cut short "
-                             f"({error}): copy or download it again") from None
-    except (OSError, RuntimeError, ValueError) as error:  # ValueError: a damaged config.json
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QuantfairError(f"--quantized {spec}: cannot load it ({first})") from None
+        raise UsageError(f"--quantized {spec}: a safetensors file is damaged or cut short "
+                         f"({error}): copy or download it again") from None
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        # ValueError: a damaged config.json; UnpicklingError: a pytorch_model.bin of other
+        # objects than tensors (torch's weights_only load) or not a pickle at all
+        raise UsageError(f"--quantized {spec}: cannot load it ({first_line(error)})") \
+            from None
     if info.get("mismatched_keys"):
         name, stored, configured = sorted(info["mismatched_keys"])[0]
-        raise QuantfairError(f"--quantized {spec}: cannot load it (tensor {name} of shape "
-                             f"{tuple(stored)}, where its own config gives {tuple(configured)})")
+        raise UsageError(f"--quantized {spec}: cannot load it (tensor {name} of shape "
+                         f"{tuple(stored)}, where its own config gives {tuple(configured)})")
     if info.get("missing_keys"):
         first = sorted(info["missing_keys"])[0]
-        raise QuantfairError(f"--quantized {spec}: the artifact has no tensor for {first}")
+        raise UsageError(f"--quantized {spec}: the artifact has no tensor for {first}")
     source = str(path.resolve()) if path.exists() else f"Hugging Face cache: {spec}"
     return model, tokenizer, source, type_mix, dtypes
 

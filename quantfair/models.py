@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from quantfair.storage import (
     shared_json,
 )
 from quantfair.taxonomy import family_of
-from quantfair.text import brief
+from quantfair.text import brief, without_colour
 
 if TYPE_CHECKING:  # torch is imported where a model loads: a run's controller never does
     import torch
@@ -597,8 +598,10 @@ def _hub_or_local(spec: str) -> LoadedModel:
         _check_model_directory(path)
         try:
             model, tokenizer = _from_pretrained(str(path))
-        except (OSError, ValueError) as error:  # a damaged or incomplete directory
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        except (OSError, ValueError, pickle.UnpicklingError) as error:  # damaged, incomplete
+            # (UnpicklingError: a pytorch_model.bin of other objects than tensors, or none)
+            lines = [line.strip() for line in without_colour(str(error)).splitlines()
+                     if line.strip()]
             reason = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
             raise QuantfairError(f"{path}: transformers cannot load it: "
                                  f"{reason or type(error).__name__}") from None

@@ -28,6 +28,18 @@ def decimal_integer(text: str) -> int:
 LINE_HEAD, LINE_TAIL = 600, 300  # characters an over-long error line keeps of each end
 
 
+def without_colour(text: str) -> str:
+    """`text` without terminal colour codes (torch marks the advice of its errors in bold)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, without colour codes, or its type's name
+    where the message is empty."""
+    text = without_colour(str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
 def one_line(message: str) -> str:
     """`message` as one error line of a readable length: line breaks shown as `\\n`; past
     `LINE_HEAD + LINE_TAIL` characters (a value typed or pasted whole), its middle left out

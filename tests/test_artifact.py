@@ -142,6 +142,25 @@ def test_a_tensor_unlike_its_own_config_is_named(tmp_path):
         _session(_config("tiny-llama", str(folder)))
 
 
+@pytest.mark.parametrize("written", ["random bytes", "a pickle of other objects"])
+def test_a_pytorch_bin_that_is_no_plain_weights_file_is_one_clear_error(tmp_path, written):
+    """torch's weights-only load refuses both (UnpicklingError): it was an unexpected error,
+    its message with terminal colour codes."""
+    import argparse
+
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    (folder / "model.safetensors").unlink()
+    weights = folder / "pytorch_model.bin"
+    if written == "random bytes":
+        weights.write_bytes(bytes(range(256)) * 8)
+    else:
+        torch.save({"args": argparse.Namespace(lr=1.0)}, weights)
+    with pytest.raises(QuantfairError, match=r"^--quantized .*: cannot load it \(") as error:
+        _session(_config("tiny-llama", str(folder)))
+    assert "\x1b" not in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_config_of_other_layers_is_named_before_its_tensors(tmp_path):
     """A config.json of fewer layers beside all of the tensors said "no tensor
     model.layers.3...", a tensor the file holds."""
