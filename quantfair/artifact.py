@@ -8,7 +8,7 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class Artifact:
     tensors: dict[str, torch.Tensor]
     bits: dict[str, float]  # parameter -> bits per weight as the file stores it
     file_sha256: str | None = None  # of a GGUF file's bytes, as `sha256sum` prints it
+    config_differences: list[str] = field(default_factory=list)  # `config_differences`
 
     def provenance(self) -> dict:
         """The report's `artifact` block."""
@@ -290,7 +291,24 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     unquantized = [name for name, tensor in tensors.items()
                    if torch.equal(tensor, fp_params[name].detach().to(tensor.device))]
     return Artifact(scheme, source, weights_hash(model), type_mix,
-                    unquantized, tensors, _stored_bits(spec, reference, dtypes), sha256)
+                    unquantized, tensors, _stored_bits(spec, reference, dtypes), sha256,
+                    config_differences(model.config, reference.model.config))
+
+
+# Settings of a model's config that change what it computes from the same tensors.
+COMPUTING = re.compile(r"eps|epsilon|act|rope|theta|scaling|heads|head_dim|softcap|scalar|"
+                       r"window|partial_rotary")
+
+
+def config_differences(artifact, model) -> list[str]:
+    """`name (artifact's, the model's)` for each setting of the two transformers configs
+    that changes what the model computes (`COMPUTING`: norm epsilons, activations, RoPE,
+    attention heads, soft caps) and differs. An audit maps the artifact's tensors onto the
+    model and computes with the model's config: a file shipped with another config runs
+    otherwise (said, not refused: the tensors are what quantization changed)."""
+    ours, theirs = model.to_dict(), artifact.to_dict()
+    return [f"{key} ({theirs[key]!r}, the model's {ours[key]!r})" for key in sorted(ours)
+            if key in theirs and COMPUTING.search(key) and theirs[key] != ours[key]]
 
 
 def _refusal(spec: str, reference: LoadedModel, model, tokenizer, dtypes: dict[str, str],

@@ -143,6 +143,10 @@ class AuditSession:
                 announce(f"quantfair: the artifact leaves {len(self.artifact.unquantized)} "
                          "tensor(s) as in the FP model, e.g. "
                          f"{', '.join(self.artifact.unquantized[:3])}")
+            if differences := self.artifact.config_differences:
+                announce(f"quantfair: warning: the artifact's config differs from the model's "
+                         f"in {', '.join(differences)}: the audit computes with the model's "
+                         "config and the artifact's tensors")
 
     def resolver(self, scheme: QuantScheme | None = None) -> StrategyResolver:
         scheme = scheme or self.config.scheme

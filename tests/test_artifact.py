@@ -161,6 +161,23 @@ def test_a_pytorch_bin_that_is_no_plain_weights_file_is_one_clear_error(tmp_path
     assert "\x1b" not in str(error.value) and "\n" not in str(error.value)
 
 
+def test_an_artifact_shipped_with_a_config_that_computes_otherwise_is_said(tmp_path):
+    """Its tensors are audited under the model's config: an edited norm epsilon gave the
+    numbers of the file without it, without a word."""
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    config = json.loads((folder / "config.json").read_text())
+    was, config["rms_norm_eps"] = config["rms_norm_eps"], 0.5
+    config["use_cache"] = not config.get("use_cache", True)  # computes alike: not said
+    (folder / "config.json").write_text(json.dumps(config))
+    said = []
+    session = AuditSession(_config("tiny-llama", str(folder)), announce=said.append)
+    assert session.artifact.config_differences == [f"rms_norm_eps (0.5, the model's {was!r})"]
+    assert f"quantfair: warning: the artifact's config differs from the model's in " \
+        f"rms_norm_eps (0.5, the model's {was!r}): the audit computes with the model's " \
+        "config and the artifact's tensors" in said
+
+
 def test_a_config_of_other_layers_is_named_before_its_tensors(tmp_path):
     """A config.json of fewer layers beside all of the tensors said "no tensor
     model.layers.3...", a tensor the file holds."""
