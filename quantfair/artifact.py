@@ -296,8 +296,7 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
 
 
 # Settings of a model's config that change what it computes from the same tensors.
-COMPUTING = re.compile(r"eps|epsilon|act|rope|theta|scaling|heads|head_dim|softcap|scalar|"
-                       r"window|partial_rotary")
+COMPUTING = re.compile(r"eps|act|rope|theta|scaling|head|softcap|scalar|window|rotary")
 
 
 def config_differences(artifact, model) -> list[str]:
