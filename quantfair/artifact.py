@@ -103,8 +103,8 @@ def _read(spec: str, sha256: str | None):
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
         # ValueError: a damaged config.json; UnpicklingError: a pytorch_model.bin of other
         # objects than tensors (torch's weights_only load) or not a pickle at all
-        raise UsageError(f"--quantized {spec}: cannot load it ({first_line(error)})") \
-            from None
+        why = first_line(error) or type(error).__name__
+        raise UsageError(f"--quantized {spec}: cannot load it ({why})") from None
     if info.get("mismatched_keys"):
         name, stored, configured = sorted(info["mismatched_keys"])[0]
         raise UsageError(f"--quantized {spec}: cannot load it (tensor {name} of shape "

@@ -36,8 +36,8 @@ from quantfair.schemes import check_block_format
 from quantfair.storage import is_gguf
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS, uniform_guess_warning
-from quantfair.text import interval_text as cell
 from quantfair.text import (
+    first_line,
     one_line,
     percent,
     plural,
@@ -46,6 +46,7 @@ from quantfair.text import (
     some,
     units_text,
 )
+from quantfair.text import interval_text as cell
 from quantfair.text import table as _table
 
 
@@ -1017,8 +1018,7 @@ def _error_text(error: Exception) -> str:
         return "out of memory: try fewer --units or languages, or another --device"
     if isinstance(error, OSError):  # exit 2, as any OSError: one line, never "unexpected"
         return os_error_text(error)
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return (f"unexpected {type(error).__name__}: {first} "
+    return (f"unexpected {type(error).__name__}: {first_line(error)} "
             "(QUANTFAIR_DEBUG=1 shows the traceback; please report it)")
 
 

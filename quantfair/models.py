@@ -32,7 +32,7 @@ from quantfair.storage import (
     shared_json,
 )
 from quantfair.taxonomy import family_of
-from quantfair.text import brief, without_colour
+from quantfair.text import brief, first_line, without_colour
 
 if TYPE_CHECKING:  # torch is imported where a model loads: a run's controller never does
     import torch
@@ -202,7 +202,7 @@ def _unparsed_gguf(path: Path, error: Exception) -> str:
         return f"{path} is empty (0 bytes), not a GGUF file"
     if magic != b"GGUF":
         return f"{path} is not a GGUF file (it does not start with GGUF's magic bytes)"
-    reason = brief(str(error).strip().splitlines()[0], 120) if str(error).strip() else ""
+    reason = brief(first_line(error), 120)
     return (f"{path}: the gguf package cannot read this GGUF file"
             + (f" ({reason})" if reason else "") + "; it may be truncated or damaged (download "
             "or copy it again) or newer than the package (upgrade gguf)")

@@ -277,14 +277,13 @@ def write_report(report: dict, json_path: Path, latest: bool = True) -> tuple[Pa
     from quantfair.html import render_html  # the plotting stack: only where a report is written
 
     data = json.dumps(json_safe(report), indent=2, allow_nan=False).encode()
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         html = render_html(report).encode()
     except Exception:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(json_path, data)
         raise
     html_path = json_path.with_suffix(".html")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(json_path, data)
     atomic_write(html_path, html)
     if latest:

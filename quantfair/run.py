@@ -346,14 +346,11 @@ class QuantfairRun:
         entry.update(evidence or {})
         if crashed:
             self.crashed.append(report.nodeid)
-        if (report.when == "teardown" or crashed) and report.failed and entry.get("outcome") in (
-                "passed", "failed", "inconclusive", "skipped"):  # decided, then its teardown
-            # failed or its worker died
-            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", None)
-            self.after_decided += [] if crashed else [
-                f"{report.nodeid}: its teardown failed once the audit was decided: "
-                + (crash or ((report.longreprtext or "").strip().splitlines() or ["error"])[-1])
-                .splitlines()[0]]
+        if (report.when == "teardown" or crashed) and report.failed and entry.get(
+                "outcome") not in (None, "error"):  # decided, then its teardown failed or
+            if not crashed:  # its worker died (said among the crashes)
+                self.after_decided.append(f"{report.nodeid}: its teardown failed once the "
+                                          f"audit was decided: {_failure_line(report)}")
         elif report.when == "call" or report.failed or report.skipped:
             if report.skipped:
                 reason = _skip_reason(report)
@@ -848,6 +845,16 @@ def _collect_error_source(traceback: str) -> tuple[str | None, int | None]:
             line = found.groupdict().get("line")
             return found["file"], int(line) if line else None
     return None, None
+
+
+def _failure_line(report: pytest.TestReport) -> str:
+    """What failed, in one line: the exception pytest shows last (`E   RuntimeError: ...`),
+    else the report's last line."""
+    crash = (getattr(getattr(report.longrepr, "reprcrash", None), "message", "") or "").strip()
+    if crash:
+        return crash.splitlines()[0]
+    lines = (report.longreprtext or "").strip().splitlines()
+    return lines[-1] if lines else "error"
 
 
 def _announcer(config: pytest.Config):

@@ -34,10 +34,10 @@ def without_colour(text: str) -> str:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, without colour codes, or its type's name
-    where the message is empty."""
+    """The first line of an exception's message, without colour codes ("" where it has
+    none)."""
     text = without_colour(str(error)).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
+    return text.splitlines()[0].strip() if text else ""
 
 
 def one_line(message: str) -> str:
