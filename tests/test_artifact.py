@@ -159,6 +159,9 @@ def test_a_pytorch_bin_that_is_no_plain_weights_file_is_one_clear_error(tmp_path
     with pytest.raises(QuantfairError, match=r"^--quantized .*: cannot load it \(") as error:
         _session(_config("tiny-llama", str(folder)))
     assert "\x1b" not in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(QuantfairError, match=r": transformers cannot load it: \w") as error:
+        load_model(str(folder))  # the folder as the model itself: one line too
+    assert "\x1b" not in str(error.value) and "\n" not in str(error.value)
 
 
 def test_an_artifact_shipped_with_a_config_that_computes_otherwise_is_said(tmp_path):
