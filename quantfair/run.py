@@ -95,7 +95,7 @@ class QuantfairRun:
         self.published_selection = False  # ... or, before its model loaded, its selection
         self.xdist_ids: list[str] | None = None  # the tests xdist dealt out (a controller)
         self.after_decided: list[str] = []  # audits whose teardown failed once decided
-        self.workers: set[str] = set()  # xdist workers heard from (`-n N` or `--tx`)
+        self.workers: int | None = None  # xdist's workers (`-n N` or `--tx`), not replacements
         self.selection: dict = {}
         self.terminated = False
         self.interrupted = False  # by SIGINT (Ctrl-C) while audits ran
@@ -334,8 +334,6 @@ class QuantfairRun:
         self.rows += extras.get("rows", [])
         if "payload" in extras:
             self.payloads.append(extras["payload"])
-        if (node := getattr(report, "node", None)) is not None:  # from an xdist worker
-            self.workers.add(node.gateway.id)
         crashed = report.failed and "crashed while running" in (report.longreprtext or "")
         evidence = getattr(report, "quantfair", None)
         if evidence is None and not crashed:
@@ -403,8 +401,11 @@ class QuantfairRun:
         self.internal_errors.append(lines[-1] if lines else excinfo.typename)
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self, config, specs) -> None:
+        self.workers = len(specs)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
-        self.workers.add(node.gateway.id)
         published = getattr(node, "workeroutput", {}).get("quantfair")
         if published:
             self.payloads.append(json.loads(published))
@@ -675,7 +676,7 @@ class QuantfairRun:
             "other_tests_failed": sorted(self.others_failed),  # counted by the exit code
         }
         settings = {**self.config.settings(), "strict": self.config.strict,
-                    "workers": len(self.workers) or None}
+                    "workers": self.workers}
         record = RunRecord(
             settings=settings, audits=list(self.audits.values()),
             # the processes' final rows last: a row a later test updated is the one kept

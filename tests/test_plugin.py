@@ -973,6 +973,7 @@ def test_a_projects_own_test_that_crashes_its_worker_is_no_audit(pytester):
     assert [a["outcome"] for a in report["audits"]] == ["passed"]
     (crashed,) = report["selection"]["other_tests_failed"]
     assert crashed.endswith("::test_dies")
+    assert report["settings"]["workers"] == 2  # not counting the worker that replaced it
 
 
 def test_an_audit_decided_before_its_teardown_failed_keeps_its_outcome(pytester):
