@@ -67,9 +67,9 @@ class Artifact:
 
 def _read(spec: str, sha256: str | None):
     """(model, tokenizer, source, type mix, safetensors dtypes: `_safetensors_dtypes`, empty
-    but for a safetensors directory) of `spec` (a GGUF file's `sha256` keys its converted
-    copy); raises QuantfairError when the files are missing or leave model weights
-    uninitialised."""
+    but for a safetensors directory, the names of the file's tensors loading left unread) of
+    `spec` (a GGUF file's `sha256` keys its converted copy); raises QuantfairError when the
+    files are missing or leave model weights uninitialised."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -113,7 +113,7 @@ def _read(spec: str, sha256: str | None):
         first = sorted(info["missing_keys"])[0]
         raise UsageError(f"--quantized {spec}: the artifact has no tensor for {first}")
     source = str(path.resolve()) if path.exists() else f"Hugging Face cache: {spec}"
-    return model, tokenizer, source, type_mix, dtypes
+    return model, tokenizer, source, type_mix, dtypes, sorted(info.get("unexpected_keys", ()))
 
 
 def _safetensors_dtypes(folder: Path) -> dict[str, str]:
@@ -276,9 +276,9 @@ def load_artifact(spec: str, scheme: QuantScheme, reference: LoadedModel) -> Art
     sha256 = file_sha256(path) if is_gguf(path) and path.is_file() else None
     made = sha256 is not None and not has_gguf_checkpoint(sha256)
     try:
-        model, tokenizer, source, type_mix, dtypes = _read(spec, sha256)
+        model, tokenizer, source, type_mix, dtypes, unread = _read(spec, sha256)
         tensors = {name: param.detach() for name, param in model.named_parameters()}
-        refusal = _refusal(spec, reference, model, tokenizer, dtypes, tensors)
+        refusal = _refusal(spec, reference, model, tokenizer, dtypes, tensors, unread)
         if refusal:
             raise UsageError(refusal)
     except QuantfairError:
@@ -311,10 +311,12 @@ def config_differences(artifact, model) -> list[str]:
 
 
 def _refusal(spec: str, reference: LoadedModel, model, tokenizer, dtypes: dict[str, str],
-             tensors: dict[str, torch.Tensor]) -> str | None:
+             tensors: dict[str, torch.Tensor], unread: list[str]) -> str | None:
     """Why the artifact read from `spec` cannot be audited against `reference` (`load_artifact`),
-    or None."""
-    mismatch = _first_mismatch(reference, model, tokenizer)
+    or None. `unread`: the file's tensors that loading did not read (a format's scales,
+    another model's layer): what would be audited is not the file."""
+    mismatch = _first_mismatch(reference, model, tokenizer) or (
+        unread and f"tensor {unread[0]} that the model does not have")
     if mismatch:
         return f"--quantized {spec} does not pair with {reference.name}: it has {mismatch}"
     integer = _integer_parameter(dtypes, dict(reference.model.named_parameters()))

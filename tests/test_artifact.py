@@ -128,6 +128,20 @@ def test_missing_tensor_is_named(tmp_path):
         _session(_config("tiny-llama", str(folder)))
 
 
+def test_a_tensor_the_model_does_not_have_is_named(tmp_path):
+    """As in a GGUF file: loading left the tensor unread (a scale of a format not read, or
+    another model's layer), so what was audited was not the file."""
+    folder = tmp_path / "q"
+    _save_quantized("tiny-llama", folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight_scale"] = torch.ones(1)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UsageError, match=re.escape(
+            "does not pair with tiny-llama: it has tensor "
+            "model.layers.1.mlp.up_proj.weight_scale that the model does not have")):
+        _session(_config("tiny-llama", str(folder)))
+
+
 def test_a_tensor_unlike_its_own_config_is_named(tmp_path):
     folder = tmp_path / "q"
     _save_quantized("tiny-llama", folder)
