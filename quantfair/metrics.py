@@ -201,6 +201,8 @@ class Measurement:
             return TOO_FEW_UNITS
         value, samples = self._series("delta")
         ref = self.ref
+        if not np.any(self.nll_q[ref] - self.nll_fp[ref]):  # no unit's loss changed at all:
+            return f"{self.reference} loss is unchanged in every unit"  # not noise, none
         low, high = self._interval(samples[ref])
         if high < 0:  # e.g. an artifact fine-tuned on English: not damage, no ratio to it
             return f"{self.reference} loss fell (95% CI below 0): no damage to compare with"

@@ -57,6 +57,8 @@ def test_a_quantization_that_changes_nothing_is_undefined_without_numpy_warnings
         warnings.simplefilter("error")
         result = m.disparity()["he"]
     assert not result.defined and math.isnan(result.low) and math.isnan(result.high)
+    # no noise to tell it from (more units would not help, as they may within noise)
+    assert result.undefined == "en loss is unchanged in every unit"
 
 
 def test_disparity_is_undefined_below_the_noise_floor():
