@@ -179,8 +179,11 @@ UMASK = _umask()
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` that becomes `path` whole when the block ends, or never
     (an error or Ctrl-C removes it): a concurrent reader sees the old file or the new, and a
-    reader of the old one (a memory map) keeps it. Raises OSError where `path` is a device,
-    pipe or socket: replacing it would remove it (`/dev/null`), not write to it."""
+    reader of the old one (a memory map) keeps it. A symbolic link's target is written, as
+    `open` would (the link stays). Raises OSError where `path` is a device, pipe or socket:
+    replacing it would remove it (`/dev/null`), not write to it."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))  # no error on a loop of links, as resolve() has
     if path.exists() and not path.is_file() and not path.is_dir():
         raise OSError(errno.EINVAL, "not a regular file (a device, pipe or socket)", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -286,6 +286,19 @@ def test_the_source_file_is_never_overwritten(f32_gguf, tmp_path, capsys):
     assert copy.read_bytes() == before
 
 
+def test_an_export_onto_a_symbolic_link_writes_the_file_it_names(f32_gguf, tmp_path):
+    """As `cp` and llama.cpp's tools do: the link was replaced by the file, its target left
+    as it was."""
+    target, link = tmp_path / "releases" / "model-q5.gguf", tmp_path / "current.gguf"
+    target.parent.mkdir()
+    target.write_bytes(b"the previous release")
+    link.symlink_to(target)
+    _export(f32_gguf, link)
+    assert link.is_symlink() and link.resolve() == target
+    assert gguf.GGUFReader(target).tensors
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model-q5.gguf"]
+
+
 def test_an_interrupted_export_leaves_the_old_file_and_no_other(f32_gguf, tmp_path,
                                                                  monkeypatch):
     output = tmp_path / "out.gguf"
