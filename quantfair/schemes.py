@@ -19,9 +19,12 @@ DEFAULT_EMBEDDING_TYPE = "Q8_0"
 ARTIFACT = "artifact"
 LLAMA_CPP = "llama.cpp"
 # Types llama.cpp's llama-quantize writes without an importance matrix (its --help lists them).
-LLAMA_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S",
-                        "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
-                        "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "F16", "BF16")
+LLAMA_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M",
+                        "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "TQ1_0",
+                        "TQ2_0", "IQ4_NL", "IQ4_XS", "F16", "BF16")
+# Types it refuses to write without one (tools/quantize/quantize.cpp: "Please do not use ...
+# without an importance matrix"), which quantfair does not compute.
+IMATRIX_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S")
 
 
 def _number(digits: str, what: str, scheme: str) -> int:
@@ -50,6 +53,10 @@ class QuantScheme:
     llama_type: str | None = None  # a LLAMA_QUANTIZE_TYPES type made by llama-quantize
 
     def __post_init__(self) -> None:
+        if self.llama_type in IMATRIX_TYPES:
+            raise UsageError(f"llama-quantize writes {self.llama_type} only with an importance "
+                             "matrix (llama-imatrix), which quantfair does not compute: use "
+                             "one of " + ", ".join(LLAMA_QUANTIZE_TYPES))
         if self.llama_type is not None and self.llama_type not in LLAMA_QUANTIZE_TYPES:
             raise UsageError(f"unknown llama-quantize type '{self.llama_type}': use one of "
                              f"{', '.join(LLAMA_QUANTIZE_TYPES)}")

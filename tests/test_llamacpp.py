@@ -47,6 +47,15 @@ def test_an_unknown_llama_quantize_type_is_a_usage_error():
         QuantScheme.parse("llama.cpp:Q4_K_X")
 
 
+@pytest.mark.parametrize("kind", ["Q2_K_S", "IQ2_XS"])
+def test_a_type_llama_quantize_makes_only_with_an_importance_matrix_is_refused(kind):
+    """llama-quantize exits 1 on it ("Please do not use ... without an importance matrix")
+    after the F32 file was written for it."""
+    with pytest.raises(UsageError, match=f"llama-quantize writes {kind} only with an "
+                                         "importance matrix .*: use one of Q4_0, "):
+        QuantScheme.parse(f"llama.cpp:{kind.lower()}")
+
+
 def test_without_llama_quantize_the_run_stops_before_loading(monkeypatch, tmp_path):
     monkeypatch.delenv("QUANTFAIR_LLAMA_QUANTIZE", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
