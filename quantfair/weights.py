@@ -92,15 +92,19 @@ def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
 
 
 def value_weight_ratio(bank: WeightBank) -> float:
-    """Mean |w| of the last layer's V projection over that of its Q and K projections."""
+    """Mean |w| of the last layer's V projection over that of its Q and K projections (a
+    fused projection's rows split as its transformers forward splits them: GPT-2's c_attn
+    into three along the outputs, GPT-NeoX's and BLOOM's query_key_value per head,
+    [heads, 3, head_dim])."""
     last = max(c.layer for c in bank.parts.values() if c.layer is not None)
     q, k, v = [], [], []
     for c in bank.parts.values():
         if c.layer != last or c.block != "attn" or c.kind != "weight":
             continue
-        w = bank.fp[c.name].t() if c.transposed else bank.fp[c.name]
-        if c.role == "qkv":  # fused (out = 3 * hidden): q, k, v stacked along outputs
-            parts = w.reshape(3, -1, w.shape[-1]) if c.transposed else w.chunk(3, dim=0)
+        w = bank.fp[c.name].t() if c.transposed else bank.fp[c.name]  # (out, in)
+        if c.role == "qkv":
+            parts = (w.chunk(3, dim=0) if c.transposed else w.reshape(
+                bank.model.config.num_attention_heads, 3, -1, w.shape[-1]).unbind(1))
             q.append(parts[0]), k.append(parts[1]), v.append(parts[2])
         elif c.role in ("q", "k", "v"):
             {"q": q, "k": k, "v": v}[c.role].append(w)

@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from quantfair.errors import QuantfairError
+from quantfair.models import load_model
+from quantfair.quantize import WeightBank
 from quantfair.taxonomy import BLOCKS, components, num_layers
+from quantfair.weights import value_weight_ratio
 
 FAMILIES = {
     "tiny-gpt2": "gpt2",
@@ -53,6 +56,33 @@ def test_gpt2_conv1d_is_marked_transposed(tiny_models):
     assert parts["transformer.h.0.attn.c_attn.weight"].transposed
     assert parts["transformer.h.0.mlp.c_fc.weight"].transposed
     assert not parts["transformer.wte.weight"].transposed
+
+
+# Where each family's fused attention projection keeps V, from its transformers forward:
+# GPT-2 splits c_attn's outputs into q, k, v; GPT-NeoX and BLOOM view them per head,
+# [heads, 3, head_dim] (`qkv.view(..., heads, 3 * head_size).chunk(3, -1)` and
+# `fused_qkv.view(..., num_heads, 3, head_dim)`).
+FUSED_V = {
+    "tiny-gpt2": lambda w, heads: w[:, 2 * w.shape[1] // 3:],  # Conv1D: (in, out)
+    "tiny-gpt_neox": lambda w, heads: w.view(heads, 3, -1, w.shape[1])[:, 2],
+    "tiny-bloom": lambda w, heads: w.view(heads, 3, -1, w.shape[1])[:, 2],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_V))
+def test_the_value_weight_ratio_finds_v_in_a_fused_projection(name):
+    """GPT-NeoX's and BLOOM's were split in three along the outputs, as GPT-2's: each third
+    mixing Q, K and V rows."""
+    loaded = load_model(name)
+    parts = components(loaded.model)
+    last = max(c.layer for c in parts.values() if c.layer is not None)
+    (fused,) = [c.name for c in parts.values()
+                if c.layer == last and c.role == "qkv" and c.kind == "weight"]
+    with torch.no_grad():
+        weight = dict(loaded.model.named_parameters())[fused]
+        weight.fill_(1.0)
+        FUSED_V[name](weight, loaded.model.config.num_attention_heads).fill_(-4.0)
+    assert value_weight_ratio(WeightBank(loaded.model)) == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-opt", "tiny-bloom", "tiny-gemma3"])
