@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from quantfair.corpus import language, names_reference, resource_points
+from quantfair.corpus import language, names_reference, per_language, resource_points
 from quantfair.seed import SEED_PARETO_FRONTIER
 from quantfair.summary import (
     RECOMMENDED,
@@ -198,13 +198,14 @@ def _log_axis(ax, axis: str = "y") -> None:
 
 
 def _mean_disparity(report: dict) -> dict[str, tuple[float | None, float]]:
-    """Per strategy: mean NLL disparity over the compared languages (None when none is
-    defined), overhead (%)."""
-    values: dict[str, list[float]] = {}
+    """Per strategy: mean NLL disparity over the compared languages, each counted once
+    (`corpus.per_language`; None when none is defined), overhead (%)."""
+    values: dict[str, dict[str, float]] = {}
     for r in compared_rows(report):
-        values.setdefault(r["strategy"], []).append(r["disparity"])
-    return {r["strategy"]: (sum(values[r["strategy"]]) / len(values[r["strategy"]])
-                            if r["strategy"] in values else None, 100 * r["overhead"])
+        values.setdefault(r["strategy"], {})[r["language"]] = r["disparity"]
+    means = {strategy: list(per_language(codes).values()) for strategy, codes in values.items()}
+    return {r["strategy"]: (sum(means[r["strategy"]]) / len(means[r["strategy"]])
+                            if r["strategy"] in means else None, 100 * r["overhead"])
             for r in main_rows(report)}
 
 

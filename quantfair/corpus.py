@@ -166,6 +166,13 @@ def by_language(codes: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
+def per_language(values: dict[str, float]) -> dict[str, float]:
+    """Values by code -> one value per language (`by_language`): the mean of its codes',
+    keyed by its codes joined by "+" (`he+heb`), so that a language counts once."""
+    return {"+".join(codes): sum(values[code] for code in codes) / len(codes)
+            for codes in by_language(list(values)).values()}
+
+
 def shared_languages(codes: Sequence[str]) -> list[str]:
     """The groups of `by_language` of more than one code, said as "he, heb (ISO 639-3 heb)";
     English's not (`names_reference`: its other codes are the reference, compared with

@@ -19,11 +19,11 @@ from quantfair import charts
 from quantfair.corpus import (
     UNKNOWN,
     Language,
-    by_language,
     code_notes,
     language,
     metadata,
     names_reference,
+    per_language,
     shared_languages,
     use_report_languages,
 )
@@ -265,10 +265,9 @@ def _groupable(meta: Language | None) -> bool:
 
 def _per_language(measured: list[tuple[float, str]]) -> list[tuple[float, str]]:
     """(value, code) pairs -> one (mean of its codes' values, its codes joined by "+") per
-    language (`by_language`)."""
-    values = {code: value for value, code in measured}
-    return [(sum(values[code] for code in codes) / len(codes), "+".join(codes))
-            for codes in by_language(list(values)).values()]
+    language (`corpus.per_language`)."""
+    values = per_language({code: value for value, code in measured})
+    return [(value, codes) for codes, value in values.items()]
 
 
 def _group_title(measured: list[tuple[float, str]]) -> str:

@@ -849,6 +849,12 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
 
     hardest = [w["language"] for w in worst_languages(twice)]  # Hebrew once, at its worst
     assert hardest[0] == "he" and "heb" not in hardest and len(hardest) == len(set(hardest))
+    from quantfair import charts
+
+    none = {r["language"]: r["disparity"] for r in twice["measurements"]
+            if r["strategy"] == "none"}
+    languages = [(none["he"] + none["heb"]) / 2, none["ar"], none["de"]]  # Hebrew once
+    assert charts._mean_disparity(twice)["none"][0] == pytest.approx(sum(languages) / 3)
 
     twice["measurements"] += [{**r, "language": "eng", "disparity": 1.0}
                               for r in twice["measurements"] if r["language"] == "en"]
@@ -857,7 +863,6 @@ def test_one_language_under_two_codes_is_said_beside_the_groups():
     assert "eng" not in {r["language"] for r in compared_rows(twice, "none")}  # nor hardest hit
     html = render_html(twice)
     assert "en, eng" not in html  # nor one language "once in the correlation"
-    from quantfair import charts
     from quantfair.html import heatmap
 
     assert "eng" not in heatmap(twice)["languages"]  # nor a column, nor a forest row
