@@ -27,7 +27,6 @@ from quantfair.schemes import QuantScheme
 from quantfair.storage import (
     cache_folder,
     cache_writes,
-    file_stamp,
     is_gguf,
     shared_json,
 )
@@ -375,12 +374,16 @@ def _embedded(spec: str) -> LoadedModel:
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes (hex), as `sha256sum` prints it; read once per process
-    while the file keeps its size and modification time. Raises OSError."""
-    return _sha256(str(path.resolve()), file_stamp(path))
+    while the file keeps its inode, size, modification and change times (a file rewritten
+    with its old size and modification time, as `cp -p` leaves it, has a new change time).
+    Raises OSError."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()),
+                   (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256(path: str, stamp: str) -> str:
+def _sha256(path: str, stamp: tuple[int, ...]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 24):
