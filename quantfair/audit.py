@@ -429,7 +429,8 @@ def _measure(ctx: AuditRun, strategy: Strategy, name: str, scheme: str | None = 
 
 @dataclass(frozen=True)
 class LanguageBound(Check):
-    """A per-language quantity (disparity, seed_disparity, degradation) within a bound."""
+    """A per-language quantity within a bound: any of `metrics.QUANTITIES` (disparity,
+    seed_disparity, degradation, kld_disparity, mean_kld, same_top_rate)."""
 
     needs_bound = True
 
@@ -532,12 +533,13 @@ def _maximum(maxima: dict[str, float], language: str) -> float | None:
 
 @dataclass(frozen=True)
 class Better(Check):
-    """`strategy` yields a lower quantity than `than` (mean over languages, or per language),
-    decided on the paired difference: passed when it is significantly below 0, failed when
-    significantly above, inconclusive otherwise (see FAMILY_NOTE)."""
+    """`strategy` yields a better quantity than `than` (mean over languages, or per
+    language): lower, or higher for a quantity where higher is better (`same_top_rate`),
+    decided on the paired difference: passed when it is significantly on the better side of
+    0, failed when significantly on the other, inconclusive otherwise (see FAMILY_NOTE)."""
 
     strategy: Strategy
-    than: Strategy | tuple[Strategy, ...]  # a tuple: the best of them (lowest point estimate)
+    than: Strategy | tuple[Strategy, ...]  # a tuple: the best of them (best point estimate)
     quantity: str = "disparity"
     per_language: bool = False
     lengths: tuple[str, ...] = ()

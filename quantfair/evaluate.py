@@ -2,9 +2,11 @@
 llama.cpp's `llama-perplexity --kl-divergence`, memoised in memory and cached on disk.
 
 Convention: each unit is tokenized without special tokens and prefixed with the tokenizer's BOS
-token (or EOS when it has no BOS, as GPT-2 does), so every text token is predicted and counted.
-Units longer than the context are scored with a sliding window (stride = half the window), each
-token once, with at least half a window of left context.
+token (or EOS when it has no BOS, as GPT-2 does), so every text token is predicted and counted
+(a tokenizer with neither leaves the first token unscored: counts are of the tokens scored).
+Units longer than the window (the context, at most MAX_WINDOW = 2048 tokens) are scored with
+a sliding window (stride = half the window), each token once, with at least half a window of
+left context.
 
 Distribution statistics, per scored token, as llama.cpp's `tools/perplexity/perplexity.cpp`
 defines them: KLD = sum_v p_fp(v) (log p_fp(v) - log p_q(v)) in nats, same top = argmax p_fp ==
@@ -13,8 +15,9 @@ kept on disk without the vocabulary dimension: for a linear head z = W h + b,
 sum_v p_fp(v) log p_q(v) = u . h_q + p_fp . b - logsumexp(z_q) with u = W^T p_fp, so caching
 sum(p_fp log p_fp), the FP argmax, p_fp(correct), u and p_fp . b per token (one u per head
 weight the run meets) makes the quantized side exact at the cost of one dot product per token.
-Heads that are not plain linear maps (logit soft-capping, logit scaling) fall back to an FP
-forward beside every quantized one.
+Heads that are not plain linear maps (logit soft-capping, logit scaling), and heads not in
+float32 (whose rounded logits the exact cross term would not match: `caches_fp_side`), fall
+back to an FP forward beside every quantized one.
 
 Memory: with a plain linear head the model's forward stops at the head's input and the logits
 are computed a block of positions at a time (`_Logits`), so a batch's [batch, length, vocab]

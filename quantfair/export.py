@@ -123,9 +123,11 @@ def export_gguf(loaded: LoadedModel, parts: dict[str, Component], scheme: QuantS
     the source file, dequantized in its own layout (Q/K rows stay permuted as llama.cpp wants
     them): the FP reference is that very file, dequantized. Returns the written type mix.
 
-    Raises UsageError without a gguf: scheme, for a model not loaded from a GGUF file (make
-    one with llama.cpp's convert_hf_to_gguf.py --outtype f32), or when the file lacks a
-    parameter."""
+    Raises UsageError without a gguf: scheme, for a `protect_as` other than F32 or F16, for
+    a model not loaded from a GGUF file (make one with llama.cpp's convert_hf_to_gguf.py
+    --outtype f32) or `output` that is that file, for an architecture or parameter with no
+    GGUF name, or when the file lacks a parameter; QuantfairError when `output` cannot be
+    written."""
     import gguf
 
     check_block_format(scheme)

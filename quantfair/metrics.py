@@ -39,14 +39,20 @@ KLD_PERCENTILES = {"max": 100.0, "p99.9": 99.9, "p99": 99.0, "p95": 95.0, "p90":
 
 
 def perplexity(nll: float, tokens: int) -> float:
+    """exp(nll / tokens): `nll` summed over the scored tokens, in nats; NaN for no token."""
     return math.exp(nll / tokens) if tokens else math.nan
 
 
 def bits_per_byte(nll: float, n_bytes: int) -> float:
+    """nll / (ln 2 * bytes): `nll` in nats over a text of `n_bytes` UTF-8 bytes, in bits per
+    byte (tokenizer-independent, as in Gao et al. 2020, The Pile); NaN for no byte."""
     return nll / (math.log(2) * n_bytes) if n_bytes else math.nan
 
 
 def fertility(tokens: int, chars: int) -> float:
+    """Tokens per character of a text (Unicode code points); NaN for no character. Rust et
+    al. 2021 count subword tokens per word, which texts without spaces between words (Chinese,
+    Japanese, Thai) do not define: per character every script is measured alike."""
     return tokens / chars if chars else math.nan
 
 
@@ -129,7 +135,8 @@ def _p_value(tail: float, units: int | None) -> float:
 
 def bootstrap_indices(units: int, samples: int = BOOTSTRAP_SAMPLES,
                       seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """Resampled unit indices, shared by every language and by FP and quantized results."""
+    """Resampled unit indices, [samples, units] of integers in [0, units), shared by every
+    language and by FP and quantized results (a paired bootstrap over units)."""
     return np.random.default_rng(seed).integers(0, units, size=(samples, units))
 
 

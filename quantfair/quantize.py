@@ -49,7 +49,14 @@ CHUNK = 1 << 20  # entries rounded at a time: a large tensor's temporaries stay 
 def fake_quantize(
     tensor: torch.Tensor, scheme: QuantScheme, transposed: bool = False, inplace: bool = False
 ) -> torch.Tensor:
-    """Quantize then dequantize `tensor`; matrices are (out, in) unless `transposed` (Conv1D).
+    """Quantize then dequantize `tensor` by round-to-nearest; the result has its shape and
+    dtype (computed in float32). Matrices are (out, in) unless `transposed` (Conv1D).
+
+    Per group of b = `scheme.bits` bits: symmetric, scale = max|w| / (2^(b-1) - 1) and codes
+    round(w / scale) clamped to [-2^(b-1), 2^(b-1) - 1]; asymmetric, the range [min, max]
+    widened to hold 0, scale = (max - min) / (2^b - 1), zero point round(-min / scale) and
+    codes clamped to [0, 2^b - 1] (the common RTN baseline, e.g. Nagel et al. 2021, "A White
+    Paper on Neural Network Quantization"). A group of zeros takes scale 1.
 
     Channels are output rows; groups run along the input dimension. Vectors (biases, norms)
     are one channel, so "channel" treats them per tensor. Scales come from whole groups; the
@@ -92,10 +99,11 @@ def fake_quantize(
 
 
 def gguf_tensor_type(component: Component, scheme: QuantScheme) -> str:
-    """The GGUF type a parameter takes under a `gguf:` scheme, like `llama-quantize --pure`:
-    every 2-D weight in the scheme's type, the token embedding and output head in
-    `scheme.embedding_type`, 1-D tensors (norms, biases) and position embeddings F32, and a
-    matrix whose input dimension is not a multiple of 32 in F16."""
+    """The GGUF type a parameter takes under a `gguf:` scheme, like `llama-quantize --pure
+    --token-embedding-type E --output-tensor-type E`: every 2-D weight in the scheme's type,
+    the token embedding and output head in `scheme.embedding_type` (E), 1-D tensors (norms,
+    biases) and position embeddings F32, and a matrix whose input dimension is not a multiple
+    of 32 in F16."""
     if not component.is_matrix or component.kind != "weight" or component.role == "pos":
         return "F32"
     is_embedding = (component.block, component.role) in (("embed", "tok"), ("head", "out"))

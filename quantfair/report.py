@@ -333,7 +333,8 @@ def compare(old: dict, new: dict, tolerance: float = DEFAULT_TOLERANCE,
     NothingShared when the baseline is of another model (`architecture`), when both reports
     have measurements but none in common and no audit regressed, when they share nothing, or
     when nothing in common could regress (no disparity or degradation, no audit that
-    passed)."""
+    passed), and QuantfairError when a report's stored value disagrees with its own per-unit
+    values."""
     if refusal := another_model(old, new, run):
         raise NothingShared(refusal)
     old_rows = {row_key(r): r for r in old.get("measurements", [])}
@@ -995,7 +996,12 @@ def _reject_constant(name: str) -> None:
 
 
 def load_report(path: str | Path) -> dict:
-    """A report file checked against the JSON Schema of the format it declares."""
+    """A report file checked against the JSON Schema of the format it declares, then
+    against itself. Raises QuantfairError (one line) for a file missing, a directory or not
+    UTF-8, JSON that does not parse or holds NaN, Infinity or a key given twice, a format
+    unknown or newer than this quantfair's, a schema violation, a measurement or audit given
+    twice, per-unit sums that do not add up to their totals, a degradation or disparity its
+    totals do not give, and an audit its measurements do not support."""
     from jsonschema.exceptions import best_match
 
     try:

@@ -99,7 +99,9 @@ class QuantScheme:
 
     @property
     def name(self) -> str:
-        """Canonical text; `QuantScheme.parse(scheme.name) == scheme`."""
+        """Canonical text; `QuantScheme.parse(scheme.name) == scheme` for every scheme
+        `parse` makes (one built field by field may hold fields its kind ignores, such as a
+        group size beside per-channel scales, which the name leaves out)."""
         if self.artifact is not None:
             return f"{ARTIFACT}:{self.artifact}"
         if self.llama_type is not None:

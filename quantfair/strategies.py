@@ -52,12 +52,18 @@ from quantfair.weights import layer_variance_ranking
 
 @dataclass(frozen=True)
 class Overhead:
+    """What a protection costs: `protected` of `total` parameters kept in full precision,
+    and the extra storage that adds over the fully quantized model, as a fraction of its
+    bits (`bytes_fraction`, 0.158 for +15.8%). The report writes both as fractions
+    (`overhead`, `overhead_bytes`); audits' details say percent."""
+
     protected: int
     total: int
     bytes_fraction: float  # extra storage over the fully quantized model
 
     @property
     def fraction(self) -> float:
+        """Protected parameters over all parameters, in [0, 1]."""
         return self.protected / self.total if self.total else 0.0
 
 

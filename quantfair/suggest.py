@@ -530,13 +530,14 @@ def _tensors(resolver: StrategyResolver, layers: Iterable[str]) -> list[str]:
 def difference_from_none(measured, unprotected) -> dict[str, dict]:
     """The paired bootstrap difference measured - unprotected of the audits' mean and
     worst-language disparity on the same units (`mean_vs_none`, `worst_vs_none`: value,
-    95% CI low and high, p-value; NaN where either is undefined)."""
+    95% CI low and high, p-value; NaN where either is undefined). The CI is the plain
+    2.5%-97.5% percentile interval, not the audits' expanded one (README, Metrics)."""
     ours, none = _averaged([measured]), _averaged([unprotected])
     return {f"{name}_vs_none": _difference(ours[name], none[name]) for name in ("mean", "worst")}
 
 
 def proven_fairer(versus: dict[str, dict]) -> bool:
-    """Whether the 95% CI of it - none (`difference_from_none`) lies below 0 in mean and in
+    """Whether the plain 95% CI of it - none (`difference_from_none`) lies below 0 in mean and in
     worst-language disparity: fairer than no protection beyond the units' noise."""
     return all(versus[f"{name}_vs_none"]["high"] < 0 for name in ("mean", "worst"))
 

@@ -87,6 +87,9 @@ def layer_variance_ranking(bank: WeightBank) -> list[int]:
 
 
 def layer_weight_variance(bank: WeightBank) -> dict[int, float]:
+    """Per layer index: the variance of every entry of its weight matrices taken together
+    (torch's unbiased, n - 1; `weight_statistics` divides by n, the same to 1/n for layers
+    of thousands of entries and more)."""
     return {layer: torch.cat([bank.fp[c.name].flatten().float() for c in parts]).var().item()
             for layer, parts in bank.layer_matrices().items()}
 
