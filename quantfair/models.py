@@ -565,15 +565,22 @@ def _from_pretrained(location: str, **kwargs):
         raise QuantfairError(
             f"{location}: no usable tokenizer ({len(tokenizer)} token(s)); the model needs its "
             "tokenizer files (tokenizer.json, vocab.json + merges.txt, or tokenizer.model)")
-    try:
+    try:  # a tensor of another shape than its config gives: named below
         model, info = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch.float32, output_loading_info=True, **kwargs)
+            location, dtype=torch.float32, output_loading_info=True,
+            ignore_mismatched_sizes=True, **kwargs)
     except SafetensorError as error:
         raise QuantfairError(f"{location}: a safetensors file of the model is damaged or cut "
                              f"short ({error}): copy or download it again") from None
+    where = Path(location) / kwargs["gguf_file"] if "gguf_file" in kwargs else location
+    if info.get("mismatched_keys"):  # else left at random initial values
+        name, stored, configured = sorted(info["mismatched_keys"])[0]
+        raise QuantfairError(f"{where}: tensor {name} has shape {tuple(stored)} where its "
+                             f"config gives {tuple(configured)}: the config is not the "
+                             "weights' (edited, or of another model)")
     if "gguf_file" in kwargs and info.get("missing_keys"):  # left at random initial values
-        raise QuantfairError(f"{Path(location) / kwargs['gguf_file']}: the GGUF has no tensor "
-                             f"for {sorted(info['missing_keys'])[0]}")
+        raise QuantfairError(f"{where}: the GGUF has no tensor for "
+                             f"{sorted(info['missing_keys'])[0]}")
     return model, tokenizer
 
 

@@ -359,6 +359,20 @@ def test_a_model_directory_without_tokenizer_files_is_one_line(tmp_path, saved_t
                    "tokenizer.json,", "tokenizer.save_pretrained(path)", after_work=True)
 
 
+def test_a_model_whose_config_disagrees_with_its_tensors_is_one_line(tmp_path, saved_tiny):
+    """transformers' RuntimeError pointed at a report its logging level hid: "unexpected
+    error ... please report it", exit 3."""
+    edited = tmp_path / "edited"
+    shutil.copytree(saved_tiny, edited)
+    config = json.loads((edited / "config.json").read_text())
+    inner = config.get("n_inner") or 4 * config["n_embd"]
+    config["n_inner"] = inner + 8
+    (edited / "config.json").write_text(json.dumps(config))
+    one_line_error(run_cli("inspect", str(edited)), f"{edited}: tensor transformer.h.",
+                   f"where its config gives ({inner + 8}",
+                   "the config is not the weights'", after_work=True)
+
+
 def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
     cut = tmp_path / "cut"
     shutil.copytree(saved_tiny, cut)
