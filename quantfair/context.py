@@ -62,6 +62,7 @@ class AuditContext:
         return {"name": loaded.name, "source": loaded.source,
                 "weights_note": loaded.weights_note, "weight_hash": loaded.weight_hash(),
                 "scheme_warning": self.session.scheme_warning,
+                "tokenizer_warning": self.session.tokenizer_warning,
                 "artifact": self.session.artifact.provenance() if self.session.artifact else None,
                 **self.architecture(),
                 "bias_parameters": sum(c.numel for c in self.session.bank.parts.values()

@@ -62,6 +62,7 @@ from quantfair.storage import atomic_write, cache_writes, model_folder
 EVALUATOR_VERSION = "5"
 DISTRIBUTION_VERSION = "3"  # bump when the FP side cache or the statistics change
 MAX_WINDOW = 2048
+UNKNOWN_SHARE = 0.01  # a language more of whose tokens are the unknown token is warned of
 LOGITS_BLOCK_BYTES = 32 << 20  # float32 logits of the positions scored at a time, at most,
 MIN_BLOCK_ROWS = 128  # but never fewer positions than this (each block reads the whole head)
 VOCAB_SLAB_BYTES = 32 << 20  # float64 head rows at a time in the FP side's u = W^T p_fp
@@ -609,6 +610,27 @@ class Evaluator:
         ids = self.loaded.tokenizer(text, add_special_tokens=False,
                                     split_special_tokens=True)["input_ids"]
         return ([self.prefix] if self.prefix is not None else []) + list(ids)
+
+    def unknown_shares(self, texts: dict[str, Iterable[str]]) -> dict[str, float]:
+        """Per language of `texts` (language -> its texts): the share of its texts' tokens
+        that are the tokenizer's unknown token (0 for a tokenizer without one, such as a
+        byte-level BPE). Raises QuantfairError where the tokenizer gives an id the model's
+        embedding has no row for (a tokenizer of another model; the forward would fail on
+        it)."""
+        rows = self.loaded.model.get_input_embeddings().weight.shape[0]
+        unknown = self.loaded.tokenizer.unk_token_id
+        shares = {}
+        for lang, group in texts.items():
+            ids = [self.token_ids(text)[self.prefix is not None:] for text in group]
+            flat = [i for unit in ids for i in unit]
+            if flat and max(flat) >= rows:
+                raise QuantfairError(
+                    f"{self.loaded.name}: its tokenizer gives token id {max(flat)} for {lang} "
+                    f"text, where the model's embedding has {rows} rows (ids 0 to "
+                    f"{rows - 1}): the tokenizer is not the model's")
+            shares[lang] = flat.count(unknown) / len(flat) if flat and unknown is not None \
+                else 0.0
+        return shares
 
     def _windows(self, key: str, ids: list[int]) -> list[_Window]:
         if len(ids) <= self.window:

@@ -16,7 +16,14 @@ from quantfair import models
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig, parse_percent
 from quantfair.corpus import REFERENCE, Corpus, by_language
-from quantfair.evaluate import Evaluator, Swap, UnitResult, check_finite, model_results
+from quantfair.evaluate import (
+    UNKNOWN_SHARE,
+    Evaluator,
+    Swap,
+    UnitResult,
+    check_finite,
+    model_results,
+)
 from quantfair.llamacpp import llama_cpp_file
 from quantfair.metrics import Measurement
 from quantfair.models import LoadedModel, load_model
@@ -70,6 +77,19 @@ def _selector_share(corpus: Corpus) -> list[str]:
     return corpus.units[:max(1, 32 // len(_calibration_languages(corpus.languages)))]
 
 
+def unknown_warning(shares: dict[str, float], token: str | None) -> str:
+    """What to say of languages whose text is more than UNKNOWN_SHARE the tokenizer's
+    unknown `token` (`Evaluator.unknown_shares`), or "": a script the tokenizer cannot
+    represent would look unhurt, its loss that of predicting one token."""
+    unread = {lang: share for lang, share in shares.items() if share > UNKNOWN_SHARE}
+    if not unread:
+        return ""
+    listed = ", ".join(f"{lang} {share:.0%}" for lang, share in unread.items())
+    return (f"the tokenizer reads part of the text as its unknown token {token!r} ({listed} "
+            "of tokens): those languages' numbers measure predictions of that token, not "
+            "of their text")
+
+
 class AuditSession:
     """Loads the model once (up front), keeps FP and quantized tensors, and measures strategies
     on demand."""
@@ -96,6 +116,11 @@ class AuditSession:
             self._load(loaded, quantizer)
         loaded = self.loaded
         self.evaluator = Evaluator(loaded, announce=announce)
+        self.tokenizer_warning = unknown_warning(self.evaluator.unknown_shares(
+            {lang: units.values() for lang, units in self.corpus.texts.items()}),
+            loaded.tokenizer.unk_token)
+        if self.tokenizer_warning:
+            announce(f"quantfair: warning: {self.tokenizer_warning}")
         layers = decoder_layers(loaded.model, self.bank.parts)
         capacity = config.hidden_states_bytes
         if layers is not None and capacity and self.bank.folder is not None:  # not in memory

@@ -465,7 +465,8 @@ def summarize(report: dict) -> dict:
         "(--quantfair-max-degradation) gates that")
     # what was measured is not what it seems (a re-quantized GGUF); a scheme that breaks it;
     # a gate that cannot see it
-    warnings = [w.removesuffix(".") for w in (model.get("scheme_warning"), broken, blind) if w]
+    warnings = [w.removesuffix(".") for w in (model.get("scheme_warning"),
+                                              model.get("tokenizer_warning"), broken, blind) if w]
     sentences += [f"Warning: {w}." for w in warnings]
     comparison = report.get("comparison") or {}
     if comparison and not comparison.get("regressions"):

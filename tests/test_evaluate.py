@@ -1,12 +1,14 @@
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
 
 from quantfair import evaluate
 from quantfair.corpus import load_corpus
+from quantfair.errors import QuantfairError
 from quantfair.evaluate import Evaluator, NonFiniteLoss, ResultCache, Swap, check_finite
 from quantfair.models import load_model
 
@@ -418,3 +420,56 @@ def test_a_cache_cleared_mid_run_keeps_the_results_this_process_has(tmp_path):
     cache.store("int4", {"c": UnitResult(9.0, 1, 1, 1)})
     assert set(cache.refresh("int4")) == {"a", "b", "c"}
     assert set(cache.load("int4")) == {"a", "b", "c"}  # what `cached` reads
+
+
+def _ascii_word_tokenizer():
+    """A word-level tokenizer of ASCII words, `<unk>` for every other word (no byte
+    fallback): Hebrew and Chinese text is read as unknown tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    english = load_corpus().select(["en"]).texts["en"].values()
+    words = sorted({w for text in english for w in text.split()})
+    vocab = {"<unk>": 0, "<s>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>")
+
+
+def test_a_language_read_as_unknown_tokens_is_warned_of(tmp_path):
+    """Its perplexity looked like any other's (the loss of predicting `<unk>`), its
+    quantization damage as small: a script the tokenizer cannot represent looked unhurt."""
+    from quantfair.models import LoadedModel, byte_tokenizer
+    from quantfair.session import unknown_warning
+
+    tokenizer = _ascii_word_tokenizer()
+    model = load_model("tiny-llama").model
+    model.resize_token_embeddings(len(tokenizer))
+    corpus = load_corpus().select(["en", "he", "zh"], units=["article_01", "article_03"])
+    evaluator = Evaluator(LoadedModel("ascii", model, tokenizer, "test"),
+                          ResultCache(tmp_path))
+    shares = evaluator.unknown_shares({lang: units.values()
+                                       for lang, units in corpus.texts.items()})
+    assert shares["en"] == 0.0 and shares["he"] > 0.9 and shares["zh"] > 0.9
+    said = unknown_warning(shares, "<unk>")
+    assert said.startswith("the tokenizer reads part of the text as its unknown token '<unk>' "
+                           f"(he {shares['he']:.0%}, zh {shares['zh']:.0%} of tokens)"), said
+    byte_level = Evaluator(load_model("tiny-llama"), ResultCache(tmp_path / "b"))
+    assert set(byte_level.unknown_shares(dict.fromkeys(["he"], ["שלום"])).values()) == {0.0}
+    assert byte_tokenizer().unk_token_id is None  # (no unknown token to count)
+
+
+def test_a_tokenizer_giving_ids_past_the_embedding_is_one_clear_error(tmp_path):
+    """transformers' IndexError inside the forward, "please report it", once per audit: a
+    tokenizer with tokens added, the model's embedding not resized."""
+    loaded = load_model("tiny-llama")
+    rows = loaded.model.get_input_embeddings().weight.shape[0]
+    added = [chr(0x5d0 + i) * 2 for i in range(rows - len(loaded.tokenizer) + 1)]
+    loaded.tokenizer.add_tokens(added)  # the last one's id is `rows`, past the embedding
+    evaluator = Evaluator(loaded, ResultCache(tmp_path))
+    assert evaluator.unknown_shares({"en": ["plain"]}) == {"en": 0.0}
+    with pytest.raises(QuantfairError, match=re.escape(
+            f"tiny-llama: its tokenizer gives token id {rows} for he text, where the model's "
+            f"embedding has {rows} rows (ids 0 to {rows - 1}): the tokenizer is not the "
+            "model's")):
+        evaluator.unknown_shares({"en": ["plain"], "he": [f"{added[0]} {added[-1]}"]})

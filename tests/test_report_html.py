@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from matplotlib.text import Text
 
 from quantfair import charts
@@ -318,13 +319,17 @@ def test_a_random_weight_model_is_said_to_test_the_machinery_only():
     assert warning in render_html({**random, "summary": summarize(random)})
 
 
-def test_a_scheme_warning_reaches_the_summary_and_the_html():
+@pytest.mark.parametrize(("field", "warning"), [
+    ("scheme_warning", "gguf:Q4_1 re-quantizes weights dequantized from Q4_1"),
+    ("tokenizer_warning", "the tokenizer reads part of the text as its unknown token '<unk>' "
+     "(he 97% of tokens): those languages' numbers measure predictions of that token")])
+def test_a_scheme_or_tokenizer_warning_reaches_the_summary_and_the_html(field, warning):
     plain, warned = report(), report()
-    warned["model"]["scheme_warning"] = "gguf:Q4_1 re-quantizes weights dequantized from Q4_1"
+    warned["model"][field] = warning
     assert not any(s.startswith("Warning:") for s in summarize(plain)["sentences"])
-    sentence = "Warning: gguf:Q4_1 re-quantizes weights dequantized from Q4_1."
+    sentence = f"Warning: {warning}."
     assert summarize(warned)["sentences"][1] == sentence
-    assert sentence in render_html({**warned, "summary": summarize(warned)})
+    assert str(escape(sentence)) in render_html({**warned, "summary": summarize(warned)})
     # for machines too: the summary's warnings, none where there is nothing to warn of
     assert summarize(warned)["warnings"] == [sentence.removeprefix("Warning: ")[:-1]]
     assert summarize(plain)["warnings"] == []
