@@ -9,9 +9,10 @@ pytest plugin into one test per strategy / language, with its evidence on the te
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from numbers import Real
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from quantfair.config import REFERENCE, RELEASE_QUANTITIES
 from quantfair.corpus import LENGTHS, by_language, named_by, names_reference, resource_points
-from quantfair.errors import UsageError
+from quantfair.errors import NotInModel, UsageError
 from quantfair.metrics import (
     Comparison,
     Estimate,
@@ -182,6 +183,17 @@ class Outcome:
 
 def verdict(holds: bool) -> Status:
     return "passed" if holds else "failed"
+
+
+def _names_candidate(value: object) -> bool:
+    """Whether `value` (a check, a case, or what they hold) names CANDIDATE."""
+    if isinstance(value, str):
+        return value == CANDIDATE
+    if isinstance(value, tuple | list):
+        return any(_names_candidate(item) for item in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return any(_names_candidate(getattr(value, item.name)) for item in fields(value))
+    return False
 
 
 class NotApplicable(Exception):
@@ -719,12 +731,21 @@ class WithinBudget(Check):
                        str(budget))
 
 
+def _swept_layers(ctx) -> dict[str, int]:
+    """The tokens of LAYER_SWEEP this model has, with their layer index (a 2-layer model
+    has no L2)."""
+    swept = {}
+    for token in LAYER_SWEEP:
+        with contextlib.suppress(NotInModel):
+            swept[token] = ctx.layer_index(token)
+    return swept
+
+
 def _layer_criticality(ctx) -> tuple[dict[int, float], set[str]]:
     """Mean disparity with each swept layer alone kept in FP, by layer index, and why the
     layers left out have none (their disparity is undefined)."""
     result, undefined = {}, set()
-    for token in LAYER_SWEEP:
-        layer = ctx.layer_index(token)
+    for token, layer in _swept_layers(ctx).items():
         estimate = ctx.measure(token).mean_disparity()
         if layer not in result and estimate.defined:
             result[layer] = estimate.value
@@ -823,7 +844,7 @@ class Correlation(Check):
             return (f"about {needed} languages would decide at this r, "
                     + (f"of the corpus's {most}" if needed <= most else
                        f"more than the corpus's {most}"))
-        most = len({ctx.layer_index(token) for token in LAYER_SWEEP})
+        most = len(set(_swept_layers(ctx).values()))
         return (f"about {needed} layers would decide at this r; the layer sweep has {most}, "
                 "so no run of this audit can" if needed > most else
                 f"about {needed} layers would decide at this r")
@@ -857,6 +878,9 @@ class LayerExtreme(Check):
     def run(self, ctx, case, bound):
         stats = ctx.layer_statistics()
         values = {layer: s[self.statistic] for layer, s in stats.items()}
+        if len(values) < 2:
+            raise NotApplicable(f"a {len(values)}-layer model has no other layer to compare "
+                                "layer 0 with")
         pick = (max if self.highest else min)(values, key=values.get)
         rank = "highest" if self.highest else "lowest"
         others = [v for layer, v in values.items() if layer != 0]
@@ -1157,6 +1181,10 @@ class Finding:
             return self.check.run(ctx, case, bound)
         except NotApplicable as reason:
             return Outcome("skipped", detail=str(reason))
+        except NotInModel as reason:  # a finding's own strategy names what the model lacks
+            if _names_candidate((self.check, case)):  # (else the user's --strategy is wrong)
+                raise
+            return Outcome("skipped", detail=f"{self.id}: {reason}")
 
     def describe(self, case: Case) -> dict:
         return {"finding": self.id, "experiments": list(self.experiments), "claim": self.claim,

@@ -24,3 +24,8 @@ class QuantfairError(Exception):
 
 class UsageError(QuantfairError):
     """The user asked for something that does not exist (strategy, language, bits, ...)."""
+
+
+class NotInModel(UsageError):
+    """A strategy names what this model does not have (a layer past its last, a term that
+    keeps nothing of it): the user's own strategy is wrong, a finding's does not apply."""

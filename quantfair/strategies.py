@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from quantfair.corpus import REFERENCE, names_reference
-from quantfair.errors import UsageError
+from quantfair.errors import NotInModel, UsageError
 from quantfair.quantize import (
     QUANTIZER_DIGEST,
     Protection,
@@ -106,7 +106,7 @@ class StrategyResolver:
         index = int(match[1])
         resolved = self.layers + index if index < 0 else index
         if not 0 <= resolved < self.layers:
-            raise UsageError(
+            raise NotInModel(
                 f"strategy term '{term}': layer {index} out of range, the model has "
                 f"{self.layers} layers (L0..L{self.layers - 1}, Llast, L-1..L-{self.layers})"
             )
@@ -448,7 +448,7 @@ class StrategyResolver:
             for name, keep in part.items():
                 protection[name] = _union(protection.get(name, False), keep)
         if structural and not protection:
-            raise UsageError(
+            raise NotInModel(
                 f"strategy '{expression}' keeps no parameter of this model in full precision "
                 "(write none if that is meant)")
         return protection

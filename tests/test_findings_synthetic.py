@@ -11,6 +11,7 @@ from quantfair import audit as checks
 from quantfair.audit import Bound, Finding
 from quantfair.config import RELEASE_QUANTITIES
 from quantfair.corpus import language
+from quantfair.errors import NotInModel
 from quantfair.metrics import Measurement
 from quantfair.strategies import Overhead
 
@@ -379,3 +380,58 @@ def test_findings_name_a_language_under_a_corpus_code_and_compare_nothing_with_e
     xs, ys, over, _ = fertility._series(Run())  # one point per language
     assert over == "languages he+heb,arb,cmn" and ys == pytest.approx([4.0, 2.0, 1.5],
                                                                       rel=0.02)
+
+
+class Shallow(World):
+    """A model of `layers` layers: strategies naming a layer past its last are refused."""
+
+    def __init__(self, layers: int) -> None:
+        super().__init__("llama")
+        self.layers = layers
+
+    def layer_index(self, token):
+        index = SWEEP_LAYERS[token] if token in SWEEP_LAYERS else int(token[1:])
+        if token in ("Llast", "Lmid", "L-2"):
+            return {"Llast": self.layers - 1, "Lmid": self.layers // 2,
+                    "L-2": max(0, self.layers - 2)}[token]
+        if index >= self.layers:
+            raise NotInModel(f"strategy term '{token}': layer {index} out of range")
+        return index
+
+    def measure(self, strategy, scheme=None, length=None, distribution=False):
+        for term in str(strategy).replace("<", "+").split("+"):
+            if term.startswith("L") and term[1:].isdigit():
+                self.layer_index(term)
+        return super().measure(strategy, scheme, length, distribution)
+
+
+def test_a_findings_strategy_naming_a_layer_the_model_lacks_skips_it():
+    """On a 1-layer model the shipped audits naming L2 (synergy), and layer 0 against the
+    others (no other), errored: `min() arg is an empty sequence`."""
+    world = Shallow(1)
+    synergy = Finding(id="synergy", experiments=("mine",), claim="c",
+                      check=checks.Better("L0+Llast", than="L2+Llast"))
+    (case,) = synergy.check.cases(world)
+    outcome = synergy.verify(world, case)
+    assert (outcome.status, outcome.detail) == (
+        "skipped", "synergy: strategy term 'L2': layer 2 out of range")
+    extreme = Finding(id="layer0", experiments=("mine",), claim="c",
+                      check=checks.LayerExtreme("outlier_share", highest=False))
+    world.facts["statistics"] = {0: {"outlier_share": 0.1}}
+    outcome = extreme.verify(world, extreme.check.cases(world)[0])
+    assert (outcome.status, outcome.detail) == (
+        "skipped", "a 1-layer model has no other layer to compare layer 0 with")
+    # a layer correlation sweeps the layers the model has (L1 and L2 of a 2-layer model: L1)
+    two = Shallow(2)
+    assert checks._swept_layers(two) == {"L0": 0, "L1": 1, "Lmid": 1, "L-2": 0, "Llast": 1}
+
+
+def test_the_users_own_strategy_naming_a_layer_the_model_lacks_stays_an_error():
+    world = Shallow(1)
+    world.candidate_text = lambda: "L5"
+    mine = Finding(id="mine", experiments=("mine",), claim="c",
+                   check=checks.Better(checks.CANDIDATE, than="none"))
+    world.measure = lambda strategy, *args, **kwargs: world.layer_index(
+        world.candidate_text() if strategy == checks.CANDIDATE else "L0")
+    with pytest.raises(NotInModel, match="layer 5 out of range"):
+        mine.verify(world, mine.check.cases(world)[0])
