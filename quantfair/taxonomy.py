@@ -116,6 +116,8 @@ FAMILY_TABLES: dict[str, list[tuple[str, str, str]]] = {
     "llama": _LLAMA,
     "gemma3": _GEMMA3,
 }
+# Parameters of an image encoder beside a language model (transformers' multimodal models)
+VISION = re.compile(r"(^|\.)(vision_tower|vision_model|multi_modal_projector|visual)\.")
 # Hugging Face model_type -> family whose naming it shares.
 MODEL_TYPES = {
     "gpt2": "gpt2",
@@ -186,6 +188,11 @@ def components(model: nn.Module) -> dict[str, Component]:
             unmapped.append(name)
     if unmapped:
         shown = ", ".join(unmapped[:5]) + (" ..." if len(unmapped) > 5 else "")
+        if any(VISION.search(name) for name in unmapped):  # Gemma 3 4B and larger
+            raise QuantfairError(
+                f"{family} model is multimodal ({unmapped[0]}, ...: a vision tower): quantfair "
+                "audits text-only causal language models (model_type gemma3_text for Gemma 3, "
+                "as its 270M and 1B checkpoints are)")
         raise QuantfairError(f"{family} model has {len(unmapped)} unmapped parameter(s): {shown}")
     return mapped
 

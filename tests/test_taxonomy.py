@@ -99,6 +99,19 @@ def test_untied_head_is_its_own_component(tiny_models):
     assert parts["lm_head.weight"].block == "head"
 
 
+def test_a_multimodal_checkpoint_is_said_to_be_one(tiny_models):
+    """A Gemma 3 of 4B parameters or more loads with its vision tower: "62 unmapped
+    parameter(s)" where `gemma3` is among the types quantfair maps."""
+    model = tiny_models["tiny-gemma3"].model
+    tower = torch.nn.Module()
+    tower.register_parameter("patch", torch.nn.Parameter(torch.zeros(3)))
+    model.model.vision_tower = tower
+    with pytest.raises(QuantfairError, match=r"gemma3 model is multimodal "
+                       r"\(model\.vision_tower\.patch, \.\.\.: a vision tower\): quantfair "
+                       "audits text-only causal language models"):
+        components(model)
+
+
 def test_unmapped_parameter_is_named(tiny_models):
     model = tiny_models["tiny-llama"].model
     model.register_parameter("mystery", torch.nn.Parameter(torch.zeros(3)))
