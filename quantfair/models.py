@@ -30,7 +30,7 @@ from quantfair.storage import (
     is_gguf,
     shared_json,
 )
-from quantfair.taxonomy import family_of
+from quantfair.taxonomy import MODEL_TYPES, family_of, unsupported
 from quantfair.text import brief, first_line, without_colour
 
 if TYPE_CHECKING:  # torch is imported where a model loads: a run's controller never does
@@ -667,6 +667,10 @@ def _check_model_directory(path: Path, tokenizer: bool = True, what: str = "") -
         raise UsageError(f"{what + ' ' if what else ''}{path} has no config.json: not a Hugging "
                          "Face model directory (give the folder save_pretrained wrote, or a "
                          ".gguf file)")
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # (else said on loading)
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if isinstance(model_type, str) and model_type not in MODEL_TYPES:  # before loading
+            raise UsageError(f"{what + ' ' if what else ''}{path}: {unsupported(model_type)}")
     if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UsageError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
                          "save it beside the model, tokenizer.save_pretrained(path)")

@@ -147,10 +147,13 @@ def family_of(model: nn.Module) -> str:
     try:
         return MODEL_TYPES[model_type]
     except KeyError:
-        raise QuantfairError(
-            f"unsupported architecture '{model_type}': quantfair maps "
-            f"{', '.join(sorted(MODEL_TYPES))}"
-        ) from None
+        raise QuantfairError(unsupported(model_type)) from None
+
+
+def unsupported(model_type: str) -> str:
+    """The line refusing a transformers `model_type` quantfair does not map."""
+    return (f"unsupported architecture '{model_type}': quantfair maps "
+            f"{', '.join(sorted(MODEL_TYPES))}")
 
 
 def _conv1d_names(model: nn.Module) -> set[str]:

@@ -373,6 +373,24 @@ def test_a_model_whose_config_disagrees_with_its_tensors_is_one_line(tmp_path, s
                    "the config is not the weights'", after_work=True)
 
 
+def test_an_architecture_quantfair_does_not_map_is_refused_before_loading(tmp_path, saved_tiny,
+                                                                           monkeypatch):
+    """It was refused once the whole model had loaded (minutes for a 7B Falcon)."""
+    from quantfair import models
+
+    other = tmp_path / "falcon"
+    shutil.copytree(saved_tiny, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+
+    def loading(*args, **kwargs):
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(models, "_from_pretrained", loading)
+    one_line_error(run_cli("inspect", str(other)), f"{other}: unsupported architecture "
+                   "'falcon': quantfair maps bloom, gemma3, gemma3_text, gpt2,")
+
+
 def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
     cut = tmp_path / "cut"
     shutil.copytree(saved_tiny, cut)
