@@ -621,15 +621,16 @@ class Evaluator:
         unknown = self.loaded.tokenizer.unk_token_id
         shares = {}
         for lang, group in texts.items():
-            ids = [self.token_ids(text)[self.prefix is not None:] for text in group]
+            ids = [self.token_ids(text) for text in group]  # the prefix too: it is embedded
             flat = [i for unit in ids for i in unit]
             if flat and max(flat) >= rows:
                 raise QuantfairError(
                     f"{self.loaded.name}: its tokenizer gives token id {max(flat)} for {lang} "
                     f"text, where the model's embedding has {rows} rows (ids 0 to "
                     f"{rows - 1}): the tokenizer is not the model's")
-            shares[lang] = flat.count(unknown) / len(flat) if flat and unknown is not None \
-                else 0.0
+            scored = len(flat) - (len(ids) if self.prefix is not None else 0)
+            shares[lang] = (flat.count(unknown) / scored if scored and unknown is not None
+                            else 0.0)
         return shares
 
     def _windows(self, key: str, ids: list[int]) -> list[_Window]:
