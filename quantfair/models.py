@@ -13,10 +13,12 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import numpy as np
 from filelock import FileLock
@@ -621,12 +623,18 @@ def _hub_or_local(spec: str) -> LoadedModel:
     try:
         model, tokenizer = _from_pretrained(spec, local_files_only=True)
     except OSError:
-        if _downloads_off():
+        from huggingface_hub import try_to_load_from_cache
+
+        where = ("is in the local Hugging Face cache only in part (a file it needs is missing)"
+                 if isinstance(try_to_load_from_cache(spec, "config.json"), str) else
+                 "is not in the local Hugging Face cache")
+        if _downloads_off() or not _hub_reachable():
+            why = "downloads are off" if _downloads_off() else (
+                f"the Hub ({_hub_host()[0]}) cannot be reached")
             raise QuantfairError(
-                f"model '{spec}'{_did_you_mean(spec)} is not in the local Hugging Face cache "
-                f"and downloads are off: {_download_hint(spec)}, or pass a local directory "
-                f"or .gguf file; {KNOWN_OFFLINE}"
-            ) from None
+                f"model '{spec}'{_did_you_mean(spec)} {where} and {why}: "
+                f"{_download_hint(spec)}, or pass a local directory or .gguf file; "
+                f"{KNOWN_OFFLINE}") from None
         try:
             model, tokenizer = _from_pretrained(spec)
         except OSError:
@@ -640,8 +648,32 @@ def _hub_or_local(spec: str) -> LoadedModel:
 
 
 def _downloads_off() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, when imported)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE on, as huggingface_hub reads them (1, on, yes
+    or true, any case), as set now (huggingface_hub reads them once, when imported)."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_host() -> tuple[str, int]:
+    """The Hub endpoint's host and port (HF_ENDPOINT, else huggingface.co)."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub's endpoint takes a TCP connection within `timeout` seconds (assumed,
+    behind a proxy): without network, huggingface_hub tries each file a load asks for five
+    times with back-off, a log line each (minutes), before it gives up."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                                             "all_proxy", "HTTP_PROXY", "http_proxy")):
+        return True
+    try:
+        socket.create_connection(_hub_host(), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _download_hint(spec: str) -> str:
@@ -726,7 +758,7 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
             raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache, which "
                              f"is all {what} reads: {_download_hint(spec)}, or give a .gguf "
                              "file or the directory save_pretrained wrote")
-        if _downloads_off():
+        if _downloads_off() or not _hub_reachable():
             _hub_or_local(spec)  # raises the one-line explanation
 
 

@@ -391,6 +391,34 @@ def test_an_architecture_quantfair_does_not_map_is_refused_before_loading(tmp_pa
                    "'falcon': quantfair maps bloom, gemma3, gemma3_text, gpt2,")
 
 
+@pytest.mark.parametrize(("cached", "env", "said"), [
+    ("", {}, "is not in the local Hugging Face cache and the Hub (127.0.0.1) cannot be "
+     "reached"),
+    ("all but the weights", {}, "is in the local Hugging Face cache only in part (a file it "
+     "needs is missing) and the Hub (127.0.0.1) cannot be reached"),
+    ("", {"HF_HUB_OFFLINE": "False"}, "the Hub (127.0.0.1) cannot be reached"),
+    ("", {"TRANSFORMERS_OFFLINE": "1"}, "and downloads are off")],
+    ids=["not-cached", "cached-in-part", "offline-false", "transformers-offline"])
+def test_a_hub_id_without_network_is_one_line_at_once(tmp_path, saved_tiny, cached, env, said):
+    """With HF_HUB_OFFLINE unset and no network, huggingface_hub retried every file a load
+    asks for five times with back-off: 50 s and a dozen log lines for an id not cached,
+    four minutes and ~100 lines for one cached in part, then the line."""
+    hub = tmp_path / "hf" / "hub" / "models--myorg--tiny"
+    snapshot = hub / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    for file in saved_tiny.iterdir() if cached else ():
+        if file.suffix != ".safetensors":
+            shutil.copy(file, snapshot / file.name)
+    result = run_cli_process("inspect", "myorg/tiny", env={
+        "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", **env})
+    line = one_line_error(result, "model 'myorg/tiny' ", said, after_work=True)
+    assert "Retrying" not in result.stderr, result.stderr
+    assert line
+
+
 def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
     cut = tmp_path / "cut"
     shutil.copytree(saved_tiny, cut)
