@@ -60,14 +60,19 @@ def file_stamp(path: Path) -> str:
 
 
 def folder_variable(variable: str) -> Path | None:
-    """The folder an environment variable names; None where it is unset or empty. Raises
-    UsageError for a value of blanks only (a folder so named is never meant)."""
+    """The folder an environment variable names, a leading `~` expanded (CI files, Docker
+    and systemd expand none); None where it is unset or empty. Raises UsageError for a value
+    of blanks only (a folder so named is never meant) or naming no user's home (`~nobody`)."""
     value = os.environ.get(variable)
     if not value:
         return None
     if not value.strip():
         raise UsageError(f"{variable} holds only blanks: give a folder, or unset it")
-    return Path(value)
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):  # left as it is: a folder named `~nosuchuser`
+        raise UsageError(f"{variable}={value}: {value.partition('/')[0]} names no user's "
+                         "home folder")
+    return Path(expanded)
 
 
 def cache_root() -> Path:

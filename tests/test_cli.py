@@ -340,6 +340,8 @@ def test_a_warning_about_a_cache_path_too_long_is_one_short_line():
 @pytest.mark.parametrize("variable, value, message", [
     ("QUANTFAIR_CACHE_DIR", "   ", "QUANTFAIR_CACHE_DIR holds only blanks: give a folder"),
     ("QUANTFAIR_RESULTS_DIR", " ", "QUANTFAIR_RESULTS_DIR holds only blanks: give a folder"),
+    ("QUANTFAIR_CACHE_DIR", "~nosuchuser/q", "QUANTFAIR_CACHE_DIR=~nosuchuser/q: ~nosuchuser "
+     "names no user's home folder"),
     ("QUANTFAIR_HIDDEN_STATES_MB", "1_0", "QUANTFAIR_HIDDEN_STATES_MB must be a number of MiB"),
     ("QUANTFAIR_HIDDEN_STATES_MB", "\u0663", "QUANTFAIR_HIDDEN_STATES_MB must be a number"),
     ("QUANTFAIR_HIDDEN_STATES_MB", "-1", "QUANTFAIR_HIDDEN_STATES_MB must be a number of MiB"),
@@ -351,6 +353,20 @@ def test_a_bad_environment_variable_is_one_line_and_makes_no_folder(tmp_path, mo
                      env={variable: value})
     assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
     assert not any(path.name.strip() == "" for path in tmp_path.iterdir())
+
+
+def test_a_folder_variable_starting_with_a_tilde_is_under_the_home_folder(tmp_path,
+                                                                          monkeypatch):
+    """It made a folder named `~` in the working directory: CI files and Docker's ENV expand
+    no `~`."""
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    result = run_cli("measure", "tiny-gpt2", "--languages", "en,he", "--units", "1",
+                     env={"HOME": str(home), "QUANTFAIR_RESULTS_DIR": "~/results",
+                          "QUANTFAIR_CACHE_DIR": "~/cache"})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["cache", "results"]
+    assert not (tmp_path / "~").exists()
 
 
 def test_json_never_writes_into_quantfairs_own_cache_folders(tmp_path):
