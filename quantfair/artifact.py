@@ -70,6 +70,7 @@ def _read(spec: str, sha256: str | None):
     but for a safetensors directory, the names of the file's tensors loading left unread) of
     `spec` (a GGUF file's `sha256` keys its converted copy); raises QuantfairError when the
     files are missing or leave model weights uninitialised."""
+    from huggingface_hub import try_to_load_from_cache
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -94,8 +95,11 @@ def _read(spec: str, sha256: str | None):
         model, info = AutoModelForCausalLM.from_pretrained(  # a mismatch named below
             location, dtype=torch.float32, output_loading_info=True,
             ignore_mismatched_sizes=True, **kwargs)
-        # A folder saved without its tokenizer is audited with the model's (none compared).
-        bare = path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES)
+        # A folder saved without its tokenizer is audited with the model's (none compared),
+        # as is a Hub id cached without one (dequantized checkpoints often ship none)
+        folder = Path(location)  # a GGUF file's converted copy holds its tokenizer
+        bare = not any((folder / name).is_file() if folder.is_dir() else isinstance(
+            try_to_load_from_cache(location, name), str) for name in TOKENIZER_FILES)
         tokenizer = None if bare else load_tokenizer(location, **kwargs)
     except SafetensorError as error:  # a weights file cut short or overwritten
         raise UsageError(f"--quantized {spec}: a safetensors file is damaged or cut short "

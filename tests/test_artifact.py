@@ -255,6 +255,24 @@ def test_an_artifact_saved_without_its_tokenizer_is_audited_with_the_models(tmp_
                        tensors["model.layers.0.mlp.up_proj.weight"])
 
 
+def test_a_hub_id_cached_without_its_tokenizer_is_audited_with_the_models(tmp_path):
+    """As a folder is: its tokenizer was loaded from nothing and the artifact refused as
+    "tokenizer data is damaged"."""
+    from test_cli import run_cli_process
+
+    hub = tmp_path / "hf" / "hub" / "models--myorg--q"
+    _save_quantized("tiny-llama", hub / "snapshots" / ("0" * 40))
+    for path in (hub / "snapshots" / ("0" * 40)).glob("*"):
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            path.unlink()
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    result = run_cli_process("measure", "tiny-llama", "--quantized", "myorg/q", "--languages",
+                             "en,de", "--units", "2", env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr
+    assert "loading the quantized artifact myorg/q" in result.stderr
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"quant": "int4"}, "give --quant or --quantized, not both"),
     ({"embedding-type": "F16"}, "give --embedding-type or --quantized, not both"),
