@@ -545,6 +545,14 @@ def load_tokenizer(location: str, **kwargs):
         raise QuantfairError(f"{where}: transformers cannot build its tokenizer: the GGUF has "
                              f"no tokenizer.ggml.{error.args[0]}") from None
     except Exception as error:
+        from huggingface_hub import try_to_load_from_cache
+
+        if "gguf_file" not in kwargs and not Path(location).is_dir() and not any(
+                isinstance(try_to_load_from_cache(location, name), str)
+                for name in TOKENIZER_FILES):  # a Hub id cached without its tokenizer
+            raise QuantfairError(f"{where}: the Hugging Face cache holds no tokenizer for it "
+                                 f"(none of {', '.join(TOKENIZER_FILES)}): "
+                                 f"{_download_hint(where)}") from None
         lines = str(error).strip().splitlines()
         raise QuantfairError(f"{where}: transformers cannot build its tokenizer "
                              f"({lines[0] if lines else type(error).__name__}): its tokenizer "

@@ -419,6 +419,19 @@ def test_a_hub_id_without_network_is_one_line_at_once(tmp_path, saved_tiny, cach
     assert line
 
 
+def test_a_hub_id_cached_without_its_tokenizer_is_said_so(tmp_path):
+    """A Llama's was "its tokenizer data is damaged; copy or download it again"."""
+    from quantfair.models import load_model
+
+    hub = tmp_path / "hf" / "hub" / "models--myorg--tiny"
+    load_model("tiny-llama").model.save_pretrained(hub / "snapshots" / ("0" * 40))
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    result = run_cli_process("inspect", "myorg/tiny", env={"HF_HOME": str(tmp_path / "hf")})
+    one_line_error(result, "myorg/tiny: the Hugging Face cache holds no tokenizer for it "
+                   "(none of tokenizer.json,", "hf download myorg/tiny", after_work=True)
+
+
 def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
     cut = tmp_path / "cut"
     shutil.copytree(saved_tiny, cut)
