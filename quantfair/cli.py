@@ -33,7 +33,7 @@ from quantfair.config import (
 from quantfair.errors import TERMINATED, QuantfairError, Terminated, UsageError, os_error_text
 from quantfair.progress import close_bars, token_bars
 from quantfair.schemes import check_block_format
-from quantfair.storage import is_gguf
+from quantfair.storage import flag_variable, is_gguf
 from quantfair.strategy_syntax import check_given_strategies, check_strategy_syntax
 from quantfair.summary import FEW_UNITS, uniform_guess_warning
 from quantfair.text import (
@@ -867,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(_Parser.given)
     if unknown:  # said by the command's own parser, which names its --help
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    debug = os.environ.get("QUANTFAIR_DEBUG", "") not in ("", "0")
+    debug = flag_variable("QUANTFAIR_DEBUG")
     try:
         with _sigterm_as_interrupt():
             return args.run(args)

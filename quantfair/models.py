@@ -29,6 +29,7 @@ from quantfair.schemes import QuantScheme
 from quantfair.storage import (
     cache_folder,
     cache_writes,
+    flag_variable,
     is_gguf,
     shared_json,
 )
@@ -658,8 +659,7 @@ def _hub_or_local(spec: str) -> LoadedModel:
 def _downloads_off() -> bool:
     """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE on, as huggingface_hub reads them (1, on, yes
     or true, any case), as set now (huggingface_hub reads them once, when imported)."""
-    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return flag_variable("HF_HUB_OFFLINE") or flag_variable("TRANSFORMERS_OFFLINE")
 
 
 def _hub_host() -> tuple[str, int]:

@@ -59,6 +59,12 @@ def file_stamp(path: Path) -> str:
     return f"{stat.st_size}|{stat.st_mtime_ns}"
 
 
+def flag_variable(variable: str) -> bool:
+    """Whether an environment variable is set on as huggingface_hub reads its flags
+    (`HF_HUB_OFFLINE`): 1, on, yes or true, in any case; anything else is off."""
+    return os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def folder_variable(variable: str) -> Path | None:
     """The folder an environment variable names, a leading `~` expanded (CI files, Docker
     and systemd expand none); None where it is unset or empty. Raises UsageError for a value

@@ -1718,6 +1718,8 @@ def test_quantfair_debug_shows_the_traceback():
     loud = run_cli_process("inspect", "tiny-gpt2", "--quant", "int4-g-8",
                            env={"QUANTFAIR_DEBUG": "1"})
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
+    off = run_cli("inspect", "tiny-gpt2", "--quant", "int4-g-8", env={"QUANTFAIR_DEBUG": "false"})
+    one_line_error(off, "int4-g-8")  # read as huggingface_hub reads HF_HUB_OFFLINE
 
 
 @pytest.mark.parametrize("error, code, message", [
