@@ -16,6 +16,7 @@ from quantfair import models
 from quantfair.artifact import Artifact, load_artifact
 from quantfair.config import RunConfig, parse_percent
 from quantfair.corpus import REFERENCE, Corpus, by_language
+from quantfair.errors import QuantfairError
 from quantfair.evaluate import (
     UNKNOWN_SHARE,
     Evaluator,
@@ -44,7 +45,7 @@ from quantfair.strategies import (
     calibration_gradients,
     protection_key,
 )
-from quantfair.text import units_text
+from quantfair.text import first_line, units_text
 from quantfair.workers import (
     CoreShare,
     configure_threads,
@@ -121,6 +122,7 @@ class AuditSession:
             loaded.tokenizer.unk_token)
         if self.tokenizer_warning:
             announce(f"quantfair: warning: {self.tokenizer_warning}")
+        self._check_forward()
         layers = decoder_layers(loaded.model, self.bank.parts)
         capacity = config.hidden_states_bytes
         if layers is not None and capacity and self.bank.folder is not None:  # not in memory
@@ -135,6 +137,22 @@ class AuditSession:
         self._activation_stats: Activations | None = None
         self.measurements: dict[tuple[str, str, str], Measurement] = {}
         self._noted: set[tuple[str, str]] = set()
+
+    def _check_forward(self) -> None:
+        """One forward of a few tokens: a checkpoint whose own code fails on it (a config
+        this transformers version rejects at run time) is one line before any audit, not an
+        "unexpected error" in every audit's forward. Raises QuantfairError."""
+        import torch
+
+        ids = self.evaluator.token_ids("Hello world")[:8]
+        try:
+            with torch.no_grad():
+                self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device))
+        except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise QuantfairError(
+                f"{self.loaded.name}: the model fails on a forward of {len(ids)} tokens, before "
+                f"any audit ({type(error).__name__}: {first_line(error)}): its config or "
+                "checkpoint is one this transformers version does not run") from None
 
     def _load(self, loaded: LoadedModel | None, quantizer: bool) -> None:
         """The model (`loaded`, or `config.model` loaded), its weight bank and the quantized

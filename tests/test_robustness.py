@@ -432,6 +432,25 @@ def test_a_hub_id_cached_without_its_tokenizer_is_said_so(tmp_path):
                    "(none of tokenizer.json,", "hf download myorg/tiny", after_work=True)
 
 
+def test_a_checkpoint_its_own_code_cannot_run_is_one_line_before_any_audit(tmp_path):
+    """A Qwen2 config of sliding-attention layers without a window: transformers' TypeError
+    in every audit's forward, "unexpected TypeError ... please report it"."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from quantfair.models import byte_tokenizer
+
+    folder = tmp_path / "qwen2"
+    config = Qwen2Config(vocab_size=260, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         layer_types=["sliding_attention"] * 2, use_sliding_window=True,
+                         sliding_window=None)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    one_line_error(run_cli("inspect", str(folder)), "qwen2: the model fails on a forward of "
+                   "8 tokens, before any audit (TypeError: ", "its config or checkpoint is "
+                   "one this transformers version does not run", after_work=True)
+
+
 def test_a_model_directory_with_a_safetensors_file_cut_short_is_one_line(tmp_path, saved_tiny):
     cut = tmp_path / "cut"
     shutil.copytree(saved_tiny, cut)
