@@ -18,7 +18,6 @@ from quantfair.errors import QuantfairError, UsageError
 from quantfair.export import gguf_names
 from quantfair.models import (
     FLOAT_TYPES,
-    TOKENIZER_FILES,
     LoadedModel,
     file_sha256,
     gguf_architecture,
@@ -26,6 +25,7 @@ from quantfair.models import (
     gguf_tensors,
     gguf_type_mix,
     has_gguf_checkpoint,
+    has_tokenizer_files,
     load_tokenizer,
     non_finite_parameter,
     remove_gguf_checkpoint,
@@ -70,7 +70,6 @@ def _read(spec: str, sha256: str | None):
     but for a safetensors directory, the names of the file's tensors loading left unread) of
     `spec` (a GGUF file's `sha256` keys its converted copy); raises QuantfairError when the
     files are missing or leave model weights uninitialised."""
-    from huggingface_hub import try_to_load_from_cache
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -97,10 +96,8 @@ def _read(spec: str, sha256: str | None):
             ignore_mismatched_sizes=True, **kwargs)
         # A folder saved without its tokenizer is audited with the model's (none compared),
         # as is a Hub id cached without one (dequantized checkpoints often ship none)
-        folder = Path(location)  # a GGUF file's converted copy holds its tokenizer
-        bare = not any((folder / name).is_file() if folder.is_dir() else isinstance(
-            try_to_load_from_cache(location, name), str) for name in TOKENIZER_FILES)
-        tokenizer = None if bare else load_tokenizer(location, **kwargs)
+        # (a GGUF file's location is its converted copy, which holds its tokenizer)
+        tokenizer = load_tokenizer(location, **kwargs) if has_tokenizer_files(location) else None
     except SafetensorError as error:  # a weights file cut short or overwritten
         raise UsageError(f"--quantized {spec}: a safetensors file is damaged or cut short "
                          f"({error}): copy or download it again") from None

@@ -528,6 +528,12 @@ def _save_plain(model: nn.Module, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _read_from(location: str, kwargs: dict) -> str | Path:
+    """What a transformers load of `location` with `kwargs` reads: the GGUF file where
+    `gguf_file` is given, else `location`."""
+    return Path(location) / kwargs["gguf_file"] if "gguf_file" in kwargs else location
+
+
 def load_tokenizer(location: str, **kwargs):
     """`AutoTokenizer.from_pretrained(location, **kwargs)`. Raises QuantfairError naming the
     GGUF field transformers needs where a GGUF tokenizer lacks one (KeyError inside it), and
@@ -535,7 +541,7 @@ def load_tokenizer(location: str, **kwargs):
     "Error while initializing BPE: Token ... out of vocabulary"); OSError (not found) as is."""
     from transformers import AutoTokenizer
 
-    where = Path(location) / kwargs["gguf_file"] if "gguf_file" in kwargs else location
+    where = _read_from(location, kwargs)
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except OSError:
@@ -546,17 +552,13 @@ def load_tokenizer(location: str, **kwargs):
         raise QuantfairError(f"{where}: transformers cannot build its tokenizer: the GGUF has "
                              f"no tokenizer.ggml.{error.args[0]}") from None
     except Exception as error:
-        from huggingface_hub import try_to_load_from_cache
-
-        if "gguf_file" not in kwargs and not Path(location).is_dir() and not any(
-                isinstance(try_to_load_from_cache(location, name), str)
-                for name in TOKENIZER_FILES):  # a Hub id cached without its tokenizer
+        if "gguf_file" not in kwargs and not Path(location).is_dir() and not has_tokenizer_files(
+                location):  # a Hub id cached without its tokenizer
             raise QuantfairError(f"{where}: the Hugging Face cache holds no tokenizer for it "
                                  f"(none of {', '.join(TOKENIZER_FILES)}): "
                                  f"{_download_hint(where)}") from None
-        lines = str(error).strip().splitlines()
         raise QuantfairError(f"{where}: transformers cannot build its tokenizer "
-                             f"({lines[0] if lines else type(error).__name__}): its tokenizer "
+                             f"({first_line(error) or type(error).__name__}): its tokenizer "
                              "data is damaged; copy or download it again") from None
 
 
@@ -583,7 +585,7 @@ def _from_pretrained(location: str, **kwargs):
     except SafetensorError as error:
         raise QuantfairError(f"{location}: a safetensors file of the model is damaged or cut "
                              f"short ({error}): copy or download it again") from None
-    where = Path(location) / kwargs["gguf_file"] if "gguf_file" in kwargs else location
+    where = _read_from(location, kwargs)
     if info.get("mismatched_keys"):  # else left at random initial values
         name, stored, configured = sorted(info["mismatched_keys"])[0]
         raise QuantfairError(f"{where}: tensor {name} has shape {tuple(stored)} where its "
@@ -632,18 +634,8 @@ def _hub_or_local(spec: str) -> LoadedModel:
     try:
         model, tokenizer = _from_pretrained(spec, local_files_only=True)
     except OSError:
-        from huggingface_hub import try_to_load_from_cache
-
-        where = ("is in the local Hugging Face cache only in part (a file it needs is missing)"
-                 if isinstance(try_to_load_from_cache(spec, "config.json"), str) else
-                 "is not in the local Hugging Face cache")
-        if _downloads_off() or not _hub_reachable():
-            why = "downloads are off" if _downloads_off() else (
-                f"the Hub ({_hub_host()[0]}) cannot be reached")
-            raise QuantfairError(
-                f"model '{spec}'{_did_you_mean(spec)} {where} and {why}: "
-                f"{_download_hint(spec)}, or pass a local directory or .gguf file; "
-                f"{KNOWN_OFFLINE}") from None
+        if line := _not_downloadable(spec):
+            raise QuantfairError(line) from None
         try:
             model, tokenizer = _from_pretrained(spec)
         except OSError:
@@ -660,6 +652,24 @@ def _downloads_off() -> bool:
     """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE on, as huggingface_hub reads them (1, on, yes
     or true, any case), as set now (huggingface_hub reads them once, when imported)."""
     return flag_variable("HF_HUB_OFFLINE") or flag_variable("TRANSFORMERS_OFFLINE")
+
+
+def _not_downloadable(spec: str) -> str | None:
+    """Why the Hub id `spec`, not (wholly) in the local cache, cannot be downloaded now
+    (downloads off, or the Hub out of reach: `_hub_reachable`), in one line; else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if _downloads_off():
+        why = "downloads are off"
+    elif not _hub_reachable():
+        why = f"the Hub ({_hub_host()[0]}) cannot be reached"
+    else:
+        return None
+    where = ("is in the local Hugging Face cache only in part (a file it needs is missing)"
+             if isinstance(try_to_load_from_cache(spec, "config.json"), str) else
+             "is not in the local Hugging Face cache")
+    return (f"model '{spec}'{_did_you_mean(spec)} {where} and {why}: {_download_hint(spec)}, "
+            f"or pass a local directory or .gguf file; {KNOWN_OFFLINE}")
 
 
 def _hub_host() -> tuple[str, int]:
@@ -699,6 +709,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
+def has_tokenizer_files(location: str) -> bool:
+    """Whether `location`, a model folder or a Hub id's files in the local Hugging Face
+    cache, holds any of TOKENIZER_FILES."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(location)
+    return any((folder / name).is_file() if folder.is_dir() else isinstance(
+        try_to_load_from_cache(location, name), str) for name in TOKENIZER_FILES)
+
+
 def _check_model_directory(path: Path, tokenizer: bool = True, what: str = "") -> None:
     """A UsageError for a folder that is not a Hugging Face model (no config.json) or, with
     `tokenizer`, has no tokenizer beside it (a quantized artifact's folder needs none); the
@@ -711,7 +731,7 @@ def _check_model_directory(path: Path, tokenizer: bool = True, what: str = "") -
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         if isinstance(model_type, str) and model_type not in MODEL_TYPES:  # before loading
             raise UsageError(f"{what + ' ' if what else ''}{path}: {unsupported(model_type)}")
-    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if tokenizer and not has_tokenizer_files(str(path)):
         raise UsageError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
                          "save it beside the model, tokenizer.save_pretrained(path)")
 
@@ -766,8 +786,8 @@ def check_available(spec: str, random_weights: bool = False, what: str = "model"
             raise UsageError(f"{what} '{spec}' is not in the local Hugging Face cache, which "
                              f"is all {what} reads: {_download_hint(spec)}, or give a .gguf "
                              "file or the directory save_pretrained wrote")
-        if _downloads_off() or not _hub_reachable():
-            _hub_or_local(spec)  # raises the one-line explanation
+        if line := _not_downloadable(spec):
+            raise QuantfairError(line)
 
 
 def gguf_source(spec: str, random_weights: bool = False) -> Path | None:
